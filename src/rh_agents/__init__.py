@@ -1,0 +1,85 @@
+"""rh_agents: multi-agent AI workflows with parallel execution done right.
+
+The names users need are importable from here as well as from their home modules::
+
+    from rh_agents import ExecutionState, ExecutionEvent, Tool, ErrorStrategy
+"""
+
+from rh_agents.bus_handlers import EventPrinter
+from rh_agents.core.actors import LLM, Agent, BaseActor, Tool, agent, llm, tool
+from rh_agents.core.bus import EventBus
+from rh_agents.core.clock import Clock, SystemClock
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.parallel import (
+    ErrorStrategy,
+    GroupStatistics,
+    GroupStatus,
+    ParallelEventGroup,
+    ParallelExecutionManager,
+)
+from rh_agents.core.results import ExecutionResult, ResultStatus
+from rh_agents.errors import (
+    ActorDefinitionError,
+    ActorInputError,
+    ActorOutputError,
+    CircuitOpenError,
+    ConfigurationError,
+    DependencyError,
+    DuplicateMemberError,
+    FailureThresholdError,
+    GroupClosedError,
+    GroupFailedError,
+    InvalidMemberError,
+    MemberCancelledError,
+    MemberFailedError,
+    MemberSkippedError,
+    ParallelError,
+    ParallelTimeoutError,
+    RecoveryError,
+    RHAgentsError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LLM",
+    "ActorDefinitionError",
+    "ActorInputError",
+    "ActorOutputError",
+    "Agent",
+    "BaseActor",
+    "CircuitOpenError",
+    "Clock",
+    "ConfigurationError",
+    "DependencyError",
+    "DuplicateMemberError",
+    "ErrorStrategy",
+    "EventBus",
+    "EventPrinter",
+    "ExecutionEvent",
+    "ExecutionResult",
+    "ExecutionState",
+    "FailureThresholdError",
+    "GroupClosedError",
+    "GroupFailedError",
+    "GroupStatistics",
+    "GroupStatus",
+    "InvalidMemberError",
+    "MemberCancelledError",
+    "MemberFailedError",
+    "MemberSkippedError",
+    "ParallelError",
+    "ParallelEventGroup",
+    "ParallelExecutionManager",
+    "ParallelTimeoutError",
+    "RHAgentsError",
+    "RecoveryError",
+    "ResultStatus",
+    "SystemClock",
+    "Tool",
+    "__version__",
+    "agent",
+    "llm",
+    "tool",
+]

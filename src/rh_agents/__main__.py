@@ -1,0 +1,3 @@
+from rh_agents.cli import main
+
+main()

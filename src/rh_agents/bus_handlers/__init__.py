@@ -1,0 +1,5 @@
+"""Subscribers for the event bus that show a run on the terminal."""
+
+from rh_agents.bus_handlers.printer import EventPrinter
+
+__all__ = ["EventPrinter"]

@@ -1,0 +1,226 @@
+"""Actors: the things an ``ExecutionEvent`` runs.
+
+An actor has a name, a description, a pydantic ``input_model``, an optional ``output_model`` and
+an async handler ``(input, context, state) -> output``. ``Agent``, ``Tool`` and ``LLM`` differ
+only in their ``kind``, which the printer shows::
+
+    class Doc(BaseModel):
+        text: str
+
+    async def summarize_doc(input: Doc, context: str, state: ExecutionState) -> str:
+        return input.text[:40]
+
+    summarize = Tool(name="summarize", description="First words", input_model=Doc,
+                     handler=summarize_doc)
+
+    @tool(description="Count words")           # the input model comes from the annotation
+    async def count_words(input: Doc, context: str, state: ExecutionState) -> int:
+        return len(input.text.split())
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rh_agents.errors import ActorDefinitionError, ActorInputError, ActorOutputError
+
+__all__ = ["LLM", "Agent", "BaseActor", "Handler", "Tool", "agent", "llm", "tool"]
+
+Handler = Callable[[Any, str, Any], Awaitable[Any]]
+
+# Characters that would make an address ambiguous: "::" separates levels, "[i]" marks a
+# parallel member and "#n" numbers repeated calls.
+_BAD_NAME = re.compile(r"::|[\[\]#\n]")
+
+
+def _is_async_callable(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _describe_validation(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(input)"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+class BaseActor(BaseModel):
+    """Something an ``ExecutionEvent`` can run. Use ``Agent``, ``Tool`` or ``LLM``.
+
+    ``cacheable`` actors may have their results reused for an identical input (keyed by
+    name, ``version`` and input); ``retry`` and ``circuit_breaker`` are policies that apply to
+    every call of this actor unless the event sets its own.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    kind: ClassVar[str] = "actor"
+
+    name: str
+    description: str = ""
+    input_model: type[BaseModel]
+    output_model: type[BaseModel] | None = None
+    handler: Handler
+    cacheable: bool = False
+    version: str = "1"
+    retry: Any = None
+    circuit_breaker: Any = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("an actor needs a non-empty name")
+        if _BAD_NAME.search(name):
+            raise ValueError(
+                f"actor name {name!r} may not contain '::', '[', ']', '#' or a newline "
+                "(they build execution addresses)"
+            )
+        return name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_definition(cls, data: Any) -> Any:
+        # Raised before pydantic's own checks so the message names the actor and the fix.
+        if not isinstance(data, dict):
+            return data
+        name = data.get("name", "?")
+        model = data.get("input_model")
+        if model is None:
+            raise ActorDefinitionError(
+                f"actor {name!r} has no input_model: pass a pydantic BaseModel subclass "
+                "describing its input"
+            )
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise ActorDefinitionError(
+                f"actor {name!r}: input_model must be a pydantic BaseModel subclass, got {model!r}"
+            )
+        out = data.get("output_model")
+        if out is not None and not (isinstance(out, type) and issubclass(out, BaseModel)):
+            raise ActorDefinitionError(
+                f"actor {name!r}: output_model must be a pydantic BaseModel subclass or None, "
+                f"got {out!r}"
+            )
+        handler = data.get("handler")
+        if handler is None or not callable(handler):
+            raise ActorDefinitionError(
+                f"actor {name!r} needs a handler: an async function (input, context, state)"
+            )
+        if not _is_async_callable(handler):
+            raise ActorDefinitionError(
+                f"actor {name!r}: handler {getattr(handler, '__name__', handler)!r} is not "
+                "async; define it with 'async def' (wrap blocking code in "
+                "asyncio.to_thread)"
+            )
+        return data
+
+    def validate_input(self, value: Any) -> BaseModel:
+        """``value`` as an instance of ``input_model`` (dicts and other models are validated)."""
+        if type(value) is self.input_model:
+            return value
+        try:
+            if isinstance(value, BaseModel):
+                value = value.model_dump()
+            return self.input_model.model_validate(value)
+        except ValidationError as exc:
+            raise ActorInputError(
+                f"input for {self.kind} {self.name!r} does not fit "
+                f"{self.input_model.__name__}: {_describe_validation(exc)}"
+            ) from exc
+
+    def validate_output(self, value: Any) -> Any:
+        """The handler's return value, validated against ``output_model`` when there is one."""
+        model = self.output_model
+        if model is None or type(value) is model:
+            return value
+        try:
+            if isinstance(value, BaseModel):
+                value = value.model_dump()
+            return model.model_validate(value)
+        except ValidationError as exc:
+            raise ActorOutputError(
+                f"{self.kind} {self.name!r} returned a value that does not fit "
+                f"{model.__name__}: {_describe_validation(exc)}"
+            ) from exc
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.name, self.version))
+
+
+class Agent(BaseActor):
+    """An actor that decides and delegates (usually calls other events)."""
+
+    kind: ClassVar[str] = "agent"
+
+
+class Tool(BaseActor):
+    """An actor that does one concrete thing (search, parse, compute)."""
+
+    kind: ClassVar[str] = "tool"
+
+
+class LLM(BaseActor):
+    """An actor that calls a language model."""
+
+    kind: ClassVar[str] = "llm"
+
+
+def _decorator(actor_cls: type[BaseActor]) -> Callable[..., Any]:
+    def decorate(
+        fn: Handler | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        input_model: type[BaseModel] | None = None,
+        output_model: type[BaseModel] | None = None,
+        **options: Any,
+    ) -> Any:
+        def build(handler: Handler) -> BaseActor:
+            model = input_model
+            if model is None:
+                model = _first_parameter_model(handler)
+            return actor_cls(
+                name=name or getattr(handler, "__name__", ""),
+                description=description
+                if description is not None
+                else (inspect.getdoc(handler) or ""),
+                input_model=model,  # None gets a clear error
+                output_model=output_model,
+                handler=handler,
+                **options,
+            )
+
+        return build(fn) if fn is not None else build
+
+    decorate.__name__ = actor_cls.__name__.lower()
+    decorate.__doc__ = (
+        f"Turn an async function into a ``{actor_cls.__name__}``; usable bare or with options."
+    )
+    return decorate
+
+
+def _first_parameter_model(handler: Any) -> type[BaseModel] | None:
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+        hints = get_type_hints(handler)
+    except (TypeError, ValueError, NameError):
+        return None
+    if not params:
+        return None
+    hint = hints.get(params[0].name)
+    return hint if isinstance(hint, type) and issubclass(hint, BaseModel) else None
+
+
+agent = _decorator(Agent)
+tool = _decorator(Tool)
+llm = _decorator(LLM)

@@ -1,0 +1,259 @@
+"""The event bus: publish never waits, each subscriber gets its events in order.
+
+Each subscriber owns a queue and a feeder task that calls it, so a slow subscriber delays only
+itself; ``publish`` appends to the queues and returns at once. A subscriber that raises is
+logged, counted in ``bus.subscriber_errors`` and keeps receiving later events; the other
+subscribers never notice::
+
+    bus = EventBus()
+    bus.subscribe(printer)                 # a sync or async callable taking one record
+    state = ExecutionState(event_bus=bus)
+    ...
+    async for record in bus.stream():      # or read records as an async iterator
+        ...
+    await bus.drain()                      # wait until every subscriber has caught up
+    await bus.close()                      # drain, then stop the feeder tasks and streams
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rh_agents.core.records import BusEvent
+from rh_agents.core.results import describe_error
+
+__all__ = ["EventBus", "Subscriber", "SubscriberError", "Subscription"]
+
+logger = logging.getLogger("rh_agents.bus")
+
+Subscriber = Callable[[BusEvent], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberError:
+    """A subscriber raised while handling ``record``."""
+
+    subscriber: str
+    record: BusEvent
+    error: str
+    exception: BaseException
+
+
+class Subscription:
+    """One subscriber's queue and feeder task. Owned by its bus.
+
+    Invariant: only ``publish`` appends to ``_queue`` and only the feeder task pops from it;
+    ``_wakeup`` is set by the publisher when the feeder may be asleep.
+    """
+
+    __slots__ = (
+        "_bus",
+        "_closed",
+        "_idle",
+        "_is_async",
+        "_queue",
+        "_task",
+        "_wakeup",
+        "handler",
+        "name",
+    )
+
+    def __init__(self, bus: EventBus, handler: Subscriber) -> None:
+        self._bus = bus
+        self.handler = handler
+        self.name = getattr(handler, "__qualname__", None) or type(handler).__name__
+        call = handler if inspect.isroutine(handler) else type(handler).__call__
+        self._is_async = inspect.iscoroutinefunction(call)
+        self._queue: deque[BusEvent] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Records published but not yet handled."""
+        return len(self._queue)
+
+    def _push(self, record: BusEvent) -> None:
+        self._queue.append(record)
+        if self._task is None:
+            self._start()
+        elif self._wakeup is not None:
+            assert self._idle is not None
+            self._idle.clear()
+            self._wakeup.set()
+
+    def _start(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet: records wait in the queue until one publishes inside a loop
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._task = loop.create_task(self._feed(), name=f"rh_agents-subscriber:{self.name}")
+
+    async def _feed(self) -> None:
+        assert self._wakeup is not None and self._idle is not None
+        queue, wakeup, idle = self._queue, self._wakeup, self._idle
+        while True:
+            while queue:
+                record = queue.popleft()
+                try:
+                    outcome = self.handler(record)
+                    if self._is_async or inspect.isawaitable(outcome):
+                        await outcome
+                except Exception as exc:  # a broken subscriber must not stop the run
+                    self._bus._report(self, record, exc)
+            # Idle means: queue empty and no handler running. Publishers clear it.
+            idle.set()
+            if self._closed:
+                return
+            wakeup.clear()
+            await wakeup.wait()
+
+    async def _drain(self) -> None:
+        if self._task is None and self._queue:
+            self._start()
+        task = self._task
+        if task is None:
+            return
+        assert self._idle is not None
+        while not self._idle.is_set() and not task.done():
+            await self._idle.wait()
+
+    async def _close(self, drain: bool) -> None:
+        if drain:
+            await self._drain()
+        self._closed = True
+        task = self._task
+        if task is None:
+            return
+        if not drain:
+            task.cancel()
+        elif self._wakeup is not None:
+            self._wakeup.set()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # we ourselves are being cancelled
+
+
+class EventBus:
+    """Fan-out of records to subscribers and streams; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._subscriptions: list[Subscription] = []
+        self._streams: list[_StreamQueue] = []
+        self.subscriber_errors: list[SubscriberError] = []
+        self.published = 0
+        self._closed = False
+
+    @property
+    def has_listeners(self) -> bool:
+        """Whether anything would receive a record (callers may skip building records if not)."""
+        return bool(self._subscriptions or self._streams)
+
+    def subscribe(self, handler: Subscriber) -> Subscription:
+        """Deliver every later record to ``handler`` (sync or async), in order."""
+        if not callable(handler):
+            raise TypeError(f"a subscriber must be callable, got {handler!r}")
+        subscription = Subscription(self, handler)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def unsubscribe(self, handler: Subscriber | Subscription) -> None:
+        """Stop delivering to ``handler``; records already queued for it are dropped."""
+        for sub in list(self._subscriptions):
+            if sub is handler or sub.handler is handler:
+                self._subscriptions.remove(sub)
+                sub._closed = True
+                sub._queue.clear()
+                if sub._wakeup is not None:
+                    sub._wakeup.set()
+
+    def publish(self, record: BusEvent) -> None:
+        """Queue ``record`` for every subscriber and stream; never waits."""
+        self.published += 1
+        for sub in self._subscriptions:
+            sub._push(record)
+        for stream in self._streams:
+            stream.push(record)
+
+    async def stream(self) -> AsyncIterator[BusEvent]:
+        """Every record published from now on, until the bus is closed::
+
+        async for record in bus.stream():
+            ...
+        """
+        queue = _StreamQueue()
+        self._streams.append(queue)
+        try:
+            while True:
+                record = await queue.get()
+                if record is None:
+                    return
+                yield record
+        finally:
+            if queue in self._streams:
+                self._streams.remove(queue)
+
+    async def drain(self) -> None:
+        """Wait until every subscriber has handled every record published so far."""
+        for sub in list(self._subscriptions):
+            await sub._drain()
+
+    async def close(self, *, drain: bool = True) -> None:
+        """End the bus: optionally drain, then stop feeder tasks and end every ``stream()``."""
+        self._closed = True
+        for sub in list(self._subscriptions):
+            await sub._close(drain)
+        for stream in self._streams:
+            stream.push(None)
+
+    def _report(self, sub: Subscription, record: BusEvent, exc: Exception) -> None:
+        error = SubscriberError(sub.name, record, describe_error(exc), exc)
+        self.subscriber_errors.append(error)
+        logger.error(
+            "event subscriber %s raised on %s at %s: %s",
+            sub.name,
+            record.kind,
+            record.address,
+            error.error,
+            exc_info=exc,
+        )
+
+
+class _StreamQueue:
+    """An unbounded queue for one ``stream()`` consumer (``None`` ends it)."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[BusEvent | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, record: BusEvent | None) -> None:
+        self._items.append(record)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> BusEvent | None:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+AsyncSubscriber = Callable[[BusEvent], Awaitable[None]]

@@ -1,0 +1,87 @@
+"""The execution path of the running task, kept in a ``contextvars`` context.
+
+Every ``ExecutionEvent`` call and every parallel member runs inside a ``Frame``. Frames form a
+tree that mirrors the execution tree; the current one is found through a ``ContextVar``, so two
+concurrent tasks always see their own path and can never corrupt each other's addresses (there
+is no shared mutable stack).
+
+Invariant: a frame's ``_child_counts`` is only touched by code running inside that frame, which
+is a single task unless the user starts tasks of their own inside an actor; in that case names
+are still unique, only their numbering follows the order in which the calls start.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rh_agents.core.execution import ExecutionState
+
+__all__ = ["Frame", "current_frame", "enter_frame", "exit_frame"]
+
+ADDRESS_SEPARATOR = "::"
+
+
+class Frame:
+    """One node of the execution path.
+
+    ``address`` is the full path (``"Orchestrator::docs[3]::Summarizer"``); ``group_id`` and
+    ``parallel_index`` say which parallel member (if any) this frame runs inside; ``slot`` is the
+    global-limit slot held by that member, so that a nested group can lend it back while it waits.
+    """
+
+    __slots__ = ("_child_counts", "address", "group_id", "parallel_index", "slot", "state")
+
+    def __init__(
+        self,
+        state: ExecutionState | None,
+        address: str,
+        group_id: str | None = None,
+        parallel_index: int | None = None,
+        slot: Any = None,
+    ) -> None:
+        self.state = state
+        self.address = address
+        self.group_id = group_id
+        self.parallel_index = parallel_index
+        self.slot = slot
+        self._child_counts: dict[str, int] = {}
+
+    @property
+    def is_parallel(self) -> bool:
+        return self.group_id is not None
+
+    def child_name(self, name: str) -> str:
+        """A name unique among this frame's children: ``name``, then ``name#2``, ``name#3``..."""
+        count = self._child_counts.get(name, 0) + 1
+        self._child_counts[name] = count
+        return name if count == 1 else f"{name}#{count}"
+
+    def child_address(self, name: str) -> str:
+        unique = self.child_name(name)
+        return f"{self.address}{ADDRESS_SEPARATOR}{unique}" if self.address else unique
+
+    def child(self, address: str) -> Frame:
+        """A frame below this one that stays inside the same parallel member."""
+        return Frame(self.state, address, self.group_id, self.parallel_index, self.slot)
+
+
+_current: ContextVar[Frame | None] = ContextVar("rh_agents_frame", default=None)
+
+
+def current_frame(state: ExecutionState) -> Frame:
+    """The running task's frame for ``state`` (the state's root frame outside any call)."""
+    frame = _current.get()
+    if frame is None or frame.state is not state:
+        return state.root_frame
+    return frame
+
+
+def enter_frame(frame: Frame) -> Any:
+    """Make ``frame`` current; returns the token for ``exit_frame``."""
+    return _current.set(frame)
+
+
+def exit_frame(token: Any) -> None:
+    _current.reset(token)

@@ -1,0 +1,238 @@
+"""``ExecutionEvent``: one call of an actor, with an address in the execution tree.
+
+An event is a reusable description (which actor, which policies); calling it runs the actor
+once and returns an ``ExecutionResult``. The call never raises for a failure of the actor: the
+result says ``ok=False`` with the error. Cancellation is never swallowed::
+
+    event = ExecutionEvent(actor=summarize)
+    result = await event(Doc(text="..."), "", state)        # ExecutionResult
+    async with state.parallel(max_workers=5) as p:
+        for doc in docs:
+            p.add(event(doc, "", state))                      # one call per member
+
+Each call publishes ``EventStarted`` then ``EventCompleted`` or ``EventFailed`` on the state's
+bus, and records a bound copy of the event (with its ``address``, ``group_id``,
+``parallel_index`` and ``is_parallel`` filled in) in ``state.history``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rh_agents.core.actors import BaseActor
+from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
+from rh_agents.core.records import EventCompleted, EventFailed, EventStarted
+from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
+from rh_agents.errors import ConfigurationError, ParallelTimeoutError
+
+if TYPE_CHECKING:
+    from rh_agents.core.execution import ExecutionState
+
+__all__ = ["ExecutionEvent", "ExecutionResult", "ResultStatus"]
+
+OutT = TypeVar("OutT")
+
+DETAIL_CHARS = 120
+
+
+def truncate(value: Any, limit: int = DETAIL_CHARS) -> str:
+    """A one-line ``repr``-like text of ``value``, cut to ``limit`` characters."""
+    if isinstance(value, BaseModel):
+        text = value.model_dump_json()
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ExecutionEvent(BaseModel, Generic[OutT]):
+    """A call of ``actor``; see the module docstring.
+
+    ``tag`` replaces the actor's name in the address (useful when one actor is called in
+    several roles); ``timeout`` bounds each call; ``retry`` and ``circuit_breaker`` override the
+    actor's policies for calls made through this event.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    actor: BaseActor
+    tag: str | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    retry: Any = None
+    circuit_breaker: Any = None
+    detail_chars: int = Field(default=DETAIL_CHARS, ge=8)
+
+    # Filled on the bound copy of each call (the spec's parallel metadata).
+    address: str | None = None
+    group_id: str | None = None
+    parallel_index: int | None = None
+    is_parallel: bool = False
+
+    def __call__(
+        self, input: Any, context: str = "", state: ExecutionState | None = None
+    ) -> Coroutine[Any, Any, ExecutionResult[OutT]]:
+        if state is None:
+            raise ConfigurationError(
+                f"calling the event of {self.actor.name!r} needs the ExecutionState: "
+                "event(input, context, state)"
+            )
+        return self._invoke(input, context, state)
+
+    def bind(self, frame: Frame) -> ExecutionEvent[OutT]:
+        """A copy of this event carrying the call's address and parallel metadata."""
+        return self.model_copy(
+            update={
+                "address": frame.address,
+                "group_id": frame.group_id,
+                "parallel_index": frame.parallel_index,
+                "is_parallel": frame.group_id is not None,
+            }
+        )
+
+    async def _invoke(
+        self, input: Any, context: str, state: ExecutionState
+    ) -> ExecutionResult[OutT]:
+        actor = self.actor
+        parent = current_frame(state)
+        frame = parent.child(parent.child_address(self.tag or actor.name))
+        address = frame.address
+        bus = state.event_bus
+        clock = state.clock
+        group_id, index = frame.group_id, frame.parallel_index
+        in_group = group_id is not None
+
+        recovered = state.recovered_result(address, actor)
+        if recovered is not None:
+            bound = self.bind(frame)
+            state.history.record(bound, None, recovered)
+            if bus.has_listeners and state.replay_publishes:
+                bus.publish(
+                    EventCompleted(
+                        address=address,
+                        timestamp=clock.now(),
+                        group_id=group_id,
+                        parallel_index=index,
+                        is_parallel=in_group,
+                        actor=actor.name,
+                        actor_kind=actor.kind,
+                        execution_time=0.0,
+                        detail=truncate(recovered.result, self.detail_chars),
+                        source="replay",
+                    )
+                )
+            return recovered
+
+        started = clock.now()
+        if bus.has_listeners:
+            bus.publish(
+                EventStarted(
+                    address=address,
+                    timestamp=started,
+                    group_id=group_id,
+                    parallel_index=index,
+                    is_parallel=in_group,
+                    actor=actor.name,
+                    actor_kind=actor.kind,
+                    detail=truncate(input, self.detail_chars),
+                )
+            )
+        token = enter_frame(frame)
+        validated: BaseModel | None = None
+        attempts = 1
+        try:
+            validated = actor.validate_input(input)
+            value, attempts = await state.invoke_actor(self, validated, context, frame)
+            value = actor.validate_output(value)
+        except asyncio.CancelledError:
+            elapsed = clock.now() - started
+            if bus.has_listeners:
+                bus.publish(
+                    EventFailed(
+                        address=address,
+                        timestamp=clock.now(),
+                        group_id=group_id,
+                        parallel_index=index,
+                        is_parallel=in_group,
+                        actor=actor.name,
+                        actor_kind=actor.kind,
+                        execution_time=elapsed,
+                        error="cancelled",
+                        error_type="CancelledError",
+                        cancelled=True,
+                    )
+                )
+            raise
+        except Exception as exc:
+            elapsed = clock.now() - started
+            if isinstance(exc, TimeoutError) and not isinstance(exc, ParallelTimeoutError):
+                exc = ParallelTimeoutError(
+                    f"{actor.kind} {actor.name!r} at {address} timed out after "
+                    f"{self.timeout}s; raise the event's timeout or make the call faster"
+                ).with_traceback(exc.__traceback__)
+            status = (
+                ResultStatus.TIMED_OUT
+                if isinstance(exc, ParallelTimeoutError)
+                else ResultStatus.FAILED
+            )
+            result: ExecutionResult[OutT] = ExecutionResult(
+                ok=False,
+                error=describe_error(exc),
+                exception=exc,
+                execution_time=elapsed,
+                status=status,
+                index=index,
+                address=address,
+                attempts=getattr(exc, "attempts", attempts),
+            )
+            if bus.has_listeners:
+                bus.publish(
+                    EventFailed(
+                        address=address,
+                        timestamp=clock.now(),
+                        group_id=group_id,
+                        parallel_index=index,
+                        is_parallel=in_group,
+                        actor=actor.name,
+                        actor_kind=actor.kind,
+                        execution_time=elapsed,
+                        error=result.error or "",
+                        error_type=type(exc).__name__,
+                        attempts=result.attempts,
+                    )
+                )
+        else:
+            elapsed = clock.now() - started
+            result = ExecutionResult(
+                ok=True,
+                result=value,
+                execution_time=elapsed,
+                index=index,
+                address=address,
+                attempts=attempts,
+            )
+            if bus.has_listeners:
+                bus.publish(
+                    EventCompleted(
+                        address=address,
+                        timestamp=clock.now(),
+                        group_id=group_id,
+                        parallel_index=index,
+                        is_parallel=in_group,
+                        actor=actor.name,
+                        actor_kind=actor.kind,
+                        execution_time=elapsed,
+                        detail=truncate(value, self.detail_chars),
+                        attempts=attempts,
+                    )
+                )
+        finally:
+            exit_frame(token)
+        state.history.record(self.bind(frame), validated, result)
+        await state.on_event_finished(address, actor, validated, result)
+        return result

@@ -1,0 +1,276 @@
+"""``ExecutionState``: everything one run shares, and the way into parallel execution.
+
+::
+
+    bus = EventBus()
+    bus.subscribe(EventPrinter())
+    state = ExecutionState(event_bus=bus, global_max_workers=10)
+    result = await ExecutionEvent(actor=summarize)(doc, "", state)
+    async with state.parallel(max_workers=5, name="docs") as p:
+        ...
+    results = await state.parallel_execute([...], max_workers=3)
+
+The state holds the bus, the history of finished calls keyed by address, a small key-value
+``store`` for actors to share values, the optional global worker limit, and the clock. The
+current position in the execution tree is not stored here but in a ``contextvars`` context
+(see ``rh_agents.core.context``), so concurrent tasks never see each other's addresses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, overload
+
+from pydantic import BaseModel
+
+from rh_agents.core.bus import EventBus
+from rh_agents.core.clock import Clock, SystemClock
+from rh_agents.core.context import Frame
+from rh_agents.core.history import ExecutionHistory
+from rh_agents.core.parallel.manager import ParallelExecutionManager
+from rh_agents.core.parallel.slots import SlotPool
+from rh_agents.core.parallel.strategy import ErrorStrategy
+from rh_agents.core.results import ExecutionResult
+
+if TYPE_CHECKING:
+    from rh_agents.core.actors import BaseActor
+    from rh_agents.core.events import ExecutionEvent
+    from rh_agents.core.parallel.member import Member
+
+__all__ = ["EventBus", "ExecutionState"]
+
+logger = logging.getLogger("rh_agents")
+
+
+class ExecutionState:
+    """The shared state of one run; see the module docstring.
+
+    ``global_max_workers`` caps the members running at once over every group of this state
+    (a member waiting on its own nested group lends its slot, so nesting never deadlocks).
+    """
+
+    def __init__(
+        self,
+        event_bus: EventBus | None = None,
+        *,
+        global_max_workers: int | None = None,
+        clock: Clock | None = None,
+        run_id: str | None = None,
+        retry: Any = None,
+        circuit_breaker: Any = None,
+    ) -> None:
+        self.event_bus = event_bus if event_bus is not None else EventBus()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.global_slots = SlotPool(global_max_workers) if global_max_workers is not None else None
+        self.run_id = run_id
+        self.retry = retry
+        self.circuit_breaker = circuit_breaker
+        self.history = ExecutionHistory()
+        self.store: dict[str, Any] = {}
+        self.root_frame = Frame(self, "")
+        self.replay_publishes = False
+        self.internal_errors: list[BaseException] = []
+
+    @property
+    def global_max_workers(self) -> int | None:
+        return self.global_slots.limit if self.global_slots is not None else None
+
+    # --- parallel execution -----------------------------------------------------------------
+
+    def parallel(
+        self,
+        max_workers: int = 5,
+        *,
+        name: str | None = None,
+        error_strategy: ErrorStrategy | str = ErrorStrategy.FAIL_SLOW,
+        timeout: float | None = None,
+        member_timeout: float | None = None,
+        failure_threshold: float | None = None,
+        quorum: int | None = None,
+        raise_exception_group: bool = False,
+        retry: Any = None,
+        circuit_breaker: Any = None,
+    ) -> ParallelExecutionManager[Any]:
+        """A parallel group, used as ``async with state.parallel(...) as p:``.
+
+        - ``max_workers``: members of this group running at once (default 5).
+        - ``name``: the group's name in addresses (``parent::name[i]``); default ``parallel``.
+        - ``error_strategy``: ``FAIL_SLOW`` (default), ``FAIL_FAST`` or ``FAIL_THRESHOLD`` with
+          ``failure_threshold`` (a count, or a fraction of the members).
+        - ``raise_exception_group``: raise a ``GroupFailedError`` (an ``ExceptionGroup``) of
+          every failure at the end, partial results in ``.results``.
+        - ``quorum``: stop as soon as that many members succeeded, cancelling the rest.
+        - ``timeout``: for the whole group; ``member_timeout``: for each member. Finished
+          results are always kept.
+        - ``retry`` / ``circuit_breaker``: group-level policies (an event's or actor's own
+          policy wins over them).
+        """
+        return ParallelExecutionManager(
+            self,
+            max_workers=max_workers,
+            name=name,
+            error_strategy=error_strategy,
+            timeout=timeout,
+            member_timeout=member_timeout,
+            failure_threshold=failure_threshold,
+            quorum=quorum,
+            raise_exception_group=raise_exception_group,
+            retry=retry,
+            circuit_breaker=circuit_breaker,
+        )
+
+    @overload
+    async def parallel_execute(
+        self, members: Mapping[str, Any], max_workers: int = 5, **options: Any
+    ) -> dict[str, ExecutionResult[Any]]: ...
+
+    @overload
+    async def parallel_execute(
+        self, members: Iterable[Any], max_workers: int = 5, **options: Any
+    ) -> list[ExecutionResult[Any]]: ...
+
+    async def parallel_execute(
+        self, members: Iterable[Any] | Mapping[str, Any], max_workers: int = 5, **options: Any
+    ) -> list[ExecutionResult[Any]] | dict[str, ExecutionResult[Any]]:
+        """Run ``members`` in one group and return their results.
+
+        A list gives a list in the same order; a dict gives a dict with the same keys::
+
+            results = await state.parallel_execute([e(a, "", state), e(b, "", state)])
+            named = await state.parallel_execute({"a": e(a, "", state)}, max_workers=3)
+
+        ``dependencies={"b": ["a"]}`` (with a dict) runs ``b`` after ``a``; a cycle or an
+        unknown name is rejected before anything runs.
+        """
+        dependencies: Mapping[str, Iterable[str]] | None = options.pop("dependencies", None)
+        if isinstance(members, Mapping):
+            order = _dependency_order(members, dependencies or {})
+            async with self.parallel(max_workers, **options) as p:
+                for key in order:
+                    p.add(key, members[key], after=tuple((dependencies or {}).get(key, ())))
+                by_name = await p.gather_dict()
+            return {key: by_name[key] for key in members}
+        if dependencies:
+            _close_all(members)
+            from rh_agents.errors import ConfigurationError
+
+            raise ConfigurationError("dependencies need named members: pass a dict")
+        async with self.parallel(max_workers, **options) as p:
+            for member in members:
+                p.add(member)
+            return await p.gather()
+
+    # --- hooks used by events and groups (extended by resilience and recovery) --------------
+
+    async def invoke_actor(
+        self, event: ExecutionEvent[Any], validated: BaseModel, context: str, frame: Frame
+    ) -> tuple[Any, int]:
+        """Run ``event``'s actor once; returns ``(value, attempts)``."""
+        handler = event.actor.handler
+        if event.timeout is None:
+            return await handler(validated, context, self), 1
+        import asyncio
+
+        async with asyncio.timeout(event.timeout):
+            return await handler(validated, context, self), 1
+
+    async def run_member(
+        self, group: ParallelExecutionManager[Any], member: Member, frame: Frame
+    ) -> Any:
+        """Run one member of ``group`` once and return what it produced."""
+        awaitable: Awaitable[Any] = member.open()
+        return await awaitable
+
+    def recovered_result(self, address: str, actor: BaseActor) -> ExecutionResult[Any] | None:
+        """A stored result to return instead of running (replay); none without recovery."""
+        return None
+
+    async def on_event_finished(
+        self,
+        address: str,
+        actor: BaseActor,
+        validated: BaseModel | None,
+        result: ExecutionResult[Any],
+    ) -> None:
+        """Called after each event call (checkpointing hooks in here)."""
+        return None
+
+    def report_internal_error(self, exc: BaseException | None) -> None:
+        if exc is None:
+            return
+        self.internal_errors.append(exc)
+        logger.error("internal error in a parallel group worker", exc_info=exc)
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ExecutionState:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Let every subscriber catch up, then stop the bus."""
+        await self.event_bus.close(drain=True)
+
+
+def _close_all(members: Iterable[Any]) -> None:
+    import inspect
+
+    for member in members:
+        if inspect.iscoroutine(member):
+            member.close()
+
+
+def _dependency_order(
+    members: Mapping[str, Any], dependencies: Mapping[str, Iterable[str]]
+) -> list[str]:
+    """Names in an order where each comes after its dependencies; rejects cycles and unknowns."""
+    from rh_agents.errors import DependencyError
+
+    deps = {key: list(dependencies.get(key, ())) for key in members}
+    try:
+        for key in dependencies:
+            if key not in members:
+                raise DependencyError(
+                    f"dependencies name {key!r}, which is not a member; members are "
+                    f"{sorted(members)}"
+                )
+        for key, needs in deps.items():
+            for need in needs:
+                if need not in members:
+                    raise DependencyError(
+                        f"member {key!r} depends on {need!r}, which is not a member; "
+                        f"members are {sorted(members)}"
+                    )
+        order: list[str] = []
+        state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+        def visit(key: str, path: list[str]) -> None:
+            mark = state.get(key)
+            if mark == 2:
+                return
+            if mark == 1:
+                cycle = [*path[path.index(key) :], key]
+                raise DependencyError(
+                    "dependencies form a cycle: " + " -> ".join(cycle) + "; nothing was run"
+                )
+            state[key] = 1
+            for need in deps[key]:
+                visit(need, [*path, key])
+            state[key] = 2
+            order.append(key)
+
+        for key in members:
+            visit(key, [])
+        return order
+    except DependencyError:
+        _close_all(members.values())
+        raise

@@ -1,0 +1,23 @@
+"""Parallel execution: groups of independent members run concurrently under limits.
+
+Layering: ``strategy`` and ``group`` are plain types; ``member`` turns what ``add`` receives
+into awaitables; ``slots`` is the global limit; ``manager`` is the scheduler that owns the
+workers and results of one group. ``ExecutionState.parallel()`` is the way in.
+"""
+
+from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
+from rh_agents.core.parallel.manager import MemberSlot, ParallelExecutionManager
+from rh_agents.core.parallel.member import Member
+from rh_agents.core.parallel.slots import SlotPool
+from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
+
+__all__ = [
+    "ErrorStrategy",
+    "GroupStatistics",
+    "GroupStatus",
+    "Member",
+    "MemberSlot",
+    "ParallelEventGroup",
+    "ParallelExecutionManager",
+    "SlotPool",
+]

@@ -1,0 +1,61 @@
+"""``ParallelEventGroup``: the spec's description of a group, and its statistics snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rh_agents.core.parallel.strategy import GroupStatus
+
+__all__ = ["GroupStatistics", "ParallelEventGroup"]
+
+
+class ParallelEventGroup(BaseModel):
+    """What a group is and how far it got (the spec's fields).
+
+    Owned and updated by its ``ParallelExecutionManager``; read it through ``p.group``.
+    ``group_id`` is derived from the parent address and the group's name, so it is the same in
+    every run of the same code.
+    """
+
+    model_config = ConfigDict(validate_assignment=False)
+
+    group_id: str
+    name: str
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    status: GroupStatus = GroupStatus.PENDING
+    start_time: float | None = None
+    end_time: float | None = None
+    max_workers: int | None = None
+    parent_group_id: str | None = None
+    member_names: dict[int, str] = Field(default_factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatistics:
+    """A frozen snapshot of a group's counters (``p.statistics()``)."""
+
+    group_id: str
+    total: int
+    running: int
+    queued: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    timed_out: int
+    skipped: int
+    concurrency_high_water: int
+    wall_time: float
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed + self.cancelled + self.timed_out + self.skipped

@@ -1,0 +1,1117 @@
+"""``ParallelExecutionManager``: run independent members concurrently under a limit.
+
+Scheduling uses a bounded pool of worker tasks per group (never one task per member): at most
+``max_workers`` members run at once, each worker takes the next ready member (highest
+priority, then submission order) when it finishes one. Memory for running work is therefore
+O(max_workers); a finished member keeps only its ``ExecutionResult``::
+
+    async with state.parallel(max_workers=5, name="docs") as p:
+        for doc in docs:
+            p.add(summarize_event(doc, "", state))
+        results = await p.gather()          # submission order; FAIL_SLOW never raises
+
+Invariants (the manager is the single owner of all of these; workers are its tasks):
+
+- ``_running`` counts workers holding a slot, and never exceeds the limit except for the
+  moment a member that lent its slot (retry backoff) takes it back before a worker exits.
+- Every member ends with exactly one result, set by ``_finish``; ``_done`` counts them.
+- Every worker task is in ``_workers`` until it ends; leaving the block (any way) waits for
+  all of them, so no task outlives the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import inspect
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
+from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
+from rh_agents.core.parallel.member import Member, check_member
+from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
+from rh_agents.core.records import GroupCompleted, GroupStarted, MemberFinished, MemberStarted
+from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
+from rh_agents.errors import (
+    ConfigurationError,
+    DependencyError,
+    DuplicateMemberError,
+    FailureThresholdError,
+    GroupClosedError,
+    GroupFailedError,
+    MemberCancelledError,
+    MemberFailedError,
+    MemberSkippedError,
+    ParallelTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from rh_agents.core.execution import ExecutionState
+
+__all__ = ["MemberSlot", "ParallelExecutionManager"]
+
+T = TypeVar("T")
+
+_FAILURE_STATUSES = (ResultStatus.FAILED, ResultStatus.TIMED_OUT)
+
+
+class MemberSlot:
+    """The slots a running member holds: one of its group, maybe one of the global limit.
+
+    A member can lend them back while it only waits (a retry backoff, a nested group) and
+    reclaim them afterwards, so waiting never holds capacity and nested groups cannot
+    deadlock on the global limit.
+    """
+
+    __slots__ = ("global_held", "manager")
+
+    def __init__(self, manager: ParallelExecutionManager[Any]) -> None:
+        self.manager = manager
+        self.global_held = False
+
+    def lend_global(self) -> bool:
+        pool = self.manager._state.global_slots
+        if pool is None or not self.global_held:
+            return False
+        self.global_held = False
+        pool.release()
+        return True
+
+    async def reclaim_global(self) -> None:
+        pool = self.manager._state.global_slots
+        if pool is not None and not self.global_held:
+            await pool.acquire()
+            self.global_held = True
+
+    def lend(self) -> None:
+        """Give back the group slot (and the global one) while this member only waits."""
+        self.lend_global()
+        self.manager._lend_slot()
+
+    async def reclaim(self) -> None:
+        """Take the slots back before doing work again."""
+        await self.manager._reclaim_slot()
+        await self.reclaim_global()
+
+
+class ParallelExecutionManager(Generic[T]):
+    """An async context manager running members concurrently; see the module docstring.
+
+    Made by ``ExecutionState.parallel(...)``, which documents the options.
+    """
+
+    def __init__(
+        self,
+        state: ExecutionState,
+        *,
+        max_workers: int = 5,
+        name: str | None = None,
+        error_strategy: ErrorStrategy | str = ErrorStrategy.FAIL_SLOW,
+        timeout: float | None = None,
+        member_timeout: float | None = None,
+        failure_threshold: float | None = None,
+        quorum: int | None = None,
+        raise_exception_group: bool = False,
+        retry: Any = None,
+        circuit_breaker: Any = None,
+        retain_results: bool = True,
+    ) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ConfigurationError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        try:
+            strategy = ErrorStrategy(error_strategy)
+        except ValueError:
+            choices = ", ".join(sorted({s.name for s in ErrorStrategy}))
+            raise ConfigurationError(
+                f"unknown error_strategy {error_strategy!r}; use one of {choices}"
+            ) from None
+        for label, value in (("timeout", timeout), ("member_timeout", member_timeout)):
+            if value is not None and not (isinstance(value, int | float) and value > 0):
+                raise ConfigurationError(f"{label} must be a number of seconds > 0, got {value!r}")
+        if strategy is ErrorStrategy.FAIL_THRESHOLD and failure_threshold is None:
+            raise ConfigurationError(
+                "FAIL_THRESHOLD needs failure_threshold: a count (3) or a fraction (0.25)"
+            )
+        if failure_threshold is not None and not (
+            (isinstance(failure_threshold, int) and failure_threshold >= 1)
+            or (isinstance(failure_threshold, float) and 0 < failure_threshold <= 1)
+        ):
+            raise ConfigurationError(
+                f"failure_threshold must be an int >= 1 or a fraction in (0, 1], "
+                f"got {failure_threshold!r}"
+            )
+        if quorum is not None and (not isinstance(quorum, int) or quorum < 1):
+            raise ConfigurationError(f"quorum must be an int >= 1, got {quorum!r}")
+        if name is not None and (not name or any(c in name for c in ":[]#\n")):
+            raise ConfigurationError(
+                f"group name {name!r} must be non-empty and free of ':', '[', ']', '#'"
+            )
+
+        self._state = state
+        self._limit = max_workers
+        self._requested_name = name
+        self.error_strategy = strategy
+        self.timeout = timeout
+        self.member_timeout = member_timeout
+        self.failure_threshold = failure_threshold
+        self.quorum = quorum
+        self.raise_exception_group = raise_exception_group
+        self.retry = retry
+        self.circuit_breaker = circuit_breaker
+        self._retain = retain_results
+
+        self.group: ParallelEventGroup | None = None
+        self.group_id = ""
+        self._entered = False
+        self._sealed = False  # no more add(): gather/stream started or block left
+        self._finalized = False
+        self._members: list[Member] = []
+        self._names: dict[str, int] = {}
+        self._ready: list[tuple[int, int, Member]] = []
+        self._source: _LazySource | None = None
+        self._results: list[ExecutionResult[Any] | None] = []
+        self._completion_order: list[int] = []
+        self._unretained: deque[ExecutionResult[Any]] = deque()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._running_member: dict[asyncio.Task[None], Member] = {}
+        self._reclaimers: deque[asyncio.Future[None]] = deque()
+        self._running = 0
+        self._high_water = 0
+        self._total = 0
+        self._done = 0
+        self._succeeded = 0
+        self._failed = 0
+        self._cancelled = 0
+        self._timed_out = 0
+        self._skipped = 0
+        self._stop_status: ResultStatus | None = None
+        self._stop_group_status: GroupStatus | None = None
+        self._trigger: ExecutionResult[Any] | None = None
+        self._all_done: asyncio.Future[None] | None = None
+        self._progress: asyncio.Future[None] | None = None
+        self._timeout_handle: asyncio.TimerHandle | None = None
+        self._parent_frame: Frame | None = None
+        self._started_at = 0.0
+        self._wall_time: float | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ParallelExecutionManager[T]:
+        if self._entered:
+            raise GroupClosedError("this parallel group was already used; make a new one")
+        self._entered = True
+        state = self._state
+        parent = current_frame(state)
+        self._parent_frame = parent
+        name = self._requested_name or "parallel"
+        self.group_id = parent.child_address(name)
+        self._started_at = state.clock.now()
+        self.group = ParallelEventGroup(
+            group_id=self.group_id,
+            name=self._requested_name or self.group_id.rsplit("::", 1)[-1],
+            status=GroupStatus.RUNNING,
+            start_time=self._started_at,
+            max_workers=self._limit,
+            parent_group_id=parent.group_id,
+        )
+        loop = asyncio.get_running_loop()
+        if self.timeout is not None:
+            self._timeout_handle = loop.call_later(self.timeout, self._on_group_timeout)
+        bus = state.event_bus
+        if bus.has_listeners:
+            bus.publish(
+                GroupStarted(
+                    address=self.group_id,
+                    timestamp=self._started_at,
+                    group_id=parent.group_id,
+                    parallel_index=parent.parallel_index,
+                    is_parallel=parent.group_id is not None,
+                    name=self.group.name,
+                    total=self._total,
+                    max_workers=self._limit,
+                    parent_group_id=parent.group_id,
+                )
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            await self._gather_all()  # leaving without gathering gathers (and may raise)
+            return
+        # Leaving by an exception (or cancellation): stop everything, wait for our workers.
+        self._sealed = True
+        self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
+        await self._join_workers()
+        self._finalize()
+
+    # --- adding members -------------------------------------------------------------------
+
+    def add(
+        self,
+        *args: Any,
+        name: str | None = None,
+        after: Iterable[str] | str = (),
+        priority: int = 0,
+        timeout: float | None = None,
+        retry: Any = None,
+    ) -> int:
+        """Add a member; returns its index. Three forms::
+
+            p.add(event(input, context, state))          # a coroutine
+            p.add(lambda: call(doc), name="doc2")        # a zero-argument callable
+            p.add("doc3", event(input3, context, state)) # name first
+
+        ``after`` names members that must complete first (a failed one skips this member);
+        ``priority`` orders members waiting for a worker (higher first); ``timeout`` bounds
+        this member alone.
+        """
+        if len(args) == 2 and isinstance(args[0], str):
+            if name is not None:
+                _close_quietly(args[1])
+                raise ConfigurationError("give the member's name once: p.add('x', coro)")
+            name, source = args
+        elif len(args) == 1:
+            source = args[0]
+        else:
+            for arg in args:
+                _close_quietly(arg)
+            raise ConfigurationError(
+                "p.add() takes one member, or a name and a member: "
+                f"got {len(args)} positional arguments"
+            )
+        try:
+            self._check_can_add()
+            check_member(source)
+            if name is not None:
+                if not isinstance(name, str) or not name:
+                    raise ConfigurationError(f"a member name must be a non-empty str, got {name!r}")
+                if name in self._names:
+                    raise DuplicateMemberError(
+                        f"group {self.group_id!r} already has a member named {name!r} "
+                        f"(index {self._names[name]}); names must be unique"
+                    )
+            if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+                raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r}")
+            if isinstance(after, str):
+                after = (after,)
+            deps: list[int] = []
+            for dep in after:
+                if dep not in self._names:
+                    known = ", ".join(sorted(self._names)) or "none yet"
+                    raise DependencyError(
+                        f"member {name or len(self._members)!r} depends on {dep!r}, which is "
+                        f"not a member of group {self.group_id!r} (known: {known}); add the "
+                        "dependency first"
+                    )
+                deps.append(self._names[dep])
+            self._check_retry(source, retry)
+        except BaseException:
+            _close_quietly(source)
+            raise
+        return self._add_member(source, name, deps, priority, timeout, retry)
+
+    def _check_can_add(self) -> None:
+        if not self._entered:
+            raise GroupClosedError(
+                "add() needs an open group: use 'async with state.parallel(...) as p:'"
+            )
+        if self._sealed:
+            raise GroupClosedError(
+                f"group {self.group_id!r} was already gathered or closed; add members "
+                "before calling gather()/stream(), or open a new group"
+            )
+
+    def _check_retry(self, source: Any, retry: Any) -> None:
+        # Overridden in spirit by the resilience layer: a bare coroutine cannot run twice.
+        policy = retry if retry is not None else self.retry
+        if policy is None:
+            return
+        from rh_agents.core.parallel.member import is_event_call
+
+        attempts = getattr(policy, "max_attempts", 1)
+        if attempts > 1 and inspect.iscoroutine(source) and not is_event_call(source):
+            from rh_agents.errors import RetryPolicyError
+
+            raise RetryPolicyError(
+                f"a retry policy with max_attempts={attempts} cannot re-run a bare coroutine "
+                f"({source.__qualname__}); add a zero-argument callable instead: "
+                "p.add(lambda: fn(x))"
+            )
+
+    def _add_member(
+        self,
+        source: Any,
+        name: str | None,
+        deps: list[int],
+        priority: int,
+        timeout: float | None,
+        retry: Any,
+    ) -> int:
+        member = self._register(source, name, priority, timeout, retry)
+        index = member.index
+        if self._stop_status is not None:
+            self._finish(member, self._stopped_result(member))
+            return index
+        pending = 0
+        for dep_index in deps:
+            dep = self._members[dep_index]
+            if dep.result is None:
+                pending += 1
+                if dep.dependents is None:
+                    dep.dependents = []
+                dep.dependents.append(member)
+            elif not dep.result.ok:
+                self._finish(member, self._skipped_result(member, dep))
+                return index
+        member.after = tuple(deps)
+        member.pending_deps = pending
+        if pending == 0:
+            heapq.heappush(self._ready, (-priority, index, member))
+            self._kick()
+        return index
+
+    def _register(
+        self, source: Any, name: str | None, priority: int, timeout: float | None, retry: Any
+    ) -> Member:
+        index = self._total
+        member = Member(index, source, name, priority, timeout, retry)
+        member.enqueued = self._state.clock.now()
+        if self._retain:
+            self._members.append(member)
+            self._results.append(None)
+        self._total += 1
+        if name is not None:
+            self._names[name] = index
+            assert self.group is not None
+            self.group.member_names[index] = name
+        return member
+
+    def map(
+        self,
+        func: Callable[[Any], Awaitable[Any]] | Any,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        context: str = "",
+    ) -> None:
+        """Add one member per item of ``items``, pulled only as workers free up.
+
+        ``func`` is an async function of one item, or an ``ExecutionEvent`` (called as
+        ``event(item, context, state)``). A sync or async iterable of any length works:
+        items are read lazily, so a million-item input never sits in memory.
+        """
+        self._check_can_add()
+        if self._source is not None:
+            raise ConfigurationError("a group takes one map() input; open another group")
+        from rh_agents.core.events import ExecutionEvent
+
+        call: Callable[[Any], Awaitable[Any]]
+        if isinstance(func, ExecutionEvent):
+            call = functools.partial(_call_event, func, context=context, state=self._state)
+        elif callable(func):
+            call = func
+        else:
+            raise ConfigurationError(f"map() needs an async function or an event, got {func!r}")
+        if isinstance(items, AsyncIterable):
+            self._source = _LazySource(call, async_items=aiter(items))
+        elif isinstance(items, Iterable):
+            self._source = _LazySource(call, items=iter(items))
+        else:
+            raise ConfigurationError(f"map() needs an iterable or async iterable, got {items!r}")
+        self._kick()
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Start workers while members are ready and slots are free."""
+        if self._stop_status is not None:
+            return
+        loop_create = asyncio.get_running_loop().create_task
+        source = self._source
+        while self._running < self._limit and (
+            self._ready or (source is not None and not source.exhausted)
+        ):
+            member = heapq.heappop(self._ready)[2] if self._ready else None
+            self._running += 1
+            if self._running > self._high_water:
+                self._high_water = self._running
+            task = loop_create(self._worker(member))
+            self._workers.add(task)
+            if member is not None:
+                self._running_member[task] = member
+            task.add_done_callback(self._worker_done)
+
+    def _take_next(self) -> Member | None:
+        if self._stop_status is not None or self._running > self._limit:
+            return None
+        if self._ready:
+            return heapq.heappop(self._ready)[2]
+        return None
+
+    async def _worker(self, member: Member | None) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        running_member = self._running_member
+        handed_over = False
+        try:
+            while True:
+                if member is None:
+                    source = self._source
+                    if source is None or source.exhausted or self._stop_status is not None:
+                        break
+                    pulled = await source.next_item()
+                    if pulled is None:
+                        break
+                    call, item = pulled[0], pulled[1]
+                    member = self._register(functools.partial(call, item), None, 0, None, None)
+                running_member[task] = member
+                await self._run_member(member)
+                del running_member[task]
+                if self._reclaimers:
+                    # A member that lent its slot wants it back: give it ours and stop.
+                    self._reclaimers.popleft().set_result(None)
+                    handed_over = True
+                    return
+                member = self._take_next()
+        finally:
+            running_member.pop(task, None)
+            if not handed_over:
+                self._running -= 1
+                self._serve_reclaimers()
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        self._workers.discard(task)
+        member = self._running_member.pop(task, None)
+        if member is not None:
+            # Cancelled before its first step: the worker body never ran.
+            self._running -= 1
+            if member.result is None:
+                self._finish(member, self._stopped_result(member))
+            self._serve_reclaimers()
+        if not task.cancelled() and task.exception() is not None:  # a bug in the scheduler
+            self._state.report_internal_error(task.exception())
+        self._check_all_done()
+
+    def _serve_reclaimers(self) -> None:
+        while self._reclaimers and self._running < self._limit:
+            waiter = self._reclaimers.popleft()
+            if not waiter.done():
+                self._running += 1
+                waiter.set_result(None)
+
+    def _lend_slot(self) -> None:
+        self._running -= 1
+        self._kick()
+
+    async def _reclaim_slot(self) -> None:
+        if self._running < self._limit and not self._reclaimers:
+            self._running += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reclaimers.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._running += 0  # the slot was handed over; the caller's finally releases
+            else:
+                self._reclaimers.remove(waiter)
+                self._running += 1  # keep the accounting of the worker that will release it
+            raise
+
+    async def _run_member(self, member: Member) -> None:
+        state = self._state
+        clock = state.clock
+        bus = state.event_bus
+        index = member.index
+        slot = MemberSlot(self)
+        frame = Frame(state, f"{self.group_id}[{index}]", self.group_id, index, slot)
+        token = enter_frame(frame)
+        started = clock.now()
+        member.started = started
+        result: ExecutionResult[Any]
+        try:
+            if state.global_slots is not None:
+                await state.global_slots.acquire()
+                slot.global_held = True
+                started = member.started = clock.now()
+            if bus.has_listeners:
+                bus.publish(
+                    MemberStarted(
+                        address=frame.address,
+                        timestamp=started,
+                        group_id=self.group_id,
+                        parallel_index=index,
+                        is_parallel=True,
+                        name=member.name,
+                        index=index,
+                        queue_wait=started - member.enqueued,
+                    )
+                )
+            timeout = member.timeout or self.member_timeout
+            if timeout is None:
+                value = await state.run_member(self, member, frame)
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        value = await state.run_member(self, member, frame)
+                except TimeoutError as exc:
+                    raise ParallelTimeoutError(
+                        f"member {member.name or index} of group {self.group_id!r} timed out "
+                        f"after {timeout}s"
+                    ) from exc
+        except asyncio.CancelledError:
+            result = self._stopped_result(member, clock.now() - started)
+            if self._stop_status is None:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Not a cancellation of ours (only _stop cancels workers): record the
+                    # member, then let the cancellation go on. Never swallow it.
+                    if member.result is None:
+                        self._finish(member, result)
+                    raise
+            # Otherwise: our own stop, or the member raised CancelledError by itself.
+        except Exception as exc:
+            status = (
+                ResultStatus.TIMED_OUT
+                if isinstance(exc, ParallelTimeoutError)
+                else ResultStatus.FAILED
+            )
+            result = ExecutionResult(
+                ok=False,
+                error=describe_error(exc),
+                exception=exc,
+                execution_time=clock.now() - started,
+                status=status,
+            )
+        else:
+            if isinstance(value, ExecutionResult):
+                result = value
+            else:
+                result = ExecutionResult(
+                    ok=True, result=value, execution_time=clock.now() - started
+                )
+        finally:
+            exit_frame(token)
+            if slot.global_held:
+                slot.global_held = False
+                assert state.global_slots is not None
+                state.global_slots.release()
+        if member.result is None:
+            self._finish(member, result)
+
+    # --- completion -----------------------------------------------------------------------
+
+    def _finish(self, member: Member, result: ExecutionResult[Any]) -> None:
+        """Record ``member``'s one result and react to it (the only place results land)."""
+        index = member.index
+        result.index = index
+        result.name = member.name
+        if result.address is None:
+            result.address = f"{self.group_id}[{index}]"
+        member.result = result
+        member.source = None
+        status = result.status
+        self._done += 1
+        if result.ok:
+            self._succeeded += 1
+        elif status is ResultStatus.FAILED:
+            self._failed += 1
+        elif status is ResultStatus.TIMED_OUT:
+            self._timed_out += 1
+        elif status is ResultStatus.CANCELLED:
+            self._cancelled += 1
+        else:
+            self._skipped += 1
+        if self._retain:
+            self._results[index] = result
+            self._completion_order.append(index)
+        else:
+            self._unretained.append(result)
+            member.result = result  # the member itself is not kept; only the stream holds it
+
+        group = self.group
+        if group is not None:
+            group.completed = self._succeeded
+            group.failed = self._done - self._succeeded
+            group.total = self._total
+        bus = self._state.event_bus
+        if bus.has_listeners:
+            bus.publish(
+                MemberFinished(
+                    address=f"{self.group_id}[{index}]",
+                    timestamp=self._state.clock.now(),
+                    group_id=self.group_id,
+                    parallel_index=index,
+                    is_parallel=True,
+                    name=member.name,
+                    index=index,
+                    status=status.value,
+                    execution_time=result.execution_time,
+                    error=result.error,
+                    done=self._done,
+                    succeeded=self._succeeded,
+                    failed=self._done - self._succeeded,
+                    total=None
+                    if self._source is not None and not self._source.exhausted
+                    else self._total,
+                    attempts=result.attempts,
+                )
+            )
+
+        dependents = member.dependents
+        if dependents:
+            member.dependents = None
+            for dependent in dependents:
+                if dependent.result is not None:
+                    continue
+                if result.ok:
+                    dependent.pending_deps -= 1
+                    if dependent.pending_deps == 0 and self._stop_status is None:
+                        heapq.heappush(
+                            self._ready, (-dependent.priority, dependent.index, dependent)
+                        )
+                else:
+                    self._finish(dependent, self._skipped_result(dependent, member))
+            self._kick()
+
+        if status in _FAILURE_STATUSES and self._stop_status is None:
+            strategy = self.error_strategy
+            if strategy is ErrorStrategy.FAIL_FAST or (
+                self.failure_threshold is not None and self._threshold_reached()
+            ):
+                self._trigger = result
+                self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
+        elif (
+            result.ok
+            and self.quorum is not None
+            and self._succeeded >= self.quorum
+            and self._stop_status is None
+        ):
+            self._stop(ResultStatus.CANCELLED, None)
+
+        progress = self._progress
+        if progress is not None:
+            self._progress = None
+            if not progress.done():
+                progress.set_result(None)
+        self._check_all_done()
+
+    def _threshold_reached(self) -> bool:
+        threshold = self.failure_threshold
+        failures = self._failed + self._timed_out
+        if isinstance(threshold, float):
+            return failures >= threshold * max(self._total, 1)
+        return threshold is not None and failures >= threshold
+
+    def _unfinished(self) -> bool:
+        return self._done < self._total or (self._source is not None and not self._source.exhausted)
+
+    def _check_all_done(self) -> None:
+        if self._unfinished() or self._workers:
+            return
+        if self._all_done is not None and not self._all_done.done():
+            self._all_done.set_result(None)
+
+    def _stopped_result(self, member: Member, elapsed: float = 0.0) -> ExecutionResult[Any]:
+        status = self._stop_status or ResultStatus.CANCELLED
+        where = f"member {member.name or member.index} of group {self.group_id!r}"
+        exc: Exception
+        if status is ResultStatus.TIMED_OUT:
+            exc = ParallelTimeoutError(
+                f"{where} did not finish: the group timed out after {self.timeout}s"
+            )
+        else:
+            exc = MemberCancelledError(f"{where} was cancelled: {self._stop_reason_text()}")
+        return ExecutionResult(
+            ok=False,
+            error=describe_error(exc),
+            exception=exc,
+            execution_time=elapsed,
+            status=status,
+        )
+
+    def _stop_reason_text(self) -> str:
+        trigger = self._trigger
+        if trigger is not None:
+            what = "fail-fast" if self.error_strategy is ErrorStrategy.FAIL_FAST else "threshold"
+            return f"{what} after member {trigger.name or trigger.index} failed ({trigger.error})"
+        if self.quorum is not None and self._succeeded >= self.quorum:
+            return f"quorum of {self.quorum} successes reached"
+        return "the group was cancelled"
+
+    def _skipped_result(self, member: Member, dep: Member) -> ExecutionResult[Any]:
+        exc = MemberSkippedError(
+            f"member {member.name or member.index} of group {self.group_id!r} was skipped: "
+            f"its dependency {dep.name or dep.index!r} did not complete "
+            f"({dep.result.error if dep.result else 'no result'})"
+        )
+        return ExecutionResult(
+            ok=False, error=describe_error(exc), exception=exc, status=ResultStatus.SKIPPED
+        )
+
+    def _stop(self, status: ResultStatus, group_status: GroupStatus | None) -> None:
+        """Stop the group: cancel running members, finish unstarted ones as ``status``."""
+        if self._stop_status is not None:
+            return
+        self._stop_status = status
+        self._stop_group_status = group_status
+        current = asyncio.current_task()
+        for task in list(self._running_member):
+            if task is not current:
+                task.cancel()
+        for task in self._workers:  # workers between members or pulling the lazy input
+            if task is not current and task not in self._running_member:
+                task.cancel()
+        ready, self._ready = self._ready, []
+        for _, _, member in ready:
+            member.discard()
+            self._finish(member, self._stopped_result(member))
+        for member in self._members:
+            if member.result is None and member.started is None and member.pending_deps:
+                member.discard()
+                self._finish(member, self._stopped_result(member))
+        if self._source is not None:
+            self._source.exhausted = True
+        self._check_all_done()
+
+    def _on_group_timeout(self) -> None:
+        self._timeout_handle = None
+        self._stop(ResultStatus.TIMED_OUT, GroupStatus.TIMED_OUT)
+
+    def cancel(self) -> None:
+        """Cancel every running member and skip the rest; results so far are kept."""
+        self._sealed = True
+        self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
+
+    async def _join_workers(self) -> None:
+        # Wait for every worker, even if we are cancelled meanwhile: no orphan may survive.
+        cancelled = False
+        while self._workers:
+            try:
+                await asyncio.wait(set(self._workers))
+            except asyncio.CancelledError:
+                cancelled = True
+                self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
+        if self._source is not None:
+            await self._source.aclose()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _wait_all(self) -> None:
+        """Wait until every member has a result; a cancelled waiter cancels the group."""
+        self._sealed = True
+        if not self._unfinished() and not self._workers:
+            return
+        if self._all_done is None:
+            self._all_done = asyncio.get_running_loop().create_future()
+        # A member waiting on its own nested group does no work: lend its global slot.
+        parent_slot = self._parent_frame.slot if self._parent_frame is not None else None
+        lent = isinstance(parent_slot, MemberSlot) and parent_slot.lend_global()
+        try:
+            await asyncio.shield(self._all_done)
+        except asyncio.CancelledError:
+            self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
+            try:
+                await self._join_workers()
+            finally:
+                self._finalize()
+            raise
+        finally:
+            if lent:
+                assert isinstance(parent_slot, MemberSlot)
+                await parent_slot.reclaim_global()
+        await self._join_workers()
+
+    def _finalize(self) -> None:
+        if self._finalized:
+            return
+        self._finalized = True
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+            self._timeout_handle = None
+        state = self._state
+        now = state.clock.now()
+        self._wall_time = now - self._started_at
+        status = self._stop_group_status
+        if status is None:
+            status = (
+                GroupStatus.COMPLETED if self._succeeded == self._total else (GroupStatus.PARTIAL)
+            )
+        group = self.group
+        if group is not None:
+            group.status = status
+            group.end_time = now
+            group.total = self._total
+        bus = state.event_bus
+        if bus.has_listeners:
+            parent = self._parent_frame
+            bus.publish(
+                GroupCompleted(
+                    address=self.group_id,
+                    timestamp=now,
+                    group_id=parent.group_id if parent else None,
+                    parallel_index=parent.parallel_index if parent else None,
+                    is_parallel=bool(parent and parent.group_id),
+                    name=group.name if group else self.group_id,
+                    status=status.value,
+                    total=self._total,
+                    succeeded=self._succeeded,
+                    failed=self._failed,
+                    cancelled=self._cancelled,
+                    skipped=self._skipped,
+                    timed_out=self._timed_out,
+                    wall_time=self._wall_time,
+                    metrics=self.statistics(),
+                )
+            )
+
+    # --- results ----------------------------------------------------------------------------
+
+    async def _gather_all(self) -> list[ExecutionResult[Any]]:
+        if not self._entered:
+            raise GroupClosedError("gather() needs 'async with state.parallel(...) as p:' first")
+        await self._wait_all()
+        self._finalize()
+        results = self._collected()
+        self._raise_for_strategy(results)
+        return results
+
+    def _collected(self) -> list[ExecutionResult[Any]]:
+        if not self._retain:
+            raise ConfigurationError(
+                "this group does not keep results (retain_results=False); read them with "
+                "stream() as they complete"
+            )
+        return list(self._results)  # type: ignore[arg-type]  # every slot is filled
+
+    def _raise_for_strategy(self, results: list[ExecutionResult[Any]]) -> None:
+        trigger = self._trigger
+        if (
+            trigger is None
+            and self._stop_group_status is GroupStatus.TIMED_OUT
+            and self.error_strategy is not ErrorStrategy.FAIL_SLOW
+        ):
+            raise ParallelTimeoutError(
+                f"group {self.group_id!r} timed out after {self.timeout}s with "
+                f"{self._total - self._succeeded} of {self._total} members unfinished"
+            )
+        if trigger is not None:
+            if self.error_strategy is ErrorStrategy.FAIL_FAST:
+                if trigger.exception is not None:
+                    raise trigger.exception
+                raise MemberFailedError(
+                    f"member {trigger.name or trigger.index} of group {self.group_id!r} "
+                    f"failed: {trigger.error}",
+                    trigger,
+                )
+            failures = self._failed + self._timed_out
+            raise FailureThresholdError(
+                f"group {self.group_id!r} stopped after {failures} failures "
+                f"(failure_threshold={self.failure_threshold}); the rest were cancelled. "
+                "Partial results are in .results",
+                results,
+            )
+        if self.raise_exception_group:
+            errors = [
+                r.exception
+                if isinstance(r.exception, Exception)
+                else MemberFailedError(r.error or "failed", r)
+                for r in results
+                if not r.ok
+            ]
+            if errors:
+                raise GroupFailedError(
+                    f"{len(errors)} of {len(results)} members of group {self.group_id!r} "
+                    "did not complete",
+                    errors,
+                    results,
+                )
+
+    async def gather(self, members: Iterable[Any] | None = None) -> list[ExecutionResult[T]]:
+        """Every result in submission order (waits for all). FAIL_SLOW never raises.
+
+        With ``members`` (the spec's Option D form), those are added first and only their
+        results are returned.
+        """
+        if members is None:
+            return await self._gather_all()
+        indices = [self.add(m) for m in members]
+        results = await self._gather_all()
+        return [results[i] for i in indices]
+
+    async def gather_dict(
+        self, members: Mapping[str, Any] | None = None
+    ) -> dict[str | int, ExecutionResult[T]]:
+        """Results by member name (unnamed members by index), in submission order."""
+        if members is not None:
+            for key, member in members.items():
+                self.add(key, member)
+        results = await self._gather_all()
+        if members is not None:
+            return {key: results[self._names[key]] for key in members}
+        return {(r.name if r.name is not None else r.index or 0): r for r in results}
+
+    async def stream(self) -> AsyncIterator[ExecutionResult[T]]:
+        """Results in completion order, as soon as each member finishes::
+
+        async for result in p.stream():
+            print(result.index, result.ok)
+        """
+        if not self._entered:
+            raise GroupClosedError("stream() needs 'async with state.parallel(...) as p:' first")
+        self._sealed = True
+        loop = asyncio.get_running_loop()
+        cursor = 0
+        try:
+            while True:
+                if self._retain:
+                    order = self._completion_order
+                    while cursor < len(order):
+                        result = self._results[order[cursor]]
+                        cursor += 1
+                        assert result is not None
+                        if result is self._trigger:
+                            await self._gather_all()  # joins, then raises the strategy error
+                        yield result
+                else:
+                    queue = self._unretained
+                    while queue:
+                        result = queue.popleft()
+                        if result is self._trigger:
+                            await self._wait_all()
+                            self._raise_for_strategy([])
+                        yield result
+                pending = cursor < len(self._completion_order) or (
+                    not self._retain and self._unretained
+                )
+                if not pending and not self._unfinished():
+                    break
+                if not pending:
+                    if self._progress is None:
+                        self._progress = loop.create_future()
+                    await asyncio.shield(self._progress)
+            await self._wait_all()
+            self._finalize()
+            if self._retain:
+                self._raise_for_strategy(self._collected())
+        except asyncio.CancelledError:
+            self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
+            raise
+
+    def gather_stream(self, members: Iterable[Any]) -> AsyncIterator[ExecutionResult[T]]:
+        """Add ``members``, then stream every result in completion order (Option D form)."""
+        for member in members:
+            self.add(member)
+        return self.stream()
+
+    def as_completed(
+        self, members: Iterable[Any] | None = None
+    ) -> AsyncIterator[ExecutionResult[T]]:
+        """Results in completion order with ``index``, ``name`` and ``event_id`` set."""
+        if members is not None:
+            for member in members:
+                self.add(member)
+        return self.stream()
+
+    # --- introspection -------------------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @property
+    def max_workers(self) -> int:
+        return self._limit
+
+    @property
+    def status(self) -> GroupStatus:
+        return self.group.status if self.group is not None else GroupStatus.PENDING
+
+    def statistics(self) -> GroupStatistics:
+        """A frozen snapshot of the group's counters, valid during and after the run."""
+        end = self._wall_time
+        wall = (
+            end
+            if end is not None
+            else (self._state.clock.now() - self._started_at if self._entered else 0.0)
+        )
+        return GroupStatistics(
+            group_id=self.group_id,
+            total=self._total,
+            running=len(self._running_member),
+            queued=len(self._ready),
+            succeeded=self._succeeded,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            timed_out=self._timed_out,
+            skipped=self._skipped,
+            concurrency_high_water=self._high_water,
+            wall_time=wall,
+        )
+
+
+class _LazySource:
+    """Items of ``map()``, pulled one at a time by free workers (backpressure).
+
+    Only workers pull, one item each time they are free, so at most ``max_workers`` items are
+    in flight; an async iterator is read by one worker at a time.
+    """
+
+    __slots__ = ("_lock", "async_items", "call", "exhausted", "items")
+
+    def __init__(
+        self,
+        call: Callable[[Any], Awaitable[Any]],
+        items: Any = None,
+        async_items: AsyncIterator[Any] | None = None,
+    ) -> None:
+        self.call = call
+        self.items = items
+        self.async_items = async_items
+        self.exhausted = False
+        self._lock: asyncio.Lock | None = None
+
+    async def next_item(self) -> tuple[Callable[[Any], Awaitable[Any]], Any] | None:
+        """The next ``(call, item)``, or ``None`` once the input is exhausted."""
+        if self.exhausted:
+            return None
+        if self.async_items is None:
+            try:
+                return self.call, next(self.items)
+            except StopIteration:
+                self.exhausted = True
+                return None
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.exhausted or self.async_items is None:
+                return None
+            try:
+                return self.call, await anext(self.async_items)
+            except StopAsyncIteration:
+                self.exhausted = True
+                return None
+
+    async def aclose(self) -> None:
+        items, self.async_items = self.async_items, None
+        closer = getattr(items, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+def _call_event(event: Any, item: Any, *, context: str, state: ExecutionState) -> Awaitable[Any]:
+    return event(item, context, state)  # type: ignore[no-any-return]
+
+
+def _close_quietly(obj: Any) -> None:
+    if inspect.iscoroutine(obj):
+        obj.close()

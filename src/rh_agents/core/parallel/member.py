@@ -1,0 +1,140 @@
+"""Members of a group: what was added, and how it is turned into an awaitable."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from rh_agents.core.results import ExecutionResult
+from rh_agents.errors import InvalidMemberError
+
+__all__ = ["Member", "MemberFactory", "describe_member", "is_event_call"]
+
+MemberFactory = Coroutine[Any, Any, Any] | Awaitable[Any] | Callable[[], Awaitable[Any]]
+
+
+def is_event_call(obj: Any) -> bool:
+    """Whether ``obj`` is the coroutine of an ``ExecutionEvent`` call (it retries inside)."""
+    from rh_agents.core.events import ExecutionEvent
+
+    return inspect.iscoroutine(obj) and obj.cr_code is ExecutionEvent._invoke.__code__
+
+
+def describe_member(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"{type(obj).__name__} {name}" if name else repr(obj)[:80]
+
+
+def check_member(obj: Any) -> None:
+    """Reject what can never run, with a hint for the common mistakes."""
+    if inspect.iscoroutine(obj) or inspect.isawaitable(obj):
+        return
+    from rh_agents.core.events import ExecutionEvent
+
+    if isinstance(obj, ExecutionEvent):
+        raise InvalidMemberError(
+            f"p.add() got the event of {obj.actor.name!r} itself; add a call of it: "
+            "p.add(event(input, context, state))"
+        )
+    if callable(obj):
+        if inspect.iscoroutinefunction(obj) and _required_parameters(obj) > 0:
+            raise InvalidMemberError(
+                f"p.add() got {describe_member(obj)}, which needs arguments; pass a call "
+                "(p.add(fn(x))) or a zero-argument callable (p.add(lambda: fn(x)))"
+            )
+        return
+    raise InvalidMemberError(
+        f"p.add() takes a coroutine, an awaitable or a zero-argument callable returning one; "
+        f"got {type(obj).__name__} {obj!r:.60}"
+    )
+
+
+def _required_parameters(fn: Callable[..., Any]) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    return sum(
+        1
+        for p in params
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
+
+
+class Member:
+    """One member of a group. Owned by its manager; never shared between groups.
+
+    ``source`` is the coroutine, awaitable or zero-argument callable given to ``add``; it is
+    dropped as soon as the member has run, so finished members hold only their result.
+    """
+
+    __slots__ = (
+        "after",
+        "dependents",
+        "enqueued",
+        "index",
+        "name",
+        "pending_deps",
+        "priority",
+        "result",
+        "retry",
+        "source",
+        "started",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        source: Any,
+        name: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        retry: Any = None,
+    ) -> None:
+        self.index = index
+        self.source = source
+        self.name = name
+        self.priority = priority
+        self.timeout = timeout
+        self.retry = retry
+        self.after: tuple[int, ...] = ()
+        self.dependents: list[Member] | None = None
+        self.pending_deps = 0
+        self.enqueued = 0.0
+        self.started: float | None = None
+        self.result: ExecutionResult[Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    @property
+    def rerunnable(self) -> bool:
+        """A zero-argument callable can be called again for a retry; a coroutine cannot."""
+        source = self.source
+        return callable(source) and not inspect.isawaitable(source)
+
+    def open(self) -> Awaitable[Any]:
+        """The awaitable to run now (calls the factory for a callable member)."""
+        source = self.source
+        if inspect.iscoroutine(source) or inspect.isawaitable(source):
+            self.source = None  # a coroutine runs once
+            return source  # type: ignore[no-any-return,unused-ignore]
+        made = source()
+        if not inspect.isawaitable(made):
+            raise InvalidMemberError(
+                f"member {self.name or self.index}: the callable {describe_member(source)} "
+                f"returned {type(made).__name__}, not an awaitable; make it async or return "
+                "a coroutine"
+            )
+        return made
+
+    def discard(self) -> None:
+        """Close a member that will never run, so no 'coroutine was never awaited' warning."""
+        source, self.source = self.source, None
+        if inspect.iscoroutine(source):
+            source.close()
+        elif inspect.isawaitable(source) and hasattr(source, "cancel"):
+            source.cancel()

@@ -1,0 +1,178 @@
+"""Typed records published on the event bus.
+
+Every record is a small frozen dataclass with a ``kind`` string, so a subscriber can either
+``match`` on the class or switch on ``record.kind``::
+
+    def on_event(record: BusEvent) -> None:
+        match record:
+            case EventFailed(address=address, error=error):
+                print("failed:", address, error)
+            case GroupCompleted(name=name, succeeded=ok, total=total):
+                print(f"{name}: {ok}/{total}")
+
+Records that happen inside a parallel group carry the group's id, the member's index and
+``is_parallel=True``, however deep the event is nested inside the member.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "BusEvent",
+    "CircuitStateChanged",
+    "EventCompleted",
+    "EventFailed",
+    "EventRetrying",
+    "EventStarted",
+    "GroupCompleted",
+    "GroupStarted",
+    "MemberFinished",
+    "MemberStarted",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BusEvent:
+    """Fields every record has. ``address`` is the execution-tree path of what it is about."""
+
+    kind: str
+    address: str
+    timestamp: float
+    group_id: str | None = None
+    parallel_index: int | None = None
+    is_parallel: bool = False
+
+    @property
+    def depth(self) -> int:
+        """How deep in the execution tree (0 for a root-level event)."""
+        return self.address.count("::")
+
+
+# --- actor events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventStarted(BusEvent):
+    """An ``ExecutionEvent`` began running its actor."""
+
+    kind: str = "event.started"
+    actor: str
+    actor_kind: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventCompleted(BusEvent):
+    """An ``ExecutionEvent`` finished successfully. ``source`` tells where the result came from."""
+
+    kind: str = "event.completed"
+    actor: str
+    actor_kind: str
+    execution_time: float
+    detail: str = ""
+    attempts: int = 1
+    source: str = "run"  # "run", "cache" or "replay"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventFailed(BusEvent):
+    """An ``ExecutionEvent`` failed (or was cancelled: ``cancelled=True``)."""
+
+    kind: str = "event.failed"
+    actor: str
+    actor_kind: str
+    execution_time: float
+    error: str
+    error_type: str
+    attempts: int = 1
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventRetrying(BusEvent):
+    """An attempt failed and another one will follow after ``delay`` seconds."""
+
+    kind: str = "event.retrying"
+    attempt: int
+    delay: float
+    error: str
+    error_type: str
+
+
+# --- group events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupStarted(BusEvent):
+    """A parallel group opened. ``total`` grows as members are added (see ``MemberFinished``)."""
+
+    kind: str = "group.started"
+    name: str
+    total: int
+    max_workers: int | None
+    parent_group_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberStarted(BusEvent):
+    """A member of a group took a worker and began to run."""
+
+    kind: str = "group.member_started"
+    name: str | None
+    index: int
+    queue_wait: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberFinished(BusEvent):
+    """A member of a group finished, with the group's counts right after it.
+
+    ``status`` is one of ``ResultStatus``'s values. ``total`` is the number of members added
+    so far (the final total is in ``GroupCompleted``; a lazy input's total is unknown, ``None``,
+    until the input is exhausted).
+    """
+
+    kind: str = "group.member_finished"
+    name: str | None
+    index: int
+    status: str
+    execution_time: float
+    error: str | None
+    done: int
+    succeeded: int
+    failed: int
+    total: int | None
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupCompleted(BusEvent):
+    """A group finished. ``status`` is a ``GroupStatus`` value; ``metrics`` a frozen snapshot."""
+
+    kind: str = "group.completed"
+    name: str
+    status: str
+    total: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    skipped: int
+    timed_out: int
+    wall_time: float
+    metrics: Any = field(default=None, compare=False)
+
+
+# --- resilience events ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitStateChanged(BusEvent):
+    """A circuit breaker changed state (``closed``, ``open`` or ``half_open``)."""
+
+    kind: str = "circuit.changed"
+    key: str
+    old_state: str
+    new_state: str
+    failures: int

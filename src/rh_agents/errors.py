@@ -1,0 +1,208 @@
+"""The errors rh_agents raises, all under one root.
+
+Catch ``RHAgentsError`` to catch everything the library itself raises. Configuration errors
+also derive from ``ValueError`` or ``TypeError`` so that code written against the standard
+exceptions keeps working::
+
+    RHAgentsError
+     ├── ConfigurationError (ValueError)       a bad argument: max_workers=0, an unknown mode, ...
+     ├── ActorDefinitionError (TypeError)      an actor that cannot run: a sync handler, ...
+     ├── ActorInputError (ValueError)          an input that does not fit the actor's input model
+     ├── ActorOutputError (ValueError)         a handler result that does not fit the output model
+     ├── ParallelError                         misuse or failure of a parallel group
+     │    ├── GroupClosedError                 add() after the group was gathered or closed
+     │    ├── InvalidMemberError (TypeError)   add() got something that cannot be awaited
+     │    ├── DuplicateMemberError (ValueError) two members with one name
+     │    ├── DependencyError (ValueError)     unknown dependency or a cycle
+     │    ├── MemberFailedError                a member's ExecutionResult had ok=False (FAIL_FAST)
+     │    ├── MemberSkippedError               a dependency failed, so the member never ran
+     │    ├── MemberCancelledError             cancelled: fail-fast, quorum, p.cancel()
+     │    ├── ParallelTimeoutError (TimeoutError)  a member or the whole group ran out of time
+     │    ├── FailureThresholdError            FAIL_THRESHOLD reached; carries the partial results
+     │    └── GroupFailedError (ExceptionGroup) every failure at once; carries the partial results
+     ├── CircuitOpenError                      a circuit breaker refused the call
+     ├── RetryPolicyError (ValueError)         a policy asked to re-run something that cannot re-run
+     └── RecoveryError                         state backends, checkpoints and replay
+          ├── UnknownRunError (KeyError)
+          ├── CorruptStateError
+          └── ResultSchemaError                a stored result no longer fits its model
+
+Each message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rh_agents.core.events import ExecutionResult
+
+__all__ = [
+    "ActorDefinitionError",
+    "ActorInputError",
+    "ActorOutputError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "CorruptStateError",
+    "DependencyError",
+    "DuplicateMemberError",
+    "FailureThresholdError",
+    "GroupClosedError",
+    "GroupFailedError",
+    "InvalidMemberError",
+    "MemberCancelledError",
+    "MemberFailedError",
+    "MemberSkippedError",
+    "ParallelError",
+    "ParallelTimeoutError",
+    "RHAgentsError",
+    "RecoveryError",
+    "ResultSchemaError",
+    "RetryPolicyError",
+    "UnknownRunError",
+]
+
+
+class RHAgentsError(Exception):
+    """Root of every error raised by rh_agents."""
+
+
+class ConfigurationError(RHAgentsError, ValueError):
+    """An argument has a value the library cannot work with."""
+
+
+class ActorDefinitionError(RHAgentsError, TypeError):
+    """An actor was defined in a way that cannot run (for example a sync handler)."""
+
+
+class ActorInputError(RHAgentsError, ValueError):
+    """An input did not validate against the actor's ``input_model``."""
+
+
+class ActorOutputError(RHAgentsError, ValueError):
+    """A handler returned something that does not validate against ``output_model``."""
+
+
+class ParallelError(RHAgentsError):
+    """Base of the errors raised by parallel groups."""
+
+
+class GroupClosedError(ParallelError):
+    """A member was added to a group that has already been gathered, cancelled or closed."""
+
+
+class InvalidMemberError(ParallelError, TypeError):
+    """``add()`` got something that is neither awaitable nor a zero-argument callable."""
+
+
+class DuplicateMemberError(ParallelError, ValueError):
+    """Two members of one group were given the same name."""
+
+
+class DependencyError(ParallelError, ValueError):
+    """A dependency names no member of the group, or the dependencies form a cycle."""
+
+
+class MemberFailedError(ParallelError):
+    """A member returned an ``ExecutionResult`` with ``ok=False``.
+
+    Raised by ``FAIL_FAST`` when the member did not raise an exception of its own; the
+    failed result is available as ``.result``.
+    """
+
+    def __init__(self, message: str, result: ExecutionResult[Any] | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class MemberSkippedError(ParallelError):
+    """A member never ran because a member it depends on failed."""
+
+
+class MemberCancelledError(ParallelError):
+    """A member was cancelled before it finished (fail-fast, quorum, threshold or cancel())."""
+
+
+class ParallelTimeoutError(ParallelError, TimeoutError):
+    """A member or a whole group exceeded its timeout."""
+
+
+class FailureThresholdError(ParallelError):
+    """``FAIL_THRESHOLD`` was reached; ``.results`` holds every member's result so far."""
+
+    def __init__(self, message: str, results: Sequence[ExecutionResult[Any]]) -> None:
+        super().__init__(message)
+        self.results = list(results)
+
+
+class GroupFailedError(ExceptionGroup, ParallelError):
+    """Every failure of a group at once (opt-in with ``raise_exception_group=True``).
+
+    ``.exceptions`` holds the members' exceptions, ``.results`` every member's result,
+    successful ones included::
+
+        try:
+            results = await p.gather()
+        except GroupFailedError as eg:
+            good = [r.result for r in eg.results if r.ok]
+    """
+
+    results: list[ExecutionResult[Any]]
+
+    def __new__(
+        cls,
+        message: str,
+        exceptions: Sequence[Exception],
+        results: Sequence[ExecutionResult[Any]] = (),
+    ) -> GroupFailedError:
+        self = super().__new__(cls, message, exceptions)
+        self.results = list(results)
+        return self
+
+    def __init__(
+        self,
+        message: str,
+        exceptions: Sequence[Exception],
+        results: Sequence[ExecutionResult[Any]] = (),
+    ) -> None:
+        super().__init__(message, exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> GroupFailedError:  # type: ignore[override,unused-ignore]
+        return GroupFailedError(self.message, excs, self.results)
+
+
+class CircuitOpenError(RHAgentsError):
+    """A circuit breaker is open: the call was refused without running the handler."""
+
+    def __init__(self, key: str, retry_after: float | None = None) -> None:
+        hint = f" for about {retry_after:.1f}s more" if retry_after is not None else ""
+        super().__init__(
+            f"circuit {key!r} is open{hint}: too many recent failures; the call was not made. "
+            "Wait for the cool-down or lower the load on that dependency."
+        )
+        self.key = key
+        self.retry_after = retry_after
+
+
+class RetryPolicyError(RHAgentsError, ValueError):
+    """A retry policy asked for something that cannot be done."""
+
+
+class RecoveryError(RHAgentsError):
+    """Base of the errors raised by state backends, checkpoints and replay."""
+
+
+class UnknownRunError(RecoveryError, KeyError):
+    """No run with that id exists in the state backend."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CorruptStateError(RecoveryError):
+    """A state file or database cannot be read; nothing was overwritten."""
+
+
+class ResultSchemaError(RecoveryError):
+    """A stored result no longer validates against the actor's output model."""
