@@ -19,7 +19,7 @@ current position in the execution tree is not stored here but in a ``contextvars
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
@@ -161,6 +161,37 @@ class ExecutionState:
             for member in members:
                 p.add(member)
             return await p.gather()
+
+    async def parallel_map(
+        self,
+        func: Any,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        max_workers: int = 5,
+        name: str | None = None,
+        context: str = "",
+        **options: Any,
+    ) -> AsyncIterator[ExecutionResult[Any]]:
+        """Map ``func`` (an async function of one item, or an ``ExecutionEvent``) over
+        ``items`` and yield results in completion order, holding O(max_workers) items::
+
+            async for result in state.parallel_map(summarize_event, read_lines(path),
+                                                   max_workers=100):
+                ...
+
+        Items are pulled only as workers free up and results are not kept after they are
+        yielded, so an input of any length (sync or async iterable) runs in bounded memory.
+        Each result's ``index`` is the item's position in ``items``. To stop early, wrap
+        the iterator in ``contextlib.aclosing`` so the workers stop at once rather than when
+        the generator is garbage-collected.
+        """
+        manager: ParallelExecutionManager[Any] = ParallelExecutionManager(
+            self, max_workers=max_workers, name=name, retain_results=False, **options
+        )
+        async with manager as p:
+            p.map(func, items, context=context)
+            async for result in p.stream():
+                yield result
 
     # --- hooks used by events and groups (extended by resilience and recovery) --------------
 

@@ -193,6 +193,7 @@ class ParallelExecutionManager(Generic[T]):
         self._trigger: ExecutionResult[Any] | None = None
         self._all_done: asyncio.Future[None] | None = None
         self._progress: asyncio.Future[None] | None = None
+        self._reader_space: asyncio.Future[None] | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
         self._parent_frame: Frame | None = None
         self._started_at = 0.0
@@ -245,6 +246,10 @@ class ParallelExecutionManager(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         if exc is None:
+            if not self._retain:  # results were handed out by stream(); nothing to gather
+                await self._wait_all()
+                self._finalize()
+                return
             await self._gather_all()  # leaving without gathering gathers (and may raise)
             return
         # Leaving by an exception (or cancellation): stop everything, wait for our workers.
@@ -467,6 +472,13 @@ class ParallelExecutionManager(Generic[T]):
                     source = self._source
                     if source is None or source.exhausted or self._stop_status is not None:
                         break
+                    if not self._retain:
+                        # Backpressure towards the stream's reader: results not yet read are
+                        # bounded by twice the limit, so memory stays O(max_workers).
+                        while len(self._unretained) >= 2 * self._limit:
+                            await self._wait_for_reader()
+                        if self._stop_status is not None:
+                            break
                     pulled = await source.next_item()
                     if pulled is None:
                         break
@@ -499,6 +511,11 @@ class ParallelExecutionManager(Generic[T]):
         if not task.cancelled() and task.exception() is not None:  # a bug in the scheduler
             self._state.report_internal_error(task.exception())
         self._check_all_done()
+
+    async def _wait_for_reader(self) -> None:
+        if self._reader_space is None or self._reader_space.done():
+            self._reader_space = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._reader_space)
 
     def _serve_reclaimers(self) -> None:
         while self._reclaimers and self._running < self._limit:
@@ -986,6 +1003,9 @@ class ParallelExecutionManager(Generic[T]):
                     queue = self._unretained
                     while queue:
                         result = queue.popleft()
+                        space = self._reader_space
+                        if space is not None and not space.done():
+                            space.set_result(None)
                         if result is self._trigger:
                             await self._wait_all()
                             self._raise_for_strategy([])

@@ -1,0 +1,195 @@
+"""Parallel core against sequential awaits and raw ``asyncio.gather`` + ``Semaphore``.
+
+Every figure is a ratio measured side by side in this one process (the machine is noisy),
+best of several repeats. Our groups publish their records to a bus with one subscriber.
+
+    .venv/bin/python -m benchmarks.bench_parallel
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rh_agents.core.bus import EventBus
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import BusEvent
+
+Row = tuple[str, str, str, str, str]
+
+
+def _state() -> ExecutionState:
+    bus = EventBus()
+    seen = [0]
+
+    def count(record: BusEvent) -> None:
+        seen[0] += 1
+
+    bus.subscribe(count)
+    return ExecutionState(event_bus=bus)
+
+
+async def _zero(i: int) -> int:
+    return i
+
+
+def _sleeper(delay: float) -> Callable[[int], Awaitable[int]]:
+    async def sleep(i: int) -> int:
+        await asyncio.sleep(delay)
+        return i
+
+    return sleep
+
+
+async def run_sequential(n: int, fn: Callable[[int], Awaitable[Any]]) -> None:
+    for i in range(n):
+        await fn(i)
+
+
+async def run_raw(n: int, workers: int, fn: Callable[[int], Awaitable[Any]]) -> list[Any]:
+    sem = asyncio.Semaphore(workers)
+
+    async def one(i: int) -> Any:
+        async with sem:
+            return await fn(i)
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def run_ours(
+    n: int, workers: int, fn: Callable[[int], Awaitable[Any]], state: ExecutionState | None = None
+) -> list[Any]:
+    state = state or _state()
+    async with state.parallel(max_workers=workers) as p:
+        for i in range(n):
+            p.add(fn(i))
+        results = await p.gather()
+    await state.close()
+    return results
+
+
+def best(repeats: int, make: Callable[[], Awaitable[Any]]) -> float:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        asyncio.run(make())  # type: ignore[arg-type]
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def held_per_member(n: int, make: Callable[[], Awaitable[Any]]) -> float:
+    """Bytes still allocated per member once the results are gathered (results kept)."""
+    holder: list[Any] = []
+
+    async def run() -> None:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        holder.append(await make())
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        holder.append(after - before)
+
+    asyncio.run(run())
+    return float(holder[1]) / n
+
+
+def stream_peak(n: int, workers: int) -> float:
+    """Peak traced memory growth (bytes) while streaming ``n`` lazy items through a group."""
+
+    async def run() -> float:
+        state = _state()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        count = 0
+        async for _ in state.parallel_map(_zero, range(n), max_workers=workers):
+            count += 1
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert count == n
+        await state.close()
+        return float(peak - base)
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    rows: list[Row] = []
+
+    # 1. five 100 ms members, max_workers=5: speedup over sequential.
+    fn = _sleeper(0.1)
+    seq = best(2, lambda: run_sequential(5, fn))
+    ours = best(3, lambda: run_ours(5, 5, fn))
+    rows.append(("5 x 100 ms, W=5", "speedup vs sequential", f"{seq / ours:.2f}x", ">= 4.9x",
+                 "ok" if seq / ours >= 4.9 else "MISSED"))
+
+    # 2. zero-latency, N=10,000, W=50: per-member cost against raw gather + Semaphore.
+    n = 10_000
+    raw = best(5, lambda: run_raw(n, 50, _zero))
+    ours = best(5, lambda: run_ours(n, 50, _zero))
+    rows.append((f"N={n:,} zero-latency, W=50", "per member: ours / raw",
+                 f"{ours / n * 1e6:.1f} us / {raw / n * 1e6:.1f} us = {ours / raw:.2f}x",
+                 "<= 1.0x", "ok" if ours <= raw else "MISSED"))
+
+    # 3. a group of 5 zero-latency members: per-group cost.
+    groups = 2_000
+
+    async def many_raw() -> None:
+        for _ in range(groups):
+            await run_raw(5, 5, _zero)
+
+    async def many_ours() -> None:
+        state = _state()
+        for _ in range(groups):
+            async with state.parallel(max_workers=5) as p:
+                for i in range(5):
+                    p.add(_zero(i))
+                await p.gather()
+        await state.close()
+
+    raw = best(3, many_raw) / groups
+    ours = best(3, many_ours) / groups
+    rows.append(("group of 5 zero-latency", "per group: ours / raw",
+                 f"{ours * 1e6:.0f} us / {raw * 1e6:.0f} us = {ours / raw:.2f}x", "<= 2x",
+                 "ok" if ours <= 2 * raw else "MISSED"))
+
+    # 4. many 10 ms members: wall time against the ideal ceil(N/W) x 10 ms.
+    for n, w, target in ((10_000, 50, 0.95), (100_000, 1000, 0.85)):
+        ideal = math.ceil(n / w) * 0.01
+        fn = _sleeper(0.01)
+        ours = best(2, lambda n=n, w=w, fn=fn: run_ours(n, w, fn))
+        raw = best(1, lambda n=n, w=w, fn=fn: run_raw(n, w, fn))
+        eff, raw_eff = ideal / ours, ideal / raw
+        rows.append((f"N={n:,} x 10 ms, W={w}", "efficiency ideal/wall (raw)",
+                     f"{eff:.2f} ({raw_eff:.2f})", f">= {target}",
+                     "ok" if eff >= target else "MISSED"))
+
+    # 5. memory held per member after gather, N=100,000.
+    n = 100_000
+    ours_b = held_per_member(n, lambda: run_ours(n, 1000, _zero))
+    raw_b = held_per_member(n, lambda: run_raw(n, 1000, _zero))
+    rows.append((f"N={n:,} held after gather", "bytes per member (raw)",
+                 f"{ours_b:.0f} B ({raw_b:.0f} B)", "<= 1 kB", "ok" if ours_b <= 1024 else "MISSED"))
+
+    # 6. one million items streamed through the lazy input.
+    n = 1_000_000
+    peak = stream_peak(n, 100)
+    rows.append((f"{n:,} lazy items, W=100", "peak memory growth", f"{peak / 2**20:.1f} MB",
+                 "< 50 MB", "ok" if peak < 50 * 2**20 else "MISSED"))
+
+    widths = [max(len(r[i]) for r in [*rows, _HEADER]) for i in range(5)]
+    for row in [_HEADER, tuple("-" * w for w in widths), *rows]:
+        print(" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+
+
+_HEADER: Row = ("case", "measure", "result", "target", "")
+
+
+if __name__ == "__main__":
+    main()
