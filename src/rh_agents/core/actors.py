@@ -25,7 +25,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rh_agents.errors import ActorDefinitionError, ActorInputError, ActorOutputError
 
@@ -43,6 +43,18 @@ def _is_async_callable(fn: Any) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _check_name(name: Any) -> None:
+    # Checked here rather than by a field validator, whose ValueError pydantic would wrap in a
+    # ValidationError outside the library's error hierarchy.
+    if not isinstance(name, str) or not name.strip():
+        raise ActorDefinitionError(f"an actor needs a non-empty str name, got {name!r}")
+    if _BAD_NAME.search(name):
+        raise ActorDefinitionError(
+            f"actor name {name!r} may not contain '::', '[', ']', '#' or a newline "
+            "(they build execution addresses)"
+        )
 
 
 def _describe_validation(error: ValidationError) -> str:
@@ -76,25 +88,25 @@ class BaseActor(BaseModel):
     circuit_breaker: Any = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, name: str) -> str:
-        if not name.strip():
-            raise ValueError("an actor needs a non-empty name")
-        if _BAD_NAME.search(name):
-            raise ValueError(
-                f"actor name {name!r} may not contain '::', '[', ']', '#' or a newline "
-                "(they build execution addresses)"
-            )
-        return name
-
     @model_validator(mode="before")
     @classmethod
     def _check_definition(cls, data: Any) -> Any:
         # Raised before pydantic's own checks so the message names the actor and the fix.
         if not isinstance(data, dict):
             return data
-        name = data.get("name", "?")
+        name = data.get("name")
+        _check_name(name)
+        handler = data.get("handler")
+        if handler is None or not callable(handler):
+            raise ActorDefinitionError(
+                f"actor {name!r} needs a handler: an async function (input, context, state)"
+            )
+        if not _is_async_callable(handler):
+            raise ActorDefinitionError(
+                f"actor {name!r}: handler {getattr(handler, '__name__', handler)!r} is not "
+                "async; define it with 'async def' (wrap blocking code in "
+                "asyncio.to_thread)"
+            )
         model = data.get("input_model")
         if model is None:
             raise ActorDefinitionError(
@@ -110,17 +122,6 @@ class BaseActor(BaseModel):
             raise ActorDefinitionError(
                 f"actor {name!r}: output_model must be a pydantic BaseModel subclass or None, "
                 f"got {out!r}"
-            )
-        handler = data.get("handler")
-        if handler is None or not callable(handler):
-            raise ActorDefinitionError(
-                f"actor {name!r} needs a handler: an async function (input, context, state)"
-            )
-        if not _is_async_callable(handler):
-            raise ActorDefinitionError(
-                f"actor {name!r}: handler {getattr(handler, '__name__', handler)!r} is not "
-                "async; define it with 'async def' (wrap blocking code in "
-                "asyncio.to_thread)"
             )
         return data
 
@@ -186,15 +187,22 @@ def _decorator(actor_cls: type[BaseActor]) -> Callable[..., Any]:
         **options: Any,
     ) -> Any:
         def build(handler: Handler) -> BaseActor:
+            actor_name = name or getattr(handler, "__name__", "")
             model = input_model
             if model is None:
                 model = _first_parameter_model(handler)
+                if model is None and _is_async_callable(handler):
+                    raise ActorDefinitionError(
+                        f"actor {actor_name!r}: cannot infer input_model from the first "
+                        "parameter's annotation; annotate it with a pydantic BaseModel "
+                        "subclass importable at module level, or pass input_model=..."
+                    )
             return actor_cls(
-                name=name or getattr(handler, "__name__", ""),
+                name=actor_name,
                 description=description
                 if description is not None
                 else (inspect.getdoc(handler) or ""),
-                input_model=model,  # None gets a clear error
+                input_model=model,  # None (sync handler) gets the constructor's error
                 output_model=output_model,
                 handler=handler,
                 **options,
