@@ -250,9 +250,7 @@ async def test_history_keyed_by_address_with_bound_event(state: ExecutionState) 
         state.history["missing"]
 
 
-async def test_nested_calls_get_nested_addresses(
-    state: ExecutionState, recorder: Recorder
-) -> None:
+async def test_nested_calls_get_nested_addresses(state: ExecutionState, recorder: Recorder) -> None:
     inner_event = ExecutionEvent(actor=counter)
 
     async def outer_handler(input: Doc, context: str, state: ExecutionState) -> int:
