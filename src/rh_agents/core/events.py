@@ -32,7 +32,7 @@ from rh_agents.errors import ConfigurationError, ParallelTimeoutError
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["ExecutionEvent", "ExecutionResult", "ResultStatus"]
+__all__ = ["ExecutionEvent", "ExecutionResult", "ResultStatus", "truncate"]
 
 OutT = TypeVar("OutT")
 
