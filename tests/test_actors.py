@@ -219,3 +219,8 @@ def test_validate_output_converts_dicts_and_rejects_bad_values() -> None:
     assert "llm 'writer'" in message and "Summary" in message and "words" in message
     with pytest.raises(ActorOutputError, match="Summary"):
         actor.validate_output("plain text")
+
+
+def test_any_other_bad_field_is_an_actor_definition_error() -> None:
+    with pytest.raises(ActorDefinitionError, match=r"actor 't': cacheable: Input should be"):
+        Tool(name="t", input_model=Doc, handler=summarize, cacheable="maybe")  # type: ignore[arg-type]

@@ -298,3 +298,17 @@ async def test_unwrap_of_a_failure_without_exception_raises_member_failed() -> N
     result: ExecutionResult[Any] = ExecutionResult(ok=False, error="nope")
     with pytest.raises(MemberFailedError, match="nope"):
         result.unwrap()
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [({"timeout": 0}, "timeout"), ({"detail_chars": 2}, "detail_chars"), ({"tag": 5}, "tag")],
+)
+def test_bad_event_options_are_configuration_errors(options: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"ExecutionEvent of 'counter': {field}"):
+        ExecutionEvent(actor=counter, **options)
+
+
+def test_an_event_needs_an_actor() -> None:
+    with pytest.raises(ConfigurationError, match="ExecutionEvent: actor"):
+        ExecutionEvent(actor="counter")

@@ -29,7 +29,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rh_agents.errors import ActorDefinitionError, ActorInputError, ActorOutputError
 
-__all__ = ["LLM", "Agent", "BaseActor", "Handler", "Tool", "agent", "llm", "tool"]
+__all__ = [
+    "LLM",
+    "Agent",
+    "BaseActor",
+    "Handler",
+    "Tool",
+    "agent",
+    "describe_validation",
+    "llm",
+    "tool",
+]
 
 Handler = Callable[[Any, str, Any], Awaitable[Any]]
 
@@ -57,7 +67,8 @@ def _check_name(name: Any) -> None:
         )
 
 
-def _describe_validation(error: ValidationError) -> str:
+def describe_validation(error: ValidationError) -> str:
+    """``"field.sub: message; other: message"``: a pydantic error on one line."""
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(input)"
@@ -87,6 +98,16 @@ class BaseActor(BaseModel):
     retry: Any = None
     circuit_breaker: Any = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, **data: Any) -> None:
+        # Any field pydantic rejects (cacheable="maybe", version=None, ...) is a definition
+        # error too, reported in the library's own hierarchy.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ActorDefinitionError(
+                f"actor {data.get('name')!r}: {describe_validation(exc)}"
+            ) from exc
 
     @model_validator(mode="before")
     @classmethod
@@ -136,7 +157,7 @@ class BaseActor(BaseModel):
         except ValidationError as exc:
             raise ActorInputError(
                 f"input for {self.kind} {self.name!r} does not fit "
-                f"{self.input_model.__name__}: {_describe_validation(exc)}"
+                f"{self.input_model.__name__}: {describe_validation(exc)}"
             ) from exc
 
     def validate_output(self, value: Any) -> Any:
@@ -151,7 +172,7 @@ class BaseActor(BaseModel):
         except ValidationError as exc:
             raise ActorOutputError(
                 f"{self.kind} {self.name!r} returned a value that does not fit "
-                f"{model.__name__}: {_describe_validation(exc)}"
+                f"{model.__name__}: {describe_validation(exc)}"
             ) from exc
 
     def __hash__(self) -> int:

@@ -21,9 +21,9 @@ import asyncio
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rh_agents.core.actors import BaseActor
+from rh_agents.core.actors import BaseActor, describe_validation
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
 from rh_agents.core.records import EventCompleted, EventFailed, EventStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
@@ -82,6 +82,15 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
     group_id: str | None = None
     parallel_index: int | None = None
     is_parallel: bool = False
+
+    def __init__(self, **data: Any) -> None:
+        # A bad option is the caller's mistake: report it in the library's own hierarchy.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            actor = data.get("actor")
+            which = f" of {actor.name!r}" if isinstance(actor, BaseActor) else ""
+            raise ConfigurationError(f"ExecutionEvent{which}: {describe_validation(exc)}") from exc
 
     def __call__(
         self, input: Any, context: str = "", state: ExecutionState | None = None
