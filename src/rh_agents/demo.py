@@ -20,7 +20,7 @@ from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.execution import ExecutionState
 
-__all__ = ["DOCUMENTS", "run_demo"]
+__all__ = ["DOCUMENTS", "Note", "Summary", "Topic", "build_actors", "run_demo"]
 
 DOCUMENTS = [
     "Worker pools bound memory: a group of ten thousand members needs only max_workers tasks.",

@@ -56,7 +56,8 @@ class EventPrinter:
     def __call__(self, record: BusEvent) -> None:
         line = self.format(record)
         if line is not None:
-            self.console.print(line, highlight=False, soft_wrap=True)
+            # emoji=False: ":name:" in user text (inputs, errors) must print as written.
+            self.console.print(line, highlight=False, soft_wrap=True, emoji=False)
 
     def format(self, record: BusEvent) -> str | None:
         """The rich-markup line for ``record`` (``None`` for records this printer skips)."""
@@ -64,7 +65,11 @@ class EventPrinter:
         match record:
             case EventStarted():
                 icon = ICONS.get(record.actor_kind, "⚙")
-                detail = f" [dim]{escape(record.detail)}[/dim]" if self.show_details else ""
+                detail = (
+                    f" [dim]{escape(record.detail)}[/dim]"
+                    if self.show_details and record.detail
+                    else ""
+                )
                 return f"{pad}▶ {icon} {escape(record.address)} [cyan]STARTED[/cyan]{detail}"
             case EventCompleted():
                 icon = ICONS.get(record.actor_kind, "⚙")
@@ -95,7 +100,8 @@ class EventPrinter:
                 return f"{pad}▶ 📦 {escape(record.name)} [cyan]PARALLEL[/cyan]{workers}"
             case MemberFinished() if record.status != "completed":
                 return (
-                    f"{pad}  ✘ member {record.name or record.index} [red]{record.status.upper()}"
+                    f"{pad}  ✘ member {escape(record.name or str(record.index))} "
+                    f"[red]{record.status.upper()}"
                     f"[/red] {escape(record.error or '')}"
                 )
             case GroupCompleted():

@@ -25,11 +25,21 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rh_agents.errors import ActorDefinitionError, ActorInputError, ActorOutputError
 
-__all__ = ["LLM", "Agent", "BaseActor", "Handler", "Tool", "agent", "llm", "tool"]
+__all__ = [
+    "LLM",
+    "Agent",
+    "BaseActor",
+    "Handler",
+    "Tool",
+    "agent",
+    "describe_validation",
+    "llm",
+    "tool",
+]
 
 Handler = Callable[[Any, str, Any], Awaitable[Any]]
 
@@ -45,7 +55,20 @@ def _is_async_callable(fn: Any) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def _describe_validation(error: ValidationError) -> str:
+def _check_name(name: Any) -> None:
+    # Checked here rather than by a field validator, whose ValueError pydantic would wrap in a
+    # ValidationError outside the library's error hierarchy.
+    if not isinstance(name, str) or not name.strip():
+        raise ActorDefinitionError(f"an actor needs a non-empty str name, got {name!r}")
+    if _BAD_NAME.search(name):
+        raise ActorDefinitionError(
+            f"actor name {name!r} may not contain '::', '[', ']', '#' or a newline "
+            "(they build execution addresses)"
+        )
+
+
+def describe_validation(error: ValidationError) -> str:
+    """``"field.sub: message; other: message"``: a pydantic error on one line."""
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(input)"
@@ -76,17 +99,15 @@ class BaseActor(BaseModel):
     circuit_breaker: Any = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, name: str) -> str:
-        if not name.strip():
-            raise ValueError("an actor needs a non-empty name")
-        if _BAD_NAME.search(name):
-            raise ValueError(
-                f"actor name {name!r} may not contain '::', '[', ']', '#' or a newline "
-                "(they build execution addresses)"
-            )
-        return name
+    def __init__(self, **data: Any) -> None:
+        # Any field pydantic rejects (cacheable="maybe", version=None, ...) is a definition
+        # error too, reported in the library's own hierarchy.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ActorDefinitionError(
+                f"actor {data.get('name')!r}: {describe_validation(exc)}"
+            ) from exc
 
     @model_validator(mode="before")
     @classmethod
@@ -94,7 +115,19 @@ class BaseActor(BaseModel):
         # Raised before pydantic's own checks so the message names the actor and the fix.
         if not isinstance(data, dict):
             return data
-        name = data.get("name", "?")
+        name = data.get("name")
+        _check_name(name)
+        handler = data.get("handler")
+        if handler is None or not callable(handler):
+            raise ActorDefinitionError(
+                f"actor {name!r} needs a handler: an async function (input, context, state)"
+            )
+        if not _is_async_callable(handler):
+            raise ActorDefinitionError(
+                f"actor {name!r}: handler {getattr(handler, '__name__', handler)!r} is not "
+                "async; define it with 'async def' (wrap blocking code in "
+                "asyncio.to_thread)"
+            )
         model = data.get("input_model")
         if model is None:
             raise ActorDefinitionError(
@@ -111,17 +144,6 @@ class BaseActor(BaseModel):
                 f"actor {name!r}: output_model must be a pydantic BaseModel subclass or None, "
                 f"got {out!r}"
             )
-        handler = data.get("handler")
-        if handler is None or not callable(handler):
-            raise ActorDefinitionError(
-                f"actor {name!r} needs a handler: an async function (input, context, state)"
-            )
-        if not _is_async_callable(handler):
-            raise ActorDefinitionError(
-                f"actor {name!r}: handler {getattr(handler, '__name__', handler)!r} is not "
-                "async; define it with 'async def' (wrap blocking code in "
-                "asyncio.to_thread)"
-            )
         return data
 
     def validate_input(self, value: Any) -> BaseModel:
@@ -135,7 +157,7 @@ class BaseActor(BaseModel):
         except ValidationError as exc:
             raise ActorInputError(
                 f"input for {self.kind} {self.name!r} does not fit "
-                f"{self.input_model.__name__}: {_describe_validation(exc)}"
+                f"{self.input_model.__name__}: {describe_validation(exc)}"
             ) from exc
 
     def validate_output(self, value: Any) -> Any:
@@ -150,7 +172,7 @@ class BaseActor(BaseModel):
         except ValidationError as exc:
             raise ActorOutputError(
                 f"{self.kind} {self.name!r} returned a value that does not fit "
-                f"{model.__name__}: {_describe_validation(exc)}"
+                f"{model.__name__}: {describe_validation(exc)}"
             ) from exc
 
     def __hash__(self) -> int:
@@ -186,15 +208,22 @@ def _decorator(actor_cls: type[BaseActor]) -> Callable[..., Any]:
         **options: Any,
     ) -> Any:
         def build(handler: Handler) -> BaseActor:
+            actor_name = name or getattr(handler, "__name__", "")
             model = input_model
             if model is None:
                 model = _first_parameter_model(handler)
+                if model is None and _is_async_callable(handler):
+                    raise ActorDefinitionError(
+                        f"actor {actor_name!r}: cannot infer input_model from the first "
+                        "parameter's annotation; annotate it with a pydantic BaseModel "
+                        "subclass importable at module level, or pass input_model=..."
+                    )
             return actor_cls(
-                name=name or getattr(handler, "__name__", ""),
+                name=actor_name,
                 description=description
                 if description is not None
                 else (inspect.getdoc(handler) or ""),
-                input_model=model,  # None gets a clear error
+                input_model=model,  # None (sync handler) gets the constructor's error
                 output_model=output_model,
                 handler=handler,
                 **options,

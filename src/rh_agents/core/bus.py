@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ class Subscription:
         return len(self._queue)
 
     def _push(self, record: BusEvent) -> None:
+        if self._closed:
+            return  # the feeder has ended or is ending: nobody would ever pop this record
         self._queue.append(record)
         if self._task is None:
             self._start()
@@ -102,21 +105,25 @@ class Subscription:
     async def _feed(self) -> None:
         assert self._wakeup is not None and self._idle is not None
         queue, wakeup, idle = self._queue, self._wakeup, self._idle
-        while True:
-            while queue:
-                record = queue.popleft()
-                try:
-                    outcome = self.handler(record)
-                    if self._is_async or inspect.isawaitable(outcome):
-                        await outcome
-                except Exception as exc:  # a broken subscriber must not stop the run
-                    self._bus._report(self, record, exc)
-            # Idle means: queue empty and no handler running. Publishers clear it.
+        try:
+            while True:
+                while queue:
+                    record = queue.popleft()
+                    try:
+                        outcome = self.handler(record)
+                        if self._is_async or inspect.isawaitable(outcome):
+                            await outcome
+                    except Exception as exc:  # a broken subscriber must not stop the run
+                        self._bus._report(self, record, exc)
+                # Idle means: queue empty and no handler running. Publishers clear it.
+                idle.set()
+                if self._closed:
+                    return
+                wakeup.clear()
+                await wakeup.wait()
+        finally:
+            # However the feeder ends (even cancelled), nobody waiting in drain() may hang.
             idle.set()
-            if self._closed:
-                return
-            wakeup.clear()
-            await wakeup.wait()
 
     async def _drain(self) -> None:
         if self._task is None and self._queue:
@@ -151,7 +158,10 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscriptions: list[Subscription] = []
-        self._streams: list[_StreamQueue] = []
+        # Unsubscribed feeders may still be finishing a record; close() awaits them.
+        self._retired: list[Subscription] = []
+        # Weak: a stream() that is dropped unread must not keep collecting records.
+        self._streams: weakref.WeakSet[_StreamQueue] = weakref.WeakSet()
         self.subscriber_errors: list[SubscriberError] = []
         self.published = 0
         self._closed = False
@@ -174,6 +184,7 @@ class EventBus:
         for sub in list(self._subscriptions):
             if sub is handler or sub.handler is handler:
                 self._subscriptions.remove(sub)
+                self._retired.append(sub)
                 sub._closed = True
                 sub._queue.clear()
                 if sub._wakeup is not None:
@@ -184,17 +195,26 @@ class EventBus:
         self.published += 1
         for sub in self._subscriptions:
             sub._push(record)
-        for stream in self._streams:
+        for stream in list(self._streams):
             stream.push(record)
 
-    async def stream(self) -> AsyncIterator[BusEvent]:
-        """Every record published from now on, until the bus is closed::
+    def stream(self) -> AsyncIterator[BusEvent]:
+        """Every record published from this call on, until the bus is closed::
 
         async for record in bus.stream():
             ...
+
+        The stream is registered when ``stream()`` is called, not when iteration starts, so
+        ``records = bus.stream()`` before a run misses nothing.
         """
         queue = _StreamQueue()
-        self._streams.append(queue)
+        if self._closed:
+            queue.push(None)
+        else:
+            self._streams.add(queue)
+        return self._read(queue)
+
+    async def _read(self, queue: _StreamQueue) -> AsyncIterator[BusEvent]:
         try:
             while True:
                 record = await queue.get()
@@ -202,8 +222,7 @@ class EventBus:
                     return
                 yield record
         finally:
-            if queue in self._streams:
-                self._streams.remove(queue)
+            self._streams.discard(queue)
 
     async def drain(self) -> None:
         """Wait until every subscriber has handled every record published so far."""
@@ -213,9 +232,10 @@ class EventBus:
     async def close(self, *, drain: bool = True) -> None:
         """End the bus: optionally drain, then stop feeder tasks and end every ``stream()``."""
         self._closed = True
-        for sub in list(self._subscriptions):
+        for sub in [*self._subscriptions, *self._retired]:
             await sub._close(drain)
-        for stream in self._streams:
+        self._retired.clear()
+        for stream in list(self._streams):
             stream.push(None)
 
     def _report(self, sub: Subscription, record: BusEvent, exc: Exception) -> None:
@@ -234,7 +254,7 @@ class EventBus:
 class _StreamQueue:
     """An unbounded queue for one ``stream()`` consumer (``None`` ends it)."""
 
-    __slots__ = ("_items", "_waiter")
+    __slots__ = ("__weakref__", "_items", "_waiter")
 
     def __init__(self) -> None:
         self._items: deque[BusEvent | None] = deque()

@@ -21,9 +21,9 @@ import asyncio
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rh_agents.core.actors import BaseActor
+from rh_agents.core.actors import BaseActor, describe_validation
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
 from rh_agents.core.records import EventCompleted, EventFailed, EventStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
@@ -32,7 +32,7 @@ from rh_agents.errors import ConfigurationError, ParallelTimeoutError
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["ExecutionEvent", "ExecutionResult", "ResultStatus"]
+__all__ = ["ExecutionEvent", "ExecutionResult", "ResultStatus", "truncate"]
 
 OutT = TypeVar("OutT")
 
@@ -41,14 +41,23 @@ DETAIL_CHARS = 120
 
 def truncate(value: Any, limit: int = DETAIL_CHARS) -> str:
     """A one-line ``repr``-like text of ``value``, cut to ``limit`` characters."""
-    if isinstance(value, BaseModel):
-        text = value.model_dump_json()
-    elif isinstance(value, str):
-        text = value
-    else:
-        text = repr(value)
+    try:
+        text = _text(value)
+    except Exception:  # a detail line must never fail the call it describes
+        text = f"<{type(value).__name__}>"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        try:
+            return value.model_dump_json()
+        except Exception:  # arbitrary types that JSON cannot hold
+            return repr(value)
+    return repr(value)
 
 
 class ExecutionEvent(BaseModel, Generic[OutT]):
@@ -73,6 +82,15 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
     group_id: str | None = None
     parallel_index: int | None = None
     is_parallel: bool = False
+
+    def __init__(self, **data: Any) -> None:
+        # A bad option is the caller's mistake: report it in the library's own hierarchy.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            actor = data.get("actor")
+            which = f" of {actor.name!r}" if isinstance(actor, BaseActor) else ""
+            raise ConfigurationError(f"ExecutionEvent{which}: {describe_validation(exc)}") from exc
 
     def __call__(
         self, input: Any, context: str = "", state: ExecutionState | None = None
@@ -170,15 +188,21 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             raise
         except Exception as exc:
             elapsed = clock.now() - started
-            if isinstance(exc, TimeoutError) and not isinstance(exc, ParallelTimeoutError):
-                exc = ParallelTimeoutError(
+            if (
+                self.timeout is not None
+                and isinstance(exc, TimeoutError)
+                and not isinstance(exc, ParallelTimeoutError)
+            ):
+                # The event's own deadline: say which one. A TimeoutError the handler raised
+                # by itself (no event timeout) is kept as it is.
+                timed_out = ParallelTimeoutError(
                     f"{actor.kind} {actor.name!r} at {address} timed out after "
                     f"{self.timeout}s; raise the event's timeout or make the call faster"
-                ).with_traceback(exc.__traceback__)
+                )
+                timed_out.__cause__ = exc
+                exc = timed_out.with_traceback(exc.__traceback__)
             status = (
-                ResultStatus.TIMED_OUT
-                if isinstance(exc, ParallelTimeoutError)
-                else ResultStatus.FAILED
+                ResultStatus.TIMED_OUT if isinstance(exc, TimeoutError) else ResultStatus.FAILED
             )
             result: ExecutionResult[OutT] = ExecutionResult(
                 ok=False,

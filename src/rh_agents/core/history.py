@@ -71,11 +71,20 @@ class ExecutionHistory:
         return list(self._entries)
 
     def get_group(self, group_id: str) -> list[HistoryEntry]:
-        """Every entry inside the group ``group_id`` (nested ones too), by member index."""
+        """Every entry inside the group ``group_id`` (nested ones too), by member index.
+
+        The member index is read from the address (``group[3]::...``): an entry inside a
+        nested group carries the nested group's ``parallel_index``, not this group's.
+        """
         prefix = group_id + "["
-        found = [
-            e
-            for e in self._entries.values()
-            if e.event.group_id == group_id or (e.event.address or "").startswith(prefix)
-        ]
-        return sorted(found, key=lambda e: (e.event.parallel_index or 0, e.address))
+        found = [(e, _member_index(e.address, prefix)) for e in self._entries.values()]
+        members = [(index, e) for e, index in found if index is not None]
+        members.sort(key=lambda pair: (pair[0], pair[1].address))
+        return [e for _, e in members]
+
+
+def _member_index(address: str, prefix: str) -> int | None:
+    if not address.startswith(prefix):
+        return None
+    index, _, _ = address[len(prefix) :].partition("]")
+    return int(index) if index.isdigit() else None

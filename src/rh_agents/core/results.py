@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["ExecutionResult", "ResultStatus"]
+__all__ = ["ExecutionResult", "ResultStatus", "describe_error"]
 
 T = TypeVar("T")
 

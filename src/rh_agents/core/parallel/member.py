@@ -9,7 +9,7 @@ from typing import Any
 from rh_agents.core.results import ExecutionResult
 from rh_agents.errors import InvalidMemberError
 
-__all__ = ["Member", "MemberFactory", "describe_member", "is_event_call"]
+__all__ = ["Member", "MemberFactory", "check_member", "describe_member", "is_event_call"]
 
 MemberFactory = Coroutine[Any, Any, Any] | Awaitable[Any] | Callable[[], Awaitable[Any]]
 

@@ -1,0 +1,309 @@
+"""EventBus: per-subscriber order, publish never waits, broken subscribers stay contained."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Tool
+from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import BusEvent, EventStarted
+
+if TYPE_CHECKING:
+    from conftest import Recorder
+
+
+def record(i: int) -> BusEvent:
+    return EventStarted(address=f"a{i}", timestamp=float(i), actor="a", actor_kind="tool")
+
+
+def addresses(records: list[BusEvent]) -> list[str]:
+    return [r.address for r in records]
+
+
+EXPECTED = [f"a{i}" for i in range(50)]
+
+
+async def test_each_subscriber_gets_every_record_in_order(recorder: Recorder) -> None:
+    bus = EventBus()
+    bus.subscribe(recorder)
+    seen_async: list[BusEvent] = []
+
+    async def slow_then_fast(r: BusEvent) -> None:
+        # Suspend a varying number of times: order must not depend on handler speed.
+        for _ in range(int(r.timestamp) % 3):
+            await asyncio.sleep(0)
+        seen_async.append(r)
+
+    bus.subscribe(slow_then_fast)
+    for i in range(50):
+        bus.publish(record(i))
+    assert bus.published == 50
+    await bus.drain()
+    assert addresses(recorder.records) == EXPECTED
+    assert addresses(seen_async) == EXPECTED
+    await bus.close()
+
+
+async def test_async_callable_object_subscriber() -> None:
+    class Sink:
+        def __init__(self) -> None:
+            self.got: list[BusEvent] = []
+
+        async def __call__(self, r: BusEvent) -> None:
+            await asyncio.sleep(0)
+            self.got.append(r)
+
+    bus = EventBus()
+    sink = Sink()
+    bus.subscribe(sink)
+    for i in range(5):
+        bus.publish(record(i))
+    await bus.close()
+    assert addresses(sink.got) == EXPECTED[:5]
+
+
+class Doc(BaseModel):
+    text: str
+
+
+async def noop(input: Doc, context: str, state: ExecutionState) -> str:
+    return input.text
+
+
+async def _timed_run(bus: EventBus, calls: int) -> float:
+    state = ExecutionState(event_bus=bus)
+    event = ExecutionEvent(actor=Tool(name="noop", input_model=Doc, handler=noop))
+    started = time.perf_counter()
+    for _ in range(calls):
+        await event(Doc(text="x"), "", state)
+    return time.perf_counter() - started
+
+
+async def test_publish_never_waits_for_a_slow_subscriber() -> None:
+    fast_bus = EventBus()
+    fast_bus.subscribe(lambda r: None)
+    fast = await _timed_run(fast_bus, 200)
+    await fast_bus.close()
+
+    slow_bus = EventBus()
+    handled: list[BusEvent] = []
+
+    async def slow(r: BusEvent) -> None:
+        await asyncio.sleep(0.05)
+        handled.append(r)
+
+    subscription = slow_bus.subscribe(slow)
+    slow_bus.subscribe(lambda r: None)
+    slow_time = await _timed_run(slow_bus, 200)
+    # 400 records at 50 ms each would take 20 s if publish waited for the subscriber.
+    assert subscription.pending > 300
+    assert len(handled) < 100
+    assert slow_time < 3 * fast + 0.5
+    await slow_bus.close(drain=False)
+
+
+async def test_raising_subscriber_is_reported_and_contained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = EventBus()
+    good: list[BusEvent] = []
+    bad_seen: list[BusEvent] = []
+
+    def flaky(r: BusEvent) -> None:
+        bad_seen.append(r)
+        if r.address in ("a1", "a3"):
+            raise ValueError(f"cannot show {r.address}")
+
+    bus.subscribe(flaky)
+    bus.subscribe(good.append)
+    with caplog.at_level(logging.ERROR, logger="rh_agents.bus"):
+        for i in range(5):
+            bus.publish(record(i))
+        await bus.drain()
+    assert addresses(good) == EXPECTED[:5]
+    assert addresses(bad_seen) == EXPECTED[:5]  # kept receiving after raising
+    assert [(e.record.address, e.error) for e in bus.subscriber_errors] == [
+        ("a1", "ValueError: cannot show a1"),
+        ("a3", "ValueError: cannot show a3"),
+    ]
+    assert all(isinstance(e.exception, ValueError) for e in bus.subscriber_errors)
+    assert "flaky" in bus.subscriber_errors[0].subscriber
+    logged = [r for r in caplog.records if r.name == "rh_agents.bus"]
+    assert len(logged) == 2
+    assert "cannot show a1" in logged[0].getMessage()
+    await bus.close()
+
+
+async def test_raising_async_subscriber_is_reported() -> None:
+    bus = EventBus()
+
+    async def broken(r: BusEvent) -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("boom")
+
+    bus.subscribe(broken)
+    bus.publish(record(0))
+    bus.publish(record(1))
+    await bus.close()
+    assert [e.error for e in bus.subscriber_errors] == ["RuntimeError: boom"] * 2
+
+
+async def test_stream_yields_records_and_ends_on_close() -> None:
+    bus = EventBus()
+    stream = bus.stream()  # registered now: records published before iterating are kept
+    bus.publish(record(0))
+    bus.publish(record(1))
+
+    async def consume() -> list[BusEvent]:
+        return [r async for r in stream]
+
+    consumer = asyncio.create_task(consume())
+    bus.publish(record(2))
+    await bus.close()
+    assert addresses(await consumer) == EXPECTED[:3]
+
+
+async def test_stream_started_in_a_task_misses_nothing(state: ExecutionState) -> None:
+    bus = state.event_bus
+    got: list[str] = []
+
+    async def consume() -> None:
+        async for r in bus.stream():
+            got.append(r.kind)
+
+    stream_task = asyncio.create_task(consume())
+    await asyncio.sleep(0)  # let the consumer register, as a real watcher would
+    event = ExecutionEvent(actor=Tool(name="noop", input_model=Doc, handler=noop))
+    await event(Doc(text="x"), "", state)
+    await bus.close()
+    await stream_task
+    assert got == ["event.started", "event.completed"]
+
+
+async def test_stream_after_close_ends_at_once() -> None:
+    bus = EventBus()
+    await bus.close()
+    assert [r async for r in bus.stream()] == []
+
+
+async def test_abandoned_stream_stops_collecting() -> None:
+    bus = EventBus()
+    stream = bus.stream()
+    assert bus.has_listeners
+    del stream
+    assert not bus.has_listeners
+
+
+async def test_drain_waits_for_a_slow_subscriber() -> None:
+    bus = EventBus()
+    gate = asyncio.Event()
+    handled: list[BusEvent] = []
+
+    async def gated(r: BusEvent) -> None:
+        await gate.wait()
+        handled.append(r)
+
+    bus.subscribe(gated)
+    for i in range(3):
+        bus.publish(record(i))
+    drain = asyncio.create_task(bus.drain())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not drain.done()
+    assert handled == []
+    gate.set()
+    await drain
+    assert addresses(handled) == EXPECTED[:3]
+    await bus.close()
+
+
+async def test_drain_does_not_hang_when_a_feeder_died() -> None:
+    bus = EventBus()
+
+    async def dies(r: BusEvent) -> None:
+        await asyncio.sleep(0)  # drain() is already waiting when the feeder dies
+        raise asyncio.CancelledError  # not an Exception: ends the feeder task
+
+    bus.subscribe(dies)
+    bus.publish(record(0))
+    await asyncio.wait_for(bus.drain(), timeout=5)
+    await bus.close()
+    assert bus.subscriber_errors == []  # a dying feeder is not a handler error
+
+
+async def test_unsubscribe_stops_delivery(recorder: Recorder) -> None:
+    bus = EventBus()
+    other: list[BusEvent] = []
+    bus.subscribe(recorder)
+    subscription = bus.subscribe(other.append)
+    bus.publish(record(0))
+    await bus.drain()
+    bus.unsubscribe(recorder)
+    bus.unsubscribe(subscription)
+    assert not bus.has_listeners
+    bus.publish(record(1))
+    await bus.close()
+    assert addresses(recorder.records) == ["a0"]
+    assert addresses(other) == ["a0"]
+
+
+async def test_unsubscribed_busy_feeder_is_awaited_by_close() -> None:
+    bus = EventBus()
+    entered, release = asyncio.Event(), asyncio.Event()
+    finished: list[str] = []
+
+    async def busy(r: BusEvent) -> None:
+        entered.set()
+        await release.wait()
+        finished.append(r.address)
+
+    subscription = bus.subscribe(busy)
+    bus.publish(record(0))
+    bus.publish(record(1))
+    await entered.wait()
+    bus.unsubscribe(busy)
+    closing = asyncio.create_task(bus.close())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not closing.done()  # close() owns the feeder still handling a0
+    release.set()
+    await closing
+    assert finished == ["a0"]  # a1 was dropped by unsubscribe
+    assert subscription.pending == 0
+
+
+async def test_close_without_drain_cancels_feeders() -> None:
+    bus = EventBus()
+    never = asyncio.Event()
+
+    async def stuck(r: BusEvent) -> None:
+        await never.wait()
+
+    bus.subscribe(stuck)
+    bus.publish(record(0))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(bus.close(drain=False), timeout=5)
+
+
+async def test_publish_after_close_is_ignored(recorder: Recorder) -> None:
+    bus = EventBus()
+    sub = bus.subscribe(recorder)
+    bus.publish(record(0))
+    await bus.close()
+    bus.publish(record(1))
+    assert sub.pending == 0
+    assert addresses(recorder.records) == ["a0"]
+
+
+@pytest.mark.parametrize("handler", [None, 42, "printer"])
+def test_subscribe_non_callable_is_a_type_error(handler: object) -> None:
+    with pytest.raises(TypeError, match="subscriber must be callable"):
+        EventBus().subscribe(handler)  # type: ignore[arg-type]

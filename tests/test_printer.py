@@ -1,0 +1,279 @@
+"""EventPrinter: exact lines, indentation by depth, plain text off a terminal."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from pydantic import BaseModel
+from rich.console import Console
+from rich.text import Text
+
+from rh_agents.bus_handlers import EventPrinter
+from rh_agents.core.actors import Agent, Tool
+from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import (
+    BusEvent,
+    CircuitStateChanged,
+    EventCompleted,
+    EventFailed,
+    EventRetrying,
+    EventStarted,
+    GroupCompleted,
+    GroupStarted,
+    MemberFinished,
+    MemberStarted,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_color_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Consoles read these at construction; the tests pin the terminal decision themselves.
+    for name in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "TERM"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def printer(*, terminal: bool = False, **options: bool) -> tuple[EventPrinter, StringIO]:
+    out = StringIO()
+    colors = "truecolor" if terminal else "auto"
+    console = Console(file=out, width=100, force_terminal=terminal, color_system=colors)
+    return EventPrinter(console, **options), out
+
+
+def lines(records: list[BusEvent], **options: bool) -> list[str]:
+    p, out = printer(**options)
+    for r in records:
+        p(r)
+    return out.getvalue().splitlines()
+
+
+def started(address: str, kind: str = "tool", detail: str = "") -> EventStarted:
+    return EventStarted(address=address, timestamp=0.0, actor="x", actor_kind=kind, detail=detail)
+
+
+def test_started_completed_failed_lines() -> None:
+    records: list[BusEvent] = [
+        started("Orchestrator", "agent", '{"topic":"ai"}'),
+        started("Orchestrator::summarizer", "llm", "text"),
+        EventCompleted(
+            address="Orchestrator::summarizer",
+            timestamp=1.0,
+            actor="summarizer",
+            actor_kind="llm",
+            execution_time=0.0123,
+            detail="short",
+        ),
+        EventFailed(
+            address="Orchestrator::search",
+            timestamp=1.0,
+            actor="search",
+            actor_kind="tool",
+            execution_time=1.5,
+            error="RuntimeError: boom",
+            error_type="RuntimeError",
+        ),
+        EventFailed(
+            address="Orchestrator",
+            timestamp=2.0,
+            actor="Orchestrator",
+            actor_kind="agent",
+            execution_time=2.0,
+            error="cancelled",
+            error_type="CancelledError",
+            cancelled=True,
+        ),
+    ]
+    assert lines(records) == [
+        '▶ 🤖 Orchestrator STARTED {"topic":"ai"}',
+        "  ▶ 🧠 Orchestrator::summarizer STARTED text",
+        "  ✔ 🧠 Orchestrator::summarizer COMPLETED (12ms) → short",
+        "  ✘ 🔧 Orchestrator::search FAILED (1.50s) RuntimeError: boom",
+        "✘ 🤖 Orchestrator CANCELLED (2.00s) cancelled",
+    ]
+
+
+def test_details_can_be_hidden_and_sources_are_shown() -> None:
+    replayed = EventCompleted(
+        address="a::b::c",
+        timestamp=0.0,
+        actor="c",
+        actor_kind="actor",
+        execution_time=0.0,
+        detail="42",
+        source="replay",
+    )
+    assert lines([started("a::b::c", "tool", "in"), replayed], show_details=False) == [
+        "    ▶ 🔧 a::b::c STARTED",
+        "    ✔ ⚙ a::b::c COMPLETED (0ms) (replay)",
+    ]
+    assert lines([replayed]) == ["    ✔ ⚙ a::b::c COMPLETED (0ms) (replay) → 42"]
+
+
+def test_indent_width_is_configurable() -> None:
+    assert lines([started("a::b", "tool")], indent=4) == ["    ▶ 🔧 a::b STARTED"]
+
+
+def test_group_lines() -> None:
+    records: list[BusEvent] = [
+        GroupStarted(address="Orch::docs", timestamp=0.0, name="docs", total=0, max_workers=3),
+        MemberStarted(address="Orch::docs[0]", timestamp=0.0, name=None, index=0, queue_wait=0.0),
+        MemberFinished(
+            address="Orch::docs[0]",
+            timestamp=0.1,
+            name=None,
+            index=0,
+            status="completed",
+            execution_time=0.1,
+            error=None,
+            done=1,
+            succeeded=1,
+            failed=0,
+            total=3,
+        ),
+        MemberFinished(
+            address="Orch::docs[2]",
+            timestamp=0.2,
+            name="third",
+            index=2,
+            status="timed_out",
+            execution_time=0.2,
+            error="ParallelTimeoutError: too slow",
+            done=2,
+            succeeded=1,
+            failed=1,
+            total=3,
+        ),
+        GroupCompleted(
+            address="Orch::docs",
+            timestamp=0.3,
+            name="docs",
+            status="partial",
+            total=3,
+            succeeded=1,
+            failed=1,
+            cancelled=0,
+            skipped=0,
+            timed_out=1,
+            wall_time=0.25,
+        ),
+        GroupCompleted(
+            address="steps",
+            timestamp=0.3,
+            name="steps",
+            status="completed",
+            total=2,
+            succeeded=2,
+            failed=0,
+            cancelled=0,
+            skipped=0,
+            timed_out=0,
+            wall_time=1.25,
+        ),
+    ]
+    assert lines(records) == [
+        "  ▶ 📦 docs PARALLEL, max_workers=3",
+        "    ✘ member third TIMED_OUT ParallelTimeoutError: too slow",
+        "  ✘ 📦 docs PARTIAL 1/3 ok, 1 failed, 1 timed out (250ms)",
+        "✔ 📦 steps COMPLETED 2/2 ok (1.25s)",
+    ]
+
+
+def test_retry_and_circuit_lines() -> None:
+    records: list[BusEvent] = [
+        EventRetrying(
+            address="a::llm",
+            timestamp=0.0,
+            attempt=2,
+            delay=0.5,
+            error="TimeoutError: slow",
+            error_type="TimeoutError",
+        ),
+        CircuitStateChanged(
+            address="", timestamp=0.0, key="api", old_state="closed", new_state="open", failures=5
+        ),
+    ]
+    assert lines(records) == [
+        "  ↻ a::llm RETRY 2 in 500ms: TimeoutError: slow",
+        "⚡ circuit api: closed → open",
+    ]
+
+
+def test_user_text_is_never_read_as_markup_or_emoji_codes() -> None:
+    failing_member = MemberFinished(
+        address="g[0]",
+        timestamp=0.0,
+        name="[bold]x[/bold]",
+        index=0,
+        status="failed",
+        execution_time=0.0,
+        error="ValueError: [/red] broke",
+        done=1,
+        succeeded=0,
+        failed=1,
+        total=1,
+    )
+    assert lines([started("t", "tool", "see :smile: and [red]this[/red] \\"), failing_member]) == [
+        "▶ 🔧 t STARTED see :smile: and [red]this[/red] \\",
+        "  ✘ member [bold]x[/bold] FAILED ValueError: [/red] broke",
+    ]
+
+
+class Doc(BaseModel):
+    text: str
+
+
+async def _run_tree(bus: EventBus) -> None:
+    async def leaf(input: Doc, context: str, state: ExecutionState) -> str:
+        return input.text.upper()
+
+    leaf_tool = Tool(name="upper", input_model=Doc, handler=leaf)
+
+    async def root(input: Doc, context: str, state: ExecutionState) -> list[str]:
+        async with state.parallel(max_workers=2, name="parts") as p:
+            for word in input.text.split():
+                p.add(ExecutionEvent(actor=leaf_tool)(Doc(text=word), "", state))
+            results = await p.gather()
+        return [r.unwrap() for r in results]
+
+    state = ExecutionState(event_bus=bus)
+    agent = Agent(name="Root", input_model=Doc, handler=root)
+    result = await ExecutionEvent(actor=agent)(Doc(text="a b"), "", state)
+    assert result.unwrap() == ["A", "B"]
+    await state.close()
+
+
+async def test_a_run_off_a_terminal_is_plain_text() -> None:
+    p, out = printer(terminal=False)
+    bus = EventBus()
+    bus.subscribe(p)
+    await _run_tree(bus)
+    text = out.getvalue()
+    assert "\x1b" not in text
+    shown = text.splitlines()
+    assert shown[0] == '▶ 🤖 Root STARTED {"text":"a b"}'
+    assert shown[1] == "  ▶ 📦 parts PARALLEL, max_workers=2"
+    assert '    ▶ 🔧 Root::parts[0]::upper STARTED {"text":"a"}' in shown
+    assert shown[-2].startswith("  ✔ 📦 parts COMPLETED 2/2 ok (")
+    assert shown[-1].startswith("✔ 🤖 Root COMPLETED (")
+    assert shown[-1].endswith(") → ['A', 'B']")
+
+
+async def test_a_run_on_a_terminal_is_styled_with_the_same_text() -> None:
+    styled, styled_out = printer(terminal=True)
+    plain, plain_out = printer(terminal=False)
+    bus = EventBus()
+    bus.subscribe(styled)
+    bus.subscribe(plain)
+    await _run_tree(bus)
+    assert "\x1b[" in styled_out.getvalue()
+    stripped = Text.from_ansi(styled_out.getvalue()).plain
+    timing_free = [line.split(" (")[0] for line in plain_out.getvalue().splitlines()]
+    assert [line.split(" (")[0] for line in stripped.splitlines()] == timing_free
+
+
+def test_default_printer_writes_plain_text_to_a_file() -> None:
+    out = StringIO()
+    EventPrinter(file=out)(started("a", "agent", "x"))
+    assert out.getvalue() == "▶ 🤖 a STARTED x\n"
