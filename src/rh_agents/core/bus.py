@@ -161,7 +161,9 @@ class EventBus:
         # Unsubscribed feeders may still be finishing a record; close() awaits them.
         self._retired: list[Subscription] = []
         # Weak: a stream() that is dropped unread must not keep collecting records.
-        self._streams: weakref.WeakSet[_StreamQueue] = weakref.WeakSet()
+        # (A dict of weak references rather than a WeakSet: publish is on every member's hot
+        # path and an empty dict costs nothing to test.)
+        self._streams: dict[int, weakref.ref[_StreamQueue]] = {}
         self.subscriber_errors: list[SubscriberError] = []
         self.published = 0
         self._closed = False
@@ -195,8 +197,13 @@ class EventBus:
         self.published += 1
         for sub in self._subscriptions:
             sub._push(record)
-        for stream in list(self._streams):
-            stream.push(record)
+        if self._streams:
+            for key, ref in list(self._streams.items()):
+                stream = ref()
+                if stream is None:
+                    del self._streams[key]
+                else:
+                    stream.push(record)
 
     def stream(self) -> AsyncIterator[BusEvent]:
         """Every record published from this call on, until the bus is closed::
@@ -211,7 +218,7 @@ class EventBus:
         if self._closed:
             queue.push(None)
         else:
-            self._streams.add(queue)
+            self._streams[id(queue)] = weakref.ref(queue)
         return self._read(queue)
 
     async def _read(self, queue: _StreamQueue) -> AsyncIterator[BusEvent]:
@@ -222,7 +229,7 @@ class EventBus:
                     return
                 yield record
         finally:
-            self._streams.discard(queue)
+            self._streams.pop(id(queue), None)
 
     async def drain(self) -> None:
         """Wait until every subscriber has handled every record published so far."""
@@ -235,8 +242,10 @@ class EventBus:
         for sub in [*self._subscriptions, *self._retired]:
             await sub._close(drain)
         self._retired.clear()
-        for stream in list(self._streams):
-            stream.push(None)
+        for ref in list(self._streams.values()):
+            stream = ref()
+            if stream is not None:
+                stream.push(None)
 
     def _report(self, sub: Subscription, record: BusEvent, exc: Exception) -> None:
         error = SubscriberError(sub.name, record, describe_error(exc), exc)

@@ -10,6 +10,10 @@ Every record is a small frozen dataclass with a ``kind`` string, so a subscriber
             case GroupCompleted(name=name, succeeded=ok, total=total):
                 print(f"{name}: {ok}/{total}")
 
+Records are shared by every subscriber, so treat them as read-only. (They are not frozen
+dataclasses on purpose: a frozen dataclass costs about four times as much to build, and a
+group publishes one record per member.)
+
 Records that happen inside a parallel group carry the group's id, the member's index and
 ``is_parallel=True``, however deep the event is nested inside the member.
 """
@@ -33,7 +37,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class BusEvent:
     """Fields every record has. ``address`` is the execution-tree path of what it is about."""
 
@@ -53,7 +57,7 @@ class BusEvent:
 # --- actor events ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class EventStarted(BusEvent):
     """An ``ExecutionEvent`` began running its actor."""
 
@@ -63,7 +67,7 @@ class EventStarted(BusEvent):
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class EventCompleted(BusEvent):
     """An ``ExecutionEvent`` finished successfully. ``source`` tells where the result came from."""
 
@@ -76,7 +80,7 @@ class EventCompleted(BusEvent):
     source: str = "run"  # "run", "cache" or "replay"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class EventFailed(BusEvent):
     """An ``ExecutionEvent`` failed (or was cancelled: ``cancelled=True``)."""
 
@@ -90,7 +94,7 @@ class EventFailed(BusEvent):
     cancelled: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class EventRetrying(BusEvent):
     """An attempt failed and another one will follow after ``delay`` seconds."""
 
@@ -104,7 +108,7 @@ class EventRetrying(BusEvent):
 # --- group events ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GroupStarted(BusEvent):
     """A parallel group opened. ``total`` grows as members are added (see ``MemberFinished``)."""
 
@@ -115,7 +119,7 @@ class GroupStarted(BusEvent):
     parent_group_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class MemberStarted(BusEvent):
     """A member of a group took a worker and began to run."""
 
@@ -125,7 +129,7 @@ class MemberStarted(BusEvent):
     queue_wait: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class MemberFinished(BusEvent):
     """A member of a group finished, with the group's counts right after it.
 
@@ -147,7 +151,7 @@ class MemberFinished(BusEvent):
     attempts: int = 1
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GroupCompleted(BusEvent):
     """A group finished. ``status`` is a ``GroupStatus`` value; ``metrics`` a frozen snapshot."""
 
@@ -167,7 +171,7 @@ class GroupCompleted(BusEvent):
 # --- resilience events ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CircuitStateChanged(BusEvent):
     """A circuit breaker changed state (``closed``, ``open`` or ``half_open``)."""
 

@@ -164,7 +164,7 @@ class ParallelExecutionManager(Generic[T]):
         self.circuit_breaker = circuit_breaker
         self._retain = retain_results
 
-        self.group: ParallelEventGroup | None = None
+        self._group: ParallelEventGroup | None = None
         self.group_id = ""
         self._entered = False
         self._sealed = False  # no more add(): gather/stream started or block left
@@ -194,6 +194,7 @@ class ParallelExecutionManager(Generic[T]):
         self._all_done: asyncio.Future[None] | None = None
         self._progress: asyncio.Future[None] | None = None
         self._reader_space: asyncio.Future[None] | None = None
+        self._input_error: Exception | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
         self._parent_frame: Frame | None = None
         self._started_at = 0.0
@@ -211,7 +212,7 @@ class ParallelExecutionManager(Generic[T]):
         name = self._requested_name or "parallel"
         self.group_id = parent.child_address(name)
         self._started_at = state.clock.now()
-        self.group = ParallelEventGroup(
+        self._group = ParallelEventGroup(
             group_id=self.group_id,
             name=self._requested_name or self.group_id.rsplit("::", 1)[-1],
             status=GroupStatus.RUNNING,
@@ -231,7 +232,7 @@ class ParallelExecutionManager(Generic[T]):
                     group_id=parent.group_id,
                     parallel_index=parent.parallel_index,
                     is_parallel=parent.group_id is not None,
-                    name=self.group.name,
+                    name=self._group.name,
                     total=self._total,
                     max_workers=self._limit,
                     parent_group_id=parent.group_id,
@@ -396,8 +397,8 @@ class ParallelExecutionManager(Generic[T]):
         self._total += 1
         if name is not None:
             self._names[name] = index
-            assert self.group is not None
-            self.group.member_names[index] = name
+            assert self._group is not None
+            self._group.member_names[index] = name
         return member
 
     def map(
@@ -479,7 +480,12 @@ class ParallelExecutionManager(Generic[T]):
                             await self._wait_for_reader()
                         if self._stop_status is not None:
                             break
-                    pulled = await source.next_item()
+                    try:
+                        pulled = await source.next_item()
+                    except Exception as exc:  # the user's iterable raised: the group fails
+                        self._input_error = exc
+                        self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
+                        break
                     if pulled is None:
                         break
                     call, item = pulled[0], pulled[1]
@@ -655,11 +661,6 @@ class ParallelExecutionManager(Generic[T]):
             self._unretained.append(result)
             member.result = result  # the member itself is not kept; only the stream holds it
 
-        group = self.group
-        if group is not None:
-            group.completed = self._succeeded
-            group.failed = self._done - self._succeeded
-            group.total = self._total
         bus = self._state.event_bus
         if bus.has_listeners:
             bus.publish(
@@ -911,6 +912,8 @@ class ParallelExecutionManager(Generic[T]):
         return list(self._results)  # type: ignore[arg-type]  # every slot is filled
 
     def _raise_for_strategy(self, results: list[ExecutionResult[Any]]) -> None:
+        if self._input_error is not None:
+            raise self._input_error
         trigger = self._trigger
         if (
             trigger is None
@@ -1021,8 +1024,7 @@ class ParallelExecutionManager(Generic[T]):
                     await asyncio.shield(self._progress)
             await self._wait_all()
             self._finalize()
-            if self._retain:
-                self._raise_for_strategy(self._collected())
+            self._raise_for_strategy(self._collected() if self._retain else [])
         except asyncio.CancelledError:
             self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
             raise
@@ -1045,6 +1047,18 @@ class ParallelExecutionManager(Generic[T]):
     # --- introspection -------------------------------------------------------------------------
 
     @property
+    def group(self) -> ParallelEventGroup | None:
+        """The spec's ``ParallelEventGroup`` for this group, with up-to-date counts."""
+        group = self._group
+        if group is not None:
+            # Synced on read: assigning pydantic fields on every member would cost more than
+            # the rest of the member's bookkeeping.
+            group.completed = self._succeeded
+            group.failed = self._done - self._succeeded
+            group.total = self._total
+        return group
+
+    @property
     def total(self) -> int:
         return self._total
 
@@ -1054,7 +1068,7 @@ class ParallelExecutionManager(Generic[T]):
 
     @property
     def status(self) -> GroupStatus:
-        return self.group.status if self.group is not None else GroupStatus.PENDING
+        return self._group.status if self._group is not None else GroupStatus.PENDING
 
     def statistics(self) -> GroupStatistics:
         """A frozen snapshot of the group's counters, valid during and after the run."""
