@@ -69,8 +69,17 @@ __all__ = ["PARALLEL_MODES", "ParallelEventPrinter", "ParallelMode"]
 ParallelMode = Literal["realtime", "progress", "collapsed", "smart"]
 PARALLEL_MODES: Final[tuple[str, ...]] = get_args(ParallelMode)
 
+_FLUSH_EVERY: Final = 0.2
+_FLUSH_LINES: Final = 512
 ICONS: Final = {"agent": "🤖", "tool": "🔧", "llm": "🧠", "actor": "⚙", "group": "📦"}
-_STYLES: Final = {"▶": "cyan", "✔": "green", "✘": "red", "⚠": "yellow", "↻": "yellow", "⚡": "magenta"}
+_STYLES: Final = {
+    "▶": "cyan",
+    "✔": "green",
+    "✘": "red",
+    "⚠": "yellow",
+    "↻": "yellow",
+    "⚡": "magenta",
+}
 
 
 class ParallelEventPrinter:
@@ -140,6 +149,12 @@ class ParallelEventPrinter:
         self.indent = indent
         self.clock = clock
         self.live_display = console.is_terminal and parallel_mode != "realtime"
+        # Not a terminal: lines are plain text, batched into one write per flush (a log gets
+        # every line, at most ``_FLUSH_EVERY`` seconds late while records keep coming).
+        self._plain = not console.is_terminal
+        self._write = console.file.write
+        self._buffer: list[str] = []
+        self._next_flush = 0.0
         self.groups: dict[str, GroupView] = {}
         self.roots: list[GroupView] = []
         self._summarized: set[str] = set()
@@ -188,6 +203,15 @@ class ParallelEventPrinter:
             for root in self.roots:
                 if root.group_id not in self._summarized:
                     self._print_summary(root)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the plain lines still batched (done on group boundaries, failures and close)."""
+        buffer = self._buffer
+        if buffer:
+            buffer.append("")
+            self._write("\n".join(buffer))
+            buffer.clear()
 
     def summary(self) -> str:
         """Plain text: every outermost group seen so far, as a tree of summary lines."""
@@ -265,17 +289,31 @@ class ParallelEventPrinter:
             self._refresh()
             return
         mode = self.parallel_mode
-        if (mode == "realtime" and (not ok or self._shows_nested(view))) or (
-            mode == "progress" and (not ok or (self.show_parallel_details and view.parent is None))
-        ):
+        if not ok:
+            if mode != "collapsed":
+                self._line(self._member_line(view, record, ok), view.level + 1)
+        elif mode == "realtime" and self._shows_nested(view):
             self._line(self._member_line(view, record, ok), view.level + 1)
-        if mode != "realtime" and self.show_progress:
+        elif mode == "progress" and self.show_parallel_details and view.parent is None:
+            # The hot path of a big group: format inline and batch (see flush()).
+            took = record.execution_time
+            took_text = f"{took * 1000:.0f}ms" if took < 1 else f"{took:.2f}s"
+            name = f" {record.name}" if record.name else ""
+            total = view.known_total()
+            self._buffer.append(
+                f"{self._pad(view.level + 1)}✔ {view.tag}#{record.index}{name} done "
+                f"({took_text}) [{record.done}/{'?' if total is None else total}]"
+            )
+        if self._plain:
             now = self.clock()
-            if now >= self._next_progress:
+            if mode != "realtime" and self.show_progress and now >= self._next_progress:
                 self._next_progress = now + self.progress_interval
                 for root in self.roots:
                     if not root.finished:
                         self._line(self._progress_text(root), root.level)
+            if now >= self._next_flush or len(self._buffer) >= _FLUSH_LINES:
+                self._next_flush = now + _FLUSH_EVERY
+                self.flush()
 
     def _group_completed(self, record: GroupCompleted) -> None:
         view = self.groups.get(record.address)
@@ -300,15 +338,15 @@ class ParallelEventPrinter:
                 self._refresh()
             return
         self._active_roots -= 1
+        if self.live_display:
+            if self._active_roots <= 0:
+                self._stop_live()  # first, so the summary lands below the run, not in a frame
+            else:
+                self._refresh(force=True)
         if mode == "realtime" and not self.show_summary:
             self._line(self._completed_text(view), view.level)
         if self.show_summary:
             self._print_summary(view)
-        if self.live_display:
-            if self._active_roots <= 0:
-                self._stop_live()
-            else:
-                self._refresh(force=True)
 
     # --- actor, retry and breaker records -------------------------------------------------
 
@@ -418,11 +456,16 @@ class ParallelEventPrinter:
         for line in self._summary_lines(root):
             self._line(line, 0)
 
+    def _pad(self, level: int) -> str:
+        return " " * (self.indent * level)
+
     def _line(self, text: str, level: int) -> None:
+        """Write one line now (after anything batched before it)."""
         line = " " * (self.indent * level) + text
-        if not self.console.is_terminal:
+        if self._plain:
             # Plain append-only text: no rich rendering per record, no control codes.
-            self.console.file.write(line + "\n")
+            self._buffer.append(line)
+            self.flush()
             return
         stripped = line.lstrip()
         style = _STYLES.get(stripped[:1], "")
