@@ -149,6 +149,10 @@ class ParallelEventPrinter:
         self.indent = indent
         self.clock = clock
         self.live_display = console.is_terminal and parallel_mode != "realtime"
+        # What plain output does: ``smart`` away from a terminal means ``collapsed``.
+        self._mode: ParallelMode = (
+            "collapsed" if parallel_mode == "smart" and not console.is_terminal else parallel_mode
+        )
         # Not a terminal: lines are plain text, batched into one write per flush (a log gets
         # every line, at most ``_FLUSH_EVERY`` seconds late while records keep coming).
         self._plain = not console.is_terminal
@@ -246,12 +250,12 @@ class ParallelEventPrinter:
             self._active_roots += 1
             self._next_progress = self.clock() + self.progress_interval
         workers = f" (max_workers={view.max_workers})" if view.max_workers else ""
-        if self.parallel_mode == "realtime":
+        if self._mode == "realtime":
             if parent is None or not self.collapse_parallel:
                 self._line(f"{self._prefix(record)}▶ 📦 {record.name} started{workers}", view.level)
         elif self.live_display:
             self._refresh(force=True)
-        elif parent is None and self.parallel_mode == "progress":
+        elif parent is None and self._mode == "progress":
             self._line(f"▶ 📦 {tag} started{workers}", view.level)
 
     def _member_started(self, record: MemberStarted) -> None:
@@ -264,7 +268,7 @@ class ParallelEventPrinter:
         if self.live_display:
             view.running[record.index] = (record.name, record.timestamp)
             self._refresh()
-        elif self.parallel_mode == "realtime" and self._shows_nested(view):
+        elif self._mode == "realtime" and self._shows_nested(view):
             name = f" {record.name}" if record.name else ""
             self._line(f"[{view.member_tag(record.index)}] ▶ member{name} started", view.level + 1)
 
@@ -288,7 +292,7 @@ class ParallelEventPrinter:
             view.running.pop(record.index, None)
             self._refresh()
             return
-        mode = self.parallel_mode
+        mode = self._mode
         if not ok:
             if mode != "collapsed":
                 self._line(self._member_line(view, record, ok), view.level + 1)
@@ -330,7 +334,7 @@ class ParallelEventPrinter:
         view.cancelled = record.cancelled
         view.skipped = record.skipped
         view.running.clear()
-        mode = self.parallel_mode
+        mode = self._mode
         if view.parent is not None:
             if mode == "realtime" and self._shows_nested(view):
                 self._line(f"{self._prefix(record)}{self._completed_text(view)}", view.level)
@@ -379,7 +383,7 @@ class ParallelEventPrinter:
         view = self.groups.get(record.group_id or "")
         if view is not None:
             view.retried += 1
-        if self.parallel_mode == "collapsed" or self.live_display:
+        if self._mode == "collapsed" or self.live_display:
             if self.live_display:
                 self._refresh()
             return  # counted in the bar and the summary
@@ -408,7 +412,7 @@ class ParallelEventPrinter:
     def _shows_event(self, record: BusEvent) -> bool:
         if record.group_id is None:
             return True  # outside any group: the plain execution tree, in every mode
-        if self.parallel_mode != "realtime" or not self.show_parallel_details:
+        if self._mode != "realtime" or not self.show_parallel_details:
             return False
         view = self.groups.get(record.group_id)
         return view is None or self._shows_nested(view)
@@ -423,7 +427,7 @@ class ParallelEventPrinter:
         took = seconds(record.execution_time)
         total = view.known_total()
         count = f"[{record.done}/{'?' if total is None else total}]"
-        if self.parallel_mode == "realtime":
+        if self._mode == "realtime":
             tag, name = f"[{tag}]", f" member{name}"
         if ok:
             return f"✔ {tag}{name} done ({took}) {count}"
