@@ -159,12 +159,7 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
     """Plain-text lines for ``summary`` and its children, indented as a tree."""
     pad = " " * (indent * level)
     name = summary.name if summary.count == 1 else f"{summary.name} ×{summary.count}"
-    parts = [
-        f"{summary.done}/{summary.total} done",
-        f"{summary.failed} failed",
-        f"{summary.retried} retried",
-    ]
-    parts.extend(
+    kinds = ", ".join(
         f"{n} {label}"
         for n, label in (
             (summary.timed_out, "timed out"),
@@ -173,6 +168,11 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
         )
         if n
     )
+    parts = [
+        f"{summary.done}/{summary.total} done",
+        f"{summary.failed} failed" + (f" ({kinds})" if kinds else ""),
+        f"{summary.retried} retried",
+    ]
     wall = seconds(summary.wall_time)
     parts.append(wall if summary.count == 1 else f"max {wall}")
     if summary.slowest:

@@ -167,6 +167,7 @@ class ParallelEventPrinter:
         self._next_refresh = 0.0
         self._next_progress = 0.0
         self._closed = False
+        self._latest = 0.0
         self._handlers: dict[type[BusEvent], Callable[[Any], None]] = {
             GroupStarted: self._group_started,
             MemberStarted: self._member_started,
@@ -182,6 +183,7 @@ class ParallelEventPrinter:
     # --- subscriber protocol --------------------------------------------------------------
 
     def __call__(self, record: BusEvent) -> None:
+        self._latest = record.timestamp  # "now" on the run's own clock, for elapsed times
         handler = self._handlers.get(type(record))
         if handler is not None:
             handler(record)
@@ -428,7 +430,13 @@ class ParallelEventPrinter:
         total = view.known_total()
         count = f"[{record.done}/{'?' if total is None else total}]"
         if self._mode == "realtime":
-            tag, name = f"[{tag}]", f" member{name}"
+            mark = "✔" if ok else "✘"
+            if ok:
+                return f"[{tag}] {mark} member{name} done ({took}) {count}"
+            return (
+                f"[{tag}] {mark} member{name} {record.status.upper()} ({took}) {count}: "
+                f"{record.error or ''}"
+            )
         if ok:
             return f"✔ {tag}{name} done ({took}) {count}"
         return f"✘ {tag}{name} {record.status.upper()} ({took}) {count}: {record.error or ''}"
@@ -438,7 +446,7 @@ class ParallelEventPrinter:
         shown = "?" if total is None else str(total)
         text = (
             f"📦 {view.tag} [{view.done}/{shown}] {bar(view.done, total)} "
-            f"{percent(view.done, total)} · {seconds(view.elapsed)} · {view.failed} failed"
+            f"{percent(view.done, total)} · {seconds(self._elapsed(view))} · {view.failed} failed"
         )
         return text + (f" · {view.retried} retried" if view.retried else "")
 
@@ -520,18 +528,23 @@ class ParallelEventPrinter:
             return (root.known_total() or 0) <= self.smart_threshold
         return True
 
+    def _elapsed(self, view: GroupView) -> float:
+        if view.wall_time is not None:
+            return view.wall_time
+        return max(0.0, self._latest - view.started_at)
+
     def _render_group(self, view: GroupView, rows: list[RenderableType], *, members: bool) -> None:
         pad = " " * (self.indent * view.level)
         total = view.known_total()
         grid = Table.grid(padding=(0, 1))
         grid.add_row(
-            Text(f"{pad}📦 {view.tag}", style="bold cyan"),
+            Text(f"{pad}📦 {view.tag if view.parent is None else view.name}", style="bold cyan"),
             ProgressBar(total=float(total or 1), completed=float(view.done), width=24)
             if total
             else Text(bar(0, None, 24), style="dim"),
             Text(
                 f"{view.done}/{'?' if total is None else total} {percent(view.done, total)} "
-                f"{seconds(view.elapsed)}"
+                f"{seconds(self._elapsed(view))}"
             ),
             Text(f"{view.failed} failed", style="red" if view.failed else "dim"),
             Text(f"↻ {view.retried}" if view.retried else "", style="yellow"),
@@ -548,7 +561,7 @@ class ParallelEventPrinter:
             shown += 1
             label = f" {name}" if name else ""
             rows.append(
-                Text(f"{inner}⠿ #{index}{label} {seconds(view.last_seen - started)}", style="dim")
+                Text(f"{inner}⠿ #{index}{label} {seconds(self._latest - started)}", style="dim")
             )
             child = children.get(index)
             if child is not None and not self.collapse_parallel:
