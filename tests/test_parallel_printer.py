@@ -17,7 +17,13 @@ from rh_agents.bus_handlers import ParallelEventPrinter
 from rh_agents.bus_handlers.parallel_printer import ParallelMode
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
-from rh_agents.core.records import GroupCompleted, GroupStarted, MemberFinished, MemberStarted
+from rh_agents.core.records import (
+    EventFailed,
+    GroupCompleted,
+    GroupStarted,
+    MemberFinished,
+    MemberStarted,
+)
 from rh_agents.errors import ConfigurationError
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -367,3 +373,57 @@ def test_group_completed_for_an_unknown_group_is_ignored() -> None:
 def test_bad_options_are_named(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         ParallelEventPrinter(console=Console(file=io.StringIO()), **options)  # type: ignore[arg-type]
+
+
+def test_live_view_caps_the_members_it_lists_and_can_fold_nested_groups() -> None:
+    printer = ParallelEventPrinter(
+        "progress",
+        console=Console(file=io.StringIO(), width=100, force_terminal=True),
+        clock=lambda: 0.0,
+        max_members_shown=1,
+        collapse_parallel=True,
+    )
+    try:
+        for record in run_records()[:10]:
+            printer(record)
+        view = io.StringIO()
+        Console(file=view, width=100, force_terminal=False).print(printer.render())
+    finally:
+        printer.close()
+    assert [line.rstrip() for line in view.getvalue().splitlines()] == [
+        "  📦 docs                          0/3 0% 900ms 0 failed",
+        "    ⠿ #0 900ms",
+        "    … 1 more running",
+    ]
+
+
+def test_failed_and_cancelled_events_outside_groups_are_shown() -> None:
+    printer, out = plain_printer("collapsed")
+    printer(
+        EventFailed(
+            address="Orch",
+            timestamp=1.0,
+            actor="Orch",
+            actor_kind="agent",
+            execution_time=1.5,
+            error="ValueError: bad input",
+            error_type="ValueError",
+        )
+    )
+    printer(
+        EventFailed(
+            address="Orch::tool",
+            timestamp=1.0,
+            actor="tool",
+            actor_kind="tool",
+            execution_time=0.01,
+            error="CancelledError",
+            error_type="CancelledError",
+            cancelled=True,
+        )
+    )
+    printer.close()
+    assert out.getvalue() == (
+        "✘ 🤖 Orch FAILED (1.50s): ValueError: bad input\n"
+        "  ✘ 🔧 tool CANCELLED (10ms): CancelledError\n"
+    )

@@ -34,22 +34,20 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import IO, Any, Final, Literal, get_args
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
 from rh_agents.bus_handlers.group_view import (
     GroupView,
     MemberIssue,
     bar,
-    issue_line,
     percent,
     seconds,
     summarize,
     summary_lines,
 )
+from rh_agents.bus_handlers.live_view import elapsed, render_live
 from rh_agents.core.records import (
     BusEvent,
     CircuitStateChanged,
@@ -515,11 +513,14 @@ class ParallelEventPrinter:
 
     def render(self) -> RenderableType:
         """The live view: a bar per running outermost group, members and nested groups below."""
-        rows: list[RenderableType] = []
-        for root in self.roots:
-            if not root.finished:
-                self._render_group(root, rows, members=self._members_beneath(root))
-        return Group(*rows)
+        return render_live(
+            self.roots,
+            now=self._latest,
+            members=self._members_beneath,
+            max_members=self.max_members_shown,
+            nested=not self.collapse_parallel,
+            indent=self.indent,
+        )
 
     def _members_beneath(self, root: GroupView) -> bool:
         if self.parallel_mode == "collapsed":
@@ -529,45 +530,4 @@ class ParallelEventPrinter:
         return True
 
     def _elapsed(self, view: GroupView) -> float:
-        if view.wall_time is not None:
-            return view.wall_time
-        return max(0.0, self._latest - view.started_at)
-
-    def _render_group(self, view: GroupView, rows: list[RenderableType], *, members: bool) -> None:
-        pad = " " * (self.indent * view.level)
-        total = view.known_total()
-        grid = Table.grid(padding=(0, 1))
-        grid.add_row(
-            Text(f"{pad}📦 {view.tag if view.parent is None else view.name}", style="bold cyan"),
-            ProgressBar(total=float(total or 1), completed=float(view.done), width=24)
-            if total
-            else Text(bar(0, None, 24), style="dim"),
-            Text(
-                f"{view.done}/{'?' if total is None else total} {percent(view.done, total)} "
-                f"{seconds(self._elapsed(view))}"
-            ),
-            Text(f"{view.failed} failed", style="red" if view.failed else "dim"),
-            Text(f"↻ {view.retried}" if view.retried else "", style="yellow"),
-        )
-        rows.append(grid)
-        if not members:
-            return
-        inner = " " * (self.indent * (view.level + 1))
-        shown = 0
-        children = {child.parent_index: child for child in view.children if not child.finished}
-        for index, (name, started) in sorted(view.running.items()):
-            if shown >= self.max_members_shown:
-                break
-            shown += 1
-            label = f" {name}" if name else ""
-            rows.append(
-                Text(f"{inner}⠿ #{index}{label} {seconds(self._latest - started)}", style="dim")
-            )
-            child = children.get(index)
-            if child is not None and not self.collapse_parallel:
-                self._render_group(child, rows, members=False)
-        hidden = len(view.running) - shown
-        if hidden > 0:
-            rows.append(Text(f"{inner}… {hidden} more running", style="dim"))
-        for issue in view.issues[-3:]:
-            rows.append(Text(issue_line(issue, inner), style="red"))
+        return elapsed(view, self._latest)
