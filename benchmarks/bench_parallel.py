@@ -126,16 +126,29 @@ def main() -> None:
     fn = _sleeper(0.1)
     seq = best(2, lambda: run_sequential(5, fn))
     ours = best(3, lambda: run_ours(5, 5, fn))
-    rows.append(("5 x 100 ms, W=5", "speedup vs sequential", f"{seq / ours:.2f}x", ">= 4.9x",
-                 "ok" if seq / ours >= 4.9 else "MISSED"))
+    rows.append(
+        (
+            "5 x 100 ms, W=5",
+            "speedup vs sequential",
+            f"{seq / ours:.2f}x",
+            ">= 4.9x",
+            "ok" if seq / ours >= 4.9 else "MISSED",
+        )
+    )
 
     # 2. zero-latency, N=10,000, W=50: per-member cost against raw gather + Semaphore.
     n = 10_000
     raw = best(5, lambda: run_raw(n, 50, _zero))
     ours = best(5, lambda: run_ours(n, 50, _zero))
-    rows.append((f"N={n:,} zero-latency, W=50", "per member: ours / raw",
-                 f"{ours / n * 1e6:.1f} us / {raw / n * 1e6:.1f} us = {ours / raw:.2f}x",
-                 "<= 1.0x", "ok" if ours <= raw else "MISSED"))
+    rows.append(
+        (
+            f"N={n:,} zero-latency, W=50",
+            "per member: ours / raw",
+            f"{ours / n * 1e6:.1f} us / {raw / n * 1e6:.1f} us = {ours / raw:.2f}x",
+            "<= 1.0x",
+            "ok" if ours <= raw else "MISSED",
+        )
+    )
 
     # 3. a group of 5 zero-latency members: per-group cost.
     groups = 2_000
@@ -155,9 +168,15 @@ def main() -> None:
 
     raw = best(3, many_raw) / groups
     ours = best(3, many_ours) / groups
-    rows.append(("group of 5 zero-latency", "per group: ours / raw",
-                 f"{ours * 1e6:.0f} us / {raw * 1e6:.0f} us = {ours / raw:.2f}x", "<= 2x",
-                 "ok" if ours <= 2 * raw else "MISSED"))
+    rows.append(
+        (
+            "group of 5 zero-latency",
+            "per group: ours / raw",
+            f"{ours * 1e6:.0f} us / {raw * 1e6:.0f} us = {ours / raw:.2f}x",
+            "<= 2x",
+            "ok" if ours <= 2 * raw else "MISSED",
+        )
+    )
 
     # 4. many 10 ms members: wall time against the ideal ceil(N/W) x 10 ms.
     for n, w, target in ((10_000, 50, 0.95), (100_000, 1000, 0.85)):
@@ -166,22 +185,42 @@ def main() -> None:
         ours = best(2, lambda n=n, w=w, fn=fn: run_ours(n, w, fn))
         raw = best(1, lambda n=n, w=w, fn=fn: run_raw(n, w, fn))
         eff, raw_eff = ideal / ours, ideal / raw
-        rows.append((f"N={n:,} x 10 ms, W={w}", "efficiency ideal/wall (raw)",
-                     f"{eff:.2f} ({raw_eff:.2f})", f">= {target}",
-                     "ok" if eff >= target else "MISSED"))
+        rows.append(
+            (
+                f"N={n:,} x 10 ms, W={w}",
+                "efficiency ideal/wall (raw)",
+                f"{eff:.2f} ({raw_eff:.2f})",
+                f">= {target}",
+                "ok" if eff >= target else "MISSED",
+            )
+        )
 
     # 5. memory held per member after gather, N=100,000.
     n = 100_000
     ours_b = held_per_member(n, lambda: run_ours(n, 1000, _zero))
     raw_b = held_per_member(n, lambda: run_raw(n, 1000, _zero))
-    rows.append((f"N={n:,} held after gather", "bytes per member (raw)",
-                 f"{ours_b:.0f} B ({raw_b:.0f} B)", "<= 1 kB", "ok" if ours_b <= 1024 else "MISSED"))
+    rows.append(
+        (
+            f"N={n:,} held after gather",
+            "bytes per member (raw)",
+            f"{ours_b:.0f} B ({raw_b:.0f} B)",
+            "<= 1 kB",
+            "ok" if ours_b <= 1024 else "MISSED",
+        )
+    )
 
     # 6. one million items streamed through the lazy input.
     n = 1_000_000
     peak = stream_peak(n, 100)
-    rows.append((f"{n:,} lazy items, W=100", "peak memory growth", f"{peak / 2**20:.1f} MB",
-                 "< 50 MB", "ok" if peak < 50 * 2**20 else "MISSED"))
+    rows.append(
+        (
+            f"{n:,} lazy items, W=100",
+            "peak memory growth",
+            f"{peak / 2**20:.1f} MB",
+            "< 50 MB",
+            "ok" if peak < 50 * 2**20 else "MISSED",
+        )
+    )
 
     widths = [max(len(r[i]) for r in [*rows, _HEADER]) for i in range(5)]
     for row in [_HEADER, tuple("-" * w for w in widths), *rows]:

@@ -5,7 +5,7 @@ The names users need are importable from here as well as from their home modules
     from rh_agents import ExecutionState, ExecutionEvent, Tool, ErrorStrategy
 """
 
-from rh_agents.bus_handlers import EventPrinter
+from rh_agents.bus_handlers import EventPrinter, ParallelEventPrinter
 from rh_agents.core.actors import LLM, Agent, BaseActor, Tool, agent, llm, tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.clock import Clock, SystemClock
@@ -76,6 +76,7 @@ __all__ = [
     "MemberSkippedError",
     "ParallelError",
     "ParallelEventGroup",
+    "ParallelEventPrinter",
     "ParallelExecutionManager",
     "ParallelTimeoutError",
     "RHAgentsError",

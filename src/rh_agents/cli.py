@@ -8,17 +8,37 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="rh_agents command line.")
 
+_MODES = ("realtime", "progress", "collapsed", "smart")
+
 
 @app.command()
 def demo(
-    documents: int = typer.Option(6, min=1, help="How many notes to digest."),
-    seed: int = typer.Option(7, help="Seed of the simulated latencies."),
+    documents: int = typer.Option(30, min=1, help="How many bundled documents to digest."),
+    workers: int = typer.Option(8, min=1, help="Documents processed at once (max_workers)."),
+    mode: str = typer.Option(
+        "smart", help="Display: realtime, progress, collapsed or smart (picks for you)."
+    ),
+    failure_rate: float = typer.Option(
+        0.1, min=0.0, max=1.0, help="Chance that a simulated LLM call fails (transient 503)."
+    ),
+    seed: int = typer.Option(7, help="Seed of the simulated latencies and failures."),
 ) -> None:
-    """Run the offline research-digest demo (no key, no network)."""
+    """Run the offline research-digest demo (no key, no network; a few seconds)."""
+    if mode not in _MODES:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(_MODES)}; got {mode!r}", param_hint="--mode"
+        )
     from rh_agents.demo import run_demo
 
-    digest = asyncio.run(run_demo(documents=documents, seed=seed))
-    typer.echo("\nDigest:\n" + digest)
+    asyncio.run(
+        run_demo(
+            documents=documents,
+            workers=workers,
+            mode=mode,  # type: ignore[arg-type]  # checked against _MODES above
+            failure_rate=failure_rate,
+            seed=seed,
+        )
+    )
 
 
 @app.callback()

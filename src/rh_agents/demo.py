@@ -1,106 +1,220 @@
-"""The offline demo: a small research digest, run with the printer.
+"""The offline demo: a research digest over a few dozen bundled documents.
 
-An ``Orchestrator`` agent fans out over a handful of bundled notes; each member asks a
-simulated LLM for a summary and a tool for keywords (in a nested group), then the orchestrator
-joins the results. No key, no network: latency and transient failures are simulated with a
-seeded random generator, so every run shows the same tree.
+An ``Orchestrator`` agent fans out over the documents (a parallel group, ``documents``); each
+member is a ``reader`` agent that runs its own nested group (``steps``): a simulated LLM writes
+a summary while a tool extracts keywords. A ``digest`` tool then joins whatever succeeded. No
+key, no network: latencies and transient LLM failures come from a generator seeded per
+document, so every run fails the same documents, whatever order they finish in::
+
+    digest = asyncio.run(run_demo(documents=30, workers=8, mode="progress"))
+
+The run is shown by ``ParallelEventPrinter``; ``rh-agents demo --help`` lists the options.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from typing import IO, Any
 
 from pydantic import BaseModel
+from rich.console import Console
 
-from rh_agents.bus_handlers import EventPrinter
-from rh_agents.core.actors import LLM, Agent, Tool
+from rh_agents.bus_handlers import ParallelEventPrinter
+from rh_agents.bus_handlers.parallel_printer import PARALLEL_MODES, ParallelMode
+from rh_agents.core.actors import LLM, Agent, BaseActor, Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.execution import ExecutionState
+from rh_agents.demo_data import DOCUMENTS
+from rh_agents.errors import ConfigurationError
 
-__all__ = ["DOCUMENTS", "Note", "Summary", "Topic", "build_actors", "run_demo"]
-
-DOCUMENTS = [
-    "Worker pools bound memory: a group of ten thousand members needs only max_workers tasks.",
-    "Rate limits protect providers; a 429 with Retry-After says exactly when to come back.",
-    "Circuit breakers stop hammering a dependency that is down and probe it after a cool-down.",
-    "Checkpoints written as members finish let a crashed run resume without redoing work.",
-    "Addresses derived from names and indices make two runs of the same code comparable.",
-    "Fail-slow keeps every partial result; fail-fast cancels the rest at the first error.",
+__all__ = [
+    "DOCUMENTS",
+    "Corpus",
+    "Document",
+    "SimulatedProviderError",
+    "Summaries",
+    "Summary",
+    "build_actors",
+    "run_demo",
 ]
 
 
-class Note(BaseModel):
+class SimulatedProviderError(RuntimeError):
+    """The simulated LLM's transient failure (what a real provider's 503 would be)."""
+
+
+class Document(BaseModel):
+    index: int
+    title: str
     text: str
 
 
 class Summary(BaseModel):
+    title: str
     text: str
     keywords: list[str]
 
 
-class Topic(BaseModel):
-    notes: list[str]
+class Corpus(BaseModel):
+    documents: list[Document]
 
 
-def build_actors(*, seed: int = 7, latency: float = 0.05) -> dict[str, object]:
-    rng = random.Random(seed)
+class Summaries(BaseModel):
+    summaries: list[Summary]
+    failed: int
 
-    async def summarize(input: Note, context: str, state: ExecutionState) -> str:
-        await asyncio.sleep(latency * (0.5 + rng.random()))
-        return input.text.split(":")[0].split(";")[0]
 
-    async def keywords(input: Note, context: str, state: ExecutionState) -> list[str]:
-        await asyncio.sleep(latency * 0.2)
+def build_actors(
+    *, seed: int = 7, failure_rate: float = 0.1, workers: int = 8, latency: float = 1.0
+) -> dict[str, BaseActor]:
+    """The demo's actors. ``latency`` scales every simulated wait (0 makes the run instant)."""
+
+    def rng_for(doc: Document, step: str) -> random.Random:
+        # Seeded per document and step, never shared: the same documents fail on every run.
+        return random.Random(f"{seed}:{doc.index}:{step}")
+
+    async def summarize(input: Document, context: str, state: ExecutionState) -> str:
+        rng = rng_for(input, "llm")
+        await asyncio.sleep(latency * rng.uniform(0.15, 0.5))
+        if rng.random() < failure_rate:
+            raise SimulatedProviderError("503 upstream overloaded (simulated transient error)")
+        first = input.text.split(",")[0].split(";")[0].split(":")[0]
+        return " ".join(first.split()[:12])
+
+    async def keywords(input: Document, context: str, state: ExecutionState) -> list[str]:
+        await asyncio.sleep(latency * rng_for(input, "tool").uniform(0.02, 0.06))
         words = [w.strip(".,:;").lower() for w in input.text.split()]
-        return sorted({w for w in words if len(w) > 7})[:3]
+        return [word for word, _ in Counter(w for w in words if len(w) > 7).most_common(3)]
 
     llm = LLM(
-        name="summarizer", description="Simulated LLM summary", input_model=Note, handler=summarize
+        name="summarizer",
+        description="Simulated LLM: a one-line summary",
+        input_model=Document,
+        handler=summarize,
     )
     tool = Tool(
-        name="keywords", description="Long words as keywords", input_model=Note, handler=keywords
+        name="keywords",
+        description="The document's longest recurring words",
+        input_model=Document,
+        handler=keywords,
     )
 
-    async def study(input: Note, context: str, state: ExecutionState) -> Summary:
+    async def read(input: Document, context: str, state: ExecutionState) -> Summary:
+        # A nested group inside each member: the LLM call and the tool run side by side.
         async with state.parallel(max_workers=2, name="steps") as p:
             p.add("summary", ExecutionEvent(actor=llm)(input, context, state))
             p.add("keywords", ExecutionEvent(actor=tool)(input, context, state))
             steps = await p.gather_dict()
-        return Summary(text=steps["summary"].unwrap(), keywords=steps["keywords"].unwrap())
+        return Summary(
+            title=input.title,
+            text=steps["summary"].unwrap(),  # a failed summary fails this document
+            keywords=steps["keywords"].unwrap(),
+        )
 
     reader = Agent(
         name="reader",
-        description="Studies one note",
-        input_model=Note,
-        handler=study,
+        description="Summarises one document",
+        input_model=Document,
+        handler=read,
         output_model=Summary,
     )
 
-    async def orchestrate(input: Topic, context: str, state: ExecutionState) -> str:
-        async with state.parallel(max_workers=3, name="notes") as p:
-            for text in input.notes:
-                p.add(ExecutionEvent(actor=reader)(Note(text=text), context, state))
-            results = await p.gather()
-        lines = [f"- {r.result.text}" for r in results if r.ok and r.result is not None]
+    async def join(input: Summaries, context: str, state: ExecutionState) -> str:
+        themes = Counter(k for s in input.summaries for k in s.keywords).most_common(6)
+        lines = [f"Themes: {', '.join(word for word, _ in themes)}"]
+        lines.extend(f" • {s.title}: {s.text}" for s in input.summaries[:5])
+        if len(input.summaries) > 5:
+            lines.append(f"   … and {len(input.summaries) - 5} more summaries")
         return "\n".join(lines)
 
-    orchestrator = Agent(
-        name="Orchestrator", description="Builds the digest", input_model=Topic, handler=orchestrate
+    digest = Tool(
+        name="digest", description="Joins the summaries", input_model=Summaries, handler=join
     )
-    return {"orchestrator": orchestrator}
+
+    async def orchestrate(input: Corpus, context: str, state: ExecutionState) -> str:
+        async with state.parallel(max_workers=workers, name="documents") as p:
+            for doc in input.documents:
+                p.add(ExecutionEvent(actor=reader)(doc, context, state))
+            results = await p.gather()
+        summaries = [r.result for r in results if r.ok and isinstance(r.result, Summary)]
+        failed = len(results) - len(summaries)
+        report = Summaries(summaries=summaries, failed=failed)
+        text: str = (await ExecutionEvent(actor=digest)(report, context, state)).unwrap()
+        header = f"Digest of {len(summaries)} of {len(results)} documents"
+        if failed:
+            header += f" ({failed} failed: their errors are listed above)"
+        return f"{header}\n{text}"
+
+    orchestrator = Agent(
+        name="Orchestrator",
+        description="Builds the digest",
+        input_model=Corpus,
+        handler=orchestrate,
+    )
+    return {"orchestrator": orchestrator, "reader": reader, "summarizer": llm, "keywords": tool}
 
 
-async def run_demo(*, file: IO[str] | None = None, documents: int = 6, seed: int = 7) -> str:
-    """Run the digest with an ``EventPrinter`` and return the digest text."""
+INTRO = """\
+[bold]rh_agents demo[/bold]: a research digest over {documents} documents (offline, simulated LLM)
+  Orchestrator → parallel group [cyan]documents[/cyan] (max_workers={workers})
+    └ reader agent per document → nested group [cyan]steps[/cyan]: summarizer (LLM, \
+{rate:.0%} transient failures) ∥ keywords (tool)
+  then a digest tool joins what succeeded; a failure never stops the others (FAIL_SLOW).
+  Display: ParallelEventPrinter(parallel_mode="{mode}")
+"""
+
+OUTRO = """\
+Try: rh-agents demo --mode realtime   (every event, tagged with its group and index)
+     rh-agents demo --mode collapsed --failure-rate 0.3 --workers 4"""
+
+
+async def run_demo(
+    *,
+    file: IO[str] | None = None,
+    console: Console | None = None,
+    documents: int = 30,
+    workers: int = 8,
+    mode: ParallelMode = "smart",
+    failure_rate: float = 0.1,
+    seed: int = 7,
+    latency: float = 1.0,
+) -> str:
+    """Run the digest with a ``ParallelEventPrinter`` and return the digest text."""
+    if documents < 1:
+        raise ConfigurationError(f"documents must be >= 1, got {documents}")
+    if workers < 1:
+        raise ConfigurationError(f"workers must be >= 1, got {workers}")
+    if not 0.0 <= failure_rate <= 1.0:
+        raise ConfigurationError(f"failure_rate must be between 0 and 1, got {failure_rate}")
+    if mode not in PARALLEL_MODES:
+        raise ConfigurationError(f"mode must be one of {', '.join(PARALLEL_MODES)}, got {mode!r}")
+    if console is None:
+        console = Console(file=file, highlight=False, soft_wrap=True)
+    console.print(
+        INTRO.format(documents=documents, workers=workers, rate=failure_rate, mode=mode),
+        highlight=False,
+    )
+    corpus = Corpus(
+        documents=[
+            Document(index=i, title=title, text=text)
+            for i, (title, text) in enumerate(
+                DOCUMENTS[j % len(DOCUMENTS)] for j in range(documents)
+            )
+        ]
+    )
+    actors = build_actors(seed=seed, failure_rate=failure_rate, workers=workers, latency=latency)
     bus = EventBus()
-    bus.subscribe(EventPrinter(file=file))
-    async with ExecutionState(event_bus=bus) as state:
-        actors = build_actors(seed=seed)
-        notes = (DOCUMENTS * (documents // len(DOCUMENTS) + 1))[:documents]
-        result: ExecutionResult[Any] = await ExecutionEvent(actor=actors["orchestrator"])(
-            Topic(notes=notes), "", state
-        )
-    return str(result.unwrap())
+    with ParallelEventPrinter(mode, console=console) as printer:
+        bus.subscribe(printer)
+        async with ExecutionState(event_bus=bus) as state:
+            result: ExecutionResult[Any] = await ExecutionEvent(actor=actors["orchestrator"])(
+                corpus, "", state
+            )
+        await bus.close()
+    digest = str(result.unwrap())
+    console.print("\n" + digest, highlight=False, markup=False)
+    console.print("\n" + OUTRO, highlight=False, markup=False)
+    return digest

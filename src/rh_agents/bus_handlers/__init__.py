@@ -1,5 +1,6 @@
 """Subscribers for the event bus that show a run on the terminal."""
 
+from rh_agents.bus_handlers.parallel_printer import ParallelEventPrinter
 from rh_agents.bus_handlers.printer import EventPrinter
 
-__all__ = ["EventPrinter"]
+__all__ = ["EventPrinter", "ParallelEventPrinter"]

@@ -111,7 +111,8 @@ class Subscription:
                     record = queue.popleft()
                     try:
                         outcome = self.handler(record)
-                        if self._is_async or inspect.isawaitable(outcome):
+                        # ``outcome is not None`` first: isawaitable() is slow on None.
+                        if self._is_async or (outcome is not None and inspect.isawaitable(outcome)):
                             await outcome
                     except Exception as exc:  # a broken subscriber must not stop the run
                         self._bus._report(self, record, exc)
@@ -218,7 +219,10 @@ class EventBus:
         if self._closed:
             queue.push(None)
         else:
-            self._streams[id(queue)] = weakref.ref(queue)
+            key = id(queue)
+            streams = self._streams
+            # The callback runs when the queue dies (before its id can be reused).
+            streams[key] = weakref.ref(queue, lambda _ref: streams.pop(key, None))
         return self._read(queue)
 
     async def _read(self, queue: _StreamQueue) -> AsyncIterator[BusEvent]:

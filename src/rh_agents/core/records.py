@@ -121,12 +121,17 @@ class GroupStarted(BusEvent):
 
 @dataclass(slots=True, kw_only=True)
 class MemberStarted(BusEvent):
-    """A member of a group took a worker and began to run."""
+    """A member of a group took a worker and began to run.
+
+    ``total`` is the number of members added so far (``None`` while a lazy input is unread),
+    so a display knows the group's size from the first member on.
+    """
 
     kind: str = "group.member_started"
     name: str | None
     index: int
     queue_wait: float
+    total: int | None = None
 
 
 @dataclass(slots=True, kw_only=True)

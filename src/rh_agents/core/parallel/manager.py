@@ -577,6 +577,9 @@ class ParallelExecutionManager(Generic[T]):
                         name=member.name,
                         index=index,
                         queue_wait=started - member.enqueued,
+                        total=None
+                        if self._source is not None and not self._source.exhausted
+                        else self._total,
                     )
                 )
             timeout = member.timeout or self.member_timeout

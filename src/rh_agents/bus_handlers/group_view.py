@@ -1,0 +1,216 @@
+"""What the parallel printer knows about each group, built only from the group's own records.
+
+A ``GroupView`` is updated in place by ``ParallelEventPrinter`` (one view per ``group_id``);
+``summarize`` folds a finished tree of views into ``GroupSummary`` nodes, merging the nested
+groups that share a name (the ``steps`` group inside each of forty members becomes one line,
+``steps ×40``), and ``summary_lines`` turns that into plain text::
+
+    summary = summarize([root_view], slowest=3)
+    print("\\n".join(summary_lines(summary)))
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+__all__ = [
+    "GroupSummary",
+    "GroupView",
+    "MemberIssue",
+    "bar",
+    "issue_line",
+    "percent",
+    "seconds",
+    "status_mark",
+    "summarize",
+    "summary_lines",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberIssue:
+    """A member that did not complete: its tag (``notes#4``), status and error."""
+
+    tag: str
+    status: str
+    error: str
+
+
+@dataclass(slots=True, eq=False)
+class GroupView:
+    """The live counts of one group. ``tag`` names it in lines: ``notes#3/steps``."""
+
+    group_id: str
+    name: str
+    tag: str
+    parent: GroupView | None
+    parent_index: int | None
+    level: int  # address depth, for indentation
+    max_workers: int | None
+    started_at: float
+    last_seen: float
+    total: int | None = None
+    done: int = 0
+    succeeded: int = 0
+    failed: int = 0  # every member that ended without success (failed, timed out, cancelled...)
+    retried: int = 0
+    status: str | None = None  # a GroupStatus value once the group completed
+    wall_time: float | None = None
+    timed_out: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+    issues: list[MemberIssue] = field(default_factory=list)
+    slowest: list[tuple[float, int]] = field(default_factory=list)  # min-heap (seconds, index)
+    running: dict[int, tuple[str | None, float]] = field(default_factory=dict)
+    children: list[GroupView] = field(default_factory=list)
+
+    def member_tag(self, index: int | None) -> str:
+        return self.tag if index is None else f"{self.tag}#{index}"
+
+    def note_duration(self, index: int, seconds: float, keep: int) -> None:
+        """Keep the ``keep`` slowest members (a small heap: O(log keep) per member)."""
+        heap = self.slowest
+        if len(heap) < keep:
+            heapq.heappush(heap, (seconds, index))
+        elif keep and seconds > heap[0][0]:
+            heapq.heapreplace(heap, (seconds, index))
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None
+
+    @property
+    def elapsed(self) -> float:
+        return self.wall_time if self.wall_time is not None else self.last_seen - self.started_at
+
+    def known_total(self) -> int | None:
+        """The size of the group if known (never less than what already finished)."""
+        if self.total is None:
+            return None
+        return max(self.total, self.done)
+
+
+@dataclass(slots=True, eq=False)
+class GroupSummary:
+    """One line of the summary: a group, or several same-named siblings merged (``count``)."""
+
+    name: str
+    count: int
+    statuses: set[str]
+    total: int
+    done: int
+    succeeded: int
+    failed: int
+    timed_out: int
+    cancelled: int
+    skipped: int
+    retried: int
+    wall_time: float
+    slowest: list[tuple[float, str]]
+    issues: list[MemberIssue]
+    children: list[GroupSummary]
+
+
+def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -> GroupSummary:
+    """Merge ``views`` (same-named siblings, or one root) and their descendants into a summary.
+
+    ``fold`` leaves nested groups out of the tree but keeps their failures on this line.
+    """
+    first = views[0]
+    ranked: list[tuple[float, str]] = []
+    issues: list[MemberIssue] = []
+    for view in views:
+        ranked.extend((sec, view.member_tag(i)) for sec, i in view.slowest)
+        issues.extend(view.issues)
+        if fold:
+            issues.extend(_nested_issues(view))
+    ranked.sort(key=lambda item: (-item[0], item[1]))
+    by_name: dict[str, list[GroupView]] = {}
+    for view in views:
+        for child in view.children:
+            by_name.setdefault(child.name, []).append(child)
+    return GroupSummary(
+        name=first.name,
+        count=len(views),
+        statuses={v.status or "running" for v in views},
+        total=sum(v.known_total() or v.done for v in views),
+        done=sum(v.done for v in views),
+        succeeded=sum(v.succeeded for v in views),
+        failed=sum(v.failed for v in views),
+        timed_out=sum(v.timed_out for v in views),
+        cancelled=sum(v.cancelled for v in views),
+        skipped=sum(v.skipped for v in views),
+        retried=sum(v.retried for v in views),
+        wall_time=max(v.elapsed for v in views),
+        slowest=ranked[:slowest],
+        issues=issues,
+        children=[] if fold else [summarize(group, slowest=slowest) for group in by_name.values()],
+    )
+
+
+def _nested_issues(view: GroupView) -> list[MemberIssue]:
+    found: list[MemberIssue] = []
+    for child in view.children:
+        found.extend(child.issues)
+        found.extend(_nested_issues(child))
+    return found
+
+
+def status_mark(statuses: set[str]) -> str:
+    """``✔`` when every group completed, ``⚠`` for partial results, ``✘`` otherwise."""
+    if statuses == {"completed"}:
+        return "✔"
+    if statuses <= {"completed", "partial"}:
+        return "⚠"
+    return "✘"
+
+
+def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> list[str]:
+    """Plain-text lines for ``summary`` and its children, indented as a tree."""
+    pad = " " * (indent * level)
+    name = summary.name if summary.count == 1 else f"{summary.name} ×{summary.count}"
+    kinds = ", ".join(
+        f"{n} {label}"
+        for n, label in (
+            (summary.timed_out, "timed out"),
+            (summary.cancelled, "cancelled"),
+            (summary.skipped, "skipped"),
+        )
+        if n
+    )
+    parts = [
+        f"{summary.done}/{summary.total} done",
+        f"{summary.failed} failed" + (f" ({kinds})" if kinds else ""),
+        f"{summary.retried} retried",
+    ]
+    wall = seconds(summary.wall_time)
+    parts.append(wall if summary.count == 1 else f"max {wall}")
+    if summary.slowest:
+        parts.append("slowest " + ", ".join(f"{tag} {seconds(s)}" for s, tag in summary.slowest))
+    lines = [f"{pad}{status_mark(summary.statuses)} 📦 {name}: " + " · ".join(parts)]
+    lines.extend(issue_line(issue, pad + " " * (indent + 2)) for issue in summary.issues)
+    for child in summary.children:
+        lines.extend(summary_lines(child, indent=indent, level=level + 1))
+    return lines
+
+
+def issue_line(issue: MemberIssue, pad: str = "") -> str:
+    return f"{pad}✘ {issue.tag} {issue.status.upper()}: {issue.error}"
+
+
+def seconds(value: float) -> str:
+    """``42ms`` below a second, ``1.25s`` above."""
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"
+
+
+def bar(done: int, total: int | None, width: int = 20) -> str:
+    """A text bar, ``████░░░░``; empty when the total is unknown."""
+    if not total:
+        return "░" * width
+    filled = min(width, done * width // total)
+    return "█" * filled + "░" * (width - filled)
+
+
+def percent(done: int, total: int | None) -> str:
+    return "?%" if not total else f"{done * 100 // total}%"

@@ -1,0 +1,533 @@
+"""``ParallelEventPrinter``: a terminal that stays readable when forty things run at once.
+
+A bus subscriber with four modes (``parallel_mode``):
+
+- ``realtime``: every record as it comes, each line tagged with its group and member index
+  (``[notes#3]``), so interleaved lines still say where they belong;
+- ``progress``: a header per group with a bar ``[done/total] percent elapsed failures`` and its
+  members beneath it;
+- ``collapsed``: one summary line per group (counts, time), with every failure and its error;
+- ``smart`` (default): on a terminal, ``progress`` for groups up to ``smart_threshold``
+  members and ``collapsed`` above; anywhere else, ``collapsed``.
+
+On a terminal the bars are drawn by ``rich.live`` and redrawn at most ``refresh_per_second``
+times a second, from the records themselves (no refresh thread). Anywhere else (CI, a log file,
+a pipe) the output is plain append-only lines, with a progress line at most every
+``progress_interval`` seconds, and never a control code. The size of a group comes from its own
+records (``MemberStarted``/``MemberFinished`` carry ``total``, ``GroupCompleted`` the final
+counts), never from how many members happened to start. When the outermost group completes (or
+on ``close()``) a summary follows: per group, done, failed, retried, wall time and the slowest
+members, with nested same-named groups merged (``steps ×30``)::
+
+    with ParallelEventPrinter(parallel_mode="progress") as printer:
+        bus.subscribe(printer)
+        async with ExecutionState(event_bus=bus) as state:
+            ...
+    print(printer.summary())
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import IO, Any, Final, Literal, get_args
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from rh_agents.bus_handlers.group_view import (
+    GroupView,
+    MemberIssue,
+    bar,
+    percent,
+    seconds,
+    summarize,
+    summary_lines,
+)
+from rh_agents.bus_handlers.live_view import elapsed, render_live
+from rh_agents.core.records import (
+    BusEvent,
+    CircuitStateChanged,
+    EventCompleted,
+    EventFailed,
+    EventRetrying,
+    EventStarted,
+    GroupCompleted,
+    GroupStarted,
+    MemberFinished,
+    MemberStarted,
+)
+from rh_agents.errors import ConfigurationError
+
+__all__ = ["PARALLEL_MODES", "ParallelEventPrinter", "ParallelMode"]
+
+ParallelMode = Literal["realtime", "progress", "collapsed", "smart"]
+PARALLEL_MODES: Final[tuple[str, ...]] = get_args(ParallelMode)
+
+_FLUSH_EVERY: Final = 0.2
+_FLUSH_LINES: Final = 512
+ICONS: Final = {"agent": "🤖", "tool": "🔧", "llm": "🧠", "actor": "⚙", "group": "📦"}
+_STYLES: Final = {
+    "▶": "cyan",
+    "✔": "green",
+    "✘": "red",
+    "⚠": "yellow",
+    "↻": "yellow",
+    "⚡": "magenta",
+}
+
+
+class ParallelEventPrinter:
+    """Show parallel groups as live bars (terminal) or plain lines (anything else).
+
+    Options:
+
+    - ``show_progress``: draw bars (terminal) and periodic progress lines (elsewhere);
+    - ``collapse_parallel``: fold groups nested inside a member into their outer group (they
+      still count in the summary and their failures are still shown);
+    - ``show_parallel_details``: show what happens inside members (the actor events in
+      ``realtime``, one line per finished member in ``progress``);
+    - ``show_summary``: print the summary when the outermost group completes;
+    - ``console``: where to write (tests pass ``Console(file=StringIO(), width=100)``);
+      ``clock``: the time source for rate limiting (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        parallel_mode: ParallelMode = "smart",
+        *,
+        console: Console | None = None,
+        file: IO[str] | None = None,
+        show_progress: bool = True,
+        collapse_parallel: bool = False,
+        show_parallel_details: bool = True,
+        show_summary: bool = True,
+        refresh_per_second: float = 8.0,
+        progress_interval: float = 5.0,
+        smart_threshold: int = 50,
+        max_members_shown: int = 8,
+        slowest: int = 3,
+        indent: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if parallel_mode not in PARALLEL_MODES:
+            raise ConfigurationError(
+                f"parallel_mode must be one of {', '.join(PARALLEL_MODES)}; got {parallel_mode!r}"
+            )
+        for label, value in (
+            ("refresh_per_second", refresh_per_second),
+            ("progress_interval", progress_interval),
+        ):
+            if not value > 0:
+                raise ConfigurationError(f"{label} must be > 0, got {value!r}")
+        for label, number in (
+            ("smart_threshold", smart_threshold),
+            ("max_members_shown", max_members_shown),
+            ("slowest", slowest),
+            ("indent", indent),
+        ):
+            if number < 0:
+                raise ConfigurationError(f"{label} must be >= 0, got {number!r}")
+        if console is None:
+            console = Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
+        self.console = console
+        self.parallel_mode: ParallelMode = parallel_mode
+        self.show_progress = show_progress
+        self.collapse_parallel = collapse_parallel
+        self.show_parallel_details = show_parallel_details
+        self.show_summary = show_summary
+        self.refresh_per_second = refresh_per_second
+        self.progress_interval = progress_interval
+        self.smart_threshold = smart_threshold
+        self.max_members_shown = max_members_shown
+        self.slowest = slowest
+        self.indent = indent
+        self.clock = clock
+        self.live_display = console.is_terminal and parallel_mode != "realtime"
+        # What plain output does: ``smart`` away from a terminal means ``collapsed``.
+        self._mode: ParallelMode = (
+            "collapsed" if parallel_mode == "smart" and not console.is_terminal else parallel_mode
+        )
+        # Not a terminal: lines are plain text, batched into one write per flush (a log gets
+        # every line, at most ``_FLUSH_EVERY`` seconds late while records keep coming).
+        self._plain = not console.is_terminal
+        self._write = console.file.write
+        self._buffer: list[str] = []
+        self._next_flush = 0.0
+        self.groups: dict[str, GroupView] = {}
+        self.roots: list[GroupView] = []
+        self._summarized: set[str] = set()
+        self._active_roots = 0
+        self._live: Live | None = None
+        self._next_refresh = 0.0
+        self._next_progress = 0.0
+        self._closed = False
+        self._latest = 0.0
+        self._handlers: dict[type[BusEvent], Callable[[Any], None]] = {
+            GroupStarted: self._group_started,
+            MemberStarted: self._member_started,
+            MemberFinished: self._member_finished,
+            GroupCompleted: self._group_completed,
+            EventStarted: self._event_started,
+            EventCompleted: self._event_completed,
+            EventFailed: self._event_failed,
+            EventRetrying: self._retrying,
+            CircuitStateChanged: self._circuit_changed,
+        }
+
+    # --- subscriber protocol --------------------------------------------------------------
+
+    def __call__(self, record: BusEvent) -> None:
+        self._latest = record.timestamp  # "now" on the run's own clock, for elapsed times
+        handler = self._handlers.get(type(record))
+        if handler is not None:
+            handler(record)
+
+    def __enter__(self) -> ParallelEventPrinter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live display and print the summary of any group not summarized yet."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_live()
+        if self.show_summary:
+            for root in self.roots:
+                if root.group_id not in self._summarized:
+                    self._print_summary(root)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the plain lines still batched (done on group boundaries, failures and close)."""
+        buffer = self._buffer
+        if buffer:
+            buffer.append("")
+            self._write("\n".join(buffer))
+            buffer.clear()
+
+    def summary(self) -> str:
+        """Plain text: every outermost group seen so far, as a tree of summary lines."""
+        lines: list[str] = []
+        for root in self.roots:
+            lines.extend(self._summary_lines(root))
+        return "\n".join(lines)
+
+    # --- group records --------------------------------------------------------------------
+
+    def _group_started(self, record: GroupStarted) -> None:
+        parent = self.groups.get(record.parent_group_id) if record.parent_group_id else None
+        index = record.parallel_index
+        tag = f"{parent.member_tag(index)}/{record.name}" if parent else record.name
+        view = GroupView(
+            group_id=record.address,
+            name=record.name,
+            tag=tag,
+            parent=parent,
+            parent_index=index,
+            level=record.depth,
+            max_workers=record.max_workers,
+            started_at=record.timestamp,
+            last_seen=record.timestamp,
+            total=record.total or None,
+        )
+        self.groups[record.address] = view
+        if parent is not None:
+            parent.children.append(view)
+        else:
+            self.roots.append(view)
+            self._active_roots += 1
+            self._next_progress = self.clock() + self.progress_interval
+        workers = f" (max_workers={view.max_workers})" if view.max_workers else ""
+        if self._mode == "realtime":
+            if parent is None or not self.collapse_parallel:
+                self._line(f"{self._prefix(record)}▶ 📦 {record.name} started{workers}", view.level)
+        elif self.live_display:
+            self._refresh(force=True)
+        elif parent is None and self._mode == "progress":
+            self._line(f"▶ 📦 {tag} started{workers}", view.level)
+
+    def _member_started(self, record: MemberStarted) -> None:
+        view = self.groups.get(record.group_id or "")
+        if view is None:
+            return
+        view.last_seen = record.timestamp
+        if record.total is not None:
+            view.total = record.total
+        if self.live_display:
+            view.running[record.index] = (record.name, record.timestamp)
+            self._refresh()
+        elif self._mode == "realtime" and self._shows_nested(view):
+            name = f" {record.name}" if record.name else ""
+            self._line(f"[{view.member_tag(record.index)}] ▶ member{name} started", view.level + 1)
+
+    def _member_finished(self, record: MemberFinished) -> None:
+        view = self.groups.get(record.group_id or "")
+        if view is None:
+            return
+        view.last_seen = record.timestamp
+        view.done = record.done
+        view.succeeded = record.succeeded
+        view.failed = record.failed
+        if record.total is not None:
+            view.total = record.total
+        view.note_duration(record.index, record.execution_time, self.slowest)
+        ok = record.status == "completed"
+        if not ok:
+            view.issues.append(
+                MemberIssue(view.member_tag(record.index), record.status, record.error or "")
+            )
+        if self.live_display:
+            view.running.pop(record.index, None)
+            self._refresh()
+            return
+        mode = self._mode
+        if not ok:
+            if mode != "collapsed":
+                self._line(self._member_line(view, record, ok), view.level + 1)
+        elif mode == "realtime" and self._shows_nested(view):
+            self._line(self._member_line(view, record, ok), view.level + 1)
+        elif mode == "progress" and self.show_parallel_details and view.parent is None:
+            # The hot path of a big group: format inline and batch (see flush()).
+            took = record.execution_time
+            took_text = f"{took * 1000:.0f}ms" if took < 1 else f"{took:.2f}s"
+            name = f" {record.name}" if record.name else ""
+            total = view.known_total()
+            self._buffer.append(
+                f"{self._pad(view.level + 1)}✔ {view.tag}#{record.index}{name} done "
+                f"({took_text}) [{record.done}/{'?' if total is None else total}]"
+            )
+        if self._plain:
+            now = self.clock()
+            if mode != "realtime" and self.show_progress and now >= self._next_progress:
+                self._next_progress = now + self.progress_interval
+                for root in self.roots:
+                    if not root.finished:
+                        self._line(self._progress_text(root), root.level)
+            if now >= self._next_flush or len(self._buffer) >= _FLUSH_LINES:
+                self._next_flush = now + _FLUSH_EVERY
+                self.flush()
+
+    def _group_completed(self, record: GroupCompleted) -> None:
+        view = self.groups.get(record.address)
+        if view is None:
+            return
+        view.status = record.status
+        view.wall_time = record.wall_time
+        view.last_seen = record.timestamp
+        view.total = record.total
+        view.succeeded = record.succeeded
+        view.failed = record.failed + record.cancelled + record.skipped + record.timed_out
+        view.done = view.succeeded + view.failed
+        view.timed_out = record.timed_out
+        view.cancelled = record.cancelled
+        view.skipped = record.skipped
+        view.running.clear()
+        mode = self._mode
+        if view.parent is not None:
+            if mode == "realtime" and self._shows_nested(view):
+                self._line(f"{self._prefix(record)}{self._completed_text(view)}", view.level)
+            elif self.live_display:
+                self._refresh()
+            return
+        self._active_roots -= 1
+        if self.live_display:
+            if self._active_roots <= 0:
+                self._stop_live()  # first, so the summary lands below the run, not in a frame
+            else:
+                self._refresh(force=True)
+        if mode == "realtime" and not self.show_summary:
+            self._line(self._completed_text(view), view.level)
+        if self.show_summary:
+            self._print_summary(view)
+
+    # --- actor, retry and breaker records -------------------------------------------------
+
+    def _event_started(self, record: EventStarted) -> None:
+        if self._shows_event(record):
+            icon = ICONS.get(record.actor_kind, "⚙")
+            self._line(f"{self._prefix(record)}▶ {icon} {record.actor} STARTED", record.depth)
+
+    def _event_completed(self, record: EventCompleted) -> None:
+        if self._shows_event(record):
+            icon = ICONS.get(record.actor_kind, "⚙")
+            source = "" if record.source == "run" else f" ({record.source})"
+            self._line(
+                f"{self._prefix(record)}✔ {icon} {record.actor} COMPLETED "
+                f"({seconds(record.execution_time)}){source}",
+                record.depth,
+            )
+
+    def _event_failed(self, record: EventFailed) -> None:
+        if self._shows_event(record):
+            icon = ICONS.get(record.actor_kind, "⚙")
+            label = "CANCELLED" if record.cancelled else "FAILED"
+            self._line(
+                f"{self._prefix(record)}✘ {icon} {record.actor} {label} "
+                f"({seconds(record.execution_time)}): {record.error}",
+                record.depth,
+            )
+
+    def _retrying(self, record: EventRetrying) -> None:
+        view = self.groups.get(record.group_id or "")
+        if view is not None:
+            view.retried += 1
+        if self._mode == "collapsed" or self.live_display:
+            if self.live_display:
+                self._refresh()
+            return  # counted in the bar and the summary
+        actor = record.address.rsplit("::", 1)[-1]
+        self._line(
+            f"{self._prefix(record)}↻ {actor} retry {record.attempt} in "
+            f"{seconds(record.delay)}: {record.error}",
+            record.depth,
+        )
+
+    def _circuit_changed(self, record: CircuitStateChanged) -> None:
+        # Rare and important: shown in every mode.
+        self._line(
+            f"⚡ circuit {record.key}: {record.old_state} → {record.new_state} "
+            f"({record.failures} failures)",
+            0,
+        )
+
+    # --- text -----------------------------------------------------------------------------
+
+    def _prefix(self, record: BusEvent) -> str:
+        """``[notes#3] `` for a record inside a group, empty outside."""
+        view = self.groups.get(record.group_id) if record.group_id else None
+        return "" if view is None else f"[{view.member_tag(record.parallel_index)}] "
+
+    def _shows_event(self, record: BusEvent) -> bool:
+        if record.group_id is None:
+            return True  # outside any group: the plain execution tree, in every mode
+        if self._mode != "realtime" or not self.show_parallel_details:
+            return False
+        view = self.groups.get(record.group_id)
+        return view is None or self._shows_nested(view)
+
+    def _shows_nested(self, view: GroupView) -> bool:
+        """Whether records of ``view`` are drawn: nested groups fold away with collapse_parallel."""
+        return view.parent is None or not self.collapse_parallel
+
+    def _member_line(self, view: GroupView, record: MemberFinished, ok: bool) -> str:
+        tag = view.member_tag(record.index)
+        name = f" {record.name}" if record.name else ""
+        took = seconds(record.execution_time)
+        total = view.known_total()
+        count = f"[{record.done}/{'?' if total is None else total}]"
+        if self._mode == "realtime":
+            mark = "✔" if ok else "✘"
+            if ok:
+                return f"[{tag}] {mark} member{name} done ({took}) {count}"
+            return (
+                f"[{tag}] {mark} member{name} {record.status.upper()} ({took}) {count}: "
+                f"{record.error or ''}"
+            )
+        if ok:
+            return f"✔ {tag}{name} done ({took}) {count}"
+        return f"✘ {tag}{name} {record.status.upper()} ({took}) {count}: {record.error or ''}"
+
+    def _progress_text(self, view: GroupView) -> str:
+        total = view.known_total()
+        shown = "?" if total is None else str(total)
+        text = (
+            f"📦 {view.tag} [{view.done}/{shown}] {bar(view.done, total)} "
+            f"{percent(view.done, total)} · {seconds(self._elapsed(view))} · {view.failed} failed"
+        )
+        return text + (f" · {view.retried} retried" if view.retried else "")
+
+    def _completed_text(self, view: GroupView) -> str:
+        mark = "✔" if view.status == "completed" else ("⚠" if view.status == "partial" else "✘")
+        return (
+            f"{mark} 📦 {view.name} {(view.status or '').upper()}: {view.done}/{view.total} done · "
+            f"{view.failed} failed ({seconds(view.elapsed)})"
+        )
+
+    def _summary_lines(self, root: GroupView) -> list[str]:
+        summary = summarize([root], slowest=self.slowest, fold=self.collapse_parallel)
+        lines = summary_lines(summary, indent=self.indent)
+        pad = " " * (self.indent * root.level)
+        return [pad + line for line in lines]
+
+    def _print_summary(self, root: GroupView) -> None:
+        self._summarized.add(root.group_id)
+        for line in self._summary_lines(root):
+            self._line(line, 0)
+
+    def _pad(self, level: int) -> str:
+        return " " * (self.indent * level)
+
+    def _line(self, text: str, level: int) -> None:
+        """Write one line now (after anything batched before it)."""
+        line = " " * (self.indent * level) + text
+        if self._plain:
+            # Plain append-only text: no rich rendering per record, no control codes.
+            self._buffer.append(line)
+            self.flush()
+            return
+        stripped = line.lstrip()
+        style = _STYLES.get(stripped[:1], "")
+        if stripped.startswith("["):
+            style = _STYLES.get(stripped.split("] ", 1)[-1][:1], "")
+        self.console.print(Text(line, style=style), soft_wrap=True, highlight=False)
+
+    # --- live display (terminal only) -----------------------------------------------------
+
+    def _refresh(self, *, force: bool = False) -> None:
+        if not self.show_progress or self._closed:
+            return
+        now = self.clock()
+        if not force and now < self._next_refresh:
+            return
+        self._next_refresh = now + 1.0 / self.refresh_per_second
+        if self._live is None:
+            if self._active_roots <= 0:
+                return
+            # auto_refresh=False: no refresh thread; records drive the (rate-limited) redraws.
+            self._live = Live(
+                console=self.console,
+                auto_refresh=False,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._live.start()
+        self._live.update(self.render(), refresh=True)
+
+    def _stop_live(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
+    def render(self) -> RenderableType:
+        """The live view: a bar per running outermost group, members and nested groups below."""
+        return render_live(
+            self.roots,
+            now=self._latest,
+            members=self._members_beneath,
+            max_members=self.max_members_shown,
+            nested=not self.collapse_parallel,
+            indent=self.indent,
+        )
+
+    def _members_beneath(self, root: GroupView) -> bool:
+        if self.parallel_mode == "collapsed":
+            return False
+        if self.parallel_mode == "smart":
+            return (root.known_total() or 0) <= self.smart_threshold
+        return True
+
+    def _elapsed(self, view: GroupView) -> float:
+        return elapsed(view, self._latest)

@@ -1,0 +1,110 @@
+"""The offline demo: deterministic digest, option checks, and a real terminal run under tmux."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from rh_agents.demo import run_demo
+from rh_agents.demo_data import DOCUMENTS
+from rh_agents.errors import ConfigurationError
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def test_bundled_documents_are_a_few_dozen_short_texts() -> None:
+    assert 25 <= len(DOCUMENTS) <= 40
+    assert all(title and 40 < len(text) < 300 for title, text in DOCUMENTS)
+
+
+async def test_demo_digests_what_succeeded_and_shows_every_failure() -> None:
+    out = io.StringIO()
+    digest = await run_demo(
+        console=Console(file=out, width=200, force_terminal=False),
+        documents=12,
+        workers=4,
+        mode="collapsed",
+        latency=0.0,
+    )
+    text = out.getvalue()
+    # Seeded per document: documents 6 and 8 fail on every run, whatever the finishing order.
+    assert digest.startswith("Digest of 10 of 12 documents (2 failed")
+    assert "✘ documents#6 FAILED: SimulatedProviderError: 503" in text
+    assert "✘ documents#8 FAILED: SimulatedProviderError: 503" in text
+    assert "⚠ 📦 documents: 12/12 done · 2 failed" in text
+    assert "📦 steps ×12: 24/24 done · 2 failed" in text  # the nested groups, merged
+    assert "\x1b" not in text
+
+
+async def test_demo_with_no_failures_and_another_seed() -> None:
+    digest = await run_demo(
+        console=Console(file=io.StringIO(), force_terminal=False),
+        documents=5,
+        failure_rate=0.0,
+        seed=3,
+        latency=0.0,
+    )
+    assert digest.startswith("Digest of 5 of 5 documents\n")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"documents": 0}, "documents must be >= 1"),
+        ({"workers": 0}, "workers must be >= 1"),
+        ({"failure_rate": 1.5}, "failure_rate must be between 0 and 1"),
+        ({"mode": "loud"}, "mode must be one of"),
+    ],
+)
+async def test_demo_rejects_bad_options(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        await run_demo(console=Console(file=io.StringIO()), latency=0.0, **options)  # type: ignore[arg-type]
+
+
+def _tmux(*args: str) -> str:
+    return subprocess.run(
+        ["tmux", *args], check=True, capture_output=True, text=True, timeout=10
+    ).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not on PATH")
+def test_demo_in_a_real_terminal() -> None:
+    session = f"rh-agents-demo-{os.getpid()}"
+    command = (
+        f"PYTHONPATH={shlex.quote(str(SRC))} {shlex.quote(sys.executable)} -m rh_agents demo "
+        "--documents 30 --workers 4 --mode progress; echo DEMO''-EXIT-$?"
+    )
+    _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40")
+    try:
+        _tmux("send-keys", "-t", session, command, "Enter")
+        saw_live_bar = False
+        screen = ""
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            # -J joins wrapped lines; the marker cannot match the typed command (DEMO''-EXIT).
+            screen = _tmux("capture-pane", "-p", "-J", "-t", session, "-S", "-200")
+            if re.search(r"DEMO-EXIT-\d+", screen):
+                break
+            # While it runs, the live view shows the group's bar with its known total.
+            saw_live_bar = saw_live_bar or ("📦 documents" in screen and "/30 " in screen)
+            time.sleep(0.05)  # polling the screen for a condition, not waiting blindly
+        else:
+            pytest.fail(f"the demo did not finish in 45s; screen:\n{screen}")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False, timeout=10)
+    assert "DEMO-EXIT-0" in screen
+    assert saw_live_bar, screen
+    assert "Digest of 27 of 30 documents (3 failed" in screen
+    assert "✘ documents#6 FAILED: SimulatedProviderError" in screen
+    assert "⚠ 📦 documents: 30/30 done · 3 failed" in screen
+    assert "⠿" not in screen  # the live view was cleared: only the final text remains

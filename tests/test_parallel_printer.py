@@ -1,0 +1,429 @@
+"""ParallelEventPrinter: exact text per mode, nested groups, failures, live view, no escapes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import threading
+from collections.abc import Callable
+
+import pytest
+from rich.console import Console
+
+from printer_records import run_records
+from rh_agents import ParallelEventPrinter as TopLevelExport
+from rh_agents.bus_handlers import ParallelEventPrinter
+from rh_agents.bus_handlers.parallel_printer import ParallelMode
+from rh_agents.core.bus import EventBus
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import (
+    EventFailed,
+    GroupCompleted,
+    GroupStarted,
+    MemberFinished,
+    MemberStarted,
+)
+from rh_agents.errors import ConfigurationError
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class FrozenClock:
+    """Every reading is 0: durations print as 0ms, so a real run prints the same every time."""
+
+    def now(self) -> float:
+        return 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+def plain_printer(
+    mode: ParallelMode, **options: object
+) -> tuple[ParallelEventPrinter, io.StringIO]:
+    out = io.StringIO()
+    console = Console(file=out, width=100, force_terminal=False)
+    options.setdefault("clock", lambda: 0.0)
+    return ParallelEventPrinter(mode, console=console, **options), out  # type: ignore[arg-type]
+
+
+def feed(mode: ParallelMode, **options: object) -> str:
+    printer, out = plain_printer(mode, **options)
+    for record in run_records():
+        printer(record)
+    printer.close()
+    return out.getvalue()
+
+
+SUMMARY = """\
+  ⚠ 📦 docs: 3/3 done · 2 failed (1 timed out, 1 cancelled) · 0 retried · 2.50s · slowest docs#1 2.00s, docs#0 1.20s, docs#2 500ms
+      ✘ docs#1 TIMED_OUT: ParallelTimeoutError: member 1 of group 'Orch::docs' timed out after 2.0s
+      ✘ docs#2 CANCELLED: MemberCancelledError: group stopped
+    ⚠ 📦 steps: 2/2 done · 1 failed · 1 retried · 1.00s · slowest docs#1/steps#0 800ms, docs#1/steps#1 100ms
+        ✘ docs#1/steps#1 FAILED: ValueError: no words
+"""  # noqa: E501
+
+
+def test_exported_from_the_package() -> None:
+    assert TopLevelExport is ParallelEventPrinter
+
+
+def test_realtime_tags_every_line_with_group_and_index() -> None:
+    expected = (
+        """\
+▶ 🤖 Orch STARTED
+  ▶ 📦 docs started (max_workers=2)
+    [docs#0] ▶ member started
+    [docs#1] ▶ member started
+    [docs#0] ▶ 🤖 reader STARTED
+      [docs#1] ▶ 📦 steps started (max_workers=2)
+        [docs#1/steps#0] ▶ member summary started
+        [docs#1/steps#0] ↻ llm retry 1 in 250ms: RateLimitError: 429 slow down
+        [docs#1/steps#0] ✔ member summary done (800ms) [1/2]
+        [docs#1/steps#1] ▶ member keywords started
+        [docs#1/steps#1] ✘ member keywords FAILED (100ms) [2/2]: ValueError: no words
+      [docs#1] ⚠ 📦 steps PARTIAL: 2/2 done · 1 failed (1.00s)
+    [docs#0] ✔ 🤖 reader COMPLETED (1.20s)
+    [docs#0] ✔ member done (1.20s) [1/3]
+⚡ circuit llm: closed → open (5 failures)
+    [docs#1] ✘ member TIMED_OUT (2.00s) [2/3]: ParallelTimeoutError: member 1 of group 'Orch::docs' timed out after 2.0s
+    [docs#2] ▶ member last started
+    [docs#2] ✘ member last CANCELLED (500ms) [3/3]: MemberCancelledError: group stopped
+"""  # noqa: E501
+        + SUMMARY
+        + "✔ 🤖 Orch COMPLETED (2.60s)\n"
+    )
+    assert feed("realtime") == expected
+
+
+def test_progress_shows_members_beneath_the_group_and_problems_at_once() -> None:
+    expected = (
+        """\
+▶ 🤖 Orch STARTED
+  ▶ 📦 docs started (max_workers=2)
+        [docs#1/steps#0] ↻ llm retry 1 in 250ms: RateLimitError: 429 slow down
+        ✘ docs#1/steps#1 keywords FAILED (100ms) [2/2]: ValueError: no words
+    ✔ docs#0 done (1.20s) [1/3]
+⚡ circuit llm: closed → open (5 failures)
+    ✘ docs#1 TIMED_OUT (2.00s) [2/3]: ParallelTimeoutError: member 1 of group 'Orch::docs' timed out after 2.0s
+    ✘ docs#2 last CANCELLED (500ms) [3/3]: MemberCancelledError: group stopped
+"""  # noqa: E501
+        + SUMMARY
+        + "✔ 🤖 Orch COMPLETED (2.60s)\n"
+    )
+    assert feed("progress") == expected
+
+
+@pytest.mark.parametrize("mode", ["collapsed", "smart"])
+def test_collapsed_is_one_line_per_group_with_every_failure(mode: ParallelMode) -> None:
+    expected = (
+        "▶ 🤖 Orch STARTED\n⚡ circuit llm: closed → open (5 failures)\n"
+        + SUMMARY
+        + "✔ 🤖 Orch COMPLETED (2.60s)\n"
+    )
+    assert feed(mode) == expected
+
+
+def test_collapse_parallel_folds_nested_groups_but_keeps_their_failures() -> None:
+    out = feed("collapsed", collapse_parallel=True)
+    assert "📦 steps" not in out
+    assert "      ✘ docs#1/steps#1 FAILED: ValueError: no words\n" in out
+    realtime = feed("realtime", collapse_parallel=True)
+    assert "member summary started" not in realtime  # nested members fold away ...
+    assert "[docs#1/steps#1] ✘ member keywords FAILED" in realtime  # ... their failures do not
+
+
+def test_without_details_realtime_hides_actor_events_inside_members() -> None:
+    out = feed("realtime", show_parallel_details=False)
+    assert "reader STARTED" not in out
+    assert "▶ 🤖 Orch STARTED" in out  # outside any group: always shown
+
+
+def test_summary_method_and_close_print_the_tree_once() -> None:
+    printer, out = plain_printer("collapsed")
+    for record in run_records():
+        printer(record)
+    assert printer.summary() + "\n" == SUMMARY
+    before = out.getvalue()
+    printer.close()
+    printer.close()
+    assert out.getvalue() == before  # already summarized on the outermost GroupCompleted
+
+
+def test_close_summarizes_a_group_that_never_completed() -> None:
+    printer, out = plain_printer("collapsed")
+    for record in run_records()[:4]:
+        printer(record)
+    assert "📦 docs" not in out.getvalue()
+    printer.close()
+    assert "✘ 📦 docs: 0/3 done · 0 failed · 0 retried · 0ms\n" in out.getvalue()
+
+
+def test_total_comes_from_member_records_not_from_what_started() -> None:
+    printer, _ = plain_printer("progress")
+    records = run_records()
+    printer(records[1])  # GroupStarted: total 0 (members not added yet)
+    assert printer.groups["Orch::docs"].known_total() is None
+    printer(records[2])  # the first member to start already knows there are 3
+    assert printer.groups["Orch::docs"].known_total() == 3
+
+
+def test_plain_progress_lines_are_rate_limited_by_the_injected_clock() -> None:
+    now = [0.0]
+    printer, out = plain_printer("collapsed", clock=lambda: now[0], progress_interval=5.0)
+    printer(GroupStarted(address="g", timestamp=0.0, name="g", total=0, max_workers=4))
+    for i in range(10):
+        now[0] = i * 1.0  # one member per second
+        printer(
+            MemberFinished(
+                address=f"g[{i}]",
+                timestamp=i * 1.0,
+                group_id="g",
+                parallel_index=i,
+                is_parallel=True,
+                name=None,
+                index=i,
+                status="completed",
+                execution_time=0.5,
+                error=None,
+                done=i + 1,
+                succeeded=i + 1,
+                failed=0,
+                total=10,
+            )
+        )
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "📦 g [6/10] ████████████░░░░░░░░ 60% · 5.00s · 0 failed",
+    ]
+
+
+def test_live_view_draws_bars_members_and_nested_groups() -> None:
+    printer = ParallelEventPrinter(
+        "progress",
+        console=Console(file=io.StringIO(), width=100, force_terminal=True),
+        clock=lambda: 0.0,
+    )
+    try:
+        for record in run_records()[:10]:
+            printer(record)
+        view = io.StringIO()
+        Console(file=view, width=100, force_terminal=False).print(printer.render())
+    finally:
+        printer.close()
+    assert [line.rstrip() for line in view.getvalue().splitlines()] == [
+        "  📦 docs                          0/3 0% 900ms 0 failed",
+        "    ⠿ #0 900ms",
+        "    ⠿ #1 900ms",
+        "      📦 steps ━━━━━━━━━━━━             1/2 50% 800ms 0 failed ↻ 1",
+    ]
+
+
+@pytest.mark.parametrize(("threshold", "members_shown"), [(50, True), (2, False)])
+def test_smart_picks_members_or_one_bar_by_group_size(threshold: int, members_shown: bool) -> None:
+    printer = ParallelEventPrinter(
+        "smart",
+        console=Console(file=io.StringIO(), width=100, force_terminal=True),
+        clock=lambda: 0.0,
+        smart_threshold=threshold,
+    )
+    try:
+        for record in run_records()[:4]:
+            printer(record)
+        view = io.StringIO()
+        Console(file=view, width=100, force_terminal=False).print(printer.render())
+    finally:
+        printer.close()
+    assert ("⠿ #0" in view.getvalue()) is members_shown
+    assert "📦 docs" in view.getvalue()
+
+
+def test_terminal_output_ends_with_the_summary_and_leaves_no_thread() -> None:
+    threads = threading.active_count()
+    out = io.StringIO()
+    printer = ParallelEventPrinter(
+        "progress", console=Console(file=out, width=200, force_terminal=True), clock=lambda: 0.0
+    )
+    for record in run_records():
+        printer(record)
+        assert threading.active_count() == threads  # no refresh thread, ever
+    printer.close()
+    assert printer._live is None
+    text = ANSI.sub("", out.getvalue())
+    assert text.endswith(SUMMARY + "✔ 🤖 Orch COMPLETED (2.60s)\n")
+    assert "\x1b[" in out.getvalue()  # a terminal does get styles and cursor moves
+
+
+def test_refresh_rate_is_bounded() -> None:
+    now = [0.0]
+    printer = ParallelEventPrinter(
+        "progress",
+        console=Console(file=io.StringIO(), width=100, force_terminal=True),
+        clock=lambda: now[0],
+        refresh_per_second=4,
+    )
+    renders = 0
+    original = printer.render
+
+    def counting_render() -> object:
+        nonlocal renders
+        renders += 1
+        return original()
+
+    printer.render = counting_render  # type: ignore[method-assign]
+    try:
+        printer(GroupStarted(address="g", timestamp=0.0, name="g", total=0, max_workers=4))
+        for i in range(100):  # 100 records within one second of the clock
+            now[0] = i / 100
+            printer(
+                MemberStarted(
+                    address=f"g[{i}]",
+                    timestamp=now[0],
+                    group_id="g",
+                    parallel_index=i,
+                    is_parallel=True,
+                    name=None,
+                    index=i,
+                    queue_wait=0.0,
+                    total=100,
+                )
+            )
+    finally:
+        printer.close()
+    # 100 records over 0.99s at 4 redraws a second: at 0 (GroupStarted), 0.25, 0.5 and 0.75.
+    assert renders == 4
+
+
+async def _real_group(printer: Callable[..., None]) -> None:
+    bus = EventBus()
+    bus.subscribe(printer)
+    state = ExecutionState(event_bus=bus, clock=FrozenClock())
+
+    async def ok() -> int:
+        return 1
+
+    async def bad() -> int:
+        raise ValueError("boom")
+
+    async with state.parallel(max_workers=1, name="jobs") as group:
+        group.add("a", ok())
+        group.add("b", bad())
+        group.add("c", ok())
+    await bus.close()
+
+
+async def test_a_real_group_prints_exactly() -> None:
+    printer, out = plain_printer("progress")
+    await _real_group(printer)
+    printer.close()
+    assert out.getvalue() == (
+        "▶ 📦 jobs started (max_workers=1)\n"
+        "  ✔ jobs#0 a done (0ms) [1/3]\n"
+        "  ✘ jobs#1 b FAILED (0ms) [2/3]: ValueError: boom\n"
+        "  ✔ jobs#2 c done (0ms) [3/3]\n"
+        "⚠ 📦 jobs: 3/3 done · 1 failed · 0 retried · 0ms · slowest jobs#0 0ms, jobs#1 0ms, "
+        "jobs#2 0ms\n"
+        "    ✘ jobs#1 FAILED: ValueError: boom\n"
+    )
+
+
+@pytest.mark.parametrize("mode", ["realtime", "progress", "collapsed", "smart"])
+async def test_non_terminal_output_has_no_escape_codes(mode: ParallelMode) -> None:
+    printer, out = plain_printer(mode, progress_interval=1e-9, clock=iter(range(10**6)).__next__)
+    await _real_group(printer)
+    for record in run_records():
+        printer(record)
+    printer.close()
+    text = out.getvalue()
+    assert "jobs" in text and "docs" in text
+    assert "\x1b" not in text and "\r" not in text
+
+
+def test_group_completed_for_an_unknown_group_is_ignored() -> None:
+    printer, out = plain_printer("collapsed")
+    printer(
+        GroupCompleted(
+            address="never-started",
+            timestamp=0.0,
+            name="x",
+            status="completed",
+            total=1,
+            succeeded=1,
+            failed=0,
+            cancelled=0,
+            skipped=0,
+            timed_out=0,
+            wall_time=0.0,
+        )
+    )
+    printer.close()
+    assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"parallel_mode": "fancy"}, "parallel_mode must be one of"),
+        ({"refresh_per_second": 0}, "refresh_per_second must be > 0"),
+        ({"progress_interval": -1}, "progress_interval must be > 0"),
+        ({"smart_threshold": -1}, "smart_threshold must be >= 0"),
+    ],
+)
+def test_bad_options_are_named(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ParallelEventPrinter(console=Console(file=io.StringIO()), **options)  # type: ignore[arg-type]
+
+
+def test_live_view_caps_the_members_it_lists_and_can_fold_nested_groups() -> None:
+    printer = ParallelEventPrinter(
+        "progress",
+        console=Console(file=io.StringIO(), width=100, force_terminal=True),
+        clock=lambda: 0.0,
+        max_members_shown=1,
+        collapse_parallel=True,
+    )
+    try:
+        for record in run_records()[:10]:
+            printer(record)
+        view = io.StringIO()
+        Console(file=view, width=100, force_terminal=False).print(printer.render())
+    finally:
+        printer.close()
+    assert [line.rstrip() for line in view.getvalue().splitlines()] == [
+        "  📦 docs                          0/3 0% 900ms 0 failed",
+        "    ⠿ #0 900ms",
+        "    … 1 more running",
+    ]
+
+
+def test_failed_and_cancelled_events_outside_groups_are_shown() -> None:
+    printer, out = plain_printer("collapsed")
+    printer(
+        EventFailed(
+            address="Orch",
+            timestamp=1.0,
+            actor="Orch",
+            actor_kind="agent",
+            execution_time=1.5,
+            error="ValueError: bad input",
+            error_type="ValueError",
+        )
+    )
+    printer(
+        EventFailed(
+            address="Orch::tool",
+            timestamp=1.0,
+            actor="tool",
+            actor_kind="tool",
+            execution_time=0.01,
+            error="CancelledError",
+            error_type="CancelledError",
+            cancelled=True,
+        )
+    )
+    printer.close()
+    assert out.getvalue() == (
+        "✘ 🤖 Orch FAILED (1.50s): ValueError: bad input\n"
+        "  ✘ 🔧 tool CANCELLED (10ms): CancelledError\n"
+    )
