@@ -152,6 +152,8 @@ class ParallelExecutionManager(Generic[T]):
             )
 
         self._state = state
+        self._now = state.clock.now  # bound once: read several times per member
+        self._group_slot = MemberSlot(self)
         self._limit = max_workers
         self._requested_name = name
         self.error_strategy = strategy
@@ -390,7 +392,7 @@ class ParallelExecutionManager(Generic[T]):
     ) -> Member:
         index = self._total
         member = Member(index, source, name, priority, timeout, retry)
-        member.enqueued = self._state.clock.now()
+        member.enqueued = self._now()
         if self._retain:
             self._members.append(member)
             self._results.append(None)
@@ -440,11 +442,11 @@ class ParallelExecutionManager(Generic[T]):
         """Start workers while members are ready and slots are free."""
         if self._stop_status is not None:
             return
-        loop_create = asyncio.get_running_loop().create_task
         source = self._source
         while self._running < self._limit and (
             self._ready or (source is not None and not source.exhausted)
         ):
+            loop_create = asyncio.get_running_loop().create_task
             member = heapq.heappop(self._ready)[2] if self._ready else None
             self._running += 1
             if self._running > self._high_water:
@@ -552,24 +554,26 @@ class ParallelExecutionManager(Generic[T]):
 
     async def _run_member(self, member: Member) -> None:
         state = self._state
-        clock = state.clock
+        now = self._now
         bus = state.event_bus
         index = member.index
-        slot = MemberSlot(self)
-        frame = Frame(state, f"{self.group_id}[{index}]", self.group_id, index, slot)
+        # Without a global limit a member holds only its group slot, which the manager itself
+        # lends and reclaims: one shared slot object serves every member.
+        slot = MemberSlot(self) if state.global_slots is not None else self._group_slot
+        address = f"{self.group_id}[{index}]"
+        frame = Frame(state, address, self.group_id, index, slot)
         token = enter_frame(frame)
-        started = clock.now()
-        member.started = started
+        started = member.started = now()
         result: ExecutionResult[Any]
         try:
             if state.global_slots is not None:
                 await state.global_slots.acquire()
                 slot.global_held = True
-                started = member.started = clock.now()
+                started = member.started = now()
             if bus.has_listeners:
                 bus.publish(
                     MemberStarted(
-                        address=frame.address,
+                        address=address,
                         timestamp=started,
                         group_id=self.group_id,
                         parallel_index=index,
@@ -595,7 +599,7 @@ class ParallelExecutionManager(Generic[T]):
                         f"after {timeout}s"
                     ) from exc
         except asyncio.CancelledError:
-            result = self._stopped_result(member, clock.now() - started)
+            result = self._stopped_result(member, now() - started)
             if self._stop_status is None:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -615,15 +619,16 @@ class ParallelExecutionManager(Generic[T]):
                 ok=False,
                 error=describe_error(exc),
                 exception=exc,
-                execution_time=clock.now() - started,
+                execution_time=now() - started,
                 status=status,
+                address=address,
             )
         else:
             if isinstance(value, ExecutionResult):
                 result = value
             else:
                 result = ExecutionResult(
-                    ok=True, result=value, execution_time=clock.now() - started
+                    ok=True, result=value, execution_time=now() - started, address=address
                 )
         finally:
             exit_frame(token)
@@ -669,7 +674,7 @@ class ParallelExecutionManager(Generic[T]):
             bus.publish(
                 MemberFinished(
                     address=f"{self.group_id}[{index}]",
-                    timestamp=self._state.clock.now(),
+                    timestamp=self._now(),
                     group_id=self.group_id,
                     parallel_index=index,
                     is_parallel=True,
@@ -737,7 +742,7 @@ class ParallelExecutionManager(Generic[T]):
         return self._done < self._total or (self._source is not None and not self._source.exhausted)
 
     def _check_all_done(self) -> None:
-        if self._unfinished() or self._workers:
+        if self._workers or self._unfinished():
             return
         if self._all_done is not None and not self._all_done.done():
             self._all_done.set_result(None)
