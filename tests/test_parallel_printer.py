@@ -427,3 +427,16 @@ def test_failed_and_cancelled_events_outside_groups_are_shown() -> None:
         "✘ 🤖 Orch FAILED (1.50s): ValueError: bad input\n"
         "  ✘ 🔧 tool CANCELLED (10ms): CancelledError\n"
     )
+
+
+class _ClosedPipe(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_reader_that_goes_away_stops_the_output_not_the_run() -> None:
+    console = Console(file=_ClosedPipe(), width=100, force_terminal=False)
+    printer = ParallelEventPrinter("realtime", console=console)
+    for record in run_records():
+        printer(record)  # must not raise, although every write would fail
+    printer.close()

@@ -214,7 +214,12 @@ class ParallelEventPrinter:
         buffer = self._buffer
         if buffer:
             buffer.append("")
-            self._write("\n".join(buffer))
+            try:
+                self._write("\n".join(buffer))
+            except BrokenPipeError:
+                # The reader went away (``rh-agents demo | head``): stop writing, quietly, the
+                # way command-line tools do; the run itself goes on.
+                self._write = _discard
             buffer.clear()
 
     def summary(self) -> str:
@@ -531,3 +536,7 @@ class ParallelEventPrinter:
 
     def _elapsed(self, view: GroupView) -> float:
         return elapsed(view, self._latest)
+
+
+def _discard(text: str) -> int:
+    return len(text)
