@@ -79,8 +79,6 @@ class Recovery:
         replay: ReplayMode | str = ReplayMode.SKIP,
         resume_from: str | None = None,
     ) -> None:
-        self._owns_backend = not isinstance(backend, StateBackend)
-        self.backend = open_backend(backend)
         self.policy = checkpoint if checkpoint is not None else CheckpointPolicy.every_event()
         try:
             self.replay = ReplayMode(replay)
@@ -91,6 +89,8 @@ class Recovery:
         if not resume and (resume_from is not None or self.replay is not ReplayMode.SKIP):
             raise ConfigurationError("replay and resume_from only apply with resume=True")
         self.resume = resume
+        self._owns_backend = not isinstance(backend, StateBackend)
+        self.backend = open_backend(backend)  # last: nothing left to reject once it is open
         self.resume_from = resume_from
         self.run_id: str | None = None
         self.recovered = 0  # events answered from checkpoints
@@ -112,17 +112,12 @@ class Recovery:
         """Bind to ``state`` (done by ``ExecutionState``); creates or loads the run."""
         if self._state is not None:
             raise ConfigurationError("a Recovery serves one ExecutionState; make a new one")
-        run_id = state.run_id
-        if self.resume:
-            if run_id is None:
-                raise ConfigurationError("resuming needs the run id: ExecutionState.resume(id)")
-            self._stored = self.backend.load(run_id)
-            self._seq = max((r.seq for r in self._stored.values()), default=-1) + 1
-            if self.resume_from is not None:
-                self._rerun = self._rerun_set(self.resume_from)
-        else:
-            run_id = run_id if run_id is not None else new_run_id()
-            self.backend.create_run(run_id)
+        try:
+            run_id = self._open_run(state.run_id)
+        except BaseException:
+            if self._owns_backend:
+                self.backend.close()
+            raise
         self.run_id = run_id
         self._state = state
         self._last_write = state.clock.now()
@@ -130,7 +125,20 @@ class Recovery:
             state.replay_publishes = True
         return run_id
 
-    def _rerun_set(self, address: str) -> set[str]:
+    def _open_run(self, run_id: str | None) -> str:
+        if not self.resume:
+            run_id = run_id if run_id is not None else new_run_id()
+            self.backend.create_run(run_id)
+            return run_id
+        if run_id is None:
+            raise ConfigurationError("resuming needs the run id: ExecutionState.resume(id)")
+        self._stored = self.backend.load(run_id)
+        self._seq = max((r.seq for r in self._stored.values()), default=-1) + 1
+        if self.resume_from is not None:
+            self._rerun = self._rerun_set(run_id, self.resume_from)
+        return run_id
+
+    def _rerun_set(self, run_id: str, address: str) -> set[str]:
         """Addresses that run again when resuming from ``address``."""
         below = (address + "::", address + "[")
         inside = [r for r in self._stored.values() if r.address.startswith(below)]
@@ -139,7 +147,7 @@ class Recovery:
         if not seqs:
             known = ", ".join(list(self._stored)[:5])
             raise RecoveryError(
-                f"cannot resume from {address!r}: run {self.run_id or ''} has no checkpoint "
+                f"cannot resume from {address!r}: run {run_id!r} has no checkpoint "
                 f"at or below it (some known addresses: {known})"
             )
         first = min(seqs)
