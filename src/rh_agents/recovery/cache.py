@@ -200,6 +200,13 @@ class ActorCache:
         try:
             value, attempts = await asyncio.shield(flight.task)
         except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if flight.task.cancelled() and me is not None and not me.cancelling():
+                # The shared call was cancelled (``aclose``), not this caller: an error.
+                raise RecoveryError(
+                    f"the shared call of {actor.kind} {actor.name!r} was cancelled because "
+                    "the cache was closed"
+                ) from None
             if not flight.task.done() and flight.waiters == 1:
                 flight.task.cancel()  # the last caller left: nobody needs the result
             raise
