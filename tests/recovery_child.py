@@ -14,6 +14,7 @@ import json
 import os
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -66,8 +67,8 @@ def build(log_path: str, seed: int) -> ExecutionEvent[Any]:
     )
 
 
-async def main(argv: list[str]) -> None:
-    db, log, out, run_id, how, mode, seed = argv
+async def main(argv: list[str]) -> dict[str, Any]:
+    db, log, _out, run_id, how, mode, seed = argv
     policy = CheckpointPolicy.every_event() if mode == "every" else CheckpointPolicy(count=16)
     if how == "fresh":
         state = ExecutionState(run_id=run_id, recovery=Recovery(db, checkpoint=policy))
@@ -78,9 +79,9 @@ async def main(argv: list[str]) -> None:
         result = await orchestrator(Item(i=MEMBERS), "", state)
     assert state.recovery is not None
     total = result.unwrap()
-    with open(out, "w", encoding="utf-8") as handle:
-        json.dump({"total": total.model_dump(), "recovered": state.recovery.recovered}, handle)
+    return {"total": total.model_dump(), "recovered": state.recovery.recovered}
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    summary = asyncio.run(main(sys.argv[1:]))
+    Path(sys.argv[3]).write_text(json.dumps(summary), encoding="utf-8")

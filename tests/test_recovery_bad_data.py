@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
-from recovery_support import Item, Squarer, make_backend, run_group
 
+from recovery_support import Item, Squarer, make_backend, run_group
 from rh_agents.core.actors import Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
@@ -93,9 +93,7 @@ async def test_a_stored_result_that_no_longer_fits_its_model(tmp_path: Path) -> 
         actor=Tool(name="square", input_model=Item, output_model=Reshaped, handler=handler)
     )
     async with ExecutionState.resume("r", backend=db) as state:
-        async with state.parallel(name="members") as p:
-            p.add(changed(Item(i=0), "", state))
-            [result] = await p.gather()
+        [result] = await state.parallel_execute([changed(Item(i=0), "", state)], name="members")
     assert isinstance(result.exception, ResultSchemaError)
     assert "members[0]::square" in str(result.exception)
     assert "Reshaped" in str(result.exception)

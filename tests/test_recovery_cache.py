@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from recovery_support import Item, Square, Squarer
 
+from recovery_support import Item, Square, Squarer
 from rh_agents.core.execution import ExecutionState
 from rh_agents.recovery import ActorCache, SQLiteCacheStore, cache_key
 

@@ -47,7 +47,7 @@ def _lines(path: Path) -> list[int]:
 
 
 def _finish(proc: subprocess.Popen[bytes]) -> None:
-    out, err = proc.communicate(timeout=40)
+    _out, err = proc.communicate(timeout=40)
     assert proc.returncode == 0, err.decode()
 
 

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import Recorder
+from recovery_support import Item, Square, Squarer, make_backend, run_group
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import EventCompleted
 from rh_agents.errors import ConfigurationError, RecoveryError
 from rh_agents.recovery import CheckpointPolicy, Recovery, ReplayMode, RunStatus
-from conftest import Recorder
-from recovery_support import Item, Square, Squarer, make_backend, run_group
 
 BACKENDS = ["sqlite", "json"]
 

@@ -46,7 +46,7 @@ from rh_agents.recovery.records import (
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["Recovery"]
+__all__ = ["Recovery", "rerun_addresses"]
 
 logger = logging.getLogger("rh_agents.recovery")
 
@@ -135,25 +135,8 @@ class Recovery:
         self._stored = self.backend.load(run_id)
         self._seq = max((r.seq for r in self._stored.values()), default=-1) + 1
         if self.resume_from is not None:
-            self._rerun = self._rerun_set(run_id, self.resume_from)
+            self._rerun = rerun_addresses(self._stored, self.resume_from, run_id)
         return run_id
-
-    def _rerun_set(self, run_id: str, address: str) -> set[str]:
-        """Addresses that run again when resuming from ``address``."""
-        below = (address + "::", address + "[")
-        inside = [r for r in self._stored.values() if r.address.startswith(below)]
-        own = self._stored.get(address)
-        seqs = [r.seq for r in inside] + ([own.seq] if own is not None else [])
-        if not seqs:
-            known = ", ".join(list(self._stored)[:5])
-            raise RecoveryError(
-                f"cannot resume from {address!r}: run {run_id!r} has no checkpoint "
-                f"at or below it (some known addresses: {known})"
-            )
-        first = min(seqs)
-        return {r.address for r in self._stored.values() if r.seq >= first} | {
-            r.address for r in inside
-        }
 
     # --- hooks called by ExecutionState -----------------------------------------------------
 
@@ -282,6 +265,23 @@ class Recovery:
         finally:
             if self._owns_backend:
                 self.backend.close()
+
+
+def rerun_addresses(stored: dict[str, CheckpointRecord], address: str, run_id: str) -> set[str]:
+    """The stored addresses that run again when resuming from ``address``: that event, every
+    event below it, and every event that finished after it (by ``seq``)."""
+    below = (address + "::", address + "[")
+    inside = [r for r in stored.values() if r.address.startswith(below)]
+    own = stored.get(address)
+    seqs = [r.seq for r in inside] + ([own.seq] if own is not None else [])
+    if not seqs:
+        known = ", ".join(list(stored)[:5])
+        raise RecoveryError(
+            f"cannot resume from {address!r}: run {run_id!r} has no checkpoint at or below "
+            f"it (some known addresses: {known})"
+        )
+    first = min(seqs)
+    return {r.address for r in stored.values() if r.seq >= first} | {r.address for r in inside}
 
 
 def _group_of(address: str) -> str | None:
