@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recovery_support import Squarer, run_group
 from typer.testing import CliRunner
 
+from recovery_support import Squarer, run_group
 from rh_agents.cli import app
 from rh_agents.core.execution import ExecutionState
 from rh_agents.recovery import Recovery

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from rh_agents.errors import CorruptStateError, RecoveryError, UnknownRunError
 from rh_agents.recovery.backend import StateBackend
-from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
+from rh_agents.recovery.records import CHECKPOINT_ADAPTER, CheckpointRecord, RunInfo, RunStatus
 
 __all__ = ["JSONBackend"]
 
@@ -71,7 +71,7 @@ class JSONBackend(StateBackend):
                 raise ValueError(f"not an rh_agents run file (format {_FORMAT})")
             info = RunInfo.model_validate(doc["run"])
             records = {
-                address: CheckpointRecord.model_validate(item)
+                address: CHECKPOINT_ADAPTER.validate_python(item)
                 for address, item in doc["checkpoints"].items()
             }
         except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
@@ -88,7 +88,7 @@ class JSONBackend(StateBackend):
         doc = {
             "format": _FORMAT,
             "run": info.model_dump(mode="json"),
-            "checkpoints": {a: r.model_dump(mode="json") for a, r in records.items()},
+            "checkpoints": {a: CHECKPOINT_ADAPTER.dump_python(r) for a, r in records.items()},
         }
         fd, tmp = tempfile.mkstemp(prefix=f".{run_id}.", suffix=".tmp", dir=self.directory)
         try:

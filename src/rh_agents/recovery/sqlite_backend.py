@@ -24,7 +24,7 @@ from typing import Any
 
 from rh_agents.errors import CorruptStateError, RecoveryError, UnknownRunError
 from rh_agents.recovery.backend import StateBackend
-from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
+from rh_agents.recovery.records import CHECKPOINT_ADAPTER, CheckpointRecord, RunInfo, RunStatus
 
 __all__ = ["SQLiteBackend"]
 
@@ -229,7 +229,7 @@ class SQLiteBackend(StateBackend):
                 .fetchall()
             )
         return {
-            row[1]: CheckpointRecord.model_validate(dict(zip(_COLUMNS, row, strict=True)))
+            row[1]: CHECKPOINT_ADAPTER.validate_python(dict(zip(_COLUMNS, row, strict=True)))
             for row in rows
         }
 
