@@ -30,7 +30,8 @@ def encode_result(value: Any) -> tuple[str | None, str]:
     name = type(value).__name__
     try:
         if isinstance(value, BaseModel):
-            return value.model_dump_json(), name
+            # The model's own serializer, without model_dump_json's keyword handling.
+            return value.__pydantic_serializer__.to_json(value).decode(), name
         return pydantic_core.to_json(value).decode(), name
     except (pydantic_core.PydanticSerializationError, ValueError, TypeError):
         return None, name
