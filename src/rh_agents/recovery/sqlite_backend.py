@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     execution_time REAL NOT NULL,
     attempts INTEGER NOT NULL,
     PRIMARY KEY (run_id, address)
-);
+) WITHOUT ROWID;
 """
 
 _COLUMNS = (
