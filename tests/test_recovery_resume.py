@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from conftest import Recorder
 from recovery_support import Item, Square, Squarer, make_backend, run_group
+from rh_agents.core.actors import Tool
 from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import EventCompleted
 from rh_agents.errors import ConfigurationError, RecoveryError
@@ -213,3 +215,29 @@ def test_options_are_checked(tmp_path: Path) -> None:
         Recovery(db, resume=True, replay="bogus")
     with pytest.raises(ConfigurationError, match="resume=True"):
         Recovery(db, resume_from="x")
+
+
+def test_a_recovery_serves_one_state(tmp_path: Path) -> None:
+    with make_backend("sqlite", tmp_path) as backend:
+        recovery = Recovery(backend)
+        ExecutionState(run_id="a", recovery=recovery)
+        with pytest.raises(ConfigurationError, match="one ExecutionState"):
+            ExecutionState(run_id="b", recovery=recovery)
+
+
+async def test_a_result_that_cannot_be_serialised_runs_again(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    async def handle(item: Item, context: str, state: ExecutionState) -> object:
+        calls.append(item.i)
+        return object() if item.i == 0 else {"i": item.i}
+
+    event = ExecutionEvent(actor=Tool(name="raw", input_model=Item, handler=handle))
+    db = tmp_path / "state.db"
+    async with ExecutionState(run_id="r", recovery=Recovery(db)) as state:
+        await state.parallel_execute([event(Item(i=i), "", state) for i in range(2)])
+        assert state.recovery is not None and state.recovery.unserialisable == 1
+    async with ExecutionState.resume("r", backend=db) as state:
+        results = await state.parallel_execute([event(Item(i=i), "", state) for i in range(2)])
+    assert calls == [0, 1, 0]
+    assert results[1].result == {"i": 1}  # no output_model: plain JSON comes back
