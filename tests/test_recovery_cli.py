@@ -16,7 +16,7 @@ runner = CliRunner()
 
 async def _failed_run(db: Path) -> None:
     async with ExecutionState(run_id="nightly", recovery=Recovery(db)) as state:
-        await run_group(state, Squarer(fail={2}), 5)
+        await run_group(state, Squarer(fail={2}), 12)
 
 
 async def test_list_show_and_resume_plan(tmp_path: Path) -> None:
@@ -29,14 +29,18 @@ async def test_list_show_and_resume_plan(tmp_path: Path) -> None:
 
     shown = runner.invoke(app, ["runs", "show", "nightly", "--state", str(db)])
     assert shown.exit_code == 0, shown.output
-    assert "members: 4 members completed, 1 not completed [2]" in shown.output
+    assert "members: 11 members completed, 1 not completed [2]" in shown.output
     every = runner.invoke(app, ["runs", "show", "nightly", "--all", "--state", str(db)])
-    assert "members[2]::square" not in every.output  # names are shown per level
-    assert "square@1 failed: RuntimeError: member 2 failed" in every.output
+    lines = every.output.splitlines()
+    at = lines.index("members[2]")  # one node per level, members in index order
+    assert lines[at + 1] == "  square  square@1 failed: RuntimeError: member 2 failed"
+    assert [line for line in lines if line.startswith("members[")] == [
+        f"members[{i}]" for i in range(12)
+    ]
 
     plan = runner.invoke(app, ["runs", "resume", "nightly", "--state", str(db)])
     assert plan.exit_code == 0, plan.output
-    assert "would replay 4 completed events" in plan.output
+    assert "would replay 11 completed events" in plan.output
     assert "members[2]::square" in plan.output
     assert "ExecutionState.resume('nightly'" in plan.output
 

@@ -15,6 +15,7 @@ program with ``ExecutionState.resume(RUN_ID, backend=...)``. ``runs resume`` pri
 from __future__ import annotations
 
 import datetime
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -97,12 +98,19 @@ def show(
     for record in records.values():
         if record.group_id is not None:
             groups[record.group_id].append(record)
-    for address in sorted(records):
-        record = records[address]
-        if record.group_id is not None and not all_members:
+    shown: set[str] = set()
+    for address in sorted(records, key=_tree_key):
+        if records[address].group_id is not None and not all_members:
             continue
-        depth = address.count("::")
-        typer.echo(f"{'  ' * depth}{address.rsplit('::', 1)[-1]}  {_describe(record)}")
+        parts = address.split("::")
+        for depth in range(len(parts)):
+            node = "::".join(parts[: depth + 1])
+            if node in shown:
+                continue
+            shown.add(node)
+            found = records.get(node)
+            status = f"  {_describe(found)}" if found is not None else ""
+            typer.echo(f"{'  ' * depth}{parts[depth]}{status}")
     if groups:
         typer.echo("groups:")
     for group_id in sorted(groups):
@@ -113,6 +121,18 @@ def show(
         if bad:
             line += f", {len(bad)} not completed {bad[:20]}"
         typer.echo(line)
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _tree_key(address: str) -> list[tuple[str, int, str]]:
+    """Tree order, with member indices compared as numbers (``docs[2]`` before ``docs[10]``)."""
+    key = []
+    for part in address.split("::"):
+        match = _INDEX.search(part)
+        key.append((_INDEX.sub("", part), int(match.group(1)) if match else -1, part))
+    return key
 
 
 def int_key(value: int | None) -> int:
