@@ -6,7 +6,10 @@ import asyncio
 
 import typer
 
+from rh_agents.recovery.cli import runs_app
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="rh_agents command line.")
+app.add_typer(runs_app, name="runs")
 
 _MODES = ("realtime", "progress", "collapsed", "smart")
 

@@ -163,9 +163,16 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         token = enter_frame(frame)
         validated: BaseModel | None = None
         attempts = 1
+        source = "run"
         try:
             validated = actor.validate_input(input)
-            value, attempts = await state.invoke_actor(self, validated, context, frame)
+            cache = state.cache
+            if cache is not None and actor.cacheable:  # a hit or a shared call skips the handler
+                value, attempts, source = await cache.run(
+                    actor, validated, lambda: state.invoke_actor(self, validated, context, frame)
+                )
+            else:
+                value, attempts = await state.invoke_actor(self, validated, context, frame)
             value = actor.validate_output(value)
         except asyncio.CancelledError:
             elapsed = clock.now() - started
@@ -239,6 +246,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 index=index,
                 address=address,
                 attempts=attempts,
+                source=source,
             )
             if bus.has_listeners:
                 bus.publish(
@@ -253,6 +261,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                         execution_time=elapsed,
                         detail=truncate(value, self.detail_chars),
                         attempts=attempts,
+                        source=source,
                     )
                 )
         finally:

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from rh_agents.core.actors import BaseActor
     from rh_agents.core.events import ExecutionEvent
     from rh_agents.core.parallel.member import Member
+    from rh_agents.recovery.cache import ActorCache
+    from rh_agents.recovery.session import Recovery
 
 __all__ = ["EventBus", "ExecutionState"]
 
@@ -60,6 +62,8 @@ class ExecutionState:
         run_id: str | None = None,
         retry: Any = None,
         circuit_breaker: Any = None,
+        recovery: Recovery | None = None,
+        cache: ActorCache | None = None,
     ) -> None:
         self.event_bus = event_bus if event_bus is not None else EventBus()
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -72,6 +76,30 @@ class ExecutionState:
         self.root_frame = Frame(self, "")
         self.replay_publishes = False
         self.internal_errors: list[BaseException] = []
+        # Recovery and cache (rh_agents.recovery): checkpoints by address, replay, reuse.
+        self.cache = cache
+        self.recovery = recovery
+        if recovery is not None:
+            self.run_id = recovery.attach(self)
+
+    @classmethod
+    def resume(cls, run_id: str, backend: Any = None, **options: Any) -> ExecutionState:
+        """A state that resumes run ``run_id``: run the same code again with it.
+
+        ``replay=``, ``resume_from=`` and ``checkpoint=`` go to ``Recovery``; the other
+        options to ``ExecutionState``. See ``rh_agents.recovery``.
+        """
+        from rh_agents.recovery.session import Recovery
+
+        keys = ("replay", "resume_from", "checkpoint")
+        extra = {key: options.pop(key) for key in keys if key in options}
+        recovery = Recovery(backend, resume=True, **extra)
+        return cls(run_id=run_id, recovery=recovery, **options)
+
+    async def save_checkpoint(self) -> None:
+        """Write pending checkpoints now (a no-op without recovery)."""
+        if self.recovery is not None:
+            await self.recovery.save_checkpoint()
 
     @property
     def global_max_workers(self) -> int | None:
@@ -216,7 +244,9 @@ class ExecutionState:
 
     def recovered_result(self, address: str, actor: BaseActor) -> ExecutionResult[Any] | None:
         """A stored result to return instead of running (replay); none without recovery."""
-        return None
+        if self.recovery is None:
+            return None
+        return self.recovery.recovered_result(address, actor)
 
     async def on_event_finished(
         self,
@@ -226,7 +256,8 @@ class ExecutionState:
         result: ExecutionResult[Any],
     ) -> None:
         """Called after each event call (checkpointing hooks in here)."""
-        return None
+        if self.recovery is not None:
+            await self.recovery.on_event_finished(address, actor, validated, result)
 
     def report_internal_error(self, exc: BaseException | None) -> None:
         if exc is None:
@@ -245,11 +276,17 @@ class ExecutionState:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc is not None and self.recovery is not None:
+            self.recovery.mark_failed()
         await self.close()
 
     async def close(self) -> None:
-        """Let every subscriber catch up, then stop the bus."""
-        await self.event_bus.close(drain=True)
+        """Write pending checkpoints, let every subscriber catch up, then stop the bus."""
+        try:
+            if self.recovery is not None:
+                self.recovery.close()
+        finally:
+            await self.event_bus.close(drain=True)
 
 
 def _close_all(members: Iterable[Any]) -> None:

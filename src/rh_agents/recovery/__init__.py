@@ -1,0 +1,47 @@
+"""State recovery and caching: checkpoints by address, resume after a crash, actor caches.
+
+::
+
+    from rh_agents.recovery import CheckpointPolicy, Recovery
+
+    state = ExecutionState(run_id="nightly", recovery=Recovery(".rh_agents/state.db",
+                           checkpoint=CheckpointPolicy.batched(count=500, seconds=1.0)))
+    ...                                            # the process dies half-way through a group
+    state = ExecutionState.resume("nightly", backend=".rh_agents/state.db")
+    ...                                            # same code: finished events are skipped
+
+See ``docs/recovery.md`` for the guarantees and the loss window.
+"""
+
+from rh_agents.recovery.backend import DEFAULT_STATE_PATH, StateBackend, open_backend
+from rh_agents.recovery.cache import ActorCache, MemoryCacheStore, SQLiteCacheStore, cache_key
+from rh_agents.recovery.json_backend import JSONBackend
+from rh_agents.recovery.policy import CheckpointPolicy
+from rh_agents.recovery.records import (
+    CheckpointRecord,
+    ReplayDifference,
+    ReplayMode,
+    RunInfo,
+    RunStatus,
+)
+from rh_agents.recovery.session import Recovery
+from rh_agents.recovery.sqlite_backend import SQLiteBackend
+
+__all__ = [
+    "DEFAULT_STATE_PATH",
+    "ActorCache",
+    "CheckpointPolicy",
+    "CheckpointRecord",
+    "JSONBackend",
+    "MemoryCacheStore",
+    "Recovery",
+    "ReplayDifference",
+    "ReplayMode",
+    "RunInfo",
+    "RunStatus",
+    "SQLiteBackend",
+    "SQLiteCacheStore",
+    "StateBackend",
+    "cache_key",
+    "open_backend",
+]

@@ -1,0 +1,174 @@
+"""``rh-agents runs``: look at stored runs, and at what a resume would do.
+
+::
+
+    rh-agents runs list                       # every run in .rh_agents/state.db
+    rh-agents runs show RUN_ID                # the execution tree, groups and status
+    rh-agents runs show RUN_ID --all          # every member of every group too
+    rh-agents runs resume RUN_ID --from ADDR  # what would be replayed and what would run again
+
+Resuming itself needs the workflow's code, which the command line does not have: run the same
+program with ``ExecutionState.resume(RUN_ID, backend=...)``. ``runs resume`` prints that plan.
+``--state`` picks the store: a ``.db`` file (SQLite) or a directory of JSON run files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import typer
+
+from rh_agents.errors import RecoveryError
+from rh_agents.recovery.backend import DEFAULT_STATE_PATH, open_backend
+from rh_agents.recovery.records import CheckpointRecord
+from rh_agents.recovery.session import rerun_addresses
+
+__all__ = ["list_runs", "resume", "runs_app", "show"]
+
+runs_app = typer.Typer(no_args_is_help=True, help="Stored runs: list, show, plan a resume.")
+
+STATE = typer.Option(DEFAULT_STATE_PATH, "--state", help="State file (.db) or JSON directory.")
+
+
+def _when(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+
+
+def _fail(exc: RecoveryError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code=2)
+
+
+def _open_existing(state: Path) -> object:
+    if not state.exists():
+        typer.echo(f"error: no state store at {state}", err=True)
+        raise typer.Exit(code=2)
+    return open_backend(state)
+
+
+@runs_app.command("list")
+def list_runs(state: Path = STATE) -> None:
+    """Every run, most recently updated first."""
+    if not state.exists():
+        typer.echo(f"no runs: {state} does not exist")
+        return
+    try:
+        with open_backend(state) as backend:
+            runs = backend.list_runs()
+    except RecoveryError as exc:
+        raise _fail(exc) from exc
+    if not runs:
+        typer.echo("no runs")
+        return
+    typer.echo(f"{'RUN':<20} {'STATUS':<10} {'EVENTS':>7}  {'CREATED':<19}  UPDATED")
+    for run in runs:
+        typer.echo(
+            f"{run.run_id:<20} {run.status.value:<10} {run.checkpoints:>7}  "
+            f"{_when(run.created):<19}  {_when(run.updated)}"
+        )
+
+
+def _describe(record: CheckpointRecord) -> str:
+    text = f"{record.actor}@{record.actor_version} {record.status}"
+    return text + (f": {record.error}" if record.error else "")
+
+
+@runs_app.command("show")
+def show(
+    run_id: str,
+    state: Path = STATE,
+    all_members: bool = typer.Option(False, "--all", help="List every group member too."),
+) -> None:
+    """The run's status, its tree of finished events, and a summary per group."""
+    _open_existing(state)
+    try:
+        with open_backend(state) as backend:
+            info = backend.get_run(run_id)
+            records = backend.load(run_id)
+    except RecoveryError as exc:
+        raise _fail(exc) from exc
+    typer.echo(
+        f"run {info.run_id}: {info.status.value}, {info.checkpoints} events, "
+        f"created {_when(info.created)}, last update {_when(info.updated)}"
+    )
+    groups: dict[str, list[CheckpointRecord]] = defaultdict(list)
+    for record in records.values():
+        if record.group_id is not None:
+            groups[record.group_id].append(record)
+    shown: set[str] = set()
+    for address in sorted(records, key=_tree_key):
+        if records[address].group_id is not None and not all_members:
+            continue
+        parts = address.split("::")
+        for depth in range(len(parts)):
+            node = "::".join(parts[: depth + 1])
+            if node in shown:
+                continue
+            shown.add(node)
+            found = records.get(node)
+            status = f"  {_describe(found)}" if found is not None else ""
+            typer.echo(f"{'  ' * depth}{parts[depth]}{status}")
+    if groups:
+        typer.echo("groups:")
+    for group_id in sorted(groups):
+        members = groups[group_id]
+        done = sorted({r.parallel_index for r in members if r.status == "completed"}, key=_int_key)
+        bad = sorted({r.parallel_index for r in members if r.status != "completed"}, key=_int_key)
+        line = f"  {group_id}: {len(done)} members completed"
+        if bad:
+            line += f", {len(bad)} not completed {bad[:20]}"
+        typer.echo(line)
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _tree_key(address: str) -> list[tuple[str, int, str]]:
+    """Tree order, with member indices compared as numbers (``docs[2]`` before ``docs[10]``)."""
+    key = []
+    for part in address.split("::"):
+        match = _INDEX.search(part)
+        key.append((_INDEX.sub("", part), int(match.group(1)) if match else -1, part))
+    return key
+
+
+def _int_key(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+@runs_app.command("resume")
+def resume(
+    run_id: str,
+    state: Path = STATE,
+    from_address: str | None = typer.Option(None, "--from", help="Re-run from this address."),
+) -> None:
+    """What resuming RUN_ID would replay and run again (resume itself runs your code)."""
+    _open_existing(state)
+    try:
+        with open_backend(state) as backend:
+            backend.get_run(run_id)
+            records = backend.load(run_id)
+        rerun = rerun_addresses(records, from_address, run_id) if from_address else set()
+    except RecoveryError as exc:
+        raise _fail(exc) from exc
+    replayed = [
+        a
+        for a, r in records.items()
+        if r.status == "completed" and r.result_json is not None and a not in rerun
+    ]
+    again = [a for a in records if a not in set(replayed)]
+    typer.echo(f"resuming run {run_id} would replay {len(replayed)} completed events")
+    typer.echo(f"and run again {len(again)} stored events (failed, unstorable or from --from):")
+    for address in again[:50]:
+        typer.echo(f"  {address}  {_describe(records[address])}")
+    if len(again) > 50:
+        typer.echo(f"  ... and {len(again) - 50} more")
+    typer.echo("Events with no checkpoint (never finished) run as usual.")
+    option = f", resume_from={from_address!r}" if from_address else ""
+    typer.echo(
+        "To resume, run your program with "
+        f"ExecutionState.resume({run_id!r}, backend={str(state)!r}{option})."
+    )

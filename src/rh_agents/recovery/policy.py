@@ -1,0 +1,49 @@
+"""``CheckpointPolicy``: when finished events are written to the state backend.
+
+::
+
+    CheckpointPolicy.every_event()                  # one transaction per finished event
+    CheckpointPolicy.batched(count=500, seconds=1)  # one transaction per batch
+
+Loss window: checkpoints wait in memory until the batch is written. A batch is written when it
+holds ``count`` events, or when an event finishes ``seconds`` or more after the last write, on
+``await state.save_checkpoint()`` and when the state is closed. So a crash loses the
+checkpoints of at most ``count - 1`` finished events, which run again on resume. With
+``every_event()`` it loses at most the one event whose handler had returned but whose
+checkpoint was not yet committed at the instant of the crash (the handler's side effects then
+happen again on resume: make them idempotent if that matters).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rh_agents.errors import ConfigurationError
+
+__all__ = ["CheckpointPolicy"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPolicy:
+    """Write after ``count`` events, or once ``seconds`` passed since the last write."""
+
+    count: int = 1
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ConfigurationError(f"checkpoint count must be at least 1, got {self.count}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ConfigurationError(
+                f"checkpoint seconds must be positive or None, got {self.seconds}"
+            )
+
+    @classmethod
+    def every_event(cls) -> CheckpointPolicy:
+        """One transaction per finished event: the smallest loss window."""
+        return cls(count=1)
+
+    @classmethod
+    def batched(cls, count: int = 500, seconds: float | None = 1.0) -> CheckpointPolicy:
+        """One transaction per ``count`` events or per ``seconds``, whichever comes first."""
+        return cls(count=count, seconds=seconds)

@@ -1,0 +1,102 @@
+"""What a state backend stores: run metadata and one checkpoint per finished event.
+
+Both are pydantic models, so they travel as JSON (never pickled)::
+
+    info = RunInfo(run_id="r1", created=time.time(), updated=time.time())
+    record = CheckpointRecord(run_id="r1", address="docs[3]::summarize", seq=7,
+                              actor="summarize", actor_version="1", status="completed",
+                              result_json='{"text": "..."}', output_model="Summary")
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+
+__all__ = [
+    "CHECKPOINT_ADAPTER",
+    "CheckpointRecord",
+    "ReplayDifference",
+    "ReplayMode",
+    "RunInfo",
+    "RunStatus",
+]
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run stands. A run whose process died stays ``RUNNING`` (see ``updated``)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ReplayMode(enum.StrEnum):
+    """What a resumed run does with the events it finds completed.
+
+    - ``SKIP``: return the stored result quietly (nothing is published).
+    - ``REPUBLISH``: return it and publish ``EventCompleted(source="replay")`` so printers
+      and subscribers see the whole tree again.
+    - ``VALIDATE``: run everything again, report every result that differs from the stored
+      one in ``Recovery.differences``, and write nothing.
+    """
+
+    SKIP = "skip"
+    REPUBLISH = "republish"
+    VALIDATE = "validate"
+
+
+class RunInfo(BaseModel):
+    """A run's metadata. Times are wall-clock seconds since the epoch."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    created: float
+    updated: float
+    status: RunStatus = RunStatus.RUNNING
+    checkpoints: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class CheckpointRecord:
+    """One finished event, keyed by ``(run_id, address)``.
+
+    ``seq`` is the order in which events finished in the run that wrote them (used by
+    ``resume_from``); ``result_json`` is the result as JSON text (``None`` when the call
+    failed or its value could not be serialised); ``status`` is a ``ResultStatus`` value.
+    A plain slotted dataclass (not frozen: frozen dataclasses are slower to build), because
+    one is made per finished event on the hot path; treat it as immutable. Stored data is
+    validated on the way back in through ``CHECKPOINT_ADAPTER``.
+    """
+
+    run_id: str
+    address: str
+    seq: int
+    actor: str
+    actor_version: str
+    status: str
+    result_json: str | None = None
+    output_model: str | None = None
+    group_id: str | None = None
+    parallel_index: int | None = None
+    error: str | None = None
+    execution_time: float = 0.0
+    attempts: int = 1
+
+
+CHECKPOINT_ADAPTER: TypeAdapter[CheckpointRecord] = TypeAdapter(CheckpointRecord)
+
+
+class ReplayDifference(BaseModel):
+    """A result that came out differently when a run was validated."""
+
+    model_config = ConfigDict(frozen=True)
+
+    address: str
+    stored: str | None
+    current: str | None
+    stored_status: str
+    current_status: str

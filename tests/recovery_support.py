@@ -1,0 +1,77 @@
+"""Shared pieces of the recovery tests: a squaring tool with gates and call counts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Tool
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.results import ExecutionResult
+from rh_agents.recovery import JSONBackend, SQLiteBackend, StateBackend
+
+
+class Item(BaseModel):
+    i: int
+
+
+class Square(BaseModel):
+    i: int
+    square: int
+
+
+def make_backend(kind: str, tmp: Path) -> StateBackend:
+    return SQLiteBackend(tmp / "state.db") if kind == "sqlite" else JSONBackend(tmp / "runs")
+
+
+class Squarer:
+    """A tool whose calls are counted; ``fail`` makes some indices raise, ``gates`` hold them."""
+
+    def __init__(
+        self,
+        fail: Iterable[int] = (),
+        gates: dict[int, asyncio.Event] | None = None,
+        version: str = "1",
+        cacheable: bool = False,
+    ) -> None:
+        self.calls: Counter[int] = Counter()
+        self.fail = set(fail)
+        self.gates = gates
+        self.tool = Tool(
+            name="square",
+            input_model=Item,
+            output_model=Square,
+            handler=self.handle,
+            version=version,
+            cacheable=cacheable,
+        )
+        self.event: ExecutionEvent[Square] = ExecutionEvent(actor=self.tool)
+
+    async def handle(self, item: Item, context: str, state: ExecutionState) -> Square:
+        if self.gates is not None:
+            await self.gates[item.i].wait()
+        self.calls[item.i] += 1
+        if item.i in self.fail:
+            raise RuntimeError(f"member {item.i} failed")
+        return Square(i=item.i, square=item.i * item.i)
+
+
+async def run_group(
+    state: ExecutionState, squarer: Squarer, n: int, done: dict[int, asyncio.Event] | None = None
+) -> list[ExecutionResult[Any]]:
+    async def member(i: int) -> ExecutionResult[Square]:
+        result = await squarer.event(Item(i=i), "", state)
+        if done is not None:
+            done[i].set()
+        return result
+
+    async with state.parallel(max_workers=n, name="members") as p:
+        for i in range(n):
+            p.add(member(i))
+        return await p.gather()

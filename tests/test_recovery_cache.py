@@ -1,0 +1,154 @@
+"""The actor cache: single flight for identical concurrent calls, versions, persistence."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from recovery_support import Item, Square, Squarer
+from rh_agents.core.execution import ExecutionState
+from rh_agents.recovery import ActorCache, SQLiteCacheStore, cache_key
+
+
+async def _until(condition: object) -> None:
+    """Yield to the loop until ``condition()`` holds (no wall-clock waits)."""
+    for _ in range(10_000):
+        if condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never became true")
+
+
+async def test_fifty_identical_concurrent_calls_run_the_handler_once() -> None:
+    gate = asyncio.Event()
+    squarer = Squarer(gates={7: gate}, cacheable=True)
+    cache = ActorCache()
+    state = ExecutionState(cache=cache)
+
+    async def group() -> list[object]:
+        async with state.parallel(max_workers=50, name="same") as p:
+            for _ in range(50):
+                p.add(squarer.event(Item(i=7), "", state))
+            return [r.unwrap() for r in await p.gather()]
+
+    task = asyncio.create_task(group())
+    await _until(lambda: cache.joined == 49)
+    assert squarer.calls[7] == 0  # everybody waits on the one running call
+    gate.set()
+    values = await task
+    assert values == [Square(i=7, square=49)] * 50
+    assert squarer.calls[7] == 1
+    assert (cache.misses, cache.joined, cache.hits) == (1, 49, 0)
+
+    again = await squarer.event(Item(i=7), "", state)
+    assert again.source == "cache" and again.unwrap() == Square(i=7, square=49)
+    assert squarer.calls[7] == 1 and cache.hits == 1
+
+    newer = Squarer(version="2", cacheable=True)
+    await newer.event(Item(i=7), "", state)
+    assert newer.calls[7] == 1  # a new version misses
+
+
+async def test_different_inputs_have_independent_keys() -> None:
+    squarer = Squarer(cacheable=True)
+    state = ExecutionState(cache=ActorCache())
+    results = await state.parallel_execute([squarer.event(Item(i=i), "", state) for i in range(6)])
+    assert [r.unwrap().square for r in results] == [i * i for i in range(6)]
+    assert dict(squarer.calls) == {i: 1 for i in range(6)}
+    assert cache_key(squarer.tool, Item(i=1)) != cache_key(squarer.tool, Item(i=2))
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_call_for_the_others() -> None:
+    gate = asyncio.Event()
+    squarer = Squarer(gates={3: gate}, cacheable=True)
+    cache = ActorCache()
+    state = ExecutionState(cache=cache)
+    starter = asyncio.create_task(squarer.event(Item(i=3), "", state))
+    await _until(lambda: cache.misses == 1)
+    follower = asyncio.create_task(squarer.event(Item(i=3), "", state))
+    await _until(lambda: cache.joined == 1)
+    starter.cancel()  # the caller that started the shared call goes away
+    with pytest.raises(asyncio.CancelledError):
+        await starter
+    gate.set()
+    result = await follower
+    assert result.unwrap() == Square(i=3, square=9)
+    assert squarer.calls[3] == 1
+
+
+async def test_the_call_is_cancelled_when_its_last_waiter_leaves() -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def handle(item: Item, context: str, state: ExecutionState) -> Square:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    squarer = Squarer(cacheable=True)
+    squarer.tool = squarer.tool.model_copy(update={"handler": handle})
+    squarer.event = squarer.event.model_copy(update={"actor": squarer.tool})
+    state = ExecutionState(cache=ActorCache())
+    caller = asyncio.create_task(squarer.event(Item(i=1), "", state))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await cancelled.wait()
+
+
+async def test_failures_are_shared_but_never_cached() -> None:
+    gate = asyncio.Event()
+    squarer = Squarer(fail={5}, gates={5: gate}, cacheable=True)
+    cache = ActorCache()
+    state = ExecutionState(cache=cache)
+    calls = [asyncio.create_task(squarer.event(Item(i=5), "", state)) for _ in range(3)]
+    await _until(lambda: cache.joined == 2)
+    gate.set()
+    results = await asyncio.gather(*calls)
+    assert [r.ok for r in results] == [False] * 3
+    assert all("member 5 failed" in (r.error or "") for r in results)
+    assert squarer.calls[5] == 1
+    await squarer.event(Item(i=5), "", state)
+    assert squarer.calls[5] == 2  # the failure was not stored
+
+
+async def test_sqlite_cache_survives_a_new_cache_and_types_results(tmp_path: Path) -> None:
+    store = SQLiteCacheStore(tmp_path / "cache.db")
+    first = Squarer(cacheable=True)
+    await first.event(Item(i=4), "", ExecutionState(cache=ActorCache(store)))
+    store.close()
+
+    store = SQLiteCacheStore(tmp_path / "cache.db")
+    second = Squarer(cacheable=True)
+    result = await second.event(Item(i=4), "", ExecutionState(cache=ActorCache(store)))
+    store.close()
+    assert result.source == "cache"
+    assert result.result == Square(i=4, square=16)
+    assert not second.calls
+
+
+async def test_non_cacheable_actors_ignore_the_cache() -> None:
+    squarer = Squarer()
+    state = ExecutionState(cache=ActorCache())
+    await squarer.event(Item(i=1), "", state)
+    await squarer.event(Item(i=1), "", state)
+    assert squarer.calls[1] == 2
+
+
+async def test_aclose_cancels_running_calls() -> None:
+    squarer = Squarer(gates={1: asyncio.Event()}, cacheable=True)
+    cache = ActorCache()
+    state = ExecutionState(cache=cache)
+    caller = asyncio.create_task(squarer.event(Item(i=1), "", state))
+    await _until(lambda: cache.misses == 1)
+    await cache.aclose()
+    result = await caller
+    assert not result.ok
+    assert "cache was closed" in (result.error or "")

@@ -1,0 +1,63 @@
+"""``rh-agents runs``: list, show and the resume plan, read from a real state file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from recovery_support import Squarer, run_group
+from rh_agents.cli import app
+from rh_agents.core.execution import ExecutionState
+from rh_agents.recovery import Recovery
+
+runner = CliRunner()
+
+
+async def _failed_run(db: Path) -> None:
+    async with ExecutionState(run_id="nightly", recovery=Recovery(db)) as state:
+        await run_group(state, Squarer(fail={2}), 12)
+
+
+async def test_list_show_and_resume_plan(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    await _failed_run(db)
+
+    listed = runner.invoke(app, ["runs", "list", "--state", str(db)])
+    assert listed.exit_code == 0, listed.output
+    assert "nightly" in listed.output and "completed" in listed.output
+
+    shown = runner.invoke(app, ["runs", "show", "nightly", "--state", str(db)])
+    assert shown.exit_code == 0, shown.output
+    assert "members: 11 members completed, 1 not completed [2]" in shown.output
+    every = runner.invoke(app, ["runs", "show", "nightly", "--all", "--state", str(db)])
+    lines = every.output.splitlines()
+    at = lines.index("members[2]")  # one node per level, members in index order
+    assert lines[at + 1] == "  square  square@1 failed: RuntimeError: member 2 failed"
+    assert [line for line in lines if line.startswith("members[")] == [
+        f"members[{i}]" for i in range(12)
+    ]
+
+    plan = runner.invoke(app, ["runs", "resume", "nightly", "--state", str(db)])
+    assert plan.exit_code == 0, plan.output
+    assert "would replay 11 completed events" in plan.output
+    assert "members[2]::square" in plan.output
+    assert "ExecutionState.resume('nightly'" in plan.output
+
+    again = runner.invoke(
+        app, ["runs", "resume", "nightly", "--from", "members[0]", "--state", str(db)]
+    )
+    assert again.exit_code == 0, again.output
+    assert "members[0]::square" in again.output
+
+
+def test_unknown_run_and_missing_store_are_clear_errors(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    missing = runner.invoke(app, ["runs", "show", "x", "--state", str(db)])
+    assert missing.exit_code == 2
+    assert "no state store" in missing.output
+    db.write_bytes(b"junk" * 100)
+    corrupt = runner.invoke(app, ["runs", "list", "--state", str(db)])
+    assert corrupt.exit_code == 2
+    assert "damaged" in corrupt.output
+    assert db.read_bytes() == b"junk" * 100

@@ -1,0 +1,243 @@
+"""Resume: completed events (inside half-done groups too) return their stored results."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import Recorder
+from recovery_support import Item, Square, Squarer, make_backend, run_group
+from rh_agents.core.actors import Tool
+from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import EventCompleted
+from rh_agents.errors import ConfigurationError, RecoveryError
+from rh_agents.recovery import CheckpointPolicy, Recovery, ReplayMode, RunStatus
+
+BACKENDS = ["sqlite", "json"]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_failed_members_run_again_and_completed_ones_are_replayed(
+    tmp_path: Path, kind: str
+) -> None:
+    backend = make_backend(kind, tmp_path)
+    first = Squarer(fail={3, 7})
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        results = await run_group(state, first, 10)
+    assert [r.ok for r in results].count(False) == 2
+    assert backend.get_run("r").status is RunStatus.COMPLETED
+
+    second = Squarer()
+    async with ExecutionState.resume("r", backend=backend) as state:
+        results = await run_group(state, second, 10)
+        assert state.recovery is not None and state.recovery.recovered == 8
+    assert dict(second.calls) == {3: 1, 7: 1}
+    assert [r.unwrap() for r in results] == [Square(i=i, square=i * i) for i in range(10)]
+    assert all(isinstance(r.result, Square) for r in results)
+    replayed = {r.index for r in results if r.source == "replay"}
+    assert replayed == set(range(10)) - {3, 7}
+    assert state.history["members[4]::square"].result.source == "replay"
+    assert all(r.status == "completed" for r in backend.load("r").values())
+    backend.close()
+
+
+async def _crash_after(
+    state: ExecutionState, squarer: Squarer, n: int, order: list[int], finished: int
+) -> None:
+    """Release ``finished`` members in ``order`` then drop the run as a crash would."""
+    done = {i: asyncio.Event() for i in range(n)}
+    task = asyncio.create_task(run_group(state, squarer, n, done))
+    assert squarer.gates is not None
+    for i in order[:finished]:
+        squarer.gates[i].set()
+        await done[i].wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def _replay_in_two_orders(tmp: Path, n: int, first: list[int], second: list[int]) -> None:
+    finished = n // 2
+    backend = make_backend("sqlite", tmp)
+    crashed = Squarer(gates={i: asyncio.Event() for i in range(n)})
+    state = ExecutionState(run_id="r", recovery=Recovery(backend))
+    await _crash_after(state, crashed, n, first, finished)
+    await state.event_bus.close()  # no Recovery.close(): the process "died"
+
+    resumed = Squarer(gates={i: asyncio.Event() for i in range(n)})
+    state = ExecutionState.resume("r", backend=backend)
+    done = {i: asyncio.Event() for i in range(n)}
+    task = asyncio.create_task(run_group(state, resumed, n, done))
+    for i in second:
+        resumed.gates[i].set()  # type: ignore[index]
+        await done[i].wait()
+    results = await task
+    await state.close()
+
+    assert set(resumed.calls) == set(range(n)) - set(first[:finished])
+    assert [r.unwrap().square for r in results] == [i * i for i in range(n)]
+    assert sorted(state.history.addresses()) == sorted(f"members[{i}]::square" for i in range(n))
+    stored = backend.load("r")
+    assert {r.parallel_index for r in stored.values()} == set(range(n))
+    assert all(r.group_id == "members" for r in stored.values())
+    backend.close()
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_replay_is_stable_under_another_completion_order(
+    tmp_path_factory: pytest.TempPathFactory, rng: random.Random
+) -> None:
+    n = 12
+    first, second = list(range(n)), list(range(n))
+    rng.shuffle(first)
+    rng.shuffle(second)
+    asyncio.run(_replay_in_two_orders(tmp_path_factory.mktemp("replay"), n, first, second))
+
+
+async def _completed_run(tmp: Path, n: int = 4) -> None:
+    backend = make_backend("sqlite", tmp)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        await run_group(state, Squarer(), n)
+    backend.close()
+
+
+async def test_republish_mode_publishes_replayed_events(tmp_path: Path) -> None:
+    await _completed_run(tmp_path)
+    recorder = Recorder()
+    bus = EventBus()
+    bus.subscribe(recorder)
+    squarer = Squarer()
+    state = ExecutionState.resume(
+        "r", backend=tmp_path / "state.db", replay=ReplayMode.REPUBLISH, event_bus=bus
+    )
+    async with state:
+        await run_group(state, squarer, 4)
+    assert not squarer.calls
+    replays = [r for r in recorder.records if isinstance(r, EventCompleted)]
+    assert sorted(r.address for r in replays) == [f"members[{i}]::square" for i in range(4)]
+    assert {r.source for r in replays} == {"replay"}
+
+
+async def test_skip_mode_publishes_nothing_for_replayed_events(tmp_path: Path) -> None:
+    await _completed_run(tmp_path)
+    recorder = Recorder()
+    bus = EventBus()
+    bus.subscribe(recorder)
+    async with ExecutionState.resume("r", backend=tmp_path / "state.db", event_bus=bus) as state:
+        await run_group(state, Squarer(), 4)
+    assert not [r for r in recorder.records if isinstance(r, EventCompleted)]
+
+
+async def test_validate_mode_reruns_and_reports_differences_without_writing(
+    tmp_path: Path,
+) -> None:
+    await _completed_run(tmp_path)
+    squarer = Squarer(fail={2})
+    state = ExecutionState.resume("r", backend=tmp_path / "state.db", replay="validate")
+    backend = state.recovery.backend if state.recovery else None
+    assert backend is not None
+    before = backend.load("r")
+    async with state:
+        await run_group(state, squarer, 4)
+    assert dict(squarer.calls) == {0: 1, 1: 1, 2: 1, 3: 1}
+    assert state.recovery is not None
+    [difference] = state.recovery.differences
+    assert difference.address == "members[2]::square"
+    assert (difference.stored_status, difference.current_status) == ("completed", "failed")
+    with make_backend("sqlite", tmp_path) as check:
+        assert check.load("r") == before
+
+
+async def _three_steps(state: ExecutionState, squarer: Squarer) -> list[int]:
+    return [(await squarer.event(Item(i=i), "", state)).unwrap().square for i in (1, 2, 3)]
+
+
+async def test_resume_from_an_address_reruns_it_and_everything_after(tmp_path: Path) -> None:
+    async with ExecutionState(run_id="r", recovery=Recovery(tmp_path / "state.db")) as state:
+        await _three_steps(state, Squarer())
+    squarer = Squarer()
+    db = tmp_path / "state.db"
+    async with ExecutionState.resume("r", backend=db, resume_from="square#2") as state:
+        assert await _three_steps(state, squarer) == [1, 4, 9]
+    assert dict(squarer.calls) == {2: 1, 3: 1}
+
+    with pytest.raises(RecoveryError, match="no checkpoint at or below"):
+        ExecutionState.resume("r", backend=db, resume_from="nowhere")
+
+
+async def test_a_new_actor_version_runs_again(tmp_path: Path) -> None:
+    await _completed_run(tmp_path)
+    squarer = Squarer(version="2")
+    async with ExecutionState.resume("r", backend=tmp_path / "state.db") as state:
+        await run_group(state, squarer, 4)
+    assert sum(squarer.calls.values()) == 4
+
+
+async def test_batched_checkpoints_wait_for_count_or_explicit_save(tmp_path: Path) -> None:
+    backend = make_backend("sqlite", tmp_path)
+    policy = CheckpointPolicy.batched(count=3, seconds=None)
+    state = ExecutionState(run_id="r", recovery=Recovery(backend, checkpoint=policy))
+    squarer = Squarer()
+    for i in range(4):
+        await squarer.event(Item(i=i), "", state)
+    assert len(backend.load("r")) == 3  # one batch of three; the fourth waits
+    await state.save_checkpoint()
+    assert len(backend.load("r")) == 4
+    await squarer.event(Item(i=9), "", state)
+    await state.close()
+    assert len(backend.load("r")) == 5
+    assert backend.get_run("r").status is RunStatus.COMPLETED
+    backend.close()
+
+
+async def test_a_run_ended_by_an_exception_is_marked_failed(tmp_path: Path) -> None:
+    backend = make_backend("sqlite", tmp_path)
+    with pytest.raises(ZeroDivisionError):
+        async with ExecutionState(run_id="r", recovery=Recovery(backend)):
+            _ = 1 / 0
+    assert backend.get_run("r").status is RunStatus.FAILED
+    backend.close()
+
+
+def test_options_are_checked(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    with pytest.raises(ConfigurationError, match="at least 1"):
+        CheckpointPolicy(count=0)
+    with pytest.raises(ConfigurationError, match="unknown replay mode"):
+        Recovery(db, resume=True, replay="bogus")
+    with pytest.raises(ConfigurationError, match="resume=True"):
+        Recovery(db, resume_from="x")
+
+
+def test_a_recovery_serves_one_state(tmp_path: Path) -> None:
+    with make_backend("sqlite", tmp_path) as backend:
+        recovery = Recovery(backend)
+        ExecutionState(run_id="a", recovery=recovery)
+        with pytest.raises(ConfigurationError, match="one ExecutionState"):
+            ExecutionState(run_id="b", recovery=recovery)
+
+
+async def test_a_result_that_cannot_be_serialised_runs_again(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    async def handle(item: Item, context: str, state: ExecutionState) -> object:
+        calls.append(item.i)
+        return object() if item.i == 0 else {"i": item.i}
+
+    event = ExecutionEvent(actor=Tool(name="raw", input_model=Item, handler=handle))
+    db = tmp_path / "state.db"
+    async with ExecutionState(run_id="r", recovery=Recovery(db)) as state:
+        await state.parallel_execute([event(Item(i=i), "", state) for i in range(2)])
+        assert state.recovery is not None and state.recovery.unserialisable == 1
+    async with ExecutionState.resume("r", backend=db) as state:
+        results = await state.parallel_execute([event(Item(i=i), "", state) for i in range(2)])
+    assert calls == [0, 1, 0]
+    assert results[1].result == {"i": 1}  # no output_model: plain JSON comes back
