@@ -39,6 +39,7 @@ from rh_agents.errors import (
     RecoveryError,
     RHAgentsError,
 )
+from rh_agents.resilience import AdaptiveLimit, CircuitBreaker, RateLimit, RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -47,8 +48,10 @@ __all__ = [
     "ActorDefinitionError",
     "ActorInputError",
     "ActorOutputError",
+    "AdaptiveLimit",
     "Agent",
     "BaseActor",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
     "ConfigurationError",
@@ -74,8 +77,10 @@ __all__ = [
     "ParallelExecutionManager",
     "ParallelTimeoutError",
     "RHAgentsError",
+    "RateLimit",
     "RecoveryError",
     "ResultStatus",
+    "RetryPolicy",
     "SystemClock",
     "Tool",
     "__version__",
