@@ -65,14 +65,20 @@ def retry_after_of(exc: BaseException) -> float | None:
     if headers is None:
         return None
     try:
-        millis = headers.get("retry-after-ms")
+        millis = _header(headers, "retry-after-ms")
         if millis is not None:
             parsed = _parse_retry_after(millis)
             if parsed is not None:
                 return parsed / 1000.0
-        return _parse_retry_after(headers.get("retry-after"))
+        return _parse_retry_after(_header(headers, "retry-after"))
     except (AttributeError, TypeError):
         return None
+
+
+def _header(headers: Any, name: str) -> Any:
+    # httpx headers ignore case; a plain mapping may use either spelling.
+    value = headers.get(name)
+    return value if value is not None else headers.get(name.title())
 
 
 def is_overload(exc: BaseException) -> bool:
