@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from conftest import Recorder
 from rh_agents.core.actors import Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
@@ -19,7 +20,6 @@ from rh_agents.core.records import EventRetrying, MemberStarted
 from rh_agents.errors import ConfigurationError, RateLimitedError, RetryPolicyError
 from rh_agents.resilience import RetryPolicy, retry_after_of
 from rh_agents.testing import ManualClock
-from conftest import Recorder
 
 
 class Item(BaseModel):
