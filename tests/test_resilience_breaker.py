@@ -31,9 +31,11 @@ class Switch:
         self.failing = True
         self.calls = 0
         self.release: asyncio.Event | None = None
+        self.entered = asyncio.Event()
 
     async def __call__(self, input: Item, context: str, state: Any) -> int:
         self.calls += 1
+        self.entered.set()
         if self.release is not None:
             await self.release.wait()
         if self.failing:
@@ -107,9 +109,9 @@ async def test_half_open_lets_probes_through_then_closes_or_reopens(recorder: Re
     # Two concurrent calls in half-open: one probe goes through, the other is refused.
     handler.failing = False
     handler.release = asyncio.Event()
+    handler.entered.clear()
     probe = asyncio.ensure_future(event(Item(n=1), "", state))
-    while handler.calls < 3:
-        await asyncio.sleep(0)
+    await handler.entered.wait()
     assert state.breakers["svc"].state == "half_open"
     second = await event(Item(n=2), "", state)
     assert isinstance(second.exception, CircuitOpenError) and handler.calls == 3

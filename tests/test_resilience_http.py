@@ -120,8 +120,16 @@ async def test_outage_opens_the_breaker_then_the_group_recovers(
 
 async def test_rate_limit_holds_on_the_wire(server: StubLLMServer, llm: LLM) -> None:
     calls, period = 5, 0.2
-    state = ExecutionState(rate_limit=RateLimit(calls, period, key="stub"))
     event = ExecutionEvent(actor=llm)
+    # Open the client's connections first, so that arrival times reflect the limiter and
+    # not TCP connection setup.
+    warm_state = ExecutionState()
+    warm = await warm_state.parallel_execute(
+        [event(ask("warm"), "", warm_state) for _ in range(10)], max_workers=10
+    )
+    assert all(r.ok for r in warm)
+    server.reset_stats()
+    state = ExecutionState(rate_limit=RateLimit(calls, period, key="stub"))
     async with state.parallel(max_workers=10) as p:
         for i in range(20):
             p.add(event(ask(f"r{i}"), "", state))
