@@ -14,8 +14,9 @@ finished attempt of a member reports back:
   grows by ``increase`` per round trip (one per ``current`` successes), probing gently.
 - overload (a 429 or other rate-limit error, a timeout, or a latency above
   ``latency_tolerance`` times the best seen): the limit is multiplied by ``decrease`` (halved).
-  Only attempts that started after the last cut can cut again, so one burst of 429s from calls
-  that were already in flight counts once, the way TCP reacts once per round trip.
+  Only attempts that started after the last cut, and at least one smoothed latency after it,
+  can cut again, so one burst of 429s (and the retries it causes) counts once, the way TCP
+  reacts once per round trip.
 
 The limit never leaves ``[min, max]``. One instance belongs to one event loop; it may be shared
 by several groups, which then adapt together.
@@ -43,6 +44,7 @@ class AdaptiveLimit:
         "latency_tolerance",
         "max",
         "min",
+        "patience",
         "peak",
     )
 
@@ -55,6 +57,7 @@ class AdaptiveLimit:
         increase: float = 1.0,
         decrease: float = 0.5,
         latency_tolerance: float | None = 3.0,
+        patience: int = 8,
     ) -> None:
         for label, value in (("min", min), ("max", max)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -78,13 +81,18 @@ class AdaptiveLimit:
             raise ConfigurationError(
                 f"AdaptiveLimit latency_tolerance must be > 1 or None, got {latency_tolerance!r}"
             )
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ConfigurationError(
+                f"AdaptiveLimit patience must be an int >= 1, got {patience!r}"
+            )
         self.min = min
         self.max = max
+        self.patience = patience
         self.increase = float(increase)
         self.decrease = float(decrease)
         self.latency_tolerance = latency_tolerance
         self._value = float(start)
-        self._recover_to = float(max)  # fast growth up to here (no overload seen yet)
+        self._recover_to = float("inf")  # the level of the last overload (none seen yet)
         self._cut_at = float("-inf")
         self._best_latency: float | None = None
         self._latency: float | None = None  # smoothed latency of recent successes
@@ -102,6 +110,7 @@ class AdaptiveLimit:
         *,
         started: float | None = None,
         now: float | None = None,
+        level: int | None = None,
     ) -> bool:
         """Record a successful attempt; returns whether ``current`` grew.
 
@@ -109,43 +118,54 @@ class AdaptiveLimit:
         began) and ``now`` are readings of one clock, used as in ``on_overload``.
         """
         if latency is not None and self._latency_overloaded(latency):
-            self.on_overload(started=started, now=now)
+            self.on_overload(started=started, now=now, level=level)
             return False
         before = self.current
-        if self._value < self._recover_to:
-            self._value += 1.0
+        value, ceiling = self._value, self._recover_to
+        if value < ceiling - 1.0:
+            self._value += 1.0  # well below the last overload: win the cut back quickly
+        elif value < ceiling:
+            self._value += self.increase / (value * self.patience)  # near it: probe gently
         else:
-            self._value += self.increase / self._value
+            self._value += self.increase / value  # past it: capacity grew, additive increase
         self._value = min(self._value, float(self.max))
         grown = self.current
         if grown > self.peak:
             self.peak = grown
         return grown > before
 
-    def on_overload(self, *, started: float | None = None, now: float | None = None) -> bool:
+    def on_overload(
+        self, *, started: float | None = None, now: float | None = None, level: int | None = None
+    ) -> bool:
         """Record an overload signal; returns whether ``current`` was cut.
 
-        An attempt that ``started`` before the last cut (at ``now`` of that cut) cannot cut
-        again: the cut already answered the load it was part of.
+        One cut per round trip: an attempt that ``started`` before the last cut, or a signal
+        less than one (smoothed) latency after it, cannot cut again; that cut already
+        answered the load it was part of. ``started`` and ``now`` are readings of one clock;
+        ``level`` is the limit when the overloaded attempt started (it is remembered as the
+        level that overloads, so the limit regrows quickly to just below it, then probes).
         """
-        if started is not None and started < self._cut_at:
+        if (started is not None and started < self._cut_at) or self._holding(now):
             return False
-        self._recover_to = max(float(self.min), self._value - 1.0)
+        self._recover_to = self._value if level is None else min(self._value, float(level))
         self._value = max(float(self.min), self._value * self.decrease)
         self._cut_at = now if now is not None else float("-inf")
         self.decreases += 1
         return True
 
+    def _holding(self, now: float | None) -> bool:
+        # For one smoothed latency after a cut, the cut has not taken effect yet.
+        return now is not None and now < self._cut_at + (self._latency or 0.0)
+
     def _latency_overloaded(self, latency: float) -> bool:
-        tolerance = self.latency_tolerance
-        if tolerance is None or latency <= 0:
+        if latency <= 0:
             return False
         best = self._best_latency
         self._best_latency = latency if best is None else min(best, latency)
         smooth = latency if self._latency is None else 0.8 * self._latency + 0.2 * latency
         self._latency = smooth
-        assert self._best_latency is not None
-        return smooth > tolerance * self._best_latency
+        tolerance = self.latency_tolerance
+        return tolerance is not None and smooth > tolerance * self._best_latency
 
     def __repr__(self) -> str:
         return f"AdaptiveLimit(min={self.min}, max={self.max}, current={self.current})"

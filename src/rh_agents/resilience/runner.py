@@ -288,6 +288,7 @@ async def run_attempts(
             error = exc
         else:
             started = clock.now()
+            level = adaptive.current if adaptive is not None else 0
             try:
                 value = await attempt()
             except asyncio.CancelledError:
@@ -303,10 +304,13 @@ async def run_attempts(
                 _publish_change(state, frame, circuit.key, circuit.release(error))
             if adaptive is not None and group is not None:
                 if error is None:
-                    if adaptive.on_success(ended - started, started=started, now=ended):
+                    grew = adaptive.on_success(
+                        ended - started, started=started, now=ended, level=level
+                    )
+                    if grew:
                         group.limit_changed()
                 elif is_overload(error):
-                    adaptive.on_overload(started=started, now=ended)
+                    adaptive.on_overload(started=started, now=ended, level=level)
         retry_result = (
             error is None
             and tries is not None
