@@ -146,6 +146,9 @@ class AdaptiveLimit:
         level that overloads, so the limit regrows quickly to just below it, then probes).
         """
         if (started is not None and started < self._cut_at) or self._holding(now):
+            if level is not None and started is not None and started >= self._cut_at:
+                # Overloaded at a level set after the cut: that level is too high as well.
+                self._recover_to = min(self._recover_to, float(level))
             return False
         self._recover_to = self._value if level is None else min(self._value, float(level))
         self._value = max(float(self.min), self._value * self.decrease)
