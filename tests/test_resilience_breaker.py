@@ -211,3 +211,20 @@ def test_validation() -> None:
         CircuitBreaker(cooldown=-1)
     with pytest.raises(ConfigurationError, match="half_open_max_calls"):
         CircuitBreaker(half_open_max_calls=0)
+
+
+async def test_state_level_breaker_applies_when_nothing_nearer_does() -> None:
+    clock = ManualClock()
+    state = ExecutionState(clock=clock, circuit_breaker=CircuitBreaker(failure_threshold=1))
+    handler = Switch()
+    event = ExecutionEvent(actor=Tool(name="svc", input_model=Item, handler=handler))
+    await event(Item(), "", state)
+    refused = await event(Item(), "", state)
+    assert isinstance(refused.exception, CircuitOpenError) and handler.calls == 1
+    # A nearer policy wins: this event's own breaker is a separate, closed circuit.
+    own = ExecutionEvent(
+        actor=Tool(name="svc", input_model=Item, handler=handler),
+        circuit_breaker=CircuitBreaker(failure_threshold=5, key="own"),
+    )
+    assert not isinstance((await own(Item(), "", state)).exception, CircuitOpenError)
+    assert state.breakers["own"].state == "closed" and handler.calls == 2

@@ -195,3 +195,19 @@ def test_stub_server_counts_and_capacity() -> None:
         stats = stub.stats()
         assert stats.total == 2 and stats.by_status == {200: 1, 429: 1}
         assert stats.max_concurrency == 1
+
+
+def test_stub_server_outage_windows() -> None:
+    import http.client
+    import json
+
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    for outages, expected in (([(0.0, 3600.0)], 503), ([(3600.0, 7200.0)], 200)):
+        with StubLLMServer(outages=outages) as stub:
+            conn = http.client.HTTPConnection("127.0.0.1", stub.port, timeout=5)
+            conn.request("POST", "/v1/chat/completions", body)
+            reply = conn.getresponse()
+            reply.read()
+            conn.close()
+            assert reply.status == expected
+            assert stub.stats().by_status == {expected: 1}

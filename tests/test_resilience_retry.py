@@ -203,6 +203,7 @@ async def test_callable_member_is_called_again() -> None:
         p.add(work, name="w")
         results = await p.gather()
     assert results[0].ok and results[0].result == "done" and calls == 3
+    assert results[0].attempts == 3 and results[0].name == "w"
 
 
 async def test_callable_returning_an_event_call_is_retried_once_inside_the_event() -> None:

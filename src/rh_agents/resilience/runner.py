@@ -172,8 +172,13 @@ async def run_member(
         return member.open()
 
     token = _group_policies_taken.set(True)
+    started = state.clock.now()
     try:
-        value, _ = await run_attempts(state, frame, policies, attempt)
+        value, attempts = await run_attempts(state, frame, policies, attempt)
+        if attempts > 1 and not isinstance(value, ExecutionResult):
+            # Hand the group a result that says how many attempts it took.
+            elapsed = state.clock.now() - started
+            return ExecutionResult(ok=True, result=value, execution_time=elapsed, attempts=attempts)
         return value
     finally:
         _group_policies_taken.reset(token)
