@@ -279,6 +279,8 @@ async def run_attempts(
         limiter = state.rate_limiters.limiter(policies.rate_limit, policies.rate_scope)
     group = policies.group
     adaptive = group.adaptive_limit if group is not None else None
+    if tries is None and circuit is None and limiter is None and adaptive is None:
+        return await attempt(), 1  # no policy at all: the plain call, nothing to track
     number = 0
     while True:
         number = tries.begin() if tries is not None else number + 1
