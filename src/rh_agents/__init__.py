@@ -37,12 +37,14 @@ from rh_agents.errors import (
     MemberSkippedError,
     ParallelError,
     ParallelTimeoutError,
+    RateLimitedError,
     RecoveryError,
     ResultSchemaError,
     RetryPolicyError,
     RHAgentsError,
     UnknownRunError,
 )
+from rh_agents.resilience import AdaptiveLimit, CircuitBreaker, RateLimit, RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -51,8 +53,10 @@ __all__ = [
     "ActorDefinitionError",
     "ActorInputError",
     "ActorOutputError",
+    "AdaptiveLimit",
     "Agent",
     "BaseActor",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Clock",
     "ConfigurationError",
@@ -80,9 +84,12 @@ __all__ = [
     "ParallelExecutionManager",
     "ParallelTimeoutError",
     "RHAgentsError",
+    "RateLimit",
+    "RateLimitedError",
     "RecoveryError",
     "ResultSchemaError",
     "ResultStatus",
+    "RetryPolicy",
     "RetryPolicyError",
     "SystemClock",
     "Tool",

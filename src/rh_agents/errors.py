@@ -21,6 +21,7 @@ exceptions keeps working::
      │    ├── FailureThresholdError            FAIL_THRESHOLD reached; carries the partial results
      │    └── GroupFailedError (ExceptionGroup) every failure at once; carries the partial results
      ├── CircuitOpenError                      a circuit breaker refused the call
+     ├── RateLimitedError                      a provider answered 429 (carries retry_after)
      ├── RetryPolicyError (ValueError)         a policy asked to re-run something that cannot re-run
      └── RecoveryError                         state backends, checkpoints and replay
           ├── UnknownRunError (KeyError)
@@ -57,6 +58,7 @@ __all__ = [
     "ParallelError",
     "ParallelTimeoutError",
     "RHAgentsError",
+    "RateLimitedError",
     "RecoveryError",
     "ResultSchemaError",
     "RetryPolicyError",
@@ -183,6 +185,21 @@ class CircuitOpenError(RHAgentsError):
         )
         self.key = key
         self.retry_after = retry_after
+
+
+class RateLimitedError(RHAgentsError):
+    """A provider refused a call for load reasons (HTTP 429); ``retry_after`` is its hint.
+
+    Retry policies wait at least ``retry_after`` seconds before the next attempt, and the
+    adaptive limit treats it as an overload signal.
+    """
+
+    def __init__(
+        self, message: str, retry_after: float | None = None, status_code: int = 429
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status_code = status_code
 
 
 class RetryPolicyError(RHAgentsError, ValueError):

@@ -19,7 +19,7 @@ current position in the execution tree is not stored here but in a ``contextvars
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
@@ -33,6 +33,8 @@ from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.slots import SlotPool
 from rh_agents.core.parallel.strategy import ErrorStrategy
 from rh_agents.core.results import ExecutionResult
+from rh_agents.resilience.breaker import BreakerRegistry
+from rh_agents.resilience.rate_limit import RateLimiterRegistry
 
 if TYPE_CHECKING:
     from rh_agents.core.actors import BaseActor
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from rh_agents.core.parallel.member import Member
     from rh_agents.recovery.cache import ActorCache
     from rh_agents.recovery.session import Recovery
+    from rh_agents.resilience.adaptive import AdaptiveLimit
 
 __all__ = ["EventBus", "ExecutionState"]
 
@@ -64,6 +67,7 @@ class ExecutionState:
         circuit_breaker: Any = None,
         recovery: Recovery | None = None,
         cache: ActorCache | None = None,
+        rate_limit: Any = None,
     ) -> None:
         self.event_bus = event_bus if event_bus is not None else EventBus()
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -71,6 +75,10 @@ class ExecutionState:
         self.run_id = run_id
         self.retry = retry
         self.circuit_breaker = circuit_breaker
+        # resilience: a state-wide rate limit; circuits and buckets shared by key
+        self.rate_limit = rate_limit
+        self.breakers = BreakerRegistry(self.clock)
+        self.rate_limiters = RateLimiterRegistry()
         self.history = ExecutionHistory()
         self.store: dict[str, Any] = {}
         self.root_frame = Frame(self, "")
@@ -109,7 +117,7 @@ class ExecutionState:
 
     def parallel(
         self,
-        max_workers: int = 5,
+        max_workers: int | str | AdaptiveLimit = 5,
         *,
         name: str | None = None,
         error_strategy: ErrorStrategy | str = ErrorStrategy.FAIL_SLOW,
@@ -120,6 +128,7 @@ class ExecutionState:
         raise_exception_group: bool = False,
         retry: Any = None,
         circuit_breaker: Any = None,
+        rate_limit: Any = None,
     ) -> ParallelExecutionManager[Any]:
         """A parallel group, used as ``async with state.parallel(...) as p:``.
 
@@ -133,7 +142,8 @@ class ExecutionState:
         - ``timeout``: for the whole group; ``member_timeout``: for each member. Finished
           results are always kept.
         - ``retry`` / ``circuit_breaker``: group-level policies (an event's or actor's own
-          policy wins over them).
+          policy wins over them); ``rate_limit``: a ``RateLimit`` for this group's calls.
+        - ``max_workers`` may also be ``"auto"`` or an ``AdaptiveLimit(min, max)``.
         """
         return ParallelExecutionManager(
             self,
@@ -147,6 +157,7 @@ class ExecutionState:
             raise_exception_group=raise_exception_group,
             retry=retry,
             circuit_breaker=circuit_breaker,
+            rate_limit=rate_limit,
         )
 
     @overload
@@ -226,21 +237,21 @@ class ExecutionState:
     async def invoke_actor(
         self, event: ExecutionEvent[Any], validated: BaseModel, context: str, frame: Frame
     ) -> tuple[Any, int]:
-        """Run ``event``'s actor once; returns ``(value, attempts)``."""
-        handler = event.actor.handler
-        if event.timeout is None:
-            return await handler(validated, context, self), 1
-        import asyncio
+        """Run ``event``'s actor under its retry, breaker and rate-limit policies.
 
-        async with asyncio.timeout(event.timeout):
-            return await handler(validated, context, self), 1
+        Returns ``(value, attempts)``; see ``rh_agents.resilience.runner``.
+        """
+        from rh_agents.resilience.runner import invoke_actor
+
+        return await invoke_actor(self, event, validated, context, frame)
 
     async def run_member(
         self, group: ParallelExecutionManager[Any], member: Member, frame: Frame
     ) -> Any:
-        """Run one member of ``group`` once and return what it produced."""
-        awaitable: Awaitable[Any] = member.open()
-        return await awaitable
+        """Run one member of ``group`` (a callable member is re-called for retries)."""
+        from rh_agents.resilience.runner import run_member
+
+        return await run_member(self, group, member, frame)
 
     def recovered_result(self, address: str, actor: BaseActor) -> ExecutionResult[Any] | None:
         """A stored result to return instead of running (replay); none without recovery."""

@@ -10,6 +10,7 @@ from rh_agents.core.parallel.manager import MemberSlot, ParallelExecutionManager
 from rh_agents.core.parallel.member import Member
 from rh_agents.core.parallel.slots import SlotPool
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
+from rh_agents.resilience.retry import RetryPolicy
 
 __all__ = [
     "ErrorStrategy",
@@ -19,5 +20,6 @@ __all__ = [
     "MemberSlot",
     "ParallelEventGroup",
     "ParallelExecutionManager",
+    "RetryPolicy",
     "SlotPool",
 ]

@@ -48,6 +48,7 @@ from rh_agents.errors import (
     MemberSkippedError,
     ParallelTimeoutError,
 )
+from rh_agents.resilience.adaptive import AdaptiveLimit, as_adaptive
 
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
@@ -108,7 +109,7 @@ class ParallelExecutionManager(Generic[T]):
         self,
         state: ExecutionState,
         *,
-        max_workers: int = 5,
+        max_workers: int | str | AdaptiveLimit = 5,
         name: str | None = None,
         error_strategy: ErrorStrategy | str = ErrorStrategy.FAIL_SLOW,
         timeout: float | None = None,
@@ -119,7 +120,12 @@ class ParallelExecutionManager(Generic[T]):
         retry: Any = None,
         circuit_breaker: Any = None,
         retain_results: bool = True,
+        rate_limit: Any = None,
     ) -> None:
+        # resilience: "auto" or an AdaptiveLimit makes the limit follow load (see _limit)
+        self._adaptive = as_adaptive(max_workers)
+        if self._adaptive is not None:
+            max_workers = self._adaptive.current
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ConfigurationError(f"max_workers must be an int >= 1, got {max_workers!r}")
         try:
@@ -154,7 +160,8 @@ class ParallelExecutionManager(Generic[T]):
         self._state = state
         self._now = state.clock.now  # bound once: read several times per member
         self._group_slot = MemberSlot(self)
-        self._limit = max_workers
+        self._fixed_limit = max_workers
+        self.rate_limit = rate_limit
         self._requested_name = name
         self.error_strategy = strategy
         self.timeout = timeout
@@ -201,6 +208,23 @@ class ParallelExecutionManager(Generic[T]):
         self._parent_frame: Frame | None = None
         self._started_at = 0.0
         self._wall_time: float | None = None
+
+    # --- adaptive limit (resilience) -------------------------------------------------------
+
+    @property
+    def _limit(self) -> int:
+        adaptive = self._adaptive
+        return adaptive.current if adaptive is not None else self._fixed_limit
+
+    @property
+    def adaptive_limit(self) -> AdaptiveLimit | None:
+        """The ``AdaptiveLimit`` driving this group's ``max_workers``, if any."""
+        return self._adaptive
+
+    def limit_changed(self) -> None:
+        """The adaptive limit grew: hand out the new slots."""
+        self._serve_reclaimers()
+        self._kick()
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Actors for real services. Each integration imports its client library lazily."""

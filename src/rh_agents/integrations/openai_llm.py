@@ -1,0 +1,196 @@
+"""An ``LLM`` actor for OpenAI-compatible chat completions, on the official ``openai`` client.
+
+::
+
+    from rh_agents.integrations.openai_llm import openai_llm
+
+    chat = openai_llm("writer", model="gpt-4o-mini", timeout=30,
+                      retry=RetryPolicy(max_attempts=4))       # actor options pass through
+    reply = await ExecutionEvent(actor=chat)({"prompt": "Say hi"}, "", state)
+    reply.result.content
+
+The base URL and key come from the arguments or ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``. The
+client's own retries are off (``max_retries=0``): retries belong to rh_agents' policies, which
+see every attempt. A 429 becomes ``RateLimitedError`` carrying the server's ``Retry-After``
+(an overload signal for the adaptive limit); a client timeout becomes ``TimeoutError``; other
+HTTP errors keep openai's exception (with ``status_code`` and ``response``).
+
+Needs the ``openai`` extra: ``pip install 'rh-agents[openai]'``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from rh_agents.core.actors import LLM
+from rh_agents.errors import ConfigurationError, RateLimitedError
+from rh_agents.resilience.signals import retry_after_of
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+__all__ = ["ChatMessage", "ChatReply", "ChatRequest", "OpenAIChat", "openai_llm"]
+
+
+class ChatMessage(BaseModel):
+    role: str = "user"
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """Either ``messages`` or a single user ``prompt`` (a ``system`` text is put first)."""
+
+    messages: list[ChatMessage] = Field(default_factory=list)
+    prompt: str | None = None
+    system: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_content(self) -> ChatRequest:
+        if not self.messages and self.prompt is None:
+            raise ValueError("a chat request needs 'messages' or a 'prompt'")
+        return self
+
+    def as_messages(self) -> list[Any]:
+        out: list[Any] = [{"role": "system", "content": self.system}] if self.system else []
+        out += [{"role": m.role, "content": m.content} for m in self.messages]
+        if self.prompt is not None:
+            out.append({"role": "user", "content": self.prompt})
+        return out
+
+
+class ChatReply(BaseModel):
+    content: str
+    model: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def _import_openai() -> Any:
+    try:
+        import openai
+    except ImportError as exc:  # pragma: no cover - the extra is installed in development
+        raise ConfigurationError(
+            "the OpenAI integration needs the 'openai' package: pip install 'rh-agents[openai]'"
+        ) from exc
+    return openai
+
+
+class OpenAIChat:
+    """The handler of the actor: one ``AsyncOpenAI`` client per event loop, made on first use.
+
+    Close it with ``await handler.aclose()`` when done (``openai_llm(...).handler``).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
+        self._openai = _import_openai()
+        self.model = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not self.api_key:
+            raise ConfigurationError(
+                "no OpenAI API key: pass api_key=... or set OPENAI_API_KEY "
+                "(a local compatible server accepts any non-empty key)"
+            )
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r}")
+        self.timeout = float(timeout)
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self._client: AsyncOpenAI | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def client(self) -> AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            # An httpx pool belongs to one loop; a new loop (a new test) gets a new client.
+            self._client = self._openai.AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=self.api_key,
+                timeout=self.timeout,
+                max_retries=0,
+            )
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def __call__(self, input: ChatRequest, context: str, state: Any) -> ChatReply:
+        openai = self._openai
+        options: dict[str, Any] = {}
+        if self.temperature is not None:
+            options["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            options["max_tokens"] = self.max_tokens
+        try:
+            completion = await self.client().chat.completions.create(
+                model=self.model, messages=input.as_messages(), **options
+            )
+        except openai.RateLimitError as exc:
+            raise RateLimitedError(
+                f"model {self.model!r} answered 429 (rate limited): {exc.message}",
+                retry_after=retry_after_of(exc),
+            ) from exc
+        except openai.APITimeoutError as exc:
+            raise TimeoutError(
+                f"model {self.model!r} did not answer within {self.timeout}s"
+            ) from exc
+        choice = completion.choices[0]
+        usage = completion.usage
+        return ChatReply(
+            content=choice.message.content or "",
+            model=completion.model,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
+
+
+def openai_llm(
+    name: str = "llm",
+    *,
+    model: str = "gpt-4o-mini",
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 60.0,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    description: str = "OpenAI-compatible chat completion",
+    **actor_options: Any,
+) -> LLM:
+    """An ``LLM`` actor taking a ``ChatRequest`` and returning a ``ChatReply``.
+
+    ``actor_options`` (``retry``, ``circuit_breaker``, ``cacheable``...) go to the actor.
+    """
+    handler = OpenAIChat(
+        model=model,
+        base_url=base_url,
+        api_key=api_key,
+        timeout=timeout,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+    return LLM(
+        name=name,
+        description=description,
+        input_model=ChatRequest,
+        output_model=ChatReply,
+        handler=handler,
+        **actor_options,
+    )

@@ -1,0 +1,62 @@
+"""``RateLimit``: at most ``calls`` per ``period`` seconds, per group or shared by key.
+
+Built on ``aiolimiter`` (a leaky bucket): a burst of up to ``calls`` may start at once, then
+calls start at ``calls / period`` per second on average. The limit is taken before every
+attempt of a call, retries included::
+
+    async with state.parallel(max_workers=20, rate_limit=RateLimit(60, 60)) as p:
+        ...                                       # this group: 60 calls a minute
+    shared = RateLimit(500, 60, key="openai")     # every group naming "openai" shares it
+    state = ExecutionState(rate_limit=shared)     # ... or the whole run
+
+Without ``key`` each group gets its own bucket; with a key, every group and the state share
+one bucket (in ``state.rate_limiters``). The bucket follows the event loop's time, so it is
+not driven by an injected clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+from rh_agents.errors import ConfigurationError
+
+__all__ = ["RateLimit", "RateLimiterRegistry"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``calls`` per ``period`` seconds; ``key`` shares one bucket between users."""
+
+    calls: float
+    period: float = 1.0
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        for label in ("calls", "period"):
+            value = getattr(self, label)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f"RateLimit.{label} must be a number > 0, got {value!r}")
+        if self.key is not None and (not isinstance(self.key, str) or not self.key):
+            raise ConfigurationError(f"RateLimit.key must be a non-empty str, got {self.key!r}")
+
+
+class RateLimiterRegistry:
+    """The buckets of one ``ExecutionState`` (``state.rate_limiters``), by key or scope."""
+
+    __slots__ = ("_limiters",)
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, AsyncLimiter] = {}
+
+    def limiter(self, limit: RateLimit, scope: str) -> AsyncLimiter:
+        """The bucket for ``limit``: shared by its key, else private to ``scope``."""
+        name = f"key:{limit.key}" if limit.key is not None else f"scope:{scope}"
+        found = self._limiters.get(name)
+        if found is None:
+            found = self._limiters[name] = AsyncLimiter(limit.calls, limit.period)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._limiters)

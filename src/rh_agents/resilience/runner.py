@@ -1,0 +1,344 @@
+"""Running one call under its policies: rate limit, circuit breaker, retries, feedback.
+
+``ExecutionState.invoke_actor`` and ``ExecutionState.run_member`` delegate here. Policies are
+resolved nearest first: the event's, the actor's, the group's, the state's. A group's policies
+apply to its members: to a member's own event (the event called directly by the member) and
+to a callable or coroutine member itself; events nested deeper inside a member use their own,
+their actor's or the state's policies. A member that is an ``ExecutionEvent`` call is left to
+the event, which retries inside itself, so nothing is ever retried twice.
+
+Every attempt: take the rate limit, ask the circuit, run, report the outcome to the circuit
+and to the group's adaptive limit. Between attempts the member gives its worker slots back
+(``MemberSlot.lend``) while it sleeps on the state's clock, so other members run meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from rh_agents.core.context import Frame
+from rh_agents.core.parallel.manager import MemberSlot, ParallelExecutionManager
+from rh_agents.core.parallel.member import Member, is_event_call
+from rh_agents.core.records import CircuitStateChanged, EventRetrying
+from rh_agents.core.results import ExecutionResult, describe_error
+from rh_agents.resilience.breaker import Circuit, CircuitBreaker, Transition
+from rh_agents.resilience.rate_limit import RateLimit
+from rh_agents.resilience.retry import RetryPolicy
+from rh_agents.resilience.signals import is_overload
+
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
+
+    from rh_agents.core.events import ExecutionEvent
+    from rh_agents.core.execution import ExecutionState
+
+__all__ = [
+    "Policies",
+    "event_policies",
+    "invoke_actor",
+    "member_group",
+    "member_policies",
+    "run_attempts",
+    "run_member",
+]
+
+# True inside a member whose group policies are applied to the member as a whole, so that the
+# events it calls do not apply them a second time.
+_group_policies_taken: ContextVar[bool] = ContextVar("rh_agents_group_policies", default=False)
+
+
+def _first(*values: Any) -> Any:
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def member_group(frame: Frame) -> ParallelExecutionManager[Any] | None:
+    """The group whose policies apply to an event running in ``frame`` (its own member's)."""
+    slot = frame.slot
+    if not isinstance(slot, MemberSlot) or _group_policies_taken.get():
+        return None
+    manager = slot.manager
+    parent = frame.address.rpartition("::")[0]
+    return manager if parent == f"{manager.group_id}[{frame.parallel_index}]" else None
+
+
+@dataclass(slots=True)
+class Policies:
+    """The policies resolved for one call."""
+
+    retry: RetryPolicy | None = None
+    breaker: CircuitBreaker | None = None
+    breaker_key: str = ""
+    rate_limit: RateLimit | None = None
+    rate_scope: str = "state"
+    group: ParallelExecutionManager[Any] | None = None
+
+
+def _rate(
+    state: ExecutionState, group: ParallelExecutionManager[Any] | None
+) -> tuple[RateLimit | None, str]:
+    group_limit = getattr(group, "rate_limit", None) if group is not None else None
+    if group_limit is not None:
+        assert group is not None
+        return group_limit, group.group_id
+    return getattr(state, "rate_limit", None), "state"
+
+
+def _check(kind: str, value: Any, expected: type) -> Any:
+    if value is not None and not isinstance(value, expected):
+        from rh_agents.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"{kind} must be a {expected.__name__} (from rh_agents.resilience), got {value!r}"
+        )
+    return value
+
+
+def event_policies(state: ExecutionState, event: ExecutionEvent[Any], frame: Frame) -> Policies:
+    actor = event.actor
+    group = member_group(frame)
+    retry = _first(event.retry, actor.retry, group.retry if group else None, state.retry)
+    breaker = _first(
+        event.circuit_breaker,
+        actor.circuit_breaker,
+        group.circuit_breaker if group else None,
+        state.circuit_breaker,
+    )
+    rate, scope = _rate(state, group)
+    _check("retry", retry, RetryPolicy)
+    _check("circuit_breaker", breaker, CircuitBreaker)
+    _check("rate_limit", rate, RateLimit)
+    key = (breaker.key if breaker is not None else None) or actor.name
+    return Policies(retry, breaker, key, rate, scope, group)
+
+
+def member_policies(
+    state: ExecutionState, group: ParallelExecutionManager[Any], member: Member
+) -> Policies:
+    retry = _first(member.retry, group.retry, state.retry)
+    breaker = _first(group.circuit_breaker, state.circuit_breaker)
+    rate, scope = _rate(state, group)
+    _check("retry", retry, RetryPolicy)
+    _check("circuit_breaker", breaker, CircuitBreaker)
+    _check("rate_limit", rate, RateLimit)
+    name = group.group.name if group.group is not None else group.group_id
+    key = (breaker.key if breaker is not None else None) or f"group:{name}"
+    return Policies(retry, breaker, key, rate, scope, group)
+
+
+# --- the hooks -------------------------------------------------------------------------------
+
+
+async def invoke_actor(
+    state: ExecutionState,
+    event: ExecutionEvent[Any],
+    validated: BaseModel,
+    context: str,
+    frame: Frame,
+) -> tuple[Any, int]:
+    """Run ``event``'s actor under its policies; returns ``(value, attempts)``."""
+    handler = event.actor.handler
+    timeout = event.timeout
+
+    async def attempt() -> Any:
+        if timeout is None:
+            return await handler(validated, context, state)
+        async with asyncio.timeout(timeout):
+            return await handler(validated, context, state)
+
+    return await run_attempts(state, frame, event_policies(state, event, frame), attempt)
+
+
+async def run_member(
+    state: ExecutionState, group: ParallelExecutionManager[Any], member: Member, frame: Frame
+) -> Any:
+    """Run a member of ``group``: re-calling a callable member for retries."""
+    rerunnable = member.rerunnable
+    first: Awaitable[Any] | None = member.open()
+    if is_event_call(first):
+        assert first is not None
+        return await first  # the event applies every policy itself
+    policies = member_policies(state, group, member)
+    if not rerunnable and policies.retry is not None and policies.retry.max_attempts > 1:
+        # Only a state-wide policy gets here (add() rejects the others): a coroutine runs once.
+        policies.retry = RetryPolicy(max_attempts=1)
+
+    def attempt() -> Awaitable[Any]:
+        nonlocal first
+        if first is not None:
+            made, first = first, None
+            return made
+        return member.open()
+
+    token = _group_policies_taken.set(True)
+    started = state.clock.now()
+    try:
+        value, attempts = await run_attempts(state, frame, policies, attempt)
+        if attempts > 1 and not isinstance(value, ExecutionResult):
+            # Hand the group a result that says how many attempts it took.
+            elapsed = state.clock.now() - started
+            return ExecutionResult(ok=True, result=value, execution_time=elapsed, attempts=attempts)
+        return value
+    finally:
+        _group_policies_taken.reset(token)
+        if inspect.iscoroutine(first):
+            first.close()  # never awaited (the circuit refused every attempt)
+
+
+# --- the attempt loop ----------------------------------------------------------------------
+
+
+def _failure_of(value: Any) -> BaseException | None:
+    """An ``ExecutionResult`` with ``ok=False`` is a failure even though nothing was raised."""
+    if isinstance(value, ExecutionResult) and not value.ok:
+        from rh_agents.errors import MemberFailedError
+
+        return value.exception or MemberFailedError(value.error or "failed", value)
+    return None
+
+
+def _publish_change(
+    state: ExecutionState, frame: Frame, key: str, change: Transition | None
+) -> None:
+    if change is None or not state.event_bus.has_listeners:
+        return
+    old, new, failures = change
+    state.event_bus.publish(
+        CircuitStateChanged(
+            address=frame.address,
+            timestamp=state.clock.now(),
+            group_id=frame.group_id,
+            parallel_index=frame.parallel_index,
+            is_parallel=frame.group_id is not None,
+            key=key,
+            old_state=old,
+            new_state=new,
+            failures=failures,
+        )
+    )
+
+
+def _publish_retry(
+    state: ExecutionState, frame: Frame, attempt: int, delay: float, error: BaseException | None
+) -> None:
+    if not state.event_bus.has_listeners:
+        return
+    state.event_bus.publish(
+        EventRetrying(
+            address=frame.address,
+            timestamp=state.clock.now(),
+            group_id=frame.group_id,
+            parallel_index=frame.parallel_index,
+            is_parallel=frame.group_id is not None,
+            attempt=attempt,
+            delay=delay,
+            error=describe_error(error) if error is not None else "result asked for a retry",
+            error_type=type(error).__name__ if error is not None else "",
+        )
+    )
+
+
+async def _backoff(state: ExecutionState, frame: Frame, delay: float) -> None:
+    """Sleep ``delay`` on the state's clock holding no worker slot."""
+    slot = frame.slot
+    lend = isinstance(slot, MemberSlot)
+    if lend:
+        slot.lend()
+    try:
+        await state.clock.sleep(delay)
+    finally:
+        if lend:
+            await slot.reclaim()
+
+
+def _set_attempts(exc: BaseException, attempts: int) -> None:
+    try:
+        exc.attempts = attempts  # type: ignore[attr-defined]
+    except AttributeError:  # an exception class with __slots__
+        pass
+
+
+async def run_attempts(
+    state: ExecutionState,
+    frame: Frame,
+    policies: Policies,
+    attempt: Callable[[], Awaitable[Any]],
+) -> tuple[Any, int]:
+    """Run ``attempt`` until it succeeds or the retry policy gives up; ``(value, attempts)``.
+
+    On giving up, the last exception is raised with an ``attempts`` attribute.
+    """
+    clock = state.clock
+    tries = policies.retry.start(clock) if policies.retry is not None else None
+    circuit: Circuit | None = None
+    if policies.breaker is not None:
+        circuit = state.breakers.circuit(policies.breaker_key, policies.breaker)
+    limiter: AsyncLimiter | None = None
+    if policies.rate_limit is not None:
+        limiter = state.rate_limiters.limiter(policies.rate_limit, policies.rate_scope)
+    group = policies.group
+    adaptive = group.adaptive_limit if group is not None else None
+    if tries is None and circuit is None and limiter is None and adaptive is None:
+        return await attempt(), 1  # no policy at all: the plain call, nothing to track
+    number = 0
+    while True:
+        number = tries.begin() if tries is not None else number + 1
+        error: BaseException | None
+        value: Any = None
+        try:
+            if limiter is not None:
+                await limiter.acquire()
+            if circuit is not None:
+                _publish_change(state, frame, circuit.key, circuit.acquire())
+        except Exception as exc:  # CircuitOpenError: the call was not made
+            error = exc
+        else:
+            started = clock.now()
+            level = adaptive.current if adaptive is not None else 0
+            try:
+                value = await attempt()
+            except asyncio.CancelledError:
+                if circuit is not None:
+                    circuit.release(None, finished=False)
+                raise
+            except Exception as exc:
+                error = exc
+            else:
+                error = _failure_of(value)
+            ended = clock.now()
+            if circuit is not None:
+                _publish_change(state, frame, circuit.key, circuit.release(error))
+            if adaptive is not None and group is not None:
+                if error is None:
+                    grew = adaptive.on_success(
+                        ended - started, started=started, now=ended, level=level
+                    )
+                    if grew:
+                        group.limit_changed()
+                elif is_overload(error):
+                    adaptive.on_overload(started=started, now=ended, level=level)
+        retry_result = (
+            error is None
+            and tries is not None
+            and tries.policy.retry_if_result is not None
+            and tries.policy.retry_if_result(value)
+        )
+        if error is None and not retry_result:
+            return value, number
+        delay = tries.next_delay(error) if tries is not None else None
+        if delay is None:
+            if error is None or isinstance(value, ExecutionResult):
+                return value, number  # a result predicate or a failed result: give it back
+            _set_attempts(error, number)
+            raise error
+        _publish_retry(state, frame, number, delay, error)
+        await _backoff(state, frame, delay)

@@ -1,0 +1,90 @@
+"""What a failure says about the service behind it: a ``Retry-After`` hint, an overload.
+
+Providers say "slow down" in several ways: an HTTP 429 or 503, a ``Retry-After`` header, a
+timeout. These helpers read all of them from any exception, so the retry policy and the
+adaptive limit understand errors raised by ``httpx``, ``openai`` or your own code alike::
+
+    try:
+        await call()
+    except Exception as exc:
+        wait = retry_after_of(exc)      # seconds, or None
+        if is_overload(exc):
+            limit.on_overload()
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+__all__ = ["OVERLOAD_STATUSES", "is_overload", "retry_after_of", "status_of"]
+
+#: HTTP statuses that mean "too much load", not "your request is wrong".
+OVERLOAD_STATUSES = frozenset({429, 503})
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status carried by ``exc`` (``status_code``, ``status`` or its response)."""
+    for attr in ("status_code", "status"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    response = getattr(exc, "response", None)
+    value = getattr(response, "status_code", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _parse_retry_after(raw: Any) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return max(0.0, float(raw))
+    text = str(raw).strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:  # an HTTP date
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """Seconds the service asked us to wait, from ``exc.retry_after`` or a response header.
+
+    Reads the ``retry_after`` attribute first, then ``retry-after-ms`` and ``retry-after``
+    headers of ``exc.response`` (httpx and openai errors carry one). ``None`` when absent.
+    """
+    direct = _parse_retry_after(getattr(exc, "retry_after", None))
+    if direct is not None:
+        return direct
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is None:
+        return None
+    try:
+        millis = _header(headers, "retry-after-ms")
+        if millis is not None:
+            parsed = _parse_retry_after(millis)
+            if parsed is not None:
+                return parsed / 1000.0
+        return _parse_retry_after(_header(headers, "retry-after"))
+    except (AttributeError, TypeError):
+        return None
+
+
+def _header(headers: Any, name: str) -> Any:
+    # httpx headers ignore case; a plain mapping may use either spelling.
+    value = headers.get(name)
+    return value if value is not None else headers.get(name.title())
+
+
+def is_overload(exc: BaseException) -> bool:
+    """Whether ``exc`` says the service is overloaded: 429/503, a rate-limit error, a timeout."""
+    from rh_agents.errors import RateLimitedError
+
+    if isinstance(exc, TimeoutError | RateLimitedError):
+        return True
+    return status_of(exc) in OVERLOAD_STATUSES
