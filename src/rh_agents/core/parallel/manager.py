@@ -56,6 +56,8 @@ __all__ = ["MemberSlot", "ParallelExecutionManager"]
 
 T = TypeVar("T")
 
+_Pulled = tuple[Callable[[Any], Awaitable[Any]], Any]  # (call, item) from the map() input
+
 _FAILURE_STATUSES = (ResultStatus.FAILED, ResultStatus.TIMED_OUT)
 
 
@@ -123,8 +125,8 @@ class ParallelExecutionManager(Generic[T]):
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ConfigurationError(f"max_workers must be an int >= 1, got {max_workers!r}")
         try:
-            strategy = ErrorStrategy(error_strategy)
-        except ValueError:
+            strategy = _strategy(error_strategy)
+        except (ValueError, KeyError, AttributeError):
             choices = ", ".join(sorted({s.name for s in ErrorStrategy}))
             raise ConfigurationError(
                 f"unknown error_strategy {error_strategy!r}; use one of {choices}"
@@ -178,6 +180,9 @@ class ParallelExecutionManager(Generic[T]):
         self._unretained: deque[ExecutionResult[Any]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
         self._running_member: dict[asyncio.Task[None], Member] = {}
+        self._unstarted: set[asyncio.Task[None]] = set()
+        self._source_error: Exception | None = None
+        self._last_failure: ExecutionResult[Any] | None = None
         self._reclaimers: deque[asyncio.Future[None]] = deque()
         self._running = 0
         self._high_water = 0
@@ -319,6 +324,31 @@ class ParallelExecutionManager(Generic[T]):
             raise
         return self._add_member(source, name, deps, priority, timeout, retry)
 
+    def add_many(
+        self,
+        entries: Iterable[tuple[str | None, Any]] | Iterable[tuple[str | None, Any, Iterable[str]]],
+    ) -> list[int]:
+        """Add ``(name, member)`` or ``(name, member, after)`` entries; returns their indices.
+
+        If one is rejected, the error is raised and every coroutine not added yet is closed,
+        so a bad entry never leaves a "coroutine was never awaited" warning behind.
+        """
+        entries_iter = iter(entries)
+        indices: list[int] = []
+        try:
+            for entry in entries_iter:
+                name, member = entry[0], entry[1]
+                after: Iterable[str] = entry[2] if len(entry) > 2 else ()  # type: ignore[assignment,misc,unused-ignore]
+                if name is None:
+                    indices.append(self.add(member, after=after))
+                else:
+                    indices.append(self.add(name, member, after=after))
+        except BaseException:
+            for rest in entries_iter:
+                _close_quietly(rest[1])
+            raise
+        return indices
+
     def _check_can_add(self) -> None:
         if not self._entered:
             raise GroupClosedError(
@@ -431,22 +461,25 @@ class ParallelExecutionManager(Generic[T]):
     # --- scheduling ----------------------------------------------------------------------
 
     def _kick(self) -> None:
-        """Start workers while members are ready and slots are free."""
+        """Start workers while members are ready and slots are free.
+
+        A worker chooses its member only when it first runs, so members added in one go are
+        started by priority, not by the order of the add() calls.
+        """
         if self._stop_status is not None:
             return
         loop_create = asyncio.get_running_loop().create_task
         source = self._source
+        unstarted = self._unstarted
         while self._running < self._limit and (
-            self._ready or (source is not None and not source.exhausted)
+            len(self._ready) > len(unstarted) or (source is not None and not source.exhausted)
         ):
-            member = heapq.heappop(self._ready)[2] if self._ready else None
             self._running += 1
             if self._running > self._high_water:
                 self._high_water = self._running
-            task = loop_create(self._worker(member))
+            task = loop_create(self._worker())
             self._workers.add(task)
-            if member is not None:
-                self._running_member[task] = member
+            unstarted.add(task)
             task.add_done_callback(self._worker_done)
 
     def _take_next(self) -> Member | None:
@@ -456,21 +489,28 @@ class ParallelExecutionManager(Generic[T]):
             return heapq.heappop(self._ready)[2]
         return None
 
-    async def _worker(self, member: Member | None) -> None:
+    async def _worker(self) -> None:
         task = asyncio.current_task()
         assert task is not None
+        self._unstarted.discard(task)
         running_member = self._running_member
         handed_over = False
         try:
             while True:
+                member = self._take_next()
                 if member is None:
                     source = self._source
-                    if source is None or source.exhausted or self._stop_status is not None:
+                    if (
+                        source is None
+                        or source.exhausted
+                        or self._stop_status is not None
+                        or self._running > self._limit
+                    ):
                         break
-                    pulled = await source.next_item()
+                    pulled = await self._pull(source)
                     if pulled is None:
                         break
-                    call, item = pulled[0], pulled[1]
+                    call, item = pulled
                     member = self._register(functools.partial(call, item), None, 0, None, None)
                 running_member[task] = member
                 await self._run_member(member)
@@ -480,21 +520,29 @@ class ParallelExecutionManager(Generic[T]):
                     self._reclaimers.popleft().set_result(None)
                     handed_over = True
                     return
-                member = self._take_next()
         finally:
             running_member.pop(task, None)
             if not handed_over:
                 self._running -= 1
                 self._serve_reclaimers()
 
+    async def _pull(self, source: _LazySource) -> _Pulled | None:
+        """The next item of the map() input; an error of the input stops the group."""
+        try:
+            return await source.next_item()
+        except Exception as exc:
+            source.exhausted = True
+            if self._source_error is None:
+                self._source_error = exc
+            self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
+            return None
+
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         self._workers.discard(task)
-        member = self._running_member.pop(task, None)
-        if member is not None:
-            # Cancelled before its first step: the worker body never ran.
+        if task in self._unstarted:
+            # Cancelled before its first step: the worker body never ran, nor took a member.
+            self._unstarted.discard(task)
             self._running -= 1
-            if member.result is None:
-                self._finish(member, self._stopped_result(member))
             self._serve_reclaimers()
         if not task.cancelled() and task.exception() is not None:  # a bug in the scheduler
             self._state.report_internal_error(task.exception())
@@ -618,7 +666,7 @@ class ParallelExecutionManager(Generic[T]):
         if result.address is None:
             result.address = f"{self.group_id}[{index}]"
         member.result = result
-        member.source = None
+        member.discard()  # closes a coroutine that never ran: no "never awaited" warning
         status = result.status
         self._done += 1
         if result.ok:
@@ -684,6 +732,7 @@ class ParallelExecutionManager(Generic[T]):
             self._kick()
 
         if status in _FAILURE_STATUSES and self._stop_status is None:
+            self._last_failure = result
             strategy = self.error_strategy
             if strategy is ErrorStrategy.FAIL_FAST or (
                 self.failure_threshold is not None and self._threshold_reached()
@@ -709,7 +758,8 @@ class ParallelExecutionManager(Generic[T]):
         threshold = self.failure_threshold
         failures = self._failed + self._timed_out
         if isinstance(threshold, float):
-            return failures >= threshold * max(self._total, 1)
+            # A fraction of a total still growing means nothing: wait until sealed.
+            return self._sealed and failures >= threshold * max(self._total, 1)
         return threshold is not None and failures >= threshold
 
     def _unfinished(self) -> bool:
@@ -808,16 +858,13 @@ class ParallelExecutionManager(Generic[T]):
 
     async def _wait_all(self) -> None:
         """Wait until every member has a result; a cancelled waiter cancels the group."""
-        self._sealed = True
+        self._seal()
         if not self._unfinished() and not self._workers:
             return
         if self._all_done is None:
             self._all_done = asyncio.get_running_loop().create_future()
-        # A member waiting on its own nested group does no work: lend its global slot.
-        parent_slot = self._parent_frame.slot if self._parent_frame is not None else None
-        lent = isinstance(parent_slot, MemberSlot) and parent_slot.lend_global()
         try:
-            await asyncio.shield(self._all_done)
+            await self._wait_lending(self._all_done)
         except asyncio.CancelledError:
             self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
             try:
@@ -825,11 +872,35 @@ class ParallelExecutionManager(Generic[T]):
             finally:
                 self._finalize()
             raise
-        finally:
-            if lent:
-                assert isinstance(parent_slot, MemberSlot)
-                await parent_slot.reclaim_global()
         await self._join_workers()
+
+    async def _wait_lending(self, waiter: asyncio.Future[None]) -> None:
+        """Wait for ``waiter``, lending the global slot of the member we run inside, if any.
+
+        A member waiting on its own nested group does no work, so it gives its global slot
+        back meanwhile; that is what keeps nested groups from deadlocking on the global limit.
+        If the wait is cancelled the slot stays lent: the member's own ``finally`` then has
+        nothing to release, and waiting for a slot only to give it back would be pointless.
+        """
+        parent_slot = self._parent_frame.slot if self._parent_frame is not None else None
+        lent = isinstance(parent_slot, MemberSlot) and parent_slot.lend_global()
+        await asyncio.shield(waiter)
+        if lent:
+            assert isinstance(parent_slot, MemberSlot)
+            await parent_slot.reclaim_global()
+
+    def _seal(self) -> None:
+        """No more add(): the member count is now known, so a fractional threshold can apply."""
+        if self._sealed:
+            return
+        self._sealed = True
+        if (
+            self._stop_status is None
+            and self._last_failure is not None
+            and self._threshold_reached()
+        ):
+            self._trigger = self._last_failure
+            self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
 
     def _finalize(self) -> None:
         if self._finalized:
@@ -894,6 +965,8 @@ class ParallelExecutionManager(Generic[T]):
         return list(self._results)  # type: ignore[arg-type]  # every slot is filled
 
     def _raise_for_strategy(self, results: list[ExecutionResult[Any]]) -> None:
+        if self._source_error is not None:
+            raise self._source_error  # the map() input itself failed; it stopped the group
         trigger = self._trigger
         if (
             trigger is None
@@ -944,7 +1017,7 @@ class ParallelExecutionManager(Generic[T]):
         """
         if members is None:
             return await self._gather_all()
-        indices = [self.add(m) for m in members]
+        indices = self.add_many((None, m) for m in members)
         results = await self._gather_all()
         return [results[i] for i in indices]
 
@@ -953,8 +1026,7 @@ class ParallelExecutionManager(Generic[T]):
     ) -> dict[str | int, ExecutionResult[T]]:
         """Results by member name (unnamed members by index), in submission order."""
         if members is not None:
-            for key, member in members.items():
-                self.add(key, member)
+            self.add_many(members.items())
         results = await self._gather_all()
         if members is not None:
             return {key: results[self._names[key]] for key in members}
@@ -968,7 +1040,7 @@ class ParallelExecutionManager(Generic[T]):
         """
         if not self._entered:
             raise GroupClosedError("stream() needs 'async with state.parallel(...) as p:' first")
-        self._sealed = True
+        self._seal()
         loop = asyncio.get_running_loop()
         cursor = 0
         try:
@@ -998,7 +1070,7 @@ class ParallelExecutionManager(Generic[T]):
                 if not pending:
                     if self._progress is None:
                         self._progress = loop.create_future()
-                    await asyncio.shield(self._progress)
+                    await self._wait_lending(self._progress)
             await self._wait_all()
             self._finalize()
             if self._retain:
@@ -1009,8 +1081,7 @@ class ParallelExecutionManager(Generic[T]):
 
     def gather_stream(self, members: Iterable[Any]) -> AsyncIterator[ExecutionResult[T]]:
         """Add ``members``, then stream every result in completion order (Option D form)."""
-        for member in members:
-            self.add(member)
+        self.add_many((None, m) for m in members)
         return self.stream()
 
     def as_completed(
@@ -1018,8 +1089,7 @@ class ParallelExecutionManager(Generic[T]):
     ) -> AsyncIterator[ExecutionResult[T]]:
         """Results in completion order with ``index``, ``name`` and ``event_id`` set."""
         if members is not None:
-            for member in members:
-                self.add(member)
+            self.add_many((None, m) for m in members)
         return self.stream()
 
     # --- introspection -------------------------------------------------------------------------
@@ -1102,10 +1172,23 @@ class _LazySource:
                 return None
 
     async def aclose(self) -> None:
+        """Close the input (a generator's ``finally`` runs now): it will never be read again."""
         items, self.async_items = self.async_items, None
         closer = getattr(items, "aclose", None)
         if closer is not None:
             await closer()
+        sync_items, self.items = self.items, None
+        sync_closer = getattr(sync_items, "close", None)
+        if sync_closer is not None:
+            sync_closer()
+
+
+def _strategy(value: ErrorStrategy | str) -> ErrorStrategy:
+    """An ``ErrorStrategy`` from itself, its value (``"fail_fast"``) or its name."""
+    try:
+        return ErrorStrategy(value)
+    except ValueError:
+        return ErrorStrategy[value.upper()]
 
 
 def _call_event(event: Any, item: Any, *, context: str, state: ExecutionState) -> Awaitable[Any]:
