@@ -1,4 +1,4 @@
-"""The group API: add() forms, gather/gather_dict/stream/as_completed, Option D, parallel_execute."""
+"""The group API: add() forms, gather, gather_dict, stream, as_completed, Option D."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from parallel_support import (
     Doc,
     assert_no_leftover_tasks,
@@ -13,7 +14,6 @@ from parallel_support import (
     echo_tool,
     own_tasks,
 )
-
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ErrorStrategy

@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from parallel_support import assert_no_leftover_tasks, closed, echo_tool, own_tasks
 
+from parallel_support import assert_no_leftover_tasks, closed, echo_tool, own_tasks
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ErrorStrategy, GroupStatus

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from parallel_support import Gauge, assert_no_leftover_tasks, own_tasks, steps
 
+from parallel_support import Gauge, assert_no_leftover_tasks, own_tasks, steps
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.results import ResultStatus
 from rh_agents.errors import MemberSkippedError
