@@ -248,3 +248,37 @@ async def test_member_returning_execution_result_is_not_wrapped() -> None:
     async with state.parallel() as p:
         p.add(value(own))
     assert (await p.gather())[0] is own
+
+
+async def test_leaving_stream_early_leaves_no_task_and_gathers_the_rest() -> None:
+    state = ExecutionState()
+    before = own_tasks()
+    async with state.parallel(max_workers=2) as p:
+        for i in range(4):
+            p.add(value(i))
+        async for first in p.stream():
+            break
+    await asyncio.sleep(0)  # an abandoned async generator would schedule its aclose() here
+    assert_no_leftover_tasks(before)
+    assert first.ok
+    assert [r.result for r in await p.gather()] == [0, 1, 2, 3]
+
+
+async def test_stream_raises_fail_fast_error_after_earlier_results() -> None:
+    state = ExecutionState()
+    seen: list[Any] = []
+    with pytest.raises(ValueError, match="late"):
+        async with state.parallel(max_workers=1, error_strategy="fail_fast") as p:
+            p.add(value("early"))
+            p.add(boom("late"))
+            p.add(value("never"))
+            async for r in p.stream():
+                seen.append(r.result)
+    assert seen == ["early"]
+
+
+async def test_stream_needs_an_open_group() -> None:
+    from rh_agents.errors import GroupClosedError
+
+    with pytest.raises(GroupClosedError, match="async with"):
+        ExecutionState().parallel().stream()

@@ -1032,52 +1032,20 @@ class ParallelExecutionManager(Generic[T]):
             return {key: results[self._names[key]] for key in members}
         return {(r.name if r.name is not None else r.index or 0): r for r in results}
 
-    async def stream(self) -> AsyncIterator[ExecutionResult[T]]:
+    def stream(self) -> AsyncIterator[ExecutionResult[T]]:
         """Results in completion order, as soon as each member finishes::
 
-        async for result in p.stream():
-            print(result.index, result.ok)
+            async for result in p.stream():
+                print(result.index, result.ok)
+
+        Leaving the loop early is fine: the rest still runs and is gathered with the block.
+        (The iterator is a plain object, not an async generator, so abandoning it leaves no
+        finalizer task behind.)
         """
         if not self._entered:
             raise GroupClosedError("stream() needs 'async with state.parallel(...) as p:' first")
         self._seal()
-        loop = asyncio.get_running_loop()
-        cursor = 0
-        try:
-            while True:
-                if self._retain:
-                    order = self._completion_order
-                    while cursor < len(order):
-                        result = self._results[order[cursor]]
-                        cursor += 1
-                        assert result is not None
-                        if result is self._trigger:
-                            await self._gather_all()  # joins, then raises the strategy error
-                        yield result
-                else:
-                    queue = self._unretained
-                    while queue:
-                        result = queue.popleft()
-                        if result is self._trigger:
-                            await self._wait_all()
-                            self._raise_for_strategy([])
-                        yield result
-                pending = cursor < len(self._completion_order) or (
-                    not self._retain and self._unretained
-                )
-                if not pending and not self._unfinished():
-                    break
-                if not pending:
-                    if self._progress is None:
-                        self._progress = loop.create_future()
-                    await self._wait_lending(self._progress)
-            await self._wait_all()
-            self._finalize()
-            if self._retain:
-                self._raise_for_strategy(self._collected())
-        except asyncio.CancelledError:
-            self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
-            raise
+        return _ResultStream(self)
 
     def gather_stream(self, members: Iterable[Any]) -> AsyncIterator[ExecutionResult[T]]:
         """Add ``members``, then stream every result in completion order (Option D form)."""
@@ -1127,6 +1095,69 @@ class ParallelExecutionManager(Generic[T]):
             concurrency_high_water=self._high_water,
             wall_time=wall,
         )
+
+
+class _ResultStream(AsyncIterator[ExecutionResult[Any]]):
+    """The iterator behind ``p.stream()``: walks the completion order of one group."""
+
+    __slots__ = ("_cursor", "_finished", "_manager")
+
+    def __init__(self, manager: ParallelExecutionManager[Any]) -> None:
+        self._manager = manager
+        self._cursor = 0
+        self._finished = False
+
+    def __aiter__(self) -> _ResultStream:
+        return self
+
+    async def __anext__(self) -> ExecutionResult[Any]:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            return await self._next()
+        except BaseException:
+            self._finished = True  # StopAsyncIteration, a strategy error or a cancellation
+            raise
+
+    async def aclose(self) -> None:
+        self._finished = True
+
+    async def _next(self) -> ExecutionResult[Any]:
+        m = self._manager
+        try:
+            while True:
+                result = self._take()
+                if result is not None:
+                    if result is m._trigger:
+                        # The error strategy stopped the group: join it, then raise its error.
+                        await m._wait_all()
+                        m._finalize()
+                        m._raise_for_strategy(m._collected() if m._retain else [])
+                    return result
+                if not m._unfinished():
+                    break
+                if m._progress is None:
+                    m._progress = asyncio.get_running_loop().create_future()
+                await m._wait_lending(m._progress)
+            await m._wait_all()
+            m._finalize()
+            if m._retain:
+                m._raise_for_strategy(m._collected())
+        except asyncio.CancelledError:
+            m._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
+            raise
+        raise StopAsyncIteration
+
+    def _take(self) -> ExecutionResult[Any] | None:
+        m = self._manager
+        if not m._retain:
+            return m._unretained.popleft() if m._unretained else None
+        order = m._completion_order
+        if self._cursor >= len(order):
+            return None
+        result = m._results[order[self._cursor]]
+        self._cursor += 1
+        return result
 
 
 class _LazySource:
