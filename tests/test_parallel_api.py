@@ -256,8 +256,10 @@ async def test_leaving_stream_early_leaves_no_task_and_gathers_the_rest() -> Non
     async with state.parallel(max_workers=2) as p:
         for i in range(4):
             p.add(value(i))
-        async for first in p.stream():
-            break
+        stream = p.stream()
+        first = await anext(stream)
+        async for _ in stream:
+            break  # abandon the iterator with results still to come
     await asyncio.sleep(0)  # an abandoned async generator would schedule its aclose() here
     assert_no_leftover_tasks(before)
     assert first.ok
