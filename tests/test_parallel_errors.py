@@ -383,3 +383,53 @@ async def test_callable_returning_non_awaitable_fails_that_member() -> None:
         p.add(lambda: 5)
     result = (await p.gather())[0]
     assert not result.ok and "returned int, not an awaitable" in (result.error or "")
+
+
+async def test_members_own_timeout_error_is_a_failure_not_a_member_timeout() -> None:
+    state = ExecutionState()
+
+    async def raises_timeout() -> None:
+        raise TimeoutError("upstream said so")
+
+    async with state.parallel(member_timeout=30) as p:
+        p.add(raises_timeout())
+    result = (await p.gather())[0]
+    assert result.status is ResultStatus.FAILED
+    assert result.error == "TimeoutError: upstream said so"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"priority": "high"}, "priority must be an int"),
+        ({"priority": None}, "priority must be an int"),
+        ({"timeout": 0}, "timeout must be seconds > 0"),
+        ({"timeout": True}, "timeout must be seconds > 0"),
+        ({"name": ""}, "non-empty str"),
+    ],
+)
+async def test_bad_add_options_close_the_member(options: dict[str, Any], message: str) -> None:
+    state = ExecutionState()
+    coro = value(1)
+    async with state.parallel() as p:
+        with pytest.raises(ConfigurationError, match=message):
+            p.add(coro, **options)
+    assert closed(coro)
+    assert p.total == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": True}, "timeout"),
+        ({"member_timeout": -1}, "member_timeout"),
+        ({"error_strategy": "sometimes"}, "unknown error_strategy 'sometimes'"),
+        ({"error_strategy": "fail_threshold", "failure_threshold": True}, "failure_threshold"),
+        ({"error_strategy": "fail_threshold", "failure_threshold": 1.5}, "failure_threshold"),
+        ({"quorum": 0}, "quorum"),
+        ({"name": "a::b"}, "group name"),
+    ],
+)
+async def test_bad_group_options(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ExecutionState().parallel(**options)

@@ -132,14 +132,20 @@ class ParallelExecutionManager(Generic[T]):
                 f"unknown error_strategy {error_strategy!r}; use one of {choices}"
             ) from None
         for label, value in (("timeout", timeout), ("member_timeout", member_timeout)):
-            if value is not None and not (isinstance(value, int | float) and value > 0):
+            if value is not None and (
+                isinstance(value, bool) or not (isinstance(value, int | float) and value > 0)
+            ):
                 raise ConfigurationError(f"{label} must be a number of seconds > 0, got {value!r}")
         if strategy is ErrorStrategy.FAIL_THRESHOLD and failure_threshold is None:
             raise ConfigurationError(
                 "FAIL_THRESHOLD needs failure_threshold: a count (3) or a fraction (0.25)"
             )
         if failure_threshold is not None and not (
-            (isinstance(failure_threshold, int) and failure_threshold >= 1)
+            (
+                isinstance(failure_threshold, int)
+                and not isinstance(failure_threshold, bool)
+                and failure_threshold >= 1
+            )
             or (isinstance(failure_threshold, float) and 0 < failure_threshold <= 1)
         ):
             raise ConfigurationError(
@@ -255,8 +261,10 @@ class ParallelExecutionManager(Generic[T]):
         # Leaving by an exception (or cancellation): stop everything, wait for our workers.
         self._sealed = True
         self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
-        await self._join_workers()
-        self._finalize()
+        try:
+            await self._join_workers()
+        finally:
+            self._finalize()
 
     # --- adding members -------------------------------------------------------------------
 
@@ -304,8 +312,12 @@ class ParallelExecutionManager(Generic[T]):
                         f"group {self.group_id!r} already has a member named {name!r} "
                         f"(index {self._names[name]}); names must be unique"
                     )
-            if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            if timeout is not None and not (
+                isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0
+            ):
                 raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r}")
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise ConfigurationError(f"priority must be an int, got {priority!r}")
             if isinstance(after, str):
                 after = (after,)
             deps: list[int] = []
@@ -495,6 +507,7 @@ class ParallelExecutionManager(Generic[T]):
         self._unstarted.discard(task)
         running_member = self._running_member
         handed_over = False
+        idle = False  # left because there was nothing (more) to do for this worker
         try:
             while True:
                 member = self._take_next()
@@ -506,9 +519,11 @@ class ParallelExecutionManager(Generic[T]):
                         or self._stop_status is not None
                         or self._running > self._limit
                     ):
+                        idle = True
                         break
                     pulled = await self._pull(source)
                     if pulled is None:
+                        idle = True
                         break
                     call, item = pulled
                     member = self._register(functools.partial(call, item), None, 0, None, None)
@@ -525,6 +540,8 @@ class ParallelExecutionManager(Generic[T]):
             if not handed_over:
                 self._running -= 1
                 self._serve_reclaimers()
+                if idle:
+                    self._kick()  # a worker over the limit left: ready members may start now
 
     async def _pull(self, source: _LazySource) -> _Pulled | None:
         """The next item of the map() input; an error of the input stops the group."""
@@ -608,10 +625,13 @@ class ParallelExecutionManager(Generic[T]):
             if timeout is None:
                 value = await state.run_member(self, member, frame)
             else:
+                deadline = asyncio.timeout(timeout)
                 try:
-                    async with asyncio.timeout(timeout):
+                    async with deadline:
                         value = await state.run_member(self, member, frame)
                 except TimeoutError as exc:
+                    if not deadline.expired():
+                        raise  # the member's own TimeoutError: a failure, not our timeout
                     raise ParallelTimeoutError(
                         f"member {member.name or index} of group {self.group_id!r} timed out "
                         f"after {timeout}s"
@@ -974,8 +994,9 @@ class ParallelExecutionManager(Generic[T]):
             and self.error_strategy is not ErrorStrategy.FAIL_SLOW
         ):
             raise ParallelTimeoutError(
-                f"group {self.group_id!r} timed out after {self.timeout}s with "
-                f"{self._total - self._succeeded} of {self._total} members unfinished"
+                f"group {self.group_id!r} timed out after {self.timeout}s: "
+                f"{self._timed_out} of {self._total} members did not finish in time "
+                "(finished results are in p.gather() with error_strategy=FAIL_SLOW)"
             )
         if trigger is not None:
             if self.error_strategy is ErrorStrategy.FAIL_FAST:
