@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from parallel_support import Gauge, assert_no_leftover_tasks, own_tasks, steps
+from parallel_support import Doc, Gauge, assert_no_leftover_tasks, echo_tool, own_tasks, steps
+from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.results import ResultStatus
 from rh_agents.errors import MemberSkippedError
@@ -251,3 +252,16 @@ async def test_map_input_error_is_raised() -> None:
         async with state.parallel(max_workers=2) as p:
             p.map(work, broken())
     assert state.internal_errors == []
+
+
+async def test_map_with_an_event_runs_each_item_at_its_index() -> None:
+
+    state = ExecutionState()
+    async with state.parallel(max_workers=2, name="m") as p:
+        p.map(ExecutionEvent(actor=echo_tool), (Doc(text=t) for t in ["a", "b", "c"]))
+    results = await p.gather()
+    assert [(r.result, r.address) for r in results] == [
+        ("A", "m[0]::echo"),
+        ("B", "m[1]::echo"),
+        ("C", "m[2]::echo"),
+    ]
