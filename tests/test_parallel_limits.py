@@ -4,6 +4,7 @@ and lazy map() input pulled only as workers free up."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -265,3 +266,88 @@ async def test_map_with_an_event_runs_each_item_at_its_index() -> None:
         ("B", "m[1]::echo"),
         ("C", "m[2]::echo"),
     ]
+
+
+async def test_group_timeout_while_members_wait_for_the_global_slot() -> None:
+    state = ExecutionState(global_max_workers=1)
+    before = own_tasks()
+    holding = asyncio.Event()
+
+    async def hold() -> None:
+        holding.set()
+        await asyncio.Event().wait()
+
+    async def quick() -> int:
+        return 1
+
+    async with state.parallel(name="holder") as a:
+        a.add(hold())
+        await holding.wait()
+        async with state.parallel(name="starved", timeout=0.02) as b:
+            b.add(quick())
+            b.add(quick())
+        assert [r.status for r in await b.gather()] == [ResultStatus.TIMED_OUT] * 2
+        assert state.global_slots is not None
+        assert (state.global_slots.in_use, state.global_slots.waiting) == (1, 0)
+        a.cancel()
+    assert state.global_slots.in_use == 0
+    assert_no_leftover_tasks(before)
+
+
+async def test_a_member_can_lend_its_worker_while_it_only_waits() -> None:
+    from rh_agents.core.context import current_frame
+
+    state = ExecutionState()
+    b_ran = asyncio.Event()
+    gauge = Gauge()
+
+    async def lender() -> str:
+        gauge.enter()
+        slot = current_frame(state).slot
+        gauge.exit()
+        slot.lend()  # e.g. a retry backoff: no work, so no worker held
+        await b_ran.wait()
+        await slot.reclaim()
+        gauge.enter()
+        await steps(2)
+        gauge.exit()
+        return "a"
+
+    async def other() -> str:
+        gauge.enter()
+        await steps(2)
+        gauge.exit()
+        b_ran.set()
+        return "b"
+
+    async with asyncio.timeout(10), state.parallel(max_workers=1) as p:
+        p.add(lender())
+        p.add(other())
+        p.add(other())
+    assert [r.result for r in await p.gather()] == ["a", "b", "b"]
+    assert gauge.total_high == 1
+    assert p._running == 0
+
+
+async def test_exception_in_block_body_cancels_and_closes() -> None:
+    state = ExecutionState()
+    before = own_tasks()
+    started = asyncio.Event()
+
+    async def runs() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def never() -> None:
+        raise AssertionError("must not run")
+
+    running, waiting = runs(), never()
+    with pytest.raises(KeyError):
+        async with state.parallel(max_workers=1) as p:
+            p.add(running)
+            p.add(waiting)
+            await started.wait()
+            raise KeyError("body failed")
+    assert [r.status for r in await p.gather()] == [ResultStatus.CANCELLED] * 2
+    assert inspect.getcoroutinestate(waiting) == inspect.CORO_CLOSED
+    assert_no_leftover_tasks(before)
