@@ -252,3 +252,114 @@ def test_outside_cancellation_leaves_nothing(scenario: Scenario, after_steps: in
     outcome = run(cancel_later())
     assert outcome in ("cancelled", "finished")
     check_common(scenario, probe)
+
+
+@SETTINGS
+@given(
+    st.lists(st.integers(0, 4), max_size=40),
+    st.integers(1, 6),
+    st.booleans(),
+)
+def test_map_holds_at_most_max_workers_items(delays: list[int], workers: int, aio: bool) -> None:
+    pulled = finished = high = 0
+
+    def note_pull() -> None:
+        nonlocal pulled, high
+        pulled += 1
+        high = max(high, pulled - finished)
+
+    def items() -> Any:
+        for i, d in enumerate(delays):
+            note_pull()
+            yield i, d
+
+    async def aitems() -> Any:
+        for i, d in enumerate(delays):
+            await asyncio.sleep(0)
+            note_pull()
+            yield i, d
+
+    async def work(item: tuple[int, int]) -> int:
+        nonlocal finished
+        for _ in range(item[1]):
+            await asyncio.sleep(0)
+        finished += 1
+        return item[0]
+
+    async def main() -> list[Any]:
+        state = ExecutionState()
+        async with state.parallel(max_workers=workers) as p:
+            p.map(work, aitems() if aio else items())
+        return await p.gather()
+
+    results = run(main())
+    assert [r.result for r in results] == list(range(len(delays)))
+    assert high <= workers
+    assert pulled == finished == len(delays)
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> list[tuple[tuple[int, ...], bool, int]]:
+    """Members as (dependencies among earlier members, fails, delay)."""
+    n = draw(st.integers(0, 25))
+    members = []
+    for i in range(n):
+        deps = draw(st.sets(st.integers(0, i - 1), max_size=3)) if i else set()
+        members.append((tuple(sorted(deps)), draw(st.booleans()), draw(st.integers(0, 3))))
+    return members
+
+
+@SETTINGS
+@given(dags(), st.integers(1, 4), st.lists(st.integers(-2, 2), min_size=25, max_size=25))
+def test_dependencies_hold_on_random_dags(
+    dag: list[tuple[tuple[int, ...], bool, int]], workers: int, priorities: list[int]
+) -> None:
+    events: list[tuple[str, int]] = []
+
+    async def node(i: int) -> int:
+        events.append(("start", i))
+        for _ in range(dag[i][2]):
+            await asyncio.sleep(0)
+        events.append(("end", i))
+        if dag[i][1]:
+            raise Boom(str(i))
+        return i
+
+    async def main() -> list[Any]:
+        state = ExecutionState()
+        async with state.parallel(max_workers=workers) as p:
+            for i, (deps, _, _) in enumerate(dag):
+                p.add(str(i), node(i), after=[str(d) for d in deps], priority=priorities[i])
+        return await p.gather()
+
+    results = run(main())
+    ok: set[int] = set()
+    for i, (deps, fails_, _) in enumerate(dag):
+        if all(d in ok for d in deps):
+            assert results[i].status is (ResultStatus.FAILED if fails_ else ResultStatus.COMPLETED)
+            start = events.index(("start", i))
+            assert all(events.index(("end", d)) < start for d in deps)
+            if not fails_:
+                ok.add(i)
+        else:
+            assert results[i].status is ResultStatus.SKIPPED
+            assert ("start", i) not in events
+
+
+@SETTINGS
+@given(st.lists(st.integers(-3, 3), max_size=30), st.integers(1, 4))
+def test_contended_members_start_by_priority(priorities: list[int], workers: int) -> None:
+    started: list[int] = []
+
+    async def job(i: int) -> None:
+        started.append(i)
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        state = ExecutionState()
+        async with state.parallel(max_workers=workers) as p:
+            for i, prio in enumerate(priorities):
+                p.add(job(i), priority=prio)
+
+    run(main())
+    assert started == sorted(range(len(priorities)), key=lambda i: (-priorities[i], i))
