@@ -284,3 +284,19 @@ async def test_stream_needs_an_open_group() -> None:
 
     with pytest.raises(GroupClosedError, match="async with"):
         ExecutionState().parallel().stream()
+
+
+async def test_parallel_execute_rejected_member_closes_the_others() -> None:
+    from rh_agents.errors import InvalidMemberError
+
+    state = ExecutionState()
+    before = own_tasks()
+    first, last = value(1), value(3)
+    with pytest.raises(InvalidMemberError, match="int 42"):
+        await state.parallel_execute({"a": first, "b": 42, "c": last})
+    assert closed(first) and closed(last)
+    listed = [value(1), value(2)]
+    with pytest.raises(InvalidMemberError):
+        await state.parallel_execute([listed[0], None, listed[1]])
+    assert all(closed(c) for c in listed)
+    assert_no_leftover_tasks(before)
