@@ -433,3 +433,16 @@ async def test_bad_add_options_close_the_member(options: dict[str, Any], message
 async def test_bad_group_options(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         ExecutionState().parallel(**options)
+
+
+async def test_add_after_fail_fast_stopped_the_group_closes_the_member() -> None:
+    state = ExecutionState()
+    late = value("late")
+    with pytest.raises(ValueError, match="early"):
+        async with state.parallel(error_strategy=ErrorStrategy.FAIL_FAST) as p:
+            p.add(boom("early"))
+            while p.statistics().failed == 0:
+                await asyncio.sleep(0)
+            p.add(late)  # the group is stopped: this member ends at once, never run
+    assert closed(late)
+    assert p.statistics().cancelled == 1

@@ -14,7 +14,10 @@ Invariants (the manager is the single owner of all of these; workers are its tas
 
 - ``_running`` counts workers holding a slot, and never exceeds the limit except for the
   moment a member that lent its slot (retry backoff) takes it back before a worker exits.
-- Every member ends with exactly one result, set by ``_finish``; ``_done`` counts them.
+- A worker takes its member when it first runs (``_unstarted`` holds the workers that have
+  not), so contended members start by priority; a worker cancelled before it ran held none.
+- Every member ends with exactly one result, set by ``_finish``; ``_done`` counts them. A
+  member finished without running has its coroutine closed there.
 - Every worker task is in ``_workers`` until it ends; leaving the block (any way) waits for
   all of them, so no task outlives the group.
 """
@@ -585,11 +588,11 @@ class ParallelExecutionManager(Generic[T]):
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._running += 0  # the slot was handed over; the caller's finally releases
-            else:
+            # If the slot was handed over just now, the worker's finally releases it; if not,
+            # count it back anyway, since that worker will release one when it ends.
+            if not (waiter.done() and not waiter.cancelled()):
                 self._reclaimers.remove(waiter)
-                self._running += 1  # keep the accounting of the worker that will release it
+                self._running += 1
             raise
 
     async def _run_member(self, member: Member) -> None:
