@@ -441,8 +441,9 @@ async def test_add_after_fail_fast_stopped_the_group_closes_the_member() -> None
     with pytest.raises(ValueError, match="early"):
         async with state.parallel(error_strategy=ErrorStrategy.FAIL_FAST) as p:
             p.add(boom("early"))
-            while p.statistics().failed == 0:
-                await asyncio.sleep(0)
+            for _ in range(3):
+                await asyncio.sleep(0)  # let the worker run the failing member
+            assert p.statistics().failed == 1
             p.add(late)  # the group is stopped: this member ends at once, never run
     assert closed(late)
     assert p.statistics().cancelled == 1
