@@ -447,3 +447,17 @@ async def test_add_after_fail_fast_stopped_the_group_closes_the_member() -> None
             p.add(late)  # the group is stopped: this member ends at once, never run
     assert closed(late)
     assert p.statistics().cancelled == 1
+
+
+async def test_outer_asyncio_timeout_around_a_group() -> None:
+    state = ExecutionState()
+    before = own_tasks()
+    unstarted = value(1)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.02), state.parallel(max_workers=1) as p:
+            p.add(forever())
+            p.add(unstarted)
+    assert closed(unstarted)
+    assert p.status is GroupStatus.CANCELLED
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    assert_no_leftover_tasks(before)
