@@ -461,3 +461,19 @@ async def test_outer_asyncio_timeout_around_a_group() -> None:
     assert p.status is GroupStatus.CANCELLED
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
     assert_no_leftover_tasks(before)
+
+
+async def test_fail_fast_on_a_failed_result_without_exception() -> None:
+    from rh_agents.core.results import ExecutionResult
+    from rh_agents.errors import MemberFailedError
+
+    state = ExecutionState()
+    failed: ExecutionResult[Any] = ExecutionResult(
+        ok=False, error="quota", status=ResultStatus.FAILED
+    )
+    expected = "member bad of group 'parallel' failed: quota"
+    with pytest.raises(MemberFailedError, match=expected) as info:
+        async with state.parallel(error_strategy=ErrorStrategy.FAIL_FAST) as p:
+            p.add("bad", value(failed))
+            p.add(forever())
+    assert info.value.result is failed
