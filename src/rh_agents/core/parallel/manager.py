@@ -341,7 +341,7 @@ class ParallelExecutionManager(Generic[T]):
 
     def add_many(
         self,
-        entries: Iterable[tuple[str | None, Any]] | Iterable[tuple[str | None, Any, Iterable[str]]],
+        entries: Iterable[tuple[Any, ...]],
     ) -> list[int]:
         """Add ``(name, member)`` or ``(name, member, after)`` entries; returns their indices.
 
@@ -353,7 +353,7 @@ class ParallelExecutionManager(Generic[T]):
         try:
             for entry in entries_iter:
                 name, member = entry[0], entry[1]
-                after: Iterable[str] = entry[2] if len(entry) > 2 else ()  # type: ignore[assignment,misc,unused-ignore]
+                after: Iterable[str] = entry[2] if len(entry) > 2 else ()
                 if name is None:
                     indices.append(self.add(member, after=after))
                 else:
