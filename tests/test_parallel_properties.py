@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,9 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ErrorStrategy
 from rh_agents.core.results import ResultStatus
 
+# RH_PROPERTY_EXAMPLES=1000 runs a longer search locally; the suite's default stays fast.
 SETTINGS = settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("RH_PROPERTY_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
