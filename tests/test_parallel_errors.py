@@ -477,3 +477,17 @@ async def test_fail_fast_on_a_failed_result_without_exception() -> None:
             p.add("bad", value(failed))
             p.add(forever())
     assert info.value.result is failed
+
+
+async def test_dependencies_need_kept_results() -> None:
+    from rh_agents.core.parallel import ParallelExecutionManager
+
+    state = ExecutionState()
+    coro = value(2)
+    async with ParallelExecutionManager(state, retain_results=False) as p:
+        p.add("a", value(1))
+        with pytest.raises(ConfigurationError, match="keeps results"):
+            p.add("b", coro, after="a")
+        results = [r.result async for r in p.stream()]
+    assert results == [1]
+    assert closed(coro)

@@ -259,7 +259,13 @@ class ParallelExecutionManager(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         if exc is None:
-            await self._gather_all()  # leaving without gathering gathers (and may raise)
+            # Leaving without gathering gathers (and may raise the strategy's error).
+            if self._retain:
+                await self._gather_all()
+            else:  # nothing to collect: results were only streamed
+                await self._wait_all()
+                self._finalize()
+                self._raise_for_strategy([])
             return
         # Leaving by an exception (or cancellation): stop everything, wait for our workers.
         self._sealed = True
@@ -324,6 +330,9 @@ class ParallelExecutionManager(Generic[T]):
             if isinstance(after, str):
                 after = (after,)
             deps: list[int] = []
+            if after and not self._retain:
+                # Dependents are found through the kept members; without them none would run.
+                raise ConfigurationError("after= needs a group that keeps results")
             for dep in after:
                 if dep not in self._names:
                     known = ", ".join(sorted(self._names)) or "none yet"
