@@ -184,11 +184,15 @@ class ExecutionState:
         unknown name is rejected before anything runs.
         """
         dependencies: Mapping[str, Iterable[str]] | None = options.pop("dependencies", None)
+        try:
+            group = self.parallel(max_workers, **options)
+        except BaseException:
+            _close_all(members.values() if isinstance(members, Mapping) else members)
+            raise
         if isinstance(members, Mapping):
             order = _dependency_order(members, dependencies or {})
-            async with self.parallel(max_workers, **options) as p:
-                for key in order:
-                    p.add(key, members[key], after=tuple((dependencies or {}).get(key, ())))
+            async with group as p:
+                p.add_many((key, members[key], (dependencies or {}).get(key, ())) for key in order)
                 by_name = await p.gather_dict()
             return {key: by_name[key] for key in members}
         if dependencies:
@@ -196,10 +200,8 @@ class ExecutionState:
             from rh_agents.errors import ConfigurationError
 
             raise ConfigurationError("dependencies need named members: pass a dict")
-        async with self.parallel(max_workers, **options) as p:
-            for member in members:
-                p.add(member)
-            return await p.gather()
+        async with group as p:
+            return await p.gather(members)
 
     async def parallel_map(
         self,

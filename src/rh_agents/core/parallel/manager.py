@@ -14,7 +14,10 @@ Invariants (the manager is the single owner of all of these; workers are its tas
 
 - ``_running`` counts workers holding a slot, and never exceeds the limit except for the
   moment a member that lent its slot (retry backoff) takes it back before a worker exits.
-- Every member ends with exactly one result, set by ``_finish``; ``_done`` counts them.
+- A worker takes its member when it first runs (``_unstarted`` holds the workers that have
+  not), so contended members start by priority; a worker cancelled before it ran held none.
+- Every member ends with exactly one result, set by ``_finish``; ``_done`` counts them. A
+  member finished without running has its coroutine closed there.
 - Every worker task is in ``_workers`` until it ends; leaving the block (any way) waits for
   all of them, so no task outlives the group.
 """
@@ -56,6 +59,8 @@ if TYPE_CHECKING:
 __all__ = ["MemberSlot", "ParallelExecutionManager"]
 
 T = TypeVar("T")
+
+_Pulled = tuple[Callable[[Any], Awaitable[Any]], Any]  # (call, item) from the map() input
 
 _FAILURE_STATUSES = (ResultStatus.FAILED, ResultStatus.TIMED_OUT)
 
@@ -129,21 +134,27 @@ class ParallelExecutionManager(Generic[T]):
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ConfigurationError(f"max_workers must be an int >= 1, got {max_workers!r}")
         try:
-            strategy = ErrorStrategy(error_strategy)
-        except ValueError:
+            strategy = _strategy(error_strategy)
+        except (ValueError, KeyError, AttributeError):
             choices = ", ".join(sorted({s.name for s in ErrorStrategy}))
             raise ConfigurationError(
                 f"unknown error_strategy {error_strategy!r}; use one of {choices}"
             ) from None
         for label, value in (("timeout", timeout), ("member_timeout", member_timeout)):
-            if value is not None and not (isinstance(value, int | float) and value > 0):
+            if value is not None and (
+                isinstance(value, bool) or not (isinstance(value, int | float) and value > 0)
+            ):
                 raise ConfigurationError(f"{label} must be a number of seconds > 0, got {value!r}")
         if strategy is ErrorStrategy.FAIL_THRESHOLD and failure_threshold is None:
             raise ConfigurationError(
                 "FAIL_THRESHOLD needs failure_threshold: a count (3) or a fraction (0.25)"
             )
         if failure_threshold is not None and not (
-            (isinstance(failure_threshold, int) and failure_threshold >= 1)
+            (
+                isinstance(failure_threshold, int)
+                and not isinstance(failure_threshold, bool)
+                and failure_threshold >= 1
+            )
             or (isinstance(failure_threshold, float) and 0 < failure_threshold <= 1)
         ):
             raise ConfigurationError(
@@ -187,6 +198,9 @@ class ParallelExecutionManager(Generic[T]):
         self._unretained: deque[ExecutionResult[Any]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
         self._running_member: dict[asyncio.Task[None], Member] = {}
+        self._unstarted: set[asyncio.Task[None]] = set()
+        self._source_error: Exception | None = None
+        self._last_failure: ExecutionResult[Any] | None = None
         self._reclaimers: deque[asyncio.Future[None]] = deque()
         self._running = 0
         self._high_water = 0
@@ -203,7 +217,6 @@ class ParallelExecutionManager(Generic[T]):
         self._all_done: asyncio.Future[None] | None = None
         self._progress: asyncio.Future[None] | None = None
         self._reader_space: asyncio.Future[None] | None = None
-        self._input_error: Exception | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
         self._parent_frame: Frame | None = None
         self._started_at = 0.0
@@ -273,17 +286,21 @@ class ParallelExecutionManager(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         if exc is None:
-            if not self._retain:  # results were handed out by stream(); nothing to gather
+            # Leaving without gathering gathers (and may raise the strategy's error).
+            if self._retain:
+                await self._gather_all()
+            else:  # nothing to collect: results were only streamed
                 await self._wait_all()
                 self._finalize()
-                return
-            await self._gather_all()  # leaving without gathering gathers (and may raise)
+                self._raise_for_strategy([])
             return
         # Leaving by an exception (or cancellation): stop everything, wait for our workers.
         self._sealed = True
         self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
-        await self._join_workers()
-        self._finalize()
+        try:
+            await self._join_workers()
+        finally:
+            self._finalize()
 
     # --- adding members -------------------------------------------------------------------
 
@@ -331,11 +348,18 @@ class ParallelExecutionManager(Generic[T]):
                         f"group {self.group_id!r} already has a member named {name!r} "
                         f"(index {self._names[name]}); names must be unique"
                     )
-            if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            if timeout is not None and not (
+                isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0
+            ):
                 raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r}")
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise ConfigurationError(f"priority must be an int, got {priority!r}")
             if isinstance(after, str):
                 after = (after,)
             deps: list[int] = []
+            if after and not self._retain:
+                # Dependents are found through the kept members; without them none would run.
+                raise ConfigurationError("after= needs a group that keeps results")
             for dep in after:
                 if dep not in self._names:
                     known = ", ".join(sorted(self._names)) or "none yet"
@@ -350,6 +374,31 @@ class ParallelExecutionManager(Generic[T]):
             _close_quietly(source)
             raise
         return self._add_member(source, name, deps, priority, timeout, retry)
+
+    def add_many(
+        self,
+        entries: Iterable[tuple[Any, ...]],
+    ) -> list[int]:
+        """Add ``(name, member)`` or ``(name, member, after)`` entries; returns their indices.
+
+        If one is rejected, the error is raised and every coroutine not added yet is closed,
+        so a bad entry never leaves a "coroutine was never awaited" warning behind.
+        """
+        entries_iter = iter(entries)
+        indices: list[int] = []
+        try:
+            for entry in entries_iter:
+                name, member = entry[0], entry[1]
+                after: Iterable[str] = entry[2] if len(entry) > 2 else ()
+                if name is None:
+                    indices.append(self.add(member, after=after))
+                else:
+                    indices.append(self.add(name, member, after=after))
+        except BaseException:
+            for rest in entries_iter:
+                _close_quietly(rest[1])
+            raise
+        return indices
 
     def _check_can_add(self) -> None:
         if not self._entered:
@@ -463,22 +512,24 @@ class ParallelExecutionManager(Generic[T]):
     # --- scheduling ----------------------------------------------------------------------
 
     def _kick(self) -> None:
-        """Start workers while members are ready and slots are free."""
+        """Start workers while members are ready and slots are free.
+
+        A worker chooses its member only when it first runs, so members added in one go are
+        started by priority, not by the order of the add() calls.
+        """
         if self._stop_status is not None:
             return
         source = self._source
+        unstarted = self._unstarted
         while self._running < self._limit and (
-            self._ready or (source is not None and not source.exhausted)
+            len(self._ready) > len(unstarted) or (source is not None and not source.exhausted)
         ):
-            loop_create = asyncio.get_running_loop().create_task
-            member = heapq.heappop(self._ready)[2] if self._ready else None
             self._running += 1
             if self._running > self._high_water:
                 self._high_water = self._running
-            task = loop_create(self._worker(member))
+            task = asyncio.get_running_loop().create_task(self._worker())
             self._workers.add(task)
-            if member is not None:
-                self._running_member[task] = member
+            unstarted.add(task)
             task.add_done_callback(self._worker_done)
 
     def _take_next(self) -> Member | None:
@@ -488,33 +539,31 @@ class ParallelExecutionManager(Generic[T]):
             return heapq.heappop(self._ready)[2]
         return None
 
-    async def _worker(self, member: Member | None) -> None:
+    async def _worker(self) -> None:
         task = asyncio.current_task()
         assert task is not None
+        self._unstarted.discard(task)
         running_member = self._running_member
         handed_over = False
+        idle = False  # left because there was nothing (more) to do for this worker
         try:
             while True:
+                member = self._take_next()
                 if member is None:
                     source = self._source
-                    if source is None or source.exhausted or self._stop_status is not None:
+                    if (
+                        source is None
+                        or source.exhausted
+                        or self._stop_status is not None
+                        or self._running > self._limit
+                    ):
+                        idle = True
                         break
-                    if not self._retain:
-                        # Backpressure towards the stream's reader: results not yet read are
-                        # bounded by twice the limit, so memory stays O(max_workers).
-                        while len(self._unretained) >= 2 * self._limit:
-                            await self._wait_for_reader()
-                        if self._stop_status is not None:
-                            break
-                    try:
-                        pulled = await source.next_item()
-                    except Exception as exc:  # the user's iterable raised: the group fails
-                        self._input_error = exc
-                        self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
-                        break
+                    pulled = await self._pull(source)
                     if pulled is None:
+                        idle = True
                         break
-                    call, item = pulled[0], pulled[1]
+                    call, item = pulled
                     member = self._register(functools.partial(call, item), None, 0, None, None)
                 running_member[task] = member
                 await self._run_member(member)
@@ -524,21 +573,38 @@ class ParallelExecutionManager(Generic[T]):
                     self._reclaimers.popleft().set_result(None)
                     handed_over = True
                     return
-                member = self._take_next()
         finally:
             running_member.pop(task, None)
             if not handed_over:
                 self._running -= 1
                 self._serve_reclaimers()
+                if idle:
+                    self._kick()  # a worker over the limit left: ready members may start now
+
+    async def _pull(self, source: _LazySource) -> _Pulled | None:
+        """The next item of the map() input; an error of the input stops the group."""
+        if not self._retain:
+            # Backpressure towards the stream's reader: results not yet read are bounded by
+            # twice the limit, so memory stays O(max_workers) however long the input.
+            while len(self._unretained) >= 2 * self._limit and self._stop_status is None:
+                await self._wait_for_reader()
+            if self._stop_status is not None:
+                return None
+        try:
+            return await source.next_item()
+        except Exception as exc:
+            source.exhausted = True
+            if self._source_error is None:
+                self._source_error = exc
+            self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
+            return None
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         self._workers.discard(task)
-        member = self._running_member.pop(task, None)
-        if member is not None:
-            # Cancelled before its first step: the worker body never ran.
+        if task in self._unstarted:
+            # Cancelled before its first step: the worker body never ran, nor took a member.
+            self._unstarted.discard(task)
             self._running -= 1
-            if member.result is None:
-                self._finish(member, self._stopped_result(member))
             self._serve_reclaimers()
         if not task.cancelled() and task.exception() is not None:  # a bug in the scheduler
             self._state.report_internal_error(task.exception())
@@ -569,11 +635,11 @@ class ParallelExecutionManager(Generic[T]):
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._running += 0  # the slot was handed over; the caller's finally releases
-            else:
+            # If the slot was handed over just now, the worker's finally releases it; if not,
+            # count it back anyway, since that worker will release one when it ends.
+            if not (waiter.done() and not waiter.cancelled()):
                 self._reclaimers.remove(waiter)
-                self._running += 1  # keep the accounting of the worker that will release it
+                self._running += 1
             raise
 
     async def _run_member(self, member: Member) -> None:
@@ -614,10 +680,13 @@ class ParallelExecutionManager(Generic[T]):
             if timeout is None:
                 value = await state.run_member(self, member, frame)
             else:
+                deadline = asyncio.timeout(timeout)
                 try:
-                    async with asyncio.timeout(timeout):
+                    async with deadline:
                         value = await state.run_member(self, member, frame)
                 except TimeoutError as exc:
+                    if not deadline.expired():
+                        raise  # the member's own TimeoutError: a failure, not our timeout
                     raise ParallelTimeoutError(
                         f"member {member.name or index} of group {self.group_id!r} timed out "
                         f"after {timeout}s"
@@ -673,7 +742,7 @@ class ParallelExecutionManager(Generic[T]):
         if result.address is None:
             result.address = f"{self.group_id}[{index}]"
         member.result = result
-        member.source = None
+        member.discard()  # closes a coroutine that never ran: no "never awaited" warning
         status = result.status
         self._done += 1
         if result.ok:
@@ -734,6 +803,7 @@ class ParallelExecutionManager(Generic[T]):
             self._kick()
 
         if status in _FAILURE_STATUSES and self._stop_status is None:
+            self._last_failure = result
             strategy = self.error_strategy
             if strategy is ErrorStrategy.FAIL_FAST or (
                 self.failure_threshold is not None and self._threshold_reached()
@@ -759,7 +829,8 @@ class ParallelExecutionManager(Generic[T]):
         threshold = self.failure_threshold
         failures = self._failed + self._timed_out
         if isinstance(threshold, float):
-            return failures >= threshold * max(self._total, 1)
+            # A fraction of a total still growing means nothing: wait until sealed.
+            return self._sealed and failures >= threshold * max(self._total, 1)
         return threshold is not None and failures >= threshold
 
     def _unfinished(self) -> bool:
@@ -858,16 +929,13 @@ class ParallelExecutionManager(Generic[T]):
 
     async def _wait_all(self) -> None:
         """Wait until every member has a result; a cancelled waiter cancels the group."""
-        self._sealed = True
+        self._seal()
         if not self._unfinished() and not self._workers:
             return
         if self._all_done is None:
             self._all_done = asyncio.get_running_loop().create_future()
-        # A member waiting on its own nested group does no work: lend its global slot.
-        parent_slot = self._parent_frame.slot if self._parent_frame is not None else None
-        lent = isinstance(parent_slot, MemberSlot) and parent_slot.lend_global()
         try:
-            await asyncio.shield(self._all_done)
+            await self._wait_lending(self._all_done)
         except asyncio.CancelledError:
             self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
             try:
@@ -875,11 +943,35 @@ class ParallelExecutionManager(Generic[T]):
             finally:
                 self._finalize()
             raise
-        finally:
-            if lent:
-                assert isinstance(parent_slot, MemberSlot)
-                await parent_slot.reclaim_global()
         await self._join_workers()
+
+    async def _wait_lending(self, waiter: asyncio.Future[None]) -> None:
+        """Wait for ``waiter``, lending the global slot of the member we run inside, if any.
+
+        A member waiting on its own nested group does no work, so it gives its global slot
+        back meanwhile; that is what keeps nested groups from deadlocking on the global limit.
+        If the wait is cancelled the slot stays lent: the member's own ``finally`` then has
+        nothing to release, and waiting for a slot only to give it back would be pointless.
+        """
+        parent_slot = self._parent_frame.slot if self._parent_frame is not None else None
+        lent = isinstance(parent_slot, MemberSlot) and parent_slot.lend_global()
+        await asyncio.shield(waiter)
+        if lent:
+            assert isinstance(parent_slot, MemberSlot)
+            await parent_slot.reclaim_global()
+
+    def _seal(self) -> None:
+        """No more add(): the member count is now known, so a fractional threshold can apply."""
+        if self._sealed:
+            return
+        self._sealed = True
+        if (
+            self._stop_status is None
+            and self._last_failure is not None
+            and self._threshold_reached()
+        ):
+            self._trigger = self._last_failure
+            self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
 
     def _finalize(self) -> None:
         if self._finalized:
@@ -944,8 +1036,8 @@ class ParallelExecutionManager(Generic[T]):
         return list(self._results)  # type: ignore[arg-type]  # every slot is filled
 
     def _raise_for_strategy(self, results: list[ExecutionResult[Any]]) -> None:
-        if self._input_error is not None:
-            raise self._input_error
+        if self._source_error is not None:
+            raise self._source_error  # the map() input itself failed; it stopped the group
         trigger = self._trigger
         if (
             trigger is None
@@ -953,8 +1045,9 @@ class ParallelExecutionManager(Generic[T]):
             and self.error_strategy is not ErrorStrategy.FAIL_SLOW
         ):
             raise ParallelTimeoutError(
-                f"group {self.group_id!r} timed out after {self.timeout}s with "
-                f"{self._total - self._succeeded} of {self._total} members unfinished"
+                f"group {self.group_id!r} timed out after {self.timeout}s: "
+                f"{self._timed_out} of {self._total} members did not finish in time "
+                "(finished results are in p.gather() with error_strategy=FAIL_SLOW)"
             )
         if trigger is not None:
             if self.error_strategy is ErrorStrategy.FAIL_FAST:
@@ -996,7 +1089,7 @@ class ParallelExecutionManager(Generic[T]):
         """
         if members is None:
             return await self._gather_all()
-        indices = [self.add(m) for m in members]
+        indices = self.add_many((None, m) for m in members)
         results = await self._gather_all()
         return [results[i] for i in indices]
 
@@ -1005,66 +1098,30 @@ class ParallelExecutionManager(Generic[T]):
     ) -> dict[str | int, ExecutionResult[T]]:
         """Results by member name (unnamed members by index), in submission order."""
         if members is not None:
-            for key, member in members.items():
-                self.add(key, member)
+            self.add_many(members.items())
         results = await self._gather_all()
         if members is not None:
             return {key: results[self._names[key]] for key in members}
         return {(r.name if r.name is not None else r.index or 0): r for r in results}
 
-    async def stream(self) -> AsyncIterator[ExecutionResult[T]]:
+    def stream(self) -> AsyncIterator[ExecutionResult[T]]:
         """Results in completion order, as soon as each member finishes::
 
-        async for result in p.stream():
-            print(result.index, result.ok)
+            async for result in p.stream():
+                print(result.index, result.ok)
+
+        Leaving the loop early is fine: the rest still runs and is gathered with the block.
+        (The iterator is a plain object, not an async generator, so abandoning it leaves no
+        finalizer task behind.)
         """
         if not self._entered:
             raise GroupClosedError("stream() needs 'async with state.parallel(...) as p:' first")
-        self._sealed = True
-        loop = asyncio.get_running_loop()
-        cursor = 0
-        try:
-            while True:
-                if self._retain:
-                    order = self._completion_order
-                    while cursor < len(order):
-                        result = self._results[order[cursor]]
-                        cursor += 1
-                        assert result is not None
-                        if result is self._trigger:
-                            await self._gather_all()  # joins, then raises the strategy error
-                        yield result
-                else:
-                    queue = self._unretained
-                    while queue:
-                        result = queue.popleft()
-                        space = self._reader_space
-                        if space is not None and not space.done():
-                            space.set_result(None)
-                        if result is self._trigger:
-                            await self._wait_all()
-                            self._raise_for_strategy([])
-                        yield result
-                pending = cursor < len(self._completion_order) or (
-                    not self._retain and self._unretained
-                )
-                if not pending and not self._unfinished():
-                    break
-                if not pending:
-                    if self._progress is None:
-                        self._progress = loop.create_future()
-                    await asyncio.shield(self._progress)
-            await self._wait_all()
-            self._finalize()
-            self._raise_for_strategy(self._collected() if self._retain else [])
-        except asyncio.CancelledError:
-            self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
-            raise
+        self._seal()
+        return _ResultStream(self)
 
     def gather_stream(self, members: Iterable[Any]) -> AsyncIterator[ExecutionResult[T]]:
         """Add ``members``, then stream every result in completion order (Option D form)."""
-        for member in members:
-            self.add(member)
+        self.add_many((None, m) for m in members)
         return self.stream()
 
     def as_completed(
@@ -1072,8 +1129,7 @@ class ParallelExecutionManager(Generic[T]):
     ) -> AsyncIterator[ExecutionResult[T]]:
         """Results in completion order with ``index``, ``name`` and ``event_id`` set."""
         if members is not None:
-            for member in members:
-                self.add(member)
+            self.add_many((None, m) for m in members)
         return self.stream()
 
     # --- introspection -------------------------------------------------------------------------
@@ -1125,6 +1181,74 @@ class ParallelExecutionManager(Generic[T]):
         )
 
 
+class _ResultStream(AsyncIterator[ExecutionResult[Any]]):
+    """The iterator behind ``p.stream()``: walks the completion order of one group."""
+
+    __slots__ = ("_cursor", "_finished", "_manager")
+
+    def __init__(self, manager: ParallelExecutionManager[Any]) -> None:
+        self._manager = manager
+        self._cursor = 0
+        self._finished = False
+
+    def __aiter__(self) -> _ResultStream:
+        return self
+
+    async def __anext__(self) -> ExecutionResult[Any]:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            return await self._next()
+        except BaseException:
+            self._finished = True  # StopAsyncIteration, a strategy error or a cancellation
+            raise
+
+    async def aclose(self) -> None:
+        self._finished = True
+
+    async def _next(self) -> ExecutionResult[Any]:
+        m = self._manager
+        try:
+            while True:
+                result = self._take()
+                if result is not None:
+                    if result is m._trigger:
+                        # The error strategy stopped the group: join it, then raise its error.
+                        await m._wait_all()
+                        m._finalize()
+                        m._raise_for_strategy(m._collected() if m._retain else [])
+                    return result
+                if not m._unfinished():
+                    break
+                if m._progress is None:
+                    m._progress = asyncio.get_running_loop().create_future()
+                await m._wait_lending(m._progress)
+            await m._wait_all()
+            m._finalize()
+            if m._retain:
+                m._raise_for_strategy(m._collected())
+        except asyncio.CancelledError:
+            m._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
+            raise
+        raise StopAsyncIteration
+
+    def _take(self) -> ExecutionResult[Any] | None:
+        m = self._manager
+        if not m._retain:
+            if not m._unretained:
+                return None
+            space = m._reader_space
+            if space is not None and not space.done():
+                space.set_result(None)  # a worker waits for room to pull the next item
+            return m._unretained.popleft()
+        order = m._completion_order
+        if self._cursor >= len(order):
+            return None
+        result = m._results[order[self._cursor]]
+        self._cursor += 1
+        return result
+
+
 class _LazySource:
     """Items of ``map()``, pulled one at a time by free workers (backpressure).
 
@@ -1168,10 +1292,23 @@ class _LazySource:
                 return None
 
     async def aclose(self) -> None:
+        """Close the input (a generator's ``finally`` runs now): it will never be read again."""
         items, self.async_items = self.async_items, None
         closer = getattr(items, "aclose", None)
         if closer is not None:
             await closer()
+        sync_items, self.items = self.items, None
+        sync_closer = getattr(sync_items, "close", None)
+        if sync_closer is not None:
+            sync_closer()
+
+
+def _strategy(value: ErrorStrategy | str) -> ErrorStrategy:
+    """An ``ErrorStrategy`` from itself, its value (``"fail_fast"``) or its name."""
+    try:
+        return ErrorStrategy(value)
+    except ValueError:
+        return ErrorStrategy[value.upper()]
 
 
 def _call_event(event: Any, item: Any, *, context: str, state: ExecutionState) -> Awaitable[Any]:

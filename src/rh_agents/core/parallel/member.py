@@ -38,7 +38,7 @@ def check_member(obj: Any) -> None:
             "p.add(event(input, context, state))"
         )
     if callable(obj):
-        if inspect.iscoroutinefunction(obj) and _required_parameters(obj) > 0:
+        if _required_parameters(obj) > 0:
             raise InvalidMemberError(
                 f"p.add() got {describe_member(obj)}, which needs arguments; pass a call "
                 "(p.add(fn(x))) or a zero-argument callable (p.add(lambda: fn(x)))"

@@ -1,0 +1,109 @@
+"""Addresses are deterministic; groups publish their lifecycle on the bus."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from conftest import Recorder
+from parallel_support import Doc, echo_tool, steps
+from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import GroupCompleted, GroupStarted, MemberFinished, MemberStarted
+
+pytestmark = pytest.mark.asyncio
+
+
+Tree = tuple[dict[str, str], list[str], list[str]]
+
+
+async def run_tree(seed: int, done_order: list[int]) -> Tree:
+    """Two groups at the root, one nested, events everywhere; random completion order."""
+    rng = random.Random(seed)
+    state = ExecutionState()
+    event = ExecutionEvent(actor=echo_tool)
+    member_addresses: list[str] = []
+    group_ids: list[str] = []
+
+    async def member(i: int) -> str:
+        await steps(rng.randint(0, 6))
+        result = await event(Doc(text=f"t{i}"), "", state)
+        done_order.append(i)
+        if i == 1:
+            async with state.parallel(max_workers=2) as inner:
+                group_ids.append(inner.group_id)
+                inner.add(event(Doc(text="n0"), "", state))
+                inner.add(event(Doc(text="n1"), "", state))
+                for r in await inner.gather():
+                    member_addresses.append(r.address or "")
+        return result.result or ""
+
+    for _ in range(2):
+        async with state.parallel(max_workers=3) as p:
+            group_ids.append(p.group_id)
+            for i in range(4):
+                p.add(member(i))
+            for r in await p.gather():
+                member_addresses.append(r.address or "")
+    history = {entry.address: entry.result.result for entry in state.history}
+    return history, sorted(member_addresses), sorted(group_ids)
+
+
+async def test_addresses_identical_across_runs_with_different_completion_orders() -> None:
+    orders: tuple[list[int], list[int]] = ([], [])
+    first = await run_tree(1, orders[0])
+    second = await run_tree(2, orders[1])
+    assert orders[0] != orders[1]  # the runs really finished in different orders
+    assert first == second
+    history, members, groups = first
+    assert groups == ["parallel", "parallel#2", "parallel#2[1]::parallel", "parallel[1]::parallel"]
+    assert "parallel[3]::echo" in history and "parallel#2[0]::echo" in history
+    assert "parallel[1]::parallel[0]::echo" in history
+    assert "parallel[1]::parallel[1]::echo" in members
+
+
+async def test_member_address_and_named_group() -> None:
+    state = ExecutionState()
+    event = ExecutionEvent(actor=echo_tool)
+
+    async def plain() -> int:
+        return 1
+
+    async with state.parallel(name="docs") as p:
+        p.add(plain())
+        p.add(event(Doc(text="x"), "", state))
+    results = await p.gather()
+    assert [r.address for r in results] == ["docs[0]", "docs[1]::echo"]
+    bound = state.history["docs[1]::echo"].event
+    assert (bound.group_id, bound.parallel_index, bound.is_parallel) == ("docs", 1, True)
+
+
+async def test_group_lifecycle_records(
+    state: ExecutionState, bus: EventBus, recorder: Recorder
+) -> None:
+    async def ok() -> int:
+        return 1
+
+    async def bad() -> None:
+        raise ValueError("x")
+
+    async with state.parallel(max_workers=2, name="life") as p:
+        p.add(ok())
+        p.add(bad())
+        p.add(ok())
+    await bus.drain()
+    group_records = [r for r in recorder.records if r.address.startswith("life")]
+    assert isinstance(group_records[0], GroupStarted)
+    assert isinstance(group_records[-1], GroupCompleted)
+    started = [r for r in group_records if isinstance(r, MemberStarted)]
+    finished = [r for r in group_records if isinstance(r, MemberFinished)]
+    assert sorted(r.index for r in started) == [0, 1, 2]
+    assert [r.done for r in finished] == [1, 2, 3]
+    assert finished[-1].succeeded == 2 and finished[-1].failed == 1 and finished[-1].total == 3
+    done = group_records[-1]
+    assert isinstance(done, GroupCompleted)
+    assert (done.total, done.succeeded, done.failed, done.status) == (3, 2, 1, "partial")
+    for r in started:
+        assert r.address == f"life[{r.index}]" and r.group_id == "life" and r.is_parallel

@@ -1,0 +1,221 @@
+"""The spec's examples, written as in the spec, with small stub actors.
+
+Each test body keeps the spec's code (names included: ``execution_state``, ``parallel``,
+``process_doc``, ``event1``...) and then checks what the spec says it gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Tool
+from rh_agents.core.events import ExecutionEvent, ExecutionResult
+from rh_agents.core.execution import EventBus, ExecutionState
+from rh_agents.core.parallel import ErrorStrategy
+
+pytestmark = pytest.mark.asyncio
+
+
+class DocIn(BaseModel):
+    name: str
+
+
+async def _process(input: DocIn, context: str, state: ExecutionState) -> str:
+    if input.name.startswith("bad"):
+        raise RuntimeError(f"{input.name} is unreadable")
+    return f"processed {input.name}"
+
+
+process_tool = Tool(name="process_doc", description="stub", input_model=DocIn, handler=_process)
+
+
+def make_state() -> ExecutionState:
+    return ExecutionState(event_bus=EventBus())
+
+
+def process_doc(execution_state: ExecutionState, name: str) -> Any:
+    return ExecutionEvent(actor=process_tool)(DocIn(name=name), "", execution_state)
+
+
+async def test_basic_parallel_execution() -> None:
+    execution_state = make_state()
+
+    def process_doc1(*_: Any) -> Any:
+        return process_doc(execution_state, "doc1")
+
+    def process_doc2(*_: Any) -> Any:
+        return process_doc(execution_state, "doc2")
+
+    def process_doc3(*_: Any) -> Any:
+        return process_doc(execution_state, "doc3")
+
+    # Execute multiple independent tool calls
+    async with execution_state.parallel(max_workers=5) as parallel:
+        parallel.add(process_doc1(...))
+        parallel.add(process_doc2(...))
+        parallel.add(process_doc3(...))
+
+    results = await parallel.gather()
+    assert [r.result for r in results] == ["processed doc1", "processed doc2", "processed doc3"]
+
+
+async def test_named_results() -> None:
+    execution_state = make_state()
+    names = iter(["doc1", "doc2"])
+
+    def process_doc_(*_: Any) -> Any:
+        return process_doc(execution_state, next(names))
+
+    async with execution_state.parallel(max_workers=3) as parallel:
+        parallel.add("doc1", process_doc_(...))
+        parallel.add("doc2", process_doc_(...))
+
+    results = await parallel.gather_dict()
+    # Access: results["doc1"], results["doc2"]
+    assert results["doc1"].result == "processed doc1"
+    assert results["doc2"].result == "processed doc2"
+
+
+async def test_streaming_results() -> None:
+    execution_state = make_state()
+    documents = [f"d{i}" for i in range(12)]
+    printed: list[str] = []
+
+    def print(text: str) -> None:
+        printed.append(text)
+
+    async with execution_state.parallel(max_workers=10) as parallel:
+        for doc in documents:
+            parallel.add(process_doc(execution_state, doc))
+
+        async for result in parallel.stream():
+            # Process each result as soon as it's available
+            print(f"Processed: {result}")
+    assert len(printed) == 12
+    assert all(p.startswith("Processed: ExecutionResult(ok=True") for p in printed)
+
+
+async def test_context_manager_api_with_auto_gather_and_one_liner() -> None:
+    state = make_state()
+    context = ""
+    event1 = event2 = event3 = ExecutionEvent(actor=process_tool)
+    input1, input2, input3 = DocIn(name="a"), DocIn(name="b"), DocIn(name="c")
+    execution_state = state
+
+    async with execution_state.parallel(max_workers=3) as parallel:
+        parallel.add(event1(input1, context, state))
+        parallel.add(event2(input2, context, state))
+        parallel.add(event3(input3, context, state))
+        # Automatically gathers on context exit
+    assert [r.result for r in await parallel.gather()] == [
+        "processed a",
+        "processed b",
+        "processed c",
+    ]
+
+    # Or one-liner
+    results = await execution_state.parallel_execute(
+        [event1(input1, context, state), event2(input2, context, state)], max_workers=3
+    )
+    assert [r.ok for r in results] == [True, True]
+
+
+async def test_option_d_gathering_strategies() -> None:
+    state = make_state()
+    event = ExecutionEvent(actor=process_tool)
+    seen: list[str] = []
+
+    async with state.parallel(max_workers=4, name="list") as parallel:
+        # List mode (default)
+        results = await parallel.gather([event(DocIn(name="x"), "", state)])
+    assert results[0].result == "processed x"
+
+    async with state.parallel(name="dict") as parallel:
+        # Dict mode
+        results_by_name = await parallel.gather_dict({"name": event(DocIn(name="y"), "", state)})
+    assert results_by_name["name"].result == "processed y"
+
+    async with state.parallel(name="stream") as parallel:
+        # Stream mode
+        async for result in parallel.gather_stream([event(DocIn(name="z"), "", state)]):
+            seen.append(result.result)
+    assert seen == ["processed z"]
+
+    async with state.parallel(name="done") as parallel:
+        # As completed (with metadata)
+        async for result in parallel.as_completed([event(DocIn(name="w"), "", state)]):
+            seen.append(f"Event {result.event_id} completed")
+    assert seen[-1] == "Event done[0]::process_doc completed"
+
+
+async def test_option_a_and_b_result_shapes() -> None:
+    state = make_state()
+    event = ExecutionEvent(actor=process_tool)
+    parallel_execute = state.parallel_execute
+    event1 = event(DocIn(name="1"), "", state)
+    event2 = event(DocIn(name="2"), "", state)
+    event3 = event(DocIn(name="3"), "", state)
+
+    results = await parallel_execute([event1, event2, event3])
+    # results[0] = event1 result ... results[2] = event3 result
+    assert [r.result for r in results] == ["processed 1", "processed 2", "processed 3"]
+
+    named = await parallel_execute(
+        {
+            "doc1": event(DocIn(name="1"), "", state),
+            "doc2": event(DocIn(name="2"), "", state),
+            "doc3": event(DocIn(name="3"), "", state),
+        }
+    )
+    # results["doc1"] = event1 result
+    assert named["doc1"].result == "processed 1"
+
+
+async def test_error_strategies_fail_fast_fail_slow_configurable() -> None:
+    state = make_state()
+    event = ExecutionEvent(actor=process_tool)
+    parallel_execute = state.parallel_execute
+
+    def three() -> list[Any]:
+        return [event(DocIn(name=n), "", state) for n in ("ok1", "bad2", "ok3")]
+
+    # If one fails, all are cancelled
+    caught: list[Exception] = []
+    try:
+        results = await parallel_execute(three(), error_strategy=ErrorStrategy.FAIL_FAST)
+    except Exception as e:
+        caught.append(e)
+    assert isinstance(caught[0], RuntimeError) and "bad2 is unreadable" in str(caught[0])
+
+    # Fail slow (the default): every result, failures included
+    results = await parallel_execute(three())
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error == "RuntimeError: bad2 is unreadable"
+
+    results = await parallel_execute(
+        three(),
+        error_strategy=ErrorStrategy.COLLECT_ALL,  # or FAIL_FAST, FAIL_THRESHOLD
+    )
+    assert isinstance(results[0], ExecutionResult) and len(results) == 3
+
+
+async def test_exception_groups_keep_partial_results() -> None:
+    state = make_state()
+    event = ExecutionEvent(actor=process_tool)
+    parallel_execute = state.parallel_execute
+    errors: list[str] = []
+    try:
+        await parallel_execute(
+            [event(DocIn(name=n), "", state) for n in ("bad1", "ok", "bad3")],
+            raise_exception_group=True,
+        )
+    except ExceptionGroup as eg:
+        for error in eg.exceptions:
+            errors.append(f"Error: {error}")
+        # Still have partial results
+        partial = eg.results  # type: ignore[attr-defined]
+    assert errors == ["Error: bad1 is unreadable", "Error: bad3 is unreadable"]
+    assert [r.ok for r in partial] == [False, True, False]
