@@ -219,3 +219,36 @@ async def test_exception_groups_keep_partial_results() -> None:
         partial = eg.results  # type: ignore[attr-defined]
     assert errors == ["Error: bad1 is unreadable", "Error: bad3 is unreadable"]
     assert [r.ok for r in partial] == [False, True, False]
+
+
+async def test_with_custom_printer() -> None:
+    import io
+
+    from rich.console import Console
+
+    from rh_agents.bus_handlers import ParallelEventPrinter
+
+    out = io.StringIO()
+    printer = ParallelEventPrinter(
+        parallel_mode="progress",
+        show_progress=True,
+        collapse_parallel=False,
+        console=Console(file=out, width=120, force_terminal=False),
+    )
+
+    bus = EventBus()
+    bus.subscribe(printer)
+    execution_state = ExecutionState(event_bus=bus)
+
+    async with execution_state.parallel(max_workers=5) as p:
+        for name in ("doc1", "doc2", "bad3"):
+            p.add(process_doc(execution_state, name))
+        results = await p.gather()
+    await bus.close()
+    printer.close()
+
+    assert [r.ok for r in results] == [True, True, False]
+    text = out.getvalue()
+    assert "\x1b" not in text
+    assert "parallel" in text  # the group is shown
+    assert "RuntimeError: bad3 is unreadable" in text  # and its failure, with the error
