@@ -61,6 +61,22 @@ def _first(*values: Any) -> Any:
     return None
 
 
+def _no_policy_for(state: ExecutionState, event: ExecutionEvent[Any], frame: Frame) -> bool:
+    actor = event.actor
+    if not (
+        event.retry is None
+        and actor.retry is None
+        and event.circuit_breaker is None
+        and actor.circuit_breaker is None
+        and state.retry is None
+        and state.circuit_breaker is None
+        and state.rate_limit is None
+    ):
+        return False
+    slot = frame.slot
+    return not isinstance(slot, MemberSlot) or not slot.manager.has_policies
+
+
 def member_group(frame: Frame) -> ParallelExecutionManager[Any] | None:
     """The group whose policies apply to an event running in ``frame`` (its own member's)."""
     slot = frame.slot
@@ -130,7 +146,7 @@ def member_policies(
     _check("retry", retry, RetryPolicy)
     _check("circuit_breaker", breaker, CircuitBreaker)
     _check("rate_limit", rate, RateLimit)
-    name = group.group.name if group.group is not None else group.group_id
+    name = group.name
     key = (breaker.key if breaker is not None else None) or f"group:{name}"
     return Policies(retry, breaker, key, rate, scope, group)
 
@@ -146,8 +162,15 @@ async def invoke_actor(
     frame: Frame,
 ) -> tuple[Any, int]:
     """Run ``event``'s actor under its policies; returns ``(value, attempts)``."""
-    handler = event.actor.handler
+    actor = event.actor
+    handler = actor.handler
     timeout = event.timeout
+    if _no_policy_for(state, event, frame):
+        # Nothing to resolve: one plain call (the common case, and every event's hot path).
+        if timeout is None:
+            return await handler(validated, context, state), 1
+        async with asyncio.timeout(timeout):
+            return await handler(validated, context, state), 1
 
     async def attempt() -> Any:
         if timeout is None:

@@ -171,6 +171,7 @@ class ParallelExecutionManager(Generic[T]):
         self._state = state
         self._now = state.clock.now  # bound once: read several times per member
         self._group_slot = MemberSlot(self)
+        self._plain = False  # set on entry: no policy applies, members run directly
         self._fixed_limit = max_workers
         self.rate_limit = rate_limit
         self._requested_name = name
@@ -246,6 +247,7 @@ class ParallelExecutionManager(Generic[T]):
             raise GroupClosedError("this parallel group was already used; make a new one")
         self._entered = True
         state = self._state
+        self._plain = not self.has_policies
         parent = current_frame(state)
         self._parent_frame = parent
         name = self._requested_name or "parallel"
@@ -677,13 +679,20 @@ class ParallelExecutionManager(Generic[T]):
                     )
                 )
             timeout = member.timeout or self.member_timeout
+            # With no retry, breaker or rate limit anywhere there is nothing to resolve: run
+            # the member directly (this is every member's hot path).
+            run = (
+                member.open()
+                if self._plain and member.retry is None
+                else (state.run_member(self, member, frame))
+            )
             if timeout is None:
-                value = await state.run_member(self, member, frame)
+                value = await run
             else:
                 deadline = asyncio.timeout(timeout)
                 try:
                     async with deadline:
-                        value = await state.run_member(self, member, frame)
+                        value = await run
                 except TimeoutError as exc:
                     if not deadline.expired():
                         raise  # the member's own TimeoutError: a failure, not our timeout
@@ -1133,6 +1142,27 @@ class ParallelExecutionManager(Generic[T]):
         return self.stream()
 
     # --- introspection -------------------------------------------------------------------------
+
+    @property
+    def has_policies(self) -> bool:
+        """Whether a retry, breaker, rate limit or adaptive limit applies to this group."""
+        state = self._state
+        return not (
+            self._adaptive is None
+            and self.retry is None
+            and self.circuit_breaker is None
+            and self.rate_limit is None
+            and state.retry is None
+            and state.circuit_breaker is None
+            and state.rate_limit is None
+        )
+
+    @property
+    def name(self) -> str:
+        """The group's name (the last part of its id)."""
+        if self._group is not None:
+            return self._group.name
+        return self._requested_name or "parallel"
 
     @property
     def group(self) -> ParallelEventGroup | None:
