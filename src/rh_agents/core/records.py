@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+_new = object.__new__
+
 __all__ = [
     "BusEvent",
     "CircuitStateChanged",
@@ -133,6 +135,34 @@ class MemberStarted(BusEvent):
     queue_wait: float
     total: int | None = None
 
+    @classmethod
+    def of_member(
+        cls,
+        group_id: str,
+        index: int,
+        name: str | None,
+        timestamp: float,
+        queue_wait: float,
+        total: int | None,
+    ) -> MemberStarted:
+        """The record for member ``index`` of ``group_id``, built positionally.
+
+        A group publishes one per member; this skips keyword-argument parsing, which costs
+        more than the record itself.
+        """
+        record = _new(cls)
+        record.kind = "group.member_started"
+        record.address = f"{group_id}[{index}]"
+        record.timestamp = timestamp
+        record.group_id = group_id
+        record.parallel_index = index
+        record.is_parallel = True
+        record.name = name
+        record.index = index
+        record.queue_wait = queue_wait
+        record.total = total
+        return record
+
 
 @dataclass(slots=True, kw_only=True)
 class MemberFinished(BusEvent):
@@ -154,6 +184,43 @@ class MemberFinished(BusEvent):
     failed: int
     total: int | None
     attempts: int = 1
+
+    @classmethod
+    def of_member(
+        cls,
+        group_id: str,
+        index: int,
+        name: str | None,
+        timestamp: float,
+        status: str,
+        execution_time: float,
+        error: str | None,
+        counts: tuple[int, int, int | None],
+        attempts: int,
+    ) -> MemberFinished:
+        """The record for member ``index`` of ``group_id``, built positionally (hot path).
+
+        ``counts`` is ``(done, succeeded, total)``.
+        """
+        done, succeeded, total = counts
+        record = _new(cls)
+        record.kind = "group.member_finished"
+        record.address = f"{group_id}[{index}]"
+        record.timestamp = timestamp
+        record.group_id = group_id
+        record.parallel_index = index
+        record.is_parallel = True
+        record.name = name
+        record.index = index
+        record.status = status
+        record.execution_time = execution_time
+        record.error = error
+        record.done = done
+        record.succeeded = succeeded
+        record.failed = done - succeeded
+        record.total = total
+        record.attempts = attempts
+        return record
 
 
 @dataclass(slots=True, kw_only=True)

@@ -664,16 +664,13 @@ class ParallelExecutionManager(Generic[T]):
                 started = member.started = now()
             if bus.has_listeners:
                 bus.publish(
-                    MemberStarted(
-                        address=address,
-                        timestamp=started,
-                        group_id=self.group_id,
-                        parallel_index=index,
-                        is_parallel=True,
-                        name=member.name,
-                        index=index,
-                        queue_wait=started - member.enqueued,
-                        total=None
+                    MemberStarted.of_member(
+                        self.group_id,
+                        index,
+                        member.name,
+                        started,
+                        started - member.enqueued,
+                        None
                         if self._source is not None and not self._source.exhausted
                         else self._total,
                     )
@@ -729,8 +726,17 @@ class ParallelExecutionManager(Generic[T]):
             if isinstance(value, ExecutionResult):
                 result = value
             else:
+                # Positional: keyword parsing would cost more than the object (hot path).
                 result = ExecutionResult(
-                    ok=True, result=value, execution_time=now() - started, address=address
+                    True,
+                    value,
+                    None,
+                    None,
+                    now() - started,
+                    ResultStatus.COMPLETED,
+                    None,
+                    None,
+                    address,
                 )
         finally:
             exit_frame(token)
@@ -751,7 +757,8 @@ class ParallelExecutionManager(Generic[T]):
         if result.address is None:
             result.address = f"{self.group_id}[{index}]"
         member.result = result
-        member.discard()  # closes a coroutine that never ran: no "never awaited" warning
+        if member.source is not None:
+            member.discard()  # closes a coroutine that never ran: no "never awaited" warning
         status = result.status
         self._done += 1
         if result.ok:
@@ -774,24 +781,22 @@ class ParallelExecutionManager(Generic[T]):
         bus = self._state.event_bus
         if bus.has_listeners:
             bus.publish(
-                MemberFinished(
-                    address=f"{self.group_id}[{index}]",
-                    timestamp=self._now(),
-                    group_id=self.group_id,
-                    parallel_index=index,
-                    is_parallel=True,
-                    name=member.name,
-                    index=index,
-                    status=status.value,
-                    execution_time=result.execution_time,
-                    error=result.error,
-                    done=self._done,
-                    succeeded=self._succeeded,
-                    failed=self._done - self._succeeded,
-                    total=None
-                    if self._source is not None and not self._source.exhausted
-                    else self._total,
-                    attempts=result.attempts,
+                MemberFinished.of_member(
+                    self.group_id,
+                    index,
+                    member.name,
+                    self._now(),
+                    status.value,
+                    result.execution_time,
+                    result.error,
+                    (
+                        self._done,
+                        self._succeeded,
+                        None
+                        if self._source is not None and not self._source.exhausted
+                        else self._total,
+                    ),
+                    result.attempts,
                 )
             )
 
