@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
 from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
 from rh_agents.core.parallel.member import Member, check_member
+from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.records import GroupCompleted, GroupStarted, MemberFinished, MemberStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
@@ -201,6 +202,7 @@ class ParallelExecutionManager(Generic[T]):
         self._parent_frame: Frame | None = None
         self._started_at = 0.0
         self._wall_time: float | None = None
+        self._metrics = MetricsRecorder()  # observability: per-member timings
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -650,6 +652,7 @@ class ParallelExecutionManager(Generic[T]):
             result.address = f"{self.group_id}[{index}]"
         member.result = result
         member.source = None
+        self._metrics.record(member, result)  # observability: one append per member
         status = result.status
         self._done += 1
         if result.ok:
@@ -896,7 +899,7 @@ class ParallelExecutionManager(Generic[T]):
                     skipped=self._skipped,
                     timed_out=self._timed_out,
                     wall_time=self._wall_time,
-                    metrics=self.statistics(),
+                    metrics=self.metrics(),
                 )
             )
 
@@ -1098,6 +1101,29 @@ class ParallelExecutionManager(Generic[T]):
             skipped=self._skipped,
             concurrency_high_water=self._high_water,
             wall_time=wall,
+        )
+
+    # --- observability: metrics snapshot ---------------------------------------------------
+
+    def metrics(self) -> GroupMetrics:
+        """A frozen ``GroupMetrics`` snapshot (counts, percentiles, throughput, efficiency)."""
+        stats = self.statistics()
+        counts = {
+            "total": stats.total,
+            "running": stats.running,
+            "queued": stats.queued,
+            "succeeded": stats.succeeded,
+            "failed": stats.failed,
+            "cancelled": stats.cancelled,
+            "timed_out": stats.timed_out,
+            "skipped": stats.skipped,
+        }
+        return self._metrics.snapshot(
+            group_id=self.group_id,
+            counts=counts,
+            wall_time=stats.wall_time,
+            concurrency_high_water=self._high_water,
+            max_workers=self._limit,
         )
 
 
