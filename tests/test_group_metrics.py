@@ -50,7 +50,7 @@ async def test_snapshot_matches_a_known_serial_run() -> None:
         return ExecutionResult(ok=True, result="r", execution_time=3.0, attempts=3)
 
     async def rejected() -> ExecutionResult[Any]:
-        exc = CircuitOpenError("breaker 'llm' is open")
+        exc = CircuitOpenError("llm")
         return ExecutionResult.failure(exc, execution_time=0.0)
 
     async def boom() -> None:

@@ -1,0 +1,4 @@
+"""Optional integrations with other tools; each imports its package only when asked for.
+
+``rh_agents.integrations.otel``: OpenTelemetry traces and metrics (extra ``otel``).
+"""
