@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rh_agents.core.parallel.metrics import GroupMetrics
 from rh_agents.core.records import (
     BusEvent,
     EventCompleted,
@@ -84,19 +86,32 @@ def parent_address(address: str) -> str | None:
 
 @dataclass(slots=True)
 class _Instruments:
-    members: Any
-    events: Any
     member_duration: Any
     queue_wait: Any
     event_duration: Any
     group_duration: Any
 
 
+class _Open:
+    """An open span and, once a child has asked for it, the context that makes it a parent."""
+
+    __slots__ = ("context", "span")
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+        self.context: Any = None
+
+
+_Key = tuple[tuple[str, str], ...]
+
+
 class OpenTelemetryExporter:
     """A bus subscriber that emits spans and metrics; made by ``instrument()``.
 
     Owned by the bus's feeder task for this subscriber (records arrive one at a time, in
-    order), so its dict of open spans is never touched concurrently.
+    order), so its dict of open spans is never touched concurrently. The two counters are
+    observable instruments read from the local totals when the SDK collects: counting a member
+    costs a dict increment, not a call into the SDK.
     """
 
     def __init__(
@@ -114,13 +129,30 @@ class OpenTelemetryExporter:
         meter_provider = meter_provider or metrics.get_meter_provider()
         self.tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
         meter = meter_provider.get_meter(INSTRUMENTATION_NAME)
+        self._member_counts: dict[_Key, int] = {}
+        self._event_counts: dict[_Key, int] = {}
+        observation = metrics.Observation
+
+        def observe(counts: dict[_Key, int]) -> Callable[[Any], Iterable[Any]]:
+            def callback(options: Any) -> Iterable[Any]:
+                # dict() copies in one C call: safe against the loop adding keys meanwhile.
+                return [observation(n, dict(key)) for key, n in dict(counts).items()]
+
+            return callback
+
+        meter.create_observable_counter(
+            "rh_agents.members",
+            [observe(self._member_counts)],
+            unit="1",
+            description="Group members finished, by group name and status",
+        )
+        meter.create_observable_counter(
+            "rh_agents.events",
+            [observe(self._event_counts)],
+            unit="1",
+            description="Actor calls finished, by actor name and status",
+        )
         self._instruments = _Instruments(
-            members=meter.create_counter(
-                "rh_agents.members", unit="1", description="Group members finished, by status"
-            ),
-            events=meter.create_counter(
-                "rh_agents.events", unit="1", description="Actor calls finished, by status"
-            ),
             member_duration=meter.create_histogram(
                 "rh_agents.member.duration", unit="s", description="Member run time"
             ),
@@ -137,22 +169,31 @@ class OpenTelemetryExporter:
         # Records carry the state's monotonic clock; spans need epoch nanoseconds. One offset,
         # taken once, keeps every span of the run on one consistent scale.
         self._offset_ns = time.time_ns() - int(clock_now * 1e9)
-        self._open: dict[str, Any] = {}
+        self._open: dict[str, _Open] = {}
         self._group_names: dict[str, str] = {}
+        self._labels: dict[_Key, dict[str, str]] = {}  # attribute dicts, built once per key
 
     # --- helpers --------------------------------------------------------------------------
 
     def _ns(self, timestamp: float) -> int:
         return int(timestamp * 1e9) + self._offset_ns
 
+    def _label(self, key: _Key) -> dict[str, str]:
+        labels = self._labels.get(key)
+        if labels is None:
+            labels = self._labels[key] = dict(key)
+        return labels
+
     def _context_for(self, address: str) -> Any:
         """The context of the nearest open span above ``address`` (``None`` at the root)."""
         parent = parent_address(address)
         open_spans = self._open
         while parent is not None:
-            span = open_spans.get(parent)
-            if span is not None:
-                return self._trace.set_span_in_context(span)
+            entry = open_spans.get(parent)
+            if entry is not None:
+                if entry.context is None:  # one context per parent, shared by its children
+                    entry.context = self._trace.set_span_in_context(entry.span)
+                return entry.context
             parent = parent_address(parent)
         return None
 
@@ -168,8 +209,12 @@ class OpenTelemetryExporter:
             attributes=attributes,
             start_time=self._ns(record.timestamp),
         )
-        self._open[record.address] = span
+        self._open[record.address] = _Open(span)
         return span
+
+    def _pop(self, address: str) -> Any:
+        entry = self._open.pop(address, None)
+        return entry.span if entry is not None else None
 
     def _fail(self, span: Any, error: str, error_type: str, timestamp: float) -> None:
         span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error))
@@ -186,28 +231,27 @@ class OpenTelemetryExporter:
             self._start(
                 f"member {record.address.rsplit('::', 1)[-1]}",
                 record,
-                {"rh_agents.kind": "member", "rh_agents.queue_wait": record.queue_wait},
+                {"rh_agents.queue_wait": record.queue_wait},
             )
             group = self._group_names.get(record.group_id or "", "")
-            self._instruments.queue_wait.record(record.queue_wait, {"rh_agents.group": group})
+            self._instruments.queue_wait.record(
+                record.queue_wait,
+                self._label((("rh_agents.group", group),)),
+            )
         elif isinstance(record, MemberFinished):
             self._end_member(record)
         elif isinstance(record, EventStarted):
             self._start(
                 record.actor,
                 record,
-                {
-                    "rh_agents.kind": "event",
-                    "rh_agents.actor.name": record.actor,
-                    "rh_agents.actor.kind": record.actor_kind,
-                },
+                {"rh_agents.actor.name": record.actor, "rh_agents.actor.kind": record.actor_kind},
             )
         elif isinstance(record, EventCompleted | EventFailed):
             self._end_event(record)
         elif isinstance(record, EventRetrying):
-            span = self._open.get(record.address)
-            if span is not None:
-                span.add_event(
+            entry = self._open.get(record.address)
+            if entry is not None:
+                entry.span.add_event(
                     "retry",
                     {
                         "rh_agents.attempt": record.attempt,
@@ -223,7 +267,6 @@ class OpenTelemetryExporter:
                 f"group {record.name}",
                 record,
                 {
-                    "rh_agents.kind": "group",
                     "rh_agents.group.name": record.name,
                     "rh_agents.group.max_workers": record.max_workers or 0,
                 },
@@ -233,14 +276,16 @@ class OpenTelemetryExporter:
 
     def _end_member(self, record: MemberFinished) -> None:
         group = self._group_names.get(record.group_id or "", "")
-        labels = {"rh_agents.group": group, "rh_agents.status": record.status}
-        self._instruments.members.add(1, labels)
-        span = self._open.pop(record.address, None)
+        key = (("rh_agents.group", group), ("rh_agents.status", record.status))
+        counts = self._member_counts
+        counts[key] = counts.get(key, 0) + 1
+        span = self._pop(record.address)
         if span is None:  # finished without starting: skipped or cancelled while queued
             return
-        self._instruments.member_duration.record(record.execution_time, labels)
-        span.set_attribute("rh_agents.status", record.status)
-        span.set_attribute("rh_agents.attempts", record.attempts)
+        self._instruments.member_duration.record(record.execution_time, self._label(key))
+        span.set_attributes(
+            {"rh_agents.status": record.status, "rh_agents.attempts": record.attempts}
+        )
         if record.error is not None:
             if record.status in ("failed", "timed_out"):
                 error_type = record.error.split(":", 1)[0] if ":" in record.error else "Error"
@@ -250,30 +295,33 @@ class OpenTelemetryExporter:
         span.end(end_time=self._ns(record.timestamp))
 
     def _end_event(self, record: EventCompleted | EventFailed) -> None:
-        span = self._open.pop(record.address, None)
+        span = self._pop(record.address)
         if span is None:  # a replayed result: no EventStarted; show it as an instant
             span = self._start(
                 record.actor,
                 record,
-                {
-                    "rh_agents.kind": "event",
-                    "rh_agents.actor.name": record.actor,
-                    "rh_agents.actor.kind": record.actor_kind,
-                },
+                {"rh_agents.actor.name": record.actor, "rh_agents.actor.kind": record.actor_kind},
             )
-            self._open.pop(record.address, None)
-        span.set_attribute("rh_agents.attempts", record.attempts)
+            self._pop(record.address)
         if isinstance(record, EventCompleted):
             status = "completed"
-            span.set_attribute("rh_agents.source", record.source)
-            span.set_attribute("rh_agents.cache_hit", record.source == "cache")
+            span.set_attributes(
+                {
+                    "rh_agents.attempts": record.attempts,
+                    "rh_agents.source": record.source,
+                    "rh_agents.cache_hit": record.source == "cache",
+                }
+            )
         else:
             status = "cancelled" if record.cancelled else "failed"
-            span.set_attribute("rh_agents.cache_hit", False)
+            span.set_attributes(
+                {"rh_agents.attempts": record.attempts, "rh_agents.cache_hit": False}
+            )
             self._fail(span, record.error, record.error_type, record.timestamp)
-        labels = {"rh_agents.actor": record.actor, "rh_agents.status": status}
-        self._instruments.events.add(1, labels)
-        self._instruments.event_duration.record(record.execution_time, labels)
+        key = (("rh_agents.actor", record.actor), ("rh_agents.status", status))
+        counts = self._event_counts
+        counts[key] = counts.get(key, 0) + 1
+        self._instruments.event_duration.record(record.execution_time, self._label(key))
         span.end(end_time=self._ns(record.timestamp))
 
     def _end_group(self, record: GroupCompleted) -> None:
@@ -281,24 +329,25 @@ class OpenTelemetryExporter:
         self._instruments.group_duration.record(
             record.wall_time, {"rh_agents.group": record.name, "rh_agents.status": record.status}
         )
-        span = self._open.pop(record.address, None)
+        span = self._pop(record.address)
         if span is None:
             return
-        for key, value in (
-            ("total", record.total),
-            ("succeeded", record.succeeded),
-            ("failed", record.failed),
-            ("cancelled", record.cancelled),
-            ("skipped", record.skipped),
-            ("timed_out", record.timed_out),
-        ):
-            span.set_attribute(f"rh_agents.group.{key}", value)
-        span.set_attribute("rh_agents.status", record.status)
+        attributes: dict[str, Any] = {
+            "rh_agents.status": record.status,
+            "rh_agents.group.total": record.total,
+            "rh_agents.group.succeeded": record.succeeded,
+            "rh_agents.group.failed": record.failed,
+            "rh_agents.group.cancelled": record.cancelled,
+            "rh_agents.group.skipped": record.skipped,
+            "rh_agents.group.timed_out": record.timed_out,
+        }
         metrics = record.metrics
-        if metrics is not None and hasattr(metrics, "run_time"):
-            span.set_attribute("rh_agents.group.run_time_p95", metrics.run_time.p95)
-            span.set_attribute("rh_agents.group.queue_wait_p95", metrics.queue_wait.p95)
-            span.set_attribute("rh_agents.group.efficiency", metrics.efficiency)
+        if isinstance(metrics, GroupMetrics):
+            attributes["rh_agents.group.run_time_p95"] = metrics.run_time.p95
+            attributes["rh_agents.group.queue_wait_p95"] = metrics.queue_wait.p95
+            attributes["rh_agents.group.efficiency"] = metrics.efficiency
+            attributes["rh_agents.group.retries"] = metrics.retries
+        span.set_attributes(attributes)
         if record.failed or record.timed_out or record.status in ("failed", "timed_out"):
             span.set_status(
                 self._trace.Status(
