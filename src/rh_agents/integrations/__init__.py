@@ -2,3 +2,5 @@
 
 ``rh_agents.integrations.otel``: OpenTelemetry traces and metrics (extra ``otel``).
 """
+
+__all__: list[str] = []
