@@ -230,3 +230,63 @@ async def test_missing_opentelemetry_is_a_clear_error(monkeypatch: pytest.Monkey
     assert not state.event_bus.has_listeners  # nothing was left half-installed
     result = await ExecutionEvent(actor=reader)(Doc(text="abc"), "", state)
     assert result.unwrap() == 3
+
+
+class SteppingClock:
+    def __init__(self) -> None:
+        self.t = 10.0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+async def test_span_times_come_from_the_records_clock(telemetry: Telemetry) -> None:
+    from rh_agents.core.context import current_frame
+    from rh_agents.core.records import EventRetrying
+
+    clock = SteppingClock()
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus, clock=clock)
+    instrument(state, telemetry.tracer_provider, telemetry.meter_provider)
+
+    async def slow() -> str:
+        frame = current_frame(state)
+        bus.publish(
+            EventRetrying(
+                address=frame.address,
+                timestamp=clock.t + 0.25,
+                group_id=frame.group_id,
+                parallel_index=frame.parallel_index,
+                is_parallel=True,
+                attempt=1,
+                delay=0.25,
+                error="RuntimeError: 503",
+                error_type="RuntimeError",
+            )
+        )
+        clock.t += 2.5
+        return "done"
+
+    async with state.parallel(max_workers=1, name="g") as p:
+        p.add(slow)
+        p.add(slow)
+        await p.gather()
+    await bus.close()
+    spans = telemetry.spans()
+    first, second, group = spans["g[0]"], spans["g[1]"], spans["g"]
+
+    def times(span: ReadableSpan) -> tuple[int, int]:
+        assert span.start_time is not None and span.end_time is not None
+        return span.start_time, span.end_time
+
+    assert times(first)[1] - times(first)[0] == 2_500_000_000
+    assert times(second)[0] - times(first)[0] == 2_500_000_000
+    assert times(group)[1] - times(group)[0] == 5_000_000_000
+    assert second.attributes is not None
+    assert second.attributes["rh_agents.queue_wait"] == 2.5
+    (retry,) = first.events
+    assert retry.name == "retry"
+    assert retry.timestamp - times(first)[0] == 250_000_000
