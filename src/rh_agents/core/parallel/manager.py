@@ -1107,24 +1107,7 @@ class ParallelExecutionManager(Generic[T]):
 
     def metrics(self) -> GroupMetrics:
         """A frozen ``GroupMetrics`` snapshot (counts, percentiles, throughput, efficiency)."""
-        stats = self.statistics()
-        counts = {
-            "total": stats.total,
-            "running": stats.running,
-            "queued": stats.queued,
-            "succeeded": stats.succeeded,
-            "failed": stats.failed,
-            "cancelled": stats.cancelled,
-            "timed_out": stats.timed_out,
-            "skipped": stats.skipped,
-        }
-        return self._metrics.snapshot(
-            group_id=self.group_id,
-            counts=counts,
-            wall_time=stats.wall_time,
-            concurrency_high_water=self._high_water,
-            max_workers=self._limit,
-        )
+        return self._metrics.snapshot(self.statistics(), max_workers=self._limit)
 
 
 class _LazySource:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from rh_agents.errors import CircuitOpenError
 
 if TYPE_CHECKING:
+    from rh_agents.core.parallel.group import GroupStatistics
     from rh_agents.core.parallel.member import Member
     from rh_agents.core.results import ExecutionResult
 
@@ -142,46 +143,32 @@ class MetricsRecorder:
         if exc is not None and isinstance(exc, CircuitOpenError):
             self.breaker_rejections += 1
 
-    def snapshot(
-        self,
-        *,
-        group_id: str,
-        counts: dict[str, int],
-        wall_time: float,
-        concurrency_high_water: int,
-        max_workers: int,
-    ) -> GroupMetrics:
-        """Freeze the current state; ``counts`` holds the ``GroupStatistics`` counters."""
+    def snapshot(self, stats: GroupStatistics, *, max_workers: int) -> GroupMetrics:
+        """Freeze the current state, with the group's counters from ``stats``."""
         run_time = Distribution.of(self.run_times)
-        done = (
-            counts["succeeded"]
-            + counts["failed"]
-            + counts["cancelled"]
-            + counts["timed_out"]
-            + counts["skipped"]
-        )
-        throughput = done / wall_time if wall_time > 0 else 0.0
+        wall_time = stats.wall_time
+        throughput = stats.done / wall_time if wall_time > 0 else 0.0
         if wall_time > 0:
             efficiency = min(1.0, run_time.total / max_workers / wall_time)
         else:
             efficiency = 1.0 if run_time.count else 0.0
         return GroupMetrics(
-            group_id=group_id,
-            total=counts["total"],
-            running=counts["running"],
-            queued=counts["queued"],
-            succeeded=counts["succeeded"],
-            failed=counts["failed"],
-            cancelled=counts["cancelled"],
-            timed_out=counts["timed_out"],
-            skipped=counts["skipped"],
+            group_id=stats.group_id,
+            total=stats.total,
+            running=stats.running,
+            queued=stats.queued,
+            succeeded=stats.succeeded,
+            failed=stats.failed,
+            cancelled=stats.cancelled,
+            timed_out=stats.timed_out,
+            skipped=stats.skipped,
             retries=self.retries,
             breaker_rejections=self.breaker_rejections,
             queue_wait=Distribution.of(self.queue_waits),
             run_time=run_time,
             wall_time=wall_time,
             throughput=throughput,
-            concurrency_high_water=concurrency_high_water,
+            concurrency_high_water=stats.concurrency_high_water,
             max_workers=max_workers,
             efficiency=efficiency,
         )
