@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -96,6 +98,32 @@ async def run_nested(telemetry: Telemetry) -> None:
         p.add(ExecutionEvent(actor=worker)(Doc(text="ccc bad"), "", state))
         await p.gather()
     await bus.close()
+
+
+@given(
+    st.lists(
+        st.tuples(st.from_regex(r"[A-Za-z_][A-Za-z0-9_#]{0,8}", fullmatch=True), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(min_value=0, max_value=99),
+)
+def test_parent_address_walks_back_up_any_path(steps: list[tuple[str, bool]], index: int) -> None:
+    # Build a path of events and groups (a group is followed by one of its members).
+    path: list[str] = []
+    address: str | None = None
+    for name, is_group in steps:
+        address = name if address is None else f"{address}::{name}"
+        path.append(address)
+        if is_group:
+            address = f"{address}[{index}]"
+            path.append(address)
+    walked: list[str] = []
+    node: str | None = path[-1]
+    while node is not None:
+        walked.append(node)
+        node = parent_address(node)
+    assert walked == path[::-1]
 
 
 def test_parent_address() -> None:

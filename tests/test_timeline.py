@@ -212,5 +212,13 @@ def test_demo_writes_a_timeline(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--timeline", str(out)])
     assert result.exit_code == 0, result.output
     assert "Timeline written to" in result.output
-    members = members_of(svg_of(out.read_text(encoding="utf-8")))
-    assert len(members) >= 3  # the three documents, plus the steps inside each
+    svg = svg_of(out.read_text(encoding="utf-8"))
+    per_group = {
+        g.get("data-group-id"): sum(
+            1 for m in g.iter(f"{SVG}g") if m.get("class") == "member status-completed"
+        )
+        for g in svg.iter(f"{SVG}g")
+        if g.get("class") == "group"
+    }
+    documents = [gid for gid in per_group if gid and gid.endswith("::documents")]
+    assert len(documents) == 1 and per_group[documents[0]] == 3  # one bar per document
