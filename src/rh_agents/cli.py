@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import typer
 
+from rh_agents.observability.cli import timeline as runs_timeline
 from rh_agents.recovery.cli import runs_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="rh_agents command line.")
 app.add_typer(runs_app, name="runs")
+runs_app.command("timeline")(runs_timeline)
 
 _MODES = ("realtime", "progress", "collapsed", "smart")
 
@@ -25,6 +28,9 @@ def demo(
         0.1, min=0.0, max=1.0, help="Chance that a simulated LLM call fails (transient 503)."
     ),
     seed: int = typer.Option(7, help="Seed of the simulated latencies and failures."),
+    timeline: Path | None = typer.Option(
+        None, "--timeline", help="Also write the run's timeline (HTML) to this file."
+    ),
 ) -> None:
     """Run the offline research-digest demo (no key, no network; a few seconds)."""
     if mode not in _MODES:
@@ -40,6 +46,7 @@ def demo(
             mode=mode,  # type: ignore[arg-type]  # checked against _MODES above
             failure_rate=failure_rate,
             seed=seed,
+            timeline=timeline,
         )
     )
 

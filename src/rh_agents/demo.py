@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from pathlib import Path
 from typing import IO, Any
 
 from pydantic import BaseModel
@@ -29,6 +30,7 @@ from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.execution import ExecutionState
 from rh_agents.demo_data import DOCUMENTS
 from rh_agents.errors import ConfigurationError
+from rh_agents.observability.timeline import TimelineRecorder
 
 __all__ = [
     "DOCUMENTS",
@@ -181,8 +183,12 @@ async def run_demo(
     failure_rate: float = 0.1,
     seed: int = 7,
     latency: float = 1.0,
+    timeline: str | Path | None = None,
 ) -> str:
-    """Run the digest with a ``ParallelEventPrinter`` and return the digest text."""
+    """Run the digest with a ``ParallelEventPrinter`` and return the digest text.
+
+    ``timeline``: also write the run's timeline (HTML, ``TimelineRecorder``) to that file.
+    """
     if documents < 1:
         raise ConfigurationError(f"documents must be >= 1, got {documents}")
     if workers < 1:
@@ -209,6 +215,9 @@ async def run_demo(
     bus = EventBus()
     with ParallelEventPrinter(mode, console=console) as printer:
         bus.subscribe(printer)
+        recorder = TimelineRecorder() if timeline is not None else None
+        if recorder is not None:
+            bus.subscribe(recorder)
         async with ExecutionState(event_bus=bus) as state:
             result: ExecutionResult[Any] = await ExecutionEvent(actor=actors["orchestrator"])(
                 corpus, "", state
@@ -217,4 +226,7 @@ async def run_demo(
     digest = str(result.unwrap())
     console.print("\n" + digest, highlight=False, markup=False)
     console.print("\n" + OUTRO, highlight=False, markup=False)
+    if recorder is not None and timeline is not None:
+        written = recorder.timeline("rh-agents demo").write_html(timeline)
+        console.print(f"Timeline written to {written}", highlight=False, markup=False)
     return digest

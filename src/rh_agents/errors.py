@@ -6,6 +6,7 @@ exceptions keeps working::
 
     RHAgentsError
      ├── ConfigurationError (ValueError)       a bad argument: max_workers=0, an unknown mode, ...
+     │    └── MissingDependencyError           an optional integration's package is not installed
      ├── ActorDefinitionError (TypeError)      an actor that cannot run: a sync handler, ...
      ├── ActorInputError (ValueError)          an input that does not fit the actor's input model
      ├── ActorOutputError (ValueError)         a handler result that does not fit the output model
@@ -55,6 +56,7 @@ __all__ = [
     "MemberCancelledError",
     "MemberFailedError",
     "MemberSkippedError",
+    "MissingDependencyError",
     "ParallelError",
     "ParallelTimeoutError",
     "RHAgentsError",
@@ -72,6 +74,13 @@ class RHAgentsError(Exception):
 
 class ConfigurationError(RHAgentsError, ValueError):
     """An argument has a value the library cannot work with."""
+
+
+class MissingDependencyError(ConfigurationError):
+    """An optional integration was asked for, but its package is not installed.
+
+    The message names the extra to install (``pip install 'rh-agents[otel]'``).
+    """
 
 
 class ActorDefinitionError(RHAgentsError, TypeError):

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
 from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
 from rh_agents.core.parallel.member import Member, check_member
+from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.records import GroupCompleted, GroupStarted, MemberFinished, MemberStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
@@ -222,6 +223,7 @@ class ParallelExecutionManager(Generic[T]):
         self._parent_frame: Frame | None = None
         self._started_at = 0.0
         self._wall_time: float | None = None
+        self._metrics = MetricsRecorder()  # observability: per-member timings
 
     # --- adaptive limit (resilience) -------------------------------------------------------
 
@@ -759,6 +761,7 @@ class ParallelExecutionManager(Generic[T]):
         member.result = result
         if member.source is not None:
             member.discard()  # closes a coroutine that never ran: no "never awaited" warning
+        self._metrics.record(member, result)  # observability: one append per member
         status = result.status
         self._done += 1
         if result.ok:
@@ -1026,7 +1029,7 @@ class ParallelExecutionManager(Generic[T]):
                     skipped=self._skipped,
                     timed_out=self._timed_out,
                     wall_time=self._wall_time,
-                    metrics=self.statistics(),
+                    metrics=self.metrics(),
                 )
             )
 
@@ -1214,6 +1217,12 @@ class ParallelExecutionManager(Generic[T]):
             concurrency_high_water=self._high_water,
             wall_time=wall,
         )
+
+    # --- observability: metrics snapshot ---------------------------------------------------
+
+    def metrics(self) -> GroupMetrics:
+        """A frozen ``GroupMetrics`` snapshot (counts, percentiles, throughput, efficiency)."""
+        return self._metrics.snapshot(self.statistics(), max_workers=self._limit)
 
 
 class _ResultStream(AsyncIterator[ExecutionResult[Any]]):

@@ -1,0 +1,159 @@
+"""OpenTelemetry overhead: a 10,000-member group with tracing and metrics on, against the same
+group without them, side by side in one process (modes alternate within each round; best of
+the rounds, and the median of per-round ratios). Each time includes draining the bus, so every
+span has been ended when the clock stops; spans go through a ``BatchSpanProcessor`` to an
+exporter that drops them (its queue is big enough that no span is dropped unexported);
+metrics go to an SDK ``MeterProvider`` with an in-memory reader. The "traces only" mode swaps
+the SDK meter for the API's no-op one, to show what the histograms cost.
+
+Three workloads: members that do nothing (the worst case: all that is measured is overhead),
+``ExecutionEvent`` members (two spans per member: the member and the actor call), and
+members that wait 10 ms (a stand-in for I/O; real LLM calls wait far longer).
+
+Run: ``.venv/bin/python -m benchmarks.bench_otel``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Tool
+from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import BusEvent
+from rh_agents.integrations.otel import instrument
+
+MEMBERS = 10_000
+WORKERS = 100
+ROUNDS = 5
+
+
+class NullExporter(SpanExporter):
+    """Drops every span (what is measured is making them, not shipping them)."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class Item(BaseModel):
+    i: int
+
+
+async def _square(item: Item, context: str, state: ExecutionState) -> int:
+    return item.i * item.i
+
+
+EVENT: ExecutionEvent[Any] = ExecutionEvent(
+    actor=Tool(name="square", input_model=Item, handler=_square)
+)
+
+
+async def _nothing(i: int) -> int:
+    return i
+
+
+async def _sleepy(i: int) -> int:
+    await asyncio.sleep(0.01)
+    return i
+
+
+def _add_plain(state: ExecutionState, p: Any, i: int) -> None:
+    p.add(_nothing(i))
+
+
+def _add_event(state: ExecutionState, p: Any, i: int) -> None:
+    p.add(EVENT(Item(i=i), "", state))
+
+
+def _add_sleepy(state: ExecutionState, p: Any, i: int) -> None:
+    p.add(_sleepy(i))
+
+
+WORKLOADS: list[tuple[str, Callable[[ExecutionState, Any, int], None]]] = [
+    ("no-op members", _add_plain),
+    ("ExecutionEvent members", _add_event),
+    ("10 ms members", _add_sleepy),
+]
+
+
+def _ignore(record: BusEvent) -> None:
+    return None
+
+
+async def _group(add: Callable[[ExecutionState, Any, int], None], mode: str) -> float:
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus)
+    providers: tuple[TracerProvider, MeterProvider] | None = None
+    if mode == "no-op subscriber":
+        bus.subscribe(_ignore)
+    elif mode.startswith("OpenTelemetry"):
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(
+            BatchSpanProcessor(NullExporter(), max_queue_size=4 * MEMBERS)
+        )
+        meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        providers = (tracer_provider, meter_provider)
+        if mode == "OpenTelemetry":
+            instrument(state, tracer_provider, meter_provider)
+        else:  # traces only: the API's no-op meter instead of the SDK's
+            instrument(state, tracer_provider, NoOpMeterProvider())
+    started = time.perf_counter()
+    async with state.parallel(max_workers=WORKERS, name="members") as p:
+        for i in range(MEMBERS):
+            add(state, p, i)
+        results = await p.gather()
+    await bus.drain()
+    elapsed = time.perf_counter() - started
+    await bus.close()
+    if providers is not None:
+        providers[0].shutdown()
+        providers[1].shutdown()
+    assert all(r.ok for r in results)
+    return elapsed
+
+
+MODES = [
+    "no telemetry",
+    "no-op subscriber",
+    "OpenTelemetry",
+    "OpenTelemetry, traces only",
+]
+
+
+def main() -> None:
+    print(f"{MEMBERS} members per group, max_workers={WORKERS}, best of {ROUNDS} rounds")
+    print(
+        "| workload               | mode                       | best s | µs/member | ratio (best) "
+        "| ratio (paired median) |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
+    for label, add in WORKLOADS:
+        times: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for _ in range(ROUNDS):
+            for mode in MODES:  # alternate so that drift hits every mode alike
+                times[mode].append(asyncio.run(_group(add, mode)))
+        base = times[MODES[0]]
+        for mode in MODES:
+            best = min(times[mode])
+            paired = statistics.median(t / b for t, b in zip(times[mode], base, strict=True))
+            print(
+                f"| {label:<22} | {mode:<26} | {best:>6.3f} | {best / MEMBERS * 1e6:>9.1f} "
+                f"| {best / min(base):>12.2f} | {paired:>21.2f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""A timeline of a run: when each group member waited, ran, retried and how it ended.
+
+Collect it live with a bus subscriber, then write a self-contained HTML page (inline SVG, no
+scripts, no external assets)::
+
+    recorder = TimelineRecorder()
+    bus.subscribe(recorder)
+    ...                                   # run
+    await bus.drain()
+    recorder.timeline().write_html("run.html")
+
+or build it from a stored run (``Timeline.from_checkpoints``): checkpoints keep each event's
+duration, status and attempts but not when it started, so that page shows durations only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rh_agents.core.records import (
+    BusEvent,
+    EventRetrying,
+    GroupCompleted,
+    GroupStarted,
+    MemberFinished,
+    MemberStarted,
+)
+
+__all__ = ["DEFAULT_TITLE", "MemberBar", "Timeline", "TimelineGroup", "TimelineRecorder"]
+
+DEFAULT_TITLE = "rh_agents run timeline"
+
+
+@dataclass(slots=True)
+class MemberBar:
+    """One member: queued at ``enqueued``, ran from ``started`` to ``finished`` (seconds on the
+    run's clock). ``started`` is ``None`` for a member that never ran (skipped, or cancelled
+    while it waited); ``enqueued`` is ``None`` when the wait is unknown."""
+
+    index: int
+    name: str | None = None
+    enqueued: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    status: str = "running"
+    error: str | None = None
+    attempts: int = 1
+    retries: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"[{self.index}]" + (f" {self.name}" if self.name else "")
+
+
+@dataclass(slots=True)
+class TimelineGroup:
+    """One group and its members in index order."""
+
+    group_id: str
+    name: str
+    started: float | None = None
+    finished: float | None = None
+    max_workers: int | None = None
+    status: str = "running"
+    metrics: Any = None
+    members: dict[int, MemberBar] = field(default_factory=dict)
+
+    def bars(self) -> list[MemberBar]:
+        return [self.members[i] for i in sorted(self.members)]
+
+    def member(self, index: int) -> MemberBar:
+        bar = self.members.get(index)
+        if bar is None:
+            bar = self.members[index] = MemberBar(index)
+        return bar
+
+
+@dataclass(slots=True)
+class Timeline:
+    """Every group of a run, in the order they started. ``timed`` is false when start times
+    are unknown (a timeline rebuilt from checkpoints): bars then show durations only."""
+
+    groups: list[TimelineGroup] = field(default_factory=list)
+    timed: bool = True
+    title: str = DEFAULT_TITLE
+
+    def to_html(self) -> str:
+        from rh_agents.observability.timeline_svg import render_html
+
+        return render_html(self)
+
+    def write_html(self, path: str | Path) -> Path:
+        out = Path(path)
+        out.write_text(self.to_html(), encoding="utf-8")
+        return out
+
+    @classmethod
+    def from_checkpoints(cls, records: Any, *, title: str = "") -> Timeline:
+        """A durations-only timeline from a run's ``CheckpointRecord`` values.
+
+        A member's bar is its top-level event (address ``group[i]::actor``): the event's
+        duration, status, attempts and error. Members that stored no checkpoint are absent.
+        """
+        groups: dict[str, TimelineGroup] = {}
+        for record in sorted(records, key=lambda r: r.seq):
+            group_id, index = record.group_id, record.parallel_index
+            if group_id is None or index is None:
+                continue
+            member_address = f"{group_id}[{index}]"
+            rest = record.address[len(member_address) :]
+            if not record.address.startswith(member_address) or rest.count("::") != 1:
+                continue  # deeper events belong to the member's own tree
+            group = groups.get(group_id)
+            if group is None:
+                group = groups[group_id] = TimelineGroup(
+                    group_id, group_id.rsplit("::", 1)[-1], status="stored"
+                )
+            bar = group.member(index)
+            bar.name = rest[2:]
+            bar.started = 0.0
+            bar.finished = record.execution_time
+            bar.status = record.status
+            bar.error = record.error
+            bar.attempts = record.attempts
+        return cls(list(groups.values()), timed=False, title=title or DEFAULT_TITLE)
+
+
+class TimelineRecorder:
+    """A bus subscriber that builds a ``Timeline``. Fed by its own feeder task, in order."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, TimelineGroup] = {}
+
+    def __call__(self, record: BusEvent) -> None:
+        if isinstance(record, MemberStarted | MemberFinished | EventRetrying):
+            if record.group_id is None or record.parallel_index is None:
+                return
+            group = self._groups.get(record.group_id)
+            if group is None:  # subscribed after the group opened
+                group = self._groups[record.group_id] = TimelineGroup(
+                    record.group_id, record.group_id.rsplit("::", 1)[-1]
+                )
+            bar = group.member(record.parallel_index)
+            if isinstance(record, MemberStarted):
+                bar.name = record.name
+                bar.started = record.timestamp
+                bar.enqueued = record.timestamp - record.queue_wait
+            elif isinstance(record, MemberFinished):
+                bar.name = record.name
+                bar.finished = record.timestamp
+                bar.status = record.status
+                bar.error = record.error
+                bar.attempts = record.attempts
+            else:
+                bar.retries.append(record.timestamp)
+        elif isinstance(record, GroupStarted):
+            self._groups[record.address] = TimelineGroup(
+                record.address,
+                record.name,
+                started=record.timestamp,
+                max_workers=record.max_workers,
+            )
+        elif isinstance(record, GroupCompleted):
+            group = self._groups.get(record.address)
+            if group is not None:
+                group.finished = record.timestamp
+                group.status = record.status
+                group.metrics = record.metrics
+
+    def timeline(self, title: str = "") -> Timeline:
+        """The timeline so far (groups in the order they started)."""
+        return Timeline(list(self._groups.values()), title=title or DEFAULT_TITLE)

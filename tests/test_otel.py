@@ -1,0 +1,320 @@
+"""OpenTelemetry spans and metrics follow the execution tree (in-memory SDK exporters)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Agent, Tool
+from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.errors import MissingDependencyError
+from rh_agents.integrations.otel import instrument, parent_address, uninstrument
+from rh_agents.recovery import ActorCache
+
+
+class Doc(BaseModel):
+    text: str
+
+
+async def read(input: Doc, context: str, state: ExecutionState) -> int:
+    if input.text == "bad":
+        raise RuntimeError("bad doc")
+    return len(input.text)
+
+
+reader = Tool(name="reader", input_model=Doc, handler=read, cacheable=True)
+
+
+async def work(input: Doc, context: str, state: ExecutionState) -> int:
+    async with state.parallel(max_workers=2, name="inner") as p:
+        for part in input.text.split():
+            p.add(ExecutionEvent(actor=reader)(Doc(text=part), "", state))
+        results = await p.gather()
+    return sum(r.result for r in results if r.ok)
+
+
+worker = Agent(name="worker", input_model=Doc, handler=work)
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.spans_out = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans_out))
+        self.metric_reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.metric_reader])
+
+    def spans(self) -> dict[str, ReadableSpan]:
+        out: dict[str, ReadableSpan] = {}
+        for span in self.spans_out.get_finished_spans():
+            address = span.attributes["rh_agents.address"] if span.attributes else None
+            assert isinstance(address, str)
+            assert address not in out
+            out[address] = span
+        return out
+
+    def points(self, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+        data = self.metric_reader.get_metrics_data()
+        assert data is not None
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        return {
+                            tuple(sorted((p.attributes or {}).items())): p
+                            for p in metric.data.data_points
+                        }
+        raise AssertionError(f"no metric {name}")
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    t = Telemetry()
+    yield t
+    t.tracer_provider.shutdown()
+    t.meter_provider.shutdown()
+
+
+async def run_nested(telemetry: Telemetry) -> None:
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus, cache=ActorCache())
+    instrument(state, telemetry.tracer_provider, telemetry.meter_provider)
+    async with state.parallel(max_workers=2, name="outer") as p:
+        p.add(ExecutionEvent(actor=worker)(Doc(text="a bb"), "", state))
+        p.add(ExecutionEvent(actor=worker)(Doc(text="ccc bad"), "", state))
+        await p.gather()
+    await bus.close()
+
+
+@given(
+    st.lists(
+        st.tuples(st.from_regex(r"[A-Za-z_][A-Za-z0-9_#]{0,8}", fullmatch=True), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(min_value=0, max_value=99),
+)
+def test_parent_address_walks_back_up_any_path(steps: list[tuple[str, bool]], index: int) -> None:
+    # Build a path of events and groups (a group is followed by one of its members).
+    path: list[str] = []
+    address: str | None = None
+    for name, is_group in steps:
+        address = name if address is None else f"{address}::{name}"
+        path.append(address)
+        if is_group:
+            address = f"{address}[{index}]"
+            path.append(address)
+    walked: list[str] = []
+    node: str | None = path[-1]
+    while node is not None:
+        walked.append(node)
+        node = parent_address(node)
+    assert walked == path[::-1]
+
+
+def test_parent_address() -> None:
+    assert parent_address("outer") is None
+    assert parent_address("outer[1]") == "outer"
+    assert parent_address("outer[1]::worker") == "outer[1]"
+    assert parent_address("outer[1]::worker::inner") == "outer[1]::worker"
+    assert parent_address("a::g#2[0]") == "a::g#2"
+
+
+async def test_span_tree_matches_nested_groups(telemetry: Telemetry) -> None:
+    await run_nested(telemetry)
+    spans = telemetry.spans()
+    expected = {"outer"}
+    for i in (0, 1):
+        member = f"outer[{i}]"
+        expected |= {member, f"{member}::worker", f"{member}::worker::inner"}
+        for j in (0, 1):
+            expected |= {
+                f"{member}::worker::inner[{j}]",
+                f"{member}::worker::inner[{j}]::reader",
+            }
+    assert set(spans) == expected
+    root = spans["outer"]
+    assert root.parent is None
+    for address, span in spans.items():
+        assert span.context is not None and root.context is not None
+        assert span.context.trace_id == root.context.trace_id
+        parent = parent_address(address)
+        if parent is None:
+            continue
+        assert span.parent is not None, address
+        parent_span = spans[parent]
+        assert parent_span.context is not None
+        assert span.parent.span_id == parent_span.context.span_id, address
+        # A child lies inside its parent in time.
+        assert parent_span.start_time is not None and span.start_time is not None
+        assert parent_span.end_time is not None and span.end_time is not None
+        assert parent_span.start_time <= span.start_time <= span.end_time <= parent_span.end_time
+
+
+async def test_attributes_and_errors(telemetry: Telemetry) -> None:
+    await run_nested(telemetry)
+    spans = telemetry.spans()
+    group = spans["outer[1]::worker::inner"]
+    assert group.name == "group inner"
+    assert group.attributes is not None
+    assert group.attributes["rh_agents.group.name"] == "inner"
+    assert group.attributes["rh_agents.group_id"] == "outer"
+    assert group.attributes["rh_agents.parallel_index"] == 1
+    assert group.attributes["rh_agents.group.failed"] == 1
+    assert group.status.status_code is StatusCode.ERROR
+
+    member = spans["outer[1]::worker::inner[1]"]
+    assert member.attributes is not None
+    assert member.attributes["rh_agents.group_id"] == "outer[1]::worker::inner"
+    assert member.attributes["rh_agents.parallel_index"] == 1
+    assert member.attributes["rh_agents.status"] == "failed"
+    assert member.status.status_code is StatusCode.ERROR
+
+    failed = spans["outer[1]::worker::inner[1]::reader"]
+    assert failed.attributes is not None
+    assert failed.attributes["rh_agents.actor.name"] == "reader"
+    assert failed.attributes["rh_agents.actor.kind"] == "tool"
+    assert failed.attributes["rh_agents.attempts"] == 1
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.status.description == "RuntimeError: bad doc"
+    assert [e.name for e in failed.events] == ["exception"]
+    assert failed.events[0].attributes is not None
+    assert failed.events[0].attributes["exception.type"] == "RuntimeError"
+
+    ok = spans["outer[0]::worker::inner[1]::reader"]
+    assert ok.attributes is not None
+    assert ok.status.status_code is StatusCode.UNSET
+    assert ok.attributes["rh_agents.cache_hit"] is False
+    assert spans["outer"].status.status_code is StatusCode.UNSET  # both workers completed
+
+
+async def test_cache_hit_is_an_attribute(telemetry: Telemetry) -> None:
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus, cache=ActorCache())
+    instrument(state, telemetry.tracer_provider, telemetry.meter_provider)
+    await ExecutionEvent(actor=reader)(Doc(text="x"), "", state)
+    await ExecutionEvent(actor=reader)(Doc(text="x"), "", state)
+    await bus.close()
+    spans = telemetry.spans()
+    assert spans["reader"].attributes is not None
+    assert spans["reader#2"].attributes is not None
+    assert spans["reader"].attributes["rh_agents.cache_hit"] is False
+    assert spans["reader#2"].attributes["rh_agents.cache_hit"] is True
+    assert spans["reader#2"].attributes["rh_agents.source"] == "cache"
+
+
+async def test_metrics_count_members_and_durations(telemetry: Telemetry) -> None:
+    await run_nested(telemetry)
+    members = telemetry.points("rh_agents.members")
+    assert {key: p.value for key, p in members.items()} == {
+        (("rh_agents.group", "outer"), ("rh_agents.status", "completed")): 2,
+        (("rh_agents.group", "inner"), ("rh_agents.status", "completed")): 3,
+        (("rh_agents.group", "inner"), ("rh_agents.status", "failed")): 1,
+    }
+    events = telemetry.points("rh_agents.events")
+    assert {key: p.value for key, p in events.items()} == {
+        (("rh_agents.actor", "reader"), ("rh_agents.status", "completed")): 3,
+        (("rh_agents.actor", "reader"), ("rh_agents.status", "failed")): 1,
+        (("rh_agents.actor", "worker"), ("rh_agents.status", "completed")): 2,
+    }
+    durations = telemetry.points("rh_agents.member.duration")
+    assert sum(p.count for p in durations.values()) == 6
+    waits = telemetry.points("rh_agents.member.queue_wait")
+    assert sum(p.count for p in waits.values()) == 6
+    groups = telemetry.points("rh_agents.group.duration")
+    assert sum(p.count for p in groups.values()) == 3
+
+
+async def test_uninstrument_stops_spans(telemetry: Telemetry) -> None:
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus)
+    exporter = instrument(state, telemetry.tracer_provider, telemetry.meter_provider)
+    uninstrument(state, exporter)
+    await ExecutionEvent(actor=reader)(Doc(text="x"), "", state)
+    await bus.close()
+    assert telemetry.spans_out.get_finished_spans() == ()
+
+
+async def test_missing_opentelemetry_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # None in sys.modules makes any import of the module raise ImportError.
+    monkeypatch.setitem(sys.modules, "opentelemetry.trace", None)
+    state = ExecutionState(event_bus=EventBus())
+    with pytest.raises(MissingDependencyError, match=r"rh-agents\[otel\]"):
+        instrument(state)
+    assert not state.event_bus.has_listeners  # nothing was left half-installed
+    result = await ExecutionEvent(actor=reader)(Doc(text="abc"), "", state)
+    assert result.unwrap() == 3
+
+
+class SteppingClock:
+    def __init__(self) -> None:
+        self.t = 10.0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+async def test_span_times_come_from_the_records_clock(telemetry: Telemetry) -> None:
+    from rh_agents.core.context import current_frame
+    from rh_agents.core.records import EventRetrying
+
+    clock = SteppingClock()
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus, clock=clock)
+    instrument(state, telemetry.tracer_provider, telemetry.meter_provider)
+
+    async def slow() -> str:
+        frame = current_frame(state)
+        bus.publish(
+            EventRetrying(
+                address=frame.address,
+                timestamp=clock.t + 0.25,
+                group_id=frame.group_id,
+                parallel_index=frame.parallel_index,
+                is_parallel=True,
+                attempt=1,
+                delay=0.25,
+                error="RuntimeError: 503",
+                error_type="RuntimeError",
+            )
+        )
+        clock.t += 2.5
+        return "done"
+
+    async with state.parallel(max_workers=1, name="g") as p:
+        p.add(slow)
+        p.add(slow)
+        await p.gather()
+    await bus.close()
+    spans = telemetry.spans()
+    first, second, group = spans["g[0]"], spans["g[1]"], spans["g"]
+
+    def times(span: ReadableSpan) -> tuple[int, int]:
+        assert span.start_time is not None and span.end_time is not None
+        return span.start_time, span.end_time
+
+    assert times(first)[1] - times(first)[0] == 2_500_000_000
+    assert times(second)[0] - times(first)[0] == 2_500_000_000
+    assert times(group)[1] - times(group)[0] == 5_000_000_000
+    assert second.attributes is not None
+    assert second.attributes["rh_agents.queue_wait"] == 2.5
+    (retry,) = first.events
+    assert retry.name == "retry"
+    assert retry.timestamp - times(first)[0] == 250_000_000
