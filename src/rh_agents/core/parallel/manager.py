@@ -612,6 +612,9 @@ class ParallelExecutionManager(Generic[T]):
             self._serve_reclaimers()
         if not task.cancelled() and task.exception() is not None:  # a bug in the scheduler
             self._state.report_internal_error(task.exception())
+        # A worker that leaves may be the one that found the lazy input exhausted, after the
+        # last result: a reader waiting for more must learn that nothing more will come.
+        self._wake_readers()
         self._check_all_done()
 
     async def _wait_for_reader(self) -> None:
@@ -835,12 +838,16 @@ class ParallelExecutionManager(Generic[T]):
         ):
             self._stop(ResultStatus.CANCELLED, None)
 
+        self._wake_readers()
+        self._check_all_done()
+
+    def _wake_readers(self) -> None:
+        """Wake the stream() readers waiting for a result or for the end of the group."""
         progress = self._progress
         if progress is not None:
             self._progress = None
             if not progress.done():
                 progress.set_result(None)
-        self._check_all_done()
 
     def _threshold_reached(self) -> bool:
         threshold = self.failure_threshold

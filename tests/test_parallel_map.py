@@ -1,0 +1,123 @@
+"""``ExecutionState.parallel_map``: a lazy input streamed through a group in bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parallel_support import steps
+from rh_agents.core.execution import ExecutionState
+
+
+class Source:
+    """An instrumented input: counts items pulled, and items pulled but not yet read back."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.pulled = 0
+        self.read = 0
+        self.most_ahead = 0
+
+    def items(self) -> Iterator[int]:
+        for i in range(self.n):
+            self.pulled += 1
+            self.most_ahead = max(self.most_ahead, self.pulled - self.read)
+            yield i
+
+    async def aitems(self) -> AsyncIterator[int]:
+        for i in self.items():
+            await asyncio.sleep(0)
+            yield i
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 120),
+    workers=st.integers(1, 12),
+    delays=st.lists(st.integers(0, 4), min_size=1, max_size=16),
+    use_async=st.booleans(),
+)
+def test_every_item_once_with_its_index_and_bounded_lookahead(
+    n: int, workers: int, delays: list[int], use_async: bool
+) -> None:
+    async def scenario() -> None:
+        state = ExecutionState()
+        source = Source(n)
+
+        async def work(i: int) -> int:
+            await steps(delays[i % len(delays)])
+            return i * 10
+
+        items = source.aitems() if use_async else source.items()
+        seen: list[tuple[int | None, int]] = []
+        async with asyncio.timeout(3):  # a hang fails fast instead of shrinking for minutes
+            async for result in state.parallel_map(work, items, max_workers=workers):
+                source.read += 1
+                assert result.ok
+                seen.append((result.index, result.result))
+        assert sorted(seen) == [(i, i * 10) for i in range(n)]
+        # Items in flight: running (<= workers) plus results not yet read (<= 2 x workers).
+        assert source.most_ahead <= 3 * workers + 1
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(scenario())
+
+
+async def test_stopping_early_with_aclosing_leaves_no_task() -> None:
+    state = ExecutionState()
+
+    async def work(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    def endless() -> Iterator[int]:
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    results = state.parallel_map(work, endless(), max_workers=8)
+    async with asyncio.timeout(10), contextlib.aclosing(results):
+        async for result in results:
+            if result.index is not None and result.index >= 50:
+                break
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_a_failing_input_fails_the_stream() -> None:
+    state = ExecutionState()
+
+    async def work(i: int) -> int:
+        return i
+
+    def broken() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("input broke")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="input broke"):
+        async with asyncio.timeout(10):
+            async for result in state.parallel_map(work, broken(), max_workers=1):
+                got.append(result.index or 0)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_member_failures_are_results_not_errors() -> None:
+    state = ExecutionState()
+
+    async def work(i: int) -> int:
+        if i % 3 == 0:
+            raise RuntimeError(f"item {i}")
+        return i
+
+    async with asyncio.timeout(10):
+        results = [r async for r in state.parallel_map(work, range(9), max_workers=4)]
+    failed = sorted(r.index or 0 for r in results if not r.ok)
+    assert failed == [0, 3, 6]
+    assert all("RuntimeError: item" in (r.error or "") for r in results if not r.ok)
