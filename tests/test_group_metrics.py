@@ -119,3 +119,19 @@ def test_percentiles_are_observed_values_in_order(values: list[float]) -> None:
     p50, p95 = percentile(ordered, 0.5), percentile(ordered, 0.95)
     assert p50 in values and p95 in values
     assert ordered[0] <= p50 <= p95 <= ordered[-1]
+
+
+def test_durations_keep_a_bounded_sample_but_exact_count_total_and_max() -> None:
+    from rh_agents.core.parallel.metrics import Durations
+
+    small = Durations(capacity=100)
+    big = Durations(capacity=100)
+    for i in range(100):
+        small.add(float(i))
+    for i in range(10_000):
+        big.add(float(i % 1000))
+    assert small.distribution().p50 == 49.0  # exact below the capacity
+    assert len(big.sample) == 100  # bounded above it
+    d = big.distribution()
+    assert (d.count, d.max, d.total) == (10_000, 999.0, sum(float(i % 1000) for i in range(10_000)))
+    assert 300 <= d.p50 <= 700  # a uniform sample of 0..999 has its median near 500

@@ -1,8 +1,11 @@
 """Per-group metrics: where the time went, as a frozen snapshot.
 
-A group records two floats per member that ran (its queue wait and its run time) into compact
-``array('d')`` buffers, plus two counters; nothing else happens on the hot path. Percentiles
-are computed only when a snapshot is taken::
+A group records two floats per member that ran (its queue wait and its run time), plus two
+counters; nothing else happens on the hot path. Count, total and maximum are exact; the
+percentiles come from the first ``SAMPLE_SIZE`` durations and, past that, a uniform reservoir
+sample of them, so a group streaming a million items keeps a bounded buffer (percentiles of
+groups up to ``SAMPLE_SIZE`` members are exact). They are computed only when a snapshot is
+taken::
 
     async with state.parallel(max_workers=8, name="docs") as p:
         ...
@@ -20,6 +23,7 @@ a straggler, dependencies).
 from __future__ import annotations
 
 import math
+import random
 from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,7 +35,16 @@ if TYPE_CHECKING:
     from rh_agents.core.parallel.member import Member
     from rh_agents.core.results import ExecutionResult
 
-__all__ = ["Distribution", "GroupMetrics", "MetricsRecorder", "percentile"]
+__all__ = [
+    "SAMPLE_SIZE",
+    "Distribution",
+    "Durations",
+    "GroupMetrics",
+    "MetricsRecorder",
+    "percentile",
+]
+
+SAMPLE_SIZE = 10_000
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -65,6 +78,49 @@ class Distribution:
             p95=percentile(ordered, 0.95),
             max=ordered[-1] if ordered else 0.0,
             total=math.fsum(ordered),
+        )
+
+
+class Durations:
+    """Durations seen by a group: exact count, total and max; a bounded sample for percentiles.
+
+    Past ``capacity`` values the sample is a uniform reservoir (Algorithm R, seeded, so two
+    identical runs give identical snapshots).
+    """
+
+    __slots__ = ("_rng", "capacity", "count", "max", "sample", "total")
+
+    def __init__(self, capacity: int = SAMPLE_SIZE) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+        self.sample: array[float] = array("d")
+        self._rng: random.Random | None = None
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        if value > self.max:
+            self.max = value
+        sample = self.sample
+        if len(sample) < self.capacity:
+            sample.append(value)
+            return
+        if self._rng is None:
+            self._rng = random.Random(self.capacity)
+        slot = self._rng.randrange(self.count)
+        if slot < self.capacity:
+            sample[slot] = value
+
+    def distribution(self) -> Distribution:
+        ordered = sorted(self.sample)
+        return Distribution(
+            count=self.count,
+            p50=percentile(ordered, 0.50),
+            p95=percentile(ordered, 0.95),
+            max=self.max,
+            total=self.total,
         )
 
 
@@ -126,16 +182,16 @@ class MetricsRecorder:
     __slots__ = ("breaker_rejections", "queue_waits", "retries", "run_times")
 
     def __init__(self) -> None:
-        self.queue_waits: array[float] = array("d")
-        self.run_times: array[float] = array("d")
+        self.queue_waits = Durations()
+        self.run_times = Durations()
         self.retries = 0
         self.breaker_rejections = 0
 
     def record(self, member: Member, result: ExecutionResult[Any]) -> None:
         started = member.started
         if started is not None:
-            self.queue_waits.append(started - member.enqueued)
-            self.run_times.append(result.execution_time)
+            self.queue_waits.add(started - member.enqueued)
+            self.run_times.add(result.execution_time)
         attempts = result.attempts
         if attempts > 1:
             self.retries += attempts - 1
@@ -145,7 +201,7 @@ class MetricsRecorder:
 
     def snapshot(self, stats: GroupStatistics, *, max_workers: int) -> GroupMetrics:
         """Freeze the current state, with the group's counters from ``stats``."""
-        run_time = Distribution.of(self.run_times)
+        run_time = self.run_times.distribution()
         wall_time = stats.wall_time
         throughput = stats.done / wall_time if wall_time > 0 else 0.0
         if wall_time > 0:
@@ -164,7 +220,7 @@ class MetricsRecorder:
             skipped=stats.skipped,
             retries=self.retries,
             breaker_rejections=self.breaker_rejections,
-            queue_wait=Distribution.of(self.queue_waits),
+            queue_wait=self.queue_waits.distribution(),
             run_time=run_time,
             wall_time=wall_time,
             throughput=throughput,
