@@ -186,7 +186,10 @@ class ParallelExecutionManager(Generic[T]):
         self.circuit_breaker = circuit_breaker
         self._retain = retain_results
 
-        self._group: ParallelEventGroup | None = None
+        self._group: ParallelEventGroup | None = None  # built on first read of .group
+        self._display_name = ""
+        self._status = GroupStatus.PENDING
+        self._end_time: float | None = None
         self.group_id = ""
         self._entered = False
         self._sealed = False  # no more add(): gather/stream started or block left
@@ -255,14 +258,8 @@ class ParallelExecutionManager(Generic[T]):
         name = self._requested_name or "parallel"
         self.group_id = parent.child_address(name)
         self._started_at = state.clock.now()
-        self._group = ParallelEventGroup(
-            group_id=self.group_id,
-            name=self._requested_name or self.group_id.rsplit("::", 1)[-1],
-            status=GroupStatus.RUNNING,
-            start_time=self._started_at,
-            max_workers=self._limit,
-            parent_group_id=parent.group_id,
-        )
+        self._display_name = self._requested_name or self.group_id.rsplit("::", 1)[-1]
+        self._status = GroupStatus.RUNNING
         loop = asyncio.get_running_loop()
         if self.timeout is not None:
             self._timeout_handle = loop.call_later(self.timeout, self._on_group_timeout)
@@ -275,7 +272,7 @@ class ParallelExecutionManager(Generic[T]):
                     group_id=parent.group_id,
                     parallel_index=parent.parallel_index,
                     is_parallel=parent.group_id is not None,
-                    name=self._group.name,
+                    name=self._display_name,
                     total=self._total,
                     max_workers=self._limit,
                     parent_group_id=parent.group_id,
@@ -476,8 +473,6 @@ class ParallelExecutionManager(Generic[T]):
         self._total += 1
         if name is not None:
             self._names[name] = index
-            assert self._group is not None
-            self._group.member_names[index] = name
         return member
 
     def map(
@@ -1012,11 +1007,8 @@ class ParallelExecutionManager(Generic[T]):
             status = (
                 GroupStatus.COMPLETED if self._succeeded == self._total else (GroupStatus.PARTIAL)
             )
-        group = self.group
-        if group is not None:
-            group.status = status
-            group.end_time = now
-            group.total = self._total
+        self._status = status
+        self._end_time = now
         bus = state.event_bus
         if bus.has_listeners:
             parent = self._parent_frame
@@ -1027,7 +1019,7 @@ class ParallelExecutionManager(Generic[T]):
                     group_id=parent.group_id if parent else None,
                     parallel_index=parent.parallel_index if parent else None,
                     is_parallel=bool(parent and parent.group_id),
-                    name=group.name if group else self.group_id,
+                    name=self._display_name,
                     status=status.value,
                     total=self._total,
                     succeeded=self._succeeded,
@@ -1175,20 +1167,33 @@ class ParallelExecutionManager(Generic[T]):
     @property
     def name(self) -> str:
         """The group's name (the last part of its id)."""
-        if self._group is not None:
-            return self._group.name
-        return self._requested_name or "parallel"
+        return self._display_name or self._requested_name or "parallel"
 
     @property
     def group(self) -> ParallelEventGroup | None:
-        """The spec's ``ParallelEventGroup`` for this group, with up-to-date counts."""
+        """The spec's ``ParallelEventGroup`` for this group, brought up to date on each read.
+
+        Built on first read and synced on every read rather than kept current: updating a
+        pydantic model for every member would cost more than the member's own bookkeeping.
+        """
+        if not self._entered:
+            return None
         group = self._group
-        if group is not None:
-            # Synced on read: assigning pydantic fields on every member would cost more than
-            # the rest of the member's bookkeeping.
-            group.completed = self._succeeded
-            group.failed = self._done - self._succeeded
-            group.total = self._total
+        if group is None:
+            parent = self._parent_frame
+            group = self._group = ParallelEventGroup(
+                group_id=self.group_id,
+                name=self._display_name,
+                start_time=self._started_at,
+                max_workers=self._limit,
+                parent_group_id=parent.group_id if parent is not None else None,
+            )
+        group.status = self._status
+        group.end_time = self._end_time
+        group.completed = self._succeeded
+        group.failed = self._done - self._succeeded
+        group.total = self._total
+        group.member_names = {index: name for name, index in self._names.items()}
         return group
 
     @property
@@ -1201,7 +1206,7 @@ class ParallelExecutionManager(Generic[T]):
 
     @property
     def status(self) -> GroupStatus:
-        return self._group.status if self._group is not None else GroupStatus.PENDING
+        return self._status
 
     def statistics(self) -> GroupStatistics:
         """A frozen snapshot of the group's counters, valid during and after the run."""
