@@ -31,6 +31,7 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.demo_data import DOCUMENTS
 from rh_agents.errors import ConfigurationError
 from rh_agents.observability.timeline import TimelineRecorder
+from rh_agents.resilience import RetryPolicy
 
 __all__ = [
     "DOCUMENTS",
@@ -74,12 +75,18 @@ def build_actors(
 ) -> dict[str, BaseActor]:
     """The demo's actors. ``latency`` scales every simulated wait (0 makes the run instant)."""
 
-    def rng_for(doc: Document, step: str) -> random.Random:
-        # Seeded per document and step, never shared: the same documents fail on every run.
-        return random.Random(f"{seed}:{doc.index}:{step}")
+    def rng_for(doc: Document, step: str, attempt: int = 1) -> random.Random:
+        # Seeded per document, step and attempt, never shared: every run fails the same way.
+        return random.Random(f"{seed}:{doc.index}:{step}:{attempt}")
+
+    # Attempts made so far per document. Each key belongs to one document, whose attempts run
+    # one after another (the retry policy waits between them), so no two tasks ever touch the
+    # same entry.
+    attempts: dict[int, int] = {}
 
     async def summarize(input: Document, context: str, state: ExecutionState) -> str:
-        rng = rng_for(input, "llm")
+        attempt = attempts[input.index] = attempts.get(input.index, 0) + 1
+        rng = rng_for(input, "llm", attempt)
         await asyncio.sleep(latency * rng.uniform(0.15, 0.5))
         if rng.random() < failure_rate:
             raise SimulatedProviderError("503 upstream overloaded (simulated transient error)")
@@ -96,6 +103,8 @@ def build_actors(
         description="Simulated LLM: a one-line summary",
         input_model=Document,
         handler=summarize,
+        # Transient provider errors are retried; the backoff holds no worker slot.
+        retry=RetryPolicy(max_attempts=3, initial_delay=0.1 * latency, jitter=0.0),
     )
     tool = Tool(
         name="keywords",
