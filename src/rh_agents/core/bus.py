@@ -54,6 +54,7 @@ class Subscription:
     """
 
     __slots__ = (
+        "_asleep",
         "_bus",
         "_closed",
         "_idle",
@@ -75,6 +76,7 @@ class Subscription:
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
+        self._asleep = False  # the feeder waits on _wakeup; only then does a push wake it
         self._closed = False
 
     @property
@@ -86,12 +88,15 @@ class Subscription:
         if self._closed:
             return  # the feeder has ended or is ending: nobody would ever pop this record
         self._queue.append(record)
-        if self._task is None:
-            self._start()
-        elif self._wakeup is not None:
-            assert self._idle is not None
+        if self._asleep:
+            # Only the first record after the feeder went to sleep pays for waking it: while it
+            # is awake it drains the queue by itself (this is on every member's hot path).
+            self._asleep = False
+            assert self._idle is not None and self._wakeup is not None
             self._idle.clear()
             self._wakeup.set()
+        elif self._task is None:
+            self._start()
 
     def _start(self) -> None:
         try:
@@ -121,7 +126,9 @@ class Subscription:
                 if self._closed:
                     return
                 wakeup.clear()
+                self._asleep = True  # the next push wakes us (and clears idle)
                 await wakeup.wait()
+                self._asleep = False
         finally:
             # However the feeder ends (even cancelled), nobody waiting in drain() may hang.
             idle.set()
