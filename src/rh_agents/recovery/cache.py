@@ -174,6 +174,10 @@ class ActorCache:
         self.misses = 0
         self.joined = 0
 
+    def holds(self, actor: BaseActor, validated: BaseModel) -> bool:
+        """Whether a call of ``actor`` with this input would be answered from the store."""
+        return self.store.get(cache_key(actor, validated), actor) is not _MISSING
+
     async def run(
         self,
         actor: BaseActor,

@@ -35,12 +35,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
 from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
-from rh_agents.core.parallel.member import Member, check_member
+from rh_agents.core.parallel.member import Member, check_member, is_event_call
 from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.records import GroupCompleted, GroupStarted, MemberFinished, MemberStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
 from rh_agents.errors import (
+    ActorInputError,
     ConfigurationError,
     DependencyError,
     DuplicateMemberError,
@@ -172,6 +173,8 @@ class ParallelExecutionManager(Generic[T]):
         self._state = state
         self._now = state.clock.now  # bound once: read several times per member
         self._group_slot = MemberSlot(self)
+        self._instant: deque[Member] = deque()  # cache hits waiting for the cache lane
+        self._instant_task: asyncio.Task[None] | None = None
         self._plain = False  # set on entry: no policy applies, members run directly
         self._fixed_limit = max_workers
         self.rate_limit = rate_limit
@@ -417,8 +420,6 @@ class ParallelExecutionManager(Generic[T]):
         policy = retry if retry is not None else self.retry
         if policy is None:
             return
-        from rh_agents.core.parallel.member import is_event_call
-
         attempts = getattr(policy, "max_attempts", 1)
         if attempts > 1 and inspect.iscoroutine(source) and not is_event_call(source):
             from rh_agents.errors import RetryPolicyError
@@ -456,7 +457,10 @@ class ParallelExecutionManager(Generic[T]):
                 return index
         member.after = tuple(deps)
         member.pending_deps = pending
-        if pending == 0:
+        if pending == 0 and self._served_by_cache(member.source):
+            self._instant.append(member)  # a cache hit takes no worker slot
+            self._start_instant_lane()
+        elif pending == 0:
             heapq.heappush(self._ready, (-priority, index, member))
             self._kick()
         return index
@@ -644,7 +648,46 @@ class ParallelExecutionManager(Generic[T]):
                 self._running += 1
             raise
 
-    async def _run_member(self, member: Member) -> None:
+    # --- the cache lane: members the cache answers, run without a worker slot ----------------
+
+    def _served_by_cache(self, source: Any) -> bool:
+        """Whether ``source`` is an event call whose result the state's cache already holds."""
+        cache = self._state.cache
+        if cache is None or not is_event_call(source):
+            return False
+        # The call's bound arguments: the coroutine has not started, so they are all there.
+        args = source.cr_frame.f_locals
+        event, state = args.get("self"), args.get("state")
+        if state is not self._state or not event.actor.cacheable:
+            return False
+        try:
+            validated = event.actor.validate_input(args.get("input"))
+        except ActorInputError:
+            return False  # the call itself reports the bad input
+        return cache.holds(event.actor, validated)
+
+    def _start_instant_lane(self) -> None:
+        if self._instant_task is None and self._stop_status is None:
+            task = asyncio.get_running_loop().create_task(self._instant_lane())
+            self._instant_task = task
+            self._workers.add(task)  # owned like a worker: joined before the group ends
+            task.add_done_callback(self._worker_done)
+
+    async def _instant_lane(self) -> None:
+        """Run cache hits one after another; they never wait for the handler or a slot."""
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            while self._instant and self._stop_status is None:
+                member = self._instant.popleft()
+                self._running_member[task] = member
+                await self._run_member(member, holds_slot=False)
+                del self._running_member[task]
+        finally:
+            self._running_member.pop(task, None)
+            self._instant_task = None
+
+    async def _run_member(self, member: Member, holds_slot: bool = True) -> None:
         state = self._state
         now = self._now
         bus = state.event_bus
@@ -652,14 +695,15 @@ class ParallelExecutionManager(Generic[T]):
         # Without a global limit a member holds only its group slot, which the manager itself
         # lends and reclaims: one shared slot object serves every member.
         slot = MemberSlot(self) if state.global_slots is not None else self._group_slot
+        global_slots = state.global_slots if holds_slot else None
         address = f"{self.group_id}[{index}]"
         frame = Frame(state, address, self.group_id, index, slot)
         token = enter_frame(frame)
         started = member.started = now()
         result: ExecutionResult[Any]
         try:
-            if state.global_slots is not None:
-                await state.global_slots.acquire()
+            if global_slots is not None:
+                await global_slots.acquire()
                 slot.global_held = True
                 started = member.started = now()
             if bus.has_listeners:
@@ -913,6 +957,10 @@ class ParallelExecutionManager(Generic[T]):
                 task.cancel()
         ready, self._ready = self._ready, []
         for _, _, member in ready:
+            member.discard()
+            self._finish(member, self._stopped_result(member))
+        while self._instant:
+            member = self._instant.popleft()
             member.discard()
             self._finish(member, self._stopped_result(member))
         for member in self._members:

@@ -1,0 +1,90 @@
+"""A cache hit inside a group takes no worker slot: it never waits behind slow members."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Tool
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.recovery.cache import ActorCache
+
+
+class Question(BaseModel):
+    text: str
+
+
+def make_state(**options: object) -> tuple[ExecutionState, list[str]]:
+    calls: list[str] = []
+
+    async def answer(input: Question, context: str, state: ExecutionState) -> str:
+        calls.append(input.text)
+        return input.text.upper()
+
+    tool = Tool(name="answer", input_model=Question, handler=answer, cacheable=True)
+    state = ExecutionState(cache=ActorCache(), **options)  # type: ignore[arg-type]
+    state.store["event"] = ExecutionEvent(actor=tool)
+    return state, calls
+
+
+@pytest.mark.parametrize("options", [{}, {"global_max_workers": 1}])
+async def test_a_hit_completes_while_every_worker_is_busy(options: dict[str, object]) -> None:
+    state, calls = make_state(**options)
+    event = state.store["event"]
+    assert (await event(Question(text="q"), "", state)).result == "Q"  # fills the cache
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def slow() -> str:
+        await release.wait()
+        order.append("slow")
+        return "slow"
+
+    async with asyncio.timeout(5), state.parallel(max_workers=1) as p:
+        p.add(slow, name="slow")  # takes the only worker (and the only global slot)
+        p.add("hit", event(Question(text="q"), "", state))
+        async for result in p.stream():
+            order.append(result.name or "")
+            if result.name == "hit":
+                assert not release.is_set()  # the slow member still holds the worker
+                release.set()
+    assert order == ["hit", "slow", "slow"]
+    assert calls == ["q"]  # the handler ran once, for the first call
+    assert p.statistics().concurrency_high_water == 1
+
+
+async def test_a_miss_waits_for_a_worker_as_usual() -> None:
+    state, calls = make_state()
+    event = state.store["event"]
+    release = asyncio.Event()
+
+    async def slow() -> str:
+        await release.wait()
+        return "slow"
+
+    async with asyncio.timeout(5), state.parallel(max_workers=1) as p:
+        p.add(slow)
+        p.add(event(Question(text="new"), "", state))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert calls == []  # no cached answer: it waits behind the slow member
+        release.set()
+        results = await p.gather()
+    assert [r.result for r in results] == ["slow", "NEW"]
+
+
+async def test_stopping_the_group_finishes_queued_hits_cleanly() -> None:
+    state, _ = make_state()
+    event = state.store["event"]
+    await event(Question(text="q"), "", state)
+
+    async with asyncio.timeout(5), state.parallel(max_workers=1) as p:
+        for i in range(5):
+            p.add(f"hit{i}", event(Question(text="q"), "", state))
+        p.cancel()  # before the cache lane ran: every hit ends cancelled, nothing left open
+    results = await p.gather()
+    assert all(r.status.value == "cancelled" for r in results)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
