@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from rh_agents.core.context import Frame
-from rh_agents.core.parallel.manager import MemberSlot, ParallelExecutionManager
+from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
+from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.records import CircuitStateChanged, EventRetrying
 from rh_agents.core.results import ExecutionResult, describe_error
 from rh_agents.resilience.breaker import Circuit, CircuitBreaker, Transition

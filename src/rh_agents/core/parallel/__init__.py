@@ -6,10 +6,10 @@ workers and results of one group. ``ExecutionState.parallel()`` is the way in.
 """
 
 from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
-from rh_agents.core.parallel.manager import MemberSlot, ParallelExecutionManager
+from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member
 from rh_agents.core.parallel.metrics import Distribution, GroupMetrics
-from rh_agents.core.parallel.slots import SlotPool
+from rh_agents.core.parallel.slots import MemberSlot, SlotPool
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.resilience.retry import RetryPolicy
 

@@ -35,9 +35,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
 from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
+from rh_agents.core.parallel.lazy_source import LazySource, Pulled
 from rh_agents.core.parallel.member import Member, check_member, is_event_call
 from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder
+from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
+from rh_agents.core.parallel.stream import ResultStream
 from rh_agents.core.records import GroupCompleted, GroupStarted, MemberFinished, MemberStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
 from rh_agents.errors import (
@@ -58,52 +61,11 @@ from rh_agents.resilience.adaptive import AdaptiveLimit, as_adaptive
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["MemberSlot", "ParallelExecutionManager"]
+__all__ = ["ParallelExecutionManager"]
 
 T = TypeVar("T")
 
-_Pulled = tuple[Callable[[Any], Awaitable[Any]], Any]  # (call, item) from the map() input
-
 _FAILURE_STATUSES = (ResultStatus.FAILED, ResultStatus.TIMED_OUT)
-
-
-class MemberSlot:
-    """The slots a running member holds: one of its group, maybe one of the global limit.
-
-    A member can lend them back while it only waits (a retry backoff, a nested group) and
-    reclaim them afterwards, so waiting never holds capacity and nested groups cannot
-    deadlock on the global limit.
-    """
-
-    __slots__ = ("global_held", "manager")
-
-    def __init__(self, manager: ParallelExecutionManager[Any]) -> None:
-        self.manager = manager
-        self.global_held = False
-
-    def lend_global(self) -> bool:
-        pool = self.manager._state.global_slots
-        if pool is None or not self.global_held:
-            return False
-        self.global_held = False
-        pool.release()
-        return True
-
-    async def reclaim_global(self) -> None:
-        pool = self.manager._state.global_slots
-        if pool is not None and not self.global_held:
-            await pool.acquire()
-            self.global_held = True
-
-    def lend(self) -> None:
-        """Give back the group slot (and the global one) while this member only waits."""
-        self.lend_global()
-        self.manager._lend_slot()
-
-    async def reclaim(self) -> None:
-        """Take the slots back before doing work again."""
-        await self.manager._reclaim_slot()
-        await self.reclaim_global()
 
 
 class ParallelExecutionManager(Generic[T]):
@@ -200,7 +162,7 @@ class ParallelExecutionManager(Generic[T]):
         self._members: list[Member] = []
         self._names: dict[str, int] = {}
         self._ready: list[tuple[int, int, Member]] = []
-        self._source: _LazySource | None = None
+        self._source: LazySource | None = None
         self._results: list[ExecutionResult[Any] | None] = []
         self._completion_order: list[int] = []
         self._unretained: deque[ExecutionResult[Any]] = deque()
@@ -505,9 +467,9 @@ class ParallelExecutionManager(Generic[T]):
         else:
             raise ConfigurationError(f"map() needs an async function or an event, got {func!r}")
         if isinstance(items, AsyncIterable):
-            self._source = _LazySource(call, async_items=aiter(items))
+            self._source = LazySource(call, async_items=aiter(items))
         elif isinstance(items, Iterable):
-            self._source = _LazySource(call, items=iter(items))
+            self._source = LazySource(call, items=iter(items))
         else:
             raise ConfigurationError(f"map() needs an iterable or async iterable, got {items!r}")
         self._kick()
@@ -584,7 +546,7 @@ class ParallelExecutionManager(Generic[T]):
                 if idle:
                     self._kick()  # a worker over the limit left: ready members may start now
 
-    async def _pull(self, source: _LazySource) -> _Pulled | None:
+    async def _pull(self, source: LazySource) -> Pulled | None:
         """The next item of the map() input; an error of the input stops the group."""
         if not self._retain:
             # Backpressure towards the stream's reader: results not yet read are bounded by
@@ -1181,7 +1143,7 @@ class ParallelExecutionManager(Generic[T]):
         if not self._entered:
             raise GroupClosedError("stream() needs 'async with state.parallel(...) as p:' first")
         self._seal()
-        return _ResultStream(self)
+        return ResultStream(self)
 
     def gather_stream(self, members: Iterable[Any]) -> AsyncIterator[ExecutionResult[T]]:
         """Add ``members``, then stream every result in completion order (Option D form)."""
@@ -1283,128 +1245,6 @@ class ParallelExecutionManager(Generic[T]):
     def metrics(self) -> GroupMetrics:
         """A frozen ``GroupMetrics`` snapshot (counts, percentiles, throughput, efficiency)."""
         return self._metrics.snapshot(self.statistics(), max_workers=self._limit)
-
-
-class _ResultStream(AsyncIterator[ExecutionResult[Any]]):
-    """The iterator behind ``p.stream()``: walks the completion order of one group."""
-
-    __slots__ = ("_cursor", "_finished", "_manager")
-
-    def __init__(self, manager: ParallelExecutionManager[Any]) -> None:
-        self._manager = manager
-        self._cursor = 0
-        self._finished = False
-
-    def __aiter__(self) -> _ResultStream:
-        return self
-
-    async def __anext__(self) -> ExecutionResult[Any]:
-        if self._finished:
-            raise StopAsyncIteration
-        try:
-            return await self._next()
-        except BaseException:
-            self._finished = True  # StopAsyncIteration, a strategy error or a cancellation
-            raise
-
-    async def aclose(self) -> None:
-        self._finished = True
-
-    async def _next(self) -> ExecutionResult[Any]:
-        m = self._manager
-        try:
-            while True:
-                result = self._take()
-                if result is not None:
-                    if result is m._trigger:
-                        # The error strategy stopped the group: join it, then raise its error.
-                        await m._wait_all()
-                        m._finalize()
-                        m._raise_for_strategy(m._collected() if m._retain else [])
-                    return result
-                if not m._unfinished():
-                    break
-                if m._progress is None:
-                    m._progress = asyncio.get_running_loop().create_future()
-                await m._wait_lending(m._progress)
-            await m._wait_all()
-            m._finalize()
-            if m._retain:
-                m._raise_for_strategy(m._collected())
-        except asyncio.CancelledError:
-            m._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
-            raise
-        raise StopAsyncIteration
-
-    def _take(self) -> ExecutionResult[Any] | None:
-        m = self._manager
-        if not m._retain:
-            if not m._unretained:
-                return None
-            space = m._reader_space
-            if space is not None and not space.done():
-                space.set_result(None)  # a worker waits for room to pull the next item
-            return m._unretained.popleft()
-        order = m._completion_order
-        if self._cursor >= len(order):
-            return None
-        result = m._results[order[self._cursor]]
-        self._cursor += 1
-        return result
-
-
-class _LazySource:
-    """Items of ``map()``, pulled one at a time by free workers (backpressure).
-
-    Only workers pull, one item each time they are free, so at most ``max_workers`` items are
-    in flight; an async iterator is read by one worker at a time.
-    """
-
-    __slots__ = ("_lock", "async_items", "call", "exhausted", "items")
-
-    def __init__(
-        self,
-        call: Callable[[Any], Awaitable[Any]],
-        items: Any = None,
-        async_items: AsyncIterator[Any] | None = None,
-    ) -> None:
-        self.call = call
-        self.items = items
-        self.async_items = async_items
-        self.exhausted = False
-        self._lock: asyncio.Lock | None = None
-
-    async def next_item(self) -> tuple[Callable[[Any], Awaitable[Any]], Any] | None:
-        """The next ``(call, item)``, or ``None`` once the input is exhausted."""
-        if self.exhausted:
-            return None
-        if self.async_items is None:
-            try:
-                return self.call, next(self.items)
-            except StopIteration:
-                self.exhausted = True
-                return None
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self.exhausted or self.async_items is None:
-                return None
-            try:
-                return self.call, await anext(self.async_items)
-            except StopAsyncIteration:
-                self.exhausted = True
-                return None
-
-    async def aclose(self) -> None:
-        """Close the input (a generator's ``finally`` runs now): it will never be read again."""
-        items, self.async_items = self.async_items, None
-        closer = getattr(items, "aclose", None)
-        if closer is not None:
-            await closer()
-        sync_items, self.items = self.items, None
-        sync_closer = getattr(sync_items, "close", None)
-        if sync_closer is not None:
-            sync_closer()
 
 
 def _strategy(value: ErrorStrategy | str) -> ErrorStrategy:

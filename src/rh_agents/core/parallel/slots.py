@@ -1,17 +1,23 @@
-"""``SlotPool``: a counting limit with first-come waiters, used for the global worker limit.
+"""Slots: ``SlotPool`` for the global worker limit, ``MemberSlot`` for what a member holds.
 
-Unlike ``asyncio.Semaphore``, a released slot is handed directly to the oldest waiter, so a
-task that releases and immediately re-acquires cannot overtake tasks already waiting.
+Unlike ``asyncio.Semaphore``, a released ``SlotPool`` slot is handed directly to the oldest
+waiter, so a task that releases and immediately re-acquires cannot overtake tasks already
+waiting. A ``MemberSlot`` lets a running member lend its slots back while it only waits (a
+retry backoff, its own nested group) and reclaim them before it works again.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from rh_agents.errors import ConfigurationError
 
-__all__ = ["SlotPool"]
+if TYPE_CHECKING:
+    from rh_agents.core.parallel.manager import ParallelExecutionManager
+
+__all__ = ["MemberSlot", "SlotPool"]
 
 
 class SlotPool:
@@ -74,3 +80,42 @@ class SlotPool:
                 return
         self._in_use -= 1
         assert self._in_use >= 0, "SlotPool released more often than acquired"
+
+
+class MemberSlot:
+    """The slots a running member holds: one of its group, maybe one of the global limit.
+
+    A member can lend them back while it only waits (a retry backoff, a nested group) and
+    reclaim them afterwards, so waiting never holds capacity and nested groups cannot
+    deadlock on the global limit.
+    """
+
+    __slots__ = ("global_held", "manager")
+
+    def __init__(self, manager: ParallelExecutionManager[Any]) -> None:
+        self.manager = manager
+        self.global_held = False
+
+    def lend_global(self) -> bool:
+        pool = self.manager._state.global_slots
+        if pool is None or not self.global_held:
+            return False
+        self.global_held = False
+        pool.release()
+        return True
+
+    async def reclaim_global(self) -> None:
+        pool = self.manager._state.global_slots
+        if pool is not None and not self.global_held:
+            await pool.acquire()
+            self.global_held = True
+
+    def lend(self) -> None:
+        """Give back the group slot (and the global one) while this member only waits."""
+        self.lend_global()
+        self.manager._lend_slot()
+
+    async def reclaim(self) -> None:
+        """Take the slots back before doing work again."""
+        await self.manager._reclaim_slot()
+        await self.reclaim_global()

@@ -1,0 +1,90 @@
+"""``ResultStream``: the iterator behind ``p.stream()`` and ``p.as_completed()``.
+
+It walks one group's results in completion order (or, for a group that keeps nothing, takes
+them off the queue the workers fill), waiting for the next one without holding any slot::
+
+    async for result in p.stream():
+        print(result.index, result.ok)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from rh_agents.core.parallel.strategy import GroupStatus
+from rh_agents.core.results import ExecutionResult, ResultStatus
+
+if TYPE_CHECKING:
+    from rh_agents.core.parallel.manager import ParallelExecutionManager
+
+__all__ = ["ResultStream"]
+
+
+class ResultStream(AsyncIterator[ExecutionResult[Any]]):
+    """The iterator behind ``p.stream()``: walks the completion order of one group."""
+
+    __slots__ = ("_cursor", "_finished", "_manager")
+
+    def __init__(self, manager: ParallelExecutionManager[Any]) -> None:
+        self._manager = manager
+        self._cursor = 0
+        self._finished = False
+
+    def __aiter__(self) -> ResultStream:
+        return self
+
+    async def __anext__(self) -> ExecutionResult[Any]:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            return await self._next()
+        except BaseException:
+            self._finished = True  # StopAsyncIteration, a strategy error or a cancellation
+            raise
+
+    async def aclose(self) -> None:
+        self._finished = True
+
+    async def _next(self) -> ExecutionResult[Any]:
+        m = self._manager
+        try:
+            while True:
+                result = self._take()
+                if result is not None:
+                    if result is m._trigger:
+                        # The error strategy stopped the group: join it, then raise its error.
+                        await m._wait_all()
+                        m._finalize()
+                        m._raise_for_strategy(m._collected() if m._retain else [])
+                    return result
+                if not m._unfinished():
+                    break
+                if m._progress is None:
+                    m._progress = asyncio.get_running_loop().create_future()
+                await m._wait_lending(m._progress)
+            await m._wait_all()
+            m._finalize()
+            if m._retain:
+                m._raise_for_strategy(m._collected())
+        except asyncio.CancelledError:
+            m._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
+            raise
+        raise StopAsyncIteration
+
+    def _take(self) -> ExecutionResult[Any] | None:
+        m = self._manager
+        if not m._retain:
+            if not m._unretained:
+                return None
+            space = m._reader_space
+            if space is not None and not space.done():
+                space.set_result(None)  # a worker waits for room to pull the next item
+            return m._unretained.popleft()
+        order = m._completion_order
+        if self._cursor >= len(order):
+            return None
+        result = m._results[order[self._cursor]]
+        self._cursor += 1
+        return result
