@@ -477,21 +477,24 @@ class ParallelExecutionManager(Generic[T]):
     # --- scheduling ----------------------------------------------------------------------
 
     def _kick(self) -> None:
-        """Start workers while members are ready and slots are free.
+        """Start a worker if members are ready and a slot is free.
+
+        Workers start one at a time: each new worker, once it has taken its first member,
+        kicks again and so starts the next one. Members that finish without ever suspending
+        are then all run by the first worker, instead of paying for a task each, while slow
+        members still get a worker each within a few loop iterations.
 
         A worker chooses its member only when it first runs, so members added in one go are
         started by priority, not by the order of the add() calls.
         """
-        if self._stop_status is not None:
+        if self._stop_status is not None or self._unstarted:
             return
         source = self._source
         unstarted = self._unstarted
-        while self._running < self._limit and (
-            len(self._ready) > len(unstarted) or (source is not None and not source.exhausted)
+        if self._running < self._limit and (
+            self._ready or (source is not None and not source.exhausted)
         ):
             self._running += 1
-            if self._running > self._high_water:
-                self._high_water = self._running
             task = asyncio.get_running_loop().create_task(self._worker())
             self._workers.add(task)
             unstarted.add(task)
@@ -511,6 +514,7 @@ class ParallelExecutionManager(Generic[T]):
         running_member = self._running_member
         handed_over = False
         idle = False  # left because there was nothing (more) to do for this worker
+        first = True
         try:
             while True:
                 member = self._take_next()
@@ -530,7 +534,14 @@ class ParallelExecutionManager(Generic[T]):
                         break
                     call, item = pulled
                     member = self._register(functools.partial(call, item), None, 0, None, None)
+                if first:
+                    first = False
+                    self._kick()  # start the next worker, now that this one has its member
                 running_member[task] = member
+                # The high-water mark counts slots held by members (not idle workers).
+                held = self._running - len(self._unstarted)
+                if held > self._high_water:
+                    self._high_water = held
                 await self._run_member(member)
                 del running_member[task]
                 if self._reclaimers:
@@ -588,7 +599,13 @@ class ParallelExecutionManager(Generic[T]):
             waiter = self._reclaimers.popleft()
             if not waiter.done():
                 self._running += 1
+                self._note_held()
                 waiter.set_result(None)
+
+    def _note_held(self) -> None:
+        held = self._running - len(self._unstarted)
+        if held > self._high_water:
+            self._high_water = held
 
     def _lend_slot(self) -> None:
         self._running -= 1
@@ -597,6 +614,7 @@ class ParallelExecutionManager(Generic[T]):
     async def _reclaim_slot(self) -> None:
         if self._running < self._limit and not self._reclaimers:
             self._running += 1
+            self._note_held()
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reclaimers.append(waiter)

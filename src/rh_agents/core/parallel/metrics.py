@@ -99,22 +99,34 @@ class Durations:
         self._rng: random.Random | None = None
 
     def add(self, value: float) -> None:
+        sample = self.sample
+        if self._rng is None:
+            if len(sample) < self.capacity:
+                sample.append(value)  # the common case: count, total and max come from here
+                return
+            # The sample is full: from now on keep count, total and max as values arrive.
+            self._rng = random.Random(self.capacity)
+            self.count = len(sample)
+            self.total = math.fsum(sample)
+            self.max = max(sample)
         self.count += 1
         self.total += value
         if value > self.max:
             self.max = value
-        sample = self.sample
-        if len(sample) < self.capacity:
-            sample.append(value)
-            return
-        if self._rng is None:
-            self._rng = random.Random(self.capacity)
         slot = self._rng.randrange(self.count)
         if slot < self.capacity:
             sample[slot] = value
 
     def distribution(self) -> Distribution:
         ordered = sorted(self.sample)
+        if self._rng is None:  # every value is in the sample
+            return Distribution(
+                count=len(ordered),
+                p50=percentile(ordered, 0.50),
+                p95=percentile(ordered, 0.95),
+                max=ordered[-1] if ordered else 0.0,
+                total=math.fsum(ordered),
+            )
         return Distribution(
             count=self.count,
             p50=percentile(ordered, 0.50),
@@ -190,8 +202,14 @@ class MetricsRecorder:
     def record(self, member: Member, result: ExecutionResult[Any]) -> None:
         started = member.started
         if started is not None:
-            self.queue_waits.add(started - member.enqueued)
-            self.run_times.add(result.execution_time)
+            waits, runs = self.queue_waits, self.run_times
+            if waits._rng is None and len(waits.sample) < waits.capacity:
+                # Inlined common case of Durations.add: two appends per member.
+                waits.sample.append(started - member.enqueued)
+                runs.sample.append(result.execution_time)
+            else:
+                waits.add(started - member.enqueued)
+                runs.add(result.execution_time)
         attempts = result.attempts
         if attempts > 1:
             self.retries += attempts - 1
