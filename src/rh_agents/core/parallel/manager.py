@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import inspect
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -38,6 +37,7 @@ from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
 from rh_agents.core.parallel.lazy_source import LazySource, Pulled
 from rh_agents.core.parallel.member import Member, check_member, is_event_call
 from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder
+from rh_agents.core.parallel.ready import ReadyQueue
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.parallel.stream import ResultStream
@@ -161,7 +161,7 @@ class ParallelExecutionManager(Generic[T]):
         self._finalized = False
         self._members: list[Member] = []
         self._names: dict[str, int] = {}
-        self._ready: list[tuple[int, int, Member]] = []
+        self._ready = ReadyQueue()
         self._source: LazySource | None = None
         self._results: list[ExecutionResult[Any] | None] = []
         self._completion_order: list[int] = []
@@ -423,7 +423,7 @@ class ParallelExecutionManager(Generic[T]):
             self._instant.append(member)  # a cache hit takes no worker slot
             self._start_instant_lane()
         elif pending == 0:
-            heapq.heappush(self._ready, (-priority, index, member))
+            self._ready.push(member)
             self._kick()
         return index
 
@@ -504,7 +504,7 @@ class ParallelExecutionManager(Generic[T]):
         if self._stop_status is not None or self._running > self._limit:
             return None
         if self._ready:
-            return heapq.heappop(self._ready)[2]
+            return self._ready.pop()
         return None
 
     async def _worker(self) -> None:
@@ -834,9 +834,7 @@ class ParallelExecutionManager(Generic[T]):
                 if result.ok:
                     dependent.pending_deps -= 1
                     if dependent.pending_deps == 0 and self._stop_status is None:
-                        heapq.heappush(
-                            self._ready, (-dependent.priority, dependent.index, dependent)
-                        )
+                        self._ready.push(dependent)
                 else:
                     self._finish(dependent, self._skipped_result(dependent, member))
             self._kick()
@@ -935,8 +933,7 @@ class ParallelExecutionManager(Generic[T]):
         for task in self._workers:  # workers between members or pulling the lazy input
             if task is not current and task not in self._running_member:
                 task.cancel()
-        ready, self._ready = self._ready, []
-        for _, _, member in ready:
+        for member in self._ready.drain():
             member.discard()
             self._finish(member, self._stopped_result(member))
         while self._instant:

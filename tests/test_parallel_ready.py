@@ -1,0 +1,45 @@
+"""``ReadyQueue`` pops exactly what a single heap keyed by (-priority, index) would."""
+
+from __future__ import annotations
+
+import heapq
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rh_agents.core.parallel.member import Member
+from rh_agents.core.parallel.ready import ReadyQueue
+
+# A script: each step either pushes a member (its priority; indices are unique and mostly
+# increasing, sometimes out of order, as dependents that become ready late are) or pops one.
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.sampled_from([0, 0, 0, 0, 1, -1, 5]), st.booleans()),
+        st.tuples(st.just("pop"), st.just(0), st.just(False)),
+    ),
+    max_size=80,
+)
+
+
+@given(steps)
+def test_same_order_as_a_plain_heap(script: list[tuple[str, int, bool]]) -> None:
+    ready = ReadyQueue()
+    model: list[tuple[int, int]] = []
+    next_index, late = 1000, 0
+    for action, priority, out_of_order in script:
+        if action == "push":
+            if out_of_order:
+                late += 1
+                index = late  # lower than every in-order index so far
+            else:
+                next_index += 1
+                index = next_index
+            ready.push(Member(index, None, priority=priority))
+            heapq.heappush(model, (-priority, index))
+        else:
+            popped = ready.pop()
+            expected = heapq.heappop(model)[1] if model else None
+            assert (popped.index if popped else None) == expected
+        assert len(ready) == len(model)
+    assert sorted(m.index for m in ready.drain()) == sorted(i for _, i in model)
+    assert not ready
