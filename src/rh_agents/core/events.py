@@ -178,17 +178,14 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             elapsed = clock.now() - started
             if bus.has_listeners:
                 bus.publish(
-                    EventFailed(
-                        address=address,
-                        timestamp=clock.now(),
-                        group_id=group_id,
-                        parallel_index=index,
-                        is_parallel=in_group,
-                        actor=actor.name,
-                        actor_kind=actor.kind,
-                        execution_time=elapsed,
-                        error="cancelled",
-                        error_type="CancelledError",
+                    _failed(
+                        frame,
+                        actor,
+                        clock.now(),
+                        elapsed,
+                        "cancelled",
+                        "CancelledError",
+                        1,
                         cancelled=True,
                     )
                 )
@@ -223,18 +220,14 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             )
             if bus.has_listeners:
                 bus.publish(
-                    EventFailed(
-                        address=address,
-                        timestamp=clock.now(),
-                        group_id=group_id,
-                        parallel_index=index,
-                        is_parallel=in_group,
-                        actor=actor.name,
-                        actor_kind=actor.kind,
-                        execution_time=elapsed,
-                        error=result.error or "",
-                        error_type=type(exc).__name__,
-                        attempts=result.attempts,
+                    _failed(
+                        frame,
+                        actor,
+                        clock.now(),
+                        elapsed,
+                        result.error or "",
+                        type(exc).__name__,
+                        result.attempts,
                     )
                 )
         else:
@@ -269,3 +262,31 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         state.history.record(self.bind(frame), validated, result)
         await state.on_event_finished(address, actor, validated, result)
         return result
+
+
+def _failed(
+    frame: Frame,
+    actor: BaseActor,
+    timestamp: float,
+    elapsed: float,
+    error: str,
+    error_type: str,
+    attempts: int,
+    *,
+    cancelled: bool = False,
+) -> EventFailed:
+    """The ``EventFailed`` record of a call in ``frame``."""
+    return EventFailed(
+        address=frame.address,
+        timestamp=timestamp,
+        group_id=frame.group_id,
+        parallel_index=frame.parallel_index,
+        is_parallel=frame.group_id is not None,
+        actor=actor.name,
+        actor_kind=actor.kind,
+        execution_time=elapsed,
+        error=error,
+        error_type=error_type,
+        attempts=attempts,
+        cancelled=cancelled,
+    )
