@@ -127,8 +127,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
 
         recovered = state.recovered_result(address, actor)
         if recovered is not None:
-            bound = self.bind(frame)
-            state.history.record(bound, None, recovered)
+            state.history.record(self, address, group_id, index, None, recovered)
             if bus.has_listeners and state.replay_publishes:
                 bus.publish(
                     EventCompleted(
@@ -259,7 +258,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 )
         finally:
             exit_frame(token)
-        state.history.record(self.bind(frame), validated, result)
+        state.history.record(self, address, group_id, index, validated, result)
         await state.on_event_finished(address, actor, validated, result)
         return result
 

@@ -33,6 +33,7 @@ from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.slots import SlotPool
 from rh_agents.core.parallel.strategy import ErrorStrategy
 from rh_agents.core.results import ExecutionResult
+from rh_agents.resilience import runner
 from rh_agents.resilience.breaker import BreakerRegistry
 from rh_agents.resilience.rate_limit import RateLimiterRegistry
 
@@ -243,17 +244,13 @@ class ExecutionState:
 
         Returns ``(value, attempts)``; see ``rh_agents.resilience.runner``.
         """
-        from rh_agents.resilience.runner import invoke_actor
-
-        return await invoke_actor(self, event, validated, context, frame)
+        return await runner.invoke_actor(self, event, validated, context, frame)
 
     async def run_member(
         self, group: ParallelExecutionManager[Any], member: Member, frame: Frame
     ) -> Any:
         """Run one member of ``group`` (a callable member is re-called for retries)."""
-        from rh_agents.resilience.runner import run_member
-
-        return await run_member(self, group, member, frame)
+        return await runner.run_member(self, group, member, frame)
 
     def recovered_result(self, address: str, actor: BaseActor) -> ExecutionResult[Any] | None:
         """A stored result to return instead of running (replay); none without recovery."""

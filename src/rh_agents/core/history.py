@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -16,19 +15,49 @@ if TYPE_CHECKING:
 __all__ = ["ExecutionHistory", "HistoryEntry"]
 
 
-@dataclass(frozen=True, slots=True)
 class HistoryEntry:
-    """One finished call: the bound event (address and group metadata filled in), its
-    validated input (``None`` if the input failed validation or the result was replayed) and
-    its result."""
+    """One finished call: where it ran, its validated input (``None`` if the input failed
+    validation or the result was replayed) and its result.
 
-    event: ExecutionEvent[Any]
-    input: BaseModel | None
-    result: ExecutionResult[Any]
+    ``event`` is the call's bound event (the event with ``address``, ``group_id``,
+    ``parallel_index`` and ``is_parallel`` filled in). It is built on first read: copying a
+    pydantic model for every call would cost more than the rest of the call's bookkeeping.
+    """
+
+    __slots__ = ("_bound", "_template", "address", "group_id", "input", "parallel_index", "result")
+
+    def __init__(
+        self,
+        template: ExecutionEvent[Any],
+        address: str,
+        group_id: str | None,
+        parallel_index: int | None,
+        input: BaseModel | None,
+        result: ExecutionResult[Any],
+    ) -> None:
+        self._template = template
+        self._bound: ExecutionEvent[Any] | None = None
+        self.address = address
+        self.group_id = group_id
+        self.parallel_index = parallel_index
+        self.input = input
+        self.result = result
 
     @property
-    def address(self) -> str:
-        return self.event.address or ""
+    def event(self) -> ExecutionEvent[Any]:
+        if self._bound is None:
+            self._bound = self._template.model_copy(
+                update={
+                    "address": self.address,
+                    "group_id": self.group_id,
+                    "parallel_index": self.parallel_index,
+                    "is_parallel": self.group_id is not None,
+                }
+            )
+        return self._bound
+
+    def __repr__(self) -> str:
+        return f"HistoryEntry(address={self.address!r}, result={self.result!r})"
 
 
 class ExecutionHistory:
@@ -42,9 +71,18 @@ class ExecutionHistory:
         self._entries: dict[str, HistoryEntry] = {}
 
     def record(
-        self, event: ExecutionEvent[Any], input: BaseModel | None, result: ExecutionResult[Any]
+        self,
+        event: ExecutionEvent[Any],
+        address: str,
+        group_id: str | None,
+        parallel_index: int | None,
+        input: BaseModel | None,
+        result: ExecutionResult[Any],
     ) -> None:
-        self._entries[event.address or ""] = HistoryEntry(event, input, result)
+        """Keep the finished call of ``event`` at ``address``."""
+        self._entries[address] = HistoryEntry(
+            event, address, group_id, parallel_index, input, result
+        )
 
     def __getitem__(self, address: str) -> HistoryEntry:
         try:
