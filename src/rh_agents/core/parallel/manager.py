@@ -37,6 +37,7 @@ from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
 from rh_agents.core.parallel.lazy_source import LazySource, Pulled
 from rh_agents.core.parallel.member import Member, check_member, is_event_call
 from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder
+from rh_agents.core.parallel.options import check_group_options
 from rh_agents.core.parallel.ready import ReadyQueue
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
@@ -95,42 +96,15 @@ class ParallelExecutionManager(Generic[T]):
         self._adaptive = as_adaptive(max_workers)
         if self._adaptive is not None:
             max_workers = self._adaptive.current
-        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-            raise ConfigurationError(f"max_workers must be an int >= 1, got {max_workers!r}")
-        try:
-            strategy = _strategy(error_strategy)
-        except (ValueError, KeyError, AttributeError):
-            choices = ", ".join(sorted({s.name for s in ErrorStrategy}))
-            raise ConfigurationError(
-                f"unknown error_strategy {error_strategy!r}; use one of {choices}"
-            ) from None
-        for label, value in (("timeout", timeout), ("member_timeout", member_timeout)):
-            if value is not None and (
-                isinstance(value, bool) or not (isinstance(value, int | float) and value > 0)
-            ):
-                raise ConfigurationError(f"{label} must be a number of seconds > 0, got {value!r}")
-        if strategy is ErrorStrategy.FAIL_THRESHOLD and failure_threshold is None:
-            raise ConfigurationError(
-                "FAIL_THRESHOLD needs failure_threshold: a count (3) or a fraction (0.25)"
-            )
-        if failure_threshold is not None and not (
-            (
-                isinstance(failure_threshold, int)
-                and not isinstance(failure_threshold, bool)
-                and failure_threshold >= 1
-            )
-            or (isinstance(failure_threshold, float) and 0 < failure_threshold <= 1)
-        ):
-            raise ConfigurationError(
-                f"failure_threshold must be an int >= 1 or a fraction in (0, 1], "
-                f"got {failure_threshold!r}"
-            )
-        if quorum is not None and (not isinstance(quorum, int) or quorum < 1):
-            raise ConfigurationError(f"quorum must be an int >= 1, got {quorum!r}")
-        if name is not None and (not name or any(c in name for c in ":[]#\n")):
-            raise ConfigurationError(
-                f"group name {name!r} must be non-empty and free of ':', '[', ']', '#'"
-            )
+        limit, strategy = check_group_options(
+            max_workers=max_workers,
+            name=name,
+            error_strategy=error_strategy,
+            timeout=timeout,
+            member_timeout=member_timeout,
+            failure_threshold=failure_threshold,
+            quorum=quorum,
+        )
 
         self._state = state
         self._now = state.clock.now  # bound once: read several times per member
@@ -138,7 +112,7 @@ class ParallelExecutionManager(Generic[T]):
         self._instant: deque[Member] = deque()  # cache hits waiting for the cache lane
         self._instant_task: asyncio.Task[None] | None = None
         self._plain = False  # set on entry: no policy applies, members run directly
-        self._fixed_limit = max_workers
+        self._fixed_limit = limit
         self.rate_limit = rate_limit
         self._requested_name = name
         self.error_strategy = strategy
@@ -1260,14 +1234,6 @@ class ParallelExecutionManager(Generic[T]):
     def metrics(self) -> GroupMetrics:
         """A frozen ``GroupMetrics`` snapshot (counts, percentiles, throughput, efficiency)."""
         return self._metrics.snapshot(self.statistics(), max_workers=self._limit)
-
-
-def _strategy(value: ErrorStrategy | str) -> ErrorStrategy:
-    """An ``ErrorStrategy`` from itself, its value (``"fail_fast"``) or its name."""
-    try:
-        return ErrorStrategy(value)
-    except ValueError:
-        return ErrorStrategy[value.upper()]
 
 
 def _call_event(event: Any, item: Any, *, context: str, state: ExecutionState) -> Awaitable[Any]:
