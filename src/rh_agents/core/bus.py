@@ -22,7 +22,7 @@ import inspect
 import logging
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,6 +294,3 @@ class _StreamQueue:
             finally:
                 self._waiter = None
         return self._items.popleft()
-
-
-AsyncSubscriber = Callable[[BusEvent], Awaitable[None]]

@@ -130,17 +130,14 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             state.history.record(self, address, group_id, index, None, recovered)
             if bus.has_listeners and state.replay_publishes:
                 bus.publish(
-                    EventCompleted(
-                        address=address,
-                        timestamp=clock.now(),
-                        group_id=group_id,
-                        parallel_index=index,
-                        is_parallel=in_group,
-                        actor=actor.name,
-                        actor_kind=actor.kind,
-                        execution_time=0.0,
-                        detail=truncate(recovered.result, self.detail_chars),
-                        source="replay",
+                    _completed(
+                        frame,
+                        actor,
+                        clock.now(),
+                        0.0,
+                        truncate(recovered.result, self.detail_chars),
+                        1,
+                        "replay",
                     )
                 )
             return recovered
@@ -242,18 +239,14 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             )
             if bus.has_listeners:
                 bus.publish(
-                    EventCompleted(
-                        address=address,
-                        timestamp=clock.now(),
-                        group_id=group_id,
-                        parallel_index=index,
-                        is_parallel=in_group,
-                        actor=actor.name,
-                        actor_kind=actor.kind,
-                        execution_time=elapsed,
-                        detail=truncate(value, self.detail_chars),
-                        attempts=attempts,
-                        source=source,
+                    _completed(
+                        frame,
+                        actor,
+                        clock.now(),
+                        elapsed,
+                        truncate(value, self.detail_chars),
+                        attempts,
+                        source,
                     )
                 )
         finally:
@@ -261,6 +254,31 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         state.history.record(self, address, group_id, index, validated, result)
         await state.on_event_finished(address, actor, validated, result)
         return result
+
+
+def _completed(
+    frame: Frame,
+    actor: BaseActor,
+    timestamp: float,
+    elapsed: float,
+    detail: str,
+    attempts: int,
+    source: str,
+) -> EventCompleted:
+    """The ``EventCompleted`` record of a call in ``frame`` (``source``: run, cache, replay)."""
+    return EventCompleted(
+        address=frame.address,
+        timestamp=timestamp,
+        group_id=frame.group_id,
+        parallel_index=frame.parallel_index,
+        is_parallel=frame.group_id is not None,
+        actor=actor.name,
+        actor_kind=actor.kind,
+        execution_time=elapsed,
+        detail=detail,
+        attempts=attempts,
+        source=source,
+    )
 
 
 def _failed(

@@ -111,6 +111,11 @@ class ExecutionState:
             await self.recovery.save_checkpoint()
 
     @property
+    def has_policies(self) -> bool:
+        """Whether a state-wide retry, breaker or rate limit applies to every call."""
+        return not (self.retry is None and self.circuit_breaker is None and self.rate_limit is None)
+
+    @property
     def global_max_workers(self) -> int | None:
         return self.global_slots.limit if self.global_slots is not None else None
 

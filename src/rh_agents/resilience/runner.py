@@ -64,14 +64,11 @@ def _first(*values: Any) -> Any:
 
 def _no_policy_for(state: ExecutionState, event: ExecutionEvent[Any], frame: Frame) -> bool:
     actor = event.actor
-    if not (
+    if state.has_policies or not (
         event.retry is None
         and actor.retry is None
         and event.circuit_breaker is None
         and actor.circuit_breaker is None
-        and state.retry is None
-        and state.circuit_breaker is None
-        and state.rate_limit is None
     ):
         return False
     slot = frame.slot

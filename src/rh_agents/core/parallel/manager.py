@@ -352,7 +352,7 @@ class ParallelExecutionManager(Generic[T]):
             )
 
     def _check_retry(self, source: Any, retry: Any) -> None:
-        # Overridden in spirit by the resilience layer: a bare coroutine cannot run twice.
+        # A bare coroutine cannot run twice: reject a policy that would need it to, now.
         policy = retry if retry is not None else self.retry
         if policy is None:
             return
@@ -1152,15 +1152,11 @@ class ParallelExecutionManager(Generic[T]):
     @property
     def has_policies(self) -> bool:
         """Whether a retry, breaker, rate limit or adaptive limit applies to this group."""
-        state = self._state
-        return not (
+        return self._state.has_policies or not (
             self._adaptive is None
             and self.retry is None
             and self.circuit_breaker is None
             and self.rate_limit is None
-            and state.retry is None
-            and state.circuit_breaker is None
-            and state.rate_limit is None
         )
 
     @property
