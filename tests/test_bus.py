@@ -307,3 +307,81 @@ async def test_publish_after_close_is_ignored(recorder: Recorder) -> None:
 def test_subscribe_non_callable_is_a_type_error(handler: object) -> None:
     with pytest.raises(TypeError, match="subscriber must be callable"):
         EventBus().subscribe(handler)  # type: ignore[arg-type]
+
+
+class Deferred:
+    """A deferred source that builds record ``i`` when asked, and counts the requests."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def deferred_record(self, key: object) -> BusEvent | None:
+        assert isinstance(key, int)
+        self.asked.append(key)
+        return None if key < 0 else record(key)
+
+
+async def test_deferred_record_is_published_at_the_next_loop_turn(recorder: Recorder) -> None:
+    bus = EventBus()
+    bus.subscribe(recorder)
+    source = Deferred()
+    bus.defer(1, source)
+    assert source.asked == []  # nothing built yet
+    await asyncio.sleep(0)  # one turn of the loop
+    assert source.asked == [1]
+    await bus.drain()
+    assert addresses(recorder.records) == ["a1"]
+
+
+async def test_withdrawn_record_is_never_built_nor_published(recorder: Recorder) -> None:
+    bus = EventBus()
+    bus.subscribe(recorder)
+    source = Deferred()
+    bus.defer(1, source)
+    assert bus.withdraw(1) is True
+    assert bus.withdraw(1) is False  # already gone
+    await asyncio.sleep(0)
+    await bus.drain()
+    assert source.asked == [] and recorder.records == []
+
+
+async def test_deferred_records_come_before_a_later_publish(recorder: Recorder) -> None:
+    bus = EventBus()
+    bus.subscribe(recorder)
+    source = Deferred()
+    bus.defer(1, source)
+    bus.defer(2, source)
+    bus.defer(-1, source)  # its source decides there is nothing to publish after all
+    bus.publish(record(3))  # no loop turn in between: the deferred ones go first
+    assert bus.withdraw(2) is False  # published already
+    await bus.drain()
+    assert addresses(recorder.records) == ["a1", "a2", "a3"]
+    assert source.asked == [1, 2, -1]
+
+
+async def test_drain_and_close_publish_what_is_deferred(recorder: Recorder) -> None:
+    bus = EventBus()
+    bus.subscribe(recorder)
+    source = Deferred()
+    bus.defer(1, source)
+    await bus.drain()
+    assert addresses(recorder.records) == ["a1"]
+    bus.defer(2, source)
+    await bus.close()
+    assert addresses(recorder.records) == ["a1", "a2"]
+
+
+async def test_has_listeners_follows_subscribers_and_streams() -> None:
+    bus = EventBus()
+    assert not bus.has_listeners
+
+    def handler(record: BusEvent) -> None:
+        pass
+
+    bus.subscribe(handler)
+    assert bus.has_listeners
+    stream = bus.stream()
+    bus.unsubscribe(handler)
+    assert bus.has_listeners  # the stream still listens
+    del stream
+    assert not bus.has_listeners

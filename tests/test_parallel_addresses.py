@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -84,15 +85,21 @@ async def test_group_lifecycle_records(
     state: ExecutionState, bus: EventBus, recorder: Recorder
 ) -> None:
     async def ok() -> int:
+        await asyncio.sleep(0)  # suspends: its start is published
         return 1
 
     async def bad() -> None:
+        await asyncio.sleep(0)
         raise ValueError("x")
+
+    async def instant() -> int:
+        return 1  # never suspends: only its finish is published
 
     async with state.parallel(max_workers=2, name="life") as p:
         p.add(ok())
         p.add(bad())
         p.add(ok())
+        p.add(instant())
     await bus.drain()
     group_records = [r for r in recorder.records if r.address.startswith("life")]
     assert isinstance(group_records[0], GroupStarted)
@@ -100,10 +107,30 @@ async def test_group_lifecycle_records(
     started = [r for r in group_records if isinstance(r, MemberStarted)]
     finished = [r for r in group_records if isinstance(r, MemberFinished)]
     assert sorted(r.index for r in started) == [0, 1, 2]
-    assert [r.done for r in finished] == [1, 2, 3]
-    assert finished[-1].succeeded == 2 and finished[-1].failed == 1 and finished[-1].total == 3
+    for r in started:  # each start comes before its own finish
+        position = group_records.index(r)
+        assert all(group_records.index(f) > position for f in finished if f.index == r.index)
+    last = next(f for f in finished if f.index == 3)
+    assert last.status == "completed" and last.queue_wait >= 0
+    assert [r.done for r in finished] == [1, 2, 3, 4]
+    assert finished[-1].succeeded == 3 and finished[-1].failed == 1 and finished[-1].total == 4
     done = group_records[-1]
     assert isinstance(done, GroupCompleted)
-    assert (done.total, done.succeeded, done.failed, done.status) == (3, 2, 1, "partial")
+    assert (done.total, done.succeeded, done.failed, done.status) == (4, 3, 1, "partial")
     for r in started:
         assert r.address == f"life[{r.index}]" and r.group_id == "life" and r.is_parallel
+
+
+async def test_a_member_is_announced_before_its_own_records(
+    state: ExecutionState, bus: EventBus, recorder: Recorder
+) -> None:
+    # The echo event finishes without suspending, yet it publishes records of its own: the
+    # member's start must come first, so every consumer sees member, then event.
+    event = ExecutionEvent(actor=echo_tool)
+    async with state.parallel(name="ann") as p:
+        p.add(event(Doc(text="x"), "", state))
+    await bus.drain()
+    kinds = [r.kind for r in recorder.records if r.address.startswith("ann[0]")]
+    assert kinds[0] == "group.member_started"
+    assert kinds[-1] == "group.member_finished"
+    assert "event.started" in kinds[1:-1]

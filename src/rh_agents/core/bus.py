@@ -13,6 +13,13 @@ subscribers never notice::
         ...
     await bus.drain()                      # wait until every subscriber has caught up
     await bus.close()                      # drain, then stop the feeder tasks and streams
+
+A record can also be *deferred*: ``bus.defer(key, source)`` publishes
+``source.deferred_record(key)`` at the event loop's next turn or just before the next record
+published, whichever comes first, unless ``bus.withdraw(key)`` came first. A group defers each
+member's ``MemberStarted`` this way: a member that finishes without ever letting the loop run
+(no await that suspends, no record of its own) publishes only its ``MemberFinished``, and the
+records of members that do wait keep their order (the start before anything the member does).
 """
 
 from __future__ import annotations
@@ -24,16 +31,24 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from rh_agents.core.records import BusEvent
 from rh_agents.core.results import describe_error
 
-__all__ = ["EventBus", "Subscriber", "SubscriberError", "Subscription"]
+__all__ = ["DeferredSource", "EventBus", "Subscriber", "SubscriberError", "Subscription"]
 
 logger = logging.getLogger("rh_agents.bus")
 
 Subscriber = Callable[[BusEvent], Any]
+
+
+class DeferredSource(Protocol):
+    """What ``EventBus.defer`` asks for a deferred record when the time to publish it comes."""
+
+    def deferred_record(self, key: Any) -> BusEvent | None:
+        """The record for ``key`` (``None``: nothing to publish after all)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +70,7 @@ class Subscription:
 
     __slots__ = (
         "_asleep",
+        "_awake",
         "_bus",
         "_closed",
         "_idle",
@@ -77,6 +93,9 @@ class Subscription:
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._asleep = False  # the feeder waits on _wakeup; only then does a push wake it
+        # The feeder runs and will look at the queue again before it sleeps: a publisher only
+        # appends (the fast path of EventBus.publish). False while asleep, closed or unstarted.
+        self._awake = False
         self._closed = False
 
     @property
@@ -92,6 +111,7 @@ class Subscription:
             # Only the first record after the feeder went to sleep pays for waking it: while it
             # is awake it drains the queue by itself (this is on every member's hot path).
             self._asleep = False
+            self._awake = True
             assert self._idle is not None and self._wakeup is not None
             self._idle.clear()
             self._wakeup.set()
@@ -106,18 +126,21 @@ class Subscription:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._task = loop.create_task(self._feed(), name=f"rh_agents-subscriber:{self.name}")
+        self._awake = True
 
     async def _feed(self) -> None:
         assert self._wakeup is not None and self._idle is not None
         queue, wakeup, idle = self._queue, self._wakeup, self._idle
+        handler, is_async, pop = self.handler, self._is_async, queue.popleft
+        isawaitable = inspect.isawaitable
         try:
             while True:
                 while queue:
-                    record = queue.popleft()
+                    record = pop()
                     try:
-                        outcome = self.handler(record)
+                        outcome = handler(record)
                         # ``outcome is not None`` first: isawaitable() is slow on None.
-                        if self._is_async or (outcome is not None and inspect.isawaitable(outcome)):
+                        if is_async or (outcome is not None and isawaitable(outcome)):
                             await outcome
                     except Exception as exc:  # a broken subscriber must not stop the run
                         self._bus._report(self, record, exc)
@@ -126,11 +149,13 @@ class Subscription:
                 if self._closed:
                     return
                 wakeup.clear()
+                self._awake = False
                 self._asleep = True  # the next push wakes us (and clears idle)
                 await wakeup.wait()
                 self._asleep = False
         finally:
             # However the feeder ends (even cancelled), nobody waiting in drain() may hang.
+            self._awake = False
             idle.set()
 
     async def _drain(self) -> None:
@@ -147,6 +172,7 @@ class Subscription:
         if drain:
             await self._drain()
         self._closed = True
+        self._awake = False
         task = self._task
         if task is None:
             return
@@ -175,11 +201,18 @@ class EventBus:
         self.subscriber_errors: list[SubscriberError] = []
         self.published = 0
         self._closed = False
+        # Deferred records by key, in the order deferred (see the module docstring). Only the
+        # loop's thread touches it; a flush is scheduled at most once per loop turn.
+        self._deferred: dict[Any, DeferredSource] = {}
+        self._flush_scheduled = False
 
-    @property
-    def has_listeners(self) -> bool:
-        """Whether anything would receive a record (callers may skip building records if not)."""
-        return bool(self._subscriptions or self._streams)
+        # Whether anything would receive a record: callers skip building records if not. A
+        # plain attribute, kept up to date by (un)subscribe and the streams, because every
+        # member reads it (a property costs more than the test itself).
+        self.has_listeners = False
+
+    def _update_listening(self) -> None:
+        self.has_listeners = bool(self._subscriptions or self._streams)
 
     def subscribe(self, handler: Subscriber) -> Subscription:
         """Deliver every later record to ``handler`` (sync or async), in order."""
@@ -187,6 +220,7 @@ class EventBus:
             raise TypeError(f"a subscriber must be callable, got {handler!r}")
         subscription = Subscription(self, handler)
         self._subscriptions.append(subscription)
+        self.has_listeners = True
         return subscription
 
     def unsubscribe(self, handler: Subscriber | Subscription) -> None:
@@ -196,22 +230,70 @@ class EventBus:
                 self._subscriptions.remove(sub)
                 self._retired.append(sub)
                 sub._closed = True
+                sub._awake = False
                 sub._queue.clear()
                 if sub._wakeup is not None:
                     sub._wakeup.set()
+        self._update_listening()
+
+    def defer(self, key: Any, source: DeferredSource) -> None:
+        """Publish ``source.deferred_record(key)`` later, unless ``withdraw(key)`` comes first.
+
+        "Later" is just before the next record published, or the event loop's next turn,
+        whichever comes first. Must be called from inside the running loop.
+        """
+        self._deferred[key] = source
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_turn)
+
+    def withdraw(self, key: Any) -> bool:
+        """Drop the deferred record of ``key``; ``False`` if already published or never deferred."""
+        return self._deferred.pop(key, None) is not None
+
+    def _flush_turn(self) -> None:
+        self._flush_scheduled = False
+        if self._deferred:
+            self._flush_deferred()
+
+    def _flush_deferred(self) -> None:
+        deferred = list(self._deferred.items())
+        self._deferred.clear()
+        for key, source in deferred:
+            record = source.deferred_record(key)
+            if record is not None:
+                self._deliver(record)
 
     def publish(self, record: BusEvent) -> None:
         """Queue ``record`` for every subscriber and stream; never waits."""
+        if self._deferred:
+            self._flush_deferred()  # they happened before this record
+        # _deliver inlined: this runs for every record of every member.
+        self.published += 1
+        for sub in self._subscriptions:
+            if sub._awake:
+                sub._queue.append(record)  # its feeder drains the queue by itself
+            else:
+                sub._push(record)
+        if self._streams:
+            self._push_streams(record)
+
+    def _deliver(self, record: BusEvent) -> None:
         self.published += 1
         for sub in self._subscriptions:
             sub._push(record)
         if self._streams:
-            for key, ref in list(self._streams.items()):
-                stream = ref()
-                if stream is None:
-                    del self._streams[key]
-                else:
-                    stream.push(record)
+            self._push_streams(record)
+
+    def _push_streams(self, record: BusEvent) -> None:
+        for key, ref in list(self._streams.items()):
+            stream = ref()
+            if stream is None:
+                del self._streams[key]
+            else:
+                stream.push(record)
+        if not self._streams:
+            self._update_listening()
 
     def stream(self) -> AsyncIterator[BusEvent]:
         """Every record published from this call on, until the bus is closed::
@@ -229,8 +311,13 @@ class EventBus:
             key = id(queue)
             streams = self._streams
             # The callback runs when the queue dies (before its id can be reused).
-            streams[key] = weakref.ref(queue, lambda _ref: streams.pop(key, None))
+            streams[key] = weakref.ref(queue, lambda _ref: self._forget_stream(key))
+            self.has_listeners = True
         return self._read(queue)
+
+    def _forget_stream(self, key: int) -> None:
+        self._streams.pop(key, None)
+        self._update_listening()
 
     async def _read(self, queue: _StreamQueue) -> AsyncIterator[BusEvent]:
         try:
@@ -240,15 +327,19 @@ class EventBus:
                     return
                 yield record
         finally:
-            self._streams.pop(id(queue), None)
+            self._forget_stream(id(queue))
 
     async def drain(self) -> None:
         """Wait until every subscriber has handled every record published so far."""
+        if self._deferred:
+            self._flush_deferred()
         for sub in list(self._subscriptions):
             await sub._drain()
 
     async def close(self, *, drain: bool = True) -> None:
         """End the bus: optionally drain, then stop feeder tasks and end every ``stream()``."""
+        if self._deferred:
+            self._flush_deferred()
         self._closed = True
         for sub in [*self._subscriptions, *self._retired]:
             await sub._close(drain)

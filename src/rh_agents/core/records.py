@@ -125,6 +125,11 @@ class GroupStarted(BusEvent):
 class MemberStarted(BusEvent):
     """A member of a group took a worker and began to run.
 
+    Published when the member first waits (or publishes a record of its own), with the time
+    it started as ``timestamp``: a member that finishes without ever suspending publishes only
+    its ``MemberFinished``, which carries the same timing (start = ``timestamp -
+    execution_time``, and ``queue_wait``).
+
     ``total`` is the number of members added so far (``None`` while a lazy input is unread),
     so a display knows the group's size from the first member on.
     """
@@ -170,7 +175,8 @@ class MemberFinished(BusEvent):
 
     ``status`` is one of ``ResultStatus``'s values. ``total`` is the number of members added
     so far (the final total is in ``GroupCompleted``; a lazy input's total is unknown, ``None``,
-    until the input is exhausted).
+    until the input is exhausted). ``queue_wait`` is the time from ``add`` to the start
+    (``None`` for a member that never started: skipped, or cancelled while it waited).
     """
 
     kind: str = "group.member_finished"
@@ -184,6 +190,7 @@ class MemberFinished(BusEvent):
     failed: int
     total: int | None
     attempts: int = 1
+    queue_wait: float | None = None
 
     @classmethod
     def of_member(
@@ -197,6 +204,7 @@ class MemberFinished(BusEvent):
         error: str | None,
         counts: tuple[int, int, int | None],
         attempts: int,
+        queue_wait: float | None,
     ) -> MemberFinished:
         """The record for member ``index`` of ``group_id``, built positionally (hot path).
 
@@ -220,6 +228,7 @@ class MemberFinished(BusEvent):
         record.failed = done - succeeded
         record.total = total
         record.attempts = attempts
+        record.queue_wait = queue_wait
         return record
 
 

@@ -149,6 +149,10 @@ class TimelineRecorder:
                 bar.enqueued = record.timestamp - record.queue_wait
             elif isinstance(record, MemberFinished):
                 bar.name = record.name
+                if bar.started is None and record.queue_wait is not None:
+                    # It finished without ever waiting, so no start was published.
+                    bar.started = record.timestamp - record.execution_time
+                    bar.enqueued = bar.started - record.queue_wait
                 bar.finished = record.timestamp
                 bar.status = record.status
                 bar.error = record.error

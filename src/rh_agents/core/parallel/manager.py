@@ -661,18 +661,9 @@ class ParallelExecutionManager(Generic[T]):
                 slot.global_held = True
                 started = member.started = now()
             if bus.has_listeners:
-                bus.publish(
-                    MemberStarted.of_member(
-                        self.group_id,
-                        index,
-                        member.name,
-                        started,
-                        started - member.enqueued,
-                        None
-                        if self._source is not None and not self._source.exhausted
-                        else self._total,
-                    )
-                )
+                # Published once the member waits or publishes (see deferred_record): a member
+                # that finishes without suspending needs no start record of its own.
+                bus.defer(member, self)
             timeout = member.timeout or self.member_timeout
             # With no retry, breaker or rate limit anywhere there is nothing to resolve: run
             # the member directly (this is every member's hot path).
@@ -779,6 +770,8 @@ class ParallelExecutionManager(Generic[T]):
 
         bus = self._state.event_bus
         if bus.has_listeners:
+            bus.withdraw(member)  # never announced: the finish record tells it all
+            started = member.started
             bus.publish(
                 MemberFinished.of_member(
                     self.group_id,
@@ -796,6 +789,7 @@ class ParallelExecutionManager(Generic[T]):
                         else self._total,
                     ),
                     result.attempts,
+                    None if started is None else started - member.enqueued,
                 )
             )
 
@@ -831,6 +825,22 @@ class ParallelExecutionManager(Generic[T]):
 
         self._wake_readers()
         self._check_all_done()
+
+    def deferred_record(self, key: Any) -> MemberStarted | None:
+        """The ``MemberStarted`` of member ``key``, which the bus publishes once it waits."""
+        member: Member = key
+        started = member.started
+        if member.result is not None or started is None:
+            return None
+        source = self._source
+        return MemberStarted.of_member(
+            self.group_id,
+            member.index,
+            member.name,
+            started,
+            started - member.enqueued,
+            None if source is not None and not source.exhausted else self._total,
+        )
 
     def _wake_readers(self) -> None:
         """Wake the stream() readers waiting for a result or for the end of the group."""
