@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import GroupMetrics
-from rh_agents.core.parallel.metrics import percentile
+from rh_agents.core.parallel.metrics import Distribution, Durations, percentile
 from rh_agents.core.records import GroupCompleted
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import CircuitOpenError
@@ -136,3 +137,25 @@ def test_durations_keep_a_bounded_sample_but_exact_count_total_and_max() -> None
     d = big.distribution()
     assert (d.count, d.max, d.total) == (10_000, 999.0, sum(float(i % 1000) for i in range(10_000)))
     assert 300 <= d.p50 <= 700  # a uniform sample of 0..999 has its median near 500
+
+
+@given(st.lists(st.floats(0, 100, allow_nan=False), max_size=200))
+def test_a_snapshot_distribution_equals_the_exact_one(values: list[float]) -> None:
+    durations = Durations()
+    for value in values:
+        durations.add(value)
+    lazy = durations.distribution()
+    assert lazy == Distribution.of(values)
+    assert lazy.as_dict() == Distribution.of(values).as_dict()
+
+
+def test_a_snapshot_does_not_move_with_later_values() -> None:
+    durations = Durations()
+    for value in (3.0, 1.0, 2.0):
+        durations.add(value)
+    snapshot = durations.distribution()
+    for _ in range(100):
+        durations.add(50.0)  # the group goes on after the snapshot was taken
+    assert (snapshot.count, snapshot.p50, snapshot.p95, snapshot.max) == (3, 2.0, 3.0, 3.0)
+    with pytest.raises(FrozenInstanceError):
+        snapshot.count = 4  # type: ignore[misc]

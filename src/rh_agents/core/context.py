@@ -12,7 +12,8 @@ are still unique, only their numbering follows the order in which the calls star
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ class Frame:
         self.group_id = group_id
         self.parallel_index = parallel_index
         self.slot = slot
-        self._child_counts: dict[str, int] = {}
+        # Made on the first child: most member frames (plain coroutines) never have one.
+        self._child_counts: dict[str, int] | None = None
 
     @property
     def is_parallel(self) -> bool:
@@ -54,8 +56,11 @@ class Frame:
 
     def child_name(self, name: str) -> str:
         """A name unique among this frame's children: ``name``, then ``name#2``, ``name#3``..."""
-        count = self._child_counts.get(name, 0) + 1
-        self._child_counts[name] = count
+        counts = self._child_counts
+        if counts is None:
+            counts = self._child_counts = {}
+        count = counts.get(name, 0) + 1
+        counts[name] = count
         return name if count == 1 else f"{name}#{count}"
 
     def child_address(self, name: str) -> str:
@@ -78,10 +83,7 @@ def current_frame(state: ExecutionState) -> Frame:
     return frame
 
 
-def enter_frame(frame: Frame) -> Any:
-    """Make ``frame`` current; returns the token for ``exit_frame``."""
-    return _current.set(frame)
-
-
-def exit_frame(token: Any) -> None:
-    _current.reset(token)
+# Make a frame current (returns the token for ``exit_frame``) and restore the previous one.
+# The ContextVar's own methods, not wrappers: every member enters and exits a frame.
+enter_frame: Callable[[Frame | None], Token[Frame | None]] = _current.set
+exit_frame: Callable[[Token[Frame | None]], None] = _current.reset

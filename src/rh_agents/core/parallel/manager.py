@@ -29,7 +29,7 @@ import functools
 import inspect
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
@@ -67,6 +67,7 @@ __all__ = ["ParallelExecutionManager"]
 T = TypeVar("T")
 
 _FAILURE_STATUSES = (ResultStatus.FAILED, ResultStatus.TIMED_OUT)
+_NO_DEPENDENCIES: tuple[str, ...] = ()
 
 
 class ParallelExecutionManager(Generic[T]):
@@ -248,7 +249,7 @@ class ParallelExecutionManager(Generic[T]):
         self,
         *args: Any,
         name: str | None = None,
-        after: Iterable[str] | str = (),
+        after: Iterable[str] | str = _NO_DEPENDENCIES,
         priority: int = 0,
         timeout: float | None = None,
         retry: Any = None,
@@ -263,6 +264,22 @@ class ParallelExecutionManager(Generic[T]):
         ``priority`` orders members waiting for a worker (higher first); ``timeout`` bounds
         this member alone.
         """
+        if (
+            len(args) == 1
+            and type(args[0]) is CoroutineType
+            and name is None
+            and after is _NO_DEPENDENCIES
+            and type(priority) is int
+            and priority == 0
+            and timeout is None
+            and retry is None
+            and self.retry is None
+            and self._entered
+            and not self._sealed
+        ):
+            # p.add(coro) with no options, the form of every member of a big group: nothing
+            # below could reject it, so skip straight to adding it.
+            return self._add_member(args[0], None, [], 0, None, None)
         if len(args) == 2 and isinstance(args[0], str):
             if name is not None:
                 _close_quietly(args[1])
@@ -391,14 +408,16 @@ class ParallelExecutionManager(Generic[T]):
             elif not dep.result.ok:
                 self._finish(member, self._skipped_result(member, dep))
                 return index
-        member.after = tuple(deps)
-        member.pending_deps = pending
-        if pending == 0 and self._served_by_cache(member.source):
+        if deps:
+            member.after = tuple(deps)
+            member.pending_deps = pending
+        if pending == 0 and self._state.cache is not None and self._served_by_cache(member.source):
             self._instant.append(member)  # a cache hit takes no worker slot
             self._start_instant_lane()
         elif pending == 0:
             self._ready.push(member)
-            self._kick()
+            if not self._unstarted:  # else the worker starting now will kick (see _kick)
+                self._kick()
         return index
 
     def _register(
@@ -475,11 +494,11 @@ class ParallelExecutionManager(Generic[T]):
             task.add_done_callback(self._worker_done)
 
     def _take_next(self) -> Member | None:
-        if self._stop_status is not None or self._running > self._limit:
+        adaptive = self._adaptive
+        limit = self._fixed_limit if adaptive is None else adaptive.current
+        if self._stop_status is not None or self._running > limit:
             return None
-        if self._ready:
-            return self._ready.pop()
-        return None
+        return self._ready.pop()
 
     async def _worker(self) -> None:
         task = asyncio.current_task()
@@ -667,11 +686,14 @@ class ParallelExecutionManager(Generic[T]):
             timeout = member.timeout or self.member_timeout
             # With no retry, breaker or rate limit anywhere there is nothing to resolve: run
             # the member directly (this is every member's hot path).
-            run = (
-                member.open()
-                if self._plain and member.retry is None
-                else (state.run_member(self, member, frame))
-            )
+            if self._plain and member.retry is None:
+                run = member.source
+                if type(run) is CoroutineType:
+                    member.source = None  # a coroutine runs once
+                else:
+                    run = member.open()
+            else:
+                run = state.run_member(self, member, frame)
             if timeout is None:
                 value = await run
             else:
@@ -778,7 +800,7 @@ class ParallelExecutionManager(Generic[T]):
                     index,
                     member.name,
                     self._now(),
-                    status.value,
+                    status._value_,  # the plain str: Enum.value is a slow descriptor
                     result.execution_time,
                     result.error,
                     (
@@ -807,7 +829,7 @@ class ParallelExecutionManager(Generic[T]):
                     self._finish(dependent, self._skipped_result(dependent, member))
             self._kick()
 
-        if status in _FAILURE_STATUSES and self._stop_status is None:
+        if not result.ok and status in _FAILURE_STATUSES and self._stop_status is None:
             self._last_failure = result
             strategy = self.error_strategy
             if strategy is ErrorStrategy.FAIL_FAST or (
@@ -823,8 +845,10 @@ class ParallelExecutionManager(Generic[T]):
         ):
             self._stop(ResultStatus.CANCELLED, None)
 
-        self._wake_readers()
-        self._check_all_done()
+        if self._progress is not None:
+            self._wake_readers()
+        if not self._workers:  # else the last worker to end checks (see _worker_done)
+            self._check_all_done()
 
     def deferred_record(self, key: Any) -> MemberStarted | None:
         """The ``MemberStarted`` of member ``key``, which the bus publishes once it waits."""
