@@ -64,8 +64,11 @@ class SubscriberError:
 class Subscription:
     """One subscriber's queue and feeder task. Owned by its bus.
 
-    Invariant: only ``publish`` appends to ``_queue`` and only the feeder task pops from it;
-    ``_wakeup`` is set by the publisher when the feeder may be asleep.
+    Invariants: only ``publish`` appends to ``_queue`` and only the feeder task pops from it.
+    The feeder is in one of three states: unstarted (``_task`` is None), awake (``_awake``: it
+    will look at the queue again before it sleeps, so a publisher only appends) or asleep
+    (``_asleep``: its queue is empty and it waits on ``_waiter``, which the next push
+    resolves). Asleep is also what "idle" means to ``drain()``.
     """
 
     __slots__ = (
@@ -73,11 +76,11 @@ class Subscription:
         "_awake",
         "_bus",
         "_closed",
-        "_idle",
+        "_idle_waiters",
         "_is_async",
         "_queue",
         "_task",
-        "_wakeup",
+        "_waiter",
         "handler",
         "name",
     )
@@ -90,11 +93,11 @@ class Subscription:
         self._is_async = inspect.iscoroutinefunction(call)
         self._queue: deque[BusEvent] = deque()
         self._task: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._idle: asyncio.Event | None = None
-        self._asleep = False  # the feeder waits on _wakeup; only then does a push wake it
-        # The feeder runs and will look at the queue again before it sleeps: a publisher only
-        # appends (the fast path of EventBus.publish). False while asleep, closed or unstarted.
+        # Bare futures rather than asyncio.Event: a feeder may sleep and wake a few times per
+        # group, and an Event costs several times more per cycle.
+        self._waiter: asyncio.Future[None] | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self._asleep = False
         self._awake = False
         self._closed = False
 
@@ -110,29 +113,36 @@ class Subscription:
         if self._asleep:
             # Only the first record after the feeder went to sleep pays for waking it: while it
             # is awake it drains the queue by itself (this is on every member's hot path).
-            self._asleep = False
-            self._awake = True
-            assert self._idle is not None and self._wakeup is not None
-            self._idle.clear()
-            self._wakeup.set()
+            self._wake()
         elif self._task is None:
             self._start()
+
+    def _wake(self) -> None:
+        self._asleep = False
+        self._awake = not self._closed
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _start(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop yet: records wait in the queue until one publishes inside a loop
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
         self._task = loop.create_task(self._feed(), name=f"rh_agents-subscriber:{self.name}")
         self._awake = True
 
+    def _notify_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def _feed(self) -> None:
-        assert self._wakeup is not None and self._idle is not None
-        queue, wakeup, idle = self._queue, self._wakeup, self._idle
+        queue = self._queue
         handler, is_async, pop = self.handler, self._is_async, queue.popleft
         isawaitable = inspect.isawaitable
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 while queue:
@@ -144,19 +154,20 @@ class Subscription:
                             await outcome
                     except Exception as exc:  # a broken subscriber must not stop the run
                         self._bus._report(self, record, exc)
-                # Idle means: queue empty and no handler running. Publishers clear it.
-                idle.set()
                 if self._closed:
                     return
-                wakeup.clear()
+                # Queue empty, no handler running: asleep until the next push.
+                waiter = self._waiter = loop.create_future()
                 self._awake = False
-                self._asleep = True  # the next push wakes us (and clears idle)
-                await wakeup.wait()
-                self._asleep = False
+                self._asleep = True
+                if self._idle_waiters:
+                    self._notify_idle()
+                await waiter
         finally:
             # However the feeder ends (even cancelled), nobody waiting in drain() may hang.
             self._awake = False
-            idle.set()
+            self._asleep = False
+            self._notify_idle()
 
     async def _drain(self) -> None:
         if self._task is None and self._queue:
@@ -164,9 +175,10 @@ class Subscription:
         task = self._task
         if task is None:
             return
-        assert self._idle is not None
-        while not self._idle.is_set() and not task.done():
-            await self._idle.wait()
+        while not (self._asleep or task.done()):
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
 
     async def _close(self, drain: bool) -> None:
         if drain:
@@ -178,8 +190,8 @@ class Subscription:
             return
         if not drain:
             task.cancel()
-        elif self._wakeup is not None:
-            self._wakeup.set()
+        else:
+            self._wake()  # it finds itself closed and ends
         try:
             await task
         except asyncio.CancelledError:
@@ -230,10 +242,8 @@ class EventBus:
                 self._subscriptions.remove(sub)
                 self._retired.append(sub)
                 sub._closed = True
-                sub._awake = False
                 sub._queue.clear()
-                if sub._wakeup is not None:
-                    sub._wakeup.set()
+                sub._wake()  # an asleep feeder finds itself closed and ends
         self._update_listening()
 
     def defer(self, key: Any, source: DeferredSource) -> None:

@@ -159,10 +159,12 @@ class ParallelExecutionManager(Generic[T]):
         self._stop_status: ResultStatus | None = None
         self._stop_group_status: GroupStatus | None = None
         self._trigger: ExecutionResult[Any] | None = None
-        self._all_done: asyncio.Future[None] | None = None
+        # One future per task waiting for the whole group (each cancellable on its own).
+        self._done_waiters: list[asyncio.Future[None]] = []
         self._progress: asyncio.Future[None] | None = None
         self._reader_space: asyncio.Future[None] | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
+        self._spawn_pending = False  # a _spawn is scheduled for the loop's next turn
         self._parent_frame: Frame | None = None
         self._started_at = 0.0
         self._wall_time: float | None = None
@@ -470,28 +472,48 @@ class ParallelExecutionManager(Generic[T]):
     # --- scheduling ----------------------------------------------------------------------
 
     def _kick(self) -> None:
-        """Start a worker if members are ready and a slot is free.
+        """See that ready members get workers while slots are free.
 
-        Workers start one at a time: each new worker, once it has taken its first member,
-        kicks again and so starts the next one. Members that finish without ever suspending
-        are then all run by the first worker, instead of paying for a task each, while slow
-        members still get a worker each within a few loop iterations.
+        With no worker running, one starts at once. Otherwise more are started at the event
+        loop's next turn (``_spawn``), and only if members are still waiting then: members
+        that finish without ever suspending are thus all run by the worker already there,
+        instead of paying for a task each, while members that wait get their workers one
+        loop turn later.
 
         A worker chooses its member only when it first runs, so members added in one go are
         started by priority, not by the order of the add() calls.
         """
-        if self._stop_status is not None or self._unstarted:
+        if self._stop_status is not None or self._unstarted or self._spawn_pending:
+            return
+        if self._running == 0:
+            if self._has_work():
+                self._start_worker()
+        elif self._has_work() and self._running < self._limit:
+            self._spawn_pending = True
+            asyncio.get_running_loop().call_soon(self._spawn)
+
+    def _has_work(self) -> bool:
+        source = self._source
+        return bool(self._ready) or (source is not None and not source.exhausted)
+
+    def _spawn(self) -> None:
+        """Start a worker for each member still waiting, up to the free slots."""
+        self._spawn_pending = False
+        if self._stop_status is not None:
             return
         source = self._source
-        unstarted = self._unstarted
-        if self._running < self._limit and (
-            self._ready or (source is not None and not source.exhausted)
-        ):
-            self._running += 1
-            task = asyncio.get_running_loop().create_task(self._worker())
-            self._workers.add(task)
-            unstarted.add(task)
-            task.add_done_callback(self._worker_done)
+        # A lazy input's length is unknown: then fill every free slot.
+        lazy = source is not None and not source.exhausted
+        wanted = min(self._limit if lazy else len(self._ready), self._limit - self._running)
+        for _ in range(wanted):
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._running += 1
+        task = asyncio.get_running_loop().create_task(self._worker())
+        self._workers.add(task)
+        self._unstarted.add(task)
+        task.add_done_callback(self._worker_done)
 
     def _take_next(self) -> Member | None:
         adaptive = self._adaptive
@@ -529,7 +551,7 @@ class ParallelExecutionManager(Generic[T]):
                     member = self._register(functools.partial(call, item), None, 0, None, None)
                 if first:
                     first = False
-                    self._kick()  # start the next worker, now that this one has its member
+                    self._kick()  # more workers, should this member wait (see _kick)
                 running_member[task] = member
                 # The high-water mark counts slots held by members (not idle workers).
                 held = self._running - len(self._unstarted)
@@ -888,8 +910,10 @@ class ParallelExecutionManager(Generic[T]):
     def _check_all_done(self) -> None:
         if self._workers or self._unfinished():
             return
-        if self._all_done is not None and not self._all_done.done():
-            self._all_done.set_result(None)
+        waiters, self._done_waiters = self._done_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _stopped_result(self, member: Member, elapsed: float = 0.0) -> ExecutionResult[Any]:
         status = self._stop_status or ResultStatus.CANCELLED
@@ -984,10 +1008,10 @@ class ParallelExecutionManager(Generic[T]):
         self._seal()
         if not self._unfinished() and not self._workers:
             return
-        if self._all_done is None:
-            self._all_done = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._done_waiters.append(waiter)
         try:
-            await self._wait_lending(self._all_done)
+            await self._wait_lending(waiter)
         except asyncio.CancelledError:
             self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
             try:
@@ -1007,7 +1031,7 @@ class ParallelExecutionManager(Generic[T]):
         """
         parent_slot = self._parent_frame.slot if self._parent_frame is not None else None
         lent = isinstance(parent_slot, MemberSlot) and parent_slot.lend_global()
-        await asyncio.shield(waiter)
+        await waiter  # our own future: cancelling it disturbs no other waiter
         if lent:
             assert isinstance(parent_slot, MemberSlot)
             await parent_slot.reclaim_global()

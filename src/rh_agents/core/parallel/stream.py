@@ -61,9 +61,10 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
                     return result
                 if not m._unfinished():
                     break
-                if m._progress is None:
+                if m._progress is None or m._progress.done():
                     m._progress = asyncio.get_running_loop().create_future()
-                await m._wait_lending(m._progress)
+                # Shared by every reader: shielded, so one cancelled reader cancels no other.
+                await m._wait_lending(asyncio.shield(m._progress))
             await m._wait_all()
             m._finalize()
             if m._retain:
