@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel
@@ -385,3 +385,68 @@ async def test_has_listeners_follows_subscribers_and_streams() -> None:
     assert bus.has_listeners  # the stream still listens
     del stream
     assert not bus.has_listeners
+
+
+async def test_sync_subscriber_returning_awaitables_is_awaited_in_order() -> None:
+    bus = EventBus()
+    handled: list[str] = []
+    gate = asyncio.Event()
+
+    async def slow(r: BusEvent) -> None:
+        if r.address == "a1":
+            await gate.wait()  # a1 is not done until the gate opens
+        handled.append(r.address)
+
+    def handler(r: BusEvent) -> Any:
+        # A plain function, so the bus feeds it from a callback, until it returns an
+        # awaitable; then a task takes over and awaits each one before the next record.
+        if r.address == "a0":
+            handled.append("a0")
+            return None
+        return slow(r)
+
+    bus.subscribe(handler)
+    for i in range(4):
+        bus.publish(record(i))
+    drain = asyncio.create_task(bus.drain())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert handled == ["a0"] and not drain.done()
+    gate.set()
+    await asyncio.wait_for(drain, timeout=5)
+    assert handled == ["a0", "a1", "a2", "a3"]
+    bus.publish(record(4))
+    await bus.close()
+    assert handled[-1] == "a4"
+
+
+async def test_sync_subscriber_errors_are_contained_and_later_records_delivered() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+
+    def flaky(r: BusEvent) -> None:
+        if r.address == "a1":
+            raise ValueError("bad record")
+        seen.append(r.address)
+
+    bus.subscribe(flaky)
+    for i in range(3):
+        bus.publish(record(i))
+    await bus.drain()
+    assert seen == ["a0", "a2"]
+    assert [e.error for e in bus.subscriber_errors] == ["ValueError: bad record"]
+    await bus.close()
+
+
+async def test_close_without_drain_drops_what_a_sync_subscriber_has_not_seen(
+    recorder: Recorder,
+) -> None:
+    bus = EventBus()
+    bus.subscribe(recorder)
+    bus.publish(record(0))
+    await bus.close(drain=False)  # the loop never turned: record 0 was not delivered
+    await asyncio.sleep(0)
+    assert recorder.records == []
+    bus.publish(record(1))  # after close: ignored
+    await asyncio.sleep(0)
+    assert recorder.records == []

@@ -62,13 +62,16 @@ class SubscriberError:
 
 
 class Subscription:
-    """One subscriber's queue and feeder task. Owned by its bus.
+    """One subscriber's queue and feeder. Owned by its bus.
 
-    Invariants: only ``publish`` appends to ``_queue`` and only the feeder task pops from it.
-    The feeder is in one of three states: unstarted (``_task`` is None), awake (``_awake``: it
-    will look at the queue again before it sleeps, so a publisher only appends) or asleep
-    (``_asleep``: its queue is empty and it waits on ``_waiter``, which the next push
-    resolves). Asleep is also what "idle" means to ``drain()``.
+    A synchronous subscriber is fed by a callback that the loop runs at its next turn after a
+    push: no task, no future. An async subscriber (or a sync one that returns an awaitable) is
+    fed by a task, so that it can await each record before the next.
+
+    Invariants: only ``publish`` appends to ``_queue`` and only the feeder pops from it. The
+    feeder is unstarted (nothing scheduled, no task yet), awake (``_awake``: it will look at
+    the queue again before it rests, so a publisher only appends) or asleep (``_asleep``: its
+    queue is empty and the next push wakes it). "Idle", for ``drain()``, is not awake.
     """
 
     __slots__ = (
@@ -110,72 +113,105 @@ class Subscription:
         if self._closed:
             return  # the feeder has ended or is ending: nobody would ever pop this record
         self._queue.append(record)
-        if self._asleep:
-            # Only the first record after the feeder went to sleep pays for waking it: while it
-            # is awake it drains the queue by itself (this is on every member's hot path).
+        if not self._awake:
+            # Only the first record after the feeder rested pays for waking it: while it is
+            # awake it drains the queue by itself (this is on every member's hot path).
             self._wake()
-        elif self._task is None:
-            self._start()
 
     def _wake(self) -> None:
-        self._asleep = False
-        self._awake = not self._closed
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _start(self) -> None:
+        if self._closed:
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)  # a sleeping feeder task finds itself closed and ends
+            return
+        if self._task is not None and not self._task.done():
+            self._asleep = False
+            self._awake = True
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop yet: records wait in the queue until one publishes inside a loop
-        self._task = loop.create_task(self._feed(), name=f"rh_agents-subscriber:{self.name}")
+        self._asleep = False
         self._awake = True
+        if self._is_async:
+            self._task = loop.create_task(self._feed(), name=f"rh_agents-subscriber:{self.name}")
+        else:
+            loop.call_soon(self._feed_now)
 
-    def _notify_idle(self) -> None:
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+    def _rest(self) -> None:
+        self._awake = False
+        self._asleep = True
+        if self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
-    async def _feed(self) -> None:
+    def _feed_now(self) -> None:
+        """Feed a synchronous subscriber everything queued (a loop callback)."""
         queue = self._queue
-        handler, is_async, pop = self.handler, self._is_async, queue.popleft
+        if self._closed:
+            queue.clear()
+            self._rest()
+            return
+        handler, pop = self.handler, queue.popleft
+        while queue:
+            record = pop()
+            try:
+                outcome = handler(record)
+            except Exception as exc:  # a broken subscriber must not stop the run
+                self._bus._report(self, record, exc)
+                continue
+            if outcome is not None and inspect.isawaitable(outcome):
+                # It returned an awaitable after all: from now on a task feeds it, first
+                # awaiting this outcome, so that records stay in order.
+                self._is_async = True
+                self._task = asyncio.get_running_loop().create_task(
+                    self._feed(outcome, record), name=f"rh_agents-subscriber:{self.name}"
+                )
+                return
+        self._rest()
+
+    async def _feed(self, outcome: Any = None, record: BusEvent | None = None) -> None:
+        queue = self._queue
+        handler, pop = self.handler, queue.popleft
         isawaitable = inspect.isawaitable
         loop = asyncio.get_running_loop()
         try:
+            if outcome is not None and record is not None:
+                try:
+                    await outcome
+                except Exception as exc:
+                    self._bus._report(self, record, exc)
             while True:
                 while queue:
                     record = pop()
                     try:
                         outcome = handler(record)
                         # ``outcome is not None`` first: isawaitable() is slow on None.
-                        if is_async or (outcome is not None and isawaitable(outcome)):
+                        if outcome is not None and isawaitable(outcome):
                             await outcome
                     except Exception as exc:  # a broken subscriber must not stop the run
                         self._bus._report(self, record, exc)
                 if self._closed:
                     return
                 # Queue empty, no handler running: asleep until the next push.
-                waiter = self._waiter = loop.create_future()
-                self._awake = False
-                self._asleep = True
-                if self._idle_waiters:
-                    self._notify_idle()
-                await waiter
+                self._waiter = loop.create_future()
+                self._rest()
+                await self._waiter
         finally:
             # However the feeder ends (even cancelled), nobody waiting in drain() may hang.
-            self._awake = False
+            self._rest()
             self._asleep = False
-            self._notify_idle()
 
     async def _drain(self) -> None:
-        if self._task is None and self._queue:
-            self._start()
-        task = self._task
-        if task is None:
-            return
-        while not (self._asleep or task.done()):
+        if not self._awake and self._queue and not self._closed:
+            self._wake()
+        while self._awake:
             waiter = asyncio.get_running_loop().create_future()
             self._idle_waiters.append(waiter)
             await waiter
@@ -184,9 +220,9 @@ class Subscription:
         if drain:
             await self._drain()
         self._closed = True
-        self._awake = False
         task = self._task
         if task is None:
+            self._queue.clear()  # a callback still scheduled finds the queue closed
             return
         if not drain:
             task.cancel()
@@ -243,7 +279,7 @@ class EventBus:
                 self._retired.append(sub)
                 sub._closed = True
                 sub._queue.clear()
-                sub._wake()  # an asleep feeder finds itself closed and ends
+                sub._wake()  # a sleeping feeder task finds itself closed and ends
         self._update_listening()
 
     def defer(self, key: Any, source: DeferredSource) -> None:
