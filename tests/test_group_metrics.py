@@ -92,6 +92,7 @@ async def test_snapshot_matches_a_known_serial_run() -> None:
     assert m.concurrency_high_water == 1
     assert m.efficiency == pytest.approx(1.0)  # one worker, always busy
     assert completed[0].metrics == m
+    assert completed[0].metrics is completed[0].metrics  # taken once, on first read
     stats = p.statistics()  # the older snapshot still works and agrees
     assert (stats.succeeded, stats.failed, stats.skipped, stats.wall_time) == (2, 2, 1, 6.0)
 

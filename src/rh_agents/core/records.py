@@ -234,7 +234,13 @@ class MemberFinished(BusEvent):
 
 @dataclass(slots=True, kw_only=True)
 class GroupCompleted(BusEvent):
-    """A group finished. ``status`` is a ``GroupStatus`` value; ``metrics`` a frozen snapshot."""
+    """A group finished. ``status`` is a ``GroupStatus`` value; ``metrics`` a frozen snapshot.
+
+    The snapshot is taken when ``metrics`` is first read (the group is over, so it is the same
+    whenever it is read): building it costs more than the rest of the record, and most
+    subscribers never look. ``metrics_source`` is what makes it: a ``GroupMetrics``, or a
+    zero-argument callable returning one.
+    """
 
     kind: str = "group.completed"
     name: str
@@ -246,7 +252,15 @@ class GroupCompleted(BusEvent):
     skipped: int
     timed_out: int
     wall_time: float
-    metrics: Any = field(default=None, compare=False)
+    metrics_source: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def metrics(self) -> Any:
+        """The group's ``GroupMetrics`` (``None`` if the record was made without one)."""
+        source = self.metrics_source
+        if callable(source):
+            source = self.metrics_source = source()
+        return source
 
 
 # --- resilience events ----------------------------------------------------------------------

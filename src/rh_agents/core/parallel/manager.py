@@ -1085,7 +1085,7 @@ class ParallelExecutionManager(Generic[T]):
                     skipped=self._skipped,
                     timed_out=self._timed_out,
                     wall_time=self._wall_time,
-                    metrics=self.metrics(),
+                    metrics_source=self.metrics,  # a snapshot only if someone reads it
                 )
             )
 
