@@ -176,6 +176,8 @@ class AdaptiveLimit:
 
 def as_adaptive(max_workers: object) -> AdaptiveLimit | None:
     """The adaptive limit meant by a ``max_workers`` value (``"auto"`` or an instance)."""
+    if type(max_workers) is int:
+        return None  # the common case, first
     if isinstance(max_workers, AdaptiveLimit):
         return max_workers
     if max_workers == "auto":

@@ -18,8 +18,9 @@ Invariants (the manager is the single owner of all of these; workers are its tas
   not), so contended members start by priority; a worker cancelled before it ran held none.
 - Every member ends with exactly one result, set by ``_finish``; ``_done`` counts them. A
   member finished without running has its coroutine closed there.
-- Every worker task is in ``_workers`` until it ends; leaving the block (any way) waits for
-  all of them, so no task outlives the group.
+- Every worker task is in ``_workers`` until it ends (or, leaving normally, until its body
+  is about to return: nothing of ours runs in it after that); leaving the block (any way)
+  waits for all of them, so no task outlives the group.
 """
 
 from __future__ import annotations
@@ -75,6 +76,73 @@ class ParallelExecutionManager(Generic[T]):
 
     Made by ``ExecutionState.parallel(...)``, which documents the options.
     """
+
+    # Slots: a group has some sixty fields, past what an instance dict stores cheaply, and a
+    # group is made per parallel block.
+    __slots__ = (
+        "__weakref__",
+        "_adaptive",
+        "_cancelled",
+        "_completion_order",
+        "_display_name",
+        "_done",
+        "_done_waiters",
+        "_end_time",
+        "_entered",
+        "_failed",
+        "_finalized",
+        "_fixed_limit",
+        "_group",
+        "_group_slot",
+        "_high_water",
+        "_instant",
+        "_instant_task",
+        "_last_failure",
+        "_members",
+        "_metrics",
+        "_names",
+        "_now",
+        "_parent_frame",
+        "_plain",
+        "_progress",
+        "_reader_space",
+        "_ready",
+        "_reclaimers",
+        "_requested_name",
+        "_results",
+        "_retain",
+        "_running",
+        "_running_member",
+        "_sealed",
+        "_skipped",
+        "_source",
+        "_source_error",
+        "_spawn_pending",
+        "_started_at",
+        "_state",
+        "_status",
+        "_stop_group_status",
+        "_stop_status",
+        "_succeeded",
+        "_timed_out",
+        "_timeout_handle",
+        "_total",
+        "_trigger",
+        "_unretained",
+        "_unstarted",
+        "_wall_time",
+        "_workers",
+        "circuit_breaker",
+        "error_strategy",
+        "failure_threshold",
+        "group_id",
+        "member_timeout",
+        "quorum",
+        "raise_exception_group",
+        "rate_limit",
+        "retry",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -571,6 +639,12 @@ class ParallelExecutionManager(Generic[T]):
                 self._serve_reclaimers()
                 if idle:
                     self._kick()  # a worker over the limit left: ready members may start now
+            if idle or handed_over:
+                # Leaving normally: nothing runs in this task any more, so the group may end
+                # now rather than a loop turn later, in the done callback.
+                self._workers.discard(task)
+                self._wake_readers()
+                self._check_all_done()
 
     async def _pull(self, source: LazySource) -> Pulled | None:
         """The next item of the map() input; an error of the input stops the group."""

@@ -34,6 +34,18 @@ def check_group_options(
     quorum: int | None,
 ) -> tuple[int, ErrorStrategy]:
     """The group's worker limit and strategy; raises ``ConfigurationError`` naming a bad one."""
+    if (
+        type(max_workers) is int
+        and max_workers >= 1
+        and type(error_strategy) is ErrorStrategy
+        and error_strategy is not ErrorStrategy.FAIL_THRESHOLD
+        and timeout is None
+        and member_timeout is None
+        and failure_threshold is None
+        and quorum is None
+        and name is None
+    ):
+        return max_workers, error_strategy  # the defaults: nothing to check (a common case)
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
         raise ConfigurationError(f"max_workers must be an int >= 1, got {max_workers!r}")
     try:
