@@ -14,19 +14,36 @@ the records' own timestamps, so concurrent members never share or race over a "c
 Span tree (parents derived from addresses, never from the task that published)::
 
     group  Orchestrator::docs
-      member  Orchestrator::docs[3]
-        event  Orchestrator::docs[3]::Summarizer
-          event  Orchestrator::docs[3]::Summarizer::llm
+      event  Orchestrator::docs[3]::Summarizer          (member 3 of the group)
+        event  Orchestrator::docs[3]::Summarizer::llm
+        group  Orchestrator::docs[3]::Summarizer::parts (a nested group: under its event)
 
-Every span carries ``rh_agents.address``; group and member spans carry ``rh_agents.group_id``
+``instrument(state, member_spans=True)`` adds a ``member docs[3]`` span between a group and
+its member's events. It is off by default because an event span already carries its group id
+and member index, and every span costs the SDK tens of microseconds.
+
+Every span carries ``rh_agents.address``; spans inside a group carry ``rh_agents.group_id``
 and ``rh_agents.parallel_index``; event spans carry the actor's name and kind, the number of
-attempts and ``rh_agents.cache_hit``. A failure sets the span's status to ``ERROR`` with the
-error message and adds an ``exception`` span event. Retries are span events on the event span.
+attempts, ``rh_agents.source`` and ``rh_agents.cache_hit``. A failure sets the span's status
+to ``ERROR`` with the error message and adds an ``exception`` span event; retries are
+``retry`` span events. Without member spans, a member's own failure or retry becomes an event
+on the nearest enclosing span (its group), with the member's address among its attributes.
 
-Metrics (instrument names): ``rh_agents.members`` and ``rh_agents.events`` (counters by
-status), ``rh_agents.member.duration``, ``rh_agents.member.queue_wait``,
-``rh_agents.event.duration`` and ``rh_agents.group.duration`` (histograms, seconds).
-Attributes are low-cardinality (group name, actor name, status), never addresses.
+Cost: an SDK span is made only once it is needed, normally when it ends, with all of its
+attributes in one mapping and explicit times; a span that a child or a retry needs earlier
+starts then, and gets its final attributes when it ends. A parent's context is built once and
+shared by its children. No span events or status unless something failed or retried.
+
+Metrics (instrument names): ``rh_agents.members`` and ``rh_agents.events`` (observable
+counters by status, read from local totals when the SDK collects), ``rh_agents.member.duration``,
+``rh_agents.member.queue_wait``, ``rh_agents.event.duration`` and ``rh_agents.group.duration``
+(histograms, seconds, every value recorded). Attributes are low-cardinality (group name, actor
+name, status), never addresses; each series' attributes mapping is built once and reused.
+
+A member that finishes without ever suspending may publish no ``MemberStarted``: its member
+span then starts at ``timestamp - execution_time`` of its ``MemberFinished``, and its queue
+wait is taken from that record. A member that never ran (skipped, or stopped while queued) is
+counted but gets no duration and no span.
 
 Without OpenTelemetry installed, importing this module works; ``instrument()`` raises
 ``MissingDependencyError`` naming the extra to install.
