@@ -32,6 +32,7 @@ from rh_agents.integrations.otel import (
     uninstrument,
 )
 from rh_agents.recovery import ActorCache
+from rh_agents.resilience.retry import RetryPolicy
 
 
 class Doc(BaseModel):
@@ -514,3 +515,40 @@ async def test_cancelled_and_skipped_members(telemetry: Telemetry, member_spans:
         assert member.attributes["rh_agents.status"] == "cancelled"
         assert "rh_agents.reason" in member.attributes
         assert member.status.status_code is StatusCode.UNSET
+
+
+@pytest.mark.parametrize("member_spans", [False, True])
+async def test_actor_retries_are_events_on_the_event_span(
+    telemetry: Telemetry, member_spans: bool
+) -> None:
+    calls: list[str] = []
+
+    async def flaky(input: Doc, context: str, state: ExecutionState) -> int:
+        calls.append(input.text)
+        if len(calls) < 3:
+            raise ValueError(f"attempt {len(calls)}")
+        return len(calls)
+
+    tool = Tool(name="flaky", input_model=Doc, handler=flaky)
+    policy = RetryPolicy(max_attempts=4, initial_delay=1, multiplier=2, jitter=0)
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus, clock=SteppingClock())
+    instrument(
+        state, telemetry.tracer_provider, telemetry.meter_provider, member_spans=member_spans
+    )
+    async with state.parallel(max_workers=1, name="r") as p:
+        p.add(ExecutionEvent(actor=tool, retry=policy)(Doc(text="x"), "", state))
+        await p.gather()
+    await bus.close()
+    spans = telemetry.spans()
+    event = spans["r[0]::flaky"]
+    assert event.attributes is not None
+    assert event.attributes["rh_agents.attempts"] == 3
+    assert event.status.status_code is StatusCode.UNSET
+    assert [e.name for e in event.events] == ["retry", "retry"]
+    assert [(e.attributes or {}).get("rh_agents.delay") for e in event.events] == [1.0, 2.0]
+    start, end = times(event)
+    assert end - start == 3_000_000_000  # the two waits, on the state's clock
+    assert all(start <= e.timestamp <= end for e in event.events)
+    assert spans["r"].events == ()
+    assert parent_of(event, spans) == ("r[0]" if member_spans else "r")
