@@ -275,8 +275,9 @@ class OpenTelemetryExporter:
             parent = parent_address(parent)
         return None
 
-    def _end(self, address: str, entry: _Open, final: dict[str, Any], end_ns: int) -> Any:
-        """End ``entry`` with its ``final`` attributes; returns the span (already ended)."""
+    def _finalize(self, address: str, entry: _Open, final: dict[str, Any]) -> Any:
+        """Give ``entry`` its ``final`` attributes; returns its span, for the caller to end
+        (after setting an error status if there is one)."""
         span = entry.span
         if span is None:  # never needed before: one start_span with every attribute
             entry.attributes.update(final)
@@ -365,7 +366,7 @@ class OpenTelemetryExporter:
         failed = error is not None and status in ("failed", "timed_out")
         if error is not None and not failed:  # cancelled by the group: not its own error
             final["rh_agents.reason"] = error
-        span = self._end(record.address, entry, final, end_ns)
+        span = self._finalize(record.address, entry, final)
         if failed:
             assert error is not None
             error_type = error.split(":", 1)[0] if ":" in error else "Error"
@@ -408,7 +409,7 @@ class OpenTelemetryExporter:
         if isinstance(record, EventCompleted):
             status = "completed"
             source = record.source
-            span = self._end(
+            span = self._finalize(
                 record.address,
                 entry,
                 {
@@ -416,15 +417,13 @@ class OpenTelemetryExporter:
                     "rh_agents.source": source,
                     "rh_agents.cache_hit": source == "cache",
                 },
-                end_ns,
             )
         else:
             status = "cancelled" if record.cancelled else "failed"
-            span = self._end(
+            span = self._finalize(
                 record.address,
                 entry,
                 {"rh_agents.attempts": record.attempts, "rh_agents.cache_hit": False},
-                end_ns,
             )
             self._fail(span, record.error, record.error_type, record.timestamp)
         span.end(end_time=end_ns)
@@ -506,7 +505,7 @@ class OpenTelemetryExporter:
             final["rh_agents.group.efficiency"] = metrics.efficiency
             final["rh_agents.group.retries"] = metrics.retries
         end_ns = self._ns(record.timestamp)
-        span = self._end(record.address, entry, final, end_ns)
+        span = self._finalize(record.address, entry, final)
         if record.failed or record.timed_out or record.status in ("failed", "timed_out"):
             span.set_status(
                 self._trace.Status(
