@@ -3,12 +3,15 @@ group without them, side by side in one process (modes alternate within each rou
 the rounds, and the median of per-round ratios). Each time includes draining the bus, so every
 span has been ended when the clock stops; spans go through a ``BatchSpanProcessor`` to an
 exporter that drops them (its queue is big enough that no span is dropped unexported);
-metrics go to an SDK ``MeterProvider`` with an in-memory reader. The "traces only" mode swaps
-the SDK meter for the API's no-op one, to show what the histograms cost.
+metrics go to an SDK ``MeterProvider`` with an in-memory reader. "OpenTelemetry" is
+``instrument()`` with its defaults (a span per group and per actor call, no member spans);
+"traces only" swaps the SDK meter for the API's no-op one, to show what the histograms cost;
+"member spans" is ``instrument(..., member_spans=True)``, one more span per member.
 
-Three workloads: members that do nothing (the worst case: all that is measured is overhead),
-``ExecutionEvent`` members (two spans per member: the member and the actor call), and
-members that wait 10 ms (a stand-in for I/O; real LLM calls wait far longer).
+Three workloads: members that do nothing (the worst case: all that is measured is overhead;
+by default no span per member at all, only the group's), ``ExecutionEvent`` members (one
+span per member: the actor call), and members that wait 10 ms (a stand-in for I/O; real LLM
+calls wait far longer).
 
 Run: ``.venv/bin/python -m benchmarks.bench_otel``
 """
@@ -107,6 +110,8 @@ async def _group(add: Callable[[ExecutionState, Any, int], None], mode: str) -> 
         providers = (tracer_provider, meter_provider)
         if mode == "OpenTelemetry":
             instrument(state, tracer_provider, meter_provider)
+        elif mode == "OpenTelemetry, member spans":
+            instrument(state, tracer_provider, meter_provider, member_spans=True)
         else:  # traces only: the API's no-op meter instead of the SDK's
             instrument(state, tracer_provider, NoOpMeterProvider())
     started = time.perf_counter()
@@ -129,14 +134,15 @@ MODES = [
     "no-op subscriber",
     "OpenTelemetry",
     "OpenTelemetry, traces only",
+    "OpenTelemetry, member spans",
 ]
 
 
 def main() -> None:
     print(f"{MEMBERS} members per group, max_workers={WORKERS}, best of {ROUNDS} rounds")
     print(
-        "| workload               | mode                       | best s | µs/member | ratio (best) "
-        "| ratio (paired median) |"
+        "| workload               | mode                        | best s | µs/member "
+        "| ratio (best) | ratio (paired median) |"
     )
     print("|---|---|---:|---:|---:|---:|")
     for label, add in WORKLOADS:
@@ -149,7 +155,7 @@ def main() -> None:
             best = min(times[mode])
             paired = statistics.median(t / b for t, b in zip(times[mode], base, strict=True))
             print(
-                f"| {label:<22} | {mode:<26} | {best:>6.3f} | {best / MEMBERS * 1e6:>9.1f} "
+                f"| {label:<22} | {mode:<27} | {best:>6.3f} | {best / MEMBERS * 1e6:>9.1f} "
                 f"| {best / min(base):>12.2f} | {paired:>21.2f} |",
                 flush=True,
             )

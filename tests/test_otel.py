@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -19,11 +20,19 @@ from pydantic import BaseModel
 
 from rh_agents.core.actors import Agent, Tool
 from rh_agents.core.bus import EventBus
+from rh_agents.core.context import current_frame
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import BusEvent, EventRetrying, MemberStarted
 from rh_agents.errors import MissingDependencyError
-from rh_agents.integrations.otel import instrument, parent_address, uninstrument
+from rh_agents.integrations.otel import (
+    OpenTelemetryExporter,
+    instrument,
+    parent_address,
+    uninstrument,
+)
 from rh_agents.recovery import ActorCache
+from rh_agents.resilience.retry import RetryPolicy
 
 
 class Doc(BaseModel):
@@ -89,15 +98,43 @@ def telemetry() -> Iterator[Telemetry]:
     t.meter_provider.shutdown()
 
 
-async def run_nested(telemetry: Telemetry) -> None:
+async def run_nested(telemetry: Telemetry, *, member_spans: bool = False) -> None:
     bus = EventBus()
     state = ExecutionState(event_bus=bus, cache=ActorCache())
-    instrument(state, telemetry.tracer_provider, telemetry.meter_provider)
+    instrument(
+        state, telemetry.tracer_provider, telemetry.meter_provider, member_spans=member_spans
+    )
     async with state.parallel(max_workers=2, name="outer") as p:
         p.add(ExecutionEvent(actor=worker)(Doc(text="a bb"), "", state))
         p.add(ExecutionEvent(actor=worker)(Doc(text="ccc bad"), "", state))
         await p.gather()
     await bus.close()
+
+
+def nested_addresses(*, member_spans: bool) -> set[str]:
+    """Every span address of ``run_nested``: groups and events, members only if asked."""
+    expected = {"outer"}
+    for i in (0, 1):
+        member = f"outer[{i}]"
+        expected |= {f"{member}::worker", f"{member}::worker::inner"}
+        if member_spans:
+            expected |= {member}
+        for j in (0, 1):
+            expected |= {f"{member}::worker::inner[{j}]::reader"}
+            if member_spans:
+                expected |= {f"{member}::worker::inner[{j}]"}
+    return expected
+
+
+def parent_of(span: ReadableSpan, spans: dict[str, ReadableSpan]) -> str | None:
+    """The address of the span that ``span`` names as its parent."""
+    if span.parent is None:
+        return None
+    for address, candidate in spans.items():
+        assert candidate.context is not None
+        if candidate.context.span_id == span.parent.span_id:
+            return address
+    raise AssertionError(f"{span.name}: parent is not one of the exported spans")
 
 
 @given(
@@ -134,39 +171,59 @@ def test_parent_address() -> None:
     assert parent_address("a::g#2[0]") == "a::g#2"
 
 
-async def test_span_tree_matches_nested_groups(telemetry: Telemetry) -> None:
-    await run_nested(telemetry)
+@pytest.mark.parametrize("member_spans", [False, True])
+async def test_span_tree_matches_nested_groups(telemetry: Telemetry, member_spans: bool) -> None:
+    await run_nested(telemetry, member_spans=member_spans)
     spans = telemetry.spans()
-    expected = {"outer"}
-    for i in (0, 1):
-        member = f"outer[{i}]"
-        expected |= {member, f"{member}::worker", f"{member}::worker::inner"}
-        for j in (0, 1):
-            expected |= {
-                f"{member}::worker::inner[{j}]",
-                f"{member}::worker::inner[{j}]::reader",
-            }
-    assert set(spans) == expected
+    assert set(spans) == nested_addresses(member_spans=member_spans)
     root = spans["outer"]
     assert root.parent is None
     for address, span in spans.items():
         assert span.context is not None and root.context is not None
         assert span.context.trace_id == root.context.trace_id
-        parent = parent_address(address)
-        if parent is None:
+        if address == "outer":
             continue
-        assert span.parent is not None, address
-        parent_span = spans[parent]
-        assert parent_span.context is not None
-        assert span.parent.span_id == parent_span.context.span_id, address
+        # The parent is the nearest enclosing address that has a span.
+        parent = parent_address(address)
+        while parent not in spans:
+            assert parent is not None, address
+            parent = parent_address(parent)
+        assert parent_of(span, spans) == parent, address
         # A child lies inside its parent in time.
+        parent_span = spans[parent]
         assert parent_span.start_time is not None and span.start_time is not None
         assert parent_span.end_time is not None and span.end_time is not None
         assert parent_span.start_time <= span.start_time <= span.end_time <= parent_span.end_time
 
 
-async def test_attributes_and_errors(telemetry: Telemetry) -> None:
+async def test_span_tree_shape_without_member_spans(telemetry: Telemetry) -> None:
     await run_nested(telemetry)
+    spans = telemetry.spans()
+    # Event spans hang from their group; a nested group from the event that opened it.
+    assert parent_of(spans["outer[0]::worker"], spans) == "outer"
+    assert parent_of(spans["outer[0]::worker::inner"], spans) == "outer[0]::worker"
+    assert parent_of(spans["outer[1]::worker::inner[0]::reader"], spans) == (
+        "outer[1]::worker::inner"
+    )
+    assert {s.name for s in spans.values()} == {"group outer", "group inner", "worker", "reader"}
+
+
+async def test_span_tree_shape_with_member_spans(telemetry: Telemetry) -> None:
+    await run_nested(telemetry, member_spans=True)
+    spans = telemetry.spans()
+    assert parent_of(spans["outer[0]"], spans) == "outer"
+    assert parent_of(spans["outer[0]::worker"], spans) == "outer[0]"
+    assert parent_of(spans["outer[0]::worker::inner"], spans) == "outer[0]::worker"
+    assert parent_of(spans["outer[1]::worker::inner[0]"], spans) == "outer[1]::worker::inner"
+    assert parent_of(spans["outer[1]::worker::inner[0]::reader"], spans) == (
+        "outer[1]::worker::inner[0]"
+    )
+    assert spans["outer[1]::worker::inner[0]"].name == "member inner[0]"
+
+
+@pytest.mark.parametrize("member_spans", [False, True])
+async def test_attributes_and_errors(telemetry: Telemetry, member_spans: bool) -> None:
+    await run_nested(telemetry, member_spans=member_spans)
     spans = telemetry.spans()
     group = spans["outer[1]::worker::inner"]
     assert group.name == "group inner"
@@ -177,18 +234,13 @@ async def test_attributes_and_errors(telemetry: Telemetry) -> None:
     assert group.attributes["rh_agents.group.failed"] == 1
     assert group.status.status_code is StatusCode.ERROR
 
-    member = spans["outer[1]::worker::inner[1]"]
-    assert member.attributes is not None
-    assert member.attributes["rh_agents.group_id"] == "outer[1]::worker::inner"
-    assert member.attributes["rh_agents.parallel_index"] == 1
-    assert member.attributes["rh_agents.status"] == "failed"
-    assert member.status.status_code is StatusCode.ERROR
-
     failed = spans["outer[1]::worker::inner[1]::reader"]
     assert failed.attributes is not None
     assert failed.attributes["rh_agents.actor.name"] == "reader"
     assert failed.attributes["rh_agents.actor.kind"] == "tool"
     assert failed.attributes["rh_agents.attempts"] == 1
+    assert failed.attributes["rh_agents.group_id"] == "outer[1]::worker::inner"
+    assert failed.attributes["rh_agents.parallel_index"] == 1
     assert failed.status.status_code is StatusCode.ERROR
     assert failed.status.description == "RuntimeError: bad doc"
     assert [e.name for e in failed.events] == ["exception"]
@@ -199,7 +251,28 @@ async def test_attributes_and_errors(telemetry: Telemetry) -> None:
     assert ok.attributes is not None
     assert ok.status.status_code is StatusCode.UNSET
     assert ok.attributes["rh_agents.cache_hit"] is False
+    assert ok.attributes["rh_agents.attempts"] == 1
+    assert ok.attributes["rh_agents.source"] == "run"
+    assert ok.events == ()  # no span events on the happy path
     assert spans["outer"].status.status_code is StatusCode.UNSET  # both workers completed
+    assert spans["outer"].events == ()
+
+    if member_spans:
+        member = spans["outer[1]::worker::inner[1]"]
+        assert member.attributes is not None
+        assert member.attributes["rh_agents.group_id"] == "outer[1]::worker::inner"
+        assert member.attributes["rh_agents.parallel_index"] == 1
+        assert member.attributes["rh_agents.status"] == "failed"
+        assert member.status.status_code is StatusCode.ERROR
+        assert group.events == ()
+    else:
+        # With no member span, the failed member's error is an event on its group's span.
+        (event,) = group.events
+        assert event.name == "exception"
+        assert event.attributes is not None
+        assert event.attributes["rh_agents.address"] == "outer[1]::worker::inner[1]"
+        assert event.attributes["rh_agents.parallel_index"] == 1
+        assert event.attributes["exception.message"] == "RuntimeError: bad doc"
 
 
 async def test_cache_hit_is_an_attribute(telemetry: Telemetry) -> None:
@@ -271,14 +344,17 @@ class SteppingClock:
         self.t += seconds
 
 
-async def test_span_times_come_from_the_records_clock(telemetry: Telemetry) -> None:
-    from rh_agents.core.context import current_frame
-    from rh_agents.core.records import EventRetrying
-
+async def run_stepping(telemetry: Telemetry, *, member_spans: bool) -> list[BusEvent]:
+    """Two members in a one-worker group on a stepping clock; each takes 2.5 s and publishes a
+    retry 0.25 s in. Returns every record the bus carried."""
     clock = SteppingClock()
     bus = EventBus()
     state = ExecutionState(event_bus=bus, clock=clock)
-    instrument(state, telemetry.tracer_provider, telemetry.meter_provider)
+    instrument(
+        state, telemetry.tracer_provider, telemetry.meter_provider, member_spans=member_spans
+    )
+    records: list[BusEvent] = []
+    bus.subscribe(records.append)
 
     async def slow() -> str:
         frame = current_frame(state)
@@ -303,13 +379,18 @@ async def test_span_times_come_from_the_records_clock(telemetry: Telemetry) -> N
         p.add(slow)
         await p.gather()
     await bus.close()
+    return records
+
+
+def times(span: ReadableSpan) -> tuple[int, int]:
+    assert span.start_time is not None and span.end_time is not None
+    return span.start_time, span.end_time
+
+
+async def test_span_times_come_from_the_records_clock(telemetry: Telemetry) -> None:
+    await run_stepping(telemetry, member_spans=True)
     spans = telemetry.spans()
     first, second, group = spans["g[0]"], spans["g[1]"], spans["g"]
-
-    def times(span: ReadableSpan) -> tuple[int, int]:
-        assert span.start_time is not None and span.end_time is not None
-        return span.start_time, span.end_time
-
     assert times(first)[1] - times(first)[0] == 2_500_000_000
     assert times(second)[0] - times(first)[0] == 2_500_000_000
     assert times(group)[1] - times(group)[0] == 5_000_000_000
@@ -318,3 +399,156 @@ async def test_span_times_come_from_the_records_clock(telemetry: Telemetry) -> N
     (retry,) = first.events
     assert retry.name == "retry"
     assert retry.timestamp - times(first)[0] == 250_000_000
+
+
+async def test_member_retries_land_on_the_group_without_member_spans(
+    telemetry: Telemetry,
+) -> None:
+    await run_stepping(telemetry, member_spans=False)
+    spans = telemetry.spans()
+    assert set(spans) == {"g"}
+    group = spans["g"]
+    assert times(group)[1] - times(group)[0] == 5_000_000_000
+    retries = [(e.name, (e.attributes or {}).get("rh_agents.address")) for e in group.events]
+    assert retries == [("retry", "g[0]"), ("retry", "g[1]")]
+    assert group.events[1].timestamp - times(group)[0] == 2_750_000_000
+
+
+@pytest.mark.parametrize("member_spans", [False, True])
+async def test_histograms_get_every_value(telemetry: Telemetry, member_spans: bool) -> None:
+    await run_stepping(telemetry, member_spans=member_spans)
+    members = telemetry.points("rh_agents.members")
+    assert {key: p.value for key, p in members.items()} == {
+        (("rh_agents.group", "g"), ("rh_agents.status", "completed")): 2,
+    }
+    (duration,) = telemetry.points("rh_agents.member.duration").values()
+    assert (duration.count, duration.sum, duration.min, duration.max) == (2, 5.0, 2.5, 2.5)
+    (wait,) = telemetry.points("rh_agents.member.queue_wait").values()
+    assert (wait.count, wait.sum, wait.min, wait.max) == (2, 2.5, 0.0, 2.5)
+    (group,) = telemetry.points("rh_agents.group.duration").values()
+    assert (group.count, group.sum) == (1, 5.0)
+
+
+async def test_member_span_from_its_finish_record_alone(telemetry: Telemetry) -> None:
+    # A member that finishes without suspending may publish no MemberStarted: its span is
+    # built from MemberFinished, starting execution_time before it.
+    replayed = Telemetry()
+    records = await run_stepping(replayed, member_spans=True)
+    exporter = OpenTelemetryExporter(
+        clock_now=10.0,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        member_spans=True,
+    )
+    for record in records:
+        if not isinstance(record, MemberStarted):
+            exporter(record)
+    spans = telemetry.spans()
+    assert set(spans) == {"g", "g[0]", "g[1]"}
+    for address in ("g[0]", "g[1]"):
+        original = replayed.spans()[address]
+        assert times(spans[address])[1] - times(spans[address])[0] == 2_500_000_000
+        assert parent_of(spans[address], spans) == "g"
+        assert spans[address].attributes is not None
+        assert spans[address].attributes["rh_agents.status"] == "completed"
+        assert original.attributes is not None
+        assert (
+            spans[address].attributes["rh_agents.parallel_index"]
+            == (original.attributes["rh_agents.parallel_index"])
+        )
+    # The retries, published before a start record could be, land on the group.
+    assert [e.name for e in spans["g"].events] == ["retry", "retry"]
+    (duration,) = telemetry.points("rh_agents.member.duration").values()
+    assert (duration.count, duration.sum) == (2, 5.0)
+    replayed.tracer_provider.shutdown()
+    replayed.meter_provider.shutdown()
+
+
+@pytest.mark.parametrize("member_spans", [False, True])
+async def test_cancelled_and_skipped_members(telemetry: Telemetry, member_spans: bool) -> None:
+    never = asyncio.Event()
+
+    async def hang(input: Doc, context: str, state: ExecutionState) -> int:
+        await never.wait()
+        return 0
+
+    hanging = Tool(name="hang", input_model=Doc, handler=hang)
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus)
+    instrument(
+        state, telemetry.tracer_provider, telemetry.meter_provider, member_spans=member_spans
+    )
+    async with state.parallel(max_workers=2, name="q", quorum=1) as p:
+        p.add(ExecutionEvent(actor=hanging)(Doc(text="x"), "", state))
+        p.add(ExecutionEvent(actor=reader)(Doc(text="ok"), "", state))
+        p.add(ExecutionEvent(actor=hanging)(Doc(text="y"), "", state))  # still queued
+        await p.gather()
+    await bus.close()
+    spans = telemetry.spans()
+    assert "q[1]::reader" in spans
+    cancelled = spans["q[0]::hang"]
+    assert cancelled.status.status_code is StatusCode.ERROR
+    assert [e.name for e in cancelled.events] == ["exception"]
+    assert "q[2]::hang" not in spans  # never started: no event
+    members = telemetry.points("rh_agents.members")
+    statuses = {dict(key)["rh_agents.status"]: p.value for key, p in members.items()}
+    assert statuses == {"completed": 1, "cancelled": 2}
+    durations = telemetry.points("rh_agents.member.duration")
+    # The queued member never ran: no duration (nor queue wait) for it.
+    assert {dict(key)["rh_agents.status"]: p.count for key, p in durations.items()} == {
+        "completed": 1,
+        "cancelled": 1,
+    }
+    (waits,) = telemetry.points("rh_agents.member.queue_wait").values()
+    assert waits.count == 2
+    events = telemetry.points("rh_agents.events")
+    assert {key: p.value for key, p in events.items()} == {
+        (("rh_agents.actor", "hang"), ("rh_agents.status", "cancelled")): 1,
+        (("rh_agents.actor", "reader"), ("rh_agents.status", "completed")): 1,
+    }
+    group = spans["q"]
+    assert group.status.status_code is StatusCode.UNSET  # cancelled by quorum: no error
+    if member_spans:
+        assert {"q[0]", "q[1]"} <= set(spans) and "q[2]" not in spans
+        member = spans["q[0]"]
+        assert member.attributes is not None
+        assert member.attributes["rh_agents.status"] == "cancelled"
+        assert "rh_agents.reason" in member.attributes
+        assert member.status.status_code is StatusCode.UNSET
+
+
+@pytest.mark.parametrize("member_spans", [False, True])
+async def test_actor_retries_are_events_on_the_event_span(
+    telemetry: Telemetry, member_spans: bool
+) -> None:
+    calls: list[str] = []
+
+    async def flaky(input: Doc, context: str, state: ExecutionState) -> int:
+        calls.append(input.text)
+        if len(calls) < 3:
+            raise ValueError(f"attempt {len(calls)}")
+        return len(calls)
+
+    tool = Tool(name="flaky", input_model=Doc, handler=flaky)
+    policy = RetryPolicy(max_attempts=4, initial_delay=1, multiplier=2, jitter=0)
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus, clock=SteppingClock())
+    instrument(
+        state, telemetry.tracer_provider, telemetry.meter_provider, member_spans=member_spans
+    )
+    async with state.parallel(max_workers=1, name="r") as p:
+        p.add(ExecutionEvent(actor=tool, retry=policy)(Doc(text="x"), "", state))
+        await p.gather()
+    await bus.close()
+    spans = telemetry.spans()
+    event = spans["r[0]::flaky"]
+    assert event.attributes is not None
+    assert event.attributes["rh_agents.attempts"] == 3
+    assert event.status.status_code is StatusCode.UNSET
+    assert [e.name for e in event.events] == ["retry", "retry"]
+    assert [(e.attributes or {}).get("rh_agents.delay") for e in event.events] == [1.0, 2.0]
+    start, end = times(event)
+    assert end - start == 3_000_000_000  # the two waits, on the state's clock
+    assert all(start <= e.timestamp <= end for e in event.events)
+    assert spans["r"].events == ()
+    assert parent_of(event, spans) == ("r[0]" if member_spans else "r")

@@ -14,19 +14,36 @@ the records' own timestamps, so concurrent members never share or race over a "c
 Span tree (parents derived from addresses, never from the task that published)::
 
     group  Orchestrator::docs
-      member  Orchestrator::docs[3]
-        event  Orchestrator::docs[3]::Summarizer
-          event  Orchestrator::docs[3]::Summarizer::llm
+      event  Orchestrator::docs[3]::Summarizer          (member 3 of the group)
+        event  Orchestrator::docs[3]::Summarizer::llm
+        group  Orchestrator::docs[3]::Summarizer::parts (a nested group: under its event)
 
-Every span carries ``rh_agents.address``; group and member spans carry ``rh_agents.group_id``
+``instrument(state, member_spans=True)`` adds a ``member docs[3]`` span between a group and
+its member's events. It is off by default because an event span already carries its group id
+and member index, and every span costs the SDK tens of microseconds.
+
+Every span carries ``rh_agents.address``; spans inside a group carry ``rh_agents.group_id``
 and ``rh_agents.parallel_index``; event spans carry the actor's name and kind, the number of
-attempts and ``rh_agents.cache_hit``. A failure sets the span's status to ``ERROR`` with the
-error message and adds an ``exception`` span event. Retries are span events on the event span.
+attempts, ``rh_agents.source`` and ``rh_agents.cache_hit``. A failure sets the span's status
+to ``ERROR`` with the error message and adds an ``exception`` span event; retries are
+``retry`` span events. Without member spans, a member's own failure or retry becomes an event
+on the nearest enclosing span (its group), with the member's address among its attributes.
 
-Metrics (instrument names): ``rh_agents.members`` and ``rh_agents.events`` (counters by
-status), ``rh_agents.member.duration``, ``rh_agents.member.queue_wait``,
-``rh_agents.event.duration`` and ``rh_agents.group.duration`` (histograms, seconds).
-Attributes are low-cardinality (group name, actor name, status), never addresses.
+Cost: an SDK span is made only once it is needed, normally when it ends, with all of its
+attributes in one mapping and explicit times; a span that a child or a retry needs earlier
+starts then, and gets its final attributes when it ends. A parent's context is built once and
+shared by its children. No span events or status unless something failed or retried.
+
+Metrics (instrument names): ``rh_agents.members`` and ``rh_agents.events`` (observable
+counters by status, read from local totals when the SDK collects), ``rh_agents.member.duration``,
+``rh_agents.member.queue_wait``, ``rh_agents.event.duration`` and ``rh_agents.group.duration``
+(histograms, seconds, every value recorded). Attributes are low-cardinality (group name, actor
+name, status), never addresses; each series' attributes mapping is built once and reused.
+
+A member that finishes without ever suspending may publish no ``MemberStarted``: its member
+span then starts at ``timestamp - execution_time`` of its ``MemberFinished``, and its queue
+wait is taken from that record. A member that never ran (skipped, or stopped while queued) is
+counted but gets no duration and no span.
 
 Without OpenTelemetry installed, importing this module works; ``instrument()`` raises
 ``MissingDependencyError`` naming the extra to install.
@@ -34,6 +51,7 @@ Without OpenTelemetry installed, importing this module works; ``instrument()`` r
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from collections.abc import Callable, Iterable
@@ -84,6 +102,14 @@ def parent_address(address: str) -> str | None:
     return address[:cut] if cut >= 0 else None
 
 
+# A member that finished without a start record of its own still ran if it completed, failed,
+# or used any time; skipped members and members stopped while queued (0 s) never did.
+_RAN_STATUSES = frozenset({"completed", "failed"})
+# Newer cores put the queue wait on MemberFinished too (a member that never suspends publishes
+# no MemberStarted); older ones only on MemberStarted.
+_FINISH_HAS_WAIT = "queue_wait" in {f.name for f in dataclasses.fields(MemberFinished)}
+
+
 @dataclass(slots=True)
 class _Instruments:
     member_duration: Any
@@ -93,25 +119,52 @@ class _Instruments:
 
 
 class _Open:
-    """An open span and, once a child has asked for it, the context that makes it a parent."""
+    """A span that has started but not ended.
 
-    __slots__ = ("context", "span")
+    The SDK span is made only when needed (``span is None`` until then): when the span ends
+    (then with every attribute at once), or earlier when a child or a retry needs it. A leaf
+    (most events) thus costs one ``start_span`` with one attributes mapping and one ``end``.
+    """
 
-    def __init__(self, span: Any) -> None:
-        self.span = span
-        self.context: Any = None
+    __slots__ = ("attributes", "context", "name", "span", "start_ns")
+
+    def __init__(self, name: str, attributes: dict[str, Any], start_ns: int) -> None:
+        self.name = name
+        self.attributes = attributes
+        self.start_ns = start_ns
+        self.span: Any = None
+        self.context: Any = None  # made once, for the first child, and shared by all of them
 
 
-_Key = tuple[tuple[str, str], ...]
+class _Series:
+    """One attribute set of a counter: its total, and the mapping shared by every record."""
+
+    __slots__ = ("attributes", "count")
+
+    def __init__(self, attributes: dict[str, str]) -> None:
+        self.attributes = attributes
+        self.count = 0
+
+
+class _Group:
+    """What the members of one open group share: the mappings their metrics are recorded with."""
+
+    __slots__ = ("by_status", "name", "wait_attributes")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.wait_attributes = {"rh_agents.group": name}
+        self.by_status: dict[str, _Series] = {}
 
 
 class OpenTelemetryExporter:
     """A bus subscriber that emits spans and metrics; made by ``instrument()``.
 
     Owned by the bus's feeder task for this subscriber (records arrive one at a time, in
-    order), so its dict of open spans is never touched concurrently. The two counters are
-    observable instruments read from the local totals when the SDK collects: counting a member
-    costs a dict increment, not a call into the SDK.
+    order), so its dicts of open spans and totals are never touched concurrently. The two
+    counters are observable instruments read from the local totals when the SDK collects:
+    counting a member costs an integer increment, not a call into the SDK. Histograms get
+    every value, each recorded with an attributes mapping built once per series.
     """
 
     def __init__(
@@ -120,35 +173,37 @@ class OpenTelemetryExporter:
         clock_now: float,
         tracer_provider: Any = None,
         meter_provider: Any = None,
+        member_spans: bool = False,
     ) -> None:
         trace = _require("opentelemetry.trace")
         metrics = _require("opentelemetry.metrics")
         self._trace = trace
+        self.member_spans = member_spans
         self.subscription: Subscription | None = None
         tracer_provider = tracer_provider or trace.get_tracer_provider()
         meter_provider = meter_provider or metrics.get_meter_provider()
         self.tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
         meter = meter_provider.get_meter(INSTRUMENTATION_NAME)
-        self._member_counts: dict[_Key, int] = {}
-        self._event_counts: dict[_Key, int] = {}
+        self._member_series: dict[tuple[str, str], _Series] = {}
+        self._event_series: dict[tuple[str, str], _Series] = {}
         observation = metrics.Observation
 
-        def observe(counts: dict[_Key, int]) -> Callable[[Any], Iterable[Any]]:
+        def observe(series: dict[tuple[str, str], _Series]) -> Callable[[Any], Iterable[Any]]:
             def callback(options: Any) -> Iterable[Any]:
-                # dict() copies in one C call: safe against the loop adding keys meanwhile.
-                return [observation(n, dict(key)) for key, n in dict(counts).items()]
+                # list() copies in one C call: safe against the loop adding series meanwhile.
+                return [observation(s.count, s.attributes) for s in list(series.values())]
 
             return callback
 
         meter.create_observable_counter(
             "rh_agents.members",
-            [observe(self._member_counts)],
+            [observe(self._member_series)],
             unit="1",
             description="Group members finished, by group name and status",
         )
         meter.create_observable_counter(
             "rh_agents.events",
-            [observe(self._event_counts)],
+            [observe(self._event_series)],
             unit="1",
             description="Actor calls finished, by actor name and status",
         )
@@ -170,19 +225,39 @@ class OpenTelemetryExporter:
         # taken once, keeps every span of the run on one consistent scale.
         self._offset_ns = time.time_ns() - int(clock_now * 1e9)
         self._open: dict[str, _Open] = {}
-        self._group_names: dict[str, str] = {}
-        self._labels: dict[_Key, dict[str, str]] = {}  # attribute dicts, built once per key
+        self._groups: dict[str, _Group] = {}
+        self._group_labels: dict[tuple[str, str], dict[str, str]] = {}
+        # One lookup per record instead of a chain of isinstance tests. MemberStarted is only
+        # needed for member spans, or for the queue wait when MemberFinished lacks it.
+        handlers: dict[type, Callable[[Any], None]] = {
+            MemberFinished: self._member_finished,
+            EventStarted: self._event_started,
+            EventCompleted: self._event_finished,
+            EventFailed: self._event_finished,
+            EventRetrying: self._event_retrying,
+            GroupStarted: self._group_started,
+            GroupCompleted: self._group_completed,
+        }
+        if member_spans or not _FINISH_HAS_WAIT:
+            handlers[MemberStarted] = self._member_started
+        self._handlers = handlers
 
     # --- helpers --------------------------------------------------------------------------
 
     def _ns(self, timestamp: float) -> int:
         return int(timestamp * 1e9) + self._offset_ns
 
-    def _label(self, key: _Key) -> dict[str, str]:
-        labels = self._labels.get(key)
-        if labels is None:
-            labels = self._labels[key] = dict(key)
-        return labels
+    def _span_of(self, address: str, entry: _Open) -> Any:
+        """The SDK span of ``entry``, started now (with its own start time) if not yet."""
+        span = entry.span
+        if span is None:
+            span = entry.span = self.tracer.start_span(
+                entry.name,
+                context=self._context_for(address),
+                attributes=entry.attributes,
+                start_time=entry.start_ns,
+            )
+        return span
 
     def _context_for(self, address: str) -> Any:
         """The context of the nearest open span above ``address`` (``None`` at the root)."""
@@ -191,30 +266,25 @@ class OpenTelemetryExporter:
         while parent is not None:
             entry = open_spans.get(parent)
             if entry is not None:
-                if entry.context is None:  # one context per parent, shared by its children
-                    entry.context = self._trace.set_span_in_context(entry.span)
-                return entry.context
+                context = entry.context
+                if context is None:  # one context per parent, shared by its children
+                    context = entry.context = self._trace.set_span_in_context(
+                        self._span_of(parent, entry)
+                    )
+                return context
             parent = parent_address(parent)
         return None
 
-    def _start(self, name: str, record: BusEvent, attributes: dict[str, Any]) -> Any:
-        attributes["rh_agents.address"] = record.address
-        if record.group_id is not None:
-            attributes["rh_agents.group_id"] = record.group_id
-        if record.parallel_index is not None:
-            attributes["rh_agents.parallel_index"] = record.parallel_index
-        span = self.tracer.start_span(
-            name,
-            context=self._context_for(record.address),
-            attributes=attributes,
-            start_time=self._ns(record.timestamp),
-        )
-        self._open[record.address] = _Open(span)
+    def _finalize(self, address: str, entry: _Open, final: dict[str, Any]) -> Any:
+        """Give ``entry`` its ``final`` attributes; returns its span, for the caller to end
+        (after setting an error status if there is one)."""
+        span = entry.span
+        if span is None:  # never needed before: one start_span with every attribute
+            entry.attributes.update(final)
+            span = self._span_of(address, entry)
+        else:
+            span.set_attributes(final)
         return span
-
-    def _pop(self, address: str) -> Any:
-        entry = self._open.pop(address, None)
-        return entry.span if entry is not None else None
 
     def _fail(self, span: Any, error: str, error_type: str, timestamp: float) -> None:
         span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error))
@@ -224,115 +294,202 @@ class OpenTelemetryExporter:
             timestamp=self._ns(timestamp),
         )
 
+    def _group(self, group_id: str | None) -> _Group:
+        group = self._groups.get(group_id or "")
+        if group is None:  # instrumented while the group ran: its name is unknown
+            group = self._groups[group_id or ""] = _Group("")
+        return group
+
     # --- the subscriber -------------------------------------------------------------------
 
     def __call__(self, record: BusEvent) -> None:
-        if isinstance(record, MemberStarted):
-            self._start(
+        handler = self._handlers.get(type(record))
+        if handler is not None:
+            handler(record)
+
+    def _member_started(self, record: MemberStarted) -> None:
+        if not _FINISH_HAS_WAIT:
+            group = self._group(record.group_id)
+            self._instruments.queue_wait.record(record.queue_wait, group.wait_attributes)
+        if self.member_spans:
+            self._open[record.address] = _Open(
                 f"member {record.address.rsplit('::', 1)[-1]}",
-                record,
-                {"rh_agents.queue_wait": record.queue_wait},
+                self._member_attributes(record, record.queue_wait),
+                self._ns(record.timestamp),
             )
-            group = self._group_names.get(record.group_id or "", "")
-            self._instruments.queue_wait.record(
-                record.queue_wait,
-                self._label((("rh_agents.group", group),)),
-            )
-        elif isinstance(record, MemberFinished):
-            self._end_member(record)
-        elif isinstance(record, EventStarted):
-            self._start(
-                record.actor,
-                record,
-                {"rh_agents.actor.name": record.actor, "rh_agents.actor.kind": record.actor_kind},
-            )
-        elif isinstance(record, EventCompleted | EventFailed):
-            self._end_event(record)
-        elif isinstance(record, EventRetrying):
-            entry = self._open.get(record.address)
-            if entry is not None:
-                entry.span.add_event(
-                    "retry",
-                    {
-                        "rh_agents.attempt": record.attempt,
-                        "rh_agents.delay": record.delay,
-                        "exception.type": record.error_type,
-                        "exception.message": record.error,
-                    },
-                    timestamp=self._ns(record.timestamp),
+
+    @staticmethod
+    def _member_attributes(record: MemberStarted | MemberFinished, wait: float) -> dict[str, Any]:
+        return {
+            "rh_agents.address": record.address,
+            "rh_agents.group_id": record.group_id,
+            "rh_agents.parallel_index": record.parallel_index,
+            "rh_agents.queue_wait": wait,
+        }
+
+    def _member_finished(self, record: MemberFinished) -> None:
+        group = self._group(record.group_id)
+        status = record.status
+        series = group.by_status.get(status)
+        if series is None:
+            key = (group.name, status)
+            series = self._member_series.get(key)
+            if series is None:
+                series = self._member_series[key] = _Series(
+                    {"rh_agents.group": group.name, "rh_agents.status": status}
                 )
-        elif isinstance(record, GroupStarted):
-            self._group_names[record.address] = record.name
-            self._start(
-                f"group {record.name}",
-                record,
-                {
-                    "rh_agents.group.name": record.name,
-                    "rh_agents.group.max_workers": record.max_workers or 0,
-                },
-            )
-        elif isinstance(record, GroupCompleted):
-            self._end_group(record)
-
-    def _end_member(self, record: MemberFinished) -> None:
-        group = self._group_names.get(record.group_id or "", "")
-        key = (("rh_agents.group", group), ("rh_agents.status", record.status))
-        counts = self._member_counts
-        counts[key] = counts.get(key, 0) + 1
-        span = self._pop(record.address)
-        if span is None:  # finished without starting: skipped or cancelled while queued
+            group.by_status[status] = series
+        series.count += 1
+        entry = self._open.pop(record.address, None) if self.member_spans else None
+        if not (entry is not None or status in _RAN_STATUSES or record.execution_time > 0.0):
+            return  # never ran (skipped, or stopped while queued): no duration, no span
+        instruments = self._instruments
+        instruments.member_duration.record(record.execution_time, series.attributes)
+        if _FINISH_HAS_WAIT:
+            wait: float = getattr(record, "queue_wait", 0.0)
+            instruments.queue_wait.record(wait, group.wait_attributes)
+        if not self.member_spans:
+            error = record.error
+            if error is not None and status in ("failed", "timed_out"):
+                # No member span to carry it: the group span gets the exception event.
+                self._member_error_on_group(record, error)
             return
-        self._instruments.member_duration.record(record.execution_time, self._label(key))
-        span.set_attributes(
-            {"rh_agents.status": record.status, "rh_agents.attempts": record.attempts}
-        )
-        if record.error is not None:
-            if record.status in ("failed", "timed_out"):
-                error_type = record.error.split(":", 1)[0] if ":" in record.error else "Error"
-                self._fail(span, record.error, error_type, record.timestamp)
-            else:  # cancelled by the group: not an error of this member's own
-                span.set_attribute("rh_agents.reason", record.error)
-        span.end(end_time=self._ns(record.timestamp))
-
-    def _end_event(self, record: EventCompleted | EventFailed) -> None:
-        span = self._pop(record.address)
-        if span is None:  # a replayed result: no EventStarted; show it as an instant
-            span = self._start(
-                record.actor,
-                record,
-                {"rh_agents.actor.name": record.actor, "rh_agents.actor.kind": record.actor_kind},
+        end_ns = self._ns(record.timestamp)
+        if entry is None:  # finished without suspending: no MemberStarted came
+            entry = _Open(
+                f"member {record.address.rsplit('::', 1)[-1]}",
+                self._member_attributes(record, getattr(record, "queue_wait", 0.0)),
+                end_ns - int(record.execution_time * 1e9),
             )
-            self._pop(record.address)
+        final: dict[str, Any] = {"rh_agents.status": status, "rh_agents.attempts": record.attempts}
+        error = record.error
+        failed = error is not None and status in ("failed", "timed_out")
+        if error is not None and not failed:  # cancelled by the group: not its own error
+            final["rh_agents.reason"] = error
+        span = self._finalize(record.address, entry, final)
+        if failed:
+            assert error is not None
+            error_type = error.split(":", 1)[0] if ":" in error else "Error"
+            self._fail(span, error, error_type, record.timestamp)
+        span.end(end_time=end_ns)
+
+    def _member_error_on_group(self, record: MemberFinished, error: str) -> None:
+        attributes: dict[str, Any] = {
+            "exception.type": error.split(":", 1)[0] if ":" in error else "Error",
+            "exception.message": error,
+            "rh_agents.parallel_index": record.index,
+            "rh_agents.status": record.status,
+        }
+        span = self._nearest_span(record.address, attributes)
+        if span is not None:
+            span.add_event("exception", attributes, timestamp=self._ns(record.timestamp))
+
+    def _event_started(self, record: EventStarted) -> None:
+        self._open[record.address] = _Open(
+            record.actor, self._event_attributes(record), self._ns(record.timestamp)
+        )
+
+    @staticmethod
+    def _event_attributes(record: EventStarted | EventCompleted | EventFailed) -> dict[str, Any]:
+        attributes: dict[str, Any] = {
+            "rh_agents.address": record.address,
+            "rh_agents.actor.name": record.actor,
+            "rh_agents.actor.kind": record.actor_kind,
+        }
+        if record.group_id is not None:
+            attributes["rh_agents.group_id"] = record.group_id
+            attributes["rh_agents.parallel_index"] = record.parallel_index
+        return attributes
+
+    def _event_finished(self, record: EventCompleted | EventFailed) -> None:
+        end_ns = self._ns(record.timestamp)
+        entry = self._open.pop(record.address, None)
+        if entry is None:  # a replayed result: no EventStarted; show it as an instant
+            entry = _Open(record.actor, self._event_attributes(record), end_ns)
         if isinstance(record, EventCompleted):
             status = "completed"
-            span.set_attributes(
+            source = record.source
+            span = self._finalize(
+                record.address,
+                entry,
                 {
                     "rh_agents.attempts": record.attempts,
-                    "rh_agents.source": record.source,
-                    "rh_agents.cache_hit": record.source == "cache",
-                }
+                    "rh_agents.source": source,
+                    "rh_agents.cache_hit": source == "cache",
+                },
             )
         else:
             status = "cancelled" if record.cancelled else "failed"
-            span.set_attributes(
-                {"rh_agents.attempts": record.attempts, "rh_agents.cache_hit": False}
+            span = self._finalize(
+                record.address,
+                entry,
+                {"rh_agents.attempts": record.attempts, "rh_agents.cache_hit": False},
             )
             self._fail(span, record.error, record.error_type, record.timestamp)
-        key = (("rh_agents.actor", record.actor), ("rh_agents.status", status))
-        counts = self._event_counts
-        counts[key] = counts.get(key, 0) + 1
-        self._instruments.event_duration.record(record.execution_time, self._label(key))
-        span.end(end_time=self._ns(record.timestamp))
+        span.end(end_time=end_ns)
+        key = (record.actor, status)
+        series = self._event_series.get(key)
+        if series is None:
+            series = self._event_series[key] = _Series(
+                {"rh_agents.actor": record.actor, "rh_agents.status": status}
+            )
+        series.count += 1
+        self._instruments.event_duration.record(record.execution_time, series.attributes)
 
-    def _end_group(self, record: GroupCompleted) -> None:
-        self._group_names.pop(record.address, None)
-        self._instruments.group_duration.record(
-            record.wall_time, {"rh_agents.group": record.name, "rh_agents.status": record.status}
-        )
-        span = self._pop(record.address)
-        if span is None:
-            return
+    def _event_retrying(self, record: EventRetrying) -> None:
         attributes: dict[str, Any] = {
+            "rh_agents.attempt": record.attempt,
+            "rh_agents.delay": record.delay,
+            "exception.type": record.error_type,
+            "exception.message": record.error,
+        }
+        span = self._nearest_span(record.address, attributes)
+        if span is not None:
+            span.add_event("retry", attributes, timestamp=self._ns(record.timestamp))
+
+    def _nearest_span(self, address: str, attributes: dict[str, Any]) -> Any:
+        """The span of ``address`` or, when it has none (a member without a member span), of
+        its nearest open ancestor, with ``address`` added to ``attributes`` to say whose."""
+        entry = self._open.get(address)
+        if entry is not None:
+            return self._span_of(address, entry)
+        attributes["rh_agents.address"] = address
+        parent = parent_address(address)
+        while parent is not None:
+            entry = self._open.get(parent)
+            if entry is not None:
+                return self._span_of(parent, entry)
+            parent = parent_address(parent)
+        return None
+
+    def _group_started(self, record: GroupStarted) -> None:
+        self._groups[record.address] = _Group(record.name)
+        attributes: dict[str, Any] = {
+            "rh_agents.address": record.address,
+            "rh_agents.group.name": record.name,
+            "rh_agents.group.max_workers": record.max_workers or 0,
+        }
+        if record.group_id is not None:
+            attributes["rh_agents.group_id"] = record.group_id
+            attributes["rh_agents.parallel_index"] = record.parallel_index
+        self._open[record.address] = _Open(
+            f"group {record.name}", attributes, self._ns(record.timestamp)
+        )
+
+    def _group_completed(self, record: GroupCompleted) -> None:
+        self._groups.pop(record.address, None)
+        key = (record.name, record.status)
+        labels = self._group_labels.get(key)
+        if labels is None:
+            labels = self._group_labels[key] = {
+                "rh_agents.group": record.name,
+                "rh_agents.status": record.status,
+            }
+        self._instruments.group_duration.record(record.wall_time, labels)
+        entry = self._open.pop(record.address, None)
+        if entry is None:
+            return
+        final: dict[str, Any] = {
             "rh_agents.status": record.status,
             "rh_agents.group.total": record.total,
             "rh_agents.group.succeeded": record.succeeded,
@@ -343,11 +500,12 @@ class OpenTelemetryExporter:
         }
         metrics = record.metrics
         if isinstance(metrics, GroupMetrics):
-            attributes["rh_agents.group.run_time_p95"] = metrics.run_time.p95
-            attributes["rh_agents.group.queue_wait_p95"] = metrics.queue_wait.p95
-            attributes["rh_agents.group.efficiency"] = metrics.efficiency
-            attributes["rh_agents.group.retries"] = metrics.retries
-        span.set_attributes(attributes)
+            final["rh_agents.group.run_time_p95"] = metrics.run_time.p95
+            final["rh_agents.group.queue_wait_p95"] = metrics.queue_wait.p95
+            final["rh_agents.group.efficiency"] = metrics.efficiency
+            final["rh_agents.group.retries"] = metrics.retries
+        end_ns = self._ns(record.timestamp)
+        span = self._finalize(record.address, entry, final)
         if record.failed or record.timed_out or record.status in ("failed", "timed_out"):
             span.set_status(
                 self._trace.Status(
@@ -355,30 +513,35 @@ class OpenTelemetryExporter:
                     f"{record.failed + record.timed_out} of {record.total} members failed",
                 )
             )
-        span.end(end_time=self._ns(record.timestamp))
+        span.end(end_time=end_ns)
 
 
 def instrument(
     state: ExecutionState,
     tracer_provider: Any = None,
     meter_provider: Any = None,
+    *,
+    member_spans: bool = False,
 ) -> OpenTelemetryExporter:
     """Emit OpenTelemetry spans and metrics for everything ``state`` runs from now on.
 
     ``tracer_provider``/``meter_provider`` default to the global ones (which do nothing until
-    an SDK is configured). Returns the subscriber; ``uninstrument`` or
-    ``state.event_bus.unsubscribe(exporter)`` stops it. Raises ``MissingDependencyError``
-    when OpenTelemetry is not installed.
+    an SDK is configured). ``member_spans=True`` adds a span per group member between the group
+    and the member's events (off by default: an event span already names its group and member
+    index, and a span costs the SDK tens of microseconds). Returns the subscriber;
+    ``uninstrument`` or ``state.event_bus.unsubscribe(exporter)`` stops it. Raises
+    ``MissingDependencyError`` when OpenTelemetry is not installed.
     """
     exporter = OpenTelemetryExporter(
         clock_now=state.clock.now(),
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
+        member_spans=member_spans,
     )
     exporter.subscription = state.event_bus.subscribe(exporter)
     return exporter
 
 
 def uninstrument(state: ExecutionState, exporter: OpenTelemetryExporter) -> None:
-    """Stop ``exporter``; spans still open stay unended (nothing more will close them)."""
+    """Stop ``exporter``; spans still open are never ended, so never exported."""
     state.event_bus.unsubscribe(exporter)
