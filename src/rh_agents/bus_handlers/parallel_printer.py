@@ -163,6 +163,12 @@ class ParallelEventPrinter:
         self._active_roots = 0
         self._live: Live | None = None
         self._next_refresh = 0.0
+        # Whether records may redraw the live view (checked before reading the clock).
+        self._redraws = self.live_display and show_progress
+        # Whether plain output gets a periodic progress line.
+        self._progress_lines = self._mode != "realtime" and show_progress
+        # Whether each member that completes gets its own line (plain ``progress``, details on).
+        self._done_lines = self._mode == "progress" and show_parallel_details
         self._next_progress = 0.0
         self._closed = False
         self._latest = 0.0
@@ -202,6 +208,7 @@ class ParallelEventPrinter:
         if self._closed:
             return
         self._closed = True
+        self._redraws = False
         self._stop_live()
         if self.show_summary:
             for root in self.roots:
@@ -247,6 +254,7 @@ class ParallelEventPrinter:
             last_seen=record.timestamp,
             total=record.total or None,
         )
+        view.done_prefix = f"{self._pad(view.level + 1)}✔ {tag}#"
         self.groups[record.address] = view
         if parent is not None:
             parent.children.append(view)
@@ -271,23 +279,31 @@ class ParallelEventPrinter:
         if record.total is not None:
             view.total = record.total
         if self.live_display:
-            view.running[record.index] = (record.name, record.timestamp)
-            self._refresh()
+            view.running[record.index] = record
+            if self._redraws:
+                now = self.clock()
+                if now >= self._next_refresh:
+                    self._refresh(now)
         elif self._mode == "realtime" and self._shows_nested(view):
             name = f" {record.name}" if record.name else ""
             self._line(f"[{view.member_tag(record.index)}] ▶ member{name} started", view.level + 1)
 
     def _member_finished(self, record: MemberFinished) -> None:
+        # The hot path of a big group (also for members with no MemberStarted before it):
+        # counters only, unless the member failed, is among the slowest or gets a line.
         view = self.groups.get(record.group_id or "")
         if view is None:
             return
         view.last_seen = record.timestamp
-        view.done = record.done
+        done = view.done = record.done
         view.succeeded = record.succeeded
         view.failed = record.failed
         if record.total is not None:
             view.total = record.total
-        view.note_duration(record.index, record.execution_time, self.slowest)
+        took = record.execution_time
+        # Written so that a NaN still reaches note_duration, as every value once did.
+        if not took <= view.slowest_floor:
+            view.note_duration(record.index, took, self.slowest)
         ok = record.status == "completed"
         if not ok:
             view.issues.append(
@@ -295,27 +311,29 @@ class ParallelEventPrinter:
             )
         if self.live_display:
             view.running.pop(record.index, None)
-            self._refresh()
+            if self._redraws:
+                now = self.clock()
+                if now >= self._next_refresh:
+                    self._refresh(now)
             return
         mode = self._mode
         if not ok:
             if mode != "collapsed":
                 self._line(self._member_line(view, record, ok), view.level + 1)
+        elif self._done_lines:
+            if view.parent is None:
+                # Formatted inline and batched (see flush()): this line is written per member.
+                total = view.total
+                name = record.name
+                self._buffer.append(
+                    f"{view.done_prefix}{record.index}{' ' + name if name else ''} done "
+                    f"({seconds(took)}) [{done}/{'?' if total is None else max(total, done)}]"
+                )
         elif mode == "realtime" and self._shows_nested(view):
             self._line(self._member_line(view, record, ok), view.level + 1)
-        elif mode == "progress" and self.show_parallel_details and view.parent is None:
-            # The hot path of a big group: format inline and batch (see flush()).
-            took = record.execution_time
-            took_text = f"{took * 1000:.0f}ms" if took < 1 else f"{took:.2f}s"
-            name = f" {record.name}" if record.name else ""
-            total = view.known_total()
-            self._buffer.append(
-                f"{self._pad(view.level + 1)}✔ {view.tag}#{record.index}{name} done "
-                f"({took_text}) [{record.done}/{'?' if total is None else total}]"
-            )
         if self._plain:
             now = self.clock()
-            if mode != "realtime" and self.show_progress and now >= self._next_progress:
+            if now >= self._next_progress and self._progress_lines:
                 self._next_progress = now + self.progress_interval
                 for root in self.roots:
                     if not root.finished:
@@ -490,10 +508,12 @@ class ParallelEventPrinter:
 
     # --- live display (terminal only) -----------------------------------------------------
 
-    def _refresh(self, *, force: bool = False) -> None:
+    def _refresh(self, now: float | None = None, *, force: bool = False) -> None:
+        """Redraw if due; ``now``: the clock, when the caller has already read it."""
         if not self.show_progress or self._closed:
             return
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         if not force and now < self._next_refresh:
             return
         self._next_refresh = now + 1.0 / self.refresh_per_second
