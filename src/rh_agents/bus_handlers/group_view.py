@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from rh_agents.core.records import MemberStarted
 
 __all__ = [
+    "MILLIS",
     "GroupSummary",
     "GroupView",
     "MemberIssue",
@@ -221,12 +222,13 @@ def seconds(value: float) -> str:
         if millis > 0:
             # The same text as ``f"{millis:.0f}ms"`` (both round half to even on the exact
             # value), at half the cost: this runs once per finished member.
-            return _MILLIS[round(millis)]
+            return MILLIS[round(millis)]
         return f"{millis:.0f}ms"
     return f"{value:.2f}s"
 
 
-_MILLIS: tuple[str, ...] = tuple(f"{n}ms" for n in range(1001))
+# ``MILLIS[round(ms)]`` is ``f"{ms:.0f}ms"`` for any ``0 < ms < 1000``.
+MILLIS: tuple[str, ...] = tuple(f"{n}ms" for n in range(1001))
 
 
 def bar(done: int, total: int | None, width: int = 20) -> str:

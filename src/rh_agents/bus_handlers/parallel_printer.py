@@ -28,6 +28,7 @@ members, with nested same-named groups merged (``steps ×30``)::
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from rich.live import Live
 from rich.text import Text
 
 from rh_agents.bus_handlers.group_view import (
+    MILLIS,
     GroupView,
     MemberIssue,
     bar,
@@ -68,7 +70,7 @@ ParallelMode = Literal["realtime", "progress", "collapsed", "smart"]
 PARALLEL_MODES: Final[tuple[str, ...]] = get_args(ParallelMode)
 
 _FLUSH_EVERY: Final = 0.2
-_FLUSH_LINES: Final = 512
+_FLUSH_CHUNKS: Final = 1024  # about 512 lines
 ICONS: Final = {"agent": "🤖", "tool": "🔧", "llm": "🧠", "actor": "⚙", "group": "📦"}
 _STYLES: Final = {
     "▶": "cyan",
@@ -155,8 +157,10 @@ class ParallelEventPrinter:
         # every line, at most ``_FLUSH_EVERY`` seconds late while records keep coming).
         self._plain = not console.is_terminal
         self._write = console.file.write
-        self._buffer: list[str] = []
+        self._buffer: list[str] = []  # text chunks; every line ends with its own newline
         self._next_flush = 0.0
+        # The earliest of the flush and progress deadlines: one comparison per record.
+        self._next_tick = 0.0
         self.groups: dict[str, GroupView] = {}
         self.roots: list[GroupView] = []
         self._summarized: set[str] = set()
@@ -220,9 +224,8 @@ class ParallelEventPrinter:
         """Write the plain lines still batched (done on group boundaries, failures and close)."""
         buffer = self._buffer
         if buffer:
-            buffer.append("")
             try:
-                self._write("\n".join(buffer))
+                self._write("".join(buffer))
             except BrokenPipeError:
                 # The reader went away (``rh-agents demo | head``): stop writing, quietly, the
                 # way command-line tools do; the run itself goes on.
@@ -262,6 +265,7 @@ class ParallelEventPrinter:
             self.roots.append(view)
             self._active_roots += 1
             self._next_progress = self.clock() + self.progress_interval
+            self._next_tick = min(self._next_tick, self._next_progress)
         workers = f" (max_workers={view.max_workers})" if view.max_workers else ""
         if self._mode == "realtime":
             if parent is None or not self.collapse_parallel:
@@ -323,24 +327,46 @@ class ParallelEventPrinter:
         elif self._done_lines:
             if view.parent is None:
                 # Formatted inline and batched (see flush()): this line is written per member.
-                total = view.total
+                # seconds(took), without the call; sub-millisecond members need no rounding.
+                millis = took * 1000
+                if 0 < millis < 0.5:
+                    took_text = "0ms"
+                elif 0 < millis < 1000:
+                    took_text = MILLIS[round(millis)]
+                else:
+                    took_text = seconds(took)
                 name = record.name
-                self._buffer.append(
-                    f"{view.done_prefix}{record.index}{' ' + name if name else ''} done "
-                    f"({seconds(took)}) [{done}/{'?' if total is None else max(total, done)}]"
+                total = view.total
+                shown = "?" if total is None else total if total >= done else done
+                buffer = self._buffer
+                # Two chunks: the shared prefix as is, and the rest (no copy of the prefix).
+                buffer.append(view.done_prefix)
+                buffer.append(
+                    f"{record.index}{' ' + name if name else ''} done ({took_text}) "
+                    f"[{done}/{shown}]\n"
                 )
+                if len(buffer) >= _FLUSH_CHUNKS:
+                    self._next_tick = -math.inf  # flush on this record
         elif mode == "realtime" and self._shows_nested(view):
             self._line(self._member_line(view, record, ok), view.level + 1)
         if self._plain:
             now = self.clock()
-            if now >= self._next_progress and self._progress_lines:
-                self._next_progress = now + self.progress_interval
-                for root in self.roots:
-                    if not root.finished:
-                        self._line(self._progress_text(root), root.level)
-            if now >= self._next_flush or len(self._buffer) >= _FLUSH_LINES:
-                self._next_flush = now + _FLUSH_EVERY
-                self.flush()
+            if now >= self._next_tick:
+                self._tick(now)
+
+    def _tick(self, now: float) -> None:
+        """Plain output: a progress line and a flush, each when due."""
+        if now >= self._next_progress and self._progress_lines:
+            self._next_progress = now + self.progress_interval
+            for root in self.roots:
+                if not root.finished:
+                    self._line(self._progress_text(root), root.level)
+        if now >= self._next_flush or len(self._buffer) >= _FLUSH_CHUNKS:
+            self._next_flush = now + _FLUSH_EVERY
+            self.flush()
+        self._next_tick = self._next_flush
+        if self._progress_lines:
+            self._next_tick = min(self._next_tick, self._next_progress)
 
     def _group_completed(self, record: GroupCompleted) -> None:
         view = self.groups.get(record.address)
@@ -497,7 +523,7 @@ class ParallelEventPrinter:
         line = " " * (self.indent * level) + text
         if self._plain:
             # Plain append-only text: no rich rendering per record, no control codes.
-            self._buffer.append(line)
+            self._buffer.append(line + "\n")
             self.flush()
             return
         stripped = line.lstrip()
