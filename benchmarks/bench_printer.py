@@ -24,6 +24,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 
@@ -78,7 +79,7 @@ def _measure() -> dict[str, list[float]]:
                 if label == "no-op subscriber":
                     printer = _ignore
                 elif label != "no subscriber":
-                    mode = "progress" if label == "progress printer" else "collapsed"
+                    mode: ParallelMode = "progress" if label == "progress printer" else "collapsed"
                     console = Console(file=sink, force_terminal=False, width=100)
                     printer = ParallelEventPrinter(mode, console=console)
                 gc.collect()  # start every run from the same heap
@@ -99,7 +100,7 @@ def _records(*, started: bool = True) -> list[BusEvent]:
         GroupStarted(address=group, timestamp=0.0, name=group, total=0, max_workers=WORKERS)
     ]
     for i in range(MEMBERS):
-        where = {"group_id": group, "parallel_index": i, "is_parallel": True}
+        where: dict[str, Any] = {"group_id": group, "parallel_index": i, "is_parallel": True}
         if started:
             records.append(
                 MemberStarted(
