@@ -69,8 +69,11 @@ class GroupView:
     # A member must take longer than this to enter ``slowest``: the heap's minimum once it is
     # full, so a member that is not among the slowest costs one comparison and no heap work.
     slowest_floor: float = -math.inf
-    # The start of this group's per-member "done" line (``  ✔ notes#``), built once.
+    # The start and end of this group's per-member "done" line (``  ✔ notes#`` ... ``/40]``),
+    # built once rather than per member; ``tail`` is for a total of ``tail_total``.
     done_prefix: str = ""
+    tail: str = ""
+    tail_total: int | None = None
     # Members that said they started and have not finished yet, by index (the record itself,
     # so tracking a running member allocates nothing).
     running: dict[int, MemberStarted] = field(default_factory=dict)

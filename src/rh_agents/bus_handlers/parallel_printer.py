@@ -337,13 +337,18 @@ class ParallelEventPrinter:
                     took_text = seconds(took)
                 name = record.name
                 total = view.total
-                shown = "?" if total is None else total if total >= done else done
+                if total is not None and total >= done:
+                    if total != view.tail_total:
+                        view.tail_total = total
+                        view.tail = f"/{total}]\n"
+                    tail = view.tail
+                else:
+                    tail = f"/{'?' if total is None else done}]\n"
                 buffer = self._buffer
                 # Two chunks: the shared prefix as is, and the rest (no copy of the prefix).
                 buffer.append(view.done_prefix)
                 buffer.append(
-                    f"{record.index}{' ' + name if name else ''} done ({took_text}) "
-                    f"[{done}/{shown}]\n"
+                    f"{record.index}{' ' + name if name else ''} done ({took_text}) [{done}{tail}"
                 )
                 if len(buffer) >= _FLUSH_CHUNKS:
                     self._next_tick = -math.inf  # flush on this record
