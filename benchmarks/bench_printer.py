@@ -42,7 +42,7 @@ from rh_agents.core.records import (
 
 MEMBERS = 10_000
 WORKERS = 100
-REPEATS = 9
+REPEATS = 15
 TARGET = 1.5
 LABELS = ("no subscriber", "no-op subscriber", "progress printer", "collapsed printer")
 

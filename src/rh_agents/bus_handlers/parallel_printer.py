@@ -179,7 +179,6 @@ class ParallelEventPrinter:
         self._handlers: dict[type[BusEvent], Callable[[Any], None]] = {
             GroupStarted: self._group_started,
             MemberStarted: self._member_started,
-            MemberFinished: self._member_finished,
             GroupCompleted: self._group_completed,
             EventStarted: self._event_started,
             EventCompleted: self._event_completed,
@@ -192,9 +191,77 @@ class ParallelEventPrinter:
 
     def __call__(self, record: BusEvent) -> None:
         self._latest = record.timestamp  # "now" on the run's own clock, for elapsed times
-        handler = self._handlers.get(type(record))
-        if handler is not None:
-            handler(record)
+        if type(record) is not MemberFinished:
+            handler = self._handlers.get(type(record))
+            if handler is not None:
+                handler(record)
+            return
+        # MemberFinished, one per member (with or without a MemberStarted before it), is the
+        # hot path of a big group and is handled right here, with no further call: counters
+        # only, unless the member failed, is among the slowest or gets a line of its own.
+        view = self.groups.get(record.group_id or "")
+        if view is None:
+            return
+        view.last_seen = record.timestamp
+        done = view.done = record.done
+        view.succeeded = record.succeeded
+        view.failed = record.failed
+        if record.total is not None:
+            view.total = record.total
+        took = record.execution_time
+        # Written so that a NaN still reaches note_duration, as every value once did.
+        if not took <= view.slowest_floor:
+            view.note_duration(record.index, took, self.slowest)
+        ok = record.status == "completed"
+        if not ok:
+            view.issues.append(
+                MemberIssue(view.member_tag(record.index), record.status, record.error or "")
+            )
+        if self.live_display:
+            view.running.pop(record.index, None)
+            if self._redraws:
+                now = self.clock()
+                if now >= self._next_refresh:
+                    self._refresh(now)
+            return
+        mode = self._mode
+        if not ok:
+            if mode != "collapsed":
+                self._line(self._member_line(view, record, ok), view.level + 1)
+        elif self._done_lines:
+            if view.parent is None:
+                # Formatted inline and batched (see flush()): this line is written per member.
+                # seconds(took), without the call; sub-millisecond members need no rounding.
+                millis = took * 1000
+                if 0 < millis < 0.5:
+                    took_text = "0ms"
+                elif 0 < millis < 1000:
+                    took_text = MILLIS[round(millis)]
+                else:
+                    took_text = seconds(took)
+                name = record.name
+                total = view.total
+                if total is not None and total >= done:
+                    if total != view.tail_total:
+                        view.tail_total = total
+                        view.tail = f"/{total}]\n"
+                    tail = view.tail
+                else:
+                    tail = f"/{'?' if total is None else done}]\n"
+                buffer = self._buffer
+                # Two chunks: the shared prefix as is, and the rest (no copy of the prefix).
+                buffer.append(view.done_prefix)
+                buffer.append(
+                    f"{record.index}{' ' + name if name else ''} done ({took_text}) [{done}{tail}"
+                )
+                if len(buffer) >= _FLUSH_CHUNKS:
+                    self._next_tick = -math.inf  # flush on this record
+        elif mode == "realtime" and self._shows_nested(view):
+            self._line(self._member_line(view, record, ok), view.level + 1)
+        if self._plain:
+            now = self.clock()
+            if now >= self._next_tick:
+                self._tick(now)
 
     def __enter__(self) -> ParallelEventPrinter:
         return self
@@ -291,73 +358,6 @@ class ParallelEventPrinter:
         elif self._mode == "realtime" and self._shows_nested(view):
             name = f" {record.name}" if record.name else ""
             self._line(f"[{view.member_tag(record.index)}] ▶ member{name} started", view.level + 1)
-
-    def _member_finished(self, record: MemberFinished) -> None:
-        # The hot path of a big group (also for members with no MemberStarted before it):
-        # counters only, unless the member failed, is among the slowest or gets a line.
-        view = self.groups.get(record.group_id or "")
-        if view is None:
-            return
-        view.last_seen = record.timestamp
-        done = view.done = record.done
-        view.succeeded = record.succeeded
-        view.failed = record.failed
-        if record.total is not None:
-            view.total = record.total
-        took = record.execution_time
-        # Written so that a NaN still reaches note_duration, as every value once did.
-        if not took <= view.slowest_floor:
-            view.note_duration(record.index, took, self.slowest)
-        ok = record.status == "completed"
-        if not ok:
-            view.issues.append(
-                MemberIssue(view.member_tag(record.index), record.status, record.error or "")
-            )
-        if self.live_display:
-            view.running.pop(record.index, None)
-            if self._redraws:
-                now = self.clock()
-                if now >= self._next_refresh:
-                    self._refresh(now)
-            return
-        mode = self._mode
-        if not ok:
-            if mode != "collapsed":
-                self._line(self._member_line(view, record, ok), view.level + 1)
-        elif self._done_lines:
-            if view.parent is None:
-                # Formatted inline and batched (see flush()): this line is written per member.
-                # seconds(took), without the call; sub-millisecond members need no rounding.
-                millis = took * 1000
-                if 0 < millis < 0.5:
-                    took_text = "0ms"
-                elif 0 < millis < 1000:
-                    took_text = MILLIS[round(millis)]
-                else:
-                    took_text = seconds(took)
-                name = record.name
-                total = view.total
-                if total is not None and total >= done:
-                    if total != view.tail_total:
-                        view.tail_total = total
-                        view.tail = f"/{total}]\n"
-                    tail = view.tail
-                else:
-                    tail = f"/{'?' if total is None else done}]\n"
-                buffer = self._buffer
-                # Two chunks: the shared prefix as is, and the rest (no copy of the prefix).
-                buffer.append(view.done_prefix)
-                buffer.append(
-                    f"{record.index}{' ' + name if name else ''} done ({took_text}) [{done}{tail}"
-                )
-                if len(buffer) >= _FLUSH_CHUNKS:
-                    self._next_tick = -math.inf  # flush on this record
-        elif mode == "realtime" and self._shows_nested(view):
-            self._line(self._member_line(view, record, ok), view.level + 1)
-        if self._plain:
-            now = self.clock()
-            if now >= self._next_tick:
-                self._tick(now)
 
     def _tick(self, now: float) -> None:
         """Plain output: a progress line and a flush, each when due."""
