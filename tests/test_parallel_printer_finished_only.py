@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
@@ -120,9 +121,17 @@ def test_collapsed_and_smart_count_members_that_never_started() -> None:
     assert plain("smart") == SUMMARY  # not a terminal: collapsed
 
 
-def test_live_view_counts_them_and_lists_only_the_member_that_waited() -> None:
+BAR = "📦 jobs ━━━━━━━━━━━━━━━━         2/3 66% 2.00s 1 failed"
+
+
+@pytest.mark.parametrize(
+    ("mode", "members_listed"), [("progress", True), ("smart", True), ("collapsed", False)]
+)
+def test_live_view_counts_them_and_lists_only_the_member_that_waited(
+    mode: ParallelMode, members_listed: bool
+) -> None:
     printer = ParallelEventPrinter(
-        "progress",
+        mode,
         console=Console(file=io.StringIO(), width=100, force_terminal=True),
         clock=lambda: 0.0,
     )
@@ -134,11 +143,11 @@ def test_live_view_counts_them_and_lists_only_the_member_that_waited() -> None:
         Console(file=view, width=100, force_terminal=False).print(printer.render())
     finally:
         printer.close()
-    assert [line.rstrip() for line in view.getvalue().splitlines()] == [
-        "📦 jobs ━━━━━━━━━━━━━━━━         2/3 66% 2.00s 1 failed",
-        "  ⠿ #2 c 1.50s",
-        "  ✘ jobs#1 FAILED: ValueError: boom",
-    ]
+    lines = [line.rstrip() for line in view.getvalue().splitlines()]
+    if members_listed:
+        assert lines == [BAR, "  ⠿ #2 c 1.50s", "  ✘ jobs#1 FAILED: ValueError: boom"]
+    else:
+        assert lines == [BAR]
 
 
 def test_live_view_finishing_a_member_removes_it_from_the_running_list() -> None:
