@@ -12,9 +12,13 @@ groups that share a name (the ``steps`` group inside each of forty members becom
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 
+from rh_agents.core.records import MemberStarted
+
 __all__ = [
+    "MILLIS",
     "GroupSummary",
     "GroupView",
     "MemberIssue",
@@ -62,19 +66,34 @@ class GroupView:
     skipped: int = 0
     issues: list[MemberIssue] = field(default_factory=list)
     slowest: list[tuple[float, int]] = field(default_factory=list)  # min-heap (seconds, index)
-    running: dict[int, tuple[str | None, float]] = field(default_factory=dict)
+    # A member must take longer than this to enter ``slowest``: the heap's minimum once it is
+    # full, so a member that is not among the slowest costs one comparison and no heap work.
+    slowest_floor: float = -math.inf
+    # The start and end of this group's per-member "done" line (``  ✔ notes#`` ... ``/40]``),
+    # built once rather than per member; ``tail`` is for a total of ``tail_total``.
+    done_prefix: str = ""
+    tail: str = ""
+    tail_total: int | None = None
+    # Members that said they started and have not finished yet, by index (the record itself,
+    # so tracking a running member allocates nothing).
+    running: dict[int, MemberStarted] = field(default_factory=dict)
     children: list[GroupView] = field(default_factory=list)
 
     def member_tag(self, index: int | None) -> str:
         return self.tag if index is None else f"{self.tag}#{index}"
 
     def note_duration(self, index: int, seconds: float, keep: int) -> None:
-        """Keep the ``keep`` slowest members (a small heap: O(log keep) per member)."""
+        """Keep the ``keep`` slowest members (a small heap: O(log keep) per member).
+
+        Callers may skip the call when ``seconds <= slowest_floor``: it would change nothing.
+        """
         heap = self.slowest
         if len(heap) < keep:
             heapq.heappush(heap, (seconds, index))
         elif keep and seconds > heap[0][0]:
             heapq.heapreplace(heap, (seconds, index))
+        if len(heap) >= keep:
+            self.slowest_floor = heap[0][0] if heap else math.inf
 
     @property
     def finished(self) -> bool:
@@ -201,7 +220,18 @@ def issue_line(issue: MemberIssue, pad: str = "") -> str:
 
 def seconds(value: float) -> str:
     """``42ms`` below a second, ``1.25s`` above."""
-    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"
+    if value < 1:
+        millis = value * 1000
+        if millis > 0:
+            # The same text as ``f"{millis:.0f}ms"`` (both round half to even on the exact
+            # value), at half the cost: this runs once per finished member.
+            return MILLIS[round(millis)]
+        return f"{millis:.0f}ms"
+    return f"{value:.2f}s"
+
+
+# ``MILLIS[round(ms)]`` is ``f"{ms:.0f}ms"`` for any ``0 < ms < 1000``.
+MILLIS: tuple[str, ...] = tuple(f"{n}ms" for n in range(1001))
 
 
 def bar(done: int, total: int | None, width: int = 20) -> str:

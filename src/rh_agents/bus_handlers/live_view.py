@@ -9,6 +9,7 @@ members, each with its own nested group, and the last few failures::
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 
 from rich.console import Group, RenderableType
@@ -75,16 +76,22 @@ def _render_group(
     inner = " " * (indent * (view.level + 1))
     shown = 0
     children = {child.parent_index: child for child in view.children if not child.finished}
-    for index, (name, started) in sorted(view.running.items()):
-        if shown >= max_members:
-            break
+    running = view.running
+    # Only the first ``max_members`` indexes are drawn: no sort of a big pool per redraw.
+    first = (
+        sorted(running) if len(running) <= max_members else heapq.nsmallest(max_members, running)
+    )
+    for index in first:
+        member = running[index]
         shown += 1
-        label = f" {name}" if name else ""
-        rows.append(Text(f"{inner}⠿ #{index}{label} {seconds(now - started)}", style="dim"))
+        label = f" {member.name}" if member.name else ""
+        rows.append(
+            Text(f"{inner}⠿ #{index}{label} {seconds(now - member.timestamp)}", style="dim")
+        )
         child = children.get(index)
         if child is not None and nested:
             _render_group(child, rows, now, False, max_members, nested, indent)
-    hidden = len(view.running) - shown
+    hidden = len(running) - shown
     if hidden > 0:
         rows.append(Text(f"{inner}… {hidden} more running", style="dim"))
     for issue in view.issues[-3:]:

@@ -28,6 +28,7 @@ members, with nested same-named groups merged (``steps ×30``)::
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from rich.live import Live
 from rich.text import Text
 
 from rh_agents.bus_handlers.group_view import (
+    MILLIS,
     GroupView,
     MemberIssue,
     bar,
@@ -68,7 +70,7 @@ ParallelMode = Literal["realtime", "progress", "collapsed", "smart"]
 PARALLEL_MODES: Final[tuple[str, ...]] = get_args(ParallelMode)
 
 _FLUSH_EVERY: Final = 0.2
-_FLUSH_LINES: Final = 512
+_FLUSH_CHUNKS: Final = 1024  # about 512 lines
 ICONS: Final = {"agent": "🤖", "tool": "🔧", "llm": "🧠", "actor": "⚙", "group": "📦"}
 _STYLES: Final = {
     "▶": "cyan",
@@ -155,21 +157,28 @@ class ParallelEventPrinter:
         # every line, at most ``_FLUSH_EVERY`` seconds late while records keep coming).
         self._plain = not console.is_terminal
         self._write = console.file.write
-        self._buffer: list[str] = []
+        self._buffer: list[str] = []  # text chunks; every line ends with its own newline
         self._next_flush = 0.0
+        # The earliest of the flush and progress deadlines: one comparison per record.
+        self._next_tick = 0.0
         self.groups: dict[str, GroupView] = {}
         self.roots: list[GroupView] = []
         self._summarized: set[str] = set()
         self._active_roots = 0
         self._live: Live | None = None
         self._next_refresh = 0.0
+        # Whether records may redraw the live view (checked before reading the clock).
+        self._redraws = self.live_display and show_progress
+        # Whether plain output gets a periodic progress line.
+        self._progress_lines = self._mode != "realtime" and show_progress
+        # Whether each member that completes gets its own line (plain ``progress``, details on).
+        self._done_lines = self._mode == "progress" and show_parallel_details
         self._next_progress = 0.0
         self._closed = False
         self._latest = 0.0
         self._handlers: dict[type[BusEvent], Callable[[Any], None]] = {
             GroupStarted: self._group_started,
             MemberStarted: self._member_started,
-            MemberFinished: self._member_finished,
             GroupCompleted: self._group_completed,
             EventStarted: self._event_started,
             EventCompleted: self._event_completed,
@@ -182,9 +191,77 @@ class ParallelEventPrinter:
 
     def __call__(self, record: BusEvent) -> None:
         self._latest = record.timestamp  # "now" on the run's own clock, for elapsed times
-        handler = self._handlers.get(type(record))
-        if handler is not None:
-            handler(record)
+        if type(record) is not MemberFinished:
+            handler = self._handlers.get(type(record))
+            if handler is not None:
+                handler(record)
+            return
+        # MemberFinished, one per member (with or without a MemberStarted before it), is the
+        # hot path of a big group and is handled right here, with no further call: counters
+        # only, unless the member failed, is among the slowest or gets a line of its own.
+        view = self.groups.get(record.group_id or "")
+        if view is None:
+            return
+        view.last_seen = record.timestamp
+        done = view.done = record.done
+        view.succeeded = record.succeeded
+        view.failed = record.failed
+        if record.total is not None:
+            view.total = record.total
+        took = record.execution_time
+        # Written so that a NaN still reaches note_duration, as every value once did.
+        if not took <= view.slowest_floor:
+            view.note_duration(record.index, took, self.slowest)
+        ok = record.status == "completed"
+        if not ok:
+            view.issues.append(
+                MemberIssue(view.member_tag(record.index), record.status, record.error or "")
+            )
+        if self.live_display:
+            view.running.pop(record.index, None)
+            if self._redraws:
+                now = self.clock()
+                if now >= self._next_refresh:
+                    self._refresh(now)
+            return
+        mode = self._mode
+        if not ok:
+            if mode != "collapsed":
+                self._line(self._member_line(view, record, ok), view.level + 1)
+        elif self._done_lines:
+            if view.parent is None:
+                # Formatted inline and batched (see flush()): this line is written per member.
+                # seconds(took), without the call; sub-millisecond members need no rounding.
+                millis = took * 1000
+                if 0 < millis < 0.5:
+                    took_text = "0ms"
+                elif 0 < millis < 1000:
+                    took_text = MILLIS[round(millis)]
+                else:
+                    took_text = seconds(took)
+                name = record.name
+                total = view.total
+                if total is not None and total >= done:
+                    if total != view.tail_total:
+                        view.tail_total = total
+                        view.tail = f"/{total}]\n"
+                    tail = view.tail
+                else:
+                    tail = f"/{'?' if total is None else done}]\n"
+                buffer = self._buffer
+                # Two chunks: the shared prefix as is, and the rest (no copy of the prefix).
+                buffer.append(view.done_prefix)
+                buffer.append(
+                    f"{record.index}{' ' + name if name else ''} done ({took_text}) [{done}{tail}"
+                )
+                if len(buffer) >= _FLUSH_CHUNKS:
+                    self._next_tick = -math.inf  # flush on this record
+        elif mode == "realtime" and self._shows_nested(view):
+            self._line(self._member_line(view, record, ok), view.level + 1)
+        if self._plain:
+            now = self.clock()
+            if now >= self._next_tick:
+                self._tick(now)
 
     def __enter__(self) -> ParallelEventPrinter:
         return self
@@ -202,6 +279,7 @@ class ParallelEventPrinter:
         if self._closed:
             return
         self._closed = True
+        self._redraws = False
         self._stop_live()
         if self.show_summary:
             for root in self.roots:
@@ -213,9 +291,8 @@ class ParallelEventPrinter:
         """Write the plain lines still batched (done on group boundaries, failures and close)."""
         buffer = self._buffer
         if buffer:
-            buffer.append("")
             try:
-                self._write("\n".join(buffer))
+                self._write("".join(buffer))
             except BrokenPipeError:
                 # The reader went away (``rh-agents demo | head``): stop writing, quietly, the
                 # way command-line tools do; the run itself goes on.
@@ -247,6 +324,7 @@ class ParallelEventPrinter:
             last_seen=record.timestamp,
             total=record.total or None,
         )
+        view.done_prefix = f"{self._pad(view.level + 1)}✔ {tag}#"
         self.groups[record.address] = view
         if parent is not None:
             parent.children.append(view)
@@ -254,6 +332,7 @@ class ParallelEventPrinter:
             self.roots.append(view)
             self._active_roots += 1
             self._next_progress = self.clock() + self.progress_interval
+            self._next_tick = min(self._next_tick, self._next_progress)
         workers = f" (max_workers={view.max_workers})" if view.max_workers else ""
         if self._mode == "realtime":
             if parent is None or not self.collapse_parallel:
@@ -271,58 +350,28 @@ class ParallelEventPrinter:
         if record.total is not None:
             view.total = record.total
         if self.live_display:
-            view.running[record.index] = (record.name, record.timestamp)
-            self._refresh()
+            view.running[record.index] = record
+            if self._redraws:
+                now = self.clock()
+                if now >= self._next_refresh:
+                    self._refresh(now)
         elif self._mode == "realtime" and self._shows_nested(view):
             name = f" {record.name}" if record.name else ""
             self._line(f"[{view.member_tag(record.index)}] ▶ member{name} started", view.level + 1)
 
-    def _member_finished(self, record: MemberFinished) -> None:
-        view = self.groups.get(record.group_id or "")
-        if view is None:
-            return
-        view.last_seen = record.timestamp
-        view.done = record.done
-        view.succeeded = record.succeeded
-        view.failed = record.failed
-        if record.total is not None:
-            view.total = record.total
-        view.note_duration(record.index, record.execution_time, self.slowest)
-        ok = record.status == "completed"
-        if not ok:
-            view.issues.append(
-                MemberIssue(view.member_tag(record.index), record.status, record.error or "")
-            )
-        if self.live_display:
-            view.running.pop(record.index, None)
-            self._refresh()
-            return
-        mode = self._mode
-        if not ok:
-            if mode != "collapsed":
-                self._line(self._member_line(view, record, ok), view.level + 1)
-        elif mode == "realtime" and self._shows_nested(view):
-            self._line(self._member_line(view, record, ok), view.level + 1)
-        elif mode == "progress" and self.show_parallel_details and view.parent is None:
-            # The hot path of a big group: format inline and batch (see flush()).
-            took = record.execution_time
-            took_text = f"{took * 1000:.0f}ms" if took < 1 else f"{took:.2f}s"
-            name = f" {record.name}" if record.name else ""
-            total = view.known_total()
-            self._buffer.append(
-                f"{self._pad(view.level + 1)}✔ {view.tag}#{record.index}{name} done "
-                f"({took_text}) [{record.done}/{'?' if total is None else total}]"
-            )
-        if self._plain:
-            now = self.clock()
-            if mode != "realtime" and self.show_progress and now >= self._next_progress:
-                self._next_progress = now + self.progress_interval
-                for root in self.roots:
-                    if not root.finished:
-                        self._line(self._progress_text(root), root.level)
-            if now >= self._next_flush or len(self._buffer) >= _FLUSH_LINES:
-                self._next_flush = now + _FLUSH_EVERY
-                self.flush()
+    def _tick(self, now: float) -> None:
+        """Plain output: a progress line and a flush, each when due."""
+        if now >= self._next_progress and self._progress_lines:
+            self._next_progress = now + self.progress_interval
+            for root in self.roots:
+                if not root.finished:
+                    self._line(self._progress_text(root), root.level)
+        if now >= self._next_flush or len(self._buffer) >= _FLUSH_CHUNKS:
+            self._next_flush = now + _FLUSH_EVERY
+            self.flush()
+        self._next_tick = self._next_flush
+        if self._progress_lines:
+            self._next_tick = min(self._next_tick, self._next_progress)
 
     def _group_completed(self, record: GroupCompleted) -> None:
         view = self.groups.get(record.address)
@@ -479,7 +528,7 @@ class ParallelEventPrinter:
         line = " " * (self.indent * level) + text
         if self._plain:
             # Plain append-only text: no rich rendering per record, no control codes.
-            self._buffer.append(line)
+            self._buffer.append(line + "\n")
             self.flush()
             return
         stripped = line.lstrip()
@@ -490,10 +539,12 @@ class ParallelEventPrinter:
 
     # --- live display (terminal only) -----------------------------------------------------
 
-    def _refresh(self, *, force: bool = False) -> None:
+    def _refresh(self, now: float | None = None, *, force: bool = False) -> None:
+        """Redraw if due; ``now``: the clock, when the caller has already read it."""
         if not self.show_progress or self._closed:
             return
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         if not force and now < self._next_refresh:
             return
         self._next_refresh = now + 1.0 / self.refresh_per_second
