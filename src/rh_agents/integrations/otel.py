@@ -51,7 +51,6 @@ Without OpenTelemetry installed, importing this module works; ``instrument()`` r
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import time
 from collections.abc import Callable, Iterable
@@ -105,9 +104,6 @@ def parent_address(address: str) -> str | None:
 # A member that finished without a start record of its own still ran if it completed, failed,
 # or used any time; skipped members and members stopped while queued (0 s) never did.
 _RAN_STATUSES = frozenset({"completed", "failed"})
-# Newer cores put the queue wait on MemberFinished too (a member that never suspends publishes
-# no MemberStarted); older ones only on MemberStarted.
-_FINISH_HAS_WAIT = "queue_wait" in {f.name for f in dataclasses.fields(MemberFinished)}
 
 
 @dataclass(slots=True)
@@ -238,7 +234,8 @@ class OpenTelemetryExporter:
             GroupStarted: self._group_started,
             GroupCompleted: self._group_completed,
         }
-        if member_spans or not _FINISH_HAS_WAIT:
+        if member_spans:
+            # The queue wait comes with MemberFinished; a start matters only to a member span.
             handlers[MemberStarted] = self._member_started
         self._handlers = handlers
 
@@ -308,15 +305,11 @@ class OpenTelemetryExporter:
             handler(record)
 
     def _member_started(self, record: MemberStarted) -> None:
-        if not _FINISH_HAS_WAIT:
-            group = self._group(record.group_id)
-            self._instruments.queue_wait.record(record.queue_wait, group.wait_attributes)
-        if self.member_spans:
-            self._open[record.address] = _Open(
-                f"member {record.address.rsplit('::', 1)[-1]}",
-                self._member_attributes(record, record.queue_wait),
-                self._ns(record.timestamp),
-            )
+        self._open[record.address] = _Open(
+            f"member {record.address.rsplit('::', 1)[-1]}",
+            self._member_attributes(record, record.queue_wait),
+            self._ns(record.timestamp),
+        )
 
     @staticmethod
     def _member_attributes(record: MemberStarted | MemberFinished, wait: float) -> dict[str, Any]:
@@ -345,8 +338,8 @@ class OpenTelemetryExporter:
             return  # never ran (skipped, or stopped while queued): no duration, no span
         instruments = self._instruments
         instruments.member_duration.record(record.execution_time, series.attributes)
-        if _FINISH_HAS_WAIT:
-            wait: float = getattr(record, "queue_wait", 0.0)
+        wait = record.queue_wait
+        if wait is not None:
             instruments.queue_wait.record(wait, group.wait_attributes)
         if not self.member_spans:
             error = record.error
@@ -358,7 +351,7 @@ class OpenTelemetryExporter:
         if entry is None:  # finished without suspending: no MemberStarted came
             entry = _Open(
                 f"member {record.address.rsplit('::', 1)[-1]}",
-                self._member_attributes(record, getattr(record, "queue_wait", 0.0)),
+                self._member_attributes(record, wait or 0.0),
                 end_ns - int(record.execution_time * 1e9),
             )
         final: dict[str, Any] = {"rh_agents.status": status, "rh_agents.attempts": record.attempts}
