@@ -440,3 +440,52 @@ def test_a_reader_that_goes_away_stops_the_output_not_the_run() -> None:
     for record in run_records():
         printer(record)  # must not raise, although every write would fail
     printer.close()
+
+
+def test_plain_progress_of_a_big_group_prints_progress_and_failures_not_every_member() -> None:
+    # Above smart_threshold members, one line per member would flood a log: the group shows
+    # its progress every progress_interval seconds, its failures at once, then the summary.
+    now = [0.0]
+    printer, out = plain_printer(
+        "progress", clock=lambda: now[0], progress_interval=5.0, smart_threshold=4, slowest=1
+    )
+    printer(GroupStarted(address="g", timestamp=0.0, name="g", total=0, max_workers=4))
+    for i in range(10):
+        now[0] = i * 1.0
+        failed = i == 7
+        printer(
+            MemberFinished(
+                address=f"g[{i}]", timestamp=i * 1.0, group_id="g", parallel_index=i,
+                is_parallel=True, name=None, index=i,
+                status="failed" if failed else "completed", execution_time=0.5,
+                error="ValueError: bad" if failed else None, done=i + 1,
+                succeeded=i + (0 if i >= 7 else 1), failed=1 if i >= 7 else 0, total=10,
+            )
+        )  # fmt: skip
+    printer(
+        GroupCompleted(
+            address="g", timestamp=10.0, name="g", status="partial", total=10, succeeded=9,
+            failed=1, cancelled=0, skipped=0, timed_out=0, wall_time=10.0,
+        )
+    )  # fmt: skip
+    printer.close()
+    assert out.getvalue().splitlines() == [
+        "▶ 📦 g started (max_workers=4)",
+        "📦 g [6/10] ████████████░░░░░░░░ 60% · 5.00s · 0 failed",
+        "  ✘ g#7 FAILED (500ms) [8/10]: ValueError: bad",
+        "⚠ 📦 g: 10/10 done · 1 failed · 0 retried · 10.00s · slowest g#0 500ms",
+        "    ✘ g#7 FAILED: ValueError: bad",
+    ]
+    # At or under the threshold, every member still gets its line.
+    printer, out = plain_printer("progress", smart_threshold=10)
+    printer(GroupStarted(address="s", timestamp=0.0, name="s", total=0, max_workers=2))
+    for i in range(2):
+        printer(
+            MemberFinished(
+                address=f"s[{i}]", timestamp=0.0, group_id="s", parallel_index=i,
+                is_parallel=True, name=None, index=i, status="completed", execution_time=0.0,
+                error=None, done=i + 1, succeeded=i + 1, failed=0, total=2,
+            )
+        )  # fmt: skip
+    printer.close()
+    assert "  ✔ s#0 done (0ms) [1/2]" in out.getvalue().splitlines()

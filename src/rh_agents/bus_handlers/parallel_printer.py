@@ -91,7 +91,9 @@ class ParallelEventPrinter:
     - ``collapse_parallel``: fold groups nested inside a member into their outer group (they
       still count in the summary and their failures are still shown);
     - ``show_parallel_details``: show what happens inside members (the actor events in
-      ``realtime``, one line per finished member in ``progress``);
+      ``realtime``; in plain ``progress`` output, one line per finished member of a group of
+      at most ``smart_threshold`` members: a bigger group shows its progress line every
+      ``progress_interval`` seconds and its failures, so a log stays readable);
     - ``show_summary``: print the summary when the outermost group completes;
     - ``console``: where to write (tests pass ``Console(file=StringIO(), width=100)``);
       ``clock``: the time source for rate limiting (tests pass a fake one).
@@ -229,7 +231,8 @@ class ParallelEventPrinter:
             if mode != "collapsed":
                 self._line(self._member_line(view, record, ok), view.level + 1)
         elif self._done_lines:
-            if view.parent is None:
+            total = view.total
+            if view.parent is None and total is not None and total <= self.smart_threshold:
                 # Formatted inline and batched (see flush()): this line is written per member.
                 # seconds(took), without the call; sub-millisecond members need no rounding.
                 millis = took * 1000
@@ -240,14 +243,13 @@ class ParallelEventPrinter:
                 else:
                     took_text = seconds(took)
                 name = record.name
-                total = view.total
-                if total is not None and total >= done:
+                if total >= done:
                     if total != view.tail_total:
                         view.tail_total = total
                         view.tail = f"/{total}]\n"
                     tail = view.tail
                 else:
-                    tail = f"/{'?' if total is None else done}]\n"
+                    tail = f"/{done}]\n"
                 buffer = self._buffer
                 # Two chunks: the shared prefix as is, and the rest (no copy of the prefix).
                 buffer.append(view.done_prefix)

@@ -69,6 +69,8 @@ T = TypeVar("T")
 
 _FAILURE_STATUSES = (ResultStatus.FAILED, ResultStatus.TIMED_OUT)
 _NO_DEPENDENCIES: tuple[str, ...] = ()
+# A worker lets the event loop run at least once per this many members (see _worker).
+_YIELD_EVERY = 256
 
 
 class ParallelExecutionManager(Generic[T]):
@@ -598,6 +600,7 @@ class ParallelExecutionManager(Generic[T]):
         handed_over = False
         idle = False  # left because there was nothing (more) to do for this worker
         first = True
+        streak = 0  # members run since this worker last let the loop run
         try:
             while True:
                 member = self._take_next()
@@ -627,6 +630,12 @@ class ParallelExecutionManager(Generic[T]):
                     self._high_water = held
                 await self._run_member(member)
                 del running_member[task]
+                streak += 1
+                if streak >= _YIELD_EVERY:
+                    # Members that never suspend would otherwise hold the event loop for the
+                    # whole group: let other tasks (subscribers, live displays, timers) run.
+                    streak = 0
+                    await asyncio.sleep(0)
                 if self._reclaimers:
                     # A member that lent its slot wants it back: give it ours and stop.
                     self._reclaimers.popleft().set_result(None)
