@@ -300,3 +300,35 @@ async def test_parallel_execute_rejected_member_closes_the_others() -> None:
         await state.parallel_execute([listed[0], None, listed[1]])
     assert all(closed(c) for c in listed)
     assert_no_leftover_tasks(before)
+
+
+async def test_members_that_never_suspend_still_let_other_tasks_run() -> None:
+    # A thousand members that never await would otherwise hold the loop for the whole group
+    # (one worker runs them back to back): the worker yields every few hundred members.
+    state = ExecutionState()
+    turns = 0
+    stop = False
+
+    async def ticker() -> None:
+        nonlocal turns
+        while not stop:
+            turns += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []  # the ticker's count as each member ran
+
+    async def instant(i: int) -> int:
+        seen.append(turns)
+        return i
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)  # the ticker is running
+    async with state.parallel(max_workers=4) as p:
+        for i in range(1000):
+            p.add(instant(i))
+        results = await p.gather()
+    stop = True
+    await asyncio.wait_for(task, timeout=5)
+    assert [r.result for r in results] == list(range(1000))
+    # 1000 members, a yield every 256: the ticker ran between the batches.
+    assert seen[-1] - seen[0] >= 2  # (without the yields, every member sees one count)
