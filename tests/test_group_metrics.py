@@ -160,3 +160,42 @@ def test_a_snapshot_does_not_move_with_later_values() -> None:
     assert (snapshot.count, snapshot.p50, snapshot.p95, snapshot.max) == (3, 2.0, 3.0, 3.0)
     with pytest.raises(FrozenInstanceError):
         snapshot.count = 4  # type: ignore[misc]
+
+
+@given(
+    capacity=st.integers(1, 20),
+    values=st.lists(st.integers(0, 10**6), max_size=300),
+    seed=st.integers(0, 1000),
+)
+def test_the_reservoir_holds_values_of_the_stream_and_exact_totals(
+    capacity: int, values: list[int], seed: int
+) -> None:
+    durations = Durations(capacity, seed=seed)
+    for value in values:
+        durations.add(float(value))
+    assert len(durations.sample) == min(capacity, len(values))
+    assert set(durations.sample) <= {float(v) for v in values}
+    d = durations.distribution()
+    assert d.count == len(values)
+    assert d.max == (float(max(values)) if values else 0.0)
+    assert d.total == float(sum(values))
+
+
+def test_the_reservoir_sample_is_uniform_over_the_stream() -> None:
+    # Each of 40 values should end up in a 4-value sample with probability 1/10: over 4000
+    # seeded runs, every position is kept about 400 times (a skewed sampler would favour the
+    # first or the last values).
+    kept = [0] * 40
+    for seed in range(4000):
+        durations = Durations(4, seed=seed)
+        for i in range(40):
+            durations.add(float(i))
+        for value in durations.sample:
+            kept[int(value)] += 1
+    assert sum(kept) == 4 * 4000
+    assert all(300 <= k <= 500 for k in kept), kept
+
+
+def test_a_duration_sample_needs_room() -> None:
+    with pytest.raises(ValueError, match="capacity >= 1"):
+        Durations(0)

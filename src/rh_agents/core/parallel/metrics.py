@@ -164,19 +164,36 @@ class Distribution:
 class Durations:
     """Durations seen by a group: exact count, total and max; a bounded sample for percentiles.
 
-    Past ``capacity`` values the sample is a uniform reservoir (Algorithm R, seeded, so two
-    identical runs give identical snapshots).
+    Past ``capacity`` values the sample is a uniform reservoir, kept by Algorithm L: rather
+    than drawing a random number for every value, it draws how many values to skip before the
+    next replacement, so a long stream costs about ``capacity * log(count / capacity)`` draws
+    in all instead of one per value. Seeded, so two identical runs give identical snapshots.
     """
 
-    __slots__ = ("_rng", "capacity", "count", "max", "sample", "total")
+    __slots__ = (
+        "_next",
+        "_rng",
+        "_seed",
+        "_weight",
+        "capacity",
+        "count",
+        "max",
+        "sample",
+        "total",
+    )
 
-    def __init__(self, capacity: int = SAMPLE_SIZE) -> None:
+    def __init__(self, capacity: int = SAMPLE_SIZE, *, seed: int | None = None) -> None:
+        if capacity < 1:
+            raise ValueError(f"a duration sample needs a capacity >= 1, got {capacity}")
         self.capacity = capacity
         self.count = 0
         self.total = 0.0
         self.max = 0.0
         self.sample: array[float] = array("d")
         self._rng: random.Random | None = None
+        self._seed = capacity if seed is None else seed
+        self._weight = 1.0
+        self._next = 0  # the count at which the next value replaces one in the sample
 
     def add(self, value: float) -> None:
         sample = self.sample
@@ -185,17 +202,34 @@ class Durations:
                 sample.append(value)  # the common case: count, total and max come from here
                 return
             # The sample is full: from now on keep count, total and max as values arrive.
-            self._rng = random.Random(self.capacity)
+            self._rng = random.Random(self._seed)
             self.count = len(sample)
             self.total = math.fsum(sample)
             self.max = max(sample)
-        self.count += 1
+            self._weight = self._draw_weight()
+            self._schedule_next()
+        count = self.count = self.count + 1
         self.total += value
         if value > self.max:
             self.max = value
-        slot = self._rng.randrange(self.count)
-        if slot < self.capacity:
-            sample[slot] = value
+        if count == self._next:
+            sample[self._rng.randrange(self.capacity)] = value
+            self._weight *= self._draw_weight()
+            self._schedule_next()
+
+    def _draw_weight(self) -> float:
+        assert self._rng is not None
+        # 1 - random() lies in (0, 1]: its log is finite.
+        return math.exp(math.log(1.0 - self._rng.random()) / self.capacity)
+
+    def _schedule_next(self) -> None:
+        assert self._rng is not None
+        remaining = 1.0 - self._weight
+        if remaining <= 0.0:  # a draw of exactly 1: replace at the very next value
+            self._next = self.count + 1
+            return
+        skip = math.floor(math.log(1.0 - self._rng.random()) / math.log(remaining))
+        self._next = self.count + skip + 1
 
     def distribution(self) -> Distribution:
         """A snapshot; its percentiles are sorted out only if someone reads them."""
