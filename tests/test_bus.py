@@ -450,3 +450,85 @@ async def test_close_without_drain_drops_what_a_sync_subscriber_has_not_seen(
     bus.publish(record(1))  # after close: ignored
     await asyncio.sleep(0)
     assert recorder.records == []
+
+
+async def test_a_subscriber_with_kinds_gets_only_those_records() -> None:
+    from rh_agents.core.records import EventCompleted, EventFailed
+
+    bus = EventBus()
+    failures: list[BusEvent] = []
+    everything: list[BusEvent] = []
+    bus.subscribe(failures.append, kinds=[EventFailed])
+    bus.subscribe(everything.append)
+    failed = EventFailed(
+        address="f", timestamp=1.0, actor="a", actor_kind="tool", error="x",
+        error_type="ValueError", execution_time=0.1,
+    )  # fmt: skip
+    done = EventCompleted(
+        address="d", timestamp=2.0, actor="a", actor_kind="tool", execution_time=0.1
+    )
+    bus.publish(record(0))
+    bus.publish(failed)
+    bus.publish(done)
+    await bus.drain()
+    assert failures == [failed]
+    assert everything == [record(0), failed, done]
+
+
+def test_wants_says_whether_anyone_would_receive_a_kind() -> None:
+    from rh_agents.core.records import GroupCompleted, MemberFinished
+
+    bus = EventBus()
+    assert not bus.wants(MemberFinished)
+
+    def handler(record: BusEvent) -> None:
+        pass
+
+    bus.subscribe(handler, kinds=GroupCompleted)  # one class alone is fine too
+    assert bus.wants(GroupCompleted) and not bus.wants(MemberFinished)
+    bus.subscribe(handler, kinds=[BusEvent])  # a base class takes every subclass
+    assert bus.wants(MemberFinished)
+    bus.unsubscribe(handler)
+    assert not bus.wants(MemberFinished)
+    stream = bus.stream()  # a stream takes everything
+    assert bus.wants(MemberFinished)
+    del stream
+    assert not bus.wants(MemberFinished)
+
+
+@pytest.mark.parametrize("bad", [[int], ["group.completed"], [None]])
+def test_kinds_must_be_record_classes(bad: list[object]) -> None:
+    with pytest.raises(TypeError, match="kinds= takes record classes"):
+        EventBus().subscribe(print, kinds=bad)  # type: ignore[arg-type]
+
+
+async def test_a_group_builds_no_member_records_nobody_asked_for() -> None:
+    from rh_agents.core.records import GroupCompleted, MemberFinished, MemberStarted
+
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus)
+    groups: list[BusEvent] = []
+    bus.subscribe(groups.append, kinds=[GroupCompleted])
+
+    async def member(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    built: list[str] = []
+    original = MemberFinished.of_member
+
+    def spy(*args: Any) -> MemberFinished:
+        built.append("finished")
+        return original(*args)
+
+    MemberFinished.of_member = spy  # type: ignore[method-assign]
+    try:
+        async with state.parallel(max_workers=2) as p:
+            for i in range(5):
+                p.add(member(i))
+    finally:
+        MemberFinished.of_member = original  # type: ignore[method-assign]
+    await bus.drain()
+    assert built == [] and not bus.wants(MemberStarted)
+    assert [type(r) for r in groups] == [GroupCompleted]
+    assert groups[0].total == 5  # type: ignore[attr-defined]

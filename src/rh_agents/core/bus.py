@@ -7,12 +7,18 @@ subscribers never notice::
 
     bus = EventBus()
     bus.subscribe(printer)                 # a sync or async callable taking one record
+    bus.subscribe(alert, kinds=[EventFailed, GroupCompleted])   # only these (and subclasses)
     state = ExecutionState(event_bus=bus)
     ...
     async for record in bus.stream():      # or read records as an async iterator
         ...
     await bus.drain()                      # wait until every subscriber has caught up
     await bus.close()                      # drain, then stop the feeder tasks and streams
+
+A subscriber that names its ``kinds`` gets only those records, and a record nobody wants is not
+even built: ``bus.wants(MemberFinished)`` tells a publisher whether anyone would receive one
+(a group of ten thousand members skips twenty thousand records when no subscriber asks for
+member records).
 
 A record can also be *deferred*: ``bus.defer(key, source)`` publishes
 ``source.deferred_record(key)`` at the event loop's next turn or just before the next record
@@ -29,7 +35,7 @@ import inspect
 import logging
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,6 +81,7 @@ class Subscription:
     """
 
     __slots__ = (
+        "_accepted",
         "_asleep",
         "_awake",
         "_bus",
@@ -86,12 +93,21 @@ class Subscription:
         "_task",
         "_waiter",
         "handler",
+        "kinds",
         "name",
     )
 
-    def __init__(self, bus: EventBus, handler: Subscriber) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        handler: Subscriber,
+        kinds: frozenset[type[BusEvent]] | None = None,
+    ) -> None:
         self._bus = bus
         self.handler = handler
+        self.kinds = kinds  # None: every record
+        # Per record class: whether it is one of ``kinds`` or a subclass of one (cached).
+        self._accepted: dict[type[BusEvent], bool] = {}
         self.name = getattr(handler, "__qualname__", None) or type(handler).__name__
         call = handler if inspect.isroutine(handler) else type(handler).__call__
         self._is_async = inspect.iscoroutinefunction(call)
@@ -113,6 +129,16 @@ class Subscription:
     def pending(self) -> int:
         """Records published but not yet handled."""
         return len(self._queue)
+
+    def accepts(self, cls: type[BusEvent]) -> bool:
+        """Whether records of class ``cls`` are delivered to this subscriber."""
+        kinds = self.kinds
+        if kinds is None:
+            return True
+        accepted = self._accepted.get(cls)
+        if accepted is None:
+            accepted = self._accepted[cls] = any(issubclass(cls, kind) for kind in kinds)
+        return accepted
 
     def _push(self, record: BusEvent) -> None:
         if self._closed:
@@ -263,18 +289,46 @@ class EventBus:
         # plain attribute, kept up to date by (un)subscribe and the streams, because every
         # member reads it (a property costs more than the test itself).
         self.has_listeners = False
+        self._wanted: dict[type[BusEvent], bool] = {}  # cache of wants(); cleared on changes
 
     def _update_listening(self) -> None:
         self.has_listeners = bool(self._subscriptions or self._streams)
+        self._wanted.clear()
 
-    def subscribe(self, handler: Subscriber) -> Subscription:
-        """Deliver every later record to ``handler`` (sync or async), in order."""
+    def subscribe(
+        self, handler: Subscriber, *, kinds: Iterable[type[BusEvent]] | None = None
+    ) -> Subscription:
+        """Deliver every later record to ``handler`` (sync or async), in order.
+
+        ``kinds``: only records of these classes (or their subclasses), e.g.
+        ``kinds=[EventFailed, GroupCompleted]``; records nobody asked for are not even built.
+        """
         if not callable(handler):
             raise TypeError(f"a subscriber must be callable, got {handler!r}")
-        subscription = Subscription(self, handler)
+        wanted: frozenset[type[BusEvent]] | None = None
+        if kinds is not None:
+            # One class alone is forgiven for not being in a list.
+            given: list[Any] = [kinds] if isinstance(kinds, type) else list(kinds)
+            for kind in given:
+                if not (isinstance(kind, type) and issubclass(kind, BusEvent)):
+                    raise TypeError(
+                        f"kinds= takes record classes such as EventFailed or GroupCompleted "
+                        f"(subclasses of BusEvent), got {kind!r}"
+                    )
+            wanted = frozenset(given)
+        subscription = Subscription(self, handler, wanted)
         self._subscriptions.append(subscription)
-        self.has_listeners = True
+        self._update_listening()
         return subscription
+
+    def wants(self, cls: type[BusEvent]) -> bool:
+        """Whether a record of class ``cls`` would reach anyone (else: skip building it)."""
+        wanted = self._wanted.get(cls)
+        if wanted is None:
+            wanted = self._wanted[cls] = bool(self._streams) or any(
+                sub.accepts(cls) for sub in self._subscriptions
+            )
+        return wanted
 
     def unsubscribe(self, handler: Subscriber | Subscription) -> None:
         """Stop delivering to ``handler``; records already queued for it are dropped."""
@@ -322,6 +376,8 @@ class EventBus:
         # _deliver inlined: this runs for every record of every member.
         self.published += 1
         for sub in self._subscriptions:
+            if sub.kinds is not None and not sub.accepts(type(record)):
+                continue
             if sub._awake:
                 sub._queue.append(record)  # its feeder drains the queue by itself
             else:
@@ -332,7 +388,8 @@ class EventBus:
     def _deliver(self, record: BusEvent) -> None:
         self.published += 1
         for sub in self._subscriptions:
-            sub._push(record)
+            if sub.kinds is None or sub.accepts(type(record)):
+                sub._push(record)
         if self._streams:
             self._push_streams(record)
 
@@ -363,7 +420,7 @@ class EventBus:
             streams = self._streams
             # The callback runs when the queue dies (before its id can be reused).
             streams[key] = weakref.ref(queue, lambda _ref: self._forget_stream(key))
-            self.has_listeners = True
+            self._update_listening()
         return self._read(queue)
 
     def _forget_stream(self, key: int) -> None:

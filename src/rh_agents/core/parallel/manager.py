@@ -784,7 +784,7 @@ class ParallelExecutionManager(Generic[T]):
                 await global_slots.acquire()
                 slot.global_held = True
                 started = member.started = now()
-            if bus.has_listeners:
+            if bus.has_listeners and bus.wants(MemberStarted):
                 # Published once the member waits or publishes (see deferred_record): a member
                 # that finishes without suspending needs no start record of its own.
                 bus.defer(member, self)
@@ -896,8 +896,9 @@ class ParallelExecutionManager(Generic[T]):
             member.result = result  # the member itself is not kept; only the stream holds it
 
         bus = self._state.event_bus
-        if bus.has_listeners:
+        if bus._deferred:  # (read directly: a method call per member costs more than this)
             bus.withdraw(member)  # never announced: the finish record tells it all
+        if bus.has_listeners and bus.wants(MemberFinished):
             started = member.started
             bus.publish(
                 MemberFinished.of_member(
