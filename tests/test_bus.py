@@ -532,3 +532,28 @@ async def test_a_group_builds_no_member_records_nobody_asked_for() -> None:
     assert built == [] and not bus.wants(MemberStarted)
     assert [type(r) for r in groups] == [GroupCompleted]
     assert groups[0].total == 5  # type: ignore[attr-defined]
+
+
+async def test_a_subscriber_added_mid_group_gets_the_later_member_records() -> None:
+    from rh_agents.core.records import MemberFinished
+
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus)  # nobody listens when the group opens
+    late: list[BusEvent] = []
+    gate = asyncio.Event()
+
+    async def first() -> int:
+        bus.subscribe(late.append, kinds=[MemberFinished])
+        gate.set()
+        return 0
+
+    async def second() -> int:
+        await gate.wait()
+        return 1
+
+    async with state.parallel(max_workers=1) as p:
+        p.add(first())
+        p.add(second())
+    await bus.drain()
+    # The subscriber joined while the first member ran: both finishes reach it.
+    assert [r.index for r in late if isinstance(r, MemberFinished)] == [0, 1]

@@ -290,10 +290,13 @@ class EventBus:
         # member reads it (a property costs more than the test itself).
         self.has_listeners = False
         self._wanted: dict[type[BusEvent], bool] = {}  # cache of wants(); cleared on changes
+        # Bumped whenever who listens changes: a publisher may cache wants() until it moves.
+        self.version = 0
 
     def _update_listening(self) -> None:
         self.has_listeners = bool(self._subscriptions or self._streams)
         self._wanted.clear()
+        self.version += 1
 
     def subscribe(
         self, handler: Subscriber, *, kinds: Iterable[type[BusEvent]] | None = None

@@ -61,6 +61,7 @@ from rh_agents.errors import (
 from rh_agents.resilience.adaptive import AdaptiveLimit, as_adaptive
 
 if TYPE_CHECKING:
+    from rh_agents.core.bus import EventBus
     from rh_agents.core.execution import ExecutionState
 
 __all__ = ["ParallelExecutionManager"]
@@ -84,6 +85,8 @@ class ParallelExecutionManager(Generic[T]):
     __slots__ = (
         "__weakref__",
         "_adaptive",
+        "_announce_starts",
+        "_bus_version",
         "_cancelled",
         "_completion_order",
         "_display_name",
@@ -110,6 +113,7 @@ class ParallelExecutionManager(Generic[T]):
         "_reader_space",
         "_ready",
         "_reclaimers",
+        "_report_finishes",
         "_requested_name",
         "_results",
         "_retain",
@@ -235,6 +239,10 @@ class ParallelExecutionManager(Generic[T]):
         self._reader_space: asyncio.Future[None] | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
         self._spawn_pending = False  # a _spawn is scheduled for the loop's next turn
+        # Whether member records would reach anyone, as of the bus's version (_note_listeners).
+        self._bus_version = -1
+        self._announce_starts = False
+        self._report_finishes = False
         self._parent_frame: Frame | None = None
         self._started_at = 0.0
         self._wall_time: float | None = None
@@ -784,7 +792,9 @@ class ParallelExecutionManager(Generic[T]):
                 await global_slots.acquire()
                 slot.global_held = True
                 started = member.started = now()
-            if bus.has_listeners and bus.wants(MemberStarted):
+            if bus.version != self._bus_version:
+                self._note_listeners(bus)
+            if self._announce_starts:
                 # Published once the member waits or publishes (see deferred_record): a member
                 # that finishes without suspending needs no start record of its own.
                 bus.defer(member, self)
@@ -898,7 +908,9 @@ class ParallelExecutionManager(Generic[T]):
         bus = self._state.event_bus
         if bus._deferred:  # (read directly: a method call per member costs more than this)
             bus.withdraw(member)  # never announced: the finish record tells it all
-        if bus.has_listeners and bus.wants(MemberFinished):
+        if bus.version != self._bus_version:
+            self._note_listeners(bus)
+        if self._report_finishes:
             started = member.started
             bus.publish(
                 MemberFinished.of_member(
@@ -955,6 +967,12 @@ class ParallelExecutionManager(Generic[T]):
             self._wake_readers()
         if not self._workers:  # else the last worker to end checks (see _worker_done)
             self._check_all_done()
+
+    def _note_listeners(self, bus: EventBus) -> None:
+        """Which member records anyone would receive (cached until the bus's version moves)."""
+        self._bus_version = bus.version
+        self._announce_starts = bus.wants(MemberStarted)
+        self._report_finishes = bus.wants(MemberFinished)
 
     def deferred_record(self, key: Any) -> MemberStarted | None:
         """The ``MemberStarted`` of member ``key``, which the bus publishes once it waits."""
