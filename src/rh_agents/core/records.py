@@ -197,23 +197,23 @@ class MemberFinished(BusEvent):
         cls,
         group_id: str,
         index: int,
+        address: str,
         name: str | None,
         timestamp: float,
         status: str,
         execution_time: float,
         error: str | None,
-        counts: tuple[int, int, int | None],
+        done: int,
+        succeeded: int,
+        total: int | None,
         attempts: int,
         queue_wait: float | None,
     ) -> MemberFinished:
-        """The record for member ``index`` of ``group_id``, built positionally (hot path).
-
-        ``counts`` is ``(done, succeeded, total)``.
-        """
-        done, succeeded, total = counts
+        """The record for member ``index`` (at ``address``) of ``group_id``, built
+        positionally: a group publishes one per member."""
         record = _new(cls)
         record.kind = "group.member_finished"
-        record.address = f"{group_id}[{index}]"
+        record.address = address
         record.timestamp = timestamp
         record.group_id = group_id
         record.parallel_index = index

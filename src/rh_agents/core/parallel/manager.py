@@ -782,7 +782,7 @@ class ParallelExecutionManager(Generic[T]):
         # lends and reclaims: one shared slot object serves every member.
         slot = MemberSlot(self) if state.global_slots is not None else self._group_slot
         global_slots = state.global_slots if holds_slot else None
-        address = f"{self.group_id}[{index}]"
+        address = member.address = f"{self.group_id}[{index}]"
         frame = Frame(state, address, self.group_id, index, slot)
         token = enter_frame(frame)
         started = member.started = now()
@@ -916,18 +916,17 @@ class ParallelExecutionManager(Generic[T]):
                 MemberFinished.of_member(
                     self.group_id,
                     index,
+                    member.address or f"{self.group_id}[{index}]",
                     member.name,
                     self._now(),
                     status._value_,  # the plain str: Enum.value is a slow descriptor
                     result.execution_time,
                     result.error,
-                    (
-                        self._done,
-                        self._succeeded,
-                        None
-                        if self._source is not None and not self._source.exhausted
-                        else self._total,
-                    ),
+                    self._done,
+                    self._succeeded,
+                    None
+                    if self._source is not None and not self._source.exhausted
+                    else self._total,
                     result.attempts,
                     None if started is None else started - member.enqueued,
                 )

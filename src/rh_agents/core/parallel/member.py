@@ -70,6 +70,7 @@ class Member:
     """
 
     __slots__ = (
+        "address",
         "after",
         "dependents",
         "enqueued",
@@ -94,6 +95,7 @@ class Member:
         retry: Any = None,
     ) -> None:
         self.index = index
+        self.address: str | None = None  # set when it starts to run
         self.source = source
         self.name = name
         self.priority = priority
