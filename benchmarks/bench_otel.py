@@ -3,15 +3,17 @@ group without them, side by side in one process (modes alternate within each rou
 the rounds, and the median of per-round ratios). Each time includes draining the bus, so every
 span has been ended when the clock stops; spans go through a ``BatchSpanProcessor`` to an
 exporter that drops them (its queue is big enough that no span is dropped unexported);
-metrics go to an SDK ``MeterProvider`` with an in-memory reader. "OpenTelemetry" is
-``instrument()`` with its defaults (a span per group and per actor call, no member spans);
-"traces only" swaps the SDK meter for the API's no-op one, to show what the histograms cost;
-"member spans" is ``instrument(..., member_spans=True)``, one more span per member.
+metrics go to an SDK ``MeterProvider`` with an in-memory reader.
 
-Three workloads: members that do nothing (the worst case: all that is measured is overhead;
-by default no span per member at all, only the group's), ``ExecutionEvent`` members (one
-span per member: the actor call), and members that wait 10 ms (a stand-in for I/O; real LLM
-calls wait far longer).
+Modes: "OpenTelemetry" is ``instrument()`` with its defaults (a span per group and per actor
+call, event and group metrics, member counters per group; no member records at all);
+"full per-member" is ``instrument(..., member_spans=True, member_metrics=True)`` (a span and
+two histogram values per member as well); "sample_events=0.1" keeps one successful event span
+in ten (ExecutionEvent workload only).
+
+Three workloads: members that do nothing (the worst case: all that is measured is overhead),
+``ExecutionEvent`` members (one actor call each: a span and a histogram value), and members
+that wait 10 ms (a stand-in for I/O; real LLM calls wait far longer).
 
 Run: ``.venv/bin/python -m benchmarks.bench_otel``
 """
@@ -24,7 +26,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -40,7 +41,6 @@ from rh_agents.integrations.otel import instrument
 
 MEMBERS = 10_000
 WORKERS = 100
-ROUNDS = 5
 
 
 class NullExporter(SpanExporter):
@@ -84,13 +84,6 @@ def _add_sleepy(state: ExecutionState, p: Any, i: int) -> None:
     p.add(_sleepy(i))
 
 
-WORKLOADS: list[tuple[str, Callable[[ExecutionState, Any, int], None]]] = [
-    ("no-op members", _add_plain),
-    ("ExecutionEvent members", _add_event),
-    ("10 ms members", _add_sleepy),
-]
-
-
 def _ignore(record: BusEvent) -> None:
     return None
 
@@ -101,19 +94,14 @@ async def _group(add: Callable[[ExecutionState, Any, int], None], mode: str) -> 
     providers: tuple[TracerProvider, MeterProvider] | None = None
     if mode == "no-op subscriber":
         bus.subscribe(_ignore)
-    elif mode.startswith("OpenTelemetry"):
+    elif mode in OPTIONS:
         tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(
             BatchSpanProcessor(NullExporter(), max_queue_size=4 * MEMBERS)
         )
         meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
         providers = (tracer_provider, meter_provider)
-        if mode == "OpenTelemetry":
-            instrument(state, tracer_provider, meter_provider)
-        elif mode == "OpenTelemetry, member spans":
-            instrument(state, tracer_provider, meter_provider, member_spans=True)
-        else:  # traces only: the API's no-op meter instead of the SDK's
-            instrument(state, tracer_provider, NoOpMeterProvider())
+        instrument(state, tracer_provider, meter_provider, **OPTIONS[mode])
     started = time.perf_counter()
     async with state.parallel(max_workers=WORKERS, name="members") as p:
         for i in range(MEMBERS):
@@ -129,34 +117,42 @@ async def _group(add: Callable[[ExecutionState, Any, int], None], mode: str) -> 
     return elapsed
 
 
-MODES = [
-    "no telemetry",
-    "no-op subscriber",
-    "OpenTelemetry",
-    "OpenTelemetry, traces only",
-    "OpenTelemetry, member spans",
+# The instrument() options of each OpenTelemetry mode.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "OpenTelemetry": {},
+    "full per-member": {"member_spans": True, "member_metrics": True},
+    "sample_events=0.1": {"sample_events": 0.1},
+}
+
+BASE_MODES = ["no telemetry", "no-op subscriber", "OpenTelemetry", "full per-member"]
+
+# workload label, how a member is added, modes, rounds (fewer for the slow 10 ms members).
+WORKLOADS: list[tuple[str, Callable[[ExecutionState, Any, int], None], list[str], int]] = [
+    ("no-op members", _add_plain, BASE_MODES, 7),
+    ("ExecutionEvent members", _add_event, [*BASE_MODES, "sample_events=0.1"], 5),
+    ("10 ms members", _add_sleepy, BASE_MODES, 3),
 ]
 
 
 def main() -> None:
-    print(f"{MEMBERS} members per group, max_workers={WORKERS}, best of {ROUNDS} rounds")
+    print(f"{MEMBERS} members per group, max_workers={WORKERS}")
     print(
-        "| workload               | mode                        | best s | µs/member "
+        "| workload               | mode              | rounds | best s | µs/member "
         "| ratio (best) | ratio (paired median) |"
     )
-    print("|---|---|---:|---:|---:|---:|")
-    for label, add in WORKLOADS:
-        times: dict[str, list[float]] = {mode: [] for mode in MODES}
-        for _ in range(ROUNDS):
-            for mode in MODES:  # alternate so that drift hits every mode alike
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for label, add, modes, rounds in WORKLOADS:
+        times: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(rounds):
+            for mode in modes:  # alternate so that drift hits every mode alike
                 times[mode].append(asyncio.run(_group(add, mode)))
-        base = times[MODES[0]]
-        for mode in MODES:
+        base = times[modes[0]]
+        for mode in modes:
             best = min(times[mode])
             paired = statistics.median(t / b for t, b in zip(times[mode], base, strict=True))
             print(
-                f"| {label:<22} | {mode:<27} | {best:>6.3f} | {best / MEMBERS * 1e6:>9.1f} "
-                f"| {best / min(base):>12.2f} | {paired:>21.2f} |",
+                f"| {label:<22} | {mode:<17} | {rounds:>6} | {best:>6.3f} "
+                f"| {best / MEMBERS * 1e6:>9.1f} | {best / min(base):>12.2f} | {paired:>21.2f} |",
                 flush=True,
             )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,11 +24,12 @@ from rh_agents.core.bus import EventBus
 from rh_agents.core.context import current_frame
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
-from rh_agents.core.records import BusEvent, EventRetrying, MemberStarted
-from rh_agents.errors import MissingDependencyError
+from rh_agents.core.records import BusEvent, EventRetrying, MemberFinished, MemberStarted
+from rh_agents.errors import ConfigurationError, MissingDependencyError
 from rh_agents.integrations.otel import (
     OpenTelemetryExporter,
     instrument,
+    keeps_event,
     parent_address,
     uninstrument,
 )
@@ -76,6 +78,18 @@ class Telemetry:
             out[address] = span
         return out
 
+    def metric_names(self) -> set[str]:
+        """Every metric that has data points."""
+        data = self.metric_reader.get_metrics_data()
+        assert data is not None
+        return {
+            metric.name
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.data.data_points
+        }
+
     def points(self, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
         data = self.metric_reader.get_metrics_data()
         assert data is not None
@@ -89,6 +103,9 @@ class Telemetry:
                         }
         raise AssertionError(f"no metric {name}")
 
+    def counts(self, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+        return {key: p.value for key, p in self.points(name).items()}
+
 
 @pytest.fixture
 def telemetry() -> Iterator[Telemetry]:
@@ -98,12 +115,10 @@ def telemetry() -> Iterator[Telemetry]:
     t.meter_provider.shutdown()
 
 
-async def run_nested(telemetry: Telemetry, *, member_spans: bool = False) -> None:
+async def run_nested(telemetry: Telemetry, **options: Any) -> None:
     bus = EventBus()
     state = ExecutionState(event_bus=bus, cache=ActorCache())
-    instrument(
-        state, telemetry.tracer_provider, telemetry.meter_provider, member_spans=member_spans
-    )
+    instrument(state, telemetry.tracer_provider, telemetry.meter_provider, **options)
     async with state.parallel(max_workers=2, name="outer") as p:
         p.add(ExecutionEvent(actor=worker)(Doc(text="a bb"), "", state))
         p.add(ExecutionEvent(actor=worker)(Doc(text="ccc bad"), "", state))
@@ -221,9 +236,10 @@ async def test_span_tree_shape_with_member_spans(telemetry: Telemetry) -> None:
     assert spans["outer[1]::worker::inner[0]"].name == "member inner[0]"
 
 
-@pytest.mark.parametrize("member_spans", [False, True])
-async def test_attributes_and_errors(telemetry: Telemetry, member_spans: bool) -> None:
-    await run_nested(telemetry, member_spans=member_spans)
+@pytest.mark.parametrize("mode", ["default", "member_metrics", "member_spans"])
+async def test_attributes_and_errors(telemetry: Telemetry, mode: str) -> None:
+    member_spans = mode == "member_spans"
+    await run_nested(telemetry, member_spans=member_spans, member_metrics=mode == "member_metrics")
     spans = telemetry.spans()
     group = spans["outer[1]::worker::inner"]
     assert group.name == "group inner"
@@ -265,8 +281,13 @@ async def test_attributes_and_errors(telemetry: Telemetry, member_spans: bool) -
         assert member.attributes["rh_agents.status"] == "failed"
         assert member.status.status_code is StatusCode.ERROR
         assert group.events == ()
+    elif mode == "default":
+        # No member records at all: the failure is on the event span (above) and counted in
+        # the group's status and attributes.
+        assert group.events == ()
     else:
-        # With no member span, the failed member's error is an event on its group's span.
+        # Member records but no member span: the failed member's error is an event on its
+        # group's span.
         (event,) = group.events
         assert event.name == "exception"
         assert event.attributes is not None
@@ -290,10 +311,12 @@ async def test_cache_hit_is_an_attribute(telemetry: Telemetry) -> None:
     assert spans["reader#2"].attributes["rh_agents.source"] == "cache"
 
 
-async def test_metrics_count_members_and_durations(telemetry: Telemetry) -> None:
-    await run_nested(telemetry)
-    members = telemetry.points("rh_agents.members")
-    assert {key: p.value for key, p in members.items()} == {
+@pytest.mark.parametrize("member_metrics", [False, True])
+async def test_metrics_count_members_and_durations(
+    telemetry: Telemetry, member_metrics: bool
+) -> None:
+    await run_nested(telemetry, member_metrics=member_metrics)
+    assert telemetry.counts("rh_agents.members") == {
         (("rh_agents.group", "outer"), ("rh_agents.status", "completed")): 2,
         (("rh_agents.group", "inner"), ("rh_agents.status", "completed")): 3,
         (("rh_agents.group", "inner"), ("rh_agents.status", "failed")): 1,
@@ -304,10 +327,17 @@ async def test_metrics_count_members_and_durations(telemetry: Telemetry) -> None
         (("rh_agents.actor", "reader"), ("rh_agents.status", "failed")): 1,
         (("rh_agents.actor", "worker"), ("rh_agents.status", "completed")): 2,
     }
-    durations = telemetry.points("rh_agents.member.duration")
-    assert sum(p.count for p in durations.values()) == 6
-    waits = telemetry.points("rh_agents.member.queue_wait")
-    assert sum(p.count for p in waits.values()) == 6
+    if member_metrics:
+        durations = telemetry.points("rh_agents.member.duration")
+        assert sum(p.count for p in durations.values()) == 6
+        waits = telemetry.points("rh_agents.member.queue_wait")
+        assert sum(p.count for p in waits.values()) == 6
+    else:  # per-member histograms are opt-in
+        names = telemetry.metric_names()
+        assert "rh_agents.member.duration" not in names
+        assert "rh_agents.member.queue_wait" not in names
+    events_durations = telemetry.points("rh_agents.event.duration")
+    assert sum(p.count for p in events_durations.values()) == 6
     groups = telemetry.points("rh_agents.group.duration")
     assert sum(p.count for p in groups.values()) == 3
 
@@ -344,14 +374,20 @@ class SteppingClock:
         self.t += seconds
 
 
-async def run_stepping(telemetry: Telemetry, *, member_spans: bool) -> list[BusEvent]:
+async def run_stepping(
+    telemetry: Telemetry, *, member_spans: bool, member_metrics: bool = False
+) -> list[BusEvent]:
     """Two members in a one-worker group on a stepping clock; each takes 2.5 s and publishes a
     retry 0.25 s in. Returns every record the bus carried."""
     clock = SteppingClock()
     bus = EventBus()
     state = ExecutionState(event_bus=bus, clock=clock)
     instrument(
-        state, telemetry.tracer_provider, telemetry.meter_provider, member_spans=member_spans
+        state,
+        telemetry.tracer_provider,
+        telemetry.meter_provider,
+        member_spans=member_spans,
+        member_metrics=member_metrics,
     )
     records: list[BusEvent] = []
     bus.subscribe(records.append)
@@ -416,7 +452,7 @@ async def test_member_retries_land_on_the_group_without_member_spans(
 
 @pytest.mark.parametrize("member_spans", [False, True])
 async def test_histograms_get_every_value(telemetry: Telemetry, member_spans: bool) -> None:
-    await run_stepping(telemetry, member_spans=member_spans)
+    await run_stepping(telemetry, member_spans=member_spans, member_metrics=True)
     members = telemetry.points("rh_agents.members")
     assert {key: p.value for key, p in members.items()} == {
         (("rh_agents.group", "g"), ("rh_agents.status", "completed")): 2,
@@ -439,6 +475,7 @@ async def test_member_span_from_its_finish_record_alone(telemetry: Telemetry) ->
         tracer_provider=telemetry.tracer_provider,
         meter_provider=telemetry.meter_provider,
         member_spans=True,
+        member_metrics=True,
     )
     for record in records:
         if not isinstance(record, MemberStarted):
@@ -464,8 +501,10 @@ async def test_member_span_from_its_finish_record_alone(telemetry: Telemetry) ->
     replayed.meter_provider.shutdown()
 
 
-@pytest.mark.parametrize("member_spans", [False, True])
-async def test_cancelled_and_skipped_members(telemetry: Telemetry, member_spans: bool) -> None:
+@pytest.mark.parametrize(("member_spans", "member_metrics"), [(False, False), (True, True)])
+async def test_cancelled_and_skipped_members(
+    telemetry: Telemetry, member_spans: bool, member_metrics: bool
+) -> None:
     never = asyncio.Event()
 
     async def hang(input: Doc, context: str, state: ExecutionState) -> int:
@@ -476,7 +515,11 @@ async def test_cancelled_and_skipped_members(telemetry: Telemetry, member_spans:
     bus = EventBus()
     state = ExecutionState(event_bus=bus)
     instrument(
-        state, telemetry.tracer_provider, telemetry.meter_provider, member_spans=member_spans
+        state,
+        telemetry.tracer_provider,
+        telemetry.meter_provider,
+        member_spans=member_spans,
+        member_metrics=member_metrics,
     )
     async with state.parallel(max_workers=2, name="q", quorum=1) as p:
         p.add(ExecutionEvent(actor=hanging)(Doc(text="x"), "", state))
@@ -493,14 +536,17 @@ async def test_cancelled_and_skipped_members(telemetry: Telemetry, member_spans:
     members = telemetry.points("rh_agents.members")
     statuses = {dict(key)["rh_agents.status"]: p.value for key, p in members.items()}
     assert statuses == {"completed": 1, "cancelled": 2}
-    durations = telemetry.points("rh_agents.member.duration")
-    # The queued member never ran: no duration (nor queue wait) for it.
-    assert {dict(key)["rh_agents.status"]: p.count for key, p in durations.items()} == {
-        "completed": 1,
-        "cancelled": 1,
-    }
-    (waits,) = telemetry.points("rh_agents.member.queue_wait").values()
-    assert waits.count == 2
+    if member_metrics:
+        durations = telemetry.points("rh_agents.member.duration")
+        # The queued member never ran: no duration (nor queue wait) for it.
+        assert {dict(key)["rh_agents.status"]: p.count for key, p in durations.items()} == {
+            "completed": 1,
+            "cancelled": 1,
+        }
+        (waits,) = telemetry.points("rh_agents.member.queue_wait").values()
+        assert waits.count == 2
+    else:
+        assert "rh_agents.member.duration" not in telemetry.metric_names()
     events = telemetry.points("rh_agents.events")
     assert {key: p.value for key, p in events.items()} == {
         (("rh_agents.actor", "hang"), ("rh_agents.status", "cancelled")): 1,
@@ -552,3 +598,247 @@ async def test_actor_retries_are_events_on_the_event_span(
     assert all(start <= e.timestamp <= end for e in event.events)
     assert spans["r"].events == ()
     assert parent_of(event, spans) == ("r[0]" if member_spans else "r")
+
+
+# --- what is subscribed to -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "member_kinds"),
+    [
+        ({}, set()),
+        ({"member_metrics": True}, {MemberFinished}),
+        ({"member_spans": True}, {MemberStarted, MemberFinished}),
+    ],
+)
+async def test_member_records_are_subscribed_to_only_when_asked(
+    telemetry: Telemetry,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, bool],
+    member_kinds: set[type[BusEvent]],
+) -> None:
+    built: list[str] = []
+
+    def spy(cls: type[BusEvent]) -> Any:
+        original = cls.of_member  # type: ignore[attr-defined]
+
+        def of_member(*args: Any) -> Any:
+            built.append(cls.__name__)
+            return original(*args)
+
+        return staticmethod(of_member)
+
+    monkeypatch.setattr(MemberStarted, "of_member", spy(MemberStarted))
+    monkeypatch.setattr(MemberFinished, "of_member", spy(MemberFinished))
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus)
+    exporter = instrument(state, telemetry.tracer_provider, telemetry.meter_provider, **options)
+    assert {MemberStarted, MemberFinished} & set(exporter.kinds) == member_kinds
+    assert bus.wants(MemberStarted) is (MemberStarted in member_kinds)
+    assert bus.wants(MemberFinished) is (MemberFinished in member_kinds)
+
+    async def waits(i: int) -> int:
+        await asyncio.sleep(0)  # suspends: a MemberStarted is due if anyone wants it
+        return i
+
+    async with state.parallel(max_workers=2, name="g") as p:
+        for i in range(4):
+            p.add(waits(i))
+        await p.gather()
+    await bus.close()
+    expected = {"MemberStarted": 0, "MemberFinished": 0}
+    for kind in member_kinds:
+        expected[kind.__name__] = 4
+    assert {name: built.count(name) for name in expected} == expected
+    # The counters are right either way.
+    assert telemetry.counts("rh_agents.members") == {
+        (("rh_agents.group", "g"), ("rh_agents.status", "completed")): 4
+    }
+
+
+async def run_every_status(*telemetries: tuple[Telemetry, dict[str, Any]]) -> None:
+    """Two groups whose members end in every status; one exporter per telemetry."""
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus)
+    for telemetry, options in telemetries:
+        instrument(state, telemetry.tracer_provider, telemetry.meter_provider, **options)
+    never = asyncio.Event()
+
+    async def ok() -> str:
+        return "ok"
+
+    async def fail() -> str:
+        raise RuntimeError("no")
+
+    async def hang() -> str:
+        await never.wait()
+        return "never"
+
+    async with state.parallel(max_workers=4, name="mix") as p:
+        p.add(ok(), name="a")
+        p.add(fail(), name="b")
+        p.add(ok(), name="c", after="b")  # its dependency failed: skipped
+        p.add(hang, name="d", timeout=0.01)
+        await p.gather()
+    async with state.parallel(max_workers=1, name="q", quorum=1) as p:
+        p.add(ok())
+        p.add(hang)  # queued, then cancelled by the quorum
+        p.add(hang)
+        await p.gather()
+    await bus.close()
+
+
+async def test_member_counters_are_exact_from_group_completed(telemetry: Telemetry) -> None:
+    live = Telemetry()
+    try:
+        await run_every_status((telemetry, {}), (live, {"member_metrics": True}))
+        expected = {
+            (("rh_agents.group", "mix"), ("rh_agents.status", "completed")): 1,
+            (("rh_agents.group", "mix"), ("rh_agents.status", "failed")): 1,
+            (("rh_agents.group", "mix"), ("rh_agents.status", "skipped")): 1,
+            (("rh_agents.group", "mix"), ("rh_agents.status", "timed_out")): 1,
+            (("rh_agents.group", "q"), ("rh_agents.status", "completed")): 1,
+            (("rh_agents.group", "q"), ("rh_agents.status", "cancelled")): 2,
+        }
+        # Per group (from GroupCompleted) and live (a record per member) agree exactly.
+        assert telemetry.counts("rh_agents.members") == expected
+        assert live.counts("rh_agents.members") == expected
+        assert "rh_agents.member.duration" not in telemetry.metric_names()
+        durations = live.points("rh_agents.member.duration")
+        # Only members that ran have a duration: a, b, d in "mix" and the first of "q".
+        assert sum(p.count for p in durations.values()) == 4
+        (group,) = (s for s in telemetry.spans().values() if s.name == "group mix")
+        assert group.status.status_code is StatusCode.ERROR
+        assert group.status.description == "2 of 4 members failed"
+    finally:
+        live.tracer_provider.shutdown()
+        live.meter_provider.shutdown()
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+def hash_keeps(address: str, rate: float) -> bool:
+    """The documented rule, computed independently of the module."""
+    return zlib.crc32(address.encode("utf-8")) < int(rate * 2**32)
+
+
+async def run_sampled(telemetry: Telemetry, rate: float) -> tuple[set[str], set[str], set[str]]:
+    """An outer group of jobs (each with an inner group of readers) and of flaky tools.
+
+    Returns (event addresses, failed event addresses, retried event addresses).
+    """
+    texts = ["a bb ccc", "dd e", "a bad", "ff gg", "hh", "ii jj", "k", "ll mm nn"]
+    # One job that the hash drops fails after its inner group: kept, but its children were
+    # already attached above it.
+    dropped = [i for i in range(len(texts)) if not hash_keeps(f"outer[{i}]::job", rate)]
+    boom = dropped[0] if dropped else 0
+    texts[boom] += " boom"
+    calls: dict[str, int] = {}
+
+    async def job(input: Doc, context: str, state: ExecutionState) -> int:
+        total = await work(input, context, state)
+        if "boom" in input.text:
+            raise RuntimeError("boom")
+        return total
+
+    async def flaky(input: Doc, context: str, state: ExecutionState) -> int:
+        calls[input.text] = calls.get(input.text, 0) + 1
+        if calls[input.text] == 1:
+            raise ValueError("first attempt")
+        return 1
+
+    job_actor = Agent(name="job", input_model=Doc, handler=job)
+    flaky_tool = Tool(name="flaky", input_model=Doc, handler=flaky)
+    policy = RetryPolicy(max_attempts=2, initial_delay=1, jitter=0)
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus, clock=SteppingClock())
+    instrument(state, telemetry.tracer_provider, telemetry.meter_provider, sample_events=rate)
+    async with state.parallel(max_workers=2, name="outer") as p:
+        for text in texts:
+            p.add(ExecutionEvent(actor=job_actor)(Doc(text=text), "", state))
+        for i in range(4):
+            p.add(ExecutionEvent(actor=flaky_tool, retry=policy)(Doc(text=f"f{i}"), "", state))
+        await p.gather()
+    await bus.close()
+
+    events: set[str] = set()
+    failed = {f"outer[{boom}]::job"}
+    for i, text in enumerate(texts):
+        events.add(f"outer[{i}]::job")
+        for j, part in enumerate(text.split()):
+            reader_address = f"outer[{i}]::job::inner[{j}]::reader"
+            events.add(reader_address)
+            if part == "bad":
+                failed.add(reader_address)
+    retried = {f"outer[{i}]::flaky" for i in range(len(texts), len(texts) + 4)}
+    return events | retried, failed, retried
+
+
+def span_tree(telemetry: Telemetry) -> dict[str, tuple[str, str | None]]:
+    spans = telemetry.spans()
+    return {address: (span.name, parent_of(span, spans)) for address, span in spans.items()}
+
+
+async def test_sampling_keeps_hashed_failed_and_retried_events(telemetry: Telemetry) -> None:
+    rate = 0.5
+    events, failed, retried = await run_sampled(telemetry, rate)
+    groups = {"outer"} | {f"outer[{i}]::job::inner" for i in range(8)}
+    hashed = {a for a in events if hash_keeps(a, rate)}
+    # The run is a real test of the rule: some events dropped, some kept, and the failures
+    # and retries include events that the hash alone would drop.
+    assert hashed and events - hashed
+    assert failed - hashed and retried - hashed
+    assert {a for a in events if keeps_event(a, rate)} == hashed
+
+    spans = telemetry.spans()
+    assert set(spans) == groups | hashed | failed | retried
+    for address in failed:
+        assert spans[address].status.status_code is StatusCode.ERROR
+    for address in retried:
+        assert [e.name for e in spans[address].events] == ["retry"]
+
+    # A span's parent is its nearest ancestor that is a group or an event the hash keeps:
+    # unsampled events are skipped (even a failed one, decided only after its children).
+    def expected_parent(address: str) -> str | None:
+        parent = parent_address(address)
+        while parent is not None and not (parent in groups or parent in hashed):
+            parent = parent_address(parent)
+        return parent
+
+    for address, span in spans.items():
+        assert parent_of(span, spans) == expected_parent(address), address
+    skipped_over = [a for a in spans if expected_parent(a) != parent_address(a)]
+    assert any(a.endswith("::inner") for a in skipped_over)  # a group under a dropped job
+
+    # Metrics are never sampled.
+    assert sum(telemetry.counts("rh_agents.events").values()) == len(events)
+
+
+async def test_sampling_is_deterministic_across_runs(telemetry: Telemetry) -> None:
+    again = Telemetry()
+    try:
+        await run_sampled(telemetry, 0.3)
+        await run_sampled(again, 0.3)
+        first = span_tree(telemetry)
+        assert first == span_tree(again)
+        assert len(first) < 9 + 12 + 20  # something was dropped
+    finally:
+        again.tracer_provider.shutdown()
+        again.meter_provider.shutdown()
+
+
+async def test_sampling_rate_one_keeps_every_event(telemetry: Telemetry) -> None:
+    events, _, _ = await run_sampled(telemetry, 1.0)
+    groups = {"outer"} | {f"outer[{i}]::job::inner" for i in range(8)}
+    assert set(telemetry.spans()) == events | groups
+
+
+@pytest.mark.parametrize("rate", [0, 0.0, -0.5, 1.01, 2, float("nan"), float("inf"), True, "0.5"])
+def test_bad_sample_rate_is_rejected(telemetry: Telemetry, rate: Any) -> None:
+    state = ExecutionState(event_bus=EventBus())
+    with pytest.raises(ConfigurationError, match="sample_events"):
+        instrument(state, telemetry.tracer_provider, telemetry.meter_provider, sample_events=rate)
+    assert not state.event_bus.has_listeners
+    with pytest.raises(ConfigurationError, match="sample_events"):
+        keeps_event("a", rate)

@@ -18,27 +18,50 @@ Span tree (parents derived from addresses, never from the task that published)::
         event  Orchestrator::docs[3]::Summarizer::llm
         group  Orchestrator::docs[3]::Summarizer::parts (a nested group: under its event)
 
-``instrument(state, member_spans=True)`` adds a ``member docs[3]`` span between a group and
-its member's events. It is off by default because an event span already carries its group id
-and member index, and every span costs the SDK tens of microseconds.
+Options (all off or "everything" by default, so the defaults trace every group and event)::
+
+    instrument(state, member_spans=True)     # + a span "member docs[3]" per group member
+    instrument(state, member_metrics=True)   # + per-member histograms, live member counters
+    instrument(state, sample_events=0.1)     # keep 10 % of successful event spans
+
+By default the exporter subscribes only to event and group records (``kinds=``): it never
+receives ``MemberStarted``/``MemberFinished``, and a group with no other subscriber that wants
+them does not even build them. ``member_spans`` or ``member_metrics`` subscribe to them.
 
 Every span carries ``rh_agents.address``; spans inside a group carry ``rh_agents.group_id``
 and ``rh_agents.parallel_index``; event spans carry the actor's name and kind, the number of
 attempts, ``rh_agents.source`` and ``rh_agents.cache_hit``. A failure sets the span's status
 to ``ERROR`` with the error message and adds an ``exception`` span event; retries are
-``retry`` span events. Without member spans, a member's own failure or retry becomes an event
-on the nearest enclosing span (its group), with the member's address among its attributes.
+``retry`` span events. A group span's status is ``ERROR`` when members failed or timed out,
+with the count. A member's own failure (one that is not an actor call's, which has its event
+span) is an ``exception`` event on its member span, or, with member records but no member
+spans (``member_metrics=True``), on its group's span; by default it is only counted.
+
+Sampling: ``sample_events=rate`` (``0 < rate <= 1``) keeps the span of a successful event only
+when ``crc32(address) < rate * 2**32`` (``keeps_event``): deterministic, so a rerun traces
+the same events. A failed or retried event is always kept; groups and members always are. An
+event that is not kept costs no SDK call at all, and its children hang from its nearest kept
+ancestor. Metrics are never sampled.
 
 Cost: an SDK span is made only once it is needed, normally when it ends, with all of its
 attributes in one mapping and explicit times; a span that a child or a retry needs earlier
 starts then, and gets its final attributes when it ends. A parent's context is built once and
 shared by its children. No span events or status unless something failed or retried.
 
-Metrics (instrument names): ``rh_agents.members`` and ``rh_agents.events`` (observable
-counters by status, read from local totals when the SDK collects), ``rh_agents.member.duration``,
-``rh_agents.member.queue_wait``, ``rh_agents.event.duration`` and ``rh_agents.group.duration``
-(histograms, seconds, every value recorded). Attributes are low-cardinality (group name, actor
-name, status), never addresses; each series' attributes mapping is built once and reused.
+Metrics (instrument names):
+
+- ``rh_agents.events`` (observable counter by actor and status; live, per event) and
+  ``rh_agents.event.duration`` (histogram, every event).
+- ``rh_agents.group.duration`` (histogram, one value per group, when it completes).
+- ``rh_agents.members`` (observable counter by group name and status): by default added from
+  ``GroupCompleted``'s counts when each group completes (exact totals, no per-member work);
+  with ``member_metrics=True`` counted live as each member finishes.
+- ``rh_agents.member.duration`` and ``rh_agents.member.queue_wait`` (histograms, seconds):
+  only with ``member_metrics=True``, a value per member that ran.
+
+Counters are read from local totals when the SDK collects; histogram attributes are
+low-cardinality (group name, actor name, status), never addresses, each series' mapping built
+once and reused.
 
 A member that finishes without ever suspending may publish no ``MemberStarted``: its member
 span then starts at ``timestamp - execution_time`` of its ``MemberFinished``, and its queue
@@ -52,7 +75,9 @@ Without OpenTelemetry installed, importing this module works; ``instrument()`` r
 from __future__ import annotations
 
 import importlib
+import math
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,15 +94,23 @@ from rh_agents.core.records import (
     MemberFinished,
     MemberStarted,
 )
-from rh_agents.errors import MissingDependencyError
+from rh_agents.errors import ConfigurationError, MissingDependencyError
 
 if TYPE_CHECKING:
     from rh_agents.core.bus import Subscription
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["OpenTelemetryExporter", "instrument", "parent_address", "uninstrument"]
+__all__ = [
+    "OpenTelemetryExporter",
+    "instrument",
+    "keeps_event",
+    "parent_address",
+    "uninstrument",
+]
 
 INSTRUMENTATION_NAME = "rh_agents"
+
+_HASH_SPACE = 1 << 32  # crc32 values are in [0, 2**32)
 
 
 def _require(module: str) -> Any:
@@ -101,9 +134,51 @@ def parent_address(address: str) -> str | None:
     return address[:cut] if cut >= 0 else None
 
 
+def _check_rate(rate: object) -> float:
+    # bool is an int: sample_events=True is a mistake, not a rate of 1.
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise ConfigurationError(
+            f"sample_events must be a number in (0, 1], got {rate!r} ({type(rate).__name__})"
+        )
+    if not (math.isfinite(rate) and 0.0 < rate <= 1.0):
+        raise ConfigurationError(
+            f"sample_events must be in (0, 1] (the share of successful events whose span is "
+            f"kept; 1 keeps all), got {rate!r}"
+        )
+    return float(rate)
+
+
+def keeps_event(address: str, rate: float) -> bool:
+    """Whether ``sample_events=rate`` keeps the span of a *successful* event at ``address``.
+
+    ``crc32(address as UTF-8) < rate * 2**32``: the same address is always kept or always
+    dropped, so reruns trace the same events. (Failed and retried events are always kept.)
+    """
+    rate = _check_rate(rate)
+    return rate >= 1.0 or zlib.crc32(address.encode()) < int(rate * _HASH_SPACE)
+
+
 # A member that finished without a start record of its own still ran if it completed, failed,
 # or used any time; skipped members and members stopped while queued (0 s) never did.
 _RAN_STATUSES = frozenset({"completed", "failed"})
+
+# GroupCompleted's counts, by the member status each one counts.
+_GROUP_COUNTS = (
+    ("completed", "succeeded"),
+    ("failed", "failed"),
+    ("cancelled", "cancelled"),
+    ("skipped", "skipped"),
+    ("timed_out", "timed_out"),
+)
+
+_EVENT_KINDS: tuple[type[BusEvent], ...] = (
+    EventStarted,
+    EventCompleted,
+    EventFailed,
+    EventRetrying,
+    GroupStarted,
+    GroupCompleted,
+)
 
 
 @dataclass(slots=True)
@@ -120,14 +195,28 @@ class _Open:
     The SDK span is made only when needed (``span is None`` until then): when the span ends
     (then with every attribute at once), or earlier when a child or a retry needs it. A leaf
     (most events) thus costs one ``start_span`` with one attributes mapping and one ``end``.
+
+    ``sampled`` is ``False`` for an event that sampling would drop if it succeeds: children
+    look past it (while it has no span) to the nearest kept ancestor. Its attributes are
+    built only if it is kept after all (``attributes is None`` and ``started`` holds the
+    start record until then).
     """
 
-    __slots__ = ("attributes", "context", "name", "span", "start_ns")
+    __slots__ = ("attributes", "context", "name", "sampled", "span", "start_ns", "started")
 
-    def __init__(self, name: str, attributes: dict[str, Any], start_ns: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        attributes: dict[str, Any] | None,
+        start_ns: int,
+        sampled: bool = True,
+        started: EventStarted | None = None,
+    ) -> None:
         self.name = name
         self.attributes = attributes
         self.start_ns = start_ns
+        self.sampled = sampled
+        self.started = started
         self.span: Any = None
         self.context: Any = None  # made once, for the first child, and shared by all of them
 
@@ -159,8 +248,12 @@ class OpenTelemetryExporter:
     Owned by the bus's feeder task for this subscriber (records arrive one at a time, in
     order), so its dicts of open spans and totals are never touched concurrently. The two
     counters are observable instruments read from the local totals when the SDK collects:
-    counting a member costs an integer increment, not a call into the SDK. Histograms get
-    every value, each recorded with an attributes mapping built once per series.
+    counting costs an integer increment, not a call into the SDK. Histograms get every value,
+    each recorded with an attributes mapping built once per series.
+
+    ``kinds`` is the record classes it needs: subscribe with ``bus.subscribe(exporter,
+    kinds=exporter.kinds)`` (``instrument`` does) so that member records are neither
+    delivered nor built unless ``member_spans`` or ``member_metrics`` asks for them.
     """
 
     def __init__(
@@ -170,11 +263,18 @@ class OpenTelemetryExporter:
         tracer_provider: Any = None,
         meter_provider: Any = None,
         member_spans: bool = False,
+        member_metrics: bool = False,
+        sample_events: float = 1.0,
     ) -> None:
+        rate = _check_rate(sample_events)  # before anything is set up
         trace = _require("opentelemetry.trace")
         metrics = _require("opentelemetry.metrics")
         self._trace = trace
         self.member_spans = member_spans
+        self.member_metrics = member_metrics
+        self.sample_events = rate
+        # None: keep every event without hashing its address.
+        self._threshold: int | None = None if rate >= 1.0 else int(rate * _HASH_SPACE)
         self.subscription: Subscription | None = None
         tracer_provider = tracer_provider or trace.get_tracer_provider()
         meter_provider = meter_provider or metrics.get_meter_provider()
@@ -223,10 +323,8 @@ class OpenTelemetryExporter:
         self._open: dict[str, _Open] = {}
         self._groups: dict[str, _Group] = {}
         self._group_labels: dict[tuple[str, str], dict[str, str]] = {}
-        # One lookup per record instead of a chain of isinstance tests. MemberStarted is only
-        # needed for member spans, or for the queue wait when MemberFinished lacks it.
+        # One lookup per record instead of a chain of isinstance tests.
         handlers: dict[type, Callable[[Any], None]] = {
-            MemberFinished: self._member_finished,
             EventStarted: self._event_started,
             EventCompleted: self._event_finished,
             EventFailed: self._event_finished,
@@ -234,10 +332,16 @@ class OpenTelemetryExporter:
             GroupStarted: self._group_started,
             GroupCompleted: self._group_completed,
         }
+        kinds = list(_EVENT_KINDS)
+        if member_spans or member_metrics:
+            handlers[MemberFinished] = self._member_finished
+            kinds.append(MemberFinished)
         if member_spans:
             # The queue wait comes with MemberFinished; a start matters only to a member span.
             handlers[MemberStarted] = self._member_started
+            kinds.append(MemberStarted)
         self._handlers = handlers
+        self.kinds: tuple[type[BusEvent], ...] = tuple(kinds)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -248,36 +352,53 @@ class OpenTelemetryExporter:
         """The SDK span of ``entry``, started now (with its own start time) if not yet."""
         span = entry.span
         if span is None:
+            attributes = entry.attributes
+            if attributes is None:  # an unsampled event kept after all
+                assert entry.started is not None
+                attributes = entry.attributes = self._event_attributes(entry.started)
+                entry.started = None
             span = entry.span = self.tracer.start_span(
                 entry.name,
                 context=self._context_for(address),
-                attributes=entry.attributes,
+                attributes=attributes,
                 start_time=entry.start_ns,
             )
         return span
 
-    def _context_for(self, address: str) -> Any:
-        """The context of the nearest open span above ``address`` (``None`` at the root)."""
+    def _open_ancestor(self, address: str) -> tuple[str, _Open] | None:
+        """The nearest open span above ``address`` that is kept (has a span already, or is
+        not an unsampled event), or ``None`` at the root."""
         parent = parent_address(address)
         open_spans = self._open
         while parent is not None:
             entry = open_spans.get(parent)
-            if entry is not None:
-                context = entry.context
-                if context is None:  # one context per parent, shared by its children
-                    context = entry.context = self._trace.set_span_in_context(
-                        self._span_of(parent, entry)
-                    )
-                return context
+            if entry is not None and (entry.sampled or entry.span is not None):
+                return parent, entry
             parent = parent_address(parent)
         return None
+
+    def _context_for(self, address: str) -> Any:
+        """The context of the nearest kept open span above ``address`` (``None`` at the root)."""
+        found = self._open_ancestor(address)
+        if found is None:
+            return None
+        parent, entry = found
+        context = entry.context
+        if context is None:  # one context per parent, shared by its children
+            context = entry.context = self._trace.set_span_in_context(self._span_of(parent, entry))
+        return context
 
     def _finalize(self, address: str, entry: _Open, final: dict[str, Any]) -> Any:
         """Give ``entry`` its ``final`` attributes; returns its span, for the caller to end
         (after setting an error status if there is one)."""
         span = entry.span
         if span is None:  # never needed before: one start_span with every attribute
-            entry.attributes.update(final)
+            attributes = entry.attributes
+            if attributes is None:
+                assert entry.started is not None
+                attributes = entry.attributes = self._event_attributes(entry.started)
+                entry.started = None
+            attributes.update(final)
             span = self._span_of(address, entry)
         else:
             span.set_attributes(final)
@@ -296,6 +417,15 @@ class OpenTelemetryExporter:
         if group is None:  # instrumented while the group ran: its name is unknown
             group = self._groups[group_id or ""] = _Group("")
         return group
+
+    def _member_series_for(self, name: str, status: str) -> _Series:
+        key = (name, status)
+        series = self._member_series.get(key)
+        if series is None:
+            series = self._member_series[key] = _Series(
+                {"rh_agents.group": name, "rh_agents.status": status}
+            )
+        return series
 
     # --- the subscriber -------------------------------------------------------------------
 
@@ -321,26 +451,25 @@ class OpenTelemetryExporter:
         }
 
     def _member_finished(self, record: MemberFinished) -> None:
-        group = self._group(record.group_id)
         status = record.status
-        series = group.by_status.get(status)
-        if series is None:
-            key = (group.name, status)
-            series = self._member_series.get(key)
-            if series is None:
-                series = self._member_series[key] = _Series(
-                    {"rh_agents.group": group.name, "rh_agents.status": status}
-                )
-            group.by_status[status] = series
-        series.count += 1
         entry = self._open.pop(record.address, None) if self.member_spans else None
-        if not (entry is not None or status in _RAN_STATUSES or record.execution_time > 0.0):
-            return  # never ran (skipped, or stopped while queued): no duration, no span
-        instruments = self._instruments
-        instruments.member_duration.record(record.execution_time, series.attributes)
+        # A member that never ran (skipped, or stopped while queued) is counted, but has no
+        # duration and no span.
+        ran = entry is not None or status in _RAN_STATUSES or record.execution_time > 0.0
         wait = record.queue_wait
-        if wait is not None:
-            instruments.queue_wait.record(wait, group.wait_attributes)
+        if self.member_metrics:
+            group = self._group(record.group_id)
+            series = group.by_status.get(status)
+            if series is None:
+                series = group.by_status[status] = self._member_series_for(group.name, status)
+            series.count += 1
+            if ran:
+                instruments = self._instruments
+                instruments.member_duration.record(record.execution_time, series.attributes)
+                if wait is not None:
+                    instruments.queue_wait.record(wait, group.wait_attributes)
+        if not ran:
+            return
         if not self.member_spans:
             error = record.error
             if error is not None and status in ("failed", "timed_out"):
@@ -378,9 +507,13 @@ class OpenTelemetryExporter:
             span.add_event("exception", attributes, timestamp=self._ns(record.timestamp))
 
     def _event_started(self, record: EventStarted) -> None:
-        self._open[record.address] = _Open(
-            record.actor, self._event_attributes(record), self._ns(record.timestamp)
-        )
+        threshold = self._threshold
+        address = record.address
+        if threshold is None or zlib.crc32(address.encode()) < threshold:
+            entry = _Open(record.actor, self._event_attributes(record), self._ns(record.timestamp))
+        else:  # dropped if it succeeds: its attributes are built only if it is kept after all
+            entry = _Open(record.actor, None, self._ns(record.timestamp), False, record)
+        self._open[address] = entry
 
     @staticmethod
     def _event_attributes(record: EventStarted | EventCompleted | EventFailed) -> dict[str, Any]:
@@ -396,30 +529,42 @@ class OpenTelemetryExporter:
 
     def _event_finished(self, record: EventCompleted | EventFailed) -> None:
         end_ns = self._ns(record.timestamp)
-        entry = self._open.pop(record.address, None)
-        if entry is None:  # a replayed result: no EventStarted; show it as an instant
-            entry = _Open(record.actor, self._event_attributes(record), end_ns)
+        address = record.address
+        entry = self._open.pop(address, None)
         if isinstance(record, EventCompleted):
             status = "completed"
-            source = record.source
-            span = self._finalize(
-                record.address,
-                entry,
-                {
-                    "rh_agents.attempts": record.attempts,
-                    "rh_agents.source": source,
-                    "rh_agents.cache_hit": source == "cache",
-                },
-            )
+            # Dropped by sampling: not kept by the hash, no span made for a child or a retry,
+            # and a single attempt. No SDK call at all.
+            keep = (
+                entry.sampled or entry.span is not None
+                if entry is not None
+                else self._threshold is None or zlib.crc32(address.encode()) < self._threshold
+            ) or record.attempts > 1
+            if keep:
+                if entry is None:  # a replayed result: no EventStarted; show it as an instant
+                    entry = _Open(record.actor, self._event_attributes(record), end_ns)
+                source = record.source
+                span = self._finalize(
+                    address,
+                    entry,
+                    {
+                        "rh_agents.attempts": record.attempts,
+                        "rh_agents.source": source,
+                        "rh_agents.cache_hit": source == "cache",
+                    },
+                )
+                span.end(end_time=end_ns)
         else:
             status = "cancelled" if record.cancelled else "failed"
+            if entry is None:
+                entry = _Open(record.actor, self._event_attributes(record), end_ns)
             span = self._finalize(
-                record.address,
+                address,
                 entry,
                 {"rh_agents.attempts": record.attempts, "rh_agents.cache_hit": False},
             )
             self._fail(span, record.error, record.error_type, record.timestamp)
-        span.end(end_time=end_ns)
+            span.end(end_time=end_ns)
         key = (record.actor, status)
         series = self._event_series.get(key)
         if series is None:
@@ -441,19 +586,15 @@ class OpenTelemetryExporter:
             span.add_event("retry", attributes, timestamp=self._ns(record.timestamp))
 
     def _nearest_span(self, address: str, attributes: dict[str, Any]) -> Any:
-        """The span of ``address`` or, when it has none (a member without a member span), of
-        its nearest open ancestor, with ``address`` added to ``attributes`` to say whose."""
+        """The span of ``address`` (made now if need be: a retried event is always kept) or,
+        when it has none (a member without a member span), of its nearest kept ancestor, with
+        ``address`` added to ``attributes`` to say whose."""
         entry = self._open.get(address)
         if entry is not None:
             return self._span_of(address, entry)
         attributes["rh_agents.address"] = address
-        parent = parent_address(address)
-        while parent is not None:
-            entry = self._open.get(parent)
-            if entry is not None:
-                return self._span_of(parent, entry)
-            parent = parent_address(parent)
-        return None
+        found = self._open_ancestor(address)
+        return None if found is None else self._span_of(*found)
 
     def _group_started(self, record: GroupStarted) -> None:
         self._groups[record.address] = _Group(record.name)
@@ -471,6 +612,13 @@ class OpenTelemetryExporter:
 
     def _group_completed(self, record: GroupCompleted) -> None:
         self._groups.pop(record.address, None)
+        if not self.member_metrics:
+            # Member counts per group, added when the group completes: exact totals without
+            # a record per member.
+            for status, field in _GROUP_COUNTS:
+                count = getattr(record, field)
+                if count:
+                    self._member_series_for(record.name, status).count += count
         key = (record.name, record.status)
         labels = self._group_labels.get(key)
         if labels is None:
@@ -515,14 +663,24 @@ def instrument(
     meter_provider: Any = None,
     *,
     member_spans: bool = False,
+    member_metrics: bool = False,
+    sample_events: float = 1.0,
 ) -> OpenTelemetryExporter:
     """Emit OpenTelemetry spans and metrics for everything ``state`` runs from now on.
 
     ``tracer_provider``/``meter_provider`` default to the global ones (which do nothing until
-    an SDK is configured). ``member_spans=True`` adds a span per group member between the group
-    and the member's events (off by default: an event span already names its group and member
-    index, and a span costs the SDK tens of microseconds). Returns the subscriber;
-    ``uninstrument`` or ``state.event_bus.unsubscribe(exporter)`` stops it. Raises
+    an SDK is configured). By default: a span per group and per event, event and group
+    metrics, and member counters added per group when it completes; no member records are
+    delivered (nor built, if nobody else wants them).
+
+    - ``member_spans=True``: a span per group member between the group and its events.
+    - ``member_metrics=True``: ``rh_agents.member.duration``/``.queue_wait`` histograms (a
+      value per member) and member counters updated live as each member finishes.
+    - ``sample_events``: the share, in (0, 1], of *successful* event spans kept (see
+      ``keeps_event``); failed and retried events are always kept. 1 keeps every span.
+
+    Returns the subscriber; ``uninstrument`` or ``state.event_bus.unsubscribe(exporter)``
+    stops it. Raises ``ConfigurationError`` for a bad ``sample_events`` and
     ``MissingDependencyError`` when OpenTelemetry is not installed.
     """
     exporter = OpenTelemetryExporter(
@@ -530,8 +688,10 @@ def instrument(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         member_spans=member_spans,
+        member_metrics=member_metrics,
+        sample_events=sample_events,
     )
-    exporter.subscription = state.event_bus.subscribe(exporter)
+    exporter.subscription = state.event_bus.subscribe(exporter, kinds=exporter.kinds)
     return exporter
 
 
