@@ -199,3 +199,24 @@ def test_the_reservoir_sample_is_uniform_over_the_stream() -> None:
 def test_a_duration_sample_needs_room() -> None:
     with pytest.raises(ValueError, match="capacity >= 1"):
         Durations(0)
+
+
+async def test_completed_metrics_keep_the_limit_the_group_ran_under() -> None:
+    from rh_agents.resilience.adaptive import AdaptiveLimit
+
+    bus = EventBus()
+    completed: list[GroupCompleted] = []
+    bus.subscribe(completed.append, kinds=[GroupCompleted])
+    state = ExecutionState(event_bus=bus)
+    limit = AdaptiveLimit(1, 8, initial=4)
+
+    async def member() -> None:
+        return None
+
+    async with state.parallel(max_workers=limit) as p:
+        p.add(member())
+    await bus.drain()
+    limit.on_overload()  # the shared limit moves on after the group ...
+    assert limit.current == 2
+    assert completed[0].metrics.max_workers == 4  # ... its snapshot, read now, does not
+    assert p.metrics().max_workers == 4

@@ -95,6 +95,7 @@ class ParallelExecutionManager(Generic[T]):
         "_end_time",
         "_entered",
         "_failed",
+        "_final_limit",
         "_finalized",
         "_fixed_limit",
         "_group",
@@ -239,6 +240,7 @@ class ParallelExecutionManager(Generic[T]):
         self._reader_space: asyncio.Future[None] | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
         self._spawn_pending = False  # a _spawn is scheduled for the loop's next turn
+        self._final_limit: int | None = None  # the limit when the group ended
         # Whether member records would reach anyone, as of the bus's version (_note_listeners).
         self._bus_version = -1
         self._announce_starts = False
@@ -1154,6 +1156,7 @@ class ParallelExecutionManager(Generic[T]):
         if self._finalized:
             return
         self._finalized = True
+        self._final_limit = self._limit
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
             self._timeout_handle = None
@@ -1388,7 +1391,9 @@ class ParallelExecutionManager(Generic[T]):
 
     def metrics(self) -> GroupMetrics:
         """A frozen ``GroupMetrics`` snapshot (counts, percentiles, throughput, efficiency)."""
-        return self._metrics.snapshot(self.statistics(), max_workers=self._limit)
+        # Once the group is over, the limit it ran under (an adaptive one moves on).
+        limit = self._final_limit if self._final_limit is not None else self._limit
+        return self._metrics.snapshot(self.statistics(), max_workers=limit)
 
 
 def _call_event(event: Any, item: Any, *, context: str, state: ExecutionState) -> Awaitable[Any]:
