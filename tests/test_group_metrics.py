@@ -216,7 +216,8 @@ async def test_completed_metrics_keep_the_limit_the_group_ran_under() -> None:
     async with state.parallel(max_workers=limit) as p:
         p.add(member())
     await bus.drain()
+    at_the_end = limit.current  # (its success may have grown the limit)
     limit.on_overload()  # the shared limit moves on after the group ...
-    assert limit.current == 2
-    assert completed[0].metrics.max_workers == 4  # ... its snapshot, read now, does not
-    assert p.metrics().max_workers == 4
+    assert limit.current < at_the_end
+    assert completed[0].metrics.max_workers == at_the_end  # ... its snapshot, read now, not
+    assert p.metrics().max_workers == at_the_end
