@@ -557,3 +557,81 @@ async def test_a_subscriber_added_mid_group_gets_the_later_member_records() -> N
     await bus.drain()
     # The subscriber joined while the first member ran: both finishes reach it.
     assert [r.index for r in late if isinstance(r, MemberFinished)] == [0, 1]
+
+
+class BatchTaker:
+    """A subscriber that takes its records in batches; it fails on ``fail_on`` addresses."""
+
+    def __init__(self, fail_on: tuple[str, ...] = (), lazy: bool = False) -> None:
+        self.batches: list[list[str]] = []
+        self.single: list[str] = []
+        self.fail_on = fail_on
+        self.lazy = lazy  # handles nothing in batches: the bus falls back to single calls
+
+    def __call__(self, record: BusEvent) -> None:
+        self.single.append(record.address)
+
+    def handle_batch(self, queue: Any) -> None:
+        if self.lazy:
+            return
+        batch: list[str] = []
+        self.batches.append(batch)
+        while queue:
+            record = queue.popleft()
+            if record.address in self.fail_on:
+                raise ValueError(f"cannot take {record.address}")
+            batch.append(record.address)
+
+
+async def test_a_batch_subscriber_gets_every_record_in_order_in_few_calls() -> None:
+    bus = EventBus()
+    taker = BatchTaker()
+    bus.subscribe(taker)
+    for i in range(50):
+        bus.publish(record(i))
+    await bus.drain()
+    assert [a for batch in taker.batches for a in batch] == EXPECTED
+    assert len(taker.batches) == 1 and taker.single == []
+
+
+async def test_a_failing_batch_names_the_record_and_the_rest_still_arrives() -> None:
+    bus = EventBus()
+    taker = BatchTaker(fail_on=("a3", "a7"))
+    bus.subscribe(taker)
+    for i in range(10):
+        bus.publish(record(i))
+    await bus.drain()
+    handled = [a for batch in taker.batches for a in batch]
+    assert handled == [f"a{i}" for i in range(10) if i not in (3, 7)]
+    assert [e.record.address for e in bus.subscriber_errors] == ["a3", "a7"]
+    assert [e.error for e in bus.subscriber_errors] == [
+        "ValueError: cannot take a3",
+        "ValueError: cannot take a7",
+    ]
+
+
+async def test_a_batch_method_that_takes_nothing_falls_back_to_single_calls() -> None:
+    bus = EventBus()
+    taker = BatchTaker(lazy=True)
+    bus.subscribe(taker)
+    for i in range(3):
+        bus.publish(record(i))
+    await asyncio.wait_for(bus.drain(), timeout=5)
+    assert taker.single == ["a0", "a1", "a2"]
+
+
+async def test_a_batch_method_failing_before_popping_reports_each_record_once() -> None:
+    bus = EventBus()
+
+    class Broken:
+        def __call__(self, record: BusEvent) -> None:
+            raise AssertionError("never called: the batch method is")
+
+        def handle_batch(self, queue: Any) -> None:
+            raise RuntimeError("down")
+
+    bus.subscribe(Broken())
+    for i in range(3):
+        bus.publish(record(i))
+    await asyncio.wait_for(bus.drain(), timeout=5)
+    assert [e.record.address for e in bus.subscriber_errors] == ["a0", "a1", "a2"]

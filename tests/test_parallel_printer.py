@@ -489,3 +489,45 @@ def test_plain_progress_of_a_big_group_prints_progress_and_failures_not_every_me
         )  # fmt: skip
     printer.close()
     assert "  ✔ s#0 done (0ms) [1/2]" in out.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("mode", ["realtime", "progress", "collapsed", "smart"])
+def test_records_in_batches_print_exactly_what_single_records_print(mode: ParallelMode) -> None:
+    from collections import deque
+
+    single, single_out = plain_printer(mode)
+    for record in run_records():
+        single(record)
+    single.close()
+    batched, batched_out = plain_printer(mode)
+    records = run_records()
+    for start in range(0, len(records), 3):  # batches of three, as a bus may hand them over
+        queue = deque(records[start : start + 3])
+        batched.handle_batch(queue)
+        assert not queue  # every record taken
+    batched.close()
+    assert batched_out.getvalue() == single_out.getvalue()
+
+
+async def test_the_bus_hands_the_printer_its_records_in_batches() -> None:
+    printer, out = plain_printer("collapsed")
+    bus = EventBus()
+    subscription = bus.subscribe(printer)
+    assert subscription._batch is not None  # fed through handle_batch
+    state = ExecutionState(event_bus=bus, clock=FrozenClock())
+
+    async def fails() -> None:
+        raise ValueError("nope")
+
+    async def fine() -> int:
+        return 1
+
+    async with state.parallel(max_workers=2, name="b") as p:
+        p.add(fine())
+        p.add(fails())
+    await bus.drain()
+    printer.close()
+    assert out.getvalue() == (
+        "⚠ 📦 b: 2/2 done · 1 failed · 0 retried · 0ms · slowest b#0 0ms, b#1 0ms\n"
+        "    ✘ b#1 FAILED: ValueError: nope\n"
+    )

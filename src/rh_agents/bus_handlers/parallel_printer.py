@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import IO, Any, Final, Literal, get_args
@@ -192,75 +193,91 @@ class ParallelEventPrinter:
     # --- subscriber protocol --------------------------------------------------------------
 
     def __call__(self, record: BusEvent) -> None:
-        self._latest = record.timestamp  # "now" on the run's own clock, for elapsed times
-        if type(record) is not MemberFinished:
-            handler = self._handlers.get(type(record))
-            if handler is not None:
-                handler(record)
+        self.handle_batch(deque((record,)))
+
+    def handle_batch(self, records: deque[BusEvent]) -> None:
+        """Handle every record of ``records``, oldest first, popping each (the bus calls this
+        with its queue, so a group's records cost no call each; see ``EventBus``)."""
+        pop = records.popleft
+        groups = self.groups
+        handlers = self._handlers
+        finished = False  # a MemberFinished came: the rate limits may be due
+        while records:
+            record = pop()
+            self._latest = record.timestamp  # "now" on the run's own clock, for elapsed times
+            if type(record) is not MemberFinished:
+                handler = handlers.get(type(record))
+                if handler is not None:
+                    handler(record)
+                continue
+            finished = True
+            # MemberFinished, one per member (with or without a MemberStarted before it), is
+            # the hot path of a big group and is handled right here, with no further call:
+            # counters only, unless the member failed, is among the slowest or gets a line.
+            view = groups.get(record.group_id or "")
+            if view is None:
+                continue
+            view.last_seen = record.timestamp
+            done = view.done = record.done
+            view.succeeded = record.succeeded
+            view.failed = record.failed
+            if record.total is not None:
+                view.total = record.total
+            took = record.execution_time
+            # Written so that a NaN still reaches note_duration, as every value once did.
+            if not took <= view.slowest_floor:
+                view.note_duration(record.index, took, self.slowest)
+            ok = record.status == "completed"
+            if not ok:
+                view.issues.append(
+                    MemberIssue(view.member_tag(record.index), record.status, record.error or "")
+                )
+            if self.live_display:
+                view.running.pop(record.index, None)
+                continue
+            if not ok:
+                if self._mode != "collapsed":
+                    self._line(self._member_line(view, record, ok), view.level + 1)
+            elif self._done_lines:
+                total = view.total
+                if view.parent is None and total is not None and total <= self.smart_threshold:
+                    # Formatted inline and batched (see flush()): a line per member. The
+                    # duration as seconds(took) would give it; sub-millisecond needs no rounding.
+                    millis = took * 1000
+                    if 0 < millis < 0.5:
+                        took_text = "0ms"
+                    elif 0 < millis < 1000:
+                        took_text = MILLIS[round(millis)]
+                    else:
+                        took_text = seconds(took)
+                    name = record.name
+                    if total >= done:
+                        if total != view.tail_total:
+                            view.tail_total = total
+                            view.tail = f"/{total}]\n"
+                        tail = view.tail
+                    else:
+                        tail = f"/{done}]\n"
+                    buffer = self._buffer
+                    # Two chunks: the shared prefix as is, and the rest (no copy of the prefix).
+                    buffer.append(view.done_prefix)
+                    buffer.append(
+                        f"{record.index}{' ' + name if name else ''} done ({took_text}) "
+                        f"[{done}{tail}"
+                    )
+                    if len(buffer) >= _FLUSH_CHUNKS:
+                        self._next_tick = -math.inf  # flush at the end of this batch
+            elif self._mode == "realtime" and self._shows_nested(view):
+                self._line(self._member_line(view, record, ok), view.level + 1)
+        if not finished:
             return
-        # MemberFinished, one per member (with or without a MemberStarted before it), is the
-        # hot path of a big group and is handled right here, with no further call: counters
-        # only, unless the member failed, is among the slowest or gets a line of its own.
-        view = self.groups.get(record.group_id or "")
-        if view is None:
-            return
-        view.last_seen = record.timestamp
-        done = view.done = record.done
-        view.succeeded = record.succeeded
-        view.failed = record.failed
-        if record.total is not None:
-            view.total = record.total
-        took = record.execution_time
-        # Written so that a NaN still reaches note_duration, as every value once did.
-        if not took <= view.slowest_floor:
-            view.note_duration(record.index, took, self.slowest)
-        ok = record.status == "completed"
-        if not ok:
-            view.issues.append(
-                MemberIssue(view.member_tag(record.index), record.status, record.error or "")
-            )
+        # The rate limits, once per batch: the clock is read once, not once per member.
         if self.live_display:
-            view.running.pop(record.index, None)
             if self._redraws:
                 now = self.clock()
                 if now >= self._next_refresh:
                     self._refresh(now)
-            return
-        mode = self._mode
-        if not ok:
-            if mode != "collapsed":
-                self._line(self._member_line(view, record, ok), view.level + 1)
-        elif self._done_lines:
-            total = view.total
-            if view.parent is None and total is not None and total <= self.smart_threshold:
-                # Formatted inline and batched (see flush()): this line is written per member.
-                # seconds(took), without the call; sub-millisecond members need no rounding.
-                millis = took * 1000
-                if 0 < millis < 0.5:
-                    took_text = "0ms"
-                elif 0 < millis < 1000:
-                    took_text = MILLIS[round(millis)]
-                else:
-                    took_text = seconds(took)
-                name = record.name
-                if total >= done:
-                    if total != view.tail_total:
-                        view.tail_total = total
-                        view.tail = f"/{total}]\n"
-                    tail = view.tail
-                else:
-                    tail = f"/{done}]\n"
-                buffer = self._buffer
-                # Two chunks: the shared prefix as is, and the rest (no copy of the prefix).
-                buffer.append(view.done_prefix)
-                buffer.append(
-                    f"{record.index}{' ' + name if name else ''} done ({took_text}) [{done}{tail}"
-                )
-                if len(buffer) >= _FLUSH_CHUNKS:
-                    self._next_tick = -math.inf  # flush on this record
-        elif mode == "realtime" and self._shows_nested(view):
-            self._line(self._member_line(view, record, ok), view.level + 1)
-        if self._plain:
+        elif self._plain:
             now = self.clock()
             if now >= self._next_tick:
                 self._tick(now)

@@ -15,6 +15,13 @@ subscribers never notice::
     await bus.drain()                      # wait until every subscriber has caught up
     await bus.close()                      # drain, then stop the feeder tasks and streams
 
+A synchronous subscriber object may also take its records in batches: if it has a
+``handle_batch(queue)`` method, the bus calls it with the subscriber's own queue (a
+``collections.deque``) holding every record not handled yet, oldest first; it pops them from the
+left and handles each, in order. A batch saves a call per record (and lets a printer look at
+its clock once per batch). A record it popped is handled: if it raises, that record is reported
+(``subscriber_errors``) and the rest of the queue is handed to it again.
+
 A subscriber that names its ``kinds`` gets only those records, and a record nobody wants is not
 even built: ``bus.wants(MemberFinished)`` tells a publisher whether anyone would receive one
 (a group of ten thousand members skips twenty thousand records when no subscriber asks for
@@ -84,6 +91,7 @@ class Subscription:
         "_accepted",
         "_asleep",
         "_awake",
+        "_batch",
         "_bus",
         "_call",
         "_closed",
@@ -115,6 +123,10 @@ class Subscription:
         # calling the object costs (per record).
         bound = handler if inspect.isroutine(handler) else handler.__call__  # type: ignore[operator]
         self._call: Subscriber = bound
+        batch = None if inspect.isroutine(handler) else getattr(handler, "handle_batch", None)
+        self._batch: Callable[[deque[BusEvent]], Any] | None = (
+            batch if callable(batch) and not self._is_async else None
+        )
         self._queue: deque[BusEvent] = deque()
         self._task: asyncio.Task[None] | None = None
         # Bare futures rather than asyncio.Event: a feeder may sleep and wake a few times per
@@ -189,6 +201,9 @@ class Subscription:
             queue.clear()
             self._rest()
             return
+        if self._batch is not None:
+            self._feed_batch(self._batch)
+            return
         handler, pop = self._call, queue.popleft
         while queue:
             record = pop()
@@ -205,6 +220,32 @@ class Subscription:
                     self._feed(outcome, record), name=f"rh_agents-subscriber:{self.name}"
                 )
                 return
+        self._rest()
+
+    def _feed_batch(self, handle: Callable[[deque[BusEvent]], Any]) -> None:
+        queue = self._queue
+        while queue:
+            batch = list(queue)  # kept only to name the record a failure happened on
+            try:
+                handle(queue)
+            except Exception as exc:  # a broken subscriber must not stop the run
+                # Records are popped in order: the one it was handling is the last one gone.
+                rest = queue[0] if queue else None
+                consumed = next((i for i, record in enumerate(batch) if record is rest), len(batch))
+                if consumed == 0:
+                    queue.popleft()  # it failed before popping anything: drop that one
+                    consumed = 1
+                self._bus._report(self, batch[consumed - 1], exc)
+                continue
+            if queue and queue[0] is batch[0]:
+                # It handled nothing: hand the records over one by one instead (never loop).
+                call = self._call
+                while queue:
+                    record = queue.popleft()
+                    try:
+                        call(record)
+                    except Exception as exc:
+                        self._bus._report(self, record, exc)
         self._rest()
 
     async def _feed(self, outcome: Any = None, record: BusEvent | None = None) -> None:
