@@ -50,3 +50,20 @@ def test_every_example_runs_as_a_script(name: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+async def test_watch_a_run() -> None:
+    import io
+
+    out = io.StringIO()
+    alerts, metrics = await load("watch_a_run.py")["main"](out)
+    # Pages 3 and 10 fail (page % 7 == 3); the alert subscriber saw exactly those.
+    assert sorted(alerts) == [
+        "pages[10]: ConnectionError: page 10 did not answer",
+        "pages[3]: ConnectionError: page 3 did not answer",
+    ]
+    assert (metrics.total, metrics.succeeded, metrics.failed) == (12, 10, 2)
+    assert 1 <= metrics.concurrency_high_water <= 4
+    text = out.getvalue()
+    assert "📦 pages: 12/12 done · 2 failed" in text
+    assert "✘ pages#3 FAILED: ConnectionError: page 3 did not answer" in text
