@@ -5,9 +5,9 @@ into a ``Member``, wires its dependencies, and hands it to the scheduler (or to 
 lane, when the cache already holds its result)::
 
     async with state.parallel(max_workers=5) as p:
-        p.add(summarize(doc))                             # a coroutine
-        p.add("report", lambda: report(docs), after="a")  # named, runs after member "a"
-        p.map(summarize, docs)                            # one member per item, read lazily
+        p.add("fetch", fetch(url))                             # a name, then a coroutine
+        p.add(lambda: report(url), after="fetch", priority=1)  # runs once "fetch" completed
+        p.map(summarize, docs)                                 # one member per item, lazily
 
 Invariants:
 
@@ -16,8 +16,8 @@ Invariants:
 - Whatever ``add`` rejects (bad options, a closed group, an unknown dependency) is closed if
   it is a coroutine, so a refused member never leaves a "never awaited" warning; ``add_many``
   closes the entries after a refused one too.
-- A member added after the group stopped, or after a dependency failed, is finished at once
-  (cancelled or skipped) and never runs.
+- A member added after the group stopped, or after one of its dependencies failed, is
+  finished at once (as the stop says, or skipped) and never runs.
 - ``p.add(coro)`` with no options takes a fast path that skips every check: nothing it skips
   could reject such a call.
 """

@@ -4,8 +4,11 @@
 its results out, in submission order (``gather``) or completion order (``stream``)::
 
     async with state.parallel(max_workers=5) as p:
-        results = await p.gather([fetch(url) for url in urls])     # submission order
-        by_name = await p.gather_dict({"a": fetch(a), "b": fetch(b)})
+        by_name = await p.gather_dict({"a": fetch(a), "b": fetch(b)})  # {"a": result, ...}
+
+    async with state.parallel(max_workers=5) as p:
+        async for result in p.as_completed(fetch(url) for url in urls):  # completion order
+            print(result.index, result.ok)
 
 Invariants:
 

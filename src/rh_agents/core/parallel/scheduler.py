@@ -18,8 +18,9 @@ Invariants (the manager owns all of this state; only its workers and the task dr
 - A worker takes its member when it first runs (``_unstarted`` holds those that have not), so
   contended members start by priority; a worker cancelled before it ran held no member, and
   ``_worker_done`` gives its slot back.
-- Every task started here (workers and the cache lane) is in ``_workers`` until it ends, with
-  ``_worker_done`` as its done callback; the group joins them all before it ends.
+- Every task started here (workers and the cache lane) is in ``_workers`` until it ends (a
+  worker leaving normally removes itself as its body returns), with ``_worker_done`` as its
+  done callback; the group joins them all before it ends.
 - A cache hit takes no worker slot: the cache lane runs hits one after another, outside the
   limit, and never waits for the global limit.
 - For a group that keeps no results, pulling the ``map()`` input waits while twice the limit

@@ -16,8 +16,8 @@ Invariants:
 - ``_stop`` cancels every running worker but the calling task, and finishes at once, with a
   closed coroutine, every member that has not started (ready, waiting for the cache lane, or
   waiting for a dependency): after it, only running members still owe a result.
-- ``_raise_for_strategy`` raises only after every member has its result (the group is joined
-  and finalized first), so the error it raises never leaves work running behind it.
+- ``_raise_for_strategy`` is called only once every member has its result (the group joined
+  and finalized), so the error it raises never leaves work running behind it.
 """
 
 from __future__ import annotations
