@@ -1,0 +1,318 @@
+"""Adding members to a group: ``add``, ``add_many`` and ``map``.
+
+``_Adding`` is the part of ``ParallelExecutionManager`` that checks what it is given, turns it
+into a ``Member``, wires its dependencies, and hands it to the scheduler (or to the cache
+lane, when the cache already holds its result)::
+
+    async with state.parallel(max_workers=5) as p:
+        p.add("fetch", fetch(url))                             # a name, then a coroutine
+        p.add(lambda: report(url), after="fetch", priority=1)  # runs once "fetch" completed
+        p.map(summarize, docs)                                 # one member per item, lazily
+
+Invariants:
+
+- A member is numbered in submission order (``_total`` before it was added) and that index
+  never changes; names are unique within the group.
+- Whatever ``add`` rejects (bad options, a closed group, an unknown dependency) is closed if
+  it is a coroutine, so a refused member never leaves a "never awaited" warning; ``add_many``
+  closes the entries after a refused one too.
+- A member added after the group stopped, or after one of its dependencies failed, is
+  finished at once (as the stop says, or skipped) and never runs.
+- ``p.add(coro)`` with no options takes a fast path that skips every check: nothing it skips
+  could reject such a call.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any
+
+from rh_agents.core.parallel.lazy_source import LazySource
+from rh_agents.core.parallel.member import Member, check_member, is_event_call
+from rh_agents.errors import (
+    ConfigurationError,
+    DependencyError,
+    DuplicateMemberError,
+    GroupClosedError,
+)
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections import deque
+
+    from rh_agents.core.execution import ExecutionState
+    from rh_agents.core.parallel.ready import ReadyQueue
+    from rh_agents.core.results import ExecutionResult, ResultStatus
+
+__all__ = ["_Adding"]
+
+_NO_DEPENDENCIES: tuple[str, ...] = ()
+
+
+class _Adding:
+    """``ParallelExecutionManager``'s member-adding methods (a mixin, no state)."""
+
+    if not TYPE_CHECKING:
+        # No fields of its own: they are all slots of ParallelExecutionManager. (Hidden
+        # from mypy, which would otherwise reject assignments to fields declared below.)
+        __slots__ = ()
+
+    if TYPE_CHECKING:
+        # Fields of ParallelExecutionManager (see its __init__) and the sibling methods used.
+        group_id: str
+        retry: Any
+        _state: ExecutionState
+        _now: Callable[[], float]
+        _entered: bool
+        _sealed: bool
+        _retain: bool
+        _members: list[Member]
+        _names: dict[str, int]
+        _results: list[ExecutionResult[Any] | None]
+        _ready: ReadyQueue
+        _source: LazySource | None
+        _instant: deque[Member]
+        _unstarted: set[asyncio.Task[None]]
+        _stop_status: ResultStatus | None
+        _total: int
+
+        def _kick(self) -> None: ...
+        def _served_by_cache(self, source: Any) -> bool: ...
+        def _start_instant_lane(self) -> None: ...
+        def _finish(self, member: Member, result: ExecutionResult[Any]) -> None: ...
+        def _stopped_result(self, member: Member, elapsed: float = ...) -> ExecutionResult[Any]: ...
+        def _skipped_result(self, member: Member, dep: Member) -> ExecutionResult[Any]: ...
+
+    def add(
+        self,
+        *args: Any,
+        name: str | None = None,
+        after: Iterable[str] | str = _NO_DEPENDENCIES,
+        priority: int = 0,
+        timeout: float | None = None,
+        retry: Any = None,
+    ) -> int:
+        """Add a member; returns its index. Three forms::
+
+            p.add(event(input, context, state))          # a coroutine
+            p.add(lambda: call(doc), name="doc2")        # a zero-argument callable
+            p.add("doc3", event(input3, context, state)) # name first
+
+        ``after`` names members that must complete first (a failed one skips this member);
+        ``priority`` orders members waiting for a worker (higher first); ``timeout`` bounds
+        this member alone.
+        """
+        if (
+            len(args) == 1
+            and type(args[0]) is CoroutineType
+            and name is None
+            and after is _NO_DEPENDENCIES
+            and type(priority) is int
+            and priority == 0
+            and timeout is None
+            and retry is None
+            and self.retry is None
+            and self._entered
+            and not self._sealed
+        ):
+            # p.add(coro) with no options, the form of every member of a big group: nothing
+            # below could reject it, so skip straight to adding it.
+            return self._add_member(args[0], None, [], 0, None, None)
+        if len(args) == 2 and isinstance(args[0], str):
+            if name is not None:
+                _close_quietly(args[1])
+                raise ConfigurationError("give the member's name once: p.add('x', coro)")
+            name, source = args
+        elif len(args) == 1:
+            source = args[0]
+        else:
+            for arg in args:
+                _close_quietly(arg)
+            raise ConfigurationError(
+                "p.add() takes one member, or a name and a member: "
+                f"got {len(args)} positional arguments"
+            )
+        try:
+            self._check_can_add()
+            check_member(source)
+            if name is not None:
+                if not isinstance(name, str) or not name:
+                    raise ConfigurationError(f"a member name must be a non-empty str, got {name!r}")
+                if name in self._names:
+                    raise DuplicateMemberError(
+                        f"group {self.group_id!r} already has a member named {name!r} "
+                        f"(index {self._names[name]}); names must be unique"
+                    )
+            if timeout is not None and not (
+                isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0
+            ):
+                raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r}")
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise ConfigurationError(f"priority must be an int, got {priority!r}")
+            if isinstance(after, str):
+                after = (after,)
+            deps: list[int] = []
+            if after and not self._retain:
+                # Dependents are found through the kept members; without them none would run.
+                raise ConfigurationError("after= needs a group that keeps results")
+            for dep in after:
+                if dep not in self._names:
+                    known = ", ".join(sorted(self._names)) or "none yet"
+                    raise DependencyError(
+                        f"member {name or len(self._members)!r} depends on {dep!r}, which is "
+                        f"not a member of group {self.group_id!r} (known: {known}); add the "
+                        "dependency first"
+                    )
+                deps.append(self._names[dep])
+            self._check_retry(source, retry)
+        except BaseException:
+            _close_quietly(source)
+            raise
+        return self._add_member(source, name, deps, priority, timeout, retry)
+
+    def add_many(
+        self,
+        entries: Iterable[tuple[Any, ...]],
+    ) -> list[int]:
+        """Add ``(name, member)`` or ``(name, member, after)`` entries; returns their indices.
+
+        If one is rejected, the error is raised and every coroutine not added yet is closed,
+        so a bad entry never leaves a "coroutine was never awaited" warning behind.
+        """
+        entries_iter = iter(entries)
+        indices: list[int] = []
+        try:
+            for entry in entries_iter:
+                name, member = entry[0], entry[1]
+                after: Iterable[str] = entry[2] if len(entry) > 2 else ()
+                if name is None:
+                    indices.append(self.add(member, after=after))
+                else:
+                    indices.append(self.add(name, member, after=after))
+        except BaseException:
+            for rest in entries_iter:
+                _close_quietly(rest[1])
+            raise
+        return indices
+
+    def _check_can_add(self) -> None:
+        if not self._entered:
+            raise GroupClosedError(
+                "add() needs an open group: use 'async with state.parallel(...) as p:'"
+            )
+        if self._sealed:
+            raise GroupClosedError(
+                f"group {self.group_id!r} was already gathered or closed; add members "
+                "before calling gather()/stream(), or open a new group"
+            )
+
+    def _check_retry(self, source: Any, retry: Any) -> None:
+        # A bare coroutine cannot run twice: reject a policy that would need it to, now.
+        policy = retry if retry is not None else self.retry
+        if policy is None:
+            return
+        attempts = getattr(policy, "max_attempts", 1)
+        if attempts > 1 and inspect.iscoroutine(source) and not is_event_call(source):
+            from rh_agents.errors import RetryPolicyError
+
+            raise RetryPolicyError(
+                f"a retry policy with max_attempts={attempts} cannot re-run a bare coroutine "
+                f"({source.__qualname__}); add a zero-argument callable instead: "
+                "p.add(lambda: fn(x))"
+            )
+
+    def _add_member(
+        self,
+        source: Any,
+        name: str | None,
+        deps: list[int],
+        priority: int,
+        timeout: float | None,
+        retry: Any,
+    ) -> int:
+        member = self._register(source, name, priority, timeout, retry)
+        index = member.index
+        if self._stop_status is not None:
+            self._finish(member, self._stopped_result(member))
+            return index
+        pending = 0
+        for dep_index in deps:
+            dep = self._members[dep_index]
+            if dep.result is None:
+                pending += 1
+                if dep.dependents is None:
+                    dep.dependents = []
+                dep.dependents.append(member)
+            elif not dep.result.ok:
+                self._finish(member, self._skipped_result(member, dep))
+                return index
+        if deps:
+            member.after = tuple(deps)
+            member.pending_deps = pending
+        if pending == 0 and self._state.cache is not None and self._served_by_cache(member.source):
+            self._instant.append(member)  # a cache hit takes no worker slot
+            self._start_instant_lane()
+        elif pending == 0:
+            self._ready.push(member)
+            if not self._unstarted:  # else the worker starting now will kick (see _kick)
+                self._kick()
+        return index
+
+    def _register(
+        self, source: Any, name: str | None, priority: int, timeout: float | None, retry: Any
+    ) -> Member:
+        index = self._total
+        member = Member(index, source, name, priority, timeout, retry)
+        member.enqueued = self._now()
+        if self._retain:
+            self._members.append(member)
+            self._results.append(None)
+        self._total += 1
+        if name is not None:
+            self._names[name] = index
+        return member
+
+    def map(
+        self,
+        func: Callable[[Any], Awaitable[Any]] | Any,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        context: str = "",
+    ) -> None:
+        """Add one member per item of ``items``, pulled only as workers free up.
+
+        ``func`` is an async function of one item, or an ``ExecutionEvent`` (called as
+        ``event(item, context, state)``). A sync or async iterable of any length works:
+        items are read lazily, so a million-item input never sits in memory.
+        """
+        self._check_can_add()
+        if self._source is not None:
+            raise ConfigurationError("a group takes one map() input; open another group")
+        from rh_agents.core.events import ExecutionEvent
+
+        call: Callable[[Any], Awaitable[Any]]
+        if isinstance(func, ExecutionEvent):
+            call = functools.partial(_call_event, func, context=context, state=self._state)
+        elif callable(func):
+            call = func
+        else:
+            raise ConfigurationError(f"map() needs an async function or an event, got {func!r}")
+        if isinstance(items, AsyncIterable):
+            self._source = LazySource(call, async_items=aiter(items))
+        elif isinstance(items, Iterable):
+            self._source = LazySource(call, items=iter(items))
+        else:
+            raise ConfigurationError(f"map() needs an iterable or async iterable, got {items!r}")
+        self._kick()
+
+
+def _call_event(event: Any, item: Any, *, context: str, state: ExecutionState) -> Awaitable[Any]:
+    return event(item, context, state)  # type: ignore[no-any-return]
+
+
+def _close_quietly(obj: Any) -> None:
+    if inspect.iscoroutine(obj):
+        obj.close()

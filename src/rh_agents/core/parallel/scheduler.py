@@ -1,0 +1,319 @@
+"""The worker pool of a group: which task runs which member, and when.
+
+``_Scheduler`` is the part of ``ParallelExecutionManager`` that starts and stops worker tasks,
+hands them ready members (highest priority, then submission order), pulls the ``map()`` input
+as workers free up, lends and reclaims group slots for members that only wait, and runs the
+members the cache answers in a lane of their own::
+
+    async with state.parallel(max_workers=3) as p:
+        for doc in docs:
+            p.add(summarize(doc))    # _kick: a worker now, more at the loop's next turn
+
+Invariants (the manager owns all of this state; only its workers and the task driving the
+``async with`` block touch it, on one event loop):
+
+- At most the limit of workers hold a slot (``_running``), except for the moment a member that
+  lent its slot takes it back before a worker exits; ``_high_water`` counts only slots held
+  by members, never idle workers.
+- A worker takes its member when it first runs (``_unstarted`` holds those that have not), so
+  contended members start by priority; a worker cancelled before it ran held no member, and
+  ``_worker_done`` gives its slot back.
+- Every task started here (workers and the cache lane) is in ``_workers`` until it ends (a
+  worker leaving normally removes itself as its body returns), with ``_worker_done`` as its
+  done callback; the group joins them all before it ends.
+- A cache hit takes no worker slot: the cache lane runs hits one after another, outside the
+  limit, and never waits for the global limit.
+- For a group that keeps no results, pulling the ``map()`` input waits while twice the limit
+  of results are unread, so memory stays O(max_workers) however long the input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import TYPE_CHECKING, Any
+
+from rh_agents.core.parallel.member import is_event_call
+from rh_agents.core.parallel.strategy import GroupStatus
+from rh_agents.core.results import ResultStatus
+from rh_agents.errors import ActorInputError
+
+if TYPE_CHECKING:
+    from collections import deque
+
+    from rh_agents.core.execution import ExecutionState
+    from rh_agents.core.parallel.lazy_source import LazySource, Pulled
+    from rh_agents.core.parallel.member import Member
+    from rh_agents.core.parallel.ready import ReadyQueue
+    from rh_agents.core.results import ExecutionResult
+    from rh_agents.resilience.adaptive import AdaptiveLimit
+
+__all__ = ["_Scheduler"]
+
+# A worker lets the event loop run at least once per this many members (see _worker).
+_YIELD_EVERY = 256
+
+
+class _Scheduler:
+    """``ParallelExecutionManager``'s worker pool and slot lending (a mixin, no state)."""
+
+    if not TYPE_CHECKING:
+        # No fields of its own: they are all slots of ParallelExecutionManager. (Hidden
+        # from mypy, which would otherwise reject assignments to fields declared below.)
+        __slots__ = ()
+
+    if TYPE_CHECKING:
+        # Fields of ParallelExecutionManager (see its __init__) and the sibling methods used.
+        _state: ExecutionState
+        _adaptive: AdaptiveLimit | None
+        _fixed_limit: int
+        _retain: bool
+        _ready: ReadyQueue
+        _source: LazySource | None
+        _source_error: Exception | None
+        _unretained: deque[ExecutionResult[Any]]
+        _instant: deque[Member]
+        _instant_task: asyncio.Task[None] | None
+        _workers: set[asyncio.Task[None]]
+        _running_member: dict[asyncio.Task[None], Member]
+        _unstarted: set[asyncio.Task[None]]
+        _reclaimers: deque[asyncio.Future[None]]
+        _reader_space: asyncio.Future[None] | None
+        _spawn_pending: bool
+        _stop_status: ResultStatus | None
+        _running: int
+        _high_water: int
+
+        @property
+        def _limit(self) -> int: ...
+        def _register(
+            self, source: Any, name: str | None, priority: int, timeout: float | None, retry: Any
+        ) -> Member: ...
+        async def _run_member(self, member: Member, holds_slot: bool = ...) -> None: ...
+        def _wake_readers(self) -> None: ...
+        def _check_all_done(self) -> None: ...
+        def _stop(self, status: ResultStatus, group_status: GroupStatus | None) -> None: ...
+
+    def _kick(self) -> None:
+        """See that ready members get workers while slots are free.
+
+        With no worker running, one starts at once. Otherwise more are started at the event
+        loop's next turn (``_spawn``), and only if members are still waiting then: members
+        that finish without ever suspending are thus all run by the worker already there,
+        instead of paying for a task each, while members that wait get their workers one
+        loop turn later.
+
+        A worker chooses its member only when it first runs, so members added in one go are
+        started by priority, not by the order of the add() calls.
+        """
+        if self._stop_status is not None or self._unstarted or self._spawn_pending:
+            return
+        if self._running == 0:
+            if self._has_work():
+                self._start_worker()
+        elif self._has_work() and self._running < self._limit:
+            self._spawn_pending = True
+            asyncio.get_running_loop().call_soon(self._spawn)
+
+    def _has_work(self) -> bool:
+        source = self._source
+        return bool(self._ready) or (source is not None and not source.exhausted)
+
+    def _spawn(self) -> None:
+        """Start a worker for each member still waiting, up to the free slots."""
+        self._spawn_pending = False
+        if self._stop_status is not None:
+            return
+        source = self._source
+        # A lazy input's length is unknown: then fill every free slot.
+        lazy = source is not None and not source.exhausted
+        wanted = min(self._limit if lazy else len(self._ready), self._limit - self._running)
+        for _ in range(wanted):
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._running += 1
+        task = asyncio.get_running_loop().create_task(self._worker())
+        self._workers.add(task)
+        self._unstarted.add(task)
+        task.add_done_callback(self._worker_done)
+
+    def _take_next(self) -> Member | None:
+        adaptive = self._adaptive
+        limit = self._fixed_limit if adaptive is None else adaptive.current
+        if self._stop_status is not None or self._running > limit:
+            return None
+        return self._ready.pop()
+
+    async def _worker(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._unstarted.discard(task)
+        running_member = self._running_member
+        handed_over = False
+        idle = False  # left because there was nothing (more) to do for this worker
+        first = True
+        streak = 0  # members run since this worker last let the loop run
+        try:
+            while True:
+                member = self._take_next()
+                if member is None:
+                    source = self._source
+                    if (
+                        source is None
+                        or source.exhausted
+                        or self._stop_status is not None
+                        or self._running > self._limit
+                    ):
+                        idle = True
+                        break
+                    pulled = await self._pull(source)
+                    if pulled is None:
+                        idle = True
+                        break
+                    call, item = pulled
+                    member = self._register(functools.partial(call, item), None, 0, None, None)
+                if first:
+                    first = False
+                    self._kick()  # more workers, should this member wait (see _kick)
+                running_member[task] = member
+                # The high-water mark counts slots held by members (not idle workers).
+                held = self._running - len(self._unstarted)
+                if held > self._high_water:
+                    self._high_water = held
+                await self._run_member(member)
+                del running_member[task]
+                streak += 1
+                if streak >= _YIELD_EVERY:
+                    # Members that never suspend would otherwise hold the event loop for the
+                    # whole group: let other tasks (subscribers, live displays, timers) run.
+                    streak = 0
+                    await asyncio.sleep(0)
+                if self._reclaimers:
+                    # A member that lent its slot wants it back: give it ours and stop.
+                    self._reclaimers.popleft().set_result(None)
+                    handed_over = True
+                    return
+        finally:
+            running_member.pop(task, None)
+            if not handed_over:
+                self._running -= 1
+                self._serve_reclaimers()
+                if idle:
+                    self._kick()  # a worker over the limit left: ready members may start now
+            if idle or handed_over:
+                # Leaving normally: nothing runs in this task any more, so the group may end
+                # now rather than a loop turn later, in the done callback.
+                self._workers.discard(task)
+                self._wake_readers()
+                self._check_all_done()
+
+    async def _pull(self, source: LazySource) -> Pulled | None:
+        """The next item of the map() input; an error of the input stops the group."""
+        if not self._retain:
+            # Backpressure towards the stream's reader: results not yet read are bounded by
+            # twice the limit, so memory stays O(max_workers) however long the input.
+            while len(self._unretained) >= 2 * self._limit and self._stop_status is None:
+                await self._wait_for_reader()
+            if self._stop_status is not None:
+                return None
+        try:
+            return await source.next_item()
+        except Exception as exc:
+            source.exhausted = True
+            if self._source_error is None:
+                self._source_error = exc
+            self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
+            return None
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        self._workers.discard(task)
+        if task in self._unstarted:
+            # Cancelled before its first step: the worker body never ran, nor took a member.
+            self._unstarted.discard(task)
+            self._running -= 1
+            self._serve_reclaimers()
+        if not task.cancelled() and task.exception() is not None:  # a bug in the scheduler
+            self._state.report_internal_error(task.exception())
+        # A worker that leaves may be the one that found the lazy input exhausted, after the
+        # last result: a reader waiting for more must learn that nothing more will come.
+        self._wake_readers()
+        self._check_all_done()
+
+    async def _wait_for_reader(self) -> None:
+        if self._reader_space is None or self._reader_space.done():
+            self._reader_space = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._reader_space)
+
+    def _serve_reclaimers(self) -> None:
+        while self._reclaimers and self._running < self._limit:
+            waiter = self._reclaimers.popleft()
+            if not waiter.done():
+                self._running += 1
+                self._note_held()
+                waiter.set_result(None)
+
+    def _note_held(self) -> None:
+        held = self._running - len(self._unstarted)
+        if held > self._high_water:
+            self._high_water = held
+
+    def _lend_slot(self) -> None:
+        self._running -= 1
+        self._kick()
+
+    async def _reclaim_slot(self) -> None:
+        if self._running < self._limit and not self._reclaimers:
+            self._running += 1
+            self._note_held()
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reclaimers.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            # If the slot was handed over just now, the worker's finally releases it; if not,
+            # count it back anyway, since that worker will release one when it ends.
+            if not (waiter.done() and not waiter.cancelled()):
+                self._reclaimers.remove(waiter)
+                self._running += 1
+            raise
+
+    # --- the cache lane: members the cache answers, run without a worker slot ----------------
+
+    def _served_by_cache(self, source: Any) -> bool:
+        """Whether ``source`` is an event call whose result the state's cache already holds."""
+        cache = self._state.cache
+        if cache is None or not is_event_call(source):
+            return False
+        # The call's bound arguments: the coroutine has not started, so they are all there.
+        args = source.cr_frame.f_locals
+        event, state = args.get("self"), args.get("state")
+        if state is not self._state or not event.actor.cacheable:
+            return False
+        try:
+            validated = event.actor.validate_input(args.get("input"))
+        except ActorInputError:
+            return False  # the call itself reports the bad input
+        return cache.holds(event.actor, validated)
+
+    def _start_instant_lane(self) -> None:
+        if self._instant_task is None and self._stop_status is None:
+            task = asyncio.get_running_loop().create_task(self._instant_lane())
+            self._instant_task = task
+            self._workers.add(task)  # owned like a worker: joined before the group ends
+            task.add_done_callback(self._worker_done)
+
+    async def _instant_lane(self) -> None:
+        """Run cache hits one after another; they never wait for the handler or a slot."""
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            while self._instant and self._stop_status is None:
+                member = self._instant.popleft()
+                self._running_member[task] = member
+                await self._run_member(member, holds_slot=False)
+                del self._running_member[task]
+        finally:
+            self._running_member.pop(task, None)
+            self._instant_task = None
