@@ -87,3 +87,13 @@ async def test_async_with_closes_the_bus_after_delivering_everything() -> None:
         await ExecutionEvent(actor=ponger)(Ping(n=1), "", state)
     assert [r.kind for r in got] == ["event.started", "event.completed"]
     assert [r async for r in bus.stream()] == []  # closed
+
+
+def test_event_hooks_are_skipped_only_when_nothing_would_run() -> None:
+    assert not ExecutionState().has_event_hooks
+
+    class Hooked(ExecutionState):
+        def recovered_result(self, address, actor):  # type: ignore[no-untyped-def]
+            return None
+
+    assert Hooked().has_event_hooks  # a subclass's own hook always runs

@@ -125,7 +125,10 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         group_id, index = frame.group_id, frame.parallel_index
         in_group = group_id is not None
 
-        recovered = state.recovered_result(address, actor)
+        # Without recovery (and the hook not overridden) there is nothing to look up: the
+        # call is skipped on this hot path.
+        hooked = state.has_event_hooks
+        recovered = state.recovered_result(address, actor) if hooked else None
         if recovered is not None:
             state.history.record(self, address, group_id, index, None, recovered)
             if bus.has_listeners and state.replay_publishes:
@@ -228,14 +231,19 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 )
         else:
             elapsed = clock.now() - started
+            # Positional: keyword parsing costs more than the object (every call's hot path).
             result = ExecutionResult(
-                ok=True,
-                result=value,
-                execution_time=elapsed,
-                index=index,
-                address=address,
-                attempts=attempts,
-                source=source,
+                True,
+                value,
+                None,
+                None,
+                elapsed,
+                ResultStatus.COMPLETED,
+                index,
+                None,
+                address,
+                attempts,
+                source,
             )
             if bus.has_listeners:
                 bus.publish(
@@ -252,7 +260,8 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         finally:
             exit_frame(token)
         state.history.record(self, address, group_id, index, validated, result)
-        await state.on_event_finished(address, actor, validated, result)
+        if hooked:  # checkpoints, or a subclass's hook; nothing to await otherwise
+            await state.on_event_finished(address, actor, validated, result)
         return result
 
 

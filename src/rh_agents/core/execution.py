@@ -19,7 +19,7 @@ current position in the execution tree is not stored here but in a ``contextvars
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
@@ -242,20 +242,32 @@ class ExecutionState:
 
     # --- hooks used by events and groups (extended by resilience and recovery) --------------
 
-    async def invoke_actor(
+    def invoke_actor(
         self, event: ExecutionEvent[Any], validated: BaseModel, context: str, frame: Frame
-    ) -> tuple[Any, int]:
+    ) -> Coroutine[Any, Any, tuple[Any, int]]:
         """Run ``event``'s actor under its retry, breaker and rate-limit policies.
 
-        Returns ``(value, attempts)``; see ``rh_agents.resilience.runner``.
+        Awaitable; gives ``(value, attempts)``; see ``rh_agents.resilience.runner``. (It
+        returns the runner's coroutine itself rather than wrapping it in one more.)
         """
-        return await runner.invoke_actor(self, event, validated, context, frame)
+        return runner.invoke_actor(self, event, validated, context, frame)
 
     async def run_member(
         self, group: ParallelExecutionManager[Any], member: Member, frame: Frame
     ) -> Any:
         """Run one member of ``group`` (a callable member is re-called for retries)."""
         return await runner.run_member(self, group, member, frame)
+
+    @property
+    def has_event_hooks(self) -> bool:
+        """Whether ``recovered_result`` / ``on_event_finished`` do anything for an event call:
+        with recovery, or overridden by a subclass (else each call skips them)."""
+        cls = type(self)
+        return (
+            self.recovery is not None
+            or cls.on_event_finished is not ExecutionState.on_event_finished
+            or cls.recovered_result is not ExecutionState.recovered_result
+        )
 
     def recovered_result(self, address: str, actor: BaseActor) -> ExecutionResult[Any] | None:
         """A stored result to return instead of running (replay); none without recovery."""

@@ -72,7 +72,8 @@ def _no_policy_for(state: ExecutionState, event: ExecutionEvent[Any], frame: Fra
     ):
         return False
     slot = frame.slot
-    return not isinstance(slot, MemberSlot) or not slot.manager.has_policies
+    # _plain: the group found no policy of its own when it opened (the state's are read above).
+    return not isinstance(slot, MemberSlot) or slot.manager._plain
 
 
 def member_group(frame: Frame) -> ParallelExecutionManager[Any] | None:
