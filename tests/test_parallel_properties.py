@@ -365,3 +365,70 @@ def test_contended_members_start_by_priority(priorities: list[int], workers: int
 
     run(main())
     assert started == sorted(range(len(priorities)), key=lambda i: (-priorities[i], i))
+
+
+def member_addresses(specs: tuple[Spec, ...], group_id: str) -> dict[str, Spec]:
+    """Every member's address (nested groups included) and its spec: a member runs at
+    ``group[i]`` and a group opened inside it is ``group[i]::parallel``."""
+    out: dict[str, Spec] = {}
+    for i, spec in enumerate(specs):
+        address = f"{group_id}[{i}]"
+        out[address] = spec
+        if spec.children:
+            out.update(member_addresses(spec.children, f"{address}::parallel"))
+    return out
+
+
+@SETTINGS
+@given(scenarios(allow_hangs=False))
+def test_records_keep_their_order_and_starts_come_only_for_members_that_wait(
+    scenario: Scenario,
+) -> None:
+    from rh_agents.core.bus import EventBus
+    from rh_agents.core.records import (
+        BusEvent,
+        GroupCompleted,
+        GroupStarted,
+        MemberFinished,
+        MemberStarted,
+    )
+
+    records: list[BusEvent] = []
+
+    async def scenario_with_a_subscriber() -> None:
+        bus = EventBus()
+        bus.subscribe(records.append)
+        state = ExecutionState(event_bus=bus, global_max_workers=scenario.global_limit)
+        probe = Probe()
+        async with asyncio.TaskGroup() as tg:
+            for g, specs in enumerate(scenario.groups):
+                tg.create_task(
+                    run_group(state, probe, scenario, specs, f"{g}:", ErrorStrategy.FAIL_SLOW)
+                )
+        await bus.close()
+
+    run(scenario_with_a_subscriber())
+    # The outer groups are "parallel", "parallel#2", ... in the order they opened.
+    roots = [r.address for r in records if isinstance(r, GroupStarted) and "::" not in r.address]
+    members: dict[str, Spec] = {}
+    for root in roots:
+        index = 0 if root == "parallel" else int(root.split("#")[1]) - 1
+        members.update(member_addresses(scenario.groups[index], root))
+    position = {id(r): n for n, r in enumerate(records)}
+    for address, spec in members.items():
+        own = [r for r in records if r.address == address or r.address.startswith(address + "::")]
+        finished = [r for r in own if isinstance(r, MemberFinished) and r.address == address]
+        started = [r for r in own if isinstance(r, MemberStarted) and r.address == address]
+        assert len(finished) == 1 and own[-1] is finished[0], address  # the finish is last
+        waits = spec.delay > 0 or bool(spec.children)
+        assert len(started) == (1 if waits else 0), address  # a start iff it waited
+        if started:
+            assert own[0] is started[0], address  # announced before anything it published
+    for group in (r for r in records if isinstance(r, GroupStarted)):
+        inside = [
+            r
+            for r in records
+            if r.address.startswith(group.address + "[") or r.address == group.address
+        ]
+        assert inside[0] is group and isinstance(inside[-1], GroupCompleted), group.address
+        assert position[id(inside[0])] < position[id(inside[-1])]
