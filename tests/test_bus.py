@@ -635,3 +635,47 @@ async def test_a_batch_method_failing_before_popping_reports_each_record_once() 
         bus.publish(record(i))
     await asyncio.wait_for(bus.drain(), timeout=5)
     assert [e.record.address for e in bus.subscriber_errors] == ["a0", "a1", "a2"]
+
+
+async def test_a_subscriber_may_publish_and_unsubscribe_from_inside_its_handler() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+    other: list[str] = []
+
+    def echo(r: BusEvent) -> None:
+        seen.append(r.address)
+        if r.address == "a0":
+            bus.publish(record(99))  # re-entrant publish: queued behind what is already there
+        if r.address == "a2":
+            bus.unsubscribe(echo)  # stops right here: a3 never reaches it
+
+    bus.subscribe(echo)
+    bus.subscribe(lambda r: other.append(r.address))
+    for i in range(4):
+        bus.publish(record(i))
+    await asyncio.wait_for(bus.drain(), timeout=5)
+    assert seen == ["a0", "a1", "a2"]
+    assert other == ["a0", "a1", "a2", "a3", "a99"]
+    await bus.close()
+
+
+async def test_a_batch_subscriber_may_publish_from_inside_its_batch() -> None:
+    bus = EventBus()
+
+    class Chatty(BatchTaker):
+        def handle_batch(self, queue: Any) -> None:
+            batch: list[str] = []
+            self.batches.append(batch)
+            while queue:
+                r = queue.popleft()
+                batch.append(r.address)
+                if r.address == "a1":
+                    bus.publish(record(50))  # lands in this very queue, handled in order
+
+    taker = Chatty()
+    bus.subscribe(taker)
+    for i in range(3):
+        bus.publish(record(i))
+    await asyncio.wait_for(bus.drain(), timeout=5)
+    assert [a for batch in taker.batches for a in batch] == ["a0", "a1", "a2", "a50"]
+    await bus.close()
