@@ -1,9 +1,10 @@
 """The event bus: publish never waits, each subscriber gets its events in order.
 
-Each subscriber owns a queue and a feeder task that calls it, so a slow subscriber delays only
-itself; ``publish`` appends to the queues and returns at once. A subscriber that raises is
-logged, counted in ``bus.subscriber_errors`` and keeps receiving later events; the other
-subscribers never notice::
+Each subscriber owns a queue and a feeder that calls it (a loop callback for a synchronous
+subscriber, a task for an async one), so a slow subscriber delays only itself; ``publish``
+appends to the queues and returns at once. A subscriber that raises is logged, counted in
+``bus.subscriber_errors`` and keeps receiving later events; the other subscribers never
+notice::
 
     bus = EventBus()
     bus.subscribe(printer)                 # a sync or async callable taking one record
@@ -13,7 +14,7 @@ subscribers never notice::
     async for record in bus.stream():      # or read records as an async iterator
         ...
     await bus.drain()                      # wait until every subscriber has caught up
-    await bus.close()                      # drain, then stop the feeder tasks and streams
+    await bus.close()                      # drain, then stop the feeders and streams
 
 A synchronous subscriber object may also take its records in batches: if it has a
 ``handle_batch(queue)`` method, the bus calls it with the subscriber's own queue (a
@@ -489,7 +490,7 @@ class EventBus:
             await sub._drain()
 
     async def close(self, *, drain: bool = True) -> None:
-        """End the bus: optionally drain, then stop feeder tasks and end every ``stream()``."""
+        """End the bus: optionally drain, then stop the feeders and end every ``stream()``."""
         if self._deferred:
             self._flush_deferred()
         self._closed = True

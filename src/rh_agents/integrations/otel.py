@@ -245,7 +245,7 @@ class _Group:
 class OpenTelemetryExporter:
     """A bus subscriber that emits spans and metrics; made by ``instrument()``.
 
-    Owned by the bus's feeder task for this subscriber (records arrive one at a time, in
+    Owned by the bus's feeder for this subscriber (records arrive one at a time, in
     order), so its dicts of open spans and totals are never touched concurrently. The two
     counters are observable instruments read from the local totals when the SDK collects:
     counting costs an integer increment, not a call into the SDK. Histograms get every value,

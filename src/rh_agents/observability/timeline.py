@@ -128,7 +128,7 @@ class Timeline:
 
 
 class TimelineRecorder:
-    """A bus subscriber that builds a ``Timeline``. Fed by its own feeder task, in order."""
+    """A bus subscriber that builds a ``Timeline``. Fed by its own feeder, in order."""
 
     def __init__(self) -> None:
         self._groups: dict[str, TimelineGroup] = {}
