@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -121,3 +122,35 @@ async def test_member_failures_are_results_not_errors() -> None:
     failed = sorted(r.index or 0 for r in results if not r.ok)
     assert failed == [0, 3, 6]
     assert all("RuntimeError: item" in (r.error or "") for r in results if not r.ok)
+
+
+async def test_map_members_that_fail_to_start_fail_alone_with_a_clear_error() -> None:
+    from rh_agents.errors import InvalidMemberError
+
+    state = ExecutionState()
+
+    def not_async(n: int) -> int:  # a plain function: its calls are not awaitable
+        return n
+
+    async def picky(n: int) -> int:
+        return n
+
+    def raises_when_called(n: int) -> Any:
+        if n == 1:
+            raise KeyError(n)  # raises before making a coroutine
+        return picky(n)
+
+    async with state.parallel(max_workers=2) as p:
+        p.map(not_async, range(2))
+    results = await p.gather()
+    assert [r.ok for r in results] == [False, False]
+    assert all(isinstance(r.exception, InvalidMemberError) for r in results)
+    assert "not_async" in (results[0].error or "") and "not an awaitable" in (
+        results[0].error or ""
+    )
+
+    async with state.parallel(max_workers=2) as p:
+        p.map(raises_when_called, range(3))
+    results = await p.gather()
+    assert [r.ok for r in results] == [True, False, True]
+    assert isinstance(results[1].exception, KeyError)

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.core.parallel.member import is_event_call
+from rh_agents.core.parallel.member import describe_member, is_event_call
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.results import ResultStatus
-from rh_agents.errors import ActorInputError
+from rh_agents.errors import ActorInputError, InvalidMemberError
 
 if TYPE_CHECKING:
     from collections import deque
@@ -83,6 +85,8 @@ class _Scheduler:
         _stop_status: ResultStatus | None
         _running: int
         _high_water: int
+        _plain: bool
+        retry: Any
 
         @property
         def _limit(self) -> int: ...
@@ -167,12 +171,23 @@ class _Scheduler:
                     ):
                         idle = True
                         break
-                    pulled = await self._pull(source)
-                    if pulled is None:
+                    if source.async_items is None and (
+                        self._retain or len(self._unretained) < 2 * self._limit
+                    ):
+                        # A plain iterable with room for its results: read it right here.
+                        member = self._pull_now(source)
+                    else:
+                        pulled = await self._pull(source)
+                        member = (
+                            None
+                            if pulled is None
+                            else self._register(
+                                functools.partial(pulled[0], pulled[1]), None, 0, None, None
+                            )
+                        )
+                    if member is None:
                         idle = True
                         break
-                    call, item = pulled
-                    member = self._register(functools.partial(call, item), None, 0, None, None)
                 if first:
                     first = False
                     self._kick()  # more workers, should this member wait (see _kick)
@@ -208,6 +223,45 @@ class _Scheduler:
                 self._wake_readers()
                 self._check_all_done()
 
+    def _pull_now(self, source: LazySource) -> Member | None:
+        """The next member of a plain iterable ``map()`` input, read without awaiting.
+
+        With no policy to re-run it, the member is the call's coroutine itself (made now, as
+        a worker is about to run it); otherwise a callable, which a retry can call again.
+        """
+        try:
+            item = next(source.items)
+        except StopIteration:
+            source.exhausted = True
+            return None
+        except Exception as exc:
+            self._input_failed(source, exc)
+            return None
+        call = source.call
+        if not (self._plain and self.retry is None):
+            return self._register(functools.partial(call, item), None, 0, None, None)
+        try:
+            made: Any = call(item)
+        except Exception as exc:  # the member fails with it, as if it had raised when run
+            made = functools.partial(_raise, exc)
+        else:
+            if type(made) is not CoroutineType and not inspect.isawaitable(made):
+                made = functools.partial(
+                    _raise,
+                    InvalidMemberError(
+                        f"map() called {describe_member(call)}, which returned "
+                        f"{type(made).__name__}, not an awaitable; give it an async function"
+                    ),
+                )
+        return self._register(made, None, 0, None, None)
+
+    def _input_failed(self, source: LazySource, exc: Exception) -> None:
+        """The ``map()`` input itself raised: it stops the group, whose error it becomes."""
+        source.exhausted = True
+        if self._source_error is None:
+            self._source_error = exc
+        self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
+
     async def _pull(self, source: LazySource) -> Pulled | None:
         """The next item of the map() input; an error of the input stops the group."""
         if not self._retain:
@@ -220,10 +274,7 @@ class _Scheduler:
         try:
             return await source.next_item()
         except Exception as exc:
-            source.exhausted = True
-            if self._source_error is None:
-                self._source_error = exc
-            self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
+            self._input_failed(source, exc)
             return None
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
@@ -317,3 +368,7 @@ class _Scheduler:
         finally:
             self._running_member.pop(task, None)
             self._instant_task = None
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc
