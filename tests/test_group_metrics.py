@@ -221,3 +221,24 @@ async def test_completed_metrics_keep_the_limit_the_group_ran_under() -> None:
     assert limit.current < at_the_end
     assert completed[0].metrics.max_workers == at_the_end  # ... its snapshot, read now, not
     assert p.metrics().max_workers == at_the_end
+
+
+def test_a_group_keeps_the_same_members_in_both_samples_past_capacity() -> None:
+    from rh_agents.core.parallel.member import Member
+    from rh_agents.core.parallel.metrics import SAMPLE_SIZE, MetricsRecorder
+
+    recorder = MetricsRecorder()
+    n = SAMPLE_SIZE * 3
+    for i in range(n):
+        member = Member(i, None)
+        member.enqueued = 0.0
+        member.started = float(i)  # queue wait i
+        recorder.record(member, ExecutionResult(ok=True, execution_time=2.0 * i))  # run 2i
+    waits, runs = recorder.queue_waits, recorder.run_times
+    assert len(waits.sample) == len(runs.sample) == SAMPLE_SIZE
+    # One schedule drives both: slot by slot they hold the same member's two durations.
+    assert all(r == 2 * w for w, r in zip(waits.sample, runs.sample, strict=True))
+    assert (waits.count, waits.max, waits.total) == (n, n - 1.0, float(sum(range(n))))
+    assert (runs.count, runs.max, runs.total) == (n, 2.0 * (n - 1), 2.0 * sum(range(n)))
+    # The sample reaches past the first capacity's worth of members.
+    assert max(waits.sample) >= SAMPLE_SIZE

@@ -42,6 +42,7 @@ __all__ = [
     "Durations",
     "GroupMetrics",
     "MetricsRecorder",
+    "ReservoirSchedule",
     "percentile",
 ]
 
@@ -161,26 +162,53 @@ class Distribution:
         raise FrozenInstanceError(f"cannot delete field {name!r}: a Distribution is frozen")
 
 
+class ReservoirSchedule:
+    """Which values of a stream replace a slot of a full sample, and which slot (Algorithm L).
+
+    Rather than drawing a random number for every value (Algorithm R), it draws how many
+    values to skip before the next replacement, so a long stream costs about
+    ``capacity * log(count / capacity)`` draws in all. Seeded, so two identical runs keep the
+    same sample. One schedule can drive several samples that see the same values in step (a
+    group's queue waits and run times): they then keep the same members' values.
+    """
+
+    __slots__ = ("_rng", "_weight", "capacity", "next")
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self.capacity = capacity
+        self._weight = self._draw_weight()
+        self.next = 0  # the count at which the next value replaces one in the sample
+        self._schedule(capacity)
+
+    def take(self) -> int:
+        """The slot the value numbered ``next`` goes into; schedules the one after."""
+        slot = self._rng.randrange(self.capacity)
+        self._weight *= self._draw_weight()
+        self._schedule(self.next)
+        return slot
+
+    def _draw_weight(self) -> float:
+        # 1 - random() lies in (0, 1]: its log is finite.
+        return math.exp(math.log(1.0 - self._rng.random()) / self.capacity)
+
+    def _schedule(self, count: int) -> None:
+        remaining = 1.0 - self._weight
+        if remaining <= 0.0:  # a draw of exactly 1: replace at the very next value
+            self.next = count + 1
+            return
+        skip = math.floor(math.log(1.0 - self._rng.random()) / math.log(remaining))
+        self.next = count + skip + 1
+
+
 class Durations:
     """Durations seen by a group: exact count, total and max; a bounded sample for percentiles.
 
-    Past ``capacity`` values the sample is a uniform reservoir, kept by Algorithm L: rather
-    than drawing a random number for every value, it draws how many values to skip before the
-    next replacement, so a long stream costs about ``capacity * log(count / capacity)`` draws
-    in all instead of one per value. Seeded, so two identical runs give identical snapshots.
+    Up to ``capacity`` values the sample holds them all; past that it is a uniform reservoir
+    kept by a ``ReservoirSchedule`` (its own, or one shared with a sibling series).
     """
 
-    __slots__ = (
-        "_next",
-        "_rng",
-        "_seed",
-        "_weight",
-        "capacity",
-        "count",
-        "max",
-        "sample",
-        "total",
-    )
+    __slots__ = ("_schedule", "_seed", "capacity", "count", "max", "sample", "total")
 
     def __init__(self, capacity: int = SAMPLE_SIZE, *, seed: int | None = None) -> None:
         if capacity < 1:
@@ -190,51 +218,42 @@ class Durations:
         self.total = 0.0
         self.max = 0.0
         self.sample: array[float] = array("d")
-        self._rng: random.Random | None = None
+        self._schedule: ReservoirSchedule | None = None  # set once the sample is full
         self._seed = capacity if seed is None else seed
-        self._weight = 1.0
-        self._next = 0  # the count at which the next value replaces one in the sample
+
+    @property
+    def full(self) -> bool:
+        """Whether the sample is full (then count, total and max are kept as values come)."""
+        return self._schedule is not None
+
+    def fill(self, schedule: ReservoirSchedule | None = None) -> ReservoirSchedule:
+        """Switch to reservoir mode (the sample holds ``capacity`` values), under
+        ``schedule`` or a new one of its own; returns the schedule."""
+        sample = self.sample
+        self.count = len(sample)
+        self.total = math.fsum(sample)
+        self.max = max(sample)
+        self._schedule = schedule or ReservoirSchedule(self.capacity, self._seed)
+        return self._schedule
 
     def add(self, value: float) -> None:
-        sample = self.sample
-        if self._rng is None:
-            if len(sample) < self.capacity:
-                sample.append(value)  # the common case: count, total and max come from here
+        schedule = self._schedule
+        if schedule is None:
+            if len(self.sample) < self.capacity:
+                self.sample.append(value)  # the common case: count, total and max from here
                 return
-            # The sample is full: from now on keep count, total and max as values arrive.
-            self._rng = random.Random(self._seed)
-            self.count = len(sample)
-            self.total = math.fsum(sample)
-            self.max = max(sample)
-            self._weight = self._draw_weight()
-            self._schedule_next()
+            schedule = self.fill()
         count = self.count = self.count + 1
         self.total += value
         if value > self.max:
             self.max = value
-        if count == self._next:
-            sample[self._rng.randrange(self.capacity)] = value
-            self._weight *= self._draw_weight()
-            self._schedule_next()
-
-    def _draw_weight(self) -> float:
-        assert self._rng is not None
-        # 1 - random() lies in (0, 1]: its log is finite.
-        return math.exp(math.log(1.0 - self._rng.random()) / self.capacity)
-
-    def _schedule_next(self) -> None:
-        assert self._rng is not None
-        remaining = 1.0 - self._weight
-        if remaining <= 0.0:  # a draw of exactly 1: replace at the very next value
-            self._next = self.count + 1
-            return
-        skip = math.floor(math.log(1.0 - self._rng.random()) / math.log(remaining))
-        self._next = self.count + skip + 1
+        if count == schedule.next:
+            self.sample[schedule.take()] = value
 
     def distribution(self) -> Distribution:
         """A snapshot; its percentiles are sorted out only if someone reads them."""
         sample = self.sample
-        if self._rng is None:  # every value is in the sample
+        if self._schedule is None:  # every value is in the sample
             return Distribution(
                 count=len(sample),
                 max=max(sample) if sample else 0.0,
@@ -293,11 +312,14 @@ class MetricsRecorder:
     floats and bumps at most two ints.
     """
 
-    __slots__ = ("breaker_rejections", "queue_waits", "retries", "run_times")
+    __slots__ = ("breaker_rejections", "queue_waits", "retries", "run_times", "schedule")
 
     def __init__(self) -> None:
         self.queue_waits = Durations()
         self.run_times = Durations()
+        # Once full, both samples are driven by this one schedule: each keeps the same
+        # members, and a member costs one check for both instead of two calls.
+        self.schedule: ReservoirSchedule | None = None
         self.retries = 0
         self.breaker_rejections = 0
 
@@ -305,13 +327,28 @@ class MetricsRecorder:
         started = member.started
         if started is not None:
             waits, runs = self.queue_waits, self.run_times
-            if waits._rng is None and len(waits.sample) < waits.capacity:
-                # Inlined common case of Durations.add: two appends per member.
-                waits.sample.append(started - member.enqueued)
-                runs.sample.append(result.execution_time)
-            else:
-                waits.add(started - member.enqueued)
-                runs.add(result.execution_time)
+            wait = started - member.enqueued
+            run = result.execution_time
+            schedule = self.schedule
+            if schedule is None:
+                if len(waits.sample) < waits.capacity:
+                    waits.sample.append(wait)  # the common case: two appends per member
+                    runs.sample.append(run)
+                else:
+                    schedule = self.schedule = waits.fill()
+                    runs.fill(schedule)
+            if schedule is not None:
+                count = waits.count = runs.count = waits.count + 1
+                waits.total += wait
+                runs.total += run
+                if wait > waits.max:
+                    waits.max = wait
+                if run > runs.max:
+                    runs.max = run
+                if count == schedule.next:
+                    slot = schedule.take()
+                    waits.sample[slot] = wait
+                    runs.sample[slot] = run
         attempts = result.attempts
         if attempts > 1:
             self.retries += attempts - 1
