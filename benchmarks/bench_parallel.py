@@ -122,6 +122,23 @@ def best(repeats: int, make: Callable[[], Awaitable[Any]], *, precise: bool = Fa
     return min(times)
 
 
+def paired(
+    rounds: int, baseline: Callable[[], Awaitable[Any]], ours: Callable[[], Awaitable[Any]]
+) -> tuple[float, float, float]:
+    """Best baseline time, best time of ours, and the median per-round ratio ours / baseline.
+
+    The two alternate within each round, so a machine that speeds up or slows down during the
+    run moves both alike.
+    """
+    base_times: list[float] = []
+    our_times: list[float] = []
+    for _ in range(rounds):
+        base_times.append(best(1, baseline))
+        our_times.append(best(1, ours))
+    ratios = sorted(o / b for o, b in zip(our_times, base_times, strict=True))
+    return min(base_times), min(our_times), ratios[len(ratios) // 2]
+
+
 def held_per_member(n: int, make: Callable[[], Awaitable[Any]]) -> float:
     """Bytes still allocated per member once the results are gathered (results kept)."""
     holder: list[Any] = []
@@ -177,15 +194,14 @@ def main() -> None:
 
     # 2. zero-latency, N=10,000, W=50: per-member cost against raw gather + Semaphore.
     n = 10_000
-    raw = best(5, lambda: run_raw(n, 50, _zero))
-    ours = best(5, lambda: run_ours(n, 50, _zero))
+    raw, ours, median = paired(9, lambda: run_raw(n, 50, _zero), lambda: run_ours(n, 50, _zero))
     rows.append(
         (
             f"N={n:,} zero-latency, W=50",
-            "per member: ours / raw",
-            f"{ours / n * 1e6:.1f} us / {raw / n * 1e6:.1f} us = {ours / raw:.2f}x",
+            "per member: ours / raw (median ratio)",
+            f"{ours / n * 1e6:.1f} us / {raw / n * 1e6:.1f} us = {ours / raw:.2f}x ({median:.2f}x)",
             "<= 1.0x",
-            "ok" if ours <= raw else "MISSED",
+            "ok" if median <= 1.0 else "MISSED",
         )
     )
 
@@ -205,15 +221,15 @@ def main() -> None:
                 await p.gather()
         await state.close()
 
-    raw = best(3, many_raw) / groups
-    ours = best(3, many_ours) / groups
+    raw, ours, median = paired(5, many_raw, many_ours)
+    raw, ours = raw / groups, ours / groups
     rows.append(
         (
             "group of 5 zero-latency",
-            "per group: ours / raw",
-            f"{ours * 1e6:.0f} us / {raw * 1e6:.0f} us = {ours / raw:.2f}x",
+            "per group: ours / raw (median ratio)",
+            f"{ours * 1e6:.0f} us / {raw * 1e6:.0f} us = {ours / raw:.2f}x ({median:.2f}x)",
             "<= 2x",
-            "ok" if ours <= 2 * raw else "MISSED",
+            "ok" if median <= 2.0 else "MISSED",
         )
     )
 
