@@ -69,7 +69,7 @@ class _Adding:
         _entered: bool
         _sealed: bool
         _retain: bool
-        _members: list[Member]
+        _members: dict[int, Member]
         _names: dict[str, int]
         _results: list[ExecutionResult[Any] | None]
         _ready: ReadyQueue
@@ -162,7 +162,7 @@ class _Adding:
                 if dep not in self._names:
                     known = ", ".join(sorted(self._names)) or "none yet"
                     raise DependencyError(
-                        f"member {name or len(self._members)!r} depends on {dep!r}, which is "
+                        f"member {name or self._total!r} depends on {dep!r}, which is "
                         f"not a member of group {self.group_id!r} (known: {known}); add the "
                         "dependency first"
                     )
@@ -252,6 +252,8 @@ class _Adding:
         if deps:
             member.after = tuple(deps)
             member.pending_deps = pending
+            if pending:
+                self._members[index] = member  # waiting: a stop must find it
         if pending == 0 and self._state.cache is not None and self._served_by_cache(member.source):
             self._instant.append(member)  # a cache hit takes no worker slot
             self._start_instant_lane()
@@ -268,11 +270,12 @@ class _Adding:
         member = Member(index, source, name, priority, timeout, retry)
         member.enqueued = self._now()
         if self._retain:
-            self._members.append(member)
             self._results.append(None)
         self._total += 1
         if name is not None:
             self._names[name] = index
+            if self._retain:
+                self._members[index] = member  # a later member may name it in after=
         return member
 
     def map(

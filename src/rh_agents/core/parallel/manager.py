@@ -208,7 +208,10 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         self._timeout_handle: asyncio.TimerHandle | None = None  # cancelled by _finalize
 
         # Members (adding.py; the scheduler registers map() items).
-        self._members: list[Member] = []
+        # The members a later call may need: named ones (dependencies name them) and ones
+        # waiting on dependencies (a stop must finish them). Others are not kept: once run,
+        # a member is only its result.
+        self._members: dict[int, Member] = {}
         self._names: dict[str, int] = {}
         self._source: LazySource | None = None
         self._total = 0

@@ -67,7 +67,7 @@ class _Stopping:
         _trigger: ExecutionResult[Any] | None
         _source_error: Exception | None
         _source: LazySource | None
-        _members: list[Member]
+        _members: dict[int, Member]
         _ready: ReadyQueue
         _instant: deque[Member]
         _workers: set[asyncio.Task[None]]
@@ -146,7 +146,7 @@ class _Stopping:
             member = self._instant.popleft()
             member.discard()
             self._finish(member, self._stopped_result(member))
-        for member in self._members:
+        for member in self._members.values():
             if member.result is None and member.started is None and member.pending_deps:
                 member.discard()
                 self._finish(member, self._stopped_result(member))
