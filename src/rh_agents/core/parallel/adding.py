@@ -120,6 +120,17 @@ class _Adding:
         ):
             # p.add(coro) with no options, the form of every member of a big group: nothing
             # below could reject it, so skip straight to adding it.
+            if self._stop_status is None and self._state.cache is None:
+                # Nothing to decide about it before a worker takes it: it waits as the bare
+                # coroutine, and its Member is made then (see ReadyQueue).
+                index = self._total
+                self._total = index + 1
+                if self._retain:
+                    self._results.append(None)
+                self._ready.push_bare(args[0], index, self._now())
+                if not self._unstarted:  # else the worker starting now will kick (see _kick)
+                    self._kick()
+                return index
             return self._add_member(args[0], None, [], 0, None, None)
         if len(args) == 2 and isinstance(args[0], str):
             if name is not None:
