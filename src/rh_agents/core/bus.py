@@ -431,9 +431,14 @@ class EventBus:
             self._push_streams(record)
 
     def _deliver(self, record: BusEvent) -> None:
+        # publish() without the deferred check (a flush delivers through this).
         self.published += 1
         for sub in self._subscriptions:
-            if sub.kinds is None or sub.accepts(type(record)):
+            if sub.kinds is not None and not sub.accepts(type(record)):
+                continue
+            if sub._awake:
+                sub._queue.append(record)
+            else:
                 sub._push(record)
         if self._streams:
             self._push_streams(record)
