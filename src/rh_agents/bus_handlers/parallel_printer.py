@@ -201,48 +201,62 @@ class ParallelEventPrinter:
         pop = records.popleft
         groups = self.groups
         handlers = self._handlers
+        live, mode, done_lines = self.live_display, self._mode, self._done_lines
         finished = False  # a MemberFinished came: the rate limits may be due
+        # The newest MemberFinished of a run of them for one group: its counts are copied to
+        # the group's view once, when the run ends, instead of once per member.
+        view: GroupView | None = None
+        view_id: str | None = None
+        latest: MemberFinished | None = None
+        record: BusEvent | None = None
         while records:
             record = pop()
-            self._latest = record.timestamp  # "now" on the run's own clock, for elapsed times
             if type(record) is not MemberFinished:
+                if latest is not None:
+                    _copy_counts(view, latest)  # type: ignore[arg-type]
+                    latest = None
+                self._latest = record.timestamp  # "now" on the run's clock, for elapsed times
                 handler = handlers.get(type(record))
                 if handler is not None:
                     handler(record)
+                view_id = None  # a handler may have added or replaced views
                 continue
             finished = True
             # MemberFinished, one per member (with or without a MemberStarted before it), is
             # the hot path of a big group and is handled right here, with no further call:
             # counters only, unless the member failed, is among the slowest or gets a line.
-            view = groups.get(record.group_id or "")
+            if record.group_id != view_id or view_id is None:
+                if latest is not None:
+                    _copy_counts(view, latest)  # type: ignore[arg-type]
+                    latest = None
+                view_id = record.group_id
+                view = groups.get(view_id or "")
             if view is None:
                 continue
-            view.last_seen = record.timestamp
-            done = view.done = record.done
-            view.succeeded = record.succeeded
-            view.failed = record.failed
-            if record.total is not None:
-                view.total = record.total
+            latest = record
             took = record.execution_time
             # Written so that a NaN still reaches note_duration, as every value once did.
             if not took <= view.slowest_floor:
                 view.note_duration(record.index, took, self.slowest)
-            ok = record.status == "completed"
-            if not ok:
+            if record.status != "completed":
+                _copy_counts(view, record)
+                latest = None
                 view.issues.append(
                     MemberIssue(view.member_tag(record.index), record.status, record.error or "")
                 )
-            if self.live_display:
-                view.running.pop(record.index, None)
+                if live:
+                    view.running.pop(record.index, None)
+                elif mode != "collapsed":
+                    self._line(self._member_line(view, record, False), view.level + 1)
                 continue
-            if not ok:
-                if self._mode != "collapsed":
-                    self._line(self._member_line(view, record, ok), view.level + 1)
-            elif self._done_lines:
-                total = view.total
+            if live:
+                view.running.pop(record.index, None)
+            elif done_lines:
+                total = record.total if record.total is not None else view.total
                 if view.parent is None and total is not None and total <= self.smart_threshold:
                     # Formatted inline and batched (see flush()): a line per member. The
                     # duration as seconds(took) would give it; sub-millisecond needs no rounding.
+                    done = record.done
                     millis = took * 1000
                     if 0 < millis < 0.5:
                         took_text = "0ms"
@@ -267,12 +281,19 @@ class ParallelEventPrinter:
                     )
                     if len(buffer) >= _FLUSH_CHUNKS:
                         self._next_tick = -math.inf  # flush at the end of this batch
-            elif self._mode == "realtime" and self._shows_nested(view):
-                self._line(self._member_line(view, record, ok), view.level + 1)
+            elif mode == "realtime" and self._shows_nested(view):
+                _copy_counts(view, record)
+                latest = None
+                self._line(self._member_line(view, record, True), view.level + 1)
+        if latest is not None:
+            _copy_counts(view, latest)  # type: ignore[arg-type]
+        if record is None:
+            return
+        self._latest = record.timestamp
         if not finished:
             return
         # The rate limits, once per batch: the clock is read once, not once per member.
-        if self.live_display:
+        if live:
             if self._redraws:
                 now = self.clock()
                 if now >= self._next_refresh:
@@ -610,3 +631,13 @@ class ParallelEventPrinter:
 
 def _discard(text: str) -> int:
     return len(text)
+
+
+def _copy_counts(view: GroupView, record: MemberFinished) -> None:
+    """The group's counts as of ``record`` (a finished member's record carries them)."""
+    view.last_seen = record.timestamp
+    view.done = record.done
+    view.succeeded = record.succeeded
+    view.failed = record.failed
+    if record.total is not None:
+        view.total = record.total

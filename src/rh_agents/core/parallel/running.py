@@ -236,8 +236,9 @@ class _MemberRunning:
             member.result = result  # the member itself is not kept; only the stream holds it
 
         bus = self._state.event_bus
-        if bus._deferred:  # (read directly: a method call per member costs more than this)
-            bus.withdraw(member)  # never announced: the finish record tells it all
+        deferred = bus._deferred  # (read directly: a method call per member costs more)
+        if deferred:
+            deferred.pop(member, None)  # never announced: the finish record tells it all
         if bus.version != self._bus_version:
             self._note_listeners(bus)
         if self._report_finishes:
