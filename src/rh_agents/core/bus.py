@@ -407,9 +407,16 @@ class EventBus:
             self._flush_deferred()
 
     def _flush_deferred(self) -> None:
-        deferred = list(self._deferred.items())
-        self._deferred.clear()
-        for key, source in deferred:
+        deferred = self._deferred
+        if len(deferred) == 1:  # the usual case (one member started since the last record)
+            key, source = deferred.popitem()
+            record = source.deferred_record(key)
+            if record is not None:
+                self._deliver(record)
+            return
+        pending = list(deferred.items())  # in the order they were deferred
+        deferred.clear()
+        for key, source in pending:
             record = source.deferred_record(key)
             if record is not None:
                 self._deliver(record)

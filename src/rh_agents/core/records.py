@@ -145,19 +145,20 @@ class MemberStarted(BusEvent):
         cls,
         group_id: str,
         index: int,
+        address: str,
         name: str | None,
         timestamp: float,
         queue_wait: float,
         total: int | None,
     ) -> MemberStarted:
-        """The record for member ``index`` of ``group_id``, built positionally.
+        """The record for member ``index`` (at ``address``) of ``group_id``, built positionally.
 
-        A group publishes one per member; this skips keyword-argument parsing, which costs
-        more than the record itself.
+        A group publishes one per member that waits; this skips keyword-argument parsing,
+        which costs more than the record itself.
         """
         record = _new(cls)
         record.kind = "group.member_started"
-        record.address = f"{group_id}[{index}]"
+        record.address = address
         record.timestamp = timestamp
         record.group_id = group_id
         record.parallel_index = index

@@ -314,6 +314,7 @@ class _MemberRunning:
         return MemberStarted.of_member(
             self.group_id,
             member.index,
+            member.address or f"{self.group_id}[{member.index}]",
             member.name,
             started,
             started - member.enqueued,
