@@ -56,15 +56,23 @@ async def _noop() -> None:
     return None
 
 
-async def _run_group(subscriber: Callable[[BusEvent], None] | None) -> float:
+async def _wait_10ms() -> None:
+    await asyncio.sleep(0.01)  # a stand-in for a call that waits (real ones wait far longer)
+
+
+async def _run_group(
+    subscriber: Callable[[BusEvent], None] | None,
+    member: Callable[[], Any] = _noop,
+    members: int = MEMBERS,
+) -> float:
     bus = EventBus()
     if subscriber is not None:
         bus.subscribe(subscriber)
     state = ExecutionState(event_bus=bus)
     started = time.perf_counter()
     async with state.parallel(max_workers=WORKERS, name="bench") as p:
-        for _ in range(MEMBERS):
-            p.add(_noop())
+        for _ in range(members):
+            p.add(member())
         await p.gather()
     await bus.close()
     return time.perf_counter() - started
@@ -89,6 +97,22 @@ def _measure() -> dict[str, list[float]]:
                     printer.close()
                 runs[label].append(seconds)
     return runs
+
+
+def _measure_waiting(rounds: int = 5, members: int = 2_000) -> float:
+    """Median per-round ratio progress printer / no subscriber, members that wait 10 ms."""
+    ratios: list[float] = []
+    with open(os.devnull, "w", encoding="utf-8") as sink:
+        for _ in range(rounds):
+            gc.collect()
+            bare = asyncio.run(_run_group(None, _wait_10ms, members))
+            console = Console(file=sink, force_terminal=False, width=100)
+            printer = ParallelEventPrinter("progress", console=console)
+            gc.collect()
+            printed = asyncio.run(_run_group(printer, _wait_10ms, members))
+            printer.close()
+            ratios.append(printed / bare)
+    return statistics.median(ratios)
 
 
 def _records(*, started: bool = True) -> list[BusEvent]:
@@ -176,6 +200,8 @@ def main() -> None:
         f"target: progress printer <= {TARGET}x no subscriber: {verdict} "
         f"(best {ratio:.2f}x, median {medians['progress printer']:.2f}x)"
     )
+    waiting = _measure_waiting()
+    print(f"members that wait 10 ms (2,000, same limit): progress printer {waiting:.2f}x")
     alone = _printer_alone()
     print("the printer alone, fed the same records pre-built (no bus, no event loop):")
     print(f"  {'mode':<22} {'started+finished':>17} {'finished only':>14}")
