@@ -134,3 +134,28 @@ async def test_a_member_is_announced_before_its_own_records(
     assert kinds[0] == "group.member_started"
     assert kinds[-1] == "group.member_finished"
     assert "event.started" in kinds[1:-1]
+
+
+async def test_records_built_field_by_field_have_every_field(
+    state: ExecutionState, bus: EventBus, recorder: Recorder
+) -> None:
+    # The hot-path records skip their dataclass __init__: a field added to the class but not
+    # to its builder would be an unset slot. Every field of every record must read back.
+    import dataclasses
+
+    event = ExecutionEvent(actor=echo_tool)
+
+    async def waits() -> int:
+        await asyncio.sleep(0)
+        return 1
+
+    async with state.parallel(name="fields") as p:
+        p.add(event(Doc(text="x"), "", state))
+        p.add(waits())
+    await bus.drain()
+    kinds = set()
+    for record in recorder.records:
+        kinds.add(type(record).__name__)
+        for f in dataclasses.fields(record):
+            getattr(record, f.name)  # raises AttributeError on an unset slot
+    assert {"EventStarted", "EventCompleted", "MemberStarted", "MemberFinished"} <= kinds
