@@ -208,12 +208,13 @@ class ParallelEventPrinter:
         view: GroupView | None = None
         view_id: str | None = None
         latest: MemberFinished | None = None
+        latest_view: GroupView | None = None  # whose counts ``latest`` carries
         record: BusEvent | None = None
         while records:
             record = pop()
             if type(record) is not MemberFinished:
-                if latest is not None:
-                    _copy_counts(view, latest)  # type: ignore[arg-type]
+                if latest is not None and latest_view is not None:
+                    _copy_counts(latest_view, latest)
                     latest = None
                 self._latest = record.timestamp  # "now" on the run's clock, for elapsed times
                 handler = handlers.get(type(record))
@@ -226,14 +227,14 @@ class ParallelEventPrinter:
             # the hot path of a big group and is handled right here, with no further call:
             # counters only, unless the member failed, is among the slowest or gets a line.
             if record.group_id != view_id or view_id is None:
-                if latest is not None:
-                    _copy_counts(view, latest)  # type: ignore[arg-type]
+                if latest is not None and latest_view is not None:
+                    _copy_counts(latest_view, latest)
                     latest = None
                 view_id = record.group_id
                 view = groups.get(view_id or "")
             if view is None:
                 continue
-            latest = record
+            latest, latest_view = record, view
             took = record.execution_time
             # Written so that a NaN still reaches note_duration, as every value once did.
             if not took <= view.slowest_floor:
@@ -285,8 +286,8 @@ class ParallelEventPrinter:
                 _copy_counts(view, record)
                 latest = None
                 self._line(self._member_line(view, record, True), view.level + 1)
-        if latest is not None:
-            _copy_counts(view, latest)  # type: ignore[arg-type]
+        if latest is not None and latest_view is not None:
+            _copy_counts(latest_view, latest)
         if record is None:
             return
         self._latest = record.timestamp

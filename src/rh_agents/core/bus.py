@@ -84,13 +84,12 @@ class Subscription:
 
     Invariants: only ``publish`` appends to ``_queue`` and only the feeder pops from it. The
     feeder is unstarted (nothing scheduled, no task yet), awake (``_awake``: it will look at
-    the queue again before it rests, so a publisher only appends) or asleep (``_asleep``: its
+    the queue again before it rests, so a publisher only appends) or asleep (not awake: its
     queue is empty and the next push wakes it). "Idle", for ``drain()``, is not awake.
     """
 
     __slots__ = (
         "_accepted",
-        "_asleep",
         "_awake",
         "_batch",
         "_bus",
@@ -134,7 +133,6 @@ class Subscription:
         # group, and an Event costs several times more per cycle.
         self._waiter: asyncio.Future[None] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
-        self._asleep = False
         self._awake = False
         self._closed = False
 
@@ -169,7 +167,6 @@ class Subscription:
                 waiter.set_result(None)  # a sleeping feeder task finds itself closed and ends
             return
         if self._task is not None and not self._task.done():
-            self._asleep = False
             self._awake = True
             waiter, self._waiter = self._waiter, None
             if waiter is not None and not waiter.done():
@@ -179,7 +176,6 @@ class Subscription:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop yet: records wait in the queue until one publishes inside a loop
-        self._asleep = False
         self._awake = True
         if self._is_async:
             self._task = loop.create_task(self._feed(), name=f"rh_agents-subscriber:{self.name}")
@@ -188,7 +184,6 @@ class Subscription:
 
     def _rest(self) -> None:
         self._awake = False
-        self._asleep = True
         if self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
@@ -279,7 +274,6 @@ class Subscription:
         finally:
             # However the feeder ends (even cancelled), nobody waiting in drain() may hang.
             self._rest()
-            self._asleep = False
 
     async def _drain(self) -> None:
         if not self._awake and self._queue and not self._closed:
@@ -412,39 +406,25 @@ class EventBus:
             key, source = deferred.popitem()
             record = source.deferred_record(key)
             if record is not None:
-                self._deliver(record)
+                self.publish(record)  # (the dict is empty again: no flush from in there)
             return
         pending = list(deferred.items())  # in the order they were deferred
         deferred.clear()
         for key, source in pending:
             record = source.deferred_record(key)
             if record is not None:
-                self._deliver(record)
+                self.publish(record)
 
     def publish(self, record: BusEvent) -> None:
         """Queue ``record`` for every subscriber and stream; never waits."""
         if self._deferred:
             self._flush_deferred()  # they happened before this record
-        # _deliver inlined: this runs for every record of every member.
         self.published += 1
         for sub in self._subscriptions:
             if sub.kinds is not None and not sub.accepts(type(record)):
                 continue
             if sub._awake:
                 sub._queue.append(record)  # its feeder drains the queue by itself
-            else:
-                sub._push(record)
-        if self._streams:
-            self._push_streams(record)
-
-    def _deliver(self, record: BusEvent) -> None:
-        # publish() without the deferred check (a flush delivers through this).
-        self.published += 1
-        for sub in self._subscriptions:
-            if sub.kinds is not None and not sub.accepts(type(record)):
-                continue
-            if sub._awake:
-                sub._queue.append(record)
             else:
                 sub._push(record)
         if self._streams:
