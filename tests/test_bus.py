@@ -679,3 +679,98 @@ async def test_a_batch_subscriber_may_publish_from_inside_its_batch() -> None:
     await asyncio.wait_for(bus.drain(), timeout=5)
     assert [a for batch in taker.batches for a in batch] == ["a0", "a1", "a2", "a50"]
     await bus.close()
+
+
+# --- early delivery (deliver_pending) -------------------------------------------------------
+
+
+async def test_deliver_pending_feeds_sync_subscribers_at_once_and_in_order() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+    taker = BatchTaker()
+    later: list[str] = []
+
+    async def slow(r: BusEvent) -> None:
+        later.append(r.address)
+
+    bus.subscribe(lambda r: seen.append(r.address))
+    bus.subscribe(taker)
+    bus.subscribe(slow)
+    for i in range(3):
+        bus.publish(record(i))
+    bus.deliver_pending()  # no loop turn yet: only the synchronous ones can have them
+    assert seen == ["a0", "a1", "a2"]
+    assert taker.batches == [["a0", "a1", "a2"]]
+    assert later == []
+    bus.publish(record(3))  # their scheduled callbacks are still due, and deliver the rest
+    await asyncio.wait_for(bus.drain(), timeout=5)
+    assert seen == ["a0", "a1", "a2", "a3"]
+    assert [a for batch in taker.batches for a in batch] == ["a0", "a1", "a2", "a3"]
+    assert later == ["a0", "a1", "a2", "a3"]
+    await bus.close()
+
+
+async def test_deliver_pending_reports_a_failure_instead_of_raising() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+
+    def flaky(r: BusEvent) -> None:
+        if r.address == "a1":
+            raise ValueError("bad record")
+        seen.append(r.address)
+
+    bus.subscribe(flaky)
+    for i in range(3):
+        bus.publish(record(i))
+    bus.deliver_pending()
+    assert seen == ["a0", "a2"]
+    assert [e.error for e in bus.subscriber_errors] == ["ValueError: bad record"]
+    await asyncio.wait_for(bus.close(), timeout=5)
+
+
+async def test_a_subscriber_turning_async_during_early_delivery_keeps_its_order() -> None:
+    bus = EventBus()
+    handled: list[str] = []
+    gate = asyncio.Event()
+
+    async def later(r: BusEvent) -> None:
+        if r.address == "a1":
+            await gate.wait()  # anything handled meanwhile would be out of order
+        handled.append(r.address)
+
+    def handler(r: BusEvent) -> Any:
+        if r.address == "a0":
+            handled.append("a0")
+            return None
+        return later(r)  # from here on a task feeds it; its old callback must not
+
+    bus.subscribe(handler)
+    for i in range(4):
+        bus.publish(record(i))
+    bus.deliver_pending()
+    bus.publish(record(4))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert handled == ["a0"]
+    gate.set()
+    await asyncio.wait_for(bus.drain(), timeout=5)
+    assert handled == ["a0", "a1", "a2", "a3", "a4"]
+    await bus.close()
+
+
+async def test_a_busy_group_hands_records_over_while_it_runs(state: ExecutionState) -> None:
+    # 3,000 members that never wait, on 100 workers: the loop runs every worker's chunk in one
+    # turn, so without early delivery the subscriber's queue would hold thousands of records.
+    bus = state.event_bus
+    subscription = bus.subscribe(lambda r: None)
+    most_pending = 0
+
+    async def member() -> None:
+        nonlocal most_pending
+        most_pending = max(most_pending, subscription.pending)
+
+    async with state.parallel(max_workers=100) as p:
+        for _ in range(3_000):
+            p.add(member())
+    assert len(await p.gather()) == 3_000
+    assert 0 < most_pending <= 300  # a worker's chunk (256 members) and a few records more

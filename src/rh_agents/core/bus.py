@@ -82,10 +82,18 @@ class Subscription:
     push: no task, no future. An async subscriber (or a sync one that returns an awaitable) is
     fed by a task, so that it can await each record before the next.
 
-    Invariants: only ``publish`` appends to ``_queue`` and only the feeder pops from it. The
-    feeder is unstarted (nothing scheduled, no task yet), awake (``_awake``: it will look at
-    the queue again before it rests, so a publisher only appends) or asleep (not awake: its
-    queue is empty and the next push wakes it). "Idle", for ``drain()``, is not awake.
+    A producer that keeps the loop busy for a long stretch (a group whose members never wait)
+    also calls ``EventBus.deliver_pending()`` between its chunks of work: a synchronous
+    subscriber then gets what is queued right there, so records do not pile up by the
+    thousand (and outlive a garbage-collector generation) before the loop's next turn.
+
+    Invariants: only ``publish`` appends to ``_queue``; only the feeder pops from it, and for
+    a synchronous subscriber ``deliver_pending`` (a plain call: nothing can interleave with
+    it). The feeder is unstarted (nothing scheduled, no task yet), awake (``_awake``: it will
+    look at the queue again before it rests, so a publisher only appends) or asleep (not
+    awake: its queue is empty and the next push wakes it). An early delivery leaves it awake:
+    its scheduled callback still comes, and is what rests it. "Idle", for ``drain()``, is not
+    awake.
     """
 
     __slots__ = (
@@ -192,14 +200,28 @@ class Subscription:
 
     def _feed_now(self) -> None:
         """Feed a synchronous subscriber everything queued (a loop callback)."""
-        queue = self._queue
+        if self._is_async:
+            return  # it turned async during an early delivery: its task owns the queue now
         if self._closed:
-            queue.clear()
+            self._queue.clear()
             self._rest()
             return
+        if self._deliver():
+            self._rest()
+
+    def _deliver_early(self) -> None:
+        """Feed a synchronous subscriber what is queued now, ahead of its callback (which
+        stays scheduled, and rests it)."""
+        if self._awake and self._queue and not self._is_async and not self._closed:
+            self._deliver()
+
+    def _deliver(self) -> bool:
+        """Hand every queued record to a synchronous subscriber, in order. ``False`` if it
+        turned out to be async (it returned an awaitable): a task feeds it from then on."""
         if self._batch is not None:
-            self._feed_batch(self._batch)
-            return
+            self._deliver_batches(self._batch)
+            return True
+        queue = self._queue
         handler, pop = self._call, queue.popleft
         while queue:
             record = pop()
@@ -215,10 +237,10 @@ class Subscription:
                 self._task = asyncio.get_running_loop().create_task(
                     self._feed(outcome, record), name=f"rh_agents-subscriber:{self.name}"
                 )
-                return
-        self._rest()
+                return False
+        return True
 
-    def _feed_batch(self, handle: Callable[[deque[BusEvent]], Any]) -> None:
+    def _deliver_batches(self, handle: Callable[[deque[BusEvent]], Any]) -> None:
         queue = self._queue
         while queue:
             batch = list(queue)  # kept only to name the record a failure happened on
@@ -242,7 +264,6 @@ class Subscription:
                         call(record)
                     except Exception as exc:
                         self._bus._report(self, record, exc)
-        self._rest()
 
     async def _feed(self, outcome: Any = None, record: BusEvent | None = None) -> None:
         queue = self._queue
@@ -414,6 +435,19 @@ class EventBus:
             record = source.deferred_record(key)
             if record is not None:
                 self.publish(record)
+
+    def deliver_pending(self) -> None:
+        """Feed every synchronous subscriber what is queued for it, now, without waiting for
+        the loop's next turn (async subscribers and streams are left to their tasks).
+
+        For code that keeps the loop busy for a long stretch: a parallel group whose members
+        never wait calls it every few hundred members, so that records are handled, and freed,
+        while the group runs rather than piling up until it yields. The subscriber runs inside
+        the caller's call, as it would in its loop callback: a failure is reported, never
+        raised here.
+        """
+        for sub in self._subscriptions:
+            sub._deliver_early()
 
     def publish(self, record: BusEvent) -> None:
         """Queue ``record`` for every subscriber and stream; never waits."""

@@ -202,7 +202,12 @@ class _Scheduler:
                 if streak >= _YIELD_EVERY:
                     # Members that never suspend would otherwise hold the event loop for the
                     # whole group: let other tasks (subscribers, live displays, timers) run.
+                    # Synchronous subscribers get their records first, right here: the loop
+                    # runs every other worker's chunk before their callback, and thousands of
+                    # records left waiting that long cost more in garbage collection than
+                    # handling them does (the printer's overhead fell from 1.47x to 1.30x).
                     streak = 0
+                    self._state.event_bus.deliver_pending()
                     await asyncio.sleep(0)
                 if self._reclaimers:
                     # A member that lent its slot wants it back: give it ours and stop.
