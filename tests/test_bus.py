@@ -14,7 +14,7 @@ from rh_agents.core.actors import Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
-from rh_agents.core.records import BusEvent, EventStarted
+from rh_agents.core.records import BusEvent, EventStarted, MemberFinished
 
 if TYPE_CHECKING:
     from conftest import Recorder
@@ -773,4 +773,34 @@ async def test_a_busy_group_hands_records_over_while_it_runs(state: ExecutionSta
         for _ in range(3_000):
             p.add(member())
     assert len(await p.gather()) == 3_000
-    assert 0 < most_pending <= 300  # a worker's chunk (256 members) and a few records more
+    assert 0 < most_pending <= 150  # 128 members (one record each) and a few more
+
+
+async def test_members_finishing_in_one_loop_turn_hand_records_over_as_they_go(
+    state: ExecutionState,
+) -> None:
+    # 1,000 members on 1,000 workers each wait once, so all of them resume and finish in the
+    # same loop turn: their finish records reach the subscriber every 128 members, not all
+    # after the last one.
+    finished = 0
+    seen_at: list[int] = []  # members finished when the subscriber got each finish record
+
+    def handler(r: BusEvent) -> None:
+        if isinstance(r, MemberFinished):
+            seen_at.append(finished)
+
+    state.event_bus.subscribe(handler)
+
+    async def member() -> None:
+        nonlocal finished
+        await asyncio.sleep(0)
+        finished += 1
+
+    async with state.parallel(max_workers=1_000) as p:
+        for _ in range(1_000):
+            p.add(member())
+    assert len(await p.gather()) == 1_000
+    await asyncio.wait_for(state.event_bus.drain(), timeout=5)
+    assert len(seen_at) == 1_000
+    # The k-th finish record was handled before 128 more members had finished.
+    assert max(at - k for k, at in enumerate(seen_at)) <= 128

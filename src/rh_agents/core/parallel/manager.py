@@ -48,7 +48,7 @@ from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder
 from rh_agents.core.parallel.options import check_group_options
 from rh_agents.core.parallel.ready import ReadyQueue
 from rh_agents.core.parallel.running import _MemberRunning
-from rh_agents.core.parallel.scheduler import _Scheduler
+from rh_agents.core.parallel.scheduler import _DELIVER_EVERY, _Scheduler
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.stopping import _Stopping
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
@@ -81,6 +81,7 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         "_bus_version",
         "_cancelled",
         "_completion_order",
+        "_deliver_at",
         "_display_name",
         "_done",
         "_done_waiters",
@@ -235,6 +236,7 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         self._unretained: deque[ExecutionResult[Any]] = deque()
         self._last_failure: ExecutionResult[Any] | None = None
         self._done = 0
+        self._deliver_at = _DELIVER_EVERY
         self._succeeded = 0
         self._failed = 0
         self._cancelled = 0
