@@ -387,25 +387,33 @@ async def test_has_listeners_follows_subscribers_and_streams() -> None:
     assert not bus.has_listeners
 
 
-async def test_sync_subscriber_returning_awaitables_is_awaited_in_order() -> None:
-    bus = EventBus()
-    handled: list[str] = []
-    gate = asyncio.Event()
+class TurnsAsync:
+    """A plain function subscriber that handles a0 at once and returns an awaitable for every
+    later record; the one for a1 is not done until ``gate`` opens."""
 
-    async def slow(r: BusEvent) -> None:
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+        self.gate = asyncio.Event()
+
+    async def _slow(self, r: BusEvent) -> None:
         if r.address == "a1":
-            await gate.wait()  # a1 is not done until the gate opens
-        handled.append(r.address)
+            await self.gate.wait()  # anything handled meanwhile would be out of order
+        self.handled.append(r.address)
 
-    def handler(r: BusEvent) -> Any:
+    def handler(self, r: BusEvent) -> Any:
         # A plain function, so the bus feeds it from a callback, until it returns an
         # awaitable; then a task takes over and awaits each one before the next record.
         if r.address == "a0":
-            handled.append("a0")
+            self.handled.append("a0")
             return None
-        return slow(r)
+        return self._slow(r)
 
-    bus.subscribe(handler)
+
+async def test_sync_subscriber_returning_awaitables_is_awaited_in_order() -> None:
+    bus = EventBus()
+    subscriber = TurnsAsync()
+    handled, gate = subscriber.handled, subscriber.gate
+    bus.subscribe(subscriber.handler)
     for i in range(4):
         bus.publish(record(i))
     drain = asyncio.create_task(bus.drain())
@@ -420,7 +428,10 @@ async def test_sync_subscriber_returning_awaitables_is_awaited_in_order() -> Non
     assert handled[-1] == "a4"
 
 
-async def test_sync_subscriber_errors_are_contained_and_later_records_delivered() -> None:
+@pytest.mark.parametrize("early", [False, True], ids=["at the loop's turn", "deliver_pending"])
+async def test_sync_subscriber_errors_are_contained_and_later_records_delivered(
+    early: bool,
+) -> None:
     bus = EventBus()
     seen: list[str] = []
 
@@ -432,7 +443,10 @@ async def test_sync_subscriber_errors_are_contained_and_later_records_delivered(
     bus.subscribe(flaky)
     for i in range(3):
         bus.publish(record(i))
-    await bus.drain()
+    if early:
+        bus.deliver_pending()  # reported, never raised to the caller
+    else:
+        await asyncio.wait_for(bus.drain(), timeout=5)
     assert seen == ["a0", "a2"]
     assert [e.error for e in bus.subscriber_errors] == ["ValueError: bad record"]
     await bus.close()
@@ -710,44 +724,14 @@ async def test_deliver_pending_feeds_sync_subscribers_at_once_and_in_order() -> 
     await bus.close()
 
 
-async def test_deliver_pending_reports_a_failure_instead_of_raising() -> None:
-    bus = EventBus()
-    seen: list[str] = []
-
-    def flaky(r: BusEvent) -> None:
-        if r.address == "a1":
-            raise ValueError("bad record")
-        seen.append(r.address)
-
-    bus.subscribe(flaky)
-    for i in range(3):
-        bus.publish(record(i))
-    bus.deliver_pending()
-    assert seen == ["a0", "a2"]
-    assert [e.error for e in bus.subscriber_errors] == ["ValueError: bad record"]
-    await asyncio.wait_for(bus.close(), timeout=5)
-
-
 async def test_a_subscriber_turning_async_during_early_delivery_keeps_its_order() -> None:
     bus = EventBus()
-    handled: list[str] = []
-    gate = asyncio.Event()
-
-    async def later(r: BusEvent) -> None:
-        if r.address == "a1":
-            await gate.wait()  # anything handled meanwhile would be out of order
-        handled.append(r.address)
-
-    def handler(r: BusEvent) -> Any:
-        if r.address == "a0":
-            handled.append("a0")
-            return None
-        return later(r)  # from here on a task feeds it; its old callback must not
-
-    bus.subscribe(handler)
+    subscriber = TurnsAsync()
+    handled, gate = subscriber.handled, subscriber.gate
+    bus.subscribe(subscriber.handler)
     for i in range(4):
         bus.publish(record(i))
-    bus.deliver_pending()
+    bus.deliver_pending()  # a1 turns it async: from then on a task feeds it, not its callback
     bus.publish(record(4))
     for _ in range(5):
         await asyncio.sleep(0)
