@@ -742,6 +742,30 @@ async def test_a_subscriber_turning_async_during_early_delivery_keeps_its_order(
     await bus.close()
 
 
+async def test_deliver_pending_from_inside_a_handler_keeps_records_one_at_a_time() -> None:
+    bus = EventBus()
+    handled: list[str] = []
+    inside = False
+
+    def handler(r: BusEvent) -> None:
+        nonlocal inside
+        assert not inside, f"{r.address} handed over while an earlier record was in hand"
+        inside = True
+        try:
+            handled.append(r.address)
+            bus.deliver_pending()  # the records after this one wait for it to return
+        finally:
+            inside = False
+
+    bus.subscribe(handler)
+    for i in range(3):
+        bus.publish(record(i))
+    bus.deliver_pending()
+    assert handled == ["a0", "a1", "a2"]
+    assert bus.subscriber_errors == []
+    await asyncio.wait_for(bus.close(), timeout=5)
+
+
 async def test_a_busy_group_hands_records_over_while_it_runs(state: ExecutionState) -> None:
     # 3,000 members that never wait, on 100 workers: the loop runs every worker's chunk in one
     # turn, so without early delivery the subscriber's queue would hold thousands of records.

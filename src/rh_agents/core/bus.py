@@ -103,6 +103,7 @@ class Subscription:
         "_bus",
         "_call",
         "_closed",
+        "_delivering",
         "_idle_waiters",
         "_is_async",
         "_queue",
@@ -143,6 +144,7 @@ class Subscription:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._awake = False
         self._closed = False
+        self._delivering = False  # in the middle of handing records over (see _deliver)
 
     @property
     def pending(self) -> int:
@@ -212,12 +214,25 @@ class Subscription:
     def _deliver_early(self) -> None:
         """Feed a synchronous subscriber what is queued now, ahead of its callback (which
         stays scheduled, and rests it)."""
-        if self._awake and self._queue and not self._is_async and not self._closed:
+        if (
+            self._awake
+            and self._queue
+            and not self._is_async
+            and not self._closed
+            and not self._delivering  # called from its own handler: it has them in hand
+        ):
             self._deliver()
 
     def _deliver(self) -> bool:
         """Hand every queued record to a synchronous subscriber, in order. ``False`` if it
         turned out to be async (it returned an awaitable): a task feeds it from then on."""
+        self._delivering = True
+        try:
+            return self._deliver_all()
+        finally:
+            self._delivering = False
+
+    def _deliver_all(self) -> bool:
         if self._batch is not None:
             self._deliver_batches(self._batch)
             return True
