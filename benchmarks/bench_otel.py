@@ -15,6 +15,10 @@ Three workloads: members that do nothing (the worst case: all that is measured i
 ``ExecutionEvent`` members (one actor call each: a span and a histogram value), and members
 that wait 10 ms (a stand-in for I/O; real LLM calls wait far longer).
 
+A last table times the SDK alone, with no rh_agents code: a span made and ended, and a
+histogram value, with and without the attributes ours carry. That is the floor under any
+exporter that keeps a span per event.
+
 Run: ``.venv/bin/python -m benchmarks.bench_otel``
 """
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+import timeit
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -155,6 +160,55 @@ def main() -> None:
                 f"| {best / MEMBERS * 1e6:>9.1f} | {best / min(base):>12.2f} | {paired:>21.2f} |",
                 flush=True,
             )
+    sdk_floor()
+
+
+# The attributes an event span ends up with, and those of an event-duration histogram value.
+_SPAN_ATTRIBUTES: dict[str, Any] = {
+    "rh_agents.address": "members[1]::square",
+    "rh_agents.actor.name": "square",
+    "rh_agents.actor.kind": "tool",
+    "rh_agents.group_id": "members",
+    "rh_agents.parallel_index": 1,
+    "rh_agents.attempts": 1,
+    "rh_agents.source": "run",
+    "rh_agents.cache_hit": False,
+}
+_HISTOGRAM_ATTRIBUTES: dict[str, Any] = {
+    "rh_agents.actor": "square",
+    "rh_agents.status": "completed",
+}
+
+
+def sdk_floor(calls: int = 50_000) -> None:
+    """What the OpenTelemetry SDK alone costs per span and per histogram value (no rh_agents
+    code at all): the floor under any exporter that keeps a span per event."""
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(NullExporter(), max_queue_size=calls))
+    tracer = tracer_provider.get_tracer("bench")
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    histogram = meter_provider.get_meter("bench").create_histogram("bench.duration")
+
+    def span(attributes: dict[str, Any] | None) -> Callable[[], None]:
+        def make() -> None:
+            tracer.start_span("square", attributes=attributes, start_time=1).end(end_time=2)
+
+        return make
+
+    def value(attributes: dict[str, Any] | None) -> Callable[[], None]:
+        return lambda: histogram.record(0.001, attributes)
+
+    print(f"\nthe SDK alone (timeit, best of 3 x {calls} calls), µs per call:")
+    for label, call in (
+        ("span, no attribute", span(None)),
+        (f"span, {len(_SPAN_ATTRIBUTES)} attributes (an event span)", span(_SPAN_ATTRIBUTES)),
+        ("histogram value, no attribute", value(None)),
+        (f"histogram value, {len(_HISTOGRAM_ATTRIBUTES)} attributes", value(_HISTOGRAM_ATTRIBUTES)),
+    ):
+        best = min(timeit.repeat(call, number=calls, repeat=3)) / calls
+        print(f"  {label:<40} {best * 1e6:6.1f}")
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
 
 
 if __name__ == "__main__":
