@@ -27,28 +27,106 @@ def _in(group: str, index: int) -> dict[str, object]:
     return {"group_id": group, "parallel_index": index, "is_parallel": True}
 
 
+def _within(group: str | None, index: int) -> dict[str, object]:
+    return {} if group is None else _in(group, index)
+
+
+def member_started(
+    address: str,
+    index: int,
+    *,
+    at: float,
+    group: str | None = None,
+    name: str | None = None,
+    queue_wait: float = 0.0,
+    total: int | None = None,
+) -> MemberStarted:
+    """Member ``index`` at ``address`` started at ``at`` (inside ``group``, if given)."""
+    return MemberStarted(
+        address=address,
+        timestamp=at,
+        **_within(group, index),
+        name=name,
+        index=index,
+        queue_wait=queue_wait,
+        total=total,
+    )
+
+
+def member_finished(
+    address: str,
+    index: int,
+    *,
+    at: float,
+    took: float,
+    done: int,
+    ok: int,
+    total: int | None,
+    status: str = "completed",
+    error: str | None = None,
+    group: str | None = None,
+    name: str | None = None,
+    attempts: int = 1,
+) -> MemberFinished:
+    """Member ``index`` finished at ``at`` after ``took`` seconds; the group's counts after it
+    are ``done`` and ``ok`` (``failed`` is the rest, as a group reports it)."""
+    return MemberFinished(
+        address=address,
+        timestamp=at,
+        **_within(group, index),
+        name=name,
+        index=index,
+        status=status,
+        execution_time=took,
+        error=error,
+        done=done,
+        succeeded=ok,
+        failed=done - ok,
+        total=total,
+        attempts=attempts,
+    )
+
+
+def group_completed(
+    address: str,
+    *,
+    at: float,
+    name: str,
+    status: str,
+    total: int,
+    ok: int,
+    wall: float,
+    failed: int = 0,
+    timed_out: int = 0,
+    cancelled: int = 0,
+    skipped: int = 0,
+    within: tuple[str, int] | None = None,
+) -> GroupCompleted:
+    """Group ``name`` at ``address`` completed at ``at``; ``within``: the group and index of
+    the member it runs in, for a nested group."""
+    return GroupCompleted(
+        address=address,
+        timestamp=at,
+        **({} if within is None else _in(*within)),
+        name=name,
+        status=status,
+        total=total,
+        succeeded=ok,
+        failed=failed,
+        cancelled=cancelled,
+        skipped=skipped,
+        timed_out=timed_out,
+        wall_time=wall,
+    )
+
+
 def run_records() -> list[BusEvent]:
+    timed_out = "ParallelTimeoutError: member 1 of group 'Orch::docs' timed out after 2.0s"
     return [
         EventStarted(address="Orch", timestamp=0.0, actor="Orch", actor_kind="agent"),
         GroupStarted(address=DOCS, timestamp=0.0, name="docs", total=0, max_workers=2),
-        MemberStarted(
-            address=f"{DOCS}[0]",
-            timestamp=0.0,
-            **_in(DOCS, 0),
-            name=None,
-            index=0,
-            queue_wait=0.0,
-            total=3,
-        ),
-        MemberStarted(
-            address=f"{DOCS}[1]",
-            timestamp=0.0,
-            **_in(DOCS, 1),
-            name=None,
-            index=1,
-            queue_wait=0.0,
-            total=3,
-        ),
+        member_started(f"{DOCS}[0]", 0, at=0.0, group=DOCS, total=3),
+        member_started(f"{DOCS}[1]", 1, at=0.0, group=DOCS, total=3),
         EventStarted(
             address=f"{DOCS}[0]::reader",
             timestamp=0.0,
@@ -65,15 +143,7 @@ def run_records() -> list[BusEvent]:
             max_workers=2,
             parent_group_id=DOCS,
         ),
-        MemberStarted(
-            address=f"{STEPS}[0]",
-            timestamp=0.1,
-            **_in(STEPS, 0),
-            name="summary",
-            index=0,
-            queue_wait=0.0,
-            total=2,
-        ),
+        member_started(f"{STEPS}[0]", 0, at=0.1, group=STEPS, name="summary", total=2),
         EventRetrying(
             address=f"{STEPS}[0]::llm",
             timestamp=0.3,
@@ -83,57 +153,20 @@ def run_records() -> list[BusEvent]:
             error="RateLimitError: 429 slow down",
             error_type="RateLimitError",
         ),
-        MemberFinished(
-            address=f"{STEPS}[0]",
-            timestamp=0.9,
-            **_in(STEPS, 0),
-            name="summary",
-            index=0,
-            status="completed",
-            execution_time=0.8,
-            error=None,
-            done=1,
-            succeeded=1,
-            failed=0,
-            total=2,
-            attempts=2,
+        member_finished(
+            f"{STEPS}[0]", 0, at=0.9, took=0.8, done=1, ok=1, total=2,
+            group=STEPS, name="summary", attempts=2,
         ),
-        MemberStarted(
-            address=f"{STEPS}[1]",
-            timestamp=0.9,
-            **_in(STEPS, 1),
-            name="keywords",
-            index=1,
-            queue_wait=0.8,
-            total=2,
+        member_started(
+            f"{STEPS}[1]", 1, at=0.9, group=STEPS, name="keywords", queue_wait=0.8, total=2
         ),
-        MemberFinished(
-            address=f"{STEPS}[1]",
-            timestamp=1.0,
-            **_in(STEPS, 1),
-            name="keywords",
-            index=1,
-            status="failed",
-            execution_time=0.1,
-            error="ValueError: no words",
-            done=2,
-            succeeded=1,
-            failed=1,
-            total=2,
+        member_finished(
+            f"{STEPS}[1]", 1, at=1.0, took=0.1, done=2, ok=1, total=2,
+            status="failed", error="ValueError: no words", group=STEPS, name="keywords",
         ),
-        GroupCompleted(
-            address=STEPS,
-            timestamp=1.1,
-            **_in(DOCS, 1),
-            name="steps",
-            status="partial",
-            total=2,
-            succeeded=1,
-            failed=1,
-            cancelled=0,
-            skipped=0,
-            timed_out=0,
-            wall_time=1.0,
+        group_completed(
+            STEPS, at=1.1, name="steps", status="partial", total=2, ok=1, failed=1, wall=1.0,
+            within=(DOCS, 1),
         ),
         EventCompleted(
             address=f"{DOCS}[0]::reader",
@@ -143,20 +176,7 @@ def run_records() -> list[BusEvent]:
             actor_kind="agent",
             execution_time=1.2,
         ),
-        MemberFinished(
-            address=f"{DOCS}[0]",
-            timestamp=1.2,
-            **_in(DOCS, 0),
-            name=None,
-            index=0,
-            status="completed",
-            execution_time=1.2,
-            error=None,
-            done=1,
-            succeeded=1,
-            failed=0,
-            total=3,
-        ),
+        member_finished(f"{DOCS}[0]", 0, at=1.2, took=1.2, done=1, ok=1, total=3, group=DOCS),
         CircuitStateChanged(
             address=f"{DOCS}[1]",
             timestamp=1.5,
@@ -165,57 +185,21 @@ def run_records() -> list[BusEvent]:
             new_state="open",
             failures=5,
         ),
-        MemberFinished(
-            address=f"{DOCS}[1]",
-            timestamp=2.0,
-            **_in(DOCS, 1),
-            name=None,
-            index=1,
-            status="timed_out",
-            execution_time=2.0,
-            error="ParallelTimeoutError: member 1 of group 'Orch::docs' timed out after 2.0s",
-            done=2,
-            succeeded=1,
-            failed=1,
-            total=3,
+        member_finished(
+            f"{DOCS}[1]", 1, at=2.0, took=2.0, done=2, ok=1, total=3,
+            status="timed_out", error=timed_out, group=DOCS,
         ),
-        MemberStarted(
-            address=f"{DOCS}[2]",
-            timestamp=2.0,
-            **_in(DOCS, 2),
+        member_started(f"{DOCS}[2]", 2, at=2.0, group=DOCS, name="last", queue_wait=2.0, total=3),
+        member_finished(
+            f"{DOCS}[2]", 2, at=2.5, took=0.5, done=3, ok=1, total=3,
+            status="cancelled", error="MemberCancelledError: group stopped", group=DOCS,
             name="last",
-            index=2,
-            queue_wait=2.0,
-            total=3,
         ),
-        MemberFinished(
-            address=f"{DOCS}[2]",
-            timestamp=2.5,
-            **_in(DOCS, 2),
-            name="last",
-            index=2,
-            status="cancelled",
-            execution_time=0.5,
-            error="MemberCancelledError: group stopped",
-            done=3,
-            succeeded=1,
-            failed=2,
-            total=3,
-        ),
-        GroupCompleted(
-            address=DOCS,
-            timestamp=2.5,
-            name="docs",
-            status="partial",
-            total=3,
-            succeeded=1,
-            failed=0,
-            cancelled=1,
-            skipped=0,
-            timed_out=1,
-            wall_time=2.5,
+        group_completed(
+            DOCS, at=2.5, name="docs", status="partial", total=3, ok=1, cancelled=1,
+            timed_out=1, wall=2.5,
         ),
         EventCompleted(
             address="Orch", timestamp=2.6, actor="Orch", actor_kind="agent", execution_time=2.6
         ),
-    ]
+    ]  # fmt: skip

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from rich.console import Console
 
-from printer_records import run_records
+from printer_records import group_completed, member_finished, member_started, run_records
 from rh_agents import ParallelEventPrinter as TopLevelExport
 from rh_agents.bus_handlers import ParallelEventPrinter
 from rh_agents.bus_handlers.parallel_printer import ParallelMode
@@ -19,10 +19,7 @@ from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import (
     EventFailed,
-    GroupCompleted,
     GroupStarted,
-    MemberFinished,
-    MemberStarted,
 )
 from rh_agents.errors import ConfigurationError
 
@@ -176,21 +173,8 @@ def test_plain_progress_lines_are_rate_limited_by_the_injected_clock() -> None:
     for i in range(10):
         now[0] = i * 1.0  # one member per second
         printer(
-            MemberFinished(
-                address=f"g[{i}]",
-                timestamp=i * 1.0,
-                group_id="g",
-                parallel_index=i,
-                is_parallel=True,
-                name=None,
-                index=i,
-                status="completed",
-                execution_time=0.5,
-                error=None,
-                done=i + 1,
-                succeeded=i + 1,
-                failed=0,
-                total=10,
+            member_finished(
+                f"g[{i}]", i, at=i * 1.0, took=0.5, done=i + 1, ok=i + 1, total=10, group="g"
             )
         )
     lines = out.getvalue().splitlines()
@@ -276,19 +260,7 @@ def test_refresh_rate_is_bounded() -> None:
         printer(GroupStarted(address="g", timestamp=0.0, name="g", total=0, max_workers=4))
         for i in range(100):  # 100 records within one second of the clock
             now[0] = i / 100
-            printer(
-                MemberStarted(
-                    address=f"g[{i}]",
-                    timestamp=now[0],
-                    group_id="g",
-                    parallel_index=i,
-                    is_parallel=True,
-                    name=None,
-                    index=i,
-                    queue_wait=0.0,
-                    total=100,
-                )
-            )
+            printer(member_started(f"g[{i}]", i, at=now[0], group="g", total=100))
     finally:
         printer.close()
     # 100 records over 0.99s at 4 redraws a second: at 0 (GroupStarted), 0.25, 0.5 and 0.75.
@@ -343,18 +315,8 @@ async def test_non_terminal_output_has_no_escape_codes(mode: ParallelMode) -> No
 def test_group_completed_for_an_unknown_group_is_ignored() -> None:
     printer, out = plain_printer("collapsed")
     printer(
-        GroupCompleted(
-            address="never-started",
-            timestamp=0.0,
-            name="x",
-            status="completed",
-            total=1,
-            succeeded=1,
-            failed=0,
-            cancelled=0,
-            skipped=0,
-            timed_out=0,
-            wall_time=0.0,
+        group_completed(
+            "never-started", at=0.0, name="x", status="completed", total=1, ok=1, wall=0.0
         )
     )
     printer.close()
@@ -454,20 +416,17 @@ def test_plain_progress_of_a_big_group_prints_progress_and_failures_not_every_me
         now[0] = i * 1.0
         failed = i == 7
         printer(
-            MemberFinished(
-                address=f"g[{i}]", timestamp=i * 1.0, group_id="g", parallel_index=i,
-                is_parallel=True, name=None, index=i,
-                status="failed" if failed else "completed", execution_time=0.5,
-                error="ValueError: bad" if failed else None, done=i + 1,
-                succeeded=i + (0 if i >= 7 else 1), failed=1 if i >= 7 else 0, total=10,
+            member_finished(
+                f"g[{i}]", i, at=i * 1.0, took=0.5, done=i + 1, ok=i + (0 if i >= 7 else 1),
+                total=10, status="failed" if failed else "completed",
+                error="ValueError: bad" if failed else None, group="g",
             )
         )  # fmt: skip
     printer(
-        GroupCompleted(
-            address="g", timestamp=10.0, name="g", status="partial", total=10, succeeded=9,
-            failed=1, cancelled=0, skipped=0, timed_out=0, wall_time=10.0,
+        group_completed(
+            "g", at=10.0, name="g", status="partial", total=10, ok=9, failed=1, wall=10.0
         )
-    )  # fmt: skip
+    )
     printer.close()
     assert out.getvalue().splitlines() == [
         "▶ 📦 g started (max_workers=4)",
@@ -481,12 +440,10 @@ def test_plain_progress_of_a_big_group_prints_progress_and_failures_not_every_me
     printer(GroupStarted(address="s", timestamp=0.0, name="s", total=0, max_workers=2))
     for i in range(2):
         printer(
-            MemberFinished(
-                address=f"s[{i}]", timestamp=0.0, group_id="s", parallel_index=i,
-                is_parallel=True, name=None, index=i, status="completed", execution_time=0.0,
-                error=None, done=i + 1, succeeded=i + 1, failed=0, total=2,
+            member_finished(
+                f"s[{i}]", i, at=0.0, took=0.0, done=i + 1, ok=i + 1, total=2, group="s"
             )
-        )  # fmt: skip
+        )
     printer.close()
     assert "  ✔ s#0 done (0ms) [1/2]" in out.getvalue().splitlines()
 

@@ -14,15 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
+from printer_records import group_completed, member_finished, member_started
 from rh_agents.bus_handlers import ParallelEventPrinter
 from rh_agents.bus_handlers.group_view import GroupView, seconds
 from rh_agents.bus_handlers.parallel_printer import ParallelMode
 from rh_agents.core.records import (
     BusEvent,
-    GroupCompleted,
     GroupStarted,
-    MemberFinished,
-    MemberStarted,
 )
 
 GROUP = "jobs"
@@ -32,24 +30,19 @@ SUMMARY = (
 )
 
 
-def _in(index: int) -> dict[str, object]:
-    return {"group_id": GROUP, "parallel_index": index, "is_parallel": True}
-
-
 def _finished(index: int, name: str, status: str, took: float, done: int, ok: int) -> BusEvent:
-    return MemberFinished(
-        address=f"{GROUP}[{index}]",
-        timestamp=1.0 + index,
-        **_in(index),
-        name=name,
-        index=index,
-        status=status,
-        execution_time=took,
-        error=None if status == "completed" else "ValueError: boom",
+    return member_finished(
+        f"{GROUP}[{index}]",
+        index,
+        at=1.0 + index,
+        took=took,
         done=done,
-        succeeded=ok,
-        failed=done - ok,
+        ok=ok,
         total=3,
+        status=status,
+        error=None if status == "completed" else "ValueError: boom",
+        group=GROUP,
+        name=name,
     )
 
 
@@ -57,32 +50,14 @@ def records(*, complete: bool = True) -> list[BusEvent]:
     """Two members that never announced a start (one fails), one that waited and still runs."""
     run: list[BusEvent] = [
         GroupStarted(address=GROUP, timestamp=0.0, name="jobs", total=0, max_workers=2),
-        MemberStarted(
-            address=f"{GROUP}[2]",
-            timestamp=0.5,
-            **_in(2),
-            name="c",
-            index=2,
-            queue_wait=0.0,
-            total=3,
-        ),
+        member_started(f"{GROUP}[2]", 2, at=0.5, group=GROUP, name="c", total=3),
         _finished(0, "a", "completed", 0.25, done=1, ok=1),
         _finished(1, "b", "failed", 0.5, done=2, ok=1),
     ]
     if complete:
         run.append(
-            GroupCompleted(
-                address=GROUP,
-                timestamp=1.5,
-                name="jobs",
-                status="partial",
-                total=3,
-                succeeded=1,
-                failed=1,
-                cancelled=0,
-                skipped=0,
-                timed_out=0,
-                wall_time=1.5,
+            group_completed(
+                GROUP, at=1.5, name="jobs", status="partial", total=3, ok=1, failed=1, wall=1.5
             )
         )
     return run

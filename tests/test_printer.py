@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.text import Text
 
+from printer_records import group_completed, member_finished, member_started
 from rh_agents.bus_handlers import EventPrinter
 from rh_agents.core.actors import Agent, Tool
 from rh_agents.core.bus import EventBus
@@ -21,10 +22,7 @@ from rh_agents.core.records import (
     EventFailed,
     EventRetrying,
     EventStarted,
-    GroupCompleted,
     GroupStarted,
-    MemberFinished,
-    MemberStarted,
 )
 
 
@@ -118,60 +116,20 @@ def test_indent_width_is_configurable() -> None:
 def test_group_lines() -> None:
     records: list[BusEvent] = [
         GroupStarted(address="Orch::docs", timestamp=0.0, name="docs", total=0, max_workers=3),
-        MemberStarted(address="Orch::docs[0]", timestamp=0.0, name=None, index=0, queue_wait=0.0),
-        MemberFinished(
-            address="Orch::docs[0]",
-            timestamp=0.1,
-            name=None,
-            index=0,
-            status="completed",
-            execution_time=0.1,
-            error=None,
-            done=1,
-            succeeded=1,
-            failed=0,
-            total=3,
+        member_started("Orch::docs[0]", 0, at=0.0),
+        member_finished("Orch::docs[0]", 0, at=0.1, took=0.1, done=1, ok=1, total=3),
+        member_finished(
+            "Orch::docs[2]", 2, at=0.2, took=0.2, done=2, ok=1, total=3,
+            status="timed_out", error="ParallelTimeoutError: too slow", name="third",
         ),
-        MemberFinished(
-            address="Orch::docs[2]",
-            timestamp=0.2,
-            name="third",
-            index=2,
-            status="timed_out",
-            execution_time=0.2,
-            error="ParallelTimeoutError: too slow",
-            done=2,
-            succeeded=1,
-            failed=1,
-            total=3,
+        group_completed(
+            "Orch::docs", at=0.3, name="docs", status="partial", total=3, ok=1, failed=1,
+            timed_out=1, wall=0.25,
         ),
-        GroupCompleted(
-            address="Orch::docs",
-            timestamp=0.3,
-            name="docs",
-            status="partial",
-            total=3,
-            succeeded=1,
-            failed=1,
-            cancelled=0,
-            skipped=0,
-            timed_out=1,
-            wall_time=0.25,
+        group_completed(
+            "steps", at=0.3, name="steps", status="completed", total=2, ok=2, wall=1.25
         ),
-        GroupCompleted(
-            address="steps",
-            timestamp=0.3,
-            name="steps",
-            status="completed",
-            total=2,
-            succeeded=2,
-            failed=0,
-            cancelled=0,
-            skipped=0,
-            timed_out=0,
-            wall_time=1.25,
-        ),
-    ]
+    ]  # fmt: skip
     assert lines(records) == [
         "  ▶ 📦 docs PARALLEL, max_workers=3",
         "    ✘ member third TIMED_OUT ParallelTimeoutError: too slow",
@@ -201,19 +159,10 @@ def test_retry_and_circuit_lines() -> None:
 
 
 def test_user_text_is_never_read_as_markup_or_emoji_codes() -> None:
-    failing_member = MemberFinished(
-        address="g[0]",
-        timestamp=0.0,
-        name="[bold]x[/bold]",
-        index=0,
-        status="failed",
-        execution_time=0.0,
-        error="ValueError: [/red] broke",
-        done=1,
-        succeeded=0,
-        failed=1,
-        total=1,
-    )
+    failing_member = member_finished(
+        "g[0]", 0, at=0.0, took=0.0, done=1, ok=0, total=1,
+        status="failed", error="ValueError: [/red] broke", name="[bold]x[/bold]",
+    )  # fmt: skip
     assert lines([started("t", "tool", "see :smile: and [red]this[/red] \\"), failing_member]) == [
         "▶ 🔧 t STARTED see :smile: and [red]this[/red] \\",
         "  ✘ member [bold]x[/bold] FAILED ValueError: [/red] broke",
