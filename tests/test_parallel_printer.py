@@ -7,6 +7,7 @@ import io
 import re
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -183,11 +184,13 @@ def test_plain_progress_lines_are_rate_limited_by_the_injected_clock() -> None:
     ]
 
 
-def test_live_view_draws_bars_members_and_nested_groups() -> None:
+def live_view_of_the_run_so_far(**options: Any) -> list[str]:
+    """The live view's lines once the first ten records of the run are in (at 0.9 s)."""
     printer = ParallelEventPrinter(
         "progress",
         console=Console(file=io.StringIO(), width=100, force_terminal=True),
         clock=lambda: 0.0,
+        **options,
     )
     try:
         for record in run_records()[:10]:
@@ -196,7 +199,11 @@ def test_live_view_draws_bars_members_and_nested_groups() -> None:
         Console(file=view, width=100, force_terminal=False).print(printer.render())
     finally:
         printer.close()
-    assert [line.rstrip() for line in view.getvalue().splitlines()] == [
+    return [line.rstrip() for line in view.getvalue().splitlines()]
+
+
+def test_live_view_draws_bars_members_and_nested_groups() -> None:
+    assert live_view_of_the_run_so_far() == [
         "  📦 docs                          0/3 0% 900ms 0 failed",
         "    ⠿ #0 900ms",
         "    ⠿ #1 900ms",
@@ -338,21 +345,7 @@ def test_bad_options_are_named(options: dict[str, object], message: str) -> None
 
 
 def test_live_view_caps_the_members_it_lists_and_can_fold_nested_groups() -> None:
-    printer = ParallelEventPrinter(
-        "progress",
-        console=Console(file=io.StringIO(), width=100, force_terminal=True),
-        clock=lambda: 0.0,
-        max_members_shown=1,
-        collapse_parallel=True,
-    )
-    try:
-        for record in run_records()[:10]:
-            printer(record)
-        view = io.StringIO()
-        Console(file=view, width=100, force_terminal=False).print(printer.render())
-    finally:
-        printer.close()
-    assert [line.rstrip() for line in view.getvalue().splitlines()] == [
+    assert live_view_of_the_run_so_far(max_members_shown=1, collapse_parallel=True) == [
         "  📦 docs                          0/3 0% 900ms 0 failed",
         "    ⠿ #0 900ms",
         "    … 1 more running",
