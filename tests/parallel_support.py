@@ -18,6 +18,16 @@ class Doc(BaseModel):
     text: str
 
 
+async def value(x: Any) -> Any:
+    """A member that returns ``x`` at once."""
+    return x
+
+
+async def boom(message: str = "boom") -> None:
+    """A member that fails with ``ValueError(message)``."""
+    raise ValueError(message)
+
+
 async def _echo(input: Doc, context: str, state: ExecutionState) -> str:
     if input.text.startswith("fail"):
         raise ValueError(f"cannot process {input.text}")

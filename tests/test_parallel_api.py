@@ -10,9 +10,11 @@ import pytest
 from parallel_support import (
     Doc,
     assert_no_leftover_tasks,
+    boom,
     closed,
     echo_tool,
     own_tasks,
+    value,
 )
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
@@ -23,17 +25,9 @@ from rh_agents.errors import DependencyError
 pytestmark = pytest.mark.asyncio
 
 
-async def value(x: Any) -> Any:
-    return x
-
-
 async def gated(gate: asyncio.Event, x: Any) -> Any:
     await gate.wait()
     return x
-
-
-async def boom(message: str = "boom") -> None:
-    raise ValueError(message)
 
 
 async def test_add_three_forms_and_submission_order() -> None:

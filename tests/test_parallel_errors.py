@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from parallel_support import assert_no_leftover_tasks, closed, echo_tool, own_tasks
+from parallel_support import assert_no_leftover_tasks, boom, closed, echo_tool, own_tasks, value
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ErrorStrategy, GroupStatus
@@ -25,14 +25,6 @@ from rh_agents.errors import (
 )
 
 pytestmark = pytest.mark.asyncio
-
-
-async def value(x: Any) -> Any:
-    return x
-
-
-async def boom(message: str = "boom") -> None:
-    raise ValueError(message)
 
 
 async def forever(started: asyncio.Event | None = None) -> None:

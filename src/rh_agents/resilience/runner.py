@@ -228,6 +228,17 @@ def _failure_of(value: Any) -> BaseException | None:
     return None
 
 
+def _placed(state: ExecutionState, frame: Frame) -> dict[str, Any]:
+    """The fields every record has, for a record published now from ``frame``."""
+    return {
+        "address": frame.address,
+        "timestamp": state.clock.now(),
+        "group_id": frame.group_id,
+        "parallel_index": frame.parallel_index,
+        "is_parallel": frame.group_id is not None,
+    }
+
+
 def _publish_change(
     state: ExecutionState, frame: Frame, key: str, change: Transition | None
 ) -> None:
@@ -236,11 +247,7 @@ def _publish_change(
     old, new, failures = change
     state.event_bus.publish(
         CircuitStateChanged(
-            address=frame.address,
-            timestamp=state.clock.now(),
-            group_id=frame.group_id,
-            parallel_index=frame.parallel_index,
-            is_parallel=frame.group_id is not None,
+            **_placed(state, frame),
             key=key,
             old_state=old,
             new_state=new,
@@ -256,11 +263,7 @@ def _publish_retry(
         return
     state.event_bus.publish(
         EventRetrying(
-            address=frame.address,
-            timestamp=state.clock.now(),
-            group_id=frame.group_id,
-            parallel_index=frame.parallel_index,
-            is_parallel=frame.group_id is not None,
+            **_placed(state, frame),
             attempt=attempt,
             delay=delay,
             error=describe_error(error) if error is not None else "result asked for a retry",
