@@ -156,16 +156,40 @@ def test_missing_or_non_callable_handler_is_rejected() -> None:
         Tool(name="t", input_model=Doc, handler="not callable")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["a::b", "docs[3]", "x#2", "two\nlines", "", "   "])
+@pytest.mark.parametrize(
+    "name", ["a::b", "docs[3]", "x#2", "two\nlines", "", "   ", ":lead", "trail:", "a:::b"]
+)
 def test_bad_names_are_rejected_with_a_library_error(name: str) -> None:
     with pytest.raises(ActorDefinitionError, match="name") as info:
         Tool(name=name, input_model=Doc, handler=summarize)
     assert isinstance(info.value, RHAgentsError)
-    assert repr(name) in str(info.value) or not name.strip()
+    message = str(info.value)
+    assert f"actor name {name!r} is not allowed" in message
+    assert "without '::', '[', ']', '#', a newline, or a ':' at either end" in message
 
 
 def test_single_colon_in_a_name_is_fine() -> None:
     assert Tool(name="ns:tool", input_model=Doc, handler=summarize).name == "ns:tool"
+
+
+@pytest.mark.parametrize("cls", [Agent, Tool, LLM])
+def test_an_unknown_keyword_is_an_error_naming_it(cls: type[BaseActor]) -> None:
+    with pytest.raises(ActorDefinitionError) as info:
+        cls(name="t", input_model=Doc, handler=summarize, cachable=True, colour="red")
+    assert str(info.value) == (
+        "actor 't': unknown options 'cachable' (did you mean 'cacheable'?), 'colour'; "
+        "the options are: name, description, input_model, output_model, handler, cacheable, "
+        "version, retry, circuit_breaker, metadata"
+    )
+
+
+@pytest.mark.parametrize("decorator", [agent, tool, llm])
+def test_a_decorator_refuses_an_unknown_keyword(decorator: Any) -> None:
+    with pytest.raises(ActorDefinitionError, match=r"actor 'f': unknown option 'verison'"):
+
+        @decorator(verison="2")
+        async def f(input: Doc, context: str, state: ExecutionState) -> str:
+            return input.text
 
 
 # --- input and output validation --------------------------------------------------------------

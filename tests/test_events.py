@@ -309,6 +309,48 @@ def test_bad_event_options_are_configuration_errors(options: dict[str, Any], fie
         ExecutionEvent(actor=counter, **options)
 
 
+@pytest.mark.parametrize("tag", ["counter#2", "a::b", "docs[3]", "x]", "two\nlines", "", " ", ":x"])
+def test_a_tag_follows_the_rule_of_actor_names(tag: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        ExecutionEvent(actor=counter, tag=tag)
+    assert str(info.value) == (
+        f"ExecutionEvent of 'counter': tag {tag!r} is not allowed: it must be a non-empty str "
+        "without '::', '[', ']', '#', a newline, or a ':' at either end "
+        "(these build execution addresses)"
+    )
+
+
+async def test_a_tag_cannot_forge_an_address(state: ExecutionState) -> None:
+    # A tag such as "counter#2" would have taken the address of the second plain call; the
+    # allowed tags are numbered with the names they share, so every call keeps its own address.
+    event = ExecutionEvent(actor=counter)
+    like_the_name = ExecutionEvent(actor=broken, tag="counter")
+    namespaced = ExecutionEvent(actor=counter, tag="ns:counter")
+    calls = [event, like_the_name, event, namespaced, namespaced]
+    results = [await call(Doc(text="x"), "", state) for call in calls]
+    addresses = [r.address for r in results]
+    assert addresses == ["counter", "counter#2", "counter#3", "ns:counter", "ns:counter#2"]
+    assert [state.history[a].event.actor.name for a in addresses] == [
+        "counter",
+        "broken",
+        "counter",
+        "counter",
+        "counter",
+    ]
+
+
+def test_an_unknown_keyword_is_an_error_naming_it() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        ExecutionEvent(actor=counter, tga="typo")
+    assert str(info.value) == (
+        "ExecutionEvent of 'counter': unknown option 'tga' (did you mean 'tag'?); "
+        "the options are: actor, tag, timeout, retry, circuit_breaker, detail_chars"
+    )
+    # The fields filled on each call's bound copy are not options either.
+    with pytest.raises(ConfigurationError, match="unknown option 'address'"):
+        ExecutionEvent(actor=counter, address="counter#2")
+
+
 def test_an_event_needs_an_actor() -> None:
     with pytest.raises(ConfigurationError, match="ExecutionEvent: actor"):
         ExecutionEvent(actor="counter")

@@ -20,9 +20,10 @@ only in their ``kind``, which the printer shows::
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, ClassVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -36,16 +37,24 @@ __all__ = [
     "Handler",
     "Tool",
     "agent",
+    "describe_unknown",
     "describe_validation",
     "llm",
+    "name_problem",
     "tool",
 ]
 
 Handler = Callable[[Any, str, Any], Awaitable[Any]]
 
 # Characters that would make an address ambiguous: "::" separates levels, "[i]" marks a
-# parallel member and "#n" numbers repeated calls.
-_BAD_NAME = re.compile(r"::|[\[\]#\n]")
+# parallel member and "#n" numbers repeated calls. A single ':' inside a name is fine, but not
+# at either end: "a:" + "::" + "b" and "a" + "::" + ":b" would both be "a:::b".
+_BAD_NAME = re.compile(r"::|[\[\]#\n]|^:|:$")
+
+_NAME_RULE = (
+    "a non-empty str without '::', '[', ']', '#', a newline, or a ':' at either end "
+    "(these build execution addresses)"
+)
 
 
 def _is_async_callable(fn: Any) -> bool:
@@ -55,16 +64,23 @@ def _is_async_callable(fn: Any) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def name_problem(name: Any, what: str) -> str | None:
+    """Why ``name`` cannot be a segment of an address (``None`` when it can).
+
+    The one rule for every name that goes into an address as written: actor names and event
+    tags. ``what`` says which (``"actor name"``, ``"tag"``) in the message.
+    """
+    if not isinstance(name, str) or not name.strip() or _BAD_NAME.search(name):
+        return f"{what} {name!r} is not allowed: it must be {_NAME_RULE}"
+    return None
+
+
 def _check_name(name: Any) -> None:
     # Checked here rather than by a field validator, whose ValueError pydantic would wrap in a
     # ValidationError outside the library's error hierarchy.
-    if not isinstance(name, str) or not name.strip():
-        raise ActorDefinitionError(f"an actor needs a non-empty str name, got {name!r}")
-    if _BAD_NAME.search(name):
-        raise ActorDefinitionError(
-            f"actor name {name!r} may not contain '::', '[', ']', '#' or a newline "
-            "(they build execution addresses)"
-        )
+    problem = name_problem(name, "actor name")
+    if problem is not None:
+        raise ActorDefinitionError(problem)
 
 
 def describe_validation(error: ValidationError) -> str:
@@ -76,6 +92,23 @@ def describe_validation(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def describe_unknown(data: Mapping[str, Any], options: Collection[str]) -> str | None:
+    """``"unknown option 'tga' (did you mean 'tag'?); the options are: ..."`` or ``None``.
+
+    A constructor's keywords that are not among ``options``: a misspelt option must fail
+    loudly, naming itself, rather than be ignored.
+    """
+    unknown = [key for key in data if key not in options]
+    if not unknown:
+        return None
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), options, n=1)
+        named.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    plural = "s" if len(unknown) > 1 else ""
+    return f"unknown option{plural} {', '.join(named)}; the options are: {', '.join(options)}"
+
+
 class BaseActor(BaseModel):
     """Something an ``ExecutionEvent`` can run. Use ``Agent``, ``Tool`` or ``LLM``.
 
@@ -84,7 +117,8 @@ class BaseActor(BaseModel):
     every call of this actor unless the event sets its own.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    # extra="forbid": a misspelt option (cachable=True) is an error naming it, not ignored.
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
 
     kind: ClassVar[str] = "actor"
 
@@ -102,6 +136,9 @@ class BaseActor(BaseModel):
     def __init__(self, **data: Any) -> None:
         # Any field pydantic rejects (cacheable="maybe", version=None, ...) is a definition
         # error too, reported in the library's own hierarchy.
+        unknown = describe_unknown(data, type(self).model_fields)
+        if unknown is not None:
+            raise ActorDefinitionError(f"actor {data.get('name')!r}: {unknown}")
         try:
             super().__init__(**data)
         except ValidationError as exc:

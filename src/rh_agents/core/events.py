@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rh_agents.core.actors import BaseActor, describe_validation
+from rh_agents.core.actors import BaseActor, describe_unknown, describe_validation, name_problem
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
 from rh_agents.core.records import EventCompleted, EventFailed, EventStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
@@ -39,6 +39,9 @@ _new = object.__new__
 OutT = TypeVar("OutT")
 
 DETAIL_CHARS = 120
+
+# Filled on the bound copy of each call, never passed by a caller.
+_BOUND_FIELDS = frozenset({"address", "group_id", "parallel_index", "is_parallel"})
 
 
 def truncate(value: Any, limit: int = DETAIL_CHARS) -> str:
@@ -66,11 +69,13 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
     """A call of ``actor``; see the module docstring.
 
     ``tag`` replaces the actor's name in the address (useful when one actor is called in
-    several roles); ``timeout`` bounds each call; ``retry`` and ``circuit_breaker`` override the
-    actor's policies for calls made through this event.
+    several roles) and follows the rule of actor names, so that no tag can forge an address
+    (``tag="x#2"`` is refused); ``timeout`` bounds each call; ``retry`` and ``circuit_breaker``
+    override the actor's policies for calls made through this event. An unknown keyword is a
+    ``ConfigurationError`` naming it.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     actor: BaseActor
     tag: str | None = None
@@ -87,12 +92,22 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
 
     def __init__(self, **data: Any) -> None:
         # A bad option is the caller's mistake: report it in the library's own hierarchy.
+        actor = data.get("actor")
+        which = f" of {actor.name!r}" if isinstance(actor, BaseActor) else ""
+        problem = describe_unknown(data, type(self).options())
+        if problem is None and data.get("tag") is not None:
+            problem = name_problem(data["tag"], "tag")
+        if problem is not None:
+            raise ConfigurationError(f"ExecutionEvent{which}: {problem}")
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            actor = data.get("actor")
-            which = f" of {actor.name!r}" if isinstance(actor, BaseActor) else ""
             raise ConfigurationError(f"ExecutionEvent{which}: {describe_validation(exc)}") from exc
+
+    @classmethod
+    def options(cls) -> list[str]:
+        """The keywords a caller may pass (the other fields are filled on each bound copy)."""
+        return [name for name in cls.model_fields if name not in _BOUND_FIELDS]
 
     def __call__(
         self, input: Any, context: str = "", state: ExecutionState | None = None
