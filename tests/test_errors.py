@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from rh_agents.core.execution import ExecutionState
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import (
     CircuitOpenError,
     ConfigurationError,
     FailureThresholdError,
+    GroupClosedError,
     GroupFailedError,
     MemberFailedError,
     ParallelError,
@@ -28,6 +32,28 @@ def test_standard_bases_keep_working() -> None:
     assert issubclass(ParallelTimeoutError, TimeoutError)
     assert issubclass(UnknownRunError, KeyError)
     assert str(UnknownRunError("no run 'x'")) == "no run 'x'"
+
+
+async def test_a_closed_group_raises_a_runtime_error_like_a_finished_task_group() -> None:
+    assert issubclass(GroupClosedError, RuntimeError)
+
+    async def member() -> int:
+        return 1
+
+    async with asyncio.TaskGroup() as tg:
+        pass
+    late = member()
+    with pytest.raises(RuntimeError):  # asyncio's own closed group
+        tg.create_task(late)
+    late.close()
+
+    async with ExecutionState().parallel() as p:
+        await p.gather()
+    late = member()
+    with pytest.raises(RuntimeError) as info:  # the same except clause catches ours
+        p.add(late)
+    assert isinstance(info.value, GroupClosedError)
+    assert "already gathered" in str(info.value)
 
 
 def test_group_failed_error_is_an_exception_group_that_keeps_results() -> None:

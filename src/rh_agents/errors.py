@@ -1,8 +1,8 @@
 """The errors rh_agents raises, all under one root.
 
 Catch ``RHAgentsError`` to catch everything the library itself raises. Configuration errors
-also derive from ``ValueError`` or ``TypeError`` so that code written against the standard
-exceptions keeps working::
+also derive from ``ValueError`` or ``TypeError`` (and a closed group's error from
+``RuntimeError``) so that code written against the standard exceptions keeps working::
 
     RHAgentsError
      ├── ConfigurationError (ValueError)       a bad argument: max_workers=0, an unknown mode, ...
@@ -11,7 +11,7 @@ exceptions keeps working::
      ├── ActorInputError (ValueError)          an input that does not fit the actor's input model
      ├── ActorOutputError (ValueError)         a handler result that does not fit the output model
      ├── ParallelError                         misuse or failure of a parallel group
-     │    ├── GroupClosedError                 add() after the group was gathered or closed
+     │    ├── GroupClosedError (RuntimeError)  add() after the group was gathered or closed
      │    ├── InvalidMemberError (TypeError)   add() got something that cannot be awaited
      │    ├── DuplicateMemberError (ValueError) two members with one name
      │    ├── DependencyError (ValueError)     unknown dependency or a cycle
@@ -99,8 +99,11 @@ class ParallelError(RHAgentsError):
     """Base of the errors raised by parallel groups."""
 
 
-class GroupClosedError(ParallelError):
-    """A member was added to a group that has already been gathered, cancelled or closed."""
+class GroupClosedError(ParallelError, RuntimeError):
+    """A member was added to a group that has already been gathered, cancelled or closed.
+
+    Also a ``RuntimeError``, which is what ``asyncio.TaskGroup`` raises for the same mistake.
+    """
 
 
 class InvalidMemberError(ParallelError, TypeError):
