@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pydantic import BaseModel
@@ -64,6 +64,15 @@ async def steps(n: int) -> None:
     """Yield to the loop ``n`` times: a delay measured in scheduler steps, not seconds."""
     for _ in range(n):
         await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], bool], limit: int = 10_000) -> None:
+    """Let the event loop run until ``condition()`` holds, for at most ``limit`` steps."""
+    for _ in range(limit):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"still not true after {limit} loop steps")
 
 
 def closed(coro: Coroutine[Any, Any, Any]) -> bool:

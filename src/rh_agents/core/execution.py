@@ -30,7 +30,7 @@ from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.context import Frame
 from rh_agents.core.history import ExecutionHistory
 from rh_agents.core.parallel.manager import ParallelExecutionManager
-from rh_agents.core.parallel.slots import SlotPool
+from rh_agents.core.parallel.slots import SlotArbiter
 from rh_agents.core.parallel.strategy import ErrorStrategy
 from rh_agents.core.results import ExecutionResult
 from rh_agents.resilience import runner
@@ -72,7 +72,9 @@ class ExecutionState:
     ) -> None:
         self.event_bus = event_bus if event_bus is not None else EventBus()
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.global_slots = SlotPool(global_max_workers) if global_max_workers is not None else None
+        self.global_slots = (
+            SlotArbiter(global_max_workers) if global_max_workers is not None else None
+        )
         self.run_id = run_id
         self.retry = retry
         self.circuit_breaker = circuit_breaker

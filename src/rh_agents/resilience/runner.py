@@ -204,7 +204,7 @@ async def run_member(
     token = _group_policies_taken.set(True)
     started = state.clock.now()
     try:
-        value, attempts = await run_attempts(state, frame, policies, attempt)
+        value, attempts = await run_attempts(state, frame, policies, attempt, member)
         if attempts > 1 and not isinstance(value, ExecutionResult):
             # Hand the group a result that says how many attempts it took.
             elapsed = state.clock.now() - started
@@ -297,10 +297,13 @@ async def run_attempts(
     frame: Frame,
     policies: Policies,
     attempt: Callable[[], Awaitable[Any]],
+    member: Member | None = None,
 ) -> tuple[Any, int]:
     """Run ``attempt`` until it succeeds or the retry policy gives up; ``(value, attempts)``.
 
-    On giving up, the last exception is raised with an ``attempts`` attribute.
+    On giving up, the last exception is raised with an ``attempts`` attribute. ``member``,
+    if given, has its ``attempts`` kept current, so that however the member ends (failed,
+    timed out, cancelled in a backoff) its result says how many attempts it made.
     """
     clock = state.clock
     tries = policies.retry.start(clock) if policies.retry is not None else None
@@ -317,6 +320,8 @@ async def run_attempts(
     number = 0
     while True:
         number = tries.begin() if tries is not None else number + 1
+        if member is not None:
+            member.attempts = number
         error: BaseException | None
         value: Any = None
         try:

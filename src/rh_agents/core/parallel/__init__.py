@@ -1,15 +1,16 @@
 """Parallel execution: groups of independent members run concurrently under limits.
 
 Layering: ``strategy`` and ``group`` are plain types; ``member`` turns what ``add`` receives
-into awaitables; ``slots`` is the global limit; ``manager`` is the scheduler that owns the
-workers and results of one group. ``ExecutionState.parallel()`` is the way in.
+into awaitables; ``slots`` holds the arbiter of each limit (a group's, the global one);
+``manager`` is the scheduler that owns the workers and results of one group.
+``ExecutionState.parallel()`` is the way in.
 """
 
 from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member
 from rh_agents.core.parallel.metrics import Distribution, GroupMetrics
-from rh_agents.core.parallel.slots import MemberSlot, SlotPool
+from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.resilience.retry import RetryPolicy
 
@@ -24,5 +25,5 @@ __all__ = [
     "ParallelEventGroup",
     "ParallelExecutionManager",
     "RetryPolicy",
-    "SlotPool",
+    "SlotArbiter",
 ]

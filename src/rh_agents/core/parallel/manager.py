@@ -20,8 +20,10 @@ is set in ``__init__``), the options, the ``async with`` lifecycle and the read-
 
 Invariants (the manager is the single owner of all of these; workers are its tasks):
 
-- ``_running`` counts workers holding a slot, and never exceeds the limit except for the
-  moment a member that lent its slot (retry backoff) takes it back before a worker exits.
+- ``_slots`` (the group's ``SlotArbiter``) counts workers holding a slot. It is the one place
+  where anyone waits for a slot of this group, and it never leaves a slot idle while anyone
+  waits (see ``slots``); the count passes the limit only for a worker whose member was
+  cancelled while taking its slot back, and that worker is on its way out.
 - A worker takes its member when it first runs (``_unstarted`` holds the workers that have
   not), so contended members start by priority; a worker cancelled before it ran held none.
 - Every member ends with exactly one result, set by ``_finish``; ``_done`` counts them. A
@@ -49,7 +51,7 @@ from rh_agents.core.parallel.options import check_group_options
 from rh_agents.core.parallel.ready import ReadyQueue
 from rh_agents.core.parallel.running import _MemberRunning
 from rh_agents.core.parallel.scheduler import _DELIVER_EVERY, _Scheduler
-from rh_agents.core.parallel.slots import MemberSlot
+from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
 from rh_agents.core.parallel.stopping import _Stopping
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.records import GroupCompleted, GroupStarted
@@ -106,15 +108,14 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         "_progress",
         "_reader_space",
         "_ready",
-        "_reclaimers",
         "_report_finishes",
         "_requested_name",
         "_results",
         "_retain",
-        "_running",
         "_running_member",
         "_sealed",
         "_skipped",
+        "_slots",
         "_source",
         "_source_error",
         "_spawn_pending",
@@ -224,8 +225,11 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         self._workers: set[asyncio.Task[None]] = set()
         self._running_member: dict[asyncio.Task[None], Member] = {}
         self._unstarted: set[asyncio.Task[None]] = set()
-        self._reclaimers: deque[asyncio.Future[None]] = deque()
-        self._running = 0
+        # The one arbiter of this group's slots; a slot freed with no task waiting for it
+        # goes to ready members (_kick).
+        self._slots = SlotArbiter(
+            self._adaptive if self._adaptive is not None else limit, self._kick
+        )
         self._high_water = 0
         self._spawn_pending = False  # a _spawn is scheduled for the loop's next turn
         self._source_error: Exception | None = None
@@ -273,9 +277,8 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         return self._adaptive
 
     def limit_changed(self) -> None:
-        """The adaptive limit grew: hand out the new slots."""
-        self._serve_reclaimers()
-        self._kick()
+        """The adaptive limit grew: hand out the new slots (to waiting tasks, then ready work)."""
+        self._slots.limit_changed()
 
     # --- lifecycle ------------------------------------------------------------------------
 

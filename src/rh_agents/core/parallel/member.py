@@ -72,6 +72,7 @@ class Member:
     __slots__ = (
         "address",
         "after",
+        "attempts",
         "dependents",
         "enqueued",
         "index",
@@ -107,6 +108,7 @@ class Member:
         self.enqueued = 0.0
         self.started: float | None = None
         self.result: ExecutionResult[Any] | None = None
+        self.attempts = 1  # calls started so far (the retry loop counts them)
 
     @property
     def finished(self) -> bool:

@@ -157,6 +157,7 @@ class _MemberRunning:
                     ) from exc
         except asyncio.CancelledError:
             result = self._stopped_result(member, now() - started)
+            result.attempts = member.attempts
             if self._stop_status is None:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -179,6 +180,7 @@ class _MemberRunning:
                 execution_time=now() - started,
                 status=status,
                 address=address,
+                attempts=member.attempts,  # counted by the retry loop, if one ran
             )
         else:
             if isinstance(value, ExecutionResult):

@@ -12,9 +12,14 @@ members the cache answers in a lane of their own::
 Invariants (the manager owns all of this state; only its workers and the task driving the
 ``async with`` block touch it, on one event loop):
 
-- At most the limit of workers hold a slot (``_running``), except for the moment a member that
-  lent its slot takes it back before a worker exits; ``_high_water`` counts only slots held
-  by members, never idle workers.
+- Every worker holds one slot of the group's ``SlotArbiter`` (``_slots``), from the moment
+  it is started until it exits, except while its member has lent the slot (a retry backoff)
+  and not yet taken it back through the arbiter. ``_high_water`` counts only slots held by
+  members, never idle workers.
+- The arbiter's liveness rule (see ``slots``): a slot is never idle while anyone waits for
+  it. A slot freed with no task waiting reaches ready members through ``_kick`` (the
+  arbiter's ``on_free``); a worker between two members first hands its slot to a task
+  waiting to take one back (``pass_on``), and only then takes the next ready member.
 - A worker takes its member when it first runs (``_unstarted`` holds those that have not), so
   contended members start by priority; a worker cancelled before it ran held no member, and
   ``_worker_done`` gives its slot back.
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
     from rh_agents.core.parallel.lazy_source import LazySource, Pulled
     from rh_agents.core.parallel.member import Member
     from rh_agents.core.parallel.ready import ReadyQueue
+    from rh_agents.core.parallel.slots import SlotArbiter
     from rh_agents.core.results import ExecutionResult
     from rh_agents.resilience.adaptive import AdaptiveLimit
 
@@ -84,11 +90,10 @@ class _Scheduler:
         _workers: set[asyncio.Task[None]]
         _running_member: dict[asyncio.Task[None], Member]
         _unstarted: set[asyncio.Task[None]]
-        _reclaimers: deque[asyncio.Future[None]]
         _reader_space: asyncio.Future[None] | None
         _spawn_pending: bool
         _stop_status: ResultStatus | None
-        _running: int
+        _slots: SlotArbiter
         _high_water: int
         _done: int
         _deliver_at: int
@@ -119,10 +124,11 @@ class _Scheduler:
         """
         if self._stop_status is not None or self._unstarted or self._spawn_pending:
             return
-        if self._running == 0:
+        slots = self._slots
+        if slots._in_use == 0:
             if self._has_work():
                 self._start_worker()
-        elif self._has_work() and self._running < self._limit:
+        elif self._has_work() and slots._in_use < slots.limit and not slots._waiters:
             self._spawn_pending = True
             asyncio.get_running_loop().call_soon(self._spawn)
 
@@ -138,12 +144,16 @@ class _Scheduler:
         source = self._source
         # A lazy input's length is unknown: then fill every free slot.
         lazy = source is not None and not source.exhausted
-        wanted = min(self._limit if lazy else len(self._ready), self._limit - self._running)
+        slots = self._slots
+        limit = slots.limit
+        if slots._waiters:
+            return  # tasks waiting to take a slot back go first (they hold the free ones)
+        wanted = min(limit if lazy else len(self._ready), limit - slots._in_use)
         for _ in range(wanted):
             self._start_worker()
 
     def _start_worker(self) -> None:
-        self._running += 1
+        self._slots.take_unchecked()  # the callers checked there is room
         task = asyncio.get_running_loop().create_task(self._worker())
         self._workers.add(task)
         self._unstarted.add(task)
@@ -152,7 +162,7 @@ class _Scheduler:
     def _take_next(self) -> Member | None:
         adaptive = self._adaptive
         limit = self._fixed_limit if adaptive is None else adaptive.current
-        if self._stop_status is not None or self._running > limit:
+        if self._stop_status is not None or self._slots._in_use > limit:
             return None
         return self._ready.pop()
 
@@ -174,7 +184,7 @@ class _Scheduler:
                         source is None
                         or source.exhausted
                         or self._stop_status is not None
-                        or self._running > self._limit
+                        or self._slots._in_use > self._limit
                     ):
                         idle = True
                         break
@@ -200,7 +210,7 @@ class _Scheduler:
                     self._kick()  # more workers, should this member wait (see _kick)
                 running_member[task] = member
                 # The high-water mark counts slots held by members (not idle workers).
-                held = self._running - len(self._unstarted)
+                held = self._slots._in_use - len(self._unstarted)
                 if held > self._high_water:
                     self._high_water = held
                 await self._run_member(member)
@@ -216,18 +226,15 @@ class _Scheduler:
                     # whole group: let other tasks (subscribers, live displays, timers) run.
                     streak = 0
                     await asyncio.sleep(0)
-                if self._reclaimers:
-                    # A member that lent its slot wants it back: give it ours and stop.
-                    self._reclaimers.popleft().set_result(None)
+                if self._slots._waiters and self._slots.pass_on():
+                    # A member that lent its slot wants it back: it has ours, and we stop.
                     handed_over = True
                     return
         finally:
             running_member.pop(task, None)
             if not handed_over:
-                self._running -= 1
-                self._serve_reclaimers()
-                if idle:
-                    self._kick()  # a worker over the limit left: ready members may start now
+                # To a task waiting for a slot, else to ready members (via _kick).
+                self._slots.release()
             if idle or handed_over:
                 # Leaving normally: nothing runs in this task any more, so the group may end
                 # now rather than a loop turn later, in the done callback.
@@ -294,8 +301,7 @@ class _Scheduler:
         if task in self._unstarted:
             # Cancelled before its first step: the worker body never ran, nor took a member.
             self._unstarted.discard(task)
-            self._running -= 1
-            self._serve_reclaimers()
+            self._slots.release()
         if not task.cancelled() and task.exception() is not None:  # a bug in the scheduler
             self._state.report_internal_error(task.exception())
         # A worker that leaves may be the one that found the lazy input exhausted, after the
@@ -308,39 +314,10 @@ class _Scheduler:
             self._reader_space = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._reader_space)
 
-    def _serve_reclaimers(self) -> None:
-        while self._reclaimers and self._running < self._limit:
-            waiter = self._reclaimers.popleft()
-            if not waiter.done():
-                self._running += 1
-                self._note_held()
-                waiter.set_result(None)
-
     def _note_held(self) -> None:
-        held = self._running - len(self._unstarted)
+        held = self._slots._in_use - len(self._unstarted)
         if held > self._high_water:
             self._high_water = held
-
-    def _lend_slot(self) -> None:
-        self._running -= 1
-        self._kick()
-
-    async def _reclaim_slot(self) -> None:
-        if self._running < self._limit and not self._reclaimers:
-            self._running += 1
-            self._note_held()
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._reclaimers.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            # If the slot was handed over just now, the worker's finally releases it; if not,
-            # count it back anyway, since that worker will release one when it ends.
-            if not (waiter.done() and not waiter.cancelled()):
-                self._reclaimers.remove(waiter)
-                self._running += 1
-            raise
 
     # --- the cache lane: members the cache answers, run without a worker slot ----------------
 

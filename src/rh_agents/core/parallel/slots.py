@@ -1,15 +1,38 @@
-"""Slots: ``SlotPool`` for the global worker limit, ``MemberSlot`` for what a member holds.
+"""Slots: ``SlotArbiter`` hands out the slots of one limit; ``MemberSlot`` is what a member holds.
 
-Unlike ``asyncio.Semaphore``, a released ``SlotPool`` slot is handed directly to the oldest
-waiter, so a task that releases and immediately re-acquires cannot overtake tasks already
-waiting. A ``MemberSlot`` lets a running member lend its slots back while it only waits (a
-retry backoff, its own nested group) and reclaim them before it works again.
+There is one arbiter per limit: one for each group's ``max_workers`` and one for the state's
+``global_max_workers``. Whoever wants a slot of that limit waits in that arbiter, and nowhere
+else: a member coming back from a retry backoff, a member coming back from waiting on its own
+nested group, a group's member waiting for the global limit. A group's ready members (members
+that have no task yet) are the arbiter's other kind of waiter: when a slot frees and no task
+waits for it, the arbiter calls the group back (``on_free``) to start a worker for them::
+
+    pool = SlotArbiter(10)
+    await pool.acquire()
+    try:
+        ...
+    finally:
+        pool.release()
+
+The liveness rule, enforced by ``release`` and ``limit_changed`` below: **a slot is never idle
+while anyone waits for it.** Equivalently, at every moment between two steps of the loop:
+
+- ``waiting > 0`` implies ``in_use >= limit`` (a task waits only while every slot is held);
+- a released slot goes straight to the oldest task waiting (``in_use`` stays the same), so a
+  task that releases and re-acquires cannot overtake tasks already waiting; only with no task
+  waiting does ``in_use`` drop, and then ``on_free`` gives the slot to ready members.
+
+A ``MemberSlot`` lets a running member lend its slots back while it only waits (a retry
+backoff lends both; a wait on its own nested group lends the global one) and take them back
+through the same arbiters before it works again, so waiting never holds capacity and nested
+groups cannot deadlock on the global limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.errors import ConfigurationError
@@ -17,47 +40,72 @@ from rh_agents.errors import ConfigurationError
 if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
 
-__all__ = ["MemberSlot", "SlotPool"]
+__all__ = ["MemberSlot", "SlotArbiter"]
 
 
-class SlotPool:
-    """At most ``limit`` holders at once::
+class SlotArbiter:
+    """At most ``limit`` holders at once, and no slot idle while someone waits for one.
 
-    pool = SlotPool(10)
-    await pool.acquire()
-    try:
-        ...
-    finally:
-        pool.release()
+    ``limit`` is an int, or an object whose ``current`` is read each time (an adaptive limit;
+    call ``limit_changed()`` when it grows). ``on_free`` is called when a slot is freed with no
+    task waiting for it (a group starts a worker for its ready members there).
     """
 
-    __slots__ = ("_in_use", "_waiters", "high_water", "limit")
+    __slots__ = ("_dynamic", "_fixed", "_in_use", "_on_free", "_waiters", "high_water")
 
-    def __init__(self, limit: int) -> None:
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ConfigurationError(f"a worker limit must be an int >= 1, got {limit!r}")
-        self.limit = limit
+    def __init__(self, limit: int | Any, on_free: Callable[[], None] | None = None) -> None:
+        if hasattr(limit, "current"):
+            self._dynamic: Any = limit
+            self._fixed = 0
+        else:
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise ConfigurationError(f"a worker limit must be an int >= 1, got {limit!r}")
+            self._dynamic = None
+            self._fixed = limit
+        self._on_free = on_free
         self._in_use = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.high_water = 0
 
     @property
+    def limit(self) -> int:
+        dynamic = self._dynamic
+        return self._fixed if dynamic is None else int(dynamic.current)
+
+    @property
     def in_use(self) -> int:
+        """Slots held now (by tasks, or by workers about to take a ready member)."""
         return self._in_use
 
     @property
     def waiting(self) -> int:
+        """Tasks waiting in ``acquire`` for a slot."""
         return len(self._waiters)
 
     def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits for it (never overtakes a waiter)."""
         if self._in_use < self.limit and not self._waiters:
-            self._in_use += 1
-            if self._in_use > self.high_water:
-                self.high_water = self._in_use
+            self._take()
             return True
         return False
 
-    async def acquire(self) -> None:
+    def take_unchecked(self) -> None:
+        """Count a slot taken by a decision made elsewhere (a group starting its workers)."""
+        self._take()
+
+    def _take(self) -> None:
+        in_use = self._in_use = self._in_use + 1
+        if in_use > self.high_water:
+            self.high_water = in_use
+
+    async def acquire(self, *, count_if_cancelled: bool = False) -> None:
+        """Wait for a slot: the oldest waiter gets the next one released.
+
+        ``count_if_cancelled``: if the wait is cancelled before a slot is handed over, count
+        one anyway. A worker uses it when its member takes its group slot back: the worker's
+        own exit releases one slot, whatever happened to the member, so the count stays
+        balanced (for that moment the count may pass the limit; nothing runs under it).
+        """
         if self.try_acquire():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -66,28 +114,68 @@ class SlotPool:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.release()  # the slot was handed to us just as we were cancelled
+                # The slot was handed to us just as we were cancelled.
+                if not count_if_cancelled:
+                    self.release()  # pass it on: someone else may be waiting
             else:
-                self._waiters.remove(waiter)
+                # Cancelled while waiting. ``release`` may already have dropped this
+                # (cancelled, so done) future from the queue while skipping it.
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+                if count_if_cancelled:
+                    self._take()
             raise
 
     def release(self) -> None:
-        # Hand the slot straight to the oldest live waiter; in_use stays the same.
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        """Give a slot back: to the oldest waiting task, else to ready work (``on_free``)."""
+        # The liveness rule lives here: while the limit has room for this slot and a task
+        # waits, the slot is handed over without ever being free.
+        if self._in_use <= self.limit:
+            waiters = self._waiters
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():  # skip a waiter cancelled meanwhile
+                    waiter.set_result(None)
+                    return
+        # Nobody waits (or the limit shrank under the slots in use: this slot retires).
+        self._in_use -= 1
+        assert self._in_use >= 0, "SlotArbiter released more often than acquired"
+        if self._on_free is not None:
+            self._on_free()
+
+    def pass_on(self) -> bool:
+        """Hand the caller's slot to a waiting task if there is one; whether it was handed.
+
+        For a worker between two members: a task waiting to take its slot back goes before
+        the next ready member, since it has started already.
+        """
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
-        self._in_use -= 1
-        assert self._in_use >= 0, "SlotPool released more often than acquired"
+                return True
+        return False
+
+    def limit_changed(self) -> None:
+        """The limit grew: hand the new slots to waiting tasks, then to ready work."""
+        waiters = self._waiters
+        while waiters and self._in_use < self.limit:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self._take()
+                waiter.set_result(None)
+        if self._in_use < self.limit and self._on_free is not None:
+            self._on_free()
 
 
 class MemberSlot:
     """The slots a running member holds: one of its group, maybe one of the global limit.
 
     A member can lend them back while it only waits (a retry backoff, a nested group) and
-    reclaim them afterwards, so waiting never holds capacity and nested groups cannot
-    deadlock on the global limit.
+    reclaim them afterwards, through the same arbiters as everyone else.
     """
 
     __slots__ = ("global_held", "manager")
@@ -113,9 +201,16 @@ class MemberSlot:
     def lend(self) -> None:
         """Give back the group slot (and the global one) while this member only waits."""
         self.lend_global()
-        self.manager._lend_slot()
+        self.manager._slots.release()
 
     async def reclaim(self) -> None:
-        """Take the slots back before doing work again."""
-        await self.manager._reclaim_slot()
+        """Take the slots back before doing work again: the group's first, then the global.
+
+        Holding nothing while waiting for the group slot, and waiting for the global slot
+        only while holding a group slot, keeps the order of acquisition one way (group, then
+        global) for every member, so two members can never each hold what the other needs.
+        """
+        manager = self.manager
+        await manager._slots.acquire(count_if_cancelled=True)
+        manager._note_held()
         await self.reclaim_global()
