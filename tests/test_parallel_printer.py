@@ -123,13 +123,79 @@ def test_collapsed_is_one_line_per_group_with_every_failure(mode: ParallelMode) 
     assert feed(mode) == expected
 
 
+FOLDED_SUMMARY = """\
+  ⚠ 📦 docs: 3/3 done · 2 failed (1 timed out, 1 cancelled) · 1 failed in nested groups · 1 retried · 2.50s · slowest docs#1 2.00s, docs#0 1.20s, docs#2 500ms
+      ✘ docs#1 TIMED_OUT: ParallelTimeoutError: member 1 of group 'Orch::docs' timed out after 2.0s
+      ✘ docs#2 CANCELLED: MemberCancelledError: group stopped
+      ✘ docs#1/steps#1 FAILED: ValueError: no words
+"""  # noqa: E501
+
+
 def test_collapse_parallel_folds_nested_groups_but_keeps_their_failures() -> None:
+    # The nested group's line is gone; its failure is listed and counted apart from the
+    # group's own, and its retry is counted.
     out = feed("collapsed", collapse_parallel=True)
-    assert "📦 steps" not in out
-    assert "      ✘ docs#1/steps#1 FAILED: ValueError: no words\n" in out
+    assert out == (
+        "▶ 🤖 Orch STARTED\n⚡ circuit llm: closed → open (5 failures)\n"
+        + FOLDED_SUMMARY
+        + "✔ 🤖 Orch COMPLETED (2.60s)\n"
+    )
     realtime = feed("realtime", collapse_parallel=True)
     assert "member summary started" not in realtime  # nested members fold away ...
     assert "[docs#1/steps#1] ✘ member keywords FAILED" in realtime  # ... their failures do not
+    assert realtime.endswith(FOLDED_SUMMARY + "✔ 🤖 Orch COMPLETED (2.60s)\n")
+    # Without the summary, realtime ends a group with one line: it counts them too.
+    bare = feed("realtime", collapse_parallel=True, show_summary=False)
+    assert "  ⚠ 📦 docs PARTIAL: 3/3 done · 2 failed · 1 failed in nested groups (2.50s)\n" in bare
+    unfolded = feed("realtime", show_summary=False)
+    assert "  ⚠ 📦 docs PARTIAL: 3/3 done · 2 failed (2.50s)\n" in unfolded
+
+
+async def _nested_failures(printer: Callable[..., None]) -> None:
+    """A group of two members that succeed, each after a nested group with one failure."""
+    bus = EventBus()
+    bus.subscribe(printer)
+    state = ExecutionState(event_bus=bus, clock=FrozenClock())
+
+    async def ok() -> int:
+        return 1
+
+    async def bad() -> int:
+        raise ValueError("boom")
+
+    async def member() -> int:
+        async with state.parallel(max_workers=1, name="steps") as steps:
+            steps.add(ok())
+            steps.add(bad())
+        return 1
+
+    async with state.parallel(max_workers=1, name="docs") as group:
+        group.add(member())
+        group.add(member())
+    await bus.close()
+
+
+async def test_a_folded_summary_counts_the_nested_failures_it_lists() -> None:
+    printer, out = plain_printer("collapsed", collapse_parallel=True)
+    await _nested_failures(printer)
+    printer.close()
+    assert out.getvalue() == (
+        "⚠ 📦 docs: 2/2 done · 0 failed · 2 failed in nested groups · 0 retried · 0ms · "
+        "slowest docs#0 0ms, docs#1 0ms\n"
+        "    ✘ docs#0/steps#1 FAILED: ValueError: boom\n"
+        "    ✘ docs#1/steps#1 FAILED: ValueError: boom\n"
+    )
+    # Unfolded, the same failures are counted on the nested groups' own line.
+    printer, out = plain_printer("collapsed")
+    await _nested_failures(printer)
+    printer.close()
+    assert out.getvalue() == (
+        "✔ 📦 docs: 2/2 done · 0 failed · 0 retried · 0ms · slowest docs#0 0ms, docs#1 0ms\n"
+        "  ⚠ 📦 steps ×2: 4/4 done · 2 failed · 0 retried · max 0ms · slowest docs#0/steps#0 "
+        "0ms, docs#0/steps#1 0ms, docs#1/steps#0 0ms\n"
+        "      ✘ docs#0/steps#1 FAILED: ValueError: boom\n"
+        "      ✘ docs#1/steps#1 FAILED: ValueError: boom\n"
+    )
 
 
 def test_without_details_realtime_hides_actor_events_inside_members() -> None:

@@ -23,6 +23,8 @@ __all__ = [
     "GroupView",
     "MemberIssue",
     "bar",
+    "descendants",
+    "failed_text",
     "issue_line",
     "percent",
     "seconds",
@@ -129,21 +131,33 @@ class GroupSummary:
     slowest: list[tuple[float, str]]
     issues: list[MemberIssue]
     children: list[GroupSummary]
+    # Folded summaries only: the members of the nested groups folded into this line that did
+    # not succeed (their issues are listed with this line's own).
+    nested_failed: int = 0
+    nested_timed_out: int = 0
+    nested_cancelled: int = 0
+    nested_skipped: int = 0
 
 
 def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -> GroupSummary:
     """Merge ``views`` (same-named siblings, or one root) and their descendants into a summary.
 
-    ``fold`` leaves nested groups out of the tree but keeps their failures on this line.
+    ``fold`` leaves nested groups out of the tree but keeps them on this line: their failures
+    are listed and counted (apart from this group's own, as ``nested_failed``), their retries
+    are counted, and their statuses set the mark.
     """
     first = views[0]
     ranked: list[tuple[float, str]] = []
     issues: list[MemberIssue] = []
+    nested: list[GroupView] = []
     for view in views:
         ranked.extend((sec, view.member_tag(i)) for sec, i in view.slowest)
         issues.extend(view.issues)
         if fold:
-            issues.extend(_nested_issues(view))
+            below = descendants(view)
+            nested.extend(below)
+            for group in below:
+                issues.extend(group.issues)
     ranked.sort(key=lambda item: (-item[0], item[1]))
     by_name: dict[str, list[GroupView]] = {}
     for view in views:
@@ -152,7 +166,7 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
     return GroupSummary(
         name=first.name,
         count=len(views),
-        statuses={v.status or "running" for v in views},
+        statuses={v.status or "running" for v in (*views, *nested)},
         total=sum(v.known_total() or v.done for v in views),
         done=sum(v.done for v in views),
         succeeded=sum(v.succeeded for v in views),
@@ -160,19 +174,24 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
         timed_out=sum(v.timed_out for v in views),
         cancelled=sum(v.cancelled for v in views),
         skipped=sum(v.skipped for v in views),
-        retried=sum(v.retried for v in views),
+        retried=sum(v.retried for v in (*views, *nested)),
         wall_time=max(v.elapsed for v in views),
         slowest=ranked[:slowest],
         issues=issues,
         children=[] if fold else [summarize(group, slowest=slowest) for group in by_name.values()],
+        nested_failed=sum(v.failed for v in nested),
+        nested_timed_out=sum(v.timed_out for v in nested),
+        nested_cancelled=sum(v.cancelled for v in nested),
+        nested_skipped=sum(v.skipped for v in nested),
     )
 
 
-def _nested_issues(view: GroupView) -> list[MemberIssue]:
-    found: list[MemberIssue] = []
+def descendants(view: GroupView) -> list[GroupView]:
+    """Every group nested below ``view``, depth first, in the order they started."""
+    found: list[GroupView] = []
     for child in view.children:
-        found.extend(child.issues)
-        found.extend(_nested_issues(child))
+        found.append(child)
+        found.extend(descendants(child))
     return found
 
 
@@ -189,20 +208,21 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
     """Plain-text lines for ``summary`` and its children, indented as a tree."""
     pad = " " * (indent * level)
     name = summary.name if summary.count == 1 else f"{summary.name} ×{summary.count}"
-    kinds = ", ".join(
-        f"{n} {label}"
-        for n, label in (
-            (summary.timed_out, "timed out"),
-            (summary.cancelled, "cancelled"),
-            (summary.skipped, "skipped"),
-        )
-        if n
-    )
     parts = [
         f"{summary.done}/{summary.total} done",
-        f"{summary.failed} failed" + (f" ({kinds})" if kinds else ""),
-        f"{summary.retried} retried",
+        failed_text(summary.failed, summary.timed_out, summary.cancelled, summary.skipped),
     ]
+    if summary.nested_failed:
+        parts.append(
+            failed_text(
+                summary.nested_failed,
+                summary.nested_timed_out,
+                summary.nested_cancelled,
+                summary.nested_skipped,
+                label="failed in nested groups",
+            )
+        )
+    parts.append(f"{summary.retried} retried")
     wall = seconds(summary.wall_time)
     parts.append(wall if summary.count == 1 else f"max {wall}")
     if summary.slowest:
@@ -212,6 +232,23 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
     for child in summary.children:
         lines.extend(summary_lines(child, indent=indent, level=level + 1))
     return lines
+
+
+def failed_text(
+    failed: int,
+    timed_out: int = 0,
+    cancelled: int = 0,
+    skipped: int = 0,
+    *,
+    label: str = "failed",
+) -> str:
+    """``"2 failed (1 timed out, 1 cancelled)"``: the members that did not succeed, by kind."""
+    kinds = ", ".join(
+        f"{n} {kind}"
+        for n, kind in ((timed_out, "timed out"), (cancelled, "cancelled"), (skipped, "skipped"))
+        if n
+    )
+    return f"{failed} {label}" + (f" ({kinds})" if kinds else "")
 
 
 def issue_line(issue: MemberIssue, pad: str = "") -> str:

@@ -45,6 +45,7 @@ from rh_agents.bus_handlers.group_view import (
     GroupView,
     MemberIssue,
     bar,
+    descendants,
     percent,
     seconds,
     summarize,
@@ -89,8 +90,8 @@ class ParallelEventPrinter:
     Options:
 
     - ``show_progress``: draw bars (terminal) and periodic progress lines (elsewhere);
-    - ``collapse_parallel``: fold groups nested inside a member into their outer group (they
-      still count in the summary and their failures are still shown);
+    - ``collapse_parallel``: fold groups nested inside a member into their outer group (their
+      failures are still shown, and counted apart: ``0 failed · 2 failed in nested groups``);
     - ``show_parallel_details``: show what happens inside members (the actor events in
       ``realtime``; in plain ``progress`` output, one line per finished member of a group of
       at most ``smart_threshold`` members: a bigger group shows its progress line every
@@ -545,9 +546,14 @@ class ParallelEventPrinter:
 
     def _completed_text(self, view: GroupView) -> str:
         mark = "✔" if view.status == "completed" else ("⚠" if view.status == "partial" else "✘")
+        nested = ""
+        if self.collapse_parallel:
+            # The failed members of folded nested groups had their lines: count them too.
+            below = sum(group.failed for group in descendants(view))
+            nested = f" · {below} failed in nested groups" if below else ""
         return (
             f"{mark} 📦 {view.name} {(view.status or '').upper()}: {view.done}/{view.total} done · "
-            f"{view.failed} failed ({seconds(view.elapsed)})"
+            f"{view.failed} failed{nested} ({seconds(view.elapsed)})"
         )
 
     def _summary_lines(self, root: GroupView) -> list[str]:
