@@ -139,7 +139,23 @@ class MemberCancelledError(ParallelError):
 
 
 class ParallelTimeoutError(ParallelError, TimeoutError):
-    """A member or a whole group exceeded its timeout."""
+    """A member or a whole group exceeded its timeout.
+
+    Raised for a group's timeout (under ``FAIL_FAST`` and ``FAIL_THRESHOLD``; ``FAIL_SLOW``
+    returns the results instead), it carries ``.results``: every member's result, the
+    finished ones as they are, the rest timed out or cancelled::
+
+        try:
+            results = await p.gather()
+        except ParallelTimeoutError as exc:
+            done = [r.result for r in exc.results if r.ok]
+
+    For one member's timeout, ``.results`` is empty: that member's result says it.
+    """
+
+    def __init__(self, message: str, results: Sequence[ExecutionResult[Any]] = ()) -> None:
+        super().__init__(message)
+        self.results = list(results)
 
 
 class FailureThresholdError(ParallelError):

@@ -175,7 +175,8 @@ class _Stopping:
             raise ParallelTimeoutError(
                 f"group {self.group_id!r} timed out after {self.timeout}s: "
                 f"{self._timed_out} of {self._total} members did not finish in time "
-                "(finished results are in p.gather() with error_strategy=FAIL_SLOW)"
+                "(every result, finished ones included, is in this error's .results)",
+                results,
             )
         if trigger is not None:
             if self.error_strategy is ErrorStrategy.FAIL_FAST:

@@ -1,0 +1,100 @@
+"""What holds when a group's block is left: finished results are never lost to a timeout, and
+synchronous subscribers (the printer) have every record of the group already."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+from rich.console import Console
+
+from conftest import Recorder
+from parallel_support import value
+from rh_agents.bus_handlers import ParallelEventPrinter
+from rh_agents.core.bus import EventBus
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.parallel import ErrorStrategy
+from rh_agents.core.records import GroupCompleted
+from rh_agents.core.results import ResultStatus
+from rh_agents.errors import ParallelTimeoutError
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(10)]
+
+
+async def hang() -> None:
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "threshold"),
+    [(ErrorStrategy.FAIL_FAST, None), (ErrorStrategy.FAIL_THRESHOLD, 2)],
+)
+async def test_a_timed_out_group_raises_with_every_result(
+    strategy: ErrorStrategy, threshold: int | None
+) -> None:
+    state = ExecutionState()
+    with pytest.raises(ParallelTimeoutError) as caught:
+        async with state.parallel(
+            max_workers=2, timeout=0.05, error_strategy=strategy, failure_threshold=threshold
+        ) as p:
+            p.add(value("done"))
+            p.add(hang())
+            p.add(hang())  # never started: the two slots are taken
+    results = caught.value.results
+    assert [r.status for r in results] == [
+        ResultStatus.COMPLETED,
+        ResultStatus.TIMED_OUT,
+        ResultStatus.TIMED_OUT,
+    ]
+    assert results[0].result == "done"
+    assert [r.index for r in results] == [0, 1, 2]
+    assert "in this error's .results" in str(caught.value)
+
+
+async def test_a_member_timeout_error_has_no_group_results() -> None:
+    state = ExecutionState()
+    async with state.parallel(member_timeout=0.01) as p:
+        p.add(hang())
+    (result,) = await p.gather()
+    assert isinstance(result.exception, ParallelTimeoutError)
+    assert result.exception.results == []
+
+
+@pytest.mark.parametrize("leave", ["normally", "by_error", "by_parallel_execute"])
+async def test_subscribers_have_every_record_when_the_block_is_left(leave: str) -> None:
+    recorder = Recorder()
+    bus = EventBus()
+    bus.subscribe(recorder)
+    state = ExecutionState(event_bus=bus)
+    if leave == "normally":
+        async with state.parallel(name="docs") as p:
+            for i in range(3):
+                p.add(value(i))
+    elif leave == "by_error":
+        with pytest.raises(KeyError):
+            async with state.parallel(name="docs") as p:
+                p.add(hang())
+                await asyncio.sleep(0)
+                raise KeyError("stop")
+    else:
+        await state.parallel_execute([value(i) for i in range(3)], name="docs")
+    # No await since the block was left: the records are there already.
+    completed = [r for r in recorder.records if isinstance(r, GroupCompleted)]
+    assert [r.name for r in completed] == ["docs"]
+    await bus.close()
+
+
+async def test_the_printers_last_lines_come_before_the_programs_next_print() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=100, force_terminal=False)
+    bus = EventBus()
+    bus.subscribe(ParallelEventPrinter(console=console, parallel_mode="progress"))
+    state = ExecutionState(event_bus=bus)
+    async with state.parallel(name="docs") as p:
+        p.add(value(1))
+    console.print("next line of the program")
+    lines = out.getvalue().splitlines()
+    # The group's summary (printed on its GroupCompleted record) comes before the next line.
+    assert lines[-1] == "next line of the program"
+    assert lines[-2].startswith("✔ 📦 docs: 1/1 done")
