@@ -321,22 +321,28 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            # Leaving without gathering gathers (and may raise the strategy's error).
-            if self._retain:
-                await self._gather_all()
-            else:  # nothing to collect: results were only streamed
-                await self._wait_all()
-                self._finalize()
-                self._raise_for_strategy([])
-            return
-        # Leaving by an exception (or cancellation): stop everything, wait for our workers.
-        self._sealed = True
-        self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
         try:
-            await self._join_workers()
+            if exc is None:
+                # Leaving without gathering gathers (and may raise the strategy's error).
+                if self._retain:
+                    await self._gather_all()
+                else:  # nothing to collect: results were only streamed
+                    await self._wait_all()
+                    self._finalize()
+                    self._raise_for_strategy([])
+                return
+            # Leaving by an exception (or cancellation): stop everything, wait for workers.
+            self._sealed = True
+            self._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
+            try:
+                await self._join_workers()
+            finally:
+                self._finalize()
         finally:
-            self._finalize()
+            # The display is current when the block is left: synchronous subscribers (the
+            # printer) have every record of this group before the program's next line runs.
+            if self._finalized:
+                self._state.event_bus.deliver_pending()
 
     def _finalize(self) -> None:
         if self._finalized:
