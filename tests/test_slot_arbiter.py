@@ -9,15 +9,24 @@ take its slot back.
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
+from conftest import Recorder
 from parallel_support import Gauge, assert_no_leftover_tasks, own_tasks, steps, until
+from rh_agents.bus_handlers import ParallelEventPrinter
+from rh_agents.core.actors import Tool
+from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ErrorStrategy, RetryPolicy, SlotArbiter
+from rh_agents.core.records import EventRetrying, MemberFinished
 from rh_agents.core.results import ResultStatus
 from rh_agents.errors import ConfigurationError
+from rh_agents.observability.timeline import TimelineRecorder
 from rh_agents.testing import ManualClock
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(10)]
@@ -259,3 +268,66 @@ async def test_a_group_stopped_while_a_member_waits_for_its_slot(stop: str) -> N
     assert state.internal_errors == []
     assert (p._slots.in_use, p._slots.waiting) == (0, 0)
     assert_no_leftover_tasks(before)
+
+
+@pytest.mark.parametrize("member_form", ["callable", "event"])
+async def test_attempts_agree_in_results_metrics_records_printer_and_timeline(
+    member_form: str,
+) -> None:
+    """Member i fails its first i attempts (at most 3 are allowed): every view agrees."""
+
+    class Item(BaseModel):
+        i: int
+
+    calls: dict[int, int] = {}
+
+    async def flaky(i: int) -> int:
+        calls[i] = calls.get(i, 0) + 1
+        await asyncio.sleep(0)
+        if calls[i] <= i:
+            raise ConnectionError(f"attempt {calls[i]} of member {i}")
+        return i
+
+    async def handler(item: Item, context: str, state: ExecutionState) -> int:
+        return await flaky(item.i)
+
+    retry = RetryPolicy(max_attempts=3, initial_delay=0.25, jitter=0)
+    tool = Tool(
+        name="flaky",
+        description="fails its first i attempts",
+        input_model=Item,
+        handler=handler,
+        retry=retry,
+    )
+    recorder, timeline = Recorder(), TimelineRecorder()
+    printer_out = io.StringIO()
+    printer = ParallelEventPrinter(parallel_mode="progress", file=printer_out)
+    bus = EventBus()
+    for subscriber in (recorder, timeline, printer):
+        bus.subscribe(subscriber)
+    state = ExecutionState(event_bus=bus, clock=ManualClock())
+    event = ExecutionEvent(actor=tool)
+    async with state.parallel(max_workers=2, name="g", retry=retry) as p:
+        for i in range(5):
+            if member_form == "callable":
+                p.add(lambda i=i: flaky(i))
+            else:
+                p.add(event(Item(i=i), "", state))
+    results = await p.gather()
+    await bus.close()
+    expected = [min(i + 1, 3) for i in range(5)]
+    assert [r.attempts for r in results] == expected
+    assert [r.ok for r in results] == [True, True, True, False, False]
+    assert calls == dict(enumerate(expected))
+    finished = sorted(
+        (r for r in recorder.records if isinstance(r, MemberFinished)),
+        key=lambda r: r.parallel_index or 0,
+    )
+    assert [r.attempts for r in finished] == expected
+    retried = sum(n - 1 for n in expected)
+    assert p.metrics().retries == retried
+    assert sum(isinstance(r, EventRetrying) for r in recorder.records) == retried
+    (group,) = timeline.timeline().groups
+    assert [bar.attempts for bar in group.bars()] == expected
+    assert sum(len(bar.retries) for bar in group.bars()) == retried
+    assert f"{retried} retried" in printer_out.getvalue()
