@@ -339,6 +339,26 @@ async def test_a_tag_cannot_forge_an_address(state: ExecutionState) -> None:
     ]
 
 
+async def test_the_records_of_a_tagged_call_carry_the_tag(
+    state: ExecutionState, recorder: Recorder
+) -> None:
+    await ExecutionEvent(actor=counter, tag="tally")(Doc(text="x"), "", state)
+    await ExecutionEvent(actor=broken, tag="mishap")(Doc(text="x"), "", state)
+    await ExecutionEvent(actor=counter)(Doc(text="x"), "", state)
+    await state.event_bus.drain()
+    calls = [
+        r for r in recorder.records if isinstance(r, EventStarted | EventCompleted | EventFailed)
+    ]
+    assert [(type(r).__name__, r.address, r.actor, r.tag) for r in calls] == [
+        ("EventStarted", "tally", "counter", "tally"),
+        ("EventCompleted", "tally", "counter", "tally"),
+        ("EventStarted", "mishap", "broken", "mishap"),
+        ("EventFailed", "mishap", "broken", "mishap"),
+        ("EventStarted", "counter", "counter", None),
+        ("EventCompleted", "counter", "counter", None),
+    ]
+
+
 def test_an_unknown_keyword_is_an_error_naming_it() -> None:
     with pytest.raises(ConfigurationError) as info:
         ExecutionEvent(actor=counter, tga="typo")

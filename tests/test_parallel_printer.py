@@ -10,13 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from rich.console import Console
 
 from printer_records import group_completed, member_finished, member_started, run_records
 from rh_agents import ParallelEventPrinter as TopLevelExport
 from rh_agents.bus_handlers import ParallelEventPrinter
 from rh_agents.bus_handlers.parallel_printer import ParallelMode
+from rh_agents.core.actors import Tool
 from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import (
     EventFailed,
@@ -546,4 +549,48 @@ async def test_the_bus_hands_the_printer_its_records_in_batches() -> None:
     assert out.getvalue() == (
         "⚠ 📦 b: 2/2 done · 1 failed · 0 retried · 0ms · slowest b#0 0ms, b#1 0ms\n"
         "    ✘ b#1 FAILED: ValueError: nope\n"
+    )
+
+
+class Doc(BaseModel):
+    text: str
+
+
+async def test_a_tagged_call_shows_its_tag_and_its_actor() -> None:
+    printer, out = plain_printer("realtime", show_summary=False)
+    bus = EventBus()
+    bus.subscribe(printer)
+    state = ExecutionState(event_bus=bus, clock=FrozenClock())
+
+    async def count(input: Doc, context: str, state: ExecutionState) -> int:
+        if input.text == "bad":
+            raise ValueError("cannot count")
+        return len(input.text.split())
+
+    counter = Tool(name="count", input_model=Doc, handler=count)
+    tally = ExecutionEvent(actor=counter, tag="tally")
+    await tally(Doc(text="a"), "", state)
+    async with state.parallel(max_workers=1, name="docs") as p:
+        p.add(tally(Doc(text="a b"), "", state))
+        p.add(ExecutionEvent(actor=counter)(Doc(text="a b"), "", state))
+        p.add(tally(Doc(text="bad"), "", state))
+    await bus.close()
+    printer.close()
+    assert out.getvalue() == (
+        "▶ 🔧 tally (count) STARTED\n"
+        "✔ 🔧 tally (count) COMPLETED (0ms)\n"
+        "▶ 📦 docs started (max_workers=1)\n"
+        "  [docs#0] ▶ member started\n"
+        "  [docs#0] ▶ 🔧 tally (count) STARTED\n"
+        "  [docs#0] ✔ 🔧 tally (count) COMPLETED (0ms)\n"
+        "  [docs#0] ✔ member done (0ms) [1/3]\n"
+        "  [docs#1] ▶ member started\n"
+        "  [docs#1] ▶ 🔧 count STARTED\n"
+        "  [docs#1] ✔ 🔧 count COMPLETED (0ms)\n"
+        "  [docs#1] ✔ member done (0ms) [2/3]\n"
+        "  [docs#2] ▶ member started\n"
+        "  [docs#2] ▶ 🔧 tally (count) STARTED\n"
+        "  [docs#2] ✘ 🔧 tally (count) FAILED (0ms): ValueError: cannot count\n"
+        "  [docs#2] ✘ member FAILED (0ms) [3/3]: ValueError: cannot count\n"
+        "⚠ 📦 docs PARTIAL: 3/3 done · 1 failed (0ms)\n"
     )

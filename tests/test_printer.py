@@ -24,6 +24,7 @@ from rh_agents.core.records import (
     EventStarted,
     GroupStarted,
 )
+from rh_agents.testing import ManualClock
 
 
 @pytest.fixture(autouse=True)
@@ -226,3 +227,48 @@ def test_default_printer_writes_plain_text_to_a_file() -> None:
     out = StringIO()
     EventPrinter(file=out)(started("a", "agent", "x"))
     assert out.getvalue() == "▶ 🤖 a STARTED x\n"
+
+
+async def _run_tagged(bus: EventBus) -> None:
+    """``Outer`` calls ``count`` as ``tally``, plainly, then as ``tally`` again (which fails)."""
+
+    async def count(input: Doc, context: str, state: ExecutionState) -> int:
+        if input.text == "bad":
+            raise ValueError("cannot count")
+        return len(input.text.split())
+
+    counter = Tool(name="count", input_model=Doc, handler=count)
+    tally = ExecutionEvent(actor=counter, tag="tally")
+
+    async def outer(input: Doc, context: str, state: ExecutionState) -> None:
+        await tally(input, "", state)
+        await ExecutionEvent(actor=counter)(input, "", state)
+        await tally(Doc(text="bad"), "", state)
+
+    state = ExecutionState(event_bus=bus, clock=ManualClock())
+    await ExecutionEvent(actor=Agent(name="Outer", input_model=Doc, handler=outer))(
+        Doc(text="a b"), "", state
+    )
+    await state.close()
+
+
+async def test_a_tagged_call_shows_its_tag_and_its_actor() -> None:
+    p, out = printer()
+    bus = EventBus()
+    bus.subscribe(p)
+    await _run_tagged(bus)
+    assert out.getvalue().splitlines() == [
+        '▶ 🤖 Outer STARTED {"text":"a b"}',
+        '  ▶ 🔧 Outer::tally (count) STARTED {"text":"a b"}',
+        "  ✔ 🔧 Outer::tally (count) COMPLETED (0ms) → 2",
+        '  ▶ 🔧 Outer::count STARTED {"text":"a b"}',
+        "  ✔ 🔧 Outer::count COMPLETED (0ms) → 2",
+        '  ▶ 🔧 Outer::tally#2 (count) STARTED {"text":"bad"}',
+        "  ✘ 🔧 Outer::tally#2 (count) FAILED (0ms) ValueError: cannot count",
+        "✔ 🤖 Outer COMPLETED (0ms) → None",
+    ]
+
+
+def test_a_tag_equal_to_the_actor_name_adds_nothing() -> None:
+    record = EventStarted(address="x", timestamp=0.0, actor="x", actor_kind="tool", tag="x")
+    assert lines([record]) == ["▶ 🔧 x STARTED"]

@@ -453,14 +453,14 @@ class ParallelEventPrinter:
     def _event_started(self, record: EventStarted) -> None:
         if self._shows_event(record):
             icon = ICONS.get(record.actor_kind, "⚙")
-            self._line(f"{self._prefix(record)}▶ {icon} {record.actor} STARTED", record.depth)
+            self._line(f"{self._prefix(record)}▶ {icon} {_call_name(record)} STARTED", record.depth)
 
     def _event_completed(self, record: EventCompleted) -> None:
         if self._shows_event(record):
             icon = ICONS.get(record.actor_kind, "⚙")
             source = "" if record.source == "run" else f" ({record.source})"
             self._line(
-                f"{self._prefix(record)}✔ {icon} {record.actor} COMPLETED "
+                f"{self._prefix(record)}✔ {icon} {_call_name(record)} COMPLETED "
                 f"({seconds(record.execution_time)}){source}",
                 record.depth,
             )
@@ -470,7 +470,7 @@ class ParallelEventPrinter:
             icon = ICONS.get(record.actor_kind, "⚙")
             label = "CANCELLED" if record.cancelled else "FAILED"
             self._line(
-                f"{self._prefix(record)}✘ {icon} {record.actor} {label} "
+                f"{self._prefix(record)}✘ {icon} {_call_name(record)} {label} "
                 f"({seconds(record.execution_time)}): {record.error}",
                 record.depth,
             )
@@ -634,6 +634,12 @@ class ParallelEventPrinter:
 
     def _elapsed(self, view: GroupView) -> float:
         return elapsed(view, self._latest)
+
+
+def _call_name(record: EventStarted | EventCompleted | EventFailed) -> str:
+    """The actor's name, or ``tally (counter)`` for a call tagged ``tally``."""
+    tag, actor = record.tag, record.actor
+    return f"{tag} ({actor})" if tag and tag != actor else actor
 
 
 def _discard(text: str) -> int:

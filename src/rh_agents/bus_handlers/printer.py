@@ -1,5 +1,8 @@
 """``EventPrinter``: the execution tree, one line per record, indented by address depth.
 
+A call made through an event with a ``tag`` shows the tag (its address ends with it) and the
+actor it stands for: ``▶ 🔧 Outer::tally (counter) STARTED``.
+
 On a terminal the lines are styled through rich; anywhere else (a pipe, a log file, CI) they
 are plain text with no control codes. Pass a ``rich.console.Console`` to control where it
 writes (tests use ``Console(file=StringIO(), width=100)``)::
@@ -70,7 +73,10 @@ class EventPrinter:
                     if self.show_details and record.detail
                     else ""
                 )
-                return f"{pad}▶ {icon} {escape(record.address)} [cyan]STARTED[/cyan]{detail}"
+                return (
+                    f"{pad}▶ {icon} {escape(record.address)}{_actor_of_tag(record)} "
+                    f"[cyan]STARTED[/cyan]{detail}"
+                )
             case EventCompleted():
                 icon = ICONS.get(record.actor_kind, "⚙")
                 source = "" if record.source == "run" else f" [magenta]({record.source})[/magenta]"
@@ -80,14 +86,16 @@ class EventPrinter:
                     else ""
                 )
                 return (
-                    f"{pad}✔ {icon} {escape(record.address)} [green]COMPLETED[/green] "
+                    f"{pad}✔ {icon} {escape(record.address)}{_actor_of_tag(record)} "
+                    "[green]COMPLETED[/green] "
                     f"({_seconds(record.execution_time)}){source}{detail}"
                 )
             case EventFailed():
                 icon = ICONS.get(record.actor_kind, "⚙")
                 label = "CANCELLED" if record.cancelled else "FAILED"
                 return (
-                    f"{pad}✘ {icon} {escape(record.address)} [red]{label}[/red] "
+                    f"{pad}✘ {icon} {escape(record.address)}{_actor_of_tag(record)} "
+                    f"[red]{label}[/red] "
                     f"({_seconds(record.execution_time)}) [red]{escape(record.error)}[/red]"
                 )
             case EventRetrying():
@@ -117,6 +125,13 @@ class EventPrinter:
                     f"{pad}⚡ circuit {escape(record.key)}: {record.old_state} → {record.new_state}"
                 )
         return None
+
+
+def _actor_of_tag(record: EventStarted | EventCompleted | EventFailed) -> str:
+    """`` (counter)`` after the address of a call tagged ``tally``: the address ends with the
+    tag, this names the actor it stands for. Empty for an untagged call."""
+    tag = record.tag
+    return f" ({escape(record.actor)})" if tag and tag != record.actor else ""
 
 
 def _counts(record: GroupCompleted) -> str:

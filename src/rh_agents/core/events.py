@@ -134,8 +134,9 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         self, input: Any, context: str, state: ExecutionState
     ) -> ExecutionResult[OutT]:
         actor = self.actor
+        tag = self.tag
         parent = current_frame(state)
-        frame = parent.child(parent.child_address(self.tag or actor.name))
+        frame = parent.child(parent.child_address(tag or actor.name))
         address = frame.address
         bus = state.event_bus
         clock = state.clock
@@ -152,6 +153,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                     _completed(
                         frame,
                         actor,
+                        tag,
                         clock.now(),
                         0.0,
                         truncate(recovered.result, self.detail_chars),
@@ -163,7 +165,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
 
         started = clock.now()
         if bus.has_listeners:
-            bus.publish(_started(frame, actor, started, truncate(input, self.detail_chars)))
+            bus.publish(_started(frame, actor, tag, started, truncate(input, self.detail_chars)))
         token = enter_frame(frame)
         validated: BaseModel | None = None
         attempts = 1
@@ -185,6 +187,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                     _failed(
                         frame,
                         actor,
+                        tag,
                         clock.now(),
                         elapsed,
                         "cancelled",
@@ -227,6 +230,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                     _failed(
                         frame,
                         actor,
+                        tag,
                         clock.now(),
                         elapsed,
                         result.error or "",
@@ -255,6 +259,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                     _completed(
                         frame,
                         actor,
+                        tag,
                         clock.now(),
                         elapsed,
                         truncate(value, self.detail_chars),
@@ -273,6 +278,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
 def _completed(
     frame: Frame,
     actor: BaseActor,
+    tag: str | None,
     timestamp: float,
     elapsed: float,
     detail: str,
@@ -280,7 +286,7 @@ def _completed(
     source: str,
 ) -> EventCompleted:
     """The ``EventCompleted`` record of a call in ``frame`` (``source``: run, cache, replay)."""
-    record = _call_record(EventCompleted, "event.completed", frame, actor, timestamp)
+    record = _call_record(EventCompleted, "event.completed", frame, actor, tag, timestamp)
     record.execution_time = elapsed
     record.detail = detail
     record.attempts = attempts
@@ -288,9 +294,11 @@ def _completed(
     return record
 
 
-def _started(frame: Frame, actor: BaseActor, timestamp: float, detail: str) -> EventStarted:
+def _started(
+    frame: Frame, actor: BaseActor, tag: str | None, timestamp: float, detail: str
+) -> EventStarted:
     """The ``EventStarted`` record of a call in ``frame``."""
-    record = _call_record(EventStarted, "event.started", frame, actor, timestamp)
+    record = _call_record(EventStarted, "event.started", frame, actor, tag, timestamp)
     record.detail = detail
     return record
 
@@ -299,7 +307,12 @@ _CallRecord = TypeVar("_CallRecord", EventStarted, EventCompleted)
 
 
 def _call_record(
-    cls: type[_CallRecord], kind: str, frame: Frame, actor: BaseActor, timestamp: float
+    cls: type[_CallRecord],
+    kind: str,
+    frame: Frame,
+    actor: BaseActor,
+    tag: str | None,
+    timestamp: float,
 ) -> _CallRecord:
     """A call's record with the fields every call record has; the caller sets the rest.
 
@@ -315,12 +328,14 @@ def _call_record(
     record.is_parallel = group_id is not None
     record.actor = actor.name
     record.actor_kind = actor.kind
+    record.tag = tag
     return record
 
 
 def _failed(
     frame: Frame,
     actor: BaseActor,
+    tag: str | None,
     timestamp: float,
     elapsed: float,
     error: str,
@@ -338,6 +353,7 @@ def _failed(
         is_parallel=frame.group_id is not None,
         actor=actor.name,
         actor_kind=actor.kind,
+        tag=tag,
         execution_time=elapsed,
         error=error,
         error_type=error_type,

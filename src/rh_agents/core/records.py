@@ -67,6 +67,7 @@ class EventStarted(BusEvent):
     actor: str
     actor_kind: str
     detail: str = ""
+    tag: str | None = None  # the event's tag, which stands for ``actor`` in the address
 
 
 @dataclass(slots=True, kw_only=True)
@@ -80,6 +81,7 @@ class EventCompleted(BusEvent):
     detail: str = ""
     attempts: int = 1
     source: str = "run"  # "run", "cache" or "replay"
+    tag: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -94,6 +96,7 @@ class EventFailed(BusEvent):
     error_type: str
     attempts: int = 1
     cancelled: bool = False
+    tag: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
