@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -37,22 +36,39 @@ class SteppingClock:
         self.t += seconds
 
 
-def svg_of(html: str) -> ET.Element:
-    match = re.search(r"<svg.*</svg>", html, re.S)
-    assert match is not None
-    return ET.fromstring(match.group(0))
+XHTML = "{http://www.w3.org/1999/xhtml}"
 
 
-def members_of(svg: ET.Element) -> dict[int, ET.Element]:
+def page_of(html: str) -> ET.Element:
+    """The whole page, parsed: it is well-formed XML (XHTML with inline SVG)."""
+    assert html.startswith("<!DOCTYPE html>\n")
+    return ET.fromstring(html.split("\n", 1)[1])
+
+
+def members_of(page: ET.Element, group_id: str | None = None) -> dict[int, ET.Element]:
+    """Member rows by index: of ``group_id``, or of the first group on the page."""
     out: dict[int, ET.Element] = {}
-    for g in svg.iter(f"{SVG}g"):
-        if g.get("class", "").startswith("member "):
+    for g in page.iter(f"{SVG}g"):
+        if not g.get("class", "").startswith("member "):
+            continue
+        gid = g.get("data-group-id")
+        if group_id is None:
+            group_id = gid
+        if gid == group_id:
             out[int(g.get("data-index", "-1"))] = g
     return out
 
 
 def rects(member: ET.Element, cls: str) -> list[ET.Element]:
     return [r for r in member.iter(f"{SVG}rect") if cls in (r.get("class") or "").split()]
+
+
+def text_of(element: ET.Element) -> str:
+    return "".join(element.itertext())
+
+
+def classed(root: ET.Element, tag: str, cls: str) -> list[ET.Element]:
+    return [e for e in root.iter(tag) if cls in (e.get("class") or "").split()]
 
 
 async def recorded_run() -> tuple[Timeline, str]:
@@ -101,9 +117,7 @@ async def recorded_run() -> tuple[Timeline, str]:
 
 async def test_one_bar_per_member_with_the_right_parts() -> None:
     timeline, html = await recorded_run()
-    ET.fromstring(html.split("\n", 1)[1])  # the whole page is well-formed XML
-    svg = svg_of(html)
-    members = members_of(svg)
+    members = members_of(page_of(html))
     assert sorted(members) == [0, 1, 2, 3]
     statuses = {i: g.get("class") for i, g in members.items()}
     assert statuses == {
@@ -127,14 +141,16 @@ async def test_one_bar_per_member_with_the_right_parts() -> None:
     assert done.get("fill") == COLOURS["completed"]
     (skipped,) = rects(members[3], "run")
     assert skipped.get("fill") == COLOURS["skipped"]
-    retries = [e for e in members[1].iter(f"{SVG}line") if e.get("class") == "retry"]
-    assert len(retries) == 1 and not list(members[0].iter(f"{SVG}line"))
+    retries = classed(members[1], f"{SVG}path", "retry")
+    assert len(retries) == 1 and not classed(members[0], f"{SVG}path", "retry")
+    assert "×1 retry" in text_of(members[1]) and "retr" not in text_of(members[0])
     # Run lengths are to scale: the flaky member ran twice as long as the first one.
     (flaky_run,) = rects(members[1], "run")
     assert float(flaky_run.get("width", "0")) == 2 * float(done.get("width", "0"))
     tooltip = members[2].find(f"{SVG}title")
     assert tooltip is not None and tooltip.text is not None
     assert "waited 3.00 s" in tooltip.text and "<bad> & worse" in tooltip.text
+    assert "<bad> & worse" in text_of(members[2])  # the error, beside the bar
     group = timeline.groups[0]
     assert group.status == "partial" and group.metrics.failed == 1
 
@@ -180,12 +196,18 @@ def test_from_checkpoints_is_durations_only() -> None:
     assert not timeline.timed
     html = timeline.to_html()
     assert "durations but not start times" in html
-    members = members_of(svg_of(html))
+    page = page_of(html)
+    members = members_of(page)
     assert sorted(members) == [0, 1, 2]
     assert members[1].get("class") == "member status-failed"
     widths = [float(rects(members[i], "run")[0].get("width", "0")) for i in range(3)]
     assert widths[1] == 2 * widths[0] and widths[2] == 3 * widths[0]
-    assert all(float(rects(members[i], "run")[0].get("x", "0")) == 220 for i in range(3))
+    starts = {rects(members[i], "run")[0].get("x") for i in range(3)}
+    assert len(starts) == 1  # every bar starts at zero
+    # Nothing waited on this page (no start times), so the legend does not offer it.
+    keys = [span.get("data-key") for span in classed(page, f"{XHTML}p", "legend")[0]]
+    assert keys == ["completed", "failed"]
+    assert 'class="wait"' not in html
 
 
 async def test_runs_timeline_command(tmp_path: Path) -> None:
@@ -199,7 +221,7 @@ async def test_runs_timeline_command(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "1 groups, 5 members" in result.output
-    members = members_of(svg_of(out.read_text(encoding="utf-8")))
+    members = members_of(page_of(out.read_text(encoding="utf-8")))
     assert sorted(members) == list(range(5))
     assert members[2].get("class") == "member status-failed"
     missing = runner.invoke(app, ["runs", "timeline", "nope", "--state", str(db)])
@@ -212,13 +234,18 @@ def test_demo_writes_a_timeline(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--timeline", str(out)])
     assert result.exit_code == 0, result.output
     assert "Timeline written to" in result.output
-    svg = svg_of(out.read_text(encoding="utf-8"))
-    per_group = {
-        g.get("data-group-id"): sum(
-            1 for m in g.iter(f"{SVG}g") if m.get("class") == "member status-completed"
-        )
-        for g in svg.iter(f"{SVG}g")
-        if g.get("class") == "group"
-    }
-    documents = [gid for gid in per_group if gid and gid.endswith("::documents")]
-    assert len(documents) == 1 and per_group[documents[0]] == 3  # one bar per document
+    page = page_of(out.read_text(encoding="utf-8"))
+    groups = {g.get("data-group-id"): g for g in classed(page, f"{XHTML}div", "group")}
+    (documents,) = [gid for gid in groups if gid and gid.endswith("::documents")]
+    assert groups[documents].get("data-depth") == "0"
+    members = members_of(page, documents)
+    assert sorted(members) == [0, 1, 2]  # one bar per document
+    assert all(g.get("class") == "member status-completed" for g in members.values())
+    # Each document's own group ("steps") folds under its row, in that row's <details>.
+    folds = classed(groups[documents], f"{XHTML}details", "member")
+    assert [d.get("data-index") for d in folds] == ["0", "1", "2"]
+    for fold in folds:
+        (nested,) = classed(fold, f"{XHTML}div", "group")
+        assert nested.get("data-group-id", "").startswith(f"{documents}[{fold.get('data-index')}]")
+        assert nested.get("data-group-id", "").endswith("::steps")
+        assert nested.get("data-depth") == "1"

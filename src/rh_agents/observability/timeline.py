@@ -11,6 +11,10 @@ scripts, no external assets)::
 
 or build it from a stored run (``Timeline.from_checkpoints``): checkpoints keep each event's
 duration, status and attempts but not when it started, so that page shows durations only.
+
+A group opened inside a member of another group (an agent's own fan-out) is *nested* under that
+member: ``Timeline.roots()`` gives the outermost groups and ``Timeline.nested(group_id, index)``
+the groups a member opened. The page folds nested groups under their member's row.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ class MemberBar:
 
 @dataclass(slots=True)
 class TimelineGroup:
-    """One group and its members in index order."""
+    """One group and its members in index order. ``parent_group_id`` and ``parent_index`` name
+    the member it was opened in (``None`` for an outermost group, or when not known: then the
+    page works it out from the group's address)."""
 
     group_id: str
     name: str
@@ -66,6 +72,8 @@ class TimelineGroup:
     status: str = "running"
     metrics: Any = None
     members: dict[int, MemberBar] = field(default_factory=dict)
+    parent_group_id: str | None = None
+    parent_index: int | None = None
 
     def bars(self) -> list[MemberBar]:
         return [self.members[i] for i in sorted(self.members)]
@@ -85,6 +93,33 @@ class Timeline:
     groups: list[TimelineGroup] = field(default_factory=list)
     timed: bool = True
     title: str = DEFAULT_TITLE
+
+    def _parents(self) -> dict[str, tuple[str, int]]:
+        """Each nested group's member: ``group_id -> (parent group_id, member index)``.
+
+        Taken from the group's record when it says, otherwise from its address: a group opened
+        inside member ``i`` of group ``G`` has an address starting with ``G[i]::`` (the innermost
+        such ``G`` is its parent). A parent that is not in this timeline makes a root.
+        """
+        known = {group.group_id for group in self.groups}
+        out: dict[str, tuple[str, int]] = {}
+        for group in self.groups:
+            parent, index = group.parent_group_id, group.parent_index
+            if parent is None or index is None:
+                parent, index = _parent_by_address(group.group_id, known)
+            if parent is not None and index is not None and parent in known:
+                out[group.group_id] = (parent, index)
+        return out
+
+    def roots(self) -> list[TimelineGroup]:
+        """The outermost groups (opened outside any recorded group), in start order."""
+        parents = self._parents()
+        return [group for group in self.groups if group.group_id not in parents]
+
+    def nested(self, group_id: str, index: int) -> list[TimelineGroup]:
+        """The groups opened inside member ``index`` of group ``group_id``, in start order."""
+        parents = self._parents()
+        return [group for group in self.groups if parents.get(group.group_id) == (group_id, index)]
 
     def to_html(self) -> str:
         from rh_agents.observability.timeline_svg import render_html
@@ -127,6 +162,20 @@ class Timeline:
         return cls(list(groups.values()), timed=False, title=title or DEFAULT_TITLE)
 
 
+def _parent_by_address(group_id: str, known: set[str]) -> tuple[str | None, int | None]:
+    """The innermost known group ``G`` with ``group_id`` under ``G[i]::``, and that ``i``."""
+    end = group_id.rfind("::")
+    while end > 0:
+        head = group_id[:end]  # ...G[i] or ...G[i]::actor
+        if head.endswith("]"):
+            open_at = head.rfind("[")
+            digits = head[open_at + 1 : -1]
+            if open_at > 0 and digits.isdigit() and head[:open_at] in known:
+                return head[:open_at], int(digits)
+        end = group_id.rfind("::", 0, end)
+    return None, None
+
+
 class TimelineRecorder:
     """A bus subscriber that builds a ``Timeline``. Fed by its own feeder, in order."""
 
@@ -165,6 +214,8 @@ class TimelineRecorder:
                 record.name,
                 started=record.timestamp,
                 max_workers=record.max_workers,
+                parent_group_id=record.parent_group_id,
+                parent_index=record.parallel_index if record.parent_group_id else None,
             )
         elif isinstance(record, GroupCompleted):
             group = self._groups.get(record.address)
