@@ -61,3 +61,17 @@ def test_unknown_run_and_missing_store_are_clear_errors(tmp_path: Path) -> None:
     assert corrupt.exit_code == 2
     assert "damaged" in corrupt.output
     assert db.read_bytes() == b"junk" * 100
+
+
+async def test_a_resume_plan_with_nothing_to_run_again_ends_its_sentence(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    async with ExecutionState(run_id="clean", recovery=Recovery(db)) as state:
+        await run_group(state, Squarer(), 3)
+    plan = runner.invoke(app, ["runs", "resume", "clean", "--state", str(db)])
+    assert plan.exit_code == 0, plan.output
+    lines = plan.output.splitlines()
+    assert lines[:2] == [
+        "resuming run clean would replay 3 completed events",
+        "and run no stored event again",
+    ]
+    assert not any(line.endswith(":") for line in lines)

@@ -4,20 +4,48 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from rh_agents.observability.cli import check_output_file
 from rh_agents.observability.cli import timeline as runs_timeline
 from rh_agents.recovery.cli import runs_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="rh_agents command line.")
-app.add_typer(runs_app, name="runs")
+
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """Flags take no value: their help shows no type (``--help`` rather than ``--help <bool>``)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="rh_agents command line.", cls=_Group
+)
+app.add_typer(runs_app, name="runs", cls=_Group)
 runs_app.command("timeline")(runs_timeline)
+# The ``runs`` commands are declared in their own modules; their help gets the same treatment.
+for _info in runs_app.registered_commands:
+    if _info.cls in (None, TyperCommand):
+        _info.cls = _Command
 
 _MODES = ("realtime", "progress", "collapsed", "smart")
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     documents: int = typer.Option(30, min=1, help="How many bundled documents to digest."),
     workers: int = typer.Option(8, min=1, help="Documents processed at once (max_workers)."),
@@ -37,6 +65,8 @@ def demo(
         raise typer.BadParameter(
             f"choose one of {', '.join(_MODES)}; got {mode!r}", param_hint="--mode"
         )
+    if timeline is not None:
+        check_output_file(timeline, "--timeline")
     from rh_agents.demo import run_demo
 
     asyncio.run(

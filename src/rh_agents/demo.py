@@ -177,9 +177,18 @@ INTRO = """\
   Display: ParallelEventPrinter(parallel_mode="{mode}")
 """
 
-OUTRO = """\
-Try: rh-agents demo --mode realtime   (every event, tagged with its group and index)
-     rh-agents demo --mode collapsed --failure-rate 0.3 --workers 4"""
+# Other ways to watch the demo, by the mode they show; the footer leaves out the mode just seen.
+TRY: dict[str, str] = {
+    "realtime": "rh-agents demo --mode realtime   (every event, tagged with its group and index)",
+    "collapsed": "rh-agents demo --mode collapsed --failure-rate 0.3 --workers 4",
+    "progress": "rh-agents demo --mode progress   (a live bar per group, its members beneath)",
+}
+
+
+def outro(mode: str) -> str:
+    """The footer: two other modes to try (never the one that just ran)."""
+    first, second = [line for shown, line in TRY.items() if shown != mode][:2]
+    return f"Try: {first}\n     {second}"
 
 
 async def run_demo(
@@ -234,7 +243,7 @@ async def run_demo(
         await bus.close()
     digest = str(result.unwrap())
     console.print("\n" + digest, highlight=False, markup=False)
-    console.print("\n" + OUTRO, highlight=False, markup=False)
+    console.print("\n" + outro(mode), highlight=False, markup=False)
     if recorder is not None and timeline is not None:
         written = recorder.timeline("rh-agents demo").write_html(timeline)
         console.print(f"Timeline written to {written}", highlight=False, markup=False)

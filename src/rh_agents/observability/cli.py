@@ -8,6 +8,7 @@ waits and start times, record the run live with ``TimelineRecorder`` (``rh-agent
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -15,17 +16,41 @@ import typer
 from rh_agents.errors import RecoveryError
 from rh_agents.observability.timeline import Timeline
 from rh_agents.recovery.backend import open_backend
-from rh_agents.recovery.cli import STATE
+from rh_agents.recovery.cli import RUN_ID, STATE
 
-__all__ = ["timeline"]
+__all__ = ["check_output_file", "timeline"]
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Stop with a one-line error (exit 2) unless ``path`` can be written: its folder exists
+    and takes new files, and the file itself, if there, is a writable file.
+
+    Checked before any work, so a run is not lost to a typo in an output path.
+    """
+    folder = path.parent
+    problem = None
+    if path.is_dir():
+        problem = "it is a folder"
+    elif not folder.exists():
+        problem = f"the folder {folder} does not exist"
+    elif not folder.is_dir():
+        problem = f"{folder} is not a folder"
+    elif path.exists() and not os.access(path, os.W_OK):
+        problem = "the file is not writable"
+    elif not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"the folder {folder} is not writable"
+    if problem is not None:
+        typer.echo(f"error: {option} {path}: {problem}", err=True)
+        raise typer.Exit(code=2)
 
 
 def timeline(
-    run_id: str,
+    run_id: str = RUN_ID,
     out: Path = typer.Option(Path("timeline.html"), "--out", help="HTML file to write."),
     state: Path = STATE,
 ) -> None:
     """Write RUN_ID's group members as a self-contained HTML chart (durations only)."""
+    check_output_file(out, "--out")
     if not state.exists():
         typer.echo(f"error: no state store at {state}", err=True)
         raise typer.Exit(code=2)
@@ -40,6 +65,10 @@ def timeline(
     if not chart.groups:
         typer.echo(f"run {run_id} has no group members to chart", err=True)
         raise typer.Exit(code=1)
-    chart.write_html(out)
+    try:
+        chart.write_html(out)
+    except OSError as exc:
+        typer.echo(f"error: --out {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(code=2) from exc
     members = sum(len(g.members) for g in chart.groups)
     typer.echo(f"wrote {out}: {len(chart.groups)} groups, {members} members (durations only)")

@@ -31,6 +31,7 @@ __all__ = ["list_runs", "resume", "runs_app", "show"]
 runs_app = typer.Typer(no_args_is_help=True, help="Stored runs: list, show, plan a resume.")
 
 STATE = typer.Option(DEFAULT_STATE_PATH, "--state", help="State file (.db) or JSON directory.")
+RUN_ID = typer.Argument(metavar="RUN_ID", help="The run's id, as `rh-agents runs list` shows it.")
 
 
 def _when(timestamp: float) -> str:
@@ -78,7 +79,7 @@ def _describe(record: CheckpointRecord) -> str:
 
 @runs_app.command("show")
 def show(
-    run_id: str,
+    run_id: str = RUN_ID,
     state: Path = STATE,
     all_members: bool = typer.Option(False, "--all", help="List every group member too."),
 ) -> None:
@@ -141,7 +142,7 @@ def _int_key(value: int | None) -> int:
 
 @runs_app.command("resume")
 def resume(
-    run_id: str,
+    run_id: str = RUN_ID,
     state: Path = STATE,
     from_address: str | None = typer.Option(None, "--from", help="Re-run from this address."),
 ) -> None:
@@ -161,7 +162,10 @@ def resume(
     ]
     again = [a for a in records if a not in set(replayed)]
     typer.echo(f"resuming run {run_id} would replay {len(replayed)} completed events")
-    typer.echo(f"and run again {len(again)} stored events (failed, unstorable or from --from):")
+    if again:
+        typer.echo(f"and run again {len(again)} stored events (failed, unstorable or from --from):")
+    else:
+        typer.echo("and run no stored event again")
     for address in again[:50]:
         typer.echo(f"  {address}  {_describe(records[address])}")
     if len(again) > 50:
