@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from recovery_support import Squarer, run_group
@@ -15,10 +16,11 @@ from rh_agents.core.context import current_frame
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import EventRetrying
 from rh_agents.core.results import ExecutionResult
-from rh_agents.observability import Timeline, TimelineRecorder
+from rh_agents.observability import MemberBar, Timeline, TimelineGroup, TimelineRecorder
 from rh_agents.observability.timeline_svg import COLOURS
 from rh_agents.recovery import Recovery
 from rh_agents.recovery.records import CheckpointRecord
+from screenshot_support import find_chromium, png_size, read_png, screenshot
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -249,3 +251,193 @@ def test_demo_writes_a_timeline(tmp_path: Path) -> None:
         assert nested.get("data-group-id", "").startswith(f"{documents}[{fold.get('data-index')}]")
         assert nested.get("data-group-id", "").endswith("::steps")
         assert nested.get("data-depth") == "1"
+
+
+def nested_timeline() -> Timeline:
+    """Two outermost groups; the first's members open groups of their own (one two deep)."""
+    docs = TimelineGroup("run::docs", "docs", 0.0, 6.0, max_workers=2, status="partial")
+    docs.members = {
+        0: MemberBar(0, "alpha", 0.0, 0.0, 2.0, "completed"),
+        1: MemberBar(
+            1,
+            '<b>beta</b> & "co"',
+            0.0,
+            0.5,
+            4.0,
+            "failed",
+            error="ValueError: <bad> & \x00worse",
+            attempts=3,  # handed up from the nested call, with its error
+        ),
+        2: MemberBar(2, "gamma", 0.0, 2.0, 6.0, "timed_out", error="timed out after 4s"),
+        3: MemberBar(3, "delta", 0.0, None, 4.0, "skipped"),
+    }
+    steps0 = TimelineGroup(  # linked by its record
+        "run::docs[0]::reader::steps",
+        "steps",
+        0.0,
+        2.0,
+        status="completed",
+        parent_group_id="run::docs",
+        parent_index=0,
+    )
+    steps0.members = {
+        0: MemberBar(0, "summary", 0.0, 0.0, 2.0, "completed", attempts=2, retries=[1.0]),
+        1: MemberBar(1, "keywords", 0.0, 0.0, 0.3, "completed"),
+    }
+    steps1 = TimelineGroup("run::docs[1]::reader::steps", "steps", 0.5, 4.0, status="partial")
+    steps1.members = {  # linked by its address (no parent recorded)
+        0: MemberBar(0, "summary", 0.5, 0.5, 4.0, "failed", "Boom", 3, [1.5, 2.5]),
+        1: MemberBar(1, "keywords", 0.5, 0.5, 1.0, "completed"),
+    }
+    deeper = TimelineGroup("run::docs[1]::reader::steps[1]::kw::split", "split", 0.5, 1.0)
+    deeper.status = "completed"
+    deeper.members = {0: MemberBar(0, None, 0.5, 0.5, 1.0, "completed", retries=[0.7])}
+    after = TimelineGroup("run::after<&>", "after<&>", 6.0, 7.0, status="completed")
+    after.members = {0: MemberBar(0, "only", 6.0, 6.0, 7.0, "completed")}
+    groups = [docs, steps0, steps1, deeper, after]
+    return Timeline(groups, title='nested <run> & "friends"')
+
+
+def test_nested_groups_fold_under_their_member_and_counts_reach_the_top() -> None:
+    timeline = nested_timeline()
+    assert [g.group_id for g in timeline.roots()] == ["run::docs", "run::after<&>"]
+    assert [g.name for g in timeline.nested("run::docs", 1)] == ["steps"]
+    assert [g.name for g in timeline.nested("run::docs[1]::reader::steps", 1)] == ["split"]
+    html = timeline.to_html()
+    page = page_of(html)  # well-formed, whatever the run's strings held
+    body = page.find(f"{XHTML}body")
+    assert body is not None
+    # The chart comes first; the metrics table (when there is one) is folded after it.
+    order = [child.get("class") or child.tag.split("}")[1] for child in body]
+    assert order == ["h1", "overview", "legend", "note", "chart"]
+
+    # Nested groups are folded under their member's row, two levels deep.
+    chart = classed(body, f"{XHTML}div", "chart")[0]
+    tops = [d for d in chart if d.get("class") == "group"]
+    assert [d.get("data-group-id") for d in tops] == ["run::docs", "run::after<&>"]
+    folds = [d for d in tops[0] if d.tag == f"{XHTML}details"]
+    assert [d.get("data-index") for d in folds] == ["0", "1"]
+    assert all(d.get("open") is None for d in folds)  # folded until clicked
+    for fold in folds:
+        summary = fold.find(f"{XHTML}summary")
+        assert summary is not None  # the member's own row is what one clicks
+        (row,) = [g for g in summary.iter(f"{SVG}g") if g.get("data-group-id") == "run::docs"]
+        assert row.get("data-index") == fold.get("data-index")
+        assert classed(row, f"{SVG}path", "twisty")
+    inner = [d for d in classed(folds[1], f"{XHTML}details", "member") if d is not folds[1]]
+    assert [d.get("data-index") for d in inner] == ["1"]
+    assert classed(inner[0], f"{XHTML}div", "group")[0].get("data-depth") == "2"
+
+    # Retries and failures inside a member show on its top-level row: diamonds and a note.
+    top = members_of(page, "run::docs")
+    assert len(classed(top[0], f"{SVG}path", "retry")) == 1
+    assert "×1 retry" in text_of(top[0])
+    # Two retries of its nested summary and one two levels down; its own count (3 attempts)
+    # is the nested call's, so it is not counted twice.
+    assert len(classed(top[1], f"{SVG}path", "retry")) == 3
+    assert "×3 retries" in text_of(top[1]) and "1 failed inside" in text_of(top[1])
+    assert "retr" not in text_of(top[2]) and "timed out after 4s" in text_of(top[2])
+    head = classed(tops[0], f"{SVG}svg", "group-head")[0]
+    assert "partial: 3 did not complete" in text_of(head) and "×4 retries" in text_of(head)
+    assert "skipped" in text_of(top[3])
+
+    # The legend lists what the page shows and nothing else.
+    legend = classed(body, f"{XHTML}p", "legend")[0]
+    keys = [span.get("data-key") for span in legend]
+    assert keys == ["wait", "completed", "failed", "timed_out", "skipped", "retry"]
+    # "partial" is explained; statuses that do not occur are not.
+    (note,) = [p for p in body if p.get("class") == "note"]
+    assert "partial" in text_of(note) and "did not complete" in text_of(note)
+    assert "cancelled" not in text_of(note).split(":", 1)[0]
+    overview = text_of(classed(body, f"{XHTML}p", "overview")[0])
+    assert "2 groups of 5 members" in overview and "3 nested groups" in overview
+
+    # Every string from the run is escaped: nothing of it became markup.
+    assert "<b>" not in html and "<run>" not in html and "<bad>" not in html
+    assert "\x00" not in html
+    assert text_of(body.find(f"{XHTML}h1")) == 'nested <run> & "friends"'  # type: ignore[arg-type]
+    assert any('<b>beta</b> & "co"' in text_of(t) for t in top[1].iter(f"{SVG}text"))
+    assert "<script" not in html and "http://" not in html.replace("http://www.w3.org/", "")
+
+
+def test_labels_get_the_room_they_need() -> None:
+    timeline = nested_timeline()
+    long = "WIDE_MEMBER_NAME_WITH_MANY_CAPITALS_WWMM"
+    timeline.groups[0].members[0].name = long
+    page = page_of(timeline.to_html())
+    (label,) = [t for t in page.iter(f"{SVG}text") if t.text and long in t.text]
+    (run,) = rects(members_of(page, "run::docs")[0], "run")
+    # The label starts after the indent and, at 0.72 em per character (DejaVu Sans, a wide
+    # sans, averages under 0.7 em on capitals), ends before the bars begin.
+    right = float(label.get("x", "0")) + len(label.text or "") * 11 * 0.72
+    assert right < float(run.get("x", "0"))
+    svgs = list(page.iter(f"{SVG}svg"))
+    assert len({s.get("width") for s in svgs}) == 1  # every chart row shares one time axis
+
+
+def test_the_page_in_a_browser(tmp_path: Path) -> None:
+    """Headless Chromium: the chart is drawn at the top, every state in the legend is drawn,
+    no text runs into the bars or off the chart, and a member's nested groups stay folded
+    until opened."""
+    browser = find_chromium()
+    if browser is None:
+        pytest.skip("no chromium binary on PATH (.ci/run installs Debian's chromium package)")
+    timeline = nested_timeline()
+    timeline.groups[0].members[0].name = "A_RATHER_LONG_MEMBER_NAME_WWMM"
+    html = timeline.to_html()
+    folded = tmp_path / "folded.html"
+    folded.write_text(html, encoding="utf-8")
+    opened = tmp_path / "opened.html"
+    opened.write_text(
+        html.replace('<details class="member"', '<details open="open" class="member"')
+    )
+    shot = screenshot(browser, folded, tmp_path / "folded.png")
+    assert png_size(shot) == (1280, 900)
+    image = read_png(shot)
+    white = (255, 255, 255)
+
+    def dark(x: int, y: int) -> bool:  # text (#333), not bars, grid or backgrounds
+        return max(image.pixel(x, y)) < 100
+
+    # The chart is at the top of the page, not below a table: the top third is well inked.
+    inked = sum(image.pixel(x, y) != white for y in range(300) for x in range(0, 1280, 2))
+    assert inked > 0.05 * 300 * 640
+    # Every state the legend lists is drawn in its own colour.
+    page = page_of(html)
+    legend = [span.get("data-key") or "" for span in classed(page, f"{XHTML}p", "legend")[0]]
+    counts = dict.fromkeys(legend, 0)
+    wanted = {bytes.fromhex(COLOURS[key][1:]): key for key in legend}
+    for row in image.pixels:
+        for x in range(0, len(row), 3):
+            key = wanted.get(row[x : x + 3])
+            if key is not None:
+                counts[key] += 1
+    assert all(count >= 20 for count in counts.values()), counts
+
+    # Where the page puts the chart: the axis line (#444) starts at the labels' right edge.
+    axis = next(s for s in page.iter(f"{SVG}svg") if s.get("class") == "axis")
+    axis_line = next(line for line in axis.iter(f"{SVG}line"))
+    bars_x = 16 + round(float(axis_line.get("x1", "0")))  # body margin + label column
+    right_x = 16 + int(axis.get("width", "0"))
+    axis_y = next(
+        y
+        for y in range(900)
+        if all(
+            image.pixel(x, y) == (68, 68, 68) for x in range(bars_x + 2, bars_x + 60)
+        )  # crisp #444
+    )
+    # No label reaches the bars, and nothing touches the chart's right edge (the last tick
+    # label and the notes end before it).
+    assert not any(dark(x, y) for y in range(axis_y + 3, 900) for x in range(bars_x - 5, bars_x))
+    assert right_x < 1280
+    assert not any(dark(x, y) for y in range(axis_y - 20, 900) for x in range(right_x - 3, right_x))
+
+    # Folded, only the failed member's own bar is red; opened, its failed nested member too.
+    def red_rows(path: Path) -> int:
+        picture = read_png(path)
+        red = bytes.fromhex(COLOURS["failed"][1:])
+        return sum(red in bytes(row[bars_x * 3 : right_x * 3]) for row in picture.pixels)
+
+    folded_red = red_rows(shot)
+    opened_red = red_rows(screenshot(browser, opened, tmp_path / "opened.png"))
+    assert folded_red > 0 and opened_red >= 2 * folded_red - 2

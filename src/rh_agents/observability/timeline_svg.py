@@ -66,7 +66,7 @@ GROUP_STATUS_NOTES = {
 
 NOT_DONE = ("failed", "timed_out")  # counted as failures on every level
 
-MIN_CHART_WIDTH = 560
+MIN_CHART_WIDTH = 480
 MAX_CHART_WIDTH = 900
 PAGE_WIDTH = 1200  # the chart narrows (down to MIN_CHART_WIDTH) to fit labels and notes in this
 INDENT = 16  # per nesting level, in the label column
@@ -144,9 +144,9 @@ def text_width(text: str, size: float, *, bold: bool = False) -> float:
             continue
         if unicodedata.east_asian_width(ch) in "WF":
             em += 1.1
-        elif ch in "mwMW@%…":
+        elif ch in "mwMW@%…×":
             em += 1.0
-        elif ch.isupper() or ch.isdigit() or ch in "×#&":
+        elif ch.isupper() or ch.isdigit() or ch in "#&":
             em += 0.75
         elif ch in _NARROW:
             em += 0.4
@@ -274,6 +274,8 @@ def _member_note(tree: _Tree, group: TimelineGroup, bar: MemberBar) -> _Note:
         note.parts.append(("failures", f"{inside} failed inside"))
     if bar.status in NOT_DONE and bar.error:
         note.parts.append(("failures", _clip(bar.error, MAX_ERROR)))
+    elif bar.status in ("skipped", "cancelled"):
+        note.parts.append(("info", bar.status))
     return note
 
 
@@ -286,9 +288,6 @@ def _group_note(tree: _Tree, group: TimelineGroup) -> _Note:
         note.parts.append(("failures", f"partial: {missed} did not complete"))
     elif status in GROUP_STATUS_NOTES and status != "stored":
         note.parts.append(("failures", status))
-    inside = sum(tree.failures_inside(group, bar) for bar in bars)
-    if inside:
-        note.parts.append(("failures", f"{inside} failed inside"))
     retries = tree.group_retries(group)
     if retries:
         note.retry_marker = True
@@ -600,13 +599,14 @@ class _Page:
         out = [
             f'<text class="axis-caption" x="6" y="13">{caption}</text>',
             f'<line x1="{layout.label_width:.1f}" x2="{layout.x(layout.end):.1f}" '
-            f'y1="{AXIS_HEIGHT - 4}" y2="{AXIS_HEIGHT - 4}" stroke="#444"/>',
+            f'y1="{AXIS_HEIGHT - 3.5}" y2="{AXIS_HEIGHT - 3.5}" stroke="#444"/>',
         ]
         for t in layout.ticks:
             x = layout.x(layout.origin + t)
             label = _tick_label(t, step)
             half = text_width(label, FONT) / 2
-            anchor = "end" if x + half > width - 2 else "middle"
+            # Nothing left of the bars (the labels' column), nothing past the right edge.
+            anchor = "start" if t == 0 else "end" if x + half > width - 2 else "middle"
             out.append(
                 f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{AXIS_HEIGHT - 8}" y2="{AXIS_HEIGHT}" '
                 f'stroke="#444"/><text x="{x:.1f}" y="13" text-anchor="{anchor}">{label}</text>'
@@ -666,7 +666,7 @@ class _Page:
 
     def status_note(self) -> str:
         notes = [
-            f"<b>{_esc(status)}</b>: {GROUP_STATUS_NOTES[status]}"
+            f"<strong>{_esc(status)}</strong>: {GROUP_STATUS_NOTES[status]}"
             for status in GROUP_STATUS_NOTES
             if status in self.group_statuses
         ]
