@@ -32,6 +32,7 @@ from rh_agents.errors import (
     GroupClosedError,
     GroupFailedError,
     InvalidMemberError,
+    InvalidRunIdError,
     MemberCancelledError,
     MemberFailedError,
     MemberSkippedError,
@@ -43,6 +44,7 @@ from rh_agents.errors import (
     ResultSchemaError,
     RetryPolicyError,
     RHAgentsError,
+    RunLockedError,
     UnknownRunError,
 )
 from rh_agents.resilience import AdaptiveLimit, CircuitBreaker, RateLimit, RetryPolicy
@@ -76,6 +78,7 @@ __all__ = [
     "GroupStatistics",
     "GroupStatus",
     "InvalidMemberError",
+    "InvalidRunIdError",
     "MemberCancelledError",
     "MemberFailedError",
     "MemberSkippedError",
@@ -93,6 +96,7 @@ __all__ = [
     "ResultStatus",
     "RetryPolicy",
     "RetryPolicyError",
+    "RunLockedError",
     "SystemClock",
     "Tool",
     "UnknownRunError",

@@ -26,7 +26,9 @@ also derive from ``ValueError`` or ``TypeError`` (and a closed group's error fro
      ├── RetryPolicyError (ValueError)         a policy asked to re-run something that cannot re-run
      └── RecoveryError                         state backends, checkpoints and replay
           ├── UnknownRunError (KeyError)
-          ├── CorruptStateError
+          ├── InvalidRunIdError (ValueError)   a run id that breaks the rule (recovery.run_ids)
+          ├── CorruptStateError                a state file or database that cannot be read
+          ├── RunLockedError                   another live process holds the run's lease
           └── ResultSchemaError                a stored result no longer fits its model
 
 Each message says what was wrong and what to do about it.
@@ -53,6 +55,7 @@ __all__ = [
     "GroupClosedError",
     "GroupFailedError",
     "InvalidMemberError",
+    "InvalidRunIdError",
     "MemberCancelledError",
     "MemberFailedError",
     "MemberSkippedError",
@@ -64,6 +67,7 @@ __all__ = [
     "RecoveryError",
     "ResultSchemaError",
     "RetryPolicyError",
+    "RunLockedError",
     "UnknownRunError",
 ]
 
@@ -245,8 +249,35 @@ class UnknownRunError(RecoveryError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class InvalidRunIdError(RecoveryError, ValueError):
+    """A run id breaks the rule of ``rh_agents.recovery.run_ids`` (the message says it)."""
+
+
 class CorruptStateError(RecoveryError):
     """A state file or database cannot be read; nothing was overwritten."""
+
+
+class RunLockedError(RecoveryError):
+    """Another live process holds the run's lease: it is the run's one writer.
+
+    ``pid``, ``host`` and ``since`` (wall-clock seconds) name the holder when the store
+    recorded it; the message says them too.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str | None = None,
+        pid: int | None = None,
+        host: str | None = None,
+        since: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.pid = pid
+        self.host = host
+        self.since = since
 
 
 class ResultSchemaError(RecoveryError):
