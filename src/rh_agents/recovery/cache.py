@@ -126,7 +126,7 @@ class SQLiteCacheStore:
             return _MISSING  # stale shape: treat as a miss; the next put replaces it
 
     def put(self, key: str, actor: BaseActor, value: Any) -> None:
-        text, _ = encode_result(value)
+        text, _ = encode_result(value, actor.output_model)
         if text is None:
             return
         with self._lock:

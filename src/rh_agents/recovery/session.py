@@ -34,7 +34,7 @@ from rh_agents.core.actors import BaseActor
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import ConfigurationError, RecoveryError
 from rh_agents.recovery.backend import StateBackend, open_backend
-from rh_agents.recovery.codec import decode_result, encode_result
+from rh_agents.recovery.codec import decode_result, encode_checked
 from rh_agents.recovery.policy import CheckpointPolicy
 from rh_agents.recovery.records import (
     CheckpointRecord,
@@ -96,6 +96,7 @@ class Recovery:
         self.recovered = 0  # events answered from checkpoints
         self.written = 0  # checkpoints committed by this process
         self.unserialisable = 0  # results that could not be stored (they re-run on resume)
+        self._unstorable_actors: set[str] = set()  # actors already warned about
         self.differences: list[ReplayDifference] = []
         self._state: ExecutionState | None = None
         self._stored: dict[str, CheckpointRecord] = {}
@@ -176,14 +177,13 @@ class Recovery:
         """Checkpoint one finished event (or compare it, when validating)."""
         if self._closed:
             return
-        text, type_name = encode_result(result.result) if result.ok else (None, None)
-        if result.ok and text is None:
-            self.unserialisable += 1
-            logger.warning(
-                "result at %s (%s) cannot be serialised to JSON; it will run again on resume",
-                address,
-                type_name,
-            )
+        text: str | None = None
+        type_name: str | None = None
+        if result.ok:
+            encoded = encode_checked(result.result, actor.output_model)
+            text, type_name = encoded.text, encoded.type_name
+            if text is None:
+                self._not_stored(address, actor, encoded.problem)
         if self.replay is ReplayMode.VALIDATE:
             self._compare(address, text, result.status.value)
             return
@@ -212,6 +212,21 @@ class Recovery:
             and state.clock.now() - self._last_write >= policy.seconds
         ):
             self.flush()
+
+    def _not_stored(self, address: str, actor: BaseActor, problem: str | None) -> None:
+        """A result that cannot be stored faithfully: counted, and logged once per actor."""
+        self.unserialisable += 1
+        if actor.name in self._unstorable_actors:
+            return
+        self._unstorable_actors.add(actor.name)
+        logger.warning(
+            "%s %r returned a result that cannot be stored exactly (at %s: %s); it is "
+            "left as it is, its result is not stored, and it runs again on resume",
+            actor.kind,
+            actor.name,
+            address,
+            problem,
+        )
 
     def _compare(self, address: str, text: str | None, status: str) -> None:
         stored = self._stored.get(address)
