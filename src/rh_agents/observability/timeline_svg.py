@@ -108,7 +108,7 @@ details[open] > summary .twisty { transform: rotate(90deg); }
 details.metrics { margin-top: 16px; }
 details.metrics > summary { cursor: pointer; font-size: 14px; font-weight: 600; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
-td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
 th { background: #f4f4f4; }
 td.name, th.name { text-align: left; }
 """
@@ -272,7 +272,8 @@ def _member_note(tree: _Tree, group: TimelineGroup, bar: MemberBar) -> _Note:
     inside = tree.failures_inside(group, bar)
     if inside:
         note.parts.append(("failures", f"{inside} failed inside"))
-    if bar.status in NOT_DONE and bar.error:
+    if bar.status in NOT_DONE and bar.error and not inside:
+        # (A failure inside shows its error on its own row, where it happened.)
         note.parts.append(("failures", _clip(bar.error, MAX_ERROR)))
     elif bar.status in ("skipped", "cancelled"):
         note.parts.append(("info", bar.status))
@@ -675,19 +676,22 @@ class _Page:
     def metrics_table(self) -> str:
         header = (
             '<tr><th class="name">group</th><th>members</th><th>ok</th><th>failed</th>'
-            "<th>retries</th><th>wait p50</th><th>wait p95</th><th>run p50</th><th>run p95</th>"
+            "<th>wait p50</th><th>wait p95</th><th>run p50</th><th>run p95</th>"
             "<th>run max</th><th>wall</th><th>peak workers</th><th>efficiency</th></tr>"
         )
         rows = []
+        parents = self.timeline._parents()
         for group, depth in self.tree.walk():
             m = group.metrics
+            name = group.group_id
+            if depth:  # under its parent's row: the part of its address below the parent
+                name = "…" + name[len(parents[group.group_id][0]) :]
             if m is None or not hasattr(m, "queue_wait"):
                 continue
             pad = f' style="padding-left:{8 + depth * INDENT}px"' if depth else ""
             rows.append(
-                f'<tr><td class="name"{pad}>{_esc(group.group_id)}</td><td>{m.total}</td>'
+                f'<tr><td class="name"{pad}>{_esc(name)}</td><td>{m.total}</td>'
                 f"<td>{m.succeeded}</td><td>{m.failed + m.timed_out}</td>"
-                f"<td>{getattr(m, 'retries', '')}</td>"
                 f"<td>{_fmt(m.queue_wait.p50)}</td><td>{_fmt(m.queue_wait.p95)}</td>"
                 f"<td>{_fmt(m.run_time.p50)}</td><td>{_fmt(m.run_time.p95)}</td>"
                 f"<td>{_fmt(m.run_time.max)}</td><td>{_fmt(m.wall_time)}</td>"
