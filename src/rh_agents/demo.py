@@ -41,6 +41,7 @@ __all__ = [
     "Summaries",
     "Summary",
     "build_actors",
+    "outro",
     "run_demo",
 ]
 
