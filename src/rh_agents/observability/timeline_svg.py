@@ -287,8 +287,10 @@ def _group_note(tree: _Tree, group: TimelineGroup) -> _Note:
     if status == "partial":
         missed = sum(bar.status != "completed" for bar in bars)
         note.parts.append(("failures", f"partial: {missed} did not complete"))
-    elif status in GROUP_STATUS_NOTES and status != "stored":
+    elif status in ("failed", "timed_out", "cancelled"):
         note.parts.append(("failures", status))
+    elif status == "running":
+        note.parts.append(("info", "still running"))
     retries = tree.group_retries(group)
     if retries:
         note.retry_marker = True
