@@ -24,7 +24,7 @@ def test_demo_command_prints_the_run_and_the_digest() -> None:
     out = result.output
     assert "\x1b" not in out  # captured output is not a terminal
     assert "▶ 🤖 Orchestrator STARTED" in out
-    assert "📦 documents: 3/3 done · 0 failed" in out
+    assert "📦 documents: 3 finished · 3 ok · 0 failed" in out
     assert "Digest of 3 of 3 documents" in out
 
 

@@ -65,5 +65,5 @@ async def test_watch_a_run() -> None:
     assert (metrics.total, metrics.succeeded, metrics.failed) == (12, 10, 2)
     assert 1 <= metrics.concurrency_high_water <= 4
     text = out.getvalue()
-    assert "📦 pages: 12/12 done · 2 failed" in text
+    assert "📦 pages: 12 finished · 10 ok · 2 failed" in text
     assert "✘ pages#3 FAILED: ConnectionError: page 3 did not answer" in text

@@ -58,10 +58,10 @@ def feed(mode: ParallelMode, **options: object) -> str:
 
 
 SUMMARY = """\
-  ⚠ 📦 docs: 3/3 done · 2 failed (1 timed out, 1 cancelled) · 0 retried · 2.50s · slowest docs#1 2.00s, docs#0 1.20s, docs#2 500ms
+  ⚠ 📦 docs: 3 finished · 1 ok · 2 failed (1 timed out, 1 cancelled) · 2.50s · slowest docs#1 2.00s, docs#0 1.20s, docs#2 500ms
       ✘ docs#1 TIMED_OUT: ParallelTimeoutError: member 1 of group 'Orch::docs' timed out after 2.0s
       ✘ docs#2 CANCELLED: MemberCancelledError: group stopped
-    ⚠ 📦 steps: 2/2 done · 1 failed · 1 retried · 1.00s · slowest docs#1/steps#0 800ms, docs#1/steps#1 100ms
+    ⚠ 📦 steps: 2 finished · 1 ok · 1 failed · 1 retried · 1.00s · slowest docs#1/steps#0 800ms, docs#1/steps#1 100ms
         ✘ docs#1/steps#1 FAILED: ValueError: no words
 """  # noqa: E501
 
@@ -84,7 +84,7 @@ def test_realtime_tags_every_line_with_group_and_index() -> None:
         [docs#1/steps#0] ✔ member summary done (800ms) [1/2]
         [docs#1/steps#1] ▶ member keywords started
         [docs#1/steps#1] ✘ member keywords FAILED (100ms) [2/2]: ValueError: no words
-      [docs#1] ⚠ 📦 steps PARTIAL: 2/2 done · 1 failed (1.00s)
+      [docs#1] ⚠ 📦 steps PARTIAL: 2 finished · 1 ok · 1 failed · 1.00s
     [docs#0] ✔ 🤖 reader COMPLETED (1.20s)
     [docs#0] ✔ member done (1.20s) [1/3]
 ⚡ circuit llm: closed → open (5 failures)
@@ -127,10 +127,10 @@ def test_collapsed_is_one_line_per_group_with_every_failure(mode: ParallelMode) 
 
 
 FOLDED_SUMMARY = """\
-  ⚠ 📦 docs: 3/3 done · 2 failed (1 timed out, 1 cancelled) · 1 failed in nested groups · 1 retried · 2.50s · slowest docs#1 2.00s, docs#0 1.20s, docs#2 500ms
+  ⚠ 📦 docs: 3 finished · 1 ok · 2 failed (1 timed out, 1 cancelled) · 1 failed in nested groups · 1 retried · 2.50s · slowest docs#1 2.00s, docs#0 1.20s, docs#2 500ms
       ✘ docs#1 TIMED_OUT: ParallelTimeoutError: member 1 of group 'Orch::docs' timed out after 2.0s
-      ✘ docs#2 CANCELLED: MemberCancelledError: group stopped
       ✘ docs#1/steps#1 FAILED: ValueError: no words
+      ✘ docs#2 CANCELLED: MemberCancelledError: group stopped
 """  # noqa: E501
 
 
@@ -149,9 +149,14 @@ def test_collapse_parallel_folds_nested_groups_but_keeps_their_failures() -> Non
     assert realtime.endswith(FOLDED_SUMMARY + "✔ 🤖 Orch COMPLETED (2.60s)\n")
     # Without the summary, realtime ends a group with one line: it counts them too.
     bare = feed("realtime", collapse_parallel=True, show_summary=False)
-    assert "  ⚠ 📦 docs PARTIAL: 3/3 done · 2 failed · 1 failed in nested groups (2.50s)\n" in bare
+    assert (
+        "  ⚠ 📦 docs PARTIAL: 3 finished · 1 ok · 2 failed (1 timed out, 1 cancelled) · "
+        "1 failed in nested groups · 2.50s\n"
+    ) in bare
     unfolded = feed("realtime", show_summary=False)
-    assert "  ⚠ 📦 docs PARTIAL: 3/3 done · 2 failed (2.50s)\n" in unfolded
+    assert (
+        "  ⚠ 📦 docs PARTIAL: 3 finished · 1 ok · 2 failed (1 timed out, 1 cancelled) · 2.50s\n"
+    ) in unfolded
 
 
 async def _nested_failures(printer: Callable[..., None]) -> None:
@@ -183,7 +188,7 @@ async def test_a_folded_summary_counts_the_nested_failures_it_lists() -> None:
     await _nested_failures(printer)
     printer.close()
     assert out.getvalue() == (
-        "⚠ 📦 docs: 2/2 done · 0 failed · 2 failed in nested groups · 0 retried · 0ms · "
+        "⚠ 📦 docs: 2 finished · 2 ok · 0 failed · 2 failed in nested groups · 0ms · "
         "slowest docs#0 0ms, docs#1 0ms\n"
         "    ✘ docs#0/steps#1 FAILED: ValueError: boom\n"
         "    ✘ docs#1/steps#1 FAILED: ValueError: boom\n"
@@ -193,8 +198,8 @@ async def test_a_folded_summary_counts_the_nested_failures_it_lists() -> None:
     await _nested_failures(printer)
     printer.close()
     assert out.getvalue() == (
-        "✔ 📦 docs: 2/2 done · 0 failed · 0 retried · 0ms · slowest docs#0 0ms, docs#1 0ms\n"
-        "  ⚠ 📦 steps ×2: 4/4 done · 2 failed · 0 retried · max 0ms · slowest docs#0/steps#0 "
+        "✔ 📦 docs: 2 finished · 2 ok · 0 failed · 0ms · slowest docs#0 0ms, docs#1 0ms\n"
+        "  ⚠ 📦 steps ×2: 4 finished · 2 ok · 2 failed · max 0ms · slowest docs#0/steps#0 "
         "0ms, docs#0/steps#1 0ms, docs#1/steps#0 0ms\n"
         "      ✘ docs#0/steps#1 FAILED: ValueError: boom\n"
         "      ✘ docs#1/steps#1 FAILED: ValueError: boom\n"
@@ -224,7 +229,7 @@ def test_close_summarizes_a_group_that_never_completed() -> None:
         printer(record)
     assert "📦 docs" not in out.getvalue()
     printer.close()
-    assert "✘ 📦 docs: 0/3 done · 0 failed · 0 retried · 0ms\n" in out.getvalue()
+    assert "✘ 📦 docs: 0 of 3 finished · 0 ok · 0 failed · 0ms\n" in out.getvalue()
 
 
 def test_total_comes_from_member_records_not_from_what_started() -> None:
@@ -370,7 +375,7 @@ async def test_a_real_group_prints_exactly() -> None:
         "  ✔ jobs#0 a done (0ms) [1/3]\n"
         "  ✘ jobs#1 b FAILED (0ms) [2/3]: ValueError: boom\n"
         "  ✔ jobs#2 c done (0ms) [3/3]\n"
-        "⚠ 📦 jobs: 3/3 done · 1 failed · 0 retried · 0ms · slowest jobs#0 0ms, jobs#1 0ms, "
+        "⚠ 📦 jobs: 3 finished · 2 ok · 1 failed · 0ms · slowest jobs#0 0ms, jobs#1 0ms, "
         "jobs#2 0ms\n"
         "    ✘ jobs#1 FAILED: ValueError: boom\n"
     )
@@ -494,7 +499,7 @@ def test_plain_progress_of_a_big_group_prints_progress_and_failures_not_every_me
         "▶ 📦 g started (max_workers=4)",
         "📦 g [6/10] ████████████░░░░░░░░ 60% · 5.00s · 0 failed",
         "  ✘ g#7 FAILED (500ms) [8/10]: ValueError: bad",
-        "⚠ 📦 g: 10/10 done · 1 failed · 0 retried · 10.00s · slowest g#0 500ms",
+        "⚠ 📦 g: 10 finished · 9 ok · 1 failed · 10.00s · slowest g#0 500ms",
         "    ✘ g#7 FAILED: ValueError: bad",
     ]
     # At or under the threshold, every member still gets its line.
@@ -547,7 +552,7 @@ async def test_the_bus_hands_the_printer_its_records_in_batches() -> None:
     await bus.drain()
     printer.close()
     assert out.getvalue() == (
-        "⚠ 📦 b: 2/2 done · 1 failed · 0 retried · 0ms · slowest b#0 0ms, b#1 0ms\n"
+        "⚠ 📦 b: 2 finished · 1 ok · 1 failed · 0ms · slowest b#0 0ms, b#1 0ms\n"
         "    ✘ b#1 FAILED: ValueError: nope\n"
     )
 
@@ -592,5 +597,75 @@ async def test_a_tagged_call_shows_its_tag_and_its_actor() -> None:
         "  [docs#2] ▶ 🔧 tally (count) STARTED\n"
         "  [docs#2] ✘ 🔧 tally (count) FAILED (0ms): ValueError: cannot count\n"
         "  [docs#2] ✘ member FAILED (0ms) [3/3]: ValueError: cannot count\n"
-        "⚠ 📦 docs PARTIAL: 3/3 done · 1 failed (0ms)\n"
+        "⚠ 📦 docs PARTIAL: 3 finished · 2 ok · 1 failed · 0ms\n"
     )
+
+
+def _live_lines(printer: ParallelEventPrinter, width: int = 100) -> list[str]:
+    view = io.StringIO()
+    Console(file=view, width=width, force_terminal=False).print(printer.render())
+    return [line.rstrip() for line in view.getvalue().splitlines()]
+
+
+def test_a_group_whose_size_is_not_known_yet_shows_what_finished_not_a_question_mark() -> None:
+    # A nested group has just started: its members are still being added, so no total yet.
+    printer = ParallelEventPrinter(
+        "progress",
+        console=Console(file=io.StringIO(), width=100, force_terminal=True),
+        clock=lambda: 0.0,
+    )
+    try:
+        for record in run_records()[:6]:  # up to the nested group's GroupStarted
+            printer(record)
+        lines = _live_lines(printer)
+    finally:
+        printer.close()
+    assert lines[-1] == "      📦 steps ░░░░░░░░░░░░░░░░░░░░░░░░ 0 finished 0ms 0 failed"
+    assert not any("?" in line for line in lines)
+    # Plain output's progress line, for a group that never says how big it is (a lazy map).
+    now = [0.0]
+    printer, out = plain_printer("collapsed", clock=lambda: now[0], progress_interval=1.0)
+    printer(GroupStarted(address="g", timestamp=0.0, name="g", total=0, max_workers=4))
+    now[0] = 2.0
+    printer(member_finished("g[0]", 0, at=2.0, took=0.5, done=1, ok=1, total=None, group="g"))
+    assert out.getvalue() == "📦 g [1 finished] · 2.00s · 0 failed\n"
+    printer, out = plain_printer("realtime")
+    printer(GroupStarted(address="g", timestamp=0.0, name="g", total=0, max_workers=4))
+    printer(member_finished("g[0]", 0, at=2.0, took=0.5, done=1, ok=1, total=None, group="g"))
+    assert out.getvalue().splitlines()[-1] == "  [g#0] ✔ member done (500ms) [1 finished]"
+
+
+def test_failures_are_listed_in_index_order_whatever_order_they_failed_in() -> None:
+    terminal = ParallelEventPrinter(
+        "progress",
+        console=Console(file=io.StringIO(), width=100, force_terminal=True),
+        clock=lambda: 0.0,
+    )
+    plain, out = plain_printer("collapsed")
+    records = [
+        GroupStarted(address="g", timestamp=0.0, name="g", total=0, max_workers=4),
+        *(
+            member_finished(
+                f"g[{i}]", i, at=float(n), took=0.1, done=n + 1, ok=0, total=4, group="g",
+                status="failed", error=f"ValueError: {i}",
+            )
+            for n, i in enumerate((3, 0, 2))
+        ),
+    ]  # fmt: skip
+    try:
+        for record in records:
+            terminal(record)
+            plain(record)
+        assert _live_lines(terminal)[1:] == [
+            "  ✘ g#0 FAILED: ValueError: 0",
+            "  ✘ g#2 FAILED: ValueError: 2",
+            "  ✘ g#3 FAILED: ValueError: 3",
+        ]
+    finally:
+        terminal.close()
+    plain.close()
+    assert out.getvalue().splitlines()[1:] == [
+        "    ✘ g#0 FAILED: ValueError: 0",
+        "    ✘ g#2 FAILED: ValueError: 2",
+        "    ✘ g#3 FAILED: ValueError: 3",
+    ]

@@ -25,7 +25,7 @@ from rh_agents.core.records import (
 
 GROUP = "jobs"
 SUMMARY = (
-    "⚠ 📦 jobs: 2/3 done · 1 failed · 0 retried · 1.50s · slowest jobs#1 500ms, jobs#0 250ms\n"
+    "⚠ 📦 jobs: 2 of 3 finished · 1 ok · 1 failed · 1.50s · slowest jobs#1 500ms, jobs#0 250ms\n"
     "    ✘ jobs#1 FAILED: ValueError: boom\n"
 )
 

@@ -134,8 +134,8 @@ def test_group_lines() -> None:
     assert lines(records) == [
         "  ▶ 📦 docs PARALLEL, max_workers=3",
         "    ✘ member third TIMED_OUT ParallelTimeoutError: too slow",
-        "  ✘ 📦 docs PARTIAL 1/3 ok, 1 failed, 1 timed out (250ms)",
-        "✔ 📦 steps COMPLETED 2/2 ok (1.25s)",
+        "  ⚠ 📦 docs PARTIAL: 3 finished · 1 ok · 2 failed (1 timed out) · 250ms",
+        "✔ 📦 steps COMPLETED: 2 finished · 2 ok · 0 failed · 1.25s",
     ]
 
 
@@ -205,7 +205,7 @@ async def test_a_run_off_a_terminal_is_plain_text() -> None:
     assert shown[0] == '▶ 🤖 Root STARTED {"text":"a b"}'
     assert shown[1] == "  ▶ 📦 parts PARALLEL, max_workers=2"
     assert '    ▶ 🔧 Root::parts[0]::upper STARTED {"text":"a"}' in shown
-    assert shown[-2].startswith("  ✔ 📦 parts COMPLETED 2/2 ok (")
+    assert shown[-2].startswith("  ✔ 📦 parts COMPLETED: 2 finished · 2 ok · 0 failed · ")
     assert shown[-1].startswith("✔ 🤖 Root COMPLETED (")
     assert shown[-1].endswith(") → ['A', 'B']")
 

@@ -26,6 +26,7 @@ __all__ = [
     "descendants",
     "failed_text",
     "issue_line",
+    "outcome_text",
     "percent",
     "seconds",
     "status_mark",
@@ -36,11 +37,17 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class MemberIssue:
-    """A member that did not complete: its tag (``notes#4``), status and error."""
+    """A member that did not complete: its tag (``notes#4``), status and error.
+
+    ``order`` is its place in the tree, the member indexes from the outermost group down
+    (``notes#4/steps#1`` is ``(4, 1)``): failures are always listed in that order, the order
+    of the members' submission, never the order in which they happened to fail.
+    """
 
     tag: str
     status: str
     error: str
+    order: tuple[int, ...] = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -80,9 +87,21 @@ class GroupView:
     # so tracking a running member allocates nothing).
     running: dict[int, MemberStarted] = field(default_factory=dict)
     children: list[GroupView] = field(default_factory=list)
+    # The member indexes that lead to this group from the outermost one (``()`` for it).
+    position: tuple[int, ...] = ()
 
     def member_tag(self, index: int | None) -> str:
         return self.tag if index is None else f"{self.tag}#{index}"
+
+    def note_issue(self, index: int, status: str, error: str) -> None:
+        """Member ``index`` did not complete (kept for the failure lists, in index order)."""
+        self.issues.append(
+            MemberIssue(self.member_tag(index), status, error, (*self.position, index))
+        )
+
+    def sorted_issues(self) -> list[MemberIssue]:
+        """This group's failures in index order (they are noted as they happen)."""
+        return sorted(self.issues, key=_by_order)
 
     def note_duration(self, index: int, seconds: float, keep: int) -> None:
         """Keep the ``keep`` slowest members (a small heap: O(log keep) per member).
@@ -159,6 +178,7 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
             for group in below:
                 issues.extend(group.issues)
     ranked.sort(key=lambda item: (-item[0], item[1]))
+    issues.sort(key=_by_order)
     by_name: dict[str, list[GroupView]] = {}
     for view in views:
         for child in view.children:
@@ -186,6 +206,10 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
     )
 
 
+def _by_order(issue: MemberIssue) -> tuple[int, ...]:
+    return issue.order
+
+
 def descendants(view: GroupView) -> list[GroupView]:
     """Every group nested below ``view``, depth first, in the order they started."""
     found: list[GroupView] = []
@@ -209,8 +233,15 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
     pad = " " * (indent * level)
     name = summary.name if summary.count == 1 else f"{summary.name} ×{summary.count}"
     parts = [
-        f"{summary.done}/{summary.total} done",
-        failed_text(summary.failed, summary.timed_out, summary.cancelled, summary.skipped),
+        outcome_text(
+            summary.done,
+            summary.total,
+            summary.succeeded,
+            summary.failed,
+            summary.timed_out,
+            summary.cancelled,
+            summary.skipped,
+        )
     ]
     if summary.nested_failed:
         parts.append(
@@ -222,7 +253,8 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
                 label="failed in nested groups",
             )
         )
-    parts.append(f"{summary.retried} retried")
+    if summary.retried:
+        parts.append(f"{summary.retried} retried")
     wall = seconds(summary.wall_time)
     parts.append(wall if summary.count == 1 else f"max {wall}")
     if summary.slowest:
@@ -232,6 +264,23 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
     for child in summary.children:
         lines.extend(summary_lines(child, indent=indent, level=level + 1))
     return lines
+
+
+def outcome_text(
+    done: int,
+    total: int | None,
+    succeeded: int,
+    failed: int,
+    timed_out: int = 0,
+    cancelled: int = 0,
+    skipped: int = 0,
+) -> str:
+    """``"30 finished · 28 ok · 2 failed"``: how the members ended. Finished members are the
+    ones that have a result, ok or not (``"12 of 30 finished"`` while some have none)."""
+    finished = (
+        f"{done} finished" if total is None or done >= total else f"{done} of {total} finished"
+    )
+    return f"{finished} · {succeeded} ok · {failed_text(failed, timed_out, cancelled, skipped)}"
 
 
 def failed_text(

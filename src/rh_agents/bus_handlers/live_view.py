@@ -64,8 +64,9 @@ def _render_group(
         if total
         else Text(bar(0, None, 24), style="dim"),
         Text(
-            f"{view.done}/{'?' if total is None else total} {percent(view.done, total)} "
-            f"{seconds(elapsed(view, now))}"
+            f"{view.done} finished {seconds(elapsed(view, now))}"
+            if total is None  # members still being added: no total, no percent yet
+            else f"{view.done}/{total} {percent(view.done, total)} {seconds(elapsed(view, now))}"
         ),
         Text(f"{view.failed} failed", style="red" if view.failed else "dim"),
         Text(f"↻ {view.retried}" if view.retried else "", style="yellow"),
@@ -94,5 +95,5 @@ def _render_group(
     hidden = len(running) - shown
     if hidden > 0:
         rows.append(Text(f"{inner}… {hidden} more running", style="dim"))
-    for issue in view.issues[-3:]:
+    for issue in view.sorted_issues()[:3]:
         rows.append(Text(issue_line(issue, inner), style="red"))

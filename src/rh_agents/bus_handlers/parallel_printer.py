@@ -4,7 +4,7 @@ A bus subscriber with four modes (``parallel_mode``):
 
 - ``realtime``: every record as it comes, each line tagged with its group and member index
   (``[notes#3]``), so interleaved lines still say where they belong;
-- ``progress``: a header per group with a bar ``[done/total] percent elapsed failures`` and its
+- ``progress``: a header per group with a bar ``[finished/total] percent elapsed failures`` and its
   members beneath it;
 - ``collapsed``: one summary line per group (counts, time), with every failure and its error;
 - ``smart`` (default): on a terminal, ``progress`` for groups up to ``smart_threshold``
@@ -16,8 +16,8 @@ a pipe) the output is plain append-only lines, with a progress line at most ever
 ``progress_interval`` seconds, and never a control code. The size of a group comes from its own
 records (``MemberStarted``/``MemberFinished`` carry ``total``, ``GroupCompleted`` the final
 counts), never from how many members happened to start. When the outermost group completes (or
-on ``close()``) a summary follows: per group, done, failed, retried, wall time and the slowest
-members, with nested same-named groups merged (``steps ×30``)::
+on ``close()``) a summary follows: per group, members finished, ok and failed, retries, wall
+time and the slowest members, with nested same-named groups merged (``steps ×30``)::
 
     with ParallelEventPrinter(parallel_mode="progress") as printer:
         bus.subscribe(printer)
@@ -43,9 +43,9 @@ from rich.text import Text
 from rh_agents.bus_handlers.group_view import (
     MILLIS,
     GroupView,
-    MemberIssue,
     bar,
     descendants,
+    outcome_text,
     percent,
     seconds,
     summarize,
@@ -243,9 +243,7 @@ class ParallelEventPrinter:
             if record.status != "completed":
                 _copy_counts(view, record)
                 latest = None
-                view.issues.append(
-                    MemberIssue(view.member_tag(record.index), record.status, record.error or "")
-                )
+                view.note_issue(record.index, record.status, record.error or "")
                 if live:
                     view.running.pop(record.index, None)
                 elif mode != "collapsed":
@@ -365,6 +363,7 @@ class ParallelEventPrinter:
             started_at=record.timestamp,
             last_seen=record.timestamp,
             total=record.total or None,
+            position=() if parent is None or index is None else (*parent.position, index),
         )
         view.done_prefix = f"{self._pad(view.level + 1)}✔ {tag}#"
         self.groups[record.address] = view
@@ -522,7 +521,7 @@ class ParallelEventPrinter:
         name = f" {record.name}" if record.name else ""
         took = seconds(record.execution_time)
         total = view.known_total()
-        count = f"[{record.done}/{'?' if total is None else total}]"
+        count = f"[{record.done} finished]" if total is None else f"[{record.done}/{total}]"
         if self._mode == "realtime":
             mark = "✔" if ok else "✘"
             if ok:
@@ -537,11 +536,13 @@ class ParallelEventPrinter:
 
     def _progress_text(self, view: GroupView) -> str:
         total = view.known_total()
-        shown = "?" if total is None else str(total)
-        text = (
-            f"📦 {view.tag} [{view.done}/{shown}] {bar(view.done, total)} "
-            f"{percent(view.done, total)} · {seconds(self._elapsed(view))} · {view.failed} failed"
+        # With no total yet (members still being added), no bar or percent to show.
+        progress = (
+            f"[{view.done} finished]"
+            if total is None
+            else f"[{view.done}/{total}] {bar(view.done, total)} {percent(view.done, total)}"
         )
+        text = f"📦 {view.tag} {progress} · {seconds(self._elapsed(view))} · {view.failed} failed"
         return text + (f" · {view.retried} retried" if view.retried else "")
 
     def _completed_text(self, view: GroupView) -> str:
@@ -551,9 +552,18 @@ class ParallelEventPrinter:
             # The failed members of folded nested groups had their lines: count them too.
             below = sum(group.failed for group in descendants(view))
             nested = f" · {below} failed in nested groups" if below else ""
+        outcome = outcome_text(
+            view.done,
+            view.total,
+            view.succeeded,
+            view.failed,
+            view.timed_out,
+            view.cancelled,
+            view.skipped,
+        )
         return (
-            f"{mark} 📦 {view.name} {(view.status or '').upper()}: {view.done}/{view.total} done · "
-            f"{view.failed} failed{nested} ({seconds(view.elapsed)})"
+            f"{mark} 📦 {view.name} {(view.status or '').upper()}: {outcome}{nested} · "
+            f"{seconds(view.elapsed)}"
         )
 
     def _summary_lines(self, root: GroupView) -> list[str]:

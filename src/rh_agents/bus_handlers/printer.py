@@ -18,6 +18,7 @@ from typing import IO
 from rich.console import Console
 from rich.markup import escape
 
+from rh_agents.bus_handlers.group_view import outcome_text, status_mark
 from rh_agents.core.records import (
     BusEvent,
     CircuitStateChanged,
@@ -113,12 +114,11 @@ class EventPrinter:
                     f"[/red] {escape(record.error or '')}"
                 )
             case GroupCompleted():
-                mark = "✔" if record.status == "completed" else "✘"
                 style = "green" if record.status == "completed" else "yellow"
                 return (
-                    f"{pad}{mark} 📦 {escape(record.name)} [{style}]{record.status.upper()}"
-                    f"[/{style}] {record.succeeded}/{record.total} ok"
-                    f"{_counts(record)} ({_seconds(record.wall_time)})"
+                    f"{pad}{status_mark({record.status})} 📦 {escape(record.name)} "
+                    f"[{style}]{record.status.upper()}[/{style}]: {_outcome(record)} · "
+                    f"{_seconds(record.wall_time)}"
                 )
             case CircuitStateChanged():
                 return (
@@ -134,18 +134,18 @@ def _actor_of_tag(record: EventStarted | EventCompleted | EventFailed) -> str:
     return f" ({escape(record.actor)})" if tag and tag != record.actor else ""
 
 
-def _counts(record: GroupCompleted) -> str:
-    parts = [
-        f"{n} {label}"
-        for n, label in (
-            (record.failed, "failed"),
-            (record.timed_out, "timed out"),
-            (record.cancelled, "cancelled"),
-            (record.skipped, "skipped"),
-        )
-        if n
-    ]
-    return (", " + ", ".join(parts)) if parts else ""
+def _outcome(record: GroupCompleted) -> str:
+    """``3 finished · 1 ok · 2 failed (1 timed out)``, as the parallel printer says it."""
+    not_ok = record.failed + record.timed_out + record.cancelled + record.skipped
+    return outcome_text(
+        record.succeeded + not_ok,
+        record.total,
+        record.succeeded,
+        not_ok,
+        record.timed_out,
+        record.cancelled,
+        record.skipped,
+    )
 
 
 def _seconds(value: float) -> str:
