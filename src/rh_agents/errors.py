@@ -24,6 +24,9 @@ also derive from ``ValueError`` or ``TypeError`` (and a closed group's error fro
      ├── CircuitOpenError                      a circuit breaker refused the call
      ├── RateLimitedError                      a provider answered 429 (carries retry_after)
      ├── RetryPolicyError (ValueError)         a policy asked to re-run something that cannot re-run
+     ├── RHAgentsWarning (RuntimeWarning)      a warning: the run went on, but you should know
+     │    ├── SubscriberShutdownWarning        a subscriber still busy at the bus's close: cancelled
+     │    └── CheckpointWarning                a checkpoint write failed; it is kept and tried again
      └── RecoveryError                         state backends, checkpoints and replay
           ├── UnknownRunError (KeyError)
           ├── InvalidRunIdError (ValueError)   a run id that breaks the rule (recovery.run_ids)
@@ -32,6 +35,10 @@ also derive from ``ValueError`` or ``TypeError`` (and a closed group's error fro
           └── ResultSchemaError                a stored result no longer fits its model
 
 Each message says what was wrong and what to do about it.
+
+The warnings are issued with ``warnings.warn`` (never raised by the library itself). Each is a
+``RuntimeWarning``, so ``-W error::RuntimeWarning`` turns them into errors, and an
+``RHAgentsError`` too, so such an error is still caught with the library's own.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ __all__ = [
     "ActorDefinitionError",
     "ActorInputError",
     "ActorOutputError",
+    "CheckpointWarning",
     "CircuitOpenError",
     "ConfigurationError",
     "CorruptStateError",
@@ -63,11 +71,13 @@ __all__ = [
     "ParallelError",
     "ParallelTimeoutError",
     "RHAgentsError",
+    "RHAgentsWarning",
     "RateLimitedError",
     "RecoveryError",
     "ResultSchemaError",
     "RetryPolicyError",
     "RunLockedError",
+    "SubscriberShutdownWarning",
     "UnknownRunError",
 ]
 
@@ -236,6 +246,21 @@ class RateLimitedError(RHAgentsError):
 
 class RetryPolicyError(RHAgentsError, ValueError):
     """A retry policy asked for something that cannot be done."""
+
+
+class RHAgentsWarning(RHAgentsError, RuntimeWarning):
+    """Base of the warnings rh_agents issues: something went wrong that did not stop the run."""
+
+
+class SubscriberShutdownWarning(RHAgentsWarning):
+    """An event subscriber was still busy when its bus closed (past ``shutdown_timeout``): it
+    was cancelled and its undelivered records dropped. Also in ``bus.subscriber_errors``."""
+
+
+class CheckpointWarning(RHAgentsWarning):
+    """A checkpoint write failed. The checkpoints are kept in memory and written with the next
+    write; the event calls are not failed. If they still cannot be written when the run ends,
+    leaving the run raises a ``RecoveryError``."""
 
 
 class RecoveryError(RHAgentsError):

@@ -16,6 +16,13 @@ notice::
     await bus.drain()                      # wait until every subscriber has caught up
     await bus.close()                      # drain, then stop the feeders and streams
 
+Closing is bounded: ``close()`` (which leaving ``async with state:`` calls) gives the
+subscribers ``EventBus(shutdown_timeout=5.0)`` seconds to catch up. A subscriber still busy
+then (an async one that never returns, or one far behind) is reported, in
+``bus.subscriber_errors`` and as a ``SubscriberShutdownWarning``, and its feeder is cancelled:
+the records it had not handled yet are dropped. ``shutdown_timeout=None`` waits as long as it
+takes.
+
 A synchronous subscriber object may also take its records in batches: if it has a
 ``handle_batch(queue)`` method, the bus calls it with the subscriber's own queue (a
 ``collections.deque``) holding every record not handled yet, oldest first; it pops them from the
@@ -41,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import warnings
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -49,10 +57,24 @@ from typing import Any, Protocol
 
 from rh_agents.core.records import BusEvent
 from rh_agents.core.results import describe_error
+from rh_agents.errors import ConfigurationError, SubscriberShutdownWarning
 
-__all__ = ["DeferredSource", "EventBus", "Subscriber", "SubscriberError", "Subscription"]
+__all__ = [
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DeferredSource",
+    "EventBus",
+    "Subscriber",
+    "SubscriberError",
+    "Subscription",
+]
 
 logger = logging.getLogger("rh_agents.bus")
+
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+# How long a cancelled feeder gets to end (a subscriber that swallows the cancellation is
+# left behind rather than waited for).
+_CANCEL_GRACE = 1.0
+_DEFAULT: Any = object()  # close(timeout=...) not given: the bus's shutdown_timeout
 
 Subscriber = Callable[[BusEvent], Any]
 
@@ -67,7 +89,8 @@ class DeferredSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SubscriberError:
-    """A subscriber raised while handling ``record``."""
+    """A subscriber raised while handling ``record`` (or, with a ``TimeoutError`` as its
+    ``exception``, was still busy with it when the bus closed, and was cancelled)."""
 
     subscriber: str
     record: BusEvent
@@ -103,6 +126,7 @@ class Subscription:
         "_bus",
         "_call",
         "_closed",
+        "_current",
         "_delivering",
         "_idle_waiters",
         "_is_async",
@@ -145,6 +169,7 @@ class Subscription:
         self._awake = False
         self._closed = False
         self._delivering = False  # in the middle of handing records over (see _deliver)
+        self._current: BusEvent | None = None  # what an async subscriber is handling
 
     @property
     def pending(self) -> int:
@@ -287,13 +312,14 @@ class Subscription:
         loop = asyncio.get_running_loop()
         try:
             if outcome is not None and record is not None:
+                self._current = record
                 try:
                     await outcome
                 except Exception as exc:
                     self._bus._report(self, record, exc)
             while True:
                 while queue:
-                    record = pop()
+                    record = self._current = pop()
                     try:
                         outcome = handler(record)
                         # ``outcome is not None`` first: isawaitable() is slow on None.
@@ -301,6 +327,7 @@ class Subscription:
                             await outcome
                     except Exception as exc:  # a broken subscriber must not stop the run
                         self._bus._report(self, record, exc)
+                self._current = None
                 if self._closed:
                     return
                 # Queue empty, no handler running: asleep until the next push.
@@ -327,21 +354,33 @@ class Subscription:
         if task is None:
             self._queue.clear()  # a callback still scheduled finds the queue closed
             return
-        if not drain:
-            task.cancel()
-        else:
+        if drain:
             self._wake()  # it finds itself closed and ends
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():
-                raise  # we ourselves are being cancelled
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # we ourselves are being cancelled
+            return
+        self._queue.clear()
+        if task.done():
+            return
+        task.cancel()
+        # Bounded: a subscriber that swallows the cancellation is left behind, not awaited.
+        await asyncio.wait((task,), timeout=_CANCEL_GRACE)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a feeder's own failure was reported as it happened
 
 
 class EventBus:
-    """Fan-out of records to subscribers and streams; see the module docstring."""
+    """Fan-out of records to subscribers and streams; see the module docstring.
 
-    def __init__(self) -> None:
+    ``shutdown_timeout``: how many seconds ``close()`` lets subscribers catch up before it
+    cancels those still busy (``None``: no limit).
+    """
+
+    def __init__(self, *, shutdown_timeout: float | None = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
+        self.shutdown_timeout = _check_timeout(shutdown_timeout, "shutdown_timeout")
         self._subscriptions: list[Subscription] = []
         # Unsubscribed feeders may still be finishing a record; close() awaits them.
         self._retired: list[Subscription] = []
@@ -530,18 +569,68 @@ class EventBus:
         for sub in list(self._subscriptions):
             await sub._drain()
 
-    async def close(self, *, drain: bool = True) -> None:
-        """End the bus: optionally drain, then stop the feeders and end every ``stream()``."""
+    # (A timeout of its own rather than the caller's asyncio.timeout: at its end the busy
+    # subscribers are reported and cancelled, and the bus still ends cleanly.)
+    async def close(self, *, drain: bool = True, timeout: float | None = _DEFAULT) -> None:  # noqa: ASYNC109
+        """End the bus: optionally drain, then stop the feeders and end every ``stream()``.
+
+        Draining waits at most ``timeout`` seconds (default: the bus's ``shutdown_timeout``)
+        for the subscribers together; each one still busy then is reported (see the module
+        docstring) and cancelled. ``drain=False`` cancels every feeder at once.
+        """
+        limit = self.shutdown_timeout if timeout is _DEFAULT else _check_timeout(timeout)
         if self._deferred:
             self._flush_deferred()
         self._closed = True
-        for sub in [*self._subscriptions, *self._retired]:
-            await sub._close(drain)
+        subs = [*self._subscriptions, *self._retired]
+        busy: list[Subscription] = []
+        if drain:
+            busy = await self._drain_within(subs, limit)
+            for sub in busy:
+                self._report_busy(sub, limit)
+        for sub in subs:
+            await sub._close(drain and sub not in busy)
         self._retired.clear()
         for ref in list(self._streams.values()):
             stream = ref()
             if stream is not None:
                 stream.push(None)
+
+    async def _drain_within(
+        self, subs: list[Subscription], limit: float | None
+    ) -> list[Subscription]:
+        """Drain ``subs`` for at most ``limit`` seconds in all; the ones still busy."""
+        if limit is None:
+            for sub in subs:
+                await sub._drain()
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        for sub in subs:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(sub._drain(), left)
+            except TimeoutError:
+                break
+        return [sub for sub in subs if sub._awake and sub._is_async]
+
+    def _report_busy(self, sub: Subscription, limit: float | None) -> None:
+        record = sub._current if sub._current is not None else next(iter(sub._queue), None)
+        if record is None:  # (a feeder task about to start: nothing in hand)
+            record = BusEvent(kind="bus.closed", address="", timestamp=0.0)
+        dropped = len(sub._queue)
+        message = (
+            f"event subscriber {sub.name} was still busy {limit}s after the bus began to close "
+            f"(handling {record.kind} at {record.address or '(root)'}); it was cancelled and "
+            f"{dropped} record(s) queued for it were dropped. Make it return sooner, or give it "
+            "more time with EventBus(shutdown_timeout=...)"
+        )
+        exc = TimeoutError(message)
+        self.subscriber_errors.append(SubscriberError(sub.name, record, message, exc))
+        logger.error("%s", message)
+        warnings.warn(message, SubscriberShutdownWarning, stacklevel=2)
 
     def _report(self, sub: Subscription, record: BusEvent, exc: Exception) -> None:
         error = SubscriberError(sub.name, record, describe_error(exc), exc)
@@ -554,6 +643,12 @@ class EventBus:
             error.error,
             exc_info=exc,
         )
+
+
+def _check_timeout(value: float | None, name: str = "timeout") -> float | None:
+    if value is not None and not value >= 0:
+        raise ConfigurationError(f"{name} must be None or at least 0 seconds, got {value!r}")
+    return value
 
 
 class _StreamQueue:
