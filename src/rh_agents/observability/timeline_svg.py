@@ -27,7 +27,7 @@ from xml.sax.saxutils import escape
 if TYPE_CHECKING:
     from rh_agents.observability.timeline import MemberBar, Timeline, TimelineGroup
 
-__all__ = ["COLOURS", "GROUP_STATUS_NOTES", "render_html"]
+__all__ = ["COLOURS", "GROUP_STATUS_NOTES", "render_html", "text_width"]
 
 # Colour per part of a bar; the run colour follows the member's status.
 COLOURS = {
