@@ -335,3 +335,40 @@ async def test_each_call_gets_fresh_retry_state() -> None:
     results = await asyncio.gather(*(e(Item(), "", state) for e in events))
     assert all(r.ok and r.attempts == 3 for r in results)
     assert [h.calls for h in handlers] == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize("outer_retry", [None, 2])
+async def test_a_call_reports_its_own_attempts_not_a_nested_calls(outer_retry: int | None) -> None:
+    """The inner call gives up after 3 attempts; the outer handler re-raises its exception."""
+    state = ExecutionState(clock=ManualClock())
+    inner = Tool(
+        name="inner",
+        description="always fails",
+        input_model=Item,
+        handler=Flaky(failures=99),
+        retry=RetryPolicy(max_attempts=3, initial_delay=0.1, jitter=0),
+    )
+
+    async def outer_handler(input: Item, context: str, state: ExecutionState) -> int:
+        result = await ExecutionEvent(actor=inner)(input, context, state)
+        assert result.attempts == 3
+        assert result.exception is not None
+        raise result.exception
+
+    outer = Tool(
+        name="outer",
+        description="re-raises the inner failure",
+        input_model=Item,
+        handler=outer_handler,
+        retry=RetryPolicy(max_attempts=outer_retry, initial_delay=0.1, jitter=0)
+        if outer_retry
+        else None,
+    )
+    result = await ExecutionEvent(actor=outer)(Item(), "", state)
+    assert not result.ok
+    assert result.attempts == (outer_retry or 1)
+
+    async with state.parallel(name="g") as p:
+        p.add(ExecutionEvent(actor=outer)(Item(), "", state))
+        p.add(lambda: ExecutionEvent(actor=outer)(Item(), "", state))
+    assert [r.attempts for r in await p.gather()] == [outer_retry or 1] * 2

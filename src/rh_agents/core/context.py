@@ -30,9 +30,20 @@ class Frame:
     ``address`` is the full path (``"Orchestrator::docs[3]::Summarizer"``); ``group_id`` and
     ``parallel_index`` say which parallel member (if any) this frame runs inside; ``slot`` is the
     global-limit slot held by that member, so that a nested group can lend it back while it waits.
+    ``attempts`` counts the attempts of the call this frame runs, kept current by the retry
+    loop: however the call ends, its result reports its own attempts, never those of a
+    nested call whose exception passed through it.
     """
 
-    __slots__ = ("_child_counts", "address", "group_id", "parallel_index", "slot", "state")
+    __slots__ = (
+        "_child_counts",
+        "address",
+        "attempts",
+        "group_id",
+        "parallel_index",
+        "slot",
+        "state",
+    )
 
     def __init__(
         self,
@@ -47,6 +58,7 @@ class Frame:
         self.group_id = group_id
         self.parallel_index = parallel_index
         self.slot = slot
+        self.attempts = 1
         # Made on the first child: most member frames (plain coroutines) never have one.
         self._child_counts: dict[str, int] | None = None
 

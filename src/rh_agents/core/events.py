@@ -223,7 +223,8 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 status=status,
                 index=index,
                 address=address,
-                attempts=getattr(exc, "attempts", attempts),
+                # This call's own count: an exception from a nested call may carry another.
+                attempts=frame.attempts,
             )
             if bus.has_listeners:
                 bus.publish(

@@ -320,6 +320,7 @@ async def run_attempts(
     number = 0
     while True:
         number = tries.begin() if tries is not None else number + 1
+        frame.attempts = number
         if member is not None:
             member.attempts = number
         error: BaseException | None
