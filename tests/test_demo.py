@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len
 from rich.console import Console
 
 from rh_agents.demo import run_demo
@@ -113,3 +114,34 @@ def test_demo_in_a_real_terminal() -> None:
     steps = r"📦 steps ×30: 60 finished · 60 ok · 0 failed · [1-9]\d* retried"
     assert re.search(steps, screen), screen
     assert "⠿" not in screen  # the live view was cleared: only the final text remains
+
+
+async def test_a_narrow_console_gets_every_line_wrapped_between_words() -> None:
+    out = io.StringIO()
+    await run_demo(
+        console=Console(file=out, width=40, force_terminal=False),
+        documents=3,
+        mode="collapsed",
+        latency=0.0,
+        failure_rate=0.0,
+    )
+    lines = out.getvalue().splitlines()
+    assert lines[:4] == [
+        "rh_agents demo: a research digest over 3",
+        "  documents (offline, simulated LLM)",
+        "  Orchestrator → parallel group",
+        "    documents (max_workers=8)",
+    ]
+    assert lines[-6:] == [
+        "Try: rh-agents demo --mode realtime",
+        "       (every event, tagged with its",
+        "       group and index)",
+        "     rh-agents demo --mode progress   (a",
+        "       live bar per group, its members",
+        "       beneath)",
+    ]
+    # No line is wider than the console, and the summary's lines keep their tree.
+    assert max(cell_len(line) for line in lines) <= 40
+    at = next(n for n, line in enumerate(lines) if "📦 documents" in line)
+    assert lines[at] == "  ✔ 📦 documents: 3 finished · 3 ok ·"
+    assert lines[at + 1].startswith("      0 failed · ")  # then the wall time

@@ -41,10 +41,12 @@ class FrozenClock:
 
 
 def plain_printer(
-    mode: ParallelMode, **options: object
+    mode: ParallelMode, *, width: int = 200, **options: object
 ) -> tuple[ParallelEventPrinter, io.StringIO]:
+    """A printer writing plain text, by default wide enough for every line to stay whole
+    (the wrapping of long lines has tests of its own)."""
     out = io.StringIO()
-    console = Console(file=out, width=100, force_terminal=False)
+    console = Console(file=out, width=width, force_terminal=False)
     options.setdefault("clock", lambda: 0.0)
     return ParallelEventPrinter(mode, console=console, **options), out  # type: ignore[arg-type]
 
@@ -669,3 +671,94 @@ def test_failures_are_listed_in_index_order_whatever_order_they_failed_in() -> N
         "    ✘ g#2 FAILED: ValueError: 2",
         "    ✘ g#3 FAILED: ValueError: 3",
     ]
+
+
+NARROW_SUMMARY = """\
+  ⚠ 📦 docs: 3 finished · 1 ok ·
+      2 failed (1 timed out, 1
+      cancelled) · 2.50s ·
+      slowest docs#1 2.00s, docs#0
+      1.20s, docs#2 500ms
+      ✘ docs#1 TIMED_OUT:
+        ParallelTimeoutError: member 1
+        of group 'Orch::docs' timed out
+        after 2.0s
+      ✘ docs#2 CANCELLED:
+        MemberCancelledError: group
+        stopped
+    ⚠ 📦 steps: 2 finished · 1 ok ·
+        1 failed · 1 retried · 1.00s ·
+        slowest docs#1/steps#0 800ms,
+        docs#1/steps#1 100ms
+        ✘ docs#1/steps#1 FAILED:
+          ValueError: no words
+"""
+
+
+def test_summary_lines_wrap_between_words_to_the_console_width() -> None:
+    # A group's line goes on under its failures; a failure's under its text.
+    assert feed_narrow(force_terminal=False) == (
+        "▶ 🤖 Orch STARTED\n⚡ circuit llm: closed → open (5 failures)\n"
+        + NARROW_SUMMARY
+        + "✔ 🤖 Orch COMPLETED (2.60s)\n"
+    )
+    # A terminal gets the same lines, styled: the colour of a line carries over to its rest.
+    styled = feed_narrow(force_terminal=True)
+    assert ANSI.sub("", styled).endswith(NARROW_SUMMARY + "✔ 🤖 Orch COMPLETED (2.60s)\n")
+    assert "\x1b[33m1 failed · 1 retried · 1.00s ·\x1b[0m" in styled
+
+
+def feed_narrow(*, force_terminal: bool) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=40, height=20, force_terminal=force_terminal)
+    printer = ParallelEventPrinter("collapsed", console=console, clock=lambda: 0.0)
+    for record in run_records():
+        printer(record)
+    printer.close()
+    return out.getvalue()
+
+
+def _crowded(height: int, width: int = 40) -> list[str]:
+    """The live view of a group of ten members: seven run, three failed (7, 2, 5 in turn)."""
+    printer = ParallelEventPrinter(
+        "progress",
+        console=Console(file=io.StringIO(), width=width, height=height, force_terminal=True),
+        clock=lambda: 0.0,
+    )
+    error = "ValueError: member {} could not parse its input"
+    records = [
+        GroupStarted(address="g", timestamp=0.0, name="g", total=0, max_workers=8),
+        *(member_started(f"g[{i}]", i, at=0.0, group="g", total=10) for i in range(10)),
+        *(
+            member_finished(
+                f"g[{i}]", i, at=1.0, took=1.0, done=n + 1, ok=0, total=10, group="g",
+                status="failed", error=error.format(i),
+            )
+            for n, i in enumerate((7, 2, 5))
+        ),
+    ]  # fmt: skip
+    try:
+        for record in records:
+            printer(record)
+        return _live_lines(printer, width)
+    finally:
+        printer.close()
+
+
+def test_a_short_terminal_crops_the_running_members_before_the_failures() -> None:
+    bar = "📦 g ━━━         3/10 30% 1.00s 3 failed"
+    failures = [
+        "  ✘ g#2 FAILED: ValueError: member 2 co…",
+        "  ✘ g#5 FAILED: ValueError: member 5 co…",
+        "  ✘ g#7 FAILED: ValueError: member 7 co…",
+    ]
+    running = [f"  ⠿ #{i} 1.00s" for i in (0, 1, 3, 4, 6, 8, 9)]
+    assert _crowded(height=24) == [bar, *running, *failures]
+    assert _crowded(height=6) == [bar, "  ⠿ #0 1.00s", "  … 6 more running", *failures]
+    assert _crowded(height=4) == [bar, *failures]
+    assert _crowded(height=3) == [bar, failures[0], "  … 2 more failed (listed at the end)"]
+
+
+def test_a_narrow_terminal_narrows_the_bar_before_the_text() -> None:
+    assert _crowded(height=24, width=40)[0] == "📦 g ━━━         3/10 30% 1.00s 3 failed"
+    assert _crowded(height=24, width=30)[0] == "📦 g 3/10 30% 1.00s 3 failed"

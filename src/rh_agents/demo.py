@@ -21,9 +21,11 @@ from typing import IO, Any
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.text import Text
 
 from rh_agents.bus_handlers import ParallelEventPrinter
 from rh_agents.bus_handlers.parallel_printer import PARALLEL_MODES, ParallelMode
+from rh_agents.bus_handlers.wrapping import wrap
 from rh_agents.core.actors import LLM, Agent, BaseActor, Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
@@ -192,6 +194,13 @@ def outro(mode: str) -> str:
     return f"Try: {first}\n     {second}"
 
 
+def _say(console: Console, text: Text | str, *, hang: int = 2) -> None:
+    """Print ``text`` wrapped at word boundaries to the console's width (a terminal would cut
+    words and lose the indentation); continuation lines are indented ``hang`` more."""
+    for piece in wrap(text, console.width, hang=hang):
+        console.print(piece, soft_wrap=True, highlight=False)
+
+
 async def run_demo(
     *,
     file: IO[str] | None = None,
@@ -218,10 +227,9 @@ async def run_demo(
         raise ConfigurationError(f"mode must be one of {', '.join(PARALLEL_MODES)}, got {mode!r}")
     if console is None:
         console = Console(file=file, highlight=False, soft_wrap=True)
-    console.print(
-        INTRO.format(documents=documents, workers=workers, rate=failure_rate, mode=mode),
-        highlight=False,
-    )
+    intro = INTRO.format(documents=documents, workers=workers, rate=failure_rate, mode=mode)
+    _say(console, Text.from_markup(intro))
+    console.print()
     corpus = Corpus(
         documents=[
             Document(index=i, title=title, text=text)
@@ -243,8 +251,12 @@ async def run_demo(
             )
         await bus.close()
     digest = str(result.unwrap())
-    console.print("\n" + digest, highlight=False, markup=False)
-    console.print("\n" + outro(mode), highlight=False, markup=False)
+    console.print()
+    _say(console, digest)
+    console.print()
+    for line in outro(mode).splitlines():
+        # Continuation lines go on under the command, after "Try: ".
+        _say(console, line, hang=2 if line.startswith(" ") else 7)
     if recorder is not None and timeline is not None:
         written = recorder.timeline("rh-agents demo").write_html(timeline)
         console.print(f"Timeline written to {written}", highlight=False, markup=False)

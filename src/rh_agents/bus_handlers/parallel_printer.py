@@ -52,6 +52,7 @@ from rh_agents.bus_handlers.group_view import (
     summary_lines,
 )
 from rh_agents.bus_handlers.live_view import elapsed, render_live
+from rh_agents.bus_handlers.wrapping import wrap
 from rh_agents.core.records import (
     BusEvent,
     CircuitStateChanged,
@@ -573,26 +574,38 @@ class ParallelEventPrinter:
         return [pad + line for line in lines]
 
     def _print_summary(self, root: GroupView) -> None:
+        """The summary, each line wrapped at word boundaries to the console's width: a group's
+        line goes on under its failures' column, a failure's under its text."""
         self._summarized.add(root.group_id)
         for line in self._summary_lines(root):
-            self._line(line, 0)
+            group_line = line.lstrip()[1:3] == " 📦"
+            self._line(line, 0, hang=self.indent + 2 if group_line else 2)
 
     def _pad(self, level: int) -> str:
         return " " * (self.indent * level)
 
-    def _line(self, text: str, level: int) -> None:
-        """Write one line now (after anything batched before it)."""
+    def _line(self, text: str, level: int, *, hang: int | None = None) -> None:
+        """Write one line now (after anything batched before it); with ``hang``, wrapped to
+        the console's width, continuation lines indented ``hang`` more than the first."""
         line = " " * (self.indent * level) + text
         if self._plain:
             # Plain append-only text: no rich rendering per record, no control codes.
-            self._buffer.append(line + "\n")
+            if hang is None:
+                self._buffer.append(line + "\n")
+            else:
+                self._buffer.extend(
+                    piece.plain + "\n" for piece in wrap(line, self.console.width, hang=hang)
+                )
             self.flush()
             return
         stripped = line.lstrip()
         style = _STYLES.get(stripped[:1], "")
         if stripped.startswith("["):
             style = _STYLES.get(stripped.split("] ", 1)[-1][:1], "")
-        self.console.print(Text(line, style=style), soft_wrap=True, highlight=False)
+        styled = Text(line, style=style)
+        pieces = [styled] if hang is None else wrap(styled, self.console.width, hang=hang)
+        for piece in pieces:
+            self.console.print(piece, soft_wrap=True, highlight=False)
 
     # --- live display (terminal only) -----------------------------------------------------
 
@@ -633,6 +646,8 @@ class ParallelEventPrinter:
             max_members=self.max_members_shown,
             nested=not self.collapse_parallel,
             indent=self.indent,
+            height=self.console.height,
+            width=self.console.width,
         )
 
     def _members_beneath(self, root: GroupView) -> bool:
