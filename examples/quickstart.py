@@ -9,9 +9,7 @@ import asyncio
 
 from pydantic import BaseModel
 
-from rh_agents.core.actors import Tool
-from rh_agents.core.events import ExecutionEvent
-from rh_agents.core.execution import ExecutionState
+from rh_agents import ExecutionEvent, ExecutionState, Tool
 
 
 class Doc(BaseModel):

@@ -23,7 +23,7 @@ async def main() -> dict[str, object]:
     async with state.parallel(max_workers=3) as p:
         p.add(fetch("a", 0.03))
         p.add(lambda: fetch("b", 0.01), name="b")  # a zero-argument callable can be retried
-        p.add("c", fetch("c", 0.02))  # name first, as in the spec
+        p.add("c", fetch("c", 0.02))  # or the name first
     seen["list"] = [r.result for r in await p.gather()]  # the same results after the block
     seen["dict"] = {k: r.result for k, r in (await p.gather_dict()).items()}
 
@@ -33,7 +33,7 @@ async def main() -> dict[str, object]:
             p.add(fetch(f"s{i}", delay))
         seen["stream"] = [r.result async for r in p.stream()]
 
-    # as_completed with metadata, members given directly (the spec's Option D form).
+    # as_completed with metadata, the members given to it directly (it adds them first).
     async with state.parallel(max_workers=2, name="meta") as p:
         seen["as_completed"] = [
             (r.index, r.event_id) async for r in p.as_completed([fetch("x", 0.02), fetch("y", 0)])

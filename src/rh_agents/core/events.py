@@ -84,7 +84,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
     circuit_breaker: Any = None
     detail_chars: int = Field(default=DETAIL_CHARS, ge=8)
 
-    # Filled on the bound copy of each call (the spec's parallel metadata).
+    # Filled on the bound copy of each call (where the call sits in parallel groups).
     address: str | None = None
     group_id: str | None = None
     parallel_index: int | None = None

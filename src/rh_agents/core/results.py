@@ -28,7 +28,7 @@ class ExecutionResult(Generic[T]):
     ``ok`` is true only for ``COMPLETED``. ``error`` is a one-line message and ``exception``
     the exception itself (``None`` on success). Inside a parallel group ``index`` is the
     member's submission index and ``name`` its name. ``address`` is the execution-tree address
-    (``event_id`` is the same string, under the spec's name)::
+    (``event_id`` is the same string, under another name)::
 
         result = await ExecutionEvent(actor=summarize)(Doc(text=t), "", state)
         if result.ok:
@@ -52,7 +52,7 @@ class ExecutionResult(Generic[T]):
 
     @property
     def event_id(self) -> str | None:
-        """The address of the event that produced this result (the spec's ``event_id``)."""
+        """The address of the event that produced this result (the same as ``address``)."""
         return self.address
 
     def unwrap(self) -> T:

@@ -153,7 +153,7 @@ class _Gathering(Generic[T]):
     async def gather(self, members: Iterable[Any] | None = None) -> list[ExecutionResult[T]]:
         """Every result in submission order (waits for all). FAIL_SLOW never raises.
 
-        With ``members`` (the spec's Option D form), those are added first and only their
+        With ``members`` (members given directly), those are added first and only their
         results are returned.
         """
         if members is None:
@@ -189,7 +189,7 @@ class _Gathering(Generic[T]):
         return ResultStream(cast("ParallelExecutionManager[T]", self))
 
     def gather_stream(self, members: Iterable[Any]) -> AsyncIterator[ExecutionResult[T]]:
-        """Add ``members``, then stream every result in completion order (Option D form)."""
+        """Add ``members``, then stream every result in completion order."""
         self.add_many((None, m) for m in members)
         return self.stream()
 

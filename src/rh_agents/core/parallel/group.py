@@ -1,4 +1,4 @@
-"""``ParallelEventGroup``: the spec's description of a group, and its statistics snapshot."""
+"""``ParallelEventGroup``: the description of a group, and its statistics snapshot."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["GroupStatistics", "ParallelEventGroup"]
 
 
 class ParallelEventGroup(BaseModel):
-    """What a group is and how far it got (the spec's fields).
+    """What a group is and how far it got.
 
     Owned and updated by its ``ParallelExecutionManager``; read it through ``p.group``.
     ``group_id`` is derived from the parent address and the group's name, so it is the same in

@@ -404,7 +404,7 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
 
     @property
     def group(self) -> ParallelEventGroup | None:
-        """The spec's ``ParallelEventGroup`` for this group, brought up to date on each read.
+        """This group's ``ParallelEventGroup`` description, brought up to date on each read.
 
         Built on first read and synced on every read rather than kept current: updating a
         pydantic model for every member would cost more than the member's own bookkeeping.

@@ -18,7 +18,7 @@ class ErrorStrategy(enum.StrEnum):
     """
 
     FAIL_SLOW = "fail_slow"
-    COLLECT_ALL = "fail_slow"  # the spec's name for the same strategy
+    COLLECT_ALL = "fail_slow"  # another name for the same strategy
     FAIL_FAST = "fail_fast"
     FAIL_THRESHOLD = "fail_threshold"
 
