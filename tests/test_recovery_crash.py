@@ -5,6 +5,11 @@ The parent kills it once the log holds 50 lines (polling the file), resumes the 
 second child, and checks that every side effect happened once, except for members inside the
 documented loss window (handler returned, checkpoint not yet committed when the kill landed),
 and that the final results equal those of an uninterrupted run.
+
+A second test kills the process while another process holds the database locked (``BEGIN
+EXCLUSIVE``): the run went on meanwhile, its checkpoints waiting in memory. Once the lock is
+released the run is resumed: every event whose checkpoint was committed runs once, the others
+run again, and the results equal those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -51,14 +56,18 @@ def _finish(proc: subprocess.Popen[bytes]) -> None:
     assert proc.returncode == 0, err.decode()
 
 
+def _wait_for_lines(proc: subprocess.Popen[bytes], log: Path, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while len(_lines(log)) < count:
+        assert proc.poll() is None, "the child ended before it could be killed"
+        assert time.monotonic() < deadline, f"the child never reached {count} members"
+        time.sleep(0.002)  # polling the log file, the condition we wait for
+
+
 def _kill_mid_group(tmp: Path, run_id: str, mode: str) -> None:
     proc = _spawn(tmp, run_id, "fresh", mode, seed=1)
-    deadline = time.monotonic() + 30
     try:
-        while len(_lines(tmp / "log")) < KILL_AFTER:
-            assert proc.poll() is None, "the child ended before it could be killed"
-            assert time.monotonic() < deadline, "the child never reached 50 members"
-            time.sleep(0.002)  # polling the log file, the condition we wait for
+        _wait_for_lines(proc, tmp / "log", KILL_AFTER)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.communicate(timeout=10)
@@ -101,6 +110,68 @@ def test_kill_mid_group_then_resume_runs_each_member_once(
     assert set(counts) == set(range(MEMBERS))
     twice = {i for i, n in counts.items() if n > 1}
     assert twice <= window
+    assert max(counts.values()) <= 2
+    resumed = json.loads((tmp_path / "resume.json").read_text())
+    assert resumed["recovered"] == len(committed)
+    assert resumed["total"] == _uninterrupted(tmp_path)
+    with SQLiteBackend(tmp_path / "state.db") as backend:
+        assert backend.get_run("crash").status is RunStatus.COMPLETED
+
+
+class _Locker:
+    """Another process holding the database with BEGIN EXCLUSIVE (see store_locker.py)."""
+
+    def __init__(self, db: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "store_locker.py"), str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "released"
+        self.proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["every", "batched"])
+def test_kill_while_the_store_is_locked_then_resume(tmp_path: Path, mode: str) -> None:
+    proc = _spawn(tmp_path, "crash", "fresh", mode, seed=1)
+    locker: _Locker | None = None
+    try:
+        _wait_for_lines(proc, tmp_path / "log", 30)
+        locker = _Locker(tmp_path / "state.db")
+        locked_at = len(_lines(tmp_path / "log"))
+        # The run goes on while the store is locked: 40 more members finish meanwhile.
+        _wait_for_lines(proc, tmp_path / "log", locked_at + 40)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.communicate(timeout=10)
+        if locker is not None and locker.proc.poll() is None:
+            locker.release()
+    assert proc.returncode == -signal.SIGKILL
+    first = _lines(tmp_path / "log")
+    assert len(first) < MEMBERS, "the kill must land inside the group"
+    with SQLiteBackend(tmp_path / "state.db") as backend:
+        stored = backend.load("crash")
+    committed = {
+        r.parallel_index
+        for r in stored.values()
+        if r.address.startswith("orchestrator::members[") and r.status == "completed"
+    }
+    assert committed <= set(first[:locked_at])  # nothing was written while it was locked
+
+    _finish(_spawn(tmp_path, "crash", "resume", mode, seed=2))
+
+    counts = Counter(_lines(tmp_path / "log"))
+    assert set(counts) == set(range(MEMBERS))
+    assert all(counts[i] == 1 for i in committed)  # every committed event ran once
     assert max(counts.values()) <= 2
     resumed = json.loads((tmp_path / "resume.json").read_text())
     assert resumed["recovered"] == len(committed)

@@ -307,13 +307,25 @@ class ExecutionState:
     ) -> None:
         if exc is not None and self.recovery is not None:
             self.recovery.mark_failed()
-        await self.close()
+        try:
+            await self.close()
+        except Exception as failure:
+            if exc is None:
+                raise
+            # The run's own exception goes on; the close's failure is logged and noted on it.
+            logger.error("closing run %r failed too: %s", self.run_id, failure, exc_info=failure)
+            exc.add_note(f"Closing the run failed too: {type(failure).__name__}: {failure}")
 
     async def close(self) -> None:
-        """Write pending checkpoints, let every subscriber catch up, then stop the bus."""
+        """Write pending checkpoints, let every subscriber catch up, then stop the bus.
+
+        Bounded: the checkpoints wait at most ``Recovery(close_timeout=...)`` for the store
+        (then a ``RecoveryError``), the subscribers at most ``EventBus(shutdown_timeout=...)``
+        (then the busy ones are reported and cancelled). Neither blocks the event loop.
+        """
         try:
             if self.recovery is not None:
-                self.recovery.close()
+                await self.recovery.aclose()
         finally:
             await self.event_bus.close(drain=True)
 

@@ -19,12 +19,31 @@ that was half done when the process died are found again whatever order they fin
 One ``Recovery`` serves one state and is the only writer of that run: every finished event
 appends to an in-memory batch on the event loop's thread, and the batch is written in one
 transaction according to the ``CheckpointPolicy`` (see that module for the loss window).
+
+Store waits never block the event loop. Batches are written by the run's one writer thread
+(``rh_agents.recovery.writer``), in order. The loop waits for a write at most ``write_wait``
+seconds (0.05 by default; a healthy write takes well under a millisecond, so normally every
+checkpoint is committed before its event call returns, as before); a write that takes longer
+(another process holds the SQLite lock, a slow disk) goes on in the background, the run goes
+on, and the checkpoints of the events finishing meanwhile wait in memory and are written, in
+order, as soon as the store is free. Nothing is dropped.
+
+A write that fails never fails the event that triggered it: its checkpoints are kept and
+written with the next write, the failure is logged, listed in ``write_errors`` and issued once
+per streak as a ``CheckpointWarning``. The run's end (``close`` / ``aclose``) writes everything
+left and the final status, waiting at most ``close_timeout`` seconds: if that fails, or the
+store stays locked that long, it raises a ``RecoveryError`` naming the store and the number of
+checkpoints lost for a resume (the results the program already holds are unaffected).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
+import warnings
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +51,7 @@ from pydantic import BaseModel
 
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.results import ExecutionResult, ResultStatus
-from rh_agents.errors import ConfigurationError, RecoveryError
+from rh_agents.errors import CheckpointWarning, ConfigurationError, RecoveryError
 from rh_agents.recovery.backend import StateBackend, open_backend
 from rh_agents.recovery.codec import decode_result, encode_checked
 from rh_agents.recovery.policy import CheckpointPolicy
@@ -42,15 +61,26 @@ from rh_agents.recovery.records import (
     ReplayMode,
     RunStatus,
 )
+from rh_agents.recovery.writer import CheckpointWriter, WriteJob, store_name
 
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["Recovery", "new_run_id", "rerun_addresses"]
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_WRITE_WAIT",
+    "Recovery",
+    "new_run_id",
+    "rerun_addresses",
+]
 
 logger = logging.getLogger("rh_agents.recovery")
 
 _COMPLETED = ResultStatus.COMPLETED.value
+
+DEFAULT_WRITE_WAIT = 0.05
+DEFAULT_CLOSE_TIMEOUT = 30.0
+_MAX_WRITE_ERRORS = 100  # write_errors keeps the first ones (a long outage repeats itself)
 
 
 def new_run_id() -> str:
@@ -68,6 +98,10 @@ class Recovery:
     - ``replay``: a ``ReplayMode`` for the completed events of a resumed run.
     - ``resume_from``: an address; that event, everything below it and everything that
       finished after it in the stored run runs again.
+    - ``write_wait``: seconds the event loop waits for a checkpoint write before it lets the
+      run go on and the write finish in the background (see the module docstring).
+    - ``close_timeout``: seconds the run's end (and ``save_checkpoint``) waits for the store
+      before it gives up with a ``RecoveryError``.
     """
 
     def __init__(
@@ -78,8 +112,18 @@ class Recovery:
         resume: bool = False,
         replay: ReplayMode | str = ReplayMode.SKIP,
         resume_from: str | None = None,
+        write_wait: float = DEFAULT_WRITE_WAIT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
         self.policy = checkpoint if checkpoint is not None else CheckpointPolicy.every_event()
+        if not write_wait >= 0:
+            raise ConfigurationError(f"write_wait must be at least 0 seconds, got {write_wait!r}")
+        if not close_timeout > 0:
+            raise ConfigurationError(
+                f"close_timeout must be more than 0 seconds, got {close_timeout!r}"
+            )
+        self.write_wait = write_wait
+        self.close_timeout = close_timeout
         try:
             self.replay = ReplayMode(replay)
         except ValueError:
@@ -106,6 +150,12 @@ class Recovery:
         self._last_write = 0.0
         self._failed = False
         self._closed = False
+        # Writing (see the module docstring): the writer thread, the write in flight, failures.
+        self.write_errors: list[BaseException] = []  # failed writes (the first ones)
+        self._writer: CheckpointWriter | None = None
+        self._inflight: WriteJob | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failing = False  # in a streak of failed writes (warned once per streak)
 
     # --- binding ------------------------------------------------------------------------
 
@@ -205,13 +255,17 @@ class Recovery:
         )
         self._seq += 1
         self._pending.append(record)
+        if self._due(state):
+            self.flush()
+
+    def _due(self, state: ExecutionState | None) -> bool:
+        """Whether the pending checkpoints are to be written now (the policy)."""
         policy = self.policy
-        if len(self._pending) >= policy.count or (
+        return len(self._pending) >= policy.count or (
             policy.seconds is not None
             and state is not None
             and state.clock.now() - self._last_write >= policy.seconds
-        ):
-            self.flush()
+        )
 
     def _not_stored(self, address: str, actor: BaseActor, problem: str | None) -> None:
         """A result that cannot be stored faithfully: counted, and logged once per actor."""
@@ -246,40 +300,246 @@ class Recovery:
     # --- writing ----------------------------------------------------------------------------
 
     def flush(self, status: RunStatus | None = None) -> None:
-        """Write the pending checkpoints in one transaction (kept for a retry on failure)."""
-        if self.run_id is None or self.replay is ReplayMode.VALIDATE:
-            return
+        """Hand the pending checkpoints (and ``status``) to the writer thread, and wait for
+        them at most ``write_wait`` seconds; after that they are written in the background.
+
+        While a write is in flight, nothing is started: the checkpoints pending now go with
+        the next write, which starts as soon as that one ends. Never raises for a failed
+        write (see the module docstring); ``save_checkpoint`` waits and raises.
+        """
+        self._write(status, block=self.write_wait)
+
+    def _write(self, status: RunStatus | None, *, block: float) -> WriteJob | None:
+        """Start a write of everything pending (unless one is in flight); the job, if any."""
+        if self.run_id is None or self.replay is ReplayMode.VALIDATE or self._inflight is not None:
+            return None
         if not self._pending and status is None:
-            return
-        batch = self._pending
-        self._pending = []
+            return None
+        batch, self._pending = self._pending, []
+        job = self._inflight = self._writer_thread().submit(batch, status)
+        if block > 0 and job.wait(block):
+            self._settle(job)
+            return job
         try:
-            self.backend.save(self.run_id, batch, status)
-        except BaseException:
-            self._pending = batch + self._pending
-            raise
-        self.written += len(batch)
-        if self._state is not None:
-            self._last_write = self._state.clock.now()
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return job  # no loop (a synchronous close): the caller waits for it
+        if not job.done:
+            logger.info(
+                "a checkpoint write to %s takes more than %ss; the run goes on and it ends in "
+                "the background",
+                store_name(self.backend),
+                block,
+            )
+        self._loop = loop
+        job.when_done(loop, self._settled_later)
+        return job
+
+    def _writer_thread(self) -> CheckpointWriter:
+        writer = self._writer
+        if writer is None:
+            writer = self._writer = CheckpointWriter(self.backend, self.run_id or "")
+            # A Recovery dropped without close (a crash in a test): its thread ends too.
+            weakref.finalize(self, writer.stop)
+        return writer
+
+    def _settle(self, job: WriteJob, *, report: bool = True) -> None:
+        """Take note of a finished write (on the loop's thread); once per job."""
+        if self._inflight is not job:
+            return
+        self._inflight = None
+        if job.error is None:
+            self.written += len(job.records)
+            if self._state is not None:
+                self._last_write = self._state.clock.now()
+            if self._failing:
+                self._failing = False
+                logger.warning("checkpoint writes to %s work again", store_name(self.backend))
+            return
+        self._pending[:0] = job.records  # kept, ahead of the newer ones: order holds
+        if report:
+            self._write_failed(job.error)
+
+    def _settled_later(self, job: WriteJob) -> None:
+        """A write that went to the background ended (a loop callback)."""
+        if self._inflight is not job:
+            return
+        self._settle(job)
+        if job.error is None and self._pending and not self._closed and self._due(self._state):
+            self._write(None, block=0)  # what piled up meanwhile; the loop does not wait
+
+    def _write_failed(self, exc: BaseException) -> None:
+        if len(self.write_errors) < _MAX_WRITE_ERRORS:
+            self.write_errors.append(exc)
+        logger.error(
+            "cannot write %d checkpoint(s) of run %r to %s: %s; they are kept and written "
+            "with the next write",
+            len(self._pending),
+            self.run_id,
+            store_name(self.backend),
+            exc,
+            exc_info=exc if not self._failing else None,
+        )
+        if self._failing:
+            return
+        self._failing = True
+        message = (
+            f"cannot write checkpoints of run {self.run_id!r} to {store_name(self.backend)} "
+            f"({type(exc).__name__}: {exc}); the events are not failed, their checkpoints are "
+            "kept in memory and written with the next write. If they still cannot be written "
+            "when the run ends, leaving it raises a RecoveryError."
+        )
+        try:
+            warnings.warn(message, CheckpointWarning, stacklevel=2)
+        except Warning:
+            # Warnings turned into errors must not fail the event call that wrote: the failure
+            # is in write_errors, and the run's end raises if it is not made good.
+            logger.error("%s", message)
 
     async def save_checkpoint(self) -> None:
-        """Write what is pending now (``await state.save_checkpoint()``)."""
-        self.flush()
+        """Write what is pending now and wait until it is stored (``await
+        state.save_checkpoint()``); the loop runs meanwhile.
+
+        Raises a ``RecoveryError`` if the write fails (the checkpoints stay pending) or the
+        store stays busy for ``close_timeout`` seconds.
+        """
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_timeout
+        while True:
+            job = self._inflight or self._write(None, block=0)
+            if job is None:
+                return
+            if not await job.wait_async(deadline - loop.time()):
+                raise self._stuck_error("save the checkpoints", job)
+            self._settle(job)
+            if job.error is not None:
+                raise RecoveryError(
+                    f"cannot save the checkpoints of run {self.run_id!r} to "
+                    f"{store_name(self.backend)}: {job.error}; they are kept and written with "
+                    "the next write"
+                ) from job.error
 
     def mark_failed(self) -> None:
         """The run ended by an exception: ``close`` records ``FAILED`` rather than completed."""
         self._failed = True
 
     def close(self) -> None:
-        """Write the rest, record the run's final status and release an owned backend."""
+        """Write the rest, record the run's final status and release an owned backend.
+
+        Synchronous: it blocks at most ``close_timeout`` seconds; ``aclose`` (which leaving
+        ``async with state:`` calls) waits without blocking the loop. Raises a
+        ``RecoveryError`` if the checkpoints cannot be written or the store stays busy.
+        """
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + self.close_timeout
+        written = False
         try:
-            self.flush(RunStatus.FAILED if self._failed else RunStatus.COMPLETED)
+            job = self._inflight
+            if job is not None:
+                if not job.wait(max(0.0, deadline - time.monotonic())):
+                    raise self._stuck_error("write the last checkpoints", job)
+                self._settle(job, report=False)
+            job = self._write(self._final_status(), block=max(0.0, deadline - time.monotonic()))
+            if job is not None:
+                if not job.wait(max(0.0, deadline - time.monotonic())):
+                    raise self._stuck_error("write the last checkpoints", job)
+                self._settle(job, report=False)
+                if job.error is not None:
+                    raise self._unwritten_error(job.error)
+            written = True
         finally:
-            if self._owns_backend:
-                self.backend.close()
+            release = self._release_on_writer()
+            if written and release is not None:
+                release.wait(max(0.0, deadline - time.monotonic()))
+                self._raise_release_error(release)
+
+    async def aclose(self) -> None:
+        """``close`` without blocking the event loop (what leaving ``async with state:``
+        calls): it awaits the writer, at most ``close_timeout`` seconds."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_timeout
+        written = False
+        try:
+            job = self._inflight
+            if job is not None:
+                if not await job.wait_async(deadline - loop.time()):
+                    raise self._stuck_error("write the last checkpoints", job)
+                self._settle(job, report=False)
+            job = self._write(self._final_status(), block=0)
+            if job is not None:
+                if not await job.wait_async(deadline - loop.time()):
+                    raise self._stuck_error("write the last checkpoints", job)
+                self._settle(job, report=False)
+                if job.error is not None:
+                    raise self._unwritten_error(job.error)
+            written = True
+        finally:
+            release = self._release_on_writer()
+            if written and release is not None:
+                await release.wait_async(deadline - loop.time())
+                self._raise_release_error(release)
+
+    def _final_status(self) -> RunStatus:
+        return RunStatus.FAILED if self._failed else RunStatus.COMPLETED
+
+    def _release_on_writer(self) -> WriteJob | None:
+        """Release the lease and an owned backend: on the writer thread after its writes, if
+        it has one (so that nothing here waits on a store the thread is still waiting for);
+        then the thread ends. ``None`` when done here and now."""
+        writer = self._writer
+        if writer is None:
+            self._release()
+            return None
+        job = writer.call(self._release)
+        writer.stop()
+        return job
+
+    def _raise_release_error(self, job: WriteJob) -> None:
+        if job.done and job.error is not None:
+            raise job.error
+
+    def _release(self) -> None:
+        if self._owns_backend:
+            self.backend.close()
+
+    def _pending_count(self, job: WriteJob | None) -> int:
+        return len(self._pending) + (len(job.records) if job is not None else 0)
+
+    def _stuck_error(self, action: str, job: WriteJob) -> RecoveryError:
+        """The store stayed busy past ``close_timeout``: what was lost, and what to do."""
+        unwritten = self._pending_count(job if self._inflight is job else None)
+        if self._inflight is job:
+            self._writer_thread().stop()  # it gives up once its current attempt ends
+        return RecoveryError(
+            f"cannot {action} of run {self.run_id!r}: the state store {store_name(self.backend)} "
+            f"stayed busy (locked by another process, or slow) for {self.close_timeout}s; "
+            f"{unwritten} checkpoint(s) and the run's final status were not written in time "
+            "(the write goes on in the background while this process lives); any that never "
+            "land run again on resume. Find what holds the store, or give "
+            "Recovery(close_timeout=...) more time."
+        )
+
+    def _unwritten_error(self, exc: BaseException) -> BaseException:
+        """The final write failed: the backend's own ``RecoveryError`` (a lost lease stays a
+        ``RunLockedError``) with a note of what was lost, or a ``RecoveryError`` saying it."""
+        detail = (
+            f"{len(self._pending)} checkpoint(s) of run {self.run_id!r} could not be written to "
+            f"{store_name(self.backend)} when the run ended; the results the program holds are "
+            "unaffected, but a resume runs those events again"
+        )
+        if isinstance(exc, RecoveryError):
+            exc.add_note(detail)
+            return exc
+        error = RecoveryError(f"{detail} ({type(exc).__name__}: {exc})")
+        error.__cause__ = exc
+        return error
 
 
 def rerun_addresses(stored: dict[str, CheckpointRecord], address: str, run_id: str) -> set[str]:
