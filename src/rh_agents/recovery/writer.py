@@ -75,7 +75,7 @@ class WriteJob:
     read-only.
     """
 
-    __slots__ = ("_callbacks", "_done", "_fn", "_lock", "error", "records", "status")
+    __slots__ = ("_callbacks", "_done", "_finished", "_fn", "_lock", "error", "records", "status")
 
     def __init__(
         self,
@@ -87,29 +87,38 @@ class WriteJob:
         self.status = status
         self._fn = fn
         self.error: BaseException | None = None
-        self._done = threading.Event()
+        # A lock held until the job is done (cheaper to wait on than a threading.Event, and
+        # an every-event run waits on one per event).
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._finished = False
         self._lock = threading.Lock()
         self._callbacks: list[tuple[asyncio.AbstractEventLoop, Callable[[WriteJob], Any]]] = []
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._finished
 
     def wait(self, timeout: float | None) -> bool:
         """Block this thread until the job is done, at most ``timeout`` seconds."""
-        return self._done.wait(timeout)
+        if self._finished:
+            return True
+        if not self._done.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return self._finished
+        self._done.release()  # for the next one waiting
+        return True
 
     def when_done(self, loop: asyncio.AbstractEventLoop, fn: Callable[[WriteJob], Any]) -> None:
         """Call ``fn(job)`` on ``loop``'s thread once the job is done (soon, if it is)."""
         with self._lock:
-            if not self._done.is_set():
+            if not self._finished:
                 self._callbacks.append((loop, fn))
                 return
         loop.call_soon(fn, self)
 
     async def wait_async(self, seconds: float | None) -> bool:
         """Wait (without blocking the loop) until the job is done, at most ``seconds``."""
-        if self._done.is_set():
+        if self._finished:
             return True
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -120,12 +129,13 @@ class WriteJob:
 
         self.when_done(loop, wake)
         await asyncio.wait((future,), timeout=seconds)
-        return self._done.is_set()
+        return self._finished
 
     def _finish(self) -> None:
         """Mark the job done and schedule its callbacks (the writer thread)."""
         with self._lock:
-            self._done.set()
+            self._finished = True
+            self._done.release()
             callbacks, self._callbacks = self._callbacks, []
         for loop, fn in callbacks:
             try:
@@ -170,12 +180,15 @@ class CheckpointWriter:
             job._finish()
             return job
         self._queue.put(job)
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name=f"rh_agents-checkpoints:{self.run_id}", daemon=True
-                )
-                self._thread.start()
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._loop,
+                        name=f"rh_agents-checkpoints:{self.run_id}",
+                        daemon=True,
+                    )
+                    self._thread.start()
         return job
 
     def _loop(self) -> None:
