@@ -12,7 +12,14 @@ from recovery_support import Item, Squarer, make_backend, run_group
 from rh_agents.core.actors import Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
-from rh_agents.errors import CorruptStateError, RecoveryError, ResultSchemaError, UnknownRunError
+from rh_agents.errors import (
+    CorruptStateError,
+    InvalidRunIdError,
+    RecoveryError,
+    ResultSchemaError,
+    RunLockedError,
+    UnknownRunError,
+)
 from rh_agents.recovery import JSONBackend, Recovery, SQLiteBackend
 
 
@@ -30,9 +37,13 @@ def test_an_unknown_run_id_is_named_in_the_error(tmp_path: Path, kind: str) -> N
             backend.load("ghost")
 
 
-def test_a_run_id_cannot_be_created_twice(tmp_path: Path) -> None:
-    with make_backend("sqlite", tmp_path) as backend:
-        ExecutionState(run_id="r", recovery=Recovery(backend))
+@pytest.mark.parametrize("kind", ["sqlite", "json"])
+async def test_a_run_id_cannot_be_created_twice(tmp_path: Path, kind: str) -> None:
+    with make_backend(kind, tmp_path) as backend:
+        first = ExecutionState(run_id="r", recovery=Recovery(backend))
+        with pytest.raises(RunLockedError, match="this process"):  # still being written
+            ExecutionState(run_id="r", recovery=Recovery(backend))
+        await first.close()
         with pytest.raises(RecoveryError, match="already exists"):
             ExecutionState(run_id="r", recovery=Recovery(backend))
 
@@ -100,8 +111,11 @@ async def test_a_stored_result_that_no_longer_fits_its_model(tmp_path: Path) -> 
 
 
 def test_json_backend_rejects_a_run_id_that_cannot_name_a_file(tmp_path: Path) -> None:
-    with pytest.raises(RecoveryError, match="cannot name a file"):
+    with pytest.raises(InvalidRunIdError, match="path separator"):
         ExecutionState(run_id="../escape", recovery=Recovery(JSONBackend(tmp_path)))
+    with pytest.raises(InvalidRunIdError, match="path separator"):
+        JSONBackend(tmp_path).create_run("../escape")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sqlite_backend_refuses_use_after_close(tmp_path: Path) -> None:

@@ -70,6 +70,8 @@ async def _replay_in_two_orders(tmp: Path, n: int, first: list[int], second: lis
     state = ExecutionState(run_id="r", recovery=Recovery(backend))
     await _crash_after(state, crashed, n, first, finished)
     await state.event_bus.close()  # no Recovery.close(): the process "died"
+    assert state.recovery is not None and state.recovery.lease is not None
+    state.recovery.lease.release()  # and its lease died with it
 
     resumed = Squarer(gates={i: asyncio.Event() for i in range(n)})
     state = ExecutionState.resume("r", backend=backend)

@@ -55,7 +55,7 @@ def timeline(
         typer.echo(f"error: no state store at {state}", err=True)
         raise typer.Exit(code=2)
     try:
-        with open_backend(state) as backend:
+        with open_backend(state, mode="read") as backend:
             backend.get_run(run_id)
             records = backend.load(run_id)
     except RecoveryError as exc:

@@ -10,21 +10,52 @@ are driven by a single writer, the run's ``Recovery`` object, on the event loop'
     records = backend.load("r1")                        # {address: CheckpointRecord}
 
 Contract for every backend: ``save`` is atomic (all of a batch or none of it), a read of a
-damaged store raises ``CorruptStateError`` and writes nothing, and an unknown run id raises
-``UnknownRunError``.
+damaged store raises ``CorruptStateError`` and writes nothing, an unknown run id raises
+``UnknownRunError``, a run id that breaks the rule of ``run_ids`` raises
+``InvalidRunIdError``, and every other failure of the store (permissions, a full disk, a path
+that cannot be created) is a ``RecoveryError`` naming the path and what to do, never a bare
+``OSError``.
+
+A backend is opened in one of three modes (``mode=``):
+
+- ``"create"`` (default): the store (folder, database) is created if missing, and checked
+  for writing at once, so a location that cannot be written fails before anything runs.
+- ``"write"``: an existing store is written, a missing one is never created; reading it
+  behaves as an empty store. ``Recovery(resume=True)`` uses it, so resuming an unknown run
+  creates nothing.
+- ``"read"``: nothing is ever written or created; a missing store reads as empty. The
+  command line uses it, and it works on read-only files and folders.
+
+``acquire_lease(run_id)`` makes the caller the run's one writer (see ``lease``).
 """
 
 from __future__ import annotations
 
 import abc
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
+from rh_agents.errors import ConfigurationError
+from rh_agents.recovery.lease import LeaseOwner, NoLease, RunLease
 from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
+from rh_agents.recovery.run_ids import check_run_id
 
-__all__ = ["DEFAULT_STATE_PATH", "StateBackend", "open_backend"]
+__all__ = ["DEFAULT_STATE_PATH", "OpenMode", "StateBackend", "check_mode", "open_backend"]
 
 DEFAULT_STATE_PATH = Path(".rh_agents") / "state.db"
+
+OpenMode = Literal["create", "write", "read"]
+_MODES = ("create", "write", "read")
+
+
+def check_mode(mode: str) -> OpenMode:
+    """``mode`` if it is an ``OpenMode``, else ``ConfigurationError``."""
+    if mode not in _MODES:
+        raise ConfigurationError(f"unknown open mode {mode!r}; use one of {list(_MODES)}")
+    return mode  # type: ignore[return-value]  # checked just above
 
 
 class StateBackend(abc.ABC):
@@ -53,6 +84,15 @@ class StateBackend(abc.ABC):
     def load(self, run_id: str) -> dict[str, CheckpointRecord]:
         """Every checkpoint of the run by address, or ``UnknownRunError``."""
 
+    def acquire_lease(self, run_id: str) -> RunLease:
+        """Hold ``run_id`` as its one writer until the lease is released, or raise
+        ``RunLockedError`` naming the live holder (see ``rh_agents.recovery.lease``).
+
+        This default keeps no other process out: a backend shared between processes must
+        override it."""
+        check_run_id(run_id)
+        return NoLease(run_id, LeaseOwner.current(uuid.uuid4().hex, time.time()))
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release files and connections; idempotent."""
@@ -64,17 +104,20 @@ class StateBackend(abc.ABC):
         self.close()
 
 
-def open_backend(location: StateBackend | str | Path | None = None) -> StateBackend:
+def open_backend(
+    location: StateBackend | str | Path | None = None, *, mode: OpenMode = "create"
+) -> StateBackend:
     """A backend for ``location``: a backend is returned as is; ``None`` is the default SQLite
     file ``.rh_agents/state.db``; a path ending in ``.db``/``.sqlite``/``.sqlite3`` is SQLite;
-    any other path is a directory of JSON files."""
+    any other path is a directory of JSON files. ``mode``: see the module docstring."""
     if isinstance(location, StateBackend):
         return location
+    mode = check_mode(mode)
     path = Path(location) if location is not None else DEFAULT_STATE_PATH
     if path.suffix in {".db", ".sqlite", ".sqlite3"}:
         from rh_agents.recovery.sqlite_backend import SQLiteBackend
 
-        return SQLiteBackend(path)
+        return SQLiteBackend(path, mode=mode)
     from rh_agents.recovery.json_backend import JSONBackend
 
-    return JSONBackend(path)
+    return JSONBackend(path, mode=mode)

@@ -10,6 +10,10 @@
 Resuming itself needs the workflow's code, which the command line does not have: run the same
 program with ``ExecutionState.resume(RUN_ID, backend=...)``. ``runs resume`` prints that plan.
 ``--state`` picks the store: a ``.db`` file (SQLite) or a directory of JSON run files.
+
+Every command only reads: the store is opened read-only (``mode="read"``), so nothing is created
+or changed, and read-only files and folders work. A store that cannot be read is one line on
+stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import typer
 
 from rh_agents.errors import RecoveryError
 from rh_agents.recovery.backend import DEFAULT_STATE_PATH, open_backend
-from rh_agents.recovery.records import CheckpointRecord
+from rh_agents.recovery.records import CheckpointRecord, RunInfo
+from rh_agents.recovery.run_ids import check_run_id
 from rh_agents.recovery.session import rerun_addresses
 
 __all__ = ["list_runs", "resume", "runs_app", "show"]
@@ -38,16 +43,25 @@ def _when(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
 
 
-def _fail(exc: RecoveryError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
+def _fail(exc: RecoveryError | OSError, state: Path) -> typer.Exit:
+    """One line on stderr, exit status 2 (backends raise ``RecoveryError``; an ``OSError``
+    that slipped through still gets one line, with the store's path)."""
+    text = str(exc) if isinstance(exc, RecoveryError) else f"{state}: {exc.strerror or exc}"
+    typer.echo(f"error: {text}", err=True)
     return typer.Exit(code=2)
 
 
-def _open_existing(state: Path) -> object:
+def _read_run(state: Path, run_id: str) -> tuple[RunInfo, dict[str, CheckpointRecord]]:
+    """The run's metadata and checkpoints, read without writing anything."""
     if not state.exists():
         typer.echo(f"error: no state store at {state}", err=True)
         raise typer.Exit(code=2)
-    return open_backend(state)
+    try:
+        check_run_id(run_id)
+        with open_backend(state, mode="read") as backend:
+            return backend.get_run(run_id), backend.load(run_id)
+    except (RecoveryError, OSError) as exc:
+        raise _fail(exc, state) from exc
 
 
 @runs_app.command("list")
@@ -57,10 +71,10 @@ def list_runs(state: Path = STATE) -> None:
         typer.echo(f"no runs: {state} does not exist")
         return
     try:
-        with open_backend(state) as backend:
+        with open_backend(state, mode="read") as backend:
             runs = backend.list_runs()
-    except RecoveryError as exc:
-        raise _fail(exc) from exc
+    except (RecoveryError, OSError) as exc:
+        raise _fail(exc, state) from exc
     if not runs:
         typer.echo("no runs")
         return
@@ -84,13 +98,7 @@ def show(
     all_members: bool = typer.Option(False, "--all", help="List every group member too."),
 ) -> None:
     """The run's status, its tree of finished events, and a summary per group."""
-    _open_existing(state)
-    try:
-        with open_backend(state) as backend:
-            info = backend.get_run(run_id)
-            records = backend.load(run_id)
-    except RecoveryError as exc:
-        raise _fail(exc) from exc
+    info, records = _read_run(state, run_id)
     typer.echo(
         f"run {info.run_id}: {info.status.value}, {info.checkpoints} events, "
         f"created {_when(info.created)}, last update {_when(info.updated)}"
@@ -147,14 +155,11 @@ def resume(
     from_address: str | None = typer.Option(None, "--from", help="Re-run from this address."),
 ) -> None:
     """What resuming RUN_ID would replay and run again (resume itself runs your code)."""
-    _open_existing(state)
+    _info, records = _read_run(state, run_id)
     try:
-        with open_backend(state) as backend:
-            backend.get_run(run_id)
-            records = backend.load(run_id)
         rerun = rerun_addresses(records, from_address, run_id) if from_address else set()
     except RecoveryError as exc:
-        raise _fail(exc) from exc
+        raise _fail(exc, state) from exc
     replayed = [
         a
         for a, r in records.items()

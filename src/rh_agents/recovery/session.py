@@ -54,6 +54,7 @@ from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import CheckpointWarning, ConfigurationError, RecoveryError
 from rh_agents.recovery.backend import StateBackend, open_backend
 from rh_agents.recovery.codec import decode_result, encode_checked
+from rh_agents.recovery.lease import RunLease
 from rh_agents.recovery.policy import CheckpointPolicy
 from rh_agents.recovery.records import (
     CheckpointRecord,
@@ -61,6 +62,7 @@ from rh_agents.recovery.records import (
     ReplayMode,
     RunStatus,
 )
+from rh_agents.recovery.run_ids import check_run_id
 from rh_agents.recovery.writer import CheckpointWriter, WriteJob, store_name
 
 if TYPE_CHECKING:
@@ -134,7 +136,8 @@ class Recovery:
             raise ConfigurationError("replay and resume_from only apply with resume=True")
         self.resume = resume
         self._owns_backend = not isinstance(backend, StateBackend)
-        self.backend = open_backend(backend)  # last: nothing left to reject once it is open
+        # Last: nothing left to reject once it is open. A resume never creates the store.
+        self.backend = open_backend(backend, mode="write" if resume else "create")
         self.resume_from = resume_from
         self.run_id: str | None = None
         self.recovered = 0  # events answered from checkpoints
@@ -166,8 +169,11 @@ class Recovery:
         try:
             run_id = self._open_run(state.run_id)
         except BaseException:
-            if self._owns_backend:
-                self.backend.close()
+            try:
+                self._release_lease()
+            finally:
+                if self._owns_backend:
+                    self.backend.close()
             raise
         self.run_id = run_id
         self._state = state
@@ -177,13 +183,19 @@ class Recovery:
         return run_id
 
     def _open_run(self, run_id: str | None) -> str:
+        """Create or load the run, holding its lease (released by ``attach`` on failure)."""
         if not self.resume:
-            run_id = run_id if run_id is not None else new_run_id()
+            run_id = check_run_id(run_id if run_id is not None else new_run_id())
+            self._take_lease(run_id)  # first: a live writer is named, not "already exists"
             self.backend.create_run(run_id)
             return run_id
         if run_id is None:
             raise ConfigurationError("resuming needs the run id: ExecutionState.resume(id)")
-        self._stored = self.backend.load(run_id)
+        check_run_id(run_id)
+        self.backend.get_run(run_id)  # read only: an unknown run writes nothing
+        if self.replay is not ReplayMode.VALIDATE:  # validating writes nothing: no lease
+            self._take_lease(run_id)
+        self._stored = self.backend.load(run_id)  # under the lease: the last word
         self._seq = max((r.seq for r in self._stored.values()), default=-1) + 1
         if self.resume_from is not None:
             self._rerun = rerun_addresses(self._stored, self.resume_from, run_id)
@@ -506,8 +518,11 @@ class Recovery:
             raise job.error
 
     def _release(self) -> None:
-        if self._owns_backend:
-            self.backend.close()
+        try:
+            self._release_lease()
+        finally:
+            if self._owns_backend:
+                self.backend.close()
 
     def _pending_count(self, job: WriteJob | None) -> int:
         return len(self._pending) + (len(job.records) if job is not None else 0)
@@ -540,6 +555,24 @@ class Recovery:
         error = RecoveryError(f"{detail} ({type(exc).__name__}: {exc})")
         error.__cause__ = exc
         return error
+
+    # --- the run's lease (one writer per run; see rh_agents.recovery.lease) -------------------
+
+    _lease: RunLease | None = None
+
+    @property
+    def lease(self) -> RunLease | None:
+        """The lease this object holds on its run (``None`` before attach, after close, and
+        when validating)."""
+        return self._lease
+
+    def _take_lease(self, run_id: str) -> None:
+        self._lease = self.backend.acquire_lease(run_id)
+
+    def _release_lease(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
 
 
 def rerun_addresses(stored: dict[str, CheckpointRecord], address: str, run_id: str) -> set[str]:

@@ -4,29 +4,68 @@
 
     backend = SQLiteBackend(".rh_agents/state.db")    # created (with its folder) if missing
     state = ExecutionState(recovery=Recovery(backend))
+    SQLiteBackend(".rh_agents/state.db", mode="read").list_runs()    # never writes
 
 The database runs in WAL mode with ``synchronous=NORMAL``: a commit survives the process being
 killed (the data is in the operating system's cache), and only an operating-system crash or
 power loss can drop the last commits. Each ``save`` is one transaction. One object owns the
-connection; a lock serialises calls, so the backend may also be used from other threads. No
-thread is started. Readers in other processes (``rh-agents runs show``) never block the writer.
+connection; a lock serialises calls, so the backend may also be used from other threads.
+Readers in other processes (``rh-agents runs show``) never block the writer.
+
+Opening (``mode``, see ``backend``): ``"create"`` makes the folder and the database, sets WAL
+and the schema, and proves at once that the file can be written (a write in a transaction
+that is rolled back), so a read-only file or folder, a folder that cannot be created or a
+file that is not a database fails before anything runs. ``"write"`` opens an existing file
+(``mode=rw``: never created) and prepares it at its first write. ``"read"`` opens it with
+``mode=ro`` and ``query_only``. A missing file, or one without rh_agents' tables (a 0-byte
+file), reads as an empty store and is left as it is.
+
+Reading a WAL database needs SQLite's side files ``-wal`` and ``-shm``: a reader creates them
+(empty; SQLite's own, no data) when its folder is writable and they are missing. In a
+read-only folder they cannot be created, so a reader opens the file with ``immutable=1``,
+which is safe there because no process can write in that folder either; if a write-ahead log
+holding commits is there but cannot be opened, the error says so rather than show old data.
+
+Leases (``acquire_lease``): a row per run in the table ``leases``, a heartbeat thread and a
+token check in every ``save``; see ``rh_agents.recovery.lease`` for the design.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 import time
+import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+from pydantic import ValidationError
 
 from rh_agents.errors import CorruptStateError, RecoveryError, UnknownRunError
-from rh_agents.recovery.backend import StateBackend
+from rh_agents.recovery.backend import DEFAULT_STATE_PATH, OpenMode, StateBackend, check_mode
+from rh_agents.recovery.lease import (
+    DEFAULT_STALE_AFTER,
+    Heartbeat,
+    LeaseOwner,
+    RunLease,
+    locked_error,
+    lost_error,
+    owner_is_dead,
+)
 from rh_agents.recovery.records import CHECKPOINT_ADAPTER, CheckpointRecord, RunInfo, RunStatus
+from rh_agents.recovery.run_ids import check_run_id
 
 __all__ = ["SQLiteBackend"]
+
+logger = logging.getLogger("rh_agents.recovery")
+
+_BUSY_TIMEOUT = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -51,6 +90,16 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     attempts INTEGER NOT NULL,
     PRIMARY KEY (run_id, address)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    run_id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    started TEXT NOT NULL,
+    token TEXT NOT NULL,
+    since REAL NOT NULL,
+    heartbeat REAL NOT NULL
+);
 """
 
 _COLUMNS = (
@@ -72,69 +121,252 @@ _INSERT = (
     f"INSERT OR REPLACE INTO checkpoints ({', '.join(_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
+_LEASE_COLUMNS = ("pid", "host", "scope", "started", "token", "since", "heartbeat")
+_RENEW = "UPDATE leases SET heartbeat = ? WHERE run_id = ? AND token = ?"
 
 
 class SQLiteBackend(StateBackend):
-    """State in one SQLite file; see the module docstring. ``now`` gives wall-clock times."""
+    """State in one SQLite file; see the module docstring.
+
+    - ``mode``: ``"create"`` (default), ``"write"`` or ``"read"`` (see ``backend``).
+    - ``now``: gives wall-clock times.
+    - ``lease_stale_after``: seconds without a heartbeat after which a lease held from another
+      machine (where its pid cannot be checked) is taken over.
+    """
 
     def __init__(
         self,
-        path: str | Path = Path(".rh_agents") / "state.db",
+        path: str | Path = DEFAULT_STATE_PATH,
         *,
+        mode: OpenMode = "create",
         now: Callable[[], float] = time.time,
+        lease_stale_after: float = DEFAULT_STALE_AFTER,
     ) -> None:
         self.path = Path(path)
+        self.mode = check_mode(mode)
+        self.lease_stale_after = lease_stale_after
         self._now = now
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._writable = False  # pragmas and schema applied, writing proven
+        self._tables = False  # the runs and checkpoints tables exist
+        self._leases: dict[str, str] = {}  # run id -> token of the leases taken here
+        if self.mode == "create":
+            with self._lock:
+                try:
+                    self._make_folder()
+                    with self._errors("open it for writing"):
+                        self._prepare_writes()
+                except BaseException:
+                    self._drop_connection()
+                    raise
+
+    # --- connection -------------------------------------------------------------------------
+
+    def _make_folder(self) -> None:
+        folder = self.path.parent
         try:
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecoveryError(
+                f"cannot create the folder {folder} for state database {self.path} "
+                f"({exc.strerror or exc}); create it, or pass a path in a folder this process "
+                "may write"
+            ) from exc
+
+    def _uri(self, mode: str, *, immutable: bool = False) -> str:
+        path = quote(str(self.path.absolute()), safe="/")
+        return f"file:{path}?mode={mode}" + ("&immutable=1" if immutable else "")
+
+    def _open(self) -> sqlite3.Connection | None:
+        """The connection (opened on first use, under ``_lock``); ``None`` while a store that
+        this backend may not create does not exist."""
+        if self._closed:
+            raise RecoveryError(f"state database {self.path} is closed")
+        if self._conn is not None:
+            return self._conn
+        if self.mode != "create":
+            try:
+                os.stat(self.path)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError:
+                pass  # let SQLite say what is wrong
+        if self.mode == "create":
+            self._conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
             )
-        except sqlite3.Error as exc:
-            raise RecoveryError(f"cannot open state database {self.path}: {exc}") from exc
+        elif self.mode == "write":
+            self._conn = self._connect(self._uri("rw"))
+        else:
+            self._conn = self._connect_read()
+        return self._conn
+
+    def _connect(self, uri: str) -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+        )
+
+    def _connect_read(self) -> sqlite3.Connection:
+        conn = self._connect(self._uri("ro"))
         try:
-            with self._errors("open"):
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.executescript(_SCHEMA)
-        except RecoveryError:
-            self._conn.close()
-            self._conn = None
-            raise
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            if _code(exc) not in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
+                raise
+            wal = Path(f"{self.path}-wal")
+            try:
+                pending = wal.stat().st_size > 0
+            except OSError:
+                pending = False
+            if pending:
+                raise RecoveryError(
+                    f"state database {self.path} cannot be read: its write-ahead log {wal} "
+                    f"holds commits, and SQLite cannot open that log without creating "
+                    f"{self.path.name}-shm in a folder it may not write ({exc}). Read it "
+                    "where the folder is writable (copy the folder, or give this account "
+                    "write access); the next run there folds the log into the database."
+                ) from exc
+        # A read-only folder: nobody can write here, so reading the file as immutable is exact.
+        conn = self._connect(self._uri("ro", immutable=True))
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    def _prepare_writes(self) -> sqlite3.Connection:
+        """The connection, ready for writing (under ``_lock`` and ``_errors``)."""
+        if self.mode == "read":
+            raise RecoveryError(
+                f"state database {self.path} was opened read-only (mode='read'); open it with "
+                "mode='create' or 'write' to change it"
+            )
+        conn = self._open()
+        if conn is None:
+            raise RecoveryError(
+                f"state database {self.path} does not exist, and this backend does not create "
+                "it (mode='write'); nothing was created. Check the path, or open it with "
+                "mode='create'."
+            )
+        if self._writable:
+            return conn
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+        # Prove now, not at the first checkpoint, that the file can be written: a write in a
+        # transaction that is rolled back changes nothing.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute(f"PRAGMA user_version = {version}")
+        finally:
+            conn.execute("ROLLBACK")
+        self._writable = self._tables = True
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
         try:
             yield
-        except sqlite3.DatabaseError as exc:
-            text = str(exc)
-            if "not a database" in text or "malformed" in text or "corrupt" in text:
-                raise CorruptStateError(
-                    f"state database {self.path} is damaged ({text}) while trying to {action}; "
-                    "nothing was written. Restore it from a copy or point the backend at a "
-                    "new file."
-                ) from exc
-            raise RecoveryError(f"state database {self.path}: cannot {action}: {text}") from exc
+        except sqlite3.Error as exc:
+            raise self._failure(exc, action) from exc
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RecoveryError(f"state database {self.path} is closed")
-        return self._conn
+    def _failure(self, exc: sqlite3.Error, action: str) -> RecoveryError:
+        """A ``RecoveryError`` that says what went wrong with the file and what to do."""
+        text = str(exc)
+        code = _code(exc)
+        where = f"state database {self.path}"
+        if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT) or any(
+            word in text for word in ("not a database", "malformed", "corrupt")
+        ):
+            return CorruptStateError(
+                f"{where} is damaged ({text}) while trying to {action}; nothing was written. "
+                "Restore it from a copy or point the backend at a new file."
+            )
+        if "no such table" in text or "no such column" in text:
+            return CorruptStateError(
+                f"{where} is not an rh_agents state database ({text}) while trying to "
+                f"{action}; nothing was written. Point the backend at another file."
+            )
+        if code == sqlite3.SQLITE_FULL:
+            return RecoveryError(
+                f"{where}: cannot {action}: the disk is full ({text}); nothing of this write "
+                "was stored. Free some space, then resume the run."
+            )
+        if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
+            return RecoveryError(
+                f"{where}: cannot {action}: the file or its folder is read-only ({text}). "
+                "Reading still works (`rh-agents runs list`); to run, make the file and its "
+                f"folder {self.path.parent} writable, or use another path."
+            )
+        if code == sqlite3.SQLITE_CANTOPEN:
+            return RecoveryError(
+                f"{where}: cannot {action}: the file cannot be opened ({text}). Check that it "
+                f"is a file, and that its folder {self.path.parent} exists and may be read "
+                "and written by this process."
+            )
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return RecoveryError(
+                f"{where}: cannot {action}: another process kept it locked for more than "
+                f"{_BUSY_TIMEOUT:.0f}s ({text}); try again once that process is done."
+            )
+        if code == sqlite3.SQLITE_IOERR:
+            return RecoveryError(
+                f"{where}: cannot {action}: an I/O error ({text}); check the disk, its free "
+                "space and the file's permissions."
+            )
+        return RecoveryError(f"{where}: cannot {action}: {text}")
 
     @contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
         with self._lock, self._errors(action):
-            conn = self._connection()
+            conn = self._prepare_writes()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite rolls back by itself on some errors (FULL)
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[sqlite3.Connection | None]:
+        """The connection for a read, or ``None`` for a store that has no runs table yet."""
+        with self._lock, self._errors(action):
+            conn = self._open()
+            if conn is not None and not self._tables:
+                names = {
+                    row[0]
+                    for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+                if {"runs", "checkpoints"} <= names:
+                    self._tables = True
+                else:
+                    conn = None
+            yield conn
+
+    def _validated(self, build: Callable[[], Any], what: str) -> Any:
+        try:
+            return build()
+        except ValidationError as exc:
+            raise CorruptStateError(
+                f"state database {self.path} holds {what} that does not have the expected "
+                f"shape ({exc.error_count()} errors: {exc.errors()[0]['msg']}); it may have "
+                "been edited by hand. Nothing was written; restore it from a copy."
+            ) from exc
+
+    # --- runs -------------------------------------------------------------------------------
+
     def create_run(self, run_id: str) -> RunInfo:
+        check_run_id(run_id)
         now = self._now()
         with self._transaction(f"create run {run_id!r}") as conn:
             if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
@@ -149,9 +381,13 @@ class SQLiteBackend(StateBackend):
         return RunInfo(run_id=run_id, created=now, updated=now)
 
     def _info(self, row: Any) -> RunInfo:
-        return RunInfo(
-            run_id=row[0], created=row[1], updated=row[2], status=row[3], checkpoints=row[4]
+        info: RunInfo = self._validated(
+            lambda: RunInfo(
+                run_id=row[0], created=row[1], updated=row[2], status=row[3], checkpoints=row[4]
+            ),
+            f"run {row[0]!r}",
         )
+        return info
 
     _RUN_QUERY = (
         "SELECT r.run_id, r.created, r.updated, r.status, "
@@ -159,32 +395,37 @@ class SQLiteBackend(StateBackend):
     )
 
     def get_run(self, run_id: str) -> RunInfo:
-        with self._lock, self._errors(f"read run {run_id!r}"):
+        check_run_id(run_id)
+        with self._reading(f"read run {run_id!r}") as conn:
             row = (
-                self._connection()
-                .execute(self._RUN_QUERY + " WHERE r.run_id = ?", (run_id,))
-                .fetchone()
+                None
+                if conn is None
+                else conn.execute(self._RUN_QUERY + " WHERE r.run_id = ?", (run_id,)).fetchone()
             )
         if row is None:
             raise UnknownRunError(self._unknown(run_id))
         return self._info(row)
 
     def _unknown(self, run_id: str) -> str:
+        missing = "" if self.path.exists() else " (there is no such file; nothing was created)"
         return (
-            f"no run {run_id!r} in state database {self.path}; "
+            f"no run {run_id!r} in state database {self.path}{missing}; "
             "`rh-agents runs list` shows the known runs"
         )
 
     def list_runs(self) -> list[RunInfo]:
-        with self._lock, self._errors("list runs"):
+        with self._reading("list runs") as conn:
             rows = (
-                self._connection().execute(self._RUN_QUERY + " ORDER BY r.updated DESC").fetchall()
+                []
+                if conn is None
+                else conn.execute(self._RUN_QUERY + " ORDER BY r.updated DESC").fetchall()
             )
         return [self._info(row) for row in rows]
 
     def save(
         self, run_id: str, records: Sequence[CheckpointRecord], status: RunStatus | None = None
     ) -> None:
+        check_run_id(run_id)
         rows = [
             (
                 r.run_id,
@@ -204,14 +445,16 @@ class SQLiteBackend(StateBackend):
             for r in records
         ]
         with self._transaction(f"save checkpoints of run {run_id!r}") as conn:
+            now = self._now()
+            token = self._leases.get(run_id)
+            if token is not None and conn.execute(_RENEW, (now, run_id, token)).rowcount == 0:
+                raise self._lost(conn, run_id, now)
             if status is None:
-                cursor = conn.execute(
-                    "UPDATE runs SET updated = ? WHERE run_id = ?", (self._now(), run_id)
-                )
+                cursor = conn.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (now, run_id))
             else:
                 cursor = conn.execute(
                     "UPDATE runs SET updated = ?, status = ? WHERE run_id = ?",
-                    (self._now(), status.value, run_id),
+                    (now, status.value, run_id),
                 )
             if cursor.rowcount == 0:
                 raise UnknownRunError(self._unknown(run_id))
@@ -219,22 +462,123 @@ class SQLiteBackend(StateBackend):
 
     def load(self, run_id: str) -> dict[str, CheckpointRecord]:
         self.get_run(run_id)
-        with self._lock, self._errors(f"read the checkpoints of run {run_id!r}"):
+        with self._reading(f"read the checkpoints of run {run_id!r}") as conn:
             rows = (
-                self._connection()
-                .execute(
+                []
+                if conn is None
+                else conn.execute(
                     f"SELECT {', '.join(_COLUMNS)} FROM checkpoints WHERE run_id = ? ORDER BY seq",
                     (run_id,),
-                )
-                .fetchall()
+                ).fetchall()
             )
-        return {
-            row[1]: CHECKPOINT_ADAPTER.validate_python(dict(zip(_COLUMNS, row, strict=True)))
-            for row in rows
-        }
+        records: dict[str, CheckpointRecord] = self._validated(
+            lambda: {
+                row[1]: CHECKPOINT_ADAPTER.validate_python(dict(zip(_COLUMNS, row, strict=True)))
+                for row in rows
+            },
+            f"a checkpoint of run {run_id!r}",
+        )
+        return records
+
+    # --- leases -----------------------------------------------------------------------------
+
+    def acquire_lease(self, run_id: str) -> RunLease:
+        """Hold ``run_id`` as its one writer (see ``rh_agents.recovery.lease``)."""
+        check_run_id(run_id)
+        token = uuid.uuid4().hex
+        with self._transaction(f"take the lease of run {run_id!r}") as conn:
+            now = self._now()
+            row = conn.execute(
+                f"SELECT {', '.join(_LEASE_COLUMNS)} FROM leases WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is not None:
+                holder = LeaseOwner(*row)
+                if not owner_is_dead(holder, now, self.lease_stale_after):
+                    raise locked_error(run_id, holder, f"state database {self.path}", now)
+                logger.info(
+                    "run %r: taking over the lease left by %s, which is gone",
+                    run_id,
+                    holder.describe(now),
+                )
+            owner = LeaseOwner.current(token, now)
+            conn.execute(
+                f"INSERT OR REPLACE INTO leases (run_id, {', '.join(_LEASE_COLUMNS)}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, *(getattr(owner, name) for name in _LEASE_COLUMNS)),
+            )
+            self._leases[run_id] = token
+        return _SQLiteLease(self, run_id, owner)
+
+    def _lost(self, conn: sqlite3.Connection, run_id: str, now: float) -> RecoveryError:
+        row = conn.execute(
+            f"SELECT {', '.join(_LEASE_COLUMNS)} FROM leases WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        holder = "nobody" if row is None else LeaseOwner(*row).describe(now)
+        return lost_error(run_id, holder, f"state database {self.path}")
+
+    def _release_lease(self, run_id: str, token: str) -> None:
+        with self._lock:
+            if self._leases.get(run_id) == token:
+                del self._leases[run_id]
+            if self._closed or self._conn is None:
+                return
+        with self._transaction(f"release the lease of run {run_id!r}") as conn:
+            conn.execute("DELETE FROM leases WHERE run_id = ? AND token = ?", (run_id, token))
 
     def close(self) -> None:
+        """Release the leases taken through this object, then the connection; idempotent."""
         with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+            held = list(self._leases.items())
+        for run_id, token in held:
+            try:
+                self._release_lease(run_id, token)
+            except RecoveryError:
+                logger.warning("could not release the lease of run %r", run_id, exc_info=True)
+        with self._lock:
+            self._closed = True
+            self._drop_connection()
+
+
+class _SQLiteLease(RunLease):
+    """A lease row, renewed by a heartbeat thread with its own connection."""
+
+    def __init__(self, backend: SQLiteBackend, run_id: str, owner: LeaseOwner) -> None:
+        super().__init__(run_id, owner)
+        self._backend = backend
+        beat = _Renewal(backend._uri("rw"), run_id, owner.token, backend._now)
+        self._heartbeat = Heartbeat(
+            beat, beat.close, backend.lease_stale_after / 4, name=f"rh-agents lease {run_id}"
+        )
+        weakref.finalize(self, self._heartbeat.stop)
+
+    def _release(self) -> None:
+        self._heartbeat.stop()
+        self._backend._release_lease(self.run_id, self.owner.token)
+
+
+class _Renewal:
+    """One heartbeat: renew the lease row's time; ``False`` once the row is gone."""
+
+    def __init__(self, uri: str, run_id: str, token: str, now: Callable[[], float]) -> None:
+        self._uri = uri
+        self._run_id = run_id
+        self._token = token
+        self._now = now
+        self._conn: sqlite3.Connection | None = None
+
+    def __call__(self) -> bool:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._uri, uri=True, isolation_level=None, timeout=5.0)
+        cursor = self._conn.execute(_RENEW, (self._now(), self._run_id, self._token))
+        return cursor.rowcount > 0
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _code(exc: sqlite3.Error) -> int | None:
+    """The primary SQLite result code of ``exc`` (``SQLITE_FULL``, ...), if known."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
