@@ -12,6 +12,12 @@ checkpoints of at most ``count - 1`` finished events, which run again on resume.
 ``every_event()`` it loses at most the one event whose handler had returned but whose
 checkpoint was not yet committed at the instant of the crash (the handler's side effects then
 happen again on resume: make them idempotent if that matters).
+
+These bounds hold while the store answers within ``Recovery(write_wait=...)`` (50 ms; a healthy
+commit takes well under a millisecond). A write that waits longer (another process holds the
+SQLite lock, a slow disk) goes on in the background so that the event loop never stalls, and
+the checkpoints of the events finishing meanwhile wait in memory until it is done: a crash
+during such a wait also loses those (they run again on resume). Nothing is lost otherwise.
 """
 
 from __future__ import annotations
