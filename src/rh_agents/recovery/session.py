@@ -336,7 +336,7 @@ class Recovery:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return job  # no loop (a synchronous close): the caller waits for it
-        if not job.done:
+        if block > 0 and not job.done:
             logger.info(
                 "a checkpoint write to %s takes more than %ss; the run goes on and it ends in "
                 "the background",
