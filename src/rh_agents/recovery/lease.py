@@ -25,8 +25,8 @@ How each backend keeps it, and why:
   thread of the lease (never the event loop) renews it every ``stale_after / 4`` seconds on
   its own connection, and a heartbeat older than ``stale_after`` marks the holder dead (keep
   the clocks of the machines within a few seconds of each other). Every checkpoint write also
-  checks, in its transaction, that the row still holds this lease's token (and renews the
-  heartbeat), so a writer whose lease was taken over can never write again.
+  checks, in its transaction, that the row still holds this lease's token, so a writer whose
+  lease was taken over can never write again.
 - ``JSONBackend``: an exclusive ``fcntl.flock`` on a sidecar file ``<run_id>.lock`` held open
   for the lease's life. The kernel drops the lock the moment the holder dies, so a takeover
   needs no guess about staleness, and two takers cannot both get it. The file holds the
@@ -90,14 +90,12 @@ def _read(path: str) -> str:
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """``(state, start time)`` of ``pid`` from ``/proc``; ``None`` without ``/proc``;
-    ``("X", "")`` when ``/proc`` exists but the process does not."""
-    if not os.path.isdir("/proc/self"):
-        return None
+    """``(state, start time)`` of ``pid`` from ``/proc``, or ``None`` when it cannot be read
+    (no ``/proc``, a process hidden from this user, or one that just ended)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
-        return ("X", "")
+        return None
     fields = text[text.rfind(")") + 2 :].split()
     if len(fields) < 20:
         return None
@@ -110,6 +108,8 @@ def _start_time(pid: int) -> str:
 
 
 def _pid_alive(pid: int, started: str) -> bool:
+    """Whether ``pid`` still runs the process that took the lease. When in doubt: alive (a
+    lease is never taken from a process that might still write)."""
     if pid <= 0:
         return False
     try:
@@ -119,13 +119,13 @@ def _pid_alive(pid: int, started: str) -> bool:
     except PermissionError:
         pass  # it exists, under another user
     except OSError:
-        return True  # cannot tell: assume alive, never steal
+        return True
     stat = _proc_stat(pid)
     if stat is None:
-        return True
+        return True  # it answered the signal; its details cannot be read
     state, start = stat
     if state in ("Z", "X"):
-        return False
+        return False  # ended, not yet reaped by its parent
     return not started or start == started
 
 
@@ -195,8 +195,9 @@ def lost_error(run_id: str, holder: str, where: str) -> RunLockedError:
     """This process's lease was taken over: it must not write the run any more."""
     return RunLockedError(
         f"run {run_id!r}: this process no longer holds the run's lease in {where} (held now "
-        f"by {holder}): another process took the run over after this one stopped renewing "
-        "it, so this write was refused and nothing of it was stored.",
+        f"by {holder}): another process judged it abandoned (its heartbeat was older than "
+        "lease_stale_after) and took the run over, so this write was refused and nothing of "
+        "it was stored. Let the new holder finish the run.",
         run_id=run_id,
     )
 

@@ -27,7 +27,8 @@ which is safe there because no process can write in that folder either; if a wri
 holding commits is there but cannot be opened, the error says so rather than show old data.
 
 Leases (``acquire_lease``): a row per run in the table ``leases``, a heartbeat thread and a
-token check in every ``save``; see ``rh_agents.recovery.lease`` for the design.
+token check in every ``save`` (a read inside its transaction: no extra page is written); see
+``rh_agents.recovery.lease`` for the design.
 """
 
 from __future__ import annotations
@@ -447,8 +448,10 @@ class SQLiteBackend(StateBackend):
         with self._transaction(f"save checkpoints of run {run_id!r}") as conn:
             now = self._now()
             token = self._leases.get(run_id)
-            if token is not None and conn.execute(_RENEW, (now, run_id, token)).rowcount == 0:
-                raise self._lost(conn, run_id, now)
+            if token is not None:  # fencing: a lease taken over means this write must not land
+                held = conn.execute("SELECT token FROM leases WHERE run_id = ?", (run_id,))
+                if held.fetchone() != (token,):
+                    raise self._lost(conn, run_id, now)
             if status is None:
                 cursor = conn.execute("UPDATE runs SET updated = ? WHERE run_id = ?", (now, run_id))
             else:
