@@ -23,9 +23,9 @@ while the run is written; see ``rh_agents.recovery.lease`` for the design. POSIX
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -42,6 +42,9 @@ from rh_agents.recovery.backend import OpenMode, StateBackend, check_mode
 from rh_agents.recovery.lease import LeaseOwner, RunLease, locked_error, owner_is_dead
 from rh_agents.recovery.records import CHECKPOINT_ADAPTER, CheckpointRecord, RunInfo, RunStatus
 from rh_agents.recovery.run_ids import check_run_id
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = ["JSONBackend"]
 
@@ -264,6 +267,11 @@ class JSONBackend(StateBackend):
         """Hold ``run_id`` as its one writer: an exclusive ``flock`` on ``<run_id>.lock``."""
         self._path(run_id)
         self._writing()
+        if sys.platform == "win32":
+            raise RecoveryError(
+                "JSONBackend keeps a run's lease with flock(), which Windows lacks; use "
+                "SQLiteBackend there"
+            )
         path = self.directory / f"{run_id}.lock"
         for _ in range(100):  # the lock file can be swapped under us only by a release
             try:
