@@ -359,10 +359,14 @@ async def test_read_only_stores_can_be_listed_and_shown_but_not_written(tmp_path
     # JSON run files in a read-only folder.
     await _finished_run(tmp_path / "json" / "runs")
     stores["json"] = tmp_path / "json" / "runs"
+    # Stores that would have to be made inside a read-only folder.
+    (tmp_path / "ro-parent").mkdir()
+    stores["new-sqlite"] = tmp_path / "ro-parent" / "sub" / "state.db"
+    stores["new-json"] = tmp_path / "ro-parent" / "runs"
 
     (tmp_path / "file" / "state.db").chmod(0o444)
     read_only = [stores[name].parent for name in ("folder", "crashed", "lost-shm")]
-    read_only.append(stores["json"])
+    read_only += [stores["json"], tmp_path / "ro-parent"]
     before = {name: _snapshot(path.parent) for name, path in stores.items()}
     for folder in read_only:
         for path in folder.iterdir():
@@ -384,3 +388,35 @@ async def test_read_only_stores_can_be_listed_and_shown_but_not_written(tmp_path
     assert list_code == 2 and "write-ahead log" in str(listed) and "Traceback" not in str(listed)
     for name in ("folder", "crashed", "lost-shm", "json"):
         assert _snapshot(stores[name].parent) == before[name], name
+    for name in ("new-sqlite", "new-json"):
+        _code, listed, _code, _shown, (create, resume) = out[name]
+        assert "does not exist" in str(listed)
+        assert "cannot create" in str(create) and "Permission denied" in str(create), create
+        assert "no run 'r'" in str(resume), resume  # and nothing was created to say so
+    assert list((tmp_path / "ro-parent").iterdir()) == []
+
+
+def test_a_json_folder_that_refuses_new_files_is_a_recovery_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    real_open = os.open
+
+    def refusing_open(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_CREAT:  # the temporary file and the lock file
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(RecoveryError, match="must exist and be writable") as info:
+        ExecutionState(run_id="r", recovery=Recovery(runs))
+    assert str(runs) in str(info.value)
+    assert isinstance(info.value.__cause__, PermissionError)
+    monkeypatch.setattr(os, "open", real_open)
+    with JSONBackend(runs) as backend:
+        backend.create_run("r")
+        monkeypatch.setattr(os, "open", refusing_open)
+        with pytest.raises(RecoveryError, match="cannot be written") as info:
+            backend.save("r", [_record(0)])
+        assert str(runs / "r.json") in str(info.value) and "left as it was" in str(info.value)
