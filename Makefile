@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The composition property test over 10,000 new random scenarios (make test runs 300).
+soak: $(STAMP)
+	RH_SOAK_EXAMPLES=10000 $(BIN)/pytest -q --timeout=3600 tests/test_composition_properties.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
