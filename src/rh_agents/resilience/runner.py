@@ -50,9 +50,15 @@ __all__ = [
     "run_member",
 ]
 
-# True inside a member whose group policies are applied to the member as a whole, so that the
-# events it calls do not apply them a second time.
-_group_policies_taken: ContextVar[bool] = ContextVar("rh_agents_group_policies", default=False)
+# The address of the member whose group policies are applied to the member as a whole, so
+# that the events it calls do not apply them a second time. An address, not a flag: a group
+# opened inside that member (and its workers, which copy the context) has policies of its own.
+_group_policies_taken: ContextVar[str | None] = ContextVar("rh_agents_group_policies", default=None)
+# A member's own retry policy (``p.add(event_call, retry=...)``) with the member's address,
+# for the event call that is the member: it wins over the group's and the state's.
+_member_retry: ContextVar[tuple[str, Any] | None] = ContextVar(
+    "rh_agents_member_retry", default=None
+)
 
 
 def _first(*values: Any) -> Any:
@@ -72,6 +78,8 @@ def _no_policy_for(state: ExecutionState, event: ExecutionEvent[Any], frame: Fra
     ):
         return False
     slot = frame.slot
+    if _member_retry.get() is not None:
+        return False  # a member's own policy may apply to this call (event_policies decides)
     # _plain: the group found no policy of its own when it opened (the state's are read above).
     return not isinstance(slot, MemberSlot) or slot.manager._plain
 
@@ -79,11 +87,13 @@ def _no_policy_for(state: ExecutionState, event: ExecutionEvent[Any], frame: Fra
 def member_group(frame: Frame) -> ParallelExecutionManager[Any] | None:
     """The group whose policies apply to an event running in ``frame`` (its own member's)."""
     slot = frame.slot
-    if not isinstance(slot, MemberSlot) or _group_policies_taken.get():
+    if not isinstance(slot, MemberSlot):
         return None
     manager = slot.manager
     parent = frame.address.rpartition("::")[0]
-    return manager if parent == f"{manager.group_id}[{frame.parallel_index}]" else None
+    if parent != f"{manager.group_id}[{frame.parallel_index}]":
+        return None
+    return None if _group_policies_taken.get() == parent else manager
 
 
 @dataclass(slots=True)
@@ -121,7 +131,12 @@ def _check(kind: str, value: Any, expected: type) -> Any:
 def event_policies(state: ExecutionState, event: ExecutionEvent[Any], frame: Frame) -> Policies:
     actor = event.actor
     group = member_group(frame)
-    retry = _first(event.retry, actor.retry, group.retry if group else None, state.retry)
+    own: Any = None
+    if group is not None:
+        member_retry = _member_retry.get()
+        if member_retry is not None and member_retry[0] == frame.address.rpartition("::")[0]:
+            own = member_retry[1]
+    retry = _first(event.retry, actor.retry, own, group.retry if group else None, state.retry)
     breaker = _first(
         event.circuit_breaker,
         actor.circuit_breaker,
@@ -188,7 +203,14 @@ async def run_member(
     first: Awaitable[Any] | None = member.open()
     if is_event_call(first):
         assert first is not None
-        return await first  # the event applies every policy itself
+        # The event applies every policy itself, the member's own retry included.
+        if member.retry is None:
+            return await first
+        scope = _member_retry.set((frame.address, member.retry))
+        try:
+            return await first
+        finally:
+            _member_retry.reset(scope)
     policies = member_policies(state, group, member)
     if not rerunnable and policies.retry is not None and policies.retry.max_attempts > 1:
         # Only a state-wide policy gets here (add() rejects the others): a coroutine runs once.
@@ -201,7 +223,7 @@ async def run_member(
             return made
         return member.open()
 
-    token = _group_policies_taken.set(True)
+    token = _group_policies_taken.set(frame.address)
     started = state.clock.now()
     try:
         value, attempts = await run_attempts(state, frame, policies, attempt, member)

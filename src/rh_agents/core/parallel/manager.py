@@ -36,6 +36,7 @@ Invariants (the manager is the single owner of all of these; workers are its tas
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -83,6 +84,7 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         "_bus_version",
         "_cancelled",
         "_completion_order",
+        "_context",
         "_deliver_at",
         "_display_name",
         "_done",
@@ -208,6 +210,8 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         self._wall_time: float | None = None
         self._final_limit: int | None = None  # the limit when the group ended
         self._timeout_handle: asyncio.TimerHandle | None = None  # cancelled by _finalize
+        # The context of the task that opened the block: each worker runs in a copy of it.
+        self._context = contextvars.copy_context()
 
         # Members (adding.py; the scheduler registers map() items).
         # The members a later call may need: named ones (dependencies name them) and ones
@@ -290,6 +294,7 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         self._plain = not self.has_policies
         parent = current_frame(state)
         self._parent_frame = parent
+        self._context = contextvars.copy_context()
         name = self._requested_name or "parallel"
         self.group_id = parent.child_address(name)
         self._started_at = state.clock.now()

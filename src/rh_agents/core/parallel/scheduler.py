@@ -35,6 +35,7 @@ Invariants (the manager owns all of this state; only its workers and the task dr
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from types import CoroutineType
@@ -94,6 +95,7 @@ class _Scheduler:
         _spawn_pending: bool
         _stop_status: ResultStatus | None
         _slots: SlotArbiter
+        _context: contextvars.Context
         _high_water: int
         _done: int
         _deliver_at: int
@@ -154,7 +156,10 @@ class _Scheduler:
 
     def _start_worker(self) -> None:
         self._slots.take_unchecked()  # the callers checked there is room
-        task = asyncio.get_running_loop().create_task(self._worker())
+        # In a copy of the group's own context, never of whatever member's context asked
+        # for the worker (a member lending its slot in a backoff): context variables that
+        # a member sets for itself must not leak into the members the new worker runs.
+        task = asyncio.get_running_loop().create_task(self._worker(), context=self._context.copy())
         self._workers.add(task)
         self._unstarted.add(task)
         task.add_done_callback(self._worker_done)
@@ -339,7 +344,9 @@ class _Scheduler:
 
     def _start_instant_lane(self) -> None:
         if self._instant_task is None and self._stop_status is None:
-            task = asyncio.get_running_loop().create_task(self._instant_lane())
+            task = asyncio.get_running_loop().create_task(
+                self._instant_lane(), context=self._context.copy()
+            )
             self._instant_task = task
             self._workers.add(task)  # owned like a worker: joined before the group ends
             task.add_done_callback(self._worker_done)

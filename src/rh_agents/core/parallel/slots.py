@@ -149,8 +149,12 @@ class SlotArbiter:
         """Hand the caller's slot to a waiting task if there is one; whether it was handed.
 
         For a worker between two members: a task waiting to take its slot back goes before
-        the next ready member, since it has started already.
+        the next ready member, since it has started already. A slot over the limit (the limit
+        shrank, or a worker counted one while its member was cancelled) is never handed on:
+        the caller then releases it, which retires it.
         """
+        if self._in_use > self.limit:
+            return False
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
