@@ -5,6 +5,9 @@ The names users need are importable from here as well as from their home modules
     from rh_agents import ExecutionState, ExecutionEvent, Tool, ErrorStrategy
 """
 
+# The engines core runs through its hooks: policies on every call, recovery for resume().
+import rh_agents.engines
+import rh_agents.recovery  # noqa: F401  (installs the resume factory)
 from rh_agents.bus_handlers import EventPrinter, ParallelEventPrinter
 from rh_agents.core.actors import LLM, Agent, BaseActor, Tool, agent, llm, tool
 from rh_agents.core.bus import EventBus

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rh_agents.core.events import ExecutionResult
+    from rh_agents.core.results import ExecutionResult
 
 __all__ = [
     "ActorDefinitionError",

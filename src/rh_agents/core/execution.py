@@ -19,12 +19,13 @@ current position in the execution tree is not stored here but in a ``contextvars
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel
 
+from rh_agents.core import hooks
 from rh_agents.core.bus import EventBus
 from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.context import Frame
@@ -33,17 +34,15 @@ from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.slots import SlotArbiter
 from rh_agents.core.parallel.strategy import ErrorStrategy
 from rh_agents.core.results import ExecutionResult
-from rh_agents.resilience import runner
-from rh_agents.resilience.breaker import BreakerRegistry
-from rh_agents.resilience.rate_limit import RateLimiterRegistry
+from rh_agents.resilience.adaptive import AdaptiveLimit
+from rh_agents.resilience.breaker import BreakerRegistry, CircuitBreaker
+from rh_agents.resilience.rate_limit import RateLimit, RateLimiterRegistry
+from rh_agents.resilience.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from rh_agents.core.actors import BaseActor
     from rh_agents.core.events import ExecutionEvent
     from rh_agents.core.parallel.member import Member
-    from rh_agents.recovery.cache import ActorCache
-    from rh_agents.recovery.session import Recovery
-    from rh_agents.resilience.adaptive import AdaptiveLimit
 
 __all__ = ["EventBus", "ExecutionState"]
 
@@ -64,11 +63,11 @@ class ExecutionState:
         global_max_workers: int | None = None,
         clock: Clock | None = None,
         run_id: str | None = None,
-        retry: Any = None,
-        circuit_breaker: Any = None,
-        recovery: Recovery | None = None,
-        cache: ActorCache | None = None,
-        rate_limit: Any = None,
+        retry: RetryPolicy | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        recovery: hooks.RecoveryHook | None = None,
+        cache: hooks.ResultCache | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.event_bus = event_bus if event_bus is not None else EventBus()
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -82,6 +81,8 @@ class ExecutionState:
         self.rate_limit = rate_limit
         self.breakers = BreakerRegistry(self.clock)
         self.rate_limiters = RateLimiterRegistry()
+        # The engine that applies policies to calls (installed by rh_agents.engines).
+        self.call_runner = hooks.call_runner()
         self.history = ExecutionHistory()
         self.store: dict[str, Any] = {}
         self.root_frame = Frame(self, "")
@@ -100,11 +101,9 @@ class ExecutionState:
         ``replay=``, ``resume_from=`` and ``checkpoint=`` go to ``Recovery``; the other
         options to ``ExecutionState``. See ``rh_agents.recovery``.
         """
-        from rh_agents.recovery.session import Recovery
-
         keys = ("replay", "resume_from", "checkpoint")
         extra = {key: options.pop(key) for key in keys if key in options}
-        recovery = Recovery(backend, resume=True, **extra)
+        recovery = hooks.resume_factory()(backend, **extra)
         return cls(run_id=run_id, recovery=recovery, **options)
 
     async def save_checkpoint(self) -> None:
@@ -246,19 +245,19 @@ class ExecutionState:
 
     def invoke_actor(
         self, event: ExecutionEvent[Any], validated: BaseModel, context: str, frame: Frame
-    ) -> Coroutine[Any, Any, tuple[Any, int]]:
+    ) -> Awaitable[tuple[Any, int]]:
         """Run ``event``'s actor under its retry, breaker and rate-limit policies.
 
-        Awaitable; gives ``(value, attempts)``; see ``rh_agents.resilience.runner``. (It
-        returns the runner's coroutine itself rather than wrapping it in one more.)
+        Awaitable; gives ``(value, attempts)``; see ``rh_agents.engines.policy_runner``. (It
+        returns the runner's awaitable itself rather than wrapping it in one more.)
         """
-        return runner.invoke_actor(self, event, validated, context, frame)
+        return self.call_runner.invoke_actor(self, event, validated, context, frame)
 
     async def run_member(
         self, group: ParallelExecutionManager[Any], member: Member, frame: Frame
     ) -> Any:
         """Run one member of ``group`` (a callable member is re-called for retries)."""
-        return await runner.run_member(self, group, member, frame)
+        return await self.call_runner.run_member(self, group, member, frame)
 
     @property
     def has_event_hooks(self) -> bool:

@@ -10,9 +10,13 @@
     state = ExecutionState.resume("nightly", backend=".rh_agents/state.db")
     ...                                            # same code: finished events are skipped
 
-See ``docs/recovery.md`` for the guarantees and the loss window.
+See ``docs/recovery.md`` for the guarantees and the loss window. Importing this package
+installs ``Recovery`` as the engine behind ``ExecutionState.resume`` (a hook of core's).
 """
 
+from typing import Any
+
+from rh_agents.core import hooks
 from rh_agents.recovery.backend import DEFAULT_STATE_PATH, StateBackend, open_backend
 from rh_agents.recovery.cache import ActorCache, MemoryCacheStore, SQLiteCacheStore, cache_key
 from rh_agents.recovery.json_backend import JSONBackend
@@ -45,3 +49,10 @@ __all__ = [
     "cache_key",
     "open_backend",
 ]
+
+
+def _resume(backend: Any, **options: Any) -> Recovery:
+    return Recovery(backend, resume=True, **options)
+
+
+hooks.install_resume_factory(_resume)

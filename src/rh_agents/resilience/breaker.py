@@ -30,9 +30,8 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rh_agents.core.clock import Clock
 from rh_agents.errors import CircuitOpenError, ConfigurationError
-from rh_agents.resilience.retry import NEVER_RETRIED
+from rh_agents.resilience.retry import NEVER_RETRIED, TimeSource
 
 __all__ = ["BreakerRegistry", "Circuit", "CircuitBreaker", "CircuitState", "Transition"]
 
@@ -87,7 +86,7 @@ class Circuit:
 
     __slots__ = ("_clock", "_opened_at", "_probes", "failures", "key", "policy", "state")
 
-    def __init__(self, key: str, policy: CircuitBreaker, clock: Clock) -> None:
+    def __init__(self, key: str, policy: CircuitBreaker, clock: TimeSource) -> None:
         self.key = key
         self.policy = policy
         self._clock = clock
@@ -150,7 +149,7 @@ class BreakerRegistry:
 
     __slots__ = ("_circuits", "_clock")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: TimeSource) -> None:
         self._clock = clock
         self._circuits: dict[str, Circuit] = {}
 

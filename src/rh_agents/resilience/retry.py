@@ -21,11 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import tenacity
 
-from rh_agents.core.clock import Clock
 from rh_agents.errors import (
     ActorDefinitionError,
     ConfigurationError,
@@ -34,7 +33,15 @@ from rh_agents.errors import (
 )
 from rh_agents.resilience.signals import retry_after_of
 
-__all__ = ["NEVER_RETRIED", "RetryAttempts", "RetryPolicy"]
+__all__ = ["NEVER_RETRIED", "RetryAttempts", "RetryPolicy", "TimeSource"]
+
+
+class TimeSource(Protocol):
+    """What a policy reads of time: a monotonic ``now()`` (``rh_agents.core.clock.Clock`` has
+    it). Policies sit below core, so they name only what they use."""
+
+    def now(self) -> float: ...
+
 
 #: Errors that describe a bug or bad input: running again cannot fix them.
 NEVER_RETRIED: tuple[type[BaseException], ...] = (
@@ -117,7 +124,7 @@ class RetryPolicy:
         """The wait after failed attempt number ``attempt`` (1-based), before any hint."""
         return RetryAttempts(self, None).backoff(attempt)
 
-    def start(self, clock: Clock | None) -> RetryAttempts:
+    def start(self, clock: TimeSource | None) -> RetryAttempts:
         """Fresh retry state for one call (never share it between calls)."""
         return RetryAttempts(self, clock)
 
@@ -127,7 +134,7 @@ class RetryAttempts:
 
     __slots__ = ("_call_state", "_clock", "_started", "_stop", "_wait", "attempt", "policy")
 
-    def __init__(self, policy: RetryPolicy, clock: Clock | None) -> None:
+    def __init__(self, policy: RetryPolicy, clock: TimeSource | None) -> None:
         self.policy = policy
         self.attempt = 0
         self._clock = clock

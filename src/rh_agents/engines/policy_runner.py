@@ -1,6 +1,8 @@
 """Running one call under its policies: rate limit, circuit breaker, retries, feedback.
 
-``ExecutionState.invoke_actor`` and ``ExecutionState.run_member`` delegate here. Policies are
+``PolicyRunner`` is core's ``CallRunner`` (see ``rh_agents.core.hooks``): importing
+``rh_agents.engines`` installs it, and ``ExecutionState.invoke_actor`` and
+``ExecutionState.run_member`` delegate to it. Policies are
 resolved nearest first: the event's, the actor's, the group's, the state's. A group's policies
 apply to its members: to a member's own event (the event called directly by the member) and
 to a callable or coroutine member itself; events nested deeper inside a member use their own,
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Policies",
+    "PolicyRunner",
     "event_policies",
     "invoke_actor",
     "member_group",
@@ -395,3 +398,28 @@ async def run_attempts(
             raise error
         _publish_retry(state, frame, number, delay, error)
         await _backoff(state, frame, delay)
+
+
+class PolicyRunner:
+    """Core's ``CallRunner`` with every policy applied (see the module docstring)."""
+
+    __slots__ = ()
+
+    def invoke_actor(
+        self,
+        state: ExecutionState,
+        event: ExecutionEvent[Any],
+        validated: BaseModel,
+        context: str,
+        frame: Frame,
+    ) -> Awaitable[tuple[Any, int]]:
+        return invoke_actor(state, event, validated, context, frame)
+
+    def run_member(
+        self,
+        state: ExecutionState,
+        group: ParallelExecutionManager[Any],
+        member: Member,
+        frame: Frame,
+    ) -> Awaitable[Any]:
+        return run_member(state, group, member, frame)
