@@ -18,13 +18,13 @@ bus, and records a bound copy of the event (with its ``address``, ``group_id``,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rh_agents.core.actors import BaseActor, describe_unknown, describe_validation, name_problem
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
+from rh_agents.core.event_call import EventCall
 from rh_agents.core.records import EventCompleted, EventFailed, EventStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
 from rh_agents.errors import ConfigurationError, ParallelTimeoutError
@@ -111,13 +111,14 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
 
     def __call__(
         self, input: Any, context: str = "", state: ExecutionState | None = None
-    ) -> Coroutine[Any, Any, ExecutionResult[OutT]]:
+    ) -> EventCall[OutT]:
+        """The call, as an awaitable value (``EventCall``): nothing runs until it is awaited."""
         if state is None:
             raise ConfigurationError(
                 f"calling the event of {self.actor.name!r} needs the ExecutionState: "
                 "event(input, context, state)"
             )
-        return self._invoke(input, context, state)
+        return EventCall(self, input, context, state)
 
     def bind(self, frame: Frame) -> ExecutionEvent[OutT]:
         """A copy of this event carrying the call's address and parallel metadata."""

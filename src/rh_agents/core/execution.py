@@ -19,7 +19,7 @@ current position in the execution tree is not stored here but in a ``contextvars
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
@@ -330,10 +330,8 @@ class ExecutionState:
 
 
 def _close_all(members: Iterable[Any]) -> None:
-    import inspect
-
     for member in members:
-        if inspect.iscoroutine(member):
+        if isinstance(member, Coroutine):  # a coroutine or an event call
             member.close()
 
 

@@ -17,8 +17,7 @@ and to the group's adaptive limit. Between attempts the member gives its worker 
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -237,7 +236,7 @@ async def run_member(
         return value
     finally:
         _group_policies_taken.reset(token)
-        if inspect.iscoroutine(first):
+        if isinstance(first, Coroutine):
             first.close()  # never awaited (the circuit refused every attempt)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
@@ -328,5 +328,5 @@ def _call_event(event: Any, item: Any, *, context: str, state: ExecutionState) -
 
 
 def _close_quietly(obj: Any) -> None:
-    if inspect.iscoroutine(obj):
+    if isinstance(obj, Coroutine):  # a coroutine or an event call
         obj.close()

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from rh_agents.core.event_call import EventCall
 from rh_agents.core.results import ExecutionResult
 from rh_agents.errors import InvalidMemberError
 
@@ -15,10 +16,8 @@ MemberFactory = Coroutine[Any, Any, Any] | Awaitable[Any] | Callable[[], Awaitab
 
 
 def is_event_call(obj: Any) -> bool:
-    """Whether ``obj`` is the coroutine of an ``ExecutionEvent`` call (it retries inside)."""
-    from rh_agents.core.events import ExecutionEvent
-
-    return inspect.iscoroutine(obj) and obj.cr_code is ExecutionEvent._invoke.__code__
+    """Whether ``obj`` is an ``ExecutionEvent`` call (an ``EventCall``: it retries inside)."""
+    return type(obj) is EventCall
 
 
 def describe_member(obj: Any) -> str:
@@ -138,7 +137,7 @@ class Member:
     def discard(self) -> None:
         """Close a member that will never run, so no 'coroutine was never awaited' warning."""
         source, self.source = self.source, None
-        if inspect.iscoroutine(source):
+        if isinstance(source, Coroutine):  # a coroutine or an event call
             source.close()
         elif inspect.isawaitable(source) and hasattr(source, "cancel"):
             source.cancel()

@@ -331,13 +331,11 @@ class _Scheduler:
         cache = self._state.cache
         if cache is None or not is_event_call(source):
             return False
-        # The call's bound arguments: the coroutine has not started, so they are all there.
-        args = source.cr_frame.f_locals
-        event, state = args.get("self"), args.get("state")
-        if state is not self._state or not event.actor.cacheable:
+        event = source.event
+        if source.state is not self._state or not event.actor.cacheable:
             return False
         try:
-            validated = event.actor.validate_input(args.get("input"))
+            validated = event.actor.validate_input(source.input)
         except ActorInputError:
             return False  # the call itself reports the bad input
         return cache.holds(event.actor, validated)
