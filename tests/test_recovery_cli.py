@@ -29,7 +29,8 @@ async def test_list_show_and_resume_plan(tmp_path: Path) -> None:
 
     shown = runner.invoke(app, ["runs", "show", "nightly", "--state", str(db)])
     assert shown.exit_code == 0, shown.output
-    assert "members: 11 members completed, 1 not completed [2]" in shown.output
+    assert "members: 11 of at least 12 members completed, 1 not completed [2]" in shown.output
+    assert "resume:" not in shown.output  # a completed run
     every = runner.invoke(app, ["runs", "show", "nightly", "--all", "--state", str(db)])
     lines = every.output.splitlines()
     at = lines.index("members[2]")  # one node per level, members in index order

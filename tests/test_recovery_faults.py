@@ -246,7 +246,7 @@ def test_a_zero_byte_file_is_never_turned_into_a_database(tmp_path: Path) -> Non
     with pytest.raises(UnknownRunError, match="no run 'r'"):
         ExecutionState.resume("r", backend=db)
     listed = runner.invoke(app, ["runs", "list", "--state", str(db)])
-    assert listed.exit_code == 0 and listed.output.strip() == "no runs"
+    assert listed.exit_code == 0 and listed.output.strip() == f"no runs yet in {db}"
     _one_line_error(runner.invoke(app, ["runs", "show", "r", "--state", str(db)]))
     assert db.read_bytes() == b""
     assert [p.name for p in tmp_path.iterdir()] == ["state.db"]
@@ -390,7 +390,7 @@ async def test_read_only_stores_can_be_listed_and_shown_but_not_written(tmp_path
         assert _snapshot(stores[name].parent) == before[name], name
     for name in ("new-sqlite", "new-json"):
         _code, listed, _code, _shown, (create, resume) = out[name]
-        assert "does not exist" in str(listed)
+        assert "no runs yet in" in str(listed)
         assert "cannot create" in str(create) and "Permission denied" in str(create), create
         assert "no run 'r'" in str(resume), resume  # and nothing was created to say so
     assert list((tmp_path / "ro-parent").iterdir()) == []

@@ -16,7 +16,7 @@ import typer
 from rh_agents.errors import RecoveryError
 from rh_agents.observability.timeline import Timeline
 from rh_agents.recovery.backend import open_backend
-from rh_agents.recovery.cli import RUN_ID, STATE
+from rh_agents.recovery.cli import RUN_ID, STATE, store_path
 
 __all__ = ["check_output_file", "timeline"]
 
@@ -47,10 +47,11 @@ def check_output_file(path: Path, option: str) -> None:
 def timeline(
     run_id: str = RUN_ID,
     out: Path = typer.Option(Path("timeline.html"), "--out", help="HTML file to write."),
-    state: Path = STATE,
+    state: Path | None = STATE,
 ) -> None:
     """Write RUN_ID's group members as a self-contained HTML chart (durations only)."""
     check_output_file(out, "--out")
+    state = store_path(state)
     if not state.exists():
         typer.echo(f"error: no state store at {state}", err=True)
         raise typer.Exit(code=2)

@@ -4,11 +4,15 @@
 
     from rh_agents.recovery import CheckpointPolicy, Recovery
 
-    state = ExecutionState(run_id="nightly", recovery=Recovery(".rh_agents/state.db",
-                           checkpoint=CheckpointPolicy.batched(count=500, seconds=1.0)))
+    state = ExecutionState(run_id="nightly", recovery=Recovery(
+        checkpoint=CheckpointPolicy.batched(count=500, seconds=1.0)))   # the default store
     ...                                            # the process dies half-way through a group
-    state = ExecutionState.resume("nightly", backend=".rh_agents/state.db")
+    state = ExecutionState.resume("nightly")
     ...                                            # same code: finished events are skipped
+    state = ExecutionState(run_id="nightly", recovery=Recovery(resume="auto"))  # either
+
+Runs are kept in ``default_state_path()`` unless a path is given: ``$RH_AGENTS_STATE``, else
+``~/.local/state/rh_agents/state.db`` (see ``rh_agents.recovery.backend``).
 
 See ``docs/recovery.md`` for the guarantees and the loss window. Importing this package
 installs ``Recovery`` as the engine behind ``ExecutionState.resume`` (a hook of core's).
@@ -17,7 +21,12 @@ installs ``Recovery`` as the engine behind ``ExecutionState.resume`` (a hook of 
 from typing import Any
 
 from rh_agents.core import hooks
-from rh_agents.recovery.backend import DEFAULT_STATE_PATH, StateBackend, open_backend
+from rh_agents.recovery.backend import (
+    STATE_ENV_VAR,
+    StateBackend,
+    default_state_path,
+    open_backend,
+)
 from rh_agents.recovery.cache import ActorCache, MemoryCacheStore, SQLiteCacheStore, cache_key
 from rh_agents.recovery.json_backend import JSONBackend
 from rh_agents.recovery.policy import CheckpointPolicy
@@ -32,7 +41,7 @@ from rh_agents.recovery.session import Recovery
 from rh_agents.recovery.sqlite_backend import SQLiteBackend
 
 __all__ = [
-    "DEFAULT_STATE_PATH",
+    "STATE_ENV_VAR",
     "ActorCache",
     "CheckpointPolicy",
     "CheckpointRecord",
@@ -47,6 +56,7 @@ __all__ = [
     "SQLiteCacheStore",
     "StateBackend",
     "cache_key",
+    "default_state_path",
     "open_backend",
 ]
 

@@ -1,10 +1,10 @@
 """The state backend interface: where runs and their checkpoints live.
 
-Two implementations ship: ``SQLiteBackend`` (the default, one database file per project) and
+Two implementations ship: ``SQLiteBackend`` (the default, one database file) and
 ``JSONBackend`` (one JSON file per run, for small runs and debugging). Both are synchronous and
 are driven by a single writer, the run's ``Recovery`` object, on the event loop's thread::
 
-    backend = open_backend(".rh_agents/state.db")      # a path: SQLite; a directory: JSON
+    backend = open_backend("runs/state.db")            # a path: SQLite; a directory: JSON
     backend.create_run("r1")
     backend.save("r1", [record])                        # one transaction
     records = backend.load("r1")                        # {address: CheckpointRecord}
@@ -27,11 +27,31 @@ A backend is opened in one of three modes (``mode=``):
   command line uses it, and it works on read-only files and folders.
 
 ``acquire_lease(run_id)`` makes the caller the run's one writer (see ``lease``).
+
+Where runs are kept by default (``open_backend(None)``, ``Recovery()``, ``rh-agents runs``,
+the demo): ``default_state_path()``, which is, in order,
+
+1. the environment variable ``RH_AGENTS_STATE`` if it is set (a ``.db`` file, or a folder
+   for JSON run files, by the rule of ``open_backend``);
+2. ``$XDG_STATE_HOME/rh_agents/state.db`` if ``XDG_STATE_HOME`` is set (an absolute path);
+3. on Windows, ``%LOCALAPPDATA%\\rh_agents\\state.db``;
+4. ``~/.local/state/rh_agents/state.db``.
+
+Why a per-user location rather than a folder of the current directory: a run is looked at
+later, from wherever the user happens to be (``rh-agents runs list`` right after
+``make demo``, a resume from another shell), and a store relative to the current folder
+shows nothing from anywhere else. The XDG base directory specification names
+``$XDG_STATE_HOME`` (default ``~/.local/state``) as the place for exactly this kind of data:
+state that should persist between runs but is not worth backing up like documents. A
+project that wants its own store sets ``RH_AGENTS_STATE`` (``.rh_agents/state.db``, say)
+or passes a path.
 """
 
 from __future__ import annotations
 
 import abc
+import os
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -43,9 +63,33 @@ from rh_agents.recovery.lease import LeaseOwner, NoLease, RunLease
 from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
 from rh_agents.recovery.run_ids import check_run_id
 
-__all__ = ["DEFAULT_STATE_PATH", "OpenMode", "StateBackend", "check_mode", "open_backend"]
+__all__ = [
+    "STATE_ENV_VAR",
+    "OpenMode",
+    "StateBackend",
+    "check_mode",
+    "default_state_path",
+    "open_backend",
+]
 
-DEFAULT_STATE_PATH = Path(".rh_agents") / "state.db"
+STATE_ENV_VAR = "RH_AGENTS_STATE"
+
+
+def default_state_path() -> Path:
+    """Where runs are kept when no path is given (see the module docstring: the environment
+    variable ``RH_AGENTS_STATE``, else a per-user state folder). Read at each call, so a
+    change of the environment applies at once."""
+    chosen = os.environ.get(STATE_ENV_VAR)
+    if chosen:
+        return Path(chosen).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if xdg and Path(xdg).is_absolute():  # the specification ignores a relative one
+        return Path(xdg) / "rh_agents" / "state.db"
+    local = os.environ.get("LOCALAPPDATA")
+    if sys.platform == "win32" and local:
+        return Path(local) / "rh_agents" / "state.db"
+    return Path.home() / ".local" / "state" / "rh_agents" / "state.db"
+
 
 OpenMode = Literal["create", "write", "read"]
 _MODES = ("create", "write", "read")
@@ -84,6 +128,12 @@ class StateBackend(abc.ABC):
     def load(self, run_id: str) -> dict[str, CheckpointRecord]:
         """Every checkpoint of the run by address, or ``UnknownRunError``."""
 
+    def set_resume_command(self, run_id: str, command: str | None) -> None:
+        """Record the command that resumes ``run_id`` (``RunInfo.resume_command``), under
+        the run's lease. This default stores nothing: a backend that cannot keep it still
+        works, and ``rh-agents runs show`` then names the ``ExecutionState.resume`` call."""
+        check_run_id(run_id)
+
     def acquire_lease(self, run_id: str) -> RunLease:
         """Hold ``run_id`` as its one writer until the lease is released, or raise
         ``RunLockedError`` naming the live holder (see ``rh_agents.recovery.lease``).
@@ -107,13 +157,13 @@ class StateBackend(abc.ABC):
 def open_backend(
     location: StateBackend | str | Path | None = None, *, mode: OpenMode = "create"
 ) -> StateBackend:
-    """A backend for ``location``: a backend is returned as is; ``None`` is the default SQLite
-    file ``.rh_agents/state.db``; a path ending in ``.db``/``.sqlite``/``.sqlite3`` is SQLite;
-    any other path is a directory of JSON files. ``mode``: see the module docstring."""
+    """A backend for ``location``: a backend is returned as is; ``None`` is the default store,
+    ``default_state_path()``; a path ending in ``.db``/``.sqlite``/``.sqlite3`` is SQLite; any
+    other path is a directory of JSON files. ``mode``: see the module docstring."""
     if isinstance(location, StateBackend):
         return location
     mode = check_mode(mode)
-    path = Path(location) if location is not None else DEFAULT_STATE_PATH
+    path = Path(location) if location is not None else default_state_path()
     if path.suffix in {".db", ".sqlite", ".sqlite3"}:
         from rh_agents.recovery.sqlite_backend import SQLiteBackend
 

@@ -2,14 +2,17 @@
 
 ::
 
-    rh-agents runs list                       # every run in .rh_agents/state.db
+    rh-agents runs list                       # every run in the default store
     rh-agents runs show RUN_ID                # the execution tree, groups and status
     rh-agents runs show RUN_ID --all          # every member of every group too
     rh-agents runs resume RUN_ID --from ADDR  # what would be replayed and what would run again
 
 Resuming itself needs the workflow's code, which the command line does not have: run the same
-program with ``ExecutionState.resume(RUN_ID, backend=...)``. ``runs resume`` prints that plan.
-``--state`` picks the store: a ``.db`` file (SQLite) or a directory of JSON run files.
+program again (with ``Recovery(resume="auto")``, or ``ExecutionState.resume(RUN_ID, ...)``);
+``runs resume`` prints that plan, and the command that resumes the run when its program
+recorded one. ``--state`` picks the store: a ``.db`` file (SQLite) or a directory of JSON run
+files; by default the store of ``default_state_path()`` (``RH_AGENTS_STATE``, else
+``~/.local/state/rh_agents/state.db``), where runs are saved when no path is given.
 
 Every command only reads: the store is opened read-only (``mode="read"``), so nothing is created
 or changed, and read-only files and folders work. A store that cannot be read is one line on
@@ -21,21 +24,28 @@ from __future__ import annotations
 import datetime
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
 
 from rh_agents.errors import RecoveryError
-from rh_agents.recovery.backend import DEFAULT_STATE_PATH, open_backend
-from rh_agents.recovery.records import CheckpointRecord, RunInfo
+from rh_agents.recovery.backend import default_state_path, open_backend
+from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
 from rh_agents.recovery.run_ids import check_run_id
 from rh_agents.recovery.session import rerun_addresses
 
-__all__ = ["list_runs", "resume", "runs_app", "show"]
+__all__ = ["list_runs", "resume", "runs_app", "show", "store_path"]
 
 runs_app = typer.Typer(no_args_is_help=True, help="Stored runs: list, show, plan a resume.")
 
-STATE = typer.Option(DEFAULT_STATE_PATH, "--state", help="State file (.db) or JSON directory.")
+STATE = typer.Option(
+    None,
+    "--state",
+    help="State file (.db) or JSON directory. Default: $RH_AGENTS_STATE, else "
+    "~/.local/state/rh_agents/state.db.",
+    show_default=False,
+)
 RUN_ID = typer.Argument(metavar="RUN_ID", help="The run's id, as `rh-agents runs list` shows it.")
 
 
@@ -51,10 +61,19 @@ def _fail(exc: RecoveryError | OSError, state: Path) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def store_path(state: Path | None) -> Path:
+    """``--state``, or the default store."""
+    return state if state is not None else default_state_path()
+
+
 def _read_run(state: Path, run_id: str) -> tuple[RunInfo, dict[str, CheckpointRecord]]:
     """The run's metadata and checkpoints, read without writing anything."""
     if not state.exists():
-        typer.echo(f"error: no state store at {state}", err=True)
+        typer.echo(
+            f"error: no state store at {state}: no run has been saved there yet "
+            "(`rh-agents runs list` says where runs are)",
+            err=True,
+        )
         raise typer.Exit(code=2)
     try:
         check_run_id(run_id)
@@ -65,10 +84,11 @@ def _read_run(state: Path, run_id: str) -> tuple[RunInfo, dict[str, CheckpointRe
 
 
 @runs_app.command("list")
-def list_runs(state: Path = STATE) -> None:
+def list_runs(state: Path | None = STATE) -> None:
     """Every run, most recently updated first."""
+    state = store_path(state)
     if not state.exists():
-        typer.echo(f"no runs: {state} does not exist")
+        typer.echo(f"no runs yet in {state}")
         return
     try:
         with open_backend(state, mode="read") as backend:
@@ -76,12 +96,14 @@ def list_runs(state: Path = STATE) -> None:
     except (RecoveryError, OSError) as exc:
         raise _fail(exc, state) from exc
     if not runs:
-        typer.echo("no runs")
+        typer.echo(f"no runs yet in {state}")
         return
-    typer.echo(f"{'RUN':<20} {'STATUS':<10} {'EVENTS':>7}  {'CREATED':<19}  UPDATED")
+    typer.echo(f"runs in {state}:")
+    width = max(20, *(len(run.run_id) for run in runs))
+    typer.echo(f"{'RUN':<{width}} {'STATUS':<11} {'EVENTS':>7}  {'CREATED':<19}  UPDATED")
     for run in runs:
         typer.echo(
-            f"{run.run_id:<20} {run.status.value:<10} {run.checkpoints:>7}  "
+            f"{run.run_id:<{width}} {run.status.value:<11} {run.checkpoints:>7}  "
             f"{_when(run.created):<19}  {_when(run.updated)}"
         )
 
@@ -94,15 +116,18 @@ def _describe(record: CheckpointRecord) -> str:
 @runs_app.command("show")
 def show(
     run_id: str = RUN_ID,
-    state: Path = STATE,
+    state: Path | None = STATE,
     all_members: bool = typer.Option(False, "--all", help="List every group member too."),
 ) -> None:
     """The run's status, its tree of finished events, and a summary per group."""
+    state = store_path(state)
     info, records = _read_run(state, run_id)
     typer.echo(
         f"run {info.run_id}: {info.status.value}, {info.checkpoints} events, "
         f"created {_when(info.created)}, last update {_when(info.updated)}"
     )
+    if info.status is not RunStatus.COMPLETED:
+        typer.echo(f"resume: {_resume_hint(info, state)}")
     groups: dict[str, list[CheckpointRecord]] = defaultdict(list)
     for record in records.values():
         if record.group_id is not None:
@@ -123,13 +148,44 @@ def show(
     if groups:
         typer.echo("groups:")
     for group_id in sorted(groups):
-        members = groups[group_id]
-        done = sorted({r.parallel_index for r in members if r.status == "completed"}, key=_int_key)
-        bad = sorted({r.parallel_index for r in members if r.status != "completed"}, key=_int_key)
-        line = f"  {group_id}: {len(done)} members completed"
-        if bad:
-            line += f", {len(bad)} not completed {bad[:20]}"
-        typer.echo(line)
+        typer.echo(f"  {group_id}: {_group_line(groups[group_id])}")
+    if groups:
+        typer.echo(
+            "  (group sizes are not stored: a member that never finished, cancelled or never "
+            "started, leaves no checkpoint; 'at least' counts to the highest index stored)"
+        )
+
+
+def _group_line(members: list[CheckpointRecord]) -> str:
+    """``13 of at least 20 members completed, 2 not completed [4, 9], no checkpoint for 5
+    [3, 7, ...]``: what the checkpoints say, and no more."""
+    done = sorted({r.parallel_index for r in members if r.status == "completed"}, key=_int_key)
+    bad = sorted({r.parallel_index for r in members if r.status != "completed"}, key=_int_key)
+    indexes = {r.parallel_index for r in members if r.parallel_index is not None}
+    seen = max(indexes) + 1 if indexes else len(done) + len(bad)
+    missing = [i for i in range(seen) if i not in indexes]
+    line = f"{len(done)} of at least {seen} members completed"
+    if bad:
+        line += f", {len(bad)} not completed {_some(bad)}"
+    if missing:
+        line += f", no checkpoint for {len(missing)} {_some(missing)}"
+    return line
+
+
+def _some(indexes: Sequence[int | None], limit: int = 20) -> str:
+    shown = ", ".join(str(i) for i in indexes[:limit])
+    return f"[{shown}{', ...' if len(indexes) > limit else ''}]"
+
+
+def _resume_hint(info: RunInfo, state: Path) -> str:
+    """The command that resumes the run, if its program recorded one, else the call to make."""
+    if info.resume_command:
+        return info.resume_command
+    return (
+        f"run your program again with ExecutionState.resume({info.run_id!r}, "
+        f"backend={str(state)!r}), or with Recovery(..., resume='auto') and run_id="
+        f"{info.run_id!r}"
+    )
 
 
 _INDEX = re.compile(r"\[(\d+)\]")
@@ -151,11 +207,12 @@ def _int_key(value: int | None) -> int:
 @runs_app.command("resume")
 def resume(
     run_id: str = RUN_ID,
-    state: Path = STATE,
+    state: Path | None = STATE,
     from_address: str | None = typer.Option(None, "--from", help="Re-run from this address."),
 ) -> None:
     """What resuming RUN_ID would replay and run again (resume itself runs your code)."""
-    _info, records = _read_run(state, run_id)
+    state = store_path(state)
+    info, records = _read_run(state, run_id)
     try:
         rerun = rerun_addresses(records, from_address, run_id) if from_address else set()
     except RecoveryError as exc:
@@ -177,6 +234,9 @@ def resume(
         typer.echo(f"  ... and {len(again) - 50} more")
     typer.echo("Events with no checkpoint (never finished) run as usual.")
     option = f", resume_from={from_address!r}" if from_address else ""
+    if info.resume_command and not from_address:
+        typer.echo(f"To resume, run: {info.resume_command}")
+        return
     typer.echo(
         "To resume, run your program with "
         f"ExecutionState.resume({run_id!r}, backend={str(state)!r}{option})."

@@ -256,6 +256,14 @@ class JSONBackend(StateBackend):
                 update["status"] = status
             self._write(run_id, info.model_copy(update=update), merged)
 
+    def set_resume_command(self, run_id: str, command: str | None) -> None:
+        with self._lock:
+            self._writing()
+            doc = self._read(run_id)
+            info: RunInfo = doc["run"]
+            update = {"resume_command": command}
+            self._write(run_id, info.model_copy(update=update), doc["checkpoints"])
+
     def load(self, run_id: str) -> dict[str, CheckpointRecord]:
         with self._lock:
             records: dict[str, CheckpointRecord] = self._read(run_id)["checkpoints"]

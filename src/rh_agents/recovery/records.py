@@ -26,11 +26,13 @@ __all__ = [
 
 
 class RunStatus(enum.StrEnum):
-    """Where a run stands. A run whose process died stays ``RUNNING`` (see ``updated``)."""
+    """Where a run stands. A run whose process died stays ``RUNNING`` (see ``updated``);
+    ``INTERRUPTED`` is a run stopped by Ctrl-C under ``rh_agents.run`` (resume it)."""
 
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
 
 class ReplayMode(enum.StrEnum):
@@ -49,7 +51,9 @@ class ReplayMode(enum.StrEnum):
 
 
 class RunInfo(BaseModel):
-    """A run's metadata. Times are wall-clock seconds since the epoch."""
+    """A run's metadata. Times are wall-clock seconds since the epoch. ``resume_command`` is
+    the command that resumes the run, when the program that wrote it said (``None``: run the
+    program again with ``ExecutionState.resume``)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -58,6 +62,7 @@ class RunInfo(BaseModel):
     updated: float
     status: RunStatus = RunStatus.RUNNING
     checkpoints: int = 0
+    resume_command: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -2,15 +2,19 @@
 
 ::
 
-    # First run: every finished event is checkpointed under the run id.
-    state = ExecutionState(run_id="digest-42", recovery=Recovery(".rh_agents/state.db"))
+    # First run: every finished event is checkpointed under the run id (in the default
+    # store, default_state_path(), unless a path is given).
+    state = ExecutionState(run_id="digest-42", recovery=Recovery())
     async with state:
         await orchestrate(state)
 
     # After a crash: completed events return their stored results, the rest run again.
-    state = ExecutionState.resume("digest-42", backend=".rh_agents/state.db")
+    state = ExecutionState.resume("digest-42")
     async with state:
         await orchestrate(state)        # the same code, so the same addresses
+
+    # Or both in one line: create the run if it does not exist, resume it if it does.
+    state = ExecutionState(run_id="digest-42", recovery=Recovery(resume="auto"))
 
 Checkpoints are keyed by address. Inside a parallel group a member's address holds the
 group and its submission index (``docs[3]::summarize``), so the finished members of a group
@@ -40,18 +44,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shlex
+import shutil
+import sys
 import time
 import uuid
 import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.results import ExecutionResult, ResultStatus
-from rh_agents.errors import CheckpointWarning, ConfigurationError, RecoveryError
+from rh_agents.errors import (
+    CheckpointWarning,
+    ConfigurationError,
+    RecoveryError,
+    UnknownRunError,
+)
 from rh_agents.recovery.backend import StateBackend, open_backend
 from rh_agents.recovery.codec import decode_result, encode_checked
 from rh_agents.recovery.lease import RunLease
@@ -72,6 +85,8 @@ __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_WRITE_WAIT",
     "Recovery",
+    "ResumeMode",
+    "current_command",
     "new_run_id",
     "rerun_addresses",
 ]
@@ -85,21 +100,57 @@ DEFAULT_CLOSE_TIMEOUT = 30.0
 _MAX_WRITE_ERRORS = 100  # write_errors keeps the first ones (a long outage repeats itself)
 
 
+# ``resume=``: False creates the run, True resumes it, "auto" does whichever applies.
+ResumeMode = bool | Literal["auto"]
+
+
 def new_run_id() -> str:
     """A fresh run id (random: run ids name runs, they are not execution addresses)."""
     return uuid.uuid4().hex[:16]
+
+
+def current_command() -> str:
+    """The command line that started this process, as a shell would take it again.
+
+    ``python digest.py --fast`` stays as typed. A console script (``rh-agents demo``),
+    which the system starts as ``/path/to/python /path/to/bin/rh-agents demo``, is given by
+    its name when that name finds the same file on ``PATH``, by its full path otherwise.
+    """
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    if len(argv) >= 2 and os.path.isabs(argv[1]) and not argv[1].endswith(".py"):
+        script = argv[1]
+        found = shutil.which(os.path.basename(script))
+        same = found is not None and _same_file(found, script)
+        argv = [os.path.basename(script) if same else script, *argv[2:]]
+    return shlex.join(argv)
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 class Recovery:
     """Checkpointing and replay for one run; see the module docstring.
 
     - ``backend``: a ``StateBackend`` (owned by the caller) or a path (opened and owned here):
-      ``None`` means ``.rh_agents/state.db``.
+      ``None`` means the default store, ``default_state_path()`` (the environment variable
+      ``RH_AGENTS_STATE``, else ``~/.local/state/rh_agents/state.db``).
     - ``checkpoint``: a ``CheckpointPolicy``; default every event.
-    - ``resume``: load the run named by the state's ``run_id`` instead of creating it.
+    - ``resume``: ``False`` (default) creates the run named by the state's ``run_id`` (a
+      random id without one); ``True`` loads it instead (it must exist); ``"auto"`` creates
+      it when the store has no such run and resumes it otherwise, so one program, run
+      again after a crash or a Ctrl-C, goes on where it stopped (a completed run is replayed
+      whole). ``resumed`` then says which it did.
     - ``replay``: a ``ReplayMode`` for the completed events of a resumed run.
     - ``resume_from``: an address; that event, everything below it and everything that
       finished after it in the stored run runs again.
+    - ``resume_command``: the command that resumes this run, shown when it is interrupted and
+      by ``rh-agents runs show``. By default, with ``resume="auto"``, the command line of this
+      process (running it again resumes the run); otherwise none (resuming takes
+      ``ExecutionState.resume`` in the program).
     - ``write_wait``: seconds the event loop waits for a checkpoint write before it lets the
       run go on and the write finish in the background (see the module docstring).
     - ``close_timeout``: seconds the run's end (and ``save_checkpoint``) waits for the store
@@ -111,11 +162,12 @@ class Recovery:
         backend: StateBackend | str | Path | None = None,
         *,
         checkpoint: CheckpointPolicy | None = None,
-        resume: bool = False,
+        resume: ResumeMode = False,
         replay: ReplayMode | str = ReplayMode.SKIP,
         resume_from: str | None = None,
         write_wait: float = DEFAULT_WRITE_WAIT,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        resume_command: str | None = None,
     ) -> None:
         self.policy = checkpoint if checkpoint is not None else CheckpointPolicy.every_event()
         if not write_wait >= 0:
@@ -132,14 +184,27 @@ class Recovery:
             raise ConfigurationError(
                 f"unknown replay mode {replay!r}; use one of {[m.value for m in ReplayMode]}"
             ) from None
+        if resume not in (True, False, "auto"):
+            raise ConfigurationError(f"resume must be False, True or 'auto', got {resume!r}")
         if not resume and (resume_from is not None or self.replay is not ReplayMode.SKIP):
-            raise ConfigurationError("replay and resume_from only apply with resume=True")
-        self.resume = resume
+            raise ConfigurationError(
+                "replay and resume_from only apply with resume=True or resume='auto'"
+            )
+        if resume == "auto" and self.replay is ReplayMode.VALIDATE:
+            raise ConfigurationError(
+                "replay='validate' checks a stored run and writes nothing: use it with "
+                "resume=True, not resume='auto' (which may create the run)"
+            )
+        self.resume: ResumeMode = resume
+        if resume_command is None and resume == "auto":
+            resume_command = current_command()
+        self.resume_command = resume_command
         self._owns_backend = not isinstance(backend, StateBackend)
         # Last: nothing left to reject once it is open. A resume never creates the store.
-        self.backend = open_backend(backend, mode="write" if resume else "create")
+        self.backend = open_backend(backend, mode="write" if resume is True else "create")
         self.resume_from = resume_from
         self.run_id: str | None = None
+        self.resumed = False  # whether attach loaded a stored run (rather than creating one)
         self.recovered = 0  # events answered from checkpoints
         self.written = 0  # checkpoints committed by this process
         self.unserialisable = 0  # results that could not be stored (they re-run on resume)
@@ -152,6 +217,7 @@ class Recovery:
         self._seq = 0
         self._last_write = 0.0
         self._failed = False
+        self._interrupted = False
         self._closed = False
         # Writing (see the module docstring): the writer thread, the write in flight, failures.
         self.write_errors: list[BaseException] = []  # failed writes (the first ones)
@@ -184,21 +250,50 @@ class Recovery:
 
     def _open_run(self, run_id: str | None) -> str:
         """Create or load the run, holding its lease (released by ``attach`` on failure)."""
+        if self.resume == "auto":
+            if run_id is None:
+                raise ConfigurationError(
+                    "resume='auto' needs the run's id, to find it again next time: "
+                    "ExecutionState(run_id=..., recovery=Recovery(resume='auto'))"
+                )
+            check_run_id(run_id)
+            # The lease first: under it, whether the run exists cannot change.
+            self._take_lease(run_id)
+            try:
+                self.backend.get_run(run_id)
+            except UnknownRunError:
+                return self._create(run_id)
+            return self._load(run_id)
         if not self.resume:
             run_id = check_run_id(run_id if run_id is not None else new_run_id())
             self._take_lease(run_id)  # first: a live writer is named, not "already exists"
-            self.backend.create_run(run_id)
-            return run_id
+            return self._create(run_id)
         if run_id is None:
             raise ConfigurationError("resuming needs the run id: ExecutionState.resume(id)")
         check_run_id(run_id)
         self.backend.get_run(run_id)  # read only: an unknown run writes nothing
         if self.replay is not ReplayMode.VALIDATE:  # validating writes nothing: no lease
             self._take_lease(run_id)
+        return self._load(run_id)
+
+    def _create(self, run_id: str) -> str:
+        self.backend.create_run(run_id)
+        if self.resume_command is not None:
+            self.backend.set_resume_command(run_id, self.resume_command)
+        return run_id
+
+    def _load(self, run_id: str) -> str:
+        """Load the stored run (under its lease, unless validating)."""
         self._stored = self.backend.load(run_id)  # under the lease: the last word
         self._seq = max((r.seq for r in self._stored.values()), default=-1) + 1
         if self.resume_from is not None:
             self._rerun = rerun_addresses(self._stored, self.resume_from, run_id)
+        self.resumed = True
+        if self.replay is not ReplayMode.VALIDATE:
+            # Running again: the store says so (not the status it had when it stopped).
+            self.backend.save(run_id, [], RunStatus.RUNNING)
+            if self.resume_command is not None:
+                self.backend.set_resume_command(run_id, self.resume_command)
         return run_id
 
     # --- hooks called by ExecutionState -----------------------------------------------------
@@ -437,6 +532,21 @@ class Recovery:
         """The run ended by an exception: ``close`` records ``FAILED`` rather than completed."""
         self._failed = True
 
+    def mark_interrupted(self) -> str:
+        """The run was stopped by Ctrl-C (``rh_agents.run``): ``close`` records
+        ``INTERRUPTED``. Returns how to resume it: ``resume_command``, or the call to make."""
+        self._interrupted = True
+        return self.resume_hint()
+
+    def resume_hint(self) -> str:
+        """The command that resumes this run, or the ``ExecutionState.resume`` call that does."""
+        if self.resume_command is not None:
+            return self.resume_command
+        return (
+            f"run the program again with ExecutionState.resume({self.run_id!r}, "
+            f"backend={store_name(self.backend)!r})"
+        )
+
     def close(self) -> None:
         """Write the rest, record the run's final status and release an owned backend.
 
@@ -499,6 +609,8 @@ class Recovery:
                 self._raise_release_error(release)
 
     def _final_status(self) -> RunStatus:
+        if self._interrupted:
+            return RunStatus.INTERRUPTED
         return RunStatus.FAILED if self._failed else RunStatus.COMPLETED
 
     def _release_on_writer(self) -> WriteJob | None:

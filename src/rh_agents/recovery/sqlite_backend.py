@@ -2,9 +2,10 @@
 
 ::
 
-    backend = SQLiteBackend(".rh_agents/state.db")    # created (with its folder) if missing
+    backend = SQLiteBackend("runs/state.db")          # created (with its folder) if missing
     state = ExecutionState(recovery=Recovery(backend))
-    SQLiteBackend(".rh_agents/state.db", mode="read").list_runs()    # never writes
+    SQLiteBackend("runs/state.db", mode="read").list_runs()    # never writes
+    SQLiteBackend()                                   # the default store, default_state_path()
 
 The database runs in WAL mode with ``synchronous=NORMAL``: a commit survives the process being
 killed (the data is in the operating system's cache), and only an operating-system crash or
@@ -49,7 +50,7 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from rh_agents.errors import CorruptStateError, RecoveryError, UnknownRunError
-from rh_agents.recovery.backend import DEFAULT_STATE_PATH, OpenMode, StateBackend, check_mode
+from rh_agents.recovery.backend import OpenMode, StateBackend, check_mode, default_state_path
 from rh_agents.recovery.lease import (
     DEFAULT_STALE_AFTER,
     Heartbeat,
@@ -73,7 +74,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    status TEXT NOT NULL
+    status TEXT NOT NULL,
+    resume_command TEXT
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT NOT NULL,
@@ -129,6 +131,7 @@ _RENEW = "UPDATE leases SET heartbeat = ? WHERE run_id = ? AND token = ?"
 class SQLiteBackend(StateBackend):
     """State in one SQLite file; see the module docstring.
 
+    - ``path``: the database file; ``None`` is the default store (``default_state_path()``).
     - ``mode``: ``"create"`` (default), ``"write"`` or ``"read"`` (see ``backend``).
     - ``now``: gives wall-clock times.
     - ``lease_stale_after``: seconds without a heartbeat after which a lease held from another
@@ -137,13 +140,13 @@ class SQLiteBackend(StateBackend):
 
     def __init__(
         self,
-        path: str | Path = DEFAULT_STATE_PATH,
+        path: str | Path | None = None,
         *,
         mode: OpenMode = "create",
         now: Callable[[], float] = time.time,
         lease_stale_after: float = DEFAULT_STALE_AFTER,
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else default_state_path()
         self.mode = check_mode(mode)
         self.lease_stale_after = lease_stale_after
         self._now = now
@@ -152,6 +155,7 @@ class SQLiteBackend(StateBackend):
         self._closed = False
         self._writable = False  # pragmas and schema applied, writing proven
         self._tables = False  # the runs and checkpoints tables exist
+        self._resume_column = False  # runs has resume_command (older stores lack it)
         self._leases: dict[str, str] = {}  # run id -> token of the leases taken here
         if self.mode == "create":
             with self._lock:
@@ -256,6 +260,8 @@ class SQLiteBackend(StateBackend):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
+        if not _has_resume_column(conn):  # a store written before the column existed
+            conn.execute("ALTER TABLE runs ADD COLUMN resume_command TEXT")
         # Prove now, not at the first checkpoint, that the file can be written: a write in a
         # transaction that is rolled back changes nothing.
         conn.execute("BEGIN IMMEDIATE")
@@ -264,7 +270,7 @@ class SQLiteBackend(StateBackend):
             conn.execute(f"PRAGMA user_version = {version}")
         finally:
             conn.execute("ROLLBACK")
-        self._writable = self._tables = True
+        self._writable = self._tables = self._resume_column = True
         return conn
 
     def _drop_connection(self) -> None:
@@ -350,6 +356,7 @@ class SQLiteBackend(StateBackend):
                 }
                 if {"runs", "checkpoints"} <= names:
                     self._tables = True
+                    self._resume_column = _has_resume_column(conn)
                 else:
                     conn = None
             yield conn
@@ -384,16 +391,27 @@ class SQLiteBackend(StateBackend):
     def _info(self, row: Any) -> RunInfo:
         info: RunInfo = self._validated(
             lambda: RunInfo(
-                run_id=row[0], created=row[1], updated=row[2], status=row[3], checkpoints=row[4]
+                run_id=row[0],
+                created=row[1],
+                updated=row[2],
+                status=row[3],
+                checkpoints=row[4],
+                resume_command=row[5],
             ),
             f"run {row[0]!r}",
         )
         return info
 
-    _RUN_QUERY = (
-        "SELECT r.run_id, r.created, r.updated, r.status, "
-        "(SELECT COUNT(*) FROM checkpoints c WHERE c.run_id = r.run_id) FROM runs r"
-    )
+    @property
+    def _run_query(self) -> str:
+        # A store written before resume_command existed is read as it is (never altered
+        # by a read): the column reads as NULL.
+        command = "r.resume_command" if self._resume_column else "NULL"
+        return (
+            "SELECT r.run_id, r.created, r.updated, r.status, "
+            f"(SELECT COUNT(*) FROM checkpoints c WHERE c.run_id = r.run_id), {command} "
+            "FROM runs r"
+        )
 
     def get_run(self, run_id: str) -> RunInfo:
         check_run_id(run_id)
@@ -401,7 +419,7 @@ class SQLiteBackend(StateBackend):
             row = (
                 None
                 if conn is None
-                else conn.execute(self._RUN_QUERY + " WHERE r.run_id = ?", (run_id,)).fetchone()
+                else conn.execute(self._run_query + " WHERE r.run_id = ?", (run_id,)).fetchone()
             )
         if row is None:
             raise UnknownRunError(self._unknown(run_id))
@@ -419,7 +437,7 @@ class SQLiteBackend(StateBackend):
             rows = (
                 []
                 if conn is None
-                else conn.execute(self._RUN_QUERY + " ORDER BY r.updated DESC").fetchall()
+                else conn.execute(self._run_query + " ORDER BY r.updated DESC").fetchall()
             )
         return [self._info(row) for row in rows]
 
@@ -462,6 +480,20 @@ class SQLiteBackend(StateBackend):
             if cursor.rowcount == 0:
                 raise UnknownRunError(self._unknown(run_id))
             conn.executemany(_INSERT, rows)
+
+    def set_resume_command(self, run_id: str, command: str | None) -> None:
+        check_run_id(run_id)
+        with self._transaction(f"record how to resume run {run_id!r}") as conn:
+            token = self._leases.get(run_id)
+            if token is not None:  # fencing, as in save
+                held = conn.execute("SELECT token FROM leases WHERE run_id = ?", (run_id,))
+                if held.fetchone() != (token,):
+                    raise self._lost(conn, run_id, self._now())
+            cursor = conn.execute(
+                "UPDATE runs SET resume_command = ? WHERE run_id = ?", (command, run_id)
+            )
+            if cursor.rowcount == 0:
+                raise UnknownRunError(self._unknown(run_id))
 
     def load(self, run_id: str) -> dict[str, CheckpointRecord]:
         self.get_run(run_id)
@@ -579,6 +611,10 @@ class _Renewal:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _has_resume_column(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "resume_command" for row in conn.execute("PRAGMA table_info(runs)"))
 
 
 def _code(exc: sqlite3.Error) -> int | None:
