@@ -31,6 +31,7 @@ from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.context import Frame
 from rh_agents.core.history import ExecutionHistory
 from rh_agents.core.parallel.manager import ParallelExecutionManager
+from rh_agents.core.parallel.options import GroupOptions, check_policy
 from rh_agents.core.parallel.slots import SlotArbiter
 from rh_agents.core.parallel.strategy import ErrorStrategy
 from rh_agents.core.results import ExecutionResult
@@ -74,6 +75,9 @@ class ExecutionState:
         self.global_slots = (
             SlotArbiter(global_max_workers) if global_max_workers is not None else None
         )
+        check_policy("retry", retry, RetryPolicy)
+        check_policy("circuit_breaker", circuit_breaker, CircuitBreaker)
+        check_policy("rate_limit", rate_limit, RateLimit)
         self.run_id = run_id
         self.retry = retry
         self.circuit_breaker = circuit_breaker
@@ -133,9 +137,9 @@ class ExecutionState:
         failure_threshold: float | None = None,
         quorum: int | None = None,
         raise_exception_group: bool = False,
-        retry: Any = None,
-        circuit_breaker: Any = None,
-        rate_limit: Any = None,
+        retry: RetryPolicy | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> ParallelExecutionManager[Any]:
         """A parallel group, used as ``async with state.parallel(...) as p:``.
 
@@ -152,8 +156,7 @@ class ExecutionState:
           policy wins over them); ``rate_limit``: a ``RateLimit`` for this group's calls.
         - ``max_workers`` may also be ``"auto"`` or an ``AdaptiveLimit(min, max)``.
         """
-        return ParallelExecutionManager(
-            self,
+        options = GroupOptions.of(
             max_workers=max_workers,
             name=name,
             error_strategy=error_strategy,
@@ -166,6 +169,7 @@ class ExecutionState:
             circuit_breaker=circuit_breaker,
             rate_limit=rate_limit,
         )
+        return ParallelExecutionManager(self, options)
 
     @overload
     async def parallel_execute(

@@ -48,17 +48,17 @@ from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
 from rh_agents.core.parallel.lazy_source import LazySource
 from rh_agents.core.parallel.member import Member
 from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder
-from rh_agents.core.parallel.options import check_group_options
+from rh_agents.core.parallel.options import GroupOptions
 from rh_agents.core.parallel.ready import ReadyQueue
 from rh_agents.core.parallel.running import _MemberRunning
 from rh_agents.core.parallel.scheduler import _DELIVER_EVERY, _Scheduler
 from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
 from rh_agents.core.parallel.stopping import _Stopping
-from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
+from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.records import GroupCompleted, GroupStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus
-from rh_agents.errors import GroupClosedError
-from rh_agents.resilience.adaptive import AdaptiveLimit, as_adaptive
+from rh_agents.errors import ConfigurationError, GroupClosedError
+from rh_agents.resilience.adaptive import AdaptiveLimit
 
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
@@ -140,6 +140,7 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         "failure_threshold",
         "group_id",
         "member_timeout",
+        "options",
         "quorum",
         "raise_exception_group",
         "rate_limit",
@@ -148,52 +149,36 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
     )
 
     def __init__(
-        self,
-        state: ExecutionState,
-        *,
-        max_workers: int | str | AdaptiveLimit = 5,
-        name: str | None = None,
-        error_strategy: ErrorStrategy | str = ErrorStrategy.FAIL_SLOW,
-        timeout: float | None = None,
-        member_timeout: float | None = None,
-        failure_threshold: float | None = None,
-        quorum: int | None = None,
-        raise_exception_group: bool = False,
-        retry: Any = None,
-        circuit_breaker: Any = None,
-        retain_results: bool = True,
-        rate_limit: Any = None,
+        self, state: ExecutionState, options: GroupOptions | None = None, /, **settings: Any
     ) -> None:
-        # resilience: "auto" or an AdaptiveLimit makes the limit follow load (see _limit)
-        self._adaptive = as_adaptive(max_workers)
-        if self._adaptive is not None:
-            max_workers = self._adaptive.current
-        limit, strategy = check_group_options(
-            max_workers=max_workers,
-            name=name,
-            error_strategy=error_strategy,
-            timeout=timeout,
-            member_timeout=member_timeout,
-            failure_threshold=failure_threshold,
-            quorum=quorum,
-        )
+        """A group of ``state`` with ``options``, or with the ``settings`` that
+        ``ExecutionState.parallel`` takes (``max_workers=3, name="docs"``...)."""
+        if options is None:
+            options = GroupOptions.of(**settings)
+        elif settings:
+            raise ConfigurationError(
+                f"give a group its GroupOptions or its settings, not both: {sorted(settings)}"
+            )
+        self.options = options
         # Every field, grouped by the module that writes it (the others only read it).
 
-        # The options: set here, read everywhere, never changed.
+        # The options: copied from the frozen options, read everywhere, never changed
+        # (plain fields rather than lookups through self.options: read per member).
         self._state = state
         self._now = state.clock.now  # bound once: read several times per member
-        self._fixed_limit = limit
-        self.rate_limit = rate_limit
-        self._requested_name = name
-        self.error_strategy = strategy
-        self.timeout = timeout
-        self.member_timeout = member_timeout
-        self.failure_threshold = failure_threshold
-        self.quorum = quorum
-        self.raise_exception_group = raise_exception_group
-        self.retry = retry
-        self.circuit_breaker = circuit_breaker
-        self._retain = retain_results
+        self._adaptive = options.adaptive  # "auto" or an AdaptiveLimit (see _limit)
+        self._fixed_limit = limit = options.limit
+        self.rate_limit = options.rate_limit
+        self._requested_name = options.name
+        self.error_strategy = options.error_strategy
+        self.timeout = options.timeout
+        self.member_timeout = options.member_timeout
+        self.failure_threshold = options.failure_threshold
+        self.quorum = options.quorum
+        self.raise_exception_group = options.raise_exception_group
+        self.retry = options.retry
+        self.circuit_breaker = options.circuit_breaker
+        self._retain = options.retain_results
         self._group_slot = MemberSlot(self)  # shared by members when there is no global limit
 
         # Lifecycle (this module: __aenter__, _finalize, the group property).
@@ -395,12 +380,7 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
     @property
     def has_policies(self) -> bool:
         """Whether a retry, breaker, rate limit or adaptive limit applies to this group."""
-        return self._state.has_policies or not (
-            self._adaptive is None
-            and self.retry is None
-            and self.circuit_breaker is None
-            and self.rate_limit is None
-        )
+        return self._state.has_policies or self.options.has_policies
 
     @property
     def name(self) -> str:

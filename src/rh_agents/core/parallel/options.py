@@ -1,16 +1,115 @@
-"""Checks of a group's options, so a bad one fails at ``state.parallel(...)`` with its name.
+"""A group's options: one frozen ``GroupOptions``, checked when it is made.
 
-::
+A bad option fails at ``state.parallel(...)``, with its name, before anything runs::
 
-    limit, strategy = check_group_options(max_workers=5, error_strategy="fail_fast", ...)
+    options = GroupOptions.of(max_workers=5, error_strategy="fail_fast", timeout=30)
+    options.error_strategy          # ErrorStrategy.FAIL_FAST
+    options.limit                   # 5 (an adaptive limit's starting value)
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from rh_agents.core.parallel.strategy import ErrorStrategy
 from rh_agents.errors import ConfigurationError
+from rh_agents.resilience.adaptive import AdaptiveLimit, as_adaptive
+from rh_agents.resilience.breaker import CircuitBreaker
+from rh_agents.resilience.rate_limit import RateLimit
+from rh_agents.resilience.retry import RetryPolicy
 
-__all__ = ["check_group_options", "parse_strategy"]
+__all__ = ["GroupOptions", "check_group_options", "check_policy", "parse_strategy"]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOptions:
+    """Every option of one group, checked and normalised (see ``ExecutionState.parallel``).
+
+    ``adaptive`` is the ``AdaptiveLimit`` of ``max_workers="auto"`` or of an instance, and
+    ``limit`` the fixed limit (an adaptive one's starting value). ``retain_results=False``
+    is for streams that keep nothing (``parallel_map``).
+    """
+
+    limit: int = 5
+    adaptive: AdaptiveLimit | None = None
+    name: str | None = None
+    error_strategy: ErrorStrategy = ErrorStrategy.FAIL_SLOW
+    timeout: float | None = None
+    member_timeout: float | None = None
+    failure_threshold: float | None = None
+    quorum: int | None = None
+    raise_exception_group: bool = False
+    retry: RetryPolicy | None = None
+    circuit_breaker: CircuitBreaker | None = None
+    rate_limit: RateLimit | None = None
+    retain_results: bool = True
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        max_workers: int | str | AdaptiveLimit = 5,
+        name: str | None = None,
+        error_strategy: ErrorStrategy | str = ErrorStrategy.FAIL_SLOW,
+        timeout: float | None = None,
+        member_timeout: float | None = None,
+        failure_threshold: float | None = None,
+        quorum: int | None = None,
+        raise_exception_group: bool = False,
+        retry: RetryPolicy | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rate_limit: RateLimit | None = None,
+        retain_results: bool = True,
+    ) -> GroupOptions:
+        """The options, checked; a ``ConfigurationError`` names the first bad one."""
+        adaptive = as_adaptive(max_workers)
+        limit, strategy = check_group_options(
+            max_workers=adaptive.current if adaptive is not None else max_workers,
+            name=name,
+            error_strategy=error_strategy,
+            timeout=timeout,
+            member_timeout=member_timeout,
+            failure_threshold=failure_threshold,
+            quorum=quorum,
+        )
+        if retry is not None or circuit_breaker is not None or rate_limit is not None:
+            check_policy("retry", retry, RetryPolicy)
+            check_policy("circuit_breaker", circuit_breaker, CircuitBreaker)
+            check_policy("rate_limit", rate_limit, RateLimit)
+        return cls(
+            limit,
+            adaptive,
+            name,
+            strategy,
+            timeout,
+            member_timeout,
+            failure_threshold,
+            quorum,
+            raise_exception_group,
+            retry,
+            circuit_breaker,
+            rate_limit,
+            retain_results,
+        )
+
+    @property
+    def has_policies(self) -> bool:
+        """Whether a retry, breaker, rate limit or adaptive limit is set on the group."""
+        return not (
+            self.adaptive is None
+            and self.retry is None
+            and self.circuit_breaker is None
+            and self.rate_limit is None
+        )
+
+
+def check_policy(label: str, value: Any, expected: type) -> None:
+    """A ``ConfigurationError`` unless ``value`` is ``None`` or an ``expected`` policy."""
+    if value is not None and not isinstance(value, expected):
+        raise ConfigurationError(
+            f"{label} must be a {expected.__name__} (from rh_agents.resilience), got {value!r}"
+        )
 
 
 def parse_strategy(value: ErrorStrategy | str) -> ErrorStrategy:
