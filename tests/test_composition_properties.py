@@ -433,7 +433,6 @@ class MemberRun:
     phase: str = "idle"  # idle, work, between, nested, backoff, reclaim
     final: str | None = None  # ok / failed, once the last attempt ended
     attempt_ends: list[float] = field(default_factory=list)
-    children: list[GroupRun] = field(default_factory=list)
 
     @property
     def name(self) -> str | None:
@@ -466,6 +465,10 @@ class GroupRun:
     stats: Any = None
     status: GroupStatus | None = None
     doing: int = 0
+    final_failures: int = 0
+    final_successes: int = 0
+    stopped: str | None = None  # why the group stopped its members, once we know it did
+    stopped_at: float = 0.0
 
     @property
     def name(self) -> str:
@@ -566,6 +569,7 @@ class World:
             least = mr.policy.least_wait(n - 1)
             if waited < least - EPS:
                 self.problem("backoff", f"{mr} retried after {waited:.6g}s, backoff {least:.6g}s")
+        self._check_not_halted(mr, "started an attempt")
         task = asyncio.current_task()
         assert task is not None
         self.task_member[task] = mr
@@ -587,13 +591,62 @@ class World:
                 await self.run_group(spec.child, mr)
             finally:
                 mr.phase = "between"
+        self._check_not_halted(mr, "finished an attempt")
         mr.attempt_ends.append(self.now())
         if n <= spec.fails:
             if n >= mr.attempts:
                 mr.final = "failed"
+                self._final_failure(mr.group)
             raise Flaky(mr.group.id, mr.index, n)
         mr.final = "ok"
+        self._final_success(mr.group)
         return mr.value
+
+    # --- when a group must have stopped its members ----------------------------------------
+
+    def _final_failure(self, run: GroupRun) -> None:
+        """A member of ``run`` fails for good (the group's ``_finish`` follows at once)."""
+        run.final_failures += 1
+        spec = run.spec
+        if spec.strategy == "fail_fast":
+            self._stopped(run, "FAIL_FAST")
+        elif spec.strategy == "fail_threshold":
+            assert spec.threshold is not None
+            threshold = spec.threshold
+            need = threshold * len(spec.members) if isinstance(threshold, float) else threshold
+            if run.final_failures >= need:
+                self._stopped(run, "FAIL_THRESHOLD")
+
+    def _final_success(self, run: GroupRun) -> None:
+        run.final_successes += 1
+        spec = run.spec
+        # (With a member timeout, one that fires at the very moment the member returns may still
+        # make it TIMED_OUT: then this success is not one.)
+        timeouts = spec.member_timeout is not None or any(m.timeout for m in spec.members)
+        if spec.quorum is not None and not timeouts and run.final_successes >= spec.quorum:
+            self._stopped(run, "quorum")
+
+    def _stopped(self, run: GroupRun, why: str) -> None:
+        if run.stopped is None:
+            run.stopped = why
+            run.stopped_at = self.now()
+
+    def _check_not_halted(self, mr: MemberRun, what: str) -> None:
+        """No attempt starts or ends once its group stopped it: at once for the group's own
+        stop (it cancels its workers then and there), within the same virtual instant for the
+        stop of an enclosing group or the cancellation of the enclosing task (which reach the
+        group as soon as the task waiting on it runs)."""
+        now = self.now()
+        if self.cancel_fired and now > (self.cancel_time or 0.0) + EPS:
+            self.problem("after stop", f"{mr} {what} after the enclosing task was cancelled")
+        run: GroupRun | None = mr.group
+        while run is not None:
+            timeout = run.spec.timeout
+            if run.stopped is not None and (run is mr.group or now > run.stopped_at + EPS):
+                self.problem("after stop", f"{mr} {what} after {run.name} stopped ({run.stopped})")
+            elif timeout is not None and now > (run.entered_at or 0.0) + timeout + EPS:
+                self.problem("after stop", f"{mr} {what} after {run.name} timed out")
+            run = run.parent.group if run.parent is not None else None
 
     # --- events ------------------------------------------------------------------------------
 
@@ -652,8 +705,6 @@ class World:
         calm = not spec.can_stop_early() and (parent is None or parent.group.calm)
         run = GroupRun(id=len(self.runs), spec=spec, parent=parent, calm=calm)
         self.runs.append(run)
-        if parent is not None:
-            parent.children.append(run)
         for i, m in enumerate(spec.members):
             run.members.append(
                 MemberRun(
@@ -1052,6 +1103,7 @@ def check_world(world: World, runtime_warnings: list[str], loop_errors: list[Any
     assert "calls" not in problems, problems["calls"][:5]
     assert "dependencies" not in problems, problems["dependencies"][:5]
     assert "backoff" not in problems, problems["backoff"][:5]
+    assert "after stop" not in problems, problems["after stop"][:5]
     assert "results" not in problems, problems["results"][:5]
 
     # Limits, counted around the work itself; no slot idle while a member waits for one.
