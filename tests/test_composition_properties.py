@@ -25,6 +25,7 @@ against it:
   member > group > state), backoff waits respected, and its result's ``attempts`` says so;
 - statuses are the model's, exactly where nothing can interfere, and within what the strategy
   allows otherwise; errors are the strategy's (a timed-out group's error carries ``.results``);
+  no attempt starts or ends once its group has stopped it;
 - no internal error, no task left behind, no "never awaited" coroutine, no error in the loop;
   the bus's ``GroupCompleted`` and ``MemberFinished`` agree with the results.
 
