@@ -16,9 +16,9 @@ from rh_agents.core.actors import Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
-from rh_agents.core.records import EventCompleted
+from rh_agents.core.records import EventCompleted, EventReplayed, EventStarted, is_member_call
 from rh_agents.errors import ConfigurationError, RecoveryError
-from rh_agents.recovery import CheckpointPolicy, Recovery, ReplayMode, RunStatus
+from rh_agents.recovery import CheckpointPolicy, Recovery, ReplayMode, RunStatus, SQLiteBackend
 
 BACKENDS = ["sqlite", "json"]
 
@@ -128,14 +128,22 @@ async def test_republish_mode_publishes_replayed_events(tmp_path: Path) -> None:
     assert {r.source for r in replays} == {"replay"}
 
 
-async def test_skip_mode_publishes_nothing_for_replayed_events(tmp_path: Path) -> None:
+async def test_skip_mode_publishes_one_replayed_record_per_replayed_call(tmp_path: Path) -> None:
     await _completed_run(tmp_path)
+    with SQLiteBackend(tmp_path / "state.db", mode="read") as backend:
+        stored = backend.load("r")
     recorder = Recorder()
     bus = EventBus()
     bus.subscribe(recorder)
     async with ExecutionState.resume("r", backend=tmp_path / "state.db", event_bus=bus) as state:
         await run_group(state, Squarer(), 4)
-    assert not [r for r in recorder.records if isinstance(r, EventCompleted)]
+    assert not [r for r in recorder.records if isinstance(r, EventCompleted | EventStarted)]
+    replays = [r for r in recorder.records if isinstance(r, EventReplayed)]
+    assert sorted(r.address for r in replays) == [f"members[{i}]::square" for i in range(4)]
+    for record in replays:  # the stored run's figures, and where the call sits
+        assert record.execution_time == stored[record.address].execution_time
+        assert record.group_id == "members" and record.is_parallel
+        assert is_member_call(record)
 
 
 async def test_validate_mode_reruns_and_reports_differences_without_writing(

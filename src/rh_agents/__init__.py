@@ -3,6 +3,9 @@
 The names users need are importable from here as well as from their home modules::
 
     from rh_agents import ExecutionState, ExecutionEvent, Tool, ErrorStrategy
+
+``rh_agents.run(main())`` runs a program's ``main()`` as ``asyncio.run`` does, with a clean
+stop on Ctrl-C (see ``rh_agents.core.interrupt``).
 """
 
 # The engines core runs through its hooks: policies on every call, recovery for resume().
@@ -14,6 +17,7 @@ from rh_agents.core.bus import EventBus
 from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.interrupt import interrupt_requested, run
 from rh_agents.core.parallel import (
     ErrorStrategy,
     GroupStatistics,
@@ -111,6 +115,8 @@ __all__ = [
     "UnknownRunError",
     "__version__",
     "agent",
+    "interrupt_requested",
     "llm",
+    "run",
     "tool",
 ]

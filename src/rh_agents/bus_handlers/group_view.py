@@ -25,6 +25,8 @@ __all__ = [
     "bar",
     "descendants",
     "failed_text",
+    "interrupted_lines",
+    "interrupted_text",
     "issue_line",
     "outcome_text",
     "percent",
@@ -74,6 +76,14 @@ class GroupView:
     cancelled: int = 0
     skipped: int = 0
     issues: list[MemberIssue] = field(default_factory=list)
+    # A resumed run: members whose own call was answered from a checkpoint, until their
+    # MemberFinished comes (then counted in ``replayed``, and their stored time left out).
+    replays: set[int] = field(default_factory=set)
+    replayed: int = 0
+    # Ctrl-C: the group was cancelled by an interruption (``rh_agents.run``); of its cancelled
+    # members, ``never_started`` had not started.
+    interrupted: bool = False
+    never_started: int = 0
     slowest: list[tuple[float, int]] = field(default_factory=list)  # min-heap (seconds, index)
     # A member must take longer than this to enter ``slowest``: the heap's minimum once it is
     # full, so a member that is not among the slowest costs one comparison and no heap work.
@@ -156,6 +166,9 @@ class GroupSummary:
     nested_timed_out: int = 0
     nested_cancelled: int = 0
     nested_skipped: int = 0
+    replayed: int = 0  # members answered from a resumed run's checkpoints (among ``succeeded``)
+    interrupted: bool = False  # stopped by Ctrl-C: cancelled members are not failures
+    never_started: int = 0  # of ``cancelled``, the members that had not started
 
 
 def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -> GroupSummary:
@@ -203,6 +216,9 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
         nested_timed_out=sum(v.timed_out for v in nested),
         nested_cancelled=sum(v.cancelled for v in nested),
         nested_skipped=sum(v.skipped for v in nested),
+        replayed=sum(v.replayed for v in views),
+        interrupted=any(v.interrupted for v in views),
+        never_started=sum(v.never_started for v in views),
     )
 
 
@@ -219,8 +235,11 @@ def descendants(view: GroupView) -> list[GroupView]:
     return found
 
 
-def status_mark(statuses: set[str]) -> str:
-    """``✔`` when every group completed, ``⚠`` for partial results, ``✘`` otherwise."""
+def status_mark(statuses: set[str], *, interrupted: bool = False) -> str:
+    """``✔`` when every group completed, ``⚠`` for partial results, ``⏹`` for a group stopped
+    by Ctrl-C, ``✘`` otherwise."""
+    if interrupted:
+        return "⏹"
     if statuses == {"completed"}:
         return "✔"
     if statuses <= {"completed", "partial"}:
@@ -232,17 +251,20 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
     """Plain-text lines for ``summary`` and its children, indented as a tree."""
     pad = " " * (indent * level)
     name = summary.name if summary.count == 1 else f"{summary.name} ×{summary.count}"
-    parts = [
-        outcome_text(
-            summary.done,
-            summary.total,
-            summary.succeeded,
-            summary.failed,
-            summary.timed_out,
-            summary.cancelled,
-            summary.skipped,
-        )
-    ]
+    counts = (
+        summary.done,
+        summary.total,
+        summary.succeeded,
+        summary.failed,
+        summary.timed_out,
+        summary.cancelled,
+        summary.skipped,
+    )
+    parts = (
+        ["interrupted", interrupted_text(*counts, summary.never_started, replayed=summary.replayed)]
+        if summary.interrupted
+        else [outcome_text(*counts, replayed=summary.replayed)]
+    )
     if summary.nested_failed:
         parts.append(
             failed_text(
@@ -259,7 +281,8 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
     parts.append(wall if summary.count == 1 else f"max {wall}")
     if summary.slowest:
         parts.append("slowest " + ", ".join(f"{tag} {seconds(s)}" for s, tag in summary.slowest))
-    lines = [f"{pad}{status_mark(summary.statuses)} 📦 {name}: " + " · ".join(parts)]
+    mark = status_mark(summary.statuses, interrupted=summary.interrupted)
+    lines = [f"{pad}{mark} 📦 {name}: " + " · ".join(parts)]
     lines.extend(issue_line(issue, pad + " " * (indent + 2)) for issue in summary.issues)
     for child in summary.children:
         lines.extend(summary_lines(child, indent=indent, level=level + 1))
@@ -274,13 +297,42 @@ def outcome_text(
     timed_out: int = 0,
     cancelled: int = 0,
     skipped: int = 0,
+    *,
+    replayed: int = 0,
 ) -> str:
     """``"30 finished · 28 ok · 2 failed"``: how the members ended. Finished members are the
-    ones that have a result, ok or not (``"12 of 30 finished"`` while some have none)."""
+    ones that have a result, ok or not (``"12 of 30 finished"`` while some have none).
+    ``replayed`` of the ok ones came from a resumed run's checkpoints: ``28 ok (13
+    replayed)``."""
     finished = (
         f"{done} finished" if total is None or done >= total else f"{done} of {total} finished"
     )
-    return f"{finished} · {succeeded} ok · {failed_text(failed, timed_out, cancelled, skipped)}"
+    ok = f"{succeeded} ok" + (f" ({replayed} replayed)" if replayed else "")
+    return f"{finished} · {ok} · {failed_text(failed, timed_out, cancelled, skipped)}"
+
+
+def interrupted_text(
+    done: int,
+    total: int | None,
+    succeeded: int,
+    failed: int,
+    timed_out: int = 0,
+    cancelled: int = 0,
+    skipped: int = 0,
+    never_started: int = 0,
+    *,
+    replayed: int = 0,
+) -> str:
+    """``"13 of 30 finished · 12 ok · 1 failed · 5 cancelled · 12 never started"``: a group
+    stopped by Ctrl-C. The arguments count as ``outcome_text``'s do
+    (``failed`` includes the cancelled members); here the cancelled members are not failures
+    but what was stopped: those that were running, and those that ``never_started``."""
+    finished = done - cancelled
+    of = f"{finished} finished" if total is None else f"{finished} of {total} finished"
+    ok = f"{succeeded} ok" + (f" ({replayed} replayed)" if replayed else "")
+    not_ok = failed_text(failed - cancelled, timed_out, 0, skipped)
+    stopped = f"{cancelled - never_started} cancelled · {never_started} never started"
+    return f"{of} · {ok} · {not_ok} · {stopped}"
 
 
 def failed_text(
@@ -298,6 +350,31 @@ def failed_text(
         if n
     )
     return f"{failed} {label}" + (f" ({kinds})" if kinds else "")
+
+
+def interrupted_lines(
+    finished: int,
+    total: int,
+    cancelled: int,
+    never_started: int,
+    *,
+    groups: bool,
+    run_id: str | None,
+    resume: str | None,
+) -> list[str]:
+    """The last lines of a run stopped by Ctrl-C: ``⏹ interrupted (Ctrl-C): 13 of 30 members
+    finished, 5 cancelled, 12 never started`` (members of the outermost groups; just
+    ``⏹ interrupted (Ctrl-C)`` without ``groups``), then how to resume it, if it can be."""
+    head = "⏹ interrupted (Ctrl-C)"
+    if groups:
+        head += (
+            f": {finished} of {total} members finished, {cancelled} cancelled, "
+            f"{never_started} never started"
+        )
+    lines = [head]
+    if run_id is not None and resume is not None:
+        lines.append(f"  run {run_id} is saved as interrupted; to resume: {resume}")
+    return lines
 
 
 def issue_line(issue: MemberIssue, pad: str = "") -> str:

@@ -1,9 +1,10 @@
 """The terminal view of running groups that ``ParallelEventPrinter`` hands to ``rich.live``.
 
 One row per running outermost group: its name, a ``rich`` progress bar, ``finished/total``,
-percent, elapsed time, failures and retries; beneath it (when ``members`` says so) the running
-members, each with its own nested group, and the group's failures in member order. Given the
-terminal's height, the view fits in it, giving up running members before failures::
+percent, elapsed time, failures, retries and replayed members; beneath it (when ``members``
+says so) the running members, each with its own nested group, and the group's failures in
+member order. Given the terminal's height, the view fits in it, giving up running members
+before failures::
 
     Live(render_live(roots, now=latest, members=lambda root: True, height=24)).start()
 """
@@ -162,6 +163,8 @@ def _header(view: GroupView, now: float, indent: int, width: int | None) -> Rend
     ]
     if view.retried:
         texts.append(Text(f"↻ {view.retried}", style="yellow"))
+    if view.replayed:
+        texts.append(Text(f"↺ {view.replayed} replayed", style="magenta"))
     bar_width = _BAR
     if width is not None:  # one space between two cells
         bar_width = min(_BAR, width - sum(cell_len(t.plain) + 1 for t in texts))

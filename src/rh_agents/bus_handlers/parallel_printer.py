@@ -45,6 +45,8 @@ from rh_agents.bus_handlers.group_view import (
     GroupView,
     bar,
     descendants,
+    interrupted_lines,
+    interrupted_text,
     outcome_text,
     percent,
     seconds,
@@ -53,17 +55,21 @@ from rh_agents.bus_handlers.group_view import (
 )
 from rh_agents.bus_handlers.live_view import elapsed, render_live
 from rh_agents.bus_handlers.wrapping import wrap
+from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (
     BusEvent,
     CircuitStateChanged,
     EventCompleted,
     EventFailed,
+    EventReplayed,
     EventRetrying,
     EventStarted,
     GroupCompleted,
     GroupStarted,
     MemberFinished,
     MemberStarted,
+    RunInterrupted,
+    is_member_call,
 )
 from rh_agents.errors import ConfigurationError
 
@@ -82,6 +88,8 @@ _STYLES: Final = {
     "⚠": "yellow",
     "↻": "yellow",
     "⚡": "magenta",
+    "⏹": "yellow",
+    "↺": "magenta",
 }
 
 
@@ -188,9 +196,14 @@ class ParallelEventPrinter:
             EventStarted: self._event_started,
             EventCompleted: self._event_completed,
             EventFailed: self._event_failed,
+            EventReplayed: self._event_replayed,
             EventRetrying: self._retrying,
             CircuitStateChanged: self._circuit_changed,
+            RunInterrupted: self._run_interrupted,
         }
+        # Whether a replayed member call was seen (a resumed run): only then do fresh calls
+        # need checking against the members marked as replayed.
+        self._replays = False
 
     # --- subscriber protocol --------------------------------------------------------------
 
@@ -237,7 +250,31 @@ class ParallelEventPrinter:
             if view is None:
                 continue
             latest, latest_view = record, view
+            replays = view.replays
+            if replays and record.index in replays:
+                replays.discard(record.index)
+                if record.status == "completed":
+                    # Answered from a resumed run's checkpoint: counted apart, and its stored
+                    # time is not this run's (left out of the slowest).
+                    view.replayed += 1
+                    if live:
+                        view.running.pop(record.index, None)
+                    elif done_lines or (mode == "realtime" and self._shows_nested(view)):
+                        _copy_counts(view, record)
+                        latest = None
+                        self._line(self._replayed_line(view, record), view.level + 1)
+                    continue
             took = record.execution_time
+            if record.status == "cancelled" and interrupt_requested():
+                # Ctrl-C: not a failure. Counted (the summary says how many were running and
+                # how many never started), never listed one by one, and not among the slowest.
+                _copy_counts(view, record)
+                latest = None
+                if record.queue_wait is None:
+                    view.never_started += 1
+                if live:
+                    view.running.pop(record.index, None)
+                continue
             # Written so that a NaN still reaches note_duration, as every value once did.
             if not took <= view.slowest_floor:
                 view.note_duration(record.index, took, self.slowest)
@@ -430,6 +467,8 @@ class ParallelEventPrinter:
         view.cancelled = record.cancelled
         view.skipped = record.skipped
         view.running.clear()
+        if record.status == "cancelled" and interrupt_requested():
+            view.interrupted = True
         mode = self._mode
         if view.parent is not None:
             if mode == "realtime" and self._shows_nested(view):
@@ -451,11 +490,18 @@ class ParallelEventPrinter:
     # --- actor, retry and breaker records -------------------------------------------------
 
     def _event_started(self, record: EventStarted) -> None:
+        if self._replays and is_member_call(record):
+            # The member runs a call of its own: it is not replayed (whatever it replayed).
+            view = self.groups.get(record.group_id or "")
+            if view is not None:
+                view.replays.discard(record.parallel_index)
         if self._shows_event(record):
             icon = ICONS.get(record.actor_kind, "⚙")
             self._line(f"{self._prefix(record)}▶ {icon} {_call_name(record)} STARTED", record.depth)
 
     def _event_completed(self, record: EventCompleted) -> None:
+        if record.source == "replay":
+            self._note_replay(record)
         if self._shows_event(record):
             icon = ICONS.get(record.actor_kind, "⚙")
             source = "" if record.source == "run" else f" ({record.source})"
@@ -465,7 +511,35 @@ class ParallelEventPrinter:
                 record.depth,
             )
 
+    def _event_replayed(self, record: EventReplayed) -> None:
+        self._note_replay(record)
+        if self._shows_event(record):
+            icon = ICONS.get(record.actor_kind, "⚙")
+            self._line(
+                f"{self._prefix(record)}↺ {icon} {_call_name(record)} replayed (stored result)",
+                record.depth,
+            )
+
+    def _note_replay(self, record: EventReplayed | EventCompleted) -> None:
+        """A member's own call was answered from a checkpoint: mark the member replayed."""
+        if not is_member_call(record):
+            return
+        view = self.groups.get(record.group_id or "")
+        if view is not None and record.parallel_index is not None:
+            view.replays.add(record.parallel_index)
+            self._replays = True
+
     def _event_failed(self, record: EventFailed) -> None:
+        if record.cancelled and interrupt_requested():
+            # Ctrl-C: a call outside any group says it was interrupted; inside groups the
+            # summary counts what was stopped.
+            if record.group_id is None:
+                icon = ICONS.get(record.actor_kind, "⚙")
+                self._line(
+                    f"⏹ {icon} {_call_name(record)} interrupted ({seconds(record.execution_time)})",
+                    record.depth,
+                )
+            return
         if self._shows_event(record):
             icon = ICONS.get(record.actor_kind, "⚙")
             label = "CANCELLED" if record.cancelled else "FAILED"
@@ -489,6 +563,19 @@ class ParallelEventPrinter:
             f"{seconds(record.delay)}: {record.error}",
             record.depth,
         )
+
+    def _run_interrupted(self, record: RunInterrupted) -> None:
+        """Ctrl-C: the last lines, what finished, what was stopped, and how to resume."""
+        self._stop_live()
+        if self.show_summary:
+            for root in self.roots:
+                if root.group_id not in self._summarized:
+                    self._print_summary(root)
+        head, *rest = _interrupted_lines(self.roots, record)
+        self._line(head, 0, hang=2)
+        for line in rest:
+            self._line(line, 0)  # never wrapped: a command to copy
+        self.flush()
 
     def _circuit_changed(self, record: CircuitStateChanged) -> None:
         # Rare and important: shown in every mode.
@@ -535,6 +622,15 @@ class ParallelEventPrinter:
             return f"✔ {tag}{name} done ({took}) {count}"
         return f"✘ {tag}{name} {record.status.upper()} ({took}) {count}: {record.error or ''}"
 
+    def _replayed_line(self, view: GroupView, record: MemberFinished) -> str:
+        tag = view.member_tag(record.index)
+        name = f" {record.name}" if record.name else ""
+        total = view.known_total()
+        count = f"[{record.done} finished]" if total is None else f"[{record.done}/{total}]"
+        if self._mode == "realtime":
+            return f"[{tag}] ↺ member{name} replayed {count}"
+        return f"↺ {tag}{name} replayed {count}"
+
     def _progress_text(self, view: GroupView) -> str:
         total = view.known_total()
         # With no total yet (members still being added), no bar or percent to show.
@@ -553,7 +649,7 @@ class ParallelEventPrinter:
             # The failed members of folded nested groups had their lines: count them too.
             below = sum(group.failed for group in descendants(view))
             nested = f" · {below} failed in nested groups" if below else ""
-        outcome = outcome_text(
+        counts = (
             view.done,
             view.total,
             view.succeeded,
@@ -562,6 +658,10 @@ class ParallelEventPrinter:
             view.cancelled,
             view.skipped,
         )
+        if view.interrupted:
+            outcome = interrupted_text(*counts, view.never_started, replayed=view.replayed)
+            return f"⏹ 📦 {view.name}: interrupted · {outcome} · {seconds(view.elapsed)}"
+        outcome = outcome_text(*counts, replayed=view.replayed)
         return (
             f"{mark} 📦 {view.name} {(view.status or '').upper()}: {outcome}{nested} · "
             f"{seconds(view.elapsed)}"
@@ -661,7 +761,20 @@ class ParallelEventPrinter:
         return elapsed(view, self._latest)
 
 
-def _call_name(record: EventStarted | EventCompleted | EventFailed) -> str:
+def _interrupted_lines(roots: list[GroupView], record: RunInterrupted) -> list[str]:
+    """The last lines after Ctrl-C, counted over the outermost groups."""
+    return interrupted_lines(
+        sum(root.done - root.cancelled for root in roots),
+        sum(root.known_total() or root.done for root in roots),
+        sum(root.cancelled - root.never_started for root in roots),
+        sum(root.never_started for root in roots),
+        groups=bool(roots),
+        run_id=record.run_id,
+        resume=record.resume,
+    )
+
+
+def _call_name(record: EventStarted | EventCompleted | EventFailed | EventReplayed) -> str:
     """The actor's name, or ``tally (counter)`` for a call tagged ``tally``."""
     tag, actor = record.tag, record.actor
     return f"{tag} ({actor})" if tag and tag != actor else actor

@@ -3,6 +3,11 @@
 A call made through an event with a ``tag`` shows the tag (its address ends with it) and the
 actor it stands for: ``▶ 🔧 Outer::tally (counter) STARTED``.
 
+A resumed run's replayed calls say so (``↺ ... REPLAYED``), and their groups count them
+(``30 ok (13 replayed)``). A run stopped by Ctrl-C (``rh_agents.run``) ends with
+``⏹ interrupted`` and the counts of what finished, what was cancelled and what never
+started; cancelled members are not listed as failures.
+
 On a terminal the lines are styled through rich; anywhere else (a pipe, a log file, CI) they
 are plain text with no control codes. Pass a ``rich.console.Console`` to control where it
 writes (tests use ``Console(file=StringIO(), width=100)``)::
@@ -13,22 +18,32 @@ writes (tests use ``Console(file=StringIO(), width=100)``)::
 from __future__ import annotations
 
 import sys
+from collections import defaultdict
 from typing import IO
 
 from rich.console import Console
 from rich.markup import escape
 
-from rh_agents.bus_handlers.group_view import outcome_text, status_mark
+from rh_agents.bus_handlers.group_view import (
+    interrupted_lines,
+    interrupted_text,
+    outcome_text,
+    status_mark,
+)
+from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (
     BusEvent,
     CircuitStateChanged,
     EventCompleted,
     EventFailed,
+    EventReplayed,
     EventRetrying,
     EventStarted,
     GroupCompleted,
     GroupStarted,
     MemberFinished,
+    RunInterrupted,
+    is_member_call,
 )
 
 __all__ = ["EventPrinter"]
@@ -56,6 +71,14 @@ class EventPrinter:
         self.console = console
         self.show_details = show_details
         self.indent = indent
+        # Per group id: members whose own call was replayed; members cancelled by Ctrl-C
+        # before they started. Kept until the group completes.
+        self._replayed: defaultdict[str, set[int]] = defaultdict(set)
+        self._never_started: defaultdict[str, int] = defaultdict(int)
+        # The outermost groups' counts, for the last line after Ctrl-C: finished, members,
+        # cancelled while running, never started.
+        self._roots = [0, 0, 0, 0]
+        self._root_groups = 0
 
     def __call__(self, record: BusEvent) -> None:
         line = self.format(record)
@@ -68,6 +91,10 @@ class EventPrinter:
         pad = " " * (self.indent * record.depth)
         match record:
             case EventStarted():
+                group = record.group_id
+                if group is not None and group in self._replayed and is_member_call(record):
+                    # The member runs a call of its own: it is not replayed.
+                    self._replayed[group].discard(record.parallel_index or 0)
                 icon = ICONS.get(record.actor_kind, "⚙")
                 detail = (
                     f" [dim]{escape(record.detail)}[/dim]"
@@ -79,6 +106,8 @@ class EventPrinter:
                     f"[cyan]STARTED[/cyan]{detail}"
                 )
             case EventCompleted():
+                if record.source == "replay":
+                    self._note_replay(record)
                 icon = ICONS.get(record.actor_kind, "⚙")
                 source = "" if record.source == "run" else f" [magenta]({record.source})[/magenta]"
                 detail = (
@@ -91,8 +120,23 @@ class EventPrinter:
                     "[green]COMPLETED[/green] "
                     f"({_seconds(record.execution_time)}){source}{detail}"
                 )
+            case EventReplayed():
+                self._note_replay(record)
+                icon = ICONS.get(record.actor_kind, "⚙")
+                return (
+                    f"{pad}↺ {icon} {escape(record.address)}{_actor_of_tag(record)} "
+                    "[magenta]REPLAYED[/magenta] (stored result)"
+                )
             case EventFailed():
                 icon = ICONS.get(record.actor_kind, "⚙")
+                if record.cancelled and interrupt_requested():
+                    # Ctrl-C: not a failure; inside a group the group's line counts it.
+                    if record.group_id is not None:
+                        return None
+                    return (
+                        f"{pad}⏹ {icon} {escape(record.address)}{_actor_of_tag(record)} "
+                        f"[yellow]INTERRUPTED[/yellow] ({_seconds(record.execution_time)})"
+                    )
                 label = "CANCELLED" if record.cancelled else "FAILED"
                 return (
                     f"{pad}✘ {icon} {escape(record.address)}{_actor_of_tag(record)} "
@@ -107,6 +151,10 @@ class EventPrinter:
             case GroupStarted():
                 workers = f", max_workers={record.max_workers}" if record.max_workers else ""
                 return f"{pad}▶ 📦 {escape(record.name)} [cyan]PARALLEL[/cyan]{workers}"
+            case MemberFinished() if record.status == "cancelled" and interrupt_requested():
+                if record.queue_wait is None and record.group_id is not None:
+                    self._never_started[record.group_id] += 1
+                return None  # counted on the group's line, not listed as a failure
             case MemberFinished() if record.status != "completed":
                 return (
                     f"{pad}  ✘ member {escape(record.name or str(record.index))} "
@@ -114,11 +162,38 @@ class EventPrinter:
                     f"[/red] {escape(record.error or '')}"
                 )
             case GroupCompleted():
+                replayed = len(self._replayed.pop(record.address, ()))
+                never = self._never_started.pop(record.address, 0)
+                interrupted = record.status == "cancelled" and interrupt_requested()
+                if record.group_id is None:
+                    self._note_root(record, never)
+                if interrupted:
+                    return (
+                        f"{pad}⏹ 📦 {escape(record.name)} [yellow]INTERRUPTED[/yellow]: "
+                        f"{_outcome(record, replayed, never)} · {_seconds(record.wall_time)}"
+                    )
                 style = "green" if record.status == "completed" else "yellow"
                 return (
                     f"{pad}{status_mark({record.status})} 📦 {escape(record.name)} "
-                    f"[{style}]{record.status.upper()}[/{style}]: {_outcome(record)} · "
+                    f"[{style}]{record.status.upper()}[/{style}]: {_outcome(record, replayed)} · "
                     f"{_seconds(record.wall_time)}"
+                )
+            case RunInterrupted():
+                finished, total, cancelled, never = self._roots
+                lines = interrupted_lines(
+                    finished,
+                    total,
+                    cancelled,
+                    never,
+                    groups=self._root_groups > 0,
+                    run_id=record.run_id,
+                    resume=record.resume,
+                )
+                return (
+                    "[yellow]"
+                    + escape(lines[0])
+                    + "[/yellow]"
+                    + "".join("\n" + escape(line) for line in lines[1:])
                 )
             case CircuitStateChanged():
                 return (
@@ -126,18 +201,32 @@ class EventPrinter:
                 )
         return None
 
+    def _note_replay(self, record: EventReplayed | EventCompleted) -> None:
+        """A member's own call was answered from a checkpoint: the member is replayed."""
+        if is_member_call(record) and record.group_id is not None:
+            self._replayed[record.group_id].add(record.parallel_index or 0)
 
-def _actor_of_tag(record: EventStarted | EventCompleted | EventFailed) -> str:
+    def _note_root(self, record: GroupCompleted, never: int) -> None:
+        counts = self._roots
+        counts[0] += record.total - record.cancelled
+        counts[1] += record.total
+        counts[2] += record.cancelled - never
+        counts[3] += never
+        self._root_groups += 1
+
+
+def _actor_of_tag(record: EventStarted | EventCompleted | EventFailed | EventReplayed) -> str:
     """`` (counter)`` after the address of a call tagged ``tally``: the address ends with the
     tag, this names the actor it stands for. Empty for an untagged call."""
     tag = record.tag
     return f" ({escape(record.actor)})" if tag and tag != record.actor else ""
 
 
-def _outcome(record: GroupCompleted) -> str:
-    """``3 finished · 1 ok · 2 failed (1 timed out)``, as the parallel printer says it."""
+def _outcome(record: GroupCompleted, replayed: int = 0, never_started: int | None = None) -> str:
+    """``3 finished · 1 ok · 2 failed (1 timed out)``, as the parallel printer says it; with
+    ``never_started`` (Ctrl-C), ``interrupted · ...`` with what was stopped."""
     not_ok = record.failed + record.timed_out + record.cancelled + record.skipped
-    return outcome_text(
+    counts = (
         record.succeeded + not_ok,
         record.total,
         record.succeeded,
@@ -146,6 +235,9 @@ def _outcome(record: GroupCompleted) -> str:
         record.cancelled,
         record.skipped,
     )
+    if never_started is not None:
+        return interrupted_text(*counts, never_started, replayed=replayed)
+    return outcome_text(*counts, replayed=replayed)
 
 
 def _seconds(value: float) -> str:

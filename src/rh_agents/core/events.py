@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rh_agents.core.actors import BaseActor, describe_unknown, describe_validation, name_problem
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
 from rh_agents.core.event_call import EventCall
-from rh_agents.core.records import EventCompleted, EventFailed, EventStarted
+from rh_agents.core.records import EventCompleted, EventFailed, EventReplayed, EventStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
 from rh_agents.errors import ConfigurationError, ParallelTimeoutError
 
@@ -149,19 +149,22 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         recovered = state.recovered_result(address, actor) if hooked else None
         if recovered is not None:
             state.history.record(self, address, group_id, index, None, recovered)
-            if bus.has_listeners and state.replay_publishes:
-                bus.publish(
-                    _completed(
-                        frame,
-                        actor,
-                        tag,
-                        clock.now(),
-                        0.0,
-                        truncate(recovered.result, self.detail_chars),
-                        1,
-                        "replay",
+            if bus.has_listeners:
+                if state.replay_publishes:
+                    bus.publish(
+                        _completed(
+                            frame,
+                            actor,
+                            tag,
+                            clock.now(),
+                            0.0,
+                            truncate(recovered.result, self.detail_chars),
+                            1,
+                            "replay",
+                        )
                     )
-                )
+                else:
+                    bus.publish(_replayed(frame, actor, tag, clock.now(), recovered))
             return recovered
 
         started = clock.now()
@@ -294,6 +297,28 @@ def _completed(
     record.attempts = attempts
     record.source = source
     return record
+
+
+def _replayed(
+    frame: Frame,
+    actor: BaseActor,
+    tag: str | None,
+    timestamp: float,
+    recovered: ExecutionResult[Any],
+) -> EventReplayed:
+    """The ``EventReplayed`` record of a call in ``frame`` answered from a checkpoint."""
+    return EventReplayed(
+        address=frame.address,
+        timestamp=timestamp,
+        group_id=frame.group_id,
+        parallel_index=frame.parallel_index,
+        is_parallel=frame.group_id is not None,
+        actor=actor.name,
+        actor_kind=actor.kind,
+        execution_time=recovered.execution_time,
+        attempts=recovered.attempts,
+        tag=tag,
+    )
 
 
 def _started(

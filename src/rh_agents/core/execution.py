@@ -18,6 +18,7 @@ current position in the execution tree is not stored here but in a ``contextvars
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
 from types import TracebackType
@@ -30,10 +31,12 @@ from rh_agents.core.bus import EventBus
 from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.context import Frame
 from rh_agents.core.history import ExecutionHistory
+from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.options import GroupOptions, check_policy
 from rh_agents.core.parallel.slots import SlotArbiter
 from rh_agents.core.parallel.strategy import ErrorStrategy
+from rh_agents.core.records import RunInterrupted
 from rh_agents.core.results import ExecutionResult
 from rh_agents.resilience.adaptive import AdaptiveLimit
 from rh_agents.resilience.breaker import BreakerRegistry, CircuitBreaker
@@ -308,8 +311,11 @@ class ExecutionState:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None and self.recovery is not None:
-            self.recovery.mark_failed()
+        if exc is not None:
+            if isinstance(exc, asyncio.CancelledError) and interrupt_requested():
+                self._interrupted()
+            elif self.recovery is not None:
+                self.recovery.mark_failed()
         try:
             await self.close()
         except Exception as failure:
@@ -318,6 +324,22 @@ class ExecutionState:
             # The run's own exception goes on; the close's failure is logged and noted on it.
             logger.error("closing run %r failed too: %s", self.run_id, failure, exc_info=failure)
             exc.add_note(f"Closing the run failed too: {type(failure).__name__}: {failure}")
+
+    def _interrupted(self) -> None:
+        """Ctrl-C (``rh_agents.run``) stopped the run: not a failure. The store records it as
+        interrupted, and the printers get a ``RunInterrupted`` to end with (the groups have
+        all ended by now: their records come first)."""
+        resume = self.recovery.mark_interrupted() if self.recovery is not None else None
+        bus = self.event_bus
+        if bus.has_listeners:
+            bus.publish(
+                RunInterrupted(
+                    address="",
+                    timestamp=self.clock.now(),
+                    run_id=self.run_id if self.recovery is not None else None,
+                    resume=resume,
+                )
+            )
 
     async def close(self) -> None:
         """Write pending checkpoints, let every subscriber catch up, then stop the bus.

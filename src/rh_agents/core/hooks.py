@@ -103,6 +103,10 @@ class RecoveryHook(Protocol):
         """The run ended by an exception."""
         ...
 
+    def mark_interrupted(self) -> str:
+        """The run was stopped by Ctrl-C (``rh_agents.run``); returns how to resume it."""
+        ...
+
     async def aclose(self) -> None:
         """Write the rest and record the run's final status."""
         ...

@@ -30,12 +30,15 @@ __all__ = [
     "CircuitStateChanged",
     "EventCompleted",
     "EventFailed",
+    "EventReplayed",
     "EventRetrying",
     "EventStarted",
     "GroupCompleted",
     "GroupStarted",
     "MemberFinished",
     "MemberStarted",
+    "RunInterrupted",
+    "is_member_call",
 ]
 
 
@@ -96,6 +99,22 @@ class EventFailed(BusEvent):
     error_type: str
     attempts: int = 1
     cancelled: bool = False
+    tag: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class EventReplayed(BusEvent):
+    """A resumed run answered an ``ExecutionEvent`` call from its checkpoint: the handler
+    did not run (nothing below it ran either). Published instead of ``EventStarted`` and
+    ``EventCompleted`` in the default replay mode (``replay="skip"``); ``replay="republish"``
+    publishes ``EventCompleted(source="replay")`` instead. ``execution_time`` and
+    ``attempts`` are the stored run's, for reference: no time was spent now."""
+
+    kind: str = "event.replayed"
+    actor: str
+    actor_kind: str
+    execution_time: float = 0.0
+    attempts: int = 1
     tag: str | None = None
 
 
@@ -265,6 +284,36 @@ class GroupCompleted(BusEvent):
         if callable(source):
             source = self.metrics_source = source()
         return source
+
+
+def is_member_call(record: BusEvent) -> bool:
+    """Whether ``record`` is about the call that is itself a group member's work (its
+    address is the member's, ``docs[3]``, plus one name: ``docs[3]::summarize``), rather
+    than a call nested deeper inside the member."""
+    group_id, index = record.group_id, record.parallel_index
+    if group_id is None or index is None:
+        return False
+    address = record.address
+    member = f"{group_id}[{index}]::"
+    return address.startswith(member) and "::" not in address[len(member) :]
+
+
+# --- run events -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True, kw_only=True)
+class RunInterrupted(BusEvent):
+    """The run was stopped by Ctrl-C (``rh_agents.run``): published by the state as its
+    ``async with`` block is left, after every group has ended (their ``GroupCompleted``
+    records come first), so a display can end with "interrupted" rather than failures.
+
+    ``run_id`` is the state's; ``resume`` is how to resume the run, when it has a store (the
+    command, or the ``ExecutionState.resume`` call); ``None`` without one.
+    """
+
+    kind: str = "run.interrupted"
+    run_id: str | None = None
+    resume: str | None = None
 
 
 # --- resilience events ----------------------------------------------------------------------
