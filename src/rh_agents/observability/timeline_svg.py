@@ -413,15 +413,15 @@ def _label_indent(depth: int) -> float:
 
 
 class _Page:
-    def __init__(self, timeline: Timeline) -> None:
+    def __init__(self, timeline: Timeline, chart_width: float | None = None) -> None:
         self.timeline = timeline
         self.timed = timeline.timed
         self.tree = _Tree(timeline)
         self.shown: set[str] = set()  # legend keys the page draws
         self.group_statuses: set[str] = set()
-        self.layout = self._layout()
+        self.layout = self._layout(chart_width)
 
-    def _layout(self) -> _Layout:
+    def _layout(self, chart_width: float | None = None) -> _Layout:
         origin, end = _bounds(self.timeline)
         label, note = 90.0, 40.0
         caption = "duration" if not self.timed else "time since start"
@@ -438,6 +438,8 @@ class _Page:
                 note = max(note, _member_note(self.tree, group, bar).width())
         label, note = math.ceil(label + PAD), math.ceil(note + PAD)
         chart = max(MIN_CHART_WIDTH, min(MAX_CHART_WIDTH, PAGE_WIDTH - label - note - 2 * PAD))
+        if chart_width is not None:  # a zoomed chart: wider bars, the same text
+            chart = max(MIN_CHART_WIDTH, math.ceil(chart_width))
         return _Layout(origin, end, label, chart, note, _ticks(end - origin))
 
     def _group_label(self, group: TimelineGroup, depth: int) -> str:
@@ -709,9 +711,12 @@ class _Page:
         )
 
 
-def render_html(timeline: Timeline) -> str:
-    """The whole page: title, overview, legend, the chart, then the metrics table (folded)."""
-    page = _Page(timeline)
+def render_html(timeline: Timeline, *, chart_width: float | None = None) -> str:
+    """The whole page: title, overview, legend, the chart, then the metrics table (folded).
+
+    ``chart_width``: the bars' width in px (at least ``MIN_CHART_WIDTH``), for a zoomed view;
+    by default the chart fits ``PAGE_WIDTH``."""
+    page = _Page(timeline, chart_width)
     chart = page.chart()  # first: it decides what the legend and the notes list
     stored = (
         ""

@@ -1,0 +1,628 @@
+"""The viewer as an ASGI app (Starlette): the pages, the JSON API and the event streams.
+
+::
+
+    app = create_app("runs/state.db")             # serve it with uvicorn, or test it with httpx
+
+Pages: ``/`` (the runs), ``/runs/{id}`` (a run: its tree, groups and metrics),
+``/runs/{id}/timeline?group=G&zoom=2`` (a group's members as a Gantt chart). API:
+``/api/runs``, ``/api/runs/{id}``, ``/api/runs/{id}/timeline?group=G`` (JSON) and
+``/api/runs/{id}/events`` (server-sent events); ``docs/ui.md`` documents them.
+
+Every route is a GET (HEAD too): nothing here changes a run or a store. The store is read
+through ``StoreReader`` (read-only opening, off the event loop). Runs watched live in this
+process (``LiveFeed``, registered in ``feeds``) are served from their feed, with what the
+store holds of them underneath. Every response carries a ``Content-Security-Policy`` that
+allows scripts from ``/static/`` only, and requests must name this machine as their host
+(``allowed_hosts``), so a page elsewhere cannot reach the viewer through a name of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rh_agents.observability.timeline import Timeline
+from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
+from rh_agents.ui import pages
+from rh_agents.ui.live import LiveFeed, Node
+from rh_agents.ui.model import (
+    build_tree,
+    live_summary,
+    parent_address,
+    run_summary,
+    stored_groups,
+    stored_nodes,
+)
+from rh_agents.ui.store import StoreProblem, StoreReader
+
+__all__ = [
+    "LOCAL_HOSTS",
+    "MAX_NODES_PER_MESSAGE",
+    "RUNS_LIMIT",
+    "ViewerState",
+    "create_app",
+    "timeline_json",
+]
+
+logger = logging.getLogger("rh_agents.ui")
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+RUNS_LIMIT = 500  # runs listed at most (newest first)
+MAX_NODES_PER_MESSAGE = 1000  # an event stream sends the rest in the next messages
+HEARTBEAT = 15.0
+
+_PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-src 'self'; frame-ancestors 'self'; base-uri 'none'; "
+    "form-action 'self'"
+)
+# The timeline page is the stand-alone page of observability.timeline_svg: inline styles,
+# no script at all.
+_TIMELINE_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'; "
+    "base-uri 'none'; form-action 'none'"
+)
+_STATIC_TYPES = {"viewer.js": "text/javascript", "viewer.css": "text/css"}
+
+
+@dataclass
+class ViewerState:
+    """What the app serves: a store, the runs watched live in this process, and timings."""
+
+    store: StoreReader
+    feeds: dict[str, LiveFeed] = field(default_factory=dict)
+    poll_interval: float = 1.0  # seconds between two reads of a store-backed run's progress
+    push_interval: float = 0.25  # at most this often an event stream sends an update
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: they become ``null``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(_finite(data), ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(_dumps(data), status_code=status, media_type="application/json")
+
+
+def _html(text: str, status: int = 200, policy: str = _PAGE_POLICY) -> Response:
+    return HTMLResponse(text, status_code=status, headers={"Content-Security-Policy": policy})
+
+
+_TITLES = {400: "Not a run id", 404: "Not found", 503: "The store cannot be read"}
+_HINTS = {
+    503: "Nothing was changed: the viewer only reads. `rh-agents runs list --state PATH` "
+    "reads the same store from the command line.",
+}
+
+
+def _problem(problem: StoreProblem, api: bool) -> Response:
+    if api:
+        return _json({"error": problem.message}, problem.status)
+    title = _TITLES.get(problem.status, "Error")
+    return _html(pages.error_page(title, problem.message, _HINTS.get(problem.status, "")),
+                 problem.status)  # fmt: skip
+
+
+class _SecurityHeaders:
+    """Headers on every response: no sniffing, no referrer, framed only by itself, and the
+    page policy (``Content-Security-Policy``) unless the route set its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                extra = [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"SAMEORIGIN"),
+                    (b"content-security-policy", _PAGE_POLICY.encode()),
+                ]
+                headers.extend((k, v) for k, v in extra if k not in names)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# --- reading runs ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Run:
+    summary: Node
+    nodes: list[Node]
+    groups: list[Node]
+    source: str
+    cursor: int
+
+
+async def _list_runs(vs: ViewerState) -> tuple[list[Node], str | None]:
+    problem = None
+    summaries: dict[str, Node] = {}
+    infos: dict[str, RunInfo] = {}
+    try:
+        listed = (await vs.store.list_runs())[:RUNS_LIMIT]
+        counts = await vs.store.counts(listed)
+        for info in listed:
+            infos[info.run_id] = info
+            summaries[info.run_id] = run_summary(info, counts=counts.get(info.run_id, {}))
+    except StoreProblem as exc:
+        problem = exc.message
+    for run_id, feed in list(vs.feeds.items()):
+        summaries[run_id] = live_summary(feed, infos.get(run_id))
+    runs = sorted(summaries.values(), key=lambda run: run["created"], reverse=True)
+    return runs, problem
+
+
+def _filtered(runs: list[Node], query: str, status: str) -> list[Node]:
+    needle = query.strip().lower()
+    return [
+        run
+        for run in runs
+        if (not status or run["status"] == status)
+        and (not needle or needle in run["run_id"].lower() or needle in run["status"])
+    ]
+
+
+async def _read_run(vs: ViewerState, run_id: str) -> _Run:
+    run_id = vs.store.check_run_id(run_id)
+    feed = vs.feeds.get(run_id)
+    if feed is None:
+        found, records = await vs.store.read_run(run_id)
+        nodes = stored_nodes(records.values())
+        groups = stored_groups(records.values(), found.status.value)
+        cursor = max((r.seq for r in records.values()), default=0)
+        return _Run(run_summary(found, records), list(nodes.values()), list(groups.values()),
+                    "store", cursor)  # fmt: skip
+    # Live: what the store holds (a resumed run's replayed events) under what the feed saw.
+    cursor = feed.cursor
+    stored: dict[str, CheckpointRecord] = {}
+    info: RunInfo | None = None
+    try:
+        if vs.store.exists():
+            info = await vs.store.get_run(run_id)
+            if info is not None:
+                info, stored = await vs.store.read_run(run_id)
+    except StoreProblem as exc:
+        logger.warning("run %s: the store cannot be read (%s); showing the live run", run_id, exc)
+    nodes = stored_nodes(stored.values())
+    nodes.update((node["address"], node) for node in feed.all_nodes())
+    groups = stored_groups(stored.values(), RunStatus.RUNNING.value)
+    groups.update((group["group_id"], group) for group in feed.groups())
+    return _Run(live_summary(feed, info), list(nodes.values()), list(groups.values()), "live",
+                cursor)  # fmt: skip
+
+
+def _with_parents(nodes: Iterable[Node]) -> list[Node]:
+    return [{**node, "parent": parent_address(node["address"], node["kind"])} for node in nodes]
+
+
+def _groups_with_parents(groups: Iterable[Node]) -> list[Node]:
+    return [{**group, "parent": parent_address(group["group_id"], "group")} for group in groups]
+
+
+# --- pages ----------------------------------------------------------------------------------
+
+
+def _vs(request: Request) -> ViewerState:
+    state: ViewerState = request.app.state.viewer
+    return state
+
+
+async def _runs_page(request: Request) -> Response:
+    vs = _vs(request)
+    runs, problem = await _list_runs(vs)
+    query = request.query_params.get("q", "")
+    status = request.query_params.get("status", "")
+    note = None
+    if problem is None and not vs.store.exists() and not vs.feeds:
+        note = (
+            f"No state store at {vs.store.path} yet: no run has been saved there. Runs are "
+            "saved by ExecutionState(recovery=Recovery(...)); `rh-agents ui --state PATH` "
+            "reads another store."
+        )
+    elif problem is None and not runs:
+        note = f"No runs yet in {vs.store.path}."
+    body = pages.runs_page(
+        _filtered(runs, query, status),
+        store=str(vs.store.path),
+        query=query,
+        status=status,
+        problem=problem,
+        note=note,
+    )
+    return _html(body, 503 if problem is not None and not runs else 200)
+
+
+async def _run_page(request: Request) -> Response:
+    vs = _vs(request)
+    try:
+        run = await _read_run(vs, request.path_params["run_id"])
+    except StoreProblem as exc:
+        return _problem(exc, api=False)
+    page = pages.RunPage(
+        summary=run.summary,
+        tree=build_tree(run.nodes, run.groups),
+        source=run.source,
+        cursor=run.cursor,
+        store=str(vs.store.path),
+        all_members=request.query_params.get("members") == "all",
+    )
+    return _html(pages.run_page(page))
+
+
+async def _timeline(request: Request) -> tuple[Timeline, str, str | None, bool]:
+    vs = _vs(request)
+    run_id = vs.store.check_run_id(request.path_params["run_id"])
+    group = request.query_params.get("group") or None
+    title = f"run {run_id}" + (f": {group}" if group else "")
+    feed = vs.feeds.get(run_id)
+    if feed is not None:
+        return feed.timeline(group, title=title), run_id, group, feed.running
+    info, records = await vs.store.read_run(run_id)
+    chosen: Iterable[CheckpointRecord] = records.values()
+    if group is not None:
+        inside = group + "["
+        chosen = [
+            r
+            for r in records.values()
+            if r.group_id is not None and (r.group_id == group or r.group_id.startswith(inside))
+        ]
+    timeline = Timeline.from_checkpoints(chosen, title=title)
+    return timeline, run_id, group, info.status is RunStatus.RUNNING
+
+
+async def _timeline_page(request: Request) -> Response:
+    try:
+        timeline, run_id, group, live = await _timeline(request)
+    except StoreProblem as exc:
+        return _problem(exc, api=False)
+    try:
+        zoom = int(request.query_params.get("zoom", "1"))
+    except ValueError:
+        zoom = 1
+    zoom = min(pages.ZOOMS, key=lambda level: abs(level - zoom))
+    body = pages.timeline_page(timeline, run_id=run_id, group=group, zoom=zoom, live=live)
+    return _html(body, policy=_TIMELINE_POLICY)
+
+
+# --- the API --------------------------------------------------------------------------------
+
+
+async def _api_runs(request: Request) -> Response:
+    vs = _vs(request)
+    runs, problem = await _list_runs(vs)
+    query = request.query_params
+    runs = _filtered(runs, query.get("q", ""), query.get("status", ""))
+    data = {
+        "store": str(vs.store.path),
+        "store_exists": vs.store.exists(),
+        "error": problem,
+        "runs": runs,
+    }
+    return _json(data, 503 if problem is not None and not runs else 200)
+
+
+async def _api_run(request: Request) -> Response:
+    vs = _vs(request)
+    try:
+        run = await _read_run(vs, request.path_params["run_id"])
+    except StoreProblem as exc:
+        return _problem(exc, api=True)
+    data = {
+        "run": run.summary,
+        "source": run.source,
+        "cursor": run.cursor,
+        "nodes": _with_parents(sorted(run.nodes, key=lambda n: n["order"])),
+        "groups": _groups_with_parents(sorted(run.groups, key=lambda g: g["order"])),
+    }
+    return _json(data)
+
+
+def timeline_json(timeline: Timeline) -> Node:
+    """A ``Timeline`` as JSON (the data the timeline pages draw)."""
+    groups = []
+    for group in timeline.groups:
+        metrics = getattr(group.metrics, "as_dict", None)
+        groups.append(
+            {
+                "group_id": group.group_id,
+                "name": group.name,
+                "status": group.status,
+                "started": group.started,
+                "finished": group.finished,
+                "max_workers": group.max_workers,
+                "parent_group_id": group.parent_group_id,
+                "parent_index": group.parent_index,
+                "metrics": metrics() if callable(metrics) else None,
+                "members": [
+                    {
+                        "index": bar.index,
+                        "name": bar.name,
+                        "enqueued": bar.enqueued,
+                        "started": bar.started,
+                        "finished": bar.finished,
+                        "status": bar.status,
+                        "error": bar.error,
+                        "attempts": bar.attempts,
+                        "retries": list(bar.retries),
+                    }
+                    for bar in group.bars()
+                ],
+            }
+        )
+    return {"title": timeline.title, "timed": timeline.timed, "groups": groups}
+
+
+async def _api_timeline(request: Request) -> Response:
+    try:
+        timeline, _, _, live = await _timeline(request)
+    except StoreProblem as exc:
+        return _problem(exc, api=True)
+    return _json({**timeline_json(timeline), "live": live})
+
+
+# --- event streams --------------------------------------------------------------------------
+
+
+def _sse(event: str, data: Any, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {_dumps(data)}\n\n"
+
+
+async def _pause(vs: ViewerState, seconds: float, feed: LiveFeed | None = None) -> None:
+    """Sleep ``seconds`` (for a feed: until its next batch, at most that long); return early
+    when the viewer closes."""
+    closing = asyncio.ensure_future(vs.closing.wait())
+    waiting = asyncio.ensure_future(feed.wait(seconds) if feed else asyncio.sleep(seconds))
+    try:
+        await asyncio.wait((closing, waiting), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (closing, waiting):
+            task.cancel()
+
+
+def _cursor(request: Request) -> int:
+    raw = request.query_params.get("cursor") or request.headers.get("last-event-id") or "0"
+    try:
+        return max(int(raw), 0)
+    except ValueError:
+        return 0
+
+
+async def _check_store(vs: ViewerState, feed: LiveFeed) -> None:
+    """A watched run that checkpoints is over when its store says so (the program may go on
+    without saying ``Viewer.finish``)."""
+    try:
+        info = await vs.store.get_run(feed.run_id)
+    except StoreProblem:
+        return
+    if info is not None and info.status is not RunStatus.RUNNING and info.updated >= feed.created:
+        feed.finish(info.status.value)
+
+
+async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIterator[str]:
+    """Updates of a live run: the run's summary, the groups that changed (counts; metrics once
+    they completed) and the nodes that changed, at most ``MAX_NODES_PER_MESSAGE`` at a time
+    (the rest follow), at most every ``push_interval``."""
+    yield "retry: 2000\n\n"
+    pending: dict[str, None] = {}
+    first = True
+    loop = asyncio.get_running_loop()
+    next_check = last_sent = loop.time()
+    while not vs.closing.is_set():
+        changed = feed.changes_since(cursor)
+        if changed is None:  # the feed's log no longer reaches back: start over
+            yield _sse("reset", {"reason": "too far behind"}, feed.cursor)
+            return
+        cursor = feed.cursor
+        touched: dict[str, None] = {}
+        started, completed, nodes = feed.started, feed.completed, feed.nodes
+        for address in changed:
+            if address in started or address in completed:
+                touched[address] = None
+            record = nodes.get(address)
+            if record is not None:
+                pending.pop(address, None)
+                pending[address] = None
+                if record.group_id is not None:
+                    touched[record.group_id] = None
+        batch = list(pending)[:MAX_NODES_PER_MESSAGE]
+        for address in batch:
+            del pending[address]
+        if batch or touched or first:
+            groups = [
+                g for gid in touched if (g := feed.group(gid, metrics=gid in completed)) is not None
+            ]
+            data = {
+                "run": live_summary(feed),
+                "groups": _groups_with_parents(groups),
+                "nodes": _with_parents(n for a in batch if (n := feed.node(a)) is not None),
+                "pending": len(pending),
+            }
+            yield _sse("update", data, cursor)
+            first = False
+            last_sent = loop.time()
+        if feed.running and vs.store.exists() and loop.time() >= next_check:
+            next_check = last_sent = loop.time()
+            await _check_store(vs, feed)
+        if not feed.running and not pending and feed.changes_since(cursor) == []:
+            yield _sse("end", {"run": live_summary(feed)}, cursor)
+            return
+        if pending:
+            await _pause(vs, vs.push_interval)
+            continue
+        checking = feed.running and vs.store.exists()
+        await _pause(vs, vs.poll_interval if checking else HEARTBEAT, feed)
+        if vs.closing.is_set():
+            return
+        if feed.cursor == cursor and feed.running:
+            if loop.time() - last_sent >= HEARTBEAT:
+                last_sent = loop.time()
+                yield ": ping\n\n"
+            continue
+        await _pause(vs, vs.push_interval)  # let a burst of records gather into one update
+
+
+async def _store_stream(vs: ViewerState, run_id: str, cursor: int) -> AsyncIterator[str]:
+    """Updates of a run read from the store, as its checkpoints land (a read of the run's
+    metadata every ``poll_interval``; its checkpoints only when that moved)."""
+    yield "retry: 2000\n\n"
+    seen: tuple[float, int, str] | None = None
+    quiet = 0.0
+    while not vs.closing.is_set():
+        try:
+            info = await vs.store.get_run(run_id)
+            if info is None:
+                yield _sse("problem", {"error": f"run {run_id!r} is no longer in the store"})
+                return
+            key = (info.updated, info.checkpoints, info.status.value)
+            if key != seen:
+                info, records = await vs.store.read_run(run_id)
+                seen = (info.updated, info.checkpoints, info.status.value)
+                fresh = [r for r in records.values() if r.seq > cursor]
+                touched = {r.group_id for r in fresh if r.group_id is not None}
+                groups = stored_groups(
+                    (r for r in records.values() if r.group_id in touched), info.status.value
+                )
+                nodes = sorted(stored_nodes(fresh).values(), key=lambda n: n["order"])
+                cursor = max((r.seq for r in records.values()), default=cursor)
+                summary = run_summary(info, records)
+                for start in range(0, max(len(nodes), 1), MAX_NODES_PER_MESSAGE):
+                    data = {
+                        "run": summary,
+                        "groups": _groups_with_parents(groups.values()) if start == 0 else [],
+                        "nodes": _with_parents(nodes[start : start + MAX_NODES_PER_MESSAGE]),
+                        "pending": max(len(nodes) - start - MAX_NODES_PER_MESSAGE, 0),
+                    }
+                    yield _sse("update", data, cursor)
+                quiet = 0.0
+                if info.status is not RunStatus.RUNNING:
+                    yield _sse("end", {"run": summary}, cursor)
+                    return
+        except StoreProblem as exc:
+            yield _sse("problem", {"error": exc.message})
+        await _pause(vs, vs.poll_interval)
+        quiet += vs.poll_interval
+        if quiet >= HEARTBEAT:
+            quiet = 0.0
+            yield ": ping\n\n"
+
+
+async def _api_events(request: Request) -> Response:
+    vs = _vs(request)
+    try:
+        run_id = vs.store.check_run_id(request.path_params["run_id"])
+        feed = vs.feeds.get(run_id)
+        if feed is None and await vs.store.get_run(run_id) is None:
+            raise StoreProblem(f"no run {run_id!r} in {vs.store.path}", status=404)
+    except StoreProblem as exc:
+        return _problem(exc, api=True)
+    cursor = _cursor(request)
+    stream = (
+        _feed_stream(vs, feed, cursor) if feed is not None else _store_stream(vs, run_id, cursor)
+    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+# --- static files ---------------------------------------------------------------------------
+
+
+def _static_files() -> dict[str, bytes]:
+    folder = resources.files("rh_agents.ui").joinpath("static")
+    return {name: folder.joinpath(name).read_bytes() for name in _STATIC_TYPES}
+
+
+async def _static(request: Request) -> Response:
+    name = request.path_params["name"]
+    files: Mapping[str, bytes] = request.app.state.static
+    if name not in files:
+        return Response("not found", status_code=404, media_type="text/plain")
+    return Response(
+        files[name], media_type=_STATIC_TYPES[name], headers={"Cache-Control": "no-cache"}
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    logger.error("viewer: %s %s failed", request.method, request.url.path, exc_info=exc)
+    if request.url.path.startswith("/api/"):
+        return _json({"error": f"the viewer failed: {type(exc).__name__}: {exc}"}, 500)
+    message = f"The viewer failed on this page: {type(exc).__name__}: {exc}"
+    return _html(pages.error_page("Viewer error", message), 500)
+
+
+def create_app(
+    store: StoreReader | str | Any = None,
+    *,
+    feeds: dict[str, LiveFeed] | None = None,
+    poll_interval: float = 1.0,
+    push_interval: float = 0.25,
+    allowed_hosts: Iterable[str] | None = LOCAL_HOSTS,
+) -> Starlette:
+    """The viewer app over ``store`` (a path, ``None`` for the default store, or a
+    ``StoreReader``), with the runs of ``feeds`` watched live.
+
+    ``allowed_hosts``: the ``Host`` names a request may use (``None``: any; the default
+    is this machine's loopback names, which ``rh-agents ui`` widens to the ``--host`` given).
+    """
+    reader = store if isinstance(store, StoreReader) else StoreReader(store)
+    viewer = ViewerState(reader, feeds if feeds is not None else {}, poll_interval, push_interval)
+    routes = [
+        Route("/", _runs_page),
+        Route("/runs/{run_id}", _run_page),
+        Route("/runs/{run_id}/timeline", _timeline_page),
+        Route("/api/runs", _api_runs),
+        Route("/api/runs/{run_id}", _api_run),
+        Route("/api/runs/{run_id}/events", _api_events),
+        Route("/api/runs/{run_id}/timeline", _api_timeline),
+        Route("/static/{name}", _static),
+    ]
+    middleware = [Middleware(_SecurityHeaders)]
+    if allowed_hosts is not None:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={Exception: _server_error},
+    )
+    app.state.viewer = viewer
+    app.state.static = _static_files()
+    return app

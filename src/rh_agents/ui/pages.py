@@ -1,0 +1,406 @@
+"""The viewer's pages, rendered on the server: they read without scripts.
+
+Every value that comes from a run (ids, actor names, addresses, errors, results) goes through
+``esc`` on its way into the page, in text and in attributes alike; links to a run quote its id
+(``run_href``). The pages load one script and one style sheet from ``/static/`` and hold no
+inline script, so the ``Content-Security-Policy`` the app sends (``script-src 'self'``) would
+stop an injected script even if a value were ever let through unescaped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from rh_agents.observability.timeline import Timeline
+from rh_agents.observability.timeline_svg import MAX_CHART_WIDTH, render_html
+from rh_agents.ui.model import TreeItem
+
+__all__ = [
+    "MEMBER_LIMIT",
+    "STATUSES",
+    "ZOOMS",
+    "RunPage",
+    "counts_text",
+    "error_page",
+    "esc",
+    "format_duration",
+    "format_time",
+    "group_counts_text",
+    "metrics_text",
+    "run_href",
+    "run_page",
+    "runs_page",
+    "timeline_page",
+]
+
+# Members listed per group on a run's page (failed ones always are); ``?members=all`` lifts it.
+MEMBER_LIMIT = 200
+ZOOMS = (1, 2, 4, 8, 16)
+ERROR_CHARS = 300
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NOT_CLASS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def esc(value: object) -> str:
+    """``value`` as HTML text or attribute value: escaped, control characters shown as "?"."""
+    return html.escape(_CONTROL.sub("?", str(value)), quote=True)
+
+
+def _cls(status: object) -> str:
+    return _NOT_CLASS.sub("_", str(status)) or "unknown"
+
+
+def run_href(run_id: str, tail: str = "") -> str:
+    return "/runs/" + quote(run_id, safe="") + tail
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def format_time(timestamp: float | None) -> str:
+    if timestamp is None:
+        return ""
+    return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+
+
+def counts_text(counts: Mapping[str, int], running: int = 0) -> str:
+    parts = [f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (s != "completed", s))]
+    if running:
+        parts.append(f"{running} running")
+    return " · ".join(parts) if parts else "no events yet"
+
+
+def metrics_text(group: Mapping[str, Any]) -> str:
+    """A group's metrics snapshot in one line."""
+    metrics = group.get("metrics")
+    if not metrics:
+        return ""
+    parts = []
+    run = metrics.get("run_time") or {}
+    if run.get("count"):
+        parts.append(
+            f"run p50 {format_duration(run['p50'])} · p95 {format_duration(run['p95'])} · "
+            f"max {format_duration(run['max'])}"
+        )
+    wait = metrics.get("queue_wait") or {}
+    if wait.get("count"):
+        parts.append(
+            f"wait p50 {format_duration(wait['p50'])} · p95 {format_duration(wait['p95'])}"
+        )
+    if metrics.get("wall_time") is not None:
+        parts.append(f"wall {format_duration(metrics['wall_time'])}")
+    if metrics.get("concurrency_high_water") is not None:
+        parts.append(
+            f"peak {metrics['concurrency_high_water']} of {metrics.get('max_workers')} workers"
+        )
+    if metrics.get("throughput"):
+        parts.append(f"{metrics['throughput']:.1f} members/s")
+    if metrics.get("efficiency") is not None:
+        parts.append(f"efficiency {metrics['efficiency']:.0%}")
+    retries = metrics.get("retries") or 0
+    if retries:
+        parts.append(f"{retries} {'retry' if retries == 1 else 'retries'}")
+    source = group.get("metrics_source")
+    text = " · ".join(parts) if parts else "no member finished yet"
+    if source == "checkpoints":
+        text += " (from checkpoints: durations only, no queue waits)"
+    elif source == "so far":
+        text = "so far: " + text
+    return text
+
+
+def group_counts_text(group: Mapping[str, Any]) -> str:
+    total = group.get("total")
+    done = group.get("done", 0)
+    known = group.get("total_known", True)
+    parts = [f"{done} of {'' if known else 'at least '}{total} done" if total else f"{done} done"]
+    succeeded, failed = group.get("succeeded", 0), group.get("failed", 0)
+    parts.append(f"{succeeded} ok")
+    if failed:
+        parts.append(f"{failed} failed")
+    for key in ("cancelled", "skipped", "missing"):
+        if group.get(key):
+            label = "no checkpoint" if key == "missing" else key
+            parts.append(f"{group[key]} {label}")
+    return " · ".join(parts)
+
+
+# --- page frame -----------------------------------------------------------------------------
+
+
+def _page(title: str, body: str, *, kind: str, data: Mapping[str, object] | None = None) -> str:
+    attributes = "".join(f' data-{name}="{esc(value)}"' for name, value in (data or {}).items())
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title>"
+        '<link rel="icon" href="data:,">'
+        '<link rel="stylesheet" href="/static/viewer.css">'
+        '<script src="/static/viewer.js" defer></script></head>'
+        f'<body data-page="{kind}"{attributes}>'
+        '<header class="top"><a class="home" href="/">rh_agents runs</a></header>'
+        f"<main>{body}</main></body></html>\n"
+    )
+
+
+def error_page(title: str, message: str, hint: str = "") -> str:
+    body = f'<h1>{esc(title)}</h1><p class="problem">{esc(message)}</p>'
+    if hint:
+        body += f'<p class="hint">{esc(hint)}</p>'
+    body += '<p><a href="/">Back to the runs</a></p>'
+    return _page(title, body, kind="error")
+
+
+# --- the runs list --------------------------------------------------------------------------
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def runs_page(
+    runs: Sequence[Mapping[str, Any]],
+    *,
+    store: str,
+    query: str = "",
+    status: str = "",
+    problem: str | None = None,
+    note: str | None = None,
+) -> str:
+    options = '<option value="">any status</option>' + "".join(
+        f'<option value="{s}"{" selected" if s == status else ""}>{s}</option>' for s in STATUSES
+    )
+    form = (
+        '<form class="filter" method="get" action="/">'
+        f'<input type="search" name="q" id="filter" value="{esc(query)}" '
+        'placeholder="filter: run id or status" autocomplete="off">'
+        f'<select name="status" id="status-filter">{options}</select>'
+        '<button type="submit">Filter</button></form>'
+    )
+    rows = "".join(_run_row(run) for run in runs)
+    body = [
+        "<h1>Runs</h1>",
+        f'<p class="store">Store: <code>{esc(store)}</code></p>',
+    ]
+    if problem is not None:
+        body.append(f'<p class="problem" id="problem">{esc(problem)}</p>')
+    if note is not None:
+        body.append(f'<p class="note" id="note">{esc(note)}</p>')
+    body.append(form)
+    body.append(
+        '<table class="runs" id="runs"><thead><tr><th>run</th><th>status</th><th>started</th>'
+        "<th>duration</th><th>events</th><th>outcomes</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+    empty = "" if runs else " shown"
+    body.append(f'<p class="empty{empty}" id="empty">No run matches.</p>')
+    return _page("rh_agents runs", "".join(body), kind="runs", data={"store": store})
+
+
+def _run_row(run: Mapping[str, Any]) -> str:
+    run_id, status = run["run_id"], run["status"]
+    live = ' <span class="live">live</span>' if run.get("live") else ""
+    return (
+        f'<tr data-run-id="{esc(run_id)}" data-status="{esc(status)}">'
+        f'<td class="id"><a href="{esc(run_href(run_id))}">{esc(run_id)}</a>{live}</td>'
+        f'<td><span class="status s-{_cls(status)}">{esc(status)}</span></td>'
+        f'<td class="when">{esc(format_time(run.get("created")))}</td>'
+        f'<td class="duration">{esc(format_duration(run.get("duration")))}</td>'
+        f'<td class="events">{run.get("events", 0)}</td>'
+        f'<td class="counts">{esc(counts_text(run.get("counts") or {}, run.get("running", 0)))}'
+        "</td></tr>"
+    )
+
+
+# --- a run ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunPage:
+    """What a run's page shows: its summary, tree, where it came from and how far it got."""
+
+    summary: Mapping[str, Any]
+    tree: list[TreeItem]
+    source: str  # "live" (this process's feed) or "store"
+    cursor: int
+    store: str
+    all_members: bool = False
+
+
+def run_page(page: RunPage) -> str:
+    run = page.summary
+    run_id, status = str(run["run_id"]), str(run["status"])
+    live = (
+        "Live: this page follows the run as its events happen (it runs in this process)."
+        if page.source == "live"
+        else "This page follows the run as its checkpoints land in the store."
+    )
+    header = [
+        f'<h1>Run <span class="run-id">{esc(run_id)}</span> '
+        f'<span class="status s-{_cls(status)}" id="run-status">{esc(status)}</span></h1>',
+        f'<p class="summary">Started <span id="run-started">{esc(format_time(run["created"]))}'
+        f'</span> · <span id="run-duration">{esc(format_duration(run["duration"]))}</span> · '
+        f'<span id="run-events">{run.get("events", 0)}</span> events: '
+        f'<span id="run-counts">{esc(counts_text(run["counts"], run.get("running", 0)))}'
+        "</span></p>",
+        f'<p class="follow{" shown" if status == "running" else ""}" id="follow">{esc(live)} '
+        '<span id="follow-state"></span></p>',
+    ]
+    if status not in ("completed", "running") and run.get("resume_command"):
+        header.append(
+            f'<p class="hint">Resume it with <code>{esc(run["resume_command"])}</code></p>'
+        )
+    items = "".join(_item(item, page, depth=0) for item in page.tree)
+    if not page.tree:
+        items = '<li class="none">No event of this run has finished yet.</li>'
+    body = "".join(header) + f'<ul class="tree" id="tree">{items}</ul>'
+    data = {
+        "run-id": run_id,
+        "source": page.source,
+        "cursor": page.cursor,
+        "status": status,
+        "member-limit": 0 if page.all_members else MEMBER_LIMIT,
+    }
+    return _page(f"run {run_id}", body, kind="run", data=data)
+
+
+def _row(item: TreeItem) -> str:
+    node = item.node or {}
+    status = item.status
+    parts = [f'<span class="name">{esc(item.label)}</span>']
+    actor = node.get("actor")
+    if item.kind == "member" and actor:
+        parts.append(f'<span class="actor">{esc(actor)}</span>')
+    if status is None:
+        parts.append('<span class="status s-unknown">no checkpoint</span>')
+    else:
+        parts.append(f'<span class="status s-{_cls(status)}">{esc(status)}</span>')
+    attempts = node.get("attempts") or 1
+    parts.append(f'<span class="attempts">{f"{attempts} attempts" if attempts > 1 else ""}</span>')
+    parts.append(f'<span class="duration">{esc(format_duration(node.get("duration")))}</span>')
+    error = node.get("error")
+    short = error if error is None or len(error) <= ERROR_CHARS else error[:ERROR_CHARS] + "…"
+    title = f' title="{esc(error)}"' if error else ""
+    parts.append(f'<span class="error"{title}>{esc(short or "")}</span>')
+    result = node.get("result")
+    title = f' title="{esc(result)}"' if result else ""
+    parts.append(f'<span class="result"{title}>{esc(result) if result else ""}</span>')
+    return "".join(parts)
+
+
+def _group_row(item: TreeItem) -> str:
+    group = item.group or {}
+    status = group.get("status") or "running"
+    total, done = group.get("total") or 0, group.get("done") or 0
+    return (
+        f'<span class="name">{esc(item.label)}</span><span class="kind">group</span>'
+        f'<span class="status s-{_cls(status)}">{esc(status)}</span>'
+        f'<span class="counts">{esc(group_counts_text(group))}</span>'
+        f'<progress max="{max(total, done, 1)}" value="{done}"></progress>'
+    )
+
+
+def _item(item: TreeItem, page: RunPage, depth: int) -> str:
+    status = item.status or "unknown"
+    head = (
+        f'<li class="item {item.kind} s-{_cls(status)}" data-address="{esc(item.address)}" '
+        f'data-kind="{item.kind}">'
+    )
+    children = item.sorted_children()
+    if item.kind == "group":
+        summary = _group_row(item)
+        metrics = metrics_text(item.group or {})
+        timeline_href = run_href(
+            str(page.summary["run_id"]), "/timeline?" + urlencode({"group": item.address})
+        )
+        body = (
+            f'<p class="metrics">{esc(metrics)}</p>'
+            f'<div class="timeline"><a class="open-timeline" href="{esc(timeline_href)}">'
+            "Timeline of its members</a>"
+            f'<iframe loading="lazy" src="{esc(timeline_href)}" '
+            f'title="Timeline of {esc(item.address)}"></iframe></div>'
+        )
+        shown = _members_shown(children, page.all_members)
+        inner = "".join(_item(child, page, depth + 1) for child in shown)
+        hidden = len(children) - len(shown)
+        if hidden:
+            more = run_href(str(page.summary["run_id"]), "?members=all")
+            inner += (
+                f'<li class="more">{hidden} more members not listed '
+                f'(<a href="{esc(more)}">list every member</a>)</li>'
+            )
+        return (
+            f'{head}<details class="group"><summary class="row">{summary}</summary>'
+            f'<div class="body">{body}<ul class="children">{inner}</ul></div></details></li>'
+        )
+    inner = "".join(_item(child, page, depth + 1) for child in children)
+    opened = " open" if depth == 0 else ""
+    return (
+        f'{head}<details{opened}><summary class="row">{_row(item)}</summary>'
+        f'<ul class="children">{inner}</ul></details></li>'
+    )
+
+
+def _members_shown(children: list[TreeItem], everything: bool) -> list[TreeItem]:
+    if everything or len(children) <= MEMBER_LIMIT:
+        return children
+    first = children[:MEMBER_LIMIT]
+    failed = [c for c in children[MEMBER_LIMIT:] if c.status not in ("completed", None)]
+    return first + failed
+
+
+# --- a timeline -----------------------------------------------------------------------------
+
+
+def timeline_page(
+    timeline: Timeline, *, run_id: str, group: str | None, zoom: int, live: bool
+) -> str:
+    """The timeline page of ``render_html`` (the same page ``rh-agents runs timeline``
+    writes), with zoom links above it (server-side: a wider chart, the same text)."""
+    width = None if zoom <= 1 else MAX_CHART_WIDTH * zoom
+    page = render_html(timeline, chart_width=width)
+
+    def href(level: int) -> str:
+        query = {"group": group} if group is not None else {}
+        if level > 1:
+            query["zoom"] = str(level)
+        return run_href(run_id, "/timeline" + ("?" + urlencode(query) if query else ""))
+
+    links = []
+    for level in ZOOMS:
+        if level == zoom:
+            links.append(f'<strong class="zoom-level">{level}×</strong>')
+        else:
+            links.append(f'<a class="zoom-level" href="{esc(href(level))}">{level}×</a>')
+    smaller = max((z for z in ZOOMS if z < zoom), default=None)
+    larger = min((z for z in ZOOMS if z > zoom), default=None)
+    nav = ['<nav class="zoom" style="font:13px system-ui,sans-serif;margin:0 0 8px">Zoom: ']
+    if smaller is not None:
+        nav.append(f'<a id="zoom-out" href="{esc(href(smaller))}">−</a> ')
+    nav.append(" ".join(links))
+    if larger is not None:
+        nav.append(f' <a id="zoom-in" href="{esc(href(larger))}">+</a>')
+    nav.append(
+        f' · <a href="{esc(run_href(run_id))}" target="_top">the run</a>'
+        + (" · still running: the run's page reloads this view as it goes" if live else "")
+        + "</nav>"
+    )
+    return page.replace("<body>", "<body>" + "".join(nav), 1)

@@ -1,0 +1,373 @@
+"""Running the viewer: in this process next to a run (``serve``), or on its own (``run_server``).
+
+::
+
+    async with rh_agents.ui.serve(state) as viewer:    # one call: the run is watched live
+        print("watch it at", viewer.run_url(state))
+        async with state:
+            await orchestrate(state)
+
+    viewer = await rh_agents.ui.serve(state)            # or without a block
+    ...
+    await viewer.close()
+
+``serve`` starts a uvicorn server on the running event loop (the run's), bound to 127.0.0.1,
+and subscribes a ``LiveFeed`` to the state's bus (``Viewer.watch`` adds more runs). It never
+touches signal handlers (Ctrl-C stays the program's), and binds its socket itself, so a port
+in use is an ``OSError`` here rather than an exit inside uvicorn. With ``port=None`` it takes
+``DEFAULT_PORT`` when free, else any free port (``viewer.url`` says which).
+
+``run_server`` is ``rh-agents ui``: the viewer over a store, until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import uuid
+import webbrowser
+from collections.abc import Generator, Iterable
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import uvicorn
+
+from rh_agents.core.execution import ExecutionState
+from rh_agents.ui.app import LOCAL_HOSTS, create_app
+from rh_agents.ui.live import LiveFeed
+from rh_agents.ui.store import StoreReader
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Viewer",
+    "bind",
+    "open_in_browser",
+    "run_server",
+    "serve",
+    "store_of",
+]
+
+logger = logging.getLogger("rh_agents.ui")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+_START_TIMEOUT = 10.0
+_STOP_TIMEOUT = 5.0
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn's server, minus its signal handlers (the program keeps its own)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class _StoppingServer(uvicorn.Server):
+    """uvicorn's server, which also ends the open event streams when told to stop (else it
+    waits for them until its grace period ends)."""
+
+    def __init__(self, config: uvicorn.Config, closing: asyncio.Event) -> None:
+        super().__init__(config)
+        self._closing = closing
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._closing.set()
+        super().handle_exit(sig, frame)
+
+
+def bind(host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT) -> socket.socket:
+    """A listening socket on ``host``: at ``port``, or (``None``) ``DEFAULT_PORT`` if free and
+    any free port if not. ``OSError`` if it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    candidates = [DEFAULT_PORT, 0] if port is None else [port]
+    for candidate in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, candidate))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE and candidate != candidates[-1]:
+                continue
+            raise
+        sock.setblocking(False)
+        return sock
+    raise AssertionError("unreachable")
+
+
+def store_of(state: ExecutionState) -> Path | None:
+    """The store a state checkpoints into (its recovery's file or folder), if any."""
+    backend = getattr(state.recovery, "backend", None)
+    for attribute in ("path", "directory"):
+        where = getattr(backend, attribute, None)
+        if where is not None:
+            return Path(where)
+    return None
+
+
+def _hosts(host: str) -> list[str] | None:
+    if host in ("0.0.0.0", "::", ""):
+        return None  # reachable under any name: the caller asked for it
+    return [*LOCAL_HOSTS, host]
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+class Viewer:
+    """A viewer server running on this event loop; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: str | Path | None = None,
+        host: str = DEFAULT_HOST,
+        port: int | None = None,
+        poll_interval: float = 1.0,
+        push_interval: float = 0.25,
+    ) -> None:
+        self.store = StoreReader(store)
+        self.feeds: dict[str, LiveFeed] = {}
+        self.host = host
+        self._port = port
+        self.app = create_app(
+            self.store,
+            feeds=self.feeds,
+            poll_interval=poll_interval,
+            push_interval=push_interval,
+            allowed_hosts=_hosts(host),
+        )
+        self._socket: socket.socket | None = None
+        self._server: _QuietServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscriptions: list[tuple[Any, Any]] = []
+
+    @property
+    def port(self) -> int:
+        if self._socket is None:
+            raise RuntimeError("the viewer is not started")
+        port: int = self._socket.getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """The runs list, ``http://127.0.0.1:PORT/``."""
+        return _url(self.host, self.port) + "/"
+
+    def run_url(self, run: ExecutionState | LiveFeed | str) -> str:
+        """The page of ``run`` (a watched state, its feed, or a run id)."""
+        if isinstance(run, ExecutionState):
+            run = self._feed_of(run).run_id
+        elif isinstance(run, LiveFeed):
+            run = run.run_id
+        return self.url + "runs/" + quote(run, safe="")
+
+    async def start(self) -> Viewer:
+        """Bind and serve (returns once the server accepts connections)."""
+        if self._task is not None:
+            return self
+        self._socket = bind(self.host, self._port)
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = _QuietServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _START_TIMEOUT
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # its error
+                raise RuntimeError("the viewer's server stopped as it started")
+            if loop.time() > deadline:
+                await self.close()
+                raise TimeoutError(f"the viewer did not start within {_START_TIMEOUT} s")
+            await asyncio.sleep(0.01)
+        return self
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def watch(self, state: ExecutionState, run_id: str | None = None) -> LiveFeed:
+        """Follow ``state``'s run live (a ``LiveFeed`` on its bus). ``run_id``: its name in
+        the viewer (default: the state's run id, else a new one)."""
+        for feed, watched in self._subscriptions:
+            if watched is state:
+                return feed  # type: ignore[no-any-return]
+        name = run_id or state.run_id or f"live-{uuid.uuid4().hex[:12]}"
+        self.store.check_run_id(name)
+        feed = LiveFeed(name, clock_now=state.clock.now)
+        state.event_bus.subscribe(feed, kinds=LiveFeed.KINDS)
+        self.feeds[name] = feed
+        self._subscriptions.append((feed, state))
+        return feed
+
+    def _feed_of(self, state: ExecutionState) -> LiveFeed:
+        for feed, watched in self._subscriptions:
+            if watched is state:
+                return feed  # type: ignore[no-any-return]
+        raise KeyError("this state is not watched by the viewer (Viewer.watch)")
+
+    def finish(self, run: ExecutionState | LiveFeed | str | None = None, status: str = "") -> None:
+        """Say that a watched run is over (``status``: ``completed`` by default, or
+        ``failed``/``interrupted``); its page and streams stop waiting for more. ``None``:
+        every watched run."""
+        feeds: Iterable[LiveFeed]
+        if run is None:
+            feeds = list(self.feeds.values())
+        elif isinstance(run, ExecutionState):
+            feeds = [self._feed_of(run)]
+        elif isinstance(run, LiveFeed):
+            feeds = [run]
+        else:
+            feeds = [self.feeds[run]]
+        for feed in feeds:
+            feed.finish(status or "completed")
+
+    async def wait_closed(self) -> None:
+        """Wait until the server stops (``close()``, or a cancellation such as Ctrl-C)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        """Stop serving (open event streams end at once) and detach from every run."""
+        for feed, state in self._subscriptions:
+            state.event_bus.unsubscribe(feed)
+        self._subscriptions.clear()
+        self.app.state.viewer.closing.set()
+        server, task = self._server, self._task
+        if server is not None:
+            server.should_exit = True
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), _STOP_TIMEOUT)
+            except TimeoutError:
+                if server is not None:
+                    server.force_exit = True
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = None
+        if self._socket is not None:
+            self._socket.close()
+
+    async def __aenter__(self) -> Viewer:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        status = "completed" if exc is None else "interrupted"
+        if exc is not None and not isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+            status = "failed"
+        self.finish(status=status)
+        await self.close()
+
+
+class _Serving:
+    """What ``serve`` returns: await it for a started ``Viewer``, or use it as
+    ``async with`` (the runs are marked finished and the server stopped at the end)."""
+
+    def __init__(self, viewer: Viewer, state: ExecutionState | None, open_browser: bool) -> None:
+        self._viewer = viewer
+        self._state = state
+        self._open = open_browser
+
+    async def _start(self) -> Viewer:
+        viewer = self._viewer
+        await viewer.start()
+        target = viewer.url
+        if self._state is not None:
+            target = viewer.run_url(viewer.watch(self._state))
+        logger.info("rh_agents viewer on %s", target)
+        if self._open:
+            open_in_browser(target)
+        return viewer
+
+    def __await__(self) -> Generator[Any, None, Viewer]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Viewer:
+        return await self._start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._viewer.__aexit__(exc_type, exc, tb)
+
+
+def serve(
+    state: ExecutionState | None = None,
+    *,
+    store: str | Path | None = None,
+    host: str = DEFAULT_HOST,
+    port: int | None = None,
+    open_browser: bool = False,
+    poll_interval: float = 1.0,
+) -> _Serving:
+    """Serve the viewer from this process and watch ``state``'s run live; see the module
+    docstring. ``store``: the store it lists runs from (default: the one ``state``
+    checkpoints into, else ``default_state_path()``); ``open_browser``: open the run's page.
+    """
+    if store is None and state is not None:
+        store = store_of(state)
+    viewer = Viewer(store=store, host=host, port=port, poll_interval=poll_interval)
+    return _Serving(viewer, state, open_browser)
+
+
+def open_in_browser(url: str) -> bool:
+    """Open ``url`` in the desktop's browser, if there is one (never fails)."""
+    try:
+        return webbrowser.open(url)
+    except Exception:  # no browser, no display: the URL is printed anyway
+        return False
+
+
+def run_server(
+    store: str | Path | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int | None = DEFAULT_PORT,
+    open_browser: bool = False,
+    announce: Any = print,
+) -> None:
+    """Serve the viewer over ``store`` until Ctrl-C (``rh-agents ui``)."""
+    sock = bind(host, port)
+    app = create_app(store, allowed_hosts=_hosts(host))
+    url = _url(host, sock.getsockname()[1]) + "/"
+    announce(f"rh_agents viewer on {url} (store: {app.state.viewer.store.path}); Ctrl-C to stop")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        announce(
+            f"note: bound to {host}: anyone who can reach this machine on that port can read "
+            "your runs (the default, 127.0.0.1, is this machine only)"
+        )
+    if open_browser:
+        open_in_browser(url)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
+    )
+    server = _StoppingServer(config, app.state.viewer.closing)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

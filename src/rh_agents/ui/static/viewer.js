@@ -1,0 +1,381 @@
+// rh_agents run viewer: live updates and filtering on top of pages rendered by the server.
+// Every value that comes from a run is set with textContent (or an attribute), never parsed
+// as HTML: an actor error holding "<script>" shows as text.
+"use strict";
+
+(function () {
+  const body = document.body;
+
+  function fmtDuration(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "";
+    if (seconds < 1) return Math.round(seconds * 1000) + " ms";
+    if (seconds < 60) return seconds.toFixed(2) + " s";
+    const minutes = Math.floor(seconds / 60);
+    if (minutes < 60) return minutes + " min " + Math.floor(seconds % 60) + " s";
+    return Math.floor(minutes / 60) + " h " + (minutes % 60) + " min";
+  }
+
+  function fmtTime(timestamp) {
+    if (!timestamp) return "";
+    const d = new Date(timestamp * 1000);
+    const pad = (n) => String(n).padStart(2, "0");
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+
+  function countsText(counts, running) {
+    const keys = Object.keys(counts || {}).sort((a, b) =>
+      (a !== "completed") - (b !== "completed") || (a < b ? -1 : a > b ? 1 : 0));
+    const parts = keys.map((k) => counts[k] + " " + k);
+    if (running) parts.push(running + " running");
+    return parts.length ? parts.join(" · ") : "no events yet";
+  }
+
+  function groupCountsText(g) {
+    const known = g.total_known !== false;
+    const parts = [g.total ? g.done + " of " + (known ? "" : "at least ") + g.total + " done"
+      : (g.done || 0) + " done"];
+    parts.push((g.succeeded || 0) + " ok");
+    if (g.failed) parts.push(g.failed + " failed");
+    for (const key of ["cancelled", "skipped", "missing"]) {
+      if (g[key]) parts.push(g[key] + " " + (key === "missing" ? "no checkpoint" : key));
+    }
+    return parts.join(" · ");
+  }
+
+  function metricsText(g) {
+    const m = g.metrics;
+    if (!m) return null;
+    const parts = [];
+    const run = m.run_time || {};
+    if (run.count) {
+      parts.push("run p50 " + fmtDuration(run.p50) + " · p95 " + fmtDuration(run.p95) +
+        " · max " + fmtDuration(run.max));
+    }
+    const wait = m.queue_wait || {};
+    if (wait.count) parts.push("wait p50 " + fmtDuration(wait.p50) + " · p95 " + fmtDuration(wait.p95));
+    if (m.wall_time !== undefined && m.wall_time !== null) parts.push("wall " + fmtDuration(m.wall_time));
+    if (m.concurrency_high_water !== undefined) {
+      parts.push("peak " + m.concurrency_high_water + " of " + m.max_workers + " workers");
+    }
+    if (m.throughput) parts.push(m.throughput.toFixed(1) + " members/s");
+    if (m.efficiency !== undefined && m.efficiency !== null) {
+      parts.push("efficiency " + Math.round(m.efficiency * 100) + "%");
+    }
+    if (m.retries) parts.push(m.retries + (m.retries === 1 ? " retry" : " retries"));
+    let text = parts.length ? parts.join(" · ") : "no member finished yet";
+    if (g.metrics_source === "checkpoints") text += " (from checkpoints: durations only, no queue waits)";
+    else if (g.metrics_source === "so far") text = "so far: " + text;
+    return text;
+  }
+
+  function setStatus(el, status) {
+    if (!el) return;
+    for (const cls of Array.from(el.classList)) if (cls.startsWith("s-")) el.classList.remove(cls);
+    el.classList.add("s-" + String(status).replace(/[^A-Za-z0-9_-]/g, "_"));
+    el.textContent = status;
+  }
+
+  function span(cls, text) {
+    const el = document.createElement("span");
+    el.className = cls;
+    if (text) el.textContent = text;
+    return el;
+  }
+
+  // --- the runs list ------------------------------------------------------------------------
+
+  function runsPage() {
+    const input = document.getElementById("filter");
+    const select = document.getElementById("status-filter");
+    const tbody = document.querySelector("#runs tbody");
+    const empty = document.getElementById("empty");
+
+    function apply() {
+      const needle = (input.value || "").trim().toLowerCase();
+      const status = select.value;
+      let shown = 0;
+      for (const row of tbody.rows) {
+        const id = (row.dataset.runId || "").toLowerCase();
+        const st = row.dataset.status || "";
+        const ok = (!status || st === status) && (!needle || id.includes(needle) || st.includes(needle));
+        row.classList.toggle("hidden", !ok);
+        if (ok) shown += 1;
+      }
+      empty.classList.toggle("shown", shown === 0);
+    }
+
+    function row(run) {
+      const tr = document.createElement("tr");
+      tr.dataset.runId = run.run_id;
+      tr.dataset.status = run.status;
+      const id = document.createElement("td");
+      id.className = "id";
+      const link = document.createElement("a");
+      link.href = "/runs/" + encodeURIComponent(run.run_id);
+      link.textContent = run.run_id;
+      id.appendChild(link);
+      if (run.live) id.appendChild(span("live", "live"));
+      const status = document.createElement("td");
+      const badge = span("status", "");
+      setStatus(badge, run.status);
+      status.appendChild(badge);
+      const cells = [["when", fmtTime(run.created)], ["duration", fmtDuration(run.duration)],
+        ["events", String(run.events || 0)], ["counts", countsText(run.counts, run.running)]];
+      tr.append(id, status);
+      for (const [cls, text] of cells) {
+        const td = document.createElement("td");
+        td.className = cls;
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      return tr;
+    }
+
+    async function refresh() {
+      if (document.visibilityState !== "visible") return;
+      try {
+        const response = await fetch("/api/runs", { headers: { Accept: "application/json" } });
+        if (!response.ok) return;
+        const data = await response.json();
+        tbody.replaceChildren(...data.runs.map(row));
+        apply();
+      } catch (e) {
+        // the viewer stopped: keep what is shown
+      }
+    }
+
+    input.addEventListener("input", apply);
+    select.addEventListener("change", apply);
+    apply();
+    setInterval(refresh, 3000);
+  }
+
+  // --- a run --------------------------------------------------------------------------------
+
+  function runPage() {
+    const runId = body.dataset.runId;
+    const memberLimit = Number(body.dataset.memberLimit || 0);
+    const items = new Map();
+    for (const li of document.querySelectorAll("li.item[data-address]")) items.set(li.dataset.address, li);
+    const follow = document.getElementById("follow-state");
+    const stale = new Set();
+    const reloaded = new Map();
+
+    function parentOf(address, kind) {
+      if (kind === "member") {
+        const m = /^(.*)\[\d+\]$/.exec(address);
+        return m ? m[1] : null;
+      }
+      const at = address.lastIndexOf("::");
+      return at < 0 ? null : address.slice(0, at);
+    }
+
+    function kindOfParent(childKind, parent) {
+      if (childKind === "member") return "group";
+      return /\[\d+\]$/.test(parent) ? "member" : "event";
+    }
+
+    function labelOf(address, kind) {
+      if (kind === "member") {
+        const m = /\[(\d+)\]$/.exec(address);
+        return m ? "[" + m[1] + "]" : address;
+      }
+      const at = address.lastIndexOf("::");
+      return at < 0 ? address : address.slice(at + 2);
+    }
+
+    function childList(li) {
+      return li.querySelector(":scope > details > ul.children, :scope > details > div.body > ul.children");
+    }
+
+    function createItem(address, kind, label) {
+      const li = document.createElement("li");
+      li.className = "item " + kind;
+      li.dataset.address = address;
+      li.dataset.kind = kind;
+      const details = document.createElement("details");
+      const summary = document.createElement("summary");
+      summary.className = "row";
+      details.appendChild(summary);
+      const children = document.createElement("ul");
+      children.className = "children";
+      if (kind === "group") {
+        details.className = "group";
+        const progress = document.createElement("progress");
+        progress.max = 1;
+        progress.value = 0;
+        summary.append(span("name", label), span("kind", "group"), span("status s-running", "running"),
+          span("counts", ""), progress);
+        const inner = document.createElement("div");
+        inner.className = "body";
+        const metrics = document.createElement("p");
+        metrics.className = "metrics";
+        const timeline = document.createElement("div");
+        timeline.className = "timeline";
+        const href = "/runs/" + encodeURIComponent(runId) + "/timeline?group=" + encodeURIComponent(address);
+        const link = document.createElement("a");
+        link.className = "open-timeline";
+        link.href = href;
+        link.textContent = "Timeline of its members";
+        const frame = document.createElement("iframe");
+        frame.loading = "lazy";
+        frame.title = "Timeline of " + address;
+        frame.src = href;
+        timeline.append(link, frame);
+        inner.append(metrics, timeline, children);
+        details.appendChild(inner);
+      } else {
+        summary.append(span("name", label));
+        if (kind === "member") summary.appendChild(span("actor", ""));
+        summary.append(span("status s-unknown", "no checkpoint"), span("attempts", ""),
+          span("duration", ""), span("error", ""), span("result", ""));
+        details.appendChild(children);
+      }
+      li.appendChild(details);
+      return li;
+    }
+
+    function indexOf(li) {
+      const m = /\[(\d+)\]$/.exec(li.dataset.address || "");
+      return m ? Number(m[1]) : -1;
+    }
+
+    function ensureItem(address, kind, parent, label) {
+      const found = items.get(address);
+      if (found) return found;
+      let list = document.getElementById("tree");
+      if (parent) {
+        const parentKind = kindOfParent(kind, parent);
+        const parentLi = ensureItem(parent, parentKind, parentOf(parent, parentKind), labelOf(parent, parentKind));
+        if (!parentLi) return null;
+        list = childList(parentLi);
+        if (kind === "member" && memberLimit && list.querySelectorAll(":scope > li.member").length >= memberLimit) {
+          return null; // the page lists the first members only (see "list every member")
+        }
+      }
+      const none = list.querySelector(":scope > li.none");
+      if (none) none.remove();
+      const li = createItem(address, kind, label || labelOf(address, kind));
+      if (kind === "member") {
+        const index = indexOf(li);
+        const after = Array.from(list.children).find((other) => indexOf(other) > index);
+        list.insertBefore(li, after || null);
+      } else {
+        list.appendChild(li);
+      }
+      items.set(address, li);
+      return li;
+    }
+
+    function markStale(li) {
+      for (let group = li.closest("li.group"); group; group = group.parentElement.closest("li.group")) {
+        stale.add(group);
+      }
+    }
+
+    function updateGroup(g) {
+      const li = ensureItem(g.group_id, "group", g.parent, g.name);
+      if (!li) return;
+      const summary = li.querySelector(":scope > details > summary");
+      setStatus(summary.querySelector(".status"), g.status);
+      summary.querySelector(".counts").textContent = groupCountsText(g);
+      const progress = summary.querySelector("progress");
+      progress.max = Math.max(g.total || 0, g.done || 0, 1);
+      progress.value = g.done || 0;
+      const text = metricsText(g);
+      if (text !== null) li.querySelector(":scope > details > div.body > p.metrics").textContent = text;
+      li.className = "item group s-" + String(g.status).replace(/[^A-Za-z0-9_-]/g, "_");
+      markStale(li);
+    }
+
+    function updateNode(n) {
+      const li = ensureItem(n.address, n.kind, n.parent, null);
+      if (!li) return;
+      const summary = li.querySelector(":scope > details > summary");
+      if (n.kind === "member") {
+        const m = /\[(\d+)\]$/.exec(n.address);
+        summary.querySelector(".name").textContent = "[" + (m ? m[1] : "?") + "]" + (n.name ? " " + n.name : "");
+        const actor = summary.querySelector(".actor");
+        if (actor && n.actor) actor.textContent = n.actor;
+      }
+      setStatus(summary.querySelector(".status"), n.status);
+      summary.querySelector(".attempts").textContent = n.attempts > 1 ? n.attempts + " attempts" : "";
+      summary.querySelector(".duration").textContent = fmtDuration(n.duration);
+      const error = summary.querySelector(".error");
+      const full = n.error || "";
+      error.textContent = full.length > 300 ? full.slice(0, 300) + "…" : full;
+      if (full) error.title = full; else error.removeAttribute("title");
+      summary.querySelector(".result").textContent = n.result || "";
+      li.className = "item " + n.kind + " s-" + String(n.status).replace(/[^A-Za-z0-9_-]/g, "_");
+      markStale(li);
+    }
+
+    function updateRun(run) {
+      setStatus(document.getElementById("run-status"), run.status);
+      body.dataset.status = run.status;
+      document.getElementById("run-duration").textContent = fmtDuration(run.duration);
+      document.getElementById("run-events").textContent = String(run.events || 0);
+      document.getElementById("run-counts").textContent = countsText(run.counts, run.running);
+    }
+
+    // Open timelines of groups that changed are reloaded, at most every 1.5 s each, keeping
+    // their scroll position.
+    function reloadTimelines(force) {
+      const now = Date.now();
+      for (const li of Array.from(stale)) {
+        const details = li.querySelector(":scope > details");
+        const frame = li.querySelector(":scope > details > div.body > div.timeline > iframe");
+        if (!frame || !details.open) continue;
+        if (!force && now - (reloaded.get(frame) || 0) < 1500) continue;
+        stale.delete(li);
+        reloaded.set(frame, now);
+        let x = 0, y = 0;
+        try { x = frame.contentWindow.scrollX; y = frame.contentWindow.scrollY; } catch (e) { /* not loaded */ }
+        frame.addEventListener("load", () => {
+          try { frame.contentWindow.scrollTo(x, y); } catch (e) { /* gone */ }
+        }, { once: true });
+        const url = new URL(frame.src, location.href);
+        url.searchParams.set("at", String(now));
+        frame.src = url.pathname + url.search;
+      }
+    }
+
+    function apply(data) {
+      if (data.run) updateRun(data.run);
+      for (const g of data.groups || []) updateGroup(g);
+      for (const n of data.nodes || []) updateNode(n);
+    }
+
+    if (body.dataset.status !== "running" || typeof EventSource === "undefined") return;
+    const cursor = body.dataset.cursor || "0";
+    const source = new EventSource("/api/runs/" + encodeURIComponent(runId) + "/events?cursor=" +
+      encodeURIComponent(cursor));
+    follow.textContent = "(following)";
+    source.addEventListener("update", (e) => {
+      apply(JSON.parse(e.data));
+      follow.textContent = "(following)";
+    });
+    source.addEventListener("end", (e) => {
+      apply(JSON.parse(e.data));
+      source.close();
+      follow.textContent = "(the run is over)";
+      reloadTimelines(true);
+    });
+    source.addEventListener("reset", () => {
+      source.close();
+      location.reload();
+    });
+    source.addEventListener("problem", (e) => {
+      follow.textContent = "(" + JSON.parse(e.data).error + ")";
+    });
+    source.onerror = () => {
+      if (source.readyState !== EventSource.CLOSED) follow.textContent = "(connection lost: retrying)";
+    };
+    setInterval(() => reloadTimelines(false), 500);
+    document.addEventListener("toggle", () => reloadTimelines(false), true);
+  }
+
+  if (body.dataset.page === "runs") runsPage();
+  else if (body.dataset.page === "run") runPage();
+})();

@@ -1,0 +1,300 @@
+"""The viewer's pages and JSON API over the ASGI app (httpx), event streams included."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rh_agents.core.execution import ExecutionState
+from rh_agents.recovery import Recovery
+from rh_agents.ui import create_app
+from rh_agents.ui.live import LiveFeed
+from ui_support import (
+    EVIL,
+    FAILING,
+    RETRIED,
+    EventReader,
+    StreamingASGITransport,
+    add_members,
+    run_workflow,
+    running_run,
+    stored_run,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+BASE = "http://127.0.0.1"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+async def _client(app: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def finished(store: Path) -> AsyncIterator[httpx.AsyncClient]:
+    await stored_run(store)
+    running_run(store)
+    async with await _client(create_app(store)) as client:
+        yield client
+
+
+async def test_runs_list_newest_first_with_counts(finished: httpx.AsyncClient) -> None:
+    data = (await finished.get("/api/runs")).json()
+    runs = data["runs"]
+    assert [r["run_id"] for r in runs] == ["busy-run", "done-run"]
+    done = runs[1]
+    assert done["status"] == "completed"
+    assert done["counts"] == {"completed": 5, "failed": 1}  # 5 members + Orchestrator, 1 failed
+    assert done["events"] == 6 and done["duration"] >= 0 and done["created"] > 0
+    assert runs[0]["status"] == "running" and runs[0]["counts"] == {"completed": 2}
+    assert data["error"] is None and data["store_exists"] is True
+
+
+async def test_runs_list_filters(finished: httpx.AsyncClient) -> None:
+    only = (await finished.get("/api/runs", params={"status": "running"})).json()["runs"]
+    assert [r["run_id"] for r in only] == ["busy-run"]
+    by_id = (await finished.get("/api/runs", params={"q": "DONE"})).json()["runs"]
+    assert [r["run_id"] for r in by_id] == ["done-run"]
+    page = (await finished.get("/", params={"q": "done"})).text
+    assert 'data-run-id="done-run"' in page and 'data-run-id="busy-run"' not in page
+
+
+async def test_run_nodes_groups_and_metrics(finished: httpx.AsyncClient) -> None:
+    data = (await finished.get("/api/runs/done-run")).json()
+    assert data["source"] == "store" and data["run"]["status"] == "completed"
+    nodes = {n["address"]: n for n in data["nodes"]}
+    failed = nodes[f"Orchestrator::docs[{FAILING}]::work"]
+    assert failed["status"] == "failed" and EVIL in failed["error"] and failed["attempts"] == 2
+    assert nodes[f"Orchestrator::docs[{RETRIED}]::work"]["attempts"] == 2
+    ok = nodes["Orchestrator::docs[0]::work"]
+    assert ok["result"] == '{"n":0,"double":0}' and ok["duration"] >= 0
+    member = nodes["Orchestrator::docs[0]"]
+    assert member["kind"] == "member" and member["parent"] == "Orchestrator::docs"
+    assert ok["parent"] == "Orchestrator::docs[0]" and nodes["Orchestrator"]["parent"] is None
+    (group,) = data["groups"]
+    assert group["group_id"] == "Orchestrator::docs" and group["parent"] == "Orchestrator"
+    assert (group["total"], group["done"], group["succeeded"], group["failed"]) == (5, 5, 4, 1)
+    assert group["status"] == "partial" and group["metrics_source"] == "checkpoints"
+    assert group["metrics"]["run_time"]["count"] == 5 and group["metrics"]["retries"] == 2
+
+
+async def test_run_page_is_rendered_on_the_server(finished: httpx.AsyncClient) -> None:
+    response = await finished.get("/runs/done-run")
+    assert response.status_code == 200
+    page = response.text
+    # The tree, by address, collapsible; the group with its counts and metrics.
+    assert 'data-address="Orchestrator::docs[2]::work"' in page
+    assert '<details class="group">' in page and "5 of at least 5 done · 4 ok · 1 failed" in page
+    assert "run p50" in page and "2 retries" in page
+    assert "/runs/done-run/timeline?group=Orchestrator%3A%3Adocs" in page
+    # The error is text, escaped, and the page runs no inline script.
+    assert "<script>window" not in page and "&lt;script&gt;window.__pwned" in page
+    assert page.count("<script") == 1 and '<script src="/static/viewer.js" defer>' in page
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy.split("script-src")[1]
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_timeline_page_and_data(finished: httpx.AsyncClient) -> None:
+    page = await finished.get("/runs/done-run/timeline", params={"group": "Orchestrator::docs"})
+    assert page.status_code == 200
+    assert page.text.count('<g class="member status-') == 5
+    assert 'class="member status-failed"' in page.text and "Zoom:" in page.text
+    assert "script-src" not in page.headers["content-security-policy"]  # none at all
+    zoomed = await finished.get(
+        "/runs/done-run/timeline", params={"group": "Orchestrator::docs", "zoom": "4"}
+    )
+    width = int(page.text.split('class="chart" style="width:')[1].split("px")[0])
+    wider = int(zoomed.text.split('class="chart" style="width:')[1].split("px")[0])
+    assert wider > width + 2000
+    data = (await finished.get("/api/runs/done-run/timeline")).json()
+    (group,) = data["groups"]
+    assert data["timed"] is False and len(group["members"]) == 5
+    assert {m["status"] for m in group["members"]} == {"completed", "failed"}
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/runs/no-such-run", 404),
+        ("/api/runs/no-such-run", 404),
+        ("/runs/a..b", 400),
+        ("/api/runs/a..b", 400),
+        ("/api/runs/a..b/events", 400),
+        ("/runs/a..b/timeline", 400),
+        ("/api/runs/" + "x" * 200, 400),
+    ],
+)
+async def test_bad_and_unknown_run_ids(finished: httpx.AsyncClient, path: str, status: int) -> None:
+    response = await finished.get(path)
+    assert response.status_code == status
+    if path.startswith("/api/"):
+        assert "error" in response.json()
+    else:
+        assert "Traceback" not in response.text and "rh_agents runs" in response.text
+
+
+def _contents(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+async def test_read_only_and_local_only(finished: httpx.AsyncClient, store: Path) -> None:
+    before = _contents(store)
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        assert (await finished.request(method, "/api/runs/done-run")).status_code == 405
+    assert (await finished.get("/", headers={"host": "attacker.example"})).status_code == 400
+    assert (await finished.get("/", headers={"host": "localhost:8765"})).status_code == 200
+    assert _contents(store) == before
+
+
+async def test_missing_store_is_a_clear_page(tmp_path: Path) -> None:
+    store = tmp_path / "nothing" / "state.db"
+    async with await _client(create_app(store)) as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and "No state store at" in page.text
+        assert (await client.get("/api/runs")).json()["runs"] == []
+        missing = await client.get("/runs/some-run")
+        assert missing.status_code == 404 and "no state store" in missing.text
+    assert not store.parent.exists()  # reading created nothing
+
+
+async def test_corrupt_store_is_a_clear_page(tmp_path: Path) -> None:
+    store = tmp_path / "state.db"
+    store.write_bytes(b"this is not a database" * 100)
+    async with await _client(create_app(store)) as client:
+        page = await client.get("/")
+        assert page.status_code == 503 and "cannot be read" in page.text
+        assert "Traceback" not in page.text
+        api = await client.get("/api/runs")
+        assert api.status_code == 503 and "cannot be read" in api.json()["error"]
+        run = await client.get("/runs/any")
+        assert run.status_code == 503 and "Traceback" not in run.text
+
+
+async def test_damaged_checkpoint_is_a_clear_page(store: Path) -> None:
+    await stored_run(store)
+    with sqlite3.connect(store) as db:
+        db.execute("UPDATE checkpoints SET attempts = 'many' WHERE address = 'Orchestrator'")
+    async with await _client(create_app(store)) as client:
+        page = await client.get("/runs/done-run")
+        assert page.status_code == 503 and "cannot be read" in page.text
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads anything")
+async def test_read_only_store(store: Path) -> None:
+    await stored_run(store)
+    store.parent.chmod(0o555)
+    try:
+        async with await _client(create_app(store)) as client:
+            assert (await client.get("/api/runs/done-run")).status_code == 200
+    finally:
+        store.parent.chmod(0o755)
+
+
+# --- event streams --------------------------------------------------------------------------
+
+
+async def test_events_of_a_store_backed_run_as_checkpoints_land(store: Path) -> None:
+    running_run(store, finished=2)
+    app = create_app(store, poll_interval=0.05)
+    transport = StreamingASGITransport(app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url=BASE) as client,
+        client.stream("GET", "/api/runs/busy-run/events", params={"cursor": 2}) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = EventReader(response)
+        ((kind, first),) = await events.read(1)
+        assert kind == "update" and json.loads(first)["nodes"] == []
+        add_members(store, "busy-run", range(2, 4))
+        ((kind, second),) = await events.read(1)
+        update = json.loads(second)
+        assert kind == "update"
+        assert {n["address"] for n in update["nodes"]} == {
+            f"Orchestrator::docs[{i}]{tail}" for i in (2, 3) for tail in ("", "::work")
+        }
+        assert update["groups"][0]["done"] == 4 and update["run"]["events"] == 4
+        add_members(store, "busy-run", range(4, 5), status="completed")
+        last = await events.read(2)
+        assert [kind for kind, _ in last] == ["update", "end"]
+        assert json.loads(last[1][1])["run"]["status"] == "completed"
+
+
+async def test_events_of_a_live_run(store: Path) -> None:
+    """A run watched from this process: the stream follows its feed as members finish."""
+    state = ExecutionState(run_id="live-run")
+    feed = LiveFeed("live-run", clock_now=state.clock.now)
+    state.event_bus.subscribe(feed, kinds=LiveFeed.KINDS)
+    app = create_app(store, feeds={"live-run": feed}, push_interval=0.01)
+    run = asyncio.create_task(run_workflow(state, members=12, delay=0.05, max_workers=2))
+    try:
+        async with (
+            httpx.AsyncClient(transport=StreamingASGITransport(app), base_url=BASE) as client,
+            client.stream("GET", "/api/runs/live-run/events") as response,
+        ):
+            reader = EventReader(response)
+            events = await reader.read(4)
+            assert {kind for kind, _ in events} == {"update"}
+            updates = [json.loads(data) for _, data in events]
+            done = [g["done"] for u in updates for g in u["groups"]]
+            assert done == sorted(done) and done and done[-1] < 12
+            assert all(u["run"]["status"] == "running" and u["run"]["live"] for u in updates)
+            nodes = [n for u in updates for n in u["nodes"]]
+            assert any(n["status"] == "running" for n in nodes)
+            assert any(n["kind"] == "member" and n["status"] == "completed" for n in nodes)
+            # The rest up to the end: the run finishes and the stream says so.
+            await run
+            feed.finish()
+            tail = await reader.read(100)
+            assert tail[-1][0] == "end"
+            final = json.loads(tail[-1][1])["run"]
+            assert final["status"] == "completed" and final["counts"]["failed"] == 1
+        page = await (await _client(app)).get("/runs/live-run")
+        assert 'data-source="live"' in page.text and "&lt;script&gt;window" in page.text
+    finally:
+        if not run.done():
+            run.cancel()
+
+
+async def test_a_live_run_that_checkpoints_ends_with_its_store(store: Path) -> None:
+    state = ExecutionState(run_id="both", recovery=Recovery(store))
+    feed = LiveFeed("both", clock_now=state.clock.now)
+    state.event_bus.subscribe(feed, kinds=LiveFeed.KINDS)
+    app = create_app(store, feeds={"both": feed}, poll_interval=0.05, push_interval=0.01)
+    await run_workflow(state, members=3)
+    assert feed.running  # nobody told the feed; the store knows
+    async with (
+        httpx.AsyncClient(transport=StreamingASGITransport(app), base_url=BASE) as client,
+        client.stream("GET", "/api/runs/both/events") as response,
+    ):
+        events = await EventReader(response).read(10)
+    assert events[-1][0] == "end" and not feed.running
+    assert json.loads(events[-1][1])["run"]["status"] == "completed"
+
+
+async def test_streams_end_when_the_client_leaves_or_the_viewer_closes(store: Path) -> None:
+    running_run(store)
+    app = create_app(store, poll_interval=0.05)
+    transport = StreamingASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+        async with client.stream("GET", "/api/runs/busy-run/events") as response:
+            await EventReader(response).read(1)
+        assert transport.cancelled == 0  # the app saw the client go and returned
+        async with client.stream("GET", "/api/runs/busy-run/events") as response:
+            reader = EventReader(response)
+            await reader.read(1)
+            app.state.viewer.closing.set()
+            assert await reader.read(5) == []  # the stream ended
+    assert transport.cancelled == 0
