@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -133,6 +135,50 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     out, err = again.communicate(timeout=30)
     assert again.returncode == 0, (out, err)
     assert _run_info(store)[0].status is RunStatus.COMPLETED
+
+
+def test_ctrl_c_on_the_demo_is_clean_and_its_command_resumes_it(state_store: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "rh_agents", "demo", "--mode", "progress", "--run-id", "d1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert demo.stdout is not None
+    before = []
+    for line in demo.stdout:  # the first finished document: the others are on their way
+        before.append(line)
+        if line.lstrip().startswith("✔ documents#"):
+            break
+    demo.send_signal(signal.SIGINT)
+    out, err = demo.communicate(timeout=30)
+    out = "".join(before) + out
+    assert demo.returncode == 130, (out, err)
+    assert err == ""
+    ended = re.search(
+        r"^⏹ interrupted \(Ctrl-C\): (\d+) of 30 members finished, \d+ cancelled, "
+        r"\d+ never started$",
+        out,
+        re.M,
+    )
+    assert ended is not None, out
+    assert "✘" not in out and "CANCELLED" not in out
+    resume = out.splitlines()[-1]
+    prefix = "  run d1 is saved as interrupted; to resume: "
+    assert resume.startswith(prefix), out
+    command = shlex.split(resume[len(prefix) :])
+    assert command == [sys.executable, "-m", "rh_agents", "demo", "--run-id", "d1"]
+    with SQLiteBackend(state_store, mode="read") as backend:
+        assert backend.get_run("d1").status is RunStatus.INTERRUPTED
+
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "Resuming run d1: what it finished is replayed." in again.stdout
+    assert re.search(r"📦 documents: 30 finished · \d+ ok \(\d+ replayed\)", again.stdout)
+    with SQLiteBackend(state_store, mode="read") as backend:
+        assert backend.get_run("d1").status is RunStatus.COMPLETED
 
 
 # --- in this process ------------------------------------------------------------------------

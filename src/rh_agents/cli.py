@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from rh_agents.errors import InvalidRunIdError, RecoveryError
 from rh_agents.observability.cli import check_output_file
 from rh_agents.observability.cli import timeline as runs_timeline
 from rh_agents.recovery.cli import runs_app
+from rh_agents.recovery.run_ids import check_run_id
 
 
 def _untyped_flags(params: list[Any]) -> list[Any]:
@@ -59,26 +60,56 @@ def demo(
     timeline: Path | None = typer.Option(
         None, "--timeline", help="Also write the run's timeline (HTML) to this file."
     ),
+    run_id: str | None = typer.Option(
+        None,
+        "--run-id",
+        help="Save the run as RUN_ID, or resume it if it exists (after a Ctrl-C, say). "
+        "Default: a new demo-<date>-<time>.",
+        show_default=False,
+    ),
+    state: Path | None = typer.Option(
+        None,
+        "--state",
+        help="State file (.db) or JSON directory to save the run in. Default: "
+        "$RH_AGENTS_STATE, else ~/.local/state/rh_agents/state.db.",
+        show_default=False,
+    ),
 ) -> None:
-    """Run the offline research-digest demo (no key, no network; a few seconds)."""
+    """Run the offline research-digest demo (no key, no network; a few seconds).
+
+    The run is saved, so `rh-agents runs list`, `show`, `timeline` and `resume` can look at
+    it afterwards. Ctrl-C stops it cleanly; the command it prints resumes it.
+    """
     if mode not in _MODES:
         raise typer.BadParameter(
             f"choose one of {', '.join(_MODES)}; got {mode!r}", param_hint="--mode"
         )
     if timeline is not None:
         check_output_file(timeline, "--timeline")
+    if run_id is not None:
+        try:
+            check_run_id(run_id)
+        except InvalidRunIdError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--run-id") from None
+    import rh_agents
     from rh_agents.demo import run_demo
 
-    asyncio.run(
-        run_demo(
-            documents=documents,
-            workers=workers,
-            mode=mode,  # type: ignore[arg-type]  # checked against _MODES above
-            failure_rate=failure_rate,
-            seed=seed,
-            timeline=timeline,
+    try:
+        rh_agents.run(
+            run_demo(
+                documents=documents,
+                workers=workers,
+                mode=mode,  # type: ignore[arg-type]  # checked against _MODES above
+                failure_rate=failure_rate,
+                seed=seed,
+                timeline=timeline,
+                run_id=run_id,
+                store=state,
+            )
         )
-    )
+    except RecoveryError as exc:  # the store: locked by another run, unwritable...
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
 
 
 @app.callback()

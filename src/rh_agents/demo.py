@@ -6,15 +6,21 @@ a summary while a tool extracts keywords. A ``digest`` tool then joins whatever 
 key, no network: latencies and transient LLM failures come from a generator seeded per
 document, so every run fails the same documents, whatever order they finish in::
 
-    digest = asyncio.run(run_demo(documents=30, workers=8, mode="progress"))
+    digest = rh_agents.run(run_demo(documents=30, workers=8, mode="progress"))
 
-The run is shown by ``ParallelEventPrinter``; ``rh-agents demo --help`` lists the options.
+The run is shown by ``ParallelEventPrinter`` and saved, as ``demo-<date>-<time>``, in the
+default store (``RH_AGENTS_STATE``, else ``~/.local/state/rh_agents/state.db``), so
+``rh-agents runs list``, ``show``, ``timeline`` and ``resume`` have something to look at right
+after it. It uses ``Recovery(resume="auto")``: ``rh-agents demo --run-id ID`` resumes run ID
+(after a Ctrl-C, say) or makes it. ``rh-agents demo --help`` lists the options.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import random
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +39,9 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.demo_data import DOCUMENTS
 from rh_agents.errors import ConfigurationError
 from rh_agents.observability.timeline import TimelineRecorder
+from rh_agents.recovery import Recovery, open_backend
+from rh_agents.recovery.backend import default_state_path
+from rh_agents.recovery.session import current_command
 from rh_agents.resilience import RetryPolicy
 
 __all__ = [
@@ -43,6 +52,8 @@ __all__ = [
     "Summaries",
     "Summary",
     "build_actors",
+    "demo_command",
+    "new_demo_run_id",
     "outro",
     "run_demo",
 ]
@@ -194,6 +205,53 @@ def outro(mode: str) -> str:
     return f"Try: {first}\n     {second}"
 
 
+def new_demo_run_id(store: str | Path | None = None) -> str:
+    """``demo-<date>-<time>``, with ``-2``, ``-3``... if the store already has that id."""
+    base = datetime.datetime.now().strftime("demo-%Y%m%d-%H%M%S")
+    path = Path(store) if store is not None else default_state_path()
+    if not path.exists():
+        return base
+    with open_backend(path, mode="read") as backend:
+        taken = {run.run_id for run in backend.list_runs()}
+    run_id, n = base, 1
+    while run_id in taken:
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+def demo_command(
+    run_id: str,
+    *,
+    documents: int = 30,
+    workers: int = 8,
+    failure_rate: float = 0.1,
+    seed: int = 7,
+    store: str | Path | None = None,
+) -> str:
+    """The command that runs (or resumes) this demo run: ``rh-agents demo --run-id ID`` and
+    the options that differ from the defaults (the program as it was started, when that was
+    the demo: ``.venv/bin/rh-agents demo``, ``python -m rh_agents demo``)."""
+    words = shlex.split(current_command())
+    at = words.index("demo") if "demo" in words else 0
+    started_as_demo = at > 0 and (
+        words[at - 1].endswith("rh-agents") or words[at - 1] == "rh_agents"
+    )
+    command = words[: at + 1] if started_as_demo else ["rh-agents", "demo"]
+    command += ["--run-id", run_id]
+    for flag, value, default in (
+        ("--documents", documents, 30),
+        ("--workers", workers, 8),
+        ("--failure-rate", failure_rate, 0.1),
+        ("--seed", seed, 7),
+    ):
+        if value != default:
+            command += [flag, str(value)]
+    if store is not None:
+        command += ["--state", str(store)]
+    return shlex.join(command)
+
+
 def _say(console: Console, text: Text | str, *, hang: int = 2) -> None:
     """Print ``text`` wrapped at word boundaries to the console's width (a terminal would cut
     words and lose the indentation); continuation lines are indented ``hang`` more."""
@@ -212,10 +270,16 @@ async def run_demo(
     seed: int = 7,
     latency: float = 1.0,
     timeline: str | Path | None = None,
+    run_id: str | None = None,
+    store: str | Path | None = None,
+    save: bool = True,
 ) -> str:
     """Run the digest with a ``ParallelEventPrinter`` and return the digest text.
 
     ``timeline``: also write the run's timeline (HTML, ``TimelineRecorder``) to that file.
+    ``run_id``: the run to save it as, or to resume if it exists (default: a new
+    ``demo-<date>-<time>``); ``store``: where (default: the default store); ``save=False``
+    keeps nothing.
     """
     if documents < 1:
         raise ConfigurationError(f"documents must be >= 1, got {documents}")
@@ -239,13 +303,27 @@ async def run_demo(
         ]
     )
     actors = build_actors(seed=seed, failure_rate=failure_rate, workers=workers, latency=latency)
+    recovery: Recovery | None = None
+    if save:
+        run_id = run_id if run_id is not None else new_demo_run_id(store)
+        command = demo_command(
+            run_id,
+            documents=documents,
+            workers=workers,
+            failure_rate=failure_rate,
+            seed=seed,
+            store=store,
+        )
+        recovery = Recovery(store, resume="auto", resume_command=command)
     bus = EventBus()
     with ParallelEventPrinter(mode, console=console) as printer:
         bus.subscribe(printer)
         recorder = TimelineRecorder() if timeline is not None else None
         if recorder is not None:
             bus.subscribe(recorder)
-        async with ExecutionState(event_bus=bus) as state:
+        async with ExecutionState(event_bus=bus, run_id=run_id, recovery=recovery) as state:
+            if recovery is not None and recovery.resumed:
+                _say(console, f"Resuming run {run_id}: what it finished is replayed.")
             result: ExecutionResult[Any] = await ExecutionEvent(actor=actors["orchestrator"])(
                 corpus, "", state
             )
@@ -254,10 +332,27 @@ async def run_demo(
     console.print()
     _say(console, digest)
     console.print()
-    for line in outro(mode).splitlines():
-        # Continuation lines go on under the command, after "Try: ".
-        _say(console, line, hang=2 if line.startswith(" ") else 7)
     if recorder is not None and timeline is not None:
         written = recorder.timeline("rh-agents demo").write_html(timeline)
         console.print(f"Timeline written to {written}", highlight=False, markup=False)
+    if recovery is not None and state.run_id is not None:
+        _saved(console, state.run_id, store)
+        console.print()
+    for line in outro(mode).splitlines():
+        # Continuation lines go on under the command, after "Try: ".
+        _say(console, line, hang=2 if line.startswith(" ") else 7)
     return digest
+
+
+def _saved(console: Console, run_id: str, store: str | Path | None) -> None:
+    """Where the run was saved, and the commands that look at it (never wrapped: they are
+    to be copied)."""
+    where = Path(store) if store is not None else default_state_path()
+    option = "" if store is None else f" --state {shlex.quote(str(store))}"
+    _say(console, f"Saved as run {run_id} (in {where}). Look at it with:")
+    for command in (
+        f"rh-agents runs show {run_id}{option}",
+        f"rh-agents runs timeline {run_id}{option} --out timeline.html",
+        f"rh-agents runs list{option}",
+    ):
+        console.print(f"  {command}", highlight=False, markup=False, soft_wrap=True)
