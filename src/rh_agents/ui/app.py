@@ -439,14 +439,15 @@ async def _check_store(vs: ViewerState, feed: LiveFeed) -> None:
 
 
 async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIterator[str]:
-    """Updates of a live run: the run's summary, the groups that changed (counts; metrics once
-    they completed) and the nodes that changed, at most ``MAX_NODES_PER_MESSAGE`` at a time
-    (the rest follow), at most every ``push_interval``."""
+    """Updates of a live run: the run's summary, the groups that changed (counts, and their
+    metrics at most once a second) and the nodes that changed, at most
+    ``MAX_NODES_PER_MESSAGE`` at a time (the rest follow), at most every ``push_interval``."""
     yield "retry: 2000\n\n"
     pending: dict[str, None] = {}
     first = True
     loop = asyncio.get_running_loop()
     next_check = last_sent = loop.time()
+    metrics_at: dict[str, float] = {}
     while not vs.closing.is_set():
         changed = feed.changes_since(cursor)
         if changed is None:  # the feed's log no longer reaches back: start over
@@ -468,9 +469,16 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
         for address in batch:
             del pending[address]
         if batch or touched or first:
-            groups = [
-                g for gid in touched if (g := feed.group(gid, metrics=gid in completed)) is not None
-            ]
+            now = loop.time()
+            groups = []
+            for gid in touched:
+                # Metrics so far cost a pass over the group's members: once a second at most.
+                metrics = gid in completed or now - metrics_at.get(gid, -math.inf) >= 1.0
+                group = feed.group(gid, metrics=metrics)
+                if group is not None:
+                    groups.append(group)
+                    if metrics:
+                        metrics_at[gid] = now
             data = {
                 "run": live_summary(feed),
                 "groups": _groups_with_parents(groups),
@@ -481,7 +489,7 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
             first = False
             last_sent = loop.time()
         if feed.running and vs.store.exists() and loop.time() >= next_check:
-            next_check = last_sent = loop.time()
+            next_check = loop.time() + vs.poll_interval
             await _check_store(vs, feed)
         if not feed.running and not pending and feed.changes_since(cursor) == []:
             yield _sse("end", {"run": live_summary(feed)}, cursor)

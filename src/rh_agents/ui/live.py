@@ -86,6 +86,7 @@ class LiveFeed:
         self.status: str | None = None  # final status, once the run is known to be over
         self.finished: float | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._counts: tuple[int, dict[str, int], int] | None = None
 
     # --- the subscriber (the run's hot path) --------------------------------------------------
 
@@ -234,11 +235,7 @@ class LiveFeed:
             )
             node["order"] = record.timestamp - record.execution_time
         elif isinstance(record, EventFailed):
-            status = "failed"
-            if record.cancelled:
-                status = "cancelled"
-            elif record.error_type in _TIMEOUT_TYPES:
-                status = "timed_out"
+            status = _failed_status(record)
             node.update(
                 actor=record.actor,
                 actor_kind=record.actor_kind,
@@ -251,6 +248,29 @@ class LiveFeed:
             )
             node["order"] = record.timestamp - record.execution_time
         return node
+
+    def event_counts(self) -> tuple[dict[str, int], int]:
+        """Finished events by status, and the number still running (kept until the next
+        batch of records: a stream asks for them at every update)."""
+        cached = self._counts
+        if cached is not None and cached[0] == self.records:
+            return cached[1], cached[2]
+        counts: dict[str, int] = {}
+        running = 0
+        for record in list(self.nodes.values()):
+            cls = type(record)
+            if cls is EventCompleted:
+                status = "completed"
+            elif cls is EventStarted:
+                running += 1
+                continue
+            elif cls is EventFailed:
+                status = _failed_status(record)  # type: ignore[arg-type]
+            else:
+                continue
+            counts[status] = counts.get(status, 0) + 1
+        self._counts = (self.records, counts, running)
+        return counts, running
 
     def all_nodes(self) -> list[Node]:
         return [node for address in list(self.nodes) if (node := self.node(address)) is not None]
@@ -351,3 +371,9 @@ class LiveFeed:
 def _metrics_dict(metrics: Any) -> Node | None:
     as_dict = getattr(metrics, "as_dict", None)
     return as_dict() if callable(as_dict) else None
+
+
+def _failed_status(record: EventFailed) -> str:
+    if record.cancelled:
+        return "cancelled"
+    return "timed_out" if record.error_type in _TIMEOUT_TYPES else "failed"

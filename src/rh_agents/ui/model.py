@@ -208,17 +208,7 @@ def live_summary(feed: LiveFeed, info: RunInfo | None = None, *, now: float | No
     """A run watched live: its status is the store's once the store says it ended, else the
     feed's (``running`` until the program says it is over)."""
     now = time.time() if now is None else now
-    counts: dict[str, int] = {}
-    running = 0
-    for address in list(feed.nodes):
-        node = feed.node(address)
-        if node is None or node["kind"] != "event":
-            continue
-        status = node["status"]
-        if status == "running":
-            running += 1
-            continue
-        counts[status] = counts.get(status, 0) + 1
+    counts, running = feed.event_counts()
     status = feed.status or RunStatus.RUNNING.value
     if info is not None and info.status is not RunStatus.RUNNING:
         status = info.status.value
@@ -232,7 +222,7 @@ def live_summary(feed: LiveFeed, info: RunInfo | None = None, *, now: float | No
         "updated": feed.last_record,
         "duration": max(end - feed.created, 0.0),
         "events": sum(counts.values()),
-        "counts": counts,
+        "counts": dict(counts),
         "running": running,
         "live": True,
         "resume_command": info.resume_command if info is not None else None,
