@@ -18,8 +18,9 @@ Invariants:
   closes the entries after a refused one too.
 - A member added after the group stopped, or after one of its dependencies failed, is
   finished at once (as the stop says, or skipped) and never runs.
-- ``p.add(coro)`` with no options takes a fast path that skips every check: nothing it skips
-  could reject such a call.
+- ``p.add(coro)``, ``p.add(fn)`` and ``p.add("name", coro)`` with no options take a fast path
+  that skips the checks nothing could fail: a coroutine, or a plain function whose code object
+  says it takes no argument (no ``inspect.signature`` per member), with a new name.
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
-from types import CoroutineType
+from types import CoroutineType, FunctionType
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.parallel.lazy_source import LazySource
-from rh_agents.core.parallel.member import Member, check_member, is_event_call
+from rh_agents.core.parallel.member import (
+    Member,
+    check_member,
+    is_event_call,
+    takes_no_arguments,
+)
 from rh_agents.errors import (
     ConfigurationError,
     DependencyError,
@@ -50,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["_Adding"]
 
 _NO_DEPENDENCIES: tuple[str, ...] = ()
+_NO_INDICES: list[int] = []  # (never modified)
 
 
 class _Adding:
@@ -106,32 +113,43 @@ class _Adding:
         this member alone.
         """
         if (
-            len(args) == 1
-            and type(args[0]) is CoroutineType
-            and name is None
-            and after is _NO_DEPENDENCIES
-            and type(priority) is int
-            and priority == 0
+            after is _NO_DEPENDENCIES
             and timeout is None
             and retry is None
+            and type(priority) is int
+            and priority == 0
             and self.retry is None
             and self._entered
             and not self._sealed
         ):
-            # p.add(coro) with no options, the form of every member of a big group: nothing
-            # below could reject it, so skip straight to adding it.
-            if self._stop_status is None and self._state.cache is None:
-                # Nothing to decide about it before a worker takes it: it waits as the bare
-                # coroutine, and its Member is made then (see ReadyQueue).
-                index = self._total
-                self._total = index + 1
-                if self._retain:
-                    self._results.append(None)
-                self._ready.push_bare(args[0], index, self._now())
-                if not self._unstarted:  # else the worker starting now will kick (see _kick)
-                    self._kick()
-                return index
-            return self._add_member(args[0], None, [], 0, None, None)
+            # No option but a name: the forms of every member of a big group. Nothing below
+            # could reject a coroutine, or a plain function that surely takes no argument
+            # (read from its code object, not from a signature), under a new name: skip
+            # straight to adding it.
+            nargs = len(args)
+            if nargs == 1:
+                source, member_name = args[0], name
+            elif nargs == 2 and name is None:
+                member_name, source = args
+            else:
+                source = member_name = None
+            kind = type(source)
+            if kind is CoroutineType or (kind is FunctionType and takes_no_arguments(source)):
+                if member_name is None:
+                    if self._stop_status is None and self._state.cache is None:
+                        # Nothing to decide about it before a worker takes it: it waits as
+                        # itself, and its Member is made then (see ReadyQueue).
+                        index = self._total
+                        self._total = index + 1
+                        if self._retain:
+                            self._results.append(None)
+                        self._ready.push_bare(source, index, self._now())
+                        if not self._unstarted:  # else the worker starting now will kick
+                            self._kick()
+                        return index
+                    return self._add_member(source, None, _NO_INDICES, 0, None, None)
+                if type(member_name) is str and member_name and member_name not in self._names:
+                    return self._add_member(source, member_name, _NO_INDICES, 0, None, None)
         if len(args) == 2 and isinstance(args[0], str):
             if name is not None:
                 _close_quietly(args[1])

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
+from types import CoroutineType, FunctionType, MethodType
 from typing import Any
 
 from rh_agents.core.event_call import EventCall
 from rh_agents.core.results import ExecutionResult
 from rh_agents.errors import InvalidMemberError
 
-__all__ = ["Member", "MemberFactory", "check_member", "describe_member", "is_event_call"]
+__all__ = [
+    "Member",
+    "MemberFactory",
+    "check_member",
+    "describe_member",
+    "is_event_call",
+    "takes_no_arguments",
+]
 
 MemberFactory = Coroutine[Any, Any, Any] | Awaitable[Any] | Callable[[], Awaitable[Any]]
 
@@ -49,16 +57,53 @@ def check_member(obj: Any) -> None:
     )
 
 
+# A function taking *args or **kwargs may be a wrapper whose real parameters are those of the
+# function it wraps (``functools.wraps``): for it, ``inspect.signature`` decides.
+_VARIADIC = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
+_NEEDED_KINDS = (
+    inspect.Parameter.POSITIONAL_ONLY,
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    inspect.Parameter.KEYWORD_ONLY,
+)
+
+
+def takes_no_arguments(fn: FunctionType) -> bool:
+    """Whether plain function ``fn`` surely runs with no argument, read from its code object.
+
+    ``False`` means "not surely": ``check_member`` then decides. This is what makes
+    ``p.add(lambda: call(x))`` cost what ``p.add(call(x))`` costs: a few attribute reads
+    instead of an ``inspect.signature`` per member.
+    """
+    code = fn.__code__
+    if code.co_flags & _VARIADIC or code.co_kwonlyargcount:
+        return False
+    count = code.co_argcount
+    if count == 0:
+        return True
+    defaults = fn.__defaults__
+    return defaults is not None and len(defaults) >= count
+
+
 def _required_parameters(fn: Callable[..., Any]) -> int:
+    """How many arguments ``fn`` needs (positional, or keyword-only without a default)."""
+    kind = type(fn)
+    bound = 0
+    if kind is MethodType and type(fn.__func__) is FunctionType:  # type: ignore[attr-defined]
+        fn, bound = fn.__func__, 1  # type: ignore[attr-defined]
+        kind = FunctionType
+    if kind is FunctionType:
+        code = fn.__code__
+        if not code.co_flags & _VARIADIC:
+            # The code object says it all (no wrapper): no signature object to build.
+            positional = code.co_argcount - len(fn.__defaults__ or ())
+            keyword = code.co_kwonlyargcount - len(fn.__kwdefaults__ or {})
+            return max(positional - bound, 0) + keyword
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return 0
-    return sum(
-        1
-        for p in params
-        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    )
+    empty = inspect.Parameter.empty
+    return sum(1 for p in params if p.default is empty and p.kind in _NEEDED_KINDS)
 
 
 class Member:
@@ -122,11 +167,11 @@ class Member:
     def open(self) -> Awaitable[Any]:
         """The awaitable to run now (calls the factory for a callable member)."""
         source = self.source
-        if inspect.iscoroutine(source) or inspect.isawaitable(source):
+        if type(source) is CoroutineType or inspect.isawaitable(source):
             self.source = None  # a coroutine runs once
             return source  # type: ignore[no-any-return,unused-ignore]
         made = source()
-        if not inspect.isawaitable(made):
+        if type(made) is not CoroutineType and not inspect.isawaitable(made):
             raise InvalidMemberError(
                 f"member {self.name or self.index}: the callable {describe_member(source)} "
                 f"returned {type(made).__name__}, not an awaitable; make it async or return "

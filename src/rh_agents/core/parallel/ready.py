@@ -9,18 +9,17 @@ became ready late), go to a heap. ``pop`` compares the heads, so the order is ex
     ready.push(member)
     next_member = ready.pop()        # None when empty
 
-A bare coroutine added with no option at all (the common ``p.add(coro)``) waits in a lane of
-its own, as the coroutine, its index and the time it was added: its ``Member`` is made only
-when a worker takes it. A group of a hundred thousand members then holds a hundred thousand
-coroutines while they wait, not also a hundred thousand member objects for the garbage
-collector to walk.
+A bare coroutine or plain function added with no option at all (the common ``p.add(coro)``
+and ``p.add(lambda: call(x))``) waits in a lane of its own, as itself, its index and the time
+it was added: its ``Member`` is made only when a worker takes it. A group of a hundred
+thousand members then holds a hundred thousand coroutines while they wait, not also a hundred
+thousand member objects for the garbage collector to walk.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Coroutine
 from typing import Any
 
 from rh_agents.core.parallel.member import Member
@@ -37,9 +36,9 @@ class ReadyQueue:
         # Invariant: _fifo holds priority-0 members in increasing index order.
         self._fifo: deque[Member] = deque()
         self._heap: list[tuple[int, int, Member]] = []
-        # Invariant: the bare lane is three deques in step (coroutine, index, when added), in
+        # Invariant: the bare lane is three deques in step (source, index, when added), in
         # increasing index order, every entry of priority 0.
-        self._bare: deque[Coroutine[Any, Any, Any]] = deque()
+        self._bare: deque[Any] = deque()  # coroutines and zero-argument functions
         self._bare_index: deque[int] = deque()
         self._bare_added: deque[float] = deque()
 
@@ -50,9 +49,9 @@ class ReadyQueue:
         else:
             heapq.heappush(self._heap, (-member.priority, member.index, member))
 
-    def push_bare(self, coroutine: Coroutine[Any, Any, Any], index: int, added: float) -> None:
-        """A bare coroutine with no option, added at ``added`` as member ``index``."""
-        self._bare.append(coroutine)
+    def push_bare(self, source: Any, index: int, added: float) -> None:
+        """A bare coroutine or function with no option, added at ``added`` as member ``index``."""
+        self._bare.append(source)
         self._bare_index.append(index)
         self._bare_added.append(added)
 

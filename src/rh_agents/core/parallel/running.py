@@ -135,10 +135,9 @@ class _MemberRunning:
             # the member directly (this is every member's hot path).
             if self._plain and member.retry is None:
                 run = member.source
-                if type(run) is CoroutineType:
-                    member.source = None  # a coroutine runs once
-                else:
-                    run = member.open()
+                if type(run) is not CoroutineType:
+                    run = member.open()  # calls a function: nothing will call it again
+                member.source = None  # runs once
             else:
                 run = state.run_member(cast("ParallelExecutionManager[Any]", self), member, frame)
             if timeout is None:

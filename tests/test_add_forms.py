@@ -1,0 +1,126 @@
+"""Every form of ``p.add``: the fast path takes what it can, and rejects nothing it should not.
+
+``p.add(coro)``, ``p.add(fn)``, ``p.add("name", coro)`` and ``p.add(fn, name=...)`` with no
+other option skip the per-member checks that cannot fail (a plain function's arguments are
+read from its code object, not from ``inspect.signature``); everything else still gets its
+clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from typing import Any
+
+import pytest
+
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.parallel.member import check_member, takes_no_arguments
+from rh_agents.errors import DuplicateMemberError, InvalidMemberError
+
+
+async def value(x: int) -> int:
+    await asyncio.sleep(0)
+    return x
+
+
+def _no_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("inspect.signature called on the fast path")
+
+    monkeypatch.setattr(inspect, "signature", refuse)
+
+
+async def test_every_form_runs_without_a_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_signature(monkeypatch)
+    state = ExecutionState()
+    async with state.parallel(max_workers=3) as p:
+        p.add(value(0))
+        p.add(lambda: value(1))
+        p.add("two", value(2))
+        p.add(lambda: value(3), name="three")
+        p.add("four", lambda: value(4))
+        p.add(lambda x=5: value(x))
+        results = await p.gather()
+    assert [r.result for r in results] == [0, 1, 2, 3, 4, 5]
+    assert [r.name for r in results] == [None, None, "two", "three", "four", None]
+
+
+async def test_a_callable_that_needs_arguments_is_rejected_in_every_form() -> None:
+    def positional(x: int) -> Any:
+        return value(x)
+
+    def keyword_only(*, x: int) -> Any:
+        return value(x)
+
+    @functools.wraps(positional)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return positional(*args, **kwargs)
+
+    class Client:
+        def fetch(self, x: int) -> Any:
+            return value(x)
+
+    state = ExecutionState()
+    async with state.parallel() as p:
+        for bad in (positional, keyword_only, wrapper, Client().fetch, lambda x: value(x)):
+            with pytest.raises(InvalidMemberError, match="needs arguments"):
+                p.add(bad)
+            with pytest.raises(InvalidMemberError, match="needs arguments"):
+                p.add("named", bad)
+            with pytest.raises(InvalidMemberError, match="needs arguments"):
+                p.add(bad, name="named")
+        with pytest.raises(InvalidMemberError, match="needs arguments"):
+            p.add(functools.partial(lambda x, y: value(x + y), 1))
+    assert p.total == 0
+
+
+async def test_zero_argument_callables_of_every_kind_are_accepted() -> None:
+    class Client:
+        def fetch(self, x: int = 7) -> Any:
+            return value(x)
+
+        def __call__(self) -> Any:
+            return value(8)
+
+    state = ExecutionState()
+    async with state.parallel() as p:
+        p.add(Client().fetch)
+        p.add(Client())
+        p.add(functools.partial(value, 9))
+        p.add(functools.partial(lambda x, y: value(x + y), 4, y=6))
+        results = await p.gather()
+    assert [r.result for r in results] == [7, 8, 9, 10]
+
+
+async def test_the_fast_path_still_checks_names() -> None:
+    state = ExecutionState()
+    async with state.parallel() as p:
+        p.add("a", value(1))
+        dup = value(2)
+        with pytest.raises(DuplicateMemberError, match="'a'"):
+            p.add("a", dup)
+        assert dup.cr_frame is None  # closed, never awaited
+        with pytest.raises(DuplicateMemberError, match="'a'"):
+            p.add(lambda: value(3), name="a")
+        with pytest.raises(Exception, match="non-empty str"):
+            p.add(lambda: value(3), name="")
+        results = await p.gather()
+    assert [r.result for r in results] == [1]
+
+
+def test_takes_no_arguments_reads_the_code_object() -> None:
+    def f(a: int, b: int = 2) -> None: ...
+
+    assert takes_no_arguments(lambda: None)
+    assert takes_no_arguments(lambda a=1, b=2: None)
+    assert not takes_no_arguments(lambda a: None)
+    assert not takes_no_arguments(f)
+    # Not surely: a wrapper or keyword-only parameters go to the full check.
+    assert not takes_no_arguments(lambda *a: None)
+    assert not takes_no_arguments(lambda *, k=1: None)
+    check_member(lambda *a: None)  # accepted by the full check
+    check_member(lambda *, k=1: None)
+    with pytest.raises(InvalidMemberError, match="needs arguments"):
+        check_member(lambda *, k: None)
