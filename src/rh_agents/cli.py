@@ -8,10 +8,10 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from rh_agents.errors import InvalidRunIdError, RecoveryError
+from rh_agents.errors import ConfigurationError, InvalidRunIdError, RecoveryError
 from rh_agents.observability.cli import check_output_file
 from rh_agents.observability.cli import timeline as runs_timeline
-from rh_agents.recovery.cli import runs_app
+from rh_agents.recovery.cli import STATE, runs_app, store_path
 from rh_agents.recovery.run_ids import check_run_id
 
 
@@ -74,6 +74,12 @@ def demo(
         "$RH_AGENTS_STATE, else ~/.local/state/rh_agents/state.db.",
         show_default=False,
     ),
+    ui: bool = typer.Option(
+        False,
+        "--ui",
+        help="Watch the run in the browser (the run viewer, extra 'ui'); it stays up after "
+        "the run until Ctrl-C.",
+    ),
 ) -> None:
     """Run the offline research-digest demo (no key, no network; a few seconds).
 
@@ -94,22 +100,61 @@ def demo(
     import rh_agents
     from rh_agents.demo import run_demo
 
+    options: dict[str, Any] = dict(
+        documents=documents,
+        workers=workers,
+        mode=mode,
+        failure_rate=failure_rate,
+        seed=seed,
+        timeline=timeline,
+        run_id=run_id,
+        store=state,
+    )
     try:
-        rh_agents.run(
-            run_demo(
-                documents=documents,
-                workers=workers,
-                mode=mode,  # type: ignore[arg-type]  # checked against _MODES above
-                failure_rate=failure_rate,
-                seed=seed,
-                timeline=timeline,
-                run_id=run_id,
-                store=state,
-            )
-        )
+        rh_agents.run(_demo_with_viewer(options) if ui else run_demo(**options))
     except RecoveryError as exc:  # the store: locked by another run, unwritable...
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
+
+
+async def _demo_with_viewer(options: dict[str, Any]) -> str:
+    """The demo, watched live by the run viewer, which then stays up until Ctrl-C."""
+    from rh_agents.demo import new_demo_run_id, run_demo
+    from rh_agents.ui import Viewer
+    from rh_agents.ui.server import open_in_browser
+
+    options["run_id"] = options["run_id"] or new_demo_run_id(options["store"])
+    async with Viewer(store=options["store"]) as viewer:
+        open_in_browser(viewer.run_url(options["run_id"]))
+        digest = await run_demo(**options, ui=viewer)
+        typer.echo(f"The viewer stays up at {viewer.url} (Ctrl-C to stop).")
+        await viewer.wait_closed()
+    return digest
+
+
+@app.command("ui", cls=_Command)
+def ui(
+    state: Path | None = STATE,
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on (another than 127.0.0.1 opens it to others)."
+    ),
+    port: int = typer.Option(8765, min=0, max=65535, help="Port (0: any free port)."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the runs in the browser."),
+) -> None:
+    """Serve the run viewer: every run of the store, live, in the browser (read-only)."""
+    try:
+        from rh_agents.ui import run_server
+    except ConfigurationError as exc:  # the extra 'ui' is not installed
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    try:
+        run_server(store_path(state), host=host, port=port, open_browser=open_browser,
+                   announce=typer.echo)  # fmt: skip
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    except KeyboardInterrupt:
+        pass
 
 
 @app.callback()

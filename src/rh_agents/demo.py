@@ -273,13 +273,14 @@ async def run_demo(
     run_id: str | None = None,
     store: str | Path | None = None,
     save: bool = True,
+    ui: Any = None,
 ) -> str:
     """Run the digest with a ``ParallelEventPrinter`` and return the digest text.
 
     ``timeline``: also write the run's timeline (HTML, ``TimelineRecorder``) to that file.
     ``run_id``: the run to save it as, or to resume if it exists (default: a new
     ``demo-<date>-<time>``); ``store``: where (default: the default store); ``save=False``
-    keeps nothing.
+    keeps nothing. ``ui``: a started ``rh_agents.ui.Viewer`` that watches the run live.
     """
     if documents < 1:
         raise ConfigurationError(f"documents must be >= 1, got {documents}")
@@ -324,10 +325,14 @@ async def run_demo(
         async with ExecutionState(event_bus=bus, run_id=run_id, recovery=recovery) as state:
             if recovery is not None and recovery.resumed:
                 _say(console, f"Resuming run {run_id}: what it finished is replayed.")
+            if ui is not None:
+                _say(console, f"Watch it live: {ui.run_url(ui.watch(state))}")
             result: ExecutionResult[Any] = await ExecutionEvent(actor=actors["orchestrator"])(
                 corpus, "", state
             )
         await bus.close()
+    if ui is not None:
+        ui.finish(state, "completed" if result.ok else "failed")
     digest = str(result.unwrap())
     console.print()
     _say(console, digest)

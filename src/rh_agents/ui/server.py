@@ -150,16 +150,16 @@ class Viewer:
             allowed_hosts=_hosts(host),
         )
         self._socket: socket.socket | None = None
+        self._bound: int | None = None
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscriptions: list[tuple[Any, Any]] = []
 
     @property
     def port(self) -> int:
-        if self._socket is None:
+        if self._bound is None:
             raise RuntimeError("the viewer is not started")
-        port: int = self._socket.getsockname()[1]
-        return port
+        return self._bound
 
     @property
     def url(self) -> str:
@@ -179,6 +179,7 @@ class Viewer:
         if self._task is not None:
             return self
         self._socket = bind(self.host, self._port)
+        self._bound = self._socket.getsockname()[1]
         config = uvicorn.Config(
             self.app,
             log_level="warning",

@@ -1,0 +1,158 @@
+"""The viewer's servers: ``serve(state)`` in the run's process, ``rh-agents ui``, the demo's
+``--ui``. Every server binds 127.0.0.1 on a free port and is stopped by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rh_agents.core.execution import ExecutionState
+from rh_agents.demo import run_demo
+from rh_agents.ui import Viewer, serve
+from rh_agents.ui.server import bind
+from ui_support import run_workflow, stored_run
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_serve_watches_a_run_over_real_http(state_store: Path) -> None:
+    state = ExecutionState(run_id="served")
+    async with serve(state, port=0) as viewer:
+        assert viewer.host == "127.0.0.1" and viewer.url.startswith("http://127.0.0.1:")
+        assert viewer.run_url(state) == viewer.url + "runs/served"
+        async with httpx.AsyncClient(base_url=viewer.url) as client:
+            events: list[str] = []
+
+            async def follow() -> None:
+                async with client.stream("GET", "/api/runs/served/events") as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("event:"):
+                            events.append(line[6:].strip())
+
+            follower = asyncio.create_task(follow())
+            await run_workflow(state, members=6, delay=0.02)
+            viewer.finish(state)
+            await asyncio.wait_for(follower, 10)  # the stream ends with the run
+            assert events[-1] == "end" and "update" in events
+            runs = (await client.get("/api/runs")).json()["runs"]
+            assert [(r["run_id"], r["live"], r["status"]) for r in runs] == [
+                ("served", True, "completed")
+            ]
+    # Stopped: nothing listens there any more.
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient() as client:
+            await client.get(viewer.url, timeout=2)
+
+
+async def test_a_failed_run_is_marked_failed(state_store: Path) -> None:
+    state = ExecutionState(run_id="broken")
+    with pytest.raises(RuntimeError):
+        async with serve(state, port=0) as viewer:
+            viewer.watch(state)
+            raise RuntimeError("the program failed")
+    assert viewer.feeds["broken"].status == "failed"
+
+
+async def test_a_port_in_use_is_an_error() -> None:
+    taken = bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(OSError):
+            await Viewer(port=taken.getsockname()[1]).start()
+        # port=None: the default port if free, else any free one.
+        async with Viewer() as viewer:
+            assert viewer.port > 0
+    finally:
+        taken.close()
+
+
+def test_importing_rh_agents_does_not_load_the_viewer() -> None:
+    code = "import sys, rh_agents, rh_agents.cli; print('rh_agents.ui' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_ui_command(state_store: Path) -> None:
+    asyncio.run(stored_run(state_store, "cli-run"))
+    command = [sys.executable, "-m", "rh_agents", "ui", "--port", "0", "--state", str(state_store)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("rh_agents viewer on http://127.0.0.1:"), line
+        url = line.split()[3]
+        runs = httpx.get(url + "api/runs", timeout=10).json()["runs"]
+        assert [r["run_id"] for r in runs] == ["cli-run"]
+        page = httpx.get(url + "runs/cli-run", timeout=10)
+        assert page.status_code == 200 and 'data-run-id="cli-run"' in page.text
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0, process.stderr.read() if process.stderr else ""
+
+
+def test_the_ui_command_on_a_port_in_use(state_store: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "rh_agents", "ui", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+async def test_the_demo_with_the_viewer(state_store: Path) -> None:
+    async with Viewer(port=0) as viewer:
+        out = io.StringIO()
+        await run_demo(file=out, documents=4, workers=2, latency=0.0, run_id="demo-ui", ui=viewer)
+        assert f"Watch it live: {viewer.url}runs/demo-ui" in out.getvalue()
+        feed = viewer.feeds["demo-ui"]
+        assert feed.status == "completed"
+        async with httpx.AsyncClient(base_url=viewer.url) as client:
+            data = (await client.get("/api/runs/demo-ui")).json()
+        assert data["source"] == "live" and data["run"]["status"] == "completed"
+        groups = {g["group_id"]: g for g in data["groups"]}
+        assert groups["Orchestrator::documents"]["done"] == 4
+        assert groups["Orchestrator::documents"]["metrics"]["max_workers"] == 2
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+def test_demo_ui_flag_serves_until_ctrl_c(state_store: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "BROWSER": "true", "COLUMNS": "100"}
+    command = [sys.executable, "-m", "rh_agents", "demo", "--ui", "--documents", "3"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert process.stdout is not None
+        url = None
+        for line in process.stdout:
+            if line.startswith("The viewer stays up at "):
+                url = line.split()[5]
+                break
+        assert url is not None
+        runs = httpx.get(url + "api/runs", timeout=10).json()["runs"]
+        assert runs and runs[0]["status"] == "completed" and runs[0]["live"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
