@@ -251,3 +251,22 @@ async def test_a_result_that_cannot_be_serialised_runs_again(tmp_path: Path) -> 
         results = await state.parallel_execute([event(Item(i=i), "", state) for i in range(2)])
     assert calls == [0, 1, 0]
     assert results[1].result == {"i": 1}  # no output_model: plain JSON comes back
+
+
+async def test_a_resumed_groups_metrics_count_only_what_ran_now(tmp_path: Path) -> None:
+    """Replayed members keep their place in the counts but add no stored time or retries."""
+    backend = make_backend("sqlite", tmp_path)
+    first = Squarer(fail={2})
+    async with ExecutionState(run_id="m", recovery=Recovery(backend)) as state:
+        async with state.parallel(name="members") as p:
+            for i in range(4):
+                p.add(first.event(Item(i=i), "", state))
+    async with ExecutionState.resume("m", backend=backend) as state:
+        async with state.parallel(name="members") as p:
+            for i in range(4):
+                p.add(Squarer().event(Item(i=i), "", state))
+        results = await p.gather()
+    assert [r.source for r in results] == ["replay", "replay", "run", "replay"]
+    metrics = p.metrics()
+    assert (metrics.succeeded, metrics.run_time.count, metrics.retries) == (4, 1, 0)
+    backend.close()

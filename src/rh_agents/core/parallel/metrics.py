@@ -309,7 +309,8 @@ class MetricsRecorder:
     """What a group records per member; owned by its manager (one task at a time touches it).
 
     ``record`` is called once per member from the manager's ``_finish``; it appends at most two
-    floats and bumps at most two ints.
+    floats and bumps at most two ints. A member answered from a stored run (a replay) adds
+    nothing: its timings belong to that run.
     """
 
     __slots__ = ("breaker_rejections", "queue_waits", "retries", "run_times", "schedule")
@@ -324,6 +325,10 @@ class MetricsRecorder:
         self.breaker_rejections = 0
 
     def record(self, member: Member, result: ExecutionResult[Any]) -> None:
+        if result.source == "replay":
+            # Answered from a stored run: its time and attempts are that run's, not this
+            # one's, so they stay out of this group's figures (its counts still have it).
+            return
         started = member.started
         if started is not None:
             waits, runs = self.queue_waits, self.run_times
