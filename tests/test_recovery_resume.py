@@ -257,10 +257,10 @@ async def test_a_resumed_groups_metrics_count_only_what_ran_now(tmp_path: Path) 
     """Replayed members keep their place in the counts but add no stored time or retries."""
     backend = make_backend("sqlite", tmp_path)
     first = Squarer(fail={2})
-    async with ExecutionState(run_id="m", recovery=Recovery(backend)) as state:
-        async with state.parallel(name="members") as p:
-            for i in range(4):
-                p.add(first.event(Item(i=i), "", state))
+    state = ExecutionState(run_id="m", recovery=Recovery(backend))
+    async with state, state.parallel(name="members") as p:
+        for i in range(4):
+            p.add(first.event(Item(i=i), "", state))
     async with ExecutionState.resume("m", backend=backend) as state:
         async with state.parallel(name="members") as p:
             for i in range(4):
