@@ -77,6 +77,7 @@ class _Adding:
         _sealed: bool
         _retain: bool
         _members: dict[int, Member]
+        _dependents: dict[int, list[Member]]
         _names: dict[str, int]
         _results: list[ExecutionResult[Any] | None]
         _ready: ReadyQueue
@@ -91,7 +92,9 @@ class _Adding:
         def _start_instant_lane(self) -> None: ...
         def _finish(self, member: Member, result: ExecutionResult[Any]) -> None: ...
         def _stopped_result(self, member: Member, elapsed: float = ...) -> ExecutionResult[Any]: ...
-        def _skipped_result(self, member: Member, dep: Member) -> ExecutionResult[Any]: ...
+        def _skipped_result(
+            self, member: Member, dep: ExecutionResult[Any]
+        ) -> ExecutionResult[Any]: ...
 
     def add(
         self,
@@ -134,22 +137,26 @@ class _Adding:
             else:
                 source = member_name = None
             kind = type(source)
-            if kind is CoroutineType or (kind is FunctionType and takes_no_arguments(source)):
-                if member_name is None:
-                    if self._stop_status is None and self._state.cache is None:
-                        # Nothing to decide about it before a worker takes it: it waits as
-                        # itself, and its Member is made then (see ReadyQueue).
-                        index = self._total
-                        self._total = index + 1
-                        if self._retain:
-                            self._results.append(None)
-                        self._ready.push_bare(source, index, self._now())
-                        if not self._unstarted:  # else the worker starting now will kick
-                            self._kick()
-                        return index
-                    return self._add_member(source, None, _NO_INDICES, 0, None, None)
-                if type(member_name) is str and member_name and member_name not in self._names:
-                    return self._add_member(source, member_name, _NO_INDICES, 0, None, None)
+            if (
+                kind is CoroutineType or (kind is FunctionType and takes_no_arguments(source))
+            ) and (
+                member_name is None
+                or (type(member_name) is str and member_name and member_name not in self._names)
+            ):
+                if self._stop_status is None and self._state.cache is None:
+                    # Nothing to decide about it before a worker takes it: it waits as
+                    # itself, and its Member is made then (see ReadyQueue).
+                    index = self._total
+                    self._total = index + 1
+                    if self._retain:
+                        self._results.append(None)
+                    if member_name is not None:
+                        self._names[member_name] = index
+                    self._ready.push_bare(source, index, self._now(), member_name)
+                    if not self._unstarted:  # else the worker starting now will kick
+                        self._kick()
+                    return index
+                return self._add_member(source, member_name, _NO_INDICES, 0, None, None)
         if len(args) == 2 and isinstance(args[0], str):
             if name is not None:
                 _close_quietly(args[1])
@@ -268,18 +275,16 @@ class _Adding:
             self._finish(member, self._stopped_result(member))
             return index
         pending = 0
-        for dep_index in deps:
-            dep = self._members[dep_index]
-            if dep.result is None:
-                pending += 1
-                if dep.dependents is None:
-                    dep.dependents = []
-                dep.dependents.append(member)
-            elif not dep.result.ok:
-                self._finish(member, self._skipped_result(member, dep))
-                return index
         if deps:
-            member.after = tuple(deps)
+            results = self._results  # (kept: after= needs a group that keeps results)
+            for dep_index in deps:
+                dep = results[dep_index]
+                if dep is None:
+                    pending += 1
+                    self._dependents.setdefault(dep_index, []).append(member)
+                elif not dep.ok:
+                    self._finish(member, self._skipped_result(member, dep))
+                    return index
             member.pending_deps = pending
             if pending:
                 self._members[index] = member  # waiting: a stop must find it
@@ -303,8 +308,6 @@ class _Adding:
         self._total += 1
         if name is not None:
             self._names[name] = index
-            if self._retain:
-                self._members[index] = member  # a later member may name it in after=
         return member
 
     def map(

@@ -86,6 +86,7 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         "_completion_order",
         "_context",
         "_deliver_at",
+        "_dependents",
         "_display_name",
         "_done",
         "_done_waiters",
@@ -199,10 +200,11 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         self._context = contextvars.copy_context()
 
         # Members (adding.py; the scheduler registers map() items).
-        # The members a later call may need: named ones (dependencies name them) and ones
-        # waiting on dependencies (a stop must finish them). Others are not kept: once run,
-        # a member is only its result.
+        # The members waiting on dependencies (a stop must finish them). Others are not kept:
+        # once run, a member is only its result (a dependency is looked up by its result).
         self._members: dict[int, Member] = {}
+        # The members waiting on a dependency, by the index of the member they wait for.
+        self._dependents: dict[int, list[Member]] = {}
         self._names: dict[str, int] = {}
         self._source: LazySource | None = None
         self._total = 0

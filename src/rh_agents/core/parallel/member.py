@@ -115,9 +115,7 @@ class Member:
 
     __slots__ = (
         "address",
-        "after",
         "attempts",
-        "dependents",
         "enqueued",
         "index",
         "name",
@@ -146,9 +144,7 @@ class Member:
         self.priority = priority
         self.timeout = timeout
         self.retry = retry
-        self.after: tuple[int, ...] = ()
-        self.dependents: list[Member] | None = None
-        self.pending_deps = 0
+        self.pending_deps = 0  # dependencies not completed yet (the group has the dependents)
         self.enqueued = 0.0
         self.started: float | None = None
         self.result: ExecutionResult[Any] | None = None
@@ -167,7 +163,9 @@ class Member:
     def open(self) -> Awaitable[Any]:
         """The awaitable to run now (calls the factory for a callable member)."""
         source = self.source
-        if type(source) is CoroutineType or inspect.isawaitable(source):
+        kind = type(source)
+        # (A function is never awaitable: no isawaitable() for the common lambda.)
+        if kind is CoroutineType or (kind is not FunctionType and inspect.isawaitable(source)):
             self.source = None  # a coroutine runs once
             return source  # type: ignore[no-any-return,unused-ignore]
         made = source()

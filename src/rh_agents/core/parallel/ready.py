@@ -9,9 +9,10 @@ became ready late), go to a heap. ``pop`` compares the heads, so the order is ex
     ready.push(member)
     next_member = ready.pop()        # None when empty
 
-A bare coroutine or plain function added with no option at all (the common ``p.add(coro)``
-and ``p.add(lambda: call(x))``) waits in a lane of its own, as itself, its index and the time
-it was added: its ``Member`` is made only when a worker takes it. A group of a hundred
+A coroutine or plain function added with no option but maybe a name (the common
+``p.add(coro)``, ``p.add(lambda: call(x))`` and ``p.add("x", coro)``) waits in a lane of its
+own, as itself, its index, the time it was added and its name: its ``Member`` is made only
+when a worker takes it. A group of a hundred
 thousand members then holds a hundred thousand coroutines while they wait, not also a hundred
 thousand member objects for the garbage collector to walk.
 """
@@ -30,17 +31,18 @@ __all__ = ["ReadyQueue"]
 class ReadyQueue:
     """Owned by one group's manager; see the module docstring."""
 
-    __slots__ = ("_bare", "_bare_added", "_bare_index", "_fifo", "_heap")
+    __slots__ = ("_bare", "_bare_added", "_bare_index", "_bare_name", "_fifo", "_heap")
 
     def __init__(self) -> None:
         # Invariant: _fifo holds priority-0 members in increasing index order.
         self._fifo: deque[Member] = deque()
         self._heap: list[tuple[int, int, Member]] = []
-        # Invariant: the bare lane is three deques in step (source, index, when added), in
-        # increasing index order, every entry of priority 0.
+        # Invariant: the bare lane is four deques in step (source, index, when added, name),
+        # in increasing index order, every entry of priority 0.
         self._bare: deque[Any] = deque()  # coroutines and zero-argument functions
         self._bare_index: deque[int] = deque()
         self._bare_added: deque[float] = deque()
+        self._bare_name: deque[str | None] = deque()
 
     def push(self, member: Member) -> None:
         fifo = self._fifo
@@ -49,11 +51,13 @@ class ReadyQueue:
         else:
             heapq.heappush(self._heap, (-member.priority, member.index, member))
 
-    def push_bare(self, source: Any, index: int, added: float) -> None:
-        """A bare coroutine or function with no option, added at ``added`` as member ``index``."""
+    def push_bare(self, source: Any, index: int, added: float, name: str | None = None) -> None:
+        """A coroutine or function with no option but maybe a name, added at ``added`` as
+        member ``index``."""
         self._bare.append(source)
         self._bare_index.append(index)
         self._bare_added.append(added)
+        self._bare_name.append(name)
 
     def pop(self) -> Member | None:
         """The next member to run (its ``Member`` made now, if it waited bare)."""
@@ -76,7 +80,7 @@ class ReadyQueue:
         return self._pop_bare()
 
     def _pop_bare(self) -> Member:
-        member = Member(self._bare_index.popleft(), self._bare.popleft())
+        member = Member(self._bare_index.popleft(), self._bare.popleft(), self._bare_name.popleft())
         member.enqueued = self._bare_added.popleft()
         return member
 

@@ -72,6 +72,7 @@ class _MemberRunning:
         _group_slot: MemberSlot
         _retain: bool
         _results: list[ExecutionResult[Any] | None]
+        _dependents: dict[int, list[Member]]
         _completion_order: list[int]
         _unretained: deque[ExecutionResult[Any]]
         _metrics: MetricsRecorder
@@ -97,7 +98,9 @@ class _MemberRunning:
         def _kick(self) -> None: ...
         def _stop(self, status: ResultStatus, group_status: GroupStatus | None) -> None: ...
         def _stopped_result(self, member: Member, elapsed: float = ...) -> ExecutionResult[Any]: ...
-        def _skipped_result(self, member: Member, dep: Member) -> ExecutionResult[Any]: ...
+        def _skipped_result(
+            self, member: Member, dep: ExecutionResult[Any]
+        ) -> ExecutionResult[Any]: ...
         def _threshold_reached(self) -> bool: ...
 
     async def _run_member(self, member: Member, holds_slot: bool = True) -> None:
@@ -155,32 +158,12 @@ class _MemberRunning:
                         f"after {timeout}s"
                     ) from exc
         except asyncio.CancelledError:
-            result = self._stopped_result(member, now() - started)
-            result.attempts = member.attempts
-            if self._stop_status is None:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # Not a cancellation of ours (only _stop cancels workers): record the
-                    # member, then let the cancellation go on. Never swallow it.
-                    if member.result is None:
-                        self._finish(member, result)
-                    raise
-            # Otherwise: our own stop, or the member raised CancelledError by itself.
+            cancelled = self._cancelled_result(member, started)
+            if cancelled is None:
+                raise  # not a cancellation of ours: recorded, and it goes on
+            result = cancelled
         except Exception as exc:
-            status = (
-                ResultStatus.TIMED_OUT
-                if isinstance(exc, ParallelTimeoutError)
-                else ResultStatus.FAILED
-            )
-            result = ExecutionResult(
-                ok=False,
-                error=describe_error(exc),
-                exception=exc,
-                execution_time=now() - started,
-                status=status,
-                address=address,
-                attempts=member.attempts,  # counted by the retry loop, if one ran
-            )
+            result = self._failed_result(member, exc, started, address)
         else:
             if isinstance(value, ExecutionResult):
                 result = value
@@ -205,6 +188,40 @@ class _MemberRunning:
                 state.global_slots.release()
         if member.result is None:
             self._finish(member, result)
+
+    def _cancelled_result(self, member: Member, started: float) -> ExecutionResult[Any] | None:
+        """The result of ``member``, whose run was just cancelled (called in the ``except``).
+
+        ``None`` if the cancellation is not the group's own stop (the worker's task itself is
+        being cancelled): the member's result is then recorded here, and the caller re-raises,
+        never swallowing it. A member that raised ``CancelledError`` by itself, or one our stop
+        cancelled, gets its result returned.
+        """
+        result = self._stopped_result(member, self._now() - started)
+        result.attempts = member.attempts
+        if self._stop_status is None:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                if member.result is None:
+                    self._finish(member, result)
+                return None
+        return result
+
+    def _failed_result(
+        self, member: Member, exc: Exception, started: float, address: str
+    ) -> ExecutionResult[Any]:
+        """The result of ``member``, which raised ``exc``."""
+        return ExecutionResult(
+            ok=False,
+            error=describe_error(exc),
+            exception=exc,
+            execution_time=self._now() - started,
+            status=ResultStatus.TIMED_OUT
+            if isinstance(exc, ParallelTimeoutError)
+            else ResultStatus.FAILED,
+            address=address,
+            attempts=member.attempts,  # counted by the retry loop, if one ran
+        )
 
     def _finish(self, member: Member, result: ExecutionResult[Any]) -> None:
         """Record ``member``'s one result and react to it (the only place results land)."""
@@ -264,19 +281,19 @@ class _MemberRunning:
                 )
             )
 
-        dependents = member.dependents
-        if dependents:
-            member.dependents = None
-            for dependent in dependents:
-                if dependent.result is not None:
-                    continue
-                if result.ok:
-                    dependent.pending_deps -= 1
-                    if dependent.pending_deps == 0 and self._stop_status is None:
-                        self._ready.push(dependent)
-                else:
-                    self._finish(dependent, self._skipped_result(dependent, member))
-            self._kick()
+        if self._dependents:
+            dependents = self._dependents.pop(index, None)
+            if dependents:
+                for dependent in dependents:
+                    if dependent.result is not None:
+                        continue
+                    if result.ok:
+                        dependent.pending_deps -= 1
+                        if dependent.pending_deps == 0 and self._stop_status is None:
+                            self._ready.push(dependent)
+                    else:
+                        self._finish(dependent, self._skipped_result(dependent, result))
+                self._kick()
 
         if not result.ok and status in _FAILURE_STATUSES and self._stop_status is None:
             self._last_failure = result

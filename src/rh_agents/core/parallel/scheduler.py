@@ -41,20 +41,23 @@ import inspect
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
+from rh_agents.core.context import Frame, enter_frame, exit_frame
 from rh_agents.core.parallel.member import describe_member, is_event_call
 from rh_agents.core.parallel.strategy import GroupStatus
-from rh_agents.core.results import ResultStatus
+from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import ActorInputError, InvalidMemberError
 
 if TYPE_CHECKING:
     from collections import deque
+    from collections.abc import Callable
 
+    from rh_agents.core.bus import EventBus
     from rh_agents.core.execution import ExecutionState
     from rh_agents.core.parallel.lazy_source import LazySource, Pulled
     from rh_agents.core.parallel.member import Member
     from rh_agents.core.parallel.ready import ReadyQueue
-    from rh_agents.core.parallel.slots import SlotArbiter
-    from rh_agents.core.results import ExecutionResult
+    from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
+    from rh_agents.core.records import MemberStarted
     from rh_agents.resilience.adaptive import AdaptiveLimit
 
 __all__ = ["_Scheduler"]
@@ -100,6 +103,12 @@ class _Scheduler:
         _done: int
         _deliver_at: int
         _plain: bool
+        _now: Callable[[], float]
+        _group_slot: MemberSlot
+        _bus_version: int
+        _announce_starts: bool
+        group_id: str
+        member_timeout: float | None
         retry: Any
 
         @property
@@ -108,6 +117,15 @@ class _Scheduler:
             self, source: Any, name: str | None, priority: int, timeout: float | None, retry: Any
         ) -> Member: ...
         async def _run_member(self, member: Member, holds_slot: bool = ...) -> None: ...
+        def _finish(self, member: Member, result: ExecutionResult[Any]) -> None: ...
+        def _note_listeners(self, bus: EventBus) -> None: ...
+        def deferred_record(self, key: Any) -> MemberStarted | None: ...
+        def _cancelled_result(
+            self, member: Member, started: float
+        ) -> ExecutionResult[Any] | None: ...
+        def _failed_result(
+            self, member: Member, exc: Exception, started: float, address: str
+        ) -> ExecutionResult[Any]: ...
         def _wake_readers(self) -> None: ...
         def _check_all_done(self) -> None: ...
         def _stop(self, status: ResultStatus, group_status: GroupStatus | None) -> None: ...
@@ -176,6 +194,14 @@ class _Scheduler:
         assert task is not None
         self._unstarted.discard(task)
         running_member = self._running_member
+        state = self._state
+        bus = state.event_bus
+        now = self._now
+        group_id = self.group_id
+        group_slot = self._group_slot
+        completed = ResultStatus.COMPLETED
+        # Members with no policy, no timeout and no global limit run right here (see below).
+        direct = self._plain and state.global_slots is None and self.member_timeout is None
         handed_over = False
         idle = False  # left because there was nothing (more) to do for this worker
         first = True
@@ -218,7 +244,52 @@ class _Scheduler:
                 held = self._slots._in_use - len(self._unstarted)
                 if held > self._high_water:
                     self._high_water = held
-                await self._run_member(member)
+                if direct and member.retry is None and member.timeout is None:
+                    # _run_member's plain case, inline: no coroutine of our own per member and
+                    # one frame less on every resumption of it (every member's hot path).
+                    index = member.index
+                    address = member.address = f"{group_id}[{index}]"
+                    token = enter_frame(Frame(state, address, group_id, index, group_slot))
+                    started = member.started = now()
+                    if bus.version != self._bus_version:
+                        self._note_listeners(bus)
+                    if self._announce_starts:
+                        bus.defer(member, self)  # see _run_member
+                    result: ExecutionResult[Any]
+                    try:
+                        run = member.source
+                        if type(run) is not CoroutineType:
+                            run = member.open()  # calls a function: nothing calls it again
+                        member.source = None  # runs once
+                        value = await run
+                    except asyncio.CancelledError:
+                        cancelled = self._cancelled_result(member, started)
+                        if cancelled is None:
+                            raise  # not a cancellation of ours: recorded, and it goes on
+                        result = cancelled
+                    except Exception as exc:
+                        result = self._failed_result(member, exc, started, address)
+                    else:
+                        if isinstance(value, ExecutionResult):
+                            result = value
+                        else:
+                            result = ExecutionResult(
+                                True,
+                                value,
+                                None,
+                                None,
+                                now() - started,
+                                completed,
+                                None,
+                                None,
+                                address,
+                            )
+                    finally:
+                        exit_frame(token)
+                    if member.result is None:
+                        self._finish(member, result)
+                else:
+                    await self._run_member(member)
                 del running_member[task]
                 if self._done >= self._deliver_at:
                     # Subscribers get what is queued now, not after every other worker's

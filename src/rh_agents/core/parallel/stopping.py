@@ -116,11 +116,11 @@ class _Stopping:
             return f"quorum of {self.quorum} successes reached"
         return "the group was cancelled"
 
-    def _skipped_result(self, member: Member, dep: Member) -> ExecutionResult[Any]:
+    def _skipped_result(self, member: Member, dep: ExecutionResult[Any]) -> ExecutionResult[Any]:
+        """The result of ``member``, skipped because its dependency ended as ``dep``."""
         exc = MemberSkippedError(
             f"member {member.name or member.index} of group {self.group_id!r} was skipped: "
-            f"its dependency {dep.name or dep.index!r} did not complete "
-            f"({dep.result.error if dep.result else 'no result'})"
+            f"its dependency {dep.name or dep.index!r} did not complete ({dep.error})"
         )
         return ExecutionResult(
             ok=False, error=describe_error(exc), exception=exc, status=ResultStatus.SKIPPED
