@@ -455,16 +455,16 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
             return
         cursor = feed.cursor
         touched: dict[str, None] = {}
-        started, completed, nodes = feed.started, feed.completed, feed.nodes
+        started, completed, rows = feed.started, feed.completed, feed.rows
         for address in changed:
             if address in started or address in completed:
                 touched[address] = None
-            record = nodes.get(address)
-            if record is not None:
+            if address in rows:
                 pending.pop(address, None)
                 pending[address] = None
-                if record.group_id is not None:
-                    touched[record.group_id] = None
+                group_id = feed.group_of(address)
+                if group_id is not None:
+                    touched[group_id] = None
         batch = list(pending)[:MAX_NODES_PER_MESSAGE]
         for address in batch:
             del pending[address]

@@ -6,22 +6,27 @@ and ``Viewer.watch(state)`` do)::
     feed = LiveFeed("nightly")
     bus.subscribe(feed, kinds=LiveFeed.KINDS)
 
-The feed is built to cost the run as little as a subscriber can: it takes its records in
-batches (``handle_batch``) and keeps each one as it came, by address, with no conversion and no
-allocation of its own beyond a dict entry and a list slot. Everything the pages and the event
-stream show (nodes, group counts, metrics, the timeline) is worked out from those records when a
-page or a stream asks, on the viewer's time rather than the run's.
+The feed is built to cost the run as little as a subscriber can. It takes its records in
+batches (``handle_batch``) and keeps what it needs of them in columns: one row per event or
+member address, in arrays and lists that grow, and plain dict entries for the groups. A record
+is therefore not kept, and keeping a row allocates no object the garbage collector tracks: a
+run of ten thousand members does not make every collection of the run's own objects longer,
+which is what keeping the records themselves would cost (more than the rest of the feed).
+Everything the pages and the event stream show (nodes, group counts, metrics, the timeline) is
+worked out from the columns when a page or a stream asks, on the viewer's time rather than the
+run's.
 
 Readers (the viewer's pages and streams, on the same event loop) use ``changes_since(cursor)``
-for what changed after a cursor, and ``wait(timeout)`` to sleep until the next batch.
+for what changed after a cursor, and ``wait(seconds)`` to sleep until the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from array import array
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 from rh_agents.core.parallel.metrics import Distribution
@@ -48,6 +53,17 @@ Node = dict[str, Any]
 """A node as the API gives it: see ``rh_agents.ui.model``."""
 
 _TIMEOUT_TYPES = ("TimeoutError", "ParallelTimeoutError")
+_NAN = math.nan
+
+# What a row holds, by the kind of its last record.
+_STARTED, _COMPLETED, _FAILED, _CANCELLED, _MEMBER_STARTED, _MEMBER_FINISHED = range(1, 7)
+_EVENTS = (_STARTED, _COMPLETED, _FAILED, _CANCELLED)
+_NEW_FLOATS = array("d", (0.0, _NAN, _NAN))
+_NEW_STRINGS = (None,) * 6
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
 
 
 class LiveFeed:
@@ -73,12 +89,24 @@ class LiveFeed:
         self.created = time.time()
         # Wall-clock seconds = record timestamp + offset.
         self.offset = self.created - float(clock_now())
-        self.nodes: dict[str, BusEvent] = {}  # the latest record of each event and member
+        # One row per event or member address: its last record, in columns. Several fields
+        # share a column, a row taking a fixed number of slots in it: floats (timestamp,
+        # execution time, queue wait: nan when unknown), ints (attempts, parallel index: -1
+        # when none) and strings (actor or member name, actor kind or member status, detail,
+        # error, error type, source).
+        self.rows: dict[str, int] = {}
+        self._address: list[str] = []
+        self._group: list[str | None] = []
+        self._kind = bytearray()
+        self._floats = array("d")
+        self._ints = array("l")
+        self._strings: list[str | None] = []
+        # Groups: their records (a few per group) and each one's latest counts.
         self.started: dict[str, GroupStarted] = {}
         self.completed: dict[str, GroupCompleted] = {}
-        self.progress: dict[str, MemberFinished] = {}  # each group's latest finished member
+        self.progress: dict[str, list[Any]] = {}  # [done, succeeded, failed, total]
         self.retries: dict[str, int] = {}  # retries announced, by event address
-        self.timeline_records: list[BusEvent] = []  # what TimelineRecorder takes, in order
+        self.retry_records: list[EventRetrying] = []  # (rare) for the timeline's diamonds
         self.changes: list[str] = []  # addresses (events, members, groups) as they changed
         self.base = 0  # the position of changes[0] in the whole log (it is trimmed)
         self.records = 0
@@ -93,9 +121,22 @@ class LiveFeed:
     def __call__(self, record: BusEvent) -> None:
         self.handle_batch(deque((record,)))
 
+    def _new_row(self, address: str, record: BusEvent) -> int:
+        row = self.rows[address] = len(self._address)
+        self._address.append(address)
+        self._group.append(record.group_id)
+        self._kind.append(0)
+        self._floats.extend(_NEW_FLOATS)
+        index = record.parallel_index
+        self._ints.extend((1, -1 if index is None else index))
+        self._strings.extend(_NEW_STRINGS)
+        return row
+
     def handle_batch(self, queue: deque[BusEvent]) -> None:
-        """Keep every record of ``queue`` (popped from the left, as the bus asks)."""
-        nodes, changes, timeline = self.nodes, self.changes, self.timeline_records
+        """Keep what the viewer needs of every record of ``queue`` (popped from the left, as
+        the bus asks)."""
+        changes, rows, kinds = self.changes, self.rows, self._kind
+        floats, ints, strings = self._floats, self._ints, self._strings
         pop = queue.popleft
         count = 0
         while queue:
@@ -104,23 +145,83 @@ class LiveFeed:
             cls = type(record)
             address = record.address
             if cls is MemberFinished:
-                nodes[address] = record
-                self.progress[record.group_id] = record  # type: ignore[index,assignment]
-                timeline.append(record)
-            elif cls is EventCompleted or cls is EventStarted or cls is EventFailed:
-                nodes[address] = record
+                finished: MemberFinished = record  # type: ignore[assignment]
+                row = rows.get(address)
+                if row is None:
+                    row = self._new_row(address, record)
+                kinds[row] = _MEMBER_FINISHED
+                f, s = 3 * row, 6 * row
+                wait = finished.queue_wait
+                floats[f] = finished.timestamp
+                floats[f + 1] = finished.execution_time
+                floats[f + 2] = _NAN if wait is None else wait
+                ints[2 * row] = finished.attempts
+                strings[s] = finished.name
+                strings[s + 1] = finished.status
+                strings[s + 3] = finished.error
+                counts = self.progress.get(finished.group_id)  # type: ignore[arg-type]
+                if counts is None:
+                    counts = self.progress[finished.group_id] = [0, 0, 0, None]  # type: ignore[index]
+                counts[0] = finished.done
+                counts[1] = finished.succeeded
+                counts[2] = finished.failed
+                counts[3] = finished.total
+            elif cls is EventCompleted:
+                done: EventCompleted = record  # type: ignore[assignment]
+                row = rows.get(address)
+                if row is None:
+                    row = self._new_row(address, record)
+                kinds[row] = _COMPLETED
+                f, s = 3 * row, 6 * row
+                floats[f] = done.timestamp
+                floats[f + 1] = done.execution_time
+                ints[2 * row] = done.attempts
+                strings[s] = done.actor
+                strings[s + 1] = done.actor_kind
+                strings[s + 2] = done.detail
+                strings[s + 5] = done.source
+            elif cls is EventStarted:
+                begun: EventStarted = record  # type: ignore[assignment]
+                row = rows.get(address)
+                if row is None:
+                    row = self._new_row(address, record)
+                kinds[row] = _STARTED
+                s = 6 * row
+                floats[3 * row] = begun.timestamp
+                strings[s] = begun.actor
+                strings[s + 1] = begun.actor_kind
+                strings[s + 2] = begun.detail
+            elif cls is EventFailed:
+                failed: EventFailed = record  # type: ignore[assignment]
+                row = rows.get(address)
+                if row is None:
+                    row = self._new_row(address, record)
+                kinds[row] = _CANCELLED if failed.cancelled else _FAILED
+                f, s = 3 * row, 6 * row
+                floats[f] = failed.timestamp
+                floats[f + 1] = failed.execution_time
+                ints[2 * row] = failed.attempts
+                strings[s] = failed.actor
+                strings[s + 1] = failed.actor_kind
+                strings[s + 3] = failed.error
+                strings[s + 4] = failed.error_type
             elif cls is MemberStarted:
-                nodes[address] = record
-                timeline.append(record)
+                member: MemberStarted = record  # type: ignore[assignment]
+                row = rows.get(address)
+                if row is None:
+                    row = self._new_row(address, record)
+                kinds[row] = _MEMBER_STARTED
+                floats[3 * row] = member.timestamp
+                floats[3 * row + 2] = member.queue_wait
+                strings[6 * row] = member.name
+                strings[6 * row + 1] = "running"
             elif cls is EventRetrying:
                 self.retries[address] = self.retries.get(address, 0) + 1
-                timeline.append(record)
+                self.retry_records.append(record)  # type: ignore[arg-type]
             elif cls is GroupStarted:
                 self.started[address] = record  # type: ignore[assignment]
-                timeline.append(record)
             elif cls is GroupCompleted:
                 self.completed[address] = record  # type: ignore[assignment]
-                timeline.append(record)
             else:
                 continue
             changes.append(address)
@@ -186,67 +287,69 @@ class LiveFeed:
     def when(self, timestamp: float) -> float:
         return timestamp + self.offset
 
+    def is_node(self, address: str) -> bool:
+        return address in self.rows
+
+    def group_of(self, address: str) -> str | None:
+        row = self.rows.get(address)
+        return None if row is None else self._group[row]
+
+    def _status(self, row: int) -> str:
+        kind = self._kind[row]
+        if kind == _COMPLETED:
+            return "completed"
+        if kind in (_STARTED, _MEMBER_STARTED):
+            return "running"
+        if kind == _CANCELLED:
+            return "cancelled"
+        if kind == _FAILED:
+            return "timed_out" if self._strings[6 * row + 4] in _TIMEOUT_TYPES else "failed"
+        return self._strings[6 * row + 1] or "running"  # a finished member: its own status
+
     def node(self, address: str) -> Node | None:
         """The node at ``address`` (an event or a member), or ``None``."""
-        record = self.nodes.get(address)
-        if record is None:
+        row = self.rows.get(address)
+        if row is None:
             return None
+        kind = self._kind[row]
+        index = self._ints[2 * row + 1]
+        timestamp = self._floats[3 * row]
+        duration = _number(self._floats[3 * row + 1])
         node: Node = {
             "address": address,
-            "group_id": record.group_id,
-            "index": record.parallel_index,
+            "group_id": self._group[row],
+            "index": None if index < 0 else index,
             "retries": self.retries.get(address, 0),
-            "order": record.timestamp,
+            "status": self._status(row),
+            "attempts": self._ints[2 * row],
+            "duration": duration,
+            "error": self._strings[6 * row + 3],
+            "order": timestamp - (duration or 0.0),
         }
-        if isinstance(record, MemberFinished | MemberStarted):
-            node.update(kind="member", name=record.name, actor=None)
-            if isinstance(record, MemberStarted):
-                node.update(status="running", started=self.when(record.timestamp))
-                node.update(queue_wait=record.queue_wait)
+        if kind in (_MEMBER_STARTED, _MEMBER_FINISHED):
+            node.update(kind="member", name=self._strings[6 * row], actor=None)
+            node["queue_wait"] = _number(self._floats[3 * row + 2])
+            if kind == _MEMBER_STARTED:
+                node["started"] = self.when(timestamp)
             else:
-                node.update(
-                    status=record.status,
-                    duration=record.execution_time,
-                    attempts=record.attempts,
-                    error=record.error,
-                    queue_wait=record.queue_wait,
-                    finished=self.when(record.timestamp),
-                )
+                node["finished"] = self.when(timestamp)
             return node
-        node.update(kind="event", name=None)
-        if isinstance(record, EventStarted):
-            node.update(
-                actor=record.actor,
-                actor_kind=record.actor_kind,
-                status="running",
-                started=self.when(record.timestamp),
-                input=record.detail or None,
-            )
-        elif isinstance(record, EventCompleted):
-            node.update(
-                actor=record.actor,
-                actor_kind=record.actor_kind,
-                status="completed",
-                duration=record.execution_time,
-                attempts=record.attempts,
-                result=record.detail or None,
-                source=record.source,
-                finished=self.when(record.timestamp),
-            )
-            node["order"] = record.timestamp - record.execution_time
-        elif isinstance(record, EventFailed):
-            status = _failed_status(record)
-            node.update(
-                actor=record.actor,
-                actor_kind=record.actor_kind,
-                status=status,
-                duration=record.execution_time,
-                attempts=record.attempts,
-                error=record.error,
-                error_type=record.error_type,
-                finished=self.when(record.timestamp),
-            )
-            node["order"] = record.timestamp - record.execution_time
+        node.update(
+            kind="event",
+            name=None,
+            actor=self._strings[6 * row],
+            actor_kind=self._strings[6 * row + 1],
+        )
+        if kind == _STARTED:
+            node.update(started=self.when(timestamp), input=self._strings[6 * row + 2] or None)
+        else:
+            node["finished"] = self.when(timestamp)
+            if kind == _COMPLETED:
+                node.update(
+                    result=self._strings[6 * row + 2] or None, source=self._strings[6 * row + 5]
+                )
+            else:
+                node["error_type"] = self._strings[6 * row + 4]
         return node
 
     def event_counts(self) -> tuple[dict[str, int], int]:
@@ -257,23 +360,19 @@ class LiveFeed:
             return cached[1], cached[2]
         counts: dict[str, int] = {}
         running = 0
-        for record in list(self.nodes.values()):
-            cls = type(record)
-            if cls is EventCompleted:
-                status = "completed"
-            elif cls is EventStarted:
+        for row, kind in enumerate(self._kind):
+            if kind not in _EVENTS:
+                continue
+            if kind == _STARTED:
                 running += 1
                 continue
-            elif cls is EventFailed:
-                status = _failed_status(record)  # type: ignore[arg-type]
-            else:
-                continue
+            status = self._status(row)
             counts[status] = counts.get(status, 0) + 1
         self._counts = (self.records, counts, running)
         return counts, running
 
     def all_nodes(self) -> list[Node]:
-        return [node for address in list(self.nodes) if (node := self.node(address)) is not None]
+        return [node for address in list(self.rows) if (node := self.node(address)) is not None]
 
     def group_ids(self) -> list[str]:
         ids = dict.fromkeys(self.started)
@@ -285,8 +384,8 @@ class LiveFeed:
         own when it completed, else worked out from the members finished so far)."""
         started = self.started.get(group_id)
         completed = self.completed.get(group_id)
-        last = self.progress.get(group_id)
-        if started is None and last is None:
+        counts = self.progress.get(group_id)
+        if started is None and counts is None:
             return None
         name = started.name if started is not None else group_id.rsplit("::", 1)[-1]
         group: Node = {
@@ -310,18 +409,14 @@ class LiveFeed:
                 finished=self.when(completed.timestamp),
             )
             if metrics:
-                snapshot = completed.metrics
-                group["metrics"] = _metrics_dict(snapshot) if snapshot is not None else None
+                snapshot = getattr(completed.metrics, "as_dict", None)
+                group["metrics"] = snapshot() if callable(snapshot) else None
                 group["metrics_source"] = "group"
             return group
-        total = last.total if last is not None else started.total if started is not None else 0
-        group.update(
-            status="running",
-            total=total,
-            done=last.done if last is not None else 0,
-            succeeded=last.succeeded if last is not None else 0,
-            failed=last.failed if last is not None else 0,
-        )
+        done, succeeded, failed, total = counts if counts is not None else (0, 0, 0, None)
+        if total is None:
+            total = started.total if started is not None else done
+        group.update(status="running", total=total, done=done, succeeded=succeeded, failed=failed)
         if metrics:
             group["metrics"] = self._running_metrics(group_id)
             group["metrics_source"] = "so far"
@@ -330,15 +425,24 @@ class LiveFeed:
     def groups(self, *, metrics: bool = True) -> list[Node]:
         return [g for gid in self.group_ids() if (g := self.group(gid, metrics=metrics))]
 
+    def _members(self, group_id: str) -> list[int]:
+        """The rows of ``group_id``'s members, in the order they were first seen."""
+        groups, kinds = self._group, self._kind
+        return [
+            row
+            for row in range(len(kinds))
+            if groups[row] == group_id and kinds[row] in (_MEMBER_STARTED, _MEMBER_FINISHED)
+        ]
+
     def _running_metrics(self, group_id: str) -> Node:
         """Queue waits and run times of the members finished so far."""
         runs: list[float] = []
         waits: list[float] = []
-        for record in self.timeline_records:
-            if type(record) is MemberFinished and record.group_id == group_id:
-                runs.append(record.execution_time)
-                if record.queue_wait is not None:
-                    waits.append(record.queue_wait)
+        for row in self._members(group_id):
+            if self._kind[row] == _MEMBER_FINISHED:
+                runs.append(self._floats[3 * row + 1])
+                if not math.isnan(self._floats[3 * row + 2]):
+                    waits.append(self._floats[3 * row + 2])
         return {
             "run_time": Distribution.of(runs).as_dict(),
             "queue_wait": Distribution.of(waits).as_dict(),
@@ -349,31 +453,40 @@ class LiveFeed:
             ),
         }
 
-    def timeline(self, group_id: str | None = None, *, title: str = "") -> Timeline:
-        """The run's timeline (``TimelineRecorder`` fed the records it takes), or only
-        ``group_id`` and the groups nested in its members."""
-        recorder = TimelineRecorder()
-        records: Iterable[BusEvent] = self.timeline_records
-        if group_id is not None:
-            inside = group_id + "["
-            records = (
-                r
-                for r in self.timeline_records
-                if r.address == group_id
-                or r.address.startswith(inside)
-                or (r.group_id is not None and (r.group_id == group_id))
+    def _member_record(self, row: int) -> BusEvent:
+        """A member's last record, rebuilt from its row (for ``TimelineRecorder``)."""
+        group_id = self._group[row] or ""
+        address = self._address[row]
+        attempts, index = self._ints[2 * row : 2 * row + 2]
+        timestamp, duration, wait = self._floats[3 * row : 3 * row + 3]
+        name, status, _, error, _, _ = self._strings[6 * row : 6 * row + 6]
+        if self._kind[row] == _MEMBER_STARTED:
+            return MemberStarted.of_member(
+                group_id, index, address, name, timestamp, _number(wait) or 0.0, None
             )
-        for record in records:
-            recorder(record)
+        return MemberFinished.of_member(
+            group_id, index, address, name, timestamp, status or "completed", duration, error,
+            0, 0, None, attempts, _number(wait),
+        )  # fmt: skip
+
+    def timeline(self, group_id: str | None = None, *, title: str = "") -> Timeline:
+        """The run's timeline (``TimelineRecorder`` fed the group and member records), or
+        only ``group_id`` and the groups nested in its members."""
+
+        def inside(address: str) -> bool:
+            return group_id is None or address == group_id or address.startswith(group_id + "[")
+
+        recorder = TimelineRecorder()
+        for record in self.started.values():
+            if inside(record.address):
+                recorder(record)
+        for row, kind in enumerate(self._kind):
+            if kind in (_MEMBER_STARTED, _MEMBER_FINISHED) and inside(self._group[row] or ""):
+                recorder(self._member_record(row))
+        for retry in self.retry_records:
+            if retry.group_id is not None and inside(retry.group_id):
+                recorder(retry)
+        for done in self.completed.values():
+            if inside(done.address):
+                recorder(done)
         return recorder.timeline(title)
-
-
-def _metrics_dict(metrics: Any) -> Node | None:
-    as_dict = getattr(metrics, "as_dict", None)
-    return as_dict() if callable(as_dict) else None
-
-
-def _failed_status(record: EventFailed) -> str:
-    if record.cancelled:
-        return "cancelled"
-    return "timed_out" if record.error_type in _TIMEOUT_TYPES else "failed"
