@@ -1,0 +1,137 @@
+"""``LiveFeed`` and the viewer's model: what a watched run and a stored run turn into."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rh_agents.core.execution import ExecutionState
+from rh_agents.recovery.backend import open_backend
+from rh_agents.recovery.records import RunInfo, RunStatus
+from rh_agents.ui import live as live_module
+from rh_agents.ui.live import LiveFeed
+from rh_agents.ui.model import (
+    build_tree,
+    parent_address,
+    run_summary,
+    stored_groups,
+    stored_nodes,
+)
+from ui_support import EVIL, FAILING, RETRIED, run_workflow, stored_run
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _watched(members: int = 5) -> LiveFeed:
+    state = ExecutionState(run_id="watched")
+    feed = LiveFeed("watched", clock_now=state.clock.now)
+    state.event_bus.subscribe(feed, kinds=LiveFeed.KINDS)
+    await run_workflow(state, members=members, delay=0.001)
+    return feed
+
+
+async def test_a_watched_run_as_nodes_groups_and_a_timeline() -> None:
+    feed = await _watched()
+    nodes = {n["address"]: n for n in feed.all_nodes()}
+    failed = nodes[f"Orchestrator::docs[{FAILING}]::work"]
+    assert failed["status"] == "failed" and EVIL in failed["error"] and failed["attempts"] == 2
+    assert failed["error_type"] == "RuntimeError"
+    retried = nodes[f"Orchestrator::docs[{RETRIED}]::work"]
+    assert retried["status"] == "completed" and retried["retries"] == 1
+    assert "double" in retried["result"]
+    member = nodes["Orchestrator::docs[0]"]
+    assert member["kind"] == "member" and member["status"] == "completed"
+    assert member["queue_wait"] is not None and member["duration"] > 0
+    assert nodes["Orchestrator"]["status"] == "completed"
+    (group,) = feed.groups()
+    assert (group["status"], group["total"], group["done"], group["failed"]) == (
+        "partial",
+        5,
+        5,
+        1,
+    )
+    assert group["metrics_source"] == "group" and group["metrics"]["max_workers"] == 2
+    counts, running = feed.event_counts()
+    assert counts == {"completed": 5, "failed": 1} and running == 0
+    timeline = feed.timeline("Orchestrator::docs")
+    (chart,) = timeline.groups
+    assert [bar.status for bar in chart.bars()] == [
+        "failed" if i == FAILING else "completed" for i in range(5)
+    ]
+    assert chart.members[RETRIED].retries  # the retry's time, for its diamond
+    assert all(bar.enqueued is not None for bar in chart.bars())
+    assert feed.timeline("no-such-group").groups == []
+
+
+async def test_changes_since_a_cursor() -> None:
+    feed = LiveFeed("r")
+    assert feed.cursor == 0 and feed.changes_since(0) == []
+    state = ExecutionState()
+    state.event_bus.subscribe(feed, kinds=LiveFeed.KINDS)
+    await run_workflow(state, members=3)
+    changed = feed.changes_since(0)
+    assert changed is not None and len(changed) == len(set(changed))
+    assert "Orchestrator::docs" in changed and "Orchestrator::docs[2]::work" in changed
+    assert changed[-1] == "Orchestrator"  # the last to change
+    assert feed.changes_since(feed.cursor) == []
+
+
+async def test_a_trimmed_change_log_says_start_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live_module, "MAX_CHANGES", 10)
+    feed = await _watched(members=8)
+    assert feed.base > 0 and feed.changes_since(0) is None
+    assert feed.changes_since(feed.cursor) == []
+
+
+async def test_a_running_group_and_the_end_of_a_run() -> None:
+    feed = LiveFeed("r")
+    assert feed.running and feed.group("nothing") is None
+    feed.finish("failed")
+    feed.finish("completed")  # the first word stands
+    assert feed.status == "failed" and not feed.running
+
+
+def test_addresses_and_the_tree() -> None:
+    assert parent_address("A::docs[3]", "member") == "A::docs"
+    assert parent_address("A::docs[3]::work", "event") == "A::docs[3]"
+    assert parent_address("A::docs", "group") == "A"
+    assert parent_address("A", "event") is None
+    nodes = [{"address": f"A::docs[{i}]", "kind": "member", "order": float(i)} for i in (10, 2, 1)]
+    nodes.append({"address": "A::docs[2]::read::steps[0]::llm", "kind": "event", "order": 5.0})
+    groups = [{"group_id": "A::docs", "order": 0.0}, {"group_id": "A::docs[2]::read::steps"}]
+    (root,) = build_tree(nodes, groups)
+    assert (root.address, root.kind) == ("A", "event")
+    (docs,) = root.sorted_children()
+    assert docs.kind == "group" and docs.group is not None
+    assert [m.label for m in docs.sorted_children()] == ["[1]", "[2]", "[10]"]
+    read = docs.children["[2]"].sorted_children()[0]
+    (steps,) = read.sorted_children()
+    assert steps.kind == "group" and steps.address == "A::docs[2]::read::steps"
+    assert steps.group is not None
+    assert [m.address for m in steps.sorted_children()] == ["A::docs[2]::read::steps[0]"]
+
+
+async def test_a_stored_run_as_nodes_and_groups(tmp_path: Path) -> None:
+    store = tmp_path / "state.db"
+    await stored_run(store)
+    with open_backend(store, mode="read") as backend:
+        records = backend.load("done-run")
+        info = backend.get_run("done-run")
+    nodes = stored_nodes(records.values())
+    assert nodes["Orchestrator::docs[3]"]["status"] == "failed"
+    groups = stored_groups(records.values(), info.status.value)
+    assert groups["Orchestrator::docs"]["status"] == "partial"
+    running = stored_groups(records.values(), RunStatus.RUNNING.value)
+    assert running["Orchestrator::docs"]["status"] == "running"
+    summary = run_summary(info, records)
+    assert summary["events"] == 6 and summary["duration"] == pytest.approx(
+        info.updated - info.created
+    )
+
+
+def test_a_running_run_lasts_until_now() -> None:
+    info = RunInfo(run_id="r", created=100.0, updated=150.0, status=RunStatus.RUNNING)
+    assert run_summary(info, {}, now=400.0)["duration"] == 300.0
+    done = info.model_copy(update={"status": RunStatus.COMPLETED})
+    assert run_summary(done, {}, now=400.0)["duration"] == 50.0
