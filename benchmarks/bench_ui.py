@@ -10,6 +10,8 @@ Modes:
 
 - "no viewer": the group alone (``rh_agents.ui`` is imported, as it is in the other modes:
   importing it changes nothing for a run that does not use it).
+- "no-op subscriber": not the viewer: a subscriber that ignores every record, for scale (the
+  cost of the records the bus builds and delivers as soon as anyone listens).
 - "viewer up, not watching": a viewer server runs on the same event loop
   (``Viewer().start()``), but the run is not watched: what a process pays for serving pages.
 - "watching": ``viewer.watch(state)``: a ``LiveFeed`` on the run's bus takes every record.
@@ -44,7 +46,13 @@ from rh_agents.ui import Viewer
 MEMBERS = 10_000
 WORKERS = 100
 TARGET = 1.2
-MODES = ("no viewer", "viewer up, not watching", "watching", "watching + a browser")
+MODES = (
+    "no viewer",
+    "no-op subscriber",
+    "viewer up, not watching",
+    "watching",
+    "watching + a browser",
+)
 
 
 class Number(BaseModel):
@@ -56,6 +64,10 @@ async def _double(input: Number, context: str, state: ExecutionState) -> int:
 
 
 TOOL = Tool(name="double", description="doubles", input_model=Number, handler=_double)
+
+
+def _ignore(record: Any) -> None:
+    """Receives every record and does nothing."""
 
 
 async def _noop() -> None:
@@ -79,8 +91,8 @@ def _waiting_members(state: ExecutionState, count: int) -> list[Awaitable[Any]]:
 
 
 WORKLOADS: dict[str, tuple[Callable[[ExecutionState, int], list[Awaitable[Any]]], int]] = {
-    "no-op members": (_noop_members, 9),
-    "ExecutionEvent members": (_event_members, 7),
+    "no-op members": (_noop_members, 15),
+    "ExecutionEvent members": (_event_members, 9),
     "10 ms members": (_waiting_members, 3),
 }
 
@@ -109,7 +121,9 @@ async def _run(mode: str, make: Callable[[ExecutionState, int], list[Awaitable[A
     viewer = None
     reader = None
     got = [0]
-    if mode != "no viewer":
+    if mode == "no-op subscriber":
+        state.event_bus.subscribe(_ignore)
+    elif mode != "no viewer":
         viewer = await Viewer(port=0, store="/nonexistent/rh_agents_bench.db").start()
         if mode != "viewer up, not watching":
             viewer.watch(state)

@@ -186,6 +186,10 @@ async def test_a_live_run_advances_without_reload(browser: Browser, tmp_path: Pa
             assert await page.evaluate("window.__loaded_once === true")  # no reload
             group = page.locator('li.group[data-address="Orchestrator::docs"]')
             await group.locator("summary").first.click()
+            live_frame = page.frame_locator(
+                'li.group[data-address="Orchestrator::docs"] iframe:not(.loading)'
+            )
+            await live_frame.locator("g.member").first.wait_for()
             await page.screenshot(path=str(_shot_path(tmp_path, "live")))
             await run
         finally:
@@ -199,12 +203,14 @@ async def test_a_live_run_advances_without_reload(browser: Browser, tmp_path: Pa
         error = member.locator("summary .error").first
         assert EVIL in await error.inner_text()  # arrived by the event stream, shown as text
         await _not_pwned(page)
-        frame = page.frame_locator('li.group[data-address="Orchestrator::docs"] iframe')
+        frame = page.frame_locator(
+            'li.group[data-address="Orchestrator::docs"] iframe:not(.loading)'
+        )
         await frame.locator("g.member.status-failed").wait_for()
         assert await frame.locator("g.member rect.run").count() == 30
         wait = frame.locator("g.member rect.wait")
         assert await wait.count() > 0  # a live timeline shows queue waits
-        await page.screenshot(path=str(_shot_path(tmp_path, "live-done")))
+        await page.screenshot(path=str(tmp_path / "ui-live-done.png"))
 
 
 async def test_a_store_backed_run_refreshes_as_checkpoints_land(

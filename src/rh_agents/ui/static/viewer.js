@@ -319,25 +319,35 @@
       document.getElementById("run-counts").textContent = countsText(run.counts, run.running);
     }
 
-    // Open timelines of groups that changed are reloaded, at most every 1.5 s each, keeping
-    // their scroll position.
+    // Open timelines of groups that changed are reloaded, at most every 1.5 s each: the new
+    // page loads in a hidden frame, which then takes the old one's place and scroll position
+    // (no blank frame while it loads).
     function reloadTimelines(force) {
       const now = Date.now();
       for (const li of Array.from(stale)) {
         const details = li.querySelector(":scope > details");
-        const frame = li.querySelector(":scope > details > div.body > div.timeline > iframe");
+        const box = li.querySelector(":scope > details > div.body > div.timeline");
+        const frame = box && box.querySelector("iframe:not(.loading)");
         if (!frame || !details.open) continue;
-        if (!force && now - (reloaded.get(frame) || 0) < 1500) continue;
+        if (box.querySelector("iframe.loading")) continue; // one reload at a time
+        if (!force && now - (reloaded.get(box) || 0) < 1500) continue;
         stale.delete(li);
-        reloaded.set(frame, now);
-        let x = 0, y = 0;
-        try { x = frame.contentWindow.scrollX; y = frame.contentWindow.scrollY; } catch (e) { /* not loaded */ }
-        frame.addEventListener("load", () => {
-          try { frame.contentWindow.scrollTo(x, y); } catch (e) { /* gone */ }
-        }, { once: true });
+        reloaded.set(box, now);
+        const next = document.createElement("iframe");
+        next.className = "loading";
+        next.title = frame.title;
         const url = new URL(frame.src, location.href);
         url.searchParams.set("at", String(now));
-        frame.src = url.pathname + url.search;
+        next.addEventListener("load", () => {
+          let x = 0, y = 0;
+          try { x = frame.contentWindow.scrollX; y = frame.contentWindow.scrollY; } catch (e) { /* gone */ }
+          next.style.height = frame.style.height;
+          frame.remove();
+          next.classList.remove("loading");
+          try { next.contentWindow.scrollTo(x, y); } catch (e) { /* gone */ }
+        }, { once: true });
+        next.src = url.pathname + url.search;
+        box.appendChild(next);
       }
     }
 
