@@ -19,6 +19,7 @@ from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.interrupt import interrupt_requested, run
 from rh_agents.core.parallel import (
+    BatchMode,
     ErrorStrategy,
     GroupStatistics,
     GroupStatus,
@@ -69,6 +70,7 @@ __all__ = [
     "AdaptiveLimit",
     "Agent",
     "BaseActor",
+    "BatchMode",
     "CheckpointWarning",
     "CircuitBreaker",
     "CircuitOpenError",

@@ -35,7 +35,7 @@ from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.options import GroupOptions, check_policy
 from rh_agents.core.parallel.slots import SlotArbiter
-from rh_agents.core.parallel.strategy import ErrorStrategy
+from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
 from rh_agents.core.records import RunInterrupted
 from rh_agents.core.results import ExecutionResult
 from rh_agents.resilience.adaptive import AdaptiveLimit
@@ -143,6 +143,7 @@ class ExecutionState:
         retry: RetryPolicy | None = None,
         circuit_breaker: CircuitBreaker | None = None,
         rate_limit: RateLimit | None = None,
+        batch_mode: BatchMode | str = BatchMode.GATHER,
     ) -> ParallelExecutionManager[Any]:
         """A parallel group, used as ``async with state.parallel(...) as p:``.
 
@@ -158,6 +159,8 @@ class ExecutionState:
         - ``retry`` / ``circuit_breaker``: group-level policies (an event's or actor's own
           policy wins over them); ``rate_limit``: a ``RateLimit`` for this group's calls.
         - ``max_workers`` may also be ``"auto"`` or an ``AdaptiveLimit(min, max)``.
+        - ``batch_mode``: what ``p.execute_parallel(events)`` returns (``BatchMode``: a list
+          by default, a dict, or a stream of results in completion order).
         """
         options = GroupOptions.of(
             max_workers=max_workers,
@@ -171,6 +174,7 @@ class ExecutionState:
             retry=retry,
             circuit_breaker=circuit_breaker,
             rate_limit=rate_limit,
+            batch_mode=batch_mode,
         )
         return ParallelExecutionManager(self, options)
 
@@ -194,28 +198,23 @@ class ExecutionState:
             results = await state.parallel_execute([e(a, "", state), e(b, "", state)])
             named = await state.parallel_execute({"a": e(a, "", state)}, max_workers=3)
 
-        ``dependencies={"b": ["a"]}`` (with a dict) runs ``b`` after ``a``; a cycle or an
-        unknown name is rejected before anything runs.
+        ``dependencies`` runs members after others: by position for a list
+        (``dependencies={1: [0]}``), by name or position for a dict (``{"b": ["a"]}``). An
+        unknown member, a self-dependency or a cycle is rejected before anything runs. The
+        other options are those of ``parallel()``; ``batch_mode`` picks another shape of
+        result (see ``ParallelExecutionManager.execute_parallel``).
         """
-        dependencies: Mapping[str, Iterable[str]] | None = options.pop("dependencies", None)
+        dependencies: Mapping[Any, Iterable[Any]] | None = options.pop("dependencies", None)
+        options.setdefault(
+            "batch_mode",
+            BatchMode.GATHER_DICT if isinstance(members, Mapping) else BatchMode.GATHER,
+        )
         try:
             group = self.parallel(max_workers, **options)
         except BaseException:
             _close_all(members.values() if isinstance(members, Mapping) else members)
             raise
-        if isinstance(members, Mapping):
-            order = _dependency_order(members, dependencies or {})
-            async with group as p:
-                p.add_many((key, members[key], (dependencies or {}).get(key, ())) for key in order)
-                by_name = await p.gather_dict()
-            return {key: by_name[key] for key in members}
-        if dependencies:
-            _close_all(members)
-            from rh_agents.errors import ConfigurationError
-
-            raise ConfigurationError("dependencies need named members: pass a dict")
-        async with group as p:
-            return await p.gather(members)
+        return await group.execute_parallel(members, dependencies)  # type: ignore[no-any-return]
 
     async def parallel_map(
         self,
@@ -359,50 +358,3 @@ def _close_all(members: Iterable[Any]) -> None:
     for member in members:
         if isinstance(member, Coroutine):  # a coroutine or an event call
             member.close()
-
-
-def _dependency_order(
-    members: Mapping[str, Any], dependencies: Mapping[str, Iterable[str]]
-) -> list[str]:
-    """Names in an order where each comes after its dependencies; rejects cycles and unknowns."""
-    from rh_agents.errors import DependencyError
-
-    deps = {key: list(dependencies.get(key, ())) for key in members}
-    try:
-        for key in dependencies:
-            if key not in members:
-                raise DependencyError(
-                    f"dependencies name {key!r}, which is not a member; members are "
-                    f"{sorted(members)}"
-                )
-        for key, needs in deps.items():
-            for need in needs:
-                if need not in members:
-                    raise DependencyError(
-                        f"member {key!r} depends on {need!r}, which is not a member; "
-                        f"members are {sorted(members)}"
-                    )
-        order: list[str] = []
-        state: dict[str, int] = {}  # 1 = visiting, 2 = done
-
-        def visit(key: str, path: list[str]) -> None:
-            mark = state.get(key)
-            if mark == 2:
-                return
-            if mark == 1:
-                cycle = [*path[path.index(key) :], key]
-                raise DependencyError(
-                    "dependencies form a cycle: " + " -> ".join(cycle) + "; nothing was run"
-                )
-            state[key] = 1
-            for need in deps[key]:
-                visit(need, [*path, key])
-            state[key] = 2
-            order.append(key)
-
-        for key in members:
-            visit(key, [])
-        return order
-    except DependencyError:
-        _close_all(members.values())
-        raise

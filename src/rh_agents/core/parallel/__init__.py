@@ -11,10 +11,11 @@ from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member
 from rh_agents.core.parallel.metrics import Distribution, GroupMetrics
 from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
-from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
+from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy, GroupStatus
 from rh_agents.resilience.retry import RetryPolicy
 
 __all__ = [
+    "BatchMode",
     "Distribution",
     "ErrorStrategy",
     "GroupMetrics",

@@ -27,7 +27,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import (
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import CoroutineType, FunctionType
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +108,7 @@ class _Adding:
         self,
         *args: Any,
         name: str | None = None,
-        after: Iterable[str] | str = _NO_DEPENDENCIES,
+        after: Iterable[str | int] | str | int = _NO_DEPENDENCIES,
         priority: int = 0,
         timeout: float | None = None,
         retry: Any = None,
@@ -111,7 +119,8 @@ class _Adding:
             p.add(lambda: call(doc), name="doc2")        # a zero-argument callable
             p.add("doc3", event(input3, context, state)) # name first
 
-        ``after`` names members that must complete first (a failed one skips this member);
+        ``after`` names members that must complete first, by name or by index (a failed
+        one skips this member);
         ``priority`` orders members waiting for a worker (higher first); ``timeout`` bounds
         this member alone.
         """
@@ -188,21 +197,14 @@ class _Adding:
                 raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r}")
             if isinstance(priority, bool) or not isinstance(priority, int):
                 raise ConfigurationError(f"priority must be an int, got {priority!r}")
-            if isinstance(after, str):
+            if isinstance(after, str | int):
                 after = (after,)
             deps: list[int] = []
             if after and not self._retain:
                 # Dependents are found through the kept members; without them none would run.
                 raise ConfigurationError("after= needs a group that keeps results")
             for dep in after:
-                if dep not in self._names:
-                    known = ", ".join(sorted(self._names)) or "none yet"
-                    raise DependencyError(
-                        f"member {name or self._total!r} depends on {dep!r}, which is "
-                        f"not a member of group {self.group_id!r} (known: {known}); add the "
-                        "dependency first"
-                    )
-                deps.append(self._names[dep])
+                deps.append(self._dependency_index(dep, name))
             self._check_retry(source, retry)
         except BaseException:
             _close_quietly(source)
@@ -223,7 +225,7 @@ class _Adding:
         try:
             for entry in entries_iter:
                 name, member = entry[0], entry[1]
-                after: Iterable[str] = entry[2] if len(entry) > 2 else ()
+                after: Iterable[str | int] = entry[2] if len(entry) > 2 else ()
                 if name is None:
                     indices.append(self.add(member, after=after))
                 else:
@@ -233,6 +235,66 @@ class _Adding:
                 _close_quietly(rest[1])
             raise
         return indices
+
+    def _dependency_index(self, dep: Any, name: str | None) -> int:
+        """The index of the member ``dep`` names (a name, or an index already added)."""
+        if isinstance(dep, str):
+            index = self._names.get(dep)
+            if index is None:
+                known = ", ".join(sorted(self._names)) or "none yet"
+                raise DependencyError(
+                    f"member {name or self._total!r} depends on {dep!r}, which is "
+                    f"not a member of group {self.group_id!r} (known: {known}); add the "
+                    "dependency first"
+                )
+            return index
+        if isinstance(dep, int) and not isinstance(dep, bool):
+            if 0 <= dep < self._total:
+                return dep
+            raise DependencyError(
+                f"member {name or self._total!r} depends on member {dep}, which is not a member "
+                f"of group {self.group_id!r} ({self._total} added so far); add the dependency "
+                "first"
+            )
+        raise DependencyError(f"after= takes member names or indices, got {dep!r}")
+
+    def _add_graph(
+        self, sources: list[Any], dependencies: Mapping[int, Sequence[int]]
+    ) -> list[int]:
+        """Add ``sources`` at once, the one at position ``i`` after those at the positions
+        ``dependencies[i]`` gives (checked by ``index_dependencies``: no cycle, none unknown).
+
+        Member ``i`` gets the next index plus ``i`` whichever way its dependencies point (a
+        member may depend on one given after it): every member is registered before any of
+        them is handed to a worker.
+        """
+        try:
+            self._check_can_add()
+            if not self._retain:
+                raise ConfigurationError("dependencies need a group that keeps results")
+            for source in sources:
+                check_member(source)
+                self._check_retry(source, None)
+        except BaseException:
+            for source in sources:
+                _close_quietly(source)
+            raise
+        first = self._total
+        members = [self._register(source, None, 0, None, None) for source in sources]
+        if self._stop_status is not None:
+            for member in members:
+                self._finish(member, self._stopped_result(member))
+            return [member.index for member in members]
+        for position, needs in dependencies.items():
+            member = members[position]
+            member.pending_deps = len(needs)
+            self._members[member.index] = member  # waiting: a stop must find it
+            for need in needs:
+                self._dependents.setdefault(first + need, []).append(member)
+        for member in members:
+            if not member.pending_deps:
+                self._enqueue(member)
+        return [member.index for member in members]
 
     def _check_can_add(self) -> None:
         if not self._entered:
@@ -288,14 +350,19 @@ class _Adding:
             member.pending_deps = pending
             if pending:
                 self._members[index] = member  # waiting: a stop must find it
-        if pending == 0 and self._state.cache is not None and self._served_by_cache(member.source):
+                return index
+        self._enqueue(member)
+        return index
+
+    def _enqueue(self, member: Member) -> None:
+        """Hand ``member``, ready to run, to the cache lane or to the workers."""
+        if self._state.cache is not None and self._served_by_cache(member.source):
             self._instant.append(member)  # a cache hit takes no worker slot
             self._start_instant_lane()
-        elif pending == 0:
+        else:
             self._ready.push(member)
             if not self._unstarted:  # else the worker starting now will kick (see _kick)
                 self._kick()
-        return index
 
     def _register(
         self, source: Any, name: str | None, priority: int, timeout: float | None, retry: Any

@@ -13,8 +13,9 @@ O(max_workers); a finished member keeps only its ``ExecutionResult``::
 The class is one object composed of mixins, one concept per module, so that the per-member
 path calls plain methods of the same object: ``adding`` (``add``, ``add_many``, ``map``),
 ``scheduler`` (the worker pool, slot lending, the cache lane), ``running`` (one member's run
-and its result), ``stopping`` (cancel, timeouts, the strategy's error) and ``gathering``
-(``gather``, ``stream`` and the waits behind them). This module holds the state (every field
+and its result), ``stopping`` (cancel, timeouts, the strategy's error), ``gathering``
+(``gather``, ``stream`` and the waits behind them) and ``executing`` (``execute_parallel``:
+a whole batch in one call, with or without ``async with``). This module holds the state (every field
 is set in ``__init__``), the options, the ``async with`` lifecycle and the read-outs
 (properties, ``statistics()``, ``metrics()``).
 
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.parallel.adding import _Adding
+from rh_agents.core.parallel.executing import _Executing
 from rh_agents.core.parallel.gathering import _Gathering
 from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
 from rh_agents.core.parallel.lazy_source import LazySource
@@ -55,7 +57,7 @@ from rh_agents.core.parallel.scheduler import _DELIVER_EVERY, _Scheduler
 from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
 from rh_agents.core.parallel.stopping import _Stopping
 from rh_agents.core.parallel.strategy import GroupStatus
-from rh_agents.core.records import GroupCompleted, GroupStarted
+from rh_agents.core.records import GroupCompleted, GroupStarted, MemberFinished
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import ConfigurationError, GroupClosedError
 from rh_agents.resilience.adaptive import AdaptiveLimit
@@ -68,10 +70,17 @@ __all__ = ["ParallelExecutionManager"]
 T = TypeVar("T")
 
 
-class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _Gathering[T]):
+class ParallelExecutionManager(
+    _Adding, _Scheduler, _MemberRunning, _Stopping, _Gathering[T], _Executing
+):
     """An async context manager running members concurrently; see the module docstring.
 
-    Made by ``ExecutionState.parallel(...)``, which documents the options.
+    Made by ``ExecutionState.parallel(...)``, which documents the options, or directly, with
+    the same options, for a batch run without ``async with``::
+
+        manager = ParallelExecutionManager(execution_state, max_workers=5,
+                                           batch_mode=BatchMode.GATHER)
+        results = await manager.execute_parallel(events, dependencies={1: [0]})
     """
 
     # Slots: a group has some sixty fields, past what an instance dict stores cheaply, and a
@@ -81,6 +90,7 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         "__weakref__",
         "_adaptive",
         "_announce_starts",
+        "_announcements",
         "_bus_version",
         "_cancelled",
         "_completion_order",
@@ -242,6 +252,9 @@ class ParallelExecutionManager(_Adding, _Scheduler, _MemberRunning, _Stopping, _
         self._bus_version = -1
         self._announce_starts = False
         self._report_finishes = False
+        # Member records not published yet, in order (see deferred_record): members whose
+        # start is announced once they wait, and finish records.
+        self._announcements: list[Member | MemberFinished] = []
 
         # Stopping (stopping.py; _finish and _seal decide to stop).
         self._stop_status: ResultStatus | None = None

@@ -12,14 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rh_agents.core.parallel.strategy import ErrorStrategy
+from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
 from rh_agents.errors import ConfigurationError
 from rh_agents.resilience.adaptive import AdaptiveLimit, as_adaptive
 from rh_agents.resilience.breaker import CircuitBreaker
 from rh_agents.resilience.rate_limit import RateLimit
 from rh_agents.resilience.retry import RetryPolicy
 
-__all__ = ["GroupOptions", "check_group_options", "check_policy", "parse_strategy"]
+__all__ = [
+    "GroupOptions",
+    "check_group_options",
+    "check_policy",
+    "parse_batch_mode",
+    "parse_strategy",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +34,8 @@ class GroupOptions:
 
     ``adaptive`` is the ``AdaptiveLimit`` of ``max_workers="auto"`` or of an instance, and
     ``limit`` the fixed limit (an adaptive one's starting value). ``retain_results=False``
-    is for streams that keep nothing (``parallel_map``).
+    is for streams that keep nothing (``parallel_map``). ``batch_mode`` is what
+    ``execute_parallel`` returns (see ``BatchMode``).
     """
 
     limit: int = 5
@@ -44,6 +51,7 @@ class GroupOptions:
     circuit_breaker: CircuitBreaker | None = None
     rate_limit: RateLimit | None = None
     retain_results: bool = True
+    batch_mode: BatchMode = BatchMode.GATHER
 
     @classmethod
     def of(
@@ -61,6 +69,7 @@ class GroupOptions:
         circuit_breaker: CircuitBreaker | None = None,
         rate_limit: RateLimit | None = None,
         retain_results: bool = True,
+        batch_mode: BatchMode | str = BatchMode.GATHER,
     ) -> GroupOptions:
         """The options, checked; a ``ConfigurationError`` names the first bad one."""
         adaptive = as_adaptive(max_workers)
@@ -77,6 +86,8 @@ class GroupOptions:
             check_policy("retry", retry, RetryPolicy)
             check_policy("circuit_breaker", circuit_breaker, CircuitBreaker)
             check_policy("rate_limit", rate_limit, RateLimit)
+        if type(batch_mode) is not BatchMode:
+            batch_mode = parse_batch_mode(batch_mode)
         return cls(
             limit,
             adaptive,
@@ -91,6 +102,7 @@ class GroupOptions:
             circuit_breaker,
             rate_limit,
             retain_results,
+            batch_mode,
         )
 
     @property
@@ -110,6 +122,17 @@ def check_policy(label: str, value: Any, expected: type) -> None:
         raise ConfigurationError(
             f"{label} must be a {expected.__name__} (from rh_agents.resilience), got {value!r}"
         )
+
+
+def parse_batch_mode(value: BatchMode | str) -> BatchMode:
+    """A ``BatchMode`` from itself, its value (``"stream"``) or its name (``"STREAM"``)."""
+    try:
+        return BatchMode(value)
+    except ValueError:
+        if isinstance(value, str) and value.upper() in BatchMode.__members__:
+            return BatchMode[value.upper()]
+    choices = ", ".join(mode.name for mode in BatchMode)
+    raise ConfigurationError(f"unknown batch_mode {value!r}; use one of {choices}")
 
 
 def parse_strategy(value: ErrorStrategy | str) -> ErrorStrategy:

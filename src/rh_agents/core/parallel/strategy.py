@@ -1,10 +1,11 @@
-"""How a group reacts to failures, and the states a group goes through."""
+"""How a group reacts to failures, the states a group goes through, and what
+``execute_parallel`` returns."""
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["ErrorStrategy", "GroupStatus"]
+__all__ = ["BatchMode", "ErrorStrategy", "GroupStatus"]
 
 
 class ErrorStrategy(enum.StrEnum):
@@ -33,3 +34,20 @@ class GroupStatus(enum.StrEnum):
     FAILED = "failed"  # the error strategy stopped the group
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
+
+
+class BatchMode(enum.StrEnum):
+    """What ``p.execute_parallel(events)`` returns (a group's ``batch_mode``; default ``GATHER``).
+
+    - ``GATHER``: a list of every result, in the order the members were given;
+    - ``GATHER_DICT``: a dict of every result, by the members' names (members given as a
+      dict) or by their positions (members given as a list);
+    - ``STREAM``: an async iterator of the results in completion order, as each member ends;
+    - ``AS_COMPLETED``: the same, each result carrying its ``index``, ``name`` and ``event_id``
+      (a stream's results carry them too: the name says what the caller reads).
+    """
+
+    GATHER = "gather"
+    GATHER_DICT = "gather_dict"
+    STREAM = "stream"
+    AS_COMPLETED = "as_completed"
