@@ -331,3 +331,51 @@ async def test_attempts_agree_in_results_metrics_records_printer_and_timeline(
     assert [bar.attempts for bar in group.bars()] == expected
     assert sum(len(bar.retries) for bar in group.bars()) == retried
     assert f"{retried} retried" in printer_out.getvalue()
+
+
+@pytest.mark.parametrize("limits", ["group", "global"])
+async def test_identical_cached_calls_with_retries_under_one_slot_never_deadlock(
+    limits: str,
+) -> None:
+    """The first call fails once and backs off; the others join it while it waits.
+
+    A joiner holding the only slot while it waited for the shared call left that call, back
+    from its backoff, waiting for the slot forever. Joiners now lend their slots.
+    """
+    from rh_agents.recovery import ActorCache, MemoryCacheStore
+
+    class Key(BaseModel):
+        x: int
+
+    calls: list[int] = []
+
+    async def double(key: Key, context: str, state: ExecutionState) -> int:
+        calls.append(key.x)
+        await asyncio.sleep(0)
+        if len(calls) == 1:
+            raise ConnectionError("flaky")
+        return key.x * 2
+
+    tool = Tool(
+        name="double",
+        description="doubles, failing its first call",
+        input_model=Key,
+        handler=double,
+        cacheable=True,
+        retry=RetryPolicy(max_attempts=3, initial_delay=0.5, jitter=0),
+    )
+    state = ExecutionState(
+        cache=ActorCache(MemoryCacheStore()),
+        clock=ManualClock(),
+        global_max_workers=1 if limits == "global" else None,
+    )
+    event = ExecutionEvent(actor=tool)
+    async with state.parallel(max_workers=1 if limits == "group" else 4) as p:
+        for _ in range(5):
+            p.add(event(Key(x=3), "", state))
+    results = await p.gather()
+    assert [r.result for r in results] == [6] * 5
+    assert calls == [3, 3]  # one call, retried once; every other caller shared it
+    assert [r.source for r in results] == ["run"] + ["cache"] * 4
+    assert (p._slots.in_use, p._slots.waiting) == (0, 0)
+    assert state.internal_errors == []

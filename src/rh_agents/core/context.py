@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["Frame", "current_frame", "enter_frame", "exit_frame"]
+__all__ = ["Frame", "current_frame", "enter_frame", "exit_frame", "running_frame"]
 
 ADDRESS_SEPARATOR = "::"
 
@@ -93,6 +93,11 @@ def current_frame(state: ExecutionState) -> Frame:
     if frame is None or frame.state is not state:
         return state.root_frame
     return frame
+
+
+def running_frame() -> Frame | None:
+    """The running task's frame, whatever its state (``None`` outside any call)."""
+    return _current.get()
 
 
 # Make a frame current (returns the token for ``exit_frame``) and restore the previous one.

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from rh_agents.core.actors import BaseActor
+from rh_agents.core.parallel.slots import wait_lending
 from rh_agents.errors import CorruptStateError, RecoveryError
 from rh_agents.recovery.codec import canonical_json, encode_result
 
@@ -202,7 +203,13 @@ class ActorCache:
             source = "cache"
         flight.waiters += 1
         try:
-            value, attempts = await asyncio.shield(flight.task)
+            if source == "run":
+                # This caller's own call: the flight runs it in this caller's slots.
+                value, attempts = await asyncio.shield(flight.task)
+            else:
+                # A joiner only waits: it lends its slots, which the call it waits for may
+                # need between two attempts (see wait_lending).
+                value, attempts = await wait_lending(asyncio.shield(flight.task))
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if flight.task.cancelled() and me is not None and not me.cancelling():

@@ -32,15 +32,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from rh_agents.core.context import running_frame
 from rh_agents.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
 
-__all__ = ["MemberSlot", "SlotArbiter"]
+__all__ = ["MemberSlot", "SlotArbiter", "wait_lending"]
+
+T = TypeVar("T")
 
 
 class SlotArbiter:
@@ -218,3 +221,23 @@ class MemberSlot:
         await manager._slots.acquire(count_if_cancelled=True)
         manager._note_held()
         await self.reclaim_global()
+
+
+async def wait_lending(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable``, work done elsewhere, with the running member's slots lent.
+
+    For a member that only waits on someone else's work (an identical call already running,
+    which the cache shares): holding its slots meanwhile could leave the work it waits for
+    without one (the shared call, between two attempts, waits to take a slot back), and
+    nobody would ever release it. Outside a member, or in a group's cache lane (which holds
+    no slot), it simply awaits.
+    """
+    frame = running_frame()
+    slot = frame.slot if frame is not None else None
+    if not isinstance(slot, MemberSlot) or asyncio.current_task() is slot.manager._instant_task:
+        return await awaitable
+    slot.lend()
+    try:
+        return await awaitable
+    finally:
+        await slot.reclaim()
