@@ -298,3 +298,17 @@ async def test_streams_end_when_the_client_leaves_or_the_viewer_closes(store: Pa
             app.state.viewer.closing.set()
             assert await reader.read(5) == []  # the stream ended
     assert transport.cancelled == 0
+
+
+async def test_run_ids_that_need_quoting(store: Path) -> None:
+    odd = 'nightly run #3 ü?&"<b>'
+    await stored_run(store, odd, members=2)
+    async with await _client(create_app(store)) as client:
+        page = (await client.get("/")).text
+        href = "/runs/nightly%20run%20%233%20%C3%BC%3F%26%22%3Cb%3E"
+        assert f'href="{href}"' in page and "<b>" not in page
+        data = (await client.get("/api" + href)).json()
+        assert data["run"]["run_id"] == odd
+        run_page = await client.get(href)
+        assert run_page.status_code == 200 and "&lt;b&gt;" in run_page.text
+        assert "<b>" not in run_page.text.replace("<body", "")

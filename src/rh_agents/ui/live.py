@@ -58,8 +58,13 @@ _NAN = math.nan
 # What a row holds, by the kind of its last record.
 _STARTED, _COMPLETED, _FAILED, _CANCELLED, _MEMBER_STARTED, _MEMBER_FINISHED = range(1, 7)
 _EVENTS = (_STARTED, _COMPLETED, _FAILED, _CANCELLED)
-_NEW_FLOATS = array("d", (0.0, _NAN, _NAN))
-_NEW_STRINGS = (None,) * 6
+# Columns grow by this many rows at a time, filled with the defaults (a new row then only
+# sets its address and group).
+_CHUNK = 1024
+_CHUNK_FLOATS = array("d", (0.0, _NAN, _NAN) * _CHUNK)
+_CHUNK_INTS = array("l", (1, -1) * _CHUNK)
+_CHUNK_STRINGS: list[str | None] = [None] * (6 * _CHUNK)
+_CHUNK_ROWS: list[str | None] = [None] * _CHUNK
 
 
 def _number(value: float | None) -> float | None:
@@ -95,7 +100,9 @@ class LiveFeed:
         # when none) and strings (actor or member name, actor kind or member status, detail,
         # error, error type, source).
         self.rows: dict[str, int] = {}
-        self._address: list[str] = []
+        self.size = 0  # rows in use (the columns hold room for more)
+        self._capacity = 0
+        self._address: list[str | None] = []
         self._group: list[str | None] = []
         self._kind = bytearray()
         self._floats = array("d")
@@ -104,7 +111,8 @@ class LiveFeed:
         # Groups: their records (a few per group) and each one's latest counts.
         self.started: dict[str, GroupStarted] = {}
         self.completed: dict[str, GroupCompleted] = {}
-        self.progress: dict[str, list[Any]] = {}  # [done, succeeded, failed, total]
+        # Each group's latest finished member, for its counts (one record kept per group).
+        self.progress: dict[str, MemberFinished] = {}
         self.retries: dict[str, int] = {}  # retries announced, by event address
         self.retry_records: list[EventRetrying] = []  # (rare) for the timeline's diamonds
         self.changes: list[str] = []  # addresses (events, members, groups) as they changed
@@ -121,21 +129,32 @@ class LiveFeed:
     def __call__(self, record: BusEvent) -> None:
         self.handle_batch(deque((record,)))
 
+    def _grow(self) -> None:
+        self._address.extend(_CHUNK_ROWS)
+        self._group.extend(_CHUNK_ROWS)
+        self._kind.extend(bytes(_CHUNK))
+        self._floats.extend(_CHUNK_FLOATS)
+        self._ints.extend(_CHUNK_INTS)
+        self._strings.extend(_CHUNK_STRINGS)
+        self._capacity += _CHUNK
+
     def _new_row(self, address: str, record: BusEvent) -> int:
-        row = self.rows[address] = len(self._address)
-        self._address.append(address)
-        self._group.append(record.group_id)
-        self._kind.append(0)
-        self._floats.extend(_NEW_FLOATS)
+        row = self.size
+        if row == self._capacity:
+            self._grow()
+        self.size = row + 1
+        self.rows[address] = row
+        self._address[row] = address
+        self._group[row] = record.group_id
         index = record.parallel_index
-        self._ints.extend((1, -1 if index is None else index))
-        self._strings.extend(_NEW_STRINGS)
+        if index is not None:
+            self._ints[2 * row + 1] = index
         return row
 
     def handle_batch(self, queue: deque[BusEvent]) -> None:
         """Keep what the viewer needs of every record of ``queue`` (popped from the left, as
         the bus asks)."""
-        changes, rows, kinds = self.changes, self.rows, self._kind
+        changes, rows, kinds, progress = self.changes, self.rows, self._kind, self.progress
         floats, ints, strings = self._floats, self._ints, self._strings
         pop = queue.popleft
         count = 0
@@ -159,13 +178,7 @@ class LiveFeed:
                 strings[s] = finished.name
                 strings[s + 1] = finished.status
                 strings[s + 3] = finished.error
-                counts = self.progress.get(finished.group_id)  # type: ignore[arg-type]
-                if counts is None:
-                    counts = self.progress[finished.group_id] = [0, 0, 0, None]  # type: ignore[index]
-                counts[0] = finished.done
-                counts[1] = finished.succeeded
-                counts[2] = finished.failed
-                counts[3] = finished.total
+                progress[finished.group_id] = finished  # type: ignore[index]
             elif cls is EventCompleted:
                 done: EventCompleted = record  # type: ignore[assignment]
                 row = rows.get(address)
@@ -413,7 +426,11 @@ class LiveFeed:
                 group["metrics"] = snapshot() if callable(snapshot) else None
                 group["metrics_source"] = "group"
             return group
-        done, succeeded, failed, total = counts if counts is not None else (0, 0, 0, None)
+        done, succeeded, failed, total = (
+            (counts.done, counts.succeeded, counts.failed, counts.total)
+            if counts is not None
+            else (0, 0, 0, None)
+        )
         if total is None:
             total = started.total if started is not None else done
         group.update(status="running", total=total, done=done, succeeded=succeeded, failed=failed)
@@ -456,7 +473,7 @@ class LiveFeed:
     def _member_record(self, row: int) -> BusEvent:
         """A member's last record, rebuilt from its row (for ``TimelineRecorder``)."""
         group_id = self._group[row] or ""
-        address = self._address[row]
+        address = self._address[row] or ""
         attempts, index = self._ints[2 * row : 2 * row + 2]
         timestamp, duration, wait = self._floats[3 * row : 3 * row + 3]
         name, status, _, error, _, _ = self._strings[6 * row : 6 * row + 6]
