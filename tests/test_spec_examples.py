@@ -252,3 +252,63 @@ async def test_with_custom_printer() -> None:
     assert "\x1b" not in text
     assert "parallel" in text  # the group is shown
     assert "RuntimeError: bad3 is unreadable" in text  # and its failure, with the error
+
+
+async def test_the_parallel_execution_manager_sketch() -> None:
+    from rh_agents.core.parallel import BatchMode, ParallelExecutionManager
+
+    execution_state = make_state()
+    event = ExecutionEvent(actor=process_tool)
+    events = [event(DocIn(name=n), "", execution_state) for n in ("a", "b", "c")]
+
+    manager = ParallelExecutionManager(execution_state, max_workers=5, batch_mode=BatchMode.GATHER)
+    results: list[Any] = await manager.execute_parallel(events, dependencies={1: [0]})
+    """Execute events in parallel respecting dependencies."""
+    assert [r.result for r in results] == ["processed a", "processed b", "processed c"]
+    assert manager.execution_state is execution_state
+    assert manager.batch_mode is BatchMode.GATHER
+
+
+async def test_the_parallel_event_group_model() -> None:
+    import uuid
+
+    from rh_agents.core.parallel import GroupStatus, ParallelEventGroup
+
+    group = ParallelEventGroup()
+    assert uuid.UUID(group.group_id)  # default_factory=lambda: str(uuid.uuid4())
+    assert (group.name, group.events, group.total, group.completed, group.failed) == (
+        "Parallel Group",
+        [],
+        0,
+        0,
+        0,
+    )
+    assert group.status is GroupStatus.PENDING
+    assert group.start_time is None and group.end_time is None
+
+    # A group's own description lists the calls its members made, in member order.
+    execution_state = make_state()
+    event = ExecutionEvent(actor=process_tool)
+
+    async def two_calls() -> None:
+        await event(DocIn(name="x1"), "", execution_state)
+        async with execution_state.parallel(name="inner") as inner:
+            inner.add(event(DocIn(name="nested"), "", execution_state))
+
+    async with execution_state.parallel(name="doc_processing") as p:
+        p.add(event(DocIn(name="d0"), "", execution_state))
+        p.add(two_calls())
+        p.add(event(DocIn(name="bad2"), "", execution_state))
+    described = p.group
+    assert described is not None
+    assert [e.address for e in described.events] == [
+        "doc_processing[0]::process_doc",
+        "doc_processing[1]::process_doc",
+        "doc_processing[2]::process_doc",
+    ]
+    assert [e.parallel_index for e in described.events] == [0, 1, 2]
+    assert all(isinstance(e, ExecutionEvent) and e.is_parallel for e in described.events)
+    assert all(e.actor is process_tool for e in described.events)  # references, not copies
+    result = execution_state.history[described.events[2].address].result
+    assert not result.ok and "bad2" in (result.error or "")
+    assert (described.total, described.completed, described.failed) == (3, 2, 1)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.parallel.strategy import GroupStatus
 
 __all__ = ["GroupStatistics", "ParallelEventGroup"]
@@ -14,19 +17,28 @@ __all__ = ["GroupStatistics", "ParallelEventGroup"]
 class ParallelEventGroup(BaseModel):
     """What a group is and how far it got.
 
-    Owned and updated by its ``ParallelExecutionManager``; read it through ``p.group``.
-    ``group_id`` is derived from the parent address and the group's name, so it is the same in
-    every run of the same code.
+    Owned and updated by its ``ParallelExecutionManager``; read it through ``p.group``, which
+    brings it up to date. There, ``group_id`` is derived from the parent address and the
+    group's name, so it is the same in every run of the same code; a group built by hand
+    (``ParallelEventGroup()``) gets a random one and the name ``"Parallel Group"``.
+
+    ``events`` are the ``ExecutionEvent`` calls the group's members made (an event call as a
+    member, or the calls a member's code made), in member order: each the bound event with
+    its ``address``, ``group_id`` and ``parallel_index``, as ``state.history`` keeps it. They
+    are references to the events, not copies of results: a call's result is
+    ``state.history[event.address].result``. Calls inside nested groups belong to those
+    groups' ``events``.
     """
 
     model_config = ConfigDict(validate_assignment=False)
 
-    group_id: str
-    name: str
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-    status: GroupStatus = GroupStatus.PENDING
+    group_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    name: str = Field(default="Parallel Group")
+    events: list[ExecutionEvent[Any]] = Field(default_factory=list)
+    total: int = Field(default=0)
+    completed: int = Field(default=0)
+    failed: int = Field(default=0)
+    status: GroupStatus = Field(default=GroupStatus.PENDING)
     start_time: float | None = None
     end_time: float | None = None
     max_workers: int | None = None

@@ -63,6 +63,7 @@ from rh_agents.errors import ConfigurationError, GroupClosedError
 from rh_agents.resilience.adaptive import AdaptiveLimit
 
 if TYPE_CHECKING:
+    from rh_agents.core.events import ExecutionEvent
     from rh_agents.core.execution import ExecutionState
 
 __all__ = ["ParallelExecutionManager"]
@@ -398,6 +399,11 @@ class ParallelExecutionManager(
         return self._state.has_policies or self.options.has_policies
 
     @property
+    def execution_state(self) -> ExecutionState:
+        """The ``ExecutionState`` this group belongs to."""
+        return self._state
+
+    @property
     def name(self) -> str:
         """The group's name (the last part of its id)."""
         return self._display_name or self._requested_name or "parallel"
@@ -427,7 +433,17 @@ class ParallelExecutionManager(
         group.failed = self._done - self._succeeded
         group.total = self._total
         group.member_names = {index: name for name, index in self._names.items()}
+        group.events = self._group_events()
         return group
+
+    def _group_events(self) -> list[ExecutionEvent[Any]]:
+        """The calls this group's members made (not those of nested groups), by member."""
+        group_id = self.group_id
+        return [
+            entry.event
+            for entry in self._state.history.get_group(group_id)
+            if entry.group_id == group_id
+        ]
 
     @property
     def total(self) -> int:
