@@ -50,6 +50,12 @@ class ExecutionResult(Generic[T]):
     attempts: int = 1
     source: str = "run"
 
+    def __post_init__(self) -> None:
+        # ``ok`` is true only for COMPLETED: a result made with ok=False and no status is a
+        # failure (a member returning one fails, and FAIL_FAST stops on it).
+        if not self.ok and self.status is ResultStatus.COMPLETED:
+            self.status = ResultStatus.FAILED
+
     @property
     def event_id(self) -> str | None:
         """The address of the event that produced this result (the same as ``address``)."""
