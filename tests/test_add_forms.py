@@ -124,3 +124,38 @@ def test_takes_no_arguments_reads_the_code_object() -> None:
     check_member(lambda *, k=1: None)
     with pytest.raises(InvalidMemberError, match="needs arguments"):
         check_member(lambda *, k: None)
+
+
+def test_a_member_sets_every_field_of_the_frame_it_is() -> None:
+    # Member.__init__ does not call Frame.__init__ (it is made per member): a field added to
+    # Frame must be set there too.
+    from rh_agents.core.context import Frame
+    from rh_agents.core.parallel.member import Member
+
+    member = Member(3, None)
+    for field in Frame.__slots__:
+        getattr(member, field)  # never an unset slot
+    assert member.parallel_index == 3
+    assert member.attempts == 1
+
+
+async def test_a_member_is_the_frame_its_calls_run_under() -> None:
+    from rh_agents.core.context import current_frame
+
+    state = ExecutionState()
+    seen: list[Any] = []
+
+    async def where() -> str:
+        frame = current_frame(state)
+        seen.append(frame)
+        await asyncio.sleep(0)
+        return frame.child_address("call")
+
+    async with state.parallel(name="g") as p:
+        p.add(where())
+        p.add(lambda: where(), name="named")
+        results = await p.gather()
+    assert [r.result for r in results] == ["g[0]::call", "g[1]::call"]
+    assert [f.parallel_index for f in seen] == [0, 1]
+    assert all(f.group_id == "g" and f.state is state for f in seen)
+    assert current_frame(state) is state.root_frame

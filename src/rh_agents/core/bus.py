@@ -82,8 +82,9 @@ Subscriber = Callable[[BusEvent], Any]
 class DeferredSource(Protocol):
     """What ``EventBus.defer`` asks for a deferred record when the time to publish it comes."""
 
-    def deferred_record(self, key: Any) -> BusEvent | None:
-        """The record for ``key`` (``None``: nothing to publish after all)."""
+    def deferred_record(self, key: Any) -> BusEvent | list[BusEvent] | None:
+        """The record for ``key``, or a list of records published in order as one batch
+        (``None`` or ``[]``: nothing to publish after all)."""
         ...
 
 
@@ -193,6 +194,13 @@ class Subscription:
         if not self._awake:
             # Only the first record after the feeder rested pays for waking it: while it is
             # awake it drains the queue by itself (this is on every member's hot path).
+            self._wake()
+
+    def _push_many(self, records: list[BusEvent]) -> None:
+        if self._closed:
+            return  # (see _push)
+        self._queue.extend(records)
+        if not self._awake:
             self._wake()
 
     def _wake(self) -> None:
@@ -477,17 +485,21 @@ class EventBus:
 
     def _flush_deferred(self) -> None:
         deferred = self._deferred
-        if len(deferred) == 1:  # the usual case (one member started since the last record)
+        if len(deferred) == 1:  # the usual case (one group's batch, or one record)
             key, source = deferred.popitem()
             record = source.deferred_record(key)
-            if record is not None:
-                self.publish(record)  # (the dict is empty again: no flush from in there)
+            if isinstance(record, list):
+                self.publish_many(record)  # (the dict is empty again: no flush from in there)
+            elif record is not None:
+                self.publish(record)
             return
         pending = list(deferred.items())  # in the order they were deferred
         deferred.clear()
         for key, source in pending:
             record = source.deferred_record(key)
-            if record is not None:
+            if isinstance(record, list):
+                self.publish_many(record)
+            elif record is not None:
                 self.publish(record)
 
     def deliver_pending(self) -> None:
@@ -500,6 +512,8 @@ class EventBus:
         the caller's call, as it would in its loop callback: a failure is reported, never
         raised here.
         """
+        if self._deferred:
+            self._flush_deferred()  # (a busy group's member records wait there)
         for sub in self._subscriptions:
             sub._deliver_early()
 
@@ -517,6 +531,23 @@ class EventBus:
                 sub._push(record)
         if self._streams:
             self._push_streams(record)
+
+    def publish_many(self, records: list[BusEvent]) -> None:
+        """Publish ``records`` in order, as ``publish`` would one by one (in one go: a group
+        announces the members that started in a loop turn this way)."""
+        if self._deferred:
+            self._flush_deferred()  # they happened before these records
+        self.published += len(records)
+        for sub in self._subscriptions:
+            if sub.kinds is None:
+                accepted = records
+            else:
+                accepted = [record for record in records if sub.accepts(type(record))]
+            if accepted:
+                sub._push_many(accepted)
+        if self._streams:
+            for record in records:
+                self._push_streams(record)
 
     def _push_streams(self, record: BusEvent) -> None:
         for key, ref in list(self._streams.items()):

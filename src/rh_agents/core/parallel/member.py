@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import CoroutineType, FunctionType, MethodType
 from typing import Any
 
+from rh_agents.core.context import Frame
 from rh_agents.core.event_call import EventCall
 from rh_agents.core.results import ExecutionResult
 from rh_agents.errors import InvalidMemberError
@@ -106,16 +107,20 @@ def _required_parameters(fn: Callable[..., Any]) -> int:
     return sum(1 for p in params if p.default is empty and p.kind in _NEEDED_KINDS)
 
 
-class Member:
+class Member(Frame):
     """One member of a group. Owned by its manager; never shared between groups.
 
     ``source`` is the coroutine, awaitable or zero-argument callable given to ``add``; it is
     dropped as soon as the member has run, so finished members hold only their result.
+
+    A member is also the ``Frame`` it runs in (its node of the execution tree, at
+    ``group[index]``): the worker that takes it fills in the frame's place (state, group,
+    slot, address) and makes it the current frame. One object per member rather than two: a
+    group of a hundred thousand members allocates, and has the garbage collector walk, half
+    as many.
     """
 
     __slots__ = (
-        "address",
-        "attempts",
         "enqueued",
         "index",
         "name",
@@ -137,8 +142,17 @@ class Member:
         timeout: float | None = None,
         retry: Any = None,
     ) -> None:
+        # The Frame's fields: its address is "" until it starts to run. Not
+        # Frame.__init__: this is made per member (tests/test_add_forms.py checks that every
+        # field of a Frame is set).
+        self.address = ""
+        self.attempts = 1  # calls started so far (the retry loop counts them)
+        self._child_counts = None
+        self.state = None
+        self.group_id = None
+        self.parallel_index = index
+        self.slot = None
         self.index = index
-        self.address: str | None = None  # set when it starts to run
         self.source = source
         self.name = name
         self.priority = priority
@@ -148,7 +162,6 @@ class Member:
         self.enqueued = 0.0
         self.started: float | None = None
         self.result: ExecutionResult[Any] | None = None
-        self.attempts = 1  # calls started so far (the retry loop counts them)
 
     @property
     def finished(self) -> bool:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 from rh_agents.core.context import Frame, enter_frame, exit_frame
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
-from rh_agents.core.records import MemberFinished, MemberStarted
+from rh_agents.core.records import BusEvent, MemberFinished, MemberStarted
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
 from rh_agents.errors import ParallelTimeoutError
 
@@ -84,6 +84,7 @@ class _MemberRunning:
         _bus_version: int
         _announce_starts: bool
         _report_finishes: bool
+        _announcements: list[Member | MemberFinished]
         _stop_status: ResultStatus | None
         _last_failure: ExecutionResult[Any] | None
         _trigger: ExecutionResult[Any] | None
@@ -118,7 +119,10 @@ class _MemberRunning:
         )
         global_slots = state.global_slots if holds_slot else None
         address = member.address = f"{self.group_id}[{index}]"
-        frame = Frame(state, address, self.group_id, index, slot)
+        member.state = state  # the member is its own frame (see Member)
+        member.group_id = self.group_id
+        member.slot = slot
+        frame: Frame = member
         token = enter_frame(frame)
         started = member.started = now()
         result: ExecutionResult[Any]
@@ -132,7 +136,7 @@ class _MemberRunning:
             if self._announce_starts:
                 # Published once the member waits or publishes (see deferred_record): a member
                 # that finishes without suspending needs no start record of its own.
-                bus.defer(member, self)
+                self._announce(member)
             timeout = member.timeout or self.member_timeout
             # With no retry, breaker or rate limit anywhere there is nothing to resolve: run
             # the member directly (this is every member's hot path).
@@ -254,14 +258,16 @@ class _MemberRunning:
             member.result = result  # the member itself is not kept; only the stream holds it
 
         bus = self._state.event_bus
-        deferred = bus._deferred  # (read directly: a method call per member costs more)
-        if deferred:
-            deferred.pop(member, None)  # never announced: the finish record tells it all
         if bus.version != self._bus_version:
             self._note_listeners(bus)
         if self._report_finishes:
+            # Into the group's batch, with the starts: published in order at the loop's next
+            # turn, or before anyone's next record (see deferred_record).
             started = member.started
-            bus.publish(
+            batch = self._announcements
+            if not batch:
+                bus.defer(self, self)
+            batch.append(
                 MemberFinished.of_member(
                     self.group_id,
                     index,
@@ -322,22 +328,49 @@ class _MemberRunning:
         self._announce_starts = bus.wants(MemberStarted)
         self._report_finishes = bus.wants(MemberFinished)
 
-    def deferred_record(self, key: Any) -> MemberStarted | None:
-        """The ``MemberStarted`` of member ``key``, which the bus publishes once it waits."""
-        member: Member = key
-        started = member.started
-        if member.result is not None or started is None:
+    def _announce(self, member: Member) -> None:
+        """Queue ``member``'s ``MemberStarted``: the bus publishes it once the member waits
+        (or publishes anything); a member that finishes first is announced by its finish
+        record alone."""
+        batch = self._announcements
+        if not batch:
+            self._state.event_bus.defer(self, self)
+        batch.append(member)
+
+    def deferred_record(self, key: Any) -> list[BusEvent] | None:
+        """The group's member records since the last flush, in order (the bus asks, ``key`` is
+        the group): a ``MemberFinished`` as it was made, a ``MemberStarted`` for each member
+        started and not finished by now. One batch per loop turn (or per record published
+        by anyone else in between) rather than one publish per record."""
+        batch = self._announcements
+        if not batch:
             return None
-        source = self._source
-        return MemberStarted.of_member(
-            self.group_id,
-            member.index,
-            member.address or f"{self.group_id}[{member.index}]",
-            member.name,
-            started,
-            started - member.enqueued,
-            None if source is not None and not source.exhausted else self._total,
-        )
+        self._announcements = []
+        records: list[BusEvent] = []
+        append = records.append
+        total: int | None = -1  # (read once, if a start is announced)
+        for member in batch:
+            if isinstance(member, MemberFinished):
+                append(member)
+                continue
+            started = member.started
+            if member.result is not None or started is None:
+                continue  # finished without waiting: its finish record tells it all
+            if total == -1:
+                source = self._source
+                total = None if source is not None and not source.exhausted else self._total
+            append(
+                MemberStarted.of_member(
+                    self.group_id,
+                    member.index,
+                    member.address or f"{self.group_id}[{member.index}]",
+                    member.name,
+                    started,
+                    started - member.enqueued,
+                    total,
+                )
+            )
+        return records
 
     def _wake_readers(self) -> None:
         """Wake the stream() readers waiting for a result or for the end of the group."""

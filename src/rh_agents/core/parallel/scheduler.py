@@ -41,7 +41,7 @@ import inspect
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.core.context import Frame, enter_frame, exit_frame
+from rh_agents.core.context import enter_frame, exit_frame
 from rh_agents.core.parallel.member import describe_member, is_event_call
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from rh_agents.core.parallel.member import Member
     from rh_agents.core.parallel.ready import ReadyQueue
     from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
-    from rh_agents.core.records import MemberStarted
+    from rh_agents.core.records import BusEvent, MemberFinished
     from rh_agents.resilience.adaptive import AdaptiveLimit
 
 __all__ = ["_Scheduler"]
@@ -107,6 +107,7 @@ class _Scheduler:
         _group_slot: MemberSlot
         _bus_version: int
         _announce_starts: bool
+        _announcements: list[Member | MemberFinished]
         group_id: str
         member_timeout: float | None
         retry: Any
@@ -119,7 +120,7 @@ class _Scheduler:
         async def _run_member(self, member: Member, holds_slot: bool = ...) -> None: ...
         def _finish(self, member: Member, result: ExecutionResult[Any]) -> None: ...
         def _note_listeners(self, bus: EventBus) -> None: ...
-        def deferred_record(self, key: Any) -> MemberStarted | None: ...
+        def deferred_record(self, key: Any) -> list[BusEvent] | None: ...
         def _cancelled_result(
             self, member: Member, started: float
         ) -> ExecutionResult[Any] | None: ...
@@ -249,12 +250,18 @@ class _Scheduler:
                     # one frame less on every resumption of it (every member's hot path).
                     index = member.index
                     address = member.address = f"{group_id}[{index}]"
-                    token = enter_frame(Frame(state, address, group_id, index, group_slot))
+                    member.state = state  # the member is its own frame (see Member)
+                    member.group_id = group_id
+                    member.slot = group_slot
+                    token = enter_frame(member)
                     started = member.started = now()
                     if bus.version != self._bus_version:
                         self._note_listeners(bus)
                     if self._announce_starts:
-                        bus.defer(member, self)  # see _run_member
+                        announcements = self._announcements  # (self._announce, inline)
+                        if not announcements:
+                            bus.defer(self, self)
+                        announcements.append(member)
                     result: ExecutionResult[Any]
                     try:
                         run = member.source
