@@ -120,17 +120,19 @@ def test_decorator_without_model_annotation_names_the_fix() -> None:
     assert "first parameter" in str(info.value)
 
 
-def test_decorator_on_sync_function_asks_for_async_def() -> None:
-    with pytest.raises(ActorDefinitionError, match="async def"):
-        tool(blocking)
+def test_decorator_on_a_plain_function_makes_an_actor_run_in_a_thread() -> None:
+    made = tool(blocking)
+    assert made.input_model is Doc and made.runs_in_thread
+    assert not Tool(name="s", input_model=Doc, handler=summarize).runs_in_thread
 
 
 # --- definition errors ----------------------------------------------------------------------
 
 
-def test_sync_handler_is_rejected_naming_async_def() -> None:
-    with pytest.raises(ActorDefinitionError, match=r"'blocking'.*async def"):
-        Tool(name="b", input_model=Doc, handler=blocking)
+def test_a_plain_function_handler_is_accepted_and_runs_in_a_thread() -> None:
+    actor = Tool(name="b", input_model=Doc, handler=blocking)
+    assert actor.handler is blocking and actor.runs_in_thread
+    assert "runs_in_thread" not in actor.model_dump()  # not a field: derived from the handler
 
 
 def test_missing_input_model_is_rejected() -> None:

@@ -7,7 +7,7 @@ also derive from ``ValueError`` or ``TypeError`` (and a closed group's error fro
     RHAgentsError
      ├── ConfigurationError (ValueError)       a bad argument: max_workers=0, an unknown mode, ...
      │    └── MissingDependencyError           an optional integration's package is not installed
-     ├── ActorDefinitionError (TypeError)      an actor that cannot run: a sync handler, ...
+     ├── ActorDefinitionError (TypeError)      an actor that cannot run: no handler, a bad name
      ├── ActorInputError (ValueError)          an input that does not fit the actor's input model
      ├── ActorOutputError (ValueError)         a handler result that does not fit the output model
      ├── ParallelError                         misuse or failure of a parallel group
@@ -98,7 +98,7 @@ class MissingDependencyError(ConfigurationError):
 
 
 class ActorDefinitionError(RHAgentsError, TypeError):
-    """An actor was defined in a way that cannot run (for example a sync handler)."""
+    """An actor was defined in a way that cannot run (no handler, no input model, a bad name)."""
 
 
 class ActorInputError(RHAgentsError, ValueError):

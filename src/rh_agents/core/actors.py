@@ -1,8 +1,10 @@
 """Actors: the things an ``ExecutionEvent`` runs.
 
 An actor has a name, a description, a pydantic ``input_model``, an optional ``output_model`` and
-an async handler ``(input, context, state) -> output``. ``Agent``, ``Tool`` and ``LLM`` differ
-only in their ``kind``, which the printer shows::
+a handler ``(input, context, state) -> output``: an async function, or a plain ``def`` (a
+synchronous SDK, a parser), which runs in a worker thread of the state (see
+``rh_agents.core.threads``). ``Agent``, ``Tool`` and ``LLM`` differ only in their ``kind``,
+which the printer shows::
 
     class Doc(BaseModel):
         text: str
@@ -16,11 +18,16 @@ only in their ``kind``, which the printer shows::
     @tool(description="Count words")           # the input model comes from the annotation
     async def count_words(input: Doc, context: str, state: ExecutionState) -> int:
         return len(input.text.split())
+
+    @tool                                       # a plain def: runs in a worker thread
+    def parse(input: Doc, context: str, state: ExecutionState) -> list[str]:
+        return input.text.split()
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -44,7 +51,8 @@ __all__ = [
     "tool",
 ]
 
-Handler = Callable[[Any, str, Any], Awaitable[Any]]
+# An async function, or a plain one (run in a worker thread).
+Handler = Callable[[Any, str, Any], Awaitable[Any]] | Callable[[Any, str, Any], Any]
 
 # Characters that would make an address ambiguous: "::" separates levels, "[i]" marks a
 # parallel member and "#n" numbers repeated calls. A single ':' inside a name is fine, but not
@@ -157,13 +165,8 @@ class BaseActor(BaseModel):
         handler = data.get("handler")
         if handler is None or not callable(handler):
             raise ActorDefinitionError(
-                f"actor {name!r} needs a handler: an async function (input, context, state)"
-            )
-        if not _is_async_callable(handler):
-            raise ActorDefinitionError(
-                f"actor {name!r}: handler {getattr(handler, '__name__', handler)!r} is not "
-                "async; define it with 'async def' (wrap blocking code in "
-                "asyncio.to_thread)"
+                f"actor {name!r} needs a handler: a function (input, context, state), async "
+                "or plain (a plain one runs in a worker thread)"
             )
         model = data.get("input_model")
         if model is None:
@@ -182,6 +185,24 @@ class BaseActor(BaseModel):
                 f"got {out!r}"
             )
         return data
+
+    @functools.cached_property
+    def runs_in_thread(self) -> bool:
+        """Whether the handler is a plain function, run in a worker thread of the state.
+
+        (A cached property: read on every call, it lives in the instance's dict after the
+        first read, which costs what reading a field does.)
+        """
+        return not _is_async_callable(self.handler)
+
+    def invoke(self, input: BaseModel, context: str, state: Any) -> Awaitable[Any]:
+        """One call of the handler, as an awaitable: the handler's own coroutine, or its
+        run in one of ``state``'s worker threads (``ExecutionState.threads``) for a plain
+        function. No policy, no record: ``ExecutionEvent`` calls go through the state."""
+        if self.runs_in_thread:
+            runner: Any = state.threads
+            return runner.run(self.handler, input, context, state)  # type: ignore[no-any-return]
+        return self.handler(input, context, state)
 
     def validate_input(self, value: Any) -> BaseModel:
         """``value`` as an instance of ``input_model`` (dicts and other models are validated)."""
@@ -249,7 +270,7 @@ def _decorator(actor_cls: type[BaseActor]) -> Callable[..., Any]:
             model = input_model
             if model is None:
                 model = _first_parameter_model(handler)
-                if model is None and _is_async_callable(handler):
+                if model is None:
                     raise ActorDefinitionError(
                         f"actor {actor_name!r}: cannot infer input_model from the first "
                         "parameter's annotation; annotate it with a pydantic BaseModel "
@@ -260,7 +281,7 @@ def _decorator(actor_cls: type[BaseActor]) -> Callable[..., Any]:
                 description=description
                 if description is not None
                 else (inspect.getdoc(handler) or ""),
-                input_model=model,  # None (sync handler) gets the constructor's error
+                input_model=model,
                 output_model=output_model,
                 handler=handler,
                 **options,
@@ -270,7 +291,8 @@ def _decorator(actor_cls: type[BaseActor]) -> Callable[..., Any]:
 
     decorate.__name__ = actor_cls.__name__.lower()
     decorate.__doc__ = (
-        f"Turn an async function into a ``{actor_cls.__name__}``; usable bare or with options."
+        f"Turn a function (async, or plain: run in a worker thread) into a "
+        f"``{actor_cls.__name__}``; usable bare or with options."
     )
     return decorate
 

@@ -38,6 +38,7 @@ from rh_agents.core.parallel.slots import SlotArbiter
 from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
 from rh_agents.core.records import RunInterrupted
 from rh_agents.core.results import ExecutionResult
+from rh_agents.core.threads import ThreadRunner
 from rh_agents.resilience.adaptive import AdaptiveLimit
 from rh_agents.resilience.breaker import BreakerRegistry, CircuitBreaker
 from rh_agents.resilience.rate_limit import RateLimit, RateLimiterRegistry
@@ -58,6 +59,8 @@ class ExecutionState:
 
     ``global_max_workers`` caps the members running at once over every group of this state
     (a member waiting on its own nested group lends its slot, so nesting never deadlocks).
+    ``max_threads`` caps the worker threads running synchronous handlers at once (default
+    ``min(32, cpus + 4)``; see ``rh_agents.core.threads``).
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class ExecutionState:
         recovery: hooks.RecoveryHook | None = None,
         cache: hooks.ResultCache | None = None,
         rate_limit: RateLimit | None = None,
+        max_threads: int | None = None,
     ) -> None:
         self.event_bus = event_bus if event_bus is not None else EventBus()
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -90,6 +94,8 @@ class ExecutionState:
         self.rate_limiters = RateLimiterRegistry()
         # The engine that applies policies to calls (installed by rh_agents.engines).
         self.call_runner = hooks.call_runner()
+        # The worker threads of synchronous handlers (made when first needed).
+        self.threads = ThreadRunner(max_threads)
         self.history = ExecutionHistory()
         self.store: dict[str, Any] = {}
         self.root_frame = Frame(self, "")
@@ -347,6 +353,7 @@ class ExecutionState:
         (then a ``RecoveryError``), the subscribers at most ``EventBus(shutdown_timeout=...)``
         (then the busy ones are reported and cancelled). Neither blocks the event loop.
         """
+        self.threads.shutdown()
         try:
             if self.recovery is not None:
                 await self.recovery.aclose()

@@ -148,11 +148,11 @@ class PlainCallRunner:
         context: str,
         frame: Frame,
     ) -> tuple[Any, int]:
-        handler = event.actor.handler
+        actor = event.actor
         if event.timeout is None:
-            return await handler(validated, context, state), 1
+            return await actor.invoke(validated, context, state), 1
         async with asyncio.timeout(event.timeout):
-            return await handler(validated, context, state), 1
+            return await actor.invoke(validated, context, state), 1
 
     async def run_member(
         self,

@@ -179,20 +179,21 @@ async def invoke_actor(
 ) -> tuple[Any, int]:
     """Run ``event``'s actor under its policies; returns ``(value, attempts)``."""
     actor = event.actor
-    handler = actor.handler
+    # A plain-def handler runs in one of the state's worker threads (BaseActor.invoke).
+    call = actor.invoke
     timeout = event.timeout
     if _no_policy_for(state, event, frame):
         # Nothing to resolve: one plain call (the common case, and every event's hot path).
         if timeout is None:
-            return await handler(validated, context, state), 1
+            return await call(validated, context, state), 1
         async with asyncio.timeout(timeout):
-            return await handler(validated, context, state), 1
+            return await call(validated, context, state), 1
 
     async def attempt() -> Any:
         if timeout is None:
-            return await handler(validated, context, state)
+            return await call(validated, context, state)
         async with asyncio.timeout(timeout):
-            return await handler(validated, context, state)
+            return await call(validated, context, state)
 
     return await run_attempts(state, frame, event_policies(state, event, frame), attempt)
 
