@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import RunInterrupted
+from rh_agents.recovery import Recovery
 from rh_agents.recovery.backend import open_backend
 from rh_agents.recovery.records import RunInfo, RunStatus
+from rh_agents.ui import create_app
 from rh_agents.ui import live as live_module
 from rh_agents.ui.live import LiveFeed
 from rh_agents.ui.model import (
@@ -135,3 +139,21 @@ def test_a_running_run_lasts_until_now() -> None:
     assert run_summary(info, {}, now=400.0)["duration"] == 300.0
     done = info.model_copy(update={"status": RunStatus.COMPLETED})
     assert run_summary(done, {}, now=400.0)["duration"] == 50.0
+
+
+async def test_a_resumed_run_and_an_interrupted_one(tmp_path: Path) -> None:
+    store = tmp_path / "state.db"
+    await run_workflow(ExecutionState(run_id="again", recovery=Recovery(store)), members=3)
+    state = ExecutionState.resume("again", backend=store)
+    feed = LiveFeed("again", clock_now=state.clock.now)
+    state.event_bus.subscribe(feed, kinds=LiveFeed.KINDS)
+    await run_workflow(state, members=3)
+    root = feed.node("Orchestrator")
+    assert root is not None and root["status"] == "completed" and root["source"] == "replay"
+    transport = httpx.ASGITransport(app=create_app(store, feeds={"again": feed}))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        nodes = {n["address"]: n for n in (await client.get("/api/runs/again")).json()["nodes"]}
+    assert nodes["Orchestrator"]["source"] == "replay" and nodes["Orchestrator"]["result"]
+    assert nodes["Orchestrator::docs[0]::work"]["result"]  # from the store, under the feed
+    feed(RunInterrupted(address="", timestamp=0.0, run_id="again"))
+    assert feed.status == "interrupted"

@@ -223,7 +223,9 @@ async def _read_run(vs: ViewerState, run_id: str) -> _Run:
     except StoreProblem as exc:
         logger.warning("run %s: the store cannot be read (%s); showing the live run", run_id, exc)
     nodes = stored_nodes(stored.values())
-    nodes.update((node["address"], node) for node in feed.all_nodes())
+    for node in feed.all_nodes():  # what the feed knows wins; the store fills in the rest
+        below = nodes.get(node["address"], {})
+        nodes[node["address"]] = {**below, **{k: v for k, v in node.items() if v is not None}}
     groups = stored_groups(stored.values(), RunStatus.RUNNING.value)
     groups.update((group["group_id"], group) for group in feed.groups())
     return _Run(live_summary(feed, info), list(nodes.values()), list(groups.values()), "live",

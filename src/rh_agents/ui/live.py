@@ -34,12 +34,14 @@ from rh_agents.core.records import (
     BusEvent,
     EventCompleted,
     EventFailed,
+    EventReplayed,
     EventRetrying,
     EventStarted,
     GroupCompleted,
     GroupStarted,
     MemberFinished,
     MemberStarted,
+    RunInterrupted,
 )
 from rh_agents.observability.timeline import Timeline, TimelineRecorder
 
@@ -56,8 +58,10 @@ _TIMEOUT_TYPES = ("TimeoutError", "ParallelTimeoutError")
 _NAN = math.nan
 
 # What a row holds, by the kind of its last record.
-_STARTED, _COMPLETED, _FAILED, _CANCELLED, _MEMBER_STARTED, _MEMBER_FINISHED = range(1, 7)
-_EVENTS = (_STARTED, _COMPLETED, _FAILED, _CANCELLED)
+_STARTED, _COMPLETED, _FAILED, _CANCELLED, _MEMBER_STARTED, _MEMBER_FINISHED, _REPLAYED = range(
+    1, 8
+)
+_EVENTS = (_STARTED, _COMPLETED, _FAILED, _CANCELLED, _REPLAYED)
 # Columns grow by this many rows at a time, filled with the defaults (a new row then only
 # sets its address and group).
 _CHUNK = 1024
@@ -82,11 +86,13 @@ class LiveFeed:
         EventStarted,
         EventCompleted,
         EventFailed,
+        EventReplayed,
         EventRetrying,
         GroupStarted,
         GroupCompleted,
         MemberStarted,
         MemberFinished,
+        RunInterrupted,
     )
 
     def __init__(self, run_id: str, *, clock_now: Any = time.perf_counter) -> None:
@@ -228,6 +234,21 @@ class LiveFeed:
                 floats[3 * row + 2] = member.queue_wait
                 strings[6 * row] = member.name
                 strings[6 * row + 1] = "running"
+            elif cls is EventReplayed:
+                replayed: EventReplayed = record  # type: ignore[assignment]
+                row = rows.get(address)
+                if row is None:
+                    row = self._new_row(address, record)
+                kinds[row] = _REPLAYED
+                f, s = 3 * row, 6 * row
+                floats[f] = replayed.timestamp
+                floats[f + 1] = replayed.execution_time
+                ints[2 * row] = replayed.attempts
+                strings[s] = replayed.actor
+                strings[s + 1] = replayed.actor_kind
+                strings[s + 5] = "replay"
+            elif cls is RunInterrupted:
+                self.finish("interrupted")
             elif cls is EventRetrying:
                 self.retries[address] = self.retries.get(address, 0) + 1
                 self.retry_records.append(record)  # type: ignore[arg-type]
@@ -309,7 +330,7 @@ class LiveFeed:
 
     def _status(self, row: int) -> str:
         kind = self._kind[row]
-        if kind == _COMPLETED:
+        if kind in (_COMPLETED, _REPLAYED):
             return "completed"
         if kind in (_STARTED, _MEMBER_STARTED):
             return "running"
@@ -357,7 +378,7 @@ class LiveFeed:
             node.update(started=self.when(timestamp), input=self._strings[6 * row + 2] or None)
         else:
             node["finished"] = self.when(timestamp)
-            if kind == _COMPLETED:
+            if kind in (_COMPLETED, _REPLAYED):
                 node.update(
                     result=self._strings[6 * row + 2] or None, source=self._strings[6 * row + 5]
                 )
