@@ -97,4 +97,5 @@ async def test_the_printers_last_lines_come_before_the_programs_next_print() -> 
     lines = out.getvalue().splitlines()
     # The group's summary (printed on its GroupCompleted record) comes before the next line.
     assert lines[-1] == "next line of the program"
-    assert lines[-2].startswith("✔ 📦 docs: 1 finished · 1 ok")
+    assert lines[-3].startswith("✔ 📦 docs: 1 finished · 1 ok")
+    assert lines[-2].endswith('View details: execution_state.history.get_group("docs")')

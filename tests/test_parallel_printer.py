@@ -65,6 +65,7 @@ SUMMARY = """\
       ✘ docs#2 CANCELLED: MemberCancelledError: group stopped
     ⚠ 📦 steps: 2 finished · 1 ok · 1 failed · 1 retried · 1.00s · slowest docs#1/steps#0 800ms, docs#1/steps#1 100ms
         ✘ docs#1/steps#1 FAILED: ValueError: no words
+      └─ View details: execution_state.history.get_group("Orch::docs")
 """  # noqa: E501
 
 
@@ -133,6 +134,7 @@ FOLDED_SUMMARY = """\
       ✘ docs#1 TIMED_OUT: ParallelTimeoutError: member 1 of group 'Orch::docs' timed out after 2.0s
       ✘ docs#1/steps#1 FAILED: ValueError: no words
       ✘ docs#2 CANCELLED: MemberCancelledError: group stopped
+      └─ View details: execution_state.history.get_group("Orch::docs")
 """  # noqa: E501
 
 
@@ -194,6 +196,7 @@ async def test_a_folded_summary_counts_the_nested_failures_it_lists() -> None:
         "slowest docs#0 0ms, docs#1 0ms\n"
         "    ✘ docs#0/steps#1 FAILED: ValueError: boom\n"
         "    ✘ docs#1/steps#1 FAILED: ValueError: boom\n"
+        '    └─ View details: execution_state.history.get_group("docs")\n'
     )
     # Unfolded, the same failures are counted on the nested groups' own line.
     printer, out = plain_printer("collapsed")
@@ -205,6 +208,7 @@ async def test_a_folded_summary_counts_the_nested_failures_it_lists() -> None:
         "0ms, docs#0/steps#1 0ms, docs#1/steps#0 0ms\n"
         "      ✘ docs#0/steps#1 FAILED: ValueError: boom\n"
         "      ✘ docs#1/steps#1 FAILED: ValueError: boom\n"
+        '    └─ View details: execution_state.history.get_group("docs")\n'
     )
 
 
@@ -380,6 +384,7 @@ async def test_a_real_group_prints_exactly() -> None:
         "⚠ 📦 jobs: 3 finished · 2 ok · 1 failed · 0ms · slowest jobs#0 0ms, jobs#1 0ms, "
         "jobs#2 0ms\n"
         "    ✘ jobs#1 FAILED: ValueError: boom\n"
+        '    └─ View details: execution_state.history.get_group("jobs")\n'
     )
 
 
@@ -503,6 +508,7 @@ def test_plain_progress_of_a_big_group_prints_progress_and_failures_not_every_me
         "  ✘ g#7 FAILED (500ms) [8/10]: ValueError: bad",
         "⚠ 📦 g: 10 finished · 9 ok · 1 failed · 10.00s · slowest g#0 500ms",
         "    ✘ g#7 FAILED: ValueError: bad",
+        '    └─ View details: execution_state.history.get_group("g")',
     ]
     # At or under the threshold, every member still gets its line.
     printer, out = plain_printer("progress", smart_threshold=10)
@@ -556,6 +562,7 @@ async def test_the_bus_hands_the_printer_its_records_in_batches() -> None:
     assert out.getvalue() == (
         "⚠ 📦 b: 2 finished · 1 ok · 1 failed · 0ms · slowest b#0 0ms, b#1 0ms\n"
         "    ✘ b#1 FAILED: ValueError: nope\n"
+        '    └─ View details: execution_state.history.get_group("b")\n'
     )
 
 
@@ -670,6 +677,7 @@ def test_failures_are_listed_in_index_order_whatever_order_they_failed_in() -> N
         "    ✘ g#0 FAILED: ValueError: 0",
         "    ✘ g#2 FAILED: ValueError: 2",
         "    ✘ g#3 FAILED: ValueError: 3",
+        '    └─ View details: execution_state.history.get_group("g")',
     ]
 
 
@@ -692,6 +700,7 @@ NARROW_SUMMARY = """\
         docs#1/steps#1 100ms
         ✘ docs#1/steps#1 FAILED:
           ValueError: no words
+      └─ View details: execution_state.history.get_group("Orch::docs")
 """
 
 

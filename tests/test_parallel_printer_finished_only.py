@@ -27,6 +27,7 @@ GROUP = "jobs"
 SUMMARY = (
     "⚠ 📦 jobs: 2 of 3 finished · 1 ok · 1 failed · 1.50s · slowest jobs#1 500ms, jobs#0 250ms\n"
     "    ✘ jobs#1 FAILED: ValueError: boom\n"
+    '    └─ View details: execution_state.history.get_group("jobs")\n'
 )
 
 

@@ -312,3 +312,98 @@ async def test_the_parallel_event_group_model() -> None:
     result = execution_state.history[described.events[2].address].result
     assert not result.ok and "bad2" in (result.error or "")
     assert (described.total, described.completed, described.failed) == (3, 2, 1)
+
+
+async def test_the_progress_aware_printer_sketch() -> None:
+    import io
+    from collections.abc import Mapping
+
+    from rich.console import Console
+
+    from rh_agents.bus_handlers import EventPrinter, ParallelEventPrinter
+    from rh_agents.bus_handlers.group_view import ParallelGroupState
+
+    assert issubclass(ParallelEventPrinter, EventPrinter)
+    kwargs: dict[str, Any] = {"console": Console(file=io.StringIO(), width=100)}
+    printer = ParallelEventPrinter(show_progress=True, collapse_parallel=False, **kwargs)
+    assert printer.show_progress is True
+    assert printer.collapse_parallel is False
+    assert dict(printer.parallel_groups) == {}  # nothing tracked yet
+
+    bus = EventBus()
+    bus.subscribe(printer)
+    execution_state = ExecutionState(event_bus=bus)
+    async with execution_state.parallel(max_workers=2, name="docs") as p:
+        for name in ("a", "bad-b", "c"):
+            p.add(process_doc(execution_state, name))
+        await bus.drain()
+        state = printer.parallel_groups["docs"]  # a live view, taken while the group runs
+    await bus.drain()
+    groups: Mapping[str, ParallelGroupState] = printer.parallel_groups
+    assert list(groups) == ["docs"] and state.group_id == "docs"
+    assert (state.status, state.total, state.done, state.succeeded, state.failed) == (
+        "partial",
+        3,
+        3,
+        2,
+        1,
+    )
+    assert [issue.tag for issue in state.issues] == ["docs#1"]
+    with pytest.raises(AttributeError):
+        state.done = 0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        groups["other"] = state  # type: ignore[index]
+    await bus.close()
+
+
+async def test_the_collapsed_display() -> None:
+    """The collapsed summary of a group of three documents, as sketched:
+
+    ▶ 📦 Parallel Group: Document Processing (3 events)
+      [████████████████████] 100% (2.1s)
+      ✔ 3 completed, 0 failed
+      └─ View details: execution_state.history.get_group("doc_processing")
+    """
+    import io
+
+    from rich.console import Console
+
+    from rh_agents.bus_handlers import ParallelEventPrinter
+
+    class Clock:
+        """2.1 s from the group's start to its end."""
+
+        def __init__(self) -> None:
+            self.readings = 0
+
+        def now(self) -> float:
+            self.readings += 1
+            return 0.0 if self.readings == 1 else 2.1
+
+        async def sleep(self, seconds: float) -> None:
+            return None
+
+    out = io.StringIO()
+    printer = ParallelEventPrinter(
+        parallel_mode="collapsed", console=Console(file=out, width=120), slowest=0
+    )
+    bus = EventBus()
+    bus.subscribe(printer)
+    execution_state = ExecutionState(event_bus=bus, clock=Clock())
+    async with execution_state.parallel(max_workers=3, name="doc_processing") as p:
+        for name in ("doc1", "doc2", "doc3"):
+            p.add(process_doc(execution_state, name))
+    await bus.close()
+    printer.close()
+
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "✔ 📦 doc_processing: 3 finished · 3 ok · 0 failed · 2.10s"
+    assert lines[-1] == ('    └─ View details: execution_state.history.get_group("doc_processing")')
+    # The line runs as written, and gives the group's three calls.
+    call = lines[-1].split("View details: ", 1)[1]
+    entries = eval(call, {"execution_state": execution_state})
+    assert [entry.result.result for entry in entries] == [
+        "processed doc1",
+        "processed doc2",
+        "processed doc3",
+    ]

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from rh_agents.core.records import MemberStarted
 
@@ -22,6 +24,8 @@ __all__ = [
     "GroupSummary",
     "GroupView",
     "MemberIssue",
+    "ParallelGroupState",
+    "ParallelGroupStates",
     "bar",
     "descendants",
     "failed_text",
@@ -99,6 +103,8 @@ class GroupView:
     children: list[GroupView] = field(default_factory=list)
     # The member indexes that lead to this group from the outermost one (``()`` for it).
     position: tuple[int, ...] = ()
+    # What the group used while it ran (its GroupCompleted's ``resources``), if measured.
+    resources: Any = None
 
     def member_tag(self, index: int | None) -> str:
         return self.tag if index is None else f"{self.tag}#{index}"
@@ -139,6 +145,142 @@ class GroupView:
         if self.total is None:
             return None
         return max(self.total, self.done)
+
+
+class ParallelGroupState:
+    """A read-only, live view of one group a ``ParallelEventPrinter`` tracks (see its
+    ``parallel_groups``). Every field is read from the printer's own state when asked, so a
+    view kept across records shows the group as it is now; nothing here can change it.
+
+    ``total`` is the group's size as far as its records said (``None`` while a lazy input is
+    unread); ``done = succeeded + failed``, where ``failed`` counts every member that ended
+    without success (timed out, cancelled and skipped ones included, each also counted on
+    its own). ``status`` is a ``GroupStatus`` value once the group completed, else ``None``.
+    """
+
+    __slots__ = ("_view",)
+
+    def __init__(self, view: GroupView) -> None:
+        self._view = view
+
+    @property
+    def group_id(self) -> str:
+        """The group's address (``history.get_group(group_id)`` lists its calls)."""
+        return self._view.group_id
+
+    @property
+    def name(self) -> str:
+        return self._view.name
+
+    @property
+    def parent_id(self) -> str | None:
+        """The group it was opened in (inside one of its members), or ``None``."""
+        parent = self._view.parent
+        return parent.group_id if parent is not None else None
+
+    @property
+    def parent_index(self) -> int | None:
+        """The index of the member of ``parent_id`` that opened it."""
+        return self._view.parent_index
+
+    @property
+    def max_workers(self) -> int | None:
+        return self._view.max_workers
+
+    @property
+    def status(self) -> str | None:
+        return self._view.status
+
+    @property
+    def finished(self) -> bool:
+        return self._view.finished
+
+    @property
+    def total(self) -> int | None:
+        return self._view.known_total()
+
+    @property
+    def done(self) -> int:
+        return self._view.done
+
+    @property
+    def succeeded(self) -> int:
+        return self._view.succeeded
+
+    @property
+    def failed(self) -> int:
+        return self._view.failed
+
+    @property
+    def timed_out(self) -> int:
+        return self._view.timed_out
+
+    @property
+    def cancelled(self) -> int:
+        return self._view.cancelled
+
+    @property
+    def skipped(self) -> int:
+        return self._view.skipped
+
+    @property
+    def retried(self) -> int:
+        return self._view.retried
+
+    @property
+    def replayed(self) -> int:
+        """Members answered from a resumed run's checkpoints (among ``succeeded``)."""
+        return self._view.replayed
+
+    @property
+    def running(self) -> int:
+        """Members that said they started and have not finished (on a terminal display)."""
+        return len(self._view.running)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds on the run's clock: the wall time once finished, else so far."""
+        return self._view.elapsed
+
+    @property
+    def issues(self) -> tuple[MemberIssue, ...]:
+        """The members that did not complete, in member order."""
+        return tuple(self._view.sorted_issues())
+
+    @property
+    def resources(self) -> Any:
+        """The group's ``ResourceUsage`` from its ``GroupCompleted`` (``None`` before, or
+        when the run measured none)."""
+        return self._view.resources
+
+    def __repr__(self) -> str:
+        total = self.total
+        return (
+            f"ParallelGroupState({self.group_id!r}, status={self.status!r}, "
+            f"done={self.done}/{'?' if total is None else total}, failed={self.failed})"
+        )
+
+
+class ParallelGroupStates(Mapping[str, ParallelGroupState]):
+    """The groups a printer tracks, by group id, as ``ParallelGroupState`` views (read-only:
+    a ``Mapping``, not a ``dict``). Live: groups appear as their records arrive."""
+
+    __slots__ = ("_views",)
+
+    def __init__(self, views: Mapping[str, GroupView]) -> None:
+        self._views = views
+
+    def __getitem__(self, group_id: str) -> ParallelGroupState:
+        return ParallelGroupState(self._views[group_id])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._views))
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __repr__(self) -> str:
+        return f"ParallelGroupStates({list(self._views)!r})"
 
 
 @dataclass(slots=True, eq=False)

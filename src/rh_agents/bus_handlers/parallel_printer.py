@@ -28,6 +28,7 @@ time and the slowest members, with nested same-named groups merged (``steps ×30
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -43,6 +44,7 @@ from rich.text import Text
 from rh_agents.bus_handlers.group_view import (
     MILLIS,
     GroupView,
+    ParallelGroupStates,
     bar,
     descendants,
     interrupted_lines,
@@ -54,6 +56,7 @@ from rh_agents.bus_handlers.group_view import (
     summary_lines,
 )
 from rh_agents.bus_handlers.live_view import elapsed, render_live
+from rh_agents.bus_handlers.printer import EventPrinter
 from rh_agents.bus_handlers.wrapping import wrap
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (
@@ -79,6 +82,7 @@ ParallelMode = Literal["realtime", "progress", "collapsed", "smart"]
 PARALLEL_MODES: Final[tuple[str, ...]] = get_args(ParallelMode)
 
 _FLUSH_EVERY: Final = 0.2
+_DETAILS: Final = "└─ View details: "
 _FLUSH_CHUNKS: Final = 1024  # about 512 lines
 ICONS: Final = {"agent": "🤖", "tool": "🔧", "llm": "🧠", "actor": "⚙", "group": "📦"}
 _STYLES: Final = {
@@ -93,8 +97,15 @@ _STYLES: Final = {
 }
 
 
-class ParallelEventPrinter:
+class ParallelEventPrinter(EventPrinter):
     """Show parallel groups as live bars (terminal) or plain lines (anything else).
+
+    An ``EventPrinter`` (a subscriber like it, with its ``console`` and ``indent``) that knows
+    parallel groups: ``parallel_groups`` maps each group it tracks, by group id, to a
+    read-only ``ParallelGroupState`` view (counts, status, time, failures), live as records
+    arrive. Each outermost group's summary ends with where its calls are kept::
+
+        └─ View details: execution_state.history.get_group("doc_processing")
 
     Options:
 
@@ -148,7 +159,7 @@ class ParallelEventPrinter:
                 raise ConfigurationError(f"{label} must be >= 0, got {number!r}")
         if console is None:
             console = Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
-        self.console = console
+        super().__init__(console, show_details=show_parallel_details, indent=indent)
         self.parallel_mode: ParallelMode = parallel_mode
         self.show_progress = show_progress
         self.collapse_parallel = collapse_parallel
@@ -159,7 +170,6 @@ class ParallelEventPrinter:
         self.smart_threshold = smart_threshold
         self.max_members_shown = max_members_shown
         self.slowest = slowest
-        self.indent = indent
         self.clock = clock
         self.live_display = console.is_terminal and parallel_mode != "realtime"
         # What plain output does: ``smart`` away from a terminal means ``collapsed``.
@@ -204,6 +214,13 @@ class ParallelEventPrinter:
         # Whether a replayed member call was seen (a resumed run): only then do fresh calls
         # need checking against the members marked as replayed.
         self._replays = False
+
+    @property
+    def parallel_groups(self) -> ParallelGroupStates:
+        """Every group seen so far, by group id (its address), as a read-only mapping of
+        ``ParallelGroupState`` views: ``printer.parallel_groups["docs"].done``. The views are
+        live (they read the printer's state when asked) and cannot change it."""
+        return ParallelGroupStates(self.groups)
 
     # --- subscriber protocol --------------------------------------------------------------
 
@@ -671,13 +688,22 @@ class ParallelEventPrinter:
         summary = summarize([root], slowest=self.slowest, fold=self.collapse_parallel)
         lines = summary_lines(summary, indent=self.indent)
         pad = " " * (self.indent * root.level)
-        return [pad + line for line in lines]
+        below = pad + " " * (self.indent + 2)
+        return [
+            *(pad + line for line in lines),
+            # Where every call of the group (nested ones too) is kept, as code to paste.
+            f"{below}{_DETAILS}execution_state.history.get_group("
+            f"{json.dumps(root.group_id, ensure_ascii=False)})",
+        ]
 
     def _print_summary(self, root: GroupView) -> None:
         """The summary, each line wrapped at word boundaries to the console's width: a group's
         line goes on under its failures' column, a failure's under its text."""
         self._summarized.add(root.group_id)
         for line in self._summary_lines(root):
+            if line.lstrip().startswith(_DETAILS):
+                self._line(line, 0)  # never wrapped: code to copy
+                continue
             group_line = line.lstrip()[1:3] == " 📦"
             self._line(line, 0, hang=self.indent + 2 if group_line else 2)
 
