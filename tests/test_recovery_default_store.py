@@ -14,7 +14,8 @@ from recovery_support import Squarer, run_group
 from rh_agents.cli import app
 from rh_agents.core.execution import ExecutionState
 from rh_agents.recovery import Recovery, RunStatus, SQLiteBackend
-from rh_agents.recovery.backend import default_state_path, open_backend
+from rh_agents.recovery.backend import default_state_path
+from rh_agents.recovery.opening import open_backend
 
 runner = CliRunner()
 

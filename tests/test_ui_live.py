@@ -10,7 +10,7 @@ import pytest
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import RunInterrupted
 from rh_agents.recovery import Recovery
-from rh_agents.recovery.backend import open_backend
+from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.records import RunInfo, RunStatus
 from rh_agents.ui import create_app
 from rh_agents.ui import live as live_module

@@ -18,7 +18,7 @@ from rh_agents.core.actors import Agent, Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.recovery import Recovery
-from rh_agents.recovery.backend import open_backend
+from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.records import CheckpointRecord, RunStatus
 from rh_agents.resilience import RetryPolicy
 

@@ -15,8 +15,8 @@ import typer
 
 from rh_agents.errors import RecoveryError
 from rh_agents.observability.timeline import Timeline
-from rh_agents.recovery.backend import open_backend
 from rh_agents.recovery.cli import RUN_ID, STATE, store_path
+from rh_agents.recovery.opening import open_backend
 
 __all__ = ["check_output_file", "timeline"]
 

@@ -21,14 +21,10 @@ installs ``Recovery`` as the engine behind ``ExecutionState.resume`` (a hook of 
 from typing import Any
 
 from rh_agents.core import hooks
-from rh_agents.recovery.backend import (
-    STATE_ENV_VAR,
-    StateBackend,
-    default_state_path,
-    open_backend,
-)
+from rh_agents.recovery.backend import STATE_ENV_VAR, StateBackend, default_state_path
 from rh_agents.recovery.cache import ActorCache, MemoryCacheStore, SQLiteCacheStore, cache_key
 from rh_agents.recovery.json_backend import JSONBackend
+from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.policy import CheckpointPolicy
 from rh_agents.recovery.records import (
     CheckpointRecord,

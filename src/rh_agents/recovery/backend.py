@@ -4,7 +4,7 @@ Two implementations ship: ``SQLiteBackend`` (the default, one database file) and
 ``JSONBackend`` (one JSON file per run, for small runs and debugging). Both are synchronous and
 are driven by a single writer, the run's ``Recovery`` object, on the event loop's thread::
 
-    backend = open_backend("runs/state.db")            # a path: SQLite; a directory: JSON
+    backend = open_backend("runs/state.db")            # (recovery.opening) SQLite or JSON
     backend.create_run("r1")
     backend.save("r1", [record])                        # one transaction
     records = backend.load("r1")                        # {address: CheckpointRecord}
@@ -69,7 +69,6 @@ __all__ = [
     "StateBackend",
     "check_mode",
     "default_state_path",
-    "open_backend",
 ]
 
 STATE_ENV_VAR = "RH_AGENTS_STATE"
@@ -152,22 +151,3 @@ class StateBackend(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_backend(
-    location: StateBackend | str | Path | None = None, *, mode: OpenMode = "create"
-) -> StateBackend:
-    """A backend for ``location``: a backend is returned as is; ``None`` is the default store,
-    ``default_state_path()``; a path ending in ``.db``/``.sqlite``/``.sqlite3`` is SQLite; any
-    other path is a directory of JSON files. ``mode``: see the module docstring."""
-    if isinstance(location, StateBackend):
-        return location
-    mode = check_mode(mode)
-    path = Path(location) if location is not None else default_state_path()
-    if path.suffix in {".db", ".sqlite", ".sqlite3"}:
-        from rh_agents.recovery.sqlite_backend import SQLiteBackend
-
-        return SQLiteBackend(path, mode=mode)
-    from rh_agents.recovery.json_backend import JSONBackend
-
-    return JSONBackend(path, mode=mode)

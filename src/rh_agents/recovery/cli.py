@@ -30,7 +30,8 @@ from pathlib import Path
 import typer
 
 from rh_agents.errors import RecoveryError
-from rh_agents.recovery.backend import default_state_path, open_backend
+from rh_agents.recovery.backend import default_state_path
+from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
 from rh_agents.recovery.run_ids import check_run_id
 from rh_agents.recovery.session import rerun_addresses

@@ -65,9 +65,10 @@ from rh_agents.errors import (
     RecoveryError,
     UnknownRunError,
 )
-from rh_agents.recovery.backend import StateBackend, open_backend
+from rh_agents.recovery.backend import StateBackend
 from rh_agents.recovery.codec import decode_result, encode_checked
 from rh_agents.recovery.lease import RunLease
+from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.policy import CheckpointPolicy
 from rh_agents.recovery.records import (
     CheckpointRecord,
