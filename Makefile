@@ -1,15 +1,16 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both set everything up themselves.
+# Another interpreter in a venv of its own: make test PYTHON=python3.13 VENV=.venv-3.13
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit soak bench clean
+.PHONY: install demo test test-uvloop lint typecheck unit soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,fast]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +30,11 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The suite on uvloop (the `fast` extra): every async test, and asyncio.run() in tests, run on
+# uvloop's event loop (see tests/conftest.py).
+test-uvloop: $(STAMP)
+	RH_AGENTS_TEST_LOOP=uvloop $(BIN)/pytest -q
 
 # The composition property test over 10,000 new random scenarios (make test runs 300).
 soak: $(STAMP)

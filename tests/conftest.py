@@ -1,7 +1,16 @@
-"""Shared fixtures. Every async test runs under pytest-timeout (see pyproject)."""
+"""Shared fixtures. Every async test runs under pytest-timeout (see pyproject).
+
+``RH_AGENTS_TEST_LOOP=uvloop`` (``make test-uvloop``) runs the suite on uvloop's event loop:
+every async test through pytest-asyncio's loop factory, and every ``asyncio.run()`` a test
+makes in this process through the event loop policy. (Scripts a test starts in a subprocess
+keep the default loop.)
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -9,6 +18,31 @@ import pytest
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import BusEvent
+
+TEST_LOOP = os.environ.get("RH_AGENTS_TEST_LOOP", "asyncio")
+
+if TEST_LOOP == "uvloop":
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+        return {"uvloop": uvloop.new_event_loop}
+
+elif TEST_LOOP != "asyncio":
+    raise pytest.UsageError(f"RH_AGENTS_TEST_LOOP must be asyncio or uvloop, got {TEST_LOOP!r}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"event loop: {TEST_LOOP}"
+
+
+@pytest.fixture
+def running_loop_kind() -> str:
+    """The class name of the loop async tests run on (for the test that checks it)."""
+    return TEST_LOOP
 
 
 @pytest.fixture(autouse=True)

@@ -159,3 +159,9 @@ async def test_a_member_is_the_frame_its_calls_run_under() -> None:
     assert [f.parallel_index for f in seen] == [0, 1]
     assert all(f.group_id == "g" and f.state is state for f in seen)
     assert current_frame(state) is state.root_frame
+
+
+async def test_the_suite_runs_on_the_loop_it_was_asked_for(running_loop_kind: str) -> None:
+    # make test-uvloop sets RH_AGENTS_TEST_LOOP=uvloop (tests/conftest.py).
+    loop = asyncio.get_running_loop()
+    assert type(loop).__module__.split(".")[0] == running_loop_kind

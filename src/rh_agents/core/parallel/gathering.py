@@ -27,6 +27,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+from rh_agents.core.parallel.scheduler import EAGER_WORKERS
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.stream import ResultStream
@@ -54,6 +55,7 @@ class _Gathering(Generic[T]):
     if TYPE_CHECKING:
         # Fields of ParallelExecutionManager (see its __init__) and the sibling methods used.
         _entered: bool
+        _used: bool
         _sealed: bool
         _retain: bool
         _results: list[ExecutionResult[Any] | None]
@@ -65,16 +67,19 @@ class _Gathering(Generic[T]):
         _stop_status: ResultStatus | None
         _last_failure: ExecutionResult[Any] | None
         _trigger: ExecutionResult[Any] | None
+        _spawn_pending: bool
 
         def add_many(self, entries: Iterable[tuple[Any, ...]]) -> list[int]: ...
         def _unfinished(self) -> bool: ...
         def _finalize(self) -> None: ...
+        def _spawn(self) -> None: ...
         def _stop(self, status: ResultStatus, group_status: GroupStatus | None) -> None: ...
         def _threshold_reached(self) -> bool: ...
         def _raise_for_strategy(self, results: list[ExecutionResult[Any]]) -> None: ...
 
     async def _gather_all(self) -> list[ExecutionResult[Any]]:
         if not self._entered:
+            self._used = True  # (told now: no UnusedGroupWarning later)
             raise GroupClosedError("gather() needs 'async with state.parallel(...) as p:' first")
         await self._wait_all()
         self._finalize()
@@ -107,6 +112,10 @@ class _Gathering(Generic[T]):
     async def _wait_all(self) -> None:
         """Wait until every member has a result; a cancelled waiter cancels the group."""
         self._seal()
+        if EAGER_WORKERS and self._spawn_pending:
+            # No more members will come: start the workers now rather than at the loop's
+            # next turn (each runs its member up to its first wait, right here).
+            self._spawn()
         if not self._unfinished() and not self._workers:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -184,6 +193,7 @@ class _Gathering(Generic[T]):
         finalizer task behind.)
         """
         if not self._entered:
+            self._used = True  # (told now: no UnusedGroupWarning later)
             raise GroupClosedError("stream() needs 'async with state.parallel(...) as p:' first")
         self._seal()
         return ResultStream(cast("ParallelExecutionManager[T]", self))

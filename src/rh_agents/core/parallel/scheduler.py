@@ -38,6 +38,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import sys
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,10 @@ if TYPE_CHECKING:
 
 __all__ = ["_Scheduler"]
 
+# Python 3.12+ starts tasks eagerly: a worker started from _spawn runs its first member at once
+# instead of a loop turn later, and gather() starts the first workers without waiting for
+# that turn (see _kick, _spawn and _Gathering._wait_all).
+EAGER_WORKERS = sys.version_info >= (3, 12)
 # A worker lets the event loop run at least once per this many members (see _worker).
 _YIELD_EVERY = 256
 # A group hands its synchronous subscribers their records every this many finished members
@@ -148,7 +153,13 @@ class _Scheduler:
         slots = self._slots
         if slots._in_use == 0:
             if self._has_work():
-                self._start_worker()
+                if EAGER_WORKERS:
+                    # At the loop's next turn too, but then started eagerly (see _spawn);
+                    # gather() does not wait for that turn.
+                    self._spawn_pending = True
+                    asyncio.get_running_loop().call_soon(self._spawn)
+                else:
+                    self._start_worker()
         elif self._has_work() and slots._in_use < slots.limit and not slots._waiters:
             self._spawn_pending = True
             asyncio.get_running_loop().call_soon(self._spawn)
@@ -169,19 +180,43 @@ class _Scheduler:
         limit = slots.limit
         if slots._waiters:
             return  # tasks waiting to take a slot back go first (they hold the free ones)
-        wanted = min(limit if lazy else len(self._ready), limit - slots._in_use)
-        for _ in range(wanted):
-            self._start_worker()
+        if not EAGER_WORKERS:
+            for _ in range(min(limit if lazy else len(self._ready), limit - slots._in_use)):
+                self._start_worker()
+            return
+        # Each worker runs its first member right here, up to that member's first wait: the
+        # next one is started only if members are still waiting then and this one waits in
+        # its member (members that never wait all run on the first, which lets the loop run
+        # every few hundred). Workers starting now ask for no other spawn: the conditions
+        # are checked again after each (a member may have lent its slot back meanwhile).
+        self._spawn_pending = True
+        try:
+            while self._has_work() and slots._in_use < slots.limit and not slots._waiters:
+                if self._start_worker(eager=True) not in self._running_member:
+                    break
+        finally:
+            self._spawn_pending = False
 
-    def _start_worker(self) -> None:
+    def _start_worker(self, eager: bool = False) -> asyncio.Task[None]:
+        """Start a worker task; ``eager`` (Python 3.12+): its first step runs now, inside this
+        call, so only from a loop callback or a wait of the block's own task (never from
+        inside another worker's bookkeeping)."""
         self._slots.take_unchecked()  # the callers checked there is room
         # In a copy of the group's own context, never of whatever member's context asked
         # for the worker (a member lending its slot in a backoff): context variables that
         # a member sets for itself must not leak into the members the new worker runs.
-        task = asyncio.get_running_loop().create_task(self._worker(), context=self._context.copy())
+        loop = asyncio.get_running_loop()
+        if eager:
+            # It registers itself in _workers as it starts (before this call returns), and
+            # does what _worker_done does as it ends: it never is a task not yet started.
+            return asyncio.Task(  # type: ignore[call-arg,unused-ignore]
+                self._worker(eager=True), loop=loop, context=self._context.copy(), eager_start=True
+            )
+        task = loop.create_task(self._worker(), context=self._context.copy())
         self._workers.add(task)
         self._unstarted.add(task)
         task.add_done_callback(self._worker_done)
+        return task
 
     def _take_next(self) -> Member | None:
         adaptive = self._adaptive
@@ -190,10 +225,11 @@ class _Scheduler:
             return None
         return self._ready.pop()
 
-    async def _worker(self) -> None:
+    async def _worker(self, eager: bool = False) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._unstarted.discard(task)
+        self._workers.add(task)  # (already there, unless started eagerly)
         running_member = self._running_member
         state = self._state
         bus = state.event_bus
@@ -313,14 +349,19 @@ class _Scheduler:
                     # A member that lent its slot wants it back: it has ours, and we stop.
                     handed_over = True
                     return
+        except Exception as exc:
+            if not eager:
+                raise  # _worker_done reports it
+            self._state.report_internal_error(exc)  # a bug in the scheduler
         finally:
             running_member.pop(task, None)
             if not handed_over:
                 # To a task waiting for a slot, else to ready members (via _kick).
                 self._slots.release()
-            if idle or handed_over:
-                # Leaving normally: nothing runs in this task any more, so the group may end
-                # now rather than a loop turn later, in the done callback.
+            if idle or handed_over or eager:
+                # Leaving normally (or an eager worker, which has no done callback): nothing
+                # runs in this task any more, so the group may end now rather than a loop
+                # turn later, in the done callback.
                 self._workers.discard(task)
                 self._wake_readers()
                 self._check_all_done()
