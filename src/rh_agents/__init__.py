@@ -50,6 +50,7 @@ from rh_agents.errors import (
     ParallelTimeoutError,
     RateLimitedError,
     RecoveryError,
+    RemoteExecutionError,
     ResultSchemaError,
     RetryPolicyError,
     RHAgentsError,
@@ -58,6 +59,7 @@ from rh_agents.errors import (
     SubscriberShutdownWarning,
     UnknownRunError,
 )
+from rh_agents.executors import ProcessExecutor, RayExecutor  # (installs executor=)
 from rh_agents.resilience import AdaptiveLimit, CircuitBreaker, RateLimit, RetryPolicy
 
 __version__ = "0.1.0"
@@ -101,11 +103,14 @@ __all__ = [
     "ParallelEventPrinter",
     "ParallelExecutionManager",
     "ParallelTimeoutError",
+    "ProcessExecutor",
     "RHAgentsError",
     "RHAgentsWarning",
     "RateLimit",
     "RateLimitedError",
+    "RayExecutor",
     "RecoveryError",
+    "RemoteExecutionError",
     "ResultSchemaError",
     "ResultStatus",
     "RetryPolicy",

@@ -20,7 +20,8 @@ also derive from ``ValueError`` or ``TypeError`` (and a closed group's error fro
      │    ├── MemberCancelledError             cancelled: fail-fast, quorum, p.cancel()
      │    ├── ParallelTimeoutError (TimeoutError)  a member or the whole group ran out of time
      │    ├── FailureThresholdError            FAIL_THRESHOLD reached; carries the partial results
-     │    └── GroupFailedError (ExceptionGroup) every failure at once; carries the partial results
+     │    ├── GroupFailedError (ExceptionGroup) every failure at once; carries the partial results
+     │    └── RemoteExecutionError             an executor lost a member's work (a worker died)
      ├── CircuitOpenError                      a circuit breaker refused the call
      ├── RateLimitedError                      a provider answered 429 (carries retry_after)
      ├── RetryPolicyError (ValueError)         a policy asked to re-run something that cannot re-run
@@ -74,6 +75,7 @@ __all__ = [
     "RHAgentsWarning",
     "RateLimitedError",
     "RecoveryError",
+    "RemoteExecutionError",
     "ResultSchemaError",
     "RetryPolicyError",
     "RunLockedError",
@@ -214,6 +216,26 @@ class GroupFailedError(ExceptionGroup, ParallelError):
 
     def derive(self, excs: Sequence[Exception]) -> GroupFailedError:  # type: ignore[override,unused-ignore]
         return GroupFailedError(self.message, excs, self.results)
+
+
+class RemoteExecutionError(ParallelError):
+    """An executor (``executor=``: processes, Ray) could not bring a member's work back: the
+    worker process died, Ray lost the task, or the error it raised could not be sent home.
+
+    ``remote_type`` names the error raised over there when it is known (its own class is
+    raised instead whenever it can be sent), and ``remote_traceback`` is its traceback as
+    text. A remote error that did come home as itself carries ``remote_traceback`` too.
+    """
+
+    def __init__(
+        self, message: str, remote_type: str | None = None, remote_traceback: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.remote_type, self.remote_traceback))
 
 
 class CircuitOpenError(RHAgentsError):

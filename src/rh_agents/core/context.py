@@ -79,6 +79,19 @@ class Frame:
         unique = self.child_name(name)
         return f"{self.address}{ADDRESS_SEPARATOR}{unique}" if self.address else unique
 
+    def numbering(self) -> dict[str, int] | None:
+        """How many children of each name this frame has had (a copy; ``None`` for none).
+
+        With ``continue_numbering``, what lets a call made in another process go on numbering
+        this frame's children (``name#2``...) as a call made here would (see
+        ``rh_agents.executors``)."""
+        counts = self._child_counts
+        return dict(counts) if counts else None
+
+    def continue_numbering(self, counts: dict[str, int] | None) -> None:
+        """Number this frame's next children after ``counts`` (from ``numbering()``)."""
+        self._child_counts = dict(counts) if counts else None
+
     def child(self, address: str) -> Frame:
         """A frame below this one that stays inside the same parallel member."""
         return Frame(self.state, address, self.group_id, self.parallel_index, self.slot)

@@ -150,6 +150,7 @@ class ExecutionState:
         circuit_breaker: CircuitBreaker | None = None,
         rate_limit: RateLimit | None = None,
         batch_mode: BatchMode | str = BatchMode.GATHER,
+        executor: Any = None,
     ) -> ParallelExecutionManager[Any]:
         """A parallel group, used as ``async with state.parallel(...) as p:``.
 
@@ -167,6 +168,9 @@ class ExecutionState:
         - ``max_workers`` may also be ``"auto"`` or an ``AdaptiveLimit(min, max)``.
         - ``batch_mode``: what ``p.execute_parallel(events)`` returns (``BatchMode``: a list
           by default, a dict, or a stream of results in completion order).
+        - ``executor``: where the members run: the event loop (``None``, the default),
+          ``"processes"`` (a pool of worker processes, for CPU-bound work) or a
+          ``RayExecutor(address=...)`` (a Ray cluster); see ``docs/executors.md``.
         """
         options = GroupOptions.of(
             max_workers=max_workers,
@@ -181,6 +185,7 @@ class ExecutionState:
             circuit_breaker=circuit_breaker,
             rate_limit=rate_limit,
             batch_mode=batch_mode,
+            executor=executor,
         )
         return ParallelExecutionManager(self, options)
 

@@ -1,12 +1,14 @@
 """What core asks of the layers above it: small protocols, and where their engines plug in.
 
-Core runs calls and groups; it does not apply retry policies, write checkpoints or cache
-results itself. Those engines live above it (``rh_agents.engines``, ``rh_agents.recovery``)
-and reach core through the three protocols below, so that nothing in core imports them::
+Core runs calls and groups; it does not apply retry policies, write checkpoints, cache
+results or run members in other processes itself. Those engines live above it
+(``rh_agents.engines``, ``rh_agents.recovery``, ``rh_agents.executors``) and reach core
+through the protocols below, so that nothing in core imports them::
 
-    CallRunner     runs one actor call or one group member under its policies
-    RecoveryHook   answers calls from a stored run and checkpoints finished ones
-    ResultCache    answers cacheable calls from earlier identical ones
+    CallRunner       runs one actor call or one group member under its policies
+    RecoveryHook     answers calls from a stored run and checkpoints finished ones
+    ResultCache      answers cacheable calls from earlier identical ones
+    MemberExecutor   runs a group's members somewhere else (``executor=``: processes, Ray)
 
 A state is given its recovery and cache objects directly (``ExecutionState(recovery=...,
 cache=...)``). The call runner is installed once per process by the engine that provides it
@@ -15,6 +17,10 @@ without one runs every call plainly, with no policy applied::
 
     from rh_agents.core import hooks
     hooks.install_call_runner(MyRunner())     # every state made afterwards uses it
+
+A group's ``executor=`` is turned into a ``MemberExecutor`` by the resolver that
+``rh_agents.executors`` installs (``install_executor_resolver``): ``"processes"``, a
+``RayExecutor(...)``. ``None`` (or ``"loop"``) is the event loop, and needs no resolver.
 """
 
 from __future__ import annotations
@@ -38,13 +44,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CallRunner",
+    "ExecutorResolver",
+    "MemberExecutor",
     "PlainCallRunner",
     "RecoveryHook",
     "ResultCache",
     "ResumeFactory",
     "call_runner",
     "install_call_runner",
+    "install_executor_resolver",
     "install_resume_factory",
+    "resolve_executor",
     "resume_factory",
 ]
 
@@ -129,6 +139,47 @@ class ResultCache(Protocol):
         ...
 
 
+class MemberExecutor(Protocol):
+    """Runs a group's members somewhere other than the event loop (``executor=``).
+
+    The group itself stays on the driver (the process that opened it): its limits, retries,
+    timeouts, error strategy, dependencies and results, and the records and checkpoints of
+    the calls it makes. One *attempt* goes to the executor at a time, as an awaitable that
+    cancelling cancels the remote work: a member that is an event call sends its actor's
+    handler (``run_handler``), a zero-argument callable member is sent whole
+    (``run_callable``). Records published over there come home with the reply, with the
+    addresses they would have had here.
+    """
+
+    name: str
+
+    def check_member(self, source: Any, label: str) -> None:
+        """Raise an ``InvalidMemberError`` naming ``label`` if ``source`` cannot be sent."""
+        ...
+
+    def check_function(self, fn: Any, label: str) -> None:
+        """The same for a ``map()`` function, called with each item."""
+        ...
+
+    def run_handler(
+        self,
+        state: ExecutionState,
+        event: ExecutionEvent[Any],
+        validated: BaseModel,
+        context: str,
+        frame: Frame,
+    ) -> Awaitable[Any]:
+        """One call of ``event``'s handler over there; gives its value (or raises its error)."""
+        ...
+
+    def run_callable(self, state: ExecutionState, frame: Frame, fn: Any) -> Awaitable[Any]:
+        """One call of the member ``fn`` over there (awaited there if it returns an awaitable)."""
+        ...
+
+
+ExecutorResolver = Callable[[Any], "MemberExecutor | None"]
+
+
 class ResumeFactory(Protocol):
     """Makes the ``RecoveryHook`` that resumes a stored run (``ExecutionState.resume``)."""
 
@@ -167,6 +218,8 @@ class PlainCallRunner:
 # One of each per process, installed by the engines when they are imported.
 _call_runner: CallRunner = PlainCallRunner()
 _resume_factory: ResumeFactory | None = None
+_executor_resolver: ExecutorResolver | None = None
+_LOOP = ("loop", "local")
 
 
 def install_call_runner(runner: CallRunner) -> None:
@@ -193,3 +246,26 @@ def resume_factory() -> ResumeFactory:
             "resuming needs the recovery engine: import rh_agents (or rh_agents.recovery) first"
         )
     return _resume_factory
+
+
+def install_executor_resolver(resolver: ExecutorResolver) -> None:
+    """Make ``resolver`` turn a group's ``executor=`` into a ``MemberExecutor``."""
+    global _executor_resolver
+    _executor_resolver = resolver
+
+
+def resolve_executor(spec: Any) -> MemberExecutor | None:
+    """The ``MemberExecutor`` of ``executor=spec``; ``None`` for the event loop.
+
+    ``None``, ``"loop"`` and ``"local"`` are the event loop; anything else goes to the
+    installed resolver (a ``ConfigurationError`` if there is none, or if it knows nothing of
+    ``spec``).
+    """
+    if spec is None or (type(spec) is str and spec in _LOOP):
+        return None
+    if _executor_resolver is None:
+        raise ConfigurationError(
+            f"executor={spec!r} needs the executors: import rh_agents (or rh_agents.executors) "
+            "first"
+        )
+    return _executor_resolver(spec)

@@ -17,6 +17,7 @@ and to the group's adaptive limit. Between attempts the member gives its worker 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from rh_agents.core.context import Frame
+from rh_agents.core.parallel.adding import _call_event
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
 from rh_agents.core.parallel.slots import MemberSlot
@@ -40,12 +42,14 @@ if TYPE_CHECKING:
 
     from rh_agents.core.events import ExecutionEvent
     from rh_agents.core.execution import ExecutionState
+    from rh_agents.core.hooks import MemberExecutor
 
 __all__ = [
     "Policies",
     "PolicyRunner",
     "event_policies",
     "invoke_actor",
+    "member_executor",
     "member_group",
     "member_policies",
     "run_attempts",
@@ -84,6 +88,30 @@ def _no_policy_for(state: ExecutionState, event: ExecutionEvent[Any], frame: Fra
         return False  # a member's own policy may apply to this call (event_policies decides)
     # _plain: the group found no policy of its own when it opened (the state's are read above).
     return not isinstance(slot, MemberSlot) or slot.manager._plain
+
+
+def member_executor(frame: Frame) -> MemberExecutor | None:
+    """The executor that runs the handler of the call in ``frame``: its group's, when the call
+    is the member itself (an event call added to a group with ``executor=``)."""
+    slot = frame.slot
+    if not isinstance(slot, MemberSlot):
+        return None
+    manager = slot.manager
+    executor = manager.options.executor
+    if executor is None:
+        return None
+    parent = frame.address.rpartition("::")[0]
+    return executor if parent == f"{manager.group_id}[{frame.parallel_index}]" else None
+
+
+def _makes_event_call(source: Any) -> bool:
+    """Whether member ``source`` is ``map()``'s call of an event for one item: made here (it
+    only builds the call), so that the event runs here and its handler over there."""
+    return (
+        type(source) is functools.partial
+        and type(source.func) is functools.partial
+        and source.func.func is _call_event
+    )
 
 
 def member_group(frame: Frame) -> ParallelExecutionManager[Any] | None:
@@ -180,7 +208,7 @@ async def invoke_actor(
     """Run ``event``'s actor under its policies; returns ``(value, attempts)``."""
     actor = event.actor
     # A plain-def handler runs in one of the state's worker threads (BaseActor.invoke).
-    call = actor.invoke
+    call: Callable[[BaseModel, str, ExecutionState], Awaitable[Any]] = actor.invoke
     timeout = event.timeout
     if _no_policy_for(state, event, frame):
         # Nothing to resolve: one plain call (the common case, and every event's hot path).
@@ -188,6 +216,19 @@ async def invoke_actor(
             return await call(validated, context, state), 1
         async with asyncio.timeout(timeout):
             return await call(validated, context, state), 1
+
+    executor = member_executor(frame)
+    if executor is not None:
+        # The member's own handler runs over there, one attempt per request; the attempts,
+        # the timeout and the records around them stay here.
+        remote = executor
+
+        def call_remote(
+            validated: BaseModel, context: str, state: ExecutionState
+        ) -> Awaitable[Any]:
+            return remote.run_handler(state, event, validated, context, frame)
+
+        call = call_remote
 
     async def attempt() -> Any:
         if timeout is None:
@@ -202,6 +243,11 @@ async def run_member(
     state: ExecutionState, group: ParallelExecutionManager[Any], member: Member, frame: Frame
 ) -> Any:
     """Run a member of ``group``: re-calling a callable member for retries."""
+    executor = group.options.executor
+    if executor is not None:
+        source = member.source
+        if not is_event_call(source) and not _makes_event_call(source):
+            return await _run_on_executor(state, group, member, frame, executor)
     rerunnable = member.rerunnable
     first: Awaitable[Any] | None = member.open()
     if is_event_call(first):
@@ -239,6 +285,34 @@ async def run_member(
         _group_policies_taken.reset(token)
         if isinstance(first, Coroutine):
             first.close()  # never awaited (the circuit refused every attempt)
+
+
+async def _run_on_executor(
+    state: ExecutionState,
+    group: ParallelExecutionManager[Any],
+    member: Member,
+    frame: Frame,
+    executor: MemberExecutor,
+) -> Any:
+    """Run a callable member of ``group`` over there: each attempt is a new request."""
+    source = member.source
+    if not member.rerunnable:  # a coroutine: add() refuses it, with this error
+        executor.check_member(source, f"member {frame.address}")
+    policies = member_policies(state, group, member)
+
+    def attempt() -> Awaitable[Any]:
+        return executor.run_callable(state, frame, source)
+
+    token = _group_policies_taken.set(frame.address)
+    started = state.clock.now()
+    try:
+        value, attempts = await run_attempts(state, frame, policies, attempt, member)
+    finally:
+        _group_policies_taken.reset(token)
+    if attempts > 1 and not isinstance(value, ExecutionResult):
+        elapsed = state.clock.now() - started
+        return ExecutionResult(ok=True, result=value, execution_time=elapsed, attempts=attempts)
+    return value
 
 
 # --- the attempt loop ----------------------------------------------------------------------

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from collections import deque
 
     from rh_agents.core.execution import ExecutionState
+    from rh_agents.core.parallel.options import GroupOptions
     from rh_agents.core.parallel.ready import ReadyQueue
     from rh_agents.core.results import ExecutionResult, ResultStatus
 
@@ -79,6 +80,7 @@ class _Adding:
         # Fields of ParallelExecutionManager (see its __init__) and the sibling methods used.
         group_id: str
         retry: Any
+        options: GroupOptions
         _state: ExecutionState
         _now: Callable[[], float]
         _entered: bool
@@ -133,6 +135,7 @@ class _Adding:
             and self.retry is None
             and self._entered
             and not self._sealed
+            and self.options.executor is None
         ):
             # No option but a name: the forms of every member of a big group. Nothing below
             # could reject a coroutine, or a plain function that surely takes no argument
@@ -183,6 +186,8 @@ class _Adding:
         try:
             self._check_can_add()
             check_member(source)
+            if self.options.executor is not None:  # can it be sent there? (said now)
+                self.options.executor.check_member(source, self._label(name, self._total))
             if name is not None:
                 if not isinstance(name, str) or not name:
                     raise ConfigurationError(f"a member name must be a non-empty str, got {name!r}")
@@ -272,9 +277,12 @@ class _Adding:
             self._check_can_add()
             if not self._retain:
                 raise ConfigurationError("dependencies need a group that keeps results")
-            for source in sources:
+            executor = self.options.executor
+            for position, source in enumerate(sources):
                 check_member(source)
                 self._check_retry(source, None)
+                if executor is not None:
+                    executor.check_member(source, self._label(None, self._total + position))
         except BaseException:
             for source in sources:
                 _close_quietly(source)
@@ -295,6 +303,11 @@ class _Adding:
             if not member.pending_deps:
                 self._enqueue(member)
         return [member.index for member in members]
+
+    def _label(self, name: str | None, index: int) -> str:
+        """How an error names the member at ``index`` (``member 3 ('doc3') of group 'g'``)."""
+        named = f" ({name!r})" if name is not None else ""
+        return f"member {index}{named} of group {self.group_id!r}"
 
     def _check_can_add(self) -> None:
         if not self._entered:
@@ -400,6 +413,8 @@ class _Adding:
             call = functools.partial(_call_event, func, context=context, state=self._state)
         elif callable(func):
             call = func
+            if self.options.executor is not None:  # each item is checked as it is sent
+                self.options.executor.check_function(func, f"map() of group {self.group_id!r}")
         else:
             raise ConfigurationError(f"map() needs an async function or an event, got {func!r}")
         if isinstance(items, AsyncIterable):

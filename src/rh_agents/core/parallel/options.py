@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rh_agents.core import hooks
 from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
 from rh_agents.errors import ConfigurationError
 from rh_agents.resilience.adaptive import AdaptiveLimit, as_adaptive
@@ -35,7 +36,9 @@ class GroupOptions:
     ``adaptive`` is the ``AdaptiveLimit`` of ``max_workers="auto"`` or of an instance, and
     ``limit`` the fixed limit (an adaptive one's starting value). ``retain_results=False``
     is for streams that keep nothing (``parallel_map``). ``batch_mode`` is what
-    ``execute_parallel`` returns (see ``BatchMode``).
+    ``execute_parallel`` returns (see ``BatchMode``). ``executor`` is where the members run:
+    ``None`` for the event loop, else the ``MemberExecutor`` that ``executor=`` named
+    (``"processes"``, a ``RayExecutor``; see ``rh_agents.executors``).
     """
 
     limit: int = 5
@@ -52,6 +55,7 @@ class GroupOptions:
     rate_limit: RateLimit | None = None
     retain_results: bool = True
     batch_mode: BatchMode = BatchMode.GATHER
+    executor: hooks.MemberExecutor | None = None
 
     @classmethod
     def of(
@@ -70,6 +74,7 @@ class GroupOptions:
         rate_limit: RateLimit | None = None,
         retain_results: bool = True,
         batch_mode: BatchMode | str = BatchMode.GATHER,
+        executor: Any = None,
     ) -> GroupOptions:
         """The options, checked; a ``ConfigurationError`` names the first bad one."""
         adaptive = as_adaptive(max_workers)
@@ -88,6 +93,8 @@ class GroupOptions:
             check_policy("rate_limit", rate_limit, RateLimit)
         if type(batch_mode) is not BatchMode:
             batch_mode = parse_batch_mode(batch_mode)
+        if executor is not None:
+            executor = hooks.resolve_executor(executor)
         return cls(
             limit,
             adaptive,
@@ -103,16 +110,20 @@ class GroupOptions:
             rate_limit,
             retain_results,
             batch_mode,
+            executor,
         )
 
     @property
     def has_policies(self) -> bool:
-        """Whether a retry, breaker, rate limit or adaptive limit is set on the group."""
+        """Whether a retry, breaker, rate limit or adaptive limit is set on the group, or
+        an executor: then every member goes through the state's call runner (none runs
+        plainly on the loop)."""
         return not (
             self.adaptive is None
             and self.retry is None
             and self.circuit_breaker is None
             and self.rate_limit is None
+            and self.executor is None
         )
 
 

@@ -1,0 +1,348 @@
+"""``ProcessExecutor``: members run in a pool of worker processes (``executor="processes"``).
+
+For CPU-bound work, which the event loop runs one member at a time whatever ``max_workers``
+says::
+
+    async with state.parallel(max_workers=4, executor="processes") as p:
+        for n in sizes:
+            p.add(functools.partial(crunch, n))       # a function of a module, pickled
+    results = await state.parallel_execute([solve(q, "", state) for q in qs],
+                                           executor=ProcessExecutor(max_processes=2))
+
+``executor="processes"`` shares one pool per driver process, of ``os.cpu_count()``
+processes; ``ProcessExecutor(max_processes=...)`` makes a pool of its own (``close()`` it, or
+use it as a context manager). Processes start when first needed (``start()`` starts them
+now) and are kept for the next members.
+
+Invariants:
+
+- A process runs one request at a time; more requests wait here, in order, not in a process.
+- A request that is cancelled (a timeout, a stop, the group left by an exception) before it
+  reached a process never runs; one that is running has its process killed at once (a
+  process, unlike a thread, can be), and a new process replaces it when one is needed. So no
+  work outlives its group.
+- Replies are read on the driver's event loop (``add_reader``, no thread of ours): the pool
+  is used from one thread, the event loop's.
+- Workers never outlive the driver: each ends when its pipe closes (``close()``, the
+  driver's exit, or its death), and ``close()`` kills those that do not end in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import multiprocessing
+import multiprocessing.util  # (its exit handler first: ours, registered later, runs before it)
+import os
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from rh_agents.errors import ConfigurationError, RemoteExecutionError
+from rh_agents.executors.base import RemoteExecutor
+from rh_agents.executors.worker import process_main
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import BaseContext
+    from multiprocessing.process import BaseProcess
+
+__all__ = ["ProcessExecutor"]
+
+_WORKER_MODULE = "rh_agents.executors.worker"
+
+
+def _default_start_method() -> str:
+    # forkserver: a fresh, single-threaded parent for every worker (fork from a driver with
+    # threads can deadlock), and fast to start once the server runs.
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+class _Job:
+    __slots__ = ("future", "label", "loop", "request", "worker")
+
+    def __init__(
+        self,
+        request: bytes,
+        future: asyncio.Future[bytes],
+        loop: asyncio.AbstractEventLoop,
+        label: str,
+    ) -> None:
+        self.request = request
+        self.future = future
+        self.loop = loop
+        self.label = label
+        self.worker: _Worker | None = None  # the process running it, while it runs
+
+
+class _Worker:
+    __slots__ = ("connection", "fd", "job", "process")
+
+    def __init__(self, process: BaseProcess, connection: Connection) -> None:
+        self.process = process
+        self.connection = connection
+        self.fd = connection.fileno()
+        self.job: _Job | None = None
+
+
+class ProcessExecutor(RemoteExecutor):
+    """A pool of ``max_processes`` worker processes (default ``os.cpu_count()``).
+
+    ``start_method`` is multiprocessing's (default ``"forkserver"`` where there is one, else
+    ``"spawn"``). Members and their arguments are sent with the standard ``pickle``: see
+    ``docs/executors.md`` for what can be sent.
+    """
+
+    name = "processes"
+
+    def __init__(self, max_processes: int | None = None, *, start_method: str | None = None):
+        super().__init__()
+        if max_processes is None:
+            max_processes = os.cpu_count() or 1
+        if isinstance(max_processes, bool) or not isinstance(max_processes, int):
+            raise ConfigurationError(f"max_processes must be an int >= 1, got {max_processes!r}")
+        if max_processes < 1:
+            raise ConfigurationError(f"max_processes must be an int >= 1, got {max_processes!r}")
+        method = start_method or _default_start_method()
+        if method not in multiprocessing.get_all_start_methods():
+            raise ConfigurationError(
+                f"start_method {method!r} is not available here; use one of "
+                f"{', '.join(multiprocessing.get_all_start_methods())}"
+            )
+        self.max_processes = max_processes
+        self.start_method = method
+        self._context: BaseContext = multiprocessing.get_context(method)
+        self._workers: list[_Worker] = []
+        self._idle: list[_Worker] = []
+        self._queue: deque[_Job] = deque()
+        self._starting = 0  # processes being started (in a thread)
+        # Every process started and not ended, the ones starting included: close() ends them.
+        self._every: set[_Worker] = set()
+        self._closed = False
+        _pools.add(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"ProcessExecutor(max_processes={self.max_processes}, "
+            f"start_method={self.start_method!r})"
+        )
+
+    # --- the processes -------------------------------------------------------------------------
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of the worker processes alive now."""
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    @property
+    def running(self) -> int:
+        """Requests running in a process now."""
+        return sum(1 for w in self._workers if w.job is not None)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a process."""
+        return len(self._queue)
+
+    def start(self, count: int | None = None) -> None:
+        """Start processes now (``count``, default all), rather than when members need them.
+
+        It waits for them to start (outside the event loop that is what members do: see
+        ``_dispatch``); their first request is answered as soon as they have imported the
+        worker's modules.
+        """
+        self._check_open()
+        wanted = self.max_processes if count is None else min(count, self.max_processes)
+        while len(self._workers) + self._starting < wanted:
+            self._add(self._new_worker())
+
+    def _new_worker(self) -> _Worker:
+        """A new worker process (blocks while it starts: called in a thread by members)."""
+        if self.start_method == "forkserver":
+            # The server imports the worker's modules once; each worker is forked from it.
+            self._context.set_forkserver_preload([_WORKER_MODULE])
+        parent, child = self._context.Pipe(duplex=True)
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=process_main,
+            args=(child,),
+            name="rh-agents-worker",
+            daemon=False,  # a worker may start processes of its own (a nested group)
+        )
+        process.start()
+        child.close()
+        worker = _Worker(process, parent)
+        self._every.add(worker)  # (from a thread: one set.add, atomic)
+        return worker
+
+    def _add(self, worker: _Worker) -> None:
+        if self._closed:
+            self._kill(worker)
+            return
+        self._workers.append(worker)
+        self._idle.append(worker)
+
+    def _started(self, future: asyncio.Future[_Worker]) -> None:
+        self._starting -= 1
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            # No process: the requests waiting for one fail with the reason.
+            while self._queue:
+                job = self._queue.popleft()
+                if not job.future.done():
+                    job.future.set_exception(
+                        RemoteExecutionError(f"could not start a worker process: {error}")
+                    )
+            return
+        self._add(future.result())
+        self._dispatch()
+
+    def _kill(self, worker: _Worker) -> None:
+        """End ``worker`` now (its request, if any, is lost: the caller says how)."""
+        if worker in self._workers:
+            self._workers.remove(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
+        worker.job = None
+        self._every.discard(worker)
+        process = worker.process
+        if process.is_alive():
+            process.kill()
+        process.join(2)
+        worker.connection.close()
+
+    # --- requests ------------------------------------------------------------------------------
+
+    async def _send(self, request: bytes, label: str) -> bytes:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        job = _Job(request, loop.create_future(), loop, label)
+        self._queue.append(job)
+        self._dispatch()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._cancel(job)
+            raise
+
+    def _dispatch(self) -> None:
+        """Hand waiting requests to idle processes, starting processes up to the limit.
+
+        A process is started in a thread (starting one takes milliseconds, the first of a
+        forkserver much longer): the event loop goes on meanwhile, and the request waits.
+        """
+        queue = self._queue
+        while queue:
+            if not self._idle:
+                wanted = min(len(queue), self.max_processes - len(self._workers))
+                while self._starting < wanted:
+                    self._starting += 1
+                    loop = queue[0].loop
+                    future = loop.run_in_executor(None, self._new_worker)
+                    future.add_done_callback(self._started)
+                return
+            worker = self._idle.pop()
+            job = queue.popleft()
+            try:
+                worker.connection.send_bytes(job.request)
+            except OSError:
+                # The process died while idle: the request never reached it. Try another.
+                queue.appendleft(job)
+                self._kill(worker)
+                continue
+            worker.job = job
+            job.worker = worker
+            job.loop.add_reader(worker.fd, self._on_reply, worker)
+
+    def _on_reply(self, worker: _Worker) -> None:
+        job = worker.job
+        if job is None:  # (killed meanwhile)
+            return
+        job.loop.remove_reader(worker.fd)
+        try:
+            reply = worker.connection.recv_bytes()
+        except (EOFError, OSError):
+            code = worker.process.exitcode
+            self._kill(worker)
+            job.worker = None
+            if not job.future.done():
+                job.future.set_exception(
+                    RemoteExecutionError(
+                        f"the worker process running {job.label} died (exit code "
+                        f"{worker.process.exitcode if code is None else code})"
+                    )
+                )
+            self._dispatch()
+            return
+        worker.job = None
+        job.worker = None
+        if not job.future.done():
+            job.future.set_result(reply)
+        self._idle.append(worker)
+        self._dispatch()
+
+    def _cancel(self, job: _Job) -> None:
+        worker = job.worker
+        if worker is None:  # still waiting (or already answered): it never runs
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                pass
+            return
+        # Running: a process can be stopped, unlike a thread. It goes, with its work.
+        job.worker = None
+        job.loop.remove_reader(worker.fd)
+        self._kill(worker)
+        self._dispatch()
+
+    # --- lifetime ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigurationError(f"{self!r} was closed; make a new one")
+
+    def close(self) -> None:
+        """End every worker process; requests still waiting or running fail."""
+        if self._closed:
+            return
+        self._closed = True
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done() and not job.loop.is_closed():
+                job.future.set_exception(RemoteExecutionError(f"{self!r} was closed"))
+        workers = list(self._every)
+        for worker in workers:
+            running = worker.job
+            if running is not None:
+                if not running.loop.is_closed():
+                    running.loop.remove_reader(worker.fd)
+                    if not running.future.done():
+                        running.future.set_exception(RemoteExecutionError(f"{self!r} was closed"))
+                worker.process.kill()
+            worker.connection.close()  # an idle worker reads the end of its pipe, and exits
+        for worker in workers:
+            worker.process.join(2)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(2)
+        self._workers.clear()
+        self._idle.clear()
+        self._every.clear()
+
+    def __enter__(self) -> ProcessExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# Every pool, so that none outlives the driver (closed at exit, before multiprocessing's own
+# exit handler would wait for the workers).
+_pools: weakref.WeakSet[ProcessExecutor] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for pool in list(_pools):
+        pool.close()

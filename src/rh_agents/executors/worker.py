@@ -1,0 +1,171 @@
+"""What runs in a worker: one request in, one reply out (``run_request``).
+
+A worker process of ``ProcessExecutor`` loops on ``process_main``; a Ray worker runs
+``run_request`` as a Ray task. Both run one request at a time, on their main thread:
+
+- an event call's handler is called with the request's input (validated from its JSON) and
+  a state of the worker's own, placed at the call's address: what the handler calls
+  (events, groups) is numbered and addressed as it would be on the driver;
+- a callable member is called; an ``ExecutionState`` it was sent with arrives as that state;
+- a coroutine either returns is run on the worker's event loop (one per worker, kept);
+- the records published on that state (when the driver's bus has listeners) go back in the
+  reply, in order, with the value or the error.
+
+Nothing here is cancelled from inside: the driver kills the worker (processes) or cancels the
+Ray task instead, so a request is either answered or lost with its worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import pickle
+import signal
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from rh_agents.core.actors import BaseActor
+from rh_agents.core.records import BusEvent, GroupCompleted
+from rh_agents.executors import request as requests
+from rh_agents.executors.request import Request
+from rh_agents.executors.wire import HANDLER, dump_error, dump_reply, dump_value
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+__all__ = ["process_main", "run_request"]
+
+_loop: asyncio.AbstractEventLoop | None = None
+# Actors unpickled lately, by their bytes: a group calls one actor many times.
+_actors: OrderedDict[bytes, BaseActor] = OrderedDict()
+
+
+def _actor(data: bytes) -> BaseActor:
+    actor = _actors.get(data)
+    if actor is None:
+        actor = pickle.loads(data)
+        _actors[data] = actor
+        if len(_actors) > 64:
+            _actors.popitem(last=False)
+    else:
+        _actors.move_to_end(data)
+    return actor
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    return _loop
+
+
+async def _settle(request: Request, value: Any) -> Any:
+    try:
+        return await value
+    finally:
+        if request.state is not None:
+            await request.state.event_bus.drain()
+
+
+def _run(request: Request, kind: str, body: bytes) -> Any:
+    if kind == HANDLER:
+        actor_data, input_json, context = pickle.loads(body)
+        actor = _actor(actor_data)
+        validated = actor.input_model.model_validate_json(input_json)
+        value = actor.handler(validated, context, request.make_state())
+    else:
+        value = pickle.loads(body)()  # a sent state becomes request.make_state()
+    if inspect.isawaitable(value):
+        return _event_loop().run_until_complete(_settle(request, value))
+    return value
+
+
+def _records(request: Request) -> list[BusEvent] | None:
+    state = request.state
+    if state is None:
+        return None
+    if request.wants:
+        _event_loop().run_until_complete(state.event_bus.drain())
+    state.threads.shutdown()
+    records = request.records
+    for record in records:
+        if isinstance(record, GroupCompleted):
+            _resolve_sources(record)
+    return records or None
+
+
+def _resolve_sources(record: BusEvent) -> None:
+    """Replace a record's lazy ``x_source`` fields (a group's bound method, which cannot be
+    sent) by the value its ``x`` property makes of them: what a reader would get here."""
+    for field in dataclasses.fields(record):
+        name = field.name
+        if name.endswith("_source") and callable(getattr(record, name)):
+            try:
+                getattr(record, name[: -len("_source")])  # resolves and keeps it
+            except Exception:
+                setattr(record, name, None)
+            if callable(getattr(record, name)):
+                setattr(record, name, None)
+
+
+def _sendable(records: list[BusEvent] | None) -> list[BusEvent] | None:
+    """The records that can be sent (a record holding what cannot is left out)."""
+    if not records:
+        return records
+    kept = []
+    for record in records:
+        try:
+            dump_reply(record)
+        except Exception:
+            continue
+        kept.append(record)
+    return kept
+
+
+def run_request(data: bytes) -> bytes:
+    """Run one request (see ``rh_agents.executors.wire``) and return its reply."""
+    kind, address, group_id, index, numbering, wants, body = pickle.loads(data)
+    request = Request(address, group_id, index, numbering, wants)
+    requests.begin(request)
+    try:
+        try:
+            reply: tuple[Any, ...] = (True, dump_value(_run(request, kind, body)))
+        except Exception as exc:
+            reply = (False, dump_error(exc, f"at {address}"))
+        records = _records(request)
+        state = request.state
+        numbering = state.root_frame.numbering() if state is not None else None
+        message = (*reply, records, numbering, time.perf_counter())
+        try:
+            return dump_reply(message)
+        except Exception:
+            pass
+        message = (*reply, _sendable(records), numbering, time.perf_counter())
+        try:
+            return dump_reply(message)
+        except Exception as exc:  # the value cannot be sent back
+            error = dump_error(
+                TypeError(f"the result of the member at {address} cannot be sent back: {exc}"),
+                f"at {address}",
+            )
+            return dump_reply((False, error, None, numbering, time.perf_counter()))
+    finally:
+        requests.end()
+
+
+def process_main(connection: Connection) -> None:
+    """A worker process of ``ProcessExecutor``: answer requests until the pipe closes."""
+    # Ctrl-C is the driver's to handle: it stops the group and kills what still runs here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            data = connection.recv_bytes()
+        except (EOFError, OSError):
+            return  # the driver closed the pool, or died: nothing may outlive it
+        reply = run_request(data)
+        try:
+            connection.send_bytes(reply)
+        except OSError:
+            return

@@ -1,0 +1,143 @@
+"""Members and actors for the executor tests: defined here, at the top level of a module the
+worker processes (and Ray's workers) can import, which is what sending them by reference
+needs. Each measures itself from inside (process id, wall-clock start and end), so a test
+can tell where and when it ran whatever the executor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Tool
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+
+
+class Item(BaseModel):
+    n: int = 0
+    ms: float = 0.0
+    path: str = ""
+
+
+class Span(BaseModel):
+    """Where and when one member ran: its process, and its wall-clock start and end."""
+
+    n: int
+    pid: int
+    start: float
+    end: float
+
+
+def spin(ms: float) -> None:
+    """Pure-Python work for about ``ms`` milliseconds (holds the GIL all along)."""
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        sum(range(100))
+
+
+def span(n: int, ms: float = 0.0, sleep: float = 0.0) -> Span:
+    """A callable member: spin ``ms``, sleep ``sleep`` seconds, report itself."""
+    start = time.time()
+    spin(ms)
+    if sleep:
+        time.sleep(sleep)
+    return Span(n=n, pid=os.getpid(), start=start, end=time.time())
+
+
+def peak(spans: list[Span]) -> int:
+    """The most spans running at one instant (from their own clocks)."""
+    edges = sorted([(s.start, 1) for s in spans] + [(s.end, -1) for s in spans])
+    now = best = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best
+
+
+def fails(message: str, after: float = 0.0) -> None:
+    time.sleep(after)
+    raise ValueError(message)
+
+
+def dies() -> None:
+    os._exit(3)
+
+
+def flaky(path: str, failures: int) -> int:
+    """Fails ``failures`` times (counted in a file: each attempt is a new request), then
+    returns how many attempts it took."""
+    counter = Path(path)
+    attempts = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(attempts))
+    if attempts <= failures:
+        raise ConnectionError(f"attempt {attempts} fails")
+    return attempts
+
+
+def sleep_then_touch(path: str, seconds: float) -> str:
+    """Writes its pid to ``path.pid``, sleeps, then writes ``path``: a cancelled run never
+    writes ``path``."""
+    Path(f"{path}.pid").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    Path(path).write_text("finished")
+    return "finished"
+
+
+async def async_span(n: int) -> Span:
+    start = time.time()
+    await asyncio.sleep(0.01)
+    return Span(n=n, pid=os.getpid(), start=start, end=time.time())
+
+
+# --- actors -------------------------------------------------------------------------------
+
+
+def double(input: Item, context: str, state: ExecutionState) -> int:
+    spin(input.ms)
+    return input.n * 2
+
+
+def spanned(input: Item, context: str, state: ExecutionState) -> Span:
+    return span(input.n, input.ms)
+
+
+def double_or_fail(input: Item, context: str, state: ExecutionState) -> int:
+    """Fails while the file ``input.path`` exists."""
+    if input.path and Path(input.path).exists():
+        raise RuntimeError(f"member {input.n} fails this time")
+    return input.n * 2
+
+
+double_tool = Tool(name="double", input_model=Item, handler=double)
+span_tool = Tool(name="span", input_model=Item, handler=spanned)
+fragile_tool = Tool(name="fragile", input_model=Item, handler=double_or_fail)
+
+
+async def orchestrate(input: Item, context: str, state: ExecutionState) -> list[int]:
+    """Calls an event twice and opens a group of its own: records at every depth."""
+    double_event = ExecutionEvent(actor=double_tool)
+    first = await double_event(Item(n=input.n), "", state)
+    second = await double_event(Item(n=input.n + 1), "", state)
+    async with state.parallel(max_workers=2, name="inner") as p:
+        for k in range(2):
+            p.add(double_event(Item(n=k), "", state))
+        inner = await p.gather()
+    return [first.unwrap(), second.unwrap(), *(r.unwrap() for r in inner)]
+
+
+orchestrator = Tool(name="orchestrator", input_model=Item, handler=orchestrate)
+
+
+async def with_state(n: int, state: ExecutionState) -> int:
+    """A callable member sent with the state: what it calls is recorded at its address."""
+    result = await ExecutionEvent(actor=double_tool)(Item(n=n), "", state)
+    return int(result.unwrap())
+
+
+def record_shape(record: Any) -> tuple[Any, ...]:
+    return (record.kind, record.address, record.group_id, record.parallel_index, record.is_parallel)

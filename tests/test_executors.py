@@ -1,0 +1,511 @@
+"""``executor=``: members on a pool of processes and on a real local Ray instance.
+
+Every test here runs on both (the ``executor`` fixture): the group keeps its semantics,
+results come back in submission order, records come home with the addresses they would have
+had on the loop, limits hold (measured from inside the members), retries are new requests,
+a timeout or a stop kills the remote work, and a resumed run asks the executor only for what
+did not finish. The members live in ``executor_support`` (sent by reference).
+
+Ray is started once for the session (``ray.init(num_cpus=2, include_dashboard=False)``), by
+the first test that needs it, and shut down after the last one (they all live in this module:
+the rest of the suite runs without Ray's daemons taking the machine's two cores). Its tests
+are skipped, saying why, only where Ray cannot be imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sys
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import executor_support as support
+from conftest import Recorder
+from executor_support import Item, Span
+from rh_agents.core.actors import Tool
+from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.parallel.options import GroupOptions
+from rh_agents.core.parallel.strategy import ErrorStrategy
+from rh_agents.core.records import EventRetrying
+from rh_agents.core.results import ResultStatus
+from rh_agents.errors import ConfigurationError, InvalidMemberError, RemoteExecutionError
+from rh_agents.executors import ProcessExecutor, RayExecutor, RemoteExecutor, shared_processes
+from rh_agents.recovery import Recovery, SQLiteBackend
+from rh_agents.resilience import RetryPolicy
+
+try:
+    import ray
+except ImportError:  # pragma: no cover - CI installs the dev extra, which has ray
+    ray = None
+
+
+@pytest.fixture(scope="module")
+def process_pool() -> Iterator[ProcessExecutor]:
+    pool = ProcessExecutor(max_processes=4)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayExecutor]:
+    if ray is None:
+        pytest.skip("ray is not installed (pip install 'rh-agents[ray]')")
+    # The workers import the members from executor_support, beside this file (pytest put
+    # this folder on the driver's sys.path; Ray's workers get it by their environment).
+    here = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    yield RayExecutor()
+    ray.shutdown()
+
+
+@pytest.fixture(params=["processes", "ray"])
+def executor(request: pytest.FixtureRequest) -> RemoteExecutor:
+    if request.param == "processes":
+        pool: ProcessExecutor = request.getfixturevalue("process_pool")
+        return pool
+    ray_executor: RayExecutor = request.getfixturevalue("ray_cluster")
+    return ray_executor
+
+
+def recorded_state(recorder: Recorder | None = None, **options: Any) -> ExecutionState:
+    bus = EventBus()
+    if recorder is not None:
+        bus.subscribe(recorder)
+    return ExecutionState(event_bus=bus, **options)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def pid_of(marker: Path) -> int:
+    """The process that ran ``sleep_then_touch(marker)``."""
+    return int(Path(f"{marker}.pid").read_text())
+
+
+def started(marker: Path) -> bool:
+    """Whether ``sleep_then_touch(marker)`` ever started."""
+    return Path(f"{marker}.pid").exists()
+
+
+async def warm(state: ExecutionState, executor: RemoteExecutor) -> None:
+    """Have two workers up (a worker killed by an earlier test is replaced meanwhile), so
+    that timings measure the members, not the start of their workers."""
+    for _ in range(20):
+        results = await state.parallel_execute(
+            [functools.partial(support.span, n, 0, 0.1) for n in range(2)],
+            max_workers=2,
+            executor=executor,
+        )
+        if support.peak([r.result for r in results]) == 2:
+            return
+    raise AssertionError("two workers never ran at once")
+
+
+async def eventually(check: Any, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(check())
+
+
+# --- results, order, where they ran ----------------------------------------------------------
+
+
+async def test_results_come_back_in_submission_order_from_other_processes(
+    executor: RemoteExecutor,
+) -> None:
+    event = ExecutionEvent(actor=support.span_tool)
+    async with recorded_state() as state, state.parallel(max_workers=4, executor=executor) as p:
+        for n in range(6):
+            if n % 2:
+                p.add(event(Item(n=n, ms=(6 - n) * 5), "", state))  # an event call
+            else:
+                p.add(functools.partial(support.span, n, (6 - n) * 5))  # a callable
+        results = await p.gather()
+    assert [r.index for r in results] == list(range(6))
+    assert all(r.ok for r in results), [r.error for r in results]
+    spans = [r.result for r in results]
+    assert all(isinstance(s, Span) for s in spans)  # a model crossed as JSON, rebuilt here
+    assert [s.n for s in spans] == list(range(6))
+    assert os.getpid() not in {s.pid for s in spans}
+    assert [r.address for r in results] == [
+        f"parallel[{n}]::span" if n % 2 else f"parallel[{n}]" for n in range(6)
+    ]
+
+
+async def test_parallel_execute_and_parallel_map_take_the_executor(
+    executor: RemoteExecutor,
+) -> None:
+    async with recorded_state() as state:
+        named = await state.parallel_execute(
+            {"a": functools.partial(support.span, 1), "b": functools.partial(support.span, 2)},
+            max_workers=2,
+            executor=executor,
+            dependencies={"b": ["a"]},
+        )
+        mapped = [
+            r
+            async for r in state.parallel_map(
+                support.span, range(5), max_workers=2, executor=executor
+            )
+        ]
+        events = [
+            r
+            async for r in state.parallel_map(
+                ExecutionEvent(actor=support.double_tool),
+                [Item(n=n) for n in range(3)],
+                max_workers=2,
+                executor=executor,
+            )
+        ]
+        coroutines = [
+            r
+            async for r in state.parallel_map(
+                support.async_span, range(2), max_workers=2, executor=executor
+            )
+        ]
+    assert named["a"].result.end <= named["b"].result.start  # b ran after a
+    assert sorted(r.result.n for r in mapped) == list(range(5))
+    assert sorted(r.result for r in events) == [0, 2, 4]
+    assert sorted(r.result.n for r in coroutines) == [0, 1]
+    assert os.getpid() not in {r.result.pid for r in coroutines}
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+async def test_records_come_home_with_the_addresses_they_would_have_had_locally(
+    executor: RemoteExecutor,
+) -> None:
+    event = ExecutionEvent(actor=support.orchestrator)
+    shapes: dict[str, list[tuple[Any, ...]]] = {}
+    values = {}
+    for where in ("loop", "remote"):
+        recorder = Recorder()
+        async with (
+            recorded_state(recorder) as state,
+            state.parallel(
+                max_workers=2, name="docs", executor=None if where == "loop" else executor
+            ) as p,
+        ):
+            for n in range(3):
+                p.add(event(Item(n=n), "", state))
+            p.add(functools.partial(support.with_state, 7, state))
+            results = await p.gather()
+        values[where] = [r.result for r in results]
+        shapes[where] = [support.record_shape(r) for r in recorder.records]
+    assert (
+        values["remote"]
+        == values["loop"]
+        == [
+            [0, 2, 0, 2],
+            [2, 4, 0, 2],
+            [4, 6, 0, 2],
+            14,
+        ]
+    )
+    assert sorted(shapes["remote"]) == sorted(shapes["loop"])
+    assert ("event.completed", "docs[1]::orchestrator::double#2", "docs", 1, True) in shapes[
+        "remote"
+    ]
+    assert ("group.started", "docs[2]::orchestrator::inner", "docs", 2, True) in shapes["remote"]
+    assert (
+        "event.completed",
+        "docs[0]::orchestrator::inner[1]::double",
+        "docs[0]::orchestrator::inner",
+        1,
+        True,
+    ) in shapes["remote"]
+    assert ("event.completed", "docs[3]::double", "docs", 3, True) in shapes["remote"]
+
+    # Member by member, the records are in the order they were published over there.
+    def of_member(shape: list[tuple[Any, ...]], n: int) -> list[tuple[Any, ...]]:
+        return [s for s in shape if s[1].startswith(f"docs[{n}]::")]
+
+    for n in range(4):
+        assert of_member(shapes["remote"], n) == of_member(shapes["loop"], n)
+
+
+async def test_a_remote_error_comes_home_as_itself_with_its_traceback(
+    executor: RemoteExecutor,
+) -> None:
+    async with recorded_state() as state:
+        results = await state.parallel_execute(
+            [functools.partial(support.fails, "no good"), functools.partial(support.span, 1)],
+            executor=executor,
+        )
+    failed, fine = results
+    assert fine.ok
+    assert failed.status is ResultStatus.FAILED and failed.error == "ValueError: no good"
+    assert isinstance(failed.exception, ValueError)
+    assert "in fails" in failed.exception.remote_traceback  # type: ignore[attr-defined]
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+
+async def test_max_workers_and_the_global_limit_bound_the_members_in_flight(
+    executor: RemoteExecutor,
+) -> None:
+    async with recorded_state() as state:
+        one = await state.parallel_execute(
+            [functools.partial(support.span, n, 0, 0.05) for n in range(4)],
+            max_workers=1,
+            executor=executor,
+        )
+    async with recorded_state(global_max_workers=2) as state:
+        two = await state.parallel_execute(
+            [functools.partial(support.span, n, 0, 0.05) for n in range(6)],
+            max_workers=4,
+            executor=executor,
+        )
+    assert support.peak([r.result for r in one]) == 1
+    assert support.peak([r.result for r in two]) == 2
+
+
+async def test_priorities_pick_who_runs_first_when_slots_are_contended(
+    executor: RemoteExecutor,
+) -> None:
+    async with recorded_state() as state, state.parallel(max_workers=1, executor=executor) as p:
+        for n in range(4):
+            p.add(functools.partial(support.span, n), priority=n)
+        results = await p.gather()
+    starts = sorted((r.result.start, r.result.n) for r in results)
+    assert [n for _, n in starts] == [3, 2, 1, 0]
+
+
+# --- retries, timeouts, stops ---------------------------------------------------------------
+
+
+async def test_retries_are_decided_here_and_each_is_a_new_request(
+    executor: RemoteExecutor, tmp_path: Path
+) -> None:
+    recorder = Recorder()
+    policy = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0)
+    counter = tmp_path / "attempts"
+    async with recorded_state(recorder) as state:
+        results = await state.parallel_execute(
+            [functools.partial(support.flaky, str(counter), 2)],
+            executor=executor,
+            retry=policy,
+            name="g",
+        )
+    (result,) = results
+    assert result.ok and result.result == 3 and result.attempts == 3
+    retries = [r for r in recorder.records if isinstance(r, EventRetrying)]
+    assert [(r.address, r.attempt, r.error_type) for r in retries] == [
+        ("g[0]", 1, "ConnectionError"),
+        ("g[0]", 2, "ConnectionError"),
+    ]
+
+
+async def test_a_member_timeout_kills_the_remote_work(
+    executor: RemoteExecutor, tmp_path: Path
+) -> None:
+    marker = tmp_path / "slow"
+    async with recorded_state() as state:
+        await warm(state, executor)
+        started = time.monotonic()
+        (result,) = await state.parallel_execute(
+            [functools.partial(support.sleep_then_touch, str(marker), 1.5)],
+            executor=executor,
+            member_timeout=0.5 if isinstance(executor, RayExecutor) else 0.3,
+        )
+        waited = time.monotonic() - started
+    assert result.status is ResultStatus.TIMED_OUT and waited < 1.4
+    pid = pid_of(marker)
+    assert await eventually(lambda: not alive(pid)), "the worker running it still runs"
+    await asyncio.sleep(1.6 - (time.monotonic() - started))
+    assert not marker.exists()  # the work never finished anywhere
+
+
+async def test_fail_fast_cancels_the_remote_work_of_the_others(
+    executor: RemoteExecutor, tmp_path: Path
+) -> None:
+    markers = [tmp_path / f"m{n}" for n in range(2)]
+    async with recorded_state() as state:
+        await warm(state, executor)
+        with pytest.raises(ValueError, match="first failure"):
+            async with state.parallel(
+                max_workers=2, executor=executor, error_strategy=ErrorStrategy.FAIL_FAST
+            ) as p:
+                p.add(functools.partial(support.sleep_then_touch, str(markers[0]), 1.2))
+                p.add(functools.partial(support.fails, "first failure", 0.2))
+                p.add(functools.partial(support.sleep_then_touch, str(markers[1]), 1.2))
+    assert p.statistics().cancelled == 2  # the one running and the one waiting
+    pid = pid_of(markers[0])
+    assert await eventually(lambda: not alive(pid)), "the worker running it still runs"
+    assert not started(markers[1])
+    await asyncio.sleep(1.4)
+    assert not any(marker.exists() for marker in markers)
+
+
+async def test_a_worker_that_dies_fails_its_member_with_a_remote_execution_error(
+    executor: RemoteExecutor,
+) -> None:
+    async with recorded_state() as state:
+        died, fine = await state.parallel_execute(
+            [support.dies, functools.partial(support.span, 1)], executor=executor
+        )
+    assert fine.ok
+    assert died.status is ResultStatus.FAILED
+    assert isinstance(died.exception, RemoteExecutionError), died.error
+
+
+# --- a resumed run ---------------------------------------------------------------------------
+
+
+class Counting:
+    """An executor that counts the handlers it is asked to run, by address, and passes
+    everything on to the executor it wraps (an executor of one's own: the three methods)."""
+
+    def __init__(self, inner: RemoteExecutor) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.handlers: list[str] = []
+
+    def check_member(self, source: Any, label: str) -> None:
+        self.inner.check_member(source, label)
+
+    def check_function(self, fn: Any, label: str) -> None:
+        self.inner.check_function(fn, label)
+
+    def run_handler(self, state: Any, event: Any, validated: Any, context: str, frame: Any) -> Any:
+        self.handlers.append(frame.address)
+        return self.inner.run_handler(state, event, validated, context, frame)
+
+    def run_callable(self, state: Any, frame: Any, fn: Any) -> Any:
+        return self.inner.run_callable(state, frame, fn)
+
+
+async def test_a_resumed_run_never_asks_the_executor_for_finished_members(
+    executor: RemoteExecutor, tmp_path: Path
+) -> None:
+    backend = SQLiteBackend(tmp_path / "state.db")
+    failing = tmp_path / "failing"
+    failing.write_text("yes")
+    event = ExecutionEvent(actor=support.fragile_tool)
+
+    async def run(state: ExecutionState, counting: Counting) -> list[Any]:
+        return await state.parallel_execute(
+            [
+                event(Item(n=n, path=str(failing) if n in (1, 3) else ""), "", state)
+                for n in range(5)
+            ],
+            max_workers=2,
+            executor=counting,
+            name="docs",
+        )
+
+    first = Counting(executor)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        results = await run(state, first)
+    assert [r.ok for r in results] == [True, False, True, False, True]
+    assert sorted(first.handlers) == [f"docs[{n}]::fragile" for n in range(5)]
+
+    failing.unlink()
+    second = Counting(executor)
+    async with ExecutionState.resume("r", backend=backend) as state:
+        results = await run(state, second)
+    assert [r.result for r in results] == [0, 2, 4, 6, 8]
+    assert [r.source for r in results] == ["replay", "run", "replay", "run", "replay"]
+    assert sorted(second.handlers) == ["docs[1]::fragile", "docs[3]::fragile"]
+    backend.close()
+
+
+# --- what cannot be sent ---------------------------------------------------------------------
+
+
+async def test_a_coroutine_member_is_refused_when_added_naming_it(
+    executor: RemoteExecutor,
+) -> None:
+    async with recorded_state() as state, state.parallel(executor=executor, name="g") as p:
+        coroutine = support.async_span(1)
+        with pytest.raises(InvalidMemberError, match=r"member 0 \('first'\) of group 'g'.*corout"):
+            p.add("first", coroutine)
+        assert coroutine.cr_frame is None  # closed: no "never awaited" warning
+
+
+async def test_what_the_process_pool_cannot_send_is_refused_before_anything_runs(
+    process_pool: ProcessExecutor, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    module = types.ModuleType("made_at_run_time")
+    exec("def work():\n    return 1\n", module.__dict__)
+    sys.modules["made_at_run_time"] = module
+
+    def local(input: Item, context: str, state: ExecutionState) -> int:
+        return 1
+
+    local_tool = Tool(name="local", input_model=Item, handler=local)
+    try:
+        async with recorded_state() as state:
+            for bad, match in [
+                (lambda: 1, r"member 1 of group 'parallel'.*lambda"),
+                (module.work, "made_at_run_time.*cannot import"),
+                (ExecutionEvent(actor=local_tool)(Item(), "", state), "local"),
+            ]:
+                with pytest.raises(InvalidMemberError, match=match):
+                    await state.parallel_execute(
+                        [functools.partial(support.sleep_then_touch, str(marker), 0), bad],
+                        executor=process_pool,
+                    )
+            with pytest.raises(InvalidMemberError, match=r"map.*lambda"):
+                async for _ in state.parallel_map(lambda x: x, range(3), executor=process_pool):
+                    pass
+    finally:
+        del sys.modules["made_at_run_time"]
+    await asyncio.sleep(0.1)
+    assert not marker.exists() and not started(marker)  # nothing ran
+
+
+async def test_ray_sends_lambdas_and_local_functions_by_value(ray_cluster: RayExecutor) -> None:
+    offset = 10
+
+    def local(input: Item, context: str, state: ExecutionState) -> int:
+        return input.n + offset
+
+    async with recorded_state() as state:
+        results = await state.parallel_execute(
+            [
+                lambda: offset + 1,
+                ExecutionEvent(actor=Tool(name="local", input_model=Item, handler=local))(
+                    Item(n=5), "", state
+                ),
+            ],
+            executor=ray_cluster,
+        )
+    assert [r.result for r in results] == [11, 15]
+
+
+def test_an_unknown_executor_is_a_configuration_error_naming_the_choices() -> None:
+    state = ExecutionState()
+    with pytest.raises(ConfigurationError, match=r"unknown executor 'proceses'.*'processes'"):
+        state.parallel(executor="proceses")
+    assert GroupOptions.of(executor="loop").executor is None
+    assert GroupOptions.of(executor="processes").executor is shared_processes()
+    with pytest.raises(ConfigurationError, match="max_processes"):
+        ProcessExecutor(max_processes=0)
