@@ -42,7 +42,7 @@ import sys
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.core.context import enter_frame, exit_frame
+from rh_agents.core.context import Frame, enter_frame, exit_frame
 from rh_agents.core.parallel.member import describe_member, is_event_call
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus
@@ -51,6 +51,7 @@ from rh_agents.errors import ActorInputError, InvalidMemberError
 if TYPE_CHECKING:
     from collections import deque
     from collections.abc import Callable
+    from contextvars import Token
 
     from rh_agents.core.bus import EventBus
     from rh_agents.core.execution import ExecutionState
@@ -243,10 +244,18 @@ class _Scheduler:
         idle = False  # left because there was nothing (more) to do for this worker
         first = True
         streak = 0  # members run since this worker last let the loop run
+        # The token of the first member frame this worker entered: between two members run
+        # here the frame stays that of the last one (each member sets its own over it, one
+        # contextvar write per member instead of two), and this token restores the worker's
+        # own frame before anything else runs here (input pulls, subscribers, the end).
+        token: Token[Frame | None] | None = None
         try:
             while True:
                 member = self._take_next()
                 if member is None:
+                    if token is not None:
+                        exit_frame(token)
+                        token = None
                     source = self._source
                     if (
                         source is None
@@ -289,7 +298,9 @@ class _Scheduler:
                     member.state = state  # the member is its own frame (see Member)
                     member.group_id = group_id
                     member.slot = group_slot
-                    token = enter_frame(member)
+                    entered = enter_frame(member)
+                    if token is None:
+                        token = entered
                     started = member.started = now()
                     if bus.version != self._bus_version:
                         self._note_listeners(bus)
@@ -327,14 +338,18 @@ class _Scheduler:
                                 None,
                                 address,
                             )
-                    finally:
-                        exit_frame(token)
                     if member.result is None:
                         self._finish(member, result)
                 else:
+                    if token is not None:
+                        exit_frame(token)
+                        token = None
                     await self._run_member(member)
                 del running_member[task]
                 if self._done >= self._deliver_at:
+                    if token is not None:
+                        exit_frame(token)
+                        token = None
                     # Subscribers get what is queued now, not after every other worker's
                     # members of this loop turn (see _DELIVER_EVERY).
                     self._deliver_at = self._done + _DELIVER_EVERY
@@ -354,6 +369,8 @@ class _Scheduler:
                 raise  # _worker_done reports it
             self._state.report_internal_error(exc)  # a bug in the scheduler
         finally:
+            if token is not None:
+                exit_frame(token)
             running_member.pop(task, None)
             if not handed_over:
                 # To a task waiting for a slot, else to ready members (via _kick).
