@@ -322,24 +322,45 @@ async def test_retries_are_decided_here_and_each_is_a_new_request(
     ]
 
 
-async def test_a_member_timeout_kills_the_remote_work(
+async def test_member_and_group_timeouts_kill_the_remote_work(
+    executor: RemoteExecutor, tmp_path: Path
+) -> None:
+    markers = [tmp_path / "member", tmp_path / "group"]
+    async with recorded_state() as state:
+        await warm(state, executor)
+        started = time.monotonic()
+        async with state.parallel(max_workers=2, executor=executor, timeout=0.9) as p:
+            p.add(functools.partial(support.sleep_then_touch, str(markers[0]), 1.5), timeout=0.4)
+            p.add(functools.partial(support.sleep_then_touch, str(markers[1]), 1.5))
+            results = await p.gather()
+        waited = time.monotonic() - started
+    assert [r.status for r in results] == [ResultStatus.TIMED_OUT] * 2
+    assert waited < 1.4
+    pids = [pid_of(marker) for marker in markers]
+    assert await eventually(lambda: not any(alive(pid) for pid in pids)), "a worker still runs"
+    await asyncio.sleep(1.7 - (time.monotonic() - started))
+    assert not any(marker.exists() for marker in markers)  # the work never finished anywhere
+
+
+async def test_a_quorum_reached_cancels_the_remote_work_still_running(
     executor: RemoteExecutor, tmp_path: Path
 ) -> None:
     marker = tmp_path / "slow"
     async with recorded_state() as state:
         await warm(state, executor)
-        started = time.monotonic()
-        (result,) = await state.parallel_execute(
-            [functools.partial(support.sleep_then_touch, str(marker), 1.5)],
-            executor=executor,
-            member_timeout=0.5 if isinstance(executor, RayExecutor) else 0.3,
-        )
-        waited = time.monotonic() - started
-    assert result.status is ResultStatus.TIMED_OUT and waited < 1.4
-    pid = pid_of(marker)
-    assert await eventually(lambda: not alive(pid)), "the worker running it still runs"
-    await asyncio.sleep(1.6 - (time.monotonic() - started))
-    assert not marker.exists()  # the work never finished anywhere
+        async with state.parallel(max_workers=2, executor=executor, quorum=2) as p:
+            p.add(functools.partial(support.sleep_then_touch, str(marker), 1.5))
+            for n in range(2):
+                p.add(functools.partial(support.span, n))
+            results = await p.gather()
+    assert [r.status for r in results] == [
+        ResultStatus.CANCELLED,
+        ResultStatus.COMPLETED,
+        ResultStatus.COMPLETED,
+    ]
+    if started(marker):  # (else it was still on its way to a worker: it never ran)
+        pid = pid_of(marker)
+        assert await eventually(lambda: not alive(pid)), "the worker running it still runs"
 
 
 async def test_fail_fast_cancels_the_remote_work_of_the_others(
