@@ -112,19 +112,36 @@ class OpenAIChat:
         self.max_tokens = max_tokens
         self._client: AsyncOpenAI | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._making: asyncio.Future[AsyncOpenAI] | None = None
 
-    def client(self) -> AsyncOpenAI:
+    async def client(self) -> AsyncOpenAI:
+        """The client of the running loop (an httpx pool belongs to one loop; a new loop, a
+        new test say, gets a new client). Made in a worker thread, once per loop: making one
+        loads the TLS certificates, tens of milliseconds that would hold the event loop."""
         loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            # An httpx pool belongs to one loop; a new loop (a new test) gets a new client.
-            self._client = self._openai.AsyncOpenAI(
-                base_url=self.base_url,
-                api_key=self.api_key,
-                timeout=self.timeout,
-                max_retries=0,
-            )
-            self._loop = loop
-        return self._client
+        client = self._client
+        if client is not None and self._loop is loop:
+            return client
+        making = self._making
+        if (
+            making is None
+            or making.get_loop() is not loop
+            or (making.done() and (making.cancelled() or making.exception() is not None))
+        ):
+            making = self._making = asyncio.ensure_future(asyncio.to_thread(self._new_client))
+        client = await asyncio.shield(making)
+        if self._making is making:
+            self._client, self._loop, self._making = client, loop, None
+        return client
+
+    def _new_client(self) -> AsyncOpenAI:
+        client: AsyncOpenAI = self._openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            max_retries=0,
+        )
+        return client
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -139,7 +156,8 @@ class OpenAIChat:
         if self.max_tokens is not None:
             options["max_tokens"] = self.max_tokens
         try:
-            completion = await self.client().chat.completions.create(
+            client = await self.client()
+            completion = await client.chat.completions.create(
                 model=self.model, messages=input.as_messages(), **options
             )
         except openai.RateLimitError as exc:
