@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from pydantic import BaseModel
 
 from rh_agents import BatchMode, DependencyError, ExecutionEvent, ExecutionState, Tool
 from rh_agents.core.parallel import ParallelExecutionManager
-from rh_agents.errors import ConfigurationError, GroupClosedError
+from rh_agents.errors import ConfigurationError, GroupClosedError, UnusedGroupWarning
 
 pytestmark = pytest.mark.asyncio
 
@@ -282,6 +283,10 @@ async def test_batch_mode_is_checked_with_the_other_options() -> None:
     state = ExecutionState()
     with pytest.raises(ConfigurationError, match="unknown batch_mode 'list'; use one of GATHER"):
         state.parallel(batch_mode="list")
-    assert state.parallel(batch_mode="STREAM").batch_mode is BatchMode.STREAM
+    group = state.parallel(batch_mode="STREAM")
+    assert group.batch_mode is BatchMode.STREAM
+    with pytest.warns(UnusedGroupWarning, match="never run"):
+        del group  # never run
+        gc.collect()
     with pytest.raises(ConfigurationError, match="keyed by their names"):
         await state.parallel().execute_parallel({1: asyncio.sleep(0)})  # type: ignore[dict-item]

@@ -90,7 +90,7 @@ async def test_the_printers_last_lines_come_before_the_programs_next_print() -> 
     console = Console(file=out, width=100, force_terminal=False)
     bus = EventBus()
     bus.subscribe(ParallelEventPrinter(console=console, parallel_mode="progress"))
-    state = ExecutionState(event_bus=bus)
+    state = ExecutionState(event_bus=bus, watchdog=None)  # (no resource line in the summary)
     async with state.parallel(name="docs") as p:
         p.add(value(1))
     console.print("next line of the program")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 
 import pytest
 
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ErrorStrategy, ParallelExecutionManager, RetryPolicy
 from rh_agents.core.parallel.options import GroupOptions
-from rh_agents.errors import ConfigurationError
+from rh_agents.errors import ConfigurationError, UnusedGroupWarning
 from rh_agents.resilience import AdaptiveLimit
 
 
@@ -51,3 +52,7 @@ def test_a_manager_takes_its_options_or_its_settings_not_both() -> None:
     assert by_settings.options == GroupOptions.of(max_workers=4)
     with pytest.raises(ConfigurationError, match="not both"):
         ParallelExecutionManager(state, options, max_workers=3)
+    # Neither ever ran: dropped, each says so.
+    with pytest.warns(UnusedGroupWarning, match="was made and never run"):
+        del manager, by_settings
+        gc.collect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from rh_agents.errors import (
     InvalidMemberError,
     MemberCancelledError,
     ParallelTimeoutError,
+    UnusedGroupWarning,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -52,6 +54,9 @@ async def test_collect_all_is_fail_slow() -> None:
     state = ExecutionState()
     group = state.parallel(error_strategy="FAIL_FAST")  # a name works like the enum
     assert group.error_strategy is ErrorStrategy.FAIL_FAST
+    with pytest.warns(UnusedGroupWarning, match="never run"):
+        del group  # never run
+        gc.collect()
 
 
 async def test_fail_fast_cancels_rest_and_reraises_first() -> None:

@@ -167,7 +167,7 @@ async def _nested_failures(printer: Callable[..., None]) -> None:
     """A group of two members that succeed, each after a nested group with one failure."""
     bus = EventBus()
     bus.subscribe(printer)
-    state = ExecutionState(event_bus=bus, clock=FrozenClock())
+    state = ExecutionState(event_bus=bus, clock=FrozenClock(), watchdog=None)  # exact text
 
     async def ok() -> int:
         return 1
@@ -357,7 +357,7 @@ def test_refresh_rate_is_bounded() -> None:
 async def _real_group(printer: Callable[..., None]) -> None:
     bus = EventBus()
     bus.subscribe(printer)
-    state = ExecutionState(event_bus=bus, clock=FrozenClock())
+    state = ExecutionState(event_bus=bus, clock=FrozenClock(), watchdog=None)  # exact text
 
     async def ok() -> int:
         return 1
@@ -546,7 +546,7 @@ async def test_the_bus_hands_the_printer_its_records_in_batches() -> None:
     bus = EventBus()
     subscription = bus.subscribe(printer)
     assert subscription._batch is not None  # fed through handle_batch
-    state = ExecutionState(event_bus=bus, clock=FrozenClock())
+    state = ExecutionState(event_bus=bus, clock=FrozenClock(), watchdog=None)  # exact text
 
     async def fails() -> None:
         raise ValueError("nope")
@@ -574,7 +574,7 @@ async def test_a_tagged_call_shows_its_tag_and_its_actor() -> None:
     printer, out = plain_printer("realtime", show_summary=False)
     bus = EventBus()
     bus.subscribe(printer)
-    state = ExecutionState(event_bus=bus, clock=FrozenClock())
+    state = ExecutionState(event_bus=bus, clock=FrozenClock(), watchdog=None)  # exact text
 
     async def count(input: Doc, context: str, state: ExecutionState) -> int:
         if input.text == "bad":

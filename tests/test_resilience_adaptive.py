@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
-from rh_agents.errors import ConfigurationError, RateLimitedError
+from rh_agents.errors import ConfigurationError, RateLimitedError, UnusedGroupWarning
 from rh_agents.integrations.openai_llm import OpenAIChat, openai_llm
 from rh_agents.resilience import AdaptiveLimit, RetryPolicy
 from rh_agents.resilience.signals import is_overload
@@ -81,6 +82,9 @@ def test_validation_and_auto() -> None:
     assert isinstance(group.adaptive_limit, AdaptiveLimit)
     with pytest.raises(ConfigurationError, match="auto"):
         state.parallel(max_workers="fast")
+    with pytest.warns(UnusedGroupWarning, match="never run"):
+        del group  # never run
+        gc.collect()
 
 
 def test_overload_signals() -> None:

@@ -27,7 +27,13 @@ also derive from ``ValueError`` or ``TypeError`` (and a closed group's error fro
      ├── RetryPolicyError (ValueError)         a policy asked to re-run something that cannot re-run
      ├── RHAgentsWarning (RuntimeWarning)      a warning: the run went on, but you should know
      │    ├── SubscriberShutdownWarning        a subscriber still busy at the bus's close: cancelled
-     │    └── CheckpointWarning                a checkpoint write failed; it is kept and tried again
+     │    ├── CheckpointWarning                a checkpoint write failed; it is kept and tried again
+     │    ├── LoopBlockedWarning               a member held the event loop without awaiting
+     │    ├── SequentialGroupWarning           a group's members never awaited: they ran one by one
+     │    ├── UnusedGroupWarning               a group never run, or run and never gathered nor left
+     │    ├── UnawaitedCallWarning             an event call made and never awaited nor added
+     │    ├── OversizedGroupWarning            max_workers far above the members a group ran
+     │    └── CoroutineResultWarning           a member returned a coroutine instead of awaiting it
      └── RecoveryError                         state backends, checkpoints and replay
           ├── UnknownRunError (KeyError)
           ├── InvalidRunIdError (ValueError)   a run id that breaks the rule (recovery.run_ids)
@@ -39,7 +45,10 @@ Each message says what was wrong and what to do about it.
 
 The warnings are issued with ``warnings.warn`` (never raised by the library itself). Each is a
 ``RuntimeWarning``, so ``-W error::RuntimeWarning`` turns them into errors, and an
-``RHAgentsError`` too, so such an error is still caught with the library's own.
+``RHAgentsError`` too, so such an error is still caught with the library's own. Filter them by
+class (``warnings.filterwarnings("ignore", category=OversizedGroupWarning)``); the ones about
+a run (from ``LoopBlockedWarning`` on) are also published on the bus as ``RunWarning`` records,
+with the address they are about and what to do (see ``docs/warnings.md``).
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ __all__ = [
     "CheckpointWarning",
     "CircuitOpenError",
     "ConfigurationError",
+    "CoroutineResultWarning",
     "CorruptStateError",
     "DependencyError",
     "DuplicateMemberError",
@@ -65,10 +75,12 @@ __all__ = [
     "GroupFailedError",
     "InvalidMemberError",
     "InvalidRunIdError",
+    "LoopBlockedWarning",
     "MemberCancelledError",
     "MemberFailedError",
     "MemberSkippedError",
     "MissingDependencyError",
+    "OversizedGroupWarning",
     "ParallelError",
     "ParallelTimeoutError",
     "RHAgentsError",
@@ -79,8 +91,11 @@ __all__ = [
     "ResultSchemaError",
     "RetryPolicyError",
     "RunLockedError",
+    "SequentialGroupWarning",
     "SubscriberShutdownWarning",
+    "UnawaitedCallWarning",
     "UnknownRunError",
+    "UnusedGroupWarning",
 ]
 
 
@@ -283,6 +298,47 @@ class CheckpointWarning(RHAgentsWarning):
     """A checkpoint write failed. The checkpoints are kept in memory and written with the next
     write; the event calls are not failed. If they still cannot be written when the run ends,
     leaving the run raises a ``RecoveryError``."""
+
+
+class LoopBlockedWarning(RHAgentsWarning):
+    """A member held the event loop for longer than ``Watchdog.block_threshold`` (100 ms by
+    default) without awaiting: a blocking call (``time.sleep``, ``requests``, a big
+    computation) inside an ``async`` member. Nothing else ran meanwhile, not even the other
+    members of its group. Make the call async, or run it in a thread with
+    ``await asyncio.to_thread(fn, ...)`` (or in an executor: ``loop.run_in_executor``)."""
+
+
+class SequentialGroupWarning(RHAgentsWarning):
+    """A group with ``max_workers > 1`` whose members held the event loop for most of its
+    time (at least ``Watchdog.sequential_threshold``, 0.5 s by default) without awaiting:
+    each member ran from start to end before the next one began, so the group ran them one
+    at a time. Await their I/O, or move their blocking or CPU work to threads
+    (``asyncio.to_thread``) or processes."""
+
+
+class UnusedGroupWarning(RHAgentsWarning):
+    """A group that never ran (made with ``state.parallel(...)`` but never entered with
+    ``async with`` nor given to ``execute_parallel``), or one entered by hand
+    (``await p.__aenter__()``) whose members were added but never gathered nor left: its
+    results were never read and its end never published. Use ``async with``."""
+
+
+class UnawaitedCallWarning(RHAgentsWarning):
+    """An event call (``event(input, context, state)``) was made and dropped without being
+    awaited or added to a group, so its actor never ran: ``await`` it, or ``p.add()`` it."""
+
+
+class OversizedGroupWarning(RHAgentsWarning):
+    """A group finished with ``max_workers`` at least 50 and over ten times its number of
+    members: the limit never came into play. If it was meant to bound the whole run, set
+    ``global_max_workers=`` on the ``ExecutionState``; otherwise size it to the members
+    expected (or filter this warning when the size varies)."""
+
+
+class CoroutineResultWarning(RHAgentsWarning):
+    """A member's result is itself a coroutine or an event call: the member returned one
+    without awaiting it (``return fetch(url)`` for ``return await fetch(url)``), so that work
+    never ran."""
 
 
 class RecoveryError(RHAgentsError):

@@ -72,6 +72,7 @@ from rh_agents.core.records import (
     MemberFinished,
     MemberStarted,
     RunInterrupted,
+    RunWarning,
     is_member_call,
 )
 from rh_agents.errors import ConfigurationError
@@ -210,6 +211,7 @@ class ParallelEventPrinter(EventPrinter):
             EventRetrying: self._retrying,
             CircuitStateChanged: self._circuit_changed,
             RunInterrupted: self._run_interrupted,
+            RunWarning: self._run_warning,
         }
         # Whether a replayed member call was seen (a resumed run): only then do fresh calls
         # need checking against the members marked as replayed.
@@ -484,6 +486,7 @@ class ParallelEventPrinter(EventPrinter):
         view.cancelled = record.cancelled
         view.skipped = record.skipped
         view.running.clear()
+        view.resources = record.resources
         if record.status == "cancelled" and interrupt_requested():
             view.interrupted = True
         mode = self._mode
@@ -594,6 +597,11 @@ class ParallelEventPrinter(EventPrinter):
             self._line(line, 0)  # never wrapped: a command to copy
         self.flush()
 
+    def _run_warning(self, record: RunWarning) -> None:
+        # Rare and important: shown in every mode, where it happens.
+        hint = f". {record.hint}" if record.hint else ""
+        self._line(f"⚠ {record.message}{hint}", 0, hang=2)
+
     def _circuit_changed(self, record: CircuitStateChanged) -> None:
         # Rare and important: shown in every mode.
         self._line(
@@ -689,6 +697,9 @@ class ParallelEventPrinter(EventPrinter):
         lines = summary_lines(summary, indent=self.indent)
         pad = " " * (self.indent * root.level)
         below = pad + " " * (self.indent + 2)
+        usage = root.resources
+        if usage is not None and usage.samples:  # measured while it ran (see ResourceUsage)
+            lines.append(" " * (self.indent + 2) + "resources: " + usage.describe())
         return [
             *(pad + line for line in lines),
             # Where every call of the group (nested ones too) is kept, as code to paste.

@@ -43,6 +43,7 @@ from rh_agents.core.records import (
     GroupStarted,
     MemberFinished,
     RunInterrupted,
+    RunWarning,
     is_member_call,
 )
 
@@ -195,6 +196,9 @@ class EventPrinter:
                     + "[/yellow]"
                     + "".join("\n" + escape(line) for line in lines[1:])
                 )
+            case RunWarning():
+                hint = f". {escape(record.hint)}" if record.hint else ""
+                return f"[yellow]⚠ {escape(record.message)}[/yellow]{hint}"
             case CircuitStateChanged():
                 return (
                     f"{pad}⚡ circuit {escape(record.key)}: {record.old_state} → {record.new_state}"

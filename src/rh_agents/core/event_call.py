@@ -10,7 +10,8 @@ attributes rather than a coroutine's frame::
     result = await call                  # runs it, once
 
 Nothing runs until it is awaited (or sent into by a task). A call that is dropped without
-ever being awaited warns, as a coroutine does ("was never awaited"); ``close()`` drops it
+ever being awaited warns, as a coroutine does ("was never awaited", an
+``UnawaitedCallWarning``, with a ``RunWarning`` on the state's bus); ``close()`` drops it
 quietly. Awaiting it a second time is an error, as it is for a coroutine.
 """
 
@@ -19,6 +20,9 @@ from __future__ import annotations
 import warnings
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from rh_agents.core.advice import publish_soon, run_warning
+from rh_agents.errors import UnawaitedCallWarning
 
 if TYPE_CHECKING:
     from rh_agents.core.events import ExecutionEvent
@@ -94,10 +98,22 @@ class EventCall(Coroutine[Any, Any, "ExecutionResult[OutT]"], Generic[OutT]):
     def __del__(self) -> None:
         if self._running is None:
             # As for a coroutine: a call made and dropped is almost always a missing await.
+            message = f"a call of {self.event.actor.name!r} was never awaited, so it never ran"
+            hint = "Await it, or add it to a group (p.add(call))"
+            state = self.state
+            publish_soon(
+                state.event_bus,
+                run_warning(
+                    UnawaitedCallWarning,
+                    message,
+                    hint,
+                    address=self.event.tag or self.event.actor.name,
+                    timestamp=state.clock.now(),
+                ),
+            )
             warnings.warn(
-                f"a call of {self.event.actor.name!r} was never awaited (await it, or add "
-                "it to a group)",
-                RuntimeWarning,
+                f"{message} ({hint.lower()})",
+                UnawaitedCallWarning,
                 stacklevel=1,
                 source=self,
             )

@@ -33,12 +33,14 @@ from rh_agents.core.context import Frame
 from rh_agents.core.history import ExecutionHistory
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.parallel.manager import ParallelExecutionManager
+from rh_agents.core.parallel.metrics import ResourceUsage
 from rh_agents.core.parallel.options import GroupOptions, check_policy
 from rh_agents.core.parallel.slots import SlotArbiter
 from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
 from rh_agents.core.records import RunInterrupted
 from rh_agents.core.results import ExecutionResult
 from rh_agents.core.threads import ThreadRunner
+from rh_agents.core.watchdog import RunResources, Watchdog
 from rh_agents.resilience.adaptive import AdaptiveLimit
 from rh_agents.resilience.breaker import BreakerRegistry, CircuitBreaker
 from rh_agents.resilience.rate_limit import RateLimit, RateLimiterRegistry
@@ -60,7 +62,10 @@ class ExecutionState:
     ``global_max_workers`` caps the members running at once over every group of this state
     (a member waiting on its own nested group lends its slot, so nesting never deadlocks).
     ``max_threads`` caps the worker threads running synchronous handlers at once (default
-    ``min(32, cpus + 4)``; see ``rh_agents.core.threads``).
+    ``min(32, cpus + 4)``; see ``rh_agents.core.threads``). ``watchdog`` says what to warn
+    about while groups run (a member holding the event loop, members that never await) and
+    measures what they use (``resource_usage()``); ``None`` turns it off (see
+    ``rh_agents.core.watchdog``).
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class ExecutionState:
         cache: hooks.ResultCache | None = None,
         rate_limit: RateLimit | None = None,
         max_threads: int | None = None,
+        watchdog: Watchdog | None = Watchdog(),
     ) -> None:
         self.event_bus = event_bus if event_bus is not None else EventBus()
         self.clock: Clock = clock if clock is not None else SystemClock()
@@ -101,6 +107,15 @@ class ExecutionState:
         self.root_frame = Frame(self, "")
         self.replay_publishes = False
         self.internal_errors: list[BaseException] = []
+        if watchdog is not None and not isinstance(watchdog, Watchdog):
+            from rh_agents.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"watchdog must be a Watchdog (rh_agents.core.watchdog) or None, got {watchdog!r}"
+            )
+        self.watchdog = watchdog
+        # What the run's outermost groups used (resource_usage()), filled as each one ends.
+        self.run_resources = RunResources()
         # Recovery and cache (rh_agents.recovery): checkpoints by address, replay, reuse.
         self.cache = cache
         self.recovery = recovery
@@ -118,6 +133,12 @@ class ExecutionState:
         extra = {key: options.pop(key) for key in keys if key in options}
         recovery = hooks.resume_factory()(backend, **extra)
         return cls(run_id=run_id, recovery=recovery, **options)
+
+    def resource_usage(self) -> ResourceUsage | None:
+        """What the process used while this run's groups ran (its outermost groups, so far):
+        the first group's start, the highest peaks, the event loop's lag over all of them.
+        ``None`` before a group ended, or without a watchdog."""
+        return self.run_resources.usage()
 
     async def save_checkpoint(self) -> None:
         """Write pending checkpoints now (a no-op without recovery)."""

@@ -38,6 +38,7 @@ __all__ = [
     "MemberFinished",
     "MemberStarted",
     "RunInterrupted",
+    "RunWarning",
     "is_member_call",
 ]
 
@@ -257,7 +258,8 @@ class MemberFinished(BusEvent):
 
 @dataclass(slots=True, kw_only=True)
 class GroupCompleted(BusEvent):
-    """A group finished. ``status`` is a ``GroupStatus`` value; ``metrics`` a frozen snapshot.
+    """A group finished. ``status`` is a ``GroupStatus`` value; ``metrics`` a frozen snapshot;
+    ``resources`` what the process used while it ran (also in ``metrics.resources``).
 
     The snapshot is taken when ``metrics`` is first read (the group is over, so it is the same
     whenever it is read): building it costs more than the rest of the record, and most
@@ -276,6 +278,7 @@ class GroupCompleted(BusEvent):
     timed_out: int
     wall_time: float
     metrics_source: Any = field(default=None, compare=False, repr=False)
+    resources_source: Any = field(default=None, compare=False, repr=False)
 
     @property
     def metrics(self) -> Any:
@@ -283,6 +286,15 @@ class GroupCompleted(BusEvent):
         source = self.metrics_source
         if callable(source):
             source = self.metrics_source = source()
+        return source
+
+    @property
+    def resources(self) -> Any:
+        """What the process used while the group ran, a ``ResourceUsage`` (peak memory, open
+        files, the loop's lag); ``None`` when nothing watched the group."""
+        source = self.resources_source
+        if callable(source):
+            source = self.resources_source = source()
         return source
 
 
@@ -314,6 +326,22 @@ class RunInterrupted(BusEvent):
     kind: str = "run.interrupted"
     run_id: str | None = None
     resume: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RunWarning(BusEvent):
+    """Something in the run deserves attention, though it went on: the record of a warning
+    that is also issued with ``warnings.warn`` (see ``rh_agents.errors``).
+
+    ``category`` is the warning's class name (``"LoopBlockedWarning"``), ``message`` what
+    happened, naming the member or group at ``address``, and ``hint`` what to do about it.
+    Inside a group, ``group_id`` and ``parallel_index`` say where, as for other records.
+    """
+
+    kind: str = "run.warning"
+    category: str
+    message: str
+    hint: str = ""
 
 
 # --- resilience events ----------------------------------------------------------------------

@@ -21,8 +21,10 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
+
+from rh_agents.core.parallel.metrics import ResourceUsage
 
 if TYPE_CHECKING:
     from rh_agents.observability.timeline import MemberBar, Timeline, TimelineGroup
@@ -655,6 +657,10 @@ class _Page:
         if self.timed and self.timeline.groups:
             text += f"; {_fmt(self.layout.end - self.layout.origin)} from first start to last end"
         lines = [_esc(text + ".")]
+        usage = ResourceUsage.merge(getattr(g.metrics, "resources", None) for g in roots)
+        if usage is not None and usage.describe():
+            # The run's figures: over its outermost groups (nested ones ran inside them).
+            lines.append(_esc(f"While it ran: {usage.describe()}."))
         nested = [g for g, depth in tree.walk() if depth > 0]
         if nested:
             inside = sum(len(g.members) for g in nested)
@@ -681,7 +687,9 @@ class _Page:
         header = (
             '<tr><th class="name">group</th><th>members</th><th>ok</th><th>failed</th>'
             "<th>wait p50</th><th>wait p95</th><th>run p50</th><th>run p95</th>"
-            "<th>run max</th><th>wall</th><th>peak workers</th><th>efficiency</th></tr>"
+            "<th>run max</th><th>wall</th><th>peak workers</th><th>efficiency</th>"
+            "<th>peak memory</th><th>open files</th><th>loop lag p95</th><th>loop lag max</th>"
+            "</tr>"
         )
         rows = []
         parents = self.timeline._parents()
@@ -700,7 +708,7 @@ class _Page:
                 f"<td>{_fmt(m.run_time.p50)}</td><td>{_fmt(m.run_time.p95)}</td>"
                 f"<td>{_fmt(m.run_time.max)}</td><td>{_fmt(m.wall_time)}</td>"
                 f"<td>{m.concurrency_high_water} / {m.max_workers}</td>"
-                f"<td>{m.efficiency:.0%}</td></tr>"
+                f"<td>{m.efficiency:.0%}</td>{_resource_cells(getattr(m, 'resources', None))}</tr>"
             )
         if not rows:
             return ""
@@ -709,6 +717,20 @@ class _Page:
             f"({_plural(len(rows), 'group', 'groups')})</summary>"
             f"<table>{header}{''.join(rows)}</table></details>"
         )
+
+
+def _resource_cells(usage: Any) -> str:
+    """The resource columns of a group's row (blank when nothing was measured)."""
+    if usage is None:
+        return "<td></td>" * 4
+    peak = "" if usage.rss_peak is None else f"{usage.rss_peak / 2**20:.0f} MiB"
+    growth = usage.rss_growth
+    if peak and growth is not None:
+        peak += f" ({'+' if growth >= 0 else ''}{growth / 2**20:.0f})"
+    files = "" if usage.fds_peak is None else str(usage.fds_peak)
+    lag = usage.loop_lag
+    p95, worst = (_fmt(lag.p95), _fmt(lag.max)) if lag.count else ("", "")
+    return f"<td>{peak}</td><td>{files}</td><td>{p95}</td><td>{worst}</td>"
 
 
 def render_html(timeline: Timeline, *, chart_width: float | None = None) -> str:

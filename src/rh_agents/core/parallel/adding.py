@@ -84,6 +84,7 @@ class _Adding:
         _state: ExecutionState
         _now: Callable[[], float]
         _entered: bool
+        _used: bool
         _sealed: bool
         _retain: bool
         _members: dict[int, Member]
@@ -311,6 +312,7 @@ class _Adding:
 
     def _check_can_add(self) -> None:
         if not self._entered:
+            self._used = True  # (told now: no UnusedGroupWarning later)
             raise GroupClosedError(
                 "add() needs an open group: use 'async with state.parallel(...) as p:'"
             )

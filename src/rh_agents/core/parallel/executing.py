@@ -57,6 +57,7 @@ class _Executing:
         # Fields of ParallelExecutionManager (see its __init__) and the sibling methods used.
         options: GroupOptions
         _entered: bool
+        _used: bool
         _sealed: bool
 
         def add_many(self, entries: Iterable[tuple[Any, ...]]) -> list[int]: ...
@@ -119,6 +120,7 @@ class _Executing:
         dependencies: Mapping[Any, Iterable[Any]] | None,
     ) -> _Batch:
         """``events`` and ``dependencies``, checked now (nothing is added yet)."""
+        self._used = True  # whatever happens next, the group was not forgotten
         if isinstance(events, Mapping):
             keys = list(events)
             sources = [events[key] for key in keys]

@@ -44,12 +44,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.parallel.adding import _Adding
+from rh_agents.core.parallel.advising import _Advising
 from rh_agents.core.parallel.executing import _Executing
 from rh_agents.core.parallel.gathering import _Gathering
 from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
 from rh_agents.core.parallel.lazy_source import LazySource
 from rh_agents.core.parallel.member import Member
-from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder
+from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder, ResourceUsage
 from rh_agents.core.parallel.options import GroupOptions
 from rh_agents.core.parallel.ready import ReadyQueue
 from rh_agents.core.parallel.running import _MemberRunning
@@ -59,6 +60,7 @@ from rh_agents.core.parallel.stopping import _Stopping
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.records import GroupCompleted, GroupStarted, MemberFinished
 from rh_agents.core.results import ExecutionResult, ResultStatus
+from rh_agents.core.watchdog import Window, open_window
 from rh_agents.errors import ConfigurationError, GroupClosedError
 from rh_agents.resilience.adaptive import AdaptiveLimit
 
@@ -72,7 +74,7 @@ T = TypeVar("T")
 
 
 class ParallelExecutionManager(
-    _Adding, _Scheduler, _MemberRunning, _Stopping, _Gathering[T], _Executing
+    _Adding, _Scheduler, _MemberRunning, _Stopping, _Gathering[T], _Executing, _Advising
 ):
     """An async context manager running members concurrently; see the module docstring.
 
@@ -145,7 +147,9 @@ class ParallelExecutionManager(
         "_trigger",
         "_unretained",
         "_unstarted",
+        "_used",
         "_wall_time",
+        "_window",
         "_workers",
         "circuit_breaker",
         "error_strategy",
@@ -200,6 +204,7 @@ class ParallelExecutionManager(
         self._end_time: float | None = None
         self.group_id = ""
         self._entered = False
+        self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
         self._plain = False  # set on entry: no policy applies, members run directly
         self._parent_frame: Frame | None = None
@@ -207,6 +212,9 @@ class ParallelExecutionManager(
         self._wall_time: float | None = None
         self._final_limit: int | None = None  # the limit when the group ended
         self._timeout_handle: asyncio.TimerHandle | None = None  # cancelled by _finalize
+        # What the watchdog sees while the group runs (see rh_agents.core.watchdog); its
+        # thread reads _running_member to tell which member holds the loop.
+        self._window: Window | None = None
         # The context of the task that opened the block: each worker runs in a copy of it.
         self._context = contextvars.copy_context()
 
@@ -304,6 +312,9 @@ class ParallelExecutionManager(
         loop = asyncio.get_running_loop()
         if self.timeout is not None:
             self._timeout_handle = loop.call_later(self.timeout, self._on_group_timeout)
+        watchdog = state.watchdog
+        if watchdog is not None:
+            self._window = open_window(self, watchdog)
         bus = state.event_bus
         if bus.has_listeners:
             bus.publish(
@@ -368,6 +379,11 @@ class ParallelExecutionManager(
             )
         self._status = status
         self._end_time = now
+        window = self._window
+        if window is not None:
+            window.close()
+            if self._parent_frame is None or self._parent_frame.group_id is None:
+                state.run_resources.add(window)  # an outermost group: part of the run's figures
         bus = state.event_bus
         if bus.has_listeners:
             parent = self._parent_frame
@@ -388,8 +404,11 @@ class ParallelExecutionManager(
                     timed_out=self._timed_out,
                     wall_time=self._wall_time,
                     metrics_source=self.metrics,  # a snapshot only if someone reads it
+                    resources_source=self.resource_usage if window is not None else None,
                 )
             )
+        # Last: a warning made an error (-W error) must find the group already ended.
+        self._advise_after_run()
 
     # --- introspection -------------------------------------------------------------------------
 
@@ -482,7 +501,17 @@ class ParallelExecutionManager(
     # --- observability: metrics snapshot ---------------------------------------------------
 
     def metrics(self) -> GroupMetrics:
-        """A frozen ``GroupMetrics`` snapshot (counts, percentiles, throughput, efficiency)."""
+        """A frozen ``GroupMetrics`` snapshot (counts, percentiles, throughput, efficiency,
+        and the resources the group used)."""
         # Once the group is over, the limit it ran under (an adaptive one moves on).
         limit = self._final_limit if self._final_limit is not None else self._limit
-        return self._metrics.snapshot(self.statistics(), max_workers=limit)
+        return self._metrics.snapshot(
+            self.statistics(), max_workers=limit, resources=self.resource_usage()
+        )
+
+    def resource_usage(self) -> ResourceUsage | None:
+        """What the process used while the group ran (so far, while it runs): peak resident
+        memory, open files, the event loop's lag; ``None`` when nothing watched it (the
+        state's ``watchdog=None``, or a loop on virtual time). See ``ResourceUsage``."""
+        window = self._window
+        return window.usage() if window is not None else None

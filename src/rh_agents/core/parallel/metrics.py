@@ -26,7 +26,7 @@ import math
 import random
 from array import array
 from collections.abc import Iterable
-from dataclasses import FrozenInstanceError, dataclass
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.errors import CircuitOpenError
@@ -43,6 +43,7 @@ __all__ = [
     "GroupMetrics",
     "MetricsRecorder",
     "ReservoirSchedule",
+    "ResourceUsage",
     "percentile",
 ]
 
@@ -289,20 +290,135 @@ class GroupMetrics:
     concurrency_high_water: int
     max_workers: int
     efficiency: float
+    resources: ResourceUsage | None = None
 
     @property
     def done(self) -> int:
         return self.succeeded + self.failed + self.cancelled + self.timed_out + self.skipped
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain values (for logs and JSON): distributions become nested dicts."""
+        """Plain values (for logs and JSON): distributions and resources become nested dicts."""
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            if isinstance(value, Distribution):
+            if isinstance(value, Distribution | ResourceUsage):
                 value = value.as_dict()
             out[name] = value
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUsage:
+    """What the process used while a group ran (``GroupMetrics.resources``,
+    ``GroupCompleted.resources``), or while a run's groups ran
+    (``ExecutionState.resource_usage()``), as the watchdog sampled it.
+
+    - ``rss_start`` / ``rss_peak``: resident memory (bytes) when it started, and the most
+      seen while it ran: the samples' resident size, or the process's own high-water mark
+      when that rose meanwhile (so a short spike between samples still counts);
+    - ``fds_start`` / ``fds_peak``: open file descriptors, at the start and at most;
+    - ``loop_lag``: how late the event loop ran a callback that was due (seconds), one value
+      per probe: ``p95`` and ``max`` say how long members kept it busy;
+    - ``samples``: the resource samples taken while it ran (about one per 50 ms; a group
+      shorter than that may have none: its figures are then the readings around it).
+
+    A figure the platform does not give is ``None`` (resident size on macOS, descriptors on
+    Windows). ``rss_growth`` and ``fds_growth`` are peak minus start.
+    """
+
+    rss_start: int | None
+    rss_peak: int | None
+    fds_start: int | None
+    fds_peak: int | None
+    loop_lag: Distribution
+    samples: int = 0
+    # The lag values kept (a bounded sample), so that usages can be merged exactly enough.
+    lag_sample: tuple[float, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def rss_growth(self) -> int | None:
+        if self.rss_peak is None or self.rss_start is None:
+            return None
+        return self.rss_peak - self.rss_start
+
+    @property
+    def fds_growth(self) -> int | None:
+        if self.fds_peak is None or self.fds_start is None:
+            return None
+        return self.fds_peak - self.fds_start
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (for logs and JSON)."""
+        return {
+            "rss_start": self.rss_start,
+            "rss_peak": self.rss_peak,
+            "rss_growth": self.rss_growth,
+            "fds_start": self.fds_start,
+            "fds_peak": self.fds_peak,
+            "fds_growth": self.fds_growth,
+            "loop_lag": self.loop_lag.as_dict(),
+            "samples": self.samples,
+        }
+
+    def describe(self) -> str:
+        """One line for people: ``peak memory 212 MiB (+200 MiB) · open files 108 at most
+        (+100) · event loop lag p95 2 ms, max 41 ms`` (what is unknown is left out)."""
+        parts = []
+        if self.rss_peak is not None:
+            growth = self.rss_growth
+            parts.append(
+                f"peak memory {_mib(self.rss_peak)}"
+                + (f" ({'+' if growth >= 0 else ''}{_mib(growth)})" if growth is not None else "")
+            )
+        if self.fds_peak is not None:
+            growth = self.fds_growth
+            parts.append(
+                f"open files {self.fds_peak} at most"
+                + (f" (+{growth})" if growth is not None and growth > 0 else "")
+            )
+        lag = self.loop_lag
+        if lag.count:
+            parts.append(f"event loop lag p95 {_ms(lag.p95)}, max {_ms(lag.max)}")
+        return " · ".join(parts)
+
+    @classmethod
+    def merge(cls, usages: Iterable[ResourceUsage | None]) -> ResourceUsage | None:
+        """One usage over several (a run's groups): the first start, the highest peaks, every
+        lag value (``None`` if there is none to merge)."""
+        known = [usage for usage in usages if usage is not None]
+        if not known:
+            return None
+        lags = Durations()
+        count = total = 0.0
+        worst = 0.0
+        for usage in known:
+            for value in usage.lag_sample:
+                lags.add(value)
+            count += usage.loop_lag.count
+            total += usage.loop_lag.total
+            worst = max(worst, usage.loop_lag.max)
+        return cls(
+            rss_start=known[0].rss_start,
+            rss_peak=_highest(usage.rss_peak for usage in known),
+            fds_start=known[0].fds_start,
+            fds_peak=_highest(usage.fds_peak for usage in known),
+            loop_lag=Distribution(int(count), max=worst, total=total, sample=lags.sample),
+            samples=sum(usage.samples for usage in known),
+            lag_sample=tuple(lags.sample),
+        )
+
+
+def _mib(count: int) -> str:
+    return f"{count / 2**20:.0f} MiB"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def _highest(values: Iterable[int | None]) -> int | None:
+    known = [value for value in values if value is not None]
+    return max(known) if known else None
 
 
 class MetricsRecorder:
@@ -361,7 +477,13 @@ class MetricsRecorder:
         if exc is not None and isinstance(exc, CircuitOpenError):
             self.breaker_rejections += 1
 
-    def snapshot(self, stats: GroupStatistics, *, max_workers: int) -> GroupMetrics:
+    def snapshot(
+        self,
+        stats: GroupStatistics,
+        *,
+        max_workers: int,
+        resources: ResourceUsage | None = None,
+    ) -> GroupMetrics:
         """Freeze the current state, with the group's counters from ``stats``."""
         run_time = self.run_times.distribution()
         wall_time = stats.wall_time
@@ -389,4 +511,5 @@ class MetricsRecorder:
             concurrency_high_water=stats.concurrency_high_water,
             max_workers=max_workers,
             efficiency=efficiency,
+            resources=resources,
         )

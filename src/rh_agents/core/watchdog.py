@@ -1,0 +1,518 @@
+"""The watchdog: what a run watches while its groups run, at no cost per member.
+
+While a group runs on an event loop, one thread of the process (``rh_agents watchdog``, a
+daemon; it sleeps while no group runs) does, every ``PROBE_EVERY`` seconds:
+
+- it sends the loop a probe (``loop.call_soon_threadsafe``) and measures how late the loop
+  runs it: the loop's lag, one value per probe for every group running then;
+- while the probe waits (something holds the loop), it looks every ``POLL`` seconds at the
+  task the loop is running and, through the running groups, at the member that task runs:
+  a member seen holding the loop longer than ``Watchdog.block_threshold`` is reported
+  (``LoopBlockedWarning``); shorter holds add up per group, for ``SequentialGroupWarning``;
+- every ``RESOURCES_EVERY`` seconds it reads the process's memory and open files
+  (``rh_agents.core.resources``).
+
+A group's ``Window`` collects what was seen while it ran; ``Window.usage()`` makes its
+``ResourceUsage`` (``GroupMetrics.resources``) when someone reads it. Members pay nothing:
+the thread reads the groups' own bookkeeping (which task runs which member), and the loop
+only runs one probe callback per ``PROBE_EVERY``. It watches loops on the real clock only (a
+test loop on virtual time would see every probe as instant or as hours late)::
+
+    state = ExecutionState(watchdog=Watchdog(block_threshold=0.25))   # or watchdog=None: off
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rh_agents.core.advice import run_warning
+from rh_agents.core.parallel.metrics import Durations, ResourceUsage
+from rh_agents.core.resources import ResourceSample, read_sample
+from rh_agents.errors import ConfigurationError, LoopBlockedWarning
+
+if TYPE_CHECKING:
+    from rh_agents.core.parallel.manager import ParallelExecutionManager
+    from rh_agents.core.parallel.member import Member
+
+__all__ = [
+    "POLL",
+    "PROBE_EVERY",
+    "RESOURCES_EVERY",
+    "LoopMonitor",
+    "RunResources",
+    "Watchdog",
+    "Window",
+    "blocked_text",
+    "open_window",
+]
+
+PROBE_EVERY = 0.025  # seconds between two probes of a loop
+POLL = 0.01  # seconds between two looks at a loop that holds a probe
+RESOURCES_EVERY = 0.05  # seconds between two readings of memory and open files
+LAG_SAMPLE = 2048  # lag values a group keeps (a uniform sample past that)
+
+logger = logging.getLogger("rh_agents")
+
+
+@dataclass(frozen=True, slots=True)
+class Watchdog:
+    """What the watchdog warns about (``ExecutionState(watchdog=...)``; ``None`` turns it off,
+    with the resource figures).
+
+    - ``block_threshold``: seconds a member may hold the event loop without awaiting before
+      a ``LoopBlockedWarning`` (measured to within ``POLL``, 10 ms);
+    - ``sequential_threshold``: a group with ``max_workers > 1`` whose members held the loop
+      for at least half of its time, and that took at least this long, gets a
+      ``SequentialGroupWarning``: its members ran one at a time.
+    """
+
+    block_threshold: float = 0.1
+    sequential_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        for label in ("block_threshold", "sequential_threshold"):
+            value = getattr(self, label)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigurationError(f"Watchdog {label} must be seconds > 0, got {value!r}")
+
+
+class Window:
+    """What the watchdog saw while one group ran. Touched on the event loop's thread only."""
+
+    __slots__ = (
+        "_usage",
+        "blocks",
+        "closed",
+        "fds_peak",
+        "fds_start",
+        "group",
+        "held",
+        "hwm_start",
+        "lags",
+        "monitor",
+        "opened",
+        "options",
+        "rss_peak",
+        "rss_start",
+        "samples",
+    )
+
+    def __init__(
+        self,
+        monitor: LoopMonitor,
+        manager: ParallelExecutionManager[Any],
+        options: Watchdog,
+        start: ResourceSample | None,
+    ) -> None:
+        self.monitor = monitor
+        # Weakly: a group dropped without ending (a bug its UnusedGroupWarning reports) must
+        # still be collected; its window then goes at the next probe.
+        self.group = weakref.ref(manager)
+        self.options = options
+        self.rss_start = self.rss_peak = start.rss if start is not None else None
+        self.hwm_start = start.rss_peak if start is not None else None
+        self.fds_start = self.fds_peak = start.fds if start is not None else None
+        self.samples = 0
+        self.lags = Durations(LAG_SAMPLE)
+        # Members seen holding the loop past the threshold: address -> [times, total, longest]
+        self.blocks: dict[str, list[float]] = {}
+        self.held = 0.0  # seconds the loop was seen held by this group's other members
+        self._usage: ResourceUsage | None = None
+        self.opened = time.perf_counter()
+        self.closed: float | None = None
+
+    def add_sample(self, sample: ResourceSample) -> None:
+        self.samples += 1
+        peak = self.rss_peak
+        rss = sample.rss
+        if rss is not None and (peak is None or rss > peak):
+            peak = rss
+        high = sample.rss_peak
+        if (
+            high is not None
+            and (self.hwm_start is None or high > self.hwm_start)
+            and (peak is None or high > peak)
+        ):
+            # The process's own high-water mark rose while the group ran: a spike between
+            # two samples still counts.
+            peak = high
+        self.rss_peak = peak
+        fds = sample.fds
+        if fds is not None and (self.fds_peak is None or fds > self.fds_peak):
+            self.fds_peak = fds
+
+    def close(self) -> None:
+        """The group ended: no more readings."""
+        self.closed = time.perf_counter()
+        self.monitor.windows.pop(self, None)
+
+    @property
+    def wall(self) -> float:
+        """Seconds (on the real clock) from the group's start to its end, or to now."""
+        end = self.closed if self.closed is not None else time.perf_counter()
+        return end - self.opened
+
+    def usage(self) -> ResourceUsage:
+        """This window's figures (made once the group ended, then kept)."""
+        usage = self._usage
+        if usage is not None:
+            return usage
+        lags = self.lags
+        usage = ResourceUsage(
+            rss_start=self.rss_start,
+            rss_peak=self.rss_peak,
+            fds_start=self.fds_start,
+            fds_peak=self.fds_peak,
+            loop_lag=lags.distribution(),
+            samples=self.samples,
+            lag_sample=tuple(lags.sample),
+        )
+        if self not in self.monitor.windows:
+            self._usage = usage
+        return usage
+
+
+class RunResources:
+    """A run's figures over its outermost groups (``ExecutionState.resource_usage()``)."""
+
+    __slots__ = ("fds_peak", "fds_start", "lags", "rss_peak", "rss_start", "samples", "seen")
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.rss_start: int | None = None
+        self.rss_peak: int | None = None
+        self.fds_start: int | None = None
+        self.fds_peak: int | None = None
+        self.samples = 0
+        self.lags = Durations(LAG_SAMPLE)
+
+    def add(self, window: Window) -> None:
+        if not self.seen:
+            self.seen = True
+            self.rss_start, self.fds_start = window.rss_start, window.fds_start
+        self.rss_peak = _most(self.rss_peak, window.rss_peak)
+        self.fds_peak = _most(self.fds_peak, window.fds_peak)
+        self.samples += window.samples
+        add = self.lags.add
+        for value in window.lags.sample:  # (a window's sample: every value, or a uniform part)
+            add(value)
+
+    def usage(self) -> ResourceUsage | None:
+        if not self.seen:
+            return None
+        return ResourceUsage(
+            rss_start=self.rss_start,
+            rss_peak=self.rss_peak,
+            fds_start=self.fds_start,
+            fds_peak=self.fds_peak,
+            loop_lag=self.lags.distribution(),
+            samples=self.samples,
+            lag_sample=tuple(self.lags.sample),
+        )
+
+
+def _most(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+# Seconds spent in the garbage collector so far (and when the running collection began): a
+# collection holds the loop too, but it is no member's doing, so a member's hold leaves it out.
+_gc_time = [0.0, 0.0]
+
+
+def _note_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_time[1] = time.perf_counter()
+    else:
+        _gc_time[0] += time.perf_counter() - _gc_time[1]
+
+
+class _Probe:
+    """One probe of a loop: sent at ``sent``; ``seen`` is what held the loop meanwhile, and
+    ``gc`` the collector's total time when it was sent."""
+
+    __slots__ = ("answered", "gc", "monitor", "sample", "seen", "sent")
+
+    def __init__(self, monitor: LoopMonitor, sample: ResourceSample | None) -> None:
+        self.monitor = monitor
+        self.sample = sample
+        self.answered = False
+        self.seen: list[tuple[Window, Member, float]] | None = []
+        self.gc = _gc_time[0]
+        self.sent = time.perf_counter()
+
+
+class LoopMonitor:
+    """The watchdog's side of one event loop: the windows of the groups running on it."""
+
+    __slots__ = ("__weakref__", "_loop", "latest", "windows")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)
+        # The running groups' windows, in the order they opened (a dict: O(1) removal).
+        self.windows: dict[Window, None] = {}
+        self.latest: ResourceSample | None = None
+
+    def open(self, manager: ParallelExecutionManager[Any], options: Watchdog) -> Window:
+        latest = self.latest
+        if latest is None or time.perf_counter() - latest.taken > 2 * RESOURCES_EVERY:
+            # The watchdog was asleep: a fresh start, read here (once per wake-up).
+            latest = self.latest = read_sample()
+        window = Window(self, manager, options, latest)
+        if _note_gc not in gc.callbacks:
+            gc.callbacks.append(_note_gc)
+        was_idle = not self.windows
+        self.windows[window] = None
+        if was_idle:
+            _WATCHDOG.activate(self)
+        return window
+
+    # --- called from the watchdog thread ----------------------------------------------------
+
+    def send(self, sample: ResourceSample | None) -> _Probe | None:
+        """Send a probe; ``None`` if the loop is gone."""
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            return None
+        probe = _Probe(self, sample)
+        try:
+            loop.call_soon_threadsafe(self._answer, probe)
+        except RuntimeError:  # closed meanwhile
+            return None
+        return probe
+
+    def look(self, probe: _Probe, elapsed: float) -> None:
+        """The probe still waits: note which member holds the loop (for ``elapsed`` s)."""
+        loop = self._loop()
+        seen = probe.seen
+        if loop is None or seen is None:
+            return
+        try:
+            task = asyncio.current_task(loop)
+        except RuntimeError:
+            return
+        if task is None:
+            return  # a callback, not a task: nobody's member
+        for window in list(self.windows):
+            group = window.group()
+            if group is None:
+                continue
+            member = group._running_member.get(task)
+            if member is not None:
+                seen.append((window, member, elapsed))
+                return
+
+    # --- called on the loop ----------------------------------------------------------------
+
+    def _answer(self, probe: _Probe) -> None:
+        lag = time.perf_counter() - probe.sent
+        probe.answered = True
+        seen, probe.seen = probe.seen, None
+        sample = probe.sample
+        if sample is not None:
+            self.latest = sample
+        gone = None
+        for window in self.windows:
+            if window.group() is None:
+                gone = [*(gone or ()), window]
+                continue
+            window.lags.add(lag)
+            if sample is not None:
+                window.add_sample(sample)
+        if gone:
+            for window in gone:
+                del self.windows[window]
+        if seen:
+            self._held(seen, lag, _gc_time[0] - probe.gc)
+
+    def _held(self, seen: list[tuple[Window, Member, float]], lag: float, gc: float) -> None:
+        """Share the time the loop was held (``lag``, of which ``gc`` seconds in the garbage
+        collector) among the members seen holding it."""
+        by_member: dict[tuple[Window, Member], float] = {}
+        for window, member, elapsed in seen:
+            key = (window, member)
+            by_member[key] = by_member.get(key, 0.0) + elapsed
+        if len(by_member) == 1:
+            # One member held it all along: the probe's own wait measures it best.
+            key = next(iter(by_member))
+            by_member[key] = max(by_member[key], lag)
+        # The collector's time is nobody's: each member's share of the hold leaves it out.
+        own = max(0.0, 1.0 - gc / lag) if lag > 0 else 1.0
+        for (window, member), seen_for in by_member.items():
+            held = seen_for * own
+            manager = window.group()
+            if manager is None or window not in self.windows:
+                continue  # its group ended meanwhile
+            if held < window.options.block_threshold:
+                window.held += held
+                continue
+            address = member.address or f"{manager.group_id}[{member.index}]"
+            block = window.blocks.get(address)
+            if block is not None:
+                block[0] += 1
+                block[1] += held
+                block[2] = max(block[2], held)
+                continue
+            window.blocks[address] = [1, held, held]
+            state = manager._state
+            bus = state.event_bus
+            if bus.has_listeners:
+                message, hint = blocked_text(address, manager.group_id, held, window.options)
+                bus.publish(
+                    run_warning(
+                        LoopBlockedWarning,
+                        message,
+                        hint,
+                        address=address,
+                        timestamp=state.clock.now(),
+                        group_id=manager.group_id,
+                        parallel_index=member.index,
+                    )
+                )
+
+
+def blocked_text(
+    address: str, group_id: str, held: float, options: Watchdog, times: int = 1
+) -> tuple[str, str]:
+    """The message and the hint of a ``LoopBlockedWarning``."""
+    how_long = _millis(held)
+    how_long = f"{times} times, the longest for {how_long}" if times > 1 else f"for {how_long}"
+    message = (
+        f"member {address} held the event loop {how_long} without awaiting (the threshold is "
+        f"{_millis(options.block_threshold)}): nothing else ran meanwhile, not even the other "
+        f"members of group {group_id!r}"
+    )
+    hint = (
+        "Make its blocking call async, or run it in a thread: "
+        "`await asyncio.to_thread(fn, *args)` (or an executor, `loop.run_in_executor`)"
+    )
+    return message, hint
+
+
+def _millis(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+class _Watchdog:
+    """The one watchdog thread of the process and the loops it watches."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._active: set[LoopMonitor] = set()
+        self._thread: threading.Thread | None = None
+        self._monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMonitor] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def monitor(self, loop: asyncio.AbstractEventLoop) -> LoopMonitor:
+        monitor = self._monitors.get(loop)
+        if monitor is None:
+            monitor = self._monitors[loop] = LoopMonitor(loop)
+        return monitor
+
+    def activate(self, monitor: LoopMonitor) -> None:
+        """``monitor`` has a group running: watch its loop (start the thread if need be)."""
+        with self._lock:
+            self._active.add(monitor)
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                thread = self._thread = threading.Thread(
+                    target=self._run, name="rh_agents watchdog", daemon=True
+                )
+                thread.start()
+            self._wake.set()
+
+    def _watched(self) -> list[LoopMonitor]:
+        with self._lock:
+            for monitor in [m for m in self._active if not m.windows]:
+                self._active.discard(monitor)
+            if not self._active:
+                self._wake.clear()
+            return list(self._active)
+
+    def _run(self) -> None:
+        next_sample = [0.0]
+        while True:
+            monitors = self._watched()
+            if not monitors:
+                self._wake.wait()
+                continue
+            try:
+                self._cycle(monitors, next_sample)
+            except Exception:  # never let the watchdog die of a bad reading
+                logger.exception("the watchdog failed a cycle; it goes on")
+                time.sleep(PROBE_EVERY)
+
+    def _cycle(self, monitors: list[LoopMonitor], next_sample: list[float]) -> None:
+        """Probe each loop once, look at the held ones until they answer, then rest.
+        ``next_sample`` holds when the next resource reading is due."""
+        started = time.perf_counter()
+        sample = None
+        if started >= next_sample[0]:
+            try:
+                sample = read_sample()
+            except Exception:  # a platform that refuses: no figures, still a watchdog
+                sample = None
+            next_sample[0] = started + RESOURCES_EVERY
+        probes: list[_Probe] = []
+        for monitor in monitors:
+            probe = monitor.send(sample)
+            if probe is None:
+                with self._lock:
+                    self._active.discard(monitor)
+            else:
+                probes.append(probe)
+        last = time.perf_counter()
+        while probes:
+            time.sleep(POLL)
+            now = time.perf_counter()
+            waiting = []
+            for probe in probes:
+                if probe.answered:
+                    continue
+                if not probe.monitor.windows:
+                    continue  # its groups ended (or its loop stopped): nothing to watch
+                probe.monitor.look(probe, now - last)
+                waiting.append(probe)
+            probes = waiting
+            last = now
+        rest = PROBE_EVERY - (time.perf_counter() - started)
+        if rest > 0:
+            time.sleep(rest)
+
+
+_WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    # A forked child has no watchdog thread: it starts its own when a group runs there.
+    os.register_at_fork(after_in_child=_WATCHDOG._reset)
+
+
+def _real_time(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` runs on the real clock (a loop on virtual time is not watched)."""
+    kind = type(loop)
+    return kind.time is asyncio.BaseEventLoop.time or kind.__module__.startswith("uvloop")
+
+
+def open_window(manager: ParallelExecutionManager[Any], options: Watchdog) -> Window | None:
+    """Start watching for ``manager``'s group (on the running loop); ``None`` when its loop
+    is not on the real clock."""
+    loop = asyncio.get_running_loop()
+    if not _real_time(loop):
+        return None
+    return _WATCHDOG.monitor(loop).open(manager, options)
