@@ -294,6 +294,7 @@ async def test_the_printers_show_a_warning_where_it_happens() -> None:
     with pytest.warns(LoopBlockedWarning):
         async with state.parallel(name="docs") as p:
             p.add(blocks(0.25))
+            p.add(awaits(0.3))  # the group goes on after the block
     await bus.drain()
     printer.close()
     lines = out.getvalue().splitlines()

@@ -85,7 +85,12 @@ class Watchdog:
 
 
 class Window:
-    """What the watchdog saw while one group ran. Touched on the event loop's thread only."""
+    """What the watchdog saw while one group ran.
+
+    The watchdog thread only appends to ``seen`` (which member held the loop, per look);
+    everything else is read and written on the event loop's thread, where ``settle()`` turns
+    what was seen into holds: per probe and member, the time it held the loop.
+    """
 
     __slots__ = (
         "_usage",
@@ -100,9 +105,11 @@ class Window:
         "monitor",
         "opened",
         "options",
+        "published",
         "rss_peak",
         "rss_start",
         "samples",
+        "seen",
     )
 
     def __init__(
@@ -122,8 +129,11 @@ class Window:
         self.fds_start = self.fds_peak = start.fds if start is not None else None
         self.samples = 0
         self.lags = Durations(LAG_SAMPLE)
+        # (probe number, member, seconds): appended by the watchdog thread, read by settle().
+        self.seen: list[tuple[int, Member, float]] = []
         # Members seen holding the loop past the threshold: address -> [times, total, longest]
         self.blocks: dict[str, list[float]] = {}
+        self.published: set[str] = set()  # the blocks whose RunWarning is out already
         self.held = 0.0  # seconds the loop was seen held by this group's other members
         self._usage: ResourceUsage | None = None
         self.opened = time.perf_counter()
@@ -149,10 +159,65 @@ class Window:
         if fds is not None and (self.fds_peak is None or fds > self.fds_peak):
             self.fds_peak = fds
 
+    def settle(self, *, publish: bool) -> None:
+        """Turn what the watchdog saw into holds: each member's time per probe is one hold;
+        one past the threshold is a block (its ``RunWarning`` published now if ``publish``),
+        shorter ones add up in ``held``."""
+        seen = self.seen
+        if not seen:
+            return
+        self.seen = []
+        holds: dict[tuple[int, Member], float] = {}
+        for probe, member, seconds in seen:
+            key = (probe, member)
+            holds[key] = holds.get(key, 0.0) + seconds
+        manager = self.group()
+        threshold = self.options.block_threshold
+        for (_, member), held in holds.items():
+            if held < threshold:
+                self.held += held
+                continue
+            group_id = manager.group_id if manager is not None else ""
+            address = member.address or f"{group_id}[{member.index}]"
+            block = self.blocks.get(address)
+            if block is None:
+                self.blocks[address] = [1, held, held]
+            else:
+                block[0] += 1
+                block[1] += held
+                block[2] = max(block[2], held)
+            if publish and manager is not None and address not in self.published:
+                self.published.add(address)
+                state = manager._state
+                bus = state.event_bus
+                if bus.has_listeners:
+                    message, hint = blocked_text(address, group_id, held, self.options)
+                    bus.publish(
+                        run_warning(
+                            LoopBlockedWarning,
+                            message,
+                            hint,
+                            address=address,
+                            timestamp=state.clock.now(),
+                            group_id=group_id,
+                            parallel_index=member.index,
+                        )
+                    )
+
     def close(self) -> None:
-        """The group ended: no more readings."""
-        self.closed = time.perf_counter()
-        self.monitor.windows.pop(self, None)
+        """The group ended: no more readings. It may end while the loop is held (its members
+        ran without suspending, to its end): the probe waiting meanwhile counts as far as it
+        got, and what was seen holding the loop is settled now."""
+        now = self.closed = time.perf_counter()
+        monitor = self.monitor
+        monitor.windows.pop(self, None)
+        probe = monitor.pending
+        if probe is not None and not probe.answered:
+            # (from when the group opened, if the probe was sent before)
+            self.lags.add(now - max(probe.sent, self.opened))
+            if probe.sample is not None and probe.sent >= self.opened:
+                self.add_sample(probe.sample)
+        self.settle(publish=False)  # the group's own end warns about the rest
 
     @property
     def wall(self) -> float:
@@ -175,7 +240,7 @@ class Window:
             samples=self.samples,
             lag_sample=tuple(lags.sample),
         )
-        if self not in self.monitor.windows:
+        if self.closed is not None:
             self._usage = usage
         return usage
 
@@ -240,16 +305,16 @@ def _note_gc(phase: str, info: dict[str, int]) -> None:
 
 
 class _Probe:
-    """One probe of a loop: sent at ``sent``; ``seen`` is what held the loop meanwhile, and
-    ``gc`` the collector's total time when it was sent."""
+    """One probe of a loop, sent at ``sent`` (numbered, for the holds it sees); ``gc`` is the
+    collector's total time at the last look."""
 
-    __slots__ = ("answered", "gc", "monitor", "sample", "seen", "sent")
+    __slots__ = ("answered", "gc", "monitor", "number", "sample", "sent")
 
-    def __init__(self, monitor: LoopMonitor, sample: ResourceSample | None) -> None:
+    def __init__(self, monitor: LoopMonitor, number: int, sample: ResourceSample | None) -> None:
         self.monitor = monitor
+        self.number = number
         self.sample = sample
         self.answered = False
-        self.seen: list[tuple[Window, Member, float]] | None = []
         self.gc = _gc_time[0]
         self.sent = time.perf_counter()
 
@@ -257,13 +322,15 @@ class _Probe:
 class LoopMonitor:
     """The watchdog's side of one event loop: the windows of the groups running on it."""
 
-    __slots__ = ("__weakref__", "_loop", "latest", "windows")
+    __slots__ = ("__weakref__", "_loop", "_probes", "latest", "pending", "windows")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)
         # The running groups' windows, in the order they opened (a dict: O(1) removal).
         self.windows: dict[Window, None] = {}
         self.latest: ResourceSample | None = None
+        self.pending: _Probe | None = None  # the probe sent last (answered or not)
+        self._probes = 0
 
     def open(self, manager: ParallelExecutionManager[Any], options: Watchdog) -> Window:
         latest = self.latest
@@ -286,7 +353,8 @@ class LoopMonitor:
         loop = self._loop()
         if loop is None or loop.is_closed():
             return None
-        probe = _Probe(self, sample)
+        self._probes += 1
+        probe = self.pending = _Probe(self, self._probes, sample)
         try:
             loop.call_soon_threadsafe(self._answer, probe)
         except RuntimeError:  # closed meanwhile
@@ -294,10 +362,13 @@ class LoopMonitor:
         return probe
 
     def look(self, probe: _Probe, elapsed: float) -> None:
-        """The probe still waits: note which member holds the loop (for ``elapsed`` s)."""
+        """The probe still waits: note which member holds the loop (for ``elapsed`` s, less
+        the garbage collector's share)."""
+        collected = _gc_time[0]
+        elapsed -= collected - probe.gc
+        probe.gc = collected
         loop = self._loop()
-        seen = probe.seen
-        if loop is None or seen is None:
+        if loop is None or elapsed <= 0:
             return
         try:
             task = asyncio.current_task(loop)
@@ -311,7 +382,7 @@ class LoopMonitor:
                 continue
             member = group._running_member.get(task)
             if member is not None:
-                seen.append((window, member, elapsed))
+                window.seen.append((probe.number, member, elapsed))
                 return
 
     # --- called on the loop ----------------------------------------------------------------
@@ -319,7 +390,6 @@ class LoopMonitor:
     def _answer(self, probe: _Probe) -> None:
         lag = time.perf_counter() - probe.sent
         probe.answered = True
-        seen, probe.seen = probe.seen, None
         sample = probe.sample
         if sample is not None:
             self.latest = sample
@@ -331,56 +401,11 @@ class LoopMonitor:
             window.lags.add(lag)
             if sample is not None:
                 window.add_sample(sample)
+            if window.seen:
+                window.settle(publish=True)
         if gone:
             for window in gone:
                 del self.windows[window]
-        if seen:
-            self._held(seen, lag, _gc_time[0] - probe.gc)
-
-    def _held(self, seen: list[tuple[Window, Member, float]], lag: float, gc: float) -> None:
-        """Share the time the loop was held (``lag``, of which ``gc`` seconds in the garbage
-        collector) among the members seen holding it."""
-        by_member: dict[tuple[Window, Member], float] = {}
-        for window, member, elapsed in seen:
-            key = (window, member)
-            by_member[key] = by_member.get(key, 0.0) + elapsed
-        if len(by_member) == 1:
-            # One member held it all along: the probe's own wait measures it best.
-            key = next(iter(by_member))
-            by_member[key] = max(by_member[key], lag)
-        # The collector's time is nobody's: each member's share of the hold leaves it out.
-        own = max(0.0, 1.0 - gc / lag) if lag > 0 else 1.0
-        for (window, member), seen_for in by_member.items():
-            held = seen_for * own
-            manager = window.group()
-            if manager is None or window not in self.windows:
-                continue  # its group ended meanwhile
-            if held < window.options.block_threshold:
-                window.held += held
-                continue
-            address = member.address or f"{manager.group_id}[{member.index}]"
-            block = window.blocks.get(address)
-            if block is not None:
-                block[0] += 1
-                block[1] += held
-                block[2] = max(block[2], held)
-                continue
-            window.blocks[address] = [1, held, held]
-            state = manager._state
-            bus = state.event_bus
-            if bus.has_listeners:
-                message, hint = blocked_text(address, manager.group_id, held, window.options)
-                bus.publish(
-                    run_warning(
-                        LoopBlockedWarning,
-                        message,
-                        hint,
-                        address=address,
-                        timestamp=state.clock.now(),
-                        group_id=manager.group_id,
-                        parallel_index=member.index,
-                    )
-                )
 
 
 def blocked_text(

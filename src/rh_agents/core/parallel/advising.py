@@ -6,7 +6,8 @@ of ``rh_agents.errors``, and a ``RunWarning`` on the bus), each warning naming t
 group and what to do:
 
 - ``LoopBlockedWarning``: a member held the event loop past ``Watchdog.block_threshold``
-  (seen by the watchdog, which published the record the moment it saw it);
+  (seen by the watchdog, which published the record as soon as the loop was free again, if
+  the group still ran then);
 - ``SequentialGroupWarning``: the members held the loop for most of the group's time, so a
   group with ``max_workers > 1`` ran them one at a time;
 - ``OversizedGroupWarning``: ``max_workers`` at least 50 and over ten times the members;
@@ -113,7 +114,8 @@ class _Advising:
                 address=address,
                 group_id=group_id,
                 parallel_index=int(index) if index.isdigit() else None,
-                publish=False,  # published by the watchdog when it saw it
+                # (published by the watchdog when it saw it, if the group still ran then)
+                publish=address not in window.published,
             )
         wall = window.wall  # the real clock's, as the watchdog's (the state's may be fake)
         limit = self._final_limit or 1
