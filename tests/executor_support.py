@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from rh_agents.core.actors import Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
+from rh_agents.resilience import RetryPolicy
 
 
 class Item(BaseModel):
@@ -113,9 +114,20 @@ def double_or_fail(input: Item, context: str, state: ExecutionState) -> int:
     return input.n * 2
 
 
+def flaky_handler(input: Item, context: str, state: ExecutionState) -> int:
+    """``flaky`` as a handler: fails ``input.n`` times, counted in the file ``input.path``."""
+    return flaky(input.path, input.n)
+
+
 double_tool = Tool(name="double", input_model=Item, handler=double)
 span_tool = Tool(name="span", input_model=Item, handler=spanned)
 fragile_tool = Tool(name="fragile", input_model=Item, handler=double_or_fail)
+flaky_tool = Tool(
+    name="flaky",
+    input_model=Item,
+    handler=flaky_handler,
+    retry=RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0),
+)
 
 
 async def orchestrate(input: Item, context: str, state: ExecutionState) -> list[int]:

@@ -313,21 +313,28 @@ async def test_retries_are_decided_here_and_each_is_a_new_request(
 ) -> None:
     recorder = Recorder()
     policy = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0)
-    counter = tmp_path / "attempts"
+    counting = Counting(executor)
     async with recorded_state(recorder) as state:
         results = await state.parallel_execute(
-            [functools.partial(support.flaky, str(counter), 2)],
-            executor=executor,
+            [
+                functools.partial(support.flaky, str(tmp_path / "callable"), 2),
+                ExecutionEvent(actor=support.flaky_tool)(
+                    Item(n=2, path=str(tmp_path / "handler")), "", state
+                ),
+            ],
+            executor=counting,
             retry=policy,
             name="g",
         )
-    (result,) = results
-    assert result.ok and result.result == 3 and result.attempts == 3
+    assert [(r.ok, r.result, r.attempts) for r in results] == [(True, 3, 3), (True, 3, 3)]
     retries = [r for r in recorder.records if isinstance(r, EventRetrying)]
-    assert [(r.address, r.attempt, r.error_type) for r in retries] == [
+    assert sorted((r.address, r.attempt, r.error_type) for r in retries) == [
         ("g[0]", 1, "ConnectionError"),
         ("g[0]", 2, "ConnectionError"),
+        ("g[1]::flaky", 1, "ConnectionError"),
+        ("g[1]::flaky", 2, "ConnectionError"),
     ]
+    assert counting.handlers == ["g[1]::flaky"] * 3  # one request per attempt
 
 
 async def test_member_and_group_timeouts_kill_the_remote_work(
