@@ -340,6 +340,8 @@ class ParallelExecutionManager(
     ) -> None:
         try:
             if exc is None:
+                if self._finalized and self._status is GroupStatus.COMPLETED:
+                    return  # gathered already, every member completed: nothing to raise
                 # Leaving without gathering gathers (and may raise the strategy's error).
                 if self._retain:
                     await self._gather_all()
