@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.advice import run_warning
-from rh_agents.core.parallel.metrics import Durations, ResourceUsage
+from rh_agents.core.parallel.metrics import Distribution, Durations, ResourceUsage
 from rh_agents.core.resources import ResourceSample, read_sample
 from rh_agents.errors import ConfigurationError, LoopBlockedWarning
 
@@ -57,9 +57,15 @@ __all__ = [
 PROBE_EVERY = 0.025  # seconds between two probes of a loop
 POLL = 0.01  # seconds between two looks at a loop that holds a probe
 RESOURCES_EVERY = 0.05  # seconds between two readings of memory and open files
+IDLE_GRACE = 1.0  # seconds a loop stays watched after its last group: back-to-back groups
+# then cost no wake-up of the thread each
 LAG_SAMPLE = 2048  # lag values a group keeps (a uniform sample past that)
 
 logger = logging.getLogger("rh_agents")
+
+_NO_LAG = Distribution(0, 0.0, 0.0)
+_NO_BLOCKS: dict[str, list[float]] = {}  # (shared while empty: never written)
+_NO_ADDRESSES: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +134,12 @@ class Window:
         self.hwm_start = start.rss_peak if start is not None else None
         self.fds_start = self.fds_peak = start.fds if start is not None else None
         self.samples = 0
-        self.lags = Durations(LAG_SAMPLE)
+        self.lags: Durations | None = None  # made with the first value (most groups get few)
         # (probe number, member, seconds): appended by the watchdog thread, read by settle().
         self.seen: list[tuple[int, Member, float]] = []
         # Members seen holding the loop past the threshold: address -> [times, total, longest]
-        self.blocks: dict[str, list[float]] = {}
-        self.published: set[str] = set()  # the blocks whose RunWarning is out already
+        self.blocks: dict[str, list[float]] = _NO_BLOCKS
+        self.published: set[str] = _NO_ADDRESSES  # the blocks whose RunWarning is out already
         self.held = 0.0  # seconds the loop was seen held by this group's other members
         self._usage: ResourceUsage | None = None
         self.opened = time.perf_counter()
@@ -159,6 +165,12 @@ class Window:
         if fds is not None and (self.fds_peak is None or fds > self.fds_peak):
             self.fds_peak = fds
 
+    def add_lag(self, seconds: float) -> None:
+        lags = self.lags
+        if lags is None:
+            lags = self.lags = Durations(LAG_SAMPLE)
+        lags.add(seconds)
+
     def settle(self, *, publish: bool) -> None:
         """Turn what the watchdog saw into holds: each member's time per probe is one hold;
         one past the threshold is a block (its ``RunWarning`` published now if ``publish``),
@@ -179,6 +191,8 @@ class Window:
                 continue
             group_id = manager.group_id if manager is not None else ""
             address = member.address or f"{group_id}[{member.index}]"
+            if self.blocks is _NO_BLOCKS:
+                self.blocks, self.published = {}, set()
             block = self.blocks.get(address)
             if block is None:
                 self.blocks[address] = [1, held, held]
@@ -214,7 +228,7 @@ class Window:
         probe = monitor.pending
         if probe is not None and not probe.answered:
             # (from when the group opened, if the probe was sent before)
-            self.lags.add(now - max(probe.sent, self.opened))
+            self.add_lag(now - max(probe.sent, self.opened))
             if probe.sample is not None and probe.sent >= self.opened:
                 self.add_sample(probe.sample)
         self.settle(publish=False)  # the group's own end warns about the rest
@@ -236,9 +250,9 @@ class Window:
             rss_peak=self.rss_peak,
             fds_start=self.fds_start,
             fds_peak=self.fds_peak,
-            loop_lag=lags.distribution(),
+            loop_lag=lags.distribution() if lags is not None else _NO_LAG,
             samples=self.samples,
-            lag_sample=tuple(lags.sample),
+            lag_sample=tuple(lags.sample) if lags is not None else (),
         )
         if self.closed is not None:
             self._usage = usage
@@ -266,9 +280,10 @@ class RunResources:
         self.rss_peak = _most(self.rss_peak, window.rss_peak)
         self.fds_peak = _most(self.fds_peak, window.fds_peak)
         self.samples += window.samples
-        add = self.lags.add
-        for value in window.lags.sample:  # (a window's sample: every value, or a uniform part)
-            add(value)
+        if window.lags is not None:
+            add = self.lags.add
+            for value in window.lags.sample:  # (every value, or a uniform part of them)
+                add(value)
 
     def usage(self) -> ResourceUsage | None:
         if not self.seen:
@@ -322,7 +337,16 @@ class _Probe:
 class LoopMonitor:
     """The watchdog's side of one event loop: the windows of the groups running on it."""
 
-    __slots__ = ("__weakref__", "_loop", "_probes", "latest", "pending", "windows")
+    __slots__ = (
+        "__weakref__",
+        "_loop",
+        "_probes",
+        "active",
+        "idle_since",
+        "latest",
+        "pending",
+        "windows",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)
@@ -331,6 +355,9 @@ class LoopMonitor:
         self.latest: ResourceSample | None = None
         self.pending: _Probe | None = None  # the probe sent last (answered or not)
         self._probes = 0
+        # Watched by the thread (set under its lock, read here: see _Watchdog._watched).
+        self.active = False
+        self.idle_since: float | None = None
 
     def open(self, manager: ParallelExecutionManager[Any], options: Watchdog) -> Window:
         latest = self.latest
@@ -338,11 +365,8 @@ class LoopMonitor:
             # The watchdog was asleep: a fresh start, read here (once per wake-up).
             latest = self.latest = read_sample()
         window = Window(self, manager, options, latest)
-        if _note_gc not in gc.callbacks:
-            gc.callbacks.append(_note_gc)
-        was_idle = not self.windows
         self.windows[window] = None
-        if was_idle:
+        if not self.active:  # read after adding the window (see _Watchdog._watched)
             _WATCHDOG.activate(self)
         return window
 
@@ -398,7 +422,7 @@ class LoopMonitor:
             if window.group() is None:
                 gone = [*(gone or ()), window]
                 continue
-            window.lags.add(lag)
+            window.add_lag(lag)
             if sample is not None:
                 window.add_sample(sample)
             if window.seen:
@@ -453,7 +477,11 @@ class _Watchdog:
 
     def activate(self, monitor: LoopMonitor) -> None:
         """``monitor`` has a group running: watch its loop (start the thread if need be)."""
+        if _note_gc not in gc.callbacks:
+            gc.callbacks.append(_note_gc)
         with self._lock:
+            monitor.active = True
+            monitor.idle_since = None
             self._active.add(monitor)
             thread = self._thread
             if thread is None or not thread.is_alive():
@@ -463,20 +491,41 @@ class _Watchdog:
                 thread.start()
             self._wake.set()
 
-    def _watched(self) -> list[LoopMonitor]:
+    def _watched(self) -> tuple[list[LoopMonitor], bool]:
+        """The loops with groups running now, and whether any loop is still watched (a loop
+        stays watched ``IDLE_GRACE`` seconds after its last group)."""
+        now = time.perf_counter()
+        running = []
         with self._lock:
-            for monitor in [m for m in self._active if not m.windows]:
-                self._active.discard(monitor)
+            for monitor in list(self._active):
+                if monitor.windows:
+                    monitor.idle_since = None
+                    running.append(monitor)
+                elif monitor.idle_since is None:
+                    monitor.idle_since = now
+                elif now - monitor.idle_since > IDLE_GRACE:
+                    # Unwatched first, then looked at again: a group opening meanwhile either
+                    # sees the flag down (and activates) or is seen here.
+                    monitor.active = False
+                    if monitor.windows:
+                        monitor.active = True
+                        monitor.idle_since = None
+                        running.append(monitor)
+                    else:
+                        self._active.discard(monitor)
             if not self._active:
                 self._wake.clear()
-            return list(self._active)
+            return running, bool(self._active)
 
     def _run(self) -> None:
         next_sample = [0.0]
         while True:
-            monitors = self._watched()
-            if not monitors:
+            monitors, watching = self._watched()
+            if not watching:
                 self._wake.wait()
+                continue
+            if not monitors:
+                time.sleep(PROBE_EVERY)  # between two groups: nothing to probe
                 continue
             try:
                 self._cycle(monitors, next_sample)
@@ -498,8 +547,9 @@ class _Watchdog:
         probes: list[_Probe] = []
         for monitor in monitors:
             probe = monitor.send(sample)
-            if probe is None:
+            if probe is None:  # its loop is gone
                 with self._lock:
+                    monitor.active = False
                     self._active.discard(monitor)
             else:
                 probes.append(probe)
@@ -523,9 +573,16 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
-if hasattr(os, "register_at_fork"):
+
+
+def _after_fork() -> None:
     # A forked child has no watchdog thread: it starts its own when a group runs there.
-    os.register_at_fork(after_in_child=_WATCHDOG._reset)
+    _WATCHDOG._reset()
+    _last.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _real_time(loop: asyncio.AbstractEventLoop) -> bool:
@@ -534,10 +591,19 @@ def _real_time(loop: asyncio.AbstractEventLoop) -> bool:
     return kind.time is asyncio.BaseEventLoop.time or kind.__module__.startswith("uvloop")
 
 
+# The loop of the last group opened and its monitor (None off the real clock): most groups
+# open on the loop the one before did.
+_last: list[tuple[weakref.ref[asyncio.AbstractEventLoop], LoopMonitor | None]] = []
+
+
 def open_window(manager: ParallelExecutionManager[Any], options: Watchdog) -> Window | None:
     """Start watching for ``manager``'s group (on the running loop); ``None`` when its loop
     is not on the real clock."""
     loop = asyncio.get_running_loop()
-    if not _real_time(loop):
-        return None
-    return _WATCHDOG.monitor(loop).open(manager, options)
+    last = _last[0] if _last else None
+    if last is not None and last[0]() is loop:
+        monitor = last[1]
+    else:
+        monitor = _WATCHDOG.monitor(loop) if _real_time(loop) else None
+        _last[:] = [(weakref.ref(loop), monitor)]
+    return monitor.open(manager, options) if monitor is not None else None

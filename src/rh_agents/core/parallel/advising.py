@@ -173,11 +173,12 @@ class _Advising:
 
     def __del__(self) -> None:
         try:
-            entered, finalized, total = self._entered, self._finalized, self._total
-            used, state = self._used, self._state
+            if self._finalized:
+                return  # (nearly every group)
+            entered, total, used, state = self._entered, self._total, self._used, self._state
         except AttributeError:  # __init__ refused its options: there never was a group
             return
-        if finalized or (entered and not total) or (used and not entered):
+        if (entered and not total) or (used and not entered):
             return
         if not entered:
             name = self.options.name
