@@ -9,7 +9,9 @@ each round's ratio, so the ratio does not depend on how fast (or how busy) the m
 
     .venv/bin/python -m benchmarks.bench_watchdog
 
-Target: at most 1.05x the run without the watchdog, for each workload. The CPU column is the
+Target: at most 1.05x the run without the watchdog, for each 10,000-member workload. The
+last row, 2,000 groups of five instant members one after another, shows the cost per group
+(a window opened and closed on the watchdog, about 3 us), for context. The CPU column is the
 process's CPU time per run (the watchdog thread's included).
 """
 
@@ -111,7 +113,8 @@ def main() -> None:
     cases: list[tuple[str, Any, Callable[[], Awaitable[Any]]]] = [
         (name, _group, member) for name, member in WORKLOADS.items()
     ]
-    cases.append((f"{MEMBERS // 5} groups of 5 (per group)", _small_groups, _instant))
+    context = f"{MEMBERS // 5} groups of 5 (per group)"
+    cases.append((context, _small_groups, _instant))
     for label, make, member in cases:
         results = measure(make, member)
         base = results["watchdog off"][0]
@@ -123,9 +126,10 @@ def main() -> None:
     print()
     for label, best_ratio, median_ratio in verdicts:
         met = "ok" if min(best_ratio, median_ratio) <= TARGET else "missed"
+        verdict = "(context)" if label == context else f"(target <= {TARGET}): {met}"
         print(
             f"{label}: watchdog on / off = {best_ratio:.3f} best, {median_ratio:.3f} median "
-            f"(target <= {TARGET}): {met}"
+            + verdict
         )
 
 
