@@ -76,13 +76,14 @@ class _Job:
 
 
 class _Worker:
-    __slots__ = ("connection", "fd", "job", "process")
+    __slots__ = ("answered", "connection", "fd", "job", "process")
 
     def __init__(self, process: BaseProcess, connection: Connection) -> None:
         self.process = process
         self.connection = connection
         self.fd = connection.fileno()
         self.job: _Job | None = None
+        self.answered = False  # whether it ever replied (one that never did died starting)
 
 
 class ProcessExecutor(RemoteExecutor):
@@ -267,15 +268,24 @@ class ProcessExecutor(RemoteExecutor):
             self._kill(worker)
             job.worker = None
             if not job.future.done():
+                hint = (
+                    ""
+                    if worker.answered
+                    else "; it had answered no request yet: if it died while starting, check "
+                    "that a script which starts processes keeps its program under "
+                    "`if __name__ == '__main__':`, and that the workers can import the "
+                    "modules the members come from"
+                )
                 job.future.set_exception(
                     RemoteExecutionError(
                         f"the worker process running {job.label} died (exit code "
-                        f"{worker.process.exitcode if code is None else code})"
+                        f"{worker.process.exitcode if code is None else code}){hint}"
                     )
                 )
             self._dispatch()
             return
         worker.job = None
+        worker.answered = True
         job.worker = None
         if not job.future.done():
             job.future.set_result(reply)
