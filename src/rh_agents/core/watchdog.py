@@ -27,6 +27,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -319,11 +320,24 @@ def _note_gc(phase: str, info: dict[str, int]) -> None:
         _gc_time[0] += time.perf_counter() - _gc_time[1]
 
 
+def _waited(thread: int | None) -> float | None:
+    """Seconds thread ``thread`` (a native id) has spent runnable but not running, waiting
+    for a CPU (Linux's schedstat; ``None`` where it is not to be had)."""
+    if thread is None:
+        return None
+    try:
+        with open(f"/proc/self/task/{thread}/schedstat", "rb") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class _Probe:
     """One probe of a loop, sent at ``sent`` (numbered, for the holds it sees); ``gc`` is the
-    collector's total time at the last look."""
+    collector's total time at the last look, ``waited`` the loop thread's time waiting for a
+    CPU then."""
 
-    __slots__ = ("answered", "gc", "monitor", "number", "sample", "sent")
+    __slots__ = ("answered", "gc", "monitor", "number", "sample", "sent", "waited")
 
     def __init__(self, monitor: LoopMonitor, number: int, sample: ResourceSample | None) -> None:
         self.monitor = monitor
@@ -331,6 +345,7 @@ class _Probe:
         self.sample = sample
         self.answered = False
         self.gc = _gc_time[0]
+        self.waited = _waited(monitor.thread)
         self.sent = time.perf_counter()
 
 
@@ -345,6 +360,7 @@ class LoopMonitor:
         "idle_since",
         "latest",
         "pending",
+        "thread",
         "windows",
     )
 
@@ -358,6 +374,10 @@ class LoopMonitor:
         # Watched by the thread (set under its lock, read here: see _Watchdog._watched).
         self.active = False
         self.idle_since: float | None = None
+        # The loop's thread (its native id), whose waits for a CPU are nobody's hold either.
+        self.thread: int | None = (
+            threading.get_native_id() if sys.platform.startswith("linux") else None
+        )
 
     def open(self, manager: ParallelExecutionManager[Any], options: Watchdog) -> Window:
         latest = self.latest
@@ -387,10 +407,15 @@ class LoopMonitor:
 
     def look(self, probe: _Probe, elapsed: float) -> None:
         """The probe still waits: note which member holds the loop (for ``elapsed`` s, less
-        the garbage collector's share)."""
+        the garbage collector's share and the time the loop's thread waited for a CPU: a busy
+        machine, not the member)."""
         collected = _gc_time[0]
         elapsed -= collected - probe.gc
         probe.gc = collected
+        waited = _waited(self.thread)
+        if waited is not None and probe.waited is not None:
+            elapsed -= waited - probe.waited
+        probe.waited = waited
         loop = self._loop()
         if loop is None or elapsed <= 0:
             return
