@@ -545,3 +545,25 @@ def test_an_unknown_executor_is_a_configuration_error_naming_the_choices() -> No
     assert GroupOptions.of(executor="processes").executor is shared_processes()
     with pytest.raises(ConfigurationError, match="max_processes"):
         ProcessExecutor(max_processes=0)
+
+
+async def test_calls_made_over_there_join_the_drivers_history_and_checkpoints(
+    executor: RemoteExecutor, tmp_path: Path
+) -> None:
+    event = ExecutionEvent(actor=support.orchestrator)
+    addresses: dict[str, list[str]] = {}
+    for where in ("loop", "remote"):
+        backend = SQLiteBackend(tmp_path / f"{where}.db")
+        async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+            await state.parallel_execute(
+                [event(Item(n=n), "", state) for n in range(2)],
+                max_workers=2,
+                name="docs",
+                executor=None if where == "loop" else executor,
+            )
+            addresses[where] = sorted(state.history.addresses())
+        assert sorted(backend.load("r")) == addresses[where]
+        backend.close()
+    assert addresses["remote"] == addresses["loop"]
+    assert "docs[1]::orchestrator::inner[0]::double" in addresses["remote"]
+    assert len(addresses["remote"]) == 2 * 5

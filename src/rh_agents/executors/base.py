@@ -9,9 +9,10 @@ does the rest, which is the same for a process pool and a Ray cluster:
   runs;
 - ``run_handler`` / ``run_callable``: one attempt, as a request; the reply's records are
   published on the driver's bus (in order, timestamps moved onto the driver's clock), the
-  frame's numbering goes on from where the worker left it, and the value is returned or the
-  error raised. Retries, timeouts and the group's strategy stay with the caller (the policy
-  runner and the group), on the driver.
+  calls finished over there join the driver's history and checkpoints, the frame's numbering
+  goes on from where the worker left it, and the value is returned or the error raised.
+  Retries, timeouts and the group's strategy stay with the caller (the policy runner and the
+  group), on the driver.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class RemoteExecutor:
             PROTOCOL,
         )
         reply = await self._send(request, label)
-        ok, outcome, records, numbering, ended = pickle.loads(reply)
+        ok, outcome, records, numbering, calls, ended = pickle.loads(reply)
         if numbering is not None:  # (None: nothing was called over there)
             frame.continue_numbering(numbering)
         if records and bus.has_listeners:
@@ -192,6 +193,14 @@ class RemoteExecutor:
             for record in records:
                 record.timestamp += shift
             bus.publish_many(records)
+        if calls:
+            # The calls made over there join the driver's history and its checkpoints.
+            history = state.history
+            hooked = state.has_event_hooks
+            for event, address, group_id, index, input, result in calls:
+                history.record(event, address, group_id, index, input, result)
+                if hooked:
+                    await state.on_event_finished(address, event.actor, input, result)
         if ok:
             return load_value(outcome)
         raise outcome

@@ -10,7 +10,10 @@ callable). ``address``, ``group_id``, ``parallel_index`` and ``numbering`` place
 the execution tree, so that what it calls over there gets the address it would have had
 here. A reply is::
 
-    (ok, value or error, records, numbering, ended)
+    (ok, value or error, records, numbering, calls, ended)
+
+``calls`` are the event calls finished over there (nested in the member), for the driver's
+history and checkpoints.
 
 Values cross as pydantic JSON when they are models (the class by reference, the content as
 its JSON), and by the engine's own serialisation (pickle) otherwise. An ``ExecutionState``

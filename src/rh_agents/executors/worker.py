@@ -114,14 +114,32 @@ def _sendable(records: list[BusEvent] | None) -> list[BusEvent] | None:
     """The records that can be sent (a record holding what cannot is left out)."""
     if not records:
         return records
-    kept = []
-    for record in records:
-        try:
-            dump_reply(record)
-        except Exception:
-            continue
-        kept.append(record)
-    return kept
+    return [record for record in records if _pickles(record)]
+
+
+def _pickles(value: Any) -> bool:
+    try:
+        dump_reply(value)
+    except Exception:
+        return False
+    return True
+
+
+def _calls(request: Request) -> list[tuple[Any, ...]] | None:
+    """The calls finished over there, in order, as the driver's history and checkpoints
+    take them: ``(event, address, group_id, parallel_index, input, result)``."""
+    state = request.state
+    if state is None or not len(state.history):
+        return None
+    calls = []
+    for entry in state.history:
+        result = entry.result
+        if result.exception is not None:  # (sent as itself when it pickles, else named)
+            result.exception = dump_error(result.exception, f"at {entry.address}")
+        calls.append(
+            (entry.event, entry.address, entry.group_id, entry.parallel_index, entry.input, result)
+        )
+    return calls
 
 
 def run_request(data: bytes) -> bytes:
@@ -135,14 +153,16 @@ def run_request(data: bytes) -> bytes:
         except Exception as exc:
             reply = (False, dump_error(exc, f"at {address}"))
         records = _records(request)
+        calls = _calls(request)
         state = request.state
         numbering = state.root_frame.numbering() if state is not None else None
-        message = (*reply, records, numbering, time.perf_counter())
+        message = (*reply, records, numbering, calls, time.perf_counter())
         try:
             return dump_reply(message)
         except Exception:
             pass
-        message = (*reply, _sendable(records), numbering, time.perf_counter())
+        calls = [call for call in calls or () if _pickles(call)] or None
+        message = (*reply, _sendable(records), numbering, calls, time.perf_counter())
         try:
             return dump_reply(message)
         except Exception as exc:  # the value cannot be sent back
@@ -150,7 +170,7 @@ def run_request(data: bytes) -> bytes:
                 TypeError(f"the result of the member at {address} cannot be sent back: {exc}"),
                 f"at {address}",
             )
-            return dump_reply((False, error, None, numbering, time.perf_counter()))
+            return dump_reply((False, error, None, numbering, calls, time.perf_counter()))
     finally:
         requests.end()
 
