@@ -267,6 +267,10 @@ class _MemberRunning:
             batch = self._announcements
             if not batch:
                 bus.defer(self, self)
+            elif batch[-1] is member:
+                # It finished without waiting, and nothing was queued since its start: its
+                # finish record takes the place of its start, which would never be published.
+                batch.pop()
             batch.append(
                 MemberFinished.of_member(
                     self.group_id,

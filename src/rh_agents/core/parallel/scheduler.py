@@ -305,10 +305,11 @@ class _Scheduler:
                     if bus.version != self._bus_version:
                         self._note_listeners(bus)
                     if self._announce_starts:
-                        announcements = self._announcements  # (self._announce, inline)
-                        if not announcements:
+                        # (self._announce, inline; no local kept: a worker's local would hold
+                        # the batch, and every member in it, until its next member.)
+                        if not self._announcements:
                             bus.defer(self, self)
-                        announcements.append(member)
+                        self._announcements.append(member)
                     result: ExecutionResult[Any]
                     try:
                         run = member.source
