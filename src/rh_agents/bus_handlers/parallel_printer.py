@@ -699,7 +699,10 @@ class ParallelEventPrinter(EventPrinter):
         below = pad + " " * (self.indent + 2)
         usage = root.resources
         if usage is not None and usage.samples:  # measured while it ran (see ResourceUsage)
-            lines.append(" " * (self.indent + 2) + "resources: " + usage.describe())
+            # Under the group's own line and failures, above its nested groups' lines.
+            lines.insert(
+                1 + len(summary.issues), " " * (self.indent + 2) + "resources: " + usage.describe()
+            )
         return [
             *(pad + line for line in lines),
             # Where every call of the group (nested ones too) is kept, as code to paste.
