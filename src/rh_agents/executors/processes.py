@@ -246,6 +246,9 @@ class ProcessExecutor(RemoteExecutor):
             worker = self._idle.pop()
             job = queue.popleft()
             try:
+                # Blocking, whatever a loop made of the pipe (uvloop leaves a watched fd
+                # non-blocking): a message is written and read whole, never half.
+                os.set_blocking(worker.fd, True)
                 worker.connection.send_bytes(job.request)
             except OSError:
                 # The process died while idle: the request never reached it. Try another.
@@ -262,6 +265,7 @@ class ProcessExecutor(RemoteExecutor):
             return
         job.loop.remove_reader(worker.fd)
         try:
+            os.set_blocking(worker.fd, True)  # (see _dispatch)
             reply = worker.connection.recv_bytes()
         except (EOFError, OSError):
             code = worker.process.exitcode
