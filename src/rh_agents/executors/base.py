@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
 
 __all__ = ["RemoteExecutor"]
 
+# A checked member's pickled bytes are kept for its first attempt when they are at most this
+# big (else they are pickled again when sent).
+_KEEP_BODY = 64 * 1024
+
 
 class RemoteExecutor:
     """The driver's side of an executor (see the module docstring); subclassed, not used."""
@@ -53,6 +58,8 @@ class RemoteExecutor:
     def __init__(self) -> None:
         # Actors pickled lately: a group sends one actor with each of its members.
         self._actor_bytes: OrderedDict[int, tuple[BaseActor, bytes]] = OrderedDict()
+        # Callable members pickled by check_member, not sent yet (by id; see _keep).
+        self._checked: dict[int, tuple[weakref.ref[Any], bytes]] = {}
 
     # --- what subclasses provide ------------------------------------------------------------
 
@@ -78,7 +85,20 @@ class RemoteExecutor:
                 "(event(input, context, state))"
             )
         else:
-            self._body(source, label)
+            body = self._body(source, label)
+            if len(body) <= _KEEP_BODY:
+                self._keep(source, body)
+
+    def _keep(self, source: Any, body: bytes) -> None:
+        """Keep ``source``'s pickled bytes for its first attempt (pickled once, not twice),
+        for as long as ``source`` lives: the entry goes with it, sent or not."""
+        key = id(source)
+        checked = self._checked
+        try:
+            ref = weakref.ref(source, lambda _: checked.pop(key, None))
+        except TypeError:  # (an object that takes no weak reference: pickled again)
+            return
+        checked[key] = (ref, body)
 
     def check_function(self, fn: Any, label: str) -> None:
         """The same for a ``map()`` function (each item is checked as it is sent)."""
@@ -165,7 +185,9 @@ class RemoteExecutor:
     async def run_callable(self, state: ExecutionState, frame: Frame, fn: Any) -> Any:
         """One call of the callable member ``fn`` in a worker, at ``frame``'s address."""
         label = f"member {frame.address}"
-        return await self._attempt(state, frame, CALL, self._body(fn, label), label)
+        checked = self._checked.pop(id(fn), None)
+        body = checked[1] if checked is not None and checked[0]() is fn else self._body(fn, label)
+        return await self._attempt(state, frame, CALL, body, label)
 
     async def _attempt(
         self, state: ExecutionState, frame: Frame, kind: str, body: bytes, label: str

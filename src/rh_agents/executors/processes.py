@@ -34,6 +34,7 @@ import atexit
 import multiprocessing
 import multiprocessing.util  # (its exit handler first: ours, registered later, runs before it)
 import os
+import threading
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -116,7 +117,8 @@ class ProcessExecutor(RemoteExecutor):
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
         self._queue: deque[_Job] = deque()
-        self._starting = 0  # processes being started (in a thread)
+        self._starting = 0  # processes being started (in a thread), not arrived yet
+        self._arrived: deque[_Worker | Exception] = deque()  # started, not taken yet
         # Every process started and not ended, the ones starting included: close() ends them.
         self._every: set[_Worker] = set()
         self._closed = False
@@ -182,22 +184,46 @@ class ProcessExecutor(RemoteExecutor):
         self._workers.append(worker)
         self._idle.append(worker)
 
-    def _started(self, future: asyncio.Future[_Worker]) -> None:
-        self._starting -= 1
-        if future.cancelled():
-            return
-        error = future.exception()
-        if error is not None:
-            # No process: the requests waiting for one fail with the reason.
-            while self._queue:
-                job = self._queue.popleft()
-                if not job.future.done():
-                    job.future.set_exception(
-                        RemoteExecutionError(f"could not start a worker process: {error}")
-                    )
-            return
-        self._add(future.result())
-        self._dispatch()
+    def _start_in_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a process (in a thread of its own), then tell ``loop``'s thread.
+
+        What started (or why not) waits in ``_arrived`` (a deque: appended here, taken on
+        the loop's thread): should the loop have closed meanwhile (the group that wanted the
+        process is gone), the next dispatch, from any loop, takes it.
+        """
+        try:
+            worker = self._new_worker()
+        except Exception as exc:
+            self._arrived.append(exc)
+        else:
+            if self._closed:  # closed while it started: nobody will take it
+                self._every.discard(worker)
+                worker.process.kill()
+                worker.process.join(2)
+                worker.connection.close()
+                return
+            self._arrived.append(worker)
+        try:
+            loop.call_soon_threadsafe(self._dispatch)
+        except RuntimeError:  # the loop closed
+            pass
+
+    def _take_arrivals(self) -> None:
+        """The processes started since the last look, as idle workers (on the loop's thread)."""
+        arrived = self._arrived
+        while arrived:
+            item = arrived.popleft()
+            self._starting -= 1
+            if isinstance(item, Exception):
+                # No process: the requests waiting for one fail with the reason.
+                while self._queue:
+                    job = self._queue.popleft()
+                    if not job.future.done():
+                        job.future.set_exception(
+                            RemoteExecutionError(f"could not start a worker process: {item}")
+                        )
+            else:
+                self._add(item)
 
     def _kill(self, worker: _Worker) -> None:
         """End ``worker`` now (its request, if any, is lost: the caller says how)."""
@@ -233,15 +259,20 @@ class ProcessExecutor(RemoteExecutor):
         A process is started in a thread (starting one takes milliseconds, the first of a
         forkserver much longer): the event loop goes on meanwhile, and the request waits.
         """
+        if self._arrived:
+            self._take_arrivals()
         queue = self._queue
         while queue:
             if not self._idle:
                 wanted = min(len(queue), self.max_processes - len(self._workers))
                 while self._starting < wanted:
                     self._starting += 1
-                    loop = queue[0].loop
-                    future = loop.run_in_executor(None, self._new_worker)
-                    future.add_done_callback(self._started)
+                    threading.Thread(
+                        target=self._start_in_thread,
+                        args=(queue[0].loop,),
+                        name="rh-agents-process-start",
+                        daemon=True,
+                    ).start()
                 return
             worker = self._idle.pop()
             job = queue.popleft()
