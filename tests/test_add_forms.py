@@ -165,3 +165,18 @@ async def test_the_suite_runs_on_the_loop_it_was_asked_for(running_loop_kind: st
     # make test-uvloop sets RH_AGENTS_TEST_LOOP=uvloop (tests/conftest.py).
     loop = asyncio.get_running_loop()
     assert type(loop).__module__.split(".")[0] == running_loop_kind
+
+
+def test_plain_group_options_are_checked_once_and_shared() -> None:
+    from rh_agents.core.parallel.options import GroupOptions
+    from rh_agents.errors import ConfigurationError
+
+    first = GroupOptions.of(max_workers=7, name="docs")
+    assert GroupOptions.of(max_workers=7, name="docs") is first
+    assert GroupOptions.of(max_workers=7) is not first
+    assert GroupOptions.of(max_workers=7, name="docs", timeout=1.0) is not first
+    for bad in (0, -1):
+        with pytest.raises(ConfigurationError, match="max_workers"):
+            GroupOptions.of(max_workers=bad)
+    with pytest.raises(ConfigurationError, match="group name"):
+        GroupOptions.of(max_workers=7, name="a:b")

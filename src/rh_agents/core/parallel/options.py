@@ -77,6 +77,28 @@ class GroupOptions:
         executor: Any = None,
     ) -> GroupOptions:
         """The options, checked; a ``ConfigurationError`` names the first bad one."""
+        plain = (
+            type(max_workers) is int
+            and (name is None or type(name) is str)
+            and error_strategy is ErrorStrategy.FAIL_SLOW
+            and timeout is None
+            and member_timeout is None
+            and failure_threshold is None
+            and quorum is None
+            and raise_exception_group is False
+            and retry is None
+            and circuit_breaker is None
+            and rate_limit is None
+            and retain_results is True
+            and batch_mode is BatchMode.GATHER
+            and executor is None
+        )
+        if plain:
+            # A group made in a loop (state.parallel(max_workers=5)) checks its options once:
+            # the options are frozen, so one instance serves every group that asks for them.
+            cached = _PLAIN.get((max_workers, name))
+            if cached is not None:
+                return cached
         adaptive = as_adaptive(max_workers)
         limit, strategy = check_group_options(
             max_workers=adaptive.current if adaptive is not None else max_workers,
@@ -95,7 +117,7 @@ class GroupOptions:
             batch_mode = parse_batch_mode(batch_mode)
         if executor is not None:
             executor = hooks.resolve_executor(executor)
-        return cls(
+        options = cls(
             limit,
             adaptive,
             name,
@@ -112,6 +134,9 @@ class GroupOptions:
             batch_mode,
             executor,
         )
+        if plain and len(_PLAIN) < _PLAIN_KEPT:
+            _PLAIN[(max_workers, name)] = options
+        return options
 
     @property
     def has_policies(self) -> bool:
@@ -218,3 +243,9 @@ def check_group_options(
             f"group name {name!r} must be non-empty and free of ':', '[', ']', '#'"
         )
     return max_workers, strategy
+
+
+# The checked options of plain groups (a limit and maybe a name, nothing else), by
+# (max_workers, name); bounded, so groups named per item do not grow it without end.
+_PLAIN: dict[tuple[Any, str | None], GroupOptions] = {}
+_PLAIN_KEPT = 256
