@@ -207,7 +207,14 @@ async def test_a_live_run_advances_without_reload(browser: Browser, tmp_path: Pa
             'li.group[data-address="Orchestrator::docs"] iframe:not(.loading)'
         )
         await frame.locator("g.member.status-failed").wait_for()
-        assert await frame.locator("g.member rect.run").count() == 30
+        # The open timeline reloads in a hidden frame as the run goes on: wait for the frame
+        # drawn after the last member (a frame drawn earlier may still be the one shown).
+        bars = frame.locator("g.member rect.run")
+        for _ in range(100):
+            if await bars.count() == 30:
+                break
+            await asyncio.sleep(0.1)
+        assert await bars.count() == 30
         wait = frame.locator("g.member rect.wait")
         assert await wait.count() > 0  # a live timeline shows queue waits
         await page.screenshot(path=str(tmp_path / "ui-live-done.png"))
