@@ -1,0 +1,216 @@
+"""Where members run: the event loop, a pool of processes and Ray, on CPU-bound members.
+
+40 members of about 50 ms of pure-Python work each (a fixed amount of work, calibrated once:
+never a spin on the clock, which would finish on time however little CPU it got), in a group
+of ``max_workers=2``, on this 2-core machine:
+
+- the event loop runs them one at a time whatever ``max_workers`` says (about 2 s);
+- a plain-def handler in worker threads is no better (the GIL), shown for context;
+- ``executor=ProcessExecutor(max_processes=2)`` and ``executor=RayExecutor()`` (a local Ray of
+  2 CPUs) run two at a time: the target is 1.8x the loop's speed or more, each;
+- two bare processes doing the same work (no framework at all) show what the machine itself
+  gives two parallel workers at that moment: the ceiling of the two rows above.
+
+All in one run, side by side, best of ``ROUNDS`` rounds each, with the executors warmed first
+(their processes started, Ray's workers up): the start of a pool or of Ray is a one-off,
+reported apart. Then the cost of an executor per member: ``ZERO`` members that do nothing,
+``max_workers=2``, wall time per member.
+
+    .venv/bin/python -m benchmarks.bench_executors
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import multiprocessing
+import os
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Tool
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.errors import RHAgentsWarning
+from rh_agents.executors import ProcessExecutor, RayExecutor
+
+MEMBERS = 40
+WORK_MS = 50.0
+WORKERS = 2
+ROUNDS = 5
+ZERO = 400
+TARGET = 1.8
+
+
+def _work(iterations: int) -> int:
+    total = 0
+    for i in range(iterations):
+        total += i * i % 7
+    return total
+
+
+def calibrate() -> int:
+    """The iterations of ``_work`` that take ``WORK_MS`` here (best of a few tries)."""
+    trial = 200_000
+    best = min(_timed(lambda: _work(trial)) for _ in range(5))
+    return int(trial * (WORK_MS / 1000) / best)
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def cpu_member(iterations: int) -> int:
+    """A member for an executor: a function of a module, sent by reference."""
+    return _work(iterations)
+
+
+async def cpu_member_async(iterations: int) -> int:
+    """The same member for the event loop (it never awaits: the loop runs it through)."""
+    return _work(iterations)
+
+
+class Work(BaseModel):
+    iterations: int
+
+
+def cpu_handler(input: Work, context: str, state: ExecutionState) -> int:
+    return _work(input.iterations)
+
+
+def nothing() -> None:
+    return None
+
+
+def _bare(count: int, iterations: int) -> None:
+    for _ in range(count):
+        _work(iterations)
+
+
+def bare_processes(iterations: int) -> float:
+    """The machine's own ceiling: the same work in two bare processes (multiprocessing, none
+    of ours), 20 members each, against nothing else; the wall time."""
+    context = multiprocessing.get_context("forkserver")
+    processes = [
+        context.Process(target=_bare, args=(MEMBERS // WORKERS, iterations)) for _ in range(WORKERS)
+    ]
+    started = time.perf_counter()
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    return time.perf_counter() - started
+
+
+async def nothing_async() -> None:
+    return None
+
+
+async def run_group(
+    state: ExecutionState, members: list[Any], executor: Any, workers: int = WORKERS
+) -> float:
+    started = time.perf_counter()
+    results = await state.parallel_execute(members, max_workers=workers, executor=executor)
+    wall = time.perf_counter() - started
+    failed = [r.error for r in results if not r.ok]
+    assert not failed, failed[:3]
+    return wall
+
+
+async def main() -> None:
+    import ray
+
+    iterations = calibrate()
+    print(f"{MEMBERS} members of {WORK_MS:.0f} ms ({iterations:,} iterations), W={WORKERS}")
+    # Members that hold the event loop are the point here: no warning about them.
+    warnings.simplefilter("ignore", RHAgentsWarning)
+    state = ExecutionState()
+
+    started = time.perf_counter()
+    pool = ProcessExecutor(max_processes=2)
+    pool.start()
+    await run_group(state, [functools.partial(cpu_member, 1) for _ in range(4)], pool)
+    pool_start = time.perf_counter() - started
+
+    started = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    on_ray = RayExecutor()
+    for _ in range(3):  # Ray starts its workers as tasks come
+        await run_group(state, [functools.partial(cpu_member, 1) for _ in range(4)], on_ray)
+    ray_start = time.perf_counter() - started
+
+    threaded = ExecutionEvent(actor=Tool(name="cpu", input_model=Work, handler=cpu_handler))
+    cases: dict[str, tuple[Callable[[], list[Any]], Any]] = {
+        "event loop": (lambda: [cpu_member_async(iterations) for _ in range(MEMBERS)], None),
+        "threads (a plain-def handler)": (
+            lambda: [threaded(Work(iterations=iterations), "", state) for _ in range(MEMBERS)],
+            None,
+        ),
+        "processes": (
+            lambda: [functools.partial(cpu_member, iterations) for _ in range(MEMBERS)],
+            pool,
+        ),
+        "ray": (
+            lambda: [functools.partial(cpu_member, iterations) for _ in range(MEMBERS)],
+            on_ray,
+        ),
+    }
+    best: dict[str, float] = {}
+    for _ in range(ROUNDS):
+        for label, (members, executor) in cases.items():
+            wall = await run_group(state, members(), executor)
+            best[label] = min(best.get(label, wall), wall)
+        wall = bare_processes(iterations)
+        best["two bare processes"] = min(best.get("two bare processes", wall), wall)
+
+    loop_wall = best["event loop"]
+    ideal = MEMBERS * WORK_MS / 1000 / WORKERS
+    print()
+    print("| where | wall (best of 5) | speed-up vs the loop | target | |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, wall in best.items():
+        speedup = loop_wall / wall
+        if label in ("processes", "ray"):
+            verdict = "ok" if speedup >= TARGET else "missed"
+            print(f"| {label} | {wall:.2f} s | {speedup:.2f}x | >= {TARGET}x | {verdict} |")
+        elif label == "two bare processes":
+            print(f"| {label} (the machine's ceiling) | {wall:.2f} s | {speedup:.2f}x | | |")
+        else:
+            print(f"| {label} | {wall:.2f} s | {speedup:.2f}x | (context) | |")
+    print(
+        f"\n(ideal on 2 workers: {ideal:.2f} s; starting the pool took {pool_start:.2f} s, "
+        f"starting Ray and its workers {ray_start:.2f} s: once each, not in the figures)"
+    )
+
+    zero: dict[str, float] = {}
+    for _ in range(ROUNDS):
+        for label, (members, executor) in {
+            "event loop": (lambda: [nothing_async() for _ in range(ZERO)], None),
+            "processes": (lambda: [nothing for _ in range(ZERO)], pool),
+            "ray": (lambda: [nothing for _ in range(ZERO)], on_ray),
+        }.items():
+            wall = await run_group(state, members(), executor)
+            zero[label] = min(zero.get(label, wall), wall / ZERO)
+    print(f"\n{ZERO} zero-work members, W={WORKERS}: wall time per member (best of {ROUNDS})")
+    print()
+    print("| where | per member |")
+    print("| --- | --- |")
+    for label, per in zero.items():
+        print(f"| {label} | {per * 1e6:,.0f} us |")
+
+    pool.close()
+    ray.shutdown()
+    print(
+        f"\n(load average at the end: {os.getloadavg()[0]:.2f}: other work on the machine "
+        "takes cores from the parallel cases, not from the loop)"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
