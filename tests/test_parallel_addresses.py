@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import pytest
 
@@ -151,6 +152,7 @@ async def test_records_built_field_by_field_have_every_field(
 
     async with state.parallel(name="fields") as p:
         p.add(event(Doc(text="x"), "", state))
+        p.add(event(Doc(text="fail"), "", state))
         p.add(waits())
     await bus.drain()
     kinds = set()
@@ -158,4 +160,31 @@ async def test_records_built_field_by_field_have_every_field(
         kinds.add(type(record).__name__)
         for f in dataclasses.fields(record):
             getattr(record, f.name)  # raises AttributeError on an unset slot
-    assert {"EventStarted", "EventCompleted", "MemberStarted", "MemberFinished"} <= kinds
+    assert {
+        "EventStarted",
+        "EventCompleted",
+        "EventFailed",
+        "MemberStarted",
+        "MemberFinished",
+    } <= kinds
+
+
+async def test_a_replayed_calls_record_has_every_field(tmp_path: Path) -> None:
+    import dataclasses
+
+    from rh_agents.core.records import EventReplayed
+    from rh_agents.recovery import Recovery
+
+    event = ExecutionEvent(actor=echo_tool)
+    store = tmp_path / "state.db"
+    async with ExecutionState(run_id="fields", recovery=Recovery(store)) as first:
+        await event(Doc(text="x"), "", first)
+    recorder = Recorder()
+    bus = EventBus()
+    bus.subscribe(recorder)
+    async with ExecutionState.resume("fields", backend=store, event_bus=bus) as again:
+        await event(Doc(text="x"), "", again)
+    (replayed,) = [r for r in recorder.records if isinstance(r, EventReplayed)]
+    for f in dataclasses.fields(replayed):
+        getattr(replayed, f.name)  # raises AttributeError on an unset slot
+    assert (replayed.address, replayed.actor, replayed.attempts) == ("echo", "echo", 1)

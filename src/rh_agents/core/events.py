@@ -307,18 +307,10 @@ def _replayed(
     recovered: ExecutionResult[Any],
 ) -> EventReplayed:
     """The ``EventReplayed`` record of a call in ``frame`` answered from a checkpoint."""
-    return EventReplayed(
-        address=frame.address,
-        timestamp=timestamp,
-        group_id=frame.group_id,
-        parallel_index=frame.parallel_index,
-        is_parallel=frame.group_id is not None,
-        actor=actor.name,
-        actor_kind=actor.kind,
-        execution_time=recovered.execution_time,
-        attempts=recovered.attempts,
-        tag=tag,
-    )
+    record = _call_record(EventReplayed, "event.replayed", frame, actor, tag, timestamp)
+    record.execution_time = recovered.execution_time
+    record.attempts = recovered.attempts
+    return record
 
 
 def _started(
@@ -330,7 +322,7 @@ def _started(
     return record
 
 
-_CallRecord = TypeVar("_CallRecord", EventStarted, EventCompleted)
+_CallRecord = TypeVar("_CallRecord", EventStarted, EventCompleted, EventFailed, EventReplayed)
 
 
 def _call_record(
@@ -341,7 +333,8 @@ def _call_record(
     tag: str | None,
     timestamp: float,
 ) -> _CallRecord:
-    """A call's record with the fields every call record has; the caller sets the rest.
+    """A call's record placed in the tree (address, group, index: the one place a call's
+    record gets them) with the fields every call record has; the caller sets the rest.
 
     Field by field rather than by keywords: every call publishes two (keyword parsing costs
     more than the record). A test reads every field of every record back.
@@ -372,18 +365,10 @@ def _failed(
     cancelled: bool = False,
 ) -> EventFailed:
     """The ``EventFailed`` record of a call in ``frame``."""
-    return EventFailed(
-        address=frame.address,
-        timestamp=timestamp,
-        group_id=frame.group_id,
-        parallel_index=frame.parallel_index,
-        is_parallel=frame.group_id is not None,
-        actor=actor.name,
-        actor_kind=actor.kind,
-        tag=tag,
-        execution_time=elapsed,
-        error=error,
-        error_type=error_type,
-        attempts=attempts,
-        cancelled=cancelled,
-    )
+    record = _call_record(EventFailed, "event.failed", frame, actor, tag, timestamp)
+    record.execution_time = elapsed
+    record.error = error
+    record.error_type = error_type
+    record.attempts = attempts
+    record.cancelled = cancelled
+    return record
