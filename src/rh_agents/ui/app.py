@@ -417,8 +417,10 @@ async def _pause(vs: ViewerState, seconds: float, feed: LiveFeed | None = None) 
     try:
         await asyncio.wait((closing, waiting), return_when=asyncio.FIRST_COMPLETED)
     finally:
+        # Both are ours: cancel the one still waiting and see both end before returning.
         for task in (closing, waiting):
             task.cancel()
+        await asyncio.gather(closing, waiting, return_exceptions=True)
 
 
 def _cursor(request: Request) -> int:
