@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,42 @@ async def run_group(
         for i in range(n):
             p.add(member(i))
         return await p.gather()
+
+
+class StoreLocker:
+    """Another process holding the database with BEGIN EXCLUSIVE until ``release()``
+    (see store_locker.py)."""
+
+    def __init__(self, db: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parent / "store_locker.py"), str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "released"
+        self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@contextmanager
+def locked(db: Path) -> Iterator[StoreLocker]:
+    """The database held by another process for the block (killed at the end)."""
+    locker = StoreLocker(db)
+    try:
+        yield locker
+    finally:
+        locker.kill()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from recovery_support import StoreLocker
 from rh_agents.recovery import RunStatus, SQLiteBackend
 
 HERE = Path(__file__).resolve().parent
@@ -118,42 +119,21 @@ def test_kill_mid_group_then_resume_runs_each_member_once(
         assert backend.get_run("crash").status is RunStatus.COMPLETED
 
 
-class _Locker:
-    """Another process holding the database with BEGIN EXCLUSIVE (see store_locker.py)."""
-
-    def __init__(self, db: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "store_locker.py"), str(db)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == "locked"
-
-    def release(self) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "released"
-        self.proc.wait(timeout=10)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["every", "batched"])
 def test_kill_while_the_store_is_locked_then_resume(tmp_path: Path, mode: str) -> None:
     proc = _spawn(tmp_path, "crash", "fresh", mode, seed=1)
-    locker: _Locker | None = None
+    locker: StoreLocker | None = None
     try:
         _wait_for_lines(proc, tmp_path / "log", 30)
-        locker = _Locker(tmp_path / "state.db")
+        locker = StoreLocker(tmp_path / "state.db")
         locked_at = len(_lines(tmp_path / "log"))
         # The run goes on while the store is locked: 40 more members finish meanwhile.
         _wait_for_lines(proc, tmp_path / "log", locked_at + 40)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.communicate(timeout=10)
-        if locker is not None and locker.proc.poll() is None:
+        if locker is not None:
             locker.release()
     assert proc.returncode == -signal.SIGKILL
     first = _lines(tmp_path / "log")

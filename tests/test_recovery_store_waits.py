@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
-import sys
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from recovery_support import Item, Square, Squarer, make_backend, run_group
+from recovery_support import Item, Square, Squarer, locked, make_backend, run_group
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.results import ExecutionResult
 from rh_agents.errors import CheckpointWarning, RecoveryError
@@ -32,43 +28,6 @@ STALL_LIMIT = 0.2  # the longest the loop may stop while the store is locked
 # uvloop keeps time in whole milliseconds: its timers may fire up to 1 ms before the clock
 # here says they are due (make test-uvloop).
 TIMER_SLACK = 0.002
-
-
-class Locker:
-    """Another process holding the database with BEGIN EXCLUSIVE until ``release()``."""
-
-    def __init__(self, db: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "store_locker.py"), str(db)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == "locked"
-
-    def release(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "released"
-        self.proc.wait(timeout=10)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
-@contextmanager
-def locked(db: Path) -> Iterator[Locker]:
-    locker = Locker(db)
-    try:
-        yield locker
-    finally:
-        locker.kill()
 
 
 class Ticker:
