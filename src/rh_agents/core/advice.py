@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING
 
-from rh_agents.core.records import RunWarning
+from rh_agents.core.records import RunWarning, _placed
 
 if TYPE_CHECKING:
     from rh_agents.core.bus import EventBus
@@ -52,16 +52,11 @@ def run_warning(
     parallel_index: int | None = None,
 ) -> RunWarning:
     """The bus record of a warning."""
-    return RunWarning(
-        address=address,
-        timestamp=timestamp,
-        group_id=group_id,
-        parallel_index=parallel_index,
-        is_parallel=group_id is not None,
-        category=category.__name__,
-        message=message,
-        hint=hint,
-    )
+    record = _placed(RunWarning, address, timestamp, group_id, parallel_index)
+    record.category = category.__name__
+    record.message = message
+    record.hint = hint
+    return record
 
 
 def advise(

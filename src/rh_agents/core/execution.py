@@ -37,7 +37,7 @@ from rh_agents.core.parallel.metrics import ResourceUsage
 from rh_agents.core.parallel.options import GroupOptions, check_policy
 from rh_agents.core.parallel.slots import SlotArbiter
 from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
-from rh_agents.core.records import RunInterrupted
+from rh_agents.core.records import RunInterrupted, _placed
 from rh_agents.core.results import ExecutionResult
 from rh_agents.core.threads import ThreadRunner
 from rh_agents.core.watchdog import RunResources, Watchdog
@@ -363,14 +363,10 @@ class ExecutionState:
         resume = self.recovery.mark_interrupted() if self.recovery is not None else None
         bus = self.event_bus
         if bus.has_listeners:
-            bus.publish(
-                RunInterrupted(
-                    address="",
-                    timestamp=self.clock.now(),
-                    run_id=self.run_id if self.recovery is not None else None,
-                    resume=resume,
-                )
-            )
+            record = _placed(RunInterrupted, "", self.clock.now(), None, None)  # the run's root
+            record.run_id = self.run_id if self.recovery is not None else None
+            record.resume = resume
+            bus.publish(record)
 
     async def close(self) -> None:
         """Write pending checkpoints, let every subscriber catch up, then stop the bus.

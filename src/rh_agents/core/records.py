@@ -16,12 +16,16 @@ group publishes one record per member.)
 
 Records that happen inside a parallel group carry the group's id, the member's index and
 ``is_parallel=True``, however deep the event is nested inside the member.
+
+The package builds its records with ``_placed`` (or ``_placed_in``, from a frame), which
+gives a record its place in the tree: ``kind``, ``address``, ``timestamp``, ``group_id``,
+``parallel_index`` and ``is_parallel``. That rule is written there only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 _new = object.__new__
 
@@ -58,6 +62,72 @@ class BusEvent:
     def depth(self) -> int:
         """How deep in the execution tree (0 for a root-level event)."""
         return self.address.count("::")
+
+
+# --- placing a record in the tree -----------------------------------------------------------
+
+_Record = TypeVar("_Record", bound=BusEvent)
+
+
+class _Place(Protocol):
+    """Where a record happens: a ``Frame`` (``rh_agents.core.context``), or anything else
+    with these three. A protocol rather than ``Frame`` itself: this module sits below
+    ``context`` and imports nothing of the package."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def group_id(self) -> str | None: ...
+
+    @property
+    def parallel_index(self) -> int | None: ...
+
+
+# Each record class's ``kind``, read from its dataclass fields on its first record: a slots
+# dataclass keeps no class attribute for a field's default.
+_kinds: dict[type[BusEvent], str] = {}
+
+
+def _kind_of(cls: type[BusEvent]) -> str:
+    default = cls.__dataclass_fields__["kind"].default
+    if not isinstance(default, str):
+        raise TypeError(f"{cls.__name__} has no default kind: it cannot be placed")
+    _kinds[cls] = default
+    return default
+
+
+def _placed(
+    cls: type[_Record],
+    address: str,
+    timestamp: float,
+    group_id: str | None,
+    parallel_index: int | None,
+    /,
+) -> _Record:
+    """A new record of ``cls`` placed in the tree: its ``kind`` (the class's), ``address``,
+    ``timestamp``, ``group_id``, ``parallel_index`` and ``is_parallel`` (inside a group
+    exactly when it has a group id). The caller sets the rest, every field of its own.
+
+    The one place a record gets its place. Field by field and positional, not by keywords:
+    records are built per call and per member, and keyword parsing costs more than the record.
+    """
+    record = _new(cls)
+    try:
+        record.kind = _kinds[cls]
+    except KeyError:  # the class's first record
+        record.kind = _kind_of(cls)
+    record.address = address
+    record.timestamp = timestamp
+    record.group_id = group_id
+    record.parallel_index = parallel_index
+    record.is_parallel = group_id is not None
+    return record
+
+
+def _placed_in(cls: type[_Record], where: _Place, timestamp: float, /) -> _Record:
+    """``_placed`` at ``where`` (a ``Frame``): a record published from inside it."""
+    return _placed(cls, where.address, timestamp, where.group_id, where.parallel_index)
 
 
 # --- actor events ---------------------------------------------------------------------------
@@ -179,13 +249,7 @@ class MemberStarted(BusEvent):
         A group publishes one per member that waits; this skips keyword-argument parsing,
         which costs more than the record itself.
         """
-        record = _new(cls)
-        record.kind = "group.member_started"
-        record.address = address
-        record.timestamp = timestamp
-        record.group_id = group_id
-        record.parallel_index = index
-        record.is_parallel = True
+        record = _placed(cls, address, timestamp, group_id, index)
         record.name = name
         record.index = index
         record.queue_wait = queue_wait
@@ -235,13 +299,7 @@ class MemberFinished(BusEvent):
     ) -> MemberFinished:
         """The record for member ``index`` (at ``address``) of ``group_id``, built
         positionally: a group publishes one per member."""
-        record = _new(cls)
-        record.kind = "group.member_finished"
-        record.address = address
-        record.timestamp = timestamp
-        record.group_id = group_id
-        record.parallel_index = index
-        record.is_parallel = True
+        record = _placed(cls, address, timestamp, group_id, index)
         record.name = name
         record.index = index
         record.status = status

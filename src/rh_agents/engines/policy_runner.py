@@ -30,7 +30,7 @@ from rh_agents.core.parallel.adding import _call_event
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
 from rh_agents.core.parallel.slots import MemberSlot
-from rh_agents.core.records import CircuitStateChanged, EventRetrying
+from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_in
 from rh_agents.core.results import ExecutionResult, describe_error
 from rh_agents.resilience.breaker import Circuit, CircuitBreaker, Transition
 from rh_agents.resilience.rate_limit import RateLimit
@@ -327,32 +327,18 @@ def _failure_of(value: Any) -> BaseException | None:
     return None
 
 
-def _placed(state: ExecutionState, frame: Frame) -> dict[str, Any]:
-    """The fields every record has, for a record published now from ``frame``."""
-    return {
-        "address": frame.address,
-        "timestamp": state.clock.now(),
-        "group_id": frame.group_id,
-        "parallel_index": frame.parallel_index,
-        "is_parallel": frame.group_id is not None,
-    }
-
-
 def _publish_change(
     state: ExecutionState, frame: Frame, key: str, change: Transition | None
 ) -> None:
     if change is None or not state.event_bus.has_listeners:
         return
     old, new, failures = change
-    state.event_bus.publish(
-        CircuitStateChanged(
-            **_placed(state, frame),
-            key=key,
-            old_state=old,
-            new_state=new,
-            failures=failures,
-        )
-    )
+    record = _placed_in(CircuitStateChanged, frame, state.clock.now())
+    record.key = key
+    record.old_state = old
+    record.new_state = new
+    record.failures = failures
+    state.event_bus.publish(record)
 
 
 def _publish_retry(
@@ -360,15 +346,12 @@ def _publish_retry(
 ) -> None:
     if not state.event_bus.has_listeners:
         return
-    state.event_bus.publish(
-        EventRetrying(
-            **_placed(state, frame),
-            attempt=attempt,
-            delay=delay,
-            error=describe_error(error) if error is not None else "result asked for a retry",
-            error_type=type(error).__name__ if error is not None else "",
-        )
-    )
+    record = _placed_in(EventRetrying, frame, state.clock.now())
+    record.attempt = attempt
+    record.delay = delay
+    record.error = describe_error(error) if error is not None else "result asked for a retry"
+    record.error_type = type(error).__name__ if error is not None else ""
+    state.event_bus.publish(record)
 
 
 async def _backoff(state: ExecutionState, frame: Frame, delay: float) -> None:
