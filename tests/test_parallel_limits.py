@@ -326,7 +326,8 @@ async def test_a_member_can_lend_its_worker_while_it_only_waits() -> None:
         p.add(other())
     assert [r.result for r in await p.gather()] == ["a", "b", "b"]
     assert gauge.total_high == 1
-    assert (p._slots.in_use, p._slots.waiting) == (0, 0)
+    pool = p._pool.statistics()
+    assert (pool.slots_in_use, pool.waiting_for_slot) == (0, 0)
 
 
 async def test_exception_in_block_body_cancels_and_closes() -> None:

@@ -37,5 +37,8 @@ async def test_a_member_returning_a_failed_result_stops_a_fail_fast_group() -> N
         async with state.parallel(error_strategy=ErrorStrategy.FAIL_FAST) as p:
             p.add(refuses)
             p.add(slow)
-    assert [r.status for r in p._results if r] == [ResultStatus.FAILED, ResultStatus.CANCELLED]
+    assert [r.status for r in p._tally.results if r] == [
+        ResultStatus.FAILED,
+        ResultStatus.CANCELLED,
+    ]
     assert not slow_ran_to_the_end

@@ -186,7 +186,9 @@ async def test_a_retry_backoff_under_a_worker_limit_never_deadlocks(form: str) -
     async with state.parallel(max_workers=1, retry=group_retry) as p:
         p.add(lambda: flaky(0), retry=member_retry)
         p.add(lambda: flaky(1), retry=member_retry)
-        await until(lambda: p._slots.waiting == 1)  # member 0 waits to take a slot back
+        await until(
+            lambda: p._pool.statistics().waiting_for_slot == 1
+        )  # member 0 waits to take a slot back
         zero_waits.set()
         results = await p.gather()
     assert calls == {0: 2, 1: 2}
@@ -253,20 +255,23 @@ async def test_a_group_stopped_while_a_member_waits_for_its_slot(stop: str) -> N
         async with p:
             p.add(fails_first, priority=2)
             p.add(holds_the_slot, priority=1, retry=RetryPolicy(max_attempts=1))
-            await until(lambda: p._slots.waiting == 1)  # member 0 is back from its backoff
+            await until(
+                lambda: p._pool.statistics().waiting_for_slot == 1
+            )  # member 0 is back from its backoff
             zero_waits.set()
             if stop == "cancel":
                 p.cancel()
     except ValueError as exc:  # FAIL_FAST re-raises the failure
         raised = exc
     assert (raised is not None) == (stop == "fail_fast")
-    waiting = p._results[0]
+    waiting = p._tally.results[0]
     assert waiting is not None
     expected = ResultStatus.TIMED_OUT if stop == "timeout" else ResultStatus.CANCELLED
     assert waiting.status is expected, waiting.error
     assert waiting.attempts == 1
     assert state.internal_errors == []
-    assert (p._slots.in_use, p._slots.waiting) == (0, 0)
+    pool = p._pool.statistics()
+    assert (pool.slots_in_use, pool.waiting_for_slot) == (0, 0)
     assert_no_leftover_tasks(before)
 
 
@@ -377,5 +382,6 @@ async def test_identical_cached_calls_with_retries_under_one_slot_never_deadlock
     assert [r.result for r in results] == [6] * 5
     assert calls == [3, 3]  # one call, retried once; every other caller shared it
     assert [r.source for r in results] == ["run"] + ["cache"] * 4
-    assert (p._slots.in_use, p._slots.waiting) == (0, 0)
+    pool = p._pool.statistics()
+    assert (pool.slots_in_use, pool.waiting_for_slot) == (0, 0)
     assert state.internal_errors == []

@@ -203,7 +203,7 @@ class Window:
                 block[2] = max(block[2], held)
             if publish and manager is not None and address not in self.published:
                 self.published.add(address)
-                state = manager._state
+                state = manager.execution_state
                 bus = state.event_bus
                 if bus.has_listeners:
                     message, hint = blocked_text(address, group_id, held, self.options)
@@ -429,7 +429,7 @@ class LoopMonitor:
             group = window.group()
             if group is None:
                 continue
-            member = group._running_member.get(task)
+            member = group._pool.member_of(task)
             if member is not None:
                 window.seen.append((probe.number, member, elapsed))
                 return

@@ -87,7 +87,7 @@ def _no_policy_for(state: ExecutionState, event: ExecutionEvent[Any], frame: Fra
     if _member_retry.get() is not None:
         return False  # a member's own policy may apply to this call (event_policies decides)
     # _plain: the group found no policy of its own when it opened (the state's are read above).
-    return not isinstance(slot, MemberSlot) or slot.manager._plain
+    return not isinstance(slot, MemberSlot) or slot.plain
 
 
 def member_executor(frame: Frame) -> MemberExecutor | None:
@@ -96,7 +96,7 @@ def member_executor(frame: Frame) -> MemberExecutor | None:
     slot = frame.slot
     if not isinstance(slot, MemberSlot):
         return None
-    manager = slot.manager
+    manager = slot.group
     executor = manager.options.executor
     if executor is None:
         return None
@@ -119,7 +119,7 @@ def member_group(frame: Frame) -> ParallelExecutionManager[Any] | None:
     slot = frame.slot
     if not isinstance(slot, MemberSlot):
         return None
-    manager = slot.manager
+    manager = slot.group
     parent = frame.address.rpartition("::")[0]
     if parent != f"{manager.group_id}[{frame.parallel_index}]":
         return None

@@ -1,7 +1,8 @@
 """Warnings that help, about one group: what its run showed, and a group never used.
 
-``_Advising`` is the part of ``ParallelExecutionManager`` that looks, when the group ends, at
-what its run showed, and warns (``rh_agents.core.advice``: ``warnings.warn`` with a category
+The functions here are ``ParallelExecutionManager``'s methods (bound in its class body, each
+taking the group first) that look, when the group ends, at what its run showed, and warn
+(``rh_agents.core.advice``: ``warnings.warn`` with a category
 of ``rh_agents.errors``, and a ``RunWarning`` on the bus), each warning naming the member or
 group and what to do:
 
@@ -38,14 +39,18 @@ from rh_agents.errors import (
 )
 
 if TYPE_CHECKING:
-    from rh_agents.core.context import Frame
-    from rh_agents.core.execution import ExecutionState
-    from rh_agents.core.parallel.options import GroupOptions
-    from rh_agents.core.results import ExecutionResult
+    from rh_agents.core.parallel.manager import ParallelExecutionManager
     from rh_agents.core.watchdog import Window
-    from rh_agents.resilience.adaptive import AdaptiveLimit
 
-__all__ = ["OVERSIZED_FACTOR", "OVERSIZED_LIMIT", "_Advising"]
+__all__ = [
+    "OVERSIZED_FACTOR",
+    "OVERSIZED_LIMIT",
+    "advise_after_run",
+    "advise_group",
+    "advise_loop",
+    "advise_results",
+    "warn_if_unused",
+]
 
 # max_workers at least OVERSIZED_LIMIT and over OVERSIZED_FACTOR times the members: a warning.
 OVERSIZED_LIMIT = 50
@@ -56,149 +61,135 @@ _RESULTS_CHECKED = 32
 _SEQUENTIAL_SHARE = 0.5
 
 
-class _Advising:
-    """``ParallelExecutionManager``'s warnings (a mixin, no state)."""
+def advise_after_run(group: ParallelExecutionManager[Any]) -> None:
+    """Warn about what the group's run showed (called once, as it ends)."""
+    window = group._window
+    if window is not None and (window.blocks or window.held):
+        advise_loop(group, window)
+    limit = group._final_limit or 0
+    total = group._tally.total
+    if (
+        group._adaptive is None
+        and total
+        and limit >= OVERSIZED_LIMIT
+        and limit > OVERSIZED_FACTOR * total
+    ):
+        advise_group(
+            group,
+            OversizedGroupWarning,
+            f"group {group.group_id!r} ran {total} member{'s' if total != 1 else ''} with "
+            f"max_workers={limit}: the limit never came into play",
+            "Size max_workers to the members you expect; to bound the whole run, set "
+            "ExecutionState(global_max_workers=...) instead",
+        )
+    if group._retain and total:
+        advise_results(group)
 
-    if not TYPE_CHECKING:
-        __slots__ = ()
 
-    if TYPE_CHECKING:
-        # Fields of ParallelExecutionManager (see its __init__).
-        group_id: str
-        options: GroupOptions
-        _state: ExecutionState
-        _window: Window | None
-        _entered: bool
-        _used: bool
-        _finalized: bool
-        _retain: bool
-        _results: list[ExecutionResult[Any] | None]
-        _total: int
-        _final_limit: int | None
-        _adaptive: AdaptiveLimit | None
-        _parent_frame: Frame | None
-
-    def _advise_after_run(self) -> None:
-        """Warn about what the group's run showed (called once, as it ends)."""
-        window = self._window
-        if window is not None and (window.blocks or window.held):
-            self._advise_loop(window)
-        limit = self._final_limit or 0
-        total = self._total
-        if (
-            self._adaptive is None
-            and total
-            and limit >= OVERSIZED_LIMIT
-            and limit > OVERSIZED_FACTOR * total
-        ):
-            self._advise_group(
-                OversizedGroupWarning,
-                f"group {self.group_id!r} ran {total} member{'s' if total != 1 else ''} with "
-                f"max_workers={limit}: the limit never came into play",
-                "Size max_workers to the members you expect; to bound the whole run, set "
-                "ExecutionState(global_max_workers=...) instead",
-            )
-        if self._retain and total:
-            self._advise_results()
-
-    def _advise_loop(self, window: Window) -> None:
-        state, group_id = self._state, self.group_id
-        for address, (times, _, longest) in window.blocks.items():
-            message, hint = blocked_text(address, group_id, longest, window.options, int(times))
-            index = address[len(group_id) + 1 : -1]
-            advise(
-                state,
-                LoopBlockedWarning,
-                message,
-                hint,
-                address=address,
-                group_id=group_id,
-                parallel_index=int(index) if index.isdigit() else None,
-                # (published by the watchdog when it saw it, if the group still ran then)
-                publish=address not in window.published,
-            )
-        wall = window.wall  # the real clock's, as the watchdog's (the state's may be fake)
-        limit = self._final_limit or 1
-        if (
-            limit > 1
-            and self._total >= 2
-            and wall >= window.options.sequential_threshold
-            and window.held >= _SEQUENTIAL_SHARE * wall
-        ):
-            self._advise_group(
-                SequentialGroupWarning,
-                f"the {self._total} members of group {group_id!r} held the event loop for "
-                f"{min(window.held, wall):.2f} s of its {wall:.2f} s without awaiting: with "
-                f"max_workers={limit} they still ran one at a time",
-                "Await their I/O, or move their blocking or CPU-bound work to a thread "
-                "(`await asyncio.to_thread(fn, *args)`) or a process pool "
-                "(`loop.run_in_executor`), so that they overlap",
-            )
-
-    def _advise_results(self) -> None:
-        for result in self._results[:_RESULTS_CHECKED]:
-            value: Any = result.result if result is not None else None
-            kind = type(value)
-            if kind is CoroutineType or kind is EventCall:
-                assert result is not None
-                what = (
-                    f"the event call of {value.event.actor.name!r}"
-                    if kind is EventCall
-                    else f"coroutine {getattr(value, '__qualname__', '?')!r}"
-                )
-                address = result.address or f"{self.group_id}[{result.index}]"
-                advise(
-                    self._state,
-                    CoroutineResultWarning,
-                    f"member {address} returned {what} instead of its result: the member did "
-                    "not await it, so that work never ran",
-                    "Write `return await fn(...)`, not `return fn(...)`",
-                    address=address,
-                    group_id=self.group_id,
-                    parallel_index=result.index,
-                )
-                return
-
-    def _advise_group(self, category: type[Warning], message: str, hint: str) -> None:
-        parent = self._parent_frame
+def advise_loop(group: ParallelExecutionManager[Any], window: Window) -> None:
+    state, group_id = group._state, group.group_id
+    for address, (times, _, longest) in window.blocks.items():
+        message, hint = blocked_text(address, group_id, longest, window.options, int(times))
+        index = address[len(group_id) + 1 : -1]
         advise(
-            self._state,
-            category,
+            state,
+            LoopBlockedWarning,
             message,
             hint,
-            address=self.group_id,
-            group_id=parent.group_id if parent is not None else None,
-            parallel_index=parent.parallel_index if parent is not None else None,
+            address=address,
+            group_id=group_id,
+            parallel_index=int(index) if index.isdigit() else None,
+            # (published by the watchdog when it saw it, if the group still ran then)
+            publish=address not in window.published,
+        )
+    wall = window.wall  # the real clock's, as the watchdog's (the state's may be fake)
+    limit = group._final_limit or 1
+    if (
+        limit > 1
+        and group._tally.total >= 2
+        and wall >= window.options.sequential_threshold
+        and window.held >= _SEQUENTIAL_SHARE * wall
+    ):
+        advise_group(
+            group,
+            SequentialGroupWarning,
+            f"the {group._tally.total} members of group {group_id!r} held the event loop for "
+            f"{min(window.held, wall):.2f} s of its {wall:.2f} s without awaiting: with "
+            f"max_workers={limit} they still ran one at a time",
+            "Await their I/O, or move their blocking or CPU-bound work to a thread "
+            "(`await asyncio.to_thread(fn, *args)`) or a process pool "
+            "(`loop.run_in_executor`), so that they overlap",
         )
 
-    def __del__(self) -> None:
-        try:
-            if self._finalized:
-                return  # (nearly every group)
-            entered, total, used, state = self._entered, self._total, self._used, self._state
-        except AttributeError:  # __init__ refused its options: there never was a group
-            return
-        if (entered and not total) or (used and not entered):
-            return
-        if not entered:
-            name = self.options.name
-            message = f"a parallel group{f' named {name!r}' if name else ''} was made and never run"
-            hint = (
-                "Run it with `async with state.parallel(...) as p:` or "
-                "`await p.execute_parallel(events)`"
+
+def advise_results(group: ParallelExecutionManager[Any]) -> None:
+    for result in group._tally.results[:_RESULTS_CHECKED]:
+        value: Any = result.result if result is not None else None
+        kind = type(value)
+        if kind is CoroutineType or kind is EventCall:
+            assert result is not None
+            what = (
+                f"the event call of {value.event.actor.name!r}"
+                if kind is EventCall
+                else f"coroutine {getattr(value, '__qualname__', '?')!r}"
             )
-            address = name or "parallel"
-        else:
-            message = (
-                f"group {self.group_id!r} was given {total} member{'s' if total != 1 else ''} "
-                "but never gathered nor left: its results were never read"
+            address = result.address or f"{group.group_id}[{result.index}]"
+            advise(
+                group._state,
+                CoroutineResultWarning,
+                f"member {address} returned {what} instead of its result: the member did "
+                "not await it, so that work never ran",
+                "Write `return await fn(...)`, not `return fn(...)`",
+                address=address,
+                group_id=group.group_id,
+                parallel_index=result.index,
             )
-            hint = "Use `async with state.parallel(...) as p:`, which gathers as the block ends"
-            address = self.group_id
-        publish_soon(
-            state.event_bus,
-            run_warning(
-                UnusedGroupWarning, message, hint, address=address, timestamp=state.clock.now()
-            ),
+            return
+
+
+def advise_group(
+    group: ParallelExecutionManager[Any], category: type[Warning], message: str, hint: str
+) -> None:
+    parent = group._parent_frame
+    advise(
+        group._state,
+        category,
+        message,
+        hint,
+        address=group.group_id,
+        group_id=parent.group_id if parent is not None else None,
+        parallel_index=parent.parallel_index if parent is not None else None,
+    )
+
+
+def warn_if_unused(group: ParallelExecutionManager[Any]) -> None:
+    try:
+        if group._finalized:
+            return  # (nearly every group)
+        entered, total, used, state = group._entered, group._tally.total, group._used, group._state
+    except AttributeError:  # __init__ refused its options: there never was a group
+        return
+    if (entered and not total) or (used and not entered):
+        return
+    if not entered:
+        name = group.options.name
+        message = f"a parallel group{f' named {name!r}' if name else ''} was made and never run"
+        hint = (
+            "Run it with `async with state.parallel(...) as p:` or "
+            "`await p.execute_parallel(events)`"
         )
-        warnings.warn(f"{message}. {hint}", UnusedGroupWarning, stacklevel=2)
+        address = name or "parallel"
+    else:
+        message = (
+            f"group {group.group_id!r} was given {total} member{'s' if total != 1 else ''} "
+            "but never gathered nor left: its results were never read"
+        )
+        hint = "Use `async with state.parallel(...) as p:`, which gathers as the block ends"
+        address = group.group_id
+    publish_soon(
+        state.event_bus,
+        run_warning(
+            UnusedGroupWarning, message, hint, address=address, timestamp=state.clock.now()
+        ),
+    )
+    warnings.warn(f"{message}. {hint}", UnusedGroupWarning, stacklevel=2)

@@ -1,7 +1,7 @@
 """``execute_parallel``: give a group every member at once and get what its batch mode says.
 
-``_Executing`` is the part of ``ParallelExecutionManager`` that runs a whole batch in one
-call, with or without ``async with``::
+The functions here are ``ParallelExecutionManager``'s methods (bound in its class body, each
+taking the group first) that run a whole batch in one call, with or without ``async with``::
 
     manager = ParallelExecutionManager(execution_state, max_workers=5,
                                        batch_mode=BatchMode.GATHER)
@@ -39,119 +39,99 @@ from rh_agents.errors import ConfigurationError, GroupClosedError
 
 if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
-    from rh_agents.core.parallel.options import GroupOptions
     from rh_agents.core.results import ExecutionResult
 
-__all__ = ["BatchStream", "_Executing"]
+__all__ = ["BatchStream", "batch_mode", "checked_batch", "execute_parallel"]
 
 _STREAMS = (BatchMode.STREAM, BatchMode.AS_COMPLETED)
 
 
-class _Executing:
-    """``ParallelExecutionManager``'s ``execute_parallel`` (a mixin, no state)."""
+def batch_mode(group: ParallelExecutionManager[Any]) -> BatchMode:
+    """What ``execute_parallel`` returns (see ``BatchMode``)."""
+    return group.options.batch_mode
 
-    if not TYPE_CHECKING:
-        __slots__ = ()
 
-    if TYPE_CHECKING:
-        # Fields of ParallelExecutionManager (see its __init__) and the sibling methods used.
-        options: GroupOptions
-        _entered: bool
-        _used: bool
-        _sealed: bool
+async def execute_parallel(
+    group: ParallelExecutionManager[Any],
+    events: Iterable[Any] | Mapping[str, Any],
+    dependencies: Mapping[Any, Iterable[Any]] | None = None,
+) -> Any:
+    """Run ``events`` in this group, each after its ``dependencies``, and return what
+    the group's ``batch_mode`` says:
 
-        def add_many(self, entries: Iterable[tuple[Any, ...]]) -> list[int]: ...
-        def _add_graph(self, sources: list[Any], dependencies: Mapping[int, Any]) -> list[int]: ...
-        async def _gather_all(self) -> list[ExecutionResult[Any]]: ...
-        def stream(self) -> AsyncIterator[ExecutionResult[Any]]: ...
-        async def __aenter__(self) -> ParallelExecutionManager[Any]: ...
-        async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None: ...
+    - ``GATHER`` (default): a list of results in the order of ``events``;
+    - ``GATHER_DICT``: ``{name: result}`` (a dict of events) or ``{position: result}``;
+    - ``STREAM`` / ``AS_COMPLETED``: an async iterator of results in completion order.
 
-    @property
-    def batch_mode(self) -> BatchMode:
-        """What ``execute_parallel`` returns (see ``BatchMode``)."""
-        return self.options.batch_mode
+    ``dependencies={1: [0]}`` runs the member at position 1 once the one at position 0
+    completed (a failed one skips it); with a dict of events, names work too
+    (``{"report": ["fetch"]}``). An unknown member, a member depending on itself and a
+    cycle are each a ``DependencyError`` before anything runs.
 
-    async def execute_parallel(
-        self,
-        events: Iterable[Any] | Mapping[str, Any],
-        dependencies: Mapping[Any, Iterable[Any]] | None = None,
-    ) -> Any:
-        """Run ``events`` in this group, each after its ``dependencies``, and return what
-        the group's ``batch_mode`` says:
-
-        - ``GATHER`` (default): a list of results in the order of ``events``;
-        - ``GATHER_DICT``: ``{name: result}`` (a dict of events) or ``{position: result}``;
-        - ``STREAM`` / ``AS_COMPLETED``: an async iterator of results in completion order.
-
-        ``dependencies={1: [0]}`` runs the member at position 1 once the one at position 0
-        completed (a failed one skips it); with a dict of events, names work too
-        (``{"report": ["fetch"]}``). An unknown member, a member depending on itself and a
-        cycle are each a ``DependencyError`` before anything runs.
-
-        Works without ``async with``: the call opens the group, runs it and closes it (a
-        group runs once: make a new one for the next batch). Inside ``async with``, the
-        members join the open group, and the whole group is gathered.
-        """
-        batch = self._batch(events, dependencies)
-        mode = self.options.batch_mode
-        if mode in _STREAMS:
-            if self._entered:
-                batch.add()
-                return self.stream()
-            return BatchStream(self, batch)
-        if self._entered:
+    Works without ``async with``: the call opens the group, runs it and closes it (a
+    group runs once: make a new one for the next batch). Inside ``async with``, the
+    members join the open group, and the whole group is gathered.
+    """
+    batch = checked_batch(group, events, dependencies)
+    mode = group.options.batch_mode
+    if mode in _STREAMS:
+        if group._entered:
+            batch.add()
+            return group.stream()
+        return BatchStream(group, batch)
+    if group._entered:
+        positions = batch.add()
+        results = await group._gather_all()
+    else:
+        async with group:
             positions = batch.add()
-            results = await self._gather_all()
-        else:
-            async with self:
-                positions = batch.add()
-                results = await self._gather_all()
-        mine = [results[index] for index in positions]
-        if mode is BatchMode.GATHER_DICT:
-            if batch.keys:
-                return dict(zip(batch.keys, mine, strict=True))
-            return dict(enumerate(mine))
-        return mine
+            results = await group._gather_all()
+    mine = [results[index] for index in positions]
+    if mode is BatchMode.GATHER_DICT:
+        if batch.keys:
+            return dict(zip(batch.keys, mine, strict=True))
+        return dict(enumerate(mine))
+    return mine
 
-    def _batch(
-        self,
-        events: Iterable[Any] | Mapping[str, Any],
-        dependencies: Mapping[Any, Iterable[Any]] | None,
-    ) -> _Batch:
-        """``events`` and ``dependencies``, checked now (nothing is added yet)."""
-        self._used = True  # whatever happens next, the group was not forgotten
-        if isinstance(events, Mapping):
-            keys = list(events)
-            sources = [events[key] for key in keys]
-        elif isinstance(events, Iterable) and not isinstance(events, str | bytes):
-            keys = []
-            sources = list(events)
-        else:
-            _close_all([events])
-            raise ConfigurationError(
-                f"execute_parallel() takes a list (or a dict by name) of members, got {events!r}"
+
+def checked_batch(
+    group: ParallelExecutionManager[Any],
+    events: Iterable[Any] | Mapping[str, Any],
+    dependencies: Mapping[Any, Iterable[Any]] | None,
+) -> _Batch:
+    """``events`` and ``dependencies``, checked now (nothing is added yet)."""
+    group._used = True  # whatever happens next, the group was not forgotten
+    if isinstance(events, Mapping):
+        keys = list(events)
+        sources = [events[key] for key in keys]
+    elif isinstance(events, Iterable) and not isinstance(events, str | bytes):
+        keys = []
+        sources = list(events)
+    else:
+        _close_all([events])
+        raise ConfigurationError(
+            f"execute_parallel() takes a list (or a dict by name) of members, got {events!r}"
+        )
+    try:
+        if group._entered and group._sealed:
+            raise GroupClosedError(
+                "this parallel group was already used: a group runs once; make a new one "
+                "(state.parallel(...) or ParallelExecutionManager(...)) for the next batch"
             )
-        try:
-            if self._entered and self._sealed:
-                raise GroupClosedError(
-                    "this parallel group was already used: a group runs once; make a new one "
-                    "(state.parallel(...) or ParallelExecutionManager(...)) for the next batch"
+        if keys:
+            bad = [key for key in keys if not isinstance(key, str) or not key]
+            if bad:
+                raise ConfigurationError(
+                    f"a dict of members is keyed by their names (non-empty str); got {bad[0]!r}"
                 )
-            if keys:
-                bad = [key for key in keys if not isinstance(key, str) or not key]
-                if bad:
-                    raise ConfigurationError(
-                        f"a dict of members is keyed by their names (non-empty str); got {bad[0]!r}"
-                    )
-                needs = name_dependencies(keys, dependencies)
-                order = dependency_order(keys, needs)
-                return _Batch(self, sources, keys, order=order, needs=needs)
-            graph = index_dependencies(len(sources), dependencies)
-            return _Batch(self, sources, keys, graph=graph)
-        except BaseException:
-            _close_all(sources)
-            raise
+            needs = name_dependencies(keys, dependencies)
+            order = dependency_order(keys, needs)
+            return _Batch(group, sources, keys, order=order, needs=needs)
+        graph = index_dependencies(len(sources), dependencies)
+        return _Batch(group, sources, keys, graph=graph)
+    except BaseException:
+        _close_all(sources)
+        raise
 
 
 class _Batch:
@@ -161,7 +141,7 @@ class _Batch:
 
     def __init__(
         self,
-        manager: _Executing,
+        manager: ParallelExecutionManager[Any],
         sources: list[Any],
         keys: list[str],
         *,
@@ -210,7 +190,7 @@ class BatchStream:
 
     __slots__ = ("_batch", "_closed", "_manager", "_stream")
 
-    def __init__(self, manager: _Executing, batch: _Batch) -> None:
+    def __init__(self, manager: ParallelExecutionManager[Any], batch: _Batch) -> None:
         self._manager = manager
         self._batch: _Batch | None = batch
         self._stream: AsyncIterator[ExecutionResult[Any]] | None = None

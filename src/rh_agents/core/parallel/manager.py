@@ -10,55 +10,60 @@ O(max_workers); a finished member keeps only its ``ExecutionResult``::
             p.add(summarize_event(doc, "", state))
         results = await p.gather()          # submission order; FAIL_SLOW never raises
 
-The class is one object composed of mixins, one concept per module, so that the per-member
-path calls plain methods of the same object: ``adding`` (``add``, ``add_many``, ``map``),
-``scheduler`` (the worker pool, slot lending, the cache lane), ``running`` (one member's run
-and its result), ``stopping`` (cancel, timeouts, the strategy's error), ``gathering``
-(``gather``, ``stream`` and the waits behind them) and ``executing`` (``execute_parallel``:
-a whole batch in one call, with or without ``async with``). This module holds the state (every field
-is set in ``__init__``), the options, the ``async with`` lifecycle and the read-outs
-(properties, ``statistics()``, ``metrics()``).
+The group's state is owned by parts with one job each, composed here:
 
-Invariants (the manager is the single owner of all of these; workers are its tasks):
+- ``WorkerPool`` (``scheduler``): the worker tasks, the group's ``SlotArbiter``, the ready
+  members and the cache lane;
+- ``ResultTally`` (``tally``): the results, in submission and completion order, and their
+  counts by status;
+- ``ReaderWaits`` (``readers``): the tasks waiting for the whole group, for the next result,
+  or for a reader to make room;
+- ``MemberRecords`` (``member_records``): the member records on their way to the bus.
 
-- ``_slots`` (the group's ``SlotArbiter``) counts workers holding a slot. It is the one place
-  where anyone waits for a slot of this group, and it never leaves a slot idle while anyone
-  waits (see ``slots``); the count passes the limit only for a worker whose member was
-  cancelled while taking its slot back, and that worker is on its way out.
-- A worker takes its member when it first runs (``_unstarted`` holds the workers that have
-  not), so contended members start by priority; a worker cancelled before it ran held none.
-- Every member ends with exactly one result, set by ``_finish``; ``_done`` counts them. A
-  member finished without running has its coroutine closed there.
-- Every worker task is in ``_workers`` until it ends (or, leaving normally, until its body
-  is about to return: nothing of ours runs in it after that); leaving the block (any way)
-  waits for all of them, so no task outlives the group.
+What happens across them is in modules of the manager's own methods (mixins with no fields;
+each method takes ``self`` as the manager): ``adding`` (``add``, ``add_many``, ``map``),
+``running`` (one member's run and its one result), ``stopping`` (cancel, timeouts, the
+strategy's error), ``gathering`` (``gather``, ``stream`` and the waits behind them),
+``executing`` (``execute_parallel``) and ``advising`` (the warnings a group gives). This module
+holds the options, the members not yet run, why the group stopped, the ``async with``
+lifecycle and the read-outs (properties, ``statistics()``, ``metrics()``).
+
+Invariants (the manager owns its parts; workers are the pool's tasks, on one loop):
+
+- Every member ends with exactly one result, landed by ``_finish`` in the tally. A member
+  finished without running has its coroutine closed there.
+- The group stops at most once (``_stop``): ``_stop_status`` says what unfinished members
+  become, and nothing starts after it.
+- Leaving the block (any way) waits for every task of the pool, so no task outlives the group.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rh_agents.core.context import Frame, current_frame
-from rh_agents.core.parallel.adding import _Adding
-from rh_agents.core.parallel.advising import _Advising
-from rh_agents.core.parallel.executing import _Executing
-from rh_agents.core.parallel.gathering import _Gathering
+from rh_agents.core.parallel import (
+    adding,
+    advising,
+    executing,
+    gathering,
+    running,
+    stopping,
+)
 from rh_agents.core.parallel.group import GroupStatistics, ParallelEventGroup
 from rh_agents.core.parallel.lazy_source import LazySource
 from rh_agents.core.parallel.member import Member
-from rh_agents.core.parallel.metrics import GroupMetrics, MetricsRecorder, ResourceUsage
+from rh_agents.core.parallel.member_records import MemberRecords
+from rh_agents.core.parallel.metrics import GroupMetrics, ResourceUsage
 from rh_agents.core.parallel.options import GroupOptions
-from rh_agents.core.parallel.ready import ReadyQueue
-from rh_agents.core.parallel.running import _MemberRunning
-from rh_agents.core.parallel.scheduler import _DELIVER_EVERY, _Scheduler
-from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
-from rh_agents.core.parallel.stopping import _Stopping
+from rh_agents.core.parallel.readers import ReaderWaits
+from rh_agents.core.parallel.scheduler import WorkerPool
 from rh_agents.core.parallel.strategy import GroupStatus
-from rh_agents.core.records import GroupCompleted, GroupStarted, MemberFinished
+from rh_agents.core.parallel.tally import ResultTally
+from rh_agents.core.records import GroupCompleted, GroupStarted, _placed
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.core.watchdog import Window, open_window
 from rh_agents.errors import ConfigurationError, GroupClosedError
@@ -73,9 +78,7 @@ __all__ = ["ParallelExecutionManager"]
 T = TypeVar("T")
 
 
-class ParallelExecutionManager(
-    _Adding, _Scheduler, _MemberRunning, _Stopping, _Gathering[T], _Executing, _Advising
-):
+class ParallelExecutionManager(Generic[T]):
     """An async context manager running members concurrently; see the module docstring.
 
     Made by ``ExecutionState.parallel(...)``, which documents the options, or directly, with
@@ -86,71 +89,41 @@ class ParallelExecutionManager(
         results = await manager.execute_parallel(events, dependencies={1: [0]})
     """
 
-    # Slots: a group has some sixty fields, past what an instance dict stores cheaply, and a
-    # group is made per parallel block. The mixins have empty slots: this tuple is the one
-    # layout, and __init__ below sets every field.
+    # Slots: a group is made per parallel block, and its fields are read per member.
     __slots__ = (
         "__weakref__",
         "_adaptive",
-        "_announce_starts",
-        "_announcements",
-        "_bus_version",
-        "_cancelled",
-        "_completion_order",
-        "_context",
-        "_deliver_at",
         "_dependents",
         "_display_name",
-        "_done",
-        "_done_waiters",
         "_end_time",
         "_entered",
-        "_failed",
         "_final_limit",
         "_finalized",
         "_fixed_limit",
         "_group",
-        "_group_slot",
-        "_high_water",
-        "_instant",
-        "_instant_task",
-        "_last_failure",
         "_members",
-        "_metrics",
         "_names",
         "_now",
         "_parent_frame",
-        "_plain",
-        "_progress",
-        "_reader_space",
-        "_ready",
-        "_report_finishes",
+        "_pool",
+        "_readers",
+        "_records",
         "_requested_name",
-        "_results",
         "_retain",
-        "_running_member",
         "_sealed",
-        "_skipped",
-        "_slots",
         "_source",
         "_source_error",
-        "_spawn_pending",
         "_started_at",
         "_state",
         "_status",
         "_stop_group_status",
         "_stop_status",
-        "_succeeded",
-        "_timed_out",
+        "_tally",
         "_timeout_handle",
-        "_total",
         "_trigger",
-        "_unretained",
-        "_unstarted",
         "_used",
         "_wall_time",
         "_window",
-        "_workers",
         "circuit_breaker",
         "error_strategy",
         "failure_threshold",
@@ -163,6 +136,47 @@ class ParallelExecutionManager(
         "retry",
         "timeout",
     )
+
+    # The methods that work across the parts, one module each (see the module docstring).
+    # Adding members (adding.py).
+    add = adding.add
+    add_many = adding.add_many
+    map = adding.map
+    _add_graph = adding.add_graph
+    _register = adding.register
+    # Running one member and landing its result (running.py).
+    _run_member = running.run_member
+    _cancelled_result = running.cancelled_result
+    _failed_result = running.failed_result
+    _finish = running.finish
+    _unfinished = running.unfinished
+    _check_all_done = running.check_all_done
+    # Stopping, and the error the strategy raises (stopping.py).
+    cancel = stopping.cancel
+    _stop = stopping.stop
+    _threshold_reached = stopping.threshold_reached
+    _stopped_result = stopping.stopped_result
+    _skipped_result = stopping.skipped_result
+    _input_failed = stopping.input_failed
+    _on_group_timeout = stopping.on_group_timeout
+    _raise_for_strategy = stopping.raise_for_strategy
+    # Reading the results (gathering.py).
+    gather = gathering.gather
+    gather_dict = gathering.gather_dict
+    stream = gathering.stream
+    gather_stream = gathering.gather_stream
+    as_completed = gathering.as_completed
+    _gather_all = gathering.gather_all
+    _collected = gathering.collected
+    _join_workers = gathering.join_workers
+    _wait_all = gathering.wait_all
+    _wait_lending = gathering.wait_lending
+    # A whole batch in one call (executing.py).
+    batch_mode = property(executing.batch_mode)
+    execute_parallel = executing.execute_parallel
+    # Warnings (advising.py).
+    _advise_after_run = advising.advise_after_run
+    __del__ = advising.warn_if_unused
 
     def __init__(
         self, state: ExecutionState, options: GroupOptions | None = None, /, **settings: Any
@@ -195,7 +209,6 @@ class ParallelExecutionManager(
         self.retry = options.retry
         self.circuit_breaker = options.circuit_breaker
         self._retain = options.retain_results
-        self._group_slot = MemberSlot(self)  # shared by members when there is no global limit
 
         # Lifecycle (this module: __aenter__, _finalize, the group property).
         self._group: ParallelEventGroup | None = None  # built on first read of .group
@@ -206,19 +219,16 @@ class ParallelExecutionManager(
         self._entered = False
         self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
-        self._plain = False  # set on entry: no policy applies, members run directly
         self._parent_frame: Frame | None = None
         self._started_at = 0.0
         self._wall_time: float | None = None
         self._final_limit: int | None = None  # the limit when the group ended
         self._timeout_handle: asyncio.TimerHandle | None = None  # cancelled by _finalize
         # What the watchdog sees while the group runs (see rh_agents.core.watchdog); its
-        # thread reads _running_member to tell which member holds the loop.
+        # thread asks the pool which member holds the loop.
         self._window: Window | None = None
-        # The context of the task that opened the block: each worker runs in a copy of it.
-        self._context = contextvars.copy_context()
 
-        # Members (adding.py; the scheduler registers map() items).
+        # The members not run yet (adding.py; the pool registers map() items).
         # The members waiting on dependencies (a stop must finish them). Others are not kept:
         # once run, a member is only its result (a dependency is looked up by its result).
         self._members: dict[int, Member] = {}
@@ -226,56 +236,19 @@ class ParallelExecutionManager(
         self._dependents: dict[int, list[Member]] = {}
         self._names: dict[str, int] = {}
         self._source: LazySource | None = None
-        self._total = 0
 
-        # The worker pool (scheduler.py).
-        self._ready = ReadyQueue()
-        self._instant: deque[Member] = deque()  # cache hits waiting for the cache lane
-        self._instant_task: asyncio.Task[None] | None = None
-        self._workers: set[asyncio.Task[None]] = set()
-        self._running_member: dict[asyncio.Task[None], Member] = {}
-        self._unstarted: set[asyncio.Task[None]] = set()
-        # The one arbiter of this group's slots; a slot freed with no task waiting for it
-        # goes to ready members (_kick).
-        self._slots = SlotArbiter(
-            self._adaptive if self._adaptive is not None else limit, self._kick
-        )
-        self._high_water = 0
-        self._spawn_pending = False  # a _spawn is scheduled for the loop's next turn
-        self._source_error: Exception | None = None
-
-        # Results and counters (running.py: _finish is the only writer).
-        self._results: list[ExecutionResult[Any] | None] = []
-        self._completion_order: list[int] = []
-        self._unretained: deque[ExecutionResult[Any]] = deque()
-        self._last_failure: ExecutionResult[Any] | None = None
-        self._done = 0
-        self._deliver_at = _DELIVER_EVERY
-        self._succeeded = 0
-        self._failed = 0
-        self._cancelled = 0
-        self._timed_out = 0
-        self._skipped = 0
-        self._metrics = MetricsRecorder()  # observability: per-member timings
-        # Whether member records would reach anyone, as of the bus's version (_note_listeners).
-        self._bus_version = -1
-        self._announce_starts = False
-        self._report_finishes = False
-        # Member records not published yet, in order (see deferred_record): members whose
-        # start is announced once they wait, and finish records.
-        self._announcements: list[Member | MemberFinished] = []
-
-        # Stopping (stopping.py; _finish and _seal decide to stop).
+        # Why the group stopped (stopping.py; _finish and _seal decide to stop).
         self._stop_status: ResultStatus | None = None
         self._stop_group_status: GroupStatus | None = None
         self._trigger: ExecutionResult[Any] | None = None
-
-        # Readers (gathering.py and stream.py).
+        self._source_error: Exception | None = None
         self._sealed = False  # no more add(): gather/stream started or block left
-        # One future per task waiting for the whole group (each cancellable on its own).
-        self._done_waiters: list[asyncio.Future[None]] = []
-        self._progress: asyncio.Future[None] | None = None
-        self._reader_space: asyncio.Future[None] | None = None
+
+        # The parts, each the one owner of its state.
+        self._pool = WorkerPool(self, self._adaptive if self._adaptive is not None else limit)
+        self._tally = ResultTally(self._retain)
+        self._readers = ReaderWaits()
+        self._records = MemberRecords(self)
 
     # --- adaptive limit (resilience) -------------------------------------------------------
 
@@ -291,7 +264,7 @@ class ParallelExecutionManager(
 
     def limit_changed(self) -> None:
         """The adaptive limit grew: hand out the new slots (to waiting tasks, then ready work)."""
-        self._slots.limit_changed()
+        self._pool.slots.limit_changed()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -300,10 +273,11 @@ class ParallelExecutionManager(
             raise GroupClosedError("this parallel group was already used; make a new one")
         self._entered = True
         state = self._state
-        self._plain = not self.has_policies
+        pool = self._pool
+        pool.plain = not self.has_policies
         parent = current_frame(state)
         self._parent_frame = parent
-        self._context = contextvars.copy_context()
+        pool.context = contextvars.copy_context()
         name = self._requested_name or "parallel"
         self.group_id = parent.child_address(name)
         self._started_at = state.clock.now()
@@ -317,19 +291,19 @@ class ParallelExecutionManager(
             self._window = open_window(self, watchdog)
         bus = state.event_bus
         if bus.has_listeners:
-            bus.publish(
-                GroupStarted(
-                    address=self.group_id,
-                    timestamp=self._started_at,
-                    group_id=parent.group_id,
-                    parallel_index=parent.parallel_index,
-                    is_parallel=parent.group_id is not None,
-                    name=self._display_name,
-                    total=self._total,
-                    max_workers=self._limit,
-                    parent_group_id=parent.group_id,
-                )
+            # At the group's own address, placed in its parent member (if any).
+            started = _placed(
+                GroupStarted,
+                self.group_id,
+                self._started_at,
+                parent.group_id,
+                parent.parallel_index,
             )
+            started.name = self._display_name
+            started.total = self._tally.total
+            started.max_workers = self._limit
+            started.parent_group_id = parent.group_id
+            bus.publish(started)
         return self
 
     async def __aexit__(
@@ -374,10 +348,11 @@ class ParallelExecutionManager(
         state = self._state
         now = state.clock.now()
         self._wall_time = now - self._started_at
+        tally = self._tally
         status = self._stop_group_status
         if status is None:
             status = (
-                GroupStatus.COMPLETED if self._succeeded == self._total else (GroupStatus.PARTIAL)
+                GroupStatus.COMPLETED if tally.succeeded == tally.total else GroupStatus.PARTIAL
             )
         self._status = status
         self._end_time = now
@@ -389,26 +364,25 @@ class ParallelExecutionManager(
         bus = state.event_bus
         if bus.has_listeners:
             parent = self._parent_frame
-            bus.publish(
-                GroupCompleted(
-                    address=self.group_id,
-                    timestamp=now,
-                    group_id=parent.group_id if parent else None,
-                    parallel_index=parent.parallel_index if parent else None,
-                    is_parallel=bool(parent and parent.group_id),
-                    name=self._display_name,
-                    status=status.value,
-                    total=self._total,
-                    succeeded=self._succeeded,
-                    failed=self._failed,
-                    cancelled=self._cancelled,
-                    skipped=self._skipped,
-                    timed_out=self._timed_out,
-                    wall_time=self._wall_time,
-                    metrics_source=self.metrics,  # a snapshot only if someone reads it
-                    resources_source=self.resource_usage if window is not None else None,
-                )
+            completed = _placed(
+                GroupCompleted,
+                self.group_id,
+                now,
+                parent.group_id if parent else None,
+                parent.parallel_index if parent else None,
             )
+            completed.name = self._display_name
+            completed.status = status.value
+            completed.total = tally.total
+            completed.succeeded = tally.succeeded
+            completed.failed = tally.failed
+            completed.cancelled = tally.cancelled
+            completed.skipped = tally.skipped
+            completed.timed_out = tally.timed_out
+            completed.wall_time = self._wall_time
+            completed.metrics_source = self.metrics  # a snapshot only if someone reads it
+            completed.resources_source = self.resource_usage if window is not None else None
+            bus.publish(completed)
         # Last: a warning made an error (-W error) must find the group already ended.
         self._advise_after_run()
 
@@ -448,11 +422,12 @@ class ParallelExecutionManager(
                 max_workers=self._limit,
                 parent_group_id=parent.group_id if parent is not None else None,
             )
+        tally = self._tally
         group.status = self._status
         group.end_time = self._end_time
-        group.completed = self._succeeded
-        group.failed = self._done - self._succeeded
-        group.total = self._total
+        group.completed = tally.succeeded
+        group.failed = tally.done - tally.succeeded
+        group.total = tally.total
         group.member_names = {index: name for name, index in self._names.items()}
         group.events = self._group_events()
         return group
@@ -468,7 +443,7 @@ class ParallelExecutionManager(
 
     @property
     def total(self) -> int:
-        return self._total
+        return self._tally.total
 
     @property
     def max_workers(self) -> int:
@@ -486,17 +461,18 @@ class ParallelExecutionManager(
             if end is not None
             else (self._state.clock.now() - self._started_at if self._entered else 0.0)
         )
+        tally, pool = self._tally, self._pool
         return GroupStatistics(
             group_id=self.group_id,
-            total=self._total,
-            running=len(self._running_member),
-            queued=len(self._ready),
-            succeeded=self._succeeded,
-            failed=self._failed,
-            cancelled=self._cancelled,
-            timed_out=self._timed_out,
-            skipped=self._skipped,
-            concurrency_high_water=self._high_water,
+            total=tally.total,
+            running=len(pool.running),
+            queued=len(pool.ready),
+            succeeded=tally.succeeded,
+            failed=tally.failed,
+            cancelled=tally.cancelled,
+            timed_out=tally.timed_out,
+            skipped=tally.skipped,
+            concurrency_high_water=pool.high_water,
             wall_time=wall,
         )
 
@@ -507,7 +483,7 @@ class ParallelExecutionManager(
         and the resources the group used)."""
         # Once the group is over, the limit it ran under (an adaptive one moves on).
         limit = self._final_limit if self._final_limit is not None else self._limit
-        return self._metrics.snapshot(
+        return self._tally.metrics.snapshot(
             self.statistics(), max_workers=limit, resources=self.resource_usage()
         )
 

@@ -1,29 +1,30 @@
-"""The worker pool of a group: which task runs which member, and when.
+"""``WorkerPool``: a group's workers, its slots, and which task runs which member when.
 
-``_Scheduler`` is the part of ``ParallelExecutionManager`` that starts and stops worker tasks,
-hands them ready members (highest priority, then submission order), pulls the ``map()`` input
-as workers free up, lends and reclaims group slots for members that only wait, and runs the
-members the cache answers in a lane of their own::
+The pool starts and stops worker tasks, hands them ready members (highest priority, then
+submission order), pulls the ``map()`` input as workers free up, lends and reclaims group
+slots for members that only wait, and runs the members the cache answers in a lane of their
+own. Each group owns one; nothing here is called directly, it is what runs under::
 
     async with state.parallel(max_workers=3) as p:
         for doc in docs:
-            p.add(summarize(doc))    # _kick: a worker now, more at the loop's next turn
+            p.add(summarize(doc))    # kick(): a worker now, more at the loop's next turn
+        p.statistics()               # running and queued come from the pool's statistics()
 
-Invariants (the manager owns all of this state; only its workers and the task driving the
-``async with`` block touch it, on one event loop):
+Invariants (the pool is the one owner of this state; only its workers and the task driving
+the ``async with`` block touch it, on one event loop):
 
-- Every worker holds one slot of the group's ``SlotArbiter`` (``_slots``), from the moment
-  it is started until it exits, except while its member has lent the slot (a retry backoff)
-  and not yet taken it back through the arbiter. ``_high_water`` counts only slots held by
+- Every worker holds one slot of the group's ``SlotArbiter`` (``slots``), from the moment it
+  is started until it exits, except while its member has lent the slot (a retry backoff) and
+  not yet taken it back through the arbiter. ``high_water`` counts only slots held by
   members, never idle workers.
 - The arbiter's liveness rule (see ``slots``): a slot is never idle while anyone waits for
-  it. A slot freed with no task waiting reaches ready members through ``_kick`` (the
+  it. A slot freed with no task waiting reaches ready members through ``kick`` (the
   arbiter's ``on_free``); a worker between two members first hands its slot to a task
   waiting to take one back (``pass_on``), and only then takes the next ready member.
-- A worker takes its member when it first runs (``_unstarted`` holds those that have not), so
+- A worker takes its member when it first runs (``unstarted`` holds those that have not), so
   contended members start by priority; a worker cancelled before it ran held no member, and
   ``_worker_done`` gives its slot back.
-- Every task started here (workers and the cache lane) is in ``_workers`` until it ends (a
+- Every task started here (workers and the cache lane) is in ``workers`` until it ends (a
   worker leaving normally removes itself as its body returns), with ``_worker_done`` as its
   done callback; the group joins them all before it ends.
 - A cache hit takes no worker slot: the cache lane runs hits one after another, outside the
@@ -39,34 +40,31 @@ import contextvars
 import functools
 import inspect
 import sys
+from collections import deque
+from dataclasses import dataclass
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.context import Frame, enter_frame, exit_frame
 from rh_agents.core.parallel.member import describe_member, is_event_call
-from rh_agents.core.parallel.strategy import GroupStatus
+from rh_agents.core.parallel.ready import ReadyQueue
+from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import ActorInputError, InvalidMemberError
 
 if TYPE_CHECKING:
-    from collections import deque
-    from collections.abc import Callable
     from contextvars import Token
 
-    from rh_agents.core.bus import EventBus
-    from rh_agents.core.execution import ExecutionState
     from rh_agents.core.parallel.lazy_source import LazySource, Pulled
+    from rh_agents.core.parallel.manager import ParallelExecutionManager
     from rh_agents.core.parallel.member import Member
-    from rh_agents.core.parallel.ready import ReadyQueue
-    from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
-    from rh_agents.core.records import BusEvent, MemberFinished
     from rh_agents.resilience.adaptive import AdaptiveLimit
 
-__all__ = ["_Scheduler"]
+__all__ = ["EAGER_WORKERS", "PoolStatistics", "WorkerPool"]
 
-# Python 3.12+ starts tasks eagerly: a worker started from _spawn runs its first member at once
+# Python 3.12+ starts tasks eagerly: a worker started from spawn runs its first member at once
 # instead of a loop turn later, and gather() starts the first workers without waiting for
-# that turn (see _kick, _spawn and _Gathering._wait_all).
+# that turn (see kick, spawn and the group's _wait_all).
 EAGER_WORKERS = sys.version_info >= (3, 12)
 # A worker lets the event loop run at least once per this many members (see _worker).
 _YIELD_EVERY = 256
@@ -77,71 +75,114 @@ _YIELD_EVERY = 256
 _DELIVER_EVERY = 128
 
 
-class _Scheduler:
-    """``ParallelExecutionManager``'s worker pool and slot lending (a mixin, no state)."""
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A frozen snapshot of a worker pool: its limit, the slots held, tasks waiting to take
+    one back, worker tasks, members running and waiting for a worker, the most members ever
+    running at once, and cache hits waiting for the cache lane."""
 
-    if not TYPE_CHECKING:
-        # No fields of its own: they are all slots of ParallelExecutionManager. (Hidden
-        # from mypy, which would otherwise reject assignments to fields declared below.)
-        __slots__ = ()
+    limit: int
+    slots_in_use: int
+    waiting_for_slot: int
+    workers: int
+    running: int
+    queued: int
+    high_water: int
+    cache_hits_queued: int
 
-    if TYPE_CHECKING:
-        # Fields of ParallelExecutionManager (see its __init__) and the sibling methods used.
-        _state: ExecutionState
-        _adaptive: AdaptiveLimit | None
-        _fixed_limit: int
-        _retain: bool
-        _ready: ReadyQueue
-        _source: LazySource | None
-        _source_error: Exception | None
-        _unretained: deque[ExecutionResult[Any]]
-        _instant: deque[Member]
-        _instant_task: asyncio.Task[None] | None
-        _workers: set[asyncio.Task[None]]
-        _running_member: dict[asyncio.Task[None], Member]
-        _unstarted: set[asyncio.Task[None]]
-        _reader_space: asyncio.Future[None] | None
-        _spawn_pending: bool
-        _stop_status: ResultStatus | None
-        _slots: SlotArbiter
-        _context: contextvars.Context
-        _high_water: int
-        _done: int
-        _deliver_at: int
-        _plain: bool
-        _now: Callable[[], float]
-        _group_slot: MemberSlot
-        _bus_version: int
-        _announce_starts: bool
-        _announcements: list[Member | MemberFinished]
-        group_id: str
-        member_timeout: float | None
-        retry: Any
 
-        @property
-        def _limit(self) -> int: ...
-        def _register(
-            self, source: Any, name: str | None, priority: int, timeout: float | None, retry: Any
-        ) -> Member: ...
-        async def _run_member(self, member: Member, holds_slot: bool = ...) -> None: ...
-        def _finish(self, member: Member, result: ExecutionResult[Any]) -> None: ...
-        def _note_listeners(self, bus: EventBus) -> None: ...
-        def deferred_record(self, key: Any) -> list[BusEvent] | None: ...
-        def _cancelled_result(
-            self, member: Member, started: float
-        ) -> ExecutionResult[Any] | None: ...
-        def _failed_result(
-            self, member: Member, exc: Exception, started: float, address: str
-        ) -> ExecutionResult[Any]: ...
-        def _wake_readers(self) -> None: ...
-        def _check_all_done(self) -> None: ...
-        def _stop(self, status: ResultStatus, group_status: GroupStatus | None) -> None: ...
+class WorkerPool:
+    """One group's workers and slots; see the module docstring."""
 
-    def _kick(self) -> None:
+    __slots__ = (
+        "_deliver_at",
+        "_group",
+        "_spawn_pending",
+        "context",
+        "group_slot",
+        "high_water",
+        "instant",
+        "instant_task",
+        "plain",
+        "ready",
+        "running",
+        "slots",
+        "unstarted",
+        "workers",
+    )
+
+    def __init__(self, group: ParallelExecutionManager[Any], limit: int | AdaptiveLimit) -> None:
+        self._group = group
+        self.ready = ReadyQueue()
+        self.instant: deque[Member] = deque()  # cache hits waiting for the cache lane
+        self.instant_task: asyncio.Task[None] | None = None
+        self.workers: set[asyncio.Task[None]] = set()
+        self.running: dict[asyncio.Task[None], Member] = {}
+        self.unstarted: set[asyncio.Task[None]] = set()
+        # The one arbiter of this group's slots; a slot freed with no task waiting for it
+        # goes to ready members (kick).
+        self.slots = SlotArbiter(limit, self.kick)
+        # Shared by the members when there is no global limit (see the group's _run_member).
+        self.group_slot = MemberSlot(self)
+        self.high_water = 0
+        self._spawn_pending = False  # a spawn is scheduled for the loop's next turn
+        self._deliver_at = _DELIVER_EVERY
+        # Set as the group is entered: no policy applies, members run directly; and the
+        # context of the task that opened the block (each worker runs in a copy of it).
+        self.plain = False
+        self.context = contextvars.copy_context()
+
+    @property
+    def group(self) -> ParallelExecutionManager[Any]:
+        """The group this pool runs the members of."""
+        return self._group
+
+    @property
+    def global_slots(self) -> SlotArbiter | None:
+        """The state's global limit, if it has one."""
+        return self._group.execution_state.global_slots
+
+    def member_of(self, task: asyncio.Task[Any]) -> Member | None:
+        """The member ``task`` (a worker) is running now, if any."""
+        return self.running.get(task)
+
+    def statistics(self) -> PoolStatistics:
+        """A frozen snapshot of the pool."""
+        slots = self.slots
+        return PoolStatistics(
+            limit=slots.limit,
+            slots_in_use=slots.in_use,
+            waiting_for_slot=slots.waiting,
+            workers=len(self.workers),
+            running=len(self.running),
+            queued=len(self.ready),
+            high_water=self.high_water,
+            cache_hits_queued=len(self.instant),
+        )
+
+    def note_held(self) -> None:
+        """A member took its slot back: count it towards the high-water mark."""
+        held = self.slots._in_use - len(self.unstarted)
+        if held > self.high_water:
+            self.high_water = held
+
+    def cancel_all(self) -> None:
+        """Cancel every task of the pool but the caller's own (the group stops)."""
+        current = asyncio.current_task()
+        for task in list(self.running):
+            if task is not current:
+                task.cancel()
+        for task in self.workers:  # workers between members or pulling the lazy input
+            if task is not current and task not in self.running:
+                task.cancel()
+
+    # --- starting workers -------------------------------------------------------------------
+
+    def kick(self) -> None:
         """See that ready members get workers while slots are free.
 
         With no worker running, one starts at once. Otherwise more are started at the event
-        loop's next turn (``_spawn``), and only if members are still waiting then: members
+        loop's next turn (``spawn``), and only if members are still waiting then: members
         that finish without ever suspending are thus all run by the worker already there,
         instead of paying for a task each, while members that wait get their workers one
         loop turn later.
@@ -149,40 +190,45 @@ class _Scheduler:
         A worker chooses its member only when it first runs, so members added in one go are
         started by priority, not by the order of the add() calls.
         """
-        if self._stop_status is not None or self._unstarted or self._spawn_pending:
+        if self._group._stop_status is not None or self.unstarted or self._spawn_pending:
             return
-        slots = self._slots
+        slots = self.slots
         if slots._in_use == 0:
             if self._has_work():
                 if EAGER_WORKERS:
-                    # At the loop's next turn too, but then started eagerly (see _spawn);
+                    # At the loop's next turn too, but then started eagerly (see spawn);
                     # gather() does not wait for that turn.
                     self._spawn_pending = True
-                    asyncio.get_running_loop().call_soon(self._spawn)
+                    asyncio.get_running_loop().call_soon(self.spawn)
                 else:
                     self._start_worker()
         elif self._has_work() and slots._in_use < slots.limit and not slots._waiters:
             self._spawn_pending = True
-            asyncio.get_running_loop().call_soon(self._spawn)
+            asyncio.get_running_loop().call_soon(self.spawn)
+
+    @property
+    def spawn_pending(self) -> bool:
+        """Whether a ``spawn`` is scheduled for the loop's next turn."""
+        return self._spawn_pending
 
     def _has_work(self) -> bool:
-        source = self._source
-        return bool(self._ready) or (source is not None and not source.exhausted)
+        source = self._group._source
+        return bool(self.ready) or (source is not None and not source.exhausted)
 
-    def _spawn(self) -> None:
+    def spawn(self) -> None:
         """Start a worker for each member still waiting, up to the free slots."""
         self._spawn_pending = False
-        if self._stop_status is not None:
+        if self._group._stop_status is not None:
             return
-        source = self._source
+        source = self._group._source
         # A lazy input's length is unknown: then fill every free slot.
         lazy = source is not None and not source.exhausted
-        slots = self._slots
+        slots = self.slots
         limit = slots.limit
         if slots._waiters:
             return  # tasks waiting to take a slot back go first (they hold the free ones)
         if not EAGER_WORKERS:
-            for _ in range(min(limit if lazy else len(self._ready), limit - slots._in_use)):
+            for _ in range(min(limit if lazy else len(self.ready), limit - slots._in_use)):
                 self._start_worker()
             return
         # Each worker runs its first member right here, up to that member's first wait: the
@@ -193,7 +239,7 @@ class _Scheduler:
         self._spawn_pending = True
         try:
             while self._has_work() and slots._in_use < slots.limit and not slots._waiters:
-                if self._start_worker(eager=True) not in self._running_member:
+                if self._start_worker(eager=True) not in self.running:
                     break
         finally:
             self._spawn_pending = False
@@ -202,44 +248,48 @@ class _Scheduler:
         """Start a worker task; ``eager`` (Python 3.12+): its first step runs now, inside this
         call, so only from a loop callback or a wait of the block's own task (never from
         inside another worker's bookkeeping)."""
-        self._slots.take_unchecked()  # the callers checked there is room
+        self.slots.take_unchecked()  # the callers checked there is room
         # In a copy of the group's own context, never of whatever member's context asked
         # for the worker (a member lending its slot in a backoff): context variables that
         # a member sets for itself must not leak into the members the new worker runs.
         loop = asyncio.get_running_loop()
         if eager:
-            # It registers itself in _workers as it starts (before this call returns), and
+            # It registers itself in workers as it starts (before this call returns), and
             # does what _worker_done does as it ends: it never is a task not yet started.
             return asyncio.Task(  # type: ignore[call-arg,unused-ignore]
-                self._worker(eager=True), loop=loop, context=self._context.copy(), eager_start=True
+                self._worker(eager=True), loop=loop, context=self.context.copy(), eager_start=True
             )
-        task = loop.create_task(self._worker(), context=self._context.copy())
-        self._workers.add(task)
-        self._unstarted.add(task)
+        task = loop.create_task(self._worker(), context=self.context.copy())
+        self.workers.add(task)
+        self.unstarted.add(task)
         task.add_done_callback(self._worker_done)
         return task
 
     def _take_next(self) -> Member | None:
-        adaptive = self._adaptive
-        limit = self._fixed_limit if adaptive is None else adaptive.current
-        if self._stop_status is not None or self._slots._in_use > limit:
+        if self._group._stop_status is not None or self.slots._in_use > self.slots.limit:
             return None
-        return self._ready.pop()
+        return self.ready.pop()
+
+    # --- a worker -----------------------------------------------------------------------------
 
     async def _worker(self, eager: bool = False) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._unstarted.discard(task)
-        self._workers.add(task)  # (already there, unless started eagerly)
-        running_member = self._running_member
-        state = self._state
+        self.unstarted.discard(task)
+        self.workers.add(task)  # (already there, unless started eagerly)
+        group = self._group
+        running = self.running
+        slots = self.slots
+        tally = group._tally
+        records = group._records
+        state = group.execution_state
         bus = state.event_bus
-        now = self._now
-        group_id = self.group_id
-        group_slot = self._group_slot
+        now = group._now
+        group_id = group.group_id
+        group_slot = self.group_slot
         completed = ResultStatus.COMPLETED
         # Members with no policy, no timeout and no global limit run right here (see below).
-        direct = self._plain and state.global_slots is None and self.member_timeout is None
+        direct = self.plain and state.global_slots is None and group.member_timeout is None
         handed_over = False
         idle = False  # left because there was nothing (more) to do for this worker
         first = True
@@ -256,17 +306,17 @@ class _Scheduler:
                     if token is not None:
                         exit_frame(token)
                         token = None
-                    source = self._source
+                    source = group._source
                     if (
                         source is None
                         or source.exhausted
-                        or self._stop_status is not None
-                        or self._slots._in_use > self._limit
+                        or group._stop_status is not None
+                        or slots._in_use > slots.limit
                     ):
                         idle = True
                         break
                     if source.async_items is None and (
-                        self._retain or len(self._unretained) < 2 * self._limit
+                        tally.retain or len(tally.unretained) < 2 * slots.limit
                     ):
                         # A plain iterable with room for its results: read it right here.
                         member = self._pull_now(source)
@@ -275,7 +325,7 @@ class _Scheduler:
                         member = (
                             None
                             if pulled is None
-                            else self._register(
+                            else group._register(
                                 functools.partial(pulled[0], pulled[1]), None, 0, None, None
                             )
                         )
@@ -284,15 +334,16 @@ class _Scheduler:
                         break
                 if first:
                     first = False
-                    self._kick()  # more workers, should this member wait (see _kick)
-                running_member[task] = member
+                    self.kick()  # more workers, should this member wait (see kick)
+                running[task] = member
                 # The high-water mark counts slots held by members (not idle workers).
-                held = self._slots._in_use - len(self._unstarted)
-                if held > self._high_water:
-                    self._high_water = held
+                held = slots._in_use - len(self.unstarted)
+                if held > self.high_water:
+                    self.high_water = held
                 if direct and member.retry is None and member.timeout is None:
-                    # _run_member's plain case, inline: no coroutine of our own per member and
-                    # one frame less on every resumption of it (every member's hot path).
+                    # The group's _run_member, plain case, inline: no coroutine of our own
+                    # per member and one frame less on every resumption of it (every
+                    # member's hot path).
                     index = member.index
                     address = member.address = f"{group_id}[{index}]"
                     member.state = state  # the member is its own frame (see Member)
@@ -302,14 +353,10 @@ class _Scheduler:
                     if token is None:
                         token = entered
                     started = member.started = now()
-                    if bus.version != self._bus_version:
-                        self._note_listeners(bus)
-                    if self._announce_starts:
-                        # (self._announce, inline; no local kept: a worker's local would hold
-                        # the batch, and every member in it, until its next member.)
-                        if not self._announcements:
-                            bus.defer(self, self)
-                        self._announcements.append(member)
+                    if bus.version != records.bus_version:
+                        records.listen()
+                    if records.starts_wanted:
+                        records.started(member)
                     result: ExecutionResult[Any]
                     try:
                         run = member.source
@@ -318,16 +365,17 @@ class _Scheduler:
                         member.source = None  # runs once
                         value = await run
                     except asyncio.CancelledError:
-                        cancelled = self._cancelled_result(member, started)
+                        cancelled = group._cancelled_result(member, started)
                         if cancelled is None:
                             raise  # not a cancellation of ours: recorded, and it goes on
                         result = cancelled
                     except Exception as exc:
-                        result = self._failed_result(member, exc, started, address)
+                        result = group._failed_result(member, exc, started, address)
                     else:
                         if isinstance(value, ExecutionResult):
                             result = value
                         else:
+                            # Positional: keyword parsing costs more than the object.
                             result = ExecutionResult(
                                 True,
                                 value,
@@ -340,49 +388,49 @@ class _Scheduler:
                                 address,
                             )
                     if member.result is None:
-                        self._finish(member, result)
+                        group._finish(member, result)
                 else:
                     if token is not None:
                         exit_frame(token)
                         token = None
-                    await self._run_member(member)
-                del running_member[task]
-                if self._done >= self._deliver_at:
+                    await group._run_member(member)
+                del running[task]
+                if tally.done >= self._deliver_at:
                     if token is not None:
                         exit_frame(token)
                         token = None
                     # Subscribers get what is queued now, not after every other worker's
                     # members of this loop turn (see _DELIVER_EVERY).
-                    self._deliver_at = self._done + _DELIVER_EVERY
-                    self._state.event_bus.deliver_pending()
+                    self._deliver_at = tally.done + _DELIVER_EVERY
+                    bus.deliver_pending()
                 streak += 1
                 if streak >= _YIELD_EVERY:
                     # Members that never suspend would otherwise hold the event loop for the
                     # whole group: let other tasks (subscribers, live displays, timers) run.
                     streak = 0
                     await asyncio.sleep(0)
-                if self._slots._waiters and self._slots.pass_on():
+                if slots._waiters and slots.pass_on():
                     # A member that lent its slot wants it back: it has ours, and we stop.
                     handed_over = True
                     return
         except Exception as exc:
             if not eager:
                 raise  # _worker_done reports it
-            self._state.report_internal_error(exc)  # a bug in the scheduler
+            state.report_internal_error(exc)  # a bug in the scheduler
         finally:
             if token is not None:
                 exit_frame(token)
-            running_member.pop(task, None)
+            running.pop(task, None)
             if not handed_over:
-                # To a task waiting for a slot, else to ready members (via _kick).
-                self._slots.release()
+                # To a task waiting for a slot, else to ready members (via kick).
+                slots.release()
             if idle or handed_over or eager:
                 # Leaving normally (or an eager worker, which has no done callback): nothing
                 # runs in this task any more, so the group may end now rather than a loop
                 # turn later, in the done callback.
-                self._workers.discard(task)
-                self._wake_readers()
-                self._check_all_done()
+                self.workers.discard(task)
+                group._readers.result_landed()
+                group._check_all_done()
 
     def _pull_now(self, source: LazySource) -> Member | None:
         """The next member of a plain iterable ``map()`` input, read without awaiting.
@@ -390,17 +438,18 @@ class _Scheduler:
         With no policy to re-run it, the member is the call's coroutine itself (made now, as
         a worker is about to run it); otherwise a callable, which a retry can call again.
         """
+        group = self._group
         try:
             item = next(source.items)
         except StopIteration:
             source.exhausted = True
             return None
         except Exception as exc:
-            self._input_failed(source, exc)
+            group._input_failed(source, exc)
             return None
         call = source.call
-        if not (self._plain and self.retry is None):
-            return self._register(functools.partial(call, item), None, 0, None, None)
+        if not (self.plain and group.retry is None):
+            return group._register(functools.partial(call, item), None, 0, None, None)
         try:
             made: Any = call(item)
         except Exception as exc:  # the member fails with it, as if it had raised when run
@@ -414,62 +463,49 @@ class _Scheduler:
                         f"{type(made).__name__}, not an awaitable; give it an async function"
                     ),
                 )
-        return self._register(made, None, 0, None, None)
-
-    def _input_failed(self, source: LazySource, exc: Exception) -> None:
-        """The ``map()`` input itself raised: it stops the group, whose error it becomes."""
-        source.exhausted = True
-        if self._source_error is None:
-            self._source_error = exc
-        self._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
+        return group._register(made, None, 0, None, None)
 
     async def _pull(self, source: LazySource) -> Pulled | None:
         """The next item of the map() input; an error of the input stops the group."""
-        if not self._retain:
+        group = self._group
+        tally = group._tally
+        if not tally.retain:
             # Backpressure towards the stream's reader: results not yet read are bounded by
             # twice the limit, so memory stays O(max_workers) however long the input.
-            while len(self._unretained) >= 2 * self._limit and self._stop_status is None:
-                await self._wait_for_reader()
-            if self._stop_status is not None:
+            while len(tally.unretained) >= 2 * self.slots.limit and group._stop_status is None:
+                await asyncio.shield(group._readers.room())
+            if group._stop_status is not None:
                 return None
         try:
             return await source.next_item()
         except Exception as exc:
-            self._input_failed(source, exc)
+            group._input_failed(source, exc)
             return None
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
-        self._workers.discard(task)
-        if task in self._unstarted:
+        self.workers.discard(task)
+        if task in self.unstarted:
             # Cancelled before its first step: the worker body never ran, nor took a member.
-            self._unstarted.discard(task)
-            self._slots.release()
+            self.unstarted.discard(task)
+            self.slots.release()
+        group = self._group
         if not task.cancelled() and task.exception() is not None:  # a bug in the scheduler
-            self._state.report_internal_error(task.exception())
+            group.execution_state.report_internal_error(task.exception())
         # A worker that leaves may be the one that found the lazy input exhausted, after the
         # last result: a reader waiting for more must learn that nothing more will come.
-        self._wake_readers()
-        self._check_all_done()
-
-    async def _wait_for_reader(self) -> None:
-        if self._reader_space is None or self._reader_space.done():
-            self._reader_space = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._reader_space)
-
-    def _note_held(self) -> None:
-        held = self._slots._in_use - len(self._unstarted)
-        if held > self._high_water:
-            self._high_water = held
+        group._readers.result_landed()
+        group._check_all_done()
 
     # --- the cache lane: members the cache answers, run without a worker slot ----------------
 
-    def _served_by_cache(self, source: Any) -> bool:
+    def served_by_cache(self, source: Any) -> bool:
         """Whether ``source`` is an event call whose result the state's cache already holds."""
-        cache = self._state.cache
+        state = self._group.execution_state
+        cache = state.cache
         if cache is None or not is_event_call(source):
             return False
         event = source.event
-        if source.state is not self._state or not event.actor.cacheable:
+        if source.state is not state or not event.actor.cacheable:
             return False
         try:
             validated = event.actor.validate_input(source.input)
@@ -477,28 +513,31 @@ class _Scheduler:
             return False  # the call itself reports the bad input
         return cache.holds(event.actor, validated)
 
-    def _start_instant_lane(self) -> None:
-        if self._instant_task is None and self._stop_status is None:
+    def run_from_cache(self, member: Member) -> None:
+        """Queue ``member``, a cache hit, for the cache lane (started if need be)."""
+        self.instant.append(member)
+        if self.instant_task is None and self._group._stop_status is None:
             task = asyncio.get_running_loop().create_task(
-                self._instant_lane(), context=self._context.copy()
+                self._instant_lane(), context=self.context.copy()
             )
-            self._instant_task = task
-            self._workers.add(task)  # owned like a worker: joined before the group ends
+            self.instant_task = task
+            self.workers.add(task)  # owned like a worker: joined before the group ends
             task.add_done_callback(self._worker_done)
 
     async def _instant_lane(self) -> None:
         """Run cache hits one after another; they never wait for the handler or a slot."""
         task = asyncio.current_task()
         assert task is not None
+        group = self._group
         try:
-            while self._instant and self._stop_status is None:
-                member = self._instant.popleft()
-                self._running_member[task] = member
-                await self._run_member(member, holds_slot=False)
-                del self._running_member[task]
+            while self.instant and group._stop_status is None:
+                member = self.instant.popleft()
+                self.running[task] = member
+                await group._run_member(member, holds_slot=False)
+                del self.running[task]
         finally:
-            self._running_member.pop(task, None)
-            self._instant_task = None
+            self.running.pop(task, None)
+            self.instant_task = None
 
 
 def _raise(exc: Exception) -> Any:

@@ -40,6 +40,7 @@ from rh_agents.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
+    from rh_agents.core.parallel.scheduler import WorkerPool
 
 __all__ = ["MemberSlot", "SlotArbiter", "wait_lending"]
 
@@ -185,14 +186,24 @@ class MemberSlot:
     reclaim them afterwards, through the same arbiters as everyone else.
     """
 
-    __slots__ = ("global_held", "manager")
+    __slots__ = ("global_held", "pool")
 
-    def __init__(self, manager: ParallelExecutionManager[Any]) -> None:
-        self.manager = manager
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool  # the worker pool of the member's group
         self.global_held = False
 
+    @property
+    def group(self) -> ParallelExecutionManager[Any]:
+        """The group of the member that holds this slot."""
+        return self.pool.group
+
+    @property
+    def plain(self) -> bool:
+        """Whether the member's group runs its members directly (no policy applies)."""
+        return self.pool.plain
+
     def lend_global(self) -> bool:
-        pool = self.manager._state.global_slots
+        pool = self.pool.global_slots
         if pool is None or not self.global_held:
             return False
         self.global_held = False
@@ -200,7 +211,7 @@ class MemberSlot:
         return True
 
     async def reclaim_global(self) -> None:
-        pool = self.manager._state.global_slots
+        pool = self.pool.global_slots
         if pool is not None and not self.global_held:
             await pool.acquire()
             self.global_held = True
@@ -208,7 +219,7 @@ class MemberSlot:
     def lend(self) -> None:
         """Give back the group slot (and the global one) while this member only waits."""
         self.lend_global()
-        self.manager._slots.release()
+        self.pool.slots.release()
 
     async def reclaim(self) -> None:
         """Take the slots back before doing work again: the group's first, then the global.
@@ -217,9 +228,9 @@ class MemberSlot:
         only while holding a group slot, keeps the order of acquisition one way (group, then
         global) for every member, so two members can never each hold what the other needs.
         """
-        manager = self.manager
-        await manager._slots.acquire(count_if_cancelled=True)
-        manager._note_held()
+        pool = self.pool
+        await pool.slots.acquire(count_if_cancelled=True)
+        pool.note_held()
         await self.reclaim_global()
 
 
@@ -234,7 +245,7 @@ async def wait_lending(awaitable: Awaitable[T]) -> T:
     """
     frame = running_frame()
     slot = frame.slot if frame is not None else None
-    if not isinstance(slot, MemberSlot) or asyncio.current_task() is slot.manager._instant_task:
+    if not isinstance(slot, MemberSlot) or asyncio.current_task() is slot.pool.instant_task:
         return await awaitable
     slot.lend()
     try:

@@ -61,10 +61,8 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
                     return result
                 if not m._unfinished():
                     break
-                if m._progress is None or m._progress.done():
-                    m._progress = asyncio.get_running_loop().create_future()
                 # Shared by every reader: shielded, so one cancelled reader cancels no other.
-                await m._wait_lending(asyncio.shield(m._progress))
+                await m._wait_lending(asyncio.shield(m._readers.next_result()))
             await m._wait_all()
             m._finalize()
             if m._retain:
@@ -76,16 +74,15 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
 
     def _take(self) -> ExecutionResult[Any] | None:
         m = self._manager
-        if not m._retain:
-            if not m._unretained:
+        tally = m._tally
+        if not tally.retain:
+            if not tally.unretained:
                 return None
-            space = m._reader_space
-            if space is not None and not space.done():
-                space.set_result(None)  # a worker waits for room to pull the next item
-            return m._unretained.popleft()
-        order = m._completion_order
+            m._readers.result_taken()  # a worker may wait for room to pull the next item
+            return tally.unretained.popleft()
+        order = tally.completion_order
         if self._cursor >= len(order):
             return None
-        result = m._results[order[self._cursor]]
+        result = tally.results[order[self._cursor]]
         self._cursor += 1
         return result
