@@ -17,7 +17,12 @@ from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import RetryPolicy as ParallelRetryPolicy
 from rh_agents.core.records import EventRetrying, MemberStarted
-from rh_agents.errors import ConfigurationError, RateLimitedError, RetryPolicyError
+from rh_agents.errors import (
+    ActorDefinitionError,
+    ConfigurationError,
+    RateLimitedError,
+    RetryPolicyError,
+)
 from rh_agents.resilience import RetryPolicy, retry_after_of
 from rh_agents.testing import ManualClock
 
@@ -301,10 +306,31 @@ def test_policy_validation_names_the_field() -> None:
         RetryPolicy(deadline=0)
 
 
-async def test_a_non_policy_value_is_a_clear_error() -> None:
+def test_a_non_policy_value_is_a_clear_error_where_it_is_given() -> None:
+    # Refused as it is given (the event, the actor, the state, the group, the member), not
+    # when a call first needs it.
+    with pytest.raises(ConfigurationError, match=r"retry must be a RetryPolicy.*got 3"):
+        ExecutionEvent(actor=flaky_tool(Flaky(0)), retry=3)
+    with pytest.raises(ActorDefinitionError, match="circuit_breaker must be a CircuitBreaker"):
+        Tool(name="t", input_model=Item, handler=_noop, circuit_breaker="open")
+    with pytest.raises(ConfigurationError, match="retry must be a RetryPolicy"):
+        ExecutionState(retry=3)  # type: ignore[arg-type]
+
+
+async def _one() -> int:
+    return 1
+
+
+async def _noop(input: Item, context: str, state: ExecutionState) -> None:
+    return None
+
+
+async def test_a_member_retry_that_is_not_a_policy_is_refused_by_add() -> None:
     state = make_state(ManualClock())
-    result = await ExecutionEvent(actor=flaky_tool(Flaky(0)), retry=3)(Item(), "", state)
-    assert not result.ok and "RetryPolicy" in (result.error or "")
+    async with asyncio.timeout(5), state.parallel() as p:
+        with pytest.raises(ConfigurationError, match=r"retry must be a RetryPolicy.*got 5"):
+            p.add(_one, retry=5)  # type: ignore[arg-type]
+    assert p.total == 0
 
 
 @given(

@@ -35,7 +35,15 @@ from typing import Any, ClassVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rh_agents.errors import ActorDefinitionError, ActorInputError, ActorOutputError
+from rh_agents.errors import (
+    ActorDefinitionError,
+    ActorInputError,
+    ActorOutputError,
+    ConfigurationError,
+)
+from rh_agents.resilience.breaker import CircuitBreaker
+from rh_agents.resilience.checks import check_policy
+from rh_agents.resilience.retry import RetryPolicy
 
 __all__ = [
     "LLM",
@@ -137,8 +145,8 @@ class BaseActor(BaseModel):
     handler: Handler
     cacheable: bool = False
     version: str = "1"
-    retry: Any = None
-    circuit_breaker: Any = None
+    retry: RetryPolicy | None = None
+    circuit_breaker: CircuitBreaker | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     def __init__(self, **data: Any) -> None:
@@ -162,6 +170,11 @@ class BaseActor(BaseModel):
             return data
         name = data.get("name")
         _check_name(name)
+        try:
+            check_policy("retry", data.get("retry"), RetryPolicy)
+            check_policy("circuit_breaker", data.get("circuit_breaker"), CircuitBreaker)
+        except ConfigurationError as exc:
+            raise ActorDefinitionError(f"actor {name!r}: {exc}") from None
         handler = data.get("handler")
         if handler is None or not callable(handler):
             raise ActorDefinitionError(

@@ -34,6 +34,9 @@ from rh_agents.core.records import (
 )
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
 from rh_agents.errors import ConfigurationError, ParallelTimeoutError
+from rh_agents.resilience.breaker import CircuitBreaker
+from rh_agents.resilience.checks import check_policy
+from rh_agents.resilience.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
@@ -84,8 +87,8 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
     actor: BaseActor
     tag: str | None = None
     timeout: float | None = Field(default=None, gt=0)
-    retry: Any = None
-    circuit_breaker: Any = None
+    retry: RetryPolicy | None = None
+    circuit_breaker: CircuitBreaker | None = None
     detail_chars: int = Field(default=DETAIL_CHARS, ge=8)
 
     # Filled on the bound copy of each call (where the call sits in parallel groups).
@@ -103,6 +106,11 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             problem = name_problem(data["tag"], "tag")
         if problem is not None:
             raise ConfigurationError(f"ExecutionEvent{which}: {problem}")
+        try:
+            check_policy("retry", data.get("retry"), RetryPolicy)
+            check_policy("circuit_breaker", data.get("circuit_breaker"), CircuitBreaker)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"ExecutionEvent{which}: {exc}") from None
         try:
             super().__init__(**data)
         except ValidationError as exc:

@@ -34,7 +34,7 @@ from rh_agents.core.history import ExecutionHistory
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.metrics import ResourceUsage
-from rh_agents.core.parallel.options import GroupOptions, check_policy
+from rh_agents.core.parallel.options import GroupOptions
 from rh_agents.core.parallel.slots import SlotArbiter
 from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
 from rh_agents.core.records import RunInterrupted, _placed
@@ -43,6 +43,7 @@ from rh_agents.core.threads import ThreadRunner
 from rh_agents.core.watchdog import RunResources, Watchdog
 from rh_agents.resilience.adaptive import AdaptiveLimit
 from rh_agents.resilience.breaker import BreakerRegistry, CircuitBreaker
+from rh_agents.resilience.checks import check_policy
 from rh_agents.resilience.rate_limit import RateLimit, RateLimiterRegistry
 from rh_agents.resilience.retry import RetryPolicy
 

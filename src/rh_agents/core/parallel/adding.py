@@ -53,6 +53,8 @@ from rh_agents.errors import (
     DuplicateMemberError,
     GroupClosedError,
 )
+from rh_agents.resilience.checks import check_policy
+from rh_agents.resilience.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
@@ -83,7 +85,7 @@ def add(
     after: Iterable[str | int] | str | int = _NO_DEPENDENCIES,
     priority: int = 0,
     timeout: float | None = None,
-    retry: Any = None,
+    retry: RetryPolicy | None = None,
 ) -> int:
     """Add a member; returns its index. Three forms::
 
@@ -168,6 +170,7 @@ def add(
             raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r}")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ConfigurationError(f"priority must be an int, got {priority!r}")
+        check_policy("retry", retry, RetryPolicy)
         if isinstance(after, str | int):
             after = (after,)
         deps: list[int] = []
@@ -295,7 +298,9 @@ def check_can_add(group: ParallelExecutionManager[Any]) -> None:
         )
 
 
-def check_retry(group: ParallelExecutionManager[Any], source: Any, retry: Any) -> None:
+def check_retry(
+    group: ParallelExecutionManager[Any], source: Any, retry: RetryPolicy | None
+) -> None:
     # A bare coroutine cannot run twice: reject a policy that would need it to, now.
     policy = retry if retry is not None else group.retry
     if policy is None:
@@ -318,7 +323,7 @@ def add_member(
     deps: list[int],
     priority: int,
     timeout: float | None,
-    retry: Any,
+    retry: RetryPolicy | None,
 ) -> int:
     member = register(group, source, name, priority, timeout, retry)
     index = member.index
@@ -361,7 +366,7 @@ def register(
     name: str | None,
     priority: int,
     timeout: float | None,
-    retry: Any,
+    retry: RetryPolicy | None,
 ) -> Member:
     index = group._tally.expect()
     member = Member(index, source, name, priority, timeout, retry)

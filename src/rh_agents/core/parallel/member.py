@@ -5,12 +5,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from types import CoroutineType, FunctionType, MethodType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.context import Frame
 from rh_agents.core.event_call import EventCall
 from rh_agents.core.results import ExecutionResult
 from rh_agents.errors import InvalidMemberError
+
+if TYPE_CHECKING:
+    from rh_agents.resilience.retry import RetryPolicy
 
 __all__ = [
     "Member",
@@ -140,7 +143,7 @@ class Member(Frame):
         name: str | None = None,
         priority: int = 0,
         timeout: float | None = None,
-        retry: Any = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         # The Frame's fields: its address is "" until it starts to run. Not
         # Frame.__init__: this is made per member (tests/test_add_forms.py checks that every

@@ -17,13 +17,13 @@ from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
 from rh_agents.errors import ConfigurationError
 from rh_agents.resilience.adaptive import AdaptiveLimit, as_adaptive
 from rh_agents.resilience.breaker import CircuitBreaker
+from rh_agents.resilience.checks import check_policy
 from rh_agents.resilience.rate_limit import RateLimit
 from rh_agents.resilience.retry import RetryPolicy
 
 __all__ = [
     "GroupOptions",
     "check_group_options",
-    "check_policy",
     "parse_batch_mode",
     "parse_strategy",
 ]
@@ -149,14 +149,6 @@ class GroupOptions:
             and self.circuit_breaker is None
             and self.rate_limit is None
             and self.executor is None
-        )
-
-
-def check_policy(label: str, value: Any, expected: type) -> None:
-    """A ``ConfigurationError`` unless ``value`` is ``None`` or an ``expected`` policy."""
-    if value is not None and not isinstance(value, expected):
-        raise ConfigurationError(
-            f"{label} must be a {expected.__name__} (from rh_agents.resilience), got {value!r}"
         )
 
 
