@@ -28,7 +28,6 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rh_agents.core.parallel.scheduler import EAGER_WORKERS
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.stream import ResultStream
@@ -95,10 +94,7 @@ async def wait_all(group: ParallelExecutionManager[Any]) -> None:
     """Wait until every member has a result; a cancelled waiter cancels the group."""
     seal(group)
     pool = group._pool
-    if EAGER_WORKERS and pool.spawn_pending:
-        # No more members will come: start the workers now rather than at the loop's
-        # next turn (each runs its member up to its first wait, right here).
-        pool.spawn()
+    pool.start_all()  # no more members will come: their workers start now
     if not group._unfinished() and not pool.workers:
         return
     waiter = group._readers.end()

@@ -66,7 +66,8 @@ __all__ = ["EAGER_WORKERS", "PoolStatistics", "WorkerPool"]
 # instead of a loop turn later, and gather() starts the first workers without waiting for
 # that turn (see kick, spawn and the group's _wait_all).
 EAGER_WORKERS = sys.version_info >= (3, 12)
-# A worker lets the event loop run at least once per this many members (see _worker).
+# A pool lets the event loop run at least once per this many members, whichever workers ran them
+# (see _worker).
 _YIELD_EVERY = 256
 # A group hands its synchronous subscribers their records every this many finished members
 # (see EventBus.deliver_pending): records left queued for a whole loop turn, one where a
@@ -98,6 +99,8 @@ class WorkerPool:
         "_deliver_at",
         "_group",
         "_spawn_pending",
+        "_streak",
+        "_turn_ending",
         "context",
         "group_slot",
         "high_water",
@@ -127,6 +130,8 @@ class WorkerPool:
         self.high_water = 0
         self._spawn_pending = False  # a spawn is scheduled for the loop's next turn
         self._deliver_at = _DELIVER_EVERY
+        self._streak = 0  # members run (by any worker) since the pool last let the loop run
+        self._turn_ending = False  # _next_turn is scheduled
         # Set as the group is entered: no policy applies, members run directly; and the
         # context of the task that opened the block (each worker runs in a copy of it).
         self.plain = False
@@ -211,6 +216,31 @@ class WorkerPool:
         """Whether a ``spawn`` is scheduled for the loop's next turn."""
         return self._spawn_pending
 
+    def _next_turn(self) -> None:
+        self._streak = 0
+        self._turn_ending = False
+
+    def start_all(self) -> None:
+        """No more members will come (the group is read): start the workers its ready members
+        need now, rather than one now and the others at the loop's next turn.
+
+        ``kick`` starts one worker and waits a turn to see whether members suspend at all
+        (members that never do all run on that one worker); once the group is sealed, the
+        members that are ready are all there is, and a turn spent waiting is a turn lost.
+        """
+        if EAGER_WORKERS:
+            if self._spawn_pending:
+                self.spawn()  # each worker runs its member up to its first wait, right here
+            return
+        group = self._group
+        slots = self.slots
+        if group._stop_status is not None or group._source is not None or slots._waiters:
+            return  # (a lazy input's workers are started as it is read)
+        # Each worker not started yet will take one of the ready members.
+        wanted = min(len(self.ready) - len(self.unstarted), slots.limit - slots._in_use)
+        for _ in range(wanted):
+            self._start_worker()
+
     def _has_work(self) -> bool:
         source = self._group._source
         return bool(self.ready) or (source is not None and not source.exhausted)
@@ -293,7 +323,6 @@ class WorkerPool:
         handed_over = False
         idle = False  # left because there was nothing (more) to do for this worker
         first = True
-        streak = 0  # members run since this worker last let the loop run
         # The token of the first member frame this worker entered: between two members run
         # here the frame stays that of the last one (each member sets its own over it, one
         # contextvar write per member instead of two), and this token restores the worker's
@@ -403,11 +432,17 @@ class WorkerPool:
                     # members of this loop turn (see _DELIVER_EVERY).
                     self._deliver_at = tally.done + _DELIVER_EVERY
                     bus.deliver_pending()
-                streak += 1
+                streak = self._streak = self._streak + 1
                 if streak >= _YIELD_EVERY:
                     # Members that never suspend would otherwise hold the event loop for the
                     # whole group: let other tasks (subscribers, live displays, timers) run.
-                    streak = 0
+                    # Counted for the whole pool, not per worker: several workers started in
+                    # one turn would otherwise each run their _YIELD_EVERY in that turn. The
+                    # count starts again at the next turn (_next_turn runs before any worker
+                    # resumes), and every worker that finds it full yields after one member.
+                    if not self._turn_ending:
+                        self._turn_ending = True
+                        asyncio.get_running_loop().call_soon(self._next_turn)
                     await asyncio.sleep(0)
                 if slots._waiters and slots.pass_on():
                     # A member that lent its slot wants it back: it has ours, and we stop.
