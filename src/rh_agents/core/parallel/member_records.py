@@ -33,7 +33,7 @@ __all__ = ["MemberRecords"]
 class MemberRecords:
     """One group's member records on their way to the bus; see the module docstring."""
 
-    __slots__ = ("_batch", "_group", "bus", "bus_version", "finishes_wanted", "starts_wanted")
+    __slots__ = ("_group", "batch", "bus", "bus_version", "finishes_wanted", "starts_wanted")
 
     def __init__(self, group: ParallelExecutionManager[Any]) -> None:
         self._group = group
@@ -45,7 +45,8 @@ class MemberRecords:
         self.starts_wanted = False
         self.finishes_wanted = False
         # In order: members whose start is announced once they wait, and finish records.
-        self._batch: list[Member | MemberFinished] = []
+        # (A worker appends a start to it inline, as ``started`` does: once per member.)
+        self.batch: list[Member | MemberFinished] = []
 
     def listen(self) -> None:
         """Read again which member records would reach anyone (the bus's version moved)."""
@@ -57,7 +58,7 @@ class MemberRecords:
     def started(self, member: Member) -> None:
         """Queue ``member``'s ``MemberStarted`` (call only if ``starts_wanted``): published
         once the member waits, or publishes anything."""
-        batch = self._batch
+        batch = self.batch
         if not batch:
             self.bus.defer(self, self)
         batch.append(member)
@@ -67,7 +68,7 @@ class MemberRecords:
         group's counts right after it."""
         group = self._group
         tally = group._tally
-        batch = self._batch
+        batch = self.batch
         if not batch:
             self.bus.defer(self, self)
         elif batch[-1] is member:
@@ -100,10 +101,10 @@ class MemberRecords:
         """The records queued since the last batch, in order (the bus asks; ``key`` is this
         object): a ``MemberFinished`` as it was made, a ``MemberStarted`` for each member
         started and not finished by now."""
-        batch = self._batch
+        batch = self.batch
         if not batch:
             return None
-        self._batch = []
+        self.batch = []
         group = self._group
         records: list[BusEvent] = []
         append = records.append

@@ -66,8 +66,8 @@ __all__ = ["EAGER_WORKERS", "PoolStatistics", "WorkerPool"]
 # instead of a loop turn later, and gather() starts the first workers without waiting for
 # that turn (see kick, spawn and the group's _wait_all).
 EAGER_WORKERS = sys.version_info >= (3, 12)
-# A pool lets the event loop run at least once per this many members, whichever workers ran them
-# (see _worker).
+# A pool lets the event loop run at least once per this many members run in one loop turn
+# (or twice its limit, if more), whichever workers ran them (see _turn_is_full).
 _YIELD_EVERY = 256
 # A group hands its synchronous subscribers their records every this many finished members
 # (see EventBus.deliver_pending): records left queued for a whole loop turn, one where a
@@ -96,11 +96,13 @@ class WorkerPool:
     """One group's workers and slots; see the module docstring."""
 
     __slots__ = (
+        "_check_at",
         "_deliver_at",
         "_group",
         "_spawn_pending",
         "_streak",
         "_turn_ending",
+        "_yield_at",
         "context",
         "group_slot",
         "high_water",
@@ -130,8 +132,10 @@ class WorkerPool:
         self.high_water = 0
         self._spawn_pending = False  # a spawn is scheduled for the loop's next turn
         self._deliver_at = _DELIVER_EVERY
-        self._streak = 0  # members run (by any worker) since the pool last let the loop run
+        self._streak = 0  # members run (by any worker) in this loop turn, roughly
         self._turn_ending = False  # _next_turn is scheduled
+        self._yield_at = max(_YIELD_EVERY, 2 * self.slots.limit)
+        self._check_at = self._yield_at // 2  # when _turn_is_full needs to look
         # Set as the group is entered: no policy applies, members run directly; and the
         # context of the task that opened the block (each worker runs in a copy of it).
         self.plain = False
@@ -216,9 +220,28 @@ class WorkerPool:
         """Whether a ``spawn`` is scheduled for the loop's next turn."""
         return self._spawn_pending
 
+    # Members that never suspend would hold the event loop for as long as there are members:
+    # the pool lets it run once at least every _yield_at members run in one loop turn,
+    # counted for the whole pool (workers started together would otherwise each run their
+    # share in that one turn). Knowing where a turn ends costs a callback, scheduled only
+    # once half of that many ran since the last one: members that suspend, one per worker
+    # per turn, never fill a turn, since _yield_at is at least twice the limit.
+
+    def _turn_is_full(self, streak: int) -> bool:
+        """Whether the worker that just ran the ``streak``-th member should yield."""
+        if not self._turn_ending:
+            # Half-way: learn where this turn ends (_next_turn runs before any worker that
+            # yields now resumes).
+            self._turn_ending = True
+            self._check_at = self._yield_at
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        return streak >= self._yield_at
+
     def _next_turn(self) -> None:
         self._streak = 0
         self._turn_ending = False
+        self._yield_at = max(_YIELD_EVERY, 2 * self.slots.limit)  # (an adaptive limit moves)
+        self._check_at = self._yield_at // 2
 
     def start_all(self) -> None:
         """No more members will come (the group is read): start the workers its ready members
@@ -296,7 +319,11 @@ class WorkerPool:
         return task
 
     def _take_next(self) -> Member | None:
-        if self._group._stop_status is not None or self.slots._in_use > self.slots.limit:
+        slots = self.slots
+        # (The arbiter's fields rather than its limit property: read per member.)
+        dynamic = slots._dynamic
+        limit = slots._fixed if dynamic is None else dynamic.current
+        if self._group._stop_status is not None or slots._in_use > limit:
             return None
         return self.ready.pop()
 
@@ -385,7 +412,11 @@ class WorkerPool:
                     if bus.version != records.bus_version:
                         records.listen()
                     if records.starts_wanted:
-                        records.started(member)
+                        # (records.started, inline; no local kept: a worker's local would
+                        # hold the batch, and every member in it, until its next member.)
+                        if not records.batch:
+                            bus.defer(records, records)
+                        records.batch.append(member)
                     result: ExecutionResult[Any]
                     try:
                         run = member.source
@@ -433,16 +464,9 @@ class WorkerPool:
                     self._deliver_at = tally.done + _DELIVER_EVERY
                     bus.deliver_pending()
                 streak = self._streak = self._streak + 1
-                if streak >= _YIELD_EVERY:
+                if streak >= self._check_at and self._turn_is_full(streak):
                     # Members that never suspend would otherwise hold the event loop for the
                     # whole group: let other tasks (subscribers, live displays, timers) run.
-                    # Counted for the whole pool, not per worker: several workers started in
-                    # one turn would otherwise each run their _YIELD_EVERY in that turn. The
-                    # count starts again at the next turn (_next_turn runs before any worker
-                    # resumes), and every worker that finds it full yields after one member.
-                    if not self._turn_ending:
-                        self._turn_ending = True
-                        asyncio.get_running_loop().call_soon(self._next_turn)
                     await asyncio.sleep(0)
                 if slots._waiters and slots.pass_on():
                     # A member that lent its slot wants it back: it has ours, and we stop.
