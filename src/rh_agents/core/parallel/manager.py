@@ -112,10 +112,10 @@ class ParallelExecutionManager(Generic[T]):
         "_retain",
         "_sealed",
         "_source",
-        "_source_error",
         "_started_at",
         "_state",
         "_status",
+        "_stop_error",
         "_stop_group_status",
         "_stop_status",
         "_tally",
@@ -158,6 +158,7 @@ class ParallelExecutionManager(Generic[T]):
     _stopped_result = stopping.stopped_result
     _skipped_result = stopping.skipped_result
     _input_failed = stopping.input_failed
+    _member_raised_base = stopping.member_raised_base
     _on_group_timeout = stopping.on_group_timeout
     _raise_for_strategy = stopping.raise_for_strategy
     # Reading the results (gathering.py).
@@ -241,7 +242,10 @@ class ParallelExecutionManager(Generic[T]):
         self._stop_status: ResultStatus | None = None
         self._stop_group_status: GroupStatus | None = None
         self._trigger: ExecutionResult[Any] | None = None
-        self._source_error: Exception | None = None
+        # Raised by the group whatever its strategy: the map() input's error, or what a
+        # member raised that is not an Exception (KeyboardInterrupt, SystemExit, a test
+        # framework's failure): a request to stop, never a member's failure to collect.
+        self._stop_error: BaseException | None = None
         self._sealed = False  # no more add(): gather/stream started or block left
 
         # The parts, each the one owner of its state.

@@ -115,6 +115,11 @@ async def run_member(
         result = cancelled
     except Exception as exc:
         result = failed_result(group, member, exc, started, address)
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit, pytest.fail...
+        # Still the member's one result (else the group would wait for it forever); the
+        # group stops and raises it (see stopping.member_raised_base).
+        result = failed_result(group, member, exc, started, address)
+        group._member_raised_base(result)
     else:
         if isinstance(value, ExecutionResult):
             result = value
@@ -165,7 +170,7 @@ def cancelled_result(
 def failed_result(
     group: ParallelExecutionManager[Any],
     member: Member,
-    exc: Exception,
+    exc: BaseException,
     started: float,
     address: str,
 ) -> ExecutionResult[Any]:

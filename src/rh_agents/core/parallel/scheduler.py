@@ -431,6 +431,10 @@ class WorkerPool:
                         result = cancelled
                     except Exception as exc:
                         result = group._failed_result(member, exc, started, address)
+                    except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+                        # Its one result all the same; the group stops and raises it.
+                        result = group._failed_result(member, exc, started, address)
+                        group._member_raised_base(result)
                     else:
                         if isinstance(value, ExecutionResult):
                             result = value

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "cancel",
     "input_failed",
+    "member_raised_base",
     "on_group_timeout",
     "raise_for_strategy",
     "skipped_result",
@@ -86,6 +87,8 @@ def stopped_result(
 
 def stop_reason_text(group: ParallelExecutionManager[Any]) -> str:
     trigger = group._trigger
+    if trigger is not None and group._stop_error is trigger.exception:
+        return f"member {trigger.name or trigger.index} raised {trigger.error}"
     if trigger is not None:
         what = "fail-fast" if group.error_strategy is ErrorStrategy.FAIL_FAST else "threshold"
         return f"{what} after member {trigger.name or trigger.index} failed ({trigger.error})"
@@ -133,11 +136,23 @@ def stop(
     group._check_all_done()
 
 
+def member_raised_base(group: ParallelExecutionManager[Any], result: ExecutionResult[Any]) -> None:
+    """A member raised ``result.exception``, a ``BaseException`` that is not an ``Exception``
+    (``KeyboardInterrupt``, ``SystemExit``, ``pytest.fail``): not a failure to collect but a
+    request to stop. As ``asyncio.TaskGroup`` does, the group stops and raises it whatever
+    its strategy (called before the member's result lands, which then ends the group)."""
+    if group._stop_error is None:
+        group._stop_error = result.exception
+    if group._stop_status is None:
+        group._trigger = result
+        stop(group, ResultStatus.CANCELLED, GroupStatus.FAILED)
+
+
 def input_failed(group: ParallelExecutionManager[Any], source: LazySource, exc: Exception) -> None:
     """The ``map()`` input itself raised: it stops the group, whose error it becomes."""
     source.exhausted = True
-    if group._source_error is None:
-        group._source_error = exc
+    if group._stop_error is None:
+        group._stop_error = exc
     stop(group, ResultStatus.CANCELLED, GroupStatus.FAILED)
 
 
@@ -155,8 +170,9 @@ def cancel(group: ParallelExecutionManager[Any]) -> None:
 def raise_for_strategy(
     group: ParallelExecutionManager[Any], results: list[ExecutionResult[Any]]
 ) -> None:
-    if group._source_error is not None:
-        raise group._source_error  # the map() input itself failed; it stopped the group
+    if group._stop_error is not None:
+        # The map() input failed, or a member raised a BaseException: it stopped the group.
+        raise group._stop_error
     trigger = group._trigger
     if (
         trigger is None

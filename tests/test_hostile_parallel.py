@@ -1,0 +1,69 @@
+"""Regressions found by using the parallel API the wrong way on purpose (hostile probes)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from parallel_support import assert_no_leftover_tasks, own_tasks, value
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.results import ResultStatus
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(10)]
+
+
+class StopEverything(BaseException):
+    """What a test framework raises (pytest.fail's ``Failed`` is a BaseException too)."""
+
+
+async def forever(started: asyncio.Event) -> None:
+    started.set()
+    await asyncio.Event().wait()
+
+
+async def raise_after(started: asyncio.Event, exc: BaseException) -> None:
+    await started.wait()
+    raise exc
+
+
+@pytest.mark.parametrize("options", [{}, {"member_timeout": 30}], ids=["inline", "run_member"])
+@pytest.mark.parametrize(
+    "exc", [StopEverything("stop"), GeneratorExit(), KeyboardInterrupt(), SystemExit(3)]
+)
+async def test_member_raising_a_base_exception_stops_the_group_and_raises_it(
+    options: dict[str, Any], exc: BaseException
+) -> None:
+    # It used to escape the worker as an "internal error", leaving the member without a
+    # result: the group then waited for it forever.
+    before = own_tasks()
+    state = ExecutionState()
+    started = asyncio.Event()
+    with pytest.raises(type(exc)) as raised:
+        async with state.parallel(max_workers=3, **options) as p:
+            p.add(value(0))
+            p.add(forever(started))
+            p.add(raise_after(started, exc))
+    assert raised.value is exc
+    statuses = [r.status for r in p._tally.collected()]
+    assert statuses == [ResultStatus.COMPLETED, ResultStatus.CANCELLED, ResultStatus.FAILED]
+    assert p._tally.collected()[2].exception is exc
+    assert "raised" in (p._tally.collected()[1].error or "")
+    with pytest.raises(type(exc)):
+        await p.gather()  # read again after the block: the same error
+    assert state.internal_errors == []
+    assert_no_leftover_tasks(before)
+
+
+async def test_base_exception_of_a_member_ends_a_stream() -> None:
+    state = ExecutionState()
+    started = asyncio.Event()
+    seen: list[int | None] = []
+    with pytest.raises(StopEverything):
+        async with state.parallel(max_workers=3) as p:
+            p.add(forever(started))
+            p.add(raise_after(started, StopEverything()))
+            async for result in p.stream():
+                seen.append(result.index)
+    assert seen == []  # as under FAIL_FAST: the stream raises at the member that stopped it
