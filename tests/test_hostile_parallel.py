@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
 
 from parallel_support import assert_no_leftover_tasks, own_tasks, value
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.parallel import ParallelExecutionManager
 from rh_agents.core.results import ResultStatus
+from rh_agents.errors import ConfigurationError
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(10)]
+pytestmark = pytest.mark.timeout(10)  # (asyncio_mode is "auto")
 
 
 class StopEverything(BaseException):
@@ -67,3 +70,31 @@ async def test_base_exception_of_a_member_ends_a_stream() -> None:
             async for result in p.stream():
                 seen.append(result.index)
     assert seen == []  # as under FAIL_FAST: the stream raises at the member that stopped it
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"name": 5}, "group name 5"),  # used to be a TypeError from inside the check
+        ({"name": b"docs"}, "group name b'docs'"),
+        ({"name": ["docs"]}, "group name ['docs']"),  # used to fail only on entering
+        ({"raise_exception_group": "yes"}, "raise_exception_group"),  # was taken as True
+        ({"raise_exception_group": None}, "raise_exception_group"),
+    ],
+)
+def test_wrong_option_types_are_configuration_errors_naming_them(
+    options: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(named)):
+        ExecutionState().parallel(**options)
+
+
+def test_retain_results_must_be_a_bool() -> None:
+    state = ExecutionState()
+    with pytest.raises(ConfigurationError, match="retain_results"):
+        ParallelExecutionManager(state, retain_results="no")
+
+
+def test_a_bad_global_limit_names_global_max_workers() -> None:
+    with pytest.raises(ConfigurationError, match="global_max_workers"):
+        ExecutionState(global_max_workers=0)

@@ -109,6 +109,12 @@ class GroupOptions:
             failure_threshold=failure_threshold,
             quorum=quorum,
         )
+        for label, flag in (
+            ("raise_exception_group", raise_exception_group),
+            ("retain_results", retain_results),
+        ):
+            if type(flag) is not bool:  # "no" would be true: say so rather than guess
+                raise ConfigurationError(f"{label} must be True or False, got {flag!r}")
         if retry is not None or circuit_breaker is not None or rate_limit is not None:
             check_policy("retry", retry, RetryPolicy)
             check_policy("circuit_breaker", circuit_breaker, CircuitBreaker)
@@ -230,9 +236,11 @@ def check_group_options(
         isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 1
     ):
         raise ConfigurationError(f"quorum must be an int >= 1, got {quorum!r}")
-    if name is not None and (not name or any(c in name for c in ":[]#\n")):
+    if name is not None and (
+        not isinstance(name, str) or not name or any(c in name for c in ":[]#\n")
+    ):
         raise ConfigurationError(
-            f"group name {name!r} must be non-empty and free of ':', '[', ']', '#'"
+            f"group name {name!r} must be a non-empty str free of ':', '[', ']', '#'"
         )
     return max_workers, strategy
 

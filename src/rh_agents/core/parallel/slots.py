@@ -63,7 +63,10 @@ class SlotArbiter:
             self._fixed = 0
         else:
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-                raise ConfigurationError(f"a worker limit must be an int >= 1, got {limit!r}")
+                # (A group's max_workers is checked before it gets here: this is the state's.)
+                raise ConfigurationError(
+                    f"a worker limit (global_max_workers) must be an int >= 1, got {limit!r}"
+                )
             self._dynamic = None
             self._fixed = limit
         self._on_free = on_free
