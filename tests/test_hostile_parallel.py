@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from parallel_support import assert_no_leftover_tasks, own_tasks, value
+from parallel_support import assert_no_leftover_tasks, closed, own_tasks, value
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ParallelExecutionManager
 from rh_agents.core.results import ResultStatus
-from rh_agents.errors import ConfigurationError
+from rh_agents.errors import ConfigurationError, DependencyError
 
 pytestmark = pytest.mark.timeout(10)  # (asyncio_mode is "auto")
 
@@ -98,3 +98,51 @@ def test_retain_results_must_be_a_bool() -> None:
 def test_a_bad_global_limit_names_global_max_workers() -> None:
     with pytest.raises(ConfigurationError, match="global_max_workers"):
         ExecutionState(global_max_workers=0)
+
+
+@pytest.mark.parametrize("after", [1.0, object()], ids=["float", "object"])
+async def test_after_that_is_neither_a_name_an_index_nor_a_list_is_a_dependency_error(
+    after: Any,
+) -> None:
+    # It used to be a TypeError: "'float' object is not iterable".
+    state = ExecutionState()
+    member = value(1)
+    async with state.parallel() as p:
+        p.add(value(0), name="first")
+        with pytest.raises(DependencyError, match="after= takes a member name or index"):
+            p.add(member, after=after)
+    assert closed(member)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        lambda m: [m],  # a member without its name
+        lambda m: [("a", m, (), "extra")],
+        lambda m: [("a",), ("b", m)],  # a bad entry before a good one: that one is closed
+        lambda m: [None, ("b", m)],
+        lambda m: {"a": m},  # a dict: its items() were meant
+        lambda m: m,  # not iterable at all
+    ],
+    ids=["bare", "four", "one", "none", "dict", "not-iterable"],
+)
+async def test_add_many_refuses_malformed_entries_and_closes_their_members(
+    entries: Any,
+) -> None:
+    # They used to raise TypeError or IndexError and leave the coroutine never awaited.
+    state = ExecutionState()
+    member = value(1)
+    async with state.parallel() as p:
+        with pytest.raises(ConfigurationError, match=r"add_many\(\) takes"):
+            p.add_many(entries(member))
+    assert closed(member)
+    assert p.total == 0
+
+
+async def test_add_with_the_name_second_says_the_name_comes_first() -> None:
+    state = ExecutionState()
+    member = value(1)
+    async with state.parallel() as p:
+        with pytest.raises(ConfigurationError, match=r"the name comes first: p.add\('n'"):
+            p.add(member, "n")
+    assert closed(member)

@@ -36,6 +36,7 @@ from collections.abc import (
     Iterable,
     Mapping,
     Sequence,
+    ValuesView,
 )
 from types import CoroutineType, FunctionType
 from typing import TYPE_CHECKING, Any
@@ -147,9 +148,16 @@ def add(
     else:
         for arg in args:
             _close_quietly(arg)
+        hint = ""
+        if len(args) == 2:
+            hint = (
+                f" (the name comes first: p.add({args[1]!r}, member))"
+                if isinstance(args[1], str)
+                else f" (a member's name must be a non-empty str, got {args[0]!r})"
+            )
         raise ConfigurationError(
             "p.add() takes one member, or a name and a member: "
-            f"got {len(args)} positional arguments"
+            f"got {len(args)} positional arguments{hint}"
         )
     try:
         check_can_add(group)
@@ -173,6 +181,10 @@ def add(
         check_policy("retry", retry, RetryPolicy)
         if isinstance(after, str | int):
             after = (after,)
+        elif not isinstance(after, Iterable):  # after=1.0: not "not iterable", but why
+            raise DependencyError(
+                f"after= takes a member name or index, or a list of them, got {after!r}"
+            )
         deps: list[int] = []
         if after and not group._retain:
             # Dependents are found through the kept members; without them none would run.
@@ -195,10 +207,23 @@ def add_many(
     If one is rejected, the error is raised and every coroutine not added yet is closed,
     so a bad entry never leaves a "coroutine was never awaited" warning behind.
     """
+    if isinstance(entries, Mapping) or not isinstance(entries, Iterable):
+        _close_entry(entries.values() if isinstance(entries, Mapping) else entries)
+        raise ConfigurationError(
+            "add_many() takes an iterable of (name, member) or (name, member, after) "
+            f"tuples, got {type(entries).__name__}"
+            + (": pass d.items() for a dict" if isinstance(entries, Mapping) else "")
+        )
     entries_iter = iter(entries)
     indices: list[int] = []
     try:
         for entry in entries_iter:
+            if not isinstance(entry, tuple | list) or not 2 <= len(entry) <= 3:
+                _close_entry(entry)
+                raise ConfigurationError(
+                    "add_many() takes (name, member) or (name, member, after) tuples "
+                    f"(name may be None), got {entry!r:.80}"
+                )
             name, member = entry[0], entry[1]
             after: Iterable[str | int] = entry[2] if len(entry) > 2 else ()
             if name is None:
@@ -207,9 +232,18 @@ def add_many(
                 indices.append(add(group, name, member, after=after))
     except BaseException:
         for rest in entries_iter:
-            _close_quietly(rest[1])
+            _close_entry(rest)
         raise
     return indices
+
+
+def _close_entry(entry: Any) -> None:
+    """Close every coroutine in a refused ``add_many`` entry, whatever its shape."""
+    if isinstance(entry, tuple | list | ValuesView):
+        for part in entry:
+            _close_quietly(part)
+    else:
+        _close_quietly(entry)
 
 
 def dependency_index(group: ParallelExecutionManager[Any], dep: Any, name: str | None) -> int:
