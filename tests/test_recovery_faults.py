@@ -165,7 +165,7 @@ def test_a_store_that_cannot_be_created_fails_when_opened(tmp_path: Path, kind: 
 def test_a_store_path_of_the_wrong_kind_fails_when_opened(tmp_path: Path) -> None:
     folder = tmp_path / "state.db"
     folder.mkdir()
-    with pytest.raises(RecoveryError, match="cannot be opened") as info:
+    with pytest.raises(RecoveryError, match=r"is a folder; pass the path of a \.db file") as info:
         Recovery(folder)
     assert str(folder) in str(info.value)
     plain = tmp_path / "plain"

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rh_agents.bus_handlers.group_view import GroupView, bar, issue_line, percent, seconds
+from rh_agents.bus_handlers.safe_text import printable
 
 __all__ = ["elapsed", "render_live"]
 
@@ -95,7 +96,7 @@ class _Block:
 
 
 def _row(text: str, style: str) -> Text:
-    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+    return Text(printable(text), style=style, no_wrap=True, overflow="ellipsis")
 
 
 def _fit(
@@ -153,7 +154,10 @@ def _header(view: GroupView, now: float, indent: int, width: int | None) -> Rend
     pad = " " * (indent * view.level)
     total = view.known_total()
     texts = [
-        Text(f"{pad}📦 {view.tag if view.parent is None else view.name}", style="bold cyan"),
+        Text(
+            printable(f"{pad}📦 {view.tag if view.parent is None else view.name}"),
+            style="bold cyan",
+        ),
         Text(
             f"{view.done} finished {seconds(elapsed(view, now))}"
             if total is None  # members still being added: no total, no percent yet

@@ -30,6 +30,7 @@ from rh_agents.bus_handlers.group_view import (
     outcome_text,
     status_mark,
 )
+from rh_agents.bus_handlers.safe_text import printable
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (
     BusEvent,
@@ -85,7 +86,7 @@ class EventPrinter:
         line = self.format(record)
         if line is not None:
             # emoji=False: ":name:" in user text (inputs, errors) must print as written.
-            self.console.print(line, highlight=False, soft_wrap=True, emoji=False)
+            self.console.print(printable(line), highlight=False, soft_wrap=True, emoji=False)
 
     def format(self, record: BusEvent) -> str | None:
         """The rich-markup line for ``record`` (``None`` for records this printer skips)."""

@@ -80,6 +80,21 @@ def _is_async_callable(fn: Any) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def _signature_problem(handler: Any) -> str | None:
+    """Why ``handler`` cannot take ``(input, context, state)`` (``None`` when it can, or when
+    its signature cannot be read). Checked at definition: otherwise every call would fail
+    with the same ``TypeError``."""
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return None  # a builtin without a readable signature: its first call will tell
+    try:
+        signature.bind(None, "", None)
+    except TypeError as exc:
+        return f"{getattr(handler, '__qualname__', type(handler).__name__)}{signature}: {exc}"
+    return None
+
+
 def name_problem(name: Any, what: str) -> str | None:
     """Why ``name`` cannot be a segment of an address (``None`` when it can).
 
@@ -180,6 +195,12 @@ class BaseActor(BaseModel):
             raise ActorDefinitionError(
                 f"actor {name!r} needs a handler: a function (input, context, state), async "
                 "or plain (a plain one runs in a worker thread)"
+            )
+        problem = _signature_problem(handler)
+        if problem is not None:
+            raise ActorDefinitionError(
+                f"actor {name!r}: its handler cannot be called as handler(input, context, "
+                f"state) ({problem}); give it those three parameters"
             )
         model = data.get("input_model")
         if model is None:
@@ -300,6 +321,12 @@ def _decorator(actor_cls: type[BaseActor]) -> Callable[..., Any]:
                 **options,
             )
 
+        if fn is not None and not callable(fn):
+            # @tool("name") rather than @tool(name="name"): say so, not "cannot infer".
+            raise ActorDefinitionError(
+                f"{actor_cls.__name__.lower()}() takes the handler function, and its options "
+                f"by keyword (@{actor_cls.__name__.lower()}(name=...)); got {fn!r}"
+            )
         return build(fn) if fn is not None else build
 
     decorate.__name__ = actor_cls.__name__.lower()

@@ -677,6 +677,8 @@ class EventBus:
 
 
 def _check_timeout(value: float | None, name: str = "timeout") -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigurationError(f"{name} must be None or a number of seconds, got {value!r}")
     if value is not None and not value >= 0:
         raise ConfigurationError(f"{name} must be None or at least 0 seconds, got {value!r}")
     return value

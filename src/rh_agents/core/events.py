@@ -125,10 +125,12 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         self, input: Any, context: str = "", state: ExecutionState | None = None
     ) -> EventCall[OutT]:
         """The call, as an awaitable value (``EventCall``): nothing runs until it is awaited."""
-        if state is None:
+        # Duck-typed: this module may not import the state's (that would be an import cycle).
+        if state is None or not hasattr(state, "root_frame"):
+            given = "" if state is None else f", got {state!r}"
             raise ConfigurationError(
-                f"calling the event of {self.actor.name!r} needs the ExecutionState: "
-                "event(input, context, state)"
+                f"calling the event of {self.actor.name!r} needs the ExecutionState as its "
+                f"third argument{given}: event(input, context, state)"
             )
         return EventCall(self, input, context, state)
 

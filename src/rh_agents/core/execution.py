@@ -41,6 +41,7 @@ from rh_agents.core.records import RunInterrupted, _placed
 from rh_agents.core.results import ExecutionResult
 from rh_agents.core.threads import ThreadRunner
 from rh_agents.core.watchdog import RunResources, Watchdog
+from rh_agents.errors import ConfigurationError
 from rh_agents.resilience.adaptive import AdaptiveLimit
 from rh_agents.resilience.breaker import BreakerRegistry, CircuitBreaker
 from rh_agents.resilience.checks import check_policy
@@ -84,6 +85,7 @@ class ExecutionState:
         max_threads: int | None = None,
         watchdog: Watchdog | None = Watchdog(),
     ) -> None:
+        _check_parts(event_bus, clock, recovery, cache)
         self.event_bus = event_bus if event_bus is not None else EventBus()
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.global_slots = (
@@ -109,8 +111,6 @@ class ExecutionState:
         self.replay_publishes = False
         self.internal_errors: list[BaseException] = []
         if watchdog is not None and not isinstance(watchdog, Watchdog):
-            from rh_agents.errors import ConfigurationError
-
             raise ConfigurationError(
                 f"watchdog must be a Watchdog (rh_agents.core.watchdog) or None, got {watchdog!r}"
             )
@@ -382,6 +382,34 @@ class ExecutionState:
                 await self.recovery.aclose()
         finally:
             await self.event_bus.close(drain=True)
+
+
+def _check_parts(event_bus: Any, clock: Any, recovery: Any, cache: Any) -> None:
+    """Refuse a part of the wrong kind when the state is made, rather than with an
+    ``AttributeError`` at the first call (a printer passed as the bus, a path as recovery)."""
+    problem = None
+    if event_bus is not None and not isinstance(event_bus, EventBus):
+        problem = (
+            f"event_bus must be an EventBus, got {event_bus!r}; to print the run, subscribe the "
+            "printer to a bus: bus = EventBus(); bus.subscribe(printer); "
+            "ExecutionState(event_bus=bus)"
+        )
+    elif clock is not None and not isinstance(clock, Clock):
+        problem = f"clock must have now() and an async sleep() (a Clock), got {clock!r}"
+    elif recovery is not None and not callable(getattr(recovery, "attach", None)):
+        problem = (
+            f"recovery must be a Recovery (rh_agents.recovery), got {recovery!r}; for a store "
+            "at a path: ExecutionState(recovery=Recovery(path))"
+        )
+    elif cache is not None and not (
+        callable(getattr(cache, "run", None)) and callable(getattr(cache, "holds", None))
+    ):
+        problem = (
+            f"cache must be an ActorCache (rh_agents.recovery), got {cache!r}; "
+            "ExecutionState(cache=ActorCache())"
+        )
+    if problem is not None:
+        raise ConfigurationError(problem)
 
 
 def _close_all(members: Iterable[Any]) -> None:

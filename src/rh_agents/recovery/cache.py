@@ -12,6 +12,12 @@ JSON of its validated input (keys sorted), hashed with SHA-256. A new ``version`
 misses. A hit returns the stored value without calling the handler (``source="cache"`` on the
 result and on ``EventCompleted``). Failures are never cached.
 
+The cache only saves work, so it never costs a result: a call whose input has no canonical JSON
+(bytes that are not UTF-8, an arbitrary object) runs without the cache, and a store that fails
+(locked by another process past its timeout, closed, a full disk) is a miss on reading and a
+value not kept on writing. Both are logged (once per actor, once per streak of store failures);
+the store's errors are kept in ``cache.store_errors``.
+
 Single flight: while a call for a key is running, identical calls wait for it instead of
 starting their own. The call runs in a task owned by the cache and every caller waits on it
 through ``asyncio.shield``, so a caller that is cancelled leaves the call running for the
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
@@ -34,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.parallel.slots import wait_lending
@@ -42,6 +50,8 @@ from rh_agents.recovery.codec import canonical_json, encode_result
 
 __all__ = ["ActorCache", "CacheStore", "MemoryCacheStore", "SQLiteCacheStore", "cache_key"]
 
+logger = logging.getLogger("rh_agents.recovery")
+
 _MISSING = object()
 
 
@@ -49,6 +59,29 @@ def cache_key(actor: BaseActor, validated: BaseModel) -> str:
     """SHA-256 of the actor's name, version and the canonical JSON of its input."""
     text = "\0".join((actor.name, actor.version, canonical_json(validated)))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _key_of(actor: BaseActor, validated: BaseModel) -> str | None:
+    """``cache_key``, or ``None`` for an input that has no canonical JSON (bytes that are not
+    UTF-8, an arbitrary object): such a call cannot be keyed, so it runs without the cache
+    rather than fail (the cache only saves work; it must never cost a result)."""
+    try:
+        return cache_key(actor, validated)
+    except (PydanticSerializationError, TypeError, ValueError) as exc:
+        if actor.name not in _UNKEYED:
+            _UNKEYED.add(actor.name)
+            logger.warning(
+                "%s %r: an input cannot be turned into a cache key (%s); such calls run "
+                "without the cache",
+                actor.kind,
+                actor.name,
+                exc,
+            )
+        return None
+
+
+# Actors already warned about (once per process, as a log line, not per call).
+_UNKEYED: set[str] = set()
 
 
 class CacheStore(Protocol):
@@ -174,10 +207,15 @@ class ActorCache:
         self.hits = 0
         self.misses = 0
         self.joined = 0
+        # Failures of the store (locked, closed, full): the first ones, and which of reading
+        # and writing fail now (logged once per streak, not per call).
+        self.store_errors: list[BaseException] = []
+        self._failing: set[str] = set()
 
     def holds(self, actor: BaseActor, validated: BaseModel) -> bool:
         """Whether a call of ``actor`` with this input would be answered from the store."""
-        return self.store.get(cache_key(actor, validated), actor) is not _MISSING
+        key = _key_of(actor, validated)
+        return key is not None and self._get(key, actor) is not _MISSING
 
     async def run(
         self,
@@ -186,8 +224,12 @@ class ActorCache:
         call: Callable[[], Awaitable[tuple[Any, int]]],
     ) -> tuple[Any, int, str]:
         """``(value, attempts, source)``: from the store, a running call, or ``call()``."""
-        key = cache_key(actor, validated)
-        stored = self.store.get(key, actor)
+        key = _key_of(actor, validated)
+        if key is None:
+            self.misses += 1
+            value, attempts = await call()
+            return value, attempts, "run"
+        stored = self._get(key, actor)
         if stored is not _MISSING:
             self.hits += 1
             return stored, 1, "cache"
@@ -231,12 +273,50 @@ class ActorCache:
         try:
             value, attempts = await call()
             value = actor.validate_output(value)
-            self.store.put(key, actor, value)
+            self._put(key, actor, value)
             return value, attempts
         finally:
             flight = self._flights.get(key)
             if flight is not None and flight.task is asyncio.current_task():
                 del self._flights[key]
+
+    # The store only saves work: when it fails (an SQLite file locked by another process for
+    # longer than its timeout, a full disk, a closed store), a lookup is a miss and a value not
+    # stored is run again next time; the call keeps its result either way.
+
+    def _get(self, key: str, actor: BaseActor) -> Any:
+        try:
+            value = self.store.get(key, actor)
+        except Exception as exc:  # (not a BaseException: a cancellation goes on)
+            self._store_failed("read from", actor, exc)
+            return _MISSING
+        self._failing.discard("read from")
+        return value
+
+    def _put(self, key: str, actor: BaseActor, value: Any) -> None:
+        try:
+            self.store.put(key, actor, value)
+        except Exception as exc:
+            self._store_failed("write to", actor, exc)
+        else:
+            self._failing.discard("write to")
+
+    def _store_failed(self, action: str, actor: BaseActor, exc: Exception) -> None:
+        if len(self.store_errors) < 100:
+            self.store_errors.append(exc)
+        if action in self._failing:
+            return
+        self._failing.add(action)
+        logger.warning(
+            "cannot %s the cache store %s for %s %r (%s: %s); calls run without the cache "
+            "until it works again (failures are kept in cache.store_errors)",
+            action,
+            getattr(self.store, "path", type(self.store).__name__),
+            actor.kind,
+            actor.name,
+            type(exc).__name__,
+            exc,
+        )
 
     async def aclose(self) -> None:
         """Cancel the calls still running and wait for them to end."""

@@ -10,8 +10,10 @@ Its own module, above ``backend`` and both backends, so that they never import e
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from rh_agents.errors import ConfigurationError
 from rh_agents.recovery.backend import OpenMode, StateBackend, check_mode, default_state_path
 from rh_agents.recovery.json_backend import JSONBackend
 from rh_agents.recovery.sqlite_backend import SQLiteBackend
@@ -28,7 +30,19 @@ def open_backend(
     if isinstance(location, StateBackend):
         return location
     mode = check_mode(mode)
-    path = Path(location) if location is not None else default_state_path()
+    if location is not None and not isinstance(location, str | os.PathLike):
+        raise ConfigurationError(
+            f"a state store is a path (a .db file, or a folder of JSON run files) or a "
+            f"StateBackend, got {location!r}"
+        )
+    if location is not None and not str(location):
+        # Path("") is the current folder: an empty setting must not scatter run files there.
+        raise ConfigurationError(
+            "the state store's path is empty; pass a .db file or a folder of JSON run files "
+            "(or None for the default store)"
+        )
+    # "~/runs.db" as the environment variable RH_AGENTS_STATE takes it, not a folder named "~".
+    path = Path(location).expanduser() if location is not None else default_state_path()
     if path.suffix in {".db", ".sqlite", ".sqlite3"}:
         return SQLiteBackend(path, mode=mode)
     return JSONBackend(path, mode=mode)

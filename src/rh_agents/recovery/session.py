@@ -170,7 +170,15 @@ class Recovery:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         resume_command: str | None = None,
     ) -> None:
+        if checkpoint is not None and not isinstance(checkpoint, CheckpointPolicy):
+            raise ConfigurationError(
+                f"checkpoint must be a CheckpointPolicy, got {checkpoint!r}: "
+                "CheckpointPolicy.every_event() or CheckpointPolicy.batched(count, seconds)"
+            )
         self.policy = checkpoint if checkpoint is not None else CheckpointPolicy.every_event()
+        for label, value in (("write_wait", write_wait), ("close_timeout", close_timeout)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigurationError(f"{label} must be a number of seconds, got {value!r}")
         if not write_wait >= 0:
             raise ConfigurationError(f"write_wait must be at least 0 seconds, got {write_wait!r}")
         if not close_timeout > 0:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -191,13 +192,21 @@ class SQLiteBackend(StateBackend):
             raise RecoveryError(f"state database {self.path} is closed")
         if self._conn is not None:
             return self._conn
-        if self.mode != "create":
-            try:
-                os.stat(self.path)
-            except (FileNotFoundError, NotADirectoryError):
+        try:
+            found = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            if self.mode != "create":
                 return None
-            except OSError:
-                pass  # let SQLite say what is wrong
+        except OSError:
+            pass  # let SQLite say what is wrong
+        else:
+            if not stat.S_ISREG(found.st_mode):
+                # A folder would be "disk I/O error" when read, and a named pipe would hang.
+                kind = "a folder" if stat.S_ISDIR(found.st_mode) else "not a regular file"
+                raise RecoveryError(
+                    f"state database {self.path} is {kind}; pass the path of a .db file (or of "
+                    "a folder without the .db suffix, for JSON run files)"
+                )
         if self.mode == "create":
             self._conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
