@@ -12,7 +12,7 @@ from parallel_support import assert_no_leftover_tasks, closed, own_tasks, value
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ParallelExecutionManager
 from rh_agents.core.results import ResultStatus
-from rh_agents.errors import ConfigurationError, DependencyError
+from rh_agents.errors import ConfigurationError, DependencyError, GroupClosedError
 
 pytestmark = pytest.mark.timeout(10)  # (asyncio_mode is "auto")
 
@@ -146,3 +146,34 @@ async def test_add_with_the_name_second_says_the_name_comes_first() -> None:
         with pytest.raises(ConfigurationError, match=r"the name comes first: p.add\('n'"):
             p.add(member, "n")
     assert closed(member)
+
+
+@pytest.mark.parametrize("read", ["gather", "gather_dict", "stream", "nested"])
+async def test_a_member_reading_its_own_group_is_refused_rather_than_waiting_forever(
+    read: str,
+) -> None:
+    # It used to wait for itself: a hang that not even cancelling the task could end
+    # (stopping the group waits for every worker, the waiting one included).
+    before = own_tasks()
+    state = ExecutionState()
+
+    async def reader() -> Any:
+        if read == "gather":
+            return await p.gather()
+        if read == "gather_dict":
+            return await p.gather_dict()
+        if read == "stream":
+            return [r async for r in p.stream()]
+        async with state.parallel(name="inner") as inner:  # deeper down: the same
+            inner.add(lambda: p.gather())
+        return (await inner.gather())[0].unwrap()
+
+    async with state.parallel(max_workers=2) as p:
+        p.add(reader)
+        p.add(value(1))
+    results = await p.gather()
+    assert results[0].status is ResultStatus.FAILED
+    assert isinstance(results[0].exception, GroupClosedError)
+    assert "from inside its own member" in (results[0].error or "")
+    assert results[1].ok
+    assert_no_leftover_tasks(before)

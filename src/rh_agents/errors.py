@@ -131,7 +131,9 @@ class ParallelError(RHAgentsError):
 
 
 class GroupClosedError(ParallelError, RuntimeError):
-    """A member was added to a group that has already been gathered, cancelled or closed.
+    """A member was added to a group that has already been gathered, cancelled or closed;
+    or a group was read (``gather()``, ``stream()``) from inside one of its own members,
+    which would wait for itself.
 
     Also a ``RuntimeError``, which is what ``asyncio.TaskGroup`` raises for the same mistake.
     """

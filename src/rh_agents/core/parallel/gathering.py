@@ -28,6 +28,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rh_agents.core.context import running_frame
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.stream import ResultStream
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "as_completed",
+    "check_not_inside",
     "collected",
     "gather",
     "gather_all",
@@ -90,8 +92,28 @@ async def join_workers(group: ParallelExecutionManager[Any]) -> None:
         raise asyncio.CancelledError
 
 
+def check_not_inside(group: ParallelExecutionManager[Any], what: str) -> None:
+    """Refuse to wait for ``group`` from inside one of its own members (at any depth).
+
+    The group ends only once that member has; its wait could never end, and nor could
+    a cancellation of it (stopping the group waits for every worker, its own included).
+    """
+    frame = running_frame()
+    if (
+        frame is not None
+        and frame.state is group._state
+        and frame.address.startswith(f"{group.group_id}[")
+    ):
+        raise GroupClosedError(
+            f"{what} of group {group.group_id!r} was called from inside its own member "
+            f"{frame.address!r}: it would wait for itself. Read the group where it was "
+            "opened (after adding), or give the member what it needs as an argument"
+        )
+
+
 async def wait_all(group: ParallelExecutionManager[Any]) -> None:
     """Wait until every member has a result; a cancelled waiter cancels the group."""
+    check_not_inside(group, "waiting for the results")
     seal(group)
     pool = group._pool
     pool.start_all()  # no more members will come: their workers start now
@@ -180,6 +202,7 @@ def stream(group: ParallelExecutionManager[T]) -> AsyncIterator[ExecutionResult[
     if not group._entered:
         group._used = True  # (told now: no UnusedGroupWarning later)
         raise GroupClosedError("stream() needs 'async with state.parallel(...) as p:' first")
+    check_not_inside(group, "stream()")
     seal(group)
     return ResultStream(group)
 
