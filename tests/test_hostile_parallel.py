@@ -177,3 +177,27 @@ async def test_a_member_reading_its_own_group_is_refused_rather_than_waiting_for
     assert "from inside its own member" in (results[0].error or "")
     assert results[1].ok
     assert_no_leftover_tasks(before)
+
+
+async def test_reading_a_group_from_another_event_loop_is_refused() -> None:
+    # It used to hang the other thread, with an "internal error" from a worker that woke a
+    # future of the other loop.
+    state = ExecutionState()
+
+    def read_in_another_loop() -> BaseException | None:
+        async def read() -> None:
+            await p.gather()
+
+        try:
+            asyncio.run(read())
+        except BaseException as exc:
+            return exc
+        return None
+
+    async with state.parallel() as p:
+        p.add(value(1))
+        error = await asyncio.to_thread(read_in_another_loop)
+    assert isinstance(error, GroupClosedError)
+    assert "another event loop" in str(error)
+    assert [r.result for r in await p.gather()] == [1]
+    assert state.internal_errors == []

@@ -93,11 +93,19 @@ async def join_workers(group: ParallelExecutionManager[Any]) -> None:
 
 
 def check_not_inside(group: ParallelExecutionManager[Any], what: str) -> None:
-    """Refuse to wait for ``group`` from inside one of its own members (at any depth).
+    """Refuse to wait for ``group`` from another event loop, or from inside one of its
+    own members (at any depth).
 
     The group ends only once that member has; its wait could never end, and nor could
     a cancellation of it (stopping the group waits for every worker, its own included).
     """
+    if asyncio.get_running_loop() is not group._loop:
+        # Its workers, futures and timers belong to that loop: a wait from here would be
+        # woken from another thread, or never.
+        raise GroupClosedError(
+            f"{what} of group {group.group_id!r} was called from another event loop than "
+            "the one the group runs on (another thread?); read it where it was opened"
+        )
     frame = running_frame()
     if (
         frame is not None

@@ -101,6 +101,7 @@ class ParallelExecutionManager(Generic[T]):
         "_finalized",
         "_fixed_limit",
         "_group",
+        "_loop",
         "_members",
         "_names",
         "_now",
@@ -221,6 +222,7 @@ class ParallelExecutionManager(Generic[T]):
         self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
         self._parent_frame: Frame | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once entered
         self._started_at = 0.0
         self._wall_time: float | None = None
         self._final_limit: int | None = None  # the limit when the group ended
@@ -287,7 +289,7 @@ class ParallelExecutionManager(Generic[T]):
         self._started_at = state.clock.now()
         self._display_name = self._requested_name or self.group_id.rsplit("::", 1)[-1]
         self._status = GroupStatus.RUNNING
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if self.timeout is not None:
             self._timeout_handle = loop.call_later(self.timeout, self._on_group_timeout)
         watchdog = state.watchdog
