@@ -7,8 +7,8 @@ import asyncio
 from dataclasses import FrozenInstanceError
 
 import pytest
-from tests.parallel_support import until
 
+from parallel_support import until
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel.member import Member
 from rh_agents.core.parallel.readers import ReaderStatistics, ReaderWaits
