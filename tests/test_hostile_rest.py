@@ -4,6 +4,7 @@ lost result), or output that stays readable."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -274,3 +275,39 @@ def test_a_database_path_that_is_not_a_file_is_a_recovery_error(kind: str, tmp_p
 def test_a_bus_shutdown_timeout_that_is_not_a_number_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="shutdown_timeout must be None or a number"):
         EventBus(shutdown_timeout="5")  # type: ignore[arg-type]
+
+
+async def test_a_bus_closed_by_an_earlier_run_is_refused_rather_than_silently_deaf() -> None:
+    # Before: the second run's records were dropped without a word (its feeders had stopped).
+    bus = EventBus()
+    seen: list[str] = []
+    bus.subscribe(lambda record: seen.append(record.kind))
+    async with ExecutionState(event_bus=bus) as state:
+        await ECHO(Doc(text="a"), "", state)
+    assert bus.closed and seen == ["event.started", "event.completed"]
+    with pytest.raises(ConfigurationError, match="make a new EventBus for each run"):
+        ExecutionState(event_bus=bus)
+
+
+def test_a_subscriber_that_raises_system_exit_stops_the_program_without_a_hang() -> None:
+    # rich raises SystemExit(1) when the pipe it prints to is closed (`python run.py | head`).
+    # Before: the subscription stayed "awake" with nobody feeding it, and leaving the state
+    # (bus.close) waited for it forever.
+    seen: list[str] = []
+
+    def printer(record: Any) -> None:
+        seen.append(record.kind)
+        if len(seen) == 3:
+            raise SystemExit(1)
+
+    async def main() -> None:
+        bus = EventBus()
+        bus.subscribe(printer)
+        async with ExecutionState(event_bus=bus) as state:
+            for _ in range(5):
+                await ECHO(Doc(text="a"), "", state)
+            await asyncio.Event().wait()  # only the subscriber's SystemExit ends this
+
+    with pytest.raises(SystemExit):
+        asyncio.run(main())
+    assert len(seen) == 10  # the records after the exit were still handed over, at close

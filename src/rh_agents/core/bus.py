@@ -241,7 +241,16 @@ class Subscription:
             self._queue.clear()
             self._rest()
             return
-        if self._deliver():
+        try:
+            delivered = self._deliver()
+        except BaseException:
+            # It raised what must stop the program (rich's SystemExit on a broken pipe, a
+            # KeyboardInterrupt): that goes on, but the subscription must not stay awake with
+            # no callback left to feed it, or drain() and close() would wait for it forever.
+            # What it has not handled yet is fed at its next wake.
+            self._rest()
+            raise
+        if delivered:
             self._rest()
 
     def _deliver_early(self) -> None:
@@ -411,6 +420,12 @@ class EventBus:
         self._wanted: dict[type[BusEvent], bool] = {}  # cache of wants(); cleared on changes
         # Bumped whenever who listens changes: a publisher may cache wants() until it moves.
         self.version = 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (leaving ``async with state:`` calls it): the
+        subscribers' feeders have stopped, and records published now reach nobody."""
+        return self._closed
 
     def _update_listening(self) -> None:
         self.has_listeners = bool(self._subscriptions or self._streams)

@@ -394,6 +394,13 @@ def _check_parts(event_bus: Any, clock: Any, recovery: Any, cache: Any) -> None:
             "printer to a bus: bus = EventBus(); bus.subscribe(printer); "
             "ExecutionState(event_bus=bus)"
         )
+    elif event_bus is not None and event_bus.closed:
+        # Its subscribers were stopped: every record of this run would be dropped unseen.
+        problem = (
+            "event_bus was closed (leaving `async with state:` closes the state's bus), so its "
+            "subscribers would receive nothing of this run; make a new EventBus for each run "
+            "and subscribe the printers to it"
+        )
     elif clock is not None and not isinstance(clock, Clock):
         problem = f"clock must have now() and an async sleep() (a Clock), got {clock!r}"
     elif recovery is not None and not callable(getattr(recovery, "attach", None)):
