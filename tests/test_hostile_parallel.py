@@ -201,3 +201,26 @@ async def test_reading_a_group_from_another_event_loop_is_refused() -> None:
     assert "another event loop" in str(error)
     assert [r.result for r in await p.gather()] == [1]
     assert state.internal_errors == []
+
+
+@pytest.mark.parametrize("read", [0, 3], ids=["unread", "read-a-few"])
+async def test_a_group_keeping_no_results_can_be_left_without_reading_them_all(
+    read: int,
+) -> None:
+    # With retain_results=False its workers stop pulling map() items while 2 x max_workers
+    # results wait for a reader; leaving the block without one used to wait forever.
+    state = ExecutionState()
+    p: ParallelExecutionManager[Any] = ParallelExecutionManager(
+        state, max_workers=2, retain_results=False
+    )
+    async with p:
+        p.map(value, range(50))
+        if read:
+            taken = 0
+            async for _ in p.stream():
+                taken += 1
+                if taken == read:
+                    break
+    assert p.statistics().succeeded == 50
+    assert p._tally.statistics().unread == 0  # nobody can read them after the block
+    assert [r async for r in p.stream()] == []

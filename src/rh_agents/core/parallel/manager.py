@@ -326,6 +326,10 @@ class ParallelExecutionManager(Generic[T]):
                 if self._retain:
                     await self._gather_all()
                 else:  # nothing to collect: results were only streamed
+                    # Those no reader took are dropped: else workers waiting for a reader
+                    # to make room for the next item (map()) would wait forever.
+                    self._tally.drop_unread()
+                    self._readers.result_taken()
                     await self._wait_all()
                     self._finalize()
                     self._raise_for_strategy([])

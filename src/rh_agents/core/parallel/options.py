@@ -35,7 +35,8 @@ class GroupOptions:
 
     ``adaptive`` is the ``AdaptiveLimit`` of ``max_workers="auto"`` or of an instance, and
     ``limit`` the fixed limit (an adaptive one's starting value). ``retain_results=False``
-    is for streams that keep nothing (``parallel_map``). ``batch_mode`` is what
+    is for streams that keep nothing (``parallel_map``): read them with ``stream()`` inside
+    the block; leaving it drops the results no reader took. ``batch_mode`` is what
     ``execute_parallel`` returns (see ``BatchMode``). ``executor`` is where the members run:
     ``None`` for the event loop, else the ``MemberExecutor`` that ``executor=`` named
     (``"processes"``, a ``RayExecutor``; see ``rh_agents.executors``).

@@ -60,6 +60,7 @@ class ResultTally:
         "cancelled",
         "completion_order",
         "done",
+        "dropping",
         "failed",
         "last_failure",
         "metrics",
@@ -77,6 +78,7 @@ class ResultTally:
         self.results: list[ExecutionResult[Any] | None] = []  # by index (kept results only)
         self.completion_order: list[int] = []
         self.unretained: deque[ExecutionResult[Any]] = deque()  # for the stream's reader
+        self.dropping = False  # no reader will come: unkept results are only counted
         self.last_failure: ExecutionResult[Any] | None = None
         self.total = 0  # members numbered so far
         self.done = 0
@@ -116,8 +118,14 @@ class ResultTally:
             index = member.index
             self.results[index] = result
             self.completion_order.append(index)
-        else:
+        elif not self.dropping:
             self.unretained.append(result)
+
+    def drop_unread(self) -> None:
+        """No reader will take the results a group that keeps none has not handed out yet
+        (its block is left): drop them, and those still to land."""
+        self.dropping = True
+        self.unretained.clear()
 
     @property
     def failures(self) -> int:
