@@ -311,3 +311,22 @@ def test_a_subscriber_that_raises_system_exit_stops_the_program_without_a_hang()
     with pytest.raises(SystemExit):
         asyncio.run(main())
     assert len(seen) == 10  # the records after the exit were still handed over, at close
+
+
+async def test_a_subscriber_that_drains_its_own_bus_gets_an_error_rather_than_a_deadlock() -> None:
+    # Before: drain() waited for every subscriber to be idle, the caller included: forever
+    # (until the bus's shutdown_timeout cancelled the subscriber when the state ended).
+    bus = EventBus(shutdown_timeout=30)
+    refused: list[BaseException] = []
+
+    async def flushing(record: Any) -> None:
+        try:
+            await asyncio.wait_for(bus.drain(), 20)  # its own task on 3.11: still refused
+        except ConfigurationError as exc:
+            refused.append(exc)
+
+    bus.subscribe(flushing)
+    async with ExecutionState(event_bus=bus) as state:
+        await ECHO(Doc(text="a"), "", state)
+    assert len(refused) == 2 and "called by its own subscriber" in str(refused[0])
+    assert not bus.subscriber_errors

@@ -46,6 +46,7 @@ records of members that do wait keep their order (the start before anything the 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import warnings
@@ -77,6 +78,11 @@ _CANCEL_GRACE = 1.0
 _DEFAULT: Any = object()  # close(timeout=...) not given: the bus's shutdown_timeout
 
 Subscriber = Callable[[BusEvent], Any]
+
+# The subscription whose feeder task (an async subscriber's) runs the current code, if any.
+_feeding: contextvars.ContextVar[Subscription | None] = contextvars.ContextVar(
+    "rh_agents_feeding", default=None
+)
 
 
 class DeferredSource(Protocol):
@@ -327,6 +333,7 @@ class Subscription:
         handler, pop = self._call, queue.popleft
         isawaitable = inspect.isawaitable
         loop = asyncio.get_running_loop()
+        _feeding.set(self)  # (in this task's own context: see EventBus._check_caller)
         try:
             if outcome is not None and record is not None:
                 self._current = record
@@ -609,7 +616,11 @@ class EventBus:
             self._forget_stream(id(queue))
 
     async def drain(self) -> None:
-        """Wait until every subscriber has handled every record published so far."""
+        """Wait until every subscriber has handled every record published so far.
+
+        Not from inside an async subscriber of this bus: it would wait for itself (a
+        ``ConfigurationError`` says so rather than hang)."""
+        self._check_caller("drain()")
         if self._deferred:
             self._flush_deferred()
         for sub in list(self._subscriptions):
@@ -625,6 +636,7 @@ class EventBus:
         docstring) and cancelled. ``drain=False`` cancels every feeder at once.
         """
         limit = self.shutdown_timeout if timeout is _DEFAULT else _check_timeout(timeout)
+        self._check_caller("close()")
         if self._deferred:
             self._flush_deferred()
         self._closed = True
@@ -641,6 +653,19 @@ class EventBus:
             stream = ref()
             if stream is not None:
                 stream.push(None)
+
+    def _check_caller(self, action: str) -> None:
+        """Refuse ``action`` from a subscriber's own feeder task: it waits for every
+        subscriber to be idle, that one included, which never happens while it waits."""
+        # A context variable rather than the current task: asyncio.wait_for (3.11) runs what
+        # it waits for in a task of its own, which inherits the feeder's context.
+        sub = _feeding.get()
+        if sub is not None and sub._bus is self:
+            raise ConfigurationError(
+                f"bus.{action} was called by its own subscriber {sub.name}, which it would "
+                "wait for forever (it waits until every subscriber is idle); call it from "
+                "the code that runs the work, not from a subscriber"
+            )
 
     async def _drain_within(
         self, subs: list[Subscription], limit: float | None
