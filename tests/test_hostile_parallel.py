@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 from typing import Any
 
@@ -12,7 +13,12 @@ from parallel_support import assert_no_leftover_tasks, closed, own_tasks, value
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ParallelExecutionManager
 from rh_agents.core.results import ResultStatus
-from rh_agents.errors import ConfigurationError, DependencyError, GroupClosedError
+from rh_agents.errors import (
+    ConfigurationError,
+    DependencyError,
+    GroupClosedError,
+    UnusedGroupWarning,
+)
 
 pytestmark = pytest.mark.timeout(10)  # (asyncio_mode is "auto")
 
@@ -224,3 +230,18 @@ async def test_a_group_keeping_no_results_can_be_left_without_reading_them_all(
     assert p.statistics().succeeded == 50
     assert p._tally.statistics().unread == 0  # nobody can read them after the block
     assert [r async for r in p.stream()] == []
+
+
+def test_a_batch_stream_dropped_before_iterating_closes_its_members_and_says_so() -> None:
+    # Its members used to be left as coroutines never awaited, with no word of the batch.
+    members = [value(1), value(2)]
+
+    async def main() -> None:
+        state = ExecutionState()
+        stream = await state.parallel(batch_mode="stream").execute_parallel(members)
+        with pytest.warns(UnusedGroupWarning, match="its 2 members never ran"):
+            del stream
+            gc.collect()
+
+    asyncio.run(main())
+    assert all(closed(m) for m in members)

@@ -50,6 +50,7 @@ __all__ = [
     "advise_loop",
     "advise_results",
     "warn_if_unused",
+    "warn_never_iterated",
 ]
 
 # max_workers at least OVERSIZED_LIMIT and over OVERSIZED_FACTOR times the members: a warning.
@@ -190,6 +191,30 @@ def warn_if_unused(group: ParallelExecutionManager[Any]) -> None:
         state.event_bus,
         run_warning(
             UnusedGroupWarning, message, hint, address=address, timestamp=state.clock.now()
+        ),
+    )
+    warnings.warn(f"{message}. {hint}", UnusedGroupWarning, stacklevel=2)
+
+
+def warn_never_iterated(group: ParallelExecutionManager[Any], count: int) -> None:
+    """The stream ``execute_parallel`` gave for ``group`` was dropped before its first step:
+    its ``count`` members never ran (they were closed)."""
+    name = group.options.name
+    message = (
+        f"the stream of results of a parallel group{f' named {name!r}' if name else ''} was "
+        f"dropped without being iterated: its {count} member{'s' if count != 1 else ''} "
+        "never ran"
+    )
+    hint = "Iterate it: `async for result in await p.execute_parallel(events): ...`"
+    state = group.execution_state
+    publish_soon(
+        state.event_bus,
+        run_warning(
+            UnusedGroupWarning,
+            message,
+            hint,
+            address=name or "parallel",
+            timestamp=state.clock.now(),
         ),
     )
     warnings.warn(f"{message}. {hint}", UnusedGroupWarning, stacklevel=2)

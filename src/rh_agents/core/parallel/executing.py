@@ -29,6 +29,7 @@ import asyncio
 from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from rh_agents.core.parallel.advising import warn_never_iterated
 from rh_agents.core.parallel.dependencies import (
     dependency_order,
     index_dependencies,
@@ -229,6 +230,17 @@ class BatchStream:
             self._closed = True
             await manager.__aexit__(type(exc), exc, exc.__traceback__)
             raise
+
+    def __del__(self) -> None:
+        # Dropped before its first step: its members never ran. Close them (no "coroutine
+        # was never awaited" warning, one per member) and say what was lost, once.
+        batch = getattr(self, "_batch", None)
+        if batch is None:
+            return
+        self._batch = None
+        count = len(batch.sources)
+        batch.close()
+        warn_never_iterated(self._manager, count)
 
     async def aclose(self) -> None:
         """Stop here: members still running are cancelled, and the group is closed."""
