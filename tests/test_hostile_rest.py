@@ -330,3 +330,31 @@ async def test_a_subscriber_that_drains_its_own_bus_gets_an_error_rather_than_a_
         await ECHO(Doc(text="a"), "", state)
     assert len(refused) == 2 and "called by its own subscriber" in str(refused[0])
     assert not bus.subscriber_errors
+
+
+async def test_a_subscriber_broken_for_good_is_counted_not_kept_record_by_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before: every failure was kept (its exception and traceback) and logged: a printer that
+    # raised on each of a million records grew memory and the log without bound.
+    from rh_agents.core.bus import MAX_KEPT_ERRORS
+
+    bus = EventBus()
+
+    def broken(record: Any) -> None:
+        raise ValueError("the printer's file is closed")
+
+    seen: list[str] = []
+    bus.subscribe(broken)
+    bus.subscribe(lambda record: seen.append(record.kind))
+    calls = MAX_KEPT_ERRORS  # two records each
+    with caplog.at_level(logging.ERROR, logger="rh_agents.bus"):
+        async with ExecutionState(event_bus=bus) as state:
+            for _ in range(calls):
+                await ECHO(Doc(text="a"), "", state)
+    assert len(seen) == 2 * calls  # the others never notice
+    assert bus.subscriber_error_count == 2 * calls
+    assert len(bus.subscriber_errors) == MAX_KEPT_ERRORS
+    logged = [r.getMessage() for r in caplog.records if r.name == "rh_agents.bus"]
+    assert len(logged) == MAX_KEPT_ERRORS + 1
+    assert "further failures are only counted" in logged[-1]

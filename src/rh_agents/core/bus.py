@@ -4,7 +4,9 @@ Each subscriber owns a queue and a feeder that calls it (a loop callback for a s
 subscriber, a task for an async one), so a slow subscriber delays only itself; ``publish``
 appends to the queues and returns at once. A subscriber that raises is logged, counted in
 ``bus.subscriber_errors`` and keeps receiving later events; the other subscribers never
-notice::
+notice. Of a subscriber that keeps failing, the first ``MAX_KEPT_ERRORS`` (100) failures are
+logged and kept; the rest are only counted (``bus.subscriber_error_count``), so that a printer
+broken for good does not grow memory and the log with the run::
 
     bus = EventBus()
     bus.subscribe(printer)                 # a sync or async callable taking one record
@@ -62,6 +64,7 @@ from rh_agents.errors import ConfigurationError, SubscriberShutdownWarning
 
 __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT",
+    "MAX_KEPT_ERRORS",
     "DeferredSource",
     "EventBus",
     "Subscriber",
@@ -72,6 +75,8 @@ __all__ = [
 logger = logging.getLogger("rh_agents.bus")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+# The failures of one subscriber kept in ``subscriber_errors`` and logged (the rest: counted).
+MAX_KEPT_ERRORS = 100
 # How long a cancelled feeder gets to end (a subscriber that swallows the cancellation is
 # left behind rather than waited for).
 _CANCEL_GRACE = 1.0
@@ -135,6 +140,7 @@ class Subscription:
         "_closed",
         "_current",
         "_delivering",
+        "_failures",
         "_idle_waiters",
         "_is_async",
         "_queue",
@@ -177,6 +183,7 @@ class Subscription:
         self._closed = False
         self._delivering = False  # in the middle of handing records over (see _deliver)
         self._current: BusEvent | None = None  # what an async subscriber is handling
+        self._failures = 0  # records it raised on (see EventBus._report)
 
     @property
     def pending(self) -> int:
@@ -413,6 +420,9 @@ class EventBus:
         # path and an empty dict costs nothing to test.)
         self._streams: dict[int, weakref.ref[_StreamQueue]] = {}
         self.subscriber_errors: list[SubscriberError] = []
+        # Every failure, counted; subscriber_errors keeps (and the log shows) only the first
+        # MAX_KEPT_ERRORS of each subscriber (see _report).
+        self.subscriber_error_count = 0
         self.published = 0
         self._closed = False
         # Deferred records by key, in the order deferred (see the module docstring). Only the
@@ -704,6 +714,20 @@ class EventBus:
         warnings.warn(message, SubscriberShutdownWarning, stacklevel=2)
 
     def _report(self, sub: Subscription, record: BusEvent, exc: Exception) -> None:
+        self.subscriber_error_count += 1
+        sub._failures += 1
+        if sub._failures > MAX_KEPT_ERRORS:
+            # A subscriber broken for good (a printer whose file was closed) raises on every
+            # record: keeping each exception (its traceback holds frames) and logging each
+            # would grow memory and the log with the run. Counted only, after one last line.
+            if sub._failures == MAX_KEPT_ERRORS + 1:
+                logger.error(
+                    "event subscriber %s raised on %d records; its further failures are only "
+                    "counted (bus.subscriber_error_count), not logged or kept",
+                    sub.name,
+                    MAX_KEPT_ERRORS,
+                )
+            return
         error = SubscriberError(sub.name, record, describe_error(exc), exc)
         self.subscriber_errors.append(error)
         logger.error(
