@@ -245,3 +245,46 @@ def test_a_batch_stream_dropped_before_iterating_closes_its_members_and_says_so(
 
     asyncio.run(main())
     assert all(closed(m) for m in members)
+
+
+async def test_parallel_map_says_it_keeps_no_results_when_asked_to() -> None:
+    # It was a bare TypeError: retain_results given twice to the group.
+    state = ExecutionState()
+    results = state.parallel_map(value, range(3), retain_results=True)
+    with pytest.raises(ConfigurationError, match="keeps no results"):
+        await anext(results)
+
+
+async def test_a_member_depending_on_itself_is_told_so() -> None:
+    state = ExecutionState()
+    async with state.parallel() as p:
+        p.add("a", value(1))
+        with pytest.raises(DependencyError, match="depends on itself"):
+            p.add("b", value(2), after="b")
+        with pytest.raises(DependencyError, match="which is itself"):
+            p.add(value(3), after=1)  # the next index: this very member
+    assert [r.result for r in await p.gather()] == [1]
+
+
+async def test_a_handler_raising_a_base_exception_ends_its_call_record_first() -> None:
+    from pydantic import BaseModel
+
+    from rh_agents.core.actors import Tool
+    from rh_agents.core.events import ExecutionEvent
+    from rh_agents.core.records import BusEvent, EventFailed
+
+    class In(BaseModel):
+        x: int = 0
+
+    async def interrupted(input: In, context: str, state: ExecutionState) -> None:
+        raise KeyboardInterrupt
+
+    records: list[BusEvent] = []
+    state = ExecutionState()
+    state.event_bus.subscribe(records.append)
+    tool = Tool(name="stopper", input_model=In, handler=interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        await ExecutionEvent(actor=tool)(In(), "", state)
+    state.event_bus.deliver_pending()
+    ends = [r for r in records if isinstance(r, EventFailed)]
+    assert [(r.address, r.error_type) for r in ends] == [("stopper", "KeyboardInterrupt")]

@@ -257,6 +257,23 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                         result.attempts,
                     )
                 )
+        except BaseException as exc:
+            # KeyboardInterrupt, SystemExit and the like go on, but the call's EventStarted
+            # gets its end record first: a display or a trace never shows it running forever.
+            if bus.has_listeners:
+                bus.publish(
+                    _failed(
+                        frame,
+                        actor,
+                        tag,
+                        clock.now(),
+                        clock.now() - started,
+                        describe_error(exc),
+                        type(exc).__name__,
+                        frame.attempts,
+                    )
+                )
+            raise
         else:
             elapsed = clock.now() - started
             # Positional: keyword parsing costs more than the object (every call's hot path).

@@ -272,6 +272,13 @@ class ExecutionState:
         the iterator in ``contextlib.aclosing`` so the workers stop at once rather than when
         the generator is garbage-collected.
         """
+        if "retain_results" in options:
+            # (Not passed on: it would be a duplicate keyword, a bare TypeError.)
+            raise ConfigurationError(
+                "parallel_map() keeps no results (each is yielded, then dropped): drop "
+                "retain_results, or use `async with state.parallel(...) as p: p.map(...)` "
+                "and `await p.gather()` to keep them"
+            )
         manager: ParallelExecutionManager[Any] = ParallelExecutionManager(
             self, max_workers=max_workers, name=name, retain_results=False, **options
         )

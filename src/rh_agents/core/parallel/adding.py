@@ -250,6 +250,11 @@ def dependency_index(group: ParallelExecutionManager[Any], dep: Any, name: str |
     """The index of the member ``dep`` names (a name, or an index already added)."""
     if isinstance(dep, str):
         index = group._names.get(dep)
+        if index is None and dep == name:
+            raise DependencyError(
+                f"member {name!r} of group {group.group_id!r} depends on itself: it could "
+                "never run; name the members it needs"
+            )
         if index is None:
             known = ", ".join(sorted(group._names)) or "none yet"
             raise DependencyError(
@@ -261,6 +266,11 @@ def dependency_index(group: ParallelExecutionManager[Any], dep: Any, name: str |
     if isinstance(dep, int) and not isinstance(dep, bool):
         if 0 <= dep < group._tally.total:
             return dep
+        if dep == group._tally.total:
+            raise DependencyError(
+                f"member {name or dep!r} of group {group.group_id!r} depends on member {dep}, "
+                "which is itself: it could never run; give the indices of the members it needs"
+            )
         raise DependencyError(
             f"member {name or group._tally.total!r} depends on member {dep}, which is not a member "
             f"of group {group.group_id!r} ({group._tally.total} added so far); add the dependency "
