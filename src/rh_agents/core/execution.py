@@ -380,13 +380,23 @@ class ExecutionState:
         """Write pending checkpoints, let every subscriber catch up, then stop the bus.
 
         Bounded: the checkpoints wait at most ``Recovery(close_timeout=...)`` for the store
-        (then a ``RecoveryError``), the subscribers at most ``EventBus(shutdown_timeout=...)``
-        (then the busy ones are reported and cancelled). Neither blocks the event loop.
+        (then a ``RecoveryError``), the cache's unwritten values at most
+        ``ActorCache(close_timeout=...)`` (then they are dropped, logged), the subscribers at
+        most ``EventBus(shutdown_timeout=...)`` (then the busy ones are reported and
+        cancelled). None of them blocks the event loop.
         """
         self.threads.shutdown()
         try:
-            if self.recovery is not None:
-                await self.recovery.aclose()
+            try:
+                if self.recovery is not None:
+                    await self.recovery.aclose()
+            finally:
+                # The cache's store thread: its queued writes get ActorCache(close_timeout=)
+                # at most, then it is joined, so no thread outlives the run. (A cache of
+                # another kind may have no such method.)
+                settle = getattr(self.cache, "settle", None)
+                if settle is not None:
+                    await settle()
         finally:
             await self.event_bus.close(drain=True)
 

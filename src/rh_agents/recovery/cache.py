@@ -14,9 +14,17 @@ result and on ``EventCompleted``). Failures are never cached.
 
 The cache only saves work, so it never costs a result: a call whose input has no canonical JSON
 (bytes that are not UTF-8, an arbitrary object) runs without the cache, and a store that fails
-(locked by another process past its timeout, closed, a full disk) is a miss on reading and a
-value not kept on writing. Both are logged (once per actor, once per streak of store failures);
-the store's errors are kept in ``cache.store_errors``.
+(closed, a full disk) is a miss on reading and a value not kept on writing. Both are logged
+(once per actor, once per streak of store failures); the store's errors are kept in
+``cache.store_errors``.
+
+Nor does it ever stall the event loop: a store other than the memory one is read and written
+on a thread of the cache (``cache_worker.StoreWorker``). A lookup waits at most
+``ActorCache(wait=0.05)`` seconds, then is a miss; a value to keep waits in memory (answering
+lookups) until the store takes it, tried again while another process holds the file locked,
+for at most ``retry_for`` seconds, then dropped with a logged reason. The state's end
+(``settle()``) gives the writes left ``close_timeout`` seconds, drops the rest (logged) and
+joins the thread.
 
 Single flight: while a call for a key is running, identical calls wait for it instead of
 starting their own. The call runs in a task owned by the cache and every caller waits on it
@@ -45,8 +53,10 @@ from pydantic_core import PydanticSerializationError
 
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.parallel.slots import wait_lending
-from rh_agents.errors import CorruptStateError, RecoveryError
+from rh_agents.errors import ConfigurationError, CorruptStateError, RecoveryError
+from rh_agents.recovery.cache_worker import StoreRead, StoreWorker
 from rh_agents.recovery.codec import canonical_json, encode_result
+from rh_agents.recovery.writer import is_busy
 
 __all__ = ["ActorCache", "CacheStore", "MemoryCacheStore", "SQLiteCacheStore", "cache_key"]
 
@@ -118,14 +128,26 @@ class SQLiteCacheStore:
     """Values as JSON in an SQLite table, typed back by the actor's ``output_model``.
 
     A value that cannot be serialised is simply not stored. Thread-safe (one connection
-    behind a lock); close it with ``close()``.
+    behind a lock); close it with ``close()``. A ``get`` or ``put`` that finds the file locked
+    by another process waits at most ``busy_timeout`` seconds, then raises SQLite's
+    ``database is locked``: an ``ActorCache`` calls it from its own thread, takes such a read
+    as a miss and tries such a write again later, so a short wait here keeps that thread
+    answering (and able to stop).
     """
 
-    def __init__(self, path: str | Path = Path(".rh_agents") / "cache.db") -> None:
+    def __init__(
+        self, path: str | Path = Path(".rh_agents") / "cache.db", *, busy_timeout: float = 0.02
+    ) -> None:
+        if not busy_timeout >= 0:
+            raise ConfigurationError(
+                f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}"
+            )
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
+            # Opening waits as long as it must (once, when the cache is made); the calls
+            # after it wait at most busy_timeout.
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
             )
@@ -134,6 +156,7 @@ class SQLiteCacheStore:
                 "CREATE TABLE IF NOT EXISTS actor_cache (key TEXT PRIMARY KEY, actor TEXT "
                 "NOT NULL, version TEXT NOT NULL, value_json TEXT NOT NULL)"
             )
+            self._conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         except sqlite3.DatabaseError as exc:
             raise CorruptStateError(
                 f"cache database {self.path} cannot be opened ({exc}); nothing was written"
@@ -199,23 +222,111 @@ class ActorCache:
 
     ``hits``, ``misses`` (calls that ran the handler) and ``joined`` (calls that waited on an
     identical running call) count what happened.
+
+    A store other than ``MemoryCacheStore`` (which never waits) is read and written by a
+    thread of the cache's own (``StoreWorker``), so a store that waits (an SQLite file locked
+    by another process) never stops the event loop: a lookup waits at most ``wait`` seconds,
+    then is a miss (the call runs); a value to keep is handed to the thread, which writes it
+    when the store lets it (dropped, with a logged reason, if it stays locked for
+    ``retry_for`` seconds). Until written, it answers lookups from memory. Leaving
+    ``async with state:`` (``settle()``) waits at most ``close_timeout`` seconds for the
+    writes still queued, drops the rest (logged) and joins the thread.
     """
 
-    def __init__(self, store: CacheStore | None = None) -> None:
+    def __init__(
+        self,
+        store: CacheStore | None = None,
+        *,
+        wait: float = 0.05,
+        close_timeout: float = 1.0,
+        retry_for: float = 30.0,
+    ) -> None:
+        for name, seconds in (
+            ("wait", wait),
+            ("close_timeout", close_timeout),
+            ("retry_for", retry_for),
+        ):
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+                raise ConfigurationError(
+                    f"ActorCache({name}=...) must be a number of seconds >= 0, got {seconds!r}"
+                )
         self.store: CacheStore = store if store is not None else MemoryCacheStore()
+        self.wait = float(wait)
+        self.close_timeout = float(close_timeout)
+        # The memory store answers at once: it needs no thread.
+        self._worker = (
+            None
+            if isinstance(self.store, MemoryCacheStore)
+            else StoreWorker(self.store, self._reported, retry_for=retry_for)
+        )
         self._flights: dict[str, _Flight] = {}
         self.hits = 0
         self.misses = 0
         self.joined = 0
         # Failures of the store (locked, closed, full): the first ones, and which of reading
-        # and writing fail now (logged once per streak, not per call).
+        # and writing fail now (logged once per streak, not per call). Writes are reported by
+        # the worker's thread, hence the lock.
         self.store_errors: list[BaseException] = []
         self._failing: set[str] = set()
+        self._errors_lock = threading.Lock()
+
+    @property
+    def dropped(self) -> int:
+        """Values never written because the store stayed locked or failed."""
+        return self._worker.dropped if self._worker is not None else 0
 
     def holds(self, actor: BaseActor, validated: BaseModel) -> bool:
-        """Whether a call of ``actor`` with this input would be answered from the store."""
+        """Whether a call of ``actor`` with this input would be answered from the store.
+
+        Called on the loop's thread by a group deciding where to run a member: it blocks that
+        thread at most ``wait`` seconds (a store slower than that is a miss)."""
         key = _key_of(actor, validated)
-        return key is not None and self._get(key, actor) is not _MISSING
+        if key is None:
+            return False
+        worker = self._worker
+        if worker is None:
+            return self._get(key, actor) is not _MISSING
+        found, _ = worker.pending(key)
+        if found:
+            return True
+        if worker.stuck(self.wait):
+            return False  # it would only wait too
+        read = worker.read(key, actor)
+        read.wait(self.wait)
+        return self._read_outcome(read) is not _MISSING
+
+    async def _lookup(self, key: str, actor: BaseActor) -> Any:
+        """The stored value, or ``_MISSING``; never waits longer than ``wait`` seconds."""
+        worker = self._worker
+        if worker is None:
+            return self._get(key, actor)
+        found, value = worker.pending(key)
+        if found:
+            return value
+        if worker.stuck(self.wait):
+            return _MISSING
+        read = worker.read(key, actor)
+        try:
+            await read.wait_async(self.wait)
+        finally:
+            read.abandon()  # a no-op once done; else the worker skips it (cancelled, too late)
+        return self._read_outcome(read)
+
+    def _read_outcome(self, read: StoreRead) -> Any:
+        """The value of a lookup, or ``_MISSING`` for one that failed or was too slow."""
+        if not read.done:
+            read.abandon()
+            self._reported(
+                "read from",
+                read.actor,
+                RecoveryError(
+                    f"the cache store did not answer a lookup within {self.wait:g} s (another "
+                    "process may hold it locked); the call ran without the cache"
+                ),
+            )
+            return _MISSING
+        self._reported("read from", read.actor, read.error)
+        return _MISSING if read.error is not None else read.value
 
     async def run(
         self,
@@ -229,7 +340,7 @@ class ActorCache:
             self.misses += 1
             value, attempts = await call()
             return value, attempts, "run"
-        stored = self._get(key, actor)
+        stored = await self._lookup(key, actor)
         if stored is not _MISSING:
             self.hits += 1
             return stored, 1, "cache"
@@ -273,55 +384,81 @@ class ActorCache:
         try:
             value, attempts = await call()
             value = actor.validate_output(value)
-            self._put(key, actor, value)
+            if self._worker is None:
+                self._put(key, actor, value)
+            else:
+                # Queued: it answers lookups from now on. Waiting a little for the store
+                # (never more than ``wait``) means that a healthy store has it when the call
+                # returns, for another process or a new cache on the same file; a store known
+                # to be locked is not waited for at all.
+                written = self._worker.write(key, actor, value)
+                if not self._worker.retrying:
+                    await written.wait_async(self.wait)
             return value, attempts
         finally:
             flight = self._flights.get(key)
             if flight is not None and flight.task is asyncio.current_task():
                 del self._flights[key]
 
-    # The store only saves work: when it fails (an SQLite file locked by another process for
-    # longer than its timeout, a full disk, a closed store), a lookup is a miss and a value not
-    # stored is run again next time; the call keeps its result either way.
+    # The store only saves work: when it fails (an SQLite file locked by another process, a
+    # full disk, a closed store), a lookup is a miss and a value not stored is run again next
+    # time; the call keeps its result either way.
 
     def _get(self, key: str, actor: BaseActor) -> Any:
         try:
             value = self.store.get(key, actor)
         except Exception as exc:  # (not a BaseException: a cancellation goes on)
-            self._store_failed("read from", actor, exc)
+            self._reported("read from", actor, exc)
             return _MISSING
-        self._failing.discard("read from")
+        self._reported("read from", actor, None)
         return value
 
     def _put(self, key: str, actor: BaseActor, value: Any) -> None:
         try:
             self.store.put(key, actor, value)
         except Exception as exc:
-            self._store_failed("write to", actor, exc)
+            self._reported("write to", actor, exc)
         else:
-            self._failing.discard("write to")
+            self._reported("write to", actor, None)
 
-    def _store_failed(self, action: str, actor: BaseActor, exc: Exception) -> None:
-        if len(self.store_errors) < 100:
-            self.store_errors.append(exc)
-        if action in self._failing:
-            return
-        self._failing.add(action)
+    def _reported(self, action: str, actor: BaseActor, exc: BaseException | None) -> None:
+        """Keep the outcome of a store call (any thread): log the first failure of a streak."""
+        with self._errors_lock:
+            if exc is None:
+                self._failing.discard(action)
+                return
+            if len(self.store_errors) < 100:
+                self.store_errors.append(exc)
+            if action in self._failing:
+                return
+            self._failing.add(action)
         logger.warning(
-            "cannot %s the cache store %s for %s %r (%s: %s); calls run without the cache "
-            "until it works again (failures are kept in cache.store_errors)",
+            "cannot %s the cache store %s for %s %r (%s: %s); %s until it works again "
+            "(failures are kept in cache.store_errors)",
             action,
             getattr(self.store, "path", type(self.store).__name__),
             actor.kind,
             actor.name,
             type(exc).__name__,
             exc,
+            "values to keep wait in memory (and answer lookups)"
+            if action == "write to" and self._worker is not None and is_busy(exc)
+            else "calls run without the cache",
         )
 
+    async def settle(self) -> None:
+        """Wait (without blocking the loop) at most ``close_timeout`` seconds for the values
+        still to be written, drop the rest with a logged reason, and join the store's thread.
+        The cache stays usable (a thread starts again when needed). ``ExecutionState`` calls
+        it when the state ends."""
+        if self._worker is not None:
+            await self._worker.finished(self.close_timeout)
+
     async def aclose(self) -> None:
-        """Cancel the calls still running and wait for them to end."""
+        """Cancel the calls still running and wait for them to end, then ``settle()``."""
         tasks = [flight.task for flight in self._flights.values()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.settle()
