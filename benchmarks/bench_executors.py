@@ -7,10 +7,13 @@ of ``max_workers=2``, on this 2-core machine:
 - the event loop runs them one at a time whatever ``max_workers`` says (about 2 s);
 - a plain-def handler in worker threads is no better (the GIL), shown for context;
 - ``executor=ProcessExecutor(max_processes=2)`` and ``executor=RayExecutor()`` (a local Ray of
-  2 CPUs) run two at a time: the target is 1.8x the loop's speed or more, each;
+  2 CPUs; its members on a pool of Ray actors, the default) run two at a time: the target is
+  1.8x the loop's speed or more, each; ``RayExecutor(actors=False)`` (one Ray task per
+  member) is shown beside;
 - two bare processes doing the same work (no framework at all) show what the machine itself
-  gives two parallel workers at that moment, and bare Ray tasks (Ray without us) what Ray
-  itself gives: the ceilings of the two rows above.
+  gives two parallel workers at that moment, and bare Ray tasks and bare Ray actors (Ray
+  without us: two lanes of twenty calls) what Ray itself gives: the ceilings of the rows
+  above.
 
 All in one run, side by side, best of ``ROUNDS`` rounds each, with the executors warmed first
 (their processes started, Ray's workers up): the start of a pool or of Ray is a one-off,
@@ -132,6 +135,34 @@ async def bare_ray(ray: Any, iterations: int) -> float:
     return time.perf_counter() - started
 
 
+@functools.cache
+def _bare_actor_class(ray: Any) -> Any:
+    class Bare:
+        def work(self, iterations: int) -> int:
+            return _work(iterations)
+
+    return ray.remote(num_cpus=1)(Bare)
+
+
+async def bare_ray_actors(ray: Any, iterations: int) -> float:
+    """The same with two bare Ray actors (none of ours), 20 sequential calls each; the actors
+    are made and warmed first (not timed), and killed after (their CPUs back to Ray)."""
+    actors = [_bare_actor_class(ray).remote() for _ in range(WORKERS)]
+    await asyncio.gather(*(actor.work.remote(1) for actor in actors))
+
+    async def lane(actor: Any) -> None:
+        for _ in range(MEMBERS // WORKERS):
+            await actor.work.remote(iterations)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane(actor) for actor in actors))
+    wall = time.perf_counter() - started
+    for actor in actors:
+        ray.kill(actor)
+    await asyncio.sleep(0.2)  # (their CPUs back to Ray before the next case)
+    return wall
+
+
 async def run_group(
     state: ExecutionState, members: list[Any], executor: Any, workers: int = WORKERS
 ) -> float:
@@ -160,10 +191,22 @@ async def main() -> None:
 
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    on_ray = RayExecutor()
+    on_ray = RayExecutor()  # members on a pool of actors (the default)
+    on_tasks = RayExecutor(actors=False)  # one Ray task per member
     for _ in range(3):  # Ray starts its workers as tasks come
-        await run_group(state, [functools.partial(cpu_member, 1) for _ in range(4)], on_ray)
+        await run_group(state, [functools.partial(cpu_member, 1) for _ in range(4)], on_tasks)
+    await run_group(state, [functools.partial(cpu_member, 1) for _ in range(4)], on_ray)
+    on_ray.release()
     ray_start = time.perf_counter() - started
+
+    async def warm_actors() -> None:
+        # The pool's actors hold a CPU each while they live, so they are released after
+        # their case (for the task cases) and made again before it, not timed.
+        await run_group(state, [functools.partial(cpu_member, 1) for _ in range(4)], on_ray)
+
+    async def release_actors() -> None:
+        on_ray.release()
+        await asyncio.sleep(0.2)  # (their CPUs back to Ray before the next case)
 
     threaded = ExecutionEvent(actor=Tool(name="cpu", input_model=Work, handler=cpu_handler))
     cases: dict[str, tuple[Callable[[], list[Any]], Any]] = {
@@ -176,7 +219,11 @@ async def main() -> None:
             lambda: [functools.partial(cpu_member, iterations) for _ in range(MEMBERS)],
             pool,
         ),
-        "ray": (
+        "ray (tasks: actors=False)": (
+            lambda: [functools.partial(cpu_member, iterations) for _ in range(MEMBERS)],
+            on_tasks,
+        ),
+        "ray (actors, the default)": (
             lambda: [functools.partial(cpu_member, iterations) for _ in range(MEMBERS)],
             on_ray,
         ),
@@ -184,11 +231,16 @@ async def main() -> None:
     best: dict[str, float] = {}
     for _ in range(ROUNDS):
         for label, (members, executor) in cases.items():
+            if executor is on_ray:
+                await warm_actors()
             wall = await run_group(state, members(), executor)
             best[label] = min(best.get(label, wall), wall)
+            if executor is on_ray:
+                await release_actors()
         for label, wall in (
             ("two bare processes", bare_processes(iterations)),
             ("bare Ray tasks", await bare_ray(ray, iterations)),
+            ("bare Ray actors", await bare_ray_actors(ray, iterations)),
         ):
             best[label] = min(best.get(label, wall), wall)
 
@@ -199,12 +251,12 @@ async def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for label, wall in best.items():
         speedup = loop_wall / wall
-        if label in ("processes", "ray"):
+        if label in ("processes", "ray (tasks: actors=False)", "ray (actors, the default)"):
             verdict = "ok" if speedup >= TARGET else "missed"
             print(f"| {label} | {wall:.2f} s | {speedup:.2f}x | >= {TARGET}x | {verdict} |")
         elif label == "two bare processes":
             print(f"| {label} (the machine's ceiling) | {wall:.2f} s | {speedup:.2f}x | | |")
-        elif label == "bare Ray tasks":
+        elif label.startswith("bare Ray"):
             print(f"| {label} (Ray's own ceiling) | {wall:.2f} s | {speedup:.2f}x | | |")
         else:
             print(f"| {label} | {wall:.2f} s | {speedup:.2f}x | (context) | |")
@@ -218,10 +270,15 @@ async def main() -> None:
         for label, (members, executor) in {
             "event loop": (lambda: [nothing_async() for _ in range(ZERO)], None),
             "processes": (lambda: [nothing for _ in range(ZERO)], pool),
-            "ray": (lambda: [nothing for _ in range(ZERO)], on_ray),
+            "ray (tasks)": (lambda: [nothing for _ in range(ZERO)], on_tasks),
+            "ray (actors)": (lambda: [nothing for _ in range(ZERO)], on_ray),
         }.items():
+            if executor is on_ray:
+                await warm_actors()
             wall = await run_group(state, members(), executor)
             zero[label] = min(zero.get(label, wall), wall / ZERO)
+            if executor is on_ray:
+                await release_actors()
     print(f"\n{ZERO} zero-work members, W={WORKERS}: wall time per member (best of {ROUNDS})")
     print()
     print("| where | per member |")

@@ -567,3 +567,124 @@ async def test_calls_made_over_there_join_the_drivers_history_and_checkpoints(
     assert addresses["remote"] == addresses["loop"]
     assert "docs[1]::orchestrator::inner[0]::double" in addresses["remote"]
     assert len(addresses["remote"]) == 2 * 5
+
+
+# --- Ray: members on a pool of actors ---------------------------------------------------------
+
+
+@pytest.fixture
+def own_ray(ray_cluster: RayExecutor) -> Iterator[Any]:
+    """Makes RayExecutors of a test's own on the session's Ray. The pool's actors hold a CPU
+    each while they live: the shared executor's idle ones are released first (else the new
+    executor's actors wait for their CPUs), and the test's own after it."""
+    made: list[RayExecutor] = []
+
+    def make(**options: Any) -> RayExecutor:
+        ray_cluster.release()
+        executor = RayExecutor(**options)
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        executor.release()
+
+
+@pytest.mark.timeout(30)
+async def test_ray_members_run_on_actors_made_once_and_reused(ray_cluster: RayExecutor) -> None:
+    async with recorded_state() as state:
+        groups = [
+            await state.parallel_execute(
+                [functools.partial(support.span, n, 5) for n in range(8)],
+                max_workers=2,
+                executor=ray_cluster,
+            )
+            for _ in range(2)
+        ]
+    first, second = ({r.result.pid for r in results} for results in groups)
+    assert len(first) <= 2  # one actor per member in flight, at most
+    assert second <= first  # the next group reuses them
+    assert 1 <= ray_cluster.live_actors <= 2
+
+
+@pytest.mark.timeout(30)
+async def test_ray_max_actors_bounds_the_members_running_at_once(own_ray: Any) -> None:
+    one = own_ray(max_actors=1)
+    async with recorded_state() as state:
+        results = await state.parallel_execute(
+            [functools.partial(support.span, n, 0, 0.05) for n in range(4)],
+            max_workers=2,
+            executor=one,
+        )
+    assert all(r.ok for r in results)
+    assert support.peak([r.result for r in results]) == 1
+    assert len({r.result.pid for r in results}) == 1
+    assert one.live_actors == 1
+
+
+@pytest.mark.timeout(30)
+async def test_a_cancelled_members_actor_is_killed_and_replaced_when_needed(
+    own_ray: Any, tmp_path: Path
+) -> None:
+    one = own_ray(max_actors=1)
+    marker = tmp_path / "slow"
+    async with recorded_state() as state:
+        await state.parallel_execute([functools.partial(support.span, 0)], executor=one)  # (up)
+    async with recorded_state() as state, state.parallel(max_workers=1, executor=one) as p:
+        p.add(functools.partial(support.sleep_then_touch, str(marker), 1.5), timeout=0.3)
+        p.add(functools.partial(support.span, 1))
+        results = await p.gather()
+    assert [r.status for r in results] == [ResultStatus.TIMED_OUT, ResultStatus.COMPLETED]
+    killed = pid_of(marker)
+    assert await eventually(lambda: not alive(killed)), "the actor running it still runs"
+    assert results[1].result.pid != killed  # a new actor ran the next member
+    assert one.live_actors == 1
+    assert not marker.exists()  # (and never will: its process is gone)
+
+
+@pytest.mark.timeout(30)
+async def test_idle_actors_end_after_idle_timeout_giving_their_cpus_back(own_ray: Any) -> None:
+    brief = own_ray(idle_timeout=0.2)
+    async with recorded_state() as state:
+        results = await state.parallel_execute(
+            [functools.partial(support.span, n, 0, 0.05) for n in range(2)],
+            max_workers=2,
+            executor=brief,
+        )
+    pids = {r.result.pid for r in results}
+    assert await eventually(lambda: brief.live_actors == 0, within=3)
+    assert await eventually(lambda: not any(alive(pid) for pid in pids), within=3)
+
+
+@pytest.mark.timeout(30)
+async def test_ray_tasks_still_run_members_and_cancel_them(own_ray: Any, tmp_path: Path) -> None:
+    tasks = own_ray(actors=False)
+    marker = tmp_path / "slow"
+    recorder = Recorder()
+    async with (
+        recorded_state(recorder) as state,
+        state.parallel(max_workers=2, name="docs", executor=tasks) as p,
+    ):
+        p.add(functools.partial(support.sleep_then_touch, str(marker), 1.5), timeout=0.5)
+        p.add(ExecutionEvent(actor=support.orchestrator)(Item(n=1), "", state))
+        results = await p.gather()
+    assert [r.status for r in results] == [ResultStatus.TIMED_OUT, ResultStatus.COMPLETED]
+    assert results[1].result == [2, 4, 0, 2]
+    assert tasks.live_actors == 0
+    shapes = [support.record_shape(r) for r in recorder.records]
+    assert ("event.completed", "docs[1]::orchestrator::double#2", "docs", 1, True) in shapes
+    if started(marker):
+        pid = pid_of(marker)
+        assert await eventually(lambda: not alive(pid)), "the task's worker still runs"
+
+
+def test_ray_executor_options_are_checked_when_made() -> None:
+    for options, match in [
+        ({"max_actors": 0}, "max_actors"),
+        ({"max_actors": 1.5}, "max_actors"),
+        ({"idle_timeout": -1}, "idle_timeout"),
+        ({"num_cpus": -1}, "num_cpus"),
+    ]:
+        with pytest.raises(ConfigurationError, match=match):
+            RayExecutor(**options)
+    assert "actors=False" in repr(RayExecutor("auto", actors=False))
