@@ -135,9 +135,13 @@ def test_a_bad_json_run_file_is_corrupt_state_naming_it(
     with pytest.raises(CorruptStateError, match=problem) as info:
         ExecutionState.resume("r", backend=runs)
     assert str(path) in str(info.value)
-    for args in (["runs", "list"], ["runs", "show", "r"]):
-        line = _one_line_error(runner.invoke(app, [*args, "--state", str(runs)]))
-        assert str(path) in line and problem in line
+    line = _one_line_error(runner.invoke(app, ["runs", "show", "r", "--state", str(runs)]))
+    assert str(path) in line and problem in line
+    # `runs list` lists the runs it can read and names each bad file on stderr (status 1).
+    listed = runner.invoke(app, ["runs", "list", "--state", str(runs)])
+    assert listed.exit_code == 1 and "Traceback" not in listed.output, listed.output
+    assert listed.stdout.strip() == f"no readable runs in {runs}"
+    assert str(path) in listed.stderr and problem in listed.stderr
     assert path.read_bytes() == content
     assert sorted(p.name for p in runs.iterdir()) == ["r.json"]
 

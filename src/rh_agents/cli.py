@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from rh_agents.demo_data import MAX_DOCUMENTS
 from rh_agents.errors import ConfigurationError, InvalidRunIdError, RecoveryError
 from rh_agents.observability.cli import check_output_file
 from rh_agents.observability.cli import timeline as runs_timeline
@@ -48,7 +49,12 @@ _MODES = ("realtime", "progress", "collapsed", "smart")
 
 @app.command(cls=_Command)
 def demo(
-    documents: int = typer.Option(30, min=1, help="How many bundled documents to digest."),
+    documents: int = typer.Option(
+        30,
+        min=1,
+        max=MAX_DOCUMENTS,
+        help=f"How many bundled documents to digest (at most {MAX_DOCUMENTS}).",
+    ),
     workers: int = typer.Option(8, min=1, help="Documents processed at once (max_workers)."),
     mode: str = typer.Option(
         "smart", help="Display: realtime, progress, collapsed or smart (picks for you)."
@@ -142,6 +148,13 @@ def ui(
     open_browser: bool = typer.Option(False, "--open", help="Open the runs in the browser."),
 ) -> None:
     """Serve the run viewer: every run of the store, live, in the browser (read-only)."""
+    if not host.strip():
+        # An empty host binds every interface while the viewer names 127.0.0.1: refused.
+        raise typer.BadParameter(
+            "is empty; give an address: 127.0.0.1 (this machine only, the default), or "
+            "0.0.0.0 to listen on every interface",
+            param_hint="--host",
+        )
     try:
         from rh_agents.ui import run_server
     except ConfigurationError as exc:  # the extra 'ui' is not installed

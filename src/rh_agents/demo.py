@@ -36,7 +36,7 @@ from rh_agents.core.actors import LLM, Agent, BaseActor, Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.execution import ExecutionState
-from rh_agents.demo_data import DOCUMENTS
+from rh_agents.demo_data import DOCUMENTS, MAX_DOCUMENTS
 from rh_agents.errors import ConfigurationError
 from rh_agents.observability.timeline import TimelineRecorder
 from rh_agents.recovery import Recovery, open_backend
@@ -282,8 +282,11 @@ async def run_demo(
     ``demo-<date>-<time>``); ``store``: where (default: the default store); ``save=False``
     keeps nothing. ``ui``: a started ``rh_agents.ui.Viewer`` that watches the run live.
     """
-    if documents < 1:
-        raise ConfigurationError(f"documents must be >= 1, got {documents}")
+    if not 1 <= documents <= MAX_DOCUMENTS:
+        raise ConfigurationError(
+            f"documents must be >= 1 and at most {MAX_DOCUMENTS} (the corpus is built before "
+            f"the run), got {documents}"
+        )
     if workers < 1:
         raise ConfigurationError(f"workers must be >= 1, got {workers}")
     if not 0.0 <= failure_rate <= 1.0:

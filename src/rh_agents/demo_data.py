@@ -8,7 +8,12 @@ Each is a ``(title, text)`` pair of a sentence or two about running AI workloads
 
 from __future__ import annotations
 
-__all__ = ["DOCUMENTS"]
+__all__ = ["DOCUMENTS", "MAX_DOCUMENTS"]
+
+# The most documents a demo run digests (``rh-agents demo --documents``): the corpus is built
+# whole before the run starts, so a huge count would only hang building it. Ten thousand
+# already shows a large group (and runs for minutes).
+MAX_DOCUMENTS = 10_000
 
 DOCUMENTS: list[tuple[str, str]] = [
     (

@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from rh_agents.errors import ConfigurationError
+from rh_agents.errors import ConfigurationError, RecoveryError
 from rh_agents.recovery.lease import LeaseOwner, NoLease, RunLease
 from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
 from rh_agents.recovery.run_ids import check_run_id
@@ -115,6 +115,12 @@ class StateBackend(abc.ABC):
     @abc.abstractmethod
     def list_runs(self) -> list[RunInfo]:
         """Every run, most recently updated first."""
+
+    def list_readable_runs(self) -> tuple[list[RunInfo], list[RecoveryError]]:
+        """Every run that can be read (most recently updated first), and one error for each
+        run that cannot (a corrupt or unreadable run file), rather than failing as a whole
+        the way ``list_runs`` does. This default has nothing to skip: it is ``list_runs``."""
+        return self.list_runs(), []
 
     @abc.abstractmethod
     def save(

@@ -16,7 +16,8 @@ files; by default the store of ``default_state_path()`` (``RH_AGENTS_STATE``, el
 
 Every command only reads: the store is opened read-only (``mode="read"``), so nothing is created
 or changed, and read-only files and folders work. A store that cannot be read is one line on
-stderr and exit status 2, never a traceback.
+stderr and exit status 2, never a traceback. ``runs list`` over a JSON folder in which some run
+files cannot be read lists the others, names those files on stderr and exits with status 1.
 """
 
 from __future__ import annotations
@@ -86,18 +87,36 @@ def _read_run(state: Path, run_id: str) -> tuple[RunInfo, dict[str, CheckpointRe
 
 @runs_app.command("list")
 def list_runs(state: Path | None = STATE) -> None:
-    """Every run, most recently updated first."""
+    """Every run, most recently updated first.
+
+    A run file that cannot be read (in a JSON folder: corrupt, truncated, not readable) does
+    not hide the others: the readable runs are listed, each unreadable file is named on
+    stderr, and the exit status is 1. Exit status 2: the store itself cannot be read.
+    """
     state = store_path(state)
     if not state.exists():
         typer.echo(f"no runs yet in {state}")
         return
     try:
         with open_backend(state, mode="read") as backend:
-            runs = backend.list_runs()
+            runs, problems = backend.list_readable_runs()
     except (RecoveryError, OSError) as exc:
         raise _fail(exc, state) from exc
+    _list_table(runs, state, unreadable=len(problems))
+    if problems:
+        for problem in problems:
+            typer.echo(f"error: {problem}", err=True)
+        typer.echo(
+            f"error: {len(problems)} run file(s) in {state} cannot be read (above) and are not "
+            f"listed; the {len(runs)} other run(s) are",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+
+
+def _list_table(runs: list[RunInfo], state: Path, *, unreadable: int) -> None:
     if not runs:
-        typer.echo(f"no runs yet in {state}")
+        typer.echo(f"no readable runs in {state}" if unreadable else f"no runs yet in {state}")
         return
     typer.echo(f"runs in {state}:")
     width = max(20, *(len(run.run_id) for run in runs))
@@ -209,9 +228,18 @@ def _int_key(value: int | None) -> int:
 def resume(
     run_id: str = RUN_ID,
     state: Path | None = STATE,
-    from_address: str | None = typer.Option(None, "--from", help="Re-run from this address."),
+    from_address: str | None = typer.Option(
+        None, "--from", help="Re-run from this address (not empty)."
+    ),
 ) -> None:
     """What resuming RUN_ID would replay and run again (resume itself runs your code)."""
+    if from_address is not None and not from_address.strip():
+        # An empty --from would silently mean "no --from": a resume that reruns nothing.
+        raise typer.BadParameter(
+            "needs an address, such as 'Orchestrator::docs[3]' (`rh-agents runs show RUN_ID "
+            "--all` lists them); leave --from out to plan a resume of the whole run",
+            param_hint="--from",
+        )
     state = store_path(state)
     info, records = _read_run(state, run_id)
     try:

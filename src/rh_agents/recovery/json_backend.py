@@ -216,6 +216,15 @@ class JSONBackend(StateBackend):
             return info.model_copy(update={"checkpoints": len(doc["checkpoints"])})
 
     def list_runs(self) -> list[RunInfo]:
+        runs, _ = self._scan(skip_unreadable=False)
+        return runs
+
+    def list_readable_runs(self) -> tuple[list[RunInfo], list[RecoveryError]]:
+        return self._scan(skip_unreadable=True)
+
+    def _scan(self, *, skip_unreadable: bool) -> tuple[list[RunInfo], list[RecoveryError]]:
+        """The runs of the folder; a run file that cannot be read raises, or with
+        ``skip_unreadable`` is left out and its error returned."""
         try:
             names = sorted(entry.name for entry in os.scandir(self.directory))
         except (FileNotFoundError, NotADirectoryError):
@@ -223,13 +232,14 @@ class JSONBackend(StateBackend):
                 raise RecoveryError(
                     f"state directory {self.directory} is a file, not a folder of run files"
                 ) from None
-            return []
+            return [], []
         except OSError as exc:
             raise RecoveryError(
                 f"cannot list state directory {self.directory} ({exc.strerror or exc}); check "
                 "that this process may read it"
             ) from exc
         runs = []
+        problems: list[RecoveryError] = []
         for name in names:
             run_id = name[: -len(".json")]
             if not name.endswith(".json") or not run_id:
@@ -238,8 +248,15 @@ class JSONBackend(StateBackend):
                 check_run_id(run_id)
             except InvalidRunIdError:
                 continue  # not a name this backend writes
-            runs.append(self.get_run(run_id))
-        return sorted(runs, key=lambda info: info.updated, reverse=True)
+            try:
+                runs.append(self.get_run(run_id))
+            except UnknownRunError:
+                continue  # removed since the folder was listed: not a run any more
+            except RecoveryError as exc:
+                if not skip_unreadable:
+                    raise
+                problems.append(exc)
+        return sorted(runs, key=lambda info: info.updated, reverse=True), problems
 
     def save(
         self, run_id: str, records: Sequence[CheckpointRecord], status: RunStatus | None = None

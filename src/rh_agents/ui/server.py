@@ -38,6 +38,7 @@ from urllib.parse import quote
 import uvicorn
 
 from rh_agents.core.execution import ExecutionState
+from rh_agents.errors import ConfigurationError
 from rh_agents.ui.app import LOCAL_HOSTS, create_app
 from rh_agents.ui.live import LiveFeed
 from rh_agents.ui.store import StoreReader
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_PORT",
     "Viewer",
     "bind",
+    "check_host",
     "open_in_browser",
     "run_server",
     "serve",
@@ -85,6 +87,7 @@ class _StoppingServer(uvicorn.Server):
 def bind(host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT) -> socket.socket:
     """A listening socket on ``host``: at ``port``, or (``None``) ``DEFAULT_PORT`` if free and
     any free port if not. ``OSError`` if it cannot be bound."""
+    check_host(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     candidates = [DEFAULT_PORT, 0] if port is None else [port]
     for candidate in candidates:
@@ -113,14 +116,25 @@ def store_of(state: ExecutionState) -> Path | None:
     return None
 
 
+def check_host(host: str) -> str:
+    """``host``, or a ``ConfigurationError`` for an empty one: the socket layer takes ``""``
+    as every interface, while the viewer would name (and announce) 127.0.0.1."""
+    if not isinstance(host, str) or not host.strip():
+        raise ConfigurationError(
+            f"the viewer's host must be an address, got {host!r}: 127.0.0.1 (this machine "
+            "only, the default), or 0.0.0.0 to listen on every interface"
+        )
+    return host
+
+
 def _hosts(host: str) -> list[str] | None:
-    if host in ("0.0.0.0", "::", ""):
+    if host in ("0.0.0.0", "::"):
         return None  # reachable under any name: the caller asked for it
     return [*LOCAL_HOSTS, host]
 
 
 def _url(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    shown = "127.0.0.1" if host == "0.0.0.0" else "[::1]" if host == "::" else host
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
     return f"http://{shown}:{port}"
@@ -138,9 +152,9 @@ class Viewer:
         poll_interval: float = 1.0,
         push_interval: float = 0.25,
     ) -> None:
+        self.host = check_host(host)
         self.store = StoreReader(store)
         self.feeds: dict[str, LiveFeed] = {}
-        self.host = host
         self._port = port
         self.app = create_app(
             self.store,
