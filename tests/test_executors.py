@@ -661,6 +661,8 @@ async def test_ray_tasks_still_run_members_and_cancel_them(own_ray: Any, tmp_pat
     tasks = own_ray(actors=False)
     marker = tmp_path / "slow"
     recorder = Recorder()
+    async with recorded_state() as state:
+        await warm(state, tasks)  # (so that the member's task starts well before its timeout)
     async with (
         recorded_state(recorder) as state,
         state.parallel(max_workers=2, name="docs", executor=tasks) as p,

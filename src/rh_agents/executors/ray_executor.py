@@ -58,7 +58,7 @@ from rh_agents.executors.worker import run_request
 __all__ = ["RayExecutor"]
 
 
-class MemberActor:
+class _MemberActor:
     """The Ray actor of ``RayExecutor``'s pool: runs requests, one at a time."""
 
     def run(self, request: bytes) -> bytes:
@@ -162,7 +162,7 @@ class RayExecutor(RemoteExecutor):
         if self.resources:
             options["resources"] = self.resources
         self._task = ray.remote(max_retries=0, **options)(run_request)
-        self._actor_class = ray.remote(max_restarts=0, max_task_retries=0, **options)(MemberActor)
+        self._actor_class = ray.remote(max_restarts=0, max_task_retries=0, **options)(_MemberActor)
         cloudpickle = importlib.import_module("ray.cloudpickle")
         self._pickler = state_pickler(cloudpickle.Pickler)
         self._cloudpickle = cloudpickle
