@@ -36,9 +36,12 @@ test: lint typecheck unit
 test-uvloop: $(STAMP)
 	RH_AGENTS_TEST_LOOP=uvloop $(BIN)/pytest -q
 
-# The composition property test over 10,000 new random scenarios (make test runs 300).
+# The composition property test over 10,000 new random scenarios (make test runs 300), and the
+# recovery property test over 1,000 new interrupted and resumed programs (make test runs 20;
+# each is three runs with a real store, about 0.4 s).
 soak: $(STAMP)
 	RH_SOAK_EXAMPLES=10000 $(BIN)/pytest -q --timeout=3600 tests/test_composition_properties.py
+	RH_SOAK_EXAMPLES=1000 $(BIN)/pytest -q --timeout=3600 tests/test_recovery_properties.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -590,22 +590,28 @@ class Recovery:
 
     async def aclose(self) -> None:
         """``close`` without blocking the event loop (what leaving ``async with state:``
-        calls): it awaits the writer, at most ``close_timeout`` seconds."""
+        calls): it awaits the writer, at most ``close_timeout`` seconds.
+
+        A cancellation meanwhile (a Ctrl-C landing as the run ends) does not abandon the
+        writes, which would lose the last checkpoints and the final status as a crash does:
+        they are still waited for, within the same ``close_timeout``, then the cancellation
+        is raised."""
         if self._closed:
             return
         self._closed = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.close_timeout
+        cancelled: list[asyncio.CancelledError] = []
         written = False
         try:
             job = self._inflight
             if job is not None:
-                if not await job.wait_async(deadline - loop.time()):
+                if not await _wait_through_cancel(job, deadline, cancelled):
                     raise self._stuck_error("write the last checkpoints", job)
                 self._settle(job, report=False)
             job = self._write(self._final_status(), block=0)
             if job is not None:
-                if not await job.wait_async(deadline - loop.time()):
+                if not await _wait_through_cancel(job, deadline, cancelled):
                     raise self._stuck_error("write the last checkpoints", job)
                 self._settle(job, report=False)
                 if job.error is not None:
@@ -614,8 +620,10 @@ class Recovery:
         finally:
             release = self._release_on_writer()
             if written and release is not None:
-                await release.wait_async(deadline - loop.time())
+                await _wait_through_cancel(release, deadline, cancelled)
                 self._raise_release_error(release)
+            if cancelled:
+                raise cancelled[0]
 
     def _final_status(self) -> RunStatus:
         if self._interrupted:
@@ -711,6 +719,22 @@ def rerun_addresses(stored: dict[str, CheckpointRecord], address: str, run_id: s
         )
     first = min(seqs)
     return {r.address for r in stored.values() if r.seq >= first} | {r.address for r in inside}
+
+
+async def _wait_through_cancel(
+    job: WriteJob, deadline: float, cancelled: list[asyncio.CancelledError]
+) -> bool:
+    """``job.wait_async`` until ``deadline`` (loop time), whether done; a cancellation of the
+    waiting task is kept in ``cancelled`` (for the caller to raise once its writes are done)
+    and the wait goes on."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return await job.wait_async(max(0.0, deadline - loop.time()))
+        except asyncio.CancelledError as exc:
+            cancelled.append(exc)
+            if job.done or loop.time() >= deadline:
+                return job.done
 
 
 def _group_of(address: str) -> str | None:
