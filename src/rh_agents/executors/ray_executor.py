@@ -133,6 +133,8 @@ class RayExecutor(RemoteExecutor):
         self._actor_class: Any = None
         self._class_exported = False
         self._reaper: threading.Thread | None = None
+        self._connections = 0  # the connections connect() made (see _session)
+        self._client_module: Any = None
 
     def __repr__(self) -> str:
         how = f"max_actors={self.max_actors}" if self.actors else "actors=False"
@@ -149,6 +151,7 @@ class RayExecutor(RemoteExecutor):
         if ray is not None:
             if not ray.is_initialized():
                 ray.init(address=self.address, **self.init_options)
+                self._connections += 1
             return ray
         try:
             ray = importlib.import_module("ray")
@@ -158,6 +161,11 @@ class RayExecutor(RemoteExecutor):
             ) from exc
         if not ray.is_initialized():
             ray.init(address=self.address, **self.init_options)
+            self._connections += 1
+        try:
+            self._client_module = importlib.import_module("ray.util.client")
+        except ImportError:  # pragma: no cover - every Ray has it
+            self._client_module = None
         options: dict[str, Any] = {"num_cpus": self.num_cpus}
         if self.resources:
             options["resources"] = self.resources
@@ -185,7 +193,7 @@ class RayExecutor(RemoteExecutor):
         ray = self.connect()
         if not self.actors:
             return await self._send_task(ray, request, label)
-        job = ray.get_runtime_context().get_job_id()
+        job = self._session(ray)
         if job != self._job:
             self._new_pool(ray, job)
         actor = await self._acquire(label)
@@ -255,6 +263,14 @@ class RayExecutor(RemoteExecutor):
         for waiter in waiting:  # (room now: they make actors of the new connection)
             if not waiter.done() and not waiter.get_loop().is_closed():
                 waiter.set_result(None)
+
+    def _session(self, ray: Any) -> Any:
+        """What names the connection the pool's actors belong to: its job (a local call). Through
+        Ray Client that would be a round trip per member: there, the connections this executor
+        made stand for it (one made by ``ray.init`` elsewhere is not seen)."""
+        if self._client_module is not None and self._client_module.ray.is_connected():
+            return ("client", self._connections)
+        return ray.get_runtime_context().get_job_id()
 
     def _room(self, ray: Any) -> int:
         """How many actors the cluster's resources hold (each asks num_cpus and resources)."""
