@@ -364,7 +364,9 @@ async def test_a_quorum_reached_cancels_the_remote_work_still_running(
     async with recorded_state() as state:
         await warm(state, executor)
         async with state.parallel(max_workers=2, executor=executor, quorum=2) as p:
-            p.add(functools.partial(support.sleep_then_touch, str(marker), 1.5))
+            # Far longer than the two quick members take however loaded the machine: the
+            # quorum is reached first, and the slow one is killed (the test never waits it out).
+            p.add(functools.partial(support.sleep_then_touch, str(marker), 30))
             for n in range(2):
                 p.add(functools.partial(support.span, n))
             results = await p.gather()
@@ -388,9 +390,11 @@ async def test_fail_fast_cancels_the_remote_work_of_the_others(
             async with state.parallel(
                 max_workers=2, executor=executor, error_strategy=ErrorStrategy.FAIL_FAST
             ) as p:
-                p.add(functools.partial(support.sleep_then_touch, str(markers[0]), 1.2))
+                # (30 s: far longer than the failure takes however loaded the machine; the
+                # test never waits them out, they are killed.)
+                p.add(functools.partial(support.sleep_then_touch, str(markers[0]), 30))
                 p.add(functools.partial(support.fails, "first failure", 0.2))
-                p.add(functools.partial(support.sleep_then_touch, str(markers[1]), 1.2))
+                p.add(functools.partial(support.sleep_then_touch, str(markers[1]), 30))
     assert p.statistics().cancelled == 2  # the one running and the one waiting
     pid = pid_of(markers[0])
     assert await eventually(lambda: not alive(pid)), "the worker running it still runs"
