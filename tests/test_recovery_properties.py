@@ -241,18 +241,13 @@ class _Job(BaseModel):
     i: int
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug, not fixed here: a shared cacheable call runs in the slots of the member "
-    "that started it, and goes on lending and reclaiming them after that member has left "
-    "(see the report in recovery_properties_support.CACHED_CALLS_FAIL)",
-)
 def test_a_shared_call_outliving_its_starter_leaves_the_slots_balanced() -> None:
     """Member ``a[0]`` starts a cacheable call, which fails its first attempt and backs off
     (lending ``a[0]``'s group slot); ``b[0]`` joins the call; ``a[0]`` times out and leaves.
-    Its worker releases the slot the call had lent ("SlotArbiter released more often than
-    acquired"), and the call, going on for ``b[0]``, lends it again at its next backoff: the
-    assertion fails inside the call, so ``b[0]`` fails with it instead of completing."""
+    Its worker used to release the slot the call had lent ("SlotArbiter released more often
+    than acquired"), and the call, going on for ``b[0]``, lent it again at its next backoff,
+    failing ``b[0]`` with it. Now ``a[0]`` takes its slot back as it leaves, and the call goes
+    on for ``b[0]`` holding none of ``a``'s slots (SharedCallSlot)."""
     calls: list[int] = []
 
     async def flaky(job: _Job, context: str, state: ExecutionState) -> int:

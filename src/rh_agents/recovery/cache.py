@@ -52,7 +52,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
 from rh_agents.core.actors import BaseActor
-from rh_agents.core.parallel.slots import wait_lending
+from rh_agents.core.context import running_frame
+from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot, wait_lending
 from rh_agents.errors import ConfigurationError, CorruptStateError, RecoveryError
 from rh_agents.recovery.cache_worker import StoreRead, StoreWorker
 from rh_agents.recovery.codec import canonical_json, encode_result
@@ -345,8 +346,17 @@ class ActorCache:
             self.hits += 1
             return stored, 1, "cache"
         flight = self._flights.get(key)
+        starter: SharedCallSlot | None = None
         if flight is None:
             self.misses += 1
+            # The call runs in this caller's slots while it waits for it, through a slot of
+            # its own: should this caller leave first, the call goes on for the others
+            # without lending or reclaiming slots that are no longer its (see SharedCallSlot).
+            # The frame is this call's own (made for it by the event), read by the policies.
+            frame = running_frame()
+            if frame is not None and isinstance(frame.slot, MemberSlot):
+                starter = SharedCallSlot(frame.slot)
+                frame.slot = starter
             task = asyncio.create_task(self._fill(key, actor, call), name=f"cache:{actor.name}")
             task.add_done_callback(_consume)
             flight = self._flights[key] = _Flight(task)
@@ -371,6 +381,11 @@ class ActorCache:
                     f"the shared call of {actor.kind} {actor.name!r} was cancelled because "
                     "the cache was closed"
                 ) from None
+            if starter is not None and not flight.task.done():
+                # Take back what the call lent of our slots (our worker counts on holding
+                # them as we end); the call then holds none of them, whether it goes on for
+                # the others or is cancelled just below.
+                await starter.leave()
             if not flight.task.done() and flight.waiters == 1:
                 flight.task.cancel()  # the last caller left: nobody needs the result
             raise

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
     from rh_agents.core.parallel.scheduler import WorkerPool
 
-__all__ = ["MemberSlot", "SlotArbiter", "wait_lending"]
+__all__ = ["MemberSlot", "SharedCallSlot", "SlotArbiter", "wait_lending"]
 
 T = TypeVar("T")
 
@@ -235,6 +235,79 @@ class MemberSlot:
         await pool.slots.acquire(count_if_cancelled=True)
         pool.note_held()
         await self.reclaim_global()
+
+
+class SharedCallSlot(MemberSlot):
+    """The slots of the member that started a call shared with others (the cache runs an
+    identical call once, for every caller), as that call uses them.
+
+    While the member waits for the call, the call lends and reclaims the member's slots (a
+    retry backoff, a nested group), as the member itself would. If the member leaves first
+    (its timeout, a cancelled group) while the call goes on for the others, the member takes
+    back what the call lent (its worker counts on holding its slot when the member ends), and
+    from then on the call holds none of them and lends nothing::
+
+        slot = SharedCallSlot(frame.slot)     # the starter's call runs with this slot
+        ...
+        await slot.leave()                    # the starter leaves; the call goes on
+
+    Invariant: between two steps of the loop, ``_lent`` says whether the call has given the
+    member's group slot back and not yet taken it again (``_reclaiming`` while it waits for
+    it); after ``leave()`` the member holds its slot and the call never touches it again.
+    """
+
+    __slots__ = ("_global_lent", "_left", "_lent", "_member", "_reclaimed")
+
+    def __init__(self, member: MemberSlot) -> None:
+        super().__init__(member.pool)
+        self._member = member
+        self._lent = False
+        self._global_lent = False  # (only the global slot, lent by a nested group's wait)
+        self._left = False
+        self._reclaimed: asyncio.Event | None = None  # set while a reclaim is under way
+
+    def lend(self) -> None:
+        if self._left or self._lent:
+            return
+        self._lent = True
+        self._member.lend()
+
+    async def reclaim(self) -> None:
+        if self._left or not self._lent or self._reclaimed is not None:
+            return
+        reclaimed = self._reclaimed = asyncio.Event()
+        try:
+            await self._member.reclaim()  # counts the slot even if cancelled meanwhile
+        finally:
+            self._lent = False
+            self._reclaimed = None
+            reclaimed.set()
+
+    def lend_global(self) -> bool:
+        if self._left or self._global_lent or self._lent:
+            return False
+        self._global_lent = self._member.lend_global()
+        return self._global_lent
+
+    async def reclaim_global(self) -> None:
+        if self._left or not self._global_lent:
+            return
+        self._global_lent = False
+        await self._member.reclaim_global()
+
+    async def leave(self) -> None:
+        """The member leaves while the call goes on: it takes back what the call lent."""
+        if self._left:
+            return
+        self._left = True
+        if self._reclaimed is not None:
+            await self._reclaimed.wait()  # the call is taking it back: then it is the member's
+        elif self._lent:
+            self._lent = False
+            await self._member.reclaim()
+        elif self._global_lent:
+            self._global_lent = False
+            await self._member.reclaim_global()
 
 
 async def wait_lending(awaitable: Awaitable[T]) -> T:
