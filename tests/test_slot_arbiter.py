@@ -385,3 +385,51 @@ async def test_identical_cached_calls_with_retries_under_one_slot_never_deadlock
     pool = p._pool.statistics()
     assert (pool.slots_in_use, pool.waiting_for_slot) == (0, 0)
     assert state.internal_errors == []
+
+
+class _Pool:
+    """What a MemberSlot asks of its group's pool: the arbiter, the global limit (none), and
+    the high-water mark (not followed here)."""
+
+    def __init__(self, limit: int) -> None:
+        self.slots = SlotArbiter(limit)
+        self.global_slots = None
+
+    def note_held(self) -> None:
+        pass
+
+
+async def test_a_shared_call_slot_left_while_lent_gives_the_slot_back_to_its_member() -> None:
+    from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot
+
+    pool = _Pool(1)
+    pool.slots.take_unchecked()  # the starter member's worker holds the only slot
+    shared = SharedCallSlot(MemberSlot(pool))  # type: ignore[arg-type]
+    shared.lend()  # the shared call backs off: the slot is free for others
+    assert pool.slots.in_use == 0
+    await shared.leave()  # the starter leaves: it takes its slot back for its worker
+    assert pool.slots.in_use == 1
+    shared.lend()  # the call goes on, lending nothing of the starter's any more
+    await shared.reclaim()
+    assert pool.slots.in_use == 1
+    pool.slots.release()  # the worker's own release balances
+    assert (pool.slots.in_use, pool.slots.waiting) == (0, 0)
+
+
+async def test_a_shared_call_slot_left_during_a_reclaim_waits_for_it_and_takes_one() -> None:
+    from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot
+
+    pool = _Pool(1)
+    pool.slots.take_unchecked()  # the starter member's worker
+    shared = SharedCallSlot(MemberSlot(pool))  # type: ignore[arg-type]
+    shared.lend()
+    pool.slots.take_unchecked()  # another member took the lent slot meanwhile
+    async with asyncio.timeout(5):
+        reclaiming = asyncio.ensure_future(shared.reclaim())  # the call waits for it
+        await until(lambda: pool.slots.waiting == 1)
+        leaving = asyncio.ensure_future(shared.leave())  # and the starter leaves meanwhile
+        await steps(3)
+        assert not leaving.done()  # it waits for the reclaim under way, not a second slot
+        pool.slots.release()  # the other member ends: its slot goes to the waiting reclaim
+        await asyncio.gather(reclaiming, leaving)
+    assert (pool.slots.in_use, pool.slots.waiting) == (1, 0)  # one slot: the starter's
