@@ -215,11 +215,6 @@ class WorkerPool:
             self._spawn_pending = True
             asyncio.get_running_loop().call_soon(self.spawn)
 
-    @property
-    def spawn_pending(self) -> bool:
-        """Whether a ``spawn`` is scheduled for the loop's next turn."""
-        return self._spawn_pending
-
     # Members that never suspend would hold the event loop for as long as there are members:
     # the pool lets it run once at least every _yield_at members run in one loop turn,
     # counted for the whole pool (workers started together would otherwise each run their
