@@ -424,11 +424,15 @@ async def _pause(vs: ViewerState, seconds: float, feed: LiveFeed | None = None) 
 
 
 def _cursor(request: Request) -> int:
-    raw = request.query_params.get("cursor") or request.headers.get("last-event-id") or "0"
-    try:
-        return max(int(raw), 0)
-    except ValueError:
-        return 0
+    """Where the stream starts: the ``Last-Event-ID`` a reconnecting browser sends (it is
+    newer than the ``cursor`` of the URL, which an ``EventSource`` reuses as it was when the
+    page loaded), else ``?cursor=``, else 0. Garbage counts as absent."""
+    for raw in (request.headers.get("last-event-id"), request.query_params.get("cursor")):
+        try:
+            return max(int(raw or ""), 0)
+        except ValueError:
+            continue
+    return 0
 
 
 async def _check_store(vs: ViewerState, feed: LiveFeed) -> None:
@@ -454,7 +458,10 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
     metrics_at: dict[str, float] = {}
     while not vs.closing.is_set():
         changed = feed.changes_since(cursor)
-        if changed is None:  # the feed's log no longer reaches back: start over
+        # Start over when the feed's log no longer reaches back, or when the cursor is ahead
+        # of the feed: it was another feed's (the program restarted), and what the page
+        # holds is not this run's.
+        if changed is None or cursor > feed.cursor:
             yield _sse("reset", {"reason": "too far behind"}, feed.cursor)
             return
         cursor = feed.cursor
@@ -567,11 +574,15 @@ async def _api_events(request: Request) -> Response:
             raise StoreProblem(f"no run {run_id!r} in {vs.store.path}", status=404)
     except StoreProblem as exc:
         return _problem(exc, api=True)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":
+        # The headers only: a stream started for a HEAD would run (and hold the connection,
+        # whose next request then never gets an answer) until its run ends.
+        return Response(media_type="text/event-stream", headers=headers)
     cursor = _cursor(request)
     stream = (
         _feed_stream(vs, feed, cursor) if feed is not None else _store_stream(vs, run_id, cursor)
     )
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 

@@ -44,6 +44,9 @@ __all__ = [
 MEMBER_LIMIT = 200
 ZOOMS = (1, 2, 4, 8, 16)
 ERROR_CHARS = 300
+# The tooltip holds the error in full up to this many characters: a 10 MB error would
+# otherwise make the page (and the browser's DOM) 10 MB for one attribute.
+ERROR_TITLE_CHARS = 10_000
 
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _NOT_CLASS = re.compile(r"[^A-Za-z0-9_-]")
@@ -268,7 +271,7 @@ def run_page(page: RunPage) -> str:
         header.append(
             f'<p class="hint">Resume it with <code>{esc(run["resume_command"])}</code></p>'
         )
-    items = "".join(_item(item, page, depth=0) for item in page.tree)
+    items = _items(page.tree, page)
     if not page.tree:
         items = '<li class="none">No event of this run has finished yet.</li>'
     body = "".join(header) + f'<ul class="tree" id="tree">{items}</ul>'
@@ -297,13 +300,17 @@ def _row(item: TreeItem) -> str:
     parts.append(f'<span class="attempts">{f"{attempts} attempts" if attempts > 1 else ""}</span>')
     parts.append(f'<span class="duration">{esc(format_duration(node.get("duration")))}</span>')
     error = node.get("error")
-    short = error if error is None or len(error) <= ERROR_CHARS else error[:ERROR_CHARS] + "…"
-    title = f' title="{esc(error)}"' if error else ""
+    short = _cut(error, ERROR_CHARS)
+    title = f' title="{esc(_cut(error, ERROR_TITLE_CHARS))}"' if error else ""
     parts.append(f'<span class="error"{title}>{esc(short or "")}</span>')
     result = node.get("result")
     title = f' title="{esc(result)}"' if result else ""
     parts.append(f'<span class="result"{title}>{esc(result) if result else ""}</span>')
     return "".join(parts)
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + "…"
 
 
 def _group_row(item: TreeItem) -> str:
@@ -318,7 +325,27 @@ def _group_row(item: TreeItem) -> str:
     )
 
 
-def _item(item: TreeItem, page: RunPage, depth: int) -> str:
+def _items(items: Sequence[TreeItem], page: RunPage) -> str:
+    """The tree's ``<li>`` elements, rendered with a stack rather than by recursion: an
+    address may nest thousands of levels deep, past Python's recursion limit."""
+    out: list[str] = []
+    # Each entry is an item still to open (with its depth) or the closing text of one opened.
+    stack: list[tuple[TreeItem, int] | str] = [(item, 0) for item in reversed(items)]
+    while stack:
+        entry = stack.pop()
+        if isinstance(entry, str):
+            out.append(entry)
+            continue
+        item, depth = entry
+        opening, children, closing = _item_parts(item, page, depth)
+        out.append(opening)
+        stack.append(closing)
+        stack.extend((child, depth + 1) for child in reversed(children))
+    return "".join(out)
+
+
+def _item_parts(item: TreeItem, page: RunPage, depth: int) -> tuple[str, list[TreeItem], str]:
+    """One item's ``<li>``: the HTML before its children, the children, the HTML after."""
     status = item.status or "unknown"
     head = (
         f'<li class="item {item.kind} s-{_cls(status)}" data-address="{esc(item.address)}" '
@@ -339,24 +366,24 @@ def _item(item: TreeItem, page: RunPage, depth: int) -> str:
             f'title="Timeline of {esc(item.address)}"></iframe></div>'
         )
         shown = _members_shown(children, page.all_members)
-        inner = "".join(_item(child, page, depth + 1) for child in shown)
         hidden = len(children) - len(shown)
+        more = ""
         if hidden:
-            more = run_href(str(page.summary["run_id"]), "?members=all")
-            inner += (
+            href = run_href(str(page.summary["run_id"]), "?members=all")
+            more = (
                 f'<li class="more">{hidden} more members not listed '
-                f'(<a href="{esc(more)}">list every member</a>)</li>'
+                f'(<a href="{esc(href)}">list every member</a>)</li>'
             )
-        return (
+        opening = (
             f'{head}<details class="group"><summary class="row">{summary}</summary>'
-            f'<div class="body">{body}<ul class="children">{inner}</ul></div></details></li>'
+            f'<div class="body">{body}<ul class="children">'
         )
-    inner = "".join(_item(child, page, depth + 1) for child in children)
+        return opening, shown, f"{more}</ul></div></details></li>"
     opened = " open" if depth == 0 else ""
-    return (
-        f'{head}<details{opened}><summary class="row">{_row(item)}</summary>'
-        f'<ul class="children">{inner}</ul></details></li>'
+    opening = (
+        f'{head}<details{opened}><summary class="row">{_row(item)}</summary><ul class="children">'
     )
+    return opening, children, "</ul></details></li>"
 
 
 def _members_shown(children: list[TreeItem], everything: bool) -> list[TreeItem]:

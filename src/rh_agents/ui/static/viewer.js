@@ -305,7 +305,9 @@
       const error = summary.querySelector(".error");
       const full = n.error || "";
       error.textContent = full.length > 300 ? full.slice(0, 300) + "…" : full;
-      if (full) error.title = full; else error.removeAttribute("title");
+      // The tooltip holds at most 10,000 characters, as the server's page does (pages.py).
+      if (full) error.title = full.length > 10000 ? full.slice(0, 10000) + "…" : full;
+      else error.removeAttribute("title");
       summary.querySelector(".result").textContent = n.result || "";
       li.className = "item " + n.kind + " s-" + String(n.status).replace(/[^A-Za-z0-9_-]/g, "_");
       markStale(li);

@@ -1,0 +1,136 @@
+"""The viewer under hostile use: requests and stores that once broke it (each test names the
+failure it guards against)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rh_agents.recovery.opening import open_backend
+from rh_agents.recovery.records import CheckpointRecord, RunStatus
+from rh_agents.ui import create_app
+from rh_agents.ui.live import LiveFeed
+from rh_agents.ui.pages import ERROR_TITLE_CHARS
+from ui_support import EventReader, StreamingASGITransport, running_run
+
+pytestmark = pytest.mark.timeout(30)
+
+BASE = "http://127.0.0.1"
+
+
+def _client(app: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE)  # type: ignore[arg-type]
+
+
+def _store_one(path: Path, run_id: str, record: CheckpointRecord) -> None:
+    with open_backend(path) as backend:
+        backend.create_run(run_id)
+        backend.save(run_id, [record], status=RunStatus.COMPLETED)
+
+
+def _record(run_id: str, address: str, error: str | None = None) -> CheckpointRecord:
+    return CheckpointRecord(
+        run_id=run_id,
+        address=address,
+        seq=1,
+        actor="a",
+        actor_version="1",
+        status="failed" if error else "completed",
+        result_json=None if error else "1",
+        error=error,
+        execution_time=0.5,
+    )
+
+
+async def test_head_on_a_live_event_stream_gives_headers_and_ends(tmp_path: Path) -> None:
+    """A HEAD on a running run's events once started the stream: the response never ended
+    (the server ran it until the run did, and the connection's next request hung)."""
+    app = create_app(tmp_path / "state.db", feeds={"live": LiveFeed("live")})
+    async with _client(app) as client:
+        response = await asyncio.wait_for(client.head("/api/runs/live/events"), 10)
+    assert response.status_code == 200 and response.content == b""
+    assert response.headers["content-type"].startswith("text/event-stream")
+
+
+async def test_a_deep_tree_renders(tmp_path: Path) -> None:
+    """An address 2,000 levels deep was a RecursionError (a 500 page)."""
+    store = tmp_path / "state.db"
+    _store_one(store, "deep", _record("deep", "::".join(["x"] * 2000)))
+    async with _client(create_app(store)) as client:
+        response = await client.get("/runs/deep")
+    assert response.status_code == 200
+    assert response.text.count('<li class="item event') == 2000
+    assert response.text.count("<li ") == response.text.count("</li>")
+
+
+async def test_a_huge_error_does_not_make_a_huge_page(tmp_path: Path) -> None:
+    """A 10 MB error went whole into the page, in its tooltip."""
+    store = tmp_path / "state.db"
+    _store_one(store, "big", _record("big", "Agent", error="E" * 10_000_000))
+    async with _client(create_app(store)) as client:
+        page = (await client.get("/runs/big")).text
+    assert len(page) < 100_000
+    assert f'title="{"E" * ERROR_TITLE_CHARS}…"' in page
+
+
+async def test_a_reconnecting_stream_starts_from_last_event_id(tmp_path: Path) -> None:
+    """A browser reconnects with the page's ``?cursor=`` still in the URL and the last id it
+    got in ``Last-Event-ID``: the stream started again from the page's cursor."""
+    store = tmp_path / "state.db"
+    running_run(store, finished=2)  # events with seq 1 and 2
+    app = create_app(store, poll_interval=0.05)
+    headers = {"Last-Event-ID": "2"}
+    async with (
+        httpx.AsyncClient(transport=StreamingASGITransport(app), base_url=BASE) as client,
+        client.stream(
+            "GET", "/api/runs/busy-run/events", params={"cursor": 0}, headers=headers
+        ) as response,
+    ):
+        ((kind, data),) = await EventReader(response).read(1)
+    assert kind == "update" and json.loads(data)["nodes"] == []
+
+
+@pytest.mark.parametrize("last_id", ["garbage", "-3", "9" * 5000, ""])
+async def test_a_garbage_last_event_id_falls_back_to_the_cursor(
+    tmp_path: Path, last_id: str
+) -> None:
+    store = tmp_path / "state.db"
+    running_run(store, finished=2)
+    app = create_app(store, poll_interval=0.05)
+    async with (
+        httpx.AsyncClient(transport=StreamingASGITransport(app), base_url=BASE) as client,
+        client.stream(
+            "GET",
+            "/api/runs/busy-run/events",
+            params={"cursor": 1},
+            headers={"Last-Event-ID": last_id},
+        ) as response,
+    ):
+        ((kind, data),) = await EventReader(response).read(1)
+    assert kind == "update"
+    nodes = json.loads(data)["nodes"]
+    if last_id == "-3":  # a number, below the start: everything
+        assert len(nodes) == 4
+    else:
+        assert {n["address"] for n in nodes} == {
+            "Orchestrator::docs[1]",
+            "Orchestrator::docs[1]::work",
+        }
+
+
+async def test_a_cursor_ahead_of_a_live_feed_resets(tmp_path: Path) -> None:
+    """A cursor from another feed (the program restarted, the browser reconnected) was taken
+    as up to date: the page kept the old run's tree and missed what the new feed had."""
+    app = create_app(tmp_path / "state.db", feeds={"live": LiveFeed("live")})
+    async with (
+        httpx.AsyncClient(transport=StreamingASGITransport(app), base_url=BASE) as client,
+        client.stream(
+            "GET", "/api/runs/live/events", headers={"Last-Event-ID": "5000"}
+        ) as response,
+    ):
+        events = await EventReader(response).read(2)
+    assert [kind for kind, _ in events] == ["reset"]
