@@ -12,10 +12,10 @@ import pytest
 
 from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.records import CheckpointRecord, RunStatus
-from rh_agents.ui import create_app
+from rh_agents.ui import create_app, pages
 from rh_agents.ui.live import LiveFeed
 from rh_agents.ui.pages import ERROR_TITLE_CHARS
-from ui_support import EventReader, StreamingASGITransport, running_run
+from ui_support import EventReader, StreamingASGITransport, member_record, running_run
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -134,3 +134,21 @@ async def test_a_cursor_ahead_of_a_live_feed_resets(tmp_path: Path) -> None:
     ):
         events = await EventReader(response).read(2)
     assert [kind for kind, _ in events] == ["reset"]
+
+
+async def test_failed_members_listed_are_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every failed member of a big group was listed: 50,000 failures made a 50 MB page."""
+    monkeypatch.setattr(pages, "MEMBER_LIMIT", 5)
+    store = tmp_path / "state.db"
+    with open_backend(store) as backend:
+        backend.create_run("many")
+        records = [member_record("many", i, status="failed") for i in range(30)]
+        backend.save("many", records, status=RunStatus.FAILED)
+    async with _client(create_app(store)) as client:
+        page = (await client.get("/runs/many")).text
+        every = (await client.get("/runs/many", params={"members": "all"})).text
+    assert page.count('<li class="item member') == 10
+    assert "20 more members not listed" in page
+    assert every.count('<li class="item member') == 30
