@@ -15,7 +15,7 @@ from rh_agents.recovery.records import CheckpointRecord, RunStatus
 from rh_agents.ui import create_app, pages
 from rh_agents.ui.live import LiveFeed
 from rh_agents.ui.pages import ERROR_TITLE_CHARS
-from ui_support import EventReader, StreamingASGITransport, member_record, running_run
+from ui_support import EventReader, StreamingASGITransport, member_record, running_run, stored_run
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -152,3 +152,18 @@ async def test_failed_members_listed_are_capped(
     assert page.count('<li class="item member') == 10
     assert "20 more members not listed" in page
     assert every.count('<li class="item member') == 30
+
+
+async def test_a_live_run_is_not_an_earlier_stored_run_of_its_id(tmp_path: Path) -> None:
+    """A run watched live under the id of a run that ended earlier in the store was shown
+    with that run's status (completed: its page stopped following) and its events."""
+    store = tmp_path / "state.db"
+    await stored_run(store, run_id="nightly")
+    feed = LiveFeed("nightly")  # a new run of that id, which does not checkpoint
+    async with _client(create_app(store, feeds={"nightly": feed})) as client:
+        runs = (await client.get("/api/runs")).json()["runs"]
+        run = (await client.get("/api/runs/nightly")).json()
+        page = (await client.get("/runs/nightly")).text
+    assert [(r["run_id"], r["status"], r["live"]) for r in runs] == [("nightly", "running", True)]
+    assert run["run"]["status"] == "running" and run["nodes"] == []
+    assert 'data-status="running"' in page

@@ -186,9 +186,18 @@ async def _list_runs(vs: ViewerState) -> tuple[list[Node], str | None]:
     except StoreProblem as exc:
         problem = exc.message
     for run_id, feed in list(vs.feeds.items()):
-        summaries[run_id] = live_summary(feed, infos.get(run_id))
+        summaries[run_id] = live_summary(feed, _same_run(feed, infos.get(run_id)))
     runs = sorted(summaries.values(), key=lambda run: run["created"], reverse=True)
     return runs, problem
+
+
+def _same_run(feed: LiveFeed, info: RunInfo | None) -> RunInfo | None:
+    """``info`` if it is the stored side of the run ``feed`` watches, else ``None``: a run of
+    the same id that ended before the feed began is an earlier run (the watched one, resumed,
+    would be running again in the store), and its status and events are not this run's."""
+    if info is None or info.status is RunStatus.RUNNING or info.updated >= feed.created:
+        return info
+    return None
 
 
 def _filtered(runs: list[Node], query: str, status: str) -> list[Node]:
@@ -217,7 +226,7 @@ async def _read_run(vs: ViewerState, run_id: str) -> _Run:
     info: RunInfo | None = None
     try:
         if vs.store.exists():
-            info = await vs.store.get_run(run_id)
+            info = _same_run(feed, await vs.store.get_run(run_id))
             if info is not None:
                 info, stored = await vs.store.read_run(run_id)
     except StoreProblem as exc:
