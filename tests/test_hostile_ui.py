@@ -167,3 +167,21 @@ async def test_a_live_run_is_not_an_earlier_stored_run_of_its_id(tmp_path: Path)
     assert [(r["run_id"], r["status"], r["live"]) for r in runs] == [("nightly", "running", True)]
     assert run["run"]["status"] == "running" and run["nodes"] == []
     assert 'data-status="running"' in page
+
+
+async def test_lone_surrogates_in_a_stored_error(tmp_path: Path) -> None:
+    """A JSON store keeps lone surrogates (an error naming a file whose name is not UTF-8):
+    the run's page, its API and its event stream failed to encode them (500, a broken
+    stream)."""
+    store = tmp_path / "store"  # a folder: the JSON backend
+    error = "cannot open 'caf\udce9.txt'"
+    record = _record("sur", "Agent", error=error)
+    _store_one(store, "sur", record)
+    async with _client(create_app(store)) as client:
+        page = await client.get("/runs/sur")
+        api = await client.get("/api/runs/sur")
+        stream = await client.get("/api/runs/sur/events")
+    assert page.status_code == 200 and "cannot open &#x27;caf?.txt&#x27;" in page.text
+    assert api.status_code == 200 and api.json()["nodes"][0]["error"] == error
+    events = [line for line in stream.text.splitlines() if line.startswith("event:")]
+    assert events == ["event: update", "event: end"]

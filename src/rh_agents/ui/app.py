@@ -106,7 +106,11 @@ def _finite(value: Any) -> Any:
 
 
 def _dumps(data: Any) -> str:
-    return json.dumps(_finite(data), ensure_ascii=False, separators=(",", ":"), default=str)
+    text = json.dumps(_finite(data), ensure_ascii=False, separators=(",", ":"), default=str)
+    # A lone surrogate (an error naming a file whose name is not UTF-8, as a JSON store keeps
+    # it) cannot be sent as UTF-8, and failed the response: as a JSON escape it can. Only
+    # strings hold one, so the escape always lands inside a JSON string.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _json(data: Any, status: int = 200) -> Response:

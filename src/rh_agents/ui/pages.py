@@ -49,12 +49,15 @@ ERROR_CHARS = 300
 # otherwise make the page (and the browser's DOM) 10 MB for one attribute.
 ERROR_TITLE_CHARS = 10_000
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters, and lone surrogates (which cannot be sent as UTF-8: a JSON store keeps
+# them, say in an error naming a file whose name is not UTF-8).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _NOT_CLASS = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def esc(value: object) -> str:
-    """``value`` as HTML text or attribute value: escaped, control characters shown as "?"."""
+    """``value`` as HTML text or attribute value: escaped, control characters and lone
+    surrogates shown as "?"."""
     return html.escape(_CONTROL.sub("?", str(value)), quote=True)
 
 
