@@ -21,7 +21,9 @@ Invariants:
   timeout reports the call timed out) at once, but a thread cannot be killed, so the handler
   goes on to its end in the background, and its thread counts against ``limit`` until then.
 - The threads are made when first needed and let go by ``shutdown`` (``ExecutionState.close``)
-  without waiting for an abandoned handler.
+  without waiting for an abandoned handler, which it reports (a warning on the ``rh_agents``
+  logger). They are daemon threads, unlike ``concurrent.futures``' (which the interpreter
+  joins at exit): a handler blocked for good must not keep the program from exiting.
 """
 
 from __future__ import annotations
@@ -29,18 +31,95 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
 import os
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from rh_agents.errors import ConfigurationError
 
 __all__ = ["DEFAULT_MAX_THREADS", "ThreadRunner"]
 
+logger = logging.getLogger("rh_agents")
+
 # The standard library's own default for a thread pool: enough for handlers that wait on
 # I/O, few enough that a machine is never flooded.
 DEFAULT_MAX_THREADS = min(32, (os.cpu_count() or 1) + 4)
+
+
+_Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class _Pool:
+    """At most ``limit`` daemon threads running submitted calls in order.
+
+    Not ``ThreadPoolExecutor``: the interpreter joins its threads at exit, so one abandoned
+    handler blocked for good (the very case a timeout abandons) would hang the program's exit.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0  # threads waiting for work, less the work already promised to them
+        self.running = 0  # calls running now (the abandoned ones included)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            self._queue.put((future, fn, args))
+            if self._idle:
+                self._idle -= 1
+            elif self._threads < self._limit:
+                self._threads += 1
+                threading.Thread(
+                    target=self._work,
+                    name=f"rh-agents-handler_{self._threads - 1}",
+                    daemon=True,
+                ).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            work = self._queue.get()
+            if work is None:  # shutdown
+                return
+            future, fn, args = work
+            if future.set_running_or_notify_cancel():
+                with self._lock:
+                    self.running += 1
+                try:
+                    value = fn(*args)
+                except BaseException as exc:  # (the caller's to judge, as an async handler's)
+                    future.set_exception(exc)
+                else:
+                    future.set_result(value)
+                finally:
+                    with self._lock:
+                        self.running -= 1
+                del work, future, fn, args  # (drop the call and its value before waiting)
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self) -> int:
+        """Cancel the calls not started, let every thread go once its call ends; the number
+        of calls still running (abandoned)."""
+        with self._lock:
+            while True:
+                try:
+                    work = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if work is not None:
+                    work[0].cancel()
+            for _ in range(self._threads):
+                self._queue.put(None)
+            self._threads = self._idle = 0
+            return self.running
 
 
 class ThreadRunner:
@@ -54,7 +133,7 @@ class ThreadRunner:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigurationError(f"max_threads must be an int >= 1, got {limit!r}")
         self.limit = limit
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: _Pool | None = None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in a worker thread, in a copy of the caller's context.
@@ -64,9 +143,7 @@ class ThreadRunner:
         """
         executor = self._executor
         if executor is None:
-            executor = self._executor = ThreadPoolExecutor(
-                self.limit, thread_name_prefix="rh-agents-handler"
-            )
+            executor = self._executor = _Pool(self.limit)
         context = contextvars.copy_context()
         future = executor.submit(context.run, fn, *args)
         # Cancelling the wrapper cancels a call still queued; a running one is abandoned.
@@ -78,5 +155,13 @@ class ThreadRunner:
     def shutdown(self) -> None:
         """Let the threads go once their handlers end (no wait: see the module docstring)."""
         executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        if executor is None:
+            return
+        abandoned = executor.shutdown()
+        if abandoned:
+            logger.warning(
+                "%d synchronous handler(s) abandoned by a timeout or a stop are still running "
+                "in their threads; they are left to end in the background (a thread cannot be "
+                "killed): give their blocking calls a timeout of their own",
+                abandoned,
+            )

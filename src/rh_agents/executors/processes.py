@@ -34,6 +34,7 @@ import atexit
 import multiprocessing
 import multiprocessing.util  # (its exit handler first: ours, registered later, runs before it)
 import os
+import signal
 import threading
 import weakref
 from collections import deque
@@ -57,6 +58,21 @@ def _default_start_method() -> str:
     # forkserver: a fresh, single-threaded parent for every worker (fork from a driver with
     # threads can deadlock), and fast to start once the server runs.
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _kill_group(process: BaseProcess) -> None:
+    """Kill ``process`` and what its members started: a worker leads a process group of its
+    own (``process_main``), which the processes they start join."""
+    pid = process.pid
+    if pid is not None and hasattr(os, "killpg"):
+        try:
+            # (The worker is not reaped yet, so its pid, and its group's id, are still its.)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+                return
+        except OSError:  # gone already, or not a group leader yet (still starting)
+            pass
+    process.kill()
 
 
 class _Job:
@@ -235,7 +251,7 @@ class ProcessExecutor(RemoteExecutor):
         self._every.discard(worker)
         process = worker.process
         if process.is_alive():
-            process.kill()
+            _kill_group(process)
         process.join(2)
         worker.connection.close()
 
@@ -364,7 +380,7 @@ class ProcessExecutor(RemoteExecutor):
                     running.loop.remove_reader(worker.fd)
                     if not running.future.done():
                         running.future.set_exception(RemoteExecutionError(f"{self!r} was closed"))
-                worker.process.kill()
+                _kill_group(worker.process)
             worker.connection.close()  # an idle worker reads the end of its pipe, and exits
         for worker in workers:
             worker.process.join(2)

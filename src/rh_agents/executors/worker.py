@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import os
 import pickle
 import signal
 import time
@@ -179,6 +180,11 @@ def process_main(connection: Connection) -> None:
     """A worker process of ``ProcessExecutor``: answer requests until the pipe closes."""
     # Ctrl-C is the driver's to handle: it stops the group and kills what still runs here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A process group of its own, so that the driver killing this worker (a timeout, a stop)
+    # kills the processes its members started too (a subprocess, a nested pool): none of them
+    # outlives the member.
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
     while True:
         try:
             data = connection.recv_bytes()
