@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.client
+import json
 import logging
 import os
 import subprocess
@@ -19,6 +21,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,8 @@ from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.results import ResultStatus
 from rh_agents.executors import ProcessExecutor
+from rh_agents.integrations.openai_llm import ChatRequest, MalformedCompletionError, openai_llm
+from rh_agents.testing import StubLLMServer
 
 # --- members sent to worker processes ---------------------------------------------------------
 
@@ -179,3 +184,100 @@ async def test_a_timed_out_member_takes_the_processes_it_started_with_it(
     while _alive(child):
         assert time.monotonic() < deadline, f"process {child} outlived its member"
         await asyncio.sleep(0.02)
+
+
+# --- the OpenAI-compatible LLM actor and the stub server ---------------------------------------
+
+
+class _Answer:
+    """What the fixture server answers next: a content type and a body."""
+
+    content_type = "application/json"
+    body = b"{}"
+
+
+def _bad_server_handler(answer: type[_Answer]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
+
+    return Handler
+
+
+@pytest.fixture
+def bad_server() -> Iterator[tuple[str, type[_Answer]]]:
+    class Answer(_Answer):
+        pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _bad_server_handler(Answer))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", Answer
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "why"),
+    [
+        ("text/html", b"<html>bad gateway</html>", "it is a str: '<html>bad gateway</html>'"),
+        ("application/json", b"{not json", "its body is not JSON"),
+        ("application/json", b"{}", "choices=None"),
+        (
+            "application/json",
+            json.dumps(
+                {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": []}
+            ).encode(),
+            "choices=[]",
+        ),
+    ],
+)
+async def test_a_reply_that_is_not_a_chat_completion_gets_a_clear_error(
+    bad_server: tuple[str, type[_Answer]], content_type: str, body: bytes, why: str
+) -> None:
+    # It surfaced as an AttributeError, a TypeError, an IndexError or a bare JSONDecodeError.
+    url, answer = bad_server
+    answer.content_type, answer.body = content_type, body
+    llm = openai_llm("writer", model="m1", base_url=url, api_key="test")
+    try:
+        async with ExecutionState() as state:
+            result = await ExecutionEvent(actor=llm)(ChatRequest(prompt="hi"), "", state)
+    finally:
+        await llm.handler.aclose()
+    assert result.status is ResultStatus.FAILED
+    assert isinstance(result.exception, MalformedCompletionError)
+    assert f"model 'm1' at {url} did not answer with a chat completion" in (result.error or "")
+    assert why in (result.error or "")
+
+
+@pytest.mark.parametrize(
+    "body", [b"[1, 2]", b'"text"', b'{"messages": "hi"}', b'{"messages": [1]}']
+)
+def test_the_stub_answers_a_request_of_the_wrong_shape_with_a_400(body: bytes) -> None:
+    # It raised in its handler thread (a traceback on stderr), dropped the connection, and
+    # counted the request as a 200.
+    with StubLLMServer() as stub:
+        connection = http.client.HTTPConnection("127.0.0.1", stub.port, timeout=5)
+        try:
+            connection.request("POST", "/v1/chat/completions", body)
+            response = connection.getresponse()
+            reply = json.loads(response.read())
+        finally:
+            connection.close()
+        assert response.status == 400
+        assert reply["error"]["type"] == "invalid_request_error"
+        assert stub.stats().count(200) == 0

@@ -13,7 +13,9 @@ The base URL and key come from the arguments or ``OPENAI_BASE_URL`` / ``OPENAI_A
 client's own retries are off (``max_retries=0``): retries belong to rh_agents' policies, which
 see every attempt. A 429 becomes ``RateLimitedError`` carrying the server's ``Retry-After``
 (an overload signal for the adaptive limit); a client timeout becomes ``TimeoutError``; other
-HTTP errors keep openai's exception (with ``status_code`` and ``response``).
+HTTP errors keep openai's exception (with ``status_code`` and ``response``). A reply that is
+not a chat completion (not JSON, HTML from a proxy, no choices) becomes
+``MalformedCompletionError``.
 
 Needs the ``openai`` extra: ``pip install 'rh-agents[openai]'``.
 """
@@ -21,19 +23,32 @@ Needs the ``openai`` extra: ``pip install 'rh-agents[openai]'``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, model_validator
 
 from rh_agents.core.actors import LLM
-from rh_agents.errors import ConfigurationError, RateLimitedError
+from rh_agents.errors import ConfigurationError, RateLimitedError, RHAgentsError
 from rh_agents.resilience.signals import retry_after_of
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-__all__ = ["ChatMessage", "ChatReply", "ChatRequest", "OpenAIChat", "openai_llm"]
+__all__ = [
+    "ChatMessage",
+    "ChatReply",
+    "ChatRequest",
+    "MalformedCompletionError",
+    "OpenAIChat",
+    "openai_llm",
+]
+
+
+class MalformedCompletionError(RHAgentsError, ValueError):
+    """The server answered, but not with a chat completion (a proxy's HTML page, a body that
+    is not JSON, a completion without choices)."""
 
 
 class ChatMessage(BaseModel):
@@ -169,14 +184,36 @@ class OpenAIChat:
             raise TimeoutError(
                 f"model {self.model!r} did not answer within {self.timeout}s"
             ) from exc
-        choice = completion.choices[0]
-        usage = completion.usage
+        except json.JSONDecodeError as exc:
+            raise self._malformed(f"its body is not JSON ({exc})") from exc
+        # openai builds its models without validating them (and hands back the text of a
+        # reply that is not JSON): what the server sent is checked here, or a bad reply
+        # would surface as an AttributeError or IndexError from this module.
+        choices = getattr(completion, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            what = (
+                f"a {type(completion).__name__}: {str(completion)[:200]!r}"
+                if isinstance(completion, str | bytes)
+                else f"a completion with choices={choices!r}"
+            )
+            raise self._malformed(f"it is {what}")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise self._malformed("its first choice has no message")
+        usage = getattr(completion, "usage", None)
         return ChatReply(
-            content=choice.message.content or "",
+            content=message.content or "",
             model=completion.model,
             finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+            completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+        )
+
+    def _malformed(self, why: str) -> MalformedCompletionError:
+        return MalformedCompletionError(
+            f"model {self.model!r} at {self.base_url or 'the OpenAI API'} did not answer with a "
+            f"chat completion: {why}"
         )
 
 

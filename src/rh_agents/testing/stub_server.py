@@ -247,8 +247,14 @@ def _make_handler(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
                 return
             try:
                 request = json.loads(raw or b"{}")
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 self._reply(400, _error("invalid JSON", "invalid_request_error"), {})
+                return
+            problem = _request_problem(request)
+            if problem is not None:
+                # Answered as a server would (a 400), not with a traceback in a handler
+                # thread and a dropped connection counted as a 200.
+                self._reply(400, _error(problem, "invalid_request_error"), {})
                 return
             status, hint = stub._admit(arrived)
             if status != 200:
@@ -265,6 +271,16 @@ def _make_handler(stub: StubLLMServer) -> type[BaseHTTPRequestHandler]:
             self._reply(200, body, {})
 
     return Handler
+
+
+def _request_problem(request: Any) -> str | None:
+    """Why ``request`` is not a chat request the stub can answer (None: it is one)."""
+    if not isinstance(request, dict):
+        return f"the body must be a JSON object, got {type(request).__name__}"
+    messages = request.get("messages", [])
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return "'messages' must be a list of objects"
+    return None
 
 
 def _error(message: str, kind: str) -> dict[str, Any]:
