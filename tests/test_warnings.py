@@ -290,11 +290,13 @@ async def test_the_printers_show_a_warning_where_it_happens() -> None:
     printer = ParallelEventPrinter("progress", console=Console(file=out, width=300))
     bus = EventBus()
     bus.subscribe(printer)
-    state = ExecutionState(event_bus=bus)
+    # A block eight times the threshold: the watchdog's thread, which has to be scheduled
+    # to see it, keeps a wide margin on a loaded machine.
+    state = ExecutionState(event_bus=bus, watchdog=Watchdog(block_threshold=0.05))
     with pytest.warns(LoopBlockedWarning):
         async with state.parallel(name="docs") as p:
-            p.add(blocks(0.25))
-            p.add(awaits(0.3))  # the group goes on after the block
+            p.add(blocks(0.4))
+            p.add(awaits(0.45))  # the group goes on after the block
     await bus.drain()
     printer.close()
     lines = out.getvalue().splitlines()
