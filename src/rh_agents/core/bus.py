@@ -186,6 +186,11 @@ class Subscription:
         self._failures = 0  # records it raised on (see EventBus._report)
 
     @property
+    def closed(self) -> bool:
+        """Whether this subscription ended (``unsubscribe``, or its bus closed)."""
+        return self._closed
+
+    @property
     def pending(self) -> int:
         """Records published but not yet handled."""
         return len(self._queue)

@@ -77,6 +77,7 @@ from __future__ import annotations
 import importlib
 import math
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -680,9 +681,21 @@ def instrument(
       ``keeps_event``); failed and retried events are always kept. 1 keeps every span.
 
     Returns the subscriber; ``uninstrument`` or ``state.event_bus.unsubscribe(exporter)``
-    stops it. Raises ``ConfigurationError`` for a bad ``sample_events`` and
+    stops it. Raises ``ConfigurationError`` for a bad ``sample_events``, or when the state is
+    instrumented already for the same providers (every span would be sent twice), and
     ``MissingDependencyError`` when OpenTelemetry is not installed.
     """
+    providers = (tracer_provider, meter_provider)
+    for current, used in _instrumented.get(state, ()):
+        subscription = current.subscription
+        if used == providers and subscription is not None and not subscription.closed:
+            # A second exporter to the same providers would send every span and metric
+            # twice, silently. (Exporters to other providers are fine: one per backend.)
+            raise ConfigurationError(
+                "this state is instrumented already for these providers; call "
+                "uninstrument(state, exporter) on the exporter instrument() returned first, "
+                "or keep using that one"
+            )
     exporter = OpenTelemetryExporter(
         clock_now=state.clock.now(),
         tracer_provider=tracer_provider,
@@ -692,7 +705,15 @@ def instrument(
         sample_events=sample_events,
     )
     exporter.subscription = state.event_bus.subscribe(exporter, kinds=exporter.kinds)
+    _instrumented.setdefault(state, []).append((exporter, providers))
     return exporter
+
+
+# The exporters instrument() attached to each state, with the providers each was given
+# (weakly: a state ended and dropped goes).
+_instrumented: weakref.WeakKeyDictionary[
+    ExecutionState, list[tuple[OpenTelemetryExporter, tuple[Any, Any]]]
+] = weakref.WeakKeyDictionary()
 
 
 def uninstrument(state: ExecutionState, exporter: OpenTelemetryExporter) -> None:

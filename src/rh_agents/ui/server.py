@@ -39,6 +39,7 @@ import uvicorn
 
 from rh_agents.core.execution import ExecutionState
 from rh_agents.errors import ConfigurationError
+from rh_agents.recovery.run_ids import check_run_id
 from rh_agents.ui.app import LOCAL_HOSTS, create_app
 from rh_agents.ui.live import LiveFeed
 from rh_agents.ui.store import StoreReader
@@ -224,7 +225,8 @@ class Viewer:
             if watched is state:
                 return feed  # type: ignore[no-any-return]
         name = run_id or state.run_id or f"live-{uuid.uuid4().hex[:12]}"
-        self.store.check_run_id(name)
+        check_run_id(name)  # (InvalidRunIdError, naming the rule: the caller's mistake)
+
         feed = LiveFeed(name, clock_now=state.clock.now)
         state.event_bus.subscribe(feed, kinds=LiveFeed.KINDS)
         self.feeds[name] = feed
@@ -235,7 +237,9 @@ class Viewer:
         for feed, watched in self._subscriptions:
             if watched is state:
                 return feed  # type: ignore[no-any-return]
-        raise KeyError("this state is not watched by the viewer (Viewer.watch)")
+        raise ConfigurationError(
+            "this state is not watched by the viewer: call viewer.watch(state) first"
+        )
 
     def finish(self, run: ExecutionState | LiveFeed | str | None = None, status: str = "") -> None:
         """Say that a watched run is over (``status``: ``completed`` by default, or
@@ -249,7 +253,13 @@ class Viewer:
         elif isinstance(run, LiveFeed):
             feeds = [run]
         else:
-            feeds = [self.feeds[run]]
+            feed = self.feeds.get(run)
+            if feed is None:
+                known = ", ".join(sorted(self.feeds)) or "none"
+                raise ConfigurationError(
+                    f"the viewer watches no run named {run!r} (watched: {known})"
+                )
+            feeds = [feed]
         for feed in feeds:
             feed.finish(status or "completed")
 
