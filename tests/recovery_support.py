@@ -117,3 +117,34 @@ def locked(db: Path) -> Iterator[StoreLocker]:
         yield locker
     finally:
         locker.kill()
+
+
+class Ticker:
+    """A task that wakes every ``period`` seconds and keeps the longest gap between wakes."""
+
+    def __init__(self, period: float = 0.005) -> None:
+        self.period = period
+        self.longest = 0.0
+        self.ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(self.period)
+            now = loop.time()
+            self.longest = max(self.longest, now - last - self.period)
+            self.ticks += 1
+            last = now
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass

@@ -7,7 +7,6 @@ The lock tests hold the cache database with ``BEGIN EXCLUSIVE`` from a real seco
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from recovery_support import Item, Square, Squarer, locked
+from recovery_support import Item, Square, Squarer, Ticker, locked
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.execution import ExecutionState
 from rh_agents.errors import ConfigurationError
@@ -25,37 +24,6 @@ from rh_agents.recovery import ActorCache, MemoryCacheStore, SQLiteCacheStore
 pytestmark = pytest.mark.timeout(60)
 
 STALL_LIMIT = 0.1  # the longest the loop may stop while the cache store is locked
-
-
-class Ticker:
-    """A task that wakes every ``period`` seconds and keeps the longest gap between wakes."""
-
-    def __init__(self, period: float = 0.005) -> None:
-        self.period = period
-        self.longest = 0.0
-        self.ticks = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while True:
-            await asyncio.sleep(self.period)
-            now = loop.time()
-            self.longest = max(self.longest, now - last - self.period)
-            self.ticks += 1
-            last = now
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
 
 
 def cache_threads() -> list[threading.Thread]:

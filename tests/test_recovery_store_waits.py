@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from recovery_support import Item, Square, Squarer, locked, make_backend, run_group
+from recovery_support import Item, Square, Squarer, Ticker, locked, make_backend, run_group
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.results import ExecutionResult
 from rh_agents.errors import CheckpointWarning, RecoveryError
@@ -28,37 +28,6 @@ STALL_LIMIT = 0.2  # the longest the loop may stop while the store is locked
 # uvloop keeps time in whole milliseconds: its timers may fire up to 1 ms before the clock
 # here says they are due (make test-uvloop).
 TIMER_SLACK = 0.002
-
-
-class Ticker:
-    """A task that wakes every ``period`` seconds and keeps the longest gap between wakes."""
-
-    def __init__(self, period: float = 0.005) -> None:
-        self.period = period
-        self.longest = 0.0
-        self.ticks = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        while True:
-            await asyncio.sleep(self.period)
-            now = loop.time()
-            self.longest = max(self.longest, now - last - self.period)
-            self.ticks += 1
-            last = now
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
 
 
 async def _sleepy_group(
