@@ -198,23 +198,6 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             else:
                 value, attempts = await state.invoke_actor(self, validated, context, frame)
             value = actor.validate_output(value)
-        except asyncio.CancelledError:
-            elapsed = clock.now() - started
-            if bus.has_listeners:
-                bus.publish(
-                    _failed(
-                        frame,
-                        actor,
-                        tag,
-                        clock.now(),
-                        elapsed,
-                        "cancelled",
-                        "CancelledError",
-                        1,
-                        cancelled=True,
-                    )
-                )
-            raise
         except Exception as exc:
             elapsed = clock.now() - started
             if (
@@ -258,9 +241,11 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                     )
                 )
         except BaseException as exc:
-            # KeyboardInterrupt, SystemExit and the like go on, but the call's EventStarted
-            # gets its end record first: a display or a trace never shows it running forever.
+            # A cancellation, KeyboardInterrupt, SystemExit...: it goes on, but the call's
+            # EventStarted gets its end record first (a display or a trace never shows it
+            # running forever).
             if bus.has_listeners:
+                cancelled = isinstance(exc, asyncio.CancelledError)
                 bus.publish(
                     _failed(
                         frame,
@@ -268,9 +253,10 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                         tag,
                         clock.now(),
                         clock.now() - started,
-                        describe_error(exc),
+                        "cancelled" if cancelled else describe_error(exc),
                         type(exc).__name__,
-                        frame.attempts,
+                        1 if cancelled else frame.attempts,
+                        cancelled=cancelled,
                     )
                 )
             raise
