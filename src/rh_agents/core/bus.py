@@ -58,7 +58,13 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rh_agents.core.records import BusEvent
+from rh_agents.core.records import (
+    BusEvent,
+    EventCompleted,
+    EventFailed,
+    EventReplayed,
+    EventStarted,
+)
 from rh_agents.core.results import describe_error
 from rh_agents.errors import ConfigurationError, SubscriberShutdownWarning
 
@@ -71,6 +77,8 @@ __all__ = [
     "SubscriberError",
     "Subscription",
 ]
+
+_CALL_RECORDS = (EventStarted, EventCompleted, EventFailed, EventReplayed)
 
 logger = logging.getLogger("rh_agents.bus")
 
@@ -439,6 +447,10 @@ class EventBus:
         # plain attribute, kept up to date by (un)subscribe and the streams, because every
         # member reads it (a property costs more than the test itself).
         self.has_listeners = False
+        # Whether anyone takes the records of event calls (started, completed, failed,
+        # replayed): every call reads it, and a subscriber that takes only a few kinds (the
+        # run viewer's) must not have every call build records nobody receives.
+        self.call_records = False
         self._wanted: dict[type[BusEvent], bool] = {}  # cache of wants(); cleared on changes
         # Bumped whenever who listens changes: a publisher may cache wants() until it moves.
         self.version = 0
@@ -453,6 +465,7 @@ class EventBus:
         self.has_listeners = bool(self._subscriptions or self._streams)
         self._wanted.clear()
         self.version += 1
+        self.call_records = self.has_listeners and any(self.wants(kind) for kind in _CALL_RECORDS)
 
     def subscribe(
         self, handler: Subscriber, *, kinds: Iterable[type[BusEvent]] | None = None

@@ -33,6 +33,7 @@ from rh_agents.core.records import (
     _placed,
 )
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
+from rh_agents.core.watch import CALL_ENDED, CALL_STARTED, call_ended
 from rh_agents.errors import ConfigurationError, ParallelTimeoutError
 from rh_agents.resilience.breaker import CircuitBreaker
 from rh_agents.resilience.checks import check_policy
@@ -161,9 +162,15 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         # call is skipped on this hot path.
         hooked = state.has_event_hooks
         recovered = state.recovered_result(address, actor) if hooked else None
+        watch = state.watch  # the run viewer's log (see core/watch.py), if it watches
         if recovered is not None:
             state.history.record(self, address, group_id, index, None, recovered)
-            if bus.has_listeners:
+            if watch is not None:
+                call_ended(
+                    watch, address, group_id, index, actor, tag, clock.now(), recovered,
+                    self.detail_chars,
+                )  # fmt: skip
+            if bus.call_records:
                 if state.replay_publishes:
                     bus.publish(
                         _completed(
@@ -182,8 +189,14 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             return recovered
 
         started = clock.now()
-        if bus.has_listeners:
+        if bus.call_records:
             bus.publish(_started(frame, actor, tag, started, truncate(input, self.detail_chars)))
+        if watch is not None:
+            watch.log += (
+                (CALL_STARTED, address, group_id, index, actor.name, actor.kind, started,
+                 self.detail_chars)
+            )  # fmt: skip
+            watch.inputs.append(input)
         token = enter_frame(frame)
         validated: BaseModel | None = None
         attempts = 1
@@ -227,7 +240,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 # This call's own count: an exception from a nested call may carry another.
                 attempts=frame.attempts,
             )
-            if bus.has_listeners:
+            if bus.call_records:
                 bus.publish(
                     _failed(
                         frame,
@@ -244,18 +257,26 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             # A cancellation, KeyboardInterrupt, SystemExit...: it goes on, but the call's
             # EventStarted gets its end record first (a display or a trace never shows it
             # running forever).
-            if bus.has_listeners:
-                cancelled = isinstance(exc, asyncio.CancelledError)
+            ended = clock.now()
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            tries = 1 if cancelled else frame.attempts
+            watch = state.watch
+            if watch is not None:
+                call_ended(
+                    watch, address, group_id, index, actor, tag, ended, exc, self.detail_chars,
+                    started, tries,
+                )  # fmt: skip
+            if bus.call_records:
                 bus.publish(
                     _failed(
                         frame,
                         actor,
                         tag,
-                        clock.now(),
-                        clock.now() - started,
+                        ended,
+                        ended - started,
                         "cancelled" if cancelled else describe_error(exc),
                         type(exc).__name__,
-                        1 if cancelled else frame.attempts,
+                        tries,
                         cancelled=cancelled,
                     )
                 )
@@ -276,7 +297,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 attempts,
                 source,
             )
-            if bus.has_listeners:
+            if bus.call_records:
                 bus.publish(
                     _completed(
                         frame,
@@ -291,6 +312,19 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 )
         finally:
             exit_frame(token)
+        watch = state.watch  # (again: a watch may have come since the call started)
+        if watch is not None:
+            if result.ok:  # (inline: every call's path; call_ended says the same)
+                watch.log += (
+                    (CALL_ENDED, address, group_id, index, actor.name, actor.kind,
+                     started + elapsed, elapsed, attempts, "completed", None, None, source,
+                     self.detail_chars)
+                )  # fmt: skip
+            else:
+                call_ended(
+                    watch, address, group_id, index, actor, tag, started + elapsed, result,
+                    self.detail_chars,
+                )  # fmt: skip
         state.history.record(self, address, group_id, index, validated, result)
         if hooked:  # checkpoints, or a subclass's hook; nothing to await otherwise
             await state.on_event_finished(address, actor, validated, result)

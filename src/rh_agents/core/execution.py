@@ -40,6 +40,7 @@ from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
 from rh_agents.core.records import RunInterrupted, _placed
 from rh_agents.core.results import ExecutionResult
 from rh_agents.core.threads import ThreadRunner
+from rh_agents.core.watch import RunWatch
 from rh_agents.core.watchdog import RunResources, Watchdog
 from rh_agents.errors import ConfigurationError
 from rh_agents.resilience.adaptive import AdaptiveLimit
@@ -109,6 +110,8 @@ class ExecutionState:
         self.store: dict[str, Any] = {}
         self.root_frame = Frame(self, "")
         self.replay_publishes = False
+        # An observer's log of calls and members (the run viewer's; see core/watch.py).
+        self.watch: RunWatch | None = None
         self.internal_errors: list[BaseException] = []
         if watchdog is not None and not isinstance(watchdog, Watchdog):
             raise ConfigurationError(

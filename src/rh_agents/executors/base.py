@@ -24,6 +24,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.parallel.member import describe_member, is_event_call
+from rh_agents.core.watch import call_ended
 from rh_agents.errors import ActorInputError, InvalidMemberError
 from rh_agents.executors.wire import (
     CALL,
@@ -219,8 +220,14 @@ class RemoteExecutor:
             # The calls made over there join the driver's history and its checkpoints.
             history = state.history
             hooked = state.has_event_hooks
+            watch = state.watch  # the run viewer's log (see rh_agents.core.watch)
             for event, address, group_id, index, input, result in calls:
                 history.record(event, address, group_id, index, input, result)
+                if watch is not None:
+                    call_ended(
+                        watch, address, group_id, index, event.actor, event.tag,
+                        state.clock.now(), result, event.detail_chars,
+                    )  # fmt: skip
                 if hooked:
                     await state.on_event_finished(address, event.actor, input, result)
         if ok:

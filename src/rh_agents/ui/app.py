@@ -479,9 +479,9 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
             return
         cursor = feed.cursor
         touched: dict[str, None] = {}
-        started, completed, rows = feed.started, feed.completed, feed.rows
+        completed, rows = feed.completed, feed.rows
         for address in changed:
-            if address in started or address in completed:
+            if feed.is_group(address):
                 touched[address] = None
             if address in rows:
                 pending.pop(address, None)

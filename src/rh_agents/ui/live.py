@@ -27,8 +27,10 @@ import math
 import time
 from array import array
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rh_agents.core.bus import Subscription
+from rh_agents.core.events import DETAIL_CHARS, truncate
 from rh_agents.core.parallel.metrics import Distribution
 from rh_agents.core.records import (
     BusEvent,
@@ -43,13 +45,23 @@ from rh_agents.core.records import (
     MemberStarted,
     RunInterrupted,
 )
+from rh_agents.core.watch import CALL_ENDED, CALL_STARTED, MEMBER_FINISHED, RunWatch
+from rh_agents.errors import ConfigurationError
 from rh_agents.observability.timeline import Timeline, TimelineRecorder
 
-__all__ = ["MAX_CHANGES", "LiveFeed", "Node"]
+if TYPE_CHECKING:
+    from rh_agents.core.execution import ExecutionState
+    from rh_agents.core.history import ExecutionHistory
+
+__all__ = ["DRAIN_EVERY", "MAX_CHANGES", "LiveFeed", "Node"]
 
 # The change log is trimmed past this many entries (a reader left behind then starts over
 # from a full snapshot: ``changes_since`` returns ``None``).
 MAX_CHANGES = 500_000
+# A feed that follows a state takes its log at least this often (seconds), read or not.
+DRAIN_EVERY = 1.0
+# While a stream waits for changes of a followed state, it looks this often (seconds).
+LOOK_EVERY = 0.05
 
 Node = dict[str, Any]
 """A node as the API gives it: see ``rh_agents.ui.model``."""
@@ -95,6 +107,15 @@ class LiveFeed:
         RunInterrupted,
     )
 
+    # What a feed that follows a state (``follow``) takes from its bus: the few records of
+    # groups and retries. Calls and members come from the state's ``RunWatch`` log.
+    FOLLOW_KINDS: tuple[type[BusEvent], ...] = (
+        GroupStarted,
+        GroupCompleted,
+        EventRetrying,
+        RunInterrupted,
+    )
+
     def __init__(self, run_id: str, *, clock_now: Any = time.perf_counter) -> None:
         self.run_id = run_id
         self.created = time.time()
@@ -129,6 +150,19 @@ class LiveFeed:
         self.finished: float | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._counts: tuple[int, dict[str, int], int] | None = None
+        # Following a state (``follow``): its watch, the bus subscription, the drain timer,
+        # and each open group's counts as last read (kept for the moment between the group's
+        # end and its GroupCompleted record).
+        self._watch: RunWatch | None = None
+        self._followed: ExecutionState | None = None
+        self._subscription: Subscription | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._counts_seen: dict[str, tuple[int, int, int | None]] = {}
+        # A followed run's previews, made when shown: the inputs of its running calls (by
+        # row), and its history (results), kept until the feed stops following.
+        self._inputs: dict[int, tuple[Any, int]] = {}
+        self._history: ExecutionHistory | None = None
+        self._chars: dict[int, int] = {}  # a call's own detail_chars, where not the default
 
     # --- the subscriber (the run's hot path) --------------------------------------------------
 
@@ -144,15 +178,14 @@ class LiveFeed:
         self._strings.extend(_CHUNK_STRINGS)
         self._capacity += _CHUNK
 
-    def _new_row(self, address: str, record: BusEvent) -> int:
+    def _new_row(self, address: str, group_id: str | None, index: int | None) -> int:
         row = self.size
         if row == self._capacity:
             self._grow()
         self.size = row + 1
         self.rows[address] = row
         self._address[row] = address
-        self._group[row] = record.group_id
-        index = record.parallel_index
+        self._group[row] = group_id
         if index is not None:
             self._ints[2 * row + 1] = index
         return row
@@ -173,7 +206,7 @@ class LiveFeed:
                 finished: MemberFinished = record  # type: ignore[assignment]
                 row = rows.get(address)
                 if row is None:
-                    row = self._new_row(address, record)
+                    row = self._new_row(address, record.group_id, record.parallel_index)
                 kinds[row] = _MEMBER_FINISHED
                 f, s = 3 * row, 6 * row
                 wait = finished.queue_wait
@@ -189,7 +222,7 @@ class LiveFeed:
                 done: EventCompleted = record  # type: ignore[assignment]
                 row = rows.get(address)
                 if row is None:
-                    row = self._new_row(address, record)
+                    row = self._new_row(address, record.group_id, record.parallel_index)
                 kinds[row] = _COMPLETED
                 f, s = 3 * row, 6 * row
                 floats[f] = done.timestamp
@@ -203,7 +236,7 @@ class LiveFeed:
                 begun: EventStarted = record  # type: ignore[assignment]
                 row = rows.get(address)
                 if row is None:
-                    row = self._new_row(address, record)
+                    row = self._new_row(address, record.group_id, record.parallel_index)
                 kinds[row] = _STARTED
                 s = 6 * row
                 floats[3 * row] = begun.timestamp
@@ -214,7 +247,7 @@ class LiveFeed:
                 failed: EventFailed = record  # type: ignore[assignment]
                 row = rows.get(address)
                 if row is None:
-                    row = self._new_row(address, record)
+                    row = self._new_row(address, record.group_id, record.parallel_index)
                 kinds[row] = _CANCELLED if failed.cancelled else _FAILED
                 f, s = 3 * row, 6 * row
                 floats[f] = failed.timestamp
@@ -228,7 +261,7 @@ class LiveFeed:
                 member: MemberStarted = record  # type: ignore[assignment]
                 row = rows.get(address)
                 if row is None:
-                    row = self._new_row(address, record)
+                    row = self._new_row(address, record.group_id, record.parallel_index)
                 kinds[row] = _MEMBER_STARTED
                 floats[3 * row] = member.timestamp
                 floats[3 * row + 2] = member.queue_wait
@@ -238,7 +271,7 @@ class LiveFeed:
                 replayed: EventReplayed = record  # type: ignore[assignment]
                 row = rows.get(address)
                 if row is None:
-                    row = self._new_row(address, record)
+                    row = self._new_row(address, record.group_id, record.parallel_index)
                 kinds[row] = _REPLAYED
                 f, s = 3 * row, 6 * row
                 floats[f] = replayed.timestamp
@@ -259,9 +292,207 @@ class LiveFeed:
             else:
                 continue
             changes.append(address)
+        self._changed(count)
+
+    # --- following a state: its watch log, read on the viewer's time ------------------------
+
+    def follow(self, state: ExecutionState) -> None:
+        """Watch ``state``'s run: its group and retry records from the bus, its calls and
+        members from the state's ``RunWatch`` log (no record built per call or member), read
+        whenever a page or a stream asks, and at least every ``DRAIN_EVERY`` seconds."""
+        if self._followed is not None:
+            raise ConfigurationError(f"the feed of run {self.run_id!r} already follows a state")
+        watch = RunWatch.of(state)
+        watch.readers.append(self.take)
+        self._watch = watch
+        self._followed = state
+        self._history = state.history
+        self._subscription = state.event_bus.subscribe(self, kinds=self.FOLLOW_KINDS)
+        self._schedule_drain()
+
+    def unfollow(self) -> None:
+        """Stop following the state (what it logged so far is taken first)."""
+        watch, state = self._watch, self._followed
+        if watch is None or state is None:
+            return
+        self.sync()
+        watch.detach(self.take, state)
+        # The previews not made yet are made now: the feed keeps strings, not the results.
+        for row in range(self.size):
+            if self._kind[row] == _COMPLETED and self._strings[6 * row + 2] is None:
+                self._preview(row)
+        self._history = None
+        self._inputs.clear()
+        self._chars.clear()
+        self._watch = None
+        self._followed = None
+        if self._subscription is not None:
+            state.event_bus.unsubscribe(self._subscription)
+            self._subscription = None
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def _schedule_drain(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (followed from outside a loop: pages and streams drain it)
+            return
+        self._drain_timer = loop.call_later(DRAIN_EVERY, self._drain_tick)
+
+    def _drain_tick(self) -> None:
+        # Entries hold the members and results they name: taken regularly, even with no
+        # page open, so that a long run does not keep them all.
+        self._drain_timer = None
+        if self._watch is not None:
+            self.sync()
+            self._schedule_drain()
+
+    def sync(self) -> None:
+        """Take what the followed state logged since the last time, and the members its open
+        groups run now (a no-op for a feed fed by records alone)."""
+        watch = self._watch
+        if watch is None:
+            return
+        watch.drain()
+        changes, rows, floats, strings = self.changes, self.rows, self._floats, self._strings
+        before = len(changes)
+        for group_id, member in watch.running_members():
+            address = member.address or f"{group_id}[{member.index}]"
+            if address in rows:
+                continue
+            started = member.started
+            if started is None:
+                continue
+            row = self._new_row(address, group_id, member.index)
+            self._kind[row] = _MEMBER_STARTED
+            floats[3 * row] = started
+            floats[3 * row + 2] = started - member.enqueued
+            strings[6 * row] = member.name
+            strings[6 * row + 1] = "running"
+            changes.append(address)
+        for group_id in watch.groups:
+            counts = watch.progress(group_id)
+            if counts is not None and counts != self._counts_seen.get(group_id):
+                self._counts_seen[group_id] = counts
+                changes.append(group_id)
+        if len(changes) != before:
+            self._changed(len(changes) - before)
+
+    def take(self, log: list[Any], inputs: list[Any]) -> None:
+        """Keep what the viewer needs of the entries of ``log`` (drained from the followed
+        state's ``RunWatch``, in order, with the inputs of the calls they start; see
+        ``rh_agents.core.watch`` for the layout).
+
+        Every member and call of the run passes here, so it does the least it can: the rows'
+        fields, and the inputs of calls that are running. The previews (a running call's
+        input, a completed call's result) are made when a node is shown (``_preview``).
+        """
+        changes, rows, kinds = self.changes, self.rows, self._kind
+        floats, ints, strings = self._floats, self._ints, self._strings
+        addresses, groups = self._address, self._group
+        waiting = self._inputs
+        given = iter(inputs)
+        at, end, count = 0, len(log), 0
+        while at < end:
+            what = log[at]
+            count += 1
+            address = log[at + 1]
+            row = rows.get(address)
+            if row is None:  # a new row (as _new_row, inline: once per member and call)
+                row = self.size
+                if row == self._capacity:
+                    self._grow()
+                self.size = row + 1
+                rows[address] = row
+                addresses[row] = address
+                groups[row] = log[at + 2]
+                index = log[at + 3]
+                if index is not None:
+                    ints[2 * row + 1] = index
+            f, s = 3 * row, 6 * row
+            if what == MEMBER_FINISHED:
+                # address, group_id, index, name, timestamp, execution_time, queue_wait,
+                # attempts, status, error
+                kinds[row] = _MEMBER_FINISHED
+                floats[f] = log[at + 5]
+                floats[f + 1] = log[at + 6]
+                wait = log[at + 7]
+                floats[f + 2] = _NAN if wait is None else wait
+                ints[2 * row] = log[at + 8]
+                strings[s] = log[at + 4]
+                strings[s + 1] = log[at + 9]
+                strings[s + 3] = log[at + 10]
+                at += 11
+            elif what == CALL_ENDED:
+                # address, group_id, index, actor, actor_kind, timestamp, execution_time,
+                # attempts, status, error, error_type, source, detail_chars
+                if waiting and row in waiting:
+                    del waiting[row]
+                floats[f] = log[at + 6]
+                floats[f + 1] = log[at + 7]
+                ints[2 * row] = log[at + 8]
+                strings[s] = log[at + 4]
+                strings[s + 1] = log[at + 5]
+                status = log[at + 9]
+                if status == "completed":
+                    source = log[at + 12]
+                    kinds[row] = _REPLAYED if source == "replay" else _COMPLETED
+                    strings[s + 2] = None  # (its result's preview: made when shown)
+                    if log[at + 13] != DETAIL_CHARS:
+                        self._chars[row] = log[at + 13]
+                    strings[s + 5] = source
+                else:
+                    kinds[row] = _CANCELLED if status == "cancelled" else _FAILED
+                    error_type = log[at + 11]
+                    if status == "timed_out" and error_type not in _TIMEOUT_TYPES:
+                        error_type = "TimeoutError"
+                    strings[s + 3] = log[at + 10]
+                    strings[s + 4] = error_type
+                at += 14
+            elif what == CALL_STARTED:
+                # address, group_id, index, actor, actor_kind, timestamp, detail_chars
+                kinds[row] = _STARTED
+                floats[f] = log[at + 6]
+                strings[s] = log[at + 4]
+                strings[s + 1] = log[at + 5]
+                strings[s + 2] = None
+                waiting[row] = (next(given, None), log[at + 7])
+                at += 8
+            else:
+                raise ValueError(f"a RunWatch log entry of unknown kind {what!r} at {at}")
+            changes.append(address)
+        self._changed(count)
+
+    def _preview(self, row: int) -> str | None:
+        """A followed call's preview, made on first need: a running call's input, a
+        completed call's result (from the state's history)."""
+        strings = self._strings
+        preview = strings[6 * row + 2]
+        if preview is not None:
+            return preview or None
+        kind = self._kind[row]
+        if kind == _STARTED:
+            waiting = self._inputs.get(row)
+            if waiting is None:
+                return None
+            preview = truncate(*waiting)
+        elif kind == _COMPLETED and self._history is not None:
+            call = self._history.get(self._address[row] or "")
+            if call is None:
+                return None
+            preview = truncate(call.result.result, self._chars.get(row, DETAIL_CHARS))
+        else:
+            return None
+        strings[6 * row + 2] = preview
+        return preview or None
+
+    def _changed(self, count: int) -> None:
+        """``count`` more records or entries were taken: trim the change log, wake readers."""
         if count:
             self.records += count
             self.last_record = time.time()
+            changes = self.changes
             if len(changes) > MAX_CHANGES:
                 drop = len(changes) // 2
                 del changes[:drop]
@@ -273,6 +504,7 @@ class LiveFeed:
     def finish(self, status: str = "completed") -> None:
         """The run is over (``completed``, ``failed`` or ``interrupted``): streams end."""
         if self.status is None:
+            self.unfollow()  # (what the run logged before its end is taken first)
             self.status = status
             self.finished = time.time()
             self._wake()
@@ -291,22 +523,35 @@ class LiveFeed:
                 waiter.set_result(None)
 
     async def wait(self, seconds: float) -> None:
-        """Return after the next batch of records (or the run's end), or after ``seconds``."""
-        if self._waiter is None or self._waiter.done():
-            self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._waiter), seconds)
-        except TimeoutError:
-            pass
+        """Return after the next change (or the run's end), or after ``seconds``. (A feed
+        following a state looks for changes every ``LOOK_EVERY`` seconds.)"""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        cursor = self.cursor
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            if self._waiter is None or self._waiter.done():
+                self._waiter = loop.create_future()
+            step = remaining if self._watch is None else min(remaining, LOOK_EVERY)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._waiter), step)
+            except TimeoutError:
+                pass
+            if self.cursor != cursor or self.status is not None:
+                return
 
     @property
     def cursor(self) -> int:
         """The position after the last change; pass it to ``changes_since`` later."""
+        self.sync()
         return self.base + len(self.changes)
 
     def changes_since(self, cursor: int) -> list[str] | None:
         """Addresses changed after ``cursor`` (each once, in the order of their last change),
         or ``None`` when the log no longer reaches back that far (start over)."""
+        self.sync()
         if cursor < self.base:
             return None
         recent = self.changes[cursor - self.base :]
@@ -320,6 +565,9 @@ class LiveFeed:
 
     def when(self, timestamp: float) -> float:
         return timestamp + self.offset
+
+    def is_group(self, address: str) -> bool:
+        return address in self.started or address in self.completed or address in self._counts_seen
 
     def is_node(self, address: str) -> bool:
         return address in self.rows
@@ -375,13 +623,11 @@ class LiveFeed:
             actor_kind=self._strings[6 * row + 1],
         )
         if kind == _STARTED:
-            node.update(started=self.when(timestamp), input=self._strings[6 * row + 2] or None)
+            node.update(started=self.when(timestamp), input=self._preview(row))
         else:
             node["finished"] = self.when(timestamp)
             if kind in (_COMPLETED, _REPLAYED):
-                node.update(
-                    result=self._strings[6 * row + 2] or None, source=self._strings[6 * row + 5]
-                )
+                node.update(result=self._preview(row), source=self._strings[6 * row + 5])
             else:
                 node["error_type"] = self._strings[6 * row + 4]
         return node
@@ -389,6 +635,7 @@ class LiveFeed:
     def event_counts(self) -> tuple[dict[str, int], int]:
         """Finished events by status, and the number still running (kept until the next
         batch of records: a stream asks for them at every update)."""
+        self.sync()
         cached = self._counts
         if cached is not None and cached[0] == self.records:
             return cached[1], cached[2]
@@ -406,11 +653,14 @@ class LiveFeed:
         return counts, running
 
     def all_nodes(self) -> list[Node]:
+        self.sync()
         return [node for address in list(self.rows) if (node := self.node(address)) is not None]
 
     def group_ids(self) -> list[str]:
+        self.sync()
         ids = dict.fromkeys(self.started)
         ids.update(dict.fromkeys(self.progress))
+        ids.update(dict.fromkeys(self._counts_seen))
         return list(ids)
 
     def group(self, group_id: str, *, metrics: bool = True) -> Node | None:
@@ -419,7 +669,7 @@ class LiveFeed:
         started = self.started.get(group_id)
         completed = self.completed.get(group_id)
         counts = self.progress.get(group_id)
-        if started is None and counts is None:
+        if started is None and counts is None and group_id not in self._counts_seen:
             return None
         name = started.name if started is not None else group_id.rsplit("::", 1)[-1]
         group: Node = {
@@ -447,11 +697,18 @@ class LiveFeed:
                 group["metrics"] = snapshot() if callable(snapshot) else None
                 group["metrics_source"] = "group"
             return group
-        done, succeeded, failed, total = (
-            (counts.done, counts.succeeded, counts.failed, counts.total)
-            if counts is not None
-            else (0, 0, 0, None)
-        )
+        seen = self._counts_seen.get(group_id)
+        if self._watch is not None and (now := self._watch.progress(group_id)) is not None:
+            seen = now
+        if seen is not None:  # (a followed state's group: its tally, read now or last)
+            done, succeeded, total = seen
+            failed = done - succeeded
+        elif counts is not None:
+            done, succeeded, failed, total = (
+                counts.done, counts.succeeded, counts.failed, counts.total
+            )  # fmt: skip
+        else:
+            done, succeeded, failed, total = 0, 0, 0, None
         if total is None:
             total = started.total if started is not None else done
         group.update(status="running", total=total, done=done, succeeded=succeeded, failed=failed)
@@ -514,6 +771,7 @@ class LiveFeed:
         def inside(address: str) -> bool:
             return group_id is None or address == group_id or address.startswith(group_id + "[")
 
+        self.sync()
         recorder = TimelineRecorder()
         for record in self.started.values():
             if inside(record.address):

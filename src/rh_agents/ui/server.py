@@ -219,8 +219,8 @@ class Viewer:
     # --- runs -----------------------------------------------------------------------------
 
     def watch(self, state: ExecutionState, run_id: str | None = None) -> LiveFeed:
-        """Follow ``state``'s run live (a ``LiveFeed`` on its bus). ``run_id``: its name in
-        the viewer (default: the state's run id, else a new one)."""
+        """Follow ``state``'s run live (a ``LiveFeed`` following it: see ``LiveFeed.follow``).
+        ``run_id``: its name in the viewer (default: the state's run id, else a new one)."""
         for feed, watched in self._subscriptions:
             if watched is state:
                 return feed  # type: ignore[no-any-return]
@@ -228,7 +228,7 @@ class Viewer:
         check_run_id(name)  # (InvalidRunIdError, naming the rule: the caller's mistake)
 
         feed = LiveFeed(name, clock_now=state.clock.now)
-        state.event_bus.subscribe(feed, kinds=LiveFeed.KINDS)
+        feed.follow(state)
         self.feeds[name] = feed
         self._subscriptions.append((feed, state))
         return feed
@@ -270,8 +270,8 @@ class Viewer:
 
     async def close(self) -> None:
         """Stop serving (open event streams end at once) and detach from every run."""
-        for feed, state in self._subscriptions:
-            state.event_bus.unsubscribe(feed)
+        for feed, _state in self._subscriptions:
+            feed.unfollow()
         self._subscriptions.clear()
         self.app.state.viewer.closing.set()
         server, task = self._server, self._task

@@ -295,6 +295,9 @@ class ParallelExecutionManager(Generic[T]):
         watchdog = state.watchdog
         if watchdog is not None:
             self._window = open_window(self, watchdog)
+        watch = state.watch
+        if watch is not None:
+            watch.groups[self.group_id] = self  # (its observer reads counts and running members)
         bus = state.event_bus
         if bus.has_listeners:
             # At the group's own address, placed in its parent member (if any).
@@ -356,6 +359,9 @@ class ParallelExecutionManager(Generic[T]):
             self._timeout_handle.cancel()
             self._timeout_handle = None
         state = self._state
+        watch = state.watch
+        if watch is not None:
+            watch.groups.pop(self.group_id, None)
         now = state.clock.now()
         self._wall_time = now - self._started_at
         tally = self._tally

@@ -32,6 +32,7 @@ from rh_agents.core.context import Frame, enter_frame, exit_frame
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
+from rh_agents.core.watch import MEMBER_FINISHED as _MEMBER_FINISHED
 from rh_agents.errors import ParallelTimeoutError
 
 if TYPE_CHECKING:
@@ -202,6 +203,16 @@ def finish(
         member.discard()  # closes a coroutine that never ran: no "never awaited" warning
     tally = group._tally
     tally.land(member, result)
+    watch = group._state.watch
+    if watch is not None:  # the run viewer's log, read later (see core/watch.py)
+        started = member.started
+        group_id = group.group_id
+        watch.log += (
+            (_MEMBER_FINISHED, member.address or f"{group_id}[{index}]", group_id, index,
+             member.name, group._now(), result.execution_time,
+             None if started is None else started - member.enqueued, result.attempts,
+             result.status._value_, result.error)
+        )  # fmt: skip
 
     records = group._records
     if records.bus.version != records.bus_version:

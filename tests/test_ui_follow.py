@@ -1,0 +1,250 @@
+"""A ``LiveFeed`` that follows a state (``feed.follow(state)``, what ``Viewer.watch`` does):
+it reads the state's ``RunWatch`` log instead of taking a bus record per call and member, and
+must show exactly what a feed fed every record shows."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Agent, Tool
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import EventCompleted, MemberFinished
+from rh_agents.errors import ConfigurationError
+from rh_agents.ui import live as live_module
+from rh_agents.ui.live import LiveFeed
+from ui_support import EVIL, Item, Items, build_workflow, run_workflow
+
+pytestmark = pytest.mark.timeout(30)
+
+# What may differ between the two feeds: when each was told (a record's timestamp and the
+# log's are read from the clock at slightly different moments).
+_WHEN = {"order", "started", "finished", "wall_time", "metrics"}
+
+
+def _comparable(node: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in node.items() if key not in _WHEN}
+
+
+def _both(state: ExecutionState) -> tuple[LiveFeed, LiveFeed]:
+    """A feed fed every record of ``state``'s bus, and one following ``state``."""
+    recorded = LiveFeed("recorded", clock_now=state.clock.now)
+    state.event_bus.subscribe(recorded, kinds=LiveFeed.KINDS)
+    followed = LiveFeed("followed", clock_now=state.clock.now)
+    followed.follow(state)
+    return recorded, followed
+
+
+def _assert_same(recorded: LiveFeed, followed: LiveFeed) -> None:
+    by_record = {n["address"]: _comparable(n) for n in recorded.all_nodes()}
+    by_log = {n["address"]: _comparable(n) for n in followed.all_nodes()}
+    differing = {
+        address: {
+            key: (by_log.get(address, {}).get(key), node.get(key))
+            for key in node.keys() | by_log.get(address, {}).keys()
+            if by_log.get(address, {}).get(key) != node.get(key)
+        }
+        for address, node in by_record.items()
+        if by_log.get(address) != node
+    }
+    assert not differing, differing  # (followed, recorded) by field
+    assert by_log.keys() == by_record.keys()
+    assert [_comparable(g) for g in followed.groups()] == [
+        _comparable(g) for g in recorded.groups()
+    ]
+    assert followed.event_counts() == recorded.event_counts()
+    for group in recorded.group_ids():
+        bars = [(b.index, b.status, b.attempts) for b in recorded.timeline(group).groups[0].bars()]
+        chart = followed.timeline(group).groups[0]
+        assert [(b.index, b.status, b.attempts) for b in chart.bars()] == bars
+
+
+class Slow(BaseModel):
+    n: int
+    delay: float
+
+
+async def _slow(input: Slow, context: str, state: ExecutionState) -> int:
+    await asyncio.sleep(input.delay)
+    if input.n == 0:
+        raise ValueError("the first one fails")
+    return input.n
+
+
+SLOW = Tool(name="slow", description="waits", input_model=Slow, handler=_slow)
+
+
+async def test_a_followed_run_shows_what_its_records_show() -> None:
+    """Completed, failed (with an error to escape), retried and nested calls, members."""
+    state = ExecutionState(run_id="same")
+    recorded, followed = _both(state)
+    await run_workflow(state, members=6, delay=0.001)
+    _assert_same(recorded, followed)
+    nodes = {n["address"]: n for n in followed.all_nodes()}
+    assert EVIL in nodes["Orchestrator::docs[3]::work"]["error"]
+    assert nodes["Orchestrator::docs[1]::work"]["retries"] == 1
+    assert "double" in nodes["Orchestrator::docs[2]::work"]["result"]
+    assert nodes["Orchestrator"]["status"] == "completed"
+    assert followed.event_counts() == ({"completed": 6, "failed": 1}, 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "statuses"),
+    [
+        # The first member fails at once: the others are cancelled as they wait.
+        ({"error_strategy": "fail_fast"}, {"failed", "cancelled"}),
+        # Each member has 10 ms: the slow ones time out.
+        ({"member_timeout": 0.01}, {"failed", "timed_out", "completed"}),
+    ],
+)
+async def test_cancelled_and_timed_out_members_show_the_same(
+    options: dict[str, Any], statuses: set[str]
+) -> None:
+    state = ExecutionState(run_id="stops")
+    recorded, followed = _both(state)
+    async with state:
+        try:
+            async with state.parallel(max_workers=2, name="g", **options) as p:
+                for n in range(5):
+                    delay = 0.0 if n < 2 else 5.0
+                    p.add(ExecutionEvent(actor=SLOW)(Slow(n=n, delay=delay), "", state))
+                await p.gather()
+        except ValueError:  # (fail_fast raises the first failure)
+            assert options.get("error_strategy") == "fail_fast"
+    _assert_same(recorded, followed)
+    members = [n for n in followed.all_nodes() if n["kind"] == "member"]
+    assert {n["status"] for n in members} >= statuses - {"completed"}
+
+
+async def test_a_run_in_progress_shows_running_members_calls_and_counts() -> None:
+    release = asyncio.Event()
+    entered: list[int] = []
+
+    async def hold(input: Item, context: str, state: ExecutionState) -> int:
+        entered.append(input.n)
+        if input.n >= 2:
+            await release.wait()
+        return input.n
+
+    tool = Tool(name="hold", description="holds", input_model=Item, handler=hold)
+
+    async def orchestrate(input: Items, context: str, state: ExecutionState) -> int:
+        async with state.parallel(max_workers=2, name="docs") as p:
+            for item in input.items:
+                p.add(ExecutionEvent(actor=tool)(item, context, state))
+            await p.gather()
+        return 0
+
+    agent = Agent(name="Boss", description="", input_model=Items, handler=orchestrate)
+    state = ExecutionState(run_id="busy")
+    feed = LiveFeed("busy", clock_now=state.clock.now)
+    feed.follow(state)
+    assert state.event_bus.call_records is False  # following builds no call record
+    items = Items(items=[Item(n=i) for i in range(4)])
+    run = asyncio.create_task(ExecutionEvent(actor=agent)(items, "", state))
+    try:
+        while len(entered) < 4:  # members 0 and 1 done; 2 and 3 wait for the release
+            await asyncio.sleep(0.001)
+        cursor = feed.cursor
+        nodes = {n["address"]: n for n in feed.all_nodes()}
+        assert nodes["Boss"]["status"] == "running" and nodes["Boss"]["input"].startswith(
+            '{"items"'
+        )
+        assert [nodes[f"Boss::docs[{i}]"]["status"] for i in range(4)] == [
+            "completed",
+            "completed",
+            "running",
+            "running",
+        ]
+        assert nodes["Boss::docs[3]::hold"]["status"] == "running"
+        assert nodes["Boss::docs[3]::hold"]["input"] == '{"n":3,"delay":0.0}'
+        (group,) = feed.groups()
+        assert (group["status"], group["done"], group["total"]) == ("running", 2, 4)
+        release.set()
+        await run
+        changed = feed.changes_since(cursor)
+        assert changed is not None and "Boss::docs[3]" in changed and "Boss" in changed
+        nodes = {n["address"]: n for n in feed.all_nodes()}
+        assert nodes["Boss::docs[3]"]["status"] == "completed"
+        assert nodes["Boss::docs[3]::hold"]["result"] == "3"
+        (group,) = feed.groups()
+        assert (group["status"], group["done"]) == ("completed", 4)
+    finally:
+        release.set()
+        await asyncio.wait_for(run, 5)
+        feed.finish()
+    assert state.watch is None  # the run is no longer watched: nothing more is logged
+
+
+async def test_a_cancelled_call_shows_cancelled() -> None:
+    state = ExecutionState(run_id="cancel")
+    recorded, followed = _both(state)
+    call = asyncio.create_task(ExecutionEvent(actor=SLOW)(Slow(n=1, delay=30), "", state))
+    while "slow" not in {n["address"] for n in followed.all_nodes()}:
+        await asyncio.sleep(0.001)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await state.event_bus.close()
+    (node,) = followed.all_nodes()
+    assert node["status"] == "cancelled" and node["duration"] >= 0
+    _assert_same(recorded, followed)
+
+
+async def test_nobody_watching_logs_nothing_and_builds_no_records() -> None:
+    state = ExecutionState()
+    await run_workflow(state, members=3)
+    assert state.watch is None and state.event_bus.call_records is False
+    printer_like = ExecutionState()
+    printer_like.event_bus.subscribe(lambda record: None, kinds=[EventCompleted])
+    assert printer_like.event_bus.call_records is True
+    member_only = ExecutionState()
+    member_only.event_bus.subscribe(lambda record: None, kinds=[MemberFinished])
+    assert member_only.event_bus.call_records is False
+
+
+async def test_two_feeds_each_get_every_entry_and_leave_independently() -> None:
+    state = ExecutionState(run_id="two")
+    first, second = LiveFeed("a", clock_now=state.clock.now), LiveFeed("b")
+    first.follow(state)
+    second.follow(state)
+    with pytest.raises(ConfigurationError, match="already follows"):
+        second.follow(state)
+    await run_workflow(state, members=3)
+    assert len(first.all_nodes()) == len(second.all_nodes()) == 7  # 1 + 3 members + 3 calls
+    first.unfollow()
+    assert state.watch is not None  # the second still follows
+    second.finish()
+    assert state.watch is None
+
+
+async def test_a_feed_nobody_reads_still_takes_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log holds its entries until taken: a feed takes it on a timer, read or not."""
+    monkeypatch.setattr(live_module, "DRAIN_EVERY", 0.01)
+    state = ExecutionState()
+    feed = LiveFeed("unread")
+    feed.follow(state)
+    agent = build_workflow(3)
+    await ExecutionEvent(actor=agent)(Items(items=[Item(n=i) for i in range(3)]), "", state)
+    assert state.watch is not None
+    while state.watch.log:  # (feed.records, the count taken, is read without a drain)
+        await asyncio.sleep(0.005)
+    assert feed.records > 0
+    feed.finish()
+
+
+async def test_a_run_watched_after_it_started() -> None:
+    """A call already running when the watch begins shows once it ends."""
+    state = ExecutionState(run_id="late")
+    call = asyncio.create_task(ExecutionEvent(actor=SLOW)(Slow(n=5, delay=0.02), "", state))
+    await asyncio.sleep(0)
+    feed = LiveFeed("late")
+    feed.follow(state)
+    assert (await call).ok
+    (node,) = feed.all_nodes()
+    assert (node["address"], node["status"], node["result"]) == ("slow", "completed", "5")
+    feed.finish()
