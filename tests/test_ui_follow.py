@@ -223,7 +223,8 @@ async def test_two_feeds_each_get_every_entry_and_leave_independently() -> None:
 
 
 async def test_a_feed_nobody_reads_still_takes_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The log holds its entries until taken: a feed takes it on a timer, read or not."""
+    """The log is drained on a timer, read or not, into the feed's backlog (plain values,
+    not the run's objects); rows are made of it when a page asks."""
     monkeypatch.setattr(live_module, "DRAIN_EVERY", 0.01)
     state = ExecutionState()
     feed = LiveFeed("unread")
@@ -231,9 +232,45 @@ async def test_a_feed_nobody_reads_still_takes_the_log(monkeypatch: pytest.Monke
     agent = build_workflow(3)
     await ExecutionEvent(actor=agent)(Items(items=[Item(n=i) for i in range(3)]), "", state)
     assert state.watch is not None
-    while state.watch.log:  # (feed.records, the count taken, is read without a drain)
+    while state.watch.log:
         await asyncio.sleep(0.005)
-    assert feed.records > 0
+    assert feed.behind and feed.rows == {}  # taken, not made rows of yet
+    assert len(feed.all_nodes()) == 7 and not feed.behind
+    feed.finish()
+
+
+async def test_a_stream_takes_the_log_a_budget_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live_module, "STREAM_BUDGET", 4)
+    state = ExecutionState()
+    feed = LiveFeed("paced")
+    feed.follow(state)
+    await run_workflow(state, members=5)  # 6 calls started and ended, 5 members: 17 entries
+    cursor, seen, rounds = 0, set(), 0
+    while feed.behind:
+        taken = feed.records
+        changed = feed.changes_since(cursor)
+        assert changed is not None and feed.records - taken <= 4
+        seen.update(changed)
+        cursor, rounds = feed.cursor, rounds + 1
+    assert rounds == 5  # 17 entries, 4 at a time
+    assert seen >= {n["address"] for n in feed.all_nodes()}
+    feed.finish()
+
+
+async def test_a_backlog_nobody_reads_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_BACKLOG values, the feed makes rows of the excess as it takes the log."""
+    monkeypatch.setattr(live_module, "MAX_BACKLOG", 40)
+    state = ExecutionState()
+    feed = LiveFeed("bounded")
+    feed.follow(state)
+    async with state.parallel(max_workers=4) as p:
+        for n in range(50):
+            p.add(lambda n=n: n)
+        await p.gather()
+    assert state.watch is not None
+    state.watch.drain()
+    assert feed._backlog_size <= 40 and len(feed.rows) >= 50 - 40 // 11
+    assert len([n for n in feed.all_nodes() if n["kind"] == "member"]) == 50
     feed.finish()
 
 

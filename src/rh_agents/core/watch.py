@@ -27,10 +27,11 @@ collections more frequent and longer (a group of 10,000 ``ExecutionEvent`` membe
   execution_time, attempts, status, error, error_type, source, detail_chars``, as it ends
   (``status`` a ``ResultStatus`` value; ``source`` ``run``, ``cache`` or ``replay``; the
   result itself is in ``state.history`` at ``address``);
-- ``MEMBER_FINISHED``, 10 fields: ``address, group_id, index, name, timestamp,
-  execution_time, queue_wait, attempts, status, error``, as a group member's one result
-  lands (``queue_wait`` ``None`` for a member that never ran). A member running now is not
-  logged: it is in its group's pool (``running_members``).
+- ``MEMBER_FINISHED``, 11 fields: ``address, group_id, index, name, started, enqueued,
+  execution_time, attempts, status, error, ended``, as a group member's one result lands:
+  ``started`` is ``None`` for a member that never ran, and then only ``ended`` is given (its
+  end is ``started + execution_time`` otherwise, its queue wait ``started - enqueued``). A
+  member running now is not logged: it is in its group's pool (``running_members``).
 
 Invariants: every call logged as started is logged as ended (its end may come in a later
 drain); a member is logged once, after its result landed; ``groups`` holds exactly the groups

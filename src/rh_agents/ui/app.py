@@ -225,6 +225,7 @@ async def _read_run(vs: ViewerState, run_id: str) -> _Run:
         return _Run(run_summary(found, records), list(nodes.values()), list(groups.values()),
                     "store", cursor)  # fmt: skip
     # Live: what the store holds (a resumed run's replayed events) under what the feed saw.
+    feed.sync()  # (all the run logged so far; the stream goes on from here)
     cursor = feed.cursor
     stored: dict[str, CheckpointRecord] = {}
     info: RunInfo | None = None
@@ -525,7 +526,7 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
         await _pause(vs, vs.poll_interval if checking else HEARTBEAT, feed)
         if vs.closing.is_set():
             return
-        if feed.cursor == cursor and feed.running:
+        if feed.cursor == cursor and not feed.behind and feed.running:
             if loop.time() - last_sent >= HEARTBEAT:
                 last_sent = loop.time()
                 yield ": ping\n\n"

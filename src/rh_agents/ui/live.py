@@ -62,6 +62,11 @@ MAX_CHANGES = 500_000
 DRAIN_EVERY = 1.0
 # While a stream waits for changes of a followed state, it looks this often (seconds).
 LOOK_EVERY = 0.05
+# An event stream makes rows of at most this many logged entries per update it sends.
+STREAM_BUDGET = 2000
+# Logged values a feed keeps before it makes rows of them, read or not (about 8 bytes each,
+# plus the numbers they hold).
+MAX_BACKLOG = 2_000_000
 
 Node = dict[str, Any]
 """A node as the API gives it: see ``rh_agents.ui.model``."""
@@ -163,6 +168,9 @@ class LiveFeed:
         self._inputs: dict[int, tuple[Any, int]] = {}
         self._history: ExecutionHistory | None = None
         self._chars: dict[int, int] = {}  # a call's own detail_chars, where not the default
+        # Logs handed over and not made rows of yet: [log, inputs, position, inputs used].
+        self._backlog: deque[list[Any]] = deque()
+        self._backlog_size = 0  # their entries' values not taken yet (at most MAX_BACKLOG)
 
     # --- the subscriber (the run's hot path) --------------------------------------------------
 
@@ -345,16 +353,25 @@ class LiveFeed:
         # page open, so that a long run does not keep them all.
         self._drain_timer = None
         if self._watch is not None:
-            self.sync()
+            self._watch.drain()  # (into _backlog: plain values, not the run's objects)
             self._schedule_drain()
 
-    def sync(self) -> None:
-        """Take what the followed state logged since the last time, and the members its open
-        groups run now (a no-op for a feed fed by records alone)."""
+    def sync(self, budget: int | None = None) -> None:
+        """Take what the followed state logged (at most ``budget`` entries of it; ``None``:
+        all), and the members its open groups run now. A no-op for a feed fed by records.
+
+        Pages take everything; an event stream takes ``STREAM_BUDGET`` entries at a time (it
+        sends at most ``MAX_NODES_PER_MESSAGE`` nodes per update anyway), so that what a
+        watched run costs its event loop is bounded per second, not per member: the rest
+        waits in ``_backlog``, as the plain values it was logged as.
+        """
         watch = self._watch
+        if watch is not None:
+            watch.drain()  # (into _backlog: take)
+        if self._backlog:
+            self._materialize(budget)
         if watch is None:
             return
-        watch.drain()
         changes, rows, floats, strings = self.changes, self.rows, self._floats, self._strings
         before = len(changes)
         for group_id, member in watch.running_members():
@@ -379,10 +396,43 @@ class LiveFeed:
         if len(changes) != before:
             self._changed(len(changes) - before)
 
+    @property
+    def behind(self) -> bool:
+        """Whether the followed state logged entries this feed has not taken yet."""
+        return bool(self._backlog) or (self._watch is not None and bool(self._watch.log))
+
     def take(self, log: list[Any], inputs: list[Any]) -> None:
-        """Keep what the viewer needs of the entries of ``log`` (drained from the followed
-        state's ``RunWatch``, in order, with the inputs of the calls they start; see
-        ``rh_agents.core.watch`` for the layout).
+        """The followed state's ``RunWatch`` hands over what it logged (``log``, in order,
+        with the inputs of the calls it starts; see ``rh_agents.core.watch``): kept as it is,
+        in ``_backlog``, until a reader asks (``sync``)."""
+        self._backlog.append([log, inputs, 0, 0])
+        self._backlog_size += len(log)
+        if self._backlog_size > MAX_BACKLOG:
+            # Nobody reads as fast as the run logs: make rows of the excess (rows take less
+            # room than the log's values).
+            self._materialize(self._backlog_size - MAX_BACKLOG // 2)
+
+    def _materialize(self, budget: int | None) -> None:
+        """Make rows of the backlog's entries, oldest first: all of them, or ``budget``."""
+        backlog = self._backlog
+        while backlog and (budget is None or budget > 0):
+            segment = backlog[0]
+            log, inputs, at, used = segment
+            at, used, count = self._rows_of(log, inputs, at, used, budget)
+            self._backlog_size -= at - segment[2]
+            if budget is not None:
+                budget -= count
+            if at >= len(log):
+                backlog.popleft()
+            else:
+                segment[2], segment[3] = at, used
+
+    def _rows_of(
+        self, log: list[Any], inputs: list[Any], at: int, used: int, budget: int | None
+    ) -> tuple[int, int, int]:
+        """Make rows of ``log``'s entries from position ``at`` (``used``: the inputs taken so
+        far), at most ``budget`` entries; gives the position and inputs reached, and the
+        entries taken.
 
         Every member and call of the run passes here, so it does the least it can: the rows'
         fields, and the inputs of calls that are running. The previews (a running call's
@@ -392,9 +442,9 @@ class LiveFeed:
         floats, ints, strings = self._floats, self._ints, self._strings
         addresses, groups = self._address, self._group
         waiting = self._inputs
-        given = iter(inputs)
-        at, end, count = 0, len(log), 0
-        while at < end:
+        end, count = len(log), 0
+        limit = end if budget is None else budget
+        while at < end and count < limit:
             what = log[at]
             count += 1
             address = log[at + 1]
@@ -412,18 +462,23 @@ class LiveFeed:
                     ints[2 * row + 1] = index
             f, s = 3 * row, 6 * row
             if what == MEMBER_FINISHED:
-                # address, group_id, index, name, timestamp, execution_time, queue_wait,
-                # attempts, status, error
+                # address, group_id, index, name, started, enqueued, execution_time,
+                # attempts, status, error, ended
                 kinds[row] = _MEMBER_FINISHED
-                floats[f] = log[at + 5]
-                floats[f + 1] = log[at + 6]
-                wait = log[at + 7]
-                floats[f + 2] = _NAN if wait is None else wait
+                started = log[at + 5]
+                took = log[at + 7]
+                if started is None:  # never ran
+                    floats[f] = log[at + 11]
+                    floats[f + 2] = _NAN
+                else:
+                    floats[f] = started + took
+                    floats[f + 2] = started - log[at + 6]
+                floats[f + 1] = took
                 ints[2 * row] = log[at + 8]
                 strings[s] = log[at + 4]
                 strings[s + 1] = log[at + 9]
                 strings[s + 3] = log[at + 10]
-                at += 11
+                at += 12
             elif what == CALL_ENDED:
                 # address, group_id, index, actor, actor_kind, timestamp, execution_time,
                 # attempts, status, error, error_type, source, detail_chars
@@ -457,12 +512,14 @@ class LiveFeed:
                 strings[s] = log[at + 4]
                 strings[s + 1] = log[at + 5]
                 strings[s + 2] = None
-                waiting[row] = (next(given, None), log[at + 7])
+                waiting[row] = (inputs[used], log[at + 7])
+                used += 1
                 at += 8
             else:
                 raise ValueError(f"a RunWatch log entry of unknown kind {what!r} at {at}")
             changes.append(address)
         self._changed(count)
+        return at, used, count
 
     def _preview(self, row: int) -> str | None:
         """A followed call's preview, made on first need: a running call's input, a
@@ -524,7 +581,8 @@ class LiveFeed:
 
     async def wait(self, seconds: float) -> None:
         """Return after the next change (or the run's end), or after ``seconds``. (A feed
-        following a state looks for changes every ``LOOK_EVERY`` seconds.)"""
+        following a state looks every ``LOOK_EVERY`` seconds whether the state logged
+        anything: ``behind``.)"""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         cursor = self.cursor
@@ -539,19 +597,19 @@ class LiveFeed:
                 await asyncio.wait_for(asyncio.shield(self._waiter), step)
             except TimeoutError:
                 pass
-            if self.cursor != cursor or self.status is not None:
+            if self.cursor != cursor or self.status is not None or self.behind:
                 return
 
     @property
     def cursor(self) -> int:
-        """The position after the last change; pass it to ``changes_since`` later."""
-        self.sync()
+        """The position after the last change taken; pass it to ``changes_since`` later."""
         return self.base + len(self.changes)
 
     def changes_since(self, cursor: int) -> list[str] | None:
         """Addresses changed after ``cursor`` (each once, in the order of their last change),
-        or ``None`` when the log no longer reaches back that far (start over)."""
-        self.sync()
+        or ``None`` when the log no longer reaches back that far (start over). A followed
+        state's log is taken first, ``STREAM_BUDGET`` entries of it at most."""
+        self.sync(STREAM_BUDGET)
         if cursor < self.base:
             return None
         recent = self.changes[cursor - self.base :]
@@ -635,7 +693,6 @@ class LiveFeed:
     def event_counts(self) -> tuple[dict[str, int], int]:
         """Finished events by status, and the number still running (kept until the next
         batch of records: a stream asks for them at every update)."""
-        self.sync()
         cached = self._counts
         if cached is not None and cached[0] == self.records:
             return cached[1], cached[2]

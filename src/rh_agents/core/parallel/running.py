@@ -205,13 +205,14 @@ def finish(
     tally.land(member, result)
     watch = group._state.watch
     if watch is not None:  # the run viewer's log, read later (see core/watch.py)
+        # Values the member and result hold already (no number made per member); its end is
+        # worked out when read, or is now for a member that never ran.
         started = member.started
         group_id = group.group_id
         watch.log += (
-            (_MEMBER_FINISHED, member.address or f"{group_id}[{index}]", group_id, index,
-             member.name, group._now(), result.execution_time,
-             None if started is None else started - member.enqueued, result.attempts,
-             result.status._value_, result.error)
+            _MEMBER_FINISHED, member.address or f"{group_id}[{index}]", group_id, index,
+            member.name, started, member.enqueued, result.execution_time, result.attempts,
+            result.status._value_, result.error, group._now() if started is None else None,
         )  # fmt: skip
 
     records = group._records
