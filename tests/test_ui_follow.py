@@ -5,16 +5,21 @@ must show exactly what a feed fed every record shows."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
+from executor_support import Item as ExecutorItem
+from executor_support import double_tool
 from rh_agents.core.actors import Agent, Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import EventCompleted, MemberFinished
 from rh_agents.errors import ConfigurationError
+from rh_agents.executors import ProcessExecutor
+from rh_agents.recovery import Recovery
 from rh_agents.ui import live as live_module
 from rh_agents.ui.live import LiveFeed
 from ui_support import EVIL, Item, Items, build_workflow, run_workflow
@@ -24,6 +29,18 @@ pytestmark = pytest.mark.timeout(30)
 # What may differ between the two feeds: when each was told (a record's timestamp and the
 # log's are read from the clock at slightly different moments).
 _WHEN = {"order", "started", "finished", "wall_time", "metrics"}
+
+
+async def _eventually(check: Any, within: float = 10.0) -> bool:
+    """Whether ``check()`` comes true within ``within`` seconds (looked at every 5 ms): for a
+    timer's work, which has no event to wait on."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.005)
+    return bool(check())
 
 
 def _comparable(node: dict[str, Any]) -> dict[str, Any]:
@@ -124,8 +141,12 @@ async def test_a_run_in_progress_shows_running_members_calls_and_counts() -> Non
     release = asyncio.Event()
     entered: list[int] = []
 
+    all_entered = asyncio.Event()
+
     async def hold(input: Item, context: str, state: ExecutionState) -> int:
         entered.append(input.n)
+        if len(entered) == 4:
+            all_entered.set()
         if input.n >= 2:
             await release.wait()
         return input.n
@@ -147,8 +168,7 @@ async def test_a_run_in_progress_shows_running_members_calls_and_counts() -> Non
     items = Items(items=[Item(n=i) for i in range(4)])
     run = asyncio.create_task(ExecutionEvent(actor=agent)(items, "", state))
     try:
-        while len(entered) < 4:  # members 0 and 1 done; 2 and 3 wait for the release
-            await asyncio.sleep(0.001)
+        await all_entered.wait()  # members 0 and 1 done; 2 and 3 wait for the release
         cursor = feed.cursor
         nodes = {n["address"]: n for n in feed.all_nodes()}
         assert nodes["Boss"]["status"] == "running" and nodes["Boss"]["input"].startswith(
@@ -180,12 +200,51 @@ async def test_a_run_in_progress_shows_running_members_calls_and_counts() -> Non
     assert state.watch is None  # the run is no longer watched: nothing more is logged
 
 
+async def test_a_resumed_run_shows_its_replayed_calls_the_same(tmp_path: Path) -> None:
+    """Calls answered from the stored run (replays) and calls run again."""
+    store = tmp_path / "state.db"
+    first = ExecutionState(run_id="again", recovery=Recovery(store))
+    await run_workflow(first, members=4)
+    state = ExecutionState.resume("again", backend=store)
+    recorded, followed = _both(state)
+    await run_workflow(state, members=4)
+    _assert_same(recorded, followed)
+    sources = {n.get("source") for n in followed.all_nodes() if n["kind"] == "event"}
+    assert "replay" in sources
+
+
+async def test_calls_made_in_worker_processes_show_the_same() -> None:
+    """Calls run in another process join the driver's history (and the watch log) there."""
+    pool = ProcessExecutor(max_processes=2)
+    try:
+        state = ExecutionState(run_id="processes")
+        recorded, followed = _both(state)
+        async with state, state.parallel(max_workers=2, name="g", executor=pool) as p:
+            for n in range(4):
+                p.add(ExecutionEvent(actor=double_tool)(ExecutorItem(n=n), "", state))
+            results = await p.gather()
+        assert [r.result for r in results] == [0, 2, 4, 6]
+        _assert_same(recorded, followed)
+        calls = [n for n in followed.all_nodes() if n["kind"] == "event"]
+        assert sorted(n["result"] for n in calls) == ["0", "2", "4", "6"]
+    finally:
+        pool.close()
+
+
 async def test_a_cancelled_call_shows_cancelled() -> None:
     state = ExecutionState(run_id="cancel")
     recorded, followed = _both(state)
-    call = asyncio.create_task(ExecutionEvent(actor=SLOW)(Slow(n=1, delay=30), "", state))
-    while "slow" not in {n["address"] for n in followed.all_nodes()}:
-        await asyncio.sleep(0.001)
+    inside = asyncio.Event()
+
+    async def wait_forever(input: Slow, context: str, state: ExecutionState) -> int:
+        inside.set()
+        await asyncio.Event().wait()
+        return 0
+
+    tool = Tool(name="slow", description="waits", input_model=Slow, handler=wait_forever)
+    call = asyncio.create_task(ExecutionEvent(actor=tool)(Slow(n=1, delay=30), "", state))
+    await inside.wait()
+    assert [n["status"] for n in followed.all_nodes()] == ["running"]
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
@@ -232,8 +291,8 @@ async def test_a_feed_nobody_reads_still_takes_the_log(monkeypatch: pytest.Monke
     agent = build_workflow(3)
     await ExecutionEvent(actor=agent)(Items(items=[Item(n=i) for i in range(3)]), "", state)
     assert state.watch is not None
-    while state.watch.log:
-        await asyncio.sleep(0.005)
+    watch = state.watch
+    assert await _eventually(lambda: not watch.log)
     assert feed.behind and feed.rows == {}  # taken, not made rows of yet
     assert len(feed.all_nodes()) == 7 and not feed.behind
     feed.finish()

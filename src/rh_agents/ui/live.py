@@ -1,23 +1,31 @@
-"""``LiveFeed``: what the viewer knows of a run in progress, kept from the run's bus records.
+"""``LiveFeed``: what the viewer knows of a run in progress.
 
-A process that wants its run watched live subscribes one feed to the run's bus (``serve(state)``
-and ``Viewer.watch(state)`` do)::
+A process that wants its run watched live has a feed follow its state (``serve(state)`` and
+``Viewer.watch(state)`` do)::
 
-    feed = LiveFeed("nightly")
-    bus.subscribe(feed, kinds=LiveFeed.KINDS)
+    feed = LiveFeed("nightly", clock_now=state.clock.now)
+    feed.follow(state)         # ... the run ...
+    feed.finish()              # the run is over: what it logged is taken, the feed lets go
 
-The feed is built to cost the run as little as a subscriber can. It takes its records in
-batches (``handle_batch``) and keeps what it needs of them in columns: one row per event or
-member address, in arrays and lists that grow, and plain dict entries for the groups. A record
-is therefore not kept, and keeping a row allocates no object the garbage collector tracks: a
-run of ten thousand members does not make every collection of the run's own objects longer,
-which is what keeping the records themselves would cost (more than the rest of the feed).
+Following, the feed takes the run's calls and members from the state's ``RunWatch`` log
+(``rh_agents.core.watch``: plain values appended by each call and member, no record built),
+and from the bus only the few records of groups, retries and an interruption
+(``FOLLOW_KINDS``). It takes the log as it is (``take``: a swap) and makes rows of it when a
+reader asks (``sync``): a page all of it, a stream ``STREAM_BUDGET`` entries per update, so
+that what watching costs the run is bounded per second, not per member. A feed can also be fed
+every record by a bus subscription instead (``bus.subscribe(feed, kinds=LiveFeed.KINDS)``),
+at the cost of a record built per call and member.
+
+Either way it keeps what it needs in columns: one row per event or member address, in arrays
+and lists that grow, and plain dict entries for the groups. Keeping a row allocates no object
+the garbage collector tracks: a run of ten thousand members does not make every collection of
+the run's own objects longer, which is what keeping records (or the run's objects) would cost.
 Everything the pages and the event stream show (nodes, group counts, metrics, the timeline) is
 worked out from the columns when a page or a stream asks, on the viewer's time rather than the
 run's.
 
 Readers (the viewer's pages and streams, on the same event loop) use ``changes_since(cursor)``
-for what changed after a cursor, and ``wait(seconds)`` to sleep until the next batch.
+for what changed after a cursor, and ``wait(seconds)`` to sleep until the next change.
 """
 
 from __future__ import annotations
