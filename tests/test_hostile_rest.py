@@ -289,6 +289,41 @@ async def test_a_bus_closed_by_an_earlier_run_is_refused_rather_than_silently_de
         ExecutionState(event_bus=bus)
 
 
+async def test_two_runs_sharing_one_bus_at_once_do_not_end_each_others_records() -> None:
+    # Before: the first run to leave its block closed the bus, and every record of the other
+    # run after that was dropped without a word.
+    bus = EventBus()
+    seen: list[str] = []
+    bus.subscribe(lambda record: seen.append(f"{record.kind} {record.address}"))
+    second_may_go, second_in = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with ExecutionState(event_bus=bus) as state:
+            await ExecutionEvent(actor=ECHO.actor, tag="first")(Doc(text="a"), "", state)
+
+    async def second() -> None:
+        async with ExecutionState(event_bus=bus) as state:
+            second_in.set()
+            await second_may_go.wait()
+            await ExecutionEvent(actor=ECHO.actor, tag="second")(Doc(text="b"), "", state)
+
+    later = asyncio.create_task(second())
+    await second_in.wait()
+    await first()
+    assert not bus.closed  # the second run still uses it
+    assert seen == ["event.started first", "event.completed first"]  # (caught up at its end)
+    second_may_go.set()
+    await later
+    assert bus.closed  # the last run out closes it
+    assert seen[2:] == ["event.started second", "event.completed second"]
+    # A state that closes without having entered its block does not close a bus in use.
+    bus = EventBus()
+    async with ExecutionState(event_bus=bus):
+        await ExecutionState(event_bus=bus).close()
+        assert not bus.closed
+    assert bus.closed
+
+
 def test_a_subscriber_that_raises_system_exit_stops_the_program_without_a_hang() -> None:
     # rich raises SystemExit(1) when the pipe it prints to is closed (`python run.py | head`).
     # Before: the subscription stayed "awake" with nobody feeding it, and leaving the state

@@ -438,6 +438,7 @@ class EventBus:
         self.subscriber_error_count = 0
         self.published = 0
         self._closed = False
+        self._runs_open = 0  # states inside `async with state:` on this bus (see end_run)
         # Deferred records by key, in the order deferred (see the module docstring). Only the
         # loop's thread touches it; a flush is scheduled at most once per loop turn.
         self._deferred: dict[Any, DeferredSource] = {}
@@ -653,6 +654,27 @@ class EventBus:
             self._flush_deferred()
         for sub in list(self._subscriptions):
             await sub._drain()
+
+    def open_run(self) -> None:
+        """A run starts using this bus (``async with state:`` calls it): see ``end_run``."""
+        self._runs_open += 1
+
+    async def end_run(self, opened: bool = True) -> None:
+        """A run that used this bus ends (``state.close()`` calls it; ``opened``: it had called
+        ``open_run``). The last run open closes the bus (``close()``); while another run still
+        uses it, the bus only waits for the subscribers to catch up (at most its
+        ``shutdown_timeout``), so that two states sharing one bus do not end each other's
+        records."""
+        if opened and self._runs_open > 0:
+            self._runs_open -= 1
+        if self._runs_open == 0:
+            await self.close()
+            return
+        self._check_caller("close()")
+        if self._deferred:
+            self._flush_deferred()
+        # (One still busy then is left to it: the last run's close reports and cancels it.)
+        await self._drain_within(list(self._subscriptions), self.shutdown_timeout)
 
     # (A timeout of its own rather than the caller's asyncio.timeout: at its end the busy
     # subscribers are reported and cancelled, and the bus still ends cleanly.)

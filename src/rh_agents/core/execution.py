@@ -110,6 +110,7 @@ class ExecutionState:
         self.store: dict[str, Any] = {}
         self.root_frame = Frame(self, "")
         self.replay_publishes = False
+        self._entered = False  # inside `async with state:` (the bus counts the runs open)
         # An observer's log of calls and members (the run viewer's; see core/watch.py).
         self.watch: RunWatch | None = None
         self.internal_errors: list[BaseException] = []
@@ -345,6 +346,9 @@ class ExecutionState:
     # --- lifetime -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> ExecutionState:
+        if not self._entered:
+            self._entered = True
+            self.event_bus.open_run()  # (two states on one bus: the last to end closes it)
         return self
 
     async def __aexit__(
@@ -380,7 +384,8 @@ class ExecutionState:
             bus.publish(record)
 
     async def close(self) -> None:
-        """Write pending checkpoints, let every subscriber catch up, then stop the bus.
+        """Write pending checkpoints, let every subscriber catch up, then stop the bus (unless
+        another state inside its ``async with`` block still uses it: the last one stops it).
 
         Bounded: the checkpoints wait at most ``Recovery(close_timeout=...)`` for the store
         (then a ``RecoveryError``), the cache's unwritten values at most
@@ -401,7 +406,8 @@ class ExecutionState:
                 if settle is not None:
                     await settle()
         finally:
-            await self.event_bus.close(drain=True)
+            entered, self._entered = self._entered, False
+            await self.event_bus.end_run(entered)
 
 
 def _check_parts(event_bus: Any, clock: Any, recovery: Any, cache: Any) -> None:
