@@ -185,3 +185,21 @@ async def test_lone_surrogates_in_a_stored_error(tmp_path: Path) -> None:
     assert api.status_code == 200 and api.json()["nodes"][0]["error"] == error
     events = [line for line in stream.text.splitlines() if line.startswith("event:")]
     assert events == ["event: update", "event: end"]
+
+
+async def test_a_run_id_with_a_slash_gets_the_rule_and_unknown_paths_say_where_pages_are(
+    tmp_path: Path,
+) -> None:
+    """A run id with a ``/`` matched no route: Starlette's bare "Not Found", in plain text,
+    where any other invalid id gets a page naming the rule."""
+    app = create_app(tmp_path / "state.db")
+    async with _client(app) as client:
+        page = await client.get("/runs/nightly/2026")
+        api = await client.get("/api/runs/a/b/events")
+        elsewhere = await client.get("/nothing/here")
+        api_elsewhere = await client.get("/api/nothing")
+    assert page.status_code == 400 and "Not a run id" in page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert api.status_code == 400 and "not a run id" in api.json()["error"]
+    assert elsewhere.status_code == 404 and "/runs/RUN_ID" in elsewhere.text
+    assert api_elsewhere.status_code == 404 and "/api/runs" in api_elsewhere.json()["error"]

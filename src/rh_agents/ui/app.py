@@ -618,6 +618,27 @@ async def _static(request: Request) -> Response:
     )
 
 
+_ROUTES_HINT = (
+    "the runs list is at /, a run's page at /runs/RUN_ID (its timeline at "
+    "/runs/RUN_ID/timeline), the JSON API under /api/runs (see docs/ui.md)"
+)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """No route matched: a run id that cannot be one (a ``/`` in it) gets the rule, as any
+    other invalid id does (400); anything else, where the pages are (404)."""
+    path = request.url.path
+    api = path.startswith("/api/")
+    for prefix in ("/api/runs/", "/runs/"):
+        if path.startswith(prefix):
+            run_id = path[len(prefix) :].removesuffix("/events").removesuffix("/timeline")
+            try:
+                _vs(request).store.check_run_id(run_id)
+            except StoreProblem as problem:
+                return _problem(problem, api)
+    return _problem(StoreProblem(f"no page at {path}: {_ROUTES_HINT}", status=404), api)
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
     logger.error("viewer: %s %s failed", request.method, request.url.path, exc_info=exc)
     if request.url.path.startswith("/api/"):
@@ -658,7 +679,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=middleware,
-        exception_handlers={Exception: _server_error},
+        exception_handlers={404: _not_found, Exception: _server_error},
     )
     app.state.viewer = viewer
     app.state.static = _static_files()
