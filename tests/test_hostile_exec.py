@@ -38,6 +38,14 @@ from rh_agents.testing import StubLLMServer
 # --- members sent to worker processes ---------------------------------------------------------
 
 
+def exit_with(code: int) -> None:
+    sys.exit(code)
+
+
+def worker_pid() -> int:
+    return os.getpid()
+
+
 def start_child_then_sleep(path: str) -> int:
     """Start a long ``sleep`` process, say its pid in ``path``, then sleep past any timeout."""
     child = subprocess.Popen(["sleep", "60"])
@@ -184,6 +192,24 @@ async def test_a_timed_out_member_takes_the_processes_it_started_with_it(
     while _alive(child):
         assert time.monotonic() < deadline, f"process {child} outlived its member"
         await asyncio.sleep(0.02)
+
+
+async def test_a_process_member_calling_sys_exit_is_raised_where_it_was_awaited(
+    pool: ProcessExecutor,
+) -> None:
+    # Its worker process exited: the member was reported as lost work ("the worker process
+    # died, exit code 3") and the pool started another. Now it is the member's own outcome,
+    # as on the event loop (and as concurrent.futures has it), and the worker stays.
+    async with ExecutionState() as state:
+        (first,) = await state.parallel_execute([worker_pid], executor=pool, max_workers=1)
+        with pytest.raises(SystemExit) as raised:
+            async with state.parallel(max_workers=1, executor=pool) as p:
+                p.add(functools.partial(exit_with, 3))
+        assert raised.value.code == 3
+        (result,) = p._tally.collected()
+        assert result.status is ResultStatus.FAILED and isinstance(result.exception, SystemExit)
+        (again,) = await state.parallel_execute([worker_pid], executor=pool, max_workers=1)
+    assert again.result == first.result  # the same worker process answered
 
 
 # --- the OpenAI-compatible LLM actor and the stub server ---------------------------------------
