@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -203,3 +204,42 @@ async def test_a_run_id_with_a_slash_gets_the_rule_and_unknown_paths_say_where_p
     assert api.status_code == 400 and "not a run id" in api.json()["error"]
     assert elsewhere.status_code == 404 and "/runs/RUN_ID" in elsewhere.text
     assert api_elsewhere.status_code == 404 and "/api/runs" in api_elsewhere.json()["error"]
+
+
+async def test_a_stored_run_is_turned_into_pages_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big stored run took seconds of the viewer's event loop to render, the loop a watched
+    run shares with it (``serve(state)``): its nodes, tree, page, JSON and timeline are made
+    in a thread; a live run's, which change on the loop, stay there."""
+    import threading
+
+    from rh_agents.ui import app as app_module
+
+    threads: dict[str, set[str]] = {}
+
+    def spy(name: str, real: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            threads.setdefault(name, set()).add(threading.current_thread().name)
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(pages, "run_page", spy("page", pages.run_page))
+    monkeypatch.setattr(pages, "timeline_page", spy("timeline", pages.timeline_page))
+    monkeypatch.setattr(app_module, "stored_nodes", spy("nodes", app_module.stored_nodes))
+    monkeypatch.setattr(app_module, "timeline_json", spy("json", app_module.timeline_json))
+    await stored_run(tmp_path / "state.db", "done-run")
+    app = create_app(tmp_path / "state.db", feeds={"live": LiveFeed("live")})
+    loop_thread = threading.current_thread().name
+    async with _client(app) as client:
+        for path in ("/runs/done-run", "/api/runs/done-run", "/runs/done-run/timeline",
+                     "/api/runs/done-run/timeline"):  # fmt: skip
+            assert (await client.get(path)).status_code == 200, path
+        stored = {name: set(seen) for name, seen in threads.items()}
+        threads.clear()
+        for path in ("/runs/live", "/runs/live/timeline"):
+            assert (await client.get(path)).status_code == 200, path
+    assert set(stored) == {"page", "timeline", "nodes", "json"}
+    assert all(loop_thread not in seen for seen in stored.values()), stored
+    assert threads["page"] == {loop_thread} and threads["timeline"] == {loop_thread}

@@ -23,10 +23,10 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -78,6 +78,7 @@ _TIMELINE_POLICY = (
     "base-uri 'none'; form-action 'none'"
 )
 _STATIC_TYPES = {"viewer.js": "text/javascript", "viewer.css": "text/css"}
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -219,11 +220,9 @@ async def _read_run(vs: ViewerState, run_id: str) -> _Run:
     feed = vs.feeds.get(run_id)
     if feed is None:
         found, records = await vs.store.read_run(run_id)
-        nodes = stored_nodes(records.values())
-        groups = stored_groups(records.values(), found.status.value)
-        cursor = max((r.seq for r in records.values()), default=0)
-        return _Run(run_summary(found, records), list(nodes.values()), list(groups.values()),
-                    "store", cursor)  # fmt: skip
+        # In a thread, as the reading was: a stored run of a hundred thousand calls takes
+        # seconds to turn into nodes, and the viewer may share its loop with a run (serve()).
+        return await asyncio.to_thread(_stored_run, found, records)
     # Live: what the store holds (a resumed run's replayed events) under what the feed saw.
     feed.sync()  # (all the run logged so far; the stream goes on from here)
     cursor = feed.cursor
@@ -244,6 +243,22 @@ async def _read_run(vs: ViewerState, run_id: str) -> _Run:
     groups.update((group["group_id"], group) for group in feed.groups())
     return _Run(live_summary(feed, info), list(nodes.values()), list(groups.values()), "live",
                 cursor)  # fmt: skip
+
+
+def _stored_run(found: RunInfo, records: dict[str, CheckpointRecord]) -> _Run:
+    nodes = stored_nodes(records.values())
+    groups = stored_groups(records.values(), found.status.value)
+    cursor = max((r.seq for r in records.values()), default=0)
+    return _Run(run_summary(found, records), list(nodes.values()), list(groups.values()),
+                "store", cursor)  # fmt: skip
+
+
+async def _render(run: _Run | None, live: bool, make: Callable[[], _T]) -> _T:
+    """``make()``: in a thread for a stored run (its data is the reader's alone; it may be
+    big), on the loop for a live one (its feed changes on the loop)."""
+    if live or (run is not None and run.source != "store"):
+        return make()
+    return await asyncio.to_thread(make)
 
 
 def _with_parents(nodes: Iterable[Node]) -> list[Node]:
@@ -293,15 +308,20 @@ async def _run_page(request: Request) -> Response:
         run = await _read_run(vs, request.path_params["run_id"])
     except StoreProblem as exc:
         return _problem(exc, api=False)
-    page = pages.RunPage(
-        summary=run.summary,
-        tree=build_tree(run.nodes, run.groups),
-        source=run.source,
-        cursor=run.cursor,
-        store=str(vs.store.path),
-        all_members=request.query_params.get("members") == "all",
-    )
-    return _html(pages.run_page(page))
+    all_members = request.query_params.get("members") == "all"
+
+    def render() -> str:
+        page = pages.RunPage(
+            summary=run.summary,
+            tree=build_tree(run.nodes, run.groups),
+            source=run.source,
+            cursor=run.cursor,
+            store=str(vs.store.path),
+            all_members=all_members,
+        )
+        return pages.run_page(page)
+
+    return _html(await _render(run, False, render))
 
 
 async def _timeline(request: Request) -> tuple[Timeline, str, str | None, bool]:
@@ -321,7 +341,7 @@ async def _timeline(request: Request) -> tuple[Timeline, str, str | None, bool]:
             for r in records.values()
             if r.group_id is not None and (r.group_id == group or r.group_id.startswith(inside))
         ]
-    timeline = Timeline.from_checkpoints(chosen, title=title)
+    timeline = await asyncio.to_thread(Timeline.from_checkpoints, chosen, title=title)
     return timeline, run_id, group, info.status is RunStatus.RUNNING
 
 
@@ -335,7 +355,12 @@ async def _timeline_page(request: Request) -> Response:
     except ValueError:
         zoom = 1
     zoom = min(pages.ZOOMS, key=lambda level: abs(level - zoom))
-    body = pages.timeline_page(timeline, run_id=run_id, group=group, zoom=zoom, live=live)
+    stored = run_id not in _vs(request).feeds
+    body = await _render(
+        None,
+        not stored,
+        lambda: pages.timeline_page(timeline, run_id=run_id, group=group, zoom=zoom, live=live),
+    )
     return _html(body, policy=_TIMELINE_POLICY)
 
 
@@ -362,14 +387,19 @@ async def _api_run(request: Request) -> Response:
         run = await _read_run(vs, request.path_params["run_id"])
     except StoreProblem as exc:
         return _problem(exc, api=True)
-    data = {
-        "run": run.summary,
-        "source": run.source,
-        "cursor": run.cursor,
-        "nodes": _with_parents(sorted(run.nodes, key=lambda n: n["order"])),
-        "groups": _groups_with_parents(sorted(run.groups, key=lambda g: g["order"])),
-    }
-    return _json(data)
+
+    def render() -> str:
+        return _dumps(
+            {
+                "run": run.summary,
+                "source": run.source,
+                "cursor": run.cursor,
+                "nodes": _with_parents(sorted(run.nodes, key=lambda n: n["order"])),
+                "groups": _groups_with_parents(sorted(run.groups, key=lambda g: g["order"])),
+            }
+        )
+
+    return Response(await _render(run, False, render), media_type="application/json")
 
 
 def timeline_json(timeline: Timeline) -> Node:
@@ -409,10 +439,12 @@ def timeline_json(timeline: Timeline) -> Node:
 
 async def _api_timeline(request: Request) -> Response:
     try:
-        timeline, _, _, live = await _timeline(request)
+        timeline, run_id, _, live = await _timeline(request)
     except StoreProblem as exc:
         return _problem(exc, api=True)
-    return _json({**timeline_json(timeline), "live": live})
+    stored = run_id not in _vs(request).feeds
+    data = await _render(None, not stored, lambda: {**timeline_json(timeline), "live": live})
+    return _json(data)
 
 
 # --- event streams --------------------------------------------------------------------------
