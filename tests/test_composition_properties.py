@@ -27,7 +27,9 @@ against it:
   allows otherwise; errors are the strategy's (a timed-out group's error carries ``.results``);
   no attempt starts or ends once its group has stopped it;
 - no internal error, no task left behind, no "never awaited" coroutine, no error in the loop;
-  the bus's ``GroupCompleted`` and ``MemberFinished`` agree with the results.
+  the bus's ``GroupCompleted`` and ``MemberFinished`` agree with the results; the run viewer's
+  feed that follows the state shows what a feed fed every record shows, and agrees with the
+  results.
 
 ``make test`` runs 300 scenarios (the same ones each run, ``derandomize``); ``make soak`` runs
 10,000 new ones (``RH_SOAK_EXAMPLES``; failures are kept in ``.hypothesis/`` and replayed).
@@ -61,6 +63,8 @@ from rh_agents.core.parallel import ErrorStrategy, GroupStatus, RetryPolicy
 from rh_agents.core.records import EventRetrying, GroupCompleted, MemberFinished
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import FailureThresholdError, GroupFailedError, ParallelTimeoutError
+from rh_agents.ui.live import LiveFeed
+from ui_support import assert_feeds_agree
 
 SOAK = "RH_SOAK_EXAMPLES" in os.environ
 EXAMPLES = int(os.environ.get("RH_SOAK_EXAMPLES", "300"))
@@ -208,7 +212,9 @@ class Scenario:
     global_limit: int | None = None
     state_retry: Retry | None = None
     cancel_at: float | None = None
-    subscriber: str | None = None  # None, sync, async, groups_only (kinds=[GroupCompleted])
+    # None, sync, async, groups_only (kinds=[GroupCompleted]), or viewer: the run viewer's
+    # feed following the state (its watch log) beside one fed every record of the bus.
+    subscriber: str | None = None
     seed: int = 0  # for the retry jitter (tenacity draws it from ``random``)
 
     __repr__ = _short
@@ -284,7 +290,7 @@ _DELAY = st.sampled_from((0.0, 0.01, 0.05, 0.1, 0.5))
 _MULTIPLIER = st.sampled_from((1.0, 2.0))
 _JITTER = st.sampled_from((0.0, 0.0, 0.0, 0.02))
 _CANCEL_AT = st.one_of(st.sampled_from((0.0, 0.05, 0.1, 0.2)), st.floats(0, 2))
-_SUBSCRIBER = st.sampled_from((None, None, "sync", "async", "groups_only"))
+_SUBSCRIBER = st.sampled_from((None, None, "sync", "async", "groups_only", "viewer"))
 _ONE_IN = {n: st.integers(1, n) for n in range(2, 9)}
 
 
@@ -499,6 +505,13 @@ class World:
             self.state.event_bus.subscribe(keep)
         elif scenario.subscriber == "groups_only":
             self.state.event_bus.subscribe(self.records.append, kinds=[GroupCompleted])
+        elif scenario.subscriber == "viewer":
+            # Followed from outside the loop: the feed takes the log when read (no timer of
+            # its own, which would make virtual time pass). Wall-clock times are not compared.
+            self.recorded = LiveFeed("recorded", clock_now=lambda: 0.0)
+            self.state.event_bus.subscribe(self.recorded, kinds=LiveFeed.KINDS)
+            self.followed = LiveFeed("followed", clock_now=lambda: 0.0)
+            self.followed.follow(self.state)
         self.runs: list[GroupRun] = []
         self.doing = 0  # members inside an attempt, over every group
         self.budgeted = 0  # works and backoffs in progress: what may make time pass
@@ -830,6 +843,8 @@ class World:
             repr(t) for t in alive if not t.get_coro().__qualname__.startswith("Subscription.")
         ]
         await self.state.event_bus.close(drain=True)
+        if self.scenario.subscriber == "viewer":
+            self.followed.finish()  # (what the run logged is taken: the feed lets go)
 
     def _root_ended(self, task: asyncio.Task[None]) -> None:
         self.root_done = True
@@ -1026,6 +1041,9 @@ def check_records(world: World) -> None:
     subscriber = world.scenario.subscriber
     if subscriber is None:
         return
+    if subscriber == "viewer":
+        check_feeds(world)
+        return
     completed: dict[str, list[GroupCompleted]] = {}
     finished: dict[tuple[str, int], list[MemberFinished]] = {}
     retrying: Counter[str] = Counter()
@@ -1088,6 +1106,24 @@ def check_records(world: World) -> None:
                 retries = retrying[address] + retrying[address + "::leaf"]
                 retries += retrying[address + "::agent"]
                 assert retries == mr.calls - 1, f"{mr}: {retries} EventRetrying, {mr.calls} calls"
+
+
+def check_feeds(world: World) -> None:
+    """The viewer's feed that followed the state shows what the one fed every record shows,
+    and its members agree with the results; the state is no longer watched."""
+    assert world.state.watch is None, "the feed let go, but the state still logs"
+    assert_feeds_agree(world.recorded, world.followed)
+    nodes = {node["address"]: node for node in world.followed.all_nodes()}
+    for run in world.runs:
+        results = known_results(run)
+        if run.entered_at is None or results is None:
+            continue
+        for index, result in enumerate(results):
+            node = nodes.get(f"{run.group_id}[{index}]")
+            assert node is not None, f"{run.name}[{index}]: no node in the followed feed"
+            assert (node["status"], node["attempts"]) == (result.status.value, result.attempts), (
+                f"{run.name}[{index}]: node {node['status']}/{node['attempts']} against {result!r}"
+            )
 
 
 def check_world(world: World, runtime_warnings: list[str], loop_errors: list[Any]) -> None:

@@ -22,13 +22,9 @@ from rh_agents.executors import ProcessExecutor
 from rh_agents.recovery import Recovery
 from rh_agents.ui import live as live_module
 from rh_agents.ui.live import LiveFeed
-from ui_support import EVIL, Item, Items, build_workflow, run_workflow
+from ui_support import EVIL, Item, Items, assert_feeds_agree, build_workflow, run_workflow
 
 pytestmark = pytest.mark.timeout(30)
-
-# What may differ between the two feeds: when each was told (a record's timestamp and the
-# log's are read from the clock at slightly different moments).
-_WHEN = {"order", "started", "finished", "wall_time", "metrics"}
 
 
 async def _eventually(check: Any, within: float = 10.0) -> bool:
@@ -43,10 +39,6 @@ async def _eventually(check: Any, within: float = 10.0) -> bool:
     return bool(check())
 
 
-def _comparable(node: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in node.items() if key not in _WHEN}
-
-
 def _both(state: ExecutionState) -> tuple[LiveFeed, LiveFeed]:
     """A feed fed every record of ``state``'s bus, and one following ``state``."""
     recorded = LiveFeed("recorded", clock_now=state.clock.now)
@@ -54,30 +46,6 @@ def _both(state: ExecutionState) -> tuple[LiveFeed, LiveFeed]:
     followed = LiveFeed("followed", clock_now=state.clock.now)
     followed.follow(state)
     return recorded, followed
-
-
-def _assert_same(recorded: LiveFeed, followed: LiveFeed) -> None:
-    by_record = {n["address"]: _comparable(n) for n in recorded.all_nodes()}
-    by_log = {n["address"]: _comparable(n) for n in followed.all_nodes()}
-    differing = {
-        address: {
-            key: (by_log.get(address, {}).get(key), node.get(key))
-            for key in node.keys() | by_log.get(address, {}).keys()
-            if by_log.get(address, {}).get(key) != node.get(key)
-        }
-        for address, node in by_record.items()
-        if by_log.get(address) != node
-    }
-    assert not differing, differing  # (followed, recorded) by field
-    assert by_log.keys() == by_record.keys()
-    assert [_comparable(g) for g in followed.groups()] == [
-        _comparable(g) for g in recorded.groups()
-    ]
-    assert followed.event_counts() == recorded.event_counts()
-    for group in recorded.group_ids():
-        bars = [(b.index, b.status, b.attempts) for b in recorded.timeline(group).groups[0].bars()]
-        chart = followed.timeline(group).groups[0]
-        assert [(b.index, b.status, b.attempts) for b in chart.bars()] == bars
 
 
 class Slow(BaseModel):
@@ -100,7 +68,7 @@ async def test_a_followed_run_shows_what_its_records_show() -> None:
     state = ExecutionState(run_id="same")
     recorded, followed = _both(state)
     await run_workflow(state, members=6, delay=0.001)
-    _assert_same(recorded, followed)
+    assert_feeds_agree(recorded, followed)
     nodes = {n["address"]: n for n in followed.all_nodes()}
     assert EVIL in nodes["Orchestrator::docs[3]::work"]["error"]
     assert nodes["Orchestrator::docs[1]::work"]["retries"] == 1
@@ -132,7 +100,7 @@ async def test_cancelled_and_timed_out_members_show_the_same(
                 await p.gather()
         except ValueError:  # (fail_fast raises the first failure)
             assert options.get("error_strategy") == "fail_fast"
-    _assert_same(recorded, followed)
+    assert_feeds_agree(recorded, followed)
     members = [n for n in followed.all_nodes() if n["kind"] == "member"]
     assert {n["status"] for n in members} >= statuses - {"completed"}
 
@@ -208,7 +176,7 @@ async def test_a_resumed_run_shows_its_replayed_calls_the_same(tmp_path: Path) -
     state = ExecutionState.resume("again", backend=store)
     recorded, followed = _both(state)
     await run_workflow(state, members=4)
-    _assert_same(recorded, followed)
+    assert_feeds_agree(recorded, followed)
     sources = {n.get("source") for n in followed.all_nodes() if n["kind"] == "event"}
     assert "replay" in sources
 
@@ -224,7 +192,7 @@ async def test_calls_made_in_worker_processes_show_the_same() -> None:
                 p.add(ExecutionEvent(actor=double_tool)(ExecutorItem(n=n), "", state))
             results = await p.gather()
         assert [r.result for r in results] == [0, 2, 4, 6]
-        _assert_same(recorded, followed)
+        assert_feeds_agree(recorded, followed)
         calls = [n for n in followed.all_nodes() if n["kind"] == "event"]
         assert sorted(n["result"] for n in calls) == ["0", "2", "4", "6"]
     finally:
@@ -251,7 +219,7 @@ async def test_a_cancelled_call_shows_cancelled() -> None:
     await state.event_bus.close()
     (node,) = followed.all_nodes()
     assert node["status"] == "cancelled" and node["duration"] >= 0
-    _assert_same(recorded, followed)
+    assert_feeds_agree(recorded, followed)
 
 
 async def test_nobody_watching_logs_nothing_and_builds_no_records() -> None:

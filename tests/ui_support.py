@@ -21,6 +21,7 @@ from rh_agents.recovery import Recovery
 from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.records import CheckpointRecord, RunStatus
 from rh_agents.resilience import RetryPolicy
+from rh_agents.ui.live import LiveFeed
 
 EVIL = '<script>window.__pwned = 1; document.title = "pwned"</script> bad input'
 FAILING = 3  # the member whose call raises EVIL
@@ -113,6 +114,44 @@ def add_members(path: Path, run_id: str, indexes: range, status: str | None = No
     with open_backend(path, mode="write") as backend:
         final = RunStatus(status) if status is not None else None
         backend.save(run_id, [member_record(run_id, i) for i in indexes], status=final)
+
+
+# --- two feeds of one run -----------------------------------------------------------------------
+
+# What may differ between a feed fed every record and one following the state: when each was
+# told (a record's timestamp and the log's are read from the clock at slightly different
+# moments), and the metrics "so far" worked out from those times.
+_WHEN = {"order", "started", "finished", "wall_time", "metrics"}
+
+
+def _comparable(node: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in node.items() if key not in _WHEN}
+
+
+def assert_feeds_agree(recorded: LiveFeed, followed: LiveFeed) -> None:
+    """``followed`` (a feed following a state) shows what ``recorded`` (fed every record of
+    the same run's bus) shows: every node field by field, the groups, the counts, the bars."""
+    by_record = {n["address"]: _comparable(n) for n in recorded.all_nodes()}
+    by_log = {n["address"]: _comparable(n) for n in followed.all_nodes()}
+    differing = {
+        address: {
+            key: (by_log.get(address, {}).get(key), node.get(key))
+            for key in node.keys() | by_log.get(address, {}).keys()
+            if by_log.get(address, {}).get(key) != node.get(key)
+        }
+        for address, node in by_record.items()
+        if by_log.get(address) != node
+    }
+    assert not differing, differing  # (followed, recorded) by field
+    assert by_log.keys() == by_record.keys()
+    assert [_comparable(g) for g in followed.groups()] == [
+        _comparable(g) for g in recorded.groups()
+    ]
+    assert followed.event_counts() == recorded.event_counts()
+    for group in recorded.group_ids():
+        bars = [(b.index, b.status, b.attempts) for b in recorded.timeline(group).groups[0].bars()]
+        chart = followed.timeline(group).groups[0]
+        assert [(b.index, b.status, b.attempts) for b in chart.bars()] == bars
 
 
 # --- event streams --------------------------------------------------------------------------
