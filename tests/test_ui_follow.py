@@ -5,9 +5,11 @@ must show exactly what a feed fed every record shows."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import BaseModel
 
@@ -20,6 +22,7 @@ from rh_agents.core.records import EventCompleted, MemberFinished
 from rh_agents.errors import ConfigurationError
 from rh_agents.executors import ProcessExecutor
 from rh_agents.recovery import Recovery
+from rh_agents.ui import Viewer, create_app
 from rh_agents.ui import live as live_module
 from rh_agents.ui.live import LiveFeed
 from ui_support import EVIL, Item, Items, assert_feeds_agree, build_workflow, run_workflow
@@ -168,17 +171,21 @@ async def test_a_run_in_progress_shows_running_members_calls_and_counts() -> Non
     assert state.watch is None  # the run is no longer watched: nothing more is logged
 
 
-async def test_a_resumed_run_shows_its_replayed_calls_the_same(tmp_path: Path) -> None:
-    """Calls answered from the stored run (replays) and calls run again."""
+@pytest.mark.parametrize("replay", ["skip", "republish"])
+async def test_a_resumed_run_shows_its_replayed_calls_the_same(tmp_path: Path, replay: str) -> None:
+    """Calls answered from the stored run (replays, announced as such or republished as
+    completed with their results) and calls run again."""
     store = tmp_path / "state.db"
     first = ExecutionState(run_id="again", recovery=Recovery(store))
     await run_workflow(first, members=4)
-    state = ExecutionState.resume("again", backend=store)
+    state = ExecutionState.resume("again", backend=store, replay=replay)
     recorded, followed = _both(state)
     await run_workflow(state, members=4)
     assert_feeds_agree(recorded, followed)
-    sources = {n.get("source") for n in followed.all_nodes() if n["kind"] == "event"}
-    assert "replay" in sources
+    replayed = [n for n in followed.all_nodes() if n.get("source") == "replay"]
+    assert replayed
+    if replay == "republish":  # shown with their results (the republished records have them)
+        assert all(n["result"] is not None for n in replayed)
 
 
 async def test_calls_made_in_worker_processes_show_the_same() -> None:
@@ -292,7 +299,7 @@ async def test_a_backlog_nobody_reads_is_bounded(monkeypatch: pytest.MonkeyPatch
     feed.follow(state)
     async with state.parallel(max_workers=4) as p:
         for n in range(50):
-            p.add(lambda n=n: n)
+            p.add(functools.partial(asyncio.sleep, 0, n))
         await p.gather()
     assert state.watch is not None
     state.watch.drain()
@@ -312,3 +319,117 @@ async def test_a_run_watched_after_it_started() -> None:
     (node,) = feed.all_nodes()
     assert (node["address"], node["status"], node["result"]) == ("slow", "completed", "5")
     feed.finish()
+
+
+async def test_a_group_opened_before_the_feed_follows_is_shown() -> None:
+    """Its GroupStarted was missed: the group was never listed, and its running members never
+    shown (found in review)."""
+    state = ExecutionState(run_id="late-group")
+    gate, both_in = asyncio.Event(), asyncio.Event()
+    inside: list[int] = []
+
+    async def member(i: int) -> int:
+        inside.append(i)
+        if len(inside) == 2:
+            both_in.set()
+        await gate.wait()
+        return i
+
+    async with state.parallel(max_workers=2, name="g") as p:
+        for i in range(4):
+            p.add(member(i))
+        await both_in.wait()
+        feed = LiveFeed("late-group", clock_now=state.clock.now)
+        feed.follow(state)
+        nodes = {n["address"]: n["status"] for n in feed.all_nodes()}
+        assert nodes == {"g[0]": "running", "g[1]": "running"}
+        (group,) = feed.groups()
+        assert (group["group_id"], group["status"], group["done"]) == ("g", "running", 0)
+        gate.set()
+        await p.gather()
+    await state.event_bus.drain()
+    (group,) = feed.groups()
+    assert (group["status"], group["done"], group["succeeded"]) == ("completed", 4, 4)
+    feed.finish()
+
+
+async def test_a_stream_wakes_for_members_that_start_without_logging_anything() -> None:
+    """A member's start logs nothing: a waiting stream woke only at its heartbeat (15 s)."""
+    state = ExecutionState(run_id="starts")
+    feed = LiveFeed("starts", clock_now=state.clock.now)
+    feed.follow(state)
+    gate = asyncio.Event()
+
+    async def member() -> None:
+        await gate.wait()
+
+    async with state.parallel(max_workers=2, name="g") as p:
+        await asyncio.sleep(0)
+        cursor = feed.cursor
+        waiting = asyncio.create_task(feed.wait(60))
+        await asyncio.sleep(0)
+        p.add(member())
+        await asyncio.wait_for(waiting, 5)  # (a look every LOOK_EVERY seconds finds it)
+        changed = feed.changes_since(cursor)
+        assert changed is not None and "g[0]" in changed
+        gate.set()
+        await p.gather()
+    feed.finish()
+
+
+async def test_the_runs_list_counts_what_a_followed_run_did_before_any_page_opened(
+    tmp_path: Path,
+) -> None:
+    state = ExecutionState(run_id="listed")
+    feed = LiveFeed("listed", clock_now=state.clock.now)
+    feed.follow(state)
+    await run_workflow(state, members=3)
+    app = create_app(tmp_path / "state.db", feeds={"listed": feed})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        (run,) = (await client.get("/api/runs")).json()["runs"]
+    assert run["events"] == 4 and run["counts"] == {"completed": 4}
+    feed.finish()
+
+
+def test_a_feed_followed_from_outside_a_loop_takes_the_log_on_the_runs_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a loop there was no drain timer, ever: the log grew for the whole run."""
+    monkeypatch.setattr(live_module, "DRAIN_EVERY", 0.01)
+    state = ExecutionState(run_id="outside")
+    feed = LiveFeed("outside")
+    feed.follow(state)  # e.g. viewer.watch(state) before asyncio.run()
+    watch = state.watch
+    assert watch is not None
+
+    async def main() -> None:
+        async with state.parallel(max_workers=2, name="g") as p:
+            for i in range(3):
+                p.add(functools.partial(asyncio.sleep, 0, i))
+            await p.gather()
+        assert await _eventually(lambda: not watch.log)  # the timer took it
+        assert feed.behind
+
+    asyncio.run(main())
+    feed.finish()
+    assert [n["status"] for n in feed.all_nodes()] == ["completed"] * 3
+
+
+async def test_a_finished_feed_cannot_follow_again_and_a_viewer_makes_a_new_one() -> None:
+    """A finished feed followed again never let go (finish() did nothing the second time)."""
+    state = ExecutionState(run_id="twice")
+    feed = LiveFeed("twice")
+    feed.follow(state)
+    feed.finish()
+    with pytest.raises(ConfigurationError, match="new LiveFeed"):
+        feed.follow(state)
+    assert state.watch is None
+    viewer = Viewer(store=None)
+    first = viewer.watch(state)
+    assert viewer.watch(state) is first  # the same run: the same feed
+    viewer.finish(state)
+    second = viewer.watch(state)  # a new run on that state
+    assert second is not first and second.running and state.watch is not None
+    await viewer.close()
+    assert state.watch is None

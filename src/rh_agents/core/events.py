@@ -165,9 +165,13 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         watch = state.watch  # the run viewer's log (see core/watch.py), if it watches
         if recovered is not None:
             state.history.record(self, address, group_id, index, None, recovered)
-            if watch is not None:
-                call_ended(
-                    watch, address, group_id, index, actor, tag, clock.now(), recovered,
+            if watch is not None:  # (as the bus tells it: republished as completed, or not)
+                republished = state.replay_publishes
+                watch.log += (
+                    CALL_ENDED, address, group_id, index, actor.name, actor.kind, clock.now(),
+                    0.0 if republished else recovered.execution_time,
+                    1 if republished else recovered.attempts, recovered.status._value_,
+                    recovered.error, None, "replay" if republished else "replayed",
                     self.detail_chars,
                 )  # fmt: skip
             if bus.call_records:
@@ -263,7 +267,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             watch = state.watch
             if watch is not None:
                 call_ended(
-                    watch, address, group_id, index, actor, tag, ended, exc, self.detail_chars,
+                    watch, address, group_id, index, actor, ended, exc, self.detail_chars,
                     started, tries,
                 )  # fmt: skip
             if bus.call_records:
@@ -322,7 +326,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 )  # fmt: skip
             else:
                 call_ended(
-                    watch, address, group_id, index, actor, tag, started + elapsed, result,
+                    watch, address, group_id, index, actor, started + elapsed, result,
                     self.detail_chars,
                 )  # fmt: skip
         state.history.record(self, address, group_id, index, validated, result)

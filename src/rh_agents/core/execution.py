@@ -111,8 +111,10 @@ class ExecutionState:
         self.root_frame = Frame(self, "")
         self.replay_publishes = False
         self._entered = False  # inside `async with state:` (the bus counts the runs open)
-        # An observer's log of calls and members (the run viewer's; see core/watch.py).
+        # An observer's log of calls and members (the run viewer's; see core/watch.py), and
+        # the groups open now, by id (each group adds itself as it starts, leaves as it ends).
         self.watch: RunWatch | None = None
+        self.open_groups: dict[str, ParallelExecutionManager[Any]] = {}
         self.internal_errors: list[BaseException] = []
         if watchdog is not None and not isinstance(watchdog, Watchdog):
             raise ConfigurationError(

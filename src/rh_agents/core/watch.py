@@ -25,17 +25,21 @@ collections more frequent and longer (a group of 10,000 ``ExecutionEvent`` membe
   time (one item per ``CALL_STARTED`` entry, in the same order);
 - ``CALL_ENDED``, 13 fields: ``address, group_id, index, actor, actor_kind, timestamp,
   execution_time, attempts, status, error, error_type, source, detail_chars``, as it ends
-  (``status`` a ``ResultStatus`` value; ``source`` ``run``, ``cache`` or ``replay``; the
-  result itself is in ``state.history`` at ``address``);
+  (``status`` a ``ResultStatus`` value; ``source`` ``run``, ``cache``, ``replay`` for a
+  result from a stored run republished as completed, or ``replayed`` for one announced as a
+  replay, as the bus tells them; the result itself is in ``state.history`` at ``address``);
 - ``MEMBER_FINISHED``, 11 fields: ``address, group_id, index, name, started, enqueued,
   execution_time, attempts, status, error, ended``, as a group member's one result lands:
   ``started`` is ``None`` for a member that never ran, and then only ``ended`` is given (its
   end is ``started + execution_time`` otherwise, its queue wait ``started - enqueued``). A
   member running now is not logged: it is in its group's pool (``running_members``).
 
-Invariants: every call logged as started is logged as ended (its end may come in a later
-drain); a member is logged once, after its result landed; ``groups`` holds exactly the groups
-that are open (registered as they start, removed as they end).
+Invariants, while a watch is attached: every call logged as started is logged as ended (its
+end may come in a later drain; a call that started before the watch has only its end); a
+member is logged once, after its result landed; ``groups`` holds exactly the groups that are
+open, those opened before the watch included (it is the state's ``open_groups``). A watch
+detached (``detach``) and a new one attached later starts a new log: what happened in between
+is in no log.
 """
 
 from __future__ import annotations
@@ -64,12 +68,17 @@ Reader = Callable[[list[Any], list[Any]], None]
 class RunWatch:
     """One run's log of calls and members, and its open groups; see the module docstring."""
 
-    __slots__ = ("groups", "inputs", "log", "readers")
+    __slots__ = ("groups", "inputs", "log", "on_group", "readers")
 
-    def __init__(self) -> None:
+    def __init__(self, groups: dict[str, ParallelExecutionManager[Any]] | None = None) -> None:
         self.log: list[Any] = []  # flat: kind, fields, kind, fields...
         self.inputs: list[Any] = []  # the input of each CALL_STARTED entry, in order
-        self.groups: dict[str, ParallelExecutionManager[Any]] = {}
+        # The groups open now, by id: the state's own ``open_groups`` (it keeps them whether
+        # or not it is watched, so that a watch begun mid-run sees the groups already open).
+        self.groups: dict[str, ParallelExecutionManager[Any]] = groups if groups is not None else {}
+        # Called once, then forgotten, when a group opens next (on the run's event loop): an
+        # observer attached from outside any loop starts its timers there.
+        self.on_group: list[Callable[[], None]] = []
         # Called with each drained batch of entries and their inputs, in order (every reader
         # gets every entry).
         self.readers: list[Reader] = []
@@ -79,8 +88,14 @@ class RunWatch:
         """``state``'s watch, attached to it first if it has none."""
         watch = state.watch
         if watch is None:
-            watch = state.watch = cls()
+            watch = state.watch = cls(state.open_groups)
         return watch
+
+    def group_opened(self) -> None:
+        """A group opened (the group calls it when ``on_group`` has callbacks)."""
+        waiting, self.on_group = self.on_group, []
+        for callback in waiting:
+            callback()
 
     def drain(self) -> None:
         """Hand the entries logged since the last drain (and their inputs) to every reader."""
@@ -127,7 +142,6 @@ def call_ended(
     group_id: str | None,
     index: int | None,
     actor: BaseActor,
-    tag: str | None,
     timestamp: float,
     result: ExecutionResult[Any] | BaseException,
     detail_chars: int,

@@ -225,7 +225,7 @@ class RemoteExecutor:
                 history.record(event, address, group_id, index, input, result)
                 if watch is not None:
                     call_ended(
-                        watch, address, group_id, index, event.actor, event.tag,
+                        watch, address, group_id, index, event.actor,
                         state.clock.now(), result, event.detail_chars,
                     )  # fmt: skip
                 if hooked:

@@ -191,6 +191,7 @@ async def _list_runs(vs: ViewerState) -> tuple[list[Node], str | None]:
     except StoreProblem as exc:
         problem = exc.message
     for run_id, feed in list(vs.feeds.items()):
+        feed.sync()  # (its counts include what the run logged so far)
         summaries[run_id] = live_summary(feed, _same_run(feed, infos.get(run_id)))
     runs = sorted(summaries.values(), key=lambda run: run["created"], reverse=True)
     return runs, problem

@@ -75,6 +75,8 @@ STREAM_BUDGET = 2000
 # Logged values a feed keeps before it makes rows of them, read or not (about 8 bytes each,
 # plus the numbers they hold).
 MAX_BACKLOG = 2_000_000
+# Rows whose previews a feed that stops following makes per loop turn.
+PREVIEW_CHUNK = 2000
 
 Node = dict[str, Any]
 """A node as the API gives it: see ``rh_agents.ui.model``."""
@@ -176,6 +178,7 @@ class LiveFeed:
         self._inputs: dict[int, tuple[Any, int]] = {}
         self._history: ExecutionHistory | None = None
         self._chars: dict[int, int] = {}  # a call's own detail_chars, where not the default
+        self._previews_from = 0  # (unfollow makes the previews left, a chunk at a time)
         # Logs handed over and not made rows of yet: [log, inputs, position, inputs used].
         self._backlog: deque[list[Any]] = deque()
         self._backlog_size = 0  # their entries' values not taken yet (at most MAX_BACKLOG)
@@ -318,6 +321,11 @@ class LiveFeed:
         whenever a page or a stream asks, and at least every ``DRAIN_EVERY`` seconds."""
         if self._followed is not None:
             raise ConfigurationError(f"the feed of run {self.run_id!r} already follows a state")
+        if self.status is not None:
+            raise ConfigurationError(
+                f"the feed of run {self.run_id!r} is finished ({self.status}); follow a new "
+                "run with a new LiveFeed (Viewer.watch(state) makes one)"
+            )
         watch = RunWatch.of(state)
         watch.readers.append(self.take)
         self._watch = watch
@@ -333,13 +341,14 @@ class LiveFeed:
             return
         self.sync()
         watch.detach(self.take, state)
-        # The previews not made yet are made now: the feed keeps strings, not the results.
-        for row in range(self.size):
-            if self._kind[row] == _COMPLETED and self._strings[6 * row + 2] is None:
-                self._preview(row)
-        self._history = None
+        if self._take_on_group in watch.on_group:
+            watch.on_group.remove(self._take_on_group)
         self._inputs.clear()
-        self._chars.clear()
+        # The previews not made yet are made now (the feed keeps strings, not the run's
+        # results), a chunk per loop turn: a run of 100,000 calls would hold the loop for a
+        # good part of a second otherwise.
+        self._previews_from = 0
+        self._make_previews()
         self._watch = None
         self._followed = None
         if self._subscription is not None:
@@ -349,19 +358,50 @@ class LiveFeed:
             self._drain_timer.cancel()
             self._drain_timer = None
 
+    def _make_previews(self) -> None:
+        """Make the previews of completed calls from ``_previews_from`` on, ``PREVIEW_CHUNK``
+        rows per loop turn (all at once outside a loop); then let go of the history."""
+        kinds, strings, size = self._kind, self._strings, self.size
+        row = self._previews_from
+        end = size
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            end = min(size, row + PREVIEW_CHUNK)
+        while row < end:
+            if kinds[row] == _COMPLETED and strings[6 * row + 2] is None:
+                self._preview(row)
+            row += 1
+        self._previews_from = row
+        if row < size and loop is not None:
+            loop.call_soon(self._make_previews)
+            return
+        self._history = None
+        self._chars.clear()
+
     def _schedule_drain(self) -> None:
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # (followed from outside a loop: pages and streams drain it)
+        except RuntimeError:
+            # Followed from outside a loop: the timer starts on the run's loop, as its next
+            # group opens (pages and streams take the log whenever they read, meanwhile).
+            if self._watch is not None:
+                self._watch.on_group.append(self._take_on_group)
             return
         self._drain_timer = loop.call_later(DRAIN_EVERY, self._drain_tick)
 
+    def _take_on_group(self) -> None:
+        if self._watch is not None and self._drain_timer is None:
+            self._schedule_drain()
+
     def _drain_tick(self) -> None:
-        # Entries hold the members and results they name: taken regularly, even with no
-        # page open, so that a long run does not keep them all.
+        # The log's entries hold the inputs of calls and pile up: taken regularly, even with
+        # no page open, into the backlog (plain values; MAX_BACKLOG bounds it).
         self._drain_timer = None
         if self._watch is not None:
-            self._watch.drain()  # (into _backlog: plain values, not the run's objects)
+            self._watch.drain()
             self._schedule_drain()
 
     def sync(self, budget: int | None = None) -> None:
@@ -414,11 +454,12 @@ class LiveFeed:
         with the inputs of the calls it starts; see ``rh_agents.core.watch``): kept as it is,
         in ``_backlog``, until a reader asks (``sync``)."""
         self._backlog.append([log, inputs, 0, 0])
+        self.last_record = time.time()
         self._backlog_size += len(log)
         if self._backlog_size > MAX_BACKLOG:
             # Nobody reads as fast as the run logs: make rows of the excess (rows take less
-            # room than the log's values).
-            self._materialize(self._backlog_size - MAX_BACKLOG // 2)
+            # room than the log's values, and hold no input). An entry is 8 to 14 values.
+            self._materialize((self._backlog_size - MAX_BACKLOG // 2) // 8 + 1)
 
     def _materialize(self, budget: int | None) -> None:
         """Make rows of the backlog's entries, oldest first: all of them, or ``budget``."""
@@ -498,9 +539,12 @@ class LiveFeed:
                 strings[s] = log[at + 4]
                 strings[s + 1] = log[at + 5]
                 status = log[at + 9]
-                if status == "completed":
-                    source = log[at + 12]
-                    kinds[row] = _REPLAYED if source == "replay" else _COMPLETED
+                source = log[at + 12]
+                if source == "replayed":  # announced as a replay (EventReplayed)
+                    kinds[row] = _REPLAYED
+                    strings[s + 5] = "replay"
+                elif status == "completed":
+                    kinds[row] = _COMPLETED
                     strings[s + 2] = None  # (its result's preview: made when shown)
                     if log[at + 13] != DETAIL_CHARS:
                         self._chars[row] = log[at + 13]
@@ -605,6 +649,7 @@ class LiveFeed:
                 await asyncio.wait_for(asyncio.shield(self._waiter), step)
             except TimeoutError:
                 pass
+            self.sync(0)  # (members started and counts moved: nothing logs those)
             if self.cursor != cursor or self.status is not None or self.behind:
                 return
 
@@ -726,6 +771,7 @@ class LiveFeed:
         ids = dict.fromkeys(self.started)
         ids.update(dict.fromkeys(self.progress))
         ids.update(dict.fromkeys(self._counts_seen))
+        ids.update(dict.fromkeys(self.completed))
         return list(ids)
 
     def group(self, group_id: str, *, metrics: bool = True) -> Node | None:
@@ -734,9 +780,19 @@ class LiveFeed:
         started = self.started.get(group_id)
         completed = self.completed.get(group_id)
         counts = self.progress.get(group_id)
-        if started is None and counts is None and group_id not in self._counts_seen:
+        if (
+            started is None
+            and counts is None
+            and completed is None
+            and group_id not in self._counts_seen
+        ):
             return None
-        name = started.name if started is not None else group_id.rsplit("::", 1)[-1]
+        if started is not None:
+            name = started.name
+        elif completed is not None:
+            name = completed.name
+        else:
+            name = group_id.rsplit("::", 1)[-1]
         group: Node = {
             "group_id": group_id,
             "name": name,

@@ -221,9 +221,12 @@ class Viewer:
     def watch(self, state: ExecutionState, run_id: str | None = None) -> LiveFeed:
         """Follow ``state``'s run live (a ``LiveFeed`` following it: see ``LiveFeed.follow``).
         ``run_id``: its name in the viewer (default: the state's run id, else a new one)."""
-        for feed, watched in self._subscriptions:
+        for feed, watched in list(self._subscriptions):
             if watched is state:
-                return feed  # type: ignore[no-any-return]
+                if feed.status is None:
+                    return feed  # type: ignore[no-any-return]
+                # That run is over (finished): this is a new one on the same state.
+                self._subscriptions.remove((feed, watched))
         name = run_id or state.run_id or f"live-{uuid.uuid4().hex[:12]}"
         check_run_id(name)  # (InvalidRunIdError, naming the rule: the caller's mistake)
 

@@ -295,9 +295,12 @@ class ParallelExecutionManager(Generic[T]):
         watchdog = state.watchdog
         if watchdog is not None:
             self._window = open_window(self, watchdog)
+        # Open groups, by id: an observer (the run viewer's feed) reads their counts and
+        # running members, including those of groups opened before it began to watch.
+        state.open_groups[self.group_id] = self
         watch = state.watch
-        if watch is not None:
-            watch.groups[self.group_id] = self  # (its observer reads counts and running members)
+        if watch is not None and watch.on_group:
+            watch.group_opened()
         bus = state.event_bus
         if bus.has_listeners:
             # At the group's own address, placed in its parent member (if any).
@@ -359,9 +362,8 @@ class ParallelExecutionManager(Generic[T]):
             self._timeout_handle.cancel()
             self._timeout_handle = None
         state = self._state
-        watch = state.watch
-        if watch is not None:
-            watch.groups.pop(self.group_id, None)
+        if state.open_groups.get(self.group_id) is self:
+            del state.open_groups[self.group_id]
         now = state.clock.now()
         self._wall_time = now - self._started_at
         tally = self._tally
