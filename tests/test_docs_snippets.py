@@ -131,10 +131,17 @@ def test_snippet_runs(
     code = compile(
         snippet.source, str(ROOT / snippet.page), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     )
-    if code.co_flags & inspect.CO_COROUTINE:
-        asyncio.run(eval(code, module.__dict__))
-    else:
-        exec(code, module.__dict__)
+    try:
+        if code.co_flags & inspect.CO_COROUTINE:
+            asyncio.run(eval(code, module.__dict__))
+        else:
+            exec(code, module.__dict__)
+    finally:
+        # A block that failed before its own `ray.shutdown()` must not leave Ray running for
+        # the tests after it (their `ray.init` would fail, every one of them).
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
     capsys.readouterr()  # what it printed is for the reader; running without error is the test
 
 
