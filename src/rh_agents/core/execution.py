@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
@@ -114,7 +115,10 @@ class ExecutionState:
         # An observer's log of calls and members (the run viewer's; see core/watch.py), and
         # the groups open now, by id (each group adds itself as it starts, leaves as it ends).
         self.watch: RunWatch | None = None
-        self.open_groups: dict[str, ParallelExecutionManager[Any]] = {}
+        # (Weak: a group entered by hand and dropped must still be collected, and warn.)
+        self.open_groups: weakref.WeakValueDictionary[str, ParallelExecutionManager[Any]] = (
+            weakref.WeakValueDictionary()
+        )
         self.internal_errors: list[BaseException] = []
         if watchdog is not None and not isinstance(watchdog, Watchdog):
             raise ConfigurationError(

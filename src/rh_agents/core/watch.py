@@ -45,7 +45,7 @@ is in no log.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.results import ExecutionResult, describe_error
@@ -70,12 +70,16 @@ class RunWatch:
 
     __slots__ = ("groups", "inputs", "log", "on_group", "readers")
 
-    def __init__(self, groups: dict[str, ParallelExecutionManager[Any]] | None = None) -> None:
+    def __init__(
+        self, groups: MutableMapping[str, ParallelExecutionManager[Any]] | None = None
+    ) -> None:
         self.log: list[Any] = []  # flat: kind, fields, kind, fields...
         self.inputs: list[Any] = []  # the input of each CALL_STARTED entry, in order
         # The groups open now, by id: the state's own ``open_groups`` (it keeps them whether
         # or not it is watched, so that a watch begun mid-run sees the groups already open).
-        self.groups: dict[str, ParallelExecutionManager[Any]] = groups if groups is not None else {}
+        self.groups: MutableMapping[str, ParallelExecutionManager[Any]] = (
+            groups if groups is not None else {}
+        )
         # Called once, then forgotten, when a group opens next (on the run's event loop): an
         # observer attached from outside any loop starts its timers there.
         self.on_group: list[Callable[[], None]] = []
