@@ -433,3 +433,36 @@ async def test_a_finished_feed_cannot_follow_again_and_a_viewer_makes_a_new_one(
     assert second is not first and second.running and state.watch is not None
     await viewer.close()
     assert state.watch is None
+
+
+async def test_a_map_whose_input_is_still_being_read_has_no_known_total() -> None:
+    """Its total showed as the members added when it started (0), below those done."""
+    state = ExecutionState(run_id="lazy")
+    feed = LiveFeed("lazy", clock_now=state.clock.now)
+    feed.follow(state)
+    gate, four_done = asyncio.Event(), asyncio.Event()
+    done: list[int] = []
+
+    async def work(item: int) -> int:
+        if item >= 4:
+            await gate.wait()
+        done.append(item)
+        if len(done) == 4:
+            four_done.set()
+        return item
+
+    async with state.parallel(max_workers=2, name="m") as p:
+        p.map(work, iter(range(10)))
+        await four_done.wait()
+        (group,) = feed.groups()
+        assert group["total_known"] is False and group["total"] >= group["done"] == 4
+        gate.set()
+        await p.gather()
+    await state.event_bus.drain()
+    (group,) = feed.groups()
+    assert (group["status"], group["total"], group.get("total_known", True)) == (
+        "completed",
+        10,
+        True,
+    )
+    feed.finish()

@@ -831,7 +831,10 @@ class LiveFeed:
         else:
             done, succeeded, failed, total = 0, 0, 0, None
         if total is None:
-            total = started.total if started is not None else done
+            if seen is not None or counts is not None:
+                # A map() whose input is still being read: its size is not known yet.
+                group["total_known"] = False
+            total = max(done, started.total if started is not None else 0)
         group.update(status="running", total=total, done=done, succeeded=succeeded, failed=failed)
         if metrics:
             group["metrics"] = self._running_metrics(group_id)
