@@ -161,13 +161,7 @@ def seal(group: ParallelExecutionManager[Any]) -> None:
     if group._sealed:
         return
     group._sealed = True
-    if (
-        group._stop_status is None
-        and group._tally.last_failure is not None
-        and group._threshold_reached()
-    ):
-        group._trigger = group._tally.last_failure
-        group._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
+    group._check_threshold()
 
 
 async def gather(
@@ -207,26 +201,41 @@ def stream(group: ParallelExecutionManager[T]) -> AsyncIterator[ExecutionResult[
     (The iterator is a plain object, not an async generator, so abandoning it leaves no
     finalizer task behind.)
     """
+    return _open_stream(group, None)
+
+
+def _open_stream(
+    group: ParallelExecutionManager[T], only: range | None
+) -> AsyncIterator[ExecutionResult[T]]:
     if not group._entered:
         group._used = True  # (told now: no UnusedGroupWarning later)
         raise GroupClosedError("stream() needs 'async with state.parallel(...) as p:' first")
     check_not_inside(group, "stream()")
     seal(group)
-    return ResultStream(group)
+    return ResultStream(group, only)
 
 
 def gather_stream(
     group: ParallelExecutionManager[T], members: Iterable[Any]
 ) -> AsyncIterator[ExecutionResult[T]]:
-    """Add ``members``, then stream every result in completion order."""
-    group.add_many((None, m) for m in members)
-    return stream(group)
+    """Add ``members``, then stream their results in completion order (as ``gather([...])``
+    returns only theirs; the group's other members go on and are gathered with the block)."""
+    return _stream_of(group, members)
 
 
 def as_completed(
     group: ParallelExecutionManager[T], members: Iterable[Any] | None = None
 ) -> AsyncIterator[ExecutionResult[T]]:
-    """Results in completion order with ``index``, ``name`` and ``event_id`` set."""
-    if members is not None:
-        group.add_many((None, m) for m in members)
-    return stream(group)
+    """Results in completion order with ``index``, ``name`` and ``event_id`` set: every
+    member's, or with ``members``, those added now only."""
+    if members is None:
+        return stream(group)
+    return _stream_of(group, members)
+
+
+def _stream_of(
+    group: ParallelExecutionManager[T], members: Iterable[Any]
+) -> AsyncIterator[ExecutionResult[T]]:
+    first = group._tally.total
+    group.add_many((None, m) for m in members)
+    return _open_stream(group, range(first, group._tally.total))

@@ -156,6 +156,7 @@ class ParallelExecutionManager(Generic[T]):
     cancel = stopping.cancel
     _stop = stopping.stop
     _threshold_reached = stopping.threshold_reached
+    _check_threshold = stopping.check_threshold
     _stopped_result = stopping.stopped_result
     _skipped_result = stopping.skipped_result
     _input_failed = stopping.input_failed
@@ -253,6 +254,9 @@ class ParallelExecutionManager(Generic[T]):
         # The parts, each the one owner of its state.
         self._pool = WorkerPool(self, self._adaptive if self._adaptive is not None else limit)
         self._tally = ResultTally(self._retain)
+        if not self._retain and self.raise_exception_group:
+            # It raises every failure at the end: those (only) are kept for it.
+            self._tally.failures_kept = []
         self._readers = ReaderWaits()
         self._records = MemberRecords(self)
 

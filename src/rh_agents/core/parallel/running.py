@@ -25,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import copy
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,10 @@ def finish(
 ) -> None:
     """Record ``member``'s one result and react to it (the only place results land)."""
     index = member.index
+    if result.index is not None and (result.index != index or result.name != member.name):
+        # Another group's result (or another member's), handed back by this member: it is
+        # taken as is, but as a copy, so that its own group keeps it as it was.
+        result = copy.copy(result)
     result.index = index
     result.name = member.name
     if result.address is None:

@@ -373,6 +373,8 @@ class WorkerPool:
                         member = self._pull_now(source)
                     else:
                         pulled = await self._pull(source)
+                        if pulled is None and source.exhausted:
+                            group._check_threshold()  # (the member count is final now)
                         member = (
                             None
                             if pulled is None
@@ -501,6 +503,7 @@ class WorkerPool:
             item = next(source.items)
         except StopIteration:
             source.exhausted = True
+            group._check_threshold()  # (the member count is final now)
             return None
         except Exception as exc:
             group._input_failed(source, exc)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "cancel",
+    "check_threshold",
     "input_failed",
     "member_raised_base",
     "on_group_timeout",
@@ -59,9 +60,28 @@ def threshold_reached(group: ParallelExecutionManager[Any]) -> bool:
     threshold = group.failure_threshold
     failures = group._tally.failures
     if isinstance(threshold, float):
-        # A fraction of a total still growing means nothing: wait until sealed.
-        return group._sealed and failures >= threshold * max(group._tally.total, 1)
+        # A fraction of a total still growing means nothing: wait until sealed, and until a
+        # map() input is read to its end (its members are added as workers free up).
+        source = group._source
+        return (
+            group._sealed
+            and (source is None or source.exhausted)
+            and failures >= threshold * max(group._tally.total, 1)
+        )
     return threshold is not None and failures >= threshold
+
+
+def check_threshold(group: ParallelExecutionManager[Any]) -> None:
+    """The member count just became final (sealed, or the map() input ended): stop now if the
+    failures so far already reach a fractional threshold."""
+    if (
+        group._stop_status is None
+        and group.failure_threshold is not None
+        and group._tally.last_failure is not None
+        and threshold_reached(group)
+    ):
+        group._trigger = group._tally.last_failure
+        group._stop(ResultStatus.CANCELLED, GroupStatus.FAILED)
 
 
 def stopped_result(
@@ -202,6 +222,9 @@ def raise_for_strategy(
             results,
         )
     if group.raise_exception_group:
+        kept = group._tally.failures_kept
+        if kept is not None:  # a group that keeps no results: its failures were kept for this
+            results = sorted(kept, key=lambda r: r.index if r.index is not None else -1)
         errors = [
             r.exception
             if isinstance(r.exception, Exception)
@@ -211,7 +234,7 @@ def raise_for_strategy(
         ]
         if errors:
             raise GroupFailedError(
-                f"{len(errors)} of {len(results)} members of group {group.group_id!r} "
+                f"{len(errors)} of {group._tally.total} members of group {group.group_id!r} "
                 "did not complete",
                 errors,
                 results,

@@ -10,7 +10,7 @@ them off the queue the workers fill), waiting for the next one without holding a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.parallel.strategy import GroupStatus
@@ -23,14 +23,22 @@ __all__ = ["ResultStream"]
 
 
 class ResultStream(AsyncIterator[ExecutionResult[Any]]):
-    """The iterator behind ``p.stream()``: walks the completion order of one group."""
+    """The iterator behind ``p.stream()``: walks the completion order of one group.
 
-    __slots__ = ("_cursor", "_finished", "_manager")
+    ``only``: the indexes of the members given to ``as_completed([...])`` or
+    ``gather_stream([...])``: only their results are yielded, and the stream ends with the
+    last of them (the group's other members go on, and are gathered with the block).
+    """
 
-    def __init__(self, manager: ParallelExecutionManager[Any]) -> None:
+    __slots__ = ("_cursor", "_finished", "_left", "_manager")
+
+    def __init__(
+        self, manager: ParallelExecutionManager[Any], only: Iterable[int] | None = None
+    ) -> None:
         self._manager = manager
         self._cursor = 0
         self._finished = False
+        self._left: set[int] | None = None if only is None else set(only)
 
     def __aiter__(self) -> ResultStream:
         return self
@@ -49,8 +57,11 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
 
     async def _next(self) -> ExecutionResult[Any]:
         m = self._manager
+        left = self._left
         try:
             while True:
+                if left is not None and not left:
+                    raise StopAsyncIteration  # every member asked for was yielded
                 result = self._take()
                 if result is not None:
                     if result is m._trigger:
@@ -58,6 +69,10 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
                         await m._wait_all()
                         m._finalize()
                         m._raise_for_strategy(m._collected() if m._retain else [])
+                    if left is not None:
+                        if result.index not in left:
+                            continue  # another member's: not asked for here
+                        left.discard(result.index)
                     return result
                 if not m._unfinished():
                     break

@@ -62,6 +62,7 @@ class ResultTally:
         "done",
         "dropping",
         "failed",
+        "failures_kept",
         "last_failure",
         "metrics",
         "results",
@@ -80,6 +81,8 @@ class ResultTally:
         self.unretained: deque[ExecutionResult[Any]] = deque()  # for the stream's reader
         self.dropping = False  # no reader will come: unkept results are only counted
         self.last_failure: ExecutionResult[Any] | None = None
+        # A group that keeps no results but raises every failure at the end keeps those.
+        self.failures_kept: list[ExecutionResult[Any]] | None = None
         self.total = 0  # members numbered so far
         self.done = 0
         self.succeeded = 0
@@ -118,8 +121,11 @@ class ResultTally:
             index = member.index
             self.results[index] = result
             self.completion_order.append(index)
-        elif not self.dropping:
-            self.unretained.append(result)
+        else:
+            if not self.dropping:
+                self.unretained.append(result)
+            if self.failures_kept is not None and not result.ok:
+                self.failures_kept.append(result)
 
     def drop_unread(self) -> None:
         """No reader will take the results a group that keeps none has not handed out yet
