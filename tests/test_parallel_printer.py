@@ -771,3 +771,29 @@ def test_a_short_terminal_crops_the_running_members_before_the_failures() -> Non
 def test_a_narrow_terminal_narrows_the_bar_before_the_text() -> None:
     assert _crowded(height=24, width=40)[0] == "📦 g ━━━         3/10 30% 1.00s 3 failed"
     assert _crowded(height=24, width=30)[0] == "📦 g 3/10 30% 1.00s 3 failed"
+
+
+async def test_a_callable_members_own_retry_sits_with_its_member_lines() -> None:
+    # Its address is the member's own (no call under it), so the line was drawn at column 0
+    # while every other line of that member was indented under its group.
+    from rh_agents import RetryPolicy
+
+    printer, out = plain_printer("realtime")
+    bus = EventBus()
+    bus.subscribe(printer)
+    tries = {"n": 0}
+
+    async def flaky() -> int:
+        tries["n"] += 1
+        if tries["n"] < 2:
+            raise ValueError("flaky")
+        return 1
+
+    retry = RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0)
+    state = ExecutionState(event_bus=bus, clock=FrozenClock())
+    async with state, state.parallel(max_workers=1, name="docs", retry=retry) as p:
+        p.add(flaky, name="fl")
+    printer.close()
+    lines = [line for line in out.getvalue().splitlines() if "[docs#0]" in line]
+    assert lines and {line[: len(line) - len(line.lstrip())] for line in lines} == {"  "}
+    assert any("↻ docs[0] retry 1" in line for line in lines)

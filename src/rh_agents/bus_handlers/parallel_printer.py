@@ -579,10 +579,13 @@ class ParallelEventPrinter(EventPrinter):
                 self._refresh()
             return  # counted in the bar and the summary
         actor = record.address.rsplit("::", 1)[-1]
+        # A member's own retry (a callable member: its address is the member's) sits with
+        # the member's lines, one level under its group, as a call's retry does.
+        level = record.depth if view is None else max(record.depth, view.level + 1)
         self._line(
             f"{self._prefix(record)}↻ {actor} retry {record.attempt} in "
             f"{seconds(record.delay)}: {record.error}",
-            record.depth,
+            level,
         )
 
     def _run_interrupted(self, record: RunInterrupted) -> None:
