@@ -95,7 +95,7 @@ def _waiting_members(state: ExecutionState, count: int) -> list[Awaitable[Any]]:
 # shows what watching costs a run in its steady state, not only at its start.
 WORKLOADS: dict[str, tuple[Callable[[ExecutionState, int], list[Awaitable[Any]]], int, int]] = {
     "no-op members": (_noop_members, 15, MEMBERS),
-    "no-op members, 100k": (_noop_members, 5, 100_000),
+    "no-op members, 100k": (_noop_members, 7, 100_000),
     "ExecutionEvent members": (_event_members, 9, MEMBERS),
     "10 ms members": (_waiting_members, 3, MEMBERS),
 }
