@@ -466,3 +466,18 @@ async def test_a_map_whose_input_is_still_being_read_has_no_known_total() -> Non
         True,
     )
     feed.finish()
+
+
+async def test_an_interrupted_run_ends_its_followed_feed_from_within_the_bus() -> None:
+    """The feed lets go of the state while the bus is handing it the RunInterrupted record
+    (it unsubscribes itself there): what the run logged before is still taken."""
+    state = ExecutionState(run_id="ctrl-c")
+    feed = LiveFeed("ctrl-c", clock_now=state.clock.now)
+    feed.follow(state)
+    await ExecutionEvent(actor=SLOW)(Slow(n=2, delay=0), "", state)
+    state._interrupted()  # what Ctrl-C under rh_agents.run does as the run stops
+    await state.event_bus.drain()
+    assert feed.status == "interrupted" and state.watch is None
+    assert not state.event_bus.has_listeners
+    (node,) = feed.all_nodes()
+    assert (node["address"], node["status"], node["result"]) == ("slow", "completed", "2")
