@@ -481,3 +481,19 @@ async def test_an_interrupted_run_ends_its_followed_feed_from_within_the_bus() -
     assert not state.event_bus.has_listeners
     (node,) = feed.all_nodes()
     assert (node["address"], node["status"], node["result"]) == ("slow", "completed", "2")
+
+
+async def test_two_running_runs_of_one_name_are_not_mixed_up_by_a_viewer() -> None:
+    """The second replaced the first in the viewer: the first, still running, vanished from
+    it (its feed following on, unseen)."""
+    viewer = Viewer(store=None)
+    first, second = ExecutionState(run_id="same"), ExecutionState(run_id="same")
+    viewer.watch(first)
+    with pytest.raises(ConfigurationError, match="run_id="):
+        viewer.watch(second)
+    assert viewer.watch(second, run_id="same-2").run_id == "same-2"
+    viewer.finish(first)
+    third = ExecutionState(run_id="same")  # a later run of that name: it takes the name
+    assert viewer.watch(third) is viewer.feeds["same"]
+    await viewer.close()
+    assert first.watch is second.watch is third.watch is None

@@ -229,6 +229,13 @@ class Viewer:
                 self._subscriptions.remove((feed, watched))
         name = run_id or state.run_id or f"live-{uuid.uuid4().hex[:12]}"
         check_run_id(name)  # (InvalidRunIdError, naming the rule: the caller's mistake)
+        watched = self.feeds.get(name)
+        if watched is not None and watched.status is None:
+            # Replacing it would hide a run still in progress (its feed following on, unseen).
+            raise ConfigurationError(
+                f"the viewer already watches a run named {name!r} that is still running; "
+                "watch this one under another name: viewer.watch(state, run_id=...)"
+            )
 
         feed = LiveFeed(name, clock_now=state.clock.now)
         feed.follow(state)
