@@ -128,3 +128,39 @@ async def test_raise_exception_group_works_for_a_group_that_keeps_no_results() -
     assert sorted(seen) == ["completed"] * 3 + ["failed"] * 3  # every result was streamed first
     assert sorted(str(e) for e in raised.value.exceptions) == ["bad 1", "bad 3", "bad 5"]
     assert "3 of 6 members" in str(raised.value)
+
+
+async def test_a_named_event_members_result_is_its_calls_own() -> None:
+    # The copy that keeps another group's result intact must not touch a member's own call:
+    # its result is the one in the state's history, under the member's name.
+    from pydantic import BaseModel
+
+    from rh_agents.core.actors import Tool
+    from rh_agents.core.events import ExecutionEvent
+
+    class Doc(BaseModel):
+        text: str
+
+    async def echo(input: Doc, context: str, state: ExecutionState) -> str:
+        return input.text
+
+    event = ExecutionEvent(actor=Tool(name="echo", input_model=Doc, handler=echo))
+    state = ExecutionState()
+    async with state.parallel(name="g") as p:
+        p.add("first", event(Doc(text="x"), "", state))
+    (result,) = await p.gather()
+    entry = state.history.get("g[0]::echo")
+    assert entry is not None and entry.result is result and result.name == "first"
+
+
+async def test_streaming_given_members_is_refused_where_results_are_not_kept() -> None:
+    # Skipping the other members' results would lose them: they are handed out once.
+    from rh_agents.core.parallel.manager import ParallelExecutionManager
+    from rh_agents.errors import ConfigurationError
+
+    state = ExecutionState()
+    async with ParallelExecutionManager(state, retain_results=False) as p:
+        p.add("other", asyncio.sleep(0, "other"))
+        with pytest.raises(ConfigurationError, match="retain_results=False"):
+            p.as_completed([asyncio.sleep(0, "a")])  # closed: no "never awaited" warning
+        assert [r.result async for r in p.stream()] == ["other"]

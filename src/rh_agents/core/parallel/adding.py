@@ -68,6 +68,7 @@ __all__ = [
     "add_member",
     "check_can_add",
     "check_retry",
+    "close_refused",
     "dependency_index",
     "enqueue",
     "label",
@@ -458,6 +459,11 @@ def map(
 
 def _call_event(event: Any, item: Any, *, context: str, state: ExecutionState) -> Awaitable[Any]:
     return event(item, context, state)  # type: ignore[no-any-return]
+
+
+def close_refused(obj: Any) -> None:
+    """Close a member that was refused before it was added (a coroutine or an event call)."""
+    _close_quietly(obj)
 
 
 def _close_quietly(obj: Any) -> None:

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import running_frame
+from rh_agents.core.parallel.adding import close_refused
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.stream import ResultStream
@@ -205,7 +206,7 @@ def stream(group: ParallelExecutionManager[T]) -> AsyncIterator[ExecutionResult[
 
 
 def _open_stream(
-    group: ParallelExecutionManager[T], only: range | None
+    group: ParallelExecutionManager[T], only: Iterable[int] | None
 ) -> AsyncIterator[ExecutionResult[T]]:
     if not group._entered:
         group._used = True  # (told now: no UnusedGroupWarning later)
@@ -236,6 +237,14 @@ def as_completed(
 def _stream_of(
     group: ParallelExecutionManager[T], members: Iterable[Any]
 ) -> AsyncIterator[ExecutionResult[T]]:
-    first = group._tally.total
-    group.add_many((None, m) for m in members)
-    return _open_stream(group, range(first, group._tally.total))
+    if not group._retain:
+        # Its results are handed out once: skipping the other members' would lose them.
+        for member in members:
+            close_refused(member)  # (refused: closed, so that none warns "never awaited")
+        raise ConfigurationError(
+            "as_completed([...]) and gather_stream([...]) need a group that keeps its results: "
+            "this one does not (retain_results=False); add the members with add() and read "
+            "every result with stream()"
+        )
+    indices = group.add_many((None, m) for m in members)
+    return _open_stream(group, indices)

@@ -195,7 +195,10 @@ def finish(
 ) -> None:
     """Record ``member``'s one result and react to it (the only place results land)."""
     index = member.index
-    if result.index is not None and (result.index != index or result.name != member.name):
+    if result.index is not None and (
+        result.index != index
+        or (result.name != member.name and not _own(result, group.group_id, index))
+    ):
         # Another group's result (or another member's), handed back by this member: it is
         # taken as is, but as a copy, so that its own group keeps it as it was.
         result = copy.copy(result)
@@ -247,6 +250,14 @@ def finish(
         readers.result_landed()
     if not group._pool.workers:  # else the last worker to end checks (see WorkerPool)
         check_all_done(group)
+
+
+def _own(result: ExecutionResult[Any], group_id: str, index: int) -> bool:
+    """Whether ``result`` is of a call made by member ``index`` itself, not of a group nested
+    in it: its address is under the member's, with no ``[`` after (names have none)."""
+    address = result.address
+    prefix = f"{group_id}[{index}]::"
+    return address is not None and address.startswith(prefix) and "[" not in address[len(prefix) :]
 
 
 def release_dependents(
