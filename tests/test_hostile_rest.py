@@ -393,3 +393,15 @@ async def test_a_subscriber_broken_for_good_is_counted_not_kept_record_by_record
     logged = [r.getMessage() for r in caplog.records if r.name == "rh_agents.bus"]
     assert len(logged) == MAX_KEPT_ERRORS + 1
     assert "further failures are only counted" in logged[-1]
+
+
+async def test_entering_a_run_whose_bus_an_earlier_run_closed_is_refused() -> None:
+    # Both states were made with the bus open; the first ended (and closed it) before the
+    # second began: the second's records were dropped silently.
+    bus = EventBus()
+    first, second = ExecutionState(event_bus=bus), ExecutionState(event_bus=bus)
+    async with first:
+        await ECHO(Doc(text="a"), "", first)
+    with pytest.raises(ConfigurationError, match="make a new EventBus for each run"):
+        async with second:
+            pass

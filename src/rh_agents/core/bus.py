@@ -657,6 +657,13 @@ class EventBus:
 
     def open_run(self) -> None:
         """A run starts using this bus (``async with state:`` calls it): see ``end_run``."""
+        if self._closed:
+            # Its subscribers were stopped: every record of the run would be dropped unseen.
+            raise ConfigurationError(
+                "this run's event_bus was closed by a run that ended before this one began "
+                "(the last run to leave `async with state:` closes the bus); make a new "
+                "EventBus for each run, or enter both runs before either ends"
+            )
         self._runs_open += 1
 
     async def end_run(self, opened: bool = True) -> None:
