@@ -228,3 +228,30 @@ async def test_state_level_breaker_applies_when_nothing_nearer_does() -> None:
     )
     assert not isinstance((await own(Item(), "", state)).exception, CircuitOpenError)
     assert state.breakers["own"].state == "closed" and handler.calls == 2
+
+
+def test_a_call_let_through_before_the_circuit_opened_does_not_close_it() -> None:
+    # A slow call admitted while closed, succeeding after two fast failures opened the
+    # circuit, closed it again in the middle of its cool-down.
+    clock = ManualClock()
+    circuit = Circuit("k", CircuitBreaker(failure_threshold=2, cooldown=5), clock)
+    for _ in range(3):
+        circuit.acquire()  # the slow one first, then two that fail fast
+    circuit.release(ConnectionError())
+    circuit.release(ConnectionError())
+    assert circuit.state == "open"
+    circuit.release(None)  # the slow one succeeds, late
+    assert circuit.state == "open"
+    with pytest.raises(CircuitOpenError):
+        circuit.acquire()
+    clock.advance(5)
+    circuit.acquire()  # the probe decides
+    circuit.release(None)
+    assert circuit.state == "closed"
+
+
+def test_bad_input_of_a_nested_call_is_not_a_failure_of_the_dependency() -> None:
+    from rh_agents.errors import ActorInputError
+
+    assert not CircuitBreaker().counts(ActorInputError("bad input"))
+    assert CircuitBreaker().counts(ConnectionError("down"))

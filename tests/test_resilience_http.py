@@ -211,3 +211,15 @@ def test_stub_server_outage_windows() -> None:
             conn.close()
             assert reply.status == expected
             assert stub.stats().by_status == {expected: 1}
+
+
+async def test_a_rate_below_one_call_per_period_works() -> None:
+    # RateLimit(0.5, 1.0) was accepted, and every call then failed (a bucket smaller than one
+    # call refuses them all): it is one call every two seconds.
+    import asyncio
+
+    from rh_agents.resilience.rate_limit import RateLimiterRegistry
+
+    limiter = RateLimiterRegistry().limiter(RateLimit(0.5, 1.0), "g")
+    assert (limiter.max_rate, limiter.time_period) == (1, 2.0)
+    await asyncio.wait_for(limiter.acquire(), 5)  # the first call goes at once

@@ -348,8 +348,16 @@ def test_backoff_stays_within_bounds(
     )
     base = min(initial * multiplier ** (attempt - 1), max_delay)
     delay = policy.backoff(attempt)
-    assert 0 <= delay <= max_delay
-    assert min(base, max_delay) - 1e-9 <= delay <= base + jitter + 1e-9
+    # The jitter comes on top of the cap (callers that all reached it must not retry at once).
+    assert 0 <= delay <= max_delay + jitter + 1e-9
+    assert base - 1e-9 <= delay <= base + jitter + 1e-9
+
+
+def test_jitter_still_spreads_waits_that_reached_the_cap() -> None:
+    # min(exponential + jitter, max_delay) made every capped wait exactly max_delay.
+    policy = RetryPolicy(max_attempts=10, initial_delay=1, multiplier=2, max_delay=4, jitter=1)
+    waits = {policy.backoff(6) for _ in range(20)}
+    assert len(waits) > 1 and all(4 <= w <= 5 for w in waits)
 
 
 async def test_each_call_gets_fresh_retry_state() -> None:

@@ -30,7 +30,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from rh_agents.errors import CircuitOpenError, ConfigurationError
+from rh_agents.errors import ActorInputError, CircuitOpenError, ConfigurationError
 from rh_agents.resilience.retry import NEVER_RETRIED, TimeSource
 
 __all__ = ["BreakerRegistry", "Circuit", "CircuitBreaker", "CircuitState", "Transition"]
@@ -78,6 +78,7 @@ class CircuitBreaker:
             isinstance(exc, self.failure_on)
             and not isinstance(exc, NEVER_RETRIED)
             and not isinstance(exc, CircuitOpenError)
+            and not isinstance(exc, ActorInputError)  # (a callable member's nested call)
         )
 
 
@@ -132,6 +133,10 @@ class Circuit:
         if not finished or (error is not None and not self.policy.counts(error)):
             return None
         if error is None:
+            if self.state is CircuitState.OPEN:
+                # A call let through before the circuit opened, ending late: the cool-down and
+                # its probes decide, not a straggler.
+                return None
             self.failures = 0
             if self.state is not CircuitState.CLOSED:
                 return self._move(CircuitState.CLOSED)

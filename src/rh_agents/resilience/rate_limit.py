@@ -55,7 +55,12 @@ class RateLimiterRegistry:
         name = f"key:{limit.key}" if limit.key is not None else f"scope:{scope}"
         found = self._limiters.get(name)
         if found is None:
-            found = self._limiters[name] = AsyncLimiter(limit.calls, limit.period)
+            calls, period = limit.calls, limit.period
+            if calls < 1:
+                # Fewer than one call per period (RateLimit(0.5, 1.0)): the same rate as one
+                # call per period / calls; a bucket smaller than one call would refuse them all.
+                calls, period = 1, period / calls
+            found = self._limiters[name] = AsyncLimiter(calls, period)
         return found
 
     def __len__(self) -> int:

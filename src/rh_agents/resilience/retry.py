@@ -139,7 +139,8 @@ class RetryAttempts:
         self.attempt = 0
         self._clock = clock
         self._started = clock.now() if clock is not None else 0.0
-        # tenacity's primitives: exponential backoff capped at max_delay, plus random jitter.
+        # tenacity's primitives: exponential backoff capped at max_delay, plus random jitter
+        # (on top of the cap: callers that all reached it must not retry at the same instant).
         self._wait = tenacity.wait_exponential(
             multiplier=policy.initial_delay, exp_base=policy.multiplier, max=policy.max_delay
         ) + tenacity.wait_random(0, policy.jitter)
@@ -156,7 +157,7 @@ class RetryAttempts:
     def backoff(self, attempt: int) -> float:
         state = self._call_state
         state.attempt_number = attempt
-        return float(min(self._wait(state), self.policy.max_delay))
+        return float(self._wait(state))  # (the exponential part is capped at max_delay)
 
     def next_delay(self, exc: BaseException | None) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` when there is none.
