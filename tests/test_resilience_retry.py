@@ -406,3 +406,24 @@ async def test_a_call_reports_its_own_attempts_not_a_nested_calls(outer_retry: i
         p.add(ExecutionEvent(actor=outer)(Item(), "", state))
         p.add(lambda: ExecutionEvent(actor=outer)(Item(), "", state))
     assert [r.attempts for r in await p.gather()] == [outer_retry or 1] * 2
+
+
+async def test_a_reply_of_the_wrong_shape_is_retried_like_any_failure() -> None:
+    # The output was validated after the retry loop: a malformed structured reply (the
+    # typical case for a retry with an LLM) failed the call at once, whatever the policy.
+    from rh_agents.core.actors import LLM
+    from rh_agents.errors import ActorOutputError
+
+    class Score(BaseModel):
+        score: int
+
+    replies = iter([{"score": "high"}, {"score": 7}])
+
+    async def answer(input: Item, context: str, state: ExecutionState) -> Any:
+        return next(replies)
+
+    llm = LLM(name="judge", input_model=Item, output_model=Score, handler=answer)
+    state = make_state(ManualClock())
+    retry = RetryPolicy(max_attempts=3, initial_delay=0, jitter=0, retry_on=(ActorOutputError,))
+    result = await ExecutionEvent(actor=llm, retry=retry)(Item(), "", state)
+    assert result.ok and result.result == Score(score=7) and result.attempts == 2

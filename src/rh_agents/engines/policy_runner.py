@@ -230,11 +230,16 @@ async def invoke_actor(
 
         call = call_remote
 
+    # Each attempt's output is validated in the attempt: a reply of the wrong shape (a
+    # malformed structured answer from an LLM, say) is an ActorOutputError its retry policy
+    # may retry, as any other failure. (The event validates the value again: a no-op.)
+    validate_output = actor.validate_output
+
     async def attempt() -> Any:
         if timeout is None:
-            return await call(validated, context, state)
+            return validate_output(await call(validated, context, state))
         async with asyncio.timeout(timeout):
-            return await call(validated, context, state)
+            return validate_output(await call(validated, context, state))
 
     return await run_attempts(state, frame, event_policies(state, event, frame), attempt)
 
