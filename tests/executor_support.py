@@ -83,7 +83,10 @@ def flaky(path: str, failures: int) -> int:
 def sleep_then_touch(path: str, seconds: float) -> str:
     """Writes its pid to ``path.pid``, sleeps, then writes ``path``: a cancelled run never
     writes ``path``."""
-    Path(f"{path}.pid").write_text(str(os.getpid()))
+    # Written whole or not at all (a file then renamed): a worker killed while writing it
+    # left an empty file, which a test read as a pid.
+    Path(f"{path}.pid.tmp").write_text(str(os.getpid()))
+    os.replace(f"{path}.pid.tmp", f"{path}.pid")
     time.sleep(seconds)
     Path(path).write_text("finished")
     return "finished"
