@@ -497,3 +497,24 @@ async def test_two_running_runs_of_one_name_are_not_mixed_up_by_a_viewer() -> No
     assert viewer.watch(third) is viewer.feeds["same"]
     await viewer.close()
     assert first.watch is second.watch is third.watch is None
+
+
+async def test_following_again_before_the_previews_are_made_keeps_the_new_history(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Letting go makes the previews a chunk per loop turn; following again meanwhile must not
+    have the old chain drop the new run's history when it ends."""
+    monkeypatch.setattr(live_module, "PREVIEW_CHUNK", 1)
+    feed = LiveFeed("again")
+    first = ExecutionState()
+    feed.follow(first)
+    await run_workflow(first, members=3)
+    feed.unfollow()  # (a viewer closing: the feed is not finished)
+    second = ExecutionState()
+    feed.follow(second)
+    for _ in range(20):
+        await asyncio.sleep(0)  # the old chain's turns
+    await ExecutionEvent(actor=SLOW)(Slow(n=4, delay=0), "", second)
+    nodes = {n["address"]: n for n in feed.all_nodes()}
+    assert nodes["slow"]["result"] == "4"  # (made from the new run's history)
+    feed.finish()

@@ -361,6 +361,10 @@ class LiveFeed:
     def _make_previews(self) -> None:
         """Make the previews of completed calls from ``_previews_from`` on, ``PREVIEW_CHUNK``
         rows per loop turn (all at once outside a loop); then let go of the history."""
+        if self._followed is not None:
+            # Followed again meanwhile: the history is the new run's; this chain stops (the
+            # next unfollow makes what is left).
+            return
         kinds, strings, size = self._kind, self._strings, self.size
         row = self._previews_from
         end = size
@@ -679,9 +683,6 @@ class LiveFeed:
 
     def is_group(self, address: str) -> bool:
         return address in self.started or address in self.completed or address in self._counts_seen
-
-    def is_node(self, address: str) -> bool:
-        return address in self.rows
 
     def group_of(self, address: str) -> str | None:
         row = self.rows.get(address)
