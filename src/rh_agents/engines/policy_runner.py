@@ -3,7 +3,8 @@
 ``PolicyRunner`` is core's ``CallRunner`` (see ``rh_agents.core.hooks``): importing
 ``rh_agents.engines`` installs it, and ``ExecutionState.invoke_actor`` and
 ``ExecutionState.run_member`` delegate to it. Policies are
-resolved nearest first: the event's, the actor's, the group's, the state's. A group's policies
+resolved nearest first: the event's, the actor's, the group's, the state's (rate limits add
+up instead: a call takes a token of its group's and of the state's). A group's policies
 apply to its members: to a member's own event (the event called directly by the member) and
 to a callable or coroutine member itself; events nested deeper inside a member use their own,
 their actor's or the state's policies. A member that is an ``ExecutionEvent`` call is left to
@@ -17,6 +18,7 @@ and to the group's adaptive limit. Between attempts the member gives its worker 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
@@ -29,6 +31,7 @@ from rh_agents.core.context import Frame
 from rh_agents.core.parallel.adding import _call_event
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
+from rh_agents.core.parallel.running import member_timed_out
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_in
 from rh_agents.core.results import ExecutionResult, describe_error
@@ -133,19 +136,31 @@ class Policies:
     retry: RetryPolicy | None = None
     breaker: CircuitBreaker | None = None
     breaker_key: str = ""
-    rate_limit: RateLimit | None = None
-    rate_scope: str = "state"
+    #: Every rate limit the call takes a token of, with its scope: the group's, then the
+    #: state's (limits add up; unlike the other policies, the nearest does not replace the rest).
+    rate_limits: tuple[tuple[RateLimit, str], ...] = ()
     group: ParallelExecutionManager[Any] | None = None
 
 
-def _rate(
+def _rates(
     state: ExecutionState, group: ParallelExecutionManager[Any] | None
-) -> tuple[RateLimit | None, str]:
+) -> tuple[tuple[RateLimit, str], ...]:
+    """The group's rate limit and the state's, both taken: a group's own limit narrows the
+    run's (a provider's quota, say); it must not lift it."""
     group_limit = getattr(group, "rate_limit", None) if group is not None else None
-    if group_limit is not None:
-        assert group is not None
-        return group_limit, group.group_id
-    return getattr(state, "rate_limit", None), "state"
+    state_limit = getattr(state, "rate_limit", None)
+    _check("rate_limit", group_limit, RateLimit)
+    _check("rate_limit", state_limit, RateLimit)
+    if group_limit is None:
+        return () if state_limit is None else ((state_limit, "state"),)
+    assert group is not None
+    found = ((group_limit, group.group_id),)
+    if state_limit is None or (
+        # One shared bucket named by both is taken once.
+        state_limit.key is not None and state_limit.key == group_limit.key
+    ):
+        return found
+    return (*found, (state_limit, "state"))
 
 
 def _check(kind: str, value: Any, expected: type) -> Any:
@@ -173,12 +188,11 @@ def event_policies(state: ExecutionState, event: ExecutionEvent[Any], frame: Fra
         group.circuit_breaker if group else None,
         state.circuit_breaker,
     )
-    rate, scope = _rate(state, group)
+    rates = _rates(state, group)
     _check("retry", retry, RetryPolicy)
     _check("circuit_breaker", breaker, CircuitBreaker)
-    _check("rate_limit", rate, RateLimit)
     key = (breaker.key if breaker is not None else None) or actor.name
-    return Policies(retry, breaker, key, rate, scope, group)
+    return Policies(retry, breaker, key, rates, group)
 
 
 def member_policies(
@@ -186,13 +200,12 @@ def member_policies(
 ) -> Policies:
     retry = _first(member.retry, group.retry, state.retry)
     breaker = _first(group.circuit_breaker, state.circuit_breaker)
-    rate, scope = _rate(state, group)
+    rates = _rates(state, group)
     _check("retry", retry, RetryPolicy)
     _check("circuit_breaker", breaker, CircuitBreaker)
-    _check("rate_limit", rate, RateLimit)
     name = group.name
     key = (breaker.key if breaker is not None else None) or f"group:{name}"
-    return Policies(retry, breaker, key, rate, scope, group)
+    return Policies(retry, breaker, key, rates, group)
 
 
 # --- the hooks -------------------------------------------------------------------------------
@@ -281,11 +294,7 @@ async def run_member(
     started = state.clock.now()
     try:
         value, attempts = await run_attempts(state, frame, policies, attempt, member)
-        if attempts > 1 and not isinstance(value, ExecutionResult):
-            # Hand the group a result that says how many attempts it took.
-            elapsed = state.clock.now() - started
-            return ExecutionResult(ok=True, result=value, execution_time=elapsed, attempts=attempts)
-        return value
+        return _with_attempts(state, value, attempts, started)
     finally:
         _group_policies_taken.reset(token)
         if isinstance(first, Coroutine):
@@ -314,10 +323,25 @@ async def _run_on_executor(
         value, attempts = await run_attempts(state, frame, policies, attempt, member)
     finally:
         _group_policies_taken.reset(token)
-    if attempts > 1 and not isinstance(value, ExecutionResult):
-        elapsed = state.clock.now() - started
-        return ExecutionResult(ok=True, result=value, execution_time=elapsed, attempts=attempts)
-    return value
+    return _with_attempts(state, value, attempts, started)
+
+
+def _with_attempts(state: ExecutionState, value: Any, attempts: int, started: float) -> Any:
+    """What a retried member hands its group: a result that says how many attempts it took.
+
+    A member returning an ``ExecutionResult`` of its own (a call it awaited) gets a copy
+    counting the member's attempts (the call's result, kept in the history, is left as is).
+    """
+    if attempts <= 1:
+        return value
+    if isinstance(value, ExecutionResult):
+        if value.attempts >= attempts:
+            return value
+        value = copy.copy(value)
+        value.attempts = attempts
+        return value
+    elapsed = state.clock.now() - started
+    return ExecutionResult(ok=True, result=value, execution_time=elapsed, attempts=attempts)
 
 
 # --- the attempt loop ----------------------------------------------------------------------
@@ -372,6 +396,43 @@ async def _backoff(state: ExecutionState, frame: Frame, delay: float) -> None:
             await slot.reclaim()
 
 
+async def _take_token(frame: Frame, limiter: AsyncLimiter) -> None:
+    """Take a token of ``limiter``; a member that must wait for one lends its global slot
+    meanwhile, so that members of other groups (under other limits) run in the meantime.
+    (Its group slot it keeps: the group's other members wait for the same tokens.)"""
+    if limiter.has_capacity():
+        await limiter.acquire()
+        return
+    slot = frame.slot
+    lent = isinstance(slot, MemberSlot) and slot.lend_global()
+    try:
+        await limiter.acquire()
+    finally:
+        if lent:
+            await slot.reclaim_global()
+
+
+def _attempt_cancelled(
+    state: ExecutionState,
+    frame: Frame,
+    circuit: Circuit | None,
+    adaptive: Any,
+    started: float,
+    level: int,
+) -> None:
+    """An attempt is being cancelled: by a member timeout, it is a timeout of the call (the
+    circuit counts a failure, the adaptive limit an overload); else it just did not finish."""
+    if not member_timed_out():
+        if circuit is not None:
+            circuit.release(None, finished=False)
+        return
+    timeout = TimeoutError(f"{frame.address} was cancelled by its member timeout")
+    if circuit is not None:
+        _publish_change(state, frame, circuit.key, circuit.release(timeout))
+    if adaptive is not None:
+        adaptive.on_overload(started=started, now=state.clock.now(), level=level)
+
+
 def _set_attempts(exc: BaseException, attempts: int) -> None:
     try:
         exc.attempts = attempts  # type: ignore[attr-defined]
@@ -397,12 +458,12 @@ async def run_attempts(
     circuit: Circuit | None = None
     if policies.breaker is not None:
         circuit = state.breakers.circuit(policies.breaker_key, policies.breaker)
-    limiter: AsyncLimiter | None = None
-    if policies.rate_limit is not None:
-        limiter = state.rate_limiters.limiter(policies.rate_limit, policies.rate_scope)
+    limiters: list[AsyncLimiter] = [
+        state.rate_limiters.limiter(limit, scope) for limit, scope in policies.rate_limits
+    ]
     group = policies.group
     adaptive = group.adaptive_limit if group is not None else None
-    if tries is None and circuit is None and limiter is None and adaptive is None:
+    if tries is None and circuit is None and not limiters and adaptive is None:
         return await attempt(), 1  # no policy at all: the plain call, nothing to track
     number = 0
     while True:
@@ -413,8 +474,8 @@ async def run_attempts(
         error: BaseException | None
         value: Any = None
         try:
-            if limiter is not None:
-                await limiter.acquire()
+            for limiter in limiters:
+                await _take_token(frame, limiter)
             if circuit is not None:
                 _publish_change(state, frame, circuit.key, circuit.acquire())
         except Exception as exc:  # CircuitOpenError: the call was not made
@@ -425,8 +486,8 @@ async def run_attempts(
             try:
                 value = await attempt()
             except asyncio.CancelledError:
-                if circuit is not None:
-                    circuit.release(None, finished=False)
+                if circuit is not None or adaptive is not None:
+                    _attempt_cancelled(state, frame, circuit, adaptive, started, level)
                 raise
             except Exception as exc:
                 error = exc

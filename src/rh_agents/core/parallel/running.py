@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from contextvars import ContextVar
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
@@ -45,12 +46,30 @@ __all__ = [
     "check_all_done",
     "failed_result",
     "finish",
+    "member_timed_out",
     "release_dependents",
     "run_member",
     "unfinished",
 ]
 
 _FAILURE_STATUSES = (ResultStatus.FAILED, ResultStatus.TIMED_OUT)
+
+# The deadlines of the members (with a timeout) that the running code is inside, innermost
+# last: a call cancelled by one of them ran too long, which its circuit breaker and its
+# group's adaptive limit count as a failure (a timeout), not as a call that never finished.
+# Set only around a member that has a timeout, so members without one pay nothing.
+_member_deadlines: ContextVar[tuple[asyncio.Timeout, ...]] = ContextVar(
+    "rh_agents_member_deadlines", default=()
+)
+
+
+def member_timed_out() -> bool:
+    """Whether a member timeout around the running code has expired (it is being cancelled).
+
+    Called while handling a ``CancelledError``: true when that cancellation is a member's
+    timeout (``member_timeout=`` or ``p.add(..., timeout=)``) rather than a stop.
+    """
+    return any(deadline.expired() for deadline in _member_deadlines.get())
 
 
 async def run_member(
@@ -100,6 +119,7 @@ async def run_member(
             value = await run
         else:
             deadline = asyncio.timeout(timeout)
+            inside = _member_deadlines.set((*_member_deadlines.get(), deadline))
             try:
                 async with deadline:
                     value = await run
@@ -110,6 +130,8 @@ async def run_member(
                     f"member {member.name or index} of group {group.group_id!r} timed out "
                     f"after {timeout}s"
                 ) from exc
+            finally:
+                _member_deadlines.reset(inside)
     except asyncio.CancelledError:
         cancelled = cancelled_result(group, member, started)
         if cancelled is None:

@@ -1,0 +1,226 @@
+"""Resilience policies where they meet the group's own features.
+
+A member timeout is a timeout of the call it cancels (the circuit breaker and the adaptive
+limit see it); the rate limits of a group and of the state both hold; a member waiting for a
+rate-limit token lends its global slot; a retried member reports its own attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Tool
+from rh_agents.core.bus import EventBus
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.parallel import ErrorStrategy
+from rh_agents.core.records import CircuitStateChanged
+from rh_agents.core.results import ResultStatus
+from rh_agents.errors import CircuitOpenError
+from rh_agents.resilience import AdaptiveLimit, CircuitBreaker, RateLimit, RetryPolicy
+from rh_agents.testing import ManualClock
+
+
+class Item(BaseModel):
+    n: int = 0
+
+
+def quiet_state(**options: Any) -> ExecutionState:
+    return ExecutionState(clock=ManualClock(), watchdog=None, **options)
+
+
+async def hang() -> None:
+    await asyncio.Event().wait()
+
+
+# --- member timeouts seen by the circuit breaker and the adaptive limit ----------------------
+
+
+async def test_member_timeouts_open_the_groups_circuit() -> None:
+    state = quiet_state()
+    calls = 0
+
+    async def stuck() -> None:
+        nonlocal calls
+        calls += 1
+        await hang()
+
+    breaker = CircuitBreaker(failure_threshold=2, cooldown=60)
+    async with state.parallel(max_workers=1, member_timeout=0.02, circuit_breaker=breaker) as p:
+        for _ in range(4):
+            p.add(stuck)
+        results = await p.gather()
+    # Two calls timed out; then the circuit was open and the handler was not called again.
+    assert [r.status for r in results[:2]] == [ResultStatus.TIMED_OUT] * 2
+    assert all(isinstance(r.exception, CircuitOpenError) for r in results[2:])
+    assert calls == 2
+    assert state.breakers["group:parallel"].state.value == "open"
+
+
+async def test_member_timeouts_open_an_actors_circuit() -> None:
+    bus = EventBus()
+    changes: list[CircuitStateChanged] = []
+    bus.subscribe(lambda r: changes.append(r) if isinstance(r, CircuitStateChanged) else None)
+    state = ExecutionState(event_bus=bus, clock=ManualClock(), watchdog=None)
+    calls = 0
+
+    async def handler(input: Item, context: str, state: Any) -> int:
+        nonlocal calls
+        calls += 1
+        await hang()
+        return input.n
+
+    tool = Tool(
+        name="slow",
+        input_model=Item,
+        handler=handler,
+        circuit_breaker=CircuitBreaker(failure_threshold=1, cooldown=60),
+    )
+    event = ExecutionEvent(actor=tool)
+    async with state.parallel(max_workers=1, member_timeout=0.02) as p:
+        for n in range(3):
+            p.add(event(Item(n=n), "", state))
+        results = await p.gather()
+    assert results[0].status is ResultStatus.TIMED_OUT
+    assert all(isinstance(r.exception, CircuitOpenError) for r in results[1:])
+    assert calls == 1
+    assert [(c.key, c.old_state, c.new_state) for c in changes] == [("slow", "closed", "open")]
+
+
+async def test_a_stop_is_not_a_failure_of_the_circuit() -> None:
+    state = quiet_state()
+    started = asyncio.Event()
+
+    async def stuck() -> None:
+        started.set()
+        await hang()
+
+    async def fails() -> None:
+        await started.wait()
+        raise ValueError("bad")
+
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=60, key="svc")
+    with pytest.raises(ValueError):
+        async with state.parallel(
+            max_workers=2,
+            member_timeout=30,
+            circuit_breaker=breaker,
+            error_strategy=ErrorStrategy.FAIL_FAST,
+        ) as p:
+            p.add(stuck)
+            p.add(fails)
+            await p.gather()
+    assert p.statistics().cancelled == 1
+    # Only the real failure counted (threshold 1: it opened the circuit); the cancelled call
+    # was not judged, so the count is one, not two.
+    assert state.breakers["svc"].failures == 1
+
+
+async def test_member_timeouts_cut_the_adaptive_limit() -> None:
+    state = quiet_state()
+    limit = AdaptiveLimit(1, 16, initial=8)
+
+    async with state.parallel(max_workers=limit, member_timeout=0.02) as p:
+        for _ in range(8):
+            p.add(hang)
+        results = await p.gather()
+    assert all(r.status is ResultStatus.TIMED_OUT for r in results)
+    assert limit.current < 8
+
+
+# --- rate limits of the group and the state, together ----------------------------------------
+
+
+async def test_a_groups_rate_limit_does_not_lift_the_states() -> None:
+    state = quiet_state(rate_limit=RateLimit(1, 60))
+    calls = 0
+
+    async def call() -> None:
+        nonlocal calls
+        calls += 1
+
+    async with state.parallel(max_workers=3, rate_limit=RateLimit(100, 1), timeout=0.2) as p:
+        for _ in range(3):
+            p.add(call)
+        results = await p.gather()
+    # The run's bucket holds one call a minute: one call ran, the others waited for it.
+    assert calls == 1
+    assert [r.status for r in results].count(ResultStatus.COMPLETED) == 1
+
+
+async def test_a_bucket_named_by_the_group_and_the_state_is_taken_once() -> None:
+    shared = RateLimit(2, 60, key="api")
+    state = quiet_state(rate_limit=shared)
+    async with state.parallel(max_workers=2, rate_limit=RateLimit(2, 60, key="api")) as p:
+        p.add(lambda: asyncio.sleep(0))
+        p.add(lambda: asyncio.sleep(0))
+        results = await asyncio.wait_for(p.gather(), 5)
+    assert all(r.ok for r in results)
+    assert len(state.rate_limiters) == 1
+
+
+async def test_a_member_waiting_for_a_token_lends_its_global_slot() -> None:
+    state = quiet_state(global_max_workers=1)
+    first_done = asyncio.Event()
+    waits: list[int] = []
+
+    async def first() -> None:
+        first_done.set()
+
+    async def limited_group() -> None:
+        async with state.parallel(max_workers=2, rate_limit=RateLimit(1, 60)) as p:
+            p.add(first)
+            p.add(first)  # waits a minute for its token
+            await p.gather()
+
+    limited = asyncio.create_task(limited_group())
+    try:
+        await first_done.wait()
+
+        async def other() -> int:
+            waits.append(1)
+            return 7
+
+        async with state.parallel(max_workers=1) as q:
+            q.add(other)
+            results = await asyncio.wait_for(q.gather(), 5)
+        assert results[0].result == 7
+        assert state.global_slots is not None and state.global_slots.in_use == 0
+    finally:
+        limited.cancel()
+        await asyncio.gather(limited, return_exceptions=True)
+    assert state.global_slots.in_use == 0
+
+
+# --- attempts of a retried member that returns a call's result --------------------------------
+
+
+async def test_a_retried_member_returning_a_calls_result_reports_its_own_attempts() -> None:
+    state = quiet_state()
+
+    async def double(input: Item, context: str, state: Any) -> int:
+        return input.n * 2
+
+    event = ExecutionEvent(actor=Tool(name="double", input_model=Item, handler=double))
+    made: list[Any] = []
+
+    async def member() -> Any:
+        result = await event(Item(n=len(made) + 1), "", state)
+        made.append(result)
+        if len(made) < 3:
+            raise ConnectionError("try again")
+        return result
+
+    async with state.parallel(
+        max_workers=1, retry=RetryPolicy(max_attempts=3, initial_delay=0)
+    ) as p:
+        p.add(member)
+        (result,) = await p.gather()
+    assert result.ok and result.result == 6
+    assert result.attempts == 3
+    # The call's own result (in the history) still says it took one attempt.
+    assert made[-1].attempts == 1 and made[-1] is not result
