@@ -42,6 +42,7 @@ test-uvloop: $(STAMP)
 soak: $(STAMP)
 	RH_SOAK_EXAMPLES=10000 $(BIN)/pytest -q --timeout=3600 tests/test_composition_properties.py
 	RH_SOAK_EXAMPLES=1000 $(BIN)/pytest -q --timeout=3600 tests/test_recovery_properties.py
+	RH_SOAK_EXAMPLES=10000 $(BIN)/pytest -q --timeout=3600 tests/test_resilience_properties.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -224,3 +224,25 @@ async def test_a_retried_member_returning_a_calls_result_reports_its_own_attempt
     assert result.attempts == 3
     # The call's own result (in the history) still says it took one attempt.
     assert made[-1].attempts == 1 and made[-1] is not result
+
+
+async def test_an_event_member_timed_out_in_its_second_attempt_reports_two() -> None:
+    state = quiet_state()
+    calls = 0
+
+    async def handler(input: Item, context: str, state: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("first")
+        await hang()
+        return 0
+
+    event = ExecutionEvent(actor=Tool(name="flaky", input_model=Item, handler=handler))
+    async with state.parallel(
+        member_timeout=0.05, retry=RetryPolicy(max_attempts=3, initial_delay=0)
+    ) as p:
+        p.add(event(Item(), "", state))
+        (result,) = await p.gather()
+    assert result.status is ResultStatus.TIMED_OUT
+    assert calls == 2 and result.attempts == 2

@@ -396,6 +396,17 @@ async def _backoff(state: ExecutionState, frame: Frame, delay: float) -> None:
             await slot.reclaim()
 
 
+def _member_calling(group: ParallelExecutionManager[Any], frame: Frame) -> Member | None:
+    """The member of ``group`` whose own event runs in ``frame`` (its worker runs it inline),
+    so that its attempts are kept current too: a member timeout ending the event between two
+    attempts reports the attempts made, not one."""
+    task = asyncio.current_task()
+    found = group._pool.running.get(task) if task is not None else None
+    if found is not None and found.address == frame.address.rpartition("::")[0]:
+        return found
+    return None
+
+
 async def _take_token(frame: Frame, limiter: AsyncLimiter) -> None:
     """Take a token of ``limiter``; a member that must wait for one lends its global slot
     meanwhile, so that members of other groups (under other limits) run in the meantime.
@@ -465,6 +476,8 @@ async def run_attempts(
     adaptive = group.adaptive_limit if group is not None else None
     if tries is None and circuit is None and not limiters and adaptive is None:
         return await attempt(), 1  # no policy at all: the plain call, nothing to track
+    if member is None and group is not None:
+        member = _member_calling(group, frame)
     number = 0
     while True:
         number = tries.begin() if tries is not None else number + 1
