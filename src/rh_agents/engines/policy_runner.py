@@ -32,7 +32,7 @@ from rh_agents.core.parallel.adding import _call_event
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
 from rh_agents.core.parallel.running import member_timed_out
-from rh_agents.core.parallel.slots import MemberSlot
+from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot
 from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_in
 from rh_agents.core.results import ExecutionResult, describe_error
 from rh_agents.resilience.breaker import Circuit, CircuitBreaker, Transition
@@ -383,16 +383,36 @@ def _publish_retry(
     state.event_bus.publish(record)
 
 
-async def _backoff(state: ExecutionState, frame: Frame, delay: float) -> None:
-    """Sleep ``delay`` on the state's clock holding no worker slot."""
+def _lendable(frame: Frame) -> MemberSlot | None:
+    """The slot a call in ``frame`` may lend while it only waits: its member's, if the call
+    runs in that member's own task.
+
+    A call the member runs beside others (``asyncio.gather`` of event calls, a task of its
+    own) cannot tell whether its siblings are working meanwhile: lending the member's one
+    slot then (twice, if two back off at once) would let other members run beside them, over
+    the limit. Such a call waits holding the slot. (A shared call's slot keeps its own
+    account of what it lent.)
+    """
     slot = frame.slot
-    lend = isinstance(slot, MemberSlot)
-    if lend:
+    if not isinstance(slot, MemberSlot):
+        return None
+    if isinstance(slot, SharedCallSlot):
+        return slot
+    member = slot.pool.running.get(asyncio.current_task())  # type: ignore[arg-type]
+    if member is None or member.index != frame.parallel_index:
+        return None
+    return slot
+
+
+async def _backoff(state: ExecutionState, frame: Frame, delay: float) -> None:
+    """Sleep ``delay`` on the state's clock holding no worker slot (see ``_lendable``)."""
+    slot = _lendable(frame)
+    if slot is not None:
         slot.lend()
     try:
         await state.clock.sleep(delay)
     finally:
-        if lend:
+        if slot is not None:
             await slot.reclaim()
 
 
@@ -414,12 +434,13 @@ async def _take_token(frame: Frame, limiter: AsyncLimiter) -> None:
     if limiter.has_capacity():
         await limiter.acquire()
         return
-    slot = frame.slot
-    lent = isinstance(slot, MemberSlot) and slot.lend_global()
+    slot = _lendable(frame)
+    lent = slot is not None and slot.lend_global()
     try:
         await limiter.acquire()
     finally:
         if lent:
+            assert slot is not None
             await slot.reclaim_global()
 
 

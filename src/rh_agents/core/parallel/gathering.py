@@ -50,6 +50,7 @@ __all__ = [
     "join_workers",
     "seal",
     "stream",
+    "take_back_owed",
     "wait_all",
     "wait_lending",
 ]
@@ -127,6 +128,8 @@ async def wait_all(group: ParallelExecutionManager[Any]) -> None:
     pool = group._pool
     pool.start_all()  # no more members will come: their workers start now
     if not group._unfinished() and not pool.workers:
+        if group._global_owed:
+            await take_back_owed(group)  # the member reads on: it works again
         return
     waiter = group._readers.end()
     try:
@@ -146,15 +149,35 @@ async def wait_lending(group: ParallelExecutionManager[Any], waiter: asyncio.Fut
 
     A member waiting on its own nested group does no work, so it gives its global slot
     back meanwhile; that is what keeps nested groups from deadlocking on the global limit.
-    If the wait is cancelled the slot stays lent: the member's own ``finally`` then has
-    nothing to release, and waiting for a slot only to give it back would be pointless.
+    If the wait is cancelled the slot stays lent for now: the nested group's members may
+    still hold every slot until the block is left and they are stopped, so waiting for one
+    here could wait forever. The group takes it back as its block is left, unless a
+    cancellation leaves it too (the member is ending: its ``finally`` then has nothing to
+    release); a member that caught that cancellation and works on does so without it.
     """
     parent_slot = group._parent_frame.slot if group._parent_frame is not None else None
-    lent = isinstance(parent_slot, MemberSlot) and parent_slot.lend_global()
-    await waiter  # our own future: cancelling it disturbs no other waiter
+    lent = isinstance(parent_slot, MemberSlot) and (
+        parent_slot.lend_global() or group._global_owed  # (lent still, by a cancelled wait)
+    )
+    group._global_owed = False
+    try:
+        await waiter  # our own future: cancelling it disturbs no other waiter
+    except asyncio.CancelledError:
+        if lent:
+            group._global_owed = True  # taken back in __aexit__
+        raise
     if lent:
         assert isinstance(parent_slot, MemberSlot)
         await parent_slot.reclaim_global()
+
+
+async def take_back_owed(group: ParallelExecutionManager[Any]) -> None:
+    """Take back the global slot a cancelled wait on ``group`` left lent (see wait_lending)."""
+    group._global_owed = False
+    parent = group._parent_frame
+    slot = parent.slot if parent is not None else None
+    if isinstance(slot, MemberSlot):
+        await slot.reclaim_global()
 
 
 def seal(group: ParallelExecutionManager[Any]) -> None:

@@ -100,6 +100,7 @@ class ParallelExecutionManager(Generic[T]):
         "_final_limit",
         "_finalized",
         "_fixed_limit",
+        "_global_owed",
         "_group",
         "_loop",
         "_members",
@@ -223,6 +224,9 @@ class ParallelExecutionManager(Generic[T]):
         self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
         self._parent_frame: Frame | None = None
+        # A wait on this group lent the parent member's global slot and was cancelled: the
+        # slot is taken back when the block is left (see gathering.wait_lending).
+        self._global_owed = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once entered
         self._started_at = 0.0
         self._wall_time: float | None = None
@@ -356,6 +360,11 @@ class ParallelExecutionManager(Generic[T]):
             # printer) have every record of this group before the program's next line runs.
             if self._finalized:
                 self._state.event_bus.deliver_pending()
+            if self._global_owed and not isinstance(exc, asyncio.CancelledError):
+                # A cancelled wait lent the member's global slot (a timeout the member caught
+                # inside the block): it works on after the block, so it takes it back now,
+                # once this group's own members are done with theirs.
+                await gathering.take_back_owed(self)
 
     def _finalize(self) -> None:
         if self._finalized:

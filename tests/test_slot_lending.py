@@ -1,0 +1,135 @@
+"""Who may lend a member's slots while it waits, and when they come back.
+
+A backoff, a rate-limit wait and a wait on a nested group lend the member's slots so that
+others run meanwhile; none of them may let more members work at once than the limits allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Tool
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.resilience import RetryPolicy
+
+
+class Item(BaseModel):
+    n: int
+
+
+class Overlaps:
+    """Who works at once: ``work(name)`` spans a piece of work; ``seen`` the crowds met."""
+
+    def __init__(self) -> None:
+        self.working: set[str] = set()
+        self.seen: list[list[str]] = []
+
+    async def work(self, name: str, seconds: float = 0.0) -> str:
+        self.working.add(name)
+        if len(self.working) > 1:
+            self.seen.append(sorted(self.working))
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.working.discard(name)
+        return name
+
+
+@pytest.mark.parametrize("global_limit", [None, 1])
+async def test_calls_a_member_runs_side_by_side_back_off_holding_its_slot(
+    global_limit: int | None,
+) -> None:
+    # Two event calls of one member, both backing off at once, each lent "the member's slot":
+    # the group slot was given back twice, and two other members ran beside the member.
+    state = ExecutionState(global_max_workers=global_limit, watchdog=None)
+    overlaps = Overlaps()
+    calls: dict[int, int] = {}
+
+    async def flaky(input: Item, context: str, state: Any) -> int:
+        calls[input.n] = calls.get(input.n, 0) + 1
+        await overlaps.work(f"call{input.n}")
+        if calls[input.n] == 1:
+            raise ConnectionError("once")
+        return input.n
+
+    event = ExecutionEvent(
+        actor=Tool(
+            name="flaky",
+            input_model=Item,
+            handler=flaky,
+            retry=RetryPolicy(max_attempts=2, initial_delay=0.02, jitter=0),
+        )
+    )
+
+    async def member() -> list[Any]:
+        both = await asyncio.gather(event(Item(n=1), "", state), event(Item(n=2), "", state))
+        return [r.result for r in both]
+
+    async with state.parallel(max_workers=1) as p:
+        p.add(member, name="M")
+        for k in range(3):
+            p.add(lambda k=k: overlaps.work(f"J{k}", 0.01), name=f"J{k}")
+        results = await p.gather()
+    assert [r.result for r in results] == [[1, 2], "J0", "J1", "J2"]
+    # Only the member's own two calls ever ran together.
+    assert all(set(crowd) <= {"call1", "call2"} for crowd in overlaps.seen), overlaps.seen
+    assert p.statistics().concurrency_high_water == 1
+
+
+async def test_a_member_that_caught_a_timeout_on_its_nested_group_works_with_its_slot() -> None:
+    # The wait on the nested group lent the member's global slot and was cancelled by the
+    # member's own timeout; the member caught it and worked on without any global slot.
+    state = ExecutionState(global_max_workers=1, watchdog=None)
+    overlaps = Overlaps()
+
+    async def member() -> str:
+        async with state.parallel(max_workers=1, name="inner") as inner:
+            inner.add(asyncio.sleep(30))
+            try:
+                async with asyncio.timeout(0.02):
+                    await inner.gather()
+            except TimeoutError:
+                pass  # the nested member is cancelled as the block is left
+        return await overlaps.work("M", 0.05)
+
+    async def other() -> str:
+        return await overlaps.work("N", 0.05)
+
+    async with state.parallel(max_workers=2) as p:
+        p.add(member, name="M")
+        p.add(other, name="N")
+        results = await p.gather()
+    assert [r.result for r in results] == ["M", "N"]
+    assert overlaps.seen == []
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_a_second_wait_after_a_cancelled_one_takes_the_slot_back_after_it() -> None:
+    state = ExecutionState(global_max_workers=1, watchdog=None)
+    release = asyncio.Event()
+
+    async def member() -> int:
+        async with state.parallel(max_workers=1, name="inner") as inner:
+            inner.add("slow", release.wait())
+            try:
+                async with asyncio.timeout(0.02):
+                    await inner.gather()
+            except TimeoutError:
+                pass
+            release.set()
+            results = await inner.gather()  # waits lent again, and takes the slot back
+            assert state.global_slots is not None
+            held = state.global_slots.in_use
+        return held + len(results)
+
+    async with state.parallel(max_workers=1) as p:
+        p.add(member)
+        (result,) = await asyncio.wait_for(p.gather(), 5)
+    assert result.ok, result.error
+    assert result.result == 2  # its own slot held again, and one result
+    assert state.global_slots is not None and state.global_slots.in_use == 0
