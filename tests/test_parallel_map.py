@@ -154,3 +154,38 @@ async def test_map_members_that_fail_to_start_fail_alone_with_a_clear_error() ->
     results = await p.gather()
     assert [r.ok for r in results] == [True, False, True]
     assert isinstance(results[1].exception, KeyError)
+
+
+async def test_a_threshold_stopping_the_stream_hands_every_unread_result_in_its_error() -> None:
+    # The stream raised on reaching the result that crossed the threshold; that result and
+    # every one after it were in neither the stream nor the error's .results.
+    from rh_agents.core.parallel import ErrorStrategy
+    from rh_agents.errors import FailureThresholdError
+
+    state = ExecutionState(watchdog=None)
+    gate = asyncio.Event()
+
+    async def fn(i: int) -> int:
+        if i in (1, 2):
+            await gate.wait()  # both fail once the first result has been read
+            raise ValueError(f"bad {i}")
+        if i == 0:
+            return i
+        await asyncio.Event().wait()  # cancelled by the threshold
+        return i
+
+    yielded: list[int | None] = []
+    with pytest.raises(FailureThresholdError) as info:
+        async for r in state.parallel_map(
+            fn,
+            range(6),
+            max_workers=6,
+            error_strategy=ErrorStrategy.FAIL_THRESHOLD,
+            failure_threshold=2,
+        ):
+            yielded.append(r.index)
+            gate.set()
+    in_error = [r.index for r in info.value.results]
+    assert sorted(yielded + in_error) == list(range(6))  # each result exactly once
+    statuses = {r.index: r.status.value for r in info.value.results}
+    assert all(statuses[i] == "cancelled" for i in (3, 4, 5))

@@ -68,7 +68,7 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
                         # The error strategy stopped the group: join it, then raise its error.
                         await m._wait_all()
                         m._finalize()
-                        m._raise_for_strategy(m._collected() if m._retain else [])
+                        m._raise_for_strategy(m._collected() if m._retain else self._unread(result))
                     if left is not None:
                         if result.index not in left:
                             continue  # another member's: not asked for here
@@ -86,6 +86,15 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
             m._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
             raise
         raise StopAsyncIteration
+
+    def _unread(self, trigger: ExecutionResult[Any]) -> list[ExecutionResult[Any]]:
+        """In a group that keeps no results, what the stream has not handed out when the
+        strategy stops it: the trigger and every result after it, by index (the error's
+        ``.results``; the others were yielded already)."""
+        tally = self._manager._tally
+        rest = [trigger, *tally.unretained]
+        tally.unretained.clear()
+        return sorted(rest, key=lambda r: r.index if r.index is not None else -1)
 
     def _take(self) -> ExecutionResult[Any] | None:
         m = self._manager
