@@ -189,3 +189,37 @@ async def test_a_threshold_stopping_the_stream_hands_every_unread_result_in_its_
     assert sorted(yielded + in_error) == list(range(6))  # each result exactly once
     statuses = {r.index: r.status.value for r in info.value.results}
     assert all(statuses[i] == "cancelled" for i in (3, 4, 5))
+
+
+async def test_a_member_back_from_its_backoff_goes_before_the_item_pulled_meanwhile() -> None:
+    # A worker pulling the next item of a slow input held the one slot; once the item came,
+    # it ran that item first, and the member back from its backoff waited behind it.
+    from parallel_support import until
+    from rh_agents.resilience import RetryPolicy
+
+    state = ExecutionState(watchdog=None)
+    more = asyncio.Event()
+    starts: list[tuple[int, int]] = []
+
+    async def items() -> AsyncIterator[int]:
+        yield 0
+        await more.wait()
+        yield 1
+
+    async def fn(i: int) -> int:
+        starts.append((i, sum(1 for s in starts if s[0] == i) + 1))
+        if starts == [(0, 1)]:
+            raise ConnectionError("once")
+        return i
+
+    async with state.parallel(
+        max_workers=1, retry=RetryPolicy(max_attempts=2, initial_delay=0, jitter=0)
+    ) as p:
+        p.map(fn, items())
+        gathering = asyncio.ensure_future(p.gather())
+        # Item 0 backs off and waits for the slot, which a worker waiting for item 1 holds.
+        await until(lambda: p._pool.slots.waiting == 1)
+        more.set()
+        results = await asyncio.wait_for(gathering, 5)
+    assert [r.result for r in results] == [0, 1]
+    assert starts == [(0, 1), (0, 2), (1, 1)]

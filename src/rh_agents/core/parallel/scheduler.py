@@ -382,6 +382,13 @@ class WorkerPool:
                                 functools.partial(pulled[0], pulled[1]), None, 0, None, None
                             )
                         )
+                        if member is not None and slots._waiters and slots.pass_on():
+                            # While this worker waited for the input, a member came back
+                            # from its backoff and waits for a slot: it has started, so it
+                            # goes first (as after any member); the item waits its turn.
+                            self.ready.push(member)
+                            handed_over = True
+                            return
                     if member is None:
                         idle = True
                         break
