@@ -88,3 +88,28 @@ async def test_stopping_the_group_finishes_queued_hits_cleanly() -> None:
     results = await p.gather()
     assert all(r.status.value == "cancelled" for r in results)
     assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_a_hit_that_waited_on_a_dependency_still_takes_the_cache_lane() -> None:
+    # Released by its dependency, a hit was queued for a worker: it waited behind slow members.
+    state, calls = make_state()
+    event = state.store["event"]
+    await event(Question(text="q"), "", state)  # fills the cache
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def slow() -> str:
+        await release.wait()
+        return "slow"
+
+    async with asyncio.timeout(5), state.parallel(max_workers=1) as p:
+        p.add("first", asyncio.sleep(0, "first"))
+        p.add(slow, name="slow")
+        p.add("hit", event(Question(text="q"), "", state), after="first")
+        async for result in p.stream():
+            order.append(result.name or "")
+            if result.name == "hit":
+                assert not release.is_set()  # the slow member still holds the worker
+                release.set()
+    assert order == ["first", "hit", "slow"]
+    assert calls == ["q"]

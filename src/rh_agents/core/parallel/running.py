@@ -295,7 +295,11 @@ def release_dependents(
         if result.ok:
             dependent.pending_deps -= 1
             if dependent.pending_deps == 0 and group._stop_status is None:
-                group._pool.ready.push(dependent)
+                pool = group._pool
+                if group._state.cache is not None and pool.served_by_cache(dependent.source):
+                    pool.run_from_cache(dependent)  # a cache hit takes no worker slot
+                else:
+                    pool.ready.push(dependent)
         else:
             finish(group, dependent, group._skipped_result(dependent, result))
     group._pool.kick()
