@@ -290,3 +290,46 @@ async def test_batch_mode_is_checked_with_the_other_options() -> None:
         gc.collect()
     with pytest.raises(ConfigurationError, match="keyed by their names"):
         await state.parallel().execute_parallel({1: asyncio.sleep(0)})  # type: ignore[dict-item]
+
+
+async def test_a_stream_dropped_mid_way_without_aclose_is_closed_by_the_loop() -> None:
+    # It left its group open forever, its members running unowned, and at exit an
+    # UnusedGroupWarning said its results were never read.
+    from parallel_support import until
+    from rh_agents.core.bus import EventBus
+    from rh_agents.core.records import GroupCompleted
+
+    bus = EventBus()
+    ended: list[GroupCompleted] = []
+    bus.subscribe(lambda r: ended.append(r) if isinstance(r, GroupCompleted) else None)
+    state = ExecutionState(event_bus=bus, watchdog=None)
+    group = state.parallel(max_workers=3, batch_mode="stream")
+
+    async def work(i: int) -> int:
+        if i:
+            await asyncio.Event().wait()
+        return i
+
+    with warnings_recorded() as caught:
+        stream = await group.execute_parallel([work(i) for i in range(3)])
+        async for result in stream:
+            assert result.index == 0
+            break
+        del stream
+        gc.collect()
+        await until(lambda: group.status.value != "running")
+        await until(lambda: len(ended) == 1)
+    assert group.status.value == "cancelled"
+    assert len(state.open_groups) == 0
+    assert group.statistics().cancelled == 2
+    assert not [w for w in caught if issubclass(w.category, UnusedGroupWarning)]
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+@contextlib.contextmanager
+def warnings_recorded() -> Any:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught

@@ -178,6 +178,36 @@ class _Batch:
         _close_all(sources)
 
 
+# Closings of abandoned streams under way: the loop holds tasks only weakly.
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def _close_abandoned(manager: ParallelExecutionManager[Any]) -> None:
+    stop = asyncio.CancelledError("the stream was dropped before its end")
+    try:
+        await manager.__aexit__(asyncio.CancelledError, stop, None)
+    except asyncio.CancelledError as exc:
+        if exc is not stop:
+            raise
+
+
+def _start_closing(manager: ParallelExecutionManager[Any]) -> None:
+    task = asyncio.get_running_loop().create_task(_close_abandoned(manager))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+def _close_later(manager: ParallelExecutionManager[Any]) -> None:
+    """Close ``manager``'s group from its loop, soon (called from ``__del__``: any thread)."""
+    loop = manager._loop
+    if loop is None or loop.is_closed():
+        return
+    try:
+        loop.call_soon_threadsafe(_start_closing, manager)
+    except RuntimeError:  # the loop closed meanwhile
+        pass
+
+
 class BatchStream:
     """The results of ``execute_parallel`` in a ``STREAM`` or ``AS_COMPLETED`` group, in
     completion order. The group opens on the first ``async for`` step and closes at the end;
@@ -232,6 +262,12 @@ class BatchStream:
             raise
 
     def __del__(self) -> None:
+        if getattr(self, "_stream", None) is not None and not self._closed:
+            # Dropped mid-way without aclose() (a `break`): as for an async generator, the
+            # loop closes it, so its members stop and its group ends rather than running on
+            # unowned (and staying open forever).
+            _close_later(self._manager)
+            return
         # Dropped before its first step: its members never ran. Close them (no "coroutine
         # was never awaited" warning, one per member) and say what was lost, once.
         batch = getattr(self, "_batch", None)
