@@ -10,8 +10,10 @@ unread)::
     await waits.next_result()      # a stream reader...
     waits.result_landed()          # ...woken by a worker as a member finishes
 
-Invariants: a waiter is woken at most once; the shared futures are awaited shielded (one
-cancelled reader cancels no other) and replaced once done, so a wait never sees an old wake.
+Invariants: a waiter is woken at most once; the shared futures are awaited shielded (a
+reader's cancellation never cancels the future the other readers wait on: what it does to the
+group, a stop, is decided in stream.py) and replaced once done, so a wait never sees an old
+wake.
 """
 
 from __future__ import annotations

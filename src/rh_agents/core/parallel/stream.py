@@ -76,7 +76,8 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
                     return result
                 if not m._unfinished():
                     break
-                # Shared by every reader: shielded, so one cancelled reader cancels no other.
+                # Shared by every reader: shielded, so a cancelled reader leaves the others'
+                # wait alone (the group's stop, below, then wakes them with its results).
                 await m._wait_lending(asyncio.shield(m._readers.next_result()))
             await m._wait_all()
             m._finalize()
