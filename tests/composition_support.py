@@ -21,13 +21,51 @@ it may raise to say that nothing should be waiting at that point (see the compos
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["Deadlock", "LoopClock", "TooLong", "VirtualLoop", "run_virtual"]
+from hypothesis import HealthCheck, Phase, settings
+
+__all__ = [
+    "SOAK",
+    "Deadlock",
+    "LoopClock",
+    "TooLong",
+    "VirtualLoop",
+    "run_virtual",
+    "scenario_settings",
+]
 
 T = TypeVar("T")
+
+#: Set by ``make soak``: new scenarios each run, this many (or a share of it) per suite.
+SOAK = "RH_SOAK_EXAMPLES" in os.environ
+
+
+def scenario_settings(examples: int, soak_share: float = 1.0) -> settings:
+    """Hypothesis settings of a scenario suite: ``examples`` in ``make test``; under ``make
+    soak``, ``soak_share`` of ``RH_SOAK_EXAMPLES``."""
+    if SOAK:
+        examples = max(1, int(int(os.environ["RH_SOAK_EXAMPLES"]) * soak_share))
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        # The suite runs the same scenarios each time (stable CI); the soak draws new ones
+        # each run and keeps what failed in the example database, replayed first next time.
+        derandomize=not SOAK,
+        database=settings.default.database if SOAK and settings.default else None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        # No "explain" phase: it traces every line, which on Python 3.11 turns seconds into
+        # minutes.
+        phases=[phase for phase in Phase if phase is not Phase.explain],
+        print_blob=True,
+        # The suite stops at the first bug and shrinks only that one (within the test's
+        # timeout); the soak keeps going and reports each distinct failure.
+        report_multiple_bugs=SOAK,
+    )
+
 
 # Loop steps allowed for cancelling what is left after a failed scenario.
 _CLEANUP_STEPS = 10_000

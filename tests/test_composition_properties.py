@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
-import os
 import random
 import warnings
 from collections import Counter
@@ -50,12 +49,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, note, settings
+from hypothesis import example, given, note
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from pydantic import BaseModel
 
-from composition_support import Deadlock, LoopClock, TooLong, VirtualLoop, run_virtual
+from composition_support import (
+    Deadlock,
+    LoopClock,
+    TooLong,
+    VirtualLoop,
+    run_virtual,
+    scenario_settings,
+)
 from rh_agents.core.actors import Agent, BaseActor, Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
@@ -66,24 +72,7 @@ from rh_agents.errors import FailureThresholdError, GroupFailedError, ParallelTi
 from rh_agents.ui.live import LiveFeed
 from ui_support import assert_feeds_agree
 
-SOAK = "RH_SOAK_EXAMPLES" in os.environ
-EXAMPLES = int(os.environ.get("RH_SOAK_EXAMPLES", "300"))
-
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    # The suite runs the same scenarios each time (stable CI); the soak draws new ones each run
-    # and keeps what failed in the example database, replayed first next time.
-    derandomize=not SOAK,
-    database=settings.default.database if SOAK else None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    # No "explain" phase: it traces every line, which on Python 3.11 turns seconds into minutes.
-    phases=[phase for phase in Phase if phase is not Phase.explain],
-    print_blob=True,
-    # The suite stops at the first bug and shrinks only that one (within the test's timeout);
-    # the soak keeps going and reports each distinct failure.
-    report_multiple_bugs=SOAK,
-)
+SETTINGS = scenario_settings(300)
 
 EPS = 1e-6  # virtual seconds: sums of float durations
 # Loop iterations allowed per scenario (the largest of 1,500 drawn scenarios took about 200):

@@ -34,17 +34,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, example, given, note, settings
+from hypothesis import example, given, note
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from composition_support import LoopClock, VirtualLoop, run_virtual
+from composition_support import LoopClock, VirtualLoop, run_virtual, scenario_settings
 from rh_agents.core.actors import Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
@@ -54,21 +53,9 @@ from rh_agents.errors import CircuitOpenError
 from rh_agents.resilience import AdaptiveLimit, CircuitBreaker, RateLimit, RetryPolicy
 from rh_agents.resilience.breaker import CircuitState
 
-SOAK = "RH_SOAK_EXAMPLES" in os.environ
-# A scenario here costs more than one of the composition suite: the soak's count is cut to
-# three tenths (10,000 -> 3,000).
-EXAMPLES = max(1, int(os.environ["RH_SOAK_EXAMPLES"]) * 3 // 10) if SOAK else 150
-
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not SOAK,
-    database=settings.default.database if SOAK else None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    phases=[phase for phase in Phase if phase is not Phase.explain],
-    print_blob=True,
-    report_multiple_bugs=SOAK,
-)
+# A scenario here costs more than one of the composition suite: the soak runs three tenths
+# of its count (10,000 -> 3,000).
+SETTINGS = scenario_settings(150, soak_share=0.3)
 
 EPS = 1e-6
 HANG = 1000.0  # a call that only a member timeout ends
