@@ -275,3 +275,38 @@ async def test_a_plain_function_returning_a_coroutine_is_awaited() -> None:
 def test_a_bad_max_threads_is_a_configuration_error(bad: Any) -> None:
     with pytest.raises(ConfigurationError, match="max_threads"):
         ExecutionState(max_threads=bad)
+
+
+async def test_a_coroutine_returned_by_an_abandoned_handler_is_closed() -> None:
+    # The thread returned its coroutine after the call had timed out: nobody awaited it, and
+    # "coroutine was never awaited" came when it was collected.
+    import gc
+    import warnings
+
+    from parallel_support import until
+
+    gate = threading.Event()
+    returned = threading.Event()
+    made: list[Any] = []
+
+    async def fetch(n: int) -> int:
+        return n
+
+    def handler(input: Item, context: str, state: Any) -> Any:
+        gate.wait(5)
+        made.append(fetch(input.n))
+        returned.set()
+        return made[-1]
+
+    event = ExecutionEvent(actor=Tool(name="t", input_model=Item, handler=handler), timeout=0.02)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with ExecutionState(watchdog=None) as state:
+            result = await event(Item(n=1), "", state)
+            assert result.status.value == "timed_out"
+            gate.set()
+            await until(returned.is_set)
+            await until(lambda: made[0].cr_frame is None)  # closed (by the thread's callback)
+        made.clear()
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]

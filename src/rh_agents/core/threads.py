@@ -122,6 +122,15 @@ class _Pool:
             return self.running
 
 
+def _close_dropped(future: Future[Any]) -> None:
+    """The result of an abandoned call arrived (in its thread): close it if a coroutine."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    value = future.result()
+    if inspect.iscoroutine(value):
+        value.close()
+
+
 class ThreadRunner:
     """Runs synchronous functions in at most ``limit`` worker threads (see the module)."""
 
@@ -147,7 +156,13 @@ class ThreadRunner:
         context = contextvars.copy_context()
         future = executor.submit(context.run, fn, *args)
         # Cancelling the wrapper cancels a call still queued; a running one is abandoned.
-        value = await asyncio.wrap_future(future)
+        try:
+            value = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # Nobody will await what an abandoned handler returns: a coroutine is closed
+            # when it comes (no "never awaited" warning).
+            future.add_done_callback(_close_dropped)
+            raise
         if inspect.isawaitable(value):
             return await value
         return value
