@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 from rich.console import Console
 
+from parallel_support import until
 from printer_records import group_completed, member_finished, member_started, run_records
 from rh_agents import ParallelEventPrinter as TopLevelExport
 from rh_agents.bus_handlers import ParallelEventPrinter
@@ -797,3 +798,56 @@ async def test_a_callable_members_own_retry_sits_with_its_member_lines() -> None
     lines = [line for line in out.getvalue().splitlines() if "[docs#0]" in line]
     assert lines and {line[: len(line) - len(line.lstrip())] for line in lines} == {"  "}
     assert any("↻ docs[0] retry 1" in line for line in lines)
+
+
+async def test_a_multi_line_error_and_a_name_with_a_newline_stay_on_their_lines() -> None:
+    # Continuation lines of a multi-line error (pydantic's ValidationError) started at column
+    # 0, like a group's lines; a name with a newline made a line with no tag.
+    printer, out = plain_printer("progress")
+    bus = EventBus()
+    bus.subscribe(printer)
+    state = ExecutionState(event_bus=bus, clock=FrozenClock(), watchdog=None)
+
+    async def bad() -> int:
+        raise ValueError("1 validation error for Reply\nscore\n  Field required")
+
+    async with state.parallel(max_workers=1, name="jobs") as group:
+        group.add("two\nlines", bad())
+    await bus.close()
+    printer.close()
+    assert out.getvalue() == (
+        "▶ 📦 jobs started (max_workers=1)\n"
+        "  ✘ jobs#0 two ⏎ lines FAILED (0ms) [1/1]: ValueError: 1 validation error for Reply ⏎ "
+        "score ⏎ Field required\n"
+        "⚠ 📦 jobs: 1 finished · 0 ok · 1 failed · 0ms · slowest jobs#0 0ms\n"
+        "    ✘ jobs#0 FAILED: ValueError: 1 validation error for Reply ⏎ score ⏎ Field required\n"
+        '    └─ View details: execution_state.history.get_group("jobs")\n'
+    )
+
+
+async def test_the_live_view_keeps_one_line_per_row_for_multi_line_errors() -> None:
+    console = Console(file=io.StringIO(), width=80, height=6, force_terminal=True)
+    printer = ParallelEventPrinter("progress", console=console, clock=lambda: 0.0)
+    bus = EventBus()
+    bus.subscribe(printer)
+    state = ExecutionState(event_bus=bus, watchdog=None)
+    release = asyncio.Event()
+
+    async def bad() -> int:
+        raise ValueError("line one\nline two\nline three")
+
+    async with state.parallel(max_workers=8, name="jobs") as group:
+        for _ in range(3):
+            group.add(bad())
+        for _ in range(5):
+            group.add(release.wait())
+        await until(lambda: group.statistics().failed == 3)
+        await bus.drain()
+        lines = console.render_lines(printer.render(), console.options, pad=False)
+        release.set()
+    await bus.close()
+    printer.close()
+    assert len(lines) <= 6
+    text = ["".join(segment.text for segment in line) for line in lines]
+    assert sum("FAILED: ValueError: line one ⏎ line two ⏎ line three" in t for t in text) >= 1
+    assert all(t.startswith(("📦", "  ")) for t in text)

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rh_agents.bus_handlers.group_view import GroupView, bar, issue_line, percent, seconds
-from rh_agents.bus_handlers.safe_text import printable
+from rh_agents.bus_handlers.safe_text import one_line
 
 __all__ = ["elapsed", "render_live"]
 
@@ -96,7 +96,7 @@ class _Block:
 
 
 def _row(text: str, style: str) -> Text:
-    return Text(printable(text), style=style, no_wrap=True, overflow="ellipsis")
+    return Text(one_line(text), style=style, no_wrap=True, overflow="ellipsis")
 
 
 def _fit(
@@ -155,7 +155,7 @@ def _header(view: GroupView, now: float, indent: int, width: int | None) -> Rend
     total = view.known_total()
     texts = [
         Text(
-            printable(f"{pad}📦 {view.tag if view.parent is None else view.name}"),
+            one_line(f"{pad}📦 {view.tag if view.parent is None else view.name}"),
             style="bold cyan",
         ),
         Text(

@@ -57,7 +57,7 @@ from rh_agents.bus_handlers.group_view import (
 )
 from rh_agents.bus_handlers.live_view import elapsed, render_live
 from rh_agents.bus_handlers.printer import EventPrinter
-from rh_agents.bus_handlers.safe_text import printable
+from rh_agents.bus_handlers.safe_text import one_line
 from rh_agents.bus_handlers.wrapping import wrap
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (
@@ -731,7 +731,7 @@ class ParallelEventPrinter(EventPrinter):
     def _line(self, text: str, level: int, *, hang: int | None = None) -> None:
         """Write one line now (after anything batched before it); with ``hang``, wrapped to
         the console's width, continuation lines indented ``hang`` more than the first."""
-        line = printable(" " * (self.indent * level) + text)
+        line = one_line(" " * (self.indent * level) + text)
         if self._plain:
             # Plain append-only text: no rich rendering per record, no control codes.
             if hang is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["printable"]
+__all__ = ["one_line", "printable"]
 
 # C0 controls but newline and tab, DEL, and the C1 controls (which some terminals obey too).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -27,3 +27,14 @@ def printable(text: str) -> str:
     if _CONTROL.search(text) is None:  # the usual case: nothing to copy
         return text
     return text.translate(_PICTURES)
+
+
+def one_line(text: str) -> str:
+    """``printable(text)`` on one line: each line break shown as `` ⏎ `` (a multi-line error
+    message, a name with a newline), for rows and lines a display lays out as one."""
+    if "\n" not in text:
+        return printable(text)
+    return _BREAK.sub(" ⏎ ", printable(text.replace("\r\n", "\n")))
+
+
+_BREAK = re.compile(r"[ \t]*\n\s*")  # a line break and the spaces around it
