@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from io import StringIO
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 from rich.console import Console
 from rich.text import Text
 
 from printer_records import group_completed, member_finished, member_started
 from rh_agents.bus_handlers import EventPrinter
+from rh_agents.bus_handlers.safe_text import markup_escape
 from rh_agents.core.actors import Agent, Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
@@ -272,3 +276,37 @@ async def test_a_tagged_call_shows_its_tag_and_its_actor() -> None:
 def test_a_tag_equal_to_the_actor_name_adds_nothing() -> None:
     record = EventStarted(address="x", timestamp=0.0, actor="x", actor_kind="tool", tag="x")
     assert lines([record]) == ["▶ 🔧 x STARTED"]
+
+
+@given(
+    text=st.text(alphabet="\\[]ab/#@ ", max_size=10),
+    template=st.sampled_from(["[red]{}[/red]{} tail", "{}[dim]x[/dim]{}", "{}{}"]),
+)
+def test_markup_escape_renders_any_text_exactly_whatever_follows(text: str, template: str) -> None:
+    # rich's own escape lost the backslash of "\[" and let text ending in "\" or "[/" reach
+    # into the tag after it.
+    markup = template.format(markup_escape(text), markup_escape(text))
+    expected = re.sub(r"\[/?(red|dim)\]", "", template).format(text, text)
+    assert Text.from_markup(markup).plain == expected
+
+
+def test_backslashes_in_names_and_errors_print_as_written() -> None:
+    error = r"ValueError: cannot compile \[\d+\]"
+    out = lines(
+        [
+            member_finished(
+                "g[0]",
+                0,
+                at=0.0,
+                took=0.0,
+                done=1,
+                ok=0,
+                total=1,
+                status="failed",
+                error=error,
+                group="g",
+                name="C:\\data\\",
+            )
+        ]
+    )
+    assert out == [f"  ✘ member C:\\data\\ FAILED {error}"]

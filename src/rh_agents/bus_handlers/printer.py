@@ -22,7 +22,6 @@ from collections import defaultdict
 from typing import IO
 
 from rich.console import Console
-from rich.markup import escape
 
 from rh_agents.bus_handlers.group_view import (
     interrupted_lines,
@@ -30,6 +29,7 @@ from rh_agents.bus_handlers.group_view import (
     outcome_text,
     status_mark,
 )
+from rh_agents.bus_handlers.safe_text import markup_escape as escape
 from rh_agents.bus_handlers.safe_text import printable
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["one_line", "printable"]
+__all__ = ["markup_escape", "one_line", "printable"]
 
 # C0 controls but newline and tab, DEL, and the C1 controls (which some terminals obey too).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -38,3 +38,35 @@ def one_line(text: str) -> str:
 
 
 _BREAK = re.compile(r"[ \t]*\n\s*")  # a line break and the spaces around it
+
+
+# Rich markup: a run of backslashes before a tag-like "[name...]" is halved, and an odd one
+# makes the tag literal text; elsewhere "\\[" reads as "[".
+_BRACKET = re.compile(r"(\\*)\[")
+_TAG_BODY = re.compile(r"[a-z#/@][^[]*?]")
+_TRAILING = re.compile(r"\\+$")
+
+
+def markup_escape(text: str) -> str:
+    """``text`` as rich markup that renders exactly ``text``, whatever follows it.
+
+    ``rich.markup.escape`` loses a backslash before a bracket that is not a tag
+    (``\\[\\d+\\]``), and text ending in backslashes or in an unclosed ``[/`` can swallow or
+    break the tag after it. Here each run of backslashes before a bracket is written so that
+    it renders as itself, and the text is closed off by an empty tag pair (``[dim][/dim]``,
+    which renders as nothing) whenever what follows could otherwise reach into it.
+    """
+    if "[" not in text and not text.endswith("\\"):
+        return text
+
+    def bracket(match: re.Match[str]) -> str:
+        slashes = len(match.group(1))
+        if _TAG_BODY.match(text, match.end()):  # a whole tag in the text: made literal
+            return "\\" * (2 * slashes + 1) + "["
+        return "\\" * (slashes + 1 if slashes else 0) + "["
+
+    escaped = _BRACKET.sub(bracket, text)
+    trailing = _TRAILING.search(escaped)
+    if trailing is not None:
+        escaped = escaped[: trailing.start()] + "\\" * (2 * len(trailing.group()))
+    return escaped + "[dim][/dim]"
