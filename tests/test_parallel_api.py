@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -326,3 +327,37 @@ async def test_members_that_never_suspend_still_let_other_tasks_run() -> None:
     assert [r.result for r in results] == list(range(1000))
     # 1000 members, a yield every 256: the ticker ran between the batches.
     assert seen[-1] - seen[0] >= 2  # (without the yields, every member sees one count)
+
+
+@pytest.mark.parametrize(
+    ("read", "message"),
+    [
+        (lambda p, c: p.gather_dict([c(), c()]), "gather_dict\\(\\) takes a dict"),
+        (lambda p, c: p.gather_dict({None: c()}), "non-empty str keys, got None"),
+        (lambda p, c: p.gather({"x": c()}), "gather\\(\\) takes members in a list.*a dict"),
+        (lambda p, c: p.gather("ab"), "gather\\(\\) takes members in a list.*got str"),
+        (lambda p, c: p.gather_stream(5), "gather_stream\\(\\) takes members.*got int 5"),
+        (lambda p, c: p.as_completed(5), "as_completed\\(\\) takes members.*got int 5"),
+    ],
+)
+async def test_members_given_in_the_wrong_container_are_refused_by_name(
+    read: Any, message: str
+) -> None:
+    # A bare AttributeError, KeyError or TypeError, and coroutines left un-awaited.
+    import warnings
+
+    from rh_agents.errors import ConfigurationError
+
+    async def c() -> int:
+        return 1
+
+    state = ExecutionState(watchdog=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with state.parallel() as p:
+            with pytest.raises(ConfigurationError, match=message):
+                outcome = read(p, c)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]

@@ -198,9 +198,50 @@ async def gather(
     """
     if members is None:
         return await gather_all(group)
-    indices = group.add_many((None, m) for m in members)
+    indices = group.add_many((None, m) for m in _member_list(members, "gather"))
     results = await gather_all(group)
     return [results[i] for i in indices]
+
+
+def _member_list(members: Any, what: str) -> Iterable[Any]:
+    """``members`` given directly to ``what``, checked to be an iterable of members (a
+    refused one has its coroutines closed: no "never awaited" warning)."""
+    if isinstance(members, Mapping):
+        for member in members.values():
+            close_refused(member)
+        raise ConfigurationError(
+            f"{what}() takes members in a list (or any iterable), got a dict: for named "
+            "members use gather_dict({name: member, ...})"
+        )
+    if not isinstance(members, Iterable) or isinstance(members, str | bytes):
+        close_refused(members)
+        raise ConfigurationError(
+            f"{what}() takes members in a list (or any iterable), got "
+            f"{type(members).__name__} {members!r:.60}"
+        )
+    return members
+
+
+def _member_dict(members: Any) -> Mapping[str, Any]:
+    """``members`` given to ``gather_dict``, checked to be ``{name: member}`` with str names."""
+    if not isinstance(members, Mapping):
+        if isinstance(members, Iterable) and not isinstance(members, str | bytes):
+            for member in members:
+                close_refused(member)
+        else:
+            close_refused(members)
+        raise ConfigurationError(
+            "gather_dict() takes a dict of {name: member}, got "
+            f"{type(members).__name__}: for unnamed members use gather([...])"
+        )
+    bad = [key for key in members if not isinstance(key, str) or not key]
+    if bad:
+        for member in members.values():
+            close_refused(member)
+        raise ConfigurationError(
+            f"gather_dict() takes member names as non-empty str keys, got {bad[0]!r:.60}"
+        )
+    return members
 
 
 async def gather_dict(
@@ -208,6 +249,7 @@ async def gather_dict(
 ) -> dict[str | int, ExecutionResult[T]]:
     """Results by member name (unnamed members by index), in submission order."""
     if members is not None:
+        members = _member_dict(members)
         group.add_many(members.items())
     results = await gather_all(group)
     if members is not None:
@@ -244,7 +286,7 @@ def gather_stream(
 ) -> AsyncIterator[ExecutionResult[T]]:
     """Add ``members``, then stream their results in completion order (as ``gather([...])``
     returns only theirs; the group's other members go on and are gathered with the block)."""
-    return _stream_of(group, members)
+    return _stream_of(group, members, "gather_stream")
 
 
 def as_completed(
@@ -258,8 +300,9 @@ def as_completed(
 
 
 def _stream_of(
-    group: ParallelExecutionManager[T], members: Iterable[Any]
+    group: ParallelExecutionManager[T], members: Iterable[Any], what: str | None = None
 ) -> AsyncIterator[ExecutionResult[T]]:
+    members = _member_list(members, "as_completed" if what is None else what)
     if not group._retain:
         # Its results are handed out once: skipping the other members' would lose them.
         for member in members:
