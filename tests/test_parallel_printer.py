@@ -416,14 +416,36 @@ def test_group_completed_for_an_unknown_group_is_ignored() -> None:
     ("options", "message"),
     [
         ({"parallel_mode": "fancy"}, "parallel_mode must be one of"),
-        ({"refresh_per_second": 0}, "refresh_per_second must be > 0"),
-        ({"progress_interval": -1}, "progress_interval must be > 0"),
-        ({"smart_threshold": -1}, "smart_threshold must be >= 0"),
+        ({"refresh_per_second": 0}, "refresh_per_second must be a number > 0"),
+        ({"progress_interval": -1}, "progress_interval must be a number > 0"),
+        ({"progress_interval": "5"}, "progress_interval must be a number > 0, got '5'"),
+        ({"smart_threshold": -1}, "smart_threshold must be an int >= 0"),
+        ({"indent": "2"}, "indent must be an int >= 0, got '2'"),
+        ({"max_members_shown": "3"}, "max_members_shown must be an int >= 0"),
+        ({"clock": 5}, "clock must be a function"),
+        ({"console": "stdout"}, "console must be a rich Console, got str"),
+        ({"console": None, "file": 5}, "file must be a text stream with write"),
     ],
 )
 def test_bad_options_are_named(options: dict[str, object], message: str) -> None:
+    options.setdefault("console", Console(file=io.StringIO()))
     with pytest.raises(ConfigurationError, match=message):
-        ParallelEventPrinter(console=Console(file=io.StringIO()), **options)  # type: ignore[arg-type]
+        ParallelEventPrinter(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"file": 5}, "file must be a text stream"),
+        ({"console": "stdout"}, "console must be a rich Console"),
+        ({"indent": -1}, "indent must be an int >= 0"),
+    ],
+)
+def test_the_event_printer_names_bad_options_too(options: dict[str, object], message: str) -> None:
+    from rh_agents.bus_handlers import EventPrinter
+
+    with pytest.raises(ConfigurationError, match=message):
+        EventPrinter(**options)  # type: ignore[arg-type]
 
 
 def test_live_view_caps_the_members_it_lists_and_can_fold_nested_groups() -> None:

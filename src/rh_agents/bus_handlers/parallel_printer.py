@@ -56,7 +56,7 @@ from rh_agents.bus_handlers.group_view import (
     summary_lines,
 )
 from rh_agents.bus_handlers.live_view import elapsed, render_live
-from rh_agents.bus_handlers.printer import EventPrinter
+from rh_agents.bus_handlers.printer import EventPrinter, check_output
 from rh_agents.bus_handlers.safe_text import one_line
 from rh_agents.bus_handlers.wrapping import wrap
 from rh_agents.core.interrupt import interrupt_requested
@@ -149,16 +149,21 @@ class ParallelEventPrinter(EventPrinter):
             ("refresh_per_second", refresh_per_second),
             ("progress_interval", progress_interval),
         ):
-            if not value > 0:
-                raise ConfigurationError(f"{label} must be > 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigurationError(f"{label} must be a number > 0, got {value!r}")
         for label, number in (
             ("smart_threshold", smart_threshold),
             ("max_members_shown", max_members_shown),
             ("slowest", slowest),
             ("indent", indent),
         ):
-            if number < 0:
-                raise ConfigurationError(f"{label} must be >= 0, got {number!r}")
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                raise ConfigurationError(f"{label} must be an int >= 0, got {number!r}")
+        check_output(console, file)
+        if not callable(clock):
+            raise ConfigurationError(
+                f"clock must be a function returning seconds (time.monotonic), got {clock!r:.40}"
+            )
         if console is None:
             console = Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
         super().__init__(console, show_details=show_parallel_details, indent=indent)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
 
@@ -47,8 +47,9 @@ from rh_agents.core.records import (
     RunWarning,
     is_member_call,
 )
+from rh_agents.errors import ConfigurationError
 
-__all__ = ["EventPrinter"]
+__all__ = ["EventPrinter", "check_output"]
 
 ICONS = {"agent": "🤖", "tool": "🔧", "llm": "🧠", "actor": "⚙", "group": "📦"}
 
@@ -68,6 +69,9 @@ class EventPrinter:
         show_details: bool = True,
         indent: int = 2,
     ) -> None:
+        check_output(console, file)
+        if isinstance(indent, bool) or not isinstance(indent, int) or indent < 0:
+            raise ConfigurationError(f"indent must be an int >= 0, got {indent!r}")
         if console is None:
             console = Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
         self.console = console
@@ -218,6 +222,20 @@ class EventPrinter:
         counts[2] += record.cancelled - never
         counts[3] += never
         self._root_groups += 1
+
+
+def check_output(console: Any, file: Any) -> None:
+    """A printer's ``console`` and ``file`` options, refused by name when of the wrong kind
+    (rather than an ``AttributeError`` at the first record)."""
+    if console is not None and not isinstance(console, Console):
+        raise ConfigurationError(
+            f"console must be a rich Console, got {type(console).__name__} {console!r:.40}"
+        )
+    if file is not None and not callable(getattr(file, "write", None)):
+        raise ConfigurationError(
+            "file must be a text stream with write() (sys.stdout, open(...), StringIO), "
+            f"got {type(file).__name__} {file!r:.40}"
+        )
 
 
 def _actor_of_tag(record: EventStarted | EventCompleted | EventFailed | EventReplayed) -> str:
