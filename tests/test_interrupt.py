@@ -268,6 +268,24 @@ def test_run_wants_a_coroutine() -> None:
         rh_agents.run(main)  # type: ignore[arg-type]
 
 
+async def test_run_inside_a_running_loop_says_to_await_and_closes_the_coroutine() -> None:
+    # asyncio's RuntimeError, "coroutine was never awaited" and "Task was destroyed".
+    import gc
+    import warnings
+
+    async def main() -> int:
+        return 1
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ConfigurationError, match="inside a running event loop"):
+            rh_agents.run(main())
+        with pytest.raises(ConfigurationError, match="loop_factory must be a function"):
+            rh_agents.run(main(), loop_factory=5)  # type: ignore[arg-type]
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
 async def test_a_cancellation_that_is_not_ctrl_c_is_still_a_failure(tmp_path: Path) -> None:
     assert not interrupt.interrupt_requested()
     db = tmp_path / "state.db"

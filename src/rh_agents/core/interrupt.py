@@ -78,6 +78,25 @@ def run(
         raise ConfigurationError(
             f"rh_agents.run needs a coroutine, such as main(); got {type(main).__name__}"
         )
+    problem = None
+    if loop_factory is not None and not callable(loop_factory):
+        problem = (
+            "rh_agents.run's loop_factory must be a function that makes an event loop "
+            f"(uvloop.new_event_loop), got {loop_factory!r:.60}"
+        )
+    else:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop running here: the usual case
+        else:
+            problem = (
+                "rh_agents.run was called inside a running event loop (a notebook, or an "
+                "async function): there, await the coroutine instead"
+            )
+    if problem is not None:
+        main.close()  # never run: no "coroutine was never awaited" warning
+        raise ConfigurationError(problem)
     global _requested
     _requested = False
     try:
