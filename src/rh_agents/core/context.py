@@ -12,14 +12,21 @@ are still unique, only their numbering follows the order in which the calls star
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextvars import ContextVar, Token
+from collections.abc import Awaitable, Callable, Generator
+from contextvars import Context, ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["Frame", "current_frame", "enter_frame", "exit_frame", "running_frame"]
+__all__ = [
+    "Frame",
+    "InContext",
+    "current_frame",
+    "enter_frame",
+    "exit_frame",
+    "running_frame",
+]
 
 ADDRESS_SEPARATOR = "::"
 
@@ -117,3 +124,50 @@ def running_frame() -> Frame | None:
 # The ContextVar's own methods, not wrappers: every member enters and exits a frame.
 enter_frame: Callable[[Frame | None], Token[Frame | None]] = _current.set
 exit_frame: Callable[[Token[Frame | None]], None] = _current.reset
+
+
+class InContext:
+    """Await ``awaitable`` with each of its steps run in ``context``, inside the current task.
+
+    What a task of its own would give a coroutine (its own context), without a task: a
+    member added while the block's context variables held other values than when it was
+    entered sees the values of its ``add()``, as ``asyncio.create_task`` would give it, though
+    a shared worker runs it::
+
+        value = await InContext(member_coroutine, contextvars.copy_context())
+
+    Cancellation and errors are passed in as they come; closing it closes the awaitable.
+    """
+
+    __slots__ = ("_awaitable", "_context")
+
+    def __init__(self, awaitable: Awaitable[Any], context: Context) -> None:
+        self._awaitable = awaitable
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        context = self._context
+        inner = self._awaitable.__await__()
+        send, throw = inner.send, inner.throw
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    if error is None:
+                        yielded = context.run(send, value)
+                    else:
+                        raised, error = error, None
+                        yielded = context.run(throw, raised)
+                except StopIteration as stop:
+                    return stop.value
+                try:
+                    value = yield yielded
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # a cancellation, passed on to the awaitable
+                    error, value = exc, None
+        finally:
+            close = getattr(inner, "close", None)
+            if close is not None:
+                context.run(close)  # (a no-op once it has finished)

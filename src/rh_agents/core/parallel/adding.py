@@ -38,6 +38,7 @@ from collections.abc import (
     Sequence,
     ValuesView,
 )
+from contextvars import copy_context
 from types import CoroutineType, FunctionType
 from typing import TYPE_CHECKING, Any
 
@@ -127,13 +128,19 @@ def add(
             member_name is None
             or (type(member_name) is str and member_name and member_name not in group._names)
         ):
-            if group._stop_status is None and group._state.cache is None:
+            pool = group._pool
+            if (
+                group._stop_status is None
+                and group._state.cache is None
+                and copy_context() == pool.context
+            ):
                 # Nothing to decide about it before a worker takes it: it waits as
-                # itself, and its Member is made then (see ReadyQueue).
+                # itself, and its Member is made then (see ReadyQueue). (Its context is the
+                # block's, as its worker's is: the comparison is of one pointer when no
+                # variable was set since the block was entered.)
                 index = group._tally.expect()
                 if member_name is not None:
                     group._names[member_name] = index
-                pool = group._pool
                 pool.ready.push_bare(source, index, group._now(), member_name)
                 if not pool.unstarted:  # else the worker starting now will kick
                     pool.kick()
@@ -372,6 +379,11 @@ def add_member(
 ) -> int:
     member = register(group, source, name, priority, timeout, retry)
     index = member.index
+    context = copy_context()
+    if group._entered and context != group._pool.context:
+        # Context variables changed since the block was entered (or this is another task):
+        # the member runs with the values it was added under, as a task made here would.
+        member.context = context
     if group._stop_status is not None:
         group._finish(member, group._stopped_result(member))
         return index

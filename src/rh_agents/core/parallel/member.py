@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import Context
 from types import CoroutineType, FunctionType, MethodType
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +125,7 @@ class Member(Frame):
     """
 
     __slots__ = (
+        "context",
         "enqueued",
         "index",
         "name",
@@ -165,6 +167,9 @@ class Member(Frame):
         self.enqueued = 0.0
         self.started: float | None = None
         self.result: ExecutionResult[Any] | None = None
+        # The context variables it runs with, when they are not the block's: taken at add()
+        # (see adding.add); None, the usual case, runs it in its worker's copy of the block's.
+        self.context: Context | None = None
 
     @property
     def finished(self) -> bool:

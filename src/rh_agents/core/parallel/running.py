@@ -30,7 +30,7 @@ from contextvars import ContextVar
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.core.context import Frame, enter_frame, exit_frame
+from rh_agents.core.context import Frame, InContext, enter_frame, exit_frame
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
@@ -115,6 +115,12 @@ async def run_member(
             member.source = None  # runs once
         else:
             run = state.run_member(group, member, frame)
+        context = member.context
+        if context is not None:
+            # Added under other context variables than the block's: it runs with those
+            # (its frame set there too), each step, in this worker's task.
+            context.run(enter_frame, frame)
+            run = InContext(run, context)
         if timeout is None:
             value = await run
         else:

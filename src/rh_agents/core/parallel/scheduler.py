@@ -41,6 +41,7 @@ import functools
 import inspect
 import sys
 from collections import deque
+from contextvars import copy_context
 from dataclasses import dataclass
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
@@ -400,7 +401,12 @@ class WorkerPool:
                 held = slots._in_use - len(self.unstarted)
                 if held > self.high_water:
                     self.high_water = held
-                if direct and member.retry is None and member.timeout is None:
+                if (
+                    direct
+                    and member.retry is None
+                    and member.timeout is None
+                    and member.context is None
+                ):
                     # The group's _run_member, plain case, inline: no coroutine of our own
                     # per member and one frame less on every resumption of it (every
                     # member's hot path).
@@ -412,6 +418,7 @@ class WorkerPool:
                     entered = enter_frame(member)
                     if token is None:
                         token = entered
+                    before = copy_context()  # (one pointer: compared after the member)
                     started = member.started = now()
                     if bus.version != records.bus_version:
                         records.listen()
@@ -455,14 +462,25 @@ class WorkerPool:
                                 None,
                                 address,
                             )
+                    # Variables the member set for itself are in this worker's context now:
+                    # they must not reach the members it would run next.
+                    tainted = copy_context() != before
                     if member.result is None:
                         group._finish(member, result)
                 else:
                     if token is not None:
                         exit_frame(token)
                         token = None
+                    before = copy_context()
                     await group._run_member(member)
+                    tainted = copy_context() != before
                 del running[task]
+                if tainted:
+                    # Each member sees the block's context variables, as a task of its own
+                    # would, never what an earlier member set: this worker, whose context
+                    # holds such a value now, ends here, and a fresh one (a fresh copy of
+                    # the block's context) takes the next member.
+                    break
                 if tally.done >= self._deliver_at:
                     if token is not None:
                         exit_frame(token)
