@@ -255,3 +255,38 @@ def test_bad_input_of_a_nested_call_is_not_a_failure_of_the_dependency() -> None
 
     assert not CircuitBreaker().counts(ActorInputError("bad input"))
     assert CircuitBreaker().counts(ConnectionError("down"))
+
+
+def test_a_straggler_ending_while_a_probe_is_out_neither_closes_nor_fails_the_circuit() -> None:
+    # A call let through while closed, ending during the half-open probe, closed the circuit
+    # (by succeeding) or counted as the failed probe and freed the real probe's place.
+    clock = ManualClock()
+    circuit = Circuit("k", CircuitBreaker(failure_threshold=1, cooldown=10), clock)
+    circuit.acquire()
+    straggler = circuit.epoch  # a slow call, let through while closed
+    circuit.acquire()
+    failing = circuit.epoch
+    circuit.release(ConnectionError("down"), epoch=failing)
+    assert circuit.state.value == "open"
+    clock.advance(11)
+    circuit.acquire()  # the probe
+    probe = circuit.epoch
+    assert circuit.state.value == "half_open"
+    for outcome in (None, ConnectionError("late")):
+        assert circuit.release(outcome, epoch=straggler) is None
+        assert circuit.state.value == "half_open"
+        with pytest.raises(CircuitOpenError):
+            circuit.acquire()  # the probe's place is still taken
+    assert circuit.release(None, epoch=probe) == ("half_open", "closed", 0)
+
+
+def test_an_open_circuit_reads_half_open_once_its_cooldown_has_passed() -> None:
+    clock = ManualClock()
+    circuit = Circuit("k", CircuitBreaker(failure_threshold=1, cooldown=10), clock)
+    circuit.acquire()
+    circuit.release(ConnectionError("down"), epoch=circuit.epoch)
+    clock.advance(9.5)
+    assert circuit.state.value == "open"
+    clock.advance(1)
+    assert circuit.state.value == "half_open"  # before any call asks
+    assert circuit.acquire() == ("open", "half_open", 1)

@@ -451,16 +451,17 @@ def _attempt_cancelled(
     adaptive: Any,
     started: float,
     level: int,
+    epoch: int,
 ) -> None:
     """An attempt is being cancelled: by a member timeout, it is a timeout of the call (the
     circuit counts a failure, the adaptive limit an overload); else it just did not finish."""
     if not member_timed_out():
         if circuit is not None:
-            circuit.release(None, finished=False)
+            circuit.release(None, finished=False, epoch=epoch)
         return
     timeout = TimeoutError(f"{frame.address} was cancelled by its member timeout")
     if circuit is not None:
-        _publish_change(state, frame, circuit.key, circuit.release(timeout))
+        _publish_change(state, frame, circuit.key, circuit.release(timeout, epoch=epoch))
     if adaptive is not None:
         adaptive.on_overload(started=started, now=state.clock.now(), level=level)
 
@@ -500,6 +501,7 @@ async def run_attempts(
     if member is None and group is not None:
         member = _member_calling(group, frame)
     number = 0
+    epoch = 0
     while True:
         number = tries.begin() if tries is not None else number + 1
         frame.attempts = number
@@ -512,6 +514,7 @@ async def run_attempts(
                 await _take_token(frame, limiter)
             if circuit is not None:
                 _publish_change(state, frame, circuit.key, circuit.acquire())
+                epoch = circuit.epoch  # (what release judges this call by)
         except Exception as exc:  # CircuitOpenError: the call was not made
             error = exc
         else:
@@ -521,7 +524,7 @@ async def run_attempts(
                 value = await attempt()
             except asyncio.CancelledError:
                 if circuit is not None or adaptive is not None:
-                    _attempt_cancelled(state, frame, circuit, adaptive, started, level)
+                    _attempt_cancelled(state, frame, circuit, adaptive, started, level, epoch)
                 raise
             except Exception as exc:
                 error = exc
@@ -529,7 +532,7 @@ async def run_attempts(
                 error = _failure_of(value)
             ended = clock.now()
             if circuit is not None:
-                _publish_change(state, frame, circuit.key, circuit.release(error))
+                _publish_change(state, frame, circuit.key, circuit.release(error, epoch=epoch))
             if adaptive is not None and group is not None:
                 if error is None:
                     grew = adaptive.on_success(

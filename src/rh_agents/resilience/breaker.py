@@ -83,23 +83,51 @@ class CircuitBreaker:
 
 
 class Circuit:
-    """The live state of one key. Used by one event loop; methods never await."""
+    """The live state of one key. Used by one event loop; methods never await.
 
-    __slots__ = ("_clock", "_opened_at", "_probes", "failures", "key", "policy", "state")
+    ``epoch`` counts the times the circuit opened. A caller reads it once ``acquire`` let its
+    call through and hands it back to ``release``: a call let through before the circuit
+    last opened (a straggler) then neither closes it nor fails it, nor frees a probe.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_opened_at",
+        "_probes",
+        "_state",
+        "epoch",
+        "failures",
+        "key",
+        "policy",
+    )
 
     def __init__(self, key: str, policy: CircuitBreaker, clock: TimeSource) -> None:
         self.key = key
         self.policy = policy
         self._clock = clock
-        self.state = CircuitState.CLOSED
+        self._state = CircuitState.CLOSED
         self.failures = 0
+        self.epoch = 0
         self._opened_at = 0.0
         self._probes = 0
 
+    @property
+    def state(self) -> CircuitState:
+        """``closed``, ``open`` or ``half_open``: an open circuit whose cool-down has passed
+        reads ``half_open`` (its next call is a probe), before any call asks."""
+        state = self._state
+        if state is CircuitState.OPEN and self._cooled_down():
+            return CircuitState.HALF_OPEN
+        return state
+
+    def _cooled_down(self) -> bool:
+        return self._clock.now() - self._opened_at >= self.policy.cooldown
+
     def _move(self, new: CircuitState) -> Transition:
-        old, self.state = self.state, new
+        old, self._state = self._state, new
         if new is CircuitState.OPEN:
             self._opened_at = self._clock.now()
+            self.epoch += 1
         if new is not CircuitState.HALF_OPEN:
             self._probes = 0
         return (old.value, new.value, self.failures)
@@ -108,42 +136,48 @@ class Circuit:
         """Ask to make a call; raises ``CircuitOpenError`` when it must not be made.
 
         Returns the transition it caused (open -> half_open), if any. A caller that got
-        through must call ``release`` exactly once.
+        through must call ``release`` exactly once (with ``epoch``, read now).
         """
         change: Transition | None = None
-        if self.state is CircuitState.OPEN:
+        if self._state is CircuitState.OPEN:
             remaining = self.policy.cooldown - (self._clock.now() - self._opened_at)
             if remaining > 0:
                 raise CircuitOpenError(self.key, retry_after=remaining)
             change = self._move(CircuitState.HALF_OPEN)
-        if self.state is CircuitState.HALF_OPEN:
+        if self._state is CircuitState.HALF_OPEN:
             if self._probes >= self.policy.half_open_max_calls:
                 raise CircuitOpenError(self.key, retry_after=None)
             self._probes += 1
         return change
 
-    def release(self, error: BaseException | None, *, finished: bool = True) -> Transition | None:
+    def release(
+        self, error: BaseException | None, *, finished: bool = True, epoch: int | None = None
+    ) -> Transition | None:
         """Report the outcome of a call let through by ``acquire``.
 
         ``finished=False`` (a cancelled call) frees a probe without judging the dependency.
+        ``epoch``: the circuit's when the call was let through; a call from before the
+        circuit last opened is not judged at all.
         """
-        was_probe = self.state is CircuitState.HALF_OPEN
+        if epoch is not None and epoch != self.epoch:
+            return None  # a straggler: the cool-down and its probes decide, not it
+        was_probe = self._state is CircuitState.HALF_OPEN
         if was_probe:
             self._probes = max(0, self._probes - 1)
         if not finished or (error is not None and not self.policy.counts(error)):
             return None
         if error is None:
-            if self.state is CircuitState.OPEN:
+            if self._state is CircuitState.OPEN:
                 # A call let through before the circuit opened, ending late: the cool-down and
                 # its probes decide, not a straggler.
                 return None
             self.failures = 0
-            if self.state is not CircuitState.CLOSED:
+            if self._state is not CircuitState.CLOSED:
                 return self._move(CircuitState.CLOSED)
             return None
         self.failures += 1
         if was_probe or (
-            self.state is CircuitState.CLOSED and self.failures >= self.policy.failure_threshold
+            self._state is CircuitState.CLOSED and self.failures >= self.policy.failure_threshold
         ):
             return self._move(CircuitState.OPEN)
         return None

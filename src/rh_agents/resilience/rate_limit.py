@@ -1,4 +1,5 @@
-"""``RateLimit``: at most ``calls`` per ``period`` seconds, per group or shared by key.
+"""``RateLimit``: ``calls`` per ``period`` seconds on average (bursts of up to ``calls``),
+per group or shared by key.
 
 Built on ``aiolimiter`` (a leaky bucket): a burst of up to ``calls`` may start at once, then
 calls start at ``calls / period`` per second on average. The limit is taken before every
@@ -27,7 +28,8 @@ __all__ = ["RateLimit", "RateLimiterRegistry"]
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """``calls`` per ``period`` seconds; ``key`` shares one bucket between users."""
+    """``calls`` per ``period`` seconds on average, after a first burst of up to ``calls``
+    (``RateLimit(1, 0.2)`` spaces calls evenly); ``key`` shares one bucket between users."""
 
     calls: float
     period: float = 1.0
