@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from parallel_support import until
 from rh_agents.core.actors import Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
@@ -153,3 +154,113 @@ async def test_a_member_with_its_own_values_is_cancelled_cleanly() -> None:
                 assert results[0].status.value == "timed_out"
                 raise TimeoutError  # (the group's own timeout ended it: checked above)
     assert started.is_set() and cleaned == ["mine"]
+
+
+async def test_members_that_set_a_variable_without_waiting_all_run_on_few_workers() -> None:
+    # decimal sets its own context variable on first use: on 3.12+ (eager workers) the
+    # group hung once a worker retired for it; and each member then took a worker of its own.
+    from decimal import Decimal
+
+    async def third(i: int) -> str:
+        return str(Decimal(i) / 3)
+
+    state = make_state()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def counted(i: int) -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        return await third(i)
+
+    async with state.parallel(max_workers=4) as p:
+        for i in range(40):
+            p.add(lambda i=i: counted(i))
+        results = await asyncio.wait_for(p.gather(), 5)
+    assert [r.result for r in results] == [str(Decimal(i) / 3) for i in range(40)]
+    assert len(tasks) <= 4
+
+
+class Ambiguous:
+    """A value whose == cannot say (an array's): comparing contexts must not need it."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value of an array is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+async def test_values_whose_equality_fails_neither_break_add_nor_the_workers() -> None:
+    holder: contextvars.ContextVar[Any] = contextvars.ContextVar("holder", default=None)
+
+    async def sets() -> str:
+        holder.set(Ambiguous())
+        return "set"
+
+    async def reads() -> bool:
+        await asyncio.sleep(0)
+        return isinstance(holder.get(), Ambiguous)
+
+    state = make_state()
+    async with state.parallel(max_workers=1) as p:
+        holder.set(Ambiguous())
+        p.add(sets)
+        holder.set(Ambiguous())
+        p.add(reads)
+        results = await asyncio.wait_for(p.gather(), 5)
+    assert [r.result for r in results] == ["set", True]
+    assert state.internal_errors == []
+
+
+async def test_a_callable_member_calls_its_function_with_the_values_of_its_add() -> None:
+    async def work(seen: str | None) -> tuple[str | None, str | None]:
+        await asyncio.sleep(0)
+        return seen, request_id.get()
+
+    state = make_state()
+    async with state.parallel(max_workers=1) as p:
+        request_id.set("m1")
+        p.add(lambda: work(request_id.get()))
+        (result,) = await p.gather()
+    assert result.result == ("m1", "m1")
+
+
+async def test_a_member_with_its_own_values_counts_its_timeout_for_the_breaker() -> None:
+    from rh_agents.resilience import CircuitBreaker
+
+    state = make_state()
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=60, key="svc")
+    async with state.parallel(max_workers=1, member_timeout=0.02, circuit_breaker=breaker) as p:
+        request_id.set("mine")
+        p.add(lambda: asyncio.sleep(30))
+        (result,) = await p.gather()
+    assert result.status.value == "timed_out"
+    assert state.breakers["svc"].state.value == "open"
+
+
+async def test_a_member_added_by_another_member_does_not_take_its_deadline() -> None:
+    # B, added from inside A (which had a timeout), inherited A's deadline: a stop of B
+    # after A timed out was judged as a timeout (a breaker failure).
+    from rh_agents.resilience import CircuitBreaker
+
+    state = make_state()
+    breaker = CircuitBreaker(failure_threshold=5, cooldown=60, key="svc")
+    b_started = asyncio.Event()
+
+    async def b() -> None:
+        b_started.set()
+        await asyncio.Event().wait()
+
+    async with state.parallel(max_workers=2, circuit_breaker=breaker) as p:
+
+        async def a() -> None:
+            p.add(b)
+            await asyncio.Event().wait()
+
+        p.add(a, timeout=0.02)
+        await b_started.wait()
+        await until(lambda: p.statistics().timed_out == 1)
+        p.cancel()
+        results = await p.gather()
+    assert [r.status.value for r in results] == ["timed_out", "cancelled"]
+    assert state.breakers["svc"].failures == 1  # A's timeout only

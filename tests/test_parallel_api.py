@@ -333,6 +333,7 @@ async def test_members_that_never_suspend_still_let_other_tasks_run() -> None:
     ("read", "message"),
     [
         (lambda p, c: p.gather_dict([c(), c()]), "gather_dict\\(\\) takes a dict"),
+        (lambda p, c: p.gather_dict([("a", c()), ("b", c())]), "gather_dict\\(\\) takes a dict"),
         (lambda p, c: p.gather_dict({None: c()}), "non-empty str keys, got None"),
         (lambda p, c: p.gather({"x": c()}), "gather\\(\\) takes members in a list.*a dict"),
         (lambda p, c: p.gather("ab"), "gather\\(\\) takes members in a list.*got str"),

@@ -246,3 +246,36 @@ async def test_an_event_member_timed_out_in_its_second_attempt_reports_two() -> 
         (result,) = await p.gather()
     assert result.status is ResultStatus.TIMED_OUT
     assert calls == 2 and result.attempts == 2
+
+
+async def test_a_callable_member_failing_after_its_call_retried_reports_its_own_attempts() -> None:
+    # The member is run once; the event it calls retried twice inside it. The member's
+    # result said 3 attempts (its call's).
+    state = quiet_state()
+    calls = 0
+
+    async def handler(input: Item, context: str, state: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError("again")
+        return 1
+
+    event = ExecutionEvent(
+        actor=Tool(
+            name="flaky",
+            input_model=Item,
+            handler=handler,
+            retry=RetryPolicy(max_attempts=3, initial_delay=0),
+        )
+    )
+
+    async def member() -> None:
+        await event(Item(), "", state)
+        raise ValueError("the member's own failure")
+
+    async with state.parallel(max_workers=1, member_timeout=5) as p:
+        p.add(member)
+        (result,) = await p.gather()
+    assert calls == 3
+    assert result.status is ResultStatus.FAILED and result.attempts == 1

@@ -133,3 +133,61 @@ async def test_a_second_wait_after_a_cancelled_one_takes_the_slot_back_after_it(
     assert result.ok, result.error
     assert result.result == 2  # its own slot held again, and one result
     assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_a_stopped_member_waiting_for_a_token_does_not_wait_for_a_global_slot() -> None:
+    # Stopped while it waited for a rate-limit token (its global slot lent), the member
+    # waited for another group's member to free a global slot before it could end.
+    from rh_agents.resilience import RateLimit
+
+    state = ExecutionState(global_max_workers=1, watchdog=None)
+    release = asyncio.Event()
+    holding = asyncio.Event()
+    first_done = asyncio.Event()
+
+    async def hold() -> None:
+        holding.set()
+        await release.wait()
+
+    async def quick() -> None:
+        first_done.set()
+
+    async def limited() -> str:
+        async with state.parallel(max_workers=1, rate_limit=RateLimit(1, 60), timeout=0.1) as a:
+            a.add(quick)  # takes the one token
+            a.add(lambda: asyncio.sleep(0))  # waits a minute for its token
+            results = await a.gather()
+        return ",".join(r.status.value for r in results)
+
+    waiting = asyncio.create_task(limited())
+    await first_done.wait()
+    async with state.parallel(max_workers=1, name="holder") as b:
+        b.add(hold)
+        await holding.wait()  # the holder took the global slot the waiting member lent
+        statuses = await asyncio.wait_for(waiting, 5)  # ends by its timeout, not the holder
+        assert not release.is_set()
+        release.set()
+    assert statuses == "completed,timed_out"
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_a_timeout_around_a_nested_block_gives_the_global_slot_back_after() -> None:
+    state = ExecutionState(global_max_workers=1, watchdog=None)
+    overlaps = Overlaps()
+
+    async def member() -> str:
+        try:
+            async with asyncio.timeout(0.02):
+                async with state.parallel(max_workers=1, name="inner") as inner:
+                    inner.add(asyncio.sleep(30))
+                    await inner.gather()
+        except TimeoutError:
+            pass
+        return await overlaps.work("M", 0.05)
+
+    async with state.parallel(max_workers=2) as p:
+        p.add(member, name="M")
+        p.add(lambda: overlaps.work("N", 0.05), name="N")
+        results = await p.gather()
+    assert [r.result for r in results] == ["M", "N"]
+    assert overlaps.seen == []

@@ -13,7 +13,7 @@ are still unique, only their numbering follows the order in which the calls star
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator
-from contextvars import Context, ContextVar, Token
+from contextvars import Context, ContextVar, Token, copy_context
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Frame",
     "InContext",
+    "context_changed",
     "current_frame",
     "enter_frame",
     "exit_frame",
@@ -124,6 +125,16 @@ def running_frame() -> Frame | None:
 # The ContextVar's own methods, not wrappers: every member enters and exits a frame.
 enter_frame: Callable[[Frame | None], Token[Frame | None]] = _current.set
 exit_frame: Callable[[Token[Frame | None]], None] = _current.reset
+
+
+def context_changed(before: Context) -> bool:
+    """Whether a context variable was set in the running task since ``before`` was copied
+    from it. (The same variables, unchanged, share one mapping: one pointer compared. A
+    value whose ``==`` fails counts as a change.)"""
+    try:
+        return copy_context() != before
+    except Exception:
+        return True
 
 
 class InContext:

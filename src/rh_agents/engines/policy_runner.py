@@ -31,7 +31,7 @@ from rh_agents.core.context import Frame
 from rh_agents.core.parallel.adding import _call_event
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
-from rh_agents.core.parallel.running import member_timed_out
+from rh_agents.core.parallel.running import member_ending, member_timed_out
 from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot
 from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_in
 from rh_agents.core.results import ExecutionResult, describe_error
@@ -398,7 +398,10 @@ def _lendable(frame: Frame) -> MemberSlot | None:
         return None
     if isinstance(slot, SharedCallSlot):
         return slot
-    member = slot.pool.running.get(asyncio.current_task())  # type: ignore[arg-type]
+    task = asyncio.current_task()
+    if task is slot.pool.instant_task:
+        return None  # the cache lane holds no slot: it has none to lend
+    member = slot.pool.running.get(task)  # type: ignore[arg-type]
     if member is None or member.index != frame.parallel_index:
         return None
     return slot
@@ -411,18 +414,24 @@ async def _backoff(state: ExecutionState, frame: Frame, delay: float) -> None:
         slot.lend()
     try:
         await state.clock.sleep(delay)
+    except asyncio.CancelledError:
+        if type(slot) is MemberSlot and member_ending(slot.group):
+            slot.take_back_ending()  # a stop or a timeout is not held up by a slot
+            slot = None
+        raise
     finally:
         if slot is not None:
             await slot.reclaim()
 
 
 def _member_calling(group: ParallelExecutionManager[Any], frame: Frame) -> Member | None:
-    """The member of ``group`` whose own event runs in ``frame`` (its worker runs it inline),
-    so that its attempts are kept current too: a member timeout ending the event between two
-    attempts reports the attempts made, not one."""
+    """The member of ``group`` that is the event call running in ``frame`` (its worker runs
+    it inline), so that its attempts are kept current too: a member timeout ending the event
+    between two attempts reports the attempts made, not one. (Not a callable member's calls:
+    its attempts are its own, counted by its group's retry loop, if any.)"""
     task = asyncio.current_task()
     found = group._pool.running.get(task) if task is not None else None
-    if found is not None and found.address == frame.address.rpartition("::")[0]:
+    if found is not None and found.is_call and found.address == frame.address.rpartition("::")[0]:
         return found
     return None
 
@@ -438,6 +447,10 @@ async def _take_token(frame: Frame, limiter: AsyncLimiter) -> None:
     lent = slot is not None and slot.lend_global()
     try:
         await limiter.acquire()
+    except asyncio.CancelledError:
+        if lent and type(slot) is MemberSlot and member_ending(slot.group):
+            lent = False  # ending: nothing to take back (see MemberSlot.take_back_ending)
+        raise
     finally:
         if lent:
             assert slot is not None

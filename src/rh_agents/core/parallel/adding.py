@@ -42,6 +42,7 @@ from contextvars import copy_context
 from types import CoroutineType, FunctionType
 from typing import TYPE_CHECKING, Any
 
+from rh_agents.core.context import context_changed
 from rh_agents.core.parallel.lazy_source import LazySource
 from rh_agents.core.parallel.member import (
     Member,
@@ -132,7 +133,7 @@ def add(
             if (
                 group._stop_status is None
                 and group._state.cache is None
-                and copy_context() == pool.context
+                and not context_changed(pool.context)
             ):
                 # Nothing to decide about it before a worker takes it: it waits as
                 # itself, and its Member is made then (see ReadyQueue). (Its context is the
@@ -379,11 +380,10 @@ def add_member(
 ) -> int:
     member = register(group, source, name, priority, timeout, retry)
     index = member.index
-    context = copy_context()
-    if group._entered and context != group._pool.context:
+    if group._entered and context_changed(group._pool.context):
         # Context variables changed since the block was entered (or this is another task):
         # the member runs with the values it was added under, as a task made here would.
-        member.context = context
+        member.context = copy_context()
     if group._stop_status is not None:
         group._finish(member, group._stopped_result(member))
         return index

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import running_frame
 from rh_agents.core.parallel.adding import close_refused
+from rh_agents.core.parallel.running import member_ending
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.stream import ResultStream
@@ -48,6 +49,7 @@ __all__ = [
     "gather_dict",
     "gather_stream",
     "join_workers",
+    "parent_ending",
     "seal",
     "stream",
     "take_back_owed",
@@ -151,9 +153,9 @@ async def wait_lending(group: ParallelExecutionManager[Any], waiter: asyncio.Fut
     back meanwhile; that is what keeps nested groups from deadlocking on the global limit.
     If the wait is cancelled the slot stays lent for now: the nested group's members may
     still hold every slot until the block is left and they are stopped, so waiting for one
-    here could wait forever. The group takes it back as its block is left, unless a
-    cancellation leaves it too (the member is ending: its ``finally`` then has nothing to
-    release); a member that caught that cancellation and works on does so without it.
+    here could wait forever. It is taken back as the member reads the group again or leaves
+    its block, unless the member is being stopped for good (its group stops, its timeout:
+    its ``finally`` then has nothing to release).
     """
     parent_slot = group._parent_frame.slot if group._parent_frame is not None else None
     lent = isinstance(parent_slot, MemberSlot) and (
@@ -169,6 +171,14 @@ async def wait_lending(group: ParallelExecutionManager[Any], waiter: asyncio.Fut
     if lent:
         assert isinstance(parent_slot, MemberSlot)
         await parent_slot.reclaim_global()
+
+
+def parent_ending(group: ParallelExecutionManager[Any]) -> bool:
+    """Whether the member that opened ``group`` is being stopped for good (see
+    running.member_ending): a global slot it owes is then not taken back."""
+    parent = group._parent_frame
+    slot = parent.slot if parent is not None else None
+    return isinstance(slot, MemberSlot) and member_ending(slot.group)
 
 
 async def take_back_owed(group: ParallelExecutionManager[Any]) -> None:
@@ -227,7 +237,9 @@ def _member_dict(members: Any) -> Mapping[str, Any]:
     if not isinstance(members, Mapping):
         if isinstance(members, Iterable) and not isinstance(members, str | bytes):
             for member in members:
-                close_refused(member)
+                # ((name, member) pairs too, as for add_many: every coroutine is closed.)
+                for part in member if isinstance(member, tuple | list) else (member,):
+                    close_refused(part)
         else:
             close_refused(members)
         raise ConfigurationError(

@@ -360,10 +360,13 @@ class ParallelExecutionManager(Generic[T]):
             # printer) have every record of this group before the program's next line runs.
             if self._finalized:
                 self._state.event_bus.deliver_pending()
-            if self._global_owed and not isinstance(exc, asyncio.CancelledError):
-                # A cancelled wait lent the member's global slot (a timeout the member caught
-                # inside the block): it works on after the block, so it takes it back now,
-                # once this group's own members are done with theirs.
+            if self._global_owed and not (
+                isinstance(exc, asyncio.CancelledError) and gathering.parent_ending(self)
+            ):
+                # A cancelled wait lent the member's global slot (a timeout of its own,
+                # inside the block or around it): unless the member is being stopped for
+                # good, it works on after the block, so it takes the slot back now, once
+                # this group's own members are done with theirs.
                 await gathering.take_back_owed(self)
 
     def _finalize(self) -> None:

@@ -128,6 +128,7 @@ class Member(Frame):
         "context",
         "enqueued",
         "index",
+        "is_call",
         "name",
         "pending_deps",
         "priority",
@@ -170,6 +171,9 @@ class Member(Frame):
         # The context variables it runs with, when they are not the block's: taken at add()
         # (see adding.add); None, the usual case, runs it in its worker's copy of the block's.
         self.context: Context | None = None
+        # Whether it is an event call (given, or made by its callable): that call's retries
+        # are then the member's attempts (see engines.policy_runner).
+        self.is_call = False
 
     @property
     def finished(self) -> bool:
@@ -188,15 +192,21 @@ class Member(Frame):
         # (A function is never awaitable: no isawaitable() for the common lambda.)
         if kind is CoroutineType or (kind is not FunctionType and inspect.isawaitable(source)):
             self.source = None  # a coroutine runs once
+            if kind is not CoroutineType:
+                self.is_call = is_event_call(source)
             return source  # type: ignore[no-any-return,unused-ignore]
         made = source()
-        if type(made) is not CoroutineType and not inspect.isawaitable(made):
+        if type(made) is CoroutineType:
+            return made
+        if is_event_call(made):
+            self.is_call = True
+        elif not inspect.isawaitable(made):
             raise InvalidMemberError(
                 f"member {self.name or self.index}: the callable {describe_member(source)} "
                 f"returned {type(made).__name__}, not an awaitable; make it async or return "
                 "a coroutine"
             )
-        return made
+        return made  # type: ignore[no-any-return]
 
     def discard(self) -> None:
         """Close a member that will never run, so no 'coroutine was never awaited' warning."""

@@ -46,6 +46,7 @@ __all__ = [
     "check_all_done",
     "failed_result",
     "finish",
+    "member_ending",
     "member_timed_out",
     "release_dependents",
     "run_member",
@@ -61,6 +62,19 @@ _FAILURE_STATUSES = (ResultStatus.FAILED, ResultStatus.TIMED_OUT)
 _member_deadlines: ContextVar[tuple[asyncio.Timeout, ...]] = ContextVar(
     "rh_agents_member_deadlines", default=()
 )
+
+
+def _enter_member(frame: Frame, deadlines: tuple[asyncio.Timeout, ...]) -> None:
+    """In a member's own context: make it the current frame, with the deadlines around it."""
+    enter_frame(frame)
+    _member_deadlines.set(deadlines)
+
+
+def member_ending(group: ParallelExecutionManager[Any]) -> bool:
+    """Called while handling a ``CancelledError`` in a member of ``group``: whether the
+    member is being stopped for good (its group stops, or a member timeout around it
+    expired), rather than by a cancellation its own code may catch and go on from."""
+    return group._stop_status is not None or member_timed_out()
 
 
 def member_timed_out() -> bool:
@@ -106,25 +120,32 @@ async def run_member(
             # that finishes without suspending needs no start record of its own.
             records.started(member)
         timeout = member.timeout or group.member_timeout
+        deadline = asyncio.timeout(timeout) if timeout is not None else None
+        context = member.context
+        if context is not None:
+            # Added under other context variables than the block's (or run after a member
+            # set one on this worker): it runs with those, each step, in this worker's task.
+            # Its frame and the member deadlines around it are this group's, not those of
+            # wherever it was added.
+            deadlines = _member_deadlines.get()
+            context.run(
+                _enter_member, frame, deadlines if deadline is None else (*deadlines, deadline)
+            )
         # With no retry, breaker or rate limit anywhere there is nothing to resolve: run
         # the member directly (this is every member's hot path).
         if pool.plain and member.retry is None:
             run = member.source
             if type(run) is not CoroutineType:
-                run = member.open()  # calls a function: nothing will call it again
+                # Calls a function (nothing will call it again), in the member's context.
+                run = member.open() if context is None else context.run(member.open)
             member.source = None  # runs once
         else:
             run = state.run_member(group, member, frame)
-        context = member.context
         if context is not None:
-            # Added under other context variables than the block's: it runs with those
-            # (its frame set there too), each step, in this worker's task.
-            context.run(enter_frame, frame)
             run = InContext(run, context)
-        if timeout is None:
+        if deadline is None:
             value = await run
         else:
-            deadline = asyncio.timeout(timeout)
             inside = _member_deadlines.set((*_member_deadlines.get(), deadline))
             try:
                 async with deadline:

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.core.context import Frame, enter_frame, exit_frame
+from rh_agents.core.context import Frame, context_changed, enter_frame, exit_frame
 from rh_agents.core.parallel.member import describe_member, is_event_call
 from rh_agents.core.parallel.ready import ReadyQueue
 from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
@@ -344,6 +344,7 @@ class WorkerPool:
         # Members with no policy, no timeout and no global limit run right here (see below).
         direct = self.plain and state.global_slots is None and group.member_timeout is None
         handed_over = False
+        isolated = False  # a member set a context variable here: the next run in a copy
         idle = False  # left because there was nothing (more) to do for this worker
         first = True
         # The token of the first member frame this worker entered: between two members run
@@ -401,6 +402,9 @@ class WorkerPool:
                 held = slots._in_use - len(self.unstarted)
                 if held > self.high_water:
                     self.high_water = held
+                if isolated and member.context is None:
+                    # (See below: this worker's context holds a value an earlier member set.)
+                    member.context = self.context.copy()
                 if (
                     direct
                     and member.retry is None
@@ -462,25 +466,25 @@ class WorkerPool:
                                 None,
                                 address,
                             )
-                    # Variables the member set for itself are in this worker's context now:
-                    # they must not reach the members it would run next.
-                    tainted = copy_context() != before
                     if member.result is None:
                         group._finish(member, result)
+                    # Each member sees the block's context variables, as a task of its own
+                    # would, never what an earlier member set (a logging library's bound
+                    # request id; decimal's context, made on first use): once a member has set
+                    # one in this worker's context, the members after it here each run in a
+                    # fresh copy of the block's (see running.run_member).
+                    isolated = context_changed(before)
                 else:
                     if token is not None:
                         exit_frame(token)
                         token = None
-                    before = copy_context()
-                    await group._run_member(member)
-                    tainted = copy_context() != before
+                    if isolated:
+                        await group._run_member(member)
+                    else:
+                        before = copy_context()
+                        await group._run_member(member)
+                        isolated = context_changed(before)
                 del running[task]
-                if tainted:
-                    # Each member sees the block's context variables, as a task of its own
-                    # would, never what an earlier member set: this worker, whose context
-                    # holds such a value now, ends here, and a fresh one (a fresh copy of
-                    # the block's context) takes the next member.
-                    break
                 if tally.done >= self._deliver_at:
                     if token is not None:
                         exit_frame(token)

@@ -224,6 +224,14 @@ class MemberSlot:
         self.lend_global()
         self.pool.slots.release()
 
+    def take_back_ending(self) -> None:
+        """The member ends while it has its slots lent (its group stops, its timeout): its
+        group slot is counted back at once, since its worker's exit releases one (the count
+        may pass the limit for that moment; nothing runs under it), and its global slot
+        stays lent (it has nothing to release). No wait: a stop is never held up by a slot
+        that another group's member holds."""
+        self.pool.slots.take_unchecked()
+
     async def reclaim(self) -> None:
         """Take the slots back before doing work again: the group's first, then the global.
 
