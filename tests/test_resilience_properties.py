@@ -24,7 +24,9 @@ Checked, in every scenario:
   only under a member timeout; its ``attempts`` are at least its calls and at most the nearest
   retry policy's ``max_attempts``; a member no breaker and no timeout can touch made exactly
   ``min(first success + 1, max_attempts)`` calls;
-- an adaptive limit stays within its bounds.
+- an adaptive limit stays within its bounds;
+- each member sees the context variables of its ``add()`` (some are added with a value set
+  for them alone), never a value another member set, and none reaches the block.
 
 ``make test`` runs 150 scenarios (the same each run); ``make soak`` runs 3,000 new ones
 (``RH_SOAK_EXAMPLES``).
@@ -33,6 +35,7 @@ Checked, in every scenario:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import warnings
 from collections import defaultdict
@@ -77,6 +80,7 @@ class Step:
 class MemberSpec:
     steps: tuple[Step, ...]  # call k does steps[min(k, len - 1)]
     form: str  # "callable" or "event"
+    tagged: bool = False  # added with a context variable set to its own value
 
     def step(self, k: int) -> Step:
         return self.steps[min(k, len(self.steps) - 1)]
@@ -190,7 +194,9 @@ def members(draw: st.DrawFn, timeout: float | None) -> MemberSpec:
             max_size=4,
         )
     )
-    return MemberSpec(tuple(steps), draw(st.sampled_from(["callable", "event"])))
+    return MemberSpec(
+        tuple(steps), draw(st.sampled_from(["callable", "event"])), draw(st.booleans())
+    )
 
 
 @st.composite
@@ -267,6 +273,11 @@ def buckets(scenario: Scenario, g: int) -> list[tuple[str, RateSpec]]:
 # --- running it ----------------------------------------------------------------------------------
 
 
+# Set around a member's add() (tagged members): each member must see its own value (or none),
+# whatever another member set, on whichever worker it runs.
+TAG: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar("tag", default=None)
+
+
 class Flaky(ConnectionError):
     def __init__(self, g: int, m: int, k: int) -> None:
         super().__init__(f"g{g}[{m}] call {k} failed")
@@ -312,6 +323,13 @@ class World:
         limit = scenario.global_limit
         if limit is not None and self.active_total > limit:
             self.violations.append(f"{self.active_total} calls at once, global limit {limit}")
+        seen = TAG.get()
+        expected = (g, m) if spec.tagged else None
+        # (Its own earlier attempts ran in its context: what they set, it sees, as a task
+        # retrying a call would.)
+        if seen != expected and not (self.calls[g, m] and seen == ("set by", g, m)):
+            self.violations.append(f"g{g}[{m}] saw context value {seen!r}, not {expected!r}")
+        TAG.set(("set by", g, m))  # must reach no other member, nor the block
         k = self.calls[g, m]
         self.calls[g, m] = k + 1
         step = spec.step(k)
@@ -373,16 +391,21 @@ class World:
             rate_limit=spec.rate.make() if spec.rate else None,
         ) as p:
             for m, member in enumerate(spec.members):
+                token = TAG.set((g, m)) if member.tagged else None
                 if member.form == "event":
                     p.add(event(Call(g=g, m=m), "", state))
                 else:
                     p.add(lambda m=m: self.work(g, m))
+                if token is not None:
+                    TAG.reset(token)
             if spec.reader == "gather":
                 results = await p.gather()
             elif spec.reader == "dict":
                 results = list((await p.gather_dict()).values())
             else:
                 results = [r async for r in p.as_completed()]
+        if TAG.get() is not None:
+            self.violations.append(f"g{g}: a member's context value reached the block")
         self.results[g] = sorted(results, key=lambda r: r.index if r.index is not None else -1)
 
 
