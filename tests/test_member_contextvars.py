@@ -264,3 +264,61 @@ async def test_a_member_added_by_another_member_does_not_take_its_deadline() -> 
         results = await p.gather()
     assert [r.status.value for r in results] == ["timed_out", "cancelled"]
     assert state.breakers["svc"].failures == 1  # A's timeout only
+
+
+async def test_execute_parallel_with_dependencies_runs_members_with_the_calls_values() -> None:
+    async def read() -> str | None:
+        return request_id.get()
+
+    state = make_state()
+    async with state.parallel(max_workers=2) as p:
+        request_id.set("X")
+        results = await p.execute_parallel([read(), read()], dependencies={1: [0]})
+    assert [r.result for r in results] == ["X", "X"]
+
+
+class Ready:
+    """A legal awaitable whose __await__ gives a plain iterator (no send, no throw)."""
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+async def test_an_awaitable_with_a_plain_iterator_runs_under_its_own_values_too() -> None:
+    state = make_state()
+    async with state.parallel(max_workers=1) as p:
+        p.add(Ready())
+        request_id.set("X")
+        p.add(Ready())
+        results = await p.gather()
+    assert [r.status.value for r in results] == ["completed", "completed"]
+
+
+@pytest.mark.parametrize("lazy", ["plain", "async"])
+async def test_map_reads_its_input_and_calls_its_function_in_the_blocks_values(lazy: str) -> None:
+    # Once a member had set a variable on a worker, map()'s function and its input ran in
+    # that worker's context: they saw the member's value.
+    seen_by_fn: list[str | None] = []
+    seen_by_input: list[str | None] = []
+
+    async def member(i: int) -> int:
+        request_id.set(f"m{i}")
+        return i
+
+    def fn(i: int) -> Any:
+        seen_by_fn.append(request_id.get())
+        return member(i)
+
+    async def items() -> Any:
+        for i in range(4):
+            seen_by_input.append(request_id.get())
+            yield i
+
+    state = make_state()
+    async with state.parallel(max_workers=1) as p:
+        p.map(fn, range(4) if lazy == "plain" else items())
+        results = await p.gather()
+    assert [r.result for r in results] == [0, 1, 2, 3]
+    assert seen_by_fn == [None] * 4
+    assert seen_by_input == ([None] * 4 if lazy == "async" else [])
+    assert request_id.get() is None

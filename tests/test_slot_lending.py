@@ -191,3 +191,62 @@ async def test_a_timeout_around_a_nested_block_gives_the_global_slot_back_after(
         results = await p.gather()
     assert [r.result for r in results] == ["M", "N"]
     assert overlaps.seen == []
+
+
+@pytest.mark.parametrize("who", ["joiner", "starter"])
+async def test_a_member_sharing_a_cached_call_ends_by_its_timeout_not_a_global_slot(
+    who: str,
+) -> None:
+    # A member that timed out while the cache's shared call had its slots lent waited for
+    # another group's member to free a global slot before it could end.
+    from parallel_support import until
+    from rh_agents.recovery import ActorCache
+
+    release = asyncio.Event()
+    holding = asyncio.Event()
+    calls = 0
+
+    async def slow(input: Item, context: str, state: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if who == "starter" and calls == 1:
+            raise ConnectionError("once")  # the shared call backs off, lending the slots
+        await release.wait()
+        return input.n
+
+    limit = 2 if who == "joiner" else 1
+    state = ExecutionState(global_max_workers=limit, cache=ActorCache(), watchdog=None)
+    event = ExecutionEvent(
+        actor=Tool(
+            name="slow",
+            input_model=Item,
+            handler=slow,
+            cacheable=True,
+            retry=RetryPolicy(max_attempts=2, initial_delay=0.5, jitter=0),
+        )
+    )
+
+    async def hold() -> None:
+        holding.set()
+        await release.wait()
+
+    async with (
+        state.parallel(max_workers=1, name="holder") as holder,
+        state.parallel(max_workers=2, name="calls") as p,
+    ):
+        if who == "joiner":
+            p.add(event(Item(n=1), "", state))  # the starter
+            p.add(event(Item(n=1), "", state), timeout=0.1)  # joins, lends, times out
+            await until(lambda: p.statistics().running == 2 and calls == 1)
+        else:
+            p.add(event(Item(n=1), "", state), timeout=0.1)  # starts, backs off, lends
+            await until(lambda: calls == 1)
+        holder.add(hold)  # takes the global slot the waiting member lent
+        stream = p.as_completed()
+        await holding.wait()
+        first = await asyncio.wait_for(stream.__anext__(), 5)
+        assert first.status.value == "timed_out"
+        assert not release.is_set()  # it ended while the holder still held its slot
+        release.set()
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+    await state.close()

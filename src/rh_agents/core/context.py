@@ -159,7 +159,9 @@ class InContext:
     def __await__(self) -> Generator[Any, Any, Any]:
         context = self._context
         inner = self._awaitable.__await__()
-        send, throw = inner.send, inner.throw
+        # (An awaitable's __await__ may give a plain iterator: no send, no throw.)
+        send = getattr(inner, "send", None) or (lambda _value: next(inner))
+        throw = getattr(inner, "throw", None)
         value: Any = None
         error: BaseException | None = None
         try:
@@ -169,6 +171,8 @@ class InContext:
                         yielded = context.run(send, value)
                     else:
                         raised, error = error, None
+                        if throw is None:
+                            raise raised
                         yielded = context.run(throw, raised)
                 except StopIteration as stop:
                     return stop.value

@@ -29,9 +29,9 @@ from pydantic import BaseModel
 
 from rh_agents.core.context import Frame
 from rh_agents.core.parallel.adding import _call_event
+from rh_agents.core.parallel.deadlines import member_ending, member_timed_out
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
-from rh_agents.core.parallel.running import member_ending, member_timed_out
 from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot
 from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_in
 from rh_agents.core.results import ExecutionResult, describe_error

@@ -316,6 +316,8 @@ def add_graph(
         raise
     first = group._tally.total
     members = [register(group, source, None, 0, None, None) for source in sources]
+    for member in members:
+        take_context(group, member)
     if group._stop_status is not None:
         for member in members:
             group._finish(member, group._stopped_result(member))
@@ -330,6 +332,13 @@ def add_graph(
         if not member.pending_deps:
             enqueue(group, member)
     return [member.index for member in members]
+
+
+def take_context(group: ParallelExecutionManager[Any], member: Member) -> None:
+    """If context variables changed since the block was entered (or this is another task),
+    ``member`` runs with the values it is added under, as a task made here would."""
+    if group._entered and context_changed(group._pool.context):
+        member.context = copy_context()
 
 
 def label(group: ParallelExecutionManager[Any], name: str | None, index: int) -> str:
@@ -380,10 +389,7 @@ def add_member(
 ) -> int:
     member = register(group, source, name, priority, timeout, retry)
     index = member.index
-    if group._entered and context_changed(group._pool.context):
-        # Context variables changed since the block was entered (or this is another task):
-        # the member runs with the values it was added under, as a task made here would.
-        member.context = copy_context()
+    take_context(group, member)
     if group._stop_status is not None:
         group._finish(member, group._stopped_result(member))
         return index

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import running_frame
 from rh_agents.core.parallel.adding import close_refused
-from rh_agents.core.parallel.running import member_ending
+from rh_agents.core.parallel.deadlines import member_ending
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.stream import ResultStream

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from contextvars import ContextVar
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.context import Frame, InContext, enter_frame, exit_frame
+from rh_agents.core.parallel.deadlines import member_deadlines
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
@@ -46,8 +46,6 @@ __all__ = [
     "check_all_done",
     "failed_result",
     "finish",
-    "member_ending",
-    "member_timed_out",
     "release_dependents",
     "run_member",
     "unfinished",
@@ -55,35 +53,11 @@ __all__ = [
 
 _FAILURE_STATUSES = (ResultStatus.FAILED, ResultStatus.TIMED_OUT)
 
-# The deadlines of the members (with a timeout) that the running code is inside, innermost
-# last: a call cancelled by one of them ran too long, which its circuit breaker and its
-# group's adaptive limit count as a failure (a timeout), not as a call that never finished.
-# Set only around a member that has a timeout, so members without one pay nothing.
-_member_deadlines: ContextVar[tuple[asyncio.Timeout, ...]] = ContextVar(
-    "rh_agents_member_deadlines", default=()
-)
-
 
 def _enter_member(frame: Frame, deadlines: tuple[asyncio.Timeout, ...]) -> None:
     """In a member's own context: make it the current frame, with the deadlines around it."""
     enter_frame(frame)
-    _member_deadlines.set(deadlines)
-
-
-def member_ending(group: ParallelExecutionManager[Any]) -> bool:
-    """Called while handling a ``CancelledError`` in a member of ``group``: whether the
-    member is being stopped for good (its group stops, or a member timeout around it
-    expired), rather than by a cancellation its own code may catch and go on from."""
-    return group._stop_status is not None or member_timed_out()
-
-
-def member_timed_out() -> bool:
-    """Whether a member timeout around the running code has expired (it is being cancelled).
-
-    Called while handling a ``CancelledError``: true when that cancellation is a member's
-    timeout (``member_timeout=`` or ``p.add(..., timeout=)``) rather than a stop.
-    """
-    return any(deadline.expired() for deadline in _member_deadlines.get())
+    member_deadlines.set(deadlines)
 
 
 async def run_member(
@@ -127,7 +101,7 @@ async def run_member(
             # set one on this worker): it runs with those, each step, in this worker's task.
             # Its frame and the member deadlines around it are this group's, not those of
             # wherever it was added.
-            deadlines = _member_deadlines.get()
+            deadlines = member_deadlines.get()
             context.run(
                 _enter_member, frame, deadlines if deadline is None else (*deadlines, deadline)
             )
@@ -146,7 +120,7 @@ async def run_member(
         if deadline is None:
             value = await run
         else:
-            inside = _member_deadlines.set((*_member_deadlines.get(), deadline))
+            inside = member_deadlines.set((*member_deadlines.get(), deadline))
             try:
                 async with deadline:
                     value = await run
@@ -158,7 +132,7 @@ async def run_member(
                     f"after {timeout}s"
                 ) from exc
             finally:
-                _member_deadlines.reset(inside)
+                member_deadlines.reset(inside)
     except asyncio.CancelledError:
         cancelled = cancelled_result(group, member, started)
         if cancelled is None:

@@ -46,7 +46,13 @@ from dataclasses import dataclass
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.core.context import Frame, context_changed, enter_frame, exit_frame
+from rh_agents.core.context import (
+    Frame,
+    InContext,
+    context_changed,
+    enter_frame,
+    exit_frame,
+)
 from rh_agents.core.parallel.member import describe_member, is_event_call
 from rh_agents.core.parallel.ready import ReadyQueue
 from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
@@ -368,13 +374,25 @@ class WorkerPool:
                     ):
                         idle = True
                         break
+                    # The input is the block's code: read in the block's context (a fresh
+                    # copy of it once a member set a variable here), and a value it sets
+                    # reaches no member either.
+                    before = copy_context()
                     if source.async_items is None and (
                         tally.retain or len(tally.unretained) < 2 * slots.limit
                     ):
                         # A plain iterable with room for its results: read it right here.
-                        member = self._pull_now(source)
+                        if isolated:
+                            member = self.context.copy().run(self._pull_now, source)
+                        else:
+                            member = self._pull_now(source)
+                        isolated = isolated or context_changed(before)
                     else:
-                        pulled = await self._pull(source)
+                        if isolated:
+                            pulled = await InContext(self._pull(source), self.context.copy())
+                        else:
+                            pulled = await self._pull(source)
+                            isolated = context_changed(before)
                         if pulled is None and source.exhausted:
                             group._check_threshold()  # (the member count is final now)
                         member = (

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import running_frame
+from rh_agents.core.parallel.deadlines import member_ending
 from rh_agents.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -308,14 +309,19 @@ class SharedCallSlot(MemberSlot):
         if self._left:
             return
         self._left = True
+        ending = member_ending(self._member.group)  # (the member leaves by a stop, its timeout)
         if self._reclaimed is not None:
             await self._reclaimed.wait()  # the call is taking it back: then it is the member's
         elif self._lent:
             self._lent = False
-            await self._member.reclaim()
+            if ending:
+                self._member.take_back_ending()
+            else:
+                await self._member.reclaim()
         elif self._global_lent:
             self._global_lent = False
-            await self._member.reclaim_global()
+            if not ending:
+                await self._member.reclaim_global()
 
 
 async def wait_lending(awaitable: Awaitable[T]) -> T:
@@ -334,5 +340,11 @@ async def wait_lending(awaitable: Awaitable[T]) -> T:
     slot.lend()
     try:
         return await awaitable
+    except asyncio.CancelledError:
+        if type(slot) is MemberSlot and member_ending(slot.group):
+            slot.take_back_ending()  # ending: not held up by a slot someone else holds
+            slot = None
+        raise
     finally:
-        await slot.reclaim()
+        if slot is not None:
+            await slot.reclaim()
