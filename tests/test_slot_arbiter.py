@@ -387,13 +387,20 @@ async def test_identical_cached_calls_with_retries_under_one_slot_never_deadlock
     assert state.internal_errors == []
 
 
+class _Group:
+    """What a slot asks of its member's group: whether it stops (it does not, here)."""
+
+    _stop_status = None
+
+
 class _Pool:
-    """What a MemberSlot asks of its group's pool: the arbiter, the global limit (none), and
-    the high-water mark (not followed here)."""
+    """What a MemberSlot asks of its group's pool: the arbiter, the global limit (none), the
+    group, and the high-water mark (not followed here)."""
 
     def __init__(self, limit: int) -> None:
         self.slots = SlotArbiter(limit)
         self.global_slots = None
+        self.group = _Group()
 
     def note_held(self) -> None:
         pass

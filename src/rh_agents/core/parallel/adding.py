@@ -76,6 +76,7 @@ __all__ = [
     "label",
     "map",
     "register",
+    "take_context",
 ]
 
 _NO_DEPENDENCIES: tuple[str, ...] = ()
