@@ -26,6 +26,8 @@ against it:
 - statuses are the model's, exactly where nothing can interfere, and within what the strategy
   allows otherwise; errors are the strategy's (a timed-out group's error carries ``.results``);
   no attempt starts or ends once its group has stopped it;
+- each member sees the context variables of its ``add()`` (every other member is added under
+  a value of its own), never a value another member set, and none reaches the block;
 - no internal error, no task left behind, no "never awaited" coroutine, no error in the loop;
   the bus's ``GroupCompleted`` and ``MemberFinished`` agree with the results; the run viewer's
   feed that follows the state shows what a feed fed every record shows, and agrees with the
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import gc
 import random
@@ -73,6 +76,10 @@ from rh_agents.ui.live import LiveFeed
 from ui_support import assert_feeds_agree
 
 SETTINGS = scenario_settings(300)
+
+# Set around the add() of every other member: each member must see what was current at its
+# add() (or what its own earlier attempts set), never another member's value.
+TAG: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar("tag", default=None)
 
 EPS = 1e-6  # virtual seconds: sums of float durations
 # Loop iterations allowed per scenario (the largest of 1,500 drawn scenarios took about 200):
@@ -429,6 +436,7 @@ class MemberRun:
     phase: str = "idle"  # idle, work, between, nested, backoff, reclaim
     final: str | None = None  # ok / failed, once the last attempt ended
     attempt_ends: list[float] = field(default_factory=list)
+    tag: Any = None  # the context variable TAG's value when it was added
 
     @property
     def name(self) -> str | None:
@@ -573,6 +581,10 @@ class World:
             if waited < least - EPS:
                 self.problem("backoff", f"{mr} retried after {waited:.6g}s, backoff {least:.6g}s")
         self._check_not_halted(mr, "started an attempt")
+        seen = TAG.get()
+        if seen != mr.tag and not (n > 1 and seen == ("set by", mr.group.id, mr.index)):
+            self.problem("context", f"{mr} saw context value {seen!r}, added under {mr.tag!r}")
+        TAG.set(("set by", mr.group.id, mr.index))  # must reach no other member
         task = asyncio.current_task()
         assert task is not None
         self.task_member[task] = mr
@@ -693,15 +705,22 @@ class World:
             options["retry"] = spec.retry.policy()
         state = self.state
         job = Job(run=mr.group.id, index=mr.index)
-        if spec.kind == "callable":
-            p.add(lambda: self.attempt(mr), **options)
-        elif spec.kind == "coro":
-            p.add(self.attempt(mr), **options)
-        elif spec.kind == "event":
-            p.add(self._event(spec)(job, "", state), **options)
-        else:
-            event = self._event(spec)
-            p.add(lambda: event(job, "", state), **options)
+        # Every other member is added under a context value of its own.
+        token = TAG.set(("added", mr.group.id, mr.index)) if mr.index % 2 else None
+        mr.tag = TAG.get()
+        try:
+            if spec.kind == "callable":
+                p.add(lambda: self.attempt(mr), **options)
+            elif spec.kind == "coro":
+                p.add(self.attempt(mr), **options)
+            elif spec.kind == "event":
+                p.add(self._event(spec)(job, "", state), **options)
+            else:
+                event = self._event(spec)
+                p.add(lambda: event(job, "", state), **options)
+        finally:
+            if token is not None:
+                TAG.reset(token)
 
     async def run_group(self, spec: G, parent: MemberRun | None) -> None:
         scenario = self.scenario
@@ -731,6 +750,7 @@ class World:
             retry=spec.retry.policy() if spec.retry else None,
         )
         run.entered_at = self.now()
+        outside = TAG.get()
         try:
             async with group as p:
                 run.group_id = p.group_id
@@ -750,6 +770,8 @@ class World:
                     run.results = await p.gather()
             if run.results is None:
                 run.results = await p.gather()  # after the block: the stored results
+            if TAG.get() != outside:
+                self.problem("context", f"{run.name}: a member's context value reached the block")
             run.outcome = "returned"
         except asyncio.CancelledError:
             run.outcome = "cancelled"
@@ -1131,6 +1153,8 @@ def check_world(world: World, runtime_warnings: list[str], loop_errors: list[Any
     assert "backoff" not in problems, problems["backoff"][:5]
     assert "after stop" not in problems, problems["after stop"][:5]
     assert "results" not in problems, problems["results"][:5]
+    # Each member sees the context variables of its add(), never another member's.
+    assert "context" not in problems, problems["context"][:5]
 
     # Limits, counted around the work itself; no slot idle while a member waits for one.
     assert "group limit" not in problems, problems["group limit"][:5]
