@@ -322,3 +322,63 @@ async def test_map_reads_its_input_and_calls_its_function_in_the_blocks_values(l
     assert seen_by_fn == [None] * 4
     assert seen_by_input == ([None] * 4 if lazy == "async" else [])
     assert request_id.get() is None
+
+
+class Reads:
+    """An awaitable whose __await__ does work of its own (reads the variable there)."""
+
+    def __await__(self) -> Any:
+        seen = request_id.get()
+
+        async def rest() -> tuple[str | None, str | None]:
+            return seen, request_id.get()
+
+        return rest().__await__()
+
+
+async def test_an_awaitables_own_await_runs_with_the_values_of_its_add() -> None:
+    state = make_state()
+    async with state.parallel(max_workers=1) as p:
+        request_id.set("m0")
+        p.add(Reads())
+        (result,) = await p.gather()
+    assert result.result == ("m0", "m0")
+
+
+async def test_map_input_keeps_the_values_it_set_itself_from_one_item_to_the_next() -> None:
+    seen: list[str | None] = []
+
+    async def items() -> Any:
+        request_id.set("bound-by-input")
+        for i in range(3):
+            seen.append(request_id.get())
+            yield i
+
+    async def member(i: int) -> str | None:
+        return request_id.get()
+
+    state = make_state()
+    async with state.parallel(max_workers=1) as p:
+        p.map(member, items())
+        results = await p.gather()
+    assert seen == ["bound-by-input"] * 3
+    assert [r.result for r in results] == [None] * 3  # a member never sees the input's
+
+
+async def test_a_subscriber_delivered_between_members_leaks_nothing_into_them() -> None:
+    from rh_agents.core.bus import EventBus
+
+    bus = EventBus()
+    bus.subscribe(lambda record: request_id.set(record.address))  # a value of its own
+    state = ExecutionState(event_bus=bus, watchdog=None)
+
+    async def member() -> str | None:
+        return request_id.get()
+
+    async with state.parallel(max_workers=1, name="g") as p:
+        for _ in range(400):  # (records are delivered every 128 members in one turn)
+            p.add(member)
+        results = await p.gather()
+    await bus.drain()
+    assert [r.result for r in results] == [None] * 400
+    assert request_id.get() is None

@@ -842,3 +842,56 @@ def test_bad_sample_rate_is_rejected(telemetry: Telemetry, rate: Any) -> None:
     assert not state.event_bus.has_listeners
     with pytest.raises(ConfigurationError, match="sample_events"):
         keeps_event("a", rate)
+
+
+def ours(telemetry: Telemetry) -> dict[str, ReadableSpan]:
+    """The spans of the run, by address (the test's own spans left out)."""
+    return {
+        str(span.attributes["rh_agents.address"]): span
+        for span in telemetry.spans_out.get_finished_spans()
+        if span.attributes and "rh_agents.address" in span.attributes
+    }
+
+
+async def _group_under_member_span(telemetry: Telemetry) -> None:
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus, watchdog=None)
+    instrument(
+        state,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+    )
+    tracer = telemetry.tracer_provider.get_tracer("test")
+
+    async def member() -> int:
+        with tracer.start_as_current_span("member-own"):
+            result = await ExecutionEvent(actor=reader)(Doc(text="abc"), "", state)
+            await asyncio.sleep(0)
+        return result.result
+
+    async with state.parallel(max_workers=1, name="g") as p:
+        p.add(member)
+        await p.gather()
+    await bus.drain()
+
+
+async def test_a_top_level_span_never_takes_a_members_span_as_parent(
+    telemetry: Telemetry,
+) -> None:
+    # The exporter started a top-level span in whatever context it ran in: the group's span
+    # became a child of its own member's span.
+    await _group_under_member_span(telemetry)
+    by_address = ours(telemetry)
+    assert by_address["g"].parent is None
+    assert by_address["g[0]::reader"].parent.span_id == by_address["g"].context.span_id
+
+
+async def test_top_level_spans_hang_from_the_span_current_where_instrument_was_called(
+    telemetry: Telemetry,
+) -> None:
+    tracer = telemetry.tracer_provider.get_tracer("test")
+    with tracer.start_as_current_span("request") as request:
+        await _group_under_member_span(telemetry)
+    group = ours(telemetry)["g"]
+    assert group.parent is not None
+    assert group.parent.span_id == request.get_span_context().span_id

@@ -561,8 +561,12 @@ class EventBus:
         never wait calls it every few hundred members, so that records are handled, and freed,
         while the group runs rather than piling up until it yields. The subscriber runs inside
         the caller's call, as it would in its loop callback: a failure is reported, never
-        raised here.
+        raised here, and a context variable it sets stays in a copy (as a callback's would),
+        never reaching the caller (a worker between two members, the block).
         """
+        contextvars.copy_context().run(self._deliver_pending)
+
+    def _deliver_pending(self) -> None:
         if self._deferred:
             self._flush_deferred()  # (a busy group's member records wait there)
         for sub in self._subscriptions:

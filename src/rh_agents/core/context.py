@@ -158,7 +158,8 @@ class InContext:
 
     def __await__(self) -> Generator[Any, Any, Any]:
         context = self._context
-        inner = self._awaitable.__await__()
+        # (In the context too: an awaitable's __await__ may do work of its own.)
+        inner = context.run(self._awaitable.__await__)
         # (An awaitable's __await__ may give a plain iterator: no send, no throw.)
         send = getattr(inner, "send", None) or (lambda _value: next(inner))
         throw = getattr(inner, "throw", None)

@@ -271,6 +271,11 @@ class OpenTelemetryExporter:
         trace = _require("opentelemetry.trace")
         metrics = _require("opentelemetry.metrics")
         self._trace = trace
+        # The parent of the spans that have none by address (a top-level group or event):
+        # whatever span is current here, as the exporter is made (a request's, say), or none
+        # (each starts a trace of its own); never the span current wherever the exporter
+        # happens to run, a member's or another request's.
+        self._root_context = _require("opentelemetry.context").get_current()
         self.member_spans = member_spans
         self.member_metrics = member_metrics
         self.sample_events = rate
@@ -379,10 +384,11 @@ class OpenTelemetryExporter:
         return None
 
     def _context_for(self, address: str) -> Any:
-        """The context of the nearest kept open span above ``address`` (``None`` at the root)."""
+        """The context of the nearest kept open span above ``address`` (at the root, the one
+        current when the exporter was made)."""
         found = self._open_ancestor(address)
         if found is None:
-            return None
+            return self._root_context
         parent, entry = found
         context = entry.context
         if context is None:  # one context per parent, shared by its children

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import copy_context
 from typing import Any
 
 __all__ = ["LazySource", "Pulled"]
@@ -21,10 +22,12 @@ class LazySource:
     """Items of ``map()``, pulled one at a time by free workers (backpressure).
 
     Only workers pull, one item each time they are free, so at most ``max_workers`` items are
-    in flight; an async iterator is read by one worker at a time.
+    in flight; an async iterator is read by one worker at a time. The input is read, and
+    ``call`` called, in ``context``: the block's context variables as ``map()`` was called,
+    one copy for the whole input (what it sets, it sees at its next step; no member sees it).
     """
 
-    __slots__ = ("_lock", "async_items", "call", "exhausted", "items")
+    __slots__ = ("_lock", "async_items", "call", "context", "exhausted", "items")
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class LazySource:
         self.async_items = async_items
         self.exhausted = False
         self._lock: asyncio.Lock | None = None
+        self.context = copy_context()
 
     async def next_item(self) -> Pulled | None:
         """The next ``(call, item)``, or ``None`` once the input is exhausted."""

@@ -374,25 +374,15 @@ class WorkerPool:
                     ):
                         idle = True
                         break
-                    # The input is the block's code: read in the block's context (a fresh
-                    # copy of it once a member set a variable here), and a value it sets
-                    # reaches no member either.
-                    before = copy_context()
+                    # The input is the block's code: read in its own context (see
+                    # LazySource), never a member's, and what it sets reaches no member.
                     if source.async_items is None and (
                         tally.retain or len(tally.unretained) < 2 * slots.limit
                     ):
                         # A plain iterable with room for its results: read it right here.
-                        if isolated:
-                            member = self.context.copy().run(self._pull_now, source)
-                        else:
-                            member = self._pull_now(source)
-                        isolated = isolated or context_changed(before)
+                        member = source.context.run(self._pull_now, source)
                     else:
-                        if isolated:
-                            pulled = await InContext(self._pull(source), self.context.copy())
-                        else:
-                            pulled = await self._pull(source)
-                            isolated = context_changed(before)
+                        pulled = await InContext(self._pull(source), source.context)
                         if pulled is None and source.exhausted:
                             group._check_threshold()  # (the member count is final now)
                         member = (
