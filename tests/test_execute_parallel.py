@@ -333,3 +333,23 @@ def warnings_recorded() -> Any:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield caught
+
+
+async def test_closing_the_state_waits_for_a_dropped_streams_group_to_end() -> None:
+    state = ExecutionState(watchdog=None)
+    group = state.parallel(max_workers=2, batch_mode="stream")
+
+    async def work(i: int) -> int:
+        if i:
+            await asyncio.Event().wait()
+        return i
+
+    stream = await group.execute_parallel([work(0), work(1)])
+    async for _ in stream:
+        break
+    del stream
+    gc.collect()
+    await asyncio.sleep(0)  # the loop's callback starts the closing
+    await state.close()  # and the state waits for it
+    assert group.status.value == "cancelled"
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

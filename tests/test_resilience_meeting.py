@@ -166,7 +166,6 @@ async def test_a_bucket_named_by_the_group_and_the_state_is_taken_once() -> None
 async def test_a_member_waiting_for_a_token_lends_its_global_slot() -> None:
     state = quiet_state(global_max_workers=1)
     first_done = asyncio.Event()
-    waits: list[int] = []
 
     async def first() -> None:
         first_done.set()
@@ -182,7 +181,6 @@ async def test_a_member_waiting_for_a_token_lends_its_global_slot() -> None:
         await first_done.wait()
 
         async def other() -> int:
-            waits.append(1)
             return 7
 
         async with state.parallel(max_workers=1) as q:

@@ -33,6 +33,7 @@ from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.context import Frame
 from rh_agents.core.history import ExecutionHistory
 from rh_agents.core.interrupt import interrupt_requested
+from rh_agents.core.parallel.executing import join_closings
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.metrics import ResourceUsage
 from rh_agents.core.parallel.options import GroupOptions
@@ -400,6 +401,9 @@ class ExecutionState:
         cancelled). None of them blocks the event loop.
         """
         self.threads.shutdown()
+        # Streams dropped without aclose() are being closed by the loop: their groups end
+        # (and publish) before the bus stops.
+        await join_closings(self)
         try:
             try:
                 if self.recovery is not None:

@@ -218,7 +218,7 @@ def add_many(
     so a bad entry never leaves a "coroutine was never awaited" warning behind.
     """
     if isinstance(entries, Mapping) or not isinstance(entries, Iterable):
-        _close_entry(entries.values() if isinstance(entries, Mapping) else entries)
+        close_refused(entries.values() if isinstance(entries, Mapping) else entries)
         raise ConfigurationError(
             "add_many() takes an iterable of (name, member) or (name, member, after) "
             f"tuples, got {type(entries).__name__}"
@@ -229,7 +229,7 @@ def add_many(
     try:
         for entry in entries_iter:
             if not isinstance(entry, tuple | list) or not 2 <= len(entry) <= 3:
-                _close_entry(entry)
+                close_refused(entry)
                 raise ConfigurationError(
                     "add_many() takes (name, member) or (name, member, after) tuples "
                     f"(name may be None), got {entry!r:.80}"
@@ -242,18 +242,20 @@ def add_many(
                 indices.append(add(group, name, member, after=after))
     except BaseException:
         for rest in entries_iter:
-            _close_entry(rest)
+            close_refused(rest)
         raise
     return indices
 
 
-def _close_entry(entry: Any) -> None:
-    """Close every coroutine in a refused ``add_many`` entry, whatever its shape."""
-    if isinstance(entry, tuple | list | ValuesView):
-        for part in entry:
-            _close_quietly(part)
+def close_refused(refused: Any) -> None:
+    """Close every coroutine in what was refused, whatever its shape: a member, an
+    ``add_many`` entry ``(name, member, after)``, or a list (or dict values) of those, so that
+    a refused member never leaves a "coroutine was never awaited" warning behind."""
+    if isinstance(refused, tuple | list | ValuesView):
+        for part in refused:
+            close_refused(part)
     else:
-        _close_quietly(entry)
+        _close_quietly(refused)
 
 
 def dependency_index(group: ParallelExecutionManager[Any], dep: Any, name: str | None) -> int:
@@ -478,11 +480,6 @@ def map(
 
 def _call_event(event: Any, item: Any, *, context: str, state: ExecutionState) -> Awaitable[Any]:
     return event(item, context, state)  # type: ignore[no-any-return]
-
-
-def close_refused(obj: Any) -> None:
-    """Close a member that was refused before it was added (a coroutine or an event call)."""
-    _close_quietly(obj)
 
 
 def _close_quietly(obj: Any) -> None:

@@ -39,10 +39,11 @@ from rh_agents.core.parallel.strategy import BatchMode
 from rh_agents.errors import ConfigurationError, GroupClosedError
 
 if TYPE_CHECKING:
+    from rh_agents.core.execution import ExecutionState
     from rh_agents.core.parallel.manager import ParallelExecutionManager
     from rh_agents.core.results import ExecutionResult
 
-__all__ = ["BatchStream", "batch_mode", "checked_batch", "execute_parallel"]
+__all__ = ["BatchStream", "batch_mode", "checked_batch", "execute_parallel", "join_closings"]
 
 _STREAMS = (BatchMode.STREAM, BatchMode.AS_COMPLETED)
 
@@ -178,8 +179,9 @@ class _Batch:
         _close_all(sources)
 
 
-# Closings of abandoned streams under way: the loop holds tasks only weakly.
-_closing: set[asyncio.Task[None]] = set()
+# Closings of abandoned streams under way, by the state they belong to: the loop holds
+# tasks only weakly, and ``ExecutionState.close`` waits for its own (``join_closings``).
+_closing: dict[asyncio.Task[None], ExecutionState] = {}
 
 
 async def _close_abandoned(manager: ParallelExecutionManager[Any]) -> None:
@@ -189,12 +191,21 @@ async def _close_abandoned(manager: ParallelExecutionManager[Any]) -> None:
     except asyncio.CancelledError as exc:
         if exc is not stop:
             raise
+    except Exception as exc:  # nobody awaits this task to be told: the run's report has it
+        manager.execution_state.report_internal_error(exc)
 
 
 def _start_closing(manager: ParallelExecutionManager[Any]) -> None:
     task = asyncio.get_running_loop().create_task(_close_abandoned(manager))
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
+    _closing[task] = manager.execution_state
+    task.add_done_callback(_closing.pop)
+
+
+async def join_closings(state: ExecutionState) -> None:
+    """Wait for the closings of ``state``'s abandoned streams still under way."""
+    mine = [task for task, owner in _closing.items() if owner is state]
+    if mine:
+        await asyncio.gather(*mine, return_exceptions=True)
 
 
 def _close_later(manager: ParallelExecutionManager[Any]) -> None:

@@ -157,8 +157,8 @@ async def wait_lending(group: ParallelExecutionManager[Any], waiter: asyncio.Fut
     its block, unless the member is being stopped for good (its group stops, its timeout:
     its ``finally`` then has nothing to release).
     """
-    parent_slot = group._parent_frame.slot if group._parent_frame is not None else None
-    lent = isinstance(parent_slot, MemberSlot) and (
+    parent_slot = _parent_slot(group)
+    lent = parent_slot is not None and (
         parent_slot.lend_global() or group._global_owed  # (lent still, by a cancelled wait)
     )
     group._global_owed = False
@@ -166,27 +166,33 @@ async def wait_lending(group: ParallelExecutionManager[Any], waiter: asyncio.Fut
         await waiter  # our own future: cancelling it disturbs no other waiter
     except asyncio.CancelledError:
         if lent:
-            group._global_owed = True  # taken back in __aexit__
+            group._global_owed = True  # (see take_back_owed)
         raise
     if lent:
-        assert isinstance(parent_slot, MemberSlot)
+        assert parent_slot is not None
         await parent_slot.reclaim_global()
+
+
+def _parent_slot(group: ParallelExecutionManager[Any]) -> MemberSlot | None:
+    """The slots of the member that opened ``group``, if a member did."""
+    parent = group._parent_frame
+    slot = parent.slot if parent is not None else None
+    return slot if isinstance(slot, MemberSlot) else None
 
 
 def parent_ending(group: ParallelExecutionManager[Any]) -> bool:
     """Whether the member that opened ``group`` is being stopped for good (see
-    running.member_ending): a global slot it owes is then not taken back."""
-    parent = group._parent_frame
-    slot = parent.slot if parent is not None else None
-    return isinstance(slot, MemberSlot) and member_ending(slot.group)
+    deadlines.member_ending): a global slot it owes is then not taken back."""
+    slot = _parent_slot(group)
+    return slot is not None and member_ending(slot.group)
 
 
 async def take_back_owed(group: ParallelExecutionManager[Any]) -> None:
-    """Take back the global slot a cancelled wait on ``group`` left lent (see wait_lending)."""
+    """Take back the global slot a cancelled wait on ``group`` left lent (see wait_lending):
+    as the member reads the group again, or leaves its block."""
     group._global_owed = False
-    parent = group._parent_frame
-    slot = parent.slot if parent is not None else None
-    if isinstance(slot, MemberSlot):
+    slot = _parent_slot(group)
+    if slot is not None:
         await slot.reclaim_global()
 
 
@@ -217,8 +223,7 @@ def _member_list(members: Any, what: str) -> Iterable[Any]:
     """``members`` given directly to ``what``, checked to be an iterable of members (a
     refused one has its coroutines closed: no "never awaited" warning)."""
     if isinstance(members, Mapping):
-        for member in members.values():
-            close_refused(member)
+        close_refused(members.values())
         raise ConfigurationError(
             f"{what}() takes members in a list (or any iterable), got a dict: for named "
             "members use gather_dict({name: member, ...})"
@@ -235,21 +240,15 @@ def _member_list(members: Any, what: str) -> Iterable[Any]:
 def _member_dict(members: Any) -> Mapping[str, Any]:
     """``members`` given to ``gather_dict``, checked to be ``{name: member}`` with str names."""
     if not isinstance(members, Mapping):
-        if isinstance(members, Iterable) and not isinstance(members, str | bytes):
-            for member in members:
-                # ((name, member) pairs too, as for add_many: every coroutine is closed.)
-                for part in member if isinstance(member, tuple | list) else (member,):
-                    close_refused(part)
-        else:
-            close_refused(members)
+        iterable = isinstance(members, Iterable) and not isinstance(members, str | bytes)
+        close_refused(list(members) if iterable else members)  # ((name, member) pairs too)
         raise ConfigurationError(
             "gather_dict() takes a dict of {name: member}, got "
             f"{type(members).__name__}: for unnamed members use gather([...])"
         )
     bad = [key for key in members if not isinstance(key, str) or not key]
     if bad:
-        for member in members.values():
-            close_refused(member)
+        close_refused(members.values())
         raise ConfigurationError(
             f"gather_dict() takes member names as non-empty str keys, got {bad[0]!r:.60}"
         )
@@ -317,8 +316,7 @@ def _stream_of(
     members = _member_list(members, "as_completed" if what is None else what)
     if not group._retain:
         # Its results are handed out once: skipping the other members' would lose them.
-        for member in members:
-            close_refused(member)  # (refused: closed, so that none warns "never awaited")
+        close_refused(list(members))  # (refused: closed, so that none warns "never awaited")
         raise ConfigurationError(
             "as_completed([...]) and gather_stream([...]) need a group that keeps its results: "
             "this one does not (retain_results=False); add the members with add() and read "

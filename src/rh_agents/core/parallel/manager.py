@@ -225,7 +225,8 @@ class ParallelExecutionManager(Generic[T]):
         self._finalized = False
         self._parent_frame: Frame | None = None
         # A wait on this group lent the parent member's global slot and was cancelled: the
-        # slot is taken back when the block is left (see gathering.wait_lending).
+        # slot is taken back as the member reads the group again or leaves the block
+        # (gathering.take_back_owed).
         self._global_owed = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once entered
         self._started_at = 0.0
