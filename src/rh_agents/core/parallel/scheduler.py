@@ -334,7 +334,12 @@ class WorkerPool:
     async def _worker(self, eager: bool = False) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self.unstarted.discard(task)
+        if not eager:
+            # Started: from here on this worker's own ``finally`` does what _worker_done
+            # would (as an eager worker's does), a loop callback less per worker. The done
+            # callback only ever served a worker cancelled before its first step.
+            task.remove_done_callback(self._worker_done)
+            self.unstarted.discard(task)
         self.workers.add(task)  # (already there, unless started eagerly)
         group = self._group
         running = self.running
@@ -351,7 +356,6 @@ class WorkerPool:
         direct = self.plain and state.global_slots is None and group.member_timeout is None
         handed_over = False
         isolated = False  # a member set a context variable here: the next run in a copy
-        idle = False  # left because there was nothing (more) to do for this worker
         first = True
         # The token of the first member frame this worker entered: between two members run
         # here the frame stays that of the last one (each member sets its own over it, one
@@ -372,7 +376,6 @@ class WorkerPool:
                         or group._stop_status is not None
                         or slots._in_use > slots.limit
                     ):
-                        idle = True
                         break
                     # The input is the block's code: read in its own context (see
                     # LazySource), never a member's, and what it sets reaches no member.
@@ -400,7 +403,6 @@ class WorkerPool:
                             handed_over = True
                             return
                     if member is None:
-                        idle = True
                         break
                 if first:
                     first = False
@@ -511,8 +513,6 @@ class WorkerPool:
                     handed_over = True
                     return
         except Exception as exc:
-            if not eager:
-                raise  # _worker_done reports it
             state.report_internal_error(exc)  # a bug in the scheduler
         finally:
             if token is not None:
@@ -521,13 +521,12 @@ class WorkerPool:
             if not handed_over:
                 # To a task waiting for a slot, else to ready members (via kick).
                 slots.release()
-            if idle or handed_over or eager:
-                # Leaving normally (or an eager worker, which has no done callback): nothing
-                # runs in this task any more, so the group may end now rather than a loop
-                # turn later, in the done callback.
-                self.workers.discard(task)
-                group._readers.result_landed()
-                group._check_all_done()
+            # Nothing runs in this task any more (whether it leaves normally, hands its
+            # slot over or is cancelled), so the group may end now rather than a loop turn
+            # later, in a done callback.
+            self.workers.discard(task)
+            group._readers.result_landed()
+            group._check_all_done()
 
     def _pull_now(self, source: LazySource) -> Member | None:
         """The next member of a plain iterable ``map()`` input, read without awaiting.
