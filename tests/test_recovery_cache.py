@@ -6,8 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from recovery_support import Item, Square, Squarer
+from rh_agents import ExecutionEvent, Tool
 from rh_agents.core.execution import ExecutionState
 from rh_agents.recovery import ActorCache, SQLiteCacheStore, cache_key
 
@@ -152,3 +154,47 @@ async def test_aclose_cancels_running_calls() -> None:
     result = await caller
     assert not result.ok
     assert "cache was closed" in (result.error or "")
+
+
+async def test_a_call_made_while_an_abandoned_one_ends_runs_afresh() -> None:
+    # The last caller of a call leaves (cancelled: its timeout, its group's stop); the call
+    # is cancelled, but ending takes it a while (a handler's cleanup). A new identical call
+    # made meanwhile must run afresh, not join the ending call and fail with it.
+    cleanup_done = asyncio.Event()
+    entered = asyncio.Event()
+    runs: list[int] = []
+
+    class Question(BaseModel):
+        q: str
+
+    async def answer(question: Question, context: str, state: ExecutionState) -> str:
+        runs.append(len(runs) + 1)
+        this_run = runs[-1]
+        entered.set()
+        try:
+            if this_run == 1:
+                await asyncio.Event().wait()  # until cancelled
+            return f"answer to {question.q}"
+        finally:
+            if this_run == 1:
+                await cleanup_done.wait()  # closing a connection, say
+
+    ask = ExecutionEvent(
+        actor=Tool(name="ask", input_model=Question, handler=answer, cacheable=True)
+    )
+    cache = ActorCache()
+    state = ExecutionState(cache=cache)
+    first = asyncio.create_task(ask(Question(q="same"), "", state))
+    await entered.wait()
+    first.cancel()
+    await _until(lambda: cache._leaving)  # the call is cancelled, and still ending
+
+    again = await ask(Question(q="same"), "", state)
+    assert (again.ok, again.result, again.source) == (True, "answer to same", "run")
+    assert runs == [1, 2]
+
+    cleanup_done.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await cache.aclose()
+    assert not cache._leaving and not cache._flights

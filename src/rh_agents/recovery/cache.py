@@ -261,6 +261,9 @@ class ActorCache:
             else StoreWorker(self.store, self._reported, retry_for=retry_for)
         )
         self._flights: dict[str, _Flight] = {}
+        # Calls whose last caller left: cancelled, and no longer joined (a new caller of the
+        # same key starts a call of its own), but still ending; aclose() waits for them too.
+        self._leaving: set[asyncio.Task[tuple[Any, int]]] = set()
         self.hits = 0
         self.misses = 0
         self.joined = 0
@@ -387,7 +390,15 @@ class ActorCache:
                 # the others or is cancelled just below.
                 await starter.leave()
             if not flight.task.done() and flight.waiters == 1:
-                flight.task.cancel()  # the last caller left: nobody needs the result
+                # The last caller left: nobody needs the result. The call may take a while
+                # to end (a handler's cleanup, a nested group's): a caller coming meanwhile
+                # must not join a call that is being cancelled, so it is forgotten now.
+                task = flight.task
+                task.cancel()
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+                    self._leaving.add(task)
+                    task.add_done_callback(self._leaving.discard)
             raise
         finally:
             flight.waiters -= 1
@@ -471,9 +482,13 @@ class ActorCache:
 
     async def aclose(self) -> None:
         """Cancel the calls still running and wait for them to end, then ``settle()``."""
-        tasks = [flight.task for flight in self._flights.values()]
+        tasks = [flight.task for flight in self._flights.values()] + list(self._leaving)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for key, flight in list(self._flights.items()):
+            # (A call cancelled before it started never ran the code that unregisters it.)
+            if flight.task.done():
+                del self._flights[key]
         await self.settle()
