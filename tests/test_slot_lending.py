@@ -250,3 +250,106 @@ async def test_a_member_sharing_a_cached_call_ends_by_its_timeout_not_a_global_s
         release.set()
     assert state.global_slots is not None and state.global_slots.in_use == 0
     await state.close()
+
+
+async def test_a_group_read_from_a_sibling_lends_the_readers_slot_and_leaks_none() -> None:
+    # One member opens a group and hands it to a sibling, which reads it. The wait is the
+    # sibling's: it lent the opener's global slot while the opener worked, and (a third
+    # member taking the slot meanwhile) took it back for the opener once the opener had
+    # ended: a slot held for good by nobody. (Timers order the steps: each fires in the
+    # order of its deadline, however loaded the machine.)
+    state = ExecutionState(global_max_workers=2, watchdog=None)
+    slots = state.global_slots
+    assert slots is not None
+    handed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def opener() -> str:
+        await asyncio.sleep(0.01)  # the reader waits for the group first
+        async with state.parallel(max_workers=1, name="opened") as inner:
+            inner.add(asyncio.sleep(0.05, result="nested"))  # on the slot the reader lends
+            handed.set_result(inner)
+            await asyncio.sleep(0.2)  # works, not reading its group
+        return "opener"
+
+    async def reader() -> list[Any]:
+        inner = await handed
+        return [r.result async for r in inner.stream()]
+
+    async with state.parallel(max_workers=3, name="outer") as p:
+        p.add(opener)
+        p.add(reader)
+        await asyncio.sleep(0.03)
+        p.add(asyncio.sleep(0.3, result="third"))  # takes the slot the nested member frees
+        results = await asyncio.wait_for(p.gather(), 5)
+    assert [r.result for r in results] == ["opener", ["nested"], "third"]
+    assert slots.in_use == 0
+
+
+async def test_one_member_reading_two_nested_groups_at_once_lends_its_slot_once() -> None:
+    # asyncio.gather of two nested reads: the first lent the slot, the second found it lent
+    # and lent nothing, and the first took it back while the second group still needed it.
+    state = ExecutionState(global_max_workers=1, watchdog=None)
+    second_may_end = asyncio.Event()
+
+    async def leaf(tag: str, gate: asyncio.Event | None = None) -> str:
+        if gate is not None:
+            await gate.wait()
+        return tag
+
+    async def member() -> list[Any]:
+        async with (
+            state.parallel(max_workers=2, name="g1") as g1,
+            state.parallel(max_workers=2, name="g2") as g2,
+        ):
+            g1.add(leaf("a"))
+            for i in range(3):
+                g2.add(leaf(f"b{i}", second_may_end))
+
+            async def first_then_release() -> list[Any]:
+                results = await g1.gather()
+                second_may_end.set()
+                return results
+
+            r1, r2 = await asyncio.gather(first_then_release(), g2.gather())
+        return [r.result for r in r1 + r2]
+
+    async with state.parallel(max_workers=2, name="outer") as p:
+        p.add(member)
+        (result,) = await asyncio.wait_for(p.gather(), 5)
+    assert result.ok, result.error
+    assert result.result == ["a", "b0", "b1", "b2"]
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+@pytest.mark.parametrize("option", ["timeout", "member_timeout"])
+async def test_a_member_stopped_while_leaving_its_nested_block_ends_at_once(option: str) -> None:
+    # Leaving the block gathers, lending the member's global slot; its timeout fires then.
+    # It waited to take the slot back from an unrelated group before it could end.
+    state = ExecutionState(global_max_workers=2, watchdog=None)
+    other_holds_both = asyncio.Event()
+    release_other = asyncio.Event()
+
+    async def member() -> None:
+        await other_holds_both.wait()
+        async with state.parallel(name="nested") as nested:
+            nested.add(asyncio.sleep(30))
+        # (leaving the block without reading it)
+
+    async def other_group() -> None:
+        async with state.parallel(max_workers=2, name="other") as other:
+            other.add(release_other.wait())
+            other.add(release_other.wait())
+            await asyncio.sleep(0)
+            other_holds_both.set()
+
+    settings: dict[str, Any] = {option: 0.05}
+    async with state.parallel(name="A", **settings) as a:
+        a.add(member)
+        await asyncio.sleep(0)
+        holder = asyncio.create_task(other_group())
+        results = await asyncio.wait_for(a.gather(), 5)  # not held up by the other group
+    assert [r.status.value for r in results] == ["timed_out"]
+    assert not release_other.is_set()
+    release_other.set()
+    await asyncio.wait_for(holder, 5)
+    assert state.global_slots is not None and state.global_slots.in_use == 0

@@ -18,8 +18,10 @@ Invariants:
 - Every wait for the whole group (``_wait_all``) ends with ``_join_workers``: no worker task
   outlives it, even if the waiting task is cancelled meanwhile (that cancels the group, joins
   it, then re-raises).
-- A member waiting on its own nested group lends its global slot for the wait
-  (``_wait_lending``), which is what keeps nested groups from deadlocking on the global limit.
+- A member waiting on a group (its own nested group, or any other) lends its global slot for
+  the wait (``_wait_lending``), which is what keeps nested groups from deadlocking on the
+  global limit. The slot lent is the waiting member's own, never the opener's: a sibling
+  reading a group another member opened lends nothing of that member, which may be working.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ __all__ = [
     "gather_dict",
     "gather_stream",
     "join_workers",
-    "parent_ending",
+    "owed_ending",
     "seal",
     "stream",
     "take_back_owed",
@@ -130,7 +132,7 @@ async def wait_all(group: ParallelExecutionManager[Any]) -> None:
     pool = group._pool
     pool.start_all()  # no more members will come: their workers start now
     if not group._unfinished() and not pool.workers:
-        if group._global_owed:
+        if group._owed_slot is not None:
             await take_back_owed(group)  # the member reads on: it works again
         return
     waiter = group._readers.end()
@@ -149,51 +151,50 @@ async def wait_all(group: ParallelExecutionManager[Any]) -> None:
 async def wait_lending(group: ParallelExecutionManager[Any], waiter: asyncio.Future[None]) -> None:
     """Wait for ``waiter``, lending the global slot of the member we run inside, if any.
 
-    A member waiting on its own nested group does no work, so it gives its global slot
-    back meanwhile; that is what keeps nested groups from deadlocking on the global limit.
-    If the wait is cancelled the slot stays lent for now: the nested group's members may
-    still hold every slot until the block is left and they are stopped, so waiting for one
-    here could wait forever. It is taken back as the member reads the group again or leaves
-    its block, unless the member is being stopped for good (its group stops, its timeout:
-    its ``finally`` then has nothing to release).
+    A member waiting on a group does no work, so it gives its global slot back meanwhile;
+    that is what keeps nested groups from deadlocking on the global limit. Several waits of
+    one member at once lend the slot once (see ``MemberSlot.begin_wait``). If the wait is
+    cancelled the slot stays lent for now: the nested group's members may still hold every
+    slot until the block is left and they are stopped, so waiting for one here could wait
+    forever. It is taken back as the member reads the group again or leaves its block,
+    unless the member is being stopped for good (its group stops, its timeout: its
+    ``finally`` then has nothing to release).
     """
-    parent_slot = _parent_slot(group)
-    lent = parent_slot is not None and (
-        parent_slot.lend_global() or group._global_owed  # (lent still, by a cancelled wait)
-    )
-    group._global_owed = False
-    try:
+    slot = _waiting_slot()
+    if slot is None:
         await waiter  # our own future: cancelling it disturbs no other waiter
+        return
+    slot.begin_wait()
+    try:
+        await waiter
     except asyncio.CancelledError:
-        if lent:
-            group._global_owed = True  # (see take_back_owed)
+        if slot.end_wait_cancelled():
+            group._owed_slot = slot  # (see take_back_owed)
         raise
-    if lent:
-        assert parent_slot is not None
-        await parent_slot.reclaim_global()
+    await slot.end_wait()
 
 
-def _parent_slot(group: ParallelExecutionManager[Any]) -> MemberSlot | None:
-    """The slots of the member that opened ``group``, if a member did."""
-    parent = group._parent_frame
-    slot = parent.slot if parent is not None else None
+def _waiting_slot() -> MemberSlot | None:
+    """The slots of the member the calling task runs in (its own task or one of its own), if
+    it runs in one."""
+    frame = running_frame()
+    slot = frame.slot if frame is not None else None
     return slot if isinstance(slot, MemberSlot) else None
 
 
-def parent_ending(group: ParallelExecutionManager[Any]) -> bool:
-    """Whether the member that opened ``group`` is being stopped for good (see
-    deadlines.member_ending): a global slot it owes is then not taken back."""
-    slot = _parent_slot(group)
+def owed_ending(group: ParallelExecutionManager[Any]) -> bool:
+    """Whether the member that owes a global slot after a cancelled wait on ``group`` is
+    being stopped for good (see deadlines.member_ending): the slot is then not taken back."""
+    slot = group._owed_slot
     return slot is not None and member_ending(slot.group)
 
 
 async def take_back_owed(group: ParallelExecutionManager[Any]) -> None:
     """Take back the global slot a cancelled wait on ``group`` left lent (see wait_lending):
     as the member reads the group again, or leaves its block."""
-    group._global_owed = False
-    slot = _parent_slot(group)
+    slot, group._owed_slot = group._owed_slot, None
     if slot is not None:
-        await slot.reclaim_global()
+        await slot.take_back()
 
 
 def seal(group: ParallelExecutionManager[Any]) -> None:

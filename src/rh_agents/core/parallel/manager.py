@@ -61,6 +61,7 @@ from rh_agents.core.parallel.metrics import GroupMetrics, ResourceUsage
 from rh_agents.core.parallel.options import GroupOptions
 from rh_agents.core.parallel.readers import ReaderWaits
 from rh_agents.core.parallel.scheduler import WorkerPool
+from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.tally import ResultTally
 from rh_agents.core.records import GroupCompleted, GroupStarted, _placed
@@ -100,12 +101,12 @@ class ParallelExecutionManager(Generic[T]):
         "_final_limit",
         "_finalized",
         "_fixed_limit",
-        "_global_owed",
         "_group",
         "_loop",
         "_members",
         "_names",
         "_now",
+        "_owed_slot",
         "_parent_frame",
         "_pool",
         "_readers",
@@ -224,10 +225,10 @@ class ParallelExecutionManager(Generic[T]):
         self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
         self._parent_frame: Frame | None = None
-        # A wait on this group lent the parent member's global slot and was cancelled: the
-        # slot is taken back as the member reads the group again or leaves the block
+        # A wait on this group lent its member's global slot and was cancelled: the slot is
+        # taken back as the member reads the group again or leaves the block
         # (gathering.take_back_owed).
-        self._global_owed = False
+        self._owed_slot: MemberSlot | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once entered
         self._started_at = 0.0
         self._wall_time: float | None = None
@@ -361,9 +362,7 @@ class ParallelExecutionManager(Generic[T]):
             # printer) have every record of this group before the program's next line runs.
             if self._finalized:
                 self._state.event_bus.deliver_pending()
-            if self._global_owed and not (
-                isinstance(exc, asyncio.CancelledError) and gathering.parent_ending(self)
-            ):
+            if self._owed_slot is not None and not gathering.owed_ending(self):
                 # A cancelled wait lent the member's global slot (a timeout of its own,
                 # inside the block or around it): unless the member is being stopped for
                 # good, it works on after the block, so it takes the slot back now, once

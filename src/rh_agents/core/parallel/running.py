@@ -163,6 +163,8 @@ async def run_member(
             )
     finally:
         exit_frame(token)
+        if slot is not pool.group_slot:
+            slot.ended = True  # a wait outliving the member (another task's) takes nothing back
         if slot.global_held:
             slot.global_held = False
             assert global_slots is not None

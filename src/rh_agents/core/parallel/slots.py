@@ -188,13 +188,23 @@ class MemberSlot:
 
     A member can lend them back while it only waits (a retry backoff, a nested group) and
     reclaim them afterwards, through the same arbiters as everyone else.
+
+    Invariants: ``_waits`` counts the waits on groups under way in this member (its own task
+    or tasks of its own: ``asyncio.gather(g1.gather(), g2.gather())``); the first lends the
+    global slot (``_waits_lent``) and the last to end takes it back, so two waits at once
+    lend it once and never take it back while the other still waits. Once the member has
+    ended (``ended``), nothing takes a global slot for it any more: a wait that outlives it
+    (a reader in another task) has nothing to take back.
     """
 
-    __slots__ = ("global_held", "pool")
+    __slots__ = ("_waits", "_waits_lent", "ended", "global_held", "pool")
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool  # the worker pool of the member's group
         self.global_held = False
+        self.ended = False
+        self._waits = 0
+        self._waits_lent = False
 
     @property
     def group(self) -> ParallelExecutionManager[Any]:
@@ -216,9 +226,43 @@ class MemberSlot:
 
     async def reclaim_global(self) -> None:
         pool = self.pool.global_slots
-        if pool is not None and not self.global_held:
-            await pool.acquire()
-            self.global_held = True
+        if pool is None or self.global_held or self.ended:
+            return
+        await pool.acquire()
+        if self.ended:
+            pool.release()  # the member ended meanwhile: it has no use for the slot
+            return
+        self.global_held = True
+
+    def begin_wait(self) -> None:
+        """A wait on a group begins in this member: the first of its waits lends the global
+        slot, which the member does not use while it only waits (this is what keeps nested
+        groups from deadlocking on the global limit)."""
+        self._waits += 1
+        if self._waits == 1 and not self._waits_lent:
+            self._waits_lent = self.lend_global()
+
+    async def end_wait(self) -> None:
+        """A wait begun by ``begin_wait`` ended: the last one takes the global slot back."""
+        self._waits -= 1
+        if self._waits == 0 and self._waits_lent:
+            self._waits_lent = False
+            await self.reclaim_global()
+
+    def end_wait_cancelled(self) -> bool:
+        """A wait begun by ``begin_wait`` was cancelled: the global slot stays lent (the
+        group's members may hold every slot until its block is left and they are stopped, so
+        waiting for one here could wait forever). Whether the slot is now owed: taken back
+        by ``take_back`` as the member reads again or leaves the block."""
+        self._waits -= 1
+        return self._waits == 0 and self._waits_lent
+
+    async def take_back(self) -> None:
+        """Take back the global slot a cancelled wait left lent (unless a wait under way
+        still lends it: that one takes it back as it ends)."""
+        if self._waits == 0 and self._waits_lent:
+            self._waits_lent = False
+            await self.reclaim_global()
 
     def lend(self) -> None:
         """Give back the group slot (and the global one) while this member only waits."""
