@@ -198,3 +198,55 @@ async def test_a_call_made_while_an_abandoned_one_ends_runs_afresh() -> None:
         await first
     await cache.aclose()
     assert not cache._leaving and not cache._flights
+
+
+async def test_a_cached_call_cancelled_with_its_group_ends_before_the_block_is_left() -> None:
+    # The call runs in a task of the cache's; its group timed out and the block was left
+    # while the call's cleanup still ran (a task of the group outliving it).
+    steps: list[str] = []
+
+    class Question(BaseModel):
+        q: str
+
+    async def fetch(question: Question, context: str, state: ExecutionState) -> str:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            steps.append("cleanup started")
+            for _ in range(3):
+                await asyncio.sleep(0)
+            steps.append("cleanup finished")
+        return question.q
+
+    ask = ExecutionEvent(
+        actor=Tool(name="fetch", input_model=Question, handler=fetch, cacheable=True)
+    )
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    async with state.parallel(max_workers=2, timeout=0.02, name="g") as p:
+        p.add(ask(Question(q="a"), "", state))
+    assert [r.status.value for r in await p.gather()] == ["timed_out"]
+    assert steps == ["cleanup started", "cleanup finished"]
+    me = asyncio.current_task()
+    assert [t for t in asyncio.all_tasks() if t is not me and not t.done()] == []
+
+
+async def test_a_base_exception_of_a_cached_call_stops_the_group_like_any_member() -> None:
+    # Raised in the cache's own task, SystemExit went out of the event loop itself: the
+    # block saw only a cancellation, and asyncio.run raised it past everything.
+    class Question(BaseModel):
+        q: str
+
+    async def leave(question: Question, context: str, state: ExecutionState) -> str:
+        await asyncio.sleep(0)
+        raise SystemExit(3)
+
+    ask = ExecutionEvent(
+        actor=Tool(name="leave", input_model=Question, handler=leave, cacheable=True)
+    )
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    with pytest.raises(SystemExit):
+        async with state.parallel(name="g") as p:
+            p.add(ask(Question(q="a"), "", state))
+            p.add(asyncio.Event().wait())
+            await p.gather()
+    assert [r.status.value for r in p._tally.collected()] == ["failed", "cancelled"]

@@ -353,3 +353,88 @@ async def test_a_member_stopped_while_leaving_its_nested_block_ends_at_once(opti
     release_other.set()
     await asyncio.wait_for(holder, 5)
     assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_two_identical_cached_calls_of_one_member_keep_its_one_slot() -> None:
+    # The second call joins the first, which runs on the member's slot: the joiner lent
+    # that slot, and another member ran beside the call (max_workers=1 exceeded).
+    from rh_agents.recovery import ActorCache
+
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+    second_started: list[bool] = []
+
+    async def slow(item: Item, context: str, state: ExecutionState) -> int:
+        entered.set()
+        await gate.wait()
+        return item.n
+
+    ev = ExecutionEvent(actor=Tool(name="slow", input_model=Item, handler=slow, cacheable=True))
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+
+    async def first() -> list[Any]:
+        results = await asyncio.gather(ev(Item(n=1), "", state), ev(Item(n=1), "", state))
+        return [r.result for r in results]
+
+    async def second() -> None:
+        second_started.append(True)
+
+    async with state.parallel(max_workers=1) as p:
+        p.add(first)
+        p.add(second)
+        await entered.wait()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert second_started == []  # the member's one slot is still in use
+        gate.set()
+        results = await asyncio.wait_for(p.gather(), 5)
+    assert results[0].result == [1, 1] and second_started == [True]
+
+
+async def test_a_cached_call_backing_off_beside_other_work_keeps_the_members_slot() -> None:
+    # A cached call made from a task of the member's own (asyncio.gather beside other work)
+    # backed off lending the member's slot: another member ran while the sibling worked.
+    from rh_agents.recovery import ActorCache
+
+    attempts: list[int] = []
+    sibling_working = asyncio.Event()
+    sibling_may_end = asyncio.Event()
+    second_started: list[bool] = []
+
+    async def flaky(item: Item, context: str, state: ExecutionState) -> int:
+        attempts.append(item.n)
+        if len(attempts) == 1:
+            raise ConnectionError("the first attempt fails")
+        return item.n
+
+    ev = ExecutionEvent(
+        actor=Tool(
+            name="flaky",
+            input_model=Item,
+            handler=flaky,
+            cacheable=True,
+            retry=RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=0),
+        )
+    )
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+
+    async def sibling() -> None:
+        sibling_working.set()
+        await sibling_may_end.wait()
+
+    async def first() -> None:
+        await asyncio.gather(ev(Item(n=1), "", state), sibling())
+
+    async def second() -> None:
+        second_started.append(True)
+
+    async with state.parallel(max_workers=1) as p:
+        p.add(first)
+        p.add(second)
+        await sibling_working.wait()
+        while len(attempts) < 2:  # the backoff is over: the call was retried
+            await asyncio.sleep(0.005)
+        assert second_started == []  # the sibling works: the member's slot stayed in use
+        sibling_may_end.set()
+        await asyncio.wait_for(p.gather(), 5)
+    assert second_started == [True]

@@ -32,7 +32,7 @@ from rh_agents.core.parallel.adding import _call_event
 from rh_agents.core.parallel.deadlines import member_ending, member_timed_out
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
-from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot
+from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot, in_own_task
 from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_in
 from rh_agents.core.results import ExecutionResult, describe_error
 from rh_agents.resilience.breaker import Circuit, CircuitBreaker, Transition
@@ -397,14 +397,8 @@ def _lendable(frame: Frame) -> MemberSlot | None:
     if not isinstance(slot, MemberSlot):
         return None
     if isinstance(slot, SharedCallSlot):
-        return slot
-    task = asyncio.current_task()
-    if task is slot.pool.instant_task:
-        return None  # the cache lane holds no slot: it has none to lend
-    member = slot.pool.running.get(task)  # type: ignore[arg-type]
-    if member is None or member.index != frame.parallel_index:
-        return None
-    return slot
+        return slot  # (made only for a call started in its member's own task)
+    return slot if in_own_task(slot, frame.parallel_index) else None
 
 
 async def _backoff(state: ExecutionState, frame: Frame, delay: float) -> None:

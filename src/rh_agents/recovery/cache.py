@@ -53,7 +53,7 @@ from pydantic_core import PydanticSerializationError
 
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.context import running_frame
-from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot, wait_lending
+from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot, in_own_task, wait_lending
 from rh_agents.errors import ConfigurationError, CorruptStateError, RecoveryError
 from rh_agents.recovery.cache_worker import StoreRead, StoreWorker
 from rh_agents.recovery.codec import canonical_json, encode_result
@@ -202,13 +202,47 @@ class SQLiteCacheStore:
 
 
 class _Flight:
-    """One running call and how many callers wait on it."""
+    """One running call, how many callers wait on it, and the slots of the member whose
+    call started it (``None`` outside a member)."""
 
-    __slots__ = ("task", "waiters")
+    __slots__ = ("member_slot", "task", "waiters")
 
-    def __init__(self, task: asyncio.Task[tuple[Any, int]]) -> None:
+    def __init__(self, task: asyncio.Task[tuple[Any, int]], member_slot: MemberSlot | None) -> None:
         self.task = task
         self.waiters = 0
+        self.member_slot = member_slot
+
+
+class _Raised:
+    """What a shared call raised that is not an ``Exception`` (``KeyboardInterrupt``,
+    ``SystemExit``, a test framework's failure): handed to its callers, each of which raises
+    it in its own task. Raised in the call's task, asyncio would let it out of the event loop
+    itself, past every caller and its group."""
+
+    __slots__ = ("exception",)
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+
+
+def _same_member(flight: _Flight) -> bool:
+    """Whether the calling task works for the member whose call started ``flight``."""
+    frame = running_frame()
+    if flight.member_slot is None or frame is None:
+        return False
+    slot = frame.slot
+    if isinstance(slot, SharedCallSlot):
+        slot = slot.member_slot  # (a call inside another shared call of that member)
+    return slot is flight.member_slot
+
+
+async def _join(task: asyncio.Task[Any]) -> None:
+    """Wait for ``task``, cancelled, to end (cancelled again meanwhile: still waits)."""
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -357,20 +391,27 @@ class ActorCache:
             # without lending or reclaiming slots that are no longer its (see SharedCallSlot).
             # The frame is this call's own (made for it by the event), read by the policies.
             frame = running_frame()
+            member_slot: MemberSlot | None = None
             if frame is not None and isinstance(frame.slot, MemberSlot):
-                starter = SharedCallSlot(frame.slot)
-                frame.slot = starter
+                member_slot = frame.slot
+                if in_own_task(member_slot, frame.parallel_index):
+                    starter = SharedCallSlot(member_slot)
+                    frame.slot = starter
+                # (Else a task of the member's own makes the call, beside others that may
+                # work: the call lends none of the member's slots, as the member's own
+                # calls made there would not; see policy_runner._lendable.)
             task = asyncio.create_task(self._fill(key, actor, call), name=f"cache:{actor.name}")
             task.add_done_callback(_consume)
-            flight = self._flights[key] = _Flight(task)
+            flight = self._flights[key] = _Flight(task, member_slot)
             source = "run"
         else:
             self.joined += 1
             source = "cache"
         flight.waiters += 1
         try:
-            if source == "run":
-                # This caller's own call: the flight runs it in this caller's slots.
+            if source == "run" or _same_member(flight):
+                # This caller's own call (the flight runs it in this caller's slots), or
+                # one its member started beside it, on the slots this caller would lend.
                 value, attempts = await asyncio.shield(flight.task)
             else:
                 # A joiner only waits: it lends its slots, which the call it waits for may
@@ -392,23 +433,33 @@ class ActorCache:
             if not flight.task.done() and flight.waiters == 1:
                 # The last caller left: nobody needs the result. The call may take a while
                 # to end (a handler's cleanup, a nested group's): a caller coming meanwhile
-                # must not join a call that is being cancelled, so it is forgotten now.
+                # must not join a call that is being cancelled, so it is forgotten now; and
+                # this caller waits for it to end, as it would for a call of its own (no
+                # task of its group outlives the group).
                 task = flight.task
                 task.cancel()
                 if self._flights.get(key) is flight:
                     del self._flights[key]
                     self._leaving.add(task)
                     task.add_done_callback(self._leaving.discard)
+                await _join(task)
             raise
         finally:
             flight.waiters -= 1
+        if type(value) is _Raised:
+            raise value.exception
         return value, attempts, source
 
     async def _fill(
         self, key: str, actor: BaseActor, call: Callable[[], Awaitable[tuple[Any, int]]]
     ) -> tuple[Any, int]:
         try:
-            value, attempts = await call()
+            try:
+                value, attempts = await call()
+            except (Exception, asyncio.CancelledError):
+                raise
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit, pytest's Failed...
+                return _Raised(exc), 0
             value = actor.validate_output(value)
             if self._worker is None:
                 self._put(key, actor, value)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
     from rh_agents.core.parallel.scheduler import WorkerPool
 
-__all__ = ["MemberSlot", "SharedCallSlot", "SlotArbiter", "wait_lending"]
+__all__ = ["MemberSlot", "SharedCallSlot", "SlotArbiter", "in_own_task", "wait_lending"]
 
 T = TypeVar("T")
 
@@ -319,6 +319,11 @@ class SharedCallSlot(MemberSlot):
         self._left = False
         self._reclaimed: asyncio.Event | None = None  # set while a reclaim is under way
 
+    @property
+    def member_slot(self) -> MemberSlot:
+        """The slots of the member whose call this is."""
+        return self._member
+
     def lend(self) -> None:
         if self._left or self._lent:
             return
@@ -366,6 +371,17 @@ class SharedCallSlot(MemberSlot):
             self._global_lent = False
             if not ending:
                 await self._member.reclaim_global()
+
+
+def in_own_task(slot: MemberSlot, parallel_index: int | None) -> bool:
+    """Whether the calling task is the worker running member ``parallel_index`` of the
+    group ``slot`` belongs to: the member's own task, not a task of its own (whose siblings
+    may work meanwhile) nor the cache lane (which holds no slot)."""
+    task = asyncio.current_task()
+    if task is None or task is slot.pool.instant_task:
+        return False
+    member = slot.pool.running.get(task)
+    return member is not None and member.index == parallel_index
 
 
 async def wait_lending(awaitable: Awaitable[T]) -> T:
