@@ -223,3 +223,91 @@ async def test_a_member_back_from_its_backoff_goes_before_the_item_pulled_meanwh
         results = await asyncio.wait_for(gathering, 5)
     assert [r.result for r in results] == [0, 1]
     assert starts == [(0, 1), (0, 2), (1, 1)]
+
+
+class _InputGaveUp(BaseException):
+    """What a test framework's failure is: a BaseException, not an Exception."""
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_base_exception_of_the_input_stops_the_group_and_is_raised(kind: str) -> None:
+    # It was caught nowhere: the worker's task died with it, logged as never retrieved, and
+    # gather() returned the results as if the input had simply ended.
+    def items() -> Iterator[int]:
+        yield 0
+        yield 1
+        raise _InputGaveUp("the input gave up")
+
+    async def async_items() -> AsyncIterator[int]:
+        for item in items():
+            yield item
+
+    async def work(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    state = ExecutionState(watchdog=None)
+    with pytest.raises(_InputGaveUp, match="gave up"):
+        async with state.parallel(max_workers=2) as p:
+            p.map(work, items() if kind == "sync" else async_items())
+            await p.gather()
+    assert p.status.value == "failed"
+
+
+@pytest.mark.parametrize("strategy", ["fail_fast", "fail_slow"])
+async def test_an_input_raising_as_it_is_closed_still_ends_the_group(strategy: str) -> None:
+    # The close's error skipped the group's end: still "running", still open, no
+    # GroupCompleted, and a later gather() raised another error.
+    def items() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            raise RuntimeError("the input's finally raised")
+
+    async def work(i: int) -> int:
+        await asyncio.sleep(0)
+        if i == 1:
+            raise ValueError("member 1 failed")
+        return i
+
+    state = ExecutionState(watchdog=None)
+    with pytest.raises(Exception) as raised:
+        async with state.parallel(max_workers=2, error_strategy=strategy) as p:
+            p.map(work, items())
+    assert p.status.value == "failed"
+    assert p.group_id not in state.open_groups
+    if strategy == "fail_fast":  # the strategy's error, the close's kept as its context
+        assert isinstance(raised.value, ValueError)
+        assert isinstance(raised.value.__context__, RuntimeError)
+    else:  # FAIL_SLOW raises nothing of its own: the close's error is the group's
+        assert isinstance(raised.value, RuntimeError)
+    with pytest.raises(type(raised.value)):
+        await p.gather()  # the same error again
+
+
+async def test_no_item_runs_once_the_group_stopped_during_its_read() -> None:
+    # An input swallowed the cancellation of its read and gave an item anyway: it ran as a
+    # member after p.cancel().
+    reading = asyncio.Event()
+    ran: list[int] = []
+
+    async def items() -> AsyncIterator[int]:
+        for i in range(10):
+            try:
+                reading.set()
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                pass  # (misbehaving: it goes on)
+            yield i
+
+    async def work(i: int) -> int:
+        ran.append(i)
+        return i
+
+    state = ExecutionState(watchdog=None)
+    async with state.parallel(max_workers=1) as p:
+        p.map(work, items())
+        await reading.wait()
+        p.cancel()
+    assert ran == []
+    assert await p.gather() == []

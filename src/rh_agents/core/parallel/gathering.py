@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import running_frame
+from rh_agents.core.parallel import stopping
 from rh_agents.core.parallel.adding import close_refused
 from rh_agents.core.parallel.deadlines import member_ending
 from rh_agents.core.parallel.slots import MemberSlot
@@ -92,8 +93,14 @@ async def join_workers(group: ParallelExecutionManager[Any]) -> None:
         except asyncio.CancelledError:
             cancelled = True
             group._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
-    if group._source is not None:
-        await group._source.aclose()
+    source = group._source
+    if source is not None:
+        try:
+            await source.aclose()
+        except asyncio.CancelledError:
+            cancelled = True  # (the close is cut short; the group is finalized all the same)
+        except BaseException as exc:
+            stopping.input_close_failed(group, exc)
     if cancelled:
         raise asyncio.CancelledError
 

@@ -549,7 +549,9 @@ class WorkerPool:
             source.exhausted = True
             group._check_threshold()  # (the member count is final now)
             return None
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # (a KeyboardInterrupt too: it stops the group)
             group._input_failed(source, exc)
             return None
         call = source.call
@@ -582,10 +584,17 @@ class WorkerPool:
             if group._stop_status is not None:
                 return None
         try:
-            return await source.next_item()
-        except Exception as exc:
+            pulled = await source.next_item()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # (a KeyboardInterrupt too: it stops the group)
             group._input_failed(source, exc)
             return None
+        if group._stop_status is not None:
+            # Stopped while the input was read (an input that swallowed the cancellation
+            # of its read and gave an item anyway): no member starts once its group stopped.
+            return None
+        return pulled
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         self.workers.discard(task)

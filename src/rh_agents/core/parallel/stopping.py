@@ -168,12 +168,28 @@ def member_raised_base(group: ParallelExecutionManager[Any], result: ExecutionRe
         stop(group, ResultStatus.CANCELLED, GroupStatus.FAILED)
 
 
-def input_failed(group: ParallelExecutionManager[Any], source: LazySource, exc: Exception) -> None:
-    """The ``map()`` input itself raised: it stops the group, whose error it becomes."""
+def input_failed(
+    group: ParallelExecutionManager[Any], source: LazySource, exc: BaseException
+) -> None:
+    """The ``map()`` input itself raised (an ``Exception``, or a ``KeyboardInterrupt``, a
+    test framework's failure): it stops the group, whose error it becomes."""
     source.exhausted = True
     if group._stop_error is None:
         group._stop_error = exc
     stop(group, ResultStatus.CANCELLED, GroupStatus.FAILED)
+
+
+def input_close_failed(group: ParallelExecutionManager[Any], exc: BaseException) -> None:
+    """The ``map()`` input raised as it was closed (its ``finally``), every member done: the
+    group's error, unless it has one already (its strategy's, the input's own), which then
+    carries this one as its ``__context__`` if it has none (it is never lost)."""
+    earlier = group._stop_error or (group._trigger.exception if group._trigger else None)
+    if earlier is None and group._trigger is None:
+        group._stop_error = exc
+        if group._stop_group_status is None:
+            group._stop_group_status = GroupStatus.FAILED
+    elif earlier is not None and earlier.__context__ is None and earlier is not exc:
+        earlier.__context__ = exc
 
 
 def on_group_timeout(group: ParallelExecutionManager[Any]) -> None:
