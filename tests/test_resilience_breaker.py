@@ -290,3 +290,35 @@ def test_an_open_circuit_reads_half_open_once_its_cooldown_has_passed() -> None:
     clock.advance(1)
     assert circuit.state.value == "half_open"  # before any call asks
     assert circuit.acquire() == ("open", "half_open", 1)
+
+
+class _Abort(BaseException):
+    """Not an Exception: what KeyboardInterrupt or a test framework's failure is."""
+
+
+async def test_a_probe_that_raised_a_base_exception_frees_its_place() -> None:
+    # The probe's place was released only for an Exception or a cancellation: after a
+    # KeyboardInterrupt-like exit every later call was refused, half-open for ever.
+    state, clock = make()
+    mode = ["fail"]
+
+    async def handler(input: Item, context: str, state: ExecutionState) -> int:
+        if mode[0] == "fail":
+            raise ConnectionError("down")
+        if mode[0] == "abort":
+            raise _Abort("stop")
+        return input.n
+
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=5, half_open_max_calls=1)
+    event = ExecutionEvent(
+        actor=Tool(name="svc", input_model=Item, handler=handler, circuit_breaker=breaker)
+    )
+    await event(Item(), "", state)  # opens
+    clock.advance(5)
+    mode[0] = "abort"
+    with pytest.raises(_Abort):
+        await event(Item(), "", state)  # the probe: not judged, but its place is free again
+    mode[0] = "ok"
+    result = await event(Item(n=7), "", state)
+    assert result.ok and result.result == 7
+    assert state.breakers["svc"].state == "closed"

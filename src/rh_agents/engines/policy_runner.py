@@ -535,6 +535,12 @@ async def run_attempts(
                 raise
             except Exception as exc:
                 error = exc
+            except BaseException:  # KeyboardInterrupt, SystemExit: the call did not finish
+                if circuit is not None:
+                    # Not judged (it says nothing of the service), but released: a probe
+                    # that never gave its place back would keep the circuit half-open.
+                    circuit.release(None, finished=False, epoch=epoch)
+                raise
             else:
                 error = _failure_of(value)
             ended = clock.now()
