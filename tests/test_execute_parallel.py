@@ -353,3 +353,29 @@ async def test_closing_the_state_waits_for_a_dropped_streams_group_to_end() -> N
     await state.close()  # and the state waits for it
     assert group.status.value == "cancelled"
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+@pytest.mark.parametrize(
+    ("members", "dependencies"),
+    [("list", {1: None}), ("list", {1: 0.5}), ("dict", {"b": None}), ("dict", {"b": {"a": 1}})],
+)
+async def test_dependencies_of_the_wrong_shape_are_named(
+    members: str, dependencies: dict[Any, Any]
+) -> None:
+    # They raised a bare TypeError ('NoneType' object is not iterable).
+    async def value(i: int) -> int:
+        return i
+
+    state = ExecutionState(watchdog=None)
+    given: Any = [value(0), value(1)] if members == "list" else {"a": value(0), "b": value(1)}
+    with pytest.raises(DependencyError, match="must be a member .* or a list of them"):
+        await state.parallel_execute(given, dependencies=dependencies)
+
+
+async def test_state_parallel_takes_retain_results() -> None:
+    state = ExecutionState(watchdog=None)
+    async with state.parallel(max_workers=2, retain_results=False) as p:
+        p.add(asyncio.sleep(0, result=1))
+        assert [r.result async for r in p.stream()] == [1]
+    with pytest.raises(ConfigurationError, match="does not keep results"):
+        await p.gather()

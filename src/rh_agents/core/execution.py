@@ -184,6 +184,7 @@ class ExecutionState:
         rate_limit: RateLimit | None = None,
         batch_mode: BatchMode | str = BatchMode.GATHER,
         executor: Any = None,
+        retain_results: bool = True,
     ) -> ParallelExecutionManager[Any]:
         """A parallel group, used as ``async with state.parallel(...) as p:``.
 
@@ -204,6 +205,8 @@ class ExecutionState:
         - ``executor``: where the members run: the event loop (``None``, the default),
           ``"processes"`` (a pool of worker processes, for CPU-bound work) or a
           ``RayExecutor(address=...)`` (a Ray cluster); see ``docs/executors.md``.
+        - ``retain_results=False``: keep no results (read them with ``stream()`` as they
+          complete): memory stays O(max_workers) however many members.
         """
         options = GroupOptions.of(
             max_workers=max_workers,
@@ -219,6 +222,7 @@ class ExecutionState:
             rate_limit=rate_limit,
             batch_mode=batch_mode,
             executor=executor,
+            retain_results=retain_results,
         )
         return ParallelExecutionManager(self, options)
 

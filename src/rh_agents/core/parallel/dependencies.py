@@ -37,6 +37,18 @@ def _position(value: Any, count: int, what: str) -> int:
     return value
 
 
+def _needs(needs: Any, whose: Any) -> Iterable[Any]:
+    """What one member depends on: one member (a position or a name) or several."""
+    if isinstance(needs, int | str):
+        return (needs,)
+    if isinstance(needs, Iterable) and not isinstance(needs, bytes | Mapping):
+        return needs
+    raise DependencyError(
+        f"dependencies of member {whose!r} must be a member (a position or a name) or a list "
+        f"of them, got {needs!r}"
+    )
+
+
 def index_dependencies(
     count: int, dependencies: Mapping[Any, Iterable[Any]] | None
 ) -> dict[int, tuple[int, ...]]:
@@ -54,10 +66,8 @@ def index_dependencies(
     graph: dict[int, tuple[int, ...]] = {}
     for key, needs in dependencies.items():
         position = _position(key, count, "dependencies name member")
-        if isinstance(needs, int | str):
-            needs = (needs,)
         wanted: list[int] = []
-        for need in needs:
+        for need in _needs(needs, key):
             need_at = _position(need, count, f"member {position} depends on member")
             if need_at == position:
                 raise DependencyError(
@@ -93,10 +103,8 @@ def name_dependencies(
     out: dict[str, list[str]] = {}
     for key, needs in dependencies.items():
         name = as_name(key, "dependencies name member")
-        if isinstance(needs, int | str):
-            needs = (needs,)
         out.setdefault(name, []).extend(
-            as_name(need, f"{name!r} depends on member") for need in needs
+            as_name(need, f"{name!r} depends on member") for need in _needs(needs, key)
         )
     return out
 
