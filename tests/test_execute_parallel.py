@@ -368,7 +368,7 @@ async def test_dependencies_of_the_wrong_shape_are_named(
 
     state = ExecutionState(watchdog=None)
     given: Any = [value(0), value(1)] if members == "list" else {"a": value(0), "b": value(1)}
-    with pytest.raises(DependencyError, match="must be a member .* or a list of them"):
+    with pytest.raises(DependencyError, match=r"must be a member .* or a list of them"):
         await state.parallel_execute(given, dependencies=dependencies)
 
 

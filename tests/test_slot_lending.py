@@ -401,10 +401,13 @@ async def test_a_cached_call_backing_off_beside_other_work_keeps_the_members_slo
     sibling_may_end = asyncio.Event()
     second_started: list[bool] = []
 
+    retried = asyncio.Event()
+
     async def flaky(item: Item, context: str, state: ExecutionState) -> int:
         attempts.append(item.n)
         if len(attempts) == 1:
             raise ConnectionError("the first attempt fails")
+        retried.set()
         return item.n
 
     ev = ExecutionEvent(
@@ -432,8 +435,7 @@ async def test_a_cached_call_backing_off_beside_other_work_keeps_the_members_slo
         p.add(first)
         p.add(second)
         await sibling_working.wait()
-        while len(attempts) < 2:  # the backoff is over: the call was retried
-            await asyncio.sleep(0.005)
+        await retried.wait()  # the backoff is over: the call was retried
         assert second_started == []  # the sibling works: the member's slot stayed in use
         sibling_may_end.set()
         await asyncio.wait_for(p.gather(), 5)

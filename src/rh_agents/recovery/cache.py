@@ -202,15 +202,22 @@ class SQLiteCacheStore:
 
 
 class _Flight:
-    """One running call, how many callers wait on it, and the slots of the member whose
-    call started it (``None`` outside a member)."""
+    """One running call, how many callers wait on it, and the member whose call started
+    it: the slots it holds and its index in its group (``None`` outside a member; without a
+    global limit the members of a group share one slot object, hence the index)."""
 
-    __slots__ = ("member_slot", "task", "waiters")
+    __slots__ = ("member_index", "member_slot", "task", "waiters")
 
-    def __init__(self, task: asyncio.Task[tuple[Any, int]], member_slot: MemberSlot | None) -> None:
+    def __init__(
+        self,
+        task: asyncio.Task[tuple[Any, int]],
+        member_slot: MemberSlot | None,
+        member_index: int | None,
+    ) -> None:
         self.task = task
         self.waiters = 0
         self.member_slot = member_slot
+        self.member_index = member_index
 
 
 class _Raised:
@@ -233,7 +240,7 @@ def _same_member(flight: _Flight) -> bool:
     slot = frame.slot
     if isinstance(slot, SharedCallSlot):
         slot = slot.member_slot  # (a call inside another shared call of that member)
-    return slot is flight.member_slot
+    return slot is flight.member_slot and frame.parallel_index == flight.member_index
 
 
 async def _join(task: asyncio.Task[Any]) -> None:
@@ -402,7 +409,9 @@ class ActorCache:
                 # calls made there would not; see policy_runner._lendable.)
             task = asyncio.create_task(self._fill(key, actor, call), name=f"cache:{actor.name}")
             task.add_done_callback(_consume)
-            flight = self._flights[key] = _Flight(task, member_slot)
+            flight = self._flights[key] = _Flight(
+                task, member_slot, frame.parallel_index if frame is not None else None
+            )
             source = "run"
         else:
             self.joined += 1

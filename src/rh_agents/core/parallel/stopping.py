@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "cancel",
     "check_threshold",
+    "input_close_failed",
     "input_failed",
     "member_raised_base",
     "on_group_timeout",
