@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -270,3 +271,67 @@ async def test_a_resumed_groups_metrics_count_only_what_ran_now(tmp_path: Path) 
     metrics = p.metrics()
     assert (metrics.succeeded, metrics.run_time.count, metrics.retries) == (4, 1, 0)
     backend.close()
+
+
+@pytest.mark.parametrize("retried_by", ["group", "actor"])
+async def test_a_retried_attempts_calls_keep_their_addresses_and_replay(
+    tmp_path: Path, retried_by: str
+) -> None:
+    # Each attempt numbered its calls on from the last: the retried attempt's call was
+    # committed at ``ask#2``; resumed, the first attempt's call (``ask``) found only the
+    # failed checkpoint and ran the handler again, although the run had completed.
+    from rh_agents.core.actors import Agent
+    from rh_agents.resilience import RetryPolicy
+
+    runs: list[str] = []
+    failing = [True]
+
+    async def ask_handler(item: Item, context: str, state: ExecutionState) -> int:
+        runs.append("ask")
+        if failing[0]:
+            failing[0] = False
+            raise ConnectionError("503 from the provider")
+        return item.i * 10
+
+    ask = ExecutionEvent(actor=Tool(name="ask", input_model=Item, handler=ask_handler))
+    retry = RetryPolicy(max_attempts=3, initial_delay=0.001, jitter=0)
+    addresses: list[str | None] = []
+
+    async def answer_handler(item: Item, context: str, state: ExecutionState) -> int:
+        result = await ask(item, "", state)
+        addresses.append(result.address)
+        return result.unwrap()  # raises on failure: the policy retries
+
+    agent = ExecutionEvent(
+        actor=Agent(
+            name="writer",
+            input_model=Item,
+            handler=answer_handler,
+            retry=retry if retried_by == "actor" else None,
+        )
+    )
+
+    async def program() -> tuple[Any, int]:
+        recovery = Recovery(SQLiteBackend(tmp_path / "runs.db"), resume="auto")
+        async with ExecutionState(run_id="digest", recovery=recovery, watchdog=None) as state:
+            if retried_by == "group":
+                async with state.parallel(name="qs", retry=retry) as p:
+                    p.add(lambda: answer(state))
+                (result,) = await p.gather()
+            else:
+                result = await agent(Item(i=4), "", state)
+        return result.result, recovery.recovered
+
+    async def answer(state: ExecutionState) -> int:
+        result = await ask(Item(i=4), "", state)
+        addresses.append(result.address)
+        return result.unwrap()
+
+    assert await program() == (40, 0)
+    assert runs == ["ask", "ask"]
+    first, second = addresses
+    assert first == second  # the retried attempt's call has the first attempt's address
+    assert first is not None and first.endswith("::ask")
+    value, replayed = await program()  # the run completed: replayed whole
+    assert value == 40 and replayed >= 1
+    assert runs == ["ask", "ask"]
