@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rh_agents.bus_handlers.safe_text import clipped
 from rh_agents.core.records import MemberStarted
 
 __all__ = [
@@ -520,7 +521,8 @@ def interrupted_lines(
 
 
 def issue_line(issue: MemberIssue, pad: str = "") -> str:
-    return f"{pad}✘ {issue.tag} {issue.status.upper()}: {issue.error}"
+    """``✘ docs#3 FAILED: ValueError: boom``, the error ``clipped`` (the issue keeps it whole)."""
+    return f"{pad}✘ {issue.tag} {issue.status.upper()}: {clipped(issue.error)}"
 
 
 def seconds(value: float) -> str:

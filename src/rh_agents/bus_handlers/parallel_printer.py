@@ -11,13 +11,16 @@ A bus subscriber with four modes (``parallel_mode``):
   members and ``collapsed`` above; anywhere else, ``collapsed``.
 
 On a terminal the bars are drawn by ``rich.live`` and redrawn at most ``refresh_per_second``
-times a second, from the records themselves (no refresh thread). Anywhere else (CI, a log file,
-a pipe) the output is plain append-only lines, with a progress line at most every
-``progress_interval`` seconds, and never a control code. The size of a group comes from its own
-records (``MemberStarted``/``MemberFinished`` carry ``total``, ``GroupCompleted`` the final
-counts), never from how many members happened to start. When the outermost group completes (or
-on ``close()``) a summary follows: per group, members finished, ok and failed, retries, wall
-time and the slowest members, with nested same-named groups merged (``steps ×30``)::
+times a second, from the records themselves (no refresh thread); what that limit held back is
+drawn when it allows, by a timer on the event loop. Anywhere else (CI, a log file, a pipe) the
+output is plain append-only lines, with a progress line every ``progress_interval`` seconds
+while a group runs (the same timer writes it when no record comes), and never a control code.
+An error shows its first ``ERROR_CHARS`` characters at most (a result keeps it whole). The
+size of a group comes from its own records (``MemberStarted``/``MemberFinished`` carry
+``total``, ``GroupCompleted`` the final counts), never from how many members happened to start.
+When the outermost group completes (or on ``close()``) a summary follows: per group, members
+finished, ok and failed, retries, wall time and the slowest members, with nested same-named
+groups merged (``steps ×30``)::
 
     with ParallelEventPrinter(parallel_mode="progress") as printer:
         bus.subscribe(printer)
@@ -28,6 +31,7 @@ time and the slowest members, with nested same-named groups merged (``steps ×30
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sys
@@ -57,7 +61,7 @@ from rh_agents.bus_handlers.group_view import (
 )
 from rh_agents.bus_handlers.live_view import elapsed, render_live
 from rh_agents.bus_handlers.printer import EventPrinter, check_output
-from rh_agents.bus_handlers.safe_text import one_line
+from rh_agents.bus_handlers.safe_text import clipped, one_line
 from rh_agents.bus_handlers.wrapping import wrap
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (
@@ -86,6 +90,8 @@ PARALLEL_MODES: Final[tuple[str, ...]] = get_args(ParallelMode)
 _FLUSH_EVERY: Final = 0.2
 _DETAILS: Final = "└─ View details: "
 _FLUSH_CHUNKS: Final = 1024  # about 512 lines
+# The shortest wait of the printer's timer: a tiny progress_interval must not spin the loop.
+_MIN_WAIT: Final = 0.01
 ICONS: Final = {"agent": "🤖", "tool": "🔧", "llm": "🧠", "actor": "⚙", "group": "📦"}
 _STYLES: Final = {
     "▶": "cyan",
@@ -206,6 +212,15 @@ class ParallelEventPrinter(EventPrinter):
         self._next_progress = 0.0
         self._closed = False
         self._latest = 0.0
+        # ``clock()`` when ``_latest`` was last set from records (plain output only): a
+        # progress line written by the timer adds the time since to its elapsed times.
+        self._latest_read_at = 0.0
+        # At most one loop timer (no thread), for what no record comes to do: the frame the
+        # rate limit held back (terminal), or a batched line's write and the next progress
+        # line (plain output). ``_timer_due`` is when it fires, on ``clock``.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._timer_due = math.inf
         self._handlers: dict[type[BusEvent], Callable[[Any], None]] = {
             GroupStarted: self._group_started,
             MemberStarted: self._member_started,
@@ -339,8 +354,8 @@ class ParallelEventPrinter(EventPrinter):
                     # Two chunks: the shared prefix as is, and the rest (no copy of the prefix).
                     buffer.append(view.done_prefix)
                     buffer.append(
-                        f"{record.index}{' ' + name if name else ''} done ({took_text}) "
-                        f"[{done}{tail}"
+                        f"{record.index}{' ' + one_line(name) if name else ''} done "
+                        f"({took_text}) [{done}{tail}"
                     )
                     if len(buffer) >= _FLUSH_CHUNKS:
                         self._next_tick = -math.inf  # flush at the end of this batch
@@ -353,18 +368,20 @@ class ParallelEventPrinter(EventPrinter):
         if record is None:
             return
         self._latest = record.timestamp
-        if not finished:
-            return
         # The rate limits, once per batch: the clock is read once, not once per member.
         if live:
-            if self._redraws:
+            if finished and self._redraws:
                 now = self.clock()
                 if now >= self._next_refresh:
                     self._refresh(now)
+                elif self._timer is None:
+                    self._wake_at(self._next_refresh, now)  # drawn when the limit allows
         elif self._plain:
             now = self.clock()
+            self._latest_read_at = now
             if now >= self._next_tick:
                 self._tick(now)
+            self._wake_for_plain(now)
 
     def __enter__(self) -> ParallelEventPrinter:
         return self
@@ -383,6 +400,7 @@ class ParallelEventPrinter(EventPrinter):
             return
         self._closed = True
         self._redraws = False
+        self._cancel_timer()
         self._stop_live()
         if self.show_summary:
             for root in self.roots:
@@ -406,7 +424,7 @@ class ParallelEventPrinter(EventPrinter):
         """Plain text: every outermost group seen so far, as a tree of summary lines."""
         lines: list[str] = []
         for root in self.roots:
-            lines.extend(self._summary_lines(root))
+            lines.extend(one_line(line) for line in self._summary_lines(root))
         return "\n".join(lines)
 
     # --- group records --------------------------------------------------------------------
@@ -428,7 +446,8 @@ class ParallelEventPrinter(EventPrinter):
             total=record.total or None,
             position=() if parent is None or index is None else (*parent.position, index),
         )
-        view.done_prefix = f"{self._pad(view.level + 1)}✔ {tag}#"
+        # Made safe once here: the per-member "done" lines are written without _line().
+        view.done_prefix = one_line(f"{self._pad(view.level + 1)}✔ {tag}#")
         self.groups[record.address] = view
         if parent is not None:
             parent.children.append(view)
@@ -442,7 +461,9 @@ class ParallelEventPrinter(EventPrinter):
             if parent is None or not self.collapse_parallel:
                 self._line(f"{self._prefix(record)}▶ 📦 {record.name} started{workers}", view.level)
         elif self.live_display:
-            self._refresh(force=True)
+            # Rate-limited like any record: a member opening a nested group is no reason to
+            # redraw at once (400 of them drew 400 frames).
+            self._refresh()
         elif parent is None and self._mode == "progress":
             self._line(f"▶ 📦 {tag} started{workers}", view.level)
 
@@ -459,6 +480,8 @@ class ParallelEventPrinter(EventPrinter):
                 now = self.clock()
                 if now >= self._next_refresh:
                     self._refresh(now)
+                elif self._timer is None:
+                    self._wake_at(self._next_refresh, now)  # drawn when the limit allows
         elif self._mode == "realtime" and self._shows_nested(view):
             name = f" {record.name}" if record.name else ""
             self._line(f"[{view.member_tag(record.index)}] ▶ member{name} started", view.level + 1)
@@ -571,7 +594,7 @@ class ParallelEventPrinter(EventPrinter):
             label = "CANCELLED" if record.cancelled else "FAILED"
             self._line(
                 f"{self._prefix(record)}✘ {icon} {_call_name(record)} {label} "
-                f"({seconds(record.execution_time)}): {record.error}",
+                f"({seconds(record.execution_time)}): {clipped(record.error)}",
                 record.depth,
             )
 
@@ -589,7 +612,7 @@ class ParallelEventPrinter(EventPrinter):
         level = record.depth if view is None else max(record.depth, view.level + 1)
         self._line(
             f"{self._prefix(record)}↻ {actor} retry {record.attempt} in "
-            f"{seconds(record.delay)}: {record.error}",
+            f"{seconds(record.delay)}: {clipped(record.error)}",
             level,
         )
 
@@ -644,17 +667,15 @@ class ParallelEventPrinter(EventPrinter):
         took = seconds(record.execution_time)
         total = view.known_total()
         count = f"[{record.done} finished]" if total is None else f"[{record.done}/{total}]"
+        error = clipped(record.error or "")
         if self._mode == "realtime":
             mark = "✔" if ok else "✘"
             if ok:
                 return f"[{tag}] {mark} member{name} done ({took}) {count}"
-            return (
-                f"[{tag}] {mark} member{name} {record.status.upper()} ({took}) {count}: "
-                f"{record.error or ''}"
-            )
+            return f"[{tag}] {mark} member{name} {record.status.upper()} ({took}) {count}: {error}"
         if ok:
             return f"✔ {tag}{name} done ({took}) {count}"
-        return f"✘ {tag}{name} {record.status.upper()} ({took}) {count}: {record.error or ''}"
+        return f"✘ {tag}{name} {record.status.upper()} ({took}) {count}: {error}"
 
     def _replayed_line(self, view: GroupView, record: MemberFinished) -> str:
         tag = view.member_tag(record.index)
@@ -765,7 +786,10 @@ class ParallelEventPrinter(EventPrinter):
         if now is None:
             now = self.clock()
         if not force and now < self._next_refresh:
+            if self._timer is None:
+                self._wake_at(self._next_refresh, now)  # held back: drawn when the limit allows
             return
+        self._cancel_timer()  # this frame draws what it was waiting to draw
         self._next_refresh = now + 1.0 / self.refresh_per_second
         if self._live is None:
             if self._active_roots <= 0:
@@ -782,9 +806,64 @@ class ParallelEventPrinter(EventPrinter):
         self._live.update(self.render(), refresh=True)
 
     def _stop_live(self) -> None:
+        self._cancel_timer()
         live, self._live = self._live, None
         if live is not None:
             live.stop()
+
+    # --- the timer: what comes due when no record comes -----------------------------------
+
+    def _wake_at(self, due: float, now: float) -> None:
+        """Have the running loop call ``_wake`` at ``due`` (on ``clock``, read as ``now``),
+        unless the timer already fires by then. Without a running loop (records handed over
+        by hand) there is none: the next record does what is due."""
+        # None outside a loop, where get_running_loop() would raise: records fed by hand
+        # would pay an exception each.
+        loop = asyncio._get_running_loop()
+        if loop is None or self._closed:
+            return
+        timer = self._timer
+        if timer is not None:
+            if self._timer_loop is loop and self._timer_due <= due:
+                return
+            timer.cancel()  # too late, or left on a loop that is gone
+        self._timer = loop.call_later(max(_MIN_WAIT, due - now), self._wake)
+        self._timer_loop, self._timer_due = loop, due
+
+    def _cancel_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer, self._timer_loop, self._timer_due = None, None, math.inf
+
+    def _wake_for_plain(self, now: float) -> None:
+        """Plain output: wake when batched lines are due to be written or, while a group
+        runs, the next progress line is; no timer when neither is."""
+        due = self._next_flush if self._buffer else math.inf
+        if self._progress_lines and self._active_roots > 0:
+            due = min(due, self._next_progress)
+        if due == math.inf:
+            self._cancel_timer()
+        else:
+            self._wake_at(due, now)
+
+    def _wake(self) -> None:
+        """The timer fired: draw the held-back frame, or write what is due in plain output."""
+        due = self._timer_due
+        self._timer, self._timer_loop, self._timer_due = None, None, math.inf
+        if self._closed:
+            return
+        now = self.clock()
+        if self.live_display:
+            self._refresh(now, force=True)  # the loop waited out the rate limit
+            return
+        # The loop waited until ``due``: it is due, even by an injected clock that did not move.
+        now = max(now, due)
+        # No record since ``_latest``: the run's time went on as this clock did (elapsed times).
+        self._latest += max(0.0, now - self._latest_read_at)
+        self._latest_read_at = now
+        self._tick(now)
+        self._wake_for_plain(now)
 
     def render(self) -> RenderableType:
         """The live view: a bar per running outermost group, members and nested groups below."""

@@ -7,13 +7,21 @@ hold control codes. ``printable`` replaces each one (except newline and tab) wit
 picture, one character for one, so offsets and styles of a ``rich`` text stay where they were::
 
     printable("bad\\x1b[2J")   # 'bad␛[2J'
+
+``clipped`` bounds what a display shows of one error message (an HTTP error's whole HTML
+body can make one of 100 KB): the first ``ERROR_CHARS`` characters and how many were left out.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Final
 
-__all__ = ["markup_escape", "one_line", "printable"]
+__all__ = ["ERROR_CHARS", "clipped", "markup_escape", "one_line", "printable"]
+
+# What a display shows of one error at most: about ten lines of a terminal. The whole error
+# stays in the member's result and in the history.
+ERROR_CHARS: Final = 1000
 
 # C0 controls but newline and tab, DEL, and the C1 controls (which some terminals obey too).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -38,6 +46,15 @@ def one_line(text: str) -> str:
 
 
 _BREAK = re.compile(r"[ \t]*\n\s*")  # a line break and the spaces around it
+
+
+def clipped(text: str, limit: int = ERROR_CHARS) -> str:
+    """``text`` if it has at most ``limit`` characters, else its first ``limit`` followed by
+    `` … (N more characters)``: one error takes bounded room (and time) in a display."""
+    left_out = len(text) - limit
+    if left_out <= 0:
+        return text
+    return f"{text[:limit]} … ({left_out} more character{'' if left_out == 1 else 's'})"
 
 
 # Rich markup: a run of backslashes before a tag-like "[name...]" is halved, and an odd one

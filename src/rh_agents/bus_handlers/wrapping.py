@@ -49,10 +49,10 @@ def wrap(text: Text | str, width: int, *, hang: int = 2) -> list[Text]:
         lead = 0
     cont = lead + hang if lead + hang + 1 < width else lead
     spans = _break(plain, _chunks(plain), width, lead, cont)
-    return [
-        Text(" " * (lead if n == 0 else cont)) + text[start:end]
-        for n, (start, end) in enumerate(spans)
-    ]
+    # One divide for every line: slicing the text once per line (``text[start:end]``) copies
+    # it whole each time, quadratic in its length (a 128 KB error took seconds).
+    pieces = text.divide(offset for span in spans for offset in span)[1::2]
+    return [Text(" " * (lead if n == 0 else cont)) + piece for n, piece in enumerate(pieces)]
 
 
 def _chunks(plain: str) -> list[list[tuple[int, int]]]:
@@ -118,10 +118,7 @@ def _break(
             # One word wider than a whole line: cut it into pieces that fit.
             piece = word_start
             while piece < word_end:
-                room = max(1, width - pad)
-                cut = piece + 1
-                while cut < word_end and cell_len(plain[piece : cut + 1]) <= room:
-                    cut += 1
+                cut = _cut(plain, piece, word_end, max(1, width - pad))
                 start, end = piece, cut
                 piece = cut
                 if piece < word_end:
@@ -129,3 +126,23 @@ def _break(
     if start is not None:
         lines.append((start, end))
     return lines
+
+
+def _cut(plain: str, start: int, stop: int, room: int) -> int:
+    """The end of the longest piece ``plain[start:end]`` (at least one character, at most up
+    to ``stop``) that fits in ``room`` cells.
+
+    A binary search over the next ``room`` characters, then a look past them for zero-width
+    ones (combining marks): O(room log room) per piece, where growing the piece a character
+    at a time measured it ``room`` times.
+    """
+    low, high = start + 1, min(stop, start + room)
+    while low < high:  # the largest end in (low, high] that fits, else low (one character)
+        middle = (low + high + 1) // 2
+        if cell_len(plain[start:middle]) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    while low < stop and cell_len(plain[start : low + 1]) <= room:
+        low += 1
+    return low
