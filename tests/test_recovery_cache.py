@@ -250,3 +250,56 @@ async def test_a_base_exception_of_a_cached_call_stops_the_group_like_any_member
             p.add(asyncio.Event().wait())
             await p.gather()
     assert [r.status.value for r in p._tally.collected()] == ["failed", "cancelled"]
+
+
+def test_equal_inputs_share_a_key_and_different_ones_never_do() -> None:
+    # A set's members were written in hash order (equal sets, different keys, and a key
+    # that changed from one process to the next), and JSON made dict keys 1 and "1" one.
+    from rh_agents.core.actors import Tool as ToolActor
+
+    class Tags(BaseModel):
+        tags: set[int]
+        names: frozenset[str] = frozenset()
+
+    class Scores(BaseModel):
+        scores: dict[int | str, int]
+
+    async def handler(input: BaseModel, context: str, state: ExecutionState) -> str:
+        return ""
+
+    tags = ToolActor(name="tags", input_model=Tags, handler=handler, cacheable=True)
+    scores = ToolActor(name="scores", input_model=Scores, handler=handler, cacheable=True)
+    names = ["apple", "b", "c", "q", "zz", "kiwi"]
+    assert cache_key(tags, Tags(tags={1, 9}, names=frozenset(names))) == cache_key(
+        tags, Tags(tags={9, 1}, names=frozenset(reversed(names)))
+    )
+    assert cache_key(scores, Scores(scores={1: 5})) != cache_key(scores, Scores(scores={"1": 5}))
+    assert cache_key(scores, Scores(scores={"1": 5})) != cache_key(
+        scores, Scores(scores={"1": 5, 2: 5})
+    )
+
+
+def test_a_set_inputs_key_is_the_same_in_every_process() -> None:
+    import os
+    import subprocess
+    import sys
+
+    program = (
+        "from pydantic import BaseModel\n"
+        "from rh_agents.recovery.codec import canonical_json\n"
+        "class Names(BaseModel):\n"
+        "    names: frozenset[str]\n"
+        "print(canonical_json(Names(names=frozenset(['apple', 'b', 'c', 'q', 'zz']))))\n"
+    )
+    texts = {
+        subprocess.run(
+            [sys.executable, "-c", program],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        for seed in (1, 2, 3)
+    }
+    assert texts == {'{"names":{"<set>":["apple","b","c","q","zz"]}}\n'}

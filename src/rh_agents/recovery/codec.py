@@ -119,16 +119,50 @@ def decode_result(record: CheckpointRecord, actor: BaseActor) -> Any:
 
 
 def canonical_json(value: Any) -> str:
-    """One text per value: keys sorted, no spaces (pydantic models by their JSON dump).
+    """One text per value, and one value per text: keys sorted, no spaces.
 
-    NaN and the infinities are kept as the constants ``NaN`` / ``Infinity`` (so an input
-    holding NaN does not share its text, and a cache key, with one holding ``None``).
+    A pydantic model is read through its own serializers (``model_dump``); a set is written
+    with its members in order (``{"<set>": [...]}``: a set has none of its own, so the same
+    set would give texts that vary with hashing, from one process to the next), and a dict
+    whose keys are not all strings as its sorted ``[key, value]`` pairs (``{"<map>": ...}``:
+    JSON would make ``1`` and ``"1"`` one key). NaN and the infinities are kept as the
+    constants ``NaN`` / ``Infinity`` (so an input holding NaN does not share its text, and a
+    cache key, with one holding ``None``).
     """
     if isinstance(value, BaseModel):
-        value = json.loads(_serializer(type(value)).to_json(value))
-    else:
-        value = pydantic_core.to_jsonable_python(value, inf_nan_mode=_CONSTANTS)
+        value = value.model_dump(mode="python")
+    return _dumps(_canonical(value, 0))
+
+
+def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical(value: Any, depth: int) -> Any:
+    """``value`` as plain JSON data in its one canonical form (see ``canonical_json``)."""
+    if depth > _MAX_DEPTH:
+        raise ValueError("the value is nested too deeply (or holds itself)")
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if isinstance(value, BaseModel):
+        return _canonical(value.model_dump(mode="python"), depth + 1)
+    if isinstance(value, dict):
+        if all(type(key) is str for key in value):
+            return {key: _canonical(item, depth + 1) for key, item in value.items()}
+        pairs = [
+            [_canonical(key, depth + 1), _canonical(item, depth + 1)] for key, item in value.items()
+        ]
+        pairs.sort(key=lambda pair: _dumps(pair[0]))
+        return {"<map>": pairs}
+    if isinstance(value, set | frozenset):
+        members = [_canonical(item, depth + 1) for item in value]
+        members.sort(key=_dumps)
+        return {"<set>": members}
+    if isinstance(value, list | tuple):
+        return [_canonical(item, depth + 1) for item in value]
+    # Anything else (a datetime, a UUID, an enum, bytes...) as pydantic writes it in JSON.
+    return _canonical(pydantic_core.to_jsonable_python(value, inf_nan_mode=_CONSTANTS), depth + 1)
 
 
 # --- the model serializer that writes NaN as NaN -------------------------------------------
