@@ -180,3 +180,5 @@ def test_plain_group_options_are_checked_once_and_shared() -> None:
             GroupOptions.of(max_workers=bad)
     with pytest.raises(ConfigurationError, match="group name"):
         GroupOptions.of(max_workers=7, name="a:b")
+    with pytest.raises(ConfigurationError, match="line breaks"):  # the message names them too
+        GroupOptions.of(max_workers=7, name="two\nlines")

@@ -241,7 +241,8 @@ def check_group_options(
         not isinstance(name, str) or not name or any(c in name for c in ":[]#\n")
     ):
         raise ConfigurationError(
-            f"group name {name!r} must be a non-empty str free of ':', '[', ']', '#'"
+            f"group name {name!r} must be a non-empty str free of ':', '[', ']', '#' and "
+            "line breaks (they would break the addresses of its members)"
         )
     return max_workers, strategy
 
