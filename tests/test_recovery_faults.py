@@ -424,3 +424,30 @@ def test_a_json_folder_that_refuses_new_files_is_a_recovery_error(
         with pytest.raises(RecoveryError, match="cannot be written") as info:
             backend.save("r", [_record(0)])
         assert str(runs / "r.json") in str(info.value) and "left as it was" in str(info.value)
+
+
+async def test_a_database_deleted_while_the_run_writes_is_an_error_not_a_silent_loss(
+    tmp_path: Path,
+) -> None:
+    # SQLite went on writing to the unlinked file: every checkpoint after the deletion was
+    # lost, and the run ended as if all was well.
+    from recovery_support import Item
+    from rh_agents.errors import CheckpointWarning
+
+    path = tmp_path / "runs.db"
+    squarer = Squarer()
+    state = ExecutionState(run_id="nightly", recovery=Recovery(path, close_timeout=0.5))
+
+    def delete_store() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    with (
+        pytest.warns(CheckpointWarning, match="deleted or replaced"),
+        pytest.raises(RecoveryError, match="deleted or replaced"),
+    ):
+        async with state:
+            await squarer.event(Item(i=1), "", state)
+            delete_store()
+            await squarer.event(Item(i=2), "", state)
+    assert state.recovery is not None and state.recovery.written == 1

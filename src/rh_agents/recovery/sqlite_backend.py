@@ -158,6 +158,9 @@ class SQLiteBackend(StateBackend):
         self._tables = False  # the runs and checkpoints tables exist
         self._resume_column = False  # runs has resume_command (older stores lack it)
         self._leases: dict[str, str] = {}  # run id -> token of the leases taken here
+        # (device, inode) of the file written to, once writes are prepared (see
+        # _check_same_file); None before, or where the file cannot be stat'ed.
+        self._file: tuple[int, int] | None = None
         if self.mode == "create":
             with self._lock:
                 try:
@@ -280,7 +283,19 @@ class SQLiteBackend(StateBackend):
         finally:
             conn.execute("ROLLBACK")
         self._writable = self._tables = self._resume_column = True
+        self._file = _identity(self.path)
         return conn
+
+    def _check_same_file(self) -> None:
+        """Refuse to write when the database file was deleted or replaced since it was
+        opened: SQLite would go on writing to the unlinked file, and every checkpoint written
+        from then on would be lost without a word."""
+        if self._file is not None and _identity(self.path) != self._file:
+            raise RecoveryError(
+                f"state database {self.path} was deleted or replaced while this process was "
+                "writing to it; nothing of this write was stored. Restore the file, or resume "
+                "the run from a copy of it"
+            )
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -344,6 +359,7 @@ class SQLiteBackend(StateBackend):
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
         with self._lock, self._errors(action):
             conn = self._prepare_writes()
+            self._check_same_file()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -630,3 +646,12 @@ def _code(exc: sqlite3.Error) -> int | None:
     """The primary SQLite result code of ``exc`` (``SQLITE_FULL``, ...), if known."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code & 0xFF if isinstance(code, int) else None
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of ``path``; ``None`` if it does not exist."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
