@@ -42,3 +42,37 @@ async def test_a_member_returning_a_failed_result_stops_a_fail_fast_group() -> N
         ResultStatus.CANCELLED,
     ]
     assert not slow_ran_to_the_end
+
+
+class _BrokenMessage(Exception):
+    def __str__(self) -> str:
+        return f"code {self.detail}"  # type: ignore[attr-defined]  # (never set: a user bug)
+
+
+async def test_an_exception_whose_str_fails_is_still_a_failed_result() -> None:
+    # str(exc) raised inside the bookkeeping: an event call raised AttributeError instead of
+    # returning its result, and a group's worker died with it (the group hung).
+    from pydantic import BaseModel
+
+    from rh_agents.core.actors import Tool
+    from rh_agents.core.events import ExecutionEvent
+
+    class Empty(BaseModel):
+        pass
+
+    async def handler(input: Empty, context: str, state: ExecutionState) -> None:
+        raise _BrokenMessage()
+
+    async def member() -> None:
+        raise _BrokenMessage()
+
+    state = ExecutionState(watchdog=None)
+    event = ExecutionEvent(actor=Tool(name="api", input_model=Empty, handler=handler))
+    called = await event(Empty(), "", state)
+    assert called.status is ResultStatus.FAILED
+    assert called.error == "_BrokenMessage: <str() raised AttributeError>"
+    async with state.parallel(name="docs") as p:
+        p.add(member)
+    (result,) = await asyncio.wait_for(p.gather(), 10)
+    assert result.status is ResultStatus.FAILED and isinstance(result.exception, _BrokenMessage)
+    assert state.internal_errors == []

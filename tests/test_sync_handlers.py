@@ -310,3 +310,23 @@ async def test_a_coroutine_returned_by_an_abandoned_handler_is_closed() -> None:
         made.clear()
         gc.collect()
     assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+async def test_a_plain_handler_raising_stop_iteration_fails_instead_of_hanging() -> None:
+    # next() on an empty iterator: asyncio cannot put a StopIteration into a future, so the
+    # call never resolved and its group waited for ever.
+    class Key(BaseModel):
+        key: str
+
+    def lookup(input: Key, context: str, state: ExecutionState) -> str:
+        return next(iter([]))
+
+    event = ExecutionEvent(actor=Tool(name="lookup", input_model=Key, handler=lookup))
+    state = ExecutionState(watchdog=None)
+    async with state.parallel(name="docs") as p:
+        p.add(event(Key(key="a"), "", state))
+    (result,) = await asyncio.wait_for(p.gather(), 10)
+    assert result.status is ResultStatus.FAILED
+    assert result.error == "RuntimeError: lookup raised StopIteration"
+    assert isinstance(result.exception, RuntimeError)
+    assert isinstance(result.exception.__cause__, StopIteration)

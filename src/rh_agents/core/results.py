@@ -101,6 +101,14 @@ class ExecutionResult(Generic[T]):
 
 
 def describe_error(exc: BaseException) -> str:
-    """``"ValueError: bad thing"`` (the type alone when the message is empty)."""
-    text = str(exc)
+    """``"ValueError: bad thing"`` (the type alone when the message is empty).
+
+    An exception whose ``__str__`` itself fails (a user class reading an attribute it never
+    set) is described all the same: ``"APIError: <str() raised AttributeError>"``. A
+    failure to describe a failure must not stop the run, nor hide the failure.
+    """
+    try:
+        text = str(exc)
+    except Exception as problem:
+        text = f"<str() raised {type(problem).__name__}>"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

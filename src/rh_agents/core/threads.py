@@ -131,6 +131,18 @@ def _close_dropped(future: Future[Any]) -> None:
         value.close()
 
 
+def _stop_iteration_guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, with a ``StopIteration`` it raises turned into a ``RuntimeError``, as a
+    coroutine's is (``next()`` on an empty iterator in a handler): asyncio cannot put a
+    ``StopIteration`` into a future, which would then never resolve, its caller waiting
+    for ever."""
+    try:
+        return fn(*args)
+    except StopIteration as exc:
+        name = getattr(fn, "__name__", None) or type(fn).__name__
+        raise RuntimeError(f"{name} raised StopIteration") from exc
+
+
 class ThreadRunner:
     """Runs synchronous functions in at most ``limit`` worker threads (see the module)."""
 
@@ -154,7 +166,7 @@ class ThreadRunner:
         if executor is None:
             executor = self._executor = _Pool(self.limit)
         context = contextvars.copy_context()
-        future = executor.submit(context.run, fn, *args)
+        future = executor.submit(context.run, _stop_iteration_guarded, fn, *args)
         # Cancelling the wrapper cancels a call still queued; a running one is abandoned.
         try:
             value = await asyncio.wrap_future(future)
