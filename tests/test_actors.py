@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -250,3 +251,19 @@ def test_validate_output_converts_dicts_and_rejects_bad_values() -> None:
 def test_any_other_bad_field_is_an_actor_definition_error() -> None:
     with pytest.raises(ActorDefinitionError, match=r"actor 't': cacheable: Input should be"):
         Tool(name="t", input_model=Doc, handler=summarize, cacheable="maybe")  # type: ignore[arg-type]
+
+
+def test_an_async_generator_handler_is_refused_at_definition() -> None:
+    # It was taken for a plain function (not a coroutine function), run in a thread, and
+    # "completed" with the generator object as its result, its body never run.
+    class Query(BaseModel):
+        text: str
+
+    async def stream_answer(input: Query, context: str, state: Any) -> AsyncIterator[str]:
+        for word in input.text.split():
+            yield word
+
+    with pytest.raises(ActorDefinitionError, match="async generator"):
+        Tool(name="stream", input_model=Query, handler=stream_answer)
+    with pytest.raises(ActorDefinitionError, match="async generator"):
+        tool(stream_answer)

@@ -196,6 +196,14 @@ class BaseActor(BaseModel):
                 f"actor {name!r} needs a handler: a function (input, context, state), async "
                 "or plain (a plain one runs in a worker thread)"
             )
+        if inspect.isasyncgenfunction(handler) or inspect.isasyncgenfunction(
+            getattr(handler, "__call__", None)  # noqa: B004 - an object's __call__
+        ):
+            raise ActorDefinitionError(
+                f"actor {name!r}: its handler is an async generator (it yields); a handler "
+                "returns its result. Collect what it yields and return that, or call the "
+                "generator from inside an async def handler"
+            )
         problem = _signature_problem(handler)
         if problem is not None:
             raise ActorDefinitionError(
