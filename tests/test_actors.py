@@ -266,4 +266,4 @@ def test_an_async_generator_handler_is_refused_at_definition() -> None:
     with pytest.raises(ActorDefinitionError, match="async generator"):
         Tool(name="stream", input_model=Query, handler=stream_answer)
     with pytest.raises(ActorDefinitionError, match="async generator"):
-        tool(stream_answer)
+        tool(input_model=Query)(stream_answer)
