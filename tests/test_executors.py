@@ -694,3 +694,29 @@ def test_ray_executor_options_are_checked_when_made() -> None:
         with pytest.raises(ConfigurationError, match=match):
             RayExecutor(**options)
     assert "actors=False" in repr(RayExecutor("auto", actors=False))
+
+
+def test_a_script_read_from_stdin_is_refused_at_add_not_by_dying_workers() -> None:
+    # The workers (forkserver) run the main script again from its file: '<stdin>' is none,
+    # and every worker died as it started, even for a member of a real module.
+    import subprocess
+
+    script = (
+        "import asyncio, functools, math\n"
+        "from rh_agents import ExecutionState, ProcessExecutor\n"
+        "async def main():\n"
+        "    state = ExecutionState(watchdog=None)\n"
+        "    with ProcessExecutor(max_processes=1) as pool:\n"
+        "        try:\n"
+        "            async with state.parallel(executor=pool) as p:\n"
+        "                p.add(functools.partial(math.factorial, 5))\n"
+        "        except Exception as exc:\n"
+        "            print(type(exc).__name__, exc)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("InvalidMemberError member 0 of group 'parallel'")
+    assert "('<stdin>') is not a file" in done.stdout

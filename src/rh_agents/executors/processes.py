@@ -35,12 +35,13 @@ import multiprocessing
 import multiprocessing.util  # (its exit handler first: ours, registered later, runs before it)
 import os
 import signal
+import sys
 import threading
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.errors import ConfigurationError, RemoteExecutionError
+from rh_agents.errors import ConfigurationError, InvalidMemberError, RemoteExecutionError
 from rh_agents.executors.base import RemoteExecutor
 from rh_agents.executors.worker import process_main
 
@@ -139,6 +140,31 @@ class ProcessExecutor(RemoteExecutor):
         self._every: set[_Worker] = set()
         self._closed = False
         _pools.add(self)
+
+    def check_member(self, source: Any, label: str) -> None:
+        self._check_main_script(label)
+        super().check_member(source, label)
+
+    def check_function(self, fn: Any, label: str) -> None:
+        self._check_main_script(label)
+        super().check_function(fn, label)
+
+    def _check_main_script(self, label: str) -> None:
+        """Refuse at ``add()`` what no worker could run: a worker started by ``spawn`` or
+        ``forkserver`` runs the main script again, from its file; a script read from stdin
+        (``python - < script.py``) names a file that does not exist, and every worker would
+        die as it starts."""
+        if self.start_method == "fork":
+            return
+        main = sys.modules.get("__main__")
+        path = getattr(main, "__file__", None)
+        if isinstance(path, str) and not os.path.isfile(path):
+            raise InvalidMemberError(
+                f"{label} cannot run on executor {self.name!r}: its worker processes run the "
+                f"main script again from its file, and this program's ({path!r}) is not a file "
+                "(read from stdin?); save the script to a file and run that, or make the "
+                "executor with start_method='fork'"
+            )
 
     def __repr__(self) -> str:
         return (
