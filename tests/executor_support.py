@@ -69,6 +69,18 @@ def dies() -> None:
     os._exit(3)
 
 
+def dies_leaving_a_helper(path: str) -> None:
+    """Starts a process of its own (forked: it holds the worker's pipe open), writes that
+    process's pid to ``path`` and dies."""
+    import multiprocessing
+
+    helper = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    helper.start()
+    Path(f"{path}.tmp").write_text(str(helper.pid))
+    os.replace(f"{path}.tmp", path)
+    os._exit(3)
+
+
 def flaky(path: str, failures: int) -> int:
     """Fails ``failures`` times (counted in a file: each attempt is a new request), then
     returns how many attempts it took."""

@@ -720,3 +720,32 @@ def test_a_script_read_from_stdin_is_refused_at_add_not_by_dying_workers() -> No
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("InvalidMemberError member 0 of group 'parallel'")
     assert "('<stdin>') is not a file" in done.stdout
+
+
+async def test_a_worker_that_dies_leaving_a_helper_fails_its_member_at_once(
+    tmp_path: Path,
+) -> None:
+    # Death was seen only as the end of the worker's pipe, which the helper it forked kept
+    # open: the group waited for as long as the helper lived, and the helper outlived it.
+    pid_file = tmp_path / "helper.pid"
+    with ProcessExecutor(max_processes=1) as pool:
+        state = ExecutionState(watchdog=None)
+        async with state.parallel(executor=pool) as p:
+            p.add(functools.partial(support.dies_leaving_a_helper, str(pid_file)))
+        (result,) = await asyncio.wait_for(p.gather(), 30)  # not the helper's 60 s
+    assert isinstance(result.exception, RemoteExecutionError), result.error
+    helper = int(pid_file.read_text())
+
+    def ended() -> bool:
+        try:
+            stat = Path(f"/proc/{helper}/stat").read_text().split()
+        except FileNotFoundError:
+            return True
+        return stat[2] in ("Z", "X")  # killed, left for its parent to reap
+
+    for _ in range(200):  # the kill is sent; the helper ends shortly
+        if ended():
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError(f"the helper process {helper} outlived its worker's group")

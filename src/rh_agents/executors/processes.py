@@ -61,19 +61,38 @@ def _default_start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def _kill_orphaned_group(process: BaseProcess) -> None:
+    """Kill what is left of the process group of ``process``, a worker that ended by itself.
+
+    Its group's id is its pid (``process_main`` makes it a group leader). The group lives on
+    while a process it started does, though the worker itself may be reaped already (by the
+    forkserver, its parent): so the group is killed by its id, without looking it up.
+    """
+    pid = process.pid
+    if pid is None or not hasattr(os, "killpg"):
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:  # no such group left (nothing was started), or not ours
+        pass
+
+
 def _kill_group(process: BaseProcess) -> None:
     """Kill ``process`` and what its members started: a worker leads a process group of its
     own (``process_main``), which the processes they start join."""
     pid = process.pid
     if pid is not None and hasattr(os, "killpg"):
         try:
-            # (The worker is not reaped yet, so its pid, and its group's id, are still its.)
+            # (The worker is not reaped yet, so its pid, and its group's id, are still its:
+            # a worker that died is a zombie until joined, its group alive while any
+            # process it started lives.)
             if os.getpgid(pid) == pid:
                 os.killpg(pid, signal.SIGKILL)
                 return
         except OSError:  # gone already, or not a group leader yet (still starting)
             pass
-    process.kill()
+    if process.exitcode is None:
+        process.kill()
 
 
 class _Job:
@@ -331,16 +350,39 @@ class ProcessExecutor(RemoteExecutor):
             worker.job = job
             job.worker = worker
             job.loop.add_reader(worker.fd, self._on_reply, worker)
+            job.loop.add_reader(worker.process.sentinel, self._on_exit, worker)
 
-    def _on_reply(self, worker: _Worker) -> None:
+    @staticmethod
+    def _unwatch(job: _Job, worker: _Worker) -> None:
+        """Stop watching ``worker``'s pipe and its end (see ``_dispatch``)."""
+        job.loop.remove_reader(worker.fd)
+        job.loop.remove_reader(worker.process.sentinel)
+
+    def _on_exit(self, worker: _Worker) -> None:
+        """``worker``'s process ended while running a request. Its pipe says so too (EOF),
+        unless a process the member started (forked) holds the pipe open: then only this
+        tells, and the group would wait for as long as that process lives."""
+        job = worker.job
+        if job is None:
+            return
+        if worker.connection.poll(0):
+            self._on_reply(worker)  # it replied before it ended: the reply goes first
+            return
+        self._on_reply(worker, ended=True)
+
+    def _on_reply(self, worker: _Worker, ended: bool = False) -> None:
         job = worker.job
         if job is None:  # (killed meanwhile)
             return
-        job.loop.remove_reader(worker.fd)
+        self._unwatch(job, worker)
         try:
+            if ended:
+                raise EOFError  # (the process ended without a reply: see _on_exit)
             os.set_blocking(worker.fd, True)  # (see _dispatch)
             reply = worker.connection.recv_bytes()
         except (EOFError, OSError):
+            # What it started (a forked helper holding the pipe open) goes with it.
+            _kill_orphaned_group(worker.process)
             code = worker.process.exitcode
             self._kill(worker)
             job.worker = None
@@ -379,7 +421,7 @@ class ProcessExecutor(RemoteExecutor):
             return
         # Running: a process can be stopped, unlike a thread. It goes, with its work.
         job.worker = None
-        job.loop.remove_reader(worker.fd)
+        self._unwatch(job, worker)
         self._kill(worker)
         self._dispatch()
 
@@ -403,7 +445,7 @@ class ProcessExecutor(RemoteExecutor):
             running = worker.job
             if running is not None:
                 if not running.loop.is_closed():
-                    running.loop.remove_reader(worker.fd)
+                    self._unwatch(running, worker)
                     if not running.future.done():
                         running.future.set_exception(RemoteExecutionError(f"{self!r} was closed"))
                 _kill_group(worker.process)
