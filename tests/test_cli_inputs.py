@@ -136,3 +136,25 @@ def test_the_viewer_api_refuses_an_empty_host() -> None:
         server.Viewer(host="")
     with pytest.raises(ConfigurationError, match="host"):
         server.bind("", 0)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["runs", "list"],
+        ["runs", "show", "r"],
+        ["runs", "resume", "r"],
+        ["runs", "timeline", "r"],
+        ["demo", "--documents", "2"],
+    ],
+)
+def test_an_empty_state_path_is_refused_not_read_as_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # Path("") is ".": `--state "$UNSET"` listed the current folder, and the demo wrote its
+    # run files there.
+    monkeypatch.chdir(tmp_path)
+    done = runner.invoke(app, [*command, "--state", ""])
+    assert done.exit_code == 2, done.output
+    assert "is empty" in done.output
+    assert list(tmp_path.iterdir()) == []  # nothing written here

@@ -22,11 +22,11 @@ from rich.text import Text
 from printer_records import group_completed, member_finished, member_started
 from rh_agents.bus_handlers import ParallelEventPrinter
 from rh_agents.bus_handlers.parallel_printer import ParallelMode
-from rh_agents.bus_handlers.safe_text import ERROR_CHARS, clipped
 from rh_agents.bus_handlers.wrapping import wrap
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import BusEvent, GroupStarted
+from rh_agents.core.safe_text import ERROR_CHARS, clipped
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Every control character but the newline ending each line (tabs included: none is printed).

@@ -14,7 +14,6 @@ from rich.text import Text
 
 from printer_records import group_completed, member_finished, member_started
 from rh_agents.bus_handlers import EventPrinter
-from rh_agents.bus_handlers.safe_text import markup_escape
 from rh_agents.core.actors import Agent, Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
@@ -28,6 +27,7 @@ from rh_agents.core.records import (
     EventStarted,
     GroupStarted,
 )
+from rh_agents.core.safe_text import markup_escape
 from rh_agents.testing import ManualClock
 
 

@@ -76,3 +76,28 @@ async def test_a_resume_plan_with_nothing_to_run_again_ends_its_sentence(tmp_pat
         "and run no stored event again",
     ]
     assert not any(line.endswith(":") for line in lines)
+
+
+async def test_a_stored_error_is_shown_on_one_line_without_control_codes(tmp_path: Path) -> None:
+    # The stored text was printed as it was: a line break broke the tree, and an escape
+    # sequence from a service's error reached the terminal.
+    from pydantic import BaseModel
+
+    from rh_agents import ExecutionEvent, Tool
+
+    class Empty(BaseModel):
+        pass
+
+    async def fail(input: Empty, context: str, state: ExecutionState) -> None:
+        raise ValueError("upstream said:\n\x1b[2Jcleared")
+
+    event = ExecutionEvent(actor=Tool(name="call", input_model=Empty, handler=fail))
+    db = tmp_path / "runs.db"
+    async with ExecutionState(run_id="r", recovery=Recovery(db)) as state:
+        await event(Empty(), "", state)
+    for command in (["runs", "show", "r"], ["runs", "resume", "r"]):
+        done = runner.invoke(app, [*command, "--state", str(db)])
+        assert done.exit_code == 0, done.output
+        assert "\x1b" not in done.output
+        line = next(line for line in done.output.splitlines() if "upstream said" in line)
+        assert line.endswith("ValueError: upstream said: ⏎ ␛[2Jcleared")

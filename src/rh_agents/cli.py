@@ -73,9 +73,10 @@ def demo(
         "Default: a new demo-<date>-<time>.",
         show_default=False,
     ),
-    state: Path | None = typer.Option(
+    state: str | None = typer.Option(
         None,
         "--state",
+        metavar="PATH",
         help="State file (.db) or JSON directory to save the run in. Default: "
         "$RH_AGENTS_STATE, else ~/.local/state/rh_agents/state.db.",
         show_default=False,
@@ -114,7 +115,7 @@ def demo(
         seed=seed,
         timeline=timeline,
         run_id=run_id,
-        store=state,
+        store=None if state is None else store_path(state),
     )
     try:
         rh_agents.run(_demo_with_viewer(options) if ui else run_demo(**options))
@@ -140,7 +141,7 @@ async def _demo_with_viewer(options: dict[str, Any]) -> str:
 
 @app.command("ui", cls=_Command)
 def ui(
-    state: Path | None = STATE,
+    state_option: str | None = STATE,
     host: str = typer.Option(
         "127.0.0.1", help="Address to listen on (another than 127.0.0.1 opens it to others)."
     ),
@@ -161,7 +162,7 @@ def ui(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     try:
-        run_server(store_path(state), host=host, port=port, open_browser=open_browser,
+        run_server(store_path(state_option), host=host, port=port, open_browser=open_browser,
                    announce=typer.echo)  # fmt: skip
     except OSError as exc:
         typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)

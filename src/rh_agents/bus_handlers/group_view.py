@@ -17,8 +17,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rh_agents.bus_handlers.safe_text import clipped
 from rh_agents.core.records import MemberStarted
+from rh_agents.core.safe_text import clipped
 
 __all__ = [
     "MILLIS",

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rh_agents.bus_handlers.group_view import GroupView, bar, issue_line, percent, seconds
-from rh_agents.bus_handlers.safe_text import one_line
+from rh_agents.core.safe_text import one_line
 
 __all__ = ["elapsed", "render_live"]
 

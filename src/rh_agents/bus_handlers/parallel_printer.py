@@ -61,7 +61,6 @@ from rh_agents.bus_handlers.group_view import (
 )
 from rh_agents.bus_handlers.live_view import elapsed, render_live
 from rh_agents.bus_handlers.printer import EventPrinter, check_output
-from rh_agents.bus_handlers.safe_text import clipped, one_line
 from rh_agents.bus_handlers.wrapping import wrap
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (
@@ -80,6 +79,7 @@ from rh_agents.core.records import (
     RunWarning,
     is_member_call,
 )
+from rh_agents.core.safe_text import clipped, one_line
 from rh_agents.errors import ConfigurationError
 
 __all__ = ["PARALLEL_MODES", "ParallelEventPrinter", "ParallelMode"]

@@ -29,8 +29,6 @@ from rh_agents.bus_handlers.group_view import (
     outcome_text,
     status_mark,
 )
-from rh_agents.bus_handlers.safe_text import markup_escape as escape
-from rh_agents.bus_handlers.safe_text import printable
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (
     BusEvent,
@@ -47,6 +45,8 @@ from rh_agents.core.records import (
     RunWarning,
     is_member_call,
 )
+from rh_agents.core.safe_text import markup_escape as escape
+from rh_agents.core.safe_text import printable
 from rh_agents.errors import ConfigurationError
 
 __all__ = ["EventPrinter", "check_output"]

@@ -47,11 +47,11 @@ def check_output_file(path: Path, option: str) -> None:
 def timeline(
     run_id: str = RUN_ID,
     out: Path = typer.Option(Path("timeline.html"), "--out", help="HTML file to write."),
-    state: Path | None = STATE,
+    state_option: str | None = STATE,
 ) -> None:
     """Write RUN_ID's group members as a self-contained HTML chart (durations only)."""
     check_output_file(out, "--out")
-    state = store_path(state)
+    state = store_path(state_option)
     if not state.exists():
         typer.echo(f"error: no state store at {state}", err=True)
         raise typer.Exit(code=2)

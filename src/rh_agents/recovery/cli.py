@@ -30,6 +30,7 @@ from pathlib import Path
 
 import typer
 
+from rh_agents.core.safe_text import clipped, one_line, printable
 from rh_agents.errors import RecoveryError
 from rh_agents.recovery.backend import default_state_path
 from rh_agents.recovery.opening import open_backend
@@ -44,6 +45,7 @@ runs_app = typer.Typer(no_args_is_help=True, help="Stored runs: list, show, plan
 STATE = typer.Option(
     None,
     "--state",
+    metavar="PATH",
     help="State file (.db) or JSON directory. Default: $RH_AGENTS_STATE, else "
     "~/.local/state/rh_agents/state.db.",
     show_default=False,
@@ -63,9 +65,18 @@ def _fail(exc: RecoveryError | OSError, state: Path) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def store_path(state: Path | None) -> Path:
-    """``--state``, or the default store."""
-    return state if state is not None else default_state_path()
+def store_path(state: str | Path | None) -> Path:
+    """``--state``, or the default store (an empty ``--state`` is refused: a path made from
+    an unset variable must not name the current folder)."""
+    if state is None:
+        return default_state_path()
+    if not str(state).strip():
+        raise typer.BadParameter(
+            "is empty; pass a .db file or a folder of JSON run files, or leave it out for "
+            "the default store",
+            param_hint="--state",
+        )
+    return Path(state).expanduser()
 
 
 def _read_run(state: Path, run_id: str) -> tuple[RunInfo, dict[str, CheckpointRecord]]:
@@ -86,14 +97,14 @@ def _read_run(state: Path, run_id: str) -> tuple[RunInfo, dict[str, CheckpointRe
 
 
 @runs_app.command("list")
-def list_runs(state: Path | None = STATE) -> None:
+def list_runs(state_option: str | None = STATE) -> None:
     """Every run, most recently updated first.
 
     A run file that cannot be read (in a JSON folder: corrupt, truncated, not readable) does
     not hide the others: the readable runs are listed, each unreadable file is named on
     stderr, and the exit status is 1. Exit status 2: the store itself cannot be read.
     """
-    state = store_path(state)
+    state = store_path(state_option)
     if not state.exists():
         typer.echo(f"no runs yet in {state}")
         return
@@ -129,18 +140,21 @@ def _list_table(runs: list[RunInfo], state: Path, *, unreadable: int) -> None:
 
 
 def _describe(record: CheckpointRecord) -> str:
+    """``summarize@1 failed: ValueError: boom``: the stored error on one line, its control
+    characters shown rather than sent to the terminal, and clipped (it comes from user code
+    and the services it called)."""
     text = f"{record.actor}@{record.actor_version} {record.status}"
-    return text + (f": {record.error}" if record.error else "")
+    return text + (f": {printable(clipped(one_line(record.error)))}" if record.error else "")
 
 
 @runs_app.command("show")
 def show(
     run_id: str = RUN_ID,
-    state: Path | None = STATE,
+    state_option: str | None = STATE,
     all_members: bool = typer.Option(False, "--all", help="List every group member too."),
 ) -> None:
     """The run's status, its tree of finished events, and a summary per group."""
-    state = store_path(state)
+    state = store_path(state_option)
     info, records = _read_run(state, run_id)
     typer.echo(
         f"run {info.run_id}: {info.status.value}, {info.checkpoints} events, "
@@ -227,7 +241,7 @@ def _int_key(value: int | None) -> int:
 @runs_app.command("resume")
 def resume(
     run_id: str = RUN_ID,
-    state: Path | None = STATE,
+    state_option: str | None = STATE,
     from_address: str | None = typer.Option(
         None, "--from", help="Re-run from this address (not empty)."
     ),
@@ -240,7 +254,7 @@ def resume(
             "--all` lists them); leave --from out to plan a resume of the whole run",
             param_hint="--from",
         )
-    state = store_path(state)
+    state = store_path(state_option)
     info, records = _read_run(state, run_id)
     try:
         rerun = rerun_addresses(records, from_address, run_id) if from_address else set()
