@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,10 @@ def fails(message: str, after: float = 0.0) -> None:
 
 def dies() -> None:
     os._exit(3)
+
+
+def kills_itself() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def dies_leaving_a_helper(path: str) -> None:

@@ -749,3 +749,21 @@ async def test_a_worker_that_dies_leaving_a_helper_fails_its_member_at_once(
         await asyncio.sleep(0.01)
     else:
         raise AssertionError(f"the helper process {helper} outlived its worker's group")
+
+
+@pytest.mark.parametrize(("member", "ended"), [("exit", "exit code 3"), ("signal", "SIGKILL")])
+async def test_a_crashed_worker_is_described_without_the_start_up_hint(
+    member: str, ended: str
+) -> None:
+    # Every crash of a fresh worker said "it had answered no request yet: if it died while
+    # starting, check `if __name__ == '__main__':`...", and a signal showed as -9.
+    pool = ProcessExecutor(max_processes=1)
+    try:
+        state = ExecutionState(watchdog=None)
+        crash = support.dies if member == "exit" else support.kills_itself
+        (result,) = await state.parallel_execute([crash], executor=pool)
+    finally:
+        pool.close()
+    assert isinstance(result.exception, RemoteExecutionError)
+    assert ended in (result.error or "")
+    assert "__main__" not in (result.error or "")

@@ -61,6 +61,16 @@ def _default_start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def _how_ended(code: int | None) -> str:
+    """``exit code 3``, or ``killed by SIGSEGV`` for a process a signal ended."""
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
 def _kill_orphaned_group(process: BaseProcess) -> None:
     """Kill what is left of the process group of ``process``, a worker that ended by itself.
 
@@ -387,18 +397,21 @@ class ProcessExecutor(RemoteExecutor):
             self._kill(worker)
             job.worker = None
             if not job.future.done():
+                if code is None:
+                    code = worker.process.exitcode
+                # A Python error while the worker started (an import, a script without
+                # `if __name__ == '__main__':`) exits with status 1: only then the hint.
                 hint = (
-                    ""
-                    if worker.answered
-                    else "; it had answered no request yet: if it died while starting, check "
+                    "; it had answered no request yet: if it died while starting, check "
                     "that a script which starts processes keeps its program under "
                     "`if __name__ == '__main__':`, and that the workers can import the "
                     "modules the members come from"
+                    if not worker.answered and code == 1
+                    else ""
                 )
                 job.future.set_exception(
                     RemoteExecutionError(
-                        f"the worker process running {job.label} died (exit code "
-                        f"{worker.process.exitcode if code is None else code}){hint}"
+                        f"the worker process running {job.label} died ({_how_ended(code)}){hint}"
                     )
                 )
             self._dispatch()
