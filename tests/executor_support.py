@@ -173,3 +173,17 @@ async def with_state(n: int, state: ExecutionState) -> int:
 
 def record_shape(record: Any) -> tuple[Any, ...]:
     return (record.kind, record.address, record.group_id, record.parallel_index, record.is_parallel)
+
+
+class TwoPartError(Exception):
+    """Pickles (its args), but cannot be made again from them: ``__init__`` takes two."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+
+
+async def calls_then_returns_unrebuildable(n: int, state: ExecutionState) -> list[Any]:
+    """Calls an event (its record and call come home), then returns what the driver cannot
+    rebuild."""
+    await ExecutionEvent(actor=double_tool)(Item(n=n), "", state)
+    return [TwoPartError("E1", "broken")]

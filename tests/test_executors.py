@@ -767,3 +767,20 @@ async def test_a_crashed_worker_is_described_without_the_start_up_hint(
     assert isinstance(result.exception, RemoteExecutionError)
     assert ended in (result.error or "")
     assert "__main__" not in (result.error or "")
+
+
+async def test_a_value_the_driver_cannot_rebuild_fails_clearly_and_keeps_the_calls() -> None:
+    # The whole reply was one pickle: the value's TypeError (an __init__ that takes two
+    # arguments) came up bare, and the member's calls and records were lost with it.
+    pool = ProcessExecutor(max_processes=1)
+    try:
+        async with recorded_state() as state:
+            (result,) = await state.parallel_execute(
+                [functools.partial(support.calls_then_returns_unrebuildable, 3, state)],
+                executor=pool,
+            )
+    finally:
+        pool.close()
+    assert isinstance(result.exception, RemoteExecutionError), result.error
+    assert "cannot be rebuilt here" in (result.error or "")
+    assert [entry.result.result for entry in state.history] == [6]

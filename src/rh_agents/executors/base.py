@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.parallel.member import describe_member, is_event_call
 from rh_agents.core.watch import call_ended
-from rh_agents.errors import ActorInputError, InvalidMemberError
+from rh_agents.errors import ActorInputError, InvalidMemberError, RemoteExecutionError
 from rh_agents.executors.wire import (
     CALL,
     HANDLER,
@@ -230,6 +230,16 @@ class RemoteExecutor:
                     )  # fmt: skip
                 if hooked:
                     await state.on_event_finished(address, event.actor, input, result)
+        try:
+            rebuilt = pickle.loads(outcome)
+        except Exception as exc:
+            what = "result" if ok else "error"
+            raise RemoteExecutionError(
+                f"the {what} of {label} came back from executor {self.name!r} but cannot be "
+                f"rebuilt here ({type(exc).__name__}: {exc}); return a value (or raise an "
+                "exception) whose class can be made again from what it pickles: a pydantic "
+                "model, plain data, or an exception whose __init__ takes its message"
+            ) from exc
         if ok:
-            return load_value(outcome)
-        raise outcome
+            return load_value(rebuilt)
+        raise rebuilt

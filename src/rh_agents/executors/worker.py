@@ -160,21 +160,28 @@ def run_request(data: bytes) -> bytes:
         calls = _calls(request)
         state = request.state
         numbering = state.root_frame.numbering() if state is not None else None
-        message = (*reply, records, numbering, calls, time.perf_counter())
+        # The outcome travels as bytes of its own, inside the reply: should the driver fail
+        # to rebuild it (a class that pickles here and not there), the records and calls
+        # still come home, and the member fails with an error that says so.
+        try:
+            outcome = dump_reply(reply[1])
+        except Exception as exc:  # the value cannot be sent back
+            reply = (
+                False,
+                dump_error(
+                    TypeError(f"the result of the member at {address} cannot be sent back: {exc}"),
+                    f"at {address}",
+                ),
+            )
+            outcome = dump_reply(reply[1])
+        message = (reply[0], outcome, records, numbering, calls, time.perf_counter())
         try:
             return dump_reply(message)
         except Exception:
             pass
         calls = [call for call in calls or () if _pickles(call)] or None
-        message = (*reply, _sendable(records), numbering, calls, time.perf_counter())
-        try:
-            return dump_reply(message)
-        except Exception as exc:  # the value cannot be sent back
-            error = dump_error(
-                TypeError(f"the result of the member at {address} cannot be sent back: {exc}"),
-                f"at {address}",
-            )
-            return dump_reply((False, error, None, numbering, calls, time.perf_counter()))
+        message = (reply[0], outcome, _sendable(records), numbering, calls, time.perf_counter())
+        return dump_reply(message)
     finally:
         requests.end()
 
