@@ -374,3 +374,14 @@ def test_an_unknown_keyword_is_an_error_naming_it() -> None:
 def test_an_event_needs_an_actor() -> None:
     with pytest.raises(ConfigurationError, match="ExecutionEvent: actor"):
         ExecutionEvent(actor="counter")
+
+
+def test_an_event_of_a_plain_function_says_how_to_make_it_an_actor() -> None:
+    # pydantic's "Input should be a valid dictionary or instance of BaseActor" named no fix.
+    async def fetch(input: Doc, context: str, state: ExecutionState) -> str:
+        return input.text
+
+    with pytest.raises(
+        ConfigurationError, match=r"takes an actor .* make the function one with @tool"
+    ):
+        ExecutionEvent(actor=fetch)

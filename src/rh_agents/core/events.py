@@ -105,6 +105,16 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         problem = describe_unknown(data, type(self).options())
         if problem is None and data.get("tag") is not None:
             problem = name_problem(data["tag"], "tag")
+        if problem is None and "actor" in data and not isinstance(actor, BaseActor | dict):
+            problem = (
+                f"actor= takes an actor (a Tool, Agent or LLM), got {actor!r}"
+                + (
+                    "; make the function one with @tool (or Tool(name=..., input_model=..., "
+                    "handler=fn)) and pass that"
+                    if callable(actor)
+                    else ""
+                )
+            )
         if problem is not None:
             raise ConfigurationError(f"ExecutionEvent{which}: {problem}")
         try:
