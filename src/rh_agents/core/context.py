@@ -47,6 +47,7 @@ class Frame:
         "_child_counts",
         "address",
         "attempts",
+        "children_running",
         "group_id",
         "parallel_index",
         "slot",
@@ -69,6 +70,10 @@ class Frame:
         self.attempts = 1
         # Made on the first child: most member frames (plain coroutines) never have one.
         self._child_counts: dict[str, int] | None = None
+        # Calls and groups under this frame that have not ended yet: the retry loop numbers
+        # an attempt's children afresh only when the last attempt left none running (two
+        # calls must never run at one address).
+        self.children_running = 0
 
     @property
     def is_parallel(self) -> bool:

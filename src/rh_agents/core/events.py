@@ -106,14 +106,11 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         if problem is None and data.get("tag") is not None:
             problem = name_problem(data["tag"], "tag")
         if problem is None and "actor" in data and not isinstance(actor, BaseActor | dict):
-            problem = (
-                f"actor= takes an actor (a Tool, Agent or LLM), got {actor!r}"
-                + (
-                    "; make the function one with @tool (or Tool(name=..., input_model=..., "
-                    "handler=fn)) and pass that"
-                    if callable(actor)
-                    else ""
-                )
+            problem = f"actor= takes an actor (a Tool, Agent or LLM), got {actor!r}" + (
+                "; make the function one with @tool (or Tool(name=..., input_model=..., "
+                "handler=fn)) and pass that"
+                if callable(actor)
+                else ""
             )
         if problem is not None:
             raise ConfigurationError(f"ExecutionEvent{which}: {problem}")
@@ -211,6 +208,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                  self.detail_chars)
             )  # fmt: skip
             watch.inputs.append(input)
+        parent.children_running += 1
         token = enter_frame(frame)
         validated: BaseModel | None = None
         attempts = 1
@@ -326,6 +324,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 )
         finally:
             exit_frame(token)
+            parent.children_running -= 1
         watch = state.watch  # (again: a watch may have come since the call started)
         if watch is not None:
             if result.ok:  # (inline: every call's path; call_ended says the same)

@@ -512,11 +512,13 @@ async def run_attempts(
     while True:
         number = tries.begin() if tries is not None else number + 1
         frame.attempts = number
-        if number > 1:
+        if number > 1 and not frame.children_running:
             # Each attempt numbers the calls it makes afresh: an attempt's calls have the
             # addresses the first attempt's had (``llm``, not ``llm#2``), so that how many
             # attempts failed changes no address, and a resumed run, whose first attempt
-            # succeeds, finds the checkpoints the retried one committed.
+            # succeeds, finds the checkpoints the retried one committed. Unless a call of
+            # the last attempt still runs (asyncio.gather left it behind): its address is
+            # taken, and this attempt's calls number on from it.
             frame.continue_numbering(None)
         if member is not None:
             member.attempts = number

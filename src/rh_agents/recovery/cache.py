@@ -237,10 +237,15 @@ def _same_member(flight: _Flight) -> bool:
     frame = running_frame()
     if flight.member_slot is None or frame is None:
         return False
-    slot = frame.slot
-    if isinstance(slot, SharedCallSlot):
-        slot = slot.member_slot  # (a call inside another shared call of that member)
-    return slot is flight.member_slot and frame.parallel_index == flight.member_index
+    return _member_slot(frame.slot) is _member_slot(flight.member_slot) and (
+        frame.parallel_index == flight.member_index
+    )
+
+
+def _member_slot(slot: Any) -> Any:
+    """The member's own slots behind ``slot`` (a call inside a shared call of the member's
+    runs on a ``SharedCallSlot`` of them)."""
+    return slot.member_slot if isinstance(slot, SharedCallSlot) else slot
 
 
 async def _join(task: asyncio.Task[Any]) -> None:

@@ -52,7 +52,7 @@ __all__ = [
     "gather_dict",
     "gather_stream",
     "join_workers",
-    "owed_ending",
+    "owed_slot",
     "seal",
     "stream",
     "take_back_owed",
@@ -89,10 +89,14 @@ async def join_workers(group: ParallelExecutionManager[Any]) -> None:
     workers = group._pool.workers
     while workers:
         try:
-            await asyncio.wait(set(workers))
+            done, _ = await asyncio.wait(set(workers))
         except asyncio.CancelledError:
             cancelled = True
             group._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
+        else:
+            # (A worker leaves the set as it ends; one that ended without, by a bug, must
+            # not make this loop spin for ever.)
+            workers.difference_update(done)
     source = group._source
     if source is not None:
         try:
@@ -139,8 +143,9 @@ async def wait_all(group: ParallelExecutionManager[Any]) -> None:
     pool = group._pool
     pool.start_all()  # no more members will come: their workers start now
     if not group._unfinished() and not pool.workers:
-        if group._owed_slot is not None:
-            await take_back_owed(group)  # the member reads on: it works again
+        owed = owed_slot()
+        if owed is not None:
+            await take_back_owed(owed)  # the member reads on: it works again
         return
     waiter = group._readers.end()
     try:
@@ -163,9 +168,9 @@ async def wait_lending(group: ParallelExecutionManager[Any], waiter: asyncio.Fut
     one member at once lend the slot once (see ``MemberSlot.begin_wait``). If the wait is
     cancelled the slot stays lent for now: the nested group's members may still hold every
     slot until the block is left and they are stopped, so waiting for one here could wait
-    forever. It is taken back as the member reads the group again or leaves its block,
-    unless the member is being stopped for good (its group stops, its timeout: its
-    ``finally`` then has nothing to release).
+    forever. The member takes it back as it reads a group again or leaves a block
+    (``take_back_owed``), unless it is being stopped for good (its group stops, its timeout:
+    its ``finally`` then has nothing to release).
     """
     slot = _waiting_slot()
     if slot is None:
@@ -175,8 +180,7 @@ async def wait_lending(group: ParallelExecutionManager[Any], waiter: asyncio.Fut
     try:
         await waiter
     except asyncio.CancelledError:
-        if slot.end_wait_cancelled():
-            group._owed_slot = slot  # (see take_back_owed)
+        slot.end_wait_cancelled()
         raise
     await slot.end_wait()
 
@@ -189,19 +193,21 @@ def _waiting_slot() -> MemberSlot | None:
     return slot if isinstance(slot, MemberSlot) else None
 
 
-def owed_ending(group: ParallelExecutionManager[Any]) -> bool:
-    """Whether the member that owes a global slot after a cancelled wait on ``group`` is
-    being stopped for good (see deadlines.member_ending): the slot is then not taken back."""
-    slot = group._owed_slot
-    return slot is not None and member_ending(slot.group)
+def owed_slot() -> MemberSlot | None:
+    """The slots of the member the calling task works for, if a cancelled wait left its
+    global slot lent and the member is not being stopped for good (see
+    deadlines.member_ending): then it takes the slot back (``take_back_owed``)."""
+    slot = _waiting_slot()
+    if slot is None or not slot.owes or member_ending(slot.group):
+        return None
+    return slot
 
 
-async def take_back_owed(group: ParallelExecutionManager[Any]) -> None:
-    """Take back the global slot a cancelled wait on ``group`` left lent (see wait_lending):
-    as the member reads the group again, or leaves its block."""
-    slot, group._owed_slot = group._owed_slot, None
-    if slot is not None:
-        await slot.take_back()
+async def take_back_owed(slot: MemberSlot) -> None:
+    """Take back the global slot a cancelled wait left lent (see wait_lending): as the
+    member reads a group again, or leaves a block. Only the member's own tasks do: a
+    sibling that read a group it was handed owes its own slot, never the opener's."""
+    await slot.take_back()
 
 
 def seal(group: ParallelExecutionManager[Any]) -> None:

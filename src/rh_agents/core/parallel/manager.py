@@ -61,7 +61,6 @@ from rh_agents.core.parallel.metrics import GroupMetrics, ResourceUsage
 from rh_agents.core.parallel.options import GroupOptions
 from rh_agents.core.parallel.readers import ReaderWaits
 from rh_agents.core.parallel.scheduler import WorkerPool
-from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.tally import ResultTally
 from rh_agents.core.records import GroupCompleted, GroupStarted, _placed
@@ -106,7 +105,6 @@ class ParallelExecutionManager(Generic[T]):
         "_members",
         "_names",
         "_now",
-        "_owed_slot",
         "_parent_frame",
         "_pool",
         "_readers",
@@ -225,10 +223,6 @@ class ParallelExecutionManager(Generic[T]):
         self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
         self._parent_frame: Frame | None = None
-        # A wait on this group lent its member's global slot and was cancelled: the slot is
-        # taken back as the member reads the group again or leaves the block
-        # (gathering.take_back_owed).
-        self._owed_slot: MemberSlot | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once entered
         self._started_at = 0.0
         self._wall_time: float | None = None
@@ -296,6 +290,7 @@ class ParallelExecutionManager(Generic[T]):
         pool.context = contextvars.copy_context()
         name = self._requested_name or "parallel"
         self.group_id = parent.child_address(name)
+        parent.children_running += 1  # (until the block is left: see Frame)
         self._started_at = state.clock.now()
         self._display_name = self._requested_name or self.group_id.rsplit("::", 1)[-1]
         self._status = GroupStatus.RUNNING
@@ -358,16 +353,20 @@ class ParallelExecutionManager(Generic[T]):
             finally:
                 self._finalize()
         finally:
+            parent = self._parent_frame
+            if parent is not None:
+                parent.children_running -= 1
             # The display is current when the block is left: synchronous subscribers (the
             # printer) have every record of this group before the program's next line runs.
             if self._finalized:
                 self._state.event_bus.deliver_pending()
-            if self._owed_slot is not None and not gathering.owed_ending(self):
+            owed = gathering.owed_slot()
+            if owed is not None:
                 # A cancelled wait lent the member's global slot (a timeout of its own,
                 # inside the block or around it): unless the member is being stopped for
                 # good, it works on after the block, so it takes the slot back now, once
                 # this group's own members are done with theirs.
-                await gathering.take_back_owed(self)
+                await gathering.take_back_owed(owed)
 
     def _finalize(self) -> None:
         if self._finalized:

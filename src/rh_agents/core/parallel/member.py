@@ -154,6 +154,7 @@ class Member(Frame):
         self.address = ""
         self.attempts = 1  # calls started so far (the retry loop counts them)
         self._child_counts = None
+        self.children_running = 0
         self.state = None
         self.group_id = None
         self.parallel_index = index

@@ -528,7 +528,11 @@ class WorkerPool:
             running.pop(task, None)
             if not handed_over:
                 # To a task waiting for a slot, else to ready members (via kick).
-                slots.release()
+                try:
+                    slots.release()
+                except Exception as exc:  # a bug in the slots' accounting: the worker still
+                    # leaves the pool below, or the group would wait for it for ever
+                    state.report_internal_error(exc)
             # Nothing runs in this task any more (whether it leaves normally, hands its
             # slot over or is cancelled), so the group may end now rather than a loop turn
             # later, in a done callback.

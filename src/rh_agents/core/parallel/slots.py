@@ -197,7 +197,7 @@ class MemberSlot:
     (a reader in another task) has nothing to take back.
     """
 
-    __slots__ = ("_waits", "_waits_lent", "ended", "global_held", "pool")
+    __slots__ = ("_joins", "_waits", "_waits_lent", "ended", "global_held", "pool")
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool  # the worker pool of the member's group
@@ -205,6 +205,7 @@ class MemberSlot:
         self.ended = False
         self._waits = 0
         self._waits_lent = False
+        self._joins: dict[int | None, int] | None = None  # (see begin_join)
 
     @property
     def group(self) -> ParallelExecutionManager[Any]:
@@ -229,8 +230,10 @@ class MemberSlot:
         if pool is None or self.global_held or self.ended:
             return
         await pool.acquire()
-        if self.ended:
-            pool.release()  # the member ended meanwhile: it has no use for the slot
+        if self.ended or self.global_held:
+            # The member ended meanwhile (it has no use for the slot), or another of its
+            # tasks took one back first (a member holds one global slot, never two).
+            pool.release()
             return
         self.global_held = True
 
@@ -246,28 +249,76 @@ class MemberSlot:
         """A wait begun by ``begin_wait`` ended: the last one takes the global slot back."""
         self._waits -= 1
         if self._waits == 0 and self._waits_lent:
-            self._waits_lent = False
-            await self.reclaim_global()
+            await self._take_back_lent()
 
-    def end_wait_cancelled(self) -> bool:
+    def end_wait_cancelled(self) -> None:
         """A wait begun by ``begin_wait`` was cancelled: the global slot stays lent (the
         group's members may hold every slot until its block is left and they are stopped, so
-        waiting for one here could wait forever). Whether the slot is now owed: taken back
-        by ``take_back`` as the member reads again or leaves the block."""
+        waiting for one here could wait forever). The slot is then owed (``owes``): taken
+        back by ``take_back`` as the member reads again or leaves a block."""
         self._waits -= 1
+
+    @property
+    def owes(self) -> bool:
+        """Whether a cancelled wait left the global slot lent, and no wait still lends it."""
         return self._waits == 0 and self._waits_lent
 
     async def take_back(self) -> None:
         """Take back the global slot a cancelled wait left lent (unless a wait under way
         still lends it: that one takes it back as it ends)."""
-        if self._waits == 0 and self._waits_lent:
-            self._waits_lent = False
+        if self.owes:
+            await self._take_back_lent()
+
+    async def _take_back_lent(self) -> None:
+        self._waits_lent = False
+        try:
             await self.reclaim_global()
+        except asyncio.CancelledError:
+            if not self.global_held:
+                self._waits_lent = True  # still owed: cut short, it took nothing back
+            raise
+        if self._waits > 0 and not self._waits_lent:
+            # A wait began while this one took the slot back: it found nothing to lend.
+            self._waits_lent = self.lend_global()
 
     def lend(self) -> None:
         """Give back the group slot (and the global one) while this member only waits."""
         self.lend_global()
         self.pool.slots.release()
+
+    # Waits for a call another member runs (the cache's shared calls), counted per member:
+    # the first of a member's lends its slots, the last takes them back (two joiners of one
+    # member released its one group slot twice). Keyed by the member's index: without a
+    # global limit, the members of a group share one MemberSlot.
+
+    def begin_join(self, index: int | None) -> bool:
+        """A task of member ``index`` begins to wait for a call another member runs; whether
+        it counts (``False``: the member has ended, and has no slot to lend)."""
+        if self.ended or not any(m.index == index for m in self.pool.running.values()):
+            return False
+        joins = self._joins
+        if joins is None:
+            joins = self._joins = {}
+        count = joins.get(index, 0)
+        joins[index] = count + 1
+        if count == 0:
+            self.lend()
+        return True
+
+    async def end_join(self, index: int | None, *, cancelled: bool) -> None:
+        """A wait begun by ``begin_join`` ended: the member's last one takes its slots back
+        (a member being stopped for good counts its group slot back, and waits for none)."""
+        joins = self._joins
+        assert joins is not None
+        count = joins[index] - 1
+        if count:
+            joins[index] = count
+            return
+        del joins[index]
+        if cancelled and member_ending(self.group):
+            self.take_back_ending()  # ending: not held up by a slot someone else holds
+            return
+        await self.reclaim()
 
     def take_back_ending(self) -> None:
         """The member ends while it has its slots lent (its group stops, its timeout): its
@@ -287,7 +338,8 @@ class MemberSlot:
         pool = self.pool
         await pool.slots.acquire(count_if_cancelled=True)
         pool.note_held()
-        await self.reclaim_global()
+        if not (self._waits and self._waits_lent):  # (else a wait on a group still lends it)
+            await self.reclaim_global()
 
 
 class SharedCallSlot(MemberSlot):
@@ -397,14 +449,23 @@ async def wait_lending(awaitable: Awaitable[T]) -> T:
     slot = frame.slot if frame is not None else None
     if not isinstance(slot, MemberSlot) or asyncio.current_task() is slot.pool.instant_task:
         return await awaitable
-    slot.lend()
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if type(slot) is MemberSlot and member_ending(slot.group):
-            slot.take_back_ending()  # ending: not held up by a slot someone else holds
-            slot = None
-        raise
-    finally:
-        if slot is not None:
+    if type(slot) is not MemberSlot:  # a shared call's slot keeps its own account
+        slot.lend()
+        try:
+            return await awaitable
+        finally:
             await slot.reclaim()
+    assert frame is not None
+    index = frame.parallel_index
+    if not slot.begin_join(index):
+        return await awaitable  # the member has ended: it has no slot to lend
+    try:
+        value = await awaitable
+    except asyncio.CancelledError:
+        await slot.end_join(index, cancelled=True)
+        raise
+    except BaseException:
+        await slot.end_join(index, cancelled=False)
+        raise
+    await slot.end_join(index, cancelled=False)
+    return value

@@ -1,0 +1,293 @@
+"""Slot lending where waits overlap, end while a take-back is queued, or outlive their member.
+
+Each test is a race a review of the per-member lending found. Timers order the steps: each
+fires in the order of its deadline, however loaded the machine, and the margins are tens of
+milliseconds. Every scenario is bounded by ``asyncio.wait_for``: a deadlock fails, it does
+not hang the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import BaseModel
+
+from rh_agents.core.actors import Agent, Tool
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import EventStarted
+from rh_agents.recovery import ActorCache
+from rh_agents.resilience import RetryPolicy
+
+
+class Item(BaseModel):
+    n: int
+
+
+class Crowds:
+    """Who works at once: ``work(name, seconds)`` spans a piece of work."""
+
+    def __init__(self) -> None:
+        self.working: set[str] = set()
+        self.seen: list[list[str]] = []
+
+    async def work(self, name: str, seconds: float) -> str:
+        self.working.add(name)
+        self.seen.append(sorted(self.working))
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.working.discard(name)
+        return name
+
+    @property
+    def most(self) -> int:
+        return max(map(len, self.seen), default=0)
+
+
+async def test_a_siblings_cancelled_read_is_not_taken_back_by_the_opener() -> None:
+    # The reader's cut-short wait left its slot owed on the group; the opener, leaving the
+    # block, took it back on the reader's behalf (long after the reader ended), holding its
+    # own slot: with one global slot, it waited for ever.
+    state = ExecutionState(global_max_workers=1, watchdog=None)
+    handed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def opener() -> str:
+        await asyncio.sleep(0.01)  # the reader queues for the global slot first
+        async with state.parallel(max_workers=1, name="G") as group:
+            group.add(asyncio.sleep(0.2))
+            handed.set_result(group)
+            await group.gather()  # lends the opener's slot: the reader runs
+        return "opener"
+
+    async def reader() -> str:
+        group = await handed
+        try:
+            async with asyncio.timeout(0.05):
+                await group.gather()  # lends the reader's slot; cut short
+        except TimeoutError:
+            pass
+        await asyncio.sleep(0.1)
+        return "reader"
+
+    async with state.parallel(max_workers=2, name="outer") as p:
+        p.add(opener)
+        p.add(reader)
+        results = await asyncio.wait_for(p.gather(), 5)
+    assert [r.result for r in results] == ["opener", "reader"]
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_two_joiners_of_one_member_lend_its_group_slot_once() -> None:
+    # Each joiner released the member's one group slot: two other members ran under
+    # max_workers=1, then the worker died of the accounting's assertion and the group
+    # waited for it for ever, spinning.
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    started = asyncio.Event()
+    crowds = Crowds()
+
+    async def slow(item: Item, context: str, state: ExecutionState) -> int:
+        started.set()
+        await asyncio.sleep(0.2)
+        return item.n
+
+    event = ExecutionEvent(actor=Tool(name="slow", input_model=Item, handler=slow, cacheable=True))
+
+    async def member() -> list[Any]:
+        results = await asyncio.gather(event(Item(n=1), "", state), event(Item(n=1), "", state))
+        return [r.result for r in results]
+
+    starter = asyncio.create_task(event(Item(n=1), "", state))  # the call, started outside
+    await started.wait()
+    async with state.parallel(max_workers=1, name="g") as p:
+        p.add(member, name="M")
+        p.add(lambda: crowds.work("X", 0.05), name="X")
+        p.add(lambda: crowds.work("Y", 0.05), name="Y")
+        results = await asyncio.wait_for(p.gather(), 5)
+    await starter
+    assert [r.result for r in results] == [[1, 1], "X", "Y"]
+    assert crowds.most == 1  # the member's slot, lent once, went to one member at a time
+    assert state.internal_errors == []
+
+
+async def test_two_tasks_of_one_member_taking_its_global_slot_back_take_one() -> None:
+    # A read of a nested group and a join of a shared call, both ending while every slot
+    # was held: each acquired a global slot for the member, which released one.
+    state = ExecutionState(global_max_workers=2, cache=ActorCache(), watchdog=None)
+    started, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow(item: Item, context: str, state: ExecutionState) -> int:
+        started.set()
+        await gate.wait()
+        return item.n
+
+    event = ExecutionEvent(actor=Tool(name="slow", input_model=Item, handler=slow, cacheable=True))
+
+    async def starter() -> Any:
+        return (await event(Item(n=1), "", state)).result
+
+    async def member() -> list[Any]:
+        await started.wait()
+
+        async def read() -> None:
+            async with state.parallel(max_workers=1, name="inner") as inner:
+                inner.add(gate.wait())
+                await inner.gather()
+
+        async def join() -> Any:
+            await asyncio.sleep(0.01)
+            return (await event(Item(n=1), "", state)).result
+
+        return await asyncio.gather(read(), join())
+
+    async with state.parallel(max_workers=6, name="outer") as p:
+        p.add(starter)
+        p.add(member)
+        await asyncio.sleep(0.05)
+        p.add(asyncio.sleep(0.2))
+        p.add(asyncio.sleep(0.25))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.wait_for(p.gather(), 5)
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_a_wait_begun_while_the_last_one_takes_the_slot_back_lends_it() -> None:
+    # The second read began while the first one's take-back was queued: it found no slot
+    # to lend, the member then held the one global slot, and the second group's member
+    # waited for it for ever.
+    state = ExecutionState(global_max_workers=1, watchdog=None)
+
+    async def member() -> str:
+        await asyncio.sleep(0.01)
+        async with (
+            state.parallel(max_workers=1, name="G1") as g1,
+            state.parallel(max_workers=1, name="G2") as g2,
+        ):
+            g1.add(asyncio.sleep(0.05))
+
+            async def first() -> None:
+                await g1.gather()  # lends; its take-back queues behind another member
+
+            async def second() -> None:
+                await asyncio.sleep(0.2)  # the take-back is queued by now
+                g2.add(asyncio.sleep(0.01))
+                await g2.gather()
+
+            await asyncio.gather(first(), second())
+        return "M"
+
+    async with state.parallel(max_workers=5, name="outer") as p:
+        p.add(member)
+        p.add(asyncio.sleep(0.1))
+        await asyncio.sleep(0.03)
+        p.add(asyncio.sleep(0.25))
+        results = await asyncio.wait_for(p.gather(), 5)
+    assert results[0].result == "M"
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_a_take_back_cut_short_by_the_members_timeout_stays_owed() -> None:
+    # The member's own timeout cut the take-back short: nothing was owed any more, and the
+    # member, which caught its timeout, worked on without a global slot beside another.
+    state = ExecutionState(global_max_workers=1, watchdog=None)
+    crowds = Crowds()
+
+    async def member() -> str:
+        async with state.parallel(max_workers=1, name="G") as group:
+            group.add(asyncio.sleep(0.05))
+            try:
+                async with asyncio.timeout(0.1):
+                    await group.gather()  # lends; the take-back waits for the other member
+            except TimeoutError:
+                pass
+        return await crowds.work("M", 0.2)
+
+    async with state.parallel(max_workers=2, name="outer") as p:
+        p.add(member, name="M")
+        await asyncio.sleep(0.02)
+        p.add(lambda: crowds.work("O", 0.3), name="O")
+        results = await asyncio.wait_for(p.gather(), 5)
+    assert [r.result for r in results] == ["M", "O"]
+    assert crowds.most == 1
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_a_shared_call_joined_from_inside_the_members_shared_call_keeps_its_slot() -> None:
+    # Inside a cached call the member started, two identical cached calls side by side: the
+    # joiner did not see that the call it joined ran on its own member's slot, and lent it.
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    crowds = Crowds()
+
+    async def inner_handler(item: Item, context: str, state: ExecutionState) -> int:
+        await crowds.work("inner", 0.1)
+        return item.n
+
+    inner = ExecutionEvent(
+        actor=Tool(name="inner", input_model=Item, handler=inner_handler, cacheable=True)
+    )
+
+    async def outer_handler(item: Item, context: str, state: ExecutionState) -> list[Any]:
+        both = await asyncio.gather(inner(Item(n=7), "", state), inner(Item(n=7), "", state))
+        return [r.result for r in both]
+
+    outer = ExecutionEvent(
+        actor=Tool(name="outer", input_model=Item, handler=outer_handler, cacheable=True)
+    )
+
+    async def member() -> Any:
+        return (await outer(Item(n=1), "", state)).result
+
+    async with state.parallel(max_workers=1, name="g") as p:
+        p.add(member, name="M")
+        p.add(lambda: crowds.work("X", 0.05), name="X")
+        results = await asyncio.wait_for(p.gather(), 5)
+    assert results[0].result == [7, 7]
+    assert crowds.most == 1
+
+
+async def test_a_retry_never_gives_a_call_the_address_of_one_still_running() -> None:
+    # The retry numbered its calls afresh while the first attempt's slow call (left behind
+    # by asyncio.gather) still ran: two live calls at "writer::ask#2", and the stray one's
+    # result stored there.
+    calls = {1: 0, 2: 0}
+
+    async def ask_handler(item: Item, context: str, state: ExecutionState) -> str:
+        calls[item.n] += 1
+        made = calls[item.n]
+        if item.n == 1:
+            if made == 1:
+                raise ConnectionError("503")  # the first attempt fails at once
+            return "one"
+        await asyncio.sleep(0.15 if made == 1 else 0.01)  # the first attempt's is slow
+        return f"two (call {made})"
+
+    ask = ExecutionEvent(actor=Tool(name="ask", input_model=Item, handler=ask_handler))
+
+    async def writer_handler(item: Item, context: str, state: ExecutionState) -> list[Any]:
+        async def get(n: int) -> Any:
+            return (await ask(Item(n=n), "", state)).unwrap()
+
+        return await asyncio.gather(get(1), get(2))
+
+    writer = ExecutionEvent(
+        actor=Agent(
+            name="writer",
+            input_model=Item,
+            handler=writer_handler,
+            retry=RetryPolicy(max_attempts=3, initial_delay=0.001, jitter=0),
+        )
+    )
+    state = ExecutionState(watchdog=None)
+    starts: list[str] = []
+    state.event_bus.subscribe(
+        lambda record: starts.append(record.address) if isinstance(record, EventStarted) else None,
+        kinds=[EventStarted],
+    )
+    result = await asyncio.wait_for(writer(Item(n=0), "", state), 5)
+    await asyncio.sleep(0.2)  # the stray call ends
+    await state.event_bus.drain()
+    assert result.result == ["one", "two (call 2)"]
+    assert len(starts) == len(set(starts))  # no address given to two calls
+    assert state.history["writer::ask#2"].result.result == "two (call 1)"
