@@ -291,3 +291,43 @@ async def test_a_retry_never_gives_a_call_the_address_of_one_still_running() -> 
     assert result.result == ["one", "two (call 2)"]
     assert len(starts) == len(set(starts))  # no address given to two calls
     assert state.history["writer::ask#2"].result.result == "two (call 1)"
+
+
+async def test_a_shared_call_backing_off_holds_the_slot_a_joiner_may_wait_behind() -> None:
+    # The shared call's backoff lent its starter's group slot; the sibling let in waited on a
+    # nested group whose member joined that same call, which, its backoff over, waited for
+    # the slot the sibling held: a deadlock under max_workers=1.
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    tries: list[int] = []
+
+    async def flaky(item: Item, context: str, state: ExecutionState) -> int:
+        tries.append(item.n)
+        await asyncio.sleep(0.01)
+        if len(tries) == 1:
+            raise ConnectionError("the first attempt fails")
+        return item.n
+
+    event = ExecutionEvent(
+        actor=Tool(
+            name="flaky",
+            input_model=Item,
+            handler=flaky,
+            cacheable=True,
+            retry=RetryPolicy(max_attempts=3, initial_delay=0.05, jitter=0),
+        )
+    )
+
+    async def starter() -> Any:
+        return (await event(Item(n=1), "", state)).result
+
+    async def sibling() -> list[Any]:
+        async with state.parallel(max_workers=1, name="inner") as inner:
+            inner.add(lambda: event(Item(n=1), "", state))  # joins the call
+            return [r.result for r in await inner.gather()]
+
+    async with state.parallel(max_workers=1, name="outer") as p:
+        p.add(starter, name="A")
+        p.add(sibling, name="B")
+        results = await asyncio.wait_for(p.gather(), 5)
+    assert [r.result for r in results] == [1, [1]]
+    assert tries == [1, 1]

@@ -390,14 +390,14 @@ def _lendable(frame: Frame) -> MemberSlot | None:
     A call the member runs beside others (``asyncio.gather`` of event calls, a task of its
     own) cannot tell whether its siblings are working meanwhile: lending the member's one
     slot then (twice, if two back off at once) would let other members run beside them, over
-    the limit. Such a call waits holding the slot. (A shared call's slot keeps its own
-    account of what it lent.)
+    the limit. Such a call waits holding the slot, as does a call the cache shares.
     """
     slot = frame.slot
-    if not isinstance(slot, MemberSlot):
+    if not isinstance(slot, MemberSlot) or isinstance(slot, SharedCallSlot):
+        # A call the cache shares holds its starter's slots through its backoffs: a member
+        # let in on them could be waiting (through a nested group, say) for this very call,
+        # which would then wait for the slot that member holds.
         return None
-    if isinstance(slot, SharedCallSlot):
-        return slot  # (made only for a call started in its member's own task)
     return slot if in_own_task(slot, frame.parallel_index) else None
 
 
