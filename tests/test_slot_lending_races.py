@@ -331,3 +331,147 @@ async def test_a_shared_call_backing_off_holds_the_slot_a_joiner_may_wait_behind
         results = await asyncio.wait_for(p.gather(), 5)
     assert [r.result for r in results] == [1, [1]]
     assert tries == [1, 1]
+
+
+class _Shared:
+    """A cached call that runs ``seconds`` once started (``started`` set), shared by every
+    identical call meanwhile."""
+
+    def __init__(self, seconds: float) -> None:
+        self.started = asyncio.Event()
+        self.seconds = seconds
+
+        async def slow(item: Item, context: str, state: ExecutionState) -> int:
+            self.started.set()
+            await asyncio.sleep(self.seconds)
+            return item.n
+
+        self.event = ExecutionEvent(
+            actor=Tool(name="shared", input_model=Item, handler=slow, cacheable=True)
+        )
+
+
+async def test_a_backoff_and_a_join_of_one_member_lend_its_group_slot_once() -> None:
+    # The member's own task backed off (lending its slot) while a task of its own joined a
+    # shared call (lending it again): two members ran under max_workers=1, and the slots'
+    # accounting failed its assertion.
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    shared = _Shared(0.3)
+    crowds = Crowds()
+    tries: list[int] = []
+
+    async def flaky(item: Item, context: str, state: ExecutionState) -> int:
+        tries.append(item.n)
+        if len(tries) == 1:
+            raise ConnectionError("the first attempt fails")
+        return 7
+
+    retried = ExecutionEvent(
+        actor=Tool(
+            name="flaky",
+            input_model=Item,
+            handler=flaky,
+            retry=RetryPolicy(max_attempts=3, initial_delay=0.2, jitter=0),
+        )
+    )
+
+    async def member() -> list[Any]:
+        joined = asyncio.create_task(shared.event(Item(n=1), "", state))
+        await asyncio.sleep(0.01)
+        after_retry = await retried(Item(n=2), "", state)
+        return [(await joined).result, after_retry.result]
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await shared.started.wait()
+    async with state.parallel(max_workers=1) as p:
+        p.add(member)
+        for name in "XYZW":
+            p.add(lambda name=name: crowds.work(name, 0.05))
+        results = await asyncio.wait_for(p.gather(), 5)
+    await starter
+    assert results[0].result == [1, 7]
+    assert crowds.most == 1
+    assert state.internal_errors == []
+
+
+async def test_a_join_outliving_its_member_gives_no_slot_back_twice() -> None:
+    # A task the member left behind still waited for a shared call, the member's slot lent:
+    # the worker released the slot again as the member ended (two members at once under
+    # max_workers=1, and the accounting's assertion failed).
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    shared = _Shared(0.1)
+    crowds = Crowds()
+    left_behind: list[asyncio.Task[Any]] = []
+
+    async def member() -> str:
+        left_behind.append(asyncio.create_task(shared.event(Item(n=1), "", state)))
+        await asyncio.sleep(0.01)
+        return "M"
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await shared.started.wait()
+    async with state.parallel(max_workers=1, name="g") as p:
+        p.add(member, name="M")
+        for i in range(8):
+            p.add(lambda i=i: crowds.work(f"X{i}", 0.04), name=f"X{i}")
+        results = await asyncio.wait_for(p.gather(), 5)
+    await asyncio.gather(starter, *left_behind)
+    assert [r.result for r in results] == ["M", *(f"X{i}" for i in range(8))]
+    assert crowds.most == 1
+    assert p._pool.slots.in_use == 0 and state.internal_errors == []
+
+
+async def test_a_join_ending_during_a_nested_wait_leaves_the_global_slot_to_the_wait() -> None:
+    # The join took the global slot back while the member still waited on its nested group,
+    # whose member then waited for that slot for ever (global_max_workers=1).
+    state = ExecutionState(global_max_workers=1, cache=ActorCache(), watchdog=None)
+    shared = _Shared(0.1)
+
+    async def member() -> list[Any]:
+        joined = asyncio.create_task(shared.event(Item(n=1), "", state))
+        await asyncio.sleep(0.01)
+        async with state.parallel(max_workers=1, name="inner") as inner:
+            inner.add(asyncio.sleep(0.2, "n1"))
+            inner.add(asyncio.sleep(0.01, "n2"))
+            nested = [r.result for r in await inner.gather()]
+        return [(await joined).result, nested]
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await shared.started.wait()
+    async with state.parallel(max_workers=1, name="outer") as p:
+        p.add(member)
+        (result,) = await asyncio.wait_for(p.gather(), 5)
+    await starter
+    assert result.result == [1, ["n1", "n2"]]
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_a_nested_wait_ending_before_a_join_takes_the_slots_back_in_order() -> None:
+    # The nested wait took the global slot back while the join still lent the group slot;
+    # the join then waited for the group slot (held by a member waiting for the global one):
+    # each held what the other needed.
+    state = ExecutionState(global_max_workers=1, cache=ActorCache(), watchdog=None)
+    shared = _Shared(0.3)
+
+    async def member() -> list[Any]:
+        async def read() -> list[Any]:
+            async with state.parallel(max_workers=1, name="inner") as inner:
+                inner.add(asyncio.sleep(0.05, "n"))
+                return [r.result for r in await inner.gather()]
+
+        async def join() -> Any:
+            await asyncio.sleep(0.01)
+            return (await shared.event(Item(n=1), "", state)).result
+
+        return list(await asyncio.gather(read(), join()))
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await shared.started.wait()
+    async with state.parallel(max_workers=1, name="outer") as p:
+        p.add(member, name="M")
+        p.add(asyncio.sleep(0.05, "X"), name="X")
+        p.add(asyncio.sleep(0.05, "Y"), name="Y")
+        results = await asyncio.wait_for(p.gather(), 5)
+    await starter
+    assert [r.result for r in results] == [[["n"], 1], "X", "Y"]
+    assert state.global_slots is not None and state.global_slots.in_use == 0

@@ -404,18 +404,20 @@ def _lendable(frame: Frame) -> MemberSlot | None:
 async def _backoff(state: ExecutionState, frame: Frame, delay: float) -> None:
     """Sleep ``delay`` on the state's clock holding no worker slot (see ``_lendable``)."""
     slot = _lendable(frame)
-    if slot is not None:
-        slot.lend()
+    index = frame.parallel_index
+    if slot is None or not slot.begin_join(index):
+        await state.clock.sleep(delay)
+        return
+    # (Counted with the member's other lenders: see MemberSlot.begin_join.)
     try:
         await state.clock.sleep(delay)
     except asyncio.CancelledError:
-        if type(slot) is MemberSlot and member_ending(slot.group):
-            slot.take_back_ending()  # a stop or a timeout is not held up by a slot
-            slot = None
+        await slot.end_join(index, cancelled=True)  # a stop or a timeout is not held up
         raise
-    finally:
-        if slot is not None:
-            await slot.reclaim()
+    except BaseException:
+        await slot.end_join(index, cancelled=False)
+        raise
+    await slot.end_join(index, cancelled=False)
 
 
 def _member_calling(group: ParallelExecutionManager[Any], frame: Frame) -> Member | None:
@@ -448,7 +450,7 @@ async def _take_token(frame: Frame, limiter: AsyncLimiter) -> None:
     finally:
         if lent:
             assert slot is not None
-            await slot.reclaim_global()
+            await slot.reclaim_global_after_token()
 
 
 def _attempt_cancelled(

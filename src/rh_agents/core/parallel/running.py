@@ -163,6 +163,8 @@ async def run_member(
             )
     finally:
         exit_frame(token)
+        if slot._joins:
+            slot.member_ended(index)  # (a task of its own still waits, its slots lent)
         if slot is not pool.group_slot:
             slot.ended = True  # a wait outliving the member (another task's) takes nothing back
         if slot.global_held:

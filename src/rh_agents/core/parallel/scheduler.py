@@ -486,6 +486,10 @@ class WorkerPool:
                             )
                     if member.result is None:
                         group._finish(member, result)
+                    if group_slot._joins:
+                        # A task of its own still waits with the member's slot lent: the
+                        # slot is counted back, this worker holding it on.
+                        group_slot.member_ended(index)
                     # Each member sees the block's context variables, as a task of its own
                     # would, never what an earlier member set (a logging library's bound
                     # request id; decimal's context, made on first use): once a member has set

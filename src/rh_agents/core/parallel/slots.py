@@ -237,6 +237,15 @@ class MemberSlot:
             return
         self.global_held = True
 
+    async def reclaim_global_after_token(self) -> None:
+        """The member's own task got its rate-limit token: it takes its global slot back,
+        unless a wait on a group (a task of its own) still goes on, whose it is then to
+        take back as it ends."""
+        if self._waits:
+            self._waits_lent = self._waits_lent or not self.global_held
+            return
+        await self.reclaim_global()
+
     def begin_wait(self) -> None:
         """A wait on a group begins in this member: the first of its waits lends the global
         slot, which the member does not use while it only waits (this is what keeps nested
@@ -270,6 +279,11 @@ class MemberSlot:
             await self._take_back_lent()
 
     async def _take_back_lent(self) -> None:
+        if self._joins:
+            # The group slot is lent too (a join, a backoff): its lender takes both back,
+            # the group's first (see reclaim); taking the global one now would wait for it
+            # without the group slot, the one order that can deadlock.
+            return
         self._waits_lent = False
         try:
             await self.reclaim_global()
@@ -286,14 +300,17 @@ class MemberSlot:
         self.lend_global()
         self.pool.slots.release()
 
-    # Waits for a call another member runs (the cache's shared calls), counted per member:
-    # the first of a member's lends its slots, the last takes them back (two joiners of one
-    # member released its one group slot twice). Keyed by the member's index: without a
-    # global limit, the members of a group share one MemberSlot.
+    # Everything that lends a member's group slot (a retry backoff of its own task, its
+    # tasks' waits for calls other members run) is counted per member: the first lends the
+    # slots, the last takes them back (two lenders of one member released its one group
+    # slot twice). Keyed by the member's index: without a global limit, the members of a
+    # group share one MemberSlot. A member that ends with its slots lent counts its group
+    # slot back (its worker releases one as it leaves) and its lenders take nothing back.
 
     def begin_join(self, index: int | None) -> bool:
-        """A task of member ``index`` begins to wait for a call another member runs; whether
-        it counts (``False``: the member has ended, and has no slot to lend)."""
+        """A task of member ``index`` begins to wait without working (a backoff, a call
+        another member runs); whether it counts (``False``: the member has ended, and has
+        no slot to lend)."""
         if self.ended or not any(m.index == index for m in self.pool.running.values()):
             return False
         joins = self._joins
@@ -309,7 +326,8 @@ class MemberSlot:
         """A wait begun by ``begin_join`` ended: the member's last one takes its slots back
         (a member being stopped for good counts its group slot back, and waits for none)."""
         joins = self._joins
-        assert joins is not None
+        if joins is None or index not in joins:
+            return  # the member ended meanwhile (see member_ended): nothing to take back
         count = joins[index] - 1
         if count:
             joins[index] = count
@@ -319,6 +337,14 @@ class MemberSlot:
             self.take_back_ending()  # ending: not held up by a slot someone else holds
             return
         await self.reclaim()
+
+    def member_ended(self, index: int | None) -> None:
+        """Member ``index`` ended: if its slots are lent (a task of its own still waits for a
+        call, say), its group slot is counted back, for its worker releases one as it leaves,
+        and nothing will take them back for it."""
+        joins = self._joins
+        if joins and joins.pop(index, None) is not None:
+            self.take_back_ending()
 
     def take_back_ending(self) -> None:
         """The member ends while it has its slots lent (its group stops, its timeout): its
@@ -338,8 +364,13 @@ class MemberSlot:
         pool = self.pool
         await pool.slots.acquire(count_if_cancelled=True)
         pool.note_held()
-        if not (self._waits and self._waits_lent):  # (else a wait on a group still lends it)
-            await self.reclaim_global()
+        if self._waits:
+            # A wait on a group still goes on: the global slot stays lent, and is that
+            # wait's to take back as it ends.
+            self._waits_lent = self._waits_lent or not self.global_held
+            return
+        self._waits_lent = False  # (a slot owed after a cancelled wait comes back too)
+        await self.reclaim_global()
 
 
 class SharedCallSlot(MemberSlot):
@@ -449,12 +480,10 @@ async def wait_lending(awaitable: Awaitable[T]) -> T:
     slot = frame.slot if frame is not None else None
     if not isinstance(slot, MemberSlot) or asyncio.current_task() is slot.pool.instant_task:
         return await awaitable
-    if type(slot) is not MemberSlot:  # a shared call's slot keeps its own account
-        slot.lend()
-        try:
-            return await awaitable
-        finally:
-            await slot.reclaim()
+    if type(slot) is not MemberSlot:
+        # Inside a call the cache shares: it holds its starter's slots while it waits, as
+        # through its backoffs (see engines.policy_runner._lendable).
+        return await awaitable
     assert frame is not None
     index = frame.parallel_index
     if not slot.begin_join(index):
