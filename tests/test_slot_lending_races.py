@@ -475,3 +475,163 @@ async def test_a_nested_wait_ending_before_a_join_takes_the_slots_back_in_order(
     await starter
     assert [r.result for r in results] == [[["n"], 1], "X", "Y"]
     assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_a_global_take_back_completing_while_a_join_lends_gives_the_slot_out_again() -> None:
+    # The member's wait queued to take its global slot back; meanwhile a task of its own
+    # joined a shared call, lending the group slot. The take-back completed, so the member
+    # held the global slot without its group slot, and the join's end then waited for the
+    # group slot (held by a member waiting for the global one): a deadlock.
+    state = ExecutionState(global_max_workers=1, cache=ActorCache(), watchdog=None)
+    shared = _Shared(1.0)
+
+    async def member() -> Any:
+        async def join() -> Any:
+            await asyncio.sleep(0.2)
+            return (await shared.event(Item(n=1), "", state)).result
+
+        side = asyncio.create_task(join())
+        async with state.parallel(max_workers=1, name="N") as nested:
+            nested.add(asyncio.sleep(0.1, "n"))
+            await nested.gather()  # its take-back queues behind the other group's member
+        return await side
+
+    async def group() -> list[Any]:
+        async with state.parallel(max_workers=1, name="G") as p:
+            p.add(member)
+            await asyncio.sleep(0.05)
+            p.add(asyncio.sleep(0, "B"))
+            return [r.result for r in await p.gather()]
+
+    async def other() -> list[Any]:
+        async with state.parallel(max_workers=1, name="H") as p:
+            await asyncio.sleep(0.01)
+            p.add(asyncio.sleep(0.4, "D"))
+            return [r.result for r in await p.gather()]
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await asyncio.sleep(0)
+    assert await asyncio.wait_for(asyncio.gather(group(), other()), 5) == [[1, "B"], ["D"]]
+    await starter
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_a_wait_inside_the_members_own_shared_call_counts_as_the_members() -> None:
+    # A nested wait inside the cached call the member started was counted on the call's
+    # slot, unseen by the member's join, which took the global slot back while the call's
+    # nested group still needed it (global_max_workers=1).
+    state = ExecutionState(global_max_workers=1, cache=ActorCache(), watchdog=None)
+    shared = _Shared(0.1)
+
+    async def nested_handler(item: Item, context: str, state: ExecutionState) -> list[Any]:
+        async with state.parallel(max_workers=1, name="N") as nested:
+            nested.add(asyncio.sleep(0.15, "N1"))
+            nested.add(asyncio.sleep(0.05, "N2"))
+            return [r.result for r in await nested.gather()]
+
+    own = ExecutionEvent(
+        actor=Tool(name="own", input_model=Item, handler=nested_handler, cacheable=True)
+    )
+
+    async def member() -> list[Any]:
+        async def join() -> Any:
+            await asyncio.sleep(0.02)
+            return (await shared.event(Item(n=1), "", state)).result
+
+        side = asyncio.create_task(join())
+        mine = (await own(Item(n=2), "", state)).result
+        return [await side, mine]
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await asyncio.sleep(0)
+    async with state.parallel(max_workers=1, name="O") as p:
+        p.add(member)
+        (result,) = await asyncio.wait_for(p.gather(), 5)
+    await starter
+    assert result.result == [1, ["N1", "N2"]]
+    assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+async def test_a_member_ending_while_its_join_takes_the_slot_back_releases_nothing_twice() -> None:
+    # The join's account was dropped before its take-back completed: the member ended
+    # meanwhile and its worker released the slot the join had lent (two at once).
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    shared = _Shared(0.15)
+    crowds = Crowds()
+    tries: list[int] = []
+    left_behind: list[asyncio.Task[Any]] = []
+
+    async def flaky(item: Item, context: str, state: ExecutionState) -> str:
+        tries.append(item.n)
+        if len(tries) == 1:
+            raise ConnectionError("the first attempt fails")
+        return await crowds.work("X", 0.1)
+
+    retried = ExecutionEvent(
+        actor=Tool(
+            name="flaky",
+            input_model=Item,
+            handler=flaky,
+            retry=RetryPolicy(max_attempts=2, initial_delay=0.05, jitter=0),
+        )
+    )
+
+    async def member() -> str:
+        async def join() -> Any:
+            await asyncio.sleep(0.01)
+            return (await shared.event(Item(n=1), "", state)).result
+
+        left_behind.append(asyncio.create_task(join()))
+        await asyncio.sleep(0.2)  # only waits, then ends with the join still taking back
+        return "A"
+
+    async def other() -> Any:
+        return (await retried(Item(n=3), "", state)).result
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await asyncio.sleep(0)
+    async with state.parallel(max_workers=1, name="G") as p:
+        p.add(member, name="A")
+        p.add(other, name="X")
+        p.add(lambda: crowds.work("B", 0.4), name="B")
+        results = await asyncio.wait_for(p.gather(), 5)
+    await asyncio.gather(starter, *left_behind)
+    assert [r.result for r in results] == ["A", "X", "B"]
+    assert crowds.most == 1
+    assert p._pool.slots.in_use == 0 and state.internal_errors == []
+
+
+async def test_a_wait_begun_while_a_join_takes_the_global_slot_back_lends_it() -> None:
+    # A nested read began while a join's take-back of the global slot was queued: it found
+    # nothing to lend, and the take-back then kept the slot for the whole nested wait.
+    state = ExecutionState(global_max_workers=1, cache=ActorCache(), watchdog=None)
+    shared = _Shared(0.1)
+
+    async def member() -> list[Any]:
+        async def read() -> list[Any]:
+            await asyncio.sleep(0.2)
+            async with state.parallel(max_workers=1, name="N") as nested:
+                nested.add(asyncio.sleep(0.05, "n"))
+                return [r.result for r in await nested.gather()]
+
+        reader = asyncio.create_task(read())
+        joined = (await shared.event(Item(n=1), "", state)).result
+        return [joined, await reader]
+
+    async def group() -> list[Any]:
+        async with state.parallel(max_workers=1, name="G") as p:
+            p.add(member)
+            return [r.result for r in await p.gather()]
+
+    async def other() -> list[Any]:
+        async with state.parallel(max_workers=1, name="H") as p:
+            await asyncio.sleep(0.01)
+            p.add(asyncio.sleep(0.4, "D"))
+            return [r.result for r in await p.gather()]
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await asyncio.sleep(0)
+    outcome = await asyncio.wait_for(asyncio.gather(group(), other()), 5)
+    assert outcome == [[[1, ["n"]]], ["D"]]
+    await starter
+    assert state.global_slots is not None and state.global_slots.in_use == 0

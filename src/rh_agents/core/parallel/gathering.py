@@ -34,7 +34,7 @@ from rh_agents.core.context import running_frame
 from rh_agents.core.parallel import stopping
 from rh_agents.core.parallel.adding import close_refused
 from rh_agents.core.parallel.deadlines import member_ending
-from rh_agents.core.parallel.slots import MemberSlot
+from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.stream import ResultStream
 from rh_agents.core.results import ExecutionResult, ResultStatus
@@ -190,6 +190,10 @@ def _waiting_slot() -> MemberSlot | None:
     it runs in one."""
     frame = running_frame()
     slot = frame.slot if frame is not None else None
+    if isinstance(slot, SharedCallSlot):
+        # Inside a call the member started and the cache shares: the member's own slots
+        # (one account with its other waits), until the member leaves the call.
+        return None if slot.left else slot.member_slot
     return slot if isinstance(slot, MemberSlot) else None
 
 

@@ -244,7 +244,21 @@ class MemberSlot:
         if self._waits:
             self._waits_lent = self._waits_lent or not self.global_held
             return
+        if self._joins:
+            return  # the group slot's lender takes both back, the group's first
         await self.reclaim_global()
+        self._lend_again()
+
+    def _lend_again(self) -> None:
+        """The global slot was just taken back: give it out again to a lender that began
+        while it was being taken (it found nothing to lend). A wait on a group keeps it
+        until it ends; a lender of the group slot takes it back after the group slot."""
+        if not self.global_held:
+            return
+        if self._waits:
+            self._waits_lent = self.lend_global() or self._waits_lent
+        elif self._joins:
+            self.lend_global()
 
     def begin_wait(self) -> None:
         """A wait on a group begins in this member: the first of its waits lends the global
@@ -291,9 +305,7 @@ class MemberSlot:
             if not self.global_held:
                 self._waits_lent = True  # still owed: cut short, it took nothing back
             raise
-        if self._waits > 0 and not self._waits_lent:
-            # A wait began while this one took the slot back: it found nothing to lend.
-            self._waits_lent = self.lend_global()
+        self._lend_again()
 
     def lend(self) -> None:
         """Give back the group slot (and the global one) while this member only waits."""
@@ -316,9 +328,9 @@ class MemberSlot:
         joins = self._joins
         if joins is None:
             joins = self._joins = {}
-        count = joins.get(index, 0)
-        joins[index] = count + 1
-        if count == 0:
+        count = joins.get(index)
+        joins[index] = (count or 0) + 1
+        if count is None:  # (0: lent still, being taken back; see end_join)
             self.lend()
         return True
 
@@ -332,11 +344,29 @@ class MemberSlot:
         if count:
             joins[index] = count
             return
-        del joins[index]
         if cancelled and member_ending(self.group):
+            del joins[index]
             self.take_back_ending()  # ending: not held up by a slot someone else holds
             return
-        await self.reclaim()
+        # Lent still, being taken back: a lender beginning meanwhile finds it lent (and
+        # lends nothing twice), and a member ending meanwhile finds it to count back.
+        joins[index] = 0
+        try:
+            await self.reclaim()
+        except BaseException:
+            if joins.get(index) == 0:
+                del joins[index]
+            raise
+        now = joins.get(index)
+        if now is None:
+            # The member ended while this took its slots back: they are no longer its (its
+            # group slot was counted back for its worker's release).
+            self.pool.slots.release()
+            return
+        if now == 0:
+            del joins[index]
+        else:
+            self.lend()  # a lender began while the slots came back: lent again
 
     def member_ended(self, index: int | None) -> None:
         """Member ``index`` ended: if its slots are lent (a task of its own still waits for a
@@ -371,6 +401,8 @@ class MemberSlot:
             return
         self._waits_lent = False  # (a slot owed after a cancelled wait comes back too)
         await self.reclaim_global()
+        if self._waits:  # a wait began while the global slot came back: it keeps it lent
+            self._lend_again()
 
 
 class SharedCallSlot(MemberSlot):
@@ -406,6 +438,11 @@ class SharedCallSlot(MemberSlot):
     def member_slot(self) -> MemberSlot:
         """The slots of the member whose call this is."""
         return self._member
+
+    @property
+    def left(self) -> bool:
+        """Whether the member left the call (which holds none of its slots since)."""
+        return self._left
 
     def lend(self) -> None:
         if self._left or self._lent:
