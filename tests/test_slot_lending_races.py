@@ -635,3 +635,110 @@ async def test_a_wait_begun_while_a_join_takes_the_global_slot_back_lends_it() -
     assert outcome == [[[1, ["n"]]], ["D"]]
     await starter
     assert state.global_slots is not None and state.global_slots.in_use == 0
+
+
+def _retried_once(delay: float) -> ExecutionEvent[Any]:
+    """An event whose first call fails and whose retry comes ``delay`` seconds later."""
+    tries: list[int] = []
+
+    async def flaky(item: Item, context: str, state: ExecutionState) -> int:
+        tries.append(item.n)
+        if len(tries) == 1:
+            raise ConnectionError("the first attempt fails")
+        return item.n
+
+    return ExecutionEvent(
+        actor=Tool(
+            name="flaky",
+            input_model=Item,
+            handler=flaky,
+            retry=RetryPolicy(max_attempts=2, initial_delay=delay, jitter=0),
+        )
+    )
+
+
+async def test_a_lender_beginning_and_ending_during_a_take_back_starts_no_second_one() -> None:
+    # A backoff of the member's own task began and ended while a join's take-back waited:
+    # both took the slot back, and the member's task waited for a second slot for ever.
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    shared = _Shared(0.1)
+    crowds = Crowds()
+    retried = _retried_once(0.1)
+
+    async def member() -> list[Any]:
+        side = asyncio.create_task(shared.event(Item(n=1), "", state))
+        await asyncio.sleep(0.2)  # the join's take-back queues behind X meanwhile
+        await retried(Item(n=2), "", state)
+        return ["M", (await side).result]
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await shared.started.wait()
+    async with state.parallel(max_workers=1, name="g") as p:
+        p.add(member, name="M")
+        p.add(lambda: crowds.work("X", 0.5), name="X")
+        results = await asyncio.wait_for(p.gather(), 5)
+    await starter
+    assert [r.result for r in results] == [["M", 1], "X"]
+    assert p._pool.slots.in_use == 0
+
+
+async def test_a_take_back_cut_short_by_a_stop_counts_the_slot_once() -> None:
+    # The member's timeout fired during its take-back while a task of its own had begun a
+    # join: the slot was counted twice, and the last member never ran.
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    shared = _Shared(0.5)
+    crowds = Crowds()
+    retried = _retried_once(0.1)
+    left_behind: list[asyncio.Task[Any]] = []
+
+    async def member() -> str:
+        async def join() -> Any:
+            await asyncio.sleep(0.15)
+            return (await shared.event(Item(n=1), "", state)).result
+
+        left_behind.append(asyncio.create_task(join()))
+        await retried(Item(n=2), "", state)  # its take-back queues behind X
+        return "M"
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await shared.started.wait()
+    async with state.parallel(max_workers=1, name="g") as p:
+        p.add(member, timeout=0.3)
+        p.add(lambda: crowds.work("X", 0.6))
+        p.add(lambda: crowds.work("Y", 0.05))
+        results = await asyncio.wait_for(p.gather(), 5)
+    await asyncio.gather(starter, *left_behind)
+    assert [r.status.value for r in results] == ["timed_out", "completed", "completed"]
+    assert p._pool.slots.in_use == 0
+
+
+async def test_a_left_behind_join_cut_short_after_its_member_ended_leaks_nothing() -> None:
+    # The member ended while its left-behind join waited to take the slot back; the join's
+    # own timeout then cut that take-back short, and the slot it was counted stayed taken.
+    state = ExecutionState(cache=ActorCache(), watchdog=None)
+    shared = _Shared(0.1)
+    crowds = Crowds()
+    left_behind: list[asyncio.Task[Any]] = []
+
+    async def member() -> str:
+        async def join() -> Any:
+            try:
+                async with asyncio.timeout(0.3):
+                    return (await shared.event(Item(n=1), "", state)).result
+            except TimeoutError:
+                return "timed out"
+
+        left_behind.append(asyncio.create_task(join()))
+        await asyncio.sleep(0.15)  # ends while the join's take-back waits behind X
+        return "M"
+
+    starter = asyncio.create_task(shared.event(Item(n=1), "", state))
+    await shared.started.wait()
+    async with state.parallel(max_workers=1, name="g") as p:
+        p.add(member)
+        p.add(lambda: crowds.work("X", 0.6))
+        p.add(lambda: crowds.work("Y", 0.05))
+        results = await asyncio.wait_for(p.gather(), 5)
+    await asyncio.gather(starter, *left_behind)
+    assert [r.result for r in results] == ["M", "X", "Y"]
+    assert p._pool.slots.in_use == 0

@@ -197,7 +197,15 @@ class MemberSlot:
     (a reader in another task) has nothing to take back.
     """
 
-    __slots__ = ("_joins", "_waits", "_waits_lent", "ended", "global_held", "pool")
+    __slots__ = (
+        "_joins",
+        "_taking_back",
+        "_waits",
+        "_waits_lent",
+        "ended",
+        "global_held",
+        "pool",
+    )
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool  # the worker pool of the member's group
@@ -206,6 +214,7 @@ class MemberSlot:
         self._waits = 0
         self._waits_lent = False
         self._joins: dict[int | None, int] | None = None  # (see begin_join)
+        self._taking_back: set[int | None] = set()  # members whose join account is settling
 
     @property
     def group(self) -> ParallelExecutionManager[Any]:
@@ -341,32 +350,32 @@ class MemberSlot:
         if joins is None or index not in joins:
             return  # the member ended meanwhile (see member_ended): nothing to take back
         count = joins[index] - 1
+        joins[index] = count
         if count:
-            joins[index] = count
             return
+        if index in self._taking_back:
+            return  # a take-back under way ends the account (see below)
         if cancelled and member_ending(self.group):
             del joins[index]
             self.take_back_ending()  # ending: not held up by a slot someone else holds
             return
-        # Lent still, being taken back: a lender beginning meanwhile finds it lent (and
-        # lends nothing twice), and a member ending meanwhile finds it to count back.
-        joins[index] = 0
+        # Lent still, being taken back (count 0): a lender beginning meanwhile finds it lent
+        # (and lends nothing twice, nor starts a take-back of its own), and a member ending
+        # meanwhile finds it to count back.
+        self._taking_back.add(index)
         try:
-            await self.reclaim()
-        except BaseException:
-            if joins.get(index) == 0:
+            await self.reclaim()  # (its group slot counted even if this is cancelled)
+        finally:
+            self._taking_back.discard(index)
+            now = joins.get(index)
+            if now is None:
+                # The member ended while this took its slots back: they are no longer its
+                # (its group slot was counted back for its worker's release).
+                self.pool.slots.release()
+            elif now == 0:
                 del joins[index]
-            raise
-        now = joins.get(index)
-        if now is None:
-            # The member ended while this took its slots back: they are no longer its (its
-            # group slot was counted back for its worker's release).
-            self.pool.slots.release()
-            return
-        if now == 0:
-            del joins[index]
-        else:
-            self.lend()  # a lender began while the slots came back: lent again
+            else:
+                self.lend()  # a lender began while the slots came back: lent again
 
     def member_ended(self, index: int | None) -> None:
         """Member ``index`` ended: if its slots are lent (a task of its own still waits for a
