@@ -333,6 +333,15 @@ async def test_a_shared_call_backing_off_holds_the_slot_a_joiner_may_wait_behind
     assert tries == [1, 1]
 
 
+async def _holding_the_global_slot(state: ExecutionState) -> list[Any]:
+    """Another group, whose one member takes the global slot at 0.01 s and keeps it 0.4 s:
+    a take-back of the global slot queues behind it."""
+    async with state.parallel(max_workers=1, name="H") as p:
+        await asyncio.sleep(0.01)
+        p.add(asyncio.sleep(0.4, "D"))
+        return [r.result for r in await p.gather()]
+
+
 class _Shared:
     """A cached call that runs ``seconds`` once started (``started`` set), shared by every
     identical call meanwhile."""
@@ -503,15 +512,12 @@ async def test_a_global_take_back_completing_while_a_join_lends_gives_the_slot_o
             p.add(asyncio.sleep(0, "B"))
             return [r.result for r in await p.gather()]
 
-    async def other() -> list[Any]:
-        async with state.parallel(max_workers=1, name="H") as p:
-            await asyncio.sleep(0.01)
-            p.add(asyncio.sleep(0.4, "D"))
-            return [r.result for r in await p.gather()]
-
     starter = asyncio.create_task(shared.event(Item(n=1), "", state))
     await asyncio.sleep(0)
-    assert await asyncio.wait_for(asyncio.gather(group(), other()), 5) == [[1, "B"], ["D"]]
+    assert await asyncio.wait_for(asyncio.gather(group(), _holding_the_global_slot(state)), 5) == [
+        [1, "B"],
+        ["D"],
+    ]
     await starter
     assert state.global_slots is not None and state.global_slots.in_use == 0
 
@@ -623,15 +629,9 @@ async def test_a_wait_begun_while_a_join_takes_the_global_slot_back_lends_it() -
             p.add(member)
             return [r.result for r in await p.gather()]
 
-    async def other() -> list[Any]:
-        async with state.parallel(max_workers=1, name="H") as p:
-            await asyncio.sleep(0.01)
-            p.add(asyncio.sleep(0.4, "D"))
-            return [r.result for r in await p.gather()]
-
     starter = asyncio.create_task(shared.event(Item(n=1), "", state))
     await asyncio.sleep(0)
-    outcome = await asyncio.wait_for(asyncio.gather(group(), other()), 5)
+    outcome = await asyncio.wait_for(asyncio.gather(group(), _holding_the_global_slot(state)), 5)
     assert outcome == [[[1, ["n"]]], ["D"]]
     await starter
     assert state.global_slots is not None and state.global_slots.in_use == 0
