@@ -242,12 +242,12 @@ class _Job(BaseModel):
 
 
 def test_a_shared_call_outliving_its_starter_leaves_the_slots_balanced() -> None:
-    """Member ``a[0]`` starts a cacheable call, which fails its first attempt and backs off
-    (lending ``a[0]``'s group slot); ``b[0]`` joins the call; ``a[0]`` times out and leaves.
-    Its worker used to release the slot the call had lent ("SlotArbiter released more often
-    than acquired"), and the call, going on for ``b[0]``, lent it again at its next backoff,
-    failing ``b[0]`` with it. Now ``a[0]`` takes its slot back as it leaves, and the call goes
-    on for ``b[0]`` holding none of ``a``'s slots (SharedCallSlot)."""
+    """Member ``a[0]`` starts a cacheable call, which fails its first attempt and backs off;
+    ``b[0]`` joins the call; ``a[0]`` times out and leaves. When the call lent ``a[0]``'s group
+    slot in its backoffs, ``a[0]``'s worker released that slot again ("SlotArbiter released
+    more often than acquired") and the call lent it again, failing ``b[0]`` with it. A shared
+    call now holds its starter's slots through its backoffs, and goes on for ``b[0]`` using
+    none of ``a``'s slots once ``a[0]`` has left (SharedCallSlot)."""
     calls: list[int] = []
 
     async def flaky(job: _Job, context: str, state: ExecutionState) -> int:

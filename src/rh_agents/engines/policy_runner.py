@@ -32,7 +32,7 @@ from rh_agents.core.parallel.adding import _call_event
 from rh_agents.core.parallel.deadlines import member_ending, member_timed_out
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
-from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot, in_own_task
+from rh_agents.core.parallel.slots import MemberSlot, in_own_task
 from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_in
 from rh_agents.core.results import ExecutionResult, describe_error
 from rh_agents.resilience.breaker import Circuit, CircuitBreaker, Transition
@@ -393,8 +393,9 @@ def _lendable(frame: Frame) -> MemberSlot | None:
     the limit. Such a call waits holding the slot, as does a call the cache shares.
     """
     slot = frame.slot
-    if not isinstance(slot, MemberSlot) or isinstance(slot, SharedCallSlot):
-        # A call the cache shares holds its starter's slots through its backoffs: a member
+    if not isinstance(slot, MemberSlot):
+        # (Nor a SharedCallSlot.) A call the cache shares holds its starter's slots through
+        # its backoffs: a member
         # let in on them could be waiting (through a nested group, say) for this very call,
         # which would then wait for the slot that member holds.
         return None
@@ -404,20 +405,11 @@ def _lendable(frame: Frame) -> MemberSlot | None:
 async def _backoff(state: ExecutionState, frame: Frame, delay: float) -> None:
     """Sleep ``delay`` on the state's clock holding no worker slot (see ``_lendable``)."""
     slot = _lendable(frame)
-    index = frame.parallel_index
-    if slot is None or not slot.begin_join(index):
+    if slot is None:
         await state.clock.sleep(delay)
         return
-    # (Counted with the member's other lenders: see MemberSlot.begin_join.)
-    try:
+    async with slot.lent(frame.parallel_index):  # (counted with the member's other lenders)
         await state.clock.sleep(delay)
-    except asyncio.CancelledError:
-        await slot.end_join(index, cancelled=True)  # a stop or a timeout is not held up
-        raise
-    except BaseException:
-        await slot.end_join(index, cancelled=False)
-        raise
-    await slot.end_join(index, cancelled=False)
 
 
 def _member_calling(group: ParallelExecutionManager[Any], frame: Frame) -> Member | None:

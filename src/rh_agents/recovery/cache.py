@@ -53,7 +53,7 @@ from pydantic_core import PydanticSerializationError
 
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.context import running_frame
-from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot, in_own_task, wait_lending
+from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot, wait_lending
 from rh_agents.errors import ConfigurationError, CorruptStateError, RecoveryError
 from rh_agents.recovery.cache_worker import StoreRead, StoreWorker
 from rh_agents.recovery.codec import canonical_json, encode_result
@@ -398,20 +398,14 @@ class ActorCache:
         starter: SharedCallSlot | None = None
         if flight is None:
             self.misses += 1
-            # The call runs in this caller's slots while it waits for it, through a slot of
-            # its own: should this caller leave first, the call goes on for the others
-            # without lending or reclaiming slots that are no longer its (see SharedCallSlot).
-            # The frame is this call's own (made for it by the event), read by the policies.
+            # The call runs on this caller's slots, and lends none of them (see
+            # SharedCallSlot): should this caller leave first, the call goes on for the
+            # others. The frame is this call's own (made for it by the event).
             frame = running_frame()
             member_slot: MemberSlot | None = None
             if frame is not None and isinstance(frame.slot, MemberSlot):
                 member_slot = frame.slot
-                if in_own_task(member_slot, frame.parallel_index):
-                    starter = SharedCallSlot(member_slot)
-                    frame.slot = starter
-                # (Else a task of the member's own makes the call, beside others that may
-                # work: the call lends none of the member's slots, as the member's own
-                # calls made there would not; see policy_runner._lendable.)
+                starter = frame.slot = SharedCallSlot(member_slot)
             task = asyncio.create_task(self._fill(key, actor, call), name=f"cache:{actor.name}")
             task.add_done_callback(_consume)
             flight = self._flights[key] = _Flight(
@@ -439,11 +433,10 @@ class ActorCache:
                     f"the shared call of {actor.kind} {actor.name!r} was cancelled because "
                     "the cache was closed"
                 ) from None
-            if starter is not None and not flight.task.done():
-                # Take back what the call lent of our slots (our worker counts on holding
-                # them as we end); the call then holds none of them, whether it goes on for
-                # the others or is cancelled just below.
-                await starter.leave()
+            if starter is not None:
+                # The call uses none of our slots from now on, whether it goes on for the
+                # others or is cancelled just below.
+                starter.leave()
             if not flight.task.done() and flight.waiters == 1:
                 # The last caller left: nobody needs the result. The call may take a while
                 # to end (a handler's cleanup, a nested group's): a caller coming meanwhile

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import running_frame
@@ -214,7 +215,8 @@ class MemberSlot:
         self._waits = 0
         self._waits_lent = False
         self._joins: dict[int | None, int] | None = None  # (see begin_join)
-        self._taking_back: set[int | None] = set()  # members whose join account is settling
+        # Members whose join account is settling (see end_join); made on first use.
+        self._taking_back: set[int | None] | None = None
 
     @property
     def group(self) -> ParallelExecutionManager[Any]:
@@ -353,7 +355,10 @@ class MemberSlot:
         joins[index] = count
         if count:
             return
-        if index in self._taking_back:
+        taking_back = self._taking_back
+        if taking_back is None:
+            taking_back = self._taking_back = set()
+        elif index in taking_back:
             return  # a take-back under way ends the account (see below)
         if cancelled and member_ending(self.group):
             del joins[index]
@@ -362,11 +367,11 @@ class MemberSlot:
         # Lent still, being taken back (count 0): a lender beginning meanwhile finds it lent
         # (and lends nothing twice, nor starts a take-back of its own), and a member ending
         # meanwhile finds it to count back.
-        self._taking_back.add(index)
+        taking_back.add(index)
         try:
             await self.reclaim()  # (its group slot counted even if this is cancelled)
         finally:
-            self._taking_back.discard(index)
+            taking_back.discard(index)
             now = joins.get(index)
             if now is None:
                 # The member ended while this took its slots back: they are no longer its
@@ -376,6 +381,26 @@ class MemberSlot:
                 del joins[index]
             else:
                 self.lend()  # a lender began while the slots came back: lent again
+
+    @asynccontextmanager
+    async def lent(self, index: int | None) -> AsyncIterator[None]:
+        """Member ``index``'s slots lent for the block (``begin_join``/``end_join``; nothing
+        lent if the member has ended)::
+
+            async with slot.lent(frame.parallel_index):
+                await asyncio.sleep(delay)        # a backoff: others run meanwhile
+        """
+        if not self.begin_join(index):
+            yield
+            return
+        cancelled = False
+        try:
+            yield
+        except asyncio.CancelledError:
+            cancelled = True  # (a stop or a timeout is not held up by a slot)
+            raise
+        finally:
+            await self.end_join(index, cancelled=cancelled)
 
     def member_ended(self, index: int | None) -> None:
         """Member ``index`` ended: if its slots are lent (a task of its own still waits for a
@@ -414,92 +439,35 @@ class MemberSlot:
             self._lend_again()
 
 
-class SharedCallSlot(MemberSlot):
-    """The slots of the member that started a call shared with others (the cache runs an
-    identical call once, for every caller), as that call uses them.
+class SharedCallSlot:
+    """Whose slots a call the cache shares with other callers runs on: those of the member
+    whose call started it (``member_slot``), until that member leaves it (``leave()``: its
+    timeout, a cancelled group) while the call goes on for the others::
 
-    While the member waits for the call, the call lends and reclaims the member's slots (a
-    retry backoff, a nested group), as the member itself would. If the member leaves first
-    (its timeout, a cancelled group) while the call goes on for the others, the member takes
-    back what the call lent (its worker counts on holding its slot when the member ends), and
-    from then on the call holds none of them and lends nothing::
-
-        slot = SharedCallSlot(frame.slot)     # the starter's call runs with this slot
+        frame.slot = SharedCallSlot(member_slot)   # the starter's call runs with this
         ...
-        await slot.leave()                    # the starter leaves; the call goes on
+        slot.leave()                               # the starter leaves; the call goes on
 
-    Invariant: between two steps of the loop, ``_lent`` says whether the call has given the
-    member's group slot back and not yet taken it again (``_reclaiming`` while it waits for
-    it); after ``leave()`` the member holds its slot and the call never touches it again.
+    The call holds the member's slots through its backoffs and its waits for other shared
+    calls (see ``engines.policy_runner._lendable`` and ``wait_lending``); a wait on a group
+    inside it counts as the member's own until the member leaves (see
+    ``gathering.wait_lending``). Not a ``MemberSlot``: nothing lends through it.
     """
 
-    __slots__ = ("_global_lent", "_left", "_lent", "_member", "_reclaimed")
+    __slots__ = ("_left", "member_slot")
 
-    def __init__(self, member: MemberSlot) -> None:
-        super().__init__(member.pool)
-        self._member = member
-        self._lent = False
-        self._global_lent = False  # (only the global slot, lent by a nested group's wait)
+    def __init__(self, member_slot: MemberSlot) -> None:
+        self.member_slot = member_slot
         self._left = False
-        self._reclaimed: asyncio.Event | None = None  # set while a reclaim is under way
-
-    @property
-    def member_slot(self) -> MemberSlot:
-        """The slots of the member whose call this is."""
-        return self._member
 
     @property
     def left(self) -> bool:
-        """Whether the member left the call (which holds none of its slots since)."""
+        """Whether the member left the call (which uses none of its slots since)."""
         return self._left
 
-    def lend(self) -> None:
-        if self._left or self._lent:
-            return
-        self._lent = True
-        self._member.lend()
-
-    async def reclaim(self) -> None:
-        if self._left or not self._lent or self._reclaimed is not None:
-            return
-        reclaimed = self._reclaimed = asyncio.Event()
-        try:
-            await self._member.reclaim()  # counts the slot even if cancelled meanwhile
-        finally:
-            self._lent = False
-            self._reclaimed = None
-            reclaimed.set()
-
-    def lend_global(self) -> bool:
-        if self._left or self._global_lent or self._lent:
-            return False
-        self._global_lent = self._member.lend_global()
-        return self._global_lent
-
-    async def reclaim_global(self) -> None:
-        if self._left or not self._global_lent:
-            return
-        self._global_lent = False
-        await self._member.reclaim_global()
-
-    async def leave(self) -> None:
-        """The member leaves while the call goes on: it takes back what the call lent."""
-        if self._left:
-            return
+    def leave(self) -> None:
+        """The member leaves while the call goes on."""
         self._left = True
-        ending = member_ending(self._member.group)  # (the member leaves by a stop, its timeout)
-        if self._reclaimed is not None:
-            await self._reclaimed.wait()  # the call is taking it back: then it is the member's
-        elif self._lent:
-            self._lent = False
-            if ending:
-                self._member.take_back_ending()
-            else:
-                await self._member.reclaim()
-        elif self._global_lent:
-            self._global_lent = False
-            if not ending:
-                await self._member.reclaim_global()
 
 
 def in_own_task(slot: MemberSlot, parallel_index: int | None) -> bool:
@@ -524,23 +492,10 @@ async def wait_lending(awaitable: Awaitable[T]) -> T:
     """
     frame = running_frame()
     slot = frame.slot if frame is not None else None
+    # (Inside a call the cache shares, the slot is a SharedCallSlot: the call holds its
+    # starter's slots while it waits, as through its backoffs.)
     if not isinstance(slot, MemberSlot) or asyncio.current_task() is slot.pool.instant_task:
         return await awaitable
-    if type(slot) is not MemberSlot:
-        # Inside a call the cache shares: it holds its starter's slots while it waits, as
-        # through its backoffs (see engines.policy_runner._lendable).
-        return await awaitable
     assert frame is not None
-    index = frame.parallel_index
-    if not slot.begin_join(index):
-        return await awaitable  # the member has ended: it has no slot to lend
-    try:
-        value = await awaitable
-    except asyncio.CancelledError:
-        await slot.end_join(index, cancelled=True)
-        raise
-    except BaseException:
-        await slot.end_join(index, cancelled=False)
-        raise
-    await slot.end_join(index, cancelled=False)
-    return value
+    async with slot.lent(frame.parallel_index):
+        return await awaitable
