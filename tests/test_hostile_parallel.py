@@ -209,6 +209,77 @@ async def test_reading_a_group_from_another_event_loop_is_refused() -> None:
     assert state.internal_errors == []
 
 
+@pytest.mark.parametrize("form", ["coroutine", "callable", "named", "with-timeout"])
+async def test_adding_from_another_thread_is_refused_and_adds_nothing(form: str) -> None:
+    # It used to register the member, then fail in the thread with asyncio's "no running
+    # event loop" (or, from a thread copying the block's context, add it silently on the
+    # wrong thread): the member ran or not by chance.
+    state = ExecutionState()
+    coroutine = value(7)
+
+    def add_in_thread() -> BaseException | None:
+        try:
+            if form == "coroutine":
+                p.add(coroutine)
+            elif form == "callable":
+                coroutine.close()
+                p.add(lambda: value(7))
+            elif form == "named":
+                p.add("seven", coroutine)
+            else:
+                p.add(coroutine, timeout=5)
+        except BaseException as exc:
+            return exc
+        return None
+
+    async with state.parallel() as p:
+        p.add(value(1))
+        # (asyncio.to_thread runs it in a copy of this task's context: the fast path's case)
+        error = await asyncio.to_thread(add_in_thread)
+        assert isinstance(error, GroupClosedError)
+        assert "another thread or event loop" in str(error)
+        assert p.statistics().total == 1
+    assert [r.result for r in await p.gather()] == [1]
+    assert closed(coroutine)  # refused members are closed, never left unawaited
+    assert state.internal_errors == []
+
+
+async def test_one_state_used_by_two_running_loops_at_once_is_refused() -> None:
+    # Its slots, bus and groups would be shared by two threads unsynchronised (a waiter's
+    # future of one loop woken from the other's thread): refused with a clear error, while
+    # one loop after another keeps working.
+    state = ExecutionState(global_max_workers=1)
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> int:
+        inside.set()
+        await release.wait()
+        return 1
+
+    def open_in_another_loop() -> BaseException | None:
+        async def other() -> None:
+            async with state.parallel() as q:
+                q.add(value(2))
+
+        try:
+            asyncio.run(other())
+        except BaseException as exc:
+            return exc
+        return None
+
+    async with state.parallel() as p:
+        p.add(hold())
+        await inside.wait()
+        error = await asyncio.to_thread(open_in_another_loop)
+        release.set()
+    assert isinstance(error, ConfigurationError)
+    assert "not thread-safe" in str(error) and p.group_id in str(error)
+    assert [r.result for r in await p.gather()] == [1]
+    # Once this loop's groups are done, another loop may use the state.
+    assert await asyncio.to_thread(open_in_another_loop) is None
+
+
 @pytest.mark.parametrize("read", [0, 3], ids=["unread", "read-a-few"])
 async def test_a_group_keeping_no_results_can_be_left_without_reading_them_all(
     read: int,

@@ -121,6 +121,7 @@ class ExecutionState:
             weakref.WeakValueDictionary()
         )
         self.internal_errors: list[BaseException] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # of the last group opened
         if watchdog is not None and not isinstance(watchdog, Watchdog):
             raise ConfigurationError(
                 f"watchdog must be a Watchdog (rh_agents.core.watchdog) or None, got {watchdog!r}"
@@ -165,6 +166,25 @@ class ExecutionState:
     @property
     def global_max_workers(self) -> int | None:
         return self.global_slots.limit if self.global_slots is not None else None
+
+    def claim_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A group of this state opens on ``loop``: refuse it while groups of the state run
+        on another loop still running (another thread's), whose slots, bus and groups this
+        one would share unsynchronised. One loop after another (``asyncio.run`` twice, a
+        test per loop) is fine."""
+        previous = self._loop
+        if previous is loop:
+            return
+        if previous is not None and not previous.is_closed() and previous.is_running():
+            busy = [g.group_id for g in list(self.open_groups.values()) if g._loop is previous]
+            if busy:
+                raise ConfigurationError(
+                    f"this ExecutionState has groups running on another event loop "
+                    f"({', '.join(busy[:3])}), in another thread: a state is not thread-safe. "
+                    "Give each thread's loop an ExecutionState of its own, or hand the work "
+                    "to the state's loop (asyncio.run_coroutine_threadsafe)"
+                )
+        self._loop = loop
 
     # --- parallel execution -----------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from asyncio import _get_running_loop
 from collections.abc import (
     AsyncIterable,
     Awaitable,
@@ -113,6 +114,7 @@ def add(
         and group._entered
         and not group._sealed
         and group.options.executor is None
+        and _get_running_loop() is group._loop
     ):
         # No option but a name: the forms of every member of a big group. Nothing below
         # could reject a coroutine, or a plain function that surely takes no argument
@@ -360,6 +362,14 @@ def check_can_add(group: ParallelExecutionManager[Any]) -> None:
         raise GroupClosedError(
             f"group {group.group_id!r} was already gathered or closed; add members "
             "before calling gather()/stream(), or open a new group"
+        )
+    if _get_running_loop() is not group._loop:
+        # Its queues, workers and timers belong to that loop's thread, which nothing
+        # here may touch from another (a member added so would run, or not, by chance).
+        raise GroupClosedError(
+            f"add() to group {group.group_id!r} was called from another thread or event "
+            "loop than the one the group runs on; add from the block's own loop (from a "
+            "thread: loop.call_soon_threadsafe(p.add, ...))"
         )
 
 

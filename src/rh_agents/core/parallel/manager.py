@@ -281,8 +281,12 @@ class ParallelExecutionManager(Generic[T]):
     async def __aenter__(self) -> ParallelExecutionManager[T]:
         if self._entered:
             raise GroupClosedError("this parallel group was already used; make a new one")
-        self._entered = True
         state = self._state
+        loop = asyncio.get_running_loop()
+        if state._loop is not loop:
+            self._used = True  # (told now: no UnusedGroupWarning later)
+            state.claim_loop(loop)
+        self._entered = True
         pool = self._pool
         pool.plain = not self.has_policies
         parent = current_frame(state)
@@ -294,7 +298,7 @@ class ParallelExecutionManager(Generic[T]):
         self._started_at = state.clock.now()
         self._display_name = self._requested_name or self.group_id.rsplit("::", 1)[-1]
         self._status = GroupStatus.RUNNING
-        loop = self._loop = asyncio.get_running_loop()
+        self._loop = loop
         if self.timeout is not None:
             self._timeout_handle = loop.call_later(self.timeout, self._on_group_timeout)
         watchdog = state.watchdog
