@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from parallel_support import assert_no_leftover_tasks, closed, own_tasks, value
+from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ParallelExecutionManager
 from rh_agents.core.results import ResultStatus
@@ -17,6 +18,7 @@ from rh_agents.errors import (
     ConfigurationError,
     DependencyError,
     GroupClosedError,
+    ParallelError,
     UnusedGroupWarning,
 )
 
@@ -278,6 +280,47 @@ async def test_one_state_used_by_two_running_loops_at_once_is_refused() -> None:
     assert [r.result for r in await p.gather()] == [1]
     # Once this loop's groups are done, another loop may use the state.
     assert await asyncio.to_thread(open_in_another_loop) is None
+
+
+async def test_closing_a_state_while_another_task_runs_its_group_is_refused() -> None:
+    # The bus and the store stopped under the running group: its members' records were
+    # dropped and their checkpoints came after the run's final status.
+    seen: list[str] = []
+    bus = EventBus()
+    bus.subscribe(lambda record: seen.append(type(record).__name__))
+    state = ExecutionState(event_bus=bus)
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> int:
+        inside.set()
+        await release.wait()
+        return 1
+
+    async def run_group() -> list[Any]:
+        async with state.parallel(name="busy") as p:
+            p.add(hold())
+            return [r.result for r in await p.gather()]
+
+    task = asyncio.create_task(run_group())
+    await inside.wait()
+    with pytest.raises(ParallelError, match="still run: busy"):
+        await state.close()
+    release.set()
+    assert await task == [1]
+    await state.close()  # now it closes, with every record delivered
+    assert seen.count("MemberFinished") == 1 and seen[-1] == "GroupCompleted"
+    assert bus.closed
+
+
+async def test_leaving_the_states_block_by_an_exception_still_closes_it() -> None:
+    # The exception goes on; the close is not refused over a group it is passing through.
+    state = ExecutionState()
+    with pytest.raises(KeyError):
+        async with state, state.parallel() as p:
+            p.add(value(1))
+            raise KeyError("body")
+    assert state.event_bus.closed
 
 
 @pytest.mark.parametrize("read", [0, 3], ids=["unread", "read-a-few"])

@@ -44,7 +44,7 @@ from rh_agents.core.results import ExecutionResult
 from rh_agents.core.threads import ThreadRunner
 from rh_agents.core.watch import RunWatch
 from rh_agents.core.watchdog import RunResources, Watchdog
-from rh_agents.errors import ConfigurationError
+from rh_agents.errors import ConfigurationError, ParallelError
 from rh_agents.resilience.adaptive import AdaptiveLimit
 from rh_agents.resilience.breaker import BreakerRegistry, CircuitBreaker
 from rh_agents.resilience.checks import check_policy
@@ -394,7 +394,7 @@ class ExecutionState:
             elif self.recovery is not None:
                 self.recovery.mark_failed()
         try:
-            await self.close()
+            await self._close(check_groups=exc is None)
         except Exception as failure:
             if exc is None:
                 raise
@@ -423,7 +423,34 @@ class ExecutionState:
         ``ActorCache(close_timeout=...)`` (then they are dropped, logged), the subscribers at
         most ``EventBus(shutdown_timeout=...)`` (then the busy ones are reported and
         cancelled). None of them blocks the event loop.
+
+        Groups of the state still running on this loop (another task's block not left yet)
+        are refused with a ``ParallelError``: their members' records and checkpoints would
+        come after the bus and the store had stopped, and be lost. Leave their blocks first.
         """
+        await self._close(check_groups=True)
+
+    def _open_groups_here(self) -> list[str]:
+        loop = asyncio.get_running_loop()
+        return [
+            group.group_id
+            for group in list(self.open_groups.values())
+            if group._loop is loop and not group._finalized
+        ]
+
+    async def _close(self, check_groups: bool) -> None:
+        # (Leaving `async with state:` with an exception on its way closes whatever runs:
+        # that exception goes on, and the groups it passes through end with it.)
+        if check_groups and self._open_groups_here():
+            await join_closings(self)  # (a dropped stream's group ends there: see below)
+            still_open = self._open_groups_here()
+            if still_open:
+                raise ParallelError(
+                    f"close() while groups of this state still run: {', '.join(still_open[:3])}"
+                    f"{' ...' if len(still_open) > 3 else ''}; their records and checkpoints "
+                    "would come after the bus and the store stopped. Leave their blocks (await "
+                    "the tasks that run them) before closing the state"
+                )
         self.threads.shutdown()
         # Streams dropped without aclose() are being closed by the loop: their groups end
         # (and publish) before the bus stops.
