@@ -960,8 +960,11 @@ def check_run_results(world: World, run: GroupRun) -> None:
 
     # Which error the strategy may raise.
     if error is not None:
+        # (raise_exception_group=True: a GroupFailedError whatever stopped the group)
         allowed: tuple[type[BaseException], ...] = (GroupFailedError,)
-        if spec.strategy == "fail_fast":
+        if spec.exception_group:
+            pass
+        elif spec.strategy == "fail_fast":
             allowed += (Flaky, ParallelTimeoutError)
         elif spec.strategy == "fail_threshold":
             allowed += (FailureThresholdError, ParallelTimeoutError)
@@ -1035,7 +1038,9 @@ def check_run_results(world: World, run: GroupRun) -> None:
             assert got.count(COMPLETED) == quorum, f"{what}: {got}, quorum {quorum}"
         elif stops and quorum is None:
             assert error is not None, f"{what} did not raise: {failures} failures are due"
-            if spec.strategy == "fail_threshold":
+            if spec.exception_group:  # (what the end raises, whatever stopped the group)
+                assert isinstance(error, GroupFailedError), f"{what} raised {error!r}"
+            elif spec.strategy == "fail_threshold":
                 assert isinstance(error, FailureThresholdError), f"{what} raised {error!r}"
         if results is not None:
             for mr, r, want in zip(run.members, results, natural, strict=True):

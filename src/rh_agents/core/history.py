@@ -69,6 +69,19 @@ class ExecutionHistory:
 
     def __init__(self) -> None:
         self._entries: dict[str, HistoryEntry] = {}
+        # Address prefixes of the open groups that keep no results (``parallel_map``,
+        # ``retain_results=False``): their calls are not kept either, or an input of any
+        # length would pile its inputs and results up here (see ``keep_none_under``).
+        self._unkept: tuple[str, ...] = ()
+
+    def keep_none_under(self, group_id: str) -> None:
+        """Keep no call made inside the group ``group_id`` (its members, at any depth)
+        until ``keep_again_under``."""
+        self._unkept = (*self._unkept, group_id + "[")
+
+    def keep_again_under(self, group_id: str) -> None:
+        prefix = group_id + "["
+        self._unkept = tuple(p for p in self._unkept if p != prefix)
 
     def record(
         self,
@@ -80,6 +93,8 @@ class ExecutionHistory:
         result: ExecutionResult[Any],
     ) -> None:
         """Keep the finished call of ``event`` at ``address``."""
+        if self._unkept and address.startswith(self._unkept):
+            return
         self._entries[address] = HistoryEntry(
             event, address, group_id, parallel_index, input, result
         )

@@ -85,13 +85,13 @@ def collected(group: ParallelExecutionManager[Any]) -> list[ExecutionResult[Any]
 
 async def join_workers(group: ParallelExecutionManager[Any]) -> None:
     # Wait for every worker, even if we are cancelled meanwhile: no orphan may survive.
-    cancelled = False
+    cancelled: asyncio.CancelledError | None = None  # the first, raised at the end (its message)
     workers = group._pool.workers
     while workers:
         try:
             done, _ = await asyncio.wait(set(workers))
-        except asyncio.CancelledError:
-            cancelled = True
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
             group._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
         else:
             # (A worker leaves the set as it ends; one that ended without, by a bug, must
@@ -101,12 +101,13 @@ async def join_workers(group: ParallelExecutionManager[Any]) -> None:
     if source is not None:
         try:
             await source.aclose()
-        except asyncio.CancelledError:
-            cancelled = True  # (the close is cut short; the group is finalized all the same)
+        except asyncio.CancelledError as exc:
+            # (the close is cut short; the group is finalized all the same)
+            cancelled = cancelled or exc
         except BaseException as exc:
             stopping.input_close_failed(group, exc)
-    if cancelled:
-        raise asyncio.CancelledError
+    if cancelled is not None:
+        raise cancelled
 
 
 def check_not_inside(group: ParallelExecutionManager[Any], what: str) -> None:

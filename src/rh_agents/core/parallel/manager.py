@@ -105,6 +105,7 @@ class ParallelExecutionManager(Generic[T]):
         "_members",
         "_names",
         "_now",
+        "_outcome_raised",
         "_parent_frame",
         "_pool",
         "_readers",
@@ -249,6 +250,7 @@ class ParallelExecutionManager(Generic[T]):
         # member raised that is not an Exception (KeyboardInterrupt, SystemExit, a test
         # framework's failure): a request to stop, never a member's failure to collect.
         self._stop_error: BaseException | None = None
+        self._outcome_raised = False  # a reader had the group's error (see __aexit__)
         self._sealed = False  # no more add(): gather/stream started or block left
 
         # The parts, each the one owner of its state.
@@ -295,6 +297,8 @@ class ParallelExecutionManager(Generic[T]):
         name = self._requested_name or "parallel"
         self.group_id = parent.child_address(name)
         parent.children_running += 1  # (until the block is left: see Frame)
+        if not self._retain:
+            state.history.keep_none_under(self.group_id)  # (bounded memory: see history)
         self._started_at = state.clock.now()
         self._display_name = self._requested_name or self.group_id.rsplit("::", 1)[-1]
         self._status = GroupStatus.RUNNING
@@ -335,8 +339,12 @@ class ParallelExecutionManager(Generic[T]):
     ) -> None:
         try:
             if exc is None:
-                if self._finalized and self._status is GroupStatus.COMPLETED:
-                    return  # gathered already, every member completed: nothing to raise
+                if self._finalized and (
+                    self._status is GroupStatus.COMPLETED or self._outcome_raised
+                ):
+                    # Gathered already: every member completed, or the group's error was
+                    # raised where it was read (and handled there, since the block goes on).
+                    return
                 # Leaving without gathering gathers (and may raise the strategy's error).
                 if self._retain:
                     await self._gather_all()
@@ -356,6 +364,20 @@ class ParallelExecutionManager(Generic[T]):
                 await self._join_workers()
             finally:
                 self._finalize()
+            stop_error = self._stop_error
+            if (
+                stop_error is not None
+                and not isinstance(stop_error, Exception)
+                and stop_error is not exc
+                and not self._outcome_raised
+            ):
+                # A member (or the map() input) asked the program to stop (SystemExit,
+                # KeyboardInterrupt): as in asyncio.TaskGroup, that goes before the body's
+                # exception or a cancellation, which would otherwise lose it (and which it
+                # carries as its context, when it has none of its own).
+                if stop_error.__context__ is None and stop_error.__cause__ is None:
+                    stop_error.__context__ = exc
+                raise stop_error
         finally:
             parent = self._parent_frame
             if parent is not None:
@@ -383,6 +405,8 @@ class ParallelExecutionManager(Generic[T]):
         state = self._state
         if state.open_groups.get(self.group_id) is self:
             del state.open_groups[self.group_id]
+        if not self._retain:
+            state.history.keep_again_under(self.group_id)
         now = state.clock.now()
         self._wall_time = now - self._started_at
         tally = self._tally

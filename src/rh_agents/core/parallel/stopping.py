@@ -207,9 +207,42 @@ def cancel(group: ParallelExecutionManager[Any]) -> None:
 def raise_for_strategy(
     group: ParallelExecutionManager[Any], results: list[ExecutionResult[Any]]
 ) -> None:
+    """Raise what the group's end calls for, if anything (and remember it was raised: the
+    block's exit does not raise it a second time once a reader had it)."""
+    try:
+        _raise_outcome(group, results)
+    except BaseException:
+        group._outcome_raised = True
+        raise
+
+
+def _raise_outcome(
+    group: ParallelExecutionManager[Any], results: list[ExecutionResult[Any]]
+) -> None:
     if group._stop_error is not None:
         # The map() input failed, or a member raised a BaseException: it stopped the group.
         raise group._stop_error
+    if group.raise_exception_group:
+        # Asked for, it is what the end raises whatever stopped the group (the strategy's
+        # first failure, a threshold, a timeout, a quorum): every member that did not
+        # complete, with every result.
+        kept = group._tally.failures_kept
+        if kept is not None:  # a group that keeps no results: its failures were kept for this
+            results = sorted(kept, key=lambda r: r.index if r.index is not None else -1)
+        errors = [
+            r.exception
+            if isinstance(r.exception, Exception)
+            else MemberFailedError(r.error or "failed", r)
+            for r in results
+            if not r.ok
+        ]
+        if errors:
+            raise GroupFailedError(
+                f"{len(errors)} of {group._tally.total} members of group {group.group_id!r} "
+                "did not complete",
+                errors,
+                results,
+            )
     trigger = group._trigger
     if (
         trigger is None
@@ -238,21 +271,3 @@ def raise_for_strategy(
             "Partial results are in .results",
             results,
         )
-    if group.raise_exception_group:
-        kept = group._tally.failures_kept
-        if kept is not None:  # a group that keeps no results: its failures were kept for this
-            results = sorted(kept, key=lambda r: r.index if r.index is not None else -1)
-        errors = [
-            r.exception
-            if isinstance(r.exception, Exception)
-            else MemberFailedError(r.error or "failed", r)
-            for r in results
-            if not r.ok
-        ]
-        if errors:
-            raise GroupFailedError(
-                f"{len(errors)} of {group._tally.total} members of group {group.group_id!r} "
-                "did not complete",
-                errors,
-                results,
-            )
