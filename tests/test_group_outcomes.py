@@ -6,6 +6,7 @@ cancellation, a cancellation landing while the group joins its members."""
 from __future__ import annotations
 
 import asyncio
+import warnings
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from parallel_support import Doc, assert_no_leftover_tasks, until, value
 from rh_agents import ErrorStrategy, ExecutionEvent, ExecutionState, Tool
 from rh_agents.core.results import ResultStatus
-from rh_agents.errors import FailureThresholdError, GroupFailedError
+from rh_agents.errors import FailureThresholdError, GroupFailedError, OversizedGroupWarning
 
 pytestmark = pytest.mark.timeout(10)  # (asyncio_mode is "auto")
 
@@ -222,3 +223,24 @@ async def test_parallel_map_over_an_event_keeps_no_history_of_its_calls() -> Non
     await echo_event(Doc(text="b"), "", state)
     assert sorted(e.result.result for e in state.history) == ["a", "b"]
     assert [e.address for e in state.history.get_group("kept")] == ["kept[0]::echo"]
+
+
+async def test_a_warning_made_an_error_does_not_replace_a_cancellation_leaving_the_block() -> None:
+    # Under -W error, the OversizedGroupWarning of the group's end replaced the
+    # CancelledError of the task leaving it: a cancellation swallowed.
+    state = ExecutionState(watchdog=None)
+    started = asyncio.Event()
+
+    async def block() -> None:
+        async with state.parallel(max_workers=100) as p:
+            p.add(forever(started))
+            await asyncio.Event().wait()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OversizedGroupWarning)
+        task = asyncio.create_task(block())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError) as caught:
+            await task
+    assert any("OversizedGroupWarning" in note for note in caught.value.__notes__)

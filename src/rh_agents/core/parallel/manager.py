@@ -363,7 +363,11 @@ class ParallelExecutionManager(Generic[T]):
             try:
                 await self._join_workers()
             finally:
-                self._finalize()
+                try:
+                    self._finalize()
+                except Warning as warning:  # a warning made an error (python -W error)
+                    # It must not replace the exception (a cancellation) leaving the block.
+                    exc.add_note(f"{type(warning).__name__} as the group ended: {warning}")
             stop_error = self._stop_error
             if (
                 stop_error is not None
