@@ -15,6 +15,7 @@ adaptive limit understand errors raised by ``httpx``, ``openai`` or your own cod
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from typing import Any
 
@@ -35,28 +36,38 @@ def status_of(exc: BaseException) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _seconds(value: float) -> float | None:
+    # Only a finite, non-negative wait is one a service can mean: ``Infinity`` or ``1e999``
+    # would make a retrying call wait forever on one broken header; ``nan`` or ``-5`` mean
+    # nothing. Such a hint is ignored (the backoff alone decides).
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def _parse_retry_after(raw: Any) -> float | None:
-    if raw is None:
+    """RFC 9110 ``Retry-After``: delay-seconds (a fraction accepted) or an HTTP date; ``None``
+    for anything else (a value that cannot be a wait is ignored, as if there were no hint)."""
+    if raw is None or isinstance(raw, bool):
         return None
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return max(0.0, float(raw))
-    text = str(raw).strip()
     try:
-        return max(0.0, float(text))
-    except ValueError:
+        if isinstance(raw, int | float):
+            return _seconds(float(raw))  # (an int too large for a float overflows)
+        return _seconds(float(str(raw).strip()))
+    except (ValueError, OverflowError):
         pass
+    text = str(raw).strip()
     try:  # an HTTP date
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return _seconds(max(0.0, when.timestamp() - time.time()))
 
 
 def retry_after_of(exc: BaseException) -> float | None:
     """Seconds the service asked us to wait, from ``exc.retry_after`` or a response header.
 
     Reads the ``retry_after`` attribute first, then ``retry-after-ms`` and ``retry-after``
-    headers of ``exc.response`` (httpx and openai errors carry one). ``None`` when absent.
+    headers of ``exc.response`` (httpx and openai errors carry one). ``None`` when absent, or
+    when the hint is no finite, non-negative wait (``Infinity``, ``nan``, ``-5``: ignored).
     """
     direct = _parse_retry_after(getattr(exc, "retry_after", None))
     if direct is not None:
