@@ -105,6 +105,14 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         problem = describe_unknown(data, type(self).options())
         if problem is None and data.get("tag") is not None:
             problem = name_problem(data["tag"], "tag")
+        timeout = data.get("timeout")
+        if (
+            problem is None
+            and timeout is not None
+            and not (isinstance(timeout, int | float) and not isinstance(timeout, bool))
+        ):
+            # As p.add(timeout=...) says: pydantic would read True as 1.0 and "5" as 5.0.
+            problem = f"timeout must be seconds > 0, got {timeout!r}"
         if problem is None and "actor" in data and not isinstance(actor, BaseActor | dict):
             problem = f"actor= takes an actor (a Tool, Agent or LLM), got {actor!r}" + (
                 "; make the function one with @tool (or Tool(name=..., input_model=..., "

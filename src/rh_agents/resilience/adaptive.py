@@ -25,6 +25,7 @@ by several groups, which then adapt together.
 from __future__ import annotations
 
 from rh_agents.errors import ConfigurationError
+from rh_agents.resilience.checks import check_number
 
 __all__ = ["AdaptiveLimit", "as_adaptive"]
 
@@ -71,15 +72,16 @@ class AdaptiveLimit:
             raise ConfigurationError(
                 f"AdaptiveLimit initial must be an int between {min} and {max}, got {initial!r}"
             )
-        if not (isinstance(increase, int | float) and increase > 0):
-            raise ConfigurationError(f"AdaptiveLimit increase must be > 0, got {increase!r}")
-        if not (isinstance(decrease, int | float) and 0 < decrease < 1):
+        check_number("AdaptiveLimit increase", increase, minimum=0, inclusive=False)
+        if check_number("AdaptiveLimit decrease", decrease, minimum=0, inclusive=False) >= 1:
             raise ConfigurationError(f"AdaptiveLimit decrease must be in (0, 1), got {decrease!r}")
-        if latency_tolerance is not None and not (
-            isinstance(latency_tolerance, int | float) and latency_tolerance > 1
-        ):
-            raise ConfigurationError(
-                f"AdaptiveLimit latency_tolerance must be > 1 or None, got {latency_tolerance!r}"
+        if latency_tolerance is not None:
+            check_number(
+                "AdaptiveLimit latency_tolerance",
+                latency_tolerance,
+                minimum=1,
+                inclusive=False,
+                hint="; pass None to ignore latency",
             )
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ConfigurationError(

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from rh_agents.errors import ActorInputError, CircuitOpenError, ConfigurationError
+from rh_agents.resilience.checks import check_exception_types, check_number
 from rh_agents.resilience.retry import NEVER_RETRIED, TimeSource
 
 __all__ = ["BreakerRegistry", "Circuit", "CircuitBreaker", "CircuitState", "Transition"]
@@ -62,11 +63,14 @@ class CircuitBreaker:
                 raise ConfigurationError(
                     f"CircuitBreaker.{label} must be an int >= 1, got {value!r}"
                 )
-        cooldown = self.cooldown
-        if isinstance(cooldown, bool) or not isinstance(cooldown, int | float) or cooldown < 0:
-            raise ConfigurationError(
-                f"CircuitBreaker.cooldown must be seconds >= 0, got {cooldown!r}"
-            )
+        # (An infinite cool-down would never let a probe through, and its refusals would ask
+        # a retrying call to wait forever.)
+        check_number("CircuitBreaker.cooldown", self.cooldown, minimum=0)
+        object.__setattr__(
+            self,
+            "failure_on",
+            check_exception_types("CircuitBreaker.failure_on", self.failure_on),
+        )
         if self.key is not None and (not isinstance(self.key, str) or not self.key):
             raise ConfigurationError(
                 f"CircuitBreaker.key must be a non-empty str, got {self.key!r}"

@@ -1,4 +1,5 @@
-"""``check_policy``: the one check that a policy given anywhere is the policy it should be.
+"""``check_policy``: the one check that a policy given anywhere is the policy it should be;
+``check_number`` and ``check_exception_types``: the checks of the policies' own fields.
 
 Every place that takes a policy (the state, a group, an actor, an event, ``p.add``) checks it
 as it is given, so a wrong value fails there, naming the option, rather than when a call
@@ -10,11 +11,12 @@ first needs it::
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rh_agents.errors import ConfigurationError
 
-__all__ = ["check_policy"]
+__all__ = ["check_exception_types", "check_number", "check_policy"]
 
 
 def check_policy(label: str, value: Any, expected: type) -> None:
@@ -23,3 +25,44 @@ def check_policy(label: str, value: Any, expected: type) -> None:
         raise ConfigurationError(
             f"{label} must be a {expected.__name__} (from rh_agents.resilience), got {value!r}"
         )
+
+
+def check_number(
+    label: str, value: Any, *, minimum: float, inclusive: bool = True, hint: str = ""
+) -> float:
+    """``value`` as a float: a finite int or float (not a bool) above ``minimum``, else a
+    ``ConfigurationError`` naming ``label`` and the value.
+
+    A bool is refused though it is an int (``increase=True`` is a mistake, not 1.0), and so
+    are ``nan`` (every comparison with it is false, so it would slip past the range check and
+    break the arithmetic later) and infinities (no wait, rate or factor means them; where "none"
+    is meant, the field takes ``None``: ``hint`` says so).
+    """
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok:
+        try:
+            ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+        except OverflowError:  # an int too large for a float
+            ok = False
+    if not ok:
+        sign = ">=" if inclusive else ">"
+        raise ConfigurationError(
+            f"{label} must be a finite number {sign} {minimum:g}, got {value!r}{hint}"
+        )
+    return float(value)
+
+
+def check_exception_types(label: str, value: Any) -> tuple[type[BaseException], ...]:
+    """``value`` as a tuple of exception classes: one class, or a tuple of them; else a
+    ``ConfigurationError`` naming ``label`` (a list, a string or an instance is a mistake that
+    would only fail, as a ``TypeError`` of ``isinstance``, when a call first fails)."""
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return (value,)
+    if isinstance(value, tuple) and all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in value
+    ):
+        return value
+    raise ConfigurationError(
+        f"{label} must be an exception class or a tuple of exception classes "
+        f"(e.g. (TimeoutError, ConnectionError)), got {value!r}"
+    )

@@ -17,11 +17,13 @@ not driven by an injected clock.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
 from rh_agents.errors import ConfigurationError
+from rh_agents.resilience.checks import check_number
 
 __all__ = ["RateLimit", "RateLimiterRegistry"]
 
@@ -37,9 +39,16 @@ class RateLimit:
 
     def __post_init__(self) -> None:
         for label in ("calls", "period"):
-            value = getattr(self, label)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"RateLimit.{label} must be a number > 0, got {value!r}")
+            check_number(f"RateLimit.{label}", getattr(self, label), minimum=0, inclusive=False)
+        if not (
+            math.isfinite(self.calls / self.period) and math.isfinite(self.period / self.calls)
+        ):
+            # Each finite, yet their ratio is not (RateLimit(1e-320)): the bucket would divide
+            # by it.
+            raise ConfigurationError(
+                f"RateLimit(calls={self.calls!r}, period={self.period!r}) is no rate a bucket can "
+                "keep: choose calls and period nearer each other"
+            )
         if self.key is not None and (not isinstance(self.key, str) or not self.key):
             raise ConfigurationError(f"RateLimit.key must be a non-empty str, got {self.key!r}")
 

@@ -31,6 +31,7 @@ from rh_agents.errors import (
     InvalidMemberError,
     RetryPolicyError,
 )
+from rh_agents.resilience.checks import check_exception_types, check_number
 from rh_agents.resilience.signals import retry_after_of
 
 __all__ = ["NEVER_RETRIED", "RetryAttempts", "RetryPolicy", "TimeSource"]
@@ -50,18 +51,6 @@ NEVER_RETRIED: tuple[type[BaseException], ...] = (
     InvalidMemberError,
     RetryPolicyError,
 )
-
-
-def _number(label: str, value: Any, *, minimum: float, inclusive: bool = True) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if ok:
-        ok = value >= minimum if inclusive else value > minimum
-    if not ok:
-        sign = ">=" if inclusive else ">"
-        raise ConfigurationError(
-            f"RetryPolicy.{label} must be a number {sign} {minimum}, got {value!r}"
-        )
-    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,25 +84,30 @@ class RetryPolicy:
             raise ConfigurationError(
                 f"RetryPolicy.max_attempts must be an int >= 1, got {attempts!r}"
             )
-        _number("initial_delay", self.initial_delay, minimum=0)
-        _number("multiplier", self.multiplier, minimum=1)
-        _number("max_delay", self.max_delay, minimum=0)
-        _number("jitter", self.jitter, minimum=0)
+        check_number("RetryPolicy.initial_delay", self.initial_delay, minimum=0)
+        check_number("RetryPolicy.multiplier", self.multiplier, minimum=1)
+        check_number("RetryPolicy.max_delay", self.max_delay, minimum=0)
+        check_number("RetryPolicy.jitter", self.jitter, minimum=0)
         if self.deadline is not None:
-            _number("deadline", self.deadline, minimum=0, inclusive=False)
-        retry_on = self.retry_on
-        if isinstance(retry_on, type):
-            retry_on = (retry_on,)
-            object.__setattr__(self, "retry_on", retry_on)
-        if not isinstance(retry_on, tuple) or not all(
-            isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
-        ):
-            raise ConfigurationError(
-                f"RetryPolicy.retry_on must be a tuple of exception types, got {retry_on!r}"
+            check_number(
+                "RetryPolicy.deadline",
+                self.deadline,
+                minimum=0,
+                inclusive=False,
+                hint="; pass None for no deadline",
             )
+        object.__setattr__(
+            self, "retry_on", check_exception_types("RetryPolicy.retry_on", self.retry_on)
+        )
         if self.retry_if_result is not None and not callable(self.retry_if_result):
             raise ConfigurationError(
                 f"RetryPolicy.retry_if_result must be callable, got {self.retry_if_result!r}"
+            )
+        if not isinstance(self.respect_retry_after, bool):
+            # ("no" is truthy: it would quietly mean yes.)
+            raise ConfigurationError(
+                "RetryPolicy.respect_retry_after must be True or False, "
+                f"got {self.respect_retry_after!r}"
             )
 
     def retries(self, exc: BaseException) -> bool:
