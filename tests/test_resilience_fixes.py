@@ -6,12 +6,15 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiolimiter import AsyncLimiter
 from pydantic import BaseModel
 
 from rh_agents.core.actors import Tool
+from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
-from rh_agents.errors import ConfigurationError
+from rh_agents.core.records import CircuitStateChanged
+from rh_agents.errors import CircuitOpenError, ConfigurationError
 from rh_agents.resilience import (
     AdaptiveLimit,
     CircuitBreaker,
@@ -145,3 +148,141 @@ def test_an_event_timeout_that_is_no_number_of_seconds_is_refused(timeout: Any) 
 
 async def _ok(input: Item, context: str, state: ExecutionState) -> int:
     return 1
+
+
+# --- a retry deadline is checked again right before an attempt starts --------------------
+
+
+async def test_no_retry_starts_after_the_deadline_when_the_lent_slot_comes_back_late() -> None:
+    clock = ManualClock()
+    state = ExecutionState(clock=clock)
+    starts: list[float] = []
+
+    async def flaky(input: Item, context: str, state: ExecutionState) -> None:
+        starts.append(state.clock.now())
+        raise ConnectionError("down")
+
+    async def slow(input: Item, context: str, state: ExecutionState) -> int:
+        await state.clock.sleep(10)  # holds the one worker slot past the deadline
+        return 1
+
+    policy = RetryPolicy(max_attempts=3, initial_delay=1, jitter=0, deadline=2)
+    first = ExecutionEvent(actor=Tool(name="a", input_model=Item, handler=flaky, retry=policy))
+    second = ExecutionEvent(actor=Tool(name="b", input_model=Item, handler=slow))
+    async with state.parallel(max_workers=1) as p:
+        p.add(first(Item(), "", state))
+        p.add(second(Item(), "", state))
+    failed, done = await p.gather()
+    # The backoff (1 s) ended before the deadline (2 s), but the slot it lent came back at
+    # t=11: the retry would have started after the deadline, so the call gave up instead.
+    assert starts == [0.0]
+    assert not failed.ok and failed.attempts == 1 and "ConnectionError" in (failed.error or "")
+    assert done.ok
+
+
+async def test_no_retry_starts_after_the_deadline_when_its_token_comes_late() -> None:
+    # The bucket runs on the event loop's time (not an injected clock): one call per 0.2 s,
+    # so the retry's token comes 0.2 s after the first attempt's, past the 0.05 s deadline.
+    state = ExecutionState(rate_limit=RateLimit(1, 0.2))
+    calls = 0
+
+    async def flaky(input: Item, context: str, state: ExecutionState) -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("down")
+
+    policy = RetryPolicy(max_attempts=3, initial_delay=0, jitter=0, deadline=0.05)
+    tool = Tool(name="svc", input_model=Item, handler=flaky, retry=policy)
+    result = await ExecutionEvent(actor=tool)(Item(), "", state)
+    assert calls == 1 and not result.ok and result.attempts == 1
+    assert isinstance(result.exception, ConnectionError)
+
+
+# --- an open circuit refuses at once, taking no rate-limit token ---------------------------
+
+
+async def _down(input: Item, context: str, state: ExecutionState) -> None:
+    raise ConnectionError("provider down")
+
+
+async def test_an_open_circuits_refusals_take_no_token_and_do_not_wait() -> None:
+    clock = ManualClock()
+    # Two tokens a minute: the call that opens the circuit takes one; five refusals waiting
+    # for tokens would take the other and then wait half a minute each.
+    state = ExecutionState(clock=clock, rate_limit=RateLimit(2, 60, key="provider"))
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=60)
+    event = ExecutionEvent(
+        actor=Tool(name="svc", input_model=Item, handler=_down, circuit_breaker=breaker)
+    )
+    await event(Item(), "", state)
+    assert state.breakers["svc"].state == "open"
+    calls = [event(Item(), "", state) for _ in range(5)]
+    refusals = await asyncio.wait_for(asyncio.gather(*calls), 5)
+    assert all(isinstance(r.exception, CircuitOpenError) for r in refusals)
+    bucket = state.rate_limiters.limiter(RateLimit(2, 60, key="provider"), "state")
+    assert bucket.has_capacity()  # the second token is still there
+
+
+async def test_a_probe_cancelled_while_waiting_for_a_token_gives_its_place_back() -> None:
+    clock = ManualClock()
+    bus = EventBus()
+    asked = asyncio.Event()
+
+    def on_change(record: Any) -> None:
+        if record.new_state == "half_open":
+            asked.set()  # the probe got its place; it now waits for a token
+
+    bus.subscribe(on_change, kinds=[CircuitStateChanged])
+    state = ExecutionState(event_bus=bus, clock=clock, rate_limit=RateLimit(1, 60))
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=5)
+    event = ExecutionEvent(
+        actor=Tool(name="svc", input_model=Item, handler=_down, circuit_breaker=breaker)
+    )
+    await event(Item(), "", state)  # takes the only token, opens the circuit
+    clock.advance(5)
+    probe = asyncio.ensure_future(event(Item(), "", state))
+    await asyncio.wait_for(asked.wait(), 5)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    circuit = state.breakers["svc"]
+    assert circuit.state == "half_open"
+    assert circuit.acquire() is None  # the place is free again: another probe may go
+    circuit.release(None, finished=False, epoch=circuit.epoch)
+
+
+async def test_a_call_let_through_asks_again_if_the_circuit_opened_while_it_waited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = ManualClock()
+    # One token per 0.2 s of the loop's time: the second member, let through by the closed
+    # circuit, waits for its token while the first member's failure opens the circuit.
+    state = ExecutionState(clock=clock, rate_limit=RateLimit(1, 0.2))
+    waiting = asyncio.Event()
+    acquire = AsyncLimiter.acquire
+
+    async def acquire_noting_waits(self: AsyncLimiter, amount: float = 1) -> None:
+        if not self.has_capacity(amount):
+            waiting.set()
+        await acquire(self, amount)
+
+    monkeypatch.setattr(AsyncLimiter, "acquire", acquire_noting_waits)
+    calls = 0
+
+    async def down(input: Item, context: str, state: ExecutionState) -> None:
+        nonlocal calls
+        calls += 1
+        await waiting.wait()  # the other member is waiting for its token now
+        raise ConnectionError("provider down")
+
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=60)
+    event = ExecutionEvent(
+        actor=Tool(name="svc", input_model=Item, handler=down, circuit_breaker=breaker)
+    )
+    async with state.parallel(max_workers=2) as p:
+        p.add(event(Item(), "", state))
+        p.add(event(Item(), "", state))
+    first, second = await p.gather()
+    assert calls == 1
+    assert isinstance(first.exception, ConnectionError)
+    assert isinstance(second.exception, CircuitOpenError)

@@ -10,9 +10,11 @@ to a callable or coroutine member itself; events nested deeper inside a member u
 their actor's or the state's policies. A member that is an ``ExecutionEvent`` call is left to
 the event, which retries inside itself, so nothing is ever retried twice.
 
-Every attempt: take the rate limit, ask the circuit, run, report the outcome to the circuit
-and to the group's adaptive limit. Between attempts the member gives its worker slots back
-(``MemberSlot.lend``) while it sleeps on the state's clock, so other members run meanwhile.
+Every attempt: ask the circuit (an open one refuses at once, taking no token), take the rate
+limit, check the retry deadline again (the token, or the slot a backoff lent, may come late),
+run, report the outcome to the circuit and to the group's adaptive limit. Between attempts
+the member gives its worker slots back (``MemberSlot.lend``) while it sleeps on the state's
+clock, so other members run meanwhile.
 """
 
 from __future__ import annotations
@@ -503,6 +505,9 @@ async def run_attempts(
         member = _member_calling(group, frame)
     number = 0
     epoch = 0
+    # The outcome of the last attempt made: what the call gives back if it gives up.
+    error: BaseException | None = None
+    value: Any = None
     while True:
         number = tries.begin() if tries is not None else number + 1
         frame.attempts = number
@@ -516,19 +521,44 @@ async def run_attempts(
             frame.continue_numbering(None)
         if member is not None:
             member.attempts = number
-        error: BaseException | None
-        value: Any = None
+        if number > 1 and tries is not None and tries.past_deadline():
+            # The backoff ended in time, but taking the worker slot it lent back waited for
+            # a member holding it: no attempt starts after the deadline.
+            return _give_up(frame, member, number - 1, error, value)
+        let_through = False
         try:
-            for limiter in limiters:
-                await _take_token(frame, limiter)
             if circuit is not None:
+                # Asked before any token: an open circuit refuses at once and takes none.
                 _publish_change(state, frame, circuit.key, circuit.acquire())
                 epoch = circuit.epoch  # (what release judges this call by)
-        except Exception as exc:  # CircuitOpenError: the call was not made
-            error = exc
+                let_through = True
+            for limiter in limiters:
+                await _take_token(frame, limiter)
+            if circuit is not None and circuit.epoch != epoch and limiters:
+                # The circuit opened while this attempt waited for its token: the pass it had
+                # is stale (opening freed every place, so there is nothing to give back). Ask
+                # again, so that no call starts while the circuit is open.
+                let_through = False
+                _publish_change(state, frame, circuit.key, circuit.acquire())
+                epoch = circuit.epoch
+                let_through = True
+        except Exception as exc:  # CircuitOpenError (or a failed token wait): no call made
+            if circuit is not None and let_through:
+                circuit.release(None, finished=False, epoch=epoch)  # (a probe's place back)
+            error, value = exc, None
+        except BaseException:  # cancelled waiting for a token: the call was not made
+            if circuit is not None and let_through:
+                circuit.release(None, finished=False, epoch=epoch)
+            raise
         else:
+            if number > 1 and limiters and tries is not None and tries.past_deadline():
+                # The token came after the deadline: this attempt is not made either.
+                if circuit is not None:
+                    circuit.release(None, finished=False, epoch=epoch)
+                return _give_up(frame, member, number - 1, error, value)
             started = clock.now()
             level = adaptive.current if adaptive is not None else 0
+            value = None
             try:
                 value = await attempt()
             except asyncio.CancelledError:
@@ -567,12 +597,27 @@ async def run_attempts(
             return value, number
         delay = tries.next_delay(error) if tries is not None else None
         if delay is None:
-            if error is None or isinstance(value, ExecutionResult):
-                return value, number  # a result predicate or a failed result: give it back
-            _set_attempts(error, number)
-            raise error
+            return _give_up(frame, member, number, error, value)
         _publish_retry(state, frame, number, delay, error)
         await _backoff(state, frame, delay)
+
+
+def _give_up(
+    frame: Frame,
+    member: Member | None,
+    number: int,
+    error: BaseException | None,
+    value: Any,
+) -> tuple[Any, int]:
+    """The call's end once no attempt is left: the last one's outcome, after ``number``
+    attempts (raised with an ``attempts`` attribute, if it failed by raising)."""
+    frame.attempts = number
+    if member is not None:
+        member.attempts = number
+    if error is None or isinstance(value, ExecutionResult):
+        return value, number  # a result predicate or a failed result: give it back
+    _set_attempts(error, number)
+    raise error
 
 
 class PolicyRunner:

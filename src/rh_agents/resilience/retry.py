@@ -11,7 +11,9 @@ A policy can sit on an event, an actor, a group or the state; the nearest one wi
 Waits are exponential (``initial_delay * multiplier ** (attempt - 1)``, at most ``max_delay``)
 plus a random jitter of up to ``jitter`` seconds, computed with tenacity's wait primitives. A
 ``Retry-After`` hint (an exception's ``retry_after`` or a response header) lengthens the wait
-to what the service asked for. ``deadline`` bounds the whole call: no wait ends after it.
+to what the service asked for. ``deadline`` bounds the whole call: no attempt starts after it
+(a wait that would end after it is not made, and an attempt that could only start late, after
+a wait for a rate-limit token or a worker slot, is not made either).
 
 Each call gets its own ``RetryAttempts`` (``policy.start(clock)``), so concurrent calls never
 share retry state; the policy itself is immutable and can be shared freely.
@@ -176,3 +178,15 @@ class RetryAttempts:
             if elapsed + delay > policy.deadline:
                 return None  # the next attempt could only start after the deadline
         return delay
+
+    def past_deadline(self) -> bool:
+        """Whether the deadline has passed, so that no attempt may start now.
+
+        ``next_delay`` only knows the backoff: the next attempt may still start later than it
+        planned (a wait for a rate-limit token, or for the worker slot the backoff lent), so
+        the caller asks again right before the attempt starts.
+        """
+        deadline = self.policy.deadline
+        if deadline is None or self._clock is None:
+            return False
+        return self._clock.now() - self._started > deadline
