@@ -286,3 +286,35 @@ async def test_a_call_let_through_asks_again_if_the_circuit_opened_while_it_wait
     assert calls == 1
     assert isinstance(first.exception, ConnectionError)
     assert isinstance(second.exception, CircuitOpenError)
+
+
+# --- one key, one limit; a group's own bucket ends with the group --------------------------
+
+
+async def _one() -> int:
+    return 1
+
+
+async def test_a_group_cannot_lift_the_states_limit_by_naming_its_key_with_more_calls() -> None:
+    state = ExecutionState(rate_limit=RateLimit(1, 1.0, key="openai"))
+    with pytest.raises(ConfigurationError, match="'openai'") as caught:
+        state.parallel(max_workers=10, rate_limit=RateLimit(100, 1.0, key="openai"))
+    message = str(caught.value)
+    assert "RateLimit(1, 1.0)" in message and "RateLimit(100, 1.0)" in message
+    # The same settings are the same limit: fine, and taken once.
+    async with state.parallel(rate_limit=RateLimit(1, 1.0, key="openai")) as p:
+        p.add(_one)
+    assert len(state.rate_limiters) == 1
+
+
+async def test_two_groups_naming_one_key_with_different_limits_are_refused() -> None:
+    state = ExecutionState()
+    first = state.parallel(rate_limit=RateLimit(5, 1.0, key="shared"))
+    second = state.parallel(rate_limit=RateLimit(50, 1.0, key="shared"))  # nothing claimed yet
+    async with first as p:
+        p.add(_one)
+    with pytest.raises(ConfigurationError, match="'shared'"):
+        async with second:
+            pass
+    with pytest.raises(ConfigurationError, match="'shared'"):  # refused as it is made now
+        state.parallel(rate_limit=RateLimit(5, 2.0, key="shared"))

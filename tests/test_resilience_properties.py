@@ -39,7 +39,7 @@ import contextvars
 import gc
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hypothesis import example, given, note
@@ -221,12 +221,26 @@ def groups(draw: st.DrawFn) -> GroupSpec:
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
+    drawn = tuple(draw(st.lists(groups(), min_size=1, max_size=3)))
+    global_limit = draw(st.none() | st.integers(1, 4))
+    retry = draw(st.none() | retries())
+    breaker = draw(st.none() | breakers())
+    rate = draw(st.none() | rates())
+    # One key is one limit (a RateLimit naming a key claimed with other settings is refused):
+    # every user of the key has the settings of the first one drawn.
+    keyed = [r for r in (rate, *(g.rate for g in drawn)) if r is not None and r.key]
+    if keyed:
+        first = keyed[0]
+        rate = first if rate is not None and rate.key else rate
+        drawn = tuple(
+            replace(g, rate=first) if g.rate is not None and g.rate.key else g for g in drawn
+        )
     return Scenario(
-        groups=tuple(draw(st.lists(groups(), min_size=1, max_size=3))),
-        global_limit=draw(st.none() | st.integers(1, 4)),
-        retry=draw(st.none() | retries()),
-        breaker=draw(st.none() | breakers()),
-        rate=draw(st.none() | rates()),
+        groups=drawn,
+        global_limit=global_limit,
+        retry=retry,
+        breaker=breaker,
+        rate=rate,
         actor_breaker=draw(st.none() | breakers()),
         subscriber=draw(st.booleans()),
     )
@@ -465,8 +479,7 @@ def check_rates(world: World) -> None:
     scenario = world.scenario
     if scenario.global_limit is not None:
         return  # a call may wait for a global slot after its token: entries may bunch
-    # A keyed bucket is made with the settings of whoever used the key first: the bound is
-    # the loosest of those naming it.
+    # Every user of a key gives it the same settings (one key, one limit): the bound is theirs.
     specs: dict[str, list[RateSpec]] = defaultdict(list)
     last: set[str] = set()
     skipped: set[str] = set()

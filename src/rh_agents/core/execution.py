@@ -104,6 +104,9 @@ class ExecutionState:
         self.rate_limit = rate_limit
         self.breakers = BreakerRegistry(self.clock)
         self.rate_limiters = RateLimiterRegistry()
+        if rate_limit is not None:
+            # Its key's settings, fixed now: a group naming the key with others is refused.
+            self.rate_limiters.claim(rate_limit, "ExecutionState(rate_limit=...)")
         # The engine that applies policies to calls (installed by rh_agents.engines).
         self.call_runner = hooks.call_runner()
         # The worker threads of synchronous handlers (made when first needed).

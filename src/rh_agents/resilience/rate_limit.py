@@ -10,9 +10,11 @@ attempt of a call, retries included::
     shared = RateLimit(500, 60, key="openai")     # every group naming "openai" shares it
     state = ExecutionState(rate_limit=shared)     # ... or the whole run
 
-Without ``key`` each group gets its own bucket; with a key, every group and the state share
-one bucket (in ``state.rate_limiters``). The bucket follows the event loop's time, so it is
-not driven by an injected clock.
+Without ``key`` each group gets its own bucket; with a key,
+every group and the state share one bucket (in ``state.rate_limiters``). One key is one limit:
+a ``RateLimit`` naming a key already given other ``calls`` or ``period`` is refused with a
+``ConfigurationError`` where it is given (``ExecutionState(...)``, ``state.parallel(...)``).
+The bucket follows the event loop's time, so it is not driven by an injected clock.
 """
 
 from __future__ import annotations
@@ -54,16 +56,52 @@ class RateLimit:
 
 
 class RateLimiterRegistry:
-    """The buckets of one ``ExecutionState`` (``state.rate_limiters``), by key or scope."""
+    """The buckets of one ``ExecutionState`` (``state.rate_limiters``), by key or scope.
 
-    __slots__ = ("_limiters",)
+    One key, one limit: the first ``RateLimit`` naming a key sets that key's ``calls`` and
+    ``period`` for the state's lifetime, and a different one naming the same key is refused
+    (``claim``): with first-made-wins, a group's larger limit would lift the state's.
+    """
+
+    __slots__ = ("_claimed", "_limiters")
 
     def __init__(self) -> None:
         self._limiters: dict[str, AsyncLimiter] = {}
+        self._claimed: dict[str, RateLimit] = {}  # the limit each key was first given
+
+    def check(self, limit: RateLimit, where: str) -> None:
+        """A ``ConfigurationError`` if ``limit`` names a key claimed with other settings.
+
+        ``where`` names who gives ``limit`` (``"state.parallel(rate_limit=...)"``), for the
+        message.
+        """
+        key = limit.key
+        if key is None:
+            return
+        claimed = self._claimed.get(key)
+        if claimed is not None and (claimed.calls, claimed.period) != (limit.calls, limit.period):
+            raise ConfigurationError(
+                f"rate limit key {key!r} already has RateLimit({claimed.calls!r}, "
+                f"{claimed.period!r}); {where} gives it RateLimit({limit.calls!r}, "
+                f"{limit.period!r}). One key is one bucket with one limit: give every "
+                f"RateLimit(key={key!r}) the same calls and period, or use another key (a "
+                "group's own narrower limit, keyless or keyed apart, adds up with the state's)"
+            )
+
+    def claim(self, limit: RateLimit, where: str) -> None:
+        """``check``, then fix ``limit``'s settings for its key (if it has one)."""
+        self.check(limit, where)
+        if limit.key is not None:
+            self._claimed.setdefault(limit.key, limit)
 
     def limiter(self, limit: RateLimit, scope: str) -> AsyncLimiter:
         """The bucket for ``limit``: shared by its key, else private to ``scope``."""
-        name = f"key:{limit.key}" if limit.key is not None else f"scope:{scope}"
+        if limit.key is not None:
+            name = f"key:{limit.key}"
+            if limit is not self._claimed.get(limit.key):
+                self.claim(limit, f"a call's rate limit (scope {scope!r})")
+        else:
+            name = f"scope:{scope}"
         found = self._limiters.get(name)
         if found is None:
             calls, period = limit.calls, limit.period

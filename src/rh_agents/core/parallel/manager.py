@@ -193,6 +193,10 @@ class ParallelExecutionManager(Generic[T]):
             raise ConfigurationError(
                 f"give a group its GroupOptions or its settings, not both: {sorted(settings)}"
             )
+        if options.rate_limit is not None:
+            # A key given other settings than the state's (or another group's) is refused
+            # here, where the group is made, rather than at its first call.
+            state.rate_limiters.check(options.rate_limit, "state.parallel(rate_limit=...)")
         self.options = options
         # Every field, grouped by the module that writes it (the others only read it).
 
@@ -288,6 +292,10 @@ class ParallelExecutionManager(Generic[T]):
         if state._loop is not loop:
             self._used = True  # (told now: no UnusedGroupWarning later)
             state.claim_loop(loop)
+        if self.rate_limit is not None:
+            # (Checked again: another group may have claimed the key since this one was made.)
+            self._used = True  # (refused, it was not forgotten: no UnusedGroupWarning)
+            state.rate_limiters.claim(self.rate_limit, "state.parallel(rate_limit=...)")
         self._entered = True
         pool = self._pool
         pool.plain = not self.has_policies
