@@ -318,3 +318,13 @@ async def test_two_groups_naming_one_key_with_different_limits_are_refused() -> 
             pass
     with pytest.raises(ConfigurationError, match="'shared'"):  # refused as it is made now
         state.parallel(rate_limit=RateLimit(5, 2.0, key="shared"))
+
+
+async def test_a_groups_own_bucket_is_dropped_when_the_group_ends() -> None:
+    state = ExecutionState(rate_limit=RateLimit(100, 1.0, key="provider"))
+    for _ in range(20):
+        async with state.parallel(max_workers=2, rate_limit=RateLimit(1000, 1.0)) as p:
+            p.add(_one)
+            p.add(_one)
+        assert await p.gather()
+    assert len(state.rate_limiters) == 1  # only the shared bucket, kept by its key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -152,15 +153,31 @@ async def test_rate_limit_holds_on_the_wire(server: StubLLMServer, llm: LLM) -> 
 async def test_group_rate_limits_are_private_without_a_key() -> None:
     state = ExecutionState()
     limit = RateLimit(100, 1)
-    for name in ("a", "b"):
-        async with state.parallel(max_workers=2, rate_limit=limit, name=name) as p:
-            p.add(lambda: _noop())
-    assert len(state.rate_limiters) == 2
+    a_running, counted = asyncio.Event(), asyncio.Event()
+    seen: list[int] = []
+
+    async def in_a() -> None:  # (its token taken: group a's bucket is made)
+        a_running.set()
+        await counted.wait()
+
+    async def in_b() -> None:
+        await a_running.wait()
+        seen.append(len(state.rate_limiters))
+        counted.set()
+
+    async with (
+        state.parallel(max_workers=2, rate_limit=limit, name="a") as a,
+        state.parallel(max_workers=2, rate_limit=limit, name="b") as b,
+    ):
+        a.add(in_a)
+        b.add(in_b)
+    assert seen == [2]  # one bucket each while both ran
+    assert len(state.rate_limiters) == 0  # each dropped as its group ended
     async with state.parallel(max_workers=2, rate_limit=RateLimit(100, 1, key="k")) as p:
         p.add(lambda: _noop())
     async with state.parallel(max_workers=2, rate_limit=RateLimit(100, 1, key="k")) as p:
         p.add(lambda: _noop())
-    assert len(state.rate_limiters) == 3
+    assert len(state.rate_limiters) == 1  # shared by key, kept
 
 
 async def _noop() -> None:

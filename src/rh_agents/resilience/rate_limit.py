@@ -10,7 +10,7 @@ attempt of a call, retries included::
     shared = RateLimit(500, 60, key="openai")     # every group naming "openai" shares it
     state = ExecutionState(rate_limit=shared)     # ... or the whole run
 
-Without ``key`` each group gets its own bucket; with a key,
+Without ``key`` each group gets its own bucket (dropped when the group ends); with a key,
 every group and the state share one bucket (in ``state.rate_limiters``). One key is one limit:
 a ``RateLimit`` naming a key already given other ``calls`` or ``period`` is refused with a
 ``ConfigurationError`` where it is given (``ExecutionState(...)``, ``state.parallel(...)``).
@@ -60,7 +60,9 @@ class RateLimiterRegistry:
 
     One key, one limit: the first ``RateLimit`` naming a key sets that key's ``calls`` and
     ``period`` for the state's lifetime, and a different one naming the same key is refused
-    (``claim``): with first-made-wins, a group's larger limit would lift the state's.
+    (``claim``): with first-made-wins, a group's larger limit would lift the state's. A
+    keyless limit's bucket belongs to its scope (a group) and is dropped when the group ends
+    (``drop_scope``); keyed buckets stay for the state's lifetime.
     """
 
     __slots__ = ("_claimed", "_limiters")
@@ -111,6 +113,11 @@ class RateLimiterRegistry:
                 calls, period = 1, period / calls
             found = self._limiters[name] = AsyncLimiter(calls, period)
         return found
+
+    def drop_scope(self, scope: str) -> None:
+        """Forget the private bucket of ``scope`` (its group ended; nothing takes from it
+        again). Buckets shared by key stay: other groups and the state use them."""
+        self._limiters.pop(f"scope:{scope}", None)
 
     def __len__(self) -> int:
         return len(self._limiters)

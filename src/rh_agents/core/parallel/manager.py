@@ -419,6 +419,11 @@ class ParallelExecutionManager(Generic[T]):
             del state.open_groups[self.group_id]
         if not self._retain:
             state.history.keep_again_under(self.group_id)
+        limit = self.rate_limit
+        if limit is not None and limit.key is None:
+            # The group's own bucket: nothing takes from it once the group ended (kept, a
+            # state running many groups would keep one per group for its lifetime).
+            state.rate_limiters.drop_scope(self.group_id)
         now = state.clock.now()
         self._wall_time = now - self._started_at
         tally = self._tally
