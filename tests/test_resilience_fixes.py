@@ -328,3 +328,44 @@ async def test_a_groups_own_bucket_is_dropped_when_the_group_ends() -> None:
             p.add(_one)
         assert await p.gather()
     assert len(state.rate_limiters) == 1  # only the shared bucket, kept by its key
+
+
+# --- a shared adaptive limit grows for every group using it ----------------------------------
+
+
+async def test_a_shared_adaptive_limit_that_grows_lets_every_group_start_more() -> None:
+    state = ExecutionState(clock=ManualClock())
+    limit = AdaptiveLimit(1, 8)
+    running_b = 0
+    b_running, all_b_running, release_b = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def slow_b() -> None:
+        nonlocal running_b
+        running_b += 1
+        b_running.set()
+        if running_b == 3:
+            all_b_running.set()
+        await release_b.wait()
+
+    async def fast_a() -> int:
+        return 1
+
+    async def group_b() -> None:
+        async with state.parallel(max_workers=limit, name="b") as p:
+            for _ in range(3):
+                p.add(slow_b)
+
+    b = asyncio.ensure_future(group_b())
+    try:
+        await asyncio.wait_for(b_running.wait(), 5)  # b's first member holds b's one slot
+        assert running_b == 1
+        async with state.parallel(max_workers=limit, name="a") as p:
+            for _ in range(5):
+                p.add(fast_a)  # each success grows the shared limit
+        assert limit.current > 3
+        # b was told too: its waiting members start without one of its own ending first.
+        await asyncio.wait_for(all_b_running.wait(), 5)
+    finally:
+        release_b.set()
+        await b
+    assert not limit._listeners  # both groups ended: the limit keeps neither

@@ -580,11 +580,8 @@ async def run_attempts(
                 _publish_change(state, frame, circuit.key, circuit.release(error, epoch=epoch))
             if adaptive is not None and group is not None:
                 if error is None:
-                    grew = adaptive.on_success(
-                        ended - started, started=started, now=ended, level=level
-                    )
-                    if grew:
-                        group.limit_changed()
+                    # (When it grows, it tells every group using it: this one included.)
+                    adaptive.on_success(ended - started, started=started, now=ended, level=level)
                 elif is_overload(error):
                     adaptive.on_overload(started=started, now=ended, level=level)
         retry_result = (

@@ -19,15 +19,25 @@ finished attempt of a member reports back:
   reacts once per round trip.
 
 The limit never leaves ``[min, max]``. One instance belongs to one event loop; it may be shared
-by several groups, which then adapt together.
+by several groups, which then adapt together: each running group using it is told when it grows
+(``attach``), so a group whose members did not succeed themselves starts more members as well.
 """
 
 from __future__ import annotations
 
+import weakref
+from typing import Protocol
+
 from rh_agents.errors import ConfigurationError
 from rh_agents.resilience.checks import check_number
 
-__all__ = ["AdaptiveLimit", "as_adaptive"]
+__all__ = ["AdaptiveLimit", "LimitListener", "as_adaptive"]
+
+
+class LimitListener(Protocol):
+    """What an ``AdaptiveLimit`` tells when it grows (a parallel group: it starts more)."""
+
+    def limit_changed(self) -> None: ...
 
 
 class AdaptiveLimit:
@@ -37,6 +47,7 @@ class AdaptiveLimit:
         "_best_latency",
         "_cut_at",
         "_latency",
+        "_listeners",
         "_recover_to",
         "_value",
         "decrease",
@@ -100,6 +111,17 @@ class AdaptiveLimit:
         self._latency: float | None = None  # smoothed latency of recent successes
         self.peak = start
         self.decreases = 0
+        # The groups using this limit now. Weak: a group that never ends properly (dropped
+        # unentered, or its loop gone) must not be kept alive by the limit it shared.
+        self._listeners: weakref.WeakSet[LimitListener] = weakref.WeakSet()
+
+    def attach(self, listener: LimitListener) -> None:
+        """Tell ``listener`` (a group that starts using this limit) whenever it grows."""
+        self._listeners.add(listener)
+
+    def detach(self, listener: LimitListener) -> None:
+        """Stop telling ``listener`` (its group ended)."""
+        self._listeners.discard(listener)
 
     @property
     def current(self) -> int:
@@ -114,7 +136,8 @@ class AdaptiveLimit:
         now: float | None = None,
         level: int | None = None,
     ) -> bool:
-        """Record a successful attempt; returns whether ``current`` grew.
+        """Record a successful attempt; returns whether ``current`` grew (then every attached
+        group has been told).
 
         ``latency`` (seconds) feeds the rising-latency signal; ``started`` (when the attempt
         began) and ``now`` are readings of one clock, used as in ``on_overload``.
@@ -134,7 +157,13 @@ class AdaptiveLimit:
         grown = self.current
         if grown > self.peak:
             self.peak = grown
-        return grown > before
+        if grown > before:
+            # Every group sharing the limit may start more now, not only the one whose member
+            # succeeded: the others would wait for a member of their own to end first.
+            for listener in list(self._listeners):
+                listener.limit_changed()
+            return True
+        return False
 
     def on_overload(
         self, *, started: float | None = None, now: float | None = None, level: int | None = None
@@ -143,9 +172,10 @@ class AdaptiveLimit:
 
         One cut per round trip: an attempt that ``started`` before the last cut, or a signal
         less than one (smoothed) latency after it, cannot cut again; that cut already
-        answered the load it was part of. ``started`` and ``now`` are readings of one clock;
-        ``level`` is the limit when the overloaded attempt started (it is remembered as the
-        level that overloads, so the limit regrows quickly to just below it, then probes).
+        answered the load it was part of. ``started`` and ``now`` are readings
+        of one clock; ``level`` is the limit when the overloaded attempt started (it is
+        remembered as the level that overloads, so the limit regrows quickly to just below it,
+        then probes).
         """
         if (started is not None and started < self._cut_at) or self._holding(now):
             if level is not None and started is not None and started >= self._cut_at:

@@ -297,6 +297,8 @@ class ParallelExecutionManager(Generic[T]):
             self._used = True  # (refused, it was not forgotten: no UnusedGroupWarning)
             state.rate_limiters.claim(self.rate_limit, "state.parallel(rate_limit=...)")
         self._entered = True
+        if self._adaptive is not None:
+            self._adaptive.attach(self)  # told when it grows (detached by _finalize)
         pool = self._pool
         pool.plain = not self.has_policies
         parent = current_frame(state)
@@ -419,6 +421,8 @@ class ParallelExecutionManager(Generic[T]):
             del state.open_groups[self.group_id]
         if not self._retain:
             state.history.keep_again_under(self.group_id)
+        if self._adaptive is not None:
+            self._adaptive.detach(self)
         limit = self.rate_limit
         if limit is not None and limit.key is None:
             # The group's own bucket: nothing takes from it once the group ended (kept, a
