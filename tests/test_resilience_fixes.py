@@ -14,7 +14,7 @@ from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import CircuitStateChanged
-from rh_agents.errors import CircuitOpenError, ConfigurationError
+from rh_agents.errors import CircuitOpenError, ConfigurationError, RateLimitedError
 from rh_agents.resilience import (
     AdaptiveLimit,
     CircuitBreaker,
@@ -369,3 +369,34 @@ async def test_a_shared_adaptive_limit_that_grows_lets_every_group_start_more() 
         release_b.set()
         await b
     assert not limit._listeners  # both groups ended: the limit keeps neither
+
+
+# --- one cut per round trip, on a coarse clock too ------------------------------------------
+
+
+def test_signals_at_the_cuts_own_clock_reading_do_not_cut_again() -> None:
+    limit = AdaptiveLimit(1, 16, initial=8)
+    cuts = [limit.on_overload(started=0.0, now=0.0, level=8) for _ in range(8)]
+    assert cuts == [True] + [False] * 7  # the first still cuts
+    assert limit.decreases == 1 and limit.current == 4
+    assert limit.on_overload(started=1.0, now=1.0, level=4)  # a later round trip cuts
+
+
+async def test_a_burst_of_429s_on_a_manual_clock_cuts_once() -> None:
+    state = ExecutionState(clock=ManualClock())
+    limit = AdaptiveLimit(1, 16, initial=8)
+    started = 0
+    all_started = asyncio.Event()
+
+    async def refused() -> None:
+        nonlocal started
+        started += 1
+        if started == 8:
+            all_started.set()
+        await all_started.wait()
+        raise RateLimitedError("429")
+
+    async with state.parallel(max_workers=limit) as p:
+        for _ in range(8):
+            p.add(refused)
+    assert limit.decreases == 1 and limit.current == 4

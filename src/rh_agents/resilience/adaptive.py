@@ -14,9 +14,9 @@ finished attempt of a member reports back:
   grows by ``increase`` per round trip (one per ``current`` successes), probing gently.
 - overload (a 429 or other rate-limit error, a timeout, or a latency above
   ``latency_tolerance`` times the best seen): the limit is multiplied by ``decrease`` (halved).
-  Only attempts that started after the last cut, and at least one smoothed latency after it,
-  can cut again, so one burst of 429s (and the retries it causes) counts once, the way TCP
-  reacts once per round trip.
+  Only attempts that started after the last cut (at a later clock reading), with a signal more
+  than one smoothed latency after it, can cut again, so one burst of 429s (and the retries it
+  causes) counts once, the way TCP reacts once per round trip.
 
 The limit never leaves ``[min, max]``. One instance belongs to one event loop; it may be shared
 by several groups, which then adapt together: each running group using it is told when it grows
@@ -170,15 +170,19 @@ class AdaptiveLimit:
     ) -> bool:
         """Record an overload signal; returns whether ``current`` was cut.
 
-        One cut per round trip: an attempt that ``started`` before the last cut, or a signal
-        less than one (smoothed) latency after it, cannot cut again; that cut already
-        answered the load it was part of. ``started`` and ``now`` are readings
+        One cut per round trip: an attempt that ``started`` before the last cut (or at the same
+        clock reading), or a signal at most one (smoothed) latency after it, cannot cut again;
+        that cut already answered the load it was part of. ``started`` and ``now`` are readings
         of one clock; ``level`` is the limit when the overloaded attempt started (it is
         remembered as the level that overloads, so the limit regrows quickly to just below it,
         then probes).
         """
-        if (started is not None and started < self._cut_at) or self._holding(now):
-            if level is not None and started is not None and started >= self._cut_at:
+        # "Before the cut" includes the cut's own clock reading: on a coarse clock (or a
+        # ManualClock) a burst's attempts, and the cut their first 429 caused, share one
+        # reading; strictly before would let each of them cut again. (The first cut still
+        # happens: _cut_at starts at -inf.)
+        if (started is not None and started <= self._cut_at) or self._holding(now):
+            if level is not None and started is not None and started > self._cut_at:
                 # Overloaded at a level set after the cut: that level is too high as well.
                 self._recover_to = min(self._recover_to, float(level))
             return False
@@ -189,8 +193,10 @@ class AdaptiveLimit:
         return True
 
     def _holding(self, now: float | None) -> bool:
-        # For one smoothed latency after a cut, the cut has not taken effect yet.
-        return now is not None and now < self._cut_at + (self._latency or 0.0)
+        # For one smoothed latency after a cut, the cut has not taken effect yet; a signal at
+        # the cut's own reading is part of the load that cut answered (with no latency seen
+        # yet, that instant is all the holding there is).
+        return now is not None and now <= self._cut_at + (self._latency or 0.0)
 
     def _latency_overloaded(self, latency: float) -> bool:
         if latency <= 0:
