@@ -400,3 +400,30 @@ async def test_a_burst_of_429s_on_a_manual_clock_cuts_once() -> None:
         for _ in range(8):
             p.add(refused)
     assert limit.decreases == 1 and limit.current == 4
+
+
+# --- documented: a state-wide retry policy reaches both levels ----------------------------
+
+
+@pytest.mark.parametrize(("group_attempts", "handler_calls"), [(None, 9), (1, 3)])
+async def test_a_state_wide_retry_retries_a_callable_member_and_the_calls_it_makes(
+    group_attempts: int | None, handler_calls: int
+) -> None:
+    state = ExecutionState(clock=ManualClock(), retry=RetryPolicy(max_attempts=3, jitter=0))
+    calls = 0
+
+    async def down(input: Item, context: str, state: ExecutionState) -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("down")
+
+    event = ExecutionEvent(actor=Tool(name="svc", input_model=Item, handler=down))
+
+    async def member() -> Any:
+        return await event(Item(), "", state)
+
+    own = {} if group_attempts is None else {"retry": RetryPolicy(max_attempts=group_attempts)}
+    async with state.parallel(max_workers=1, **own) as p:
+        p.add(member)
+    (result,) = await p.gather()
+    assert not result.ok and calls == handler_calls

@@ -8,7 +8,9 @@ up instead: a call takes a token of its group's and of the state's). A group's p
 apply to its members: to a member's own event (the event called directly by the member) and
 to a callable or coroutine member itself; events nested deeper inside a member use their own,
 their actor's or the state's policies. A member that is an ``ExecutionEvent`` call is left to
-the event, which retries inside itself, so nothing is ever retried twice.
+the event, which retries inside itself, so a group's policy is applied once per member. (A
+state-wide policy reaches every level: a callable member is retried as a whole under it, and
+each event call it makes is retried under it too, so those retries multiply.)
 
 Every attempt: ask the circuit (an open one refuses at once, taking no token), take the rate
 limit, check the retry deadline again (the token, or the slot a backoff lent, may come late),
