@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel
 
+from parallel_support import until
 from rh_agents.core.actors import Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
@@ -821,3 +824,36 @@ async def test_members_finishing_in_one_loop_turn_hand_records_over_as_they_go(
     assert len(seen_at) == 1_000
     # The k-th finish record was handled before 128 more members had finished.
     assert max(at - k for k, at in enumerate(seen_at)) <= 128
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_an_unsubscribed_handler_is_not_kept_by_the_bus(kind: str) -> None:
+    # unsubscribe() kept every removed subscription, and its handler with whatever it held,
+    # until the bus closed: a service subscribing a collector per request grew for ever.
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus)
+    refs: list[weakref.ref[Any]] = []
+    for _ in range(20):
+        seen: list[str] = []
+        if kind == "async":
+
+            async def collect(record: BusEvent, seen: list[str] = seen) -> None:
+                seen.append(type(record).__name__)
+
+        else:
+
+            def collect(record: BusEvent, seen: list[str] = seen) -> None:  # type: ignore[misc]
+                seen.append(type(record).__name__)
+
+        subscription = bus.subscribe(collect)
+        async with state.parallel(name="request") as p:
+            p.add(asyncio.sleep(0))
+        await bus.drain()
+        bus.unsubscribe(subscription)
+        assert "GroupCompleted" in seen
+        refs.append(weakref.ref(collect))
+        del collect, subscription
+    await until(lambda: not bus._retired)  # (a feeder task ending lets go of its subscription)
+    gc.collect()
+    assert [ref for ref in refs if ref() is not None] == []
+    await state.close()

@@ -402,3 +402,15 @@ async def test_a_handler_raising_a_base_exception_ends_its_call_record_first() -
     state.event_bus.deliver_pending()
     ends = [r for r in records if isinstance(r, EventFailed)]
     assert [(r.address, r.error_type) for r in ends] == [("stopper", "KeyboardInterrupt")]
+
+
+async def test_leaving_the_states_block_right_after_breaking_out_of_parallel_map() -> None:
+    # The dropped generator is closed by the loop a turn or two later: close() called its
+    # group still running and refused to close.
+    state = ExecutionState()
+    async with state:
+        async for result in state.parallel_map(value, range(10), max_workers=2):
+            assert result.ok
+            break
+    assert state.event_bus.closed
+    assert state.open_groups.get("parallel") is None

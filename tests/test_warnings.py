@@ -355,3 +355,23 @@ def test_warnings_are_ours_and_runtime_warnings() -> None:
         assert issubclass(category, RHAgentsWarning)
         assert issubclass(category, RuntimeWarning)
         assert category.__doc__
+
+
+async def test_a_group_opened_again_and_again_warns_once_per_place() -> None:
+    # Each group's own number ("docs#37") was in the text: Python showed the warning for
+    # every group, and kept one __warningregistry__ entry per group for ever (a service
+    # opening the group per request grew without bound). The bus keeps the exact address.
+    records: list[RunWarning] = []
+    bus = EventBus()
+    bus.subscribe(lambda r: records.append(r) if isinstance(r, RunWarning) else None)
+    state = ExecutionState(event_bus=bus, watchdog=None)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")  # Python's own: once per text and line
+        for _ in range(30):
+            async with state.parallel(max_workers=60, name="docs") as p:
+                p.add(asyncio.sleep(0))
+    oversized = [w for w in shown if issubclass(w.category, OversizedGroupWarning)]
+    assert len(oversized) == 1
+    assert "group 'docs' ran 1 member" in str(oversized[0].message)
+    assert [r.address for r in records][:3] == ["docs", "docs#2", "docs#3"]
+    assert len(records) == 30

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import warnings
 from typing import TYPE_CHECKING
@@ -24,7 +25,24 @@ if TYPE_CHECKING:
     from rh_agents.core.bus import EventBus
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["advise", "publish_soon", "run_warning", "user_stacklevel"]
+__all__ = ["advise", "place_of", "publish_soon", "run_warning", "user_stacklevel"]
+
+# The "#2" a repeated name gets (docs, docs#2, docs#3...), at the end of an address part.
+_NUMBERING = re.compile(r"(?<=[^\s#'\"(])#\d+(?=$|[\s'\"\[:.,;)])")
+
+
+def place_of(text: str) -> str:
+    """``text`` with the numbering of repeated names taken out of its addresses
+    (``"group 'docs#7' ran..."`` -> ``"group 'docs' ran..."``).
+
+    What ``warnings.warn`` is given: Python shows a warning once per distinct text (and
+    line), keeping each text in the caller's ``__warningregistry__``. A group opened again
+    and again (a service's request) gets a new number each time; with it in the text, every
+    group would warn anew and the registry would grow by one entry per group, for ever.
+    The bus's ``RunWarning`` keeps the exact address.
+    """
+    return _NUMBERING.sub("", text)
+
 
 # This package's folder: frames in files below it are ours, not the user's.
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -86,7 +104,7 @@ def advise(
                     parallel_index=parallel_index,
                 )
             )
-    warnings.warn(f"{message}. {hint}", category, stacklevel=user_stacklevel())
+    warnings.warn(place_of(f"{message}. {hint}"), category, stacklevel=user_stacklevel())
 
 
 def publish_soon(bus: EventBus, record: RunWarning) -> None:

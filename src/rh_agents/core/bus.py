@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import warnings
@@ -508,11 +509,21 @@ class EventBus:
         for sub in list(self._subscriptions):
             if sub is handler or sub.handler is handler:
                 self._subscriptions.remove(sub)
-                self._retired.append(sub)
+                task = sub._task
+                if task is not None and not task.done():
+                    # Its feeder still runs (a record in hand): close() waits for it. Only
+                    # until it ends: a service subscribing per request would keep every
+                    # handler, and what it holds, for the bus's lifetime.
+                    self._retired.append(sub)
+                    task.add_done_callback(functools.partial(self._forget_retired, sub))
                 sub._closed = True
                 sub._queue.clear()
                 sub._wake()  # a sleeping feeder task finds itself closed and ends
         self._update_listening()
+
+    def _forget_retired(self, sub: Subscription, _feeder: asyncio.Task[None]) -> None:
+        if sub in self._retired:
+            self._retired.remove(sub)
 
     def defer(self, key: Any, source: DeferredSource) -> None:
         """Publish ``source.deferred_record(key)`` later, unless ``withdraw(key)`` comes first.

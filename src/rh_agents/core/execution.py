@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 
 __all__ = ["EventBus", "ExecutionState"]
 
+# Loop turns close() gives the finalizers of dropped async generators (asyncio schedules their
+# aclose() from a hook: a turn to make its task, one to run it) before it calls a group open.
+_FINALIZER_TURNS = 10
+
 logger = logging.getLogger("rh_agents")
 
 
@@ -433,20 +437,37 @@ class ExecutionState:
         """
         await self._close(check_groups=True)
 
-    def _open_groups_here(self) -> list[str]:
+    def _open_groups_here(self) -> list[ParallelExecutionManager[Any]]:
         loop = asyncio.get_running_loop()
         return [
-            group.group_id
+            group
             for group in list(self.open_groups.values())
             if group._loop is loop and not group._finalized
         ]
+
+    async def _still_open_groups(self) -> list[str]:
+        """The groups of this state still running on this loop once those being left have
+        ended: an abandoned stream's (closed by join_closings), and an async generator's
+        dropped at a `break` (parallel_map without aclosing: the loop closes it a turn or two
+        later, from its finalizer hook), so leaving `async with state:` right after such a
+        break is not refused."""
+        await join_closings(self)
+        for _ in range(_FINALIZER_TURNS):
+            groups = self._open_groups_here()
+            if not groups:
+                return []
+            leaving = [group for group in groups if group._leaving]
+            if leaving:
+                await asyncio.gather(*(group._wait_finalized() for group in leaving))
+            else:
+                await asyncio.sleep(0)
+        return [group.group_id for group in self._open_groups_here()]
 
     async def _close(self, check_groups: bool) -> None:
         # (Leaving `async with state:` with an exception on its way closes whatever runs:
         # that exception goes on, and the groups it passes through end with it.)
         if check_groups and self._open_groups_here():
-            await join_closings(self)  # (a dropped stream's group ends there: see below)
-            still_open = self._open_groups_here()
+            still_open = await self._still_open_groups()
             if still_open:
                 raise ParallelError(
                     f"close() while groups of this state still run: {', '.join(still_open[:3])}"

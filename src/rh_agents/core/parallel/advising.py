@@ -27,7 +27,7 @@ import warnings
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.core.advice import advise, publish_soon, run_warning
+from rh_agents.core.advice import advise, place_of, publish_soon, run_warning
 from rh_agents.core.event_call import EventCall
 from rh_agents.core.watchdog import blocked_text
 from rh_agents.errors import (
@@ -193,7 +193,7 @@ def warn_if_unused(group: ParallelExecutionManager[Any]) -> None:
             UnusedGroupWarning, message, hint, address=address, timestamp=state.clock.now()
         ),
     )
-    warnings.warn(f"{message}. {hint}", UnusedGroupWarning, stacklevel=2)
+    warnings.warn(place_of(f"{message}. {hint}"), UnusedGroupWarning, stacklevel=2)
 
 
 def warn_never_iterated(group: ParallelExecutionManager[Any], count: int) -> None:

@@ -96,11 +96,13 @@ class ParallelExecutionManager(Generic[T]):
         "_dependents",
         "_display_name",
         "_end_time",
+        "_end_waiters",
         "_entered",
         "_final_limit",
         "_finalized",
         "_fixed_limit",
         "_group",
+        "_leaving",
         "_loop",
         "_members",
         "_names",
@@ -227,6 +229,8 @@ class ParallelExecutionManager(Generic[T]):
         self._entered = False
         self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
+        self._leaving = False  # its block is being left (see ExecutionState.close)
+        self._end_waiters: list[asyncio.Future[None]] | None = None  # (made on first wait)
         self._parent_frame: Frame | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once entered
         self._started_at = 0.0
@@ -347,6 +351,7 @@ class ParallelExecutionManager(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._leaving = True
         try:
             if exc is None:
                 if self._finalized and (
@@ -408,11 +413,26 @@ class ParallelExecutionManager(Generic[T]):
                 # this group's own members are done with theirs.
                 await gathering.take_back_owed(owed)
 
+    async def _wait_finalized(self) -> None:
+        """Wait until the group has ended (its results final, its records published)."""
+        if self._finalized:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._end_waiters is None:
+            self._end_waiters = []
+        self._end_waiters.append(waiter)
+        await waiter
+
     def _finalize(self) -> None:
         if self._finalized:
             return
         self._finalized = True
         self._final_limit = self._limit
+        waiters, self._end_waiters = self._end_waiters, None
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
             self._timeout_handle = None
