@@ -187,3 +187,13 @@ async def calls_then_returns_unrebuildable(n: int, state: ExecutionState) -> lis
     rebuild."""
     await ExecutionEvent(actor=double_tool)(Item(n=n), "", state)
     return [TwoPartError("E1", "broken")]
+
+
+async def maps_inside(state: ExecutionState) -> int:
+    """A callable member whose calls run in a group that keeps no results (parallel_map)."""
+    done = 0
+    event = ExecutionEvent(actor=double_tool)
+    items = [Item(n=n) for n in range(3)]
+    async for result in state.parallel_map(event, items, max_workers=2, name="inner"):
+        done += result.ok
+    return done

@@ -784,3 +784,17 @@ async def test_a_value_the_driver_cannot_rebuild_fails_clearly_and_keeps_the_cal
     assert isinstance(result.exception, RemoteExecutionError), result.error
     assert "cannot be rebuilt here" in (result.error or "")
     assert [entry.result.result for entry in state.history] == [6]
+
+
+async def test_calls_of_a_stream_only_group_over_there_are_checkpointed_on_the_driver(
+    executor: RemoteExecutor, tmp_path: Path
+) -> None:
+    # The worker's history left out the calls of its parallel_map (a group keeping no
+    # results keeps no history): they never came home, and a resume ran them again.
+    backend = SQLiteBackend(tmp_path / "state.db")
+    state = ExecutionState(run_id="r", recovery=Recovery(backend))
+    async with state, state.parallel(max_workers=1, name="docs", executor=executor) as p:
+        p.add(functools.partial(support.maps_inside, state))
+        results = await p.gather()
+    assert [r.result for r in results] == [3]
+    assert sorted(backend.load("r")) == [f"docs[0]::inner[{n}]::double" for n in range(3)]

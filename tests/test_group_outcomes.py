@@ -6,7 +6,9 @@ cancellation, a cancellation landing while the group joins its members."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -244,3 +246,54 @@ async def test_a_warning_made_an_error_does_not_replace_a_cancellation_leaving_t
         with pytest.raises(asyncio.CancelledError) as caught:
             await task
     assert any("OversizedGroupWarning" in note for note in caught.value.__notes__)
+
+
+async def test_a_warning_made_an_error_does_not_replace_a_cancellation_inside_gather() -> None:
+    # The same, with the block cancelled while it waits in gather(): the group's end there
+    # raised the warning in place of the CancelledError (and of an outer timeout's).
+    state = ExecutionState(watchdog=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OversizedGroupWarning)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05), state.parallel(max_workers=100) as p:
+                p.add(forever())
+                await p.gather()
+
+
+async def test_an_input_failing_as_it_is_closed_early_is_not_lost() -> None:
+    # parallel_map closed early (aclosing + break), or a block left by its own exception:
+    # the error the input's `finally` raised vanished.
+    def items() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            raise OSError("cleanup of the input failed")
+
+    state = ExecutionState()
+    with pytest.raises(OSError, match="cleanup of the input failed"):
+        async with contextlib.aclosing(state.parallel_map(value, items(), max_workers=1)) as rs:
+            async for _ in rs:
+                break
+    with pytest.raises(KeyError) as caught:
+        async with state.parallel(max_workers=1) as p:
+            p.map(value, items())
+            async for _ in p.stream():
+                raise KeyError("body")
+    assert any("cleanup of the input failed" in note for note in caught.value.__notes__)
+
+
+async def test_a_member_cancelled_by_something_else_than_its_group_says_so() -> None:
+    # It read "the group was cancelled", which it was not, and lost the message.
+    async def gives_up() -> None:
+        await asyncio.sleep(0)
+        raise asyncio.CancelledError("member gave up")
+
+    state = ExecutionState()
+    async with state.parallel() as p:
+        p.add(gives_up())
+        p.add(value(1))
+    results = await p.gather()
+    assert results[0].status is ResultStatus.CANCELLED
+    assert "not by its group" in (results[0].error or "")
+    assert "member gave up" in (results[0].error or "")
+    assert results[1].ok

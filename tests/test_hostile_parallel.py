@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import warnings
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from rh_agents.errors import (
     ConfigurationError,
     DependencyError,
     GroupClosedError,
+    OversizedGroupWarning,
     ParallelError,
     UnusedGroupWarning,
 )
@@ -414,3 +417,108 @@ async def test_leaving_the_states_block_right_after_breaking_out_of_parallel_map
             break
     assert state.event_bus.closed
     assert state.open_groups.get("parallel") is None
+
+
+async def test_closing_the_state_ends_a_parallel_map_still_held_after_a_break() -> None:
+    # Held in a variable, the generator is not closed at the break: close() called its
+    # group still running and refused, leaving the bus, the store and its lease open.
+    state = ExecutionState()
+    before = set(asyncio.all_tasks())
+    async with state:
+        results = state.parallel_map(value, range(100), max_workers=2)
+        async for result in results:
+            assert result.ok
+            break
+    assert state.event_bus.closed
+    assert list(state.open_groups) == []
+    assert_no_leftover_tasks(before)
+    await results.aclose()  # (closing the generator afterwards is quiet)
+
+
+async def test_a_group_whose_exit_was_cancelled_while_closing_its_input_still_ends() -> None:
+    # A cancellation landing as the exit closed a map() input (its cleanup awaits) left
+    # the group open for ever, and state.close() then waited for it for ever.
+    state = ExecutionState()
+    closing = asyncio.Event()
+
+    async def items() -> AsyncIterator[int]:
+        try:
+            for i in range(100):
+                yield i
+        finally:
+            closing.set()
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
+    async def fails(i: int) -> int:
+        await asyncio.sleep(0)
+        raise ValueError(i)
+
+    async def block() -> None:
+        async with state.parallel(max_workers=2, name="g", error_strategy="fail_fast") as p:
+            p.map(fails, items())
+
+    task = asyncio.create_task(block())
+    await closing.wait()
+    task.cancel()
+    with pytest.raises((asyncio.CancelledError, ValueError)):
+        await task
+    assert list(state.open_groups) == []
+    await asyncio.wait_for(state.close(), 5)
+
+
+async def test_closing_the_state_from_another_loop_while_its_groups_run_is_refused() -> None:
+    state = ExecutionState()
+    inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> int:
+        inside.set()
+        await release.wait()
+        return 1
+
+    def close_in_another_loop() -> BaseException | None:
+        try:
+            asyncio.run(state.close())
+        except BaseException as exc:
+            return exc
+        return None
+
+    async with state.parallel(name="A") as p:
+        p.add(hold())
+        await inside.wait()
+        error = await asyncio.to_thread(close_in_another_loop)
+        release.set()
+    assert isinstance(error, ParallelError) and "another event loop" in str(error)
+    assert not state.event_bus.closed
+    await state.close()
+
+
+async def test_a_lazy_input_starts_workers_as_it_yields_items_not_max_workers_of_them() -> None:
+    # With no eager tasks (Python 3.11), map() started one worker per slot up front:
+    # max_workers=10**6 over a two-item input made a million tasks (15 s, a gigabyte).
+    loop = asyncio.get_running_loop()
+    created = [0]
+
+    async def pause_then_value(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    previous = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        created[0] += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        state = ExecutionState(watchdog=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OversizedGroupWarning)
+            async with state.parallel(max_workers=1_000_000) as p:
+                p.map(pause_then_value, [1, 2])
+                results = await p.gather()
+    finally:
+        loop.set_task_factory(previous)
+    assert [r.result for r in results] == [1, 2]
+    assert created[0] < 200  # (up to 64 at once, then doubling while items come)

@@ -33,7 +33,7 @@ from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.context import Frame
 from rh_agents.core.history import ExecutionHistory
 from rh_agents.core.interrupt import interrupt_requested
-from rh_agents.core.parallel.executing import join_closings
+from rh_agents.core.parallel.executing import close_abandoned, join_closings
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.metrics import ResourceUsage
 from rh_agents.core.parallel.options import GroupOptions
@@ -324,6 +324,7 @@ class ExecutionState:
         manager: ParallelExecutionManager[Any] = ParallelExecutionManager(
             self, max_workers=max_workers, name=name, retain_results=False, **options
         )
+        manager._stream_owned = True  # (close() ends it if the generator is still open)
         async with manager as p:
             p.map(func, items, context=context)
             async for result in p.stream():
@@ -461,11 +462,35 @@ class ExecutionState:
                 await asyncio.gather(*(group._wait_finalized() for group in leaving))
             else:
                 await asyncio.sleep(0)
+        # A stream still held (a parallel_map generator kept in a variable after a break, an
+        # execute_parallel stream not read to its end): closing the state ends it, as the
+        # loop's shutdown would (its running members are cancelled), so that its records and
+        # checkpoints come before the bus and the store stop.
+        streams = [group for group in self._open_groups_here() if group._stream_owned]
+        for group in streams:
+            await close_abandoned(group)
         return [group.group_id for group in self._open_groups_here()]
 
     async def _close(self, check_groups: bool) -> None:
         # (Leaving `async with state:` with an exception on its way closes whatever runs:
         # that exception goes on, and the groups it passes through end with it.)
+        if check_groups:
+            loop = asyncio.get_running_loop()
+            elsewhere = [
+                group.group_id
+                for group in list(self.open_groups.values())
+                if group._loop is not None
+                and group._loop is not loop
+                and not group._finalized
+                and not group._loop.is_closed()
+                and group._loop.is_running()
+            ]
+            if elsewhere:
+                raise ParallelError(
+                    f"close() from another event loop (another thread?) while groups of this "
+                    f"state run on theirs: {', '.join(elsewhere[:3])}; close the state from "
+                    "the loop that runs it, once they have ended"
+                )
         if check_groups and self._open_groups_here():
             still_open = await self._still_open_groups()
             if still_open:

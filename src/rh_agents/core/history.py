@@ -73,11 +73,15 @@ class ExecutionHistory:
         # ``retain_results=False``): their calls are not kept either, or an input of any
         # length would pile its inputs and results up here (see ``keep_none_under``).
         self._unkept: tuple[str, ...] = ()
+        # Set where the history is a transport rather than a record (a worker process sends
+        # every call home in its reply): keep_none_under is then ignored.
+        self.keep_every_call = False
 
     def keep_none_under(self, group_id: str) -> None:
         """Keep no call made inside the group ``group_id`` (its members, at any depth)
         until ``keep_again_under``."""
-        self._unkept = (*self._unkept, group_id + "[")
+        if not self.keep_every_call:
+            self._unkept = (*self._unkept, group_id + "[")
 
     def keep_again_under(self, group_id: str) -> None:
         prefix = group_id + "["

@@ -63,6 +63,10 @@ __all__ = [
     "run_member",
 ]
 
+# The scope of the state's own (keyless) rate limit: no group id can be it (a name cannot
+# hold "::"), so a group named "state" neither shares nor drops the state's bucket.
+_STATE_SCOPE = "::state"
+
 # The address of the member whose group policies are applied to the member as a whole, so
 # that the events it calls do not apply them a second time. An address, not a flag: a group
 # opened inside that member (and its workers, which copy the context) has policies of its own.
@@ -156,7 +160,7 @@ def _rates(
     _check("rate_limit", group_limit, RateLimit)
     _check("rate_limit", state_limit, RateLimit)
     if group_limit is None:
-        return () if state_limit is None else ((state_limit, "state"),)
+        return () if state_limit is None else ((state_limit, _STATE_SCOPE),)
     assert group is not None
     found = ((group_limit, group.group_id),)
     if state_limit is None or (
@@ -164,7 +168,7 @@ def _rates(
         state_limit.key is not None and state_limit.key == group_limit.key
     ):
         return found
-    return (*found, (state_limit, "state"))
+    return (*found, (state_limit, _STATE_SCOPE))
 
 
 def _check(kind: str, value: Any, expected: type) -> Any:

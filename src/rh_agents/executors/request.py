@@ -46,6 +46,9 @@ class Request:
             if self.wants:
                 bus.subscribe(self.records.append)
             state = self.state = ExecutionState(event_bus=bus)
+            # Every call made here goes home in the reply (the driver's history and its
+            # checkpoints), a stream-only group's too: the driver decides what it keeps.
+            state.history.keep_every_call = True
             root = Frame(state, self.address, self.group_id, self.index)
             root.continue_numbering(self.numbering)
             state.root_frame = root

@@ -43,7 +43,14 @@ if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
     from rh_agents.core.results import ExecutionResult
 
-__all__ = ["BatchStream", "batch_mode", "checked_batch", "execute_parallel", "join_closings"]
+__all__ = [
+    "BatchStream",
+    "batch_mode",
+    "checked_batch",
+    "close_abandoned",
+    "execute_parallel",
+    "join_closings",
+]
 
 _STREAMS = (BatchMode.STREAM, BatchMode.AS_COMPLETED)
 
@@ -184,7 +191,9 @@ class _Batch:
 _closing: dict[asyncio.Task[None], ExecutionState] = {}
 
 
-async def _close_abandoned(manager: ParallelExecutionManager[Any]) -> None:
+async def close_abandoned(manager: ParallelExecutionManager[Any]) -> None:
+    """End the group of a stream nobody reads to its end (dropped, or still held as its
+    state closes): its running members are cancelled, its results so far kept."""
     stop = asyncio.CancelledError("the stream was dropped before its end")
     try:
         await manager.__aexit__(asyncio.CancelledError, stop, None)
@@ -196,7 +205,7 @@ async def _close_abandoned(manager: ParallelExecutionManager[Any]) -> None:
 
 
 def _start_closing(manager: ParallelExecutionManager[Any]) -> None:
-    task = asyncio.get_running_loop().create_task(_close_abandoned(manager))
+    task = asyncio.get_running_loop().create_task(close_abandoned(manager))
     _closing[task] = manager.execution_state
     task.add_done_callback(_closing.pop)
 
@@ -234,6 +243,7 @@ class BatchStream:
 
     def __init__(self, manager: ParallelExecutionManager[Any], batch: _Batch) -> None:
         self._manager = manager
+        manager._stream_owned = True  # (a state's close() ends it if it is still open)
         self._batch: _Batch | None = batch
         self._stream: AsyncIterator[ExecutionResult[Any]] | None = None
         self._closed = False

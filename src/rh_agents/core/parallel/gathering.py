@@ -151,14 +151,20 @@ async def wait_all(group: ParallelExecutionManager[Any]) -> None:
     waiter = group._readers.end()
     try:
         await wait_lending(group, waiter)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as cancelled:
         group._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
         try:
             await join_workers(group)
         finally:
-            group._finalize()
+            group._finalize_under(cancelled)
         raise
-    await join_workers(group)
+    try:
+        await join_workers(group)
+    except asyncio.CancelledError as cancelled:
+        # Cut short while closing the map() input (the workers had all ended): the group is
+        # over all the same, and must not stay open.
+        group._finalize_under(cancelled)
+        raise
 
 
 async def wait_lending(group: ParallelExecutionManager[Any], waiter: asyncio.Future[None]) -> None:

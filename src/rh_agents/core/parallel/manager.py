@@ -64,7 +64,7 @@ from rh_agents.core.parallel.scheduler import WorkerPool
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.tally import ResultTally
 from rh_agents.core.records import GroupCompleted, GroupStarted, _placed
-from rh_agents.core.results import ExecutionResult, ResultStatus
+from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
 from rh_agents.core.watchdog import Window, open_window
 from rh_agents.errors import ConfigurationError, GroupClosedError
 from rh_agents.resilience.adaptive import AdaptiveLimit
@@ -122,6 +122,7 @@ class ParallelExecutionManager(Generic[T]):
         "_stop_error",
         "_stop_group_status",
         "_stop_status",
+        "_stream_owned",
         "_tally",
         "_timeout_handle",
         "_trigger",
@@ -230,6 +231,9 @@ class ParallelExecutionManager(Generic[T]):
         self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
         self._leaving = False  # its block is being left (see ExecutionState.close)
+        # Its block lives in a stream the caller iterates (parallel_map's generator, an
+        # execute_parallel stream): a state closing under it closes it (see close()).
+        self._stream_owned = False
         self._end_waiters: list[asyncio.Future[None]] | None = None  # (made on first wait)
         self._parent_frame: Frame | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once entered
@@ -351,6 +355,10 @@ class ParallelExecutionManager(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._leaving:
+            # Left already: a stream's group that the state's close() ended under it, whose
+            # generator is closed afterwards (its `async with` leaves a second time).
+            return
         self._leaving = True
         try:
             if exc is None:
@@ -378,13 +386,23 @@ class ParallelExecutionManager(Generic[T]):
             try:
                 await self._join_workers()
             finally:
-                try:
-                    self._finalize()
-                except Warning as warning:  # a warning made an error (python -W error)
-                    # It must not replace the exception (a cancellation) leaving the block.
-                    exc.add_note(f"{type(warning).__name__} as the group ended: {warning}")
+                self._finalize_under(exc)
             stop_error = self._stop_error
             if (
+                stop_error is not None
+                and isinstance(stop_error, Exception)
+                and stop_error is not exc
+                and not self._outcome_raised
+            ):
+                # The map() input failed (reading it, or closing it: its `finally`), and the
+                # block leaves by another way. Never lost: a generator closed early
+                # (parallel_map under aclosing, or dropped) raises it, as an async
+                # generator's aclose() raises what its cleanup raised; a cancellation or the
+                # block's own exception goes on and carries it as a note.
+                if isinstance(exc, GeneratorExit):
+                    raise stop_error
+                exc.add_note(f"The group's map() input failed too: {describe_error(stop_error)}")
+            elif (
                 stop_error is not None
                 and not isinstance(stop_error, Exception)
                 and stop_error is not exc
@@ -398,6 +416,11 @@ class ParallelExecutionManager(Generic[T]):
                     stop_error.__context__ = exc
                 raise stop_error
         finally:
+            if not self._finalized and not self._pool.workers:
+                # Every worker has ended (the joins wait for them whatever happens) but a
+                # cancellation cut the exit short before the group was finalized: finalize
+                # it now, or it would stay open (and keep state.close() waiting) for ever.
+                self._finalize_under(exc)
             parent = self._parent_frame
             if parent is not None:
                 parent.children_running -= 1
@@ -412,6 +435,16 @@ class ParallelExecutionManager(Generic[T]):
                 # good, it works on after the block, so it takes the slot back now, once
                 # this group's own members are done with theirs.
                 await gathering.take_back_owed(owed)
+
+    def _finalize_under(self, exc: BaseException | None) -> None:
+        """``_finalize`` while ``exc`` (a cancellation, an error) leaves: a warning made an
+        error (``python -W error``) must not replace it, so it becomes a note on it."""
+        try:
+            self._finalize()
+        except Warning as warning:
+            if exc is None:
+                raise
+            exc.add_note(f"{type(warning).__name__} as the group ended: {warning}")
 
     async def _wait_finalized(self) -> None:
         """Wait until the group has ended (its results final, its records published)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import sys
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
 from rh_agents.core.watch import MEMBER_FINISHED as _MEMBER_FINISHED
-from rh_agents.errors import ParallelTimeoutError
+from rh_agents.errors import MemberCancelledError, ParallelTimeoutError
 
 if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
@@ -193,6 +194,20 @@ def cancelled_result(
             if member.result is None:
                 finish(group, member, result)
             return None
+        # Nobody cancelled it: the member raised CancelledError itself (gave up, or awaited
+        # a task that its owner cancelled). Said so, with the cancellation's own message,
+        # rather than "the group was cancelled", which it was not.
+        raised = sys.exc_info()[1]
+        why = f": {raised.args[0]}" if raised is not None and raised.args else ""
+        exc = MemberCancelledError(
+            f"member {member.name or member.index} of group {group.group_id!r} was "
+            f"cancelled, not by its group (a CancelledError raised in it, or by what it "
+            f"awaited{why})"
+        )
+        if raised is not None:
+            exc.__cause__ = raised
+        result.exception = exc
+        result.error = describe_error(exc)
     return result
 
 

@@ -73,6 +73,9 @@ __all__ = ["EAGER_WORKERS", "PoolStatistics", "WorkerPool"]
 # instead of a loop turn later, and gather() starts the first workers without waiting for
 # that turn (see kick, spawn and the group's _wait_all).
 EAGER_WORKERS = sys.version_info >= (3, 12)
+# Workers started at once for a lazy input of unknown length (more follow, doubling, while it
+# still yields items): an input shorter than this pays for a few idle tasks at most.
+_LAZY_START = 64
 # A pool lets the event loop run at least once per this many members run in one loop turn
 # (or twice its limit, if more), whichever workers ran them (see _turn_is_full).
 _YIELD_EVERY = 256
@@ -283,7 +286,13 @@ class WorkerPool:
         if slots._waiters:
             return  # tasks waiting to take a slot back go first (they hold the free ones)
         if not EAGER_WORKERS:
-            for _ in range(min(limit if lazy else len(self.ready), limit - slots._in_use)):
+            # A lazy input's length is unknown: every free slot up to _LAZY_START workers,
+            # then as many new ones as there are (doubling each turn that still finds
+            # items), never `limit` at once (max_workers=10**6 over a two-item input made a
+            # million tasks). Each new worker asks for the next spawn as it takes its first
+            # item (see _worker's kick).
+            wanted = max(_LAZY_START, len(self.workers)) if lazy else len(self.ready)
+            for _ in range(min(wanted, limit - slots._in_use)):
                 self._start_worker()
             return
         # Each worker runs its first member right here, up to that member's first wait: the
