@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,19 @@ async def test_a_stored_run_is_turned_into_pages_off_the_event_loop(
     assert set(stored) == {"page", "timeline", "nodes", "json"}
     assert all(loop_thread not in seen for seen in stored.values()), stored
     assert threads["page"] == {loop_thread} and threads["timeline"] == {loop_thread}
+
+
+@pytest.mark.parametrize("bad", ["\udce9", "\ud800"])
+async def test_lone_surrogates_on_a_timeline_page(tmp_path: Path, bad: str) -> None:
+    """A lone surrogate in a group member's error (``os.fsdecode`` of a name that is not
+    UTF-8 gives ``\\udce9``) made the timeline page a 500: the chart kept it, and the
+    response could not encode it. Shown as "?", as on the run's page."""
+    store = tmp_path / "store"  # a folder: the JSON backend keeps lone surrogates
+    record = replace(member_record("sur", 0, status="failed"), error=f"cannot open caf{bad}.txt")
+    _store_one(store, "sur", record)
+    async with _client(create_app(store)) as client:
+        page = await client.get("/runs/sur/timeline")
+        api = await client.get("/api/runs/sur/timeline")
+    assert page.status_code == 200, page.text
+    assert "cannot open caf?.txt" in page.text
+    assert api.status_code == 200

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from recovery_support import Squarer, run_group
 from rh_agents.cli import app
 from rh_agents.core.execution import ExecutionState
 from rh_agents.recovery import Recovery
+from rh_agents.recovery.opening import open_backend
+from rh_agents.recovery.records import CheckpointRecord, RunStatus
 
 runner = CliRunner()
 
@@ -101,3 +104,35 @@ async def test_a_stored_error_is_shown_on_one_line_without_control_codes(tmp_pat
         assert "\x1b" not in done.output
         line = next(line for line in done.output.splitlines() if "upstream said" in line)
         assert line.endswith("ValueError: upstream said: ⏎ ␛[2Jcleared")
+
+
+@pytest.mark.parametrize("bad", ["\udce9", "\ud800"])
+def test_a_lone_surrogate_in_a_stored_error_is_shown_as_a_question_mark(
+    tmp_path: Path, bad: str
+) -> None:
+    """An error naming a file whose name is not UTF-8 (``os.fsdecode``: ``\\udce9``), as a
+    JSON store keeps it: ``runs timeline`` failed with a UnicodeEncodeError traceback, and
+    ``runs show`` / ``runs resume`` with one for a surrogate outside surrogateescape's range."""
+    store = tmp_path / "runs"  # a folder: the JSON backend keeps lone surrogates
+    record = CheckpointRecord(
+        run_id="r",
+        address="files[0]::read",
+        seq=0,
+        actor="read",
+        actor_version="1",
+        status="failed",
+        group_id="files",
+        parallel_index=0,
+        error=f"ValueError: cannot parse caf{bad}.txt",
+    )
+    with open_backend(store) as backend:
+        backend.create_run("r")
+        backend.save("r", [record], status=RunStatus.FAILED)
+    out = tmp_path / "t.html"
+    chart = runner.invoke(app, ["runs", "timeline", "r", "--state", str(store), "--out", str(out)])
+    assert chart.exit_code == 0, chart.output
+    assert "cannot parse caf?.txt" in out.read_text(encoding="utf-8")
+    for command in (["runs", "show", "r", "--all"], ["runs", "resume", "r"]):
+        done = runner.invoke(app, [*command, "--state", str(store)])
+        assert done.exit_code == 0, (command, done.output, done.exception)
+        assert "cannot parse caf?.txt" in done.output

@@ -441,3 +441,18 @@ def test_the_page_in_a_browser(tmp_path: Path) -> None:
     folded_red = red_rows(shot)
     opened_red = red_rows(screenshot(browser, opened, tmp_path / "opened.png"))
     assert folded_red > 0 and opened_red >= 2 * folded_red - 2
+
+
+@pytest.mark.parametrize("bad", ["\udce9", "\ud800"])
+def test_a_lone_surrogate_in_an_error_is_written_as_a_question_mark(
+    tmp_path: Path, bad: str
+) -> None:
+    """``write_html`` failed with UnicodeEncodeError on an error naming a file whose name is
+    not UTF-8 (``os.fsdecode`` gives ``\\udce9``): the page could not be written at all."""
+    bar = MemberBar(0, name="read", started=0.0, finished=1.0, status="failed")
+    bar.error = f"cannot open caf{bad}.txt"
+    timeline = Timeline([TimelineGroup("files", "files", members={0: bar})], timed=False)
+    path = timeline.write_html(tmp_path / "t.html")
+    html = path.read_text(encoding="utf-8")
+    assert "cannot open caf?.txt" in html
+    page_of(html)  # still well-formed XML

@@ -8,6 +8,9 @@ picture, one character for one, so offsets and styles of a ``rich`` text stay wh
 
     printable("bad\\x1b[2J")   # 'bad␛[2J'
 
+A lone surrogate (a file name decoded with ``os.fsdecode``, as a JSON store keeps it in an
+error) becomes "?": it cannot be encoded as UTF-8, so writing it failed or sent raw bytes.
+
 ``clipped`` bounds what a display shows of one error message (an HTTP error's whole HTML
 body can make one of 100 KB): the first ``ERROR_CHARS`` characters and how many were left out.
 """
@@ -24,14 +27,17 @@ __all__ = ["ERROR_CHARS", "clipped", "markup_escape", "one_line", "printable"]
 ERROR_CHARS: Final = 1000
 
 # C0 controls but newline and tab, DEL, and the C1 controls (which some terminals obey too).
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Lone surrogates too: no terminal encoding can write them.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _PICTURES = {code: chr(0x2400 + code) for code in range(0x20) if code not in (0x09, 0x0A)}
 _PICTURES[0x7F] = "\u2421"  # ␡
 _PICTURES.update({code: "\ufffd" for code in range(0x80, 0xA0)})  # no pictures for C1
+_PICTURES.update({code: "?" for code in range(0xD800, 0xE000)})  # as the viewer's pages show them
 
 
 def printable(text: str) -> str:
-    """``text`` with every control character but newline and tab replaced by a visible one."""
+    """``text`` with every control character but newline and tab replaced by a visible one,
+    and every lone surrogate by "?"."""
     if _CONTROL.search(text) is None:  # the usual case: nothing to copy
         return text
     return text.translate(_PICTURES)

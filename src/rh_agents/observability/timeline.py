@@ -128,7 +128,9 @@ class Timeline:
 
     def write_html(self, path: str | Path) -> Path:
         out = Path(path)
-        out.write_text(self.to_html(), encoding="utf-8")
+        # The page escapes what UTF-8 cannot encode; "replace" keeps a string that slipped
+        # through from failing the whole write (it becomes "?").
+        out.write_text(self.to_html(), encoding="utf-8", errors="replace")
         return out
 
     @classmethod

@@ -115,13 +115,15 @@ th { background: #f4f4f4; }
 td.name, th.name { text-align: left; }
 """
 
-# Characters XML 1.0 does not allow (a run's error text may hold anything).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Characters XML 1.0 does not allow (a run's error text may hold anything), and lone
+# surrogates, which UTF-8 cannot encode (an error naming a file whose name is not UTF-8, as
+# os.fsdecode makes it and a JSON store keeps it): writing the page failed on them.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _NARROW = frozenset(" !'(),./:;I[]`fijlrt{|}")
 
 
 def _esc(text: str) -> str:
-    """Text or attribute value: escaped, and stripped of what XML cannot hold."""
+    """Text or attribute value: escaped, and what XML or UTF-8 cannot hold shown as "?"."""
     return escape(_NOT_XML.sub("?", text), {'"': "&quot;"})
 
 

@@ -119,7 +119,10 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def _html(text: str, status: int = 200, policy: str = _PAGE_POLICY) -> Response:
-    return HTMLResponse(text, status_code=status, headers={"Content-Security-Policy": policy})
+    # Pages escape lone surrogates (as "?"); "replace" keeps one that slipped through (a page
+    # built from another module's text) from failing the response with a 500.
+    body = text.encode("utf-8", "replace")
+    return HTMLResponse(body, status_code=status, headers={"Content-Security-Policy": policy})
 
 
 _TITLES = {400: "Not a run id", 404: "Not found", 503: "The store cannot be read"}
