@@ -260,3 +260,33 @@ async def test_lone_surrogates_on_a_timeline_page(tmp_path: Path, bad: str) -> N
     assert page.status_code == 200, page.text
     assert "cannot open caf?.txt" in page.text
     assert api.status_code == 200
+
+
+async def test_a_stored_runs_stream_sends_the_checkpoint_of_seq_0(tmp_path: Path) -> None:
+    """Checkpoints count from seq 0, and "nothing seen" was cursor 0 too: a stream started
+    without a cursor never sent the first checkpoint (the page then missed that node)."""
+    store = tmp_path / "state.db"
+    with open_backend(store) as backend:
+        backend.create_run("r")
+        backend.create_run("empty")
+        records = [replace(_record("r", f"Step{i}"), seq=i) for i in range(3)]
+        backend.save("r", records, status=RunStatus.COMPLETED)
+        backend.save("empty", [], status=RunStatus.COMPLETED)
+
+    def sent(text: str) -> list[str]:
+        return sorted(
+            node["address"]
+            for line in text.splitlines()
+            if line.startswith("data:")
+            for node in json.loads(line[5:]).get("nodes", [])
+        )
+
+    async with _client(create_app(store)) as client:
+        everything = (await client.get("/api/runs/r/events")).text
+        from_start = (await client.get("/api/runs/r/events", params={"cursor": -1})).text
+        after_0 = (await client.get("/api/runs/r/events", params={"cursor": 0})).text
+        run = (await client.get("/api/runs/r")).json()
+        empty = (await client.get("/api/runs/empty")).json()
+    assert sent(everything) == sent(from_start) == ["Step0", "Step1", "Step2"]
+    assert sent(after_0) == ["Step1", "Step2"]  # a client that has seen seq 0 resumes after it
+    assert run["cursor"] == 2 and empty["cursor"] == -1

@@ -53,6 +53,7 @@ from rh_agents.ui.store import StoreProblem, StoreReader
 __all__ = [
     "LOCAL_HOSTS",
     "MAX_NODES_PER_MESSAGE",
+    "NOTHING_SEEN",
     "RUNS_LIMIT",
     "ViewerState",
     "create_app",
@@ -65,6 +66,10 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 RUNS_LIMIT = 500  # runs listed at most (newest first)
 MAX_NODES_PER_MESSAGE = 1000  # an event stream sends the rest in the next messages
 HEARTBEAT = 15.0
+# The cursor of a client that has seen nothing yet. A stored run's cursor is the ``seq`` of
+# the last checkpoint sent, and seq counts from 0: with 0 for "nothing seen" the checkpoint of
+# seq 0 was never sent.
+NOTHING_SEEN = -1
 
 _PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -252,7 +257,7 @@ async def _read_run(vs: ViewerState, run_id: str) -> _Run:
 def _stored_run(found: RunInfo, records: dict[str, CheckpointRecord]) -> _Run:
     nodes = stored_nodes(records.values())
     groups = stored_groups(records.values(), found.status.value)
-    cursor = max((r.seq for r in records.values()), default=0)
+    cursor = max((r.seq for r in records.values()), default=NOTHING_SEEN)
     return _Run(run_summary(found, records), list(nodes.values()), list(groups.values()),
                 "store", cursor)  # fmt: skip
 
@@ -476,13 +481,14 @@ async def _pause(vs: ViewerState, seconds: float, feed: LiveFeed | None = None) 
 def _cursor(request: Request) -> int:
     """Where the stream starts: the ``Last-Event-ID`` a reconnecting browser sends (it is
     newer than the ``cursor`` of the URL, which an ``EventSource`` reuses as it was when the
-    page loaded), else ``?cursor=``, else 0. Garbage counts as absent."""
+    page loaded), else ``?cursor=``, else ``NOTHING_SEEN``. Garbage counts as absent; a number
+    below ``NOTHING_SEEN`` is ``NOTHING_SEEN``."""
     for raw in (request.headers.get("last-event-id"), request.query_params.get("cursor")):
         try:
-            return max(int(raw or ""), 0)
+            return max(int(raw or ""), NOTHING_SEEN)
         except ValueError:
             continue
-    return 0
+    return NOTHING_SEEN
 
 
 async def _check_store(vs: ViewerState, feed: LiveFeed) -> None:
@@ -501,6 +507,8 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
     metrics at most once a second) and the nodes that changed, at most
     ``MAX_NODES_PER_MESSAGE`` at a time (the rest follow), at most every ``push_interval``."""
     yield "retry: 2000\n\n"
+    # A feed's cursor is a position in its log, and position 0 is nothing seen yet.
+    cursor = max(cursor, 0)
     pending: dict[str, None] = {}
     first = True
     loop = asyncio.get_running_loop()
