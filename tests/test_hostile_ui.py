@@ -4,7 +4,9 @@ failure it guards against)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -290,3 +292,45 @@ async def test_a_stored_runs_stream_sends_the_checkpoint_of_seq_0(tmp_path: Path
     assert sent(everything) == sent(from_start) == ["Step0", "Step1", "Step2"]
     assert sent(after_0) == ["Step1", "Step2"]  # a client that has seen seq 0 resumes after it
     assert run["cursor"] == 2 and empty["cursor"] == -1
+
+
+def _damage_created(tmp_path: Path, kind: str, value: float) -> Path:
+    """A store of runs "good" and "odd", "odd"'s start time replaced by ``value`` (as a damaged
+    store, or a clock gone wrong, may hold it)."""
+    store = tmp_path / ("state.db" if kind == "sqlite" else "runs")
+    for run_id in ("good", "odd"):
+        with open_backend(store) as backend:
+            backend.create_run(run_id)
+            backend.save(run_id, [_record(run_id, "Agent")], status=RunStatus.COMPLETED)
+    if kind == "sqlite":
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store)) as db, db:
+            db.execute("UPDATE runs SET created = ? WHERE run_id = 'odd'", (value,))
+    else:
+        path = store / "odd.json"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["run"]["created"] = value  # NaN too: Python's json writes it, and reads it back
+        path.write_text(json.dumps(data), encoding="utf-8")
+    return store
+
+
+DAMAGED_TIMES = [("sqlite", 1e20), ("sqlite", -1e15), ("json", math.nan), ("json", math.inf)]
+
+
+@pytest.mark.parametrize(("kind", "value"), DAMAGED_TIMES)
+async def test_a_run_whose_start_is_no_time_is_listed_with_the_others(
+    tmp_path: Path, kind: str, value: float
+) -> None:
+    """One run with a start time out of range (1e20, -1e15) or NaN in the store made the
+    whole runs list a 500: its time is now shown as unknown ("?") and every run is listed."""
+    store = _damage_created(tmp_path, kind, value)
+    async with _client(create_app(store)) as client:
+        page = await client.get("/")
+        api = await client.get("/api/runs")
+        odd = await client.get("/runs/odd")
+    assert page.status_code == 200, page.text
+    assert 'data-run-id="good"' in page.text and 'data-run-id="odd"' in page.text
+    assert '<td class="when">?</td>' in page.text
+    assert api.status_code == 200 and {r["run_id"] for r in api.json()["runs"]} == {"good", "odd"}
+    assert odd.status_code == 200 and '<span id="run-started">?</span>' in odd.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,27 @@ def test_a_lone_surrogate_in_a_stored_error_is_shown_as_a_question_mark(
         done = runner.invoke(app, [*command, "--state", str(store)])
         assert done.exit_code == 0, (command, done.output, done.exception)
         assert "cannot parse caf?.txt" in done.output
+
+
+@pytest.mark.parametrize("value", [1e20, -1e15, math.nan])
+def test_a_run_whose_times_are_no_time_is_shown_with_a_question_mark(
+    tmp_path: Path, value: float
+) -> None:
+    """A start or update time out of range (1e20, -1e15) or NaN in the store: ``runs list``
+    and ``runs show`` printed a traceback; the time is now "?" and the other runs listed."""
+    store = tmp_path / "runs"  # a folder: its files take NaN as Python's json writes it
+    for run_id in ("good", "odd"):
+        with open_backend(store) as backend:
+            backend.create_run(run_id)
+    path = store / "odd.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["run"]["created"] = data["run"]["updated"] = value
+    path.write_text(json.dumps(data), encoding="utf-8")
+    listed = runner.invoke(app, ["runs", "list", "--state", str(store)])
+    assert listed.exit_code == 0, (listed.output, listed.exception)
+    odd = next(line for line in listed.output.splitlines() if line.startswith("odd "))
+    assert odd.split()[-2:] == ["?", "?"]
+    assert any(line.startswith("good ") for line in listed.output.splitlines())
+    shown = runner.invoke(app, ["runs", "show", "odd", "--state", str(store)])
+    assert shown.exit_code == 0, (shown.output, shown.exception)
+    assert "created ?, last update ?" in shown.output

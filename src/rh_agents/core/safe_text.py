@@ -11,16 +11,20 @@ picture, one character for one, so offsets and styles of a ``rich`` text stay wh
 A lone surrogate (a file name decoded with ``os.fsdecode``, as a JSON store keeps it in an
 error) becomes "?": it cannot be encoded as UTF-8, so writing it failed or sent raw bytes.
 
+``local_time`` shows a stored timestamp as local time, or "?" when it is no time at all (a
+damaged store's NaN or 1e20), so one bad value does not fail a whole listing.
+
 ``clipped`` bounds what a display shows of one error message (an HTTP error's whole HTML
 body can make one of 100 KB): the first ``ERROR_CHARS`` characters and how many were left out.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Final
 
-__all__ = ["ERROR_CHARS", "clipped", "markup_escape", "one_line", "printable"]
+__all__ = ["ERROR_CHARS", "clipped", "local_time", "markup_escape", "one_line", "printable"]
 
 # What a display shows of one error at most: about ten lines of a terminal. The whole error
 # stays in the member's result and in the history.
@@ -41,6 +45,17 @@ def printable(text: str) -> str:
     if _CONTROL.search(text) is None:  # the usual case: nothing to copy
         return text
     return text.translate(_PICTURES)
+
+
+def local_time(timestamp: float) -> str:
+    """``timestamp`` (seconds since the epoch) as local ``YYYY-MM-DD HH:MM:SS``, or "?" when
+    it names no time a calendar can show (NaN, infinite, or out of range: 1e20, -1e15)."""
+    try:
+        return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        # A damaged store (or a clock gone wrong) wrote it: unknown, not an error, so the
+        # listing it is part of still shows every other run.
+        return "?"
 
 
 def one_line(text: str) -> str:

@@ -22,7 +22,6 @@ files cannot be read lists the others, names those files on stderr and exits wit
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import typer
 
-from rh_agents.core.safe_text import clipped, one_line, printable
+from rh_agents.core.safe_text import clipped, local_time, one_line, printable
 from rh_agents.errors import RecoveryError
 from rh_agents.recovery.backend import default_state_path
 from rh_agents.recovery.opening import open_backend
@@ -54,7 +53,7 @@ RUN_ID = typer.Argument(metavar="RUN_ID", help="The run's id, as `rh-agents runs
 
 
 def _when(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+    return local_time(timestamp)  # "?" for a damaged store's NaN or 1e20, not a traceback
 
 
 def _fail(exc: RecoveryError | OSError, state: Path) -> typer.Exit:

@@ -201,8 +201,15 @@ async def _list_runs(vs: ViewerState) -> tuple[list[Node], str | None]:
     for run_id, feed in list(vs.feeds.items()):
         feed.sync()  # (its counts include what the run logged so far)
         summaries[run_id] = live_summary(feed, _same_run(feed, infos.get(run_id)))
-    runs = sorted(summaries.values(), key=lambda run: run["created"], reverse=True)
+    runs = sorted(summaries.values(), key=_newest_first, reverse=True)
     return runs, problem
+
+
+def _newest_first(run: Node) -> float:
+    # A damaged store's NaN start would make the order depend on where it happens to be: a
+    # start that is no number goes last.
+    created = run["created"]
+    return created if isinstance(created, int | float) and not math.isnan(created) else -math.inf
 
 
 def _same_run(feed: LiveFeed, info: RunInfo | None) -> RunInfo | None:

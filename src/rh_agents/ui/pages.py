@@ -9,7 +9,6 @@ stop an injected script even if a value were ever let through unescaped.
 
 from __future__ import annotations
 
-import datetime
 import html
 import math
 import re
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from rh_agents.core.safe_text import local_time
 from rh_agents.observability.timeline import Timeline
 from rh_agents.observability.timeline_svg import MAX_CHART_WIDTH, render_html
 from rh_agents.ui.model import TreeItem
@@ -84,9 +84,10 @@ def format_duration(seconds: float | None) -> str:
 
 
 def format_time(timestamp: float | None) -> str:
+    """Local time; "?" for a timestamp that is no time (a damaged store's NaN or 1e20)."""
     if timestamp is None:
         return ""
-    return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+    return local_time(timestamp)
 
 
 def counts_text(counts: Mapping[str, int], running: int = 0) -> str:

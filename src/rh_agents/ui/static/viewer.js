@@ -16,8 +16,11 @@
   }
 
   function fmtTime(timestamp) {
-    if (!timestamp) return "";
-    const d = new Date(timestamp * 1000);
+    if (timestamp === undefined) return "";
+    // null: the server's JSON for a NaN; an Invalid Date: a time out of range (1e20). Both
+    // come from a damaged store, and the server's page shows them as "?" too.
+    const d = new Date(timestamp === null ? NaN : timestamp * 1000);
+    if (isNaN(d.getTime())) return "?";
     const pad = (n) => String(n).padStart(2, "0");
     return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " +
       pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
