@@ -334,3 +334,43 @@ async def test_a_run_whose_start_is_no_time_is_listed_with_the_others(
     assert '<td class="when">?</td>' in page.text
     assert api.status_code == 200 and {r["run_id"] for r in api.json()["runs"]} == {"good", "odd"}
     assert odd.status_code == 200 and '<span id="run-started">?</span>' in odd.text
+
+
+async def test_one_damaged_run_file_does_not_hide_the_other_runs(tmp_path: Path) -> None:
+    """One truncated run file in a JSON store made the runs list empty (a 503 naming only
+    that file), where ``rh-agents runs list`` lists the readable runs: the page and the API
+    now list them too, and say which file could not be read."""
+    store = tmp_path / "runs"
+    for run_id in ("a", "b"):
+        _store_one(store, run_id, _record(run_id, "Agent"))
+    (store / "c.json").write_text("{truncated", encoding="utf-8")
+    async with _client(create_app(store)) as client:
+        api = await client.get("/api/runs")
+        page = await client.get("/")
+    assert api.status_code == 200
+    assert sorted(r["run_id"] for r in api.json()["runs"]) == ["a", "b"]
+    assert "1 run file(s)" in api.json()["error"] and "c.json" in api.json()["error"]
+    assert page.status_code == 200
+    assert 'data-run-id="a"' in page.text and 'data-run-id="b"' in page.text
+    problem = page.text.split('<p class="problem" id="problem">', 1)[1].split("</p>", 1)[0]
+    assert "c.json" in problem
+
+
+async def test_one_run_with_a_damaged_checkpoint_does_not_hide_the_other_runs(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint of one run that does not validate failed the counts of every run: the
+    runs list was a 503 with no run. The others are counted; that run is listed, and said."""
+    import sqlite3
+
+    store = tmp_path / "state.db"
+    for run_id in ("good", "bad"):
+        _store_one(store, run_id, _record(run_id, "Agent"))
+    with contextlib.closing(sqlite3.connect(store)) as db, db:
+        db.execute("UPDATE checkpoints SET attempts = 'many' WHERE run_id = 'bad'")
+    async with _client(create_app(store)) as client:
+        api = await client.get("/api/runs")
+    assert api.status_code == 200
+    runs = {r["run_id"]: r for r in api.json()["runs"]}
+    assert runs.keys() == {"good", "bad"} and runs["good"]["counts"] == {"completed": 1}
+    assert "run 'bad'" in api.json()["error"]

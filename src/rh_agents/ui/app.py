@@ -191,11 +191,15 @@ async def _list_runs(vs: ViewerState) -> tuple[list[Node], str | None]:
     summaries: dict[str, Node] = {}
     infos: dict[str, RunInfo] = {}
     try:
-        listed = (await vs.store.list_runs())[:RUNS_LIMIT]
-        counts = await vs.store.counts(listed)
+        # The readable runs, and what could not be read said beside them: one damaged run
+        # file hid every run (as `rh-agents runs list` does not).
+        listed, unreadable = await vs.store.list_readable_runs()
+        listed = listed[:RUNS_LIMIT]
+        counts, uncounted = await vs.store.readable_counts(listed)
         for info in listed:
             infos[info.run_id] = info
             summaries[info.run_id] = run_summary(info, counts=counts.get(info.run_id, {}))
+        problem = _unreadable(vs, unreadable, uncounted)
     except StoreProblem as exc:
         problem = exc.message
     for run_id, feed in list(vs.feeds.items()):
@@ -210,6 +214,33 @@ def _newest_first(run: Node) -> float:
     # start that is no number goes last.
     created = run["created"]
     return created if isinstance(created, int | float) and not math.isnan(created) else -math.inf
+
+
+_PROBLEMS_SHOWN = 5  # unreadable runs named in the runs list's sentence; the rest counted
+
+
+def _unreadable(vs: ViewerState, unreadable: list[str], uncounted: list[str]) -> str | None:
+    """One sentence for the runs list: the run files not listed and the runs whose events
+    could not be counted, each with its reason (the first few: a folder of damaged files
+    would make a page of errors)."""
+    parts = []
+    if unreadable:
+        parts.append(
+            f"{len(unreadable)} run file(s) in {vs.store.path} cannot be read and are not "
+            "listed: " + _some(unreadable)
+        )
+    if uncounted:
+        parts.append(
+            f"the events of {len(uncounted)} run(s) cannot be read (not counted): "
+            + _some(uncounted)
+        )
+    return "; ".join(parts) if parts else None
+
+
+def _some(problems: list[str]) -> str:
+    shown = "; ".join(problems[:_PROBLEMS_SHOWN])
+    more = len(problems) - _PROBLEMS_SHOWN
+    return shown + (f"; and {more} more" if more > 0 else "")
 
 
 def _same_run(feed: LiveFeed, info: RunInfo | None) -> RunInfo | None:

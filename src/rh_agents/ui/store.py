@@ -58,15 +58,28 @@ class StoreReader:
     # --- blocking reads (run in a thread by the async ones) -----------------------------------
 
     def list_runs_sync(self) -> list[RunInfo]:
+        """Every run; any run that cannot be read fails the whole listing (``StoreProblem``).
+        ``list_readable_runs_sync`` lists the others."""
+        runs, problems = self.list_readable_runs_sync()
+        if problems:
+            raise StoreProblem(f"the state store {self.path} cannot be read: {problems[0]}")
+        return runs
+
+    def list_readable_runs_sync(self) -> tuple[list[RunInfo], list[str]]:
+        """Every run that can be read, and a sentence for each that cannot (a damaged run
+        file of a JSON folder, naming the file): one bad file does not hide the others, as
+        ``rh-agents runs list`` does not. ``StoreProblem`` when the store itself cannot be
+        read."""
         if not self.exists():
-            return []
+            return [], []
         try:
             with open_backend(self.path, mode="read") as backend:
-                return backend.list_runs()
+                runs, problems = backend.list_readable_runs()
         except (RecoveryError, OSError) as exc:
             raise StoreProblem(
                 f"the state store {self.path} cannot be read: {_describe(exc)}"
             ) from exc
+        return runs, [_describe(problem) for problem in problems]
 
     def read_run_sync(self, run_id: str) -> tuple[RunInfo, dict[str, CheckpointRecord]]:
         check = self.check_run_id(run_id)
@@ -103,8 +116,22 @@ class StoreReader:
             ) from exc
 
     def counts_sync(self, infos: list[RunInfo]) -> dict[str, dict[str, int]]:
-        """Each run's events by status (read once per update of the run)."""
+        """Each run's events by status (read once per update of the run); a run whose
+        checkpoints cannot be read fails them all (``StoreProblem``)."""
+        out, problems = self.readable_counts_sync(infos)
+        if problems:
+            raise StoreProblem(f"the state store {self.path} cannot be read: {problems[0]}")
+        return out
+
+    def readable_counts_sync(
+        self, infos: list[RunInfo]
+    ) -> tuple[dict[str, dict[str, int]], list[str]]:
+        """Each run's events by status (read once per update of the run), and a sentence for
+        each run whose checkpoints cannot be read (left out of the counts): one damaged run
+        does not hide the counts of the others. ``StoreProblem`` when the store itself cannot
+        be opened."""
         out: dict[str, dict[str, int]] = {}
+        problems: list[str] = []
         stale = []
         with self._lock:
             for info in infos:
@@ -122,12 +149,15 @@ class StoreReader:
                             records = backend.load(run_id)
                         except UnknownRunError:
                             continue  # deleted since the listing
+                        except RecoveryError as exc:
+                            problems.append(f"run {run_id!r}: {_describe(exc)}")
+                            continue
                         out[run_id] = self._remember(info, records)
             except (RecoveryError, OSError) as exc:
                 raise StoreProblem(
                     f"the state store {self.path} cannot be read: {_describe(exc)}"
                 ) from exc
-        return out
+        return out, problems
 
     def _remember(self, info: RunInfo, records: dict[str, CheckpointRecord]) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -149,6 +179,9 @@ class StoreReader:
     async def list_runs(self) -> list[RunInfo]:
         return await asyncio.to_thread(self.list_runs_sync)
 
+    async def list_readable_runs(self) -> tuple[list[RunInfo], list[str]]:
+        return await asyncio.to_thread(self.list_readable_runs_sync)
+
     async def read_run(self, run_id: str) -> tuple[RunInfo, dict[str, CheckpointRecord]]:
         return await asyncio.to_thread(self.read_run_sync, run_id)
 
@@ -157,3 +190,8 @@ class StoreReader:
 
     async def counts(self, infos: list[RunInfo]) -> dict[str, dict[str, int]]:
         return await asyncio.to_thread(self.counts_sync, infos)
+
+    async def readable_counts(
+        self, infos: list[RunInfo]
+    ) -> tuple[dict[str, dict[str, int]], list[str]]:
+        return await asyncio.to_thread(self.readable_counts_sync, infos)
