@@ -162,3 +162,38 @@ def test_a_run_whose_times_are_no_time_is_shown_with_a_question_mark(
     shown = runner.invoke(app, ["runs", "show", "odd", "--state", str(store)])
     assert shown.exit_code == 0, (shown.output, shown.exception)
     assert "created ?, last update ?" in shown.output
+
+
+async def test_stored_names_are_shown_without_control_codes(tmp_path: Path) -> None:
+    """Actor and group names may hold control characters (``Tool(name="summarize\\x1bc\\rFAKE")``,
+    a group ``"docs\\x07\\x08"``): ``runs show`` and ``runs resume`` printed them raw, and
+    ``ESC c`` reset the terminal. Every stored string printed is now shown as pictures."""
+    from pydantic import BaseModel
+
+    from rh_agents import ExecutionEvent, Tool
+
+    class Doc(BaseModel):
+        text: str
+
+    async def fail(input: Doc, context: str, state: ExecutionState) -> str:
+        raise ValueError("no")
+
+    tool = Tool(name="summarize\x1bc\rFAKE", input_model=Doc, handler=fail)
+    db = tmp_path / "runs.db"
+    state = ExecutionState(run_id="r", recovery=Recovery(db))
+    async with state, state.parallel(max_workers=2, name="docs\x07\x08") as group:
+        group.add(ExecutionEvent(actor=tool)(Doc(text="x"), "", state))
+        await group.gather()
+    commands = [
+        ["runs", "show", "r", "--all"],
+        ["runs", "resume", "r"],
+        ["runs", "resume", "r", "--from", "nowhere"],  # its error lists known addresses
+    ]
+    for command in commands:
+        done = runner.invoke(app, [*command, "--state", str(db)])
+        assert done.exit_code in (0, 2), (command, done.output, done.exception)
+        controls = {c for c in done.output if (c < " " and c != "\n") or "\x7f" <= c <= "\x9f"}
+        assert not controls, (command, done.output)
+        assert "summarize␛c␍FAKE" in done.output, (command, done.output)
+    shown = runner.invoke(app, ["runs", "show", "r", "--all", "--state", str(db)])
+    assert "docs␇␈" in shown.output

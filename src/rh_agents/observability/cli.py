@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from rh_agents.core.safe_text import printable
 from rh_agents.errors import RecoveryError
 from rh_agents.observability.timeline import Timeline
 from rh_agents.recovery.cli import RUN_ID, STATE, store_path
@@ -60,7 +61,7 @@ def timeline(
             backend.get_run(run_id)
             records = backend.load(run_id)
     except RecoveryError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {printable(str(exc))}", err=True)  # it may quote stored text
         raise typer.Exit(code=2) from exc
     chart = Timeline.from_checkpoints(records.values(), title=f"run {run_id}")
     if not chart.groups:

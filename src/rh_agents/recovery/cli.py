@@ -60,7 +60,8 @@ def _fail(exc: RecoveryError | OSError, state: Path) -> typer.Exit:
     """One line on stderr, exit status 2 (backends raise ``RecoveryError``; an ``OSError``
     that slipped through still gets one line, with the store's path)."""
     text = str(exc) if isinstance(exc, RecoveryError) else f"{state}: {exc.strerror or exc}"
-    typer.echo(f"error: {text}", err=True)
+    # The message may quote stored text (the addresses --from could have named).
+    typer.echo(f"error: {printable(text)}", err=True)
     return typer.Exit(code=2)
 
 
@@ -115,7 +116,7 @@ def list_runs(state_option: str | None = STATE) -> None:
     _list_table(runs, state, unreadable=len(problems))
     if problems:
         for problem in problems:
-            typer.echo(f"error: {problem}", err=True)
+            typer.echo(f"error: {printable(str(problem))}", err=True)
         typer.echo(
             f"error: {len(problems)} run file(s) in {state} cannot be read (above) and are not "
             f"listed; the {len(runs)} other run(s) are",
@@ -133,16 +134,22 @@ def _list_table(runs: list[RunInfo], state: Path, *, unreadable: int) -> None:
     typer.echo(f"{'RUN':<{width}} {'STATUS':<11} {'EVENTS':>7}  {'CREATED':<19}  UPDATED")
     for run in runs:
         typer.echo(
-            f"{run.run_id:<{width}} {run.status.value:<11} {run.checkpoints:>7}  "
+            f"{_shown(run.run_id):<{width}} {run.status.value:<11} {run.checkpoints:>7}  "
             f"{_when(run.created):<19}  {_when(run.updated)}"
         )
+
+
+def _shown(text: str) -> str:
+    """Stored text (an actor or group name, an address, a run id) as one line, its control
+    characters shown rather than sent to the terminal: a name holding ``\x1bc`` reset it."""
+    return one_line(text)
 
 
 def _describe(record: CheckpointRecord) -> str:
     """``summarize@1 failed: ValueError: boom``: the stored error on one line, its control
     characters shown rather than sent to the terminal, and clipped (it comes from user code
     and the services it called)."""
-    text = f"{record.actor}@{record.actor_version} {record.status}"
+    text = _shown(f"{record.actor}@{record.actor_version} {record.status}")
     return text + (f": {printable(clipped(one_line(record.error)))}" if record.error else "")
 
 
@@ -156,11 +163,11 @@ def show(
     state = store_path(state_option)
     info, records = _read_run(state, run_id)
     typer.echo(
-        f"run {info.run_id}: {info.status.value}, {info.checkpoints} events, "
+        f"run {_shown(info.run_id)}: {info.status.value}, {info.checkpoints} events, "
         f"created {_when(info.created)}, last update {_when(info.updated)}"
     )
     if info.status is not RunStatus.COMPLETED:
-        typer.echo(f"resume: {_resume_hint(info, state)}")
+        typer.echo(f"resume: {_shown(_resume_hint(info, state))}")
     groups: dict[str, list[CheckpointRecord]] = defaultdict(list)
     for record in records.values():
         if record.group_id is not None:
@@ -177,11 +184,11 @@ def show(
             shown.add(node)
             found = records.get(node)
             status = f"  {_describe(found)}" if found is not None else ""
-            typer.echo(f"{'  ' * depth}{parts[depth]}{status}")
+            typer.echo(f"{'  ' * depth}{_shown(parts[depth])}{status}")
     if groups:
         typer.echo("groups:")
     for group_id in sorted(groups):
-        typer.echo(f"  {group_id}: {_group_line(groups[group_id])}")
+        typer.echo(f"  {_shown(group_id)}: {_group_line(groups[group_id])}")
     if groups:
         typer.echo(
             "  (group sizes are not stored: a member that never finished, cancelled or never "
@@ -271,13 +278,13 @@ def resume(
     else:
         typer.echo("and run no stored event again")
     for address in again[:50]:
-        typer.echo(f"  {address}  {_describe(records[address])}")
+        typer.echo(f"  {_shown(address)}  {_describe(records[address])}")
     if len(again) > 50:
         typer.echo(f"  ... and {len(again) - 50} more")
     typer.echo("Events with no checkpoint (never finished) run as usual.")
     option = f", resume_from={from_address!r}" if from_address else ""
     if info.resume_command and not from_address:
-        typer.echo(f"To resume, run: {info.resume_command}")
+        typer.echo(f"To resume, run: {_shown(info.resume_command)}")
         return
     typer.echo(
         "To resume, run your program with "
