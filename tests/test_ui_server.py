@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.demo import run_demo
 from rh_agents.ui import Viewer, serve
 from rh_agents.ui.server import bind
-from ui_support import run_workflow, stored_run
+from ui_support import run_workflow, running_run, stored_run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -156,3 +157,52 @@ def test_demo_ui_flag_serves_until_ctrl_c(state_store: Path, tmp_path: Path) -> 
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_close_ends_a_stream_whose_client_stopped_reading(tmp_path: Path) -> None:
+    """A client that opened an event stream and stopped reading held ``Viewer.close()`` for
+    uvicorn's whole grace period, which then cancelled the stream with ERROR tracebacks
+    ("Exception in ASGI application", "timeout graceful shutdown exceeded"): the stream was
+    blocked in a send to the full socket, not waiting on the viewer's closing."""
+    store = tmp_path / "state.db"
+    running_run(store, finished=20_000)  # megabytes of updates: more than the sockets hold
+    viewer = Viewer(store=store, port=0)
+    await viewer.start()
+    # (After the start: uvicorn's logging setup, as the server is made, resets its loggers.)
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "rh_agents.ui")]
+    for logger in loggers:
+        logger.addHandler(records)
+    stuck = socket.socket()
+    try:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        stuck.connect(("127.0.0.1", viewer.port))
+        stuck.sendall(b"GET /api/runs/busy-run/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert viewer._server is not None
+        connections = viewer._server.server_state.connections
+
+        def blocked() -> bool:  # the stream waits for room in the socket
+            return any(getattr(c, "flow", None) and c.flow.write_paused for c in connections)
+
+        async def until_blocked() -> None:
+            # uvicorn sets no event when a connection's writing pauses: look for it.
+            while not blocked():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(until_blocked(), 30)
+        await asyncio.wait_for(viewer.close(), 10)
+    finally:
+        stuck.close()
+        for logger in loggers:
+            logger.removeHandler(records)
+    assert [r.getMessage() for r in records.records] == []
+    assert not connections  # the stuck client's connection was cut, not left open

@@ -62,27 +62,62 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
+# While it stops, a client whose unsent data did not move in this long has stopped reading.
+_STALL_CHECK = 0.1
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn's server, minus its signal handlers (the program keeps its own)."""
+class _ViewerServer(uvicorn.Server):
+    """uvicorn's server, which ends the open event streams at once when it stops: it sets
+    ``closing`` (the streams waiting for news end on it), and cuts the connection of a client
+    that stopped reading. Without ``signals`` it leaves signal handlers alone (``serve``: the
+    program keeps its own)."""
+
+    def __init__(self, config: uvicorn.Config, closing: asyncio.Event, *, signals: bool) -> None:
+        super().__init__(config)
+        self._closing = closing
+        self._signals = signals
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class _StoppingServer(uvicorn.Server):
-    """uvicorn's server, which also ends the open event streams when told to stop (else it
-    waits for them until its grace period ends)."""
-
-    def __init__(self, config: uvicorn.Config, closing: asyncio.Event) -> None:
-        super().__init__(config)
-        self._closing = closing
+        if not self._signals:
+            yield
+            return
+        with super().capture_signals():
+            yield
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._closing.set()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._closing.set()
+        cutter = asyncio.create_task(self._cut_stalled_clients())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            cutter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cutter
+
+    async def _cut_stalled_clients(self) -> None:
+        """While the server stops: abort each connection whose unsent data has not moved for
+        ``_STALL_CHECK`` seconds (its client stopped reading).
+
+        A stream to such a client is blocked in a send, waiting for room in the socket, not
+        on ``closing``: it could never end, and uvicorn waited its whole grace period, then
+        cancelled it with an ERROR traceback. Aborted, the connection is lost, its send
+        returns and its stream ends as for any client that left."""
+        unsent: dict[Any, int] = {}
+        while True:
+            for connection in list(self.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is None:
+                    continue
+                pending = transport.get_write_buffer_size()
+                if pending and unsent.get(connection) == pending:
+                    transport.abort()
+                unsent[connection] = pending
+            await asyncio.sleep(_STALL_CHECK)
 
 
 def bind(host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT) -> socket.socket:
@@ -166,7 +201,7 @@ class Viewer:
         )
         self._socket: socket.socket | None = None
         self._bound: int | None = None
-        self._server: _QuietServer | None = None
+        self._server: _ViewerServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscriptions: list[tuple[Any, Any]] = []
 
@@ -202,7 +237,7 @@ class Viewer:
             lifespan="off",
             timeout_graceful_shutdown=1,
         )
-        self._server = _QuietServer(config)
+        self._server = _ViewerServer(config, self.app.state.viewer.closing, signals=False)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _START_TIMEOUT
@@ -401,7 +436,7 @@ def run_server(
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
     )
-    server = _StoppingServer(config, app.state.viewer.closing)
+    server = _ViewerServer(config, app.state.viewer.closing, signals=True)
     try:
         server.run(sockets=[sock])
     finally:
