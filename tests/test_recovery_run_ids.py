@@ -20,6 +20,7 @@ BAD = {
     "../x": "path separator",
     "..": "'..'",
     "a..b": "'..'",
+    ".": "current folder",  # the viewer's link /runs/. was read as /runs/ (a 400)
     "x" * (MAX_RUN_ID_BYTES + 1): "longer than",
     "é" * (MAX_RUN_ID_BYTES // 2 + 1): "longer than",  # 2 bytes each in UTF-8
     "\udc80": "control",  # a lone surrogate cannot be written anywhere

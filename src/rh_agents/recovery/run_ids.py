@@ -6,10 +6,11 @@
     check_run_id("../x")                    # InvalidRunIdError, saying the rule
 
 A run id is a name, not a path. It must be non-empty, at most ``MAX_RUN_ID_BYTES`` bytes in
-UTF-8, printable (no control characters: no newline, tab or NUL), and hold no path separator
-(``/`` or ``\\``) and no ``..``. Such an id can name a file in any directory, a row in a
-database and a line in a terminal, so both backends accept exactly the same ids. Spaces and
-non-ASCII letters are allowed.
+UTF-8, printable (no control characters: no newline, tab or NUL), hold no path separator
+(``/`` or ``\\``) and no ``..``, and not be ``.`` (the current folder: a browser reads a link
+to ``/runs/.`` as ``/runs/``). Such an id can name a file in any directory, a row in a
+database, a line in a terminal and a page of the viewer, so both backends accept exactly the
+same ids. Spaces and non-ASCII letters are allowed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ MAX_RUN_ID_BYTES = 128
 
 RUN_ID_RULE = (
     f"a run id is 1 to {MAX_RUN_ID_BYTES} bytes of printable text (UTF-8) with no control "
-    "characters, no '/' or '\\\\' and no '..'"
+    "characters, no '/' or '\\\\' and no '..', and not '.'"
 )
 
 
@@ -45,6 +46,8 @@ def _problem(run_id: str) -> str | None:
         return "holds a path separator"
     if ".." in run_id:
         return "holds '..'"
+    if run_id == ".":
+        return "is '.', which names the current folder"
     if len(run_id.encode("utf-8")) > MAX_RUN_ID_BYTES:
         return f"is longer than {MAX_RUN_ID_BYTES} bytes"
     return None
