@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import EventRetrying
 from rh_agents.core.results import ExecutionResult
 from rh_agents.observability import MemberBar, Timeline, TimelineGroup, TimelineRecorder
-from rh_agents.observability.timeline_svg import COLOURS
+from rh_agents.observability.timeline_svg import COLOURS, render_html
 from rh_agents.recovery import Recovery
 from rh_agents.recovery.records import CheckpointRecord
 from screenshot_support import find_chromium, png_size, read_png, screenshot
@@ -456,3 +457,33 @@ def test_a_lone_surrogate_in_an_error_is_written_as_a_question_mark(
     html = path.read_text(encoding="utf-8")
     assert "cannot open caf?.txt" in html
     page_of(html)  # still well-formed XML
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan, 1e300])
+def test_a_time_that_is_no_time_is_shown_as_unknown(bad: float) -> None:
+    """An infinite start or end made ``render_html`` raise OverflowError (the whole page
+    lost for one value); NaN and times whose difference overflows, too. Such a time is
+    shown as unknown, and every member is still drawn."""
+    group = TimelineGroup("g", "g", started=0.0, finished=bad, status="completed")
+    group.members[0] = MemberBar(0, name="a", enqueued=0.0, started=0.5, finished=bad)
+    group.members[1] = MemberBar(1, name="b", enqueued=-bad, started=0.0, finished=1.0)
+    group.members[1].retries.append(bad)
+    group.members[2] = MemberBar(2, name="c", enqueued=0.0, started=0.25, finished=1.0)
+    html = render_html(Timeline([group]))
+    assert sorted(members_of(page_of(html))) == [0, 1, 2]
+    assert "inf" not in html.replace("info", "").lower() and "nan" not in html.lower()
+    assert group.members[0].finished is bad  # the timeline itself is left as it was
+
+
+def test_groups_whose_parents_form_a_cycle_are_shown() -> None:
+    """Two groups each naming a member of the other as its parent (bad data): neither was
+    reachable from a root, and both were left out of the page without a word."""
+    a = TimelineGroup("a", "a", parent_group_id="b", parent_index=0, members={0: MemberBar(0)})
+    b = TimelineGroup("b", "b", parent_group_id="a", parent_index=0, members={0: MemberBar(0)})
+    ok = TimelineGroup("ok", "ok", members={0: MemberBar(0)})
+    timeline = Timeline([a, b, ok])
+    assert [g.group_id for g in timeline.roots()] == ["a", "ok"]
+    assert [g.group_id for g in timeline.nested("a", 0)] == ["b"]
+    page = page_of(render_html(timeline))
+    shown = {el.get("data-group-id") for el in page.iter(f"{XHTML}div")} - {None}
+    assert shown == {"a", "b", "ok"}

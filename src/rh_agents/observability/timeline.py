@@ -99,7 +99,9 @@ class Timeline:
 
         Taken from the group's record when it says, otherwise from its address: a group opened
         inside member ``i`` of group ``G`` has an address starting with ``G[i]::`` (the innermost
-        such ``G`` is its parent). A parent that is not in this timeline makes a root.
+        such ``G`` is its parent). A parent that is not in this timeline makes a root, and so
+        does the group at which a chain of parents comes back on itself (links that form a
+        cycle, as only bad data can: its groups were reachable from no root, and left out).
         """
         known = {group.group_id for group in self.groups}
         out: dict[str, tuple[str, int]] = {}
@@ -109,6 +111,18 @@ class Timeline:
                 parent, index = _parent_by_address(group.group_id, known)
             if parent is not None and index is not None and parent in known:
                 out[group.group_id] = (parent, index)
+        placed: set[str] = set()  # groups whose chain of parents is known to end at a root
+        for group in self.groups:
+            chain: list[str] = []
+            on_chain: set[str] = set()
+            group_id = group.group_id
+            while group_id in out and group_id not in placed and group_id not in on_chain:
+                chain.append(group_id)
+                on_chain.add(group_id)
+                group_id = out[group_id][0]
+            if group_id in on_chain:  # back on itself: this one is a root now
+                del out[group_id]
+            placed.update(chain)
         return out
 
     def roots(self) -> list[TimelineGroup]:

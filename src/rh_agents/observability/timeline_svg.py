@@ -120,6 +120,9 @@ td.name, th.name { text-align: left; }
 # os.fsdecode makes it and a JSON store keeps it): writing the page failed on them.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _NARROW = frozenset(" !'(),./:;I[]`fijlrt{|}")
+# Times beyond this (about 31 million years, in seconds) are damaged data, not a run's: the
+# span between two such times overflows, and the chart shows them as unknown.
+_MAX_TIME = 1e15
 
 
 def _esc(text: str) -> str:
@@ -550,7 +553,8 @@ class _Page:
         if self.timed:
             radius = max(2.5, min(5.0, height / 2 - 1))
             for when in tree.retry_times(group, bar):
-                out.append(self._diamond(layout.x(when), y + height / 2, radius))
+                if _time(when) is not None:  # a retry at no time is counted, not drawn
+                    out.append(self._diamond(layout.x(when), y + height / 2, radius))
         if height >= 14:
             out.append(self._note_svg(_member_note(tree, group, bar), y, height))
         out.append("</g>")
@@ -735,11 +739,69 @@ def _resource_cells(usage: Any) -> str:
     return f"<td>{peak}</td><td>{files}</td><td>{p95}</td><td>{worst}</td>"
 
 
+def _time(value: float | None) -> float | None:
+    """``value`` if it is a time the chart can place, else ``None`` (unknown)."""
+    if value is None or not -_MAX_TIME < value < _MAX_TIME:  # (NaN fails both)
+        return None
+    return value
+
+
+def _usable(timeline: Timeline) -> Timeline:
+    """``timeline`` with every time the chart cannot place (infinite, NaN, or so far out that
+    differences overflow) as unknown: one such time made the page an ``OverflowError``. The
+    timeline itself is not changed; without such a time it is returned as it is."""
+    from rh_agents.observability.timeline import MemberBar, Timeline, TimelineGroup
+
+    def bad(value: float | None) -> bool:
+        return value is not None and _time(value) is None
+
+    if not any(
+        bad(group.started)
+        or bad(group.finished)
+        or any(bad(b.enqueued) or bad(b.started) or bad(b.finished) for b in group.members.values())
+        for group in timeline.groups
+    ):
+        return timeline
+    groups = []
+    for group in timeline.groups:
+        members = {
+            index: MemberBar(
+                bar.index,
+                name=bar.name,
+                enqueued=_time(bar.enqueued),
+                started=_time(bar.started),
+                finished=_time(bar.finished),
+                status=bar.status,
+                error=bar.error,
+                attempts=bar.attempts,
+                retries=list(bar.retries),  # (drawn only where finite; counted all the same)
+            )
+            for index, bar in group.members.items()
+        }
+        groups.append(
+            TimelineGroup(
+                group.group_id,
+                group.name,
+                started=_time(group.started),
+                finished=_time(group.finished),
+                max_workers=group.max_workers,
+                status=group.status,
+                metrics=group.metrics,
+                members=members,
+                parent_group_id=group.parent_group_id,
+                parent_index=group.parent_index,
+            )
+        )
+    return Timeline(groups, timed=timeline.timed, title=timeline.title)
+
+
 def render_html(timeline: Timeline, *, chart_width: float | None = None) -> str:
     """The whole page: title, overview, legend, the chart, then the metrics table (folded).
 
     ``chart_width``: the bars' width in px (at least ``MIN_CHART_WIDTH``), for a zoomed view;
-    by default the chart fits ``PAGE_WIDTH``."""
+    by default the chart fits ``PAGE_WIDTH``. A time that is no time (infinite, NaN) is shown
+    as unknown."""
+    timeline = _usable(timeline)
     page = _Page(timeline, chart_width)
     chart = page.chart()  # first: it decides what the legend and the notes list
     stored = (
