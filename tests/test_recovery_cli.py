@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,33 @@ async def test_stored_names_are_shown_without_control_codes(tmp_path: Path) -> N
         assert "summarize␛c␍FAKE" in done.output, (command, done.output)
     shown = runner.invoke(app, ["runs", "show", "r", "--all", "--state", str(db)])
     assert "docs␇␈" in shown.output
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need os.mkfifo")
+def test_a_named_pipe_in_a_json_store_is_refused_not_read(tmp_path: Path) -> None:
+    """A named pipe called ``r.json`` in a JSON store made ``runs list`` and ``runs show``
+    hang for ever (reading a pipe waits for a writer); the SQLite backend already refused a
+    store that is not a regular file. It is now named as what it is, and the others listed."""
+    store = tmp_path / "runs"
+    with open_backend(store) as backend:
+        backend.create_run("good")
+    os.mkfifo(store / "r.json")
+    listed = runner.invoke(app, ["runs", "list", "--state", str(store)])
+    assert listed.exit_code == 1, listed.output
+    assert any(line.startswith("good ") for line in listed.output.splitlines())
+    assert "r.json is not a regular file" in listed.output
+    shown = runner.invoke(app, ["runs", "show", "r", "--state", str(store)])
+    assert shown.exit_code == 2 and "r.json is not a regular file" in shown.output
+
+
+def test_a_file_given_as_a_json_store_is_said_to_be_a_file(tmp_path: Path) -> None:
+    """``runs show X --state notes.json`` said "the directory does not exist" of a file that
+    exists, where ``runs list`` says it is a file: both say so now."""
+    path = tmp_path / "notes.json"
+    path.write_text("{}", encoding="utf-8")
+    for command in (["runs", "show", "x"], ["runs", "resume", "x"], ["runs", "list"]):
+        done = runner.invoke(app, [*command, "--state", str(path)])
+        assert done.exit_code == 2, (command, done.output)
+        assert f"{path} is a file, not a folder of run files" in done.output, command
+        assert "does not exist" not in done.output

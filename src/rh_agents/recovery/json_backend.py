@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -51,6 +52,29 @@ __all__ = ["JSONBackend"]
 _FORMAT = 1
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class _NotARegularFile(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+# Opened without blocking: opening a named pipe to read waits for a writer, forever.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of the regular file ``path``; ``_NotARegularFile`` for anything else (a
+    folder, a named pipe, a device), checked on the opened file: a named pipe called
+    ``r.json`` made listing the folder hang, as the SQLite backend already refuses."""
+    fd = os.open(path, _OPEN_FLAGS)
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(file.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe or device)"
+            raise _NotARegularFile(kind)
+        return file.read()
 
 
 class JSONBackend(StateBackend):
@@ -114,12 +138,22 @@ class JSONBackend(StateBackend):
             return cached
         path = self._path(run_id)
         try:
-            data = path.read_bytes()
+            data = _read_regular_file(path)
         except (FileNotFoundError, NotADirectoryError):
+            if self.directory.exists() and not self.directory.is_dir():
+                # (The same sentence as a listing's: "the directory does not exist" was wrong.)
+                raise RecoveryError(
+                    f"state directory {self.directory} is a file, not a folder of run files"
+                ) from None
             missing = "" if self.directory.is_dir() else "; the directory does not exist"
             raise UnknownRunError(
                 f"no run {run_id!r} in {self.directory} (no file {path.name}{missing}); "
                 "`rh-agents runs list` shows the known runs"
+            ) from None
+        except _NotARegularFile as exc:
+            raise RecoveryError(
+                f"state file {path} is {exc.kind}, not a run file; move it out of the folder "
+                "of run files"
             ) from None
         except OSError as exc:
             raise RecoveryError(
