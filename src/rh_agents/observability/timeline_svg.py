@@ -16,6 +16,7 @@ shows the details (SVG ``<title>``). The document is well-formed XML, so tools c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import unicodedata
@@ -750,7 +751,6 @@ def _usable(timeline: Timeline) -> Timeline:
     """``timeline`` with every time the chart cannot place (infinite, NaN, or so far out that
     differences overflow) as unknown: one such time made the page an ``OverflowError``. The
     timeline itself is not changed; without such a time it is returned as it is."""
-    from rh_agents.observability.timeline import MemberBar, Timeline, TimelineGroup
 
     def bad(value: float | None) -> bool:
         return value is not None and _time(value) is None
@@ -762,37 +762,27 @@ def _usable(timeline: Timeline) -> Timeline:
         for group in timeline.groups
     ):
         return timeline
-    groups = []
-    for group in timeline.groups:
-        members = {
-            index: MemberBar(
-                bar.index,
-                name=bar.name,
-                enqueued=_time(bar.enqueued),
-                started=_time(bar.started),
-                finished=_time(bar.finished),
-                status=bar.status,
-                error=bar.error,
-                attempts=bar.attempts,
-                retries=list(bar.retries),  # (drawn only where finite; counted all the same)
-            )
-            for index, bar in group.members.items()
-        }
-        groups.append(
-            TimelineGroup(
-                group.group_id,
-                group.name,
-                started=_time(group.started),
-                finished=_time(group.finished),
-                max_workers=group.max_workers,
-                status=group.status,
-                metrics=group.metrics,
-                members=members,
-                parent_group_id=group.parent_group_id,
-                parent_index=group.parent_index,
-            )
+    # Copies made with dataclasses.replace: this module must not import the timeline's
+    # (which imports this one to render).
+    groups = [
+        dataclasses.replace(
+            group,
+            started=_time(group.started),
+            finished=_time(group.finished),
+            members={
+                index: dataclasses.replace(
+                    bar,
+                    enqueued=_time(bar.enqueued),
+                    started=_time(bar.started),
+                    finished=_time(bar.finished),
+                    retries=list(bar.retries),  # (drawn only where finite; counted all the same)
+                )
+                for index, bar in group.members.items()
+            },
         )
-    return Timeline(groups, timed=timeline.timed, title=timeline.title)
+        for group in timeline.groups
+    ]
+    return dataclasses.replace(timeline, groups=groups)
 
 
 def render_html(timeline: Timeline, *, chart_width: float | None = None) -> str:
