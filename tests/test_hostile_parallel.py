@@ -20,6 +20,7 @@ from rh_agents.errors import (
     ConfigurationError,
     DependencyError,
     GroupClosedError,
+    InvalidMemberError,
     OversizedGroupWarning,
     ParallelError,
     UnusedGroupWarning,
@@ -522,3 +523,28 @@ async def test_a_lazy_input_starts_workers_as_it_yields_items_not_max_workers_of
         loop.set_task_factory(previous)
     assert [r.result for r in results] == [1, 2]
     assert created[0] < 200  # (up to 64 at once, then doubling while items come)
+
+
+@pytest.mark.parametrize("options", [{}, {"member_timeout": 30}], ids=["inline", "run_member"])
+async def test_one_coroutine_object_added_twice_fails_its_second_member_clearly(
+    options: dict[str, Any],
+) -> None:
+    # The second member failed with Python's bare RuntimeError ("coroutine is being awaited
+    # already", or "cannot reuse already awaited coroutine", by timing).
+    async def fetch() -> str:
+        await asyncio.sleep(0)
+        return "page"
+
+    state = ExecutionState()
+    twice = fetch()
+    done = fetch()
+    await done  # (awaited before it was added)
+    async with state.parallel(**options) as p:
+        p.add(twice)
+        p.add(twice)
+        p.add(done)
+    first, second, third = await p.gather()
+    assert first.result == "page"
+    for result in (second, third):
+        assert isinstance(result.exception, InvalidMemberError)
+        assert "already started or closed" in str(result.exception)

@@ -22,10 +22,27 @@ __all__ = [
     "check_member",
     "describe_member",
     "is_event_call",
+    "reused_coroutine",
     "takes_no_arguments",
 ]
 
 MemberFactory = Coroutine[Any, Any, Any] | Awaitable[Any] | Callable[[], Awaitable[Any]]
+
+
+async def reused_coroutine(member: Member, coroutine: Any) -> Any:
+    """What a member runs in place of a coroutine that has started already: the same
+    coroutine object added as two members (or awaited elsewhere before). Awaiting it would
+    raise Python's bare ``RuntimeError`` ("cannot reuse already awaited coroutine", or "is
+    being awaited already", depending on timing); this says what happened and what to do.
+    (Checked as a worker takes the member: ``cr_frame`` is gone once it ended, ``cr_await``
+    is set while another member awaits it.)"""
+    raise InvalidMemberError(
+        f"member {member.name or member.index}: the coroutine "
+        f"{getattr(coroutine, '__qualname__', '?')} was already started or closed (the same "
+        "coroutine object added twice, or awaited before it was added); a coroutine runs "
+        "once: add a new call for each member, or a zero-argument callable "
+        "(p.add(lambda: fn(x)))"
+    )
 
 
 def is_event_call(obj: Any) -> bool:

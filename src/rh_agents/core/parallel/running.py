@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.context import Frame, InContext, enter_frame, exit_frame
 from rh_agents.core.parallel.deadlines import member_deadlines
+from rh_agents.core.parallel.member import reused_coroutine
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
@@ -113,6 +114,8 @@ async def run_member(
             if type(run) is not CoroutineType:
                 # Calls a function (nothing will call it again), in the member's context.
                 run = member.open() if context is None else context.run(member.open)
+            elif run.cr_frame is None or run.cr_await is not None:
+                run = reused_coroutine(member, run)  # (started already: see there)
             member.source = None  # runs once
         else:
             run = state.run_member(group, member, frame)

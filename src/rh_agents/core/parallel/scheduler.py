@@ -53,7 +53,7 @@ from rh_agents.core.context import (
     enter_frame,
     exit_frame,
 )
-from rh_agents.core.parallel.member import describe_member, is_event_call
+from rh_agents.core.parallel.member import describe_member, is_event_call, reused_coroutine
 from rh_agents.core.parallel.ready import ReadyQueue
 from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
 from rh_agents.core.results import ExecutionResult, ResultStatus
@@ -464,6 +464,8 @@ class WorkerPool:
                         run = member.source
                         if type(run) is not CoroutineType:
                             run = member.open()  # calls a function: nothing calls it again
+                        elif run.cr_frame is None or run.cr_await is not None:
+                            run = reused_coroutine(member, run)  # (started already)
                         member.source = None  # runs once
                         value = await run
                     except asyncio.CancelledError:
