@@ -375,3 +375,26 @@ async def test_a_group_opened_again_and_again_warns_once_per_place() -> None:
     assert "group 'docs' ran 1 member" in str(oversized[0].message)
     assert [r.address for r in records][:3] == ["docs", "docs#2", "docs#3"]
     assert len(records) == 30
+
+
+def test_a_stream_kept_unfinished_past_its_loop_is_named_as_a_stream() -> None:
+    # It read "was given 5 members but never gathered nor left: its results were never
+    # read", though one was read: the warning is about a stream neither finished nor closed.
+    kept: list[Any] = []
+
+    async def work(i: int) -> int:
+        await asyncio.sleep(0.01 * i)
+        return i
+
+    async def main() -> None:
+        state = ExecutionState(watchdog=None)
+        group = state.parallel(batch_mode="stream")
+        stream = await group.execute_parallel([work(i) for i in range(5)])
+        async for _ in stream:
+            break
+        kept.append(stream)
+
+    asyncio.run(main())
+    with pytest.warns(UnusedGroupWarning, match="neither read to its end nor closed"):
+        kept.clear()
+        gc.collect()

@@ -180,6 +180,18 @@ def warn_if_unused(group: ParallelExecutionManager[Any]) -> None:
             "`await p.execute_parallel(events)`"
         )
         address = name or "parallel"
+    elif group._stream_owned:
+        # (parallel_map's generator, an execute_parallel stream: read in part, then kept
+        # until the loop ended, which never closed it)
+        message = (
+            f"the stream of results of group {group.group_id!r} was neither read to its end "
+            "nor closed: the members still running when the event loop ended never finished"
+        )
+        hint = (
+            "Close it when you stop reading early: "
+            "`async with contextlib.aclosing(stream) as results: ...`"
+        )
+        address = group.group_id
     else:
         message = (
             f"group {group.group_id!r} was given {total} member{'s' if total != 1 else ''} "
