@@ -282,14 +282,26 @@ async def _read_run(vs: ViewerState, run_id: str) -> _Run:
                 info, stored = await vs.store.read_run(run_id)
     except StoreProblem as exc:
         logger.warning("run %s: the store cannot be read (%s); showing the live run", run_id, exc)
+    # The snapshot, on the loop (the feed changes there): fresh dicts of plain values, which
+    # nothing else holds. Merging it with the store's records happens in a thread.
+    summary, live_nodes, live_groups = live_summary(feed, info), feed.all_nodes(), feed.groups()
+    return await asyncio.to_thread(_live_run, summary, live_nodes, live_groups, stored, cursor)
+
+
+def _live_run(
+    summary: Node,
+    live_nodes: list[Node],
+    live_groups: list[Node],
+    stored: dict[str, CheckpointRecord],
+    cursor: int,
+) -> _Run:
     nodes = stored_nodes(stored.values())
-    for node in feed.all_nodes():  # what the feed knows wins; the store fills in the rest
+    for node in live_nodes:  # what the feed knows wins; the store fills in the rest
         below = nodes.get(node["address"], {})
         nodes[node["address"]] = {**below, **{k: v for k, v in node.items() if v is not None}}
     groups = stored_groups(stored.values(), RunStatus.RUNNING.value)
-    groups.update((group["group_id"], group) for group in feed.groups())
-    return _Run(live_summary(feed, info), list(nodes.values()), list(groups.values()), "live",
-                cursor)  # fmt: skip
+    groups.update((group["group_id"], group) for group in live_groups)
+    return _Run(summary, list(nodes.values()), list(groups.values()), "live", cursor)
 
 
 def _stored_run(found: RunInfo, records: dict[str, CheckpointRecord]) -> _Run:
@@ -300,11 +312,11 @@ def _stored_run(found: RunInfo, records: dict[str, CheckpointRecord]) -> _Run:
                 "store", cursor)  # fmt: skip
 
 
-async def _render(run: _Run | None, live: bool, make: Callable[[], _T]) -> _T:
-    """``make()``: in a thread for a stored run (its data is the reader's alone; it may be
-    big), on the loop for a live one (its feed changes on the loop)."""
-    if live or (run is not None and run.source != "store"):
-        return make()
+async def _render(make: Callable[[], _T]) -> _T:
+    """``make()`` (a page, a JSON text), in a thread: a run of 100,000 members takes seconds
+    to render, and the viewer may share its event loop with a run (``serve()``). What it
+    reads is the request's own: a stored run's records, or a live run's snapshot, taken on
+    the loop (``LiveFeed.all_nodes``, ``groups``, ``timeline``: fresh objects)."""
     return await asyncio.to_thread(make)
 
 
@@ -368,7 +380,7 @@ async def _run_page(request: Request) -> Response:
         )
         return pages.run_page(page)
 
-    return _html(await _render(run, False, render))
+    return _html(await _render(render))
 
 
 async def _timeline(request: Request) -> tuple[Timeline, str, str | None, bool]:
@@ -402,11 +414,8 @@ async def _timeline_page(request: Request) -> Response:
     except ValueError:
         zoom = 1
     zoom = min(pages.ZOOMS, key=lambda level: abs(level - zoom))
-    stored = run_id not in _vs(request).feeds
     body = await _render(
-        None,
-        not stored,
-        lambda: pages.timeline_page(timeline, run_id=run_id, group=group, zoom=zoom, live=live),
+        lambda: pages.timeline_page(timeline, run_id=run_id, group=group, zoom=zoom, live=live)
     )
     return _html(body, policy=_TIMELINE_POLICY)
 
@@ -446,7 +455,7 @@ async def _api_run(request: Request) -> Response:
             }
         )
 
-    return Response(await _render(run, False, render), media_type="application/json")
+    return Response(await _render(render), media_type="application/json")
 
 
 def timeline_json(timeline: Timeline) -> Node:
@@ -486,12 +495,11 @@ def timeline_json(timeline: Timeline) -> Node:
 
 async def _api_timeline(request: Request) -> Response:
     try:
-        timeline, run_id, _, live = await _timeline(request)
+        timeline, _, _, live = await _timeline(request)
     except StoreProblem as exc:
         return _problem(exc, api=True)
-    stored = run_id not in _vs(request).feeds
-    data = await _render(None, not stored, lambda: {**timeline_json(timeline), "live": live})
-    return _json(data)
+    text = await _render(lambda: _dumps({**timeline_json(timeline), "live": live}))
+    return Response(text, media_type="application/json")
 
 
 # --- event streams --------------------------------------------------------------------------
