@@ -17,7 +17,7 @@ import pytest
 from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.records import CheckpointRecord, RunStatus
 from rh_agents.ui import create_app, pages
-from rh_agents.ui.live import LiveFeed
+from rh_agents.ui.live import FeedSnapshot, LiveFeed
 from rh_agents.ui.pages import ERROR_TITLE_CHARS
 from ui_support import EventReader, StreamingASGITransport, member_record, running_run, stored_run
 
@@ -215,7 +215,8 @@ async def test_pages_and_json_are_made_off_the_event_loop(
     """A big run took seconds of the viewer's event loop to render, the loop a watched run
     shares with it (``serve(state)``): a live run's pages were rendered on it (the timeline
     page of 80,000 members stalled the run 2.2 s). Stored or live, a run's nodes, tree, pages,
-    JSON and timeline are made in a thread; only a live run's snapshot is taken on the loop."""
+    JSON and timeline are made in a thread; only a live run's snapshot (copies of its feed's
+    columns) is taken on the loop."""
     import threading
 
     from rh_agents.ui import app as app_module
@@ -235,6 +236,9 @@ async def test_pages_and_json_are_made_off_the_event_loop(
     monkeypatch.setattr(app_module, "build_tree", spy("tree", app_module.build_tree))
     monkeypatch.setattr(app_module, "timeline_json", spy("json", app_module.timeline_json))
     monkeypatch.setattr(app_module, "_dumps", spy("dumps", app_module._dumps))
+    for method in ("nodes", "groups", "timeline"):  # a live run's, from its snapshot
+        real = getattr(FeedSnapshot, method)
+        monkeypatch.setattr(FeedSnapshot, method, spy(f"snapshot {method}", real))
     await stored_run(tmp_path / "state.db", "done-run")
     live = _live_feed(members=3)
     app = create_app(tmp_path / "state.db", feeds={"live": live})
@@ -247,8 +251,11 @@ async def test_pages_and_json_are_made_off_the_event_loop(
                          f"/runs/{run_id}/timeline", f"/api/runs/{run_id}/timeline"):  # fmt: skip
                 assert (await client.get(path)).status_code == 200, path
             seen[run_id] = {name: set(names) for name, names in threads.items()}
+    made_of_any = {"page", "timeline", "nodes", "tree", "json", "dumps"}
+    assert set(seen["done-run"]) == made_of_any
+    assert set(seen["live"]) == made_of_any | {"snapshot nodes", "snapshot groups",
+                                               "snapshot timeline"}  # fmt: skip
     for run_id, made in seen.items():
-        assert set(made) == {"page", "timeline", "nodes", "tree", "json", "dumps"}, run_id
         assert all(loop_thread not in names for names in made.values()), (run_id, made)
 
 

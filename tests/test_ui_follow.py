@@ -518,3 +518,19 @@ async def test_following_again_before_the_previews_are_made_keeps_the_new_histor
     nodes = {n["address"]: n for n in feed.all_nodes()}
     assert nodes["slow"]["result"] == "4"  # (made from the new run's history)
     feed.finish()
+
+
+async def test_a_snapshot_of_a_followed_run_holds_its_previews() -> None:
+    """A followed run's previews (a call's result) are made when shown, from the run's
+    history, which only the loop may read: the snapshot (taken on the loop, read in a thread)
+    holds them made, as the feed shows them."""
+    state = ExecutionState(run_id="previews")
+    feed = LiveFeed("previews", clock_now=state.clock.now)
+    feed.follow(state)
+    await run_workflow(state, members=4, delay=0.001)
+    snapshot = feed.snapshot()
+    nodes = {node["address"]: node for node in snapshot.nodes()}
+    assert "double" in nodes["Orchestrator::docs[2]::work"]["result"]
+    assert list(nodes.values()) == [feed.node(address) for address in nodes]
+    assert snapshot.groups() == feed.groups()
+    feed.unfollow()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -157,3 +158,31 @@ async def test_a_resumed_run_and_an_interrupted_one(tmp_path: Path) -> None:
     assert nodes["Orchestrator::docs[0]::work"]["result"]  # from the store, under the feed
     feed(RunInterrupted(address="", timestamp=0.0, run_id="again"))
     assert feed.status == "interrupted"
+
+
+async def test_a_snapshot_is_the_feed_as_it_was() -> None:
+    """A live page's snapshot (``LiveFeed.snapshot``) is taken on the loop and read in a
+    thread while the run goes on: it shows what the feed showed when it was taken (each node,
+    the groups with their metrics, the timeline), and nothing the feed takes afterwards."""
+    from rh_agents.core.records import MemberFinished
+
+    feed = await _watched()
+    snapshot = feed.snapshot()
+    nodes = [feed.node(address) for address in feed.rows]
+    groups = feed.groups()
+    group = "Orchestrator::docs"
+
+    def bars(timeline: Any) -> list[tuple[int, str | None, float | None]]:
+        return [(b.index, b.status, b.finished) for g in timeline.groups for b in g.bars()]
+
+    chart = bars(feed.timeline(group))
+    assert snapshot.nodes() == nodes and snapshot.groups() == groups
+    assert bars(snapshot.timeline(group)) == chart and len(chart) == 5
+    # The run goes on: a member finishes again (failed), another one comes.
+    for index in (0, 7):
+        feed(MemberFinished.of_member(group, index, f"{group}[{index}]", "w", 99.0, "failed",
+                                      1.0, "late", 0, 0, None, 1, 0.0))  # fmt: skip
+    assert feed.node(f"{group}[0]")["status"] == "failed"  # type: ignore[index]
+    assert snapshot.nodes() == nodes and snapshot.groups() == groups
+    assert bars(snapshot.timeline(group)) == chart
+    assert len(bars(feed.timeline(group))) == 6

@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rh_agents.observability.timeline import Timeline
 from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
 from rh_agents.ui import pages
-from rh_agents.ui.live import LiveFeed, Node
+from rh_agents.ui.live import FeedSnapshot, LiveFeed, Node
 from rh_agents.ui.model import (
     build_tree,
     live_summary,
@@ -282,25 +282,22 @@ async def _read_run(vs: ViewerState, run_id: str) -> _Run:
                 info, stored = await vs.store.read_run(run_id)
     except StoreProblem as exc:
         logger.warning("run %s: the store cannot be read (%s); showing the live run", run_id, exc)
-    # The snapshot, on the loop (the feed changes there): fresh dicts of plain values, which
-    # nothing else holds. Merging it with the store's records happens in a thread.
-    summary, live_nodes, live_groups = live_summary(feed, info), feed.all_nodes(), feed.groups()
-    return await asyncio.to_thread(_live_run, summary, live_nodes, live_groups, stored, cursor)
+    # The snapshot, on the loop (the feed changes there): copies of the feed's columns, which
+    # nothing else holds. Its nodes, and their merging with the store's, are made in a thread.
+    snapshot = feed.snapshot()
+    summary = live_summary(feed, info)
+    return await asyncio.to_thread(_live_run, summary, snapshot, stored, cursor)
 
 
 def _live_run(
-    summary: Node,
-    live_nodes: list[Node],
-    live_groups: list[Node],
-    stored: dict[str, CheckpointRecord],
-    cursor: int,
+    summary: Node, snapshot: FeedSnapshot, stored: dict[str, CheckpointRecord], cursor: int
 ) -> _Run:
     nodes = stored_nodes(stored.values())
-    for node in live_nodes:  # what the feed knows wins; the store fills in the rest
+    for node in snapshot.nodes():  # what the feed knows wins; the store fills in the rest
         below = nodes.get(node["address"], {})
         nodes[node["address"]] = {**below, **{k: v for k, v in node.items() if v is not None}}
     groups = stored_groups(stored.values(), RunStatus.RUNNING.value)
-    groups.update((group["group_id"], group) for group in live_groups)
+    groups.update((group["group_id"], group) for group in snapshot.groups())
     return _Run(summary, list(nodes.values()), list(groups.values()), "live", cursor)
 
 
@@ -315,8 +312,8 @@ def _stored_run(found: RunInfo, records: dict[str, CheckpointRecord]) -> _Run:
 async def _render(make: Callable[[], _T]) -> _T:
     """``make()`` (a page, a JSON text), in a thread: a run of 100,000 members takes seconds
     to render, and the viewer may share its event loop with a run (``serve()``). What it
-    reads is the request's own: a stored run's records, or a live run's snapshot, taken on
-    the loop (``LiveFeed.all_nodes``, ``groups``, ``timeline``: fresh objects)."""
+    reads is the request's own: a stored run's records, or what was made of a live run's
+    snapshot (``LiveFeed.snapshot``: copies, taken on the loop)."""
     return await asyncio.to_thread(make)
 
 
@@ -390,7 +387,10 @@ async def _timeline(request: Request) -> tuple[Timeline, str, str | None, bool]:
     title = f"run {run_id}" + (f": {group}" if group else "")
     feed = vs.feeds.get(run_id)
     if feed is not None:
-        return feed.timeline(group, title=title), run_id, group, feed.running
+        # The snapshot on the loop; the timeline made of it in a thread.
+        snapshot, running = feed.snapshot(previews=False), feed.running
+        timeline = await asyncio.to_thread(snapshot.timeline, group, title=title)
+        return timeline, run_id, group, running
     info, records = await vs.store.read_run(run_id)
     chosen: Iterable[CheckpointRecord] = records.values()
     if group is not None:
