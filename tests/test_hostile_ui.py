@@ -235,7 +235,7 @@ async def test_pages_and_json_are_made_off_the_event_loop(
     monkeypatch.setattr(app_module, "stored_nodes", spy("nodes", app_module.stored_nodes))
     monkeypatch.setattr(app_module, "build_tree", spy("tree", app_module.build_tree))
     monkeypatch.setattr(app_module, "timeline_json", spy("json", app_module.timeline_json))
-    monkeypatch.setattr(app_module, "_dumps", spy("dumps", app_module._dumps))
+    monkeypatch.setattr(app_module, "_json_bytes", spy("dumps", app_module._json_bytes))
     for method in ("nodes", "groups", "timeline"):  # a live run's, from its snapshot
         real = getattr(FeedSnapshot, method)
         monkeypatch.setattr(FeedSnapshot, method, spy(f"snapshot {method}", real))
@@ -287,7 +287,7 @@ def _live_feed(members: int) -> LiveFeed:
     [
         ("/runs/live", "pages", "run_page"),
         ("/runs/live/timeline?group=g", "pages", "timeline_page"),
-        ("/api/runs/live", "app", "_dumps"),
+        ("/api/runs/live", "app", "_json_bytes"),
         ("/api/runs/live/timeline?group=g", "app", "timeline_json"),
     ],
 )
@@ -464,3 +464,29 @@ async def test_one_run_with_a_damaged_checkpoint_does_not_hide_the_other_runs(
     runs = {r["run_id"]: r for r in api.json()["runs"]}
     assert runs.keys() == {"good", "bad"} and runs["good"]["counts"] == {"completed": 1}
     assert "run 'bad'" in api.json()["error"]
+
+
+def test_a_big_json_answer_is_made_in_pieces_and_is_the_same_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The JSON encoder is C and holds the GIL for all the text it makes: /api/runs/<id> of
+    80,000 members held the run's event loop 0.35 s although made in a thread. It is made a
+    slice of a long list at a time (the loop gets its turn between two); the text is the
+    one ``json.dumps`` makes of it, NaN, lone surrogates and all."""
+    from rh_agents.ui import app as app_module
+
+    monkeypatch.setattr(app_module, "_PIECE", 10)
+    node = {"a": 1, "b": math.nan, "c": "caf\udce9", "d": None, "e": [1.5, math.inf], "f": {}}
+    cases: list[Any] = [
+        {"run": {"id": "r", "t": (1, 2)}, "nodes": [dict(node, i=i) for i in range(95)],
+         "groups": [{"members": [{"i": i} for i in range(31)], "m": {}}], "empty": []},
+        [[i, str(i)] for i in range(11)], [], {}, [[]], {1: "int key"}, "x", 3, object(),
+        [{"deep": [[{"i": i}] for i in range(25)]}],
+    ]  # fmt: skip
+    encoded: list[Any] = []
+    real = app_module._ENCODER.encode
+    monkeypatch.setattr(app_module._ENCODER, "encode", lambda o: encoded.append(o) or real(o))
+    for data in cases:
+        assert app_module._json_bytes(data) == app_module._dumps(data).encode(), data
+    longest = max(len(o) for o in encoded if isinstance(o, list))
+    assert longest == 10  # (and 95 nodes were encoded ten at a time)
