@@ -25,7 +25,9 @@ worked out from the columns when a page or a stream asks, on the viewer's time r
 run's.
 
 Readers (the viewer's pages and streams, on the same event loop) use ``changes_since(cursor)``
-for what changed after a cursor, and ``wait(seconds)`` to sleep until the next change.
+for what changed after a cursor, and ``wait(seconds)`` to sleep until the next change. A page
+takes a ``snapshot()`` on the loop (copies of the columns) and works out its nodes and
+timeline in a thread, off the run's loop.
 """
 
 from __future__ import annotations
