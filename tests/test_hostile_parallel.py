@@ -548,3 +548,25 @@ async def test_one_coroutine_object_added_twice_fails_its_second_member_clearly(
     for result in (second, third):
         assert isinstance(result.exception, InvalidMemberError)
         assert "already started or closed" in str(result.exception)
+
+
+async def test_cancel_from_another_thread_is_refused() -> None:
+    # It cancelled the group's tasks from a thread that does not run their loop.
+    state = ExecutionState()
+    started = asyncio.Event()
+
+    def cancel_in_thread() -> BaseException | None:
+        try:
+            p.cancel()
+        except BaseException as exc:
+            return exc
+        return None
+
+    async with state.parallel() as p:
+        p.add(forever(started))
+        await started.wait()
+        error = await asyncio.to_thread(cancel_in_thread)
+        assert isinstance(error, GroupClosedError) and "call_soon_threadsafe" in str(error)
+        assert p.statistics().running == 1  # untouched
+        asyncio.get_running_loop().call_soon_threadsafe(p.cancel)  # the documented way
+    assert p.statistics().cancelled == 1

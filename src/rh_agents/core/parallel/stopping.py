@@ -23,12 +23,14 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
 from rh_agents.errors import (
     FailureThresholdError,
+    GroupClosedError,
     GroupFailedError,
     MemberCancelledError,
     MemberFailedError,
@@ -199,7 +201,18 @@ def on_group_timeout(group: ParallelExecutionManager[Any]) -> None:
 
 
 def cancel(group: ParallelExecutionManager[Any]) -> None:
-    """Cancel every running member and skip the rest; results so far are kept."""
+    """Cancel every running member and skip the rest; results so far are kept.
+
+    From the group's own event loop only (its tasks are cancelled here); from another
+    thread, ``loop.call_soon_threadsafe(p.cancel)``.
+    """
+    loop = group._loop
+    if loop is not None and asyncio._get_running_loop() is not loop:
+        raise GroupClosedError(
+            f"cancel() of group {group.group_id!r} was called from another thread or event "
+            "loop than the one the group runs on (its tasks belong to that loop); from a "
+            "thread: loop.call_soon_threadsafe(p.cancel)"
+        )
     group._sealed = True
     stop(group, ResultStatus.CANCELLED, GroupStatus.CANCELLED)
 
