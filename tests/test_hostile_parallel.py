@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import types
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -525,7 +526,11 @@ async def test_a_lazy_input_starts_workers_as_it_yields_items_not_max_workers_of
     assert created[0] < 200  # (up to 64 at once, then doubling while items come)
 
 
-@pytest.mark.parametrize("options", [{}, {"member_timeout": 30}], ids=["inline", "run_member"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"member_timeout": 30}, {"max_workers": "auto"}],
+    ids=["inline", "run_member", "with-a-policy"],
+)
 async def test_one_coroutine_object_added_twice_fails_its_second_member_clearly(
     options: dict[str, Any],
 ) -> None:
@@ -570,3 +575,114 @@ async def test_cancel_from_another_thread_is_refused() -> None:
         assert p.statistics().running == 1  # untouched
         asyncio.get_running_loop().call_soon_threadsafe(p.cancel)  # the documented way
     assert p.statistics().cancelled == 1
+
+
+async def test_close_from_inside_a_member_is_refused_not_a_deadlock() -> None:
+    # A member closing the state waited for its own group to end: for ever.
+    state = ExecutionState()
+    errors: list[BaseException] = []
+
+    async def closes(x: int) -> int:
+        if x == 1:
+            try:
+                await state.close()
+            except ParallelError as exc:
+                errors.append(exc)
+        await asyncio.sleep(0)
+        return x
+
+    results = [r.result async for r in state.parallel_map(closes, range(4), max_workers=2)]
+    async with state.parallel(max_workers=2, name="left") as p:  # (its block being left)
+        p.add(closes(1))
+    assert sorted(results) == [0, 1, 2, 3]
+    assert len(errors) == 2 and all("from inside a member" in str(e) for e in errors)
+    await state.close()
+
+
+async def test_close_while_a_task_reads_a_stream_is_refused_and_ends_nothing() -> None:
+    state = ExecutionState()
+    reading = asyncio.Event()
+
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x
+
+    async def consume() -> list[int]:
+        got = []
+        async for result in state.parallel_map(slow, range(20), max_workers=4):
+            got.append(result.result)
+            reading.set()
+        return got
+
+    task = asyncio.create_task(consume())
+    await reading.wait()
+    await asyncio.sleep(0)  # (the reader is back waiting for its next result)
+    with pytest.raises(ParallelError, match="still run"):
+        await state.close()
+    assert sorted(await task) == list(range(20))  # nothing was cut short
+    await state.close()
+
+
+async def test_a_held_stream_ended_by_close_raises_when_read_or_closed_later() -> None:
+    # Read after the state ended it, it raises rather than stopping short; an input that
+    # failed as it was closed then is raised by the generator's aclose().
+    def items() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            raise OSError("input cleanup failed")
+
+    state = ExecutionState()
+    held = state.parallel_map(value, items(), max_workers=2)
+    async for _ in held:
+        break
+    await state.close()
+    with pytest.raises(OSError, match="input cleanup failed"):
+        await held.aclose()
+    other = ExecutionState()
+    again = other.parallel_map(value, range(100), max_workers=2)
+    async for _ in again:
+        break
+    await other.close()
+    with pytest.raises(GroupClosedError, match="ended by its state's close"):
+        async for _ in again:
+            pass
+
+
+async def test_leaving_the_states_block_by_an_exception_ends_held_streams_first() -> None:
+    finished_after = 0
+    closed = False
+
+    async def slow(x: int) -> int:
+        nonlocal finished_after
+        await asyncio.sleep(0.01)
+        finished_after += closed
+        return x
+
+    with pytest.raises(KeyError):
+        async with ExecutionState() as state:
+            held = state.parallel_map(slow, range(50), max_workers=5)
+            async for _ in held:
+                break
+            raise KeyError("body")
+    closed = True
+    assert list(state.open_groups) == []
+    await asyncio.sleep(0.03)
+    assert finished_after == 0
+    await held.aclose()
+
+
+async def test_a_generator_based_coroutine_added_twice_fails_its_second_member() -> None:
+    @types.coroutine
+    def legacy() -> Generator[None, None, int]:
+        yield
+        return 7
+
+    state = ExecutionState(retry=None)
+    twice = legacy()
+    async with state.parallel() as p:
+        p.add(twice)
+        p.add(twice)
+    first, second = await p.gather()
+    assert first.result == 7
+    assert isinstance(second.exception, InvalidMemberError)

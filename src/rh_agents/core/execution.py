@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from rh_agents.core import hooks
 from rh_agents.core.bus import EventBus
 from rh_agents.core.clock import Clock, SystemClock
-from rh_agents.core.context import Frame
+from rh_agents.core.context import Frame, running_frame
 from rh_agents.core.history import ExecutionHistory
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.parallel.executing import close_abandoned, join_closings
@@ -432,9 +432,13 @@ class ExecutionState:
         most ``EventBus(shutdown_timeout=...)`` (then the busy ones are reported and
         cancelled). None of them blocks the event loop.
 
-        Groups of the state still running on this loop (another task's block not left yet)
-        are refused with a ``ParallelError``: their members' records and checkpoints would
-        come after the bus and the store had stopped, and be lost. Leave their blocks first.
+        Groups of the state still running (another task's block not left yet, a stream a
+        task is reading, a group on another thread's loop), or a close from inside one of
+        its members, are refused with a ``ParallelError``: their members' records and
+        checkpoints would come after the bus and the store had stopped, and be lost. Leave
+        their blocks first. A stream held but not being read (a ``parallel_map`` kept in a
+        variable after a ``break``) is ended instead: its running members are cancelled, and
+        reading it afterwards raises ``GroupClosedError``.
         """
         await self._close(check_groups=True)
 
@@ -446,36 +450,29 @@ class ExecutionState:
             if group._loop is loop and not group._finalized
         ]
 
-    async def _still_open_groups(self) -> list[str]:
-        """The groups of this state still running on this loop once those being left have
-        ended: an abandoned stream's (closed by join_closings), and an async generator's
-        dropped at a `break` (parallel_map without aclosing: the loop closes it a turn or two
-        later, from its finalizer hook), so leaving `async with state:` right after such a
-        break is not refused."""
+    async def _settle_groups(self, inside: list[str]) -> list[ParallelExecutionManager[Any]]:
+        """The groups of this state still open on this loop once those being left have
+        ended: an abandoned stream's (join_closings), and an async generator's dropped at a
+        `break` (parallel_map without aclosing: the loop closes it a turn or two later, from
+        its finalizer hook). Groups the caller runs inside (``inside``) are not waited for:
+        they wait for the caller."""
         await join_closings(self)
         for _ in range(_FINALIZER_TURNS):
-            groups = self._open_groups_here()
+            groups = [g for g in self._open_groups_here() if g.group_id not in inside]
             if not groups:
-                return []
+                break
             leaving = [group for group in groups if group._leaving]
             if leaving:
                 await asyncio.gather(*(group._wait_finalized() for group in leaving))
             else:
                 await asyncio.sleep(0)
-        # A stream still held (a parallel_map generator kept in a variable after a break, an
-        # execute_parallel stream not read to its end): closing the state ends it, as the
-        # loop's shutdown would (its running members are cancelled), so that its records and
-        # checkpoints come before the bus and the store stop.
-        streams = [group for group in self._open_groups_here() if group._stream_owned]
-        for group in streams:
-            await close_abandoned(group)
-        return [group.group_id for group in self._open_groups_here()]
+        return self._open_groups_here()
 
     async def _close(self, check_groups: bool) -> None:
         # (Leaving `async with state:` with an exception on its way closes whatever runs:
         # that exception goes on, and the groups it passes through end with it.)
+        loop = asyncio.get_running_loop()
         if check_groups:
-            loop = asyncio.get_running_loop()
             elsewhere = [
                 group.group_id
                 for group in list(self.open_groups.values())
@@ -491,15 +488,47 @@ class ExecutionState:
                     f"state run on theirs: {', '.join(elsewhere[:3])}; close the state from "
                     "the loop that runs it, once they have ended"
                 )
-        if check_groups and self._open_groups_here():
-            still_open = await self._still_open_groups()
-            if still_open:
-                raise ParallelError(
-                    f"close() while groups of this state still run: {', '.join(still_open[:3])}"
-                    f"{' ...' if len(still_open) > 3 else ''}; their records and checkpoints "
-                    "would come after the bus and the store stopped. Leave their blocks (await "
-                    "the tasks that run them) before closing the state"
-                )
+        frame = running_frame()
+        inside = (
+            []
+            if frame is None or frame.state is not self
+            else [
+                group.group_id
+                for group in self._open_groups_here()
+                if frame.address.startswith(f"{group.group_id}[")
+            ]
+        )
+        if check_groups and inside:
+            raise ParallelError(
+                f"close() from inside a member of group {inside[-1]!r}: the group ends only once "
+                "that member has, so the close would wait for itself. Close the state where "
+                "the run began, after its groups"
+            )
+        open_groups = await self._settle_groups(inside) if self._open_groups_here() else []
+        # A stream a task is reading right now (waiting for its next result) runs as much
+        # as a block does; one suspended between reads (held after a break) does not.
+        running = [
+            g
+            for g in open_groups
+            if g.group_id not in inside and (not g._stream_owned or g._readers.reading)
+        ]
+        if check_groups and running:
+            ids = [group.group_id for group in running]
+            raise ParallelError(
+                f"close() while groups of this state still run: {', '.join(ids[:3])}"
+                f"{' ...' if len(ids) > 3 else ''}; their records and checkpoints "
+                "would come after the bus and the store stopped. Leave their blocks (await "
+                "the tasks that run them) before closing the state"
+            )
+        # A stream still held (a parallel_map generator kept in a variable after a break, an
+        # execute_parallel stream not read to its end): closing the state ends it, as the
+        # loop's shutdown would (its running members are cancelled), so that its records and
+        # checkpoints come before the bus and the store stop. Whoever reads it afterwards
+        # gets a GroupClosedError, never a quietly shortened stream.
+        for group in open_groups:
+            if group._stream_owned and group.group_id not in inside and group not in running:
+                group._ended_by_close = True
+                await close_abandoned(group)
         self.threads.shutdown()
         # Streams dropped without aclose() are being closed by the loop: their groups end
         # (and publish) before the bus stops.

@@ -97,6 +97,7 @@ class ParallelExecutionManager(Generic[T]):
         "_display_name",
         "_end_time",
         "_end_waiters",
+        "_ended_by_close",
         "_entered",
         "_final_limit",
         "_finalized",
@@ -234,6 +235,7 @@ class ParallelExecutionManager(Generic[T]):
         # Its block lives in a stream the caller iterates (parallel_map's generator, an
         # execute_parallel stream): a state closing under it closes it (see close()).
         self._stream_owned = False
+        self._ended_by_close = False  # ...and the state's close() ended it (see stream)
         self._end_waiters: list[asyncio.Future[None]] | None = None  # (made on first wait)
         self._parent_frame: Frame | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once entered
@@ -357,7 +359,17 @@ class ParallelExecutionManager(Generic[T]):
     ) -> None:
         if self._leaving:
             # Left already: a stream's group that the state's close() ended under it, whose
-            # generator is closed afterwards (its `async with` leaves a second time).
+            # generator is closed afterwards (its `async with` leaves a second time). A map()
+            # input that failed as it was closed then is raised here, by the generator's
+            # aclose(), as an async generator's cleanup error is.
+            stop_error = self._stop_error
+            if (
+                isinstance(exc, GeneratorExit)
+                and isinstance(stop_error, Exception)
+                and not self._outcome_raised
+            ):
+                self._outcome_raised = True
+                raise stop_error
             return
         self._leaving = True
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import Context
-from types import CoroutineType, FunctionType, MethodType
+from types import CoroutineType, FunctionType, GeneratorType, MethodType
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.context import Frame
@@ -210,7 +210,13 @@ class Member(Frame):
         # (A function is never awaitable: no isawaitable() for the common lambda.)
         if kind is CoroutineType or (kind is not FunctionType and inspect.isawaitable(source)):
             self.source = None  # a coroutine runs once
-            if kind is not CoroutineType:
+            if kind is CoroutineType:
+                if source.cr_frame is None or source.cr_await is not None:
+                    return reused_coroutine(self, source)  # (started already)
+            elif kind is GeneratorType:  # a @types.coroutine generator: the same rule
+                if inspect.getgeneratorstate(source) != inspect.GEN_CREATED:
+                    return reused_coroutine(self, source)
+            else:
                 self.is_call = is_event_call(source)
             return source  # type: ignore[no-any-return,unused-ignore]
         made = source()

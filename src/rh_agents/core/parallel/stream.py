@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus
+from rh_agents.errors import GroupClosedError
 
 if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
@@ -81,6 +82,13 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
                 await m._wait_lending(asyncio.shield(m._readers.next_result()))
             await m._wait_all()
             m._finalize()
+            if m._ended_by_close:
+                # Never a quietly shortened stream: its state was closed under it.
+                raise GroupClosedError(
+                    f"the stream of group {m.group_id!r} was ended by its state's close() "
+                    "before its end (its running members were cancelled); read it to its end, "
+                    "or close it, before closing the state"
+                )
             if m._retain:
                 m._raise_for_strategy(m._collected())
         except asyncio.CancelledError:
