@@ -7,7 +7,7 @@ import gc
 import re
 import types
 import warnings
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -42,6 +42,20 @@ async def forever(started: asyncio.Event) -> None:
 async def raise_after(started: asyncio.Event, exc: BaseException) -> None:
     await started.wait()
     raise exc
+
+
+async def in_a_thread(call: Callable[[], object]) -> BaseException | None:
+    """Run ``call`` in a thread of its own (as asyncio.to_thread does: in a copy of this
+    task's context); what it raised, if anything."""
+
+    def caught() -> BaseException | None:
+        try:
+            call()
+        except BaseException as exc:
+            return exc
+        return None
+
+    return await asyncio.to_thread(caught)
 
 
 @pytest.mark.parametrize("options", [{}, {"member_timeout": 30}], ids=["inline", "run_member"])
@@ -197,19 +211,12 @@ async def test_reading_a_group_from_another_event_loop_is_refused() -> None:
     # future of the other loop.
     state = ExecutionState()
 
-    def read_in_another_loop() -> BaseException | None:
-        async def read() -> None:
-            await p.gather()
-
-        try:
-            asyncio.run(read())
-        except BaseException as exc:
-            return exc
-        return None
+    async def read() -> None:
+        await p.gather()
 
     async with state.parallel() as p:
         p.add(value(1))
-        error = await asyncio.to_thread(read_in_another_loop)
+        error = await in_a_thread(lambda: asyncio.run(read()))
     assert isinstance(error, GroupClosedError)
     assert "another event loop" in str(error)
     assert [r.result for r in await p.gather()] == [1]
@@ -224,25 +231,21 @@ async def test_adding_from_another_thread_is_refused_and_adds_nothing(form: str)
     state = ExecutionState()
     coroutine = value(7)
 
-    def add_in_thread() -> BaseException | None:
-        try:
-            if form == "coroutine":
-                p.add(coroutine)
-            elif form == "callable":
-                coroutine.close()
-                p.add(lambda: value(7))
-            elif form == "named":
-                p.add("seven", coroutine)
-            else:
-                p.add(coroutine, timeout=5)
-        except BaseException as exc:
-            return exc
-        return None
+    def add() -> None:
+        if form == "coroutine":
+            p.add(coroutine)
+        elif form == "callable":
+            coroutine.close()
+            p.add(lambda: value(7))
+        elif form == "named":
+            p.add("seven", coroutine)
+        else:
+            p.add(coroutine, timeout=5)
 
     async with state.parallel() as p:
         p.add(value(1))
         # (asyncio.to_thread runs it in a copy of this task's context: the fast path's case)
-        error = await asyncio.to_thread(add_in_thread)
+        error = await in_a_thread(add)
         assert isinstance(error, GroupClosedError)
         assert "another thread or event loop" in str(error)
         assert p.statistics().total == 1
@@ -264,27 +267,20 @@ async def test_one_state_used_by_two_running_loops_at_once_is_refused() -> None:
         await release.wait()
         return 1
 
-    def open_in_another_loop() -> BaseException | None:
-        async def other() -> None:
-            async with state.parallel() as q:
-                q.add(value(2))
-
-        try:
-            asyncio.run(other())
-        except BaseException as exc:
-            return exc
-        return None
+    async def other() -> None:
+        async with state.parallel() as q:
+            q.add(value(2))
 
     async with state.parallel() as p:
         p.add(hold())
         await inside.wait()
-        error = await asyncio.to_thread(open_in_another_loop)
+        error = await in_a_thread(lambda: asyncio.run(other()))
         release.set()
     assert isinstance(error, ConfigurationError)
     assert "not thread-safe" in str(error) and p.group_id in str(error)
     assert [r.result for r in await p.gather()] == [1]
     # Once this loop's groups are done, another loop may use the state.
-    assert await asyncio.to_thread(open_in_another_loop) is None
+    assert await in_a_thread(lambda: asyncio.run(other())) is None
 
 
 async def test_closing_a_state_while_another_task_runs_its_group_is_refused() -> None:
@@ -479,17 +475,10 @@ async def test_closing_the_state_from_another_loop_while_its_groups_run_is_refus
         await release.wait()
         return 1
 
-    def close_in_another_loop() -> BaseException | None:
-        try:
-            asyncio.run(state.close())
-        except BaseException as exc:
-            return exc
-        return None
-
     async with state.parallel(name="A") as p:
         p.add(hold())
         await inside.wait()
-        error = await asyncio.to_thread(close_in_another_loop)
+        error = await in_a_thread(lambda: asyncio.run(state.close()))
         release.set()
     assert isinstance(error, ParallelError) and "another event loop" in str(error)
     assert not state.event_bus.closed
@@ -560,17 +549,10 @@ async def test_cancel_from_another_thread_is_refused() -> None:
     state = ExecutionState()
     started = asyncio.Event()
 
-    def cancel_in_thread() -> BaseException | None:
-        try:
-            p.cancel()
-        except BaseException as exc:
-            return exc
-        return None
-
     async with state.parallel() as p:
         p.add(forever(started))
         await started.wait()
-        error = await asyncio.to_thread(cancel_in_thread)
+        error = await in_a_thread(p.cancel)
         assert isinstance(error, GroupClosedError) and "call_soon_threadsafe" in str(error)
         assert p.statistics().running == 1  # untouched
         asyncio.get_running_loop().call_soon_threadsafe(p.cancel)  # the documented way
