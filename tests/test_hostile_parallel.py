@@ -8,11 +8,14 @@ import re
 import types
 import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from parallel_support import assert_no_leftover_tasks, closed, own_tasks, value
+from parallel_support import Doc, _echo, assert_no_leftover_tasks, closed, own_tasks, value
+from rh_agents import ExecutionEvent, Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ParallelExecutionManager
@@ -26,6 +29,7 @@ from rh_agents.errors import (
     ParallelError,
     UnusedGroupWarning,
 )
+from rh_agents.recovery import Recovery, SQLiteBackend
 
 pytestmark = pytest.mark.timeout(10)  # (asyncio_mode is "auto")
 
@@ -577,7 +581,7 @@ async def test_close_from_inside_a_member_is_refused_not_a_deadlock() -> None:
     async with state.parallel(max_workers=2, name="left") as p:  # (its block being left)
         p.add(closes(1))
     assert sorted(results) == [0, 1, 2, 3]
-    assert len(errors) == 2 and all("from inside a member" in str(e) for e in errors)
+    assert len(errors) == 2 and all("from inside " in str(e) for e in errors)
     await state.close()
 
 
@@ -668,3 +672,110 @@ async def test_a_generator_based_coroutine_added_twice_fails_its_second_member()
     first, second = await p.gather()
     assert first.result == 7
     assert isinstance(second.exception, InvalidMemberError)
+
+
+async def test_close_from_inside_a_call_or_a_subscriber_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # From a handler: the call's own record and checkpoint came after the store stopped (a
+    # resume ran it again). From an async subscriber: the store was closed and the run
+    # marked completed before the bus refused, then later checkpoints were lost.
+    class Item(BaseModel):
+        i: int
+
+    refused: list[BaseException] = []
+
+    async def closes(input: Item, context: str, state: ExecutionState) -> int:
+        try:
+            await state.close()
+        except ParallelError as exc:
+            refused.append(exc)
+        return input.i
+
+    async def subscriber(record: Any) -> None:
+        if record.kind == "event.completed" and len(refused) == 1:
+            try:
+                await state.close()
+            except ConfigurationError as exc:
+                refused.append(exc)
+
+    backend = SQLiteBackend(tmp_path / "state.db")
+    bus = EventBus()
+    bus.subscribe(subscriber)
+    event = ExecutionEvent(actor=Tool(name="t", input_model=Item, handler=closes))
+    state = ExecutionState(event_bus=bus, run_id="r", recovery=Recovery(backend))
+    async with state:
+        await event(Item(i=1), "", state)
+        await bus.drain()
+        assert not state.closed and backend.get_run("r").status.value == "running"
+        await event(Item(i=2), "", state)
+    assert len(refused) == 3
+    assert "from inside 't'" in str(refused[0])
+    assert "its own subscriber" in str(refused[1])
+    assert sorted(backend.load("r")) == ["t", "t#2"]
+
+
+async def test_a_closed_state_runs_nothing_more() -> None:
+    # Calls and groups still ran on it, leaving no record and no checkpoint, and no word.
+    state = ExecutionState()
+    await state.close()
+    assert state.closed
+    with pytest.raises(ConfigurationError, match="was closed"):
+        async with state.parallel() as p:
+            p.add(value(1))
+    event = ExecutionEvent(actor=Tool(name="echo", input_model=Doc, handler=_echo))
+    with pytest.raises(ConfigurationError, match="was closed"):
+        event(Doc(text="x"), "", state)
+
+
+async def test_close_while_a_task_is_inside_its_stream_loop_is_refused() -> None:
+    # A reader busy with a result (not waiting for the next one) counted as a stream held
+    # after a break: close() ended it under that task.
+    state = ExecutionState()
+    handling = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def consume() -> list[int]:
+        got = []
+        async for result in state.parallel_map(value, range(10), max_workers=2):
+            got.append(result.result)
+            if len(got) == 1:
+                handling.set()
+                await go_on.wait()  # handling the result, in the loop's body
+        return got
+
+    task = asyncio.create_task(consume())
+    await handling.wait()
+    with pytest.raises(ParallelError, match="still run"):
+        await state.close()
+    go_on.set()
+    assert sorted(await task) == list(range(10))
+    await state.close()
+
+
+async def test_a_held_stream_whose_members_open_groups_is_ended_at_once() -> None:
+    # close() waited for the members' nested groups (the stream went on starting members
+    # meanwhile) or refused over them.
+    state = ExecutionState()
+    started_after: list[int] = []
+    closing = False
+
+    async def member(x: int) -> int:
+        if closing:
+            started_after.append(x)
+        if x:
+            async with state.parallel(name=f"inner{x}") as p:
+                p.add(asyncio.Event().wait())
+                await p.gather()
+        return x
+
+    held = state.parallel_map(member, range(8), max_workers=3)
+    async for _ in held:
+        break
+    closing = True
+    await state.close()
+    assert started_after == []
+    assert list(state.open_groups) == []
+    with pytest.raises(GroupClosedError):
+        async for _ in held:
+            pass

@@ -148,6 +148,8 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 f"calling the event of {self.actor.name!r} needs the ExecutionState as its "
                 f"third argument{given}: event(input, context, state)"
             )
+        if getattr(state, "_closed", False):
+            state.check_open()
         return EventCall(self, input, context, state)
 
     def bind(self, frame: Frame) -> ExecutionEvent[OutT]:

@@ -21,7 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+)
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, overload
 
@@ -129,6 +137,7 @@ class ExecutionState:
         )
         self.internal_errors: list[BaseException] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # of the last group opened
+        self._closed = False  # close() ran: nothing may run on it any more (see closed)
         if watchdog is not None and not isinstance(watchdog, Watchdog):
             raise ConfigurationError(
                 f"watchdog must be a Watchdog (rh_agents.core.watchdog) or None, got {watchdog!r}"
@@ -396,13 +405,16 @@ class ExecutionState:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is not None:
-            if isinstance(exc, asyncio.CancelledError) and interrupt_requested():
-                self._interrupted()
-            elif self.recovery is not None:
-                self.recovery.mark_failed()
         try:
-            await self._close(check_groups=exc is None)
+            # Held streams end first: their records and checkpoints come before the run's
+            # own end (its interruption, its failure) and before the bus and store stop.
+            await self._end_groups(check_groups=exc is None)
+            if exc is not None:
+                if isinstance(exc, asyncio.CancelledError) and interrupt_requested():
+                    self._interrupted()
+                elif self.recovery is not None:
+                    self.recovery.mark_failed()
+            await self._shut_down()
         except Exception as failure:
             if exc is None:
                 raise
@@ -432,15 +444,19 @@ class ExecutionState:
         most ``EventBus(shutdown_timeout=...)`` (then the busy ones are reported and
         cancelled). None of them blocks the event loop.
 
-        Groups of the state still running (another task's block not left yet, a stream a
-        task is reading, a group on another thread's loop), or a close from inside one of
-        its members, are refused with a ``ParallelError``: their members' records and
-        checkpoints would come after the bus and the store had stopped, and be lost. Leave
-        their blocks first. A stream held but not being read (a ``parallel_map`` kept in a
-        variable after a ``break``) is ended instead: its running members are cancelled, and
-        reading it afterwards raises ``GroupClosedError``.
+        Groups of the state still running (another task's block not left yet, a stream
+        another task is reading, a group on another thread's loop), or a close from inside
+        a call or a member of the run, are refused with a ``ParallelError`` (from one of the
+        bus's own subscribers, a ``ConfigurationError``), before anything stops: their
+        records and checkpoints would come after the bus and the store had stopped, and be
+        lost. Leave their blocks first. A stream held but read by no other task (a
+        ``parallel_map`` kept in a variable after a ``break``) is ended instead: its running
+        members are cancelled, and reading it afterwards raises ``GroupClosedError``. A
+        closed state runs nothing more (``closed``; a call or a group on it raises
+        ``ConfigurationError``).
         """
-        await self._close(check_groups=True)
+        await self._end_groups(check_groups=True)
+        await self._shut_down()
 
     def _open_groups_here(self) -> list[ParallelExecutionManager[Any]]:
         loop = asyncio.get_running_loop()
@@ -450,29 +466,31 @@ class ExecutionState:
             if group._loop is loop and not group._finalized
         ]
 
-    async def _settle_groups(self, inside: list[str]) -> list[ParallelExecutionManager[Any]]:
-        """The groups of this state still open on this loop once those being left have
-        ended: an abandoned stream's (join_closings), and an async generator's dropped at a
-        `break` (parallel_map without aclosing: the loop closes it a turn or two later, from
-        its finalizer hook). Groups the caller runs inside (``inside``) are not waited for:
-        they wait for the caller."""
+    async def _settle_groups(self, skip: Callable[[str], bool]) -> None:
+        """Wait for the groups of this state being left on this loop to end: an abandoned
+        stream's (join_closings), and an async generator's dropped at a `break` (parallel_map
+        without aclosing: the loop closes it a turn or two later, from its finalizer hook).
+        Groups ``skip`` names are not waited for (the caller runs inside them, or a held
+        stream they are nested in is about to be ended)."""
         await join_closings(self)
         for _ in range(_FINALIZER_TURNS):
-            groups = [g for g in self._open_groups_here() if g.group_id not in inside]
+            groups = [g for g in self._open_groups_here() if not skip(g.group_id)]
             if not groups:
-                break
+                return
             leaving = [group for group in groups if group._leaving]
             if leaving:
                 await asyncio.gather(*(group._wait_finalized() for group in leaving))
             else:
                 await asyncio.sleep(0)
-        return self._open_groups_here()
 
-    async def _close(self, check_groups: bool) -> None:
-        # (Leaving `async with state:` with an exception on its way closes whatever runs:
-        # that exception goes on, and the groups it passes through end with it.)
+    async def _end_groups(self, check_groups: bool) -> None:
+        """What ``close()`` does before it stops anything: refuse (``check_groups``) while
+        groups run, wait for those being left, end held streams (see ``close``)."""
         loop = asyncio.get_running_loop()
         if check_groups:
+            # A subscriber closing its own bus would stop the store, then be refused by the
+            # bus: refused here, before anything changed.
+            self.event_bus._check_caller("close()")
             elsewhere = [
                 group.group_id
                 for group in list(self.open_groups.values())
@@ -488,47 +506,64 @@ class ExecutionState:
                     f"state run on theirs: {', '.join(elsewhere[:3])}; close the state from "
                     "the loop that runs it, once they have ended"
                 )
+            frame = running_frame()
+            if frame is not None and frame.state is self and frame.address:
+                # Inside a call or a member of this run: whatever it is part of ends only
+                # once it has, and its own record and checkpoint come after it returns.
+                raise ParallelError(
+                    f"close() from inside {frame.address!r}, a call of the run it would close "
+                    "(its group, or the call itself, ends only after it): close the state where "
+                    "the run began, once its calls and groups have ended"
+                )
+        if not self._open_groups_here():
+            return
         frame = running_frame()
         inside = (
-            []
+            set()
             if frame is None or frame.state is not self
-            else [
+            else {
                 group.group_id
                 for group in self._open_groups_here()
                 if frame.address.startswith(f"{group.group_id}[")
-            ]
+            }
         )
-        if check_groups and inside:
-            raise ParallelError(
-                f"close() from inside a member of group {inside[-1]!r}: the group ends only once "
-                "that member has, so the close would wait for itself. Close the state where "
-                "the run began, after its groups"
-            )
-        open_groups = await self._settle_groups(inside) if self._open_groups_here() else []
-        # A stream a task is reading right now (waiting for its next result) runs as much
-        # as a block does; one suspended between reads (held after a break) does not.
-        running = [
-            g
-            for g in open_groups
-            if g.group_id not in inside and (not g._stream_owned or g._readers.reading)
-        ]
+        current = asyncio.current_task()
+        # A stream held but read by no other task now (a parallel_map kept in a variable
+        # after a break, read last by this task or by one that has ended): ended below.
+        held = {
+            group.group_id
+            for group in self._open_groups_here()
+            if group._stream_owned
+            and group.group_id not in inside
+            and (group._reader is None or group._reader is current or group._reader.done())
+        }
+
+        def under_held(group_id: str) -> bool:
+            return any(group_id.startswith(f"{h}[") for h in held)
+
+        def skipped(group_id: str) -> bool:
+            return group_id in inside or group_id in held or under_held(group_id)
+
+        await self._settle_groups(skipped)
+        running = [g.group_id for g in self._open_groups_here() if not skipped(g.group_id)]
         if check_groups and running:
-            ids = [group.group_id for group in running]
             raise ParallelError(
-                f"close() while groups of this state still run: {', '.join(ids[:3])}"
-                f"{' ...' if len(ids) > 3 else ''}; their records and checkpoints "
+                f"close() while groups of this state still run: {', '.join(running[:3])}"
+                f"{' ...' if len(running) > 3 else ''}; their records and checkpoints "
                 "would come after the bus and the store stopped. Leave their blocks (await "
-                "the tasks that run them) before closing the state"
+                "the tasks that run them, finish or close the streams they read) before "
+                "closing the state"
             )
-        # A stream still held (a parallel_map generator kept in a variable after a break, an
-        # execute_parallel stream not read to its end): closing the state ends it, as the
-        # loop's shutdown would (its running members are cancelled), so that its records and
-        # checkpoints come before the bus and the store stop. Whoever reads it afterwards
-        # gets a GroupClosedError, never a quietly shortened stream.
-        for group in open_groups:
-            if group._stream_owned and group.group_id not in inside and group not in running:
+        # A held stream ends as the loop's shutdown would end it (its running members are
+        # cancelled, their nested groups with them), so that its records and checkpoints
+        # come before the bus and the store stop. Whoever reads it afterwards gets a
+        # GroupClosedError, never a quietly shortened stream.
+        for group in self._open_groups_here():
+            if group.group_id in held:
                 group._ended_by_close = True
                 await close_abandoned(group)
+
+    async def _shut_down(self) -> None:
         self.threads.shutdown()
         # Streams dropped without aclose() are being closed by the loop: their groups end
         # (and publish) before the bus stops.
@@ -546,7 +581,23 @@ class ExecutionState:
                     await settle()
         finally:
             entered, self._entered = self._entered, False
+            self._closed = True
             await self.event_bus.end_run(entered)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` ran (or ``async with state:`` was left): a closed state runs
+        no more calls nor groups (their records and checkpoints would be lost)."""
+        return self._closed
+
+    def check_open(self) -> None:
+        """A ``ConfigurationError`` if the state was closed."""
+        if self._closed:
+            raise ConfigurationError(
+                "this ExecutionState was closed (its bus and its store have stopped: what ran "
+                "on it now would leave no record nor checkpoint); make a new state for another "
+                "run, or resume this one with ExecutionState.resume(run_id, ...)"
+            )
 
 
 def _check_parts(event_bus: Any, clock: Any, recovery: Any, cache: Any) -> None:

@@ -111,6 +111,7 @@ class ParallelExecutionManager(Generic[T]):
         "_outcome_raised",
         "_parent_frame",
         "_pool",
+        "_reader",
         "_readers",
         "_records",
         "_requested_name",
@@ -236,6 +237,9 @@ class ParallelExecutionManager(Generic[T]):
         # execute_parallel stream): a state closing under it closes it (see close()).
         self._stream_owned = False
         self._ended_by_close = False  # ...and the state's close() ended it (see stream)
+        # The task that last stepped its stream (a stream-owned group's reader): a close()
+        # from another task while that one lives would cut its reading short.
+        self._reader: asyncio.Task[Any] | None = None
         self._end_waiters: list[asyncio.Future[None]] | None = None  # (made on first wait)
         self._parent_frame: Frame | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once entered
@@ -298,6 +302,9 @@ class ParallelExecutionManager(Generic[T]):
         if self._entered:
             raise GroupClosedError("this parallel group was already used; make a new one")
         state = self._state
+        if state._closed:
+            self._used = True  # (refused, not forgotten: no UnusedGroupWarning)
+            state.check_open()
         loop = asyncio.get_running_loop()
         if state._loop is not loop:
             self._used = True  # (told now: no UnusedGroupWarning later)

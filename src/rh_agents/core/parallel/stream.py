@@ -47,6 +47,9 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
     async def __anext__(self) -> ExecutionResult[Any]:
         if self._finished:
             raise StopAsyncIteration
+        manager = self._manager
+        if manager._stream_owned:
+            manager._reader = asyncio.current_task()  # (see ExecutionState.close)
         try:
             return await self._next()
         except BaseException:
