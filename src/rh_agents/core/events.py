@@ -166,6 +166,8 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
     async def _invoke(
         self, input: Any, context: str, state: ExecutionState
     ) -> ExecutionResult[OutT]:
+        if state._closed:  # (made before the state closed, awaited after)
+            state.check_open()
         actor = self.actor
         tag = self.tag
         parent = current_frame(state)
@@ -335,6 +337,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         finally:
             exit_frame(token)
             parent.children_running -= 1
+            frame.ended = True
         watch = state.watch  # (again: a watch may have come since the call started)
         if watch is not None:
             if result.ok:  # (inline: every call's path; call_ended says the same)

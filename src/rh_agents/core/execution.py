@@ -43,6 +43,7 @@ from rh_agents.core.history import ExecutionHistory
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.parallel.executing import close_abandoned, join_closings
 from rh_agents.core.parallel.manager import ParallelExecutionManager
+from rh_agents.core.parallel.member import Member
 from rh_agents.core.parallel.metrics import ResourceUsage
 from rh_agents.core.parallel.options import GroupOptions
 from rh_agents.core.parallel.slots import SlotArbiter
@@ -444,15 +445,16 @@ class ExecutionState:
         most ``EventBus(shutdown_timeout=...)`` (then the busy ones are reported and
         cancelled). None of them blocks the event loop.
 
-        Groups of the state still running (another task's block not left yet, a stream
-        another task is reading, a group on another thread's loop), or a close from inside
-        a call or a member of the run, are refused with a ``ParallelError`` (from one of the
-        bus's own subscribers, a ``ConfigurationError``), before anything stops: their
-        records and checkpoints would come after the bus and the store had stopped, and be
-        lost. Leave their blocks first. A stream held but read by no other task (a
-        ``parallel_map`` kept in a variable after a ``break``) is ended instead: its running
-        members are cancelled, and reading it afterwards raises ``GroupClosedError``. A
-        closed state runs nothing more (``closed``; a call or a group on it raises
+        Groups or calls of the state still running (another task's block not left yet or
+        call not returned, a stream another task read last, a group on another thread's
+        loop), or a close from inside a call or a member of the run, are refused with a
+        ``ParallelError`` (from one of the bus's own subscribers, a ``ConfigurationError``),
+        before anything stops: their records and checkpoints would come after the bus and
+        the store had stopped, and be lost. Leave their blocks first. A stream the closing
+        task read last (a ``parallel_map`` kept in a variable after a ``break``) is ended
+        instead: its running members are cancelled, and reading it afterwards gives what
+        had finished and the cancelled members' results, then raises ``GroupClosedError``.
+        A closed state runs nothing more (``closed``; a call or a group on it raises
         ``ConfigurationError``).
         """
         await self._end_groups(check_groups=True)
@@ -507,13 +509,28 @@ class ExecutionState:
                     "the loop that runs it, once they have ended"
                 )
             frame = running_frame()
-            if frame is not None and frame.state is self and frame.address:
+            if (
+                frame is not None
+                and frame.state is self
+                and frame.address
+                and (frame.result is None if isinstance(frame, Member) else not frame.ended)
+            ):
                 # Inside a call or a member of this run: whatever it is part of ends only
                 # once it has, and its own record and checkpoint come after it returns.
                 raise ParallelError(
                     f"close() from inside {frame.address!r}, a call of the run it would close "
                     "(its group, or the call itself, ends only after it): close the state where "
                     "the run began, once its calls and groups have ended"
+                )
+        if check_groups:
+            # A call of the run still running in another task (one outside any group): its
+            # record and checkpoint would come after the bus and the store stopped.
+            root = self.root_frame
+            top_groups = sum(1 for g in list(self.open_groups.values()) if g._parent_frame is root)
+            if root.children_running > top_groups:
+                raise ParallelError(
+                    "close() while a call of this run still runs in another task; await it "
+                    "(or cancel it) before closing the state"
                 )
         if not self._open_groups_here():
             return
@@ -527,15 +544,16 @@ class ExecutionState:
                 if frame.address.startswith(f"{group.group_id}[")
             }
         )
-        current = asyncio.current_task()
-        # A stream held but read by no other task now (a parallel_map kept in a variable
-        # after a break, read last by this task or by one that has ended): ended below.
+        current = id(asyncio.current_task())
+        # A stream this task read last (a parallel_map kept in a variable after a break, in
+        # the block being left): ended below. One another task read last is running: that
+        # task may be busy with a result, or step it through a helper task (wait_for).
         held = {
             group.group_id
             for group in self._open_groups_here()
             if group._stream_owned
             and group.group_id not in inside
-            and (group._reader is None or group._reader is current or group._reader.done())
+            and group._reader in (None, current)
         }
 
         def under_held(group_id: str) -> bool:

@@ -237,9 +237,9 @@ class ParallelExecutionManager(Generic[T]):
         # execute_parallel stream): a state closing under it closes it (see close()).
         self._stream_owned = False
         self._ended_by_close = False  # ...and the state's close() ended it (see stream)
-        # The task that last stepped its stream (a stream-owned group's reader): a close()
-        # from another task while that one lives would cut its reading short.
-        self._reader: asyncio.Task[Any] | None = None
+        # The id of the task that last stepped its stream (a stream-owned group's reader; an
+        # id, not the task: a held stream must not keep a finished request's task alive).
+        self._reader: int | None = None
         self._end_waiters: list[asyncio.Future[None]] | None = None  # (made on first wait)
         self._parent_frame: Frame | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it runs on, once entered

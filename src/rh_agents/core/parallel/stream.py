@@ -49,7 +49,7 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
             raise StopAsyncIteration
         manager = self._manager
         if manager._stream_owned:
-            manager._reader = asyncio.current_task()  # (see ExecutionState.close)
+            manager._reader = id(asyncio.current_task())  # (see ExecutionState.close)
         try:
             return await self._next()
         except BaseException:
