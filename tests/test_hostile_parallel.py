@@ -854,3 +854,35 @@ async def test_a_stream_stepped_through_wait_for_by_a_live_task_is_not_ended() -
     go_on.set()
     assert sorted(await task) == list(range(6))
     await state.close()
+
+
+async def test_close_counts_calls_started_by_calls_and_not_a_gathered_block() -> None:
+    # A call started by a call that had returned ran on unrecorded (only the root's own
+    # calls were counted); a close in a group's block after gather() was refused as "a call
+    # still runs" (the gathered group had left the open groups, not its parent's count).
+    state = ExecutionState()
+    release = asyncio.Event()
+    background: list[asyncio.Task[Any]] = []
+
+    async def slow(input: Doc, context: str, state: ExecutionState) -> str:
+        await release.wait()
+        return input.text
+
+    slow_event = ExecutionEvent(actor=Tool(name="slow", input_model=Doc, handler=slow))
+
+    async def spawn(input: Doc, context: str, state: ExecutionState) -> str:
+        background.append(asyncio.create_task(slow_event(input, "", state)))
+        return input.text
+
+    spawn_event = ExecutionEvent(actor=Tool(name="spawn", input_model=Doc, handler=spawn))
+    await spawn_event(Doc(text="x"), "", state)
+    await asyncio.sleep(0)  # (the background call has started)
+    with pytest.raises(ParallelError, match=r"still runs in another task \(spawn::slow\)"):
+        await state.close()
+    release.set()
+    assert (await background[0]).result == "x"
+    async with state.parallel() as p:
+        p.add(value(1))
+        await p.gather()
+        await state.close()  # in the block, after gather(): nothing runs
+    assert state.closed

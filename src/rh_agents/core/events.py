@@ -221,6 +221,8 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             )  # fmt: skip
             watch.inputs.append(input)
         parent.children_running += 1
+        running_calls = state.running_calls
+        running_calls.add(frame)  # (close() refuses while a call runs outside its groups)
         token = enter_frame(frame)
         validated: BaseModel | None = None
         attempts = 1
@@ -337,6 +339,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         finally:
             exit_frame(token)
             parent.children_running -= 1
+            running_calls.discard(frame)
             frame.ended = True
         watch = state.watch  # (again: a watch may have come since the call started)
         if watch is not None:

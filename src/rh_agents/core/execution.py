@@ -139,6 +139,8 @@ class ExecutionState:
         self.internal_errors: list[BaseException] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # of the last group opened
         self._closed = False  # close() ran: nothing may run on it any more (see closed)
+        # The frames of the event calls running now, in any task (see close()).
+        self.running_calls: set[Frame] = set()
         if watchdog is not None and not isinstance(watchdog, Watchdog):
             raise ConfigurationError(
                 f"watchdog must be a Watchdog (rh_agents.core.watchdog) or None, got {watchdog!r}"
@@ -522,15 +524,21 @@ class ExecutionState:
                     "(its group, or the call itself, ends only after it): close the state where "
                     "the run began, once its calls and groups have ended"
                 )
-        if check_groups:
-            # A call of the run still running in another task (one outside any group): its
-            # record and checkpoint would come after the bus and the store stopped.
-            root = self.root_frame
-            top_groups = sum(1 for g in list(self.open_groups.values()) if g._parent_frame is root)
-            if root.children_running > top_groups:
+        if check_groups and self.running_calls:
+            # A call of the run still running in another task, outside the open groups (those
+            # are judged below): its record and checkpoint would come after the bus and the
+            # store stopped. (The closer's own call was refused above.)
+            prefixes = tuple(f"{group.group_id}[" for group in list(self.open_groups.values()))
+            outside = sorted(
+                call.address
+                for call in list(self.running_calls)
+                if not (prefixes and call.address.startswith(prefixes))
+            )
+            if outside:
                 raise ParallelError(
-                    "close() while a call of this run still runs in another task; await it "
-                    "(or cancel it) before closing the state"
+                    f"close() while a call of this run still runs in another task "
+                    f"({', '.join(outside[:3])}); await it (or cancel it) before closing the "
+                    "state"
                 )
         if not self._open_groups_here():
             return
