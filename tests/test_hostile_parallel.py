@@ -726,6 +726,9 @@ async def test_a_closed_state_runs_nothing_more() -> None:
     event = ExecutionEvent(actor=Tool(name="echo", input_model=Doc, handler=_echo))
     with pytest.raises(ConfigurationError, match="was closed"):
         event(Doc(text="x"), "", state)
+    with pytest.raises(ConfigurationError, match="this ExecutionState was closed"):
+        async with state:
+            pass
 
 
 async def test_close_while_a_task_is_inside_its_stream_loop_is_refused() -> None:

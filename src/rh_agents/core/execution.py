@@ -397,6 +397,7 @@ class ExecutionState:
     # --- lifetime -------------------------------------------------------------------------------
 
     async def __aenter__(self) -> ExecutionState:
+        self.check_open()  # (a closed state's bus refuses too, but speaks of another run)
         if not self._entered:
             self._entered = True
             self.event_bus.open_run()  # (two states on one bus: the last to end closes it)
