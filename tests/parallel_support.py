@@ -88,3 +88,30 @@ def assert_no_leftover_tasks(before: set[asyncio.Task[Any]]) -> None:
 
 def own_tasks() -> set[asyncio.Task[Any]]:
     return {t for t in asyncio.all_tasks() if not t.done()}
+
+
+class Crowds:
+    """Who works at once: ``work(name, seconds)`` spans a piece of work; ``seen`` is every
+    crowd met as one began, ``most`` the largest (1: never two at once)."""
+
+    def __init__(self) -> None:
+        self.working: set[str] = set()
+        self.seen: list[list[str]] = []
+
+    async def work(self, name: str, seconds: float = 0.0) -> str:
+        self.working.add(name)
+        self.seen.append(sorted(self.working))
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.working.discard(name)
+        return name
+
+    @property
+    def most(self) -> int:
+        return max(map(len, self.seen), default=0)
+
+    @property
+    def overlapping(self) -> list[list[str]]:
+        """The crowds of more than one."""
+        return [crowd for crowd in self.seen if len(crowd) > 1]

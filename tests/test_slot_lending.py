@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from parallel_support import Crowds
 from rh_agents.core.actors import Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
@@ -22,24 +23,6 @@ class Item(BaseModel):
     n: int
 
 
-class Overlaps:
-    """Who works at once: ``work(name)`` spans a piece of work; ``seen`` the crowds met."""
-
-    def __init__(self) -> None:
-        self.working: set[str] = set()
-        self.seen: list[list[str]] = []
-
-    async def work(self, name: str, seconds: float = 0.0) -> str:
-        self.working.add(name)
-        if len(self.working) > 1:
-            self.seen.append(sorted(self.working))
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            self.working.discard(name)
-        return name
-
-
 @pytest.mark.parametrize("global_limit", [None, 1])
 async def test_calls_a_member_runs_side_by_side_back_off_holding_its_slot(
     global_limit: int | None,
@@ -47,12 +30,12 @@ async def test_calls_a_member_runs_side_by_side_back_off_holding_its_slot(
     # Two event calls of one member, both backing off at once, each lent "the member's slot":
     # the group slot was given back twice, and two other members ran beside the member.
     state = ExecutionState(global_max_workers=global_limit, watchdog=None)
-    overlaps = Overlaps()
+    crowds = Crowds()
     calls: dict[int, int] = {}
 
     async def flaky(input: Item, context: str, state: Any) -> int:
         calls[input.n] = calls.get(input.n, 0) + 1
-        await overlaps.work(f"call{input.n}")
+        await crowds.work(f"call{input.n}")
         if calls[input.n] == 1:
             raise ConnectionError("once")
         return input.n
@@ -73,11 +56,11 @@ async def test_calls_a_member_runs_side_by_side_back_off_holding_its_slot(
     async with state.parallel(max_workers=1) as p:
         p.add(member, name="M")
         for k in range(3):
-            p.add(lambda k=k: overlaps.work(f"J{k}", 0.01), name=f"J{k}")
+            p.add(lambda k=k: crowds.work(f"J{k}", 0.01), name=f"J{k}")
         results = await p.gather()
     assert [r.result for r in results] == [[1, 2], "J0", "J1", "J2"]
     # Only the member's own two calls ever ran together.
-    assert all(set(crowd) <= {"call1", "call2"} for crowd in overlaps.seen), overlaps.seen
+    assert all(set(crowd) <= {"call1", "call2"} for crowd in crowds.overlapping), crowds.overlapping
     assert p.statistics().concurrency_high_water == 1
 
 
@@ -85,7 +68,7 @@ async def test_a_member_that_caught_a_timeout_on_its_nested_group_works_with_its
     # The wait on the nested group lent the member's global slot and was cancelled by the
     # member's own timeout; the member caught it and worked on without any global slot.
     state = ExecutionState(global_max_workers=1, watchdog=None)
-    overlaps = Overlaps()
+    crowds = Crowds()
 
     async def member() -> str:
         async with state.parallel(max_workers=1, name="inner") as inner:
@@ -95,17 +78,17 @@ async def test_a_member_that_caught_a_timeout_on_its_nested_group_works_with_its
                     await inner.gather()
             except TimeoutError:
                 pass  # the nested member is cancelled as the block is left
-        return await overlaps.work("M", 0.05)
+        return await crowds.work("M", 0.05)
 
     async def other() -> str:
-        return await overlaps.work("N", 0.05)
+        return await crowds.work("N", 0.05)
 
     async with state.parallel(max_workers=2) as p:
         p.add(member, name="M")
         p.add(other, name="N")
         results = await p.gather()
     assert [r.result for r in results] == ["M", "N"]
-    assert overlaps.seen == []
+    assert crowds.most == 1
     assert state.global_slots is not None and state.global_slots.in_use == 0
 
 
@@ -173,7 +156,7 @@ async def test_a_stopped_member_waiting_for_a_token_does_not_wait_for_a_global_s
 
 async def test_a_timeout_around_a_nested_block_gives_the_global_slot_back_after() -> None:
     state = ExecutionState(global_max_workers=1, watchdog=None)
-    overlaps = Overlaps()
+    crowds = Crowds()
 
     async def member() -> str:
         try:
@@ -183,14 +166,14 @@ async def test_a_timeout_around_a_nested_block_gives_the_global_slot_back_after(
                     await inner.gather()
         except TimeoutError:
             pass
-        return await overlaps.work("M", 0.05)
+        return await crowds.work("M", 0.05)
 
     async with state.parallel(max_workers=2) as p:
         p.add(member, name="M")
-        p.add(lambda: overlaps.work("N", 0.05), name="N")
+        p.add(lambda: crowds.work("N", 0.05), name="N")
         results = await p.gather()
     assert [r.result for r in results] == ["M", "N"]
-    assert overlaps.seen == []
+    assert crowds.most == 1
 
 
 @pytest.mark.parametrize("who", ["joiner", "starter"])

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from parallel_support import Crowds
 from rh_agents.core.actors import Agent, Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
@@ -23,27 +24,6 @@ from rh_agents.resilience import RetryPolicy
 
 class Item(BaseModel):
     n: int
-
-
-class Crowds:
-    """Who works at once: ``work(name, seconds)`` spans a piece of work."""
-
-    def __init__(self) -> None:
-        self.working: set[str] = set()
-        self.seen: list[list[str]] = []
-
-    async def work(self, name: str, seconds: float) -> str:
-        self.working.add(name)
-        self.seen.append(sorted(self.working))
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            self.working.discard(name)
-        return name
-
-    @property
-    def most(self) -> int:
-        return max(map(len, self.seen), default=0)
 
 
 async def test_a_siblings_cancelled_read_is_not_taken_back_by_the_opener() -> None:
