@@ -725,7 +725,7 @@ async def test_a_closed_state_runs_nothing_more() -> None:
             p.add(value(1))
     event = ExecutionEvent(actor=Tool(name="echo", input_model=Doc, handler=_echo))
     with pytest.raises(ConfigurationError, match="was closed"):
-        event(Doc(text="x"), "", state)
+        await event(Doc(text="x"), "", state)
     with pytest.raises(ConfigurationError, match="this ExecutionState was closed"):
         async with state:
             pass

@@ -48,7 +48,6 @@ class Frame:
         "address",
         "attempts",
         "children_running",
-        "ended",
         "group_id",
         "parallel_index",
         "slot",
@@ -75,9 +74,6 @@ class Frame:
         # an attempt's children afresh only when the last attempt left none running (two
         # calls must never run at one address).
         self.children_running = 0
-        # Its call has returned (set by the call): a task it started, which copied the
-        # context and so still sees this frame, is no longer inside it.
-        self.ended = False
 
     @property
     def is_parallel(self) -> bool:

@@ -148,8 +148,6 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 f"calling the event of {self.actor.name!r} needs the ExecutionState as its "
                 f"third argument{given}: event(input, context, state)"
             )
-        if getattr(state, "_closed", False):
-            state.check_open()
         return EventCall(self, input, context, state)
 
     def bind(self, frame: Frame) -> ExecutionEvent[OutT]:
@@ -340,7 +338,6 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             exit_frame(token)
             parent.children_running -= 1
             running_calls.discard(frame)
-            frame.ended = True
         watch = state.watch  # (again: a watch may have come since the call started)
         if watch is not None:
             if result.ok:  # (inline: every call's path; call_ended says the same)

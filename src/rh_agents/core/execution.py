@@ -516,7 +516,13 @@ class ExecutionState:
                 frame is not None
                 and frame.state is self
                 and frame.address
-                and (frame.result is None if isinstance(frame, Member) else not frame.ended)
+                # (Live: a member without its result, a call still running. A task that a
+                # finished call started copied its context, and sees its frame still.)
+                and (
+                    frame.result is None
+                    if isinstance(frame, Member)
+                    else frame in self.running_calls
+                )
             ):
                 # Inside a call or a member of this run: whatever it is part of ends only
                 # once it has, and its own record and checkpoint come after it returns.

@@ -172,7 +172,6 @@ class Member(Frame):
         self.attempts = 1  # calls started so far (the retry loop counts them)
         self._child_counts = None
         self.children_running = 0
-        self.ended = False  # (a member frame: see Frame; it ends with its result)
         self.state = None
         self.group_id = None
         self.parallel_index = index
