@@ -191,19 +191,30 @@ class ExecutionState:
         on another loop still running (another thread's), whose slots, bus and groups this
         one would share unsynchronised. One loop after another (``asyncio.run`` twice, a
         test per loop) is fine."""
-        previous = self._loop
-        if previous is loop:
+        if self._loop is loop:
             return
-        if previous is not None and not previous.is_closed() and previous.is_running():
-            busy = [g.group_id for g in list(self.open_groups.values()) if g._loop is previous]
-            if busy:
-                raise ConfigurationError(
-                    f"this ExecutionState has groups running on another event loop "
-                    f"({', '.join(busy[:3])}), in another thread: a state is not thread-safe. "
-                    "Give each thread's loop an ExecutionState of its own, or hand the work "
-                    "to the state's loop (asyncio.run_coroutine_threadsafe)"
-                )
+        busy = self._groups_running_elsewhere(loop)
+        if busy:
+            raise ConfigurationError(
+                f"this ExecutionState has groups running on another event loop "
+                f"({', '.join(busy[:3])}), in another thread: a state is not thread-safe. "
+                "Give each thread's loop an ExecutionState of its own, or hand the work "
+                "to the state's loop (asyncio.run_coroutine_threadsafe)"
+            )
         self._loop = loop
+
+    def _groups_running_elsewhere(self, loop: asyncio.AbstractEventLoop) -> list[str]:
+        """The groups of this state open on another loop that still runs (another thread's;
+        a closed or stopped loop's are left over, not running)."""
+        return [
+            group.group_id
+            for group in list(self.open_groups.values())
+            if group._loop is not None
+            and group._loop is not loop
+            and not group._finalized
+            and not group._loop.is_closed()
+            and group._loop.is_running()
+        ]
 
     # --- parallel execution -----------------------------------------------------------------
 
@@ -496,15 +507,7 @@ class ExecutionState:
             # A subscriber closing its own bus would stop the store, then be refused by the
             # bus: refused here, before anything changed.
             self.event_bus._check_caller("close()")
-            elsewhere = [
-                group.group_id
-                for group in list(self.open_groups.values())
-                if group._loop is not None
-                and group._loop is not loop
-                and not group._finalized
-                and not group._loop.is_closed()
-                and group._loop.is_running()
-            ]
+            elsewhere = self._groups_running_elsewhere(loop)
             if elsewhere:
                 raise ParallelError(
                     f"close() from another event loop (another thread?) while groups of this "
