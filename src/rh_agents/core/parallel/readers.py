@@ -78,12 +78,6 @@ class ReaderWaits:
             if not progress.done():
                 progress.set_result(None)
 
-    @property
-    def reading(self) -> bool:
-        """Whether a stream reader waits for the next result now."""
-        progress = self.progress
-        return progress is not None and not progress.done()
-
     # --- room for unread results ------------------------------------------------------------
 
     def room(self) -> asyncio.Future[None]:
