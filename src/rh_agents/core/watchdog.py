@@ -1,22 +1,30 @@
 """The watchdog: what a run watches while its groups run, at no cost per member.
 
-While a group runs on an event loop, one thread of the process (``rh_agents watchdog``, a
-daemon; it sleeps while no group runs) does, every ``PROBE_EVERY`` seconds:
+While a group runs on an event loop, the loop itself runs a beat every ``BEAT_EVERY``
+seconds (one timer, ``loop.call_later``): how late each beat runs is the loop's lag, one
+value for every group running then, and every ``RESOURCES_EVERY`` seconds the beat reads
+the process's memory and open files (``rh_agents.core.resources``).
 
-- it sends the loop a probe (``loop.call_soon_threadsafe``) and measures how late the loop
-  runs it: the loop's lag, one value per probe for every group running then;
-- while the probe waits (something holds the loop), it looks every ``POLL`` seconds at the
-  task the loop is running and, through the running groups, at the member that task runs:
-  a member seen holding the loop longer than ``Watchdog.block_threshold`` is reported
-  (``LoopBlockedWarning``); shorter holds add up per group, for ``SequentialGroupWarning``;
-- every ``RESOURCES_EVERY`` seconds it reads the process's memory and open files
-  (``rh_agents.core.resources``).
+One thread of the process (``rh_agents watchdog``, a daemon; it sleeps while no group runs)
+wakes every ``BEAT_EVERY`` seconds and only reads the time of the loop's next beat. A beat
+overdue by more than ``POLL`` means something holds the loop: the thread then looks every
+``POLL`` seconds at the task the loop is running and, through the running groups, at the
+member that task runs, until the beat runs; a member seen holding the loop longer than
+``Watchdog.block_threshold`` is reported (``LoopBlockedWarning``), shorter holds add up per
+group, for ``SequentialGroupWarning``.
+
+Why the loop beats and the thread only reads: each time a second thread takes the GIL, the
+loop's thread pays for the hand-over (it signals the waiter at every poll of its selector
+until the waiter gets in, up to the switch interval), and every system call the thread makes
+is one more hand-over. A thread that sent probes and read files itself took the GIL some
+twenty times per period and slowed a loop running short groups back to back by 15 to 20 %;
+now it takes it once per period while the loop is free.
 
 A group's ``Window`` collects what was seen while it ran; ``Window.usage()`` makes its
 ``ResourceUsage`` (``GroupMetrics.resources``) when someone reads it. Members pay nothing:
-the thread reads the groups' own bookkeeping (which task runs which member), and the loop
-only runs one probe callback per ``PROBE_EVERY``. It watches loops on the real clock only (a
-test loop on virtual time would see every probe as instant or as hours late)::
+the thread reads the groups' own bookkeeping (which task runs which member). It watches
+loops on the real clock only (a test loop on virtual time would see every beat as instant or
+as hours late)::
 
     state = ExecutionState(watchdog=Watchdog(block_threshold=0.25))   # or watchdog=None: off
 """
@@ -44,8 +52,8 @@ if TYPE_CHECKING:
     from rh_agents.core.parallel.member import Member
 
 __all__ = [
+    "BEAT_EVERY",
     "POLL",
-    "PROBE_EVERY",
     "RESOURCES_EVERY",
     "LoopMonitor",
     "RunResources",
@@ -55,8 +63,9 @@ __all__ = [
     "open_window",
 ]
 
-PROBE_EVERY = 0.025  # seconds between two probes of a loop
-POLL = 0.01  # seconds between two looks at a loop that holds a probe
+BEAT_EVERY = 0.025  # seconds between two beats of a watched loop (and two looks at it)
+POLL = 0.01  # seconds a beat may be late before the loop counts as held, and between two
+# looks at a held loop
 RESOURCES_EVERY = 0.05  # seconds between two readings of memory and open files
 IDLE_GRACE = 1.0  # seconds a loop stays watched after its last group: back-to-back groups
 # then cost no wake-up of the thread each
@@ -96,7 +105,7 @@ class Window:
 
     The watchdog thread only appends to ``seen`` (which member held the loop, per look);
     everything else is read and written on the event loop's thread, where ``settle()`` turns
-    what was seen into holds: per probe and member, the time it held the loop.
+    what was seen into holds: per hold of the loop and member, the time it held it.
     """
 
     __slots__ = (
@@ -128,7 +137,7 @@ class Window:
     ) -> None:
         self.monitor = monitor
         # Weakly: a group dropped without ending (a bug its UnusedGroupWarning reports) must
-        # still be collected; its window then goes at the next probe.
+        # still be collected; its window then goes at the next beat.
         self.group = weakref.ref(manager)
         self.options = options
         self.rss_start = self.rss_peak = start.rss if start is not None else None
@@ -136,7 +145,7 @@ class Window:
         self.fds_start = self.fds_peak = start.fds if start is not None else None
         self.samples = 0
         self.lags: Durations | None = None  # made with the first value (most groups get few)
-        # (probe number, member, seconds): appended by the watchdog thread, read by settle().
+        # (hold number, member, seconds): appended by the watchdog thread, read by settle().
         self.seen: list[tuple[int, Member, float]] = []
         # Members seen holding the loop past the threshold: address -> [times, total, longest]
         self.blocks: dict[str, list[float]] = _NO_BLOCKS
@@ -173,7 +182,7 @@ class Window:
         lags.add(seconds)
 
     def settle(self, *, publish: bool) -> None:
-        """Turn what the watchdog saw into holds: each member's time per probe is one hold;
+        """Turn what the watchdog saw into holds: a member's time in one hold of the loop;
         one past the threshold is a block (its ``RunWarning`` published now if ``publish``),
         shorter ones add up in ``held``."""
         seen = self.seen
@@ -181,8 +190,8 @@ class Window:
             return
         self.seen = []
         holds: dict[tuple[int, Member], float] = {}
-        for probe, member, seconds in seen:
-            key = (probe, member)
+        for hold, member, seconds in seen:
+            key = (hold, member)
             holds[key] = holds.get(key, 0.0) + seconds
         manager = self.group()
         threshold = self.options.block_threshold
@@ -221,17 +230,15 @@ class Window:
 
     def close(self) -> None:
         """The group ended: no more readings. It may end while the loop is held (its members
-        ran without suspending, to its end): the probe waiting meanwhile counts as far as it
+        ran without suspending, to its end): the beat overdue meanwhile counts as far as it
         got, and what was seen holding the loop is settled now."""
         now = self.closed = time.perf_counter()
         monitor = self.monitor
         monitor.windows.pop(self, None)
-        probe = monitor.pending
-        if probe is not None and not probe.answered:
-            # (from when the group opened, if the probe was sent before)
-            self.add_lag(now - max(probe.sent, self.opened))
-            if probe.sample is not None and probe.sent >= self.opened:
-                self.add_sample(probe.sample)
+        due = monitor.due
+        if due is not None and now > due:
+            # (from when the group opened, if the beat was due before)
+            self.add_lag(now - max(due, self.opened))
         self.settle(publish=False)  # the group's own end warns about the rest
 
     @property
@@ -332,35 +339,39 @@ def _waited(thread: int | None) -> float | None:
         return None
 
 
-class _Probe:
-    """One probe of a loop, sent at ``sent`` (numbered, for the holds it sees); ``gc`` is the
-    collector's total time at the last look, ``waited`` the loop thread's time waiting for a
-    CPU then."""
+class _Hold:
+    """The thread's view of one hold of a loop: the loop's beat ``number`` is overdue, so
+    the loop has been held since the beat was due; ``since`` is how far the holding time
+    was handed out to members, ``gc`` the collector's total time then and ``waited`` the
+    loop thread's time waiting for a CPU then."""
 
-    __slots__ = ("answered", "gc", "monitor", "number", "sample", "sent", "waited")
+    __slots__ = ("gc", "monitor", "number", "since", "waited")
 
-    def __init__(self, monitor: LoopMonitor, number: int, sample: ResourceSample | None) -> None:
+    def __init__(self, monitor: LoopMonitor, number: int, due: float) -> None:
         self.monitor = monitor
         self.number = number
-        self.sample = sample
-        self.answered = False
-        self.gc = _gc_time[0]
-        self.waited = _waited(monitor.thread)
-        self.sent = time.perf_counter()
+        self.since = due
+        # (read after the number: a beat running meanwhile ends this hold at the first look)
+        self.gc = monitor.gc_at_beat
+        self.waited = monitor.waited_at_beat
 
 
 class LoopMonitor:
-    """The watchdog's side of one event loop: the windows of the groups running on it."""
+    """The watchdog's side of one event loop: the windows of the groups running on it and
+    the loop's beat."""
 
     __slots__ = (
         "__weakref__",
+        "_beat",
         "_loop",
-        "_probes",
         "active",
+        "beats",
+        "due",
+        "gc_at_beat",
         "idle_since",
         "latest",
-        "pending",
         "thread",
+        "waited_at_beat",
         "windows",
     )
 
@@ -369,8 +380,16 @@ class LoopMonitor:
         # The running groups' windows, in the order they opened (a dict: O(1) removal).
         self.windows: dict[Window, None] = {}
         self.latest: ResourceSample | None = None
-        self.pending: _Probe | None = None  # the probe sent last (answered or not)
-        self._probes = 0
+        # The beat's timer; None while no group runs (the last beat saw no window).
+        self._beat: asyncio.TimerHandle | None = None
+        # Read by the thread, written on the loop. Invariant: `due` is when the pending beat
+        # should run (None while a beat runs or none is pending), and `beats` counts the
+        # beats run so far and moves last in a beat, so a thread that read `beats` and then
+        # an overdue `due` sees `beats` move if that beat ran since.
+        self.due: float | None = None
+        self.beats = 0
+        self.gc_at_beat = 0.0  # the collector's total time at the last beat
+        self.waited_at_beat: float | None = None  # the loop thread's wait for a CPU then
         # Watched by the thread (set under its lock, read here: see _Watchdog._watched).
         self.active = False
         self.idle_since: float | None = None
@@ -380,68 +399,48 @@ class LoopMonitor:
         )
 
     def open(self, manager: ParallelExecutionManager[Any], options: Watchdog) -> Window:
+        now = time.perf_counter()
+        beat, due = self._beat, self.due
+        if beat is not None and due is not None and now - due > POLL:
+            # The loop was held until now, before this group: the late beat runs here, for
+            # the groups that were running (a hold the thread follows ends with it).
+            beat.cancel()
+            self._on_beat()
         latest = self.latest
-        if latest is None or time.perf_counter() - latest.taken > 2 * RESOURCES_EVERY:
-            # The watchdog was asleep: a fresh start, read here (once per wake-up).
-            latest = self.latest = read_sample()
+        if latest is None or now - latest.taken > 2 * RESOURCES_EVERY:
+            # No beat read it lately: a fresh start, read here (once per wake-up).
+            latest = self.latest = _sample()
         window = Window(self, manager, options, latest)
         self.windows[window] = None
+        if self._beat is None:
+            self._arm()
         if not self.active:  # read after adding the window (see _Watchdog._watched)
             _WATCHDOG.activate(self)
         return window
 
-    # --- called from the watchdog thread ----------------------------------------------------
+    # --- on the loop ------------------------------------------------------------------------
 
-    def send(self, sample: ResourceSample | None) -> _Probe | None:
-        """Send a probe; ``None`` if the loop is gone."""
+    def _arm(self) -> None:
         loop = self._loop()
-        if loop is None or loop.is_closed():
-            return None
-        self._probes += 1
-        probe = self.pending = _Probe(self, self._probes, sample)
-        try:
-            loop.call_soon_threadsafe(self._answer, probe)
-        except RuntimeError:  # closed meanwhile
-            return None
-        return probe
-
-    def look(self, probe: _Probe, elapsed: float) -> None:
-        """The probe still waits: note which member holds the loop (for ``elapsed`` s, less
-        the garbage collector's share and the time the loop's thread waited for a CPU: a busy
-        machine, not the member)."""
-        collected = _gc_time[0]
-        elapsed -= collected - probe.gc
-        probe.gc = collected
-        waited = _waited(self.thread)
-        if waited is not None and probe.waited is not None:
-            elapsed -= waited - probe.waited
-        probe.waited = waited
-        loop = self._loop()
-        if loop is None or elapsed <= 0:
+        if loop is None:  # (opened on it: it lives while its group runs)
             return
-        try:
-            task = asyncio.current_task(loop)
-        except RuntimeError:
-            return
-        if task is None:
-            return  # a callback, not a task: nobody's member
-        for window in list(self.windows):
-            group = window.group()
-            if group is None:
-                continue
-            member = group._pool.member_of(task)
-            if member is not None:
-                window.seen.append((probe.number, member, elapsed))
-                return
+        self.gc_at_beat = _gc_time[0]
+        self.waited_at_beat = _waited(self.thread)
+        self.due = time.perf_counter() + BEAT_EVERY
+        self._beat = loop.call_later(BEAT_EVERY, self._on_beat)
 
-    # --- called on the loop ----------------------------------------------------------------
-
-    def _answer(self, probe: _Probe) -> None:
-        lag = time.perf_counter() - probe.sent
-        probe.answered = True
-        sample = probe.sample
-        if sample is not None:
-            self.latest = sample
+    def _on_beat(self) -> None:
+        now = time.perf_counter()
+        due = self.due
+        self.due = None
+        # (the loop's timer clock and perf_counter may round apart: never below zero)
+        lag = now - due if due is not None and now > due else 0.0
+        sample = None
+        latest = self.latest
+        if latest is None or now - latest.taken >= RESOURCES_EVERY:
+            sample = _sample()
+            if sample is not None:
+                self.latest = sample
         gone = None
         for window in self.windows:
             if window.group() is None:
@@ -455,6 +454,65 @@ class LoopMonitor:
         if gone:
             for window in gone:
                 del self.windows[window]
+        if self.windows:
+            self._arm()
+        else:
+            self._beat = None  # the next group to open starts the beat again
+        self.beats += 1
+
+    # --- called from the watchdog thread ----------------------------------------------------
+
+    def held(self, now: float) -> _Hold | None:
+        """A hold of the loop, if its beat is overdue by more than ``POLL``."""
+        number = self.beats
+        due = self.due
+        if due is None or now - due <= POLL or not self.windows:
+            return None
+        return _Hold(self, number, due)
+
+    def look(self, hold: _Hold, now: float) -> bool:
+        """Note which member holds the loop since the last look (less the garbage
+        collector's share and the time the loop's thread waited for a CPU: a busy machine,
+        not the member); ``False`` once the hold is over."""
+        if self.beats != hold.number or not self.windows:
+            return False
+        elapsed = now - hold.since
+        hold.since = now
+        collected = _gc_time[0]
+        elapsed -= collected - hold.gc
+        hold.gc = collected
+        waited = _waited(self.thread)
+        if waited is not None and hold.waited is not None:
+            elapsed -= waited - hold.waited
+        hold.waited = waited
+        loop = self._loop()
+        if loop is None:
+            return False
+        if elapsed <= 0:
+            return True
+        try:
+            task = asyncio.current_task(loop)
+        except RuntimeError:
+            return True
+        if task is None:
+            return True  # a callback, not a task: nobody's member
+        for window in list(self.windows):
+            group = window.group()
+            if group is None:
+                continue
+            member = group._pool.member_of(task)
+            if member is not None:
+                # (a hold that began before the group opened is not its members' doing)
+                window.seen.append((hold.number, member, min(elapsed, now - window.opened)))
+                break
+        return True
+
+
+def _sample() -> ResourceSample | None:
+    try:
+        return read_sample()
+    except Exception:  # a platform that refuses: no figures, still a watchdog
+        return None
 
 
 def blocked_text(
@@ -543,58 +601,34 @@ class _Watchdog:
             return running, bool(self._active)
 
     def _run(self) -> None:
-        next_sample = [0.0]
+        holds: dict[LoopMonitor, _Hold] = {}  # the loops held now
         while True:
             monitors, watching = self._watched()
             if not watching:
+                holds.clear()
                 self._wake.wait()
                 continue
-            if not monitors:
-                time.sleep(PROBE_EVERY)  # between two groups: nothing to probe
-                continue
             try:
-                self._cycle(monitors, next_sample)
+                self._look_at(monitors, holds)
             except Exception:  # never let the watchdog die of a bad reading
                 logger.exception("the watchdog failed a cycle; it goes on")
-                time.sleep(PROBE_EVERY)
+                holds.clear()
+            time.sleep(POLL if holds else BEAT_EVERY)
 
-    def _cycle(self, monitors: list[LoopMonitor], next_sample: list[float]) -> None:
-        """Probe each loop once, look at the held ones until they answer, then rest.
-        ``next_sample`` holds when the next resource reading is due."""
-        started = time.perf_counter()
-        sample = None
-        if started >= next_sample[0]:
-            try:
-                sample = read_sample()
-            except Exception:  # a platform that refuses: no figures, still a watchdog
-                sample = None
-            next_sample[0] = started + RESOURCES_EVERY
-        probes: list[_Probe] = []
+    @staticmethod
+    def _look_at(monitors: list[LoopMonitor], holds: dict[LoopMonitor, _Hold]) -> None:
+        """Follow the held loops, and find the loops held since the last look. A free loop
+        costs one read of its ``due``: no system call, so the thread takes the GIL once per
+        ``BEAT_EVERY`` while every loop is free."""
+        now = time.perf_counter()
         for monitor in monitors:
-            probe = monitor.send(sample)
-            if probe is None:  # its loop is gone
-                with self._lock:
-                    monitor.active = False
-                    self._active.discard(monitor)
+            hold = holds.get(monitor) or monitor.held(now)
+            if hold is not None and monitor.look(hold, now):
+                holds[monitor] = hold
             else:
-                probes.append(probe)
-        last = time.perf_counter()
-        while probes:
-            time.sleep(POLL)
-            now = time.perf_counter()
-            waiting = []
-            for probe in probes:
-                if probe.answered:
-                    continue
-                if not probe.monitor.windows:
-                    continue  # its groups ended (or its loop stopped): nothing to watch
-                probe.monitor.look(probe, now - last)
-                waiting.append(probe)
-            probes = waiting
-            last = now
-        rest = PROBE_EVERY - (time.perf_counter() - started)
-        if rest > 0:
-            time.sleep(rest)
+                holds.pop(monitor, None)
+        for monitor in [monitor for monitor in holds if monitor not in monitors]:
+            del holds[monitor]  # its groups ended
 
 
 _WATCHDOG = _Watchdog()

@@ -1,0 +1,114 @@
+"""The watchdog's thread stays out of the loop's way: the loop measures itself with a beat,
+the thread only reads when the next beat is due, and one loop held for ever does not keep
+the thread from watching the others."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from rh_agents import ExecutionState, ParallelExecutionManager, Watchdog
+from rh_agents.core import watchdog
+from rh_agents.errors import LoopBlockedWarning
+
+WATCHDOG_THREAD = "rh_agents watchdog"
+
+
+def recording(calls: list[str], read: Callable[..., Any]) -> Callable[..., Any]:
+    def record(*args: Any) -> Any:
+        calls.append(threading.current_thread().name)
+        return read(*args)
+
+    return record
+
+
+async def test_a_free_loop_is_measured_by_its_own_beat_and_the_thread_reads_no_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each file the thread reads is a system call that hands the GIL over to it and back:
+    # the loop pays for it. While the loop is free, the thread must read none.
+    waits: list[str] = []
+    samples: list[str] = []
+    monkeypatch.setattr(watchdog, "_waited", recording(waits, watchdog._waited))
+    monkeypatch.setattr(watchdog, "read_sample", recording(samples, watchdog.read_sample))
+    state = ExecutionState()
+    async with state.parallel(name="free") as p:
+        p.add(asyncio.sleep(0.3))
+    usage = p.resource_usage()
+    assert usage is not None
+    assert usage.loop_lag.count >= 5  # a beat every 25 ms, give or take
+    assert usage.loop_lag.max < 0.1
+    assert usage.samples >= 2  # memory and files, read by the beat every 50 ms
+    here = threading.current_thread().name
+    assert waits and samples
+    assert set(waits) == {here} and set(samples) == {here}
+
+
+def _on_a_stopped_loop(loop: asyncio.AbstractEventLoop, step: Any) -> Any:
+    """Run ``step()`` on ``loop`` from another thread and return what it returned; the loop
+    is stopped again afterwards (not closed)."""
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(loop.run_until_complete(step())))
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and box
+    return box[0]
+
+
+async def test_a_loop_stopped_in_the_middle_of_a_group_does_not_hide_a_block_elsewhere() -> None:
+    # Loop A stops with a group entered (its beat overdue for ever: to the thread, a held
+    # loop it follows). The thread must still find the block on this loop.
+    other = asyncio.new_event_loop()
+    try:
+        stranded = ExecutionState(watchdog=Watchdog(block_threshold=5))
+
+        async def enter() -> ParallelExecutionManager[Any]:
+            group = stranded.parallel(name="stranded")
+            await group.__aenter__()
+            return group
+
+        group = _on_a_stopped_loop(other, enter)
+        await asyncio.sleep(0.1)  # the thread has followed the stranded loop a while
+
+        def blocks() -> None:
+            time.sleep(0.3)
+
+        async def member() -> None:
+            blocks()
+
+        state = ExecutionState(watchdog=Watchdog(block_threshold=0.1))
+        with pytest.warns(LoopBlockedWarning, match=r"member here\[0\] held the event loop"):
+            async with state.parallel(name="here") as p:
+                p.add(member())
+
+        async def leave() -> None:
+            await group.__aexit__(None, None, None)
+
+        _on_a_stopped_loop(other, leave)
+    finally:
+        other.close()
+
+
+async def test_a_hold_before_a_group_opened_is_not_charged_to_it() -> None:
+    # The first group's beat is still pending when the loop is held outside any group (a
+    # synchronous set-up step, say); the next group opens after the hold: neither its lag
+    # nor its members' holds include it.
+    state = ExecutionState(watchdog=Watchdog(block_threshold=0.1))
+    async with state.parallel(name="first") as first:
+        first.add(asyncio.sleep(0))
+    time.sleep(0.3)  # noqa: ASYNC251
+
+    async def member() -> None:
+        time.sleep(0.06)  # noqa: ASYNC251  (a hold under the threshold)
+        await asyncio.sleep(0.1)
+
+    async with state.parallel(name="second") as second:  # (a LoopBlockedWarning fails)
+        second.add(member())
+    usage = second.resource_usage()
+    assert usage is not None and usage.loop_lag.count >= 2
+    assert usage.loop_lag.max < 0.2
