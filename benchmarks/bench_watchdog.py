@@ -1,8 +1,9 @@
 """What the watchdog costs: a 10,000-member group with ``watchdog=None`` and with the default.
 
-The watchdog (``rh_agents.core.watchdog``) probes the event loop from its own thread every
-25 ms while a group runs, looks at which member holds the loop while a probe waits, and reads
-memory and open files every 50 ms; a group opens and closes a window on it. Nothing runs per
+While a group runs, the event loop beats every 25 ms (its lag; memory and open files every
+50 ms) and the watchdog's thread (``rh_agents.core.watchdog``) reads every 25 ms when the next
+beat is due, looking at which member holds the loop while a beat is late; a group opens and
+closes a window on it. Nothing runs per
 member. Both modes run side by side in one process, alternating (the order flips every round,
 each run on a fresh event loop); the table shows the best of the rounds and the median of
 each round's ratio, so the ratio does not depend on how fast (or how busy) the machine is::
@@ -11,7 +12,7 @@ each round's ratio, so the ratio does not depend on how fast (or how busy) the m
 
 Target: at most 1.05x the run without the watchdog, for each 10,000-member workload. The
 last row, 2,000 groups of five instant members one after another, shows the cost per group
-(a window opened and closed on the watchdog, about 3 us), for context. The CPU column is the
+(a window opened and closed on the watchdog, about 2 to 3 us), for context. The CPU column is the
 process's CPU time per run (the watchdog thread's included).
 """
 

@@ -1,8 +1,9 @@
 """What the process uses right now: resident memory (now and its peak) and open files.
 
-One reading is a ``ResourceSample``; the watchdog takes one every ``RESOURCES_EVERY`` seconds
-in its own thread while groups run (see ``rh_agents.core.watchdog``), never on the event loop
-on a member's path::
+One reading is a ``ResourceSample``; a watched loop's beat takes one every
+``RESOURCES_EVERY`` seconds while groups run (see ``rh_agents.core.watchdog``: on the loop,
+about 35 us, since a read in the watchdog's thread would hand the GIL over five or six
+times), never on a member's path::
 
     sample = read_sample()
     sample.rss, sample.rss_peak, sample.fds       # bytes, bytes, count (None if unknown)
