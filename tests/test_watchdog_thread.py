@@ -112,3 +112,29 @@ async def test_a_hold_before_a_group_opened_is_not_charged_to_it() -> None:
     usage = second.resource_usage()
     assert usage is not None and usage.loop_lag.count >= 2
     assert usage.loop_lag.max < 0.2
+
+
+async def test_a_beat_that_fails_is_logged_and_the_loop_goes_on_beating(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures = [1]
+    add_lag = watchdog.Window.add_lag
+
+    def fails_once(window: watchdog.Window, seconds: float) -> None:
+        if failures:
+            failures.pop()
+            raise RuntimeError("a bug in a beat")
+        add_lag(window, seconds)
+
+    monkeypatch.setattr(watchdog.Window, "add_lag", fails_once)
+    state = ExecutionState()
+    async with state.parallel(name="first") as first:
+        first.add(asyncio.sleep(0.2))
+    assert not failures  # the first beat failed...
+    assert "the watchdog's beat failed" in caplog.text
+    usage = first.resource_usage()
+    assert usage is not None and usage.loop_lag.count >= 3  # ...and the beats went on
+    async with state.parallel(name="second") as second:
+        second.add(asyncio.sleep(0.1))
+    usage = second.resource_usage()
+    assert usage is not None and usage.loop_lag.count >= 2

@@ -441,24 +441,28 @@ class LoopMonitor:
             sample = _sample()
             if sample is not None:
                 self.latest = sample
-        gone = None
-        for window in self.windows:
-            if window.group() is None:
-                gone = [*(gone or ()), window]
-                continue
-            window.add_lag(lag)
-            if sample is not None:
-                window.add_sample(sample)
-            if window.seen:
-                window.settle(publish=True)
-        if gone:
-            for window in gone:
-                del self.windows[window]
-        if self.windows:
-            self._arm()
-        else:
-            self._beat = None  # the next group to open starts the beat again
-        self.beats += 1
+        try:
+            gone = None
+            for window in self.windows:
+                if window.group() is None:
+                    gone = [*(gone or ()), window]
+                    continue
+                window.add_lag(lag)
+                if sample is not None:
+                    window.add_sample(sample)
+                if window.seen:
+                    window.settle(publish=True)
+            if gone:
+                for window in gone:
+                    del self.windows[window]
+        except Exception:  # (a bug here must not stop the beat for the loop's life)
+            logger.exception("the watchdog's beat failed; it goes on")
+        finally:
+            if self.windows:
+                self._arm()
+            else:
+                self._beat = None  # the next group to open starts the beat again
+            self.beats += 1
 
     # --- called from the watchdog thread ----------------------------------------------------
 
