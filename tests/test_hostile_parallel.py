@@ -888,3 +888,35 @@ async def test_close_counts_calls_started_by_calls_and_not_a_gathered_block() ->
         await p.gather()
         await state.close()  # in the block, after gather(): nothing runs
     assert state.closed
+
+
+def test_a_worker_collected_after_its_loop_was_closed_leaves_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A loop closed with a group's worker still pending (asyncio says the task was destroyed);
+    # the garbage collector then closes the worker's coroutine, off any loop: it must not
+    # try to give its slot back there (it raised from resetting its frame in a context that
+    # no longer exists, "Exception ignored in WorkerPool._worker").
+    unraisable: list[Any] = []
+    monkeypatch.setattr("sys.unraisablehook", unraisable.append)
+    running = asyncio.Event()
+
+    async def member() -> None:
+        running.set()
+        await asyncio.sleep(100)
+
+    async def background(state: ExecutionState) -> None:
+        async with state.parallel(name="left") as p:
+            p.add(member())
+
+    async def main() -> None:
+        state = ExecutionState(watchdog=None)
+        asyncio.get_running_loop().create_task(background(state))
+        await running.wait()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(main())
+    loop.close()
+    del loop
+    gc.collect()
+    assert [u for u in unraisable if "_worker" in repr(u.object)] == []

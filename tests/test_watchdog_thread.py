@@ -5,8 +5,10 @@ the thread from watching the others."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 
 from rh_agents import ExecutionState, ParallelExecutionManager, Watchdog
 from rh_agents.core import watchdog
-from rh_agents.errors import LoopBlockedWarning
+from rh_agents.errors import LoopBlockedWarning, UnusedGroupWarning
 
 WATCHDOG_THREAD = "rh_agents watchdog"
 
@@ -138,3 +140,72 @@ async def test_a_beat_that_fails_is_logged_and_the_loop_goes_on_beating(
         second.add(asyncio.sleep(0.1))
     usage = second.resource_usage()
     assert usage is not None and usage.loop_lag.count >= 2
+
+
+def test_a_loop_closed_with_its_beat_pending_is_collected() -> None:
+    # The last group ends less than a beat before the loop closes: the pending beat must not
+    # keep the loop (nor what the block's context held) alive.
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+    states: list[weakref.ref[ExecutionState]] = []
+
+    async def main() -> None:
+        state = ExecutionState()
+        states.append(weakref.ref(state))
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with state.parallel(name="last") as p:
+            p.add(asyncio.sleep(0.01))
+
+    for _ in range(3):
+        asyncio.run(main())
+    gc.collect()
+    assert [ref() for ref in loops] == [None] * 3
+    assert [ref() for ref in states] == [None] * 3
+
+
+def test_a_loop_closed_with_a_group_left_open_is_no_longer_watched() -> None:
+    async def member(running: asyncio.Event) -> None:
+        running.set()
+        await asyncio.sleep(100)
+
+    async def left_open(state: ExecutionState, running: asyncio.Event) -> None:
+        async with state.parallel(name="left") as p:
+            p.add(member(running))
+
+    async def main() -> None:
+        state = ExecutionState()
+        running = asyncio.Event()
+        asyncio.get_running_loop().create_task(left_open(state, running))
+        await running.wait()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+        monitor = watchdog._WATCHDOG.monitor(loop)
+        assert monitor.windows and monitor.active
+    finally:
+        # (The group left open says so as it is collected with its task.)
+        with pytest.warns(UnusedGroupWarning, match="group 'left'"):
+            loop.close()
+            gc.collect()
+    deadline = time.monotonic() + 5
+    while monitor.active and time.monotonic() < deadline:
+        time.sleep(watchdog.BEAT_EVERY)  # the thread's next cycle lets it go
+    assert not monitor.active
+
+
+async def test_a_member_opening_a_nested_group_in_the_middle_of_a_hold_is_still_seen() -> None:
+    # One hold of the loop by one member, 180 ms: 90 before it opens a nested group (which
+    # does not suspend), 90 in that group's block. Each half is under the threshold; the
+    # hold is not, and opening the group must not cut it in two.
+    state = ExecutionState(watchdog=Watchdog(block_threshold=0.1))
+
+    async def member() -> None:
+        await asyncio.sleep(0.06)
+        time.sleep(0.09)  # noqa: ASYNC251
+        async with state.parallel(name="inner") as inner:
+            time.sleep(0.09)  # noqa: ASYNC251
+            inner.add(asyncio.sleep(0))
+
+    with pytest.warns(LoopBlockedWarning, match=r"member outer\[0\] held the event loop"):
+        async with state.parallel(name="outer") as p:
+            p.add(member())

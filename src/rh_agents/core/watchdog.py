@@ -32,6 +32,7 @@ as hours late)::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import os
@@ -84,7 +85,8 @@ class Watchdog:
     with the resource figures).
 
     - ``block_threshold``: seconds a member may hold the event loop without awaiting before
-      a ``LoopBlockedWarning`` (measured to within ``POLL``, 10 ms);
+      a ``LoopBlockedWarning`` (measured short, never long: by up to ``BEAT_EVERY`` and a
+      look, about 40 ms, since a hold counts from when the beat was due);
     - ``sequential_threshold``: a group with ``max_workers > 1`` whose members held the loop
       for at least half of its time, and that took at least this long, gets a
       ``SequentialGroupWarning``: its members ran one at a time.
@@ -362,7 +364,7 @@ class LoopMonitor:
 
     __slots__ = (
         "__weakref__",
-        "_beat",
+        "_generation",
         "_loop",
         "active",
         "beats",
@@ -380,8 +382,11 @@ class LoopMonitor:
         # The running groups' windows, in the order they opened (a dict: O(1) removal).
         self.windows: dict[Window, None] = {}
         self.latest: ResourceSample | None = None
-        # The beat's timer; None while no group runs (the last beat saw no window).
-        self._beat: asyncio.TimerHandle | None = None
+        # The pending beat's number: a beat whose number is no longer this one was run
+        # early (see open) and does nothing. No handle is kept: a handle holds its loop, and
+        # a loop closed with a beat pending would never be collected (it is this monitor's
+        # weak key).
+        self._generation = 0
         # Read by the thread, written on the loop. Invariant: `due` is when the pending beat
         # should run (None while a beat runs or none is pending), and `beats` counts the
         # beats run so far and moves last in a beat, so a thread that read `beats` and then
@@ -400,19 +405,20 @@ class LoopMonitor:
 
     def open(self, manager: ParallelExecutionManager[Any], options: Watchdog) -> Window:
         now = time.perf_counter()
-        beat, due = self._beat, self.due
-        if beat is not None and due is not None and now - due > POLL:
-            # The loop was held until now, before this group: the late beat runs here, for
-            # the groups that were running (a hold the thread follows ends with it).
-            beat.cancel()
-            self._on_beat()
+        due = self.due
+        if due is not None and now - due > POLL and not self.windows:
+            # The loop was held until now by code outside any group: the late beat runs
+            # here, so that this group's lag and holds leave it out. (Inside a running group
+            # it may be a member opening a nested group in the middle of a hold, which goes
+            # on: the beat waits, and each window counts only from when it opened.)
+            self._on_beat(self._generation)
         latest = self.latest
         if latest is None or now - latest.taken > 2 * RESOURCES_EVERY:
             # No beat read it lately: a fresh start, read here (once per wake-up).
             latest = self.latest = _sample()
         window = Window(self, manager, options, latest)
         self.windows[window] = None
-        if self._beat is None:
+        if self.due is None:
             self._arm()
         if not self.active:  # read after adding the window (see _Watchdog._watched)
             _WATCHDOG.activate(self)
@@ -427,9 +433,16 @@ class LoopMonitor:
         self.gc_at_beat = _gc_time[0]
         self.waited_at_beat = _waited(self.thread)
         self.due = time.perf_counter() + BEAT_EVERY
-        self._beat = loop.call_later(BEAT_EVERY, self._on_beat)
+        self._generation += 1
+        # In an empty context: the beat goes on across groups and must not keep the first
+        # one's context variables (its frames, whatever the block had set) alive. (A new
+        # one each time: a context may not be entered by two loops' threads at once.)
+        loop.call_later(BEAT_EVERY, self._on_beat, self._generation, context=contextvars.Context())
 
-    def _on_beat(self) -> None:
+    def _on_beat(self, generation: int) -> None:
+        if generation != self._generation:
+            return  # run early by open(); another beat is pending, or none is needed
+        self._generation += 1
         now = time.perf_counter()
         due = self.due
         self.due = None
@@ -447,7 +460,8 @@ class LoopMonitor:
                 if window.group() is None:
                     gone = [*(gone or ()), window]
                     continue
-                window.add_lag(lag)
+                # (a window opened while the loop was already late counts from its opening)
+                window.add_lag(min(lag, now - window.opened))
                 if sample is not None:
                     window.add_sample(sample)
                 if window.seen:
@@ -459,9 +473,7 @@ class LoopMonitor:
             logger.exception("the watchdog's beat failed; it goes on")
         finally:
             if self.windows:
-                self._arm()
-            else:
-                self._beat = None  # the next group to open starts the beat again
+                self._arm()  # (else the next group to open starts the beat again)
             self.beats += 1
 
     # --- called from the watchdog thread ----------------------------------------------------
@@ -472,13 +484,24 @@ class LoopMonitor:
         due = self.due
         if due is None or now - due <= POLL or not self.windows:
             return None
+        loop = self._loop()
+        if loop is None or not loop.is_running():
+            return None  # stopped, closed or gone: late, but nobody holds it
         return _Hold(self, number, due)
+
+    def loop_closed(self) -> bool:
+        """Whether this monitor's loop is closed or gone (its windows will never close)."""
+        loop = self._loop()
+        return loop is None or loop.is_closed()
 
     def look(self, hold: _Hold, now: float) -> bool:
         """Note which member holds the loop since the last look (less the garbage
         collector's share and the time the loop's thread waited for a CPU: a busy machine,
         not the member); ``False`` once the hold is over."""
         if self.beats != hold.number or not self.windows:
+            return False
+        loop = self._loop()
+        if loop is None or not loop.is_running():
             return False
         elapsed = now - hold.since
         hold.since = now
@@ -489,9 +512,6 @@ class LoopMonitor:
         if waited is not None and hold.waited is not None:
             elapsed -= waited - hold.waited
         hold.waited = waited
-        loop = self._loop()
-        if loop is None:
-            return False
         if elapsed <= 0:
             return True
         try:
@@ -585,6 +605,11 @@ class _Watchdog:
         running = []
         with self._lock:
             for monitor in list(self._active):
+                if monitor.loop_closed():
+                    # A group left open on a closed loop: nothing more to see there.
+                    monitor.active = False
+                    self._active.discard(monitor)
+                    continue
                 if monitor.windows:
                     monitor.idle_since = None
                     running.append(monitor)
@@ -624,8 +649,8 @@ class _Watchdog:
         """Follow the held loops, and find the loops held since the last look. A free loop
         costs one read of its ``due``: no system call, so the thread takes the GIL once per
         ``BEAT_EVERY`` while every loop is free."""
-        now = time.perf_counter()
         for monitor in monitors:
+            now = time.perf_counter()
             hold = holds.get(monitor) or monitor.held(now)
             if hold is not None and monitor.look(hold, now):
                 holds[monitor] = hold

@@ -538,22 +538,32 @@ class WorkerPool:
         except Exception as exc:
             state.report_internal_error(exc)  # a bug in the scheduler
         finally:
-            if token is not None:
-                exit_frame(token)
-            running.pop(task, None)
-            if not handed_over:
-                # To a task waiting for a slot, else to ready members (via kick).
-                try:
-                    slots.release()
-                except Exception as exc:  # a bug in the slots' accounting: the worker still
-                    # leaves the pool below, or the group would wait for it for ever
-                    state.report_internal_error(exc)
-            # Nothing runs in this task any more (whether it leaves normally, hands its
-            # slot over or is cancelled), so the group may end now rather than a loop turn
-            # later, in a done callback.
-            self.workers.discard(task)
-            group._readers.result_landed()
-            group._check_all_done()
+            # Off its group's loop, the worker is being closed by the garbage collector (its
+            # loop was closed with it pending): its context, slot and group went with that
+            # loop, and nothing here could run there.
+            if asyncio._get_running_loop() is group._loop:
+                self._leave(task, token, handed_over)
+
+    def _leave(
+        self, task: asyncio.Task[None], token: Token[Frame | None] | None, handed_over: bool
+    ) -> None:
+        """A worker ends (normally, handing its slot over, or cancelled)."""
+        if token is not None:
+            exit_frame(token)
+        self.running.pop(task, None)
+        if not handed_over:
+            # To a task waiting for a slot, else to ready members (via kick).
+            try:
+                self.slots.release()
+            except Exception as exc:  # a bug in the slots' accounting: the worker still
+                # leaves the pool below, or the group would wait for it for ever
+                self._group.execution_state.report_internal_error(exc)
+        # Nothing runs in this task any more, so the group may end now rather than a loop
+        # turn later, in a done callback.
+        self.workers.discard(task)
+        group = self._group
+        group._readers.result_landed()
+        group._check_all_done()
 
     def _pull_now(self, source: LazySource) -> Member | None:
         """The next member of a plain iterable ``map()`` input, read without awaiting.
