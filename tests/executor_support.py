@@ -142,6 +142,7 @@ def flaky_handler(input: Item, context: str, state: ExecutionState) -> int:
 double_tool = Tool(name="double", input_model=Item, handler=double)
 span_tool = Tool(name="span", input_model=Item, handler=spanned)
 fragile_tool = Tool(name="fragile", input_model=Item, handler=double_or_fail)
+cached_span_tool = Tool(name="cached_span", input_model=Item, handler=spanned, cacheable=True)
 flaky_tool = Tool(
     name="flaky",
     input_model=Item,

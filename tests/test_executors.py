@@ -39,7 +39,7 @@ from rh_agents.core.records import EventRetrying
 from rh_agents.core.results import ResultStatus
 from rh_agents.errors import ConfigurationError, InvalidMemberError, RemoteExecutionError
 from rh_agents.executors import ProcessExecutor, RayExecutor, RemoteExecutor, shared_processes
-from rh_agents.recovery import Recovery, SQLiteBackend
+from rh_agents.recovery import ActorCache, Recovery, SQLiteBackend
 from rh_agents.resilience import RetryPolicy
 
 try:
@@ -798,3 +798,18 @@ async def test_calls_of_a_stream_only_group_over_there_are_checkpointed_on_the_d
         results = await p.gather()
     assert [r.result for r in results] == [3]
     assert sorted(backend.load("r")) == [f"docs[0]::inner[{n}]::double" for n in range(3)]
+
+
+async def test_a_cacheable_actors_handler_runs_on_the_groups_executor(
+    process_pool: ProcessExecutor,
+) -> None:
+    # A cache miss runs the call the cache shares with later callers: still the member's
+    # own call, whose handler goes to the group's executor (it ran in a thread of the driver,
+    # where no timeout could stop it).
+    async with ExecutionState(cache=ActorCache()) as state:
+        event = ExecutionEvent(actor=support.cached_span_tool)
+        results = await state.parallel_execute(
+            [event(Item(n=n), "", state) for n in range(2)], max_workers=2, executor=process_pool
+        )
+    assert [r.ok for r in results] == [True, True]
+    assert os.getpid() not in {r.result.pid for r in results}

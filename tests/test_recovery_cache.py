@@ -303,3 +303,27 @@ def test_a_set_inputs_key_is_the_same_in_every_process() -> None:
         for seed in (1, 2, 3)
     }
     assert texts == {'{"names":{"<set>":["apple","b","c","q","zz"]}}\n'}
+
+
+async def test_a_groups_retry_policy_applies_to_a_cacheable_actors_call() -> None:
+    # The call a cache miss runs is the member's own call: the group's policies apply to it
+    # as to any other (they were skipped: one attempt, and the member failed).
+    from rh_agents import RetryPolicy
+
+    calls: list[int] = []
+
+    async def flaky(input: Item, context: str, state: ExecutionState) -> int:
+        calls.append(input.i)
+        if len(calls) < 3:
+            raise ConnectionError("the service hiccuped")
+        return input.i
+
+    event = ExecutionEvent(
+        actor=Tool(name="flaky", input_model=Item, handler=flaky, cacheable=True)
+    )
+    async with ExecutionState(cache=ActorCache()) as state:
+        async with state.parallel(retry=RetryPolicy(max_attempts=3, initial_delay=0.001)) as p:
+            p.add(event(Item(i=7), "", state))
+        [result] = await p.gather()
+    assert (result.ok, result.result, result.attempts) == (True, 7, 3), result.error
+    assert calls == [7, 7, 7]

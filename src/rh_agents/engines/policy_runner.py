@@ -36,7 +36,7 @@ from rh_agents.core.parallel.adding import _call_event
 from rh_agents.core.parallel.deadlines import member_ending, member_timed_out
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
-from rh_agents.core.parallel.slots import MemberSlot, in_own_task
+from rh_agents.core.parallel.slots import MemberSlot, in_own_task, member_slot_of
 from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_in
 from rh_agents.core.results import ExecutionResult, describe_error
 from rh_agents.resilience.breaker import Circuit, CircuitBreaker, Transition
@@ -94,18 +94,19 @@ def _no_policy_for(state: ExecutionState, event: ExecutionEvent[Any], frame: Fra
         and actor.circuit_breaker is None
     ):
         return False
-    slot = frame.slot
     if _member_retry.get() is not None:
         return False  # a member's own policy may apply to this call (event_policies decides)
     # _plain: the group found no policy of its own when it opened (the state's are read above).
-    return not isinstance(slot, MemberSlot) or slot.plain
+    slot = member_slot_of(frame.slot)
+    return slot is None or slot.plain
 
 
 def member_executor(frame: Frame) -> MemberExecutor | None:
     """The executor that runs the handler of the call in ``frame``: its group's, when the call
-    is the member itself (an event call added to a group with ``executor=``)."""
-    slot = frame.slot
-    if not isinstance(slot, MemberSlot):
+    is the member itself (an event call added to a group with ``executor=``; a call the cache
+    shares runs on its starter's)."""
+    slot = member_slot_of(frame.slot)
+    if slot is None:
         return None
     manager = slot.group
     executor = manager.options.executor
@@ -126,9 +127,10 @@ def _makes_event_call(source: Any) -> bool:
 
 
 def member_group(frame: Frame) -> ParallelExecutionManager[Any] | None:
-    """The group whose policies apply to an event running in ``frame`` (its own member's)."""
-    slot = frame.slot
-    if not isinstance(slot, MemberSlot):
+    """The group whose policies apply to an event running in ``frame`` (its own member's; a
+    call the cache shares, its starter's)."""
+    slot = member_slot_of(frame.slot)
+    if slot is None:
         return None
     manager = slot.group
     parent = frame.address.rpartition("::")[0]

@@ -44,7 +44,14 @@ if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
     from rh_agents.core.parallel.scheduler import WorkerPool
 
-__all__ = ["MemberSlot", "SharedCallSlot", "SlotArbiter", "in_own_task", "wait_lending"]
+__all__ = [
+    "MemberSlot",
+    "SharedCallSlot",
+    "SlotArbiter",
+    "in_own_task",
+    "member_slot_of",
+    "wait_lending",
+]
 
 T = TypeVar("T")
 
@@ -468,6 +475,17 @@ class SharedCallSlot:
     def leave(self) -> None:
         """The member leaves while the call goes on."""
         self._left = True
+
+
+def member_slot_of(slot: object) -> MemberSlot | None:
+    """The member a call in a frame with ``slot`` runs for: ``slot`` itself, or the member
+    that started a call the cache shares (whose group's policies and executor are still that
+    call's); ``None`` outside any member."""
+    if isinstance(slot, MemberSlot):
+        return slot
+    if isinstance(slot, SharedCallSlot):
+        return slot.member_slot
+    return None
 
 
 def in_own_task(slot: MemberSlot, parallel_index: int | None) -> bool:
