@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import threading
 import time
 import weakref
@@ -209,3 +210,30 @@ async def test_a_member_opening_a_nested_group_in_the_middle_of_a_hold_is_still_
     with pytest.warns(LoopBlockedWarning, match=r"member outer\[0\] held the event loop"):
         async with state.parallel(name="outer") as p:
             p.add(member())
+
+
+async def test_a_thread_that_keeps_the_gil_is_not_blamed_on_a_member() -> None:
+    # Another thread sorts two million numbers: a C loop that keeps the GIL for about a
+    # second, taken from the loop's thread in the middle of a member's (short) work. The
+    # loop cannot run meanwhile, but the member did not hold it: no LoopBlockedWarning (any
+    # warning fails the test).
+    numbers = list(range(2_000_000))
+    random.Random(1).shuffle(numbers)
+    sorter = threading.Thread(target=sorted, args=(numbers,))
+    state = ExecutionState(watchdog=Watchdog(block_threshold=0.1))
+
+    async def member() -> None:
+        await asyncio.sleep(0.05)
+        sorter.start()
+        end = time.perf_counter() + 0.03
+        while time.perf_counter() < end:  # Python code: the sorter takes the GIL in here
+            pass
+        await asyncio.sleep(0.05)
+
+    try:
+        async with state.parallel(name="gil") as p:
+            p.add(member())
+    finally:
+        sorter.join()
+    usage = p.resource_usage()
+    assert usage is not None and usage.loop_lag.max > 0.3  # the loop was held all the same

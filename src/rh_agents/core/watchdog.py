@@ -67,6 +67,7 @@ __all__ = [
 BEAT_EVERY = 0.025  # seconds between two beats of a watched loop (and two looks at it)
 POLL = 0.01  # seconds a beat may be late before the loop counts as held, and between two
 # looks at a held loop
+LOOK_CREDIT = 0.03  # the most one look credits a member beyond the loop thread's CPU time
 RESOURCES_EVERY = 0.05  # seconds between two readings of memory and open files
 IDLE_GRACE = 1.0  # seconds a loop stays watched after its last group: back-to-back groups
 # then cost no wake-up of the thread each
@@ -329,14 +330,15 @@ def _note_gc(phase: str, info: dict[str, int]) -> None:
         _gc_time[0] += time.perf_counter() - _gc_time[1]
 
 
-def _waited(thread: int | None) -> float | None:
-    """Seconds thread ``thread`` (a native id) has spent runnable but not running, waiting
-    for a CPU (Linux's schedstat; ``None`` where it is not to be had)."""
+def _waited(thread: int | None) -> tuple[float, float] | None:
+    """Seconds thread ``thread`` (a native id) has run on a CPU, and spent runnable but not
+    running, waiting for one (Linux's schedstat; ``None`` where it is not to be had)."""
     if thread is None:
         return None
     try:
         with open(f"/proc/self/task/{thread}/schedstat", "rb") as stat:
-            return int(stat.read().split()[1]) / 1e9
+            ran, waited = stat.read().split()[:2]
+            return int(ran) / 1e9, int(waited) / 1e9
     except (OSError, IndexError, ValueError):
         return None
 
@@ -394,7 +396,8 @@ class LoopMonitor:
         self.due: float | None = None
         self.beats = 0
         self.gc_at_beat = 0.0  # the collector's total time at the last beat
-        self.waited_at_beat: float | None = None  # the loop thread's wait for a CPU then
+        # The loop thread's time on a CPU and waiting for one then.
+        self.waited_at_beat: tuple[float, float] | None = None
         # Watched by the thread (set under its lock, read here: see _Watchdog._watched).
         self.active = False
         self.idle_since: float | None = None
@@ -510,7 +513,15 @@ class LoopMonitor:
         hold.gc = collected
         waited = _waited(self.thread)
         if waited is not None and hold.waited is not None:
-            elapsed -= waited - hold.waited
+            ran = waited[0] - hold.waited[0]
+            elapsed -= waited[1] - hold.waited[1]
+            if elapsed > LOOK_CREDIT and ran < elapsed:
+                # The look came late and the loop's thread neither ran nor waited for a
+                # CPU meanwhile: it waited for the GIL, which this thread (preempted while
+                # holding it, on a busy machine) or another one kept. Not the member's doing
+                # past what a look is worth. (A member blocked in a call that keeps the GIL
+                # runs on the CPU; one blocked in a call that lets it go is looked at on time.)
+                elapsed = max(ran, LOOK_CREDIT)
         hold.waited = waited
         if elapsed <= 0:
             return True
