@@ -920,3 +920,31 @@ def test_a_worker_collected_after_its_loop_was_closed_leaves_quietly(
     del loop
     gc.collect()
     assert [u for u in unraisable if "_worker" in repr(u.object)] == []
+
+
+async def test_close_while_another_task_leaves_its_block_gathering_is_refused_not_awaited() -> None:
+    # The other task's block has no gather(): leaving it gathers, for as long as its members
+    # run (an hour, as well). close() refuses at once, as for any block not left yet.
+    state = ExecutionState()
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def member() -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    async def other() -> list[str]:
+        async with state.parallel(name="bg") as p:
+            p.add(member())
+        return [r.result for r in await p.gather()]
+
+    task = asyncio.create_task(other())
+    # (A member starts only once the block's task waits: in leaving its block, gathering.)
+    await started.wait()
+    with pytest.raises(ParallelError, match="still run: bg"):
+        await asyncio.wait_for(state.close(), timeout=5)
+    assert not task.done()
+    release.set()
+    assert await task == ["done"]
+    await state.close()

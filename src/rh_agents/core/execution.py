@@ -493,7 +493,8 @@ class ExecutionState:
             groups = [g for g in self._open_groups_here() if not skip(g.group_id)]
             if not groups:
                 return
-            leaving = [group for group in groups if group._leaving]
+            # (A block left normally gathers for as long as its members run: not waited for.)
+            leaving = [group for group in groups if group._leaving and not group._leaving_to_gather]
             if leaving:
                 await asyncio.gather(*(group._wait_finalized() for group in leaving))
             else:

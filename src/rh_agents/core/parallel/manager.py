@@ -104,6 +104,7 @@ class ParallelExecutionManager(Generic[T]):
         "_fixed_limit",
         "_group",
         "_leaving",
+        "_leaving_to_gather",
         "_loop",
         "_members",
         "_names",
@@ -233,6 +234,10 @@ class ParallelExecutionManager(Generic[T]):
         self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
         self._leaving = False  # its block is being left (see ExecutionState.close)
+        # ...normally: it gathers, for as long as its members run (close() refuses then,
+        # rather than wait for them; a block left by an exception or a GeneratorExit is
+        # waited for: its members are being cancelled).
+        self._leaving_to_gather = False
         # Its block lives in a stream the caller iterates (parallel_map's generator, an
         # execute_parallel stream): a state closing under it closes it (see close()).
         self._stream_owned = False
@@ -379,6 +384,7 @@ class ParallelExecutionManager(Generic[T]):
                 raise stop_error
             return
         self._leaving = True
+        self._leaving_to_gather = exc is None
         try:
             if exc is None:
                 if self._finalized and (
