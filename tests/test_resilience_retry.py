@@ -427,3 +427,36 @@ async def test_a_reply_of_the_wrong_shape_is_retried_like_any_failure() -> None:
     retry = RetryPolicy(max_attempts=3, initial_delay=0, jitter=0, retry_on=(ActorOutputError,))
     result = await ExecutionEvent(actor=llm, retry=retry)(Item(), "", state)
     assert result.ok and result.result == Score(score=7) and result.attempts == 2
+
+
+async def test_a_retried_event_timeout_is_named_in_each_retry_record(recorder: Recorder) -> None:
+    # The bare TimeoutError of the event's deadline said nothing in the retry records; each
+    # now says what the call's result says. A TimeoutError the handler raises itself stays.
+    bus = EventBus()
+    bus.subscribe(recorder)
+    state = ExecutionState(event_bus=bus)
+    calls = 0
+
+    async def slow_then_quick(input: Item, context: str, state: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.Event().wait()  # past the deadline
+        if calls == 2:
+            raise TimeoutError("the service said: try later")
+        return calls
+
+    event = ExecutionEvent(
+        actor=Tool(name="svc", input_model=Item, handler=slow_then_quick),
+        timeout=0.05,
+        retry=RetryPolicy(max_attempts=3, initial_delay=0.001, jitter=0),
+    )
+    result = await event(Item(), "", state)
+    await bus.drain()
+    assert result.ok and result.result == 3
+    retries = [r for r in recorder.records if isinstance(r, EventRetrying)]
+    assert [(r.error_type, r.error) for r in retries] == [
+        ("ParallelTimeoutError", "ParallelTimeoutError: tool 'svc' at svc timed out after 0.05s; "
+         "raise the event's timeout or make the call faster"),
+        ("TimeoutError", "TimeoutError: the service said: try later"),
+    ]  # fmt: skip

@@ -42,7 +42,7 @@ from rh_agents.resilience.retry import RetryPolicy
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["ExecutionEvent", "ExecutionResult", "ResultStatus", "truncate"]
+__all__ = ["ExecutionEvent", "ExecutionResult", "ResultStatus", "event_timed_out", "truncate"]
 
 OutT = TypeVar("OutT")
 
@@ -71,6 +71,15 @@ def _text(value: Any) -> str:
         except Exception:  # arbitrary types that JSON cannot hold
             return repr(value)
     return repr(value)
+
+
+def event_timed_out(actor: BaseActor, address: str, seconds: float) -> ParallelTimeoutError:
+    """The error of a call of ``actor`` at ``address`` that ran past its event's ``timeout``
+    (what its result says, and each retry's record)."""
+    return ParallelTimeoutError(
+        f"{actor.kind} {actor.name!r} at {address} timed out after {seconds}s; raise the "
+        "event's timeout or make the call faster"
+    )
 
 
 class ExecutionEvent(BaseModel, Generic[OutT]):
@@ -244,10 +253,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             ):
                 # The event's own deadline: say which one. A TimeoutError the handler raised
                 # by itself (no event timeout) is kept as it is.
-                timed_out = ParallelTimeoutError(
-                    f"{actor.kind} {actor.name!r} at {address} timed out after "
-                    f"{self.timeout}s; raise the event's timeout or make the call faster"
-                )
+                timed_out = event_timed_out(actor, address, self.timeout)
                 timed_out.__cause__ = exc
                 exc = timed_out.with_traceback(exc.__traceback__)
             status = (

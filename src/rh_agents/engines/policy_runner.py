@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from rh_agents.core.context import Frame
+from rh_agents.core.events import event_timed_out
 from rh_agents.core.parallel.adding import _call_event
 from rh_agents.core.parallel.deadlines import member_ending, member_timed_out
 from rh_agents.core.parallel.manager import ParallelExecutionManager
@@ -261,8 +262,16 @@ async def invoke_actor(
     async def attempt() -> Any:
         if timeout is None:
             return validate_output(await call(validated, context, state))
-        async with asyncio.timeout(timeout):
-            return validate_output(await call(validated, context, state))
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                return validate_output(await call(validated, context, state))
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError
+            # Said as the call's result will say it, so that each retry's record does too
+            # (the bare TimeoutError of asyncio.timeout says nothing).
+            raise event_timed_out(actor, frame.address, timeout) from exc
 
     return await run_attempts(state, frame, event_policies(state, event, frame), attempt)
 
