@@ -122,7 +122,8 @@ class ParallelEventPrinter(EventPrinter):
       failures are still shown, and counted apart: ``0 failed · 2 failed in nested groups``);
     - ``show_parallel_details``: show what happens inside members (the actor events in
       ``realtime``; in plain ``progress`` output, one line per finished member of a group of
-      at most ``smart_threshold`` members: a bigger group shows its progress line every
+      at most ``smart_threshold`` members, or of a group whose size is not known yet while at
+      most that many finished: a bigger group shows its progress line every
       ``progress_interval`` seconds and its failures, so a log stays readable);
     - ``show_summary``: print the summary when the outermost group completes;
     - ``console``: where to write (tests pass ``Console(file=StringIO(), width=100)``);
@@ -331,10 +332,15 @@ class ParallelEventPrinter(EventPrinter):
                 view.running.pop(record.index, None)
             elif done_lines:
                 total = record.total if record.total is not None else view.total
-                if view.parent is None and total is not None and total <= self.smart_threshold:
+                done = record.done
+                # A group of at most smart_threshold members; while its size is unknown (a
+                # lazy map() input still read), as long as no more than that have finished.
+                if (
+                    view.parent is None
+                    and (done if total is None else total) <= self.smart_threshold
+                ):
                     # Formatted inline and batched (see flush()): a line per member. The
                     # duration as seconds(took) would give it; sub-millisecond needs no rounding.
-                    done = record.done
                     millis = took * 1000
                     if 0 < millis < 0.5:
                         took_text = "0ms"
@@ -343,7 +349,9 @@ class ParallelEventPrinter(EventPrinter):
                     else:
                         took_text = seconds(took)
                     name = record.name
-                    if total >= done:
+                    if total is None:
+                        tail = " finished]\n"  # [4 finished]: no size to show yet
+                    elif total >= done:
                         if total != view.tail_total:
                             view.tail_total = total
                             view.tail = f"/{total}]\n"

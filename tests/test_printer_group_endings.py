@@ -1,0 +1,137 @@
+"""ParallelEventPrinter: lazy map() groups, a failed map() input, a cancelled group.
+
+Three bugs of the display: in plain ``progress`` output the members of a group whose size was
+not known yet (a lazy ``map()`` input) got no line; a group stopped by its ``map()`` input's
+error never said why it failed; a group cancelled by its caller (``task.cancel()``) counted
+its unstarted members as finished and failed, where Ctrl-C says they never started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from rich.console import Console
+
+from printer_records import group_completed, member_finished
+from rh_agents.bus_handlers import ParallelEventPrinter
+from rh_agents.bus_handlers.parallel_printer import ParallelMode
+from rh_agents.core.bus import EventBus
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import BusEvent, GroupStarted
+
+
+class FrozenClock:
+    """Every reading is 0: durations print as 0ms, so a real run prints the same every time."""
+
+    def now(self) -> float:
+        return 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+def plain_printer(
+    mode: ParallelMode, *, width: int = 100, **options: object
+) -> tuple[ParallelEventPrinter, io.StringIO]:
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=False)
+    options.setdefault("clock", lambda: 0.0)
+    return ParallelEventPrinter(mode, console=console, **options), out  # type: ignore[arg-type]
+
+
+# --- 1. a lazy map() input: one line per finished member --------------------------------
+
+
+def lazy_group(size: int, known_after: int) -> list[BusEvent]:
+    """A group of ``size`` members from a lazy input, whose size is known (the input ran out)
+    from the ``known_after``-th finished member on; member 1 fails."""
+    records: list[BusEvent] = [
+        GroupStarted(address="lines", timestamp=0.0, name="lines", total=0, max_workers=2)
+    ]
+    for index in range(size):
+        done = index + 1
+        failed = index >= 1
+        records.append(
+            member_finished(
+                f"lines[{index}]",
+                index,
+                at=0.01 * done,
+                took=0.01,
+                done=done,
+                ok=done - failed,
+                total=size if done >= known_after else None,
+                status="failed" if index == 1 else "completed",
+                error="ValueError: one" if index == 1 else None,
+                group="lines",
+            )
+        )
+    records.append(
+        group_completed(
+            "lines", at=0.01 * size, name="lines", status="partial", total=size,
+            ok=size - 1, failed=1, wall=0.01 * size,
+        )
+    )  # fmt: skip
+    return records
+
+
+def test_members_finished_before_a_lazy_input_ran_out_each_get_a_line() -> None:
+    printer, out = plain_printer("progress", slowest=1)
+    for record in lazy_group(4, known_after=4):
+        printer(record)
+    printer.close()
+    assert out.getvalue().splitlines()[:6] == [
+        "▶ 📦 lines started (max_workers=2)",
+        "  ✔ lines#0 done (10ms) [1 finished]",
+        "  ✘ lines#1 FAILED (10ms) [2 finished]: ValueError: one",
+        "  ✔ lines#2 done (10ms) [3 finished]",
+        "  ✔ lines#3 done (10ms) [4/4]",
+        "⚠ 📦 lines: 4 finished · 3 ok · 1 failed · 40ms · slowest lines#0 10ms",
+    ]
+
+
+def test_a_lazy_group_is_listed_until_more_than_smart_threshold_members_finished() -> None:
+    # Six members, three at most listed: lines while no more than three have finished and the
+    # size is unknown; none once the size (6) says the group is a big one. Failures always.
+    printer, out = plain_printer("progress", smart_threshold=3, slowest=0)
+    for record in lazy_group(6, known_after=5):
+        printer(record)
+    printer.close()
+    assert out.getvalue().splitlines()[:5] == [
+        "▶ 📦 lines started (max_workers=2)",
+        "  ✔ lines#0 done (10ms) [1 finished]",
+        "  ✘ lines#1 FAILED (10ms) [2 finished]: ValueError: one",
+        "  ✔ lines#2 done (10ms) [3 finished]",
+        "⚠ 📦 lines: 6 finished · 5 ok · 1 failed · 60ms",
+    ]
+
+
+@pytest.mark.timeout(30)
+async def test_a_real_lazy_map_group_prints_every_member() -> None:
+    async def items() -> AsyncIterator[int]:
+        for n in range(5):
+            await asyncio.sleep(0)  # an input that waits between items
+            yield n
+
+    async def work(n: int) -> int:
+        await asyncio.sleep(0)
+        if n == 3:
+            raise ValueError("three")
+        return n
+
+    printer, out = plain_printer("progress")
+    bus = EventBus()
+    bus.subscribe(printer)
+    state = ExecutionState(event_bus=bus, clock=FrozenClock(), watchdog=None)
+    with printer:
+        async with state.parallel(max_workers=2, name="lines") as group:
+            group.map(work, items())
+        await bus.drain()
+    member = re.compile(r"  [✔✘] lines#(\d) (?:done|FAILED) \(0ms\) \[(?:\d finished|\d/5)\]")
+    shown = [found for line in out.getvalue().splitlines() if (found := member.match(line))]
+    # Every member has its line, in whatever order they finished (two workers).
+    assert sorted(int(found[1]) for found in shown) == [0, 1, 2, 3, 4]
+    assert "  ✘ lines#3 FAILED (0ms) [" in out.getvalue()
