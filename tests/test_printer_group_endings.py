@@ -17,11 +17,11 @@ import pytest
 from rich.console import Console
 
 from printer_records import group_completed, member_finished
-from rh_agents.bus_handlers import ParallelEventPrinter
+from rh_agents.bus_handlers import EventPrinter, ParallelEventPrinter
 from rh_agents.bus_handlers.parallel_printer import ParallelMode
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
-from rh_agents.core.records import BusEvent, GroupStarted
+from rh_agents.core.records import BusEvent, GroupCompleted, GroupStarted
 
 
 class FrozenClock:
@@ -135,3 +135,81 @@ async def test_a_real_lazy_map_group_prints_every_member() -> None:
     # Every member has its line, in whatever order they finished (two workers).
     assert sorted(int(found[1]) for found in shown) == [0, 1, 2, 3, 4]
     assert "  ✘ lines#3 FAILED (0ms) [" in out.getvalue()
+
+
+# --- 2. a failed map() input: the group's summary says so -------------------------------
+
+
+async def failing_input(*, on_close: bool = False) -> AsyncIterator[int]:
+    """Two items, then an OSError (or, ``on_close``, three items and an error from its
+    ``finally``)."""
+    try:
+        for n in range(3):
+            await asyncio.sleep(0)
+            if n == 2 and not on_close:
+                raise OSError("disk read failed at line 2")
+            yield n
+    finally:
+        if on_close:
+            raise OSError("could not close the file")
+
+
+async def echo(n: int) -> int:
+    return n
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("on_close", [False, True])
+async def test_a_group_stopped_by_its_map_input_says_why_in_its_summary(on_close: bool) -> None:
+    printer, out = plain_printer("collapsed", slowest=0)
+    completed: list[GroupCompleted] = []
+    bus = EventBus()
+    bus.subscribe(printer)
+    bus.subscribe(completed.append, kinds=[GroupCompleted])
+    state = ExecutionState(event_bus=bus, clock=FrozenClock(), watchdog=None)
+    error = (
+        "OSError: could not close the file" if on_close else "OSError: disk read failed at line 2"
+    )
+    with printer:
+        with pytest.raises(OSError):
+            async with state.parallel(max_workers=2, name="lines") as group:
+                group.map(echo, failing_input(on_close=on_close))
+        await bus.drain()
+    [record] = completed
+    assert (record.status, record.input_error) == ("failed", error)
+    finished = 3 if on_close else 2
+    assert out.getvalue() == (
+        f"✘ 📦 lines: {finished} finished · {finished} ok · 0 failed · 0ms\n"
+        f"    ✘ lines map() input FAILED: {error}\n"
+        '    └─ View details: execution_state.history.get_group("lines")\n'
+    )
+
+
+def test_a_failed_map_input_is_shown_by_every_printer_and_not_in_the_members_issues() -> None:
+    records: list[BusEvent] = [
+        GroupStarted(address="lines", timestamp=0.0, name="lines", total=0, max_workers=2),
+        member_finished("lines[0]", 0, at=0.1, took=0.1, done=1, ok=1, total=None, group="lines"),
+        GroupCompleted(
+            address="lines", timestamp=0.2, name="lines", status="failed", total=1,
+            succeeded=1, failed=0, cancelled=0, skipped=0, timed_out=0, wall_time=0.2,
+            input_error="OSError: disk read failed",
+        ),
+    ]  # fmt: skip
+    realtime, out = plain_printer("realtime", show_summary=False)
+    for record in records:
+        realtime(record)
+    realtime.close()
+    assert out.getvalue().splitlines()[-2:] == [
+        "✘ 📦 lines FAILED: 1 finished · 1 ok · 0 failed · 200ms",
+        "  ✘ lines map() input FAILED: OSError: disk read failed",
+    ]
+    assert realtime.parallel_groups["lines"].issues == ()  # its members all completed
+    assert "    ✘ lines map() input FAILED: OSError: disk read failed" in realtime.summary()
+    tree = io.StringIO()
+    printer = EventPrinter(Console(file=tree, width=100, force_terminal=False))
+    for record in records:
+        printer(record)
+    assert tree.getvalue().splitlines()[-2:] == [
+        "✘ 📦 lines FAILED: 1 finished · 1 ok · 0 failed · 200ms",
+        "  ✘ map() input FAILED OSError: disk read failed",
+    ]

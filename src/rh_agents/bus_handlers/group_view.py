@@ -106,6 +106,8 @@ class GroupView:
     position: tuple[int, ...] = ()
     # What the group used while it ran (its GroupCompleted's ``resources``), if measured.
     resources: Any = None
+    # What its map() input raised (its GroupCompleted's ``input_error``), if anything.
+    input_error: str | None = None
 
     def member_tag(self, index: int | None) -> str:
         return self.tag if index is None else f"{self.tag}#{index}"
@@ -115,6 +117,13 @@ class GroupView:
         self.issues.append(
             MemberIssue(self.member_tag(index), status, error, (*self.position, index))
         )
+
+    def input_issue(self) -> MemberIssue | None:
+        """The group's ``map()`` input failed: listed with the failures, before its members'
+        (``✘ docs map() input FAILED: OSError: disk read failed``)."""
+        if self.input_error is None:
+            return None
+        return MemberIssue(f"{self.tag} map() input", "failed", self.input_error, self.position)
 
     def sorted_issues(self) -> list[MemberIssue]:
         """This group's failures in index order (they are noted as they happen)."""
@@ -301,7 +310,7 @@ class GroupSummary:
     retried: int
     wall_time: float
     slowest: list[tuple[float, str]]
-    issues: list[MemberIssue]
+    issues: list[MemberIssue]  # with a failed map() input's (``docs map() input``) first
     children: list[GroupSummary]
     # Folded summaries only: the members of the nested groups folded into this line that did
     # not succeed (their issues are listed with this line's own).
@@ -327,12 +336,12 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
     nested: list[GroupView] = []
     for view in views:
         ranked.extend((sec, view.member_tag(i)) for sec, i in view.slowest)
-        issues.extend(view.issues)
+        issues.extend(_issues_of(view))
         if fold:
             below = descendants(view)
             nested.extend(below)
             for group in below:
-                issues.extend(group.issues)
+                issues.extend(_issues_of(group))
     ranked.sort(key=lambda item: (-item[0], item[1]))
     issues.sort(key=_by_order)
     by_name: dict[str, list[GroupView]] = {}
@@ -363,6 +372,12 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
         interrupted=any(v.interrupted for v in views),
         never_started=sum(v.never_started for v in views),
     )
+
+
+def _issues_of(view: GroupView) -> list[MemberIssue]:
+    """What the summary lists for ``view``: its failed ``map()`` input, its members' failures."""
+    failed_input = view.input_issue()
+    return view.issues if failed_input is None else [failed_input, *view.issues]
 
 
 def _by_order(issue: MemberIssue) -> tuple[int, ...]:

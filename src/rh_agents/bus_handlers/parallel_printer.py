@@ -53,6 +53,7 @@ from rh_agents.bus_handlers.group_view import (
     descendants,
     interrupted_lines,
     interrupted_text,
+    issue_line,
     outcome_text,
     percent,
     seconds,
@@ -524,12 +525,14 @@ class ParallelEventPrinter(EventPrinter):
         view.skipped = record.skipped
         view.running.clear()
         view.resources = record.resources
+        view.input_error = record.input_error
         if record.status == "cancelled" and interrupt_requested():
             view.interrupted = True
         mode = self._mode
         if view.parent is not None:
             if mode == "realtime" and self._shows_nested(view):
                 self._line(f"{self._prefix(record)}{self._completed_text(view)}", view.level)
+                self._input_line(view)
             elif self.live_display:
                 self._refresh()
             return
@@ -541,6 +544,7 @@ class ParallelEventPrinter(EventPrinter):
                 self._refresh(force=True)
         if mode == "realtime" and not self.show_summary:
             self._line(self._completed_text(view), view.level)
+            self._input_line(view)
         if self.show_summary:
             self._print_summary(view)
 
@@ -684,6 +688,12 @@ class ParallelEventPrinter(EventPrinter):
         if ok:
             return f"✔ {tag}{name} done ({took}) {count}"
         return f"✘ {tag}{name} {record.status.upper()} ({took}) {count}: {error}"
+
+    def _input_line(self, view: GroupView) -> None:
+        """Under a group's line in ``realtime``: its ``map()`` input failed, and with what."""
+        failed_input = view.input_issue()
+        if failed_input is not None:
+            self._line(issue_line(failed_input), view.level + 1, hang=2)
 
     def _replayed_line(self, view: GroupView, record: MemberFinished) -> str:
         tag = view.member_tag(record.index)

@@ -173,16 +173,23 @@ class EventPrinter:
                 interrupted = record.status == "cancelled" and interrupt_requested()
                 if record.group_id is None:
                     self._note_root(record, never)
+                # Under the group's line, as a member's failure is: its map() input failed.
+                failed_input = (
+                    ""
+                    if record.input_error is None
+                    else f"\n{pad}  ✘ map() input [red]FAILED[/red] {escape(record.input_error)}"
+                )
                 if interrupted:
                     return (
                         f"{pad}⏹ 📦 {escape(record.name)} [yellow]INTERRUPTED[/yellow]: "
                         f"{_outcome(record, replayed, never)} · {_seconds(record.wall_time)}"
+                        f"{failed_input}"
                     )
                 style = "green" if record.status == "completed" else "yellow"
                 return (
                     f"{pad}{status_mark({record.status})} 📦 {escape(record.name)} "
                     f"[{style}]{record.status.upper()}[/{style}]: {_outcome(record, replayed)} · "
-                    f"{_seconds(record.wall_time)}"
+                    f"{_seconds(record.wall_time)}{failed_input}"
                 )
             case RunInterrupted():
                 finished, total, cancelled, never = self._roots

@@ -318,6 +318,8 @@ class MemberFinished(BusEvent):
 class GroupCompleted(BusEvent):
     """A group finished. ``status`` is a ``GroupStatus`` value; ``metrics`` a frozen snapshot;
     ``resources`` what the process used while it ran (also in ``metrics.resources``).
+    ``input_error`` is what the group's ``map()`` input raised as it was read or closed
+    (``"OSError: disk read failed"``); ``None`` when it raised nothing.
 
     The snapshot is taken when ``metrics`` is first read (the group is over, so it is the same
     whenever it is read): building it costs more than the rest of the record, and most
@@ -335,6 +337,7 @@ class GroupCompleted(BusEvent):
     skipped: int
     timed_out: int
     wall_time: float
+    input_error: str | None = None
     metrics_source: Any = field(default=None, compare=False, repr=False)
     resources_source: Any = field(default=None, compare=False, repr=False)
 

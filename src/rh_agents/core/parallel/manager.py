@@ -103,6 +103,7 @@ class ParallelExecutionManager(Generic[T]):
         "_finalized",
         "_fixed_limit",
         "_group",
+        "_input_error",
         "_leaving",
         "_leaving_to_gather",
         "_loop",
@@ -273,6 +274,8 @@ class ParallelExecutionManager(Generic[T]):
         # member raised that is not an Exception (KeyboardInterrupt, SystemExit, a test
         # framework's failure): a request to stop, never a member's failure to collect.
         self._stop_error: BaseException | None = None
+        # What the map() input raised, reading or closing it (its GroupCompleted says so).
+        self._input_error: BaseException | None = None
         self._outcome_raised = False  # a reader had the group's error (see __aexit__)
         self._sealed = False  # no more add(): gather/stream started or block left
 
@@ -540,6 +543,8 @@ class ParallelExecutionManager(Generic[T]):
             completed.skipped = tally.skipped
             completed.timed_out = tally.timed_out
             completed.wall_time = self._wall_time
+            failed_input = self._input_error
+            completed.input_error = None if failed_input is None else describe_error(failed_input)
             completed.metrics_source = self.metrics  # a snapshot only if someone reads it
             completed.resources_source = self.resource_usage if window is not None else None
             bus.publish(completed)

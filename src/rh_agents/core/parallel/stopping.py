@@ -177,6 +177,8 @@ def input_failed(
     """The ``map()`` input itself raised (an ``Exception``, or a ``KeyboardInterrupt``, a
     test framework's failure): it stops the group, whose error it becomes."""
     source.exhausted = True
+    if group._input_error is None:
+        group._input_error = exc
     if group._stop_error is None:
         group._stop_error = exc
     stop(group, ResultStatus.CANCELLED, GroupStatus.FAILED)
@@ -186,6 +188,8 @@ def input_close_failed(group: ParallelExecutionManager[Any], exc: BaseException)
     """The ``map()`` input raised as it was closed (its ``finally``), every member done: the
     group's error, unless it has one already (its strategy's, the input's own), which then
     carries this one as its ``__context__`` if it has none (it is never lost)."""
+    if group._input_error is None:
+        group._input_error = exc
     earlier = group._stop_error or (group._trigger.exception if group._trigger else None)
     if earlier is None and group._trigger is None:
         group._stop_error = exc
