@@ -21,7 +21,7 @@ from rh_agents.bus_handlers import EventPrinter, ParallelEventPrinter
 from rh_agents.bus_handlers.parallel_printer import ParallelMode
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
-from rh_agents.core.records import BusEvent, GroupCompleted, GroupStarted
+from rh_agents.core.records import BusEvent, GroupCompleted, GroupStarted, MemberFinished
 
 
 class FrozenClock:
@@ -212,4 +212,112 @@ def test_a_failed_map_input_is_shown_by_every_printer_and_not_in_the_members_iss
     assert tree.getvalue().splitlines()[-2:] == [
         "✘ 📦 lines FAILED: 1 finished · 1 ok · 0 failed · 200ms",
         "  ✘ map() input FAILED OSError: disk read failed",
+    ]
+
+
+# --- 3. a group cancelled by its caller: told as Ctrl-C tells it ------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_a_group_cancelled_by_task_cancel_counts_what_never_started() -> None:
+    # Four members, two workers: the first fails at once, the next two are running when the
+    # task is cancelled, the last never started.
+    printer, out = plain_printer("collapsed", slowest=0)
+    tree = io.StringIO()
+    bus = EventBus()
+    bus.subscribe(printer)
+    bus.subscribe(EventPrinter(Console(file=tree, width=200, force_terminal=False)))
+    state = ExecutionState(event_bus=bus, clock=FrozenClock(), watchdog=None)
+    running: list[int] = []
+    both_running = asyncio.Event()
+
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    async def wait(n: int) -> None:
+        running.append(n)
+        if len(running) == 2:
+            both_running.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    async def job() -> None:
+        async with state.parallel(max_workers=2, name="docs") as group:
+            group.add(boom)
+            for n in range(3):
+                group.add(lambda n=n: wait(n))
+
+    with printer:
+        task = asyncio.create_task(job())
+        await both_running.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await bus.drain()
+    assert out.getvalue() == (
+        "⏹ 📦 docs: cancelled · 1 of 4 finished · 0 ok · 1 failed · 2 cancelled · "
+        "1 never started · 0ms\n"
+        "    ✘ docs#0 FAILED: ValueError: boom\n"
+        '    └─ View details: execution_state.history.get_group("docs")\n'
+    )
+    # The group's view still has every member that did not complete.
+    assert [issue.status for issue in printer.parallel_groups["docs"].issues] == [
+        "failed",
+        "cancelled",
+        "cancelled",
+        "cancelled",
+    ]
+    assert tree.getvalue().splitlines()[-1] == (
+        "⏹ 📦 docs CANCELLED: 1 of 4 finished · 0 ok · 1 failed · 2 cancelled · "
+        "1 never started · 0ms"
+    )
+
+
+def test_a_cancelled_nested_group_in_realtime_and_merged_siblings() -> None:
+    # realtime: a nested group's own line says it was cancelled, with what never started.
+    def nested(address: str, index: int, status: str) -> list[BusEvent]:
+        cancelled = status == "cancelled"
+        return [
+            GroupStarted(
+                address=address, timestamp=0.0, group_id="docs", parallel_index=index,
+                is_parallel=True, name="steps", total=2, max_workers=1, parent_group_id="docs",
+            ),
+            member_finished(
+                f"{address}[0]", 0, at=0.1, took=0.1, done=1, ok=1, total=2, group=address
+            ),
+            MemberFinished(
+                address=f"{address}[1]", timestamp=0.2, group_id=address, parallel_index=1,
+                is_parallel=True, name=None, index=1, status=status, execution_time=0.0,
+                error="MemberCancelledError: the group was cancelled" if cancelled else None,
+                done=2, succeeded=1 if cancelled else 2, failed=1 if cancelled else 0, total=2,
+                queue_wait=None if cancelled else 0.1,
+            ),
+            group_completed(
+                address, at=0.2, name="steps", status=status if cancelled else "completed",
+                total=2, ok=1 if cancelled else 2, cancelled=1 if cancelled else 0, wall=0.2,
+                within=("docs", index),
+            ),
+        ]  # fmt: skip
+
+    records: list[BusEvent] = [
+        GroupStarted(address="docs", timestamp=0.0, name="docs", total=2, max_workers=2),
+        *nested("docs[0]::steps", 0, "cancelled"),
+        *nested("docs[1]::steps", 1, "completed"),
+        member_finished("docs[0]", 0, at=0.3, took=0.3, done=1, ok=1, total=2, group="docs"),
+        member_finished("docs[1]", 1, at=0.3, took=0.3, done=2, ok=2, total=2, group="docs"),
+        group_completed("docs", at=0.3, name="docs", status="completed", total=2, ok=2, wall=0.3),
+    ]
+    printer, out = plain_printer("realtime", slowest=0)
+    for record in records:
+        printer(record)
+    printer.close()
+    lines = out.getvalue().splitlines()
+    assert (
+        "  [docs#0] ⏹ 📦 steps: cancelled · 1 of 2 finished · 1 ok · 0 failed · 0 cancelled · "
+        "1 never started · 200ms"
+    ) in lines
+    # Merged with a sibling that completed, the line is no cancelled one: its cancelled
+    # member is a failure like any other, listed.
+    assert lines[-3:-1] == [
+        "  ✘ 📦 steps ×2: 4 finished · 3 ok · 1 failed (1 cancelled) · max 200ms",
+        "      ✘ docs#0/steps#1 CANCELLED: MemberCancelledError: the group was cancelled",
     ]

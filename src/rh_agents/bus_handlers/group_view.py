@@ -85,10 +85,13 @@ class GroupView:
     # MemberFinished comes (then counted in ``replayed``, and their stored time left out).
     replays: set[int] = field(default_factory=set)
     replayed: int = 0
-    # Ctrl-C: the group was cancelled by an interruption (``rh_agents.run``); of its cancelled
-    # members, ``never_started`` had not started.
-    interrupted: bool = False
+    # How the group was stopped, when it was: ``"interrupted"`` (cancelled by Ctrl-C under
+    # ``rh_agents.run``) or ``"cancelled"`` (by its caller: ``task.cancel()``, ``p.cancel()``);
+    # of its cancelled members, ``never_started`` had not started. ``unstarted`` counts those
+    # as they come, for a group whose status says only at its end that it was cancelled.
+    stopped: str | None = None
     never_started: int = 0
+    unstarted: int = 0
     slowest: list[tuple[float, int]] = field(default_factory=list)  # min-heap (seconds, index)
     # A member must take longer than this to enter ``slowest``: the heap's minimum once it is
     # full, so a member that is not among the slowest costs one comparison and no heap work.
@@ -319,7 +322,9 @@ class GroupSummary:
     nested_cancelled: int = 0
     nested_skipped: int = 0
     replayed: int = 0  # members answered from a resumed run's checkpoints (among ``succeeded``)
-    interrupted: bool = False  # stopped by Ctrl-C: cancelled members are not failures
+    # ``"interrupted"`` (Ctrl-C) or ``"cancelled"`` (by its caller): cancelled members are not
+    # failures (not listed, not among the slowest) but what was stopped.
+    stopped: str | None = None
     never_started: int = 0  # of ``cancelled``, the members that had not started
 
 
@@ -334,14 +339,21 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
     ranked: list[tuple[float, str]] = []
     issues: list[MemberIssue] = []
     nested: list[GroupView] = []
+    # Stopped by Ctrl-C (any of them: it stops them all), or every one cancelled by its caller.
+    stopped = (
+        "interrupted"
+        if any(v.stopped == "interrupted" for v in views)
+        else ("cancelled" if all(v.stopped == "cancelled" for v in views) else None)
+    )
     for view in views:
-        ranked.extend((sec, view.member_tag(i)) for sec, i in view.slowest)
-        issues.extend(_issues_of(view))
+        dropped = _cancelled(view) if stopped else set()
+        ranked.extend((sec, view.member_tag(i)) for sec, i in view.slowest if i not in dropped)
+        issues.extend(_issues_of(view, dropped))
         if fold:
             below = descendants(view)
             nested.extend(below)
             for group in below:
-                issues.extend(_issues_of(group))
+                issues.extend(_issues_of(group, _cancelled(group) if stopped else set()))
     ranked.sort(key=lambda item: (-item[0], item[1]))
     issues.sort(key=_by_order)
     by_name: dict[str, list[GroupView]] = {}
@@ -369,15 +381,25 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
         nested_cancelled=sum(v.cancelled for v in nested),
         nested_skipped=sum(v.skipped for v in nested),
         replayed=sum(v.replayed for v in views),
-        interrupted=any(v.interrupted for v in views),
+        stopped=stopped,
         never_started=sum(v.never_started for v in views),
     )
 
 
-def _issues_of(view: GroupView) -> list[MemberIssue]:
-    """What the summary lists for ``view``: its failed ``map()`` input, its members' failures."""
+def _cancelled(view: GroupView) -> set[int]:
+    """The members of ``view`` that were cancelled because it was stopped (Ctrl-C, or its
+    caller cancelled it): left out of the failures and the slowest."""
+    if view.stopped is None:
+        return set()
+    return {issue.order[-1] for issue in view.issues if issue.status == "cancelled"}
+
+
+def _issues_of(view: GroupView, dropped: set[int]) -> list[MemberIssue]:
+    """What the summary lists for ``view``: its failed ``map()`` input, its members' failures
+    (but those ``dropped``)."""
+    listed = [issue for issue in view.issues if issue.order[-1] not in dropped]
     failed_input = view.input_issue()
-    return view.issues if failed_input is None else [failed_input, *view.issues]
+    return listed if failed_input is None else [failed_input, *listed]
 
 
 def _by_order(issue: MemberIssue) -> tuple[int, ...]:
@@ -393,10 +415,10 @@ def descendants(view: GroupView) -> list[GroupView]:
     return found
 
 
-def status_mark(statuses: set[str], *, interrupted: bool = False) -> str:
+def status_mark(statuses: set[str], *, stopped: bool = False) -> str:
     """``✔`` when every group completed, ``⚠`` for partial results, ``⏹`` for a group stopped
-    by Ctrl-C, ``✘`` otherwise."""
-    if interrupted:
+    (by Ctrl-C, or cancelled by its caller), ``✘`` otherwise."""
+    if stopped:
         return "⏹"
     if statuses == {"completed"}:
         return "✔"
@@ -419,8 +441,11 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
         summary.skipped,
     )
     parts = (
-        ["interrupted", interrupted_text(*counts, summary.never_started, replayed=summary.replayed)]
-        if summary.interrupted
+        [
+            summary.stopped,
+            interrupted_text(*counts, summary.never_started, replayed=summary.replayed),
+        ]
+        if summary.stopped
         else [outcome_text(*counts, replayed=summary.replayed)]
     )
     if summary.nested_failed:
@@ -439,7 +464,7 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
     parts.append(wall if summary.count == 1 else f"max {wall}")
     if summary.slowest:
         parts.append("slowest " + ", ".join(f"{tag} {seconds(s)}" for s, tag in summary.slowest))
-    mark = status_mark(summary.statuses, interrupted=summary.interrupted)
+    mark = status_mark(summary.statuses, stopped=summary.stopped is not None)
     lines = [f"{pad}{mark} 📦 {name}: " + " · ".join(parts)]
     lines.extend(issue_line(issue, pad + " " * (indent + 2)) for issue in summary.issues)
     for child in summary.children:
@@ -482,7 +507,7 @@ def interrupted_text(
     replayed: int = 0,
 ) -> str:
     """``"13 of 30 finished · 12 ok · 1 failed · 5 cancelled · 12 never started"``: a group
-    stopped by Ctrl-C. The arguments count as ``outcome_text``'s do
+    stopped by Ctrl-C, or cancelled by its caller. The arguments count as ``outcome_text``'s do
     (``failed`` includes the cancelled members); here the cancelled members are not failures
     but what was stopped: those that were running, and those that ``never_started``."""
     finished = done - cancelled

@@ -323,6 +323,8 @@ class ParallelEventPrinter(EventPrinter):
             if record.status != "completed":
                 _copy_counts(view, record)
                 latest = None
+                if record.queue_wait is None and record.status == "cancelled":
+                    view.unstarted += 1  # never started (counted if its group was cancelled)
                 view.note_issue(record.index, record.status, record.error or "")
                 if live:
                     view.running.pop(record.index, None)
@@ -526,8 +528,13 @@ class ParallelEventPrinter(EventPrinter):
         view.running.clear()
         view.resources = record.resources
         view.input_error = record.input_error
-        if record.status == "cancelled" and interrupt_requested():
-            view.interrupted = True
+        if record.status == "cancelled":
+            if interrupt_requested():
+                view.stopped = "interrupted"
+            else:
+                # Cancelled by its caller (task.cancel(), p.cancel()): told as Ctrl-C's is.
+                view.stopped = "cancelled"
+                view.never_started = view.unstarted
         mode = self._mode
         if view.parent is not None:
             if mode == "realtime" and self._shows_nested(view):
@@ -731,9 +738,9 @@ class ParallelEventPrinter(EventPrinter):
             view.cancelled,
             view.skipped,
         )
-        if view.interrupted:
+        if view.stopped:
             outcome = interrupted_text(*counts, view.never_started, replayed=view.replayed)
-            return f"⏹ 📦 {view.name}: interrupted · {outcome} · {seconds(view.elapsed)}"
+            return f"⏹ 📦 {view.name}: {view.stopped} · {outcome} · {seconds(view.elapsed)}"
         outcome = outcome_text(*counts, replayed=view.replayed)
         return (
             f"{mark} 📦 {view.name} {(view.status or '').upper()}: {outcome}{nested} · "

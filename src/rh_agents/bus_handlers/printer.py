@@ -6,7 +6,9 @@ actor it stands for: ``▶ 🔧 Outer::tally (counter) STARTED``.
 A resumed run's replayed calls say so (``↺ ... REPLAYED``), and their groups count them
 (``30 ok (13 replayed)``). A run stopped by Ctrl-C (``rh_agents.run``) ends with
 ``⏹ interrupted`` and the counts of what finished, what was cancelled and what never
-started; cancelled members are not listed as failures.
+started; cancelled members are not listed as failures. A group cancelled by its caller
+(``task.cancel()``, ``p.cancel()``) is counted the same way (``⏹ 📦 docs CANCELLED: 3 of 10
+finished · ... · 2 never started``).
 
 On a terminal the lines are styled through rich; anywhere else (a pipe, a log file, CI) they
 are plain text with no control codes. Pass a ``rich.console.Console`` to control where it
@@ -77,8 +79,8 @@ class EventPrinter:
         self.console = console
         self.show_details = show_details
         self.indent = indent
-        # Per group id: members whose own call was replayed; members cancelled by Ctrl-C
-        # before they started. Kept until the group completes.
+        # Per group id: members whose own call was replayed; members cancelled before they
+        # started. Kept until the group completes.
         self._replayed: defaultdict[str, set[int]] = defaultdict(set)
         self._never_started: defaultdict[str, int] = defaultdict(int)
         # The outermost groups' counts, for the last line after Ctrl-C: finished, members,
@@ -162,6 +164,13 @@ class EventPrinter:
                     self._never_started[record.group_id] += 1
                 return None  # counted on the group's line, not listed as a failure
             case MemberFinished() if record.status != "completed":
+                if (
+                    record.status == "cancelled"
+                    and record.queue_wait is None
+                    and record.group_id is not None
+                ):
+                    # Never started: counted on the group's line if the group was cancelled.
+                    self._never_started[record.group_id] += 1
                 return (
                     f"{pad}  ✘ member {escape(record.name or str(record.index))} "
                     f"[red]{record.status.upper()}"
@@ -170,6 +179,8 @@ class EventPrinter:
             case GroupCompleted():
                 replayed = len(self._replayed.pop(record.address, ()))
                 never = self._never_started.pop(record.address, 0)
+                if record.status != "cancelled":
+                    never = 0  # (cancelled by a failure or a quorum: not what was stopped)
                 interrupted = record.status == "cancelled" and interrupt_requested()
                 if record.group_id is None:
                     self._note_root(record, never)
@@ -179,9 +190,12 @@ class EventPrinter:
                     if record.input_error is None
                     else f"\n{pad}  ✘ map() input [red]FAILED[/red] {escape(record.input_error)}"
                 )
-                if interrupted:
+                if record.status == "cancelled":
+                    # Ctrl-C, or cancelled by its caller (task.cancel(), p.cancel()): what
+                    # finished, what was stopped running, and what never started.
+                    label = "INTERRUPTED" if interrupted else "CANCELLED"
                     return (
-                        f"{pad}⏹ 📦 {escape(record.name)} [yellow]INTERRUPTED[/yellow]: "
+                        f"{pad}⏹ 📦 {escape(record.name)} [yellow]{label}[/yellow]: "
                         f"{_outcome(record, replayed, never)} · {_seconds(record.wall_time)}"
                         f"{failed_input}"
                     )
@@ -254,7 +268,7 @@ def _actor_of_tag(record: EventStarted | EventCompleted | EventFailed | EventRep
 
 def _outcome(record: GroupCompleted, replayed: int = 0, never_started: int | None = None) -> str:
     """``3 finished · 1 ok · 2 failed (1 timed out)``, as the parallel printer says it; with
-    ``never_started`` (Ctrl-C), ``interrupted · ...`` with what was stopped."""
+    ``never_started`` (a cancelled group), with what was stopped."""
     not_ok = record.failed + record.timed_out + record.cancelled + record.skipped
     counts = (
         record.succeeded + not_ok,
