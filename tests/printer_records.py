@@ -7,6 +7,13 @@ a circuit breaker opens, and member 2 is cancelled.
 
 from __future__ import annotations
 
+import asyncio
+import io
+
+from rich.console import Console
+
+from rh_agents.bus_handlers import ParallelEventPrinter
+from rh_agents.bus_handlers.parallel_printer import ParallelMode
 from rh_agents.core.records import (
     BusEvent,
     CircuitStateChanged,
@@ -18,6 +25,27 @@ from rh_agents.core.records import (
     MemberFinished,
     MemberStarted,
 )
+
+
+class FrozenClock:
+    """Every reading is 0: durations print as 0ms, so a real run prints the same every time."""
+
+    def now(self) -> float:
+        return 0.0
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+
+def plain_printer(
+    mode: ParallelMode, *, width: int = 100, **options: object
+) -> tuple[ParallelEventPrinter, io.StringIO]:
+    """A printer writing plain text to a string, on a clock that always reads 0."""
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=False)
+    options.setdefault("clock", lambda: 0.0)
+    return ParallelEventPrinter(mode, console=console, **options), out  # type: ignore[arg-type]
+
 
 DOCS = "Orch::docs"
 STEPS = "Orch::docs[1]::reader::steps"

@@ -19,7 +19,7 @@ from rich.console import Console, RenderableType
 from rich.containers import Lines
 from rich.text import Text
 
-from printer_records import group_completed, member_finished, member_started
+from printer_records import group_completed, member_finished, member_started, plain_printer
 from rh_agents.bus_handlers import ParallelEventPrinter
 from rh_agents.bus_handlers.parallel_printer import ParallelMode
 from rh_agents.bus_handlers.wrapping import wrap
@@ -56,15 +56,6 @@ async def eventually(condition: Callable[[], bool], seconds: float = 3.0) -> Non
 def written(out: io.StringIO, text: str) -> Callable[[], bool]:
     """Whether ``text`` was written to ``out`` yet."""
     return lambda: text in out.getvalue()
-
-
-def plain_printer(
-    mode: ParallelMode, *, width: int = 100, **options: object
-) -> tuple[ParallelEventPrinter, io.StringIO]:
-    out = io.StringIO()
-    console = Console(file=out, width=width, force_terminal=False)
-    options.setdefault("clock", lambda: 0.0)
-    return ParallelEventPrinter(mode, console=console, **options), out  # type: ignore[arg-type]
 
 
 # --- 1. one huge error ------------------------------------------------------------------

@@ -13,8 +13,15 @@ import pytest
 from pydantic import BaseModel
 from rich.console import Console
 
+import printer_records
 from parallel_support import until
-from printer_records import group_completed, member_finished, member_started, run_records
+from printer_records import (
+    FrozenClock,
+    group_completed,
+    member_finished,
+    member_started,
+    run_records,
+)
 from rh_agents import ParallelEventPrinter as TopLevelExport
 from rh_agents.bus_handlers import ParallelEventPrinter
 from rh_agents.bus_handlers.parallel_printer import ParallelMode
@@ -31,25 +38,12 @@ from rh_agents.errors import ConfigurationError
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-class FrozenClock:
-    """Every reading is 0: durations print as 0ms, so a real run prints the same every time."""
-
-    def now(self) -> float:
-        return 0.0
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
-
-
 def plain_printer(
     mode: ParallelMode, *, width: int = 200, **options: object
 ) -> tuple[ParallelEventPrinter, io.StringIO]:
-    """A printer writing plain text, by default wide enough for every line to stay whole
-    (the wrapping of long lines has tests of its own)."""
-    out = io.StringIO()
-    console = Console(file=out, width=width, force_terminal=False)
-    options.setdefault("clock", lambda: 0.0)
-    return ParallelEventPrinter(mode, console=console, **options), out  # type: ignore[arg-type]
+    """A plain-text printer wide enough for every line to stay whole (the wrapping of long
+    lines has tests of its own)."""
+    return printer_records.plain_printer(mode, width=width, **options)
 
 
 def feed(mode: ParallelMode, **options: object) -> str:

@@ -16,32 +16,11 @@ from collections.abc import AsyncIterator
 import pytest
 from rich.console import Console
 
-from printer_records import group_completed, member_finished
-from rh_agents.bus_handlers import EventPrinter, ParallelEventPrinter
-from rh_agents.bus_handlers.parallel_printer import ParallelMode
+from printer_records import FrozenClock, group_completed, member_finished, plain_printer
+from rh_agents.bus_handlers import EventPrinter
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import BusEvent, GroupCompleted, GroupStarted, MemberFinished
-
-
-class FrozenClock:
-    """Every reading is 0: durations print as 0ms, so a real run prints the same every time."""
-
-    def now(self) -> float:
-        return 0.0
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
-
-
-def plain_printer(
-    mode: ParallelMode, *, width: int = 100, **options: object
-) -> tuple[ParallelEventPrinter, io.StringIO]:
-    out = io.StringIO()
-    console = Console(file=out, width=width, force_terminal=False)
-    options.setdefault("clock", lambda: 0.0)
-    return ParallelEventPrinter(mode, console=console, **options), out  # type: ignore[arg-type]
-
 
 # --- 1. a lazy map() input: one line per finished member --------------------------------
 
