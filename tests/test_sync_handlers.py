@@ -4,7 +4,9 @@ addresses of an async handler, the caller's context variables, and a bounded thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import logging
 import threading
 import time
 from typing import Any
@@ -13,14 +15,16 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import Recorder
+from parallel_support import until
 from rh_agents.core.actors import Tool, tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.context import current_frame
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
-from rh_agents.core.records import EventRetrying
+from rh_agents.core.records import EventRetrying, EventStarted
 from rh_agents.core.results import ResultStatus
 from rh_agents.errors import ConfigurationError
+from rh_agents.recovery import ActorCache
 from rh_agents.resilience import RetryPolicy
 
 
@@ -260,6 +264,72 @@ async def test_a_call_cancelled_while_it_waits_for_a_thread_never_runs() -> None
     assert ran == [0]  # the other two waited for the one thread, and were dropped
 
 
+async def test_closing_right_after_the_calls_end_reports_no_abandoned_handler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A thread counted its call as running until after the loop had its outcome: a state
+    # closed at once (the group done) warned of handlers "abandoned ... still running" that
+    # had all completed (a few states in twenty).
+    event = ExecutionEvent(actor=double)
+    with caplog.at_level(logging.WARNING, logger="rh_agents"):
+        for _ in range(30):
+            async with ExecutionState(max_threads=4, watchdog=None) as state:
+                results = await state.parallel_execute(
+                    [event(Item(n=n), "", state) for n in range(20)], max_workers=8
+                )
+            assert all(r.ok for r in results)
+    assert not [r for r in caplog.records if "abandoned" in r.getMessage()]
+
+
+async def _in_wait_for(call: Any) -> Any:
+    """A member awaiting its call through ``asyncio.wait_for`` (a task of its own on 3.11)."""
+    return (await asyncio.wait_for(call, 30)).unwrap()
+
+
+@pytest.mark.parametrize("layer", ["direct", "wait_for", "cached"])
+@pytest.mark.parametrize("stop", ["fail_fast", "quorum"])
+async def test_a_stop_drops_the_calls_waiting_for_the_thread_its_call_frees(
+    stop: str, layer: str
+) -> None:
+    # With one thread, the call that stopped its group (a failure under FAIL_FAST, the
+    # success reaching a quorum) freed the thread before the loop heard of it: the thread
+    # took the next waiting call at once, which ran (side effects included) though its
+    # member was then reported cancelled.
+    ran: list[int] = []
+    release = threading.Event()
+
+    def write(input: Item, context: str, state: ExecutionState) -> int:
+        ran.append(input.n)
+        if input.n == 0:
+            release.wait(10)
+            if stop == "fail_fast":
+                raise OSError("row 0 rejected")
+        return input.n
+
+    actor = Tool(name="write", input_model=Item, handler=write, cacheable=layer == "cached")
+    event = ExecutionEvent(actor=actor)
+    options: dict[str, Any] = (
+        {"error_strategy": "fail_fast"} if stop == "fail_fast" else {"quorum": 1}
+    )
+    recorder = Recorder()
+    cache = ActorCache() if layer == "cached" else None
+    async with recorded_state(recorder, max_threads=1, cache=cache) as state:
+        with contextlib.suppress(OSError):
+            async with state.parallel(max_workers=5, name="rows", **options) as p:
+                for n in range(5):
+                    call = event(Item(n=n), "", state)
+                    p.add(_in_wait_for(call) if layer == "wait_for" else call)
+                # Every call made (the first holding the thread, the others waiting for it):
+                # the first may end.
+                await until(lambda: sum(isinstance(r, EventStarted) for r in recorder.records) == 5)
+                await until(lambda: ran == [0])
+                release.set()
+        # A call made now runs once the thread has run whatever it was handed before.
+        assert (await event(Item(n=99), "", state)).ok
+    assert ran == [0, 99]
+    assert p.statistics().cancelled == 4
+
+
 async def test_a_plain_function_returning_a_coroutine_is_awaited() -> None:
     async def later(n: int) -> int:
         await asyncio.sleep(0)
@@ -282,8 +352,6 @@ async def test_a_coroutine_returned_by_an_abandoned_handler_is_closed() -> None:
     # "coroutine was never awaited" came when it was collected.
     import gc
     import warnings
-
-    from parallel_support import until
 
     gate = threading.Event()
     returned = threading.Event()

@@ -17,6 +17,10 @@ Invariants:
 
 - At most ``limit`` handlers run at once per state; more wait, in order, without a thread.
 - A call that is cancelled (a timeout, a group's stop) before its thread starts never runs.
+  The waiting calls are handed to the threads by the event loop: a thread freed goes to the
+  next one only once its caller has taken the outcome of the call it ran (a couple of loop
+  turns later: ``after_outcome_taken``), so the calls a stop caused by that outcome
+  cancels (``FAIL_FAST``, a quorum) never start.
   One cancelled while its thread runs is abandoned: its caller gets the cancellation (a
   timeout reports the call timed out) at once, but a thread cannot be killed, so the handler
   goes on to its end in the background, and its thread counts against ``limit`` until then.
@@ -30,18 +34,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from rh_agents.errors import ConfigurationError
 
-__all__ = ["DEFAULT_MAX_THREADS", "ThreadRunner"]
+__all__ = ["DEFAULT_MAX_THREADS", "ThreadRunner", "after_outcome_taken"]
 
 logger = logging.getLogger("rh_agents")
 
@@ -50,7 +55,79 @@ logger = logging.getLogger("rh_agents")
 DEFAULT_MAX_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 
-_Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+# What a call is at: waiting for a thread (here, on the loop's side), handed to the threads,
+# running in one, ended, or dropped (cancelled before a thread started it: it never runs).
+_WAITING, _HANDED, _RUNNING, _ENDED, _DROPPED = range(5)
+
+# The loop turns more a worker is held when its call's caller was a task of its own that
+# ended taking the outcome: the turn its end's callbacks run in, and the one the task
+# awaiting it steps in (see after_outcome_taken).
+_TASK_TURNS = 2
+
+
+def after_outcome_taken(
+    loop: asyncio.AbstractEventLoop,
+    task: asyncio.Task[Any] | None,
+    future: asyncio.Future[Any],
+    callback: Callable[[], Any],
+) -> None:
+    """Call ``callback`` on ``loop`` once the outcome just put into ``future`` has been taken
+    by its caller (``task``, which awaits it), and the calls still waiting for a worker have
+    been told of what that caller did with it: what frees a worker (a thread here, a
+    process in ``ProcessExecutor``) hands it to the next waiting call only then.
+
+    A member's failure under ``FAIL_FAST`` (or a success reaching a quorum) stops its group
+    in the member's own step, which cancels the other members, and with them their calls
+    waiting for a worker: a worker handed on sooner would start a call its group has just
+    given up (docs/executors.md: a call still waiting for a worker never runs). So:
+
+    - ``callback`` runs two loop turns after this (called in the turn the outcome was set):
+      the first is the caller's step, the second the step of a task that awaits a waiting
+      call through a task of its own (``asyncio.wait_for`` on 3.11, the shared call of a
+      cacheable actor), which passes a cancellation on to it.
+    - Should the caller's task have ended in its step (it was such a task itself), the task
+      awaiting it takes the outcome ``_TASK_TURNS`` turns later: so much later ``callback``.
+
+    Deeper nestings of tasks are not followed. A loop busy (or blocked) meanwhile makes the
+    turns, and so the handing on, later.
+    """
+    loop.call_soon(_taken, loop, task, future, callback, -1)
+
+
+def _taken(
+    loop: asyncio.AbstractEventLoop,
+    task: asyncio.Task[Any] | None,
+    future: asyncio.Future[Any],
+    callback: Callable[[], Any],
+    turns: int,
+) -> None:
+    if turns < 0:  # the caller's step has run (woken before this was scheduled)
+        ended = task is not None and task.done() and not future.cancelled()
+        turns = 1 + (_TASK_TURNS if ended else 0)
+    if turns:
+        loop.call_soon(_taken, loop, task, future, callback, turns - 1)
+    else:
+        callback()
+
+
+class _Call:
+    """One call of ``fn(*args)``: made on ``loop`` by ``task``, whose ``future`` it settles."""
+
+    __slots__ = ("args", "at", "fn", "future", "loop", "task")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        self.loop = loop
+        self.future = future
+        self.task = asyncio.current_task(loop)
+        self.fn: Callable[..., Any] | None = fn
+        self.args: tuple[Any, ...] | None = args
+        self.at = _WAITING
 
 
 class _Pool:
@@ -58,75 +135,165 @@ class _Pool:
 
     Not ``ThreadPoolExecutor``: the interpreter joins its threads at exit, so one abandoned
     handler blocked for good (the very case a timeout abandons) would hang the program's exit.
+
+    The calls waiting for a thread wait here, on the loop's side, and are handed to the
+    threads by the event loop, never by a thread that just ended a call: a thread is held
+    until the loop has set the outcome of its call (``_finished``) and its caller has taken
+    it (``after_outcome_taken``), and only then goes to the next call still wanted (one
+    whose future was not cancelled meanwhile, by a group's stop say). The cost: a waiting
+    call starts a couple of loop turns after a thread frees, later if the loop was busy (or
+    blocked) meanwhile.
     """
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()  # to the threads
+        self._waiting: deque[_Call] = deque()  # waiting for a thread (the dropped ones too)
+        # Calls ended whose thread is not given back yet (see _release); a loop that closed
+        # meanwhile never gives it back: submit takes those back (_reclaim).
+        self._ending: set[_Call] = set()
         self._lock = threading.Lock()
+        self._held = 0  # threads held by a call: handed to them, running, or in _ending
         self._threads = 0
         self._idle = 0  # threads waiting for work, less the work already promised to them
         self.running = 0  # calls running now (the abandoned ones included)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any] = Future()
+    def submit(self, call: _Call) -> None:
+        """Hand ``call`` to a thread now, or have it wait (on ``call.loop``'s thread)."""
         with self._lock:
-            self._queue.put((future, fn, args))
-            if self._idle:
-                self._idle -= 1
-            elif self._threads < self._limit:
-                self._threads += 1
-                threading.Thread(
-                    target=self._work,
-                    name=f"rh-agents-handler_{self._threads - 1}",
-                    daemon=True,
-                ).start()
-        return future
+            if self._held >= self._limit and self._ending:
+                self._reclaim()
+            if self._held < self._limit and not self._waiting:
+                self._hand_out(call)
+            else:
+                self._waiting.append(call)
+                self._fill()
+
+    def cancel(self, call: _Call) -> None:
+        """``call``'s caller gave up: one not started never runs; one running is abandoned."""
+        with self._lock:
+            if call.at == _WAITING or call.at == _HANDED:
+                # (One waiting stays in the queue until a thread frees: _fill skips it.)
+                call.at = _DROPPED
+                call.fn = call.args = None
+
+    def _hand_out(self, call: _Call) -> None:
+        """Give ``call`` a thread (the lock held)."""
+        self._held += 1
+        call.at = _HANDED
+        self._queue.put(call)
+        if self._idle:
+            self._idle -= 1
+        elif self._threads < self._limit:
+            self._threads += 1
+            threading.Thread(
+                target=self._work,
+                name=f"rh-agents-handler_{self._threads - 1}",
+                daemon=True,
+            ).start()
+
+    def _fill(self) -> None:
+        """Hand the waiting calls still wanted to the threads free (the lock held)."""
+        waiting = self._waiting
+        while waiting and self._held < self._limit:
+            call = waiting.popleft()
+            if call.at == _WAITING and not call.future.done() and not call.loop.is_closed():
+                self._hand_out(call)
+            else:  # its caller gave up (a timeout, a group's stop): it never runs
+                call.at = _DROPPED
+                call.fn = call.args = None
+
+    def _reclaim(self) -> None:
+        """Take back the threads of calls whose loop closed before giving them back (the
+        lock held)."""
+        for call in [call for call in self._ending if call.loop.is_closed()]:
+            self._ending.discard(call)
+            self._held -= 1
 
     def _work(self) -> None:
         while True:
-            work = self._queue.get()
-            if work is None:  # shutdown
+            call = self._queue.get()
+            if call is None:  # shutdown
                 return
-            future, fn, args = work
-            if future.set_running_or_notify_cancel():
-                with self._lock:
+            value: Any = None
+            error: BaseException | None = None
+            with self._lock:
+                fn, args = call.fn, call.args
+                run = call.at == _HANDED and fn is not None and args is not None
+                if run:
+                    call.at = _RUNNING
                     self.running += 1
+            if run:
+                assert fn is not None and args is not None
                 try:
                     value = fn(*args)
                 except BaseException as exc:  # (the caller's to judge, as an async handler's)
-                    future.set_exception(exc)
-                else:
-                    future.set_result(value)
-                finally:
-                    with self._lock:
-                        self.running -= 1
-                del work, future, fn, args  # (drop the call and its value before waiting)
+                    error = exc
             with self._lock:
-                self._idle += 1
+                if run:
+                    self.running -= 1
+                    call.at = _ENDED
+                call.fn = call.args = None
+                self._ending.add(call)
+                self._idle += 1  # (before the loop hears: the thread it frees is waiting)
+            try:
+                call.loop.call_soon_threadsafe(self._finished, call, value, error)
+            except RuntimeError:  # the loop closed: nobody waits for the outcome
+                _close_dropped(value)
+                self._release(call)
+            del call, fn, args, value, error  # (drop the call and its value before waiting)
+
+    def _finished(self, call: _Call, value: Any, error: BaseException | None) -> None:
+        """``call`` ended in its thread (on its loop): its outcome to its caller, and its
+        thread to the next call once the caller took the outcome (``_release``)."""
+        future = call.future
+        if future.done():  # abandoned (or dropped): nobody awaits what it returned
+            _close_dropped(value)
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+        after_outcome_taken(call.loop, call.task, future, functools.partial(self._release, call))
+
+    def _release(self, call: _Call) -> None:
+        """The thread ``call`` held goes to the next call still wanted."""
+        with self._lock:
+            if call in self._ending:  # (else taken back already: _reclaim)
+                self._ending.discard(call)
+                self._held -= 1
+                self._fill()
 
     def shutdown(self) -> int:
         """Cancel the calls not started, let every thread go once its call ends; the number
         of calls still running (abandoned)."""
         with self._lock:
+            dropped = [call for call in self._waiting if call.at == _WAITING]
+            self._waiting.clear()
             while True:
                 try:
-                    work = self._queue.get_nowait()
+                    call = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if work is not None:
-                    work[0].cancel()
+                if call is not None and call.at == _HANDED:
+                    dropped.append(call)
+            for call in dropped:
+                call.at = _DROPPED
+                call.fn = call.args = None
             for _ in range(self._threads):
                 self._queue.put(None)
             self._threads = self._idle = 0
-            return self.running
+            running = self.running
+        for call in dropped:
+            try:
+                call.loop.call_soon_threadsafe(call.future.cancel)
+            except RuntimeError:  # its loop closed: nobody waits for it
+                pass
+        return running
 
 
-def _close_dropped(future: Future[Any]) -> None:
-    """The result of an abandoned call arrived (in its thread): close it if a coroutine."""
-    if future.cancelled() or future.exception() is not None:
-        return
-    value = future.result()
+def _close_dropped(value: Any) -> None:
+    """Nobody will await what an abandoned handler returned: a coroutine is closed (no
+    "never awaited" warning)."""
     if inspect.iscoroutine(value):
         value.close()
 
@@ -165,15 +332,19 @@ class ThreadRunner:
         executor = self._executor
         if executor is None:
             executor = self._executor = _Pool(self.limit)
+        loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        future = executor.submit(context.run, _stop_iteration_guarded, fn, *args)
-        # Cancelling the wrapper cancels a call still queued; a running one is abandoned.
+        call = _Call(loop, loop.create_future(), context.run, (_stop_iteration_guarded, fn, *args))
+        executor.submit(call)
+        # Cancelled, a call still waiting for its thread never runs; a running one is
+        # abandoned (what it returns is dropped: see _Pool._finished).
         try:
-            value = await asyncio.wrap_future(future)
+            value = await call.future
         except asyncio.CancelledError:
-            # Nobody will await what an abandoned handler returns: a coroutine is closed
-            # when it comes (no "never awaited" warning).
-            future.add_done_callback(_close_dropped)
+            executor.cancel(call)
+            future = call.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                _close_dropped(future.result())  # (it came, but this caller left first)
             raise
         if inspect.isawaitable(value):
             return await value
