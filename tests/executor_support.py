@@ -66,6 +66,16 @@ def fails(message: str, after: float = 0.0) -> None:
     raise ValueError(message)
 
 
+def waits_for(path: str, fail: bool) -> str:
+    """Waits (at most 30 s) for the file ``path``, then fails (``ValueError``) or returns."""
+    deadline = time.monotonic() + 30
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if fail:
+        raise ValueError("the first one failed")
+    return "done"
+
+
 def dies() -> None:
     os._exit(3)
 

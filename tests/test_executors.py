@@ -15,6 +15,7 @@ are skipped, saying why, only where Ray cannot be imported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sys
@@ -29,6 +30,7 @@ import pytest
 import executor_support as support
 from conftest import Recorder
 from executor_support import Item, Span
+from parallel_support import until
 from rh_agents.core.actors import Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
@@ -401,6 +403,35 @@ async def test_fail_fast_cancels_the_remote_work_of_the_others(
     assert not started(markers[1])
     await asyncio.sleep(1.4)
     assert not any(marker.exists() for marker in markers)
+
+
+@pytest.mark.parametrize("stop", ["fail_fast", "quorum"])
+async def test_a_stop_never_starts_the_requests_waiting_for_the_process_it_frees(
+    stop: str, tmp_path: Path
+) -> None:
+    # With one process, the reply of the member that stopped its group (a failure under
+    # FAIL_FAST, the success reaching a quorum) sent the next waiting request to that
+    # process at once, before the member had stopped the group: the request started, to be
+    # killed a moment later, whatever it had done meanwhile kept.
+    gate = tmp_path / "gate"
+    markers = [tmp_path / f"m{n}" for n in range(1, 5)]
+    options: dict[str, Any] = (
+        {"error_strategy": ErrorStrategy.FAIL_FAST} if stop == "fail_fast" else {"quorum": 1}
+    )
+    with ProcessExecutor(max_processes=1) as pool:
+        pool.start()
+        (pid,) = pool.pids
+        state = ExecutionState(watchdog=None)
+        with contextlib.suppress(ValueError):
+            async with state.parallel(max_workers=5, executor=pool, **options) as p:
+                p.add(functools.partial(support.waits_for, str(gate), stop == "fail_fast"))
+                for marker in markers:
+                    p.add(functools.partial(support.sleep_then_touch, str(marker), 0))
+                await until(lambda: pool.waiting == 4)  # the first one holds the process
+                gate.touch()
+        assert p.statistics().cancelled == 4
+        assert pool.pids == [pid]  # never given another request (which it would be killed for)
+        assert not any(started(marker) for marker in markers)
 
 
 async def test_a_worker_that_dies_fails_its_member_with_a_remote_execution_error(

@@ -20,7 +20,9 @@ Invariants:
 - A request that is cancelled (a timeout, a stop, the group left by an exception) before it
   reached a process never runs; one that is running has its process killed at once (a
   process, unlike a thread, can be), and a new process replaces it when one is needed. So no
-  work outlives its group.
+  work outlives its group. A process that answered takes the next request only once the
+  member has taken the reply (``after_outcome_taken``): the requests a stop caused by that
+  reply cancels (``FAIL_FAST``, a quorum) never start.
 - Replies are read on the driver's event loop (``add_reader``, no thread of ours): the pool
   is used from one thread, the event loop's.
 - Workers never outlive the driver: each ends when its pipe closes (``close()``, the
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import multiprocessing
 import multiprocessing.util  # (its exit handler first: ours, registered later, runs before it)
 import os
@@ -41,6 +44,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from rh_agents.core.threads import after_outcome_taken
 from rh_agents.errors import ConfigurationError, InvalidMemberError, RemoteExecutionError
 from rh_agents.executors.base import RemoteExecutor
 from rh_agents.executors.worker import process_main
@@ -106,7 +110,7 @@ def _kill_group(process: BaseProcess) -> None:
 
 
 class _Job:
-    __slots__ = ("future", "label", "loop", "request", "worker")
+    __slots__ = ("future", "label", "loop", "request", "task", "worker")
 
     def __init__(
         self,
@@ -119,11 +123,12 @@ class _Job:
         self.future = future
         self.loop = loop
         self.label = label
+        self.task = asyncio.current_task(loop)  # the caller, which awaits ``future``
         self.worker: _Worker | None = None  # the process running it, while it runs
 
 
 class _Worker:
-    __slots__ = ("answered", "connection", "fd", "job", "process")
+    __slots__ = ("answered", "connection", "fd", "job", "process", "resting")
 
     def __init__(self, process: BaseProcess, connection: Connection) -> None:
         self.process = process
@@ -131,6 +136,9 @@ class _Worker:
         self.fd = connection.fileno()
         self.job: _Job | None = None
         self.answered = False  # whether it ever replied (one that never did died starting)
+        # The loop of the request it answered last, until its member took the reply (see
+        # ProcessExecutor._free): neither idle nor running meanwhile.
+        self.resting: asyncio.AbstractEventLoop | None = None
 
 
 class ProcessExecutor(RemoteExecutor):
@@ -162,6 +170,7 @@ class ProcessExecutor(RemoteExecutor):
         self._context: BaseContext = multiprocessing.get_context(method)
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
+        self._resting: list[_Worker] = []  # answered, not idle yet (see _free)
         self._queue: deque[_Job] = deque()
         self._starting = 0  # processes being started (in a thread), not arrived yet
         self._arrived: deque[_Worker | Exception] = deque()  # started, not taken yet
@@ -302,6 +311,9 @@ class ProcessExecutor(RemoteExecutor):
             self._workers.remove(worker)
         if worker in self._idle:
             self._idle.remove(worker)
+        if worker.resting is not None:
+            worker.resting = None
+            self._resting.remove(worker)
         worker.job = None
         self._every.discard(worker)
         process = worker.process
@@ -332,6 +344,10 @@ class ProcessExecutor(RemoteExecutor):
         """
         if self._arrived:
             self._take_arrivals()
+        if self._resting:
+            # A loop that closed before its member took the reply never frees its worker.
+            for worker in [w for w in self._resting if w.resting and w.resting.is_closed()]:
+                self._free(worker)
         queue = self._queue
         while queue:
             if not self._idle:
@@ -345,8 +361,10 @@ class ProcessExecutor(RemoteExecutor):
                         daemon=True,
                     ).start()
                 return
-            worker = self._idle.pop()
             job = queue.popleft()
+            if job.future.done():  # its caller gave up (a timeout, a group's stop)
+                continue
+            worker = self._idle.pop()
             try:
                 # Blocking, whatever a loop made of the pipe (uvloop leaves a watched fd
                 # non-blocking): a message is written and read whole, never half.
@@ -414,15 +432,29 @@ class ProcessExecutor(RemoteExecutor):
                         f"the worker process running {job.label} died ({_how_ended(code)}){hint}"
                     )
                 )
-            self._dispatch()
+            after_outcome_taken(job.loop, job.task, job.future, self._dispatch)
             return
         worker.job = None
         worker.answered = True
         job.worker = None
         if not job.future.done():
             job.future.set_result(reply)
+        # The process goes to the next request once the member took this reply: had it
+        # stopped its group (FAIL_FAST, a quorum), the requests waiting were cancelled.
+        worker.resting = job.loop
+        self._resting.append(worker)
+        after_outcome_taken(job.loop, job.task, job.future, functools.partial(self._rested, worker))
+
+    def _rested(self, worker: _Worker) -> None:
+        if worker.resting is not None:  # (else killed, closed or freed meanwhile)
+            self._free(worker)
+            self._dispatch()
+
+    def _free(self, worker: _Worker) -> None:
+        """``worker``, which answered, is idle (see ``_on_reply``)."""
+        worker.resting = None
+        self._resting.remove(worker)
         self._idle.append(worker)
-        self._dispatch()
 
     def _cancel(self, job: _Job) -> None:
         worker = job.worker
@@ -436,7 +468,9 @@ class ProcessExecutor(RemoteExecutor):
         job.worker = None
         self._unwatch(job, worker)
         self._kill(worker)
-        self._dispatch()
+        # A new process for the next request, at the loop's next turn: a stop cancels the
+        # group's members one after the other, and the others' requests then too.
+        job.loop.call_soon(self._dispatch)
 
     # --- lifetime ------------------------------------------------------------------------------
 
@@ -470,6 +504,9 @@ class ProcessExecutor(RemoteExecutor):
                 worker.process.join(2)
         self._workers.clear()
         self._idle.clear()
+        for worker in self._resting:
+            worker.resting = None
+        self._resting.clear()
         self._every.clear()
 
     def __enter__(self) -> ProcessExecutor:
