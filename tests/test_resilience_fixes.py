@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from typing import Any
 
 import pytest
@@ -328,6 +329,40 @@ async def test_a_groups_own_bucket_is_dropped_when_the_group_ends() -> None:
             p.add(_one)
         assert await p.gather()
     assert len(state.rate_limiters) == 1  # only the shared bucket, kept by its key
+
+
+def test_a_keyed_bucket_serves_one_loop_after_another_and_carries_its_level_over() -> None:
+    # 100 calls an hour: the level drains by about one call in 36 s, so within this test's
+    # timeout it stays above 5 after six calls. RuntimeWarning is an error here (pyproject):
+    # aiolimiter warns when one AsyncLimiter is used on a second loop.
+    limit = RateLimit(100, 3600, key="svc")
+    state = ExecutionState(rate_limit=limit)
+    buckets: list[AsyncLimiter] = []
+
+    async def run() -> list[str]:
+        async with state.parallel(max_workers=3, name="g") as p:
+            for _ in range(3):
+                p.add(_one)
+        results = await p.gather()
+        bucket = state.rate_limiters.limiter(limit, "state")
+        assert bucket is state.rate_limiters.limiter(limit, "state")  # one per loop, not call
+        buckets.append(bucket)
+        return [r.status.value for r in results]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert asyncio.run(run()) == ["completed"] * 3
+        assert asyncio.run(run()) == ["completed"] * 3
+    first, second = buckets
+    assert first is not second
+    assert len(state.rate_limiters) == 1  # one key, one bucket
+
+    async def capacity() -> tuple[bool, bool]:
+        bucket = state.rate_limiters.limiter(limit, "state")
+        return bucket.has_capacity(94), bucket.has_capacity(95)
+
+    # The third loop's bucket starts with the six calls of the first two (not a fresh burst).
+    assert asyncio.run(capacity()) == (True, False)
 
 
 # --- a shared adaptive limit grows for every group using it ----------------------------------

@@ -15,10 +15,18 @@ every group and the state share one bucket (in ``state.rate_limiters``). One key
 a ``RateLimit`` naming a key already given other ``calls`` or ``period`` is refused with a
 ``ConfigurationError`` where it is given (``ExecutionState(...)``, ``state.parallel(...)``).
 The bucket follows the event loop's time, so it is not driven by an injected clock.
+
+An ``AsyncLimiter`` belongs to the loop that first used it (aiolimiter warns, and its waiters'
+futures and wake-up timer would be the old loop's, when it is used on another). A state used by
+one loop after another (``asyncio.run`` twice) therefore gets a new ``AsyncLimiter`` for a key
+when the key is first used on a new loop, and it starts with what the old one had not yet
+drained (by the old loop's time): the limit holds across the change, a second ``asyncio.run``
+right after a burst does not get a second burst.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
@@ -62,13 +70,16 @@ class RateLimiterRegistry:
     ``period`` for the state's lifetime, and a different one naming the same key is refused
     (``claim``): with first-made-wins, a group's larger limit would lift the state's. A
     keyless limit's bucket belongs to its scope (a group) and is dropped when the group ends
-    (``drop_scope``); keyed buckets stay for the state's lifetime.
+    (``drop_scope``); keyed buckets stay for the state's lifetime. A bucket is used on one
+    event loop: a key used on a new loop gets a new ``AsyncLimiter`` there, carrying over the
+    level the old one had left (see the module's docstring).
     """
 
     __slots__ = ("_claimed", "_limiters")
 
     def __init__(self) -> None:
-        self._limiters: dict[str, AsyncLimiter] = {}
+        # Each bucket with the loop it is used on.
+        self._limiters: dict[str, tuple[asyncio.AbstractEventLoop, AsyncLimiter]] = {}
         self._claimed: dict[str, RateLimit] = {}  # the limit each key was first given
 
     def check(self, limit: RateLimit, where: str) -> None:
@@ -97,7 +108,9 @@ class RateLimiterRegistry:
             self._claimed.setdefault(limit.key, limit)
 
     def limiter(self, limit: RateLimit, scope: str) -> AsyncLimiter:
-        """The bucket for ``limit``: shared by its key, else private to ``scope``."""
+        """The bucket for ``limit`` on the running loop: shared by its key, else private to
+        ``scope``. Called on the loop that takes the tokens."""
+        loop = asyncio.get_running_loop()
         if limit.key is not None:
             name = f"key:{limit.key}"
             if limit is not self._claimed.get(limit.key):
@@ -105,14 +118,20 @@ class RateLimiterRegistry:
         else:
             name = f"scope:{scope}"
         found = self._limiters.get(name)
-        if found is None:
-            calls, period = limit.calls, limit.period
-            if calls < 1:
-                # Fewer than one call per period (RateLimit(0.5, 1.0)): the same rate as one
-                # call per period / calls; a bucket smaller than one call would refuse them all.
-                calls, period = 1, period / calls
-            found = self._limiters[name] = AsyncLimiter(calls, period)
-        return found
+        if found is not None and found[0] is loop:
+            return found[1]
+        calls, period = limit.calls, limit.period
+        if calls < 1:
+            # Fewer than one call per period (RateLimit(0.5, 1.0)): the same rate as one
+            # call per period / calls; a bucket smaller than one call would refuse them all.
+            calls, period = 1, period / calls
+        made = AsyncLimiter(calls, period)
+        if found is not None and limit.key is not None:
+            # The key was used on another loop (the state's previous asyncio.run). A scope's
+            # bucket starts afresh: a group runs on one loop, so this is another group.
+            _carry_level(found[0], found[1], loop, made)
+        self._limiters[name] = (loop, made)
+        return made
 
     def drop_scope(self, scope: str) -> None:
         """Forget the private bucket of ``scope`` (its group ended; nothing takes from it
@@ -121,3 +140,31 @@ class RateLimiterRegistry:
 
     def __len__(self) -> int:
         return len(self._limiters)
+
+
+def _carry_level(
+    old_loop: asyncio.AbstractEventLoop,
+    old: AsyncLimiter,
+    loop: asyncio.AbstractEventLoop,
+    new: AsyncLimiter,
+) -> None:
+    """Start ``new`` (on ``loop``) with the level ``old`` (on ``old_loop``) has not drained.
+
+    The level ``old`` had at its last check drains at the bucket's rate by ``old_loop``'s time
+    (a closed loop still tells the time; one that cannot drains nothing: the safe side). Each
+    loop's readings are only compared with its own, so loops on different clocks are fine.
+    aiolimiter has no public way to read or set a level: its attributes are read with care,
+    and a bucket whose level cannot be read leaves ``new`` full (a fresh burst).
+    """
+    level = getattr(old, "_level", None)
+    checked = getattr(old, "_last_check", None)
+    if not isinstance(level, int | float) or not isinstance(checked, int | float) or level <= 0:
+        return
+    try:
+        elapsed = max(old_loop.time() - checked, 0.0)
+    except Exception:
+        elapsed = 0.0
+    left = level - elapsed * (new.max_rate / new.time_period)
+    if left > 0:
+        new._level = min(left, float(new.max_rate))
+        new._last_check = loop.time()
