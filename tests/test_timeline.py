@@ -21,6 +21,7 @@ from rh_agents.observability import MemberBar, Timeline, TimelineGroup, Timeline
 from rh_agents.observability.timeline_svg import COLOURS, render_html
 from rh_agents.recovery import Recovery
 from rh_agents.recovery.records import CheckpointRecord
+from rh_agents.resilience import RetryPolicy
 from screenshot_support import find_chromium, png_size, read_png, screenshot
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -487,3 +488,67 @@ def test_groups_whose_parents_form_a_cycle_are_shown() -> None:
     page = page_of(render_html(timeline))
     shown = {el.get("data-group-id") for el in page.iter(f"{XHTML}div")} - {None}
     assert shown == {"a", "b", "ok"}
+
+
+@pytest.mark.timeout(10)
+async def test_a_nested_group_reopened_by_a_retried_member_keeps_both_openings() -> None:
+    """A callable member retried by its group opens its nested group again, at the same
+    address: the first opening (partial, one leaf failed) was replaced by the second, and the
+    member's row lost its "1 failed inside"."""
+    bus = EventBus()
+    recorder = TimelineRecorder()
+    bus.subscribe(recorder)
+    state = ExecutionState(event_bus=bus, clock=SteppingClock())
+    attempts = 0
+
+    async def leaf(k: int) -> int:
+        if attempts == 1 and k == 1:
+            raise ValueError("leaf fails in the first attempt")
+        return k
+
+    async def member() -> int:
+        nonlocal attempts
+        attempts += 1
+        async with state.parallel(max_workers=2, name="inner") as q:
+            for k in range(3):
+                q.add(lambda k=k: leaf(k))
+        results = await q.gather()
+        if not all(r.ok for r in results):
+            raise RuntimeError("a leaf failed")
+        return sum(r.result for r in results)
+
+    retry = RetryPolicy(max_attempts=2, initial_delay=0, jitter=0)
+    async with state.parallel(max_workers=1, name="top", retry=retry) as p:
+        p.add(member, name="m")
+    (result,) = await p.gather()
+    assert result.ok and result.attempts == 2
+    await bus.close()
+
+    timeline = recorder.timeline()
+    assert [(g.group_id, g.status) for g in timeline.groups] == [
+        ("top", "completed"),
+        ("top[0]::inner", "partial"),
+        ("top[0]::inner", "completed"),
+    ]
+    first, second = timeline.groups[1:]
+    assert [b.status for b in first.bars()] == ["completed", "failed", "completed"]
+    assert timeline.nested("top", 0) == [first, second]
+    assert timeline.roots() == [timeline.groups[0]]
+
+    page = page_of(timeline.to_html())
+    row = members_of(page, "top")[0]
+    assert "1 failed inside" in text_of(row) and "×1 retry" in text_of(row)
+    # Both openings are folded under the member's row, in the order they ran.
+    (fold,) = [d for d in page.iter(f"{XHTML}details") if "member" in (d.get("class") or "")]
+    inner = classed(fold, f"{XHTML}div", "group")
+    assert [(d.get("data-group-id"), d.get("data-depth")) for d in inner] == [
+        ("top[0]::inner", "1"),
+        ("top[0]::inner", "1"),
+    ]
+    failed_rows = [
+        [g.get("data-index") for g in d.iter(f"{SVG}g") if "status-failed" in g.get("class", "")]
+        for d in inner
+    ]
+    assert failed_rows == [["1"], []]
+    overview = text_of(classed(page, f"{XHTML}p", "overview")[0])
+    assert "2 nested groups (6 members, 1 failed)" in overview

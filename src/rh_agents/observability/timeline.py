@@ -15,10 +15,15 @@ duration, status and attempts but not when it started, so that page shows durati
 A group opened inside a member of another group (an agent's own fan-out) is *nested* under that
 member: ``Timeline.roots()`` gives the outermost groups and ``Timeline.nested(group_id, index)``
 the groups a member opened. The page folds nested groups under their member's row.
+
+An address can name more than one group: a member retried by its group opens its nested groups
+again, at the same addresses. Each opening is a group of its own in ``Timeline.groups`` (the
+first attempt's, with its failures, is kept beside the second's), in the order they started.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,53 +92,67 @@ class TimelineGroup:
 
 @dataclass(slots=True)
 class Timeline:
-    """Every group of a run, in the order they started. ``timed`` is false when start times
-    are unknown (a timeline rebuilt from checkpoints): bars then show durations only."""
+    """Every group of a run, in the order they started (a group reopened at the same address,
+    by a retried member, once per opening). ``timed`` is false when start times are unknown (a
+    timeline rebuilt from checkpoints): bars then show durations only."""
 
     groups: list[TimelineGroup] = field(default_factory=list)
     timed: bool = True
     title: str = DEFAULT_TITLE
 
-    def _parents(self) -> dict[str, tuple[str, int]]:
-        """Each nested group's member: ``group_id -> (parent group_id, member index)``.
+    def _links(self) -> dict[int, tuple[int, int]]:
+        """Each nested group's member, by position in ``groups``: ``i -> (j, index)`` for the
+        group ``groups[i]`` opened inside member ``index`` of ``groups[j]``.
 
         Taken from the group's record when it says, otherwise from its address: a group opened
         inside member ``i`` of group ``G`` has an address starting with ``G[i]::`` (the innermost
-        such ``G`` is its parent). A parent that is not in this timeline makes a root, and so
-        does the group at which a chain of parents comes back on itself (links that form a
-        cycle, as only bad data can: its groups were reachable from no root, and left out).
+        such ``G`` is its parent). Of the groups at the parent's address (one per opening), the
+        parent is the last one to start before this group, or else the first. A parent that is
+        not in this timeline makes a root, and so does the group at which a chain of parents
+        comes back on itself (links that form a cycle, as only bad data can: its groups were
+        reachable from no root, and left out).
         """
-        known = {group.group_id for group in self.groups}
-        out: dict[str, tuple[str, int]] = {}
-        for group in self.groups:
+        groups = self.groups
+        first: dict[str, int] = {}
+        for i, group in enumerate(groups):
+            first.setdefault(group.group_id, i)
+        latest: dict[str, int] = {}  # the last group at each address, so far in start order
+        out: dict[int, tuple[int, int]] = {}
+        for i, group in enumerate(groups):
             parent, index = group.parent_group_id, group.parent_index
             if parent is None or index is None:
-                parent, index = _parent_by_address(group.group_id, known)
-            if parent is not None and index is not None and parent in known:
-                out[group.group_id] = (parent, index)
-        placed: set[str] = set()  # groups whose chain of parents is known to end at a root
-        for group in self.groups:
-            chain: list[str] = []
-            on_chain: set[str] = set()
-            group_id = group.group_id
-            while group_id in out and group_id not in placed and group_id not in on_chain:
-                chain.append(group_id)
-                on_chain.add(group_id)
-                group_id = out[group_id][0]
-            if group_id in on_chain:  # back on itself: this one is a root now
-                del out[group_id]
+                parent, index = _parent_by_address(group.group_id, first.keys())
+            if parent is not None and index is not None and parent in first:
+                out[i] = (latest.get(parent, first[parent]), index)
+            latest[group.group_id] = i
+        placed: set[int] = set()  # groups whose chain of parents is known to end at a root
+        for i in range(len(groups)):
+            chain: list[int] = []
+            on_chain: set[int] = set()
+            at = i
+            while at in out and at not in placed and at not in on_chain:
+                chain.append(at)
+                on_chain.add(at)
+                at = out[at][0]
+            if at in on_chain:  # back on itself: this one is a root now
+                del out[at]
             placed.update(chain)
         return out
 
     def roots(self) -> list[TimelineGroup]:
         """The outermost groups (opened outside any recorded group), in start order."""
-        parents = self._parents()
-        return [group for group in self.groups if group.group_id not in parents]
+        links = self._links()
+        return [group for i, group in enumerate(self.groups) if i not in links]
 
     def nested(self, group_id: str, index: int) -> list[TimelineGroup]:
-        """The groups opened inside member ``index`` of group ``group_id``, in start order."""
-        parents = self._parents()
-        return [group for group in self.groups if parents.get(group.group_id) == (group_id, index)]
+        """The groups opened inside member ``index`` of group ``group_id`` (of every opening of
+        that address), in start order."""
+        groups = self.groups
+        return [
+            groups[i]
+            for i, (parent, at) in sorted(self._links().items())
+            if at == index and groups[parent].group_id == group_id
+        ]
 
     def to_html(self) -> str:
         from rh_agents.observability.timeline_svg import render_html
@@ -178,7 +197,7 @@ class Timeline:
         return cls(list(groups.values()), timed=False, title=title or DEFAULT_TITLE)
 
 
-def _parent_by_address(group_id: str, known: set[str]) -> tuple[str | None, int | None]:
+def _parent_by_address(group_id: str, known: Collection[str]) -> tuple[str | None, int | None]:
     """The innermost known group ``G`` with ``group_id`` under ``G[i]::``, and that ``i``."""
     end = group_id.rfind("::")
     while end > 0:
@@ -193,19 +212,24 @@ def _parent_by_address(group_id: str, known: set[str]) -> tuple[str | None, int 
 
 
 class TimelineRecorder:
-    """A bus subscriber that builds a ``Timeline``. Fed by its own feeder, in order."""
+    """A bus subscriber that builds a ``Timeline``. Fed by its own feeder, in order.
+
+    A group opened again at an address (a retried member's nested group) is a new group: the
+    records that follow, up to the next opening, are its.
+    """
 
     def __init__(self) -> None:
-        self._groups: dict[str, TimelineGroup] = {}
+        self._groups: list[TimelineGroup] = []  # in the order they started
+        self._by_address: dict[str, TimelineGroup] = {}  # the last opening at each address
 
     def __call__(self, record: BusEvent) -> None:
         if isinstance(record, MemberStarted | MemberFinished | EventRetrying):
             if record.group_id is None or record.parallel_index is None:
                 return
-            group = self._groups.get(record.group_id)
+            group = self._by_address.get(record.group_id)
             if group is None:  # subscribed after the group opened
-                group = self._groups[record.group_id] = TimelineGroup(
-                    record.group_id, record.group_id.rsplit("::", 1)[-1]
+                group = self._add(
+                    TimelineGroup(record.group_id, record.group_id.rsplit("::", 1)[-1])
                 )
             bar = group.member(record.parallel_index)
             if isinstance(record, MemberStarted):
@@ -225,21 +249,28 @@ class TimelineRecorder:
             else:
                 bar.retries.append(record.timestamp)
         elif isinstance(record, GroupStarted):
-            self._groups[record.address] = TimelineGroup(
-                record.address,
-                record.name,
-                started=record.timestamp,
-                max_workers=record.max_workers,
-                parent_group_id=record.parent_group_id,
-                parent_index=record.parallel_index if record.parent_group_id else None,
+            self._add(
+                TimelineGroup(
+                    record.address,
+                    record.name,
+                    started=record.timestamp,
+                    max_workers=record.max_workers,
+                    parent_group_id=record.parent_group_id,
+                    parent_index=record.parallel_index if record.parent_group_id else None,
+                )
             )
         elif isinstance(record, GroupCompleted):
-            group = self._groups.get(record.address)
+            group = self._by_address.get(record.address)
             if group is not None:
                 group.finished = record.timestamp
                 group.status = record.status
                 group.metrics = record.metrics
 
+    def _add(self, group: TimelineGroup) -> TimelineGroup:
+        self._groups.append(group)
+        self._by_address[group.group_id] = group
+        return group
+
     def timeline(self, title: str = "") -> Timeline:
         """The timeline so far (groups in the order they started)."""
-        return Timeline(list(self._groups.values()), title=title or DEFAULT_TITLE)
+        return Timeline(list(self._groups), title=title or DEFAULT_TITLE)

@@ -191,32 +191,39 @@ class _Note:
 
 
 class _Tree:
-    """Groups by parent member, and retries and failures counted on every level."""
+    """Groups by parent member, and retries and failures counted on every level.
+
+    Groups are told apart by identity (``id``), not by address: a retried member's nested
+    group, opened again at the same address, is a group of its own.
+    """
 
     def __init__(self, timeline: Timeline) -> None:
         self.timed = timeline.timed
-        parents = timeline._parents()
-        self.roots = [g for g in timeline.groups if g.group_id not in parents]
-        self.children: dict[tuple[str, int], list[TimelineGroup]] = {}
-        for group in timeline.groups:
-            if group.group_id in parents:
-                self.children.setdefault(parents[group.group_id], []).append(group)
-        self._retries: dict[tuple[str, int], int] = {}
-        self._failures: dict[tuple[str, int], int] = {}
-        self._retry_times: dict[tuple[str, int], list[float]] = {}
+        groups = timeline.groups
+        links = timeline._links()
+        self.roots = [g for i, g in enumerate(groups) if i not in links]
+        self.children: dict[tuple[int, int], list[TimelineGroup]] = {}
+        self.parent: dict[int, TimelineGroup] = {}
+        for i, (at, index) in sorted(links.items()):
+            parent = groups[at]
+            self.children.setdefault((id(parent), index), []).append(groups[i])
+            self.parent[id(groups[i])] = parent
+        self._retries: dict[tuple[int, int], int] = {}
+        self._failures: dict[tuple[int, int], int] = {}
+        self._retry_times: dict[tuple[int, int], list[float]] = {}
 
     def nested(self, group: TimelineGroup, bar: MemberBar) -> list[TimelineGroup]:
-        return self.children.get((group.group_id, bar.index), [])
+        return self.children.get((id(group), bar.index), [])
 
     def walk(self) -> Iterator[tuple[TimelineGroup, int]]:
         """Every group reachable from the roots, depth first, with its depth."""
         stack = [(g, 0) for g in reversed(self.roots)]
-        seen: set[str] = set()
+        seen: set[int] = set()
         while stack:
             group, depth = stack.pop()
-            if group.group_id in seen:
+            if id(group) in seen:
                 continue
-            seen.add(group.group_id)
+            seen.add(id(group))
             yield group, depth
             for bar in reversed(group.bars()):
                 stack.extend((g, depth + 1) for g in reversed(self.nested(group, bar)))
@@ -228,7 +235,7 @@ class _Tree:
 
     def retries(self, group: TimelineGroup, bar: MemberBar, depth: int = 0) -> int:
         """Retries inside the member: its own and its nested groups' members'."""
-        key = (group.group_id, bar.index)
+        key = (id(group), bar.index)
         if key not in self._retries:
             self._retries[key] = 0  # guards against a cycle of bad parent links
             inside = sum(
@@ -240,7 +247,7 @@ class _Tree:
 
     def failures_inside(self, group: TimelineGroup, bar: MemberBar) -> int:
         """Members that failed or timed out in the member's nested groups, at any depth."""
-        key = (group.group_id, bar.index)
+        key = (id(group), bar.index)
         if key not in self._failures:
             self._failures[key] = 0
             self._failures[key] = sum(
@@ -252,7 +259,7 @@ class _Tree:
 
     def retry_times(self, group: TimelineGroup, bar: MemberBar) -> list[float]:
         """When each retry inside the member happened (live timelines only)."""
-        key = (group.group_id, bar.index)
+        key = (id(group), bar.index)
         if key not in self._retry_times:
             self._retry_times[key] = []
             times = list(bar.retries)
@@ -568,8 +575,8 @@ class _Page:
             f'height="{height:.0f}" viewBox="0 0 {width} {height:.0f}">{body}</svg>'
         )
 
-    def _group_block(self, group: TimelineGroup, depth: int, seen: set[str]) -> str:
-        seen.add(group.group_id)
+    def _group_block(self, group: TimelineGroup, depth: int, seen: set[int]) -> str:
+        seen.add(id(group))
         bars = group.bars()
         height = _row_height(len(bars))
         out = [
@@ -589,7 +596,7 @@ class _Page:
                 run.clear()
 
         for bar in bars:
-            nested = [g for g in self.tree.nested(group, bar) if g.group_id not in seen]
+            nested = [g for g in self.tree.nested(group, bar) if id(g) not in seen]
             if not nested:
                 run.append(bar)
                 continue
@@ -628,7 +635,7 @@ class _Page:
         return self._svg("axis", AXIS_HEIGHT, "".join(out))
 
     def chart(self) -> str:
-        seen: set[str] = set()
+        seen: set[int] = set()
         blocks = "".join(self._group_block(group, 0, seen) for group in self.tree.roots)
         width = self.layout.width
         return f'<div class="chart" style="width:{width}px">{self._axis()}{blocks}</div>'
@@ -699,12 +706,11 @@ class _Page:
             "</tr>"
         )
         rows = []
-        parents = self.timeline._parents()
         for group, depth in self.tree.walk():
             m = group.metrics
             name = group.group_id
             if depth:  # under its parent's row: the part of its address below the parent
-                name = "…" + name[len(parents[group.group_id][0]) :]
+                name = "…" + name[len(self.tree.parent[id(group)].group_id) :]
             if m is None or not hasattr(m, "queue_wait"):
                 continue
             pad = f' style="padding-left:{8 + depth * INDENT}px"' if depth else ""
