@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from rh_agents.core.actors import Tool
+from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.recovery import Recovery
 from rh_agents.ui import create_app
@@ -20,8 +24,11 @@ from ui_support import (
     FAILING,
     RETRIED,
     EventReader,
+    Item,
+    Items,
     StreamingASGITransport,
     add_members,
+    build_workflow,
     run_workflow,
     running_run,
     stored_run,
@@ -319,3 +326,75 @@ async def test_run_ids_that_need_quoting(store: Path) -> None:
         run_page = await client.get(href)
         assert run_page.status_code == 200 and "&lt;b&gt;" in run_page.text
         assert "<b>" not in run_page.text.replace("<body", "")
+
+
+async def test_a_resumed_run_shows_the_groups_and_events_it_replayed(store: Path) -> None:
+    """A run resumed under a live feed replays its top call: the group nested in that call,
+    and its calls, are only in the store. That group was shown ``running`` (while the run
+    went on, and after it completed), and the run's counts were the feed's alone (1 event:
+    the replayed top call) where its page listed the stored ones too."""
+    items = Items(items=[Item(n=i) for i in range(3)])
+    async with ExecutionState(run_id="again", recovery=Recovery(store)) as first:
+        await ExecutionEvent(actor=build_workflow(3))(items, "", first)
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(input: Item, context: str, state: ExecutionState) -> int:
+        inside.set()
+        await release.wait()
+        return input.n
+
+    state = ExecutionState(run_id="again", recovery=Recovery(store, resume="auto"))
+    feed = LiveFeed("again", clock_now=state.clock.now)
+    feed.follow(state)
+
+    async def resumed() -> None:
+        async with state:
+            await ExecutionEvent(actor=build_workflow(3))(items, "", state)  # replayed
+            await ExecutionEvent(actor=Tool(name="hold", input_model=Item, handler=hold))(
+                Item(n=7), "", state
+            )
+
+    app = create_app(store, feeds={"again": feed}, poll_interval=0.05, push_interval=0.01)
+    run = asyncio.create_task(resumed())
+    try:
+        async with (
+            await _client(app) as client,
+            httpx.AsyncClient(transport=StreamingASGITransport(app), base_url=BASE) as streams,
+        ):
+
+            async def seen() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+                data = (await client.get("/api/runs/again")).json()
+                (listed,) = (await client.get("/api/runs")).json()["runs"]
+                groups = {g["group_id"]: g for g in data["groups"]}
+                return data["run"], listed, groups["Orchestrator::docs"]
+
+            await asyncio.wait_for(inside.wait(), 10)
+            run_summary, listed, group = await seen()
+            assert (run_summary["status"], run_summary["counts"], run_summary["running"]) == (
+                "running",
+                {"completed": 4},  # Orchestrator (replayed) and its three calls (stored)
+                1,  # hold
+            )
+            assert (listed["status"], listed["counts"]) == ("running", {"completed": 4})
+            assert (group["status"], group["done"], group["total"]) == ("completed", 3, 3)
+            async with streams.stream("GET", "/api/runs/again/events") as response:
+                ((kind, data),) = await EventReader(response).read(1)
+            assert kind == "update" and json.loads(data)["run"]["counts"] == {"completed": 4}
+
+            release.set()
+            await asyncio.wait_for(run, 10)
+            run_summary, listed, group = await seen()
+            assert (run_summary["status"], run_summary["events"]) == ("completed", 5)
+            assert run_summary["counts"] == listed["counts"] == {"completed": 5}
+            assert (group["status"], group["done"], group["total"]) == ("completed", 3, 3)
+            async with streams.stream("GET", "/api/runs/again/events") as response:
+                events = await EventReader(response).read(5)
+            assert events[-1][0] == "end"
+            assert json.loads(events[-1][1])["run"]["counts"] == {"completed": 5}
+    finally:
+        release.set()
+        if not run.done():
+            run.cancel()
+        with contextlib.suppress(BaseException):
+            await run
+        feed.finish()

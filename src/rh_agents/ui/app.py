@@ -41,6 +41,7 @@ from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
 from rh_agents.ui import pages
 from rh_agents.ui.live import FeedSnapshot, LiveFeed, Node
 from rh_agents.ui.model import (
+    add_counts,
     build_tree,
     live_summary,
     parent_address,
@@ -95,6 +96,8 @@ class ViewerState:
     poll_interval: float = 1.0  # seconds between two reads of a store-backed run's progress
     push_interval: float = 0.25  # at most this often an event stream sends an update
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    # Per live run: its feed, and its stored events that feed has not seen (``_unseen``).
+    unseen: dict[str, tuple[LiveFeed, dict[str, str]]] = field(default_factory=dict)
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -254,8 +257,10 @@ async def _list_runs(vs: ViewerState) -> tuple[list[Node], str | None]:
     except StoreProblem as exc:
         problem = exc.message
     for run_id, feed in list(vs.feeds.items()):
+        same = _same_run(feed, infos.get(run_id))
+        unseen = await _unseen(vs, feed, same)
         feed.sync()  # (its counts include what the run logged so far)
-        summaries[run_id] = live_summary(feed, _same_run(feed, infos.get(run_id)))
+        summaries[run_id] = live_summary(feed, same, stored=unseen)
     runs = sorted(summaries.values(), key=_newest_first, reverse=True)
     return runs, problem
 
@@ -303,6 +308,42 @@ def _same_run(feed: LiveFeed, info: RunInfo | None) -> RunInfo | None:
     return None
 
 
+async def _same_stored_run(vs: ViewerState, feed: LiveFeed) -> RunInfo | None:
+    """The store's side of the run ``feed`` watches (``_same_run``), if it has one."""
+    if not vs.store.exists():
+        return None
+    try:
+        return _same_run(feed, await vs.store.get_run(feed.run_id))
+    except StoreProblem:
+        return None
+
+
+async def _unseen(
+    vs: ViewerState, feed: LiveFeed, info: RunInfo | None
+) -> Mapping[str, str] | None:
+    """The statuses of the checkpointed events of ``feed``'s run that the feed has not seen,
+    by address (``info``: the store's side of the run; ``None``: it has none): a resumed run
+    replays a call whole, and the calls made under it, its groups' members among them, are
+    only in the store. ``live_summary`` counts them with the feed's.
+
+    Read once per feed (the run's pages, which read its checkpoints anyway, refresh it): the
+    feed sees every event its run finishes, so what only the store holds is an earlier run's,
+    and that only shrinks as the run replays or runs again what it held."""
+    if info is None:
+        return None
+    known = vs.unseen.get(feed.run_id)
+    if known is not None and known[0] is feed:
+        return known[1]
+    try:
+        _, records = await vs.store.read_run(feed.run_id)
+    except StoreProblem:
+        return None
+    rows = feed.rows
+    unseen = {r.address: r.status for r in records.values() if r.address not in rows}
+    vs.unseen[feed.run_id] = (feed, unseen)
+    return unseen
+
+
 def _filtered(runs: list[Node], query: str, status: str) -> list[Node]:
     needle = query.strip().lower()
     return [
@@ -326,30 +367,45 @@ async def _read_run(vs: ViewerState, run_id: str) -> _Run:
     cursor = feed.cursor
     stored: dict[str, CheckpointRecord] = {}
     info: RunInfo | None = None
+    read = False
     try:
         if vs.store.exists():
             info = _same_run(feed, await vs.store.get_run(run_id))
             if info is not None:
                 info, stored = await vs.store.read_run(run_id)
+                read = True
     except StoreProblem as exc:
         logger.warning("run %s: the store cannot be read (%s); showing the live run", run_id, exc)
     # The snapshot, on the loop (the feed changes there): copies of the feed's columns, which
     # nothing else holds. Its nodes, and their merging with the store's, are made in a thread.
     snapshot = feed.snapshot()
-    summary = live_summary(feed, info)
-    return await asyncio.to_thread(_live_run, summary, snapshot, stored, cursor)
+    summary = live_summary(feed, info)  # (the feed's counts: the stored ones join them there)
+    run, unseen = await asyncio.to_thread(_live_run, summary, snapshot, stored, cursor)
+    if read:
+        vs.unseen[run_id] = (feed, unseen)
+    return run
 
 
 def _live_run(
     summary: Node, snapshot: FeedSnapshot, stored: dict[str, CheckpointRecord], cursor: int
-) -> _Run:
+) -> tuple[_Run, dict[str, str]]:
+    """A live run's page: the feed's ``snapshot`` over what the store holds of the run, and
+    the statuses of the stored events the feed has not seen (see ``_unseen``)."""
     nodes = stored_nodes(stored.values())
+    seen = set()
     for node in snapshot.nodes():  # what the feed knows wins; the store fills in the rest
+        seen.add(node["address"])
         below = nodes.get(node["address"], {})
         nodes[node["address"]] = {**below, **{k: v for k, v in node.items() if v is not None}}
-    groups = stored_groups(stored.values(), RunStatus.RUNNING.value)
+    unseen = {r.address: r.status for r in stored.values() if r.address not in seen}
+    counts = add_counts(summary["counts"], unseen.values())
+    summary = {**summary, "counts": counts, "events": sum(counts.values())}
+    # The feed has every group its run opened (a watch begun mid-run sees the open ones too):
+    # a group only the store holds is an earlier run's, replayed inside a call or not reached
+    # again yet, and it is shown as it ended there (completed, or partial), never running.
+    groups = stored_groups(stored.values(), RunStatus.COMPLETED.value)
     groups.update((group["group_id"], group) for group in snapshot.groups())
-    return _Run(summary, list(nodes.values()), list(groups.values()), "live", cursor)
+    return _Run(summary, list(nodes.values()), list(groups.values()), "live", cursor), unseen
 
 
 def _stored_run(found: RunInfo, records: dict[str, CheckpointRecord]) -> _Run:
@@ -590,15 +646,13 @@ def _cursor(request: Request) -> int:
     return NOTHING_SEEN
 
 
-async def _check_store(vs: ViewerState, feed: LiveFeed) -> None:
+async def _check_store(vs: ViewerState, feed: LiveFeed) -> RunInfo | None:
     """A watched run that checkpoints is over when its store says so (the program may go on
-    without saying ``Viewer.finish``)."""
-    try:
-        info = await vs.store.get_run(feed.run_id)
-    except StoreProblem:
-        return
-    if info is not None and info.status is not RunStatus.RUNNING and info.updated >= feed.created:
+    without saying ``Viewer.finish``). Gives the store's side of the run (``_same_run``)."""
+    info = await _same_stored_run(vs, feed)
+    if info is not None and info.status is not RunStatus.RUNNING:
         feed.finish(info.status.value)
+    return info
 
 
 async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIterator[str]:
@@ -608,6 +662,9 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
     yield "retry: 2000\n\n"
     # A feed's cursor is a position in its log, and position 0 is nothing seen yet.
     cursor = max(cursor, 0)
+    # The stored events the feed has not seen, counted in the run's summary (``_unseen``):
+    # until the store holds this run, looked for again as the store is checked.
+    unseen = await _unseen(vs, feed, await _same_stored_run(vs, feed))
     pending: dict[str, None] = {}
     first = True
     loop = asyncio.get_running_loop()
@@ -648,7 +705,7 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
                     if metrics:
                         metrics_at[gid] = now
             data = {
-                "run": live_summary(feed),
+                "run": live_summary(feed, stored=unseen),
                 "groups": _groups_with_parents(groups),
                 "nodes": _with_parents(n for a in batch if (n := feed.node(a)) is not None),
                 "pending": len(pending),
@@ -658,9 +715,11 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
             last_sent = loop.time()
         if feed.running and vs.store.exists() and loop.time() >= next_check:
             next_check = loop.time() + vs.poll_interval
-            await _check_store(vs, feed)
+            info = await _check_store(vs, feed)
+            if unseen is None:
+                unseen = await _unseen(vs, feed, info)
         if not feed.running and not pending and feed.changes_since(cursor) == []:
-            yield _sse("end", {"run": live_summary(feed)}, cursor)
+            yield _sse("end", {"run": live_summary(feed, stored=unseen)}, cursor)
             return
         if pending:
             await _pause(vs, vs.push_interval)

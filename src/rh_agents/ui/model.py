@@ -31,6 +31,7 @@ from rh_agents.ui.live import LiveFeed, Node
 __all__ = [
     "PREVIEW_CHARS",
     "TreeItem",
+    "add_counts",
     "build_tree",
     "live_summary",
     "parent_address",
@@ -171,10 +172,15 @@ def stored_groups(
 
 
 def _counts(statuses: Iterable[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
+    return add_counts({}, statuses)
+
+
+def add_counts(counts: Mapping[str, int], statuses: Iterable[str]) -> dict[str, int]:
+    """``counts`` (events by status) with ``statuses`` counted in: a new dict."""
+    out = dict(counts)
     for status in statuses:
-        counts[status] = counts.get(status, 0) + 1
-    return counts
+        out[status] = out.get(status, 0) + 1
+    return out
 
 
 def run_summary(
@@ -204,11 +210,24 @@ def run_summary(
     }
 
 
-def live_summary(feed: LiveFeed, info: RunInfo | None = None, *, now: float | None = None) -> Node:
+def live_summary(
+    feed: LiveFeed,
+    info: RunInfo | None = None,
+    *,
+    stored: Mapping[str, str] | None = None,
+    now: float | None = None,
+) -> Node:
     """A run watched live: its status is the store's once the store says it ended, else the
-    feed's (``running`` until the program says it is over)."""
+    feed's (``running`` until the program says it is over).
+
+    ``stored``: the statuses of the run's checkpointed events, by address. Those the feed has
+    not seen are counted with its own: a resumed run replays a call whole, and the calls it
+    made (its groups' members among them) are only in the store."""
     now = time.time() if now is None else now
     counts, running = feed.event_counts()
+    if stored:
+        rows = feed.rows
+        counts = add_counts(counts, (s for a, s in stored.items() if a not in rows))
     status = feed.status or RunStatus.RUNNING.value
     if info is not None and info.status is not RunStatus.RUNNING:
         status = info.status.value
