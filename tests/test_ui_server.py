@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import logging
 import os
 import signal
@@ -17,8 +19,11 @@ import httpx
 import pytest
 
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import MemberFinished
 from rh_agents.demo import run_demo
 from rh_agents.ui import Viewer, serve
+from rh_agents.ui import server as server_module
+from rh_agents.ui.live import LiveFeed
 from rh_agents.ui.server import bind
 from ui_support import run_workflow, running_run, stored_run
 
@@ -52,6 +57,44 @@ async def test_serve_watches_a_run_over_real_http(state_store: Path) -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as client:
             await client.get(viewer.url, timeout=2)
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+async def test_the_end_of_a_serve_block_reaches_the_open_streams(
+    state_store: Path, outcome: str
+) -> None:
+    """Leaving the block marked the run finished and stopped the server at once: the open
+    streams were ended before their ``end`` (a client got its last update, then the
+    connection closed, with no word that the run was over)."""
+    state = ExecutionState(run_id="ending")
+    events: list[tuple[str, str]] = []
+    connected = asyncio.Event()
+
+    async def follow(url: str) -> None:
+        async with (
+            httpx.AsyncClient(base_url=url) as client,
+            client.stream("GET", "/api/runs/ending/events") as response,
+        ):
+            kind = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    events.append((kind, line[5:].strip()))
+                    connected.set()
+
+    follower: asyncio.Task[None] | None = None
+    with contextlib.suppress(RuntimeError):
+        async with serve(state, port=0) as viewer:
+            follower = asyncio.create_task(follow(viewer.url))
+            await asyncio.wait_for(connected.wait(), 10)
+            await run_workflow(state, members=3)
+            if outcome == "failed":
+                raise RuntimeError("the program failed")
+    assert follower is not None
+    await asyncio.wait_for(follower, 10)
+    assert [kind for kind, _ in events][-1] == "end"
+    assert json.loads(events[-1][1])["run"]["status"] == outcome
 
 
 async def test_a_failed_run_is_marked_failed(state_store: Path) -> None:
@@ -206,3 +249,48 @@ async def test_close_ends_a_stream_whose_client_stopped_reading(tmp_path: Path) 
             logger.removeHandler(records)
     assert [r.getMessage() for r in records.records] == []
     assert not connections  # the stuck client's connection was cut, not left open
+
+
+async def test_a_client_that_stopped_reading_does_not_hold_the_end_of_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping waits for the stream of a run that is over to send its ``end``: a client that
+    stopped reading it must not hold ``close()`` (its connection is cut, as while the server
+    stops), whatever the time limit."""
+    monkeypatch.setattr(server_module, "_END_TIMEOUT", 120.0)
+    group = "Orchestrator::docs"
+    feed = LiveFeed("over")
+    for index in range(20_000):  # megabytes of updates: more than the sockets hold
+        address = f"{group}[{index}]"
+        feed(MemberFinished.of_member(group, index, address, "w", 1.0, "completed", 0.01,
+                                      None, 0, 0, None, 1, 0.0))  # fmt: skip
+    feed.finish()
+    viewer = Viewer(store=tmp_path / "state.db", port=0, push_interval=0.001)
+    await viewer.start()
+    viewer.feeds["over"] = feed
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "rh_agents.ui")]
+    for logger in loggers:
+        logger.addHandler(records)
+    stuck = socket.socket()
+    try:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        stuck.connect(("127.0.0.1", viewer.port))
+        stuck.sendall(b"GET /api/runs/over/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert viewer._server is not None
+        connections = viewer._server.server_state.connections
+
+        async def until_blocked() -> None:
+            while not any(  # noqa: ASYNC110 (uvicorn sets no event when writing pauses)
+                getattr(c, "flow", None) and c.flow.write_paused for c in connections
+            ):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(until_blocked(), 30)
+        await asyncio.wait_for(viewer.close(), 10)
+    finally:
+        stuck.close()
+        for logger in loggers:
+            logger.removeHandler(records)
+    assert [r.getMessage() for r in records.records] == []
+    assert not connections

@@ -98,6 +98,18 @@ class ViewerState:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     # Per live run: its feed, and its stored events that feed has not seen (``_unseen``).
     unseen: dict[str, tuple[LiveFeed, dict[str, str]]] = field(default_factory=dict)
+    # The event streams of live runs open now (a token each), with their feeds; and an event
+    # set as each one closes (``streams_ended``).
+    streams: dict[object, LiveFeed] = field(default_factory=dict)
+    stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def streams_ended(self) -> None:
+        """Wait until the open event stream of every run that is over has sent its ``end``
+        and closed. (The viewer stops after it, with a time limit: ``closing`` would end them
+        before their last message.)"""
+        while any(not feed.running for feed in self.streams.values()):
+            self.stream_closed.clear()
+            await self.stream_closed.wait()
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -733,7 +745,29 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
                 last_sent = loop.time()
                 yield ": ping\n\n"
             continue
-        await _pause(vs, vs.push_interval)  # let a burst of records gather into one update
+        if feed.running:  # (a run that is over logs nothing more: its end goes at once)
+            await _pause(vs, vs.push_interval)  # let a burst of records gather into one update
+
+
+class _FeedResponse(StreamingResponse):
+    """A live run's event stream, in ``ViewerState.streams`` while it is open (until its
+    ``end`` is sent, or its client left)."""
+
+    def __init__(self, vs: ViewerState, feed: LiveFeed, cursor: int, headers: dict[str, str]):
+        super().__init__(
+            _feed_stream(vs, feed, cursor), media_type="text/event-stream", headers=headers
+        )
+        self._vs = vs
+        self._feed = feed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = object()
+        self._vs.streams[token] = self._feed
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            del self._vs.streams[token]
+            self._vs.stream_closed.set()
 
 
 async def _store_stream(vs: ViewerState, run_id: str, cursor: int) -> AsyncIterator[str]:
@@ -796,9 +830,9 @@ async def _api_events(request: Request) -> Response:
         # whose next request then never gets an answer) until its run ends.
         return Response(media_type="text/event-stream", headers=headers)
     cursor = _cursor(request)
-    stream = (
-        _feed_stream(vs, feed, cursor) if feed is not None else _store_stream(vs, run_id, cursor)
-    )
+    if feed is not None:
+        return _FeedResponse(vs, feed, cursor, headers)
+    stream = _store_stream(vs, run_id, cursor)
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 

@@ -62,6 +62,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
+# As it stops, the viewer waits at most this long for the event streams of runs that are over
+# to send their ``end`` (a client that stopped reading is cut meanwhile, as while stopping).
+_END_TIMEOUT = 2.0
 # While it stops, a client whose unsent data did not move in this long has stopped reading.
 _STALL_CHECK = 0.1
 
@@ -314,10 +317,13 @@ class Viewer:
             await asyncio.shield(self._task)
 
     async def close(self) -> None:
-        """Stop serving (open event streams end at once) and detach from every run."""
+        """Stop serving and detach from every run. The open event streams of runs that are
+        over (``finish``) send their ``end`` first (for at most ``_END_TIMEOUT`` seconds); the
+        others end at once."""
         for feed, _state in self._subscriptions:
             feed.unfollow()
         self._subscriptions.clear()
+        await self._let_streams_end()
         self.app.state.viewer.closing.set()
         server, task = self._server, self._task
         if server is not None:
@@ -334,6 +340,27 @@ class Viewer:
         self._task = None
         if self._socket is not None:
             self._socket.close()
+
+    async def _let_streams_end(self) -> None:
+        """Let the open event streams of runs that are over send their ``end``: ``closing``,
+        set at once, ended them before it (a client got its last update, then the stream
+        closed with no word of the run's end). Bounded: a connection whose client stopped
+        reading is cut meanwhile (its stream was blocked in a send), and no stream is waited
+        for longer than ``_END_TIMEOUT``."""
+        server, task, vs = self._server, self._task, self.app.state.viewer
+        if server is None or task is None or task.done():
+            return
+        if all(feed.running for feed in vs.streams.values()):
+            return
+        cutter = asyncio.create_task(server._cut_stalled_clients())
+        try:
+            await asyncio.wait_for(vs.streams_ended(), _END_TIMEOUT)
+        except TimeoutError:
+            logger.debug("viewer: an event stream did not end within %s s", _END_TIMEOUT)
+        finally:
+            cutter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cutter
 
     async def __aenter__(self) -> Viewer:
         return await self.start()
