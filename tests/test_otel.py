@@ -563,6 +563,33 @@ async def test_cancelled_and_skipped_members(
         assert member.status.status_code is StatusCode.UNSET
 
 
+async def test_a_call_cut_short_by_its_member_timeout_is_a_timed_out_event(
+    telemetry: Telemetry,
+) -> None:
+    never = asyncio.Event()
+
+    async def hang(input: Doc, context: str, state: ExecutionState) -> int:
+        await never.wait()
+        return 0
+
+    hanging = ExecutionEvent(actor=Tool(name="hang", input_model=Doc, handler=hang))
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus)
+    instrument(state, telemetry.tracer_provider, telemetry.meter_provider)
+    async with state.parallel(max_workers=1, name="t", member_timeout=0.01) as p:
+        p.add(hanging(Doc(text="x"), "", state))
+    await bus.close()
+    span = telemetry.spans()["t[0]::hang"]
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == (
+        "ParallelTimeoutError: tool 'hang' at t[0]::hang was cut short by its member's timeout"
+    )
+    assert [e.name for e in span.events] == ["exception"]
+    assert telemetry.counts("rh_agents.events") == {
+        (("rh_agents.actor", "hang"), ("rh_agents.status", "timed_out")): 1
+    }
+
+
 @pytest.mark.parametrize("member_spans", [False, True])
 async def test_actor_retries_are_events_on_the_event_span(
     telemetry: Telemetry, member_spans: bool

@@ -18,7 +18,7 @@ from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ErrorStrategy
-from rh_agents.core.records import CircuitStateChanged
+from rh_agents.core.records import CircuitStateChanged, EventFailed
 from rh_agents.core.results import ResultStatus
 from rh_agents.errors import CircuitOpenError
 from rh_agents.resilience import AdaptiveLimit, CircuitBreaker, RateLimit, RetryPolicy
@@ -118,6 +118,55 @@ async def test_a_stop_is_not_a_failure_of_the_circuit() -> None:
     # Only the real failure counted (threshold 1: it opened the circuit); the cancelled call
     # was not judged, so the count is one, not two.
     assert state.breakers["svc"].failures == 1
+
+
+async def test_a_call_cut_short_by_its_member_timeout_is_recorded_as_a_timeout() -> None:
+    # Its own record says what its member's result and its breaker say: it timed out (a
+    # failure); a call a stop cancels stays cancelled.
+    bus = EventBus()
+    ended: list[EventFailed] = []
+    bus.subscribe(ended.append, kinds=[EventFailed])
+    state = ExecutionState(event_bus=bus, clock=ManualClock(), watchdog=None)
+    started = asyncio.Event()
+
+    async def stuck(input: Item, context: str, state: Any) -> int:
+        started.set()
+        await hang()
+        return input.n
+
+    async def outer(input: Item, context: str, state: Any) -> int:
+        result = await inner(input, "", state)  # nested: cut short by the same timeout
+        return input.n if result.ok else -1
+
+    async def fails() -> None:
+        await started.wait()
+        raise ValueError("bad")
+
+    inner = ExecutionEvent(actor=Tool(name="stuck", input_model=Item, handler=stuck))
+    nesting = ExecutionEvent(actor=Tool(name="outer", input_model=Item, handler=outer))
+    async with state.parallel(max_workers=2, name="t", member_timeout=0.02) as p:
+        p.add(inner(Item(n=0), "", state))
+        p.add(nesting(Item(n=1), "", state), timeout=0.05)
+    assert [r.status for r in await p.gather()] == [ResultStatus.TIMED_OUT] * 2
+    started.clear()
+    with pytest.raises(ValueError):
+        async with state.parallel(
+            max_workers=2, name="s", member_timeout=30, error_strategy=ErrorStrategy.FAIL_FAST
+        ) as q:
+            q.add(inner(Item(n=2), "", state))
+            q.add(fails)
+    await bus.drain()
+    assert sorted((r.address, r.cancelled, r.error_type) for r in ended) == [
+        ("s[0]::stuck", True, "CancelledError"),
+        ("t[0]::stuck", False, "ParallelTimeoutError"),
+        ("t[1]::outer", False, "ParallelTimeoutError"),
+        ("t[1]::outer::stuck", False, "ParallelTimeoutError"),
+    ]
+    errors = {r.address: r.error for r in ended}
+    assert errors["s[0]::stuck"] == "cancelled"
+    assert errors["t[0]::stuck"] == (
+        "ParallelTimeoutError: tool 'stuck' at t[0]::stuck was cut short by its member's timeout"
+    )
 
 
 async def test_member_timeouts_cut_the_adaptive_limit() -> None:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rh_agents.core.actors import BaseActor, describe_unknown, describe_validation, name_problem
 from rh_agents.core.context import Frame, current_frame, enter_frame, exit_frame
+from rh_agents.core.deadlines import member_timed_out
 from rh_agents.core.event_call import EventCall
 from rh_agents.core.records import (
     EventCompleted,
@@ -79,6 +80,15 @@ def event_timed_out(actor: BaseActor, address: str, seconds: float) -> ParallelT
     return ParallelTimeoutError(
         f"{actor.kind} {actor.name!r} at {address} timed out after {seconds}s; raise the "
         "event's timeout or make the call faster"
+    )
+
+
+def _cut_short(actor: BaseActor, address: str) -> ParallelTimeoutError:
+    """What the record of a call of ``actor`` at ``address`` says when its member's timeout
+    (``member_timeout=``, ``p.add(..., timeout=)``) cancelled it: a timeout (the cancellation
+    itself goes on; the member's result has the member's own timeout error)."""
+    return ParallelTimeoutError(
+        f"{actor.kind} {actor.name!r} at {address} was cut short by its member's timeout"
     )
 
 
@@ -289,11 +299,18 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             # running forever).
             ended = clock.now()
             cancelled = isinstance(exc, asyncio.CancelledError)
+            ending: BaseException = exc
+            if cancelled and member_timed_out():
+                # Cut short by its member's timeout: the call ran too long, a failure (a
+                # timeout) as its member's result, its breaker and its group's adaptive
+                # limit say, not a call a stop cancelled.
+                ending = _cut_short(actor, address)
+                cancelled = False
             tries = 1 if cancelled else frame.attempts
             watch = state.watch
             if watch is not None:
                 call_ended(
-                    watch, address, group_id, index, actor, ended, exc, self.detail_chars,
+                    watch, address, group_id, index, actor, ended, ending, self.detail_chars,
                     started, tries,
                 )  # fmt: skip
             if bus.call_records:
@@ -304,8 +321,8 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                         tag,
                         ended,
                         ended - started,
-                        "cancelled" if cancelled else describe_error(exc),
-                        type(exc).__name__,
+                        "cancelled" if cancelled else describe_error(ending),
+                        type(ending).__name__,
                         tries,
                         cancelled=cancelled,
                     )

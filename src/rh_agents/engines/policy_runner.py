@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from rh_agents.core.context import Frame
+from rh_agents.core.deadlines import member_ending, member_timed_out
 from rh_agents.core.events import event_timed_out
 from rh_agents.core.parallel.adding import _call_event
-from rh_agents.core.parallel.deadlines import member_ending, member_timed_out
 from rh_agents.core.parallel.manager import ParallelExecutionManager
 from rh_agents.core.parallel.member import Member, is_event_call
 from rh_agents.core.parallel.slots import MemberSlot, in_own_task, member_slot_of

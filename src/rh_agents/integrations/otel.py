@@ -172,6 +172,10 @@ _GROUP_COUNTS = (
     ("timed_out", "timed_out"),
 )
 
+# The errors of a call that timed out (its event's timeout, its member's, or a TimeoutError
+# of its own: its result's status is timed_out), as the run viewer reads them too.
+_TIMEOUT_TYPES = frozenset({"TimeoutError", "ParallelTimeoutError"})
+
 _EVENT_KINDS: tuple[type[BusEvent], ...] = (
     EventStarted,
     EventCompleted,
@@ -562,7 +566,13 @@ class OpenTelemetryExporter:
                 )
                 span.end(end_time=end_ns)
         else:
-            status = "cancelled" if record.cancelled else "failed"
+            status = (
+                "cancelled"
+                if record.cancelled
+                else "timed_out"
+                if record.error_type in _TIMEOUT_TYPES
+                else "failed"
+            )
             if entry is None:
                 entry = _Open(record.actor, self._event_attributes(record), end_ns)
             span = self._finalize(

@@ -31,9 +31,9 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import running_frame
+from rh_agents.core.deadlines import member_ending
 from rh_agents.core.parallel import stopping
 from rh_agents.core.parallel.adding import close_refused
-from rh_agents.core.parallel.deadlines import member_ending
 from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.parallel.stream import ResultStream
@@ -207,7 +207,7 @@ def _waiting_slot() -> MemberSlot | None:
 def owed_slot() -> MemberSlot | None:
     """The slots of the member the calling task works for, if a cancelled wait left its
     global slot lent and the member is not being stopped for good (see
-    deadlines.member_ending): then it takes the slot back (``take_back_owed``)."""
+    core.deadlines.member_ending): then it takes the slot back (``take_back_owed``)."""
     slot = _waiting_slot()
     if slot is None or not slot.owes or member_ending(slot.group):
         return None

@@ -31,7 +31,7 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.context import Frame, InContext, enter_frame, exit_frame
-from rh_agents.core.parallel.deadlines import member_deadlines
+from rh_agents.core.deadlines import member_deadlines
 from rh_agents.core.parallel.member import reused_coroutine
 from rh_agents.core.parallel.slots import MemberSlot
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus

@@ -37,7 +37,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import running_frame
-from rh_agents.core.parallel.deadlines import member_ending
+from rh_agents.core.deadlines import member_ending
 from rh_agents.errors import ConfigurationError
 
 if TYPE_CHECKING:

@@ -1,18 +1,20 @@
 """Member deadlines seen from inside a member: was this cancellation its timeout, or a stop?
 
-``running.run_member`` puts each member timeout (``member_timeout=``, ``p.add(..., timeout=)``)
-in a context variable while the member runs, innermost last. Code handling a
-``CancelledError`` inside a member reads it to tell a member that is ending for good (its
-timeout fired, its group stops) from one cancelled by a timeout of its own, which its code
-may catch and go on from::
+``parallel.running.run_member`` puts each member timeout (``member_timeout=``,
+``p.add(..., timeout=)``) in a context variable while the member runs, innermost last. Code
+handling a ``CancelledError`` inside a member reads it to tell a member that is ending for
+good (its timeout fired, its group stops) from one cancelled by a timeout of its own, which
+its code may catch and go on from::
 
     except asyncio.CancelledError:
         if member_ending(group):      # a stop or its timeout: take nothing back, just end
             ...
         raise
 
-Kept apart from ``running`` so that the slots (``slots.py``), which ``running`` uses, can
-ask too.
+Kept apart from ``parallel.running`` so that the slots (``parallel/slots.py``), which
+``running`` uses, can ask too, and outside the ``parallel`` package so that an
+``ExecutionEvent`` call (``events.py``, which that package imports) can: its record says a
+call its member's timeout cut short timed out.
 """
 
 from __future__ import annotations
