@@ -24,6 +24,7 @@ from rh_agents.core.bus import EventBus
 from rh_agents.core.context import current_frame
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.parallel import ErrorStrategy
 from rh_agents.core.records import BusEvent, EventRetrying, MemberFinished, MemberStarted
 from rh_agents.errors import ConfigurationError, MissingDependencyError
 from rh_agents.integrations.otel import (
@@ -529,9 +530,11 @@ async def test_cancelled_and_skipped_members(
     await bus.close()
     spans = telemetry.spans()
     assert "q[1]::reader" in spans
-    cancelled = spans["q[0]::hang"]
-    assert cancelled.status.status_code is StatusCode.ERROR
-    assert [e.name for e in cancelled.events] == ["exception"]
+    cancelled = spans["q[0]::hang"]  # cancelled by its group: a reason, not an error
+    assert cancelled.status.status_code is StatusCode.UNSET
+    assert cancelled.events == ()
+    assert cancelled.attributes is not None
+    assert cancelled.attributes["rh_agents.reason"] == "cancelled"
     assert "q[2]::hang" not in spans  # never started: no event
     members = telemetry.points("rh_agents.members")
     statuses = {dict(key)["rh_agents.status"]: p.value for key, p in members.items()}
@@ -561,6 +564,46 @@ async def test_cancelled_and_skipped_members(
         assert member.attributes["rh_agents.status"] == "cancelled"
         assert "rh_agents.reason" in member.attributes
         assert member.status.status_code is StatusCode.UNSET
+
+
+@pytest.mark.parametrize("member_spans", [False, True])
+async def test_events_a_fail_fast_cancels_carry_a_reason_not_an_error(
+    telemetry: Telemetry, member_spans: bool
+) -> None:
+    started = asyncio.Event()
+
+    async def handle(input: Doc, context: str, state: ExecutionState) -> int:
+        if input.text == "bad":
+            await started.wait()
+            raise ValueError("one fails")
+        started.set()
+        await asyncio.Event().wait()
+        return 0
+
+    event = ExecutionEvent(actor=Tool(name="h", input_model=Doc, handler=handle))
+    bus = EventBus()
+    state = ExecutionState(event_bus=bus)
+    instrument(state, telemetry.tracer_provider, member_spans=member_spans)
+    with pytest.raises(ValueError, match="one fails"):
+        async with state.parallel(
+            max_workers=2, name="g", error_strategy=ErrorStrategy.FAIL_FAST
+        ) as p:
+            p.add(event(Doc(text="x"), "", state))
+            p.add(event(Doc(text="bad"), "", state))
+    await bus.close()
+    spans = telemetry.spans()
+    failed, cancelled = spans["g[1]::h"], spans["g[0]::h"]
+    assert failed.status.status_code is StatusCode.ERROR
+    assert [e.name for e in failed.events] == ["exception"]
+    assert cancelled.status.status_code is StatusCode.UNSET
+    assert cancelled.events == ()
+    assert cancelled.attributes is not None
+    assert cancelled.attributes["rh_agents.reason"] == "cancelled"
+    assert "rh_agents.reason" not in (failed.attributes or {})
+    if member_spans:
+        member = spans["g[0]"]
+        assert member.status.status_code is StatusCode.UNSET
+        assert member.attributes is not None and "rh_agents.reason" in member.attributes
 
 
 async def test_a_call_cut_short_by_its_member_timeout_is_a_timed_out_event(

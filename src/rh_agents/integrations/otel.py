@@ -575,12 +575,15 @@ class OpenTelemetryExporter:
             )
             if entry is None:
                 entry = _Open(record.actor, self._event_attributes(record), end_ns)
-            span = self._finalize(
-                address,
-                entry,
-                {"rh_agents.attempts": record.attempts, "rh_agents.cache_hit": False},
-            )
-            self._fail(span, record.error, record.error_type, record.timestamp)
+            final: dict[str, Any] = {
+                "rh_agents.attempts": record.attempts,
+                "rh_agents.cache_hit": False,
+            }
+            if record.cancelled:  # stopped (by its group, its caller): not an error of its own
+                final["rh_agents.reason"] = record.error
+            span = self._finalize(address, entry, final)
+            if not record.cancelled:  # failed or timed out
+                self._fail(span, record.error, record.error_type, record.timestamp)
             span.end(end_time=end_ns)
         key = (record.actor, status)
         series = self._event_series.get(key)
