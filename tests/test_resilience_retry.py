@@ -295,6 +295,40 @@ async def test_backoff_holds_no_worker_slot(global_limit: int | None, recorder: 
     assert starts == [0]
 
 
+@pytest.mark.parametrize("global_limit", [None, 1])
+async def test_a_member_in_its_backoff_is_not_counted_running(
+    global_limit: int | None, recorder: Recorder
+) -> None:
+    # "running" is the members holding a worker: one in its backoff lent its slot (running
+    # counted it with the member that took the slot: 2 with max_workers=1).
+    clock = GatedClock()
+    state = make_state(clock, recorder, global_max_workers=global_limit)
+    seen: list[tuple[int, int, int, int]] = []
+    calls = 0
+
+    async def first() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("transient")
+        return "first"
+
+    async def second() -> str:
+        await clock.sleeping.wait()  # (first is in its backoff, its slot lent to us)
+        metrics, stats = p.metrics(), p.statistics()
+        seen.append((metrics.running, metrics.queued, stats.running, stats.queued))
+        clock.gate.set()
+        return "second"
+
+    async with state.parallel(max_workers=1, retry=RetryPolicy(max_attempts=2, jitter=0)) as p:
+        p.add(first, name="first")
+        p.add(second, name="second")
+        results = await asyncio.wait_for(p.gather(), timeout=10)
+    assert [r.result for r in results] == ["first", "second"]
+    assert seen == [(1, 0, 1, 0)]
+    assert (p.statistics().running, p.metrics().running) == (0, 0)
+
+
 def test_policy_validation_names_the_field() -> None:
     with pytest.raises(ConfigurationError, match="max_attempts"):
         RetryPolicy(max_attempts=0)

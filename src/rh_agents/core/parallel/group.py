@@ -54,7 +54,10 @@ class ParallelEventGroup(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class GroupStatistics:
-    """A frozen snapshot of a group's counters (``p.statistics()``)."""
+    """A frozen snapshot of a group's counters (``p.statistics()``).
+
+    ``running`` counts the members holding a worker slot (not one that lent its slot, in a
+    retry backoff say), ``queued`` the ready members waiting for one."""
 
     group_id: str
     total: int

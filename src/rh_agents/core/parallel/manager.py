@@ -630,7 +630,7 @@ class ParallelExecutionManager(Generic[T]):
         return GroupStatistics(
             group_id=self.group_id,
             total=tally.total,
-            running=len(pool.running),
+            running=pool.holding(),  # (not members that lent their slot: a backoff)
             queued=len(pool.ready),
             succeeded=tally.succeeded,
             failed=tally.failed,

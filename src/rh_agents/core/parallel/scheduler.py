@@ -89,8 +89,9 @@ _DELIVER_EVERY = 128
 @dataclass(frozen=True, slots=True)
 class PoolStatistics:
     """A frozen snapshot of a worker pool: its limit, the slots held, tasks waiting to take
-    one back, worker tasks, members running and waiting for a worker, the most members ever
-    running at once, and cache hits waiting for the cache lane."""
+    one back, worker tasks, members holding a slot (``running``: not those that lent theirs,
+    in a retry backoff say) and waiting for a worker, the most members ever running at once,
+    and cache hits waiting for the cache lane."""
 
     limit: int
     slots_in_use: int
@@ -173,11 +174,23 @@ class WorkerPool:
             slots_in_use=slots.in_use,
             waiting_for_slot=slots.waiting,
             workers=len(self.workers),
-            running=len(self.running),
+            running=self.holding(),
             queued=len(self.ready),
             high_water=self.high_water,
             cache_hits_queued=len(self.instant),
         )
+
+    def holding(self) -> int:
+        """Members holding a slot of the group now: those running, less those that lent
+        theirs (a retry backoff, a wait for a call another member runs) and have not taken it
+        back yet (so never more than the limit)."""
+        holding = len(self.running)
+        for member in self.running.values():
+            slot = member.slot
+            joins = slot._joins if type(slot) is MemberSlot else None
+            if joins and member.index in joins:
+                holding -= 1
+        return holding
 
     def note_held(self) -> None:
         """A member took its slot back: count it towards the high-water mark."""
