@@ -307,3 +307,15 @@ def test_the_stub_answers_a_request_of_the_wrong_shape_with_a_400(body: bytes) -
         assert response.status == 400
         assert reply["error"]["type"] == "invalid_request_error"
         assert stub.stats().count(200) == 0
+
+
+async def test_members_one_after_another_keep_to_one_process(pool: ProcessExecutor) -> None:
+    # A process that answered rests a loop turn or two before it takes the next request
+    # (so that a stop can cancel the requests waiting): the request sent meanwhile waits for
+    # it, rather than have the pool start a second process for nothing.
+    async with ExecutionState() as state:
+        pids = set()
+        for _ in range(6):
+            (result,) = await state.parallel_execute([worker_pid], executor=pool, max_workers=1)
+            pids.add(result.result)
+    assert len(pids) == 1

@@ -351,7 +351,12 @@ class ProcessExecutor(RemoteExecutor):
         queue = self._queue
         while queue:
             if not self._idle:
-                wanted = min(len(queue), self.max_processes - len(self._workers))
+                # A resting process takes a waiting request in a loop turn or two: new
+                # processes only for the requests beyond them (a member after another on
+                # one process would otherwise start a second process, for nothing).
+                wanted = min(
+                    len(queue) - len(self._resting), self.max_processes - len(self._workers)
+                )
                 while self._starting < wanted:
                     self._starting += 1
                     threading.Thread(
