@@ -857,3 +857,32 @@ async def test_an_unsubscribed_handler_is_not_kept_by_the_bus(kind: str) -> None
     gc.collect()
     assert [ref for ref in refs if ref() is not None] == []
     await state.close()
+
+
+def test_an_async_subscriber_goes_on_after_a_loop_closed_under_its_feeder() -> None:
+    # A loop closed without cancelling its tasks (new_event_loop, run_until_complete,
+    # close: not asyncio.run) leaves the subscriber's feeder pending there for good; the next
+    # loop's records must still reach the subscriber (they piled up, and drain() hung).
+    bus = EventBus()
+    got: list[str] = []
+
+    async def subscriber(record: BusEvent) -> None:
+        got.append(record.kind)
+
+    bus.subscribe(subscriber)
+    state = ExecutionState(event_bus=bus, watchdog=None)
+
+    async def run() -> None:
+        async with state.parallel(name="g") as p:
+            p.add(asyncio.sleep(0))
+        await asyncio.wait_for(bus.drain(), timeout=5)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    first = len(got)
+    assert first > 0
+    asyncio.run(run())
+    assert got[first:] == got[:first]  # the same records again

@@ -236,12 +236,19 @@ class Subscription:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)  # a sleeping feeder task finds itself closed and ends
             return
-        if self._task is not None and not self._task.done():
-            self._awake = True
-            waiter, self._waiter = self._waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-            return
+        task = self._task
+        if task is not None and not task.done():
+            if task.get_loop().is_closed():
+                # Its loop was closed under it (without cancelling it, as asyncio.run would):
+                # it will never run again. A new feeder on this loop takes over the queue (a
+                # record the old one was in the middle of went with its loop).
+                self._task = self._waiter = None
+            else:
+                self._awake = True
+                waiter, self._waiter = self._waiter, None
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
