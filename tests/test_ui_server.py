@@ -13,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -211,6 +213,40 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
+@contextlib.asynccontextmanager
+async def a_client_that_stopped_reading(
+    viewer: Viewer, path: str
+) -> AsyncIterator[tuple[Any, _Records]]:
+    """A client that asked ``viewer`` for the event stream at ``path`` and stopped reading it
+    (its socket's buffer full): yields the server's connections, once that stream's writing
+    paused, and what uvicorn and the viewer logged (call it after ``start()``: uvicorn's
+    logging setup, as the server is made, resets its loggers)."""
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "rh_agents.ui")]
+    for logger in loggers:
+        logger.addHandler(records)
+    stuck = socket.socket()
+    try:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        stuck.connect(("127.0.0.1", viewer.port))
+        stuck.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert viewer._server is not None
+        connections = viewer._server.server_state.connections
+
+        async def until_blocked() -> None:
+            while not any(  # noqa: ASYNC110 (uvicorn sets no event when writing pauses)
+                getattr(c, "flow", None) and c.flow.write_paused for c in connections
+            ):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(until_blocked(), 30)
+        yield connections, records
+    finally:
+        stuck.close()
+        for logger in loggers:
+            logger.removeHandler(records)
+
+
 async def test_close_ends_a_stream_whose_client_stopped_reading(tmp_path: Path) -> None:
     """A client that opened an event stream and stopped reading held ``Viewer.close()`` for
     uvicorn's whole grace period, which then cancelled the stream with ERROR tracebacks
@@ -220,33 +256,11 @@ async def test_close_ends_a_stream_whose_client_stopped_reading(tmp_path: Path) 
     running_run(store, finished=20_000)  # megabytes of updates: more than the sockets hold
     viewer = Viewer(store=store, port=0)
     await viewer.start()
-    # (After the start: uvicorn's logging setup, as the server is made, resets its loggers.)
-    records = _Records()
-    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "rh_agents.ui")]
-    for logger in loggers:
-        logger.addHandler(records)
-    stuck = socket.socket()
-    try:
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-        stuck.connect(("127.0.0.1", viewer.port))
-        stuck.sendall(b"GET /api/runs/busy-run/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert viewer._server is not None
-        connections = viewer._server.server_state.connections
-
-        def blocked() -> bool:  # the stream waits for room in the socket
-            return any(getattr(c, "flow", None) and c.flow.write_paused for c in connections)
-
-        async def until_blocked() -> None:
-            # uvicorn sets no event when a connection's writing pauses: look for it.
-            while not blocked():  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(until_blocked(), 30)
+    async with a_client_that_stopped_reading(viewer, "/api/runs/busy-run/events") as (
+        connections,
+        records,
+    ):
         await asyncio.wait_for(viewer.close(), 10)
-    finally:
-        stuck.close()
-        for logger in loggers:
-            logger.removeHandler(records)
     assert [r.getMessage() for r in records.records] == []
     assert not connections  # the stuck client's connection was cut, not left open
 
@@ -268,29 +282,10 @@ async def test_a_client_that_stopped_reading_does_not_hold_the_end_of_a_run(
     viewer = Viewer(store=tmp_path / "state.db", port=0, push_interval=0.001)
     await viewer.start()
     viewer.feeds["over"] = feed
-    records = _Records()
-    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "rh_agents.ui")]
-    for logger in loggers:
-        logger.addHandler(records)
-    stuck = socket.socket()
-    try:
-        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-        stuck.connect(("127.0.0.1", viewer.port))
-        stuck.sendall(b"GET /api/runs/over/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert viewer._server is not None
-        connections = viewer._server.server_state.connections
-
-        async def until_blocked() -> None:
-            while not any(  # noqa: ASYNC110 (uvicorn sets no event when writing pauses)
-                getattr(c, "flow", None) and c.flow.write_paused for c in connections
-            ):
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(until_blocked(), 30)
+    async with a_client_that_stopped_reading(viewer, "/api/runs/over/events") as (
+        connections,
+        records,
+    ):
         await asyncio.wait_for(viewer.close(), 10)
-    finally:
-        stuck.close()
-        for logger in loggers:
-            logger.removeHandler(records)
     assert [r.getMessage() for r in records.records] == []
     assert not connections
