@@ -19,7 +19,7 @@ from rh_agents import ExecutionEvent, Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ParallelExecutionManager
-from rh_agents.core.results import ResultStatus
+from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import (
     ConfigurationError,
     DependencyError,
@@ -948,3 +948,31 @@ async def test_close_while_another_task_leaves_its_block_gathering_is_refused_no
     release.set()
     assert await task == ["done"]
     await state.close()
+
+
+async def test_a_result_members_return_is_placed_as_a_copy_of_it() -> None:
+    # Members returning an ExecutionResult they did not make (one the caller built, shared
+    # by two members, or one the caller had from an earlier call): each member's result is
+    # placed (index, name, address) on a copy; the caller's object is left as it was (it
+    # was written in place: the second member got the first one's address).
+    shared: ExecutionResult[int] = ExecutionResult(ok=True, result=7)
+    earlier = await ExecutionEvent(actor=Tool(name="up", input_model=Doc, handler=_echo))(
+        Doc(text="x"), "", ExecutionState()
+    )
+
+    async def returns(result: ExecutionResult[Any]) -> ExecutionResult[Any]:
+        return result
+
+    state = ExecutionState()
+    async with state.parallel(name="g") as p:
+        p.add(returns(shared), name="a")
+        p.add(lambda: returns(shared), name="b")
+        p.add(returns(earlier), name="c")
+    results = await p.gather()
+    assert [(r.index, r.name, r.address) for r in results] == [
+        (0, "a", "g[0]"),
+        (1, "b", "g[1]"),
+        (2, "c", "up"),
+    ]
+    assert (shared.index, shared.name, shared.address) == (None, None, None)
+    assert (earlier.index, earlier.name, earlier.address) == (None, None, "up")

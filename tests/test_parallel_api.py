@@ -239,10 +239,15 @@ async def test_empty_group() -> None:
 
 async def test_member_returning_execution_result_is_not_wrapped() -> None:
     state = ExecutionState()
-    own: ExecutionResult[int] = ExecutionResult(ok=True, result=7)
+    own: ExecutionResult[int] = ExecutionResult(ok=True, result=7, execution_time=1.5)
     async with state.parallel() as p:
         p.add(value(own))
-    assert (await p.gather())[0] is own
+    [result] = await p.gather()
+    # As is (its value, status and time, not a result in a result), placed at the member on
+    # a copy: the caller's object is left as it was.
+    assert (result.result, result.status, result.execution_time) == (7, own.status, 1.5)
+    assert (result.index, result.address) == (0, "parallel[0]")
+    assert (own.index, own.address) == (None, None)
 
 
 async def test_leaving_stream_early_leaves_no_task_and_gathers_the_rest() -> None:

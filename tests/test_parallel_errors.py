@@ -473,7 +473,9 @@ async def test_fail_fast_on_a_failed_result_without_exception() -> None:
         async with state.parallel(error_strategy=ErrorStrategy.FAIL_FAST) as p:
             p.add("bad", value(failed))
             p.add(forever())
-    assert info.value.result is failed
+    result = info.value.result
+    assert (result.error, result.status, result.name) == ("quota", ResultStatus.FAILED, "bad")
+    assert failed.name is None  # placed on a copy: the member's own object stays as it was
 
 
 async def test_dependencies_need_kept_results() -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "failed_result",
     "finish",
     "release_dependents",
+    "returned_result",
     "run_member",
     "unfinished",
 ]
@@ -151,7 +152,7 @@ async def run_member(
         group._member_raised_base(result)
     else:
         if isinstance(value, ExecutionResult):
-            result = value
+            result = returned_result(value, group.group_id, member.index)
         else:
             # Positional: keyword parsing would cost more than the object (hot path).
             result = ExecutionResult(
@@ -295,6 +296,16 @@ def finish(
         readers.result_landed()
     if not group._pool.workers:  # else the last worker to end checks (see WorkerPool)
         check_all_done(group)
+
+
+def returned_result(
+    result: ExecutionResult[Any], group_id: str, index: int
+) -> ExecutionResult[Any]:
+    """The result of member ``index`` that returned ``result``: the result of its own call
+    (an event call added as the member) is the member's; any other (one the caller made, or
+    had from elsewhere, maybe returned by several members) is taken as a copy, so that
+    placing it (``index``, ``name``, ``address``) changes nothing its owner holds."""
+    return result if _own(result, group_id, index) else copy.copy(result)
 
 
 def _own(result: ExecutionResult[Any], group_id: str, index: int) -> bool:

@@ -55,6 +55,7 @@ from rh_agents.core.context import (
 )
 from rh_agents.core.parallel.member import describe_member, is_event_call, reused_coroutine
 from rh_agents.core.parallel.ready import ReadyQueue
+from rh_agents.core.parallel.running import returned_result
 from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import ActorInputError, InvalidMemberError
@@ -494,7 +495,7 @@ class WorkerPool:
                         group._member_raised_base(result)
                     else:
                         if isinstance(value, ExecutionResult):
-                            result = value
+                            result = returned_result(value, group_id, index)
                         else:
                             # Positional: keyword parsing costs more than the object.
                             result = ExecutionResult(
