@@ -347,9 +347,10 @@ class _Hold:
     """The thread's view of one hold of a loop: the loop's beat ``number`` is overdue, so
     the loop has been held since the beat was due; ``since`` is how far the holding time
     was handed out to members, ``gc`` the collector's total time then and ``waited`` the
-    loop thread's time waiting for a CPU then."""
+    loop thread's time waiting for a CPU then; ``task`` the task the last look saw, and
+    ``pending`` the time up to that look, credited to it if the next look sees it again."""
 
-    __slots__ = ("gc", "monitor", "number", "since", "waited")
+    __slots__ = ("gc", "monitor", "number", "pending", "since", "task", "waited")
 
     def __init__(self, monitor: LoopMonitor, number: int, due: float) -> None:
         self.monitor = monitor
@@ -358,6 +359,8 @@ class _Hold:
         # (read after the number: a beat running meanwhile ends this hold at the first look)
         self.gc = monitor.gc_at_beat
         self.waited = monitor.waited_at_beat
+        self.task: asyncio.Task[Any] | None = None
+        self.pending = 0.0
 
 
 class LoopMonitor:
@@ -523,14 +526,23 @@ class LoopMonitor:
                 # runs on the CPU; one blocked in a call that lets it go is looked at on time.)
                 elapsed = max(ran, LOOK_CREDIT)
         hold.waited = waited
-        if elapsed <= 0:
-            return True
         try:
             task = asyncio.current_task(loop)
         except RuntimeError:
+            task = None
+        elapsed = max(elapsed, 0.0)
+        previous, hold.task = hold.task, task
+        if task is None or task is not previous:
+            # A loop held by one task shows it at every look; one busy with many short steps
+            # in one turn (a long turn of its ready queue: thousands of members) shows
+            # another one each time, none of which held it. A task is credited only once a
+            # second look in a row sees it: then with the time up to the first one too.
+            hold.pending = elapsed if task is not None else 0.0
             return True
-        if task is None:
-            return True  # a callback, not a task: nobody's member
+        elapsed += hold.pending
+        hold.pending = 0.0
+        if elapsed <= 0:
+            return True
         for window in list(self.windows):
             group = window.group()
             if group is None:
