@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -261,20 +262,29 @@ class GatedClock(ManualClock):
         await super().sleep(seconds)
 
 
-@pytest.mark.parametrize("global_limit", [None, 1])
-async def test_backoff_holds_no_worker_slot(global_limit: int | None, recorder: Recorder) -> None:
-    clock = GatedClock()
-    state = make_state(clock, recorder, global_max_workers=global_limit)
-    order: list[str] = []
+def fails_once(order: list[str] | None = None) -> Callable[[], Awaitable[str]]:
+    """A member whose first attempt fails (a transient error) and whose next returns
+    ``"first"``; each attempt noted in ``order`` as ``first#N``."""
     calls = 0
 
     async def first() -> str:
         nonlocal calls
         calls += 1
-        order.append(f"first#{calls}")
+        if order is not None:
+            order.append(f"first#{calls}")
         if calls == 1:
             raise ConnectionError("transient")
         return "first"
+
+    return first
+
+
+@pytest.mark.parametrize("global_limit", [None, 1])
+async def test_backoff_holds_no_worker_slot(global_limit: int | None, recorder: Recorder) -> None:
+    clock = GatedClock()
+    state = make_state(clock, recorder, global_max_workers=global_limit)
+    order: list[str] = []
+    first = fails_once(order)
 
     async def second() -> str:
         order.append("second")
@@ -304,14 +314,7 @@ async def test_a_member_in_its_backoff_is_not_counted_running(
     clock = GatedClock()
     state = make_state(clock, recorder, global_max_workers=global_limit)
     seen: list[tuple[int, int, int, int]] = []
-    calls = 0
-
-    async def first() -> str:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise ConnectionError("transient")
-        return "first"
+    first = fails_once()
 
     async def second() -> str:
         await clock.sleeping.wait()  # (first is in its backoff, its slot lent to us)
