@@ -44,7 +44,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.core.threads import after_outcome_taken
+from rh_agents.core.handing_over import after_outcome_taken
 from rh_agents.errors import ConfigurationError, InvalidMemberError, RemoteExecutionError
 from rh_agents.executors.base import RemoteExecutor
 from rh_agents.executors.worker import process_main
