@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from rich.console import Console
@@ -99,3 +102,73 @@ async def test_the_printers_last_lines_come_before_the_programs_next_print() -> 
     assert lines[-1] == "next line of the program"
     assert lines[-3].startswith("✔ 📦 docs: 1 finished · 1 ok")
     assert lines[-2].endswith('View details: execution_state.history.get_group("docs")')
+
+
+async def test_workers_cancelled_by_someone_else_cancel_their_group() -> None:
+    # A shutdown handler cancelling every task but its own: the group is cancelled with its
+    # workers, no worker is started in place of one cancelled, and the members still
+    # waiting are closed (their coroutines never run: no "never awaited" warning).
+    started: list[int] = []
+    two_running = asyncio.Event()
+
+    async def member(i: int) -> int:
+        started.append(i)
+        if len(started) == 2:
+            two_running.set()
+        await asyncio.Event().wait()
+        return i
+
+    state = ExecutionState()
+    me = asyncio.current_task()
+    async with state.parallel(max_workers=2) as p:
+        for i in range(6):
+            p.add(member(i))
+        await two_running.wait()
+        workers = [task for task in asyncio.all_tasks() if task is not me]
+        assert len(workers) == 2
+        for task in workers:
+            task.cancel()
+        results = await p.gather()
+    assert started == [0, 1]
+    assert [r.status for r in results] == [ResultStatus.CANCELLED] * 6
+    assert asyncio.all_tasks() == {me}
+    assert p.group.status.value == "cancelled"
+    await state.close()
+
+
+async def test_a_stream_dropped_as_asyncio_run_ends_leaves_no_task_nor_coroutine_behind() -> None:
+    # The stream of a group, broken out of at the end of main(): asyncio.run cancels the
+    # workers as it shuts down. Nothing is left for the garbage collector to complain of.
+    program = textwrap.dedent(
+        """
+        import asyncio
+        from rh_agents import ExecutionState
+
+        async def fn(i):
+            await asyncio.sleep(0.02 * (i % 5))
+            return i
+
+        async def main():
+            state = ExecutionState()
+            group = state.parallel(batch_mode="as_completed", max_workers=4)
+            results = await group.execute_parallel([fn(i) for i in range(50)])
+            async for r in results:
+                if r.result == 0:
+                    break
+            return r.index
+
+        print(asyncio.run(main()))
+        """
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-X", "dev", "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+    for noise in ("never awaited", "destroyed but it is pending", "internal error", "Traceback"):
+        assert noise not in done.stderr, done.stderr

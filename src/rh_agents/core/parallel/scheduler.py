@@ -57,6 +57,7 @@ from rh_agents.core.parallel.member import describe_member, is_event_call, reuse
 from rh_agents.core.parallel.ready import ReadyQueue
 from rh_agents.core.parallel.running import returned_result
 from rh_agents.core.parallel.slots import MemberSlot, SlotArbiter
+from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import ActorInputError, InvalidMemberError
 
@@ -565,6 +566,9 @@ class WorkerPool:
         if token is not None:
             exit_frame(token)
         self.running.pop(task, None)
+        group = self._group
+        if task.cancelling() and group._stop_status is None:
+            self._cancelled_from_outside()
         if not handed_over:
             # To a task waiting for a slot, else to ready members (via kick).
             try:
@@ -575,9 +579,16 @@ class WorkerPool:
         # Nothing runs in this task any more, so the group may end now rather than a loop
         # turn later, in a done callback.
         self.workers.discard(task)
-        group = self._group
         group._readers.result_landed()
         group._check_all_done()
+
+    def _cancelled_from_outside(self) -> None:
+        """A worker's task was cancelled by someone other than its group (asyncio.run
+        cancelling every task as it shuts down, a shutdown handler's ``all_tasks()`` loop):
+        the group is cancelled with it. Were it not, the slot the worker frees would start
+        another worker, made after the canceller took its list of tasks (at a shutdown,
+        destroyed pending), and the members still waiting would never be closed."""
+        self._group._stop(ResultStatus.CANCELLED, GroupStatus.CANCELLED)
 
     def _pull_now(self, source: LazySource) -> Member | None:
         """The next member of a plain iterable ``map()`` input, read without awaiting.
@@ -644,6 +655,8 @@ class WorkerPool:
         if task in self.unstarted:
             # Cancelled before its first step: the worker body never ran, nor took a member.
             self.unstarted.discard(task)
+            if self._group._stop_status is None:
+                self._cancelled_from_outside()
             self.slots.release()
         group = self._group
         if not task.cancelled() and task.exception() is not None:  # a bug in the scheduler
