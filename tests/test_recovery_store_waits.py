@@ -135,6 +135,50 @@ class FlakySave:
         self._save(*args, **kwargs)
 
 
+class SlowSave:
+    """Makes every ``backend.save`` take ``seconds`` more (a slow disk)."""
+
+    def __init__(self, backend: Any, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls = 0
+        self._save = backend.save
+        backend.save = self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        self.calls += 1
+        time.sleep(self.seconds)
+        self._save(*args, **kwargs)
+
+
+async def test_members_finishing_in_one_loop_turn_stall_it_for_one_write_wait(
+    tmp_path: Path,
+) -> None:
+    # Thirty members end in the same loop turn, each with a checkpoint to write
+    # (every_event). Each write takes 20 ms, within write_wait: were the wait counted per
+    # write, the loop would wait for thirty writes one after another (0.6 s). It is counted
+    # per loop turn: the turn waits at most write_wait, the rest is written in the
+    # background, and nothing is lost.
+    backend = make_backend("sqlite", tmp_path)
+    slow = SlowSave(backend, 0.02)
+    gate = asyncio.Event()
+    squarer = Squarer(gates=dict.fromkeys(range(30), gate))
+    ticker = Ticker()
+    state = ExecutionState(run_id="r", recovery=Recovery(backend, write_wait=0.05))
+    async with state:
+        ticker.start()
+        async with state.parallel(max_workers=30) as p:
+            for i in range(30):
+                p.add(squarer.event(Item(i=i), "", state))
+            asyncio.get_running_loop().call_later(0.02, gate.set)
+            results = await p.gather()
+        await ticker.stop()
+    assert all(r.ok for r in results)
+    assert ticker.longest < 0.05 + 0.02 + STALL_LIMIT / 2, ticker.longest
+    assert slow.calls < 30  # what piled up while a write was in flight went in one batch
+    with SQLiteBackend(tmp_path / "state.db") as stored:
+        assert len(stored.load("r")) == 30
+
+
 @pytest.mark.parametrize("kind", ["json", "sqlite"])
 async def test_a_failing_write_never_fails_a_member(tmp_path: Path, kind: str) -> None:
     backend = make_backend(kind, tmp_path)

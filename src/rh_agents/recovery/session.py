@@ -25,9 +25,10 @@ appends to an in-memory batch on the event loop's thread, and the batch is writt
 transaction according to the ``CheckpointPolicy`` (see that module for the loss window).
 
 Store waits never block the event loop. Batches are written by the run's one writer thread
-(``rh_agents.recovery.writer``), in order. The loop waits for a write at most ``write_wait``
-seconds (0.05 by default; a healthy write takes well under a millisecond, so normally every
-checkpoint is committed before its event call returns, as before); a write that takes longer
+(``rh_agents.recovery.writer``), in order. The loop waits for writes at most ``write_wait``
+seconds per loop turn, however many events end in it (0.05 by default; a healthy write takes
+well under a millisecond, so normally every checkpoint is committed before its event call
+returns, as before); a write that takes longer
 (another process holds the SQLite lock, a slow disk) goes on in the background, the run goes
 on, and the checkpoints of the events finishing meanwhile wait in memory and are written, in
 order, as soon as the store is free. Nothing is dropped.
@@ -152,8 +153,9 @@ class Recovery:
       by ``rh-agents runs show``. By default, with ``resume="auto"``, the command line of this
       process (running it again resumes the run); otherwise none (resuming takes
       ``ExecutionState.resume`` in the program).
-    - ``write_wait``: seconds the event loop waits for a checkpoint write before it lets the
-      run go on and the write finish in the background (see the module docstring).
+    - ``write_wait``: seconds the event loop waits for checkpoint writes (in all, per loop
+      turn) before it lets the run go on and the write finish in the background (see the
+      module docstring).
     - ``close_timeout``: seconds the run's end (and ``save_checkpoint``) waits for the store
       before it gives up with a ``RecoveryError``.
     """
@@ -232,6 +234,12 @@ class Recovery:
         self.write_errors: list[BaseException] = []  # failed writes (the first ones)
         self._writer: CheckpointWriter | None = None
         self._inflight: WriteJob | None = None
+        # The loop's wait for writes is counted per loop turn: members finishing by the
+        # hundred in one turn each end a write, and each would wait again (a stall of N
+        # times write_wait). What the turn has waited so far; a callback at the next turn
+        # sets it back to 0.
+        self._turn_waited = 0.0
+        self._turn_reset_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failing = False  # in a streak of failed writes (warned once per streak)
 
@@ -423,24 +431,39 @@ class Recovery:
         the next write, which starts as soon as that one ends. Never raises for a failed
         write (see the module docstring); ``save_checkpoint`` waits and raises.
         """
-        self._write(status, block=self.write_wait)
+        self._write(status, block=self.write_wait, per_turn=True)
 
-    def _write(self, status: RunStatus | None, *, block: float) -> WriteJob | None:
-        """Start a write of everything pending (unless one is in flight); the job, if any."""
+    def _write(
+        self, status: RunStatus | None, *, block: float, per_turn: bool = False
+    ) -> WriteJob | None:
+        """Start a write of everything pending (unless one is in flight); the job, if any.
+
+        ``per_turn``: ``block`` is what the loop may wait in all during its current turn
+        (what earlier writes of the turn waited is taken off)."""
         if self.run_id is None or self.replay is ReplayMode.VALIDATE or self._inflight is not None:
             return None
         if not self._pending and status is None:
             return None
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # a synchronous close: the caller waits for the job
+        full = block
+        if per_turn and loop is not None:
+            block -= self._turn_waited
         batch, self._pending = self._pending, []
         job = self._inflight = self._writer_thread().submit(batch, status)
-        if block > 0 and job.wait(block):
-            self._settle(job)
+        if block > 0:
+            began = time.perf_counter()
+            written = job.wait(block)
+            if per_turn and loop is not None:
+                self._count_turn_wait(loop, time.perf_counter() - began)
+            if written:
+                self._settle(job)
+                return job
+        if loop is None:
             return job
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return job  # no loop (a synchronous close): the caller waits for it
-        if block > 0 and not job.done:
+        if block >= full > 0 and not job.done:
             logger.info(
                 "a checkpoint write to %s takes more than %ss; the run goes on and it ends in "
                 "the background",
@@ -450,6 +473,16 @@ class Recovery:
         self._loop = loop
         job.when_done(loop, self._settled_later)
         return job
+
+    def _count_turn_wait(self, loop: asyncio.AbstractEventLoop, waited: float) -> None:
+        self._turn_waited += waited
+        if not self._turn_reset_scheduled:
+            self._turn_reset_scheduled = True
+            loop.call_soon(self._next_turn)  # (runs at the loop's next turn, not this one)
+
+    def _next_turn(self) -> None:
+        self._turn_waited = 0.0
+        self._turn_reset_scheduled = False
 
     def _writer_thread(self) -> CheckpointWriter:
         writer = self._writer
