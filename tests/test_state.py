@@ -93,7 +93,7 @@ def test_event_hooks_are_skipped_only_when_nothing_would_run() -> None:
     assert not ExecutionState().has_event_hooks
 
     class Hooked(ExecutionState):
-        def recovered_result(self, address, actor):  # type: ignore[no-untyped-def]
+        def recovered_result(self, address, actor, input=None):  # type: ignore[no-untyped-def]
             return None
 
     assert Hooked().has_event_hooks  # a subclass's own hook always runs

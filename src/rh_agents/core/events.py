@@ -197,7 +197,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         # Without recovery (and the hook not overridden) there is nothing to look up: the
         # call is skipped on this hot path.
         hooked = state.has_event_hooks
-        recovered = state.recovered_result(address, actor) if hooked else None
+        recovered = state.recovered_result(address, actor, input) if hooked else None
         watch = state.watch  # the run viewer's log (see core/watch.py), if it watches
         if recovered is not None:
             state.history.record(self, address, group_id, index, None, recovered)

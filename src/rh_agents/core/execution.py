@@ -40,6 +40,7 @@ from rh_agents.core.bus import EventBus
 from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.context import Frame, running_frame
 from rh_agents.core.history import ExecutionHistory
+from rh_agents.core.hooks import NO_INPUT
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.parallel.executing import close_abandoned, join_closings
 from rh_agents.core.parallel.manager import ParallelExecutionManager
@@ -382,11 +383,14 @@ class ExecutionState:
             or cls.recovered_result is not ExecutionState.recovered_result
         )
 
-    def recovered_result(self, address: str, actor: BaseActor) -> ExecutionResult[Any] | None:
-        """A stored result to return instead of running (replay); none without recovery."""
+    def recovered_result(
+        self, address: str, actor: BaseActor, input: Any = NO_INPUT
+    ) -> ExecutionResult[Any] | None:
+        """A stored result to return instead of running (replay); none without recovery.
+        Given the call's ``input``, only the result of a stored call with that same input."""
         if self.recovery is None:
             return None
-        return self.recovery.recovered_result(address, actor)
+        return self.recovery.recovered_result(address, actor, input)
 
     async def on_event_finished(
         self,

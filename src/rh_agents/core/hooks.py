@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from rh_agents.core.results import ExecutionResult
 
 __all__ = [
+    "NO_INPUT",
     "CallRunner",
     "ExecutorResolver",
     "MemberExecutor",
@@ -57,6 +58,18 @@ __all__ = [
     "resolve_executor",
     "resume_factory",
 ]
+
+
+class _NoInput:
+    """The type of ``NO_INPUT``."""
+
+    def __repr__(self) -> str:
+        return "NO_INPUT"
+
+
+# What ``recovered_result`` gets when its caller does not pass the call's input (an input
+# may be anything, ``None`` included): the stored result is then matched without it.
+NO_INPUT: Any = _NoInput()
 
 
 class CallRunner(Protocol):
@@ -91,8 +104,11 @@ class RecoveryHook(Protocol):
         """Bind to ``state``; returns the run id."""
         ...
 
-    def recovered_result(self, address: str, actor: BaseActor) -> ExecutionResult[Any] | None:
-        """The stored result of the call at ``address``, if it is to be replayed."""
+    def recovered_result(
+        self, address: str, actor: BaseActor, input: Any = ...
+    ) -> ExecutionResult[Any] | None:
+        """The stored result of the call at ``address``, if it is to be replayed (given
+        ``input``, the call's input as passed: only if it is the input of the stored call)."""
         ...
 
     async def on_event_finished(

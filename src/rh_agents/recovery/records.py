@@ -90,6 +90,9 @@ class CheckpointRecord:
     error: str | None = None
     execution_time: float = 0.0
     attempts: int = 1
+    # The call's input as ``input_digest`` has it (``None``: written before digests were, or
+    # an input with no JSON): a resumed run replays the record only for that same input.
+    input_digest: str | None = None
 
 
 CHECKPOINT_ADAPTER: TypeAdapter[CheckpointRecord] = TypeAdapter(CheckpointRecord)

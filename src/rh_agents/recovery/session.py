@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from rh_agents.core.actors import BaseActor
+from rh_agents.core.hooks import NO_INPUT
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import (
     CheckpointWarning,
@@ -68,6 +69,7 @@ from rh_agents.errors import (
 )
 from rh_agents.recovery.backend import StateBackend
 from rh_agents.recovery.codec import decode_result, encode_checked
+from rh_agents.recovery.input_digest import input_digest
 from rh_agents.recovery.lease import RunLease
 from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.policy import CheckpointPolicy
@@ -220,6 +222,9 @@ class Recovery:
         self.written = 0  # checkpoints committed by this process
         self.unserialisable = 0  # results that could not be stored (they re-run on resume)
         self._unstorable_actors: set[str] = set()  # actors already warned about
+        # Stored calls not replayed because their input changed (they ran again).
+        self.changed_inputs = 0
+        self._changed_actors: set[str] = set()  # actors already warned about
         self.differences: list[ReplayDifference] = []
         self._state: ExecutionState | None = None
         self._stored: dict[str, CheckpointRecord] = {}
@@ -315,8 +320,11 @@ class Recovery:
 
     # --- hooks called by ExecutionState -----------------------------------------------------
 
-    def recovered_result(self, address: str, actor: BaseActor) -> ExecutionResult[Any] | None:
-        """The stored result for ``address`` if it completed with this actor and version."""
+    def recovered_result(
+        self, address: str, actor: BaseActor, input: Any = NO_INPUT
+    ) -> ExecutionResult[Any] | None:
+        """The stored result for ``address`` if it completed with this actor and version,
+        and, when ``input`` is given, for the same input."""
         if self.replay is ReplayMode.VALIDATE:
             return None
         record = self._stored.get(address)
@@ -329,6 +337,14 @@ class Recovery:
             or record.actor_version != actor.version
         ):
             return None
+        if record.input_digest is not None and input is not NO_INPUT:
+            try:
+                validated = actor.validate_input(input)
+            except Exception:
+                return None  # the call runs, and reports its bad input itself
+            if input_digest(validated) != record.input_digest:
+                self._input_changed(address, actor)
+                return None
         value = decode_result(record, actor)
         self.recovered += 1
         return ExecutionResult(
@@ -376,6 +392,7 @@ class Recovery:
             error=result.error,
             execution_time=result.execution_time,
             attempts=result.attempts,
+            input_digest=None if validated is None else input_digest(validated),
         )
         self._seq += 1
         self._pending.append(record)
@@ -389,6 +406,23 @@ class Recovery:
             policy.seconds is not None
             and state is not None
             and state.clock.now() - self._last_write >= policy.seconds
+        )
+
+    def _input_changed(self, address: str, actor: BaseActor) -> None:
+        """The call at ``address`` has another input than the stored one: it runs again."""
+        self.changed_inputs += 1
+        if actor.name in self._changed_actors:
+            return
+        self._changed_actors.add(actor.name)
+        logger.warning(
+            "%s %r at %s was called with another input than in the stored run: it runs again "
+            "rather than replay another call's result. Calls of one name under one parent are "
+            "numbered in the order they start (name, name#2...): calls started concurrently "
+            "outside a parallel group, in an order that varies, get each other's addresses; "
+            "run them as members of a group (numbered by submission) or give each role its own tag",
+            actor.kind,
+            actor.name,
+            address,
         )
 
     def _not_stored(self, address: str, actor: BaseActor, problem: str | None) -> None:

@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     error TEXT,
     execution_time REAL NOT NULL,
     attempts INTEGER NOT NULL,
+    input_digest TEXT,
     PRIMARY KEY (run_id, address)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
@@ -120,6 +121,7 @@ _COLUMNS = (
     "error",
     "execution_time",
     "attempts",
+    "input_digest",
 )
 _INSERT = (
     f"INSERT OR REPLACE INTO checkpoints ({', '.join(_COLUMNS)}) "
@@ -157,6 +159,7 @@ class SQLiteBackend(StateBackend):
         self._writable = False  # pragmas and schema applied, writing proven
         self._tables = False  # the runs and checkpoints tables exist
         self._resume_column = False  # runs has resume_command (older stores lack it)
+        self._digest_column = False  # checkpoints has input_digest (older stores lack it)
         self._leases: dict[str, str] = {}  # run id -> token of the leases taken here
         # (device, inode) of the file written to, once writes are prepared (see
         # _check_same_file); None before, or where the file cannot be stat'ed.
@@ -274,6 +277,8 @@ class SQLiteBackend(StateBackend):
         conn.executescript(_SCHEMA)
         if not _has_resume_column(conn):  # a store written before the column existed
             conn.execute("ALTER TABLE runs ADD COLUMN resume_command TEXT")
+        if not _has_digest_column(conn):  # (the same)
+            conn.execute("ALTER TABLE checkpoints ADD COLUMN input_digest TEXT")
         # Prove now, not at the first checkpoint, that the file can be written: a write in a
         # transaction that is rolled back changes nothing.
         conn.execute("BEGIN IMMEDIATE")
@@ -282,7 +287,7 @@ class SQLiteBackend(StateBackend):
             conn.execute(f"PRAGMA user_version = {version}")
         finally:
             conn.execute("ROLLBACK")
-        self._writable = self._tables = self._resume_column = True
+        self._writable = self._tables = self._resume_column = self._digest_column = True
         self._file = _identity(self.path)
         return conn
 
@@ -382,6 +387,7 @@ class SQLiteBackend(StateBackend):
                 if {"runs", "checkpoints"} <= names:
                     self._tables = True
                     self._resume_column = _has_resume_column(conn)
+                    self._digest_column = _has_digest_column(conn)
                 else:
                     conn = None
             yield conn
@@ -426,6 +432,12 @@ class SQLiteBackend(StateBackend):
             f"run {row[0]!r}",
         )
         return info
+
+    @property
+    def _read_columns(self) -> tuple[str, ...]:
+        if self._digest_column:
+            return _COLUMNS
+        return tuple("NULL" if name == "input_digest" else name for name in _COLUMNS)
 
     @property
     def _run_query(self) -> str:
@@ -485,6 +497,7 @@ class SQLiteBackend(StateBackend):
                 r.error,
                 r.execution_time,
                 r.attempts,
+                r.input_digest,
             )
             for r in records
         ]
@@ -527,7 +540,10 @@ class SQLiteBackend(StateBackend):
                 []
                 if conn is None
                 else conn.execute(
-                    f"SELECT {', '.join(_COLUMNS)} FROM checkpoints WHERE run_id = ? ORDER BY seq",
+                    # A store written before input_digest existed is read as it is (never
+                    # altered by a read): the column reads as NULL.
+                    f"SELECT {', '.join(self._read_columns)} FROM checkpoints "
+                    "WHERE run_id = ? ORDER BY seq",
                     (run_id,),
                 ).fetchall()
             )
@@ -640,6 +656,11 @@ class _Renewal:
 
 def _has_resume_column(conn: sqlite3.Connection) -> bool:
     return any(row[1] == "resume_command" for row in conn.execute("PRAGMA table_info(runs)"))
+
+
+def _has_digest_column(conn: sqlite3.Connection) -> bool:
+    rows = conn.execute("PRAGMA table_info(checkpoints)")
+    return any(row[1] == "input_digest" for row in rows)
 
 
 def _code(exc: sqlite3.Error) -> int | None:

@@ -1,0 +1,175 @@
+"""A stored result is replayed only for the input it was made from.
+
+Calls of one name under one parent are numbered in the order they start; calls started
+concurrently outside a group can start in another order on resume (the calls before them
+replay at once) and take each other's addresses. Each checkpoint keeps a digest of its
+call's input, and a call whose input differs runs again rather than get another call's
+result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from recovery_support import Item, Square, Squarer, make_backend
+from rh_agents.core.execution import ExecutionState
+from rh_agents.recovery import Recovery, SQLiteBackend
+from rh_agents.recovery.input_digest import input_digest
+
+pytestmark = pytest.mark.timeout(30)
+
+BACKENDS = ["sqlite", "json"]
+
+
+async def _square_in_order(state: ExecutionState, squarer: Squarer, order: list[int]) -> list[int]:
+    """Calls of one tool under one parent, one after another in ``order``: addressed
+    ``square``, ``square#2``... in that order."""
+    return [(await squarer.event(Item(i=i), "", state)).unwrap().square for i in order]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_calls_that_took_each_others_addresses_run_again(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = make_backend(kind, tmp_path)
+    first = Squarer()
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        assert await _square_in_order(state, first, [2, 3, 4]) == [4, 9, 16]
+
+    again = Squarer()
+    with caplog.at_level(logging.WARNING, logger="rh_agents.recovery"):
+        async with ExecutionState.resume("r", backend=backend) as state:
+            # 2 keeps its address and input; 3 and 4 swap addresses.
+            assert await _square_in_order(state, again, [2, 4, 3]) == [4, 16, 9]
+            recovery = state.recovery
+            assert recovery is not None
+            assert (recovery.recovered, recovery.changed_inputs) == (1, 2)
+    assert dict(again.calls) == {4: 1, 3: 1}
+    warned = [r.getMessage() for r in caplog.records if "another input" in r.getMessage()]
+    assert len(warned) == 1, warned  # once per actor, not once per call
+    assert "square#2" in warned[0]
+    # What ran again is stored for its new input: a third run replays everything.
+    third = Squarer()
+    async with ExecutionState.resume("r", backend=backend) as state:
+        assert await _square_in_order(state, third, [2, 4, 3]) == [4, 16, 9]
+    assert not third.calls
+    backend.close()
+
+
+async def test_two_pipelines_started_in_another_order_get_their_own_results(
+    tmp_path: Path,
+) -> None:
+    # The probe that found it: two pipelines under asyncio.gather, each waiting for a step
+    # of its own and then calling the same tool; which one calls first depends on timing.
+    backend = make_backend("sqlite", tmp_path)
+
+    async def pipelines(state: ExecutionState, squarer: Squarer, late: int) -> list[int]:
+        gates = {0: asyncio.Event(), 1: asyncio.Event()}
+
+        async def pipeline(i: int) -> int:
+            await gates[i].wait()
+            result = await squarer.event(Item(i=10 + i), "", state)
+            gates[1 - i].set()  # the other one calls second
+            return result.unwrap().square
+
+        gates[1 - late].set()
+        return list(await asyncio.gather(pipeline(0), pipeline(1)))
+
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        assert await pipelines(state, Squarer(), late=1) == [100, 121]  # 0 is "square"
+    again = Squarer()
+    async with ExecutionState.resume("r", backend=backend) as state:
+        assert await pipelines(state, again, late=0) == [100, 121]  # 1 is "square" now
+    assert dict(again.calls) == {10: 1, 11: 1}
+    backend.close()
+
+
+async def test_the_same_input_is_replayed_whatever_object_carries_it(tmp_path: Path) -> None:
+    backend = make_backend("sqlite", tmp_path)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        await Squarer().event(Item(i=5), "", state)
+    again = Squarer()
+    async with ExecutionState.resume("r", backend=backend) as state:
+        result = await again.event({"i": 5}, "", state)  # a dict validated into the same Item
+    assert result.source == "replay" and result.unwrap() == Square(i=5, square=25)
+    assert not again.calls
+    backend.close()
+
+
+async def test_checkpoints_written_before_digests_are_replayed_by_address(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "state.db"
+    async with ExecutionState(run_id="r", recovery=Recovery(db)) as state:
+        await _square_in_order(state, Squarer(), [2, 3])
+    with sqlite3.connect(db) as conn:  # as a store written by an earlier version has them
+        conn.execute("UPDATE checkpoints SET input_digest = NULL")
+    again = Squarer()
+    async with ExecutionState.resume("r", backend=db) as state:
+        # (Swapped inputs come back swapped, as they always did without a digest.)
+        assert await _square_in_order(state, again, [3, 2]) == [4, 9]
+    assert not again.calls
+
+
+def _old_store(db: Path) -> None:
+    """A store as written before checkpoints had an input digest: one run, one checkpoint."""
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE runs (run_id TEXT PRIMARY KEY, created REAL NOT NULL,
+                updated REAL NOT NULL, status TEXT NOT NULL, resume_command TEXT);
+            CREATE TABLE checkpoints (run_id TEXT NOT NULL, address TEXT NOT NULL,
+                seq INTEGER NOT NULL, actor TEXT NOT NULL, actor_version TEXT NOT NULL,
+                status TEXT NOT NULL, result_json TEXT, output_model TEXT, group_id TEXT,
+                parallel_index INTEGER, error TEXT, execution_time REAL NOT NULL,
+                attempts INTEGER NOT NULL, PRIMARY KEY (run_id, address)) WITHOUT ROWID;
+            INSERT INTO runs VALUES ('r', 1.0, 1.0, 'running', NULL);
+            INSERT INTO checkpoints VALUES ('r', 'square', 0, 'square', '1', 'completed',
+                '{"i":2,"square":4}', 'Square', NULL, NULL, NULL, 0.1, 1);
+            """
+        )
+
+
+def test_a_store_without_the_digest_column_is_read_as_it_is(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    _old_store(db)
+    with SQLiteBackend(db, mode="read") as backend:
+        (record,) = backend.load("r").values()
+    assert record.input_digest is None and record.result_json == '{"i":2,"square":4}'
+    with sqlite3.connect(db) as conn:  # a read changed nothing
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(checkpoints)")]
+    assert "input_digest" not in columns
+
+
+async def test_a_store_without_the_digest_column_is_resumed_and_gains_it(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    _old_store(db)
+    again = Squarer()
+    async with ExecutionState.resume("r", backend=db) as state:
+        assert await _square_in_order(state, again, [2, 7]) == [4, 49]
+    assert dict(again.calls) == {7: 1}
+    with SQLiteBackend(db, mode="read") as backend:
+        stored = backend.load("r")
+    assert stored["square"].input_digest is None  # (written before)
+    assert stored["square#2"].input_digest == input_digest(Item(i=7))
+
+
+class Tags(BaseModel):
+    tags: set[str]
+    scores: dict[str, float] = {}
+
+
+def test_a_digest_does_not_depend_on_a_sets_order() -> None:
+    # A set of strings iterates in an order that varies from one process to the next: its
+    # digest is made from its canonical form.
+    one = Tags(tags={"alpha", "beta", "gamma", "delta"})
+    other = Tags(tags={"delta", "gamma", "beta", "alpha"})
+    assert input_digest(one) == input_digest(other)
+    assert input_digest(one) != input_digest(Tags(tags={"alpha"}))
+    assert input_digest(Item(i=1)) != input_digest(Item(i=2))
+    assert len(input_digest(Item(i=1)) or "") == 32
