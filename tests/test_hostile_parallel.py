@@ -90,6 +90,80 @@ async def test_member_raising_a_base_exception_stops_the_group_and_raises_it(
     assert_no_leftover_tasks(before)
 
 
+class _Number(BaseModel):
+    n: int
+
+
+def _exits_on_one(input: _Number, context: str, state: ExecutionState) -> int:
+    if input.n == 1:
+        raise GeneratorExit("from the handler's thread")
+    return input.n
+
+
+async def _awaits_a_failed_future(exc: BaseException) -> None:
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    loop.call_soon(future.set_exception, exc)  # (while the member waits for it)
+    await future
+
+
+@pytest.mark.parametrize("limits", [{}, {"global_max_workers": 3}], ids=["inline", "run_member"])
+async def test_a_generator_exit_from_a_thread_handler_reaches_the_block_as_raised(
+    limits: dict[str, Any],
+) -> None:
+    # Set as a future's exception, a GeneratorExit is thrown into the worker's coroutine,
+    # which the interpreter takes as a close of the coroutines under it: the handler's own
+    # exception was lost (the block raised an empty GeneratorExit) and the worker task died
+    # with it ("Task exception was never retrieved").
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    before = own_tasks()
+    state = ExecutionState(**limits)
+    event = ExecutionEvent(actor=Tool(name="exits", input_model=_Number, handler=_exits_on_one))
+    try:
+        with pytest.raises(GeneratorExit) as raised:
+            async with state.parallel(max_workers=3) as p:
+                for i in range(3):
+                    p.add(event(_Number(n=i), "", state))
+        assert raised.value.args == ("from the handler's thread",)
+        assert state.internal_errors == []
+        assert_no_leftover_tasks(before)
+        await state.close()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unretrieved == []
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_a_member_awaiting_a_future_that_holds_a_generator_exit_ends_its_worker_cleanly() -> (
+    None
+):
+    # The same through a future of the member's own (run_in_executor, a thread's future): the
+    # member's run records the close, the group stops and raises a GeneratorExit, and no
+    # worker task is left holding an exception nobody retrieves.
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    before = own_tasks()
+    state = ExecutionState(global_max_workers=3)
+    try:
+        with pytest.raises(GeneratorExit):
+            async with state.parallel(max_workers=3) as p:
+                p.add(value(0))
+                p.add(_awaits_a_failed_future(GeneratorExit("from a future")))
+        statuses = [r.status for r in p._tally.collected()]
+        assert ResultStatus.FAILED in statuses
+        assert_no_leftover_tasks(before)
+        await state.close()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unretrieved == []
+    finally:
+        loop.set_exception_handler(None)
+
+
 async def test_base_exception_of_a_member_ends_a_stream() -> None:
     state = ExecutionState()
     started = asyncio.Event()

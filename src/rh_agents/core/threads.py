@@ -61,6 +61,15 @@ DEFAULT_MAX_THREADS = min(32, (os.cpu_count() or 1) + 4)
 _WAITING, _HANDED, _RUNNING, _ENDED, _DROPPED = range(5)
 
 
+class _Raised:
+    """A ``GeneratorExit`` a handler raised, as the value of its call (see _Pool._finished)."""
+
+    __slots__ = ("exception",)
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+
+
 class _Call:
     """One call of ``fn(*args)``: made on ``loop`` by ``task``, whose ``future`` it settles."""
 
@@ -200,6 +209,12 @@ class _Pool:
         future = call.future
         if future.done():  # abandoned (or dropped): nobody awaits what it returned
             _close_dropped(value)
+        elif isinstance(error, GeneratorExit):
+            # Set as the future's exception, it would be thrown into the awaiting task's
+            # outermost coroutine, which the interpreter takes as a close of every coroutine
+            # awaiting below it: the handler's exception, its message, would never reach the
+            # caller. Handed over as a value, it is raised where the call awaits (see run).
+            future.set_result(_Raised(error))
         elif error is not None:
             future.set_exception(error)
         else:
@@ -297,6 +312,8 @@ class ThreadRunner:
             if future.done() and not future.cancelled() and future.exception() is None:
                 _close_dropped(future.result())  # (it came, but this caller left first)
             raise
+        if type(value) is _Raised:
+            raise value.exception
         if inspect.isawaitable(value):
             return await value
         return value

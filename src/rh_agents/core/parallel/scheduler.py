@@ -526,12 +526,20 @@ class WorkerPool:
                     if token is not None:
                         exit_frame(token)
                         token = None
-                    if isolated:
+                    seen = None if isolated else copy_context()
+                    try:
                         await group._run_member(member)
-                    else:
-                        before = copy_context()
-                        await group._run_member(member)
-                        isolated = context_changed(before)
+                    except GeneratorExit:
+                        # A member awaited a future whose exception is a GeneratorExit (a
+                        # thread's or an executor's): the task throws it in here, and the
+                        # interpreter then closes the coroutines below instead of raising it in
+                        # them, so the member's run records a GeneratorExit of the close and
+                        # stops the group (see running.run_member), and this one is left over.
+                        # The worker ends; nothing is lost. (The same when the worker itself is
+                        # being closed: a coroutine may end normally then.)
+                        return
+                    if seen is not None:
+                        isolated = context_changed(seen)
                 del running[task]
                 if tally.done >= self._deliver_at:
                     if token is not None:
