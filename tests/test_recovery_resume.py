@@ -335,3 +335,58 @@ async def test_a_retried_attempts_calls_keep_their_addresses_and_replay(
     value, replayed = await program()  # the run completed: replayed whole
     assert value == 40 and replayed >= 1
     assert runs == ["ask", "ask"]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_a_resumed_quorum_is_met_by_replays_before_any_handler_starts(
+    tmp_path: Path, kind: str
+) -> None:
+    # Members 5, 6 and 7 met the quorum in the stored run; 0 to 4 were cancelled. On
+    # resume the three replays are answered first, so the quorum stops the group before the
+    # five others start: their handlers (a paid call each) are not run only to be cancelled.
+    backend = make_backend(kind, tmp_path)
+
+    async def quorum_group(state: ExecutionState, squarer: Squarer) -> list[str]:
+        async with state.parallel(max_workers=8, quorum=3, name="members") as p:
+            for i in range(8):
+                p.add(squarer.event(Item(i=i), "", state))
+            return [r.status.value for r in await p.gather()]
+
+    first = Squarer(gates={i: asyncio.Event() for i in range(8)})
+    assert first.gates is not None
+    for i in (5, 6, 7):
+        first.gates[i].set()
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        assert await quorum_group(state, first) == ["cancelled"] * 5 + ["completed"] * 3
+    again = Squarer(gates={i: asyncio.Event() for i in range(8)})  # (nothing would end)
+    bus = EventBus()
+    seen = Recorder()
+    bus.subscribe(seen)
+    async with ExecutionState.resume("r", backend=backend, event_bus=bus) as state:
+        assert await quorum_group(state, again) == ["cancelled"] * 5 + ["completed"] * 3
+        assert state.recovery is not None and state.recovery.recovered == 3
+    assert [r for r in seen.records if isinstance(r, EventStarted)] == []
+    assert sum(isinstance(r, EventReplayed) for r in seen.records) == 3
+    backend.close()
+
+
+async def test_replays_go_first_and_the_members_still_to_run_then_run(tmp_path: Path) -> None:
+    # Half the members replayed, half run again, under a limit of 2: the members to run
+    # wait for the replays, then all run (none is left waiting for a kick that never comes).
+    backend = make_backend("sqlite", tmp_path)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        first = Squarer(fail={1, 3, 5, 7})
+        async with state.parallel(max_workers=2, name="members") as p:
+            for i in range(8):
+                p.add(first.event(Item(i=i), "", state))
+    again = Squarer()
+    async with ExecutionState.resume("r", backend=backend) as state:
+        async with state.parallel(max_workers=2, name="members") as p:
+            for i in range(8):
+                p.add(again.event(Item(i=i), "", state))
+            results = await p.gather()
+        assert p.metrics().concurrency_high_water <= 2
+    assert [r.unwrap().square for r in results] == [i * i for i in range(8)]
+    assert [r.source for r in results] == ["replay", "run"] * 4
+    assert dict(again.calls) == {1: 1, 3: 1, 5: 1, 7: 1}
+    backend.close()

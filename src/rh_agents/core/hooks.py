@@ -111,6 +111,11 @@ class RecoveryHook(Protocol):
         ``input``, the call's input as passed: only if it is the input of the stored call)."""
         ...
 
+    def replays(self, address: str, actor: BaseActor, input: Any) -> bool:
+        """Whether a call of ``actor`` with ``input`` at ``address`` would be replayed
+        (``recovered_result`` would answer it), changing nothing."""
+        ...
+
     async def on_event_finished(
         self,
         address: str,

@@ -325,26 +325,12 @@ class Recovery:
     ) -> ExecutionResult[Any] | None:
         """The stored result for ``address`` if it completed with this actor and version,
         and, when ``input`` is given, for the same input."""
-        if self.replay is ReplayMode.VALIDATE:
+        record = self._replayable(address, actor)
+        if record is None:
             return None
-        record = self._stored.get(address)
-        if (
-            record is None
-            or record.status != _COMPLETED
-            or record.result_json is None
-            or address in self._rerun
-            or record.actor != actor.name
-            or record.actor_version != actor.version
-        ):
+        if input is not NO_INPUT and not self._same_input(record, actor, input):
+            self._input_changed(address, actor)
             return None
-        if record.input_digest is not None and input is not NO_INPUT:
-            try:
-                validated = actor.validate_input(input)
-            except Exception:
-                return None  # the call runs, and reports its bad input itself
-            if input_digest(validated) != record.input_digest:
-                self._input_changed(address, actor)
-                return None
         value = decode_result(record, actor)
         self.recovered += 1
         return ExecutionResult(
@@ -407,6 +393,40 @@ class Recovery:
             and state is not None
             and state.clock.now() - self._last_write >= policy.seconds
         )
+
+    def replays(self, address: str, actor: BaseActor, input: Any) -> bool:
+        """Whether ``recovered_result(address, actor, input)`` would answer the call (it
+        counts and logs nothing)."""
+        record = self._replayable(address, actor)
+        return record is not None and self._same_input(record, actor, input)
+
+    def _replayable(self, address: str, actor: BaseActor) -> CheckpointRecord | None:
+        """The stored record of ``address``, if it completed with this actor and version."""
+        if self.replay is ReplayMode.VALIDATE:
+            return None
+        record = self._stored.get(address)
+        if (
+            record is None
+            or record.status != _COMPLETED
+            or record.result_json is None
+            or address in self._rerun
+            or record.actor != actor.name
+            or record.actor_version != actor.version
+        ):
+            return None
+        return record
+
+    @staticmethod
+    def _same_input(record: CheckpointRecord, actor: BaseActor, input: Any) -> bool:
+        """Whether ``input`` is the input of the stored call (always, for a record written
+        without a digest)."""
+        if record.input_digest is None:
+            return True
+        try:
+            validated = actor.validate_input(input)
+        except Exception:
+            return False  # the call runs, and reports its bad input itself
+        return input_digest(validated) == record.input_digest
 
     def _input_changed(self, address: str, actor: BaseActor) -> None:
         """The call at ``address`` has another input than the stored one: it runs again."""

@@ -428,8 +428,9 @@ def add_member(
 def enqueue(group: ParallelExecutionManager[Any], member: Member) -> None:
     """Hand ``member``, ready to run, to the cache lane or to the workers."""
     pool = group._pool
-    if group._state.cache is not None and pool.served_by_cache(member.source):
-        pool.run_from_cache(member)  # a cache hit takes no worker slot
+    state = group._state
+    if (state.cache is not None or state.recovery is not None) and pool.answered_at_once(member):
+        pool.run_at_once(member)  # a cache hit or a replay takes no worker slot
     else:
         pool.ready.push(member)
         if not pool.unstarted:  # else the worker starting now will kick (see kick)

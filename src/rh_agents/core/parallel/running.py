@@ -330,8 +330,11 @@ def release_dependents(
             dependent.pending_deps -= 1
             if dependent.pending_deps == 0 and group._stop_status is None:
                 pool = group._pool
-                if group._state.cache is not None and pool.served_by_cache(dependent.source):
-                    pool.run_from_cache(dependent)  # a cache hit takes no worker slot
+                state = group._state
+                if (
+                    state.cache is not None or state.recovery is not None
+                ) and pool.answered_at_once(dependent):
+                    pool.run_at_once(dependent)  # a cache hit or a replay: no worker slot
                 else:
                     pool.ready.push(dependent)
         else:

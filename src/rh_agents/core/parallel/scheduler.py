@@ -123,6 +123,7 @@ class WorkerPool:
         "instant_task",
         "plain",
         "ready",
+        "replays",
         "running",
         "slots",
         "unstarted",
@@ -132,7 +133,10 @@ class WorkerPool:
     def __init__(self, group: ParallelExecutionManager[Any], limit: int | AdaptiveLimit) -> None:
         self._group = group
         self.ready = ReadyQueue()
-        self.instant: deque[Member] = deque()  # cache hits waiting for the cache lane
+        self.instant: deque[Member] = deque()  # cache hits and replays for the instant lane
+        # The indexes of the replays among them: while any waits, no worker takes a member
+        # (see answered_at_once).
+        self.replays: set[int] = set()
         self.instant_task: asyncio.Task[None] | None = None
         self.workers: set[asyncio.Task[None]] = set()
         self.running: dict[asyncio.Task[None], Member] = {}
@@ -279,12 +283,16 @@ class WorkerPool:
         slots = self.slots
         if group._stop_status is not None or group._source is not None or slots._waiters:
             return  # (a lazy input's workers are started as it is read)
+        if self.replays:
+            return  # (see _has_work)
         # Each worker not started yet will take one of the ready members.
         wanted = min(len(self.ready) - len(self.unstarted), slots.limit - slots._in_use)
         for _ in range(wanted):
             self._start_worker()
 
     def _has_work(self) -> bool:
+        if self.replays:
+            return False  # (the instant lane kicks the pool once they are answered)
         source = self._group._source
         return bool(self.ready) or (source is not None and not source.exhausted)
 
@@ -353,7 +361,7 @@ class WorkerPool:
         # (The arbiter's fields rather than its limit property: read per member.)
         dynamic = slots._dynamic
         limit = slots._fixed if dynamic is None else dynamic.current
-        if self._group._stop_status is not None or slots._in_use > limit:
+        if self._group._stop_status is not None or slots._in_use > limit or self.replays:
             return None
         return self.ready.pop()
 
@@ -674,25 +682,43 @@ class WorkerPool:
         group._readers.result_landed()
         group._check_all_done()
 
-    # --- the cache lane: members the cache answers, run without a worker slot ----------------
+    # --- the instant lane: members answered without running, run without a worker slot ------
 
-    def served_by_cache(self, source: Any) -> bool:
-        """Whether ``source`` is an event call whose result the state's cache already holds."""
+    def answered_at_once(self, member: Member) -> bool:
+        """Whether ``member`` is an event call answered without running its handler: a
+        result the state's cache already holds, or one the resumed run replays.
+
+        Such members go to the instant lane, without a worker slot. Replays go first: while
+        one waits there, no worker takes a member, so that on a resume a quorum or a failure
+        among the stored results stops the group before the members still to run start
+        (they would be cancelled at once, their handlers' work lost)."""
+        source = member.source
+        if not is_event_call(source):
+            return False
         state = self._group.execution_state
-        cache = state.cache
-        if cache is None or not is_event_call(source):
+        if source.state is not state:
             return False
         event = source.event
-        if source.state is not state or not event.actor.cacheable:
+        actor = event.actor
+        recovery = state.recovery
+        if recovery is not None:
+            # The address the call will have: the first child of its member's frame.
+            address = f"{self._group.group_id}[{member.index}]::{event.tag or actor.name}"
+            if recovery.replays(address, actor, source.input):
+                self.replays.add(member.index)
+                return True
+        cache = state.cache
+        if cache is None or not actor.cacheable:
             return False
         try:
-            validated = event.actor.validate_input(source.input)
+            validated = actor.validate_input(source.input)
         except ActorInputError:
             return False  # the call itself reports the bad input
-        return cache.holds(event.actor, validated)
+        held: bool = cache.holds(actor, validated)
+        return held
 
-    def run_from_cache(self, member: Member) -> None:
-        """Queue ``member``, a cache hit, for the cache lane (started if need be)."""
+    def run_at_once(self, member: Member) -> None:
+        """Queue ``member`` (``answered_at_once``) for the instant lane (started if need be)."""
         self.instant.append(member)
         if self.instant_task is None and self._group._stop_status is None:
             task = asyncio.get_running_loop().create_task(
@@ -703,19 +729,31 @@ class WorkerPool:
             task.add_done_callback(self._worker_done)
 
     async def _instant_lane(self) -> None:
-        """Run cache hits one after another; they never wait for the handler or a slot."""
+        """Run cache hits and replays one after another; they never wait for a handler or a
+        slot."""
         task = asyncio.current_task()
         assert task is not None
         group = self._group
         try:
             while self.instant and group._stop_status is None:
                 member = self.instant.popleft()
+                if self.replays:
+                    self.replays.discard(member.index)
+                    if not self.replays:
+                        # The members to run get their workers, from the loop's next turn
+                        # (kick starts none in this step): the replay below lands first.
+                        # (Taken off before it runs: a replay that turns out to run after
+                        # all, its input changed since, holds no worker back.)
+                        self.kick()
                 self.running[task] = member
                 await group._run_member(member, holds_slot=False)
                 del self.running[task]
         finally:
             self.running.pop(task, None)
             self.instant_task = None
+            if self.replays:  # (stopped, or cancelled: nothing waits for them any more)
+                self.replays.clear()
+                self.kick()
 
 
 def _raise(exc: Exception) -> Any:

@@ -146,6 +146,7 @@ def stop(
     for member in pool.ready.drain():
         member.discard()
         group._finish(member, stopped_result(group, member))
+    pool.replays.clear()
     while pool.instant:
         member = pool.instant.popleft()
         member.discard()
