@@ -21,7 +21,7 @@ from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ErrorStrategy
 from rh_agents.core.results import ExecutionResult, ResultStatus
-from rh_agents.errors import DependencyError
+from rh_agents.errors import DependencyError, GroupClosedError
 
 pytestmark = pytest.mark.asyncio
 
@@ -126,6 +126,33 @@ async def test_option_d_forms() -> None:
     async with state.parallel(name="ac") as p:
         ids = [r.event_id async for r in p.as_completed([event(Doc(text="q"), "", state)])]
     assert ids == ["ac[0]::echo"]
+
+
+async def test_option_d_forms_work_without_a_block_as_the_spec_writes_them() -> None:
+    # The spec's Option D: `results = await parallel.gather([...])`, no `async with`. Each
+    # call opens the group, runs the members given and closes it (as execute_parallel).
+    state = ExecutionState()
+    event = ExecutionEvent(actor=echo_tool)
+    before = own_tasks()
+    parallel = state.parallel(max_workers=2, name="d")
+    listed = await parallel.gather([event(Doc(text="a"), "", state), value("b")])
+    assert [(r.index, r.result) for r in listed] == [(0, "A"), (1, "b")]
+    assert parallel.group.status.value == "completed"
+    with pytest.raises(GroupClosedError):  # a group runs once
+        await parallel.gather([value("again")])
+
+    named = await state.parallel(name="dd").gather_dict(
+        {"x": event(Doc(text="x"), "", state), "y": value("y")}
+    )
+    assert {k: r.result for k, r in named.items()} == {"x": "X", "y": "y"}
+
+    stream = state.parallel(name="s").gather_stream([value(1), value(2)])
+    assert sorted([r.result async for r in stream]) == [1, 2]
+
+    completed = state.parallel(name="ac").as_completed([event(Doc(text="q"), "", state)])
+    assert [r.event_id async for r in completed] == ["ac[0]::echo"]
+    assert_no_leftover_tasks(before)
+    await state.close()
 
 
 async def test_event_member_contributes_its_own_result() -> None:

@@ -235,12 +235,19 @@ async def gather(
     """Every result in submission order (waits for all). FAIL_SLOW never raises.
 
     With ``members`` (members given directly), those are added first and only their
-    results are returned.
+    results are returned. Without ``async with`` (the spec's ``await parallel.gather([...])``)
+    the call opens the group, runs them and closes it, as ``execute_parallel`` does.
     """
     if members is None:
         return await gather_all(group)
-    indices = group.add_many((None, m) for m in _member_list(members, "gather"))
-    results = await gather_all(group)
+    members = _member_list(members, "gather")
+    if not group._entered:
+        async with group:
+            indices = group.add_many((None, m) for m in members)
+            results = await gather_all(group)
+    else:
+        indices = group.add_many((None, m) for m in members)
+        results = await gather_all(group)
     return [results[i] for i in indices]
 
 
@@ -283,13 +290,20 @@ def _member_dict(members: Any) -> Mapping[str, Any]:
 async def gather_dict(
     group: ParallelExecutionManager[T], members: Mapping[str, Any] | None = None
 ) -> dict[str | int, ExecutionResult[T]]:
-    """Results by member name (unnamed members by index), in submission order."""
+    """Results by member name (unnamed members by index), in submission order. With
+    ``members`` ({name: member}), only theirs; without ``async with``, the call opens the
+    group, runs them and closes it (see ``gather``)."""
     if members is not None:
         members = _member_dict(members)
-        group.add_many(members.items())
-    results = await gather_all(group)
-    if members is not None:
+        if not group._entered:
+            async with group:
+                group.add_many(members.items())
+                results = await gather_all(group)
+        else:
+            group.add_many(members.items())
+            results = await gather_all(group)
         return {key: results[group._names[key]] for key in members}
+    results = await gather_all(group)
     return {(r.name if r.name is not None else r.index or 0): r for r in results}
 
 
@@ -339,6 +353,12 @@ def _stream_of(
     group: ParallelExecutionManager[T], members: Iterable[Any], what: str | None = None
 ) -> AsyncIterator[ExecutionResult[T]]:
     members = _member_list(members, "as_completed" if what is None else what)
+    if not group._entered and group._retain:
+        # Without ``async with`` (the spec's ``async for r in parallel.as_completed([...])``):
+        # the stream opens the group at its first step and closes it at its end.
+        from rh_agents.core.parallel.executing import BatchStream, checked_batch
+
+        return BatchStream(group, checked_batch(group, list(members), None))
     if not group._retain:
         # Its results are handed out once: skipping the other members' would lose them.
         close_refused(list(members))  # (refused: closed, so that none warns "never awaited")
