@@ -407,3 +407,41 @@ async def test_the_collapsed_display() -> None:
         "processed doc2",
         "processed doc3",
     ]
+
+
+async def test_the_managers_constructor_as_the_spec_writes_it() -> None:
+    # ParallelExecutionManager(execution_state, max_workers=5, batch_mode=BatchMode.GATHER):
+    # by position, by name, or mixed.
+    from rh_agents.core.parallel import BatchMode, ParallelExecutionManager
+    from rh_agents.errors import ConfigurationError
+
+    state = ExecutionState()
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    made = [
+        ParallelExecutionManager(state, 3),
+        ParallelExecutionManager(state, 3, BatchMode.GATHER_DICT),
+        ParallelExecutionManager(execution_state=state, max_workers=3),
+        ParallelExecutionManager(state, 3, batch_mode=BatchMode.GATHER),
+    ]
+    assert [(m.max_workers, m.batch_mode) for m in made] == [
+        (3, BatchMode.GATHER),
+        (3, BatchMode.GATHER_DICT),
+        (3, BatchMode.GATHER),
+        (3, BatchMode.GATHER),
+    ]
+    named = await made[1].execute_parallel({"a": double(1), "b": double(2)})
+    assert {key: result.result for key, result in named.items()} == {"a": 2, "b": 4}
+    for manager in (made[0], *made[2:]):  # (each runs once)
+        assert [r.result for r in await manager.execute_parallel([double(1), double(2)])] == [2, 4]
+    with pytest.raises(ConfigurationError, match="given twice"):
+        ParallelExecutionManager(state, 3, max_workers=4)
+    with pytest.raises(ConfigurationError, match="at most those two by position"):
+        ParallelExecutionManager(state, 3, BatchMode.GATHER, 4)
+    with pytest.raises(ConfigurationError, match="takes an ExecutionState first, got int"):
+        ParallelExecutionManager(3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="max_workers must be an int >= 1"):
+        ParallelExecutionManager(state, 0)
+    await state.close()

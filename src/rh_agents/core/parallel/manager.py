@@ -189,17 +189,36 @@ class ParallelExecutionManager(Generic[T]):
     _advise_after_run = advising.advise_after_run
     __del__ = advising.warn_if_unused
 
-    def __init__(
-        self, state: ExecutionState, options: GroupOptions | None = None, /, **settings: Any
-    ) -> None:
-        """A group of ``state`` with ``options``, or with the ``settings`` that
-        ``ExecutionState.parallel`` takes (``max_workers=3, name="docs"``...)."""
+    def __init__(self, execution_state: ExecutionState, *args: Any, **settings: Any) -> None:
+        """A group of ``execution_state`` with the settings that ``ExecutionState.parallel``
+        takes (``max_workers=3, name="docs"``...), or its ``GroupOptions``. As in the spec,
+        ``max_workers`` and ``batch_mode`` may also come by position:
+        ``ParallelExecutionManager(state, 5, BatchMode.GATHER)``."""
+        state = execution_state
+        if getattr(state, "event_bus", None) is None:
+            raise ConfigurationError(
+                "ParallelExecutionManager(execution_state, ...) takes an ExecutionState first, "
+                f"got {type(state).__name__} {state!r:.60}"
+            )
+        options: GroupOptions | None = None
+        if len(args) == 1 and isinstance(args[0], GroupOptions):
+            options = args[0]
+            if settings:
+                raise ConfigurationError(
+                    f"give a group its GroupOptions or its settings, not both: {sorted(settings)}"
+                )
+        elif args:
+            if len(args) > 2 or any(isinstance(arg, GroupOptions) for arg in args):
+                raise ConfigurationError(
+                    "ParallelExecutionManager(execution_state, max_workers, batch_mode) takes "
+                    f"at most those two by position (the rest by name), got {args!r:.80}"
+                )
+            for name, value in zip(("max_workers", "batch_mode"), args, strict=False):
+                if name in settings:
+                    raise ConfigurationError(f"{name} given twice, by position and by name")
+                settings[name] = value
         if options is None:
             options = GroupOptions.of(**settings)
-        elif settings:
-            raise ConfigurationError(
-                f"give a group its GroupOptions or its settings, not both: {sorted(settings)}"
-            )
         if options.rate_limit is not None:
             # A key given other settings than the state's (or another group's) is refused
             # here, where the group is made, rather than at its first call.
