@@ -310,3 +310,27 @@ def test_backslashes_in_names_and_errors_print_as_written() -> None:
         ]
     )
     assert out == [f"  ✘ member C:\\data\\ FAILED {error}"]
+
+
+def test_text_from_the_run_stays_on_its_line_and_is_clipped() -> None:
+    # An error (or a name) with a line break must not draw a line of its own: here one that
+    # would pass for the group's own "COMPLETED" line. A long one takes bounded room.
+    forged = "timeout\n✔ 📦 docs COMPLETED: 2 finished · 2 ok · 0 failed · 1ms"
+    records: list[BusEvent] = [
+        member_finished(
+            "docs[0]", 0, at=1.0, took=0.5, done=1, ok=0, total=2, status="failed",
+            error=f"RuntimeError: {forged}", group="docs", name="fetch\n✔ forged",
+        ),
+        member_finished(
+            "docs[1]", 1, at=1.0, took=0.5, done=2, ok=0, total=2, status="failed",
+            error="RuntimeError: " + "x" * 5000, group="docs",
+        ),
+    ]  # fmt: skip
+    out = lines(records)
+    assert len(out) == 2
+    assert out[0] == (
+        "  ✘ member fetch ⏎ ✔ forged FAILED RuntimeError: timeout ⏎ ✔ 📦 docs COMPLETED: "
+        "2 finished · 2 ok · 0 failed · 1ms"
+    )
+    assert out[1].endswith("x … (4014 more characters)")
+    assert len(out[1]) < 1100

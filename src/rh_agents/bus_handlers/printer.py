@@ -47,8 +47,7 @@ from rh_agents.core.records import (
     RunWarning,
     is_member_call,
 )
-from rh_agents.core.safe_text import markup_escape as escape
-from rh_agents.core.safe_text import printable
+from rh_agents.core.safe_text import clipped, markup_escape, one_line, printable
 from rh_agents.errors import ConfigurationError
 
 __all__ = ["EventPrinter", "check_output"]
@@ -105,12 +104,12 @@ class EventPrinter:
                     self._replayed[group].discard(record.parallel_index or 0)
                 icon = ICONS.get(record.actor_kind, "⚙")
                 detail = (
-                    f" [dim]{escape(record.detail)}[/dim]"
+                    f" [dim]{_escape(record.detail)}[/dim]"
                     if self.show_details and record.detail
                     else ""
                 )
                 return (
-                    f"{pad}▶ {icon} {escape(record.address)}{_actor_of_tag(record)} "
+                    f"{pad}▶ {icon} {_escape(record.address)}{_actor_of_tag(record)} "
                     f"[cyan]STARTED[/cyan]{detail}"
                 )
             case EventCompleted():
@@ -119,12 +118,12 @@ class EventPrinter:
                 icon = ICONS.get(record.actor_kind, "⚙")
                 source = "" if record.source == "run" else f" [magenta]({record.source})[/magenta]"
                 detail = (
-                    f" [dim]→ {escape(record.detail)}[/dim]"
+                    f" [dim]→ {_escape(record.detail)}[/dim]"
                     if self.show_details and record.detail
                     else ""
                 )
                 return (
-                    f"{pad}✔ {icon} {escape(record.address)}{_actor_of_tag(record)} "
+                    f"{pad}✔ {icon} {_escape(record.address)}{_actor_of_tag(record)} "
                     "[green]COMPLETED[/green] "
                     f"({_seconds(record.execution_time)}){source}{detail}"
                 )
@@ -132,7 +131,7 @@ class EventPrinter:
                 self._note_replay(record)
                 icon = ICONS.get(record.actor_kind, "⚙")
                 return (
-                    f"{pad}↺ {icon} {escape(record.address)}{_actor_of_tag(record)} "
+                    f"{pad}↺ {icon} {_escape(record.address)}{_actor_of_tag(record)} "
                     "[magenta]REPLAYED[/magenta] (stored result)"
                 )
             case EventFailed():
@@ -142,23 +141,23 @@ class EventPrinter:
                     if record.group_id is not None:
                         return None
                     return (
-                        f"{pad}⏹ {icon} {escape(record.address)}{_actor_of_tag(record)} "
+                        f"{pad}⏹ {icon} {_escape(record.address)}{_actor_of_tag(record)} "
                         f"[yellow]INTERRUPTED[/yellow] ({_seconds(record.execution_time)})"
                     )
                 label = "CANCELLED" if record.cancelled else "FAILED"
                 return (
-                    f"{pad}✘ {icon} {escape(record.address)}{_actor_of_tag(record)} "
+                    f"{pad}✘ {icon} {_escape(record.address)}{_actor_of_tag(record)} "
                     f"[red]{label}[/red] "
-                    f"({_seconds(record.execution_time)}) [red]{escape(record.error)}[/red]"
+                    f"({_seconds(record.execution_time)}) [red]{_escape(record.error)}[/red]"
                 )
             case EventRetrying():
                 return (
-                    f"{pad}↻ {escape(record.address)} [yellow]RETRY {record.attempt}[/yellow] "
-                    f"in {_seconds(record.delay)}: {escape(record.error)}"
+                    f"{pad}↻ {_escape(record.address)} [yellow]RETRY {record.attempt}[/yellow] "
+                    f"in {_seconds(record.delay)}: {_escape(record.error)}"
                 )
             case GroupStarted():
                 workers = f", max_workers={record.max_workers}" if record.max_workers else ""
-                return f"{pad}▶ 📦 {escape(record.name)} [cyan]PARALLEL[/cyan]{workers}"
+                return f"{pad}▶ 📦 {_escape(record.name)} [cyan]PARALLEL[/cyan]{workers}"
             case MemberFinished() if record.status == "cancelled" and interrupt_requested():
                 if record.queue_wait is None and record.group_id is not None:
                     self._never_started[record.group_id] += 1
@@ -172,9 +171,9 @@ class EventPrinter:
                     # Never started: counted on the group's line if the group was cancelled.
                     self._never_started[record.group_id] += 1
                 return (
-                    f"{pad}  ✘ member {escape(record.name or str(record.index))} "
+                    f"{pad}  ✘ member {_escape(record.name or str(record.index))} "
                     f"[red]{record.status.upper()}"
-                    f"[/red] {escape(record.error or '')}"
+                    f"[/red] {_escape(record.error or '')}"
                 )
             case GroupCompleted():
                 replayed = len(self._replayed.pop(record.address, ()))
@@ -188,20 +187,20 @@ class EventPrinter:
                 failed_input = (
                     ""
                     if record.input_error is None
-                    else f"\n{pad}  ✘ map() input [red]FAILED[/red] {escape(record.input_error)}"
+                    else f"\n{pad}  ✘ map() input [red]FAILED[/red] {_escape(record.input_error)}"
                 )
                 if record.status == "cancelled":
                     # Ctrl-C, or cancelled by its caller (task.cancel(), p.cancel()): what
                     # finished, what was stopped running, and what never started.
                     label = "INTERRUPTED" if interrupted else "CANCELLED"
                     return (
-                        f"{pad}⏹ 📦 {escape(record.name)} [yellow]{label}[/yellow]: "
+                        f"{pad}⏹ 📦 {_escape(record.name)} [yellow]{label}[/yellow]: "
                         f"{_outcome(record, replayed, never)} · {_seconds(record.wall_time)}"
                         f"{failed_input}"
                     )
                 style = "green" if record.status == "completed" else "yellow"
                 return (
-                    f"{pad}{status_mark({record.status})} 📦 {escape(record.name)} "
+                    f"{pad}{status_mark({record.status})} 📦 {_escape(record.name)} "
                     f"[{style}]{record.status.upper()}[/{style}]: {_outcome(record, replayed)} · "
                     f"{_seconds(record.wall_time)}{failed_input}"
                 )
@@ -218,17 +217,16 @@ class EventPrinter:
                 )
                 return (
                     "[yellow]"
-                    + escape(lines[0])
+                    + _escape(lines[0])
                     + "[/yellow]"
-                    + "".join("\n" + escape(line) for line in lines[1:])
+                    + "".join("\n" + _escape(line) for line in lines[1:])
                 )
             case RunWarning():
-                hint = f". {escape(record.hint)}" if record.hint else ""
-                return f"[yellow]⚠ {escape(record.message)}[/yellow]{hint}"
+                hint = f". {_escape(record.hint)}" if record.hint else ""
+                return f"[yellow]⚠ {_escape(record.message)}[/yellow]{hint}"
             case CircuitStateChanged():
-                return (
-                    f"{pad}⚡ circuit {escape(record.key)}: {record.old_state} → {record.new_state}"
-                )
+                key = _escape(record.key)
+                return f"{pad}⚡ circuit {key}: {record.old_state} → {record.new_state}"
         return None
 
     def _note_replay(self, record: EventReplayed | EventCompleted) -> None:
@@ -243,6 +241,13 @@ class EventPrinter:
         counts[2] += record.cancelled - never
         counts[3] += never
         self._root_groups += 1
+
+
+def _escape(text: str) -> str:
+    """Text from the run (a name, an error, an input, a circuit's key) for a line of the
+    tree: at most ``ERROR_CHARS`` characters, on one line (a line break shown as `` ⏎ ``, so
+    that no error can draw a line of its own, such as a group's "COMPLETED"), markup escaped."""
+    return markup_escape(one_line(clipped(text)))
 
 
 def check_output(console: Any, file: Any) -> None:
@@ -263,7 +268,7 @@ def _actor_of_tag(record: EventStarted | EventCompleted | EventFailed | EventRep
     """`` (counter)`` after the address of a call tagged ``tally``: the address ends with the
     tag, this names the actor it stands for. Empty for an untagged call."""
     tag = record.tag
-    return f" ({escape(record.actor)})" if tag and tag != record.actor else ""
+    return f" ({_escape(record.actor)})" if tag and tag != record.actor else ""
 
 
 def _outcome(record: GroupCompleted, replayed: int = 0, never_started: int | None = None) -> str:
