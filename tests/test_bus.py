@@ -159,6 +159,28 @@ async def test_raising_async_subscriber_is_reported() -> None:
     assert [e.error for e in bus.subscriber_errors] == ["RuntimeError: boom"] * 2
 
 
+async def test_an_async_subscriber_raising_cancelled_error_is_reported_and_fed_on() -> None:
+    # Its own CancelledError (it raised one, or what it awaited was cancelled by its owner)
+    # is a failure on that record, reported as any other; the records after it still come.
+    bus = EventBus()
+    got: list[str] = []
+
+    async def gives_up_on_the_first(r: BusEvent) -> None:
+        await asyncio.sleep(0)
+        if r.address == "a0":
+            raise asyncio.CancelledError("the request it awaited was cancelled")
+        got.append(r.address)
+
+    bus.subscribe(gives_up_on_the_first)
+    for i in range(3):
+        bus.publish(record(i))
+    await bus.close()
+    assert got == ["a1", "a2"]
+    assert bus.subscriber_error_count == 1
+    assert [e.record.address for e in bus.subscriber_errors] == ["a0"]
+    assert "CancelledError" in bus.subscriber_errors[0].error
+
+
 async def test_stream_yields_records_and_ends_on_close() -> None:
     bus = EventBus()
     stream = bus.stream()  # registered now: records published before iterating are kept
@@ -230,14 +252,19 @@ async def test_drain_waits_for_a_slow_subscriber() -> None:
 
 async def test_drain_does_not_hang_when_a_feeder_died() -> None:
     bus = EventBus()
+    handling = asyncio.Event()
 
-    async def dies(r: BusEvent) -> None:
-        await asyncio.sleep(0)  # drain() is already waiting when the feeder dies
-        raise asyncio.CancelledError  # not an Exception: ends the feeder task
+    async def slow(r: BusEvent) -> None:
+        handling.set()
+        await asyncio.Event().wait()
 
-    bus.subscribe(dies)
+    subscription = bus.subscribe(slow)
     bus.publish(record(0))
-    await asyncio.wait_for(bus.drain(), timeout=5)
+    draining = asyncio.create_task(bus.drain())
+    await handling.wait()
+    assert subscription._task is not None
+    subscription._task.cancel()  # its feeder task ends (cancelled from outside)
+    await asyncio.wait_for(draining, timeout=5)
     await bus.close()
     assert bus.subscriber_errors == []  # a dying feeder is not a handler error
 

@@ -362,6 +362,7 @@ class Subscription:
         isawaitable = inspect.isawaitable
         loop = asyncio.get_running_loop()
         _feeding.set(self)  # (in this task's own context: see EventBus._check_caller)
+        me = asyncio.current_task()
         try:
             if outcome is not None and record is not None:
                 self._current = record
@@ -369,6 +370,10 @@ class Subscription:
                     await outcome
                 except Exception as exc:
                     self._bus._report(self, record, exc)
+                except asyncio.CancelledError as exc:
+                    if me is None or me.cancelling():
+                        raise  # the feeder itself is stopped
+                    self._bus._report(self, record, exc)  # the subscriber's own
             while True:
                 while queue:
                     record = self._current = pop()
@@ -378,6 +383,12 @@ class Subscription:
                         if outcome is not None and isawaitable(outcome):
                             await outcome
                     except Exception as exc:  # a broken subscriber must not stop the run
+                        self._bus._report(self, record, exc)
+                    except asyncio.CancelledError as exc:
+                        if me is None or me.cancelling():
+                            raise  # the feeder itself is stopped (the bus closes)
+                        # The subscriber's own (it raised one, or what it awaited was
+                        # cancelled by its owner): a failure on this record, reported as any.
                         self._bus._report(self, record, exc)
                 self._current = None
                 if self._closed:
@@ -782,7 +793,7 @@ class EventBus:
         logger.error("%s", message)
         warnings.warn(message, SubscriberShutdownWarning, stacklevel=2)
 
-    def _report(self, sub: Subscription, record: BusEvent, exc: Exception) -> None:
+    def _report(self, sub: Subscription, record: BusEvent, exc: BaseException) -> None:
         self.subscriber_error_count += 1
         sub._failures += 1
         if sub._failures > MAX_KEPT_ERRORS:
