@@ -867,3 +867,30 @@ async def test_the_live_view_keeps_one_line_per_row_for_multi_line_errors() -> N
     text = ["".join(segment.text for segment in line) for line in lines]
     assert sum("FAILED: ValueError: line one ⏎ line two ⏎ line three" in t for t in text) >= 1
     assert all(t.startswith(("📦", "  ")) for t in text)
+
+
+async def test_a_summary_asked_for_mid_run_marks_the_running_group_as_running() -> None:
+    bus = EventBus()
+    printer = ParallelEventPrinter("progress", console=Console(file=io.StringIO(), width=100))
+    bus.subscribe(printer)
+    gate = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def member(i: int) -> int:
+        if i == 0:
+            finished.set()
+            raise ValueError("the first one failed")
+        await gate.wait()
+        return i
+
+    state = ExecutionState(event_bus=bus)
+    async with state.parallel(max_workers=3, name="g") as p:
+        for i in range(3):
+            p.add(member(i))
+        await finished.wait()
+        await bus.drain()
+        mid = printer.summary()
+        gate.set()
+    await state.close()
+    assert mid.splitlines()[0].startswith("▶ 📦 g: 1 of 3 finished · 0 ok · 1 failed"), mid
+    assert printer.summary().splitlines()[0].startswith("⚠ 📦 g: 3 finished · 2 ok · 1 failed")

@@ -328,12 +328,16 @@ class GroupSummary:
     never_started: int = 0  # of ``cancelled``, the members that had not started
 
 
-def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -> GroupSummary:
+def summarize(
+    views: list[GroupView], *, slowest: int = 3, fold: bool = False, final: bool = False
+) -> GroupSummary:
     """Merge ``views`` (same-named siblings, or one root) and their descendants into a summary.
 
     ``fold`` leaves nested groups out of the tree but keeps them on this line: their failures
     are listed and counted (apart from this group's own, as ``nested_failed``), their retries
-    are counted, and their statuses set the mark.
+    are counted, and their statuses set the mark. ``final``: nothing more will come (the
+    printer closes), so a group that has not completed never will: it is marked cut short,
+    not running.
     """
     first = views[0]
     ranked: list[tuple[float, str]] = []
@@ -363,7 +367,7 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
     return GroupSummary(
         name=first.name,
         count=len(views),
-        statuses={v.status or "running" for v in (*views, *nested)},
+        statuses={v.status or ("unfinished" if final else "running") for v in (*views, *nested)},
         total=sum(v.known_total() or v.done for v in views),
         done=sum(v.done for v in views),
         succeeded=sum(v.succeeded for v in views),
@@ -375,7 +379,11 @@ def summarize(views: list[GroupView], *, slowest: int = 3, fold: bool = False) -
         wall_time=max(v.elapsed for v in views),
         slowest=ranked[:slowest],
         issues=issues,
-        children=[] if fold else [summarize(group, slowest=slowest) for group in by_name.values()],
+        children=(
+            []
+            if fold
+            else [summarize(group, slowest=slowest, final=final) for group in by_name.values()]
+        ),
         nested_failed=sum(v.failed for v in nested),
         nested_timed_out=sum(v.timed_out for v in nested),
         nested_cancelled=sum(v.cancelled for v in nested),
@@ -417,9 +425,12 @@ def descendants(view: GroupView) -> list[GroupView]:
 
 def status_mark(statuses: set[str], *, stopped: bool = False) -> str:
     """``✔`` when every group completed, ``⚠`` for partial results, ``⏹`` for a group stopped
-    (by Ctrl-C, or cancelled by its caller), ``✘`` otherwise."""
+    (by Ctrl-C, or cancelled by its caller), ``▶`` while one still runs (a summary asked for
+    mid-run), ``✘`` otherwise."""
     if stopped:
         return "⏹"
+    if "running" in statuses:
+        return "▶"
     if statuses == {"completed"}:
         return "✔"
     if statuses <= {"completed", "partial"}:

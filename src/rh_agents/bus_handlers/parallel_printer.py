@@ -748,7 +748,9 @@ class ParallelEventPrinter(EventPrinter):
         )
 
     def _summary_lines(self, root: GroupView) -> list[str]:
-        summary = summarize([root], slowest=self.slowest, fold=self.collapse_parallel)
+        summary = summarize(
+            [root], slowest=self.slowest, fold=self.collapse_parallel, final=self._closed
+        )
         lines = summary_lines(summary, indent=self.indent)
         pad = " " * (self.indent * root.level)
         below = pad + " " * (self.indent + 2)
