@@ -242,3 +242,34 @@ def test_a_group_keeps_the_same_members_in_both_samples_past_capacity() -> None:
     assert (runs.count, runs.max, runs.total) == (n, 2.0 * (n - 1), 2.0 * sum(range(n)))
     # The sample reaches past the first capacity's worth of members.
     assert max(waits.sample) >= SAMPLE_SIZE
+
+
+async def test_efficiency_leaves_out_the_backoffs_that_held_no_worker() -> None:
+    # A retry's backoff lends the member's worker slot: the worker is free for others, not
+    # busy. Each member works 0.5 s, fails, waits 1 s, works 0.5 s: its run time is 2 s, of
+    # which it held its worker for 1 s. Two members, one after another (they never
+    # suspend), under max_workers=2: 4 s of wall time, 2 s of work, efficiency 2 / 2 / 4.
+    from rh_agents.resilience import RetryPolicy
+
+    clock = SteppingClock()
+    state = ExecutionState(clock=clock)
+    tried: set[int] = set()
+
+    def fails_once(i: int) -> Any:
+        async def member() -> int:
+            clock.t += 0.5
+            if i not in tried:
+                tried.add(i)
+                raise ConnectionError("transient")
+            return i
+
+        return member
+
+    retry = RetryPolicy(max_attempts=2, initial_delay=1.0, jitter=0)
+    async with state.parallel(max_workers=2, retry=retry) as p:
+        for i in range(2):
+            p.add(fails_once(i))
+    m = p.metrics()
+    assert [r.attempts for r in await p.gather()] == [2, 2]
+    assert (m.wall_time, m.run_time.total, m.run_time.max) == (4.0, 4.0, 2.0)
+    assert m.efficiency == pytest.approx(0.25)  # (it read 0.5: the backoffs counted as work)

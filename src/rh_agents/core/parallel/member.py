@@ -146,6 +146,7 @@ class Member(Frame):
         "enqueued",
         "index",
         "is_call",
+        "lent",
         "name",
         "pending_deps",
         "priority",
@@ -192,6 +193,9 @@ class Member(Frame):
         # Whether it is an event call (given, or made by its callable): that call's retries
         # are then the member's attempts (see engines.policy_runner).
         self.is_call = False
+        # Seconds it ran with its worker slot lent (retry backoffs: see MemberSlot.lent): not
+        # work its group's efficiency counts.
+        self.lent = 0.0
 
     @property
     def finished(self) -> bool:

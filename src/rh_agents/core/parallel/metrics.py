@@ -13,9 +13,10 @@ taken::
     m = p.metrics()                          # or after it (also in GroupCompleted.metrics)
     print(m.queue_wait.p95, m.run_time.max, m.throughput, m.efficiency)
 
-``efficiency`` compares the group with an ideal scheduler for its limit: the members' run
-times packed perfectly onto ``max_workers`` workers would take ``sum(run) / max_workers``
-seconds; efficiency is that ideal divided by the real wall time, capped at 1. A low value
+``efficiency`` compares the group with an ideal scheduler for its limit: the members' busy
+times (their run times, less the retry backoffs during which they lent their worker) packed
+perfectly onto ``max_workers`` workers would take ``sum(busy) / max_workers`` seconds;
+efficiency is that ideal divided by the real wall time, capped at 1. A low value
 means the group waited on something other than its own limit (a global limit, a rate limit,
 a straggler, dependencies).
 """
@@ -429,7 +430,7 @@ class MetricsRecorder:
     nothing: its timings belong to that run.
     """
 
-    __slots__ = ("breaker_rejections", "queue_waits", "retries", "run_times", "schedule")
+    __slots__ = ("breaker_rejections", "busy", "queue_waits", "retries", "run_times", "schedule")
 
     def __init__(self) -> None:
         self.queue_waits = Durations()
@@ -439,6 +440,9 @@ class MetricsRecorder:
         self.schedule: ReservoirSchedule | None = None
         self.retries = 0
         self.breaker_rejections = 0
+        # Seconds members held a worker slot: their run times but the time they lent it (a
+        # retry's backoff); what efficiency counts.
+        self.busy = 0.0
 
     def record(self, member: Member, result: ExecutionResult[Any]) -> None:
         if result.source == "replay":
@@ -450,6 +454,7 @@ class MetricsRecorder:
             waits, runs = self.queue_waits, self.run_times
             wait = started - member.enqueued
             run = result.execution_time
+            self.busy += run - member.lent if member.lent else run
             schedule = self.schedule
             if schedule is None:
                 if len(waits.sample) < waits.capacity:
@@ -489,7 +494,7 @@ class MetricsRecorder:
         wall_time = stats.wall_time
         throughput = stats.done / wall_time if wall_time > 0 else 0.0
         if wall_time > 0:
-            efficiency = min(1.0, run_time.total / max_workers / wall_time)
+            efficiency = min(1.0, max(0.0, self.busy) / max_workers / wall_time)
         else:
             efficiency = 1.0 if run_time.count else 0.0
         return GroupMetrics(

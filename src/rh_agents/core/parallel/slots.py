@@ -400,6 +400,9 @@ class MemberSlot:
         if not self.begin_join(index):
             yield
             return
+        pool = self.pool
+        now = pool.group._now
+        since = now()
         cancelled = False
         try:
             yield
@@ -407,7 +410,15 @@ class MemberSlot:
             cancelled = True  # (a stop or a timeout is not held up by a slot)
             raise
         finally:
-            await self.end_join(index, cancelled=cancelled)
+            try:
+                await self.end_join(index, cancelled=cancelled)
+            finally:
+                # Lent until taken back: the member's worker did no work meanwhile (its
+                # group's efficiency leaves the time out). Known for a member its worker
+                # runs; one waiting in a task of its own is not found, and not counted.
+                member = pool.running.get(asyncio.current_task())  # type: ignore[arg-type]
+                if member is not None and member.index == index:
+                    member.lent += now() - since
 
     def member_ended(self, index: int | None) -> None:
         """Member ``index`` ended: if its slots are lent (a task of its own still waits for a
