@@ -395,7 +395,8 @@ async def test_non_terminal_output_has_no_escape_codes(mode: ParallelMode) -> No
     assert "\x1b" not in text and "\r" not in text
 
 
-def test_group_completed_for_an_unknown_group_is_ignored() -> None:
+def test_group_completed_for_a_group_never_seen_to_start_is_summarized() -> None:
+    # (A printer subscribed after the group opened: its end is still shown.)
     printer, out = plain_printer("collapsed")
     printer(
         group_completed(
@@ -403,7 +404,7 @@ def test_group_completed_for_an_unknown_group_is_ignored() -> None:
         )
     )
     printer.close()
-    assert out.getvalue() == ""
+    assert out.getvalue().startswith("✔ 📦 x: 1 finished · 1 ok · 0 failed · 0ms\n")
 
 
 @pytest.mark.parametrize(
@@ -894,3 +895,37 @@ async def test_a_summary_asked_for_mid_run_marks_the_running_group_as_running() 
     await state.close()
     assert mid.splitlines()[0].startswith("▶ 📦 g: 1 of 3 finished · 0 ok · 1 failed"), mid
     assert printer.summary().splitlines()[0].startswith("⚠ 📦 g: 3 finished · 2 ok · 1 failed")
+
+
+async def test_a_printer_subscribed_after_a_group_opened_shows_it_whole() -> None:
+    # A display attached to a run already going (a UI joining a running job): the group it
+    # never saw start is shown all the same, with its failures and its end, and the groups
+    # its members open afterwards sit under it, not beside it as outermost groups.
+    bus = EventBus()
+    printer = ParallelEventPrinter("collapsed", console=Console(file=io.StringIO(), width=100))
+    state = ExecutionState(event_bus=bus)
+    started = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def member(i: int) -> None:
+        started.set()
+        await gate.wait()
+        async with state.parallel(name="steps") as steps:
+            steps.add(asyncio.sleep(0))
+        if i == 1:
+            raise ValueError("doc 1 failed")
+
+    async with state.parallel(max_workers=3, name="docs") as p:
+        for i in range(3):
+            p.add(member(i))
+        await started.wait()
+        bus.subscribe(printer)
+        gate.set()
+    await state.close()
+    printer.close()
+    summary = printer.summary()
+    assert summary.splitlines()[0].startswith("⚠ 📦 docs: 3 finished · 2 ok · 1 failed"), summary
+    assert "✘ docs#1 FAILED: ValueError: doc 1 failed" in summary
+    nested = {key: view.parent_id for key, view in printer.parallel_groups.items() if key != "docs"}
+    assert nested == {f"docs[{i}]::steps": "docs" for i in range(3)}
+    assert printer.parallel_groups["docs"].status == "partial"

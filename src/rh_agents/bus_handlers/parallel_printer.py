@@ -63,6 +63,7 @@ from rh_agents.bus_handlers.group_view import (
 from rh_agents.bus_handlers.live_view import elapsed, render_live
 from rh_agents.bus_handlers.printer import EventPrinter, check_output
 from rh_agents.bus_handlers.wrapping import wrap
+from rh_agents.core.context import ADDRESS_SEPARATOR
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (
     BusEvent,
@@ -289,6 +290,8 @@ class ParallelEventPrinter(EventPrinter):
                     latest = None
                 view_id = record.group_id
                 view = groups.get(view_id or "")
+                if view is None and view_id:
+                    view = self._adopt(view_id, record.timestamp, record.total)
             if view is None:
                 continue
             latest, latest_view = record, view
@@ -440,8 +443,41 @@ class ParallelEventPrinter(EventPrinter):
 
     # --- group records --------------------------------------------------------------------
 
+    def _adopt(
+        self, group_id: str, timestamp: float, total: int | None, name: str | None = None
+    ) -> GroupView:
+        """The view of a group this printer did not see start (subscribed after it opened):
+        made from what its address tells (its parent group, its member index), as its start
+        would have made it, so that its members, failures and end are shown all the same."""
+        head, _, last = group_id.rpartition(ADDRESS_SEPARATOR)
+        parent_id: str | None = None
+        index: int | None = None
+        if head.endswith("]") and "[" in head:  # "outer[3]": a member of group "outer"
+            outer, _, number = head[:-1].rpartition("[")
+            if number.isdigit():
+                parent_id, index = outer, int(number)
+                if parent_id not in self.groups:
+                    self._adopt(parent_id, timestamp, None)
+        self._group_started(
+            GroupStarted(
+                address=group_id,
+                timestamp=timestamp,
+                group_id=parent_id,
+                parallel_index=index,
+                is_parallel=parent_id is not None,
+                name=name or last or group_id,
+                total=total or 0,
+                max_workers=None,
+                parent_group_id=parent_id,
+            )
+        )
+        return self.groups[group_id]
+
     def _group_started(self, record: GroupStarted) -> None:
-        parent = self.groups.get(record.parent_group_id) if record.parent_group_id else None
+        parent_id = record.parent_group_id
+        if parent_id and parent_id not in self.groups:
+            self._adopt(parent_id, record.timestamp, None)  # (subscribed after it opened)
+        parent = self.groups.get(parent_id) if parent_id else None
         index = record.parallel_index
         tag = f"{parent.member_tag(index)}/{record.name}" if parent else record.name
         view = GroupView(
@@ -479,9 +515,12 @@ class ParallelEventPrinter(EventPrinter):
             self._line(f"▶ 📦 {tag} started{workers}", view.level)
 
     def _member_started(self, record: MemberStarted) -> None:
-        view = self.groups.get(record.group_id or "")
-        if view is None:
+        group_id = record.group_id
+        if not group_id:
             return
+        view = self.groups.get(group_id)
+        if view is None:
+            view = self._adopt(group_id, record.timestamp, record.total)
         view.last_seen = record.timestamp
         if record.total is not None:
             view.total = record.total
@@ -514,7 +553,7 @@ class ParallelEventPrinter(EventPrinter):
     def _group_completed(self, record: GroupCompleted) -> None:
         view = self.groups.get(record.address)
         if view is None:
-            return
+            view = self._adopt(record.address, record.timestamp, record.total, record.name)
         view.status = record.status
         view.wall_time = record.wall_time
         view.last_seen = record.timestamp
