@@ -913,3 +913,20 @@ def test_an_async_subscriber_goes_on_after_a_loop_closed_under_its_feeder() -> N
     assert first > 0
     asyncio.run(run())
     assert got[first:] == got[:first]  # the same records again
+
+
+async def test_a_stream_nobody_reads_keeps_every_record_and_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import rh_agents.core.bus as bus_module
+
+    monkeypatch.setattr(bus_module, "_STREAM_BACKLOG", 5)
+    bus = EventBus()
+    stream = bus.stream()
+    with caplog.at_level(logging.WARNING, logger="rh_agents.bus"):
+        for i in range(12):
+            bus.publish(record(i))
+    warned = [r.getMessage() for r in caplog.records if "bus.stream()" in r.getMessage()]
+    assert len(warned) == 1 and "holds 5 records" in warned[0]
+    await bus.close()
+    assert addresses([r async for r in stream]) == [f"a{i}" for i in range(12)]  # none lost

@@ -828,17 +828,36 @@ def _check_timeout(value: float | None, name: str = "timeout") -> float | None:
     return value
 
 
-class _StreamQueue:
-    """An unbounded queue for one ``stream()`` consumer (``None`` ends it)."""
+# Records waiting in one stream (see _StreamQueue) before the backlog is reported.
+_STREAM_BACKLOG = 100_000
 
-    __slots__ = ("__weakref__", "_items", "_waiter")
+
+class _StreamQueue:
+    """An unbounded queue for one ``stream()`` consumer (``None`` ends it).
+
+    Unbounded, since a record dropped would be lost to its reader without a word; a reader
+    that stops reading (and holds the stream) makes it hold every later record, so once
+    ``_STREAM_BACKLOG`` are waiting it is said, once, on the ``rh_agents`` logger."""
+
+    __slots__ = ("__weakref__", "_items", "_waiter", "_warned")
 
     def __init__(self) -> None:
         self._items: deque[BusEvent | None] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._warned = False
 
     def push(self, record: BusEvent | None) -> None:
-        self._items.append(record)
+        items = self._items
+        items.append(record)
+        if len(items) >= _STREAM_BACKLOG and not self._warned:
+            self._warned = True
+            logger.warning(
+                "a bus.stream() holds %d records its reader has not taken (about 1 kB each): "
+                "read it, or end it (break out of its loop and drop it, or aclose() it); "
+                "a reader that wants only some records can subscribe a handler with kinds= "
+                "instead",
+                len(items),
+            )
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
