@@ -930,3 +930,14 @@ async def test_a_stream_nobody_reads_keeps_every_record_and_says_so_once(
     assert len(warned) == 1 and "holds 5 records" in warned[0]
     await bus.close()
     assert addresses([r async for r in stream]) == [f"a{i}" for i in range(12)]  # none lost
+
+
+async def test_publish_can_be_awaited_as_the_spec_writes_it(recorder: Recorder) -> None:
+    # The spec's bus had `async def publish(...)`: `await bus.publish(r)` works here too, and
+    # waits for nothing (publish never waits for a subscriber).
+    bus = EventBus()
+    bus.subscribe(recorder)
+    await bus.publish(record(0))
+    bus.publish(record(1))  # (or not awaited: the same)
+    await bus.close()
+    assert addresses(recorder.records) == ["a0", "a1"]

@@ -55,7 +55,7 @@ import logging
 import warnings
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -601,8 +601,12 @@ class EventBus:
         for sub in self._subscriptions:
             sub._deliver_early()
 
-    def publish(self, record: BusEvent) -> None:
-        """Queue ``record`` for every subscriber and stream; never waits."""
+    def publish(self, record: BusEvent) -> Awaitable[None]:
+        """Queue ``record`` for every subscriber and stream; never waits.
+
+        What it returns may be awaited, and is done already: ``await bus.publish(record)``
+        (the form of the bus this one replaced, whose publish was a coroutine) works, and
+        waits for nothing either."""
         if self._deferred:
             self._flush_deferred()  # they happened before this record
         self.published += 1
@@ -615,6 +619,7 @@ class EventBus:
                 sub._push(record)
         if self._streams:
             self._push_streams(record)
+        return _PUBLISHED
 
     def publish_many(self, records: list[BusEvent]) -> None:
         """Publish ``records`` in order, as ``publish`` would one by one (in one go: a group
@@ -826,6 +831,22 @@ def _check_timeout(value: float | None, name: str = "timeout") -> float | None:
     if value is not None and not value >= 0:
         raise ConfigurationError(f"{name} must be None or at least 0 seconds, got {value!r}")
     return value
+
+
+class _Published:
+    """What ``EventBus.publish`` returns: an awaitable that is done already (see there)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # (a generator that ends at once: awaiting it never suspends)
+
+    def __repr__(self) -> str:
+        return "<published>"
+
+
+_PUBLISHED = _Published()
 
 
 # Records waiting in one stream (see _StreamQueue) before the backlog is reported.
