@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from conftest import Recorder
-from parallel_support import value
+from parallel_support import until, value
 from rh_agents.bus_handlers import ParallelEventPrinter
 from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
@@ -172,3 +172,35 @@ async def test_a_stream_dropped_as_asyncio_run_ends_leaves_no_task_nor_coroutine
     assert done.stdout.strip() == "0"
     for noise in ("never awaited", "destroyed but it is pending", "internal error", "Traceback"):
         assert noise not in done.stderr, done.stderr
+
+
+async def test_a_cancel_request_a_member_swallowed_does_not_cancel_its_group() -> None:
+    # A member that was cancelled and swallowed it (3.11's TaskGroup leaves such a request
+    # behind after a late child failure) leaves its worker's task.cancelling() at 1 with no
+    # cancellation pending: that worker ending normally is not a cancellation of the group.
+    release = asyncio.Event()
+
+    async def swallows_a_cancel() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass  # (and no uncancel(): the request stays counted)
+        return "swallowed"
+
+    async def waits() -> str:
+        await release.wait()
+        return "waited"
+
+    state = ExecutionState()
+    async with state.parallel(max_workers=2) as p:
+        p.add(waits())
+        p.add(swallows_a_cancel())
+        # The second worker ends after its one member, while the first still waits.
+        await until(lambda: len(p._pool.workers) == 1)
+        release.set()
+    assert [r.result for r in await p.gather()] == ["waited", "swallowed"]
+    assert p.group.status.value == "completed"
+    await state.close()

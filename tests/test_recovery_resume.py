@@ -390,3 +390,63 @@ async def test_replays_go_first_and_the_members_still_to_run_then_run(tmp_path: 
     assert [r.source for r in results] == ["replay", "run"] * 4
     assert dict(again.calls) == {1: 1, 3: 1, 5: 1, 7: 1}
     backend.close()
+
+
+async def test_a_resumed_groups_instant_lane_cancelled_from_outside_cancels_the_group(
+    tmp_path: Path,
+) -> None:
+    # A shutdown handler cancels every task but its own while a resumed group's replays wait
+    # in its instant lane (not started yet): the group is cancelled, every member gets a
+    # result, and nothing waits for ever (the replays used to hold the workers back for good).
+    backend = make_backend("sqlite", tmp_path)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        await run_group(state, Squarer(fail={3}), 4)
+    me = asyncio.current_task()
+    async with ExecutionState.resume("r", backend=backend) as state:
+        squarer = Squarer()
+        async with state.parallel(max_workers=2, name="members") as p:
+            for i in range(4):
+                p.add(squarer.event(Item(i=i), "", state))
+            others = [task for task in asyncio.all_tasks() if task is not me]
+            assert others  # (the instant lane, not started)
+            for task in others:
+                task.cancel()
+            results = await asyncio.wait_for(p.gather(), timeout=5)
+    assert [r.status.value for r in results] == ["cancelled"] * 4
+    assert p.group.status.value == "cancelled"
+    assert asyncio.all_tasks() == {me}
+    backend.close()
+
+
+async def test_thousands_of_replays_let_the_event_loop_run(tmp_path: Path) -> None:
+    # The instant lane answers replays without waiting; it yields every few hundred, as
+    # workers do, so that other tasks (a display, a server) are not held up by a resume.
+    n = 1200
+    backend = make_backend("sqlite", tmp_path)
+    async with ExecutionState(
+        run_id="r", recovery=Recovery(backend, checkpoint=CheckpointPolicy.batched(1000))
+    ) as state:
+        await run_group(state, Squarer(), n)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async with ExecutionState.resume("r", backend=backend) as state:
+        squarer = Squarer()
+        async with state.parallel(max_workers=4, name="members") as p:
+            for i in range(n):
+                p.add(squarer.event(Item(i=i), "", state))
+            ticking = asyncio.create_task(ticker())
+            before = ticks
+            results = await p.gather()
+            during = ticks - before
+            ticking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await ticking
+    assert all(r.source == "replay" for r in results) and not squarer.calls
+    assert during >= n // 256 - 1, during
+    backend.close()

@@ -395,6 +395,7 @@ class WorkerPool:
         # Members with no policy, no timeout and no global limit run right here (see below).
         direct = self.plain and state.global_slots is None and group.member_timeout is None
         handed_over = False
+        by_cancel = False  # it ends by a cancellation (see the except below)
         isolated = False  # a member set a context variable here: the next run in a copy
         first = True
         # The token of the first member frame this worker entered: between two members run
@@ -566,6 +567,14 @@ class WorkerPool:
                     # A member that lent its slot wants it back: it has ours, and we stop.
                     handed_over = True
                     return
+        except asyncio.CancelledError:
+            # Ending by a cancellation: its group's stop (then _stop_status is set), or
+            # someone else's (see _cancelled_from_outside). A member's own CancelledError
+            # never gets here (its run records it), nor does a cancel request the member
+            # left pending and swallowed (task.cancelling() alone would count those: 3.11's
+            # TaskGroup leaves one after a late child failure).
+            by_cancel = True
+            raise
         except Exception as exc:
             state.report_internal_error(exc)  # a bug in the scheduler
         finally:
@@ -573,17 +582,21 @@ class WorkerPool:
             # loop was closed with it pending): its context, slot and group went with that
             # loop, and nothing here could run there.
             if asyncio._get_running_loop() is group._loop:
-                self._leave(task, token, handed_over)
+                self._leave(task, token, handed_over, by_cancel)
 
     def _leave(
-        self, task: asyncio.Task[None], token: Token[Frame | None] | None, handed_over: bool
+        self,
+        task: asyncio.Task[None],
+        token: Token[Frame | None] | None,
+        handed_over: bool,
+        cancelled: bool = False,
     ) -> None:
         """A worker ends (normally, handing its slot over, or cancelled)."""
         if token is not None:
             exit_frame(token)
         self.running.pop(task, None)
         group = self._group
-        if task.cancelling() and group._stop_status is None:
+        if cancelled and group._stop_status is None:
             self._cancelled_from_outside()
         if not handed_over:
             # To a task waiting for a slot, else to ready members (via kick).
@@ -667,12 +680,16 @@ class WorkerPool:
         return pulled
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
+        """A done callback: of a worker cancelled before its first step (a started one
+        drops it), and of the instant lane."""
         self.workers.discard(task)
+        if task is self.instant_task:
+            self.instant_task = None  # (cancelled before its first step: no finally ran)
+        if task.cancelled() and self._group._stop_status is None:
+            self._cancelled_from_outside()  # (it stops the group: see there)
         if task in self.unstarted:
             # Cancelled before its first step: the worker body never ran, nor took a member.
             self.unstarted.discard(task)
-            if self._group._stop_status is None:
-                self._cancelled_from_outside()
             self.slots.release()
         group = self._group
         if not task.cancelled() and task.exception() is not None:  # a bug in the scheduler
@@ -724,7 +741,9 @@ class WorkerPool:
             task = asyncio.get_running_loop().create_task(
                 self._instant_lane(), context=self.context.copy()
             )
-            self.instant_task = task
+            if task.done():
+                return  # (an eager task factory ran the lane to its end in create_task)
+            self.instant_task = task  # (an eager lane that suspended set it already)
             self.workers.add(task)  # owned like a worker: joined before the group ends
             task.add_done_callback(self._worker_done)
 
@@ -733,9 +752,19 @@ class WorkerPool:
         slot."""
         task = asyncio.current_task()
         assert task is not None
+        self.instant_task = task  # (set here too: an eager task factory runs this at once)
         group = self._group
+        streak = 0
         try:
             while self.instant and group._stop_status is None:
+                streak += 1
+                if streak > _YIELD_EVERY:
+                    # Thousands of replays (a big resumed group) or cache hits are answered
+                    # without waiting: let the loop run between chunks of them, as workers do.
+                    streak = 0
+                    await asyncio.sleep(0)
+                    if not self.instant or group._stop_status is not None:
+                        break
                 member = self.instant.popleft()
                 if self.replays:
                     self.replays.discard(member.index)
@@ -748,6 +777,10 @@ class WorkerPool:
                 self.running[task] = member
                 await group._run_member(member, holds_slot=False)
                 del self.running[task]
+        except asyncio.CancelledError:
+            if group._stop_status is None:
+                self._cancelled_from_outside()  # (see there; it finishes the members left)
+            raise
         finally:
             self.running.pop(task, None)
             self.instant_task = None
