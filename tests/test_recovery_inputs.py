@@ -14,10 +14,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from recovery_support import Item, Square, Squarer, make_backend
 from rh_agents.core.execution import ExecutionState
+from rh_agents.errors import ConfigurationError
 from rh_agents.recovery import Recovery, SQLiteBackend
 from rh_agents.recovery.input_digest import input_digest
 
@@ -173,3 +174,119 @@ def test_a_digest_does_not_depend_on_a_sets_order() -> None:
     assert input_digest(one) != input_digest(Tags(tags={"alpha"}))
     assert input_digest(Item(i=1)) != input_digest(Item(i=2))
     assert len(input_digest(Item(i=1)) or "") == 32
+
+
+class _Base(BaseModel):
+    a: int
+
+
+class _Sub(_Base):
+    b: int
+
+
+class _Holder(BaseModel):
+    item: _Base
+    weight: float | None = None
+
+
+class _Counts(BaseModel):
+    counts: dict[str, int]
+
+
+class _Secretive(BaseModel):
+    question: str
+    api_key: SecretStr
+
+
+def test_different_inputs_get_different_digests() -> None:
+    nan, inf = float("nan"), float("inf")
+    digests = [
+        input_digest(_Holder(item=_Base(a=1))),
+        input_digest(_Holder(item=_Base(a=1), weight=nan)),  # NaN, None and inf differ
+        input_digest(_Holder(item=_Base(a=1), weight=inf)),
+        input_digest(_Holder(item=_Sub(a=1, b=1))),  # a subclass's own fields count
+        input_digest(_Holder(item=_Sub(a=1, b=2))),
+    ]
+    assert None not in digests and len(set(digests)) == len(digests)
+    # Equal dicts are equal inputs, whatever order their keys were given in.
+    assert input_digest(_Counts(counts={"x": 1, "y": 2})) == input_digest(
+        _Counts(counts={"y": 2, "x": 1})
+    )
+    # A secret is written masked either way: such an input has no digest (matched by
+    # address, as before digests), rather than one digest for every secret.
+    assert input_digest(_Secretive(question="q", api_key=SecretStr("k1"))) is None
+
+
+_SEEDED = """
+import sys
+from pydantic import BaseModel, ConfigDict, computed_field, field_serializer
+from rh_agents.recovery.input_digest import input_digest
+
+class Tagged(BaseModel):
+    tags: set[str]
+
+class Computed(BaseModel):
+    words: list[str]
+
+    @computed_field
+    @property
+    def unique(self) -> set[str]:
+        return set(self.words)
+
+class Extra(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+class Serialized(BaseModel):
+    names: list[str]
+
+    @field_serializer("names")
+    def as_set(self, names: list[str]) -> set[str]:
+        return set(names)
+
+words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+print(input_digest(Tagged(tags=set(words))))
+print(input_digest(Computed(words=words)))
+print(input_digest(Extra(name="x", more=set(words))))
+print(input_digest(Serialized(names=words)))
+"""
+
+
+async def test_equal_inputs_get_one_digest_in_every_process() -> None:
+    # Sets iterate in an order that follows string hashing, which differs from one process
+    # to the next (PYTHONHASHSEED): fields, computed fields, extra fields and serializers
+    # that write a set must not make a resumed process see another input.
+    import os
+    import subprocess
+    import sys
+
+    async def digests(seed: str) -> list[str]:
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", _SEEDED],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout.split()
+
+    first, second = await asyncio.gather(digests("1"), digests("2"))
+    assert len(first) == 4 and "None" not in first
+    assert first == second
+
+
+async def test_match_inputs_false_replays_by_address_alone(tmp_path: Path) -> None:
+    # For inputs that differ on every run by design (a timestamp made at call time).
+    backend = make_backend("sqlite", tmp_path)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        await _square_in_order(state, Squarer(), [2])
+    again = Squarer()
+    async with ExecutionState.resume("r", backend=backend, match_inputs=False) as state:
+        assert await _square_in_order(state, again, [5]) == [4]  # the stored call's result
+    assert not again.calls
+    with pytest.raises(ConfigurationError, match="match_inputs must be True or False"):
+        Recovery(backend, match_inputs="no")  # type: ignore[arg-type]
+    backend.close()

@@ -159,10 +159,10 @@ class ExecutionState:
     def resume(cls, run_id: str, backend: Any = None, **options: Any) -> ExecutionState:
         """A state that resumes run ``run_id``: run the same code again with it.
 
-        ``replay=``, ``resume_from=`` and ``checkpoint=`` go to ``Recovery``; the other
-        options to ``ExecutionState``. See ``rh_agents.recovery``.
+        ``replay=``, ``resume_from=``, ``checkpoint=`` and ``match_inputs=`` go to
+        ``Recovery``; the other options to ``ExecutionState``. See ``rh_agents.recovery``.
         """
-        keys = ("replay", "resume_from", "checkpoint")
+        keys = ("replay", "resume_from", "checkpoint", "match_inputs")
         extra = {key: options.pop(key) for key in keys if key in options}
         recovery = hooks.resume_factory()(backend, **extra)
         return cls(run_id=run_id, recovery=recovery, **options)
