@@ -929,3 +929,44 @@ async def test_a_printer_subscribed_after_a_group_opened_shows_it_whole() -> Non
     nested = {key: view.parent_id for key, view in printer.parallel_groups.items() if key != "docs"}
     assert nested == {f"docs[{i}]::steps": "docs" for i in range(3)}
     assert printer.parallel_groups["docs"].status == "partial"
+
+
+async def test_a_late_printer_nests_groups_opened_inside_a_members_calls() -> None:
+    # The usual shape: a member is an agent's call, whose handler opens the nested group
+    # ("docs[0]::agent::steps"): it still sits under "docs", member 0.
+    from rh_agents.core.actors import Agent
+
+    class Item(BaseModel):
+        i: int
+
+    bus = EventBus()
+    printer = ParallelEventPrinter("collapsed", console=Console(file=io.StringIO(), width=120))
+    state = ExecutionState(event_bus=bus)
+    started = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def fan_out(item: Item, context: str, state: ExecutionState) -> int:
+        async def step() -> None:
+            started.set()
+            await gate.wait()
+
+        async with state.parallel(name="steps") as steps:
+            steps.add(step())
+        return item.i
+
+    agent = ExecutionEvent(actor=Agent(name="agent", input_model=Item, handler=fan_out))
+    async with state.parallel(max_workers=2, name="docs") as p:
+        for i in range(2):
+            p.add(agent(Item(i=i), "", state))
+        await started.wait()
+        bus.subscribe(printer)
+        gate.set()
+    await state.close()
+    printer.close()
+    views = printer.parallel_groups
+    seen = {key: (v.name, v.parent_id, v.parent_index) for key, v in views.items()}
+    assert seen == {
+        "docs": ("docs", None, None),
+        "docs[0]::agent::steps": ("steps", "docs", 0),
+        "docs[1]::agent::steps": ("steps", "docs", 1),
+    }

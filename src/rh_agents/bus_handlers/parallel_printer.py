@@ -449,15 +449,22 @@ class ParallelEventPrinter(EventPrinter):
         """The view of a group this printer did not see start (subscribed after it opened):
         made from what its address tells (its parent group, its member index), as its start
         would have made it, so that its members, failures and end are shown all the same."""
-        head, _, last = group_id.rpartition(ADDRESS_SEPARATOR)
+        parts = group_id.split(ADDRESS_SEPARATOR)
+        last = parts[-1]
         parent_id: str | None = None
         index: int | None = None
-        if head.endswith("]") and "[" in head:  # "outer[3]": a member of group "outer"
-            outer, _, number = head[:-1].rpartition("[")
-            if number.isdigit():
-                parent_id, index = outer, int(number)
-                if parent_id not in self.groups:
-                    self._adopt(parent_id, timestamp, None)
+        # The nearest "outer[3]" above it: it runs in member 3 of group "outer" (maybe
+        # inside calls of that member's: "outer[3]::agent::steps").
+        for depth in range(len(parts) - 2, -1, -1):
+            part = parts[depth]
+            if part.endswith("]") and "[" in part:
+                outer, _, number = part[:-1].rpartition("[")
+                if number.isdigit():
+                    parent_id = ADDRESS_SEPARATOR.join([*parts[:depth], outer])
+                    index = int(number)
+                    if parent_id not in self.groups:
+                        self._adopt(parent_id, timestamp, None)
+                    break
         self._group_started(
             GroupStarted(
                 address=group_id,
