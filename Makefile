@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-uvloop lint typecheck unit soak bench clean
+.PHONY: install demo test test-uvloop test-eager lint typecheck unit soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: lint typecheck unit
 # uvloop's event loop (see tests/conftest.py).
 test-uvloop: $(STAMP)
 	RH_AGENTS_TEST_LOOP=uvloop $(BIN)/pytest -q
+
+# The suite with asyncio.eager_task_factory (every task starts inside create_task), which
+# needs Python 3.12+: make test-eager PYTHON=python3.13 VENV=.venv-3.13
+test-eager: $(STAMP)
+	RH_AGENTS_TEST_LOOP=eager $(BIN)/pytest -q
 
 # The composition property test over 10,000 new random scenarios (make test runs 300), and the
 # recovery property test over 1,000 new interrupted and resumed programs (make test runs 20;

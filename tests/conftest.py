@@ -31,8 +31,34 @@ if TEST_LOOP == "uvloop":
     ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
         return {"uvloop": uvloop.new_event_loop}
 
+elif TEST_LOOP == "eager":
+    # Python 3.12+: asyncio's loop with asyncio.eager_task_factory, which starts every task
+    # at once, inside create_task (a setting programs use for speed).
+    if not hasattr(asyncio, "eager_task_factory"):
+        raise pytest.UsageError("RH_AGENTS_TEST_LOOP=eager needs Python 3.12 or newer")
+
+    def _eager_loop() -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)
+        return loop
+
+    class _EagerPolicy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            loop = super().new_event_loop()
+            loop.set_task_factory(asyncio.eager_task_factory)
+            return loop
+
+    asyncio.set_event_loop_policy(_EagerPolicy())
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+        return {"eager": _eager_loop}
+
 elif TEST_LOOP != "asyncio":
-    raise pytest.UsageError(f"RH_AGENTS_TEST_LOOP must be asyncio or uvloop, got {TEST_LOOP!r}")
+    raise pytest.UsageError(
+        f"RH_AGENTS_TEST_LOOP must be asyncio, uvloop or eager, got {TEST_LOOP!r}"
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -162,9 +162,12 @@ async def test_a_member_is_the_frame_its_calls_run_under() -> None:
 
 
 async def test_the_suite_runs_on_the_loop_it_was_asked_for(running_loop_kind: str) -> None:
-    # make test-uvloop sets RH_AGENTS_TEST_LOOP=uvloop (tests/conftest.py).
+    # make test-uvloop sets RH_AGENTS_TEST_LOOP=uvloop, make test-eager eager (conftest.py).
     loop = asyncio.get_running_loop()
-    assert type(loop).__module__.split(".")[0] == running_loop_kind
+    if running_loop_kind == "eager":
+        assert loop.get_task_factory() is asyncio.eager_task_factory  # type: ignore[attr-defined]
+    else:
+        assert type(loop).__module__.split(".")[0] == running_loop_kind
 
 
 def test_plain_group_options_are_checked_once_and_shared() -> None:

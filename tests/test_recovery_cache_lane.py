@@ -86,7 +86,10 @@ async def test_stopping_the_group_finishes_queued_hits_cleanly() -> None:
             p.add(f"hit{i}", event(Question(text="q"), "", state))
         p.cancel()  # before the cache lane ran: every hit ends cancelled, nothing left open
     results = await p.gather()
-    assert all(r.status.value == "cancelled" for r in results)
+    if asyncio.get_running_loop().get_task_factory() is None:
+        assert all(r.status.value == "cancelled" for r in results)
+    else:  # (an eager task factory runs the lane inside each add: every hit is answered)
+        assert all(r.status.value == "completed" for r in results)
     assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
