@@ -46,6 +46,10 @@ def worker_pid() -> int:
     return os.getpid()
 
 
+def raise_generator_exit() -> None:
+    raise GeneratorExit("from the worker process")
+
+
 def start_child_then_sleep(path: str) -> int:
     """Start a long ``sleep`` process, say its pid in ``path``, then sleep past any timeout."""
     child = subprocess.Popen(["sleep", "60"])
@@ -210,6 +214,21 @@ async def test_a_process_member_calling_sys_exit_is_raised_where_it_was_awaited(
         assert result.status is ResultStatus.FAILED and isinstance(result.exception, SystemExit)
         (again,) = await state.parallel_execute([worker_pid], executor=pool, max_workers=1)
     assert again.result == first.result  # the same worker process answered
+
+
+async def test_a_process_member_raising_generator_exit_is_raised_where_it_was_awaited(
+    pool: ProcessExecutor,
+) -> None:
+    # Its worker process died of it ("exit code 1", with a hint about __main__ that did not
+    # apply): like sys.exit(), it is the member's own outcome, and the worker stays.
+    async with ExecutionState() as state:
+        (first,) = await state.parallel_execute([worker_pid], executor=pool, max_workers=1)
+        with pytest.raises(GeneratorExit) as raised:
+            async with state.parallel(max_workers=1, executor=pool) as p:
+                p.add(raise_generator_exit)
+        assert raised.value.args == ("from the worker process",)
+        (again,) = await state.parallel_execute([worker_pid], executor=pool, max_workers=1)
+    assert again.result == first.result
 
 
 # --- the OpenAI-compatible LLM actor and the stub server ---------------------------------------

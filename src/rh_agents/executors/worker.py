@@ -151,10 +151,11 @@ def run_request(data: bytes) -> bytes:
     try:
         try:
             reply: tuple[Any, ...] = (True, dump_value(_run(request, kind, body)))
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            # A member's sys.exit() (or KeyboardInterrupt) is its own outcome, raised where the
-            # member was awaited, as a member on the event loop raising it would be (and as
-            # concurrent.futures does): this process is a worker of the pool, and stays.
+        except (Exception, SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
+            # A member's sys.exit() (or KeyboardInterrupt, or a GeneratorExit it raised) is its
+            # own outcome, raised where the member was awaited, as a member on the event loop
+            # raising it would be (and as concurrent.futures does): this process is a worker
+            # of the pool, and stays.
             reply = (False, dump_error(exc, f"at {address}"))
         records = _records(request)
         calls = _calls(request)
