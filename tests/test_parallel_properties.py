@@ -8,9 +8,10 @@ outcome cannot depend on speed. Each example runs in its own event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -155,9 +156,9 @@ async def run_group(
 T = TypeVar("T")
 
 
-async def after_a_turn(coroutine: Coroutine[Any, Any, T]) -> T:
+async def after_a_turn(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     await asyncio.sleep(0)
-    return await coroutine
+    return await make()  # (made now: one cancelled meanwhile leaves no coroutine unawaited)
 
 
 async def run_scenario(
@@ -172,7 +173,11 @@ async def run_scenario(
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(
-                    after_a_turn(run_group(state, probe, scenario, specs, f"{g}:", strategy))
+                    after_a_turn(
+                        functools.partial(
+                            run_group, state, probe, scenario, specs, f"{g}:", strategy
+                        )
+                    )
                 )
                 for g, specs in enumerate(scenario.groups)
             ]
