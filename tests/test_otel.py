@@ -25,7 +25,13 @@ from rh_agents.core.context import current_frame
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ErrorStrategy
-from rh_agents.core.records import BusEvent, EventRetrying, MemberFinished, MemberStarted
+from rh_agents.core.records import (
+    BusEvent,
+    EventReplayed,
+    EventRetrying,
+    MemberFinished,
+    MemberStarted,
+)
 from rh_agents.errors import ConfigurationError, MissingDependencyError
 from rh_agents.integrations.otel import (
     OpenTelemetryExporter,
@@ -965,3 +971,25 @@ async def test_top_level_spans_hang_from_the_span_current_where_instrument_was_c
     group = ours(telemetry)["g"]
     assert group.parent is not None
     assert group.parent.span_id == request.get_span_context().span_id
+
+
+def test_a_call_replayed_in_the_default_mode_is_an_instant_span(telemetry: Telemetry) -> None:
+    # replay="skip" publishes EventReplayed only (no start, no completion): the call is still
+    # a span (an instant, as with replay="republish") and counted as completed.
+    exporter = OpenTelemetryExporter(
+        clock_now=10.0,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+    )
+    exporter(
+        EventReplayed(
+            address="fetch", timestamp=10.0, actor="fetch", actor_kind="tool", execution_time=3.0
+        )
+    )
+    span = telemetry.spans()["fetch"]
+    start, end = times(span)
+    assert start == end
+    assert span.attributes is not None and span.attributes["rh_agents.source"] == "replay"
+    assert telemetry.counts("rh_agents.events") == {
+        (("rh_agents.actor", "fetch"), ("rh_agents.status", "completed")): 1
+    }

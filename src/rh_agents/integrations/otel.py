@@ -88,6 +88,7 @@ from rh_agents.core.records import (
     BusEvent,
     EventCompleted,
     EventFailed,
+    EventReplayed,
     EventRetrying,
     EventStarted,
     GroupCompleted,
@@ -180,6 +181,7 @@ _EVENT_KINDS: tuple[type[BusEvent], ...] = (
     EventStarted,
     EventCompleted,
     EventFailed,
+    EventReplayed,
     EventRetrying,
     GroupStarted,
     GroupCompleted,
@@ -338,6 +340,7 @@ class OpenTelemetryExporter:
             EventStarted: self._event_started,
             EventCompleted: self._event_finished,
             EventFailed: self._event_finished,
+            EventReplayed: self._event_replayed,
             EventRetrying: self._event_retrying,
             GroupStarted: self._group_started,
             GroupCompleted: self._group_completed,
@@ -593,6 +596,25 @@ class OpenTelemetryExporter:
             )
         series.count += 1
         self._instruments.event_duration.record(record.execution_time, series.attributes)
+
+    def _event_replayed(self, record: EventReplayed) -> None:
+        """A call a resumed run answered from its checkpoint, in the default replay mode
+        (``replay="skip"``: this record only): the same instant span, and the same count, as
+        its ``EventCompleted(source="replay")`` in the ``republish`` mode."""
+        self._event_finished(
+            EventCompleted(
+                address=record.address,
+                timestamp=record.timestamp,
+                group_id=record.group_id,
+                parallel_index=record.parallel_index,
+                is_parallel=record.is_parallel,
+                actor=record.actor,
+                actor_kind=record.actor_kind,
+                tag=record.tag,
+                execution_time=0.0,  # (no time was spent now: as republish has it)
+                source="replay",
+            )
+        )
 
     def _event_retrying(self, record: EventRetrying) -> None:
         attributes: dict[str, Any] = {
