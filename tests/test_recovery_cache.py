@@ -327,3 +327,19 @@ async def test_a_groups_retry_policy_applies_to_a_cacheable_actors_call() -> Non
         [result] = await p.gather()
     assert (result.ok, result.result, result.attempts) == (True, 7, 3), result.error
     assert calls == [7, 7, 7]
+
+
+def test_a_cache_store_dropped_without_close_closes_its_database(tmp_path: Path) -> None:
+    # ActorCache(SQLiteCacheStore(path)), as the docs write it, never calls close(): the
+    # connection goes with the store (Python 3.13 warns of an unclosed database otherwise).
+    import gc
+    import sqlite3
+
+    store = SQLiteCacheStore(tmp_path / "cache.db")
+    connection = store._conn
+    assert connection is not None
+    connection.execute("SELECT 1")
+    del store
+    gc.collect()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        connection.execute("SELECT 1")
