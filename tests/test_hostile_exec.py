@@ -231,6 +231,52 @@ async def test_a_process_member_raising_generator_exit_is_raised_where_it_was_aw
     assert again.result == first.result
 
 
+_KILLED_DRIVER = """
+import asyncio, functools, os, sys, time
+from rh_agents import ExecutionState
+
+def work(path):
+    with open(path, "a") as log:
+        log.write(f"start {os.getpid()}\\n")
+    time.sleep(5)
+    with open(path, "a") as log:
+        log.write("end\\n")
+
+async def main():
+    async with ExecutionState() as state:
+        await state.parallel_execute([functools.partial(work, sys.argv[1])], executor="processes")
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+async def test_a_worker_process_ends_when_its_driver_is_killed(tmp_path: Path) -> None:
+    # The driver killed outright runs no cleanup: its worker, busy in a handler, finished
+    # it (side effects and all) while a resumed run would run it again. It now ends with it.
+    script = tmp_path / "driver.py"
+    script.write_text(_KILLED_DRIVER)
+    log = tmp_path / "log"
+    driver = await asyncio.create_subprocess_exec(sys.executable, str(script), str(log))
+    try:
+        deadline = time.monotonic() + 30
+        while not log.exists() or "start" not in log.read_text():
+            assert time.monotonic() < deadline, "the member never started"
+            await asyncio.sleep(0.02)
+        worker = int(log.read_text().split()[1])
+        driver.kill()
+        await driver.wait()
+        deadline = time.monotonic() + 5
+        while _alive(worker):
+            assert time.monotonic() < deadline, f"worker {worker} outlived its killed driver"
+            await asyncio.sleep(0.02)
+        assert "end" not in log.read_text()
+    finally:
+        if driver.returncode is None:
+            driver.kill()
+            await driver.wait()
+
+
 # --- the OpenAI-compatible LLM actor and the stub server ---------------------------------------
 
 

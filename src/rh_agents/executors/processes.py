@@ -247,7 +247,7 @@ class ProcessExecutor(RemoteExecutor):
         parent, child = self._context.Pipe(duplex=True)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=process_main,
-            args=(child,),
+            args=(child, os.getpid()),  # (the worker ends if this process dies)
             name="rh-agents-worker",
             daemon=False,  # a worker may start processes of its own (a nested group)
         )

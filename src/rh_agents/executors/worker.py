@@ -22,7 +22,9 @@ import dataclasses
 import inspect
 import os
 import pickle
+import select
 import signal
+import threading
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -187,8 +189,36 @@ def run_request(data: bytes) -> bytes:
         requests.end()
 
 
-def process_main(connection: Connection) -> None:
-    """A worker process of ``ProcessExecutor``: answer requests until the pipe closes."""
+def _watch_driver(driver: int) -> None:
+    """A thread of a worker process: end the worker, and what its members started (its
+    process group), once the driver that started it has died. A driver killed outright
+    (SIGKILL, the OOM killer) runs no cleanup, and a worker busy in a handler would otherwise
+    finish it, side effects and all, while the resumed run runs it again. (The pool's
+    fork server, the worker's parent, outlives the driver: the parent cannot tell.)"""
+    try:
+        handle: int | None = os.pidfd_open(driver)  # Linux 5.3+: readable once it exits
+    except (AttributeError, OSError):
+        handle = None
+    if handle is not None:
+        select.select([handle], [], [])  # (blocks without waking: no cost while it lives)
+    else:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(driver, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass  # (alive, another user's: not ours to check)
+    try:
+        os.killpg(os.getpid(), signal.SIGKILL)  # a group leader (see process_main)
+    finally:
+        os._exit(1)
+
+
+def process_main(connection: Connection, driver: int | None = None) -> None:
+    """A worker process of ``ProcessExecutor``: answer requests until the pipe closes, or
+    until ``driver`` (the pid of the process that started it) dies."""
     # Ctrl-C is the driver's to handle: it stops the group and kills what still runs here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A process group of its own, so that the driver killing this worker (a timeout, a stop)
@@ -196,6 +226,8 @@ def process_main(connection: Connection) -> None:
     # outlives the member.
     if hasattr(os, "setpgrp"):
         os.setpgrp()
+    if driver is not None:
+        threading.Thread(target=_watch_driver, args=(driver,), daemon=True).start()
     while True:
         try:
             data = connection.recv_bytes()
