@@ -408,12 +408,16 @@ async def test_a_resumed_groups_instant_lane_cancelled_from_outside_cancels_the_
             for i in range(4):
                 p.add(squarer.event(Item(i=i), "", state))
             others = [task for task in asyncio.all_tasks() if task is not me]
-            assert others  # (the instant lane, not started)
             for task in others:
                 task.cancel()
             results = await asyncio.wait_for(p.gather(), timeout=5)
-    assert [r.status.value for r in results] == ["cancelled"] * 4
-    assert p.group.status.value == "cancelled"
+    if asyncio.get_running_loop().get_task_factory() is None:
+        assert others  # (the instant lane, not started)
+        assert [r.status.value for r in results] == ["cancelled"] * 4
+        assert p.group.status.value == "cancelled"
+    else:  # (an eager task factory ran the lane inside each add(): the replays were answered)
+        assert others == []
+        assert [r.source for r in results] == ["replay"] * 3 + ["run"]
     assert asyncio.all_tasks() == {me}
     backend.close()
 
@@ -448,5 +452,8 @@ async def test_thousands_of_replays_let_the_event_loop_run(tmp_path: Path) -> No
             with pytest.raises(asyncio.CancelledError):
                 await ticking
     assert all(r.source == "replay" for r in results) and not squarer.calls
-    assert during >= n // 256 - 1, during
+    if asyncio.get_running_loop().get_task_factory() is None:
+        assert during >= n // 256 - 1, during
+    # (An eager task factory runs the lane inside each add(): every replay is answered
+    # there, one at a time, and nothing is left for the lane to hold the loop with.)
     backend.close()
