@@ -116,3 +116,40 @@ async def test_a_hit_that_waited_on_a_dependency_still_takes_the_cache_lane() ->
                 release.set()
     assert order == ["first", "hit", "slow"]
     assert calls == ["q"]
+
+
+async def test_a_member_joining_a_shared_call_gets_its_slot_back_before_new_members() -> None:
+    # Members 0 and 1 make the same cacheable call: 1 joins 0's call and lends its slot,
+    # which member 2 takes. When the call ends, member 0's worker would give its freed slot
+    # to member 3, and member 1, its value in hand, would wait for a whole member to run
+    # (its timeout could end it first). It gets the slot back first now.
+    from parallel_support import until
+
+    gates = {"shared": asyncio.Event(), "long": asyncio.Event()}
+
+    async def answer(input: Question, context: str, state: ExecutionState) -> str:
+        await gates["shared" if input.text == "q" else "long"].wait()
+        return input.text.upper()
+
+    event = ExecutionEvent(
+        actor=Tool(name="answer", input_model=Question, handler=answer, cacheable=True)
+    )
+    state = ExecutionState(cache=ActorCache())
+    async with asyncio.timeout(5), state.parallel(max_workers=2) as p:
+        p.add(event(Question(text="q"), "", state))  # starts the call
+        p.add(event(Question(text="q"), "", state))  # joins it
+        p.add(event(Question(text="long 2"), "", state))
+        p.add(event(Question(text="long 3"), "", state))
+        await until(lambda: p.statistics().running == 2)  # 0 and 2 (1 lent its slot)
+        gates["shared"].set()
+        await until(lambda: p.statistics().done == 2)  # 0 and 1, while 2 still runs
+        assert [r is not None for r in p._tally.results] == [True, True, False, False]
+        gates["long"].set()
+    results = await p.gather()
+    assert [(r.result, r.source) for r in results] == [
+        ("Q", "run"),
+        ("Q", "cache"),
+        ("LONG 2", "run"),
+        ("LONG 3", "run"),
+    ]
+    await state.close()

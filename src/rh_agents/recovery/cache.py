@@ -427,8 +427,21 @@ class ActorCache:
                 value, attempts = await asyncio.shield(flight.task)
             else:
                 # A joiner only waits: it lends its slots, which the call it waits for may
-                # need between two attempts (see wait_lending).
-                value, attempts = await wait_lending(asyncio.shield(flight.task))
+                # need between two attempts (see wait_lending), and takes them back first
+                # thing once the call is done (see MemberSlot.returning_after).
+                frame = running_frame()
+                slot = frame.slot if frame is not None else None
+                ticket = (
+                    slot.returning_after(flight.task)
+                    if type(slot) is MemberSlot
+                    and asyncio.current_task() is not (slot.pool.instant_task)
+                    else None
+                )
+                try:
+                    value, attempts = await wait_lending(asyncio.shield(flight.task))
+                finally:
+                    if ticket is not None:
+                        ticket.end()
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if flight.task.cancelled() and me is not None and not me.cancelling():

@@ -124,6 +124,7 @@ class WorkerPool:
         "plain",
         "ready",
         "replays",
+        "returning",
         "running",
         "slots",
         "unstarted",
@@ -137,6 +138,9 @@ class WorkerPool:
         # The indexes of the replays among them: while any waits, no worker takes a member
         # (see answered_at_once).
         self.replays: set[int] = set()
+        # Members whose lent slot is due back (what they waited for is done: see
+        # MemberSlot.returning_after): they take it before any new member starts.
+        self.returning = 0
         self.instant_task: asyncio.Task[None] | None = None
         self.workers: set[asyncio.Task[None]] = set()
         self.running: dict[asyncio.Task[None], Member] = {}
@@ -283,7 +287,7 @@ class WorkerPool:
         slots = self.slots
         if group._stop_status is not None or group._source is not None or slots._waiters:
             return  # (a lazy input's workers are started as it is read)
-        if self.replays:
+        if self.replays or self.returning:
             return  # (see _has_work)
         # Each worker not started yet will take one of the ready members.
         wanted = min(len(self.ready) - len(self.unstarted), slots.limit - slots._in_use)
@@ -291,8 +295,10 @@ class WorkerPool:
             self._start_worker()
 
     def _has_work(self) -> bool:
-        if self.replays:
-            return False  # (the instant lane kicks the pool once they are answered)
+        if self.replays or self.returning:
+            # (The instant lane kicks the pool once they are answered, a member that took
+            # its slot back once the last is back.)
+            return False
         source = self._group._source
         return bool(self.ready) or (source is not None and not source.exhausted)
 
@@ -361,7 +367,12 @@ class WorkerPool:
         # (The arbiter's fields rather than its limit property: read per member.)
         dynamic = slots._dynamic
         limit = slots._fixed if dynamic is None else dynamic.current
-        if self._group._stop_status is not None or slots._in_use > limit or self.replays:
+        if (
+            self._group._stop_status is not None
+            or slots._in_use > limit
+            or self.replays
+            or self.returning
+        ):
             return None
         return self.ready.pop()
 

@@ -48,6 +48,7 @@ __all__ = [
     "MemberSlot",
     "SharedCallSlot",
     "SlotArbiter",
+    "SlotReturn",
     "in_own_task",
     "member_slot_of",
     "wait_lending",
@@ -189,6 +190,32 @@ class SlotArbiter:
                 waiter.set_result(None)
         if self._in_use < self.limit and self._on_free is not None:
             self._on_free()
+
+
+class SlotReturn:
+    """See ``MemberSlot.returning_after``: counted in its pool's ``returning`` from ``due``
+    to ``end``."""
+
+    __slots__ = ("_counted", "_ended", "pool")
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self._counted = False
+        self._ended = False
+
+    def due(self, _done: object = None) -> None:
+        if not self._ended and not self._counted:
+            self._counted = True
+            self.pool.returning += 1
+
+    def end(self) -> None:
+        self._ended = True
+        if self._counted:
+            self._counted = False
+            pool = self.pool
+            pool.returning -= 1
+            if not pool.returning:
+                pool.kick()  # the ready members held back get their workers
 
 
 class MemberSlot:
@@ -419,6 +446,30 @@ class MemberSlot:
                 member = pool.running.get(asyncio.current_task())  # type: ignore[arg-type]
                 if member is not None and member.index == index:
                     member.lent += now() - since
+
+    def returning_after(self, done: asyncio.Future[Any]) -> SlotReturn:
+        """A member about to lend its slot while it waits for ``done`` (work another member
+        runs: a call the cache shares) will want it back the moment ``done`` completes, and
+        before its group starts any new member. Call before awaiting ``done``; ``end()`` the
+        returned ticket once the slot is back (or the wait given up)::
+
+            ticket = slot.returning_after(flight)
+            try:
+                value = await wait_lending(asyncio.shield(flight))
+            finally:
+                ticket.end()
+
+        Why: the member running ``done``'s work wakes first, ends, and its worker would give
+        its slot to a ready member; the waiting member, woken just after, would then wait
+        for a whole member's run (a timeout could end it, its value in hand). From
+        ``done``'s completion until ``end()`` the group's workers take no new member, so the
+        freed slot is there for it.
+        """
+        ticket = SlotReturn(self.pool)
+        # Registered before the member awaits: this runs before its wake-up, and before the
+        # wake-up of the member that ran the work (one more hop away, through a shield).
+        done.add_done_callback(ticket.due)
+        return ticket
 
     def member_ended(self, index: int | None) -> None:
         """Member ``index`` ended: if its slots are lent (a task of its own still waits for a
