@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,37 +199,32 @@ async def test_a_timed_out_member_takes_the_processes_it_started_with_it(
         await asyncio.sleep(0.02)
 
 
-async def test_a_process_member_calling_sys_exit_is_raised_where_it_was_awaited(
-    pool: ProcessExecutor,
+@pytest.mark.parametrize(
+    ("member", "raised_as"),
+    [
+        (functools.partial(exit_with, 3), SystemExit(3)),
+        (raise_generator_exit, GeneratorExit("from the worker process")),
+    ],
+    ids=["sys.exit", "GeneratorExit"],
+)
+async def test_a_process_members_base_exception_is_raised_where_it_was_awaited(
+    pool: ProcessExecutor, member: Any, raised_as: BaseException
 ) -> None:
-    # Its worker process exited: the member was reported as lost work ("the worker process
-    # died, exit code 3") and the pool started another. Now it is the member's own outcome,
-    # as on the event loop (and as concurrent.futures has it), and the worker stays.
+    # Its worker process exited ("the worker process died, exit code 3", or 1 with a hint
+    # about __main__ that did not apply) and the pool started another. Now it is the
+    # member's own outcome, as on the event loop (and as concurrent.futures has it), and the
+    # worker stays.
     async with ExecutionState() as state:
         (first,) = await state.parallel_execute([worker_pid], executor=pool, max_workers=1)
-        with pytest.raises(SystemExit) as raised:
+        with pytest.raises(type(raised_as)) as raised:
             async with state.parallel(max_workers=1, executor=pool) as p:
-                p.add(functools.partial(exit_with, 3))
-        assert raised.value.code == 3
+                p.add(member)
+        assert raised.value.args == raised_as.args
         (result,) = p._tally.collected()
-        assert result.status is ResultStatus.FAILED and isinstance(result.exception, SystemExit)
+        assert result.status is ResultStatus.FAILED
+        assert isinstance(result.exception, type(raised_as))
         (again,) = await state.parallel_execute([worker_pid], executor=pool, max_workers=1)
     assert again.result == first.result  # the same worker process answered
-
-
-async def test_a_process_member_raising_generator_exit_is_raised_where_it_was_awaited(
-    pool: ProcessExecutor,
-) -> None:
-    # Its worker process died of it ("exit code 1", with a hint about __main__ that did not
-    # apply): like sys.exit(), it is the member's own outcome, and the worker stays.
-    async with ExecutionState() as state:
-        (first,) = await state.parallel_execute([worker_pid], executor=pool, max_workers=1)
-        with pytest.raises(GeneratorExit) as raised:
-            async with state.parallel(max_workers=1, executor=pool) as p:
-                p.add(raise_generator_exit)
-        assert raised.value.args == ("from the worker process",)
-        (again,) = await state.parallel_execute([worker_pid], executor=pool, max_workers=1)
-    assert again.result == first.result
 
 
 _KILLED_DRIVER = """

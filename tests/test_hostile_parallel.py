@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import types
@@ -90,6 +91,22 @@ async def test_member_raising_a_base_exception_stops_the_group_and_raises_it(
     assert_no_leftover_tasks(before)
 
 
+@contextlib.asynccontextmanager
+async def nothing_left_unretrieved() -> AsyncIterator[None]:
+    """Fail if a task ends, in the block, with an exception nobody retrieves (the loop's
+    exception handler is told when the task is collected)."""
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        yield
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unretrieved == []
+    finally:
+        loop.set_exception_handler(None)
+
+
 class _Number(BaseModel):
     n: int
 
@@ -115,13 +132,10 @@ async def test_a_generator_exit_from_a_thread_handler_reaches_the_block_as_raise
     # which the interpreter takes as a close of the coroutines under it: the handler's own
     # exception was lost (the block raised an empty GeneratorExit) and the worker task died
     # with it ("Task exception was never retrieved").
-    loop = asyncio.get_running_loop()
-    unretrieved: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
     before = own_tasks()
     state = ExecutionState(**limits)
     event = ExecutionEvent(actor=Tool(name="exits", input_model=_Number, handler=_exits_on_one))
-    try:
+    async with nothing_left_unretrieved():
         with pytest.raises(GeneratorExit) as raised:
             async with state.parallel(max_workers=3) as p:
                 for i in range(3):
@@ -130,25 +144,15 @@ async def test_a_generator_exit_from_a_thread_handler_reaches_the_block_as_raise
         assert state.internal_errors == []
         assert_no_leftover_tasks(before)
         await state.close()
-        gc.collect()
-        await asyncio.sleep(0)
-        assert unretrieved == []
-    finally:
-        loop.set_exception_handler(None)
 
 
-async def test_a_member_awaiting_a_future_that_holds_a_generator_exit_ends_its_worker_cleanly() -> (
-    None
-):
+async def test_a_generator_exit_from_a_members_own_future_ends_its_worker_cleanly() -> None:
     # The same through a future of the member's own (run_in_executor, a thread's future): the
     # member's run records the close, the group stops and raises a GeneratorExit, and no
     # worker task is left holding an exception nobody retrieves.
-    loop = asyncio.get_running_loop()
-    unretrieved: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
     before = own_tasks()
     state = ExecutionState(global_max_workers=3)
-    try:
+    async with nothing_left_unretrieved():
         with pytest.raises(GeneratorExit):
             async with state.parallel(max_workers=3) as p:
                 p.add(value(0))
@@ -157,11 +161,6 @@ async def test_a_member_awaiting_a_future_that_holds_a_generator_exit_ends_its_w
         assert ResultStatus.FAILED in statuses
         assert_no_leftover_tasks(before)
         await state.close()
-        gc.collect()
-        await asyncio.sleep(0)
-        assert unretrieved == []
-    finally:
-        loop.set_exception_handler(None)
 
 
 async def test_base_exception_of_a_member_ends_a_stream() -> None:
