@@ -457,3 +457,44 @@ async def test_thousands_of_replays_let_the_event_loop_run(tmp_path: Path) -> No
     # (An eager task factory runs the lane inside each add(): every replay is answered
     # there, one at a time, and nothing is left for the lane to hold the loop with.)
     backend.close()
+
+
+async def test_a_retry_in_a_resumed_run_calls_again_what_its_failed_attempt_replayed(
+    tmp_path: Path,
+) -> None:
+    # An agent checks its tool's answer and raises on a bad one; its retry calls the tool
+    # again. The stored run has the bad answer (completed) and the agent failed. On resume
+    # the agent's first attempt replays the bad answer and fails as before; its retry must
+    # call the tool afresh, as a run that never stopped would, not replay the same answer
+    # (a stored result answers one call of the resumed run).
+    from rh_agents.core.actors import Agent
+    from rh_agents.resilience import RetryPolicy
+    from rh_agents.testing import ManualClock
+
+    answers = iter(["bad", "good", "unexpected third call"])
+    fetches: list[str] = []
+
+    async def fetch(item: Item, context: str, state: ExecutionState) -> str:
+        fetches.append(answer := next(answers))
+        return answer
+
+    tool = ExecutionEvent(actor=Tool(name="fetch", input_model=Item, handler=fetch))
+
+    async def checks(item: Item, context: str, state: ExecutionState) -> str:
+        answer = (await tool(item, "", state)).unwrap()
+        if answer == "bad":
+            raise ValueError("a bad answer")
+        return answer
+
+    agent = Agent(name="checker", input_model=Item, handler=checks)
+    backend = make_backend("sqlite", tmp_path)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        first = await ExecutionEvent(actor=agent)(Item(i=1), "", state)
+    assert not first.ok and fetches == ["bad"]
+    retried = ExecutionEvent(actor=agent, retry=RetryPolicy(max_attempts=2, jitter=0))
+    async with ExecutionState.resume("r", backend=backend, clock=ManualClock()) as state:
+        second = await retried(Item(i=1), "", state)
+        assert state.recovery is not None and state.recovery.recovered == 1
+    assert (second.ok, second.result, second.attempts) == (True, "good", 2)
+    assert fetches == ["bad", "good"]
+    backend.close()
