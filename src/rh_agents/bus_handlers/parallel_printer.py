@@ -63,7 +63,7 @@ from rh_agents.bus_handlers.group_view import (
 from rh_agents.bus_handlers.live_view import elapsed, render_live
 from rh_agents.bus_handlers.printer import EventPrinter, check_output
 from rh_agents.bus_handlers.wrapping import wrap
-from rh_agents.core.context import ADDRESS_SEPARATOR
+from rh_agents.core.context import ADDRESS_SEPARATOR, enclosing_member
 from rh_agents.core.interrupt import interrupt_requested
 from rh_agents.core.records import (
     BusEvent,
@@ -449,22 +449,12 @@ class ParallelEventPrinter(EventPrinter):
         """The view of a group this printer did not see start (subscribed after it opened):
         made from what its address tells (its parent group, its member index), as its start
         would have made it, so that its members, failures and end are shown all the same."""
-        parts = group_id.split(ADDRESS_SEPARATOR)
-        last = parts[-1]
-        parent_id: str | None = None
-        index: int | None = None
-        # The nearest "outer[3]" above it: it runs in member 3 of group "outer" (maybe
-        # inside calls of that member's: "outer[3]::agent::steps").
-        for depth in range(len(parts) - 2, -1, -1):
-            part = parts[depth]
-            if part.endswith("]") and "[" in part:
-                outer, _, number = part[:-1].rpartition("[")
-                if number.isdigit():
-                    parent_id = ADDRESS_SEPARATOR.join([*parts[:depth], outer])
-                    index = int(number)
-                    if parent_id not in self.groups:
-                        self._adopt(parent_id, timestamp, None)
-                    break
+        last = group_id.rpartition(ADDRESS_SEPARATOR)[2]
+        # The member it runs in (maybe inside that member's calls: "outer[3]::agent::steps").
+        member = enclosing_member(group_id)
+        parent_id, index = member if member is not None else (None, None)
+        if parent_id is not None and parent_id not in self.groups:
+            self._adopt(parent_id, timestamp, None)
         self._group_started(
             GroupStarted(
                 address=group_id,

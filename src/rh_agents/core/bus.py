@@ -858,7 +858,7 @@ class _StreamQueue:
 
     Unbounded, since a record dropped would be lost to its reader without a word; a reader
     that stops reading (and holds the stream) makes it hold every later record, so once
-    ``_STREAM_BACKLOG`` are waiting it is said, once, on the ``rh_agents`` logger."""
+    ``_STREAM_BACKLOG`` are waiting it is said, once, on the ``rh_agents.bus`` logger."""
 
     __slots__ = ("__weakref__", "_items", "_waiter", "_warned")
 

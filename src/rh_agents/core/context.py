@@ -24,12 +24,25 @@ __all__ = [
     "InContext",
     "context_changed",
     "current_frame",
+    "enclosing_member",
     "enter_frame",
     "exit_frame",
     "running_frame",
 ]
 
 ADDRESS_SEPARATOR = "::"
+
+
+def enclosing_member(address: str) -> tuple[str, int] | None:
+    """The innermost group member ``address`` is (or runs inside), as (group id, index):
+    ``a::docs[3]::tool`` and ``docs[3]`` give ``("a::docs", 3)`` and ``("docs", 3)``;
+    ``None`` outside every group. (Names and tags cannot hold brackets.)"""
+    open_ = address.rfind("[")
+    if open_ <= 0:
+        return None
+    close = address.find("]", open_)
+    number = address[open_ + 1 : close]
+    return (address[:open_], int(number)) if close > 0 and number.isdigit() else None
 
 
 class Frame:

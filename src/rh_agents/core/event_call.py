@@ -2,7 +2,7 @@
 
 ``event(input, context, state)`` returns an ``EventCall``. It is awaitable like the coroutine it
 stands for (and is one, for ``asyncio``: ``create_task``, ``gather`` and ``wait_for`` take it),
-but it also says what it calls, so a group, its cache lane and the policy runner read
+but it also says what it calls, so a group, its instant lane and the policy runner read
 attributes rather than a coroutine's frame::
 
     call = summarize(doc, "", state)

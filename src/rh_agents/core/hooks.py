@@ -111,6 +111,12 @@ class RecoveryHook(Protocol):
         ``input``, the call's input as passed: only if it is the input of the stored call)."""
         ...
 
+    @property
+    def can_replay(self) -> bool:
+        """Whether any call may be replayed at all (a resumed run with results stored): when
+        not, callers skip ``replays`` and what its address costs to make."""
+        ...
+
     def replays(self, address: str, actor: BaseActor, input: Any) -> bool:
         """Whether a call of ``actor`` with ``input`` at ``address`` would be replayed
         (``recovered_result`` would answer it), changing nothing."""

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["ExecutionResult", "ResultStatus", "describe_error"]
+__all__ = ["ExecutionResult", "Raised", "ResultStatus", "describe_error"]
 
 T = TypeVar("T")
 
@@ -112,3 +112,22 @@ def describe_error(exc: BaseException) -> str:
     except Exception as problem:
         text = f"<str() raised {type(problem).__name__}>"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Raised:
+    """An exception carried as a call's value, to be raised where the call is awaited.
+
+    For what must not travel as an exception: a ``BaseException`` raised in a shared call's
+    task (asyncio would let it out of the event loop itself, past every caller), or a
+    ``GeneratorExit`` set on a future (thrown into the awaiting task, the interpreter takes it
+    for a close of every coroutine awaiting below)::
+
+        future.set_result(Raised(exc))         # where the outcome is made
+        if type(value) is Raised:              # where it is awaited
+            raise value.exception
+    """
+
+    __slots__ = ("exception",)
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rh_agents.core.handing_over import after_outcome_taken
+from rh_agents.core.results import Raised
 from rh_agents.errors import ConfigurationError
 
 __all__ = ["DEFAULT_MAX_THREADS", "ThreadRunner"]
@@ -59,15 +60,6 @@ DEFAULT_MAX_THREADS = min(32, (os.cpu_count() or 1) + 4)
 # What a call is at: waiting for a thread (here, on the loop's side), handed to the threads,
 # running in one, ended, or dropped (cancelled before a thread started it: it never runs).
 _WAITING, _HANDED, _RUNNING, _ENDED, _DROPPED = range(5)
-
-
-class _Raised:
-    """A ``GeneratorExit`` a handler raised, as the value of its call (see _Pool._finished)."""
-
-    __slots__ = ("exception",)
-
-    def __init__(self, exception: BaseException) -> None:
-        self.exception = exception
 
 
 class _Call:
@@ -214,7 +206,7 @@ class _Pool:
             # outermost coroutine, which the interpreter takes as a close of every coroutine
             # awaiting below it: the handler's exception, its message, would never reach the
             # caller. Handed over as a value, it is raised where the call awaits (see run).
-            future.set_result(_Raised(error))
+            future.set_result(Raised(error))
         elif error is not None:
             future.set_exception(error)
         else:
@@ -312,7 +304,7 @@ class ThreadRunner:
             if future.done() and not future.cancelled() and future.exception() is None:
                 _close_dropped(future.result())  # (it came, but this caller left first)
             raise
-        if type(value) is _Raised:
+        if type(value) is Raised:
             raise value.exception
         if inspect.isawaitable(value):
             return await value

@@ -55,6 +55,7 @@ from pydantic_core import PydanticSerializationError
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.context import running_frame
 from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot, wait_lending
+from rh_agents.core.results import Raised
 from rh_agents.errors import ConfigurationError, CorruptStateError, RecoveryError
 from rh_agents.recovery.cache_worker import StoreRead, StoreWorker
 from rh_agents.recovery.codec import canonical_json, encode_result
@@ -222,18 +223,6 @@ class _Flight:
         self.waiters = 0
         self.member_slot = member_slot
         self.member_index = member_index
-
-
-class _Raised:
-    """What a shared call raised that is not an ``Exception`` (``KeyboardInterrupt``,
-    ``SystemExit``, a test framework's failure): handed to its callers, each of which raises
-    it in its own task. Raised in the call's task, asyncio would let it out of the event loop
-    itself, past every caller and its group."""
-
-    __slots__ = ("exception",)
-
-    def __init__(self, exception: BaseException) -> None:
-        self.exception = exception
 
 
 def _same_member(flight: _Flight) -> bool:
@@ -427,21 +416,9 @@ class ActorCache:
                 value, attempts = await asyncio.shield(flight.task)
             else:
                 # A joiner only waits: it lends its slots, which the call it waits for may
-                # need between two attempts (see wait_lending), and takes them back first
-                # thing once the call is done (see MemberSlot.returning_after).
-                frame = running_frame()
-                slot = frame.slot if frame is not None else None
-                ticket = (
-                    slot.returning_after(flight.task)
-                    if type(slot) is MemberSlot
-                    and asyncio.current_task() is not (slot.pool.instant_task)
-                    else None
-                )
-                try:
-                    value, attempts = await wait_lending(asyncio.shield(flight.task))
-                finally:
-                    if ticket is not None:
-                        ticket.end()
+                # need between two attempts, and takes them back first thing once the call is
+                # done (see wait_lending).
+                value, attempts = await wait_lending(flight.task)
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if flight.task.cancelled() and me is not None and not me.cancelling():
@@ -470,7 +447,7 @@ class ActorCache:
             raise
         finally:
             flight.waiters -= 1
-        if type(value) is _Raised:
+        if type(value) is Raised:
             raise value.exception
         return value, attempts, source
 
@@ -483,7 +460,7 @@ class ActorCache:
             except (Exception, asyncio.CancelledError):
                 raise
             except BaseException as exc:  # KeyboardInterrupt, SystemExit, pytest's Failed...
-                return _Raised(exc), 0
+                return Raised(exc), 0
             value = actor.validate_output(value)
             if self._worker is None:
                 self._put(key, actor, value)

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from rh_agents.core.actors import BaseActor
+from rh_agents.core.context import enclosing_member
 from rh_agents.core.hooks import NO_INPUT
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import (
@@ -414,6 +415,11 @@ class Recovery:
             and state is not None
             and state.clock.now() - self._last_write >= policy.seconds
         )
+
+    @property
+    def can_replay(self) -> bool:
+        """Whether any call may be replayed (see ``RecoveryHook.can_replay``)."""
+        return bool(self._stored) and self.replay is not ReplayMode.VALIDATE
 
     def replays(self, address: str, actor: BaseActor, input: Any) -> bool:
         """Whether ``recovered_result(address, actor, input)`` would answer the call (it
@@ -850,5 +856,5 @@ async def _wait_through_cancel(
 
 def _group_of(address: str) -> str | None:
     """The innermost group of ``address``: ``a::docs[3]::tool`` -> ``a::docs``."""
-    end = address.rfind("[")
-    return address[:end] if end > 0 else None
+    member = enclosing_member(address)
+    return None if member is None else member[0]

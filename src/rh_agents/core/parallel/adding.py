@@ -2,8 +2,8 @@
 
 The functions here are ``ParallelExecutionManager``'s methods (bound in its class body, each
 taking the group first) that check what they are given, turn it into a ``Member``, wire its
-dependencies, and hand it to the worker pool (or to the cache lane, when the cache already
-holds its result)::
+dependencies, and hand it to the worker pool (or to the instant lane, when the cache already
+holds its result or a resumed run replays it)::
 
     async with state.parallel(max_workers=5) as p:
         p.add("fetch", fetch(url))                             # a name, then a coroutine
@@ -426,7 +426,7 @@ def add_member(
 
 
 def enqueue(group: ParallelExecutionManager[Any], member: Member) -> None:
-    """Hand ``member``, ready to run, to the cache lane or to the workers."""
+    """Hand ``member``, ready to run, to the instant lane or to the workers."""
     pool = group._pool
     state = group._state
     if (state.cache is not None or state.recovery is not None) and pool.answered_at_once(member):

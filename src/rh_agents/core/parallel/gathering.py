@@ -27,7 +27,9 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rh_agents.core.context import running_frame
@@ -241,14 +243,16 @@ async def gather(
     if members is None:
         return await gather_all(group)
     members = _member_list(members, "gather")
-    if not group._entered:
-        async with group:
-            indices = group.add_many((None, m) for m in members)
-            results = await gather_all(group)
-    else:
+    async with _opened(group):
         indices = group.add_many((None, m) for m in members)
         results = await gather_all(group)
     return [results[i] for i in indices]
+
+
+def _opened(group: ParallelExecutionManager[Any]) -> AbstractAsyncContextManager[Any]:
+    """The group to enter, for members given directly without ``async with`` (the call then
+    opens, runs and closes it); nothing to enter inside its block."""
+    return contextlib.nullcontext() if group._entered else group
 
 
 def _member_list(members: Any, what: str) -> Iterable[Any]:
@@ -295,11 +299,7 @@ async def gather_dict(
     group, runs them and closes it (see ``gather``)."""
     if members is not None:
         members = _member_dict(members)
-        if not group._entered:
-            async with group:
-                group.add_many(members.items())
-                results = await gather_all(group)
-        else:
+        async with _opened(group):
             group.add_many(members.items())
             results = await gather_all(group)
         return {key: results[group._names[key]] for key in members}

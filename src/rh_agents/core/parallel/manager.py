@@ -13,7 +13,7 @@ O(max_workers); a finished member keeps only its ``ExecutionResult``::
 The group's state is owned by parts with one job each, composed here:
 
 - ``WorkerPool`` (``scheduler``): the worker tasks, the group's ``SlotArbiter``, the ready
-  members and the cache lane;
+  members and the instant lane;
 - ``ResultTally`` (``tally``): the results, in submission and completion order, and their
   counts by status;
 - ``ReaderWaits`` (``readers``): the tasks waiting for the whole group, for the next result,

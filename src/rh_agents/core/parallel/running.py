@@ -1,7 +1,7 @@
 """Running one member and landing its one result: ``run_member`` and ``finish``.
 
 The functions here are ``ParallelExecutionManager``'s methods (bound in its class body, each
-taking the group first) that a worker (or the cache lane) calls for each member it takes:
+taking the group first) that a worker (or the instant lane) calls for each member it takes:
 ``run_member`` enters the member's frame, holds its slots, applies its timeout and turns what
 the member returned or raised into an ``ExecutionResult``; ``finish`` lands that result.
 Nothing here is called directly; it is what runs under::

@@ -24,11 +24,15 @@ the ``async with`` block touch it, on one event loop):
 - A worker takes its member when it first runs (``unstarted`` holds those that have not), so
   contended members start by priority; a worker cancelled before it ran held no member, and
   ``_worker_done`` gives its slot back.
-- Every task started here (workers and the cache lane) is in ``workers`` until it ends (a
+- Every task started here (workers and the instant lane) is in ``workers`` until it ends (a
   worker leaving normally removes itself as its body returns), with ``_worker_done`` as its
-  done callback; the group joins them all before it ends.
-- A cache hit takes no worker slot: the cache lane runs hits one after another, outside the
-  limit, and never waits for the global limit.
+  done callback; the group joins them all before it ends. A worker or the lane cancelled by
+  anyone but the group's own stop stops the group (``_cancelled_from_outside``).
+- A cache hit or a replay takes no worker slot: the instant lane runs them one after
+  another, outside the limit, and never waits for the global limit.
+- The one exception to the liveness rule, brief and on purpose: while a replay waits in the
+  instant lane (``replays``), or a member's lent slot is due back (``returning``), no worker
+  takes a ready member, and none starts; whoever clears the last of them kicks the pool.
 - For a group that keeps no results, pulling the ``map()`` input waits while twice the limit
   of results are unread, so memory stays O(max_workers) however long the input.
 """
@@ -47,6 +51,7 @@ from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.context import (
+    ADDRESS_SEPARATOR,
     Frame,
     InContext,
     context_changed,
@@ -93,7 +98,7 @@ class PoolStatistics:
     """A frozen snapshot of a worker pool: its limit, the slots held, tasks waiting to take
     one back, worker tasks, members holding a slot (``running``: not those that lent theirs,
     in a retry backoff say) and waiting for a worker, the most members ever running at once,
-    and cache hits waiting for the cache lane."""
+    and cache hits and replays waiting for the instant lane (``cache_hits_queued``)."""
 
     limit: int
     slots_in_use: int
@@ -729,9 +734,12 @@ class WorkerPool:
         event = source.event
         actor = event.actor
         recovery = state.recovery
-        if recovery is not None:
+        if recovery is not None and recovery.can_replay:
             # The address the call will have: the first child of its member's frame.
-            address = f"{self._group.group_id}[{member.index}]::{event.tag or actor.name}"
+            address = (
+                f"{self._group.group_id}[{member.index}]{ADDRESS_SEPARATOR}"
+                f"{event.tag or actor.name}"
+            )
             if recovery.replays(address, actor, source.input):
                 self.replays.add(member.index)
                 return True
@@ -753,7 +761,10 @@ class WorkerPool:
                 self._instant_lane(), context=self.context.copy()
             )
             if task.done():
-                return  # (an eager task factory ran the lane to its end in create_task)
+                # An eager task factory ran the lane to its end in create_task: what its
+                # done callback would do (an error of the lane is reported).
+                self._worker_done(task)
+                return
             self.instant_task = task  # (an eager lane that suspended set it already)
             self.workers.add(task)  # owned like a worker: joined before the group ends
             task.add_done_callback(self._worker_done)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -451,11 +451,13 @@ class MemberSlot:
         """A member about to lend its slot while it waits for ``done`` (work another member
         runs: a call the cache shares) will want it back the moment ``done`` completes, and
         before its group starts any new member. Call before awaiting ``done``; ``end()`` the
-        returned ticket once the slot is back (or the wait given up)::
+        returned ticket once the slot is back (or the wait given up), as ``wait_lending``
+        does::
 
             ticket = slot.returning_after(flight)
             try:
-                value = await wait_lending(asyncio.shield(flight))
+                async with slot.lent(index):
+                    value = await asyncio.shield(flight)
             finally:
                 ticket.end()
 
@@ -553,7 +555,7 @@ def member_slot_of(slot: object) -> MemberSlot | None:
 def in_own_task(slot: MemberSlot, parallel_index: int | None) -> bool:
     """Whether the calling task is the worker running member ``parallel_index`` of the
     group ``slot`` belongs to: the member's own task, not a task of its own (whose siblings
-    may work meanwhile) nor the cache lane (which holds no slot)."""
+    may work meanwhile) nor the instant lane (which holds no slot)."""
     task = asyncio.current_task()
     if task is None or task is slot.pool.instant_task:
         return False
@@ -561,21 +563,27 @@ def in_own_task(slot: MemberSlot, parallel_index: int | None) -> bool:
     return member is not None and member.index == parallel_index
 
 
-async def wait_lending(awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable``, work done elsewhere, with the running member's slots lent.
+async def wait_lending(done: asyncio.Future[T]) -> T:
+    """The outcome of ``done``, work done elsewhere, awaited with the running member's slots
+    lent, and taken back first thing once ``done`` completes (``returning_after``).
 
     For a member that only waits on someone else's work (an identical call already running,
     which the cache shares): holding its slots meanwhile could leave the work it waits for
     without one (the shared call, between two attempts, waits to take a slot back), and
-    nobody would ever release it. Outside a member, or in a group's cache lane (which holds
-    no slot), it simply awaits.
+    nobody would ever release it. ``done`` is shielded: a cancelled wait leaves the work
+    going. Outside a member, or in a group's instant lane (which holds no slot), it simply
+    awaits.
     """
     frame = running_frame()
     slot = frame.slot if frame is not None else None
     # (Inside a call the cache shares, the slot is a SharedCallSlot: the call holds its
     # starter's slots while it waits, as through its backoffs.)
     if not isinstance(slot, MemberSlot) or asyncio.current_task() is slot.pool.instant_task:
-        return await awaitable
+        return await asyncio.shield(done)
     assert frame is not None
-    async with slot.lent(frame.parallel_index):
-        return await awaitable
+    ticket = slot.returning_after(done)
+    try:
+        async with slot.lent(frame.parallel_index):
+            return await asyncio.shield(done)
+    finally:
+        ticket.end()

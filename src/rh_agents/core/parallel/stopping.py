@@ -15,7 +15,7 @@ Invariants:
 - ``_stop`` is idempotent: the first call sets ``_stop_status`` (what unfinished members
   become) and ``_stop_group_status``; later calls do nothing.
 - ``_stop`` cancels every running worker but the calling task, and finishes at once, with a
-  closed coroutine, every member that has not started (ready, waiting for the cache lane, or
+  closed coroutine, every member that has not started (ready, waiting for the instant lane, or
   waiting for a dependency): after it, only running members still owe a result.
 - ``_raise_for_strategy`` is called only once every member has its result (the group joined
   and finalized), so the error it raises never leaves work running behind it.
