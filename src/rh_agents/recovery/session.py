@@ -235,11 +235,6 @@ class Recovery:
         # Inputs replays() found the same as the stored call's, by address, until
         # recovered_result answers the call (the same object: not digested again).
         self._checked: dict[str, Any] = {}
-        # Addresses already answered from the store in this run. A stored result answers one
-        # call: a second call at the address is a retry of what encloses it (an agent that
-        # failed after this call, and runs again), which a run that never stopped would make
-        # afresh; replayed again, the retry would get the very result it failed on.
-        self._answered: set[str] = set()
         self._changed_actors: set[str] = set()  # actors already warned about
         self.differences: list[ReplayDifference] = []
         self._state: ExecutionState | None = None
@@ -354,7 +349,6 @@ class Recovery:
             return None
         value = decode_result(record, actor)
         self.recovered += 1
-        self._answered.add(address)
         return ExecutionResult(
             ok=True,
             result=value,
@@ -440,7 +434,6 @@ class Recovery:
             or record.status != _COMPLETED
             or record.result_json is None
             or address in self._rerun
-            or address in self._answered
             or record.actor != actor.name
             or record.actor_version != actor.version
         ):
