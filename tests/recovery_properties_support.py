@@ -66,7 +66,7 @@ from rh_agents.recovery import (
     SQLiteBackend,
     StateBackend,
 )
-from rh_agents.recovery.records import CheckpointRecord
+from rh_agents.recovery.records import CheckpointRecord, call_key, split_call_key
 from rh_agents.recovery.writer import WriteJob
 
 ALWAYS = 99  # fails every attempt
@@ -481,9 +481,13 @@ class RunLog:
 
     phase: str
     outputs: list[Any] = field(default_factory=list)
-    execs: Counter[str] = field(default_factory=Counter)  # handler executions by address
+    # Handler executions by call: ``call_key(address, n)`` for the n-th call at an address
+    # in the run (a retried agent calls its tools again at the same addresses), as stored.
+    execs: Counter[str] = field(default_factory=Counter)
     successes: Counter[str] = field(default_factory=Counter)  # ... that returned a value
     key_successes: Counter[str] = field(default_factory=Counter)  # cacheable ones, by input
+    # Executions by address: a flaky tool's n-th one in a run fails while n <= fails.
+    n_by_address: Counter[str] = field(default_factory=Counter)
     total_execs: int = 0
     body_done: bool = False  # the program's body ran to its end
     ended: str = "running"  # returned, cancelled, raised: <type>
@@ -497,7 +501,17 @@ class RunLog:
     replayed_records: int = 0
     recovered: int = 0
     resumed: bool = False
-    history: dict[str, ExecutionResult[Any]] = field(default_factory=dict)
+    # Each call's result by its key, and how many calls ended at each address (as recovery
+    # numbers them: every call the history records, a replay included).
+    results: dict[str, ExecutionResult[Any]] = field(default_factory=dict)
+    ended: Counter[str] = field(default_factory=Counter)
+    passed: set[str] = field(default_factory=set)  # failed stored calls a replay passed over
+    # The call each execution ran inside (its enclosing call's key; None at the top).
+    parent: dict[str, str | None] = field(default_factory=dict)
+
+    def key_now(self, address: str) -> str:
+        """The key of the call running (not yet ended) at ``address``."""
+        return call_key(address, self.ended[address] + 1)
 
 
 class World:
@@ -510,10 +524,12 @@ class World:
         store: Path,
         cache: ActorCache | None,
         interrupt_at: float | None = None,
+        stored: dict[str, CheckpointRecord] | None = None,
     ) -> None:
         self.program = program
         self.phase = phase
         self.store = store
+        self.stored = stored or {}  # (the resumed run's) what the store held at its start
         self.cache = cache
         self.groups = groups_of(program)
         self.gids = {id(g): n for n, g in enumerate(self.groups)}
@@ -546,7 +562,15 @@ class World:
         assert frame is not None
         address = frame.address
         log = self.log
-        log.execs[address] += 1
+        key = log.key_now(address)
+        # The call this one runs inside: the nearest address above that ran a handler (a
+        # member's address, g[i], is no call, unless a callable member ran there).
+        above = address.rpartition("::")[0]
+        while above and above not in log.n_by_address:
+            above = above.rpartition("::")[0]
+        log.parent[key] = log.key_now(above) if above else None
+        log.execs[key] += 1
+        log.n_by_address[address] += 1
         log.total_execs += 1
         if (
             self.phase == "first"
@@ -558,7 +582,7 @@ class World:
             raise Crash(f"crash at execution {log.total_execs} ({address})")
         if self.phase == "first" and self.program.by == "executions":
             self._maybe_fire_on_execution()
-        return address, log.execs[address]
+        return address, log.n_by_address[address]
 
     def _maybe_fire_on_execution(self) -> None:
         at = self.interrupt_at
@@ -695,8 +719,8 @@ class World:
 
 
 def running_tool(address: str) -> str:
-    """The tool's name: the last part of the address, without its ``#n``."""
-    return address.rsplit("::", 1)[-1].split("#", 1)[0]
+    """The tool's name: the last part of the address (or call key), without its ``#n``."""
+    return split_call_key(address)[0].rsplit("::", 1)[-1].split("#", 1)[0]
 
 
 def job_of(call: Call) -> Job:
@@ -763,6 +787,26 @@ class Runner(World):
             self.log.replayed_records += 1
 
         state.event_bus.subscribe(count, kinds=[EventReplayed])
+        record = state.history.record
+
+        def recorded(
+            event: Any, address: str, group_id: Any, index: Any, input: Any, result: Any
+        ) -> None:
+            log = self.log
+            call = log.ended[address] + 1
+            if result.source == "replay":
+                # A replay passes over failed stored calls to the next one that completed
+                # (see Recovery._replayable): the calls after it number on from there.
+                while (found := self.stored.get(call_key(address, call))) is not None and (
+                    found.status != "completed"
+                ):
+                    log.passed.add(call_key(address, call))
+                    call += 1
+            log.results[call_key(address, call)] = result
+            log.ended[address] = call
+            record(event, address, group_id, index, input, result)
+
+        state.history.record = recorded  # type: ignore[method-assign]
         return state
 
     def _arm(self, loop: StoreLoop) -> None:
@@ -792,7 +836,6 @@ class Runner(World):
         assert recovery is not None
         log.recovered = recovery.recovered
         log.resumed = recovery.resumed
-        log.history = {a: state.history[a].result for a in state.history.addresses()}
         me = asyncio.current_task()
         alive = {t for t in asyncio.all_tasks() if not t.done()} - before - {me}
         log.leftover = [repr(t) for t in alive]
@@ -946,7 +989,7 @@ def run_scenario(program: Program, folder: Path) -> Scenario:
         with open_store(path) as backend:
             after_first = backend.load(RUN_ID)
             first_status = backend.get_run(RUN_ID).status
-        resume = run_world(Runner(program, "resume", path, cache(shared)))
+        resume = run_world(Runner(program, "resume", path, cache(shared), stored=after_first))
     with open_store(clean_path) as backend:
         clean_store = backend.load(RUN_ID)
     with open_store(path) as backend:
@@ -985,10 +1028,15 @@ def _stored(records: dict[str, CheckpointRecord]) -> dict[str, tuple[str, str | 
     return {a: (r.status, r.result_json) for a, r in records.items()}
 
 
-def _covered(address: str, replayable: set[str]) -> bool:
-    """Whether ``address`` or an event above it is answered from its checkpoint."""
-    parts = address.split("::")
-    return any("::".join(parts[:n]) in replayable for n in range(1, len(parts) + 1))
+def _covered(key: str, replayed: set[str], parent: dict[str, str | None]) -> bool:
+    """Whether the call ``key`` or a call it ran inside (``parent``, as the clean run made
+    them) was answered from its checkpoint."""
+    seen: str | None = key
+    while seen is not None:
+        if seen in replayed:
+            return True
+        seen = parent.get(seen)
+    return False
 
 
 def check_scenario(sc: Scenario) -> None:
@@ -1035,9 +1083,9 @@ def check_scenario(sc: Scenario) -> None:
     # The loss window: an event that finished in the first run and whose result can be
     # stored is committed, unless the process was killed (then at most batch - 1 of them).
     finished = {
-        a
-        for a, r in first.history.items()
-        if r.ok and r.source != "replay" and running_tool(a) != "untyped"
+        k
+        for k, r in first.results.items()
+        if r.ok and r.source != "replay" and running_tool(k) != "untyped"
     }
     committed = {a for a, (s, _) in _stored(sc.after_first).items() if s == "completed"}
     lost = sorted(finished - committed)
@@ -1046,25 +1094,23 @@ def check_scenario(sc: Scenario) -> None:
     )
     assert len(lost) <= bound, f"finished but not committed: {lost} (at most {bound})"
 
-    # Every committed completed call is replayed, never run again; the rest run again.
-    replayable = {a for a, r in sc.after_first.items() if r.status == "completed" and r.result_json}
-    for address in replayable:
-        assert resume.execs[address] == 0, (
-            f"{address} completed and was committed, yet ran {resume.execs[address]}x again"
+    # Every committed completed call is replayed, never run again; the rest run again. (A
+    # retried agent calls its tools again at the same addresses: the n-th call at an address
+    # is the n-th stored there, ``call_key``.)
+    replayable = {k for k, r in sc.after_first.items() if r.status == "completed" and r.result_json}
+    for key in replayable:
+        assert resume.execs[key] == 0, (
+            f"{key} completed and was committed, yet ran {resume.execs[key]}x again"
         )
-        result = resume.history.get(address)
+        result = resume.results.get(key)
         if result is not None:
-            assert result.source == "replay", f"{address}: source {result.source!r}"
-    replayed = {a for a, r in resume.history.items() if r.source == "replay"}
+            assert result.source == "replay", f"{key}: source {result.source!r}"
+    replayed = {k for k, r in resume.results.items() if r.source == "replay"}
     assert replayed <= replayable, f"replayed without a checkpoint: {replayed - replayable}"
-    # Each replay is counted and published once; an address may be replayed more than once,
-    # by each attempt of a retried call around it (an attempt's calls keep the addresses
-    # the first attempt's had).
-    assert resume.recovered == resume.replayed_records, (
-        f"recovered={resume.recovered}, EventReplayed records {resume.replayed_records}"
-    )
-    assert len(replayed) <= resume.recovered, (
-        f"replayed results {len(replayed)}, but only {resume.recovered} replays counted"
+    # Each replay is counted and published once.
+    assert resume.recovered == resume.replayed_records == len(replayed), (
+        f"recovered={resume.recovered}, EventReplayed records {resume.replayed_records}, "
+        f"replayed results {len(replayed)}"
     )
 
     # With a cache: a cacheable call with the same input runs (successfully) once, over the
@@ -1089,14 +1135,14 @@ def check_scenario(sc: Scenario) -> None:
     )
     # ... and every call not answered from a checkpoint ran again as often as in the clean
     # run (a failed or unfinished one included).
-    for address in set(clean.execs) | set(resume.execs):
-        tool = running_tool(address)
+    for key in set(clean.execs) | set(resume.execs):
+        tool = running_tool(key)
         if program.cache and tool == "cached":
             continue  # counted by input, above
-        if address not in clean.history and address not in resume.history:
+        if key not in clean.results and key not in resume.results:
             continue  # never finished (timed out): when it was stopped depends on timing
-        want = 0 if _covered(address, replayable) else clean.execs[address]
-        assert resume.execs[address] == want, (
-            f"{address}: ran {resume.execs[address]}x on resume, expected {want} "
-            f"(clean run: {clean.execs[address]}x, first run: {first.execs[address]}x)"
+        want = 0 if _covered(key, replayed | resume.passed, clean.parent) else clean.execs[key]
+        assert resume.execs[key] == want, (
+            f"{key}: ran {resume.execs[key]}x on resume, expected {want} "
+            f"(clean run: {clean.execs[key]}x, first run: {first.execs[key]}x)"
         )

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Recorder
+from parallel_support import until
 from recovery_support import Item, Square, Squarer, make_backend, run_group
 from rh_agents.core.actors import Tool
 from rh_agents.core.bus import EventBus
@@ -456,4 +457,173 @@ async def test_thousands_of_replays_let_the_event_loop_run(tmp_path: Path) -> No
         assert during >= n // 256 - 1, during
     # (An eager task factory runs the lane inside each add(): every replay is answered
     # there, one at a time, and nothing is left for the lane to hold the loop with.)
+    backend.close()
+
+
+# --- an agent retried around its tools: several calls at one address -------------------------
+
+
+def _checking_agent(
+    answers: list[str],
+    fetches: list[str],
+    seen: list[str],
+    fail_first_attempt: bool = False,
+    hold: asyncio.Event | None = None,
+) -> Any:
+    """An agent whose attempts each call the tool ``fetch`` (at the same address) and raise
+    on a "bad" answer (or, with ``fail_first_attempt``, in their run's first attempt); an
+    attempt that accepts its answer waits for ``hold`` first, if given."""
+    from rh_agents.core.actors import Agent
+
+    replies = iter(answers)
+    attempts = [0]
+
+    async def fetch(item: Item, context: str, state: ExecutionState) -> str:
+        fetches.append(answer := next(replies))
+        return answer
+
+    tool = ExecutionEvent(actor=Tool(name="fetch", input_model=Item, handler=fetch))
+
+    async def checks(item: Item, context: str, state: ExecutionState) -> str:
+        attempts[0] += 1
+        answer = (await tool(item, "", state)).unwrap()
+        seen.append(answer)
+        if answer == "bad" or (fail_first_attempt and attempts[0] == 1):
+            raise ValueError(f"attempt {attempts[0]} refused {answer!r}")
+        if hold is not None:
+            await hold.wait()
+        return answer
+
+    return Agent(name="checker", input_model=Item, handler=checks)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_a_retry_in_a_resumed_run_calls_again_what_its_failed_attempt_replayed(
+    tmp_path: Path, kind: str
+) -> None:
+    # The stored run has the tool's bad answer (completed) and the agent failed on it. On
+    # resume the agent's first attempt replays the bad answer and fails as before; its retry
+    # calls the tool afresh, as a run that never stopped would, rather than replay the very
+    # answer its failed attempt had (which no retry could ever get past).
+    from rh_agents.resilience import RetryPolicy
+    from rh_agents.testing import ManualClock
+
+    fetches: list[str] = []
+    seen: list[str] = []
+    agent = _checking_agent(["bad", "good", "a third call"], fetches, seen)
+    backend = make_backend(kind, tmp_path)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend)) as state:
+        first = await ExecutionEvent(actor=agent)(Item(i=1), "", state)
+    assert not first.ok and fetches == ["bad"]
+    retried = ExecutionEvent(actor=agent, retry=RetryPolicy(max_attempts=2, jitter=0))
+    async with ExecutionState.resume("r", backend=backend, clock=ManualClock()) as state:
+        second = await retried(Item(i=1), "", state)
+        assert state.recovery is not None and state.recovery.recovered == 1
+    assert (second.ok, second.result, second.attempts) == (True, "good", 2)
+    assert fetches == ["bad", "good"] and seen == ["bad", "bad", "good"]
+    # The two calls at the tool's address are stored one after the other.
+    stored = backend.load("r")
+    assert stored["checker::fetch"].result_json == '"bad"'
+    assert stored["checker::fetch::#2"].result_json == '"good"'
+    backend.close()
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_each_call_a_retried_agent_committed_is_replayed_to_the_attempt_that_made_it(
+    tmp_path: Path, kind: str
+) -> None:
+    # Attempt 1 called the tool ("a") and failed; attempt 2 called it again ("b") and the run
+    # was cancelled before the agent ended. Resumed, attempt 1 gets "a" and attempt 2 gets
+    # "b", as they did: neither call runs again (one result kept per address gave both "b";
+    # a stored result answering only one call ran the second one again).
+    from rh_agents.resilience import RetryPolicy
+    from rh_agents.testing import ManualClock
+
+    fetches: list[str] = []
+    seen: list[str] = []
+    retry = RetryPolicy(max_attempts=3, jitter=0)
+    backend = make_backend(kind, tmp_path)
+    agent = _checking_agent(["a", "b"], fetches, seen, True, hold=asyncio.Event())
+    async with ExecutionState(run_id="r", recovery=Recovery(backend), clock=ManualClock()) as state:
+        call = asyncio.create_task(ExecutionEvent(actor=agent, retry=retry)(Item(i=1), "", state))
+        await until(lambda: len(seen) == 2)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    assert fetches == ["a", "b"] and seen == ["a", "b"]
+    assert backend.get_run("r").status is RunStatus.COMPLETED  # (the body itself returned)
+
+    agent = _checking_agent([], fetches, seen, True)
+    async with ExecutionState.resume("r", backend=backend, clock=ManualClock()) as state:
+        result = await ExecutionEvent(actor=agent, retry=retry)(Item(i=1), "", state)
+        assert state.recovery is not None and state.recovery.recovered == 2
+    assert (result.ok, result.result, result.attempts) == (True, "b", 2)
+    assert fetches == ["a", "b"] and seen == ["a", "b", "a", "b"]
+    backend.close()
+
+
+def test_runs_show_lists_the_second_call_at_an_address_under_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rh_agents.cli import app
+    from rh_agents.recovery.records import CheckpointRecord, latest_calls, split_call_key
+
+    backend = SQLiteBackend(tmp_path / "runs.db")
+    backend.create_run("r")
+
+    def record(key: str, seq: int, status: str) -> CheckpointRecord:
+        return CheckpointRecord(
+            run_id="r", address=key, seq=seq, actor="fetch", actor_version="1", status=status,
+            result_json='"x"' if status == "completed" else None,
+        )  # fmt: skip
+
+    backend.save(
+        "r", [record("checker::fetch", 0, "failed"), record("checker::fetch::#2", 1, "completed")]
+    )
+    backend.close()
+    shown = CliRunner().invoke(app, ["runs", "show", "r", "--state", str(tmp_path / "runs.db")])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("fetch"))
+    assert "failed" in lines[at] and lines[at + 1].strip().startswith("call 2")
+    assert "completed" in lines[at + 1]
+    assert split_call_key("checker::fetch::#2") == ("checker::fetch", 2)
+    assert split_call_key("checker::fetch#2") == ("checker::fetch#2", 1)
+    with SQLiteBackend(tmp_path / "runs.db", mode="read") as reader:
+        latest = latest_calls(reader.load("r").values())
+    assert list(latest) == ["checker::fetch"] and latest["checker::fetch"].status == "completed"
+
+
+async def test_the_call_counts_of_a_unit_go_when_it_ends(tmp_path: Path) -> None:
+    # Recovery numbers the calls at each address (see call_key); a long run must not keep a
+    # count per call it ever made: a top-level call's or top-level member's counts go as it
+    # ends (nothing below it is called again).
+    from rh_agents.core.actors import Agent
+
+    tool = Squarer().event
+
+    async def two_calls(item: Item, context: str, state: ExecutionState) -> int:
+        await tool(item, "", state)
+        return (await tool(item, "", state)).unwrap().square
+
+    agent = ExecutionEvent(actor=Agent(name="twice", input_model=Item, handler=two_calls))
+    backend = make_backend("sqlite", tmp_path)
+    recovery = Recovery(backend)
+    async with ExecutionState(run_id="r", recovery=recovery) as state:
+        counts = recovery._calls
+        assert (await agent(Item(i=3), "", state)).result == 9
+        assert counts == {}
+        async with state.parallel(name="docs", max_workers=4) as p:
+            for i in range(50):
+                p.add(agent(Item(i=i), "", state))
+            held = []
+
+            async def watch() -> None:
+                async for _ in p.as_completed():
+                    held.append(len(counts))
+
+            await watch()
+        assert counts == {} and max(held) <= 4
+    stored = backend.load("r")
+    assert "docs[7]::twice::square" in stored and "docs[7]::twice::square#2" in stored
     backend.close()

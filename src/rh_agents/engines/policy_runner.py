@@ -531,8 +531,8 @@ async def run_attempts(
         if number > 1 and not frame.children_running:
             # Each attempt numbers the calls it makes afresh: an attempt's calls have the
             # addresses the first attempt's had (``llm``, not ``llm#2``), so that how many
-            # attempts failed changes no address, and a resumed run, whose first attempt
-            # succeeds, finds the checkpoints the retried one committed. Unless a call of
+            # attempts failed changes no address; recovery stores the calls at one address
+            # one after another and replays them in that order (see call_key). Unless a call of
             # the last attempt still runs (asyncio.gather left it behind): its address is
             # taken, and this attempt's calls number on from it.
             frame.continue_numbering(None)

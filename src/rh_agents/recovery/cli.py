@@ -33,7 +33,13 @@ from rh_agents.core.safe_text import clipped, local_time, one_line, printable
 from rh_agents.errors import RecoveryError
 from rh_agents.recovery.backend import default_state_path
 from rh_agents.recovery.opening import open_backend
-from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
+from rh_agents.recovery.records import (
+    CheckpointRecord,
+    RunInfo,
+    RunStatus,
+    latest_calls,
+    split_call_key,
+)
 from rh_agents.recovery.run_ids import check_run_id
 from rh_agents.recovery.session import rerun_addresses
 
@@ -169,7 +175,7 @@ def show(
     if info.status is not RunStatus.COMPLETED:
         typer.echo(f"resume: {_shown(_resume_hint(info, state))}")
     groups: dict[str, list[CheckpointRecord]] = defaultdict(list)
-    for record in records.values():
+    for record in latest_calls(records.values()).values():
         if record.group_id is not None:
             groups[record.group_id].append(record)
     shown: set[str] = set()
@@ -184,7 +190,10 @@ def show(
             shown.add(node)
             found = records.get(node)
             status = f"  {_describe(found)}" if found is not None else ""
-            typer.echo(f"{'  ' * depth}{_shown(parts[depth])}{status}")
+            _, call = split_call_key(node)
+            # (A second call at the address above: a retried agent called it again.)
+            name = f"call {call}" if call != 1 else _shown(parts[depth])
+            typer.echo(f"{'  ' * depth}{name}{status}")
     if groups:
         typer.echo("groups:")
     for group_id in sorted(groups):

@@ -11,7 +11,8 @@ Both are pydantic models, so they travel as JSON (never pickled)::
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
@@ -22,6 +23,9 @@ __all__ = [
     "ReplayMode",
     "RunInfo",
     "RunStatus",
+    "call_key",
+    "latest_calls",
+    "split_call_key",
 ]
 
 
@@ -65,9 +69,52 @@ class RunInfo(BaseModel):
     resume_command: str | None = None
 
 
+# A second call at one address in a run (the retry of the agent that made the first one
+# calls its tools again, at the addresses its first attempt used) is stored beside the first,
+# under ``address::#2``: no actor name or tag contains '#', so no event's address reads so.
+_CALL_MARK = "::#"
+
+
+def call_key(address: str, call: int) -> str:
+    """Where the ``call``-th call at ``address`` in a run is stored: ``address`` for the
+    first one, ``address::#2``, ``address::#3``... for the next.
+
+    A resumed run answers its ``n``-th call at an address with the ``n``-th stored one, so
+    that a retry which made a call afresh in the stored run makes it afresh again, and one
+    whose call was committed gets that very result::
+
+        call_key("plan::search", 1)  # 'plan::search'
+        call_key("plan::search", 2)  # 'plan::search::#2'
+    """
+    return address if call == 1 else f"{address}{_CALL_MARK}{call}"
+
+
+def split_call_key(key: str) -> tuple[str, int]:
+    """``(address, call)`` of a stored key (see ``call_key``)."""
+    address, mark, number = key.rpartition(_CALL_MARK)
+    if mark and number.isdigit():
+        return address, int(number)
+    return key, 1
+
+
+def latest_calls(records: Iterable[CheckpointRecord]) -> dict[str, CheckpointRecord]:
+    """Each address's last stored call (by ``seq``), keyed and addressed by the address
+    itself: what a view of the run shows for it."""
+    latest: dict[str, CheckpointRecord] = {}
+    for record in records:
+        address, call = split_call_key(record.address)
+        if call != 1:
+            record = replace(record, address=address)
+        known = latest.get(address)
+        if known is None or known.seq < record.seq:
+            latest[address] = record
+    return latest
+
+
 @dataclass(slots=True, kw_only=True)
 class CheckpointRecord:
-    """One finished event, keyed by ``(run_id, address)``.
+    """One finished event, keyed by ``(run_id, address)``; ``address`` is the event's, or
+    for the second and later calls at one address in the run, ``call_key`` of it.
 
     ``seq`` is the order in which events finished in the run that wrote them (used by
     ``resume_from``); ``result_json`` is the result as JSON text (``None`` when the call

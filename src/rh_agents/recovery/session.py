@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from rh_agents.core.actors import BaseActor
-from rh_agents.core.context import enclosing_member
+from rh_agents.core.context import ADDRESS_SEPARATOR, enclosing_member
 from rh_agents.core.hooks import NO_INPUT
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import (
@@ -79,6 +79,7 @@ from rh_agents.recovery.records import (
     ReplayDifference,
     ReplayMode,
     RunStatus,
+    call_key,
 )
 from rh_agents.recovery.run_ids import check_run_id
 from rh_agents.recovery.writer import CheckpointWriter, WriteJob, store_name
@@ -240,6 +241,16 @@ class Recovery:
         self._state: ExecutionState | None = None
         self._stored: dict[str, CheckpointRecord] = {}
         self._rerun: set[str] = set()
+        # The stored calls at each address this run has used so far: the last one it ran
+        # (stored under the next number) or replayed. The next call there is looked up from
+        # the number after it (see call_key and _replayable). Calls at one address never
+        # overlap (one parent makes them, one attempt after another), so a call's number is
+        # the same when it is looked up and when it ends. Kept by top-level unit (the
+        # address's first part: a top-level call, or a member of a top-level group), and
+        # dropped as the unit ends (nothing below it is called again), so that a long run
+        # (a million members of a map()) keeps only its running units' counts. A top-level
+        # call itself is never called twice (its name is numbered): it is not counted.
+        self._calls: dict[str, dict[str, int]] = {}
         self._pending: list[CheckpointRecord] = []
         self._seq = 0
         self._last_write = 0.0
@@ -334,11 +345,12 @@ class Recovery:
     def recovered_result(
         self, address: str, actor: BaseActor, input: Any = NO_INPUT
     ) -> ExecutionResult[Any] | None:
-        """The stored result for ``address`` if it completed with this actor and version,
-        and, when ``input`` is given, for the same input."""
-        record = self._replayable(address, actor)
-        if record is None:
+        """The stored result for the next call at ``address`` if it completed with this actor
+        and version, and, when ``input`` is given, for the same input."""
+        found = self._replayable(address, actor)
+        if found is None:
             return None
+        record, call = found
         checked = self._checked.pop(address, NO_INPUT) if self._checked else NO_INPUT
         if (
             input is not NO_INPUT
@@ -349,6 +361,7 @@ class Recovery:
             return None
         value = decode_result(record, actor)
         self.recovered += 1
+        self._used(address, call)
         return ExecutionResult(
             ok=True,
             result=value,
@@ -369,6 +382,12 @@ class Recovery:
         """Checkpoint one finished event (or compare it, when validating)."""
         if self._closed:
             return
+        call = self._last_used(address) + 1
+        key = address if call == 1 else call_key(address, call)
+        if ADDRESS_SEPARATOR in address:
+            self._used(address, call)
+        else:
+            self._calls.pop(address, None)  # a top-level call ended, and its unit with it
         text: str | None = None
         type_name: str | None = None
         if result.ok:
@@ -377,12 +396,12 @@ class Recovery:
             if text is None:
                 self._not_stored(address, actor, encoded.problem)
         if self.replay is ReplayMode.VALIDATE:
-            self._compare(address, text, result.status.value)
+            self._compare(key, text, result.status.value)
             return
         state = self._state
         record = CheckpointRecord(
             run_id=self.run_id or "",
-            address=address,
+            address=key,
             seq=self._seq,
             actor=actor.name,
             actor_version=actor.version,
@@ -418,27 +437,41 @@ class Recovery:
     def replays(self, address: str, actor: BaseActor, input: Any) -> bool:
         """Whether ``recovered_result(address, actor, input)`` would answer the call (it
         counts and logs nothing)."""
-        record = self._replayable(address, actor)
-        if record is None or not self._same_input(record, actor, input):
+        found = self._replayable(address, actor)
+        if found is None or not self._same_input(found[0], actor, input):
             return False
         self._checked[address] = input  # (recovered_result need not digest it again)
         return True
 
-    def _replayable(self, address: str, actor: BaseActor) -> CheckpointRecord | None:
-        """The stored record of ``address``, if it completed with this actor and version."""
+    def _replayable(self, address: str, actor: BaseActor) -> tuple[CheckpointRecord, int] | None:
+        """The stored call that answers the next call at ``address`` and its number: the next
+        stored there, or the first completed one after it when it failed, if it completed
+        with this actor and version.
+
+        Failed calls are passed over: an agent whose retry succeeded called its tool again
+        (at the address its failed attempt had used) because the first call failed; resumed,
+        its first attempt gets the call that succeeded, as its later steps did, rather than
+        call the tool again for an answer they never saw. A completed call is never passed
+        over: a retry whose call ran afresh in the stored run (nothing stored after it) runs
+        afresh again, rather than get what its failed attempt had.
+        """
         if self.replay is ReplayMode.VALIDATE:
             return None
-        record = self._stored.get(address)
+        stored = self._stored
+        call = self._last_used(address) + 1
+        record = stored.get(address if call == 1 else call_key(address, call))
+        while record is not None and record.status != _COMPLETED:
+            call += 1
+            record = stored.get(call_key(address, call))
         if (
             record is None
-            or record.status != _COMPLETED
             or record.result_json is None
-            or address in self._rerun
+            or record.address in self._rerun
             or record.actor != actor.name
             or record.actor_version != actor.version
         ):
             return None
-        return record
+        return record, call
 
     def _same_input(self, record: CheckpointRecord, actor: BaseActor, input: Any) -> bool:
         """Whether ``input`` is the input of the stored call (always, for a record written
@@ -483,14 +516,32 @@ class Recovery:
             problem,
         )
 
-    def _compare(self, address: str, text: str | None, status: str) -> None:
-        stored = self._stored.get(address)
+    def _last_used(self, address: str) -> int:
+        """The number of the last stored call at ``address`` this run ran or replayed."""
+        calls = self._calls.get(address.partition(ADDRESS_SEPARATOR)[0])
+        return calls.get(address, 0) if calls else 0
+
+    def _used(self, address: str, call: int) -> None:
+        """The stored call ``call`` at ``address`` answered a call of this run."""
+        unit, separator, _ = address.partition(ADDRESS_SEPARATOR)
+        if separator:
+            calls = self._calls.get(unit)
+            if calls is None:
+                calls = self._calls[unit] = {}
+            calls[address] = call
+
+    def unit_ended(self, address: str) -> None:
+        """See ``RecoveryHook.unit_ended``: the counts of calls below ``address`` go."""
+        self._calls.pop(address, None)
+
+    def _compare(self, key: str, text: str | None, status: str) -> None:
+        stored = self._stored.get(key)
         if stored is None:
             return
         if stored.result_json != text or stored.status != status:
             self.differences.append(
                 ReplayDifference(
-                    address=address,
+                    address=key,
                     stored=stored.result_json,
                     current=text,
                     stored_status=stored.status,

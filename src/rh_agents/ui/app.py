@@ -37,7 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rh_agents.observability.timeline import Timeline
-from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
+from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus, latest_calls
 from rh_agents.ui import pages
 from rh_agents.ui.live import FeedSnapshot, LiveFeed, Node
 from rh_agents.ui.model import (
@@ -351,7 +351,8 @@ async def _unseen(
     except StoreProblem:
         return None
     rows = feed.rows
-    unseen = {r.address: r.status for r in records.values() if r.address not in rows}
+    latest = latest_calls(records.values())
+    unseen = {a: r.status for a, r in latest.items() if a not in rows}
     vs.unseen[feed.run_id] = (feed, unseen)
     return unseen
 
@@ -409,7 +410,8 @@ def _live_run(
         seen.add(node["address"])
         below = nodes.get(node["address"], {})
         nodes[node["address"]] = {**below, **{k: v for k, v in node.items() if v is not None}}
-    unseen = {r.address: r.status for r in stored.values() if r.address not in seen}
+    latest = latest_calls(stored.values())
+    unseen = {a: r.status for a, r in latest.items() if a not in seen}
     counts = add_counts(summary["counts"], unseen.values())
     summary = {**summary, "counts": counts, "events": sum(counts.values())}
     # The feed has every group its run opened (a watch begun mid-run sees the open ones too):

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from rh_agents.core.parallel.metrics import Distribution
-from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
+from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus, latest_calls
 from rh_agents.ui.live import LiveFeed, Node
 
 __all__ = [
@@ -71,7 +71,7 @@ def stored_nodes(records: Iterable[CheckpointRecord]) -> dict[str, Node]:
     """Every checkpointed event as a node, and a member node for each member whose top-level
     event is stored (``group[i]::actor``): the member's outcome is that event's."""
     nodes: dict[str, Node] = {}
-    for record in records:
+    for record in latest_calls(records).values():
         nodes[record.address] = {
             "address": record.address,
             "kind": "event",
@@ -127,7 +127,7 @@ def stored_groups(
     """Each group's counts and a metrics snapshot from its members' checkpoints."""
     members: dict[str, list[CheckpointRecord]] = {}
     first: dict[str, int] = {}
-    for record in records:
+    for record in latest_calls(records).values():
         group_id = record.group_id
         if group_id is None:
             continue

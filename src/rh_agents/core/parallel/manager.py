@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from rh_agents.core.context import Frame, current_frame
+from rh_agents.core.context import ADDRESS_SEPARATOR, Frame, current_frame
 from rh_agents.core.parallel import (
     adding,
     advising,
@@ -130,6 +131,7 @@ class ParallelExecutionManager(Generic[T]):
         "_tally",
         "_timeout_handle",
         "_trigger",
+        "_unit_ended",
         "_used",
         "_wall_time",
         "_window",
@@ -250,6 +252,7 @@ class ParallelExecutionManager(Generic[T]):
         self._status = GroupStatus.PENDING
         self._end_time: float | None = None
         self.group_id = ""
+        self._unit_ended: Callable[[str], None] | None = None
         self._entered = False
         self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
@@ -350,6 +353,11 @@ class ParallelExecutionManager(Generic[T]):
         pool.context = contextvars.copy_context()
         name = self._requested_name or "parallel"
         self.group_id = parent.child_address(name)
+        recovery = state.recovery
+        if recovery is not None and ADDRESS_SEPARATOR not in self.group_id:
+            # A member of a top-level group never runs again once it ended: recovery may
+            # forget what it counted below it (see RecoveryHook.unit_ended).
+            self._unit_ended = recovery.unit_ended
         parent.children_running += 1  # (until the block is left: see Frame)
         if not self._retain:
             state.history.keep_none_under(self.group_id)  # (bounded memory: see history)

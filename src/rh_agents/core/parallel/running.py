@@ -279,6 +279,9 @@ def finish(
 
     if group._dependents:
         release_dependents(group, index, result)
+    unit_ended = group._unit_ended
+    if unit_ended is not None:
+        unit_ended(f"{group.group_id}[{index}]")
 
     status = result.status
     if group._stop_status is None:
