@@ -1,11 +1,12 @@
-"""One rule for run ids, in both backends, ``Recovery`` and the command line."""
+"""One rule for run ids, in the state, both backends, ``Recovery`` and the command line."""
 
 from __future__ import annotations
 
 import pytest
 
+from rh_agents.core.execution import ExecutionState
+from rh_agents.core.run_ids import MAX_RUN_ID_BYTES, check_run_id
 from rh_agents.errors import InvalidRunIdError, RecoveryError
-from rh_agents.recovery.run_ids import MAX_RUN_ID_BYTES, check_run_id
 from rh_agents.recovery.session import new_run_id
 
 GOOD = ["r", "nightly-2024-06-01", "a.b_c", "run 7", "été", ".hidden", "x" * MAX_RUN_ID_BYTES]
@@ -47,3 +48,11 @@ def test_a_non_string_is_refused() -> None:
 
 def test_generated_ids_follow_the_rule() -> None:
     assert check_run_id(new_run_id())
+
+
+@pytest.mark.parametrize("run_id", [5, "a/b", ""])
+def test_a_state_without_a_store_refuses_a_bad_run_id_too(run_id: object) -> None:
+    # A run id names the run in records, traces and the viewer as well: the same rule.
+    with pytest.raises(InvalidRunIdError, match="a run id is 1 to 128 bytes"):
+        ExecutionState(run_id=run_id, watchdog=None)  # type: ignore[arg-type]
+    assert ExecutionState(run_id="nightly", watchdog=None).run_id == "nightly"

@@ -8,12 +8,12 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
+from rh_agents.core.run_ids import check_run_id
 from rh_agents.demo_data import MAX_DOCUMENTS
 from rh_agents.errors import ConfigurationError, InvalidRunIdError, RecoveryError
 from rh_agents.observability.cli import check_output_file
 from rh_agents.observability.cli import timeline as runs_timeline
 from rh_agents.recovery.cli import STATE, runs_app, store_path
-from rh_agents.recovery.run_ids import check_run_id
 
 
 def _untyped_flags(params: list[Any]) -> list[Any]:

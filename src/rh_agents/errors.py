@@ -36,7 +36,7 @@ also derive from ``ValueError`` or ``TypeError`` (and a closed group's error fro
      │    └── CoroutineResultWarning           a member returned a coroutine instead of awaiting it
      └── RecoveryError                         state backends, checkpoints and replay
           ├── UnknownRunError (KeyError)
-          ├── InvalidRunIdError (ValueError)   a run id that breaks the rule (recovery.run_ids)
+          ├── InvalidRunIdError (ValueError)   a run id that breaks the rule (core.run_ids)
           ├── CorruptStateError                a state file or database that cannot be read
           ├── RunLockedError                   another live process holds the run's lease
           └── ResultSchemaError                a stored result no longer fits its model
@@ -355,7 +355,7 @@ class UnknownRunError(RecoveryError, KeyError):
 
 
 class InvalidRunIdError(RecoveryError, ValueError):
-    """A run id breaks the rule of ``rh_agents.recovery.run_ids`` (the message says it)."""
+    """A run id breaks the rule of ``rh_agents.core.run_ids`` (the message says it)."""
 
 
 class CorruptStateError(RecoveryError):

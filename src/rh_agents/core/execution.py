@@ -51,6 +51,7 @@ from rh_agents.core.parallel.slots import SlotArbiter
 from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
 from rh_agents.core.records import RunInterrupted, _placed
 from rh_agents.core.results import ExecutionResult
+from rh_agents.core.run_ids import check_run_id
 from rh_agents.core.threads import ThreadRunner
 from rh_agents.core.watch import RunWatch
 from rh_agents.core.watchdog import RunResources, Watchdog
@@ -111,7 +112,9 @@ class ExecutionState:
         check_policy("retry", retry, RetryPolicy)
         check_policy("circuit_breaker", circuit_breaker, CircuitBreaker)
         check_policy("rate_limit", rate_limit, RateLimit)
-        self.run_id = run_id
+        # The one rule for run ids, with a store or without (a run id names the run in
+        # records, traces and the viewer as well).
+        self.run_id = check_run_id(run_id) if run_id is not None else None
         self.retry = retry
         self.circuit_breaker = circuit_breaker
         # resilience: a state-wide rate limit; circuits and buckets shared by key

@@ -58,10 +58,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from rh_agents.core.run_ids import check_run_id
 from rh_agents.errors import ConfigurationError, RecoveryError
 from rh_agents.recovery.lease import LeaseOwner, NoLease, RunLease
 from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus
-from rh_agents.recovery.run_ids import check_run_id
 
 __all__ = [
     "STATE_ENV_VAR",

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import typer
 
+from rh_agents.core.run_ids import check_run_id
 from rh_agents.core.safe_text import clipped, local_time, one_line, printable
 from rh_agents.errors import RecoveryError
 from rh_agents.recovery.backend import default_state_path
@@ -40,7 +41,6 @@ from rh_agents.recovery.records import (
     latest_calls,
     split_call_key,
 )
-from rh_agents.recovery.run_ids import check_run_id
 from rh_agents.recovery.session import rerun_addresses
 
 __all__ = ["list_runs", "resume", "runs_app", "show", "store_path"]

@@ -38,11 +38,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rh_agents.core.run_ids import check_run_id
 from rh_agents.errors import CorruptStateError, InvalidRunIdError, RecoveryError, UnknownRunError
 from rh_agents.recovery.backend import OpenMode, StateBackend, check_mode
 from rh_agents.recovery.lease import LeaseOwner, RunLease, locked_error, owner_is_dead
 from rh_agents.recovery.records import CHECKPOINT_ADAPTER, CheckpointRecord, RunInfo, RunStatus
-from rh_agents.recovery.run_ids import check_run_id
 
 if sys.platform != "win32":
     import fcntl

@@ -62,6 +62,7 @@ from rh_agents.core.actors import BaseActor
 from rh_agents.core.context import ADDRESS_SEPARATOR, enclosing_member
 from rh_agents.core.hooks import NO_INPUT
 from rh_agents.core.results import ExecutionResult, ResultStatus
+from rh_agents.core.run_ids import check_run_id
 from rh_agents.errors import (
     CheckpointWarning,
     ConfigurationError,
@@ -81,7 +82,6 @@ from rh_agents.recovery.records import (
     RunStatus,
     call_key,
 )
-from rh_agents.recovery.run_ids import check_run_id
 from rh_agents.recovery.writer import CheckpointWriter, WriteJob, store_name
 
 if TYPE_CHECKING:

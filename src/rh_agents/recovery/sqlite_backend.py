@@ -50,6 +50,7 @@ from urllib.parse import quote
 
 from pydantic import ValidationError
 
+from rh_agents.core.run_ids import check_run_id
 from rh_agents.errors import CorruptStateError, RecoveryError, UnknownRunError
 from rh_agents.recovery.backend import OpenMode, StateBackend, check_mode, default_state_path
 from rh_agents.recovery.lease import (
@@ -62,7 +63,6 @@ from rh_agents.recovery.lease import (
     owner_is_dead,
 )
 from rh_agents.recovery.records import CHECKPOINT_ADAPTER, CheckpointRecord, RunInfo, RunStatus
-from rh_agents.recovery.run_ids import check_run_id
 
 __all__ = ["SQLiteBackend"]
 

@@ -38,8 +38,8 @@ from urllib.parse import quote
 import uvicorn
 
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.run_ids import check_run_id
 from rh_agents.errors import ConfigurationError
-from rh_agents.recovery.run_ids import check_run_id
 from rh_agents.ui.app import LOCAL_HOSTS, create_app
 from rh_agents.ui.live import LiveFeed
 from rh_agents.ui.store import StoreReader

@@ -16,11 +16,11 @@ import asyncio
 import threading
 from pathlib import Path
 
+from rh_agents.core.run_ids import check_run_id
 from rh_agents.errors import InvalidRunIdError, RecoveryError, UnknownRunError
 from rh_agents.recovery.backend import default_state_path
 from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.records import CheckpointRecord, RunInfo
-from rh_agents.recovery.run_ids import check_run_id
 
 __all__ = ["StoreProblem", "StoreReader"]
 

@@ -1,4 +1,5 @@
-"""The one rule for run ids, shared by both backends, ``Recovery`` and the command line.
+"""The one rule for run ids, shared by ``ExecutionState``, both backends, ``Recovery`` and the
+command line.
 
 ::
 
