@@ -17,7 +17,7 @@ from rh_agents.core.actors import Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
-from rh_agents.core.records import BusEvent, EventStarted, MemberFinished
+from rh_agents.core.records import BusEvent, EventStarted, GroupCompleted, MemberFinished
 
 if TYPE_CHECKING:
     from conftest import Recorder
@@ -942,3 +942,22 @@ async def test_publish_can_be_awaited_as_the_spec_writes_it(recorder: Recorder) 
     bus.publish(record(1))  # (or not awaited: the same)
     await bus.close()
     assert addresses(recorder.records) == ["a0", "a1"]
+
+
+async def test_subscribers_lists_the_handlers_in_order_as_a_copy() -> None:
+    bus = EventBus()
+
+    def first(record: BusEvent) -> None: ...
+
+    async def second(record: BusEvent) -> None: ...
+
+    assert bus.subscribers == []
+    bus.subscribe(first)
+    bus.subscribe(second, kinds=[GroupCompleted])
+    listed = bus.subscribers
+    assert listed == [first, second]
+    listed.clear()  # a copy: nobody is unsubscribed by it
+    assert bus.subscribers == [first, second]
+    bus.unsubscribe(first)
+    assert bus.subscribers == [second]
+    await bus.close()

@@ -481,6 +481,16 @@ class EventBus:
         subscribers' feeders have stopped, and records published now reach nobody."""
         return self._closed
 
+    @property
+    def subscribers(self) -> list[Subscriber]:
+        """The handlers subscribed now, in the order they subscribed (a copy: ``subscribe``
+        and ``unsubscribe`` change who gets records)::
+
+            bus.subscribe(printer)
+            assert bus.subscribers == [printer]
+        """
+        return [sub.handler for sub in self._subscriptions]
+
     def _update_listening(self) -> None:
         self.has_listeners = bool(self._subscriptions or self._streams)
         self._wanted.clear()
