@@ -50,9 +50,10 @@ import rh_agents
 from composition_support import LoopClock, VirtualLoop, _cancel_everything, _VirtualSelector
 from rh_agents.cli import app
 from rh_agents.core.actors import Agent, BaseActor, Tool
-from rh_agents.core.context import running_frame
+from rh_agents.core.context import address_of_key, running_frame
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.hooks import NO_INPUT
 from rh_agents.core.parallel import ErrorStrategy, RetryPolicy
 from rh_agents.core.records import EventReplayed
 from rh_agents.core.results import ExecutionResult
@@ -66,7 +67,7 @@ from rh_agents.recovery import (
     SQLiteBackend,
     StateBackend,
 )
-from rh_agents.recovery.records import CheckpointRecord, call_key, split_call_key
+from rh_agents.recovery.records import CheckpointRecord
 from rh_agents.recovery.writer import WriteJob
 
 ALWAYS = 99  # fails every attempt
@@ -481,8 +482,9 @@ class RunLog:
 
     phase: str
     outputs: list[Any] = field(default_factory=list)
-    # Handler executions by call: ``call_key(address, n)`` for the n-th call at an address
-    # in the run (a retried agent calls its tools again at the same addresses), as stored.
+    # Handler executions by call, by the key the store has the call under: its address, or
+    # for a call a retried parent repeated at its address, ``address::#n`` (and anything
+    # below that call under that key: see rh_agents.core.context.CALL_MARK).
     execs: Counter[str] = field(default_factory=Counter)
     successes: Counter[str] = field(default_factory=Counter)  # ... that returned a value
     key_successes: Counter[str] = field(default_factory=Counter)  # cacheable ones, by input
@@ -501,17 +503,9 @@ class RunLog:
     replayed_records: int = 0
     recovered: int = 0
     resumed: bool = False
-    # Each call's result by its key, and how many calls ended at each address (as recovery
-    # numbers them: every call the history records, a replay included).
+    # Each call's result by its key (a replay's by the key of the stored call that answered).
     results: dict[str, ExecutionResult[Any]] = field(default_factory=dict)
-    ended: Counter[str] = field(default_factory=Counter)
     passed: set[str] = field(default_factory=set)  # failed stored calls a replay passed over
-    # The call each execution ran inside (its enclosing call's key; None at the top).
-    parent: dict[str, str | None] = field(default_factory=dict)
-
-    def key_now(self, address: str) -> str:
-        """The key of the call running (not yet ended) at ``address``."""
-        return call_key(address, self.ended[address] + 1)
 
 
 class World:
@@ -524,12 +518,10 @@ class World:
         store: Path,
         cache: ActorCache | None,
         interrupt_at: float | None = None,
-        stored: dict[str, CheckpointRecord] | None = None,
     ) -> None:
         self.program = program
         self.phase = phase
         self.store = store
-        self.stored = stored or {}  # (the resumed run's) what the store held at its start
         self.cache = cache
         self.groups = groups_of(program)
         self.gids = {id(g): n for n, g in enumerate(self.groups)}
@@ -562,14 +554,7 @@ class World:
         assert frame is not None
         address = frame.address
         log = self.log
-        key = log.key_now(address)
-        # The call this one runs inside: the nearest address above that ran a handler (a
-        # member's address, g[i], is no call, unless a callable member ran there).
-        above = address.rpartition("::")[0]
-        while above and above not in log.n_by_address:
-            above = above.rpartition("::")[0]
-        log.parent[key] = log.key_now(above) if above else None
-        log.execs[key] += 1
+        log.execs[frame.key or address] += 1
         log.n_by_address[address] += 1
         log.total_execs += 1
         if (
@@ -720,7 +705,7 @@ class World:
 
 def running_tool(address: str) -> str:
     """The tool's name: the last part of the address (or call key), without its ``#n``."""
-    return split_call_key(address)[0].rsplit("::", 1)[-1].split("#", 1)[0]
+    return address_of_key(address).rsplit("::", 1)[-1].split("#", 1)[0]
 
 
 def job_of(call: Call) -> Job:
@@ -787,26 +772,26 @@ class Runner(World):
             self.log.replayed_records += 1
 
         state.event_bus.subscribe(count, kinds=[EventReplayed])
-        record = state.history.record
+        # The state's hooks get each call's key (its address, but for a call repeated at its
+        # address): every result is logged by it.
+        recovered_result = state.recovered_result
+        on_event_finished = state.on_event_finished
 
-        def recorded(
-            event: Any, address: str, group_id: Any, index: Any, input: Any, result: Any
-        ) -> None:
-            log = self.log
-            call = log.ended[address] + 1
-            if result.source == "replay":
-                # A replay passes over failed stored calls to the next one that completed
-                # (see Recovery._replayable): the calls after it number on from there.
-                while (found := self.stored.get(call_key(address, call))) is not None and (
-                    found.status != "completed"
-                ):
-                    log.passed.add(call_key(address, call))
-                    call += 1
-            log.results[call_key(address, call)] = result
-            log.ended[address] = call
-            record(event, address, group_id, index, input, result)
+        def recovered(key: str, actor: Any, input: Any = NO_INPUT) -> Any:
+            result = recovered_result(key, actor, input)
+            if result is not None:
+                answered = result.address  # (a later stored call, passing a failed one over)
+                if answered != key:
+                    self.log.passed.add(key)
+                self.log.results[answered] = result
+            return result
 
-        state.history.record = recorded  # type: ignore[method-assign]
+        async def finished(key: str, actor: Any, validated: Any, result: Any) -> None:
+            self.log.results[key] = result
+            await on_event_finished(key, actor, validated, result)
+
+        state.recovered_result = recovered  # type: ignore[method-assign]
+        state.on_event_finished = finished  # type: ignore[method-assign]
         return state
 
     def _arm(self, loop: StoreLoop) -> None:
@@ -989,7 +974,7 @@ def run_scenario(program: Program, folder: Path) -> Scenario:
         with open_store(path) as backend:
             after_first = backend.load(RUN_ID)
             first_status = backend.get_run(RUN_ID).status
-        resume = run_world(Runner(program, "resume", path, cache(shared), stored=after_first))
+        resume = run_world(Runner(program, "resume", path, cache(shared)))
     with open_store(clean_path) as backend:
         clean_store = backend.load(RUN_ID)
     with open_store(path) as backend:
@@ -1028,15 +1013,16 @@ def _stored(records: dict[str, CheckpointRecord]) -> dict[str, tuple[str, str | 
     return {a: (r.status, r.result_json) for a, r in records.items()}
 
 
-def _covered(key: str, replayed: set[str], parent: dict[str, str | None]) -> bool:
-    """Whether the call ``key`` or a call it ran inside (``parent``, as the clean run made
-    them) was answered from its checkpoint."""
-    seen: str | None = key
-    while seen is not None:
-        if seen in replayed:
-            return True
-        seen = parent.get(seen)
-    return False
+def _covered(key: str, answered: set[str]) -> bool:
+    """Whether the call ``key`` or a call it ran inside was answered from the store. Keys are
+    paths: the calls above are its prefixes, but for a prefix followed by a call number
+    (``a::s`` is not above ``a::s::#2::t``: that is the second call's)."""
+    parts = key.split("::")
+    return any(
+        "::".join(parts[:n]) in answered
+        for n in range(1, len(parts) + 1)
+        if n == len(parts) or not parts[n].startswith("#")
+    )
 
 
 def check_scenario(sc: Scenario) -> None:
@@ -1095,8 +1081,8 @@ def check_scenario(sc: Scenario) -> None:
     assert len(lost) <= bound, f"finished but not committed: {lost} (at most {bound})"
 
     # Every committed completed call is replayed, never run again; the rest run again. (A
-    # retried agent calls its tools again at the same addresses: the n-th call at an address
-    # is the n-th stored there, ``call_key``.)
+    # retried agent calls its tools again at the same addresses: each such call has its own
+    # key, under which the resumed run looks it up.)
     replayable = {k for k, r in sc.after_first.items() if r.status == "completed" and r.result_json}
     for key in replayable:
         assert resume.execs[key] == 0, (
@@ -1141,7 +1127,7 @@ def check_scenario(sc: Scenario) -> None:
             continue  # counted by input, above
         if key not in clean.results and key not in resume.results:
             continue  # never finished (timed out): when it was stopped depends on timing
-        want = 0 if _covered(key, replayed | resume.passed, clean.parent) else clean.execs[key]
+        want = 0 if _covered(key, replayed | resume.passed) else clean.execs[key]
         assert resume.execs[key] == want, (
             f"{key}: ran {resume.execs[key]}x on resume, expected {want} "
             f"(clean run: {clean.execs[key]}x, first run: {first.execs[key]}x)"

@@ -566,7 +566,8 @@ def test_runs_show_lists_the_second_call_at_an_address_under_it(tmp_path: Path) 
     from typer.testing import CliRunner
 
     from rh_agents.cli import app
-    from rh_agents.recovery.records import CheckpointRecord, latest_calls, split_call_key
+    from rh_agents.core.context import address_of_key
+    from rh_agents.recovery.records import CheckpointRecord, latest_calls
 
     backend = SQLiteBackend(tmp_path / "runs.db")
     backend.create_run("r")
@@ -585,45 +586,190 @@ def test_runs_show_lists_the_second_call_at_an_address_under_it(tmp_path: Path) 
     assert shown.exit_code == 0, shown.output
     lines = shown.output.splitlines()
     at = next(i for i, line in enumerate(lines) if line.strip().startswith("fetch"))
-    assert "failed" in lines[at] and lines[at + 1].strip().startswith("call 2")
+    assert "failed" in lines[at] and lines[at + 1].strip().startswith("#2 (call 2)")
     assert "completed" in lines[at + 1]
-    assert split_call_key("checker::fetch::#2") == ("checker::fetch", 2)
-    assert split_call_key("checker::fetch#2") == ("checker::fetch#2", 1)
+    assert address_of_key("checker::fetch::#2") == "checker::fetch"
+    assert address_of_key("a::s::#2::t::#3") == "a::s::t"
+    assert address_of_key("checker::fetch#2") == "checker::fetch#2"  # a sibling's address
     with SQLiteBackend(tmp_path / "runs.db", mode="read") as reader:
         latest = latest_calls(reader.load("r").values())
     assert list(latest) == ["checker::fetch"] and latest["checker::fetch"].status == "completed"
 
 
-async def test_the_call_counts_of_a_unit_go_when_it_ends(tmp_path: Path) -> None:
-    # Recovery numbers the calls at each address (see call_key); a long run must not keep a
-    # count per call it ever made: a top-level call's or top-level member's counts go as it
-    # ends (nothing below it is called again).
+async def test_a_call_below_a_replayed_call_is_looked_up_under_the_call_it_belongs_to(
+    tmp_path: Path,
+) -> None:
+    # A (retried) -> S -> T. Attempt 1: T says "bad", S passes it on, A refuses it. Attempt 2:
+    # T says "good", and the run is cancelled inside S's second call. Resumed: attempt 1 gets
+    # S's first call replayed (T not called); attempt 2 runs S again, whose T call is the one
+    # under S's second call ("good"), not the first one's ("bad"), and nothing runs again.
     from rh_agents.core.actors import Agent
+    from rh_agents.resilience import RetryPolicy
 
-    tool = Squarer().event
+    answers = iter(["bad", "good", "a third call"])
+    t_runs: list[str] = []
+    seen: list[str] = []
+    hold = [asyncio.Event()]
 
-    async def two_calls(item: Item, context: str, state: ExecutionState) -> int:
-        await tool(item, "", state)
-        return (await tool(item, "", state)).unwrap().square
+    async def t(item: Item, context: str, state: ExecutionState) -> str:
+        t_runs.append(answer := next(answers))
+        return answer
 
-    agent = ExecutionEvent(actor=Agent(name="twice", input_model=Item, handler=two_calls))
+    tool = ExecutionEvent(actor=Tool(name="T", input_model=Item, handler=t))
+
+    async def s(item: Item, context: str, state: ExecutionState) -> str:
+        answer = (await tool(item, "", state)).unwrap()
+        if answer == "good" and hold:
+            await hold[0].wait()  # the first run is cancelled here
+        return answer
+
+    sub = ExecutionEvent(actor=Agent(name="S", input_model=Item, handler=s))
+
+    async def a(item: Item, context: str, state: ExecutionState) -> str:
+        answer = (await sub(item, "", state)).unwrap()
+        seen.append(answer)
+        if answer == "bad":
+            raise ValueError("refused")
+        return answer
+
+    retried = ExecutionEvent(
+        actor=Agent(name="A", input_model=Item, handler=a),
+        retry=RetryPolicy(max_attempts=2, initial_delay=0, jitter=0),
+    )
     backend = make_backend("sqlite", tmp_path)
-    recovery = Recovery(backend)
-    async with ExecutionState(run_id="r", recovery=recovery) as state:
-        counts = recovery._calls
-        assert (await agent(Item(i=3), "", state)).result == 9
-        assert counts == {}
-        async with state.parallel(name="docs", max_workers=4) as p:
-            for i in range(50):
-                p.add(agent(Item(i=i), "", state))
-            held = []
-
-            async def watch() -> None:
-                async for _ in p.as_completed():
-                    held.append(len(counts))
-
-            await watch()
-        assert counts == {} and max(held) <= 4
+    async with ExecutionState(run_id="r", recovery=Recovery(backend), watchdog=None) as state:
+        call = asyncio.create_task(retried(Item(i=1), "", state))
+        await until(lambda: len(t_runs) == 2)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
     stored = backend.load("r")
-    assert "docs[7]::twice::square" in stored and "docs[7]::twice::square#2" in stored
+    assert stored["A::S::T"].result_json == '"bad"'
+    assert stored["A::S::#2::T"].result_json == '"good"'  # under S's second call
+    hold.clear()
+    async with ExecutionState.resume("r", backend=backend, watchdog=None) as state:
+        result = await retried(Item(i=1), "", state)
+    assert (result.ok, result.result) == (True, "good")
+    assert t_runs == ["bad", "good"] and seen == ["bad", "bad", "good"]
+    backend.close()
+
+
+async def test_a_failed_call_the_attempt_went_on_after_is_not_passed_over(
+    tmp_path: Path,
+) -> None:
+    # The agent tolerates a failed X (it falls back) and calls Y, whose "bad" answer it
+    # refuses; its retry calls X (which succeeds now) and Y ("good"). Resumed: attempt 1's X
+    # is the failed one, run again (it failed in the stored run; the attempt went on after
+    # it, so the next stored X is attempt 2's, not this one's); attempt 2 replays X and Y.
+    from rh_agents.core.actors import Agent
+    from rh_agents.resilience import RetryPolicy
+
+    x_answers = iter(["x-first-fails", "x2", "x-again"])
+    y_answers = iter(["bad", "good"])
+    runs: list[str] = []
+    seen: list[tuple[str, str]] = []
+    hold = [asyncio.Event()]
+
+    async def x(item: Item, context: str, state: ExecutionState) -> str:
+        answer = next(x_answers)
+        runs.append(f"x:{answer}")
+        if answer == "x-first-fails":
+            raise ConnectionError("503")
+        return answer
+
+    async def y(item: Item, context: str, state: ExecutionState) -> str:
+        answer = next(y_answers)
+        runs.append(f"y:{answer}")
+        return answer
+
+    x_call = ExecutionEvent(actor=Tool(name="X", input_model=Item, handler=x))
+    y_call = ExecutionEvent(actor=Tool(name="Y", input_model=Item, handler=y))
+
+    async def agent(item: Item, context: str, state: ExecutionState) -> str:
+        got = await x_call(item, "", state)
+        x_value = got.result if got.ok else "fallback"
+        y_value = (await y_call(item, "", state)).unwrap()
+        seen.append((x_value, y_value))
+        if y_value == "bad":
+            raise ValueError("refused")
+        if hold:
+            await hold[0].wait()  # the first run is cancelled here
+        return f"{x_value}+{y_value}"
+
+    retried = ExecutionEvent(
+        actor=Agent(name="A", input_model=Item, handler=agent),
+        retry=RetryPolicy(max_attempts=2, initial_delay=0, jitter=0),
+    )
+    backend = make_backend("json", tmp_path)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend), watchdog=None) as state:
+        call = asyncio.create_task(retried(Item(i=1), "", state))
+        await until(lambda: len(seen) == 2)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    assert seen == [("fallback", "bad"), ("x2", "good")]
+    assert backend.load("r")["A::X"].status == "failed"
+    hold.clear()
+    seen.clear()
+    async with ExecutionState.resume("r", backend=backend, watchdog=None) as state:
+        second = await retried(Item(i=1), "", state)
+    assert second.result == "x2+good"
+    assert seen == [("x-again", "bad"), ("x2", "good")]  # each attempt its own calls
+    assert runs[-1] == "x:x-again"  # the failed X ran again; nothing else did
+    backend.close()
+
+
+async def test_a_group_opened_again_by_a_retry_has_its_members_calls_told_apart(
+    tmp_path: Path,
+) -> None:
+    # A retried agent opens its group again at the same id: the second opening's members
+    # call their tools at the same addresses as the first's. Resumed (cancelled before the
+    # agent ended), each opening gets its own members' stored answers; nothing runs again.
+    from rh_agents.core.actors import Agent
+    from rh_agents.resilience import RetryPolicy
+
+    answers = iter(["bad", "ok", "good", "ok", "a fifth call"])
+    t_runs: list[str] = []
+    seen: list[list[str]] = []
+    hold = [asyncio.Event()]
+
+    async def t(item: Item, context: str, state: ExecutionState) -> str:
+        t_runs.append(answer := next(answers))
+        return answer
+
+    tool = ExecutionEvent(actor=Tool(name="T", input_model=Item, handler=t))
+
+    async def a(item: Item, context: str, state: ExecutionState) -> str:
+        async with state.parallel(name="g", max_workers=1) as p:
+            for i in range(2):
+                p.add(tool(Item(i=i), "", state))
+        values = [r.unwrap() for r in await p.gather()]
+        seen.append(values)
+        if "bad" in values:
+            raise ValueError("refused")
+        if hold:
+            await hold[0].wait()  # the first run is cancelled here
+        return "+".join(values)
+
+    retried = ExecutionEvent(
+        actor=Agent(name="A", input_model=Item, handler=a),
+        retry=RetryPolicy(max_attempts=2, initial_delay=0, jitter=0),
+    )
+    backend = make_backend("sqlite", tmp_path)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend), watchdog=None) as state:
+        call = asyncio.create_task(retried(Item(i=1), "", state))
+        await until(lambda: len(seen) == 2)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    stored = backend.load("r")
+    assert stored["A::g[0]::T"].result_json == '"bad"'
+    assert stored["A::g::#2[0]::T"].result_json == '"good"'
+    hold.clear()
+    async with ExecutionState.resume("r", backend=backend, watchdog=None) as state:
+        result = await retried(Item(i=1), "", state)
+        assert state.recovery is not None and state.recovery.recovered == 4
+    assert (result.ok, result.result) == (True, "good+ok")
+    assert t_runs == ["bad", "ok", "good", "ok"]
+    assert seen == [["bad", "ok"], ["good", "ok"], ["bad", "ok"], ["good", "ok"]]
     backend.close()

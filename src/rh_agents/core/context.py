@@ -12,6 +12,7 @@ are still unique, only their numbering follows the order in which the calls star
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Generator
 from contextvars import Context, ContextVar, Token, copy_context
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,10 @@ if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
 
 __all__ = [
+    "CALL_MARK",
     "Frame",
     "InContext",
+    "address_of_key",
     "context_changed",
     "current_frame",
     "enclosing_member",
@@ -31,6 +34,25 @@ __all__ = [
 ]
 
 ADDRESS_SEPARATOR = "::"
+
+# A retried call (an agent's attempts, a member's) calls its children again at the addresses
+# its first attempt used. What recovery stores each call under, its key, tells them apart:
+# the n-th call at an address within one call of its parent is ``address::#n`` (n >= 2), and
+# everything below a call is keyed under that call's key (``plan::search::#2::fetch``). No
+# actor name or tag contains '#', so no address reads so. A frame's key is None while it is
+# its address (no call above it, nor itself, repeated): nearly always.
+CALL_MARK = ADDRESS_SEPARATOR + "#"
+
+
+_CALL_NUMBER = re.compile(r"::#\d+(?=::|\[|$)")
+
+
+def address_of_key(key: str) -> str:
+    """The address of the call stored under ``key``: ``a::s::#2::t::#3`` gives ``a::s::t``,
+    and ``a::g::#2[0]::t`` (in the second opening of group ``a::g``) ``a::g[0]::t``."""
+    if CALL_MARK not in key:
+        return key
+    return _CALL_NUMBER.sub("", key)
 
 
 def enclosing_member(address: str) -> tuple[str, int] | None:
@@ -57,11 +79,13 @@ class Frame:
     """
 
     __slots__ = (
+        "_calls_at",
         "_child_counts",
         "address",
         "attempts",
         "children_running",
         "group_id",
+        "key",
         "parallel_index",
         "slot",
         "state",
@@ -87,6 +111,11 @@ class Frame:
         # an attempt's children afresh only when the last attempt left none running (two
         # calls must never run at one address).
         self.children_running = 0
+        # Recovery's key for the call this frame runs (see CALL_MARK; None: its address),
+        # and the calls made at each child address so far, over all its attempts (counted
+        # only under recovery: see call_key).
+        self.key: str | None = None
+        self._calls_at: dict[str, int] | None = None
 
     @property
     def is_parallel(self) -> bool:
@@ -117,6 +146,31 @@ class Frame:
     def continue_numbering(self, counts: dict[str, int] | None) -> None:
         """Number this frame's next children after ``counts`` (from ``numbering()``)."""
         self._child_counts = dict(counts) if counts else None
+
+    def call_key(self, address: str) -> str | None:
+        """Count a call (or a group's opening) at ``address``, a child of this frame, and
+        give its key (``None``: its address): the n-th one there within this frame's call
+        (its retry attempts call their children again at the same addresses) is
+        ``address::#n``, under this frame's own key (a group's members: ``id::#n[i]``). At
+        the top nothing is ever repeated: nothing is counted there."""
+        if not self.address:
+            return None
+        calls = self._calls_at
+        if calls is None:
+            calls = self._calls_at = {}
+        number = calls[address] = calls.get(address, 0) + 1
+        key = self.key
+        if key is None:
+            return None if number == 1 else f"{address}{CALL_MARK}{number}"
+        below = key + address[len(self.address) :]
+        return below if number == 1 else f"{below}{CALL_MARK}{number}"
+
+    def answered_by(self, address: str, key: str) -> None:
+        """The call just counted at ``address`` was answered by the stored call ``key``, a
+        later one there (a failed stored call passed over): count on from it."""
+        number = key.rpartition(CALL_MARK)[2]
+        if self._calls_at is not None and number.isdigit():
+            self._calls_at[address] = int(number)
 
     def child(self, address: str) -> Frame:
         """A frame below this one that stays inside the same parallel member."""

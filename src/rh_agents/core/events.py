@@ -197,7 +197,17 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         # Without recovery (and the hook not overridden) there is nothing to look up: the
         # call is skipped on this hot path.
         hooked = state.has_event_hooks
-        recovered = state.recovered_result(address, actor, input) if hooked else None
+        recovered = None
+        if hooked:
+            # What the hooks know the call by: its address, or its key when it repeats a
+            # call at its address (a retried parent's next attempt: see CALL_MARK).
+            key = frame.key = parent.call_key(address)
+            stored_as = key or address
+            recovered = state.recovered_result(stored_as, actor, input)
+            if recovered is not None:
+                if recovered.address != stored_as and recovered.address is not None:
+                    parent.answered_by(address, recovered.address)  # a later stored call
+                recovered.address = address
         watch = state.watch  # the run viewer's log (see core/watch.py), if it watches
         if recovered is not None:
             state.history.record(self, address, group_id, index, None, recovered)
@@ -376,7 +386,7 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 )  # fmt: skip
         state.history.record(self, address, group_id, index, validated, result)
         if hooked:  # checkpoints, or a subclass's hook; nothing to await otherwise
-            await state.on_event_finished(address, actor, validated, result)
+            await state.on_event_finished(frame.key or address, actor, validated, result)
         return result
 
 

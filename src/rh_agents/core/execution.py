@@ -390,7 +390,11 @@ class ExecutionState:
         self, address: str, actor: BaseActor, input: Any = NO_INPUT
     ) -> ExecutionResult[Any] | None:
         """A stored result to return instead of running (replay); none without recovery.
-        Given the call's ``input``, only the result of a stored call with that same input."""
+        Given the call's ``input``, only the result of a stored call with that same input.
+        ``address`` is the call's address, or its key when it repeats a call at its address
+        (a retried parent's next attempt: see ``core.context.CALL_MARK``); the result's own
+        ``address`` may name a later stored call that answers it (recovery passing over a
+        failed one), and the call counts on from there."""
         if self.recovery is None:
             return None
         return self.recovery.recovered_result(address, actor, input)
@@ -402,7 +406,8 @@ class ExecutionState:
         validated: BaseModel | None,
         result: ExecutionResult[Any],
     ) -> None:
-        """Called after each event call (checkpointing hooks in here)."""
+        """Called after each event call (checkpointing hooks in here), with its address, or
+        its key when it repeats a call at its address (see ``recovered_result``)."""
         if self.recovery is not None:
             await self.recovery.on_event_finished(address, actor, validated, result)
 

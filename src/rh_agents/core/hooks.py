@@ -132,11 +132,6 @@ class RecoveryHook(Protocol):
         """Checkpoint one finished call."""
         ...
 
-    def unit_ended(self, address: str) -> None:
-        """The member ``address`` of a top-level group (``docs[3]``) ended: nothing below it
-        is called again in this run (what the hook counted there may go)."""
-        ...
-
     async def save_checkpoint(self) -> None:
         """Write what is pending now."""
         ...

@@ -532,7 +532,7 @@ async def run_attempts(
             # Each attempt numbers the calls it makes afresh: an attempt's calls have the
             # addresses the first attempt's had (``llm``, not ``llm#2``), so that how many
             # attempts failed changes no address; recovery stores the calls at one address
-            # one after another and replays them in that order (see call_key). Unless a call of
+            # as calls of their own (see core.context.CALL_MARK). Unless a call of
             # the last attempt still runs (asyncio.gather left it behind): its address is
             # taken, and this attempt's calls number on from it.
             frame.continue_numbering(None)

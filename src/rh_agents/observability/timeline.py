@@ -36,6 +36,7 @@ from rh_agents.core.records import (
     MemberFinished,
     MemberStarted,
 )
+from rh_agents.recovery.records import latest_calls
 
 __all__ = ["DEFAULT_TITLE", "MemberBar", "Timeline", "TimelineGroup", "TimelineRecorder"]
 
@@ -174,7 +175,8 @@ class Timeline:
         duration, status, attempts and error. Members that stored no checkpoint are absent.
         """
         groups: dict[str, TimelineGroup] = {}
-        for record in sorted(records, key=lambda r: r.seq):
+        # (A call a retried agent repeated at one address shows as its last call.)
+        for record in sorted(latest_calls(records).values(), key=lambda r: r.seq):
             group_id, index = record.group_id, record.parallel_index
             if group_id is None or index is None:
                 continue

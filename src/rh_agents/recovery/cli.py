@@ -39,7 +39,6 @@ from rh_agents.recovery.records import (
     RunInfo,
     RunStatus,
     latest_calls,
-    split_call_key,
 )
 from rh_agents.recovery.session import rerun_addresses
 
@@ -190,9 +189,11 @@ def show(
             shown.add(node)
             found = records.get(node)
             status = f"  {_describe(found)}" if found is not None else ""
-            _, call = split_call_key(node)
-            # (A second call at the address above: a retried agent called it again.)
-            name = f"call {call}" if call != 1 else _shown(parts[depth])
+            # (A "#2" part: the second call at the address above, by a retried agent; the
+            # calls below it are that call's. The key is what --from takes.)
+            part = parts[depth]
+            number = re.match(r"#(\d+)", part)
+            name = f"{part} (call {number[1]})" if number else _shown(part)
             typer.echo(f"{'  ' * depth}{name}{status}")
     if groups:
         typer.echo("groups:")

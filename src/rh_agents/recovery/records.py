@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from rh_agents.core.context import address_of_key
+
 __all__ = [
     "CHECKPOINT_ADAPTER",
     "CheckpointRecord",
@@ -23,9 +25,7 @@ __all__ = [
     "ReplayMode",
     "RunInfo",
     "RunStatus",
-    "call_key",
     "latest_calls",
-    "split_call_key",
 ]
 
 
@@ -69,41 +69,14 @@ class RunInfo(BaseModel):
     resume_command: str | None = None
 
 
-# A second call at one address in a run (the retry of the agent that made the first one
-# calls its tools again, at the addresses its first attempt used) is stored beside the first,
-# under ``address::#2``: no actor name or tag contains '#', so no event's address reads so.
-_CALL_MARK = "::#"
-
-
-def call_key(address: str, call: int) -> str:
-    """Where the ``call``-th call at ``address`` in a run is stored: ``address`` for the
-    first one, ``address::#2``, ``address::#3``... for the next.
-
-    A resumed run answers its ``n``-th call at an address with the ``n``-th stored one, so
-    that a retry which made a call afresh in the stored run makes it afresh again, and one
-    whose call was committed gets that very result::
-
-        call_key("plan::search", 1)  # 'plan::search'
-        call_key("plan::search", 2)  # 'plan::search::#2'
-    """
-    return address if call == 1 else f"{address}{_CALL_MARK}{call}"
-
-
-def split_call_key(key: str) -> tuple[str, int]:
-    """``(address, call)`` of a stored key (see ``call_key``)."""
-    address, mark, number = key.rpartition(_CALL_MARK)
-    if mark and number.isdigit():
-        return address, int(number)
-    return key, 1
-
-
 def latest_calls(records: Iterable[CheckpointRecord]) -> dict[str, CheckpointRecord]:
     """Each address's last stored call (by ``seq``), keyed and addressed by the address
-    itself: what a view of the run shows for it."""
+    itself: what a view of the run shows for it. (A call repeated at one address, by a
+    retried agent, is stored under a key of its own: see ``core.context.CALL_MARK``.)"""
     latest: dict[str, CheckpointRecord] = {}
     for record in records:
-        address, call = split_call_key(record.address)
-        if call != 1:
+        address = address_of_key(record.address)
+        if address != record.address:
             record = replace(record, address=address)
         known = latest.get(address)
         if known is None or known.seq < record.seq:
@@ -114,7 +87,8 @@ def latest_calls(records: Iterable[CheckpointRecord]) -> dict[str, CheckpointRec
 @dataclass(slots=True, kw_only=True)
 class CheckpointRecord:
     """One finished event, keyed by ``(run_id, address)``; ``address`` is the event's, or
-    for the second and later calls at one address in the run, ``call_key`` of it.
+    its key when it repeats a call at its address (``plan::search::#2``, and everything
+    below it under that key: see ``core.context.CALL_MARK``).
 
     ``seq`` is the order in which events finished in the run that wrote them (used by
     ``resume_from``); ``result_json`` is the result as JSON text (``None`` when the call

@@ -44,6 +44,7 @@ checkpoints lost for a resume (the results the program already holds are unaffec
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import shlex
@@ -59,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from rh_agents.core.actors import BaseActor
-from rh_agents.core.context import ADDRESS_SEPARATOR, enclosing_member
+from rh_agents.core.context import ADDRESS_SEPARATOR, CALL_MARK, address_of_key, enclosing_member
 from rh_agents.core.hooks import NO_INPUT
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.core.run_ids import check_run_id
@@ -80,7 +81,6 @@ from rh_agents.recovery.records import (
     ReplayDifference,
     ReplayMode,
     RunStatus,
-    call_key,
 )
 from rh_agents.recovery.writer import CheckpointWriter, WriteJob, store_name
 
@@ -241,16 +241,9 @@ class Recovery:
         self._state: ExecutionState | None = None
         self._stored: dict[str, CheckpointRecord] = {}
         self._rerun: set[str] = set()
-        # The stored calls at each address this run has used so far: the last one it ran
-        # (stored under the next number) or replayed. The next call there is looked up from
-        # the number after it (see call_key and _replayable). Calls at one address never
-        # overlap (one parent makes them, one attempt after another), so a call's number is
-        # the same when it is looked up and when it ends. Kept by top-level unit (the
-        # address's first part: a top-level call, or a member of a top-level group), and
-        # dropped as the unit ends (nothing below it is called again), so that a long run
-        # (a million members of a map()) keeps only its running units' counts. A top-level
-        # call itself is never called twice (its name is numbered): it is not counted.
-        self._calls: dict[str, dict[str, int]] = {}
+        # The seqs of the stored calls below each stored call or member, by its key, sorted
+        # (made when first needed: see _passed_over).
+        self._seqs_below: dict[str, list[int]] | None = None
         self._pending: list[CheckpointRecord] = []
         self._seq = 0
         self._last_write = 0.0
@@ -345,12 +338,14 @@ class Recovery:
     def recovered_result(
         self, address: str, actor: BaseActor, input: Any = NO_INPUT
     ) -> ExecutionResult[Any] | None:
-        """The stored result for the next call at ``address`` if it completed with this actor
-        and version, and, when ``input`` is given, for the same input."""
-        found = self._replayable(address, actor)
-        if found is None:
+        """The stored result of the call ``address`` (its address, or its key when it repeats
+        a call at its address: see ``core.context.CALL_MARK``) if it completed with this
+        actor and version, and, when ``input`` is given, for the same input. The result's
+        ``address`` is the key of the stored call that answers: a later one than asked for
+        when the one asked for failed (see ``_replayable``)."""
+        record = self._replayable(address, actor)
+        if record is None:
             return None
-        record, call = found
         checked = self._checked.pop(address, NO_INPUT) if self._checked else NO_INPUT
         if (
             input is not NO_INPUT
@@ -361,13 +356,12 @@ class Recovery:
             return None
         value = decode_result(record, actor)
         self.recovered += 1
-        self._used(address, call)
         return ExecutionResult(
             ok=True,
             result=value,
             execution_time=record.execution_time,
             index=record.parallel_index,
-            address=address,
+            address=record.address,
             attempts=record.attempts,
             source="replay",
         )
@@ -379,15 +373,10 @@ class Recovery:
         validated: BaseModel | None,
         result: ExecutionResult[Any],
     ) -> None:
-        """Checkpoint one finished event (or compare it, when validating)."""
+        """Checkpoint one finished event under ``address`` (its key, when it repeats a call
+        at its address), or compare it, when validating."""
         if self._closed:
             return
-        call = self._last_used(address) + 1
-        key = address if call == 1 else call_key(address, call)
-        if ADDRESS_SEPARATOR in address:
-            self._used(address, call)
-        else:
-            self._calls.pop(address, None)  # a top-level call ended, and its unit with it
         text: str | None = None
         type_name: str | None = None
         if result.ok:
@@ -396,19 +385,19 @@ class Recovery:
             if text is None:
                 self._not_stored(address, actor, encoded.problem)
         if self.replay is ReplayMode.VALIDATE:
-            self._compare(key, text, result.status.value)
+            self._compare(address, text, result.status.value)
             return
         state = self._state
         record = CheckpointRecord(
             run_id=self.run_id or "",
-            address=key,
+            address=address,
             seq=self._seq,
             actor=actor.name,
             actor_version=actor.version,
             status=result.status.value,
             result_json=text,
             output_model=actor.output_model.__name__ if actor.output_model else type_name,
-            group_id=_group_of(address),
+            group_id=_group_of(address_of_key(address)),
             parallel_index=result.index,
             error=result.error,
             execution_time=result.execution_time,
@@ -437,32 +426,30 @@ class Recovery:
     def replays(self, address: str, actor: BaseActor, input: Any) -> bool:
         """Whether ``recovered_result(address, actor, input)`` would answer the call (it
         counts and logs nothing)."""
-        found = self._replayable(address, actor)
-        if found is None or not self._same_input(found[0], actor, input):
+        record = self._replayable(address, actor)
+        if record is None or not self._same_input(record, actor, input):
             return False
         self._checked[address] = input  # (recovered_result need not digest it again)
         return True
 
-    def _replayable(self, address: str, actor: BaseActor) -> tuple[CheckpointRecord, int] | None:
-        """The stored call that answers the next call at ``address`` and its number: the next
-        stored there, or the first completed one after it when it failed, if it completed
-        with this actor and version.
+    def _replayable(self, key: str, actor: BaseActor) -> CheckpointRecord | None:
+        """The stored call that answers the call ``key``: that one, or, when it failed and
+        was the last thing its parent's attempt did, the next call at its address, if that
+        one completed with this actor and version.
 
-        Failed calls are passed over: an agent whose retry succeeded called its tool again
-        (at the address its failed attempt had used) because the first call failed; resumed,
-        its first attempt gets the call that succeeded, as its later steps did, rather than
-        call the tool again for an answer they never saw. A completed call is never passed
-        over: a retry whose call ran afresh in the stored run (nothing stored after it) runs
-        afresh again, rather than get what its failed attempt had.
+        A failed call passed over: an agent whose tool call failed (a 503) was retried and
+        called the tool again at the same address; resumed, its first attempt gets the call
+        that succeeded, as its later steps did, rather than call the tool again for an answer
+        they never saw. Only when nothing else below the parent finished in between (else
+        the attempt went on past the failure, and the next call answers a later attempt).
+        A completed call is never passed over: a retry whose call ran afresh in the stored
+        run (nothing stored after it) runs afresh again.
         """
         if self.replay is ReplayMode.VALIDATE:
             return None
-        stored = self._stored
-        call = self._last_used(address) + 1
-        record = stored.get(address if call == 1 else call_key(address, call))
-        while record is not None and record.status != _COMPLETED:
-            call += 1
-            record = stored.get(call_key(address, call))
+        record = self._stored.get(key)
+        if record is not None and record.status != _COMPLETED:
+            record = self._passed_over(key, record)
         if (
             record is None
             or record.result_json is None
@@ -471,7 +458,39 @@ class Recovery:
             or record.actor_version != actor.version
         ):
             return None
-        return record, call
+        return record
+
+    def _passed_over(self, key: str, failed: CheckpointRecord) -> CheckpointRecord | None:
+        """The call after the failed stored call ``key`` at its address, if it completed and
+        nothing else below their parent finished between them (see ``_replayable``)."""
+        address, mark, number = key.rpartition(CALL_MARK)
+        if not (mark and number.isdigit()):
+            address, number = key, "1"
+        following = self._stored.get(f"{address}{CALL_MARK}{int(number) + 1}")
+        if following is None or following.status != _COMPLETED:
+            return None
+        seqs = self._seqs_below_stored().get(address.rpartition(ADDRESS_SEPARATOR)[0], [])
+        between = bisect.bisect_right(seqs, failed.seq)
+        if between < len(seqs) and seqs[between] < following.seq:
+            return None  # the attempt went on after the failure
+        return following
+
+    def _seqs_below_stored(self) -> dict[str, list[int]]:
+        below = self._seqs_below
+        if below is None:
+            below = {}
+            for record in self._stored.values():
+                parts = record.address.split(ADDRESS_SEPARATOR)
+                # Each call or member above it: a prefix not followed by a call number (the
+                # n-th call at an address is no call above the first one's children).
+                for n in range(1, len(parts)):
+                    if not parts[n].startswith("#"):
+                        below.setdefault(ADDRESS_SEPARATOR.join(parts[:n]), []).append(record.seq)
+                below.setdefault("", []).append(record.seq)
+            for seqs in below.values():
+                seqs.sort()
+            self._seqs_below = below
+        return below
 
     def _same_input(self, record: CheckpointRecord, actor: BaseActor, input: Any) -> bool:
         """Whether ``input`` is the input of the stored call (always, for a record written
@@ -515,24 +534,6 @@ class Recovery:
             address,
             problem,
         )
-
-    def _last_used(self, address: str) -> int:
-        """The number of the last stored call at ``address`` this run ran or replayed."""
-        calls = self._calls.get(address.partition(ADDRESS_SEPARATOR)[0])
-        return calls.get(address, 0) if calls else 0
-
-    def _used(self, address: str, call: int) -> None:
-        """The stored call ``call`` at ``address`` answered a call of this run."""
-        unit, separator, _ = address.partition(ADDRESS_SEPARATOR)
-        if separator:
-            calls = self._calls.get(unit)
-            if calls is None:
-                calls = self._calls[unit] = {}
-            calls[address] = call
-
-    def unit_ended(self, address: str) -> None:
-        """See ``RecoveryHook.unit_ended``: the counts of calls below ``address`` go."""
-        self._calls.pop(address, None)
 
     def _compare(self, key: str, text: str | None, status: str) -> None:
         stored = self._stored.get(key)

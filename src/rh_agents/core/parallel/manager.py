@@ -41,11 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from rh_agents.core.context import ADDRESS_SEPARATOR, Frame, current_frame
+from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.parallel import (
     adding,
     advising,
@@ -105,6 +104,7 @@ class ParallelExecutionManager(Generic[T]):
         "_fixed_limit",
         "_group",
         "_input_error",
+        "_key",
         "_leaving",
         "_leaving_to_gather",
         "_loop",
@@ -131,7 +131,6 @@ class ParallelExecutionManager(Generic[T]):
         "_tally",
         "_timeout_handle",
         "_trigger",
-        "_unit_ended",
         "_used",
         "_wall_time",
         "_window",
@@ -252,7 +251,8 @@ class ParallelExecutionManager(Generic[T]):
         self._status = GroupStatus.PENDING
         self._end_time: float | None = None
         self.group_id = ""
-        self._unit_ended: Callable[[str], None] | None = None
+        # Recovery's key for the group's id (see core.context.CALL_MARK; None: the id).
+        self._key: str | None = None
         self._entered = False
         self._used = False  # entered, or given to execute_parallel or add() (even if refused)
         self._finalized = False
@@ -353,11 +353,10 @@ class ParallelExecutionManager(Generic[T]):
         pool.context = contextvars.copy_context()
         name = self._requested_name or "parallel"
         self.group_id = parent.child_address(name)
-        recovery = state.recovery
-        if recovery is not None and ADDRESS_SEPARATOR not in self.group_id:
-            # A member of a top-level group never runs again once it ended: recovery may
-            # forget what it counted below it (see RecoveryHook.unit_ended).
-            self._unit_ended = recovery.unit_ended
+        if state.has_event_hooks:
+            # Opened again by a retried call or member at the same id: its members' calls are
+            # told apart from the last opening's (see core.context.CALL_MARK).
+            self._key = parent.call_key(self.group_id)
         parent.children_running += 1  # (until the block is left: see Frame)
         if not self._retain:
             state.history.keep_none_under(self.group_id)  # (bounded memory: see history)

@@ -172,6 +172,8 @@ class Member(Frame):
         self.address = ""
         self.attempts = 1  # calls started so far (the retry loop counts them)
         self._child_counts = None
+        self._calls_at = None
+        self.key = None
         self.children_running = 0
         self.state = None
         self.group_id = None

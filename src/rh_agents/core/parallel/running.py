@@ -77,6 +77,8 @@ async def run_member(
     if not holds_slot:
         global_slots = None
     address = member.address = f"{group.group_id}[{index}]"
+    if group._key is not None:
+        member.key = f"{group._key}[{index}]"
     member.state = state  # the member is its own frame (see Member)
     member.group_id = group.group_id
     member.slot = slot
@@ -279,9 +281,6 @@ def finish(
 
     if group._dependents:
         release_dependents(group, index, result)
-    unit_ended = group._unit_ended
-    if unit_ended is not None:
-        unit_ended(f"{group.group_id}[{index}]")
 
     status = result.status
     if group._stop_status is None:

@@ -406,6 +406,7 @@ class WorkerPool:
         bus = state.event_bus
         now = group._now
         group_id = group.group_id
+        group_key = group._key
         group_slot = self.group_slot
         completed = ResultStatus.COMPLETED
         # Members with no policy, no timeout and no global limit run right here (see below).
@@ -483,6 +484,8 @@ class WorkerPool:
                     # member's hot path).
                     index = member.index
                     address = member.address = f"{group_id}[{index}]"
+                    if group_key is not None:
+                        member.key = f"{group_key}[{index}]"
                     member.state = state  # the member is its own frame (see Member)
                     member.group_id = group_id
                     member.slot = group_slot
@@ -736,8 +739,9 @@ class WorkerPool:
         recovery = state.recovery
         if recovery is not None and recovery.can_replay:
             # The address the call will have: the first child of its member's frame.
+            group = self._group
             address = (
-                f"{self._group.group_id}[{member.index}]{ADDRESS_SEPARATOR}"
+                f"{group._key or group.group_id}[{member.index}]{ADDRESS_SEPARATOR}"
                 f"{event.tag or actor.name}"
             )
             if recovery.replays(address, actor, source.input):
