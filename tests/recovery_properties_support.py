@@ -15,9 +15,12 @@ three levels), run under ``Recovery`` on the virtual-time loop of ``composition_
 3. resume: the same program again on the second store, to the end.
 
 Tools are deterministic: a call's value is a function of its input, and its attempt ``n``
-(counted per address, per run) fails when ``n <= fails``. Their executions are counted per
-address and per run (the cacheable tool's successful ones per cache key too), which is what
-the checks compare (see ``check_scenario``).
+(counted per call, by the key the store has it under, per run) fails when ``n <= fails``.
+Per call rather than per address: a call a retried agent repeats at its address is a call
+of its own, and a resumed run that replays the agent's first call whole (its tools' failed
+attempts with it) must see the second call fail as it did. Their executions are counted per
+key and per run (the cacheable tool's successful ones per cache key too), which is what the
+checks compare (see ``check_scenario``).
 
 Store writes happen in the run's writer thread. The loop here is virtual, so a wait for the
 store must not be a virtual timeout that fires at once: ``StoreLoop`` blocks on its real
@@ -488,8 +491,6 @@ class RunLog:
     execs: Counter[str] = field(default_factory=Counter)
     successes: Counter[str] = field(default_factory=Counter)  # ... that returned a value
     key_successes: Counter[str] = field(default_factory=Counter)  # cacheable ones, by input
-    # Executions by address: a flaky tool's n-th one in a run fails while n <= fails.
-    n_by_address: Counter[str] = field(default_factory=Counter)
     total_execs: int = 0
     body_done: bool = False  # the program's body ran to its end
     ended: str = "running"  # returned, cancelled, raised: <type>
@@ -554,8 +555,8 @@ class World:
         assert frame is not None
         address = frame.address
         log = self.log
-        log.execs[frame.key or address] += 1
-        log.n_by_address[address] += 1
+        key = frame.key or address
+        log.execs[key] += 1
         log.total_execs += 1
         if (
             self.phase == "first"
@@ -567,7 +568,7 @@ class World:
             raise Crash(f"crash at execution {log.total_execs} ({address})")
         if self.phase == "first" and self.program.by == "executions":
             self._maybe_fire_on_execution()
-        return address, log.n_by_address[address]
+        return address, log.execs[key]
 
     def _maybe_fire_on_execution(self) -> None:
         at = self.interrupt_at

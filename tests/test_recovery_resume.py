@@ -773,3 +773,74 @@ async def test_a_group_opened_again_by_a_retry_has_its_members_calls_told_apart(
     assert t_runs == ["bad", "ok", "good", "ok"]
     assert seen == [["bad", "ok"], ["good", "ok"], ["bad", "ok"], ["good", "ok"]]
     backend.close()
+
+
+@pytest.mark.parametrize("shape", ["two failures, then a success", "a sub-agent with a tool"])
+async def test_failed_calls_that_ended_their_attempts_are_passed_over(
+    tmp_path: Path, shape: str
+) -> None:
+    # A (retried) calls S, then V on S's answer. S fails (a 503) and that ends A's attempt,
+    # until a later call of S completes; the run is cancelled before A ends. Resumed, A's
+    # first attempt is answered by the call of S that completed (the one V was built on):
+    # nothing runs again. S is a tool failing twice, or a sub-agent that calls a tool T
+    # before it fails (what the later call made, below it, is no other work of A's).
+    from rh_agents.core.actors import Agent
+    from rh_agents.resilience import RetryPolicy
+
+    failures = [2 if shape.startswith("two") else 1]
+    runs: list[str] = []
+    hold = [asyncio.Event()]
+    done = asyncio.Event()
+
+    async def t(item: Item, context: str, state: ExecutionState) -> str:
+        runs.append("T")
+        return f"t{len(runs)}"
+
+    tool_t = ExecutionEvent(actor=Tool(name="T", input_model=Item, handler=t))
+
+    async def s(item: Item, context: str, state: ExecutionState) -> str:
+        runs.append("S")
+        made = (await tool_t(item, "", state)).unwrap() if shape.startswith("a sub") else ""
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("503")
+        return f"s({made or len(runs)})"
+
+    actor_s: Any = (Agent if shape.startswith("a sub") else Tool)(
+        name="S", input_model=Item, handler=s
+    )
+    call_s = ExecutionEvent(actor=actor_s)
+
+    async def v(item: Item, context: str, state: ExecutionState) -> str:
+        runs.append("V")
+        return f"v({context})"
+
+    call_v = ExecutionEvent(actor=Tool(name="V", input_model=Item, handler=v))
+
+    async def a(item: Item, context: str, state: ExecutionState) -> str:
+        answer = (await call_s(item, "", state)).unwrap()
+        built = (await call_v(item, answer, state)).unwrap()
+        if hold:
+            done.set()
+            await hold[0].wait()  # the first run is cancelled here
+        return f"{answer} {built}"
+
+    retried = ExecutionEvent(
+        actor=Agent(name="A", input_model=Item, handler=a),
+        retry=RetryPolicy(max_attempts=3, initial_delay=0, jitter=0),
+    )
+    backend = make_backend("sqlite", tmp_path)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend), watchdog=None) as state:
+        call = asyncio.create_task(retried(Item(i=1), "", state))
+        await done.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    first_runs = list(runs)
+    hold.clear()
+    async with ExecutionState.resume("r", backend=backend, watchdog=None) as state:
+        result = await retried(Item(i=1), "", state)
+    assert runs == first_runs  # nothing ran again
+    answer = result.result.split(" ")[0] if result.ok else None
+    assert result.ok and result.result == f"{answer} v({answer})"
+    backend.close()

@@ -165,11 +165,14 @@ class Frame:
         below = key + address[len(self.address) :]
         return below if number == 1 else f"{below}{CALL_MARK}{number}"
 
-    def answered_by(self, address: str, key: str) -> None:
-        """The call just counted at ``address`` was answered by the stored call ``key``, a
-        later one there (a failed stored call passed over): count on from it."""
-        number = key.rpartition(CALL_MARK)[2]
-        if self._calls_at is not None and number.isdigit():
+    def answered_by(self, address: str, asked: str, key: str) -> None:
+        """The call just counted at ``address`` (key ``asked``) was answered by the stored
+        call ``key``, a later one there (failed ones passed over): count on from it."""
+        base, mark, number = asked.rpartition(CALL_MARK)
+        if not (mark and number.isdigit()):
+            base = asked
+        later, mark, number = key.rpartition(CALL_MARK)
+        if mark and later == base and number.isdigit() and self._calls_at is not None:
             self._calls_at[address] = int(number)
 
     def child(self, address: str) -> Frame:

@@ -18,6 +18,7 @@ bus, and records a bound copy of the event (with its ``address``, ``group_id``,
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -204,9 +205,11 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
             key = frame.key = parent.call_key(address)
             stored_as = key or address
             recovered = state.recovered_result(stored_as, actor, input)
-            if recovered is not None:
-                if recovered.address != stored_as and recovered.address is not None:
-                    parent.answered_by(address, recovered.address)  # a later stored call
+            if recovered is not None and recovered.address != address:
+                answered = recovered.address
+                if answered is not None and answered != stored_as:
+                    parent.answered_by(address, stored_as, answered)  # a later stored call
+                recovered = copy.copy(recovered)  # (the hook's own object is left as it is)
                 recovered.address = address
         watch = state.watch  # the run viewer's log (see core/watch.py), if it watches
         if recovered is not None:

@@ -193,7 +193,7 @@ def show(
             # calls below it are that call's. The key is what --from takes.)
             part = parts[depth]
             number = re.match(r"#(\d+)", part)
-            name = f"{part} (call {number[1]})" if number else _shown(part)
+            name = f"{_shown(part)} (call {number[1]})" if number else _shown(part)
             typer.echo(f"{'  ' * depth}{name}{status}")
     if groups:
         typer.echo("groups:")

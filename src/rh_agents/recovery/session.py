@@ -352,6 +352,8 @@ class Recovery:
             and checked is not input
             and not self._same_input(record, actor, input)
         ):
+            if record.address != address:
+                return None  # a later call, passed over to, had another input: this one runs
             self._input_changed(address, actor)
             return None
         value = decode_result(record, actor)
@@ -461,19 +463,38 @@ class Recovery:
         return record
 
     def _passed_over(self, key: str, failed: CheckpointRecord) -> CheckpointRecord | None:
-        """The call after the failed stored call ``key`` at its address, if it completed and
-        nothing else below their parent finished between them (see ``_replayable``)."""
+        """The first completed call after the failed stored call ``key`` at its address, if
+        the calls there up to it failed one after another (each stored after the last) and
+        nothing else below their parent finished meanwhile but what those calls made
+        themselves (see ``_replayable``)."""
         address, mark, number = key.rpartition(CALL_MARK)
         if not (mark and number.isdigit()):
             address, number = key, "1"
-        following = self._stored.get(f"{address}{CALL_MARK}{int(number) + 1}")
-        if following is None or following.status != _COMPLETED:
-            return None
-        seqs = self._seqs_below_stored().get(address.rpartition(ADDRESS_SEPARATOR)[0], [])
-        between = bisect.bisect_right(seqs, failed.seq)
-        if between < len(seqs) and seqs[between] < following.seq:
-            return None  # the attempt went on after the failure
-        return following
+        stored = self._stored
+        chain = [key]
+        last = failed
+        call = int(number)
+        while True:
+            call += 1
+            following = stored.get(f"{address}{CALL_MARK}{call}")
+            if following is None or following.seq < last.seq:
+                return None  # (stored again later: a resumed run ran the failed one again)
+            chain.append(following.address)
+            if following.status == _COMPLETED:
+                break
+            last = following
+        below = self._seqs_below_stored()
+        low, high = failed.seq, following.seq
+
+        def finished_between(prefix: str) -> int:
+            seqs = below.get(prefix, ())
+            return bisect.bisect_left(seqs, high) - bisect.bisect_right(seqs, low)
+
+        parent = address.rpartition(ADDRESS_SEPARATOR)[0]
+        # The calls of the chain between its ends, and what each made, are no other work.
+        others = finished_between(parent) - (len(chain) - 2)
+        others -= sum(finished_between(link) for link in chain)
+        return following if others == 0 else None  # else the attempt went on after the failure
 
     def _seqs_below_stored(self) -> dict[str, list[int]]:
         below = self._seqs_below
