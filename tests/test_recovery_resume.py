@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -463,6 +464,27 @@ async def test_thousands_of_replays_let_the_event_loop_run(tmp_path: Path) -> No
 # --- an agent retried around its tools: several calls at one address -------------------------
 
 
+async def _cut_short(
+    backend: Any, event: ExecutionEvent[Any], ready: Callable[[], bool], **options: Any
+) -> None:
+    """Call ``event`` in a checkpointed run ``r`` and cancel the call once ``ready()`` holds
+    (a run stopped before the retried agent ended: what its attempts finished is stored)."""
+    async with ExecutionState(run_id="r", recovery=Recovery(backend), **options) as state:
+        call = asyncio.create_task(event(Item(i=1), "", state))
+        await until(ready)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+
+async def _resumed(backend: Any, event: ExecutionEvent[Any], **options: Any) -> Any:
+    """Call ``event`` again in run ``r`` resumed; its result and the recovery's replays."""
+    async with ExecutionState.resume("r", backend=backend, **options) as state:
+        result = await event(Item(i=1), "", state)
+    assert state.recovery is not None
+    return result, state.recovery.recovered
+
+
 def _checking_agent(
     answers: list[str],
     fetches: list[str],
@@ -544,19 +566,15 @@ async def test_each_call_a_retried_agent_committed_is_replayed_to_the_attempt_th
     retry = RetryPolicy(max_attempts=3, jitter=0)
     backend = make_backend(kind, tmp_path)
     agent = _checking_agent(["a", "b"], fetches, seen, True, hold=asyncio.Event())
-    async with ExecutionState(run_id="r", recovery=Recovery(backend), clock=ManualClock()) as state:
-        call = asyncio.create_task(ExecutionEvent(actor=agent, retry=retry)(Item(i=1), "", state))
-        await until(lambda: len(seen) == 2)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
+    event = ExecutionEvent(actor=agent, retry=retry)
+    await _cut_short(backend, event, lambda: len(seen) == 2, clock=ManualClock())
     assert fetches == ["a", "b"] and seen == ["a", "b"]
     assert backend.get_run("r").status is RunStatus.COMPLETED  # (the body itself returned)
 
     agent = _checking_agent([], fetches, seen, True)
-    async with ExecutionState.resume("r", backend=backend, clock=ManualClock()) as state:
-        result = await ExecutionEvent(actor=agent, retry=retry)(Item(i=1), "", state)
-        assert state.recovery is not None and state.recovery.recovered == 2
+    event = ExecutionEvent(actor=agent, retry=retry)
+    result, recovered = await _resumed(backend, event, clock=ManualClock())
+    assert recovered == 2
     assert (result.ok, result.result, result.attempts) == (True, "b", 2)
     assert fetches == ["a", "b"] and seen == ["a", "b", "a", "b"]
     backend.close()
@@ -637,18 +655,12 @@ async def test_a_call_below_a_replayed_call_is_looked_up_under_the_call_it_belon
         retry=RetryPolicy(max_attempts=2, initial_delay=0, jitter=0),
     )
     backend = make_backend("sqlite", tmp_path)
-    async with ExecutionState(run_id="r", recovery=Recovery(backend), watchdog=None) as state:
-        call = asyncio.create_task(retried(Item(i=1), "", state))
-        await until(lambda: len(t_runs) == 2)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
+    await _cut_short(backend, retried, lambda: len(t_runs) == 2, watchdog=None)
     stored = backend.load("r")
     assert stored["A::S::T"].result_json == '"bad"'
     assert stored["A::S::#2::T"].result_json == '"good"'  # under S's second call
     hold.clear()
-    async with ExecutionState.resume("r", backend=backend, watchdog=None) as state:
-        result = await retried(Item(i=1), "", state)
+    result, _ = await _resumed(backend, retried, watchdog=None)
     assert (result.ok, result.result) == (True, "good")
     assert t_runs == ["bad", "good"] and seen == ["bad", "bad", "good"]
     backend.close()
@@ -701,18 +713,12 @@ async def test_a_failed_call_the_attempt_went_on_after_is_not_passed_over(
         retry=RetryPolicy(max_attempts=2, initial_delay=0, jitter=0),
     )
     backend = make_backend("json", tmp_path)
-    async with ExecutionState(run_id="r", recovery=Recovery(backend), watchdog=None) as state:
-        call = asyncio.create_task(retried(Item(i=1), "", state))
-        await until(lambda: len(seen) == 2)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
+    await _cut_short(backend, retried, lambda: len(seen) == 2, watchdog=None)
     assert seen == [("fallback", "bad"), ("x2", "good")]
     assert backend.load("r")["A::X"].status == "failed"
     hold.clear()
     seen.clear()
-    async with ExecutionState.resume("r", backend=backend, watchdog=None) as state:
-        second = await retried(Item(i=1), "", state)
+    second, _ = await _resumed(backend, retried, watchdog=None)
     assert second.result == "x2+good"
     assert seen == [("x-again", "bad"), ("x2", "good")]  # each attempt its own calls
     assert runs[-1] == "x:x-again"  # the failed X ran again; nothing else did
@@ -756,19 +762,13 @@ async def test_a_group_opened_again_by_a_retry_has_its_members_calls_told_apart(
         retry=RetryPolicy(max_attempts=2, initial_delay=0, jitter=0),
     )
     backend = make_backend("sqlite", tmp_path)
-    async with ExecutionState(run_id="r", recovery=Recovery(backend), watchdog=None) as state:
-        call = asyncio.create_task(retried(Item(i=1), "", state))
-        await until(lambda: len(seen) == 2)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
+    await _cut_short(backend, retried, lambda: len(seen) == 2, watchdog=None)
     stored = backend.load("r")
     assert stored["A::g[0]::T"].result_json == '"bad"'
     assert stored["A::g::#2[0]::T"].result_json == '"good"'
     hold.clear()
-    async with ExecutionState.resume("r", backend=backend, watchdog=None) as state:
-        result = await retried(Item(i=1), "", state)
-        assert state.recovery is not None and state.recovery.recovered == 4
+    result, recovered = await _resumed(backend, retried, watchdog=None)
+    assert recovered == 4
     assert (result.ok, result.result) == (True, "good+ok")
     assert t_runs == ["bad", "ok", "good", "ok"]
     assert seen == [["bad", "ok"], ["good", "ok"], ["bad", "ok"], ["good", "ok"]]
@@ -830,16 +830,10 @@ async def test_failed_calls_that_ended_their_attempts_are_passed_over(
         retry=RetryPolicy(max_attempts=3, initial_delay=0, jitter=0),
     )
     backend = make_backend("sqlite", tmp_path)
-    async with ExecutionState(run_id="r", recovery=Recovery(backend), watchdog=None) as state:
-        call = asyncio.create_task(retried(Item(i=1), "", state))
-        await done.wait()
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
+    await _cut_short(backend, retried, done.is_set, watchdog=None)
     first_runs = list(runs)
     hold.clear()
-    async with ExecutionState.resume("r", backend=backend, watchdog=None) as state:
-        result = await retried(Item(i=1), "", state)
+    result, _ = await _resumed(backend, retried, watchdog=None)
     assert runs == first_runs  # nothing ran again
     answer = result.result.split(" ")[0] if result.ok else None
     assert result.ok and result.result == f"{answer} v({answer})"
