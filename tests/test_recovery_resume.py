@@ -612,6 +612,12 @@ def test_runs_show_lists_the_second_call_at_an_address_under_it(tmp_path: Path) 
     with SQLiteBackend(tmp_path / "runs.db", mode="read") as reader:
         latest = latest_calls(reader.load("r").values())
     assert list(latest) == ["checker::fetch"] and latest["checker::fetch"].status == "completed"
+    # The resume plan says the failed first call is answered by the second (it ended its
+    # attempt: nothing else finished between them), and runs nothing again.
+    plan = CliRunner().invoke(app, ["runs", "resume", "r", "--state", str(tmp_path / "runs.db")])
+    assert plan.exit_code == 0, plan.output
+    assert "and run no stored event again" in plan.output
+    assert "checker::fetch  by checker::fetch::#2" in plan.output
 
 
 async def test_a_call_below_a_replayed_call_is_looked_up_under_the_call_it_belongs_to(

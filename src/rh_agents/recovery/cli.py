@@ -34,6 +34,7 @@ from rh_agents.core.safe_text import clipped, local_time, one_line, printable
 from rh_agents.errors import RecoveryError
 from rh_agents.recovery.backend import default_state_path
 from rh_agents.recovery.opening import open_backend
+from rh_agents.recovery.passing_over import StoredCalls
 from rh_agents.recovery.records import (
     CheckpointRecord,
     RunInfo,
@@ -281,7 +282,19 @@ def resume(
         for a, r in records.items()
         if r.status == "completed" and r.result_json is not None and a not in rerun
     ]
-    again = [a for a in records if a not in set(replayed)]
+    calls = StoredCalls(records)
+    # A failed call a retried agent followed with a completed one at its address is answered
+    # by that one (see passing_over), unless --from runs it again.
+    answered = {
+        a: answer.address
+        for a, r in records.items()
+        if r.status != "completed"
+        and a not in rerun
+        and (answer := calls.answer(a, r)) is not None
+        and answer.address not in rerun
+        and answer.result_json is not None
+    }
+    again = [a for a in records if a not in set(replayed) and a not in answered]
     typer.echo(f"resuming run {run_id} would replay {len(replayed)} completed events")
     if again:
         typer.echo(f"and run again {len(again)} stored events (failed, unstorable or from --from):")
@@ -291,6 +304,13 @@ def resume(
         typer.echo(f"  {_shown(address)}  {_describe(records[address])}")
     if len(again) > 50:
         typer.echo(f"  ... and {len(again) - 50} more")
+    if answered:
+        typer.echo(
+            f"{len(answered)} failed calls that made their agent retry are answered by the "
+            "call that followed them (see docs/recovery.md, Resuming):"
+        )
+        for address, by in list(answered.items())[:50]:
+            typer.echo(f"  {_shown(address)}  by {_shown(by)}")
     typer.echo("Events with no checkpoint (never finished) run as usual.")
     option = f", resume_from={from_address!r}" if from_address else ""
     if info.resume_command and not from_address:

@@ -44,7 +44,6 @@ checkpoints lost for a resume (the results the program already holds are unaffec
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import os
 import shlex
@@ -60,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from rh_agents.core.actors import BaseActor
-from rh_agents.core.context import ADDRESS_SEPARATOR, CALL_MARK, address_of_key, enclosing_member
+from rh_agents.core.context import address_of_key, enclosing_member
 from rh_agents.core.hooks import NO_INPUT
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.core.run_ids import check_run_id
@@ -75,6 +74,7 @@ from rh_agents.recovery.codec import decode_result, encode_checked
 from rh_agents.recovery.input_digest import input_digest
 from rh_agents.recovery.lease import RunLease
 from rh_agents.recovery.opening import open_backend
+from rh_agents.recovery.passing_over import StoredCalls
 from rh_agents.recovery.policy import CheckpointPolicy
 from rh_agents.recovery.records import (
     CheckpointRecord,
@@ -241,9 +241,7 @@ class Recovery:
         self._state: ExecutionState | None = None
         self._stored: dict[str, CheckpointRecord] = {}
         self._rerun: set[str] = set()
-        # The seqs of the stored calls below each stored call or member, by its key, sorted
-        # (made when first needed: see _passed_over).
-        self._seqs_below: dict[str, list[int]] | None = None
+        self._calls = StoredCalls(self._stored)  # (which one answers a failed call)
         self._pending: list[CheckpointRecord] = []
         self._seq = 0
         self._last_write = 0.0
@@ -322,6 +320,7 @@ class Recovery:
     def _load(self, run_id: str) -> str:
         """Load the stored run (under its lease, unless validating)."""
         self._stored = self.backend.load(run_id)  # under the lease: the last word
+        self._calls = StoredCalls(self._stored)
         self._seq = max((r.seq for r in self._stored.values()), default=-1) + 1
         if self.resume_from is not None:
             self._rerun = rerun_addresses(self._stored, self.resume_from, run_id)
@@ -451,7 +450,7 @@ class Recovery:
             return None
         record = self._stored.get(key)
         if record is not None and record.status != _COMPLETED:
-            record = self._passed_over(key, record)
+            record = self._calls.answer(key, record)
         if (
             record is None
             or record.result_json is None
@@ -461,57 +460,6 @@ class Recovery:
         ):
             return None
         return record
-
-    def _passed_over(self, key: str, failed: CheckpointRecord) -> CheckpointRecord | None:
-        """The first completed call after the failed stored call ``key`` at its address, if
-        the calls there up to it failed one after another (each stored after the last) and
-        nothing else below their parent finished meanwhile but what those calls made
-        themselves (see ``_replayable``)."""
-        address, mark, number = key.rpartition(CALL_MARK)
-        if not (mark and number.isdigit()):
-            address, number = key, "1"
-        stored = self._stored
-        chain = [key]
-        last = failed
-        call = int(number)
-        while True:
-            call += 1
-            following = stored.get(f"{address}{CALL_MARK}{call}")
-            if following is None or following.seq < last.seq:
-                return None  # (stored again later: a resumed run ran the failed one again)
-            chain.append(following.address)
-            if following.status == _COMPLETED:
-                break
-            last = following
-        below = self._seqs_below_stored()
-        low, high = failed.seq, following.seq
-
-        def finished_between(prefix: str) -> int:
-            seqs = below.get(prefix, ())
-            return bisect.bisect_left(seqs, high) - bisect.bisect_right(seqs, low)
-
-        parent = address.rpartition(ADDRESS_SEPARATOR)[0]
-        # The calls of the chain between its ends, and what each made, are no other work.
-        others = finished_between(parent) - (len(chain) - 2)
-        others -= sum(finished_between(link) for link in chain)
-        return following if others == 0 else None  # else the attempt went on after the failure
-
-    def _seqs_below_stored(self) -> dict[str, list[int]]:
-        below = self._seqs_below
-        if below is None:
-            below = {}
-            for record in self._stored.values():
-                parts = record.address.split(ADDRESS_SEPARATOR)
-                # Each call or member above it: a prefix not followed by a call number (the
-                # n-th call at an address is no call above the first one's children).
-                for n in range(1, len(parts)):
-                    if not parts[n].startswith("#"):
-                        below.setdefault(ADDRESS_SEPARATOR.join(parts[:n]), []).append(record.seq)
-                below.setdefault("", []).append(record.seq)
-            for seqs in below.values():
-                seqs.sort()
-            self._seqs_below = below
-        return below
 
     def _same_input(self, record: CheckpointRecord, actor: BaseActor, input: Any) -> bool:
         """Whether ``input`` is the input of the stored call (always, for a record written
