@@ -55,6 +55,29 @@ def test_python_dash_m_runs_the_demo() -> None:
     assert "documents[3]" in done.stdout or "documents#3" in done.stdout
 
 
+def test_python_dash_m_of_the_cli_module_runs_the_command_line_too() -> None:
+    # It was a silent no-op with status 0: a script checking its status was fooled.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rh_agents.cli",
+            "runs",
+            "show",
+            "no-such-run",
+            "--state",
+            "/nonexistent/x.db",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "x.db" in done.stderr
+
+
 def _help(*args: str) -> str:
     result = CliRunner().invoke(
         app, [*args, "--help"], env={"COLUMNS": "100"}, prog_name="rh-agents"

@@ -178,3 +178,7 @@ def _root() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # (python -m rh_agents.cli, as python -m rh_agents)
+    main()

@@ -71,7 +71,9 @@ def run(
 
     Returns what ``main`` returns. After an interruption it raises ``SystemExit(130)``
     instead, once ``main`` has finished its cleanup: a script ends with status 130 and no
-    traceback. ``debug`` and ``loop_factory`` are ``asyncio.Runner``'s (``loop_factory=
+    traceback. (A ``main`` that catches the cancellation and returns a value anyway has that
+    value returned, as ``asyncio.Runner`` does; the run is still stored as interrupted.)
+    ``debug`` and ``loop_factory`` are ``asyncio.Runner``'s (``loop_factory=
     uvloop.new_event_loop``, say).
     """
     if not inspect.iscoroutine(main):

@@ -837,7 +837,7 @@ class Recovery:
 
 def rerun_addresses(stored: dict[str, CheckpointRecord], address: str, run_id: str) -> set[str]:
     """The stored addresses that run again when resuming from ``address``: that event, every
-    event below it, and every event that finished after it (by ``seq``)."""
+    event below it, and every event that finished after the first of them (by ``seq``)."""
     below = (address + "::", address + "[")
     inside = [r for r in stored.values() if r.address.startswith(below)]
     own = stored.get(address)
