@@ -98,7 +98,13 @@ class CallRunner(Protocol):
 
 
 class RecoveryHook(Protocol):
-    """Checkpoints and replay for one run (``rh_agents.recovery.Recovery``)."""
+    """Checkpoints and replay for one run (``rh_agents.recovery.Recovery``).
+
+    Each call is known by its key: its address, or for a call a retried parent repeats at
+    its address, ``address::#n`` (and what it makes, under that key: see
+    ``core.context.CALL_MARK``). ``recovered_result`` may answer with a later stored call at
+    the address than the key asked for (a failed one passed over): its result's ``address``
+    then names that call's key, and the caller counts on from it."""
 
     def attach(self, state: ExecutionState) -> str:
         """Bind to ``state``; returns the run id."""
