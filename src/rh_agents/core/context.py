@@ -75,7 +75,8 @@ class Frame:
     global-limit slot held by that member, so that a nested group can lend it back while it waits.
     ``attempts`` counts the attempts of the call this frame runs, kept current by the retry
     loop: however the call ends, its result reports its own attempts, never those of a
-    nested call whose exception passed through it.
+    nested call whose exception passed through it. ``key`` is what recovery stores the call
+    under when it is not its address (a call a retried parent repeats: see ``CALL_MARK``).
     """
 
     __slots__ = (
