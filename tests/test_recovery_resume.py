@@ -15,13 +15,15 @@ from hypothesis import strategies as st
 from conftest import Recorder
 from parallel_support import until
 from recovery_support import Item, Square, Squarer, make_backend, run_group
-from rh_agents.core.actors import Tool
+from rh_agents.core.actors import Agent, Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import EventCompleted, EventReplayed, EventStarted, is_member_call
 from rh_agents.errors import ConfigurationError, RecoveryError
 from rh_agents.recovery import CheckpointPolicy, Recovery, ReplayMode, RunStatus, SQLiteBackend
+from rh_agents.resilience import RetryPolicy
+from rh_agents.testing import ManualClock
 
 BACKENDS = ["sqlite", "json"]
 
@@ -282,9 +284,6 @@ async def test_a_retried_attempts_calls_keep_their_addresses_and_replay(
     # Each attempt numbered its calls on from the last: the retried attempt's call was
     # committed at ``ask#2``; resumed, the first attempt's call (``ask``) found only the
     # failed checkpoint and ran the handler again, although the run had completed.
-    from rh_agents.core.actors import Agent
-    from rh_agents.resilience import RetryPolicy
-
     runs: list[str] = []
     failing = [True]
 
@@ -495,7 +494,6 @@ def _checking_agent(
     """An agent whose attempts each call the tool ``fetch`` (at the same address) and raise
     on a "bad" answer (or, with ``fail_first_attempt``, in their run's first attempt); an
     attempt that accepts its answer waits for ``hold`` first, if given."""
-    from rh_agents.core.actors import Agent
 
     replies = iter(answers)
     attempts = [0]
@@ -527,9 +525,6 @@ async def test_a_retry_in_a_resumed_run_calls_again_what_its_failed_attempt_repl
     # resume the agent's first attempt replays the bad answer and fails as before; its retry
     # calls the tool afresh, as a run that never stopped would, rather than replay the very
     # answer its failed attempt had (which no retry could ever get past).
-    from rh_agents.resilience import RetryPolicy
-    from rh_agents.testing import ManualClock
-
     fetches: list[str] = []
     seen: list[str] = []
     agent = _checking_agent(["bad", "good", "a third call"], fetches, seen)
@@ -538,9 +533,8 @@ async def test_a_retry_in_a_resumed_run_calls_again_what_its_failed_attempt_repl
         first = await ExecutionEvent(actor=agent)(Item(i=1), "", state)
     assert not first.ok and fetches == ["bad"]
     retried = ExecutionEvent(actor=agent, retry=RetryPolicy(max_attempts=2, jitter=0))
-    async with ExecutionState.resume("r", backend=backend, clock=ManualClock()) as state:
-        second = await retried(Item(i=1), "", state)
-        assert state.recovery is not None and state.recovery.recovered == 1
+    second, recovered = await _resumed(backend, retried, clock=ManualClock())
+    assert recovered == 1
     assert (second.ok, second.result, second.attempts) == (True, "good", 2)
     assert fetches == ["bad", "good"] and seen == ["bad", "bad", "good"]
     # The two calls at the tool's address are stored one after the other.
@@ -558,9 +552,6 @@ async def test_each_call_a_retried_agent_committed_is_replayed_to_the_attempt_th
     # was cancelled before the agent ended. Resumed, attempt 1 gets "a" and attempt 2 gets
     # "b", as they did: neither call runs again (one result kept per address gave both "b";
     # a stored result answering only one call ran the second one again).
-    from rh_agents.resilience import RetryPolicy
-    from rh_agents.testing import ManualClock
-
     fetches: list[str] = []
     seen: list[str] = []
     retry = RetryPolicy(max_attempts=3, jitter=0)
@@ -627,9 +618,6 @@ async def test_a_call_below_a_replayed_call_is_looked_up_under_the_call_it_belon
     # T says "good", and the run is cancelled inside S's second call. Resumed: attempt 1 gets
     # S's first call replayed (T not called); attempt 2 runs S again, whose T call is the one
     # under S's second call ("good"), not the first one's ("bad"), and nothing runs again.
-    from rh_agents.core.actors import Agent
-    from rh_agents.resilience import RetryPolicy
-
     answers = iter(["bad", "good", "a third call"])
     t_runs: list[str] = []
     seen: list[str] = []
@@ -679,9 +667,6 @@ async def test_a_failed_call_the_attempt_went_on_after_is_not_passed_over(
     # refuses; its retry calls X (which succeeds now) and Y ("good"). Resumed: attempt 1's X
     # is the failed one, run again (it failed in the stored run; the attempt went on after
     # it, so the next stored X is attempt 2's, not this one's); attempt 2 replays X and Y.
-    from rh_agents.core.actors import Agent
-    from rh_agents.resilience import RetryPolicy
-
     x_answers = iter(["x-first-fails", "x2", "x-again"])
     y_answers = iter(["bad", "good"])
     runs: list[str] = []
@@ -737,9 +722,6 @@ async def test_a_group_opened_again_by_a_retry_has_its_members_calls_told_apart(
     # A retried agent opens its group again at the same id: the second opening's members
     # call their tools at the same addresses as the first's. Resumed (cancelled before the
     # agent ended), each opening gets its own members' stored answers; nothing runs again.
-    from rh_agents.core.actors import Agent
-    from rh_agents.resilience import RetryPolicy
-
     answers = iter(["bad", "ok", "good", "ok", "a fifth call"])
     t_runs: list[str] = []
     seen: list[list[str]] = []
@@ -790,9 +772,6 @@ async def test_failed_calls_that_ended_their_attempts_are_passed_over(
     # first attempt is answered by the call of S that completed (the one V was built on):
     # nothing runs again. S is a tool failing twice, or a sub-agent that calls a tool T
     # before it fails (what the later call made, below it, is no other work of A's).
-    from rh_agents.core.actors import Agent
-    from rh_agents.resilience import RetryPolicy
-
     failures = [2 if shape.startswith("two") else 1]
     runs: list[str] = []
     hold = [asyncio.Event()]

@@ -30,7 +30,9 @@ __all__ = [
     "enclosing_member",
     "enter_frame",
     "exit_frame",
+    "repeat_key",
     "running_frame",
+    "split_key",
 ]
 
 ADDRESS_SEPARATOR = "::"
@@ -45,6 +47,19 @@ CALL_MARK = ADDRESS_SEPARATOR + "#"
 
 
 _CALL_NUMBER = re.compile(r"::#\d+(?=::|\[|$)")
+
+
+def repeat_key(key: str, number: int) -> str:
+    """The key of the ``number``-th call at the call keyed ``key``: ``key`` itself for the
+    first, ``key::#number`` after."""
+    return key if number == 1 else f"{key}{CALL_MARK}{number}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    """``(key of the first call there, number)``: ``a::t::#3`` gives ``("a::t", 3)``,
+    ``a::t`` gives ``("a::t", 1)`` (the inverse of ``repeat_key``)."""
+    base, mark, number = key.rpartition(CALL_MARK)
+    return (base, int(number)) if mark and number.isdigit() else (key, 1)
 
 
 def address_of_key(key: str) -> str:
@@ -162,19 +177,16 @@ class Frame:
         number = calls[address] = calls.get(address, 0) + 1
         key = self.key
         if key is None:
-            return None if number == 1 else f"{address}{CALL_MARK}{number}"
-        below = key + address[len(self.address) :]
-        return below if number == 1 else f"{below}{CALL_MARK}{number}"
+            return None if number == 1 else repeat_key(address, number)
+        return repeat_key(key + address[len(self.address) :], number)
 
     def answered_by(self, address: str, asked: str, key: str) -> None:
         """The call just counted at ``address`` (key ``asked``) was answered by the stored
         call ``key``, a later one there (failed ones passed over): count on from it."""
-        base, mark, number = asked.rpartition(CALL_MARK)
-        if not (mark and number.isdigit()):
-            base = asked
-        later, mark, number = key.rpartition(CALL_MARK)
-        if mark and later == base and number.isdigit() and self._calls_at is not None:
-            self._calls_at[address] = int(number)
+        later, number = split_key(key)
+        calls = self._calls_at
+        if calls is not None and later == split_key(asked)[0] and number > calls[address]:
+            calls[address] = number
 
     def child(self, address: str) -> Frame:
         """A frame below this one that stays inside the same parallel member."""

@@ -294,7 +294,8 @@ def resume(
         and answer.address not in rerun
         and answer.result_json is not None
     }
-    again = [a for a in records if a not in set(replayed) and a not in answered]
+    answered_now = set(replayed) | answered.keys()
+    again = [a for a in records if a not in answered_now]
     typer.echo(f"resuming run {run_id} would replay {len(replayed)} completed events")
     if again:
         typer.echo(f"and run again {len(again)} stored events (failed, unstorable or from --from):")

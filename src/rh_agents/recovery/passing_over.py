@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 
-from rh_agents.core.context import ADDRESS_SEPARATOR, CALL_MARK
+from rh_agents.core.context import ADDRESS_SEPARATOR, repeat_key, split_key
 from rh_agents.recovery.records import CheckpointRecord
 
 __all__ = ["StoredCalls"]
@@ -40,16 +40,13 @@ class StoredCalls:
         the calls there up to it failed one after another (each stored after the last) and
         nothing else below their parent finished meanwhile but what those calls made
         themselves; else ``None`` (the failed call runs again)."""
-        address, mark, number = key.rpartition(CALL_MARK)
-        if not (mark and number.isdigit()):
-            address, number = key, "1"
+        address, call = split_key(key)
         stored = self.stored
         chain = [key]
         last = failed
-        call = int(number)
         while True:
             call += 1
-            following = stored.get(f"{address}{CALL_MARK}{call}")
+            following = stored.get(repeat_key(address, call))
             if following is None or following.seq < last.seq:
                 return None  # (stored again later: a resumed run ran the failed one again)
             chain.append(following.address)

@@ -434,17 +434,11 @@ class Recovery:
         return True
 
     def _replayable(self, key: str, actor: BaseActor) -> CheckpointRecord | None:
-        """The stored call that answers the call ``key``: that one, or, when it failed and
-        was the last thing its parent's attempt did, the next call at its address, if that
-        one completed with this actor and version.
-
-        A failed call passed over: an agent whose tool call failed (a 503) was retried and
-        called the tool again at the same address; resumed, its first attempt gets the call
-        that succeeded, as its later steps did, rather than call the tool again for an answer
-        they never saw. Only when nothing else below the parent finished in between (else
-        the attempt went on past the failure, and the next call answers a later attempt).
-        A completed call is never passed over: a retry whose call ran afresh in the stored
-        run (nothing stored after it) runs afresh again.
+        """The stored call that answers the call ``key``, if it completed with this actor and
+        version: that one, or, when it failed and ended its attempt, the first completed
+        call after it at its address (``StoredCalls.answer``, recovery/passing_over.py). A
+        completed call is never passed over: a retry whose call ran afresh in the stored run
+        (nothing stored after it) runs afresh again.
         """
         if self.replay is ReplayMode.VALIDATE:
             return None
