@@ -12,7 +12,7 @@ from parallel_support import assert_no_leftover_tasks, boom, closed, echo_tool, 
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import ErrorStrategy, GroupStatus
-from rh_agents.core.results import ResultStatus
+from rh_agents.core.results import Raised, ResultStatus
 from rh_agents.errors import (
     ConfigurationError,
     DependencyError,
@@ -490,3 +490,114 @@ async def test_dependencies_need_kept_results() -> None:
         results = [r.result async for r in p.stream()]
     assert results == [1]
     assert closed(coro)
+
+
+# --- what a reader's loop and a second read see of a member's exception ---------------------
+
+
+async def _empty_source() -> Any:
+    return
+    yield
+
+
+async def take_first() -> Any:
+    """A member that takes the first item of an empty async source: StopAsyncIteration."""
+    await asyncio.sleep(0)
+    return await anext(_empty_source())
+
+
+@pytest.mark.parametrize("reader", ["stream", "as_completed", "parallel_map"])
+async def test_a_members_stop_async_iteration_does_not_end_a_stream_quietly(reader: str) -> None:
+    # Out of __anext__, a StopAsyncIteration ends the reader's loop as if every result had
+    # come: the failure would be lost. As an async generator does, it becomes a RuntimeError.
+    state = ExecutionState()
+    before = own_tasks()
+    seen: list[Any] = []
+    with pytest.raises(RuntimeError, match="raised StopAsyncIteration") as info:
+        if reader == "parallel_map":
+
+            def member(i: int) -> Any:
+                return take_first() if i == 1 else value(i)
+
+            async for r in state.parallel_map(member, range(3), error_strategy="fail_fast"):
+                seen.append(r.result)
+        else:
+            async with state.parallel(error_strategy="fail_fast") as p:
+                members = [value("a"), take_first(), forever()]
+                if reader == "stream":
+                    for member in members:
+                        p.add(member)
+                    results = p.stream()
+                else:
+                    results = p.as_completed(members)
+                async for r in results:
+                    seen.append(r.result)
+    assert type(info.value.__cause__) is StopAsyncIteration
+    # What completed before the failure was read as usual (item 2 of the map may or may not
+    # have been taken before the failure stopped it).
+    if reader == "parallel_map":
+        assert seen in ([0], [0, 2])
+    else:
+        assert seen == ["a"]
+    assert_no_leftover_tasks(before)
+
+
+async def test_gather_raises_a_members_stop_async_iteration_as_is() -> None:
+    state = ExecutionState()
+    with pytest.raises(StopAsyncIteration):
+        async with state.parallel(error_strategy="fail_fast") as p:
+            p.add(take_first())
+            await p.gather()
+
+
+def _depth(error: BaseException) -> int:
+    depth, tb = 0, error.__traceback__
+    while tb is not None:
+        depth, tb = depth + 1, tb.tb_next
+    return depth
+
+
+@pytest.mark.parametrize("error", [ValueError("first"), SystemExit(3)])
+async def test_reading_a_failed_group_again_does_not_grow_the_traceback(
+    error: BaseException,
+) -> None:
+    # The group keeps the member's exception and raises it at every read: each read must
+    # start from the traceback of the first, not add its own frames to the last one's.
+    state = ExecutionState()
+
+    async def fail() -> None:
+        await asyncio.sleep(0)
+        raise error
+
+    with pytest.raises(type(error)):
+        async with state.parallel(error_strategy="fail_fast") as p:
+            p.add(fail())
+            await p.gather()
+    depths = []
+    for read in (p.gather, p.gather_dict, p.gather, p.gather_dict):
+        with pytest.raises(type(error)) as info:
+            await read()
+        assert info.value is error
+        depths.append(_depth(error))
+    assert depths[0] == depths[2] and depths[1] == depths[3]
+    assert max(depths) <= depths[0] + 2  # (gather_dict goes through one more frame)
+
+
+async def test_an_exception_carried_to_several_callers_keeps_its_own_traceback() -> None:
+    # A call the cache shares (or a thread's handler) carries a BaseException to every caller
+    # as a Raised: each raises it with the traceback it had, not with the last caller's frames.
+    def fail() -> None:
+        raise KeyboardInterrupt
+
+    try:
+        fail()
+    except KeyboardInterrupt as error:
+        carried = Raised(error)
+    depths = []
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt) as info:
+            carried.raise_again()
+        depths.append(_depth(info.value))
+    assert depths == [depths[0]] * 3
+    assert carried.exception.__traceback__ is not None
+    assert carried.exception.__traceback__.tb_next is not None  # (fail's own frame kept)

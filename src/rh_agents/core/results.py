@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 __all__ = ["ExecutionResult", "Raised", "ResultStatus", "describe_error"]
 
@@ -124,10 +124,18 @@ class Raised:
 
         future.set_result(Raised(exc))         # where the outcome is made
         if type(value) is Raised:              # where it is awaited
-            raise value.exception
+            value.raise_again()
+
+    Every caller raises it with the traceback it had when it was made: raised for several
+    callers (a call the cache shares), it must not carry each one's frames into the next's.
     """
 
-    __slots__ = ("exception",)
+    __slots__ = ("exception", "traceback")
 
     def __init__(self, exception: BaseException) -> None:
         self.exception = exception
+        self.traceback = exception.__traceback__
+
+    def raise_again(self) -> NoReturn:
+        """Raise the exception, with the traceback it had when it was carried."""
+        raise self.exception.with_traceback(self.traceback)

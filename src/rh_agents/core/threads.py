@@ -305,7 +305,7 @@ class ThreadRunner:
                 _close_dropped(future.result())  # (it came, but this caller left first)
             raise
         if type(value) is Raised:
-            raise value.exception
+            value.raise_again()
         if inspect.isawaitable(value):
             return await value
         return value

@@ -448,7 +448,7 @@ class ActorCache:
         finally:
             flight.waiters -= 1
         if type(value) is Raised:
-            raise value.exception
+            value.raise_again()
         return value, attempts, source
 
     async def _fill(

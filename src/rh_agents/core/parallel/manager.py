@@ -114,6 +114,7 @@ class ParallelExecutionManager(Generic[T]):
         "_outcome_raised",
         "_parent_frame",
         "_pool",
+        "_raised_tb",
         "_reader",
         "_readers",
         "_records",
@@ -299,6 +300,8 @@ class ParallelExecutionManager(Generic[T]):
         # What the map() input raised, reading or closing it (its GroupCompleted says so).
         self._input_error: BaseException | None = None
         self._outcome_raised = False  # a reader had the group's error (see __aexit__)
+        # The exception the group raised last and its traceback then (see stopping.reraise).
+        self._raised_tb: tuple[BaseException, TracebackType | None] | None = None
         self._sealed = False  # no more add(): gather/stream started or block left
 
         # The parts, each the one owner of its state.
@@ -410,7 +413,7 @@ class ParallelExecutionManager(Generic[T]):
                 and not self._outcome_raised
             ):
                 self._outcome_raised = True
-                raise stop_error
+                stopping.reraise(self, stop_error)
             return
         self._leaving = True
         self._leaving_to_gather = exc is None
@@ -454,7 +457,7 @@ class ParallelExecutionManager(Generic[T]):
                 # generator's aclose() raises what its cleanup raised; a cancellation or the
                 # block's own exception goes on and carries it as a note.
                 if isinstance(exc, GeneratorExit):
-                    raise stop_error
+                    stopping.reraise(self, stop_error)
                 exc.add_note(f"The group's map() input failed too: {describe_error(stop_error)}")
             elif (
                 stop_error is not None
@@ -468,7 +471,7 @@ class ParallelExecutionManager(Generic[T]):
                 # carries as its context, when it has none of its own).
                 if stop_error.__context__ is None and stop_error.__cause__ is None:
                     stop_error.__context__ = exc
-                raise stop_error
+                stopping.reraise(self, stop_error)
         finally:
             if not self._finalized and not self._pool.workers:
                 # Every worker has ended (the joins wait for them whatever happens) but a

@@ -24,7 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rh_agents.core.parallel.strategy import ErrorStrategy, GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus, describe_error
@@ -234,12 +234,24 @@ def raise_for_strategy(
         raise
 
 
+def reraise(group: ParallelExecutionManager[Any], error: BaseException) -> NoReturn:
+    """Raise ``error``, an exception the group keeps (a member's, its input's), with the
+    traceback it had when the group first raised it: read again and again (``gather()``
+    after the block), its traceback must not grow by the reader's frames each time."""
+    kept = group._raised_tb
+    if kept is not None and kept[0] is error:
+        error.with_traceback(kept[1])
+    else:
+        group._raised_tb = (error, error.__traceback__)
+    raise error
+
+
 def _raise_outcome(
     group: ParallelExecutionManager[Any], results: list[ExecutionResult[Any]]
 ) -> None:
     if group._stop_error is not None:
         # The map() input failed, or a member raised a BaseException: it stopped the group.
-        raise group._stop_error
+        reraise(group, group._stop_error)
     if group.raise_exception_group:
         # Asked for, it is what the end raises whatever stopped the group (the strategy's
         # first failure, a threshold, a timeout, a quorum): every member that did not
@@ -276,7 +288,7 @@ def _raise_outcome(
     if trigger is not None:
         if group.error_strategy is ErrorStrategy.FAIL_FAST:
             if trigger.exception is not None:
-                raise trigger.exception
+                reraise(group, trigger.exception)
             raise MemberFailedError(
                 f"member {trigger.name or trigger.index} of group {group.group_id!r} "
                 f"failed: {trigger.error}",

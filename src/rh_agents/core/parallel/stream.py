@@ -52,8 +52,23 @@ class ResultStream(AsyncIterator[ExecutionResult[Any]]):
             manager._reader = id(asyncio.current_task())  # (see ExecutionState.close)
         try:
             return await self._next()
+        except StopAsyncIteration as stop:
+            self._finished = True
+            if stop is manager._stop_error or (
+                manager._trigger is not None and stop is manager._trigger.exception
+            ):
+                # A member raised StopAsyncIteration and the strategy raises it here: out of
+                # __anext__ it would end the reader's loop as if every result had come, and
+                # the failure would be lost (the block takes it as raised where read). As
+                # an async generator does (PEP 479), it becomes a RuntimeError.
+                raise RuntimeError(
+                    f"a member of group {manager.group_id!r} raised StopAsyncIteration, "
+                    "which would end this stream as if it were done; it is the cause of this "
+                    "error (gather() raises it as is)"
+                ) from stop
+            raise
         except BaseException:
-            self._finished = True  # StopAsyncIteration, a strategy error or a cancellation
+            self._finished = True  # a strategy error or a cancellation
             raise
 
     async def aclose(self) -> None:
