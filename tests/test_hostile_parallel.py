@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import re
+import threading
 import types
 import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -281,6 +282,44 @@ async def test_a_member_reading_its_own_group_is_refused_rather_than_waiting_for
     assert "from inside its own member" in (results[0].error or "")
     assert results[1].ok
     assert_no_leftover_tasks(before)
+
+
+def _open_groups_at_once() -> list[str]:
+    """Two threads, each with its own loop, open a group of one state at the same moment:
+    what became of each ("ran" or "refused")."""
+    state = ExecutionState()
+    barrier = threading.Barrier(2)
+    ended = [threading.Event(), threading.Event()]
+    outcomes = ["", ""]
+
+    async def open_group(i: int) -> None:
+        barrier.wait()  # (both threads at the door at once)
+        try:
+            async with state.parallel(name=f"g{i}") as p:
+                # Open until the other thread's attempt ended (5 s: a failure, not a hang, if
+                # both got in).
+                p.add(lambda: asyncio.to_thread(ended[1 - i].wait, 5))
+            outcomes[i] = "ran"
+        except ConfigurationError as error:
+            assert "another event loop" in str(error)
+            outcomes[i] = "refused"
+        finally:
+            ended[i].set()
+
+    threads = [threading.Thread(target=asyncio.run, args=(open_group(i),)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+async def test_two_threads_opening_groups_on_one_state_at_once_one_is_refused() -> None:
+    # The check that no other loop runs groups of the state and the group's registration
+    # were two steps: two threads opening groups at the same moment both passed the check
+    # (in four trials of five), and two loops then shared the state's slots, bus and store.
+    for _ in range(5):
+        assert sorted(await asyncio.to_thread(_open_groups_at_once)) == ["ran", "refused"]
 
 
 async def test_reading_a_group_from_another_event_loop_is_refused() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import weakref
 from collections.abc import (
     AsyncIterable,
@@ -142,6 +143,9 @@ class ExecutionState:
         )
         self.internal_errors: list[BaseException] = []
         self._loop: asyncio.AbstractEventLoop | None = None  # of the last group opened
+        # Held while a group checks the loop it opens on and joins open_groups (claim_loop):
+        # the one step of a state that another thread may take at the same moment.
+        self.loop_lock = threading.Lock()
         self._closed = False  # close() ran: nothing may run on it any more (see closed)
         # The frames of the event calls running now, in any task (see close()).
         self.running_calls: set[Frame] = set()
@@ -194,7 +198,7 @@ class ExecutionState:
         """A group of this state opens on ``loop``: refuse it while groups of the state run
         on another loop still running (another thread's), whose slots, bus and groups this
         one would share unsynchronised. One loop after another (``asyncio.run`` twice, a
-        test per loop) is fine."""
+        test per loop) is fine. Called under ``loop_lock``, with the group's registration."""
         if self._loop is loop:
             return
         busy = self._groups_running_elsewhere(loop)

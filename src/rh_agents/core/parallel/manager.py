@@ -339,23 +339,30 @@ class ParallelExecutionManager(Generic[T]):
             self._used = True  # (refused, not forgotten: no UnusedGroupWarning)
             state.check_open()
         loop = asyncio.get_running_loop()
-        if state._loop is not loop:
-            self._used = True  # (told now: no UnusedGroupWarning later)
-            state.claim_loop(loop)
         if self.rate_limit is not None:
             # (Checked again: another group may have claimed the key since this one was made.)
             self._used = True  # (refused, it was not forgotten: no UnusedGroupWarning)
             state.rate_limiters.claim(self.rate_limit, "state.parallel(rate_limit=...)")
+        parent = current_frame(state)
+        with state.loop_lock:
+            # The check that no other thread's loop runs groups of this state, and this
+            # group's place among the open ones, in one step: two threads opening groups at
+            # the same moment must not both pass the check before either is registered.
+            if state._loop is not loop:
+                self._used = True  # (told now: no UnusedGroupWarning later)
+                state.claim_loop(loop)
+            self.group_id = parent.child_address(self._requested_name or "parallel")
+            self._loop = loop
+            # Open groups, by id: an observer (the run viewer's feed) reads their counts and
+            # running members, including those of groups opened before it began to watch.
+            state.open_groups[self.group_id] = self
         self._entered = True
         if self._adaptive is not None:
             self._adaptive.attach(self)  # told when it grows (detached by _finalize)
         pool = self._pool
         pool.plain = not self.has_policies
-        parent = current_frame(state)
         self._parent_frame = parent
         pool.context = contextvars.copy_context()
-        name = self._requested_name or "parallel"
-        self.group_id = parent.child_address(name)
         if state.has_event_hooks:
             # Opened again by a retried call or member at the same id: its members' calls are
             # told apart from the last opening's (see core.context.CALL_MARK).
@@ -366,15 +373,11 @@ class ParallelExecutionManager(Generic[T]):
         self._started_at = state.clock.now()
         self._display_name = self._requested_name or self.group_id.rsplit("::", 1)[-1]
         self._status = GroupStatus.RUNNING
-        self._loop = loop
         if self.timeout is not None:
             self._timeout_handle = loop.call_later(self.timeout, self._on_group_timeout)
         watchdog = state.watchdog
         if watchdog is not None:
             self._window = open_window(self, watchdog)
-        # Open groups, by id: an observer (the run viewer's feed) reads their counts and
-        # running members, including those of groups opened before it began to watch.
-        state.open_groups[self.group_id] = self
         watch = state.watch
         if watch is not None and watch.on_group:
             watch.group_opened()
