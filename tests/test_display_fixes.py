@@ -30,7 +30,8 @@ from rh_agents.core.safe_text import ERROR_CHARS, clipped
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Every control character but the newline ending each line (tabs included: none is printed).
-CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# Control codes, and the bidirectional overrides that show a line reversed ("Trojan Source").
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 MODES: list[ParallelMode] = ["realtime", "progress", "collapsed", "smart"]
 
 
@@ -261,9 +262,10 @@ GROUP = "docs\x1b(0"
 
 
 def unsafe_run() -> list[BusEvent]:
-    """A group named with a control code, members with a clear-screen code, a line break and
-    markup in their names, and one error with colour codes and a line break."""
-    names = ["\x1b[2Jwipe", "two\nlines", "[bold]x[/bold]", "bad"]
+    """A group named with a control code, members with a clear-screen code, a line break,
+    markup and a right-to-left override in their names, and one error with colour codes and
+    a line break."""
+    names = ["\x1b[2Jwipe", "two\nlines", "[bold]x[/bold]", "b\u202ead"]
     records: list[BusEvent] = [
         GroupStarted(address=GROUP, timestamp=0.0, name=GROUP, total=4, max_workers=4)
     ]
@@ -304,7 +306,7 @@ def test_plain_progress_done_lines_show_names_safely() -> None:
         "  ✔ docs␛(0#0 ␛[2Jwipe done (1ms) [1/4]",
         "  ✔ docs␛(0#1 two ⏎ lines done (1ms) [2/4]",
         "  ✔ docs␛(0#2 [bold]x[/bold] done (1ms) [3/4]",
-        "  ✘ docs␛(0#3 bad FAILED (1ms) [4/4]: ValueError: ␛[31mred ⏎ again",
+        "  ✘ docs␛(0#3 b\ufffdad FAILED (1ms) [4/4]: ValueError: ␛[31mred ⏎ again",
     ]
 
 

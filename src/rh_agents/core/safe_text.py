@@ -31,17 +31,20 @@ __all__ = ["ERROR_CHARS", "clipped", "local_time", "markup_escape", "one_line", 
 ERROR_CHARS: Final = 1000
 
 # C0 controls but newline and tab, DEL, and the C1 controls (which some terminals obey too).
-# Lone surrogates too: no terminal encoding can write them.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+# Lone surrogates too: no terminal encoding can write them. And the bidirectional embeddings,
+# overrides and isolates (U+202A-U+202E, U+2066-U+2069): a name holding U+202E shows the
+# rest of its line reversed, so what is printed is not what ran ("Trojan Source").
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _PICTURES = {code: chr(0x2400 + code) for code in range(0x20) if code not in (0x09, 0x0A)}
 _PICTURES[0x7F] = "\u2421"  # ␡
 _PICTURES.update({code: "\ufffd" for code in range(0x80, 0xA0)})  # no pictures for C1
 _PICTURES.update({code: "?" for code in range(0xD800, 0xE000)})  # as the viewer's pages show them
+_PICTURES.update({code: "\ufffd" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
 
 
 def printable(text: str) -> str:
-    """``text`` with every control character but newline and tab replaced by a visible one,
-    and every lone surrogate by "?"."""
+    """``text`` with every control character but newline and tab replaced by a visible one
+    (a bidirectional override by "\ufffd"), and every lone surrogate by "?"."""
     if _CONTROL.search(text) is None:  # the usual case: nothing to copy
         return text
     return text.translate(_PICTURES)
