@@ -540,10 +540,27 @@ def test_wants_says_whether_anyone_would_receive_a_kind() -> None:
     assert not bus.wants(MemberFinished)
 
 
-@pytest.mark.parametrize("bad", [[int], ["group.completed"], [None]])
-def test_kinds_must_be_record_classes(bad: list[object]) -> None:
+@pytest.mark.parametrize("bad", [[int], [None], 5, [b"event.failed"]])
+def test_kinds_must_be_record_classes_or_kinds(bad: object) -> None:
     with pytest.raises(TypeError, match="kinds= takes record classes"):
         EventBus().subscribe(print, kinds=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["nope", ["event.failed", "group.complete"]])
+def test_an_unknown_kind_string_is_named(bad: object) -> None:
+    with pytest.raises(TypeError, match=r"names no record kind '(nope|group\.complete)'.*"):
+        EventBus().subscribe(print, kinds=bad)  # type: ignore[arg-type]
+
+
+def test_kinds_by_their_kind_strings() -> None:
+    # A string is one kind (it was taken for its letters: "got 'g'").
+    from rh_agents.core.records import EventFailed, GroupCompleted, MemberFinished
+
+    bus = EventBus()
+    bus.subscribe(print, kinds="group.completed")
+    assert bus.wants(GroupCompleted) and not bus.wants(EventFailed)
+    bus.subscribe(print, kinds=["event.failed", MemberFinished])
+    assert bus.wants(EventFailed) and bus.wants(MemberFinished)
 
 
 async def test_a_group_builds_no_member_records_nobody_asked_for() -> None:

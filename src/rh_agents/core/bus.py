@@ -498,26 +498,23 @@ class EventBus:
         self.call_records = self.has_listeners and any(self.wants(kind) for kind in _CALL_RECORDS)
 
     def subscribe(
-        self, handler: Subscriber, *, kinds: Iterable[type[BusEvent]] | None = None
+        self,
+        handler: Subscriber,
+        *,
+        kinds: type[BusEvent] | str | Iterable[type[BusEvent] | str] | None = None,
     ) -> Subscription:
         """Deliver every later record to ``handler`` (sync or async), in order.
 
         ``kinds``: only records of these classes (or their subclasses), e.g.
-        ``kinds=[EventFailed, GroupCompleted]``; records nobody asked for are not even built.
+        ``kinds=[EventFailed, GroupCompleted]``, or of these ``kind`` strings
+        (``kinds=["event.failed", "group.completed"]``); records nobody asked for are not even
+        built.
         """
         if not callable(handler):
             raise TypeError(f"a subscriber must be callable, got {handler!r}")
         wanted: frozenset[type[BusEvent]] | None = None
         if kinds is not None:
-            # One class alone is forgiven for not being in a list.
-            given: list[Any] = [kinds] if isinstance(kinds, type) else list(kinds)
-            for kind in given:
-                if not (isinstance(kind, type) and issubclass(kind, BusEvent)):
-                    raise TypeError(
-                        f"kinds= takes record classes such as EventFailed or GroupCompleted "
-                        f"(subclasses of BusEvent), got {kind!r}"
-                    )
-            wanted = frozenset(given)
+            wanted = frozenset(_record_classes(kinds))
         subscription = Subscription(self, handler, wanted)
         self._subscriptions.append(subscription)
         self._update_listening()
@@ -901,3 +898,50 @@ class _StreamQueue:
             finally:
                 self._waiter = None
         return self._items.popleft()
+
+
+def _record_classes(kinds: Any) -> list[type[BusEvent]]:
+    """The record classes ``subscribe(kinds=...)`` names: classes or ``kind`` strings, one
+    alone or several (a lone one is forgiven for not being in a list; a string is one kind,
+    never its letters)."""
+    if isinstance(kinds, (type, str)):
+        kinds = [kinds]
+    try:
+        given = list(kinds)
+    except TypeError:
+        raise TypeError(
+            "kinds= takes record classes such as EventFailed or GroupCompleted, or their kind "
+            f"strings ('event.failed'), one or a list of them; got {kinds!r}"
+        ) from None
+    by_kind = _classes_by_kind() if any(isinstance(kind, str) for kind in given) else {}
+    classes: list[type[BusEvent]] = []
+    for kind in given:
+        if isinstance(kind, str):
+            if kind not in by_kind:
+                raise TypeError(
+                    f"kinds= names no record kind {kind!r}; the kinds are "
+                    f"{', '.join(sorted(by_kind))}"
+                )
+            classes.append(by_kind[kind])
+        elif isinstance(kind, type) and issubclass(kind, BusEvent):
+            classes.append(kind)
+        else:
+            raise TypeError(
+                f"kinds= takes record classes such as EventFailed or GroupCompleted "
+                f"(subclasses of BusEvent) or their kind strings, got {kind!r}"
+            )
+    return classes
+
+
+def _classes_by_kind() -> dict[str, type[BusEvent]]:
+    """Every record class with a kind of its own, by that kind (found, not listed: a record
+    class added later is named too)."""
+    found: dict[str, type[BusEvent]] = {}
+    pending = list(BusEvent.__subclasses__())
+    for cls in pending:  # (breadth first: a kind names its class, not a subclass keeping it)
+        pending.extend(cls.__subclasses__())
+        field = getattr(cls, "__dataclass_fields__", {}).get("kind")
+        default = getattr(field, "default", None)
+        if isinstance(default, str):
+            found.setdefault(default, cls)
+    return found
