@@ -326,3 +326,41 @@ async def test_a_callable_member_failing_after_its_call_retried_reports_its_own_
         (result,) = await p.gather()
     assert calls == 3
     assert result.status is ResultStatus.FAILED and result.attempts == 1
+
+
+async def test_a_plain_function_member_raising_as_it_is_called_is_retried_like_any() -> None:
+    # p.add(fn) with a group retry: a function that raised as it was called (before making
+    # its awaitable) failed its first attempt, and was not retried (it was by a process
+    # executor); a later attempt raising so was. Each attempt calls it again.
+    state = quiet_state()
+    calls = 0
+
+    def flaky() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError(f"refused {calls}")
+        return asyncio.sleep(0, "done")
+
+    async with state.parallel(retry=RetryPolicy(max_attempts=3, initial_delay=0)) as p:
+        p.add(flaky)
+    (result,) = await p.gather()
+    assert calls == 3
+    assert result.ok and result.result == "done" and result.attempts == 3
+
+
+async def test_a_function_member_returning_no_awaitable_is_not_retried() -> None:
+    # That is a mistake in the program (InvalidMemberError), not a failed attempt.
+    state = quiet_state()
+    calls = 0
+
+    def not_async() -> int:
+        nonlocal calls
+        calls += 1
+        return 42
+
+    async with state.parallel(retry=RetryPolicy(max_attempts=3, initial_delay=0)) as p:
+        p.add(not_async)
+    (result,) = await p.gather()
+    assert calls == 1
+    assert result.status is ResultStatus.FAILED and "not an awaitable" in (result.error or "")

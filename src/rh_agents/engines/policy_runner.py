@@ -40,6 +40,7 @@ from rh_agents.core.parallel.member import Member, is_event_call
 from rh_agents.core.parallel.slots import MemberSlot, in_own_task, member_slot_of
 from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_in
 from rh_agents.core.results import ExecutionResult, describe_error
+from rh_agents.errors import InvalidMemberError
 from rh_agents.resilience.breaker import Circuit, CircuitBreaker, Transition
 from rh_agents.resilience.rate_limit import RateLimit
 from rh_agents.resilience.retry import RetryPolicy
@@ -286,7 +287,17 @@ async def run_member(
         if not is_event_call(source) and not _makes_event_call(source):
             return await _run_on_executor(state, group, member, frame, executor)
     rerunnable = member.rerunnable
-    first: Awaitable[Any] | None = member.open()
+    first: Awaitable[Any] | None = None
+    # What the first call of a callable member raised as it was called (a plain function
+    # failing before it made its awaitable): that attempt's failure, retried as a later
+    # attempt's would be (each attempt calls it again), and as a process executor does.
+    raised: Exception | None = None
+    try:
+        first = member.open()
+    except InvalidMemberError:
+        raise  # (it made no awaitable: a mistake in the program, not a failed attempt)
+    except Exception as error:
+        raised = error
     if is_event_call(first):
         assert first is not None
         # The event applies every policy itself, the member's own retry included.
@@ -303,7 +314,10 @@ async def run_member(
         policies.retry = RetryPolicy(max_attempts=1)
 
     def attempt() -> Awaitable[Any]:
-        nonlocal first
+        nonlocal first, raised
+        if raised is not None:
+            error, raised = raised, None
+            raise error
         if first is not None:
             made, first = first, None
             return made
