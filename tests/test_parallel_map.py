@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parallel_support import steps
+from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.records import GroupCompleted
 
 
 class Source:
@@ -311,3 +313,40 @@ async def test_no_item_runs_once_the_group_stopped_during_its_read() -> None:
         p.cancel()
     assert ran == []
     assert await p.gather() == []
+
+
+@pytest.mark.parametrize("read", ["gather", "stream"])
+async def test_a_stopped_groups_input_is_closed_however_it_is_read(read: str) -> None:
+    # A quorum stopped the group, then a stream read it to its end after every worker had
+    # gone: the input was never closed (only the join of running workers closed it), and
+    # what its close raised was lost. Read with gather(), it was.
+    closed: list[bool] = []
+    ended: list[GroupCompleted] = []
+    bus = EventBus()
+    bus.subscribe(ended.append, kinds=[GroupCompleted])
+    state = ExecutionState(event_bus=bus)
+    never = asyncio.Event()
+
+    def items() -> Iterator[int]:
+        try:
+            yield from range(10)
+        finally:
+            closed.append(True)
+            raise OSError("closing the input failed")
+
+    async def member(i: int) -> int:
+        if i:
+            await never.wait()
+        return i
+
+    with pytest.raises(OSError, match="closing the input failed"):
+        async with state.parallel(max_workers=3, quorum=1) as p:
+            p.map(member, items())
+            if read == "gather":
+                await p.gather()
+            else:
+                indexes = [r.index async for r in p.stream()]
+                assert indexes[:1] == [0]  # (then the cancelled ones)
+    assert closed == [True]
+    await bus.drain()
+    assert ended[-1].input_error == "OSError: closing the input failed"

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "as_completed",
     "check_not_inside",
+    "close_input",
     "collected",
     "gather",
     "gather_all",
@@ -99,17 +100,26 @@ async def join_workers(group: ParallelExecutionManager[Any]) -> None:
             # (A worker leaves the set as it ends; one that ended without, by a bug, must
             # not make this loop spin for ever.)
             workers.difference_update(done)
-    source = group._source
-    if source is not None:
-        try:
-            await source.aclose()
-        except asyncio.CancelledError as exc:
-            # (the close is cut short; the group is finalized all the same)
-            cancelled = cancelled or exc
-        except BaseException as exc:
-            stopping.input_close_failed(group, exc)
+    try:
+        await close_input(group)
+    except asyncio.CancelledError as exc:
+        cancelled = cancelled or exc
     if cancelled is not None:
         raise cancelled
+
+
+async def close_input(group: ParallelExecutionManager[Any]) -> None:
+    """Close the group's ``map()`` input, if it has one (once its workers are gone): what
+    closing it raises is the group's input error (see stopping.input_close_failed)."""
+    source = group._source
+    if source is None:
+        return
+    try:
+        await source.aclose()
+    except asyncio.CancelledError:
+        raise  # (the close is cut short; the group is finalized all the same)
+    except BaseException as exc:
+        stopping.input_close_failed(group, exc)
 
 
 def check_not_inside(group: ParallelExecutionManager[Any], what: str) -> None:
@@ -146,6 +156,9 @@ async def wait_all(group: ParallelExecutionManager[Any]) -> None:
     pool = group._pool
     pool.start_all()  # no more members will come: their workers start now
     if not group._unfinished() and not pool.workers:
+        # Every worker has ended already (a stop, then a stream read to the end): the
+        # map() input is closed here, as join_workers would have.
+        await close_input(group)
         owed = owed_slot()
         if owed is not None:
             await take_back_owed(owed)  # the member reads on: it works again
