@@ -1062,6 +1062,38 @@ async def test_close_while_another_task_leaves_its_block_gathering_is_refused_no
     await state.close()
 
 
+@pytest.mark.parametrize("turns", [1, 3, 20])
+async def test_close_while_another_task_runs_a_block_is_refused_whatever_its_members_take(
+    turns: int,
+) -> None:
+    # close() gives a dropped stream's generator a few loop turns to be closed by its
+    # finalizer; it waited those turns for any open block, so a block whose members needed
+    # fewer ended meanwhile, the close went through, and the other task's next group failed
+    # on a closed state. Refused either way now.
+    state = ExecutionState()
+
+    async def member() -> int:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return turns
+
+    async def other() -> list[int]:
+        async with state.parallel(name="bg") as p:
+            for _ in range(3):
+                p.add(member())
+            first = [r.result for r in await p.gather()]
+        async with state.parallel(name="next") as p:  # the run goes on
+            p.add(member())
+        return first + [r.result for r in await p.gather()]
+
+    task = asyncio.create_task(other())
+    await asyncio.sleep(0)  # (the block is open)
+    with pytest.raises(ParallelError, match="still run: bg"):
+        await state.close()
+    assert await task == [turns] * 4
+    await state.close()
+
+
 async def test_a_result_members_return_is_placed_as_a_copy_of_it() -> None:
     # Members returning an ExecutionResult they did not make (one the caller built, shared
     # by two members, or one the caller had from an earlier call): each member's result is

@@ -507,7 +507,10 @@ class ExecutionState:
         await join_closings(self)
         for _ in range(_FINALIZER_TURNS):
             groups = [g for g in self._open_groups_here() if not skip(g.group_id)]
-            if not groups:
+            if not any(group._stream_owned or group._leaving for group in groups):
+                # Only blocks another task still runs: nothing here is ending, and waiting a
+                # few turns would make the refusal below depend on whether their members
+                # happen to finish in those turns.
                 return
             # (A block left normally gathers for as long as its members run: not waited for.)
             leaving = [group for group in groups if group._leaving and not group._leaving_to_gather]
