@@ -51,6 +51,7 @@ __all__ = [
     "member_raised_base",
     "on_group_timeout",
     "raise_for_strategy",
+    "reraise",
     "skipped_result",
     "stop",
     "stop_reason_text",
