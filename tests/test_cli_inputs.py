@@ -5,6 +5,7 @@ an empty ``--host``."""
 from __future__ import annotations
 
 import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,40 @@ async def test_runs_list_shows_the_readable_runs_and_names_the_bad_file(tmp_path
         assert sorted(run.run_id for run in runs) == ["alpha", "beta"]
         assert len(problems) == 2
         with pytest.raises(CorruptStateError, match=r"broken\.json"):
+            backend.list_runs()
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("status", "paused"), ("created", "yesterday"), ("updated", "soon")]
+)
+async def test_runs_list_over_sqlite_shows_the_readable_runs_and_names_the_bad_one(
+    tmp_path: Path, column: str, value: str
+) -> None:
+    """One run row of an SQLite store that this version cannot read (a status it does not
+    know, a time that is text) made ``runs list`` exit 2 listing nothing, where a
+    JSON folder's damaged run file is named and the other runs listed: SQLite does the same."""
+    db = tmp_path / "state.db"
+    for run_id in ("alpha", "beta", "damaged"):
+        async with ExecutionState(run_id=run_id, recovery=Recovery(db)) as state:
+            await run_group(state, Squarer(), 2)
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"UPDATE runs SET {column} = ? WHERE run_id = 'damaged'", (value,))
+    conn.close()
+
+    listed = runner.invoke(app, ["runs", "list", "--state", str(db)])
+    assert listed.exit_code == 1, listed.output  # listed, but not everything could be read
+    assert "alpha" in listed.stdout and "beta" in listed.stdout
+    assert "damaged" not in listed.stdout
+    assert "holds run 'damaged'" in listed.stderr
+    assert "1 run(s) in" in listed.stderr and "the 2 other run(s) are" in listed.stderr
+
+    # As for JSON: the backend's own list_runs stays strict; list_readable_runs is lenient.
+    with SQLiteBackend(db, mode="read") as backend:
+        runs, problems = backend.list_readable_runs()
+        assert sorted(run.run_id for run in runs) == ["alpha", "beta"]
+        assert len(problems) == 1 and isinstance(problems[0], CorruptStateError)
+        assert "'damaged'" in str(problems[0])
+        with pytest.raises(CorruptStateError, match="'damaged'"):
             backend.list_runs()
 
 

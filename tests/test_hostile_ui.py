@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import math
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -444,6 +445,32 @@ async def test_one_damaged_run_file_does_not_hide_the_other_runs(tmp_path: Path)
     assert 'data-run-id="a"' in page.text and 'data-run-id="b"' in page.text
     problem = page.text.split('<p class="problem" id="problem">', 1)[1].split("</p>", 1)[0]
     assert "c.json" in problem
+
+
+async def test_one_damaged_run_row_of_sqlite_does_not_hide_the_other_runs(
+    tmp_path: Path,
+) -> None:
+    """One run row of an SQLite store with a status this version does not know made the runs
+    list a 503 with no run in it (docs/ui.md: a 503 only when no run could be listed), where a
+    JSON folder's damaged file is named beside the others: SQLite does the same now."""
+    db = tmp_path / "state.db"
+    for run_id in ("a", "b", "c"):
+        _store_one(db, run_id, _record(run_id, "Agent"))
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE runs SET status = 'paused' WHERE run_id = 'c'")
+    conn.close()
+    async with _client(create_app(db)) as client:
+        api = await client.get("/api/runs")
+        page = await client.get("/")
+    assert api.status_code == 200, api.text
+    assert sorted(r["run_id"] for r in api.json()["runs"]) == ["a", "b"]
+    error = api.json()["error"]
+    assert error.startswith(f"1 run(s) in {db} cannot be read and are not listed: ")
+    assert "holds run 'c'" in error
+    assert page.status_code == 200
+    assert 'data-run-id="a"' in page.text and 'data-run-id="b"' in page.text
+    problem = page.text.split('<p class="problem" id="problem">', 1)[1].split("</p>", 1)[0]
+    assert "holds run &#x27;c&#x27;" in problem  # (escaped, as every stored string is)
 
 
 async def test_one_run_with_a_damaged_checkpoint_does_not_hide_the_other_runs(

@@ -8,6 +8,7 @@ The lock tests hold the cache database with ``BEGIN EXCLUSIVE`` from a real seco
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -194,3 +195,22 @@ async def test_a_healthy_store_keeps_no_thread_after_the_state_ends(tmp_path: Pa
 def test_bad_waits_are_refused(option: str) -> None:
     with pytest.raises(ConfigurationError, match=option):
         ActorCache(**{option: -1})
+
+
+@pytest.mark.parametrize("value", [-1, math.nan, math.inf, 2_147_484.0, True, "0.02", None])
+def test_a_busy_timeout_that_is_no_wait_is_refused(tmp_path: Path, value: object) -> None:
+    """``SQLiteCacheStore(busy_timeout=inf)`` raised an OverflowError, True was taken as one
+    second, and a wait past SQLite's limit (2**31 - 1 ms) was taken as no wait at all: each is
+    now a ConfigurationError naming the option, raised before the file is created."""
+    path = tmp_path / "cache.db"
+    with pytest.raises(ConfigurationError, match=r"SQLiteCacheStore\(busy_timeout=\.\.\.\)"):
+        SQLiteCacheStore(path, busy_timeout=value)  # type: ignore[arg-type]
+    assert not path.exists()
+
+
+def test_a_busy_timeout_up_to_sqlites_limit_is_kept(tmp_path: Path) -> None:
+    store = SQLiteCacheStore(tmp_path / "cache.db", busy_timeout=2_147_483.647)
+    try:
+        assert store._connection().execute("PRAGMA busy_timeout").fetchone() == (2_147_483_647,)
+    finally:
+        store.close()

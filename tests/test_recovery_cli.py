@@ -228,3 +228,78 @@ def test_a_file_given_as_a_json_store_is_said_to_be_a_file(tmp_path: Path) -> No
         assert done.exit_code == 2, (command, done.output)
         assert f"{path} is a file, not a folder of run files" in done.output, command
         assert "does not exist" not in done.output
+
+
+def _stored_members(store: Path, indexes: dict[int, int]) -> None:
+    """Run ``r`` with a group ``members`` whose member ``members[a]`` is stored with the
+    ``parallel_index`` ``indexes[a]``: a damaged store, where the two disagree."""
+    records = [
+        CheckpointRecord(
+            run_id="r",
+            address=f"members[{address}]::square",
+            seq=seq,
+            actor="square",
+            actor_version="1",
+            status="completed",
+            result_json="1",
+            group_id="members",
+            parallel_index=index,
+        )
+        for seq, (address, index) in enumerate(indexes.items())
+    ]
+    with open_backend(store) as backend:
+        backend.create_run("r")
+        backend.save("r", records, status=RunStatus.COMPLETED)
+
+
+@pytest.mark.timeout(60)
+def test_runs_show_costs_what_is_stored_not_the_highest_index(tmp_path: Path) -> None:
+    """``runs show`` listed every index below the highest one stored to find those with no
+    checkpoint: a damaged store's index of 10**12 made it run out of memory (10**6 already
+    took tens of megabytes). It now steps through the stored indexes and the few it shows."""
+    import tracemalloc
+
+    store = tmp_path / "runs"
+    _stored_members(store, {0: 0, 1: 1, 2: 10**6})
+    tracemalloc.start()
+    try:
+        shown = runner.invoke(app, ["runs", "show", "r", "--state", str(store)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert shown.exit_code == 0, (shown.output, shown.exception)
+    assert peak < 4_000_000, peak  # (about 0.2 MB; the list of 10**6 indexes took 40 MB)
+    assert (
+        "members: 3 of at least 1000001 members completed, no checkpoint for 999998 "
+        f"[{', '.join(str(i) for i in range(2, 22))}, ...]"
+    ) in shown.output
+
+    huge = tmp_path / "huge"
+    _stored_members(huge, {0: 0, 1: 10**12})
+    shown = runner.invoke(app, ["runs", "show", "r", "--state", str(huge)])
+    assert shown.exit_code == 0, (shown.output, shown.exception)
+    assert f"2 of at least {10**12 + 1} members completed, no checkpoint for {10**12 - 1}" in (
+        shown.output
+    )
+
+
+def test_runs_show_names_a_member_stored_with_a_negative_index(tmp_path: Path) -> None:
+    """A member stored with a negative index (no member has one: a damaged store) was counted
+    as completed and then silently left out of the indexes: with only such members a group
+    read "1 of at least -4 members completed". It is now named apart, as damaged."""
+    store = tmp_path / "runs"
+    _stored_members(store, {0: 0, 1: -5, 3: 3})
+    shown = runner.invoke(app, ["runs", "show", "r", "--state", str(store)])
+    assert shown.exit_code == 0, (shown.output, shown.exception)
+    assert (
+        "members: 2 of at least 4 members completed, no checkpoint for 2 [1, 2], "
+        "1 with a damaged index (below 0) [-5]"
+    ) in shown.output
+
+    alone = tmp_path / "alone"
+    _stored_members(alone, {0: -5})
+    shown = runner.invoke(app, ["runs", "show", "r", "--state", str(alone)])
+    assert shown.exit_code == 0, (shown.output, shown.exception)
+    assert "members: 0 of at least 0 members completed, 1 with a damaged index (below 0) [-5]" in (
+        shown.output
+    )

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import math
 import os
 import signal
 import socket
@@ -24,8 +25,8 @@ import pytest
 
 from recovery_support import Squarer, run_group
 from rh_agents.core.execution import ExecutionState
-from rh_agents.errors import RecoveryError, RunLockedError
-from rh_agents.recovery import Recovery, SQLiteBackend, open_backend
+from rh_agents.errors import ConfigurationError, RecoveryError, RunLockedError
+from rh_agents.recovery import JSONBackend, Recovery, SQLiteBackend, open_backend
 from rh_agents.recovery.lease import LeaseOwner, this_scope
 
 HERE = Path(__file__).resolve().parent
@@ -286,6 +287,34 @@ def test_the_heartbeat_renews_the_lease_on_its_own_thread(tmp_path: Path) -> Non
         beats[0].join(timeout=10)
         assert not beats[0].is_alive()
     assert _lease_row(db) is None
+
+
+@pytest.mark.parametrize(
+    "value", [0, -1, -0.5, math.nan, math.inf, 4 * threading.TIMEOUT_MAX * 2, True, "abc", None]
+)
+def test_a_lease_stale_after_that_is_no_time_is_refused_before_anything_is_created(
+    tmp_path: Path, value: object
+) -> None:
+    """``lease_stale_after`` of 0, below 0 or nan was taken: the heartbeat thread, which
+    renews the lease every quarter of it, then renewed it in a busy loop (thousands of
+    SQLite writes a second); "abc" failed only once a run started, as a bare TypeError; a
+    quarter above ``threading.TIMEOUT_MAX`` cannot be waited for. Each is now refused when the
+    backend is made, naming the option, and no database is created."""
+    db = tmp_path / "state.db"
+    with pytest.raises(ConfigurationError, match=r"SQLiteBackend\(lease_stale_after=\.\.\.\)"):
+        SQLiteBackend(db, lease_stale_after=value)  # type: ignore[arg-type]
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_clock_that_cannot_be_called_is_refused(tmp_path: Path, kind: str) -> None:
+    """``now=`` given a number (a time, not a clock) failed at the first write, as a bare
+    TypeError ("'float' object is not callable"): it is refused when the backend is made."""
+    store = _store(kind, tmp_path)
+    backend = SQLiteBackend if kind == "sqlite" else JSONBackend
+    with pytest.raises(ConfigurationError, match=r"\(now=\.\.\.\) must be a function"):
+        backend(store, now=1.5e9)  # type: ignore[arg-type]
+    assert not store.exists()
 
 
 async def test_the_json_lease_is_a_lock_file_removed_on_release(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -230,6 +231,37 @@ def test_options_are_checked(tmp_path: Path) -> None:
         Recovery(db, resume=True, replay="bogus")
     with pytest.raises(ConfigurationError, match="resume=True"):
         Recovery(db, resume_from="x")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"count": math.nan},
+        {"count": math.inf},
+        {"count": 1.5},
+        {"count": True},
+        {"count": "3"},
+        {"count": None},
+        {"seconds": math.nan},
+        {"seconds": math.inf},
+        {"seconds": 0},
+        {"seconds": True},
+        {"seconds": "1"},
+    ],
+)
+def test_a_checkpoint_policy_is_checked_when_it_is_made(options: dict[str, object]) -> None:
+    """``CheckpointPolicy(count=nan)`` was taken, and no batch ever filled (nan compares false
+    with everything): a crash lost every checkpoint. inf, 1.5, True and seconds=nan were taken
+    too, and count="3" raised a bare TypeError. Each is a ConfigurationError naming the field."""
+    (field,) = options
+    with pytest.raises(ConfigurationError, match=rf"CheckpointPolicy\({field}=\.\.\.\)"):
+        CheckpointPolicy(**options)  # type: ignore[arg-type]
+
+
+def test_a_checkpoint_policy_keeps_what_its_docs_allow() -> None:
+    assert CheckpointPolicy(count=10**20, seconds=None).count == 10**20
+    assert CheckpointPolicy(seconds=1).seconds == 1
+    assert CheckpointPolicy.batched(count=2, seconds=0.001).seconds == 0.001
 
 
 def test_a_recovery_serves_one_state(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -67,6 +67,7 @@ __all__ = [
     "STATE_ENV_VAR",
     "OpenMode",
     "StateBackend",
+    "check_clock",
     "check_mode",
     "default_state_path",
 ]
@@ -99,6 +100,17 @@ def check_mode(mode: str) -> OpenMode:
     if mode not in _MODES:
         raise ConfigurationError(f"unknown open mode {mode!r}; use one of {list(_MODES)}")
     return mode  # type: ignore[return-value]  # checked just above
+
+
+def check_clock(backend: str, now: Callable[[], float]) -> Callable[[], float]:
+    """``now`` if it can be called, else ``ConfigurationError``: a number passed for the clock
+    failed only at the first write, as a bare TypeError."""
+    if not callable(now):
+        raise ConfigurationError(
+            f"{backend}(now=...) must be a function that returns the time in seconds (such "
+            f"as time.time), got {now!r}"
+        )
+    return now
 
 
 class StateBackend(abc.ABC):

@@ -60,12 +60,16 @@ from rh_agents.errors import ConfigurationError, CorruptStateError, RecoveryErro
 from rh_agents.recovery.cache_worker import StoreRead, StoreWorker
 from rh_agents.recovery.codec import canonical_json, encode_result
 from rh_agents.recovery.writer import is_busy
+from rh_agents.resilience.checks import check_number
 
 __all__ = ["ActorCache", "CacheStore", "MemoryCacheStore", "SQLiteCacheStore", "cache_key"]
 
 logger = logging.getLogger("rh_agents.recovery")
 
 _MISSING = object()
+
+# SQLite's busy_timeout is an int of milliseconds: a larger one reads as 0 (no wait at all).
+_MAX_BUSY_MS = 2**31 - 1
 
 
 def cache_key(actor: BaseActor, validated: BaseModel) -> str:
@@ -141,9 +145,13 @@ class SQLiteCacheStore:
     def __init__(
         self, path: str | Path = Path(".rh_agents") / "cache.db", *, busy_timeout: float = 0.02
     ) -> None:
-        if not busy_timeout >= 0:
+        # inf raised an OverflowError, and a wait past SQLite's limit (a 32-bit count of
+        # milliseconds) was silently taken as no wait at all.
+        seconds = check_number("SQLiteCacheStore(busy_timeout=...)", busy_timeout, minimum=0)
+        if round(seconds * 1000) > _MAX_BUSY_MS:
             raise ConfigurationError(
-                f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}"
+                f"SQLiteCacheStore(busy_timeout=...) must be at most {_MAX_BUSY_MS / 1000} "
+                f"seconds (SQLite's limit), got {busy_timeout!r}"
             )
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +167,7 @@ class SQLiteCacheStore:
                 "CREATE TABLE IF NOT EXISTS actor_cache (key TEXT PRIMARY KEY, actor TEXT "
                 "NOT NULL, version TEXT NOT NULL, value_json TEXT NOT NULL)"
             )
-            self._conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
+            self._conn.execute(f"PRAGMA busy_timeout = {round(seconds * 1000)}")
             # A store dropped without close() (the docs' one-line ActorCache(SQLiteCacheStore(
             # path))) closes its connection as it goes: no "unclosed database" warning.
             weakref.finalize(self, self._conn.close)

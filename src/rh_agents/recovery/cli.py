@@ -16,8 +16,9 @@ files; by default the store of ``default_state_path()`` (``RH_AGENTS_STATE``, el
 
 Every command only reads: the store is opened read-only (``mode="read"``), so nothing is created
 or changed, and read-only files and folders work. A store that cannot be read is one line on
-stderr and exit status 2, never a traceback. ``runs list`` over a JSON folder in which some run
-files cannot be read lists the others, names those files on stderr and exits with status 1.
+stderr and exit status 2, never a traceback. ``runs list`` over a store in which some runs
+cannot be read (JSON run files, or SQLite run rows) lists the others, names those runs on
+stderr and exits with status 1.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from rh_agents.core.run_ids import check_run_id
 from rh_agents.core.safe_text import clipped, local_time, one_line, printable
 from rh_agents.errors import RecoveryError
 from rh_agents.recovery.backend import default_state_path
-from rh_agents.recovery.opening import open_backend
+from rh_agents.recovery.opening import is_sqlite_path, open_backend
 from rh_agents.recovery.passing_over import StoredCalls
 from rh_agents.recovery.records import (
     CheckpointRecord,
@@ -106,8 +107,9 @@ def _read_run(state: Path, run_id: str) -> tuple[RunInfo, dict[str, CheckpointRe
 def list_runs(state_option: str | None = STATE) -> None:
     """Every run, most recently updated first.
 
-    A run file that cannot be read (in a JSON folder: corrupt, truncated, not readable) does
-    not hide the others: the readable runs are listed, each unreadable file is named on
+    A run that cannot be read (in a JSON folder: a run file corrupt, truncated, not readable;
+    in SQLite: a run row edited by hand, such as a status this version does not know) does
+    not hide the others: the readable runs are listed, each unreadable one is named on
     stderr, and the exit status is 1. Exit status 2: the store itself cannot be read.
     """
     state = store_path(state_option)
@@ -124,11 +126,16 @@ def list_runs(state_option: str | None = STATE) -> None:
         for problem in problems:
             typer.echo(f"error: {printable(str(problem))}", err=True)
         typer.echo(
-            f"error: {len(problems)} run file(s) in {state} cannot be read (above) and are not "
-            f"listed; the {len(runs)} other run(s) are",
+            f"error: {len(problems)} {_unreadable_noun(state)} in {state} cannot be read (above) "
+            f"and are not listed; the {len(runs)} other run(s) are",
             err=True,
         )
         raise typer.Exit(code=1)
+
+
+def _unreadable_noun(state: Path) -> str:
+    """What a store's unreadable runs are: JSON run files, or rows of an SQLite database."""
+    return "run(s)" if is_sqlite_path(state) else "run file(s)"
 
 
 def _list_table(runs: list[RunInfo], state: Path, *, unreadable: int) -> None:
@@ -209,21 +216,45 @@ def show(
 
 def _group_line(members: list[CheckpointRecord]) -> str:
     """``13 of at least 20 members completed, 2 not completed [4, 9], no checkpoint for 5
-    [3, 7, ...]``: what the checkpoints say, and no more."""
+    [3, 7, ...]``: what the checkpoints say, and no more.
+
+    Its cost follows the records, not the indexes: a damaged store's index of 10**12 once
+    made it build a list of every index below it (gigabytes, and no end). A negative index
+    is no member's (they count from 0): such members are named apart as damaged, neither
+    counted as members nor dropped without a word."""
+    damaged = sorted({i for r in members if (i := r.parallel_index) is not None and i < 0})
+    members = [r for r in members if r.parallel_index is None or r.parallel_index >= 0]
     done = sorted({r.parallel_index for r in members if r.status == "completed"}, key=_int_key)
     bad = sorted({r.parallel_index for r in members if r.status != "completed"}, key=_int_key)
     indexes = {r.parallel_index for r in members if r.parallel_index is not None}
-    seen = max(indexes) + 1 if indexes else len(done) + len(bad)
-    missing = [i for i in range(seen) if i not in indexes]
+    top = max(indexes) + 1 if indexes else 0  # the members 0 .. top - 1 existed
+    seen = top if indexes else len(done) + len(bad)
     line = f"{len(done)} of at least {seen} members completed"
     if bad:
         line += f", {len(bad)} not completed {_some(bad)}"
-    if missing:
-        line += f", no checkpoint for {len(missing)} {_some(missing)}"
+    if top > len(indexes):
+        line += f", no checkpoint for {top - len(indexes)} {_some(_first_missing(indexes, top))}"
+    if damaged:
+        line += f", {len(damaged)} with a damaged index (below 0) {_some(damaged)}"
     return line
 
 
-def _some(indexes: Sequence[int | None], limit: int = 20) -> str:
+_SHOWN = 20  # indexes listed per kind; the rest are counted
+
+
+def _first_missing(indexes: set[int], top: int) -> list[int]:
+    """The first indexes below ``top`` not in ``indexes``, one more than ``_some`` shows (so
+    that it adds "..."): at most ``len(indexes) + _SHOWN + 1`` steps, whatever ``top`` is."""
+    found: list[int] = []
+    index = 0
+    while index < top and len(found) <= _SHOWN:
+        if index not in indexes:
+            found.append(index)
+        index += 1
+    return found
+
+
+def _some(indexes: Sequence[int | None], limit: int = _SHOWN) -> str:
     shown = ", ".join(str(i) for i in indexes[:limit])
     return f"[{shown}{', ...' if len(indexes) > limit else ''}]"
 

@@ -40,7 +40,7 @@ from pydantic import ValidationError
 
 from rh_agents.core.run_ids import check_run_id
 from rh_agents.errors import CorruptStateError, InvalidRunIdError, RecoveryError, UnknownRunError
-from rh_agents.recovery.backend import OpenMode, StateBackend, check_mode
+from rh_agents.recovery.backend import OpenMode, StateBackend, check_clock, check_mode
 from rh_agents.recovery.lease import LeaseOwner, RunLease, locked_error, owner_is_dead
 from rh_agents.recovery.records import CHECKPOINT_ADAPTER, CheckpointRecord, RunInfo, RunStatus
 
@@ -90,7 +90,7 @@ class JSONBackend(StateBackend):
     ) -> None:
         self.directory = Path(directory)
         self.mode = check_mode(mode)
-        self._now = now
+        self._now = check_clock("JSONBackend", now)
         self._lock = threading.Lock()
         # The last document read or written per run: saves only add to it.
         self._docs: dict[str, dict[str, Any]] = {}

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rh_agents.errors import ConfigurationError
+from rh_agents.resilience.checks import check_number
 
 __all__ = ["CheckpointPolicy"]
 
@@ -37,11 +38,22 @@ class CheckpointPolicy:
     seconds: float | None = None
 
     def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ConfigurationError(f"checkpoint count must be at least 1, got {self.count}")
-        if self.seconds is not None and self.seconds <= 0:
+        # A count of nan compares false with everything, so no batch would ever be full: every
+        # checkpoint would wait for the close, and a crash would lose them all. A float (1.5,
+        # inf) or a bool (True) is a mistake too, and "3" raised a bare TypeError.
+        count = self.count
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigurationError(
-                f"checkpoint seconds must be positive or None, got {self.seconds}"
+                f"CheckpointPolicy(count=...) must be a whole number of events, at least 1, "
+                f"got {count!r}"
+            )
+        if self.seconds is not None:
+            check_number(
+                "CheckpointPolicy(seconds=...)",
+                self.seconds,
+                minimum=0,
+                inclusive=False,
+                hint="; pass None to write on count alone",
             )
 
     @classmethod

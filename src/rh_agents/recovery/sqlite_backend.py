@@ -51,8 +51,14 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from rh_agents.core.run_ids import check_run_id
-from rh_agents.errors import CorruptStateError, RecoveryError, UnknownRunError
-from rh_agents.recovery.backend import OpenMode, StateBackend, check_mode, default_state_path
+from rh_agents.errors import ConfigurationError, CorruptStateError, RecoveryError, UnknownRunError
+from rh_agents.recovery.backend import (
+    OpenMode,
+    StateBackend,
+    check_clock,
+    check_mode,
+    default_state_path,
+)
 from rh_agents.recovery.lease import (
     DEFAULT_STALE_AFTER,
     Heartbeat,
@@ -63,6 +69,7 @@ from rh_agents.recovery.lease import (
     owner_is_dead,
 )
 from rh_agents.recovery.records import CHECKPOINT_ADAPTER, CheckpointRecord, RunInfo, RunStatus
+from rh_agents.resilience.checks import check_number
 
 __all__ = ["SQLiteBackend"]
 
@@ -151,8 +158,8 @@ class SQLiteBackend(StateBackend):
     ) -> None:
         self.path = Path(path) if path is not None else default_state_path()
         self.mode = check_mode(mode)
-        self.lease_stale_after = lease_stale_after
-        self._now = now
+        self.lease_stale_after = _check_stale_after(lease_stale_after)
+        self._now = check_clock("SQLiteBackend", now)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
@@ -470,13 +477,33 @@ class SQLiteBackend(StateBackend):
         )
 
     def list_runs(self) -> list[RunInfo]:
+        runs, _ = self._scan(skip_unreadable=False)
+        return runs
+
+    def list_readable_runs(self) -> tuple[list[RunInfo], list[RecoveryError]]:
+        return self._scan(skip_unreadable=True)
+
+    def _scan(self, *, skip_unreadable: bool) -> tuple[list[RunInfo], list[RecoveryError]]:
+        """The runs of the database; a run row that cannot be read (a status this version
+        does not know, a time that is text) raises, or with ``skip_unreadable`` is left out
+        and its error returned, as a JSON folder's damaged run file is: one such row hid
+        every run from ``rh-agents runs list`` and the viewer."""
         with self._reading("list runs") as conn:
             rows = (
                 []
                 if conn is None
                 else conn.execute(self._run_query + " ORDER BY r.updated DESC").fetchall()
             )
-        return [self._info(row) for row in rows]
+        runs = []
+        problems: list[RecoveryError] = []
+        for row in rows:
+            try:
+                runs.append(self._info(row))
+            except CorruptStateError as exc:
+                if not skip_unreadable:
+                    raise
+                problems.append(exc)
+        return runs, problems
 
     def save(
         self, run_id: str, records: Sequence[CheckpointRecord], status: RunStatus | None = None
@@ -652,6 +679,28 @@ class _Renewal:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _check_stale_after(value: Any) -> float:
+    """``lease_stale_after`` as a float, or a ``ConfigurationError`` naming it: the heartbeat
+    thread renews the lease every quarter of it, so 0, a negative number or nan made that
+    thread renew in a busy loop, a string failed only once a run started (a bare TypeError),
+    and a quarter above ``threading.TIMEOUT_MAX`` cannot be waited for at all."""
+    seconds = check_number(
+        "SQLiteBackend(lease_stale_after=...)",
+        value,
+        minimum=0,
+        inclusive=False,
+        hint="; it is the seconds without a heartbeat after which a lease held from another "
+        "machine is taken over",
+    )
+    limit = 4 * threading.TIMEOUT_MAX
+    if seconds > limit:
+        raise ConfigurationError(
+            f"SQLiteBackend(lease_stale_after=...) must be at most {limit:.0f} seconds (its "
+            f"heartbeat waits a quarter of it), got {value!r}"
+        )
+    return seconds
 
 
 def _has_resume_column(conn: sqlite3.Connection) -> bool:

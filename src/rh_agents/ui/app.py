@@ -37,6 +37,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rh_agents.observability.timeline import Timeline
+from rh_agents.recovery.opening import is_sqlite_path
 from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus, latest_calls
 from rh_agents.ui import pages
 from rh_agents.ui.live import FeedSnapshot, LiveFeed, Node
@@ -288,13 +289,14 @@ _PROBLEMS_SHOWN = 5  # unreadable runs named in the runs list's sentence; the re
 
 
 def _unreadable(vs: ViewerState, unreadable: list[str], uncounted: list[str]) -> str | None:
-    """One sentence for the runs list: the run files not listed and the runs whose events
-    could not be counted, each with its reason (the first few: a folder of damaged files
-    would make a page of errors)."""
+    """One sentence for the runs list: the runs not listed (JSON run files, or SQLite run
+    rows, that cannot be read) and the runs whose events could not be counted, each with its
+    reason (the first few: a folder of damaged files would make a page of errors)."""
     parts = []
     if unreadable:
+        what = "run(s)" if is_sqlite_path(vs.store.path) else "run file(s)"
         parts.append(
-            f"{len(unreadable)} run file(s) in {vs.store.path} cannot be read and are not "
+            f"{len(unreadable)} {what} in {vs.store.path} cannot be read and are not "
             "listed: " + _some(unreadable)
         )
     if uncounted:

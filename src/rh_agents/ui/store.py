@@ -67,9 +67,9 @@ class StoreReader:
 
     def list_readable_runs_sync(self) -> tuple[list[RunInfo], list[str]]:
         """Every run that can be read, and a sentence for each that cannot (a damaged run
-        file of a JSON folder, naming the file): one bad file does not hide the others, as
-        ``rh-agents runs list`` does not. ``StoreProblem`` when the store itself cannot be
-        read."""
+        file of a JSON folder, naming the file; a damaged run row of an SQLite database,
+        naming the run): one bad run does not hide the others, as ``rh-agents runs list``
+        does not. ``StoreProblem`` when the store itself cannot be read."""
         if not self.exists():
             return [], []
         try:
