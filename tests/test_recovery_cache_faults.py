@@ -191,10 +191,19 @@ async def test_a_healthy_store_keeps_no_thread_after_the_state_ends(tmp_path: Pa
     store.close()
 
 
+@pytest.mark.parametrize("value", [-1, math.nan, math.inf, True, "1"])
 @pytest.mark.parametrize("option", ["wait", "close_timeout", "retry_for"])
-def test_bad_waits_are_refused(option: str) -> None:
-    with pytest.raises(ConfigurationError, match=option):
-        ActorCache(**{option: -1})
+def test_bad_waits_are_refused(option: str, value: object) -> None:
+    # (nan slipped past the range check: a wait of nan seconds is none.)
+    with pytest.raises(ConfigurationError, match=rf"ActorCache\({option}=\.\.\.\)"):
+        ActorCache(**{option: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("store", ["redis://x", 5, object()])
+def test_a_cache_store_that_is_no_store_is_refused(store: object) -> None:
+    # It was taken, and every call then logged a store error and ran uncached.
+    with pytest.raises(ConfigurationError, match=r"ActorCache\(store=\.\.\.\) takes a cache"):
+        ActorCache(store)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value", [-1, math.nan, math.inf, 2_147_484.0, True, "0.02", None])

@@ -294,10 +294,17 @@ class ActorCache:
             ("close_timeout", close_timeout),
             ("retry_for", retry_for),
         ):
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-                raise ConfigurationError(
-                    f"ActorCache({name}=...) must be a number of seconds >= 0, got {seconds!r}"
-                )
+            # (nan slipped past a "< 0" check: a wait of nan seconds is no wait at all.)
+            check_number(f"ActorCache({name}=...)", seconds, minimum=0)
+        if store is not None and not (
+            callable(getattr(store, "get", None)) and callable(getattr(store, "put", None))
+        ):
+            # (Else every call logged a store error and ran uncached.)
+            raise ConfigurationError(
+                f"ActorCache(store=...) takes a cache store with get(key, actor) and "
+                f"put(key, actor, value), such as SQLiteCacheStore(path) or "
+                f"MemoryCacheStore(); got {store!r:.80}"
+            )
         self.store: CacheStore = store if store is not None else MemoryCacheStore()
         self.wait = float(wait)
         self.close_timeout = float(close_timeout)
