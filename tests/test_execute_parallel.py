@@ -379,3 +379,48 @@ async def test_state_parallel_takes_retain_results() -> None:
         assert [r.result async for r in p.stream()] == [1]
     with pytest.raises(ConfigurationError, match="does not keep results"):
         await p.gather()
+
+
+async def _read_all(stream: Any) -> None:
+    async for _ in stream:
+        pass
+
+
+# Every way to give a group its members at once, without `async with`: (members) -> awaitable.
+GIVEN_AT_ONCE: dict[str, Any] = {
+    "parallel_execute([...])": lambda state, members: state.parallel_execute(members),
+    "parallel_execute({...})": lambda state, members: state.parallel_execute(
+        {f"m{i}": member for i, member in enumerate(members)}
+    ),
+    "execute_parallel([...])": lambda state, members: state.parallel().execute_parallel(members),
+    "manager.execute_parallel([...])": lambda state, members: ParallelExecutionManager(
+        state
+    ).execute_parallel(members),
+    "gather([...])": lambda state, members: state.parallel().gather(members),
+    "gather(generator)": lambda state, members: state.parallel().gather(m for m in members),
+    "gather_dict({...})": lambda state, members: state.parallel().gather_dict(
+        {f"m{i}": member for i, member in enumerate(members)}
+    ),
+    "as_completed([...])": lambda state, members: _read_all(state.parallel().as_completed(members)),
+}
+
+
+@pytest.mark.parametrize("give", GIVEN_AT_ONCE.values(), ids=list(GIVEN_AT_ONCE))
+async def test_members_given_to_a_closed_state_are_closed_unrun(give: Any) -> None:
+    # The group cannot open on a closed state: its members never ran, and each one left a
+    # "never awaited" warning (an event call's UnawaitedCallWarning) when it was collected.
+    state = ExecutionState()
+    await state.close()
+    ran: list[str] = []
+
+    async def value() -> int:
+        ran.append("value")
+        return 1
+
+    coroutine = value()
+    call = ExecutionEvent(actor=make_tool(ran))(Doc(name="a"), "", state)
+    with pytest.raises(ConfigurationError, match="this ExecutionState was closed"):
+        await give(state, [coroutine, call])
+    assert coroutine.cr_frame is None  # closed, not merely never started
+    assert call.started  # (closed: it can no longer be awaited)
+    assert ran == []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+from collections.abc import Callable
 from dataclasses import FrozenInstanceError
 from typing import Any
 
@@ -13,7 +16,7 @@ from rh_agents.core.bus import EventBus
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import GroupMetrics
 from rh_agents.core.parallel.metrics import Distribution, Durations, percentile
-from rh_agents.core.records import GroupCompleted
+from rh_agents.core.records import BusEvent, GroupCompleted
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import CircuitOpenError
 
@@ -273,3 +276,60 @@ async def test_efficiency_leaves_out_the_backoffs_that_held_no_worker() -> None:
     assert [r.attempts for r in await p.gather()] == [2, 2]
     assert (m.wall_time, m.run_time.total, m.run_time.max) == (4.0, 4.0, 2.0)
     assert m.efficiency == pytest.approx(0.25)  # (it read 0.5: the backoffs counted as work)
+
+
+TRIPS: list[Callable[[Any], Any]] = [
+    lambda value: pickle.loads(pickle.dumps(value)),
+    copy.copy,
+    copy.deepcopy,
+]
+
+
+@pytest.mark.parametrize("trip", TRIPS, ids=["pickle", "copy", "deepcopy"])
+def test_a_distribution_pickles_and_copies_with_its_percentiles(
+    trip: Callable[[Any], Any],
+) -> None:
+    durations = Durations()
+    for value in (3.0, 1.0, 2.0, 8.0):
+        durations.add(value)
+    lazy = durations.distribution()  # percentiles not sorted out yet
+    again = trip(lazy)
+    assert (again.count, again.p50, again.p95, again.max, again.total) == (4, 2.0, 8.0, 8.0, 14.0)
+    assert again == lazy == trip(Distribution.of([3.0, 1.0, 2.0, 8.0]))
+    with pytest.raises(FrozenInstanceError):
+        again.count = 5
+
+
+@pytest.mark.parametrize("trip", TRIPS, ids=["pickle", "copy", "deepcopy"])
+async def test_metrics_and_every_record_of_a_group_pickle_and_copy(
+    trip: Callable[[Any], Any],
+) -> None:
+    # Records and metrics cross processes (executor="processes") and get copied by those who
+    # keep them: a GroupCompleted whose metrics were never read still holds the group's bound
+    # methods, which carry what neither pickles nor copies (a weak reference, a context).
+    bus = EventBus()
+    records: list[BusEvent] = []
+    bus.subscribe(records.append)
+    state = ExecutionState(event_bus=bus)
+
+    async def boom() -> None:
+        raise ValueError("bad")
+
+    async with state.parallel(name="docs") as p:
+        p.add(runs_for(SteppingClock(), 1.0, "ok"))
+        p.add(boom)
+    await p.gather()
+    await bus.drain()
+    await state.close()
+
+    metrics = p.metrics()
+    assert trip(metrics) == metrics
+    completed = [r for r in records if isinstance(r, GroupCompleted)]
+    assert len(completed) == 1 and callable(completed[0].metrics_source)  # not read yet
+    assert len(records) > 3
+    for record in records:
+        again = trip(record)
+        assert type(again) is type(record) and again == record
+    again = trip(completed[0])
+    assert again.metrics == completed[0].metrics and again.metrics.succeeded == 1
+    assert again.resources is not None and again.resources == completed[0].resources

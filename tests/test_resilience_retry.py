@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -341,6 +342,62 @@ def test_policy_validation_names_the_field() -> None:
         RetryPolicy(retry_on=("ValueError",))  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="deadline"):
         RetryPolicy(deadline=0)
+
+
+async def _not_ready(value: Any, wanted: Any = "ready") -> bool:
+    return bool(value != wanted)
+
+
+async def _not_ready_stream(value: Any) -> Any:
+    yield value
+
+
+class _AsyncJudge:
+    async def __call__(self, value: Any) -> bool:
+        return False
+
+    async def judge(self, value: Any) -> bool:
+        return False
+
+
+class _Judge:
+    def __call__(self, value: Any) -> bool:
+        return False
+
+
+ASYNC_PREDICATES: dict[str, Any] = {
+    "async def": _not_ready,
+    "partial of an async def": functools.partial(_not_ready, wanted="done"),
+    "partial of a partial": functools.partial(functools.partial(_not_ready), wanted="done"),
+    "async method": _AsyncJudge().judge,
+    "async __call__": _AsyncJudge(),
+    "partial of an async __call__": functools.partial(_AsyncJudge()),
+    "async generator": _not_ready_stream,
+}
+
+
+@pytest.mark.parametrize("predicate", ASYNC_PREDICATES.values(), ids=list(ASYNC_PREDICATES))
+def test_an_async_result_predicate_is_refused_when_the_policy_is_made(predicate: Any) -> None:
+    # Called and never awaited, its coroutine would be true for every result (every call run
+    # max_attempts times) and never awaited.
+    with pytest.raises(ConfigurationError) as info:
+        RetryPolicy(retry_if_result=predicate)
+    message = str(info.value)
+    assert "RetryPolicy.retry_if_result must be a plain function" in message
+    assert "async" in message and "not awaited" in message
+
+
+@pytest.mark.parametrize(
+    "predicate",
+    [lambda value: value is None, bool, functools.partial(max, 0), _Judge(), _Judge().__call__],
+)
+def test_a_plain_result_predicate_is_taken(predicate: Any) -> None:
+    assert RetryPolicy(retry_if_result=predicate).retry_if_result is predicate
+
+
+def test_a_result_predicate_that_cannot_be_called_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"retry_if_result must be callable, got 3"):
+        RetryPolicy(retry_if_result=3)  # type: ignore[arg-type]
 
 
 def test_a_non_policy_value_is_a_clear_error_where_it_is_given() -> None:

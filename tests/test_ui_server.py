@@ -23,6 +23,7 @@ import pytest
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import MemberFinished
 from rh_agents.demo import run_demo
+from rh_agents.errors import ConfigurationError
 from rh_agents.ui import Viewer, serve
 from rh_agents.ui import server as server_module
 from rh_agents.ui.live import LiveFeed
@@ -118,6 +119,82 @@ async def test_a_port_in_use_is_an_error() -> None:
             assert viewer.port > 0
     finally:
         taken.close()
+
+
+@pytest.fixture
+def sockets(monkeypatch: pytest.MonkeyPatch) -> list[socket.socket]:
+    """Every internet socket made while the test runs (to check that none is left open;
+    the event loop's own are Unix sockets)."""
+    made: list[socket.socket] = []
+
+    class Recorded(socket.socket):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if self.family in (socket.AF_INET, socket.AF_INET6):
+                made.append(self)
+
+    monkeypatch.setattr(socket, "socket", Recorded)
+    return made
+
+
+def _open(sockets: list[socket.socket]) -> list[socket.socket]:
+    return [sock for sock in sockets if sock.fileno() != -1]
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 2**70, "8000", True, 8000.0])
+async def test_a_port_that_is_no_port_is_refused_before_any_socket(
+    port: Any, sockets: list[socket.socket]
+) -> None:
+    # port=-1 was an OverflowError and "8000" a TypeError, each leaving its socket open;
+    # port=True listened on port 1.
+    match = rf"the viewer's port must be an int from 0 to 65535, got {port!r}"
+    with pytest.raises(ConfigurationError, match=match):
+        await serve(ExecutionState(run_id="p"), port=port)
+    with pytest.raises(ConfigurationError, match=match):
+        Viewer(port=port)
+    with pytest.raises(ConfigurationError, match=match):
+        bind("127.0.0.1", port)
+    assert sockets == []
+
+
+async def test_serve_refuses_what_is_not_a_state() -> None:
+    refused = r"serve\(\) takes the run's ExecutionState, got 5"
+    with pytest.raises(ConfigurationError, match=refused):
+        serve(5, port=0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"takes the run's ExecutionState, got 'run-1'"):
+        Viewer(port=0).watch("run-1")  # type: ignore[arg-type]
+
+
+async def test_a_host_the_socket_layer_cannot_encode_is_refused_and_its_socket_closed(
+    sockets: list[socket.socket],
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"cannot listen on host 'a\\x00b'.*null"):
+        await serve(port=0, host="a\x00b")
+    assert len(sockets) == 1 and _open(sockets) == []
+
+
+async def test_a_server_that_fails_to_start_leaves_no_socket_open(
+    sockets: list[socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def fails(self: Any, sockets: Any = None) -> None:
+        raise RuntimeError("uvicorn could not start")
+
+    monkeypatch.setattr(server_module._ViewerServer, "serve", fails)
+    with pytest.raises(RuntimeError, match="uvicorn could not start"):
+        await serve(port=0)
+    assert len(sockets) == 1 and _open(sockets) == []
+
+
+async def test_a_run_that_cannot_be_watched_leaves_no_server_running(
+    sockets: list[socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuses(self: Viewer, state: ExecutionState, run_id: str | None = None) -> LiveFeed:
+        raise ConfigurationError("that run cannot be watched")
+
+    monkeypatch.setattr(Viewer, "watch", refuses)
+    with pytest.raises(ConfigurationError, match="cannot be watched"):
+        await serve(ExecutionState(run_id="w"), port=0)
+    assert len(sockets) == 1 and _open(sockets) == []
 
 
 def test_importing_rh_agents_does_not_load_the_viewer() -> None:

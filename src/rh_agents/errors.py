@@ -100,7 +100,28 @@ __all__ = [
 
 
 class RHAgentsError(Exception):
-    """Root of every error raised by rh_agents."""
+    """Root of every error raised by rh_agents.
+
+    Every one pickles and copies as itself: same class, same message, same attributes
+    (``results``, ``key``, ``retry_after``...). Pickling is how ``executor="processes"``
+    brings a member's error home.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Made again from its args without __init__, its attributes restored after. The
+        # default, cls(*args), hands __init__ the finished message in place of its own
+        # arguments: CircuitOpenError(key) would wrap its message in a second one, and a
+        # class with a second required argument (FailureThresholdError's results) would
+        # not be made again at all.
+        return (_remade, (type(self), self.args), self.__dict__ or None)
+
+
+def _remade(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """An error of ``cls`` with ``args``, made without its ``__init__`` (for unpickling)."""
+    error = cls.__new__(cls, *args)
+    # Set again: an OSError's __new__ (ParallelTimeoutError is one) leaves them to __init__.
+    error.args = args
+    return error
 
 
 class ConfigurationError(RHAgentsError, ValueError):
@@ -250,9 +271,6 @@ class RemoteExecutionError(ParallelError):
         super().__init__(message)
         self.remote_type = remote_type
         self.remote_traceback = remote_traceback
-
-    def __reduce__(self) -> Any:
-        return (type(self), (str(self), self.remote_type, self.remote_traceback))
 
 
 class CircuitOpenError(RHAgentsError):

@@ -341,6 +341,13 @@ class GroupCompleted(BusEvent):
     metrics_source: Any = field(default=None, compare=False, repr=False)
     resources_source: Any = field(default=None, compare=False, repr=False)
 
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        # The sources are the live group's bound methods (its state, context, weak
+        # references: none of which pickles or copies): a pickled or copied record carries
+        # what they make instead, which is what a reader of this one would get.
+        self.metrics, self.resources  # noqa: B018 (reading resolves and keeps them)
+        return (None, {name: getattr(self, name) for name in self.__dataclass_fields__})
+
     @property
     def metrics(self) -> Any:
         """The group's ``GroupMetrics`` (``None`` if the record was made without one)."""

@@ -23,7 +23,6 @@ state for that request, whose records come home (``state_pickler``).
 
 from __future__ import annotations
 
-import copyreg
 import io
 import pickle
 import sys
@@ -33,7 +32,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from rh_agents.core.execution import ExecutionState
-from rh_agents.core.parallel.metrics import Distribution
 from rh_agents.errors import RemoteExecutionError
 from rh_agents.executors.request import current_state
 
@@ -87,24 +85,9 @@ def state_pickler(base: type[pickle.Pickler]) -> type[pickle.Pickler]:
     return StatePickler
 
 
-def _distribution(value: Distribution) -> tuple[Any, ...]:
-    return (Distribution, (value.count, value.p50, value.p95, value.max, value.total))
-
-
-_REPLY_TABLE = {**copyreg.dispatch_table, Distribution: _distribution}
-
-
-class _ReplyPickler(pickle.Pickler):
-    # A group's metrics (in its GroupCompleted record) hold immutable distributions that
-    # pickle's default for slotted objects cannot rebuild: sent by their constructor instead.
-    def __init__(self, file: Any, protocol: int | None = None) -> None:
-        super().__init__(file, protocol)
-        self.dispatch_table = _REPLY_TABLE
-
-
 def dump_reply(message: Any) -> bytes:
     """A worker's reply as bytes (records with their metrics included)."""
-    return dumps(message, _ReplyPickler)
+    return pickle.dumps(message, PROTOCOL)
 
 
 def dump_value(value: Any) -> tuple[Any, ...]:

@@ -1,5 +1,6 @@
 """``check_policy``: the one check that a policy given anywhere is the policy it should be;
-``check_number`` and ``check_exception_types``: the checks of the policies' own fields.
+``check_number``, ``check_exception_types`` and ``check_predicate``: the checks of the
+policies' own fields.
 
 Every place that takes a policy (the state, a group, an actor, an event, ``p.add``) checks it
 as it is given, so a wrong value fails there, naming the option, rather than when a call
@@ -11,12 +12,14 @@ first needs it::
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any
 
 from rh_agents.errors import ConfigurationError
 
-__all__ = ["check_exception_types", "check_number", "check_policy"]
+__all__ = ["check_exception_types", "check_number", "check_policy", "check_predicate"]
 
 
 def check_policy(label: str, value: Any, expected: type) -> None:
@@ -66,3 +69,30 @@ def check_exception_types(label: str, value: Any) -> tuple[type[BaseException], 
         f"{label} must be an exception class or a tuple of exception classes "
         f"(e.g. (TimeoutError, ConnectionError)), got {value!r}"
     )
+
+
+def check_predicate(label: str, value: Any) -> None:
+    """A ``ConfigurationError`` naming ``label`` unless ``value`` is a plain callable: not
+    callable at all, or async (an ``async def`` function or method, an object whose
+    ``__call__`` is one, a ``functools.partial`` of either, an async generator function).
+
+    A predicate is called, never awaited: an async one would hand back a coroutine (or an
+    async generator), which is true whatever it would have said, and a coroutine that is
+    never awaited.
+    """
+    if not callable(value):
+        raise ConfigurationError(f"{label} must be callable, got {value!r}")
+    if _is_async(value):
+        raise ConfigurationError(
+            f"{label} must be a plain function (def or lambda), got the async {value!r}: it "
+            "is called, not awaited, so what it returns (a coroutine) would count as true "
+            "every time. Make it a plain def that returns a bool"
+        )
+
+
+def _is_async(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    # A function or method as it is; any other callable by its class's __call__.
+    call = fn if inspect.isroutine(fn) else getattr(type(fn), "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)

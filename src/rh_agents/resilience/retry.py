@@ -33,7 +33,7 @@ from rh_agents.errors import (
     InvalidMemberError,
     RetryPolicyError,
 )
-from rh_agents.resilience.checks import check_exception_types, check_number
+from rh_agents.resilience.checks import check_exception_types, check_number, check_predicate
 from rh_agents.resilience.signals import retry_after_of
 
 __all__ = ["NEVER_RETRIED", "RetryAttempts", "RetryPolicy", "TimeSource"]
@@ -66,7 +66,7 @@ class RetryPolicy:
     - ``retry_on``: exception types worth another attempt (default: every ``Exception``
       except rh_agents' configuration errors, which no retry can fix).
     - ``retry_if_result``: a predicate on a successful value; true means "try again" (the
-      last value is returned when attempts run out).
+      last value is returned when attempts run out). A plain function: it is not awaited.
     - ``respect_retry_after``: wait at least what a ``Retry-After`` hint asks.
     """
 
@@ -101,10 +101,8 @@ class RetryPolicy:
         object.__setattr__(
             self, "retry_on", check_exception_types("RetryPolicy.retry_on", self.retry_on)
         )
-        if self.retry_if_result is not None and not callable(self.retry_if_result):
-            raise ConfigurationError(
-                f"RetryPolicy.retry_if_result must be callable, got {self.retry_if_result!r}"
-            )
+        if self.retry_if_result is not None:
+            check_predicate("RetryPolicy.retry_if_result", self.retry_if_result)
         if not isinstance(self.respect_retry_after, bool):
             # ("no" is truthy: it would quietly mean yes.)
             raise ConfigurationError(

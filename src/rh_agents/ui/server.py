@@ -50,6 +50,7 @@ __all__ = [
     "Viewer",
     "bind",
     "check_host",
+    "check_port",
     "open_in_browser",
     "run_server",
     "serve",
@@ -125,8 +126,11 @@ class _ViewerServer(uvicorn.Server):
 
 def bind(host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT) -> socket.socket:
     """A listening socket on ``host``: at ``port``, or (``None``) ``DEFAULT_PORT`` if free and
-    any free port if not. ``OSError`` if it cannot be bound."""
+    any free port if not. ``OSError`` if it cannot be bound; ``ConfigurationError`` for an
+    empty host or a port that is no port (checked before a socket is made), and for a host
+    the socket layer cannot take (a NUL in it)."""
     check_host(host)
+    check_port(port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     candidates = [DEFAULT_PORT, 0] if port is None else [port]
     for candidate in candidates:
@@ -135,10 +139,16 @@ def bind(host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT) -> socket.so
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, candidate))
             sock.listen(128)
-        except OSError as exc:
+        except BaseException as exc:  # closed whatever failed: a socket is never left open
             sock.close()
-            if exc.errno == errno.EADDRINUSE and candidate != candidates[-1]:
+            in_use = isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
+            if in_use and candidate != candidates[-1]:
                 continue
+            if isinstance(exc, TypeError | ValueError):  # (the port was checked: the host's)
+                raise ConfigurationError(
+                    f"the viewer cannot listen on host {host!r} ({exc}): give an address "
+                    "such as 127.0.0.1"
+                ) from exc
             raise
         sock.setblocking(False)
         return sock
@@ -164,6 +174,25 @@ def check_host(host: str) -> str:
             "only, the default), or 0.0.0.0 to listen on every interface"
         )
     return host
+
+
+def check_port(port: int | None) -> int | None:
+    """``port``, or a ``ConfigurationError`` unless it is ``None`` or an int from 0 to 65535
+    (``rh-agents ui --port``'s range). A bool is refused though it is an int (``port=True``
+    would listen on port 1), and so is a string (``"8000"``)."""
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+    ):
+        raise ConfigurationError(
+            f"the viewer's port must be an int from 0 to 65535, got {port!r}: 0 takes any "
+            f"free port, None (the default) {DEFAULT_PORT} if it is free, else any"
+        )
+    return port
+
+
+def _check_state(label: str, state: Any, hint: str = "") -> None:
+    if not isinstance(state, ExecutionState):
+        raise ConfigurationError(f"{label} takes the run's ExecutionState, got {state!r}{hint}")
 
 
 def _hosts(host: str) -> list[str] | None:
@@ -192,9 +221,9 @@ class Viewer:
         push_interval: float = 0.25,
     ) -> None:
         self.host = check_host(host)
+        self._port = check_port(port)
         self.store = StoreReader(store)
         self.feeds: dict[str, LiveFeed] = {}
-        self._port = port
         self.app = create_app(
             self.store,
             feeds=self.feeds,
@@ -244,21 +273,38 @@ class Viewer:
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _START_TIMEOUT
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()  # its error
-                raise RuntimeError("the viewer's server stopped as it started")
-            if loop.time() > deadline:
-                await self.close()
-                raise TimeoutError(f"the viewer did not start within {_START_TIMEOUT} s")
-            await asyncio.sleep(0.01)
+        try:
+            while not self._server.started:
+                if self._task.done():
+                    self._task.result()  # its error
+                    raise RuntimeError("the viewer's server stopped as it started")
+                if loop.time() > deadline:
+                    raise TimeoutError(f"the viewer did not start within {_START_TIMEOUT} s")
+                await asyncio.sleep(0.01)
+        except BaseException:
+            # Its error, the timeout, or a cancellation: nothing stays bound or running.
+            await self._undo_start()
+            raise
         return self
+
+    async def _undo_start(self) -> None:
+        """Undo a start that did not finish: stop the server if it runs, close the socket."""
+        task = self._task
+        if task is not None and task.done():
+            self._task = None  # (its error, if any, is the one being raised)
+            if not task.cancelled():
+                task.exception()
+        with contextlib.suppress(Exception):
+            await self.close()
+        if self._socket is not None:
+            self._socket.close()
 
     # --- runs -----------------------------------------------------------------------------
 
     def watch(self, state: ExecutionState, run_id: str | None = None) -> LiveFeed:
         """Follow ``state``'s run live (a ``LiveFeed`` following it: see ``LiveFeed.follow``).
         ``run_id``: its name in the viewer (default: the state's run id, else a new one)."""
+        _check_state("viewer.watch()", state)
         for feed, watched in list(self._subscriptions):
             if watched is state:
                 if feed.status is None:
@@ -392,7 +438,14 @@ class _Serving:
         await viewer.start()
         target = viewer.url
         if self._state is not None:
-            target = viewer.run_url(viewer.watch(self._state))
+            try:
+                target = viewer.run_url(viewer.watch(self._state))
+            except BaseException:
+                # Should watching fail, the caller gets no viewer to close: it is closed
+                # here, its socket with it.
+                with contextlib.suppress(Exception):
+                    await viewer.close()
+                raise
         logger.info("rh_agents viewer on %s", target)
         if self._open:
             open_in_browser(target)
@@ -425,7 +478,13 @@ def serve(
     """Serve the viewer from this process and watch ``state``'s run live; see the module
     docstring. ``store``: the store it lists runs from (default: the one ``state``
     checkpoints into, else ``default_state_path()``); ``open_browser``: open the run's page.
+
+    A ``state`` that is not an ``ExecutionState``, an empty host or a port that is no port
+    (``port``: an int from 0 to 65535, or ``None``) is a ``ConfigurationError`` here, before
+    any socket is made.
     """
+    if state is not None:
+        _check_state("serve()", state, " (or None: the store's runs alone)")
     if store is None and state is not None:
         store = store_of(state)
     viewer = Viewer(store=store, host=host, port=port, poll_interval=poll_interval)

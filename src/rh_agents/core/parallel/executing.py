@@ -17,8 +17,9 @@ Invariants:
 - A group runs once: outside ``async with``, ``execute_parallel`` opens the group, adds the
   members, gathers and closes it; a second call is a ``GroupClosedError``. Inside
   ``async with``, it adds the members to the open group and gathers it.
-- Whatever is rejected before the group opens (bad dependencies, a used group) closes every
-  member given, so none leaves a "never awaited" warning behind.
+- Whatever is rejected before the group opens (bad dependencies, a used group, a group that
+  cannot open: a closed state) closes every member given, so none leaves a "never awaited"
+  warning behind.
 - A stream (``STREAM``, ``AS_COMPLETED``) opens the group when it is first iterated and
   closes it when it ends; ``aclose()`` before the end cancels the members still running.
 """
@@ -92,9 +93,14 @@ async def execute_parallel(
         positions = batch.add()
         results = await group._gather_all()
     else:
-        async with group:
-            positions = batch.add()
-            results = await group._gather_all()
+        try:
+            async with group:
+                positions = batch.add()
+                results = await group._gather_all()
+        finally:
+            # The members the group never took: all of them when it could not open (a
+            # closed state, another loop's), none once added.
+            batch.close()
     mine = [results[index] for index in positions]
     if mode is BatchMode.GATHER_DICT:
         if batch.keys:

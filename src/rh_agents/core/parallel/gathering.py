@@ -256,9 +256,16 @@ async def gather(
     if members is None:
         return await gather_all(group)
     members = _member_list(members, "gather")
-    async with _opened(group):
-        indices = group.add_many((None, m) for m in members)
-        results = await gather_all(group)
+    opened = False
+    try:
+        async with _opened(group):
+            opened = True
+            indices = group.add_many((None, m) for m in members)
+            results = await gather_all(group)
+    except BaseException:
+        if not opened:
+            _close_given(members)
+        raise
     return [results[i] for i in indices]
 
 
@@ -266,6 +273,13 @@ def _opened(group: ParallelExecutionManager[Any]) -> AbstractAsyncContextManager
     """The group to enter, for members given directly without ``async with`` (the call then
     opens, runs and closes it); nothing to enter inside its block."""
     return contextlib.nullcontext() if group._entered else group
+
+
+def _close_given(members: Iterable[Any]) -> None:
+    """Close the coroutines among ``members`` given to a group that did not open (a closed
+    state, another loop's): none was added, none ran, none may warn "never awaited"."""
+    for member in members:
+        close_refused(member)
 
 
 def _member_list(members: Any, what: str) -> Iterable[Any]:
@@ -312,9 +326,16 @@ async def gather_dict(
     group, runs them and closes it (see ``gather``)."""
     if members is not None:
         members = _member_dict(members)
-        async with _opened(group):
-            group.add_many(members.items())
-            results = await gather_all(group)
+        opened = False
+        try:
+            async with _opened(group):
+                opened = True
+                group.add_many(members.items())
+                results = await gather_all(group)
+        except BaseException:
+            if not opened:
+                _close_given(members.values())
+            raise
         return {key: results[group._names[key]] for key in members}
     results = await gather_all(group)
     return {(r.name if r.name is not None else r.index or 0): r for r in results}

@@ -157,6 +157,12 @@ class Distribution:
             f"max={self.max}, total={self.total})"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Made again by its constructor: the default for a slotted class would restore the
+        # fields with setattr, which a frozen one refuses. Percentiles rather than the sample
+        # (up to SAMPLE_SIZE values): smaller, and what a reader of the copy gets.
+        return (Distribution, (self.count, self.p50, self.p95, self.max, self.total))
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}: a Distribution is frozen")
 
