@@ -19,6 +19,7 @@ from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.parallel import RetryPolicy as ParallelRetryPolicy
 from rh_agents.core.records import EventRetrying, MemberStarted
+from rh_agents.core.results import ResultStatus
 from rh_agents.errors import (
     ActorDefinitionError,
     ConfigurationError,
@@ -393,6 +394,21 @@ def test_an_async_result_predicate_is_refused_when_the_policy_is_made(predicate:
 )
 def test_a_plain_result_predicate_is_taken(predicate: Any) -> None:
     assert RetryPolicy(retry_if_result=predicate).retry_if_result is predicate
+
+
+async def test_a_plain_predicate_returning_a_coroutine_fails_the_call_with_a_clear_error() -> None:
+    # (lambda value: is_not_ready(value)) cannot be told from a plain function when the
+    # policy is made; its coroutine was true for every result, each call made max_attempts
+    # times and the coroutines never awaited.
+    clock = ManualClock()
+    state = make_state(clock)
+    handler = Flaky(failures=0)
+    policy = RetryPolicy(max_attempts=5, jitter=0, retry_if_result=lambda v: _not_ready(v))
+    result = await ExecutionEvent(actor=flaky_tool(handler), retry=policy)(Item(), "", state)
+    assert handler.calls == 1
+    assert result.status is ResultStatus.FAILED
+    assert isinstance(result.exception, ConfigurationError)
+    assert "retry_if_result returned coroutine, an awaitable" in (result.error or "")
 
 
 def test_a_result_predicate_that_cannot_be_called_is_refused() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from rh_agents.core.parallel.member import Member, is_event_call
 from rh_agents.core.parallel.slots import MemberSlot, in_own_task, member_slot_of
 from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_in
 from rh_agents.core.results import ExecutionResult, describe_error
-from rh_agents.errors import InvalidMemberError
+from rh_agents.errors import ConfigurationError, InvalidMemberError
 from rh_agents.resilience.breaker import Circuit, CircuitBreaker, Transition
 from rh_agents.resilience.rate_limit import RateLimit
 from rh_agents.resilience.retry import RetryPolicy
@@ -619,7 +620,7 @@ async def run_attempts(
             error is None
             and tries is not None
             and tries.policy.retry_if_result is not None
-            and tries.policy.retry_if_result(value)
+            and _asks_again(tries.policy.retry_if_result, value)
         )
         if error is None and not retry_result:
             return value, number
@@ -628,6 +629,21 @@ async def run_attempts(
             return _give_up(frame, member, number, error, value)
         _publish_retry(state, frame, number, delay, error)
         await _backoff(state, frame, delay)
+
+
+def _asks_again(predicate: Callable[[Any], Any], value: Any) -> bool:
+    """What ``RetryPolicy.retry_if_result`` says of ``value``. A predicate that hands back an
+    awaitable (a plain function returning a coroutine: the policy refuses an async one when
+    it is made) is a mistake: its verdict would always be true, every result retried."""
+    verdict = predicate(value)
+    if inspect.isawaitable(verdict):
+        if isinstance(verdict, Coroutine):
+            verdict.close()  # (never to be awaited: no warning for it)
+        raise ConfigurationError(
+            f"RetryPolicy.retry_if_result returned {type(verdict).__name__}, an awaitable, "
+            "for a result: it must be a plain function returning true (try again) or false"
+        )
+    return bool(verdict)
 
 
 def _give_up(
