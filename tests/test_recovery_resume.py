@@ -855,3 +855,9 @@ async def test_failed_calls_that_ended_their_attempts_are_passed_over(
     answer = result.result.split(" ")[0] if result.ok else None
     assert result.ok and result.result == f"{answer} v({answer})"
     backend.close()
+
+
+def test_resume_refuses_a_recovery_with_a_clear_error() -> None:
+    # It said "got multiple values for keyword argument 'recovery'".
+    with pytest.raises(ConfigurationError, match=r"makes the run's Recovery itself"):
+        ExecutionState.resume("r", None, recovery=Recovery())

@@ -169,6 +169,13 @@ class ExecutionState:
         ``replay=``, ``resume_from=``, ``checkpoint=`` and ``match_inputs=`` go to
         ``Recovery``; the other options to ``ExecutionState``. See ``rh_agents.recovery``.
         """
+        if "recovery" in options:
+            raise ConfigurationError(
+                "ExecutionState.resume(run_id, backend, ...) makes the run's Recovery itself: "
+                "give it the store (backend=, a path or a backend) and the Recovery options "
+                "(replay=, resume_from=, checkpoint=, match_inputs=), not recovery=; "
+                "or make ExecutionState(run_id=..., recovery=Recovery(..., resume=True)) yourself"
+            )
         keys = ("replay", "resume_from", "checkpoint", "match_inputs")
         extra = {key: options.pop(key) for key in keys if key in options}
         recovery = hooks.resume_factory()(backend, **extra)
