@@ -16,6 +16,7 @@ import pytest
 from rh_agents.core.actors import Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
+from rh_agents.errors import ConfigurationError
 from rh_agents.recovery import Recovery
 from rh_agents.ui import create_app
 from rh_agents.ui.live import LiveFeed
@@ -398,3 +399,22 @@ async def test_a_resumed_run_shows_the_groups_and_events_it_replayed(store: Path
         with contextlib.suppress(BaseException):
             await run
         feed.finish()
+
+
+async def test_one_allowed_host_given_alone_is_one_name(store: Path) -> None:
+    # A string was taken as its letters: every request refused as an unknown host.
+    await stored_run(store)
+    async with await _client(create_app(store, allowed_hosts="127.0.0.1")) as client:
+        assert (await client.get("/api/runs")).status_code == 200
+    other = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(store, allowed_hosts="127.0.0.1")),  # type: ignore[arg-type]
+        base_url="http://evil.example",
+    )
+    async with other:
+        assert (await other.get("/api/runs")).status_code == 400
+
+
+@pytest.mark.parametrize("bad", [[5], [""], 5])
+def test_allowed_hosts_that_are_no_names_are_refused(store: Path, bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="allowed_hosts takes host names"):
+        create_app(store, allowed_hosts=bad)

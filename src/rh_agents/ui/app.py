@@ -36,6 +36,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rh_agents.errors import ConfigurationError
 from rh_agents.observability.timeline import Timeline
 from rh_agents.recovery.opening import is_sqlite_path
 from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus, latest_calls
@@ -915,7 +916,20 @@ def create_app(
     ]
     middleware = [Middleware(_SecurityHeaders)]
     if allowed_hosts is not None:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+        # One name alone is one name, not its letters (every request would be refused).
+        hosts: list[Any] = (
+            [allowed_hosts]
+            if isinstance(allowed_hosts, str)
+            else list(allowed_hosts)
+            if isinstance(allowed_hosts, Iterable)
+            else [None]
+        )
+        if not all(isinstance(host, str) and host for host in hosts):
+            raise ConfigurationError(
+                f"allowed_hosts takes host names ('localhost', '*.example.org') or None for "
+                f"any, got {allowed_hosts!r:.80}"
+            )
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
     app = Starlette(
         routes=routes,
         middleware=middleware,
