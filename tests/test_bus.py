@@ -978,3 +978,21 @@ async def test_subscribers_lists_the_handlers_in_order_as_a_copy() -> None:
     bus.unsubscribe(first)
     assert bus.subscribers == [second]
     await bus.close()
+
+
+async def test_a_subscriber_failing_on_an_object_that_is_no_record_is_reported() -> None:
+    # bus.publish(anything) is allowed; reporting a subscriber's failure on it read the
+    # record's kind and address, and the report itself failed inside the loop's callback.
+    loop_errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
+    bus = EventBus()
+
+    def raiser(record: Any) -> None:
+        raise RuntimeError("no")
+
+    bus.subscribe(raiser)
+    await bus.publish({"custom": 1})  # type: ignore[arg-type]
+    await bus.drain()
+    assert loop_errors == []
+    assert [e.error for e in bus.subscriber_errors] == ["RuntimeError: no"]
+    assert bus.subscriber_errors[0].record == {"custom": 1}

@@ -825,8 +825,9 @@ class EventBus:
         logger.error(
             "event subscriber %s raised on %s at %s: %s",
             sub.name,
-            record.kind,
-            record.address,
+            # (Anything may be published, not only records: bus.publish(my_object).)
+            getattr(record, "kind", type(record).__name__),
+            getattr(record, "address", "?"),
             error.error,
             exc_info=exc,
         )
