@@ -996,3 +996,60 @@ async def test_a_subscriber_failing_on_an_object_that_is_no_record_is_reported()
     assert loop_errors == []
     assert [e.error for e in bus.subscriber_errors] == ["RuntimeError: no"]
     assert bus.subscriber_errors[0].record == {"custom": 1}
+
+
+class _OwnStop(BaseException):
+    """What a test framework raises for a failed check (pytest's Failed is one)."""
+
+
+@pytest.mark.parametrize("kind", ["sync", "batch", "async"])
+@pytest.mark.parametrize("error", [asyncio.CancelledError, _OwnStop, GeneratorExit])
+async def test_a_subscribers_own_base_exception_is_its_failure_not_the_runs(
+    kind: str, error: type[BaseException]
+) -> None:
+    # A synchronous subscriber's CancelledError, raised as a busy group's worker handed it
+    # records (every 128 members), cancelled the group; another BaseException ended the
+    # worker (or an async subscriber's feeder) with an error nobody retrieved, unreported.
+    loop_errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
+    bus = EventBus()
+    seen: list[BusEvent] = []
+
+    def handle(record: BusEvent) -> None:
+        seen.append(record)
+        if len(seen) == 200:
+            raise error()
+
+    if kind == "sync":
+        bus.subscribe(handle)
+    elif kind == "batch":
+
+        class Batched:
+            def __call__(self, record: BusEvent) -> None:
+                handle(record)
+
+            def handle_batch(self, queue: Any) -> None:
+                while queue:
+                    handle(queue.popleft())
+
+        bus.subscribe(Batched())
+    else:
+
+        async def handle_async(record: BusEvent) -> None:
+            handle(record)
+
+        bus.subscribe(handle_async)
+
+    async def quick(i: int) -> int:
+        return i
+
+    state = ExecutionState(event_bus=bus)
+    async with state.parallel(name="g", max_workers=2) as p:
+        for i in range(600):
+            p.add(lambda i=i: quick(i))
+    results = await p.gather()
+    await bus.drain()
+    assert all(r.ok for r in results)
+    assert [type(e.exception) for e in bus.subscriber_errors] == [error]
+    assert len(seen) > 200  # it kept receiving records
+    assert loop_errors == [] and state.internal_errors == []

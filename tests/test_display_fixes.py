@@ -31,7 +31,7 @@ from rh_agents.core.safe_text import ERROR_CHARS, clipped
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Every control character but the newline ending each line (tabs included: none is printed).
 # Control codes, and the bidirectional overrides that show a line reversed ("Trojan Source").
-CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 MODES: list[ParallelMode] = ["realtime", "progress", "collapsed", "smart"]
 
 
@@ -262,10 +262,10 @@ GROUP = "docs\x1b(0"
 
 
 def unsafe_run() -> list[BusEvent]:
-    """A group named with a control code, members with a clear-screen code, a line break,
-    markup and a right-to-left override in their names, and one error with colour codes and
-    a line break."""
-    names = ["\x1b[2Jwipe", "two\nlines", "[bold]x[/bold]", "b\u202ead"]
+    """A group named with a control code, members with a clear-screen code, a line break (a
+    Unicode line separator), markup and a right-to-left override in their names, and one
+    error with colour codes and a line break."""
+    names = ["\x1b[2Jwipe", "two\u2028lines", "[bold]x[/bold]", "b\u202ead"]
     records: list[BusEvent] = [
         GroupStarted(address=GROUP, timestamp=0.0, name=GROUP, total=4, max_workers=4)
     ]

@@ -425,6 +425,8 @@ async def test_bad_add_options_close_the_member(options: dict[str, Any], message
         ({"error_strategy": "fail_threshold", "failure_threshold": 1.5}, "failure_threshold"),
         ({"quorum": 0}, "quorum"),
         ({"name": "a::b"}, "group name"),
+        ({"name": "two\u2028lines"}, "group name"),  # (any line break: str.splitlines's)
+        ({"name": "cr\r"}, "group name"),
     ],
 )
 async def test_bad_group_options(options: dict[str, Any], message: str) -> None:

@@ -83,6 +83,11 @@ _CALL_RECORDS = (EventStarted, EventCompleted, EventFailed, EventReplayed)
 
 logger = logging.getLogger("rh_agents.bus")
 
+# What a subscriber may raise that goes on, past the bus: requests to stop the program
+# (rich's SystemExit on a broken pipe, a KeyboardInterrupt). Anything else it raises is a
+# failure on that record, reported (see EventBus._report), never the run's.
+_STOPS = (KeyboardInterrupt, SystemExit)
+
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 # The failures of one subscriber kept in ``subscriber_errors`` and logged (the rest: counted).
 MAX_KEPT_ERRORS = 100
@@ -318,7 +323,11 @@ class Subscription:
             record = pop()
             try:
                 outcome = handler(record)
-            except Exception as exc:  # a broken subscriber must not stop the run
+            except _STOPS:
+                raise  # (it asks the program to stop: see _feed_now)
+            except BaseException as exc:  # a broken subscriber must not stop the run
+                # (A CancelledError or another BaseException of its own included: raised out
+                # of deliver_pending, it reached a group's worker and cancelled the group.)
                 self._bus._report(self, record, exc)
                 continue
             if outcome is not None and inspect.isawaitable(outcome):
@@ -337,7 +346,9 @@ class Subscription:
             batch = list(queue)  # kept only to name the record a failure happened on
             try:
                 handle(queue)
-            except Exception as exc:  # a broken subscriber must not stop the run
+            except _STOPS:
+                raise
+            except BaseException as exc:  # a broken subscriber must not stop the run
                 # Records are popped in order: the one it was handling is the last one gone.
                 rest = queue[0] if queue else None
                 consumed = next((i for i, record in enumerate(batch) if record is rest), len(batch))
@@ -353,7 +364,9 @@ class Subscription:
                     record = queue.popleft()
                     try:
                         call(record)
-                    except Exception as exc:
+                    except _STOPS:
+                        raise
+                    except BaseException as exc:
                         self._bus._report(self, record, exc)
 
     async def _feed(self, outcome: Any = None, record: BusEvent | None = None) -> None:
@@ -374,6 +387,10 @@ class Subscription:
                     if me is None or me.cancelling():
                         raise  # the feeder itself is stopped
                     self._bus._report(self, record, exc)  # the subscriber's own
+                except _STOPS:
+                    raise
+                except BaseException as exc:  # (a test framework's failure, a GeneratorExit)
+                    self._bus._report(self, record, exc)
             while True:
                 while queue:
                     record = self._current = pop()
@@ -389,6 +406,12 @@ class Subscription:
                             raise  # the feeder itself is stopped (the bus closes)
                         # The subscriber's own (it raised one, or what it awaited was
                         # cancelled by its owner): a failure on this record, reported as any.
+                        self._bus._report(self, record, exc)
+                    except _STOPS:
+                        raise  # (it asks the program to stop)
+                    except BaseException as exc:
+                        # Any other of its own (a test framework's failure, a GeneratorExit):
+                        # it ended the feeder, whose error nobody retrieved.
                         self._bus._report(self, record, exc)
                 self._current = None
                 if self._closed:

@@ -34,12 +34,17 @@ ERROR_CHARS: Final = 1000
 # Lone surrogates too: no terminal encoding can write them. And the bidirectional embeddings,
 # overrides and isolates (U+202A-U+202E, U+2066-U+2069): a name holding U+202E shows the
 # rest of its line reversed, so what is printed is not what ran ("Trojan Source").
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 _PICTURES = {code: chr(0x2400 + code) for code in range(0x20) if code not in (0x09, 0x0A)}
 _PICTURES[0x7F] = "\u2421"  # ␡
 _PICTURES.update({code: "\ufffd" for code in range(0x80, 0xA0)})  # no pictures for C1
 _PICTURES.update({code: "?" for code in range(0xD800, 0xE000)})  # as the viewer's pages show them
 _PICTURES.update({code: "\ufffd" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+# The Unicode line and paragraph separators break a line as "\n" does (a terminal, an editor,
+# str.splitlines): they become one, so that one_line shows them as it shows any line break.
+_PICTURES.update({0x2028: "\n", 0x2029: "\n"})
 
 
 def printable(text: str) -> str:
@@ -64,9 +69,10 @@ def local_time(timestamp: float) -> str:
 def one_line(text: str) -> str:
     """``printable(text)`` on one line: each line break shown as `` ⏎ `` (a multi-line error
     message, a name with a newline), for rows and lines a display lays out as one."""
-    if "\n" not in text:
-        return printable(text)
-    return _BREAK.sub(" ⏎ ", printable(text.replace("\r\n", "\n")))
+    shown = printable(text.replace("\r\n", "\n") if "\r" in text else text)
+    if "\n" not in shown:
+        return shown
+    return _BREAK.sub(" ⏎ ", shown)
 
 
 _BREAK = re.compile(r"[ \t]*\n\s*")  # a line break and the spaces around it

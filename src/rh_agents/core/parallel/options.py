@@ -238,7 +238,10 @@ def check_group_options(
     ):
         raise ConfigurationError(f"quorum must be an int >= 1, got {quorum!r}")
     if name is not None and (
-        not isinstance(name, str) or not name or any(c in name for c in ":[]#\n")
+        not isinstance(name, str)
+        or not name
+        or any(c in name for c in ":[]#")
+        or name.splitlines() != [name]  # any line break (\n, \r, U+2028...)
     ):
         raise ConfigurationError(
             f"group name {name!r} must be a non-empty str free of ':', '[', ']', '#' and "
