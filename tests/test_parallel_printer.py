@@ -420,6 +420,10 @@ def test_group_completed_for_a_group_never_seen_to_start_is_summarized() -> None
         ({"clock": 5}, "clock must be a function"),
         ({"console": "stdout"}, "console must be a rich Console, got str"),
         ({"console": None, "file": 5}, "file must be a text stream with write"),
+        ({"collapse_parallel": "no"}, "collapse_parallel must be True or False, got 'no'"),
+        ({"show_summary": None}, "show_summary must be True or False, got None"),
+        ({"show_progress": 1}, "show_progress must be True or False"),
+        ({"show_parallel_details": "yes"}, "show_parallel_details must be True or False"),
     ],
 )
 def test_bad_options_are_named(options: dict[str, object], message: str) -> None:
@@ -434,6 +438,7 @@ def test_bad_options_are_named(options: dict[str, object], message: str) -> None
         ({"file": 5}, "file must be a text stream"),
         ({"console": "stdout"}, "console must be a rich Console"),
         ({"indent": -1}, "indent must be an int >= 0"),
+        ({"show_details": "no"}, "show_details must be True or False"),
     ],
 )
 def test_the_event_printer_names_bad_options_too(options: dict[str, object], message: str) -> None:

@@ -168,6 +168,15 @@ class ParallelEventPrinter(EventPrinter):
         ):
             if isinstance(number, bool) or not isinstance(number, int) or number < 0:
                 raise ConfigurationError(f"{label} must be an int >= 0, got {number!r}")
+        for label, flag in (
+            ("show_progress", show_progress),
+            ("collapse_parallel", collapse_parallel),
+            ("show_parallel_details", show_parallel_details),
+            ("show_summary", show_summary),
+        ):
+            if not isinstance(flag, bool):
+                # (collapse_parallel="no" is true: it collapsed.)
+                raise ConfigurationError(f"{label} must be True or False, got {flag!r:.40}")
         check_output(console, file)
         if not callable(clock):
             raise ConfigurationError(

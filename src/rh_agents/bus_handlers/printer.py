@@ -71,6 +71,10 @@ class EventPrinter:
         indent: int = 2,
     ) -> None:
         check_output(console, file)
+        if not isinstance(show_details, bool):
+            raise ConfigurationError(
+                f"show_details must be True or False, got {show_details!r:.40}"
+            )
         if isinstance(indent, bool) or not isinstance(indent, int) or indent < 0:
             raise ConfigurationError(f"indent must be an int >= 0, got {indent!r}")
         if console is None:
