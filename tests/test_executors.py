@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import os
 import sys
 import time
@@ -844,3 +845,66 @@ async def test_a_cacheable_actors_handler_runs_on_the_groups_executor(
         )
     assert [r.ok for r in results] == [True, True]
     assert os.getpid() not in {r.result.pid for r in results}
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+# The group left on the closed loop is collected unfinished (that loop can never run it
+# again): what its collection says is not what this test is about.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::rh_agents.errors.UnusedGroupWarning")
+@pytest.mark.parametrize("when", ["running", "queued"])
+def test_a_pool_serves_the_next_loop_after_one_closed_with_its_members_in_it(
+    tmp_path: Path, when: str
+) -> None:
+    # A loop closed (new_event_loop, run_until_complete, close: not asyncio.run) with a
+    # member running in the pool left its process busy for good (its reply's reader went
+    # with the loop): the next loop's members waited for it until their timeout. With its
+    # requests still queued, the process started for them told only the closed loop, and
+    # the next loop's members waited for it too.
+    pool = ProcessExecutor(max_processes=1)
+    path = tmp_path / "first"
+    try:
+        if when == "running":
+            pool.start()
+        _close_a_loop_with_members_in(pool, path, when)
+
+        async def later() -> list[Any]:
+            async with ExecutionState(watchdog=None) as again:
+                results = await again.parallel_execute([_pid, _pid], executor=pool, timeout=30)
+            return [(r.status, r.error) for r in results]
+
+        assert asyncio.run(later()) == [(ResultStatus.COMPLETED, None)] * 2
+        assert (pool.running, pool.waiting) == (0, 0)
+        assert not path.exists()  # the abandoned member was stopped, not finished
+    finally:
+        pool.close()
+        # What the closed loop left (its group, its tasks: the pool let go of them) is
+        # collected here, under this test's filters, not in some later test.
+        gc.collect()
+
+
+def _close_a_loop_with_members_in(pool: ProcessExecutor, path: Path, when: str) -> None:
+    """Run two members on ``pool`` from a loop, and close the loop with one running in a
+    process (``when="running"``) or both waiting for one (``"queued"``)."""
+    loop = asyncio.new_event_loop()
+    state = ExecutionState(watchdog=None)
+    first = functools.partial(support.sleep_then_touch, str(path), 30)
+
+    async def start() -> asyncio.Future[Any]:
+        return asyncio.ensure_future(state.parallel_execute([first, first], executor=pool))
+
+    loop.run_until_complete(start())
+    if when == "running":
+        for _ in range(3000):  # (its worker writes the pid file as the member starts)
+            loop.run_until_complete(asyncio.sleep(0.01))
+            if Path(f"{path}.pid").exists():
+                break
+        assert pool.running == 1
+    else:
+        # (Both wait for the process starting, or one runs already: one waits, at least.)
+        loop.run_until_complete(until(lambda: pool.waiting + pool.running == 2))
+        assert pool.waiting >= 1
+    loop.close()

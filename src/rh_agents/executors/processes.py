@@ -283,10 +283,15 @@ class ProcessExecutor(RemoteExecutor):
                 worker.connection.close()
                 return
             self._arrived.append(worker)
-        try:
-            loop.call_soon_threadsafe(self._dispatch)
-        except RuntimeError:  # the loop closed
-            pass
+        # Tell the loop that asked, or, should it have closed meanwhile, the loop of a
+        # request still waiting (a new loop's, after asyncio.run ended the first): else that
+        # request would wait for a process that arrived unseen.
+        for target in (loop, *(job.loop for job in list(self._queue))):
+            try:
+                target.call_soon_threadsafe(self._dispatch)
+            except RuntimeError:  # closed
+                continue
+            return
 
     def _take_arrivals(self) -> None:
         """The processes started since the last look, as idle workers (on the loop's thread)."""
@@ -348,6 +353,14 @@ class ProcessExecutor(RemoteExecutor):
             # A loop that closed before its member took the reply never frees its worker.
             for worker in [w for w in self._resting if w.resting and w.resting.is_closed()]:
                 self._free(worker)
+        for worker in self._workers:
+            job = worker.job
+            if job is not None and job.loop.is_closed():
+                # Its request's loop closed while it ran: the loop's readers went with it, so
+                # its reply would never be read and the process never be free again. Killed,
+                # as a cancelled request's process is (another replaces it when needed).
+                self._kill(worker)
+                break  # (the list changed: the next dispatch looks again)
         queue = self._queue
         while queue:
             if not self._idle:
@@ -367,7 +380,9 @@ class ProcessExecutor(RemoteExecutor):
                     ).start()
                 return
             job = queue.popleft()
-            if job.future.done():  # its caller gave up (a timeout, a group's stop)
+            if job.future.done() or job.loop.is_closed():
+                # Its caller gave up (a timeout, a group's stop), or went with its loop: a
+                # reply could never reach it (nor could an error: its future is that loop's).
                 continue
             worker = self._idle.pop()
             try:
