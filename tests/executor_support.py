@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,10 @@ async def maps_inside(state: ExecutionState) -> int:
     async for result in state.parallel_map(event, items, max_workers=2, name="inner"):
         done += result.ok
     return done
+
+
+def starts_and_leaves(path: str) -> int:
+    """Starts a process that would run for a minute, and returns at once (leaving it)."""
+    helper = subprocess.Popen(["sleep", "60"])
+    Path(path).write_text(str(helper.pid))
+    return helper.pid

@@ -908,3 +908,35 @@ def _close_a_loop_with_members_in(pool: ProcessExecutor, path: Path, when: str) 
         loop.run_until_complete(until(lambda: pool.waiting + pool.running == 2))
         assert pool.waiting >= 1
     loop.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, IndexError):
+        return True
+    return stat[0] in ("Z", "X")  # killed, left for its parent to reap
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to see processes")
+async def test_a_process_a_member_left_running_ends_with_its_pool(tmp_path: Path) -> None:
+    # The member returned, leaving a process it started (a subprocess, in its worker's
+    # process group) running: it outlived the pool's close() and the driver's exit.
+    pid_file = tmp_path / "helper.pid"
+    pool = ProcessExecutor(max_processes=1)
+    try:
+        state = ExecutionState(watchdog=None)
+        (result,) = await state.parallel_execute(
+            [functools.partial(support.starts_and_leaves, str(pid_file))], executor=pool
+        )
+        assert result.ok, result.error
+        helper = int(pid_file.read_text())
+        assert not _gone(helper)  # (it runs on while its worker waits for the next member)
+    finally:
+        pool.close()  # the worker ends, and takes what its members left with it
+    for _ in range(200):
+        if _gone(helper):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError(f"process {helper}, left by a member, outlived its pool")

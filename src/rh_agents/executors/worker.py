@@ -18,12 +18,14 @@ Ray task instead, so a request is either answered or lost with its worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import os
 import pickle
 import select
 import signal
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -228,13 +230,65 @@ def process_main(connection: Connection, driver: int | None = None) -> None:
         os.setpgrp()
     if driver is not None:
         threading.Thread(target=_watch_driver, args=(driver,), daemon=True).start()
-    while True:
-        try:
-            data = connection.recv_bytes()
-        except (EOFError, OSError):
-            return  # the driver closed the pool, or died: nothing may outlive it
-        reply = run_request(data)
-        try:
-            connection.send_bytes(reply)
-        except OSError:
+    try:
+        while True:
+            try:
+                data = connection.recv_bytes()
+            except (EOFError, OSError):
+                return  # the driver closed the pool, or died: nothing may outlive it
+            reply = run_request(data)
+            try:
+                connection.send_bytes(reply)
+            except OSError:
+                return
+    finally:
+        _end_group()
+
+
+def _end_group() -> None:
+    """As the worker ends: kill what its members started and left running (a subprocess, a
+    forked helper: they joined its process group), which would otherwise outlive the pool,
+    and the driver. The worker itself then ends as usual (its exit handlers run), where it
+    can tell its group's processes from itself (Linux's /proc); elsewhere it ends with them."""
+    if not hasattr(os, "killpg"):
+        return
+    me = os.getpid()
+    others = _group_processes(me)
+    if others is None:
+        # (No way to tell them apart here: the whole group, this worker with it, once what
+        # it printed is out.)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with contextlib.suppress(OSError):
+            os.killpg(me, signal.SIGKILL)
+        return
+    for _ in range(3):  # (one may fork while the others are killed: look again)
+        if not others:
             return
+        for pid in others:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        others = _group_processes(me) or []
+
+
+def _group_processes(group: int) -> list[int] | None:
+    """The processes of process group ``group`` other than this one (``None``: no /proc)."""
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    found = []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # (ended meanwhile)
+        # After the name: state, ppid, pgrp. A zombie is dead already (its parent reaps it).
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == group:
+            found.append(int(entry))
+    return found
