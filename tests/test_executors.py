@@ -20,6 +20,7 @@ import functools
 import gc
 import os
 import sys
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -940,3 +941,54 @@ async def test_a_process_a_member_left_running_ends_with_its_pool(tmp_path: Path
         await asyncio.sleep(0.01)
     else:
         raise AssertionError(f"process {helper}, left by a member, outlived its pool")
+
+
+async def test_one_pool_serves_the_loops_of_two_threads() -> None:
+    # Each thread with its own loop and state, one pool between them: the pool handed one
+    # loop's requests to processes from the other's thread and watched their pipes from
+    # there ("Exception in callback ... FileExistsError", "KeyError: N is not registered"),
+    # with its lists changed by two threads at once. A loop's pipes are watched from its
+    # own thread only.
+    pool = ProcessExecutor(max_processes=2)
+    outcomes: list[tuple[int, list[Any], bool]] = []
+    wrong_thread: list[str] = []
+
+    def thread() -> None:
+        async def run() -> None:
+            errors: list[Any] = []
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(lambda _, ctx: errors.append(ctx))
+            owner = threading.get_ident()
+            watch = loop.add_reader
+            watched = [0]
+
+            def add_reader(*args: Any) -> None:
+                watched[0] += 1
+                if threading.get_ident() != owner:
+                    wrong_thread.append(threading.current_thread().name)
+                watch(*args)
+
+            try:
+                loop.add_reader = add_reader  # type: ignore[method-assign]
+            except AttributeError:  # (uvloop's loop: its methods cannot be replaced)
+                watched[0] = 1
+            async with ExecutionState(watchdog=None) as state:
+                results = await state.parallel_execute(
+                    [functools.partial(support.span, i) for i in range(150)],
+                    executor=pool,
+                    max_workers=3,
+                )
+            outcomes.append((sum(r.ok for r in results), errors, watched[0] > 0))
+
+        asyncio.run(run())
+
+    try:
+        threads = [threading.Thread(target=thread) for _ in range(2)]
+        for each in threads:
+            each.start()
+        for each in threads:
+            await asyncio.to_thread(each.join, 120)
+    finally:
+        pool.close()
+    assert wrong_thread == []
+    assert outcomes == [(150, [], True), (150, [], True)]

@@ -23,8 +23,10 @@ Invariants:
   work outlives its group. A process that answered takes the next request only once the
   member has taken the reply (``after_outcome_taken``): the requests a stop caused by that
   reply cancels (``FAIL_FAST``, a quorum) never start.
-- Replies are read on the driver's event loop (``add_reader``, no thread of ours): the pool
-  is used from one thread, the event loop's.
+- Replies are read on the driver's event loop (``add_reader``, no thread of ours). A pool
+  may serve the loops of several threads (each with its ExecutionState): a request is handed
+  to a process, and its pipe watched, only from its own loop's thread (another thread's
+  dispatch wakes that loop instead), and the pool's state changes under one lock.
 - Workers never outlive the driver: each ends when its pipe closes (``close()``, the
   driver's exit, or its death), and ``close()`` kills those that do not end in time.
 """
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import multiprocessing
 import multiprocessing.util  # (its exit handler first: ours, registered later, runs before it)
@@ -42,7 +45,8 @@ import sys
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from rh_agents.core.handing_over import after_outcome_taken
 from rh_agents.errors import ConfigurationError, InvalidMemberError, RemoteExecutionError
@@ -57,6 +61,9 @@ if TYPE_CHECKING:
 __all__ = ["ProcessExecutor"]
 
 _WORKER_MODULE = "rh_agents.executors.worker"
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def _default_start_method() -> str:
@@ -141,6 +148,40 @@ class _Worker:
         self.resting: asyncio.AbstractEventLoop | None = None
 
 
+def _locked(
+    method: Callable[Concatenate[ProcessExecutor, _P], _R],
+) -> Callable[Concatenate[ProcessExecutor, _P], _R]:
+    """``method``, run holding its pool's lock (see ``ProcessExecutor._lock``)."""
+
+    def locked(self: ProcessExecutor, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(locked, method)
+    return locked
+
+
+def _fail(job: _Job, error: BaseException) -> None:
+    """Fail ``job``'s request with ``error``, on its loop's thread (a future is its loop's:
+    another thread may not set it), unless it is over or its loop closed."""
+    if job.loop.is_closed():
+        return
+    try:
+        here = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    if job.loop is here:
+        _set_failed(job.future, error)
+        return
+    with contextlib.suppress(RuntimeError):  # (closed meanwhile)
+        job.loop.call_soon_threadsafe(_set_failed, job.future, error)
+
+
+def _set_failed(future: asyncio.Future[bytes], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
 class ProcessExecutor(RemoteExecutor):
     """A pool of ``max_processes`` worker processes (default ``os.cpu_count()``).
 
@@ -177,6 +218,10 @@ class ProcessExecutor(RemoteExecutor):
         # Every process started and not ended, the ones starting included: close() ends them.
         self._every: set[_Worker] = set()
         self._closed = False
+        # Held by every step that reads or changes the pool's state: a pool may serve the
+        # loops of several threads (one ExecutionState each), whose callbacks run at once.
+        # (Re-entrant: a step calls another, a reply frees its worker and dispatches.)
+        self._lock = threading.RLock()
         _pools.add(self)
 
     def check_member(self, source: Any, label: str) -> None:
@@ -227,6 +272,7 @@ class ProcessExecutor(RemoteExecutor):
         """Requests waiting for a process."""
         return len(self._queue)
 
+    @_locked
     def start(self, count: int | None = None) -> None:
         """Start processes now (``count``, default all), rather than when members need them.
 
@@ -302,11 +348,10 @@ class ProcessExecutor(RemoteExecutor):
             if isinstance(item, Exception):
                 # No process: the requests waiting for one fail with the reason.
                 while self._queue:
-                    job = self._queue.popleft()
-                    if not job.future.done():
-                        job.future.set_exception(
-                            RemoteExecutionError(f"could not start a worker process: {item}")
-                        )
+                    _fail(
+                        self._queue.popleft(),
+                        RemoteExecutionError(f"could not start a worker process: {item}"),
+                    )
             else:
                 self._add(item)
 
@@ -341,12 +386,17 @@ class ProcessExecutor(RemoteExecutor):
             self._cancel(job)
             raise
 
+    @_locked
     def _dispatch(self) -> None:
         """Hand waiting requests to idle processes, starting processes up to the limit.
 
         A process is started in a thread (starting one takes milliseconds, the first of a
         forkserver much longer): the event loop goes on meanwhile, and the request waits.
         """
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         if self._arrived:
             self._take_arrivals()
         if self._resting:
@@ -379,11 +429,21 @@ class ProcessExecutor(RemoteExecutor):
                         daemon=True,
                     ).start()
                 return
-            job = queue.popleft()
+            job = queue[0]
             if job.future.done() or job.loop.is_closed():
                 # Its caller gave up (a timeout, a group's stop), or went with its loop: a
                 # reply could never reach it (nor could an error: its future is that loop's).
+                queue.popleft()
                 continue
+            if job.loop is not here:
+                # Another thread's loop: the pipe is watched from that loop's own thread
+                # (a selector is not shared across threads), so that loop hands it over.
+                try:
+                    job.loop.call_soon_threadsafe(self._dispatch)
+                except RuntimeError:  # closed meanwhile: dropped at the next look
+                    continue
+                return
+            queue.popleft()
             worker = self._idle.pop()
             try:
                 # Blocking, whatever a loop made of the pipe (uvloop leaves a watched fd
@@ -406,6 +466,7 @@ class ProcessExecutor(RemoteExecutor):
         job.loop.remove_reader(worker.fd)
         job.loop.remove_reader(worker.process.sentinel)
 
+    @_locked
     def _on_exit(self, worker: _Worker) -> None:
         """``worker``'s process ended while running a request. Its pipe says so too (EOF),
         unless a process the member started (forked) holds the pipe open: then only this
@@ -418,6 +479,7 @@ class ProcessExecutor(RemoteExecutor):
             return
         self._on_reply(worker, ended=True)
 
+    @_locked
     def _on_reply(self, worker: _Worker, ended: bool = False) -> None:
         job = worker.job
         if job is None:  # (killed meanwhile)
@@ -465,6 +527,7 @@ class ProcessExecutor(RemoteExecutor):
         self._resting.append(worker)
         after_outcome_taken(job.loop, job.task, job.future, functools.partial(self._rested, worker))
 
+    @_locked
     def _rested(self, worker: _Worker) -> None:
         if worker.resting is not None:  # (else killed, closed or freed meanwhile)
             self._free(worker)
@@ -476,6 +539,7 @@ class ProcessExecutor(RemoteExecutor):
         self._resting.remove(worker)
         self._idle.append(worker)
 
+    @_locked
     def _cancel(self, job: _Job) -> None:
         worker = job.worker
         if worker is None:  # still waiting (or already answered): it never runs
@@ -498,23 +562,29 @@ class ProcessExecutor(RemoteExecutor):
         if self._closed:
             raise ConfigurationError(f"{self!r} was closed; make a new one")
 
+    @_locked
     def close(self) -> None:
         """End every worker process; requests still waiting or running fail."""
         if self._closed:
             return
         self._closed = True
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         while self._queue:
-            job = self._queue.popleft()
-            if not job.future.done() and not job.loop.is_closed():
-                job.future.set_exception(RemoteExecutionError(f"{self!r} was closed"))
+            _fail(self._queue.popleft(), RemoteExecutionError(f"{self!r} was closed"))
         workers = list(self._every)
         for worker in workers:
             running = worker.job
             if running is not None:
                 if not running.loop.is_closed():
-                    self._unwatch(running, worker)
-                    if not running.future.done():
-                        running.future.set_exception(RemoteExecutionError(f"{self!r} was closed"))
+                    if running.loop is here:
+                        self._unwatch(running, worker)
+                    else:
+                        with contextlib.suppress(RuntimeError):  # (its loop's thread does it)
+                            running.loop.call_soon_threadsafe(self._unwatch, running, worker)
+                    _fail(running, RemoteExecutionError(f"{self!r} was closed"))
                 _kill_group(worker.process)
             worker.connection.close()  # an idle worker reads the end of its pipe, and exits
         for worker in workers:
