@@ -9,14 +9,19 @@ result."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import logging
 import sqlite3
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, SecretStr
 
 from recovery_support import Item, Square, Squarer, make_backend
+from rh_agents.core.actors import Tool
 from rh_agents.core.execution import ExecutionState
 from rh_agents.errors import ConfigurationError
 from rh_agents.recovery import Recovery, SQLiteBackend
@@ -215,6 +220,56 @@ def test_different_inputs_get_different_digests() -> None:
     # A secret is written masked either way: such an input has no digest (matched by
     # address, as before digests), rather than one digest for every secret.
     assert input_digest(_Secretive(question="q", api_key=SecretStr("k1"))) is None
+
+
+class _Either(BaseModel):
+    x: str | bytes
+
+
+class _WhenOrText(BaseModel):
+    x: str | datetime.datetime
+
+
+class _Anything(BaseModel):
+    x: Any
+
+
+def test_inputs_that_pydantic_writes_as_one_json_get_different_digests_and_keys() -> None:
+    # b"abc" and "abc" (a str | bytes field), a datetime and its ISO text, a set and a dict
+    # spelling the set's own tag, a tuple and a list: pydantic writes each pair as one JSON,
+    # and a resumed run replayed (the cache answered) one input's result for the other.
+    from rh_agents.recovery.cache import cache_key
+
+    actor = Tool(name="t", input_model=_Anything, handler=_noop_handler)
+    pairs = [
+        (_Either(x=b"abc"), _Either(x="abc")),
+        (_WhenOrText(x=datetime.datetime(2024, 1, 1)), _WhenOrText(x="2024-01-01T00:00:00")),
+        (_Anything(x={1, 2}), _Anything(x={"<set>": [1, 2]})),
+        (_Anything(x={1: "a"}), _Anything(x={"<map>": [[1, "a"]]})),
+        (_Anything(x=(1, 2)), _Anything(x=[1, 2])),
+        (_Anything(x=uuid.UUID(int=1)), _Anything(x=str(uuid.UUID(int=1)))),
+        (_Anything(x=decimal.Decimal("1.5")), _Anything(x="1.5")),
+    ]
+    for first, second in pairs:
+        assert input_digest(first) != input_digest(second), (first, second)
+        assert cache_key(actor, first) != cache_key(actor, second), (first, second)
+    # Equal ones still share theirs.
+    assert input_digest(_Either(x=b"abc")) == input_digest(_Either(x=b"abc"))
+    assert input_digest(_Anything(x={2, 1})) == input_digest(_Anything(x={1, 2}))
+
+
+def test_a_cache_key_keeps_an_actors_name_apart_from_its_version() -> None:
+    # They were joined with NUL, which a name may hold: ("a\0b", "1") and ("a", "b\x001")
+    # shared their keys, and the second actor got the first's results.
+    first = Tool(name="a\0b", version="1", input_model=_Anything, handler=_noop_handler)
+    second = Tool(name="a", version="b\x001", input_model=_Anything, handler=_noop_handler)
+    from rh_agents.recovery.cache import cache_key
+
+    assert cache_key(first, _Anything(x=1)) != cache_key(second, _Anything(x=1))
+
+
+async def _noop_handler(input: Any, context: str, state: Any) -> None:
+    return None
 
 
 _SEEDED = """

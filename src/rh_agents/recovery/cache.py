@@ -74,7 +74,9 @@ _MAX_BUSY_MS = 2**31 - 1
 
 def cache_key(actor: BaseActor, validated: BaseModel) -> str:
     """SHA-256 of the actor's name, version and the canonical JSON of its input."""
-    text = "\0".join((actor.name, actor.version, canonical_json(validated)))
+    # As a JSON array: a separator inside a name ("a\0b" with version "1", "a" with version
+    # "b\x001") must not make two actors' keys one.
+    text = json.dumps([actor.name, actor.version, canonical_json(validated)], ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

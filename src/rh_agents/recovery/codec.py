@@ -123,11 +123,14 @@ def canonical_json(value: Any) -> str:
 
     A pydantic model is read through its own serializers (``model_dump``); a set is written
     with its members in order (``{"<set>": [...]}``: a set has none of its own, so the same
-    set would give texts that vary with hashing, from one process to the next), and a dict
+    set would give texts that vary with hashing, from one process to the next), a dict
     whose keys are not all strings as its sorted ``[key, value]`` pairs (``{"<map>": ...}``:
-    JSON would make ``1`` and ``"1"`` one key). NaN and the infinities are kept as the
-    constants ``NaN`` / ``Infinity`` (so an input holding NaN does not share its text, and a
-    cache key, with one holding ``None``).
+    JSON would make ``1`` and ``"1"`` one key), a tuple and any value JSON has no type for
+    (bytes, a datetime, a UUID, a Decimal, an enum) tagged with its type
+    (``{"<bytes>": "abc"}``), and a dict of its own with a key starting with ``<`` wrapped
+    (``{"<dict>": {...}}``), so that no two values share a text. NaN and the infinities
+    are kept as the constants ``NaN`` / ``Infinity`` (so an input holding NaN does not share
+    its text, and a cache key, with one holding ``None``).
     """
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="python")
@@ -149,7 +152,10 @@ def _canonical(value: Any, depth: int) -> Any:
         return _canonical(value.model_dump(mode="python"), depth + 1)
     if isinstance(value, dict):
         if all(type(key) is str for key in value):
-            return {key: _canonical(item, depth + 1) for key, item in value.items()}
+            plain = {key: _canonical(item, depth + 1) for key, item in value.items()}
+            # A dict of its own whose keys look like the tags below is wrapped in one: the
+            # text of {"<set>": [1]} must not be that of the set {1}.
+            return {"<dict>": plain} if any(key.startswith("<") for key in value) else plain
         pairs = [
             [_canonical(key, depth + 1), _canonical(item, depth + 1)] for key, item in value.items()
         ]
@@ -159,10 +165,15 @@ def _canonical(value: Any, depth: int) -> Any:
         members = [_canonical(item, depth + 1) for item in value]
         members.sort(key=_dumps)
         return {"<set>": members}
-    if isinstance(value, list | tuple):
+    if type(value) is list:
         return [_canonical(item, depth + 1) for item in value]
-    # Anything else (a datetime, a UUID, an enum, bytes...) as pydantic writes it in JSON.
-    return _canonical(pydantic_core.to_jsonable_python(value, inf_nan_mode=_CONSTANTS), depth + 1)
+    if isinstance(value, list | tuple):  # (a tuple is not the list it holds: tagged)
+        return {f"<{type(value).__qualname__}>": [_canonical(item, depth + 1) for item in value]}
+    # Anything else (a datetime, a UUID, an enum, bytes...) as pydantic writes it in JSON,
+    # tagged with its type: b"abc", a datetime and a UUID must not share the text of the
+    # str pydantic writes them as.
+    jsonable = pydantic_core.to_jsonable_python(value, inf_nan_mode=_CONSTANTS)
+    return {f"<{type(value).__qualname__}>": _canonical(jsonable, depth + 1)}
 
 
 # --- the model serializer that writes NaN as NaN -------------------------------------------

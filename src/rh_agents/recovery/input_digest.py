@@ -13,12 +13,13 @@ The text hashed is the input's JSON, made one of two ways, chosen once per input
 - its serializer's (pydantic's own, with NaN and the infinities written as such, so that
   they differ from ``None``), about 1 us with the hash, for a model whose JSON has one text
   per value: fields of plainly ordered types only (strings, numbers, booleans, bytes,
-  dates, UUIDs, enums, literals, lists, tuples and unions of them), no extra fields, no
+  dates, UUIDs, enums, literals, lists and tuples of them, ``X | None``), no extra fields, no
   computed fields, no serializer of its own;
 - the canonical JSON of ``codec.canonical_json`` (keys sorted, sets in order) of its
   ``model_dump``, about 8 us, for any other: a dict (whose order is that of insertion), a
   set (whose order follows string hashing, which varies from one process to the next),
-  ``Any``, extra or computed fields, custom serializers, a field holding a model (which may
+  ``Any``, a union of types whose values may write as one JSON (``str | bytes``), extra or
+  computed fields, custom serializers, a field holding a model (which may
   be a subclass instance, whose own fields the declared model's serializer leaves out).
 
 An input model with a secret field (``SecretStr``, ``SecretBytes``) has no digest: both
@@ -167,7 +168,14 @@ def _kind(annotation: Any, seen: set[type]) -> _Kind:
         return _kind(args[0], seen)
     if origin is Literal:
         return "plain"
-    if origin in (typing.Union, types.UnionType) or origin in _SEQUENCES:
+    if origin in (typing.Union, types.UnionType):
+        members = [arg for arg in args if arg is not type(None)]
+        if len(members) > 1:
+            # Its members may write as one JSON (b"abc" and "abc", a datetime and its ISO
+            # text, 1 and 1.0 in int | float...): the canonical form tells them apart.
+            return "secret" if _worst(_kind(arg, seen) for arg in args) == "secret" else "canonical"
+        return _worst(_kind(arg, seen) for arg in args)
+    if origin in _SEQUENCES:
         return _worst(_kind(arg, seen) for arg in args if arg is not Ellipsis)
     # A dict (written in its insertion order), a set, a mapping, anything else: canonical,
     # unless a secret is in there.
