@@ -343,3 +343,38 @@ def test_a_cache_store_dropped_without_close_closes_its_database(tmp_path: Path)
     gc.collect()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         connection.execute("SELECT 1")
+
+
+async def test_a_validating_resume_runs_every_call_past_the_cache(tmp_path: Path) -> None:
+    # replay="validate" runs everything again to list what changed; cache hits stood in for
+    # the runs, so a program whose results changed passed validation with no difference.
+    from rh_agents.recovery import Recovery
+
+    factor = [10]
+    calls: list[int] = []
+
+    async def times(input: Item, context: str, state: ExecutionState) -> int:
+        calls.append(input.i)
+        return input.i * factor[0]
+
+    event = ExecutionEvent(
+        actor=Tool(name="times", input_model=Item, handler=times, cacheable=True)
+    )
+    store, cached = tmp_path / "run.db", ActorCache(SQLiteCacheStore(tmp_path / "cache.db"))
+
+    async def body(state: ExecutionState) -> list[int]:
+        async with state.parallel() as p:
+            for i in (1, 2):
+                p.add(event(Item(i=i), "", state))
+        return [r.result for r in await p.gather()]
+
+    async with ExecutionState(run_id="v", recovery=Recovery(store), cache=cached) as state:
+        assert await body(state) == [10, 20]
+    calls.clear()
+    factor[0] = 100  # the program changed
+    state = ExecutionState.resume("v", backend=store, replay="validate", cache=cached)
+    async with state:
+        assert await body(state) == [100, 200]
+    assert sorted(calls) == [1, 2]
+    assert state.recovery is not None
+    assert len(state.recovery.differences) == 2  # type: ignore[attr-defined]

@@ -260,7 +260,12 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
         try:
             validated = actor.validate_input(input)
             cache = state.cache
-            if cache is not None and actor.cacheable:  # a hit or a shared call skips the handler
+            if (
+                cache is not None
+                and actor.cacheable
+                # (A validating resume runs every call: a hit would hide a changed result.)
+                and (state.recovery is None or not state.recovery.runs_everything)
+            ):  # a hit or a shared call skips the handler
                 value, attempts, source = await cache.run(
                     actor, validated, lambda: state.invoke_actor(self, validated, context, frame)
                 )

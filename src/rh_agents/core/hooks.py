@@ -128,6 +128,12 @@ class RecoveryHook(Protocol):
         (``recovered_result`` would answer it), changing nothing."""
         ...
 
+    @property
+    def runs_everything(self) -> bool:
+        """Whether every call must run (a validating resume): no stored result, and no
+        cached one, may stand in for it."""
+        ...
+
     async def on_event_finished(
         self,
         address: str,

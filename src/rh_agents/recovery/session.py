@@ -424,6 +424,12 @@ class Recovery:
         """Whether any call may be replayed (see ``RecoveryHook.can_replay``)."""
         return bool(self._stored) and self.replay is not ReplayMode.VALIDATE
 
+    @property
+    def runs_everything(self) -> bool:
+        """Whether every call runs (``ReplayMode.VALIDATE``): a cache hit would stand in
+        for the run whose result is to be compared, and hide a change."""
+        return self.replay is ReplayMode.VALIDATE
+
     def replays(self, address: str, actor: BaseActor, input: Any) -> bool:
         """Whether ``recovered_result(address, actor, input)`` would answer the call (it
         counts and logs nothing)."""
