@@ -378,3 +378,23 @@ async def test_a_validating_resume_runs_every_call_past_the_cache(tmp_path: Path
     assert sorted(calls) == [1, 2]
     assert state.recovery is not None
     assert len(state.recovery.differences) == 2  # type: ignore[attr-defined]
+
+
+async def test_a_call_below_the_one_computing_its_key_runs_rather_than_wait_for_itself() -> None:
+    # An agent asking itself the same question with another context (a hint): the nested
+    # call has the key its ancestor is computing, joined that call, and waited for its own
+    # result for ever.
+    from rh_agents import Agent
+
+    async def research(input: Item, context: str, state: ExecutionState) -> str:
+        if context == "":
+            nested = await event(Item(i=input.i), "a hint", state)
+            return f"summary of {nested.result}"
+        return f"facts about {input.i}"
+
+    event = ExecutionEvent(
+        actor=Agent(name="research", input_model=Item, handler=research, cacheable=True)
+    )
+    async with ExecutionState(cache=ActorCache()) as state:
+        result = await asyncio.wait_for(event(Item(i=1), "", state), 10)
+    assert result.ok and result.result == "summary of facts about 1"

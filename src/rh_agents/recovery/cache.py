@@ -46,6 +46,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -98,6 +99,11 @@ def _key_of(actor: BaseActor, validated: BaseModel) -> str | None:
             )
         return None
 
+
+# The keys the calls this one runs inside are computing for the cache (see ActorCache.run).
+_computing: ContextVar[frozenset[str]] = ContextVar(
+    "rh_agents_cache_computing", default=frozenset()
+)
 
 # Actors already warned about (once per process, as a log line, not per call).
 _UNKEYED: set[str] = set()
@@ -396,7 +402,10 @@ class ActorCache:
     ) -> tuple[Any, int, str]:
         """``(value, attempts, source)``: from the store, a running call, or ``call()``."""
         key = _key_of(actor, validated)
-        if key is None:
+        if key is None or key in _computing.get():
+            # No key; or a call below the one computing this key, with its input (an agent
+            # calling itself with another context): it would wait for its own result, for
+            # ever. It runs, uncached.
             self.misses += 1
             value, attempts = await call()
             return value, attempts, "run"
@@ -471,6 +480,7 @@ class ActorCache:
     async def _fill(
         self, key: str, actor: BaseActor, call: Callable[[], Awaitable[tuple[Any, int]]]
     ) -> tuple[Any, int]:
+        _computing.set(_computing.get() | {key})  # (this task's context: the calls below)
         try:
             try:
                 value, attempts = await call()
