@@ -403,14 +403,11 @@ class ProcessExecutor(RemoteExecutor):
             # A loop that closed before its member took the reply never frees its worker.
             for worker in [w for w in self._resting if w.resting and w.resting.is_closed()]:
                 self._free(worker)
-        for worker in self._workers:
-            job = worker.job
-            if job is not None and job.loop.is_closed():
-                # Its request's loop closed while it ran: the loop's readers went with it, so
-                # its reply would never be read and the process never be free again. Killed,
-                # as a cancelled request's process is (another replaces it when needed).
-                self._kill(worker)
-                break  # (the list changed: the next dispatch looks again)
+        for worker in [w for w in self._workers if w.job is not None and w.job.loop.is_closed()]:
+            # Its request's loop closed while it ran: the loop's readers went with it, so its
+            # reply would never be read and the process never be free again. Killed, as a
+            # cancelled request's process is (another replaces it when needed).
+            self._kill(worker)
         queue = self._queue
         while queue:
             if not self._idle:

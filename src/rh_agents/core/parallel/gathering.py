@@ -156,9 +156,11 @@ async def wait_all(group: ParallelExecutionManager[Any]) -> None:
     pool = group._pool
     pool.start_all()  # no more members will come: their workers start now
     if not group._unfinished() and not pool.workers:
-        # Every worker has ended already (a stop, then a stream read to the end): the
-        # map() input is closed here, as join_workers would have.
-        await close_input(group)
+        if group._source is not None:
+            # Every worker has ended already (a stop, then a stream read to the end): the
+            # map() input is closed here, as join_workers would have. (Tested first: every
+            # group that ends here passes this point, and most have no input.)
+            await close_input(group)
         owed = owed_slot()
         if owed is not None:
             await take_back_owed(owed)  # the member reads on: it works again
