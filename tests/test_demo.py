@@ -154,3 +154,41 @@ async def test_a_narrow_console_gets_every_line_wrapped_between_words() -> None:
     at = next(n for n, line in enumerate(lines) if "📦 documents" in line)
     assert lines[at] == "  ✔ 📦 documents: 3 finished · 3 ok ·"
     assert lines[at + 1].startswith("      0 failed · ")  # then the wall time
+
+
+def _demo_process(tmp_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rh_agents",
+            "demo",
+            "--documents",
+            "3",
+            "--state",
+            str(tmp_path / "state.db"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(SRC), **env},
+    )
+
+
+def test_demo_read_by_a_pipe_that_closes_early_ends_without_a_traceback(tmp_path: Path) -> None:
+    # `rh-agents demo | head -1`: the reader goes away after the first line.
+    demo = _demo_process(tmp_path)
+    assert demo.stdout is not None and demo.stderr is not None
+    assert b"rh_agents demo" in demo.stdout.readline()
+    demo.stdout.close()
+    errors = demo.stderr.read().decode()
+    assert demo.wait(timeout=60) in (0, 1)
+    assert "Traceback" not in errors and "never retrieved" not in errors, errors
+
+
+def test_demo_on_an_ascii_terminal_replaces_what_it_cannot_show(tmp_path: Path) -> None:
+    demo = _demo_process(tmp_path, PYTHONIOENCODING="ascii")
+    out, errors = demo.communicate(timeout=60)
+    assert demo.returncode == 0, errors.decode()
+    text = out.decode("ascii")  # nothing but ASCII reached it
+    assert "Orchestrator ? parallel group documents" in text
+    assert "Digest of 3 of 3 documents" in text

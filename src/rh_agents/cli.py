@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +179,18 @@ def _root() -> None:
 
 
 def main() -> None:
+    _replace_what_output_cannot_encode()
     app()
+
+
+def _replace_what_output_cannot_encode() -> None:
+    """On a terminal or pipe whose encoding is not UTF-8 (``PYTHONIOENCODING=ascii``, a
+    Latin-1 locale), a character it cannot show becomes ``?`` rather than a
+    ``UnicodeEncodeError`` that ends the command halfway through its output."""
+    stdout = sys.stdout
+    encoding = (getattr(stdout, "encoding", None) or "").lower().replace("_", "-")
+    if isinstance(stdout, io.TextIOWrapper) and not encoding.startswith("utf"):
+        stdout.reconfigure(errors="replace")
 
 
 if __name__ == "__main__":  # (python -m rh_agents.cli, as python -m rh_agents)

@@ -130,6 +130,13 @@ def run(
                 if _requested:
                     raise SystemExit(INTERRUPTED_EXIT_CODE) from None
                 raise
+            except (SystemExit, KeyboardInterrupt):
+                # ``main`` raised it (``sys.exit()``, or rich's console on a closed pipe): the
+                # loop lets it through at once, leaving ``task`` with an exception nobody read,
+                # which asyncio would report with a traceback. It is read here, where it goes on.
+                if task.done() and not task.cancelled():
+                    task.exception()
+                raise
             finally:
                 if previous is not None:
                     signal.signal(signal.SIGINT, previous)
