@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -20,7 +21,14 @@ from rh_agents.errors import (
     RunLockedError,
     UnknownRunError,
 )
-from rh_agents.recovery import JSONBackend, Recovery, SQLiteBackend
+from rh_agents.recovery import (
+    ActorCache,
+    JSONBackend,
+    Recovery,
+    SQLiteBackend,
+    SQLiteCacheStore,
+    cache_key,
+)
 
 
 async def _completed_run(backend_location: Path, n: int = 40) -> None:
@@ -123,3 +131,120 @@ def test_sqlite_backend_refuses_use_after_close(tmp_path: Path) -> None:
     backend.close()
     with pytest.raises(RecoveryError, match="closed"):
         backend.list_runs()
+
+
+def _database(path: Path, script: str) -> bytes:
+    with sqlite3.connect(path) as conn:
+        conn.executescript(script)
+    conn.close()
+    return path.read_bytes()
+
+
+def test_a_database_with_only_some_of_the_tables_is_reported_and_left_alone(
+    tmp_path: Path,
+) -> None:
+    # It read as an empty store (no runs, nothing to resume), and a run created in it added
+    # the missing tables to it.
+    db = tmp_path / "state.db"
+    before = _database(
+        db,
+        "CREATE TABLE runs (run_id TEXT PRIMARY KEY, created REAL NOT NULL, "
+        "updated REAL NOT NULL, status TEXT NOT NULL, resume_command TEXT);"
+        "INSERT INTO runs VALUES ('r', 1.0, 2.0, 'running', NULL);",
+    )
+    with SQLiteBackend(db, mode="read") as backend, pytest.raises(CorruptStateError) as read:
+        backend.list_runs()
+    assert str(db) in str(read.value) and "not checkpoints" in str(read.value)
+    assert "another file" in str(read.value)  # what to do
+    with pytest.raises(CorruptStateError, match="not checkpoints"):
+        ExecutionState(run_id="new", recovery=Recovery(db))
+    assert db.read_bytes() == before
+
+
+def test_another_programs_tables_of_the_same_names_are_reported_and_left_alone(
+    tmp_path: Path,
+) -> None:
+    # Opening it for a run added rh_agents' columns to that program's table (ALTER TABLE)
+    # before the first write failed.
+    db = tmp_path / "state.db"
+    before = _database(
+        db,
+        "CREATE TABLE runs (id INTEGER PRIMARY KEY, name TEXT);"
+        "CREATE TABLE checkpoints (id INTEGER PRIMARY KEY, payload BLOB);"
+        "INSERT INTO runs VALUES (1, 'nightly');",
+    )
+    with pytest.raises(CorruptStateError) as opened:
+        ExecutionState(run_id="new", recovery=Recovery(db))
+    assert db.read_bytes() == before
+    assert str(db) in str(opened.value) and "has no column(s)" in str(opened.value)
+    with SQLiteBackend(db, mode="read") as backend, pytest.raises(CorruptStateError):
+        backend.list_runs()
+
+
+async def test_a_database_with_none_of_the_tables_is_a_new_store(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    _database(db, "CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('kept');")
+    with SQLiteBackend(db, mode="read") as backend:
+        assert backend.list_runs() == []
+    await _completed_run(db, n=2)
+    with SQLiteBackend(db, mode="read") as backend:
+        assert [run.run_id for run in backend.list_runs()] == ["r"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT text FROM notes").fetchall() == [("kept",)]
+    conn.close()
+
+
+def test_a_cache_file_with_another_programs_table_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "cache.db"
+    before = _database(db, "CREATE TABLE actor_cache (id INTEGER PRIMARY KEY, blob BLOB);")
+    with pytest.raises(CorruptStateError, match="has no column"):
+        SQLiteCacheStore(db)
+    assert db.read_bytes() == before
+
+
+async def test_a_stored_result_that_is_not_json_is_damage_not_a_changed_model(
+    tmp_path: Path,
+) -> None:
+    # Text that is not JSON was a ResultSchemaError, which says the model changed and
+    # advises bumping the actor's version: no help for a damaged store.
+    db = tmp_path / "state.db"
+    await _completed_run(db, n=2)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            'UPDATE checkpoints SET result_json = \'{"i": 0, "squ\' WHERE address = ?',
+            ("members[0]::square",),
+        )
+    conn.close()
+    async with ExecutionState.resume("r", backend=db) as state:
+        results = await run_group(state, Squarer(), 2)
+    damaged = results[0].exception
+    assert isinstance(damaged, CorruptStateError) and not isinstance(damaged, ResultSchemaError)
+    assert "members[0]::square" in str(damaged) and str(db) in str(damaged)
+    assert "not valid JSON" in str(damaged) and "Restore the store" in str(damaged)
+    assert results[1].ok and results[1].source == "replay"
+
+
+async def test_a_damaged_cache_entry_is_a_miss_said_and_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "cache.db"
+    squarer = Squarer(cacheable=True)
+    async with ExecutionState(cache=ActorCache(SQLiteCacheStore(db))) as state:
+        await squarer.event(Item(i=2), "", state)
+    with sqlite3.connect(db) as conn:
+        conn.execute('UPDATE actor_cache SET value_json = \'{"i": 2, "squ\'')
+    conn.close()
+    cache = ActorCache(SQLiteCacheStore(db))
+    with caplog.at_level(logging.WARNING, logger="rh_agents.recovery"):
+        async with ExecutionState(cache=cache) as state:
+            result = await squarer.event(Item(i=2), "", state)
+    assert result.ok and result.source == "run" and squarer.calls[2] == 2
+    [damaged] = cache.store_errors
+    assert isinstance(damaged, CorruptStateError)
+    key = cache_key(squarer.tool, Item(i=2))
+    assert key in str(damaged) and str(db) in str(damaged) and "delete" in str(damaged)
+    assert [r.getMessage() for r in caplog.records] == [f"{damaged} (kept in cache.store_errors)"]
+    again = ActorCache(SQLiteCacheStore(db))  # the entry was replaced by the call's value
+    async with ExecutionState(cache=again) as state:
+        hit = await squarer.event(Item(i=2), "", state)
+    assert hit.source == "cache" and hit.unwrap() == result.unwrap()

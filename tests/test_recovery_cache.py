@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
+from parallel_support import until
 from recovery_support import Item, Square, Squarer
 from rh_agents import ExecutionEvent, Tool
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.results import ExecutionResult, ResultStatus
+from rh_agents.errors import ParallelTimeoutError
 from rh_agents.recovery import ActorCache, SQLiteCacheStore, cache_key
 
 
@@ -398,3 +403,154 @@ async def test_a_call_below_the_one_computing_its_key_runs_rather_than_wait_for_
     async with ExecutionState(cache=ActorCache()) as state:
         result = await asyncio.wait_for(event(Item(i=1), "", state), 10)
     assert result.ok and result.result == "summary of facts about 1"
+
+
+# --- what a joiner gets: the call's own outcome, never its starter's alone ---------------------
+
+
+class _FirstHeld:
+    """A cacheable tool whose first call waits for ``release`` (an ``asyncio.Event``, or a
+    ``threading.Event`` waited for in a thread); the later ones return at once."""
+
+    def __init__(self, release: asyncio.Event | threading.Event | None = None) -> None:
+        self.release = release if release is not None else asyncio.Event()
+        self.calls = 0
+        self.started = threading.Event()
+        self.tool = Tool(
+            name="square",
+            input_model=Item,
+            output_model=Square,
+            handler=self.handle,
+            cacheable=True,
+        )
+
+    def event(self, **options: Any) -> ExecutionEvent[Square]:
+        return ExecutionEvent(actor=self.tool, **options)
+
+    async def handle(self, item: Item, context: str, state: ExecutionState) -> Square:
+        self.calls += 1
+        if self.calls == 1:
+            self.started.set()
+            if isinstance(self.release, threading.Event):
+                await asyncio.to_thread(self.release.wait, 30)
+            else:
+                await self.release.wait()
+        return Square(i=item.i, square=item.i * item.i)
+
+
+async def test_a_joiner_takes_over_when_the_starter_times_out() -> None:
+    # The starter's event timeout cut the shared call short, and the joiner (no timeout of
+    # its own) got that timeout as its result: a bare TimeoutError, with an empty message.
+    held = _FirstHeld()
+    cache = ActorCache()
+    state = ExecutionState(cache=cache)
+    starter = asyncio.create_task(held.event(timeout=0.5)(Item(i=3), "", state))
+    await until(lambda: cache.misses == 1)
+    joiner = asyncio.create_task(held.event()(Item(i=3), "", state))
+    await until(lambda: cache.joined == 1)
+    first, second = await asyncio.wait_for(asyncio.gather(starter, joiner), 10)
+    assert first.status is ResultStatus.TIMED_OUT
+    assert isinstance(first.exception, ParallelTimeoutError)
+    assert "timed out after 0.5s" in str(first.exception)
+    assert second.ok and second.unwrap() == Square(i=3, square=9)
+    assert second.source == "run"  # it ran the call itself
+    assert held.calls == 2
+    assert (cache.misses, cache.joined) == (2, 1)
+
+
+async def test_a_joiners_own_timeout_bounds_its_wait() -> None:
+    # The joiner's timeout was ignored: it waited as long as the starter's call took.
+    held = _FirstHeld()
+    cache = ActorCache()
+    state = ExecutionState(cache=cache)
+    starter = asyncio.create_task(held.event()(Item(i=4), "", state))
+    await until(lambda: cache.misses == 1)
+    joined = await asyncio.wait_for(held.event(timeout=0.05)(Item(i=4), "", state), 10)
+    assert joined.status is ResultStatus.TIMED_OUT
+    assert isinstance(joined.exception, ParallelTimeoutError)
+    assert str(joined.exception).startswith("tool 'square' at square#2 timed out after 0.05s")
+    assert not starter.done()  # the shared call goes on for its starter
+    held.release.set()  # type: ignore[union-attr]
+    result = await asyncio.wait_for(starter, 10)
+    assert result.ok and result.unwrap() == Square(i=4, square=16)
+    assert held.calls == 1
+
+
+async def test_a_joiner_of_another_state_takes_over_when_the_starters_state_closes() -> None:
+    # The starter's group timed out and its state closed while a call of another state waited
+    # on the shared call: the call went on in the closed state, and its nested call failed
+    # there, as the joiner's result ("this ExecutionState was closed").
+    release = asyncio.Event()
+    inner_calls: list[int] = []
+
+    async def inner(item: Item, context: str, state: ExecutionState) -> Square:
+        inner_calls.append(item.i)
+        return Square(i=item.i, square=item.i * item.i)
+
+    inner_event = ExecutionEvent(actor=Tool(name="inner", input_model=Item, handler=inner))
+    calls = 0
+
+    async def research(item: Item, context: str, state: ExecutionState) -> Square:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await release.wait()
+        found = await inner_event(item, "", state)
+        return found.unwrap()  # type: ignore[no-any-return]
+
+    agent = ExecutionEvent(
+        actor=Tool(
+            name="research", input_model=Item, output_model=Square, handler=research, cacheable=True
+        )
+    )
+    cache = ActorCache()
+    other = ExecutionState(cache=cache)
+    joiner: asyncio.Task[ExecutionResult[Square]] | None = None
+
+    first = ExecutionState(cache=cache)
+    async with first, first.parallel(name="g", timeout=0.5) as p:
+        p.add(agent(Item(i=5), "", first))
+        await until(lambda: cache.misses == 1)
+        joiner = asyncio.create_task(agent(Item(i=5), "", other))
+        await until(lambda: cache.joined == 1)
+        [timed_out] = await p.gather()
+    assert first.closed
+    assert timed_out.status is ResultStatus.TIMED_OUT
+    release.set()  # (too late for the first call, which was cancelled with its run)
+    assert joiner is not None
+    result = await asyncio.wait_for(joiner, 10)
+    assert result.ok and result.unwrap() == Square(i=5, square=25)
+    assert result.source == "run"
+    assert calls == 2 and inner_calls == [5]  # the nested call ran once, in the joiner's run
+
+
+def test_one_cache_serves_two_event_loops_at_once() -> None:
+    # A call on a second loop (another thread's asyncio.run) joined the first loop's shared
+    # call, and failed: "got Future ... attached to a different loop".
+    release = threading.Event()
+    held = _FirstHeld(release)
+    cache = ActorCache()
+    results: dict[str, ExecutionResult[Square]] = {}
+
+    def run(name: str) -> None:
+        async def call() -> ExecutionResult[Square]:
+            return await held.event()(Item(i=6), "", ExecutionState(cache=cache))
+
+        results[name] = asyncio.run(asyncio.wait_for(call(), 20))
+
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    try:
+        assert held.started.wait(10)  # the first loop's call is running
+        second = threading.Thread(target=run, args=("second",))
+        second.start()
+        second.join(20)
+        assert not second.is_alive()
+    finally:
+        release.set()
+        first.join(20)
+    assert not first.is_alive()
+    assert results["second"].ok and results["second"].source == "run"  # it ran on its own
+    assert results["first"].ok and results["first"].source == "run"
+    assert results["first"].unwrap() == results["second"].unwrap() == Square(i=6, square=36)
+    assert held.calls == 2 and cache.misses == 2

@@ -205,11 +205,23 @@ class ParallelTimeoutError(ParallelError, TimeoutError):
             done = [r.result for r in exc.results if r.ok]
 
     For one member's timeout, ``.results`` is empty: that member's result says it.
+
+    ``.address`` is, for an event call's own ``timeout``, the address of the call whose
+    deadline it was (``None`` for a group's or a member's timeout). The actor cache reads it
+    to tell the timeout of the caller that started a call it shares (that caller's alone)
+    from a timeout raised inside the call (its outcome for every caller).
     """
 
-    def __init__(self, message: str, results: Sequence[ExecutionResult[Any]] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        results: Sequence[ExecutionResult[Any]] = (),
+        *,
+        address: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.results = list(results)
+        self.address = address
 
 
 class FailureThresholdError(ParallelError):

@@ -80,7 +80,8 @@ def event_timed_out(actor: BaseActor, address: str, seconds: float) -> ParallelT
     (what its result says, and each retry's record)."""
     return ParallelTimeoutError(
         f"{actor.kind} {actor.name!r} at {address} timed out after {seconds}s; raise the "
-        "event's timeout or make the call faster"
+        "event's timeout or make the call faster",
+        address=address,
     )
 
 
@@ -267,7 +268,10 @@ class ExecutionEvent(BaseModel, Generic[OutT]):
                 and (state.recovery is None or not state.recovery.runs_everything)
             ):  # a hit or a shared call skips the handler
                 value, attempts, source = await cache.run(
-                    actor, validated, lambda: state.invoke_actor(self, validated, context, frame)
+                    actor,
+                    validated,
+                    lambda: state.invoke_actor(self, validated, context, frame),
+                    join_timeout=self.timeout,
                 )
             else:
                 value, attempts = await state.invoke_actor(self, validated, context, frame)

@@ -173,8 +173,12 @@ class ResultCache(Protocol):
         actor: BaseActor,
         validated: BaseModel,
         call: Callable[[], Awaitable[tuple[Any, int]]],
+        *,
+        join_timeout: float | None = None,
     ) -> Awaitable[tuple[Any, int, str]]:
-        """``(value, attempts, source)``: from the cache, a shared call, or ``call()``."""
+        """``(value, attempts, source)``: from the cache, a shared call, or ``call()``.
+        ``join_timeout`` is the event's own ``timeout`` (which ``call()`` applies): it bounds
+        a wait for an identical call already running too."""
         ...
 
 

@@ -240,8 +240,17 @@ async def invoke_actor(
         # Nothing to resolve: one plain call (the common case, and every event's hot path).
         if timeout is None:
             return await call(validated, context, state), 1
-        async with asyncio.timeout(timeout):
-            return await call(validated, context, state), 1
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                return await call(validated, context, state), 1
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError
+            # Said here, not only by the event: a call the cache shares raises it to every
+            # caller waiting on it, which must tell it from a bare TimeoutError (and a bare
+            # TimeoutError says nothing).
+            raise event_timed_out(actor, frame.address, timeout) from exc
 
     executor = member_executor(frame)
     if executor is not None:

@@ -26,11 +26,23 @@ for at most ``retry_for`` seconds, then dropped with a logged reason. The state'
 (``settle()``) gives the writes left ``close_timeout`` seconds, drops the rest (logged) and
 joins the thread.
 
-Single flight: while a call for a key is running, identical calls wait for it instead of
-starting their own. The call runs in a task owned by the cache and every caller waits on it
-through ``asyncio.shield``, so a caller that is cancelled leaves the call running for the
-others; only when the last caller has gone is the call cancelled. ``await cache.aclose()``
-cancels and awaits whatever is still running.
+Single flight: while a call for a key is running, identical calls on the same event loop
+wait for it instead of starting their own. The call runs in a task owned by the cache and
+every caller waits on it through ``asyncio.shield``, so a caller that is cancelled leaves the
+call running for the others. The call belongs to the run (``ExecutionState``) of the caller
+that started it: once no caller of that run waits for it any more, it is cancelled (the last
+one waits for it to end). A joiner gets the call's own outcome (its value, or what its handler
+raised), never what belonged to its starter alone: when the call was cancelled (its run's
+callers left: their timeouts, their group's stop, their state closing) or failed by its
+starter's event ``timeout``, each joiner takes over, the first running the call again (in its
+own run, under its own policies) and the others joining that one. A joiner's own event
+``timeout`` bounds its wait. ``await cache.aclose()`` cancels and awaits whatever still runs
+on its loop.
+
+One cache may serve several event loops (threads each running ``asyncio.run``, or one
+``asyncio.run`` after another): the store and the counters are shared, but single flight is
+per loop, since a task of one loop cannot be awaited from another. An identical call on
+another loop runs on its own; the value stored last is kept.
 
 A hit still passes through the member's worker in a parallel group, but returns at once
 without calling the handler, so it holds that slot only for the lookup.
@@ -50,14 +62,20 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.context import running_frame
+from rh_agents.core.events import event_timed_out
 from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot, wait_lending
 from rh_agents.core.results import Raised
-from rh_agents.errors import ConfigurationError, CorruptStateError, RecoveryError
+from rh_agents.errors import (
+    ConfigurationError,
+    CorruptStateError,
+    ParallelTimeoutError,
+    RecoveryError,
+)
 from rh_agents.recovery.cache_worker import StoreRead, StoreWorker
 from rh_agents.recovery.codec import canonical_json, encode_result
 from rh_agents.recovery.writer import is_busy
@@ -71,6 +89,9 @@ _MISSING = object()
 
 # SQLite's busy_timeout is an int of milliseconds: a larger one reads as 0 (no wait at all).
 _MAX_BUSY_MS = 2**31 - 1
+
+# The columns of SQLiteCacheStore's table.
+_CACHE_COLUMNS = {"key", "actor", "version", "value_json"}
 
 
 def cache_key(actor: BaseActor, validated: BaseModel) -> str:
@@ -142,7 +163,11 @@ class MemoryCacheStore:
 class SQLiteCacheStore:
     """Values as JSON in an SQLite table, typed back by the actor's ``output_model``.
 
-    A value that cannot be serialised is simply not stored. Thread-safe (one connection
+    A value that cannot be serialised is simply not stored. An entry written by an older shape
+    of the model reads as a miss; a damaged one (text that is not JSON) raises a
+    ``CorruptStateError`` naming its key and the file, which an ``ActorCache`` logs and takes
+    as a miss (the call's value then replaces it). A file whose ``actor_cache`` table lacks
+    the columns of this one (another program's) is refused when opened. Thread-safe (one connection
     behind a lock); close it with ``close()``. A ``get`` or ``put`` that finds the file locked
     by another process waits at most ``busy_timeout`` seconds, then raises SQLite's
     ``database is locked``: an ``ActorCache`` calls it from its own thread, takes such a read
@@ -170,15 +195,27 @@ class SQLiteCacheStore:
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
             )
+            # A store dropped without close() (the docs' one-line ActorCache(SQLiteCacheStore(
+            # path))) closes its connection as it goes: no "unclosed database" warning.
+            weakref.finalize(self, self._conn.close)
+            # Checked before anything is written: another program's table of that name would
+            # be a store failure at every call (each one logged, and run without the cache).
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(actor_cache)")}
+            lacking = sorted(_CACHE_COLUMNS - columns) if columns else []
+            if lacking:
+                self._conn.close()
+                raise CorruptStateError(
+                    f"cache database {self.path} is not an rh_agents cache: its table "
+                    f"actor_cache has no column(s) {', '.join(lacking)} (it is another "
+                    "program's, or was altered); nothing was written. Point the cache at "
+                    "another file."
+                )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS actor_cache (key TEXT PRIMARY KEY, actor TEXT "
                 "NOT NULL, version TEXT NOT NULL, value_json TEXT NOT NULL)"
             )
             self._conn.execute(f"PRAGMA busy_timeout = {round(seconds * 1000)}")
-            # A store dropped without close() (the docs' one-line ActorCache(SQLiteCacheStore(
-            # path))) closes its connection as it goes: no "unclosed database" warning.
-            weakref.finalize(self, self._conn.close)
         except sqlite3.DatabaseError as exc:
             raise CorruptStateError(
                 f"cache database {self.path} cannot be opened ({exc}); nothing was written"
@@ -201,8 +238,23 @@ class SQLiteCacheStore:
         model = actor.output_model
         try:
             return model.model_validate_json(row[0]) if model else json.loads(row[0])
-        except ValueError:
-            return _MISSING  # stale shape: treat as a miss; the next put replaces it
+        except ValidationError as exc:
+            errors = exc.errors()
+            if not any(error["type"] == "json_invalid" for error in errors):
+                # Written by another shape of the model (changed without a new version): a
+                # miss, silently; the call's value replaces it.
+                return _MISSING
+            problem = errors[0]["msg"]
+        except ValueError as exc:  # (json.loads)
+            problem = str(exc)
+        # Damage (a truncated write, an edit by hand): said, with what to do. The cache
+        # takes it as a miss, as any failed read: the call runs and its value replaces it.
+        raise CorruptStateError(
+            f"cache entry {key} of {actor.kind} {actor.name!r} in cache database {self.path} "
+            f"is damaged: it is not valid JSON ({problem}); the call runs and its value "
+            f"replaces the entry. If many entries are, delete {self.path} (a cache only saves "
+            "work)."
+        )
 
     def put(self, key: str, actor: BaseActor, value: Any) -> None:
         text, _ = encode_result(value, actor.output_model)
@@ -222,23 +274,58 @@ class SQLiteCacheStore:
             conn.close()
 
 
-class _Flight:
-    """One running call, how many callers wait on it, and the member whose call started
-    it: the slots it holds and its index in its group (``None`` outside a member; without a
-    global limit the members of a group share one slot object, hence the index)."""
+# Where a flight is registered: its loop and its key. Each entry is read and written only by
+# its own loop's thread, so a lookup and the registration that follows it need no lock (one
+# dict operation at a time is atomic); aclose() works on a copy.
+_Where = tuple[asyncio.AbstractEventLoop, str]
 
-    __slots__ = ("member_index", "member_slot", "task", "waiters")
+
+class _Flight:
+    """One running call, who waits on it, and who started it.
+
+    ``member_slot`` and ``member_index``: the slots held by the member whose call started it
+    and its index in its group (``None`` outside a member; without a global limit the members
+    of a group share one slot object, hence the index). ``state``: the run the call belongs
+    to (its starter's; its nested events are that run's), ``own`` how many of its ``waiters``
+    are of that run. ``address``: the starter's call's, which its own timeout names.
+    ``closed``: cancelled by ``aclose()``.
+    """
+
+    __slots__ = (
+        "address",
+        "closed",
+        "member_index",
+        "member_slot",
+        "own",
+        "state",
+        "task",
+        "waiters",
+        "where",
+    )
 
     def __init__(
         self,
         task: asyncio.Task[tuple[Any, int]],
+        where: _Where,
         member_slot: MemberSlot | None,
         member_index: int | None,
+        state: object,
+        address: str | None,
     ) -> None:
         self.task = task
+        self.where = where
         self.waiters = 0
+        self.own = 0
         self.member_slot = member_slot
         self.member_index = member_index
+        self.state = state
+        self.address = address
+        self.closed = False
+
+
+# What a joiner's wait gives when the shared call ended by something of its starter's alone
+# (see _Flight): the joiner takes over.
+_TAKE_OVER = object()
 
 
 def _same_member(flight: _Flight) -> bool:
@@ -277,7 +364,8 @@ class ActorCache:
     """The cache of one or more runs; see the module docstring.
 
     ``hits``, ``misses`` (calls that ran the handler) and ``joined`` (calls that waited on an
-    identical running call) count what happened.
+    identical running call) count what happened (a joiner that took the call over, see the
+    module docstring, counts in both).
 
     A store other than ``MemoryCacheStore`` (which never waits) is read and written by a
     thread of the cache's own (``StoreWorker``), so a store that waits (an SQLite file locked
@@ -322,10 +410,12 @@ class ActorCache:
             if isinstance(self.store, MemoryCacheStore)
             else StoreWorker(self.store, self._reported, retry_for=retry_for)
         )
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[_Where, _Flight] = {}
         # Calls whose last caller left: cancelled, and no longer joined (a new caller of the
         # same key starts a call of its own), but still ending; aclose() waits for them too.
         self._leaving: set[asyncio.Task[tuple[Any, int]]] = set()
+        # The counters, counted by callers on every loop (threads) using this cache.
+        self._counting = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.joined = 0
@@ -394,92 +484,187 @@ class ActorCache:
         self._reported("read from", read.actor, read.error)
         return _MISSING if read.error is not None else read.value
 
+    def _count(self, counter: str) -> None:
+        with self._counting:
+            setattr(self, counter, getattr(self, counter) + 1)
+
     async def run(
         self,
         actor: BaseActor,
         validated: BaseModel,
         call: Callable[[], Awaitable[tuple[Any, int]]],
+        *,
+        join_timeout: float | None = None,
     ) -> tuple[Any, int, str]:
-        """``(value, attempts, source)``: from the store, a running call, or ``call()``."""
+        """``(value, attempts, source)``: from the store, a running call, or ``call()``.
+
+        ``join_timeout`` (the calling event's own ``timeout``, which ``call()`` applies to
+        each of its attempts): how long a caller that joins an identical running call waits
+        for it, at most; then the caller fails with its own timeout error."""
         key = _key_of(actor, validated)
         if key is None or key in _computing.get():
             # No key; or a call below the one computing this key, with its input (an agent
             # calling itself with another context): it would wait for its own result, for
             # ever. It runs, uncached.
-            self.misses += 1
+            self._count("misses")
             value, attempts = await call()
             return value, attempts, "run"
         stored = await self._lookup(key, actor)
         if stored is not _MISSING:
-            self.hits += 1
+            self._count("hits")
             return stored, 1, "cache"
-        flight = self._flights.get(key)
+        # Per loop: a task of another loop cannot be awaited here.
+        where = (asyncio.get_running_loop(), key)
+        while True:
+            flight = self._flights.get(where)
+            if flight is None:
+                return await self._start(where, actor, call)
+            self._count("joined")
+            joined = await self._join_flight(flight, actor, join_timeout)
+            if joined is not _TAKE_OVER:
+                value, attempts = joined
+                return value, attempts, "cache"
+            # The call ended by its starter's own timeout or cancellation: not this caller's
+            # outcome. It runs the call itself (or joins whoever took it over first).
+
+    async def _start(
+        self, where: _Where, actor: BaseActor, call: Callable[[], Awaitable[tuple[Any, int]]]
+    ) -> tuple[Any, int, str]:
+        """Run ``call()`` as a call that identical calls may join, and wait for it."""
+        self._count("misses")
+        # The call runs on this caller's slots, and lends none of them (see SharedCallSlot):
+        # should this caller leave first, the call goes on for the others. The frame is this
+        # call's own (made for it by the event).
+        frame = running_frame()
+        member_slot: MemberSlot | None = None
         starter: SharedCallSlot | None = None
-        if flight is None:
-            self.misses += 1
-            # The call runs on this caller's slots, and lends none of them (see
-            # SharedCallSlot): should this caller leave first, the call goes on for the
-            # others. The frame is this call's own (made for it by the event).
-            frame = running_frame()
-            member_slot: MemberSlot | None = None
-            if frame is not None and isinstance(frame.slot, MemberSlot):
-                member_slot = frame.slot
-                starter = frame.slot = SharedCallSlot(member_slot)
-            task = asyncio.create_task(self._fill(key, actor, call), name=f"cache:{actor.name}")
-            task.add_done_callback(_consume)
-            flight = self._flights[key] = _Flight(
-                task, member_slot, frame.parallel_index if frame is not None else None
-            )
-            source = "run"
+        if frame is not None and isinstance(frame.slot, MemberSlot):
+            member_slot = frame.slot
+            starter = frame.slot = SharedCallSlot(member_slot)
+        task = asyncio.create_task(self._fill(where, actor, call), name=f"cache:{actor.name}")
+        task.add_done_callback(_consume)
+        flight = self._flights[where] = _Flight(
+            task,
+            where,
+            member_slot,
+            frame.parallel_index if frame is not None else None,
+            frame.state if frame is not None else None,
+            frame.address if frame is not None else None,
+        )
+        # (_fill unregisters it as it ends; this also covers a task cancelled before it
+        # started, or one an eager task factory finished before it was registered.)
+        task.add_done_callback(lambda _: self._forget(flight))
+        outcome = await self._wait(flight, actor, starter, joining=False)
+        value, attempts = outcome
+        if type(value) is Raised:
+            value.raise_again()
+        return value, attempts, "run"
+
+    async def _join_flight(self, flight: _Flight, actor: BaseActor, seconds: float | None) -> Any:
+        """The outcome of ``flight`` for a caller that joins it, at most ``seconds`` later:
+        ``(value, attempts)``, or ``_TAKE_OVER``."""
+        if seconds is None:
+            outcome = await self._wait_joined(flight, actor)
         else:
-            self.joined += 1
-            source = "cache"
-        flight.waiters += 1
+            deadline = asyncio.timeout(seconds)
+            try:
+                async with deadline:
+                    outcome = await self._wait_joined(flight, actor)
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise  # the shared call's own failure
+                # This caller's own deadline, said as for a call of its own (a bare
+                # TimeoutError says nothing). The call goes on for the others.
+                frame = running_frame()
+                address = frame.address if frame is not None else actor.name
+                raise event_timed_out(actor, address, seconds) from exc
+        if outcome is not _TAKE_OVER and type(outcome[0]) is Raised:
+            outcome[0].raise_again()
+        return outcome
+
+    async def _wait_joined(self, flight: _Flight, actor: BaseActor) -> Any:
         try:
-            if source == "run" or _same_member(flight):
+            return await self._wait(flight, actor, None, joining=True)
+        except ParallelTimeoutError as exc:
+            if flight.address is not None and exc.address == flight.address:
+                # The deadline of the starter's event, not the call's own outcome: another
+                # caller may have no timeout, or a longer one.
+                return _TAKE_OVER
+            raise
+
+    async def _wait(
+        self, flight: _Flight, actor: BaseActor, starter: SharedCallSlot | None, *, joining: bool
+    ) -> Any:
+        """Wait for ``flight`` as one of its callers: ``(value, attempts)``, or, for a joiner
+        whose call was cancelled by something else than ``aclose()`` or this caller,
+        ``_TAKE_OVER``. A caller cancelled meanwhile leaves the call (see ``_leave``)."""
+        frame = running_frame()
+        own_run = (frame.state if frame is not None else None) is flight.state
+        flight.waiters += 1
+        if own_run:
+            flight.own += 1
+        try:
+            if not joining or _same_member(flight):
                 # This caller's own call (the flight runs it in this caller's slots), or
                 # one its member started beside it, on the slots this caller would lend.
-                value, attempts = await asyncio.shield(flight.task)
-            else:
-                # A joiner only waits: it lends its slots, which the call it waits for may
-                # need between two attempts, and takes them back first thing once the call is
-                # done (see wait_lending).
-                value, attempts = await wait_lending(flight.task)
+                return await asyncio.shield(flight.task)
+            # A joiner only waits: it lends its slots, which the call it waits for may need
+            # between two attempts, and takes them back first thing once the call is done
+            # (see wait_lending).
+            return await wait_lending(flight.task)
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if flight.task.cancelled() and me is not None and not me.cancelling():
-                # The shared call was cancelled (``aclose``), not this caller: an error.
-                raise RecoveryError(
-                    f"the shared call of {actor.kind} {actor.name!r} was cancelled because "
-                    "the cache was closed"
-                ) from None
+                # The shared call was cancelled, not this caller (whose cancellation, if any,
+                # goes on below).
+                if flight.closed:
+                    raise RecoveryError(
+                        f"the shared call of {actor.kind} {actor.name!r} was cancelled because "
+                        "the cache was closed"
+                    ) from None
+                if joining:
+                    # Its starter's run left it (their timeouts, their group's stop, their
+                    # state closing): that is not this caller's outcome. (Not a cancellation
+                    # of this task: nothing is hidden by returning.)
+                    return _TAKE_OVER
+                # Its own handler was cancelled from inside: as without the cache.
+                raise
             if starter is not None:
                 # The call uses none of our slots from now on, whether it goes on for the
                 # others or is cancelled just below.
                 starter.leave()
-            if not flight.task.done() and flight.waiters == 1:
-                # The last caller left: nobody needs the result. The call may take a while
-                # to end (a handler's cleanup, a nested group's): a caller coming meanwhile
-                # must not join a call that is being cancelled, so it is forgotten now; and
-                # this caller waits for it to end, as it would for a call of its own (no
-                # task of its group outlives the group).
-                task = flight.task
-                task.cancel()
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
-                    self._leaving.add(task)
-                    task.add_done_callback(self._leaving.discard)
-                await _join(task)
+            await self._leave(flight, own_run)
             raise
         finally:
             flight.waiters -= 1
-        if type(value) is Raised:
-            value.raise_again()
-        return value, attempts, source
+            if own_run:
+                flight.own -= 1
+
+    async def _leave(self, flight: _Flight, own_run: bool) -> None:
+        """A caller of ``flight`` is cancelled. If it was the last caller, or the last one of
+        the run the call belongs to (the others, of other runs, take it over), the call is
+        cancelled. It may take a while to end (a handler's cleanup, a nested group's): a
+        caller coming meanwhile must not join a call that is being cancelled, so it is
+        forgotten now; and this caller waits for it to end, as it would for a call of its
+        own (no task of its group, nothing of its run, outlives them)."""
+        task = flight.task
+        if task.done() or not (flight.waiters == 1 or (own_run and flight.own == 1)):
+            return
+        task.cancel()
+        self._forget(flight)
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+        await _join(task)
+
+    def _forget(self, flight: _Flight) -> None:
+        """Unregister ``flight`` (if it still is): identical calls from now on start afresh."""
+        if self._flights.get(flight.where) is flight:
+            del self._flights[flight.where]
 
     async def _fill(
-        self, key: str, actor: BaseActor, call: Callable[[], Awaitable[tuple[Any, int]]]
+        self, where: _Where, actor: BaseActor, call: Callable[[], Awaitable[tuple[Any, int]]]
     ) -> tuple[Any, int]:
+        key = where[1]
         _computing.set(_computing.get() | {key})  # (this task's context: the calls below)
         try:
             try:
@@ -501,9 +686,9 @@ class ActorCache:
                     await written.wait_async(self.wait)
             return value, attempts
         finally:
-            flight = self._flights.get(key)
+            flight = self._flights.get(where)
             if flight is not None and flight.task is asyncio.current_task():
-                del self._flights[key]
+                del self._flights[where]
 
     # The store only saves work: when it fails (an SQLite file locked by another process, a
     # full disk, a closed store), a lookup is a miss and a value not stored is run again next
@@ -537,6 +722,11 @@ class ActorCache:
             if action in self._failing:
                 return
             self._failing.add(action)
+        if isinstance(exc, CorruptStateError):
+            # One damaged entry (its message says what happens and what to do), not a store
+            # that fails until further notice.
+            logger.warning("%s (kept in cache.store_errors)", exc)
+            return
         logger.warning(
             "cannot %s the cache store %s for %s %r (%s: %s); %s until it works again "
             "(failures are kept in cache.store_errors)",
@@ -560,14 +750,20 @@ class ActorCache:
             await self._worker.finished(self.close_timeout)
 
     async def aclose(self) -> None:
-        """Cancel the calls still running and wait for them to end, then ``settle()``."""
-        tasks = [flight.task for flight in self._flights.values()] + list(self._leaving)
+        """Cancel the calls still running on this event loop and wait for them to end (their
+        callers get a ``RecoveryError``), then ``settle()``. Calls running on another loop
+        (another thread's) are that loop's to end: a task cannot be awaited from elsewhere."""
+        loop = asyncio.get_running_loop()
+        # (Copies: callers on other threads may change them meanwhile.)
+        flights = [f for f in list(self._flights.values()) if f.where[0] is loop]
+        tasks = [f.task for f in flights]
+        tasks += [t for t in list(self._leaving) if t.get_loop() is loop]
+        for flight in flights:
+            flight.closed = True
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for key, flight in list(self._flights.items()):
-            # (A call cancelled before it started never ran the code that unregisters it.)
-            if flight.task.done():
-                del self._flights[key]
+        for flight in flights:
+            self._forget(flight)
         await self.settle()

@@ -94,28 +94,46 @@ def encode_checked(value: Any, model: type[BaseModel] | None = None) -> Encoded:
     return Encoded(text, name)
 
 
-def decode_result(record: CheckpointRecord, actor: BaseActor) -> Any:
-    """The stored value of ``record``, typed by ``actor.output_model`` when it has one."""
+def decode_result(record: CheckpointRecord, actor: BaseActor, store: str = "the store") -> Any:
+    """The stored value of ``record``, typed by ``actor.output_model`` when it has one.
+
+    Text that is not JSON is a damaged store (``CorruptStateError``); JSON that does not fit
+    the model is a result written by another version of it (``ResultSchemaError``). ``store``
+    names the store in the message."""
     text = record.result_json
     if text is None:
-        raise CorruptStateError(f"checkpoint at {record.address} holds no result")
+        raise CorruptStateError(
+            f"the checkpoint at {record.address} in {store} holds no result; restore the store "
+            "from a copy, or resume from an earlier address to run that call again"
+        )
     model = actor.output_model
     if model is not None:
         try:
             return model.model_validate_json(text)
         except ValidationError as exc:
+            errors = exc.errors()
+            if any(error["type"] == "json_invalid" for error in errors):
+                raise _not_json(record, store, errors[0]["msg"]) from exc
             raise ResultSchemaError(
                 f"the stored result at {record.address} (actor {actor.name!r}, stored as "
                 f"{record.output_model}) no longer fits {model.__name__}: "
-                f"{exc.error_count()} error(s), first: {exc.errors()[0]['msg']}. Bump the "
+                f"{exc.error_count()} error(s), first: {errors[0]['msg']}. Bump the "
                 "actor's version to run it again, or resume from an earlier address."
             ) from exc
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise CorruptStateError(
-            f"the stored result at {record.address} is not valid JSON ({exc})"
-        ) from exc
+        raise _not_json(record, store, str(exc)) from exc
+
+
+def _not_json(record: CheckpointRecord, store: str, problem: str) -> CorruptStateError:
+    # Damage (a truncated write, an edit by hand), not a changed model: bumping the actor's
+    # version, which a ResultSchemaError advises, would not help.
+    return CorruptStateError(
+        f"the stored result at {record.address} in {store} is damaged: it is not valid JSON "
+        f"({problem}); nothing was changed. Restore the store from a copy, or resume from an "
+        "earlier address to run that call again."
+    )
 
 
 def canonical_json(value: Any) -> str:

@@ -355,7 +355,7 @@ class Recovery:
                 return None  # a later call, passed over to, had another input: this one runs
             self._input_changed(address, actor)
             return None
-        value = decode_result(record, actor)
+        value = decode_result(record, actor, store_name(self.backend))
         self.recovered += 1
         return ExecutionResult(
             ok=True,

@@ -18,8 +18,10 @@ and the schema, and proves at once that the file can be written (a write in a tr
 that is rolled back), so a read-only file or folder, a folder that cannot be created or a
 file that is not a database fails before anything runs. ``"write"`` opens an existing file
 (``mode=rw``: never created) and prepares it at its first write. ``"read"`` opens it with
-``mode=ro`` and ``query_only``. A missing file, or one without rh_agents' tables (a 0-byte
-file), reads as an empty store and is left as it is.
+``mode=ro`` and ``query_only``. A missing file, or a database with none of rh_agents' tables
+(a 0-byte file), reads as an empty store and is left as it is; a database with only some of
+them, or with a table of one of their names that lacks its columns (damaged, or another
+program's), is a ``CorruptStateError`` naming the file, and nothing is written to it.
 
 Reading a WAL database needs SQLite's side files ``-wal`` and ``-shm``: a reader creates them
 (empty; SQLite's own, no data) when its folder is writable and they are missing. In a
@@ -135,6 +137,16 @@ _INSERT = (
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
 _LEASE_COLUMNS = ("pid", "host", "scope", "started", "token", "since", "heartbeat")
+# The columns each table of a store must have. A store written before resume_command or
+# input_digest existed lacks them (read as NULL, added at its first write), and one written
+# before leases existed lacks that table (created at its first write); runs and checkpoints
+# have been there from the first version.
+_NEEDED = {
+    "runs": {"run_id", "created", "updated", "status"},
+    "checkpoints": set(_COLUMNS) - {"input_digest"},
+    "leases": {"run_id", *_LEASE_COLUMNS},
+}
+_CORE_TABLES = {"runs", "checkpoints"}
 _RENEW = "UPDATE leases SET heartbeat = ? WHERE run_id = ? AND token = ?"
 
 
@@ -279,6 +291,7 @@ class SQLiteBackend(StateBackend):
             )
         if self._writable:
             return conn
+        self._check_tables(conn)  # (before anything is written to another program's file)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
@@ -387,17 +400,45 @@ class SQLiteBackend(StateBackend):
         with self._lock, self._errors(action):
             conn = self._open()
             if conn is not None and not self._tables:
-                names = {
-                    row[0]
-                    for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                }
-                if {"runs", "checkpoints"} <= names:
+                if self._check_tables(conn):
                     self._tables = True
                     self._resume_column = _has_resume_column(conn)
                     self._digest_column = _has_digest_column(conn)
                 else:
                     conn = None
             yield conn
+
+    def _check_tables(self, conn: sqlite3.Connection) -> bool:
+        """Whether the database holds rh_agents' tables; ``False`` for one that holds none of
+        them (a new database, a 0-byte file: an empty store). One that holds only some of
+        them, or a table of one of their names without the columns it needs, is damaged or
+        another program's: a ``CorruptStateError``, since read as an empty store it would
+        hide what it holds, and written to it would get tables added to that program's file."""
+        names = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        ours = sorted(names & _NEEDED.keys())
+        if not ours:
+            return False
+        missing = sorted(_CORE_TABLES - names)
+        if missing:
+            raise CorruptStateError(
+                f"state database {self.path} is not a whole rh_agents state database: it has "
+                f"the table(s) {', '.join(ours)} but not {', '.join(missing)} (it is damaged, "
+                "or another program's); nothing was read or written. Restore it from a copy, "
+                "or point the backend at another file."
+            )
+        for table in ours:
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            lacking = sorted(_NEEDED[table] - columns)
+            if lacking:
+                raise CorruptStateError(
+                    f"state database {self.path} is not an rh_agents state database: its "
+                    f"table {table} has no column(s) {', '.join(lacking)} (it is another "
+                    "program's, or was altered); nothing was read or written. Point the "
+                    "backend at another file."
+                )
+        return True
 
     def _validated(self, build: Callable[[], Any], what: str) -> Any:
         try:
