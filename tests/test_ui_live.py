@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import RunInterrupted
+from rh_agents.observability.timeline_svg import render_html
 from rh_agents.recovery import Recovery
 from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.records import RunInfo, RunStatus
@@ -23,6 +25,7 @@ from rh_agents.ui.model import (
     stored_groups,
     stored_nodes,
 )
+from rh_agents.ui.pages import group_counts_text, group_status_text
 from ui_support import EVIL, FAILING, RETRIED, run_workflow, stored_run
 
 pytestmark = pytest.mark.timeout(30)
@@ -186,3 +189,47 @@ async def test_a_snapshot_is_the_feed_as_it_was() -> None:
     assert snapshot.nodes() == nodes and snapshot.groups() == groups
     assert bars(snapshot.timeline(group)) == chart
     assert len(bars(feed.timeline(group))) == 6
+
+
+async def test_a_group_that_reached_its_quorum_is_shown_as_a_success(tmp_path: Path) -> None:
+    # quorum=2 of five: two succeed, three are cancelled, not needed. Its status stays
+    # "partial"; the viewer's badge, counts and timeline say the quorum was reached.
+    store = tmp_path / "state.db"
+    state = ExecutionState(run_id="quorum", recovery=Recovery(store))
+    feed = LiveFeed("quorum", clock_now=state.clock.now)
+    state.event_bus.subscribe(feed, kinds=LiveFeed.KINDS)
+
+    async def member(n: int) -> int:
+        if n >= 2:
+            await asyncio.Event().wait()  # until cancelled
+        return n
+
+    async with state, state.parallel(max_workers=5, name="q", quorum=2) as group:
+        for n in range(5):
+            group.add(lambda n=n: member(n))
+    (node,) = feed.groups()
+    assert (node["status"], node["quorum"], node["quorum_reached"]) == ("partial", 2, True)
+    assert group_status_text(node) == "quorum reached"
+    assert group_counts_text(node) == (
+        "quorum of 2 reached · 5 of 5 done · 2 ok · 3 cancelled (not needed)"
+    )
+    (chart,) = feed.timeline("q").groups
+    assert (chart.quorum, chart.quorum_reached) == (2, True)
+    chart_page = render_html(feed.timeline("q"))
+    assert '<tspan class="info"> · quorum of 2 reached</tspan>' in chart_page
+    assert '<tspan class="info"> · 3 cancelled, not needed</tspan>' in chart_page
+    assert "partial: " not in chart_page  # (no "partial: 3 did not complete")
+    transport = httpx.ASGITransport(app=create_app(store, feeds={"quorum": feed}))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        page = (await client.get("/runs/quorum")).text
+    assert '<span class="status s-quorum_reached">quorum reached</span>' in page
+    assert "quorum of 2 reached · 5 of 5 done · 2 ok · 3 cancelled (not needed)" in page
+
+
+def test_a_group_that_missed_its_quorum_says_so() -> None:
+    node = {"status": "partial", "quorum": 3, "total": 5, "done": 5, "succeeded": 2, "failed": 3}
+    assert group_status_text(node) == "partial"
+    assert group_counts_text(node) == "quorum of 3 not reached · 5 of 5 done · 2 ok · 3 failed"
+    assert group_counts_text({**node, "status": "running", "done": 1, "failed": 0}) == (
+        "1 of 5 done · 2 ok"
+    )

@@ -11,6 +11,7 @@ groups that share a name (the ``steps`` group inside each of forty members becom
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections.abc import Iterator, Mapping
@@ -35,6 +36,7 @@ __all__ = [
     "issue_line",
     "outcome_text",
     "percent",
+    "quorum_text",
     "seconds",
     "status_mark",
     "summarize",
@@ -49,12 +51,15 @@ class MemberIssue:
     ``order`` is its place in the tree, the member indexes from the outermost group down
     (``notes#4/steps#1`` is ``(4, 1)``): failures are always listed in that order, the order
     of the members' submission, never the order in which they happened to fail.
+    ``not_needed``: a member cancelled because its group reached its ``quorum``, which is no
+    failure (kept here, never listed with the failures).
     """
 
     tag: str
     status: str
     error: str
     order: tuple[int, ...] = ()
+    not_needed: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -111,15 +116,56 @@ class GroupView:
     resources: Any = None
     # What its map() input raised (its GroupCompleted's ``input_error``), if anything.
     input_error: str | None = None
+    # The group's ``quorum=`` (``None`` without one), and how many of its members were
+    # cancelled once it was reached: not needed, no failures (though counted in ``failed``
+    # and ``cancelled``, as every member that did not succeed is).
+    quorum: int | None = None
+    not_needed: int = 0
 
     def member_tag(self, index: int | None) -> str:
         return self.tag if index is None else f"{self.tag}#{index}"
 
-    def note_issue(self, index: int, status: str, error: str) -> None:
-        """Member ``index`` did not complete (kept for the failure lists, in index order)."""
+    def note_issue(self, index: int, status: str, error: str, *, not_needed: bool = False) -> None:
+        """Member ``index`` did not complete (kept for the failure lists, in index order);
+        ``not_needed``: it was cancelled by the group's quorum, no failure."""
         self.issues.append(
-            MemberIssue(self.member_tag(index), status, error, (*self.position, index))
+            MemberIssue(self.member_tag(index), status, error, (*self.position, index), not_needed)
         )
+
+    def quorum_reached(self) -> bool:
+        """Whether the group has a ``quorum`` that its successes reached (so far), and was
+        stopped by nothing else (once completed: its status is ``completed`` or ``partial``)."""
+        quorum = self.quorum
+        return (
+            quorum is not None
+            and self.succeeded >= quorum
+            and self.status in (None, "completed", "partial")
+        )
+
+    def settle_quorum(self, quorum: int | None, reached: bool) -> None:
+        """The group completed with ``quorum``, ``reached`` or not: the members noted as not
+        needed are failures after all if it was not (something else stopped the group); if it
+        was and this view did not know the quorum (it saw the group only from the middle),
+        its cancelled members were the ones not needed."""
+        if reached and self.quorum is None:
+            self.issues = [
+                dataclasses.replace(issue, not_needed=True)
+                if issue.status == "cancelled"
+                else issue
+                for issue in self.issues
+            ]
+            self.not_needed = sum(issue.not_needed for issue in self.issues)
+        elif not reached and self.not_needed:
+            self.issues = [
+                dataclasses.replace(issue, not_needed=False) if issue.not_needed else issue
+                for issue in self.issues
+            ]
+            self.not_needed = 0
+        self.quorum = quorum
+
+    def failures(self) -> list[MemberIssue]:
+        """This group's failures in index order: its issues but the members not needed."""
+        return sorted((i for i in self.issues if not i.not_needed), key=_by_order)
 
     def input_issue(self) -> MemberIssue | None:
         """The group's ``map()`` input failed: listed with the failures, before its members'
@@ -257,8 +303,24 @@ class ParallelGroupState:
 
     @property
     def issues(self) -> tuple[MemberIssue, ...]:
-        """The members that did not complete, in member order."""
+        """The members that did not complete, in member order (those cancelled because the
+        group reached its quorum among them, marked ``not_needed``)."""
         return tuple(self._view.sorted_issues())
+
+    @property
+    def quorum(self) -> int | None:
+        """The group's ``quorum=`` (``None`` without one)."""
+        return self._view.quorum
+
+    @property
+    def quorum_reached(self) -> bool:
+        """Whether the group reached its quorum (so far): that many members succeeded."""
+        return self._view.quorum_reached()
+
+    @property
+    def not_needed(self) -> int:
+        """Members cancelled because the group reached its quorum (among ``cancelled``)."""
+        return self._view.not_needed
 
     @property
     def resources(self) -> Any:
@@ -326,6 +388,13 @@ class GroupSummary:
     # failures (not listed, not among the slowest) but what was stopped.
     stopped: str | None = None
     never_started: int = 0  # of ``cancelled``, the members that had not started
+    # The groups' ``quorum=`` (when they share one), and how many of them reached it; the
+    # members cancelled once it was reached (of ``cancelled``, and of ``nested_cancelled``):
+    # not failures (not listed, not among the slowest).
+    quorum: int | None = None
+    quorum_reached: int = 0
+    not_needed: int = 0
+    nested_not_needed: int = 0
 
 
 def summarize(
@@ -350,24 +419,27 @@ def summarize(
         else ("cancelled" if all(v.stopped == "cancelled" for v in views) else None)
     )
     for view in views:
-        dropped = _cancelled(view) if stopped else set()
+        dropped = _cancelled(view) if stopped else _not_needed(view)
         ranked.extend((sec, view.member_tag(i)) for sec, i in view.slowest if i not in dropped)
         issues.extend(_issues_of(view, dropped))
         if fold:
             below = descendants(view)
             nested.extend(below)
             for group in below:
-                issues.extend(_issues_of(group, _cancelled(group) if stopped else set()))
+                issues.extend(
+                    _issues_of(group, _cancelled(group) if stopped else _not_needed(group))
+                )
     ranked.sort(key=lambda item: (-item[0], item[1]))
     issues.sort(key=_by_order)
     by_name: dict[str, list[GroupView]] = {}
     for view in views:
         for child in view.children:
             by_name.setdefault(child.name, []).append(child)
+    quorums = {v.quorum for v in views}
     return GroupSummary(
         name=first.name,
         count=len(views),
-        statuses={v.status or ("unfinished" if final else "running") for v in (*views, *nested)},
+        statuses={_status_of(v, final) for v in (*views, *nested)},
         total=sum(v.known_total() or v.done for v in views),
         done=sum(v.done for v in views),
         succeeded=sum(v.succeeded for v in views),
@@ -391,7 +463,19 @@ def summarize(
         replayed=sum(v.replayed for v in views),
         stopped=stopped,
         never_started=sum(v.never_started for v in views),
+        quorum=quorums.pop() if len(quorums) == 1 else None,
+        quorum_reached=sum(v.quorum_reached() for v in views),
+        not_needed=0 if stopped else sum(v.not_needed for v in views),
+        nested_not_needed=0 if stopped else sum(v.not_needed for v in nested),
     )
+
+
+def _status_of(view: GroupView, final: bool) -> str:
+    """The status that sets a summary's mark: ``completed`` for a group that reached its
+    quorum (it did what was asked, its members not needed cancelled)."""
+    if view.status is None:
+        return "unfinished" if final else "running"
+    return "completed" if view.quorum_reached() else view.status
 
 
 def _cancelled(view: GroupView) -> set[int]:
@@ -400,6 +484,14 @@ def _cancelled(view: GroupView) -> set[int]:
     if view.stopped is None:
         return set()
     return {issue.order[-1] for issue in view.issues if issue.status == "cancelled"}
+
+
+def _not_needed(view: GroupView) -> set[int]:
+    """The members of ``view`` cancelled because it reached its quorum: left out of the
+    failures and the slowest."""
+    if not view.not_needed:
+        return set()
+    return {issue.order[-1] for issue in view.issues if issue.not_needed}
 
 
 def _issues_of(view: GroupView, dropped: set[int]) -> list[MemberIssue]:
@@ -451,20 +543,25 @@ def summary_lines(summary: GroupSummary, *, indent: int = 2, level: int = 0) -> 
         summary.cancelled,
         summary.skipped,
     )
-    parts = (
-        [
+    if summary.stopped:
+        parts = [
             summary.stopped,
             interrupted_text(*counts, summary.never_started, replayed=summary.replayed),
         ]
-        if summary.stopped
-        else [outcome_text(*counts, replayed=summary.replayed)]
-    )
-    if summary.nested_failed:
+    else:
+        parts = [outcome_text(*counts, replayed=summary.replayed, not_needed=summary.not_needed)]
+        reached = quorum_text(
+            summary.quorum, summary.quorum_reached, summary.count, summary.statuses
+        )
+        if reached:
+            parts.insert(0, reached)
+    nested_failed = summary.nested_failed - summary.nested_not_needed
+    if nested_failed:
         parts.append(
             failed_text(
-                summary.nested_failed,
+                nested_failed,
                 summary.nested_timed_out,
-                summary.nested_cancelled,
+                summary.nested_cancelled - summary.nested_not_needed,
                 summary.nested_skipped,
                 label="failed in nested groups",
             )
@@ -493,16 +590,40 @@ def outcome_text(
     skipped: int = 0,
     *,
     replayed: int = 0,
+    not_needed: int = 0,
 ) -> str:
     """``"30 finished · 28 ok · 2 failed"``: how the members ended. Finished members are the
     ones that have a result, ok or not (``"12 of 30 finished"`` while some have none).
     ``replayed`` of the ok ones came from a resumed run's checkpoints: ``28 ok (13
-    replayed)``."""
+    replayed)``. ``not_needed`` of the cancelled ones (counted in ``failed`` and
+    ``cancelled``, as every member that did not succeed is) were cancelled because the group
+    reached its quorum: not failures, nor finished, but ``"2 of 5 finished · 2 ok · 0 failed ·
+    3 cancelled (not needed)"``."""
+    done -= not_needed
     finished = (
         f"{done} finished" if total is None or done >= total else f"{done} of {total} finished"
     )
     ok = f"{succeeded} ok" + (f" ({replayed} replayed)" if replayed else "")
-    return f"{finished} · {ok} · {failed_text(failed, timed_out, cancelled, skipped)}"
+    not_ok = failed_text(failed - not_needed, timed_out, cancelled - not_needed, skipped)
+    spared = f" · {not_needed} cancelled (not needed)" if not_needed else ""
+    return f"{finished} · {ok} · {not_ok}{spared}"
+
+
+def quorum_text(quorum: int | None, reached: int, count: int, statuses: set[str]) -> str:
+    """``"quorum of 2 reached"`` for ``count`` groups with a ``quorum`` (merged same-named
+    ones: ``"quorum of 2 reached in 3 of 4"``), of which ``reached`` reached it;
+    ``"quorum of 2 not reached"`` when none did and one ended without every member ok; empty
+    without a quorum, or when none reached it and all completed (a quorum above the group's
+    size)."""
+    if quorum is None:
+        return ""
+    if reached == count:
+        return f"quorum of {quorum} reached"
+    if reached:
+        return f"quorum of {quorum} reached in {reached} of {count}"
+    if statuses <= {"completed", "running", "unfinished"}:
+        return ""
+    return f"quorum of {quorum} not reached"
 
 
 def interrupted_text(

@@ -1,7 +1,8 @@
 """The terminal view of running groups that ``ParallelEventPrinter`` hands to ``rich.live``.
 
 One row per running outermost group: its name, a ``rich`` progress bar, ``finished/total``,
-percent, elapsed time, failures, retries and replayed members; beneath it (when ``members``
+percent, elapsed time, failures, members not needed (cancelled once the group reached its
+quorum: no failures), retries and replayed members; beneath it (when ``members``
 says so) the running members, each with its own nested group, and the group's failures in
 member order. Given the terminal's height, the view fits in it, giving up running members
 before failures::
@@ -140,7 +141,7 @@ def _block(
         return block
     block.running = len(view.running)
     _member_rows(view, block.progress, now, max_members, nested, indent, width)
-    block.issues = [_row(issue_line(issue, block.inner), "red") for issue in view.sorted_issues()]
+    block.issues = [_row(issue_line(issue, block.inner), "red") for issue in view.failures()]
     return block
 
 
@@ -163,8 +164,11 @@ def _header(view: GroupView, now: float, indent: int, width: int | None) -> Rend
             if total is None  # members still being added: no total, no percent yet
             else f"{view.done}/{total} {percent(view.done, total)} {seconds(elapsed(view, now))}"
         ),
-        Text(f"{view.failed} failed", style="red" if view.failed else "dim"),
     ]
+    failed = view.failed - view.not_needed  # (members a reached quorum cancelled: no failures)
+    texts.append(Text(f"{failed} failed", style="red" if failed else "dim"))
+    if view.not_needed:
+        texts.append(Text(f"○ {view.not_needed} not needed", style="dim"))
     if view.retried:
         texts.append(Text(f"↻ {view.retried}", style="yellow"))
     if view.replayed:

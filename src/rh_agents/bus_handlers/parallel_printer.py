@@ -56,6 +56,7 @@ from rh_agents.bus_handlers.group_view import (
     issue_line,
     outcome_text,
     percent,
+    quorum_text,
     seconds,
     summarize,
     summary_lines,
@@ -104,6 +105,7 @@ _STYLES: Final = {
     "⚡": "magenta",
     "⏹": "yellow",
     "↺": "magenta",
+    "○": "dim",
 }
 
 
@@ -329,20 +331,38 @@ class ParallelEventPrinter(EventPrinter):
                 if live:
                     view.running.pop(record.index, None)
                 continue
-            # Written so that a NaN still reaches note_duration, as every value once did.
-            if not took <= view.slowest_floor:
-                view.note_duration(record.index, took, self.slowest)
             if record.status != "completed":
                 _copy_counts(view, record)
                 latest = None
-                if record.queue_wait is None and record.status == "cancelled":
+                cancelled = record.status == "cancelled"
+                if record.queue_wait is None and cancelled:
                     view.unstarted += 1  # never started (counted if its group was cancelled)
+                quorum = view.quorum
+                if cancelled and quorum is not None and record.succeeded >= quorum:
+                    # Cancelled because the group reached its quorum: not needed, no failure.
+                    # Shown where a member that succeeded would be.
+                    view.not_needed += 1
+                    view.note_issue(
+                        record.index, record.status, record.error or "", not_needed=True
+                    )
+                    if live:
+                        view.running.pop(record.index, None)
+                    elif (mode == "realtime" and self._shows_nested(view)) or (
+                        done_lines and self._lists_done(view, record)
+                    ):
+                        self._line(self._not_needed_line(view, record), view.level + 1)
+                    continue
+                # Written so that a NaN still reaches note_duration, as every value once did.
+                if not took <= view.slowest_floor:
+                    view.note_duration(record.index, took, self.slowest)
                 view.note_issue(record.index, record.status, record.error or "")
                 if live:
                     view.running.pop(record.index, None)
                 elif mode != "collapsed":
                     self._line(self._member_line(view, record, False), view.level + 1)
                 continue
+            if not took <= view.slowest_floor:
+                view.note_duration(record.index, took, self.slowest)
             if live:
                 view.running.pop(record.index, None)
             elif done_lines:
@@ -498,6 +518,7 @@ class ParallelEventPrinter(EventPrinter):
             last_seen=record.timestamp,
             total=record.total or None,
             position=() if parent is None or index is None else (*parent.position, index),
+            quorum=record.quorum,
         )
         # Made safe once here: the per-member "done" lines are written without _line().
         view.done_prefix = one_line(f"{self._pad(view.level + 1)}✔ {tag}#")
@@ -573,6 +594,7 @@ class ParallelEventPrinter(EventPrinter):
         view.running.clear()
         view.resources = record.resources
         view.input_error = record.input_error
+        view.settle_quorum(record.quorum, record.quorum_reached)
         if record.status == "cancelled":
             if interrupt_requested():
                 view.stopped = "interrupted"
@@ -655,6 +677,16 @@ class ParallelEventPrinter(EventPrinter):
             return
         if self._shows_event(record):
             icon = ICONS.get(record.actor_kind, "⚙")
+            view = self.groups.get(record.group_id or "") if record.cancelled else None
+            if view is not None and view.quorum_reached():
+                # Cancelled because its group reached its quorum: not needed, no failure.
+                self._line(
+                    f"{self._prefix(record)}○ {icon} {_call_name(record)} cancelled "
+                    f"({seconds(record.execution_time)}): not needed, "
+                    f"quorum of {view.quorum} reached",
+                    record.depth,
+                )
+                return
             label = "CANCELLED" if record.cancelled else "FAILED"
             self._line(
                 f"{self._prefix(record)}✘ {icon} {_call_name(record)} {label} "
@@ -741,6 +773,27 @@ class ParallelEventPrinter(EventPrinter):
             return f"✔ {tag}{name} done ({took}) {count}"
         return f"✘ {tag}{name} {record.status.upper()} ({took}) {count}: {error}"
 
+    def _not_needed_line(self, view: GroupView, record: MemberFinished) -> str:
+        """A member cancelled because its group reached its quorum: no failure, a dim line."""
+        tag = view.member_tag(record.index)
+        name = f" {record.name}" if record.name else ""
+        took = seconds(record.execution_time)
+        total = view.known_total()
+        count = f"[{record.done} finished]" if total is None else f"[{record.done}/{total}]"
+        why = f"not needed, quorum of {view.quorum} reached"
+        if self._mode == "realtime":
+            return f"[{tag}] ○ member{name} cancelled ({took}) {count}: {why}"
+        return f"○ {tag}{name} cancelled ({took}) {count}: {why}"
+
+    def _lists_done(self, view: GroupView, record: MemberFinished) -> bool:
+        """Whether plain ``progress`` gives ``record``'s member a line of its own when it
+        succeeds: an outermost group of at most ``smart_threshold`` members (while its size
+        is unknown, as long as no more than that have finished)."""
+        total = record.total if record.total is not None else view.total
+        return view.parent is None and (record.done if total is None else total) <= (
+            self.smart_threshold
+        )
+
     def _input_line(self, view: GroupView) -> None:
         """Under a group's line in ``realtime``: its ``map()`` input failed, and with what."""
         failed_input = view.input_issue()
@@ -764,15 +817,23 @@ class ParallelEventPrinter(EventPrinter):
             if total is None
             else f"[{view.done}/{total}] {bar(view.done, total)} {percent(view.done, total)}"
         )
-        text = f"📦 {view.tag} {progress} · {seconds(self._elapsed(view))} · {view.failed} failed"
+        failed = view.failed - view.not_needed
+        text = f"📦 {view.tag} {progress} · {seconds(self._elapsed(view))} · {failed} failed"
+        if view.not_needed:
+            text += f" · {view.not_needed} not needed (quorum of {view.quorum} reached)"
         return text + (f" · {view.retried} retried" if view.retried else "")
 
     def _completed_text(self, view: GroupView) -> str:
-        mark = "✔" if view.status == "completed" else ("⚠" if view.status == "partial" else "✘")
+        reached = view.quorum_reached()
+        mark = (
+            "✔"
+            if view.status == "completed" or reached
+            else ("⚠" if view.status == "partial" else "✘")
+        )
         nested = ""
         if self.collapse_parallel:
             # The failed members of folded nested groups had their lines: count them too.
-            below = sum(group.failed for group in descendants(view))
+            below = sum(group.failed - group.not_needed for group in descendants(view))
             nested = f" · {below} failed in nested groups" if below else ""
         counts = (
             view.done,
@@ -786,10 +847,14 @@ class ParallelEventPrinter(EventPrinter):
         if view.stopped:
             outcome = interrupted_text(*counts, view.never_started, replayed=view.replayed)
             return f"⏹ 📦 {view.name}: {view.stopped} · {outcome} · {seconds(view.elapsed)}"
-        outcome = outcome_text(*counts, replayed=view.replayed)
+        outcome = outcome_text(*counts, replayed=view.replayed, not_needed=view.not_needed)
+        quorum = quorum_text(view.quorum, int(reached), 1, {view.status or "running"})
+        if reached:
+            # The group did what was asked (its status stays partial: members were cancelled).
+            return f"{mark} 📦 {view.name}: {quorum} · {outcome}{nested} · {seconds(view.elapsed)}"
         return (
-            f"{mark} 📦 {view.name} {(view.status or '').upper()}: {outcome}{nested} · "
-            f"{seconds(view.elapsed)}"
+            f"{mark} 📦 {view.name} {(view.status or '').upper()}: "
+            f"{quorum + ' · ' if quorum else ''}{outcome}{nested} · {seconds(view.elapsed)}"
         )
 
     def _summary_lines(self, root: GroupView) -> list[str]:

@@ -29,6 +29,7 @@ from rh_agents.bus_handlers.group_view import (
     interrupted_lines,
     interrupted_text,
     outcome_text,
+    quorum_text,
     status_mark,
 )
 from rh_agents.core.interrupt import interrupt_requested
@@ -86,6 +87,10 @@ class EventPrinter:
         # started. Kept until the group completes.
         self._replayed: defaultdict[str, set[int]] = defaultdict(set)
         self._never_started: defaultdict[str, int] = defaultdict(int)
+        # Per group id with a quorum: the quorum; once its successes reached it, how many
+        # members were cancelled since (not needed: no failures). Kept until it completes.
+        self._quorums: dict[str, int] = {}
+        self._not_needed: dict[str, int] = {}
         # The outermost groups' counts, for the last line after Ctrl-C: finished, members,
         # cancelled while running, never started.
         self._roots = [0, 0, 0, 0]
@@ -140,6 +145,14 @@ class EventPrinter:
                 )
             case EventFailed():
                 icon = ICONS.get(record.actor_kind, "⚙")
+                if record.cancelled and record.group_id in self._not_needed:
+                    # Cancelled because its group reached its quorum: no failure.
+                    return (
+                        f"{pad}○ {icon} {_escape(record.address)}{_actor_of_tag(record)} "
+                        f"[dim]cancelled[/dim] ({_seconds(record.execution_time)}) "
+                        f"[dim]not needed, quorum of {self._quorums[record.group_id]} "
+                        "reached[/dim]"
+                    )
                 if record.cancelled and interrupt_requested():
                     # Ctrl-C: not a failure; inside a group the group's line counts it.
                     if record.group_id is not None:
@@ -160,28 +173,26 @@ class EventPrinter:
                     f"in {_seconds(record.delay)}: {_escape(record.error)}"
                 )
             case GroupStarted():
+                if record.quorum is not None:
+                    self._quorums[record.address] = record.quorum
                 workers = f", max_workers={record.max_workers}" if record.max_workers else ""
                 return f"{pad}▶ 📦 {_escape(record.name)} [cyan]PARALLEL[/cyan]{workers}"
+            case MemberFinished() if record.group_id in self._quorums:
+                return self._quorum_member(record, pad)
             case MemberFinished() if record.status == "cancelled" and interrupt_requested():
                 if record.queue_wait is None and record.group_id is not None:
                     self._never_started[record.group_id] += 1
                 return None  # counted on the group's line, not listed as a failure
             case MemberFinished() if record.status != "completed":
-                if (
-                    record.status == "cancelled"
-                    and record.queue_wait is None
-                    and record.group_id is not None
-                ):
-                    # Never started: counted on the group's line if the group was cancelled.
-                    self._never_started[record.group_id] += 1
-                return (
-                    f"{pad}  ✘ member {_escape(record.name or str(record.index))} "
-                    f"[red]{record.status.upper()}"
-                    f"[/red] {_escape(record.error or '')}"
-                )
+                return self._failed_member(record, pad)
             case GroupCompleted():
                 replayed = len(self._replayed.pop(record.address, ()))
                 never = self._never_started.pop(record.address, 0)
+                self._quorums.pop(record.address, None)
+                not_needed = self._not_needed.pop(record.address, 0)
+                if record.quorum_reached and not not_needed:
+                    # (A printer subscribed after the group reached it: its cancelled members.)
+                    not_needed = record.cancelled
                 if record.status != "cancelled":
                     never = 0  # (cancelled by a failure or a quorum: not what was stopped)
                 interrupted = record.status == "cancelled" and interrupt_requested()
@@ -202,10 +213,20 @@ class EventPrinter:
                         f"{_outcome(record, replayed, never)} · {_seconds(record.wall_time)}"
                         f"{failed_input}"
                     )
+                if record.quorum_reached:
+                    # The group did what was asked; the members it cancelled were not needed.
+                    return (
+                        f"{pad}✔ 📦 {_escape(record.name)} "
+                        f"[green]QUORUM OF {record.quorum} REACHED[/green]: "
+                        f"{_outcome(record, replayed, not_needed=not_needed)} · "
+                        f"{_seconds(record.wall_time)}{failed_input}"
+                    )
                 style = "green" if record.status == "completed" else "yellow"
+                missed = quorum_text(record.quorum, 0, 1, {record.status})
                 return (
                     f"{pad}{status_mark({record.status})} 📦 {_escape(record.name)} "
-                    f"[{style}]{record.status.upper()}[/{style}]: {_outcome(record, replayed)} · "
+                    f"[{style}]{record.status.upper()}[/{style}]: "
+                    f"{missed + ' · ' if missed else ''}{_outcome(record, replayed)} · "
                     f"{_seconds(record.wall_time)}{failed_input}"
                 )
             case RunInterrupted():
@@ -232,6 +253,39 @@ class EventPrinter:
                 key = _escape(record.key)
                 return f"{pad}⚡ circuit {key}: {record.old_state} → {record.new_state}"
         return None
+
+    def _failed_member(self, record: MemberFinished, pad: str) -> str:
+        """The line of a member that did not complete."""
+        if record.status == "cancelled" and record.queue_wait is None and record.group_id:
+            # Never started: counted on the group's line if the group was cancelled.
+            self._never_started[record.group_id] += 1
+        return (
+            f"{pad}  ✘ member {_escape(record.name or str(record.index))} "
+            f"[red]{record.status.upper()}"
+            f"[/red] {_escape(record.error or '')}"
+        )
+
+    def _quorum_member(self, record: MemberFinished, pad: str) -> str | None:
+        """A member of a group with a quorum: once the group's successes reached it, a
+        member cancelled is not needed (a dim line, no failure)."""
+        group_id = record.group_id or ""
+        quorum = self._quorums[group_id]
+        if record.succeeded >= quorum and group_id not in self._not_needed:
+            self._not_needed[group_id] = 0
+        status = record.status
+        if status == "completed":
+            return None
+        if status == "cancelled" and interrupt_requested():
+            if record.queue_wait is None:
+                self._never_started[group_id] += 1
+            return None  # counted on the group's line, not listed as a failure
+        if status == "cancelled" and group_id in self._not_needed:
+            self._not_needed[group_id] += 1
+            return (
+                f"{pad}  ○ member {_escape(record.name or str(record.index))} "
+                f"[dim]cancelled: not needed, quorum of {quorum} reached[/dim]"
+            )
+        return self._failed_member(record, pad)
 
     def _note_replay(self, record: EventReplayed | EventCompleted) -> None:
         """A member's own call was answered from a checkpoint: the member is replayed."""
@@ -275,9 +329,16 @@ def _actor_of_tag(record: EventStarted | EventCompleted | EventFailed | EventRep
     return f" ({_escape(record.actor)})" if tag and tag != record.actor else ""
 
 
-def _outcome(record: GroupCompleted, replayed: int = 0, never_started: int | None = None) -> str:
+def _outcome(
+    record: GroupCompleted,
+    replayed: int = 0,
+    never_started: int | None = None,
+    *,
+    not_needed: int = 0,
+) -> str:
     """``3 finished · 1 ok · 2 failed (1 timed out)``, as the parallel printer says it; with
-    ``never_started`` (a cancelled group), with what was stopped."""
+    ``never_started`` (a cancelled group), with what was stopped; with ``not_needed`` (a group
+    that reached its quorum), with the members it then cancelled, apart from the failures."""
     not_ok = record.failed + record.timed_out + record.cancelled + record.skipped
     counts = (
         record.succeeded + not_ok,
@@ -290,7 +351,7 @@ def _outcome(record: GroupCompleted, replayed: int = 0, never_started: int | Non
     )
     if never_started is not None:
         return interrupted_text(*counts, never_started, replayed=replayed)
-    return outcome_text(*counts, replayed=replayed)
+    return outcome_text(*counts, replayed=replayed, not_needed=not_needed)
 
 
 def _seconds(value: float) -> str:

@@ -205,13 +205,15 @@ class EventRetrying(BusEvent):
 
 @dataclass(slots=True, kw_only=True)
 class GroupStarted(BusEvent):
-    """A parallel group opened. ``total`` grows as members are added (see ``MemberFinished``)."""
+    """A parallel group opened. ``total`` grows as members are added (see ``MemberFinished``).
+    ``quorum`` is the group's ``quorum=`` (``None`` without one)."""
 
     kind: str = "group.started"
     name: str
     total: int
     max_workers: int | None
     parent_group_id: str | None = None
+    quorum: int | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -319,7 +321,9 @@ class GroupCompleted(BusEvent):
     """A group finished. ``status`` is a ``GroupStatus`` value; ``metrics`` a frozen snapshot;
     ``resources`` what the process used while it ran (also in ``metrics.resources``).
     ``input_error`` is what the group's ``map()`` input raised as it was read or closed
-    (``"OSError: disk read failed"``); ``None`` when it raised nothing.
+    (``"OSError: disk read failed"``); ``None`` when it raised nothing. ``quorum`` is the
+    group's ``quorum=`` (``None`` without one); ``quorum_reached`` says whether the group
+    ended by reaching it (its status stays ``partial`` when it cancelled members to do so).
 
     The snapshot is taken when ``metrics`` is first read (the group is over, so it is the same
     whenever it is read): building it costs more than the rest of the record, and most
@@ -338,6 +342,7 @@ class GroupCompleted(BusEvent):
     timed_out: int
     wall_time: float
     input_error: str | None = None
+    quorum: int | None = None
     metrics_source: Any = field(default=None, compare=False, repr=False)
     resources_source: Any = field(default=None, compare=False, repr=False)
 
@@ -347,6 +352,18 @@ class GroupCompleted(BusEvent):
         # what they make instead, which is what a reader of this one would get.
         self.metrics, self.resources  # noqa: B018 (reading resolves and keeps them)
         return (None, {name: getattr(self, name) for name in self.__dataclass_fields__})
+
+    @property
+    def quorum_reached(self) -> bool:
+        """Whether the group had a ``quorum`` and ended by reaching it: that many members
+        succeeded and nothing else stopped it (a timeout, a failure under ``FAIL_FAST``, a
+        cancellation). The members it then cancelled were not needed; they are not failures."""
+        quorum = self.quorum
+        return (
+            quorum is not None
+            and self.succeeded >= quorum
+            and self.status in ("completed", "partial")
+        )
 
     @property
     def metrics(self) -> Any:

@@ -80,6 +80,10 @@ class TimelineGroup:
     members: dict[int, MemberBar] = field(default_factory=dict)
     parent_group_id: str | None = None
     parent_index: int | None = None
+    # The group's ``quorum=`` (``None`` without one), and whether it ended by reaching it (its
+    # status stays ``partial``; the members it then cancelled were not needed).
+    quorum: int | None = None
+    quorum_reached: bool = False
 
     def bars(self) -> list[MemberBar]:
         return [self.members[i] for i in sorted(self.members)]
@@ -259,6 +263,7 @@ class TimelineRecorder:
                     max_workers=record.max_workers,
                     parent_group_id=record.parent_group_id,
                     parent_index=record.parallel_index if record.parent_group_id else None,
+                    quorum=record.quorum,
                 )
             )
         elif isinstance(record, GroupCompleted):
@@ -267,6 +272,8 @@ class TimelineRecorder:
                 group.finished = record.timestamp
                 group.status = record.status
                 group.metrics = record.metrics
+                group.quorum = record.quorum
+                group.quorum_reached = record.quorum_reached
 
     def _add(self, group: TimelineGroup) -> TimelineGroup:
         self._groups.append(group)

@@ -299,7 +299,16 @@ def _group_note(tree: _Tree, group: TimelineGroup) -> _Note:
     bars = group.bars()
     note = _Note([("info", _plural(len(bars), "member", "members"))])
     status = group.status
-    if status == "partial":
+    if group.quorum_reached:
+        # It did what was asked: the members it cancelled then were not needed (no failures).
+        spared = sum(bar.status == "cancelled" for bar in bars)
+        note.parts.append(("info", f"quorum of {group.quorum} reached"))
+        missed = sum(bar.status not in ("completed", "cancelled") for bar in bars)
+        if missed:
+            note.parts.append(("failures", f"{missed} did not complete"))
+        if spared:
+            note.parts.append(("info", f"{spared} cancelled, not needed"))
+    elif status == "partial":
         missed = sum(bar.status != "completed" for bar in bars)
         note.parts.append(("failures", f"partial: {missed} did not complete"))
     elif status in ("failed", "timed_out", "cancelled"):
@@ -319,6 +328,8 @@ def _group_tooltip(group: TimelineGroup, timed: bool) -> str:
         parts.append(f"max_workers={group.max_workers}")
     if group.status != "stored":
         parts.append(group.status)
+    if group.quorum_reached:
+        parts.append(f"quorum of {group.quorum} reached")
     if timed and group.started is not None and group.finished is not None:
         parts.append(f"open for {_fmt(group.finished - group.started)}")
     return "; ".join(parts)

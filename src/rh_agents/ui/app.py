@@ -599,6 +599,8 @@ def timeline_json(timeline: Timeline) -> Node:
                 "max_workers": group.max_workers,
                 "parent_group_id": group.parent_group_id,
                 "parent_index": group.parent_index,
+                "quorum": group.quorum,
+                "quorum_reached": group.quorum_reached,
                 "metrics": metrics() if callable(metrics) else None,
                 "members": [
                     {

@@ -947,7 +947,15 @@ class LiveFeed(_Rows):
             "started": self.when(started.timestamp) if started is not None else None,
             "order": started.timestamp if started is not None else 0.0,
         }
+        quorum = started.quorum if started is not None else None
+        if completed is not None and completed.quorum is not None:
+            quorum = completed.quorum
+        if quorum is not None:
+            group["quorum"] = quorum
         if completed is not None:
+            if completed.quorum_reached:
+                # It did what was asked: the members it then cancelled were not needed.
+                group["quorum_reached"] = True
             group.update(
                 status=completed.status,
                 total=completed.total,

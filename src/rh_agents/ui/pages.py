@@ -33,6 +33,7 @@ __all__ = [
     "format_duration",
     "format_time",
     "group_counts_text",
+    "group_status_text",
     "metrics_text",
     "run_href",
     "run_page",
@@ -137,10 +138,19 @@ def metrics_text(group: Mapping[str, Any]) -> str:
 
 
 def group_counts_text(group: Mapping[str, Any]) -> str:
+    """``"5 of 5 done · 4 ok · 1 failed"``; for a group that reached its quorum, ``"quorum of
+    2 reached · 5 of 5 done · 2 ok · 3 cancelled (not needed)"``; for one that ended without
+    reaching it (and without every member ok), ``"quorum of 3 not reached · ..."``."""
     total = group.get("total")
     done = group.get("done", 0)
     known = group.get("total_known", True)
     parts = [f"{done} of {'' if known else 'at least '}{total} done" if total else f"{done} done"]
+    reached = bool(group.get("quorum_reached"))
+    quorum = group.get("quorum")
+    if reached:
+        parts.insert(0, f"quorum of {quorum} reached")
+    elif quorum is not None and group.get("status") in ("partial", "failed", "timed_out"):
+        parts.insert(0, f"quorum of {quorum} not reached")
     succeeded, failed = group.get("succeeded", 0), group.get("failed", 0)
     parts.append(f"{succeeded} ok")
     if failed:
@@ -148,8 +158,18 @@ def group_counts_text(group: Mapping[str, Any]) -> str:
     for key in ("cancelled", "skipped", "missing"):
         if group.get(key):
             label = "no checkpoint" if key == "missing" else key
+            if key == "cancelled" and reached:
+                label = "cancelled (not needed)"
             parts.append(f"{group[key]} {label}")
     return " · ".join(parts)
+
+
+def group_status_text(group: Mapping[str, Any]) -> str:
+    """What a group's status badge says: its status, or ``"quorum reached"`` (styled as a
+    success) for a group that reached its quorum, whose status stays ``partial``."""
+    if group.get("quorum_reached"):
+        return "quorum reached"
+    return str(group.get("status") or "running")
 
 
 # --- page frame -----------------------------------------------------------------------------
@@ -320,7 +340,7 @@ def _cut(text: str | None, limit: int) -> str | None:
 
 def _group_row(item: TreeItem) -> str:
     group = item.group or {}
-    status = group.get("status") or "running"
+    status = group_status_text(group)
     total, done = group.get("total") or 0, group.get("done") or 0
     return (
         f'<span class="name">{esc(item.label)}</span><span class="kind">group</span>'

@@ -395,6 +395,7 @@ class ParallelExecutionManager(Generic[T]):
             started.total = self._tally.total
             started.max_workers = self._limit
             started.parent_group_id = parent.group_id
+            started.quorum = self.quorum
             bus.publish(started)
         return self
 
@@ -577,6 +578,7 @@ class ParallelExecutionManager(Generic[T]):
             completed.wall_time = self._wall_time
             failed_input = self._input_error
             completed.input_error = None if failed_input is None else describe_error(failed_input)
+            completed.quorum = self.quorum
             completed.metrics_source = self.metrics  # a snapshot only if someone reads it
             completed.resources_source = self.resource_usage if window is not None else None
             bus.publish(completed)

@@ -38,12 +38,27 @@
     const known = g.total_known !== false;
     const parts = [g.total ? g.done + " of " + (known ? "" : "at least ") + g.total + " done"
       : (g.done || 0) + " done"];
+    const reached = Boolean(g.quorum_reached);
+    if (reached) parts.unshift("quorum of " + g.quorum + " reached");
+    else if (g.quorum !== undefined && g.quorum !== null &&
+      ["partial", "failed", "timed_out"].includes(g.status)) {
+      parts.unshift("quorum of " + g.quorum + " not reached");
+    }
     parts.push((g.succeeded || 0) + " ok");
     if (g.failed) parts.push(g.failed + " failed");
     for (const key of ["cancelled", "skipped", "missing"]) {
-      if (g[key]) parts.push(g[key] + " " + (key === "missing" ? "no checkpoint" : key));
+      if (!g[key]) continue;
+      let label = key === "missing" ? "no checkpoint" : key;
+      if (key === "cancelled" && reached) label = "cancelled (not needed)";
+      parts.push(g[key] + " " + label);
     }
     return parts.join(" · ");
+  }
+
+  // A group that reached its quorum did what was asked: its badge says so (its status stays
+  // "partial", the members it cancelled were not needed).
+  function groupStatusText(g) {
+    return g.quorum_reached ? "quorum reached" : g.status;
   }
 
   function metricsText(g) {
@@ -281,7 +296,7 @@
       const li = ensureItem(g.group_id, "group", g.parent, g.name);
       if (!li) return;
       const summary = li.querySelector(":scope > details > summary");
-      setStatus(summary.querySelector(".status"), g.status);
+      setStatus(summary.querySelector(".status"), groupStatusText(g));
       summary.querySelector(".counts").textContent = groupCountsText(g);
       const progress = summary.querySelector("progress");
       progress.max = Math.max(g.total || 0, g.done || 0, 1);
