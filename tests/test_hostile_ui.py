@@ -7,7 +7,11 @@ import asyncio
 import contextlib
 import json
 import math
+import os
+import re
+import shutil
 import sqlite3
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -517,3 +521,147 @@ def test_a_big_json_answer_is_made_in_pieces_and_is_the_same_text(
         assert app_module._json_bytes(data) == app_module._dumps(data).encode(), data
     longest = max(len(o) for o in encoded if isinstance(o, list))
     assert longest == 10  # (and 95 nodes were encoded ten at a time)
+
+
+async def test_a_store_whose_path_is_not_utf8(tmp_path: Path) -> None:
+    """A store in a folder whose name holds a byte that is not UTF-8 (0xff: Python holds it as
+    "\\udcff") made every page and answer a 500: the SQLite URI quoted the path as text,
+    which cannot encode it. The file name's bytes are quoted now; the page shows the byte as
+    "?", the API as a JSON escape."""
+    folder = tmp_path / os.fsdecode(b"caf\xff")
+    try:
+        folder.mkdir()
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes no file name that is not UTF-8")
+    store = folder / "state.db"
+    _store_one(store, "r", _record("r", "Agent"))
+    async with _client(create_app(store)) as client:
+        paths = ["/", "/api/runs", "/runs/r", "/api/runs/r", "/api/runs/r/events",
+                 "/runs/r/timeline", "/api/runs/r/timeline"]  # fmt: skip
+        answers = {path: await client.get(path) for path in paths}
+    assert {path: a.status_code for path, a in answers.items()} == dict.fromkeys(answers, 200)
+    assert 'data-run-id="r"' in answers["/"].text and "caf?" in answers["/"].text
+    listed = answers["/api/runs"].json()
+    assert listed["store"] == str(store) and [r["run_id"] for r in listed["runs"]] == ["r"]
+    assert answers["/api/runs/r"].json()["nodes"][0]["address"] == "Agent"
+    assert "event: end" in answers["/api/runs/r/events"].text
+
+
+# C1 controls, and the bidirectional embeddings, overrides and isolates.
+UNSEEN = "\x85\x9b\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+async def test_bidi_and_c1_controls_are_neutralised_on_the_pages(tmp_path: Path) -> None:
+    """Bidirectional controls (U+202E shows the rest of its line reversed: what the page said
+    was not what ran) and C1 controls went raw into the pages, where the terminal displays
+    show them as U+FFFD (``core.safe_text.printable``): the pages and the timeline show them
+    so too. (The API keeps the stored text as it is; the pages' script shows it as the pages
+    do: ``test_the_script_shows_text_as_the_pages_do``.)"""
+    from rh_agents.core.safe_text import printable
+
+    for char in UNSEEN:
+        assert pages.esc(char) == printable(char) == "\ufffd", hex(ord(char))
+    store = tmp_path / "state.db"
+    record = replace(
+        member_record("bidi", 0, status="failed"),
+        actor=f"act{UNSEEN}or",
+        error=f"evil{UNSEEN}gnp.exe",
+        result_json=json.dumps(f"res{UNSEEN}ult"),
+    )
+    _store_one(store, "bidi", record)
+    async with _client(create_app(store)) as client:
+        shown = {
+            path: (await client.get(path)).text
+            for path in ("/", "/runs/bidi", "/runs/bidi?members=all", "/runs/bidi/timeline")
+        }
+        api = (await client.get("/api/runs/bidi")).json()
+    for path, text in shown.items():
+        assert not set(text) & set(UNSEEN), path
+    assert "evil" + "\ufffd" * len(UNSEEN) + "gnp.exe" in shown["/runs/bidi"]
+    assert "act" + "\ufffd" * len(UNSEEN) + "or" in shown["/runs/bidi"]
+    assert "evil" + "\ufffd" * len(UNSEEN) + "gnp.exe" in shown["/runs/bidi/timeline"]
+    assert any(node["error"] == f"evil{UNSEEN}gnp.exe" for node in api["nodes"])
+
+
+def _script_function(name: str) -> str:
+    """The text of ``function name`` of the pages' script (and the constants before it)."""
+    from importlib import resources
+
+    script = resources.files("rh_agents.ui").joinpath("static/viewer.js").read_text("utf-8")
+    found = re.search(r"\n  const UNSAFE = .*?\n  function " + name + r"\(.*?\n  \}\n", script,
+                      re.S)  # fmt: skip
+    assert found is not None, f"no function {name} in viewer.js"
+    return found.group()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node (to run the script) is not on PATH")
+def test_the_script_shows_text_as_the_pages_do() -> None:
+    """The pages' script set the API's strings (names, errors, results, statuses) as they
+    came: a bidirectional override reversed the line, as it did on the server's pages. Its
+    ``shown`` now shows every character as ``pages.esc`` does, for every character of the
+    Basic Multilingual Plane, lone surrogates included (each on its own: two in a row would
+    be one character in the script)."""
+    import html
+
+    chars = [chr(code) for code in range(0x10000)]
+    program = (
+        _script_function("shown")
+        + "const input = JSON.parse(require('fs').readFileSync(0, 'utf8'));\n"
+        + "process.stdout.write(JSON.stringify(input.map(shown)));\n"
+    )
+    out = subprocess.run(
+        ["node", "-e", program],
+        input=json.dumps(chars),  # (ASCII: the lone surrogates as JSON escapes)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    got = json.loads(out.stdout)
+    wrong = [
+        (hex(ord(char)), seen)
+        for char, seen in zip(chars, got, strict=True)
+        if seen != html.unescape(pages.esc(char))
+    ]
+    assert wrong == []
+
+
+@pytest.mark.parametrize("hook", ["stored_nodes", "_sse"])
+async def test_a_stored_runs_stream_leaves_the_loop_to_other_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook: str
+) -> None:
+    """A stored run's event stream made its nodes and their JSON on the event loop: for a run
+    of 100,000 members, 1.4 to 1.9 s in which no other request (a watched run's page, its
+    stream) was answered. They are made in threads now: while the stream's work is held here
+    (its nodes, or a message's JSON), another request is answered."""
+    import threading
+
+    from rh_agents.ui import app as app_module
+
+    store = tmp_path / "state.db"
+    running_run(store, finished=2)
+    real = getattr(app_module, hook)
+    entered, go, left = threading.Event(), threading.Event(), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        if not entered.is_set():  # the stream's first: held until the other request is answered
+            entered.set()
+            go.wait(5)  # (on the event loop, nothing could set it: the wait runs out)
+            left.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, hook, held)
+    app = create_app(store, poll_interval=0.05)
+    async with (
+        httpx.AsyncClient(transport=StreamingASGITransport(app), base_url=BASE) as client,
+        client.stream("GET", "/api/runs/busy-run/events") as response,
+    ):
+        first = asyncio.ensure_future(EventReader(response).read(1))
+        assert await asyncio.wait_for(asyncio.to_thread(entered.wait, 10), 15)
+        other = await asyncio.wait_for(client.get("/api/runs"), 10)
+        answered_while_held = not left.is_set()
+        go.set()
+        ((kind, data),) = await asyncio.wait_for(first, 10)
+    assert answered_while_held, "the other request waited for the stream's work"
+    assert other.status_code == 200 and other.json()["runs"][0]["run_id"] == "busy-run"
+    assert kind == "update" and len(json.loads(data)["nodes"]) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,26 @@ def test_open_backend_picks_by_path(tmp_path: Path) -> None:
         assert isinstance(sqlite_backend, SQLiteBackend)
     with open_backend(tmp_path / "runs") as json_backend:
         assert isinstance(json_backend, JSONBackend)
+
+
+def test_an_sqlite_store_whose_path_is_not_utf8(tmp_path: Path) -> None:
+    """A path holding a byte that is not UTF-8 (0xff: Python holds it as "\\udcff") could be
+    written but never read or reopened: the SQLite URI of the modes "read" and "write" (and of
+    a lease's heartbeat) quoted the path as text, a UnicodeEncodeError. The file name's bytes
+    are quoted now."""
+    folder = tmp_path / os.fsdecode(b"caf\xff")
+    try:
+        folder.mkdir()
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes no file name that is not UTF-8")
+    path = folder / "state.db"
+    with SQLiteBackend(path) as backend:
+        backend.create_run("r")
+    with SQLiteBackend(path, mode="write") as backend:
+        lease = backend.acquire_lease("r")
+        backend.save("r", [], status=RunStatus.COMPLETED)
+        lease.release()
+    with SQLiteBackend(path, mode="read") as backend:
+        assert [(run.run_id, run.status) for run in backend.list_runs()] == [
+            ("r", RunStatus.COMPLETED)
+        ]

@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,16 @@ import pytest
 from rh_agents.core.execution import ExecutionState
 from rh_agents.observability.timeline_svg import COLOURS
 from rh_agents.ui import Viewer, serve
-from ui_support import EVIL, FAILING, add_members, run_workflow, running_run, stored_run
+from ui_support import (
+    EVIL,
+    FAILING,
+    add_members,
+    member_record,
+    run_workflow,
+    running_run,
+    save_records,
+    stored_run,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -238,3 +248,39 @@ async def test_a_store_backed_run_refreshes_as_checkpoints_land(
         await _until(page, "document.getElementById('run-status').textContent === 'completed'")
         assert await page.evaluate("window.__loaded_once === true")
         assert await page.locator('li.member[data-address^="Orchestrator::docs["]').count() == 7
+
+
+async def test_bidi_and_c1_controls_that_stream_in_are_shown_as_on_the_pages(
+    browser: Browser, state_store: Path
+) -> None:
+    """The script set the strings of the event stream as they came, where the server's pages
+    show control characters as "?" and C1 and bidirectional controls as U+FFFD: an error
+    holding U+202E, streamed in, showed the rest of its line reversed. A member that
+    checkpoints after the page loaded (its address, error and tooltip) is shown as the page
+    would show it."""
+    unseen = "\x85\u202e\u2066"
+    running_run(state_store, "busy-run", finished=1)
+    record = replace(
+        member_record("busy-run", 1, status="failed"),
+        address=f"Orchestrator::docs[1]::wo{unseen}rk",
+        error=f"evil{unseen}gnp\x07.exe",
+    )
+    async with Viewer(store=state_store, port=0, poll_interval=0.1) as viewer:
+        page = await _page(browser)
+        await page.goto(viewer.run_url("busy-run"))
+        await asyncio.to_thread(save_records, state_store, "busy-run", [record])
+        await _until(page, "document.querySelectorAll('li.member').length === 2")
+        await _until(page, "document.getElementById('tree').textContent.includes('evil')")
+        tree = await page.evaluate("document.getElementById('tree').textContent")
+        titles = await page.evaluate(
+            "Array.from(document.querySelectorAll('#tree [title]')).map(e => e.title).join()"
+        )
+        addresses = await page.evaluate(
+            "Array.from(document.querySelectorAll('#tree li[data-address]'))"
+            ".map(e => e.dataset.address)"
+        )
+    assert "evil\ufffd\ufffd\ufffdgnp?.exe" in tree and "wo\ufffd\ufffd\ufffdrk" in tree
+    assert "evil\ufffd\ufffd\ufffdgnp?.exe" in titles
+    assert "Orchestrator::docs[1]::wo\ufffd\ufffd\ufffdrk" in addresses
+    assert not set(tree + titles + "".join(addresses)) & set(unseen + "\x07")
+    await _not_pwned(page)

@@ -8,11 +8,14 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.core.records import MemberFinished
 from rh_agents.demo import run_demo
 from rh_agents.errors import ConfigurationError
-from rh_agents.ui import Viewer, serve
+from rh_agents.ui import Viewer, create_app, serve
 from rh_agents.ui import server as server_module
 from rh_agents.ui.live import LiveFeed
 from rh_agents.ui.server import bind
@@ -366,3 +369,95 @@ async def test_a_client_that_stopped_reading_does_not_hold_the_end_of_a_run(
         await asyncio.wait_for(viewer.close(), 10)
     assert [r.getMessage() for r in records.records] == []
     assert not connections
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.001, math.nan, math.inf, True, "1", None])
+async def test_a_poll_interval_out_of_range_is_refused_before_any_socket(
+    value: Any, sockets: list[socket.socket], tmp_path: Path
+) -> None:
+    """``poll_interval`` was not checked: 0 (or a negative number, or NaN) made every open
+    event stream of a stored run read the store again at once, a core at 100 % for as long
+    as a browser had the page open."""
+    got = re.escape(repr(value))
+    match = rf"the viewer's poll_interval must be a finite number >= 0\.01, got {got}"
+    with pytest.raises(ConfigurationError, match=match):
+        serve(ExecutionState(run_id="p"), port=0, poll_interval=value)
+    with pytest.raises(ConfigurationError, match=match):
+        Viewer(port=0, poll_interval=value)
+    with pytest.raises(ValueError, match=match):  # (ConfigurationError is one)
+        create_app(tmp_path / "state.db", poll_interval=value)
+    assert sockets == []
+
+
+@pytest.mark.parametrize("value", [-0.5, math.nan, math.inf, False, "0.25"])
+def test_a_push_interval_out_of_range_is_refused(value: Any, tmp_path: Path) -> None:
+    match = (
+        rf"the viewer's push_interval must be a finite number >= 0, got {re.escape(repr(value))}"
+    )
+    with pytest.raises(ConfigurationError, match=match):
+        Viewer(port=0, push_interval=value)
+    with pytest.raises(ConfigurationError, match=match):
+        create_app(tmp_path / "state.db", push_interval=value)
+
+
+def test_the_shortest_intervals_are_taken(tmp_path: Path) -> None:
+    app = create_app(tmp_path / "state.db", poll_interval=0.01, push_interval=0)
+    assert (app.state.viewer.poll_interval, app.state.viewer.push_interval) == (0.01, 0.0)
+
+
+# `rh-agents ui` whose reads of the store never end (a store locked by a writer): each read
+# says so on stdout.
+_HANGING_READS = """
+import sys, threading
+from rh_agents.cli import main
+from rh_agents.ui.store import StoreReader
+
+said = threading.Lock()
+
+def read_run_sync(self, run_id):
+    with said:  # (one line at a time: the reads run in threads)
+        print("reading", flush=True)
+    threading.Event().wait()
+
+StoreReader.read_run_sync = read_run_sync
+sys.argv = ["rh-agents", "ui", "--port", "0", "--state", sys.argv[1]]
+main()
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+def test_ctrl_c_ends_the_open_streams_at_once(state_store: Path) -> None:
+    """``rh-agents ui`` stopped with Ctrl-C while event streams were open took up to 17 s and
+    printed tracebacks: a stream waiting for a read of the store (seconds for a big run; up
+    to SQLite's busy timeout, 30 s, for a locked store) did not see the server stop, uvicorn
+    cancelled it after its grace period ("Exception in ASGI application"), and the program
+    then waited for the read's thread. The streams end as the server stops now, and a read
+    still under way is left to its daemon thread."""
+    running_run(state_store, finished=2)
+    command = [sys.executable, "-c", _HANGING_READS, str(state_store)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    clients: list[socket.socket] = []
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("rh_agents viewer on http://127.0.0.1:"), line
+        port = int(line.split()[3].rstrip("/").rsplit(":", 1)[1])
+        for _ in range(3):
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            client.sendall(b"GET /api/runs/busy-run/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            clients.append(client)
+        # Each stream is waiting for its read (it said so), its client connected.
+        assert [process.stdout.readline() for _ in clients] == ["reading\n"] * len(clients)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, stderr = process.communicate(timeout=15)
+        took = time.monotonic() - started
+    finally:
+        for client in clients:
+            client.close()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
+    assert took < 5, f"Ctrl-C took {took:.1f} s"

@@ -116,6 +116,12 @@ def add_members(path: Path, run_id: str, indexes: range, status: str | None = No
         backend.save(run_id, [member_record(run_id, i) for i in indexes], status=final)
 
 
+def save_records(path: Path, run_id: str, records: list[CheckpointRecord]) -> None:
+    """Checkpoint ``records`` into the run (still running) at ``path``, as its process would."""
+    with open_backend(path, mode="write") as backend:
+        backend.save(run_id, records)
+
+
 # --- two feeds of one run -----------------------------------------------------------------------
 
 # What may differ between a feed fed every record and one following the state: when each was

@@ -120,6 +120,10 @@ td.name, th.name { text-align: left; }
 # surrogates, which UTF-8 cannot encode (an error naming a file whose name is not UTF-8, as
 # os.fsdecode makes it and a JSON store keeps it): writing the page failed on them.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# The C1 controls and the bidirectional embeddings, overrides and isolates: shown as U+FFFD,
+# as ``core.safe_text.printable`` shows them (a name holding U+202E showed the rest of its
+# line reversed: what the chart said was not what ran).
+_UNSAFE = re.compile("[\x80-\x9f\u202a-\u202e\u2066-\u2069]")
 _NARROW = frozenset(" !'(),./:;I[]`fijlrt{|}")
 # Times beyond this (about 31 million years, in seconds) are damaged data, not a run's: the
 # span between two such times overflows, and the chart shows them as unknown.
@@ -127,8 +131,9 @@ _MAX_TIME = 1e15
 
 
 def _esc(text: str) -> str:
-    """Text or attribute value: escaped, and what XML or UTF-8 cannot hold shown as "?"."""
-    return escape(_NOT_XML.sub("?", text), {'"': "&quot;"})
+    """Text or attribute value: escaped, what XML or UTF-8 cannot hold shown as "?", and C1
+    and bidirectional controls as U+FFFD."""
+    return escape(_UNSAFE.sub("\ufffd", _NOT_XML.sub("?", text)), {'"': "&quot;"})
 
 
 def _cls(status: str) -> str:

@@ -207,7 +207,10 @@ class SQLiteBackend(StateBackend):
             ) from exc
 
     def _uri(self, mode: str, *, immutable: bool = False) -> str:
-        path = quote(str(self.path.absolute()), safe="/")
+        # The file name's bytes, quoted: a name that is not UTF-8 (byte 0xff, which Python
+        # holds as the lone surrogate "\udcff") could not be quoted as text, and every read
+        # of such a store failed with UnicodeEncodeError. SQLite decodes %FF back to the byte.
+        path = quote(os.fsencode(self.path.absolute()), safe="/")
         return f"file:{path}?mode={mode}" + ("&immutable=1" if immutable else "")
 
     def _open(self) -> sqlite3.Connection | None:

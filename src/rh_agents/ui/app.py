@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
@@ -40,6 +40,7 @@ from rh_agents.errors import ConfigurationError
 from rh_agents.observability.timeline import Timeline
 from rh_agents.recovery.opening import is_sqlite_path
 from rh_agents.recovery.records import CheckpointRecord, RunInfo, RunStatus, latest_calls
+from rh_agents.resilience.checks import check_number
 from rh_agents.ui import pages
 from rh_agents.ui.live import FeedSnapshot, LiveFeed, Node
 from rh_agents.ui.model import (
@@ -51,14 +52,16 @@ from rh_agents.ui.model import (
     stored_groups,
     stored_nodes,
 )
-from rh_agents.ui.store import StoreProblem, StoreReader
+from rh_agents.ui.store import StoreProblem, StoreReader, in_thread
 
 __all__ = [
     "LOCAL_HOSTS",
     "MAX_NODES_PER_MESSAGE",
+    "MIN_POLL_INTERVAL",
     "NOTHING_SEEN",
     "RUNS_LIMIT",
     "ViewerState",
+    "check_intervals",
     "create_app",
     "timeline_json",
 ]
@@ -69,6 +72,9 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 RUNS_LIMIT = 500  # runs listed at most (newest first)
 MAX_NODES_PER_MESSAGE = 1000  # an event stream sends the rest in the next messages
 HEARTBEAT = 15.0
+# The shortest ``poll_interval``: each poll reads the store (in a thread) for every open
+# stream, and 0 (or a negative number, or NaN) made the streams spin, a core at 100 %.
+MIN_POLL_INTERVAL = 0.01
 # The cursor of a client that has seen nothing yet. A stored run's cursor is the ``seq`` of
 # the last checkpoint sent, and seq counts from 0: with 0 for "nothing seen" the checkpoint of
 # seq 0 was never sent.
@@ -652,6 +658,31 @@ async def _pause(vs: ViewerState, seconds: float, feed: LiveFeed | None = None) 
         await asyncio.gather(closing, waiting, return_exceptions=True)
 
 
+class _Stopping(Exception):
+    """The viewer closed while a stream waited for a read (``_until_closing``)."""
+
+
+async def _until_closing(vs: ViewerState, awaitable: Awaitable[_T]) -> _T:
+    """What ``awaitable`` gives, or ``_Stopping`` as soon as the viewer closes, whichever
+    comes first. A read or a thread's work waited for is dropped then (a thread goes on to its
+    end by itself): a stream waiting for a read of a big store (seconds), or of a locked one
+    (up to SQLite's busy timeout), held the server's stop past its grace period, and uvicorn
+    then cancelled it with tracebacks."""
+    work = asyncio.ensure_future(awaitable)
+    closing = asyncio.ensure_future(vs.closing.wait())
+    try:
+        await asyncio.wait((work, closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Both are ours: cancel the one still waiting and see both end before going on.
+        for task in (closing, work):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(closing, work, return_exceptions=True)
+    if work.cancelled():
+        raise _Stopping
+    return work.result()
+
+
 def _cursor(request: Request) -> int:
     """Where the stream starts: the ``Last-Event-ID`` a reconnecting browser sends (it is
     newer than the ``cursor`` of the URL, which an ``EventSource`` reuses as it was when the
@@ -682,8 +713,16 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
     # A feed's cursor is a position in its log, and position 0 is nothing seen yet.
     cursor = max(cursor, 0)
     # The stored events the feed has not seen, counted in the run's summary (``_unseen``):
-    # until the store holds this run, looked for again as the store is checked.
-    unseen = await _unseen(vs, feed, await _same_stored_run(vs, feed))
+    # until the store holds this run, looked for again as the store is checked. (The reads
+    # of the store end the stream when the viewer closes meanwhile: ``_until_closing``.)
+
+    async def stored_unseen() -> Mapping[str, str] | None:
+        return await _unseen(vs, feed, await _same_stored_run(vs, feed))
+
+    try:
+        unseen = await _until_closing(vs, stored_unseen())
+    except _Stopping:
+        return
     pending: dict[str, None] = {}
     first = True
     loop = asyncio.get_running_loop()
@@ -734,9 +773,12 @@ async def _feed_stream(vs: ViewerState, feed: LiveFeed, cursor: int) -> AsyncIte
             last_sent = loop.time()
         if feed.running and vs.store.exists() and loop.time() >= next_check:
             next_check = loop.time() + vs.poll_interval
-            info = await _check_store(vs, feed)
-            if unseen is None:
-                unseen = await _unseen(vs, feed, info)
+            try:
+                info = await _until_closing(vs, _check_store(vs, feed))
+                if unseen is None:
+                    unseen = await _until_closing(vs, _unseen(vs, feed, info))
+            except _Stopping:
+                return
         if not feed.running and not pending and feed.changes_since(cursor) == []:
             yield _sse("end", {"run": live_summary(feed, stored=unseen)}, cursor)
             return
@@ -777,49 +819,98 @@ class _FeedResponse(StreamingResponse):
             self._vs.stream_closed.set()
 
 
+@dataclass(slots=True)
+class _StoredUpdate:
+    """What a stored run's stream sends when its checkpoints moved (``_stored_update``)."""
+
+    seen: tuple[float, int, str]  # the run's (updated, checkpoints, status) it was made of
+    summary: Node
+    groups: list[Node]  # the groups of the new checkpoints, with their parents
+    nodes: list[Node]  # the new checkpoints' nodes, in order
+    cursor: int
+    over: bool
+
+
+def _stored_update(
+    store: StoreReader, run_id: str, cursor: int, stop: Callable[[], bool]
+) -> _StoredUpdate | None:
+    """In a thread: the run read from ``store``, and what changed since ``cursor`` made of it
+    (``None`` if ``stop()`` says the viewer closed meanwhile). A run of 100,000 checkpoints
+    takes seconds to read and turn into nodes: on the event loop, that stalled every other
+    request (a watched run's page, its stream) that long."""
+    info, records = store.read_run_sync(run_id)
+    if stop():
+        return None
+    fresh = [r for r in records.values() if r.seq > cursor]
+    touched = {r.group_id for r in fresh if r.group_id is not None}
+    groups = stored_groups(
+        (r for r in records.values() if r.group_id in touched), info.status.value
+    )
+    nodes = sorted(stored_nodes(fresh).values(), key=lambda n: n["order"])
+    return _StoredUpdate(
+        seen=(info.updated, info.checkpoints, info.status.value),
+        summary=run_summary(info, records),
+        groups=_groups_with_parents(groups.values()),
+        nodes=nodes,
+        cursor=max((r.seq for r in records.values()), default=cursor),
+        over=info.status is not RunStatus.RUNNING,
+    )
+
+
+def _update_message(update: _StoredUpdate, start: int) -> str:
+    """In a thread: the ``update`` message of ``update``'s nodes from ``start`` (at most
+    ``MAX_NODES_PER_MESSAGE`` of them; the groups go with the first)."""
+    data = {
+        "run": update.summary,
+        "groups": update.groups if start == 0 else [],
+        "nodes": _with_parents(update.nodes[start : start + MAX_NODES_PER_MESSAGE]),
+        "pending": max(len(update.nodes) - start - MAX_NODES_PER_MESSAGE, 0),
+    }
+    return _sse("update", data, update.cursor)
+
+
 async def _store_stream(vs: ViewerState, run_id: str, cursor: int) -> AsyncIterator[str]:
     """Updates of a run read from the store, as its checkpoints land (a read of the run's
-    metadata every ``poll_interval``; its checkpoints only when that moved)."""
+    metadata every ``poll_interval``; its checkpoints only when that moved).
+
+    The reading, the nodes and each message's JSON are made in threads (``_stored_update``,
+    ``_update_message``): the event loop stays free for other requests. The stream ends as
+    soon as the viewer closes, even while a read is under way (``_until_closing``)."""
     yield "retry: 2000\n\n"
     seen: tuple[float, int, str] | None = None
     quiet = 0.0
-    while not vs.closing.is_set():
-        try:
-            info = await vs.store.get_run(run_id)
-            if info is None:
-                yield _sse("problem", {"error": f"run {run_id!r} is no longer in the store"})
-                return
-            key = (info.updated, info.checkpoints, info.status.value)
-            if key != seen:
-                info, records = await vs.store.read_run(run_id)
-                seen = (info.updated, info.checkpoints, info.status.value)
-                fresh = [r for r in records.values() if r.seq > cursor]
-                touched = {r.group_id for r in fresh if r.group_id is not None}
-                groups = stored_groups(
-                    (r for r in records.values() if r.group_id in touched), info.status.value
-                )
-                nodes = sorted(stored_nodes(fresh).values(), key=lambda n: n["order"])
-                cursor = max((r.seq for r in records.values()), default=cursor)
-                summary = run_summary(info, records)
-                for start in range(0, max(len(nodes), 1), MAX_NODES_PER_MESSAGE):
-                    data = {
-                        "run": summary,
-                        "groups": _groups_with_parents(groups.values()) if start == 0 else [],
-                        "nodes": _with_parents(nodes[start : start + MAX_NODES_PER_MESSAGE]),
-                        "pending": max(len(nodes) - start - MAX_NODES_PER_MESSAGE, 0),
-                    }
-                    yield _sse("update", data, cursor)
-                quiet = 0.0
-                if info.status is not RunStatus.RUNNING:
-                    yield _sse("end", {"run": summary}, cursor)
+    try:
+        while not vs.closing.is_set():
+            try:
+                info = await _until_closing(vs, vs.store.get_run(run_id))
+                if info is None:
+                    yield _sse("problem", {"error": f"run {run_id!r} is no longer in the store"})
                     return
-        except StoreProblem as exc:
-            yield _sse("problem", {"error": exc.message})
-        await _pause(vs, vs.poll_interval)
-        quiet += vs.poll_interval
-        if quiet >= HEARTBEAT:
-            quiet = 0.0
-            yield ": ping\n\n"
+                if (info.updated, info.checkpoints, info.status.value) != seen:
+                    update = await _until_closing(
+                        vs, in_thread(_stored_update, vs.store, run_id, cursor, vs.closing.is_set)
+                    )
+                    if update is None:
+                        return  # (the viewer closed)
+                    seen, cursor = update.seen, update.cursor
+                    for start in range(0, max(len(update.nodes), 1), MAX_NODES_PER_MESSAGE):
+                        message = await asyncio.to_thread(_update_message, update, start)
+                        if vs.closing.is_set():
+                            return
+                        yield message
+                    quiet = 0.0
+                    if update.over:
+                        yield _sse("end", {"run": update.summary}, cursor)
+                        return
+            except StoreProblem as exc:
+                yield _sse("problem", {"error": exc.message})
+            await _pause(vs, vs.poll_interval)
+            quiet += vs.poll_interval
+            if quiet >= HEARTBEAT:
+                quiet = 0.0
+                yield ": ping\n\n"
+    except _Stopping:
+        return
 
 
 async def _api_events(request: Request) -> Response:
@@ -890,6 +981,26 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return _html(pages.error_page("Viewer error", message), 500)
 
 
+def check_intervals(poll_interval: Any, push_interval: Any) -> tuple[float, float]:
+    """``(poll_interval, push_interval)`` as floats, or a ``ConfigurationError`` (a
+    ``ValueError``) naming the one that is out of range: ``poll_interval`` a finite number of
+    seconds >= ``MIN_POLL_INTERVAL``, ``push_interval`` a finite number >= 0 (0: every change
+    sent at once). A bool, a string, NaN or an infinity is refused."""
+    poll = check_number(
+        "the viewer's poll_interval",
+        poll_interval,
+        minimum=MIN_POLL_INTERVAL,
+        hint=" (seconds between two reads of a run's progress from the store; default 1.0)",
+    )
+    push = check_number(
+        "the viewer's push_interval",
+        push_interval,
+        minimum=0.0,
+        hint=" (seconds an event stream waits at least between two updates; default 0.25)",
+    )
+    return poll, push
+
+
 def create_app(
     store: StoreReader | str | Any = None,
     *,
@@ -903,7 +1014,10 @@ def create_app(
 
     ``allowed_hosts``: the ``Host`` names a request may use (``None``: any; the default
     is this machine's loopback names, which ``rh-agents ui`` widens to the ``--host`` given).
+    ``poll_interval`` and ``push_interval``: see ``check_intervals`` (a ``ConfigurationError``
+    here when out of range).
     """
+    poll_interval, push_interval = check_intervals(poll_interval, push_interval)
     reader = store if isinstance(store, StoreReader) else StoreReader(store)
     viewer = ViewerState(reader, feeds if feeds is not None else {}, poll_interval, push_interval)
     routes = [

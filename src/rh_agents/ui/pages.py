@@ -50,16 +50,32 @@ ERROR_CHARS = 300
 # otherwise make the page (and the browser's DOM) 10 MB for one attribute.
 ERROR_TITLE_CHARS = 10_000
 
-# Control characters, and lone surrogates (which cannot be sent as UTF-8: a JSON store keeps
-# them, say in an error naming a file whose name is not UTF-8).
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+# Control characters (C0 but tab and line breaks, and DEL), and lone surrogates (which cannot
+# be sent as UTF-8: a JSON store keeps them, say in an error naming a file whose name is not
+# UTF-8): shown as "?". The C1 controls and the bidirectional embeddings, overrides and
+# isolates: shown as U+FFFD, as ``core.safe_text.printable`` shows them in a terminal (a name
+# holding U+202E showed the rest of its line reversed: what the page showed was not what ran).
+# static/viewer.js shows the API's strings the same way (its ``shown``).
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_SHOWN = {
+    code: "?"
+    for code in (*range(0x20), 0x7F, *range(0xD800, 0xE000))
+    if code not in (0x09, 0x0A, 0x0D)
+}
+_UNSEEN = (*range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_SHOWN.update(dict.fromkeys(_UNSEEN, "\ufffd"))
 _NOT_CLASS = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def esc(value: object) -> str:
     """``value`` as HTML text or attribute value: escaped, control characters and lone
-    surrogates shown as "?"."""
-    return html.escape(_CONTROL.sub("?", str(value)), quote=True)
+    surrogates shown as "?", C1 controls and bidirectional controls as U+FFFD."""
+    text = str(value)
+    if _CONTROL.search(text) is not None:
+        text = text.translate(_SHOWN)
+    return html.escape(text, quote=True)
 
 
 def _cls(status: object) -> str:

@@ -479,9 +479,10 @@ def serve(
     docstring. ``store``: the store it lists runs from (default: the one ``state``
     checkpoints into, else ``default_state_path()``); ``open_browser``: open the run's page.
 
-    A ``state`` that is not an ``ExecutionState``, an empty host or a port that is no port
-    (``port``: an int from 0 to 65535, or ``None``) is a ``ConfigurationError`` here, before
-    any socket is made.
+    A ``state`` that is not an ``ExecutionState``, an empty host, a port that is no port
+    (``port``: an int from 0 to 65535, or ``None``) or a ``poll_interval`` (seconds between
+    two reads of a run's progress from the store) that is not a finite number of at least
+    0.01 is a ``ConfigurationError`` here, before any socket is made.
     """
     if state is not None:
         _check_state("serve()", state, " (or None: the store's runs alone)")

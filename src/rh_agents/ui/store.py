@@ -3,8 +3,9 @@
 Every read opens the store with ``open_backend(path, mode="read")`` (nothing is ever created or
 written, and read-only files and folders work), reads, and closes it again, so the viewer
 never holds a file or a lock between requests and sees a store that is replaced or created
-after it started. Reads run in a worker thread (``asyncio.to_thread``): a store that waits for
-a lock, or a slow disk, never holds up the event loop, which may be a watched run's own.
+after it started. Reads run in a worker thread (``in_thread``): a store that waits for a lock,
+or a slow disk, never holds up the event loop, which may be a watched run's own; and, as those
+threads are daemon threads, never holds up the end of the program either (Ctrl-C).
 
 Every failure is a ``StoreProblem`` with a sentence for the page and an HTTP status: a run id
 that breaks the rule (400), an unknown run (404), a store that cannot be read (503).
@@ -13,8 +14,13 @@ that breaks the rule (400), an unknown run (404), a store that cannot be read (5
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from rh_agents.core.run_ids import check_run_id
 from rh_agents.errors import InvalidRunIdError, RecoveryError, UnknownRunError
@@ -22,7 +28,39 @@ from rh_agents.recovery.backend import default_state_path
 from rh_agents.recovery.opening import open_backend
 from rh_agents.recovery.records import CheckpointRecord, RunInfo
 
-__all__ = ["StoreProblem", "StoreReader"]
+__all__ = ["StoreProblem", "StoreReader", "in_thread"]
+
+_T = TypeVar("_T")
+
+
+async def in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a daemon thread of its own (in a copy of this context), awaited: as
+    ``asyncio.to_thread``, but a call that hangs does not hold the program's end. A store read
+    can wait long (a database locked by a writer, up to SQLite's busy timeout of 30 s; a slow
+    network disk), and the default executor's threads are joined as ``asyncio.run`` ends and
+    as the interpreter exits: Ctrl-C on ``rh-agents ui`` waited for them. A caller that stops
+    waiting (it is cancelled) leaves the thread to end on its own, its outcome dropped."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():  # (its caller may have stopped waiting)
+            outcome()
+
+    def run() -> None:
+        try:
+            result = context.run(fn, *args)
+        except BaseException as exc:  # handed to the caller, as to_thread does
+            outcome = functools.partial(future.set_exception, exc)
+        else:
+            outcome = functools.partial(future.set_result, result)
+        # The loop may be closed already (the program ended while this ran): nobody waits.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="rh_agents.ui reader", daemon=True).start()
+    return await future
 
 
 class StoreProblem(Exception):
@@ -177,21 +215,21 @@ class StoreReader:
     # --- the same, off the event loop ---------------------------------------------------------
 
     async def list_runs(self) -> list[RunInfo]:
-        return await asyncio.to_thread(self.list_runs_sync)
+        return await in_thread(self.list_runs_sync)
 
     async def list_readable_runs(self) -> tuple[list[RunInfo], list[str]]:
-        return await asyncio.to_thread(self.list_readable_runs_sync)
+        return await in_thread(self.list_readable_runs_sync)
 
     async def read_run(self, run_id: str) -> tuple[RunInfo, dict[str, CheckpointRecord]]:
-        return await asyncio.to_thread(self.read_run_sync, run_id)
+        return await in_thread(self.read_run_sync, run_id)
 
     async def get_run(self, run_id: str) -> RunInfo | None:
-        return await asyncio.to_thread(self.get_run_sync, run_id)
+        return await in_thread(self.get_run_sync, run_id)
 
     async def counts(self, infos: list[RunInfo]) -> dict[str, dict[str, int]]:
-        return await asyncio.to_thread(self.counts_sync, infos)
+        return await in_thread(self.counts_sync, infos)
 
     async def readable_counts(
         self, infos: list[RunInfo]
     ) -> tuple[dict[str, dict[str, int]], list[str]]:
-        return await asyncio.to_thread(self.readable_counts_sync, infos)
+        return await in_thread(self.readable_counts_sync, infos)

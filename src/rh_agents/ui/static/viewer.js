@@ -1,10 +1,22 @@
 // rh_agents run viewer: live updates and filtering on top of pages rendered by the server.
 // Every value that comes from a run is set with textContent (or an attribute), never parsed
-// as HTML: an actor error holding "<script>" shows as text.
+// as HTML: an actor error holding "<script>" shows as text. And it goes through shown() first,
+// as the server's pages show it (pages.esc).
 "use strict";
 
 (function () {
   const body = document.body;
+
+  // As the server's pages show them (pages.esc): control characters (but tab and line breaks)
+  // and lone surrogates as "?"; C1 controls and the bidirectional embeddings, overrides and
+  // isolates as U+FFFD, as the terminal displays show them (core/safe_text.py): a name holding
+  // U+202E showed the rest of its line reversed, so what was shown was not what ran.
+  const UNSAFE = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069\ud800-\udfff]/gu;
+
+  function shown(value) {
+    return String(value).replace(UNSAFE, (c) =>
+      (c >= "\u0080" && c <= "\u009f") || (c >= "\u202a" && c <= "\u2069") ? "\ufffd" : "?");
+  }
 
   function fmtDuration(seconds) {
     if (seconds === null || seconds === undefined || !isFinite(seconds)) return "";
@@ -29,7 +41,7 @@
   function countsText(counts, running) {
     const keys = Object.keys(counts || {}).sort((a, b) =>
       (a !== "completed") - (b !== "completed") || (a < b ? -1 : a > b ? 1 : 0));
-    const parts = keys.map((k) => counts[k] + " " + k);
+    const parts = keys.map((k) => counts[k] + " " + shown(k));
     if (running) parts.push(running + " running");
     return parts.length ? parts.join(" · ") : "no events yet";
   }
@@ -91,7 +103,7 @@
     if (!el) return;
     for (const cls of Array.from(el.classList)) if (cls.startsWith("s-")) el.classList.remove(cls);
     el.classList.add("s-" + String(status).replace(/[^A-Za-z0-9_-]/g, "_"));
-    el.textContent = status;
+    el.textContent = shown(status);
   }
 
   function span(cls, text) {
@@ -112,26 +124,26 @@
     function apply() {
       const needle = (input.value || "").trim().toLowerCase();
       const status = select.value;
-      let shown = 0;
+      let visible = 0;
       for (const row of tbody.rows) {
         const id = (row.dataset.runId || "").toLowerCase();
         const st = row.dataset.status || "";
         const ok = (!status || st === status) && (!needle || id.includes(needle) || st.includes(needle));
         row.classList.toggle("hidden", !ok);
-        if (ok) shown += 1;
+        if (ok) visible += 1;
       }
-      empty.classList.toggle("shown", shown === 0);
+      empty.classList.toggle("shown", visible === 0);
     }
 
     function row(run) {
       const tr = document.createElement("tr");
-      tr.dataset.runId = run.run_id;
-      tr.dataset.status = run.status;
+      tr.dataset.runId = shown(run.run_id);
+      tr.dataset.status = shown(run.status);
       const id = document.createElement("td");
       id.className = "id";
       const link = document.createElement("a");
       link.href = "/runs/" + encodeURIComponent(run.run_id);
-      link.textContent = run.run_id;
+      link.textContent = shown(run.run_id);
       id.appendChild(link);
       if (run.live) id.appendChild(span("live", "live"));
       const status = document.createElement("td");
@@ -207,10 +219,13 @@
       return li.querySelector(":scope > details > ul.children, :scope > details > div.body > ul.children");
     }
 
+    // address: as the run has it (for links); on the page, and as the key of items, as
+    // shown() shows it (the server's page has it so in data-address).
     function createItem(address, kind, label) {
       const li = document.createElement("li");
       li.className = "item " + kind;
-      li.dataset.address = address;
+      li.dataset.address = shown(address);
+      label = shown(label);
       li.dataset.kind = kind;
       const details = document.createElement("details");
       const summary = document.createElement("summary");
@@ -238,7 +253,7 @@
         link.textContent = "Timeline of its members";
         const frame = document.createElement("iframe");
         frame.loading = "lazy";
-        frame.title = "Timeline of " + address;
+        frame.title = "Timeline of " + shown(address);
         frame.src = href;
         timeline.append(link, frame);
         inner.append(metrics, timeline, children);
@@ -260,7 +275,7 @@
     }
 
     function ensureItem(address, kind, parent, label) {
-      const found = items.get(address);
+      const found = items.get(shown(address));
       if (found) return found;
       let list = document.getElementById("tree");
       if (parent) {
@@ -282,7 +297,7 @@
       } else {
         list.appendChild(li);
       }
-      items.set(address, li);
+      items.set(li.dataset.address, li);
       return li;
     }
 
@@ -313,20 +328,20 @@
       const summary = li.querySelector(":scope > details > summary");
       if (n.kind === "member") {
         const m = /\[(\d+)\]$/.exec(n.address);
-        summary.querySelector(".name").textContent = "[" + (m ? m[1] : "?") + "]" + (n.name ? " " + n.name : "");
+        summary.querySelector(".name").textContent = "[" + (m ? m[1] : "?") + "]" + (n.name ? " " + shown(n.name) : "");
         const actor = summary.querySelector(".actor");
-        if (actor && n.actor) actor.textContent = n.actor;
+        if (actor && n.actor) actor.textContent = shown(n.actor);
       }
       setStatus(summary.querySelector(".status"), n.status);
       summary.querySelector(".attempts").textContent = n.attempts > 1 ? n.attempts + " attempts" : "";
       summary.querySelector(".duration").textContent = fmtDuration(n.duration);
       const error = summary.querySelector(".error");
-      const full = n.error || "";
+      const full = shown(n.error || "");
       error.textContent = full.length > 300 ? full.slice(0, 300) + "…" : full;
       // The tooltip holds at most 10,000 characters, as the server's page does (pages.py).
       if (full) error.title = full.length > 10000 ? full.slice(0, 10000) + "…" : full;
       else error.removeAttribute("title");
-      summary.querySelector(".result").textContent = n.result || "";
+      summary.querySelector(".result").textContent = n.result ? shown(n.result) : "";
       li.className = "item " + n.kind + " s-" + String(n.status).replace(/[^A-Za-z0-9_-]/g, "_");
       markStale(li);
     }
@@ -397,7 +412,7 @@
       location.reload();
     });
     source.addEventListener("problem", (e) => {
-      follow.textContent = "(" + JSON.parse(e.data).error + ")";
+      follow.textContent = "(" + shown(JSON.parse(e.data).error) + ")";
     });
     source.onerror = () => {
       if (source.readyState !== EventSource.CLOSED) follow.textContent = "(connection lost: retrying)";
