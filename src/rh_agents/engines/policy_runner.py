@@ -43,7 +43,7 @@ from rh_agents.core.records import CircuitStateChanged, EventRetrying, _placed_i
 from rh_agents.core.results import ExecutionResult, describe_error
 from rh_agents.errors import ConfigurationError, InvalidMemberError
 from rh_agents.resilience.breaker import Circuit, CircuitBreaker, Transition
-from rh_agents.resilience.rate_limit import RateLimit
+from rh_agents.resilience.rate_limit import STATE_SCOPE, RateLimit
 from rh_agents.resilience.retry import RetryPolicy
 from rh_agents.resilience.signals import is_overload
 
@@ -66,9 +66,8 @@ __all__ = [
     "run_member",
 ]
 
-# The scope of the state's own (keyless) rate limit: no group id can be it (a name cannot
-# hold "::"), so a group named "state" neither shares nor drops the state's bucket.
-_STATE_SCOPE = "::state"
+# The scope of the state's own (keyless) rate limit (see rate_limit.STATE_SCOPE).
+_STATE_SCOPE = STATE_SCOPE
 
 # The address of the member whose group policies are applied to the member as a whole, so
 # that the events it calls do not apply them a second time. An address, not a flag: a group

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from rh_agents.core.actors import LLM
 from rh_agents.errors import ConfigurationError, RateLimitedError, RHAgentsError
+from rh_agents.resilience.checks import is_seconds
 from rh_agents.resilience.signals import retry_after_of
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ class OpenAIChat:
                 "no OpenAI API key: pass api_key=... or set OPENAI_API_KEY "
                 "(a local compatible server accepts any non-empty key)"
             )
-        if not (isinstance(timeout, int | float) and timeout > 0):
+        if not is_seconds(timeout):
             raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r}")
         self.timeout = float(timeout)
         self.temperature = temperature

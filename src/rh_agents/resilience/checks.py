@@ -1,6 +1,6 @@
 """``check_policy``: the one check that a policy given anywhere is the policy it should be;
 ``check_number``, ``check_exception_types`` and ``check_predicate``: the checks of the
-policies' own fields.
+policies' own fields; ``is_seconds``: what a timeout option takes.
 
 Every place that takes a policy (the state, a group, an actor, an event, ``p.add``) checks it
 as it is given, so a wrong value fails there, naming the option, rather than when a call
@@ -19,7 +19,13 @@ from typing import Any
 
 from rh_agents.errors import ConfigurationError
 
-__all__ = ["check_exception_types", "check_number", "check_policy", "check_predicate"]
+__all__ = [
+    "check_exception_types",
+    "check_number",
+    "check_policy",
+    "check_predicate",
+    "is_seconds",
+]
 
 
 def check_policy(label: str, value: Any, expected: type) -> None:
@@ -53,6 +59,19 @@ def check_number(
             f"{label} must be a finite number {sign} {minimum:g}, got {value!r}{hint}"
         )
     return float(value)
+
+
+def is_seconds(value: Any) -> bool:
+    """Whether ``value`` is a timeout in seconds: an int or float (not a bool) above 0 that a
+    float can hold (``inf`` too: no timeout). ``nan`` is not, nor is an int too large for a
+    float (``10**400``), which would only fail, as an ``OverflowError``, once the timeout is
+    armed (the loop's time plus it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return float(value) > 0
+    except OverflowError:
+        return False
 
 
 def check_exception_types(label: str, value: Any) -> tuple[type[BaseException], ...]:

@@ -19,9 +19,9 @@ The bucket follows the event loop's time, so it is not driven by an injected clo
 An ``AsyncLimiter`` belongs to the loop that first used it (aiolimiter warns, and its waiters'
 futures and wake-up timer would be the old loop's, when it is used on another). A state used by
 one loop after another (``asyncio.run`` twice) therefore gets a new ``AsyncLimiter`` for a key
-when the key is first used on a new loop, and it starts with what the old one had not yet
-drained (by the old loop's time): the limit holds across the change, a second ``asyncio.run``
-right after a burst does not get a second burst.
+(or for its own keyless limit) when it is first used on a new loop, and it starts with what
+the old one had not yet drained (by the old loop's time): the limit holds across the change, a
+second ``asyncio.run`` right after a burst does not get a second burst.
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ from aiolimiter import AsyncLimiter
 from rh_agents.errors import ConfigurationError
 from rh_agents.resilience.checks import check_number
 
-__all__ = ["RateLimit", "RateLimiterRegistry"]
+__all__ = ["STATE_SCOPE", "RateLimit", "RateLimiterRegistry"]
+
+#: The scope of the state's own keyless rate limit (``ExecutionState(rate_limit=...)``): no
+#: group id can be it (a name cannot hold "::"), so a group named "state" neither shares nor
+#: drops the state's bucket. Like a keyed bucket it lasts as long as the state does.
+STATE_SCOPE = "::state"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +75,10 @@ class RateLimiterRegistry:
     ``period`` for the state's lifetime, and a different one naming the same key is refused
     (``claim``): with first-made-wins, a group's larger limit would lift the state's. A
     keyless limit's bucket belongs to its scope (a group) and is dropped when the group ends
-    (``drop_scope``); keyed buckets stay for the state's lifetime. A bucket is used on one
-    event loop: a key used on a new loop gets a new ``AsyncLimiter`` there, carrying over the
-    level the old one had left (see the module's docstring).
+    (``drop_scope``); keyed buckets, and the state's own keyless one (``STATE_SCOPE``), stay
+    for the state's lifetime. A bucket is used on one event loop: such a lasting bucket used on
+    a new loop gets a new ``AsyncLimiter`` there, carrying over the level the old one had left
+    (see the module's docstring).
     """
 
     __slots__ = ("_claimed", "_limiters")
@@ -126,9 +132,10 @@ class RateLimiterRegistry:
             # call per period / calls; a bucket smaller than one call would refuse them all.
             calls, period = 1, period / calls
         made = AsyncLimiter(calls, period)
-        if found is not None and limit.key is not None:
-            # The key was used on another loop (the state's previous asyncio.run). A scope's
-            # bucket starts afresh: a group runs on one loop, so this is another group.
+        if found is not None and (limit.key is not None or scope == STATE_SCOPE):
+            # The key (or the state's own keyless limit, which lasts as long as the state) was
+            # used on another loop (the state's previous asyncio.run). A group's bucket starts
+            # afresh: a group runs on one loop, so this is another group.
             _carry_level(found[0], found[1], loop, made)
         self._limiters[name] = (loop, made)
         return made

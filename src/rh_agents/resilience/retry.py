@@ -135,9 +135,17 @@ class RetryAttempts:
         self._started = clock.now() if clock is not None else 0.0
         # tenacity's primitives: exponential backoff capped at max_delay, plus random jitter
         # (on top of the cap: callers that all reached it must not retry at the same instant).
-        self._wait = tenacity.wait_exponential(
-            multiplier=policy.initial_delay, exp_base=policy.multiplier, max=policy.max_delay
-        ) + tenacity.wait_random(0, policy.jitter)
+        # No exponential part without an initial delay: 0 * multiplier ** n is 0 at every
+        # attempt, but tenacity's wait_exponential answers its max (max_delay) once the power
+        # overflows a float (2.0 ** 1024, from attempt 1025 at the default multiplier).
+        exponential: tenacity.wait.wait_base = (
+            tenacity.wait_exponential(
+                multiplier=policy.initial_delay, exp_base=policy.multiplier, max=policy.max_delay
+            )
+            if policy.initial_delay > 0
+            else tenacity.wait_none()
+        )
+        self._wait = exponential + tenacity.wait_random(0, policy.jitter)
         self._stop = tenacity.stop_after_attempt(policy.max_attempts)
         self._call_state = tenacity.RetryCallState(
             tenacity.AsyncRetrying(stop=self._stop, wait=self._wait), None, (), {}

@@ -14,6 +14,7 @@ adaptive limit understand errors raised by ``httpx``, ``openai`` or your own cod
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import time
@@ -59,6 +60,11 @@ def _parse_retry_after(raw: Any) -> float | None:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, OverflowError, IndexError):
         return None
+    if when.tzinfo is None:
+        # An HTTP date is always GMT (RFC 9110), also when it does not say so: the asctime
+        # form ("Sun Nov  6 08:49:37 1994") and "-0000" parse without a zone, and
+        # ``timestamp()`` would read them as local time (hours off, away from UTC).
+        when = when.replace(tzinfo=datetime.UTC)
     return _seconds(max(0.0, when.timestamp() - time.time()))
 
 

@@ -57,7 +57,7 @@ from rh_agents.errors import (
     DuplicateMemberError,
     GroupClosedError,
 )
-from rh_agents.resilience.checks import check_policy
+from rh_agents.resilience.checks import check_policy, is_seconds
 from rh_agents.resilience.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -184,9 +184,7 @@ def add(
                     f"group {group.group_id!r} already has a member named {name!r} "
                     f"(index {group._names[name]}); names must be unique"
                 )
-        if timeout is not None and not (
-            isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0
-        ):
+        if timeout is not None and not is_seconds(timeout):
             raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r}")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ConfigurationError(f"priority must be an int, got {priority!r}")

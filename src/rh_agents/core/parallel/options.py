@@ -17,7 +17,7 @@ from rh_agents.core.parallel.strategy import BatchMode, ErrorStrategy
 from rh_agents.errors import ConfigurationError
 from rh_agents.resilience.adaptive import AdaptiveLimit, as_adaptive
 from rh_agents.resilience.breaker import CircuitBreaker
-from rh_agents.resilience.checks import check_policy
+from rh_agents.resilience.checks import check_policy, is_seconds
 from rh_agents.resilience.rate_limit import RateLimit
 from rh_agents.resilience.retry import RetryPolicy
 
@@ -213,9 +213,7 @@ def check_group_options(
             f"unknown error_strategy {error_strategy!r}; use one of {choices}"
         ) from None
     for label, value in (("timeout", timeout), ("member_timeout", member_timeout)):
-        if value is not None and (
-            isinstance(value, bool) or not (isinstance(value, int | float) and value > 0)
-        ):
+        if value is not None and not is_seconds(value):
             raise ConfigurationError(f"{label} must be a number of seconds > 0, got {value!r}")
     if strategy is ErrorStrategy.FAIL_THRESHOLD and failure_threshold is None:
         raise ConfigurationError(
