@@ -17,7 +17,8 @@ Opening (``mode``, see ``backend``): ``"create"`` makes the directory and checks
 written; ``"write"`` and ``"read"`` never create it, and a missing directory reads as empty.
 
 Leases (``acquire_lease``): an exclusive ``flock`` on ``<run_id>.lock`` in the directory, held
-while the run is written; see ``rh_agents.recovery.lease`` for the design. POSIX only.
+while the run is written; see ``rh_agents.recovery.lease`` for the design. POSIX only. Taking
+it also removes the run's temporary files that a writer killed in the middle of a save left.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -370,7 +372,26 @@ class JSONBackend(StateBackend):
             raise self._write_error(path, exc) from exc
         with self._lock:
             self._docs.pop(run_id, None)  # read the file again under the lease
+        self._remove_leftovers(run_id)
         return _FileLease(run_id, owner, fd, path)
+
+    def _remove_leftovers(self, run_id: str) -> None:
+        """Remove the temporary files of ``run_id`` that a writer killed in the middle of a
+        save left (each as large as the run file); called under the run's lease, so no other
+        process is writing one. Another run's are left alone: a run's temporary files are
+        ``.<run_id>.<random>.tmp`` (``_write``) and the random part has no dot, so
+        ``.a.b.x1.tmp`` is run ``a.b``'s, never run ``a``'s."""
+        own = re.compile(rf"\.{re.escape(run_id)}\.[A-Za-z0-9_]+\.tmp")
+        try:
+            names = [entry.name for entry in os.scandir(self.directory)]
+        except OSError:
+            return
+        for name in names:
+            if own.fullmatch(name):
+                try:
+                    os.unlink(self.directory / name)
+                except OSError:
+                    pass  # (a read-only folder: nothing can be written there anyway)
 
     def close(self) -> None:
         with self._lock:

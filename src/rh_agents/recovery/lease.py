@@ -180,7 +180,11 @@ def locked_error(run_id: str, owner: LeaseOwner | None, where: str, now: float) 
     """The refusal of a second writer, naming the holder."""
     holder = owner.describe(now) if owner is not None else "a process that has not said who"
     if owner is not None and owner.pid == os.getpid() and owner.scope == this_scope():
-        who = "this process, through another Recovery that is still open (close its state first)"
+        who = (
+            "this process, through another Recovery that is still open (close its state "
+            "first; a state whose close gave up on a busy store holds the run until its last "
+            "writes land)"
+        )
     else:
         who = "another process"
     return RunLockedError(

@@ -38,7 +38,9 @@ written with the next write, the failure is logged, listed in ``write_errors`` a
 per streak as a ``CheckpointWarning``. The run's end (``close`` / ``aclose``) writes everything
 left and the final status, waiting at most ``close_timeout`` seconds: if that fails, or the
 store stays locked that long, it raises a ``RecoveryError`` naming the store and the number of
-checkpoints lost for a resume (the results the program already holds are unaffected).
+checkpoints not written (the results the program already holds are unaffected). A store still
+locked then gets them, and the final status, from the writer thread as soon as it frees (while
+the process lives), and the lease is released after them.
 """
 
 from __future__ import annotations
@@ -703,12 +705,12 @@ class Recovery:
             job = self._inflight
             if job is not None:
                 if not job.wait(max(0.0, deadline - time.monotonic())):
-                    raise self._stuck_error("write the last checkpoints", job)
+                    raise self._given_up(job)
                 self._settle(job, report=False)
             job = self._write(self._final_status(), block=max(0.0, deadline - time.monotonic()))
             if job is not None:
                 if not job.wait(max(0.0, deadline - time.monotonic())):
-                    raise self._stuck_error("write the last checkpoints", job)
+                    raise self._given_up(job)
                 self._settle(job, report=False)
                 if job.error is not None:
                     raise self._unwritten_error(job.error)
@@ -738,12 +740,12 @@ class Recovery:
             job = self._inflight
             if job is not None:
                 if not await _wait_through_cancel(job, deadline, cancelled):
-                    raise self._stuck_error("write the last checkpoints", job)
+                    raise self._given_up(job)
                 self._settle(job, report=False)
             job = self._write(self._final_status(), block=0)
             if job is not None:
                 if not await _wait_through_cancel(job, deadline, cancelled):
-                    raise self._stuck_error("write the last checkpoints", job)
+                    raise self._given_up(job)
                 self._settle(job, report=False)
                 if job.error is not None:
                     raise self._unwritten_error(job.error)
@@ -764,13 +766,14 @@ class Recovery:
     def _release_on_writer(self) -> WriteJob | None:
         """Release the lease and an owned backend: on the writer thread after its writes, if
         it has one (so that nothing here waits on a store the thread is still waiting for);
-        then the thread ends. ``None`` when done here and now."""
+        then the thread ends (once the store lets it write what it holds, when the close gave
+        up waiting). ``None`` when done here and now."""
         writer = self._writer
         if writer is None:
             self._release()
             return None
         job = writer.call(self._release)
-        writer.stop()
+        writer.finish()
         return job
 
     def _raise_release_error(self, job: WriteJob) -> None:
@@ -787,19 +790,66 @@ class Recovery:
     def _pending_count(self, job: WriteJob | None) -> int:
         return len(self._pending) + (len(job.records) if job is not None else 0)
 
-    def _stuck_error(self, action: str, job: WriteJob) -> RecoveryError:
-        """The store stayed busy past ``close_timeout``: what was lost, and what to do."""
+    def _stuck_error(
+        self, action: str, job: WriteJob, *, later: str | None = None
+    ) -> RecoveryError:
+        """The store stayed busy past ``close_timeout``: what was not written, and what to do.
+
+        The writer is left to go on (it writes as soon as the store frees): stopping it made
+        every later write of the run fail, after a ``save_checkpoint`` that timed out."""
         unwritten = self._pending_count(job if self._inflight is job else None)
-        if self._inflight is job:
-            self._writer_thread().stop()  # it gives up once its current attempt ends
+        later = later or (
+            "they are kept and written with the next write, as soon as the store frees"
+        )
         return RecoveryError(
             f"cannot {action} of run {self.run_id!r}: the state store {store_name(self.backend)} "
             f"stayed busy (locked by another process, or slow) for {self.close_timeout}s; "
-            f"{unwritten} checkpoint(s) and the run's final status were not written in time "
-            "(the write goes on in the background while this process lives); any that never "
+            f"{unwritten} checkpoint(s) were not written in time ({later}); any that never "
             "land run again on resume. Find what holds the store, or give "
             "Recovery(close_timeout=...) more time."
         )
+
+    def _given_up(self, job: WriteJob) -> RecoveryError:
+        """The run's end gave up waiting for the store: what is left (the pending checkpoints
+        and the final status) goes to the writer thread, after the write in flight, and the
+        lease is released after them (``_release_on_writer``), so that all of it is written
+        once the store frees, while this process lives (the thread is a daemon)."""
+        error = self._stuck_error(
+            "write the last checkpoints",
+            job,
+            later="they and the run's final status are written in the background as soon as "
+            "the store frees, while this process lives, and the run's lease is released "
+            "after them",
+        )
+        writer = self._writer_thread()
+        jobs = [job]
+        if self._inflight is job and job.status is None:
+            batch, self._pending = self._pending, []
+            jobs.append(writer.submit(batch, self._final_status()))
+        writer.call(lambda: self._report_background(jobs))  # (after them: nobody waits now)
+        return error
+
+    def _report_background(self, jobs: list[WriteJob]) -> None:
+        """Log how the writes the run's end gave up waiting for ended (the writer thread)."""
+        failed = [job for job in jobs if job.error is not None]
+        count = sum(len(job.records) for job in failed)
+        if failed:
+            logger.error(
+                "%d checkpoint(s) of run %r that the run's end left to be written in the "
+                "background could not be written to %s after all (%s); a resume runs those "
+                "events again",
+                count,
+                self.run_id,
+                store_name(self.backend),
+                failed[0].error,
+            )
+        else:
+            logger.warning(
+                "the last checkpoints of run %r and its final status are written to %s, "
+                "once the store freed",
+                self.run_id,
+                store_name(self.backend),
+            )
 
     def _unwritten_error(self, exc: BaseException) -> BaseException:
         """The final write failed: the backend's own ``RecoveryError`` (a lost lease stays a

@@ -8,7 +8,8 @@
         job.when_done(loop, settle)          # ... then the loop goes on; settle(job) comes later
     await job.wait_async(30.0)               # or wait without blocking the loop
     writer.call(lease.release)               # anything else, after what is queued
-    writer.stop()                            # the thread ends once the queue is empty
+    writer.finish()                          # the thread ends once the queue is empty
+    writer.stop()                            # the same, but a busy store is no longer waited for
 
 One thread per ``Recovery``, started at its first write, so a run has exactly one writer and
 its batches are written in the order they were submitted. A write that finds the store locked
@@ -16,7 +17,9 @@ by another process (SQLite's ``SQLITE_BUSY`` / ``SQLITE_LOCKED``, once the backe
 wait gave up) is tried again by the thread, with a growing pause, until it succeeds or the
 writer is stopped; any other failure ends the job with its ``error`` (the caller keeps the
 records and decides). The thread is a daemon: a store that stays locked never holds the
-process at exit.
+process at exit. A run that ends while the store is still locked (``Recovery.close`` gave up
+waiting) hands its last writes and its lease's release to the thread and ``finish``es it:
+they are made once the store frees, while the process lives.
 """
 
 from __future__ import annotations
@@ -153,6 +156,7 @@ class CheckpointWriter:
         self._queue: queue.SimpleQueue[WriteJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._closed = False  # finish() or stop(): no more jobs are taken
         self._start_lock = threading.Lock()
 
     def submit(
@@ -165,14 +169,20 @@ class CheckpointWriter:
         """Queue ``fn()`` to run on the writer thread after every earlier job."""
         return self._put(WriteJob(fn=fn))
 
+    def finish(self) -> None:
+        """Take no more jobs; the thread ends once it has run what is queued (a busy store
+        still waited for)."""
+        self._closed = True
+        self._queue.put(None)
+
     def stop(self) -> None:
         """No retries from now on (a busy store fails at once); the thread ends once it has
         run what is queued."""
         self._stopping.set()
-        self._queue.put(None)
+        self.finish()
 
     def _put(self, job: WriteJob) -> WriteJob:
-        if self._stopping.is_set():
+        if self._closed:
             job.error = RecoveryError(
                 f"the checkpoint writer of run {self.run_id!r} was stopped; nothing more is "
                 f"written to {store_name(self.backend)}"
