@@ -322,3 +322,25 @@ async def test_a_probe_that_raised_a_base_exception_frees_its_place() -> None:
     result = await event(Item(n=7), "", state)
     assert result.ok and result.result == 7
     assert state.breakers["svc"].state == "closed"
+
+
+def test_an_error_outside_failure_on_neither_counts_nor_resets_the_count() -> None:
+    circuit = Circuit(
+        "k", CircuitBreaker(failure_threshold=3, failure_on=(ConnectionError,)), ManualClock()
+    )
+    for error in (ConnectionError(), ConnectionError(), ValueError(), ConnectionError()):
+        circuit.acquire()
+        circuit.release(error)
+    assert circuit.state == "open"
+
+
+async def test_a_later_breaker_with_other_settings_shares_the_first_ones_circuit() -> None:
+    state, _ = make()
+    handler = Switch()
+    tool = Tool(name="svc", input_model=Item, handler=handler)
+    first = ExecutionEvent(actor=tool, circuit_breaker=CircuitBreaker(failure_threshold=1))
+    later = ExecutionEvent(actor=tool, circuit_breaker=CircuitBreaker(failure_threshold=9))
+    await first(Item(), "", state)
+    refused = await later(Item(), "", state)
+    assert isinstance(refused.exception, CircuitOpenError) and handler.calls == 1
+    assert state.breakers["svc"].policy.failure_threshold == 1
