@@ -31,7 +31,7 @@ import functools
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, ClassVar, get_type_hints
+from typing import Any, ClassVar, Protocol, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -61,6 +61,40 @@ __all__ = [
 
 # An async function, or a plain one (run in a worker thread).
 Handler = Callable[[Any, str, Any], Awaitable[Any]] | Callable[[Any, str, Any], Any]
+
+_A = TypeVar("_A", bound="BaseActor")
+_A_co = TypeVar("_A_co", bound="BaseActor", covariant=True)
+
+
+class _ActorDecorator(Protocol[_A_co]):
+    """The type of ``agent``, ``tool`` and ``llm``: ``@tool`` gives a ``Tool``, and
+    ``@tool(name=..., ...)`` a decorator giving one (for type checkers: at run time they are
+    plain functions)."""
+
+    @overload
+    def __call__(
+        self,
+        fn: Handler,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        input_model: type[BaseModel] | None = None,
+        output_model: type[BaseModel] | None = None,
+        **options: Any,
+    ) -> _A_co: ...
+
+    @overload
+    def __call__(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        input_model: type[BaseModel] | None = None,
+        output_model: type[BaseModel] | None = None,
+        **options: Any,
+    ) -> Callable[[Handler], _A_co]: ...
+
 
 # Characters that would make an address ambiguous: "::" separates levels, "[i]" marks a
 # parallel member and "#n" numbers repeated calls. A single ':' inside a name is fine, but not
@@ -297,7 +331,7 @@ class LLM(BaseActor):
     kind: ClassVar[str] = "llm"
 
 
-def _decorator(actor_cls: type[BaseActor]) -> Callable[..., Any]:
+def _decorator(actor_cls: type[_A]) -> _ActorDecorator[_A]:
     def decorate(
         fn: Handler | None = None,
         *,
@@ -307,7 +341,7 @@ def _decorator(actor_cls: type[BaseActor]) -> Callable[..., Any]:
         output_model: type[BaseModel] | None = None,
         **options: Any,
     ) -> Any:
-        def build(handler: Handler) -> BaseActor:
+        def build(handler: Handler) -> _A:
             actor_name = name or getattr(handler, "__name__", "")
             model = input_model
             if model is None:

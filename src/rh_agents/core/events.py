@@ -46,7 +46,15 @@ if TYPE_CHECKING:
 
 __all__ = ["ExecutionEvent", "ExecutionResult", "ResultStatus", "event_timed_out", "truncate"]
 
-OutT = TypeVar("OutT")
+if TYPE_CHECKING:
+    # Defaulted for type checkers only: ``ExecutionEvent(actor=...)`` (the output type is not
+    # inferable from an actor) is ``ExecutionEvent[Any]`` instead of an error asking for an
+    # annotation. At run time the plain TypeVar (pydantic's generic model sees no change).
+    from typing_extensions import TypeVar as _DefaultedTypeVar
+
+    OutT = _DefaultedTypeVar("OutT", default=Any)
+else:
+    OutT = TypeVar("OutT")
 
 DETAIL_CHARS = 120
 

@@ -23,8 +23,8 @@ import logging
 import threading
 import weakref
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
@@ -338,7 +338,7 @@ class ExecutionState:
         name: str | None = None,
         context: str = "",
         **options: Any,
-    ) -> AsyncIterator[ExecutionResult[Any]]:
+    ) -> AsyncGenerator[ExecutionResult[Any], None]:
         """Map ``func`` (an async function of one item, or an ``ExecutionEvent``) over
         ``items`` and yield results in completion order, holding O(max_workers) items::
 

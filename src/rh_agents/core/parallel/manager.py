@@ -75,7 +75,14 @@ if TYPE_CHECKING:
 
 __all__ = ["ParallelExecutionManager"]
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    # Defaulted for type checkers only, as ExecutionEvent's: ``ParallelExecutionManager(state,
+    # ...)`` is ``ParallelExecutionManager[Any]`` instead of an error asking for an annotation.
+    from typing_extensions import TypeVar as _DefaultedTypeVar
+
+    T = _DefaultedTypeVar("T", default=Any)
+else:
+    T = TypeVar("T")
 
 
 class ParallelExecutionManager(Generic[T]):
