@@ -85,6 +85,16 @@ async def main() -> None:
     async with contextlib.aclosing(results):
         async for result in results:
             assert_type(result, ExecutionResult[Any])
+    # Result streams close early with contextlib.aclosing too.
+    async with state.parallel(max_workers=2) as q:
+        async with contextlib.aclosing(q.as_completed([square(4), square(5)])) as done:
+            async for result in done:
+                assert_type(result, ExecutionResult[Any])
+        async with contextlib.aclosing(q.gather_stream([square(6)])) as streamed:
+            async for result in streamed:
+                assert_type(result, ExecutionResult[Any])
+        async for result in q.stream():
+            assert_type(result, ExecutionResult[Any])
     manager = ParallelExecutionManager(state, max_workers=3)
     assert_type(manager, ParallelExecutionManager[Any])
 """

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,7 +38,7 @@ from rh_agents.core.parallel import stopping
 from rh_agents.core.parallel.adding import close_refused
 from rh_agents.core.parallel.slots import MemberSlot, SharedCallSlot
 from rh_agents.core.parallel.strategy import GroupStatus
-from rh_agents.core.parallel.stream import ResultStream
+from rh_agents.core.parallel.stream import ResultIterator, ResultStream
 from rh_agents.core.results import ExecutionResult, ResultStatus
 from rh_agents.errors import ConfigurationError, GroupClosedError
 
@@ -343,7 +343,7 @@ async def gather_dict(
     return {(r.name if r.name is not None else r.index or 0): r for r in results}
 
 
-def stream(group: ParallelExecutionManager[T]) -> AsyncIterator[ExecutionResult[T]]:
+def stream(group: ParallelExecutionManager[T]) -> ResultIterator[T]:
     """Results in completion order, as soon as each member finishes::
 
         async for result in p.stream():
@@ -358,7 +358,7 @@ def stream(group: ParallelExecutionManager[T]) -> AsyncIterator[ExecutionResult[
 
 def _open_stream(
     group: ParallelExecutionManager[T], only: Iterable[int] | None
-) -> AsyncIterator[ExecutionResult[T]]:
+) -> ResultIterator[T]:
     if not group._entered:
         group._used = True  # (told now: no UnusedGroupWarning later)
         raise GroupClosedError("stream() needs 'async with state.parallel(...) as p:' first")
@@ -367,9 +367,7 @@ def _open_stream(
     return ResultStream(group, only)
 
 
-def gather_stream(
-    group: ParallelExecutionManager[T], members: Iterable[Any]
-) -> AsyncIterator[ExecutionResult[T]]:
+def gather_stream(group: ParallelExecutionManager[T], members: Iterable[Any]) -> ResultIterator[T]:
     """Add ``members``, then stream their results in completion order (as ``gather([...])``
     returns only theirs; the group's other members go on and are gathered with the block)."""
     return _stream_of(group, members, "gather_stream")
@@ -377,7 +375,7 @@ def gather_stream(
 
 def as_completed(
     group: ParallelExecutionManager[T], members: Iterable[Any] | None = None
-) -> AsyncIterator[ExecutionResult[T]]:
+) -> ResultIterator[T]:
     """Results in completion order with ``index``, ``name`` and ``event_id`` set: every
     member's, or with ``members``, those added now only."""
     if members is None:
@@ -387,7 +385,7 @@ def as_completed(
 
 def _stream_of(
     group: ParallelExecutionManager[T], members: Iterable[Any], what: str | None = None
-) -> AsyncIterator[ExecutionResult[T]]:
+) -> ResultIterator[T]:
     members = _member_list(members, "as_completed" if what is None else what)
     if not group._entered and group._retain:
         # Without ``async with`` (the spec's ``async for r in parallel.as_completed([...])``):

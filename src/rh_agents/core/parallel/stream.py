@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rh_agents.core.parallel.strategy import GroupStatus
 from rh_agents.core.results import ExecutionResult, ResultStatus
@@ -20,7 +20,25 @@ from rh_agents.errors import GroupClosedError
 if TYPE_CHECKING:
     from rh_agents.core.parallel.manager import ParallelExecutionManager
 
-__all__ = ["ResultStream"]
+__all__ = ["ResultIterator", "ResultStream"]
+
+T = TypeVar("T")
+
+
+class ResultIterator(Protocol[T]):
+    """What ``p.stream()``, ``p.as_completed()`` and ``p.gather_stream([...])`` return, for
+    type checkers: an async iterator of results that ``contextlib.aclosing`` can close::
+
+        async with contextlib.aclosing(p.as_completed([a, b])) as results:
+            async for result in results:
+                ...
+    """
+
+    def __aiter__(self) -> ResultIterator[T]: ...
+
+    async def __anext__(self) -> ExecutionResult[T]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class ResultStream(AsyncIterator[ExecutionResult[Any]]):
