@@ -461,3 +461,15 @@ def test_ctrl_c_ends_the_open_streams_at_once(state_store: Path) -> None:
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "ERROR" not in stderr, stderr
     assert took < 5, f"Ctrl-C took {took:.1f} s"
+
+
+def test_the_banner_shows_a_store_path_the_terminal_can_print() -> None:
+    from rh_agents.ui.server import banner
+
+    # An escape sequence in the name, and a byte that is not UTF-8 (os.fsdecode's surrogate).
+    path = os.fsdecode(b"/tmp/runs\x1b[2J\xff.db")
+    line = banner("http://127.0.0.1:8000/", path)
+    line.encode("utf-8")  # printable as it is (a lone surrogate would raise here)
+    assert line == (
+        "rh_agents viewer on http://127.0.0.1:8000/ (store: /tmp/runs\u241b[2J?.db); Ctrl-C to stop"
+    )

@@ -39,6 +39,7 @@ import uvicorn
 
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.run_ids import check_run_id
+from rh_agents.core.safe_text import one_line
 from rh_agents.errors import ConfigurationError
 from rh_agents.ui.app import LOCAL_HOSTS, create_app
 from rh_agents.ui.live import LiveFeed
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "Viewer",
+    "banner",
     "bind",
     "check_host",
     "check_port",
@@ -500,6 +502,13 @@ def open_in_browser(url: str) -> bool:
         return False
 
 
+def banner(url: str, store: str | Path) -> str:
+    """The line ``rh-agents ui`` starts with. The store's path is shown as the terminal can
+    show it: a name with control characters (an escape sequence) or bytes that are not UTF-8
+    (which printing would refuse) gets visible stand-ins."""
+    return f"rh_agents viewer on {url} (store: {one_line(str(store))}); Ctrl-C to stop"
+
+
 def run_server(
     store: str | Path | None = None,
     *,
@@ -512,7 +521,7 @@ def run_server(
     sock = bind(host, port)
     app = create_app(store, allowed_hosts=_hosts(host))
     url = _url(host, sock.getsockname()[1]) + "/"
-    announce(f"rh_agents viewer on {url} (store: {app.state.viewer.store.path}); Ctrl-C to stop")
+    announce(banner(url, app.state.viewer.store.path))
     if host not in ("127.0.0.1", "localhost", "::1"):
         announce(
             f"note: bound to {host}: anyone who can reach this machine on that port can read "
