@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from rh_agents.cli import app
 from rh_agents.core.execution import ExecutionState
 from rh_agents.errors import ConfigurationError, RunLockedError
 from rh_agents.recovery import Recovery, ReplayMode, RunStatus
-from rh_agents.recovery.session import current_command
+from rh_agents.recovery.session import current_command, shell_join
 
 BACKENDS = ["sqlite", "json"]
 
@@ -103,3 +105,27 @@ async def test_runs_show_gives_the_command_of_a_run_that_did_not_complete(tmp_pa
     assert shown.output.startswith("run digest-3: failed, 3 events")
     plan = CliRunner().invoke(app, ["runs", "resume", "digest-3", "--state", str(db)])
     assert plan.output.splitlines()[-1] == "To resume, run: python digest.py --day 3"
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_a_command_line_with_a_name_that_is_not_utf8_is_kept_as_a_shell_reads_it(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `python digest.py --state st<0xff>.db`: Python decodes the byte as a lone surrogate,
+    # which no store can keep as text (the run failed as it started).
+    word = os.fsdecode(b"st\xff 'x'.db")
+    monkeypatch.setattr(sys, "orig_argv", ["python", "digest.py", "--state", word])
+    backend = make_backend(kind, tmp_path)
+    async with ExecutionState(run_id="r", recovery=Recovery(backend, resume="auto")) as state:
+        await run_group(state, Squarer(), 2)
+    command = backend.get_run("r").resume_command
+    assert command == "python digest.py --state $'st\\xff \\x27x\\x27.db'"
+    backend.close()
+
+
+def test_a_word_that_is_not_utf8_is_read_back_by_bash_as_the_same_bytes() -> None:
+    words = ["plain", "with space", os.fsdecode(b"st\xff 'x'\\.db"), os.fsdecode(b"\x80\x1b")]
+    shown = subprocess.run(
+        ["bash", "-c", f"printf '%s\\0' {shell_join(words)}"], capture_output=True, check=True
+    )
+    assert shown.stdout.split(b"\0")[:-1] == [os.fsencode(word) for word in words]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import random
-import shlex
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
@@ -41,7 +40,7 @@ from rh_agents.errors import ConfigurationError
 from rh_agents.observability.timeline import TimelineRecorder
 from rh_agents.recovery import Recovery, open_backend
 from rh_agents.recovery.backend import default_state_path
-from rh_agents.recovery.session import current_command
+from rh_agents.recovery.session import current_argv, shell_join
 from rh_agents.resilience import RetryPolicy
 
 __all__ = [
@@ -232,7 +231,7 @@ def demo_command(
     """The command that runs (or resumes) this demo run: ``rh-agents demo --run-id ID`` and
     the options that differ from the defaults (the program as it was started, when that was
     the demo: ``.venv/bin/rh-agents demo``, ``python -m rh_agents demo``)."""
-    words = shlex.split(current_command())
+    words = current_argv()
     at = words.index("demo") if "demo" in words else 0
     started_as_demo = at > 0 and (
         words[at - 1].endswith("rh-agents") or words[at - 1] == "rh_agents"
@@ -249,7 +248,7 @@ def demo_command(
             command += [flag, str(value)]
     if store is not None:
         command += ["--state", str(store)]
-    return shlex.join(command)
+    return shell_join(command)
 
 
 def _say(console: Console, text: Text | str, *, hang: int = 2) -> None:
@@ -356,7 +355,7 @@ def _saved(console: Console, run_id: str, store: str | Path | None) -> None:
     """Where the run was saved, and the commands that look at it (never wrapped: they are
     to be copied)."""
     where = Path(store) if store is not None else default_state_path()
-    option = "" if store is None else f" --state {shlex.quote(str(store))}"
+    option = "" if store is None else f" --state {shell_join([str(store)])}"
     _say(console, f"Saved as run {run_id} (in {where}). Look at it with:")
     for command in (
         f"rh-agents runs show {run_id}{option}",

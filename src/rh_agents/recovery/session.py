@@ -94,9 +94,11 @@ __all__ = [
     "DEFAULT_WRITE_WAIT",
     "Recovery",
     "ResumeMode",
+    "current_argv",
     "current_command",
     "new_run_id",
     "rerun_addresses",
+    "shell_join",
 ]
 
 logger = logging.getLogger("rh_agents.recovery")
@@ -124,13 +126,43 @@ def current_command() -> str:
     which the system starts as ``/path/to/python /path/to/bin/rh-agents demo``, is given by
     its name when that name finds the same file on ``PATH``, by its full path otherwise.
     """
+    return shell_join(current_argv())
+
+
+def current_argv() -> list[str]:
+    """The words of ``current_command()``."""
     argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
     if len(argv) >= 2 and os.path.isabs(argv[1]) and not argv[1].endswith(".py"):
         script = argv[1]
         found = shutil.which(os.path.basename(script))
         same = found is not None and _same_file(found, script)
         argv = [os.path.basename(script) if same else script, *argv[2:]]
-    return shlex.join(argv)
+    return argv
+
+
+def shell_join(words: list[str]) -> str:
+    """``shlex.join(words)``, except that a word holding bytes that are not UTF-8 (a file
+    name, as Python decodes it from the command line) is written as ``$'...'`` with those
+    bytes as ``\\xNN``: what bash and zsh read back as the same bytes, and text a store can
+    keep (the word as it is cannot be encoded)."""
+    return " ".join(_shell_word(word) for word in words)
+
+
+def _shell_word(word: str) -> str:
+    try:
+        word.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return shlex.quote(word)
+    shown = []
+    for byte in os.fsencode(word):
+        char = chr(byte)
+        if 0x20 <= byte < 0x7F and char not in "'\\":
+            shown.append(char)
+        else:
+            shown.append(f"\\x{byte:02x}")
+    return "$'" + "".join(shown) + "'"
 
 
 def _same_file(first: str, second: str) -> bool:
