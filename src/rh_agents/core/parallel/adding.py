@@ -185,7 +185,7 @@ def add(
                     f"(index {group._names[name]}); names must be unique"
                 )
         if timeout is not None and not is_seconds(timeout):
-            raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r}")
+            raise ConfigurationError(f"timeout must be seconds > 0, got {timeout!r:.60}")
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ConfigurationError(f"priority must be an int, got {priority!r}")
         check_policy("retry", retry, RetryPolicy)

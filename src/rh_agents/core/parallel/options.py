@@ -214,7 +214,7 @@ def check_group_options(
         ) from None
     for label, value in (("timeout", timeout), ("member_timeout", member_timeout)):
         if value is not None and not is_seconds(value):
-            raise ConfigurationError(f"{label} must be a number of seconds > 0, got {value!r}")
+            raise ConfigurationError(f"{label} must be a number of seconds > 0, got {value!r:.60}")
     if strategy is ErrorStrategy.FAIL_THRESHOLD and failure_threshold is None:
         raise ConfigurationError(
             "FAIL_THRESHOLD needs failure_threshold: a count (3) or a fraction (0.25)"
